@@ -1,0 +1,1 @@
+"""Ray Serve bindings: thin shells over `pipeline/`, composed once in `graph.build_app`."""

@@ -1,0 +1,33 @@
+"""The detector: a stateless batch server. Frames from every camera are batched together."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ray import serve
+
+from pipeline.config import PerceptConfig
+from pipeline.models import Detector, DetectorInput
+from pipeline.schema import Detections
+
+
+@serve.deployment(name="detector")
+class DetectorDeployment:
+    async def __init__(self, config: dict[str, Any]):
+        cfg = PerceptConfig.model_validate(config)
+        self.detector = await asyncio.to_thread(Detector.from_config, cfg.detector, models_dir=cfg.models_dir)
+        self.reconfigure({"max_batch_size": cfg.detector.batch.max_size, "batch_wait_ms": cfg.detector.batch.wait_ms})
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Batch size and wait can change at runtime (Serve ``user_config``)."""
+        self.detect.set_max_batch_size(int(user_config.get("max_batch_size", 8)))
+        self.detect.set_batch_wait_timeout_s(float(user_config.get("batch_wait_ms", 20)) / 1000)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def detect(self, inputs: list[DetectorInput]) -> list[Detections | Exception]:
+        # Inference runs off the event loop so the next batch keeps forming meanwhile.
+        return await asyncio.to_thread(self.detector.detect_batch, inputs)
+
+    def info(self) -> dict[str, Any]:
+        return {"model": self.detector.name, "device": self.detector.device, "half": self.detector.half}

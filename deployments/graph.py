@@ -1,0 +1,52 @@
+"""The Serve graph, bound once: decoders (ingress) → detector → one classifier per category."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from pipeline.config import ModelServerConfig, PerceptConfig
+
+from .classifier import ClassifierDeployment
+from .decoder import DecoderDeployment
+from .detector import DetectorDeployment
+
+
+def model_server_options(cfg: ModelServerConfig, *, gpu_available: bool) -> dict[str, Any]:
+    """Serve options of a batched model deployment, from its config section."""
+    gpus = (1.0 if gpu_available else 0.0) if cfg.num_gpus == "auto" else float(cfg.num_gpus)
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": gpus},
+        # Room for one batch in inference and the next one filling (ray#43288: a cap below
+        # the batch size means batches never fill).
+        "max_ongoing_requests": max(32, 4 * cfg.batch.max_size),
+        "user_config": {"max_batch_size": cfg.batch.max_size, "batch_wait_ms": cfg.batch.wait_ms},
+    }
+    if isinstance(cfg.replicas, int):
+        options["num_replicas"] = cfg.replicas
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": cfg.replicas.min,
+            "max_replicas": cfg.replicas.max,
+            "target_ongoing_requests": cfg.replicas.target_ongoing_requests,
+        }
+    return options
+
+
+def build_app(config: PerceptConfig, *, gpu_available: bool = False) -> serve.Application:
+    if not config.redis.url:
+        raise ValueError("build_app needs redis.url (percept run starts a private redis-server otherwise)")
+    data = config.model_dump(mode="json")
+    detector = DetectorDeployment.options(**model_server_options(config.detector, gpu_available=gpu_available)).bind(data)
+    classifiers = {
+        category: ClassifierDeployment.options(
+            name=f"classifier-{category}", **model_server_options(ccfg, gpu_available=gpu_available)
+        ).bind(data, category)
+        for category, ccfg in config.classifiers.items()
+    }
+    return DecoderDeployment.options(
+        num_replicas=config.decoder_replicas,
+        ray_actor_options={"num_cpus": config.decoder.num_cpus},
+        max_ongoing_requests=100,
+    ).bind(data, detector, classifiers)

@@ -1,0 +1,277 @@
+"""Publishing to Redis Streams: pipelined XADD, an outage buffer, camera state and status.
+
+Keys (schema v1, a public contract):
+- ``<prefix>:detections:<camera>`` — one entry per processed frame, fields ``v=1``, ``camera``,
+  ``seq``, ``json``; ``XADD … MAXLEN ~ maxlen``.
+- ``<prefix>:camera:<camera>`` — hash: state, fps, dropped, last_error, updated_at, url, seq.
+- ``<prefix>:status`` — one entry per camera state change.
+
+Entry ids are explicit, ``<frame ms>-<seq>``: ordered by capture time like automatic ids, and
+Redis itself rejects a second XADD of the same frame (a retry after a timeout whose first try
+landed), so a frame is published at most once. A background thread drains a queue in pipelines;
+while Redis is unreachable results stay queued in order, bounded by count and bytes (the oldest
+are dropped and counted), and are flushed when it comes back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import redis
+
+from .redact import redact
+from .schema import SCHEMA_VERSION, FrameResult
+from .sources import Backoff
+
+log = logging.getLogger("percept.publish")
+
+_DUPLICATE_ID = "equal or smaller than the target stream top item"
+
+
+@dataclass(frozen=True)
+class StreamKeys:
+    prefix: str = "percept"
+
+    def detections(self, camera: str) -> str:
+        return f"{self.prefix}:detections:{camera}"
+
+    def camera(self, camera: str) -> str:
+        return f"{self.prefix}:camera:{camera}"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}:status"
+
+    def lease(self, camera: str) -> str:
+        return f"{self.prefix}:lease:{camera}"
+
+
+def connect_redis(url: str, *, password: str | None = None, **kwargs: Any) -> redis.Redis:
+    """The one factory for Redis clients (short timeouts: an outage is noticed quickly)."""
+    kwargs.setdefault("socket_timeout", 5)
+    kwargs.setdefault("socket_connect_timeout", 3)
+    kwargs.setdefault("health_check_interval", 10)
+    if password is not None:
+        kwargs["password"] = password
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def parse_entry_id(entry_id: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass
+class _Item:
+    index: int
+    camera: str
+    nbytes: int
+    apply: Callable[[Any], int]  # adds commands to a pipeline, returns how many
+    is_frame: bool
+
+
+@dataclass
+class PublisherStats:
+    published: Counter = field(default_factory=Counter)
+    duplicates: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)  # by the outage buffer
+    errors: int = 0
+    connected: bool = True
+
+
+class Publisher:
+    """Thread-backed, ordered, at-most-once publisher with a bounded outage buffer."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        keys: StreamKeys,
+        maxlen: int,
+        max_buffer_entries: int = 10_000,
+        max_buffer_bytes: int = 64 * 2**20,
+        status_maxlen: int = 10_000,
+        batch: int = 256,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.client = client
+        self.keys = keys
+        self.maxlen = maxlen
+        self.max_entries = max_buffer_entries
+        self.max_bytes = max_buffer_bytes
+        self.status_maxlen = status_maxlen
+        self.batch = batch
+        self.clock = clock
+        self.stats = PublisherStats()
+        self._queue: deque[_Item] = deque()
+        self._bytes = 0
+        self._index = itertools.count()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._last_ms: dict[str, int] = {}
+        self._thread = threading.Thread(target=self._run, name="percept-publisher", daemon=True)
+        self._backoff = Backoff(0.2, 5.0)
+
+    # --- producers ---------------------------------------------------------------------------
+
+    def start(self) -> "Publisher":
+        self._thread.start()
+        return self
+
+    def last_published(self, camera: str) -> tuple[int, int] | None:
+        """(ms, seq) of the newest entry on the camera's stream (None if empty); also primes the
+        id clock so new ids never go below it. Raises on a Redis error (call at camera start)."""
+        entries = self.client.xrevrange(self.keys.detections(camera), count=1)
+        if not entries:
+            return None
+        ms, seq = parse_entry_id(entries[0][0])
+        self._last_ms[camera] = max(self._last_ms.get(camera, 0), ms)
+        return ms, seq
+
+    def publish(self, result: FrameResult) -> None:
+        camera, seq = result.meta.camera, result.meta.seq
+        ms = max(int(result.meta.frame_ts * 1000), self._last_ms.get(camera, 0))
+        self._last_ms[camera] = ms
+        body = result.to_json()
+        fields = {"v": SCHEMA_VERSION, "camera": camera, "seq": str(seq), "json": body}
+        stream, maxlen = self.keys.detections(camera), self.maxlen
+
+        def apply(pipe: Any) -> int:
+            pipe.xadd(stream, fields, id=f"{ms}-{seq}", maxlen=maxlen, approximate=True)
+            return 1
+
+        self._put(camera, len(body) + 64, apply, is_frame=True)
+
+    def camera_state(self, camera: str, state: str, *, error: str | None = None, **fields: Any) -> None:
+        """A state change: the camera hash and one entry on the status stream."""
+        now = self.clock()
+        mapping = {"state": state, "updated_at": f"{now:.3f}", "last_error": redact(error or "")}
+        mapping.update({k: str(v) for k, v in fields.items()})
+        entry = {"camera": camera, "state": state, "error": mapping["last_error"], "ts": f"{now:.3f}"}
+
+        def apply(pipe: Any) -> int:
+            pipe.hset(self.keys.camera(camera), mapping=mapping)
+            pipe.xadd(self.keys.status, entry, maxlen=self.status_maxlen, approximate=True)
+            return 2
+
+        self._put(camera, 256, apply, is_frame=False)
+
+    def camera_stats(self, camera: str, **fields: Any) -> None:
+        """Periodic numbers (fps, dropped, …) into the camera hash; no status entry."""
+        mapping = {k: str(v) for k, v in fields.items()}
+        mapping["updated_at"] = f"{self.clock():.3f}"
+        mapping["publish_dropped"] = str(self.stats.dropped[camera])
+
+        def apply(pipe: Any) -> int:
+            pipe.hset(self.keys.camera(camera), mapping=mapping)
+            return 1
+
+        self._put(camera, 256, apply, is_frame=False)
+
+    def _put(self, camera: str, nbytes: int, apply: Callable[[Any], int], *, is_frame: bool) -> None:
+        with self._cond:
+            self._queue.append(_Item(next(self._index), camera, nbytes, apply, is_frame))
+            self._bytes += nbytes
+            while len(self._queue) > self.max_entries or self._bytes > self.max_bytes:
+                old = self._queue.popleft()
+                self._bytes -= old.nbytes
+                if old.is_frame:
+                    self.stats.dropped[old.camera] += 1
+            self._cond.notify()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far is written; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = next(self._index) - 1  # consume an index as a marker
+            while self._queue and self._queue[0].index <= target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.1))
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.flush(timeout)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+
+    # --- the writer thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait(1.0)
+                if self._closing and not self._queue:
+                    return
+                if self._closing and not self.stats.connected:
+                    return  # closing during an outage: what is left is counted as pending
+                batch = list(itertools.islice(self._queue, self.batch))
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                counts = [item.apply(pipe) for item in batch]
+                results = pipe.execute(raise_on_error=False)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if self.stats.connected:
+                    log.warning("redis unreachable (%s); buffering %d results", redact(str(exc)), len(self._queue))
+                self.stats.connected = False
+                delay = self._backoff.next()
+                with self._cond:
+                    if not self._closing:
+                        self._cond.wait(delay)
+                continue
+            if not self.stats.connected:
+                log.info("redis is back; flushing %d buffered results", len(self._queue))
+            self.stats.connected = True
+            self._backoff.reset()
+            self._account(batch, counts, results)
+            with self._cond:
+                last = batch[-1].index
+                while self._queue and self._queue[0].index <= last:
+                    self._bytes -= self._queue.popleft().nbytes
+                self._cond.notify_all()
+
+    def _account(self, batch: list[_Item], counts: list[int], results: list[Any]) -> None:
+        pos = 0
+        for item, n in zip(batch, counts):
+            outcome = results[pos : pos + n]
+            pos += n
+            errors = [r for r in outcome if isinstance(r, Exception)]
+            if not item.is_frame:
+                for err in errors:
+                    self.stats.errors += 1
+                    log.error("camera %s: state update failed: %s", item.camera, redact(str(err)))
+                continue
+            if not errors:
+                self.stats.published[item.camera] += 1
+            elif _DUPLICATE_ID in str(errors[0]):
+                self.stats.duplicates[item.camera] += 1  # already published: at most once
+            else:
+                self.stats.errors += 1
+                log.error("camera %s: XADD failed: %s", item.camera, redact(str(errors[0])))
+
+
+def camera_states(client: redis.Redis, keys: StreamKeys, cameras: list[str]) -> dict[str, dict[str, str]]:
+    """The camera hashes, decoded (for CLIs and tests)."""
+    pipe = client.pipeline(transaction=False)
+    for cam in cameras:
+        pipe.hgetall(keys.camera(cam))
+    return {cam: _decode(raw) for cam, raw in zip(cameras, pipe.execute())}
+
+
+def _decode(mapping: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in mapping.items()}

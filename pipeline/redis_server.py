@@ -1,0 +1,101 @@
+"""The embedded, private redis-server: free loopback port, AOF on, data under a state dir."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+log = logging.getLogger("percept.redis_server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServerError(RuntimeError):
+    pass
+
+
+class EmbeddedRedis:
+    """``with EmbeddedRedis(state_dir) as r: r.url`` — started on enter, stopped on exit.
+
+    `kill()` / `start()` simulate an outage in tests; data survives in the AOF under ``state_dir``."""
+
+    def __init__(self, state_dir: str | Path, *, port: int | None = None, password: str | None = None,
+                 binary: str = "redis-server"):
+        self.state_dir = Path(state_dir)
+        self.port = port
+        self.password = password
+        self.binary = binary
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5)
+
+    def start(self, timeout: float = 10.0) -> "EmbeddedRedis":
+        exe = shutil.which(self.binary)
+        if exe is None:
+            raise RedisServerError(
+                "redis-server is not installed: install it (Debian: apt-get install redis-server) "
+                "or set redis.url in the config to an existing server"
+            )
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.port is None:
+            self.port = free_port()
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                "--appendfsync", "everysec", "--dir", str(self.state_dir.resolve()), "--daemonize", "no",
+                "--loglevel", "warning"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        client = self.client()
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise RedisServerError(f"redis-server exited with {self.proc.returncode}: {err.strip()[-500:]}")
+            try:
+                if client.ping():
+                    log.info("private redis-server on %s (data in %s)", self.url, self.state_dir)
+                    return self
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                time.sleep(0.05)
+        self.stop()
+        raise RedisServerError(f"redis-server did not answer on port {self.port} within {timeout:.0f} s")
+
+    def kill(self) -> None:
+        """SIGKILL: an abrupt outage (AOF keeps what was fsynced)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                self.client().shutdown(nosave=False)
+            except redis.RedisError:
+                pass
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def __enter__(self) -> "EmbeddedRedis":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,193 @@
+"""The one message model that flows end to end: frame → detections → classified objects → JSON.
+
+- `FrameMeta`: who and when (camera, seq, capture time, pts, size).
+- `Detections`: a columnar, validated result (boxes N×4, scores, labels, categories, track ids,
+  attributes). Operations return new objects; nothing here mutates its arguments.
+- `FrameResult`: one processed frame, the unit published to Redis as schema
+  ``percept.detections/v1``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+SCHEMA = "percept.detections/v1"
+SCHEMA_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class FrameMeta:
+    camera: str
+    seq: int
+    frame_ts: float  # capture wall time, seconds since the epoch
+    pts: float | None  # stream presentation time, seconds
+    width: int
+    height: int
+
+    @property
+    def message_id(self) -> str:
+        """Unique per (camera, seq): what subscribers deduplicate on."""
+        return f"{self.camera}:{self.seq}"
+
+
+@dataclass(frozen=True, eq=False)
+class Detections:
+    """Objects of one frame as parallel columns. Boxes are xyxy in original-frame pixels."""
+
+    xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    labels: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    track_ids: tuple[int | None, ...] | None = None
+    attributes: tuple[Mapping[str, Any], ...] | None = None
+
+    def __post_init__(self) -> None:
+        xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
+        scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        n = len(xyxy)
+        object.__setattr__(self, "xyxy", xyxy)
+        object.__setattr__(self, "scores", scores)
+        object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "categories", tuple(self.categories))
+        object.__setattr__(self, "track_ids", tuple(self.track_ids) if self.track_ids is not None else (None,) * n)
+        object.__setattr__(
+            self, "attributes", tuple(dict(a) for a in self.attributes) if self.attributes is not None else ({},) * n
+        )
+        for name in ("scores", "labels", "categories", "track_ids", "attributes"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"Detections.{name} has {len(getattr(self, name))} items, xyxy has {n}")
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Detections):
+            return NotImplemented
+        return (
+            np.allclose(self.xyxy, other.xyxy, atol=1e-3)
+            and np.allclose(self.scores, other.scores, atol=1e-4)
+            and (self.labels, self.categories, self.track_ids, self.attributes)
+            == (other.labels, other.categories, other.track_ids, other.attributes)
+        )
+
+    def __getitem__(self, index: np.ndarray | Sequence[int] | slice) -> "Detections":
+        """Select with a boolean mask, indices or a slice; returns a new object."""
+        idx = np.arange(len(self))[index]
+        return Detections(
+            xyxy=self.xyxy[idx],
+            scores=self.scores[idx],
+            labels=tuple(self.labels[i] for i in idx),
+            categories=tuple(self.categories[i] for i in idx),
+            track_ids=tuple(self.track_ids[i] for i in idx),
+            attributes=tuple(self.attributes[i] for i in idx),
+        )
+
+    def indices_of(self, category: str) -> list[int]:
+        return [i for i, c in enumerate(self.categories) if c == category]
+
+    def with_attribute(self, name: str, values: Mapping[int, Mapping[str, Any]]) -> "Detections":
+        """A copy where object ``i`` gets ``attributes[name] = values[i]`` for each i given."""
+        attrs = tuple({**a, name: dict(values[i])} if i in values else a for i, a in enumerate(self.attributes))
+        return replace(self, attributes=attrs)
+
+    def with_track_ids(self, track_ids: Sequence[int | None]) -> "Detections":
+        return replace(self, track_ids=tuple(track_ids))
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["Detections"]) -> "Detections":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls()
+        return cls(
+            xyxy=np.concatenate([p.xyxy for p in parts]),
+            scores=np.concatenate([p.scores for p in parts]),
+            labels=sum((p.labels for p in parts), ()),
+            categories=sum((p.categories for p in parts), ()),
+            track_ids=sum((p.track_ids for p in parts), ()),
+            attributes=sum((p.attributes for p in parts), ()),
+        )
+
+    def to_objects(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "category": self.categories[i],
+                "label": self.labels[i],
+                "score": round(float(self.scores[i]), 4),
+                "bbox": [round(float(v), 1) for v in self.xyxy[i]],
+                "track_id": self.track_ids[i],
+                "attributes": dict(self.attributes[i]),
+            }
+            for i in range(len(self))
+        ]
+
+    @classmethod
+    def from_objects(cls, objects: Sequence[Mapping[str, Any]]) -> "Detections":
+        return cls(
+            xyxy=np.array([o["bbox"] for o in objects], np.float32).reshape(-1, 4),
+            scores=np.array([o["score"] for o in objects], np.float32),
+            labels=tuple(o["label"] for o in objects),
+            categories=tuple(o["category"] for o in objects),
+            track_ids=tuple(o.get("track_id") for o in objects),
+            attributes=tuple(o.get("attributes") or {} for o in objects),
+        )
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One processed frame: what is published, one Redis entry per frame (also with no objects)."""
+
+    meta: FrameMeta
+    objects: Detections
+    models: Mapping[str, Any]
+    latency_ms: Mapping[str, float]
+
+    @property
+    def message_id(self) -> str:
+        return self.meta.message_id
+
+    def to_payload(self) -> dict[str, Any]:
+        m = self.meta
+        return {
+            "schema": SCHEMA,
+            "id": m.message_id,
+            "camera": m.camera,
+            "seq": m.seq,
+            "frame_ts": m.frame_ts,
+            "pts": None if m.pts is None or not math.isfinite(m.pts) else round(m.pts, 4),
+            "width": m.width,
+            "height": m.height,
+            "model": dict(self.models),
+            "objects": self.objects.to_objects(),
+            "latency_ms": {k: round(float(v), 2) for k, v in self.latency_ms.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_payload(), separators=(",", ":"))
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> "FrameResult":
+        if payload.get("schema") != SCHEMA:
+            raise ValueError(f"unsupported schema {payload.get('schema')!r}; expected {SCHEMA!r}")
+        meta = FrameMeta(
+            camera=payload["camera"],
+            seq=int(payload["seq"]),
+            frame_ts=float(payload["frame_ts"]),
+            pts=payload.get("pts"),
+            width=int(payload["width"]),
+            height=int(payload["height"]),
+        )
+        return cls(
+            meta=meta,
+            objects=Detections.from_objects(payload.get("objects", [])),
+            models=payload.get("model", {}),
+            latency_ms=payload.get("latency_ms", {}),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "FrameResult":
+        return cls.from_payload(json.loads(text))

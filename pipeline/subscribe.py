@@ -1,0 +1,149 @@
+"""Reading detection streams: plain XREAD, or consumer groups with XREADGROUP / XACK / XAUTOCLAIM.
+
+Payloads are JSON only; nothing read from Redis is unpickled or evaluated.
+
+    sub = Subscriber(client, StreamKeys("percept"), ["traffic"], group="alerts", consumer="a1")
+    for msg in sub.messages(limit=10):
+        handle(msg.payload)
+        sub.ack(msg)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import redis
+
+from .publish import StreamKeys
+
+log = logging.getLogger("percept.subscribe")
+
+
+@dataclass(frozen=True)
+class Message:
+    stream: str
+    entry_id: str
+    payload: dict[str, Any]
+
+    @property
+    def camera(self) -> str:
+        return self.payload["camera"]
+
+
+class Subscriber:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: StreamKeys,
+        cameras: list[str],
+        *,
+        group: str | None = None,
+        consumer: str | None = None,
+        start: str = "$",
+        block_ms: int = 1000,
+        claim_idle_ms: int = 30_000,
+    ):
+        if not cameras:
+            raise ValueError("subscribe needs at least one camera id")
+        if consumer and not group:
+            raise ValueError("--consumer needs --group")
+        self.client = client
+        self.streams = [keys.detections(c) for c in cameras]
+        self.group = group
+        self.consumer = consumer or "percept-subscriber"
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self._start = start
+        self._last: dict[str, str] = {s: start for s in self.streams}
+        if group:
+            self._create_groups(start)
+
+    def _create_groups(self, start: str) -> None:
+        for stream in self.streams:
+            try:
+                self.client.xgroup_create(stream, self.group, id=start, mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def _decode(self, stream: bytes | str, entries: list[Any]) -> list[Message]:
+        name = stream.decode() if isinstance(stream, bytes) else stream
+        out = []
+        for entry_id, fields in entries:
+            if fields is None:  # deleted while pending
+                continue
+            eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            raw = fields.get(b"json") or fields.get("json")
+            try:
+                payload = json.loads(raw)
+            except (TypeError, ValueError):
+                log.warning("%s %s: entry without a JSON payload; skipped", name, eid)
+                continue
+            out.append(Message(name, eid, payload))
+        return out
+
+    def _pending_first(self) -> list[Message]:
+        """Entries this consumer read but never acked (it crashed), then entries idle on other,
+        dead consumers, claimed with XAUTOCLAIM."""
+        out: list[Message] = []
+        for stream in self.streams:
+            own = self.client.xreadgroup(self.group, self.consumer, {stream: "0"}, count=1000)
+            for name, entries in own or []:
+                out.extend(self._decode(name, entries))
+            cursor = "0-0"
+            while True:
+                reply = self.client.xautoclaim(
+                    stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms, start_id=cursor, count=100
+                )
+                cursor, claimed = reply[0], reply[1]
+                out.extend(self._decode(stream, claimed))
+                if cursor in (b"0-0", "0-0") or not claimed:
+                    break
+        return out
+
+    def read(self, count: int = 100) -> list[Message]:
+        """One blocking read (up to block_ms) across all streams."""
+        if self.group:
+            reply = self.client.xreadgroup(
+                self.group, self.consumer, {s: ">" for s in self.streams}, count=count, block=self.block_ms
+            )
+        else:
+            reply = self.client.xread(self._last, count=count, block=self.block_ms)
+        out: list[Message] = []
+        for stream, entries in reply or []:
+            msgs = self._decode(stream, entries)
+            if entries:
+                last = entries[-1][0]
+                self._last[stream.decode() if isinstance(stream, bytes) else stream] = (
+                    last.decode() if isinstance(last, bytes) else last
+                )
+            out.extend(msgs)
+        return out
+
+    def messages(self, limit: int | None = None, *, idle_timeout_s: float | None = None) -> Iterator[Message]:
+        """Messages in stream order; with a group, first what is pending. Stops after ``limit``
+        messages, or after ``idle_timeout_s`` without any."""
+        import time
+
+        n = 0
+        backlog = self._pending_first() if self.group else []
+        last_seen = time.monotonic()
+        while limit is None or n < limit:
+            batch = backlog or self.read(count=100 if limit is None else min(100, limit - n))
+            backlog = []
+            if batch:
+                last_seen = time.monotonic()
+            elif idle_timeout_s is not None and time.monotonic() - last_seen > idle_timeout_s:
+                return
+            for msg in batch:
+                yield msg
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+
+    def ack(self, msg: Message) -> None:
+        if self.group:
+            self.client.xack(msg.stream, self.group, msg.entry_id)
