@@ -107,7 +107,12 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
         serve.start(http_options={"host": "127.0.0.1"})
         stack.callback(serve.shutdown)
         try:
-            serve.run(build_app(config, gpu_available=gpu), name="percept", route_prefix="/")
+            serve.run(
+                build_app(config, gpu_available=gpu),
+                name="percept",
+                route_prefix="/",
+                logging_config={"enable_access_log": False},
+            )
         except Exception as exc:  # a replica that cannot start (model error) fails the deploy
             return _fail(f"deployment failed: {redact(str(exc))[-2000:]}", EXIT_UNAVAILABLE)
         print(f"percept: running {len(config.cameras)} camera(s); streams {config.redis.stream_prefix}:detections:<camera>", flush=True)

@@ -57,9 +57,20 @@ class Subscriber:
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self._start = start
-        self._last: dict[str, str] = {s: start for s in self.streams}
         if group:
             self._create_groups(start)
+        # "$" means "new from now on": pin it to the current last id once, so entries added
+        # between two reads are not skipped.
+        self._last: dict[str, str] = {s: self._resolve(s, start) for s in self.streams}
+
+    def _resolve(self, stream: str, start: str) -> str:
+        if start != "$" or self.group:
+            return start
+        last = self.client.xrevrange(stream, count=1)
+        if not last:
+            return "0-0"
+        eid = last[0][0]
+        return eid.decode() if isinstance(eid, bytes) else eid
 
     def _create_groups(self, start: str) -> None:
         for stream in self.streams:

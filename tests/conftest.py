@@ -1,0 +1,88 @@
+"""Shared fixtures: real redis-server, real RTSP server, Ray started once per session.
+
+Models and clips come from ``../shared`` (or PERCEPT_SHARED); they are never copied here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PERCEPT_SHARED", REPO.parent / "shared"))
+MODELS = SHARED / "models"
+VIDEOS = SHARED / "data" / "videos"
+DETECTOR = "yolo11n_int8_openvino_model"
+CLASSIFIER = "yolov8n-cls-imagenet.pt"
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_VERBOSE", "False")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not MODELS.joinpath(DETECTOR).exists():
+        skip = pytest.mark.skip(reason=f"models not found in {MODELS} (set PERCEPT_SHARED)")
+        for item in items:
+            if "needs_models" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> str:
+    if not MODELS.joinpath(DETECTOR).exists():
+        pytest.fail(f"shared models missing: {MODELS} (CI must run with ../shared beside the repo)")
+    return str(MODELS)
+
+
+@pytest.fixture(scope="session")
+def videos() -> Path:
+    if not VIDEOS.joinpath("traffic.mp4").exists():
+        pytest.fail(f"shared videos missing: {VIDEOS}")
+    return VIDEOS
+
+
+@pytest.fixture()
+def redis_server(tmp_path):
+    """A private redis-server (AOF on) per test."""
+    from pipeline.redis_server import EmbeddedRedis
+
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (make test installs it)")
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def session_redis(tmp_path_factory):
+    from pipeline.redis_server import EmbeddedRedis
+
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rtsp_cameras(videos):
+    """A real GStreamer RTSP server on loopback serving the shared clips as live cameras."""
+    from tests.rtsp import RtspServer
+
+    server = RtspServer({"traffic": str(videos / "traffic.mp4"), "walk": str(videos / "vtest.avi")})
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """Ray and Serve, started once per test session (ray.init ~6 s, Serve ~9 s)."""
+    import ray
+    from ray import serve
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(("YOLO_", "PERCEPT_"))}
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env}, logging_level="WARNING")
+    from pipeline.redis_server import free_port
+
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    yield ray
+    serve.shutdown()
+    ray.shutdown()

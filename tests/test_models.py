@@ -1,0 +1,73 @@
+"""The real models from ../shared: detection, categories, classification and load errors."""
+
+import cv2
+import numpy as np
+import pytest
+from ultralytics.utils import ASSETS
+
+from pipeline.config import ClassifierConfig, DetectorConfig
+from pipeline.models import CategoryMap, Classifier, Detector, ModelError, prepare_crop, prepare_frame
+
+from .conftest import CLASSIFIER, DETECTOR
+
+
+@pytest.fixture(scope="module")
+def detector(models_dir):
+    return Detector.from_config(DetectorConfig(weights=DETECTOR, num_cpus=2), models_dir=models_dir)
+
+
+def test_bus_image_gives_a_vehicle_and_pedestrians_in_frame_pixels(detector):
+    img = cv2.imread(str(ASSETS / "bus.jpg"))
+    (dets,) = detector.detect_batch([prepare_frame(img, 640)])
+    assert dets.labels.count("bus") == 1 and dets.labels.count("person") >= 3
+    bus = dets[[dets.labels.index("bus")]]
+    assert bus.categories == ("vehicle",)
+    x1, y1, x2, y2 = bus.xyxy[0]
+    h, w = img.shape[:2]
+    # the bus spans most of the 810-px-wide frame: boxes are in camera pixels, not 640 space
+    assert x2 - x1 > 0.8 * w and 0 <= x1 and x2 <= w and y2 <= h
+
+
+def test_batch_results_line_up_with_inputs(detector, videos):
+    cap = cv2.VideoCapture(str(videos / "traffic.mp4"))
+    for _ in range(30):
+        ok, frame = cap.read()
+    cap.release()
+    blank = np.zeros((360, 640, 3), np.uint8)
+    out = detector.detect_batch([prepare_frame(frame, 640), prepare_frame(blank, 640)])
+    assert "car" in out[0].labels and len(out[1]) == 0
+
+
+def test_unmapped_labels_are_dropped():
+    cm = CategoryMap({"vehicle": ["car"]}, {0: "person", 1: "car", 2: "dog"})
+    d = cm.detections(np.zeros((3, 4), np.float32), np.array([0.9, 0.8, 0.7]), np.array([0, 1, 2]))
+    assert d.labels == ("car",) and d.categories == ("vehicle",)
+
+
+def test_classifier_restricted_to_labels(models_dir):
+    clf = Classifier.from_config(
+        "vehicle", ClassifierConfig(weights=CLASSIFIER, labels=["minivan", "school_bus", "cab"]), models_dir=models_dir
+    )
+    img = cv2.imread(str(ASSETS / "bus.jpg"))
+    crop = prepare_crop(img, [8, 229, 798, 735], 224)
+    assert crop.shape == (224, 224, 3) and crop.flags["C_CONTIGUOUS"]
+    (answer,) = clf.classify_batch([crop])
+    assert answer["label"] in {"minivan", "school_bus", "cab"} and 0 <= answer["score"] <= 1
+
+
+def test_classifier_label_not_in_model_is_an_error(models_dir):
+    with pytest.raises(ModelError, match=r"classifiers.vehicle.labels\[1\]: 'hovercraft' is not a class"):
+        Classifier.from_config("vehicle", ClassifierConfig(weights=CLASSIFIER, labels=["cab", "hovercraft"]),
+                               models_dir=models_dir, warmup=False)
+
+
+def test_classifier_given_as_detector_is_refused(models_dir):
+    with pytest.raises(ModelError, match="detector.weights: .* is a classify model; this stage needs a detect model"):
+        Detector.from_config(DetectorConfig(weights=CLASSIFIER), models_dir=models_dir, warmup=False)
+
+
+def test_missing_weights_name_the_path_and_variable(tmp_path):
+    with pytest.raises(ModelError) as info:
+        Detector.from_config(DetectorConfig(weights="absent-model.pt"), models_dir=str(tmp_path), warmup=False)
+    msg = str(info.value)
+    assert "detector.weights" in msg and "PERCEPT_MODELS_DIR" in msg and "absent-model.pt" in msg

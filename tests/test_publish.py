@@ -1,0 +1,163 @@
+"""Publishing and subscribing against a real redis-server: order, at-most-once, outages, groups."""
+
+import json
+import time
+
+import pytest
+
+from pipeline.publish import Publisher, StreamKeys, camera_states, connect_redis
+from pipeline.schema import Detections, FrameMeta, FrameResult
+from pipeline.subscribe import Subscriber
+
+KEYS = StreamKeys("t")
+
+
+def result(seq, camera="cam", ts=None):
+    meta = FrameMeta(camera, seq, ts if ts is not None else 1_700_000_000 + seq * 0.2, seq * 0.2, 640, 360)
+    dets = Detections(xyxy=[[1, 2, 3, 4]], scores=[0.8], labels=("car",), categories=("vehicle",))
+    return FrameResult(meta, dets, {"detector": "m"}, {"total": 1.0})
+
+
+def publisher(server, **kw):
+    return Publisher(connect_redis(server.url, socket_timeout=1, socket_connect_timeout=0.5), keys=KEYS, maxlen=1000, **kw).start()
+
+
+def seqs(client, camera="cam"):
+    return [int(fields[b"seq"]) for _, fields in client.xrange(KEYS.detections(camera))]
+
+
+def test_entries_arrive_in_order_with_v1_fields(redis_server):
+    pub = publisher(redis_server)
+    for s in range(20):
+        pub.publish(result(s))
+    assert pub.flush(5)
+    entries = redis_server.client().xrange(KEYS.detections("cam"))
+    assert [int(f[b"seq"]) for _, f in entries] == list(range(20))
+    eid, fields = entries[3]
+    assert fields[b"v"] == b"1" and fields[b"camera"] == b"cam"
+    assert json.loads(fields[b"json"])["id"] == "cam:3"
+    assert eid.decode().endswith("-3")  # <frame ms>-<seq>
+    pub.close()
+
+
+def test_a_retried_publish_lands_once(redis_server):
+    pub = publisher(redis_server)
+    pub.publish(result(1))
+    pub.publish(result(2))
+    pub.publish(result(2))  # the retry of a publish whose first try landed
+    assert pub.flush(5)
+    assert seqs(redis_server.client()) == [1, 2]
+    assert pub.stats.duplicates["cam"] == 1
+    pub.close()
+
+
+def test_ids_stay_increasing_when_the_clock_goes_back(redis_server):
+    pub = publisher(redis_server)
+    pub.publish(result(1, ts=2_000_000_000.0))
+    pub.publish(result(2, ts=1_000_000_000.0))
+    assert pub.flush(5)
+    assert seqs(redis_server.client()) == [1, 2]
+    pub.close()
+
+
+def test_outage_buffers_in_order_then_flushes(redis_server):
+    pub = publisher(redis_server)
+    for s in range(5):
+        pub.publish(result(s))
+    assert pub.flush(5)
+    redis_server.kill()
+    for s in range(5, 25):
+        pub.publish(result(s))
+        time.sleep(0.05)
+    assert not pub.stats.connected and pub.pending > 0
+    redis_server.start()
+    assert pub.flush(15)
+    assert seqs(redis_server.client()) == list(range(25))  # gapless, in order, nothing lost
+    assert sum(pub.stats.dropped.values()) == 0
+    pub.close()
+
+
+def test_full_outage_buffer_drops_oldest_and_counts(redis_server):
+    pub = publisher(redis_server, max_buffer_entries=5)
+    redis_server.kill()
+    time.sleep(0.2)
+    for s in range(12):
+        pub.publish(result(s))
+    redis_server.start()
+    assert pub.flush(15)
+    assert seqs(redis_server.client()) == list(range(7, 12))
+    assert pub.stats.dropped["cam"] == 7
+    pub.camera_stats("cam", fps=1.0)
+    assert pub.flush(5)
+    assert camera_states(redis_server.client(), KEYS, ["cam"])["cam"]["publish_dropped"] == "7"
+    pub.close()
+
+
+def test_camera_state_goes_to_hash_and_status_stream(redis_server):
+    pub = publisher(redis_server)
+    pub.camera_state("cam", "reconnecting", error="cannot open rtsp://admin:pw@10.1.1.1/x", url="rtsp://***@10.1.1.1/x")
+    pub.camera_state("cam", "online")
+    assert pub.flush(5)
+    client = redis_server.client()
+    state = camera_states(client, KEYS, ["cam"])["cam"]
+    assert state["state"] == "online" and state["url"] == "rtsp://***@10.1.1.1/x"
+    status = client.xrange(KEYS.status)
+    assert [f[b"state"] for _, f in status] == [b"reconnecting", b"online"]
+    assert b"admin:pw" not in status[0][1][b"error"]
+    pub.close()
+
+
+def test_last_published_continues_seq(redis_server):
+    pub = publisher(redis_server)
+    assert pub.last_published("cam") is None
+    for s in (4, 5, 6):
+        pub.publish(result(s))
+    assert pub.flush(5)
+    fresh = publisher(redis_server)
+    assert fresh.last_published("cam")[1] == 6
+    pub.close()
+    fresh.close()
+
+
+def test_consumer_group_acks_resumes_and_reclaims(redis_server):
+    pub = publisher(redis_server)
+    for s in range(6):
+        pub.publish(result(s))
+    assert pub.flush(5)
+    client = redis_server.client()
+
+    a = Subscriber(client, KEYS, ["cam"], group="g", consumer="a", start="0", block_ms=100)
+    got = []
+    for msg in a.messages(limit=3):
+        got.append(msg.payload["seq"])
+        a.ack(msg)
+    assert got == [0, 1, 2]
+
+    # consumer "dead" reads two entries and dies without acking
+    dead = Subscriber(client, KEYS, ["cam"], group="g", consumer="dead", block_ms=100)
+    assert [m.payload["seq"] for m in dead.read(count=2)] == [3, 4]
+
+    # a new consumer reclaims them (idle threshold 0 for the test) and then reads the rest;
+    # acked entries are never delivered again
+    b = Subscriber(client, KEYS, ["cam"], group="g", consumer="b", block_ms=100, claim_idle_ms=0)
+    seen = []
+    for msg in b.messages(idle_timeout_s=0.5):
+        seen.append(msg.payload["seq"])
+        b.ack(msg)
+    assert seen == [3, 4, 5]
+    assert client.xpending(KEYS.detections("cam"), "g")["pending"] == 0
+    pub.close()
+
+
+def test_plain_subscriber_from_start_and_new_only(redis_server):
+    pub = publisher(redis_server)
+    pub.publish(result(0))
+    assert pub.flush(5)
+    client = redis_server.client()
+    assert [m.payload["seq"] for m in Subscriber(client, KEYS, ["cam"], start="0", block_ms=100).messages(limit=1)] == [0]
+    new_only = Subscriber(client, KEYS, ["cam"], block_ms=100)
+    assert new_only.read() == []
+    pub.publish(result(1))
+    assert pub.flush(5)
+    assert [m.payload["seq"] for m in new_only.read()] == [1]
+    pub.close()

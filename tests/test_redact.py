@@ -1,0 +1,13 @@
+from pipeline.redact import redact, redact_url
+
+
+def test_url_credentials_are_hidden():
+    assert redact_url("rtsp://admin:hunter2@10.0.0.5:554/s1") == "rtsp://***@10.0.0.5:554/s1"
+    assert redact_url("rtsp://10.0.0.5/s1") == "rtsp://10.0.0.5/s1"
+    assert redact_url("redis://:pw@127.0.0.1:6379/0") == "redis://***@127.0.0.1:6379/0"
+
+
+def test_free_text_is_scrubbed():
+    text = "cannot open rtsp://u:p@h/x: 401; password=hunter2 token abc"
+    out = redact(text, secrets=("abc",))
+    assert "u:p@" not in out and "hunter2" not in out and "abc" not in out

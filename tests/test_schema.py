@@ -1,0 +1,60 @@
+"""The message model: columnar detections, immutability, JSON v1 round trip."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.schema import SCHEMA, Detections, FrameMeta, FrameResult
+
+
+def sample():
+    return Detections(
+        xyxy=[[0, 0, 10, 10], [5, 5, 20, 30], [1, 2, 3, 4]],
+        scores=[0.9, 0.5, 0.3],
+        labels=("car", "person", "bus"),
+        categories=("vehicle", "pedestrian", "vehicle"),
+    )
+
+
+def test_shapes_are_validated():
+    with pytest.raises(ValueError, match="scores has 1 items, xyxy has 2"):
+        Detections(xyxy=[[0, 0, 1, 1], [0, 0, 2, 2]], scores=[0.5], labels=("a", "b"), categories=("x", "y"))
+
+
+def test_mask_and_attributes_return_new_objects():
+    d = sample()
+    vehicles = d[np.array([c == "vehicle" for c in d.categories])]
+    assert vehicles.labels == ("car", "bus") and len(d) == 3
+    tagged = d.with_attribute("type", {0: {"label": "cab", "score": 0.6}})
+    assert tagged.attributes[0] == {"type": {"label": "cab", "score": 0.6}}
+    assert d.attributes[0] == {}  # the original is untouched
+    assert d.indices_of("vehicle") == [0, 2]
+
+
+def test_json_round_trip_matches_v1_contract():
+    meta = FrameMeta(camera="traffic", seq=812, frame_ts=1764000000.123, pts=40.6, width=1920, height=1080)
+    result = FrameResult(
+        meta,
+        sample().with_attribute("type", {0: {"label": "minivan", "score": 0.62}}),
+        {"detector": "yolo11n.pt", "classifiers": {"vehicle": "yolov8n-cls.pt"}},
+        {"decode": 3.1, "queue": 12.0, "detect": 41.0, "classify": 9.5, "total": 70.2},
+    )
+    payload = json.loads(result.to_json())
+    assert payload["schema"] == SCHEMA and payload["id"] == "traffic:812"
+    assert set(payload) >= {"camera", "seq", "frame_ts", "pts", "width", "height", "model", "objects", "latency_ms"}
+    obj = payload["objects"][0]
+    assert obj == {"category": "vehicle", "label": "car", "score": 0.9, "bbox": [0.0, 0.0, 10.0, 10.0],
+                   "track_id": None, "attributes": {"type": {"label": "minivan", "score": 0.62}}}
+    back = FrameResult.from_json(result.to_json())
+    assert back.meta == meta and back.objects == result.objects
+
+
+def test_unknown_schema_is_rejected():
+    with pytest.raises(ValueError, match="unsupported schema"):
+        FrameResult.from_payload({"schema": "other/v9"})
+
+
+def test_empty_frame_serializes():
+    meta = FrameMeta("c", 0, 1.0, None, 640, 360)
+    assert json.loads(FrameResult(meta, Detections(), {}, {}).to_json())["objects"] == []

@@ -1,0 +1,167 @@
+"""VideoSource state machine, backoff, sampling and keep-latest, against a scripted capture."""
+
+import numpy as np
+import pytest
+
+from pipeline.sources import (
+    Backoff,
+    FpsSampler,
+    Frame,
+    InvalidTransition,
+    LatestFrameSlot,
+    SourceError,
+    SourceState,
+    VideoSource,
+)
+from pipeline.schema import FrameMeta
+
+
+class FakeCapture:
+    """Yields ``n`` frames 1/25 s apart, then fails (a dropped stream or end of file)."""
+
+    def __init__(self, n, clock):
+        self.n, self.i, self.clock, self.released = n, 0, clock, False
+
+    def grab(self):
+        if self.i >= self.n:
+            return False
+        self.i += 1
+        self.clock.t += 0.04
+        return True
+
+    def retrieve(self):
+        return True, np.zeros((36, 64, 3), np.uint8)
+
+    def get(self, prop):
+        return self.i * 40.0
+
+    def release(self):
+        self.released = True
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+    def sleep(self, s):
+        self.t += s
+
+
+def make_source(opens, *, is_file=False, loop=False, fps=0, seq_start=0, events=None):
+    clock = Clock()
+    script = iter(opens)
+
+    def opener():
+        item = next(script)
+        if isinstance(item, Exception):
+            raise item
+        return FakeCapture(item, clock)
+
+    src = VideoSource("cam", opener, fps=fps, is_file=is_file, loop=loop, realtime=False,
+                      seq_start=seq_start, on_status=(events.append if events is not None else None),
+                      clock=clock, sleep=clock.sleep, backoff=Backoff(0.5, 10))
+    return src, clock
+
+
+def take(src, n):
+    out = []
+    for frame in src.frames():
+        out.append(frame)
+        if len(out) == n:
+            src.stop()
+    return out
+
+
+def test_backoff_doubles_to_cap_and_resets():
+    b = Backoff(0.5, 10)
+    assert [b.next() for _ in range(7)] == [0.5, 1, 2, 4, 8, 10, 10]
+    b.reset()
+    assert b.next() == 0.5
+
+
+def test_sampler_keeps_requested_rate():
+    s = FpsSampler(5)
+    kept = [t for t in np.arange(0, 10, 0.04) if s.accept(float(t))]
+    assert 49 <= len(kept) <= 51
+    assert all(FpsSampler(0).accept(t) for t in range(10))
+
+
+def test_seq_keeps_increasing_across_reconnects_and_states_are_reported():
+    events = []
+    err = SourceError("cam", "cannot open rtsp://u:p@h/x", retryable=True)
+    src, _ = make_source([3, err, err, 4], events=events, seq_start=100)
+    frames = take(src, 7)
+    assert [f.meta.seq for f in frames] == list(range(100, 107))
+    states = [e.state for e in events]
+    assert states[:2] == [SourceState.ONLINE, SourceState.RECONNECTING]
+    assert SourceState.ONLINE in states[2:]
+    assert all("u:p@" not in (e.error or "") for e in events)  # credentials never leave
+    assert src.state == SourceState.STOPPED
+
+
+def test_reconnect_waits_with_backoff():
+    err = SourceError("cam", "down", retryable=True)
+    src, clock = make_source([1, err, err, err, 1])
+    t0 = clock.t
+    take(src, 2)
+    # lost after frame 1: waits 0.5, then 1, 2, 4 before the fifth open
+    assert clock.t - t0 >= 0.5 + 1 + 2 + 4
+
+
+def test_missing_file_fails_without_retry():
+    events = []
+    src, _ = make_source([SourceError("cam", "file not found: x.mp4", retryable=False)], is_file=True, events=events)
+    assert list(src.frames()) == []
+    assert src.state == SourceState.FAILED and "file not found" in src.last_error
+
+
+def test_file_with_no_frames_fails():
+    src, _ = make_source([0], is_file=True)
+    assert list(src.frames()) == []
+    assert src.state == SourceState.FAILED
+
+
+def test_looping_file_continues_pts_and_seq():
+    src, _ = make_source([3, 3, 3], is_file=True, loop=True)
+    frames = take(src, 7)
+    assert [f.meta.seq for f in frames] == list(range(7))
+    pts = [f.meta.pts for f in frames]
+    assert pts == sorted(pts) and len(set(pts)) == 7
+
+
+def test_file_without_loop_stops_at_end():
+    src, _ = make_source([5], is_file=True)
+    assert len(list(src.frames())) == 5
+    assert src.state == SourceState.STOPPED
+
+
+def test_watchdog_reports_a_silent_camera():
+    events = []
+    src, clock = make_source([2], events=events)
+    gen = src.frames()
+    next(gen)
+    clock.t += 11
+    assert src.check_watchdog()
+    assert events[-1].state == SourceState.RECONNECTING and "watchdog" in events[-1].error
+
+
+def test_transitions_are_checked():
+    src, _ = make_source([])
+    src._transition(SourceState.STOPPED)
+    with pytest.raises(InvalidTransition):
+        src._transition(SourceState.ONLINE)
+
+
+def test_latest_slot_keeps_newest_and_counts_drops():
+    slot = LatestFrameSlot()
+    frames = [Frame(FrameMeta("c", i, 0.0, None, 1, 1), np.zeros((1, 1, 3), np.uint8)) for i in range(3)]
+    for f in frames:
+        slot.put(f)
+    assert slot.get(timeout=0).meta.seq == 2
+    assert slot.dropped == 2
+    assert slot.get(timeout=0) is None
+    slot.close()
+    assert slot.get(timeout=1) is None and slot.closed
