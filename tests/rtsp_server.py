@@ -157,7 +157,8 @@ def main():
     for p in producers:  # preroll so the first client gets real frames, not black
         p.set_state(Gst.State.PLAYING)
         if p.get_state(10 * Gst.SECOND)[0] == Gst.StateChangeReturn.FAILURE:
-            die("a producer pipeline failed to start", 1)
+            msg = p.get_bus().pop_filtered(Gst.MessageType.ERROR)
+            die(f"producer failed: {msg.parse_error()[0].message if msg else '?'}", 1)
 
     if server.attach(None) == 0:
         die(f"cannot listen on {args.host}:{args.port} (port in use?)", 3)

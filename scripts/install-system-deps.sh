@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian packages percept needs, only when something is missing.
+#   scripts/install-system-deps.sh          redis-server + ffmpeg (to run percept)
+#   scripts/install-system-deps.sh --test   + GStreamer's RTSP server (for the test suite)
+set -euo pipefail
+pkgs=()
+command -v redis-server >/dev/null || pkgs+=(redis-server)
+command -v redis-cli >/dev/null || pkgs+=(redis-tools)
+command -v ffmpeg >/dev/null || pkgs+=(ffmpeg)
+if [[ "${1:-}" == "--test" ]]; then
+  if ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer','1.0'); from gi.repository import GstRtspServer" 2>/dev/null; then
+    pkgs+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+           gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav)
+  fi
+fi
+[[ ${#pkgs[@]} -eq 0 ]] && exit 0
+echo "installing Debian packages: ${pkgs[*]}"
+SUDO=""
+[[ $(id -u) -ne 0 ]] && SUDO="sudo"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
