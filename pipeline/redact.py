@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]*@)")
-_PASSWORD_ARG = re.compile(r"(?i)(password|passwd|pass|requirepass)(\s*[=:]\s*|\s+)(\S+)")
+_PASSWORD_ARG = re.compile(r"(?i)\b(password|passwd|requirepass)(\s*[=:]\s*)(\S+)")
 
 
 def redact_url(url: str) -> str:

@@ -363,7 +363,9 @@ def open_capture(
             raise SourceError(camera, f"file not found: {path}", retryable=False)
         cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
         if not cap.isOpened():
-            raise SourceError(camera, f"{path} is not a video OpenCV can decode", retryable=False)
+            raise SourceError(
+                camera, f"{path} is not a video FFmpeg can decode (wrong format, truncated or corrupt)", retryable=False
+            )
         return cap
     if url.startswith("rtsp"):
         # FFmpeg reads these at every open; TCP and no probing: first frame in ~0.2 s, not ~3 s.
@@ -375,8 +377,46 @@ def open_capture(
     ]
     cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
     if not cap.isOpened():
-        raise SourceError(camera, f"cannot open {safe} (unreachable, wrong path or credentials?)", retryable=True)
+        why = diagnose_rtsp(url, timeout_s=min(open_timeout_s, 3.0)) if url.startswith("rtsp://") else "no answer"
+        raise SourceError(camera, f"cannot open {safe}: {why}", retryable=True)
     return cap
+
+
+def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
+    """Why an RTSP open failed, in words a camera operator can act on: one DESCRIBE request
+    (Basic credentials from the URL, as FFmpeg would send them) and the status line it gets."""
+    import base64
+    import socket
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 554
+    clean = f"rtsp://{host}:{port}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
+    request = f"DESCRIBE {clean} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n"
+    if parts.username is not None:
+        token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+        request += f"Authorization: Basic {token}\r\n"
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.settimeout(timeout_s)
+            sock.sendall((request + "\r\n").encode())
+            status = sock.recv(256).split(b"\r\n", 1)[0].decode(errors="replace")
+    except ConnectionRefusedError:
+        return f"connection refused by {host}:{port} (camera or server down?)"
+    except socket.gaierror:
+        return f"unknown host {host!r}"
+    except (TimeoutError, socket.timeout):
+        return f"no answer from {host}:{port} within {timeout_s:.0f} s (unreachable or hung)"
+    except OSError as exc:
+        return f"{host}:{port} unreachable ({exc.strerror or exc})"
+    code = status.split(" ", 2)[1] if status.count(" ") >= 1 else ""
+    if code == "401":
+        return "401 Unauthorized: check the user and password in the camera URL"
+    if code == "404":
+        return "404 Not Found: check the stream path in the camera URL"
+    if code.startswith("2"):
+        return f"server answered {status!r} but no video could be decoded (codec or transport problem)"
+    return f"server answered {status!r}" if status else "server closed the connection"
 
 
 def probe_fps(url: str) -> float | None:

@@ -86,3 +86,11 @@ def ray_session():
     yield ray
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def rtsp_server_cls():
+    """The GStreamer RTSP test server class (kept behind a fixture so tests don't import its module)."""
+    from tests.rtsp import RtspServer
+
+    return RtspServer

@@ -11,3 +11,8 @@ def test_free_text_is_scrubbed():
     text = "cannot open rtsp://u:p@h/x: 401; password=hunter2 token abc"
     out = redact(text, secrets=("abc",))
     assert "u:p@" not in out and "hunter2" not in out and "abc" not in out
+
+
+def test_prose_about_passwords_is_kept():
+    msg = "401 Unauthorized: check the user and password in the camera URL"
+    assert redact(msg) == msg
