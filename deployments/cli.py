@@ -1,4 +1,4 @@
-"""The `percept` command: run, demo, subscribe.
+"""The `percept` command: run, demo, subscribe, bench.
 
 Exit codes: 0 ok; 2 invalid config or arguments (nothing was started); 3 a service the config
 names is unreachable (Redis) or a model cannot be loaded; 130 interrupted.
@@ -270,6 +270,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--count", type=int, help="stop after N messages")
     s.add_argument("--timeout", type=float, help="stop after S seconds without messages")
     s.add_argument("--claim-idle-ms", type=int, default=30_000, help="reclaim entries pending this long on dead consumers")
+
+    from .bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(sub.add_parser("bench", help="measure the graph against the bare model, Ultralytics and redis-benchmark"))
     return p
 
 
@@ -289,6 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_graph(cfg, address=None, duration=args.duration, monitor=True)
         if args.command == "subscribe":
             return _subscribe(args)
+        if args.command == "bench":
+            from .bench import run_bench
+
+            return run_bench(args)
     except ConfigError as exc:
         return _fail(str(exc), CONFIG_ERROR_EXIT_CODE)
     return 0

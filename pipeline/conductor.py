@@ -70,6 +70,7 @@ class CameraConductor:
         max_inflight: int,
         detect_timeout_s: float = 30.0,
         stats_interval_s: float = 1.0,
+        stop_grace_s: float = 2.0,
     ):
         self.camera = camera
         self.source = source
@@ -81,6 +82,7 @@ class CameraConductor:
         self.max_inflight = max_inflight
         self.detect_timeout_s = detect_timeout_s
         self.stats_interval_s = stats_interval_s
+        self.stop_grace_s = stop_grace_s
         self.slot = LatestFrameSlot()
         self.counters = CameraCounters()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -118,9 +120,15 @@ class CameraConductor:
             self._publish_stats()
 
     async def stop(self) -> None:
+        """Stop reading; frames in flight get a short grace (the detector may be gone already)."""
         self._stopped.set()
         self.source.stop()
         self._frame_ready.set()
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=self.stop_grace_s)
+            for task in pending:
+                task.cancel()
+            self.counters.failed += len(pending)
 
     def _read_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         try:

@@ -27,7 +27,7 @@ VEHICLE_LABELS = ["minivan", "sports_car", "cab", "pickup", "police_van", "jeep"
 
 @pytest.fixture(scope="module")
 def rtsp_with_auth(videos):
-    from tests.rtsp import RtspServer
+    from benchmarks.rtsp import RtspServer
 
     with RtspServer(
         {"traffic": str(videos / "traffic.mp4"), "walk": str(videos / "vtest.avi")}, user="viewer", password=PASSWORD
