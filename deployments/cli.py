@@ -36,7 +36,7 @@ def _redis_for(config: PerceptConfig, stack: ExitStack) -> PerceptConfig:
     """Use the configured Redis, or start a private redis-server for this run."""
     import redis
 
-    from pipeline.publish import connect_redis
+    from pipeline.publish import redis_from_config
     from pipeline.redis_server import EmbeddedRedis
 
     state = Path(config.state_dir)
@@ -47,7 +47,7 @@ def _redis_for(config: PerceptConfig, stack: ExitStack) -> PerceptConfig:
         stack.callback(lambda: (state / "redis.url").unlink(missing_ok=True))
         print(f"percept: private redis-server at {server.url} (data in {state / 'redis'})", flush=True)
     try:
-        connect_redis(config.redis.url, password=config.redis.password).ping()
+        redis_from_config(config.redis).ping()
     except redis.RedisError as exc:
         raise _Unavailable(f"redis.url: cannot reach {redact_url(config.redis.url)}: {redact(str(exc))}") from None
     return config
@@ -89,7 +89,7 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
     import ray
     from ray import serve
 
-    from pipeline.publish import StreamKeys, connect_redis
+    from pipeline.publish import StreamKeys, redis_from_config
 
     from .graph import build_app
 
@@ -116,7 +116,7 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
         except Exception as exc:  # a replica that cannot start (model error) fails the deploy
             return _fail(f"deployment failed: {redact(str(exc))[-2000:]}", EXIT_UNAVAILABLE)
         print(f"percept: running {len(config.cameras)} camera(s); streams {config.redis.stream_prefix}:detections:<camera>", flush=True)
-        client = connect_redis(config.redis.url, password=config.redis.password)
+        client = redis_from_config(config.redis)
         return _monitor(client, StreamKeys(config.redis.stream_prefix), [c.id for c in config.cameras], duration, monitor)
     return 0
 
@@ -208,13 +208,14 @@ def demo_config(videos_dir: str | None, models_dir: str | None, state_dir: str) 
 def _subscribe(args: argparse.Namespace) -> int:
     import redis
 
-    from pipeline.publish import StreamKeys, connect_redis
+    from pipeline.publish import StreamKeys, connect_redis, redis_from_config
     from pipeline.subscribe import Subscriber
 
-    url, password, prefix = args.redis, None, args.prefix
+    url, prefix = args.redis, args.prefix
+    redis_cfg = None
     if args.config:
         cfg = load_config(args.config)
-        password = cfg.redis.password
+        redis_cfg = cfg.redis
         prefix = prefix or cfg.redis.stream_prefix
         if not url:
             url = cfg.redis.url
@@ -226,7 +227,10 @@ def _subscribe(args: argparse.Namespace) -> int:
     url = url or os.environ.get("PERCEPT_REDIS_URL") or "redis://127.0.0.1:6379/0"
     start = "0" if args.from_start else (args.from_id or "$")
     try:
-        client = connect_redis(url, password=password)
+        if redis_cfg is not None:
+            client = redis_from_config(redis_cfg.model_copy(update={"url": url}))
+        else:
+            client = connect_redis(url)
         client.ping()
         sub = Subscriber(client, StreamKeys(prefix or "percept"), args.cameras, group=args.group,
                          consumer=args.consumer, start=start, claim_idle_ms=args.claim_idle_ms)

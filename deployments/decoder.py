@@ -14,7 +14,7 @@ from pipeline.assignment import CameraSupervisor
 from pipeline.conductor import ClassifierRoute, open_camera
 from pipeline.config import CameraConfig, PerceptConfig
 from pipeline.models import DetectorInput, model_name
-from pipeline.publish import Publisher, StreamKeys, connect_redis
+from pipeline.publish import Publisher, StreamKeys, redis_from_config
 
 log = logging.getLogger("percept.decoder")
 
@@ -32,7 +32,7 @@ class DecoderDeployment:
         if not cfg.redis.url:
             raise ValueError("redis.url must be resolved before deployment (percept run does this)")
         self.keys = StreamKeys(cfg.redis.stream_prefix)
-        client = connect_redis(cfg.redis.url, password=cfg.redis.password)
+        client = redis_from_config(cfg.redis)
         self.publisher = Publisher(
             client,
             keys=self.keys,

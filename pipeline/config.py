@@ -54,6 +54,8 @@ class RedisConfig(Strict):
     stream_prefix: str = Field("percept", pattern=r"^[A-Za-z0-9_.:-]+$", description="key prefix")
     maxlen: int = Field(100_000, ge=1, description="approximate entries kept per stream (MAXLEN ~)")
     password: str | None = Field(None, description="AUTH password; use ${ENV_VAR}")
+    username: str | None = Field(None, description="ACL user (Redis 6+)")
+    tls_ca_file: str | None = Field(None, description="CA bundle to verify a rediss:// server")
     buffer: OutageBufferConfig = OutageBufferConfig()
 
     @field_validator("url")

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 
 import redis
 
+from .config import RedisConfig
 from .redact import redact
 from .schema import SCHEMA_VERSION, FrameResult
 from .sources import Backoff
@@ -52,14 +53,27 @@ class StreamKeys:
         return f"{self.prefix}:lease:{camera}"
 
 
-def connect_redis(url: str, *, password: str | None = None, **kwargs: Any) -> redis.Redis:
-    """The one factory for Redis clients (short timeouts: an outage is noticed quickly)."""
+def connect_redis(
+    url: str, *, password: str | None = None, username: str | None = None, ca_file: str | None = None, **kwargs: Any
+) -> redis.Redis:
+    """The one factory for Redis clients (short timeouts: an outage is noticed quickly).
+    ``rediss://`` URLs use TLS, verified against ``ca_file`` when given."""
     kwargs.setdefault("socket_timeout", 5)
     kwargs.setdefault("socket_connect_timeout", 3)
     kwargs.setdefault("health_check_interval", 10)
     if password is not None:
         kwargs["password"] = password
+    if username is not None:
+        kwargs["username"] = username
+    if ca_file is not None and url.startswith("rediss://"):
+        kwargs["ssl_ca_certs"] = ca_file
     return redis.Redis.from_url(url, **kwargs)
+
+
+def redis_from_config(cfg: RedisConfig, **kwargs: Any) -> redis.Redis:
+    if not cfg.url:
+        raise ValueError("redis.url is not set")
+    return connect_redis(cfg.url, password=cfg.password, username=cfg.username, ca_file=cfg.tls_ca_file, **kwargs)
 
 
 def parse_entry_id(entry_id: bytes | str) -> tuple[int, int]:

@@ -1,0 +1,548 @@
+"""`percept bench`: the graph against its own limit and against Ultralytics, in one invocation.
+
+Phases, in this order, on one machine (Ray-free helpers live in `pipeline/bench.py`):
+
+1. ``bare`` — the detector in this process on pre-decoded, pre-letterboxed frames of the clips at
+   the configured batch size (``bare_fps``) and at batch 1 (one inference: ``single_infer_ms``).
+2. ``ultralytics`` — ``YOLO(model).predict(source=<.streams>, stream=True)`` on the same RTSP
+   URLs, in a subprocess with a timeout, before Ray starts (the machine is otherwise idle).
+3. Ray and Serve start once; each of the following is a ``serve.run`` of the graph with its own
+   cameras and its own stream prefix (fresh streams, leases and camera hashes), deleted after:
+   ``e2e`` for every N in ``--cameras`` with cameras uncapped (``fps: 0``), counting XLEN growth
+   over a window after a warm-up; ``latency`` at ~50 % of the measured capacity; ``overload`` at
+   ~3× capacity (RSS of every Ray process at the start and end of the window, lag, drops).
+4. ``publish`` — after Ray stops: `Publisher` on real payloads vs ``redis-benchmark`` XADD.
+
+Cameras are the shared clips (PERCEPT_SAMPLE_VIDEOS) served as live RTSP cameras on loopback by
+benchmarks/rtsp.py at ``--rtsp-fps`` (like real cameras, every frame is decoded; ``fps`` only
+samples), or the files themselves with ``--source file``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline import bench as B
+from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError, PerceptConfig, load_config, parse_config
+
+log = logging.getLogger("percept.bench")
+
+APP = "percept-bench"
+PHASES = ("bare", "ultralytics", "e2e", "latency", "overload", "publish")
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
+MAX_CAMERAS = 16
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cameras", default="1,4", help="camera counts for the e2e phase (default 1,4); the largest "
+                   "is used for Ultralytics, latency and overload")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds measured per phase (default 30; overload then runs 60)")
+    p.add_argument("--overload-duration", type=float, default=None,
+                   help="seconds of overload (default 60, or --duration when that is given)")
+    p.add_argument("--warmup", type=float, default=None, help="seconds before each window (default duration/3, 3..8)")
+    p.add_argument("--model", help="detector weights: a path, a file in PERCEPT_MODELS_DIR or an ultralytics name "
+                   "(default: the demo's, the OpenVINO INT8 YOLO11n when present)")
+    p.add_argument("-c", "--config", help="take detector/classifier/decoder settings from this config (cameras and "
+                   "redis are replaced)")
+    p.add_argument("--source", choices=("rtsp", "file"), default="rtsp",
+                   help="cameras: the clips over a loopback RTSP server (default) or the files")
+    p.add_argument("--rtsp-fps", type=int, default=30, help="frame rate of each RTSP camera (default 30)")
+    p.add_argument("--videos", help="folder with traffic.mp4, vtest.avi, people.mp4 (default PERCEPT_SAMPLE_VIDEOS)")
+    p.add_argument("--skip", default="", help=f"comma-separated phases to skip: {','.join(PHASES)}")
+    p.add_argument("--json", dest="json_out", help="also write the results here")
+    p.add_argument("--results-dir", default=str(RESULTS_DIR),
+                   help="where <date>-<host>.json goes (default benchmarks/results; '' to not save)")
+    p.add_argument("--profile", help="py-spy record every Serve replica during the largest e2e window into this "
+                   "folder (raw collapsed stacks)")
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+def _base_config(args: argparse.Namespace, state_dir: str) -> PerceptConfig:
+    from .cli import ENV_SAMPLE_VIDEOS, demo_config
+
+    models_dir = os.environ.get("PERCEPT_MODELS_DIR")
+    if args.config:
+        cfg = load_config(args.config)
+    else:
+        cfg = demo_config(args.videos or os.environ.get(ENV_SAMPLE_VIDEOS), models_dir, state_dir)
+    data = cfg.model_dump(mode="json")
+    if args.model:
+        data["detector"]["weights"] = args.model
+    data["cameras"] = []
+    data["state_dir"] = state_dir
+    if data.get("models_dir") is None:
+        data["models_dir"] = models_dir
+    return parse_config(data, env={})
+
+
+def _clips(args: argparse.Namespace) -> list[Path]:
+    from .cli import ENV_SAMPLE_VIDEOS
+
+    folder = args.videos or os.environ.get(ENV_SAMPLE_VIDEOS)
+    if not folder:
+        raise ConfigError([f"--videos: no clips folder (set {ENV_SAMPLE_VIDEOS} or pass --videos)"])
+    clips = [Path(folder) / name for name in B.CLIPS if (Path(folder) / name).exists()]
+    if not clips:
+        raise ConfigError([f"--videos: none of {', '.join(B.CLIPS)} in {folder}"])
+    return clips
+
+
+def _parse_counts(text: str) -> list[int]:
+    try:
+        counts = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError([f"--cameras: expected comma-separated integers, got {text!r}"]) from None
+    if not counts or counts[0] < 1 or counts[-1] > MAX_CAMERAS:
+        raise ConfigError([f"--cameras: counts must be between 1 and {MAX_CAMERAS}, got {text!r}"])
+    return counts
+
+
+class Cameras:
+    """Camera entries for N cameras cycling over the clips (RTSP mounts or files)."""
+
+    def __init__(self, clips: list[Path], source: str, rtsp: Any | None, rtsp_fps: int):
+        self.clips = clips
+        self.source = source
+        self.rtsp = rtsp
+        self.rtsp_fps = rtsp_fps
+        if source == "file":
+            from pipeline.sources import probe_fps
+
+            self.native = [probe_fps(str(c)) or 25.0 for c in clips]
+        else:
+            self.native = [float(rtsp_fps)] * len(clips)
+
+    @property
+    def rate(self) -> float:
+        """Frames per second one camera can deliver (at most)."""
+        return float(sum(self.native) / len(self.native))
+
+    def url(self, i: int) -> str:
+        clip = self.clips[i % len(self.clips)]
+        return self.rtsp.url(clip.stem) if self.source == "rtsp" else str(clip)
+
+    def entries(self, n: int, *, fps: float, realtime: bool = True) -> list[dict[str, Any]]:
+        out = []
+        for i in range(n):
+            stem = self.clips[i % len(self.clips)].stem
+            cam_id = stem if i < len(self.clips) else f"{stem}-{i // len(self.clips) + 1}"
+            cam: dict[str, Any] = {"id": cam_id, "url": self.url(i), "fps": round(fps, 3)}
+            if self.source == "file":
+                cam.update(loop=True, realtime=realtime)
+            out.append(cam)
+        return out
+
+
+def _phase_config(base: PerceptConfig, *, redis_url: str, prefix: str, cameras: list[dict[str, Any]]) -> PerceptConfig:
+    data = base.model_dump(mode="json")
+    data["redis"]["url"] = redis_url
+    data["redis"]["stream_prefix"] = prefix
+    data["cameras"] = cameras
+    return parse_config(data, env={})
+
+
+# --- phases ----------------------------------------------------------------------------------
+
+def _say(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def phase_bare(cfg: PerceptConfig, clips: list[Path], duration: float) -> tuple[dict[str, Any], list[Any]]:
+    """The detector alone (same weights, imgsz, batch, threads) on pre-letterboxed clip frames."""
+    import gc
+
+    from pipeline.models import Detector, prepare_frame
+
+    det = Detector.from_config(cfg.detector, models_dir=cfg.models_dir)
+    frames = B.load_frames(clips, per_clip=8)
+    inputs = [prepare_frame(f, cfg.detector.imgsz) for f in frames]
+    batch = cfg.detector.batch.max_size
+    single = B.measure_single_infer(det.detect_batch, inputs, duration=max(3.0, duration / 3))
+    full = B.measure_bare(det.detect_batch, inputs, batch=batch, duration=duration)
+    dets = det.detect_batch(inputs[: len(clips)])
+    samples = []
+    from pipeline.schema import FrameMeta, FrameResult
+
+    for i, (inp, d) in enumerate(zip(inputs, dets)):  # payloads for the publish phase if e2e is skipped
+        if not isinstance(d, Exception):
+            h, w = inp.orig_shape
+            samples.append(FrameResult(FrameMeta("bare", i, time.time(), 0.0, w, h), d,
+                                       {"detector": det.name, "classifiers": {}},
+                                       {"decode": 1.0, "queue": 1.0, "detect": 10.0, "classify": 0.0, "total": 12.0}))
+    out = {"fps": full["fps"], "batch": batch, "batch_ms": full["batch_ms"], "frames": full["frames"],
+           "seconds": full["seconds"], "batch1_fps": single["fps"], "single_infer_ms": single["ms"],
+           "device": det.device, "half": det.half, "threads": cfg.detector.threads or max(1, int(round(cfg.detector.num_cpus)))}
+    del det
+    gc.collect()
+    return out, samples
+
+
+def phase_ultralytics(model: str, urls: list[str], cfg: PerceptConfig, *, duration: float, warmup: float,
+                      workdir: Path) -> dict[str, Any]:
+    streams = workdir / "bench.streams"
+    streams.write_text("\n".join(urls) + "\n")
+    cmd = [sys.executable, "-m", "pipeline.bench", "ultralytics", "--model", model, "--streams", str(streams),
+           "--imgsz", str(cfg.detector.imgsz), "--duration", str(duration), "--warmup", str(warmup),
+           "--conf", str(cfg.detector.conf)]
+    if cfg.detector.device != "auto":
+        cmd += ["--device", cfg.detector.device]
+    from pipeline.models import choose_device
+
+    device, half = choose_device(cfg.detector.device, cfg.detector.half)
+    if half:
+        cmd += ["--half"]
+    env = dict(os.environ, OPENCV_FFMPEG_CAPTURE_OPTIONS=B.RTSP_CAPTURE_OPTIONS)
+    timeout = warmup + duration + 120
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"ultralytics predict did not finish within {timeout:.0f} s (killed)") from None
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            res = json.loads(line[len("RESULT "):])
+            res["cameras"] = len(urls)
+            return res
+    raise RuntimeError(f"ultralytics predict failed (rc={out.returncode}): {out.stderr.strip()[-800:]}")
+
+
+class Graph:
+    """Ray + Serve started once; `phase` deploys the graph for one camera set and measures it."""
+
+    def __init__(self, stack: ExitStack, client: Any):
+        import ray
+        from ray import serve
+
+        from pipeline.redis_server import free_port
+
+        from .cli import _start_ray
+
+        t = time.monotonic()
+        _start_ray(None)
+        stack.callback(ray.shutdown)
+        self.gpu = ray.cluster_resources().get("GPU", 0) > 0
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+        stack.callback(serve.shutdown)
+        self.client = client
+        self.startup_s = time.monotonic() - t
+
+    def phase(self, cfg: PerceptConfig, *, duration: float, warmup: float, ready_timeout: float = 120.0,
+              profile_dir: Path | None = None) -> dict[str, Any]:
+        from ray import serve
+
+        from pipeline.publish import StreamKeys, camera_states
+
+        from .graph import build_app
+
+        keys = StreamKeys(cfg.redis.stream_prefix)
+        cams = [c.id for c in cfg.cameras]
+        streams = [keys.detections(c) for c in cams]
+        t_deploy = time.monotonic()
+        serve.run(build_app(cfg, gpu_available=self.gpu), name=APP, route_prefix="/",
+                  logging_config={"enable_access_log": False})
+        try:
+            deadline = time.monotonic() + ready_timeout
+            while any(self.client.xlen(s) == 0 for s in streams):
+                if time.monotonic() > deadline:
+                    states = camera_states(self.client, keys, cams)
+                    raise RuntimeError(f"cameras did not publish within {ready_timeout:.0f} s: "
+                                       + "; ".join(f"{c}={s.get('state')} {s.get('last_error', '')}" for c, s in states.items()))
+                time.sleep(0.2)
+            ready_s = time.monotonic() - t_deploy
+            time.sleep(warmup)
+            tap = B.StreamTap(self.client, streams).start()
+            procs0 = B.process_stats()
+            t0, len0, st0 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
+            profilers = self._start_profilers(profile_dir, procs0, duration) if profile_dir else []
+            time.sleep(duration)
+            t1, len1, st1 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
+            procs1 = B.process_stats()
+            entries = tap.stop()
+            for p in profilers:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        finally:
+            serve.delete(APP)
+        dt = t1 - t0
+
+        def delta(field: str) -> float:
+            return sum(float(st1.get(c, {}).get(field, 0) or 0) - float(st0.get(c, {}).get(field, 0) or 0) for c in cams)
+
+        published = sum(len1.values()) - sum(len0.values())
+        per_camera = {c: (len1[s] - len0[s]) / dt for c, s in zip(cams, streams)}
+        summary = B.StreamTap.summarize(entries, t0, t1)
+        processes = B.compare_processes(procs0, procs1)
+        return {
+            "cameras": len(cams),
+            "camera_fps": cfg.cameras[0].fps if cfg.cameras else None,
+            "fps": published / dt,
+            "per_camera_fps": per_camera,
+            "offered_fps": delta("seq") / dt,
+            "dropped_per_s": delta("dropped") / dt,
+            "seconds": dt,
+            "warmup_s": warmup,
+            "ready_s": ready_s,
+            "payload_samples": [e.raw.decode() for e in entries[-200:]],
+            "processes": processes,
+            "cpu_pct_total": sum(p["cpu_pct"] or 0 for p in processes),
+            **summary,
+        }
+
+    def _lengths(self, streams: list[str]) -> dict[str, int]:
+        pipe = self.client.pipeline(transaction=False)
+        for s in streams:
+            pipe.xlen(s)
+        return dict(zip(streams, pipe.execute()))
+
+    @staticmethod
+    def _start_profilers(folder: Path, procs: dict[int, dict[str, Any]], duration: float) -> list[subprocess.Popen]:
+        import shutil
+
+        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        folder.mkdir(parents=True, exist_ok=True)
+        out = []
+        for pid, p in procs.items():
+            if not p["name"].startswith("ray::ServeReplica"):
+                continue
+            name = p["name"].split(":")[-1]
+            out.append(subprocess.Popen(
+                [exe, "record", "--pid", str(pid), "--duration", str(int(duration)), "--rate", "50", "--format", "raw",
+                 "--nonblocking", "--output", str(folder / f"{name}-{pid}.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return out
+
+
+def phase_publish(redis_server: Any, samples: list[Any], *, n: int) -> dict[str, Any]:
+    client = redis_server.client()
+    pub = B.measure_publisher(client, samples, n=n)
+    size = int(round(pub["payload_bytes_mean"]))
+    rb = B.redis_benchmark_xadd(redis_server.port, payload_bytes=size, n=n, clients=1, pipeline=pub["batch"],
+                                password=redis_server.password)
+    rb_default = B.redis_benchmark_xadd(redis_server.port, payload_bytes=size, n=n, clients=50, pipeline=16,
+                                        password=redis_server.password, key="benchrb50")
+    return {"publisher": pub, "redis_benchmark": rb, "redis_benchmark_50_clients": rb_default}
+
+
+# --- orchestration ---------------------------------------------------------------------------
+
+def _capacity(result: dict[str, Any], n_max: int) -> float | None:
+    e2e = (result.get("e2e") or {}).get(str(n_max))
+    if e2e and e2e.get("fps"):
+        return float(e2e["fps"])
+    return result.get("bare_fps")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from pipeline.redis_server import EmbeddedRedis
+    from pipeline.schema import FrameResult
+
+    from .cli import _check_models, _fail
+
+    try:
+        counts = _parse_counts(args.cameras)
+        skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+        unknown = skip - set(PHASES)
+        if unknown:
+            raise ConfigError([f"--skip: unknown phase(s) {sorted(unknown)}; phases are {', '.join(PHASES)}"])
+        clips = _clips(args)
+    except ConfigError as exc:
+        return _fail(str(exc), CONFIG_ERROR_EXIT_CODE)
+    duration = args.duration if args.duration is not None else 30.0
+    overload_s = args.overload_duration or (args.duration if args.duration is not None else 60.0)
+    warmup = args.warmup if args.warmup is not None else min(8.0, max(3.0, duration / 3))
+    n_max = counts[-1]
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    t_start = time.monotonic()
+
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="percept-bench-")))
+        try:
+            base = _base_config(args, str(workdir / "state"))
+            _check_models(base)
+        except ConfigError as exc:
+            return _fail(str(exc), CONFIG_ERROR_EXIT_CODE)
+        from pipeline.models import choose_device, model_name, resolve_weights
+
+        weights = resolve_weights(base.detector.weights, base.models_dir)
+        device, _ = choose_device(base.detector.device, base.detector.half)
+        result: dict[str, Any] = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": args.source,
+            "cameras": counts,
+            "duration_s": duration,
+            "overload_duration_s": overload_s,
+            "rtsp_fps": args.rtsp_fps if args.source == "rtsp" else None,
+            "machine": B.machine_info(model=model_name(base.detector), imgsz=base.detector.imgsz,
+                                      batch=base.detector.batch.max_size, device=device),
+            "config": {"detector": base.detector.model_dump(mode="json"),
+                       "classifiers": {k: v.model_dump(mode="json") for k, v in base.classifiers.items()},
+                       "decoder": base.decoder.model_dump(mode="json")},
+            "skipped": sorted(skip, key=PHASES.index),
+            "errors": {},
+        }
+        redis_server = stack.enter_context(EmbeddedRedis(workdir / "redis"))
+        client = redis_server.client()
+        rtsp = None
+        if args.source == "rtsp":
+            from benchmarks.rtsp import RtspServer
+
+            rtsp = stack.enter_context(RtspServer({c.stem: f"{c}@{args.rtsp_fps}" for c in clips}))
+        cams = Cameras(clips, args.source, rtsp, args.rtsp_fps)
+        samples: list[Any] = []
+
+        def attempt(name: str, fn: Callable[[], None]) -> None:
+            if name in skip:
+                return
+            _say(f"{name} …")
+            t = time.monotonic()
+            try:
+                fn()
+            except Exception as exc:  # one failing phase must not lose the others' numbers
+                log.debug("phase %s failed", name, exc_info=True)
+                result["errors"][name] = f"{type(exc).__name__}: {exc}"[:2000]
+                _say(f"{name} FAILED: {exc}")
+            else:
+                _say(f"{name} done in {time.monotonic() - t:.0f} s")
+
+        def bare() -> None:
+            out, s = phase_bare(base, clips, duration)
+            samples.extend(s)
+            result["bare"] = out
+            result["bare_fps"] = out["fps"]
+            result["single_infer_ms"] = out["single_infer_ms"]["p50"]
+
+        def ultra() -> None:
+            urls = [cams.url(i) for i in range(n_max)]
+            res = phase_ultralytics(weights, urls, base, duration=duration, warmup=warmup, workdir=workdir)
+            result["ultralytics"] = res
+            result["ultralytics_fps"] = res["fps"]
+
+        attempt("bare", bare)
+        attempt("ultralytics", ultra)
+
+        ray_phases = [p for p in ("e2e", "latency", "overload") if p not in skip]
+        if ray_phases:
+            with ExitStack() as ray_stack:
+                graph: Graph | None = None
+                try:
+                    _say("starting Ray and Serve …")
+                    graph = Graph(ray_stack, client)
+                    result["ray_startup_s"] = graph.startup_s
+                except Exception as exc:
+                    for p in ray_phases:
+                        result["errors"][p] = f"Ray/Serve did not start: {exc}"
+                if graph is not None:
+                    g = graph
+
+                    def e2e() -> None:
+                        result["e2e"] = {}
+                        for n in counts:
+                            cfg = _phase_config(base, redis_url=redis_server.url, prefix=f"e2e{n}",
+                                                cameras=cams.entries(n, fps=0, realtime=False))
+                            prof = Path(args.profile) if args.profile and n == n_max else None
+                            ph = g.phase(cfg, duration=duration, warmup=warmup, profile_dir=prof)
+                            samples[:0] = [FrameResult.from_json(s) for s in ph.pop("payload_samples")]
+                            result["e2e"][str(n)] = ph
+                            _say(f"  {n} camera(s): {ph['fps']:.1f} fps published, {ph['offered_fps']:.1f} offered")
+                        result["e2e_fps"] = result["e2e"][str(n_max)]["fps"]
+
+                    def latency() -> None:
+                        cap = _capacity(result, n_max)
+                        if not cap:
+                            raise RuntimeError("no capacity measured (e2e and bare both missing)")
+                        fps = min(0.5 * cap / n_max, cams.rate)
+                        cfg = _phase_config(base, redis_url=redis_server.url, prefix="latency",
+                                            cameras=cams.entries(n_max, fps=fps, realtime=True))
+                        ph = g.phase(cfg, duration=duration, warmup=warmup)
+                        ph.pop("payload_samples")
+                        ph["capacity_fps"] = cap
+                        result["latency"] = ph
+                        result["latency_ms"] = ph["latency_ms"]
+
+                    def overload() -> None:
+                        cap = _capacity(result, n_max)
+                        if not cap:
+                            raise RuntimeError("no capacity measured (e2e and bare both missing)")
+                        target = 3 * cap
+                        n = min(MAX_CAMERAS, max(n_max, math.ceil(target / (0.9 * cams.rate))))
+                        fps = target / n
+                        fps = 0 if fps >= 0.95 * cams.rate else fps
+                        cfg = _phase_config(base, redis_url=redis_server.url, prefix="overload",
+                                            cameras=cams.entries(n, fps=fps, realtime=True))
+                        ph = g.phase(cfg, duration=overload_s, warmup=warmup)
+                        ph.pop("payload_samples")
+                        graph_procs = [p for p in ph["processes"] if B.is_graph_process(p["name"]) and p["growth_pct"] is not None]
+                        result["overload"] = {
+                            "capacity_fps": cap,
+                            "cameras": n,
+                            "camera_fps": fps,
+                            "offered_fps": ph["offered_fps"],
+                            "offered_over_capacity": B.ratio(ph["offered_fps"], cap),
+                            "published_fps": ph["fps"],
+                            "lag_p99_s": ph["lag_s"]["p99"],
+                            "lag_s": ph["lag_s"],
+                            "lag_max_s": ph["lag_max_s"],
+                            "dropped_per_s": ph["dropped_per_s"],
+                            "rss": [{k: p[k] for k in ("name", "pid", "start_mb", "end_mb", "growth_pct")} for p in ph["processes"]],
+                            "rss_growth_max_pct": max((p["growth_pct"] for p in graph_procs), default=None),
+                            "seconds": ph["seconds"],
+                            "detail": ph,
+                        }
+
+                    attempt("e2e", e2e)
+                    attempt("latency", latency)
+                    attempt("overload", overload)
+                    _say("stopping Ray …")
+
+        def publish() -> None:
+            if not samples:
+                raise RuntimeError("no payloads to publish (bare and e2e both skipped or failed)")
+            result["publish"] = phase_publish(redis_server, samples[:200], n=20_000)
+
+        attempt("publish", publish)
+
+    # --- ratios and goals ---------------------------------------------------------------------
+    result["p1_e2e_over_bare"] = B.ratio(result.get("e2e_fps"), result.get("bare_fps"))
+    result["p2_e2e_over_ultralytics"] = B.ratio(result.get("e2e_fps"), result.get("ultralytics_fps"))
+    result["p3_p50_over_single_infer"] = B.ratio((result.get("latency_ms") or {}).get("p50"), result.get("single_infer_ms"))
+    result["p5_publish_over_redis_benchmark"] = B.ratio(
+        B.value_of(result, "publish.publisher.entries_per_s"), B.value_of(result, "publish.redis_benchmark.rps"))
+    result["goals"] = B.goals(result)
+    result["wall_s"] = time.monotonic() - t_start
+    for key in ("bare_fps", "e2e_fps", "ultralytics_fps", "latency_ms", "overload", "single_infer_ms"):
+        result.setdefault(key, None)
+    result = B.rounded(result)
+    text = json.dumps(result, indent=2)
+    written = []
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(text + "\n")
+        written.append(args.json_out)
+    if args.results_dir:
+        folder = Path(args.results_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{datetime.now().strftime('%Y-%m-%d')}-{result['machine']['host']}.json"
+        path.write_text(text + "\n")
+        written.append(str(path))
+    print(B.format_table(result), flush=True)
+    if result["errors"]:
+        print("errors: " + "; ".join(f"{k}: {v[:300]}" for k, v in result["errors"].items()), flush=True)
+    if written:
+        print("results: " + ", ".join(written), flush=True)
+    return 1 if result["errors"] else 0

@@ -1,0 +1,93 @@
+"""Redis AUTH and TLS on real redis-servers; credentials never leak into output."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import parse_config
+from pipeline.publish import Publisher, StreamKeys, redis_from_config
+from pipeline.redis_server import EmbeddedRedis, free_port
+from pipeline.subscribe import Subscriber
+
+from .test_publish import result
+
+KEYS = StreamKeys("sec")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def roundtrip(redis_cfg):
+    client = redis_from_config(redis_cfg)
+    pub = Publisher(client, keys=KEYS, maxlen=100).start()
+    pub.publish(result(1))
+    assert pub.flush(5)
+    pub.close()
+    (msg,) = Subscriber(client, KEYS, ["cam"], start="0", block_ms=100).messages(limit=1)
+    return msg.payload
+
+
+def test_auth_password_from_environment(tmp_path):
+    with EmbeddedRedis(tmp_path / "r", password="Auth-Pw-42") as server:
+        cfg = parse_config({"redis": {"url": server.url, "password": "${REDIS_PW}"}}, env={"REDIS_PW": "Auth-Pw-42"})
+        assert roundtrip(cfg.redis)["seq"] == 1
+
+
+def test_wrong_password_is_a_clear_error_without_the_password(tmp_path):
+    with EmbeddedRedis(tmp_path / "r", password="Auth-Pw-42") as server:
+        config = tmp_path / "c.yaml"
+        config.write_text(f"redis: {{url: '{server.url}', password: Not-The-Pw-7}}\n")
+        out = subprocess.run([sys.executable, "-m", "deployments.cli", "subscribe", "cam", "-c", str(config),
+                              "--count", "1"], capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert out.returncode == 3
+        assert "redis redis://127.0.0.1" in out.stderr and ("WRONGPASS" in out.stderr or "invalid" in out.stderr.lower())
+        assert "Not-The-Pw-7" not in out.stderr + out.stdout
+
+
+@pytest.fixture()
+def tls_redis(tmp_path):
+    """redis-server with TLS only (Debian builds it with TLS), certificates made by openssl."""
+    d = tmp_path
+    def sh(*cmd):
+        subprocess.run(cmd, check=True, capture_output=True, cwd=d)
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+       "-days", "2", "-subj", "/CN=percept-test-ca")
+    sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+       "-subj", "/CN=127.0.0.1")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    sh("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+       "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                             "--tls-cert-file", "server.crt", "--tls-key-file", "server.key",
+                             "--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no", "--save", "",
+                             "--requirepass", "Tls-Pw-1"], cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    yield port, d / "ca.crt"
+    proc.terminate()
+    proc.wait(5)
+
+
+def test_tls_with_ca_file(tls_redis):
+    port, ca = tls_redis
+    cfg = parse_config({"redis": {"url": f"rediss://127.0.0.1:{port}/0", "password": "Tls-Pw-1",
+                                  "tls_ca_file": str(ca)}}, env={})
+    for _ in range(20):  # the server may still be starting
+        try:
+            assert roundtrip(cfg.redis)["camera"] == "cam"
+            break
+        except Exception:
+            time.sleep(0.25)
+    else:
+        pytest.fail("no TLS round trip")
+
+
+def test_tls_server_refuses_an_unverified_certificate(tls_redis):
+    import redis
+
+    port, _ = tls_redis
+    cfg = parse_config({"redis": {"url": f"rediss://127.0.0.1:{port}/0", "password": "Tls-Pw-1"}}, env={})
+    time.sleep(0.5)
+    with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
+        redis_from_config(cfg.redis).ping()
