@@ -58,17 +58,20 @@ class _Unavailable(RuntimeError):
 
 
 def _check_models(config: PerceptConfig) -> None:
-    """Fail before starting Ray when a weights file named by path does not exist."""
-    from pipeline.models import resolve_weights
+    """Load every model once in the driver before starting Ray: a missing file, a failed
+    download or a model of the wrong task is a config error, reported before anything starts."""
+    from pipeline.models import ModelError, load_yolo
 
-    sections: list[tuple[str, str]] = [("detector.weights", config.detector.weights)]
-    sections += [(f"classifiers.{c}.weights", cc.weights) for c, cc in config.classifiers.items()]
-    for field, spec in sections:
-        resolved = resolve_weights(spec, config.models_dir)
-        looks_like_path = "/" in spec or spec.startswith(".")
-        if looks_like_path and not Path(resolved).exists():
-            where = f" nor in PERCEPT_MODELS_DIR={config.models_dir}" if config.models_dir else " (PERCEPT_MODELS_DIR is not set)"
-            raise ConfigError([f"{field}: {spec!r} does not exist{where}"])
+    sections = [("detector", config.detector, "detect")]
+    sections += [(f"classifiers.{c}", cc, "classify") for c, cc in config.classifiers.items()]
+    errors = []
+    for field, section, task in sections:
+        try:
+            load_yolo(section, models_dir=config.models_dir, field=f"{field}.weights", task=task)
+        except ModelError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ConfigError(errors)
 
 
 def _start_ray(address: str | None) -> None:

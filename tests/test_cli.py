@@ -28,16 +28,26 @@ def test_missing_config_file_exits_2(tmp_path):
     assert out.returncode == 2 and "cannot read" in out.stderr
 
 
-def test_missing_model_path_exits_2(tmp_path):
+def test_missing_model_exits_2_naming_field_and_variable(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"redis: {{url: 'redis://127.0.0.1:{free_port()}/0'}}\ndetector: {{weights: ./models/none.pt}}\n")
     out = percept("run", "-c", str(cfg))
-    assert out.returncode == 2 and "detector.weights: './models/none.pt' does not exist" in out.stderr
+    assert out.returncode == 2
+    assert "detector.weights: cannot load './models/none.pt'" in out.stderr and "PERCEPT_MODELS_DIR" in out.stderr
 
 
-def test_unreachable_redis_exits_3_without_password(tmp_path):
+def test_classifier_given_as_detector_exits_2(tmp_path, models_dir):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"redis: {{url: 'redis://:topsecret@127.0.0.1:{free_port()}/0'}}\n")
+    cfg.write_text(f"models_dir: {models_dir}\ndetector: {{weights: yolov8n-cls-imagenet.pt}}\n")
+    out = percept("run", "-c", str(cfg))
+    assert out.returncode == 2
+    assert "detector.weights: 'yolov8n-cls-imagenet.pt' is a classify model; this stage needs a detect model" in out.stderr
+
+
+def test_unreachable_redis_exits_3_without_password(tmp_path, models_dir):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"redis: {{url: 'redis://:topsecret@127.0.0.1:{free_port()}/0'}}\n"
+                   f"models_dir: {models_dir}\ndetector: {{weights: yolo11n_int8_openvino_model}}\n")
     out = percept("run", "-c", str(cfg))
     assert out.returncode == 3
     assert "redis.url: cannot reach redis://***@127.0.0.1" in out.stderr
