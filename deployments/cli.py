@@ -206,6 +206,36 @@ def demo_config(videos_dir: str | None, models_dir: str | None, state_dir: str) 
     )
 
 
+# --- build ---------------------------------------------------------------------------------
+
+class _KeepUnset(dict):
+    """An environment in which unset ``${VAR}`` stay as written (resolved later, on the cluster)."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> str:
+        return os.environ.get(key, "${" + key + "}")
+
+
+def _build(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .build import serve_config
+
+    path = Path(args.config)
+    config = load_config(path, env=_KeepUnset())
+    raw = yaml.safe_load(path.read_text()) or {}
+    out = serve_config(raw, config, http_host=args.http_host, http_port=args.http_port)
+    text = yaml.safe_dump(out, sort_keys=False)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+        print(f"percept: wrote {args.output}; deploy with: serve deploy {args.output}", file=sys.stderr)
+    return 0
+
+
 # --- subscribe -----------------------------------------------------------------------------
 
 def _subscribe(args: argparse.Namespace) -> int:
@@ -264,6 +294,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float)
     demo.add_argument("--state-dir", default=".percept")
 
+    b = sub.add_parser("build", help="write a Ray Serve config for `serve deploy` / KubeRay")
+    b.add_argument("-c", "--config", required=True)
+    b.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    b.add_argument("--http-host", default="127.0.0.1", help="Serve HTTP bind address (default 127.0.0.1)")
+    b.add_argument("--http-port", type=int, default=8000)
+
     s = sub.add_parser("subscribe", help="print detection payloads as JSON lines")
     s.add_argument("cameras", nargs="+")
     s.add_argument("-c", "--config", help="read redis url/prefix from this config")
@@ -300,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_graph(cfg, address=None, duration=args.duration, monitor=True)
         if args.command == "subscribe":
             return _subscribe(args)
+        if args.command == "build":
+            return _build(args)
         if args.command == "bench":
             from .bench import run_bench
 

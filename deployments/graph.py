@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ray import serve
 
-from pipeline.config import ModelServerConfig, PerceptConfig
+from pipeline.config import ModelServerConfig, PerceptConfig, parse_config
 
 from .classifier import ClassifierDeployment
 from .decoder import DecoderDeployment
@@ -34,19 +35,44 @@ def model_server_options(cfg: ModelServerConfig, *, gpu_available: bool) -> dict
     return options
 
 
+def decoder_options(config: PerceptConfig) -> dict[str, Any]:
+    return {
+        "num_replicas": config.decoder_replicas,
+        "ray_actor_options": {"num_cpus": config.decoder.num_cpus},
+        "max_ongoing_requests": 100,
+    }
+
+
+def deployment_options(config: PerceptConfig, *, gpu_available: bool) -> dict[str, dict[str, Any]]:
+    """Serve options of every deployment by name: what `build_app` binds and `percept build` writes."""
+    options = {"decoder": decoder_options(config), "detector": model_server_options(config.detector, gpu_available=gpu_available)}
+    for category, ccfg in config.classifiers.items():
+        options[f"classifier-{category}"] = model_server_options(ccfg, gpu_available=gpu_available)
+    return options
+
+
 def build_app(config: PerceptConfig, *, gpu_available: bool = False) -> serve.Application:
     if not config.redis.url:
         raise ValueError("build_app needs redis.url (percept run starts a private redis-server otherwise)")
     data = config.model_dump(mode="json")
-    detector = DetectorDeployment.options(**model_server_options(config.detector, gpu_available=gpu_available)).bind(data)
+    options = deployment_options(config, gpu_available=gpu_available)
+    detector = DetectorDeployment.options(**options["detector"]).bind(data)
     classifiers = {
-        category: ClassifierDeployment.options(
-            name=f"classifier-{category}", **model_server_options(ccfg, gpu_available=gpu_available)
-        ).bind(data, category)
-        for category, ccfg in config.classifiers.items()
+        category: ClassifierDeployment.options(name=f"classifier-{category}", **options[f"classifier-{category}"]).bind(
+            data, category
+        )
+        for category in config.classifiers
     }
-    return DecoderDeployment.options(
-        num_replicas=config.decoder_replicas,
-        ray_actor_options={"num_cpus": config.decoder.num_cpus},
-        max_ongoing_requests=100,
-    ).bind(data, detector, classifiers)
+    return DecoderDeployment.options(**options["decoder"]).bind(data, detector, classifiers)
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """Serve's application builder (``import_path: deployments.graph:app_builder``).
+
+    ``args.config`` is the percept YAML as written, ``${VAR}`` included: secrets are substituted
+    here, on the cluster, from its environment, and never stored in the Serve config."""
+    import ray
+
+    config = parse_config(args.get("config") or {}, env=os.environ)
+    gpu = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+    return build_app(config, gpu_available=gpu)
