@@ -9,8 +9,10 @@ Phases, in this order, on one machine (Ray-free helpers live in `pipeline/bench.
 3. Ray and Serve start once; each of the following is a ``serve.run`` of the graph with its own
    cameras and its own stream prefix (fresh streams, leases and camera hashes), deleted after:
    ``e2e`` for every N in ``--cameras`` with cameras uncapped (``fps: 0``), counting XLEN growth
-   over a window after a warm-up; ``latency`` at ~50 % of the measured capacity; ``overload`` at
-   ~3× capacity (RSS of every Ray process at the start and end of the window, lag, drops).
+   over a window after a warm-up; ``detect-only``, the same without classifiers (what they cost);
+   ``latency`` at ~50 % of the measured capacity; ``overload`` at ~3× capacity (RSS of every Ray
+   process at the start and end of the window, lag, drops). Every window also records the CPU
+   each process used and how much other processes on the machine took (noise).
 4. ``publish`` — after Ray stops: `Publisher` on real payloads vs ``redis-benchmark`` XADD.
 
 Cameras are the shared clips (PERCEPT_SAMPLE_VIDEOS) served as live RTSP cameras on loopback by
@@ -40,7 +42,7 @@ from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError, PerceptConfig, 
 log = logging.getLogger("percept.bench")
 
 APP = "percept-bench"
-PHASES = ("bare", "ultralytics", "e2e", "latency", "overload", "publish")
+PHASES = ("bare", "ultralytics", "e2e", "detect-only", "latency", "overload", "publish")
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 MAX_CAMERAS = 16
@@ -148,8 +150,11 @@ class Cameras:
         return out
 
 
-def _phase_config(base: PerceptConfig, *, redis_url: str, prefix: str, cameras: list[dict[str, Any]]) -> PerceptConfig:
+def _phase_config(base: PerceptConfig, *, redis_url: str, prefix: str, cameras: list[dict[str, Any]],
+                  classifiers: bool = True) -> PerceptConfig:
     data = base.model_dump(mode="json")
+    if not classifiers:
+        data["classifiers"] = {}
     data["redis"]["url"] = redis_url
     data["redis"]["stream_prefix"] = prefix
     data["cameras"] = cameras
@@ -229,11 +234,14 @@ class Graph:
 
         from pipeline.redis_server import free_port
 
-        from .cli import _start_ray
-
         t = time.monotonic()
-        _start_ray(None)
+        env_vars = {k: v for k, v in os.environ.items() if k.startswith(("YOLO_", "PERCEPT_"))}
+        # Local only: RSS and CPU are read from this process tree. Replica logs stay in Ray's log
+        # folder (a deployment that fails still fails serve.run, with its error).
+        ray.init(address="local", runtime_env={"env_vars": env_vars} if env_vars else None, include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=False)
         stack.callback(ray.shutdown)
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
         self.gpu = ray.cluster_resources().get("GPU", 0) > 0
         serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
         stack.callback(serve.shutdown)
@@ -265,12 +273,14 @@ class Graph:
             ready_s = time.monotonic() - t_deploy
             time.sleep(warmup)
             tap = B.StreamTap(self.client, streams).start()
+            cpu = B.CpuMeter().start()
             procs0 = B.process_stats()
             t0, len0, st0 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
             profilers = self._start_profilers(profile_dir, procs0, duration) if profile_dir else []
             time.sleep(duration)
             t1, len1, st1 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
             procs1 = B.process_stats()
+            cpu_use = cpu.stop()
             entries = tap.stop()
             for p in profilers:
                 try:
@@ -300,7 +310,7 @@ class Graph:
             "ready_s": ready_s,
             "payload_samples": [e.raw.decode() for e in entries[-200:]],
             "processes": processes,
-            "cpu_pct_total": sum(p["cpu_pct"] or 0 for p in processes),
+            "cpu": cpu_use,
             **summary,
         }
 
@@ -421,7 +431,9 @@ def run_bench(args: argparse.Namespace) -> int:
                 _say(f"{name} done in {time.monotonic() - t:.0f} s")
 
         def bare() -> None:
+            cpu = B.CpuMeter().start()
             out, s = phase_bare(base, clips, duration)
+            out["cpu"] = cpu.stop()
             samples.extend(s)
             result["bare"] = out
             result["bare_fps"] = out["fps"]
@@ -429,14 +441,16 @@ def run_bench(args: argparse.Namespace) -> int:
 
         def ultra() -> None:
             urls = [cams.url(i) for i in range(n_max)]
+            cpu = B.CpuMeter().start()
             res = phase_ultralytics(weights, urls, base, duration=duration, warmup=warmup, workdir=workdir)
+            res["cpu"] = cpu.stop()
             result["ultralytics"] = res
             result["ultralytics_fps"] = res["fps"]
 
         attempt("bare", bare)
         attempt("ultralytics", ultra)
 
-        ray_phases = [p for p in ("e2e", "latency", "overload") if p not in skip]
+        ray_phases = [p for p in ("e2e", "detect-only", "latency", "overload") if p not in skip]
         if ray_phases:
             with ExitStack() as ray_stack:
                 graph: Graph | None = None
@@ -461,6 +475,15 @@ def run_bench(args: argparse.Namespace) -> int:
                             result["e2e"][str(n)] = ph
                             _say(f"  {n} camera(s): {ph['fps']:.1f} fps published, {ph['offered_fps']:.1f} offered")
                         result["e2e_fps"] = result["e2e"][str(n_max)]["fps"]
+
+                    def detect_only() -> None:
+                        # The same graph without classifiers: separates their cost from Serve's.
+                        cfg = _phase_config(base, redis_url=redis_server.url, prefix=f"det{n_max}", classifiers=False,
+                                            cameras=cams.entries(n_max, fps=0, realtime=False))
+                        ph = g.phase(cfg, duration=duration, warmup=warmup)
+                        ph.pop("payload_samples")
+                        result["e2e_detect_only"] = {str(n_max): ph}
+                        result["e2e_detect_only_fps"] = ph["fps"]
 
                     def latency() -> None:
                         cap = _capacity(result, n_max)
@@ -506,6 +529,8 @@ def run_bench(args: argparse.Namespace) -> int:
                         }
 
                     attempt("e2e", e2e)
+                    if base.classifiers:
+                        attempt("detect-only", detect_only)
                     attempt("latency", latency)
                     attempt("overload", overload)
                     _say("stopping Ray …")
@@ -519,6 +544,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     # --- ratios and goals ---------------------------------------------------------------------
     result["p1_e2e_over_bare"] = B.ratio(result.get("e2e_fps"), result.get("bare_fps"))
+    result["p1_detect_only_over_bare"] = B.ratio(result.get("e2e_detect_only_fps"), result.get("bare_fps"))
     result["p2_e2e_over_ultralytics"] = B.ratio(result.get("e2e_fps"), result.get("ultralytics_fps"))
     result["p3_p50_over_single_infer"] = B.ratio((result.get("latency_ms") or {}).get("p50"), result.get("single_infer_ms"))
     result["p5_publish_over_redis_benchmark"] = B.ratio(

@@ -206,7 +206,7 @@ class StreamTap:
         the per-stage breakdown of the entries seen in [t0, t1]."""
         totals, lags = [], []
         stages: dict[str, list[float]] = {}
-        n = 0
+        n = objects = classified = 0
         for e in entries:
             if not t0 <= e.seen <= t1:
                 continue
@@ -218,8 +218,13 @@ class StreamTap:
             for k, v in lat.items():
                 stages.setdefault(k, []).append(float(v))
             lags.append(e.seen - float(p["frame_ts"]))
+            objs = p.get("objects", [])
+            objects += len(objs)
+            classified += sum(1 for o in objs if o.get("attributes"))
         return {
             "entries": n,
+            "objects_per_frame": objects / n if n else None,
+            "classified_per_frame": classified / n if n else None,
             "latency_ms": percentiles(totals),
             "lag_s": percentiles(lags),
             "lag_max_s": max(lags) if lags else None,
@@ -230,41 +235,81 @@ class StreamTap:
 
 # --- processes -----------------------------------------------------------------------------------
 
-def bench_process_name(cmdline: Sequence[str], name: str) -> str | None:
-    """A label for the processes the bench watches: Ray's workers (``ray::ServeReplica:app:detector``
-    and friends), raylet, gcs_server, redis-server and the RTSP test server; None otherwise."""
+def bench_process_name(cmdline: Sequence[str], name: str) -> str:
+    """A stable label: Ray's workers as ``ray::ServeReplica:app:detector`` (Ray appends the method
+    it is running, ``….handle_request``; that part is dropped), ``rtsp_server`` for the RTSP test
+    server, else the process name."""
     first = cmdline[0] if cmdline else ""
     if first.startswith("ray::"):
         title = first.split()[0]
-        return None if title == "ray::IDLE" else title
-    if name in ("raylet", "gcs_server", "redis-server"):
-        return name
+        head, _, tail = title.rpartition(":")
+        return f"{head}:{tail.split('.')[0]}" if head else title.split(".")[0]
     if any(part.endswith("rtsp_server.py") for part in cmdline[:3]):
         return "rtsp_server"
-    return None
+    if name.startswith("python"):  # Ray's helpers (log_monitor.py, …), the Ultralytics run
+        script = next((Path(a).name for a in cmdline[1:4] if a.endswith(".py")), None)
+        module = next((cmdline[i + 1] for i, a in enumerate(cmdline[:-1]) if a == "-m"), None)
+        return script or module or name
+    return name
 
 
 def is_graph_process(label: str) -> bool:
     """Processes whose memory must stay flat: Ray's workers and daemons (redis-server's grows with
     the streams by design, up to MAXLEN; the RTSP server is the test camera)."""
-    return label.startswith("ray::") or label in ("raylet", "gcs_server")
+    return (label.startswith("ray::") and label != "ray::IDLE") or label in ("raylet", "gcs_server")
 
 
-def process_stats(match: Callable[[Sequence[str], str], str | None] = bench_process_name) -> dict[int, dict[str, Any]]:
-    """pid → {name, rss_mb, cpu_s} of the processes ``match`` names, at this moment."""
+def process_stats(root: int | None = None) -> dict[int, dict[str, Any]]:
+    """pid → {name, rss_mb, cpu_s} of ``root`` (default: this process) and all its descendants —
+    Ray's daemons and workers, redis-server and the RTSP server when the bench started them —
+    and never other users' processes on a shared machine."""
     import psutil
 
+    try:
+        top = psutil.Process(root or os.getpid())
+        procs = [top, *top.children(recursive=True)]
+    except psutil.Error:
+        return {}
     out: dict[int, dict[str, Any]] = {}
-    for proc in psutil.process_iter(["pid", "name", "cmdline", "memory_info", "cpu_times"]):
+    for proc in procs:
         try:
-            label = match(proc.info["cmdline"] or [], proc.info["name"] or "")
-            if label and proc.info["memory_info"] is not None and proc.info["cpu_times"] is not None:
-                ct = proc.info["cpu_times"]
-                out[proc.info["pid"]] = {"name": label, "rss_mb": proc.info["memory_info"].rss / 2**20,
-                                         "cpu_s": ct.user + ct.system, "t": time.monotonic()}
-        except (psutil.Error, IndexError):
+            with proc.oneshot():
+                label = "bench" if proc.pid == top.pid else bench_process_name(proc.cmdline(), proc.name())
+                ct = proc.cpu_times()  # children_*: reaped children (an exited subprocess) count too
+                cpu = ct.user + ct.system + getattr(ct, "children_user", 0.0) + getattr(ct, "children_system", 0.0)
+                out[proc.pid] = {"name": label, "rss_mb": proc.memory_info().rss / 2**20, "cpu_s": cpu,
+                                 "t": time.monotonic()}
+        except psutil.Error:
             continue
     return out
+
+
+class CpuMeter:
+    """Machine-wide CPU busy time between `start` and `stop`, and how much of it this process tree
+    used: ``foreign_pct`` is what other processes on the machine took (noise on a shared host)."""
+
+    def start(self) -> "CpuMeter":
+        import psutil
+
+        self._sys0 = _busy(psutil.cpu_times())
+        self._tree0 = process_stats()
+        self._t0 = time.monotonic()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        import psutil
+
+        dt = time.monotonic() - self._t0
+        busy = (_busy(psutil.cpu_times()) - self._sys0) / dt * 100
+        tree1 = process_stats()
+        own = sum(tree1[p]["cpu_s"] - s["cpu_s"] for p, s in self._tree0.items() if p in tree1) / dt * 100
+        return {"machine_busy_pct": busy, "bench_tree_pct": own, "foreign_pct": max(0.0, busy - own),
+                "capacity_pct": 100.0 * (os.cpu_count() or 1)}
+
+
+def _busy(ct: Any) -> float:
+    idle = ct.idle + getattr(ct, "iowait", 0.0)
+    return sum(ct) - idle - getattr(ct, "guest", 0.0) - getattr(ct, "guest_nice", 0.0)
 
 
 def compare_processes(start: Mapping[int, Mapping[str, Any]], end: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -492,8 +537,12 @@ def format_table(result: Mapping[str, Any]) -> str:
     row("single inference ms (batch 1, p50)", result.get("single_infer_ms"), spec=".1f")
     for n, ph in sorted((result.get("e2e") or {}).items(), key=lambda kv: int(kv[0])):
         row(f"e2e_fps, {n} camera(s) (offered {_fmt(ph.get('offered_fps'), '.0f')} fps)", ph.get("fps"), spec=".1f")
-    row(f"ultralytics_fps, {value_of(result, 'ultralytics.streams') or '-'} stream(s)", result.get("ultralytics_fps"), spec=".1f")
+    for n, ph in sorted((result.get("e2e_detect_only") or {}).items(), key=lambda kv: int(kv[0])):
+        row(f"e2e_fps without classifiers, {n} camera(s)", ph.get("fps"), spec=".1f")
+    row(f"ultralytics_fps, {value_of(result, 'ultralytics.cameras') or '-'} camera(s)", result.get("ultralytics_fps"), spec=".1f")
     row("p1 e2e / bare", result.get("p1_e2e_over_bare"), "p1_e2e_over_bare")
+    if result.get("p1_detect_only_over_bare") is not None:
+        row("p1 without classifiers (not a goal)", result.get("p1_detect_only_over_bare"))
     row("p2 e2e / ultralytics", result.get("p2_e2e_over_ultralytics"), "p2_e2e_over_ultralytics")
     lat = result.get("latency_ms") or {}
     row(f"latency ms p50/p95/p99 @ {_fmt(value_of(result, 'latency.offered_fps'), '.0f')} fps offered",
@@ -504,11 +553,19 @@ def format_table(result: Mapping[str, Any]) -> str:
     row("overload published fps", ov.get("published_fps"), spec=".1f")
     row("overload lag p99 s", ov.get("lag_p99_s"), "overload.lag_p99_s")
     row("overload dropped/s", ov.get("dropped_per_s"), spec=".1f")
-    row("overload RSS growth, max over processes %", ov.get("rss_growth_max_pct"), "overload.rss_growth_max_pct", ".1f")
+    row("overload RSS growth, max over Ray processes %", ov.get("rss_growth_max_pct"), "overload.rss_growth_max_pct", ".1f")
     pub = result.get("publish") or {}
     row("publisher entries/s", value_of(pub, "publisher.entries_per_s"), spec=".0f")
     row("redis-benchmark XADD/s (same conn/pipeline)", value_of(pub, "redis_benchmark.rps"), spec=".0f")
     row("p5 publisher / redis-benchmark", result.get("p5_publish_over_redis_benchmark"), "p5_publish_over_redis_benchmark")
+    foreign = [(name, value_of(result, path)) for name, path in
+               (("bare", "bare.cpu.foreign_pct"), ("ultralytics", "ultralytics.cpu.foreign_pct"),
+                ("latency", "latency.cpu.foreign_pct"), ("overload", "overload.detail.cpu.foreign_pct"))]
+    foreign += [(f"e2e{n}", value_of(ph, "cpu.foreign_pct")) for n, ph in (result.get("e2e") or {}).items()]
+    foreign = [(k, v) for k, v in foreign if v is not None]
+    if foreign:
+        lines.append("CPU %% used by other processes on the machine during each phase (noise; %d%% = all cores): %s" % (
+            100 * (m.get("cores") or 1), "  ".join(f"{k} {v:.0f}" for k, v in foreign)))
     skipped = result.get("skipped") or []
     if skipped:
         lines.append(f"skipped: {', '.join(skipped)}")

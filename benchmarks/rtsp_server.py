@@ -1,0 +1,176 @@
+"""Serve looping video files / test patterns as live RTSP cameras (gst-rtsp-server).
+
+Test and benchmark fixture. Runs under Debian's /usr/bin/python3 (which has
+``gi``); needs only gi + the stdlib::
+
+    /usr/bin/python3 benchmarks/rtsp_server.py --port 8554 [--host 127.0.0.1] \
+        [--user U --password P] MOUNT=SPEC [MOUNT=SPEC ...]
+
+SPEC is ``PATH[@WxH][@FPS]`` (a video file, looped forever) or ``testsrc[@WxH][@FPS]``
+(``videotestsrc pattern=ball`` with a clock overlay). Size defaults to the file's native
+size (640x480 for testsrc), FPS to 10. Each mount is served at ``rtsp://HOST:PORT/MOUNT``
+as H.264 baseline, keyframe every 10 frames; all clients of a mount share one encoder.
+
+A file is decoded by its own "producer" pipeline (flush-seek to 0 on EOS) into an
+``intervideosink``; the RTSP factory reads it with ``intervideosrc``, so clients see a live
+camera that never ends. ``--port 0`` binds any free port. Once listening, exactly one line
+``ready rtsp://HOST:PORT`` goes to stdout. Exit codes: 0 after SIGTERM/SIGINT, 2 bad
+arguments/media, 3 port already in use, 1 producer pipeline error.
+"""
+import argparse
+import re
+import signal
+import sys
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstPbutils", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstPbutils, GstRtspServer  # noqa: E402
+
+ENCODE = ("videoconvert ! x264enc tune=zerolatency threads=1 speed-preset=ultrafast "
+          "key-int-max=10 bitrate=1500 ! video/x-h264,profile=baseline ! "
+          "rtph264pay name=pay0 pt=96 config-interval=-1")
+
+
+def die(msg, code=2):
+    print(f"rtsp_server: {msg}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def parse_spec(arg):
+    """'MOUNT=PATH[@WxH][@FPS]' -> (mount, path, (w, h) or None, fps)."""
+    mount, sep, spec = arg.partition("=")
+    mount = mount.strip("/")
+    if not sep or not mount or not spec:
+        die(f"bad mount spec {arg!r}, expected MOUNT=PATH[@WxH][@FPS]")
+    size, fps = None, 10
+    parts = spec.split("@")
+    while len(parts) > 1:  # peel trailing @WxH / @FPS tokens (paths may contain '@')
+        m = re.fullmatch(r"(\d+)x(\d+)|(\d+)", parts[-1])
+        if not m:
+            break
+        if m.group(3):
+            fps = int(m.group(3))
+        else:
+            size = (int(m.group(1)), int(m.group(2)))
+        parts.pop()
+    return mount, "@".join(parts), size, fps
+
+
+def native_size(path):
+    try:
+        info = GstPbutils.Discoverer.new(10 * Gst.SECOND).discover_uri(Gst.filename_to_uri(path))
+        v = info.get_video_streams()[0]
+        return v.get_width(), v.get_height()
+    except Exception as e:  # noqa: BLE001
+        die(f"cannot probe {path}: {e}")
+
+
+def make_producer(path, caps, channel, on_fail):
+    """filesrc -> decode -> scale/rate -> intervideosink, flush-seeking to 0 on EOS."""
+    pipe = Gst.parse_launch(
+        'filesrc name=src ! decodebin caps="video/x-raw(ANY)" expose-all-streams=false ! '
+        f"videoconvert ! videoscale ! videorate ! {caps} ! intervideosink channel={channel}")
+    pipe.get_by_name("src").set_property("location", path)
+
+    def on_message(_bus, msg):
+        if msg.type == Gst.MessageType.EOS:
+            if not pipe.seek_simple(Gst.Format.TIME, Gst.SeekFlags.FLUSH | Gst.SeekFlags.KEY_UNIT, 0):
+                on_fail(f"{path}: seek to start failed")
+        elif msg.type == Gst.MessageType.ERROR:
+            err, dbg = msg.parse_error()
+            on_fail(f"{path}: {err.message} ({dbg})")
+        return True
+
+    bus = pipe.get_bus()
+    bus.add_signal_watch()
+    bus.connect("message", on_message)
+    return pipe
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8554, help="0 = any free port")
+    ap.add_argument("--user")
+    ap.add_argument("--password")
+    ap.add_argument("mounts", nargs="+", metavar="MOUNT=SPEC")
+    args = ap.parse_args()
+    if (args.user is None) != (args.password is None):
+        die("--user and --password go together")
+
+    Gst.init(None)
+    loop = GLib.MainLoop()
+    status = [0]
+
+    def fail(msg):  # called from GLib callbacks: stop the loop rather than raise
+        print(f"rtsp_server: {msg}", file=sys.stderr, flush=True)
+        status[0] = 1
+        loop.quit()
+
+    server = GstRtspServer.RTSPServer()
+    server.set_address(args.host)
+    server.set_service(str(args.port))
+    server.set_backlog(64)
+    mounts = server.get_mount_points()
+
+    permissions = None
+    if args.user is not None:
+        auth = GstRtspServer.RTSPAuth()
+        token = GstRtspServer.RTSPToken()
+        token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "user")
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password), token)
+        server.set_auth(auth)
+        permissions = GstRtspServer.RTSPPermissions()
+        permissions.add_permission_for_role("user", GstRtspServer.RTSP_PERM_MEDIA_FACTORY_ACCESS, True)
+        permissions.add_permission_for_role("user", GstRtspServer.RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, True)
+
+    producers = []
+    seen = set()
+    for i, arg in enumerate(args.mounts):
+        mount, path, size, fps = parse_spec(arg)
+        if mount in seen:
+            die(f"duplicate mount /{mount}")
+        seen.add(mount)
+        if path == "testsrc":
+            w, h = size or (640, 480)
+        else:
+            w, h = size or native_size(path)
+        w, h = w + (w & 1), h + (h & 1)  # x264/I420 want even dimensions
+        caps = f"video/x-raw,format=I420,width={w},height={h},framerate={fps}/1"
+        if path == "testsrc":
+            launch = (f"( videotestsrc is-live=true pattern=ball ! {caps} ! "
+                      f"timeoverlay font-desc=\"Sans 24\" ! {ENCODE} )")
+        else:
+            channel = f"cam{i}"
+            producers.append(make_producer(path, caps, channel, fail))
+            launch = f"( intervideosrc channel={channel} ! {caps} ! {ENCODE} )"
+        factory = GstRtspServer.RTSPMediaFactory()
+        factory.set_launch(launch)
+        factory.set_shared(True)
+        if permissions is not None:
+            factory.set_permissions(permissions)
+        mounts.add_factory("/" + mount, factory)
+
+    for p in producers:  # preroll so the first client gets real frames, not black
+        p.set_state(Gst.State.PLAYING)
+        if p.get_state(10 * Gst.SECOND)[0] == Gst.StateChangeReturn.FAILURE:
+            msg = p.get_bus().pop_filtered(Gst.MessageType.ERROR)
+            die(f"producer failed: {msg.parse_error()[0].message if msg else '?'}", 1)
+
+    if server.attach(None) == 0:
+        die(f"cannot listen on {args.host}:{args.port} (port in use?)", 3)
+    print(f"ready rtsp://{args.host}:{server.get_bound_port()}", flush=True)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, lambda *_: (loop.quit(), False)[1])
+    loop.run()
+    for p in producers:
+        p.set_state(Gst.State.NULL)
+    sys.exit(status[0])
+
+
+if __name__ == "__main__":
+    main()
