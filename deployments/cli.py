@@ -77,7 +77,8 @@ def _check_models(config: PerceptConfig) -> None:
 def _start_ray(address: str | None) -> None:
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS")
+    # "local" starts a private Ray even when a `ray start` cluster runs on this machine.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     env_vars = {k: v for k, v in os.environ.items() if k.startswith(("YOLO_", "PERCEPT_"))}
     ray.init(
         address=address,
@@ -107,7 +108,7 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
         _start_ray(address)
         stack.callback(ray.shutdown)
         gpu = ray.cluster_resources().get("GPU", 0) > 0
-        serve.start(http_options={"host": "127.0.0.1"})
+        serve.start(http_options={"host": config.http.host, "port": config.http.port})
         stack.callback(serve.shutdown)
         try:
             serve.run(
@@ -226,13 +227,47 @@ def _build(args: argparse.Namespace) -> int:
     path = Path(args.config)
     config = load_config(path, env=_KeepUnset())
     raw = yaml.safe_load(path.read_text()) or {}
-    out = serve_config(raw, config, http_host=args.http_host, http_port=args.http_port)
+    out = serve_config(raw, config, http_host=args.http_host or config.http.host,
+                       http_port=args.http_port if args.http_port is not None else config.http.port)
     text = yaml.safe_dump(out, sort_keys=False)
     if args.output == "-":
         sys.stdout.write(text)
     else:
         Path(args.output).write_text(text)
         print(f"percept: wrote {args.output}; deploy with: serve deploy {args.output}", file=sys.stderr)
+    return 0
+
+
+# --- cameras -------------------------------------------------------------------------------
+
+def _cameras(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    base = args.api.rstrip("/") + "/cameras"
+    if args.action == "ls":
+        req = urllib.request.Request(base)
+    elif args.action == "add":
+        body = json.dumps({"id": args.id, "url": args.url, "fps": args.fps, "loop": args.loop}).encode()
+        req = urllib.request.Request(base, data=body, method="POST", headers={"Content-Type": "application/json"})
+    else:
+        req = urllib.request.Request(f"{base}/{args.id}", method="DELETE")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            data = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}").get("detail", exc.reason)
+        lines = detail if isinstance(detail, list) else [detail]
+        return _fail(f"{args.action} {getattr(args, 'id', '')}: HTTP {exc.code}: " + "; ".join(map(str, lines)), 1)
+    except (urllib.error.URLError, OSError) as exc:
+        return _fail(f"cannot reach {args.api}: {exc}", EXIT_UNAVAILABLE)
+    if args.action == "ls":
+        for cam in data:
+            lag = "-" if cam["lag_s"] is None else f"{cam['lag_s']:.1f} s"
+            print(f"{cam['id']:<14} {cam['state']:<12} {cam['fps']:5.1f} fps  dropped {cam['dropped']:>5}  "
+                  f"lag {lag:>7}  {cam['url']}")
+    else:
+        print(json.dumps(data))
     return 0
 
 
@@ -297,8 +332,21 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="write a Ray Serve config for `serve deploy` / KubeRay")
     b.add_argument("-c", "--config", required=True)
     b.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
-    b.add_argument("--http-host", default="127.0.0.1", help="Serve HTTP bind address (default 127.0.0.1)")
-    b.add_argument("--http-port", type=int, default=8000)
+    b.add_argument("--http-host", help="Serve HTTP bind address (default: http.host, 127.0.0.1)")
+    b.add_argument("--http-port", type=int, help="default: http.port, 8000")
+
+    cams = sub.add_parser("cameras", help="list, add or remove cameras of a running graph")
+    cams.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"),
+                      help="the graph's HTTP address (default: PERCEPT_API or http://127.0.0.1:8000)")
+    cam_sub = cams.add_subparsers(dest="action", required=True)
+    cam_sub.add_parser("ls", help="cameras with state, fps, drops and lag")
+    add = cam_sub.add_parser("add", help="add a camera (takes effect within a few seconds)")
+    add.add_argument("id")
+    add.add_argument("url")
+    add.add_argument("--fps", type=float, default=5.0)
+    add.add_argument("--loop", action="store_true")
+    rm = cam_sub.add_parser("rm", help="remove a camera")
+    rm.add_argument("id")
 
     s = sub.add_parser("subscribe", help="print detection payloads as JSON lines")
     s.add_argument("cameras", nargs="+")
@@ -338,6 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _subscribe(args)
         if args.command == "build":
             return _build(args)
+        if args.command == "cameras":
+            return _cameras(args)
         if args.command == "bench":
             from .bench import run_bench
 

@@ -15,6 +15,7 @@ from pipeline.conductor import ClassifierRoute, open_camera
 from pipeline.config import CameraConfig, PerceptConfig
 from pipeline.models import DetectorInput, model_name
 from pipeline.publish import Publisher, StreamKeys, redis_from_config
+from pipeline.registry import CameraRegistry
 
 log = logging.getLogger("percept.decoder")
 
@@ -53,8 +54,10 @@ class DecoderDeployment:
             "detector": model_name(cfg.detector),
             "classifiers": {cat: model_name(c) for cat, c in cfg.classifiers.items()},
         }
+        registry = CameraRegistry(client, self.keys)
+        await asyncio.to_thread(registry.seed, cfg.cameras)
         self.supervisor = CameraSupervisor(
-            cfg.cameras,
+            registry.cameras,
             client=client,
             keys=self.keys,
             start_camera=self._start_camera,
@@ -88,9 +91,6 @@ class DecoderDeployment:
             "dropped": dict(self.publisher.stats.dropped),
         }
         return out
-
-    async def __call__(self, request: Any) -> dict[str, Any]:
-        return await self.status()
 
     def check_health(self) -> None:
         if self._task.done():

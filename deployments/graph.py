@@ -1,4 +1,4 @@
-"""The Serve graph, bound once: decoders (ingress) → detector → one classifier per category."""
+"""The Serve graph, bound once: HTTP API (ingress) → decoders → detector → one classifier per category."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from ray import serve
 
 from pipeline.config import ModelServerConfig, PerceptConfig, parse_config
 
+from .api import CameraApi
 from .classifier import ClassifierDeployment
 from .decoder import DecoderDeployment
 from .detector import DetectorDeployment
@@ -45,7 +46,10 @@ def decoder_options(config: PerceptConfig) -> dict[str, Any]:
 
 def deployment_options(config: PerceptConfig, *, gpu_available: bool) -> dict[str, dict[str, Any]]:
     """Serve options of every deployment by name: what `build_app` binds and `percept build` writes."""
-    options = {"decoder": decoder_options(config), "detector": model_server_options(config.detector, gpu_available=gpu_available)}
+    options = {
+        "api": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
+        "decoder": decoder_options(config),
+        "detector": model_server_options(config.detector, gpu_available=gpu_available)}
     for category, ccfg in config.classifiers.items():
         options[f"classifier-{category}"] = model_server_options(ccfg, gpu_available=gpu_available)
     return options
@@ -63,7 +67,8 @@ def build_app(config: PerceptConfig, *, gpu_available: bool = False) -> serve.Ap
         )
         for category in config.classifiers
     }
-    return DecoderDeployment.options(**options["decoder"]).bind(data, detector, classifiers)
+    decoder = DecoderDeployment.options(**options["decoder"]).bind(data, detector, classifiers)
+    return CameraApi.options(**options["api"]).bind(data, decoder)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -28,7 +28,7 @@ log = logging.getLogger("percept.assignment")
 class CameraSupervisor:
     def __init__(
         self,
-        cameras: list[CameraConfig],
+        cameras: list[CameraConfig] | Callable[[], list[CameraConfig]],
         *,
         client: redis.Redis,
         keys: StreamKeys,
@@ -37,7 +37,10 @@ class CameraSupervisor:
         lease_ttl_s: float,
         owner: str | None = None,
     ):
-        self.cameras = {c.id: c for c in cameras}
+        # A list is fixed; a callable (the registry) is read again every round, so cameras can
+        # be added and removed at runtime without touching the others.
+        self._load = cameras if callable(cameras) else (lambda: list(cameras))
+        self.cameras: dict[str, CameraConfig] = {}
         self.client = client
         self.keys = keys
         self.start_camera = start_camera
@@ -70,6 +73,7 @@ class CameraSupervisor:
         self._stop.set()
 
     async def _round(self) -> None:
+        self.cameras = {c.id: c for c in await asyncio.to_thread(self._load)}
         for cid, (conductor, task, lock) in list(self.running.items()):
             # A camera whose source ended (a file, or failed for good) stays leased here, so that
             # no other replica replays it; its state says why it stopped.

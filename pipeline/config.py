@@ -162,8 +162,14 @@ class DecoderConfig(Strict):
     detect_timeout_s: float = Field(30.0, gt=0)
 
 
+class HttpConfig(Strict):
+    host: str = Field("127.0.0.1", description="Serve HTTP bind address; 127.0.0.1 unless you mean it")
+    port: int = Field(8000, ge=0, le=65535)
+
+
 class PerceptConfig(Strict):
     redis: RedisConfig = RedisConfig()
+    http: HttpConfig = HttpConfig()
     cameras: list[CameraConfig] = Field(default_factory=list)
     detector: DetectorConfig = DetectorConfig()
     classifiers: dict[str, ClassifierConfig] = Field(default_factory=dict)

@@ -79,10 +79,12 @@ def ray_session():
     from ray import serve
 
     env = {k: v for k, v in os.environ.items() if k.startswith(("YOLO_", "PERCEPT_"))}
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env}, logging_level="WARNING")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env}, logging_level="WARNING")
     from pipeline.redis_server import free_port
 
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    ray.serve_http_url = f"http://127.0.0.1:{port}"  # handy for tests of the HTTP API
     yield ray
     serve.shutdown()
     ray.shutdown()

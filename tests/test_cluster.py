@@ -113,7 +113,7 @@ def test_percept_build_output_deploys_with_serve_deploy(tmp_path, videos, models
 
         ServeDeploySchema.model_validate(doc)
         assert doc["applications"][0]["args"]["config"]["models_dir"] == "${PERCEPT_MODELS_DIR}"
-        assert {d["name"] for d in doc["applications"][0]["deployments"]} == {"decoder", "detector"}
+        assert {d["name"] for d in doc["applications"][0]["deployments"]} == {"api", "decoder", "detector"}
 
         cluster = LocalCluster(tmp_path)
         try:

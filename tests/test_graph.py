@@ -138,3 +138,63 @@ def test_percept_subscribe_group_reads_and_acks(graph, session_redis):
     seqs = [m["seq"] for m in first + second]
     assert seqs == sorted(seqs) and len(set(seqs)) == 10  # the second run continues; nothing re-read
     assert client.xpending(KEYS.detections("traffic"), "itest-g")["pending"] == 0
+
+
+def _http(method, url, body=None):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_cameras_added_and_removed_at_runtime_without_touching_others(graph, ray_session, rtsp_with_auth):
+    _, client = graph
+    api = ray_session.serve_http_url + "/itest"
+    status, cams = _http("GET", api + "/cameras")
+    assert status == 200 and {c["id"] for c in cams} == {"traffic", "walk"}
+    assert all(c["state"] == "online" and c["url"].startswith("rtsp://***@") for c in cams)
+    assert all(c["lag_s"] is not None and c["lag_s"] < 10 for c in cams)
+
+    code, body = _http("POST", api + "/cameras", {"id": "bad id", "url": "x"})
+    assert code == 422 and body["detail"] == ["id: must match ^[A-Za-z0-9_-]+$, got 'bad id'"], body
+    code, body = _http("POST", api + "/cameras", {"id": "walk", "url": "x"})
+    assert code == 409 and "exists" in body["detail"], body
+
+    def cli(*args):
+        out = subprocess.run([sys.executable, "-m", "deployments.cli", "cameras", "--api", api, *args],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    connecting_before = _connecting_entries(client)
+    added_at = time.time()
+    cli("add", "walk2", rtsp_with_auth.url("walk"), "--fps", "2")
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and client.xlen(KEYS.detections("walk2")) < 3:
+        time.sleep(0.5)
+    assert client.xlen(KEYS.detections("walk2")) >= 3, "runtime-added camera never published"
+    assert "walk2" in cli("ls")
+    # the cameras that were running were not restarted (no new 'connecting' for them)
+    assert {cam for cam, _ in _connecting_entries(client) - connecting_before} == {"walk2"}
+
+    cli("rm", "walk2")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and camera_states(client, KEYS, ["walk2"])["walk2"].get("state") != "stopped":
+        time.sleep(0.5)
+    assert camera_states(client, KEYS, ["walk2"])["walk2"]["state"] == "stopped"
+    n, traffic = client.xlen(KEYS.detections("walk2")), client.xlen(KEYS.detections("traffic"))
+    time.sleep(3)
+    assert client.xlen(KEYS.detections("walk2")) == n and client.xlen(KEYS.detections("traffic")) > traffic
+    assert {c["id"] for c in _http("GET", api + "/cameras")[1]} == {"traffic", "walk"}
+    assert time.time() - added_at < 120
+
+
+def _connecting_entries(client):
+    """(camera, entry id) of every 'connecting' status entry: one per camera start."""
+    return {(f[b"camera"].decode(), eid) for eid, f in client.xrange(KEYS.status) if f[b"state"] == b"connecting"}

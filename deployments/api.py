@@ -1,0 +1,77 @@
+"""The HTTP ingress: runtime camera management and status (`/cameras`), on Serve's proxy.
+
+Cameras live in the Redis registry (`pipeline/registry.py`); decoder replicas pick changes up
+on their next lease round, so adding or removing one camera never restarts the others."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import Body, FastAPI, HTTPException
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from pipeline.config import CameraConfig, PerceptConfig, format_validation_error
+from pipeline.publish import StreamKeys, camera_states, redis_from_config
+from pipeline.redact import redact_url
+from pipeline.registry import CameraRegistry
+
+app = FastAPI(title="percept", description="Runtime camera management")
+
+
+@serve.deployment(name="api")
+@serve.ingress(app)
+class CameraApi:
+    def __init__(self, config: dict[str, Any], decoder: DeploymentHandle):
+        cfg = PerceptConfig.model_validate(config)
+        self.keys = StreamKeys(cfg.redis.stream_prefix)
+        self.client = redis_from_config(cfg.redis)
+        self.registry = CameraRegistry(self.client, self.keys)
+        self.decoder = decoder
+
+    def _list(self) -> list[dict[str, Any]]:
+        cameras = self.registry.cameras()
+        states = camera_states(self.client, self.keys, [c.id for c in cameras])
+        now = time.time()
+        out = []
+        for cam in cameras:
+            st = states.get(cam.id, {})
+            lag = self.registry.lag_s(cam.id, now)
+            out.append({
+                "id": cam.id,
+                "url": redact_url(cam.url),
+                "fps_target": cam.fps,
+                "state": st.get("state", "pending"),
+                "fps": float(st.get("fps", 0) or 0),
+                "dropped": int(st.get("dropped", 0) or 0),
+                "lag_s": None if lag is None else round(lag, 3),
+                "last_error": st.get("last_error") or None,
+            })
+        return out
+
+    @app.get("/cameras")
+    async def list_cameras(self) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._list)
+
+    @app.post("/cameras", status_code=201)
+    async def add_camera(self, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        try:
+            camera = CameraConfig.model_validate(body)
+        except ValidationError as exc:
+            raise HTTPException(422, detail=format_validation_error(exc)) from None
+        if not await asyncio.to_thread(self.registry.add, camera):
+            raise HTTPException(409, detail=f"camera {camera.id!r} exists; DELETE it first to change it")
+        return {"id": camera.id, "url": redact_url(camera.url)}
+
+    @app.delete("/cameras/{camera_id}")
+    async def remove_camera(self, camera_id: str) -> dict[str, Any]:
+        if not await asyncio.to_thread(self.registry.remove, camera_id):
+            raise HTTPException(404, detail=f"no camera {camera_id!r}")
+        return {"id": camera_id, "removed": True}
+
+    @app.get("/status")
+    async def status(self) -> dict[str, Any]:
+        return await self.decoder.status.remote()
