@@ -27,7 +27,7 @@ def serve_config(raw: dict[str, Any], config: PerceptConfig, *, http_host: str =
             entry.pop("ray_actor_options")
         deployments.append(entry)
     return {
-        "proxy_location": "EveryNode",
+        "proxy_location": config.http.proxy_location,
         "http_options": {"host": http_host, "port": http_port},
         "applications": [
             {

@@ -108,7 +108,10 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
         _start_ray(address)
         stack.callback(ray.shutdown)
         gpu = ray.cluster_resources().get("GPU", 0) > 0
-        serve.start(http_options={"host": config.http.host, "port": config.http.port})
+        serve.start(
+            proxy_location=config.http.proxy_location,
+            http_options={"host": config.http.host, "port": config.http.port},
+        )
         stack.callback(serve.shutdown)
         try:
             serve.run(

@@ -10,6 +10,7 @@ from ray import serve
 from pipeline.config import ModelServerConfig, PerceptConfig, parse_config
 
 from .api import CameraApi
+from .autoscaling import POLICY
 from .classifier import ClassifierDeployment
 from .decoder import DecoderDeployment
 from .detector import DetectorDeployment
@@ -19,7 +20,7 @@ def model_server_options(cfg: ModelServerConfig, *, gpu_available: bool) -> dict
     """Serve options of a batched model deployment, from its config section."""
     gpus = (1.0 if gpu_available else 0.0) if cfg.num_gpus == "auto" else float(cfg.num_gpus)
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": gpus},
+        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": gpus, **_resources(cfg.resources)},
         # Room for one batch in inference and the next one filling (ray#43288: a cap below
         # the batch size means batches never fill).
         "max_ongoing_requests": max(32, 4 * cfg.batch.max_size),
@@ -28,18 +29,31 @@ def model_server_options(cfg: ModelServerConfig, *, gpu_available: bool) -> dict
     if isinstance(cfg.replicas, int):
         options["num_replicas"] = cfg.replicas
     else:
+        auto = cfg.replicas
         options["autoscaling_config"] = {
-            "min_replicas": cfg.replicas.min,
-            "max_replicas": cfg.replicas.max,
-            "target_ongoing_requests": cfg.replicas.target_ongoing_requests,
+            "min_replicas": auto.min,
+            "max_replicas": auto.max,
+            "target_ongoing_requests": auto.target_ongoing_requests,
+            "upscale_delay_s": auto.upscale_delay_s,
+            "downscale_delay_s": auto.downscale_delay_s,
+            "metrics_interval_s": 1.0,
+            "look_back_period_s": 5.0,
+            "policy": {
+                "policy_function": POLICY,
+                "policy_kwargs": {"target_lag_s": auto.target_lag_s, "target_waiting": auto.target_waiting},
+            },
         }
     return options
+
+
+def _resources(resources: dict[str, float]) -> dict[str, Any]:
+    return {"resources": dict(resources)} if resources else {}
 
 
 def decoder_options(config: PerceptConfig) -> dict[str, Any]:
     return {
         "num_replicas": config.decoder_replicas,
-        "ray_actor_options": {"num_cpus": config.decoder.num_cpus},
+        "ray_actor_options": {"num_cpus": config.decoder.num_cpus, **_resources(config.decoder.resources)},
         "max_ongoing_requests": 100,
     }
 

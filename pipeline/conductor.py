@@ -182,7 +182,7 @@ class CameraConductor:
         meta = frame.meta
         t_start = time.time()
         queue_ms = (t_start - meta.frame_ts) * 1000
-        inp = prepare_frame(frame.image, self.imgsz)
+        inp = prepare_frame(frame.image, self.imgsz, meta.frame_ts)
         t0 = time.perf_counter()
         detections = await self._detect_with_retry(inp)
         detect_ms = (time.perf_counter() - t0) * 1000

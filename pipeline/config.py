@@ -84,9 +84,15 @@ class BatchConfig(Strict):
 
 
 class AutoscaleConfig(Strict):
+    """Replicas scale on what users feel: how old frames are when they reach the model."""
+
     min: int = Field(1, ge=0)
     max: int = Field(4, ge=1)
-    target_ongoing_requests: float = Field(8.0, gt=0)
+    target_lag_s: float = Field(0.5, gt=0, description="frame age at the model (capture → batch) to hold")
+    target_waiting: float = Field(16.0, gt=0, description="frames waiting per replica to hold")
+    target_ongoing_requests: float = Field(8.0, gt=0, description="Serve's own signal, used as a floor")
+    upscale_delay_s: float = Field(5.0, ge=0)
+    downscale_delay_s: float = Field(30.0, ge=0)
 
     @model_validator(mode="after")
     def _order(self) -> "AutoscaleConfig":
@@ -107,6 +113,7 @@ class ModelServerConfig(Strict):
     replicas: int | AutoscaleConfig = Field(1, description="a count, or {min, max} to autoscale")
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float | Literal["auto"] = Field("auto", description="per replica; auto: 1 when the cluster has a GPU")
+    resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per replica (node placement)")
 
     @field_validator("replicas")
     @classmethod
@@ -157,6 +164,7 @@ class DecoderConfig(Strict):
     replicas: int | None = Field(None, ge=1, description="default: one per 8 cameras")
     cameras_per_replica: int = Field(8, ge=1)
     num_cpus: float = Field(0.25, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per replica (node placement)")
     max_inflight: int = Field(2, ge=1, le=64, description="frames per camera in flight downstream")
     lease_ttl_s: float = Field(10.0, ge=1, description="a dead replica's cameras move after this")
     detect_timeout_s: float = Field(30.0, gt=0)
@@ -165,6 +173,7 @@ class DecoderConfig(Strict):
 class HttpConfig(Strict):
     host: str = Field("127.0.0.1", description="Serve HTTP bind address; 127.0.0.1 unless you mean it")
     port: int = Field(8000, ge=0, le=65535)
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = "EveryNode"
 
 
 class PerceptConfig(Strict):

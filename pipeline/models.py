@@ -32,14 +32,15 @@ class ModelError(RuntimeError):
 class DetectorInput:
     image: np.ndarray  # letterboxed to imgsz×imgsz, contiguous uint8 BGR
     orig_shape: tuple[int, int]  # (height, width) of the camera frame
+    frame_ts: float | None = None  # capture time: the detector reports frame age for autoscaling
 
 
-def prepare_frame(image: np.ndarray, imgsz: int) -> DetectorInput:
+def prepare_frame(image: np.ndarray, imgsz: int, frame_ts: float | None = None) -> DetectorInput:
     """Letterbox a camera frame to the detector's square input (ultralytics' own LetterBox)."""
     from ultralytics.data.augment import LetterBox
 
     boxed = LetterBox(new_shape=(imgsz, imgsz), auto=False)(image=image)
-    return DetectorInput(np.ascontiguousarray(boxed), (int(image.shape[0]), int(image.shape[1])))
+    return DetectorInput(np.ascontiguousarray(boxed), (int(image.shape[0]), int(image.shape[1])), frame_ts)
 
 
 def prepare_crop(image: np.ndarray, box: Sequence[float], imgsz: int, *, context: float = 1.15) -> np.ndarray:

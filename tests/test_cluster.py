@@ -135,3 +135,94 @@ def test_percept_build_output_deploys_with_serve_deploy(tmp_path, videos, models
             assert payload["camera"] == "traffic" and payload["model"]["detector"] == DETECTOR
         finally:
             cluster.stop()
+
+
+def _ray_list(cluster: LocalCluster, what: str, *filters: str) -> list[dict]:
+    args = [str(BIN / "ray"), "list", what, "--format", "json", "--detail", "--limit", "1000",
+            "--address", cluster.dashboard]
+    for f in filters:
+        args += ["--filter", f]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60, env=cluster_env())
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def _replicas(cluster: LocalCluster, deployment: str) -> list[dict]:
+    return _ray_list(cluster, "actors", f"class_name=ServeReplica:percept:{deployment}", "state=ALIVE")
+
+
+def _http(method: str, url: str, body: dict | None = None) -> int:
+    import urllib.request
+
+    req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return resp.status
+
+
+def test_two_nodes_placement_by_resources_and_detector_scales_on_lag(tmp_path, videos, rtsp_server_cls):
+    """Decoders on one node, detector replicas on the other (custom resources); more cameras
+    raise frame lag and the detector scales up; removing them scales it back down."""
+    mounts = {f"c{i}": str(videos / ("traffic.mp4" if i % 2 == 0 else "vtest.avi")) for i in range(5)}
+    with EmbeddedRedis(tmp_path / "redis") as redis, rtsp_server_cls(mounts) as rtsp:
+        http_port = free_port()
+        cfg = tmp_path / "percept.yaml"
+        cfg.write_text(yaml.safe_dump({
+            "redis": {"url": redis.url, "stream_prefix": "multi"},
+            "http": {"port": http_port, "proxy_location": "HeadOnly"},
+            "cameras": [{"id": "c0", "url": rtsp.url("c0"), "fps": 2}],
+            "detector": {"weights": DETECTOR, "num_cpus": 1, "threads": 1, "num_gpus": 0,
+                         "resources": {"model_node": 1},
+                         "replicas": {"min": 1, "max": 2, "target_lag_s": 0.4,
+                                      "upscale_delay_s": 2, "downscale_delay_s": 6}},
+            "decoder": {"num_cpus": 0.5, "resources": {"decode_node": 1}},
+        }))
+        cluster = LocalCluster(tmp_path)
+        run = None
+        try:
+            cluster.start_head(num_cpus=1, resources={"decode_node": 2})
+            cluster.add_worker(num_cpus=2, resources={"model_node": 2})
+            log = open(tmp_path / "percept-run.log", "w")
+            run = subprocess.Popen([sys.executable, "-m", "deployments.cli", "run", "-c", str(cfg), "--quiet",
+                                    "--address", cluster.address], stdout=log, stderr=subprocess.STDOUT,
+                                   env=cluster_env(), cwd=REPO)
+            client = redis.client()
+
+            def wait(pred, timeout, what):
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    if run.poll() is not None:
+                        pytest.fail(f"percept run exited: {(tmp_path / 'percept-run.log').read_text()[-3000:]}")
+                    if pred():
+                        return
+                    time.sleep(1)
+                pytest.fail(f"timed out: {what}; log: {(tmp_path / 'percept-run.log').read_text()[-2000:]}")
+
+            wait(lambda: client.xlen("multi:detections:c0") >= 3, 180, "first detections on the cluster")
+            nodes = {n["node_id"]: n["resources_total"] for n in _ray_list(cluster, "nodes")}
+            (decoder,) = _replicas(cluster, "decoder")
+            (detector,) = _replicas(cluster, "detector")
+            assert "decode_node" in nodes[decoder["node_id"]] and "model_node" in nodes[detector["node_id"]]
+            assert decoder["node_id"] != detector["node_id"]
+
+            api = f"http://127.0.0.1:{http_port}/cameras"
+            for i in range(1, 5):  # uncapped cameras: more frames than one replica can take
+                assert _http("POST", api, {"id": f"c{i}", "url": rtsp.url(f"c{i}"), "fps": 0}) == 201
+            wait(lambda: len(_replicas(cluster, "detector")) == 2, 120, "detector scaled up to 2 replicas")
+            assert all("model_node" in nodes[r["node_id"]] for r in _replicas(cluster, "detector"))
+            before = client.xlen("multi:detections:c3")
+            wait(lambda: client.xlen("multi:detections:c3") > before + 5, 60, "detections flow after scale-up")
+
+            for i in range(1, 5):
+                assert _http("DELETE", f"{api}/c{i}") == 200
+            wait(lambda: len(_replicas(cluster, "detector")) == 1, 120, "detector scaled back down to 1")
+            before = client.xlen("multi:detections:c0")
+            wait(lambda: client.xlen("multi:detections:c0") > before + 2, 60, "c0 still flowing")
+        finally:
+            if run is not None and run.poll() is None:
+                run.send_signal(signal.SIGTERM)
+                try:
+                    run.wait(60)
+                except subprocess.TimeoutExpired:
+                    run.kill()
+            cluster.stop()

@@ -1,0 +1,28 @@
+"""A custom Serve autoscaling policy for the detector and classifiers: scale on frame lag.
+
+Referenced from the autoscaling config as ``deployments.autoscaling:VideoLagPolicy``; Serve
+applies min/max replicas and the up/downscale delays around it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.autoscale import desired_replicas
+
+POLICY = "deployments.autoscaling:VideoLagPolicy"
+
+
+class VideoLagPolicy:
+    def __init__(self, target_lag_s: float = 0.5, target_waiting: float = 16.0):
+        self.target_lag_s = target_lag_s
+        self.target_waiting = target_waiting
+
+    def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
+        metrics = ctx.aggregated_metrics or {}
+        lag = list((metrics.get("frame_lag_s") or {}).values())
+        waiting = list((metrics.get("frames_waiting") or {}).values())
+        want = desired_replicas(ctx.current_num_replicas, lag, waiting,
+                                target_lag_s=self.target_lag_s, target_waiting=self.target_waiting)
+        state = dict(ctx.policy_state or {})
+        state["last"] = {"lag_s": max(lag, default=0.0), "waiting": sum(waiting), "want": want}
+        return want, state
