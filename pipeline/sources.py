@@ -197,6 +197,7 @@ class VideoSource:
         self.frames_read = 0
         self.last_error: str | None = None
         self.last_frame_at: float | None = None
+        self._pace_origin: tuple[float, float] | None = None  # (wall, pts) when pacing a file
 
     @property
     def state(self) -> SourceState:
@@ -285,8 +286,6 @@ class VideoSource:
         """Yields frames from one open capture; returns (outcome, last pts): outcome is
         'eof' (file ended), 'lost' (stream broke or timed out), 'failed' or 'stopped'."""
         last_pts = pts_offset
-        wall0: float | None = None
-        pts0 = 0.0
         got_any = False
         while not self._stop.is_set():
             ok = cap.grab()
@@ -310,9 +309,10 @@ class VideoSource:
             pts = pts_offset + pos_ms / 1000.0 if pos_ms is not None and pos_ms >= 0 else None
             if pts is not None:
                 last_pts = pts
-            if self._realtime and pts is not None:  # pace a file like a live camera
-                if wall0 is None:
-                    wall0, pts0 = now, pts
+            if self._realtime and pts is not None:  # pace a file like a live camera, across loops
+                if self._pace_origin is None:
+                    self._pace_origin = (now, pts)
+                wall0, pts0 = self._pace_origin
                 ahead = wall0 + (pts - pts0) - now
                 if ahead > 0:
                     self._wait(ahead)

@@ -165,3 +165,18 @@ def test_latest_slot_keeps_newest_and_counts_drops():
     assert slot.get(timeout=0) is None
     slot.close()
     assert slot.get(timeout=1) is None and slot.closed
+
+
+def test_realtime_file_is_paced_across_loops():
+    """A looping file (or a still image) is read at its own frame rate, not as fast as reopening allows."""
+    clock = Clock()
+
+    def opener():
+        return FakeCapture(1, clock)  # one frame per open, like an image
+
+    src = VideoSource("still", opener, fps=0, is_file=True, loop=True, realtime=True, native_fps=25,
+                      clock=clock, sleep=clock.sleep)
+    t0 = clock.t
+    frames = take(src, 50)
+    assert len(frames) == 50
+    assert clock.t - t0 >= 49 / 25 * 0.9  # ~2 s of stream time took ~2 s of (fake) wall time
