@@ -10,7 +10,7 @@ export PERCEPT_SAMPLE_VIDEOS ?= $(if $(wildcard $(SHARED)/data/videos),$(SHARED)
 export PERCEPT_SHARED ?= $(SHARED)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean kuberay constraints
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ demo: setup
 test: $(VENV)/.installed
 	scripts/install-system-deps.sh --test
 	YOLO_OFFLINE=1 $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# deploy/kuberay/rayservice.yaml's serveConfigV2 = `percept build -c configs/cluster.yaml --http-host 0.0.0.0`
+kuberay: $(VENV)/.installed
+	$(VENV)/bin/python scripts/kuberay-manifest.py
+
+# docker/constraints.txt: the tested venv's versions of pyproject's dependencies, for docker/Dockerfile
+constraints: $(VENV)/.installed
+	$(VENV)/bin/python scripts/docker-constraints.py
 
 clean:
 	rm -rf $(VENV) .percept *.egg-info

@@ -1,0 +1,379 @@
+"""Cluster packaging without Docker: docker/Dockerfile, docker/compose*.yaml, the KubeRay
+RayService and configs/cluster.yaml agree with each other and with the project.
+
+What Docker would find out first is checked here: the image copies every package pyproject.toml
+lists and installs the project with the tested pins; the compose services run the right
+commands with the environment configs/cluster.yaml needs; the RTSP service's command serves the
+cameras configs/cluster.yaml names (run for real with the project's RTSP server); the
+RayService's serveConfigV2 is `percept build` output and a valid Serve config."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from collections import defaultdict
+from importlib import metadata
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKER = REPO / "docker"
+CLUSTER_CONFIG = REPO / "configs" / "cluster.yaml"
+RAYSERVICE = REPO / "deploy" / "kuberay" / "rayservice.yaml"
+SERVICES = {"redis", "rtsp", "ray-head", "ray-worker", "percept"}
+RAY_NODES = ("ray-head", "ray-worker", "percept")  # services that run the percept image
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+sys.path.insert(0, str(REPO / "scripts"))
+docker_constraints = __import__("docker-constraints")
+kuberay_manifest = __import__("kuberay-manifest")
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def dockerfile(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per logical line: continuations joined, comments dropped."""
+    out, buf = [], ""
+    for line in path.read_text().splitlines():
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        if s.endswith("\\"):
+            buf += s[:-1] + " "
+            continue
+        buf += s
+        word, _, rest = buf.partition(" ")
+        out.append((word.upper(), rest.strip()))
+        buf = ""
+    return out
+
+
+def copies(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    """COPY source -> destination."""
+    found = {}
+    for word, args in instructions:
+        if word == "COPY" and not args.startswith("--from"):
+            *sources, dest = args.split()
+            for src in sources:
+                found[src] = dest
+    return found
+
+
+def pins() -> dict[str, str]:
+    out = {}
+    for line in (DOCKER / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep, f"docker/constraints.txt: {line!r} is not name==version"
+            out[canonicalize_name(name)] = version.strip()
+    return out
+
+
+def compose(name: str = "compose.yaml") -> dict:
+    return yaml.safe_load((DOCKER / name).read_text())
+
+
+def env_refs(path: Path) -> set[str]:
+    """The ${VARS} in a YAML file's values (comments don't count)."""
+    return set(ENV_REF.findall(yaml.safe_dump(yaml.safe_load(path.read_text()))))
+
+
+def argv(command) -> list[str]:
+    return command if isinstance(command, list) else shlex.split(command)
+
+
+def cluster_config() -> dict:
+    return yaml.safe_load(CLUSTER_CONFIG.read_text())
+
+
+def percept_build(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "deployments.cli", "build", *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+# --- Dockerfile ------------------------------------------------------------------------------
+
+def test_dockerfile_copies_every_package_pyproject_installs():
+    instr = dockerfile(DOCKER / "Dockerfile")
+    copied = copies(instr)
+    needed = {"pyproject.toml", "README.md", *pyproject()["tool"]["setuptools"]["packages"]}
+    missing = needed - set(copied)
+    assert not missing, f"docker/Dockerfile does not COPY {sorted(missing)}: `pip install .` would fail"
+    ignored = [ln.strip().rstrip("/") for ln in (REPO / ".dockerignore").read_text().splitlines()
+               if ln.strip() and not ln.startswith("#")]
+    assert ".venv" in ignored and ".git" in ignored
+    assert not set(copied) & set(ignored), "a COPY source is excluded by .dockerignore"
+
+
+def test_dockerfile_installs_the_project_with_the_tested_pins():
+    instr = dockerfile(DOCKER / "Dockerfile")
+    runs = [args for word, args in instr if word == "RUN" and "pip install" in args]
+    assert len(runs) == 1, runs
+    cmd = shlex.split(runs[0].split("&&")[0])
+    assert cmd[:2] == ["pip", "install"]
+    # the project itself, with the extras the constraints were generated for
+    projects = [t for t in cmd if re.fullmatch(r"\.(\[[a-z,]+\])?", t)]
+    assert len(projects) == 1, cmd
+    extras = set(re.findall(r"[a-z]+", projects[0]))
+    assert extras == set(docker_constraints.EXTRAS)
+    # pinned by docker/constraints.txt, copied to where -c reads it
+    constraint = cmd[cmd.index("-c") + 1]
+    assert copies(instr).get("docker/constraints.txt") == constraint
+    # Ray pinned to RAY_VERSION, the version in docker/constraints.txt and in the Ray base image
+    args = dict(a.split("=", 1) for w, a in instr if w == "ARG" and "=" in a)
+    assert "ray[serve]==${RAY_VERSION}" in cmd
+    assert args["RAY_VERSION"] == pins()["ray"]
+
+
+def test_dockerfile_variants_share_python_and_ray():
+    instr = dockerfile(DOCKER / "Dockerfile")
+    stages = {args.split(" AS ")[1].strip(): args.split(" AS ")[0].strip()
+              for word, args in instr if word == "FROM" and " AS " in args}
+    assert stages["base-gpu"] == "rayproject/ray:${RAY_VERSION}-py311-gpu"
+    assert stages["base-cpu"].startswith("python:3.11-")
+    assert ("FROM", "base-${VARIANT}") in instr
+    args = dict(a.split("=", 1) for w, a in instr if w == "ARG" and "=" in a)
+    assert args["VARIANT"] == "cpu"
+    # the pins were resolved for the image's Python
+    header = (DOCKER / "constraints.txt").read_text().splitlines()[2]
+    assert "Python 3.11," in header
+    # both run as Ray's image user, with the models where configs and manifests expect them
+    assert ("USER", "ray") in instr
+    assert ("ENV", "PERCEPT_MODELS_DIR=/models") in instr
+
+
+def test_rtsp_image_installs_what_the_test_suite_uses():
+    instr = dockerfile(DOCKER / "Dockerfile.rtsp")
+    server = [src for src in copies(instr) if src.endswith("rtsp_server.py")]
+    assert server and (REPO / server[0]).is_file()
+    apt = " ".join(args for word, args in instr if word == "RUN" and "apt-get install" in args).split()
+    script = (REPO / "scripts" / "install-system-deps.sh").read_text()
+    test_pkgs = re.search(r'== "--test".*?pkgs\+=\((.*?)\)', script, re.S).group(1).split()
+    assert set(test_pkgs) <= set(apt), f"missing from Dockerfile.rtsp: {set(test_pkgs) - set(apt)}"
+    entry = json.loads(dict(instr)["ENTRYPOINT"])
+    assert entry[-4:] == ["--host", "0.0.0.0", "--port", "8554"]
+
+
+# --- dependencies ----------------------------------------------------------------------------
+
+def test_constraints_pin_every_pyproject_dependency_within_its_range():
+    p = pins()
+    for req in docker_constraints.pyproject_requirements():
+        name = canonicalize_name(req.name)
+        assert name in p, f"{req} has no pin in docker/constraints.txt (make constraints)"
+        assert req.specifier.contains(p[name], prereleases=True), f"pin {name}=={p[name]} is outside {req}"
+
+
+def test_constraints_are_a_closed_consistent_set():
+    """Every requirement of a pinned package (read from the venv where it has that exact
+    version) is pinned too, at a version that satisfies it: the set resolves as a whole."""
+    p = pins()
+    extras: dict[str, set[str]] = defaultdict(set)
+    for req in docker_constraints.pyproject_requirements():
+        extras[canonicalize_name(req.name)] |= set(req.extras)
+    checked, problems, changed = set(), [], True
+    while changed:
+        changed = False
+        for name, version in p.items():
+            try:
+                dist = metadata.distribution(name)
+            except metadata.PackageNotFoundError:
+                continue
+            if dist.version != version or (name, frozenset(extras[name])) in checked:
+                continue
+            checked.add((name, frozenset(extras[name])))
+            for child in map(Requirement, dist.requires or []):
+                if child.marker and not any(child.marker.evaluate({"extra": e}) for e in extras[name] or {""}):
+                    continue
+                cname = canonicalize_name(child.name)
+                if cname not in p:
+                    problems.append(f"{name}=={version} needs {child}: not pinned")
+                elif not child.specifier.contains(p[cname], prereleases=True):
+                    problems.append(f"{name}=={version} needs {child}: pinned {p[cname]}")
+                elif not set(child.extras) <= extras[cname]:
+                    extras[cname] |= set(child.extras)
+                    changed = True
+    assert not problems, "\n".join(problems) + "\n(make constraints)"
+    if len({n for n, _ in checked}) < len(p) // 2:
+        pytest.skip("this venv no longer has most pinned versions: run `make constraints`")
+
+
+def test_installed_environment_satisfies_pyproject():
+    """The venv the tests run in resolved every dependency pyproject names (extras included)."""
+    project = pyproject()["project"]
+    reqs = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    for req in map(Requirement, reqs):
+        version = metadata.version(req.name)
+        assert req.specifier.contains(version, prereleases=True), f"{req.name} {version} does not satisfy {req}"
+
+
+# --- compose ---------------------------------------------------------------------------------
+
+def test_compose_has_the_five_services_with_their_commands():
+    doc = compose()
+    services = doc["services"]
+    assert set(services) == SERVICES
+
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:7")
+    cmd = argv(redis["command"])
+    assert cmd[0] == "redis-server" and cmd[cmd.index("--appendonly") + 1] == "yes"
+    assert "redis-data:/data" in redis["volumes"]
+
+    head = argv(services["ray-head"]["command"])
+    assert head[:3] == ["ray", "start", "--head"] and "--block" in head and "--port=6379" in head
+    assert "--dashboard-host=0.0.0.0" in head  # `serve deploy` from the percept service
+
+    worker = argv(services["ray-worker"]["command"])
+    assert worker[:2] == ["ray", "start"] and "--block" in worker and "--address=ray-head:6379" in worker
+    resources = json.loads(next(a for a in worker if a.startswith("--resources=")).split("=", 1)[1])
+    assert resources and all(v > 0 for v in resources.values())
+    assert services["ray-worker"]["depends_on"]["ray-head"]["condition"] == "service_healthy"
+
+    script = " ".join(argv(services["percept"]["command"]))
+    built = re.search(r"percept build -c (\S+) --http-host 0\.0\.0\.0 -o (\S+)", script)
+    assert built, script
+    assert f"serve deploy {built.group(2)} --address http://ray-head:8265" in script
+
+    # every published port is on loopback only
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_compose_nodes_get_the_image_models_config_and_secrets():
+    doc = compose()
+    services = doc["services"]
+    needed = env_refs(CLUSTER_CONFIG)
+    assert {"CAM_PASS", "REDIS_PW"} <= needed
+    for name in RAY_NODES:
+        svc = services[name]
+        assert svc["build"]["dockerfile"] == "docker/Dockerfile"
+        assert (DOCKER / svc["build"]["context"] / svc["build"]["dockerfile"]).resolve().is_file()
+        env = svc["environment"]
+        assert env["PERCEPT_MODELS_DIR"] == "/models"
+        assert needed <= set(env), f"{name} lacks {needed - set(env)} that configs/cluster.yaml uses"
+        mounts = {v.rsplit(":", 2)[1] if v.endswith((":ro", ":rw")) else v.rsplit(":", 1)[1]: v for v in svc["volumes"]}
+        assert "/models" in mounts and mounts["/models"].endswith(":ro")
+        config_src = mounts["/config"].split(":")[0]
+        assert (DOCKER / config_src / "cluster.yaml").resolve() == CLUSTER_CONFIG
+    # the config the percept service deploys is the one mounted there
+    script = " ".join(argv(services["percept"]["command"]))
+    assert "-c /config/cluster.yaml" in script
+    rtsp = services["rtsp"]
+    assert (DOCKER / rtsp["build"]["context"] / rtsp["build"]["dockerfile"]).resolve().is_file()
+
+
+def test_compose_gpu_override_gives_the_worker_gpus():
+    base, gpu = compose(), compose("compose.gpu.yaml")
+    assert set(gpu["services"]) <= set(base["services"])
+    for name in RAY_NODES:
+        assert gpu["services"][name]["build"]["args"]["VARIANT"] == "gpu"
+        assert gpu["services"][name]["image"] != base["services"][name]["image"]
+    devices = gpu["services"]["ray-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+def test_config_cameras_are_the_rtsp_service_mounts():
+    rtsp = compose()["services"]["rtsp"]
+    args = argv(rtsp["command"])
+    mounts = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    user = args[args.index("--user") + 1]
+    for cam in cluster_config()["cameras"]:
+        url = urlsplit(cam["url"])
+        assert (url.hostname, url.port, url.username) == ("rtsp", 8554, user), cam
+        assert url.password == "${CAM_PASS}" and args[args.index("--password") + 1].startswith("${CAM_PASS")
+        assert url.path.strip("/") in mounts, f"camera {cam['id']}: no mount {url.path} on the rtsp service"
+
+
+def test_rtsp_service_command_serves_the_cluster_cameras(videos, rtsp_server_cls):
+    """Run the compose rtsp service's command with the project's RTSP server on loopback (the
+    videos volume mapped to the shared clips) and read a frame from every camera in
+    configs/cluster.yaml, with its credentials."""
+    import cv2
+
+    args = argv(compose()["services"]["rtsp"]["command"])
+    mounts = {m: spec.replace("/videos", str(videos), 1)
+              for m, spec in (a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))}
+    password = "s3cret"
+    with rtsp_server_cls(mounts, user=args[args.index("--user") + 1], password=password) as server:
+        for cam in cluster_config()["cameras"]:
+            url = cam["url"].replace("${CAM_PASS}", password).replace("rtsp:8554", f"127.0.0.1:{server.port}")
+            cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
+            try:
+                ok, frame = cap.read()
+            finally:
+                cap.release()
+            assert ok and frame is not None and frame.size, f"camera {cam['id']}: no frame from the rtsp service"
+
+
+# --- KubeRay ---------------------------------------------------------------------------------
+
+def test_rayservice_serve_config_is_percept_build_output():
+    manifest = yaml.safe_load(RAYSERVICE.read_text())
+    assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayService"
+    embedded = manifest["spec"]["serveConfigV2"]
+    built = percept_build("-c", "configs/cluster.yaml", "--http-host", "0.0.0.0")
+    assert yaml.safe_load(embedded) == yaml.safe_load(built), "serveConfigV2 differs from `percept build`: run `make kuberay`"
+    assert embedded == built, "serveConfigV2 is not the text `percept build` writes: run `make kuberay`"
+
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(embedded))
+    assert schema.http_options.host == "0.0.0.0"
+    app = schema.applications[0]
+    assert app.import_path == "deployments.graph:app_builder"
+    assert app.args["config"] == cluster_config()  # ${VARS} kept: secrets resolved on the cluster
+
+
+def test_rayservice_pods_run_the_gpu_image_with_models_and_secrets():
+    manifest = yaml.safe_load(RAYSERVICE.read_text())
+    cluster = manifest["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == pins()["ray"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        spec = group["template"]["spec"]
+        (container,) = [c for c in spec["containers"] if c["name"].startswith("ray-")]
+        assert container["image"].endswith(":gpu")
+        assert {"name": "PERCEPT_MODELS_DIR", "value": "/models"} in container["env"]
+        assert {"secretRef": {"name": "percept-secrets"}} in container["envFrom"]
+        for mount in container.get("volumeMounts", []):
+            assert mount["name"] in {v["name"] for v in spec["volumes"]}
+    for group in cluster["workerGroupSpecs"]:
+        spec = group["template"]["spec"]
+        (container,) = spec["containers"]
+        assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"]
+        assert 1 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    # the Secret supplies what the config and the Redis manifest need
+    redis_docs = list(yaml.safe_load_all((REPO / "deploy" / "kuberay" / "redis.yaml").read_text()))
+    keys = {e["valueFrom"]["secretKeyRef"]["key"] for d in redis_docs if d["kind"] == "StatefulSet"
+            for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert keys <= env_refs(CLUSTER_CONFIG)
+    assert {d["metadata"]["name"] for d in redis_docs if d["kind"] == "Service"} == {urlsplit(cluster_config()["redis"]["url"]).hostname}
+
+
+def test_kuberay_script_rewrites_only_the_serve_config():
+    text = RAYSERVICE.read_text()
+    new = kuberay_manifest.with_serve_config(text, "a: 1\nb:\n  c: 2\n")
+    assert yaml.safe_load(new)["spec"]["serveConfigV2"] == "a: 1\nb:\n  c: 2\n"
+    before, after = yaml.safe_load(text), yaml.safe_load(new)
+    before["spec"].pop("serveConfigV2"), after["spec"].pop("serveConfigV2")
+    assert before == after
+    assert kuberay_manifest.with_serve_config(new, "a: 1\nb:\n  c: 2\n") == new
