@@ -277,7 +277,12 @@ class Graph:
             procs0 = B.process_stats()
             t0, len0, st0 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
             profilers = self._start_profilers(profile_dir, procs0, duration) if profile_dir else []
-            time.sleep(duration)
+            samples = []
+            end_at = time.monotonic() + duration
+            while (left := end_at - time.monotonic()) > 0:  # RSS every 5 s: growth vs warm-up
+                time.sleep(min(5.0, left))
+                if end_at - time.monotonic() > 1:
+                    samples.append(B.process_stats())
             t1, len1, st1 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
             procs1 = B.process_stats()
             cpu_use = cpu.stop()
@@ -297,12 +302,20 @@ class Graph:
         published = sum(len1.values()) - sum(len0.values())
         per_camera = {c: (len1[s] - len0[s]) / dt for c, s in zip(cams, streams)}
         summary = B.StreamTap.summarize(entries, t0, t1)
-        processes = B.compare_processes(procs0, procs1)
+        processes = B.compare_processes(procs0, procs1, samples)
+        fps = published / dt
+        # CPU each process spent per published frame: where a frame's cost goes.
+        cpu_ms_per_frame: dict[str, float] = {}
+        for p in processes:
+            if p["cpu_pct"] and p["cpu_pct"] >= 1 and fps > 0:
+                name = p["name"].replace(f"ray::ServeReplica:{APP}:", "")
+                cpu_ms_per_frame[name] = cpu_ms_per_frame.get(name, 0.0) + p["cpu_pct"] * 10 / fps
         return {
             "cameras": len(cams),
             "camera_fps": cfg.cameras[0].fps if cfg.cameras else None,
-            "fps": published / dt,
+            "fps": fps,
             "per_camera_fps": per_camera,
+            "cpu_ms_per_frame": dict(sorted(cpu_ms_per_frame.items(), key=lambda kv: -kv[1])),
             "offered_fps": delta("seq") / dt,
             "dropped_per_s": delta("dropped") / dt,
             "seconds": dt,
@@ -511,6 +524,7 @@ def run_bench(args: argparse.Namespace) -> int:
                         ph = g.phase(cfg, duration=overload_s, warmup=warmup)
                         ph.pop("payload_samples")
                         graph_procs = [p for p in ph["processes"] if B.is_graph_process(p["name"]) and p["growth_pct"] is not None]
+                        total = B.ratio(sum(p["end_mb"] for p in graph_procs), sum(p["start_mb"] for p in graph_procs))
                         result["overload"] = {
                             "capacity_fps": cap,
                             "cameras": n,
@@ -522,8 +536,11 @@ def run_bench(args: argparse.Namespace) -> int:
                             "lag_s": ph["lag_s"],
                             "lag_max_s": ph["lag_max_s"],
                             "dropped_per_s": ph["dropped_per_s"],
-                            "rss": [{k: p[k] for k in ("name", "pid", "start_mb", "end_mb", "growth_pct")} for p in ph["processes"]],
+                            "rss": [{k: p.get(k) for k in ("name", "pid", "start_mb", "end_mb", "growth_pct",
+                                                           "second_half_mb_per_min")} for p in ph["processes"]],
                             "rss_growth_max_pct": max((p["growth_pct"] for p in graph_procs), default=None),
+                            "rss_growth_max_process": max(graph_procs, key=lambda p: p["growth_pct"])["name"] if graph_procs else None,
+                            "rss_growth_graph_total_pct": (total - 1) * 100 if total else None,
                             "seconds": ph["seconds"],
                             "detail": ph,
                         }

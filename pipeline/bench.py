@@ -312,8 +312,11 @@ def _busy(ct: Any) -> float:
     return sum(ct) - idle - getattr(ct, "guest", 0.0) - getattr(ct, "guest_nice", 0.0)
 
 
-def compare_processes(start: Mapping[int, Mapping[str, Any]], end: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per process seen at the start: RSS start/end, growth %, and CPU % (of one core) in between."""
+def compare_processes(start: Mapping[int, Mapping[str, Any]], end: Mapping[int, Mapping[str, Any]],
+                      samples: Sequence[Mapping[int, Mapping[str, Any]]] = ()) -> list[dict[str, Any]]:
+    """Per process seen at the start: RSS start/end, growth %, CPU % (of one core) in between, and,
+    given intermediate ``samples``, the RSS trend over the second half of the window (MB/min: a
+    leak keeps growing, allocator warm-up flattens out)."""
     rows = []
     for pid, s in sorted(start.items(), key=lambda kv: kv[1]["name"]):
         e = end.get(pid)
@@ -324,6 +327,13 @@ def compare_processes(start: Mapping[int, Mapping[str, Any]], end: Mapping[int, 
             row["growth_pct"] = (e["rss_mb"] / s["rss_mb"] - 1) * 100 if s["rss_mb"] else None
             dt = e["t"] - s["t"]
             row["cpu_pct"] = (e["cpu_s"] - s["cpu_s"]) / dt * 100 if dt > 0 else None
+            series = [(x[pid]["t"], x[pid]["rss_mb"]) for x in (start, *samples, end) if pid in x]
+            if len(series) >= 4:
+                t_mid = (series[0][0] + series[-1][0]) / 2
+                half = [(t, m) for t, m in series if t >= t_mid]
+                if len(half) >= 2 and half[-1][0] > half[0][0]:
+                    ts, ms = np.array([h[0] for h in half]), np.array([h[1] for h in half])
+                    row["second_half_mb_per_min"] = float(np.polyfit(ts - ts[0], ms, 1)[0] * 60)
         rows.append(row)
     return rows
 
@@ -553,11 +563,20 @@ def format_table(result: Mapping[str, Any]) -> str:
     row("overload published fps", ov.get("published_fps"), spec=".1f")
     row("overload lag p99 s", ov.get("lag_p99_s"), "overload.lag_p99_s")
     row("overload dropped/s", ov.get("dropped_per_s"), spec=".1f")
-    row("overload RSS growth, max over Ray processes %", ov.get("rss_growth_max_pct"), "overload.rss_growth_max_pct", ".1f")
+    who = (ov.get("rss_growth_max_process") or "").split(":")[-1]
+    row(f"overload RSS growth %, max over Ray processes ({who or '-'})", ov.get("rss_growth_max_pct"),
+        "overload.rss_growth_max_pct", ".1f")
     pub = result.get("publish") or {}
     row("publisher entries/s", value_of(pub, "publisher.entries_per_s"), spec=".0f")
     row("redis-benchmark XADD/s (same conn/pipeline)", value_of(pub, "redis_benchmark.rps"), spec=".0f")
     row("p5 publisher / redis-benchmark", result.get("p5_publish_over_redis_benchmark"), "p5_publish_over_redis_benchmark")
+    e2e = result.get("e2e") or {}
+    if e2e:
+        n_max = max(e2e, key=int)
+        per = e2e[n_max].get("cpu_ms_per_frame") or {}
+        if per:
+            lines.append(f"CPU ms per published frame, e2e {n_max} camera(s): "
+                         + ", ".join(f"{k} {v:.1f}" for k, v in per.items() if v >= 0.5))
     foreign = [(name, value_of(result, path)) for name, path in
                (("bare", "bare.cpu.foreign_pct"), ("ultralytics", "ultralytics.cpu.foreign_pct"),
                 ("latency", "latency.cpu.foreign_pct"), ("overload", "overload.detail.cpu.foreign_pct"))]
