@@ -537,7 +537,8 @@ def run_bench(args: argparse.Namespace) -> int:
                             "lag_max_s": ph["lag_max_s"],
                             "dropped_per_s": ph["dropped_per_s"],
                             "rss": [{k: p.get(k) for k in ("name", "pid", "start_mb", "end_mb", "growth_pct",
-                                                           "second_half_mb_per_min")} for p in ph["processes"]],
+                                                           "second_half_mb_per_min", "threads_start", "threads_end")}
+                                    for p in ph["processes"]],
                             "rss_growth_max_pct": max((p["growth_pct"] for p in graph_procs), default=None),
                             "rss_growth_max_process": max(graph_procs, key=lambda p: p["growth_pct"])["name"] if graph_procs else None,
                             "rss_growth_graph_total_pct": (total - 1) * 100 if total else None,

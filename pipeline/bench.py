@@ -278,7 +278,7 @@ def process_stats(root: int | None = None) -> dict[int, dict[str, Any]]:
                 ct = proc.cpu_times()  # children_*: reaped children (an exited subprocess) count too
                 cpu = ct.user + ct.system + getattr(ct, "children_user", 0.0) + getattr(ct, "children_system", 0.0)
                 out[proc.pid] = {"name": label, "rss_mb": proc.memory_info().rss / 2**20, "cpu_s": cpu,
-                                 "t": time.monotonic()}
+                                 "threads": proc.num_threads(), "t": time.monotonic()}
         except psutil.Error:
             continue
     return out
@@ -321,9 +321,10 @@ def compare_processes(start: Mapping[int, Mapping[str, Any]], end: Mapping[int, 
     for pid, s in sorted(start.items(), key=lambda kv: kv[1]["name"]):
         e = end.get(pid)
         row: dict[str, Any] = {"pid": pid, "name": s["name"], "start_mb": s["rss_mb"], "end_mb": None,
-                               "growth_pct": None, "cpu_pct": None}
+                               "growth_pct": None, "cpu_pct": None, "threads_start": s.get("threads"), "threads_end": None}
         if e is not None:
             row["end_mb"] = e["rss_mb"]
+            row["threads_end"] = e.get("threads")
             row["growth_pct"] = (e["rss_mb"] / s["rss_mb"] - 1) * 100 if s["rss_mb"] else None
             dt = e["t"] - s["t"]
             row["cpu_pct"] = (e["cpu_s"] - s["cpu_s"]) / dt * 100 if dt > 0 else None
