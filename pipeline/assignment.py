@@ -77,11 +77,7 @@ class CameraSupervisor:
         for cid, (conductor, task, lock) in list(self.running.items()):
             # A camera whose source ended (a file, or failed for good) stays leased here, so that
             # no other replica replays it; its state says why it stopped.
-            lost = False
-            try:
-                await asyncio.to_thread(lock.reacquire)
-            except LockError:
-                lost = True
+            lost = not await asyncio.to_thread(self._renew, lock)
             if lost or cid not in self.cameras:
                 log.warning("camera %s: lease lost or camera removed; stopping here", cid)
                 await self._stop_camera(cid)
@@ -117,6 +113,15 @@ class CameraSupervisor:
         except (asyncio.TimeoutError, Exception):
             task.cancel()
         await asyncio.to_thread(self._release, lock)
+
+    def _renew(self, lock: Any) -> bool:
+        """Extend our lease. If it expired meanwhile (Redis was down longer than the TTL) and
+        nobody took it, take it back rather than restarting the camera."""
+        try:
+            lock.reacquire()
+            return True
+        except LockError:
+            return bool(lock.acquire(blocking=False, token=self.owner))
 
     @staticmethod
     def _release(lock: Any) -> None:

@@ -52,8 +52,9 @@ class ClassifierRoute:
 @dataclass
 class CameraCounters:
     processed: int = 0
-    failed: int = 0  # frames whose detection failed after a retry
+    failed: int = 0  # frames whose detection failed after a retry, or cut off at stop
     published_objects: int = 0
+    dropped_before: int = 0  # drops counted by earlier runs of this camera (cumulative counts)
 
 
 class CameraConductor:
@@ -71,6 +72,7 @@ class CameraConductor:
         detect_timeout_s: float = 30.0,
         stats_interval_s: float = 1.0,
         stop_grace_s: float = 2.0,
+        counters: CameraCounters | None = None,
     ):
         self.camera = camera
         self.source = source
@@ -84,7 +86,7 @@ class CameraConductor:
         self.stats_interval_s = stats_interval_s
         self.stop_grace_s = stop_grace_s
         self.slot = LatestFrameSlot()
-        self.counters = CameraCounters()
+        self.counters = counters or CameraCounters()
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
         self._frame_ready = asyncio.Event()
@@ -242,6 +244,10 @@ class CameraConductor:
                 log.exception("camera %s: stats update failed", self.camera.id)
 
     @property
+    def dropped(self) -> int:
+        return self.counters.dropped_before + self.slot.dropped + self.counters.failed
+
+    @property
     def fps(self) -> float:
         now = time.monotonic()
         self._fps_window = [t for t in self._fps_window if now - t <= 5.0]
@@ -251,7 +257,7 @@ class CameraConductor:
         self.publisher.camera_stats(
             self.camera.id,
             fps=f"{self.fps:.2f}",
-            dropped=self.slot.dropped + self.counters.failed,
+            dropped=self.dropped,
             processed=self.counters.processed,
             seq=self.source.next_seq - 1,
             url=redact_url(self.camera.url),
@@ -262,7 +268,7 @@ class CameraConductor:
             "camera": self.camera.id,
             "state": self.source.state.value,
             "fps": round(self.fps, 2),
-            "dropped": self.slot.dropped + self.counters.failed,
+            "dropped": self.dropped,
             "processed": self.counters.processed,
             "inflight": len(self._inflight),
             "last_error": self.source.last_error,
@@ -280,8 +286,7 @@ async def open_camera(
 ) -> CameraConductor:
     """The factory: continues ``seq`` after the last published frame, opens nothing yet (the
     reader thread connects), and wires status events to the camera hash and status stream."""
-    last = await asyncio.to_thread(publisher.last_published, camera.id)
-    seq_start = last[1] + 1 if last else 0
+    seq_start, counters = await asyncio.to_thread(publisher.resume_camera, camera.id)
 
     def on_status(event: StatusEvent) -> None:
         publisher.camera_state(event.camera, event.state.value, error=event.error, url=redact_url(camera.url))
@@ -313,4 +318,5 @@ async def open_camera(
         models=models,
         max_inflight=camera.max_inflight or config.decoder.max_inflight,
         detect_timeout_s=config.decoder.detect_timeout_s,
+        counters=CameraCounters(dropped_before=counters["dropped"], processed=counters["processed"]),
     )

@@ -148,6 +148,17 @@ class Publisher:
         self._last_ms[camera] = max(self._last_ms.get(camera, 0), ms)
         return ms, seq
 
+    def resume_camera(self, camera: str) -> tuple[int, dict[str, int]]:
+        """Where a (re)started camera continues: the next ``seq`` and the counters it had, so
+        that drop counts stay cumulative across conductor and replica restarts."""
+        self.flush(5.0)  # our own last stats for this camera land first
+        last = self.last_published(camera)
+        raw = self.client.hgetall(self.keys.camera(camera))
+        counters = {k: int(float(raw.get(k.encode(), b"0") or 0)) for k in ("dropped", "processed", "publish_dropped")}
+        with self._cond:
+            self.stats.dropped[camera] = max(self.stats.dropped[camera], counters["publish_dropped"])
+        return (last[1] + 1 if last else 0), counters
+
     def publish(self, result: FrameResult) -> None:
         camera, seq = result.meta.camera, result.meta.seq
         ms = max(int(result.meta.frame_ts * 1000), self._last_ms.get(camera, 0))

@@ -188,6 +188,7 @@ def test_cameras_added_and_removed_at_runtime_without_touching_others(graph, ray
     while time.monotonic() < deadline and camera_states(client, KEYS, ["walk2"])["walk2"].get("state") != "stopped":
         time.sleep(0.5)
     assert camera_states(client, KEYS, ["walk2"])["walk2"]["state"] == "stopped"
+    time.sleep(3)  # frames already in flight when it stopped may still land (2 s grace)
     n, traffic = client.xlen(KEYS.detections("walk2")), client.xlen(KEYS.detections("traffic"))
     time.sleep(3)
     assert client.xlen(KEYS.detections("walk2")) == n and client.xlen(KEYS.detections("traffic")) > traffic
@@ -198,3 +199,16 @@ def test_cameras_added_and_removed_at_runtime_without_touching_others(graph, ray
 def _connecting_entries(client):
     """(camera, entry id) of every 'connecting' status entry: one per camera start."""
     return {(f[b"camera"].decode(), eid) for eid, f in client.xrange(KEYS.status) if f[b"state"] == b"connecting"}
+
+
+def test_plain_redis_cli_reads_schema_v1(graph, session_redis):
+    out = subprocess.run(["redis-cli", "-p", str(session_redis.port), "--no-raw", "XRANGE",
+                          KEYS.detections("traffic"), "-", "+", "COUNT", "1"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    raw = subprocess.run(["redis-cli", "-p", str(session_redis.port), "--raw", "XRANGE",
+                          KEYS.detections("traffic"), "-", "+", "COUNT", "1"], capture_output=True, text=True, timeout=30)
+    lines = raw.stdout.splitlines()
+    fields = dict(zip(lines[1::2], lines[2::2]))
+    assert fields["v"] == "1" and fields["camera"] == "traffic"
+    payload = json.loads(fields["json"])
+    assert payload["schema"] == "percept.detections/v1" and payload["seq"] == int(fields["seq"])

@@ -113,8 +113,12 @@ def test_last_published_continues_seq(redis_server):
     for s in (4, 5, 6):
         pub.publish(result(s))
     assert pub.flush(5)
+    pub.camera_stats("cam", dropped=3, processed=3)
+    assert pub.flush(5)
     fresh = publisher(redis_server)
     assert fresh.last_published("cam")[1] == 6
+    next_seq, counters = fresh.resume_camera("cam")
+    assert next_seq == 7 and counters == {"dropped": 3, "processed": 3, "publish_dropped": 0}
     pub.close()
     fresh.close()
 
