@@ -565,7 +565,7 @@ def format_table(result: Mapping[str, Any]) -> str:
     row("overload lag p99 s", ov.get("lag_p99_s"), "overload.lag_p99_s")
     row("overload dropped/s", ov.get("dropped_per_s"), spec=".1f")
     who = (ov.get("rss_growth_max_process") or "").split(":")[-1]
-    row(f"overload RSS growth %, max over Ray processes ({who or '-'})", ov.get("rss_growth_max_pct"),
+    row(f"overload RSS growth % (worst: {who or '-'})"[:44], ov.get("rss_growth_max_pct"),
         "overload.rss_growth_max_pct", ".1f")
     pub = result.get("publish") or {}
     row("publisher entries/s", value_of(pub, "publisher.entries_per_s"), spec=".0f")
