@@ -14,7 +14,7 @@ import functools
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
 import numpy as np
@@ -24,6 +24,7 @@ from .models import DetectorInput, prepare_crop, prepare_frame
 from .publish import Publisher
 from .redact import redact_url
 from .schema import Detections, FrameResult
+from .tracking import ObjectTracker, TrackAttributeCache
 from .sources import (
     Frame,
     LatestFrameSlot,
@@ -50,6 +51,14 @@ class ClassifierRoute:
 
 
 @dataclass
+class _Order:
+    """Per-frame events the next frame waits on: tracker updated, result published."""
+
+    tracked: asyncio.Event = field(default_factory=asyncio.Event)
+    published: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
 class CameraCounters:
     processed: int = 0
     failed: int = 0  # frames whose detection failed after a retry, or cut off at stop
@@ -73,6 +82,7 @@ class CameraConductor:
         stats_interval_s: float = 1.0,
         stop_grace_s: float = 2.0,
         counters: CameraCounters | None = None,
+        tracker: ObjectTracker | None = None,
     ):
         self.camera = camera
         self.source = source
@@ -87,6 +97,17 @@ class CameraConductor:
         self.stop_grace_s = stop_grace_s
         self.slot = LatestFrameSlot()
         self.counters = counters or CameraCounters()
+        self.tracker = tracker
+        self._tracked_frames = 0
+        # one cache per classified category while tracking: classify once per track
+        self._track_cache = (
+            {
+                cat: TrackAttributeCache(reclassify_every=r.cfg.reclassify_every, forget_after=tracker.track_buffer)
+                for cat, r in self.classifiers.items()
+            }
+            if tracker is not None
+            else {}
+        )
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
         self._frame_ready = asyncio.Event()
@@ -100,7 +121,7 @@ class CameraConductor:
         self._reader = threading.Thread(target=self._read_loop, args=(loop,), name=f"reader-{self.camera.id}", daemon=True)
         self._reader.start()
         stats = asyncio.create_task(self._stats_loop())
-        previous_done: asyncio.Event | None = None
+        previous: _Order | None = None
         sem = asyncio.Semaphore(self.max_inflight)
         try:
             while not self._stopped.is_set():
@@ -109,9 +130,9 @@ class CameraConductor:
                 if frame is None:
                     sem.release()
                     break
-                done = asyncio.Event()
-                task = asyncio.create_task(self._process(frame, previous_done, done))
-                previous_done = done
+                order = _Order()
+                task = asyncio.create_task(self._process(frame, previous, order))
+                previous = order
                 self._inflight.add(task)
                 task.add_done_callback(lambda t: (self._inflight.discard(t), sem.release()))
         finally:
@@ -159,17 +180,20 @@ class CameraConductor:
 
     # --- one frame ---------------------------------------------------------------------------
 
-    async def _process(self, frame: Frame, previous_done: asyncio.Event | None, done: asyncio.Event) -> None:
+    async def _process(self, frame: Frame, previous: "_Order | None", mine: "_Order") -> None:
+        """Detection and classification overlap across frames; tracking and publishing happen
+        strictly in seq order (each frame waits for the previous one at those two points)."""
         result: FrameResult | None = None
         try:
-            result = await self._infer(frame)
+            result = await self._infer(frame, previous, mine)
         except Exception as exc:
             self.counters.failed += 1
             log.warning("camera %s: frame %d dropped: %s: %s", self.camera.id, frame.meta.seq, type(exc).__name__, exc)
         finally:
+            mine.tracked.set()
             try:
-                if previous_done is not None:
-                    await previous_done.wait()  # publish in seq order
+                if previous is not None:
+                    await previous.published.wait()
                 if result is not None:
                     total = (time.time() - frame.meta.frame_ts) * 1000
                     result = FrameResult(result.meta, result.objects, result.models, {**result.latency_ms, "total": total})
@@ -178,9 +202,9 @@ class CameraConductor:
                     self.counters.published_objects += len(result.objects)
                     self._fps_window.append(time.monotonic())
             finally:
-                done.set()
+                mine.published.set()
 
-    async def _infer(self, frame: Frame) -> FrameResult:
+    async def _infer(self, frame: Frame, previous: "_Order | None", mine: "_Order") -> FrameResult:
         meta = frame.meta
         t_start = time.time()
         queue_ms = (t_start - meta.frame_ts) * 1000
@@ -188,6 +212,14 @@ class CameraConductor:
         t0 = time.perf_counter()
         detections = await self._detect_with_retry(inp)
         detect_ms = (time.perf_counter() - t0) * 1000
+        if self.tracker is not None:
+            if previous is not None:
+                await previous.tracked.wait()
+            try:
+                detections = self.tracker.update(detections, (meta.height, meta.width))
+                self._tracked_frames += 1
+            finally:
+                mine.tracked.set()
         t1 = time.perf_counter()
         detections = await self._classify(frame.image, detections)
         classify_ms = (time.perf_counter() - t1) * 1000
@@ -210,7 +242,7 @@ class CameraConductor:
         raise AssertionError("unreachable")
 
     async def _classify(self, image: np.ndarray, detections: Detections) -> Detections:
-        jobs: list[tuple[int, Awaitable[Mapping[str, Any]]]] = []
+        jobs: list[tuple[int, "asyncio.Future[Mapping[str, Any]]"]] = []
         for category, route in self.classifiers.items():
             idx = [
                 i for i in detections.indices_of(category)
@@ -218,12 +250,22 @@ class CameraConductor:
                 >= route.cfg.min_box
             ]
             idx = sorted(idx, key=lambda i: -detections.scores[i])[: route.cfg.max_per_frame]
+            cache = self._track_cache.get(category)
             for i in idx:
-                crop = prepare_crop(image, detections.xyxy[i], route.cfg.imgsz)
-                jobs.append((i, route.classify(crop)))
+                track = detections.track_ids[i]
+                known = cache.get(track, self._tracked_frames) if cache is not None and track is not None else None
+                if known is None:
+                    crop = prepare_crop(image, detections.xyxy[i], route.cfg.imgsz)
+                    known = asyncio.ensure_future(route.classify(crop))
+                    if cache is not None and track is not None:
+                        cache.put(track, self._tracked_frames, known)
+                jobs.append((i, known))
+            if cache is not None:
+                cache.prune(self._tracked_frames)
         if not jobs:
             return detections
-        answers = await asyncio.gather(*(job for _, job in jobs), return_exceptions=True)
+        # shield: a shared per-track answer must survive this frame being cancelled at stop
+        answers = await asyncio.gather(*(asyncio.shield(job) for _, job in jobs), return_exceptions=True)
         values: dict[int, Mapping[str, Any]] = {}
         for (i, _), answer in zip(jobs, answers):
             if isinstance(answer, BaseException):
@@ -319,4 +361,5 @@ async def open_camera(
         max_inflight=camera.max_inflight or config.decoder.max_inflight,
         detect_timeout_s=config.decoder.detect_timeout_s,
         counters=CameraCounters(dropped_before=counters["dropped"], processed=counters["processed"]),
+        tracker=ObjectTracker(config.tracker) if config.tracker.enabled else None,
     )

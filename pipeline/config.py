@@ -156,8 +156,22 @@ class ClassifierConfig(ModelServerConfig):
     labels: list[str] | None = Field(None, description="restrict the answer to these model labels")
     min_box: int = Field(16, ge=1, description="skip boxes whose shorter side is below this (pixels)")
     max_per_frame: int = Field(32, ge=1, description="classify at most this many objects per frame")
+    reclassify_every: int = Field(
+        15, ge=0, description="with tracking: classify a track again after this many frames (0: once per track)"
+    )
     num_cpus: float = Field(0.25, ge=0)
     batch: BatchConfig = BatchConfig(max_size=32, wait_ms=10)
+
+
+class TrackerConfig(Strict):
+    """ByteTrack (ultralytics) per camera: fills track_id; classifiers then run once per track."""
+
+    enabled: bool = True
+    track_high_thresh: float = Field(0.25, ge=0, le=1)
+    track_low_thresh: float = Field(0.1, ge=0, le=1)
+    new_track_thresh: float = Field(0.25, ge=0, le=1)
+    track_buffer: int = Field(30, ge=1, le=10_000, description="frames a lost track is kept")
+    match_thresh: float = Field(0.8, ge=0, le=1)
 
 
 class DecoderConfig(Strict):
@@ -182,6 +196,7 @@ class PerceptConfig(Strict):
     cameras: list[CameraConfig] = Field(default_factory=list)
     detector: DetectorConfig = DetectorConfig()
     classifiers: dict[str, ClassifierConfig] = Field(default_factory=dict)
+    tracker: TrackerConfig = TrackerConfig()
     decoder: DecoderConfig = DecoderConfig()
     models_dir: str | None = Field(None, description="where weights are looked up; env PERCEPT_MODELS_DIR")
     state_dir: str = Field(".percept", description="private redis-server data and other state")

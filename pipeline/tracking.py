@@ -1,0 +1,95 @@
+"""Per-camera object tracking (ultralytics' ByteTrack) and classify-once-per-track caching.
+
+Tracking is stateful, so it lives with the camera in the decoder, not in the stateless
+detector. It fills ``track_id`` and lets classifiers run once per track (again every
+``reclassify_every`` frames) instead of on every object of every frame — the DeepStream way of
+keeping secondary classifiers cheap. All per-track state is bounded: tracks not seen for
+``track_buffer`` frames are forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from .config import TrackerConfig
+from .schema import Detections
+
+
+class ObjectTracker:
+    """ByteTrack over `Detections`; returns the same detections with ``track_ids`` filled
+    (None for detections the tracker did not confirm)."""
+
+    def __init__(self, cfg: TrackerConfig, categories: Mapping[str, int] | None = None):
+        from ultralytics.trackers.byte_tracker import BYTETracker
+        from ultralytics.utils import IterableSimpleNamespace
+
+        args = IterableSimpleNamespace(
+            tracker_type="bytetrack",
+            track_high_thresh=cfg.track_high_thresh,
+            track_low_thresh=cfg.track_low_thresh,
+            new_track_thresh=cfg.new_track_thresh,
+            track_buffer=cfg.track_buffer,
+            match_thresh=cfg.match_thresh,
+            fuse_score=True,
+        )
+        self._tracker = BYTETracker(args)
+        self.track_buffer = cfg.track_buffer
+        self._class_ids: dict[str, int] = dict(categories or {})
+
+    def update(self, dets: Detections, frame_shape: tuple[int, int]) -> Detections:
+        from ultralytics.engine.results import Boxes
+
+        cls = np.array([self._class_ids.setdefault(lab, len(self._class_ids)) for lab in dets.labels], np.float32)
+        data = np.concatenate([dets.xyxy, dets.scores[:, None], cls[:, None]], axis=1) if len(dets) else np.zeros((0, 6), np.float32)
+        tracked = self._tracker.update(Boxes(data, frame_shape))
+        ids: list[int | None] = [None] * len(dets)
+        for row in tracked:
+            idx = int(row[-1])
+            if 0 <= idx < len(dets):
+                ids[idx] = int(row[4])
+        return dets.with_track_ids(ids)
+
+
+@dataclass
+class _Entry:
+    future: "asyncio.Future[Mapping[str, Any]]"
+    frame: int
+    seen: int
+
+
+class TrackAttributeCache:
+    """track id → the classifier's answer (as a future, so a track seen again while its crop is
+    still being classified waits for that answer instead of classifying twice)."""
+
+    def __init__(self, *, reclassify_every: int, forget_after: int):
+        self.reclassify_every = reclassify_every
+        self.forget_after = forget_after
+        self._entries: dict[int, _Entry] = {}
+
+    def get(self, track_id: int, frame: int) -> "asyncio.Future[Mapping[str, Any]] | None":
+        entry = self._entries.get(track_id)
+        if entry is None:
+            return None
+        entry.seen = frame
+        if entry.future.done() and (
+            entry.future.cancelled()
+            or entry.future.exception() is not None
+            or (self.reclassify_every and frame - entry.frame >= self.reclassify_every)
+        ):
+            return None  # failed, or due for a fresh look
+        return entry.future
+
+    def put(self, track_id: int, frame: int, future: "asyncio.Future[Mapping[str, Any]]") -> None:
+        self._entries[track_id] = _Entry(future, frame, frame)
+
+    def prune(self, frame: int) -> None:
+        stale = [tid for tid, e in self._entries.items() if frame - e.seen > self.forget_after]
+        for tid in stale:
+            del self._entries[tid]
+
+    def __len__(self) -> int:
+        return len(self._entries)
