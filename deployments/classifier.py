@@ -24,9 +24,20 @@ class ClassifierDeployment:
         self.reconfigure({"max_batch_size": ccfg.batch.max_size, "batch_wait_ms": ccfg.batch.wait_ms})
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.classify.set_max_batch_size(int(user_config.get("max_batch_size", 32)))
-        self.classify.set_batch_wait_timeout_s(float(user_config.get("batch_wait_ms", 10)) / 1000)
+        self._classify_batch.set_max_batch_size(int(user_config.get("max_batch_size", 32)))
+        self._classify_batch.set_batch_wait_timeout_s(float(user_config.get("batch_wait_ms", 10)) / 1000)
+
+    async def classify(self, crops: list[np.ndarray]) -> list[dict[str, Any] | Exception]:
+        """All crops of one frame in one request (one Serve hop per frame, not per object)."""
+        return await self._classify_batch(crops)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def classify(self, crops: list[np.ndarray]) -> list[dict[str, Any] | Exception]:
-        return await asyncio.to_thread(self.classifier.classify_batch, crops)
+    async def _classify_batch(self, requests: list[list[np.ndarray]]) -> list[list[dict[str, Any] | Exception]]:
+        # a batch of frames' crop lists, across frames and cameras: one model call for all
+        flat = [crop for crops in requests for crop in crops]
+        answers = await asyncio.to_thread(self.classifier.classify_batch, flat)
+        out, k = [], 0
+        for crops in requests:
+            out.append(answers[k : k + len(crops)])
+            k += len(crops)
+        return out

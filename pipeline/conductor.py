@@ -39,7 +39,15 @@ from .sources import (
 log = logging.getLogger("percept.conductor")
 
 DetectFn = Callable[[DetectorInput], Awaitable[Detections]]
-ClassifyFn = Callable[[np.ndarray], Awaitable[Mapping[str, Any]]]
+ClassifyFn = Callable[[list[np.ndarray]], Awaitable[list[Mapping[str, Any] | Exception]]]
+
+
+async def _nth(request: "asyncio.Future[list[Any]]", k: int) -> Mapping[str, Any]:
+    """The k-th answer of a per-frame classifier request (an item may be an exception)."""
+    answer = (await asyncio.shield(request))[k]
+    if isinstance(answer, BaseException):
+        raise answer
+    return answer
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,7 @@ class CameraConductor:
         stop_grace_s: float = 2.0,
         counters: CameraCounters | None = None,
         tracker: ObjectTracker | None = None,
+        slot: LatestFrameSlot | None = None,
     ):
         self.camera = camera
         self.source = source
@@ -95,7 +104,7 @@ class CameraConductor:
         self.detect_timeout_s = detect_timeout_s
         self.stats_interval_s = stats_interval_s
         self.stop_grace_s = stop_grace_s
-        self.slot = LatestFrameSlot()
+        self.slot = slot or LatestFrameSlot()
         self.counters = counters or CameraCounters()
         self.tracker = tracker
         self._tracked_frames = 0
@@ -242,6 +251,8 @@ class CameraConductor:
         raise AssertionError("unreachable")
 
     async def _classify(self, image: np.ndarray, detections: Detections) -> Detections:
+        """Each category's new (or due) objects go to its classifier in one request per frame;
+        tracked objects already classified reuse their answer."""
         jobs: list[tuple[int, "asyncio.Future[Mapping[str, Any]]"]] = []
         for category, route in self.classifiers.items():
             idx = [
@@ -251,15 +262,23 @@ class CameraConductor:
             ]
             idx = sorted(idx, key=lambda i: -detections.scores[i])[: route.cfg.max_per_frame]
             cache = self._track_cache.get(category)
+            fresh: list[int] = []
             for i in idx:
                 track = detections.track_ids[i]
                 known = cache.get(track, self._tracked_frames) if cache is not None and track is not None else None
                 if known is None:
-                    crop = prepare_crop(image, detections.xyxy[i], route.cfg.imgsz)
-                    known = asyncio.ensure_future(route.classify(crop))
+                    fresh.append(i)
+                else:
+                    jobs.append((i, known))
+            if fresh:
+                crops = [prepare_crop(image, detections.xyxy[i], route.cfg.imgsz) for i in fresh]
+                request = asyncio.ensure_future(route.classify(crops))
+                for k, i in enumerate(fresh):
+                    answer = asyncio.ensure_future(_nth(request, k))
+                    track = detections.track_ids[i]
                     if cache is not None and track is not None:
-                        cache.put(track, self._tracked_frames, known)
-                jobs.append((i, known))
+                        cache.put(track, self._tracked_frames, answer)
+                    jobs.append((i, answer))
             if cache is not None:
                 cache.prune(self._tracked_frames)
         if not jobs:
@@ -287,7 +306,7 @@ class CameraConductor:
 
     @property
     def dropped(self) -> int:
-        return self.counters.dropped_before + self.slot.dropped + self.counters.failed
+        return self.counters.dropped_before + self.slot.dropped + self.source.skipped + self.counters.failed
 
     @property
     def fps(self) -> float:
@@ -334,6 +353,7 @@ async def open_camera(
         publisher.camera_state(event.camera, event.state.value, error=event.error, url=redact_url(camera.url))
 
     is_file = is_file_url(camera.url)
+    slot = LatestFrameSlot()
     source = VideoSource(
         camera.id,
         functools.partial(
@@ -348,6 +368,7 @@ async def open_camera(
         watchdog_s=camera.watchdog_s,
         seq_start=seq_start,
         on_status=on_status,
+        wants_frame=slot.is_empty,
     )
     on_status(StatusEvent(camera.id, SourceState.CONNECTING, None, None, time.time()))
     return CameraConductor(
@@ -362,4 +383,5 @@ async def open_camera(
         detect_timeout_s=config.decoder.detect_timeout_s,
         counters=CameraCounters(dropped_before=counters["dropped"], processed=counters["processed"]),
         tracker=ObjectTracker(config.tracker) if config.tracker.enabled else None,
+        slot=slot,
     )

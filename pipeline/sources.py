@@ -144,6 +144,9 @@ class LatestFrameSlot:
             frame, self._frame = self._frame, None
             return frame
 
+    def is_empty(self) -> bool:
+        return self._frame is None
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -175,6 +178,7 @@ class VideoSource:
         backoff: Backoff | None = None,
         seq_start: int = 0,
         on_status: Callable[[StatusEvent], None] | None = None,
+        wants_frame: Callable[[], bool] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -189,6 +193,10 @@ class VideoSource:
         self._backoff = backoff or Backoff()
         self._next_seq = seq_start
         self._on_status = on_status or (lambda event: None)
+        # Asked before colour-converting a sampled frame: False (the consumer still holds an
+        # unsent frame) skips the conversion and counts the frame as skipped.
+        self._wants_frame = wants_frame
+        self.skipped = 0
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -319,6 +327,9 @@ class VideoSource:
                     now = self._clock()
             timeline = pts if (self._is_file and pts is not None) else now
             if not self._sampler.accept(timeline):
+                continue
+            if self._wants_frame is not None and not self._wants_frame():
+                self.skipped += 1
                 continue
             t_decode = time.perf_counter()
             ok, image = cap.retrieve()

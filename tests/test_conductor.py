@@ -39,11 +39,11 @@ def run_conductor(redis_server, *, frames=20, tracker=True, reclassify_every=0):
         x = 5 + inp.frame_ts % 1 * 10  # the car drifts a little
         return Detections(xyxy=[[x, 5, x + 20, 25]], scores=[0.9], labels=("car",), categories=("vehicle",))
 
-    async def classify(crop):
-        calls["classify"] += 1
-        assert crop.shape == (32, 32, 3)
+    async def classify(crops):
+        calls["classify"] += len(crops)
+        assert all(c.shape == (32, 32, 3) for c in crops)
         await asyncio.sleep(0.01)
-        return {"label": "cab", "score": 0.8}
+        return [{"label": "cab", "score": 0.8} for _ in crops]
 
     pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
     conductor = CameraConductor(

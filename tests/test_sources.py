@@ -180,3 +180,20 @@ def test_realtime_file_is_paced_across_loops():
     frames = take(src, 50)
     assert len(frames) == 50
     assert clock.t - t0 >= 49 / 25 * 0.9  # ~2 s of stream time took ~2 s of (fake) wall time
+
+
+def test_frames_nobody_wants_are_not_colour_converted():
+    clock = Clock()
+    retrieved = []
+
+    class Counting(FakeCapture):
+        def retrieve(self):
+            retrieved.append(self.i)
+            return super().retrieve()
+
+    busy = iter([True, False, False, True, False, True, True, True])
+    src = VideoSource("c", lambda: Counting(8, clock), fps=0, is_file=True, realtime=False,
+                      wants_frame=lambda: next(busy), clock=clock, sleep=clock.sleep)
+    frames = list(src.frames())
+    assert len(frames) == len(retrieved) == 5 and src.skipped == 3
+    assert [f.meta.seq for f in frames] == list(range(5))
