@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from pipeline.autoscale import FrameAgeMeter
 from pipeline.config import PerceptConfig
 from pipeline.models import Classifier
 
@@ -18,6 +19,7 @@ class ClassifierDeployment:
         cfg = PerceptConfig.model_validate(config)
         ccfg = cfg.classifiers[category]
         self.category = category
+        self.meter = FrameAgeMeter()
         self.classifier = await asyncio.to_thread(
             Classifier.from_config, category, ccfg, models_dir=cfg.models_dir
         )
@@ -29,7 +31,15 @@ class ClassifierDeployment:
 
     async def classify(self, crops: list[np.ndarray]) -> list[dict[str, Any] | Exception]:
         """All crops of one frame in one request (one Serve hop per frame, not per object)."""
-        return await self._classify_batch(crops)
+        self.meter.waiting += len(crops)
+        try:
+            return await self._classify_batch(crops)
+        finally:
+            self.meter.waiting -= len(crops)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Crops waiting, for deployments.autoscaling.VideoLagPolicy (crops carry no capture time)."""
+        return {"frames_waiting": float(self.meter.waiting)}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _classify_batch(self, requests: list[list[np.ndarray]]) -> list[list[dict[str, Any] | Exception]]:

@@ -372,6 +372,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "soak"]:  # a mode of its own, with its own options
+        from .soak import add_arguments as add_soak_arguments, run_soak
+
+        soak = argparse.ArgumentParser(prog="percept bench soak", description="long run: RSS, fds, drops, lag, exceptions")
+        add_soak_arguments(soak)
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        os.environ.setdefault("YOLO_VERBOSE", "False")
+        return run_soak(soak.parse_args(argv[2:]))
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

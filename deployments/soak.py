@@ -1,0 +1,158 @@
+"""`percept bench soak`: many cameras for a long time; RSS and open fds per process over time,
+dropped frames, lag p99 and exceptions in the replicas' logs. A command, not a CI test."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+import time
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline import bench as B
+from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
+
+from .bench import APP, RESULTS_DIR, Cameras, Graph, _base_config, _clips, _phase_config, _say
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cameras", type=int, default=8, help="cameras (default 8, cycling over the clips)")
+    p.add_argument("--duration", type=float, default=600, help="seconds after warm-up (default 600)")
+    p.add_argument("--warmup", type=float, default=60, help="seconds before the first sample (default 60)")
+    p.add_argument("--fps", type=float, default=5, help="frames sampled per camera per second (default 5)")
+    p.add_argument("--interval", type=float, default=30, help="seconds between samples (default 30)")
+    p.add_argument("--model", help="detector weights (default: the demo's)")
+    p.add_argument("-c", "--config", help="detector/classifier/decoder settings from this config")
+    p.add_argument("--source", choices=("rtsp", "file"), default="rtsp")
+    p.add_argument("--rtsp-fps", type=int, default=15)
+    p.add_argument("--videos", help="folder with the clips (default PERCEPT_SAMPLE_VIDEOS)")
+    p.add_argument("--json", dest="json_out")
+    p.add_argument("--results-dir", default=str(RESULTS_DIR))
+
+
+def _sample(client: Any, streams: list[str]) -> dict[str, Any]:
+    import psutil
+
+    procs = {}
+    for pid, p in B.process_stats().items():
+        try:
+            fds = psutil.Process(pid).num_fds()
+        except psutil.Error:
+            fds = None
+        name = p["name"].replace(f"ray::ServeReplica:{APP}:", "replica:")
+        procs[f"{name}[{pid}]"] = {"rss_mb": round(p["rss_mb"], 1), "fds": fds, "threads": p["threads"]}
+    pipe = client.pipeline(transaction=False)
+    for s in streams:
+        pipe.xlen(s)
+    return {"t": time.time(), "published": sum(pipe.execute()), "processes": procs}
+
+
+def _exceptions_in_ray_logs() -> dict[str, int]:
+    """Tracebacks in this Ray session's replica and worker logs (0 is the goal)."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    counts: dict[str, int] = {}
+    for f in logs.rglob("*"):
+        if f.is_file() and re.search(r"(serve|worker).*\.(log|err|out)$", f.name):
+            n = f.read_text(errors="replace").count("Traceback (most recent call last)")
+            if n:
+                counts[f.name] = n
+    return counts
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    from ray import serve
+
+    from pipeline.publish import StreamKeys, camera_states
+    from pipeline.redis_server import EmbeddedRedis
+
+    from .cli import _check_models, _fail
+    from .graph import build_app
+
+    try:
+        clips = _clips(args)
+        with ExitStack() as stack:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="percept-soak-")))
+            base = _base_config(args, str(workdir / "state"))
+            _check_models(base)
+            redis_server = stack.enter_context(EmbeddedRedis(workdir / "redis"))
+            client = redis_server.client()
+            rtsp = None
+            if args.source == "rtsp":
+                from benchmarks.rtsp import RtspServer
+
+                rtsp = stack.enter_context(RtspServer({c.stem: f"{c}@{args.rtsp_fps}" for c in clips}))
+            cams = Cameras(clips, args.source, rtsp, args.rtsp_fps)
+            cfg = _phase_config(base, redis_url=redis_server.url, prefix="soak",
+                                cameras=cams.entries(args.cameras, fps=args.fps))
+            keys = StreamKeys("soak")
+            ids = [c.id for c in cfg.cameras]
+            streams = [keys.detections(c) for c in ids]
+            _say("starting Ray and Serve …")
+            Graph(stack, client)
+            serve.run(build_app(cfg), name=APP, route_prefix="/", logging_config={"enable_access_log": False})
+            stack.callback(serve.delete, APP)
+            _say(f"{args.cameras} cameras at {args.fps} fps; warm-up {args.warmup:.0f} s, then {args.duration:.0f} s")
+            time.sleep(args.warmup)
+            tap = B.StreamTap(client, streams).start()
+            st0 = camera_states(client, keys, ids)
+            timeline = [_sample(client, streams)]
+            end = time.monotonic() + args.duration
+            while (left := end - time.monotonic()) > 0:
+                time.sleep(min(args.interval, left))
+                timeline.append(_sample(client, streams))
+                last = timeline[-1]
+                _say(f"  t+{last['t'] - timeline[0]['t']:.0f} s: {last['published'] - timeline[0]['published']} published")
+            st1 = camera_states(client, keys, ids)
+            entries = tap.stop()
+            exceptions = _exceptions_in_ray_logs()
+    except ConfigError as exc:
+        return _fail(str(exc), CONFIG_ERROR_EXIT_CODE)
+    t0, t1 = timeline[0]["t"], timeline[-1]["t"]
+    summary = B.StreamTap.summarize(entries, t0, t1)
+    growth = {}
+    for name, first in timeline[0]["processes"].items():
+        lastp = timeline[-1]["processes"].get(name)
+        if lastp is None or not first["rss_mb"]:
+            continue
+        growth[name] = {
+            "rss_start_mb": first["rss_mb"], "rss_end_mb": lastp["rss_mb"],
+            "rss_growth_pct": round(100 * (lastp["rss_mb"] / first["rss_mb"] - 1), 2),
+            "fds_start": first["fds"], "fds_end": lastp["fds"],
+        }
+    dropped = sum(float(st1.get(c, {}).get("dropped", 0) or 0) - float(st0.get(c, {}).get("dropped", 0) or 0) for c in ids)
+    worst = max(growth.items(), key=lambda kv: kv[1]["rss_growth_pct"]) if growth else (None, {})
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cameras": args.cameras, "fps_per_camera": args.fps, "duration_s": t1 - t0, "warmup_s": args.warmup,
+        "machine": B.machine_info(model=Path(base.detector.weights).name, imgsz=base.detector.imgsz,
+                                  batch=base.detector.batch.max_size, device=base.detector.device),
+        "published_fps": (timeline[-1]["published"] - timeline[0]["published"]) / (t1 - t0),
+        "dropped_per_s": dropped / (t1 - t0),
+        "lag_p99_s": summary["lag_s"]["p99"],
+        "latency_ms": summary["latency_ms"],
+        "exceptions": exceptions, "exceptions_total": sum(exceptions.values()),
+        "worst_rss_growth": {"process": worst[0], **worst[1]},
+        "processes": growth,
+        "timeline": timeline,
+    }
+    text = json.dumps(B.rounded(result), indent=1)
+    if args.json_out:
+        Path(args.json_out).write_text(text)
+    if args.results_dir:
+        out = Path(args.results_dir) / f"{datetime.now().strftime('%Y-%m-%d')}-{os.uname().nodename}-soak.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        _say(f"wrote {out}")
+    print(f"soak: {args.cameras} cameras, {result['duration_s']:.0f} s: {result['published_fps']:.1f} fps published, "
+          f"{result['dropped_per_s']:.2f} dropped/s, lag p99 {result['lag_p99_s']} s, "
+          f"worst RSS growth {worst[1].get('rss_growth_pct')} % ({worst[0]}), "
+          f"fds {sum((g['fds_start'] or 0) for g in growth.values())} → {sum((g['fds_end'] or 0) for g in growth.values())}, "
+          f"exceptions {result['exceptions_total']}")
+    return 0
