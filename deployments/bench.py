@@ -316,7 +316,8 @@ class Graph:
             "fps": fps,
             "per_camera_fps": per_camera,
             "cpu_ms_per_frame": dict(sorted(cpu_ms_per_frame.items(), key=lambda kv: -kv[1])),
-            "offered_fps": delta("seq") / dt,
+            # every sampled frame is published or counted as dropped (skipped, replaced or failed)
+            "offered_fps": (published + delta("dropped")) / dt,
             "dropped_per_s": delta("dropped") / dt,
             "seconds": dt,
             "warmup_s": warmup,
