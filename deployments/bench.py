@@ -150,6 +150,19 @@ class Cameras:
         return out
 
 
+def start_services(stack: ExitStack, args: argparse.Namespace, clips: list[Path], workdir: Path) -> tuple[Any, Cameras]:
+    """A private redis-server and, for ``--source rtsp``, the clips as live RTSP cameras."""
+    from pipeline.redis_server import EmbeddedRedis
+
+    redis_server = stack.enter_context(EmbeddedRedis(workdir / "redis"))
+    rtsp = None
+    if args.source == "rtsp":
+        from benchmarks.rtsp import RtspServer
+
+        rtsp = stack.enter_context(RtspServer({c.stem: f"{c}@{args.rtsp_fps}" for c in clips}))
+    return redis_server, Cameras(clips, args.source, rtsp, args.rtsp_fps)
+
+
 def _phase_config(base: PerceptConfig, *, redis_url: str, prefix: str, cameras: list[dict[str, Any]],
                   classifiers: bool = True) -> PerceptConfig:
     data = base.model_dump(mode="json")
@@ -373,7 +386,6 @@ def _capacity(result: dict[str, Any], n_max: int) -> float | None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from pipeline.redis_server import EmbeddedRedis
     from pipeline.schema import FrameResult
 
     from .cli import _check_models, _fail
@@ -420,14 +432,8 @@ def run_bench(args: argparse.Namespace) -> int:
             "skipped": sorted(skip, key=PHASES.index),
             "errors": {},
         }
-        redis_server = stack.enter_context(EmbeddedRedis(workdir / "redis"))
+        redis_server, cams = start_services(stack, args, clips, workdir)
         client = redis_server.client()
-        rtsp = None
-        if args.source == "rtsp":
-            from benchmarks.rtsp import RtspServer
-
-            rtsp = stack.enter_context(RtspServer({c.stem: f"{c}@{args.rtsp_fps}" for c in clips}))
-        cams = Cameras(clips, args.source, rtsp, args.rtsp_fps)
         samples: list[Any] = []
 
         def attempt(name: str, fn: Callable[[], None]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from pipeline import bench as B
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
 
-from .bench import APP, RESULTS_DIR, Cameras, Graph, _base_config, _clips, _phase_config, _say
+from .bench import APP, RESULTS_DIR, Graph, _base_config, _clips, _phase_config, _say, start_services
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,7 +70,6 @@ def run_soak(args: argparse.Namespace) -> int:
     from ray import serve
 
     from pipeline.publish import StreamKeys, camera_states
-    from pipeline.redis_server import EmbeddedRedis
 
     from .cli import _check_models, _fail
     from .graph import build_app
@@ -81,14 +80,8 @@ def run_soak(args: argparse.Namespace) -> int:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="percept-soak-")))
             base = _base_config(args, str(workdir / "state"))
             _check_models(base)
-            redis_server = stack.enter_context(EmbeddedRedis(workdir / "redis"))
+            redis_server, cams = start_services(stack, args, clips, workdir)
             client = redis_server.client()
-            rtsp = None
-            if args.source == "rtsp":
-                from benchmarks.rtsp import RtspServer
-
-                rtsp = stack.enter_context(RtspServer({c.stem: f"{c}@{args.rtsp_fps}" for c in clips}))
-            cams = Cameras(clips, args.source, rtsp, args.rtsp_fps)
             cfg = _phase_config(base, redis_url=redis_server.url, prefix="soak",
                                 cameras=cams.entries(args.cameras, fps=args.fps))
             keys = StreamKeys("soak")
