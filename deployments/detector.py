@@ -42,11 +42,3 @@ class DetectorDeployment:
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom metrics for deployments.autoscaling.VideoLagPolicy."""
         return {"frame_lag_s": self.meter.lag_s(), "frames_waiting": float(self.meter.waiting)}
-
-    def info(self) -> dict[str, Any]:
-        import os
-
-        import ray
-
-        return {"model": self.detector.name, "device": self.detector.device, "half": self.detector.half,
-                "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}

@@ -70,7 +70,6 @@ class _Order:
 class CameraCounters:
     processed: int = 0
     failed: int = 0  # frames whose detection failed after a retry, or cut off at stop
-    published_objects: int = 0
     dropped_before: int = 0  # drops counted by earlier runs of this camera (cumulative counts)
 
 
@@ -208,7 +207,6 @@ class CameraConductor:
                     result = FrameResult(result.meta, result.objects, result.models, {**result.latency_ms, "total": total})
                     self.publisher.publish(result)
                     self.counters.processed += 1
-                    self.counters.published_objects += len(result.objects)
                     self._fps_window.append(time.monotonic())
             finally:
                 mine.published.set()

@@ -98,20 +98,6 @@ class Detections:
     def with_track_ids(self, track_ids: Sequence[int | None]) -> "Detections":
         return replace(self, track_ids=tuple(track_ids))
 
-    @classmethod
-    def concatenate(cls, parts: Sequence["Detections"]) -> "Detections":
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            return cls()
-        return cls(
-            xyxy=np.concatenate([p.xyxy for p in parts]),
-            scores=np.concatenate([p.scores for p in parts]),
-            labels=sum((p.labels for p in parts), ()),
-            categories=sum((p.categories for p in parts), ()),
-            track_ids=sum((p.track_ids for p in parts), ()),
-            attributes=sum((p.attributes for p in parts), ()),
-        )
-
     def to_objects(self) -> list[dict[str, Any]]:
         return [
             {
