@@ -263,3 +263,20 @@ def set_threads(cfg: ModelServerConfig) -> None:
     import torch
 
     torch.set_num_threads(cfg.threads or max(1, int(round(cfg.num_cpus))))
+
+
+def check_models(config: Any) -> None:
+    """Load every model of a `PerceptConfig` once, here, before anything starts: a missing file,
+    a failed download or a model of the wrong task is a config error naming the field."""
+    from .config import ConfigError
+
+    sections = [("detector", config.detector, "detect")]
+    sections += [(f"classifiers.{c}", cc, "classify") for c, cc in config.classifiers.items()]
+    errors = []
+    for field, section, task in sections:
+        try:
+            load_yolo(section, models_dir=config.models_dir, field=f"{field}.weights", task=task)
+        except ModelError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ConfigError(errors)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import redis
 
 from .publish import StreamKeys
+from .sources import Backoff
 
 log = logging.getLogger("percept.subscribe")
 
@@ -134,16 +136,40 @@ class Subscriber:
             out.extend(msgs)
         return out
 
-    def messages(self, limit: int | None = None, *, idle_timeout_s: float | None = None) -> Iterator[Message]:
+    def messages(
+        self,
+        limit: int | None = None,
+        *,
+        idle_timeout_s: float | None = None,
+        on_unreachable: Callable[[Exception | None], None] | None = None,
+    ) -> Iterator[Message]:
         """Messages in stream order; with a group, first what is pending. Stops after ``limit``
-        messages, or after ``idle_timeout_s`` without any."""
-        import time
-
+        messages, or after ``idle_timeout_s`` without any. With ``on_unreachable``, a Redis
+        outage is ridden out: it is called with the error when Redis goes away and with None
+        when it is back; reading resumes after the last entry seen (groups: pending first)."""
         n = 0
-        backlog = self._pending_first() if self.group else []
+        backlog: list[Message] | None = None
         last_seen = time.monotonic()
+        backoff = Backoff(0.2, 5.0)
+        down = False
         while limit is None or n < limit:
-            batch = backlog or self.read(count=100 if limit is None else min(100, limit - n))
+            try:
+                if backlog is None:
+                    backlog = self._pending_first() if self.group else []
+                batch = backlog or self.read(count=100 if limit is None else min(100, limit - n))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if on_unreachable is None:
+                    raise
+                if not down:
+                    on_unreachable(exc)
+                    down = True
+                backlog = None  # after an outage a group consumer re-reads what it had not acked
+                time.sleep(backoff.next())
+                continue
+            if down:
+                on_unreachable(None)  # type: ignore[misc]
+                down = False
+                backoff.reset()
             backlog = []
             if batch:
                 last_seen = time.monotonic()

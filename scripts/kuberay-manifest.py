@@ -23,7 +23,7 @@ _KEY = re.compile(r"^(?P<indent> *)serveConfigV2: *\|[-+]?\s*$")
 
 
 def percept_build() -> str:
-    out = subprocess.run([sys.executable, "-m", "deployments.cli", *BUILD_ARGS], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "cli", *BUILD_ARGS], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
         sys.exit(f"percept {' '.join(BUILD_ARGS)} failed ({out.returncode}):\n{out.stderr}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,15 +30,20 @@ def test_bench_smoke(tmp_path, models_dir, videos):
         pytest.fail("GStreamer RTSP server (Debian python3-gi, gir1.2-gst-rtsp-server-1.0) is missing")
     if shutil.which("redis-benchmark") is None:
         pytest.fail("redis-benchmark is missing (Debian redis-tools)")
-    out = tmp_path / "bench.json"
+    state = tmp_path / "state"
+    results = sorted((REPO / "benchmarks" / "results").glob("*"))
     env = dict(os.environ, PERCEPT_MODELS_DIR=models_dir, PERCEPT_SAMPLE_VIDEOS=str(videos), YOLO_OFFLINE="1")
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "deployments.cli", "bench", "--duration", "10", "--cameras", "1",
-         "--json", str(out), "--results-dir", ""],
+        [sys.executable, "-m", "cli", "bench", "--duration", "10", "--cameras", "1",
+         "--state-dir", str(state)],
         capture_output=True, text=True, timeout=420, cwd=REPO, env=env,
     )
     assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    # by default the results go to the state directory; the committed ones are left alone
+    out = Path(re.search(r"^results: (.+)$", proc.stdout, re.M).group(1))
+    assert out.is_relative_to(state / "bench") and out.is_file(), out
+    assert sorted((REPO / "benchmarks" / "results").glob("*")) == results
     r = json.loads(out.read_text())
     assert r["errors"] == {}
 

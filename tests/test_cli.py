@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def percept(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "deployments.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
 
 

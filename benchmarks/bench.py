@@ -1,6 +1,6 @@
 """`percept bench`: the graph against its own limit and against Ultralytics, in one invocation.
 
-Phases, in this order, on one machine (Ray-free helpers live in `pipeline/bench.py`):
+Phases, in this order, on one machine (Ray-free helpers live in `benchmarks/measure.py`):
 
 1. ``bare`` — the detector in this process on pre-decoded, pre-letterboxed frames of the clips at
    the configured batch size (``bare_fps``) and at batch 1 (one inference: ``single_infer_ms``).
@@ -36,16 +36,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline import bench as B
-from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError, PerceptConfig, load_config, parse_config
+from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError, PerceptConfig
+
+from . import measure as M
+from . import processes as P
+from . import report as R
+from .harness import MAX_CAMERAS, Graph, fail, _base_config, _clips, _parse_counts, _phase_config, _say, start_services
 
 log = logging.getLogger("percept.bench")
 
-APP = "percept-bench"
 PHASES = ("bare", "ultralytics", "e2e", "detect-only", "latency", "overload", "publish")
 REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO / "benchmarks" / "results"
-MAX_CAMERAS = 16
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,119 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rtsp-fps", type=int, default=30, help="frame rate of each RTSP camera (default 30)")
     p.add_argument("--videos", help="folder with traffic.mp4, vtest.avi, people.mp4 (default PERCEPT_SAMPLE_VIDEOS)")
     p.add_argument("--skip", default="", help=f"comma-separated phases to skip: {','.join(PHASES)}")
-    p.add_argument("--json", dest="json_out", help="also write the results here")
-    p.add_argument("--results-dir", default=str(RESULTS_DIR),
-                   help="where <date>-<host>.json goes (default benchmarks/results; '' to not save)")
+    p.add_argument("--json", dest="json_out", help="write the results here (default: <state-dir>/bench/<time>-<host>.json; "
+                   "pass benchmarks/results/<name>.json to commit a run on purpose)")
+    p.add_argument("--state-dir", default=".percept", help="percept's state directory (default .percept)")
     p.add_argument("--profile", help="py-spy record every Serve replica during the largest e2e window into this "
                    "folder (raw collapsed stacks)")
-
-
-# --- configuration ---------------------------------------------------------------------------
-
-def _base_config(args: argparse.Namespace, state_dir: str) -> PerceptConfig:
-    from .cli import ENV_SAMPLE_VIDEOS, demo_config
-
-    models_dir = os.environ.get("PERCEPT_MODELS_DIR")
-    if args.config:
-        cfg = load_config(args.config)
-    else:
-        cfg = demo_config(args.videos or os.environ.get(ENV_SAMPLE_VIDEOS), models_dir, state_dir)
-    data = cfg.model_dump(mode="json")
-    if args.model:
-        data["detector"]["weights"] = args.model
-    data["cameras"] = []
-    data["state_dir"] = state_dir
-    if data.get("models_dir") is None:
-        data["models_dir"] = models_dir
-    return parse_config(data, env={})
-
-
-def _clips(args: argparse.Namespace) -> list[Path]:
-    from .cli import ENV_SAMPLE_VIDEOS
-
-    folder = args.videos or os.environ.get(ENV_SAMPLE_VIDEOS)
-    if not folder:
-        raise ConfigError([f"--videos: no clips folder (set {ENV_SAMPLE_VIDEOS} or pass --videos)"])
-    clips = [Path(folder) / name for name in B.CLIPS if (Path(folder) / name).exists()]
-    if not clips:
-        raise ConfigError([f"--videos: none of {', '.join(B.CLIPS)} in {folder}"])
-    return clips
-
-
-def _parse_counts(text: str) -> list[int]:
-    try:
-        counts = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise ConfigError([f"--cameras: expected comma-separated integers, got {text!r}"]) from None
-    if not counts or counts[0] < 1 or counts[-1] > MAX_CAMERAS:
-        raise ConfigError([f"--cameras: counts must be between 1 and {MAX_CAMERAS}, got {text!r}"])
-    return counts
-
-
-class Cameras:
-    """Camera entries for N cameras cycling over the clips (RTSP mounts or files)."""
-
-    def __init__(self, clips: list[Path], source: str, rtsp: Any | None, rtsp_fps: int):
-        self.clips = clips
-        self.source = source
-        self.rtsp = rtsp
-        self.rtsp_fps = rtsp_fps
-        if source == "file":
-            from pipeline.sources import probe_fps
-
-            self.native = [probe_fps(str(c)) or 25.0 for c in clips]
-        else:
-            self.native = [float(rtsp_fps)] * len(clips)
-
-    @property
-    def rate(self) -> float:
-        """Frames per second one camera can deliver (at most)."""
-        return float(sum(self.native) / len(self.native))
-
-    def url(self, i: int) -> str:
-        clip = self.clips[i % len(self.clips)]
-        return self.rtsp.url(clip.stem) if self.source == "rtsp" else str(clip)
-
-    def entries(self, n: int, *, fps: float, realtime: bool = True) -> list[dict[str, Any]]:
-        out = []
-        for i in range(n):
-            stem = self.clips[i % len(self.clips)].stem
-            cam_id = stem if i < len(self.clips) else f"{stem}-{i // len(self.clips) + 1}"
-            cam: dict[str, Any] = {"id": cam_id, "url": self.url(i), "fps": round(fps, 3)}
-            if self.source == "file":
-                cam.update(loop=True, realtime=realtime)
-            out.append(cam)
-        return out
-
-
-def start_services(stack: ExitStack, args: argparse.Namespace, clips: list[Path], workdir: Path) -> tuple[Any, Cameras]:
-    """A private redis-server and, for ``--source rtsp``, the clips as live RTSP cameras."""
-    from pipeline.redis_server import EmbeddedRedis
-
-    redis_server = stack.enter_context(EmbeddedRedis(workdir / "redis"))
-    rtsp = None
-    if args.source == "rtsp":
-        from benchmarks.rtsp import RtspServer
-
-        rtsp = stack.enter_context(RtspServer({c.stem: f"{c}@{args.rtsp_fps}" for c in clips}))
-    return redis_server, Cameras(clips, args.source, rtsp, args.rtsp_fps)
-
-
-def _phase_config(base: PerceptConfig, *, redis_url: str, prefix: str, cameras: list[dict[str, Any]],
-                  classifiers: bool = True) -> PerceptConfig:
-    data = base.model_dump(mode="json")
-    if not classifiers:
-        data["classifiers"] = {}
-    data["redis"]["url"] = redis_url
-    data["redis"]["stream_prefix"] = prefix
-    data["cameras"] = cameras
-    return parse_config(data, env={})
-
-
-# --- phases ----------------------------------------------------------------------------------
-
-def _say(msg: str) -> None:
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
 def phase_bare(cfg: PerceptConfig, clips: list[Path], duration: float) -> tuple[dict[str, Any], list[Any]]:
@@ -187,11 +80,11 @@ def phase_bare(cfg: PerceptConfig, clips: list[Path], duration: float) -> tuple[
     from pipeline.models import Detector, prepare_frame
 
     det = Detector.from_config(cfg.detector, models_dir=cfg.models_dir)
-    frames = B.load_frames(clips, per_clip=8)
+    frames = M.load_frames(clips, per_clip=8)
     inputs = [prepare_frame(f, cfg.detector.imgsz) for f in frames]
     batch = cfg.detector.batch.max_size
-    single = B.measure_single_infer(det.detect_batch, inputs, duration=max(3.0, duration / 3))
-    full = B.measure_bare(det.detect_batch, inputs, batch=batch, duration=duration)
+    single = M.measure_single_infer(det.detect_batch, inputs, duration=max(3.0, duration / 3))
+    full = M.measure_bare(det.detect_batch, inputs, batch=batch, duration=duration)
     dets = det.detect_batch(inputs[: len(clips)])
     samples = []
     from pipeline.schema import FrameMeta, FrameResult
@@ -214,7 +107,7 @@ def phase_ultralytics(model: str, urls: list[str], cfg: PerceptConfig, *, durati
                       workdir: Path) -> dict[str, Any]:
     streams = workdir / "bench.streams"
     streams.write_text("\n".join(urls) + "\n")
-    cmd = [sys.executable, "-m", "pipeline.bench", "ultralytics", "--model", model, "--streams", str(streams),
+    cmd = [sys.executable, "-m", "benchmarks.measure", "ultralytics", "--model", model, "--streams", str(streams),
            "--imgsz", str(cfg.detector.imgsz), "--duration", str(duration), "--warmup", str(warmup),
            "--conf", str(cfg.detector.conf)]
     if cfg.detector.device != "auto":
@@ -224,7 +117,7 @@ def phase_ultralytics(model: str, urls: list[str], cfg: PerceptConfig, *, durati
     device, half = choose_device(cfg.detector.device, cfg.detector.half)
     if half:
         cmd += ["--half"]
-    env = dict(os.environ, OPENCV_FFMPEG_CAPTURE_OPTIONS=B.RTSP_CAPTURE_OPTIONS)
+    env = dict(os.environ, OPENCV_FFMPEG_CAPTURE_OPTIONS=M.RTSP_CAPTURE_OPTIONS)
     timeout = warmup + duration + 120
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
@@ -238,140 +131,13 @@ def phase_ultralytics(model: str, urls: list[str], cfg: PerceptConfig, *, durati
     raise RuntimeError(f"ultralytics predict failed (rc={out.returncode}): {out.stderr.strip()[-800:]}")
 
 
-class Graph:
-    """Ray + Serve started once; `phase` deploys the graph for one camera set and measures it."""
-
-    def __init__(self, stack: ExitStack, client: Any):
-        import ray
-        from ray import serve
-
-        from pipeline.redis_server import free_port
-
-        t = time.monotonic()
-        env_vars = {k: v for k, v in os.environ.items() if k.startswith(("YOLO_", "PERCEPT_"))}
-        # Local only: RSS and CPU are read from this process tree. Replica logs stay in Ray's log
-        # folder (a deployment that fails still fails serve.run, with its error).
-        ray.init(address="local", runtime_env={"env_vars": env_vars} if env_vars else None, include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=False)
-        stack.callback(ray.shutdown)
-        logging.getLogger("ray.serve").setLevel(logging.WARNING)
-        self.gpu = ray.cluster_resources().get("GPU", 0) > 0
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-        stack.callback(serve.shutdown)
-        self.client = client
-        self.startup_s = time.monotonic() - t
-
-    def phase(self, cfg: PerceptConfig, *, duration: float, warmup: float, ready_timeout: float = 120.0,
-              profile_dir: Path | None = None) -> dict[str, Any]:
-        from ray import serve
-
-        from pipeline.publish import StreamKeys, camera_states
-
-        from .graph import build_app
-
-        keys = StreamKeys(cfg.redis.stream_prefix)
-        cams = [c.id for c in cfg.cameras]
-        streams = [keys.detections(c) for c in cams]
-        t_deploy = time.monotonic()
-        serve.run(build_app(cfg, gpu_available=self.gpu), name=APP, route_prefix="/",
-                  logging_config={"enable_access_log": False})
-        try:
-            deadline = time.monotonic() + ready_timeout
-            while any(self.client.xlen(s) == 0 for s in streams):
-                if time.monotonic() > deadline:
-                    states = camera_states(self.client, keys, cams)
-                    raise RuntimeError(f"cameras did not publish within {ready_timeout:.0f} s: "
-                                       + "; ".join(f"{c}={s.get('state')} {s.get('last_error', '')}" for c, s in states.items()))
-                time.sleep(0.2)
-            ready_s = time.monotonic() - t_deploy
-            time.sleep(warmup)
-            tap = B.StreamTap(self.client, streams).start()
-            cpu = B.CpuMeter().start()
-            procs0 = B.process_stats()
-            t0, len0, st0 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
-            profilers = self._start_profilers(profile_dir, procs0, duration) if profile_dir else []
-            samples = []
-            end_at = time.monotonic() + duration
-            while (left := end_at - time.monotonic()) > 0:  # RSS every 5 s: growth vs warm-up
-                time.sleep(min(5.0, left))
-                if end_at - time.monotonic() > 1:
-                    samples.append(B.process_stats())
-            t1, len1, st1 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
-            procs1 = B.process_stats()
-            cpu_use = cpu.stop()
-            entries = tap.stop()
-            for p in profilers:
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        finally:
-            serve.delete(APP)
-        dt = t1 - t0
-
-        def delta(field: str) -> float:
-            return sum(float(st1.get(c, {}).get(field, 0) or 0) - float(st0.get(c, {}).get(field, 0) or 0) for c in cams)
-
-        published = sum(len1.values()) - sum(len0.values())
-        per_camera = {c: (len1[s] - len0[s]) / dt for c, s in zip(cams, streams)}
-        summary = B.StreamTap.summarize(entries, t0, t1)
-        processes = B.compare_processes(procs0, procs1, samples)
-        fps = published / dt
-        # CPU each process spent per published frame: where a frame's cost goes.
-        cpu_ms_per_frame: dict[str, float] = {}
-        for p in processes:
-            if p["cpu_pct"] and p["cpu_pct"] >= 1 and fps > 0:
-                name = p["name"].replace(f"ray::ServeReplica:{APP}:", "")
-                cpu_ms_per_frame[name] = cpu_ms_per_frame.get(name, 0.0) + p["cpu_pct"] * 10 / fps
-        return {
-            "cameras": len(cams),
-            "camera_fps": cfg.cameras[0].fps if cfg.cameras else None,
-            "fps": fps,
-            "per_camera_fps": per_camera,
-            "cpu_ms_per_frame": dict(sorted(cpu_ms_per_frame.items(), key=lambda kv: -kv[1])),
-            # every sampled frame is published or counted as dropped (skipped, replaced or failed)
-            "offered_fps": (published + delta("dropped")) / dt,
-            "dropped_per_s": delta("dropped") / dt,
-            "seconds": dt,
-            "warmup_s": warmup,
-            "ready_s": ready_s,
-            "payload_samples": [e.raw.decode() for e in entries[-200:]],
-            "processes": processes,
-            "cpu": cpu_use,
-            **summary,
-        }
-
-    def _lengths(self, streams: list[str]) -> dict[str, int]:
-        pipe = self.client.pipeline(transaction=False)
-        for s in streams:
-            pipe.xlen(s)
-        return dict(zip(streams, pipe.execute()))
-
-    @staticmethod
-    def _start_profilers(folder: Path, procs: dict[int, dict[str, Any]], duration: float) -> list[subprocess.Popen]:
-        import shutil
-
-        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-        folder.mkdir(parents=True, exist_ok=True)
-        out = []
-        for pid, p in procs.items():
-            if not p["name"].startswith("ray::ServeReplica"):
-                continue
-            name = p["name"].split(":")[-1]
-            out.append(subprocess.Popen(
-                [exe, "record", "--pid", str(pid), "--duration", str(int(duration)), "--rate", "50", "--format", "raw",
-                 "--nonblocking", "--output", str(folder / f"{name}-{pid}.txt")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        return out
-
-
 def phase_publish(redis_server: Any, samples: list[Any], *, n: int) -> dict[str, Any]:
     client = redis_server.client()
-    pub = B.measure_publisher(client, samples, n=n)
+    pub = M.measure_publisher(client, samples, n=n)
     size = int(round(pub["payload_bytes_mean"]))
-    rb = B.redis_benchmark_xadd(redis_server.port, payload_bytes=size, n=n, clients=1, pipeline=pub["batch"],
+    rb = M.redis_benchmark_xadd(redis_server.port, payload_bytes=size, n=n, clients=1, pipeline=pub["batch"],
                                 password=redis_server.password)
-    rb_default = B.redis_benchmark_xadd(redis_server.port, payload_bytes=size, n=n, clients=50, pipeline=16,
+    rb_default = M.redis_benchmark_xadd(redis_server.port, payload_bytes=size, n=n, clients=50, pipeline=16,
                                         password=redis_server.password, key="benchrb50")
     return {"publisher": pub, "redis_benchmark": rb, "redis_benchmark_50_clients": rb_default}
 
@@ -388,7 +154,7 @@ def _capacity(result: dict[str, Any], n_max: int) -> float | None:
 def run_bench(args: argparse.Namespace) -> int:
     from pipeline.schema import FrameResult
 
-    from .cli import _check_models, _fail
+    from pipeline.models import check_models as _check_models
 
     try:
         counts = _parse_counts(args.cameras)
@@ -398,7 +164,7 @@ def run_bench(args: argparse.Namespace) -> int:
             raise ConfigError([f"--skip: unknown phase(s) {sorted(unknown)}; phases are {', '.join(PHASES)}"])
         clips = _clips(args)
     except ConfigError as exc:
-        return _fail(str(exc), CONFIG_ERROR_EXIT_CODE)
+        return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
     duration = args.duration if args.duration is not None else 30.0
     overload_s = args.overload_duration or (args.duration if args.duration is not None else 60.0)
     warmup = args.warmup if args.warmup is not None else min(8.0, max(3.0, duration / 3))
@@ -412,7 +178,7 @@ def run_bench(args: argparse.Namespace) -> int:
             base = _base_config(args, str(workdir / "state"))
             _check_models(base)
         except ConfigError as exc:
-            return _fail(str(exc), CONFIG_ERROR_EXIT_CODE)
+            return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
         from pipeline.models import choose_device, model_name, resolve_weights
 
         weights = resolve_weights(base.detector.weights, base.models_dir)
@@ -424,7 +190,7 @@ def run_bench(args: argparse.Namespace) -> int:
             "duration_s": duration,
             "overload_duration_s": overload_s,
             "rtsp_fps": args.rtsp_fps if args.source == "rtsp" else None,
-            "machine": B.machine_info(model=model_name(base.detector), imgsz=base.detector.imgsz,
+            "machine": R.machine_info(model=model_name(base.detector), imgsz=base.detector.imgsz,
                                       batch=base.detector.batch.max_size, device=device),
             "config": {"detector": base.detector.model_dump(mode="json"),
                        "classifiers": {k: v.model_dump(mode="json") for k, v in base.classifiers.items()},
@@ -451,7 +217,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 _say(f"{name} done in {time.monotonic() - t:.0f} s")
 
         def bare() -> None:
-            cpu = B.CpuMeter().start()
+            cpu = P.CpuMeter().start()
             out, s = phase_bare(base, clips, duration)
             out["cpu"] = cpu.stop()
             samples.extend(s)
@@ -461,7 +227,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
         def ultra() -> None:
             urls = [cams.url(i) for i in range(n_max)]
-            cpu = B.CpuMeter().start()
+            cpu = P.CpuMeter().start()
             res = phase_ultralytics(weights, urls, base, duration=duration, warmup=warmup, workdir=workdir)
             res["cpu"] = cpu.stop()
             result["ultralytics"] = res
@@ -530,14 +296,14 @@ def run_bench(args: argparse.Namespace) -> int:
                                             cameras=cams.entries(n, fps=fps, realtime=True))
                         ph = g.phase(cfg, duration=overload_s, warmup=warmup)
                         ph.pop("payload_samples")
-                        graph_procs = [p for p in ph["processes"] if B.is_graph_process(p["name"]) and p["growth_pct"] is not None]
-                        total = B.ratio(sum(p["end_mb"] for p in graph_procs), sum(p["start_mb"] for p in graph_procs))
+                        graph_procs = [p for p in ph["processes"] if P.is_graph_process(p["name"]) and p["growth_pct"] is not None]
+                        total = R.ratio(sum(p["end_mb"] for p in graph_procs), sum(p["start_mb"] for p in graph_procs))
                         result["overload"] = {
                             "capacity_fps": cap,
                             "cameras": n,
                             "camera_fps": fps,
                             "offered_fps": ph["offered_fps"],
-                            "offered_over_capacity": B.ratio(ph["offered_fps"], cap),
+                            "offered_over_capacity": R.ratio(ph["offered_fps"], cap),
                             "published_fps": ph["fps"],
                             "lag_p99_s": ph["lag_s"]["p99"],
                             "lag_s": ph["lag_s"],
@@ -568,32 +334,21 @@ def run_bench(args: argparse.Namespace) -> int:
         attempt("publish", publish)
 
     # --- ratios and goals ---------------------------------------------------------------------
-    result["p1_e2e_over_bare"] = B.ratio(result.get("e2e_fps"), result.get("bare_fps"))
-    result["p1_detect_only_over_bare"] = B.ratio(result.get("e2e_detect_only_fps"), result.get("bare_fps"))
-    result["p2_e2e_over_ultralytics"] = B.ratio(result.get("e2e_fps"), result.get("ultralytics_fps"))
-    result["p3_p50_over_single_infer"] = B.ratio((result.get("latency_ms") or {}).get("p50"), result.get("single_infer_ms"))
-    result["p5_publish_over_redis_benchmark"] = B.ratio(
-        B.value_of(result, "publish.publisher.entries_per_s"), B.value_of(result, "publish.redis_benchmark.rps"))
-    result["goals"] = B.goals(result)
+    result["p1_e2e_over_bare"] = R.ratio(result.get("e2e_fps"), result.get("bare_fps"))
+    result["p1_detect_only_over_bare"] = R.ratio(result.get("e2e_detect_only_fps"), result.get("bare_fps"))
+    result["p2_e2e_over_ultralytics"] = R.ratio(result.get("e2e_fps"), result.get("ultralytics_fps"))
+    result["p3_p50_over_single_infer"] = R.ratio((result.get("latency_ms") or {}).get("p50"), result.get("single_infer_ms"))
+    result["p5_publish_over_redis_benchmark"] = R.ratio(
+        R.value_of(result, "publish.publisher.entries_per_s"), R.value_of(result, "publish.redis_benchmark.rps"))
+    result["goals"] = R.goals(result)
     result["wall_s"] = time.monotonic() - t_start
     for key in ("bare_fps", "e2e_fps", "ultralytics_fps", "latency_ms", "overload", "single_infer_ms"):
         result.setdefault(key, None)
-    result = B.rounded(result)
+    result = R.rounded(result)
     text = json.dumps(result, indent=2)
-    written = []
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(text + "\n")
-        written.append(args.json_out)
-    if args.results_dir:
-        folder = Path(args.results_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{datetime.now().strftime('%Y-%m-%d')}-{result['machine']['host']}.json"
-        path.write_text(text + "\n")
-        written.append(str(path))
-    print(B.format_table(result), flush=True)
+    written = R.write_results(text, args.json_out, args.state_dir, result["machine"]["host"])
+    print(R.format_table(result), flush=True)
     if result["errors"]:
         print("errors: " + "; ".join(f"{k}: {v[:300]}" for k, v in result["errors"].items()), flush=True)
-    if written:
-        print("results: " + ", ".join(written), flush=True)
+    print(f"results: {written}", flush=True)
     return 1 if result["errors"] else 0

@@ -14,10 +14,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline import bench as B
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
 
-from .bench import APP, RESULTS_DIR, Graph, _base_config, _clips, _phase_config, _say, start_services
+from . import measure as M
+from . import processes as P
+from . import report as R
+from .harness import APP, Graph, _base_config, _clips, _phase_config, _say, start_services, fail
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,15 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", choices=("rtsp", "file"), default="rtsp")
     p.add_argument("--rtsp-fps", type=int, default=15)
     p.add_argument("--videos", help="folder with the clips (default PERCEPT_SAMPLE_VIDEOS)")
-    p.add_argument("--json", dest="json_out")
-    p.add_argument("--results-dir", default=str(RESULTS_DIR))
+    p.add_argument("--json", dest="json_out", help="write the results here (default: <state-dir>/bench/<time>-<host>-soak.json)")
+    p.add_argument("--state-dir", default=".percept", help="percept's state directory (default .percept)")
 
 
 def _sample(client: Any, streams: list[str]) -> dict[str, Any]:
     import psutil
 
     procs = {}
-    for pid, p in B.process_stats().items():
+    for pid, p in P.process_stats().items():
         try:
             fds = psutil.Process(pid).num_fds()
         except psutil.Error:
@@ -71,8 +73,8 @@ def run_soak(args: argparse.Namespace) -> int:
 
     from pipeline.publish import StreamKeys, camera_states
 
-    from .cli import _check_models, _fail
-    from .graph import build_app
+    from deployments.graph import build_app
+    from pipeline.models import check_models as _check_models
 
     try:
         clips = _clips(args)
@@ -93,7 +95,7 @@ def run_soak(args: argparse.Namespace) -> int:
             stack.callback(serve.delete, APP)
             _say(f"{args.cameras} cameras at {args.fps} fps; warm-up {args.warmup:.0f} s, then {args.duration:.0f} s")
             time.sleep(args.warmup)
-            tap = B.StreamTap(client, streams).start()
+            tap = M.StreamTap(client, streams).start()
             st0 = camera_states(client, keys, ids)
             timeline = [_sample(client, streams)]
             end = time.monotonic() + args.duration
@@ -106,9 +108,9 @@ def run_soak(args: argparse.Namespace) -> int:
             entries = tap.stop()
             exceptions = _exceptions_in_ray_logs()
     except ConfigError as exc:
-        return _fail(str(exc), CONFIG_ERROR_EXIT_CODE)
+        return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
     t0, t1 = timeline[0]["t"], timeline[-1]["t"]
-    summary = B.StreamTap.summarize(entries, t0, t1)
+    summary = M.StreamTap.summarize(entries, t0, t1)
     growth = {}
     for name, first in timeline[0]["processes"].items():
         lastp = timeline[-1]["processes"].get(name)
@@ -124,7 +126,7 @@ def run_soak(args: argparse.Namespace) -> int:
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cameras": args.cameras, "fps_per_camera": args.fps, "duration_s": t1 - t0, "warmup_s": args.warmup,
-        "machine": B.machine_info(model=Path(base.detector.weights).name, imgsz=base.detector.imgsz,
+        "machine": R.machine_info(model=Path(base.detector.weights).name, imgsz=base.detector.imgsz,
                                   batch=base.detector.batch.max_size, device=base.detector.device),
         "published_fps": (timeline[-1]["published"] - timeline[0]["published"]) / (t1 - t0),
         "dropped_per_s": dropped / (t1 - t0),
@@ -135,14 +137,9 @@ def run_soak(args: argparse.Namespace) -> int:
         "processes": growth,
         "timeline": timeline,
     }
-    text = json.dumps(B.rounded(result), indent=1)
-    if args.json_out:
-        Path(args.json_out).write_text(text)
-    if args.results_dir:
-        out = Path(args.results_dir) / f"{datetime.now().strftime('%Y-%m-%d')}-{os.uname().nodename}-soak.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        _say(f"wrote {out}")
+    text = json.dumps(R.rounded(result), indent=1)
+    out = R.write_results(text, args.json_out, args.state_dir, os.uname().nodename, "soak")
+    _say(f"wrote {out}")
     print(f"soak: {args.cameras} cameras, {result['duration_s']:.0f} s: {result['published_fps']:.1f} fps published, "
           f"{result['dropped_per_s']:.2f} dropped/s, lag p99 {result['lag_p99_s']} s, "
           f"worst RSS growth {worst[1].get('rss_growth_pct')} % ({worst[0]}), "

@@ -1,0 +1,265 @@
+"""What every bench phase and the soak share: the configuration they start from, the RTSP
+cameras and private redis-server they run against, and `Graph`, one `serve.run` of the percept
+graph with its own cameras and stream prefix."""
+
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ConfigError, PerceptConfig, load_config, parse_config
+
+from pipeline.samples import ENV_SAMPLE_VIDEOS, demo_config
+
+from . import measure as M
+from . import processes as P
+
+log = logging.getLogger("percept.bench")
+
+APP = "percept-bench"
+MAX_CAMERAS = 16
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+def _base_config(args: argparse.Namespace, state_dir: str) -> PerceptConfig:
+    models_dir = os.environ.get("PERCEPT_MODELS_DIR")
+    if args.config:
+        cfg = load_config(args.config)
+    else:
+        cfg = demo_config(args.videos or os.environ.get(ENV_SAMPLE_VIDEOS), models_dir, state_dir)
+    data = cfg.model_dump(mode="json")
+    if args.model:
+        data["detector"]["weights"] = args.model
+    data["cameras"] = []
+    data["state_dir"] = state_dir
+    if data.get("models_dir") is None:
+        data["models_dir"] = models_dir
+    return parse_config(data, env={})
+
+
+def _clips(args: argparse.Namespace) -> list[Path]:
+    folder = args.videos or os.environ.get(ENV_SAMPLE_VIDEOS)
+    if not folder:
+        raise ConfigError([f"--videos: no clips folder (set {ENV_SAMPLE_VIDEOS} or pass --videos)"])
+    clips = [Path(folder) / name for name in M.CLIPS if (Path(folder) / name).exists()]
+    if not clips:
+        raise ConfigError([f"--videos: none of {', '.join(M.CLIPS)} in {folder}"])
+    return clips
+
+
+def _parse_counts(text: str) -> list[int]:
+    try:
+        counts = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError([f"--cameras: expected comma-separated integers, got {text!r}"]) from None
+    if not counts or counts[0] < 1 or counts[-1] > MAX_CAMERAS:
+        raise ConfigError([f"--cameras: counts must be between 1 and {MAX_CAMERAS}, got {text!r}"])
+    return counts
+
+
+class Cameras:
+    """Camera entries for N cameras cycling over the clips (RTSP mounts or files)."""
+
+    def __init__(self, clips: list[Path], source: str, rtsp: Any | None, rtsp_fps: int):
+        self.clips = clips
+        self.source = source
+        self.rtsp = rtsp
+        self.rtsp_fps = rtsp_fps
+        if source == "file":
+            from pipeline.capture import probe_fps
+
+            self.native = [probe_fps(str(c)) or 25.0 for c in clips]
+        else:
+            self.native = [float(rtsp_fps)] * len(clips)
+
+    @property
+    def rate(self) -> float:
+        """Frames per second one camera can deliver (at most)."""
+        return float(sum(self.native) / len(self.native))
+
+    def url(self, i: int) -> str:
+        clip = self.clips[i % len(self.clips)]
+        return self.rtsp.url(clip.stem) if self.source == "rtsp" else str(clip)
+
+    def entries(self, n: int, *, fps: float, realtime: bool = True) -> list[dict[str, Any]]:
+        out = []
+        for i in range(n):
+            stem = self.clips[i % len(self.clips)].stem
+            cam_id = stem if i < len(self.clips) else f"{stem}-{i // len(self.clips) + 1}"
+            cam: dict[str, Any] = {"id": cam_id, "url": self.url(i), "fps": round(fps, 3)}
+            if self.source == "file":
+                cam.update(loop=True, realtime=realtime)
+            out.append(cam)
+        return out
+
+
+def start_services(stack: ExitStack, args: argparse.Namespace, clips: list[Path], workdir: Path) -> tuple[Any, Cameras]:
+    """A private redis-server and, for ``--source rtsp``, the clips as live RTSP cameras."""
+    from pipeline.redis_server import EmbeddedRedis
+
+    redis_server = stack.enter_context(EmbeddedRedis(workdir / "redis"))
+    rtsp = None
+    if args.source == "rtsp":
+        from benchmarks.rtsp import RtspServer
+
+        rtsp = stack.enter_context(RtspServer({c.stem: f"{c}@{args.rtsp_fps}" for c in clips}))
+    return redis_server, Cameras(clips, args.source, rtsp, args.rtsp_fps)
+
+
+def _phase_config(base: PerceptConfig, *, redis_url: str, prefix: str, cameras: list[dict[str, Any]],
+                  classifiers: bool = True) -> PerceptConfig:
+    data = base.model_dump(mode="json")
+    if not classifiers:
+        data["classifiers"] = {}
+    data["redis"]["url"] = redis_url
+    data["redis"]["stream_prefix"] = prefix
+    data["cameras"] = cameras
+    return parse_config(data, env={})
+
+
+# --- phases ----------------------------------------------------------------------------------
+
+def fail(message: str, code: int) -> int:
+    print(f"percept: {message}", file=sys.stderr)
+    return code
+
+
+def _say(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+class Graph:
+    """Ray + Serve started once; `phase` deploys the graph for one camera set and measures it."""
+
+    def __init__(self, stack: ExitStack, client: Any):
+        import ray
+        from ray import serve
+
+        from pipeline.redis_server import free_port
+
+        t = time.monotonic()
+        env_vars = {k: v for k, v in os.environ.items() if k.startswith(("YOLO_", "PERCEPT_"))}
+        # Local only: RSS and CPU are read from this process tree. Replica logs stay in Ray's log
+        # folder (a deployment that fails still fails serve.run, with its error).
+        ray.init(address="local", runtime_env={"env_vars": env_vars} if env_vars else None, include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=False)
+        stack.callback(ray.shutdown)
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        self.gpu = ray.cluster_resources().get("GPU", 0) > 0
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+        stack.callback(serve.shutdown)
+        self.client = client
+        self.startup_s = time.monotonic() - t
+
+    def phase(self, cfg: PerceptConfig, *, duration: float, warmup: float, ready_timeout: float = 120.0,
+              profile_dir: Path | None = None) -> dict[str, Any]:
+        from ray import serve
+
+        from pipeline.publish import StreamKeys, camera_states
+
+        from deployments.graph import build_app
+
+        keys = StreamKeys(cfg.redis.stream_prefix)
+        cams = [c.id for c in cfg.cameras]
+        streams = [keys.detections(c) for c in cams]
+        t_deploy = time.monotonic()
+        serve.run(build_app(cfg, gpu_available=self.gpu), name=APP, route_prefix="/",
+                  logging_config={"enable_access_log": False})
+        try:
+            deadline = time.monotonic() + ready_timeout
+            while any(self.client.xlen(s) == 0 for s in streams):
+                if time.monotonic() > deadline:
+                    states = camera_states(self.client, keys, cams)
+                    raise RuntimeError(f"cameras did not publish within {ready_timeout:.0f} s: "
+                                       + "; ".join(f"{c}={s.get('state')} {s.get('last_error', '')}" for c, s in states.items()))
+                time.sleep(0.2)
+            ready_s = time.monotonic() - t_deploy
+            time.sleep(warmup)
+            tap = M.StreamTap(self.client, streams).start()
+            cpu = P.CpuMeter().start()
+            procs0 = P.process_stats()
+            t0, len0, st0 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
+            profilers = self._start_profilers(profile_dir, procs0, duration) if profile_dir else []
+            samples = []
+            end_at = time.monotonic() + duration
+            while (left := end_at - time.monotonic()) > 0:  # RSS every 5 s: growth vs warm-up
+                time.sleep(min(5.0, left))
+                if end_at - time.monotonic() > 1:
+                    samples.append(P.process_stats())
+            t1, len1, st1 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
+            procs1 = P.process_stats()
+            cpu_use = cpu.stop()
+            entries = tap.stop()
+            for p in profilers:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        finally:
+            serve.delete(APP)
+        dt = t1 - t0
+
+        def delta(field: str) -> float:
+            return sum(float(st1.get(c, {}).get(field, 0) or 0) - float(st0.get(c, {}).get(field, 0) or 0) for c in cams)
+
+        published = sum(len1.values()) - sum(len0.values())
+        per_camera = {c: (len1[s] - len0[s]) / dt for c, s in zip(cams, streams)}
+        summary = M.StreamTap.summarize(entries, t0, t1)
+        processes = P.compare_processes(procs0, procs1, samples)
+        fps = published / dt
+        # CPU each process spent per published frame: where a frame's cost goes.
+        cpu_ms_per_frame: dict[str, float] = {}
+        for p in processes:
+            if p["cpu_pct"] and p["cpu_pct"] >= 1 and fps > 0:
+                name = p["name"].replace(f"ray::ServeReplica:{APP}:", "")
+                cpu_ms_per_frame[name] = cpu_ms_per_frame.get(name, 0.0) + p["cpu_pct"] * 10 / fps
+        return {
+            "cameras": len(cams),
+            "camera_fps": cfg.cameras[0].fps if cfg.cameras else None,
+            "fps": fps,
+            "per_camera_fps": per_camera,
+            "cpu_ms_per_frame": dict(sorted(cpu_ms_per_frame.items(), key=lambda kv: -kv[1])),
+            # every sampled frame is published or counted as dropped (skipped, replaced or failed)
+            "offered_fps": (published + delta("dropped")) / dt,
+            "dropped_per_s": delta("dropped") / dt,
+            "seconds": dt,
+            "warmup_s": warmup,
+            "ready_s": ready_s,
+            "payload_samples": [e.raw.decode() for e in entries[-200:]],
+            "processes": processes,
+            "cpu": cpu_use,
+            **summary,
+        }
+
+    def _lengths(self, streams: list[str]) -> dict[str, int]:
+        pipe = self.client.pipeline(transaction=False)
+        for s in streams:
+            pipe.xlen(s)
+        return dict(zip(streams, pipe.execute()))
+
+    @staticmethod
+    def _start_profilers(folder: Path, procs: dict[int, dict[str, Any]], duration: float) -> list[subprocess.Popen]:
+        import shutil
+
+        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        folder.mkdir(parents=True, exist_ok=True)
+        out = []
+        for pid, p in procs.items():
+            if not p["name"].startswith("ray::ServeReplica"):
+                continue
+            name = p["name"].split(":")[-1]
+            out.append(subprocess.Popen(
+                [exe, "record", "--pid", str(pid), "--duration", str(int(duration)), "--rate", "50", "--format", "raw",
+                 "--nonblocking", "--output", str(folder / f"{name}-{pid}.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return out
+

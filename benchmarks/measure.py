@@ -1,0 +1,317 @@
+"""Ray-free measurements for `percept bench` (the graph-running part is benchmarks/bench.py).
+
+- `measure_bare`: the detector alone, in this process, on pre-decoded, pre-letterboxed frames at
+  the configured batch size (the upper bound of the graph), and `measure_single_infer` (one frame,
+  batch 1: the latency floor).
+- `StreamTap`: reads the detection streams while a phase runs (XREAD BLOCK) and records when
+  each entry became visible, so capture→XADD lag is measured from outside the graph.
+- `measure_publisher` / `redis_benchmark_xadd`: the `Publisher` on real payloads against
+  `redis-benchmark` sending the same XADD on the same server.
+- `run_ultralytics`: `YOLO(model).predict(source=<.streams file>, stream=True)`; run it as
+  ``python -m benchmarks.measure ultralytics …`` in a subprocess (a stream that hangs cannot block
+  the bench), it prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .report import percentiles
+
+CLIPS = ("traffic.mp4", "vtest.avi", "people.mp4")
+# What percept's decoder sets for RTSP (pipeline/sources.py); the Ultralytics run gets the same.
+RTSP_CAPTURE_OPTIONS = "rtsp_transport;tcp|analyzeduration;0|probesize;32"
+
+
+# --- the bare model ------------------------------------------------------------------------------
+
+def load_frames(paths: Sequence[str | Path], *, per_clip: int = 8, stride: int = 7) -> list[np.ndarray]:
+    """Decoded BGR frames from each clip (every ``stride``-th frame), in round-robin order."""
+    import cv2
+
+    per: list[list[np.ndarray]] = []
+    for path in paths:
+        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        frames: list[np.ndarray] = []
+        index = 0
+        try:
+            while len(frames) < per_clip:
+                ok, image = cap.read()
+                if not ok or image is None:
+                    break
+                if index % stride == 0:
+                    frames.append(image)
+                index += 1
+        finally:
+            cap.release()
+        if frames:
+            per.append(frames)
+    out = [clip[i] for i in range(per_clip) for clip in per if i < len(clip)]
+    if not out:
+        raise RuntimeError(f"no frames could be decoded from {[str(p) for p in paths]}")
+    return out
+
+
+def measure_bare(detect_batch: Callable[[list[Any]], list[Any]], inputs: Sequence[Any], *, batch: int,
+                 duration: float, warmup_batches: int = 2) -> dict[str, Any]:
+    """Frames per second of ``detect_batch`` on full batches of ``inputs`` (cycled) for ``duration``."""
+    if not inputs:
+        raise ValueError("no inputs")
+    batch = max(1, batch)
+
+    def take(i: int) -> list[Any]:
+        return [inputs[(i * batch + k) % len(inputs)] for k in range(batch)]
+
+    for i in range(warmup_batches):
+        detect_batch(take(i))
+    times: list[float] = []
+    frames, i = 0, 0
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        out = detect_batch(take(i))
+        times.append(time.perf_counter() - t0)
+        errors = [o for o in out if isinstance(o, Exception)]
+        if errors:
+            raise RuntimeError(f"bare detector failed: {errors[0]}")
+        frames += batch
+        i += 1
+        if time.perf_counter() - start >= duration:
+            break
+    elapsed = time.perf_counter() - start
+    return {"fps": frames / elapsed, "batch": batch, "frames": frames, "seconds": elapsed,
+            "batch_ms": percentiles([t * 1000 for t in times])}
+
+
+def measure_single_infer(detect_batch: Callable[[list[Any]], list[Any]], inputs: Sequence[Any], *,
+                         duration: float) -> dict[str, Any]:
+    """One frame at a time (batch 1): the time one inference takes, the floor of any latency."""
+    r = measure_bare(detect_batch, inputs, batch=1, duration=duration)
+    return {"ms_p50": r["batch_ms"]["p50"], "ms": r["batch_ms"], "fps": r["fps"], "frames": r["frames"]}
+
+
+# --- reading the streams from outside ------------------------------------------------------------
+
+@dataclass
+class TapEntry:
+    stream: str
+    entry_id: str
+    seen: float  # wall time when XREAD returned it
+    raw: bytes  # the json field, parsed later (keeps the reader cheap)
+
+
+class StreamTap:
+    """A thread doing ``XREAD BLOCK`` on the given streams from "now" on, recording each entry
+    with the time it became visible (≈ its XADD time on loopback)."""
+
+    def __init__(self, client: Any, streams: Sequence[str], *, block_ms: int = 200):
+        self.client = client
+        self.streams = list(streams)
+        self.block_ms = block_ms
+        self.entries: list[TapEntry] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-tap", daemon=True)
+
+    def start(self) -> "StreamTap":
+        self._ids = {s: "$" for s in self.streams}
+        # Resolve "$" to the current last ids now, so entries added before the first XREAD count.
+        for s in self.streams:
+            last = self.client.xrevrange(s, count=1)
+            if last:
+                self._ids[s] = last[0][0].decode() if isinstance(last[0][0], bytes) else last[0][0]
+            else:
+                self._ids[s] = "0-0"
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                resp = self.client.xread(self._ids, count=1000, block=self.block_ms)
+            except Exception:
+                self.errors += 1
+                time.sleep(0.1)
+                continue
+            now = time.time()
+            for stream, entries in resp or []:
+                name = stream.decode() if isinstance(stream, bytes) else stream
+                for entry_id, fields in entries:
+                    eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    self._ids[name] = eid
+                    self.entries.append(TapEntry(name, eid, now, fields.get(b"json", b"{}")))
+
+    def stop(self) -> list[TapEntry]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.entries
+
+    @staticmethod
+    def summarize(entries: Sequence[TapEntry], t0: float, t1: float) -> dict[str, Any]:
+        """Latency (payload ``latency_ms.total``: capture → publish), lag (seen − frame_ts, s) and
+        the per-stage breakdown of the entries seen in [t0, t1]."""
+        totals, lags = [], []
+        stages: dict[str, list[float]] = {}
+        n = objects = classified = 0
+        for e in entries:
+            if not t0 <= e.seen <= t1:
+                continue
+            n += 1
+            p = json.loads(e.raw)
+            lat = p.get("latency_ms", {})
+            if "total" in lat:
+                totals.append(float(lat["total"]))
+            for k, v in lat.items():
+                stages.setdefault(k, []).append(float(v))
+            lags.append(e.seen - float(p["frame_ts"]))
+            objs = p.get("objects", [])
+            objects += len(objs)
+            classified += sum(1 for o in objs if o.get("attributes"))
+        return {
+            "entries": n,
+            "objects_per_frame": objects / n if n else None,
+            "classified_per_frame": classified / n if n else None,
+            "latency_ms": percentiles(totals),
+            "lag_s": percentiles(lags),
+            "lag_max_s": max(lags) if lags else None,
+            "stages_ms_p50": {k: percentiles(v, (50,))["p50"] for k, v in stages.items()},
+            "stages_ms_p95": {k: percentiles(v, (95,))["p95"] for k, v in stages.items()},
+        }
+
+
+# --- publishing ----------------------------------------------------------------------------------
+
+def measure_publisher(client: Any, results: Sequence[Any], *, n: int, prefix: str = "benchpub",
+                      maxlen: int = 100_000, batch: int = 256, timeout: float = 120.0) -> dict[str, Any]:
+    """Entries/s of `Publisher` (pipelined XADD on its writer thread, JSON encoding on the caller)
+    publishing ``n`` results cycled from ``results`` (real payloads) on one camera stream."""
+    from dataclasses import replace
+
+    from pipeline.publish import Publisher, StreamKeys
+    from pipeline.schema import FrameResult
+
+    keys = StreamKeys(prefix)
+    camera = "pub"
+    client.delete(keys.detections(camera))
+    pub = Publisher(client, keys=keys, maxlen=maxlen, max_buffer_entries=n + 1, max_buffer_bytes=2**31,
+                    batch=batch).start()
+    base = time.time()
+    prepared = []
+    for i in range(n):
+        r: FrameResult = results[i % len(results)]
+        prepared.append(FrameResult(replace(r.meta, camera=camera, seq=i, frame_ts=base + i * 0.001),
+                                    r.objects, r.models, r.latency_ms))
+    sizes = [len(r.to_json()) for r in results]
+    t0 = time.perf_counter()
+    for r in prepared:
+        pub.publish(r)
+    ok = pub.flush(timeout)
+    elapsed = time.perf_counter() - t0
+    pub.close(timeout=5)
+    published = sum(pub.stats.published.values())
+    return {"entries_per_s": published / elapsed if ok else None, "published": published, "seconds": elapsed,
+            "payload_bytes_mean": float(np.mean(sizes)), "batch": batch, "errors": pub.stats.errors,
+            "flushed": ok}
+
+
+def redis_benchmark_xadd(port: int, *, payload_bytes: int, n: int = 20_000, clients: int = 1, pipeline: int = 256,
+                         host: str = "127.0.0.1", password: str | None = None, maxlen: int = 100_000,
+                         key: str = "benchrb") -> dict[str, Any]:
+    """``redis-benchmark`` sending the publisher's XADD (same fields, same payload size, MAXLEN ~)."""
+    exe = shutil.which("redis-benchmark")
+    if exe is None:
+        raise RuntimeError("redis-benchmark is not installed (Debian: apt-get install redis-tools)")
+    payload = "x" * max(1, payload_bytes)
+    cmd = [exe, "-h", host, "-p", str(port), "-n", str(n), "-c", str(clients), "-P", str(pipeline), "--csv"]
+    if password:
+        cmd += ["-a", password]
+    command = ["XADD", key, "MAXLEN", "~", str(maxlen), "*", "v", "1", "camera", "bench", "seq", "1", "json", payload]
+    out = subprocess.run(cmd + command, capture_output=True, text=True, timeout=300)
+    rps = None
+    for line in out.stdout.splitlines():
+        m = re.match(r'^"[^"]*","([0-9.]+)"', line)
+        if m:
+            rps = float(m.group(1))
+    if rps is None:
+        raise RuntimeError(f"redis-benchmark gave no result (rc={out.returncode}): {out.stdout[-300:]} {out.stderr[-300:]}")
+    return {"rps": rps, "clients": clients, "pipeline": pipeline, "requests": n, "payload_bytes": payload_bytes,
+            "command": "XADD <key> MAXLEN ~ %d * v 1 camera bench seq 1 json <%d bytes>" % (maxlen, payload_bytes)}
+
+
+# --- Ultralytics' own multi-stream predict ------------------------------------------------------
+
+def run_ultralytics(model: str, streams_file: str, *, imgsz: int, duration: float, warmup: float,
+                    device: str | None = None, half: bool = False, conf: float = 0.25) -> dict[str, Any]:
+    """What a user would otherwise write: ``YOLO(model).predict(source=<.streams>, stream=True)``.
+    Counts results (one per stream per step) seen during [warmup, warmup + duration]."""
+    from ultralytics import YOLO
+
+    t_load = time.perf_counter()
+    yolo = YOLO(model, task="detect")
+    kwargs: dict[str, Any] = {"imgsz": imgsz, "conf": conf, "verbose": False, "stream": True}
+    if device:
+        kwargs["device"] = device
+    if half:
+        kwargs["half"] = True
+    per_stream: dict[str, int] = {}
+    count, t0, t1 = 0, None, None
+    first = None
+    start = time.perf_counter()
+    for res in yolo.predict(source=streams_file, **kwargs):
+        now = time.perf_counter()
+        if first is None:
+            first = now
+            start_window = now + warmup
+        if now < start_window:
+            continue
+        if t0 is None:
+            t0 = now
+        count += 1
+        per_stream[res.path] = per_stream.get(res.path, 0) + 1
+        t1 = now
+        if now - t0 >= duration:
+            break
+    if t0 is None or t1 is None or t1 <= t0:
+        raise RuntimeError("ultralytics produced no results in the window")
+    return {"fps": count / (t1 - t0), "frames": count, "seconds": t1 - t0, "streams": len(per_stream),
+            "per_stream_fps": {k: v / (t1 - t0) for k, v in per_stream.items()},
+            "startup_s": (first or start) - t_load}
+
+
+# --- subprocess entry point ----------------------------------------------------------------------
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.measure")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    u = sub.add_parser("ultralytics", help="YOLO.predict on a .streams file; prints one JSON line")
+    u.add_argument("--model", required=True)
+    u.add_argument("--streams", required=True)
+    u.add_argument("--imgsz", type=int, default=640)
+    u.add_argument("--duration", type=float, default=10)
+    u.add_argument("--warmup", type=float, default=3)
+    u.add_argument("--device")
+    u.add_argument("--half", action="store_true")
+    u.add_argument("--conf", type=float, default=0.25)
+    args = p.parse_args(argv)
+    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", RTSP_CAPTURE_OPTIONS)
+    out = run_ultralytics(args.model, args.streams, imgsz=args.imgsz, duration=args.duration, warmup=args.warmup,
+                          device=args.device, half=args.half, conf=args.conf)
+    print("RESULT " + json.dumps(out), flush=True)
+    os._exit(0)  # LoadStreams' reader threads may still sit in a blocking read
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,29 @@
+"""`percept bench` and `percept bench soak`: thin entry points to benchmarks/ (the measuring
+code lives there, beside the RTSP test server)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any, Sequence
+
+
+def register(sub: Any) -> None:
+    from benchmarks.bench import add_arguments, run_bench
+
+    b = sub.add_parser("bench", help="measure the graph against the bare model, Ultralytics and redis-benchmark "
+                       "(`percept bench soak --help` for the long run)")
+    add_arguments(b)
+    b.set_defaults(func=run_bench)
+
+
+def soak_main(argv: Sequence[str]) -> int:
+    """``percept bench soak …``: a mode of its own, with its own options."""
+    from benchmarks.soak import add_arguments, run_soak
+
+    soak = argparse.ArgumentParser(prog="percept bench soak", description="long run: RSS, fds, drops, lag, exceptions")
+    add_arguments(soak)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    return run_soak(soak.parse_args(list(argv)))

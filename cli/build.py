@@ -1,0 +1,50 @@
+"""`percept build`: a standard Ray Serve config for `serve deploy` / KubeRay, with ``${VAR}``
+left as written (secrets are substituted on the cluster, from its environment)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import load_config
+
+
+class _KeepUnset(dict):
+    """An environment in which unset ``${VAR}`` stay as written (resolved later, on the cluster)."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> str:
+        return os.environ.get(key, "${" + key + "}")
+
+
+def register(sub: Any) -> None:
+    b = sub.add_parser("build", help="write a Ray Serve config for `serve deploy` / KubeRay")
+    b.add_argument("-c", "--config", required=True)
+    b.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    b.add_argument("--http-host", help="Serve HTTP bind address (default: http.host, 127.0.0.1)")
+    b.add_argument("--http-port", type=int, help="default: http.port, 8000")
+    b.set_defaults(func=_build)
+
+
+def _build(args: argparse.Namespace) -> int:
+    import yaml
+
+    from deployments.build import serve_config
+
+    path = Path(args.config)
+    config = load_config(path, env=_KeepUnset())
+    raw = yaml.safe_load(path.read_text()) or {}
+    out = serve_config(raw, config, http_host=args.http_host or config.http.host,
+                       http_port=args.http_port if args.http_port is not None else config.http.port)
+    text = yaml.safe_dump(out, sort_keys=False)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+        print(f"percept: wrote {args.output}; deploy with: serve deploy {args.output}", file=sys.stderr)
+    return 0

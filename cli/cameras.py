@@ -1,0 +1,82 @@
+"""`percept cameras ls|add|rm`: the running graph's camera set, through its HTTP API.
+While the graph's Redis is unreachable the API answers 503; the command says so once and
+retries until ``--wait`` seconds have passed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from .common import EXIT_UNAVAILABLE, fail
+
+
+def register(sub: Any) -> None:
+    cams = sub.add_parser("cameras", help="list, add or remove cameras of a running graph")
+    cams.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"),
+                      help="the graph's HTTP address (default: PERCEPT_API or http://127.0.0.1:8000)")
+    cams.add_argument("--wait", type=float, default=60.0,
+                      help="seconds to keep retrying while the graph's Redis is unreachable (default 60)")
+    cam_sub = cams.add_subparsers(dest="action", required=True)
+    cam_sub.add_parser("ls", help="cameras with state, fps, drops and lag")
+    add = cam_sub.add_parser("add", help="add a camera (takes effect within a few seconds)")
+    add.add_argument("id")
+    add.add_argument("url", help="the camera URL; write a password as ${VAR}, expanded by the decoders")
+    add.add_argument("--fps", type=float, default=5.0)
+    add.add_argument("--loop", action="store_true")
+    rm = cam_sub.add_parser("rm", help="remove a camera")
+    rm.add_argument("id")
+    cams.set_defaults(func=_cameras)
+
+
+def _request(args: argparse.Namespace) -> urllib.request.Request:
+    base = args.api.rstrip("/") + "/cameras"
+    if args.action == "ls":
+        return urllib.request.Request(base)
+    if args.action == "add":
+        body = json.dumps({"id": args.id, "url": args.url, "fps": args.fps, "loop": args.loop}).encode()
+        return urllib.request.Request(base, data=body, method="POST", headers={"Content-Type": "application/json"})
+    return urllib.request.Request(f"{base}/{args.id}", method="DELETE")
+
+
+def _call(args: argparse.Namespace) -> tuple[int, Any]:
+    """(HTTP status, JSON body); 503 (Redis unreachable) is retried until ``--wait`` passes."""
+    deadline = time.monotonic() + args.wait
+    said = False
+    while True:
+        try:
+            with urllib.request.urlopen(_request(args), timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            body = json.loads(exc.read() or b"{}")
+            if exc.code != 503 or time.monotonic() >= deadline:
+                return exc.code, body
+            if not said:
+                print(f"percept: redis unreachable at the graph behind {args.api} — retrying", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(1.0)
+
+
+def _cameras(args: argparse.Namespace) -> int:
+    try:
+        status, data = _call(args)
+    except (urllib.error.URLError, OSError) as exc:
+        return fail(f"cannot reach {args.api}: {exc}", EXIT_UNAVAILABLE)
+    if status >= 400:
+        detail = data.get("detail", "") if isinstance(data, dict) else data
+        lines = detail if isinstance(detail, list) else [detail]
+        return fail(f"{args.action} {getattr(args, 'id', '')}: HTTP {status}: " + "; ".join(map(str, lines)),
+                    EXIT_UNAVAILABLE if status == 503 else 1)
+    if args.action == "ls":
+        for cam in data:
+            lag = "-" if cam["lag_s"] is None else f"{cam['lag_s']:.1f} s"
+            print(f"{cam['id']:<14} {cam['state']:<12} {cam['fps']:5.1f} fps  dropped {cam['dropped']:>5}  "
+                  f"lag {lag:>7}  {cam['url']}")
+    else:
+        print(json.dumps(data))
+    return 0

@@ -1,0 +1,25 @@
+"""`percept demo`: the graph on the looping sample clips (PERCEPT_SAMPLE_VIDEOS) with live status."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.samples import ENV_SAMPLE_VIDEOS, demo_config
+
+from .common import say
+from .run import run_graph
+
+
+def register(sub: Any) -> None:
+    demo = sub.add_parser("demo", help="run on looping sample videos (PERCEPT_SAMPLE_VIDEOS) with live status")
+    demo.add_argument("--duration", type=float)
+    demo.add_argument("--state-dir", default=".percept")
+    demo.set_defaults(func=_demo)
+
+
+def _demo(args: Any) -> int:
+    cfg = demo_config(os.environ.get(ENV_SAMPLE_VIDEOS), os.environ.get("PERCEPT_MODELS_DIR"), args.state_dir)
+    say("demo cameras " + ", ".join(f"{c.id} ({Path(c.url).name})" for c in cfg.cameras))
+    return run_graph(cfg, address=None, duration=args.duration, monitor=True, verbose=args.verbose)

@@ -1,0 +1,69 @@
+"""`percept`: parses the command line, sets up the console, runs one command.
+
+Exit codes: 0 ok; 2 invalid config or arguments (nothing was started); 3 a service the config
+names is unreachable (Redis) or a model cannot be loaded; 130 interrupted.
+
+The console shows percept's own lines (status, warnings and errors naming the camera); Ray's
+and the replicas' logs go to files (the replica log folder is printed at start) unless
+``--verbose``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from typing import Sequence
+
+from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
+
+from . import bench, build, cameras, demo, run, subscribe
+from .common import fail
+
+COMMANDS = (run, demo, build, cameras, subscribe, bench)
+NOISY_LOGGERS = ("ray", "ray.serve", "ray.data", "ray.tune", "ultralytics", "filelock", "urllib3")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="percept", description="Streaming video perception on Ray Serve → Redis Streams")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show Ray's, Serve's and the replicas' logs on the console")
+    sub = p.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.register(sub)
+    for name, command_parser in sub.choices.items():  # `percept run -v` as well as `percept -v run`
+        command_parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                    help="as percept --verbose")
+    return p
+
+
+def setup_console(verbose: bool) -> None:
+    """percept's warnings and errors by default; everything with ``--verbose``."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "percept: %(levelname)s %(message)s",
+    )
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    if not verbose:
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module="ray")
+        # Ray's own start-up chatter (and its token-auth notice) on a private local cluster
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "soak"]:
+        return bench.soak_main(argv[2:])
+    args = parser().parse_args(argv)
+    setup_console(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

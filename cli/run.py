@@ -1,0 +1,190 @@
+"""`percept run`: the graph for the cameras of a config file, with a live line per camera.
+
+Before Ray starts, every model is loaded once (a config error exits 2) and Redis is reached (or
+a private redis-server started). The status monitor rides out a Redis outage: one line when it
+goes, one when it is back; the graph keeps buffering results meanwhile."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError, PerceptConfig, load_config
+from pipeline.redact import redact, redact_url
+
+from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, RedisOutage, fail, say
+
+
+class Unavailable(RuntimeError):
+    pass
+
+
+def register(sub: Any) -> None:
+    run = sub.add_parser("run", help="run the graph for the cameras in a config file")
+    run.add_argument("-c", "--config", required=True)
+    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--quiet", action="store_true", help="no live status lines")
+    run.set_defaults(func=lambda args: run_graph(
+        load_config(args.config), address=args.address, duration=args.duration, monitor=not args.quiet,
+        verbose=args.verbose))
+
+
+def redis_for(config: PerceptConfig, stack: ExitStack) -> PerceptConfig:
+    """Use the configured Redis, or start a private redis-server for this run."""
+    import redis
+
+    from pipeline.publish import redis_from_config
+    from pipeline.redis_server import EmbeddedRedis
+
+    state = Path(config.state_dir)
+    if config.redis.url is None:
+        server = stack.enter_context(EmbeddedRedis(state / "redis", password=config.redis.password))
+        config = config.model_copy(update={"redis": config.redis.model_copy(update={"url": server.url})})
+        (state / "redis.url").write_text(server.url + "\n")
+        stack.callback(lambda: (state / "redis.url").unlink(missing_ok=True))
+        say(f"private redis-server at {server.url} (data in {state / 'redis'})")
+    try:
+        redis_from_config(config.redis).ping()
+    except redis.RedisError as exc:
+        raise Unavailable(f"redis.url: cannot reach {redact_url(config.redis.url)}: {redact(str(exc))}") from None
+    return config
+
+
+def start_ray(address: str | None, *, verbose: bool, env_names: set[str] = frozenset()) -> None:
+    """A private local Ray unless an address is given. Replica output stays out of the console
+    unless ``verbose`` (it goes to the replica log files)."""
+    import ray
+
+    # "local" starts a private Ray even when a `ray start` cluster runs on this machine.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith(("YOLO_", "PERCEPT_")) or k in env_names}
+    ray.init(
+        address=address,
+        runtime_env={"env_vars": env_vars} if env_vars else None,
+        include_dashboard=False,
+        logging_level=logging.INFO if verbose else logging.ERROR,
+        log_to_driver=verbose,
+    )
+
+
+def _quiet_serve(verbose: bool) -> None:
+    """Serve (re)configures its driver-side logger at start; keep it to errors unless verbose."""
+    if not verbose:
+        logging.getLogger("ray.serve").setLevel(logging.ERROR)
+
+
+def serve_graph(config: PerceptConfig, stack: ExitStack, *, verbose: bool = False) -> Path:
+    """Serve started and the graph deployed; returns the folder of the replica log files."""
+    import ray
+    from ray import serve
+
+    from deployments.graph import build_app
+
+    _quiet_serve(verbose)
+    gpu = ray.cluster_resources().get("GPU", 0) > 0
+    logs = Path(config.state_dir).resolve() / "logs"
+    serve.start(
+        proxy_location=config.http.proxy_location,
+        http_options={"host": config.http.host, "port": config.http.port},
+        logging_config={"logs_dir": str(logs)},
+    )
+    _quiet_serve(verbose)
+    serve.run(
+        build_app(config, gpu_available=gpu),
+        name="percept",
+        route_prefix="/",
+        logging_config={"enable_access_log": False, "logs_dir": str(logs)},
+    )
+    # On exit our application is deleted (its replicas drain); Serve itself stays for whoever
+    # else uses the cluster, and a private Ray goes with ray.shutdown.
+    stack.callback(serve.delete, "percept")
+    _quiet_serve(verbose)
+    return logs
+
+
+def run_graph(config: PerceptConfig, *, address: str | None, duration: float | None, monitor: bool,
+              verbose: bool = False) -> int:
+    import ray
+
+    from pipeline.models import check_models
+    from pipeline.publish import StreamKeys, redis_from_config
+
+    with ExitStack() as stack:
+        try:
+            check_models(config)
+            config = redis_for(config, stack)
+        except ConfigError as exc:
+            return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
+        except Unavailable as exc:
+            return fail(str(exc), EXIT_UNAVAILABLE)
+        start_ray(address, verbose=verbose, env_names=_camera_env_names(config))
+        stack.callback(ray.shutdown)
+        try:
+            logs = serve_graph(config, stack, verbose=verbose)
+        except Exception as exc:  # a replica that cannot start (model error) fails the deploy
+            return fail(f"deployment failed: {redact(str(exc))[-2000:]}", EXIT_UNAVAILABLE)
+        say(f"running {len(config.cameras)} camera(s); streams {config.redis.stream_prefix}:detections:<camera>; "
+            f"replica logs in {logs}")
+        client = redis_from_config(config.redis)
+        outage = RedisOutage(config.redis.url)
+        return monitor_cameras(client, StreamKeys(config.redis.stream_prefix), [c.id for c in config.cameras],
+                               duration=duration, show=monitor, outage=outage)
+    return 0
+
+
+def _camera_env_names(config: PerceptConfig) -> set[str]:
+    """Variables the config's camera URLs name (``${VAR}``): the decoders expand them from their
+    own environment, so a cluster's replicas get them through the runtime env."""
+    from pipeline.config import camera_env_vars
+
+    return set(camera_env_vars(config))
+
+
+def monitor_cameras(client: Any, keys: Any, cameras: list[str], *, duration: float | None, show: bool,
+                    outage: RedisOutage) -> int:
+    """Until the duration ends or Ctrl-C / SIGTERM: one live line per camera every second.
+    A Redis outage prints one line and the loop carries on."""
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    deadline = time.monotonic() + duration if duration else None
+    try:
+        while not stop["flag"] and (deadline is None or time.monotonic() < deadline):
+            time.sleep(1.0)
+            if show:
+                for line in outage.attempt(lambda: status_lines(client, keys, cameras), []):
+                    print(line, flush=True)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def status_lines(client: Any, keys: Any, cameras: list[str]) -> list[str]:
+    from pipeline.publish import camera_states
+
+    states = camera_states(client, keys, cameras)
+    lines = []
+    for cam in cameras:
+        st = states.get(cam, {})
+        last = client.xrevrange(keys.detections(cam), count=1)
+        counts: dict[str, int] = {}
+        e2e = "-"
+        if last:
+            payload = json.loads(last[0][1][b"json"])
+            for obj in payload["objects"]:
+                counts[obj["category"]] = counts.get(obj["category"], 0) + 1
+            e2e = f"{payload['latency_ms'].get('total', 0):.0f} ms"
+        objs = " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"
+        err = f"  error: {st['last_error']}" if st.get("last_error") and st.get("state") != "online" else ""
+        lines.append(
+            f"{cam:<12} {st.get('state', 'pending'):<12} {float(st.get('fps', 0)):5.1f} fps  "
+            f"dropped {st.get('dropped', '0'):>4}  objects {objs:<28} e2e {e2e}{err}"
+        )
+    return lines
+

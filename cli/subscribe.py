@@ -1,0 +1,76 @@
+"""`percept subscribe`: detection payloads as JSON lines, from XREAD or a consumer group.
+A Redis outage prints one line and reading resumes after the last entry seen when it is back."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import load_config
+from pipeline.redact import redact, redact_url
+
+from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, RedisOutage, fail
+
+
+def register(sub: Any) -> None:
+    s = sub.add_parser("subscribe", help="print detection payloads as JSON lines")
+    s.add_argument("cameras", nargs="+")
+    s.add_argument("-c", "--config", help="read redis url/prefix from this config")
+    s.add_argument("--redis", help="redis URL (default: config, PERCEPT_REDIS_URL, localhost)")
+    s.add_argument("--prefix", help="stream prefix (default: config or 'percept')")
+    s.add_argument("--group", help="consumer group (XREADGROUP + XACK)")
+    s.add_argument("--consumer", help="consumer name within the group")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--from-start", action="store_true", help="from the oldest entry kept")
+    g.add_argument("--from", dest="from_id", help="from after this entry id")
+    s.add_argument("--count", type=int, help="stop after N messages")
+    s.add_argument("--timeout", type=float, help="stop after S seconds without messages")
+    s.add_argument("--claim-idle-ms", type=int, default=30_000, help="reclaim entries pending this long on dead consumers")
+    s.set_defaults(func=_subscribe)
+
+
+def _redis_source(args: argparse.Namespace) -> tuple[str | None, str | None, Any]:
+    """(url, prefix, redis config section) from the options, the config and its state dir."""
+    url, prefix, redis_cfg = args.redis, args.prefix, None
+    if args.config:
+        cfg = load_config(args.config)
+        redis_cfg = cfg.redis
+        prefix = prefix or cfg.redis.stream_prefix
+        if not url:
+            url = cfg.redis.url
+            if not url:
+                marker = Path(cfg.state_dir) / "redis.url"
+                if not marker.exists():
+                    raise FileNotFoundError(f"{args.config}: no redis.url and no running private server ({marker} missing)")
+                url = marker.read_text().strip()
+    return url or os.environ.get("PERCEPT_REDIS_URL") or "redis://127.0.0.1:6379/0", prefix, redis_cfg
+
+
+def _subscribe(args: argparse.Namespace) -> int:
+    import redis
+
+    from pipeline.publish import StreamKeys, connect_redis, redis_from_config
+    from pipeline.subscribe import Subscriber
+
+    try:
+        url, prefix, redis_cfg = _redis_source(args)
+    except FileNotFoundError as exc:
+        return fail(str(exc), EXIT_UNAVAILABLE)
+    start = "0" if args.from_start else (args.from_id or "$")
+    outage = RedisOutage(url)
+    try:
+        client = redis_from_config(redis_cfg.model_copy(update={"url": url})) if redis_cfg else connect_redis(url)
+        client.ping()
+        sub = Subscriber(client, StreamKeys(prefix or "percept"), args.cameras, group=args.group,
+                         consumer=args.consumer, start=start, claim_idle_ms=args.claim_idle_ms)
+        for msg in sub.messages(limit=args.count, idle_timeout_s=args.timeout, on_unreachable=outage.notice):
+            print(json.dumps(msg.payload, separators=(",", ":")), flush=True)
+            outage.until_back(lambda: sub.ack(msg))
+    except redis.RedisError as exc:
+        return fail(f"redis {redact_url(url)}: {redact(str(exc))}", EXIT_UNAVAILABLE)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return 0

@@ -1,0 +1,96 @@
+"""`percept run` as a user starts it (status lines on, the default): it rides out a Redis
+restart, and its console shows percept's own lines only (Ray's and the replicas' logs go to the
+replica log folder it names at start)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.publish import StreamKeys
+from pipeline.redis_server import EmbeddedRedis, free_port
+
+from .conftest import DETECTOR, REPO
+from .waiting import hold, wait_for
+
+pytestmark = pytest.mark.integration
+KEYS = StreamKeys("runcli")
+CAMERA = "door"
+
+
+def _config(tmp: Path, redis_url: str, camera_url: str, models_dir: str) -> Path:
+    cfg = {
+        "cameras": [{"id": CAMERA, "url": camera_url, "fps": 3}],
+        "detector": {"weights": DETECTOR, "imgsz": 640, "batch": {"max_size": 4, "wait_ms": 10}},
+        "classifiers": {},
+        "redis": {"url": redis_url, "stream_prefix": "runcli"},
+        "http": {"port": free_port()},
+        "models_dir": models_dir,
+        "state_dir": str(tmp / "state"),
+    }
+    path = tmp / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _frames(client) -> list[dict]:
+    return [json.loads(f[b"json"]) for _, f in client.xrange(KEYS.detections(CAMERA))]
+
+
+def test_run_with_status_lines_survives_a_redis_restart_and_keeps_the_console_clean(
+    tmp_path, models_dir, videos, rtsp_server_cls
+):
+    redis_server = EmbeddedRedis(tmp_path / "redis").start()
+    camera = rtsp_server_cls({"door": str(videos / "vtest.avi")}).start()
+    out, err = (tmp_path / "stdout.txt").open("w"), (tmp_path / "stderr.txt").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "run", "-c", str(_config(tmp_path, redis_server.url, camera.url("door"), models_dir))],
+        cwd=REPO, stdout=out, stderr=err, text=True,
+    )
+    try:
+        client = redis_server.client()
+        wait_for(lambda: client.xlen(KEYS.detections(CAMERA)) >= 5, 180, "frames before the outage")
+        redis_server.kill()
+        down_from = time.time()
+        hold(5, "redis-server SIGKILLed for 5 s")
+        redis_server.start()
+        down_to = time.time()
+        during = wait_for(
+            lambda: [e for e in _frames(client) if down_from + 0.5 < e["frame_ts"] < down_to - 0.5],
+            60, "frames captured during the outage in the stream")
+        assert len(during) >= 5, f"only {len(during)} frames captured during the 5 s outage were published"
+        assert proc.poll() is None, f"percept run exited ({proc.returncode}) after the Redis restart"
+        lines_after = wait_for(lambda: Path(out.name).read_text().count(f"\n{CAMERA} ") > 0, 20, "status lines")
+        assert lines_after
+        before = Path(out.name).read_text().count(f"\n{CAMERA} ")
+        wait_for(lambda: Path(out.name).read_text().count(f"\n{CAMERA} ") > before + 2, 20,
+                 "status lines again after the outage")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = None
+        out.close(), err.close()
+        camera.stop()
+        redis_server.stop()
+    stdout, stderr = Path(out.name).read_text(), Path(err.name).read_text()
+    assert rc == 0, f"percept run ended with {rc}\n{stderr[-3000:]}"
+    assert "Traceback" not in stdout + stderr, stderr[-3000:]
+    assert stderr.count("redis unreachable at redis://127.0.0.1:") == 1, stderr
+    # The console: percept's lines and the camera's status lines, nothing from Ray or FFmpeg.
+    foreign = [ln for ln in (stdout + stderr).splitlines()
+               if ln.strip() and not ln.startswith("percept: ") and not ln.startswith(f"{CAMERA} ")]
+    assert not foreign, "lines on the console that are not percept's:\n" + "\n".join(foreign[:20])
+    logs = re.search(r"replica logs in (\S+)", stdout)
+    assert logs, stdout[:2000]
+    assert any(Path(logs.group(1)).glob("replica_percept_decoder_*.log")), "no decoder replica log in the folder printed"

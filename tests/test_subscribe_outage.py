@@ -1,0 +1,54 @@
+"""`percept subscribe` rides out a Redis restart: one line when Redis goes, then it carries on
+after the last entry it printed (plain XREAD and consumer groups), on a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.publish import StreamKeys
+
+from .conftest import REPO
+from .waiting import hold, wait_for
+
+KEYS = StreamKeys("subout")
+
+
+def _add(client, start: int, n: int) -> None:
+    for seq in range(start, start + n):
+        client.xadd(KEYS.detections("cam"), {"v": "1", "camera": "cam", "seq": str(seq),
+                                             "json": json.dumps({"camera": "cam", "seq": seq})})
+
+
+@pytest.mark.parametrize("group", [None, "alerts"])
+def test_subscribe_survives_a_redis_restart(redis_server, tmp_path, group):
+    client = redis_server.client()
+    client.config_set("appendfsync", "always")  # every ack is on disk before the SIGKILL
+    _add(client, 0, 10)
+    args = [sys.executable, "-m", "cli", "subscribe", "cam", "--redis", redis_server.url, "--prefix", "subout",
+            "--from-start", "--count", "20"]
+    if group:
+        args += ["--group", group, "--consumer", "c1"]
+    out = (tmp_path / "out.txt").open("w")
+    proc = subprocess.Popen(args, cwd=REPO, stdout=out, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (tmp_path / "out.txt").read_text().count("\n") >= 10, 30, "the first 10 entries printed")
+        redis_server.kill()
+        hold(3, "redis-server SIGKILLed for 3 s")
+        assert proc.poll() is None, f"percept subscribe exited during the outage: {proc.stderr.read()}"
+        redis_server.start()
+        client.config_set("appendfsync", "always")
+        _add(client, 10, 10)
+        wait_for(lambda: proc.poll() is not None, 60, "subscribe to print 20 entries and exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out.close()
+    stderr = proc.stderr.read()
+    assert proc.returncode == 0, stderr
+    assert stderr.count("redis unreachable at redis://127.0.0.1:") == 1, stderr
+    seqs = [json.loads(line)["seq"] for line in (tmp_path / "out.txt").read_text().splitlines()]
+    assert seqs == list(range(20)), seqs
