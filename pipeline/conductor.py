@@ -3,7 +3,8 @@
 A reader thread pulls frames from the camera's `VideoSource` into a keep-latest slot; the
 conductor, on an asyncio loop, takes the newest frame whenever fewer than ``max_inflight`` frames
 of this camera are in flight, awaits the detector, sends each category's crops to that category's
-classifier, and publishes results strictly in ``seq`` order. Detector and classifiers are injected
+classifier (`pipeline/classify.py`, bounded by a timeout), and publishes results strictly in
+``seq`` order. Detector and classifiers are injected
 as async callables, so this runs the same against Ray Serve handles or local models in a test.
 """
 
@@ -17,14 +18,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
-import numpy as np
-
-from .config import CameraConfig, ClassifierConfig, PerceptConfig
-from .models import DetectorInput, prepare_crop, prepare_frame
+from .classify import ClassifierRoute as ClassifierRoute  # re-exported: decoders build routes
+from .classify import CropClassification
+from .config import CameraConfig, PerceptConfig
+from .models import DetectorInput, prepare_frame
 from .publish import Publisher
 from .redact import redact_url
 from .schema import Detections, FrameResult
-from .tracking import ObjectTracker, TrackAttributeCache
+from .tracking import ObjectTracker
+from .capture import open_capture, probe_fps
 from .sources import (
     Frame,
     LatestFrameSlot,
@@ -32,30 +34,11 @@ from .sources import (
     StatusEvent,
     VideoSource,
     is_file_url,
-    open_capture,
-    probe_fps,
 )
 
 log = logging.getLogger("percept.conductor")
 
 DetectFn = Callable[[DetectorInput], Awaitable[Detections]]
-ClassifyFn = Callable[[list[np.ndarray]], Awaitable[list[Mapping[str, Any] | Exception]]]
-
-
-async def _nth(request: "asyncio.Future[list[Any]]", k: int) -> Mapping[str, Any]:
-    """The k-th answer of a per-frame classifier request (an item may be an exception)."""
-    answer = (await asyncio.shield(request))[k]
-    if isinstance(answer, BaseException):
-        raise answer
-    return answer
-
-
-@dataclass(frozen=True)
-class ClassifierRoute:
-    """Where one category's crops go and how they are cut."""
-
-    classify: ClassifyFn
-    cfg: ClassifierConfig
 
 
 @dataclass
@@ -71,6 +54,7 @@ class CameraCounters:
     processed: int = 0
     failed: int = 0  # frames whose detection failed after a retry, or cut off at stop
     dropped_before: int = 0  # drops counted by earlier runs of this camera (cumulative counts)
+    classify_failed: int = 0  # frames published with a classification missing (failed or timed out)
 
 
 class CameraConductor:
@@ -86,6 +70,7 @@ class CameraConductor:
         models: Mapping[str, Any],
         max_inflight: int,
         detect_timeout_s: float = 30.0,
+        classify_timeout_s: float = 10.0,
         stats_interval_s: float = 1.0,
         stop_grace_s: float = 2.0,
         counters: CameraCounters | None = None,
@@ -95,7 +80,6 @@ class CameraConductor:
         self.camera = camera
         self.source = source
         self.detect = detect
-        self.classifiers = dict(classifiers)
         self.publisher = publisher
         self.imgsz = imgsz
         self.models = dict(models)
@@ -107,25 +91,26 @@ class CameraConductor:
         self.counters = counters or CameraCounters()
         self.tracker = tracker
         self._tracked_frames = 0
-        # one cache per classified category while tracking: classify once per track
-        self._track_cache = (
-            {
-                cat: TrackAttributeCache(reclassify_every=r.cfg.reclassify_every, forget_after=tracker.track_buffer)
-                for cat, r in self.classifiers.items()
-            }
-            if tracker is not None
-            else {}
+        self.classification = CropClassification(
+            camera.id, classifiers, timeout_s=classify_timeout_s,
+            track_buffer=tracker.track_buffer if tracker is not None else None,
         )
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
         self._frame_ready = asyncio.Event()
         self._reader: threading.Thread | None = None
         self._fps_window: list[float] = []
+        self._taken_at: dict[int, float] = {}  # seq → time.monotonic() of its take, while in flight
+        self._hold_s: float | None = None  # how long a frame holds its in-flight place (moving average)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Conducts the camera until stopped or its source ends (a file, a permanent failure).
+        If the reader thread crashed, raises its exception once cleaned up, so the supervisor
+        sees a dead task and restarts the camera."""
         loop = asyncio.get_running_loop()
+        self._reader_error: Exception | None = None
         self._reader = threading.Thread(target=self._read_loop, args=(loop,), name=f"reader-{self.camera.id}", daemon=True)
         self._reader.start()
         stats = asyncio.create_task(self._stats_loop())
@@ -148,7 +133,11 @@ class CameraConductor:
                 await asyncio.gather(*self._inflight, return_exceptions=True)
             stats.cancel()
             self.source.stop()
+            # the reader's last state change lands while this replica still holds the lease
+            await asyncio.to_thread(self._reader.join, self.camera.read_timeout_s + 1)
             self._publish_stats()
+        if self._reader_error is not None:
+            raise self._reader_error
 
     async def stop(self) -> None:
         """Stop reading; frames in flight get a short grace (the detector may be gone already)."""
@@ -168,7 +157,8 @@ class CameraConductor:
                 loop.call_soon_threadsafe(self._frame_ready.set)
         except Exception as exc:  # never let a camera error escape its thread silently
             log.exception("camera %s: reader crashed", self.camera.id)
-            self.publisher.camera_state(self.camera.id, "failed", error=f"reader crashed: {exc}")
+            self._reader_error = exc  # run() raises it: the camera's task ends with this error
+            self.publisher.camera_state(self.camera.id, "failed", error=f"reader crashed: {type(exc).__name__}: {exc}")
         finally:
             self.slot.close()
             try:
@@ -177,12 +167,23 @@ class CameraConductor:
                 pass
 
     async def _next_frame(self) -> Frame | None:
+        """The newest frame read. The slot asks the reader for frames while this camera has a
+        free in-flight place. Once a take fills the last one it asks again only from when the
+        oldest frame in flight should be done (its take + the usual hold time): frames read
+        before are skipped unconverted, and the next take gets the newest one read."""
+        self.slot.want(True)
         while True:
             self._frame_ready.clear()  # clear before looking: a put after this sets it again
+            if self._stopped.is_set():  # stopping: start no new frame
+                return None
             frame = self.slot.get(timeout=0)
             if frame is not None:
+                self._taken_at[frame.meta.seq] = time.monotonic()
+                if len(self._inflight) + 1 >= self.max_inflight:  # run() holds this place now
+                    oldest = min(self._taken_at.values())
+                    self.slot.want(False, at=None if self._hold_s is None else oldest + self._hold_s)
                 return frame
-            if self.slot.closed or self._stopped.is_set():
+            if self.slot.closed:
                 return None
             await self._frame_ready.wait()
 
@@ -210,6 +211,13 @@ class CameraConductor:
                     self._fps_window.append(time.monotonic())
             finally:
                 mine.published.set()
+                self._place_freed(frame.meta.seq)
+
+    def _place_freed(self, seq: int) -> None:
+        taken = self._taken_at.pop(seq, None)
+        if taken is not None:
+            held = time.monotonic() - taken
+            self._hold_s = held if self._hold_s is None else 0.7 * self._hold_s + 0.3 * held
 
     async def _infer(self, frame: Frame, previous: "_Order | None", mine: "_Order") -> FrameResult:
         meta = frame.meta
@@ -228,7 +236,9 @@ class CameraConductor:
             finally:
                 mine.tracked.set()
         t1 = time.perf_counter()
-        detections = await self._classify(frame.image, detections)
+        detections, unclassified = await self.classification(frame.image, detections, self._tracked_frames)
+        if unclassified:
+            self.counters.classify_failed += 1
         classify_ms = (time.perf_counter() - t1) * 1000
         latency = {"decode": frame.decode_ms, "queue": queue_ms, "detect": detect_ms, "classify": classify_ms}
         return FrameResult(meta, detections, self.models, latency)
@@ -247,49 +257,6 @@ class CameraConductor:
                     raise
                 await asyncio.sleep(0.2)
         raise AssertionError("unreachable")
-
-    async def _classify(self, image: np.ndarray, detections: Detections) -> Detections:
-        """Each category's new (or due) objects go to its classifier in one request per frame;
-        tracked objects already classified reuse their answer."""
-        jobs: list[tuple[int, "asyncio.Future[Mapping[str, Any]]"]] = []
-        for category, route in self.classifiers.items():
-            idx = [
-                i for i in detections.indices_of(category)
-                if min(detections.xyxy[i][2] - detections.xyxy[i][0], detections.xyxy[i][3] - detections.xyxy[i][1])
-                >= route.cfg.min_box
-            ]
-            idx = sorted(idx, key=lambda i: -detections.scores[i])[: route.cfg.max_per_frame]
-            cache = self._track_cache.get(category)
-            fresh: list[int] = []
-            for i in idx:
-                track = detections.track_ids[i]
-                known = cache.get(track, self._tracked_frames) if cache is not None and track is not None else None
-                if known is None:
-                    fresh.append(i)
-                else:
-                    jobs.append((i, known))
-            if fresh:
-                crops = [prepare_crop(image, detections.xyxy[i], route.cfg.imgsz) for i in fresh]
-                request = asyncio.ensure_future(route.classify(crops))
-                for k, i in enumerate(fresh):
-                    answer = asyncio.ensure_future(_nth(request, k))
-                    track = detections.track_ids[i]
-                    if cache is not None and track is not None:
-                        cache.put(track, self._tracked_frames, answer)
-                    jobs.append((i, answer))
-            if cache is not None:
-                cache.prune(self._tracked_frames)
-        if not jobs:
-            return detections
-        # shield: a shared per-track answer must survive this frame being cancelled at stop
-        answers = await asyncio.gather(*(asyncio.shield(job) for _, job in jobs), return_exceptions=True)
-        values: dict[int, Mapping[str, Any]] = {}
-        for (i, _), answer in zip(jobs, answers):
-            if isinstance(answer, BaseException):
-                log.warning("camera %s: classifier failed on one crop: %s", self.camera.id, answer)
-                continue
-            values[i] = answer
-        return detections.with_attribute("type", values)
 
     # --- stats ---------------------------------------------------------------------------------
 
@@ -318,6 +285,7 @@ class CameraConductor:
             fps=f"{self.fps:.2f}",
             dropped=self.dropped,
             processed=self.counters.processed,
+            classify_failed=self.counters.classify_failed,
             seq=self.source.next_seq - 1,
             url=redact_url(self.camera.url),
         )
@@ -329,6 +297,7 @@ class CameraConductor:
             "fps": round(self.fps, 2),
             "dropped": self.dropped,
             "processed": self.counters.processed,
+            "classify_failed": self.counters.classify_failed,
             "inflight": len(self._inflight),
             "last_error": self.source.last_error,
         }
@@ -366,7 +335,7 @@ async def open_camera(
         watchdog_s=camera.watchdog_s,
         seq_start=seq_start,
         on_status=on_status,
-        wants_frame=slot.is_empty,
+        wants_frame=slot.wants_frame,
     )
     on_status(StatusEvent(camera.id, SourceState.CONNECTING, None, None, time.time()))
     return CameraConductor(
@@ -379,7 +348,9 @@ async def open_camera(
         models=models,
         max_inflight=camera.max_inflight or config.decoder.max_inflight,
         detect_timeout_s=config.decoder.detect_timeout_s,
-        counters=CameraCounters(dropped_before=counters["dropped"], processed=counters["processed"]),
-        tracker=ObjectTracker(config.tracker) if config.tracker.enabled else None,
+        classify_timeout_s=config.decoder.classify_timeout_s,
+        counters=CameraCounters(dropped_before=counters["dropped"], processed=counters["processed"],
+                                classify_failed=counters.get("classify_failed", 0)),
+        tracker=ObjectTracker(config.tracker, id_offset=counters["track_id_max"]) if config.tracker.enabled else None,
         slot=slot,
     )

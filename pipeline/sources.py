@@ -6,24 +6,22 @@ States: ``connecting → online → reconnecting → online …``; ``failed`` wh
 backoff (0.5 s → 10 s). `seq` is strictly increasing per camera across reconnects and loops, and
 the caller passes ``seq_start`` so it is never reused across restarts either.
 
-`open_capture` is the factory that touches the world (OpenCV/FFmpeg); `VideoSource` receives an
+`open_capture` (pipeline/capture.py) is the factory that touches the world (OpenCV/FFmpeg); `VideoSource` receives an
 opener and a clock so it is testable without a camera.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-from .redact import redact, redact_url
+from .redact import redact
 from .schema import FrameMeta
 
 log = logging.getLogger("percept.sources")
@@ -121,12 +119,23 @@ class FpsSampler:
 
 class LatestFrameSlot:
     """Keep-latest hand-off between a reader thread and its consumer: never blocks the reader,
-    a newer frame replaces an older unsent one and the replaced one is counted as dropped."""
+    a newer frame replaces an older unsent one and the replaced one is counted as dropped.
+
+    Demand: the consumer says with `want` whether it can take a frame now, or from when it
+    expects to; the reader asks `wants_frame` for each sampled frame before colour-converting it.
+    So frames nobody will take are not converted (the frame read just before the consumer expects
+    to be free is, so it is ready then), and a frame the slot still holds once a newer one was
+    read and skipped is dropped: what the consumer takes is always the newest frame read, never
+    one that waited in the slot while the consumer was busy."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._frame: Frame | None = None
         self._closed = False
+        self._wanted = False
+        self._wanted_at: float | None = None  # time.monotonic() from when the consumer expects to take one
+        self._last_ask: float | None = None
+        self._interval = 0.0  # between the reader's last two sampled frames
         self.dropped = 0
 
     def put(self, frame: Frame) -> None:
@@ -144,8 +153,27 @@ class LatestFrameSlot:
             frame, self._frame = self._frame, None
             return frame
 
-    def is_empty(self) -> bool:
-        return self._frame is None
+    def want(self, wanted: bool, *, at: float | None = None) -> None:
+        """Consumer: whether it can take a frame now; if not, ``at`` (time.monotonic()) is when it
+        expects to (None: unknown, convert nothing until it says so)."""
+        with self._cond:
+            self._wanted = wanted
+            self._wanted_at = None if wanted else at
+
+    def wants_frame(self) -> bool:
+        """Reader, for each sampled frame: convert and put it? Yes while the consumer can take
+        one, or when the next frame would come after the consumer expects to be free. Otherwise
+        no, and the frame still held (if any) is older than this skipped one: dropped."""
+        now = time.monotonic()
+        with self._cond:
+            if self._last_ask is not None:
+                self._interval = min(now - self._last_ask, 1.0)
+            self._last_ask = now
+            wanted = self._wanted or (self._wanted_at is not None and now + self._interval >= self._wanted_at)
+            if not wanted and self._frame is not None:
+                self._frame = None
+                self.dropped += 1
+            return wanted
 
     def close(self) -> None:
         with self._cond:
@@ -193,8 +221,8 @@ class VideoSource:
         self._backoff = backoff or Backoff()
         self._next_seq = seq_start
         self._on_status = on_status or (lambda event: None)
-        # Asked before colour-converting a sampled frame: False (the consumer still holds an
-        # unsent frame) skips the conversion and counts the frame as skipped.
+        # Asked before colour-converting a sampled frame: False (the consumer cannot take a frame
+        # now) skips the conversion and counts the frame as skipped.
         self._wants_frame = wants_frame
         self.skipped = 0
         self._clock = clock
@@ -350,93 +378,3 @@ class VideoSource:
 
 
 _CAP_PROP_POS_MSEC = 0  # cv2.CAP_PROP_POS_MSEC
-
-
-def open_capture(
-    camera: str,
-    url: str,
-    *,
-    open_timeout_s: float = 5.0,
-    read_timeout_s: float = 2.0,
-) -> Capture:
-    """Open a camera with OpenCV/FFmpeg: RTSP over TCP with explicit timeouts, files, devices."""
-    import cv2
-
-    safe = redact_url(url)
-    if url.startswith("device:"):
-        cap = cv2.VideoCapture(int(url.split(":", 1)[1]))
-        if not cap.isOpened():
-            raise SourceError(camera, f"cannot open {safe}", retryable=True)
-        return cap
-    if is_file_url(url):
-        path = Path(url.removeprefix("file://"))
-        if not path.is_file():
-            raise SourceError(camera, f"file not found: {path}", retryable=False)
-        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-        if not cap.isOpened():
-            raise SourceError(
-                camera, f"{path} is not a video FFmpeg can decode (wrong format, truncated or corrupt)", retryable=False
-            )
-        return cap
-    if url.startswith("rtsp"):
-        # FFmpeg reads these at every open; TCP and no probing: first frame in ~0.2 s, not ~3 s.
-        os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|analyzeduration;0|probesize;32")
-    params = [
-        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
-        cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000),
-        cv2.CAP_PROP_N_THREADS, 1,
-    ]
-    cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
-    if not cap.isOpened():
-        why = diagnose_rtsp(url, timeout_s=min(open_timeout_s, 3.0)) if url.startswith("rtsp://") else "no answer"
-        raise SourceError(camera, f"cannot open {safe}: {why}", retryable=True)
-    return cap
-
-
-def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
-    """Why an RTSP open failed, in words a camera operator can act on: one DESCRIBE request
-    (Basic credentials from the URL, as FFmpeg would send them) and the status line it gets."""
-    import base64
-    import socket
-    from urllib.parse import unquote, urlsplit
-
-    parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or 554
-    clean = f"rtsp://{host}:{port}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
-    request = f"DESCRIBE {clean} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n"
-    if parts.username is not None:
-        token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
-        request += f"Authorization: Basic {token}\r\n"
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            sock.settimeout(timeout_s)
-            sock.sendall((request + "\r\n").encode())
-            status = sock.recv(256).split(b"\r\n", 1)[0].decode(errors="replace")
-    except ConnectionRefusedError:
-        return f"connection refused by {host}:{port} (camera or server down?)"
-    except socket.gaierror:
-        return f"unknown host {host!r}"
-    except (TimeoutError, socket.timeout):
-        return f"no answer from {host}:{port} within {timeout_s:.0f} s (unreachable or hung)"
-    except OSError as exc:
-        return f"{host}:{port} unreachable ({exc.strerror or exc})"
-    code = status.split(" ", 2)[1] if status.count(" ") >= 1 else ""
-    if code == "401":
-        return "401 Unauthorized: check the user and password in the camera URL"
-    if code == "404":
-        return "404 Not Found: check the stream path in the camera URL"
-    if code.startswith("2"):
-        return f"server answered {status!r} but no video could be decoded (codec or transport problem)"
-    return f"server answered {status!r}" if status else "server closed the connection"
-
-
-def probe_fps(url: str) -> float | None:
-    """The nominal frame rate of a file (for realtime pacing), or None."""
-    import cv2
-
-    cap = cv2.VideoCapture(url.removeprefix("file://"), cv2.CAP_FFMPEG)
-    try:
-        fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
-    finally:
-        cap.release()
-    return fps if fps and fps > 0 else None

@@ -21,9 +21,10 @@ from .schema import Detections
 
 class ObjectTracker:
     """ByteTrack over `Detections`; returns the same detections with ``track_ids`` filled
-    (None for detections the tracker did not confirm)."""
+    (None for detections the tracker did not confirm). Ids start above ``id_offset`` (the highest
+    id this camera's stream has had), so they never repeat when a camera restarts or moves."""
 
-    def __init__(self, cfg: TrackerConfig, categories: Mapping[str, int] | None = None):
+    def __init__(self, cfg: TrackerConfig, categories: Mapping[str, int] | None = None, *, id_offset: int = 0):
         from ultralytics.trackers.byte_tracker import BYTETracker
         from ultralytics.utils import IterableSimpleNamespace
 
@@ -39,6 +40,8 @@ class ObjectTracker:
         self._tracker = BYTETracker(args)
         self.track_buffer = cfg.track_buffer
         self._class_ids: dict[str, int] = dict(categories or {})
+        self.id_offset = id_offset  # ByteTrack numbers each tracker's tracks from 1
+        self.track_id_max = id_offset
 
     def update(self, dets: Detections, frame_shape: tuple[int, int]) -> Detections:
         from ultralytics.engine.results import Boxes
@@ -50,7 +53,8 @@ class ObjectTracker:
         for row in tracked:
             idx = int(row[-1])
             if 0 <= idx < len(dets):
-                ids[idx] = int(row[4])
+                ids[idx] = int(row[4]) + self.id_offset
+                self.track_id_max = max(self.track_id_max, ids[idx])
         return dets.with_track_ids(ids)
 
 
@@ -63,7 +67,9 @@ class _Entry:
 
 class TrackAttributeCache:
     """track id → the classifier's answer (as a future, so a track seen again while its crop is
-    still being classified waits for that answer instead of classifying twice)."""
+    still being classified waits for that answer instead of classifying twice). A failed answer
+    (an error, or no answer within the classify timeout) is dropped as soon as it fails, so the
+    track is classified again on its next frame instead of reusing the failure."""
 
     def __init__(self, *, reclassify_every: int, forget_after: int):
         self.reclassify_every = reclassify_every
@@ -75,16 +81,26 @@ class TrackAttributeCache:
         if entry is None:
             return None
         entry.seen = frame
-        if entry.future.done() and (
-            entry.future.cancelled()
-            or entry.future.exception() is not None
-            or (self.reclassify_every and frame - entry.frame >= self.reclassify_every)
-        ):
-            return None  # failed, or due for a fresh look
+        if entry.future.done():
+            if self._failed(entry.future):
+                del self._entries[track_id]
+                return None
+            if self.reclassify_every and frame - entry.frame >= self.reclassify_every:
+                return None  # due for a fresh look
         return entry.future
 
     def put(self, track_id: int, frame: int, future: "asyncio.Future[Mapping[str, Any]]") -> None:
         self._entries[track_id] = _Entry(future, frame, frame)
+        future.add_done_callback(lambda done: self._forget_failed(track_id, done))
+
+    def _forget_failed(self, track_id: int, future: "asyncio.Future[Mapping[str, Any]]") -> None:
+        entry = self._entries.get(track_id)
+        if entry is not None and entry.future is future and self._failed(future):
+            del self._entries[track_id]
+
+    @staticmethod
+    def _failed(future: "asyncio.Future[Any]") -> bool:
+        return future.cancelled() or future.exception() is not None
 
     def prune(self, frame: int) -> None:
         stale = [tid for tid, e in self._entries.items() if frame - e.seen > self.forget_after]

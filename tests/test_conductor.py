@@ -1,20 +1,26 @@
 """The per-camera conductor without Ray: out-of-order detections are published in seq order,
-tracks get ids, and classifiers run once per track."""
+tracks get ids, classifiers run once per track and within their timeout, and the detector always
+gets the newest frame."""
 
 import asyncio
 import json
 import random
+import time
 
 import numpy as np
+import pytest
 
-from pipeline.config import CameraConfig, ClassifierConfig, TrackerConfig
-from pipeline.conductor import ClassifierRoute, CameraConductor
+import pipeline.conductor
+from pipeline.conductor import CameraConductor, ClassifierRoute, open_camera
+from pipeline.config import CameraConfig, ClassifierConfig, PerceptConfig, TrackerConfig
+from pipeline.models import prepare_frame
 from pipeline.publish import Publisher, StreamKeys, connect_redis
 from pipeline.schema import Detections
 from pipeline.sources import VideoSource
 from pipeline.tracking import ObjectTracker, TrackAttributeCache
 
 from .test_sources import Clock, FakeCapture
+from .waiting import wait_for
 
 KEYS = StreamKeys("cond")
 
@@ -23,50 +29,69 @@ class PacedCapture(FakeCapture):
     """A camera delivering a frame every 40 ms of real time (the pipeline keeps up, no drops)."""
 
     def grab(self):
-        import time
-
-        time.sleep(0.04)
+        time.sleep(0.04)  # the camera's frame rate, not a wait
         return super().grab()
 
 
-def run_conductor(redis_server, *, frames=20, tracker=True, reclassify_every=0):
+def answer_cab(crops):
+    return [{"label": "cab", "score": 0.8} for _ in crops]
+
+
+def run_conductor(redis_server, *, frames=20, tracker=True, reclassify_every=0, classify=None, max_inflight=4,
+                  classify_timeout_s=10.0, deadline_s=30.0):
+    """Runs a conductor over ``frames`` paced frames of one drifting car to the end; returns the
+    published payloads, the number of crops sent to the classifier and the conductor."""
     clock = Clock()
     source = VideoSource("cam", lambda: PacedCapture(frames, clock), fps=0, is_file=True, realtime=False)
     calls = {"classify": 0}
+    rng = random.Random(1234)
 
     async def detect(inp):
-        await asyncio.sleep(random.uniform(0, 0.12))  # completions arrive out of order
+        await asyncio.sleep(rng.uniform(0, 0.12))  # completions arrive out of order
         x = 5 + inp.frame_ts % 1 * 10  # the car drifts a little
         return Detections(xyxy=[[x, 5, x + 20, 25]], scores=[0.9], labels=("car",), categories=("vehicle",))
 
-    async def classify(crops):
+    async def counted(crops):
         calls["classify"] += len(crops)
         assert all(c.shape == (32, 32, 3) for c in crops)
+        if classify is not None:
+            return await classify(crops)
         await asyncio.sleep(0.01)
-        return [{"label": "cab", "score": 0.8} for _ in crops]
+        return answer_cab(crops)
 
     pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
     conductor = CameraConductor(
         CameraConfig(id="cam", url="x.mp4"),
         source,
         detect=detect,
-        classifiers={"vehicle": ClassifierRoute(classify, ClassifierConfig(weights="c.pt", imgsz=32, min_box=4,
+        classifiers={"vehicle": ClassifierRoute(counted, ClassifierConfig(weights="c.pt", imgsz=32, min_box=4,
                                                                            reclassify_every=reclassify_every))},
         publisher=pub,
         imgsz=64,
         models={"detector": "fake"},
-        max_inflight=4,
+        max_inflight=max_inflight,
+        classify_timeout_s=classify_timeout_s,
         tracker=ObjectTracker(TrackerConfig()) if tracker else None,
     )
-    asyncio.run(asyncio.wait_for(conductor.run(), 30))
+
+    async def drive():
+        running = asyncio.create_task(conductor.run())
+        done, _ = await asyncio.wait({running}, timeout=deadline_s)
+        if not done:  # stop() cuts off what is stuck in flight, so a failing test ends too
+            await conductor.stop()
+            await asyncio.wait({running}, timeout=10)
+            pytest.fail(f"the conductor did not finish {frames} frames within {deadline_s} s")
+        running.result()
+
+    asyncio.run(drive())
     assert pub.flush(5)
     pub.close()
     payloads = [json.loads(f[b"json"]) for _, f in redis_server.client().xrange(KEYS.detections("cam"))]
-    return payloads, calls["classify"]
+    return payloads, calls["classify"], conductor
 
 
 def test_results_are_published_in_seq_order_with_track_ids(redis_server):
-    payloads, _ = run_conductor(redis_server)
+    payloads, _, _ = run_conductor(redis_server)
     assert [p["seq"] for p in payloads] == list(range(20))
     ids = {p["objects"][0]["track_id"] for p in payloads}
     assert len(ids) == 1 and None not in ids  # one car, one track, all frames
@@ -74,18 +99,85 @@ def test_results_are_published_in_seq_order_with_track_ids(redis_server):
 
 
 def test_classifier_runs_once_per_track(redis_server):
-    _, calls = run_conductor(redis_server, reclassify_every=0)
+    _, calls, _ = run_conductor(redis_server, reclassify_every=0)
     assert calls == 1
 
 
 def test_reclassify_every_n_frames(redis_server):
-    _, calls = run_conductor(redis_server, reclassify_every=5)
+    _, calls, _ = run_conductor(redis_server, reclassify_every=5)
     assert 3 <= calls <= 5
 
 
 def test_without_tracking_every_object_is_classified(redis_server):
-    payloads, calls = run_conductor(redis_server, tracker=False)
+    payloads, calls, _ = run_conductor(redis_server, tracker=False)
     assert calls == 20 and all(p["objects"][0]["track_id"] is None for p in payloads)
+
+
+def test_a_hung_classifier_delays_frames_by_its_timeout_at_most(redis_server):
+    """A classifier that never answers: every frame is still published, in seq order, within the
+    classify timeout (its retry included), without the attribute, and counted in classify_failed
+    (written to the camera hash and carried over to the camera's next run)."""
+    timeout_s, slack_s = 0.5, 0.4
+
+    async def never(crops):
+        await asyncio.Event().wait()
+
+    payloads, calls, conductor = run_conductor(redis_server, frames=40, max_inflight=2, classify=never,
+                                               classify_timeout_s=timeout_s, deadline_s=20)
+    seqs = [p["seq"] for p in payloads]
+    assert len(seqs) >= 4 and seqs == sorted(set(seqs))
+    assert all("type" not in p["objects"][0]["attributes"] for p in payloads)
+    assert max(p["latency_ms"]["classify"] for p in payloads) <= (timeout_s + slack_s) * 1000
+    assert conductor.counters.classify_failed == len(payloads)
+    assert calls >= 4  # one retry per request, and the failed track was classified again
+    camera = redis_server.client().hgetall(KEYS.camera("cam"))
+    assert int(camera[b"classify_failed"]) == len(payloads)
+    pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    try:
+        assert pub.resume_camera("cam")[1]["classify_failed"] == len(payloads)
+    finally:
+        pub.close()
+
+
+def test_a_classifier_that_hangs_once_is_retried(redis_server):
+    """The first request hangs: its retry (within the same timeout) answers, so every frame gets
+    its attribute and nothing counts as failed."""
+    timeout_s = 2.0
+    attempts = []
+
+    async def hangs_once(crops):
+        attempts.append(len(crops))
+        if len(attempts) == 1:
+            await asyncio.Event().wait()
+        await asyncio.sleep(0.01)
+        return answer_cab(crops)
+
+    payloads, _, conductor = run_conductor(redis_server, frames=10, tracker=False, classify=hangs_once,
+                                           classify_timeout_s=timeout_s, deadline_s=20)
+    seqs = [p["seq"] for p in payloads]
+    assert len(seqs) >= 2 and seqs == sorted(set(seqs))
+    assert all(p["objects"][0]["attributes"]["type"]["label"] == "cab" for p in payloads)
+    assert conductor.counters.classify_failed == 0
+    assert len(attempts) == len(payloads) + 1  # one request per frame, one retry
+    waited = sorted(p["latency_ms"]["classify"] / 1000 for p in payloads)
+    assert waited[-2] < timeout_s / 2 * 0.9 <= waited[-1] <= timeout_s  # one frame: retried after T/2
+
+
+def test_track_cache_forgets_a_failed_answer():
+    """A pending answer is shared by the track's next frames; once it fails it is dropped, so
+    the track is classified again rather than reusing the failure."""
+
+    async def scenario():
+        cache = TrackAttributeCache(reclassify_every=0, forget_after=30)
+        pending = asyncio.get_running_loop().create_future()
+        cache.put(7, 0, pending)
+        assert cache.get(7, 1) is pending
+        pending.set_exception(TimeoutError("no answer"))
+        await asyncio.sleep(0)  # one turn of the loop: the future's done callbacks run
+        assert len(cache) == 0
+        assert cache.get(7, 2) is None
+
+    asyncio.run(scenario())
 
 
 def test_track_cache_is_bounded():
@@ -111,3 +203,66 @@ def test_tracker_keeps_ids_for_moving_objects():
         ids.append(tracker.update(dets, (360, 640)).track_ids)
     assert ids[-1][0] is not None and ids[-1][1] is not None and ids[-1][0] != ids[-1][1]
     assert all(frame == ids[-1] for frame in ids[2:])
+
+
+class LiveCapture:
+    """A live camera at ``fps`` frames per second of real time: grab() blocks until the next
+    frame is due (behind schedule, it delivers at once, like a camera's buffered stream)."""
+
+    def __init__(self, fps):
+        self.period, self.due, self.i = 1.0 / fps, time.monotonic(), 0
+
+    def grab(self):
+        self.due += self.period
+        time.sleep(max(0.0, self.due - time.monotonic()))  # the camera's frame rate, not a wait
+        self.i += 1
+        return True
+
+    def retrieve(self):
+        return True, np.zeros((36, 64, 3), np.uint8)
+
+    def get(self, prop):
+        return self.i * self.period * 1000
+
+    def release(self):
+        pass
+
+
+def test_detector_gets_the_newest_frame_under_overload(redis_server, monkeypatch):
+    """Keep-latest: a 30 fps camera, a detector taking 150 ms and one frame in flight. The frame
+    the conductor hands to the detector is never older than one frame interval (+ scheduling
+    slack), not the frame sampled right after the previous take (~150 ms old)."""
+    fps, work_s, slack_s = 30, 0.15, 0.05
+    monkeypatch.setattr(pipeline.conductor, "open_capture", lambda *a, **k: LiveCapture(fps))
+    camera = CameraConfig(id="live", url="rtsp://camera.invalid/live", fps=0, max_inflight=1)
+    config = PerceptConfig(cameras=[camera], tracker=TrackerConfig(enabled=False))
+    ages: list[float] = []
+    prepare_frame(np.zeros((36, 64, 3), np.uint8), 64)  # its first call imports ultralytics (~1 s)
+
+    async def scenario():
+        enough = asyncio.Event()
+
+        async def detect(inp):
+            ages.append(time.time() - inp.frame_ts)  # taken just now: how old is it?
+            if len(ages) >= 12:
+                enough.set()
+            await asyncio.sleep(work_s)  # a slow detector
+            return Detections()
+
+        pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+        conductor = await open_camera(camera, config=config, publisher=pub, detect=detect, classifiers={},
+                                      models={"detector": "fake"})
+        running = asyncio.create_task(conductor.run())
+        await asyncio.wait_for(enough.wait(), 30)
+        await conductor.stop()
+        await asyncio.wait_for(running, 10)
+        pub.close()
+        return conductor
+
+    conductor = asyncio.run(scenario())
+    assert len(ages) >= 12
+    assert max(ages) <= 1 / fps + slack_s, f"frame ages at take (s): {[round(a, 3) for a in ages]}"
+    # every frame read is counted exactly once: processed, dropped, or still unsent at the end
+    wait_for(lambda: conductor.slot.closed, 5, "the reader thread to finish")
+    unsent = 1 if conductor.slot.get(timeout=0) is not None else 0
+    assert conductor.counters.processed + conductor.dropped + unsent == conductor.source.frames_read

@@ -1,5 +1,7 @@
 """VideoSource state machine, backoff, sampling and keep-latest, against a scripted capture."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -167,19 +169,64 @@ def test_latest_slot_keeps_newest_and_counts_drops():
     assert slot.get(timeout=1) is None and slot.closed
 
 
+class FileCapture(FakeCapture):
+    """A file: every frame is there at once (reading it does not move the clock)."""
+
+    def grab(self):
+        if self.i >= self.n:
+            return False
+        self.i += 1
+        return True
+
+
 def test_realtime_file_is_paced_across_loops():
-    """A looping file (or a still image) is read at its own frame rate, not as fast as reopening allows."""
+    """A looping file is read at its own frame rate, not as fast as it decodes: each frame is
+    released when its pts is due, so capture times follow the stream's timeline across loops.
+    Only the source's own waits move the (fake) clock here."""
     clock = Clock()
+    sleeps = []
 
-    def opener():
-        return FakeCapture(1, clock)  # one frame per open, like an image
+    def sleep(s):
+        sleeps.append(s)
+        clock.sleep(s)
 
-    src = VideoSource("still", opener, fps=0, is_file=True, loop=True, realtime=True, native_fps=25,
-                      clock=clock, sleep=clock.sleep)
-    t0 = clock.t
+    src = VideoSource("clip", lambda: FileCapture(3, clock), fps=0, is_file=True, loop=True, realtime=True,
+                      native_fps=25, clock=clock, sleep=sleep)
     frames = take(src, 50)
     assert len(frames) == 50
-    assert clock.t - t0 >= 49 / 25 * 0.9  # ~2 s of stream time took ~2 s of (fake) wall time
+    pts = [f.meta.pts for f in frames]
+    wall = [f.meta.frame_ts for f in frames]
+    assert all(b > a for a, b in zip(pts, pts[1:])) and pts[-1] - pts[0] >= 49 / 25
+    assert all(abs((w - wall[0]) - (p - pts[0])) < 1e-6 for w, p in zip(wall, pts))
+    assert sum(sleeps) == pytest.approx(pts[-1] - pts[0])
+
+
+def test_file_not_realtime_is_read_as_fast_as_it_decodes():
+    clock = Clock()
+    src = VideoSource("clip", lambda: FileCapture(3, clock), fps=0, is_file=True, loop=True, realtime=False,
+                      native_fps=25, clock=clock, sleep=lambda s: pytest.fail(f"slept {s} s"))
+    frames = take(src, 10)
+    assert len(frames) == 10 and len({f.meta.frame_ts for f in frames}) == 1
+
+
+def test_slot_drops_its_frame_once_a_newer_one_is_skipped():
+    """Demand: while the consumer cannot take a frame, the reader converts none, and a frame
+    the slot still holds is outdated by the newer one just skipped (dropped, counted once)."""
+    slot = LatestFrameSlot()
+    frame = Frame(FrameMeta("c", 0, 0.0, None, 1, 1), np.zeros((1, 1, 3), np.uint8))
+    assert not slot.wants_frame()  # nobody asked yet
+    slot.want(True)
+    assert slot.wants_frame()
+    slot.put(frame)
+    assert slot.wants_frame() and slot.dropped == 0  # still wanted: the next put replaces it
+    slot.want(False)
+    assert not slot.wants_frame() and slot.dropped == 1
+    assert slot.get(timeout=0) is None
+    assert not slot.wants_frame() and slot.dropped == 1
+    slot.want(False, at=time.monotonic() + 60)  # busy for a minute yet: nothing to convert
+    assert not slot.wants_frame()
+    slot.want(False, at=time.monotonic())  # due now: convert, so the frame is ready when it is free
+    assert slot.wants_frame()
 
 
 def test_frames_nobody_wants_are_not_colour_converted():
