@@ -4,7 +4,14 @@ Every decoder replica runs a `CameraSupervisor`. Each round (a third of the leas
 the leases it holds, stops cameras whose lease it lost, and claims free cameras up to its fair
 share (``ceil(cameras / replicas)``); a camera left free for two rounds is claimed by whoever sees
 it, so a dead replica's cameras move within about one TTL. A lease is redis-py's `Lock`
-(``SET NX PX`` with an owner token), so no camera is ever ingested twice.
+(``SET NX PX`` with an owner token), so no camera is ever ingested twice:
+
+- fencing (pipeline/lease.py): a camera whose lease was not renewed for ``TTL - margin`` is
+  stopped at once (a timer, and the first thing a round checks, also after the replica was paused),
+  and the publisher writes a camera's results only while Redis says the lease is ours;
+- a camera whose task died (its reader crashed) is restarted with backoff (0.5 s → 10 s) while
+  its lease is kept; one that ended normally (a file that finished, a source failed for good)
+  stays as it is.
 """
 
 from __future__ import annotations
@@ -12,17 +19,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import redis
-from redis.exceptions import LockError
 
 from .config import CameraConfig
 from .conductor import CameraConductor
-from .publish import StreamKeys
+from .lease import Lease, acquire, release, renew
+from .publish import Publisher, StreamKeys
+from .sources import Backoff
 
 log = logging.getLogger("percept.assignment")
+
+
+@dataclass
+class _Camera:
+    """A camera this replica holds the lease of: its conductor and the task running it."""
+
+    conductor: CameraConductor
+    task: "asyncio.Task[None]"
+    lease: Lease
+    started_at: float  # monotonic
+    backoff: Backoff
+    restart_at: float | None = None  # monotonic; set while a crashed camera waits to restart
+    timer: asyncio.TimerHandle | None = None  # stops the camera when the lease runs out
 
 
 class CameraSupervisor:
@@ -36,6 +60,7 @@ class CameraSupervisor:
         replicas: int,
         lease_ttl_s: float,
         owner: str | None = None,
+        publisher: Publisher | None = None,
     ):
         # A list is fixed; a callable (the registry) is read again every round, so cameras can
         # be added and removed at runtime without touching the others.
@@ -47,91 +72,241 @@ class CameraSupervisor:
         self.replicas = max(1, replicas)
         self.ttl = lease_ttl_s
         self.owner = owner or uuid.uuid4().hex[:12]
-        self.running: dict[str, tuple[CameraConductor, asyncio.Task[None], Any]] = {}
+        self.publisher = publisher  # fenced by our leases when given
+        self.running: dict[str, _Camera] = {}
+        self._stopping: set[str] = set()  # being stopped: not claimed again until done
         self._free_rounds: dict[str, int] = {}
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._next_round = 0.0
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def fair_share(self) -> int:
         return max(1, math.ceil(len(self.cameras) / self.replicas))
 
     async def run(self) -> None:
+        # Renewals run on their own, so a slow camera start never delays another camera's lease.
+        renewals = asyncio.create_task(self._renew_loop())
         try:
             while not self._stop.is_set():
+                self._wake.clear()
                 try:
-                    await self._round()
+                    await self._tick()
                 except redis.RedisError as exc:
                     log.warning("lease round failed (redis: %s); keeping current cameras", type(exc).__name__)
                 try:
-                    await asyncio.wait_for(self._stop.wait(), timeout=self.ttl / 3)
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, self._next_wake() - time.monotonic()))
                 except asyncio.TimeoutError:
                     pass
         finally:
+            renewals.cancel()
+            await asyncio.gather(renewals, return_exceptions=True)
             await asyncio.gather(*(self._stop_camera(cid) for cid in list(self.running)), return_exceptions=True)
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+
+    async def _tick(self) -> None:
+        self._expire_overdue()  # first: after a pause the loop may wake up long after a deadline
+        await self._restart_dead()
+        if time.monotonic() >= self._next_round:
+            self._next_round = time.monotonic() + self.ttl / 3
+            await self._round()
+
+    def _next_wake(self) -> float:
+        due = [c.restart_at for c in self.running.values() if c.restart_at is not None]
+        return min([self._next_round, *due])
 
     async def _round(self) -> None:
         self.cameras = {c.id: c for c in await asyncio.to_thread(self._load)}
-        for cid, (conductor, task, lock) in list(self.running.items()):
+        for cid in [c for c in self.running if c not in self.cameras]:
+            log.warning("camera %s: removed; stopping here", cid)
+            await self._stop_camera(cid)
+        await self._claim()
+
+    async def _renew_loop(self) -> None:
+        while True:
+            try:
+                await self._renew_all()
+            except redis.RedisError as exc:
+                log.warning("lease renewal failed (redis: %s); cameras stop when their lease runs out",
+                            type(exc).__name__)
+            await asyncio.sleep(self.ttl / 3)
+
+    async def _renew_all(self) -> None:
+        for cid, entry in list(self.running.items()):
             # A camera whose source ended (a file, or failed for good) stays leased here, so that
             # no other replica replays it; its state says why it stopped.
-            lost = not await asyncio.to_thread(self._renew, lock)
-            if lost or cid not in self.cameras:
-                log.warning("camera %s: lease lost or camera removed; stopping here", cid)
-                await self._stop_camera(cid)
-        for cid, cam in self.cameras.items():
-            if cid in self.running:
+            if self._expire_overdue(cid):
                 continue
+            try:
+                left = max(0.05, entry.lease.deadline - time.monotonic())
+                kept = await asyncio.wait_for(asyncio.to_thread(renew, entry.lease, self.owner), timeout=left)
+            except asyncio.TimeoutError:
+                continue  # no answer in time: the expiry timer stops the camera
+            if self.running.get(cid) is not entry:
+                continue  # stopped meanwhile
+            if kept:
+                self._arm(cid, entry)
+            else:
+                log.warning("camera %s: lease lost; stopping here", cid)
+                self._stop_soon(cid, lost=True)
+
+    async def _claim(self) -> None:
+        for cid, cam in self.cameras.items():
+            if cid in self.running or cid in self._stopping:
+                continue
+            key = self.keys.lease(cid)
             if len(self.running) >= self.fair_share and self._free_rounds.get(cid, 0) < 2:
-                if not await asyncio.to_thread(self.client.exists, self.keys.lease(cid)):
+                if not await asyncio.to_thread(self.client.exists, key):
                     self._free_rounds[cid] = self._free_rounds.get(cid, 0) + 1
                 continue
-            lock = self.client.lock(self.keys.lease(cid), timeout=self.ttl, blocking=False, thread_local=False)
-            if not await asyncio.to_thread(lock.acquire, token=self.owner):
-                self._free_rounds.pop(cid, None)
-                continue
+            lease = await asyncio.to_thread(acquire, self.client, key, cid, ttl=self.ttl, token=self.owner)
             self._free_rounds.pop(cid, None)
-            log.info("camera %s: lease acquired by %s", cid, self.owner)
-            try:
-                conductor = await self.start_camera(cam)
-            except Exception as exc:
-                log.error("camera %s: could not start: %s", cid, exc)
-                await asyncio.to_thread(self._release, lock)
+            if lease is None:
                 continue
-            self.running[cid] = (conductor, asyncio.create_task(conductor.run()), lock)
+            log.info("camera %s: lease acquired by %s", cid, self.owner)
+            await self._start(cid, cam, lease)
 
-    async def _stop_camera(self, cid: str) -> None:
+    async def _start(self, cid: str, cam: CameraConfig, lease: Lease) -> None:
+        if self.publisher is not None:
+            self.publisher.fence(cid, lease.lock.name, self.owner, hold_s=2 * self.ttl)
+        try:
+            conductor = await self.start_camera(cam)
+        except Exception as exc:
+            log.error("camera %s: could not start: %s", cid, exc)
+            await asyncio.to_thread(release, lease)
+            if self.publisher is not None:
+                self.publisher.unfence(cid)
+            return
+        if lease.overdue():  # the start took longer than the lease lasts: another replica may run it
+            log.warning("camera %s: starting took longer than its lease; leaving it for the next round", cid)
+            await asyncio.to_thread(release, lease)
+            if self.publisher is not None:
+                self.publisher.unfence(cid)
+            return
+        entry = _Camera(conductor, self._run_task(conductor), lease, time.monotonic(), Backoff(0.5, 10.0))
+        self.running[cid] = entry
+        self._arm(cid, entry)
+
+    def _run_task(self, conductor: CameraConductor) -> "asyncio.Task[None]":
+        task = asyncio.create_task(conductor.run())
+        task.add_done_callback(lambda _: self._wake.set())  # a dead camera is noticed at once
+        return task
+
+    # --- fencing: stop a camera whose lease may have run out --------------------------------------
+
+    def _arm(self, cid: str, entry: _Camera) -> None:
+        if entry.timer is not None:
+            entry.timer.cancel()
+        loop = asyncio.get_running_loop()
+        entry.timer = loop.call_later(max(0.0, entry.lease.deadline - time.monotonic()), self._on_deadline, cid)
+
+    def _on_deadline(self, cid: str) -> None:
+        entry = self.running.get(cid)
+        if entry is not None and not self._expire_overdue(cid):
+            self._arm(cid, entry)  # renewed meanwhile (a renewal that answered late)
+
+    def _expire_overdue(self, cid: str | None = None) -> bool:
+        """Stops (now, in the background) the camera(s) whose lease was not renewed in time:
+        another replica may own it already. True if the one named was stopped."""
+        now, stopped = time.monotonic(), False
+        for c in [cid] if cid is not None else list(self.running):
+            entry = self.running.get(c)
+            if entry is not None and entry.lease.overdue(now):
+                log.warning("camera %s: lease not renewed for %.1f s (TTL %.1f s); stopping it here",
+                            c, now - entry.lease.renewed_at, self.ttl)
+                self._stop_soon(c, lost=True)
+                stopped = stopped or c == cid
+        return stopped
+
+    # --- restarting cameras whose task died ------------------------------------------------------
+
+    async def _restart_dead(self) -> None:
+        now = time.monotonic()
+        for cid, entry in list(self.running.items()):
+            if entry.restart_at is None:
+                task = entry.task
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    self._schedule_restart(cid, entry, task.exception(), now)
+            elif now >= entry.restart_at and cid in self.cameras:
+                await self._restart(cid, entry)
+
+    def _schedule_restart(self, cid: str, entry: _Camera, exc: BaseException, now: float) -> None:
+        if now - entry.started_at >= entry.backoff.cap:
+            entry.backoff.reset()  # it had been running fine: a new fault, not the same one again
+        delay = entry.backoff.next()
+        entry.restart_at = now + delay
+        error = f"crashed: {type(exc).__name__}: {exc}"
+        log.error("camera %s: %s; restarting in %.1f s", cid, error, delay)
+        if self.publisher is not None:
+            self.publisher.camera_state(cid, "reconnecting", error=f"{error} (restart in {delay:.1f} s)")
+
+    async def _restart(self, cid: str, entry: _Camera) -> None:
+        entry.restart_at = None
+        try:
+            conductor = await self.start_camera(self.cameras[cid])
+        except Exception as exc:
+            if self.running.get(cid) is entry:
+                self._schedule_restart(cid, entry, exc, time.monotonic())
+            return
+        if self.running.get(cid) is not entry:
+            return  # stopped while starting (lease lost): the new conductor never ran
+        entry.conductor, entry.task, entry.started_at = conductor, self._run_task(conductor), time.monotonic()
+
+    # --- stopping ----------------------------------------------------------------------------------
+
+    async def _stop_camera(self, cid: str, *, lost: bool = False) -> None:
+        task = self._stop_soon(cid, lost=lost)
+        if task is not None:
+            await task
+
+    def _stop_soon(self, cid: str, *, lost: bool) -> "asyncio.Task[None] | None":
         entry = self.running.pop(cid, None)
         if entry is None:
-            return
-        conductor, task, lock = entry
-        await conductor.stop()
+            return None
+        self._stopping.add(cid)
+        if entry.timer is not None:
+            entry.timer.cancel()
+        task = asyncio.create_task(self._finish_stop(cid, entry, lost=lost))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _finish_stop(self, cid: str, entry: _Camera, *, lost: bool) -> None:
         try:
-            await asyncio.wait_for(task, timeout=15)
-        except (asyncio.TimeoutError, Exception):
-            task.cancel()
-        await asyncio.to_thread(self._release, lock)
+            await entry.conductor.stop()
+            await asyncio.wait([entry.task], timeout=15)
+            if not entry.task.done():
+                entry.task.cancel()
+            elif not entry.task.cancelled():
+                entry.task.exception()  # retrieved: it was logged when it died
+            left = entry.lease.deadline - time.monotonic()
+            if self.publisher is not None and not lost and left > 0:
+                # what the camera published last lands while the lease is still ours
+                await asyncio.to_thread(self.publisher.flush, min(5.0, left))
+            await asyncio.to_thread(release, entry.lease)
+        finally:
+            if self.publisher is not None:
+                self.publisher.unfence(cid)
+            self._stopping.discard(cid)
+            self._wake.set()
 
     def _renew(self, lock: Any) -> bool:
-        """Extend our lease. If it expired meanwhile (Redis was down longer than the TTL) and
-        nobody took it, take it back rather than restarting the camera."""
-        try:
-            lock.reacquire()
-            return True
-        except LockError:
-            return bool(lock.acquire(blocking=False, token=self.owner))
-
-    @staticmethod
-    def _release(lock: Any) -> None:
-        try:
-            lock.release()
-        except (LockError, redis.RedisError):
-            pass
+        """Extend our lease (see `lease.renew`): taken back if it expired and nobody took it."""
+        return renew(Lease("", lock, self.ttl, time.monotonic()), self.owner)
 
     def status(self) -> dict[str, Any]:
-        return {
-            "owner": self.owner,
-            "cameras": {cid: conductor.status() for cid, (conductor, _, _) in self.running.items()},
-        }
+        cameras = {}
+        for cid, entry in self.running.items():
+            cameras[cid] = entry.conductor.status()
+            if entry.restart_at is not None:
+                cameras[cid]["restart_in_s"] = round(max(0.0, entry.restart_at - time.monotonic()), 1)
+        out: dict[str, Any] = {"owner": self.owner, "pid": os.getpid(), "cameras": cameras}
+        if self.publisher is not None:
+            stats = self.publisher.stats
+            out["fencing"] = {"fenced": dict(stats.fenced), "duplicates": dict(stats.duplicates)}
+        return out

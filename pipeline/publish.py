@@ -3,7 +3,8 @@
 Keys (schema v1, a public contract):
 - ``<prefix>:detections:<camera>`` — one entry per processed frame, fields ``v=1``, ``camera``,
   ``seq``, ``json``; ``XADD … MAXLEN ~ maxlen``.
-- ``<prefix>:camera:<camera>`` — hash: state, fps, dropped, last_error, updated_at, url, seq.
+- ``<prefix>:camera:<camera>`` — hash: state, fps, dropped, last_error, updated_at, url, seq,
+  track_id_max (the highest track id published, so a restarted tracker continues above it).
 - ``<prefix>:status`` — one entry per camera state change.
 
 Entry ids are explicit, ``<frame ms>-<seq>``: ordered by capture time like automatic ids, and
@@ -11,6 +12,10 @@ Redis itself rejects a second XADD of the same frame (a retry after a timeout wh
 landed), so a frame is published at most once. A background thread drains a queue in pipelines;
 while Redis is unreachable results stay queued in order, bounded by count and bytes (the oldest
 are dropped and counted), and are flushed when it comes back.
+
+Fencing: once the supervisor tells it a camera's lease (`fence`), every write for that camera is a
+Lua script that checks the lease token in the same round-trip (pipeline/lease.py); results of a
+camera whose lease another replica holds are refused and counted in ``stats.fenced``.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import redis
 
 from .config import RedisConfig
+from .lease import FENCED_HSET, FENCED_XADD, REFUSED, UNHELD, Fence
 from .redact import redact
 from .schema import SCHEMA_VERSION, FrameResult
 from .sources import Backoff
@@ -88,6 +94,8 @@ class _Item:
     nbytes: int
     apply: Callable[[Any], int]  # adds commands to a pipeline, returns how many
     is_frame: bool
+    fence: Fence | None = None
+    held_since: float | None = None  # monotonic time it was first kept back (lease unheld)
 
 
 @dataclass
@@ -95,6 +103,7 @@ class PublisherStats:
     published: Counter = field(default_factory=Counter)
     duplicates: Counter = field(default_factory=Counter)
     dropped: Counter = field(default_factory=Counter)  # by the outage buffer
+    fenced: Counter = field(default_factory=Counter)  # frames refused: the lease is not ours
     errors: int = 0
     connected: bool = True
 
@@ -131,12 +140,32 @@ class Publisher:
         self._last_ms: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, name="percept-publisher", daemon=True)
         self._backoff = Backoff(0.2, 5.0)
+        self._fences: dict[str, Fence] = {}
+        self._fence_logged: set[str] = set()
+        self._xadd = client.register_script(FENCED_XADD)
+        self._hset = client.register_script(FENCED_HSET)
 
     # --- producers ---------------------------------------------------------------------------
 
     def start(self) -> "Publisher":
         self._thread.start()
         return self
+
+    def fence(self, camera: str, key: str, token: str, *, hold_s: float = 20.0) -> None:
+        """From now on, write this camera's results only while Redis says ``key`` holds
+        ``token`` (called when its lease is acquired)."""
+        with self._cond:
+            self._fences[camera] = Fence(key, token, hold_s)
+            self._fence_logged.discard(camera)
+
+    def unfence(self, camera: str) -> None:
+        """The lease was released here. Later frames of this camera are refused (a conductor still
+        finishing); state writes still land unless another replica holds the lease. Results
+        already queued keep the fence they were made under."""
+        with self._cond:
+            fence = self._fences.get(camera)
+            if fence is not None:
+                self._fences[camera] = replace(fence, released=True)
 
     def last_published(self, camera: str) -> tuple[int, int] | None:
         """(ms, seq) of the newest entry on the camera's stream (None if empty); also primes the
@@ -151,27 +180,37 @@ class Publisher:
     def resume_camera(self, camera: str) -> tuple[int, dict[str, int]]:
         """Where a (re)started camera continues: the next ``seq`` and the counters it had, so
         that drop counts stay cumulative across conductor and replica restarts."""
-        self.flush(5.0)  # our own last stats for this camera land first
+        self.flush(5.0, camera=camera)  # our own last results and stats for this camera land first
         last = self.last_published(camera)
         raw = self.client.hgetall(self.keys.camera(camera))
-        counters = {k: int(float(raw.get(k.encode(), b"0") or 0)) for k in ("dropped", "processed", "publish_dropped")}
+        names = ("dropped", "processed", "publish_dropped", "classify_failed")
+        counters = {k: int(float(raw.get(k.encode(), b"0") or 0)) for k in names}
+        counters["track_id_max"] = int(raw.get(b"track_id_max", b"0") or 0)
         with self._cond:
             self.stats.dropped[camera] = max(self.stats.dropped[camera], counters["publish_dropped"])
         return (last[1] + 1 if last else 0), counters
 
     def publish(self, result: FrameResult) -> None:
         camera, seq = result.meta.camera, result.meta.seq
+        fence = self._fences.get(camera)
+        if fence is not None and fence.released:
+            with self._cond:
+                self.stats.fenced[camera] += 1
+            self._log_fenced(camera, "its lease was released here")
+            return
         ms = max(int(result.meta.frame_ts * 1000), self._last_ms.get(camera, 0))
         self._last_ms[camera] = ms
         body = result.to_json()
         fields = {"v": SCHEMA_VERSION, "camera": camera, "seq": str(seq), "json": body}
-        stream, maxlen = self.keys.detections(camera), self.maxlen
+        top_track = max((t for t in result.objects.track_ids if t is not None), default=0)
+        keys = [fence.key if fence else self.keys.lease(camera), self.keys.detections(camera), self.keys.camera(camera)]
+        args = [fence.token if fence else "", f"{ms}-{seq}", self.maxlen, top_track, *_flat(fields)]
 
         def apply(pipe: Any) -> int:
-            pipe.xadd(stream, fields, id=f"{ms}-{seq}", maxlen=maxlen, approximate=True)
+            self._xadd(keys=keys, args=args, client=pipe)
             return 1
 
-        self._put(camera, len(body) + 64, apply, is_frame=True)
+        self._put(camera, len(body) + 64, apply, is_frame=True, fence=fence)
 
     def camera_state(self, camera: str, state: str, *, error: str | None = None, **fields: Any) -> None:
         """A state change: the camera hash and one entry on the status stream."""
@@ -179,29 +218,38 @@ class Publisher:
         mapping = {"state": state, "updated_at": f"{now:.3f}", "last_error": redact(error or "")}
         mapping.update({k: str(v) for k, v in fields.items()})
         entry = {"camera": camera, "state": state, "error": mapping["last_error"], "ts": f"{now:.3f}"}
-
-        def apply(pipe: Any) -> int:
-            pipe.hset(self.keys.camera(camera), mapping=mapping)
-            pipe.xadd(self.keys.status, entry, maxlen=self.status_maxlen, approximate=True)
-            return 2
-
-        self._put(camera, 256, apply, is_frame=False)
+        self._put_hash(camera, mapping, entry)
 
     def camera_stats(self, camera: str, **fields: Any) -> None:
         """Periodic numbers (fps, dropped, …) into the camera hash; no status entry."""
         mapping = {k: str(v) for k, v in fields.items()}
         mapping["updated_at"] = f"{self.clock():.3f}"
         mapping["publish_dropped"] = str(self.stats.dropped[camera])
+        self._put_hash(camera, mapping, None)
+
+    def _put_hash(self, camera: str, mapping: dict[str, str], entry: dict[str, str] | None) -> None:
+        fence = self._fences.get(camera)
+        hash_args = _flat(mapping)
+        keys = [fence.key if fence else self.keys.lease(camera), self.keys.camera(camera), self.keys.status]
+        strict = 0 if fence is None or fence.released else 1  # released: refused only if someone holds it
+        args = [fence.token if fence else "", strict, len(hash_args), self.status_maxlen, *hash_args,
+                *_flat(entry or {})]
 
         def apply(pipe: Any) -> int:
-            pipe.hset(self.keys.camera(camera), mapping=mapping)
+            self._hset(keys=keys, args=args, client=pipe)
             return 1
 
-        self._put(camera, 256, apply, is_frame=False)
+        self._put(camera, 256, apply, is_frame=False, fence=fence)
 
-    def _put(self, camera: str, nbytes: int, apply: Callable[[Any], int], *, is_frame: bool) -> None:
+    def _log_fenced(self, camera: str, why: str) -> None:
+        if camera not in self._fence_logged:
+            self._fence_logged.add(camera)
+            log.warning("camera %s: results refused, %s (counted in fenced)", camera, why)
+
+    def _put(self, camera: str, nbytes: int, apply: Callable[[Any], int], *, is_frame: bool,
+             fence: Fence | None = None) -> None:
         with self._cond:
-            self._queue.append(_Item(next(self._index), camera, nbytes, apply, is_frame))
+            self._queue.append(_Item(next(self._index), camera, nbytes, apply, is_frame, fence))
             self._bytes += nbytes
             while len(self._queue) > self.max_entries or self._bytes > self.max_bytes:
                 old = self._queue.popleft()
@@ -214,12 +262,22 @@ class Publisher:
     def pending(self) -> int:
         return len(self._queue)
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything queued so far is written; False on timeout."""
+    @property
+    def held(self) -> int:
+        """Results kept back because nobody holds their camera's lease (yet)."""
+        with self._cond:
+            return sum(1 for item in self._queue if item.held_since is not None)
+
+    def flush(self, timeout: float = 10.0, *, camera: str | None = None) -> bool:
+        """Wait until everything queued so far (of ``camera`` only, if given) is written; False on
+        timeout. A writer backing off after an outage retries at once."""
         deadline = time.monotonic() + timeout
         with self._cond:
             target = next(self._index) - 1  # consume an index as a marker
+            self._cond.notify_all()
             while self._queue and self._queue[0].index <= target:
+                if camera is not None and not any(i.camera == camera and i.index <= target for i in self._queue):
+                    break
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -237,11 +295,12 @@ class Publisher:
     # --- the writer thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        stalled = False  # the last batch was all kept back (no lease holder yet)
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
                     self._cond.wait(1.0)
-                if self._closing and not self._queue:
+                if self._closing and (not self._queue or stalled):
                     return
                 if self._closing and not self.stats.connected:
                     return  # closing during an outage: what is left is counted as pending
@@ -263,19 +322,31 @@ class Publisher:
                 log.info("redis is back; flushing %d buffered results", len(self._queue))
             self.stats.connected = True
             self._backoff.reset()
-            self._account(batch, counts, results)
+            held = self._account(batch, counts, results)
+            stalled = len(held) == len(batch)
             with self._cond:
                 last = batch[-1].index
                 while self._queue and self._queue[0].index <= last:
                     self._bytes -= self._queue.popleft().nbytes
+                for item in reversed(held):  # retried first, in order, ahead of newer results
+                    self._queue.appendleft(item)
+                    self._bytes += item.nbytes
                 self._cond.notify_all()
+                if held and not self._closing:
+                    self._cond.wait(0.1)
 
-    def _account(self, batch: list[_Item], counts: list[int], results: list[Any]) -> None:
+    def _account(self, batch: list[_Item], counts: list[int], results: list[Any]) -> list[_Item]:
+        """Counts what happened to each item; returns the items to keep queued."""
+        held: list[_Item] = []
         pos = 0
         for item, n in zip(batch, counts):
             outcome = results[pos : pos + n]
             pos += n
             errors = [r for r in outcome if isinstance(r, Exception)]
+            if not errors and outcome and outcome[0] in (REFUSED, UNHELD):
+                if self._keep_refused(item, outcome[0]):
+                    held.append(item)
+                continue
             if not item.is_frame:
                 for err in errors:
                     self.stats.errors += 1
@@ -288,6 +359,28 @@ class Publisher:
             else:
                 self.stats.errors += 1
                 log.error("camera %s: XADD failed: %s", item.camera, redact(str(errors[0])))
+        return held
+
+    def _keep_refused(self, item: _Item, code: int) -> bool:
+        """A write the lease check refused. Kept (True) while nobody holds the lease, for up to
+        the fence's ``hold_s``: after an outage longer than the TTL our supervisor takes the
+        lease back, and then what was buffered is published. Otherwise it is dropped."""
+        fence, now = item.fence, time.monotonic()
+        if code == UNHELD and fence is not None:
+            if item.held_since is None:
+                item.held_since = now
+            if now - item.held_since < fence.hold_s:
+                return True
+        if item.is_frame:
+            with self._cond:
+                self.stats.fenced[item.camera] += 1
+        why = "another replica holds its lease" if code == REFUSED else "nobody took its lease back in time"
+        self._log_fenced(item.camera, why)
+        return False
+
+
+def _flat(mapping: Mapping[str, Any]) -> list[str]:
+    return [str(x) for kv in mapping.items() for x in kv]
 
 
 def camera_states(client: redis.Redis, keys: StreamKeys, cameras: list[str]) -> dict[str, dict[str, str]]:

@@ -1,10 +1,21 @@
-"""Camera leases on a real redis-server."""
+"""Camera leases on a real redis-server; the supervisor restarting crashed cameras, stopping
+cameras whose lease it cannot renew, and track ids continuing across restarts."""
 
 import asyncio
+import json
+import threading
+import time
 
+import numpy as np
+
+import pipeline.conductor as conductor_module
 from pipeline.assignment import CameraSupervisor
-from pipeline.config import CameraConfig
-from pipeline.publish import StreamKeys
+from pipeline.config import CameraConfig, PerceptConfig
+from pipeline.publish import Publisher, StreamKeys, camera_states, connect_redis
+from pipeline.schema import Detections
+from pipeline.capture import open_capture
+
+from .waiting import hold, wait_for
 
 KEYS = StreamKeys("lease")
 
@@ -38,3 +49,256 @@ def test_fair_share_with_two_replicas(redis_server):
 
 async def _load(sup):
     sup.cameras = {c.id: c for c in await asyncio.to_thread(sup._load)}
+
+
+# --- cameras through the real factory (open_camera), with a scripted capture --------------------
+
+
+class LiveCapture:
+    """A live camera: a frame every 40 ms of real time, for ``n`` frames (None: forever)."""
+
+    def __init__(self, n=None):
+        self.n, self.i = n, 0
+
+    def grab(self):
+        if self.n is not None and self.i >= self.n:
+            return False
+        time.sleep(0.04)  # the camera's frame rate, not a wait
+        self.i += 1
+        return True
+
+    def retrieve(self):
+        return True, np.zeros((36, 64, 3), np.uint8)
+
+    def get(self, prop):
+        return self.i * 40.0
+
+    def release(self):
+        pass
+
+
+async def moving_car(inp):
+    x = 5 + (inp.frame_ts * 10) % 10  # the car drifts a little: one track
+    return Detections(xyxy=[[x, 5, x + 20, 25]], scores=[0.9], labels=("car",), categories=("vehicle",))
+
+
+def factory(pub, config):
+    async def start_camera(cam):
+        return await conductor_module.open_camera(cam, config=config, publisher=pub, detect=moving_car,
+                                                  classifiers={}, models={"detector": "fake"})
+
+    return start_camera
+
+
+def warm_imports():
+    """Imported now, not by the first open or first frame: that takes seconds on a small machine,
+    with the supervisor's event loop blocked meanwhile."""
+    import cv2  # noqa: F401
+    import ultralytics.data.augment  # noqa: F401
+
+
+class Background:
+    """A supervisor on its own event loop thread, so the test can wait on Redis meanwhile."""
+
+    def __init__(self, sup):
+        self.sup, self.loop = sup, asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(sup.run(),), daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        asyncio.run_coroutine_threadsafe(self.sup.stop(), self.loop).result(5)
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
+def test_a_crashed_reader_is_restarted_with_backoff_and_the_other_camera_keeps_running(redis_server, monkeypatch):
+    client = redis_server.client()
+    opens = {"a": 0, "b": 0}
+    starts = []
+
+    def scripted_open(camera, url, **kw):
+        opens[camera] += 1
+        if camera == "a" and opens["a"] <= 4:
+            starts.append(time.monotonic())
+            return open_capture(camera, url, **kw)  # device:abc → int() raises ValueError
+        return LiveCapture()
+
+    warm_imports()
+    monkeypatch.setattr(conductor_module, "open_capture", scripted_open)
+    pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    cams = [CameraConfig(id="a", url="device:abc", fps=0), CameraConfig(id="b", url="device:0", fps=0)]
+    config = PerceptConfig(tracker={"enabled": False})
+    sup = CameraSupervisor(cams, client=client, keys=KEYS, start_camera=factory(pub, config), replicas=1,
+                           lease_ttl_s=3, owner="me", publisher=pub)
+    bg = Background(sup)
+    try:
+        state = wait_for(lambda: (s := camera_states(client, KEYS, ["a"])["a"]).get("state") == "reconnecting"
+                         and s, 10, "camera a reconnecting after its reader crashed")
+        assert "ValueError" in state["last_error"] and "abc" in state["last_error"], state
+        b_before = client.xlen(KEYS.detections("b"))
+        wait_for(lambda: client.xlen(KEYS.detections("a")) >= 5, 30, "camera a publishing once the fault is gone")
+        assert camera_states(client, KEYS, ["a"])["a"]["state"] == "online"
+        assert client.xlen(KEYS.detections("b")) > b_before + 20, "camera b stalled meanwhile"
+        assert client.get(KEYS.lease("a")) == b"me"  # the lease was kept while backing off
+    finally:
+        bg.stop()
+        pub.close()
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert len(gaps) == 3 and gaps[0] >= 0.45, gaps  # 0.5 s, 1 s, 2 s
+    assert all(later > 1.5 * earlier for earlier, later in zip(gaps, gaps[1:])), f"delays not growing: {gaps}"
+    assert opens["b"] == 1, "camera b was restarted"
+    errors = [f[b"error"].decode() for _, f in client.xrange(KEYS.status) if f[b"camera"] == b"a"]
+    assert sum(e.startswith("reader crashed: ValueError") for e in errors) == 4, errors  # the conductor's
+    assert [e.rsplit("(", 1)[-1] for e in errors if "(restart in" in e] == [  # the supervisor's
+        "restart in 0.5 s)", "restart in 1.0 s)", "restart in 2.0 s)", "restart in 4.0 s)"], errors
+    seqs = [int(f[b"seq"]) for _, f in client.xrange(KEYS.detections("a"))]
+    assert seqs == sorted(set(seqs))
+
+
+def test_a_camera_that_ended_normally_is_not_restarted(redis_server, monkeypatch):
+    client = redis_server.client()
+    opens = []
+    monkeypatch.setattr(conductor_module, "open_capture", lambda camera, url, **kw: opens.append(1) or LiveCapture(5))
+    monkeypatch.setattr(conductor_module, "probe_fps", lambda url: 25.0)
+    pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    config = PerceptConfig(tracker={"enabled": False})
+    sup = CameraSupervisor([CameraConfig(id="f", url="clip.mp4", fps=0, realtime=False)], client=client, keys=KEYS,
+                           start_camera=factory(pub, config), replicas=1, lease_ttl_s=3, owner="me", publisher=pub)
+    bg = Background(sup)
+    try:
+        wait_for(lambda: camera_states(client, KEYS, ["f"])["f"].get("state") == "stopped", 10, "the file ended")
+        wait_for(lambda: sup.running["f"].task.done(), 10, "the camera's task ended")
+        ttl_left = client.pttl(KEYS.lease("f"))
+        wait_for(lambda: client.pttl(KEYS.lease("f")) > ttl_left, 5, "a lease round after the task ended")
+        assert "restart_in_s" not in sup.status()["cameras"]["f"]  # no restart scheduled
+        assert len(opens) == 1 and client.get(KEYS.lease("f")) == b"me"  # and the lease is kept
+    finally:
+        bg.stop()
+        pub.close()
+
+
+def test_track_ids_continue_above_the_previous_run_of_the_camera(redis_server, monkeypatch):
+    """A camera restarted (or moved to another replica) gets track ids above every id its stream
+    already has: the highest one is kept in the camera hash by the publish itself."""
+    client = redis_server.client()
+    monkeypatch.setattr(conductor_module, "open_capture", lambda camera, url, **kw: LiveCapture(12))
+    monkeypatch.setattr(conductor_module, "probe_fps", lambda url: 25.0)
+    config = PerceptConfig()
+    cam = CameraConfig(id="t", url="clip.mp4", fps=0, realtime=False)
+
+    async def one_run():
+        pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+        conductor = await factory(pub, config)(cam)
+        await asyncio.wait_for(conductor.run(), 20)
+        assert pub.flush(5)
+        pub.close()
+
+    ids = []
+    for _ in range(3):  # a fresh publisher and tracker each time: another replica, or a restart
+        before = client.xlen(KEYS.detections("t"))
+        asyncio.run(one_run())
+        entries = client.xrange(KEYS.detections("t"))[before:]
+        ids.append({o["track_id"] for _, f in entries for o in json.loads(f[b"json"])["objects"]} - {None})
+    assert all(ids), ids
+    assert max(ids[0]) < min(ids[1]) and max(ids[1]) < min(ids[2]), ids
+    assert camera_states(client, KEYS, ["t"])["t"]["track_id_max"] == str(max(ids[2]))
+    seqs = [int(f[b"seq"]) for _, f in client.xrange(KEYS.detections("t"))]
+    assert seqs == list(range(len(seqs)))
+
+
+def seqs_of(client, cam):
+    return [int(f[b"seq"]) for _, f in client.xrange(KEYS.detections(cam))]
+
+
+def test_a_paused_replica_stops_its_camera_and_its_late_results_are_refused(redis_server, monkeypatch):
+    """The supervisor's event loop is frozen past the TTL (a paused process) while another owner
+    takes the lease: when it wakes up it stops the camera first, and nothing it still had lands."""
+    warm_imports()
+    client = redis_server.client()
+    monkeypatch.setattr(conductor_module, "open_capture", lambda camera, url, **kw: LiveCapture())
+    pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    config = PerceptConfig(tracker={"enabled": False})
+    sup = CameraSupervisor([CameraConfig(id="p", url="device:0", fps=0)], client=client, keys=KEYS,
+                           start_camera=factory(pub, config), replicas=1, lease_ttl_s=3, owner="me", publisher=pub)
+    bg = Background(sup)
+    try:
+        wait_for(lambda: client.xlen(KEYS.detections("p")) >= 5, 10, "camera p publishing")
+        frozen, woke = threading.Event(), []
+
+        def pause():
+            frozen.set()
+            hold(4.5, "the supervisor's event loop paused past the lease TTL")
+            woke.append(time.monotonic())
+
+        bg.loop.call_soon_threadsafe(pause)
+        frozen.wait(5)
+        wait_for(lambda: not client.exists(KEYS.lease("p")), 5, "the lease expiring")
+        client.set(KEYS.lease("p"), "other", px=60_000)  # another replica takes the camera
+        taken = client.xlen(KEYS.detections("p"))
+        wait_for(lambda: "p" not in sup.running, 10, "the paused replica stopping camera p", interval=0.01)
+        stop_delay = time.monotonic() - woke[0]
+        assert stop_delay < 1.0, f"stopped {stop_delay:.2f} s after waking up"
+        print(f"paused replica stopped its camera {stop_delay * 1000:.0f} ms after waking up")
+        assert sup.status()["fencing"]["duplicates"] == {}
+        wait_for(lambda: pub.flush(0.1), 10, "the publisher done with what it had")
+        assert client.xlen(KEYS.detections("p")) == taken, "a result landed after the lease was taken"
+        assert pub.stats.fenced["p"] > 0  # the frames read meanwhile were refused, not published
+        assert client.get(KEYS.lease("p")) == b"other"
+    finally:
+        bg.stop()
+        pub.close()
+
+
+def test_redis_down_past_the_ttl_stops_the_camera_then_it_resumes_without_losing_results(redis_server, monkeypatch):
+    """Renewals fail while Redis is down: the camera is stopped when the lease runs out. When
+    Redis is back the same owner takes the lease again, what was buffered is published, and the
+    camera continues after it."""
+    warm_imports()
+    client = redis_server.client()
+    monkeypatch.setattr(conductor_module, "open_capture", lambda camera, url, **kw: LiveCapture())
+    pub = Publisher(connect_redis(redis_server.url, socket_timeout=1, socket_connect_timeout=0.5), keys=KEYS,
+                    maxlen=10_000).start()
+    config = PerceptConfig(tracker={"enabled": False})
+    sup = CameraSupervisor([CameraConfig(id="r", url="device:0", fps=10)],
+                           client=connect_redis(redis_server.url, socket_timeout=1, socket_connect_timeout=0.5),
+                           keys=KEYS, start_camera=factory(pub, config), replicas=1, lease_ttl_s=3, owner="me",
+                           publisher=pub)
+    bg = Background(sup)
+    try:
+        wait_for(lambda: client.xlen(KEYS.detections("r")) >= 5, 10, "camera r publishing")
+        before = seqs_of(client, "r")[-1]
+        redis_server.kill()
+        down = time.monotonic()
+        wait_for(lambda: "r" not in sup.running, 10, "camera r stopped when its lease ran out")
+        stopped_after = time.monotonic() - down
+        assert stopped_after <= 3.0, f"stopped {stopped_after:.1f} s into the outage (TTL 3 s)"
+        print(f"camera stopped {stopped_after:.2f} s into the Redis outage (TTL 3 s, margin 0.3 s)")
+        hold(1.0, "Redis down past the lease's expiry (the camera stopped a margin before it)")
+        # The supervisor is held up while Redis comes back, so the publisher retries first, while
+        # nobody holds the lease: it must keep the results until the lease is ours again.
+        resume, frozen = threading.Event(), threading.Event()
+        bg.loop.call_soon_threadsafe(lambda: (frozen.set(), resume.wait(30)))
+        frozen.wait(5)
+        redis_server.start()
+        client = redis_server.client()
+        try:
+            assert client.get(KEYS.lease("r")) is None
+            pub.flush(0.2)  # the writer retries now rather than after its backoff
+            wait_for(lambda: pub.held or pub.stats.fenced["r"], 10, "the publisher retrying while the lease is free")
+            assert pub.stats.fenced["r"] == 0 and pub.held > 0
+        finally:
+            resume.set()
+        wait_for(lambda: "r" in sup.running and seqs_of(client, "r")[-1] > before + 20, 20,
+                 "camera r taken back and publishing again")
+        assert client.get(KEYS.lease("r")) == b"me"
+        seqs = seqs_of(client, "r")
+        assert seqs == sorted(set(seqs))
+        buffered = [s for s in seqs if s > before]
+        assert buffered[0] == before + 1, "results buffered during the outage were lost"
+        state = camera_states(client, KEYS, ["r"])["r"]
+        missing = (buffered[-1] - before) - len(buffered)
+        assert missing <= int(state["dropped"]) + int(state.get("publish_dropped", 0)), (missing, state)
+        assert pub.stats.fenced["r"] == 0
+    finally:
+        bg.stop()
+        pub.close()

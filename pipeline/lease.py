@@ -1,0 +1,130 @@
+"""Camera leases and fencing.
+
+A lease is redis-py's `Lock` on ``<prefix>:lease:<camera>`` (``SET NX PX`` with the replica's
+owner token). Two things keep a replica that lost its lease (paused, partitioned from Redis)
+from ingesting alongside the new owner:
+
+- the supervisor stops a camera as soon as ``TTL - margin`` has passed since the lease was last
+  acquired or renewed (measured from before the command was sent, so never later than Redis
+  expires it), whatever the reason it could not renew;
+- every write of a camera's results and state goes through a Lua script that checks the lease
+  token in the same round-trip (`FENCED_XADD`, `FENCED_HSET`): a write from a replica that no
+  longer holds the lease is refused by Redis itself.
+
+A script answers 1 (written), 0 (the lease is held by someone else: refused) or -1 (nobody holds
+it: the publisher keeps the result a while, so that results buffered through a Redis outage are
+still published when the same owner takes the lease back).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.exceptions import LockError
+
+LEASE_MARGIN = 0.1  # stop a camera this fraction of the TTL before its lease would expire
+
+# KEYS: lease, stream, camera hash. ARGV: token ('' = no check), entry id, maxlen, highest track
+# id in the frame (0 = none), then the entry's field/value pairs.
+FENCED_XADD = """
+if ARGV[1] ~= '' then
+  local holder = redis.call('GET', KEYS[1])
+  if holder ~= ARGV[1] then
+    if holder then return 0 end
+    return -1
+  end
+end
+local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[2], unpack(ARGV, 5))
+if type(added) == 'table' and added.err then return added end
+local top = tonumber(ARGV[4])
+if top > 0 and top > tonumber(redis.call('HGET', KEYS[3], 'track_id_max') or '0') then
+  redis.call('HSET', KEYS[3], 'track_id_max', ARGV[4])
+end
+return 1
+"""
+
+# KEYS: lease, camera hash, status stream. ARGV: token ('' = no check), strict ('1': also
+# refused while nobody holds the lease), number of hash arguments n, status maxlen, n hash
+# field/value arguments, then the status entry's (if any).
+FENCED_HSET = """
+if ARGV[1] ~= '' then
+  local holder = redis.call('GET', KEYS[1])
+  if holder ~= ARGV[1] then
+    if holder then return 0 end
+    if ARGV[2] == '1' then return -1 end
+  end
+end
+local n = tonumber(ARGV[3])
+redis.call('HSET', KEYS[2], unpack(ARGV, 5, 4 + n))
+if #ARGV > 4 + n then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5 + n))
+end
+return 1
+"""
+
+WRITTEN, REFUSED, UNHELD = 1, 0, -1
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What a camera's writes are checked against: its lease key and our token. ``hold_s``: how
+    long a result is kept while nobody holds the lease (after an outage longer than the TTL)."""
+
+    key: str
+    token: str
+    hold_s: float
+    released: bool = False  # we released the lease: our frames are refused here
+
+
+@dataclass
+class Lease:
+    camera: str
+    lock: Any  # redis.lock.Lock
+    ttl: float
+    renewed_at: float  # time.monotonic() just before the last successful acquire/renew was sent
+
+    @property
+    def deadline(self) -> float:
+        """Monotonic time at which the camera must be stopped: a margin before Redis expires it."""
+        return self.renewed_at + self.ttl * (1 - LEASE_MARGIN)
+
+    def overdue(self, now: float | None = None) -> bool:
+        return (time.monotonic() if now is None else now) >= self.deadline
+
+
+def acquire(client: redis.Redis, key: str, camera: str, *, ttl: float, token: str) -> Lease | None:
+    """Take a free lease, or one that is already ours (left over from a camera stopped while its
+    renewal was still in flight); None when another owner holds it."""
+    lock = client.lock(key, timeout=ttl, blocking=False, thread_local=False)
+    sent = time.monotonic()
+    if lock.acquire(token=token):
+        return Lease(camera, lock, ttl, sent)
+    lock.local.token = client.get_encoder().encode(token)
+    try:
+        lock.reacquire()  # atomic: extends it only if it holds our token
+    except LockError:
+        lock.local.token = None
+        return None
+    return Lease(camera, lock, ttl, sent)
+
+
+def renew(lease: Lease, token: str) -> bool:
+    """Extend our lease. If it expired meanwhile and nobody took it, take it back."""
+    sent = time.monotonic()
+    try:
+        lease.lock.reacquire()
+    except LockError:
+        if not lease.lock.acquire(blocking=False, token=token):
+            return False
+    lease.renewed_at = sent
+    return True
+
+
+def release(lease: Lease) -> None:
+    try:
+        lease.lock.release()
+    except (LockError, redis.RedisError):
+        pass
