@@ -1,7 +1,10 @@
 """The HTTP ingress: runtime camera management and status (`/cameras`), on Serve's proxy.
 
 Cameras live in the Redis registry (`pipeline/registry.py`); decoder replicas pick changes up
-on their next lease round, so adding or removing one camera never restarts the others."""
+on their next lease round, so adding or removing one camera never restarts the others. Camera
+URLs are stored as given, ``${VAR}`` unexpanded (decoders expand them); a password typed inline is
+refused unless ``security.allow_inline_credentials``. A registry entry that does not validate is
+listed as ``failed`` with its error, never a 500."""
 
 from __future__ import annotations
 
@@ -9,31 +12,45 @@ import asyncio
 import time
 from typing import Any
 
+import redis
 from fastapi import Body, FastAPI, HTTPException
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from pipeline.config import CameraConfig, PerceptConfig, format_validation_error
+from pipeline.config import CameraConfig, PerceptConfig, format_validation_error, inline_password_error
 from pipeline.publish import StreamKeys, camera_states, redis_from_config
 from pipeline.redact import redact_url
 from pipeline.registry import CameraRegistry
 
+from .logs import route_percept_logs
+
 app = FastAPI(title="percept", description="Runtime camera management")
+
+
+@app.exception_handler(redis.ConnectionError)
+@app.exception_handler(redis.TimeoutError)
+async def _redis_unreachable(request: Any, exc: Exception) -> JSONResponse:
+    """A Redis outage is a 503 the client can retry (``percept cameras`` does), not a 500."""
+    return JSONResponse(status_code=503, content={"detail": "redis unreachable", "retry": True},
+                        headers={"Retry-After": "1"})
 
 
 @serve.deployment(name="api")
 @serve.ingress(app)
 class CameraApi:
     def __init__(self, config: dict[str, Any], decoder: DeploymentHandle):
+        route_percept_logs()
         cfg = PerceptConfig.model_validate(config)
         self.keys = StreamKeys(cfg.redis.stream_prefix)
         self.client = redis_from_config(cfg.redis)
         self.registry = CameraRegistry(self.client, self.keys)
+        self.allow_inline_credentials = cfg.security.allow_inline_credentials
         self.decoder = decoder
 
     def _list(self) -> list[dict[str, Any]]:
-        cameras = self.registry.cameras()
+        cameras, invalid = self.registry.read()
         states = camera_states(self.client, self.keys, [c.id for c in cameras])
         now = time.time()
         out = []
@@ -50,7 +67,12 @@ class CameraApi:
                 "lag_s": None if lag is None else round(lag, 3),
                 "last_error": st.get("last_error") or None,
             })
-        return out
+        for bad in invalid:  # listed, so that it can be seen and deleted
+            out.append({
+                "id": bad.id, "url": redact_url(bad.url), "fps_target": None, "state": "failed",
+                "fps": 0.0, "dropped": 0, "lag_s": None, "last_error": bad.error,
+            })
+        return sorted(out, key=lambda c: c["id"])
 
     @app.get("/cameras")
     async def list_cameras(self) -> list[dict[str, Any]]:
@@ -62,6 +84,9 @@ class CameraApi:
             camera = CameraConfig.model_validate(body)
         except ValidationError as exc:
             raise HTTPException(422, detail=format_validation_error(exc)) from None
+        inline = None if self.allow_inline_credentials else inline_password_error(camera, f"cameras[{camera.id}].url")
+        if inline:
+            raise HTTPException(422, detail=[inline])
         if not await asyncio.to_thread(self.registry.add, camera):
             raise HTTPException(409, detail=f"camera {camera.id!r} exists; DELETE it first to change it")
         return {"id": camera.id, "url": redact_url(camera.url)}

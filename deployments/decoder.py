@@ -4,7 +4,10 @@ publish). Detector and classifier handles are injected; all the logic lives in `
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib
 import logging
+import os
 from typing import Any
 
 from ray import serve
@@ -17,6 +20,8 @@ from pipeline.models import DetectorInput, model_name
 from pipeline.publish import Publisher, StreamKeys, redis_from_config
 from pipeline.registry import CameraRegistry
 
+from .logs import route_percept_logs
+
 log = logging.getLogger("percept.decoder")
 
 
@@ -28,6 +33,10 @@ class DecoderDeployment:
         detector: DeploymentHandle,
         classifiers: dict[str, DeploymentHandle],
     ):
+        route_percept_logs()
+        # ultralytics' LetterBox is imported by the first frame; import it now, off the event
+        # loop, so a camera's first frame does not stall lease timers for ~2 s
+        await asyncio.to_thread(importlib.import_module, "ultralytics.data.augment")
         cfg = PerceptConfig.model_validate(config)
         self.config = cfg
         if not cfg.redis.url:
@@ -56,13 +65,17 @@ class DecoderDeployment:
         }
         registry = CameraRegistry(client, self.keys)
         await asyncio.to_thread(registry.seed, cfg.cameras)
+        # Every round reads the registry: URLs get their ${VAR} from this replica's environment;
+        # an entry that does not validate (or names a variable this replica lacks) is reported
+        # failed on its camera hash and skipped, so one bad entry never stops the others.
         self.supervisor = CameraSupervisor(
-            registry.cameras,
+            functools.partial(registry.runnable, os.environ, self.publisher),
             client=client,
             keys=self.keys,
             start_camera=self._start_camera,
             replicas=cfg.decoder_replicas,
             lease_ttl_s=cfg.decoder.lease_ttl_s,
+            publisher=self.publisher,  # fenced: a camera's writes land only while its lease is ours
         )
         self._task = asyncio.get_running_loop().create_task(self.supervisor.run())
 

@@ -5,6 +5,12 @@ exact YAML path and the offending value (``cameras[1].fps: must be >= 0, got -2`
 any string value is replaced from the environment after parsing, so secrets stay out of files and
 an environment value can never inject YAML structure.
 
+Camera URLs are the exception: they keep their ``${VAR}`` as written, so the camera registry in
+Redis never holds the camera passwords; each decoder replica expands them from its own environment
+(`resolve_camera`) just before opening the camera. `load_config` still checks that those variables
+are set, and a password written inline in a camera URL is refused unless
+``security.allow_inline_credentials`` is on.
+
 This module and the CLI are the only places that read the environment (`PERCEPT_MODELS_DIR`).
 """
 
@@ -19,7 +25,8 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-CONFIG_ERROR_EXIT_CODE = 2
+from .config_errors import CONFIG_ERROR_EXIT_CODE, ConfigError, format_validation_error  # noqa: F401 (API)
+
 ENV_MODELS_DIR = "PERCEPT_MODELS_DIR"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -28,16 +35,6 @@ DEFAULT_CATEGORIES: dict[str, list[str]] = {
     "pedestrian": ["person"],
     "sign": ["stop sign", "traffic light"],
 }
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run. ``errors`` holds one ``path: message`` line per problem."""
-
-    def __init__(self, errors: list[str], source: str | None = None):
-        self.errors = errors
-        self.source = source
-        head = f"invalid config {source}" if source else "invalid config"
-        super().__init__(head + ":\n" + "\n".join(f"  {e}" for e in errors))
 
 
 class Strict(BaseModel):
@@ -64,6 +61,10 @@ class RedisConfig(Strict):
         if v is not None and not re.match(r"^(redis|rediss|unix)://", v):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return v
+
+
+class CameraEnvError(ValueError):
+    """A camera URL names an environment variable the decoder's environment lacks."""
 
 
 class CameraConfig(Strict):
@@ -112,7 +113,9 @@ class ModelServerConfig(Strict):
     batch: BatchConfig = BatchConfig()
     replicas: int | AutoscaleConfig = Field(1, description="a count, or {min, max} to autoscale")
     num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float | Literal["auto"] = Field("auto", description="per replica; auto: 1 when the cluster has a GPU")
+    num_gpus: float | Literal["auto"] = Field(
+        "auto", description="per replica; auto: with GPUs, the detector and the classifiers on auto share one "
+        "(detector 0.5, the classifiers the rest), without GPUs 0")
     resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per replica (node placement)")
 
     @field_validator("replicas")
@@ -127,6 +130,8 @@ class ModelServerConfig(Strict):
     def _gpus(cls, v: float | str) -> float | str:
         if not isinstance(v, str) and v < 0:
             raise ValueError(f"must be >= 0 or 'auto', got {v}")
+        if not isinstance(v, str) and v > 1 and v != int(v):
+            raise ValueError(f"above 1 GPU Ray takes whole GPUs only (a fraction of one GPU up to 1), got {v}")
         return v
 
 
@@ -182,6 +187,17 @@ class DecoderConfig(Strict):
     max_inflight: int = Field(2, ge=1, le=64, description="frames per camera in flight downstream")
     lease_ttl_s: float = Field(10.0, ge=1, description="a dead replica's cameras move after this")
     detect_timeout_s: float = Field(30.0, gt=0)
+    classify_timeout_s: float = Field(
+        10.0, gt=0, description="a classifier request's whole time, its one retry included"
+    )
+
+
+class SecurityConfig(Strict):
+    allow_inline_credentials: bool = Field(
+        False,
+        description="accept camera URLs with an inline password (stored in Redis in clear); "
+        "default: refused, write rtsp://user:${VAR}@host/... instead",
+    )
 
 
 class HttpConfig(Strict):
@@ -193,6 +209,7 @@ class HttpConfig(Strict):
 class PerceptConfig(Strict):
     redis: RedisConfig = RedisConfig()
     http: HttpConfig = HttpConfig()
+    security: SecurityConfig = SecurityConfig()
     cameras: list[CameraConfig] = Field(default_factory=list)
     detector: DetectorConfig = DetectorConfig()
     classifiers: dict[str, ClassifierConfig] = Field(default_factory=dict)
@@ -209,6 +226,10 @@ class PerceptConfig(Strict):
             if cam.id in seen:
                 errors.append(f"cameras[{i}].id: duplicate camera id {cam.id!r} (also cameras[{seen[cam.id]}])")
             seen.setdefault(cam.id, i)
+            if not self.security.allow_inline_credentials:
+                inline = inline_password_error(cam, f"cameras[{i}].url")
+                if inline:
+                    errors.append(inline)
         for category in self.classifiers:
             if category not in self.detector.categories:
                 errors.append(
@@ -232,64 +253,69 @@ class PerceptConfig(Strict):
         raise KeyError(camera_id)
 
 
+# --- camera credentials --------------------------------------------------------------------
+
+_URL_NETLOC = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://(?P<netloc>[^/?#]*)")
+
+
+def inline_password_error(camera: CameraConfig, field: str) -> str | None:
+    """The refusal of a password typed inline in the camera URL (``rtsp://user:secret@host``),
+    saying how to write it as a variable; None when the password (if any) is only ``${VAR}``."""
+    m = _URL_NETLOC.match(camera.url)
+    if not m or "@" not in m.group("netloc"):
+        return None
+    netloc = m.group("netloc")
+    userinfo, _, hostport = netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not colon or not _ENV_REF.sub("", password):
+        return None
+    var = "CAM_" + re.sub(r"[^A-Za-z0-9]", "_", camera.id).upper() + "_PASSWORD"
+    url = camera.url
+    example = url[: m.start("netloc")] + f"{user}:${{{var}}}@{hostport}" + url[m.end("netloc"):]
+    return (
+        f"{field}: inline password refused; write {example} and set {var} in the decoder's environment, "
+        "or set security.allow_inline_credentials: true to store it in Redis in clear"
+    )
+
+
+def camera_env_vars(config: PerceptConfig) -> set[str]:
+    """The environment variables the config's camera URLs name: the decoder replicas need them."""
+    return {name for cam in config.cameras for name in _ENV_REF.findall(cam.url)}
+
+
+def camera_env_errors(config: PerceptConfig, env: Mapping[str, str]) -> list[str]:
+    """One ``cameras[i].url: environment variable X is not set`` line per variable ``env`` lacks."""
+    return [
+        f"cameras[{i}].url: environment variable {name} is not set"
+        for i, cam in enumerate(config.cameras)
+        for name in dict.fromkeys(_ENV_REF.findall(cam.url))
+        if name not in env
+    ]
+
+
+def resolve_camera(camera: CameraConfig, env: Mapping[str, str]) -> CameraConfig:
+    """The camera with ``${VAR}`` in its URL expanded from ``env`` (the decoder's environment).
+    Raises `CameraEnvError` naming the field and the variable when one is not set."""
+    names = list(dict.fromkeys(_ENV_REF.findall(camera.url)))
+    if not names:
+        return camera
+    missing = [n for n in names if n not in env]
+    if missing:
+        raise CameraEnvError(
+            f"cameras[{camera.id}].url: environment variable {', '.join(missing)} is not set "
+            "in the decoder's environment"
+        )
+    return camera.model_copy(update={"url": _ENV_REF.sub(lambda m: env[m.group(1)], camera.url)})
+
+
 # --- loading -------------------------------------------------------------------------------
 
-_UNION_MARKERS = {"int", "float", "str", "bool", "AutoscaleConfig", "literal['auto']"}
-
-
-def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in _UNION_MARKERS or str(part).startswith("function-"):
-            continue  # markers pydantic adds to locations inside unions and validators
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-_MESSAGES = {
-    "greater_than_equal": lambda c: f"must be >= {c['ge']:g}",
-    "greater_than": lambda c: f"must be > {c['gt']:g}",
-    "less_than_equal": lambda c: f"must be <= {c['le']:g}",
-    "less_than": lambda c: f"must be < {c['lt']:g}",
-    "string_pattern_mismatch": lambda c: f"must match {c['pattern']}",
-    "string_too_short": lambda c: "must not be empty",
-}
-
-
-def format_validation_error(exc: ValidationError) -> list[str]:
-    """One ``path: message, got value`` line per problem."""
-    by_path: dict[str, list[dict[str, Any]]] = {}
-    for err in exc.errors(include_url=False):
-        by_path.setdefault(_path(err["loc"]), []).append(err)
-    lines: list[str] = []
-    for path, errs in by_path.items():
-        # Several errors on one path come from union branches (replicas: int | {min, max}):
-        # the branch whose type matched the input explains the problem best.
-        specific = [e for e in errs if not e["type"].endswith(("_type", "_parsing"))]
-        lines.extend(_format_one(path, (specific or errs)[0]))
-    return lines
-
-
-def _format_one(path: str, err: dict[str, Any]) -> list[str]:
-    kind = err["type"]
-    make = _MESSAGES.get(kind)
-    msg = make(err.get("ctx") or {}) if make else err["msg"].removeprefix("Value error, ")
-    msg = msg.replace("Input should be", "must be")
-    if not path:
-        return msg.splitlines()
-    if kind == "extra_forbidden":
-        return [f"{path}: unknown key"]
-    if kind == "missing":
-        return [f"{path}: required key is missing"]
-    if kind == "value_error":
-        return [f"{path}: {msg}"]
-    return [f"{path}: {msg}, got {err.get('input')!r}"]
+_CAMERA_URL_PATH = re.compile(r"^cameras\[\d+\]\.url$")
 
 
 def _substitute_env(node: Any, env: Mapping[str, str], path: str, errors: list[str]) -> Any:
+    if _CAMERA_URL_PATH.match(path):
+        return node  # kept as written: the decoder expands it (`resolve_camera`)
     if isinstance(node, dict):
         return {k: _substitute_env(v, env, f"{path}.{k}" if path else str(k), errors) for k, v in node.items()}
     if isinstance(node, list):
@@ -313,7 +339,8 @@ def parse_config(
     source: str | None = None,
     base_dir: Path | None = None,
 ) -> PerceptConfig:
-    """Validate an already-parsed mapping (``${VAR}`` substituted from ``env``)."""
+    """Validate an already-parsed mapping (``${VAR}`` substituted from ``env``, except in camera
+    URLs: those are kept as written and expanded by the decoder, see `resolve_camera`)."""
     env = os.environ if env is None else env
     if data is None:
         data = {}
@@ -330,25 +357,29 @@ def parse_config(
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc), source) from None
     if base_dir is not None:
-        config = _resolve_relative_paths(config, base_dir)
+        config = _resolve_relative_paths(config, base_dir, env)
     return config
 
 
-def _resolve_relative_paths(config: PerceptConfig, base_dir: Path) -> PerceptConfig:
-    """Camera file paths written relative to the config file are read relative to it."""
+def _resolve_relative_paths(config: PerceptConfig, base_dir: Path, env: Mapping[str, str]) -> PerceptConfig:
+    """Camera file paths written relative to the config file are read relative to it (a path with
+    ``${VAR}`` keeps the variable, prefixed with the config's directory)."""
     cameras = []
     for cam in config.cameras:
         url = cam.url
-        if "://" not in url and not url.startswith("device:") and not os.path.isabs(url):
-            candidate = base_dir / url
+        expanded = _ENV_REF.sub(lambda m: env[m.group(1)] if m.group(1) in env else m.group(0), url)
+        if "://" not in expanded and not expanded.startswith("device:") and not os.path.isabs(expanded):
+            candidate = base_dir / expanded
             if candidate.exists():
-                url = str(candidate.resolve())
+                url = str(candidate.resolve()) if expanded == url else os.path.join(base_dir.resolve(), url)
         cameras.append(cam.model_copy(update={"url": url}))
     return config.model_copy(update={"cameras": cameras})
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> PerceptConfig:
-    """Read, substitute and validate a YAML config file; raises `ConfigError` naming the path."""
+    """Read, substitute and validate a YAML config file; raises `ConfigError` naming the path.
+
+    The variables camera URLs name must be set in ``env`` too, although the URLs keep them."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -361,4 +392,9 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"YAML syntax error at {where}: {problem}"], str(p)) from None
-    return parse_config(data, env=env, source=str(p), base_dir=p.parent)
+    env = os.environ if env is None else env
+    config = parse_config(data, env=env, source=str(p), base_dir=p.parent)
+    errors = camera_env_errors(config, env)
+    if errors:
+        raise ConfigError(errors, str(p))
+    return config

@@ -4,18 +4,60 @@
 ``api``). The config file's cameras are written when the config changes (its digest differs from
 the stored one), replacing the previous config's cameras and keeping those added through the API;
 a decoder replica restarting with the same config leaves runtime changes alone.
+
+Camera URLs are stored as written, ``${VAR}`` unexpanded (no passwords in Redis); decoders expand
+them from their environment (`runnable`). An entry that no longer validates (hand-edited, written by
+an older version, not JSON) or names a variable the decoder lacks is skipped and reported on its
+camera hash (``state: failed``, ``last_error`` naming the field) once per change; the other
+cameras run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import redis
+from pydantic import ValidationError
 
-from .config import CameraConfig
-from .publish import StreamKeys, parse_entry_id
+from .config import CameraConfig, CameraEnvError, format_validation_error, resolve_camera
+from .publish import Publisher, StreamKeys, parse_entry_id
+from .redact import redact, redact_url
+
+log = logging.getLogger("percept.registry")
+
+
+@dataclass(frozen=True)
+class InvalidCamera:
+    """A registry entry that cannot run: its id (the hash field), why, and its URL if it has one."""
+
+    id: str
+    error: str  # path-precise and redacted, e.g. ``cameras[x].fps: must be >= 0, got -2``
+    url: str = ""
+
+
+def _parse_entry(cid: str, raw: bytes) -> tuple[dict[str, Any] | None, CameraConfig | InvalidCamera]:
+    """One hash field → (the decoded entry or None, the camera or why it is invalid)."""
+    where = f"cameras[{cid}]"
+    try:
+        entry = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, InvalidCamera(cid, redact(f"{where}: not valid JSON ({exc})"))
+    if not isinstance(entry, dict) or not isinstance(entry.get("camera"), dict):
+        return None, InvalidCamera(cid, f'{where}: not a registry entry (expected {{"source": ..., "camera": {{...}}}})')
+    data = entry["camera"]
+    url = data.get("url") if isinstance(data.get("url"), str) else ""
+    try:
+        camera = CameraConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = format_validation_error(exc)
+        return entry, InvalidCamera(cid, redact("; ".join(f"{where}.{line}" for line in lines)), url)
+    if camera.id != cid:
+        return entry, InvalidCamera(cid, f"{where}.id: must equal the registry key {cid!r}, got {camera.id!r}", url)
+    return entry, camera
 
 
 class CameraRegistry:
@@ -47,13 +89,62 @@ class CameraRegistry:
         return True
 
     def _raw(self) -> dict[str, dict[str, Any]]:
-        return {k.decode(): json.loads(v) for k, v in self.client.hgetall(self.key).items()}
+        """The entries that decode (whether valid or not); undecodable ones are left out."""
+        out = {}
+        for k, v in self.client.hgetall(self.key).items():
+            entry, _ = _parse_entry(k.decode(errors="replace"), v)
+            if entry is not None:
+                out[k.decode(errors="replace")] = entry
+        return out
+
+    def read(self) -> tuple[list[CameraConfig], list[InvalidCamera]]:
+        """The valid cameras and the invalid entries, each sorted by id; never raises on content."""
+        valid: list[CameraConfig] = []
+        invalid: list[InvalidCamera] = []
+        for cid, raw in sorted((k.decode(errors="replace"), v) for k, v in self.client.hgetall(self.key).items()):
+            _, parsed = _parse_entry(cid, raw)
+            (valid if isinstance(parsed, CameraConfig) else invalid).append(parsed)
+        return valid, invalid
 
     def cameras(self) -> list[CameraConfig]:
-        return [CameraConfig.model_validate(e["camera"]) for _, e in sorted(self._raw().items())]
+        """The valid cameras (URLs as stored, ``${VAR}`` unexpanded)."""
+        return self.read()[0]
+
+    def runnable(self, env: Mapping[str, str], publisher: Publisher) -> list[CameraConfig]:
+        """What a decoder replica runs: the valid cameras with their URLs expanded from ``env``.
+        Entries that do not validate or name a variable ``env`` lacks are left out and reported
+        as ``failed`` on their camera hash, once per change (see `unreported`)."""
+        valid, invalid = self.read()
+        cameras = []
+        for cam in valid:
+            try:
+                cameras.append(resolve_camera(cam, env))
+            except CameraEnvError as exc:
+                invalid.append(InvalidCamera(cam.id, redact(str(exc)), cam.url))
+        for bad in self.unreported(invalid):
+            log.error("camera %s: not started: %s", bad.id, bad.error)
+            publisher.camera_state(bad.id, "failed", error=bad.error, url=redact_url(bad.url))
+        return cameras
+
+    def unreported(self, invalid: list[InvalidCamera]) -> list[InvalidCamera]:
+        """The invalid cameras whose hash does not say ``failed`` with this error yet. A camera
+        whose lease someone holds is left alone: it is running there (or being stopped)."""
+        if not invalid:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for bad in invalid:
+            pipe.hmget(self.keys.camera(bad.id), ["state", "last_error"])
+            pipe.exists(self.keys.lease(bad.id))
+        replies = pipe.execute()
+        out = []
+        for bad, (state, last_error), leased in zip(invalid, replies[0::2], replies[1::2]):
+            if leased or (state == b"failed" and last_error == redact(bad.error).encode()):
+                continue
+            out.append(bad)
+        return out
 
     def add(self, camera: CameraConfig) -> bool:
-        """False if a camera with this id exists."""
+        """False if a camera with this id exists. The URL is stored as given (``${VAR}`` kept)."""
         entry = json.dumps({"source": "api", "camera": camera.model_dump(mode="json")})
         return bool(self.client.hsetnx(self.key, camera.id, entry))
 

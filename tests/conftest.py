@@ -19,6 +19,12 @@ CLASSIFIER = "yolov8n-cls-imagenet.pt"
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
+# Passwords of the test RTSP servers. Camera URLs name them as ${VAR} (an inline password is
+# refused); decoders expand them from their environment, which ray_session forwards (PERCEPT_*)
+# when it starts, so they are set here, before any fixture runs.
+os.environ.setdefault("PERCEPT_TEST_CAM_PASSWORD", "s3cret-Pa55")  # test_graph.py
+os.environ.setdefault("PERCEPT_TEST_FAULTS_PASSWORD", "viewer-pw")  # test_faults.py, camera b
+os.environ.setdefault("PERCEPT_TEST_WRONG_PASSWORD", "Wr0ngPw9")  # test_faults.py, camera bad-auth
 
 
 def pytest_collection_modifyitems(config, items):

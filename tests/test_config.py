@@ -1,10 +1,11 @@
 """Config errors name the YAML path and value; env substitution; defaults."""
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config, parse_config
+from pipeline.config import CameraConfig, ConfigError, load_config, parse_config
 
 
 def write(tmp_path, text):
@@ -38,7 +39,7 @@ def test_issue_example_parses_with_defaults(tmp_path):
         ),
         env={"CAM_PASS": "s3cret"},
     )
-    assert cfg.cameras[0].url == "rtsp://user:s3cret@10.0.0.5:554/stream1"
+    assert cfg.cameras[0].url == "rtsp://user:${CAM_PASS}@10.0.0.5:554/stream1"  # expanded by the decoder
     assert cfg.cameras[1].fps == 5 and cfg.cameras[1].loop
     assert cfg.detector.categories["pedestrian"] == ["person"]
     assert cfg.detector.replicas.max == 4
@@ -87,8 +88,12 @@ def test_missing_env_var_names_the_field():
 
 
 def test_env_value_is_not_parsed_as_yaml():
-    cfg = parse_config({"cameras": [{"id": "a", "url": "${U}"}]}, env={"U": "{id: injected}"})
-    assert cfg.cameras[0].url == "{id: injected}"
+    from pipeline.config import resolve_camera
+
+    cfg = parse_config({"redis": {"password": "${U}"}, "cameras": [{"id": "a", "url": "${U}"}]},
+                       env={"U": "{id: injected}"})
+    assert cfg.redis.password == "{id: injected}"
+    assert resolve_camera(cfg.cameras[0], {"U": "{id: injected}"}).url == "{id: injected}"
 
 
 def test_invalid_yaml_reports_line_and_column(tmp_path):
@@ -112,3 +117,85 @@ def test_relative_camera_file_resolves_next_to_config(tmp_path):
 def test_decoder_replicas_default_to_one_per_eight_cameras():
     cams = [{"id": f"c{i}", "url": "x"} for i in range(17)]
     assert parse_config({"cameras": cams}, env={}).decoder_replicas == 3
+
+
+# --- camera credentials: ${VAR} stays in the config (and Redis), expanded by the decoder ------
+
+def test_camera_url_keeps_its_variables_and_the_decoder_expands_them():
+    from pipeline.config import camera_env_vars, resolve_camera
+
+    cfg = parse_config({"redis": {"password": "${REDIS_PW}"},
+                        "cameras": [{"id": "a", "url": "rtsp://viewer:${CAM_PASS}@10.0.0.5/s1"},
+                                    {"id": "b", "url": "${VIDEOS}/b.mp4"}, {"id": "c", "url": "c.mp4"}]},
+                       env={"REDIS_PW": "r", "CAM_PASS": "s3cret", "VIDEOS": "/v"})
+    assert cfg.redis.password == "r"  # other fields are substituted at load time, as before
+    assert [c.url for c in cfg.cameras] == ["rtsp://viewer:${CAM_PASS}@10.0.0.5/s1", "${VIDEOS}/b.mp4", "c.mp4"]
+    assert "s3cret" not in cfg.model_dump_json()
+    assert camera_env_vars(cfg) == {"CAM_PASS", "VIDEOS"}
+    resolved = resolve_camera(cfg.cameras[0], {"CAM_PASS": "s3cret"})
+    assert resolved.url == "rtsp://viewer:s3cret@10.0.0.5/s1" and resolved.fps == cfg.cameras[0].fps
+    assert resolve_camera(cfg.cameras[2], {}) == cfg.cameras[2]
+    # a value is inserted as is, never expanded again
+    assert resolve_camera(cfg.cameras[1], {"VIDEOS": "${CAM_PASS}"}).url == "${CAM_PASS}/b.mp4"
+
+
+def test_resolve_camera_names_the_field_and_the_missing_variable():
+    from pipeline.config import CameraEnvError, resolve_camera
+
+    cam = CameraConfig(id="dock", url="rtsp://viewer:${CAM_DOCK_PW}@10.0.0.9/s1")
+    with pytest.raises(CameraEnvError) as info:
+        resolve_camera(cam, {"OTHER": "x"})
+    assert str(info.value).startswith("cameras[dock].url: environment variable CAM_DOCK_PW is not set")
+
+
+def test_load_config_requires_the_variables_of_camera_urls(tmp_path):
+    p = write(tmp_path, 'cameras: [{id: a, url: "rtsp://viewer:${CAM_PASS}@10.0.0.5/s1"}]\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(p, env={})
+    assert info.value.errors == ["cameras[0].url: environment variable CAM_PASS is not set"]
+    assert load_config(p, env={"CAM_PASS": "x"}).cameras[0].url == "rtsp://viewer:${CAM_PASS}@10.0.0.5/s1"
+
+
+def test_relative_file_url_with_a_variable_resolves_next_to_config(tmp_path):
+    from pipeline.config import resolve_camera
+
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a.mp4").write_bytes(b"")
+    cfg = load_config(write(tmp_path, 'cameras: [{id: a, url: "${CLIPS}/a.mp4"}]\n'), env={"CLIPS": "clips"})
+    resolved = resolve_camera(cfg.cameras[0], {"CLIPS": "clips"})
+    assert Path(resolved.url).resolve() == (tmp_path / "clips" / "a.mp4").resolve()
+
+
+def test_inline_camera_password_is_refused_with_how_to_use_a_variable():
+    (err,) = errors_of({"cameras": [{"id": "x", "url": "rtsp://user:secret@10.0.0.9/s1"}]})
+    assert err.startswith("cameras[0].url: inline password refused; write rtsp://user:${CAM_X_PASSWORD}@10.0.0.9/s1 "
+                          "and set CAM_X_PASSWORD in the decoder's environment")
+    assert "security.allow_inline_credentials: true" in err and "secret" not in err.replace("security", "")
+    (err,) = errors_of({"cameras": [{"id": "front-2", "url": "rtsp://u:pre${P}@h/s"}]}, env={"P": "x"})
+    assert "CAM_FRONT_2_PASSWORD" in err
+    # variables, a user without a password, no credentials at all, files: fine
+    for url in ("rtsp://user:${CAM_PW}@h/s", "rtsp://${A}:${B}@h/s", "rtsp://user@h/s", "rtsp://h/s", "/v/a.mp4", "${URL}"):
+        assert parse_config({"cameras": [{"id": "a", "url": url}]}, env={}).cameras[0].url == url
+
+
+def test_inline_camera_password_allowed_when_opted_in():
+    cfg = parse_config({"security": {"allow_inline_credentials": True},
+                        "cameras": [{"id": "x", "url": "rtsp://user:secret@10.0.0.9/s1"}]}, env={})
+    assert cfg.security.allow_inline_credentials and cfg.cameras[0].url == "rtsp://user:secret@10.0.0.9/s1"
+    assert errors_of({"security": {"allow_inline_credential": True}}) == ["security.allow_inline_credential: unknown key"]
+
+
+def test_inline_password_check_for_one_camera():
+    from pipeline.config import inline_password_error
+
+    assert inline_password_error(CameraConfig(id="x", url="rtsp://user:${PW}@h/s"), "cameras[x].url") is None
+    msg = inline_password_error(CameraConfig(id="x", url="rtsp://user:p%40ss@h:554/s"), "cameras[x].url")
+    assert msg.startswith("cameras[x].url: inline password refused; write rtsp://user:${CAM_X_PASSWORD}@h:554/s")
+    assert "p%40ss" not in msg
+
+
+def test_num_gpus_above_one_must_be_whole():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"detector": {"num_gpus": 1.5}}, env={})
+    assert "detector.num_gpus" in str(err.value) and "whole GPUs" in str(err.value)
+    assert parse_config({"detector": {"num_gpus": 2}}, env={}).detector.num_gpus == 2

@@ -17,9 +17,11 @@ from pipeline.config import parse_config
 from pipeline.publish import StreamKeys, camera_states
 
 from .conftest import CLASSIFIER, DETECTOR
+from .waiting import wait_for
 
 pytestmark = pytest.mark.integration
-PASSWORD = "s3cret-Pa55"
+PASSWORD_VAR = "PERCEPT_TEST_CAM_PASSWORD"  # set in conftest.py before Ray starts: the decoders expand it
+PASSWORD = os.environ[PASSWORD_VAR]
 PREFIX = "itest"
 KEYS = StreamKeys(PREFIX)
 VEHICLE_LABELS = ["minivan", "sports_car", "cab", "pickup", "police_van", "jeep", "convertible", "beach_wagon"]
@@ -35,6 +37,11 @@ def rtsp_with_auth(videos):
         yield server
 
 
+def cam_url(server, mount: str) -> str:
+    """The camera URL as a user writes it: the password as ${VAR}, never inline."""
+    return server.url(mount, with_auth=False).replace("rtsp://", f"rtsp://viewer:${{{PASSWORD_VAR}}}@")
+
+
 @pytest.fixture(scope="module")
 def graph(ray_session, session_redis, rtsp_with_auth, models_dir):
     from ray import serve
@@ -45,8 +52,8 @@ def graph(ray_session, session_redis, rtsp_with_auth, models_dir):
         {
             "redis": {"url": session_redis.url, "stream_prefix": PREFIX},
             "cameras": [
-                {"id": "traffic", "url": rtsp_with_auth.url("traffic"), "fps": 3},
-                {"id": "walk", "url": rtsp_with_auth.url("walk"), "fps": 3},
+                {"id": "traffic", "url": cam_url(rtsp_with_auth, "traffic"), "fps": 3},
+                {"id": "walk", "url": cam_url(rtsp_with_auth, "walk"), "fps": 3},
             ],
             "detector": {"weights": DETECTOR, "num_cpus": 1, "threads": 2, "batch": {"max_size": 4, "wait_ms": 20}},
             "classifiers": {
@@ -58,13 +65,16 @@ def graph(ray_session, session_redis, rtsp_with_auth, models_dir):
     )
     serve.run(build_app(config), name="percept-itest", route_prefix="/itest", logging_config={"enable_access_log": False})
     client = session_redis.client()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if all(client.xlen(KEYS.detections(c)) >= 15 for c in ("traffic", "walk")):
-            break
-        time.sleep(1)
+    wait_for(lambda: all(client.xlen(KEYS.detections(c)) >= 15 for c in ("traffic", "walk")), 120,
+             "both cameras publishing")
     yield config, client
     serve.delete("percept-itest")
+
+
+def traffic_frames(client, n: int) -> None:
+    """Wait for the traffic camera (3 fps) to publish ``n`` more frames: a clock made of frames."""
+    start = client.xlen(KEYS.detections("traffic"))
+    wait_for(lambda: client.xlen(KEYS.detections("traffic")) >= start + n, 30, f"{n} more traffic frames")
 
 
 def payloads(client, camera):
@@ -126,7 +136,7 @@ def test_percept_subscribe_group_reads_and_acks(graph, session_redis):
 
     def run(count):
         out = subprocess.run(
-            [sys.executable, "-m", "deployments.cli", "subscribe", "traffic", "--redis", session_redis.url,
+            [sys.executable, "-m", "cli", "subscribe", "traffic", "--redis", session_redis.url,
              "--prefix", PREFIX, "--group", "itest-g", "--consumer", "c1", "--from-start", "--count", str(count)],
             capture_output=True, text=True, timeout=60, env=os.environ,
         )
@@ -167,31 +177,28 @@ def test_cameras_added_and_removed_at_runtime_without_touching_others(graph, ray
     assert code == 409 and "exists" in body["detail"], body
 
     def cli(*args):
-        out = subprocess.run([sys.executable, "-m", "deployments.cli", "cameras", "--api", api, *args],
+        out = subprocess.run([sys.executable, "-m", "cli", "cameras", "--api", api, *args],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         return out.stdout
 
     connecting_before = _connecting_entries(client)
     added_at = time.time()
-    cli("add", "walk2", rtsp_with_auth.url("walk"), "--fps", "2")
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline and client.xlen(KEYS.detections("walk2")) < 3:
-        time.sleep(0.5)
-    assert client.xlen(KEYS.detections("walk2")) >= 3, "runtime-added camera never published"
+    cli("add", "walk2", cam_url(rtsp_with_auth, "walk"), "--fps", "2")
+    wait_for(lambda: client.xlen(KEYS.detections("walk2")) >= 3, 40, "the runtime-added camera publishing")
     assert "walk2" in cli("ls")
     # the cameras that were running were not restarted (no new 'connecting' for them)
     assert {cam for cam, _ in _connecting_entries(client) - connecting_before} == {"walk2"}
 
     cli("rm", "walk2")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and camera_states(client, KEYS, ["walk2"])["walk2"].get("state") != "stopped":
-        time.sleep(0.5)
-    assert camera_states(client, KEYS, ["walk2"])["walk2"]["state"] == "stopped"
-    time.sleep(3)  # frames already in flight when it stopped may still land (2 s grace)
-    n, traffic = client.xlen(KEYS.detections("walk2")), client.xlen(KEYS.detections("traffic"))
-    time.sleep(3)
-    assert client.xlen(KEYS.detections("walk2")) == n and client.xlen(KEYS.detections("traffic")) > traffic
+    wait_for(lambda: camera_states(client, KEYS, ["walk2"])["walk2"].get("state") == "stopped", 30,
+             "the removed camera stopped")
+    # frames already in flight when it stopped may still land (2 s grace): let traffic (3 fps)
+    # publish ~3 s worth, then watch another ~3 s in which walk2 must not grow
+    traffic_frames(client, 9)
+    n = client.xlen(KEYS.detections("walk2"))
+    traffic_frames(client, 9)
+    assert client.xlen(KEYS.detections("walk2")) == n
     assert {c["id"] for c in _http("GET", api + "/cameras")[1]} == {"traffic", "walk"}
     assert time.time() - added_at < 120
 
@@ -212,3 +219,119 @@ def test_plain_redis_cli_reads_schema_v1(graph, session_redis):
     assert fields["v"] == "1" and fields["camera"] == "traffic"
     payload = json.loads(fields["json"])
     assert payload["schema"] == "percept.detections/v1" and payload["seq"] == int(fields["seq"])
+
+
+def _decoder_health(app: str = "percept-itest") -> str:
+    from ray import serve
+
+    status = serve.status().applications[app].deployments["decoder"].status
+    return str(getattr(status, "value", status))
+
+
+def test_bad_registry_entries_fail_alone_and_no_decoder_restarts(graph, ray_session, rtsp_with_auth):
+    """Hand-edited registry entries that do not validate, and a camera whose ${VAR} the decoders
+    lack, are `failed` on their own hashes, once; the decoder replica keeps running the others."""
+    _, client = graph
+    api = ray_session.serve_http_url + "/itest"
+    code, before = _http("GET", api + "/status")
+    assert code == 200, before
+    connecting_before = _connecting_entries(client)
+    port = rtsp_with_auth.port
+    client.hset(f"{PREFIX}:cameras", mapping={
+        "broken": json.dumps({"source": "api", "camera": {"id": "broken", "url": cam_url(rtsp_with_auth, "walk"),
+                                                          "fps": -2}}),
+        "garbage": "{not json",
+    })
+    try:
+        code, body = _http("POST", api + "/cameras", {
+            "id": "noenv", "url": f"rtsp://viewer:${{PERCEPT_TEST_UNSET_VAR}}@127.0.0.1:{port}/walk"})
+        assert code == 201, body
+        expected = {
+            "broken": "cameras[broken].fps: must be >= 0, got -2",
+            "garbage": "cameras[garbage]: not valid JSON",
+            "noenv": "cameras[noenv].url: environment variable PERCEPT_TEST_UNSET_VAR is not set",
+        }
+
+        def failed(cam):
+            st = camera_states(client, KEYS, [cam])[cam]
+            return st.get("state") == "failed" and st.get("last_error", "").startswith(expected[cam])
+
+        wait_for(lambda: all(failed(c) for c in expected), 30,
+                 f"all of {sorted(expected)} failed naming the field")
+        xlen = {c: client.xlen(KEYS.detections(c)) for c in ("traffic", "walk")}
+        # more than two lease rounds (lease_ttl_s 10 → a round every 3.3 s): ~8 s of frames at 3 fps
+        wait_for(lambda: all(client.xlen(KEYS.detections(c)) >= xlen[c] + 24 for c in xlen), 40,
+                 "the good cameras publishing on through two more lease rounds")
+        for cam in expected:  # reported once, not every round
+            entries = [f for _, f in client.xrange(KEYS.status) if f[b"camera"] == cam.encode()]
+            assert [e[b"state"] for e in entries] == [b"failed"], (cam, entries)
+
+        code, cams = _http("GET", api + "/cameras")
+        assert code == 200, cams
+        listed = {c["id"]: c for c in cams}
+        assert listed["broken"]["state"] == "failed" and listed["broken"]["last_error"] == expected["broken"]
+        assert listed["broken"]["url"].startswith("rtsp://***@127.0.0.1")
+        assert listed["garbage"]["state"] == "failed" and listed["traffic"]["state"] == "online"
+
+        # the same decoder replica (its supervisor's owner id) runs on, healthy, cameras untouched
+        code, after = _http("GET", api + "/status")
+        assert code == 200 and after["owner"] == before["owner"], (before.get("owner"), after)
+        assert set(after["cameras"]) == {"traffic", "walk"}
+        assert _decoder_health() == "HEALTHY"
+        assert _connecting_entries(client) == connecting_before
+    finally:
+        client.hdel(f"{PREFIX}:cameras", "broken", "garbage")
+        _http("DELETE", api + "/cameras/noenv")
+
+
+def test_inline_camera_password_is_refused_by_the_api(graph, ray_session, rtsp_with_auth):
+    api = ray_session.serve_http_url + "/itest"
+    url = rtsp_with_auth.url("walk")  # rtsp://viewer:<password>@127.0.0.1:PORT/walk
+    code, body = _http("POST", api + "/cameras", {"id": "x", "url": url})
+    assert code == 422, body
+    (msg,) = body["detail"]
+    assert msg.startswith(f"cameras[x].url: inline password refused; write rtsp://viewer:${{CAM_X_PASSWORD}}@127.0.0.1:"
+                          f"{rtsp_with_auth.port}/walk and set CAM_X_PASSWORD in the decoder's environment"), msg
+    assert "security.allow_inline_credentials: true" in msg and PASSWORD not in msg
+    assert "x" not in {c["id"] for c in _http("GET", api + "/cameras")[1]}
+
+
+def _dump_every_key(client) -> bytes:
+    """Every key and value in the Redis database, whatever its type."""
+    chunks: list[bytes] = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        chunks.append(key)
+        if kind == b"string":
+            chunks.append(client.get(key) or b"")
+        elif kind == b"hash":
+            for k, v in client.hgetall(key).items():
+                chunks += [k, v]
+        elif kind == b"list":
+            chunks += client.lrange(key, 0, -1)
+        elif kind == b"set":
+            chunks += list(client.smembers(key))
+        elif kind == b"zset":
+            chunks += [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
+        elif kind == b"stream":
+            for eid, fields in client.xrange(key):
+                chunks.append(eid)
+                for k, v in fields.items():
+                    chunks += [k, v]
+        elif kind != b"none":  # none: expired meanwhile (a lease)
+            pytest.fail(f"key {key!r} of unexpected type {kind!r}")
+    return b"\n".join(chunks)
+
+
+def test_no_camera_password_anywhere_in_redis(graph, session_redis):
+    """Last in this module: after everything above ran, no key holds the camera password, and the
+    cameras whose URLs name it as ${VAR} published (the decoders expanded it)."""
+    config, client = graph
+    everything = _dump_every_key(client)
+    assert len(everything) > 10_000
+    assert PASSWORD.encode() not in everything
+    stored = json.loads(client.hget(f"{PREFIX}:cameras", "traffic"))["camera"]["url"]
+    assert stored == config.camera("traffic").url and f"${{{PASSWORD_VAR}}}@" in stored
+    for camera in ("traffic", "walk"):
+        assert client.xlen(KEYS.detections(camera)) >= 15
+        assert camera_states(client, KEYS, [camera])[camera]["state"] == "online"

@@ -1,0 +1,75 @@
+"""Configuration errors as a user reads them: one ``path: message, got value`` line per problem,
+the YAML path exact (``cameras[1].fps: must be >= 0, got -2``), and the exit code they cause."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+CONFIG_ERROR_EXIT_CODE = 2
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run. ``errors`` holds one ``path: message`` line per problem."""
+
+    def __init__(self, errors: list[str], source: str | None = None):
+        self.errors = errors
+        self.source = source
+        head = f"invalid config {source}" if source else "invalid config"
+        super().__init__(head + ":\n" + "\n".join(f"  {e}" for e in errors))
+
+
+_UNION_MARKERS = {"int", "float", "str", "bool", "AutoscaleConfig", "literal['auto']"}
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _UNION_MARKERS or str(part).startswith("function-"):
+            continue  # markers pydantic adds to locations inside unions and validators
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_MESSAGES = {
+    "greater_than_equal": lambda c: f"must be >= {c['ge']:g}",
+    "greater_than": lambda c: f"must be > {c['gt']:g}",
+    "less_than_equal": lambda c: f"must be <= {c['le']:g}",
+    "less_than": lambda c: f"must be < {c['lt']:g}",
+    "string_pattern_mismatch": lambda c: f"must match {c['pattern']}",
+    "string_too_short": lambda c: "must not be empty",
+}
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One ``path: message, got value`` line per problem."""
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for err in exc.errors(include_url=False):
+        by_path.setdefault(_path(err["loc"]), []).append(err)
+    lines: list[str] = []
+    for path, errs in by_path.items():
+        # Several errors on one path come from union branches (replicas: int | {min, max}):
+        # the branch whose type matched the input explains the problem best.
+        specific = [e for e in errs if not e["type"].endswith(("_type", "_parsing"))]
+        lines.extend(_format_one(path, (specific or errs)[0]))
+    return lines
+
+
+def _format_one(path: str, err: dict[str, Any]) -> list[str]:
+    kind = err["type"]
+    make = _MESSAGES.get(kind)
+    msg = make(err.get("ctx") or {}) if make else err["msg"].removeprefix("Value error, ")
+    msg = msg.replace("Input should be", "must be")
+    if not path:
+        return msg.splitlines()
+    if kind == "extra_forbidden":
+        return [f"{path}: unknown key"]
+    if kind == "missing":
+        return [f"{path}: required key is missing"]
+    if kind == "value_error":
+        return [f"{path}: {msg}"]
+    return [f"{path}: {msg}, got {err.get('input')!r}"]

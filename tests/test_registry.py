@@ -1,0 +1,109 @@
+"""The camera registry on a real redis-server: bad entries are skipped and reported once, camera
+URLs keep their ``${VAR}`` in Redis and are expanded from the decoder's environment."""
+
+from __future__ import annotations
+
+import json
+
+from pipeline.config import CameraConfig
+from pipeline.publish import Publisher, StreamKeys, camera_states
+from pipeline.registry import CameraRegistry
+
+KEYS = StreamKeys("reg")
+BAD = {
+    "neg": json.dumps({"source": "api", "camera": {"id": "neg", "url": "x.mp4", "fps": -2}}),
+    "garbage": "{not json",
+    "nourl": json.dumps({"source": "api", "camera": {"id": "nourl"}}),
+    "renamed": json.dumps({"source": "api", "camera": {"id": "other", "url": "x.mp4"}}),
+    "bare": json.dumps({"id": "bare", "url": "x.mp4"}),
+    "extra": json.dumps({"source": "config", "camera": {"id": "extra", "url": "rtsp://u:pw@h/x", "fsp": 3}}),
+}
+
+
+def registry(server) -> CameraRegistry:
+    reg = CameraRegistry(server.client(), KEYS)
+    reg.seed([CameraConfig(id="good", url="a.mp4"), CameraConfig(id="good2", url="b.mp4")])
+    server.client().hset(reg.key, mapping=BAD)
+    return reg
+
+
+def status_entries(client, camera: str) -> list[dict[bytes, bytes]]:
+    return [f for _, f in client.xrange(KEYS.status) if f[b"camera"] == camera.encode()]
+
+
+def test_invalid_entries_are_skipped_with_path_precise_errors(redis_server):
+    reg = registry(redis_server)
+    assert [c.id for c in reg.cameras()] == ["good", "good2"]  # the old code raised here
+    valid, invalid = reg.read()
+    assert [c.id for c in valid] == ["good", "good2"]
+    errors = {bad.id: bad.error for bad in invalid}
+    assert errors["neg"] == "cameras[neg].fps: must be >= 0, got -2"
+    assert errors["garbage"].startswith("cameras[garbage]: not valid JSON")
+    assert errors["nourl"] == "cameras[nourl].url: required key is missing"
+    assert errors["renamed"] == "cameras[renamed].id: must equal the registry key 'renamed', got 'other'"
+    assert errors["bare"].startswith("cameras[bare]: not a registry entry")
+    assert errors["extra"] == "cameras[extra].fsp: unknown key"
+    # a config change still seeds, and leaves entries it cannot read alone
+    assert reg.seed([CameraConfig(id="good", url="c.mp4")])
+    assert [c.id for c in reg.cameras()] == ["good"]
+    assert set(reg.client.hkeys(reg.key)) >= {b"garbage", b"bare"}
+
+
+def test_invalid_entry_is_reported_failed_once_per_change(redis_server):
+    reg = registry(redis_server)
+    client = redis_server.client()
+    pub = Publisher(client, keys=KEYS, maxlen=100).start()
+    try:
+        for _ in range(3):  # three lease rounds
+            cameras = reg.runnable({}, pub)
+            assert pub.flush(5)
+        assert [c.id for c in cameras] == ["good", "good2"]
+        state = camera_states(client, KEYS, ["neg"])["neg"]
+        assert state["state"] == "failed" and state["last_error"] == "cameras[neg].fps: must be >= 0, got -2"
+        assert state["url"] == "x.mp4"
+        assert camera_states(client, KEYS, ["extra"])["extra"]["url"] == "rtsp://***@h/x"
+        for cam in BAD:
+            assert len(status_entries(client, cam)) == 1, cam
+        # a change is reported again, once
+        client.hset(reg.key, "neg", json.dumps({"source": "api", "camera": {"id": "neg", "url": "x.mp4", "fps": -3}}))
+        for _ in range(3):
+            reg.runnable({}, pub)
+            assert pub.flush(5)
+        entries = status_entries(client, "neg")
+        assert [e[b"error"] for e in entries] == [b"cameras[neg].fps: must be >= 0, got -2",
+                                                   b"cameras[neg].fps: must be >= 0, got -3"]
+        # fixed: it runs
+        client.hset(reg.key, "neg", json.dumps({"source": "api", "camera": {"id": "neg", "url": "x.mp4"}}))
+        assert "neg" in [c.id for c in reg.runnable({}, pub)]
+    finally:
+        pub.close()
+
+
+def test_urls_keep_variables_in_redis_and_are_expanded_for_the_decoder(redis_server):
+    client = redis_server.client()
+    reg = CameraRegistry(client, KEYS)
+    url = "rtsp://viewer:${PERCEPT_REG_PW}@10.0.0.5/s1"
+    reg.seed([CameraConfig(id="cam", url=url)])
+    assert reg.add(CameraConfig(id="api-cam", url="rtsp://viewer:${PERCEPT_REG_OTHER}@10.0.0.6/s1"))
+    assert json.loads(client.hget(reg.key, "cam"))["camera"]["url"] == url
+    pub = Publisher(client, keys=KEYS, maxlen=100).start()
+    try:
+        env = {"PERCEPT_REG_PW": "Pw-9"}
+        for _ in range(2):
+            cameras = reg.runnable(env, pub)
+            assert pub.flush(5)
+        assert [(c.id, c.url) for c in cameras] == [("cam", "rtsp://viewer:Pw-9@10.0.0.5/s1")]
+        state = camera_states(client, KEYS, ["api-cam"])["api-cam"]
+        assert state["state"] == "failed"
+        assert state["last_error"].startswith("cameras[api-cam].url: environment variable PERCEPT_REG_OTHER is not set")
+        assert state["url"] == "rtsp://***@10.0.0.6/s1"
+        assert len(status_entries(client, "api-cam")) == 1
+        # a camera leased by another replica (which has the variable) is not reported failed here
+        client.hset(KEYS.camera("api-cam"), "state", "online")
+        client.set(KEYS.lease("api-cam"), "other-replica")
+        reg.runnable(env, pub)
+        assert pub.flush(5)
+        assert camera_states(client, KEYS, ["api-cam"])["api-cam"]["state"] == "online"
+    finally:
+        pub.close()
+    assert b"Pw-9" not in b"".join(client.hvals(reg.key))
