@@ -23,7 +23,8 @@ def serve_config(raw: dict[str, Any], config: PerceptConfig, *, http_host: str =
         entry: dict[str, Any] = {"name": name, **options}
         section = config.detector if name == "detector" else config.classifiers.get(name.removeprefix("classifier-"))
         if section is not None and section.num_gpus == "auto":
-            # GPUs are decided on the cluster by app_builder; a value here would override it.
+            # GPUs are decided on the cluster by app_builder (graph.gpu_shares); a value here
+            # would override it.
             entry.pop("ray_actor_options")
         deployments.append(entry)
     return {

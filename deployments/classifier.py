@@ -8,22 +8,26 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from pipeline.autoscale import FrameAgeMeter
+from pipeline.autoscale import WARMUP_S, FrameAgeMeter
 from pipeline.config import PerceptConfig
 from pipeline.models import Classifier
+
+from .logs import route_percept_logs
 
 
 @serve.deployment(name="classifier")
 class ClassifierDeployment:
     async def __init__(self, config: dict[str, Any], category: str):
+        route_percept_logs()
         cfg = PerceptConfig.model_validate(config)
         ccfg = cfg.classifiers[category]
         self.category = category
-        self.meter = FrameAgeMeter()
+        self.meter = FrameAgeMeter(warmup_s=WARMUP_S)
         self.classifier = await asyncio.to_thread(
             Classifier.from_config, category, ccfg, models_dir=cfg.models_dir
         )
         self.reconfigure({"max_batch_size": ccfg.batch.max_size, "batch_wait_ms": ccfg.batch.wait_ms})
+        self.meter.ready()  # crops queued while the model loaded are not load
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self._classify_batch.set_max_batch_size(int(user_config.get("max_batch_size", 32)))
@@ -39,7 +43,7 @@ class ClassifierDeployment:
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Crops waiting, for deployments.autoscaling.VideoLagPolicy (crops carry no capture time)."""
-        return {"frames_waiting": float(self.meter.waiting)}
+        return {"frames_waiting": self.meter.waiting_now()}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _classify_batch(self, requests: list[list[np.ndarray]]) -> list[list[dict[str, Any] | Exception]]:

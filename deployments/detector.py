@@ -7,19 +7,23 @@ from typing import Any
 
 from ray import serve
 
-from pipeline.autoscale import FrameAgeMeter
+from pipeline.autoscale import WARMUP_S, FrameAgeMeter
 from pipeline.config import PerceptConfig
 from pipeline.models import Detector, DetectorInput
 from pipeline.schema import Detections
+
+from .logs import route_percept_logs
 
 
 @serve.deployment(name="detector")
 class DetectorDeployment:
     async def __init__(self, config: dict[str, Any]):
+        route_percept_logs()
         cfg = PerceptConfig.model_validate(config)
         self.detector = await asyncio.to_thread(Detector.from_config, cfg.detector, models_dir=cfg.models_dir)
-        self.meter = FrameAgeMeter()
+        self.meter = FrameAgeMeter(warmup_s=WARMUP_S)
         self.reconfigure({"max_batch_size": cfg.detector.batch.max_size, "batch_wait_ms": cfg.detector.batch.wait_ms})
+        self.meter.ready()  # frames queued while the model loaded are not lag
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batch size and wait can change at runtime (Serve ``user_config``)."""
@@ -41,4 +45,4 @@ class DetectorDeployment:
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom metrics for deployments.autoscaling.VideoLagPolicy."""
-        return {"frame_lag_s": self.meter.lag_s(), "frames_waiting": float(self.meter.waiting)}
+        return {"frame_lag_s": self.meter.lag_s(), "frames_waiting": self.meter.waiting_now()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -15,10 +16,40 @@ from .classifier import ClassifierDeployment
 from .decoder import DecoderDeployment
 from .detector import DetectorDeployment
 
+DETECTOR_GPU_SHARE = 0.5  # num_gpus: auto → the detector's part of the GPU it shares with classifiers
 
-def model_server_options(cfg: ModelServerConfig, *, gpu_available: bool) -> dict[str, Any]:
-    """Serve options of a batched model deployment, from its config section."""
-    gpus = (1.0 if gpu_available else 0.0) if cfg.num_gpus == "auto" else float(cfg.num_gpus)
+
+def _floor(gpus: float) -> float:
+    """Down to Ray's resource precision (1e-4), so that shares never sum past what they split."""
+    return math.floor(gpus * 10_000 + 1e-6) / 10_000
+
+
+def gpu_shares(config: PerceptConfig, *, gpu_available: bool) -> dict[str, float]:
+    """GPUs per replica of the detector and of each classifier, by deployment name.
+
+    Numbers in the config are used as they are. ``auto`` is 0 on a cluster without GPUs; with
+    GPUs, the deployments on auto share what the numbers leave of one GPU (another GPU when the
+    numbers take one or more): the detector half of it (all of it when no classifier is on auto),
+    the classifiers on auto the rest in equal parts. One replica of each then fits on one GPU;
+    every further replica needs its share again (a second detector replica: another half GPU)."""
+    sections = {"detector": config.detector, **{f"classifier-{c}": cc for c, cc in config.classifiers.items()}}
+    shares = {name: float(s.num_gpus) for name, s in sections.items() if s.num_gpus != "auto"}
+    auto = [name for name in sections if name not in shares]
+    if not gpu_available or not auto:
+        return {**{name: 0.0 for name in auto}, **shares}
+    taken = sum(shares.values())
+    free = 1.0 - taken if taken < 1.0 else 1.0
+    classifiers = [name for name in auto if name != "detector"]
+    if "detector" in auto:
+        shares["detector"] = _floor(free * DETECTOR_GPU_SHARE if classifiers else free)
+        free -= shares["detector"]
+    for name in classifiers:
+        shares[name] = _floor(free / len(classifiers))
+    return shares
+
+
+def model_server_options(cfg: ModelServerConfig, *, gpus: float) -> dict[str, Any]:
+    """Serve options of a batched model deployment, from its config section and its GPU share."""
     options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": gpus, **_resources(cfg.resources)},
         # Room for one batch in inference and the next one filling (ray#43288: a cap below
@@ -60,12 +91,14 @@ def decoder_options(config: PerceptConfig) -> dict[str, Any]:
 
 def deployment_options(config: PerceptConfig, *, gpu_available: bool) -> dict[str, dict[str, Any]]:
     """Serve options of every deployment by name: what `build_app` binds and `percept build` writes."""
+    gpus = gpu_shares(config, gpu_available=gpu_available)
     options = {
         "api": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
         "decoder": decoder_options(config),
-        "detector": model_server_options(config.detector, gpu_available=gpu_available)}
+        "detector": model_server_options(config.detector, gpus=gpus["detector"])}
     for category, ccfg in config.classifiers.items():
-        options[f"classifier-{category}"] = model_server_options(ccfg, gpu_available=gpu_available)
+        name = f"classifier-{category}"
+        options[name] = model_server_options(ccfg, gpus=gpus[name])
     return options
 
 
@@ -89,7 +122,9 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     """Serve's application builder (``import_path: deployments.graph:app_builder``).
 
     ``args.config`` is the percept YAML as written, ``${VAR}`` included: secrets are substituted
-    here, on the cluster, from its environment, and never stored in the Serve config."""
+    here, on the cluster, from its environment, and never stored in the Serve config. Camera
+    URLs keep their ``${VAR}`` even here: each decoder replica expands them from its own
+    environment when it opens the camera, so they never reach Redis expanded."""
     import ray
 
     config = parse_config(args.get("config") or {}, env=os.environ)

@@ -5,6 +5,11 @@ Ray Serve's default policy scales on ongoing requests, which keep-latest backpre
 frame is when the model gets it (capture → batch start, slot and queue waits included). So the
 detector reports recent frame age and frames waiting per replica, and the wanted replica count
 is the current one scaled by the worst of lag / target and waiting / target.
+
+A replica's warm-up is not load: frames captured before it was ready (queued while the model
+loaded) or in its first ``warmup_s`` after (that backlog draining) are old for a reason another
+replica would not fix, so they are not counted as lag, frames waiting then count as 0, and a
+light load never scales up.
 """
 
 from __future__ import annotations
@@ -12,22 +17,41 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from typing import Sequence
+from collections.abc import Sequence
+
+WARMUP_S = 5.0  # after a replica is ready: its startup backlog drains, its first batches run
 
 
 class FrameAgeMeter:
-    """Ages of frames at batch start over a sliding window; bounded memory on 24/7 streams."""
+    """Ages of frames at batch start over a sliding window; bounded memory on 24/7 streams.
 
-    def __init__(self, window_s: float = 5.0, maxlen: int = 2048):
+    Until ``ready()`` is called every frame counts (a meter of its own, as in tests); after it,
+    only frames captured from ``warmup_s`` past readiness, and frames waiting from then on."""
+
+    def __init__(self, window_s: float = 5.0, maxlen: int = 2048, warmup_s: float = 0.0):
         self.window_s = window_s
+        self.warmup_s = warmup_s
+        self.counted_from = float("-inf")  # capture time from which frames count as lag
         self._ages: deque[tuple[float, float]] = deque(maxlen=maxlen)
         self.waiting = 0
+
+    def ready(self, now: float | None = None) -> None:
+        """The replica is ready (model loaded and warmed up): its warm-up ends ``warmup_s`` later."""
+        now = time.time() if now is None else now
+        self.counted_from = now + self.warmup_s
+
+    def warming_up(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) < self.counted_from
 
     def observe(self, frame_ts: Sequence[float | None], now: float | None = None) -> None:
         now = time.time() if now is None else now
         for ts in frame_ts:
-            if ts is not None:
+            if ts is not None and ts >= self.counted_from:
                 self._ages.append((now, max(0.0, now - ts)))
+
+    def waiting_now(self, now: float | None = None) -> float:
+        """Frames waiting in this replica; 0 during warm-up (the startup backlog)."""
+        return 0.0 if self.warming_up(now) else float(self.waiting)
 
     def lag_s(self, now: float | None = None) -> float:
         """Mean frame age over the window (0 when idle)."""

@@ -1,5 +1,7 @@
 """The video-lag autoscaling arithmetic (pure logic)."""
 
+import pytest
+
 from pipeline.autoscale import FrameAgeMeter, desired_replicas
 
 
@@ -23,3 +25,45 @@ def test_meter_forgets_old_frames():
     m.observe([99.0, 98.0, None], now=100.0)
     assert m.lag_s(now=100.0) == 1.5
     assert m.lag_s(now=106.0) == 0.0
+
+
+def test_warm_up_is_not_lag_so_a_light_load_stays_at_one_replica():
+    """Startup: frames queued while the model loaded (captured long before the replica was
+    ready) and the backlog drained in its first seconds are neither lag nor waiting frames."""
+    m = FrameAgeMeter(window_s=5, warmup_s=3)
+    m.ready(now=100.0)  # model loaded at 100 s; warm-up until 103 s
+    m.waiting = 4  # the startup backlog
+    m.observe([90.0, 90.5], now=100.2)  # captured during the load: 10 s old
+    m.observe([102.5], now=102.8)  # captured during the warm-up, behind the backlog
+    assert m.lag_s(now=102.9) == 0.0 and m.waiting_now(now=102.9) == 0.0
+    assert desired_replicas(1, [m.lag_s(now=102.9)], [m.waiting_now(now=102.9)],
+                            target_lag_s=0.4, target_waiting=16) == 1
+    # the same frames counted (no warm-up) would have asked for a second replica and more
+    plain = FrameAgeMeter(window_s=5)
+    plain.observe([90.0, 90.5], now=100.2)
+    plain.observe([102.5], now=102.8)
+    assert desired_replicas(1, [plain.lag_s(now=102.9)], [], target_lag_s=0.4, target_waiting=16) > 1
+
+
+def test_after_warm_up_lag_and_waiting_count_again():
+    m = FrameAgeMeter(window_s=5, warmup_s=3)
+    m.ready(now=100.0)
+    m.observe([95.0], now=103.1)  # backlog from the load, processed after the warm-up: still not lag
+    m.observe([103.0, 103.2], now=104.2)  # captured after the warm-up, 1.2 s and 1.0 s old
+    assert m.lag_s(now=104.2) == pytest.approx(1.1)
+    m.waiting = 40
+    assert m.waiting_now(now=104.2) == 40.0
+    assert desired_replicas(1, [m.lag_s(now=104.2)], [m.waiting_now(now=104.2)],
+                            target_lag_s=0.4, target_waiting=16) == 3
+
+
+def test_policy_keeps_one_replica_under_light_load():
+    """VideoLagPolicy on a Serve-like context (what the detector reports at 2 fps): stays at 1."""
+    from types import SimpleNamespace
+
+    from deployments.autoscaling import VideoLagPolicy
+
+    ctx = SimpleNamespace(current_num_replicas=1, policy_state={},
+                          aggregated_metrics={"frame_lag_s": {"r1": 0.05}, "frames_waiting": {"r1": 0.3}})
+    want, state = VideoLagPolicy(target_lag_s=0.4)(ctx)
+    assert want == 1 and state["last"]["want"] == 1

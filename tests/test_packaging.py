@@ -100,7 +100,7 @@ def cluster_config() -> dict:
 
 
 def percept_build(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "deployments.cli", "build", *args], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "cli", "build", *args], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return out.stdout
@@ -339,6 +339,44 @@ def test_rayservice_serve_config_is_percept_build_output():
     app = schema.applications[0]
     assert app.import_path == "deployments.graph:app_builder"
     assert app.args["config"] == cluster_config()  # ${VARS} kept: secrets resolved on the cluster
+
+
+def test_default_gpu_shares_fit_one_gpu():
+    """`num_gpus: auto` packs one replica of every model of the shipped configs (and of the
+    demo, and of three classifiers) onto one GPU; numbers in a config are kept as they are."""
+    from deployments.graph import deployment_options
+    from pipeline.config import load_config, parse_config
+    from pipeline.samples import demo_config
+
+    env = {"CAM_PASS": "x", "REDIS_PW": "x"}
+    three = {c: {"weights": "yolov8n-cls.pt"} for c in ("vehicle", "pedestrian", "sign")}
+    configs = {
+        "example.yaml": load_config(REPO / "configs" / "example.yaml", env=env),
+        "cluster.yaml": load_config(CLUSTER_CONFIG, env=env),
+        "demo": demo_config(None, None, ".percept"),
+        "three classifiers": parse_config({"classifiers": three}, env={}),
+        "numbers": parse_config({"detector": {"num_gpus": 0.25}, "classifiers": {
+            "vehicle": {"weights": "v.pt", "num_gpus": 0.5}, "pedestrian": {"weights": "p.pt"}}}, env={}),
+    }
+    for name, config in configs.items():
+        asked = {"detector": config.detector.num_gpus,
+                 **{f"classifier-{c}": cc.num_gpus for c, cc in config.classifiers.items()}}
+        with_gpu = deployment_options(config, gpu_available=True)
+        without = deployment_options(config, gpu_available=False)
+        gpus = {m: with_gpu[m]["ray_actor_options"]["num_gpus"] for m in asked}
+        assert 0 < sum(gpus.values()) <= 1.0, (name, gpus)
+        for m, value in asked.items():
+            if value == "auto":
+                assert gpus[m] > 0 and without[m]["ray_actor_options"]["num_gpus"] == 0, (name, m, gpus)
+            else:
+                assert gpus[m] == without[m]["ray_actor_options"]["num_gpus"] == value, (name, m, gpus)
+    three_gpus = deployment_options(configs["three classifiers"], gpu_available=True)
+    assert three_gpus["detector"]["ray_actor_options"]["num_gpus"] == 0.5
+    assert three_gpus["classifier-sign"]["ray_actor_options"]["num_gpus"] == 0.1666  # floored: sums to <= 1
+    assert deployment_options(configs["cluster.yaml"], gpu_available=True)["detector"]["ray_actor_options"][
+        "num_gpus"] == 1.0  # its classifier runs on CPU (num_gpus: 0): the detector keeps the whole GPU
+    numbers = deployment_options(configs["numbers"], gpu_available=True)
+    assert numbers["classifier-pedestrian"]["ray_actor_options"]["num_gpus"] == 0.25  # what 0.25 + 0.5 leave
 
 
 def test_rayservice_pods_run_the_gpu_image_with_models_and_secrets():

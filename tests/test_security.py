@@ -1,8 +1,9 @@
 """Redis AUTH and TLS on real redis-servers; credentials never leak into output."""
 
+import socket
+import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from pipeline.redis_server import EmbeddedRedis, free_port
 from pipeline.subscribe import Subscriber
 
 from .test_publish import result
+from .waiting import wait_for
 
 KEYS = StreamKeys("sec")
 REPO = Path(__file__).resolve().parents[1]
@@ -38,11 +40,23 @@ def test_wrong_password_is_a_clear_error_without_the_password(tmp_path):
     with EmbeddedRedis(tmp_path / "r", password="Auth-Pw-42") as server:
         config = tmp_path / "c.yaml"
         config.write_text(f"redis: {{url: '{server.url}', password: Not-The-Pw-7}}\n")
-        out = subprocess.run([sys.executable, "-m", "deployments.cli", "subscribe", "cam", "-c", str(config),
+        out = subprocess.run([sys.executable, "-m", "cli", "subscribe", "cam", "-c", str(config),
                               "--count", "1"], capture_output=True, text=True, timeout=60, cwd=REPO)
         assert out.returncode == 3
         assert "redis redis://127.0.0.1" in out.stderr and ("WRONGPASS" in out.stderr or "invalid" in out.stderr.lower())
         assert "Not-The-Pw-7" not in out.stderr + out.stdout
+
+
+def tls_answers(proc: subprocess.Popen, port: int, ca: Path) -> bool:
+    """The server completes a TLS handshake (certificate checked against ``ca``) and answers a
+    PING (PONG, or NOAUTH before AUTH): it is ready."""
+    if proc.poll() is not None:
+        pytest.fail(f"redis-server exited ({proc.returncode}) before answering over TLS")
+    context = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+        conn.sendall(b"PING\r\n")
+        return conn.recv(64).startswith((b"+PONG", b"-NOAUTH"))
 
 
 @pytest.fixture()
@@ -63,7 +77,7 @@ def tls_redis(tmp_path):
                              "--tls-cert-file", "server.crt", "--tls-key-file", "server.key",
                              "--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no", "--save", "",
                              "--requirepass", "Tls-Pw-1"], cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
+    wait_for(lambda: tls_answers(proc, port, d / "ca.crt"), 30, f"redis-server answering over TLS on port {port}")
     yield port, d / "ca.crt"
     proc.terminate()
     proc.wait(5)
@@ -73,14 +87,7 @@ def test_tls_with_ca_file(tls_redis):
     port, ca = tls_redis
     cfg = parse_config({"redis": {"url": f"rediss://127.0.0.1:{port}/0", "password": "Tls-Pw-1",
                                   "tls_ca_file": str(ca)}}, env={})
-    for _ in range(20):  # the server may still be starting
-        try:
-            assert roundtrip(cfg.redis)["camera"] == "cam"
-            break
-        except Exception:
-            time.sleep(0.25)
-    else:
-        pytest.fail("no TLS round trip")
+    assert roundtrip(cfg.redis)["camera"] == "cam"  # the fixture waited until the server answers over TLS
 
 
 def test_tls_server_refuses_an_unverified_certificate(tls_redis):
@@ -88,6 +95,5 @@ def test_tls_server_refuses_an_unverified_certificate(tls_redis):
 
     port, _ = tls_redis
     cfg = parse_config({"redis": {"url": f"rediss://127.0.0.1:{port}/0", "password": "Tls-Pw-1"}}, env={})
-    time.sleep(0.5)
     with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
         redis_from_config(cfg.redis).ping()
