@@ -16,8 +16,10 @@ from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, RedisOutage, fail
 
 
 def register(sub: Any) -> None:
-    s = sub.add_parser("subscribe", help="print detection payloads as JSON lines")
+    s = sub.add_parser("subscribe", help="print detection (or event) payloads as JSON lines")
     s.add_argument("cameras", nargs="+")
+    s.add_argument("--events", action="store_true",
+                   help="the cameras' track, zone and line events (<prefix>:events:<camera>) instead of detections")
     s.add_argument("-c", "--config", help="read redis url/prefix from this config")
     s.add_argument("--redis", help="redis URL (default: config, PERCEPT_REDIS_URL, localhost)")
     s.add_argument("--prefix", help="stream prefix (default: config or 'percept')")
@@ -65,7 +67,8 @@ def _subscribe(args: argparse.Namespace) -> int:
         client = redis_from_config(redis_cfg.model_copy(update={"url": url})) if redis_cfg else connect_redis(url)
         client.ping()
         sub = Subscriber(client, StreamKeys(prefix or "percept"), args.cameras, group=args.group,
-                         consumer=args.consumer, start=start, claim_idle_ms=args.claim_idle_ms)
+                         consumer=args.consumer, start=start, claim_idle_ms=args.claim_idle_ms,
+                         events=args.events)
         for msg in sub.messages(limit=args.count, idle_timeout_s=args.timeout, on_unreachable=outage.notice):
             print(json.dumps(msg.payload, separators=(",", ":")), flush=True)
             outage.until_back(lambda: sub.ack(msg))

@@ -27,6 +27,8 @@ from .redact import redact_url
 from .schema import Detections, FrameResult
 from .tracking import ObjectTracker
 from .capture import open_capture, probe_fps
+from .events import Event, EventEngine, events_json
+from .geometry import GeometryError
 from .sources import (
     Frame,
     LatestFrameSlot,
@@ -76,6 +78,7 @@ class CameraConductor:
         counters: CameraCounters | None = None,
         tracker: ObjectTracker | None = None,
         slot: LatestFrameSlot | None = None,
+        events: EventEngine | None = None,
     ):
         self.camera = camera
         self.source = source
@@ -90,6 +93,8 @@ class CameraConductor:
         self.slot = slot or LatestFrameSlot()
         self.counters = counters or CameraCounters()
         self.tracker = tracker
+        self.events = events  # track, zone and line events (needs the tracker)
+        self._last_seq: int | None = None  # the newest published frame's seq
         self._tracked_frames = 0
         self.classification = CropClassification(
             camera.id, classifiers, timeout_s=classify_timeout_s,
@@ -133,6 +138,7 @@ class CameraConductor:
                 await asyncio.gather(*self._inflight, return_exceptions=True)
             stats.cancel()
             self.source.stop()
+            self._close_tracks()
             # the reader's last state change lands while this replica still holds the lease
             await asyncio.to_thread(self._reader.join, self.camera.read_timeout_s + 1)
             self._publish_stats()
@@ -206,12 +212,34 @@ class CameraConductor:
                 if result is not None:
                     total = (time.time() - frame.meta.frame_ts) * 1000
                     result = FrameResult(result.meta, result.objects, result.models, {**result.latency_ms, "total": total})
-                    self.publisher.publish(result)
+                    self._publish(result)
                     self.counters.processed += 1
                     self._fps_window.append(time.monotonic())
             finally:
                 mine.published.set()
                 self._place_freed(frame.meta.seq)
+
+    def _publish(self, result: FrameResult) -> None:
+        """The frame, with the events it causes and their counters, in one write (in seq order)."""
+        events: list[Event] = []
+        if self.events is not None:
+            try:
+                events = self.events.update(result)
+            except GeometryError as exc:  # a pixel zone outside the frame: the camera cannot run
+                self.publisher.camera_state(self.camera.id, "failed", error=str(exc))
+                self._stopped.set()
+                self._frame_ready.set()
+        counts = self.events.take_counts() if self.events is not None else None
+        self.publisher.publish(result, events_json(events), counts)
+        self._last_seq = result.meta.seq
+
+    def _close_tracks(self) -> None:
+        """The camera stops here: its open tracks end (and leave their zones)."""
+        if self.events is None or self._last_seq is None:
+            return
+        now = time.time()
+        events = self.events.close(self._last_seq, now)
+        self.publisher.publish_events(self.camera.id, now, events_json(events), self.events.take_counts())
 
     def _place_freed(self, seq: int) -> None:
         taken = self._taken_at.pop(seq, None)
@@ -352,5 +380,6 @@ async def open_camera(
         counters=CameraCounters(dropped_before=counters["dropped"], processed=counters["processed"],
                                 classify_failed=counters.get("classify_failed", 0)),
         tracker=ObjectTracker(config.tracker, id_offset=counters["track_id_max"]) if config.tracker.enabled else None,
+        events=EventEngine.for_camera(camera, track_buffer=config.tracker.track_buffer) if config.tracker.enabled else None,
         slot=slot,
     )

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .config_errors import CONFIG_ERROR_EXIT_CODE, ConfigError, format_validation_error  # noqa: F401 (API)
+from .geometry import LINES_HELP, ZONES_HELP, Anchor, Lines, Zones, check_units
 
 ENV_MODELS_DIR = "PERCEPT_MODELS_DIR"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -77,6 +78,14 @@ class CameraConfig(Strict):
     read_timeout_s: float = Field(2.0, gt=0, le=120)
     watchdog_s: float = Field(10.0, gt=0, le=600, description="no frame for this long: reconnect")
     max_inflight: int | None = Field(None, ge=1, le=64, description="default: decoder.max_inflight")
+    zones: Zones = Field(default_factory=dict, description=ZONES_HELP)
+    lines: Lines = Field(default_factory=dict, description=LINES_HELP)
+    anchor: Anchor = Field("bottom_center", description="the point of a box that zones and lines test")
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> "CameraConfig":
+        check_units(self.zones, self.lines)  # all pixels or all 0..1; the error names the zone/line
+        return self
 
 
 class BatchConfig(Strict):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 
 CONFIG_ERROR_EXIT_CODE = 2
 
@@ -20,7 +21,14 @@ class ConfigError(ValueError):
         super().__init__(head + ":\n" + "\n".join(f"  {e}" for e in errors))
 
 
-_UNION_MARKERS = {"int", "float", "str", "bool", "AutoscaleConfig", "literal['auto']"}
+_UNION_MARKERS = {"int", "float", "str", "bool", "AutoscaleConfig", "literal['auto']", "[key]"}
+ERROR_AT = "value_error_at"
+
+
+def error_at(at: tuple[str | int, ...], message: str) -> PydanticCustomError:
+    """An error a model validator raises about one of its items (``("zones", "crossing")``):
+    rendered at that item's path (``cameras[0].zones.crossing: message``), not the model's."""
+    return PydanticCustomError(ERROR_AT, "{message}", {"message": message, "at": tuple(at)})
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -49,7 +57,8 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     """One ``path: message, got value`` line per problem."""
     by_path: dict[str, list[dict[str, Any]]] = {}
     for err in exc.errors(include_url=False):
-        by_path.setdefault(_path(err["loc"]), []).append(err)
+        at = tuple((err.get("ctx") or {}).get("at", ())) if err["type"] == ERROR_AT else ()
+        by_path.setdefault(_path(tuple(err["loc"]) + at), []).append(err)
     lines: list[str] = []
     for path, errs in by_path.items():
         # Several errors on one path come from union branches (replicas: int | {min, max}):
@@ -70,6 +79,6 @@ def _format_one(path: str, err: dict[str, Any]) -> list[str]:
         return [f"{path}: unknown key"]
     if kind == "missing":
         return [f"{path}: required key is missing"]
-    if kind == "value_error":
+    if kind in ("value_error", ERROR_AT):
         return [f"{path}: {msg}"]
     return [f"{path}: {msg}, got {err.get('input')!r}"]

@@ -8,7 +8,7 @@ from ingesting alongside the new owner:
   acquired or renewed (measured from before the command was sent, so never later than Redis
   expires it), whatever the reason it could not renew;
 - every write of a camera's results and state goes through a Lua script that checks the lease
-  token in the same round-trip (`FENCED_XADD`, `FENCED_HSET`): a write from a replica that no
+  token in the same round-trip (`FENCED_PUBLISH`, `FENCED_HSET`): a write from a replica that no
   longer holds the lease is refused by Redis itself.
 
 A script answers 1 (written), 0 (the lease is held by someone else: refused) or -1 (nobody holds
@@ -27,9 +27,14 @@ from redis.exceptions import LockError
 
 LEASE_MARGIN = 0.1  # stop a camera this fraction of the TTL before its lease would expire
 
-# KEYS: lease, stream, camera hash. ARGV: token ('' = no check), entry id, maxlen, highest track
-# id in the frame (0 = none), then the entry's field/value pairs.
-FENCED_XADD = """
+# One frame's results in one round-trip, all or nothing: the frame's XADD (explicit id: Redis
+# refuses a second copy, and then nothing else is written), its events on the events stream and
+# its counter increments, only while the lease token is ours.
+# KEYS: lease, detections stream, camera hash, events stream, counts hash.
+# ARGV: token ('' = no check), frame entry id ('' = events only), maxlen, highest track id in the
+# frame (0 = none), camera, nf, nf frame field/value args, ne, ne × (entry id, kind, json),
+# then counter name/increment pairs.
+FENCED_PUBLISH = """
 if ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[1])
   if holder ~= ARGV[1] then
@@ -37,8 +42,24 @@ if ARGV[1] ~= '' then
     return -1
   end
 end
-local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[2], unpack(ARGV, 5))
-if type(added) == 'table' and added.err then return added end
+local nf = tonumber(ARGV[6])
+if ARGV[2] ~= '' then
+  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[2], unpack(ARGV, 7, 6 + nf))
+  if type(added) == 'table' and added.err then return added end
+end
+local i = 7 + nf
+local ne = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, ne do
+  local added = redis.pcall('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], ARGV[i],
+                            'v', '1', 'camera', ARGV[5], 'kind', ARGV[i + 1], 'json', ARGV[i + 2])
+  if type(added) == 'table' and added.err then return added end
+  i = i + 3
+end
+while i < #ARGV do
+  redis.call('HINCRBY', KEYS[5], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
 local top = tonumber(ARGV[4])
 if top > 0 and top > tonumber(redis.call('HGET', KEYS[3], 'track_id_max') or '0') then
   redis.call('HSET', KEYS[3], 'track_id_max', ARGV[4])

@@ -26,65 +26,19 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import redis
 
-from .config import RedisConfig
-from .lease import FENCED_HSET, FENCED_XADD, REFUSED, UNHELD, Fence
+from .lease import FENCED_HSET, FENCED_PUBLISH, REFUSED, UNHELD, Fence
 from .redact import redact
 from .schema import SCHEMA_VERSION, FrameResult
 from .sources import Backoff
+from .streams import StreamKeys, camera_states, connect_redis, parse_entry_id, redis_from_config  # noqa: F401 (API)
 
 log = logging.getLogger("percept.publish")
 
 _DUPLICATE_ID = "equal or smaller than the target stream top item"
-
-
-@dataclass(frozen=True)
-class StreamKeys:
-    prefix: str = "percept"
-
-    def detections(self, camera: str) -> str:
-        return f"{self.prefix}:detections:{camera}"
-
-    def camera(self, camera: str) -> str:
-        return f"{self.prefix}:camera:{camera}"
-
-    @property
-    def status(self) -> str:
-        return f"{self.prefix}:status"
-
-    def lease(self, camera: str) -> str:
-        return f"{self.prefix}:lease:{camera}"
-
-
-def connect_redis(
-    url: str, *, password: str | None = None, username: str | None = None, ca_file: str | None = None, **kwargs: Any
-) -> redis.Redis:
-    """The one factory for Redis clients (short timeouts: an outage is noticed quickly).
-    ``rediss://`` URLs use TLS, verified against ``ca_file`` when given."""
-    kwargs.setdefault("socket_timeout", 5)
-    kwargs.setdefault("socket_connect_timeout", 3)
-    kwargs.setdefault("health_check_interval", 10)
-    if password is not None:
-        kwargs["password"] = password
-    if username is not None:
-        kwargs["username"] = username
-    if ca_file is not None and url.startswith("rediss://"):
-        kwargs["ssl_ca_certs"] = ca_file
-    return redis.Redis.from_url(url, **kwargs)
-
-
-def redis_from_config(cfg: RedisConfig, **kwargs: Any) -> redis.Redis:
-    if not cfg.url:
-        raise ValueError("redis.url is not set")
-    return connect_redis(cfg.url, password=cfg.password, username=cfg.username, ca_file=cfg.tls_ca_file, **kwargs)
-
-
-def parse_entry_id(entry_id: bytes | str) -> tuple[int, int]:
-    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
-    return int(ms), int(seq or 0)
 
 
 @dataclass
@@ -142,7 +96,8 @@ class Publisher:
         self._backoff = Backoff(0.2, 5.0)
         self._fences: dict[str, Fence] = {}
         self._fence_logged: set[str] = set()
-        self._xadd = client.register_script(FENCED_XADD)
+        self._xadd = client.register_script(FENCED_PUBLISH)
+        self._last_event: dict[str, tuple[int, int]] = {}
         self._hset = client.register_script(FENCED_HSET)
 
     # --- producers ---------------------------------------------------------------------------
@@ -182,6 +137,9 @@ class Publisher:
         that drop counts stay cumulative across conductor and replica restarts."""
         self.flush(5.0, camera=camera)  # our own last results and stats for this camera land first
         last = self.last_published(camera)
+        last_event = self.client.xrevrange(self.keys.events(camera), count=1)
+        if last_event:
+            self._last_event[camera] = max(self._last_event.get(camera, (0, -1)), parse_entry_id(last_event[0][0]))
         raw = self.client.hgetall(self.keys.camera(camera))
         names = ("dropped", "processed", "publish_dropped", "classify_failed")
         counters = {k: int(float(raw.get(k.encode(), b"0") or 0)) for k in names}
@@ -190,27 +148,66 @@ class Publisher:
             self.stats.dropped[camera] = max(self.stats.dropped[camera], counters["publish_dropped"])
         return (last[1] + 1 if last else 0), counters
 
-    def publish(self, result: FrameResult) -> None:
+    def publish(self, result: FrameResult, events: Sequence[tuple[str, str]] = (),
+                counts: Mapping[str, int] | None = None) -> None:
+        """One frame's entry, with the events it caused (``(kind, json)`` pairs) and their counter
+        increments, written together in one fenced round-trip."""
         camera, seq = result.meta.camera, result.meta.seq
-        fence = self._fences.get(camera)
-        if fence is not None and fence.released:
-            with self._cond:
-                self.stats.fenced[camera] += 1
-            self._log_fenced(camera, "its lease was released here")
+        if self._refused_here(camera):
             return
         ms = max(int(result.meta.frame_ts * 1000), self._last_ms.get(camera, 0))
         self._last_ms[camera] = ms
         body = result.to_json()
         fields = {"v": SCHEMA_VERSION, "camera": camera, "seq": str(seq), "json": body}
         top_track = max((t for t in result.objects.track_ids if t is not None), default=0)
-        keys = [fence.key if fence else self.keys.lease(camera), self.keys.detections(camera), self.keys.camera(camera)]
-        args = [fence.token if fence else "", f"{ms}-{seq}", self.maxlen, top_track, *_flat(fields)]
+        self._put_publish(camera, f"{ms}-{seq}", ms, top_track, fields, events, counts,
+                          nbytes=len(body) + 64 + sum(len(j) + 32 for _, j in events), is_frame=True)
+
+    def publish_events(self, camera: str, ts: float, events: Sequence[tuple[str, str]],
+                       counts: Mapping[str, int] | None = None) -> None:
+        """Events without a frame (tracks ended when the camera stops)."""
+        if not events or self._refused_here(camera):
+            return
+        ms = max(int(ts * 1000), self._last_ms.get(camera, 0))
+        self._put_publish(camera, "", ms, 0, {}, events, counts,
+                          nbytes=sum(len(j) + 32 for _, j in events), is_frame=False)
+
+    def _refused_here(self, camera: str) -> bool:
+        fence = self._fences.get(camera)
+        if fence is not None and fence.released:
+            with self._cond:
+                self.stats.fenced[camera] += 1
+            self._log_fenced(camera, "its lease was released here")
+            return True
+        return False
+
+    def _event_ids(self, camera: str, ms: int, n: int) -> list[str]:
+        """Explicit, increasing event entry ids (``<ms>-<k>``), so a retried write is refused."""
+        last_ms, last_k = self._last_event.get(camera, (0, -1))
+        k = last_k + 1 if ms <= last_ms else 0
+        ms = max(ms, last_ms)
+        self._last_event[camera] = (ms, k + n - 1) if n else (last_ms, last_k)
+        return [f"{ms}-{k + i}" for i in range(n)]
+
+    def _put_publish(self, camera: str, entry_id: str, ms: int, top_track: int, fields: Mapping[str, str],
+                     events: Sequence[tuple[str, str]], counts: Mapping[str, int] | None, *,
+                     nbytes: int, is_frame: bool) -> None:
+        fence = self._fences.get(camera)
+        keys = [fence.key if fence else self.keys.lease(camera), self.keys.detections(camera),
+                self.keys.camera(camera), self.keys.events(camera), self.keys.counts(camera)]
+        flat = _flat(fields)
+        ids = self._event_ids(camera, ms, len(events))
+        args: list[Any] = [fence.token if fence else "", entry_id, self.maxlen, top_track, camera, len(flat), *flat,
+                           len(events)]
+        for eid, (kind, body) in zip(ids, events):
+            args += [eid, kind, body]
+        args += [x for name, inc in (counts or {}).items() if inc for x in (name, int(inc))]
 
         def apply(pipe: Any) -> int:
             self._xadd(keys=keys, args=args, client=pipe)
             return 1
 
-        self._put(camera, len(body) + 64, apply, is_frame=True, fence=fence)
+        self._put(camera, nbytes, apply, is_frame=is_frame, fence=fence)
 
     def camera_state(self, camera: str, state: str, *, error: str | None = None, **fields: Any) -> None:
         """A state change: the camera hash and one entry on the status stream."""
@@ -381,15 +378,3 @@ class Publisher:
 
 def _flat(mapping: Mapping[str, Any]) -> list[str]:
     return [str(x) for kv in mapping.items() for x in kv]
-
-
-def camera_states(client: redis.Redis, keys: StreamKeys, cameras: list[str]) -> dict[str, dict[str, str]]:
-    """The camera hashes, decoded (for CLIs and tests)."""
-    pipe = client.pipeline(transaction=False)
-    for cam in cameras:
-        pipe.hgetall(keys.camera(cam))
-    return {cam: _decode(raw) for cam, raw in zip(cameras, pipe.execute())}
-
-
-def _decode(mapping: Mapping[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in mapping.items()}

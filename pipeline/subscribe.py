@@ -47,13 +47,16 @@ class Subscriber:
         start: str = "$",
         block_ms: int = 1000,
         claim_idle_ms: int = 30_000,
+        events: bool = False,
     ):
+        """``events``: read the cameras' event streams (``<prefix>:events:<camera>``, schema
+        percept.events/v1) instead of their detections."""
         if not cameras:
             raise ValueError("subscribe needs at least one camera id")
         if consumer and not group:
             raise ValueError("--consumer needs --group")
         self.client = client
-        self.streams = [keys.detections(c) for c in cameras]
+        self.streams = [keys.events(c) if events else keys.detections(c) for c in cameras]
         self.group = group
         self.consumer = consumer or "percept-subscriber"
         self.block_ms = block_ms

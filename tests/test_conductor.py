@@ -91,8 +91,11 @@ def run_conductor(redis_server, *, frames=20, tracker=True, reclassify_every=0, 
 
 
 def test_results_are_published_in_seq_order_with_track_ids(redis_server):
-    payloads, _, _ = run_conductor(redis_server)
-    assert [p["seq"] for p in payloads] == list(range(20))
+    payloads, _, conductor = run_conductor(redis_server)
+    seqs = [p["seq"] for p in payloads]
+    assert seqs == sorted(set(seqs)) and seqs[0] == 0, seqs  # in order, each once
+    # on a loaded machine a frame may be skipped by keep-latest: then it is counted
+    assert len(seqs) + conductor.dropped == 20 and len(seqs) >= 15, (seqs, conductor.dropped)
     ids = {p["objects"][0]["track_id"] for p in payloads}
     assert len(ids) == 1 and None not in ids  # one car, one track, all frames
     assert all(p["objects"][0]["attributes"]["type"]["label"] == "cab" for p in payloads)

@@ -53,7 +53,8 @@ def graph(ray_session, session_redis, rtsp_with_auth, models_dir):
             "redis": {"url": session_redis.url, "stream_prefix": PREFIX},
             "cameras": [
                 {"id": "traffic", "url": cam_url(rtsp_with_auth, "traffic"), "fps": 3},
-                {"id": "walk", "url": cam_url(rtsp_with_auth, "walk"), "fps": 3},
+                {"id": "walk", "url": cam_url(rtsp_with_auth, "walk"), "fps": 3,
+                 "zones": {"left": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]}, "lines": {"middle": [[0.5, 0], [0.5, 1]]}},
             ],
             "detector": {"weights": DETECTOR, "num_cpus": 1, "threads": 2, "batch": {"max_size": 4, "wait_ms": 20}},
             "classifiers": {
@@ -335,3 +336,53 @@ def test_no_camera_password_anywhere_in_redis(graph, session_redis):
     for camera in ("traffic", "walk"):
         assert client.xlen(KEYS.detections(camera)) >= 15
         assert camera_states(client, KEYS, [camera])[camera]["state"] == "online"
+
+
+def _events(client, camera):
+    return [json.loads(f[b"json"]) for _, f in client.xrange(KEYS.events(camera))]
+
+
+def test_walk_camera_events_are_consistent_with_their_counters(graph):
+    """Track, zone and line events on vtest.avi: each track ends after it started, each zone exit
+    follows its enter (dwell = exit − enter), ids are unique, and the counters hash equals what
+    the events stream says (both are written in one round-trip)."""
+    _, client = graph
+    wait_for(lambda: sum(e["kind"] == "track_end" for e in _events(client, "walk")) >= 3, 90,
+             "three pedestrian tracks ended on the walk camera")
+    pipe = client.pipeline(transaction=True)  # events and counters read at one instant
+    pipe.xrange(KEYS.events("walk"))
+    pipe.hgetall(KEYS.counts("walk"))
+    raw_events, raw_counts = pipe.execute()
+    events = [json.loads(f[b"json"]) for _, f in raw_events]
+    counts = {k.decode(): int(v) for k, v in raw_counts.items()}
+    assert len({e["id"] for e in events}) == len(events), "an event id repeats"
+    for e in events:
+        assert e["schema"] == "percept.events/v1" and e["camera"] == "walk" and e["track_id"] is not None
+        assert {"id", "kind", "ts", "seq", "category", "label"} <= set(e), e
+    started = {}
+    for e in events:
+        if e["kind"] == "track_start":
+            started[e["track_id"]] = e
+        elif e["kind"] == "track_end":
+            assert e["track_id"] in started and e["ts"] >= started[e["track_id"]]["ts"], e
+            assert e["frames"] >= 1 and e["duration_s"] >= 0, e
+    entered = {}
+    for e in events:
+        if e["kind"] == "zone_enter":
+            entered[(e["track_id"], e["zone"])] = e
+        elif e["kind"] == "zone_exit":
+            enter = entered.pop((e["track_id"], e["zone"]))
+            if not e.get("ended"):
+                assert abs(e["dwell_s"] - (e["ts"] - enter["ts"])) < 1e-3, (enter, e)
+    # the counters agree with the events on the stream (no more, no fewer)
+    expected: dict[str, int] = {}
+    for e in events:
+        key = {"track_start": f"tracks:{e['category']}",
+               "zone_enter": f"zone:{e.get('zone')}:enter:{e['category']}",
+               "zone_exit": f"zone:{e.get('zone')}:exit:{e['category']}",
+               "line_cross": f"line:{e.get('line')}:{e.get('direction')}:{e['category']}"}.get(e["kind"])
+        if key:
+            expected[key] = expected.get(key, 0) + 1
+    assert counts == expected, (counts, expected)
+    assert counts.get("tracks:pedestrian", 0) >= 3
+

@@ -1,0 +1,371 @@
+"""Events a consumer can act on, made from one camera's tracked frames (schema ``percept.events/v1``).
+
+`EventEngine.update` takes the camera's `FrameResult`s in seq order, tracked (``track_ids``
+filled; objects without a track id are ignored), and returns the `Event`s each frame caused:
+
+- ``track_start`` — the first frame with the track's id (bbox, attributes known so far);
+- ``attributes`` — a classifier answer of the track changed (labels compared, not scores);
+- ``zone_enter`` / ``zone_exit`` — the track's anchor point (`geometry`) went into / out of a zone;
+  an open track that ends is also taken out of its zones (``ended: true``, ``dwell_s`` up to the
+  last frame it was seen);
+- ``line_cross`` — the anchor's movement between two consecutive sightings of the track crossed
+  a line (direction ``in`` / ``out``, see `pipeline.geometry`);
+- ``track_end`` — the track has been missing for more than ``track_buffer`` processed frames (the
+  frame on which ByteTrack drops it: until then it can still re-find the track), or the camera
+  stopped (`close`). ts/seq are those of the frame on which it is declared ended.
+
+Within a frame: track ends first, then each present track in track id order (start or
+attributes, zone exits, zone enters, line crossings; zones and lines in config order).
+Event ids are deterministic (``camera:track:kind``, plus ``:n`` for the kinds that repeat), so
+processing the same frames again yields the same ids and a retried publish can be refused.
+
+Counters (`EventEngine.counts`, `Event.count_keys`) are ``tracks:<category>``,
+``zone:<zone>:enter:<category>``, ``zone:<zone>:exit:<category>`` and
+``line:<line>:<in|out>:<category>``; names and categories match ``[A-Za-z0-9_-]+``, so the keys
+split on ``:``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+import numpy as np
+
+from .geometry import Anchor, Geometry, line_crossings, points_in_polygon, resolve_geometry
+from .schema import FrameResult
+
+if TYPE_CHECKING:
+    from .config import CameraConfig
+
+EVENTS_SCHEMA = "percept.events/v1"
+STATE_SCHEMA = "percept.events-state/v1"
+EventKind = Literal["track_start", "track_end", "attributes", "zone_enter", "zone_exit", "line_cross"]
+REPEATING = frozenset({"attributes", "zone_enter", "zone_exit", "line_cross"})
+PATH_POINTS = 8  # points in a track_end's path
+PATH_KEPT = 16  # points kept per open track (decimated by 2 when full)
+MAX_SNAPSHOT_TRACKS = 4096
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "track_start": ("bbox", "attributes"),
+    "track_end": ("duration_s", "frames", "best_score", "attributes", "path"),
+    "attributes": ("attributes",),
+    "zone_enter": ("zone",),
+    "zone_exit": ("zone", "dwell_s", "ended"),
+    "line_cross": ("line", "direction"),
+}
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _label_of(value: Any) -> Any:
+    """What is compared of a classifier answer: its label (``{"label": .., "score": ..}``)."""
+    return value.get("label") if isinstance(value, Mapping) else value
+
+
+class _Seen(NamedTuple):
+    """One sighting of a track in a frame, in pixels rounded to 0.1 (what a snapshot keeps, so a
+    restored engine computes exactly what the first one would have)."""
+
+    index: int  # into the frame's detections
+    box: list[float]
+    anchor: list[float]
+    centre: list[float]
+    zones: list[str]  # the zones its anchor is in
+    lines: list[tuple[str, int]]  # lines crossed since the last sighting: +1 in, -1 out
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: EventKind
+    camera: str
+    seq: int
+    ts: float  # capture time of the frame that caused it
+    track_id: int
+    category: str
+    label: str
+    n: int = 0  # the how-manieth event of this kind for this track (from 1; kinds in REPEATING)
+    bbox: tuple[float, float, float, float] | None = None
+    attributes: Mapping[str, Any] | None = None
+    duration_s: float | None = None
+    frames: int | None = None
+    best_score: float | None = None
+    path: Mapping[str, Any] | None = None
+    zone: str | None = None
+    dwell_s: float | None = None
+    ended: bool | None = None
+    line: str | None = None
+    direction: Literal["in", "out"] | None = None
+
+    @property
+    def id(self) -> str:
+        base = f"{self.camera}:{self.track_id}:{self.kind}"
+        return f"{base}:{self.n}" if self.kind in REPEATING else base
+
+    def count_keys(self) -> list[str]:
+        """The counters this event increments by one (see the module doc)."""
+        if self.kind == "track_start":
+            return [f"tracks:{self.category}"]
+        if self.kind == "zone_enter":
+            return [f"zone:{self.zone}:enter:{self.category}"]
+        if self.kind == "zone_exit":
+            return [f"zone:{self.zone}:exit:{self.category}"]
+        if self.kind == "line_cross":
+            return [f"line:{self.line}:{self.direction}:{self.category}"]
+        return []
+
+    def to_payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schema": EVENTS_SCHEMA, "id": self.id, "camera": self.camera, "kind": self.kind,
+            "ts": self.ts, "seq": self.seq, "track_id": self.track_id, "category": self.category,
+            "label": self.label,
+        }
+        for name in _FIELDS[self.kind]:
+            out[name] = _json_safe(getattr(self, name))
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_payload(), separators=(",", ":"))
+
+
+@dataclass
+class _Track:
+    """One open track's state; everything in it is JSON-able (see `EventEngine.snapshot`)."""
+
+    id: int
+    category: str
+    labels: dict[str, int]  # detector label → frames seen with it (the track's label: the most frequent)
+    first_ts: float
+    last_ts: float
+    last_frame: int
+    frames: int
+    best_score: float
+    attributes: dict[str, Any]
+    anchor: list[float]  # last anchor point, pixels
+    first: list[float]  # first and last box centres
+    last: list[float]
+    path: list[list[float]]  # box centres of every `stride`-th sighting, at most PATH_KEPT
+    stride: int = 1
+    zones: dict[str, float] = field(default_factory=dict)  # zone → enter ts
+    n: dict[str, int] = field(default_factory=dict)  # kind → events of that kind so far
+
+    @property
+    def label(self) -> str:
+        return max(self.labels, key=lambda k: self.labels[k])  # first seen wins a tie
+
+    def next_n(self, kind: str) -> int:
+        self.n[kind] = self.n.get(kind, 0) + 1
+        return self.n[kind]
+
+    def add_centre(self, centre: list[float]) -> None:
+        self.last = centre
+        if (self.frames - 1) % self.stride == 0:
+            self.path.append(centre)
+            if len(self.path) > PATH_KEPT:
+                self.path = self.path[::2]
+                self.stride *= 2
+
+    def path_summary(self) -> dict[str, Any]:
+        points = self.path + ([self.last] if self.path[-1] != self.last else [])
+        if len(points) > PATH_POINTS:
+            points = [points[int(i)] for i in np.linspace(0, len(points) - 1, PATH_POINTS).round()]
+        return {"first": self.first, "last": self.last, "points": points}
+
+
+class EventEngine:
+    """One camera's events. Not thread-safe; call `update` in seq order, `close` when it stops."""
+
+    def __init__(
+        self,
+        camera: str,
+        zones: Mapping[str, Sequence[Sequence[float]]] | None = None,
+        lines: Mapping[str, Sequence[Sequence[float]]] | None = None,
+        *,
+        anchor: Anchor = "bottom_center",
+        track_buffer: int = 30,
+    ):
+        self.camera = camera
+        self.zones = {k: [list(p) for p in v] for k, v in (zones or {}).items()}
+        self.lines = {k: [list(p) for p in v] for k, v in (lines or {}).items()}
+        self.anchor: Anchor = anchor
+        self.track_buffer = track_buffer
+        self.counts: Counter[str] = Counter()  # deltas since the last take_counts()
+        self._tracks: dict[int, _Track] = {}
+        self._frame = 0  # frames processed (the clock of track_buffer)
+        self._geometry: Geometry | None = None
+
+    @classmethod
+    def for_camera(cls, camera: CameraConfig, *, track_buffer: int) -> EventEngine:
+        """The engine of a configured camera (``tracker.track_buffer`` as ``track_buffer``)."""
+        return cls(camera.id, camera.zones, camera.lines, anchor=camera.anchor, track_buffer=track_buffer)
+
+    @property
+    def open_tracks(self) -> list[int]:
+        return sorted(self._tracks)
+
+    def geometry(self, width: int, height: int) -> Geometry:
+        """Zones and lines in pixels of this frame size (resolved on first use; `GeometryError`
+        names the zone or line when a pixel point lies outside the frame)."""
+        geo = self._geometry
+        if geo is None or (geo.width, geo.height) != (width, height):
+            geo = self._geometry = resolve_geometry(
+                self.zones, self.lines, self.anchor, width, height, where=f"cameras[{self.camera}]"
+            )
+        return geo
+
+    def take_counts(self) -> Counter[str]:
+        """The counter increments since the last call (for ``HINCRBY``), and start afresh."""
+        counts, self.counts = self.counts, Counter()
+        return counts
+
+    def _emit(self, events: list[Event], event: Event) -> None:
+        events.append(event)
+        self.counts.update(event.count_keys())
+
+    def update(self, result: FrameResult) -> list[Event]:
+        meta, dets = result.meta, result.objects
+        if meta.camera != self.camera:
+            raise ValueError(f"EventEngine({self.camera!r}) got a frame of camera {meta.camera!r}")
+        self._frame += 1
+        present: dict[int, int] = {}  # track id → object index (the first, should one repeat)
+        for i, tid in enumerate(dets.track_ids):
+            if tid is not None:
+                present.setdefault(int(tid), i)
+        events: list[Event] = []
+        for tid in sorted(self._tracks):
+            if tid not in present and self._frame - self._tracks[tid].last_frame > self.track_buffer:
+                self._end(self._tracks.pop(tid), meta.seq, meta.frame_ts, events)
+        geo = self.geometry(meta.width, meta.height)  # on the first frame: bad pixel zones fail at once
+        if not present:
+            return events
+        order = sorted(present)
+        boxes = np.round(dets.xyxy[[present[t] for t in order]].astype(np.float64), 1)
+        anchors = np.round(geo.anchors(boxes).reshape(-1, 2), 1)
+        centres = np.round(np.stack([boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]], axis=1) / 2, 1)
+        inside = {name: points_in_polygon(anchors, poly) for name, poly in geo.zones.items()}
+        prev = np.array([self._tracks[t].anchor if t in self._tracks else anchors[k] for k, t in enumerate(order)])
+        crossing = {name: line_crossings(prev, anchors, seg) for name, seg in geo.lines.items()}
+        for k, (tid, box, anchor, centre) in enumerate(zip(order, boxes.tolist(), anchors.tolist(), centres.tolist())):
+            zones_in = [name for name, mask in inside.items() if mask[k]]
+            lines_crossed = [(name, int(c[k])) for name, c in crossing.items() if c[k]]
+            self._sighting(tid, result, _Seen(present[tid], box, anchor, centre, zones_in, lines_crossed), events)
+        return events
+
+    def _sighting(self, tid: int, result: FrameResult, seen: _Seen, events: list[Event]) -> None:
+        meta, dets, i = result.meta, result.objects, seen.index
+        attrs = dict(dets.attributes[i])
+        tr = self._tracks.get(tid)
+        if tr is None:
+            tr = self._tracks[tid] = _Track(
+                id=tid, category=dets.categories[i], labels={dets.labels[i]: 1}, first_ts=meta.frame_ts,
+                last_ts=meta.frame_ts, last_frame=self._frame, frames=1, best_score=float(dets.scores[i]),
+                attributes=attrs, anchor=seen.anchor, first=seen.centre, last=seen.centre, path=[seen.centre],
+            )
+            self._emit(events, self._event(tr, "track_start", meta.seq, meta.frame_ts, bbox=tuple(seen.box),
+                                           attributes=dict(attrs)))
+        else:
+            tr.labels[dets.labels[i]] = tr.labels.get(dets.labels[i], 0) + 1
+            tr.last_ts, tr.last_frame, tr.frames = meta.frame_ts, self._frame, tr.frames + 1
+            tr.best_score = max(tr.best_score, float(dets.scores[i]))
+            tr.anchor = seen.anchor
+            tr.add_centre(seen.centre)
+            changed = any(name not in tr.attributes or _label_of(tr.attributes[name]) != _label_of(v)
+                          for name, v in attrs.items())
+            tr.attributes.update(attrs)  # an answer missing on this frame (failed) keeps the last one
+            if changed:
+                self._emit(events, self._event(tr, "attributes", meta.seq, meta.frame_ts,
+                                               attributes=dict(tr.attributes)))
+        for zone in [z for z in tr.zones if z not in seen.zones]:
+            self._exit(tr, zone, meta.seq, meta.frame_ts, meta.frame_ts, False, events)
+        for zone in [z for z in seen.zones if z not in tr.zones]:
+            tr.zones[zone] = meta.frame_ts
+            self._emit(events, self._event(tr, "zone_enter", meta.seq, meta.frame_ts, zone=zone))
+        for line, sign in seen.lines:
+            self._emit(events, self._event(tr, "line_cross", meta.seq, meta.frame_ts, line=line,
+                                           direction="in" if sign > 0 else "out"))
+
+    def _event(self, tr: _Track, kind: EventKind, seq: int, ts: float, **fields: Any) -> Event:
+        n = tr.next_n(kind) if kind in REPEATING else 0
+        return Event(kind, self.camera, seq, ts, tr.id, tr.category, tr.label, n, **fields)
+
+    def _exit(self, tr: _Track, zone: str, seq: int, ts: float, until: float, ended: bool,
+              events: list[Event]) -> None:
+        enter_ts = tr.zones.pop(zone)
+        dwell = round(max(0.0, until - enter_ts), 3)
+        self._emit(events, self._event(tr, "zone_exit", seq, ts, zone=zone, dwell_s=dwell, ended=ended))
+
+    def _end(self, tr: _Track, seq: int, ts: float, events: list[Event]) -> None:
+        for zone in list(tr.zones):
+            self._exit(tr, zone, seq, ts, tr.last_ts, True, events)
+        self._emit(events, self._event(
+            tr, "track_end", seq, ts, duration_s=round(tr.last_ts - tr.first_ts, 3), frames=tr.frames,
+            best_score=round(tr.best_score, 4), attributes=dict(tr.attributes), path=tr.path_summary(),
+        ))
+
+    def close(self, seq: int, ts: float) -> list[Event]:
+        """The camera stops: every open track ends (its zones exited), at ``seq``/``ts``."""
+        events: list[Event] = []
+        for tid in sorted(self._tracks):
+            self._end(self._tracks[tid], seq, ts, events)
+        self._tracks.clear()
+        return events
+
+    # --- state that survives a change of owner --------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """This engine's state as JSON-able data, bounded: the open tracks only (the most recently
+        seen `MAX_SNAPSHOT_TRACKS`), each with at most `PATH_KEPT` path points. Pending `counts`
+        are not in it: they belong to the events already handed out."""
+        tracks = sorted(self._tracks.values(), key=lambda t: (-t.last_frame, t.id))[:MAX_SNAPSHOT_TRACKS]
+        return {
+            "schema": STATE_SCHEMA, "camera": self.camera, "frame": self._frame,
+            "tracks": [_json_safe(vars(t)) for t in sorted(tracks, key=lambda t: t.id)],
+        }
+
+    @classmethod
+    def restore(
+        cls,
+        snapshot: Mapping[str, Any],
+        camera: str,
+        zones: Mapping[str, Sequence[Sequence[float]]] | None = None,
+        lines: Mapping[str, Sequence[Sequence[float]]] | None = None,
+        *,
+        anchor: Anchor = "bottom_center",
+        track_buffer: int = 30,
+    ) -> "EventEngine":
+        """An engine that continues the open tracks of ``snapshot``: no second ``track_start``,
+        event numbers (ids) continue, a crossing is judged from the last anchor point known.
+        Memberships of zones the new config no longer has are dropped without events."""
+        if snapshot.get("schema") != STATE_SCHEMA:
+            raise ValueError(f"unsupported event state {snapshot.get('schema')!r}; expected {STATE_SCHEMA!r}")
+        if snapshot.get("camera") != camera:
+            raise ValueError(f"event state of camera {snapshot.get('camera')!r} cannot continue camera {camera!r}")
+        engine = cls(camera, zones, lines, anchor=anchor, track_buffer=track_buffer)
+        try:
+            engine._frame = int(snapshot["frame"])
+            for data in snapshot.get("tracks", []):
+                tr = _Track(**{k: data[k] for k in _Track.__dataclass_fields__ if k in data})
+                tr.id, tr.last_frame, tr.frames, tr.stride = int(tr.id), int(tr.last_frame), int(tr.frames), int(tr.stride)
+                tr.zones = {z: float(t) for z, t in tr.zones.items() if z in engine.zones}
+                engine._tracks[tr.id] = tr
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"malformed event state of camera {camera!r}: {exc!r}") from None
+        return engine
+
+
+def events_json(events: Iterable[Event]) -> list[tuple[str, str]]:
+    """``(kind, json)`` pairs, the form the publisher writes."""
+    return [(e.kind, e.to_json()) for e in events]

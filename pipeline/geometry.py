@@ -1,0 +1,239 @@
+"""Zones and counting lines: their config types (pydantic) and their runtime geometry (numpy).
+
+Config, per camera (``cameras[].zones`` / ``lines`` / ``anchor``):
+
+- ``zones: {name: [[x, y], [x, y], [x, y], ...]}`` — a polygon of at least 3 points;
+- ``lines: {name: [[x1, y1], [x2, y2]]}`` — a segment of two different points;
+- ``anchor: bottom_center | center`` — the point of an object's box that zones and lines test
+  (default ``bottom_center``: where the object touches the ground).
+
+Names match ``[A-Za-z0-9_-]+``. Coordinates are image coordinates (x to the right, y down), either
+all relative (every value in 0..1, scaled by the frame's width and height) or all pixels: a zone or
+line is in pixels when any of its values is > 1, and one camera's zones and lines must all use the
+same unit. Pixel points beyond the frame can only be found once the frame size is known:
+`resolve_geometry` raises `GeometryError` then.
+
+Direction of a line: walking from point 1 to point 2 (as drawn on the image, y down), an object
+whose anchor crosses from the right-hand side to the left-hand side is ``in``; from left to right
+is ``out``. Example: ``[[0, 0.6], [1, 0.6]]`` (drawn left to right across the frame): the right-hand
+side is the lower part of the image, so an object moving up the image crosses ``in`` and one moving
+down crosses ``out``; swap the two points to swap the directions. A point exactly on the line
+counts as the right-hand side. Only a movement that intersects the segment itself counts (passing
+beside its end does not).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import AfterValidator
+
+from .config_errors import error_at
+
+Anchor = Literal["bottom_center", "center"]
+Direction = Literal["in", "out"]
+MAX_ZONE_POINTS = 256
+MAX_PER_CAMERA = 64  # zones, and lines, per camera
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class GeometryError(ValueError):
+    """Zones or lines that cannot be used with this frame (pixel points outside it)."""
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def _named(what: str):
+    def check(name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError(f"a {what} name must match [A-Za-z0-9_-]+, got {name!r}")
+        return name
+
+    return check
+
+
+def _point(p: list[float]) -> list[float]:
+    if len(p) != 2:
+        raise ValueError(f"a point is [x, y], got {_fmt(p)}")
+    if not all(math.isfinite(v) for v in p):
+        raise ValueError(f"coordinates must be finite numbers, got {_fmt(p)}")
+    if min(p) < 0:
+        raise ValueError(f"coordinates must be >= 0, got {_fmt(p)}")
+    return p
+
+
+def _polygon(points: list[list[float]]) -> list[list[float]]:
+    if len(points) < 3:
+        raise ValueError(f"a zone needs at least 3 points, got {len(points)}")
+    if len(points) > MAX_ZONE_POINTS:
+        raise ValueError(f"a zone has at most {MAX_ZONE_POINTS} points, got {len(points)}")
+    xy = np.asarray(points, np.float64)
+    area2 = np.dot(xy[:, 0], np.roll(xy[:, 1], -1)) - np.dot(xy[:, 1], np.roll(xy[:, 0], -1))
+    if abs(area2) <= 1e-12:
+        raise ValueError("a zone needs an area: its points are all on one line")
+    return points
+
+
+def _segment(points: list[list[float]]) -> list[list[float]]:
+    if len(points) != 2:
+        raise ValueError(f"a line needs exactly 2 points, got {len(points)}")
+    if points[0] == points[1]:
+        raise ValueError(f"a line needs two different points (zero length), got {_fmt(points[0])} twice")
+    return points
+
+
+def _at_most(what: str):
+    def check(items: dict[str, Any]) -> dict[str, Any]:
+        if len(items) > MAX_PER_CAMERA:
+            raise ValueError(f"at most {MAX_PER_CAMERA} {what} per camera, got {len(items)}")
+        return items
+
+    return check
+
+
+Point = Annotated[list[float], AfterValidator(_point)]
+ZonePolygon = Annotated[list[Point], AfterValidator(_polygon)]
+LineSegment = Annotated[list[Point], AfterValidator(_segment)]
+Zones = Annotated[dict[Annotated[str, AfterValidator(_named("zone"))], ZonePolygon], AfterValidator(_at_most("zones"))]
+Lines = Annotated[dict[Annotated[str, AfterValidator(_named("line"))], LineSegment], AfterValidator(_at_most("lines"))]
+ZONES_HELP = "name → polygon [[x, y], ...] (>= 3 points), in pixels or all in 0..1"
+LINES_HELP = "name → [[x1, y1], [x2, y2]]; crossing from the right of 1→2 to its left is 'in'"
+
+
+def is_pixels(points: Sequence[Sequence[float]]) -> bool:
+    """A zone or line is in pixels when any of its values is > 1 (else relative, 0..1)."""
+    return any(v > 1 for p in points for v in p)
+
+
+def check_units(zones: Mapping[str, Any], lines: Mapping[str, Any]) -> None:
+    """Raise (a pydantic error located at the offending zone or line) when one camera's zones and
+    lines mix pixel and relative coordinates. For `CameraConfig`'s model validator."""
+    items = [("zones", n, p) for n, p in zones.items()] + [("lines", n, p) for n, p in lines.items()]
+    if not items:
+        return
+    first_kind, first_name, first_points = items[0]
+    first_px = is_pixels(first_points)
+    for kind, name, points in items[1:]:
+        if is_pixels(points) != first_px:
+            first = f"{first_kind}.{first_name}"
+            what = (f"relative (all values in 0..1) but {first} is in pixels" if first_px
+                    else f"in pixels (a value > 1) but {first} is relative (all values in 0..1)")
+            raise error_at((kind, name), f"{what}: one camera's zones and lines must all use the same unit")
+
+
+# --- runtime --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A camera's zones and lines in pixels of one frame size."""
+
+    width: int
+    height: int
+    anchor: Anchor
+    zones: Mapping[str, np.ndarray]  # name → (k, 2) float64 polygon
+    lines: Mapping[str, np.ndarray]  # name → (2, 2) float64 segment, point 1 then point 2
+
+    def anchors(self, xyxy: np.ndarray) -> np.ndarray:
+        return anchor_point(xyxy, self.anchor)
+
+
+def resolve_geometry(
+    zones: Mapping[str, Sequence[Sequence[float]]],
+    lines: Mapping[str, Sequence[Sequence[float]]],
+    anchor: Anchor,
+    width: int,
+    height: int,
+    *,
+    where: str = "camera",
+) -> Geometry:
+    """Zones and lines in pixels of a ``width``×``height`` frame: relative coordinates are scaled,
+    pixel ones checked to lie inside the frame (``GeometryError`` naming ``where.zones.<name>[i]``)."""
+    if width <= 0 or height <= 0:
+        raise GeometryError(f"{where}: frame size {width}x{height} is not usable")
+    shapes = [("zones", n, p) for n, p in zones.items()] + [("lines", n, p) for n, p in lines.items()]
+    pixels = any(is_pixels(p) for _, _, p in shapes)
+    if pixels and not all(is_pixels(p) for _, _, p in shapes):
+        raise GeometryError(f"{where}: zones and lines mix pixel and relative (0..1) coordinates")
+    out: dict[str, dict[str, np.ndarray]] = {"zones": {}, "lines": {}}
+    for kind, name, points in shapes:
+        xy = np.asarray(points, np.float64).reshape(-1, 2)
+        if pixels:
+            for i, (x, y) in enumerate(xy):
+                if not (0 <= x <= width and 0 <= y <= height):
+                    raise GeometryError(
+                        f"{where}.{kind}.{name}[{i}]: {_fmt((x, y))} is outside the {width}x{height} frame "
+                        f"(pixel coordinates: x in 0..{width}, y in 0..{height})"
+                    )
+        else:
+            xy = xy * (width, height)
+        out[kind][name] = xy
+    return Geometry(width, height, anchor, out["zones"], out["lines"])
+
+
+def anchor_point(xyxy: np.ndarray | Sequence[float], anchor: Anchor = "bottom_center") -> np.ndarray:
+    """The anchor of each box: (2,) for one xyxy box, (N, 2) for N boxes."""
+    boxes = np.asarray(xyxy, np.float64)
+    b = boxes.reshape(-1, 4)
+    x = (b[:, 0] + b[:, 2]) / 2
+    y = b[:, 3] if anchor == "bottom_center" else (b[:, 1] + b[:, 3]) / 2
+    out = np.stack([x, y], axis=1)
+    return out[0] if boxes.ndim == 1 else out
+
+
+def points_in_polygon(points: np.ndarray | Sequence[Sequence[float]], polygon: np.ndarray) -> np.ndarray:
+    """(N,) bool: which of N points lie inside the polygon (even-odd ray casting, vectorised).
+    A point exactly on an edge may fall either way (deterministically)."""
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    poly = np.asarray(polygon, np.float64).reshape(-1, 2)
+    x, y = pts[:, 0:1], pts[:, 1:2]  # (N, 1) against (1, k) edges
+    x1, y1 = poly[:, 0][None, :], poly[:, 1][None, :]
+    x2, y2 = np.roll(poly[:, 0], -1)[None, :], np.roll(poly[:, 1], -1)[None, :]
+    straddles = (y1 > y) != (y2 > y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_cross = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
+    hits = straddles & (x < x_cross)
+    return (np.count_nonzero(hits, axis=1) % 2) == 1
+
+
+def point_in_polygon(point: Sequence[float], polygon: np.ndarray) -> bool:
+    return bool(points_in_polygon([point], polygon)[0])
+
+
+def _cross(ax: np.ndarray, ay: np.ndarray, bx: np.ndarray, by: np.ndarray) -> np.ndarray:
+    return ax * by - ay * bx
+
+
+def line_crossings(prev: np.ndarray, points: np.ndarray, line: np.ndarray) -> np.ndarray:
+    """(N,) int8 for N movements prev[i] → points[i] against one segment: +1 ``in`` (right-hand
+    side of point 1 → point 2 to its left, image coordinates), -1 ``out``, 0 no crossing. A point
+    on the line counts as right-hand side; the movement must intersect the segment itself."""
+    a = np.asarray(prev, np.float64).reshape(-1, 2)
+    b = np.asarray(points, np.float64).reshape(-1, 2)
+    p1, p2 = np.asarray(line, np.float64).reshape(2, 2)
+    dx, dy = p2 - p1
+    left_before = _cross(dx, dy, a[:, 0] - p1[0], a[:, 1] - p1[1]) < 0
+    left_after = _cross(dx, dy, b[:, 0] - p1[0], b[:, 1] - p1[1]) < 0
+    mx, my = b[:, 0] - a[:, 0], b[:, 1] - a[:, 1]
+    s1 = _cross(mx, my, p1[0] - a[:, 0], p1[1] - a[:, 1])
+    s2 = _cross(mx, my, p2[0] - a[:, 0], p2[1] - a[:, 1])
+    on_segment = np.sign(s1) * np.sign(s2) <= 0  # the line's end points are on both sides of the movement
+    moved = left_before != left_after
+    out = np.zeros(len(a), np.int8)
+    out[moved & on_segment & left_after] = 1
+    out[moved & on_segment & ~left_after] = -1
+    return out
+
+
+def line_crossing(prev_point: Sequence[float], point: Sequence[float], line: np.ndarray | Sequence[Sequence[float]]
+                  ) -> Direction | None:
+    """``in``, ``out`` or None for one movement ``prev_point`` → ``point`` against a segment."""
+    k = int(line_crossings(np.asarray([prev_point]), np.asarray([point]), np.asarray(line))[0])
+    return "in" if k > 0 else "out" if k < 0 else None

@@ -1,0 +1,84 @@
+"""Where percept's data lives in Redis and how to reach it: the key names (`StreamKeys`), the
+one client factory (`connect_redis`, `redis_from_config`), stream entry ids, camera hashes.
+
+Keys (a public contract, schema v1):
+- ``<prefix>:detections:<camera>`` — one entry per processed frame;
+- ``<prefix>:events:<camera>`` — track, zone and line events (schema percept.events/v1);
+- ``<prefix>:counts:<camera>`` — hash of zone/line/track counters;
+- ``<prefix>:camera:<camera>`` — the camera's state hash; ``<prefix>:status`` — state changes;
+- ``<prefix>:lease:<camera>`` — which decoder replica ingests the camera;
+- ``<prefix>:cameras`` — the runtime camera registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import redis
+
+from .config import RedisConfig
+
+
+@dataclass(frozen=True)
+class StreamKeys:
+    prefix: str = "percept"
+
+    def detections(self, camera: str) -> str:
+        return f"{self.prefix}:detections:{camera}"
+
+    def camera(self, camera: str) -> str:
+        return f"{self.prefix}:camera:{camera}"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}:status"
+
+    def lease(self, camera: str) -> str:
+        return f"{self.prefix}:lease:{camera}"
+
+    def events(self, camera: str) -> str:
+        return f"{self.prefix}:events:{camera}"
+
+    def counts(self, camera: str) -> str:
+        return f"{self.prefix}:counts:{camera}"
+
+
+def connect_redis(
+    url: str, *, password: str | None = None, username: str | None = None, ca_file: str | None = None, **kwargs: Any
+) -> redis.Redis:
+    """The one factory for Redis clients (short timeouts: an outage is noticed quickly).
+    ``rediss://`` URLs use TLS, verified against ``ca_file`` when given."""
+    kwargs.setdefault("socket_timeout", 5)
+    kwargs.setdefault("socket_connect_timeout", 3)
+    kwargs.setdefault("health_check_interval", 10)
+    if password is not None:
+        kwargs["password"] = password
+    if username is not None:
+        kwargs["username"] = username
+    if ca_file is not None and url.startswith("rediss://"):
+        kwargs["ssl_ca_certs"] = ca_file
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def redis_from_config(cfg: RedisConfig, **kwargs: Any) -> redis.Redis:
+    if not cfg.url:
+        raise ValueError("redis.url is not set")
+    return connect_redis(cfg.url, password=cfg.password, username=cfg.username, ca_file=cfg.tls_ca_file, **kwargs)
+
+
+def parse_entry_id(entry_id: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def camera_states(client: redis.Redis, keys: StreamKeys, cameras: list[str]) -> dict[str, dict[str, str]]:
+    """The camera hashes, decoded (for CLIs and tests)."""
+    pipe = client.pipeline(transaction=False)
+    for cam in cameras:
+        pipe.hgetall(keys.camera(cam))
+    return {cam: _decode(raw) for cam, raw in zip(cameras, pipe.execute())}
+
+
+def _decode(mapping: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in mapping.items()}

@@ -1,0 +1,287 @@
+"""EventEngine on synthetic tracked frames: lifecycle, zones, lines, ids, counts, snapshot/restore."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from pipeline.events import EVENTS_SCHEMA, PATH_KEPT, PATH_POINTS, Event, EventEngine
+from pipeline.geometry import GeometryError
+from pipeline.schema import Detections, FrameMeta, FrameResult
+
+T0 = 1_764_000_000.0
+FPS = 4.0
+STOP = {"stop": [[0, 0.5], [1, 0.5]]}  # y = 50 on 100×100 frames, drawn left → right: moving up is "in"
+BOX_ZONE = {"box": [[0.2, 0.2], [0.8, 0.2], [0.8, 0.8], [0.2, 0.8]]}
+
+
+def obj(track_id, bottom, *, x=50.0, category="vehicle", label="car", score=0.9, attributes=None, size=10.0):
+    """An object whose bottom-centre anchor is (x, bottom)."""
+    return dict(track_id=track_id, bbox=[x - size / 2, bottom - size, x + size / 2, bottom], category=category,
+                label=label, score=score, attributes=attributes or {})
+
+
+def frame(seq, objects=(), *, camera="cam", width=100, height=100):
+    dets = Detections(
+        xyxy=np.array([o["bbox"] for o in objects], np.float32).reshape(-1, 4),
+        scores=np.array([o["score"] for o in objects], np.float32),
+        labels=[o["label"] for o in objects],
+        categories=[o["category"] for o in objects],
+        track_ids=[o["track_id"] for o in objects],
+        attributes=[o["attributes"] for o in objects],
+    )
+    meta = FrameMeta(camera=camera, seq=seq, frame_ts=T0 + seq / FPS, pts=seq / FPS, width=width, height=height)
+    return FrameResult(meta=meta, objects=dets, models={}, latency_ms={})
+
+
+def ts(seq):
+    return T0 + seq / FPS
+
+
+def run(engine, frames):
+    out = []
+    for f in frames:
+        out.extend(engine.update(f))
+    return out
+
+
+def kinds(events):
+    return [(e.kind, e.track_id, e.seq) for e in events]
+
+
+def crossing_frames():
+    """Car 1 drives up the image across the stop line; pedestrian 2 walks down across it."""
+    ups = [90, 70, 55, 30, 10]  # never exactly on the line (that counts as its right-hand side)
+    return [frame(s, [obj(1, ups[s - 1]), obj(2, 100 - ups[s - 1], x=30, category="pedestrian", label="person")])
+            for s in range(1, 6)]
+
+
+def test_start_and_end_after_track_buffer_frames():
+    engine = EventEngine("cam", track_buffer=3)
+    seen = [frame(s, [obj(7, 60, score=0.5 + s / 10)]) for s in (1, 2, 3)]
+    events = run(engine, seen)
+    assert kinds(events) == [("track_start", 7, 1)]
+    assert run(engine, [frame(s) for s in (4, 5, 6)]) == []  # missing 3 frames: ByteTrack may still re-find it
+    (end,) = engine.update(frame(7))
+    assert (end.kind, end.seq, end.ts) == ("track_end", 7, ts(7))
+    assert end.duration_s == pytest.approx(ts(3) - ts(1)) and end.frames == 3 and end.best_score == pytest.approx(0.8)
+    assert engine.open_tracks == [] and engine.update(frame(8)) == []
+
+
+def test_a_track_seen_again_within_the_buffer_does_not_end():
+    engine = EventEngine("cam", track_buffer=2)
+    run(engine, [frame(1, [obj(3, 60)]), frame(2), frame(3), frame(4, [obj(3, 60)]), frame(5), frame(6)])
+    assert engine.open_tracks == [3]
+    (end,) = engine.update(frame(7))
+    assert end.kind == "track_end" and end.frames == 2 and end.duration_s == pytest.approx(ts(4) - ts(1))
+
+
+def test_objects_without_a_track_id_are_ignored():
+    engine = EventEngine("cam", lines=STOP)
+    assert run(engine, [frame(s, [obj(None, 90 - 20 * s)]) for s in range(1, 5)]) == []
+    assert engine.take_counts() == Counter()
+
+
+def test_line_crossing_in_both_directions_with_counts():
+    engine = EventEngine("cam", lines=STOP)
+    events = run(engine, crossing_frames())
+    assert kinds(events) == [("track_start", 1, 1), ("track_start", 2, 1), ("line_cross", 1, 4), ("line_cross", 2, 4)]
+    car, person = events[2], events[3]
+    assert (car.line, car.direction, car.id) == ("stop", "in", "cam:1:line_cross:1")
+    assert (person.direction, person.category, person.label) == ("out", "pedestrian", "person")
+    assert engine.take_counts() == Counter({"tracks:vehicle": 1, "tracks:pedestrian": 1,
+                                            "line:stop:in:vehicle": 1, "line:stop:out:pedestrian": 1})
+    assert engine.take_counts() == Counter()  # deltas: taken once
+    back = engine.update(frame(6, [obj(1, 80), obj(2, 60, x=30, category="pedestrian", label="person")]))
+    assert [(e.track_id, e.direction, e.id) for e in back] == [(1, "out", "cam:1:line_cross:2")]
+
+
+def test_zone_enter_and_exit_with_dwell():
+    engine = EventEngine("cam", zones=BOX_ZONE, track_buffer=5)
+    path = [95, 70, 50, 30, 10, 5]  # bottom-centre y: enters the box (20..80) at seq 2, leaves at seq 5
+    events = run(engine, [frame(s, [obj(4, path[s - 1])]) for s in range(1, 7)])
+    assert kinds(events) == [("track_start", 4, 1), ("zone_enter", 4, 2), ("zone_exit", 4, 5)]
+    enter, exit_ = events[1], events[2]
+    assert (enter.zone, enter.ts, exit_.zone, exit_.ts) == ("box", ts(2), "box", ts(5))
+    assert exit_.dwell_s == pytest.approx(exit_.ts - enter.ts) and exit_.ended is False
+    assert (enter.id, exit_.id) == ("cam:4:zone_enter:1", "cam:4:zone_exit:1")
+    assert engine.take_counts() == Counter({"tracks:vehicle": 1, "zone:box:enter:vehicle": 1, "zone:box:exit:vehicle": 1})
+
+
+def test_a_track_starting_inside_and_ending_inside_a_zone():
+    engine = EventEngine("cam", zones=BOX_ZONE, track_buffer=1)
+    events = run(engine, [frame(1, [obj(5, 50)]), frame(2, [obj(5, 52)]), frame(3), frame(4)])
+    assert kinds(events) == [("track_start", 5, 1), ("zone_enter", 5, 1), ("zone_exit", 5, 4), ("track_end", 5, 4)]
+    exit_ = events[2]
+    assert exit_.ended is True and exit_.dwell_s == pytest.approx(ts(2) - ts(1))  # up to the last sighting
+
+
+def test_attributes_change_emits_once_and_compares_labels_not_scores():
+    def seen(seq, attrs):
+        return frame(seq, [obj(9, 60, attributes=attrs)])
+
+    car, truck = {"label": "car", "score": 0.6}, {"label": "truck", "score": 0.7}
+    frames = [seen(1, {"type": car}), seen(2, {"type": {**car, "score": 0.9}}), seen(3, {"type": truck}),
+              seen(4, {"type": {**truck, "score": 0.4}}), seen(5, {}), seen(6, {"type": truck})]
+    engine = EventEngine("cam", track_buffer=2)
+    events = run(engine, frames)
+    assert kinds(events) == [("track_start", 9, 1), ("attributes", 9, 3)]
+    assert events[0].attributes == {"type": car} and events[1].attributes == {"type": truck}
+    assert events[1].id == "cam:9:attributes:1"
+    (end,) = run(engine, [frame(7), frame(8), frame(9)])
+    assert end.attributes == {"type": truck}  # final: the last answer (a frame without one keeps it)
+
+
+def test_an_answer_arriving_after_start_is_an_attributes_event():
+    engine = EventEngine("cam")
+    events = run(engine, [frame(1, [obj(2, 60)]), frame(2, [obj(2, 60, attributes={"type": {"label": "bus"}})])])
+    assert kinds(events) == [("track_start", 2, 1), ("attributes", 2, 2)]
+
+
+def test_ids_and_payloads_are_deterministic_across_runs():
+    frames = crossing_frames() + [frame(6), frame(7)]
+
+    def once():
+        engine = EventEngine("cam", zones=BOX_ZONE, lines=STOP, track_buffer=1)
+        return [e.to_payload() for e in run(engine, frames) + engine.close(8, ts(8))]
+
+    first, second = once(), once()
+    assert first == second and len(first) == 10
+    assert len({p["id"] for p in first}) == len(first)
+    assert [p["id"] for p in first if p["track_id"] == 1] == [
+        "cam:1:track_start", "cam:1:zone_enter:1", "cam:1:line_cross:1", "cam:1:zone_exit:1", "cam:1:track_end"]
+
+
+def test_payloads_are_json_with_the_kinds_fields():
+    engine = EventEngine("cam", zones=BOX_ZONE, lines=STOP, track_buffer=1)
+    events = run(engine, crossing_frames()) + engine.close(9, ts(9))
+    by_kind = {}
+    for e in events:
+        by_kind.setdefault(e.kind, json.loads(e.to_json()))
+    common = {"schema", "id", "camera", "kind", "ts", "seq", "track_id", "category", "label"}
+    assert set(by_kind) == {"track_start", "zone_enter", "zone_exit", "line_cross", "track_end"}
+    assert set(by_kind["track_start"]) == common | {"bbox", "attributes"}
+    assert set(by_kind["zone_enter"]) == common | {"zone"}
+    assert set(by_kind["zone_exit"]) == common | {"zone", "dwell_s", "ended"}
+    assert set(by_kind["line_cross"]) == common | {"line", "direction"}
+    assert set(by_kind["track_end"]) == common | {"duration_s", "frames", "best_score", "attributes", "path"}
+    start = by_kind["track_start"]
+    assert start["schema"] == EVENTS_SCHEMA and start["bbox"] == [45.0, 80.0, 55.0, 90.0]
+    assert start["camera"] == "cam" and start["seq"] == 1 and start["ts"] == ts(1)
+
+
+def test_track_end_path_is_a_bounded_summary():
+    engine = EventEngine("cam", track_buffer=1)
+    run(engine, [frame(s, [obj(1, 95 - 0.8 * s, x=5 + 0.8 * s)]) for s in range(1, 101)])
+    assert all(len(t["path"]) <= PATH_KEPT for t in engine.snapshot()["tracks"])
+    (end,) = engine.close(101, ts(101))
+    path = end.path
+    assert path["first"] == [5.8, 89.2] and path["last"] == [85.0, 10.0]  # box centres
+    assert len(path["points"]) == PATH_POINTS and path["points"][0] == path["first"] and path["points"][-1] == path["last"]
+    xs = [p[0] for p in path["points"]]
+    assert xs == sorted(xs)
+
+
+def test_close_ends_every_open_track_and_exits_its_zones():
+    engine = EventEngine("cam", zones=BOX_ZONE)
+    run(engine, [frame(1, [obj(1, 50), obj(2, 95)]), frame(2, [obj(1, 50), obj(2, 95)])])
+    engine.take_counts()
+    events = engine.close(3, ts(3))
+    assert kinds(events) == [("zone_exit", 1, 3), ("track_end", 1, 3), ("track_end", 2, 3)]
+    assert all(e.ts == ts(3) for e in events) and events[0].ended is True
+    assert engine.take_counts() == Counter({"zone:box:exit:vehicle": 1})
+    assert engine.open_tracks == [] and engine.close(4, ts(4)) == []
+
+
+def test_restore_mid_track_continues_without_a_second_start_and_counts_a_crossing_once():
+    frames = crossing_frames() + [frame(6), frame(7)]
+    whole = EventEngine("cam", zones=BOX_ZONE, lines=STOP, track_buffer=1)
+    expected = run(whole, frames)
+    expected_counts = whole.take_counts()
+
+    first = EventEngine("cam", zones=BOX_ZONE, lines=STOP, track_buffer=1)
+    before = run(first, frames[:3])  # both tracks on the line's far sides, not crossed yet
+    state = json.loads(json.dumps(first.snapshot()))  # through Redis
+    second = EventEngine.restore(state, "cam", BOX_ZONE, STOP, track_buffer=1)
+    after = run(second, frames[3:])
+
+    assert [e.kind for e in after].count("track_start") == 0
+    crossings = [e for e in after if e.kind == "line_cross"]
+    assert [(e.track_id, e.direction) for e in crossings] == [(1, "in"), (2, "out")]
+    assert before + after == expected  # same events, same ids, as without the change of owner
+    assert first.take_counts() + second.take_counts() == expected_counts
+    assert expected_counts["line:stop:in:vehicle"] == 1
+
+
+def test_a_crossing_between_the_snapshot_and_the_next_owners_first_frame_counts_once():
+    first = EventEngine("cam", lines=STOP)
+    run(first, [frame(1, [obj(1, 90)]), frame(2, [obj(1, 70)])])
+    second = EventEngine.restore(first.snapshot(), "cam", lines=STOP)
+    events = run(second, [frame(5, [obj(1, 20)]), frame(6, [obj(1, 10)])])  # frames 3, 4 went with the old owner
+    assert [(e.kind, e.direction, e.id) for e in events] == [("line_cross", "in", "cam:1:line_cross:1")]
+    assert second.take_counts() == Counter({"line:stop:in:vehicle": 1})
+
+
+def test_snapshot_is_bounded_to_open_tracks_and_json():
+    engine = EventEngine("cam", zones=BOX_ZONE, track_buffer=1)
+    run(engine, [frame(1, [obj(1, 50), obj(2, 60)]), frame(2, [obj(2, 60)]), frame(3, [obj(2, 60)])])
+    state = engine.snapshot()
+    assert json.loads(json.dumps(state)) == state
+    assert [t["id"] for t in state["tracks"]] == [2] and state["tracks"][0]["zones"] == {"box": ts(1)}
+
+
+def test_restore_refuses_another_camera_or_schema_and_drops_removed_zones():
+    engine = EventEngine("cam", zones=BOX_ZONE)
+    engine.update(frame(1, [obj(1, 50)]))
+    state = engine.snapshot()
+    with pytest.raises(ValueError, match="camera 'cam' cannot continue camera 'other'"):
+        EventEngine.restore(state, "other")
+    with pytest.raises(ValueError, match="unsupported event state"):
+        EventEngine.restore({**state, "schema": "x"}, "cam")
+    with pytest.raises(ValueError, match="malformed event state"):
+        EventEngine.restore({**state, "tracks": [{"id": 1}]}, "cam")
+    moved = EventEngine.restore(state, "cam")  # the zone was removed meanwhile: no exit event for it
+    assert moved.close(2, ts(2))[0].kind == "track_end"
+
+
+def test_geometry_is_resolved_from_the_frame_size():
+    engine = EventEngine("cam", lines={"stop": [[0, 0.5], [1, 0.5]]})
+    big = [frame(s, [obj(1, y, x=300)], width=640, height=480) for s, y in ((1, 300), (2, 200))]  # line at y = 240
+    assert [e.kind for e in run(engine, big)] == ["track_start", "line_cross"]
+    small = [frame(s, [obj(2, y, x=30)], width=100, height=100) for s, y in ((3, 60), (4, 40))]  # resized: y = 50
+    assert [e.kind for e in run(engine, small)] == ["track_start", "line_cross"]
+    bad = EventEngine("cam", zones={"z": [[10, 10], [700, 10], [100, 50]]})
+    with pytest.raises(GeometryError, match=r"cameras\[cam\]\.zones\.z\[1\]: \[700, 10\] is outside the 640x480 frame"):
+        bad.update(frame(1, width=640, height=480))  # the first frame, even without objects
+
+
+def test_frames_of_another_camera_are_refused():
+    with pytest.raises(ValueError, match="camera 'other'"):
+        EventEngine("cam").update(frame(1, camera="other"))
+
+
+def test_event_count_keys():
+    base = dict(camera="c", seq=1, ts=0.0, track_id=1, category="vehicle", label="car")
+    assert Event("line_cross", **base, n=1, line="stop", direction="out").count_keys() == ["line:stop:out:vehicle"]
+    assert Event("zone_enter", **base, n=1, zone="z").count_keys() == ["zone:z:enter:vehicle"]
+    assert Event("track_end", **base).count_keys() == [] and Event("track_start", **base).id == "c:1:track_start"
+
+
+def test_the_track_label_is_its_most_frequent_detector_label():
+    engine = EventEngine("cam", track_buffer=1)
+    frames = [frame(1, [obj(1, 60, label="truck")]), frame(2, [obj(1, 60)]), frame(3, [obj(1, 60)]), frame(4)]
+    start, end = run(engine, frames) + run(engine, [frame(5)])
+    assert (start.label, end.label) == ("truck", "car")
+
+
+def test_engine_for_a_configured_camera():
+    from pipeline.config import CameraConfig
+
+    cam = CameraConfig(id="cam", url="x", lines={"stop": [[0, 50], [100, 50]]}, anchor="center")
+    engine = EventEngine.for_camera(cam, track_buffer=4)
+    assert (engine.anchor, engine.track_buffer, engine.lines) == ("center", 4, {"stop": [[0, 50], [100, 50]]})
+    events = run(engine, [frame(1, [obj(1, 60)]), frame(2, [obj(1, 50)])])  # centre y 55 → 45: crossed
+    assert [(e.kind, e.direction) for e in events] == [("track_start", None), ("line_cross", "in")]

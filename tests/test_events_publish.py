@@ -1,0 +1,62 @@
+"""Events ride with their frame: one fenced round-trip writes the frame, its events and their
+counters, all or nothing (a retried frame writes none of them again); on a real redis-server."""
+
+import json
+
+from .test_publish import KEYS, publisher, result
+
+
+def _events(client, camera="cam"):
+    return [(eid.decode(), f[b"kind"].decode(), json.loads(f[b"json"])) for eid, f in client.xrange(KEYS.events(camera))]
+
+
+def test_events_and_counts_land_with_their_frame_once(redis_server):
+    pub = publisher(redis_server)
+    start = ("track_start", json.dumps({"id": "cam:7:track_start", "kind": "track_start"}))
+    cross = ("line_cross", json.dumps({"id": "cam:7:line_cross:1", "kind": "line_cross"}))
+    pub.publish(result(1), [start], {"tracks:vehicle": 1})
+    pub.publish(result(2), [cross], {"line:stop:in:vehicle": 1})
+    pub.publish(result(2), [cross], {"line:stop:in:vehicle": 1})  # the retry of a frame that landed
+    assert pub.flush(5)
+    client = redis_server.client()
+    events = _events(client)
+    assert [(k, e["id"]) for _, k, e in events] == [("track_start", "cam:7:track_start"),
+                                                    ("line_cross", "cam:7:line_cross:1")]
+    assert client.hgetall(KEYS.counts("cam")) == {b"tracks:vehicle": b"1", b"line:stop:in:vehicle": b"1"}
+    assert pub.stats.duplicates["cam"] == 1
+    pub.close()
+
+
+def test_events_without_a_frame_and_ids_that_keep_increasing_across_publishers(redis_server):
+    pub = publisher(redis_server)
+    pub.publish(result(1), [("track_start", "{}"), ("zone_enter", "{}")], {"zone:a:enter:vehicle": 1})
+    pub.publish_events("cam", 1_700_000_000.0, [("track_end", "{}")], {})
+    assert pub.flush(5)
+    pub.close()
+    again = publisher(redis_server)  # a restarted decoder: ids continue above the stream's last
+    again.resume_camera("cam")
+    again.publish(result(2, ts=1_600_000_000.0), [("track_start", "{}")], {"tracks:vehicle": 1})
+    assert again.flush(5)
+    ids = [eid for eid, _, _ in _events(redis_server.client())]
+    assert len(ids) == 4 and ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+    assert [k for _, k, _ in _events(redis_server.client())] == ["track_start", "zone_enter", "track_end", "track_start"]
+    again.close()
+
+
+def test_subscribe_events_reads_the_event_stream_with_a_group(redis_server):
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    pub = publisher(redis_server)
+    pub.publish(result(1), [("track_start", json.dumps({"id": "cam:1:track_start"}))], {"tracks:vehicle": 1})
+    pub.publish(result(2), [("track_end", json.dumps({"id": "cam:1:track_end"}))], {})
+    assert pub.flush(5)
+    pub.close()
+    args = [sys.executable, "-m", "cli", "subscribe", "cam", "--events", "--redis", redis_server.url, "--prefix",
+            KEYS.prefix, "--from-start", "--group", "g", "--count", "2"]
+    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(line)["id"] for line in out.stdout.splitlines()] == ["cam:1:track_start", "cam:1:track_end"]
+    assert redis_server.client().xpending(KEYS.events("cam"), "g")["pending"] == 0  # acked

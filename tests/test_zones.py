@@ -1,0 +1,226 @@
+"""Zones and lines: config validation with exact paths, units, and the runtime geometry
+(anchor points, point in polygon, crossing direction, segment-only intersection)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import cv2
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from pipeline.config import CameraConfig, ConfigError, format_validation_error, load_config, parse_config
+from pipeline.geometry import (
+    GeometryError,
+    anchor_point,
+    line_crossing,
+    line_crossings,
+    point_in_polygon,
+    points_in_polygon,
+    resolve_geometry,
+)
+
+SQUARE = [[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]]
+
+
+def camera_errors(**geometry):
+    with pytest.raises(ConfigError) as info:
+        parse_config({"cameras": [{"id": "cam", "url": "x.mp4", **geometry}]}, env={})
+    return info.value.errors
+
+
+# --- config ---------------------------------------------------------------------------------
+
+
+def test_zones_lines_and_anchor_parse_from_yaml_with_defaults(tmp_path):
+    p = tmp_path / "percept.yaml"
+    p.write_text(textwrap.dedent("""
+        cameras:
+          - id: traffic
+            url: clip.mp4
+            zones: {crossing: [[0.1, 0.5], [0.9, 0.5], [0.9, 1.0], [0.1, 1.0]]}
+            lines: {stop: [[0, 0.6], [1, 0.6]]}
+            anchor: center
+          - {id: door, url: clip.mp4, zones: {porch: [[10, 10], [630, 10], [320, 470]]}}
+    """))
+    cfg = load_config(p, env={})
+    cam, door = cfg.cameras
+    assert cam.zones == {"crossing": [[0.1, 0.5], [0.9, 0.5], [0.9, 1.0], [0.1, 1.0]]}
+    assert cam.lines == {"stop": [[0, 0.6], [1, 0.6]]} and cam.anchor == "center"
+    assert door.zones["porch"][2] == [320, 470] and door.lines == {} and door.anchor == "bottom_center"
+    assert CameraConfig.model_validate(cam.model_dump(mode="json")) == cam  # the registry's round trip
+
+
+def test_zone_with_fewer_than_three_points_names_the_zone():
+    assert camera_errors(zones={"crossing": [[0.1, 0.1], [0.5, 0.5]]}) == [
+        "cameras[0].zones.crossing: a zone needs at least 3 points, got 2"
+    ]
+
+
+def test_zone_without_area_is_refused():
+    assert camera_errors(zones={"flat": [[0, 0], [0.5, 0.5], [1, 1]]}) == [
+        "cameras[0].zones.flat: a zone needs an area: its points are all on one line"
+    ]
+
+
+def test_zero_length_line_and_wrong_point_counts():
+    assert camera_errors(lines={"stop": [[10, 20], [10, 20]]}) == [
+        "cameras[0].lines.stop: a line needs two different points (zero length), got [10, 20] twice"
+    ]
+    assert camera_errors(lines={"stop": [[0, 0], [1, 1], [1, 0]]}) == [
+        "cameras[0].lines.stop: a line needs exactly 2 points, got 3"
+    ]
+    assert camera_errors(lines={"stop": [[0, 0], [1, 1, 1]]}) == ["cameras[0].lines.stop[1]: a point is [x, y], got [1, 1, 1]"]
+
+
+def test_negative_and_non_finite_coordinates_name_the_point():
+    assert camera_errors(zones={"z": [[0, 0], [-0.5, 1], [1, 0]]}) == [
+        "cameras[0].zones.z[1]: coordinates must be >= 0, got [-0.5, 1]"
+    ]
+    assert camera_errors(lines={"l": [[0, 0], [1, float("inf")]]}) == [
+        "cameras[0].lines.l[1]: coordinates must be finite numbers, got [1, inf]"
+    ]
+
+
+def test_bad_names_are_refused():
+    assert camera_errors(zones={"front door": SQUARE}) == [
+        "cameras[0].zones.front door: a zone name must match [A-Za-z0-9_-]+, got 'front door'"
+    ]
+    assert camera_errors(lines={"a:b": [[0, 0], [1, 1]]}) == [
+        "cameras[0].lines.a:b: a line name must match [A-Za-z0-9_-]+, got 'a:b'"
+    ]
+
+
+def test_mixing_pixel_and_relative_units_names_the_odd_one():
+    assert camera_errors(zones={"crossing": SQUARE}, lines={"stop": [[0, 300], [640, 300]]}) == [
+        "cameras[0].lines.stop: in pixels (a value > 1) but zones.crossing is relative (all values in 0..1): "
+        "one camera's zones and lines must all use the same unit"
+    ]
+    assert camera_errors(zones={"a": [[0, 0], [640, 0], [640, 480]], "b": SQUARE}) == [
+        "cameras[0].zones.b: relative (all values in 0..1) but zones.a is in pixels: "
+        "one camera's zones and lines must all use the same unit"
+    ]
+    # one value > 1 makes the whole zone pixel-valued: consistent with a pixel line
+    parse_config({"cameras": [{"id": "c", "url": "x", "zones": {"a": [[0, 0], [0.5, 0.5], [2, 0]]},
+                               "lines": {"l": [[0, 0], [5, 5]]}}]}, env={})
+
+
+def test_errors_of_one_camera_as_the_api_and_registry_format_them():
+    with pytest.raises(ValidationError) as info:
+        CameraConfig.model_validate({"id": "cam", "url": "x", "zones": {"crossing": SQUARE},
+                                     "lines": {"stop": [[0, 300], [640, 300]]}})
+    (line,) = format_validation_error(info.value)
+    assert line.startswith("lines.stop: in pixels (a value > 1) but zones.crossing is relative")
+
+
+def test_other_geometry_errors_and_several_at_once():
+    errs = camera_errors(zones={"a": [[0, 0]], "b": "nope"}, anchor="top")
+    assert errs == [
+        "cameras[0].zones.a: a zone needs at least 3 points, got 1",
+        "cameras[0].zones.b: must be a valid list, got 'nope'",
+        "cameras[0].anchor: must be 'bottom_center' or 'center', got 'top'",
+    ]
+    (err,) = camera_errors(lines={f"l{i}": [[0, 0], [1, 1]] for i in range(65)})
+    assert err == "cameras[0].lines: at most 64 lines per camera, got 65"
+
+
+# --- runtime geometry -----------------------------------------------------------------------
+
+
+def test_relative_coordinates_scale_with_the_frame_and_pixels_stay():
+    geo = resolve_geometry({"z": SQUARE}, {"l": [[0, 0.5], [1, 0.5]]}, "bottom_center", 200, 100)
+    np.testing.assert_allclose(geo.zones["z"], [[50, 25], [150, 25], [150, 75], [50, 75]])
+    np.testing.assert_allclose(geo.lines["l"], [[0, 50], [200, 50]])
+    px = resolve_geometry({"z": [[10, 10], [100, 10], [100, 50]]}, {}, "center", 640, 480)
+    np.testing.assert_allclose(px.zones["z"], [[10, 10], [100, 10], [100, 50]])
+    edge = resolve_geometry({}, {"l": [[0, 480], [640, 480]]}, "center", 640, 480)  # the frame's edge is inside
+    np.testing.assert_allclose(edge.lines["l"], [[0, 480], [640, 480]])
+
+
+def test_pixel_points_outside_the_frame_are_a_clear_error_at_runtime():
+    with pytest.raises(GeometryError) as info:
+        resolve_geometry({"z": [[10, 10], [700, 10], [100, 50]]}, {}, "bottom_center", 640, 480, where="cameras[door]")
+    assert str(info.value) == (
+        "cameras[door].zones.z[1]: [700, 10] is outside the 640x480 frame (pixel coordinates: x in 0..640, y in 0..480)"
+    )
+    with pytest.raises(GeometryError, match=r"cameras\[door\]\.lines\.l\[1\]: \[5, 481\] is outside"):
+        resolve_geometry({}, {"l": [[0, 0], [5, 481]]}, "bottom_center", 640, 480, where="cameras[door]")
+    with pytest.raises(GeometryError, match="mix pixel and relative"):
+        resolve_geometry({"z": SQUARE}, {"l": [[0, 0], [5, 5]]}, "bottom_center", 640, 480)
+
+
+def test_anchor_points():
+    box = [10, 20, 30, 60]
+    np.testing.assert_allclose(anchor_point(box), [20, 60])
+    np.testing.assert_allclose(anchor_point(box, "center"), [20, 40])
+    np.testing.assert_allclose(anchor_point(np.array([box, [0, 0, 4, 2]]), "bottom_center"), [[20, 60], [2, 2]])
+    assert anchor_point(np.zeros((0, 4))).shape == (0, 2)
+
+
+def test_point_in_polygon_concave_and_against_opencv():
+    u_shape = np.array([[0, 0], [30, 0], [30, 30], [20, 30], [20, 10], [10, 10], [10, 30], [0, 30]], float)
+    assert point_in_polygon([5, 20], u_shape) and point_in_polygon([25, 20], u_shape)
+    assert not point_in_polygon([15, 20], u_shape)  # in the notch
+    assert not point_in_polygon([40, 5], u_shape) and point_in_polygon([15, 5], u_shape)
+    rng = np.random.default_rng(7)
+    star = np.array([[50 + r * np.cos(a), 50 + r * np.sin(a)]
+                     for a, r in zip(np.linspace(0, 2 * np.pi, 14, endpoint=False), [40, 15] * 7)])
+    pts = rng.uniform(0, 100, (2000, 2))
+    ours = points_in_polygon(pts, star)
+    theirs = np.array([cv2.pointPolygonTest(star.astype(np.float32), (float(x), float(y)), True) for x, y in pts])
+    clear = np.abs(theirs) > 1e-3  # off the boundary
+    assert np.array_equal(ours[clear], theirs[clear] > 0) and 0 < ours.sum() < len(pts)
+
+
+def test_crossing_direction_hand_drawn_example():
+    # Drawn left → right across a 100×100 frame at y = 60: walking from point 1 to point 2, the
+    # right-hand side is the lower part of the image (y down). Moving up the image is "in".
+    geo = resolve_geometry({}, {"stop": [[0, 0.6], [1, 0.6]]}, "bottom_center", 100, 100)
+    stop = geo.lines["stop"]
+    assert line_crossing([50, 80], [50, 40], stop) == "in"
+    assert line_crossing([50, 40], [50, 80], stop) == "out"
+    assert line_crossing([50, 80], [55, 70], stop) is None  # moved, did not cross
+    assert line_crossing([50, 40], [50, 80], stop[::-1]) == "in"  # swapping the points swaps directions
+    # drawn top → bottom at x = 50: the right-hand side is the image's left half
+    down = np.array([[50, 0], [50, 100]], float)
+    assert line_crossing([40, 50], [60, 50], down) == "in"
+    assert line_crossing([60, 50], [40, 50], down) == "out"
+
+
+def test_only_the_segment_counts_not_the_infinite_line():
+    short = np.array([[0, 60], [50, 60]], float)
+    assert line_crossing([80, 80], [80, 40], short) is None  # beside its end
+    assert line_crossing([50, 80], [50, 40], short) == "in"  # through its end point
+    assert line_crossing([20, 80], [20, 40], short) == "in"
+    assert line_crossing([-10, 80], [60, 40], short) == "in"  # diagonal, through the middle
+    assert line_crossing([90, 80], [40, 40], short) is None  # diagonal, misses the segment
+
+
+def test_a_point_on_the_line_counts_as_the_right_hand_side():
+    stop = np.array([[0, 60], [100, 60]], float)
+    assert line_crossing([50, 80], [50, 60], stop) is None  # onto the line: still right-hand side
+    assert line_crossing([50, 60], [50, 40], stop) == "in"  # one crossing in all for 80 → 60 → 40
+    assert line_crossing([50, 40], [50, 60], stop) == "out"
+
+
+def test_line_crossings_agree_with_a_parametric_reference():
+    rng = np.random.default_rng(3)
+    prev, cur = rng.uniform(0, 100, (500, 2)), rng.uniform(0, 100, (500, 2))
+    p1, p2 = np.array([20.0, 30.0]), np.array([80.0, 70.0])
+    d = p2 - p1
+
+    def reference(a, b):  # solve a + t·(b − a) = p1 + u·d; "in" when moving to the left of d
+        m = b - a
+        den = m[0] * d[1] - m[1] * d[0]
+        t = ((p1 - a)[0] * d[1] - (p1 - a)[1] * d[0]) / den
+        u = ((p1 - a)[0] * m[1] - (p1 - a)[1] * m[0]) / den
+        if not (0 <= t <= 1 and 0 <= u <= 1):
+            return 0
+        return 1 if d[0] * m[1] - d[1] * m[0] < 0 else -1
+
+    out = line_crossings(prev, cur, np.array([p1, p2]))
+    assert out.tolist() == [reference(a, b) for a, b in zip(prev, cur)]
+    assert (out == 1).any() and (out == -1).any() and (out == 0).any()
+    assert [line_crossing(a, b, [p1, p2]) for a, b in zip(prev[:50], cur[:50])] == [
+        {1: "in", -1: "out", 0: None}[k] for k in out[:50].tolist()]
