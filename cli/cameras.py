@@ -31,6 +31,11 @@ def register(sub: Any) -> None:
     add.add_argument("--loop", action="store_true")
     rm = cam_sub.add_parser("rm", help="remove a camera")
     rm.add_argument("id")
+    zones = cam_sub.add_parser("zones", help="change a camera's zones, lines or anchor (no restart)")
+    zones.add_argument("id")
+    zones.add_argument("--zones", type=json.loads, help='JSON: {"name": [[x, y], ...]} ({} removes them all)')
+    zones.add_argument("--lines", type=json.loads, help='JSON: {"name": [[x1, y1], [x2, y2]]}')
+    zones.add_argument("--anchor", choices=("bottom_center", "center"))
     cams.set_defaults(func=_cameras)
 
 
@@ -41,6 +46,10 @@ def _request(args: argparse.Namespace) -> urllib.request.Request:
     if args.action == "add":
         body = json.dumps({"id": args.id, "url": args.url, "fps": args.fps, "loop": args.loop}).encode()
         return urllib.request.Request(base, data=body, method="POST", headers={"Content-Type": "application/json"})
+    if args.action == "zones":
+        changes = {k: getattr(args, k) for k in ("zones", "lines", "anchor") if getattr(args, k) is not None}
+        return urllib.request.Request(f"{base}/{args.id}", data=json.dumps(changes).encode(), method="PUT",
+                                      headers={"Content-Type": "application/json"})
     return urllib.request.Request(f"{base}/{args.id}", method="DELETE")
 
 
@@ -63,6 +72,8 @@ def _call(args: argparse.Namespace) -> tuple[int, Any]:
 
 
 def _cameras(args: argparse.Namespace) -> int:
+    if args.action == "zones" and all(getattr(args, k) is None for k in ("zones", "lines", "anchor")):
+        return fail("cameras zones: give --zones, --lines and/or --anchor", 2)
     try:
         status, data = _call(args)
     except (urllib.error.URLError, OSError) as exc:

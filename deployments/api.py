@@ -26,6 +26,7 @@ from pipeline.registry import CameraRegistry
 
 from .logs import route_percept_logs
 
+RUNTIME_FIELDS = {"zones", "lines", "anchor"}  # what PUT /cameras/{id} may change
 app = FastAPI(title="percept", description="Runtime camera management")
 
 
@@ -90,6 +91,23 @@ class CameraApi:
         if not await asyncio.to_thread(self.registry.add, camera):
             raise HTTPException(409, detail=f"camera {camera.id!r} exists; DELETE it first to change it")
         return {"id": camera.id, "url": redact_url(camera.url)}
+
+    @app.put("/cameras/{camera_id}")
+    async def change_geometry(self, camera_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        """Zones, lines and anchor change at runtime, without restarting the camera."""
+        other = sorted(set(body) - RUNTIME_FIELDS)
+        if other:
+            raise HTTPException(422, detail=[f"{k}: only {', '.join(sorted(RUNTIME_FIELDS))} change at runtime; "
+                                             "DELETE and POST the camera to change the rest" for k in other])
+        try:
+            camera = await asyncio.to_thread(self.registry.set_geometry, camera_id, body)
+        except ValidationError as exc:
+            raise HTTPException(422, detail=format_validation_error(exc)) from None
+        except LookupError as exc:
+            raise HTTPException(409, detail=str(exc)) from None
+        if camera is None:
+            raise HTTPException(404, detail=f"no camera {camera_id!r}")
+        return {"id": camera.id, "zones": camera.zones, "lines": camera.lines, "anchor": camera.anchor}
 
     @app.delete("/cameras/{camera_id}")
     async def remove_camera(self, camera_id: str) -> dict[str, Any]:

@@ -125,6 +125,11 @@ class CameraSupervisor:
         for cid in [c for c in self.running if c not in self.cameras]:
             log.warning("camera %s: removed; stopping here", cid)
             await self._stop_camera(cid)
+        for cid, entry in self.running.items():
+            new, now = self.cameras[cid], entry.conductor.camera
+            if new != now and new.model_copy(update=_geometry_of(now)) == now:
+                log.info("camera %s: zones/lines changed; applied without a restart", cid)
+                entry.conductor.reconfigure(new)
         await self._claim()
 
     async def _renew_loop(self) -> None:
@@ -310,3 +315,8 @@ class CameraSupervisor:
             stats = self.publisher.stats
             out["fencing"] = {"fenced": dict(stats.fenced), "duplicates": dict(stats.duplicates)}
         return out
+
+
+def _geometry_of(camera: Any) -> dict[str, Any]:
+    """The fields of a camera that change at runtime without restarting it."""
+    return {"zones": camera.zones, "lines": camera.lines, "anchor": camera.anchor}

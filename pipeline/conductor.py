@@ -95,6 +95,7 @@ class CameraConductor:
         self.tracker = tracker
         self.events = events  # track, zone and line events (needs the tracker)
         self._last_seq: int | None = None  # the newest published frame's seq
+        self._alive: dict[int, set[int]] = {}  # seq → track ids the tracker held after that frame
         self._tracked_frames = 0
         self.classification = CropClassification(
             camera.id, classifiers, timeout_s=classify_timeout_s,
@@ -217,14 +218,22 @@ class CameraConductor:
                     self._fps_window.append(time.monotonic())
             finally:
                 mine.published.set()
+                self._alive.pop(frame.meta.seq, None)
                 self._place_freed(frame.meta.seq)
+
+    def reconfigure(self, camera: CameraConfig) -> None:
+        """The camera's zones, lines or anchor changed at runtime: applied from the next frame
+        on, without restarting the camera (its source and tracks go on)."""
+        self.camera = camera
+        if self.events is not None:
+            self.events.reconfigure(camera.zones, camera.lines, anchor=camera.anchor)
 
     def _publish(self, result: FrameResult) -> None:
         """The frame, with the events it causes and their counters, in one write (in seq order)."""
         events: list[Event] = []
         if self.events is not None:
             try:
-                events = self.events.update(result)
+                events = self.events.update(result, self._alive.pop(result.meta.seq, None))
             except GeometryError as exc:  # a pixel zone outside the frame: the camera cannot run
                 self.publisher.camera_state(self.camera.id, "failed", error=str(exc))
                 self._stopped.set()
@@ -261,6 +270,8 @@ class CameraConductor:
             try:
                 detections = self.tracker.update(detections, (meta.height, meta.width))
                 self._tracked_frames += 1
+                if self.events is not None:
+                    self._alive[meta.seq] = self.tracker.alive_ids()
             finally:
                 mine.tracked.set()
         t1 = time.perf_counter()

@@ -154,7 +154,7 @@ class _Track:
     frames: int
     best_score: float
     attributes: dict[str, Any]
-    anchor: list[float]  # last anchor point, pixels
+    anchor: list[float] | None  # last anchor point, pixels (None: judge no crossing from it)
     first: list[float]  # first and last box centres
     last: list[float]
     path: list[list[float]]  # box centres of every `stride`-th sighting, at most PATH_KEPT
@@ -212,6 +212,21 @@ class EventEngine:
         """The engine of a configured camera (``tracker.track_buffer`` as ``track_buffer``)."""
         return cls(camera.id, camera.zones, camera.lines, anchor=camera.anchor, track_buffer=track_buffer)
 
+    def reconfigure(self, zones: Mapping[str, Sequence[Sequence[float]]] | None,
+                    lines: Mapping[str, Sequence[Sequence[float]]] | None, *, anchor: Anchor) -> None:
+        """Zones, lines or the anchor changed at runtime: open tracks continue. Memberships of
+        removed zones are dropped without events; a track inside a new zone gets its
+        ``zone_enter`` on its next sighting; after an anchor change no crossing is judged
+        between the old anchor point and the new one."""
+        self.zones = {k: [list(p) for p in v] for k, v in (zones or {}).items()}
+        self.lines = {k: [list(p) for p in v] for k, v in (lines or {}).items()}
+        anchor_changed, self.anchor = anchor != self.anchor, anchor
+        self._geometry = None
+        for tr in self._tracks.values():
+            tr.zones = {z: t for z, t in tr.zones.items() if z in self.zones}
+            if anchor_changed:
+                tr.anchor = None
+
     @property
     def open_tracks(self) -> list[int]:
         return sorted(self._tracks)
@@ -235,7 +250,10 @@ class EventEngine:
         events.append(event)
         self.counts.update(event.count_keys())
 
-    def update(self, result: FrameResult) -> list[Event]:
+    def update(self, result: FrameResult, alive: "set[int] | None" = None) -> list[Event]:
+        """Events of one frame. ``alive``: the ids the tracker still holds after this frame
+        (tracked or lost); a track ends when the tracker dropped it, so a track it brings back
+        is never ended first. Without it, a track ends after ``track_buffer`` frames unseen."""
         meta, dets = result.meta, result.objects
         if meta.camera != self.camera:
             raise ValueError(f"EventEngine({self.camera!r}) got a frame of camera {meta.camera!r}")
@@ -246,7 +264,9 @@ class EventEngine:
                 present.setdefault(int(tid), i)
         events: list[Event] = []
         for tid in sorted(self._tracks):
-            if tid not in present and self._frame - self._tracks[tid].last_frame > self.track_buffer:
+            if tid in present:
+                continue
+            if (tid not in alive) if alive is not None else self._frame - self._tracks[tid].last_frame > self.track_buffer:
                 self._end(self._tracks.pop(tid), meta.seq, meta.frame_ts, events)
         geo = self.geometry(meta.width, meta.height)  # on the first frame: bad pixel zones fail at once
         if not present:
@@ -256,7 +276,8 @@ class EventEngine:
         anchors = np.round(geo.anchors(boxes).reshape(-1, 2), 1)
         centres = np.round(np.stack([boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]], axis=1) / 2, 1)
         inside = {name: points_in_polygon(anchors, poly) for name, poly in geo.zones.items()}
-        prev = np.array([self._tracks[t].anchor if t in self._tracks else anchors[k] for k, t in enumerate(order)])
+        prev = np.array([self._tracks[t].anchor if t in self._tracks and self._tracks[t].anchor is not None
+                         else anchors[k] for k, t in enumerate(order)])
         crossing = {name: line_crossings(prev, anchors, seg) for name, seg in geo.lines.items()}
         for k, (tid, box, anchor, centre) in enumerate(zip(order, boxes.tolist(), anchors.tolist(), centres.tolist())):
             zones_in = [name for name, mask in inside.items() if mask[k]]

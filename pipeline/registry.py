@@ -148,6 +148,32 @@ class CameraRegistry:
         entry = json.dumps({"source": "api", "camera": camera.model_dump(mode="json")})
         return bool(self.client.hsetnx(self.key, camera.id, entry))
 
+    def set_geometry(self, camera_id: str, changes: Mapping[str, Any]) -> CameraConfig | None:
+        """Change a camera's zones, lines or anchor in place (decoders apply it without a
+        restart); None if there is no such camera. Raises pydantic's ValidationError, with
+        paths relative to the camera, for an invalid change."""
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(self.key)
+                    raw = pipe.hget(self.key, camera_id)
+                    if raw is None:
+                        return None
+                    try:
+                        entry = json.loads(raw)
+                        current = dict(entry["camera"])
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise LookupError(f"the stored entry of camera {camera_id!r} is unreadable ({exc}); "
+                                          "DELETE it and POST it again") from None
+                    camera = CameraConfig.model_validate({**current, **changes})
+                    entry["camera"] = camera.model_dump(mode="json")
+                    pipe.multi()
+                    pipe.hset(self.key, camera_id, json.dumps(entry))
+                    pipe.execute()
+                    return camera
+                except redis.WatchError:
+                    continue
+
     def remove(self, camera_id: str) -> bool:
         return bool(self.client.hdel(self.key, camera_id))
 

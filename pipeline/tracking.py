@@ -57,6 +57,12 @@ class ObjectTracker:
                 self.track_id_max = max(self.track_id_max, ids[idx])
         return dets.with_track_ids(ids)
 
+    def alive_ids(self) -> set[int]:
+        """Ids of the tracks ByteTrack still holds (tracked or lost): a track not among them has
+        ended for good — ByteTrack never brings a dropped track back, and never reuses its id."""
+        t = self._tracker
+        return {int(s.track_id) + self.id_offset for s in (*t.tracked_stracks, *t.lost_stracks)}
+
 
 @dataclass
 class _Entry:

@@ -208,6 +208,16 @@ def test_tracker_keeps_ids_for_moving_objects():
     assert all(frame == ids[-1] for frame in ids[2:])
 
 
+def test_tracker_reports_the_tracks_it_still_holds_until_it_drops_them():
+    tracker = ObjectTracker(TrackerConfig(track_buffer=3), id_offset=100)
+    car = Detections(xyxy=np.array([[10, 10, 50, 40]]), scores=[0.9], labels=("car",), categories=("vehicle",))
+    (tid,) = [tracker.update(car, (360, 640)).track_ids for _ in range(3)][-1]
+    assert tid is not None and tid > 100 and tracker.alive_ids() == {tid}
+    empty = Detections(xyxy=np.zeros((0, 4)), scores=[], labels=(), categories=())
+    held = [tid in (tracker.update(empty, (360, 640)), tracker.alive_ids())[1] for _ in range(6)]
+    assert held[:3] == [True, True, True] and held[-1] is False, held  # lost, then dropped
+
+
 class LiveCapture:
     """A live camera at ``fps`` frames per second of real time: grab() blocks until the next
     frame is due (behind schedule, it delivers at once, like a camera's buffered stream)."""

@@ -285,3 +285,31 @@ def test_engine_for_a_configured_camera():
     assert (engine.anchor, engine.track_buffer, engine.lines) == ("center", 4, {"stop": [[0, 50], [100, 50]]})
     events = run(engine, [frame(1, [obj(1, 60)]), frame(2, [obj(1, 50)])])  # centre y 55 → 45: crossed
     assert [(e.kind, e.direction) for e in events] == [("track_start", None), ("line_cross", "in")]
+
+
+def test_zones_and_lines_changed_at_runtime_apply_to_open_tracks():
+    engine = EventEngine("cam", zones=BOX_ZONE, track_buffer=5)
+    run(engine, [frame(1, [obj(1, 62)])])  # inside "box"
+    # "box" removed, "top" added, a line added: no exit for the removed zone, no second start,
+    # the track inside the new zone enters it on its next sighting
+    engine.reconfigure({"top": [[0, 0], [1, 0], [1, 0.6], [0, 0.6]]}, STOP, anchor="bottom_center")
+    events = run(engine, [frame(2, [obj(1, 58)]), frame(3, [obj(1, 56)])])
+    assert kinds(events) == [("zone_enter", 1, 2)] and events[0].zone == "top"
+    # zones removed and a new anchor: no exit event, and the jump from the old anchor point
+    # (bottom 56, below the line) to the new one (centre 49, above it) is not a crossing
+    engine.reconfigure({}, STOP, anchor="center")
+    assert run(engine, [frame(4, [obj(1, 54)]), frame(5, [obj(1, 53)])]) == []
+    crossed = run(engine, [frame(6, [obj(1, 64)])])  # centre 48 → 59: down across y = 50
+    assert [(e.kind, e.direction) for e in crossed] == [("line_cross", "out")]
+
+
+def test_a_track_ends_when_the_tracker_drops_it_not_before():
+    """With the tracker's alive ids, a track lost for longer than track_buffer frames but still
+    held by the tracker (it may bring it back) stays open; it ends on the frame it is dropped."""
+    engine = EventEngine("cam", track_buffer=2)
+    run(engine, [frame(1, [obj(1, 50)])])
+    assert engine.update(frame(2), alive={1}) == [] and engine.update(frame(3), alive={1}) == []
+    assert engine.update(frame(4), alive={1}) == []  # past track_buffer, but still held: open
+    assert kinds(engine.update(frame(5, [obj(1, 52)]), alive={1})) == []  # brought back: no second start
+    ended = engine.update(frame(6), alive=set())
+    assert kinds(ended) == [("track_end", 1, 6)]

@@ -107,3 +107,23 @@ def test_urls_keep_variables_in_redis_and_are_expanded_for_the_decoder(redis_ser
     finally:
         pub.close()
     assert b"Pw-9" not in b"".join(client.hvals(reg.key))
+
+
+def test_set_geometry_changes_zones_in_place_and_validates(redis_server):
+    import pytest
+    from pydantic import ValidationError
+
+    from pipeline.config import format_validation_error
+
+    reg = registry(redis_server)
+    cam = reg.set_geometry("good", {"zones": {"door": [[0, 0], [0.5, 0], [0.5, 1]]}, "anchor": "center"})
+    assert cam.zones == {"door": [[0, 0], [0.5, 0], [0.5, 1]]} and cam.anchor == "center" and cam.url == "a.mp4"
+    assert {c.id: c for c in reg.cameras()}["good"] == cam  # stored, source tag kept
+    assert json.loads(redis_server.client().hget(reg.key, "good"))["source"] == "config"
+    with pytest.raises(ValidationError) as err:
+        reg.set_geometry("good", {"zones": {"door": [[0, 0], [1, 1]]}})
+    assert format_validation_error(err.value)[0].startswith("zones.door: a zone needs at least 3 points")
+    assert {c.id: c for c in reg.cameras()}["good"] == cam  # unchanged after a refused change
+    assert reg.set_geometry("nope", {"zones": {}}) is None
+    with pytest.raises(LookupError, match="unreadable"):
+        reg.set_geometry("garbage", {"zones": {}})
