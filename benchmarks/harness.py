@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, PerceptConfig, load_config, parse_config
-
 from pipeline.samples import ENV_SAMPLE_VIDEOS, demo_config
 
 from . import measure as M
@@ -164,9 +163,8 @@ class Graph:
               profile_dir: Path | None = None) -> dict[str, Any]:
         from ray import serve
 
-        from pipeline.publish import StreamKeys, camera_states
-
         from deployments.graph import build_app
+        from pipeline.streams import StreamKeys, camera_states
 
         keys = StreamKeys(cfg.redis.stream_prefix)
         cams = [c.id for c in cfg.cameras]

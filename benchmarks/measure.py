@@ -200,8 +200,9 @@ def measure_publisher(client: Any, results: Sequence[Any], *, n: int, prefix: st
     publishing ``n`` results cycled from ``results`` (real payloads) on one camera stream."""
     from dataclasses import replace
 
-    from pipeline.publish import Publisher, StreamKeys
+    from pipeline.publish import Publisher
     from pipeline.schema import FrameResult
+    from pipeline.streams import StreamKeys
 
     keys = StreamKeys(prefix)
     camera = "pub"

@@ -19,7 +19,16 @@ from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
 from . import measure as M
 from . import processes as P
 from . import report as R
-from .harness import APP, Graph, _base_config, _clips, _phase_config, _say, start_services, fail
+from .harness import (
+    APP,
+    Graph,
+    _base_config,
+    _clips,
+    _phase_config,
+    _say,
+    fail,
+    start_services,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,10 +80,9 @@ def _exceptions_in_ray_logs() -> dict[str, int]:
 def run_soak(args: argparse.Namespace) -> int:
     from ray import serve
 
-    from pipeline.publish import StreamKeys, camera_states
-
     from deployments.graph import build_app
     from pipeline.models import check_models as _check_models
+    from pipeline.streams import StreamKeys, camera_states
 
     try:
         clips = _clips(args)

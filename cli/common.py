@@ -8,7 +8,6 @@ from typing import Callable, TypeVar
 
 import redis
 
-from pipeline.config import CONFIG_ERROR_EXIT_CODE  # noqa: F401  (re-exported: exit code 2)
 from pipeline.redact import redact, redact_url
 
 EXIT_UNAVAILABLE = 3  # a service the config names is unreachable, or a model cannot be loaded

@@ -15,7 +15,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError, PerceptConfig, load_config
+from pipeline.config import (
+    CONFIG_ERROR_EXIT_CODE,
+    ConfigError,
+    PerceptConfig,
+    load_config,
+)
 from pipeline.redact import redact, redact_url
 
 from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, RedisOutage, fail, say
@@ -40,8 +45,8 @@ def redis_for(config: PerceptConfig, stack: ExitStack) -> PerceptConfig:
     """Use the configured Redis, or start a private redis-server for this run."""
     import redis
 
-    from pipeline.publish import redis_from_config
     from pipeline.redis_server import EmbeddedRedis
+    from pipeline.streams import redis_from_config
 
     state = Path(config.state_dir)
     if config.redis.url is None:
@@ -114,7 +119,7 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
     import ray
 
     from pipeline.models import check_models
-    from pipeline.publish import StreamKeys, redis_from_config
+    from pipeline.streams import StreamKeys, redis_from_config
 
     with ExitStack() as stack:
         try:
@@ -166,7 +171,7 @@ def monitor_cameras(client: Any, keys: Any, cameras: list[str], *, duration: flo
 
 
 def status_lines(client: Any, keys: Any, cameras: list[str]) -> list[str]:
-    from pipeline.publish import camera_states
+    from pipeline.streams import camera_states
 
     states = camera_states(client, keys, cameras)
     lines = []

@@ -54,7 +54,7 @@ def _redis_source(args: argparse.Namespace) -> tuple[str | None, str | None, Any
 def _subscribe(args: argparse.Namespace) -> int:
     import redis
 
-    from pipeline.publish import StreamKeys, connect_redis, redis_from_config
+    from pipeline.streams import StreamKeys, connect_redis, redis_from_config
     from pipeline.subscribe import Subscriber
 
     try:

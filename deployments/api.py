@@ -19,10 +19,15 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from pipeline.config import CameraConfig, PerceptConfig, format_validation_error, inline_password_error
-from pipeline.publish import StreamKeys, camera_states, redis_from_config
+from pipeline.config import (
+    CameraConfig,
+    PerceptConfig,
+    format_validation_error,
+    inline_password_error,
+)
 from pipeline.redact import redact_url
 from pipeline.registry import CameraRegistry
+from pipeline.streams import StreamKeys, camera_states, redis_from_config
 
 from .logs import route_percept_logs
 

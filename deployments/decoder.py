@@ -17,8 +17,9 @@ from pipeline.assignment import CameraSupervisor
 from pipeline.conductor import ClassifierRoute, open_camera
 from pipeline.config import CameraConfig, PerceptConfig
 from pipeline.models import DetectorInput, model_name
-from pipeline.publish import Publisher, StreamKeys, redis_from_config
+from pipeline.publish import Publisher
 from pipeline.registry import CameraRegistry
+from pipeline.streams import StreamKeys, redis_from_config
 
 from .logs import route_percept_logs
 

@@ -27,11 +27,12 @@ from typing import Any, Callable
 
 import redis
 
-from .config import CameraConfig
 from .conductor import CameraConductor
+from .config import CameraConfig
 from .lease import Lease, acquire, release, renew
-from .publish import Publisher, StreamKeys
+from .publish import Publisher
 from .sources import Backoff
+from .streams import StreamKeys
 
 log = logging.getLogger("percept.assignment")
 

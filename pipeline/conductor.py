@@ -18,17 +18,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
-from .classify import ClassifierRoute as ClassifierRoute  # re-exported: decoders build routes
+from .capture import open_capture, probe_fps
+from .classify import (
+    ClassifierRoute as ClassifierRoute,  # re-exported: decoders build routes
+)
 from .classify import CropClassification
 from .config import CameraConfig, PerceptConfig
+from .events import Event, EventEngine, events_json
+from .geometry import GeometryError
 from .models import DetectorInput, prepare_frame
 from .publish import Publisher
 from .redact import redact_url
 from .schema import Detections, FrameResult
-from .tracking import ObjectTracker
-from .capture import open_capture, probe_fps
-from .events import Event, EventEngine, events_json
-from .geometry import GeometryError
 from .sources import (
     Frame,
     LatestFrameSlot,
@@ -37,6 +38,7 @@ from .sources import (
     VideoSource,
     is_file_url,
 )
+from .tracking import ObjectTracker
 
 log = logging.getLogger("percept.conductor")
 

@@ -34,7 +34,7 @@ from .lease import FENCED_HSET, FENCED_PUBLISH, REFUSED, UNHELD, Fence
 from .redact import redact
 from .schema import SCHEMA_VERSION, FrameResult
 from .sources import Backoff
-from .streams import StreamKeys, camera_states, connect_redis, parse_entry_id, redis_from_config  # noqa: F401 (API)
+from .streams import StreamKeys, parse_entry_id
 
 log = logging.getLogger("percept.publish")
 

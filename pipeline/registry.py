@@ -23,9 +23,15 @@ from typing import Any, Mapping
 import redis
 from pydantic import ValidationError
 
-from .config import CameraConfig, CameraEnvError, format_validation_error, resolve_camera
-from .publish import Publisher, StreamKeys, parse_entry_id
+from .config import (
+    CameraConfig,
+    CameraEnvError,
+    format_validation_error,
+    resolve_camera,
+)
+from .publish import Publisher
 from .redact import redact, redact_url
+from .streams import StreamKeys, parse_entry_id
 
 log = logging.getLogger("percept.registry")
 

@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterator
 
 import redis
 
-from .publish import StreamKeys
 from .sources import Backoff
+from .streams import StreamKeys
 
 log = logging.getLogger("percept.subscribe")
 

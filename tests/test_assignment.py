@@ -10,10 +10,11 @@ import numpy as np
 
 import pipeline.conductor as conductor_module
 from pipeline.assignment import CameraSupervisor
-from pipeline.config import CameraConfig, PerceptConfig
-from pipeline.publish import Publisher, StreamKeys, camera_states, connect_redis
-from pipeline.schema import Detections
 from pipeline.capture import open_capture
+from pipeline.config import CameraConfig, PerceptConfig
+from pipeline.publish import Publisher
+from pipeline.schema import Detections
+from pipeline.streams import StreamKeys, camera_states, connect_redis
 
 from .waiting import hold, wait_for
 

@@ -14,9 +14,10 @@ import pipeline.conductor
 from pipeline.conductor import CameraConductor, ClassifierRoute, open_camera
 from pipeline.config import CameraConfig, ClassifierConfig, PerceptConfig, TrackerConfig
 from pipeline.models import prepare_frame
-from pipeline.publish import Publisher, StreamKeys, connect_redis
+from pipeline.publish import Publisher
 from pipeline.schema import Detections
 from pipeline.sources import VideoSource
+from pipeline.streams import StreamKeys, connect_redis
 from pipeline.tracking import ObjectTracker, TrackAttributeCache
 
 from .test_sources import Clock, FakeCapture

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from pipeline.config import parse_config
-from pipeline.publish import StreamKeys, camera_states
 from pipeline.redis_server import EmbeddedRedis, free_port
+from pipeline.streams import StreamKeys, camera_states
 
 from .conftest import DETECTOR, REPO
 from .waiting import hold, seconds_until, wait_for

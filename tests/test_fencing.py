@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from pipeline.config import parse_config
-from pipeline.publish import StreamKeys, camera_states, parse_entry_id
 from pipeline.redis_server import EmbeddedRedis
+from pipeline.streams import StreamKeys, camera_states, parse_entry_id
 
 from .conftest import DETECTOR
 from .waiting import hold, wait_for

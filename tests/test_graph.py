@@ -14,7 +14,7 @@ import time
 import pytest
 
 from pipeline.config import parse_config
-from pipeline.publish import StreamKeys, camera_states
+from pipeline.streams import StreamKeys, camera_states
 
 from .conftest import CLASSIFIER, DETECTOR
 from .waiting import wait_for

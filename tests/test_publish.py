@@ -3,8 +3,9 @@
 import json
 import time
 
-from pipeline.publish import Publisher, StreamKeys, camera_states, connect_redis
+from pipeline.publish import Publisher
 from pipeline.schema import Detections, FrameMeta, FrameResult
+from pipeline.streams import StreamKeys, camera_states, connect_redis
 from pipeline.subscribe import Subscriber
 
 KEYS = StreamKeys("t")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 from pipeline.config import CameraConfig
-from pipeline.publish import Publisher, StreamKeys, camera_states
+from pipeline.publish import Publisher
 from pipeline.registry import CameraRegistry
+from pipeline.streams import StreamKeys, camera_states
 
 KEYS = StreamKeys("reg")
 BAD = {

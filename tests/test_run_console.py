@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.publish import StreamKeys
 from pipeline.redis_server import EmbeddedRedis, free_port
+from pipeline.streams import StreamKeys
 
 from .conftest import DETECTOR, REPO
 from .waiting import hold, wait_for

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import parse_config
-from pipeline.publish import Publisher, StreamKeys, redis_from_config
+from pipeline.publish import Publisher
 from pipeline.redis_server import EmbeddedRedis, free_port
+from pipeline.streams import StreamKeys, redis_from_config
 from pipeline.subscribe import Subscriber
 
 from .test_publish import result

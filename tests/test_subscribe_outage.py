@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pipeline.publish import StreamKeys
+from pipeline.streams import StreamKeys
 
 from .conftest import REPO
 from .waiting import hold, wait_for
