@@ -62,8 +62,10 @@ def redis_for(config: PerceptConfig, stack: ExitStack) -> PerceptConfig:
     return config
 
 
-def start_ray(address: str | None, *, verbose: bool, env_names: set[str] = frozenset()) -> None:
-    """A private local Ray unless an address is given. Replica output stays out of the console
+def start_ray(address: str | None, *, verbose: bool, env_names: set[str] = frozenset(),
+              num_cpus: int | None = None) -> None:
+    """A private local Ray unless an address is given (with ``num_cpus`` logical CPUs when the
+    graph reserves more than the machine has cores). Replica output stays out of the console
     unless ``verbose`` (it goes to the replica log files)."""
     import ray
 
@@ -76,6 +78,7 @@ def start_ray(address: str | None, *, verbose: bool, env_names: set[str] = froze
         include_dashboard=False,
         logging_level=logging.INFO if verbose else logging.ERROR,
         log_to_driver=verbose,
+        **({"num_cpus": num_cpus} if num_cpus and address == "local" else {}),
     )
 
 
@@ -118,7 +121,7 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
               verbose: bool = False) -> int:
     import ray
 
-    from pipeline.models import check_models
+    from pipeline.backends.checks import check_models
     from pipeline.streams import StreamKeys, redis_from_config
 
     with ExitStack() as stack:
@@ -129,7 +132,9 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
             return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
         except Unavailable as exc:
             return fail(str(exc), EXIT_UNAVAILABLE)
-        start_ray(address, verbose=verbose, env_names=_camera_env_names(config))
+        from deployments.graph import ray_cpus_for
+
+        start_ray(address, verbose=verbose, env_names=_camera_env_names(config), num_cpus=ray_cpus_for(config))
         stack.callback(ray.shutdown)
         try:
             logs = serve_graph(config, stack, verbose=verbose)

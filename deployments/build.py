@@ -18,10 +18,11 @@ def serve_config(raw: dict[str, Any], config: PerceptConfig, *, http_host: str =
     ``config`` is its validated form, which decides the deployment options."""
     if not config.redis.url:
         raise ConfigError(["redis.url: required for percept build (every node must reach one shared Redis)"])
+    sections = {s.deployment: s.cfg for s in config.detector_sections() + config.classifier_sections()}
     deployments = []
     for name, options in deployment_options(config, gpu_available=False).items():
         entry: dict[str, Any] = {"name": name, **options}
-        section = config.detector if name == "detector" else config.classifiers.get(name.removeprefix("classifier-"))
+        section = sections.get(name)
         if section is not None and section.num_gpus == "auto":
             # GPUs are decided on the cluster by app_builder (graph.gpu_shares); a value here
             # would override it.

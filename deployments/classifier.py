@@ -1,4 +1,5 @@
-"""A classifier: one deployment per category, batching crops across frames and cameras."""
+"""A classifier: one deployment per classifier of the config (``classifier-<category>[-<name>]``),
+batching crops across frames and cameras."""
 
 from __future__ import annotations
 
@@ -10,36 +11,44 @@ from ray import serve
 
 from pipeline.autoscale import WARMUP_S, FrameAgeMeter
 from pipeline.config import PerceptConfig
-from pipeline.models import Classifier
+from pipeline.metrics import ModelMetrics
+from pipeline.backends import load_classifier
 
 from .logs import route_percept_logs
+from .metrics import RayRecorder
 
 
 @serve.deployment(name="classifier")
 class ClassifierDeployment:
-    async def __init__(self, config: dict[str, Any], category: str):
+    async def __init__(self, config: dict[str, Any], deployment: str):
         route_percept_logs()
         cfg = PerceptConfig.model_validate(config)
-        ccfg = cfg.classifiers[category]
-        self.category = category
+        section = next(s for s in cfg.classifier_sections() if s.deployment == deployment)
+        ccfg = section.cfg
+        self.category = section.category
         self.meter = FrameAgeMeter(warmup_s=WARMUP_S)
+        self.metrics = ModelMetrics(deployment, RayRecorder())
         self.classifier = await asyncio.to_thread(
-            Classifier.from_config, category, ccfg, models_dir=cfg.models_dir
+            load_classifier, ccfg, models_dir=cfg.models_dir, field=section.field
         )
         self.reconfigure({"max_batch_size": ccfg.batch.max_size, "batch_wait_ms": ccfg.batch.wait_ms})
+        self._gauges = asyncio.get_running_loop().create_task(self.metrics.keep_gauges())
         self.meter.ready()  # crops queued while the model loaded are not load
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self._classify_batch.set_max_batch_size(int(user_config.get("max_batch_size", 32)))
+        self.metrics.max_batch_size(int(user_config.get("max_batch_size", 32)))
         self._classify_batch.set_batch_wait_timeout_s(float(user_config.get("batch_wait_ms", 10)) / 1000)
 
     async def classify(self, crops: list[np.ndarray]) -> list[dict[str, Any] | Exception]:
         """All crops of one frame in one request (one Serve hop per frame, not per object)."""
         self.meter.waiting += len(crops)
+        self.metrics.arrived(crops)
         try:
             return await self._classify_batch(crops)
         finally:
             self.meter.waiting -= len(crops)
+            self.metrics.left(crops)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Crops waiting, for deployments.autoscaling.VideoLagPolicy (crops carry no capture time)."""
@@ -49,7 +58,8 @@ class ClassifierDeployment:
     async def _classify_batch(self, requests: list[list[np.ndarray]]) -> list[list[dict[str, Any] | Exception]]:
         # a batch of frames' crop lists, across frames and cameras: one model call for all
         flat = [crop for crops in requests for crop in crops]
-        answers = await asyncio.to_thread(self.classifier.classify_batch, flat)
+        with self.metrics.batch(requests, size=len(flat)) as batch:
+            batch.results = answers = await asyncio.to_thread(self.classifier.classify_batch, flat)
         out, k = [], 0
         for crops in requests:
             out.append(answers[k : k + len(crops)])

@@ -1,4 +1,4 @@
-"""The Serve graph, bound once: HTTP API (ingress) → decoders → detector → one classifier per category."""
+"""The Serve graph, bound once: HTTP API (ingress) → decoders → detectors → the classifiers of each category."""
 
 from __future__ import annotations
 
@@ -32,17 +32,20 @@ def gpu_shares(config: PerceptConfig, *, gpu_available: bool) -> dict[str, float
     numbers take one or more): the detector half of it (all of it when no classifier is on auto),
     the classifiers on auto the rest in equal parts. One replica of each then fits on one GPU;
     every further replica needs its share again (a second detector replica: another half GPU)."""
-    sections = {"detector": config.detector, **{f"classifier-{c}": cc for c, cc in config.classifiers.items()}}
+    sections = {s.deployment: s.cfg for s in config.detector_sections() + config.classifier_sections()}
     shares = {name: float(s.num_gpus) for name, s in sections.items() if s.num_gpus != "auto"}
     auto = [name for name in sections if name not in shares]
     if not gpu_available or not auto:
         return {**{name: 0.0 for name in auto}, **shares}
     taken = sum(shares.values())
     free = 1.0 - taken if taken < 1.0 else 1.0
-    classifiers = [name for name in auto if name != "detector"]
-    if "detector" in auto:
-        shares["detector"] = _floor(free * DETECTOR_GPU_SHARE if classifiers else free)
-        free -= shares["detector"]
+    detectors = [name for name in auto if name.startswith("detector")]
+    classifiers = [name for name in auto if name not in detectors]
+    if detectors:
+        part = free * DETECTOR_GPU_SHARE if classifiers else free
+        for name in detectors:
+            shares[name] = _floor(part / len(detectors))
+        free -= sum(shares[name] for name in detectors)
     for name in classifiers:
         shares[name] = _floor(free / len(classifiers))
     return shares
@@ -94,12 +97,28 @@ def deployment_options(config: PerceptConfig, *, gpu_available: bool) -> dict[st
     gpus = gpu_shares(config, gpu_available=gpu_available)
     options = {
         "api": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
-        "decoder": decoder_options(config),
-        "detector": model_server_options(config.detector, gpus=gpus["detector"])}
-    for category, ccfg in config.classifiers.items():
-        name = f"classifier-{category}"
-        options[name] = model_server_options(ccfg, gpus=gpus[name])
+        "decoder": decoder_options(config)}
+    for section in config.detector_sections() + config.classifier_sections():
+        options[section.deployment] = model_server_options(section.cfg, gpus=gpus[section.deployment])
     return options
+
+
+def logical_cpus(config: PerceptConfig) -> float:
+    """Ray CPUs the graph reserves to start (every deployment's ``num_cpus`` × its replicas, the
+    minimum of an autoscaled one): Serve waits forever when the cluster has fewer."""
+    total = 0.0
+    for o in deployment_options(config, gpu_available=False).values():
+        replicas = o.get("num_replicas") or (o.get("autoscaling_config") or {}).get("min_replicas") or 0
+        total += float(o["ray_actor_options"].get("num_cpus") or 0) * replicas
+    return total
+
+
+def ray_cpus_for(config: PerceptConfig) -> int | None:
+    """Logical CPUs for a private local Ray when the machine's cores are fewer than the graph
+    reserves (the deployments share the cores either way: Ray does not pin), else None (the cores)."""
+    cores = os.cpu_count() or 1
+    need = math.ceil(logical_cpus(config) - 1e-6)
+    return need if need > cores else None
 
 
 def build_app(config: PerceptConfig, *, gpu_available: bool = False) -> serve.Application:
@@ -107,14 +126,15 @@ def build_app(config: PerceptConfig, *, gpu_available: bool = False) -> serve.Ap
         raise ValueError("build_app needs redis.url (percept run starts a private redis-server otherwise)")
     data = config.model_dump(mode="json")
     options = deployment_options(config, gpu_available=gpu_available)
-    detector = DetectorDeployment.options(**options["detector"]).bind(data)
-    classifiers = {
-        category: ClassifierDeployment.options(name=f"classifier-{category}", **options[f"classifier-{category}"]).bind(
-            data, category
-        )
-        for category in config.classifiers
+    detectors = {
+        s.deployment: DetectorDeployment.options(name=s.deployment, **options[s.deployment]).bind(data, s.deployment)
+        for s in config.detector_sections()
     }
-    decoder = DecoderDeployment.options(**options["decoder"]).bind(data, detector, classifiers)
+    classifiers = {
+        s.deployment: ClassifierDeployment.options(name=s.deployment, **options[s.deployment]).bind(data, s.deployment)
+        for s in config.classifier_sections()
+    }
+    decoder = DecoderDeployment.options(**options["decoder"]).bind(data, detectors, classifiers)
     return CameraApi.options(**options["api"]).bind(data, decoder)
 
 

@@ -1,8 +1,13 @@
-"""The classification stage of a camera: each category's objects → that category's classifier.
+"""The classification stage of a camera: each category's objects → that category's classifiers.
 
-One request per category per frame carries that frame's crops (square, at the classifier's
-size, cut from the full-resolution frame). With tracking, a track is classified once (again
-every ``reclassify_every`` frames) and later frames reuse its answer (`TrackAttributeCache`).
+A category can have several classifiers (vehicle type and colour from one, a second opinion
+from another); each writes the attributes its model names (``type``, ``color``,
+``has_backpack``, ``sign``…). One request per classifier per frame carries that frame's crops,
+cut from the full-resolution frame at the classifier's own size and aspect (80×160 for a
+pedestrian model), only for objects with the labels it is ``on`` and boxes at least its
+minimum size; an object too small for a classifier gets none of its attributes and says so in
+``attributes.unclassified`` (classifier → reason). With tracking, a track is classified once
+(again every ``reclassify_every`` frames) and later frames reuse its answer (`TrackAttributeCache`).
 
 Time is bounded: a request gets ``decoder.classify_timeout_s`` in all — the first attempt half
 of it, one retry (after an error or no answer) what is left. When both fail, the frame is
@@ -15,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -33,10 +38,42 @@ RETRY_PAUSE_S = 0.2  # after an error answer (a replica restarting), not after a
 
 @dataclass(frozen=True)
 class ClassifierRoute:
-    """Where one category's crops go and how they are cut."""
+    """Where one classifier's crops go and how they are cut (size (width, height) and context
+    from its model card; an ultralytics classifier takes square crops at ``cfg.imgsz``)."""
 
     classify: ClassifyFn
     cfg: ClassifierConfig
+    name: str = ""  # the deployment, e.g. classifier-vehicle; what `unclassified` names
+    crop_size: tuple[int, int] | None = None  # default: (cfg.imgsz, cfg.imgsz)
+    crop_context: float = 1.15
+    min_size: tuple[int, int] | None = None  # (width, height); default: cfg.min_size, else min_box square
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.crop_size or (self.cfg.imgsz, self.cfg.imgsz)
+
+    @property
+    def minimum(self) -> tuple[int, int]:
+        return self.cfg.min_size or self.min_size or (self.cfg.min_box, self.cfg.min_box)
+
+    def too_small(self, box: np.ndarray) -> str | None:
+        """Why a box is too small for this classifier, or None. The test is on the crop cut from
+        the frame (the box grown by the context, widened to the model's aspect): it must be at
+        least the minimum, so the model never sees an upscaled object."""
+        w, h = float(box[2] - box[0]), float(box[3] - box[1])
+        cw, ch = crop_extent(w, h, self.size, self.crop_context)
+        mw, mh = self.minimum
+        if cw >= mw - 0.5 and ch >= mh - 0.5:
+            return None
+        return f"box {w:.0f}x{h:.0f} px (crop {cw:.0f}x{ch:.0f}) is below {mw}x{mh}"
+
+
+def crop_extent(w: float, h: float, size: tuple[int, int], context: float) -> tuple[float, float]:
+    """The frame area (width, height) a crop of a w×h box covers: grown by ``context``, then
+    widened or heightened to the aspect of ``size`` (width, height), as `prepare_crop` cuts it."""
+    bw, bh = max(w, 1.0) * context, max(h, 1.0) * context
+    aspect = size[0] / size[1]
+    return (bh * aspect, bh) if bw / bh < aspect else (bw, bw / aspect)
 
 
 class ClassifyTimeout(TimeoutError):
@@ -53,12 +90,12 @@ async def _nth(request: "asyncio.Future[list[Any]]", k: int) -> Mapping[str, Any
 
 class CropClassification:
     """One camera's classifiers: ``await stage(image, detections, frame_no)`` returns the
-    detections with their ``type`` attribute and how many objects were left without it."""
+    detections with their attributes and how many objects were left without an answer."""
 
     def __init__(
         self,
         camera: str,
-        routes: Mapping[str, ClassifierRoute],
+        routes: Mapping[str, ClassifierRoute | Sequence[ClassifierRoute]],
         *,
         timeout_s: float,
         track_buffer: int | None = None,
@@ -66,32 +103,44 @@ class CropClassification:
         if timeout_s <= 0:
             raise ValueError("classify timeout must be > 0")
         self.camera = camera
-        self.routes = dict(routes)
+        # (category, route) in order; routes given one per category or as a list per category
+        self.routes = [
+            (category, r)
+            for category, entry in routes.items()
+            for r in ([entry] if isinstance(entry, ClassifierRoute) else list(entry))
+        ]
         self.timeout_s = timeout_s
-        # with tracking (track_buffer set): one cache per category, classify once per track
+        # with tracking (track_buffer set): one cache per classifier, classify once per track
         self._track_cache = (
-            {
-                cat: TrackAttributeCache(reclassify_every=r.cfg.reclassify_every, forget_after=track_buffer)
-                for cat, r in self.routes.items()
-            }
+            [TrackAttributeCache(reclassify_every=r.cfg.reclassify_every, forget_after=track_buffer) for _, r in self.routes]
             if track_buffer is not None
-            else {}
+            else None
         )
 
+    def _chosen(self, detections: Detections, category: str, route: ClassifierRoute,
+                unclassified: dict[int, dict[str, str]]) -> list[int]:
+        """The objects this classifier looks at this frame (too-small ones noted as such)."""
+        idx = []
+        for i in detections.indices_of(category):
+            label = detections.labels[i]
+            if (route.cfg.on is not None and label not in route.cfg.on) or label in (route.cfg.not_on or ()):
+                continue
+            reason = route.too_small(detections.xyxy[i])
+            if reason is None:
+                idx.append(i)
+            else:
+                unclassified.setdefault(i, {})[route.name or category] = reason
+        return sorted(idx, key=lambda i: -detections.scores[i])[: route.cfg.max_per_frame]
+
     async def __call__(self, image: np.ndarray, detections: Detections, frame_no: int) -> tuple[Detections, int]:
-        """Each category's new (or due) objects go to its classifier in one request per frame;
-        tracked objects already classified (or being classified) reuse their answer."""
+        """Each classifier's new (or due) objects go to it in one request per frame; tracked
+        objects already classified (or being classified) reuse their answer."""
         jobs: list[tuple[int, "asyncio.Future[Mapping[str, Any]]"]] = []
-        for category, route in self.routes.items():
-            idx = [
-                i for i in detections.indices_of(category)
-                if min(detections.xyxy[i][2] - detections.xyxy[i][0], detections.xyxy[i][3] - detections.xyxy[i][1])
-                >= route.cfg.min_box
-            ]
-            idx = sorted(idx, key=lambda i: -detections.scores[i])[: route.cfg.max_per_frame]
-            cache = self._track_cache.get(category)
+        unclassified: dict[int, dict[str, str]] = {}
+        for n, (category, route) in enumerate(self.routes):
+            cache = self._track_cache[n] if self._track_cache is not None else None
             fresh: list[int] = []
-            for i in idx:
+            for i in self._chosen(detections, category, route, unclassified):
                 track = detections.track_ids[i]
                 known = cache.get(track, frame_no) if cache is not None and track is not None else None
                 if known is None:
@@ -99,8 +148,8 @@ class CropClassification:
                 else:
                     jobs.append((i, known))
             if fresh:
-                crops = [prepare_crop(image, detections.xyxy[i], route.cfg.imgsz) for i in fresh]
-                request = asyncio.ensure_future(self._request(category, route, crops))
+                crops = [prepare_crop(image, detections.xyxy[i], route.size, context=route.crop_context) for i in fresh]
+                request = asyncio.ensure_future(self._request(route.name or category, route, crops))
                 for k, i in enumerate(fresh):
                     answer = asyncio.ensure_future(_nth(request, k))
                     track = detections.track_ids[i]
@@ -109,24 +158,26 @@ class CropClassification:
                     jobs.append((i, answer))
             if cache is not None:
                 cache.prune(frame_no)
+        if unclassified:
+            detections = detections.with_attributes({i: {"unclassified": why} for i, why in unclassified.items()})
         if not jobs:
             return detections, 0
         # shield: a shared per-track answer must survive this frame being cancelled at stop.
         # No wait of its own is needed: every request ends (answer or failure) by its deadline.
         answers = await asyncio.gather(*(asyncio.shield(job) for _, job in jobs), return_exceptions=True)
-        values: dict[int, Mapping[str, Any]] = {}
+        values: dict[int, dict[str, Any]] = {}
         errors: list[BaseException] = []
         for (i, _), answer in zip(jobs, answers):
             if isinstance(answer, BaseException):
                 errors.append(answer)
             else:
-                values[i] = answer
+                values.setdefault(i, {}).update(answer)
         if errors:
             log.warning("camera %s: %d object(s) published without classification: %s: %s",
                         self.camera, len(errors), type(errors[0]).__name__, errors[0])
-        return detections.with_attribute("type", values), len(errors)
+        return detections.with_attributes(values), len(errors)
 
-    async def _request(self, category: str, route: ClassifierRoute, crops: list[np.ndarray]) -> list[Any]:
+    async def _request(self, name: str, route: ClassifierRoute, crops: list[np.ndarray]) -> list[Any]:
         """One frame's crops of one category: the first attempt gets half of the timeout, one
         retry the rest, so the whole request ends within ``timeout_s`` either way."""
         loop = asyncio.get_running_loop()
@@ -143,9 +194,9 @@ class CropClassification:
                     call.add_done_callback(_consume)
             error: BaseException
             if not done:
-                error = ClassifyTimeout(f"classifier-{category} gave no answer within {budget:.2f} s")
+                error = ClassifyTimeout(f"{name} gave no answer within {budget:.2f} s")
             elif call.cancelled():
-                error = ClassifyTimeout(f"classifier-{category} request was cancelled")
+                error = ClassifyTimeout(f"{name} request was cancelled")
             elif call.exception() is not None:
                 error = call.exception()  # type: ignore[assignment]
             elif isinstance(call.result(), BaseException):
@@ -154,7 +205,7 @@ class CropClassification:
                 return call.result()
             if attempt == 2:
                 raise error
-            log.info("camera %s: classifier-%s attempt failed (%s), retrying", self.camera, category, error)
+            log.info("camera %s: %s attempt failed (%s), retrying", self.camera, name, error)
             if not isinstance(error, ClassifyTimeout):
                 await asyncio.sleep(min(RETRY_PAUSE_S, max(0.0, (deadline - loop.time()) / 2)))
         raise AssertionError("unreachable")

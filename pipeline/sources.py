@@ -151,6 +151,7 @@ class LatestFrameSlot:
             if self._frame is None and not self._closed:
                 self._cond.wait(timeout)
             frame, self._frame = self._frame, None
+            self._cond.notify_all()
             return frame
 
     def want(self, wanted: bool, *, at: float | None = None) -> None:
@@ -159,6 +160,13 @@ class LatestFrameSlot:
         with self._cond:
             self._wanted = wanted
             self._wanted_at = None if wanted else at
+            self._cond.notify_all()
+
+    def wait_for_demand(self, timeout: float) -> bool:
+        """Reader, ``backpressure: wait``: block until the consumer can take a frame and the slot
+        is empty (so nothing is dropped), or it is closed; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._closed or (self._wanted and self._frame is None), timeout)
 
     def wants_frame(self) -> bool:
         """Reader, for each sampled frame: convert and put it? Yes while the consumer can take
@@ -207,6 +215,7 @@ class VideoSource:
         seq_start: int = 0,
         on_status: Callable[[StatusEvent], None] | None = None,
         wants_frame: Callable[[], bool] | None = None,
+        wait_for_demand: Callable[[float], bool] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -224,6 +233,7 @@ class VideoSource:
         # Asked before colour-converting a sampled frame: False (the consumer cannot take a frame
         # now) skips the conversion and counts the frame as skipped.
         self._wants_frame = wants_frame
+        self._wait_for_demand = wait_for_demand
         self.skipped = 0
         self._clock = clock
         self._sleep = sleep
@@ -356,6 +366,9 @@ class VideoSource:
             timeline = pts if (self._is_file and pts is not None) else now
             if not self._sampler.accept(timeline):
                 continue
+            if self._wait_for_demand is not None:  # backpressure: wait (files): nothing is skipped
+                while not self._stop.is_set() and not self._wait_for_demand(0.25):
+                    pass
             if self._wants_frame is not None and not self._wants_frame():
                 self.skipped += 1
                 continue

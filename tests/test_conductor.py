@@ -35,7 +35,7 @@ class PacedCapture(FakeCapture):
 
 
 def answer_cab(crops):
-    return [{"label": "cab", "score": 0.8} for _ in crops]
+    return [{"type": {"label": "cab", "score": 0.8}} for _ in crops]
 
 
 def run_conductor(redis_server, *, frames=20, tracker=True, reclassify_every=0, classify=None, max_inflight=4,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import CameraConfig, ConfigError, load_config, parse_config
+from pipeline.config import CameraConfig, ConfigError, PerceptConfig, load_config, parse_config
 
 
 def write(tmp_path, text):
@@ -43,7 +43,7 @@ def test_issue_example_parses_with_defaults(tmp_path):
     assert cfg.cameras[1].fps == 5 and cfg.cameras[1].loop
     assert cfg.detector.categories["pedestrian"] == ["person"]
     assert cfg.detector.replicas.max == 4
-    assert cfg.classifiers["vehicle"].labels == ["minivan", "cab"]
+    assert cfg.classifiers["vehicle"][0].labels == ["minivan", "cab"]
     assert cfg.decoder.max_inflight == 2
 
 
@@ -199,3 +199,43 @@ def test_num_gpus_above_one_must_be_whole():
         parse_config({"detector": {"num_gpus": 1.5}}, env={})
     assert "detector.num_gpus" in str(err.value) and "whole GPUs" in str(err.value)
     assert parse_config({"detector": {"num_gpus": 2}}, env={}).detector.num_gpus == 2
+
+
+def test_several_detectors_and_classifiers_become_named_deployments():
+    cfg = parse_config({
+        "detectors": [{"weights": "coco.pt"},
+                      {"weights": "faces/yunet.onnx", "categories": {"face": ["face"]}}],
+        "classifiers": {"vehicle": {"weights": "attrs.xml"},
+                        "face": [{"weights": "a.xml"}, {"weights": "b.xml", "name": "second"}]},
+    }, env={})
+    assert cfg.detector.weights == "coco.pt"
+    assert [s.deployment for s in cfg.detector_sections()] == ["detector", "detector-yunet"]
+    assert [(s.deployment, s.field) for s in cfg.classifier_sections()] == [
+        ("classifier-vehicle", "classifiers.vehicle"),
+        ("classifier-face", "classifiers.face[0]"),
+        ("classifier-face-second", "classifiers.face[1]"),
+    ]
+    # what deployments receive (model_dump) validates to the same config
+    again = PerceptConfig.model_validate(cfg.model_dump(mode="json"))
+    assert [s.deployment for s in again.classifier_sections()] == [s.deployment for s in cfg.classifier_sections()]
+
+
+def test_errors_of_several_models_name_their_paths():
+    (err,) = errors_of({"detector": {"weights": "a.pt"}, "detectors": [{"weights": "b.pt"}]})
+    assert "detector and detectors" in err
+    (err,) = errors_of({"classifiers": {"vehicle": {"weights": "a.pt", "min_size": [72]}}})
+    assert err.startswith("classifiers.vehicle.min_size")  # a single mapping keeps its own path
+    (err,) = errors_of({"classifiers": {"vehicle": [{"weights": "a.pt"}, {"weights": "b.pt", "imgsz": 1}]}})
+    assert err.startswith("classifiers.vehicle[1].imgsz: must be >= 32")
+    (err,) = errors_of({"classifiers": {"vehicle": [{"weights": "c.pt"}, {"weights": "x/a.pt"}, {"weights": "y/a.pt"}]}})
+    assert err.startswith("classifiers.vehicle[2].name") and "classifier-vehicle-a" in err
+    (err,) = errors_of({"detectors": [{"weights": "a.pt"}, {"weights": "f.onnx", "categories": {"face": ["face"]}}],
+                        "classifiers": {"faces": {"weights": "c.xml"}}})
+    assert err.startswith("classifiers.faces: no such category") and "'face'" in err
+
+
+def test_unquoted_on_key_in_yaml_is_the_label_filter(tmp_path):
+    """YAML 1.1 reads `on:` as the boolean true; a classifier's `on:` still means its labels."""
+    path = tmp_path / "c.yaml"
+    path.write_text("classifiers:\n  vehicle:\n    weights: a.xml\n    on: [car, bus]\n")
+    assert load_config(path, env={}).classifiers["vehicle"][0].on == ["car", "bus"]

@@ -187,10 +187,13 @@ def _replica_pids(deployment: str) -> list[int]:
 
     title = f"ServeReplica:{APP}:{deployment}"
     pids = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if title in cmd and proc.status() != psutil.STATUS_ZOMBIE:
-            pids.append(proc.pid)
+    for proc in psutil.Process().children(recursive=True):  # this session's Ray only, not another's
+        try:
+            cmd = " ".join(proc.cmdline())
+            if title in cmd and proc.status() != psutil.STATUS_ZOMBIE:
+                pids.append(proc.pid)
+        except psutil.Error:  # gone meanwhile
+            continue
     return pids
 
 

@@ -6,14 +6,15 @@ import pytest
 from ultralytics.utils import ASSETS
 
 from pipeline.config import ClassifierConfig, DetectorConfig
-from pipeline.models import CategoryMap, Classifier, Detector, ModelError, prepare_crop, prepare_frame
+from pipeline.backends import load_classifier, load_detector
+from pipeline.models import CategoryMap, ModelError, prepare_crop, prepare_frame
 
 from .conftest import CLASSIFIER, DETECTOR
 
 
 @pytest.fixture(scope="module")
 def detector(models_dir):
-    return Detector.from_config(DetectorConfig(weights=DETECTOR, num_cpus=2), models_dir=models_dir)
+    return load_detector(DetectorConfig(weights=DETECTOR, num_cpus=2), models_dir=models_dir)
 
 
 def test_bus_image_gives_a_vehicle_and_pedestrians_in_frame_pixels(detector):
@@ -45,29 +46,46 @@ def test_unmapped_labels_are_dropped():
 
 
 def test_classifier_restricted_to_labels(models_dir):
-    clf = Classifier.from_config(
-        "vehicle", ClassifierConfig(weights=CLASSIFIER, labels=["minivan", "school_bus", "cab"]), models_dir=models_dir
+    clf = load_classifier(
+        ClassifierConfig(weights=CLASSIFIER, labels=["minivan", "school_bus", "cab"]), models_dir=models_dir,
+        field="classifiers.vehicle",
     )
     img = cv2.imread(str(ASSETS / "bus.jpg"))
     crop = prepare_crop(img, [8, 229, 798, 735], 224)
     assert crop.shape == (224, 224, 3) and crop.flags["C_CONTIGUOUS"]
     (answer,) = clf.classify_batch([crop])
+    answer = answer["type"]
     assert answer["label"] in {"minivan", "school_bus", "cab"} and 0 <= answer["score"] <= 1
 
 
 def test_classifier_label_not_in_model_is_an_error(models_dir):
     with pytest.raises(ModelError, match=r"classifiers.vehicle.labels\[1\]: 'hovercraft' is not a class"):
-        Classifier.from_config("vehicle", ClassifierConfig(weights=CLASSIFIER, labels=["cab", "hovercraft"]),
-                               models_dir=models_dir, warmup=False)
+        load_classifier(ClassifierConfig(weights=CLASSIFIER, labels=["cab", "hovercraft"]),
+                        models_dir=models_dir, field="classifiers.vehicle", warmup=False)
 
 
 def test_classifier_given_as_detector_is_refused(models_dir):
     with pytest.raises(ModelError, match="detector.weights: .* is a classify model; this stage needs a detect model"):
-        Detector.from_config(DetectorConfig(weights=CLASSIFIER), models_dir=models_dir, warmup=False)
+        load_detector(DetectorConfig(weights=CLASSIFIER), models_dir=models_dir, warmup=False)
 
 
 def test_missing_weights_name_the_path_and_variable(tmp_path):
     with pytest.raises(ModelError) as info:
-        Detector.from_config(DetectorConfig(weights="absent-model.pt"), models_dir=str(tmp_path), warmup=False)
+        load_detector(DetectorConfig(weights="absent-model.pt"), models_dir=str(tmp_path), warmup=False)
     msg = str(info.value)
     assert "detector.weights" in msg and "PERCEPT_MODELS_DIR" in msg and "absent-model.pt" in msg
+
+
+def test_crops_keep_the_model_aspect_ratio():
+    """A pedestrian model's 80x160 crop around a 40x120 person: cut tall at 1:2 (never stretched)
+    and resized to (width 80, height 160); a square model gets a square crop."""
+    img = np.zeros((400, 400, 3), np.uint8)
+    img[100:220, 180:220] = 255  # the person: 40 wide, 120 tall
+    tall = prepare_crop(img, [180, 100, 220, 220], (80, 160), context=1.0)
+    assert tall.shape == (160, 80, 3)
+    ys, xs = np.nonzero(tall[..., 0] > 127)
+    # the 120-px-tall box sets a 60x120 crop: the person fills its height and 40 of its 60 px
+    # width, i.e. x 13..67 of 80 once resized
+    assert ys.min() <= 2 and ys.max() >= 157 and 11 <= xs.min() <= 15 and 65 <= xs.max() <= 69
+    square = prepare_crop(img, [180, 100, 220, 220], 64, context=1.0)
+    assert square.shape == (64, 64, 3)

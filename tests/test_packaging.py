@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 CLUSTER_CONFIG = REPO / "configs" / "cluster.yaml"
 RAYSERVICE = REPO / "deploy" / "kuberay" / "rayservice.yaml"
-SERVICES = {"redis", "rtsp", "ray-head", "ray-worker", "percept"}
+SERVICES = {"redis", "rtsp", "ray-head", "ray-worker", "percept", "prometheus", "grafana"}
 RAY_NODES = ("ray-head", "ray-worker", "percept")  # services that run the percept image
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -111,7 +111,8 @@ def percept_build(*args: str) -> str:
 def test_dockerfile_copies_every_package_pyproject_installs():
     instr = dockerfile(DOCKER / "Dockerfile")
     copied = copies(instr)
-    needed = {"pyproject.toml", "README.md", *pyproject()["tool"]["setuptools"]["packages"]}
+    packages = pyproject()["tool"]["setuptools"]["packages"]
+    needed = {"pyproject.toml", "README.md", *(p.split(".")[0] for p in packages)}  # a sub-package comes with its parent
     missing = needed - set(copied)
     assert not missing, f"docker/Dockerfile does not COPY {sorted(missing)}: `pip install .` would fail"
     ignored = [ln.strip().rstrip("/") for ln in (REPO / ".dockerignore").read_text().splitlines()
@@ -347,6 +348,7 @@ def test_default_gpu_shares_fit_one_gpu():
     from deployments.graph import deployment_options
     from pipeline.config import load_config, parse_config
     from pipeline.samples import demo_config
+    import os
 
     env = {"CAM_PASS": "x", "REDIS_PW": "x"}
     three = {c: {"weights": "yolov8n-cls.pt"} for c in ("vehicle", "pedestrian", "sign")}
@@ -354,13 +356,13 @@ def test_default_gpu_shares_fit_one_gpu():
         "example.yaml": load_config(REPO / "configs" / "example.yaml", env=env),
         "cluster.yaml": load_config(CLUSTER_CONFIG, env=env),
         "demo": demo_config(None, None, ".percept"),
+        "demo with the shared models": demo_config(None, os.environ.get("PERCEPT_MODELS_DIR"), ".percept"),
         "three classifiers": parse_config({"classifiers": three}, env={}),
         "numbers": parse_config({"detector": {"num_gpus": 0.25}, "classifiers": {
             "vehicle": {"weights": "v.pt", "num_gpus": 0.5}, "pedestrian": {"weights": "p.pt"}}}, env={}),
     }
     for name, config in configs.items():
-        asked = {"detector": config.detector.num_gpus,
-                 **{f"classifier-{c}": cc.num_gpus for c, cc in config.classifiers.items()}}
+        asked = {sec.deployment: sec.cfg.num_gpus for sec in config.detector_sections() + config.classifier_sections()}
         with_gpu = deployment_options(config, gpu_available=True)
         without = deployment_options(config, gpu_available=False)
         gpus = {m: with_gpu[m]["ray_actor_options"]["num_gpus"] for m in asked}

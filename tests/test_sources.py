@@ -244,3 +244,34 @@ def test_frames_nobody_wants_are_not_colour_converted():
     frames = list(src.frames())
     assert len(frames) == len(retrieved) == 5 and src.skipped == 3
     assert [f.meta.seq for f in frames] == list(range(5))
+
+
+def test_backpressure_wait_processes_every_frame_of_a_file():
+    """``backpressure: wait`` (files): the reader waits while the consumer is busy instead of
+    skipping, so a slow consumer still gets every frame, in order, and nothing is dropped."""
+    import threading
+
+    clock = Clock()
+    slot = LatestFrameSlot()
+    src = VideoSource("clip", lambda: FakeCapture(12, clock), fps=0, is_file=True, realtime=False,
+                      wants_frame=slot.wants_frame, wait_for_demand=slot.wait_for_demand,
+                      clock=clock, sleep=clock.sleep)
+
+    def read():
+        for frame in src.frames():
+            slot.put(frame)
+        slot.close()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    taken = []
+    while True:
+        slot.want(True)
+        frame = slot.get(timeout=5)
+        if frame is None:
+            break
+        slot.want(False)  # busy with it: a latest-policy reader would skip frames now
+        taken.append(frame.meta.seq)
+        time.sleep(0.01)  # a slow consumer (real time: the reader thread runs meanwhile)
+    reader.join(5)
+    assert taken == list(range(12)) and slot.dropped == 0 and src.skipped == 0

@@ -1,0 +1,54 @@
+"""What every backend offers the rest of the pipeline (one backend per module, keyed by ``type``).
+
+- A detector backend takes `DetectorInput`s (the camera frame letterboxed to a square of the
+  detector's ``imgsz``, uint8 BGR) and returns `Detections` in camera pixels, one per input,
+  an exception in place of a failed item (one bad frame never fails a batch).
+- A classifier backend takes crops cut by the decoder at its ``crop_size`` (width, height;
+  uint8 BGR) and returns one mapping per crop: attribute name → value, where a softmax head
+  gives ``{"label": str, "score": float}`` and each sigmoid attribute ``{"value": bool,
+  "probability": float}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from ..schema import Detections
+from ..models import DetectorInput
+
+Attributes = Mapping[str, Mapping[str, Any]]
+
+
+class DetectorBackend(Protocol):
+    name: str  # the weights' file name, as published in the message's ``model``
+    names: Mapping[int, str]  # class id → label
+    device: str
+    half: bool
+
+    def detect_batch(self, inputs: Sequence[DetectorInput]) -> list[Detections | Exception]: ...
+
+
+class ClassifierBackend(Protocol):
+    name: str
+    crop_size: tuple[int, int]  # (width, height) the decoder cuts crops at
+    crop_context: float  # the box is grown by this before cropping
+    min_size: tuple[int, int] | None  # smallest box (width, height) the model is meant for
+    attributes: tuple[str, ...]  # the attribute names it writes
+    device: str
+    half: bool
+
+    def classify_batch(self, crops: Sequence[np.ndarray]) -> list[Attributes | Exception]: ...
+
+
+def per_item(run, items: Sequence[Any]) -> list[Any]:
+    """``run(items)`` as a whole; when it raises, item by item, so only the bad item fails."""
+    if not items:
+        return []
+    try:
+        return run(items)
+    except Exception as exc:
+        if len(items) == 1:
+            return [exc]
+        return [r for item in items for r in per_item(run, [item])]

@@ -1,0 +1,215 @@
+"""Model cards: what a plain network expects and what its outputs mean.
+
+A card is a small YAML file. The project ships one per known model under ``configs/models/``
+(found by the weights' file name, see `find_card`); a user writes one for their own network
+and names it in the config (``card: path/to/card.yaml``). It is validated like the config:
+every error names the card's file and the field (``gtsrb.yaml: outputs[0].labels: ...``).
+
+    type: openvino              # the backend that runs it (one module per type)
+    task: classify              # classify | detect
+    files: [gtsrb_gray32.xml, gtsrb_gray32.pb]
+    input:
+      name: conv2d_31_input:0   # optional when the network has one input
+      size: [32, 32]            # height, width
+      layout: NHWC              # NCHW | NHWC
+      color: GRAY               # BGR | RGB | GRAY
+      scale: 0.00392156862      # tensor = (pixel * scale - mean) / std
+    outputs:
+      - name: dense_10/Softmax:0
+        kind: softmax           # softmax | sigmoid | detections | ignore
+        attribute: sign
+        labels_file: signnames.csv
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..config_errors import ConfigError, format_validation_error
+
+ENV_CARDS_DIR = "PERCEPT_CARDS_DIR"
+# the repository's configs/models (a checkout or an editable install); an installed package (the
+# Docker image) names the folder in PERCEPT_CARDS_DIR
+CARDS_DIR = Path(os.environ.get(ENV_CARDS_DIR) or Path(__file__).resolve().parents[2] / "configs" / "models")
+ATTRIBUTE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CardInput(_Strict):
+    name: str | None = Field(None, description="input tensor name; optional when the network has one input")
+    size: tuple[int, int] = Field(description="[height, width] the network takes")
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    color: Literal["BGR", "RGB", "GRAY"] = "BGR"
+    scale: float = Field(1.0, gt=0, description="tensor = (pixel * scale - mean) / std")
+    mean: list[float] = Field(default_factory=lambda: [0.0], description="one value or one per channel")
+    std: list[float] = Field(default_factory=lambda: [1.0], description="one value or one per channel")
+    resize: Literal["stretch", "letterbox"] = Field(
+        "stretch", description="classifiers: how a crop is fitted; detectors always letterbox")
+    pad_value: int = Field(114, ge=0, le=255, description="letterbox border")
+
+    @model_validator(mode="after")
+    def _channels(self) -> "CardInput":
+        channels = 1 if self.color == "GRAY" else 3
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (1, channels):
+                raise ValueError(f"{name}: {len(values)} values for {channels} channel(s) ({self.color})")
+        if any(v == 0 for v in self.std):
+            raise ValueError("std: must not contain 0")
+        if min(self.size) < 1:
+            raise ValueError(f"size: must be positive, got {list(self.size)}")
+        return self
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "GRAY" else 3
+
+
+class CardOutput(_Strict):
+    name: str = Field(description="output tensor name in the network")
+    kind: Literal["softmax", "sigmoid", "detections", "ignore"]
+    attribute: str | None = Field(
+        None, pattern=ATTRIBUTE_NAME,
+        description="softmax: the attribute it writes (default: the output name); sigmoid: unused")
+    labels: list[str] | None = Field(None, description="class names (softmax, detections) or attribute names (sigmoid)")
+    labels_file: str | None = Field(None, description="CSV (ClassId,Name), YAML (names:) or one name per line; "
+                                    "relative to the card, else to the weights")
+    logits: bool = Field(False, description="raw scores: apply softmax / sigmoid first")
+    threshold: float = Field(0.5, ge=0, le=1, description="sigmoid: value = probability >= threshold")
+    layout: Literal["yolov5", "yolov8", "ssd", "yunet"] | None = Field(
+        None, description="detections: yolov5 [1,N,5+C] with objectness; yolov8/11 [1,4+C,N]; ssd [1,1,N,7]; "
+        "yunet: OpenCV's YuNet outputs, decoded by cv2.FaceDetectorYN (type: yunet)")
+
+    @model_validator(mode="after")
+    def _by_kind(self) -> "CardOutput":
+        if self.kind == "detections" and self.layout is None:
+            raise ValueError("layout: required for a detections output (yolov5, yolov8, ssd or yunet)")
+        if self.kind != "detections" and self.layout is not None:
+            raise ValueError(f"layout: only for detections outputs, this one is {self.kind}")
+        if self.kind in ("softmax", "sigmoid") and self.labels is None and self.labels_file is None:
+            raise ValueError(f"labels: a {self.kind} output needs labels or labels_file")
+        if self.labels is not None and self.labels_file is not None:
+            raise ValueError("labels: give labels or labels_file, not both")
+        if self.kind == "sigmoid" and self.labels:
+            import re
+
+            bad = [n for n in self.labels if not re.match(ATTRIBUTE_NAME, n)]
+            if bad:
+                raise ValueError(f"labels: sigmoid labels are attribute names and must match {ATTRIBUTE_NAME}, got {bad[0]!r}")
+        return self
+
+    @property
+    def attribute_name(self) -> str:
+        return self.attribute or self.name
+
+
+class ModelCard(_Strict):
+    type: Literal["openvino", "yunet"] = Field("openvino", description="the backend that runs the network")
+    task: Literal["classify", "detect"]
+    description: str = ""
+    files: list[str] = Field(default_factory=list, description="weight file names this card describes")
+    input: CardInput
+    outputs: list[CardOutput] = Field(min_length=1)
+    min_size: tuple[int, int] | None = Field(
+        None, description="classify: smallest box [width, height] in camera pixels worth classifying")
+    crop_context: float = Field(1.15, ge=1, le=4, description="classify: box grown by this before cropping")
+    nms_iou: float = Field(0.45, ge=0, le=1, description="detect: NMS IoU threshold")
+    path: str | None = Field(None, exclude=True, description="where the card was read from (set by load_card)")
+
+    @model_validator(mode="after")
+    def _task_outputs(self) -> "ModelCard":
+        kinds = [o.kind for o in self.outputs]
+        yunet = [o.layout == "yunet" for o in self.outputs if o.kind == "detections"] == [True]
+        if (self.type == "yunet") != (yunet and self.task == "detect"):
+            raise ValueError("type: yunet goes with task: detect and one detections output of layout yunet "
+                             "(and layout yunet only with type: yunet)")
+        if self.task == "detect" and kinds.count("detections") != 1:
+            raise ValueError("outputs: a detect card has exactly one detections output")
+        if self.task == "classify":
+            if "detections" in kinds:
+                raise ValueError("outputs: a classify card has no detections output")
+            if not any(k in ("softmax", "sigmoid") for k in kinds):
+                raise ValueError("outputs: a classify card needs a softmax or sigmoid output")
+        return self
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        """(width, height) crops are cut at for this network."""
+        h, w = self.input.size
+        return w, h
+
+    def where(self) -> str:
+        return self.path or "<card>"
+
+
+def load_card(path: str | Path) -> ModelCard:
+    """Read and validate a card; `ConfigError` naming the file and field otherwise."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{p}: YAML syntax error: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{p}: a card is a mapping of keys"])
+    try:
+        card = ModelCard.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([f"{p}: {line}" for line in format_validation_error(exc)]) from None
+    return card.model_copy(update={"path": str(p)})
+
+
+def find_card(weights: str | Path, cards_dir: Path = CARDS_DIR) -> Path | None:
+    """The shipped card whose ``files`` names this weights file (by file name), if any."""
+    name = Path(str(weights).rstrip("/")).name
+    for candidate in sorted(cards_dir.glob("*.yaml")):
+        try:
+            files = (yaml.safe_load(candidate.read_text()) or {}).get("files") or []
+        except (OSError, yaml.YAMLError):
+            continue
+        if name in files:
+            return candidate
+    return None
+
+
+def read_labels(output: CardOutput, card: ModelCard, weights: str | Path | None) -> list[str]:
+    """The output's labels, from the card or its labels file (next to the card, else the weights)."""
+    if output.labels is not None:
+        return list(output.labels)
+    if output.labels_file is None:
+        return []
+    candidates = []
+    if card.path:
+        candidates.append(Path(card.path).parent / output.labels_file)
+    if weights:
+        candidates.append(Path(str(weights)).parent / output.labels_file)
+    for path in candidates:
+        if path.exists():
+            return _labels_from(path)
+    looked = ", ".join(str(c.parent) for c in candidates) or "nowhere"
+    raise ConfigError([f"{card.where()}: outputs.{output.name}.labels_file: {output.labels_file!r} not found (looked in {looked})"])
+
+
+def _labels_from(path: Path) -> list[str]:
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        names = (yaml.safe_load(text) or {}).get("names")
+        if isinstance(names, dict):
+            return [str(names[k]) for k in sorted(names, key=int)]
+        return [str(n) for n in names or []]
+    if path.suffix == ".csv":
+        rows = list(csv.reader(text.splitlines()))
+        body = rows[1:] if rows and not rows[0][0].strip().isdigit() else rows
+        ordered = sorted((int(r[0]), r[1].strip()) for r in body if len(r) >= 2)
+        return [name for _, name in ordered]
+    return [line.strip() for line in text.splitlines() if line.strip()]

@@ -1,0 +1,219 @@
+"""The ``openvino`` classifier: a plain network (IR .xml, .onnx, .pb, .tflite) described by a card,
+run by the OpenVINO runtime on CPU.
+
+Each card output is a head: ``softmax`` writes one attribute (the card's ``attribute``, else the
+output name) as ``{"label", "score"}``; ``sigmoid`` writes one attribute per label as ``{"value",
+"probability"}``; ``ignore`` writes nothing. Everything the card says is checked against the
+network at load: a wrong label count, a restrict-to label the model lacks, two heads writing the
+same attribute — each a `ModelError` naming the config field and the card file.
+
+Compiled once per replica with the THROUGHPUT hint; a batch is split across its streams (one
+synchronous request would use one stream, i.e. a fraction of the replica's threads).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..config import ClassifierConfig
+from ..config_errors import ConfigError
+from ..models import ModelError, model_name
+from .base import Attributes, per_item
+from .card import CardInput, CardOutput, ModelCard, read_labels
+from .openvino_net import Network, infer, open_network, to_tensor
+
+log = logging.getLogger("percept.models")
+
+
+@dataclass(frozen=True)
+class Head:
+    """One decoded output: its card entry, labels and (first softmax head) the allowed classes."""
+
+    output: CardOutput
+    labels: tuple[str, ...]
+    allowed: np.ndarray | None = None  # class indices the answer is restricted to
+
+
+def load_classifier(cfg: ClassifierConfig, *, card: ModelCard | None, weights: str, models_dir: str | None,
+                    field: str, warmup: bool = True) -> OpenVinoClassifier:
+    """Compile the network once for this replica (THROUGHPUT hint, the replica's CPUs as threads)."""
+    if card is None:
+        raise ModelError(f"{field}.card: {weights!r} is a plain network and needs a model card "
+                         "(card: path/to/card.yaml describing its input and outputs)")
+    threads = cfg.threads or max(1, round(cfg.num_cpus))
+    net = open_network(weights, card, field=field, threads=threads, hint="THROUGHPUT")
+    heads = _heads(cfg, card, net, weights, field)
+    clf = OpenVinoClassifier(net, card, heads, name=model_name(cfg), min_size=cfg.min_size or card.min_size)
+    if warmup:
+        w, h = card.crop_size
+        clf.classify_batch([np.zeros((h, w, 3), np.uint8)])
+    log.info("classifier %s (openvino, %d thread(s), card %s): %s", clf.name, threads, card.where(),
+             ", ".join(clf.attributes))
+    return clf
+
+
+def _classes(port: Any) -> int | None:
+    """The number of classes an output holds per item ([N,C] or [N,C,1,1]); None when dynamic."""
+    dims = list(port.get_partial_shape())[1:]
+    if not all(d.is_static for d in dims):
+        return None
+    return int(np.prod([d.get_length() for d in dims])) if dims else 1
+
+
+def _heads(cfg: ClassifierConfig, card: ModelCard, net: Network, weights: str, field: str) -> list[Head]:
+    where = f"{field} (card {card.where()})"
+    heads: list[Head] = []
+    written: dict[str, int] = {}
+    for i, out in enumerate(card.outputs):
+        if out.kind == "ignore":
+            continue
+        try:
+            labels = tuple(read_labels(out, card, weights))
+        except ConfigError as exc:
+            raise ModelError(f"{field}: " + "; ".join(exc.errors)) from None
+        classes = _classes(net.outputs[out.name])
+        if classes is not None and len(labels) != classes:
+            raise ModelError(f"{where}: outputs[{i}].labels: {len(labels)} labels but the network's output "
+                             f"{out.name!r} has {classes} classes")
+        names = [out.attribute_name] if out.kind == "softmax" else list(labels)
+        for name in names:
+            if name in written:
+                raise ModelError(f"{where}: outputs[{i}]: attribute {name!r} is also written by "
+                                 f"outputs[{written[name]}]; give each head its own attribute")
+            written[name] = i
+        heads.append(Head(out, labels))
+    if cfg.labels:
+        heads = _restrict(cfg.labels, heads, card, field)
+    return heads
+
+
+def _restrict(wanted: Sequence[str], heads: list[Head], card: ModelCard, field: str) -> list[Head]:
+    """``labels:`` in the config restricts the first softmax head's answer to those labels."""
+    first = next((k for k, h in enumerate(heads) if h.output.kind == "softmax"), None)
+    if first is None:
+        raise ModelError(f"{field}.labels: restricting labels needs a softmax output; card {card.where()} has none")
+    head = heads[first]
+    index = {label: j for j, label in enumerate(head.labels)}
+    for i, label in enumerate(wanted):
+        if label not in index:
+            raise ModelError(f"{field}.labels[{i}]: {label!r} is not a label of the card's output "
+                             f"{head.output.name!r} (card {card.where()}; "
+                             f"it has e.g. {list(head.labels)[:8]})")
+    allowed = np.array([index[label] for label in wanted])
+    return heads[:first] + [Head(head.output, head.labels, allowed)] + heads[first + 1:]
+
+
+def fit_crop(crop: np.ndarray, size: tuple[int, int], spec: CardInput) -> np.ndarray:
+    """A uint8 BGR crop at ``size`` (width, height): unchanged when it already is, else
+    letterboxed (``resize: letterbox``) or stretched."""
+    import cv2
+
+    if crop.ndim == 2:
+        crop = cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR)
+    w, h = size
+    ch, cw = crop.shape[:2]
+    if (cw, ch) == (w, h):
+        return crop
+    if spec.resize == "stretch":
+        return cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if cw > w else cv2.INTER_LINEAR)
+    r = min(w / cw, h / ch)
+    nw, nh = max(1, round(cw * r)), max(1, round(ch * r))
+    inner = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+    top, left = (h - nh) // 2, (w - nw) // 2
+    v = spec.pad_value
+    return cv2.copyMakeBorder(inner, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT, value=(v, v, v))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class OpenVinoClassifier:
+    """A carded network on batches of crops; one ``{attribute: value}`` mapping per crop."""
+
+    device = "cpu"
+    half = False
+
+    def __init__(self, net: Network, card: ModelCard, heads: list[Head], *, name: str,
+                 min_size: tuple[int, int] | None):
+        self.net = net
+        self.card = card
+        self.heads = heads
+        self.name = name
+        self.crop_size: tuple[int, int] = card.crop_size
+        self.crop_context = card.crop_context
+        self.min_size = tuple(min_size) if min_size else None
+        self.attributes: tuple[str, ...] = tuple(
+            a for h in heads for a in ([h.output.attribute_name] if h.output.kind == "softmax" else h.labels))
+        self._lock = threading.Lock()  # one batch at a time through the requests below
+        # THROUGHPUT compiles several streams (threads split between them); one synchronous request
+        # would use only one, so a batch is cut into one chunk per stream, run together.
+        self._streams = int(net.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if net.dynamic_batch else 1
+        self._queue = None
+        if self._streams > 1:
+            import openvino as ov
+
+            self._queue = ov.AsyncInferQueue(net.compiled, self._streams)
+            self._queue.set_callback(self._done)
+
+    def classify_batch(self, crops: Sequence[np.ndarray]) -> list[Attributes | Exception]:
+        return per_item(self._classify, crops)
+
+    def _classify(self, crops: Sequence[np.ndarray]) -> list[Attributes | Exception]:
+        images = [fit_crop(np.asarray(c, np.uint8), self.crop_size, self.card.input) for c in crops]
+        tensor = to_tensor(images, self.card.input)
+        with self._lock:
+            raw = self._infer(tensor)
+        out: list[dict[str, Any]] = [{} for _ in images]
+        for head in self.heads:
+            self._decode(head, raw[head.output.name].reshape(len(images), -1).astype(np.float32), out)
+        return out
+
+    def _infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        """The batch through the network, split across the streams when there are several."""
+        parts = min(self._streams, len(tensor))
+        if self._queue is None or parts < 2:
+            return infer(self.net, tensor)
+        results: list[Any] = [None] * parts
+        for i, chunk in enumerate(np.array_split(tensor, parts)):
+            self._queue.start_async({self.net.input: chunk}, (results, i))
+        self._queue.wait_all()
+        failed = next((r for r in results if isinstance(r, Exception) or r is None), False)
+        if failed is not False:
+            raise failed or RuntimeError("an inference request returned nothing")
+        return {name: np.concatenate([r[name] for r in results]) for name in self.net.outputs}
+
+    def _done(self, request: Any, userdata: tuple[list[Any], int]) -> None:
+        results, i = userdata
+        try:
+            results[i] = {name: request.get_tensor(port).data.copy() for name, port in self.net.outputs.items()}
+        except Exception as exc:  # noqa: BLE001 -- handed to _infer, which raises it
+            results[i] = exc
+
+    @staticmethod
+    def _decode(head: Head, values: np.ndarray, out: list[dict[str, Any]]) -> None:
+        spec = head.output
+        if spec.kind == "softmax":
+            probs = _softmax(values) if spec.logits else values
+            if head.allowed is not None:
+                best = head.allowed[np.argmax(probs[:, head.allowed], axis=1)]
+            else:
+                best = np.argmax(probs, axis=1)
+            for item, p, k in zip(out, probs, best):
+                item[spec.attribute_name] = {"label": head.labels[int(k)], "score": round(float(p[k]), 4)}
+        elif spec.kind == "sigmoid":
+            probs = _sigmoid(values) if spec.logits else values
+            for item, p in zip(out, probs):
+                for label, q in zip(head.labels, p):
+                    item[label] = {"value": bool(q >= spec.threshold), "probability": round(float(q), 4)}

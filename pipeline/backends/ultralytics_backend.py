@@ -1,0 +1,123 @@
+"""The ``ultralytics`` backend: anything ``YOLO()`` loads (.pt, ultralytics exports, TensorRT
+engines); ultralytics letterboxes, runs NMS and rescales. Used for models without a card."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..config import ClassifierConfig, DetectorConfig
+from ..models import CategoryMap, DetectorInput, ModelError, choose_device, load_yolo, model_name, set_threads
+from ..schema import Detections
+from .base import Attributes, per_item
+
+log = logging.getLogger("percept.models")
+
+
+def load_detector(cfg: DetectorConfig, *, card: Any, weights: str, models_dir: str | None, field: str,
+                  warmup: bool = True) -> "Detector":
+    set_threads(cfg)
+    model = load_yolo(cfg, models_dir=models_dir, field=f"{field}.weights", task="detect")
+    device, half = choose_device(cfg.device, cfg.half)
+    det = Detector(model, cfg=cfg, device=device, half=half, name=model_name(cfg), field=field)
+    if warmup:
+        det.detect_batch([DetectorInput(np.zeros((cfg.imgsz, cfg.imgsz, 3), np.uint8), (cfg.imgsz, cfg.imgsz))])
+    log.info("detector %s on %s (fp16=%s, ultralytics)", det.name, device, half)
+    return det
+
+
+def load_classifier(cfg: ClassifierConfig, *, card: Any, weights: str, models_dir: str | None, field: str,
+                    warmup: bool = True) -> "Classifier":
+    set_threads(cfg)
+    model = load_yolo(cfg, models_dir=models_dir, field=f"{field}.weights", task="classify")
+    device, half = choose_device(cfg.device, cfg.half)
+    clf = Classifier(model, cfg=cfg, device=device, half=half, name=model_name(cfg), field=field)
+    if warmup:
+        clf.classify_batch([np.zeros((cfg.imgsz, cfg.imgsz, 3), np.uint8)])
+    return clf
+
+
+class Detector:
+    """A detection model on batches of `DetectorInput`; boxes come back in camera pixels."""
+
+    def __init__(self, model: Any, *, cfg: DetectorConfig, device: str, half: bool, name: str, field: str = "detector"):
+        self.model = model
+        self.cfg = cfg
+        self.device = device
+        self.half = half
+        self.name = name
+        self.names: Mapping[int, str] = model.names
+        self.categories = CategoryMap(cfg.categories, model.names, field=f"{field}.categories")
+
+    def detect_batch(self, inputs: Sequence[DetectorInput]) -> list[Detections | Exception]:
+        return per_item(self._detect, inputs)
+
+    def _detect(self, inputs: Sequence[DetectorInput]) -> list[Detections | Exception]:
+        from ultralytics.utils.ops import scale_boxes
+
+        results = self.model.predict(
+            [inp.image for inp in inputs],
+            imgsz=self.cfg.imgsz,
+            conf=self.cfg.conf,
+            iou=self.cfg.iou,
+            max_det=self.cfg.max_det,
+            classes=self.categories.class_ids or None,
+            device=self.device,
+            verbose=False,
+            **({"half": True} if self.half else {}),
+        )
+        out: list[Detections | Exception] = []
+        for inp, res in zip(inputs, results):
+            boxes = res.boxes
+            xyxy = boxes.xyxy.cpu().numpy().astype(np.float32)
+            xyxy = scale_boxes(inp.image.shape[:2], xyxy, inp.orig_shape)
+            out.append(self.categories.detections(xyxy, boxes.conf.cpu().numpy(), boxes.cls.cpu().numpy().astype(int)))
+        return out
+
+
+class Classifier:
+    """An image classifier on batches of square crops; the answer (attribute ``cfg.attribute``)
+    is the top label, restricted to ``labels`` when the config lists some."""
+
+    crop_context = 1.15
+    min_size = None
+
+    def __init__(self, model: Any, *, cfg: ClassifierConfig, device: str, half: bool, name: str, field: str):
+        self.model = model
+        self.cfg = cfg
+        self.device = device
+        self.half = half
+        self.name = name
+        self.crop_size = (cfg.imgsz, cfg.imgsz)
+        self.attributes = (cfg.attribute,)
+        names: Mapping[int, str] = model.names
+        if cfg.labels:
+            by_label = {n: i for i, n in names.items()}
+            missing = [(i, lab) for i, lab in enumerate(cfg.labels) if lab not in by_label]
+            if missing:
+                i, lab = missing[0]
+                raise ModelError(f"{field}.labels[{i}]: {lab!r} is not a class of {name}")
+            self.allowed = np.array([by_label[lab] for lab in cfg.labels])
+        else:
+            self.allowed = None
+        self.names = names
+
+    def classify_batch(self, crops: Sequence[np.ndarray]) -> list[Attributes | Exception]:
+        return per_item(self._classify, crops)
+
+    def _classify(self, crops: Sequence[np.ndarray]) -> list[Attributes | Exception]:
+        results = self.model.predict(
+            list(crops), imgsz=self.cfg.imgsz, device=self.device, verbose=False,
+            **({"half": True} if self.half else {}),
+        )
+        out: list[Attributes | Exception] = []
+        for res in results:
+            probs = res.probs.data.float().cpu().numpy()
+            if self.allowed is not None:
+                k = int(self.allowed[int(np.argmax(probs[self.allowed]))])
+            else:
+                k = int(np.argmax(probs))
+            out.append({self.cfg.attribute: {"label": self.names[k], "score": round(float(probs[k]), 4)}})
+        return out

@@ -1,0 +1,184 @@
+"""The model sections of the config: the detectors, the classifiers and how Serve runs them
+(weights, card, device, batching, replicas). Strict like the rest of `pipeline.config`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_CATEGORIES: dict[str, list[str]] = {
+    "vehicle": ["car", "truck", "bus", "motorcycle", "bicycle"],
+    "pedestrian": ["person"],
+    "sign": ["stop sign", "traffic light"],
+}
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+class BatchConfig(Strict):
+    max_size: int = Field(8, ge=1, le=256)
+    wait_ms: float = Field(20.0, ge=0, le=10_000)
+
+
+class AutoscaleConfig(Strict):
+    """Replicas scale on what users feel: how old frames are when they reach the model."""
+
+    min: int = Field(1, ge=0)
+    max: int = Field(4, ge=1)
+    target_lag_s: float = Field(0.5, gt=0, description="frame age at the model (capture → batch) to hold")
+    target_waiting: float = Field(16.0, gt=0, description="frames waiting per replica to hold")
+    target_ongoing_requests: float = Field(8.0, gt=0, description="Serve's own signal, used as a floor")
+    upscale_delay_s: float = Field(5.0, ge=0)
+    downscale_delay_s: float = Field(30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> "AutoscaleConfig":
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class ModelServerConfig(Strict):
+    """What the detector and every classifier share: weights, device and how Serve runs them."""
+
+    weights: str = Field(min_length=1, description="path, file in PERCEPT_MODELS_DIR or ultralytics name")
+    imgsz: int = Field(640, ge=32, le=4096)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps|\d+)$")
+    half: bool | None = Field(None, description="FP16; default: on for CUDA")
+    threads: int | None = Field(None, ge=1, le=256, description="torch CPU threads per replica")
+    batch: BatchConfig = BatchConfig()
+    replicas: int | AutoscaleConfig = Field(1, description="a count, or {min, max} to autoscale")
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float | Literal["auto"] = Field(
+        "auto", description="per replica; auto: with GPUs, the detector and the classifiers on auto share one "
+        "(detector 0.5, the classifiers the rest), without GPUs 0")
+    resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per replica (node placement)")
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas(cls, v: int | AutoscaleConfig) -> int | AutoscaleConfig:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _gpus(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and v < 0:
+            raise ValueError(f"must be >= 0 or 'auto', got {v}")
+        if not isinstance(v, str) and v > 1 and v != int(v):
+            raise ValueError(f"above 1 GPU Ray takes whole GPUs only (a fraction of one GPU up to 1), got {v}")
+        return v
+
+
+NAME = r"^[a-z0-9][a-z0-9-]{0,39}$"
+
+
+class DetectorConfig(ModelServerConfig):
+    weights: str = "yolo11n.pt"
+    name: str | None = Field(
+        None, pattern=NAME, description="deployment detector-<name>; default: the first detector is 'detector', "
+        "the others are named after their weights")
+    card: str | None = Field(None, description="model card (YAML) of a plain network; shipped models need none")
+    backend: Literal["auto", "ultralytics", "openvino"] = Field(
+        "auto", description="auto: OpenVINO's runtime for ultralytics' OpenVINO exports on CPU, else ultralytics")
+    conf: float = Field(0.25, ge=0, le=1)
+    iou: float = Field(0.7, ge=0, le=1)
+    max_det: int = Field(300, ge=1)
+    categories: dict[str, list[str]] = Field(default_factory=lambda: dict(DEFAULT_CATEGORIES))
+
+    @field_validator("categories")
+    @classmethod
+    def _categories(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        seen: dict[str, str] = {}
+        for category, labels in v.items():
+            if not re.match(r"^[A-Za-z0-9_-]+$", category):
+                raise ValueError(f"category name {category!r} must match [A-Za-z0-9_-]+")
+            for label in labels:
+                if label == "*" and len(v) > 1:
+                    raise ValueError(f"{category}: '*' (every label of the model) needs to be the only category")
+                if label in seen:
+                    raise ValueError(f"label {label!r} is in both {seen[label]!r} and {category!r}")
+                seen[label] = category
+        return v
+
+
+class ClassifierConfig(ModelServerConfig):
+    imgsz: int = Field(224, ge=32, le=1024, description="ultralytics classifiers: square crop size (a card sets its own)")
+    name: str | None = Field(
+        None, pattern=NAME, description="deployment classifier-<category>-<name>; default: the first of a "
+        "category is classifier-<category>, the others are named after their weights")
+    card: str | None = Field(None, description="model card (YAML) of a plain network; shipped models need none")
+    on: list[str] | None = Field(None, description="only objects with these detector labels (default: every object of the category)")
+    not_on: list[str] | None = Field(None, description="skip objects with these detector labels")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        """YAML 1.1 reads an unquoted ``on:`` key as the boolean true: take it as ``on``."""
+        if isinstance(data, Mapping) and True in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+    attribute: str = Field("type", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                           description="ultralytics classifiers: the attribute the top label is written to")
+    labels: list[str] | None = Field(None, description="restrict the answer to these model labels")
+    min_box: int = Field(16, ge=1, description="skip boxes whose shorter side is below this (pixels)")
+    min_size: tuple[int, int] | None = Field(
+        None, description="skip boxes smaller than [width, height] pixels; default: the card's, else min_box")
+    max_per_frame: int = Field(32, ge=1, description="classify at most this many objects per frame")
+    reclassify_every: int = Field(
+        15, ge=0, description="with tracking: classify a track again after this many frames (0: once per track)"
+    )
+    num_cpus: float = Field(0.25, ge=0)
+    batch: BatchConfig = BatchConfig(max_size=32, wait_ms=10)
+
+
+# --- the deployments the model sections make ---------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelSection:
+    """One model deployment: its Serve name, its config field (for errors) and its config."""
+
+    deployment: str  # "detector", "detector-faces", "classifier-vehicle", "classifier-vehicle-colour"
+    field: str  # "detector", "detectors[1]", "classifiers.vehicle", "classifiers.vehicle[1]"
+    cfg: Any  # DetectorConfig | ClassifierConfig
+    category: str | None = None  # classifiers: the category whose objects it gets
+
+
+def _slug(weights: str) -> str:
+    stem = Path(weights.rstrip("/")).stem.lower()
+    return re.sub(r"[^a-z0-9]+", "-", stem).strip("-")[:40] or "model"
+
+
+def detector_sections(detectors: list[DetectorConfig], *, listed: bool) -> list[ModelSection]:
+    out = []
+    for i, det in enumerate(detectors):
+        name = "detector" if i == 0 and det.name is None else f"detector-{det.name or _slug(det.weights)}"
+        out.append(ModelSection(name, f"detectors[{i}]" if listed else "detector", det))
+    return out
+
+
+def classifier_sections(classifiers: Mapping[str, list[ClassifierConfig]], *, single: set[str]) -> list[ModelSection]:
+    out = []
+    for category, entries in classifiers.items():
+        for i, clf in enumerate(entries):
+            suffix = clf.name if clf.name is not None else (None if i == 0 else _slug(clf.weights))
+            name = f"classifier-{category}" + (f"-{suffix}" if suffix else "")
+            field = f"classifiers.{category}" + ("" if category in single else f"[{i}]")
+            out.append(ModelSection(name, field, clf, category))
+    return out
+
+
+def duplicate_names(sections: list[ModelSection]) -> list[str]:
+    seen: dict[str, str] = {}
+    errors = []
+    for s in sections:
+        if s.deployment in seen:
+            errors.append(f"{s.field}.name: deployment name {s.deployment!r} is also {seen[s.deployment]}'s; "
+                          "give one of them a name")
+        seen.setdefault(s.deployment, s.field)
+    return errors

@@ -1,0 +1,303 @@
+"""The ``openvino`` classifier backend and the shipped cards (configs/models/*.yaml) on the real
+networks in ../shared: accuracy on GTSRB, crops cut from real detections, attribute decoding,
+batching, and every load error naming the config field and the card file. Nothing is mocked."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.backends import load_classifier, load_detector
+from pipeline.backends.card import CARDS_DIR
+from pipeline.backends.openvino_classifier import OpenVinoClassifier, fit_crop
+from pipeline.config import ClassifierConfig, DetectorConfig
+from pipeline.config_errors import ConfigError
+from pipeline.models import ModelError, prepare_crop, prepare_frame
+
+from .conftest import SHARED
+
+MODELS = Path(os.environ.get("PERCEPT_MODELS_DIR") or SHARED / "models")
+DATA = SHARED / "data"
+GTSRB = "gtsrb-sign-classifier-32/gtsrb_gray32.xml"
+VEHICLE = "vehicle-attributes-recognition-barrier-0039/FP32/vehicle-attributes-recognition-barrier-0039.xml"
+PERSON = "person-attributes-recognition-crossroad-0230/FP32/person-attributes-recognition-crossroad-0230.xml"
+LIGHT = "traffic-light-state/tl_state_bgr32.onnx"
+VEHICLE_TYPES = {"car", "bus", "truck", "van"}
+COLOURS = {"white", "gray", "yellow", "red", "green", "blue", "black"}
+PERSON_ATTRIBUTES = ("is_male", "has_bag", "has_backpack", "has_hat", "has_longsleeves", "has_longpants",
+                     "has_longhair", "has_coat_jacket")
+# vtest.avi frame 0, boxes given by yolo11n-coco: the white van parked top right, a pedestrian
+VAN_BOX = (652, 43, 722, 101)
+PEDESTRIAN_BOX = (254, 220, 283, 309)
+GREEN_LIGHT_BOX = (166, 105, 185, 145)  # coco128-val 000000008762: a lit green light (yolo11n-coco)
+
+pytestmark = pytest.mark.skipif(
+    not (MODELS / GTSRB).exists() or not (DATA / "gtsrb-test-sample").exists(),
+    reason=f"shared models/data not found ({MODELS}, {DATA}); set PERCEPT_SHARED / PERCEPT_MODELS_DIR")
+
+
+def load(weights: str, field: str = "classifiers.sign", **kw):
+    return load_classifier(ClassifierConfig(weights=weights, **kw), models_dir=str(MODELS), field=field)
+
+
+@pytest.fixture(scope="module")
+def signs():
+    return load(GTSRB, num_cpus=2)
+
+
+@pytest.fixture(scope="module")
+def vehicles():
+    return load(VEHICLE, "classifiers.vehicle", num_cpus=2)
+
+
+@pytest.fixture(scope="module")
+def people():
+    return load(PERSON, "classifiers.pedestrian", num_cpus=2)
+
+
+@pytest.fixture(scope="module")
+def vtest_frame():
+    cap = cv2.VideoCapture(str(DATA / "videos" / "vtest.avi"))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok, "cannot read vtest.avi"
+    return frame
+
+
+@pytest.fixture(scope="module")
+def coco_detector():
+    cfg = DetectorConfig(weights="yolo11n-coco.pt", categories={"sign": ["stop sign", "traffic light"]}, num_cpus=2)
+    return load_detector(cfg, models_dir=str(MODELS))
+
+
+def coco_objects(detector, image_id: str, label: str):
+    image = cv2.imread(str(DATA / "coco128-val" / "images" / f"{image_id}.jpg"))
+    (dets,) = detector.detect_batch([prepare_frame(image, 640)])
+    found = [(box, score) for box, score, lab in zip(dets.xyxy, dets.scores, dets.labels) if lab == label]
+    assert found, f"{image_id}: the detector found no {label}"
+    return image, found
+
+
+# --- the shipped cards on the real networks ---------------------------------------------------------
+
+def test_gtsrb_top1_through_the_shipped_card(signs):
+    assert signs.card.path == str(CARDS_DIR / "gtsrb-signs.yaml")  # found by the weights' file name
+    assert signs.attributes == ("sign",) and signs.crop_size == (32, 32)
+    assert (signs.device, signs.half, signs.name) == ("cpu", False, "gtsrb_gray32.xml")
+    folder = DATA / "gtsrb-test-sample"
+    rows = list(csv.DictReader((folder / "labels.csv").open()))
+    names = {int(r["ClassId"]): r["SignName"] for r in csv.DictReader((folder / "signnames.csv").open())}
+    crops = []
+    for row in rows:  # each image is the whole GTSRB crop: cut over its full box, no added context
+        image = cv2.imread(str(folder / "images" / row["Filename"]))
+        crops.append(prepare_crop(image, (0, 0, image.shape[1], image.shape[0]), signs.crop_size, context=1.0))
+    results = signs.classify_batch(crops)
+    right = sum(r["sign"]["label"] == names[int(row["ClassId"])] for r, row in zip(results, rows))
+    print(f"GTSRB top-1 through the classifier: {right}/{len(rows)} = {right / len(rows):.1%}")
+    assert right / len(rows) >= 0.95
+    assert all(0 <= r["sign"]["score"] <= 1 for r in results)
+
+
+def test_coco_stop_sign_detected_cropped_and_classified_stop(coco_detector, signs):
+    image, found = coco_objects(coco_detector, "000000011122", "stop sign")
+    box, _ = max(found, key=lambda f: f[1])
+    crop = prepare_crop(image, box, signs.crop_size, context=signs.crop_context)
+    (result,) = signs.classify_batch([crop])
+    assert result["sign"]["label"] == "Stop", result  # GTSRB class 14
+
+
+def test_coco_traffic_light_state(coco_detector):
+    lights = load(LIGHT, "classifiers.light", num_cpus=2)
+    assert lights.attributes == ("state",) and lights.card.path.endswith("traffic-light-state.yaml")
+    image, found = coco_objects(coco_detector, "000000008762", "traffic light")
+    crops = [prepare_crop(image, box, lights.crop_size, context=lights.crop_context) for box, _ in found]
+    results = lights.classify_batch(crops)
+    assert all(r["state"]["label"] in {"red", "yellow", "green", "off"} and 0 <= r["state"]["score"] <= 1
+               for r in results)
+    # the clearest light of that street (left, lit green) is green
+    best = max(range(len(found)), key=lambda i: found[i][1])
+    assert results[best]["state"]["label"] == "green", results[best]
+
+
+def test_vehicle_type_and_colour_of_the_white_van(vehicles, vtest_frame):
+    assert vehicles.attributes == ("type", "color") and vehicles.crop_size == (72, 72)
+    assert vehicles.min_size == (72, 72)
+    crop = prepare_crop(vtest_frame, VAN_BOX, vehicles.crop_size, context=vehicles.crop_context)
+    (result,) = vehicles.classify_batch([crop])
+    assert set(result) == {"type", "color"}
+    assert result["type"]["label"] in VEHICLE_TYPES and 0 <= result["type"]["score"] <= 1
+    assert result["color"]["label"] in COLOURS and 0 <= result["color"]["score"] <= 1
+    assert result["color"]["label"] == "white", result
+
+
+def test_person_attributes_on_a_pedestrian(people, vtest_frame):
+    assert people.attributes == PERSON_ATTRIBUTES  # "456"/"459" are ignored
+    assert people.crop_size == (80, 160) and people.min_size == (80, 160)
+    crop = prepare_crop(vtest_frame, PEDESTRIAN_BOX, people.crop_size, context=people.crop_context)
+    assert crop.shape == (160, 80, 3)
+    (result,) = people.classify_batch([crop])
+    assert tuple(result) == PERSON_ATTRIBUTES
+    for name, value in result.items():
+        assert isinstance(value["value"], bool) and 0 <= value["probability"] <= 1, name
+        assert value["value"] == (value["probability"] >= 0.5), name
+    assert result["has_longpants"]["value"] is True  # README: long pants 0.95-1.0 on vtest pedestrians
+
+
+def test_cfg_min_size_wins_over_the_card():
+    assert load(VEHICLE, "classifiers.vehicle", min_size=(40, 40)).min_size == (40, 40)
+
+
+# --- batching ---------------------------------------------------------------------------------------
+
+def test_a_batch_split_across_streams_matches_one_by_one(vehicles, vtest_frame):
+    assert vehicles._streams >= 1
+    rng = np.random.default_rng(1)
+    crops = [prepare_crop(vtest_frame, VAN_BOX, vehicles.crop_size, context=vehicles.crop_context)]
+    crops += [rng.integers(0, 256, (72, 72, 3), dtype=np.uint8) for _ in range(6)]
+    together = vehicles.classify_batch(crops)
+    alone = [vehicles.classify_batch([c])[0] for c in crops]
+    assert len(together) == len(crops)
+    for a, b in zip(together, alone):
+        assert a["type"]["label"] == b["type"]["label"] and a["color"]["label"] == b["color"]["label"]
+        assert abs(a["type"]["score"] - b["type"]["score"]) < 1e-3
+
+
+def test_one_bad_crop_does_not_fail_the_batch(signs):
+    good = np.full((32, 32, 3), 128, np.uint8)
+    out = signs.classify_batch([good, np.zeros((0, 0, 3), np.uint8), good])
+    assert isinstance(out[1], Exception)
+    assert out[0] == out[2] and "sign" in out[0]
+
+
+def test_crops_of_another_size_are_stretched_or_letterboxed(signs, tmp_path):
+    crop = np.full((20, 60, 3), 255, np.uint8)  # wide, white
+    stretched = fit_crop(crop, (32, 32), signs.card.input)
+    assert stretched.shape == (32, 32, 3) and (stretched == 255).all()
+    letterbox = signs.card.input.model_copy(update={"resize": "letterbox", "pad_value": 0})
+    boxed = fit_crop(crop, (32, 32), letterbox)
+    assert boxed.shape == (32, 32, 3)
+    assert (boxed[0] == 0).all() and (boxed[-1] == 0).all() and (boxed[16] == 255).all()
+    assert "sign" in signs.classify_batch([crop])[0]  # the classifier fits it itself
+
+
+def test_restrict_to_labels(signs):
+    restricted = load(GTSRB, labels=["Stop", "Yield"])
+    crops = [cv2.imread(str(p)) for p in sorted((DATA / "gtsrb-test-sample" / "images").iterdir())[:20]]
+    results = restricted.classify_batch(crops)
+    assert {r["sign"]["label"] for r in results} <= {"Stop", "Yield"}
+    with pytest.raises(ModelError, match=r"classifiers\.sign\.labels\[1\]: 'Nope' is not a label .*gtsrb-signs\.yaml"):
+        load(GTSRB, labels=["Stop", "Nope"])
+
+
+def test_logits_apply_sigmoid_and_softmax(tmp_path, vtest_frame):
+    card = yaml.safe_load((CARDS_DIR / "person-attributes.yaml").read_text())
+    card["outputs"][0]["logits"] = True
+    path = write(tmp_path, "person-logits.yaml", card)
+    clf = load(PERSON, "classifiers.pedestrian", card=str(path))
+    (result,) = clf.classify_batch([np.zeros((160, 80, 3), np.uint8)])
+    # the network already gives probabilities: sigmoid of a value in [0, 1] lies in [0.5, 0.731]
+    assert all(0.5 <= v["probability"] <= 0.7311 and v["value"] for v in result.values())
+    card = yaml.safe_load((CARDS_DIR / "traffic-light-state.yaml").read_text())
+    card["outputs"][0]["logits"] = True
+    image = cv2.imread(str(DATA / "coco128-val" / "images" / "000000008762.jpg"))
+    green = prepare_crop(image, GREEN_LIGHT_BOX, (32, 32), context=1.15)
+    (plain,) = load(LIGHT, "classifiers.light").classify_batch([green])
+    clf = load(LIGHT, "classifiers.light", card=str(write(tmp_path, "light-logits.yaml", card)))
+    (result,) = clf.classify_batch([green])
+    assert plain["state"] == {"label": "green", "score": pytest.approx(1.0, abs=0.01)}
+    # softmax over probabilities is flat: at most e / (e + 3) however sure the network is
+    assert result["state"]["label"] == "green" and result["state"]["score"] <= np.e / (np.e + 3) + 1e-3
+
+
+# --- bad input: each error names the config field and the card file -------------------------------
+
+def write(tmp_path: Path, name: str, card: dict) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(card))
+    return path
+
+
+def shipped(name: str) -> dict:
+    return yaml.safe_load((CARDS_DIR / name).read_text())
+
+
+def bad_card(tmp_path: Path, weights: str, card_file: str, change) -> tuple[Path, pytest.ExceptionInfo]:
+    card = shipped(card_file)
+    change(card)
+    path = write(tmp_path, "bad.yaml", card)
+    with pytest.raises((ModelError, ConfigError)) as info:
+        load(weights, card=str(path))
+    message = str(info.value)
+    assert "classifiers.sign" in message and str(path) in message, message
+    return path, info
+
+
+def test_card_input_size_disagrees_with_the_network(tmp_path):
+    _, info = bad_card(tmp_path, GTSRB, "gtsrb-signs.yaml", lambda c: c["input"].update(size=[48, 48]))
+    assert "input.size" in str(info.value) and "[48, 48]" in str(info.value)
+
+
+def test_card_names_an_output_the_network_lacks(tmp_path):
+    _, info = bad_card(tmp_path, GTSRB, "gtsrb-signs.yaml", lambda c: c["outputs"][0].update(name="logits"))
+    assert "outputs[0].name" in str(info.value) and "'logits'" in str(info.value)
+
+
+def test_card_labels_of_the_wrong_length(tmp_path):
+    def five(card):
+        card["outputs"][0]["labels"] = ["car", "bus", "truck", "van", "tram"]
+
+    _, info = bad_card(tmp_path, VEHICLE, "vehicle-attributes.yaml", five)
+    assert "outputs[0].labels: 5 labels but the network's output 'type' has 4 classes" in str(info.value)
+
+
+def test_card_with_two_heads_writing_one_attribute(tmp_path):
+    _, info = bad_card(tmp_path, VEHICLE, "vehicle-attributes.yaml", lambda c: c["outputs"][1].update(attribute="type"))
+    assert "outputs[1]: attribute 'type'" in str(info.value)
+
+
+def test_xml_without_its_bin(tmp_path):
+    shutil.copy(MODELS / GTSRB, tmp_path / "gtsrb_gray32.xml")
+    with pytest.raises(ModelError) as info:
+        load(str(tmp_path / "gtsrb_gray32.xml"))
+    message = str(info.value)
+    assert "classifiers.sign" in message and "gtsrb_gray32.bin is missing" in message
+    assert str(CARDS_DIR / "gtsrb-signs.yaml") in message, message
+
+
+def test_card_schema_error_names_the_card_and_field(tmp_path):
+    path, info = bad_card(tmp_path, GTSRB, "gtsrb-signs.yaml", lambda c: c["outputs"][0].update(kind="bogus"))
+    assert f"{path}: outputs[0].kind" in str(info.value) and "'bogus'" in str(info.value)
+
+
+def test_labels_file_not_found(tmp_path):
+    shutil.copy(MODELS / GTSRB, tmp_path / "net.xml")
+    shutil.copy((MODELS / GTSRB).with_suffix(".bin"), tmp_path / "net.bin")
+    path = write(tmp_path, "card.yaml", shipped("gtsrb-signs.yaml"))  # signnames.csv is in neither folder
+    with pytest.raises(ModelError, match=r"classifiers\.sign: .*card\.yaml: .*labels_file: 'signnames\.csv' not found"):
+        load(str(tmp_path / "net.xml"), card=str(path))
+
+
+# --- speed (printed; not asserted: the machine is shared) -------------------------------------------
+
+def test_ms_per_crop(signs, vehicles, people):
+    lights = load(LIGHT, "classifiers.light", num_cpus=2)
+    for clf in (signs, vehicles, people, lights):
+        w, h = clf.crop_size
+        line = []
+        for n in (1, 16):
+            crops = [np.full((h, w, 3), 100, np.uint8)] * n
+            clf.classify_batch(crops)
+            start, reps = time.perf_counter(), 10
+            for _ in range(reps):
+                clf.classify_batch(crops)
+            line.append(f"batch {n}: {(time.perf_counter() - start) / reps / n * 1000:.2f} ms/crop")
+        print(f"{clf.name}: " + ", ".join(line))
+    assert isinstance(signs, OpenVinoClassifier)

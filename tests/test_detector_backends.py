@@ -1,0 +1,289 @@
+"""The detector backends on the real shared models: the native OpenVINO path against ultralytics,
+the GTSDB sign detector (YOLOv5 layout) against labels and a test-side decoding, YuNet faces,
+the licence-plate SSD, and one bad frame in a batch. Nothing is mocked; a missing model or
+clip skips its test with the path it looked for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.backends import load_detector
+from pipeline.backends.openvino_detector import OpenVinoDetector
+from pipeline.backends.ultralytics_backend import Detector as UltralyticsDetector
+from pipeline.backends.yunet import YuNetDetector
+from pipeline.config import DetectorConfig
+from pipeline.models import DetectorInput, ModelError, prepare_frame
+
+from .conftest import DETECTOR, MODELS, SHARED, VIDEOS
+
+SIGNS = "traffic-sign-detector-gtsdb43/yolov5n_gtsdb43_640_fp16w.onnx"
+PLATES = "vehicle-license-plate-detection-barrier-0106/FP32/vehicle-license-plate-detection-barrier-0106.xml"
+YUNET = "face-detection-yunet/face_detection_yunet_2023mar.onnx"
+YUNET_DYNAMIC = "face-detection-yunet/yunet_s_dynamic.onnx"
+GTSDB = SHARED / "data" / "gtsdb-sample"
+ALL = {"all": ["*"]}
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} not found (set PERCEPT_SHARED to the shared models and data)")
+    return path
+
+
+def detector(weights: str, **kw) -> object:
+    need(MODELS / weights)
+    return load_detector(DetectorConfig(weights=weights, num_cpus=2, **kw), models_dir=str(MODELS))
+
+
+def frames(clip: str, indices: list[int]) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(need(VIDEOS / clip)))
+    out, i = [], 0
+    while len(out) < len(indices):
+        ok, frame = cap.read()
+        assert ok, f"{clip} ended before frame {indices[len(out)]}"
+        if i in indices:
+            out.append(frame)
+        i += 1
+    cap.release()
+    return out
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xyxy boxes a (n, 4) and b (m, 4)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
+
+
+def greedy_match(a_boxes, a_labels, b_boxes, b_labels) -> list[tuple[int, int, float]]:
+    """Pairs (i, j, IoU), best IoU first, same label, each box used once."""
+    if len(a_boxes) == 0 or len(b_boxes) == 0:
+        return []
+    m = iou(np.asarray(a_boxes), np.asarray(b_boxes))
+    same = np.array([[x == y for y in b_labels] for x in a_labels])
+    m = np.where(same, m, -1)
+    pairs, used_a, used_b = [], set(), set()
+    for flat in np.argsort(-m, axis=None):
+        i, j = np.unravel_index(flat, m.shape)
+        if m[i, j] <= 0:
+            break
+        if i not in used_a and j not in used_b:
+            pairs.append((int(i), int(j), float(m[i, j])))
+            used_a.add(i)
+            used_b.add(j)
+    return pairs
+
+
+def inside(dets, shape) -> bool:
+    h, w = shape[:2]
+    b = dets.xyxy
+    return bool(np.all(b[:, 0] >= 0) and np.all(b[:, 1] >= 0) and np.all(b[:, 2] <= w) and np.all(b[:, 3] <= h)
+                and np.all(b[:, 2] > b[:, 0]) and np.all(b[:, 3] > b[:, 1]))
+
+
+# --- ultralytics' OpenVINO export: native runtime vs ultralytics ------------------------------------
+
+@pytest.fixture(scope="module")
+def native():
+    return detector(DETECTOR, categories=ALL)
+
+
+def test_native_openvino_path_agrees_with_ultralytics(native):
+    ultra = detector(DETECTOR, categories=ALL, backend="ultralytics")
+    assert isinstance(native, OpenVinoDetector), "backend auto on CPU takes the native path for an export folder"
+    assert isinstance(ultra, UltralyticsDetector)
+    assert native.names == ultra.names
+    inputs = [prepare_frame(f, 640) for clip in ("traffic.mp4", "vtest.avi", "people.mp4")
+              for f in frames(clip, list(range(5, 100, 10)))]
+    ours, theirs = native.detect_batch(inputs[:15]) + native.detect_batch(inputs[15:]), ultra.detect_batch(inputs)
+    matched = good = total = 0
+    score_gap = 0.0
+    for k, (a, b) in enumerate(zip(ours, theirs)):
+        assert abs(len(a) - len(b)) <= 1, f"frame {k}: {len(a)} boxes natively, {len(b)} through ultralytics"
+        pairs = greedy_match(a.xyxy, a.labels, b.xyxy, b.labels)
+        total += max(len(a), len(b))
+        matched += len(pairs)
+        good += sum(1 for _, _, v in pairs if v >= 0.9)
+        score_gap = max([score_gap] + [abs(a.scores[i] - b.scores[j]) for i, j, _ in pairs])
+    assert total > 100, f"only {total} objects in 30 frames: the clips are not what this test expects"
+    assert good >= 0.95 * total, f"{good}/{total} boxes matched at IoU >= 0.9 ({matched} matched at all)"
+    assert score_gap <= 0.02, f"scores of matched boxes differ by up to {score_gap:.3f}"
+
+
+# --- the GTSDB sign detector (YOLOv5 layout) --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def signs():
+    return detector(SIGNS, categories={"sign": ["*"]})
+
+
+def gtsdb_subset(n: int = 30) -> list[tuple[Path, np.ndarray]]:
+    """The first ``n`` images that show a sign, with their boxes in pixels (class, x1, y1, x2, y2)."""
+    out = []
+    for image in sorted(need(GTSDB / "images").glob("*.jpg")):
+        rows = np.loadtxt(GTSDB / "labels" / f"{image.stem}.txt", ndmin=2)
+        if len(rows):
+            c, cx, cy, w, h = rows.T
+            out.append((image, np.stack([c, (cx - w / 2) * 1360, (cy - h / 2) * 800,
+                                         (cx + w / 2) * 1360, (cy + h / 2) * 800], axis=1)))
+        if len(out) == n:
+            break
+    return out
+
+
+def test_sign_detector_finds_the_labelled_signs(signs):
+    assert isinstance(signs, OpenVinoDetector) and len(signs.names) == 43 and signs.names[14] == "stop"
+    found = total = false = 0
+    for image, truth in gtsdb_subset():
+        (dets,) = signs.detect_batch([prepare_frame(cv2.imread(str(image)), 640)])
+        pairs = [p for p in greedy_match(truth[:, 1:], ["s"] * len(truth), dets.xyxy, ["s"] * len(dets)) if p[2] >= 0.5]
+        found += len(pairs)
+        total += len(truth)
+        false += len(dets) - len(pairs)
+    assert total >= 40
+    assert found >= 0.9 * total, f"recall {found}/{total} at IoU 0.5"
+    assert false <= 0.15 * total, f"{false} boxes match no labelled sign ({total} signs)"
+
+
+def reference_sign_boxes(image: np.ndarray, conf: float = 0.25, iou_thres: float = 0.45):
+    """The sign network run straight through OpenVINO (onnxruntime is not installed here) on our
+    own letterbox, decoded with numpy: boxes in camera pixels, scores, class ids."""
+    import openvino as ov
+
+    h, w = image.shape[:2]
+    gain = min(640 / h, 640 / w)
+    nh, nw = round(h * gain), round(w * gain)
+    top, left = round((640 - nh) / 2 - 0.1), round((640 - nw) / 2 - 0.1)
+    square = np.full((640, 640, 3), 114, np.uint8)
+    square[top : top + nh, left : left + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    x = (square[..., ::-1].astype(np.float32) / 255).transpose(2, 0, 1)[None]
+    raw = ov.Core().compile_model(str(MODELS / SIGNS), "CPU")(x)[0][0]  # [25200, 48]
+    scores_all = raw[:, 5:] * raw[:, 4:5]
+    cls = scores_all.argmax(1)
+    score = scores_all.max(1)
+    keep = score > conf
+    cx, cy, bw, bh = raw[keep, :4].T
+    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+    score, cls = score[keep], cls[keep]
+    order, kept = np.argsort(-score), []
+    for i in order:  # greedy NMS, per class
+        if all(cls[j] != cls[i] or iou(boxes[[i]], boxes[[j]])[0, 0] <= iou_thres for j in kept):
+            kept.append(i)
+    boxes = (boxes[kept] - [left, top, left, top]) / [nw / w, nh / h, nw / w, nh / h]
+    boxes = np.clip(boxes, 0, [w, h, w, h])
+    return boxes, score[kept], cls[kept]
+
+
+def test_sign_detector_matches_a_plain_decoding_of_the_network(signs):
+    compared = 0
+    for image_path, _ in gtsdb_subset(6):
+        image = cv2.imread(str(image_path))
+        (dets,) = signs.detect_batch([prepare_frame(image, 640)])
+        boxes, scores, cls = reference_sign_boxes(image)
+        assert len(dets) == len(boxes), f"{image_path.name}: {len(dets)} boxes, the plain decoding gives {len(boxes)}"
+        labels = [signs.names[int(c)] for c in cls]
+        pairs = greedy_match(dets.xyxy, dets.labels, boxes, labels)
+        assert len(pairs) == len(boxes), f"{image_path.name}: labels differ: {dets.labels} vs {labels}"
+        for i, j, v in pairs:
+            assert v >= 0.9 and abs(dets.scores[i] - scores[j]) <= 0.02, (image_path.name, v, dets.scores[i], scores[j])
+        compared += len(pairs)
+    assert compared >= 6
+
+
+# --- YuNet faces ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("weights", [YUNET, YUNET_DYNAMIC])
+def test_yunet_finds_faces_in_the_crowd(weights):
+    faces = detector(weights, categories={"face": ["face"]})
+    assert isinstance(faces, YuNetDetector) and faces.names == {0: "face"}
+    (frame,) = frames("people.mp4", [30])
+    (dets,) = faces.detect_batch([prepare_frame(frame, 640)])
+    assert len(dets) >= 5 and set(dets.labels) == {"face"} and set(dets.categories) == {"face"}
+    assert inside(dets, frame.shape) and np.all(dets.scores >= 0.25)
+    # faces, not bodies: the clip's faces are small (under a fifth of the frame height)
+    assert np.median(dets.xyxy[:, 3] - dets.xyxy[:, 1]) < frame.shape[0] / 5
+    # boxes map back to the camera frame: OpenCV's detector run on the frame itself finds the same faces
+    h, w = frame.shape[:2]
+    _, ref = cv2.FaceDetectorYN.create(str(MODELS / weights), "", (w, h), 0.6, 0.3, 5000).detect(frame)
+    ref_boxes = np.concatenate([ref[:, :2], ref[:, :2] + ref[:, 2:4]], axis=1)
+    pairs = [p for p in greedy_match(dets.xyxy, dets.labels, ref_boxes, ["face"] * len(ref)) if p[2] >= 0.6]
+    assert len(ref) >= 5 and len(pairs) >= 0.8 * len(ref), f"{len(pairs)} of {len(ref)} faces found in both"
+
+
+# --- the licence-plate SSD -------------------------------------------------------------------------------
+
+def test_plate_ssd_finds_the_plate_of_a_close_car():
+    plates = detector(PLATES, categories={"plate": ["plate"], "vehicle": ["vehicle"]})
+    assert isinstance(plates, OpenVinoDetector) and plates.net.size == (300, 300)
+    # GTSDB 00060: a blue hatchback from behind, its plate at about x 66-141, y 570-591 (marked by eye)
+    image = cv2.imread(str(need(GTSDB / "images" / "00060.jpg")))
+    (dets,) = plates.detect_batch([prepare_frame(image, 640)])
+    assert dets.labels == ("plate",) and dets.categories == ("plate",)
+    (x1, y1, x2, y2), marked = dets.xyxy[0], np.array([[66, 570, 141, 591]], np.float32)
+    assert 66 <= (x1 + x2) / 2 <= 141 and 570 <= (y1 + y2) / 2 <= 591, dets.xyxy
+    assert iou(dets.xyxy[:1], marked)[0, 0] >= 0.3
+    # the shared clips show no readable plate: whatever comes back lies inside the frame
+    for clip in ("traffic.mp4", "vtest.avi"):
+        (frame,) = frames(clip, [20])
+        (d,) = plates.detect_batch([prepare_frame(frame, 640)])
+        assert inside(d, frame.shape)
+
+
+# --- failures --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["native", "yunet"])
+def test_one_bad_frame_fails_alone(which, request):
+    det = request.getfixturevalue("native") if which == "native" else detector(YUNET, categories={"face": ["face"]})
+    (frame,) = frames("people.mp4", [30])
+    good = prepare_frame(frame, 640)
+    bad = DetectorInput(np.ascontiguousarray(frame[:360]), frame.shape[:2])  # not the letterboxed square
+    alone = det.detect_batch([good])[0]
+    out = det.detect_batch([good, bad, good])
+    assert isinstance(out[1], ValueError) and "square" in str(out[1])
+    for r in (out[0], out[2]):
+        assert not isinstance(r, Exception) and len(r) == len(alone) > 0
+        assert np.allclose(r.xyxy, alone.xyxy, atol=0.5)
+
+
+def test_card_layout_that_does_not_fit_the_network_is_refused(tmp_path):
+    need(MODELS / SIGNS)
+    card = Path(__file__).resolve().parents[1] / "configs" / "models" / "traffic-sign-detector.yaml"
+    text = card.read_text().replace("layout: yolov5", "layout: yolov8")
+    (tmp_path / "signs.yaml").write_text(text)
+    (tmp_path / "names.yaml").write_text((MODELS / SIGNS).parent.joinpath("names.yaml").read_text())
+    with pytest.raises(ModelError, match=r"detectors\[1\] \(card .*signs.yaml\): outputs.output0.layout: yolov8 "
+                                         r"expects \[1, 4 \+ classes, N\]"):
+        load_detector(DetectorConfig(weights=SIGNS, card=str(tmp_path / "signs.yaml"), categories=ALL),
+                      models_dir=str(MODELS), field="detectors[1]")
+
+
+def test_card_naming_an_absent_output_is_refused(tmp_path):
+    need(MODELS / SIGNS)
+    card = Path(__file__).resolve().parents[1] / "configs" / "models" / "traffic-sign-detector.yaml"
+    (tmp_path / "signs.yaml").write_text(card.read_text().replace("name: output0", "name: detections"))
+    with pytest.raises(ModelError, match=r"outputs: the network has no output 'detections' \(it has \['output0'\]\)"):
+        load_detector(DetectorConfig(weights=SIGNS, card=str(tmp_path / "signs.yaml"), categories=ALL),
+                      models_dir=str(MODELS))
+
+
+def test_openvino_backend_without_a_card_needs_an_export_folder():
+    need(MODELS / "yolo11n-coco.pt")
+    with pytest.raises(ModelError, match=r"backend openvino without a card needs an ultralytics OpenVINO export"):
+        load_detector(DetectorConfig(weights="yolo11n-coco.pt", backend="openvino"), models_dir=str(MODELS))
+
+
+def test_yunet_layout_goes_with_the_yunet_type(tmp_path):
+    from pipeline.backends.card import load_card
+    from pipeline.config_errors import ConfigError
+
+    card = Path(__file__).resolve().parents[1] / "configs" / "models" / "yunet-faces.yaml"
+    assert load_card(card).type == "yunet"
+    (tmp_path / "faces.yaml").write_text(card.read_text().replace("type: yunet", "type: openvino"))
+    with pytest.raises(ConfigError, match="layout yunet"):
+        load_card(tmp_path / "faces.yaml")

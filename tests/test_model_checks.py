@@ -1,0 +1,65 @@
+"""Every model of a config is checked before anything starts: `percept run` on a config whose
+models disagree with their cards, the detectors or each other exits 2 with one line per problem,
+naming the config path (no Redis, no Ray started)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline.samples import PERSON_ATTRIBUTES, SIGN_CLASSIFIER, SIGN_DETECTOR, VEHICLE_ATTRIBUTES
+
+from .conftest import DETECTOR, MODELS
+
+pytestmark = pytest.mark.needs_models
+
+
+def run_config(tmp_path, config: dict) -> subprocess.CompletedProcess:
+    path = tmp_path / "percept.yaml"
+    path.write_text(yaml.safe_dump({"cameras": [{"id": "cam", "url": "/no/such.mp4"}], "models_dir": str(MODELS),
+                                    "state_dir": str(tmp_path / "state"), **config}))
+    return subprocess.run([sys.executable, "-m", "cli", "run", "-c", str(path), "--duration", "1"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_model_errors_name_the_config_path_and_exit_2(tmp_path):
+    """An `on:` label no detector has, two classifiers writing one attribute, a card whose input
+    size disagrees with the network and a .xml without its .bin: all reported at once."""
+    lonely = tmp_path / "lonely.xml"  # an IR without its weights file
+    shutil.copy(MODELS / SIGN_CLASSIFIER, lonely)
+    bad_card = tmp_path / "wrong-size.yaml"
+    bad_card.write_text(yaml.safe_dump({
+        "task": "classify", "input": {"size": [64, 64], "layout": "NHWC", "color": "GRAY", "scale": 0.0039},
+        "outputs": [{"name": "dense_10/Softmax:0", "kind": "softmax", "attribute": "sign",
+                     "labels_file": str(MODELS / "gtsrb-sign-classifier-32" / "signnames.csv")}]}))
+    result = run_config(tmp_path, {
+        "detectors": [{"weights": DETECTOR}, {"weights": SIGN_DETECTOR, "name": "signs", "categories": {"sign": ["*"]}}],
+        "classifiers": {
+            "vehicle": [{"weights": VEHICLE_ATTRIBUTES, "on": ["car", "hovercraft"]},
+                        {"weights": VEHICLE_ATTRIBUTES.replace("FP16-INT8", "FP32"), "name": "again"}],
+            "pedestrian": {"weights": str(lonely)},
+            "sign": {"weights": SIGN_CLASSIFIER, "card": str(bad_card)},
+        },
+    })
+    assert result.returncode == 2, result.stderr
+    err = result.stderr
+    assert "classifiers.vehicle[0].on[1]: no detector gives 'hovercraft' in category 'vehicle'" in err
+    assert "classifiers.vehicle[1]: writes attribute 'type', so does classifiers.vehicle[0]" in err
+    assert "classifiers.pedestrian" in err and "lonely.bin" in err
+    assert "classifiers.sign" in err and "wrong-size.yaml" in err and "input.size" in err
+    assert "redis" not in err.lower()  # nothing was started
+
+
+def test_card_of_the_wrong_task_and_a_missing_card(tmp_path):
+    result = run_config(tmp_path, {
+        "detectors": [{"weights": DETECTOR},
+                      {"weights": PERSON_ATTRIBUTES, "name": "people", "categories": {"pedestrian": ["*"]}}],
+        "classifiers": {"vehicle": {"weights": VEHICLE_ATTRIBUTES, "card": "no-such-card.yaml"}},
+    })
+    assert result.returncode == 2, result.stderr
+    assert "detectors[1]: card" in result.stderr and "describes a classify model" in result.stderr
+    assert "classifiers.vehicle.card: 'no-such-card.yaml' does not exist" in result.stderr
