@@ -1,19 +1,31 @@
 """`percept bench`: the graph against its own limit and against Ultralytics, in one invocation.
 
-Phases, in this order, on one machine (Ray-free helpers live in `benchmarks/measure.py`):
+Phases, in this order, on one machine (the Ray-free ones live in `benchmarks/phases.py`, their
+helpers in `benchmarks/measure.py`):
 
+0. ``limit`` — first, with nothing else running: OpenVINO's ``benchmark_app`` (throughput hint,
+   then a short latency-hint run) on the detector's IR: the model file's ceiling on these cores
+   (``limit_fps``; skipped for a model that is not OpenVINO IR).
 1. ``bare`` — the detector in this process on pre-decoded, pre-letterboxed frames of the clips at
-   the configured batch size (``bare_fps``) and at batch 1 (one inference: ``single_infer_ms``).
-2. ``ultralytics`` — ``YOLO(model).predict(source=<.streams>, stream=True)`` on the same RTSP
+   the configured batch size (``bare_fps``) and at batch 1 (one inference: ``single_infer_ms``);
+   also the bytes of one `DetectorInput` (``frame_bytes``).
+2. ``classifiers`` — each classifier deployment in this process on crops of the bare phase's
+   detections: ms per crop (batch 1 and its batch size), crops per frame, ms per frame.
+3. ``ultralytics`` — ``YOLO(model).predict(source=<.streams>, stream=True)`` on the same RTSP
    URLs, in a subprocess with a timeout, before Ray starts (the machine is otherwise idle).
-3. Ray and Serve start once; each of the following is a ``serve.run`` of the graph with its own
+4. Ray and Serve start once; each of the following is a ``serve.run`` of the graph with its own
    cameras and its own stream prefix (fresh streams, leases and camera hashes), deleted after:
    ``e2e`` for every N in ``--cameras`` with cameras uncapped (``fps: 0``), counting XLEN growth
    over a window after a warm-up; ``detect-only``, the same without classifiers (what they cost);
-   ``latency`` at ~50 % of the measured capacity; ``overload`` at ~3× capacity (RSS of every Ray
-   process at the start and end of the window, lag, drops). Every window also records the CPU
-   each process used and how much other processes on the machine took (noise).
-4. ``publish`` — after Ray stops: `Publisher` on real payloads vs ``redis-benchmark`` XADD.
+   ``e2e-vehicle``, with the vehicle classifier only; ``latency`` at ~50 % of the measured
+   capacity; ``overload`` at ~3× capacity (RSS of every Ray process at the start and end of the
+   window, lag, drops). Every window also records the CPU each process used and how much other
+   processes on the machine took (noise).
+5. ``publish`` — after Ray stops: `Publisher` on real payloads vs ``redis-benchmark`` XADD.
+
+Ratios (`report.add_ratios`): p0 detector-only e2e / limit, p1 e2e / bare, p2 detector-only e2e /
+Ultralytics (``p2_e2e_over_ultralytics`` keeps its first meaning, e2e with every classifier),
+p2 vehicle, p3 latency / one inference, p5 publisher / redis-benchmark, classifiers' e2e cost.
 
 Cameras are the shared clips (PERCEPT_SAMPLE_VIDEOS) served as live RTSP cameras on loopback by
 benchmarks/rtsp.py at ``--rtsp-fps`` (like real cameras, every frame is decoded; ``fps`` only
@@ -27,8 +39,6 @@ import json
 import logging
 import math
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -38,15 +48,28 @@ from typing import Any, Callable
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError, PerceptConfig
 
-from . import measure as M
+from . import phases as X
 from . import processes as P
 from . import report as R
-from .harness import MAX_CAMERAS, Graph, fail, _base_config, _clips, _parse_counts, _phase_config, _say, start_services
+from .harness import (
+    MAX_CAMERAS,
+    Graph,
+    _base_config,
+    _clips,
+    _parse_counts,
+    _phase_config,
+    _say,
+    fail,
+    logical_cpus,
+    ray_cpus_for,
+    start_services,
+)
 
 log = logging.getLogger("percept.bench")
 
-PHASES = ("bare", "ultralytics", "e2e", "detect-only", "latency", "overload", "publish")
-REPO = Path(__file__).resolve().parents[1]
+PHASES = ("limit", "bare", "classifiers", "ultralytics", "e2e", "detect-only", "e2e-vehicle", "latency",
+          "overload", "publish")
+VEHICLE = "vehicle"  # the category of the e2e-vehicle phase
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds measured per phase (default 30; overload then runs 60)")
     p.add_argument("--overload-duration", type=float, default=None,
                    help="seconds of overload (default 60, or --duration when that is given)")
+    p.add_argument("--limit-duration", type=float, default=None,
+                   help="seconds of benchmark_app's throughput run (default duration/2, 3..15; the latency run "
+                   "takes half)")
     p.add_argument("--warmup", type=float, default=None, help="seconds before each window (default duration/3, 3..8)")
     p.add_argument("--model", help="detector weights: a path, a file in PERCEPT_MODELS_DIR or an ultralytics name "
                    "(default: the demo's, the OpenVINO INT8 YOLO11n when present)")
@@ -73,77 +99,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "folder (raw collapsed stacks)")
 
 
-def phase_bare(cfg: PerceptConfig, clips: list[Path], duration: float) -> tuple[dict[str, Any], list[Any]]:
-    """The detector alone (same weights, imgsz, batch, threads) on pre-letterboxed clip frames."""
-    import gc
-
-    from pipeline.models import Detector, prepare_frame
-
-    det = Detector.from_config(cfg.detector, models_dir=cfg.models_dir)
-    frames = M.load_frames(clips, per_clip=8)
-    inputs = [prepare_frame(f, cfg.detector.imgsz) for f in frames]
-    batch = cfg.detector.batch.max_size
-    single = M.measure_single_infer(det.detect_batch, inputs, duration=max(3.0, duration / 3))
-    full = M.measure_bare(det.detect_batch, inputs, batch=batch, duration=duration)
-    dets = det.detect_batch(inputs[: len(clips)])
-    samples = []
-    from pipeline.schema import FrameMeta, FrameResult
-
-    for i, (inp, d) in enumerate(zip(inputs, dets)):  # payloads for the publish phase if e2e is skipped
-        if not isinstance(d, Exception):
-            h, w = inp.orig_shape
-            samples.append(FrameResult(FrameMeta("bare", i, time.time(), 0.0, w, h), d,
-                                       {"detector": det.name, "classifiers": {}},
-                                       {"decode": 1.0, "queue": 1.0, "detect": 10.0, "classify": 0.0, "total": 12.0}))
-    out = {"fps": full["fps"], "batch": batch, "batch_ms": full["batch_ms"], "frames": full["frames"],
-           "seconds": full["seconds"], "batch1_fps": single["fps"], "single_infer_ms": single["ms"],
-           "device": det.device, "half": det.half, "threads": cfg.detector.threads or max(1, int(round(cfg.detector.num_cpus)))}
-    del det
-    gc.collect()
-    return out, samples
-
-
-def phase_ultralytics(model: str, urls: list[str], cfg: PerceptConfig, *, duration: float, warmup: float,
-                      workdir: Path) -> dict[str, Any]:
-    streams = workdir / "bench.streams"
-    streams.write_text("\n".join(urls) + "\n")
-    cmd = [sys.executable, "-m", "benchmarks.measure", "ultralytics", "--model", model, "--streams", str(streams),
-           "--imgsz", str(cfg.detector.imgsz), "--duration", str(duration), "--warmup", str(warmup),
-           "--conf", str(cfg.detector.conf)]
-    if cfg.detector.device != "auto":
-        cmd += ["--device", cfg.detector.device]
-    from pipeline.models import choose_device
-
-    device, half = choose_device(cfg.detector.device, cfg.detector.half)
-    if half:
-        cmd += ["--half"]
-    env = dict(os.environ, OPENCV_FFMPEG_CAPTURE_OPTIONS=M.RTSP_CAPTURE_OPTIONS)
-    timeout = warmup + duration + 120
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"ultralytics predict did not finish within {timeout:.0f} s (killed)") from None
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            res = json.loads(line[len("RESULT "):])
-            res["cameras"] = len(urls)
-            return res
-    raise RuntimeError(f"ultralytics predict failed (rc={out.returncode}): {out.stderr.strip()[-800:]}")
-
-
-def phase_publish(redis_server: Any, samples: list[Any], *, n: int) -> dict[str, Any]:
-    client = redis_server.client()
-    pub = M.measure_publisher(client, samples, n=n)
-    size = int(round(pub["payload_bytes_mean"]))
-    rb = M.redis_benchmark_xadd(redis_server.port, payload_bytes=size, n=n, clients=1, pipeline=pub["batch"],
-                                password=redis_server.password)
-    rb_default = M.redis_benchmark_xadd(redis_server.port, payload_bytes=size, n=n, clients=50, pipeline=16,
-                                        password=redis_server.password, key="benchrb50")
-    return {"publisher": pub, "redis_benchmark": rb, "redis_benchmark_50_clients": rb_default}
-
-
-# --- orchestration ---------------------------------------------------------------------------
-
 def _capacity(result: dict[str, Any], n_max: int) -> float | None:
     e2e = (result.get("e2e") or {}).get(str(n_max))
     if e2e and e2e.get("fps"):
@@ -151,10 +106,242 @@ def _capacity(result: dict[str, Any], n_max: int) -> float | None:
     return result.get("bare_fps")
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    from pipeline.schema import FrameResult
+class Bench:
+    """One `percept bench` run: the phases in order, each into ``result`` (a failing phase is
+    recorded in ``result["errors"]`` and the others go on)."""
 
-    from pipeline.models import check_models as _check_models
+    def __init__(self, args: argparse.Namespace, base: PerceptConfig, counts: list[int], skip: set[str],
+                 clips: list[Path], workdir: Path):
+        self.args, self.base, self.counts, self.skip, self.clips, self.workdir = args, base, counts, skip, clips, workdir
+        self.n_max = counts[-1]
+        self.duration = args.duration if args.duration is not None else 30.0
+        self.overload_s = args.overload_duration or (args.duration if args.duration is not None else 60.0)
+        self.warmup = args.warmup if args.warmup is not None else min(8.0, max(3.0, self.duration / 3))
+        self.limit_s = args.limit_duration or min(15.0, max(3.0, self.duration / 2))
+        self.samples: list[Any] = []
+        self.bare_out: dict[str, Any] | None = None  # frames and detections for the classifiers phase
+        self.redis_server: Any = None
+        self.cams: Any = None
+        from pipeline.models import resolve_weights
+
+        self.weights = resolve_weights(base.detector.weights, base.models_dir)
+        self.result: dict[str, Any] = self._header()
+
+    def _header(self) -> dict[str, Any]:
+        from pipeline.models import choose_device, model_name
+
+        base = self.base
+        device, _ = choose_device(base.detector.device, base.detector.half)
+        return {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": self.args.source,
+            "cameras": self.counts,
+            "duration_s": self.duration,
+            "overload_duration_s": self.overload_s,
+            "rtsp_fps": self.args.rtsp_fps if self.args.source == "rtsp" else None,
+            "machine": R.machine_info(model=model_name(base.detector), imgsz=base.detector.imgsz,
+                                      batch=base.detector.batch.max_size, device=device),
+            "config": {"detector": base.detector.model_dump(mode="json"),
+                       "classifiers": {k: [c.model_dump(mode="json") for c in v] for k, v in base.classifiers.items()},
+                       "decoder": base.decoder.model_dump(mode="json")},
+            "skipped": sorted(self.skip, key=PHASES.index),
+            "errors": {},
+        }
+
+    def attempt(self, name: str, fn: Callable[[], None]) -> None:
+        if name in self.skip:
+            return
+        _say(f"{name} …")
+        t = time.monotonic()
+        try:
+            fn()
+        except Exception as exc:  # one failing phase must not lose the others' numbers
+            log.debug("phase %s failed", name, exc_info=True)
+            self.result["errors"][name] = f"{type(exc).__name__}: {exc}"[:2000]
+            _say(f"{name} FAILED: {exc}")
+        else:
+            _say(f"{name} done in {time.monotonic() - t:.0f} s")
+
+    # --- phases without Ray --------------------------------------------------------------------
+
+    def limit(self) -> None:
+        cpu = P.CpuMeter().start()
+        out = X.phase_limit(self.weights, imgsz=self.base.detector.imgsz, seconds=self.limit_s)
+        out["cpu"] = cpu.stop()
+        self.result["limit"] = out
+        self.result["limit_fps"] = out["fps"]
+
+    def bare(self) -> None:
+        cpu = P.CpuMeter().start()
+        out, self.bare_out = X.phase_bare(self.base, self.clips, self.duration)
+        out["cpu"] = cpu.stop()
+        self.samples.extend(self.bare_out["samples"])
+        self.result["bare"] = out
+        self.result["bare_fps"] = out["fps"]
+        self.result["single_infer_ms"] = out["single_infer_ms"]["p50"]
+        self.result["frame_bytes"] = out["frame_bytes"]["pickled_bytes"]
+
+    def classifiers(self) -> None:
+        if self.bare_out is None:
+            raise RuntimeError("no detections to cut crops from (the bare phase was skipped or failed)")
+        seconds = max(1.0, min(3.0, self.duration / 10))
+        self.result["classifiers_cost"] = X.phase_classifiers(
+            self.base, self.bare_out["frames"], self.bare_out["detections"], seconds=seconds)
+        self.bare_out = None  # the frames are not needed any more
+
+    def ultralytics(self) -> None:
+        urls = [self.cams.url(i) for i in range(self.n_max)]
+        cpu = P.CpuMeter().start()
+        res = X.phase_ultralytics(self.weights, urls, self.base, duration=self.duration, warmup=self.warmup,
+                                  workdir=self.workdir)
+        res["cpu"] = cpu.stop()
+        self.result["ultralytics"] = res
+        self.result["ultralytics_fps"] = res["fps"]
+
+    def publish(self) -> None:
+        if not self.samples:
+            raise RuntimeError("no payloads to publish (bare and e2e both skipped or failed)")
+        self.result["publish"] = X.phase_publish(self.redis_server, self.samples[:200], n=20_000)
+
+    # --- the graph ----------------------------------------------------------------------------
+
+    def _config(self, prefix: str, n: int, *, fps: float = 0, realtime: bool = False,
+                classifiers: bool | list[str] = True) -> PerceptConfig:
+        return _phase_config(self.base, redis_url=self.redis_server.url, prefix=prefix, classifiers=classifiers,
+                             cameras=self.cams.entries(n, fps=fps, realtime=realtime))
+
+    def graph_phases(self) -> None:
+        ray_phases = [p for p in ("e2e", "detect-only", "e2e-vehicle", "latency", "overload") if p not in self.skip]
+        if not ray_phases:
+            return
+        with ExitStack() as ray_stack:
+            try:
+                _say("starting Ray and Serve …")
+                g = Graph(ray_stack, self.redis_server.client(), num_cpus=self._ray_cpus())
+                self.result["ray_startup_s"] = g.startup_s
+            except Exception as exc:
+                for p in ray_phases:
+                    self.result["errors"][p] = f"Ray/Serve did not start: {exc}"
+                return
+            self.attempt("e2e", lambda: self.e2e(g))
+            if self.base.classifiers:
+                self.attempt("detect-only", lambda: self.detect_only(g))
+            self.attempt("e2e-vehicle", lambda: self.e2e_vehicle(g))
+            self.attempt("latency", lambda: self.latency(g))
+            self.attempt("overload", lambda: self.overload(g))
+            _say("stopping Ray …")
+
+    def _ray_cpus(self) -> int | None:
+        """Enough logical CPUs for the largest graph of the bench (`ray_cpus_for`)."""
+        cfg = self._config("size", MAX_CAMERAS)
+        ray_cpus = ray_cpus_for(cfg)
+        cores = os.cpu_count() or 1
+        self.result["ray_cpus"] = {"machine_cores": cores, "graph_reserves": logical_cpus(cfg),
+                                   "ray_logical": ray_cpus or cores}
+        if ray_cpus:
+            _say(f"the graph reserves {logical_cpus(cfg):g} Ray CPUs, the machine has {cores}: "
+                 f"Ray gets {ray_cpus} logical CPUs")
+        return ray_cpus
+
+    def e2e(self, g: Graph) -> None:
+        from pipeline.schema import FrameResult
+
+        self.result["e2e"] = {}
+        for n in self.counts:
+            prof = Path(self.args.profile) if self.args.profile and n == self.n_max else None
+            ph = g.phase(self._config(f"e2e{n}", n), duration=self.duration, warmup=self.warmup, profile_dir=prof)
+            self.samples[:0] = [FrameResult.from_json(s) for s in ph.pop("payload_samples")]
+            self.result["e2e"][str(n)] = ph
+            _say(f"  {n} camera(s): {ph['fps']:.1f} fps published, {ph['offered_fps']:.1f} offered")
+        self.result["e2e_fps"] = self.result["e2e"][str(self.n_max)]["fps"]
+
+    def detect_only(self, g: Graph) -> None:
+        # The same graph without classifiers: separates their cost from Serve's.
+        cfg = self._config(f"det{self.n_max}", self.n_max, classifiers=False)
+        ph = g.phase(cfg, duration=self.duration, warmup=self.warmup)
+        ph.pop("payload_samples")
+        self.result["e2e_detect_only"] = {str(self.n_max): ph}
+        self.result["e2e_detect_only_fps"] = ph["fps"]
+
+    def e2e_vehicle(self, g: Graph) -> None:
+        # The detector and the vehicle classifier alone: Ultralytics' job plus one classifier.
+        if not self.base.classifiers.get(VEHICLE):
+            self.result["e2e_vehicle_skipped"] = f"the config has no {VEHICLE} classifier"
+            return
+        cfg = self._config(f"veh{self.n_max}", self.n_max, classifiers=[VEHICLE])
+        ph = g.phase(cfg, duration=self.duration, warmup=self.warmup)
+        ph.pop("payload_samples")
+        self.result["e2e_vehicle"] = {str(self.n_max): ph}
+        self.result["e2e_vehicle_fps"] = ph["fps"]
+
+    def latency(self, g: Graph) -> None:
+        cap = _capacity(self.result, self.n_max)
+        if not cap:
+            raise RuntimeError("no capacity measured (e2e and bare both missing)")
+        fps = min(0.5 * cap / self.n_max, self.cams.rate)
+        ph = g.phase(self._config("latency", self.n_max, fps=fps, realtime=True), duration=self.duration,
+                     warmup=self.warmup)
+        ph.pop("payload_samples")
+        ph["capacity_fps"] = cap
+        self.result["latency"] = ph
+        self.result["latency_ms"] = ph["latency_ms"]
+
+    def overload(self, g: Graph) -> None:
+        cap = _capacity(self.result, self.n_max)
+        if not cap:
+            raise RuntimeError("no capacity measured (e2e and bare both missing)")
+        target = 3 * cap
+        n = min(MAX_CAMERAS, max(self.n_max, math.ceil(target / (0.9 * self.cams.rate))))
+        fps = target / n
+        fps = 0 if fps >= 0.95 * self.cams.rate else fps
+        ph = g.phase(self._config("overload", n, fps=fps, realtime=True), duration=self.overload_s, warmup=self.warmup)
+        ph.pop("payload_samples")
+        self.result["overload"] = _overload_summary(ph, cap, n, fps)
+
+    # --- all of it ----------------------------------------------------------------------------
+
+    def run(self, stack: ExitStack) -> None:
+        self.attempt("limit", self.limit)  # first: nothing else runs yet (no RTSP server, no redis)
+        self.redis_server, self.cams = start_services(stack, self.args, self.clips, self.workdir)
+        self.attempt("bare", self.bare)
+        self.attempt("classifiers", self.classifiers)
+        self.bare_out = None
+        self.attempt("ultralytics", self.ultralytics)
+        self.graph_phases()
+        self.attempt("publish", self.publish)
+
+
+def _overload_summary(ph: dict[str, Any], cap: float, n: int, fps: float) -> dict[str, Any]:
+    graph_procs = [p for p in ph["processes"] if P.is_graph_process(p["name"]) and p["growth_pct"] is not None]
+    total = R.ratio(sum(p["end_mb"] for p in graph_procs), sum(p["start_mb"] for p in graph_procs))
+    return {
+        "capacity_fps": cap,
+        "cameras": n,
+        "camera_fps": fps,
+        "offered_fps": ph["offered_fps"],
+        "offered_over_capacity": R.ratio(ph["offered_fps"], cap),
+        "published_fps": ph["fps"],
+        "lag_p99_s": ph["lag_s"]["p99"],
+        "lag_s": ph["lag_s"],
+        "lag_max_s": ph["lag_max_s"],
+        "dropped_per_s": ph["dropped_per_s"],
+        "rss": [{k: p.get(k) for k in ("name", "pid", "start_mb", "end_mb", "growth_pct",
+                                       "second_half_mb_per_min", "threads_start", "threads_end")}
+                for p in ph["processes"]],
+        "rss_growth_max_pct": max((p["growth_pct"] for p in graph_procs), default=None),
+        "rss_growth_max_process": max(graph_procs, key=lambda p: p["growth_pct"])["name"] if graph_procs else None,
+        "rss_growth_graph_total_pct": (total - 1) * 100 if total else None,
+        "seconds": ph["seconds"],
+        "detail": ph,
+    }
+
+
+NULL_KEYS = ("limit", "limit_fps", "bare_fps", "frame_bytes", "classifiers_cost", "e2e_fps", "e2e_detect_only_fps",
+             "e2e_vehicle_fps", "ultralytics_fps", "latency_ms", "overload", "single_infer_ms", "ray_own_cpu")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from pipeline.backends.checks import check_models as _check_models
 
     try:
         counts = _parse_counts(args.cameras)
@@ -165,10 +352,6 @@ def run_bench(args: argparse.Namespace) -> int:
         clips = _clips(args)
     except ConfigError as exc:
         return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
-    duration = args.duration if args.duration is not None else 30.0
-    overload_s = args.overload_duration or (args.duration if args.duration is not None else 60.0)
-    warmup = args.warmup if args.warmup is not None else min(8.0, max(3.0, duration / 3))
-    n_max = counts[-1]
     os.environ.setdefault("YOLO_VERBOSE", "False")
     t_start = time.monotonic()
 
@@ -179,170 +362,13 @@ def run_bench(args: argparse.Namespace) -> int:
             _check_models(base)
         except ConfigError as exc:
             return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
-        from pipeline.models import choose_device, model_name, resolve_weights
+        bench = Bench(args, base, counts, skip, clips, workdir)
+        bench.run(stack)
+        result = bench.result
 
-        weights = resolve_weights(base.detector.weights, base.models_dir)
-        device, _ = choose_device(base.detector.device, base.detector.half)
-        result: dict[str, Any] = {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source": args.source,
-            "cameras": counts,
-            "duration_s": duration,
-            "overload_duration_s": overload_s,
-            "rtsp_fps": args.rtsp_fps if args.source == "rtsp" else None,
-            "machine": R.machine_info(model=model_name(base.detector), imgsz=base.detector.imgsz,
-                                      batch=base.detector.batch.max_size, device=device),
-            "config": {"detector": base.detector.model_dump(mode="json"),
-                       "classifiers": {k: v.model_dump(mode="json") for k, v in base.classifiers.items()},
-                       "decoder": base.decoder.model_dump(mode="json")},
-            "skipped": sorted(skip, key=PHASES.index),
-            "errors": {},
-        }
-        redis_server, cams = start_services(stack, args, clips, workdir)
-        client = redis_server.client()
-        samples: list[Any] = []
-
-        def attempt(name: str, fn: Callable[[], None]) -> None:
-            if name in skip:
-                return
-            _say(f"{name} …")
-            t = time.monotonic()
-            try:
-                fn()
-            except Exception as exc:  # one failing phase must not lose the others' numbers
-                log.debug("phase %s failed", name, exc_info=True)
-                result["errors"][name] = f"{type(exc).__name__}: {exc}"[:2000]
-                _say(f"{name} FAILED: {exc}")
-            else:
-                _say(f"{name} done in {time.monotonic() - t:.0f} s")
-
-        def bare() -> None:
-            cpu = P.CpuMeter().start()
-            out, s = phase_bare(base, clips, duration)
-            out["cpu"] = cpu.stop()
-            samples.extend(s)
-            result["bare"] = out
-            result["bare_fps"] = out["fps"]
-            result["single_infer_ms"] = out["single_infer_ms"]["p50"]
-
-        def ultra() -> None:
-            urls = [cams.url(i) for i in range(n_max)]
-            cpu = P.CpuMeter().start()
-            res = phase_ultralytics(weights, urls, base, duration=duration, warmup=warmup, workdir=workdir)
-            res["cpu"] = cpu.stop()
-            result["ultralytics"] = res
-            result["ultralytics_fps"] = res["fps"]
-
-        attempt("bare", bare)
-        attempt("ultralytics", ultra)
-
-        ray_phases = [p for p in ("e2e", "detect-only", "latency", "overload") if p not in skip]
-        if ray_phases:
-            with ExitStack() as ray_stack:
-                graph: Graph | None = None
-                try:
-                    _say("starting Ray and Serve …")
-                    graph = Graph(ray_stack, client)
-                    result["ray_startup_s"] = graph.startup_s
-                except Exception as exc:
-                    for p in ray_phases:
-                        result["errors"][p] = f"Ray/Serve did not start: {exc}"
-                if graph is not None:
-                    g = graph
-
-                    def e2e() -> None:
-                        result["e2e"] = {}
-                        for n in counts:
-                            cfg = _phase_config(base, redis_url=redis_server.url, prefix=f"e2e{n}",
-                                                cameras=cams.entries(n, fps=0, realtime=False))
-                            prof = Path(args.profile) if args.profile and n == n_max else None
-                            ph = g.phase(cfg, duration=duration, warmup=warmup, profile_dir=prof)
-                            samples[:0] = [FrameResult.from_json(s) for s in ph.pop("payload_samples")]
-                            result["e2e"][str(n)] = ph
-                            _say(f"  {n} camera(s): {ph['fps']:.1f} fps published, {ph['offered_fps']:.1f} offered")
-                        result["e2e_fps"] = result["e2e"][str(n_max)]["fps"]
-
-                    def detect_only() -> None:
-                        # The same graph without classifiers: separates their cost from Serve's.
-                        cfg = _phase_config(base, redis_url=redis_server.url, prefix=f"det{n_max}", classifiers=False,
-                                            cameras=cams.entries(n_max, fps=0, realtime=False))
-                        ph = g.phase(cfg, duration=duration, warmup=warmup)
-                        ph.pop("payload_samples")
-                        result["e2e_detect_only"] = {str(n_max): ph}
-                        result["e2e_detect_only_fps"] = ph["fps"]
-
-                    def latency() -> None:
-                        cap = _capacity(result, n_max)
-                        if not cap:
-                            raise RuntimeError("no capacity measured (e2e and bare both missing)")
-                        fps = min(0.5 * cap / n_max, cams.rate)
-                        cfg = _phase_config(base, redis_url=redis_server.url, prefix="latency",
-                                            cameras=cams.entries(n_max, fps=fps, realtime=True))
-                        ph = g.phase(cfg, duration=duration, warmup=warmup)
-                        ph.pop("payload_samples")
-                        ph["capacity_fps"] = cap
-                        result["latency"] = ph
-                        result["latency_ms"] = ph["latency_ms"]
-
-                    def overload() -> None:
-                        cap = _capacity(result, n_max)
-                        if not cap:
-                            raise RuntimeError("no capacity measured (e2e and bare both missing)")
-                        target = 3 * cap
-                        n = min(MAX_CAMERAS, max(n_max, math.ceil(target / (0.9 * cams.rate))))
-                        fps = target / n
-                        fps = 0 if fps >= 0.95 * cams.rate else fps
-                        cfg = _phase_config(base, redis_url=redis_server.url, prefix="overload",
-                                            cameras=cams.entries(n, fps=fps, realtime=True))
-                        ph = g.phase(cfg, duration=overload_s, warmup=warmup)
-                        ph.pop("payload_samples")
-                        graph_procs = [p for p in ph["processes"] if P.is_graph_process(p["name"]) and p["growth_pct"] is not None]
-                        total = R.ratio(sum(p["end_mb"] for p in graph_procs), sum(p["start_mb"] for p in graph_procs))
-                        result["overload"] = {
-                            "capacity_fps": cap,
-                            "cameras": n,
-                            "camera_fps": fps,
-                            "offered_fps": ph["offered_fps"],
-                            "offered_over_capacity": R.ratio(ph["offered_fps"], cap),
-                            "published_fps": ph["fps"],
-                            "lag_p99_s": ph["lag_s"]["p99"],
-                            "lag_s": ph["lag_s"],
-                            "lag_max_s": ph["lag_max_s"],
-                            "dropped_per_s": ph["dropped_per_s"],
-                            "rss": [{k: p.get(k) for k in ("name", "pid", "start_mb", "end_mb", "growth_pct",
-                                                           "second_half_mb_per_min", "threads_start", "threads_end")}
-                                    for p in ph["processes"]],
-                            "rss_growth_max_pct": max((p["growth_pct"] for p in graph_procs), default=None),
-                            "rss_growth_max_process": max(graph_procs, key=lambda p: p["growth_pct"])["name"] if graph_procs else None,
-                            "rss_growth_graph_total_pct": (total - 1) * 100 if total else None,
-                            "seconds": ph["seconds"],
-                            "detail": ph,
-                        }
-
-                    attempt("e2e", e2e)
-                    if base.classifiers:
-                        attempt("detect-only", detect_only)
-                    attempt("latency", latency)
-                    attempt("overload", overload)
-                    _say("stopping Ray …")
-
-        def publish() -> None:
-            if not samples:
-                raise RuntimeError("no payloads to publish (bare and e2e both skipped or failed)")
-            result["publish"] = phase_publish(redis_server, samples[:200], n=20_000)
-
-        attempt("publish", publish)
-
-    # --- ratios and goals ---------------------------------------------------------------------
-    result["p1_e2e_over_bare"] = R.ratio(result.get("e2e_fps"), result.get("bare_fps"))
-    result["p1_detect_only_over_bare"] = R.ratio(result.get("e2e_detect_only_fps"), result.get("bare_fps"))
-    result["p2_e2e_over_ultralytics"] = R.ratio(result.get("e2e_fps"), result.get("ultralytics_fps"))
-    result["p3_p50_over_single_infer"] = R.ratio((result.get("latency_ms") or {}).get("p50"), result.get("single_infer_ms"))
-    result["p5_publish_over_redis_benchmark"] = R.ratio(
-        R.value_of(result, "publish.publisher.entries_per_s"), R.value_of(result, "publish.redis_benchmark.rps"))
-    result["goals"] = R.goals(result)
+    R.add_ratios(result)
     result["wall_s"] = time.monotonic() - t_start
-    for key in ("bare_fps", "e2e_fps", "ultralytics_fps", "latency_ms", "overload", "single_infer_ms"):
+    for key in NULL_KEYS:
         result.setdefault(key, None)
     result = R.rounded(result)
     text = json.dumps(result, indent=2)

@@ -13,7 +13,7 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pipeline.config import ConfigError, PerceptConfig, load_config, parse_config
 from pipeline.samples import ENV_SAMPLE_VIDEOS, demo_config
@@ -36,6 +36,7 @@ def _base_config(args: argparse.Namespace, state_dir: str) -> PerceptConfig:
     else:
         cfg = demo_config(args.videos or os.environ.get(ENV_SAMPLE_VIDEOS), models_dir, state_dir)
     data = cfg.model_dump(mode="json")
+    data["detectors"] = None  # the bench measures the first detector (the COCO model) alone
     if args.model:
         data["detector"]["weights"] = args.model
     data["cameras"] = []
@@ -115,10 +116,14 @@ def start_services(stack: ExitStack, args: argparse.Namespace, clips: list[Path]
 
 
 def _phase_config(base: PerceptConfig, *, redis_url: str, prefix: str, cameras: list[dict[str, Any]],
-                  classifiers: bool = True) -> PerceptConfig:
+                  classifiers: bool | Sequence[str] = True) -> PerceptConfig:
+    """The base config on its own streams with these cameras; ``classifiers`` False drops them
+    all, a list of categories keeps only the first classifier of each of those categories."""
     data = base.model_dump(mode="json")
     if not classifiers:
         data["classifiers"] = {}
+    elif not isinstance(classifiers, bool):
+        data["classifiers"] = {c: data["classifiers"][c][:1] for c in classifiers if data["classifiers"].get(c)}
     data["redis"]["url"] = redis_url
     data["redis"]["stream_prefix"] = prefix
     data["cameras"] = cameras
@@ -136,10 +141,23 @@ def _say(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
-class Graph:
-    """Ray + Serve started once; `phase` deploys the graph for one camera set and measures it."""
+def logical_cpus(cfg: PerceptConfig) -> float:
+    from deployments.graph import logical_cpus as reserved  # Ray imported only when measuring
 
-    def __init__(self, stack: ExitStack, client: Any):
+    return reserved(cfg)
+
+
+def ray_cpus_for(cfg: PerceptConfig) -> int | None:
+    from deployments.graph import ray_cpus_for as needed
+
+    return needed(cfg)
+
+
+class Graph:
+    """Ray + Serve started once; `phase` deploys the graph for one camera set and measures it.
+    ``num_cpus``: Ray's logical CPUs (default: the machine's cores)."""
+
+    def __init__(self, stack: ExitStack, client: Any, *, num_cpus: int | None = None):
         import ray
         from ray import serve
 
@@ -150,7 +168,7 @@ class Graph:
         # Local only: RSS and CPU are read from this process tree. Replica logs stay in Ray's log
         # folder (a deployment that fails still fails serve.run, with its error).
         ray.init(address="local", runtime_env={"env_vars": env_vars} if env_vars else None, include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=False)
+                 logging_level=logging.WARNING, log_to_driver=False, num_cpus=num_cpus)
         stack.callback(ray.shutdown)
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         self.gpu = ray.cluster_resources().get("GPU", 0) > 0
@@ -161,11 +179,15 @@ class Graph:
 
     def phase(self, cfg: PerceptConfig, *, duration: float, warmup: float, ready_timeout: float = 120.0,
               profile_dir: Path | None = None) -> dict[str, Any]:
+        import ray
         from ray import serve
 
         from deployments.graph import build_app
         from pipeline.streams import StreamKeys, camera_states
 
+        need, have = logical_cpus(cfg), ray.cluster_resources().get("CPU", 0)
+        if need > have + 1e-6:  # serve.run would wait for resources forever
+            raise RuntimeError(f"the graph reserves {need:g} Ray CPUs (num_cpus x replicas), Ray has {have:g}")
         keys = StreamKeys(cfg.redis.stream_prefix)
         cams = [c.id for c in cfg.cameras]
         streams = [keys.detections(c) for c in cams]
@@ -173,13 +195,7 @@ class Graph:
         serve.run(build_app(cfg, gpu_available=self.gpu), name=APP, route_prefix="/",
                   logging_config={"enable_access_log": False})
         try:
-            deadline = time.monotonic() + ready_timeout
-            while any(self.client.xlen(s) == 0 for s in streams):
-                if time.monotonic() > deadline:
-                    states = camera_states(self.client, keys, cams)
-                    raise RuntimeError(f"cameras did not publish within {ready_timeout:.0f} s: "
-                                       + "; ".join(f"{c}={s.get('state')} {s.get('last_error', '')}" for c, s in states.items()))
-                time.sleep(0.2)
+            self._wait_ready(keys, cams, streams, ready_timeout)
             ready_s = time.monotonic() - t_deploy
             time.sleep(warmup)
             tap = M.StreamTap(self.client, streams).start()
@@ -214,18 +230,12 @@ class Graph:
         summary = M.StreamTap.summarize(entries, t0, t1)
         processes = P.compare_processes(procs0, procs1, samples)
         fps = published / dt
-        # CPU each process spent per published frame: where a frame's cost goes.
-        cpu_ms_per_frame: dict[str, float] = {}
-        for p in processes:
-            if p["cpu_pct"] and p["cpu_pct"] >= 1 and fps > 0:
-                name = p["name"].replace(f"ray::ServeReplica:{APP}:", "")
-                cpu_ms_per_frame[name] = cpu_ms_per_frame.get(name, 0.0) + p["cpu_pct"] * 10 / fps
         return {
             "cameras": len(cams),
             "camera_fps": cfg.cameras[0].fps if cfg.cameras else None,
             "fps": fps,
             "per_camera_fps": per_camera,
-            "cpu_ms_per_frame": dict(sorted(cpu_ms_per_frame.items(), key=lambda kv: -kv[1])),
+            "cpu_ms_per_frame": _cpu_ms_per_frame(processes, fps),
             # every sampled frame is published or counted as dropped (skipped, replaced or failed)
             "offered_fps": (published + delta("dropped")) / dt,
             "dropped_per_s": delta("dropped") / dt,
@@ -237,6 +247,18 @@ class Graph:
             "cpu": cpu_use,
             **summary,
         }
+
+    def _wait_ready(self, keys: Any, cams: list[str], streams: list[str], timeout: float) -> None:
+        """Until every camera has published once (else the cameras' states in the error)."""
+        from pipeline.streams import camera_states
+
+        deadline = time.monotonic() + timeout
+        while any(self.client.xlen(s) == 0 for s in streams):
+            if time.monotonic() > deadline:
+                states = camera_states(self.client, keys, cams)
+                raise RuntimeError(f"cameras did not publish within {timeout:.0f} s: "
+                                   + "; ".join(f"{c}={s.get('state')} {s.get('last_error', '')}" for c, s in states.items()))
+            time.sleep(0.2)
 
     def _lengths(self, streams: list[str]) -> dict[str, int]:
         pipe = self.client.pipeline(transaction=False)
@@ -261,3 +283,12 @@ class Graph:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         return out
 
+
+def _cpu_ms_per_frame(processes: list[dict[str, Any]], fps: float) -> dict[str, float]:
+    """CPU each process spent per published frame: where a frame's cost goes."""
+    out: dict[str, float] = {}
+    for p in processes:
+        if p["cpu_pct"] and p["cpu_pct"] >= 1 and fps > 0:
+            name = p["name"].replace(f"ray::ServeReplica:{APP}:", "")
+            out[name] = out.get(name, 0.0) + p["cpu_pct"] * 10 / fps
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))

@@ -66,8 +66,9 @@ def load_frames(paths: Sequence[str | Path], *, per_clip: int = 8, stride: int =
 
 
 def measure_bare(detect_batch: Callable[[list[Any]], list[Any]], inputs: Sequence[Any], *, batch: int,
-                 duration: float, warmup_batches: int = 2) -> dict[str, Any]:
-    """Frames per second of ``detect_batch`` on full batches of ``inputs`` (cycled) for ``duration``."""
+                 duration: float, warmup_batches: int = 2, what: str = "bare detector") -> dict[str, Any]:
+    """Items per second of ``detect_batch`` (a detector's or a classifier's) on full batches of
+    ``inputs`` (cycled) for ``duration``."""
     if not inputs:
         raise ValueError("no inputs")
     batch = max(1, batch)
@@ -86,7 +87,7 @@ def measure_bare(detect_batch: Callable[[list[Any]], list[Any]], inputs: Sequenc
         times.append(time.perf_counter() - t0)
         errors = [o for o in out if isinstance(o, Exception)]
         if errors:
-            raise RuntimeError(f"bare detector failed: {errors[0]}")
+            raise RuntimeError(f"{what} failed: {errors[0]}")
         frames += batch
         i += 1
         if time.perf_counter() - start >= duration:

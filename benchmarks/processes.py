@@ -116,3 +116,31 @@ def compare_processes(start: Mapping[int, Mapping[str, Any]], end: Mapping[int, 
         rows.append(row)
     return rows
 
+
+
+# --- who uses the CPU ----------------------------------------------------------------------------
+
+HARNESS = ("bench", "rtsp_server", "py-spy")  # the bench itself (and its stream tap), the test cameras
+
+
+def is_ray_own(label: str) -> bool:
+    """Ray's and Serve's own processes (raylet, gcs_server, the Serve controller and proxy, the
+    dashboard and log monitor, idle workers): neither a percept replica, redis nor the harness."""
+    return not label.startswith("ray::ServeReplica") and label not in HARNESS and label != "redis-server"
+
+
+def ray_own_cpu(processes: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """CPU of Ray's own processes during a window, in % of one core and as a share of the CPU the
+    service used (every process but the harness: replicas, Ray, redis-server)."""
+    rows = [p for p in processes if p.get("cpu_pct") is not None and p["name"] not in HARNESS]
+    total = sum(p["cpu_pct"] for p in rows)
+    if not rows or total <= 0:
+        return None
+    own: dict[str, float] = {}
+    for p in rows:
+        if is_ray_own(p["name"]):
+            own[p["name"]] = own.get(p["name"], 0.0) + p["cpu_pct"]
+    used = sum(own.values())
+    return {"share_pct": used / total * 100, "ray_pct_of_core": used, "service_pct_of_core": total,
+            "pct_of_machine": used / (os.cpu_count() or 1),
+            "processes": dict(sorted(own.items(), key=lambda kv: -kv[1]))}

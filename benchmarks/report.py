@@ -15,15 +15,19 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-# name → (comparison, target); `value_of(result, name)` finds the value.
-# name → (comparison, target); `value_of(result, name)` finds the value.
+# name → (comparison, target); `value_of(result, name)` finds the value. p0 and p2 compare the
+# graph with its detector only (no classifiers); p2 vehicle and `classifiers_…` what classifiers cost.
 GOALS: dict[str, tuple[str, float]] = {
+    "p0_e2e_over_limit": (">=", 0.70),
     "p1_e2e_over_bare": (">=", 0.90),
-    "p2_e2e_over_ultralytics": (">=", 1.3),
-    "p3_p50_over_single_infer": ("<=", 1.5),
+    "p2_detect_only_over_ultralytics": (">=", 1.3),
+    "p2_vehicle_classifier_over_ultralytics": (">=", 1.1),
+    "p3_p50_over_single_infer": ("<=", 2.0),
     "overload.lag_p99_s": ("<", 1.0),
     "overload.rss_growth_max_pct": ("<", 5.0),
     "p5_publish_over_redis_benchmark": (">=", 0.5),
+    "classifiers_e2e_over_detect_only": (">=", 0.75),
+    "ray_own_cpu.share_pct": ("<=", 10.0),
 }
 
 # --- small numbers -------------------------------------------------------------------------------
@@ -73,6 +77,38 @@ def goals(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             ok = {">=": v >= target, "<=": v <= target, "<": v < target, ">": v > target}[op]
         out[name] = {"value": v, "goal": f"{op} {target:g}", "met": ok}
     return out
+
+
+def detect_only_fps(result: Mapping[str, Any]) -> float | None:
+    """The graph's fps at the largest camera count with its detector only: the detect-only phase,
+    or the e2e one when the config has no classifiers (then they are the same graph)."""
+    if result.get("e2e_detect_only_fps") is not None:
+        return result["e2e_detect_only_fps"]
+    return None if value_of(result, "config.classifiers") else result.get("e2e_fps")
+
+
+def add_ratios(result: dict[str, Any]) -> None:
+    """p0..p5, what classifiers cost, Ray's share of the CPU, and the goals, into ``result``."""
+    det, ultra = detect_only_fps(result), result.get("ultralytics_fps")
+    result["p0_e2e_over_limit"] = ratio(det, result.get("limit_fps"))  # detector only / benchmark_app
+    result["p1_e2e_over_bare"] = ratio(result.get("e2e_fps"), result.get("bare_fps"))
+    result["p1_detect_only_over_bare"] = ratio(result.get("e2e_detect_only_fps"), result.get("bare_fps"))
+    # p2_e2e_over_ultralytics keeps its first meaning: the graph WITH every classifier / Ultralytics
+    # (detector only); the goal is on the like-for-like p2_detect_only_over_ultralytics.
+    result["p2_e2e_over_ultralytics"] = ratio(result.get("e2e_fps"), ultra)
+    result["p2_detect_only_over_ultralytics"] = ratio(det, ultra)
+    result["p2_vehicle_classifier_over_ultralytics"] = ratio(result.get("e2e_vehicle_fps"), ultra)
+    result["p3_p50_over_single_infer"] = ratio((result.get("latency_ms") or {}).get("p50"), result.get("single_infer_ms"))
+    result["p5_publish_over_redis_benchmark"] = ratio(
+        value_of(result, "publish.publisher.entries_per_s"), value_of(result, "publish.redis_benchmark.rps"))
+    result["classifiers_e2e_over_detect_only"] = (
+        ratio(result.get("e2e_fps"), result.get("e2e_detect_only_fps")) if value_of(result, "config.classifiers") else None)
+    e2e = result.get("e2e") or {}
+    if e2e:
+        from .processes import ray_own_cpu
+
+        result["ray_own_cpu"] = ray_own_cpu(e2e[max(e2e, key=int)].get("processes") or [])
+    result["goals"] = goals(result)
 
 
 def machine_info(*, model: str, imgsz: int, batch: int, device: str) -> dict[str, Any]:
@@ -138,54 +174,87 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
     return str(v)
 
 
-def format_table(result: Mapping[str, Any]) -> str:
-    """The human summary: one line per number, goals marked."""
-    m = result.get("machine", {})
-    g = result.get("goals", {})
-    lines = [
-        f"percept bench  {m.get('model')}  imgsz {m.get('imgsz')}  batch {m.get('batch')}  device {m.get('device')}",
-        f"machine        {m.get('cores')} cores  {m.get('cpu')}  {m.get('gpu') or 'no GPU'}  ({m.get('host')}, {result.get('date')})",
-        f"source         {result.get('source')}  cameras {result.get('cameras')}",
-        "",
-        f"{'metric':<44}{'value':>14}   {'goal':<8} met",
-    ]
+W = 50  # the metric column
 
-    def row(label: str, value: Any, goal_key: str | None = None, spec: str = ".2f") -> None:
+
+class _Table:
+    """Rows of ``metric  value  goal  met``."""
+
+    def __init__(self, goals_: Mapping[str, Any]):
+        self.goals = goals_
+        self.lines: list[str] = [f"{'metric':<{W}}{'value':>14}   {'goal':<8} met"]
+
+    def row(self, label: str, value: Any, goal_key: str | None = None, spec: str = ".2f") -> None:
         goal, met = "", ""
-        if goal_key and goal_key in g:
-            goal = g[goal_key]["goal"]
-            met = {True: "yes", False: "NO", None: "-"}[g[goal_key]["met"]]
-        lines.append(f"{label:<44}{_fmt(value, spec):>14}   {goal:<8} {met}")
+        if goal_key and goal_key in self.goals:
+            goal = self.goals[goal_key]["goal"]
+            met = {True: "yes", False: "NO", None: "-"}[self.goals[goal_key]["met"]]
+        self.lines.append(f"{label[:W]:<{W}}{_fmt(value, spec):>14}   {goal:<8} {met}")
 
+
+def _by_count(phases: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+    return sorted(((k, v) for k, v in (phases or {}).items() if str(k).isdigit()), key=lambda kv: int(kv[0]))
+
+
+def _throughput_rows(t: _Table, result: Mapping[str, Any]) -> None:
     bare = result.get("bare") or {}
-    row(f"bare_fps (batch {bare.get('batch', '-')})", result.get("bare_fps"), spec=".1f")
-    row("bare_fps (batch 1)", value_of(result, "bare.batch1_fps"), spec=".1f")
-    row("single inference ms (batch 1, p50)", result.get("single_infer_ms"), spec=".1f")
-    for n, ph in sorted((result.get("e2e") or {}).items(), key=lambda kv: int(kv[0])):
-        row(f"e2e_fps, {n} camera(s) (offered {_fmt(ph.get('offered_fps'), '.0f')} fps)", ph.get("fps"), spec=".1f")
-    for n, ph in sorted((result.get("e2e_detect_only") or {}).items(), key=lambda kv: int(kv[0])):
-        row(f"e2e_fps without classifiers, {n} camera(s)", ph.get("fps"), spec=".1f")
-    row(f"ultralytics_fps, {value_of(result, 'ultralytics.cameras') or '-'} camera(s)", result.get("ultralytics_fps"), spec=".1f")
-    row("p1 e2e / bare", result.get("p1_e2e_over_bare"), "p1_e2e_over_bare")
+    t.row("limit fps (benchmark_app, throughput hint)", result.get("limit_fps"), spec=".1f")
+    t.row("limit latency-hint median ms", value_of(result, "limit.latency_median_ms"), spec=".1f")
+    t.row(f"bare_fps (batch {bare.get('batch', '-')})", result.get("bare_fps"), spec=".1f")
+    t.row("bare_fps (batch 1)", value_of(result, "bare.batch1_fps"), spec=".1f")
+    t.row("single inference ms (batch 1, p50)", result.get("single_infer_ms"), spec=".1f")
+    for n, ph in _by_count(result.get("e2e")):
+        t.row(f"e2e_fps, {n} camera(s) (offered {_fmt(ph.get('offered_fps'), '.0f')} fps)", ph.get("fps"), spec=".1f")
+    for n, ph in _by_count(result.get("e2e_detect_only")):
+        t.row(f"e2e_fps detector only, {n} camera(s)", ph.get("fps"), spec=".1f")
+    for n, ph in _by_count(result.get("e2e_vehicle")):
+        t.row(f"e2e_fps vehicle classifier only, {n} camera(s)", ph.get("fps"), spec=".1f")
+    t.row(f"ultralytics_fps, {value_of(result, 'ultralytics.cameras') or '-'} camera(s)", result.get("ultralytics_fps"), spec=".1f")
+    t.row("p0 detector only / limit", result.get("p0_e2e_over_limit"), "p0_e2e_over_limit")
+    t.row("p1 e2e / bare", result.get("p1_e2e_over_bare"), "p1_e2e_over_bare")
     if result.get("p1_detect_only_over_bare") is not None:
-        row("p1 without classifiers (not a goal)", result.get("p1_detect_only_over_bare"))
-    row("p2 e2e / ultralytics", result.get("p2_e2e_over_ultralytics"), "p2_e2e_over_ultralytics")
+        t.row("p1 detector only / bare (not a goal)", result.get("p1_detect_only_over_bare"))
+    t.row("p2 detector only / ultralytics", result.get("p2_detect_only_over_ultralytics"), "p2_detect_only_over_ultralytics")
+    t.row("p2 vehicle classifier / ultralytics", result.get("p2_vehicle_classifier_over_ultralytics"),
+          "p2_vehicle_classifier_over_ultralytics")
+    t.row("p2 all classifiers / ultralytics (no goal)", result.get("p2_e2e_over_ultralytics"))
+    t.row("all classifiers / detector only (e2e fps)", result.get("classifiers_e2e_over_detect_only"),
+          "classifiers_e2e_over_detect_only")
+
+
+def _latency_rows(t: _Table, result: Mapping[str, Any]) -> None:
     lat = result.get("latency_ms") or {}
-    row(f"latency ms p50/p95/p99 @ {_fmt(value_of(result, 'latency.offered_fps'), '.0f')} fps offered",
-        "/".join(_fmt(lat.get(k), ".0f") for k in ("p50", "p95", "p99")) if lat else None)
-    row("p3 latency p50 / single inference", result.get("p3_p50_over_single_infer"), "p3_p50_over_single_infer")
+    t.row(f"latency ms p50/p95/p99 @ {_fmt(value_of(result, 'latency.offered_fps'), '.0f')} fps offered",
+          "/".join(_fmt(lat.get(k), ".0f") for k in ("p50", "p95", "p99")) if lat else None)
+    t.row("p3 latency p50 / single inference", result.get("p3_p50_over_single_infer"), "p3_p50_over_single_infer")
     ov = result.get("overload") or {}
-    row(f"overload offered fps ({_fmt(ov.get('offered_over_capacity'), '.1f')}x capacity)", ov.get("offered_fps"), spec=".1f")
-    row("overload published fps", ov.get("published_fps"), spec=".1f")
-    row("overload lag p99 s", ov.get("lag_p99_s"), "overload.lag_p99_s")
-    row("overload dropped/s", ov.get("dropped_per_s"), spec=".1f")
+    t.row(f"overload offered fps ({_fmt(ov.get('offered_over_capacity'), '.1f')}x capacity)", ov.get("offered_fps"), spec=".1f")
+    t.row("overload published fps", ov.get("published_fps"), spec=".1f")
+    t.row("overload lag p99 s", ov.get("lag_p99_s"), "overload.lag_p99_s")
+    t.row("overload dropped/s", ov.get("dropped_per_s"), spec=".1f")
     who = (ov.get("rss_growth_max_process") or "").split(":")[-1]
-    row(f"overload RSS growth % (worst: {who or '-'})"[:44], ov.get("rss_growth_max_pct"),
-        "overload.rss_growth_max_pct", ".1f")
+    t.row(f"overload RSS growth % (worst: {who or '-'})", ov.get("rss_growth_max_pct"), "overload.rss_growth_max_pct", ".1f")
     pub = result.get("publish") or {}
-    row("publisher entries/s", value_of(pub, "publisher.entries_per_s"), spec=".0f")
-    row("redis-benchmark XADD/s (same conn/pipeline)", value_of(pub, "redis_benchmark.rps"), spec=".0f")
-    row("p5 publisher / redis-benchmark", result.get("p5_publish_over_redis_benchmark"), "p5_publish_over_redis_benchmark")
+    t.row("publisher entries/s", value_of(pub, "publisher.entries_per_s"), spec=".0f")
+    t.row("redis-benchmark XADD/s (same conn/pipeline)", value_of(pub, "redis_benchmark.rps"), spec=".0f")
+    t.row("p5 publisher / redis-benchmark", result.get("p5_publish_over_redis_benchmark"), "p5_publish_over_redis_benchmark")
+
+
+def _cost_rows(t: _Table, result: Mapping[str, Any]) -> None:
+    for name, c in (result.get("classifiers_cost") or {}).items():
+        t.row(f"{name} ms/crop b1/b{c.get('batch')}",
+              f"{_fmt(c.get('ms_per_crop_b1'), '.1f')}/{_fmt(c.get('ms_per_crop_batch'), '.1f')}")
+        t.row(f"{name} crops, ms /frame",
+              f"{_fmt(c.get('crops_per_frame'), '.1f')}, {_fmt(c.get('ms_per_frame'), '.1f')}")
+    t.row("frame bytes (pickled DetectorInput)", result.get("frame_bytes"), spec=".0f")
+    ray = result.get("ray_own_cpu") or {}
+    t.row(f"Ray's own CPU, % of the service's ({_fmt(ray.get('ray_pct_of_core'), '.0f')}% of a core)",
+          ray.get("share_pct"), "ray_own_cpu.share_pct", ".1f")
+
+
+def _notes(result: Mapping[str, Any]) -> list[str]:
+    m = result.get("machine", {})
+    lines = []
     e2e = result.get("e2e") or {}
     if e2e:
         n_max = max(e2e, key=int)
@@ -194,9 +263,11 @@ def format_table(result: Mapping[str, Any]) -> str:
             lines.append(f"CPU ms per published frame, e2e {n_max} camera(s): "
                          + ", ".join(f"{k} {v:.1f}" for k, v in per.items() if v >= 0.5))
     foreign = [(name, value_of(result, path)) for name, path in
-               (("bare", "bare.cpu.foreign_pct"), ("ultralytics", "ultralytics.cpu.foreign_pct"),
+               (("limit", "limit.cpu.foreign_pct"), ("bare", "bare.cpu.foreign_pct"),
+                ("ultralytics", "ultralytics.cpu.foreign_pct"),
                 ("latency", "latency.cpu.foreign_pct"), ("overload", "overload.detail.cpu.foreign_pct"))]
-    foreign += [(f"e2e{n}", value_of(ph, "cpu.foreign_pct")) for n, ph in (result.get("e2e") or {}).items()]
+    for key, tag in (("e2e", "e2e"), ("e2e_detect_only", "detect-only"), ("e2e_vehicle", "vehicle")):
+        foreign += [(f"{tag}{n}", value_of(ph, "cpu.foreign_pct")) for n, ph in _by_count(result.get(key))]
     foreign = [(k, v) for k, v in foreign if v is not None]
     if foreign:
         lines.append("CPU %% used by other processes on the machine during each phase (noise; %d%% = all cores): %s" % (
@@ -204,8 +275,23 @@ def format_table(result: Mapping[str, Any]) -> str:
     skipped = result.get("skipped") or []
     if skipped:
         lines.append(f"skipped: {', '.join(skipped)}")
-    return "\n".join(lines)
+    return lines
 
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """The human summary: one line per number, goals marked."""
+    m = result.get("machine", {})
+    t = _Table(result.get("goals", {}))
+    _throughput_rows(t, result)
+    _latency_rows(t, result)
+    _cost_rows(t, result)
+    head = [
+        f"percept bench  {m.get('model')}  imgsz {m.get('imgsz')}  batch {m.get('batch')}  device {m.get('device')}",
+        f"machine        {m.get('cores')} cores  {m.get('cpu')}  {m.get('gpu') or 'no GPU'}  ({m.get('host')}, {result.get('date')})",
+        f"source         {result.get('source')}  cameras {result.get('cameras')}",
+        "",
+    ]
+    return "\n".join(head + t.lines + _notes(result))
 
 
 def default_results_path(state_dir: str | os.PathLike[str], host: str, kind: str = "") -> Path:

@@ -27,6 +27,7 @@ from .harness import (
     _phase_config,
     _say,
     fail,
+    ray_cpus_for,
     start_services,
 )
 
@@ -81,7 +82,7 @@ def run_soak(args: argparse.Namespace) -> int:
     from ray import serve
 
     from deployments.graph import build_app
-    from pipeline.models import check_models as _check_models
+    from pipeline.backends.checks import check_models as _check_models
     from pipeline.streams import StreamKeys, camera_states
 
     try:
@@ -98,7 +99,7 @@ def run_soak(args: argparse.Namespace) -> int:
             ids = [c.id for c in cfg.cameras]
             streams = [keys.detections(c) for c in ids]
             _say("starting Ray and Serve …")
-            Graph(stack, client)
+            Graph(stack, client, num_cpus=ray_cpus_for(cfg))
             serve.run(build_app(cfg), name=APP, route_prefix="/", logging_config={"enable_access_log": False})
             stack.callback(serve.delete, APP)
             _say(f"{args.cameras} cameras at {args.fps} fps; warm-up {args.warmup:.0f} s, then {args.duration:.0f} s")

@@ -1,6 +1,7 @@
-"""`percept bench` smoke test: one short run of every phase (bare model, Ultralytics over RTSP,
-the graph on Ray Serve, latency, overload, publisher vs redis-benchmark) and a JSON with every
-key the issue asks for, with sane values. No timing assertions: machines here are shared."""
+"""`percept bench` smoke test: one short run of every phase (OpenVINO's benchmark_app limit, bare
+model, classifier costs, Ultralytics over RTSP, the graph on Ray Serve with and without
+classifiers, latency, overload, publisher vs redis-benchmark) and a JSON with every key the issue
+asks for, with sane values. No timing assertions: machines here are shared."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,59 @@ def _finite_positive(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
+def _run(cmd: list[str], *, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """The bench in its own process group: on a timeout the whole group goes (the RTSP server,
+    redis-server and Ray it started would otherwise outlive it)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"percept bench did not finish within {timeout:.0f} s\n{out[-2000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _check_new_measures(r: dict, stdout: str) -> None:
+    """limit (benchmark_app), p0, the detector-only and vehicle-classifier p2, what classifiers
+    cost, the bytes of a frame and Ray's own CPU: present and sane (never timed)."""
+    from pipeline.config_models import ClassifierConfig, classifier_sections
+
+    lim = r["limit"]
+    assert _finite_positive(r["limit_fps"]) and lim["fps"] == r["limit_fps"], lim  # the demo's OpenVINO model
+    assert "-hint throughput" in lim["command"] and lim["model"].endswith(".xml"), lim
+    assert _finite_positive(lim["latency_median_ms"]) and _finite_positive(lim["latency"]["fps"]), lim
+    for key in ("p0_e2e_over_limit", "p2_detect_only_over_ultralytics", "p2_vehicle_classifier_over_ultralytics",
+                "classifiers_e2e_over_detect_only", "e2e_detect_only_fps", "e2e_vehicle_fps"):
+        assert _finite_positive(r[key]), (key, r[key])
+    assert r["p0_e2e_over_limit"] == pytest.approx(r["e2e_detect_only_fps"] / r["limit_fps"], rel=0.01)
+    assert r["p2_vehicle_classifier_over_ultralytics"] == pytest.approx(
+        r["e2e_vehicle_fps"] / r["ultralytics_fps"], rel=0.01)
+    # the e2e-vehicle graph had the vehicle classifier and no other
+    replicas = {p["name"].split(":")[-1] for p in r["e2e_vehicle"]["1"]["processes"] if "ServeReplica" in p["name"]}
+    assert {"detector", "classifier-vehicle"} <= replicas and not any(
+        n.startswith("classifier-") and n != "classifier-vehicle" for n in replicas), replicas
+
+    sections = classifier_sections({cat: [ClassifierConfig(**c) for c in entries]
+                                    for cat, entries in r["config"]["classifiers"].items()}, single=set())
+    deployments = {s.deployment for s in sections}
+    assert len(deployments) >= 2 and set(r["classifiers_cost"]) == deployments, (deployments, r["classifiers_cost"])
+    for name, c in r["classifiers_cost"].items():
+        assert _finite_positive(c["ms_per_crop_b1"]) and _finite_positive(c["ms_per_crop_batch"]), (name, c)
+        assert c["crops_per_frame"] >= 0 and c["ms_per_frame"] >= 0, (name, c)
+        assert c["ms_per_frame"] == pytest.approx(c["ms_per_crop_batch"] * c["crops_per_frame"], rel=0.01, abs=0.01)
+    assert r["classifiers_cost"]["classifier-vehicle"]["crops_per_frame"] > 0  # cars in traffic.mp4
+
+    assert r["frame_bytes"] > r["bare"]["frame_bytes"]["image_nbytes"] == 640 * 640 * 3
+    ray = r["ray_own_cpu"]
+    assert 0 < ray["share_pct"] < 100 and "raylet" in ray["processes"], ray
+    assert not any("ServeReplica" in n for n in ray["processes"]), ray
+    for label in ("p0 detector only / limit", "p2 detector only / ultralytics", "classifier-vehicle ms/crop",
+                  "frame bytes", "Ray's own CPU"):
+        assert label in stdout, label
+
+
 def test_bench_smoke(tmp_path, models_dir, videos):
     from benchmarks.rtsp import gst_rtsp_available
 
@@ -34,11 +89,8 @@ def test_bench_smoke(tmp_path, models_dir, videos):
     results = sorted((REPO / "benchmarks" / "results").glob("*"))
     env = dict(os.environ, PERCEPT_MODELS_DIR=models_dir, PERCEPT_SAMPLE_VIDEOS=str(videos), YOLO_OFFLINE="1")
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "cli", "bench", "--duration", "10", "--cameras", "1",
-         "--state-dir", str(state)],
-        capture_output=True, text=True, timeout=420, cwd=REPO, env=env,
-    )
+    proc = _run([sys.executable, "-m", "cli", "bench", "--duration", "6", "--overload-duration", "8",
+                 "--limit-duration", "3", "--cameras", "1", "--state-dir", str(state)], env=env, timeout=900)
     assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     # by default the results go to the state directory; the committed ones are left alone
     out = Path(re.search(r"^results: (.+)$", proc.stdout, re.M).group(1))
@@ -49,6 +101,7 @@ def test_bench_smoke(tmp_path, models_dir, videos):
 
     for key in ("bare_fps", "e2e_fps", "ultralytics_fps", "single_infer_ms"):
         assert _finite_positive(r[key]), (key, r[key])
+    _check_new_measures(r, proc.stdout)
     for key in ("p1_e2e_over_bare", "p2_e2e_over_ultralytics", "p3_p50_over_single_infer",
                 "p5_publish_over_redis_benchmark"):
         assert _finite_positive(r[key]), (key, r[key])
@@ -70,6 +123,10 @@ def test_bench_smoke(tmp_path, models_dir, videos):
     m = r["machine"]
     assert m["cores"] >= 1 and m["imgsz"] == 640 and m["model"]
     assert all(m["versions"][k] for k in ("python", "torch", "ultralytics", "ray"))
-    assert set(r["goals"]) == {"p1_e2e_over_bare", "p2_e2e_over_ultralytics", "p3_p50_over_single_infer",
-                               "overload.lag_p99_s", "overload.rss_growth_max_pct", "p5_publish_over_redis_benchmark"}
+    assert set(r["goals"]) == {
+        "p0_e2e_over_limit", "p1_e2e_over_bare", "p2_detect_only_over_ultralytics",
+        "p2_vehicle_classifier_over_ultralytics", "p3_p50_over_single_infer", "overload.lag_p99_s",
+        "overload.rss_growth_max_pct", "p5_publish_over_redis_benchmark", "classifiers_e2e_over_detect_only",
+        "ray_own_cpu.share_pct"}
+    assert all(isinstance(g["value"], (int, float)) and g["met"] in (True, False) for g in r["goals"].values()), r["goals"]
     assert "p1 e2e / bare" in proc.stdout  # the table
