@@ -1,4 +1,5 @@
-"""The HTTP ingress: runtime camera management and status (`/cameras`), on Serve's proxy.
+"""The HTTP ingress: runtime camera management and status (`/cameras`), and the live view
+(`/`, `/cameras/{id}/live`, `/cameras/{id}/snapshot.jpg`: `deployments/live.py`), on Serve's proxy.
 
 Cameras live in the Redis registry (`pipeline/registry.py`); decoder replicas pick changes up
 on their next lease round, so adding or removing one camera never restarts the others. Camera
@@ -14,7 +15,7 @@ from typing import Any
 
 import redis
 from fastapi import Body, FastAPI, HTTPException
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -29,6 +30,7 @@ from pipeline.redact import redact_url
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys, camera_states, redis_from_config
 
+from .live import LiveView, last_frames
 from .logs import route_percept_logs
 
 RUNTIME_FIELDS = {"zones", "lines", "anchor"}  # what PUT /cameras/{id} may change
@@ -54,15 +56,16 @@ class CameraApi:
         self.registry = CameraRegistry(self.client, self.keys)
         self.allow_inline_credentials = cfg.security.allow_inline_credentials
         self.decoder = decoder
+        self.live = LiveView(cfg.view, self.client, self.keys, self.registry)
 
     def _list(self) -> list[dict[str, Any]]:
         cameras, invalid = self.registry.read()
         states = camera_states(self.client, self.keys, [c.id for c in cameras])
-        now = time.time()
+        frames = last_frames(self.client, self.keys, [c.id for c in cameras], time.time())
         out = []
         for cam in cameras:
             st = states.get(cam.id, {})
-            lag = self.registry.lag_s(cam.id, now)
+            last = frames.get(cam.id, {})
             out.append({
                 "id": cam.id,
                 "url": redact_url(cam.url),
@@ -70,13 +73,15 @@ class CameraApi:
                 "state": st.get("state", "pending"),
                 "fps": float(st.get("fps", 0) or 0),
                 "dropped": int(st.get("dropped", 0) or 0),
-                "lag_s": None if lag is None else round(lag, 3),
+                "lag_s": last.get("lag_s"),
                 "last_error": st.get("last_error") or None,
+                "objects": last.get("objects", {}),  # per category, in the newest frame
+                "e2e_ms": last.get("e2e_ms"),
             })
         for bad in invalid:  # listed, so that it can be seen and deleted
             out.append({
                 "id": bad.id, "url": redact_url(bad.url), "fps_target": None, "state": "failed",
-                "fps": 0.0, "dropped": 0, "lag_s": None, "last_error": bad.error,
+                "fps": 0.0, "dropped": 0, "lag_s": None, "last_error": bad.error, "objects": {}, "e2e_ms": None,
             })
         return sorted(out, key=lambda c: c["id"])
 
@@ -119,6 +124,25 @@ class CameraApi:
         if not await asyncio.to_thread(self.registry.remove, camera_id):
             raise HTTPException(404, detail=f"no camera {camera_id!r}")
         return {"id": camera_id, "removed": True}
+
+    # --- the live view (deployments/live.py) ---------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page(self) -> HTMLResponse:
+        """Every camera with its state, fps, lag, drops, objects and live annotated image."""
+        return self.live.page()
+
+    @app.get("/view")
+    async def view_status(self) -> dict[str, Any]:
+        return self.live.status()
+
+    @app.get("/cameras/{camera_id}/snapshot.jpg")
+    async def snapshot(self, camera_id: str) -> Response:
+        return await self.live.snapshot(camera_id)
+
+    @app.get("/cameras/{camera_id}/live")
+    async def live_stream(self, camera_id: str) -> StreamingResponse:
+        return await self.live.live(camera_id)
 
     @app.get("/status")
     async def status(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages percept needs, only when something is missing.
 #   scripts/install-system-deps.sh          redis-server + ffmpeg (to run percept)
-#   scripts/install-system-deps.sh --test   + GStreamer's RTSP server (for the test suite)
+#   scripts/install-system-deps.sh --test   + GStreamer's RTSP server and headless Chromium (for the test suite)
 set -euo pipefail
 pkgs=()
 command -v redis-server >/dev/null || pkgs+=(redis-server)
@@ -12,6 +12,8 @@ if [[ "${1:-}" == "--test" ]]; then
     pkgs+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
            gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav)
   fi
+  # tests/test_live_view.py loads the live view page in headless Chromium (a font to render its text)
+  command -v chromium >/dev/null || pkgs+=(chromium fonts-dejavu-core)
 fi
 [[ ${#pkgs[@]} -eq 0 ]] && exit 0
 echo "installing Debian packages: ${pkgs[*]}"

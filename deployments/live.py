@@ -1,0 +1,183 @@
+"""The live view on the HTTP ingress: the page (``GET /``), snapshots and MJPEG streams of the
+annotated frames the owning decoder writes to Redis while someone watches (`pipeline/view.py`).
+
+Every request marks its camera watched (``<prefix>:view:want:<camera>``, TTL ``view.watch_ttl_s``)
+and reads ``<prefix>:view:jpeg:<camera>``; no request ever reaches a decoder, so any number of
+decoder replicas and viewers work the same, and a slow viewer only slows its own response.
+Serve's proxy gives a streaming response no backpressure (a client that stops reading leaves its
+parts queued in the proxy), so an MJPEG response ends after ``view.stream_max_s``: that bounds
+what a stalled client can pile up, and it keeps the camera watched no longer than that."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
+
+from pipeline.config_view import ViewConfig
+from pipeline.registry import CameraRegistry
+from pipeline.streams import StreamKeys, parse_entry_id
+from pipeline.view import jpeg_comment
+
+PAGE = Path(__file__).resolve().parent / "static" / "index.html"
+BOUNDARY = "percept-frame"
+FIRST_FRAME_S = 6.0  # how long a snapshot waits for the first frame of a camera nobody watched
+IDS_FRESH_S = 2.0  # the camera list is read again after this long (and on a miss)
+
+
+def last_frames(client: Any, keys: StreamKeys, ids: list[str], now: float) -> dict[str, dict[str, Any]]:
+    """Per camera, from its newest stream entry: lag (s since its capture), objects per category
+    and end-to-end latency; {} for a camera that has published nothing."""
+    import orjson
+
+    pipe = client.pipeline(transaction=False)
+    for cid in ids:
+        pipe.xrevrange(keys.detections(cid), count=1)
+    out: dict[str, dict[str, Any]] = {}
+    for cid, last in zip(ids, pipe.execute()):
+        if not last:
+            out[cid] = {}
+            continue
+        entry_id, fields = last[0]
+        info: dict[str, Any] = {"lag_s": round(max(0.0, now - parse_entry_id(entry_id)[0] / 1000), 3)}
+        try:
+            payload = orjson.loads(fields[b"json"])
+            counts: dict[str, int] = {}
+            for obj in payload.get("objects", []):
+                counts[obj["category"]] = counts.get(obj["category"], 0) + 1
+            info["objects"] = dict(sorted(counts.items()))
+            info["e2e_ms"] = round(float(payload.get("latency_ms", {}).get("total", 0.0)), 1)
+        except (KeyError, ValueError, TypeError):
+            pass
+        out[cid] = info
+    return out
+
+
+class LiveView:
+    def __init__(self, cfg: ViewConfig, client: Any, keys: StreamKeys, registry: CameraRegistry):
+        self.cfg = cfg
+        self.client = client
+        self.keys = keys
+        self.registry = registry
+        self.streams = 0  # MJPEG responses running now
+        self._ids: list[str] = []
+        self._ids_at = -1e9
+
+    # --- the page -------------------------------------------------------------------------------
+
+    def page(self) -> HTMLResponse:
+        try:
+            html = PAGE.read_text()
+        except OSError:  # an install without the package data (pyproject's package-data names it)
+            raise HTTPException(500, detail=f"the live view page is missing from this install: {PAGE}") from None
+        html = html.replace("{{fps}}", f"{self.cfg.fps:g}").replace("{{width}}", str(self.cfg.width))
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    def status(self) -> dict[str, Any]:
+        return {"enabled": self.cfg.enabled, "fps": self.cfg.fps, "width": self.cfg.width,
+                "streams": self.streams, "stream_max_s": self.cfg.stream_max_s}
+
+    # --- lookups ------------------------------------------------------------------------------
+
+    def _camera_ids(self, fresh: bool = False) -> list[str]:
+        if fresh or time.monotonic() - self._ids_at > IDS_FRESH_S:
+            cameras, invalid = self.registry.read()
+            self._ids = sorted([c.id for c in cameras] + [b.id for b in invalid])
+            self._ids_at = time.monotonic()
+        return self._ids
+
+    async def _known(self, camera_id: str) -> None:
+        """404 naming the cameras there are, unless ``camera_id`` is one."""
+        if not self.cfg.enabled:
+            raise HTTPException(404, detail={"message": "the live view is off (view.enabled: false)", "cameras": []})
+        ids = await asyncio.to_thread(self._camera_ids)
+        if camera_id not in ids:
+            ids = await asyncio.to_thread(self._camera_ids, True)  # added a moment ago?
+        if camera_id not in ids:
+            raise HTTPException(404, detail={"message": f"no camera {camera_id!r}", "cameras": ids})
+
+    def _watch(self, camera_id: str, with_state: bool = False) -> tuple[bytes | None, str, str | None]:
+        """Marks the camera watched and reads its latest JPEG (and its state), in one round-trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.keys.view_want(camera_id), b"1", px=int(self.cfg.watch_ttl_s * 1000))
+        pipe.get(self.keys.view_jpeg(camera_id))
+        if with_state:
+            pipe.hmget(self.keys.camera(camera_id), "state", "last_error")
+        out = pipe.execute()
+        state, error = (v.decode() if v else None for v in out[2]) if with_state else ("online", None)
+        return out[1], state or "pending", error
+
+    def _unavailable(self, camera_id: str, state: str, error: str | None) -> HTTPException:
+        retry = "1" if state in ("connecting", "pending", "online") else "5" if state in ("failed", "stopped") else "2"
+        detail = {"message": f"camera {camera_id!r} is {state}: no live image", "camera": camera_id,
+                  "state": state, "last_error": error}
+        return HTTPException(503, detail=detail, headers={"Retry-After": retry})
+
+    # --- snapshot and MJPEG ------------------------------------------------------------------------
+
+    async def snapshot(self, camera_id: str) -> Response:
+        """The latest annotated frame; 503 + Retry-After while the camera is not online (or its
+        first view frame is not there yet)."""
+        await self._known(camera_id)
+        jpeg, state, error = await asyncio.to_thread(self._watch, camera_id, True)
+        if state != "online":
+            raise self._unavailable(camera_id, state, error)
+        deadline = time.monotonic() + FIRST_FRAME_S
+        while jpeg is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            jpeg = await asyncio.to_thread(self.client.get, self.keys.view_jpeg(camera_id))
+        if jpeg is None:
+            raise self._unavailable(camera_id, state, "no view frame yet")
+        return Response(jpeg, media_type="image/jpeg", headers=_frame_headers(jpeg))
+
+    async def live(self, camera_id: str) -> StreamingResponse:
+        """``multipart/x-mixed-replace``: a part per new frame."""
+        await self._known(camera_id)
+        _, state, error = await asyncio.to_thread(self._watch, camera_id, True)
+        if state != "online":
+            raise self._unavailable(camera_id, state, error)
+        return StreamingResponse(self._parts(camera_id), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+                                 headers={"Cache-Control": "no-store"})
+
+    async def _parts(self, camera_id: str) -> AsyncIterator[bytes]:
+        """Polls at twice ``view.fps`` (a frame is never missed through aliasing) the first bytes
+        of the JPEG (its comment names the frame) and fetches a frame only when it is new."""
+        self.streams += 1
+        try:
+            poll = 0.5 / self.cfg.fps
+            end = time.monotonic() + self.cfg.stream_max_s
+            watched_at, last = -1e9, None
+            while time.monotonic() < end:
+                started = time.monotonic()
+                if started - watched_at >= self.cfg.watch_ttl_s / 3:
+                    await asyncio.to_thread(self._watch, camera_id)
+                    watched_at = started
+                head = await asyncio.to_thread(self.client.getrange, self.keys.view_jpeg(camera_id), 0, 127)
+                if head and (jpeg_comment(head) or head) != last:
+                    jpeg = await asyncio.to_thread(self.client.get, self.keys.view_jpeg(camera_id))
+                    if jpeg is not None:
+                        last = jpeg_comment(jpeg) or jpeg[:128]
+                        yield _part(jpeg)
+                await asyncio.sleep(max(0.0, poll - (time.monotonic() - started)))
+        finally:
+            self.streams -= 1
+
+
+def _part(jpeg: bytes) -> bytes:
+    head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
+    frame = jpeg_comment(jpeg)
+    head += f"X-Percept-Frame: {frame}\r\n" if frame else ""
+    return head.encode() + b"\r\n" + jpeg + b"\r\n"
+
+
+def _frame_headers(jpeg: bytes) -> dict[str, str]:
+    headers = {"Cache-Control": "no-store"}
+    frame = jpeg_comment(jpeg)
+    if frame:
+        headers["X-Percept-Frame"] = frame
+    return headers

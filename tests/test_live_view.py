@@ -1,0 +1,515 @@
+"""The live view and privacy blur, on real components.
+
+Pipeline level (no Ray): `pipeline/view.py` draws on a real frame, `pipeline/privacy.py` blurs
+every face YuNet finds on people.mp4, and a camera's view draws and encodes nothing while nobody
+watches (real redis-server). Graph level: Ray Serve runs the graph on the shared clips (file
+cameras, looping) plus a camera nobody serves; headless Chromium loads the page; MJPEG parts
+decode; a snapshot is blurred; bad input gets 404 / 503; a stalled MJPEG socket does not slow the
+camera. ``PERCEPT_SAVE_SCREENSHOT=1`` also writes the page's screenshot to docs/live-view.png."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.config import CameraConfig, parse_config
+from pipeline.config_view import PrivacyConfig, ViewConfig
+from pipeline.privacy import Blurrer
+from pipeline.schema import Detections, FrameMeta, FrameResult
+from pipeline.streams import StreamKeys, camera_states, parse_entry_id
+from pipeline.view import ViewHub, annotate, jpeg_comment, object_label, render_jpeg
+
+from .conftest import DETECTOR, MODELS, REPO, VIDEOS
+from .waiting import wait_for
+
+pytestmark = pytest.mark.integration
+PREFIX = "lvtest"
+KEYS = StreamKeys(PREFIX)
+VIEW_WIDTH = 512
+FACE_SCORE = 0.6  # "a face YuNet finds": its measured scores on people.mp4 are 0.6-0.92
+YUNET = MODELS / "face-detection-yunet" / "face_detection_yunet_2023mar.onnx"
+
+
+def clip_frame(name: str, index: int) -> np.ndarray:
+    cap = cv2.VideoCapture(str(VIDEOS / name))
+    try:
+        for _ in range(index + 1):
+            ok, frame = cap.read()
+            assert ok, f"{name} has no frame {index}"
+        return frame
+    finally:
+        cap.release()
+
+
+def faces(image: np.ndarray, score: float = FACE_SCORE) -> int:
+    """How many faces YuNet finds at ``score`` (a detector of its own, at the image's size)."""
+    det = cv2.FaceDetectorYN.create(str(YUNET), "", (image.shape[1], image.shape[0]), score, 0.3, 5000)
+    _, found = det.detect(image)
+    return 0 if found is None else len(found)
+
+
+def decode(jpeg: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, "not a JPEG"
+    return image
+
+
+def border_band(shape: tuple[int, ...], box: np.ndarray, width: int = 2, top: bool = True) -> np.ndarray:
+    """Mask of the pixels on the outline of an xyxy box (``width`` each side of it); without its
+    top edge (where the label sits) when ``top`` is False."""
+    mask = np.zeros(shape[:2], np.uint8)
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    edges = [((x1, y1), (x1, y2)), ((x2, y1), (x2, y2)), ((x1, y2), (x2, y2))] + ([((x1, y1), (x2, y1))] if top else [])
+    for a, b in edges:
+        cv2.line(mask, a, b, 255, 2 * width)
+    return mask > 0
+
+
+# --- pipeline level ------------------------------------------------------------------------------
+
+def test_annotate_draws_boxes_labels_zones_and_lines_on_a_copy():
+    frame = clip_frame("traffic.mp4", 30)
+    raw = frame.copy()
+    objects = Detections(
+        xyxy=[[100, 150, 220, 260]], scores=[0.87], labels=["car"], categories=["vehicle"], track_ids=[12],
+        attributes=[{"type": {"label": "van", "score": 0.9}, "color": {"label": "white", "score": 0.8},
+                     "unclassified": "too small"}])
+    result = FrameResult(FrameMeta("traffic", 7, time.time(), 1.0, 640, 360), objects, {}, {})
+    camera = CameraConfig(id="traffic", url="x", zones={"corner": [[0.7, 0.7], [1, 0.7], [1, 1], [0.7, 1]]},
+                          lines={"gate": [[0, 0.1], [0.5, 0.1]]})
+    out = annotate(frame, result, camera)
+    assert np.array_equal(frame, raw), "annotate changed the frame it was given"
+    assert object_label("car", 12, 0.87, objects.attributes[0]) == "car #12 0.87 white van"
+    diff = np.abs(out.astype(int) - raw.astype(int)).sum(axis=2)
+    assert diff[border_band(out.shape, objects.xyxy[0], top=False)].mean() > 60, "no box drawn"
+    assert diff[142:150, 100:220].mean() > 40, "no label above the box"
+    assert diff[260:360, 460:640].mean() > 8, "zone not drawn"
+    assert diff[34:38, 0:320].mean() > 60, "line not drawn"
+    assert np.median(diff[60:140, 300:440]) < 2, "drawn where nothing is"
+    half = annotate(cv2.resize(frame, (320, 180)), result, camera)  # a scaled frame: boxes scale with it
+    hdiff = np.abs(half.astype(int) - cv2.resize(raw, (320, 180)).astype(int)).sum(axis=2)
+    assert hdiff[border_band(half.shape, objects.xyxy[0] / 2, 1, top=False)].mean() > 60
+
+
+@pytest.fixture(scope="module")
+def blurrer():
+    if not YUNET.exists():
+        pytest.fail(f"YuNet missing: {YUNET}")
+    b = Blurrer.from_config(PrivacyConfig(), str(MODELS))
+    assert b.kinds == ["faces"], "faces are blurred by default when the model is there"
+    return b
+
+
+@pytest.mark.parametrize("index", [30, 100, 200])
+def test_blurred_view_has_no_face_yunet_finds(blurrer, index):
+    frame = clip_frame("people.mp4", index)
+    result = FrameResult(FrameMeta("crowd", index, time.time(), None, 800, 450), Detections(), {}, {})
+    camera = CameraConfig(id="crowd", url="x")
+    cfg = ViewConfig(width=VIEW_WIDTH)
+    plain = decode(render_jpeg(frame, result, camera, cfg))
+    blurred = decode(render_jpeg(frame, result, camera, cfg, blurrer))
+    assert plain.shape[1] == VIEW_WIDTH and blurred.shape == plain.shape
+    assert faces(plain) >= 3, "blur off: YuNet should find the faces"
+    assert faces(blurred) == 0, "blur on: YuNet still finds a face"
+
+
+def test_privacy_asked_for_with_a_missing_model_warns_once(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="percept.privacy"):
+        for _ in range(2):
+            b = Blurrer.from_config(PrivacyConfig(blur=["faces", "plates"]), str(tmp_path))
+            assert not b and b.kinds == []
+        default = Blurrer.from_config(PrivacyConfig(), str(tmp_path))  # not asked for: silently off
+    assert not default
+    warnings = [r.getMessage() for r in caplog.records if r.name == "percept.privacy"]
+    assert len(warnings) == 2, warnings  # faces and plates, once each
+    assert all("NOT blurred" in w and "missing" in w for w in warnings), warnings
+    plates = Blurrer.from_config(PrivacyConfig(blur=["plates"]), str(MODELS))
+    assert plates.kinds == ["plates"] and len(plates.regions(clip_frame("traffic.mp4", 30))) == 0
+
+
+class Counting:
+    """Wraps a function and counts its calls (from any thread)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
+def _offer_for(view, seconds, frame, result, camera):
+    end = time.monotonic() + seconds
+    slowest = 0.0
+    while time.monotonic() < end:
+        t0 = time.perf_counter()
+        view.offer(frame, result, camera)
+        slowest = max(slowest, time.perf_counter() - t0)
+        time.sleep(0.05)
+    return slowest
+
+
+def test_nothing_is_drawn_or_encoded_while_nobody_watches(redis_server, monkeypatch):
+    import pipeline.view as view_mod
+
+    annotate_calls, encode_calls = Counting(view_mod.annotate), Counting(view_mod.encode_jpeg)
+    monkeypatch.setattr(view_mod, "annotate", annotate_calls)
+    monkeypatch.setattr(view_mod, "encode_jpeg", encode_calls)
+    client = redis_server.client()
+    keys = StreamKeys("unit")
+    hub = ViewHub(ViewConfig(fps=10, width=320), client, keys)
+    view = hub.camera("cam")
+    frame = clip_frame("traffic.mp4", 30)
+    result = FrameResult(FrameMeta("cam", 1, time.time(), None, 640, 360), Detections(), {}, {})
+    camera = CameraConfig(id="cam", url="x")
+    try:
+        _offer_for(view, 2.5, frame, result, camera)  # two and more checks, nobody watching
+        assert (annotate_calls.calls, encode_calls.calls) == (0, 0)
+        assert not client.exists(keys.view_jpeg("cam"))
+
+        client.set(keys.view_want("cam"), b"1", px=10_000)  # someone watches
+        wait_for(lambda: view.offer(frame, result, camera) or client.exists(keys.view_jpeg("cam")), 10,
+                 "the watched camera's JPEG", interval=0.05)
+        assert decode(client.get(keys.view_jpeg("cam"))).shape[1] == 320
+        assert jpeg_comment(client.get(keys.view_jpeg("cam"))).startswith("percept camera=cam seq=1 ")
+
+        client.delete(keys.view_want("cam"))  # nobody any more: stops within a check
+        _offer_for(view, 1.5, frame, result, camera)
+        before = encode_calls.calls
+        _offer_for(view, 1.5, frame, result, camera)
+        assert encode_calls.calls == before and annotate_calls.calls == before
+    finally:
+        hub.close()
+
+
+def test_a_busy_view_skips_frames_and_never_blocks_the_caller(redis_server):
+    class SlowBlur:
+        def blur(self, image):
+            time.sleep(0.4)
+            return image
+
+    client = redis_server.client()
+    keys = StreamKeys("unit")
+    hub = ViewHub(ViewConfig(fps=20, width=320), client, keys, blurrer=SlowBlur())
+    view = hub.camera("cam")
+    client.set(keys.view_want("cam"), b"1", px=10_000)
+    frame = clip_frame("traffic.mp4", 30)
+    result = FrameResult(FrameMeta("cam", 1, time.time(), None, 640, 360), Detections(), {}, {})
+    try:
+        slowest = _offer_for(view, 3.0, frame, result, CameraConfig(id="cam", url="x"))
+        assert slowest < 0.02, f"offer() took {slowest * 1000:.0f} ms"
+        assert view.skipped > 10 and 1 <= view.rendered <= 8, (view.skipped, view.rendered)
+    finally:
+        hub.close()
+
+
+# --- graph level ------------------------------------------------------------------------------------
+
+def _get(url: str, timeout: float = 30):
+    """(status, headers (case-insensitive), body)"""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+@pytest.fixture(scope="module")
+def live(ray_session, session_redis, models_dir, videos):
+    from ray import serve
+
+    from deployments.graph import build_app
+    from pipeline.redis_server import free_port
+
+    config = parse_config({
+        "redis": {"url": session_redis.url, "stream_prefix": PREFIX},
+        "cameras": [
+            {"id": "crowd", "url": str(videos / "people.mp4"), "fps": 3, "loop": True},
+            {"id": "traffic", "url": str(videos / "traffic.mp4"), "fps": 3, "loop": True,
+             "zones": {"corner": [[0, 0], [0.25, 0], [0.25, 0.2], [0, 0.2]]}, "lines": {"gate": [[0.6, 0.05], [0.9, 0.05]]}},
+            {"id": "dead", "url": f"rtsp://127.0.0.1:{free_port()}/nothing", "fps": 3, "open_timeout_s": 2},
+        ],
+        "detector": {"weights": DETECTOR, "num_cpus": 1, "threads": 2, "batch": {"max_size": 4, "wait_ms": 20}},
+        "view": {"fps": 5, "width": VIEW_WIDTH, "stream_max_s": 15},
+        "models_dir": models_dir,
+    }, env={})
+    serve.run(build_app(config), name="percept-live", route_prefix="/lv", logging_config={"enable_access_log": False})
+    client = session_redis.client()
+    wait_for(lambda: all(client.xlen(KEYS.detections(c)) >= 5 for c in ("crowd", "traffic")), 240,
+             "both file cameras publishing")
+    wait_for(lambda: camera_states(client, KEYS, ["dead"])["dead"].get("state") == "reconnecting", 60,
+             "the camera nobody serves reconnecting")
+    yield ray_session.serve_http_url + "/lv", client
+    serve.delete("percept-live")
+
+
+def test_nothing_is_encoded_before_anyone_watches(live):
+    _, client = live
+    assert not any(client.exists(KEYS.view_jpeg(c), KEYS.view_want(c)) for c in ("crowd", "traffic", "dead"))
+
+
+def test_unknown_camera_is_404_listing_the_cameras(live):
+    api, _ = live
+    for path in ("/cameras/nope/snapshot.jpg", "/cameras/nope/live"):
+        code, _, body = _get(api + path)
+        assert code == 404, (path, code, body)
+        detail = json.loads(body)["detail"]
+        assert detail["message"] == "no camera 'nope'" and detail["cameras"] == ["crowd", "dead", "traffic"]
+
+
+def test_reconnecting_camera_snapshot_is_503_with_retry_after(live):
+    api, _ = live
+    for path in ("/cameras/dead/snapshot.jpg", "/cameras/dead/live"):
+        code, headers, body = _get(api + path)
+        assert code == 503 and int(headers["Retry-After"]) >= 1, (path, code, headers)
+        detail = json.loads(body)["detail"]
+        assert detail["state"] == "reconnecting" and "refused" in detail["last_error"], detail
+
+
+def _snapshot(api: str, camera: str) -> tuple[np.ndarray, int]:
+    code, headers, body = _get(f"{api}/cameras/{camera}/snapshot.jpg")
+    assert code == 200 and headers["Content-Type"] == "image/jpeg", (code, headers, body[:200])
+    seq = int(re.search(r"seq=(\d+)", headers["X-Percept-Frame"]).group(1))
+    return decode(body), seq
+
+
+def _entry(client, camera: str, seq: int) -> dict:
+    for entry_id, fields in client.xrevrange(KEYS.detections(camera), count=200):
+        if parse_entry_id(entry_id)[1] == seq:
+            return json.loads(fields[b"json"])
+    pytest.fail(f"{camera}: no stream entry with seq {seq}")
+
+
+def _raw_frame(name: str, pts: float, size: tuple[int, int]) -> np.ndarray:
+    """The clip's frame at ``pts`` (looping: pts keep growing across loops), at ``size``."""
+    cap = cv2.VideoCapture(str(VIDEOS / name))
+    fps, count = cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.release()
+    index = int(round((pts % (count / fps)) * fps)) % count
+    return cv2.resize(clip_frame(name, index), size, interpolation=cv2.INTER_AREA)
+
+
+def test_snapshot_draws_boxes_on_the_frame(live):
+    api, client = live
+
+    def with_cars():
+        image, seq = _snapshot(api, "traffic")
+        payload = _entry(client, "traffic", seq)
+        return (image, payload) if any(o["category"] == "vehicle" for o in payload["objects"]) else None
+
+    image, payload = wait_for(with_cars, 60, "a traffic snapshot with a car in it")
+    assert image.shape[1] == VIEW_WIDTH  # traffic.mp4 is 640 wide: scaled to view.width
+    raw = _raw_frame("traffic.mp4", payload["pts"], (image.shape[1], image.shape[0]))
+    diff = np.abs(image.astype(int) - raw.astype(int)).sum(axis=2)
+    car = next(o for o in payload["objects"] if o["category"] == "vehicle")
+    box = np.array(car["bbox"]) * image.shape[1] / payload["width"]
+    on_box = diff[border_band(image.shape, box, top=False)].mean()  # the sides and bottom: no label there
+    assert on_box > 3 * max(np.median(diff), 5), f"box outline differs by {on_box:.0f}, the frame by {np.median(diff):.0f}"
+
+
+def test_crowd_snapshot_has_no_face_yunet_finds(live):
+    api, client = live
+    image, seq = _snapshot(api, "crowd")
+    assert image.shape[1] == VIEW_WIDTH
+    raw = _raw_frame("people.mp4", _entry(client, "crowd", seq)["pts"], (image.shape[1], image.shape[0]))
+    assert faces(image) == 0, "a face is left unblurred in the snapshot"
+    assert faces(raw) >= 1, "the raw frame has faces (else this test proves nothing)"
+
+
+def _mjpeg_parts(api: str, camera: str, n: int, timeout: float = 60) -> list[bytes]:
+    resp = urllib.request.urlopen(f"{api}/cameras/{camera}/live", timeout=timeout)
+    try:
+        assert resp.status == 200
+        ctype = resp.headers["Content-Type"]
+        assert ctype.startswith("multipart/x-mixed-replace"), ctype
+        boundary = b"--" + ctype.split("boundary=")[1].encode()
+        buf, parts, deadline = b"", [], time.monotonic() + timeout
+        while len(parts) < n and time.monotonic() < deadline:
+            buf += resp.read1(65536)
+            while True:
+                start = buf.find(boundary)
+                head_end = buf.find(b"\r\n\r\n", start)
+                if start < 0 or head_end < 0:
+                    break
+                length = int(re.search(rb"Content-Length: (\d+)", buf[start:head_end]).group(1))
+                if len(buf) < head_end + 4 + length:
+                    break
+                parts.append(buf[head_end + 4:head_end + 4 + length])
+                buf = buf[head_end + 4 + length:]
+        return parts
+    finally:
+        resp.close()
+
+
+def test_mjpeg_parts_decode_at_the_configured_width(live):
+    api, _ = live
+    parts = _mjpeg_parts(api, "crowd", 5)
+    assert len(parts) >= 5, f"only {len(parts)} parts"
+    images = [decode(p) for p in parts]
+    assert all(im.shape[:2] == (288, VIEW_WIDTH) for im in images), [im.shape for im in images]
+    seqs = [int(re.search(rb"seq=(\d+)", p[:200]).group(1)) for p in parts]
+    assert seqs == sorted(set(seqs)), f"parts repeat or go back: {seqs}"
+
+
+def _published_fps(client, camera: str, seconds: float) -> float:
+    start = client.xlen(KEYS.detections(camera))
+    t0 = time.monotonic()
+    end = t0 + seconds
+    while time.monotonic() < end:  # a measuring window, not a wait for readiness
+        time.sleep(0.25)
+    return (client.xlen(KEYS.detections(camera)) - start) / (time.monotonic() - t0)
+
+
+def test_a_stalled_mjpeg_socket_does_not_slow_the_camera(live):
+    api, client = live
+    host, port = re.match(r"http://([^:/]+):(\d+)", api).groups()
+    baseline = _published_fps(client, "crowd", 8)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    try:
+        sock.sendall(f"GET /lv/cameras/crowd/live HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())  # and never read
+        wait_for(lambda: json.loads(_get(api + "/view")[2])["streams"] >= 1, 30, "the stalled stream running")
+        stalled = _published_fps(client, "crowd", 8)
+        assert stalled >= 0.7 * baseline, f"camera at {stalled:.2f} fps with a stalled viewer, {baseline:.2f} before"
+        # the API answers, and another viewer gets frames, while the stalled one is connected
+        t0 = time.monotonic()
+        assert _get(api + "/cameras")[0] == 200 and time.monotonic() - t0 < 5
+        assert len(_mjpeg_parts(api, "crowd", 2)) >= 2
+        # the stalled response is ended (view.stream_max_s 15) although its socket never read
+        wait_for(lambda: json.loads(_get(api + "/view")[2])["streams"] == 0, 40, "the stalled stream dropped")
+    finally:
+        sock.close()
+
+
+# --- the page in a real browser -----------------------------------------------------------------
+
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol (a websocket, one page)."""
+
+    def __init__(self, profile: Path, width: int = 1400, height: int = 1000):
+        from websockets.sync.client import connect
+
+        exe = shutil.which("chromium") or shutil.which("chromium-browser")
+        if exe is None:
+            pytest.fail("chromium is not installed (scripts/install-system-deps.sh --test installs it)")
+        self.proc = subprocess.Popen(
+            [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+             "--no-first-run", "--remote-debugging-port=0", f"--user-data-dir={profile}",
+             f"--window-size={width},{height}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        browser_ws = None
+        deadline = time.monotonic() + 60
+        while browser_ws is None and time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line and self.proc.poll() is not None:
+                pytest.fail(f"chromium exited with {self.proc.returncode}")
+            m = re.search(r"DevTools listening on (ws://\S+)", line)
+            browser_ws = m.group(1) if m else None
+        assert browser_ws, "chromium did not open its DevTools port"
+        port = re.search(r":(\d+)/", browser_ws).group(1)
+        pages = wait_for(lambda: [t for t in json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/json/list", timeout=5).read()) if t["type"] == "page"], 30, "a chromium page")
+        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
+        self._id = 0
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+
+    def call(self, method: str, **params):
+        self._id += 1
+        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == self._id:
+                assert "error" not in msg, (method, msg["error"])
+                return msg["result"]
+
+    def js(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+    def screenshot(self) -> np.ndarray:
+        png = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        finally:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+TILES_JS = """JSON.stringify([...document.querySelectorAll('.tile')].map(t => {
+  const img = t.querySelector('img'), r = img.getBoundingClientRect();
+  return {id: t.dataset.camera, state: t.querySelector('.state').textContent, frames: +t.dataset.frames,
+          frame: t.dataset.frame || '', width: img.naturalWidth, overlay: t.querySelector('.overlay').innerText,
+          visibleOverlay: getComputedStyle(t.querySelector('.overlay')).display !== 'none',
+          stats: t.querySelector('.stats').innerText,
+          box: [Math.round(r.left), Math.round(r.top), Math.round(r.right), Math.round(r.bottom)]};
+}))"""
+
+
+def test_the_page_in_headless_chromium(live, tmp_path):
+    api, client = live
+    browser = Chromium(tmp_path / "profile")
+    try:
+        browser.call("Page.enable")
+        browser.call("Page.navigate", url=api + "/")
+
+        def tiles():
+            return {t["id"]: t for t in json.loads(browser.js(TILES_JS) or "[]")}
+
+        def ready():
+            t = tiles()
+            return t if (set(t) == {"crowd", "traffic", "dead"}
+                         and all(t[c]["width"] == VIEW_WIDTH if c == "crowd" else t[c]["width"] > 0
+                                 for c in ("crowd", "traffic"))
+                         and t["dead"]["state"] == "reconnecting") else None
+
+        first = wait_for(ready, 90, "every tile showing an image, the dead camera reconnecting")
+        shot1 = browser.screenshot()
+        shown = tiles()  # the frames shown in shot1 are these or older ones
+        assert browser.js("document.querySelectorAll('.tile').length") == 3  # one tile per camera
+        states = {c: s["state"] for c, s in camera_states(client, KEYS, ["crowd", "traffic", "dead"]).items()}
+        assert {c: t["state"] for c, t in first.items()} == states
+        assert first["dead"]["visibleOverlay"] and "reconnecting" in first["dead"]["overlay"]
+        assert first["dead"]["width"] == 0, "a reconnecting camera shows no image"
+        for cam in ("crowd", "traffic"):
+            assert "fps" in first[cam]["stats"] and "objects" in first[cam]["stats"], first[cam]["stats"]
+            assert not first[cam]["visibleOverlay"]
+
+        def newer():
+            t = tiles()
+            return t if all(t[c]["frame"] not in (first[c]["frame"], shown[c]["frame"]) for c in ("crowd", "traffic")) else None
+
+        later = wait_for(newer, 60, "a newer frame in each live tile")
+        shot2 = browser.screenshot()
+        for cam in ("crowd", "traffic"):
+            x1, y1, x2, y2 = later[cam]["box"]
+            a, b = shot1[y1:y2, x1:x2].astype(int), shot2[y1:y2, x1:x2].astype(int)
+            assert a.size and np.abs(a - b).mean() > 1.0, f"tile {cam} did not change between screenshots"
+        cv2.imwrite(str(tmp_path / "live-view.png"), shot2)
+        if os.environ.get("PERCEPT_SAVE_SCREENSHOT"):
+            (REPO / "docs").mkdir(exist_ok=True)
+            bottom = int(browser.js("document.querySelector('main').getBoundingClientRect().bottom"))
+            cv2.imwrite(str(REPO / "docs" / "live-view.png"), shot2[:bottom])
+    finally:
+        browser.close()
