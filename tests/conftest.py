@@ -97,6 +97,14 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def ray_metrics_url(ray_session) -> str:
+    """Ray's Prometheus endpoint of this (one-node) session: ``ray.init`` picked the port, which
+    ``ray.nodes()`` reports as MetricsExportPort (``ray.init(_metrics_export_port=N)`` fixes it)."""
+    node = next(n for n in ray_session.nodes() if n["Alive"])
+    return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+
+
+@pytest.fixture(scope="session")
 def rtsp_server_cls():
     """The GStreamer RTSP test server class (kept behind a fixture so tests don't import its module)."""
     from tests.rtsp import RtspServer

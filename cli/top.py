@@ -1,0 +1,300 @@
+"""`percept top`: one row per camera and one per model deployment, refreshed in place.
+
+Camera rows come from Redis: the camera registry and hashes (state, fps, drops), and the last
+``--samples`` entries of each detections stream (lag from the newest entry's capture time, e2e
+p50/p95 from ``latency_ms.total``, objects of the newest frame). Deployment rows come from Ray's
+metrics endpoints (replicas, mean batch size against the max, inference and queue-wait p50,
+errors), which the decoder replicas advertise in Redis (``--metrics`` names them instead).
+Without them the camera rows are shown alone, with a note. Plain ANSI (clear and redraw) so it
+reads the same over SSH; ``--once`` prints one snapshot without escapes and exits. A Redis
+outage prints one line (as `percept run` does) and the screen says so until Redis is back."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import signal
+import sys
+import time
+import urllib.request
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from .common import EXIT_UNAVAILABLE, RedisOutage, fail
+
+CLEAR = "\x1b[H\x1b[2J"
+WINDOW_S = 30.0  # deployment numbers: over the last this many seconds (since start with --once)
+
+
+def register(sub: Any) -> None:
+    t = sub.add_parser("top", help="live view: a row per camera and per model deployment")
+    t.add_argument("-c", "--config", help="read redis url/prefix from this config")
+    t.add_argument("--redis", help="redis URL (default: config, PERCEPT_REDIS_URL, localhost)")
+    t.add_argument("--prefix", help="stream prefix (default: config or 'percept')")
+    t.add_argument("--metrics", action="append", metavar="URL",
+                   help="a Ray metrics endpoint, http://host:port/metrics (repeatable; default: advertised in Redis)")
+    t.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    t.add_argument("--samples", type=int, default=50, help="stream entries per camera for e2e p50/p95 (default 50)")
+    t.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    t.add_argument("--duration", type=float, help="stop after this many seconds")
+    t.set_defaults(func=_top)
+
+
+# --- pure logic --------------------------------------------------------------------------------
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-quantile (0..1) with linear interpolation between closest ranks; None if empty."""
+    if not values:
+        return None
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus' histogram_quantile over cumulative bucket counts ``{upper bound: count}``."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    rank, prev_bound, prev_count = q * buckets[bounds[-1]], 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return prev_bound
+            if count == prev_count:
+                return bound
+            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
+        prev_bound, prev_count = bound, count
+    return prev_bound
+
+
+def histogram_mean(buckets: dict[float, float]) -> float | None:
+    """Mean from bucket counts, each taken at its upper bound (exact for integer sizes whose
+    buckets are 1, 2, 3, …; Ray's exported _sum is only approximate)."""
+    bounds = sorted(b for b in buckets if not math.isinf(b))
+    total = buckets.get(math.inf, buckets[bounds[-1]] if bounds else 0)
+    if total <= 0:
+        return None
+    acc, prev = 0.0, 0.0
+    for bound in bounds:
+        acc += (buckets[bound] - prev) * bound
+        prev = buckets[bound]
+    acc += (total - prev) * (bounds[-1] if bounds else 0)
+    return acc / total
+
+
+@dataclass
+class CameraRow:
+    camera: str
+    state: str = "pending"
+    fps: float = 0.0
+    lag_s: float | None = None
+    dropped: int = 0
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    objects: dict[str, int] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass
+class DeploymentStats:
+    """One deployment, summed over its replicas: cumulative histograms (``{le: count}``)."""
+    replicas: set[str] = field(default_factory=set)
+    max_batch: float = 0.0
+    batch: dict[float, float] = field(default_factory=lambda: defaultdict(float))
+    inference: dict[float, float] = field(default_factory=lambda: defaultdict(float))
+    queue: dict[float, float] = field(default_factory=lambda: defaultdict(float))
+    errors: float = 0.0
+
+    def minus(self, old: "DeploymentStats") -> "DeploymentStats":
+        """What happened since ``old`` (replicas and max batch as now)."""
+        def sub(a: dict[float, float], b: dict[float, float]) -> dict[float, float]:
+            return defaultdict(float, {k: max(0.0, v - b.get(k, 0.0)) for k, v in a.items()})
+        return DeploymentStats(self.replicas, self.max_batch, sub(self.batch, old.batch),
+                               sub(self.inference, old.inference), sub(self.queue, old.queue),
+                               max(0.0, self.errors - old.errors))
+
+
+HISTOGRAMS = {"ray_percept_batch_size_bucket": "batch", "ray_percept_inference_ms_bucket": "inference",
+              "ray_percept_queue_wait_ms_bucket": "queue"}
+
+
+def deployment_stats(samples: Iterable[tuple[str, dict[str, str], float]]) -> dict[str, DeploymentStats]:
+    """Per deployment, from scraped samples ``(name, labels, value)`` of one or more endpoints."""
+    out: dict[str, DeploymentStats] = defaultdict(DeploymentStats)
+    for name, labels, value in samples:
+        dep = labels.get("deployment")
+        if dep is None:
+            continue
+        if name == "ray_percept_batch_max_size":
+            out[dep].replicas.add(labels.get("WorkerId", "") + labels.get("NodeAddress", ""))
+            out[dep].max_batch = max(out[dep].max_batch, value)
+        elif name in HISTOGRAMS:
+            getattr(out[dep], HISTOGRAMS[name])[float(labels["le"])] += value
+        elif name == "ray_percept_model_errors_total":
+            out[dep].errors += value
+    return dict(out)
+
+
+def camera_line(row: CameraRow) -> str:
+    lag = "-" if row.lag_s is None else f"{row.lag_s:.1f} s"
+    p50 = "-" if row.p50_ms is None else f"{row.p50_ms:.0f}"
+    p95 = "-" if row.p95_ms is None else f"{row.p95_ms:.0f}"
+    objects = " ".join(f"{k}={v}" for k, v in sorted(row.objects.items())) or "-"
+    err = f"  error: {row.error}" if row.error and row.state != "online" else ""
+    return (f"{row.camera:<14} {row.state:<12} {row.fps:5.1f} {lag:>7} {row.dropped:>7} "
+            f"{p50:>7} {p95:>7}  {objects}{err}")
+
+
+CAMERA_HEADER = f"{'CAMERA':<14} {'STATE':<12} {'FPS':>5} {'LAG':>7} {'DROPPED':>7} {'E2E p50':>7} {'p95 ms':>7}  OBJECTS"
+DEPLOYMENT_HEADER = f"{'DEPLOYMENT':<22} {'REPLICAS':>8} {'BATCH (fill)':>14} {'INFER p50':>10} {'QUEUE p50':>10} {'ERRORS':>7}"
+
+
+def deployment_line(name: str, d: DeploymentStats) -> str:
+    mean = histogram_mean(d.batch)
+    if mean is None:
+        batch = "-"
+    elif d.max_batch:
+        batch = f"{mean:.1f}/{d.max_batch:.0f} ({100 * mean / d.max_batch:.0f}%)"
+    else:
+        batch = f"{mean:.1f}"
+    infer, queue = histogram_quantile(0.5, d.inference), histogram_quantile(0.5, d.queue)
+    infer_s = "-" if infer is None else f"{infer:.0f} ms"
+    queue_s = "-" if queue is None else f"{queue:.0f} ms"
+    return f"{name:<22} {len(d.replicas):>8} {batch:>14} {infer_s:>10} {queue_s:>10} {d.errors:>7.0f}"
+
+
+def render(rows: list[CameraRow] | None, deployments: dict[str, DeploymentStats] | None, notes: list[str],
+           *, width: int = 200) -> list[str]:
+    lines = [CAMERA_HEADER]
+    lines += ["(redis unreachable)"] if rows is None else [camera_line(r) for r in rows]
+    if deployments:
+        lines += ["", DEPLOYMENT_HEADER] + [deployment_line(n, d) for n, d in sorted(deployments.items())]
+    lines += [""] + notes if notes else []
+    return [line[:width] for line in lines]
+
+
+# --- reading Redis and the metrics endpoints ---------------------------------------------------
+
+def camera_rows(client: Any, prefix: str, samples: int, now: float | None = None) -> list[CameraRow]:
+    from pipeline.registry import CameraRegistry
+    from pipeline.streams import StreamKeys, camera_states, parse_entry_id
+
+    keys, now = StreamKeys(prefix), time.time() if now is None else now
+    valid, invalid = CameraRegistry(client, keys).read()
+    ids = sorted({c.id for c in valid} | {c.id for c in invalid})
+    states = camera_states(client, keys, ids)
+    pipe = client.pipeline(transaction=False)
+    for cid in ids:
+        pipe.xrevrange(keys.detections(cid), count=samples)
+    rows = []
+    for cid, entries in zip(ids, pipe.execute()):
+        st = states.get(cid, {})
+        row = CameraRow(cid, st.get("state", "pending"), float(st.get("fps", 0) or 0),
+                        dropped=int(float(st.get("dropped", 0) or 0)), error=st.get("last_error", ""))
+        totals = []
+        for i, (entry_id, fields) in enumerate(entries):
+            payload = json.loads(fields[b"json"])
+            totals.append(float(payload.get("latency_ms", {}).get("total", 0.0)))
+            if i == 0:
+                row.lag_s = max(0.0, now - parse_entry_id(entry_id)[0] / 1000)
+                row.objects = dict(Counter(o["category"] for o in payload.get("objects", [])))
+        row.p50_ms, row.p95_ms = percentile(totals, 0.5), percentile(totals, 0.95)
+        rows.append(row)
+    return rows
+
+
+def scrape(urls: Sequence[str], timeout_s: float = 2.0) -> tuple[list[tuple[str, dict[str, str], float]], list[str]]:
+    """Samples of every endpoint that answered, and what went wrong with the others."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples, problems = [], []
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+                text = resp.read().decode()
+        except Exception as exc:  # an endpoint down: the others still count
+            problems.append(f"{url}: {type(exc).__name__}: {exc}")
+            continue
+        samples += [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text)
+                    for s in fam.samples if s.name.startswith("ray_percept_")]
+    return samples, problems
+
+
+class DeploymentView:
+    """Deployment rows over a sliding window of scrapes (since the first one, until it is
+    ``WINDOW_S`` old)."""
+
+    def __init__(self, fixed_urls: Sequence[str] | None):
+        self.fixed = list(fixed_urls or [])
+        self.known: list[str] = []  # advertised in Redis, as last read
+        self.history: deque[tuple[float, dict[str, DeploymentStats]]] = deque()
+
+    def update(self, client: Any, prefix: str, outage: RedisOutage, *, redis_up: bool) -> tuple[dict[str, DeploymentStats] | None, str]:
+        """The rows' numbers and a note. While Redis is down, the endpoints last read are used."""
+        from pipeline.metrics import read_endpoints
+
+        if not self.fixed and redis_up:
+            self.known = outage.attempt(lambda: read_endpoints(client, prefix), self.known)
+        urls = self.fixed or self.known
+        if not urls:
+            return None, "deployments: no Ray metrics endpoint known (none advertised in redis; try --metrics URL)"
+        samples, problems = scrape(urls)
+        if problems and not samples:
+            return None, "deployments: Ray metrics unreachable (" + "; ".join(problems)[:300] + ")"
+        now, stats = time.monotonic(), deployment_stats(samples)
+        self.history.append((now, stats))
+        while len(self.history) > 2 and now - self.history[1][0] >= WINDOW_S:
+            self.history.popleft()
+        t0, old = self.history[0]
+        if len(self.history) < 2:
+            return stats, "deployments: since their start"
+        window = {n: d.minus(old[n]) if n in old else d for n, d in stats.items()}
+        return window, f"deployments: last {now - t0:.0f} s"
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+def snapshot(client: Any, prefix: str, view: DeploymentView, outage: RedisOutage, samples: int) -> tuple[bool, list[str]]:
+    """(Redis answered, the lines of one screen)."""
+    rows = outage.attempt(lambda: camera_rows(client, prefix, samples), None)
+    deployments, note = view.update(client, prefix, outage, redis_up=rows is not None)
+    width = shutil.get_terminal_size((200, 40)).columns if sys.stdout.isatty() else 200
+    stamp = time.strftime("%H:%M:%S")
+    return rows is not None, [f"percept top — prefix {prefix} — {stamp}", *render(rows, deployments, [note], width=width)]
+
+
+def _top(args: argparse.Namespace) -> int:
+    from pipeline.redact import redact_url
+    from pipeline.streams import connect_redis, redis_from_config
+
+    from .subscribe import _redis_source
+
+    try:
+        url, prefix, redis_cfg = _redis_source(args)
+    except FileNotFoundError as exc:
+        return fail(str(exc), EXIT_UNAVAILABLE)
+    prefix = prefix or "percept"
+    client = redis_from_config(redis_cfg.model_copy(update={"url": url})) if redis_cfg else connect_redis(url)
+    outage, view = RedisOutage(url), DeploymentView(args.metrics)
+    if args.once:
+        ok, lines = snapshot(client, prefix, view, outage, args.samples)
+        print("\n".join(lines), flush=True)
+        return 0 if ok else fail(f"redis unreachable at {redact_url(url)}", EXIT_UNAVAILABLE)
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    deadline = time.monotonic() + args.duration if args.duration else None
+    tty = sys.stdout.isatty()
+    try:
+        while not stop["flag"] and (deadline is None or time.monotonic() < deadline):
+            _, lines = snapshot(client, prefix, view, outage, args.samples)
+            print((CLEAR if tty else "") + "\n".join(lines) + ("" if tty else "\n"), flush=True)
+            time.sleep(max(0.1, args.interval))
+    except KeyboardInterrupt:
+        pass  # the usual way out of a live view
+    return 0

@@ -1,0 +1,471 @@
+"""Prometheus metrics and `percept top`.
+
+Unit tests: the pure parts (percentiles, histogram quantiles, rows), `CameraMetrics` turning the
+pipeline's counters into increments, `ModelMetrics` around a batch. Integration: a real graph
+(shared clips as file cameras, the shared detector and classifier, Ray Serve) scraped on Ray's
+metrics endpoint: the series exist with camera / deployment labels, counters increase, a
+camera that played its clip to the end has exactly as many frames published as its stream
+holds, and `percept top --once` shows a row per camera and per deployment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from collections import defaultdict
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from cli.top import (
+    CameraRow,
+    DeploymentStats,
+    camera_line,
+    deployment_line,
+    deployment_stats,
+    histogram_mean,
+    histogram_quantile,
+    percentile,
+    render,
+)
+from pipeline import metrics as pm
+from pipeline.sources import SourceState
+
+from .conftest import CLASSIFIER, DETECTOR, REPO
+from .waiting import wait_for
+
+PREFIX = "mtest"
+LOOPING, ONCE = "m-road", "m-once"  # camera ids of this module only (Ray keeps earlier modules' series)
+
+
+class MemoryRecorder(pm.Recorder):
+    enabled = True
+
+    def __init__(self):
+        self.counters: dict[tuple, float] = defaultdict(float)
+        self.gauges: dict[tuple, float] = {}
+        self.observed: dict[tuple, list[float]] = defaultdict(list)
+
+    @staticmethod
+    def key(metric, tags):
+        return (metric.name, *sorted(tags.items()))
+
+    def inc(self, metric, value, tags):
+        assert value > 0, "Ray's Counter.inc refuses values <= 0"
+        self.counters[self.key(metric, tags)] += value
+
+    def set(self, metric, value, tags):
+        self.gauges[self.key(metric, tags)] = value
+
+    def observe(self, metric, value, tags):
+        self.observed[self.key(metric, tags)].append(value)
+
+
+# --- unit: pure logic ----------------------------------------------------------------------------
+
+def test_percentile_interpolates_between_ranks():
+    assert percentile([], 0.5) is None
+    assert percentile([7.0], 0.95) == 7.0
+    assert percentile([40.0, 10.0, 30.0, 20.0], 0.5) == 25.0
+    assert percentile(list(range(1, 101)), 0.95) == pytest.approx(95.05)
+
+
+def test_histogram_quantile_and_mean_from_cumulative_buckets():
+    # 10 observations: 4 at ≤10, 4 in (10, 20], 2 above 40
+    buckets = {10.0: 4, 20.0: 8, 40.0: 8, float("inf"): 10}
+    assert histogram_quantile(0.5, buckets) == pytest.approx(12.5)  # rank 5: a quarter into (10, 20]
+    assert histogram_quantile(0.2, buckets) == pytest.approx(5.0)
+    assert histogram_quantile(0.95, buckets) == 40.0  # in +Inf: the highest finite bound, as Prometheus
+    assert histogram_quantile(0.5, {10.0: 0, float("inf"): 0}) is None
+    sizes = {1.0: 2, 2.0: 2, 3.0: 3, 4.0: 6, float("inf"): 6}  # batches of 1, 1, 3, 4, 4, 4
+    assert histogram_mean(sizes) == pytest.approx(17 / 6)
+    assert histogram_mean({1.0: 0, float("inf"): 0}) is None
+
+
+def test_deployment_stats_sum_replicas_and_window_differences():
+    def sample(name, worker, value, **labels):
+        return (name, {"deployment": "detector", "WorkerId": worker, **labels}, value)
+
+    samples = [
+        sample("ray_percept_batch_max_size", "w1", 4), sample("ray_percept_batch_max_size", "w2", 4),
+        sample("ray_percept_batch_size_bucket", "w1", 3, le="2.0"), sample("ray_percept_batch_size_bucket", "w1", 5, le="+Inf"),
+        sample("ray_percept_batch_size_bucket", "w2", 1, le="2.0"), sample("ray_percept_batch_size_bucket", "w2", 3, le="+Inf"),
+        sample("ray_percept_inference_ms_bucket", "w1", 8, le="50.0"), sample("ray_percept_inference_ms_bucket", "w1", 8, le="+Inf"),
+        sample("ray_percept_model_errors_total", "w2", 2),
+        ("ray_percept_frames_published_total", {"camera": "x"}, 9),  # not a deployment's
+    ]
+    stats = deployment_stats(samples)
+    assert set(stats) == {"detector"}
+    d = stats["detector"]
+    assert len(d.replicas) == 2 and d.max_batch == 4 and d.errors == 2
+    assert d.batch == {2.0: 4, float("inf"): 8}
+    old = DeploymentStats(d.replicas, 4, {2.0: 4, float("inf"): 6}, {}, {}, 1)
+    window = d.minus(old)
+    assert window.batch == {2.0: 0, float("inf"): 2} and window.errors == 1
+    line = deployment_line("detector", d)
+    assert line.split()[:2] == ["detector", "2"] and "/4" in line and line.split()[-1] == "2"
+
+
+def test_rows_render_cameras_deployments_and_outage():
+    row = CameraRow("road", "online", 4.0, 0.25, 6, 88.0, 140.0, {"vehicle": 2, "pedestrian": 1})
+    line = camera_line(row)
+    assert line.split()[:8] == ["road", "online", "4.0", "0.2", "s", "6", "88", "140"]
+    assert line.endswith("pedestrian=1 vehicle=2")
+    bad = camera_line(CameraRow("gate", "reconnecting", error="stream ended"))
+    assert bad.split()[:3] == ["gate", "reconnecting", "0.0"] and bad.endswith("error: stream ended")
+    screen = render(None, None, ["deployments: none"], width=40)
+    assert "(redis unreachable)" in screen and all(len(s) <= 40 for s in screen)
+
+
+# --- unit: CameraMetrics and ModelMetrics --------------------------------------------------------
+
+def fake_conductor(cid, publisher, next_seq=100):
+    return SimpleNamespace(
+        camera=SimpleNamespace(id=cid), publisher=publisher,
+        source=SimpleNamespace(frames_read=0, skipped=0, next_seq=next_seq, state=SourceState.CONNECTING),
+        slot=SimpleNamespace(dropped=0), counters=SimpleNamespace(failed=0))
+
+
+def fake_publisher():
+    from pipeline.publish import PublisherStats
+
+    return SimpleNamespace(stats=PublisherStats(), pending=0)
+
+
+def test_camera_metrics_export_increments_of_the_pipeline_counters():
+    rec, now = MemoryRecorder(), [1000.0]
+    m = pm.CameraMetrics(rec, clock=lambda: now[0])
+    pub = fake_publisher()
+    pub.stats.dropped["a"] = 7  # restored from Redis when the camera resumed: not new drops
+    c = fake_conductor("a", pub)
+    m.track(c)
+    c.source.frames_read, c.source.next_seq, c.source.skipped = 80, 108, 2  # 8 frames yielded
+    c.slot.dropped, c.source.state = 1, SourceState.ONLINE
+    pub.stats.published["a"] = 6
+    m.frame_published("a", 250.0)
+    now[0] += 1.0
+    m.collect({"a": c}, pub)
+    got = rec.counters
+    assert got[("percept_frames_decoded_total", ("camera", "a"))] == 80
+    assert got[("percept_frames_sampled_total", ("camera", "a"))] == 10
+    assert got[("percept_frames_dropped_total", ("camera", "a"), ("reason", "replaced"))] == 1
+    assert got[("percept_frames_dropped_total", ("camera", "a"), ("reason", "skipped"))] == 2
+    assert got[("percept_frames_published_total", ("camera", "a"))] == 6
+    assert ("percept_publisher_dropped_total", ("camera", "a")) not in got
+    assert rec.gauges[("percept_camera_state", ("camera", "a"), ("state", "online"))] == 1
+    assert rec.gauges[("percept_camera_state", ("camera", "a"), ("state", "connecting"))] == 0
+    assert rec.gauges[("percept_camera_lag_seconds", ("camera", "a"))] == pytest.approx(1.25)
+    assert rec.observed[("percept_e2e_latency_ms", ("camera", "a"))] == [250.0]
+    # the next round adds only what happened since; a restarted camera's counters start again at 0
+    c.source.frames_read, pub.stats.published["a"], pub.stats.dropped["a"] = 90, 9, 8
+    m.collect({"a": c}, pub)
+    assert got[("percept_frames_decoded_total", ("camera", "a"))] == 90
+    assert got[("percept_frames_published_total", ("camera", "a"))] == 9
+    assert got[("percept_publisher_dropped_total", ("camera", "a"))] == 1
+    c2 = fake_conductor("a", pub, next_seq=108)
+    m.track(c2)
+    c2.source.frames_read = 5
+    m.collect({"a": c2}, pub)
+    assert got[("percept_frames_decoded_total", ("camera", "a"))] == 95
+    # the camera moved away: this replica shows it in no state
+    m.collect({}, pub)
+    assert all(v == 0 for k, v in rec.gauges.items() if k[0] == "percept_camera_state")
+
+
+def test_no_op_default_records_nothing_and_keeps_no_state():
+    m = pm.NO_METRICS
+    m.frame_published("a", 10.0)
+    m.collect({"a": fake_conductor("a", fake_publisher())}, fake_publisher())
+    assert not m._last_frame_ts and not m._tracked
+
+
+def test_model_metrics_time_each_batch_and_count_failed_items():
+    rec = MemoryRecorder()
+    mm = pm.ModelMetrics("classifier-vehicle", rec)
+    mm.max_batch_size(32)
+    requests = [["crop1", "crop2"], ["crop3"]]
+    for r in requests:
+        mm.arrived(r)
+    with mm.batch(requests, size=3) as batch:
+        batch.results = [[{"type": "cab"}, ValueError("bad crop")], [{"type": "jeep"}]]
+    for r in requests:
+        mm.left(r)
+    tags = ("deployment", "classifier-vehicle")
+    assert rec.observed[("percept_batch_size", tags)] == [3]
+    assert len(rec.observed[("percept_queue_wait_ms", tags)]) == 2
+    assert len(rec.observed[("percept_inference_ms", tags)]) == 1
+    assert rec.counters[("percept_model_errors_total", tags)] == 1
+    assert rec.gauges[("percept_batch_max_size", tags)] == 32
+    with pytest.raises(RuntimeError), mm.batch(requests):
+        raise RuntimeError("model crashed")
+    assert rec.counters[("percept_model_errors_total", tags)] == 3
+    assert not mm._arrived
+
+
+def test_model_metrics_set_their_gauge_again_before_ray_forgets_it():
+    import asyncio
+
+    rec = MemoryRecorder()
+    sets = []
+    rec.set = lambda metric, value, tags: sets.append((metric.name, value))
+    mm = pm.ModelMetrics("detector", rec)
+    mm.max_batch_size(8)
+
+    async def three_more():
+        task = asyncio.create_task(mm.keep_gauges(every_s=0.01))
+        try:
+            while len(sets) < 4:
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+
+    asyncio.run(asyncio.wait_for(three_more(), timeout=10))
+    assert set(sets) == {("percept_batch_max_size", 8.0)}
+
+
+def test_metric_names_are_prefixed_and_unique():
+    names = [m.name for m in pm.ALL_METRICS]
+    assert len(set(names)) == len(names) and all(n.startswith("percept_") for n in names)
+    assert all(m.name.endswith("_total") for m in pm.ALL_METRICS if m.kind == "counter")
+    assert pm.FRAMES_PUBLISHED.scraped == "ray_percept_frames_published_total"
+
+
+# --- percept top through a Redis outage (no Ray: camera rows, and a note for deployments) ---------
+
+@pytest.mark.integration
+def test_top_rides_out_a_redis_restart(tmp_path):
+    import signal
+    import time
+    from pathlib import Path
+
+    from pipeline.config import CameraConfig
+    from pipeline.redis_server import EmbeddedRedis
+    from pipeline.registry import CameraRegistry
+    from pipeline.streams import StreamKeys
+
+    keys = StreamKeys("toptest")
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    client = server.client()
+    CameraRegistry(client, keys).add(CameraConfig(id="gate", url="/videos/gate.mp4", fps=2))
+    client.hset(keys.camera("gate"), mapping={"state": "online", "fps": "2.00", "dropped": "3"})
+    for i, total_ms in enumerate((80, 120, 100)):
+        payload = {"objects": [{"category": "vehicle"}], "latency_ms": {"total": total_ms}}
+        client.xadd(keys.detections("gate"), {"json": json.dumps(payload)}, id=f"{int(time.time() * 1000)}-{i}")
+    out_path, err_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out_path.open("w") as out, err_path.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "top", "--redis", server.url, "--prefix", "toptest",
+                                 "--interval", "0.3", "--duration", "120"], cwd=REPO, stdout=out, stderr=err, text=True)
+    rows = lambda: Path(out_path).read_text().count("\ngate ")
+    try:
+        wait_for(lambda: rows() >= 1, 60, "a camera row")
+        first = next(ln for ln in out_path.read_text().splitlines() if ln.startswith("gate "))
+        assert first.split()[:3] == ["gate", "online", "2.0"] and first.split()[6:8] == ["100", "118"], first
+        server.kill()
+        wait_for(lambda: "(redis unreachable)" in out_path.read_text(), 30, "the screen to say redis is unreachable")
+        server.start()
+        wait_for(lambda: "is back" in err_path.read_text(), 30, "percept top to notice redis is back")
+        after = rows()
+        wait_for(lambda: rows() > after + 1, 30, "camera rows again after the outage")
+        assert proc.poll() is None, "percept top exited during the outage"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+        server.stop()
+    stdout, stderr = out_path.read_text(), err_path.read_text()
+    assert rc == 0 and "Traceback" not in stdout + stderr, stderr
+    assert stderr.count("redis unreachable at redis://127.0.0.1:") == 1, stderr
+    assert "deployments: no Ray metrics endpoint known" in stdout
+    assert "\x1b[" not in stdout  # not a terminal: snapshots one after another, no escapes
+
+
+# --- the dashboard, Prometheus and the compose services agree with the metrics -------------------
+
+def test_dashboard_uses_every_metric_by_its_scraped_name():
+    import re
+
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "percept.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {name for e in exprs for name in re.findall(r"ray_percept_\w+", e)}
+    known = {m.scraped + suffix: m for m in pm.ALL_METRICS
+             for suffix in (("_bucket", "_sum", "_count") if m.kind == "histogram" else ("",))}
+    assert used <= set(known), f"unknown series in the dashboard: {used - set(known)}"
+    assert {known[n].name for n in used} == {m.name for m in pm.ALL_METRICS}, "a metric the dashboard does not show"
+    assert all(e.count("(") == e.count(")") for e in exprs)
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "camera"} <= variables
+
+
+def test_compose_runs_prometheus_on_the_ray_metrics_port_and_grafana_with_the_dashboard():
+    import yaml
+
+    docker = REPO / "docker"
+    services = yaml.safe_load((docker / "compose.yaml").read_text())["services"]
+    ports = {name: {a.split("=", 1)[1].split()[0] for a in services[name]["command"] if a.startswith("--metrics-export-port=")}
+             for name in ("ray-head", "ray-worker")}
+    prom = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    sd = prom["scrape_configs"][0]["dns_sd_configs"][0]
+    assert set(sd["names"]) == {"ray-head", "ray-worker"} and ports == {n: {str(sd["port"])} for n in ports}
+
+    def mounts(service):
+        out = {}
+        for v in services[service]["volumes"]:
+            src, dst = v.split(":")[:2]
+            if src.startswith("."):
+                assert (docker / src).resolve().exists(), f"{service}: {src} does not exist"
+                out[dst] = (docker / src).resolve()
+        return out
+
+    assert mounts("prometheus")["/etc/prometheus/prometheus.yml"] == REPO / "deploy" / "prometheus" / "prometheus.yml"
+    graf = mounts("grafana")
+    provisioning = graf["/etc/grafana/provisioning"]
+    providers = yaml.safe_load((provisioning / "dashboards" / "percept.yml").read_text())["providers"]
+    folder = providers[0]["options"]["path"]
+    assert graf[f"{folder}/percept.json"] == REPO / "deploy" / "grafana" / "percept.json"
+    source = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert source["url"] == "http://prometheus:9090" and "127.0.0.1:9090:9090" in services["prometheus"]["ports"]
+
+
+# --- integration: a graph scraped on Ray's metrics endpoint ----------------------------------------
+
+def scrape(url):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    return [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name.startswith("ray_percept_")]
+
+
+def total(samples, name, **labels):
+    """Sum over replicas of the series named ``name`` whose labels include ``labels`` (None if none)."""
+    values = [v for n, lab, v in samples if n == name and all(lab.get(k) == x for k, x in labels.items())]
+    return sum(values) if values else None
+
+
+@pytest.fixture(scope="module")
+def graph(ray_session, ray_metrics_url, session_redis, models_dir, videos):
+    from ray import serve
+
+    from deployments.graph import build_app
+    from pipeline.config import parse_config
+
+    config = parse_config({
+        "redis": {"url": session_redis.url, "stream_prefix": PREFIX},
+        "cameras": [
+            {"id": LOOPING, "url": str(videos / "traffic.mp4"), "fps": 3, "loop": True},
+            {"id": ONCE, "url": str(videos / "people.mp4"), "fps": 2},  # plays its 20 s once, then stops
+        ],
+        "detector": {"weights": DETECTOR, "num_cpus": 1, "threads": 2, "batch": {"max_size": 4, "wait_ms": 20}},
+        "classifiers": {"vehicle": {"weights": CLASSIFIER, "labels": ["cab", "jeep", "minivan", "pickup"],
+                                    "max_per_frame": 2, "num_cpus": 0.5}},
+        "models_dir": models_dir,
+    }, env={})
+    serve.run(build_app(config), name="percept-mtest", route_prefix="/mtest", logging_config={"enable_access_log": False})
+    client = session_redis.client()
+    wait_for(lambda: client.xlen(f"{PREFIX}:detections:{LOOPING}") >= 5, 180, "the looping camera publishing")
+    yield SimpleNamespace(client=client, url=ray_metrics_url, redis_url=session_redis.url)
+    serve.delete("percept-mtest")
+
+
+CAMERA_SERIES = ("ray_percept_frames_decoded_total", "ray_percept_frames_sampled_total",
+                 "ray_percept_frames_published_total", "ray_percept_e2e_latency_ms_bucket",
+                 "ray_percept_camera_lag_seconds")
+MODEL_SERIES = ("ray_percept_batch_size_bucket", "ray_percept_inference_ms_bucket",
+                "ray_percept_queue_wait_ms_bucket", "ray_percept_batch_max_size")
+
+
+@pytest.mark.integration
+def test_series_exist_with_camera_and_deployment_labels_and_counters_increase(graph):
+    def all_there():
+        s = scrape(graph.url)
+        missing = [n for n in CAMERA_SERIES if total(s, n, camera=LOOPING) is None]
+        missing += [n for n in MODEL_SERIES for dep in ("detector", "classifier-vehicle") if total(s, n, deployment=dep) is None]
+        if total(s, "ray_percept_camera_state", camera=LOOPING, state="online") != 1:
+            missing.append("camera_state online = 1")
+        if total(s, "ray_percept_publisher_buffer_entries") is None:
+            missing.append("publisher buffer")
+        return s if not missing else None
+
+    first = wait_for(all_there, 90, "every named series on Ray's metrics endpoint")
+    assert total(first, "ray_percept_camera_lag_seconds", camera=LOOPING) < 30
+    counters = ("ray_percept_frames_decoded_total", "ray_percept_frames_published_total",
+                "ray_percept_frames_sampled_total")
+    before = {n: total(first, n, camera=LOOPING) for n in counters}
+    batches = total(first, "ray_percept_batch_size_count", deployment="detector")
+    wait_for(lambda: (s := scrape(graph.url)) and all(total(s, n, camera=LOOPING) > before[n] for n in counters)
+             and total(s, "ray_percept_batch_size_count", deployment="detector") > batches,
+             60, "camera and batch counters to increase on the endpoint")
+
+
+@pytest.mark.integration
+def test_model_errors_are_counted(graph):
+    from ray import serve
+
+    from pipeline.models import DetectorInput
+
+    errors_before = total(scrape(graph.url), "ray_percept_model_errors_total", deployment="detector") or 0
+    handle = serve.get_deployment_handle("detector", app_name="percept-mtest")
+    bad = DetectorInput(np.zeros((10, 20, 3), np.uint8), (10, 20))  # not the square letterboxed input
+    try:
+        answer = handle.detect.remote(bad).result(timeout_s=60)
+    except Exception as exc:
+        answer = exc
+    assert isinstance(answer, Exception)
+    wait_for(lambda: (total(scrape(graph.url), "ray_percept_model_errors_total", deployment="detector") or 0)
+             > errors_before, 60, "the detector's error counted on the endpoint")
+
+
+@pytest.mark.integration
+def test_published_counter_equals_the_stream_once_the_camera_stopped(graph):
+    client, stream = graph.client, f"{PREFIX}:detections:{ONCE}"
+    wait_for(lambda: client.hget(f"{PREFIX}:camera:{ONCE}", "state") == b"stopped", 120,
+             f"{ONCE} to play its clip to the end")
+    xlen = client.xlen(stream)
+    assert xlen > 0
+
+    def settled():
+        s = scrape(graph.url)
+        ok = (total(s, "ray_percept_frames_published_total", camera=ONCE) == xlen
+              and total(s, "ray_percept_camera_state", camera=ONCE, state="stopped") == 1)
+        return s if ok else None
+
+    s = wait_for(settled, 60, f"frames_published_total{{camera={ONCE}}} == XLEN {xlen}")
+    assert client.xlen(stream) == xlen  # nothing more after the stop
+    sampled = total(s, "ray_percept_frames_sampled_total", camera=ONCE)
+    dropped = total(s, "ray_percept_frames_dropped_total", camera=ONCE) or 0
+    assert total(s, "ray_percept_frames_decoded_total", camera=ONCE) >= sampled
+    # every sampled frame was published or dropped for a reason (a frame left in the slot at the end)
+    assert abs(sampled - (xlen + dropped)) <= 2, (sampled, xlen, dropped)
+    hist = total(s, "ray_percept_e2e_latency_ms_count", camera=ONCE)
+    assert hist == xlen
+
+
+@pytest.mark.integration
+def test_percept_top_once_shows_cameras_and_deployments(graph):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def top():
+        out = subprocess.run([sys.executable, "-m", "cli", "top", "--once", "--redis", graph.redis_url,
+                              "--prefix", PREFIX], capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+        seen[:] = [out.stdout + out.stderr]
+        rows = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.strip()}
+        ok = (out.returncode == 0 and rows.get(LOOPING, [None])[1:2] == ["online"] and float(rows[LOOPING][2]) > 0
+              and rows.get(ONCE, [None])[1:2] == ["stopped"] and rows.get("detector", [None, None])[1] == "1")
+        return out.stdout if ok else None
+
+    seen: list[str] = []
+    try:
+        screen = wait_for(top, 90, "percept top --once: both cameras with state and fps, the detector's row")
+    finally:
+        print("last percept top --once output:", *seen, sep="\n")
+    print(screen)
+    lines = screen.splitlines()
+    assert lines[1].split()[:3] == ["CAMERA", "STATE", "FPS"]
+    road = next(line for line in lines if line.startswith(LOOPING))
+    p50, p95 = (float(x) for x in road.split()[6:8])
+    assert 0 < p50 <= p95
+    assert any(line.startswith("classifier-vehicle") for line in lines)
+    assert "\x1b[" not in screen  # --once: no escapes, for scripts
