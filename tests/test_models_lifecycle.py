@@ -1,0 +1,225 @@
+"""`percept models export` and `percept models compare`: the shared models and data, nothing
+mocked, every output in tmp (the shared folder is never written: calibration frames and eval
+subsets are linked file by file into tmp, so ultralytics' caches land there too).
+
+The exports are made once per module at imgsz 320 (INT8 calibration takes a minute on two busy
+cores); calibration uses the last 32 images of coco128-val, the comparisons the first 32."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .inprocess import percept
+
+SHARED = Path(os.environ.get("PERCEPT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+MODELS, COCO = SHARED / "models", SHARED / "data" / "coco128-val"
+COCO_PT, CLS_PT = MODELS / "yolo11n-coco.pt", MODELS / "yolov8n-cls-imagenet.pt"
+IMGSZ = 320
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+
+def need(*paths: Path) -> None:
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        pytest.skip(f"shared models/data not found: {', '.join(missing)} (set PERCEPT_SHARED)")
+
+
+def link_images(root: Path, images: list[Path], *, labels: bool) -> Path:
+    """A YOLO folder in tmp whose files are links to the shared ones (``labels`` too if asked)."""
+    (root / "images").mkdir(parents=True)
+    for image in images:
+        (root / "images" / image.name).symlink_to(image)
+        label = COCO / "labels" / f"{image.stem}.txt"
+        if labels and label.exists():
+            (root / "labels").mkdir(exist_ok=True)
+            (root / "labels" / label.name).symlink_to(label)
+    return root
+
+
+def coco_images() -> list[Path]:
+    return sorted((COCO / "images").glob("*.jpg"))
+
+
+def shared_untouched() -> None:
+    assert not list(COCO.glob("*.cache")), "ultralytics wrote a label cache into the shared data"
+    assert not [p.name for p in MODELS.iterdir() if p.name.startswith(("yolo11n-coco_", "yolov8n-cls-imagenet."))
+                and p.suffix != ".pt"], "an export was written into the shared models folder"
+
+
+@pytest.fixture(scope="module")
+def detector_exports(tmp_path_factory):
+    need(COCO_PT, COCO)
+    tmp = tmp_path_factory.mktemp("export")
+    calib = link_images(tmp / "calib", coco_images()[-32:], labels=False) / "images"
+    code, stdout, stderr = percept("models", "export", str(COCO_PT), "--to", "openvino-fp32,openvino-int8",
+                                   "--calib", str(calib), "--out", str(tmp / "out"), "--imgsz", str(IMGSZ),
+                                   "--json", str(tmp / "export.json"))
+    assert code == 0, stderr
+    print(stdout)
+    return json.loads((tmp / "export.json").read_text()), stdout, tmp / "out"
+
+
+@pytest.fixture(scope="module")
+def classifier_export(tmp_path_factory):
+    need(CLS_PT)
+    tmp = tmp_path_factory.mktemp("export-cls")
+    code, stdout, stderr = percept("models", "export", "yolov8n-cls-imagenet.pt", "--to", "onnx", "--task",
+                                   "classify", "--out", str(tmp), "--json", str(tmp / "export.json"))
+    assert code == 0, stderr
+    return json.loads((tmp / "export.json").read_text()), stdout, tmp
+
+
+def _detect(weights: str, image: np.ndarray):
+    from pipeline.backends import load_detector
+    from pipeline.config_models import DetectorConfig
+    from pipeline.models import prepare_frame
+
+    cfg = DetectorConfig(weights=weights, imgsz=IMGSZ, categories={"all": ["*"]})
+    det = load_detector(cfg, models_dir=None, field="detector")
+    [res] = det.detect_batch([prepare_frame(image, IMGSZ)])
+    assert not isinstance(res, Exception), res
+    return det, res
+
+
+def test_detector_exports_load_and_detect(detector_exports):
+    """Both variants load through the service's backends (no card: ultralytics' metadata) and find
+    what the .pt finds: the same top box, label and about the same score."""
+    import cv2
+    import torch
+    from ultralytics.utils.metrics import box_iou
+
+    result, stdout, out = detector_exports
+    variants = {v["format"]: v for v in result["variants"]}
+    assert list(variants) == ["openvino-fp32", "openvino-int8"]
+    assert result["calibration"]["images"] == 32 and result["imgsz"] == IMGSZ
+    fp32, int8 = Path(variants["openvino-fp32"]["path"]), Path(variants["openvino-int8"]["path"])
+    assert fp32 == out / "yolo11n-coco_openvino_model" and int8 == out / "yolo11n-coco_int8_openvino_model"
+    for folder in (fp32, int8):
+        assert (folder / "metadata.yaml").is_file() and len(list(folder.glob("*.xml"))) == 1
+    assert variants["openvino-int8"]["size_mb"] < 0.5 * variants["openvino-fp32"]["size_mb"]  # INT8 weights
+    assert not list(out.glob(".percept-export-*")), "the staging folder was left behind"
+    assert "openvino-int8" in stdout and "yolo11n-coco_int8_openvino_model" in stdout
+    image = cv2.imread(str(COCO / "images" / "000000001584.jpg"))  # a street: a bus, people
+    _, ref = _detect(str(COCO_PT), image)
+    assert len(ref.labels) >= 2
+    top = int(np.argmax(ref.scores))
+    for folder in (fp32, int8):
+        det, res = _detect(str(folder), image)
+        assert type(det).__module__.endswith("openvino_detector") and det.name == folder.name
+        assert res.labels and len(res.labels) >= len(ref.labels) - 2
+        iou = box_iou(torch.from_numpy(ref.xyxy[top:top + 1]), torch.from_numpy(res.xyxy)).numpy()[0]
+        best = int(np.argmax(iou))
+        assert iou[best] > 0.8 and res.labels[best] == ref.labels[top], (folder.name, res.labels, ref.labels)
+        assert abs(float(res.scores[best]) - float(ref.scores[top])) < 0.1
+    shared_untouched()
+
+
+def test_classifier_export_to_onnx_loads_and_classifies(classifier_export):
+    import cv2
+    from ultralytics.utils import ASSETS
+
+    from pipeline.backends import load_classifier
+    from pipeline.config_models import ClassifierConfig
+    from pipeline.models import prepare_crop
+
+    result, _, out = classifier_export
+    [variant] = result["variants"]
+    onnx = out / "yolov8n-cls-imagenet.onnx"
+    assert variant["format"] == "onnx" and Path(variant["path"]) == onnx and onnx.is_file()
+    assert result["task"] == "classify" and result["imgsz"] == 224 and variant["backend"] == "ultralytics"
+    bus = cv2.imread(str(ASSETS / "bus.jpg"))[200:900]
+    answers = []
+    for weights in (CLS_PT, onnx):
+        clf = load_classifier(ClassifierConfig(weights=str(weights)), models_dir=None, field="classifier")
+        crop = prepare_crop(bus, (0, 0, bus.shape[1], bus.shape[0]), clf.crop_size, context=1.0)
+        [res] = clf.classify_batch([crop])
+        assert not isinstance(res, Exception), res
+        answers.append(res["type"])
+    assert answers[1]["label"] == answers[0]["label"] and abs(answers[1]["score"] - answers[0]["score"]) < 0.02
+    shared_untouched()
+
+
+def test_compare_prints_table_and_json(detector_exports, tmp_path):
+    _, _, out = detector_exports
+    data = link_images(tmp_path / "coco32", coco_images()[:32], labels=True)
+    variants = [str(COCO_PT), str(out / "yolo11n-coco_openvino_model"), str(out / "yolo11n-coco_int8_openvino_model")]
+    code, stdout, stderr = percept("models", "compare", *variants, "--data", str(data), "--imgsz", str(IMGSZ),
+                                   "--batches", "1,4", "--timing-images", "8", "--repeat", "1",
+                                   "--json", str(tmp_path / "compare.json"), "--markdown")
+    assert code == 0, stderr
+    print(stdout)
+    result = json.loads((tmp_path / "compare.json").read_text())
+    assert result["task"] == "detect" and result["images"] == 32 and result["batches"] == [1, 4]
+    rows = {Path(r["weights"].rstrip("/")).name: r for r in result["variants"]}
+    assert list(rows) == ["yolo11n-coco.pt", "yolo11n-coco_openvino_model", "yolo11n-coco_int8_openvino_model"]
+    for name, row in rows.items():
+        for key in ("map50_95", "map50", "ms_b1", "ms_best", "best_batch", "size_mb", "backend", "imgsz"):
+            assert row[key] is not None, (name, key)
+        assert set(row["ms_per_image"]) == {"1", "4"} and row["ms_best"] == min(row["ms_per_image"].values())
+        assert 0.2 < row["map50_95"] < row["map50"] < 1 and row["imgsz"] == IMGSZ and row["eval"]["images"] == 32
+        assert sum(line.startswith(name + " ") for line in stdout.splitlines()) == 1  # its row in the table
+        assert f"| `{name}` |" in stdout  # and in the Markdown one
+    pt, fp32, int8 = rows.values()
+    assert pt["backend"] == "ultralytics" and fp32["backend"] == int8["backend"] == "openvino"
+    assert abs(fp32["map50_95"] - pt["map50_95"]) < 0.02  # the same network
+    assert abs(int8["map50_95"] - fp32["map50_95"]) < 0.05  # quantised, calibrated on other images
+    assert int8["size_mb"] < fp32["size_mb"]
+    assert "mAP50-95" in stdout and "ms/img b1" in stdout
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """Each case names --out in tmp: a check that slipped would write there, never beside the shared weights."""
+    (tmp / "empty").mkdir()
+    (tmp / "notes").mkdir()
+    (tmp / "notes" / "readme.txt").write_text("no images here\n")
+    export = ["models", "export", str(COCO_PT), "--out", str(tmp / "out")]
+    return {
+        "unknown format": (export + ["--to", "openvino-int4"], "unknown format 'openvino-int4'"),
+        "calibration folder without images": (export + ["--to", "openvino-int8", "--calib", str(tmp / "notes")],
+                                              "no images in"),
+        "INT8 without calibration": (export + ["--to", "openvino-int8"], "--calib"),
+        "weights of another task": (["models", "export", str(CLS_PT), "--to", "onnx", "--task", "detect",
+                                     "--out", str(tmp / "out")], "is a classify model, not a detect model"),
+        "missing weights": (["models", "export", str(tmp / "nope.pt"), "--to", "onnx", "--out", str(tmp / "out")],
+                            "nope.pt' does not exist"),
+        "not a .pt": (["models", "export", str(COCO / "images" / "000000001584.jpg"), "--to", "onnx",
+                       "--out", str(tmp / "out")], "starts from an ultralytics .pt"),
+        "compare: missing variant": (["models", "compare", str(tmp / "gone_openvino_model"), "--data", str(COCO)],
+                                     f"variant {str(tmp / 'gone_openvino_model')!r} does not exist"),
+        "compare: no images": (["models", "compare", str(COCO_PT), "--data", str(tmp / "empty")], "no images found"),
+        "compare: a classifier as detector": (["models", "compare", str(CLS_PT), "--data", str(COCO),
+                                               "--timing-images", "1"],
+                                              "is a classify model; without --labels, compare measures detectors"),
+    }
+
+
+@pytest.mark.parametrize("case", ["unknown format", "calibration folder without images", "INT8 without calibration",
+                                  "weights of another task", "missing weights", "not a .pt",
+                                  "compare: missing variant", "compare: no images",
+                                  "compare: a classifier as detector"])
+def test_bad_input_exits_2(tmp_path, case):
+    need(COCO_PT, CLS_PT, COCO)
+    argv, words = _bad_inputs(tmp_path)[case]
+    code, stdout, stderr = percept(*argv)
+    assert code == 2, (stdout, stderr)
+    assert words in stderr and stderr.splitlines()[-1].startswith(f"percept: models {argv[1]}:"), stderr
+    assert stdout == ""
+    assert not (tmp_path / "out").exists(), "nothing is written when the input is bad"
+
+
+def test_tensorrt_needs_a_gpu(tmp_path):
+    import torch
+
+    need(COCO_PT)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: TensorRT export is allowed here")
+    code, stdout, stderr = percept("models", "export", str(COCO_PT), "--to", "openvino-fp32,tensorrt-fp16",
+                                   "--out", str(tmp_path / "out"))
+    assert code == 2 and "tensorrt-fp16: needs a GPU" in stderr and stdout == ""
+    assert not (tmp_path / "out").exists()
