@@ -16,14 +16,61 @@ from ray.serve.handle import DeploymentHandle
 from pipeline.assignment import CameraSupervisor
 from pipeline.conductor import ClassifierRoute, open_camera
 from pipeline.config import CameraConfig, PerceptConfig
+from pipeline.backends.crops import crop_spec
+from pipeline.metrics import CameraMetrics
 from pipeline.models import DetectorInput, model_name
+from pipeline.schema import Detections
 from pipeline.publish import Publisher
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys, redis_from_config
+from pipeline.view import ViewHub
 
 from .logs import route_percept_logs
+from .metrics import RayRecorder, decoder_metrics
 
 log = logging.getLogger("percept.decoder")
+
+
+def merged_detect(handles: list[DeploymentHandle]):
+    """Every frame to every detector at once; their objects merged in config order. A frame goes
+    on only when all have answered (a failed detector fails the frame, which is retried once)."""
+    async def detect(inp: DetectorInput):
+        if len(handles) == 1:
+            return await handles[0].detect.remote(inp)
+        answers = await asyncio.gather(*(h.detect.remote(inp) for h in handles))
+        failed = next((a for a in answers if isinstance(a, Exception)), None)
+        return failed if failed is not None else Detections.concat(answers)
+
+    return detect
+
+
+def classifier_routes(cfg: PerceptConfig, handles: dict[str, DeploymentHandle]) -> dict[str, list[ClassifierRoute]]:
+    """Per category, its classifiers' routes: the handle, and the crop size, context and minimum
+    box from each model's card (read here, the network itself is loaded by the classifier)."""
+    routes: dict[str, list[ClassifierRoute]] = {}
+    for section in cfg.classifier_sections():
+        handle = handles[section.deployment]
+        size, context, minimum = crop_spec(section.cfg, models_dir=cfg.models_dir)
+
+        async def classify(crops, handle=handle):
+            return await handle.classify.remote(crops)
+
+        routes.setdefault(section.category, []).append(ClassifierRoute(
+            classify, section.cfg, name=section.deployment, crop_size=size, crop_context=context, min_size=minimum))
+    return routes
+
+
+def models_published(cfg: PerceptConfig) -> dict[str, Any]:
+    """The ``model`` of every message: the detector's weights (all of them under ``detectors``
+    when there are several) and each category's classifier (a list when it has several)."""
+    models: dict[str, Any] = {"detector": model_name(cfg.detector)}
+    if len(cfg.all_detectors) > 1:
+        models["detectors"] = [model_name(d) for d in cfg.all_detectors]
+    models["classifiers"] = {
+        cat: model_name(entries[0]) if len(entries) == 1 else [model_name(c) for c in entries]
+        for cat, entries in cfg.classifiers.items()
+    }
+    return models
 
 
 @serve.deployment(name="decoder")
@@ -31,7 +78,7 @@ class DecoderDeployment:
     async def __init__(
         self,
         config: dict[str, Any],
-        detector: DeploymentHandle,
+        detectors: dict[str, DeploymentHandle],
         classifiers: dict[str, DeploymentHandle],
     ):
         route_percept_logs()
@@ -51,19 +98,13 @@ class DecoderDeployment:
             max_buffer_entries=cfg.redis.buffer.max_entries,
             max_buffer_bytes=cfg.redis.buffer.max_bytes,
         ).start()
+        self.metrics = CameraMetrics(RayRecorder())  # Prometheus, on Ray's metrics endpoint
+        # the live view (pipeline/view.py): JPEGs only while someone watches; blur models load here
+        self.views = await asyncio.to_thread(ViewHub.from_config, cfg, client, self.keys)
 
-        async def detect(inp: DetectorInput):
-            return await detector.detect.remote(inp)
-
-        self._detect = detect
-        self._routes = {
-            cat: ClassifierRoute(classify=self._classify_fn(handle), cfg=cfg.classifiers[cat])
-            for cat, handle in classifiers.items()
-        }
-        self._models = {
-            "detector": model_name(cfg.detector),
-            "classifiers": {cat: model_name(c) for cat, c in cfg.classifiers.items()},
-        }
+        self._detect = merged_detect(list(detectors.values()))
+        self._routes = await asyncio.to_thread(classifier_routes, cfg, classifiers)
+        self._models = models_published(cfg)
         registry = CameraRegistry(client, self.keys)
         await asyncio.to_thread(registry.seed, cfg.cameras)
         # Every round reads the registry: URLs get their ${VAR} from this replica's environment;
@@ -79,23 +120,22 @@ class DecoderDeployment:
             publisher=self.publisher,  # fenced: a camera's writes land only while its lease is ours
         )
         self._task = asyncio.get_running_loop().create_task(self.supervisor.run())
-
-    @staticmethod
-    def _classify_fn(handle: DeploymentHandle):
-        async def classify(crop):
-            return await handle.classify.remote(crop)
-
-        return classify
+        self._metrics_task = asyncio.get_running_loop().create_task(decoder_metrics(
+            self.metrics, self.supervisor, self.publisher, client, cfg.redis.stream_prefix))
 
     async def _start_camera(self, camera: CameraConfig):
-        return await open_camera(
+        conductor = await open_camera(
             camera,
             config=self.config,
             publisher=self.publisher,
             detect=self._detect,
             classifiers=self._routes,
             models=self._models,
+            metrics=self.metrics,
+            view=self.views.camera(camera.id) if self.views is not None else None,
         )
+        self.metrics.track(conductor)  # its counters count from here (deployments/metrics.py exports them)
+        return conductor
 
     async def status(self) -> dict[str, Any]:
         out = self.supervisor.status()
@@ -111,9 +151,12 @@ class DecoderDeployment:
             raise RuntimeError(f"camera supervisor stopped: {self._task.exception() if not self._task.cancelled() else 'cancelled'}")
 
     async def __del__(self) -> None:
+        self._metrics_task.cancel()
         await self.supervisor.stop()
         try:
             await asyncio.wait_for(self._task, timeout=20)
         except Exception:
             pass
         self.publisher.close(timeout=5)
+        if self.views is not None:
+            self.views.close()

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from .capture import open_capture, probe_fps
 from .classify import (
@@ -26,6 +26,7 @@ from .classify import CropClassification
 from .config import CameraConfig, PerceptConfig
 from .events import Event, EventEngine, events_json
 from .geometry import GeometryError
+from .metrics import NO_METRICS, CameraMetrics
 from .models import DetectorInput, prepare_frame
 from .publish import Publisher
 from .redact import redact_url
@@ -38,6 +39,7 @@ from .sources import (
     VideoSource,
     is_file_url,
 )
+from .track_state import TrackSnapshots, open_tracking
 from .tracking import ObjectTracker
 
 log = logging.getLogger("percept.conductor")
@@ -68,7 +70,7 @@ class CameraConductor:
         source: VideoSource,
         *,
         detect: DetectFn,
-        classifiers: Mapping[str, ClassifierRoute],
+        classifiers: Mapping[str, ClassifierRoute | Sequence[ClassifierRoute]],
         publisher: Publisher,
         imgsz: int,
         models: Mapping[str, Any],
@@ -81,6 +83,9 @@ class CameraConductor:
         tracker: ObjectTracker | None = None,
         slot: LatestFrameSlot | None = None,
         events: EventEngine | None = None,
+        track_state: TrackSnapshots | None = None,
+        metrics: CameraMetrics | None = None,
+        view: Any = None,
     ):
         self.camera = camera
         self.source = source
@@ -96,8 +101,11 @@ class CameraConductor:
         self.counters = counters or CameraCounters()
         self.tracker = tracker
         self.events = events  # track, zone and line events (needs the tracker)
+        self.track_state = track_state  # snapshots of both, so the camera's next owner continues its tracks
+        self.metrics = metrics or NO_METRICS  # e2e latency and lag per published frame
+        self.view = view  # pipeline.view.CameraView: offered each published frame (draws only when watched)
         self._last_seq: int | None = None  # the newest published frame's seq
-        self._alive: dict[int, set[int]] = {}  # seq → track ids the tracker held after that frame
+        self._alive: dict[int, tuple[set[int], dict]] = {}  # seq → the tracker's ids and origins after that frame
         self._tracked_frames = 0
         self.classification = CropClassification(
             camera.id, classifiers, timeout_s=classify_timeout_s,
@@ -216,6 +224,8 @@ class CameraConductor:
                     total = (time.time() - frame.meta.frame_ts) * 1000
                     result = FrameResult(result.meta, result.objects, result.models, {**result.latency_ms, "total": total})
                     self._publish(result)
+                    if self.view is not None:
+                        self.view.offer(frame.image, result, self.camera)
                     self.counters.processed += 1
                     self._fps_window.append(time.monotonic())
             finally:
@@ -235,13 +245,16 @@ class CameraConductor:
         events: list[Event] = []
         if self.events is not None:
             try:
-                events = self.events.update(result, self._alive.pop(result.meta.seq, None))
+                events = self.events.update(result, *self._alive.pop(result.meta.seq, (None, None)))
             except GeometryError as exc:  # a pixel zone outside the frame: the camera cannot run
                 self.publisher.camera_state(self.camera.id, "failed", error=str(exc))
                 self._stopped.set()
                 self._frame_ready.set()
         counts = self.events.take_counts() if self.events is not None else None
         self.publisher.publish(result, events_json(events), counts)
+        if self.track_state is not None and self.events is not None:
+            self.track_state.published(result.meta, self.events)  # queued after the frame it describes
+        self.metrics.frame_published(self.camera.id, result.latency_ms.get("total", 0.0))
         self._last_seq = result.meta.seq
 
     def _close_tracks(self) -> None:
@@ -251,6 +264,8 @@ class CameraConductor:
         now = time.time()
         events = self.events.close(self._last_seq, now)
         self.publisher.publish_events(self.camera.id, now, events_json(events), self.events.take_counts())
+        if self.track_state is not None:
+            self.track_state.closed(self._last_seq)  # ended here: the next owner starts afresh
 
     def _place_freed(self, seq: int) -> None:
         taken = self._taken_at.pop(seq, None)
@@ -270,10 +285,12 @@ class CameraConductor:
             if previous is not None:
                 await previous.tracked.wait()
             try:
-                detections = self.tracker.update(detections, (meta.height, meta.width))
+                detections = self.tracker.update(detections, (meta.height, meta.width), ts=self.tracker.time_of(meta))
                 self._tracked_frames += 1
                 if self.events is not None:
-                    self._alive[meta.seq] = self.tracker.alive_ids()
+                    self._alive[meta.seq] = (self.tracker.alive_ids(), self.tracker.origins)
+                if self.track_state is not None:
+                    self.track_state.tracked(meta.seq, self.tracker)
             finally:
                 mine.tracked.set()
         t1 = time.perf_counter()
@@ -350,8 +367,10 @@ async def open_camera(
     config: PerceptConfig,
     publisher: Publisher,
     detect: DetectFn,
-    classifiers: Mapping[str, ClassifierRoute],
+    classifiers: Mapping[str, ClassifierRoute | Sequence[ClassifierRoute]],
     models: Mapping[str, Any],
+    metrics: CameraMetrics | None = None,
+    view: Any = None,
 ) -> CameraConductor:
     """The factory: continues ``seq`` after the last published frame, opens nothing yet (the
     reader thread connects), and wires status events to the camera hash and status stream."""
@@ -377,8 +396,12 @@ async def open_camera(
         seq_start=seq_start,
         on_status=on_status,
         wants_frame=slot.wants_frame,
+        wait_for_demand=slot.wait_for_demand if camera.backpressure == "wait" else None,
     )
     on_status(StatusEvent(camera.id, SourceState.CONNECTING, None, None, time.time()))
+    # the open tracks a previous owner of the camera left, if any, continue
+    tracker, events, track_state = await asyncio.to_thread(
+        open_tracking, publisher, camera, config.tracker, track_id_max=counters["track_id_max"], is_file=is_file)
     return CameraConductor(
         camera,
         source,
@@ -392,7 +415,10 @@ async def open_camera(
         classify_timeout_s=config.decoder.classify_timeout_s,
         counters=CameraCounters(dropped_before=counters["dropped"], processed=counters["processed"],
                                 classify_failed=counters.get("classify_failed", 0)),
-        tracker=ObjectTracker(config.tracker, id_offset=counters["track_id_max"]) if config.tracker.enabled else None,
-        events=EventEngine.for_camera(camera, track_buffer=config.tracker.track_buffer) if config.tracker.enabled else None,
+        tracker=tracker,
+        events=events,
+        track_state=track_state,
         slot=slot,
+        metrics=metrics,
+        view=view,
     )

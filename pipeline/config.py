@@ -23,24 +23,18 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from .config_errors import CONFIG_ERROR_EXIT_CODE, ConfigError, format_validation_error  # noqa: F401 (API)
+from .config_errors import CONFIG_ERROR_EXIT_CODE, ConfigError, error_at, format_validation_error  # noqa: F401 (API)
+from .config_models import (  # noqa: F401 (the config's API)
+    DEFAULT_CATEGORIES, AutoscaleConfig, BatchConfig, ClassifierConfig, DetectorConfig, ModelSection, ModelServerConfig,
+    Strict, classifier_sections, detector_sections, duplicate_names,
+)
+from .config_view import PrivacyConfig, ViewConfig
 from .geometry import LINES_HELP, ZONES_HELP, Anchor, Lines, Zones, check_units
 
 ENV_MODELS_DIR = "PERCEPT_MODELS_DIR"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-DEFAULT_CATEGORIES: dict[str, list[str]] = {
-    "vehicle": ["car", "truck", "bus", "motorcycle", "bicycle"],
-    "pedestrian": ["person"],
-    "sign": ["stop sign", "traffic light"],
-}
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
 
 class OutageBufferConfig(Strict):
     max_entries: int = Field(10_000, ge=1, description="results kept while Redis is unreachable")
@@ -78,6 +72,9 @@ class CameraConfig(Strict):
     read_timeout_s: float = Field(2.0, gt=0, le=120)
     watchdog_s: float = Field(10.0, gt=0, le=600, description="no frame for this long: reconnect")
     max_inflight: int | None = Field(None, ge=1, le=64, description="default: decoder.max_inflight")
+    backpressure: Literal["latest", "wait"] = Field(
+        "latest", description="latest: the newest frame goes on, older ones are dropped (live cameras); "
+        "wait: files only, the reader waits for the pipeline so no sampled frame is dropped")
     zones: Zones = Field(default_factory=dict, description=ZONES_HELP)
     lines: Lines = Field(default_factory=dict, description=LINES_HELP)
     anchor: Anchor = Field("bottom_center", description="the point of a box that zones and lines test")
@@ -85,107 +82,30 @@ class CameraConfig(Strict):
     @model_validator(mode="after")
     def _one_unit(self) -> "CameraConfig":
         check_units(self.zones, self.lines)  # all pixels or all 0..1; the error names the zone/line
+        if self.backpressure == "wait" and "://" in self.url and not self.url.startswith("file://"):
+            raise error_at(("backpressure",), "wait is for files; a live camera cannot be paused (use latest)")
         return self
-
-
-class BatchConfig(Strict):
-    max_size: int = Field(8, ge=1, le=256)
-    wait_ms: float = Field(20.0, ge=0, le=10_000)
-
-
-class AutoscaleConfig(Strict):
-    """Replicas scale on what users feel: how old frames are when they reach the model."""
-
-    min: int = Field(1, ge=0)
-    max: int = Field(4, ge=1)
-    target_lag_s: float = Field(0.5, gt=0, description="frame age at the model (capture → batch) to hold")
-    target_waiting: float = Field(16.0, gt=0, description="frames waiting per replica to hold")
-    target_ongoing_requests: float = Field(8.0, gt=0, description="Serve's own signal, used as a floor")
-    upscale_delay_s: float = Field(5.0, ge=0)
-    downscale_delay_s: float = Field(30.0, ge=0)
-
-    @model_validator(mode="after")
-    def _order(self) -> "AutoscaleConfig":
-        if self.max < self.min:
-            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
-        return self
-
-
-class ModelServerConfig(Strict):
-    """What the detector and every classifier share: weights, device and how Serve runs them."""
-
-    weights: str = Field(min_length=1, description="path, file in PERCEPT_MODELS_DIR or ultralytics name")
-    imgsz: int = Field(640, ge=32, le=4096)
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps|\d+)$")
-    half: bool | None = Field(None, description="FP16; default: on for CUDA")
-    threads: int | None = Field(None, ge=1, le=256, description="torch CPU threads per replica")
-    batch: BatchConfig = BatchConfig()
-    replicas: int | AutoscaleConfig = Field(1, description="a count, or {min, max} to autoscale")
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float | Literal["auto"] = Field(
-        "auto", description="per replica; auto: with GPUs, the detector and the classifiers on auto share one "
-        "(detector 0.5, the classifiers the rest), without GPUs 0")
-    resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per replica (node placement)")
-
-    @field_validator("replicas")
-    @classmethod
-    def _replicas(cls, v: int | AutoscaleConfig) -> int | AutoscaleConfig:
-        if isinstance(v, int) and v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
-
-    @field_validator("num_gpus")
-    @classmethod
-    def _gpus(cls, v: float | str) -> float | str:
-        if not isinstance(v, str) and v < 0:
-            raise ValueError(f"must be >= 0 or 'auto', got {v}")
-        if not isinstance(v, str) and v > 1 and v != int(v):
-            raise ValueError(f"above 1 GPU Ray takes whole GPUs only (a fraction of one GPU up to 1), got {v}")
-        return v
-
-
-class DetectorConfig(ModelServerConfig):
-    weights: str = "yolo11n.pt"
-    conf: float = Field(0.25, ge=0, le=1)
-    iou: float = Field(0.7, ge=0, le=1)
-    max_det: int = Field(300, ge=1)
-    categories: dict[str, list[str]] = Field(default_factory=lambda: dict(DEFAULT_CATEGORIES))
-
-    @field_validator("categories")
-    @classmethod
-    def _categories(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        seen: dict[str, str] = {}
-        for category, labels in v.items():
-            if not re.match(r"^[A-Za-z0-9_-]+$", category):
-                raise ValueError(f"category name {category!r} must match [A-Za-z0-9_-]+")
-            for label in labels:
-                if label in seen:
-                    raise ValueError(f"label {label!r} is in both {seen[label]!r} and {category!r}")
-                seen[label] = category
-        return v
-
-
-class ClassifierConfig(ModelServerConfig):
-    imgsz: int = Field(224, ge=32, le=1024)
-    labels: list[str] | None = Field(None, description="restrict the answer to these model labels")
-    min_box: int = Field(16, ge=1, description="skip boxes whose shorter side is below this (pixels)")
-    max_per_frame: int = Field(32, ge=1, description="classify at most this many objects per frame")
-    reclassify_every: int = Field(
-        15, ge=0, description="with tracking: classify a track again after this many frames (0: once per track)"
-    )
-    num_cpus: float = Field(0.25, ge=0)
-    batch: BatchConfig = BatchConfig(max_size=32, wait_ms=10)
 
 
 class TrackerConfig(Strict):
-    """ByteTrack (ultralytics) per camera: fills track_id; classifiers then run once per track."""
+    """ByteTrack (ultralytics) per camera: fills track_id; classifiers then run once per track.
+    Matching follows the sampling rate, so tracks hold at a few fps (pipeline/tracking.py)."""
 
     enabled: bool = True
     track_high_thresh: float = Field(0.25, ge=0, le=1)
     track_low_thresh: float = Field(0.1, ge=0, le=1)
     new_track_thresh: float = Field(0.25, ge=0, le=1)
-    track_buffer: int = Field(30, ge=1, le=10_000, description="frames a lost track is kept")
-    match_thresh: float = Field(0.8, ge=0, le=1)
+    track_buffer: int = Field(30, ge=1, le=10_000, description="usual frame intervals a lost track is kept (7.5 s at 4 fps)")
+    match_thresh: float = Field(0.9, ge=0, le=1, description="a detection continues a track when 1 - IoU of their grown boxes is below this")
+    match_buffer: float = Field(
+        1.2, ge=0, le=10, description="boxes grow by this fraction of their size per second between frames before they "
+        "are matched (0.3 at 4 fps, 0.05 at 24 fps), so an object that moved more than its size still meets its track; 0: plain IoU")
+    fuse_score: bool = Field(False, description="weigh matches by the detection score (ultralytics' default); off: a faint "
+                             "detection continues its track as well")
+    merge_iou: float = Field(0.7, ge=0, le=1, description="detections of one category overlapping more than this are one "
+                             "object (NMS is per label: a car is sometimes also a truck) and share its track id; 1: off")
+    snapshot_every: int = Field(20, ge=0, le=100_000, description="frames between snapshots of the open tracks to Redis, "
+                                "from which the camera's next owner continues them; 0: never")
 
 
 class DecoderConfig(Strict):
@@ -220,12 +140,52 @@ class PerceptConfig(Strict):
     http: HttpConfig = HttpConfig()
     security: SecurityConfig = SecurityConfig()
     cameras: list[CameraConfig] = Field(default_factory=list)
-    detector: DetectorConfig = DetectorConfig()
-    classifiers: dict[str, ClassifierConfig] = Field(default_factory=dict)
+    detector: DetectorConfig = Field(DetectorConfig(), description="the detector (the first of detectors when that is given)")
+    detectors: list[DetectorConfig] | None = Field(
+        None, min_length=1, description="several detectors, each its own deployment; their objects are merged")
+    classifiers: dict[str, list[ClassifierConfig]] = Field(
+        default_factory=dict, description="per category: one classifier (a mapping) or several (a list)")
     tracker: TrackerConfig = TrackerConfig()
     decoder: DecoderConfig = DecoderConfig()
     models_dir: str | None = Field(None, description="where weights are looked up; env PERCEPT_MODELS_DIR")
     state_dir: str = Field(".percept", description="private redis-server data and other state")
+    view: ViewConfig = ViewConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+
+    _single: frozenset[str] = PrivateAttr(frozenset())  # categories written as one mapping (error paths)
+
+    @field_validator("classifiers", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {k: [c] if isinstance(c, Mapping) else c for k, c in v.items()}
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _detector_or_detectors(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("detectors") and data.get("detector") is not None:
+            first = data["detectors"][0]
+            if first != data["detector"]:
+                raise ValueError("detector and detectors: give one of them (detectors: [...] for several)")
+        return data
+
+    def model_post_init(self, context: Any) -> None:
+        if self.detectors:
+            object.__setattr__(self, "detector", self.detectors[0])
+
+    @property
+    def all_detectors(self) -> list[DetectorConfig]:
+        return list(self.detectors) if self.detectors else [self.detector]
+
+    def detector_sections(self) -> list[ModelSection]:
+        return detector_sections(self.all_detectors, listed=bool(self.detectors))
+
+    def classifier_sections(self) -> list[ModelSection]:
+        return classifier_sections(self.classifiers, single=set(self._single))
+
+    def categories(self) -> set[str]:
+        return {c for det in self.all_detectors for c in det.categories}
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "PerceptConfig":
@@ -239,12 +199,11 @@ class PerceptConfig(Strict):
                 inline = inline_password_error(cam, f"cameras[{i}].url")
                 if inline:
                     errors.append(inline)
+        categories = self.categories()
         for category in self.classifiers:
-            if category not in self.detector.categories:
-                errors.append(
-                    f"classifiers.{category}: no such category; detector.categories has "
-                    f"{sorted(self.detector.categories)}"
-                )
+            if category not in categories:
+                errors.append(f"classifiers.{category}: no such category; the detectors' categories are {sorted(categories)}")
+        errors += duplicate_names(self.detector_sections() + self.classifier_sections())
         if errors:
             raise ValueError("\n".join(errors))
         return self
@@ -361,10 +320,16 @@ def parse_config(
         raise ConfigError(errors, source)
     if data.get("models_dir") is None and env.get(ENV_MODELS_DIR):
         data["models_dir"] = env[ENV_MODELS_DIR]
+    classifiers = data.get("classifiers")
+    single = {k for k, v in classifiers.items() if isinstance(v, Mapping)} if isinstance(classifiers, Mapping) else set()
     try:
         config = PerceptConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc), source) from None
+        lines = format_validation_error(exc)
+        for k in single:  # a category written as one mapping: its errors at classifiers.<k>.field
+            lines = [line.replace(f"classifiers.{k}[0]", f"classifiers.{k}") for line in lines]
+        raise ConfigError(lines, source) from None
+    config._single = frozenset(single)
     if base_dir is not None:
         config = _resolve_relative_paths(config, base_dir, env)
     return config

@@ -250,10 +250,13 @@ class EventEngine:
         events.append(event)
         self.counts.update(event.count_keys())
 
-    def update(self, result: FrameResult, alive: "set[int] | None" = None) -> list[Event]:
+    def update(self, result: FrameResult, alive: "set[int] | None" = None,
+               origins: "Mapping[int, Sequence[float]] | None" = None) -> list[Event]:
         """Events of one frame. ``alive``: the ids the tracker still holds after this frame
         (tracked or lost); a track ends when the tracker dropped it, so a track it brings back
-        is never ended first. Without it, a track ends after ``track_buffer`` frames unseen."""
+        is never ended first. Without it, a track ends after ``track_buffer`` frames unseen.
+        ``origins``: track id → the box where the tracker first saw a track it confirms now (a
+        line crossed between those two sightings counts)."""
         meta, dets = result.meta, result.objects
         if meta.camera != self.camera:
             raise ValueError(f"EventEngine({self.camera!r}) got a frame of camera {meta.camera!r}")
@@ -276,8 +279,10 @@ class EventEngine:
         anchors = np.round(geo.anchors(boxes).reshape(-1, 2), 1)
         centres = np.round(np.stack([boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]], axis=1) / 2, 1)
         inside = {name: points_in_polygon(anchors, poly) for name, poly in geo.zones.items()}
+        first = {t: np.round(geo.anchors(np.round(np.asarray(origins[t], np.float64), 1).reshape(1, 4)), 1).reshape(2)
+                 for t in order if t not in self._tracks and origins and t in origins}
         prev = np.array([self._tracks[t].anchor if t in self._tracks and self._tracks[t].anchor is not None
-                         else anchors[k] for k, t in enumerate(order)])
+                         else first.get(t, anchors[k]) for k, t in enumerate(order)])
         crossing = {name: line_crossings(prev, anchors, seg) for name, seg in geo.lines.items()}
         for k, (tid, box, anchor, centre) in enumerate(zip(order, boxes.tolist(), anchors.tolist(), centres.tolist())):
             zones_in = [name for name, mask in inside.items() if mask[k]]

@@ -43,6 +43,18 @@ class StreamKeys:
     def counts(self, camera: str) -> str:
         return f"{self.prefix}:counts:{camera}"
 
+    def trackstate(self, camera: str) -> str:
+        """Hash: the camera's last snapshot of open tracks (`pipeline/track_state.py`)."""
+        return f"{self.prefix}:trackstate:{camera}"
+
+    def view_want(self, camera: str) -> str:
+        """Set (short TTL) while someone watches the camera's live view (`pipeline/view.py`)."""
+        return f"{self.prefix}:view:want:{camera}"
+
+    def view_jpeg(self, camera: str) -> str:
+        """The camera's latest annotated JPEG, written only while it is watched (short TTL)."""
+        return f"{self.prefix}:view:jpeg:{camera}"
+
 
 def connect_redis(
     url: str, *, password: str | None = None, username: str | None = None, ca_file: str | None = None, **kwargs: Any

@@ -4,28 +4,84 @@ Tracking is stateful, so it lives with the camera in the decoder, not in the sta
 detector. It fills ``track_id`` and lets classifiers run once per track (again every
 ``reclassify_every`` frames) instead of on every object of every frame — the DeepStream way of
 keeping secondary classifiers cheap. All per-track state is bounded: tracks not seen for
-``track_buffer`` frames are forgotten.
+``track_buffer`` frame intervals are forgotten.
+
+ByteTrack as shipped matches a track to a detection by the IoU of its predicted box, weighed by
+the detection's score. That holds at 25 fps; at the few fps a camera is usually sampled at, a car
+moves more than its own width between frames and never matches again (46 % of the cars of
+traffic.mp4 carried an id at 4 fps, tests/test_tracking.py). So here (pipeline/bytetrack.py):
+
+- boxes are matched by **buffered IoU**: both are grown by ``match_buffer`` of their size per
+  second since the previous frame, so the tolerance follows the sampling rate (0.3 at 4 fps,
+  0.05 at 24 fps), and a new track is confirmed on its second frame with the same rule;
+- the score does not weigh the match unless ``fuse_score`` (a faint car still continues its track);
+- the Kalman filter steps by the **real time** between frames, in units of the usual interval
+  (a frame dropped under backpressure is a step of two), its velocity noise grows with that
+  interval (ultralytics' is meant for 30 fps: at 4 fps a car moves 7.5 times as far per frame),
+  and a lost track expires after ``track_buffer`` such intervals of time, not frames processed;
+- detections of one category overlapping more than ``merge_iou`` are one object (the detector's
+  NMS is per label: a car is sometimes also a truck): the tracker follows the best-scored one and
+  gives the others the same id.
+
+Inputs are rounded as the published message rounds them (0.1 px, 4 decimals), so a tracker
+restored from a snapshot (`snapshot`, `restore`) and fed the published frames since then
+computes exactly what the first one did (pipeline/track_state.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .bytetrack import MAX_BUFFER, Boxes, byte_tracker_class, merge_duplicates
 from .config import TrackerConfig
-from .schema import Detections
+from .schema import Detections, FrameMeta
+
+STATE_SCHEMA = "percept.tracker-state/v1"
+REFERENCE_FPS = 30  # ultralytics' motion noise is meant for frames this far apart
+MAX_SNAPSHOT_TRACKS = 512  # tracked and lost tracks kept by a snapshot (the most recently seen)
+_INTERVALS = 15  # recent frame intervals the usual one is the median of
+
+
+class _Clock:
+    """The time between frames, in seconds and in usual intervals (the median of the recent ones)."""
+
+    def __init__(self, default_period: float):
+        self.last: float | None = None
+        self.intervals: deque[float] = deque(maxlen=_INTERVALS)
+        self.default = default_period
+
+    @property
+    def period(self) -> float:
+        return statistics.median(self.intervals) if self.intervals else self.default
+
+    def tick(self, ts: float | None) -> tuple[float, float]:
+        """(seconds, steps) since the previous frame; a clock going backwards or no time counts
+        as one usual interval."""
+        dt = None if ts is None or self.last is None else ts - self.last
+        if ts is not None:
+            self.last = ts
+        if dt is None or not dt > 0:
+            return self.period, 1.0
+        steps = dt / self.period
+        self.intervals.append(dt)
+        return dt, steps
 
 
 class ObjectTracker:
     """ByteTrack over `Detections`; returns the same detections with ``track_ids`` filled
     (None for detections the tracker did not confirm). Ids start above ``id_offset`` (the highest
-    id this camera's stream has had), so they never repeat when a camera restarts or moves."""
+    id this camera's stream has had), so they never repeat when a camera restarts or moves.
+    ``ts``: the frame's time in seconds (`time_of`); without it every frame is one interval of
+    ``1 / fps`` (4 fps if 0). ``file_time``: the camera is a file read faster than real time."""
 
-    def __init__(self, cfg: TrackerConfig, categories: Mapping[str, int] | None = None, *, id_offset: int = 0):
-        from ultralytics.trackers.byte_tracker import BYTETracker
+    def __init__(self, cfg: TrackerConfig, categories: Mapping[str, int] | None = None, *, id_offset: int = 0,
+                 fps: float = 0.0, file_time: bool = False):
         from ultralytics.utils import IterableSimpleNamespace
 
         args = IterableSimpleNamespace(
@@ -35,33 +91,156 @@ class ObjectTracker:
             new_track_thresh=cfg.new_track_thresh,
             track_buffer=cfg.track_buffer,
             match_thresh=cfg.match_thresh,
-            fuse_score=True,
+            fuse_score=cfg.fuse_score,
         )
-        self._tracker = BYTETracker(args)
+        self._tracker = byte_tracker_class()(args)
+        self.cfg = cfg
         self.track_buffer = cfg.track_buffer
         self._class_ids: dict[str, int] = dict(categories or {})
-        self.id_offset = id_offset  # ByteTrack numbers each tracker's tracks from 1
+        self.id_offset = id_offset
         self.track_id_max = id_offset
+        self._set_next_id(id_offset + 1)
+        self._clock = _Clock(1.0 / fps if fps > 0 else 0.25)
+        self.file_time = file_time
+        self.origins: dict[int, list[float]] = {}  # after `update`: see there
 
-    def update(self, dets: Detections, frame_shape: tuple[int, int]) -> Detections:
-        from ultralytics.engine.results import Boxes
+    def time_of(self, meta: FrameMeta) -> float:
+        """The frame's time on this tracker's clock: its capture time, or the file's own time (as
+        published, to 0.1 ms) for a file read faster than real time."""
+        return round(meta.pts, 4) if self.file_time and meta.pts is not None else meta.frame_ts
 
-        cls = np.array([self._class_ids.setdefault(lab, len(self._class_ids)) for lab in dets.labels], np.float32)
-        data = np.concatenate([dets.xyxy, dets.scores[:, None], cls[:, None]], axis=1) if len(dets) else np.zeros((0, 6), np.float32)
-        tracked = self._tracker.update(Boxes(data, frame_shape))
-        ids: list[int | None] = [None] * len(dets)
-        for row in tracked:
-            idx = int(row[-1])
-            if 0 <= idx < len(dets):
-                ids[idx] = int(row[4]) + self.id_offset
-                self.track_id_max = max(self.track_id_max, ids[idx])
+    def _set_next_id(self, first: int) -> None:
+        def numbers():  # BYTETracker numbers its tracks from this iterator
+            n = first
+            while True:
+                self._next_id = n + 1
+                yield n
+                n += 1
+
+        self._next_id = first
+        self._tracker._ids = numbers()  # ids are ints here: ByteTrack's output rows are float32
+
+    def update(self, dets: Detections, frame_shape: tuple[int, int], ts: float | None = None) -> Detections:
+        t = self._tracker
+        dt, steps = self._clock.tick(ts)
+        # a frame or two dropped widen the match; a longer gap does not (the boxes would meet anything)
+        t.buffer = min(MAX_BUFFER, self.cfg.match_buffer * min(dt, 2 * self._clock.period))
+        t.steps = steps
+        t.scale_velocity(max(1.0, self._clock.period * REFERENCE_FPS))
+        t.frame_id += max(0, round(steps) - 1)  # lost tracks expire by time, not frames processed
+        rows = self._rows(dets)
+        heads, head_of = merge_duplicates(rows[:, :4], rows[:, 4], dets.categories, self.cfg.merge_iou)
+        t.update(Boxes(rows[heads], frame_shape))
+        by_head = {int(s.idx): int(s.track_id) for s in t.tracked_stracks if s.is_activated and s.frame_id == t.frame_id}
+        position = {head: k for k, head in enumerate(heads)}
+        ids: list[int | None] = [by_head.get(position[head_of[i]]) for i in range(len(dets))]
+        self.track_id_max = max([self.track_id_max, *(i for i in ids if i is not None)])
+        # tracks confirmed on this frame: the box they were first seen at (pipeline/events.py)
+        self.origins = {int(s.track_id): [float(v) for v in (*s._tlwh[:2], *(s._tlwh[:2] + s._tlwh[2:]))]
+                        for s in t.tracked_stracks if s.is_activated and s.tracklet_len == 1 and s.frame_id == t.frame_id}
         return dets.with_track_ids(ids)
+
+    def _rows(self, dets: Detections) -> np.ndarray:
+        """ByteTrack's input: boxes, scores and class ids, rounded as the message publishes them."""
+        rows = [[*(round(float(v), 1) for v in dets.xyxy[i]), round(float(dets.scores[i]), 4),
+                 self._class_ids.setdefault(dets.labels[i], len(self._class_ids))] for i in range(len(dets))]
+        return np.array(rows, np.float64).reshape(-1, 6)
 
     def alive_ids(self) -> set[int]:
         """Ids of the tracks ByteTrack still holds (tracked or lost): a track not among them has
         ended for good — ByteTrack never brings a dropped track back, and never reuses its id."""
         t = self._tracker
-        return {int(s.track_id) + self.id_offset for s in (*t.tracked_stracks, *t.lost_stracks)}
+        return {int(s.track_id) for s in (*t.tracked_stracks, *t.lost_stracks) if s.is_activated}
+
+    # --- state that survives a change of owner --------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The tracker's state as JSON-able data (floats exact), bounded to the
+        `MAX_SNAPSHOT_TRACKS` most recently seen tracked and lost tracks (kept in their order)."""
+        t = self._tracker
+        keep = {id(s) for s in sorted([*t.tracked_stracks, *t.lost_stracks],
+                                      key=lambda s: -s.frame_id)[:MAX_SNAPSHOT_TRACKS]}
+        return {
+            "schema": STATE_SCHEMA, "frame_id": t.frame_id, "next_id": self._next_id,
+            "track_id_max": self.track_id_max, "classes": dict(self._class_ids),
+            "clock": {"last": self._clock.last, "intervals": list(self._clock.intervals)},
+            **{pool: [{k: _plain(getattr(s, k)) for k in _STRACK_FIELDS} for s in getattr(t, f"{pool}_stracks")
+                      if id(s) in keep] for pool in ("tracked", "lost")},
+        }
+
+    @classmethod
+    def restore(cls, state: Mapping[str, Any], cfg: TrackerConfig, *, id_offset: int = 0,
+                fps: float = 0.0, file_time: bool = False) -> "ObjectTracker":
+        """A tracker that continues ``state`` (a `snapshot`): the same tracks, motion and clock;
+        new ids above ``id_offset`` and above every id the snapshot gave. ValueError when the
+        state is not a tracker snapshot."""
+        if not isinstance(state, Mapping) or state.get("schema") != STATE_SCHEMA:
+            raise ValueError(f"unsupported tracker state; expected {STATE_SCHEMA!r}")
+        from ultralytics.trackers.basetrack import TrackState
+        from ultralytics.trackers.byte_tracker import STrack
+
+        tracker = cls(cfg, id_offset=id_offset, fps=fps, file_time=file_time)
+        t = tracker._tracker
+        try:
+            t.frame_id = int(state["frame_id"])
+            tracker._class_ids = {str(k): int(v) for k, v in state["classes"].items()}
+            tracker._clock.last = None if state["clock"]["last"] is None else float(state["clock"]["last"])
+            tracker._clock.intervals.extend(float(x) for x in state["clock"]["intervals"])
+            for pool, kind in (("tracked", TrackState.Tracked), ("lost", TrackState.Lost)):
+                for data in state[pool]:
+                    s = STrack(np.array([0.0, 0.0, 1.0, 1.0, 0.0]), 0.0, 0.0)
+                    for k in _STRACK_FIELDS:
+                        setattr(s, k, data[k])
+                    s.track_id, s.frame_id, s.start_frame = int(s.track_id), int(s.frame_id), int(s.start_frame)
+                    s.mean, s.covariance = np.array(data["mean"], np.float64), np.array(data["covariance"], np.float64)
+                    s._tlwh = np.array(data["_tlwh"], np.float32)
+                    s.state, s.kalman_filter = kind, t.kalman_filter
+                    getattr(t, f"{pool}_stracks").append(s)
+            tracker.track_id_max = max(id_offset, int(state["track_id_max"]))
+            tracker._set_next_id(max(int(state["next_id"]), id_offset + 1))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"malformed tracker state: {exc!r}") from None
+        return tracker
+
+    def adopt_ids(self, ours: Sequence[int | None], published: Sequence[int | None]) -> int:
+        """Replaying frames another owner published: where this tracker numbered an object
+        otherwise than the published frame, its track takes the published id (swapping with a
+        track that had it). Returns how many objects differed."""
+        t = self._tracker
+        differed, done = 0, set()
+        for mine, theirs in zip(ours, published):
+            if mine == theirs:
+                continue
+            differed += 1
+            tracks = {s.track_id: s for s in (*t.tracked_stracks, *t.lost_stracks)}
+            if mine is None or theirs is None or mine not in tracks or mine in done:
+                continue  # not followable, or renamed already (a duplicate box of the same object)
+            done.add(mine)
+            if theirs in tracks:
+                tracks[theirs].track_id = mine
+            tracks[mine].track_id = theirs
+        self.track_id_max = max([self.track_id_max, *(i for i in published if i is not None)])
+        return differed
+
+    def raise_next_id(self, floor: int) -> None:
+        """New tracks get ids above ``floor`` (the highest id a previous owner published)."""
+        self.id_offset = max(self.id_offset, floor)
+        self.track_id_max = max(self.track_id_max, floor)
+        if self._next_id <= floor:
+            self._set_next_id(floor + 1)
+
+
+_STRACK_FIELDS = ("track_id", "is_activated", "score", "start_frame", "frame_id", "tracklet_len", "cls", "idx",
+                  "mean", "covariance", "_tlwh")
+
+
+def _plain(value: Any) -> Any:
+    """Numbers and arrays as JSON data (Python floats: their repr is exact)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    return value
 
 
 @dataclass

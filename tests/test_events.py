@@ -313,3 +313,48 @@ def test_a_track_ends_when_the_tracker_drops_it_not_before():
     assert kinds(engine.update(frame(5, [obj(1, 52)]), alive={1})) == []  # brought back: no second start
     ended = engine.update(frame(6), alive=set())
     assert kinds(ended) == [("track_end", 1, 6)]
+
+
+def test_a_line_crossed_between_a_tracks_first_sighting_and_its_confirmation_counts():
+    """At 4 fps a fast car can be across the line by the time the tracker confirms it: the box
+    it was first seen at (``origins``) is where the crossing is judged from."""
+    engine = EventEngine("cam", lines=STOP)
+    first_seen = obj(None, 70)["bbox"]  # below the line
+    events = engine.update(frame(1, [obj(1, 40)]), {1}, {1: first_seen})  # confirmed above it
+    assert kinds(events) == [("track_start", 1, 1), ("line_cross", 1, 1)] and events[1].direction == "in"
+    # a track known already, or first seen on the same side, judges nothing from an origin
+    assert engine.update(frame(2, [obj(1, 30)]), {1}, {1: obj(None, 90)["bbox"]}) == []
+    assert kinds(engine.update(frame(3, [obj(1, 30), obj(2, 20)]), {1, 2}, {2: obj(None, 30)["bbox"]})) == [
+        ("track_start", 2, 3)]
+
+
+def test_tracker_and_engine_restored_from_json_give_the_same_ids_and_events():
+    """Both snapshotted after frame 4, through JSON, restored: the rest of the clip gives the
+    same track ids and the same events (ids included) as the pair that went on."""
+    from pipeline.config import TrackerConfig
+    from pipeline.tracking import ObjectTracker
+
+    def car_frames():
+        out = []
+        for s in range(1, 21):  # two cars up the image across the stop line, 9 px a frame
+            cars = [obj(None, 99 - 9 * (s - k), x=20 + 30 * i, size=8.0) for i, k in enumerate((0, 6)) if 0 <= s - k < 11]
+            out.append(frame(s, cars))
+        return out
+
+    def step(tracker, engine, f):
+        tracked = tracker.update(f.objects, (100, 100), ts=f.meta.frame_ts)
+        events = engine.update(FrameResult(f.meta, tracked, {}, {}), tracker.alive_ids(), tracker.origins)
+        return tracked.track_ids, [e.to_payload() for e in events]
+
+    frames = car_frames()
+    tracker, engine = ObjectTracker(TrackerConfig(), fps=FPS), EventEngine("cam", lines=STOP)
+    for f in frames[:4]:
+        step(tracker, engine, f)
+    state = json.loads(json.dumps({"tracker": tracker.snapshot(), "events": engine.snapshot()}))
+    restored = (ObjectTracker.restore(state["tracker"], TrackerConfig(), fps=FPS),
+                EventEngine.restore(state["events"], "cam", lines=STOP))
+    went_on = [step(tracker, engine, f) for f in frames[4:]]
+    assert [step(*restored, f) for f in frames[4:]] == went_on
+    events = [p for _, ps in went_on for p in ps]
+    assert [p["kind"] for p in events].count("line_cross") == 2 and not any(p["kind"] == "track_start" and
+                                                                            p["track_id"] == 1 for p in events)

@@ -1,0 +1,198 @@
+"""Open tracks that survive a change of owner: the camera's tracker and event engine in Redis.
+
+When a decoder replica dies, the camera's next owner continues its tracks instead of starting
+afresh, so a car seen on both sides of the failover keeps its id, ends once (``track_end`` from
+the new owner), and a line it crossed is counted once.
+
+- **What**: every ``tracker.snapshot_every`` tracked frames, the tracker's state (ByteTrack's
+  tracked and lost tracks with their Kalman mean and covariance, its frame count, next id and
+  clock) taken right after that frame was tracked, and the event engine's state taken right
+  after the same frame was published — so both describe exactly the frames published up to it.
+  JSON only (``percept.track-state/v1``), bounded (`MAX_STATE_BYTES`; each part bounds its
+  tracks), in the hash ``<prefix>:trackstate:<camera>`` (``v``, ``seq``, ``json``).
+- **How**: through the publisher's queue, after the frame it describes (so it never lands before
+  that frame), with the same lease check as the camera hash (`pipeline/lease.py` FENCED_HSET): a
+  replica that lost the camera cannot overwrite its new owner's state.
+- **Restore** (`restore_tracking`, at camera start): the snapshot, then the frames published
+  after it (read back from the detections stream) replayed through both: the tracker follows
+  the published ids, the engine's events are already on the events stream and are dropped. The
+  state then equals the dead owner's after its last published frame. New ids start above the
+  highest id the stream has had. A camera that stops cleanly ends its tracks (``track_end``)
+  and leaves a ``closed`` state: its next owner starts afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .config import TrackerConfig
+from .events import EventEngine
+from .schema import FrameMeta, FrameResult
+from .tracking import ObjectTracker
+
+if TYPE_CHECKING:
+    from .config import CameraConfig
+    from .publish import Publisher
+
+log = logging.getLogger("percept.track_state")
+
+STATE_SCHEMA = "percept.track-state/v1"
+MAX_STATE_BYTES = 2 * 2**20  # a bigger snapshot is not written (logged): the last one stays
+REPLAY_PAGE = 200
+
+
+class TrackSnapshots:
+    """Writes one camera's snapshots (see the module doc); used by its conductor, in seq order."""
+
+    def __init__(self, publisher: Publisher, camera: str, *, every: int):
+        self.publisher = publisher
+        self.camera = camera
+        self.every = every
+        self.written = 0
+        self._frames = 0
+        self._held: dict[int, dict[str, Any]] = {}  # seq → tracker state taken when it was tracked
+        self._skip_logged = False
+
+    def tracked(self, seq: int, tracker: ObjectTracker) -> None:
+        """Frame ``seq`` was just tracked: every ``every``-th one, keep the tracker's state."""
+        self._frames += 1
+        if self.every and self._frames % self.every == 0:
+            self._held[seq] = tracker.snapshot()
+
+    def published(self, meta: FrameMeta, events: EventEngine) -> None:
+        """Frame ``meta.seq`` was just handed to the publisher, after every frame before it."""
+        for seq in [s for s in self._held if s < meta.seq]:  # frames that failed: never published
+            del self._held[seq]
+        tracker = self._held.pop(meta.seq, None)
+        if tracker is not None:
+            self._write(meta.seq, {"frame_ts": meta.frame_ts, "tracker": tracker, "events": events.snapshot()})
+
+    def closed(self, seq: int) -> None:
+        """The camera stopped here and ended its tracks: its next owner starts afresh."""
+        self._held.clear()
+        self._write(seq, {"closed": True})
+
+    def _write(self, seq: int, body: Mapping[str, Any]) -> None:
+        try:
+            text = json.dumps({"schema": STATE_SCHEMA, "camera": self.camera, "seq": seq, **body},
+                              separators=(",", ":"), allow_nan=False)
+        except ValueError as exc:  # a NaN somewhere: the last good snapshot stays
+            return self._skip(f"not JSON ({exc})")
+        if len(text) > MAX_STATE_BYTES:
+            return self._skip(f"{len(text)} bytes (limit {MAX_STATE_BYTES})")
+        fenced_hset(self.publisher, self.camera, self.publisher.keys.trackstate(self.camera),
+                    {"v": "1", "seq": str(seq), "json": text})
+        self.written += 1
+
+    def _skip(self, why: str) -> None:
+        if not self._skip_logged:
+            log.warning("camera %s: track state not saved: %s", self.camera, why)
+            self._skip_logged = True
+
+
+def fenced_hset(publisher: Publisher, camera: str, key: str, mapping: Mapping[str, str]) -> None:
+    """HSET ``key`` in the publisher's queue (after everything queued before it), checked
+    against the camera's lease like the camera hash. (The publisher writes only the camera hash
+    itself this way; this borrows its queue and script for another key of the camera.)"""
+    fence = publisher._fences.get(camera)
+    keys = [fence.key if fence else publisher.keys.lease(camera), key, publisher.keys.status]
+    strict = 0 if fence is None or fence.released else 1
+    flat = [str(x) for kv in mapping.items() for x in kv]
+    args = [fence.token if fence else "", strict, len(flat), publisher.status_maxlen, *flat]
+
+    def apply(pipe: Any) -> int:
+        publisher._hset(keys=keys, args=args, client=pipe)
+        return 1
+
+    publisher._put(camera, sum(len(x) for x in flat), apply, is_frame=False, fence=fence)
+
+
+@dataclass
+class Restored:
+    """What `restore_tracking` did: ``seq`` of the snapshot (None: started afresh), frames
+    replayed, objects whose replayed id differed from the published one, and why not (if not)."""
+
+    seq: int | None = None
+    replayed: int = 0
+    differed: int = 0
+    why_not: str = ""
+
+
+def open_tracking(
+    publisher: Publisher, camera: CameraConfig, cfg: TrackerConfig, *, track_id_max: int, is_file: bool,
+) -> tuple[ObjectTracker | None, EventEngine | None, TrackSnapshots | None]:
+    """A starting camera's tracker, event engine and snapshot writer (all None without tracking),
+    continuing what its previous owner left (`restore_tracking`). Blocking: call it in a thread."""
+    if not cfg.enabled:
+        return None, None, None
+    tracker, events, _ = restore_tracking(publisher, camera, cfg, track_id_max=track_id_max,
+                                          file_time=is_file and not camera.realtime)
+    return tracker, events, TrackSnapshots(publisher, camera.id, every=cfg.snapshot_every)
+
+
+def restore_tracking(
+    publisher: Publisher, camera: CameraConfig, cfg: TrackerConfig, *, track_id_max: int, file_time: bool,
+) -> tuple[ObjectTracker, EventEngine, Restored]:
+    """The camera's tracker and event engine: continued from its snapshot and the frames
+    published since (see the module doc), or new ones (``Restored.why_not`` says why).
+    Blocking (Redis): call it in a thread."""
+    def fresh(why: str) -> tuple[ObjectTracker, EventEngine, Restored]:
+        tracker = ObjectTracker(cfg, id_offset=track_id_max, fps=camera.fps, file_time=file_time)
+        return tracker, EventEngine.for_camera(camera, track_buffer=cfg.track_buffer), Restored(why_not=why)
+
+    raw = publisher.client.hget(publisher.keys.trackstate(camera.id), "json")
+    if raw is None:
+        return fresh("no snapshot")
+    try:
+        state = json.loads(raw)
+        if not isinstance(state, dict) or state.get("schema") != STATE_SCHEMA or state.get("camera") != camera.id:
+            raise ValueError(f"not a {STATE_SCHEMA} snapshot of camera {camera.id!r}")
+        if state.get("closed"):
+            return fresh("closed")
+        seq, since = int(state["seq"]), float(state["frame_ts"])
+        tracker = ObjectTracker.restore(state["tracker"], cfg, fps=camera.fps, file_time=file_time)
+        events = EventEngine.restore(state["events"], camera.id, camera.zones, camera.lines, anchor=camera.anchor,
+                                     track_buffer=cfg.track_buffer)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("camera %s: track state not restored: %s", camera.id, exc)
+        return fresh(f"unreadable: {exc}")
+    try:
+        frames = _published_after(publisher, camera.id, seq, since, limit=max(10 * cfg.snapshot_every, 1000))
+    except ValueError as exc:
+        log.warning("camera %s: track state not restored: %s", camera.id, exc)
+        return fresh(str(exc))
+    done = Restored(seq)
+    try:
+        for result in frames:
+            ours = tracker.update(result.objects, (result.meta.height, result.meta.width),
+                                  ts=tracker.time_of(result.meta))
+            done.differed += tracker.adopt_ids(ours.track_ids, result.objects.track_ids)
+            events.update(result, tracker.alive_ids(), tracker.origins)  # its events are on the stream already
+            done.replayed += 1
+    except ValueError as exc:  # a zone that no longer fits the frame (GeometryError), …
+        log.warning("camera %s: track state not restored: replaying seq %d: %s", camera.id, seq + done.replayed + 1, exc)
+        return fresh(str(exc))
+    events.take_counts()
+    tracker.raise_next_id(track_id_max)
+    log.info("camera %s: %d open tracks continued from seq %d (+%d frames replayed, %d ids differed)",
+             camera.id, len(events.open_tracks), seq, done.replayed, done.differed)
+    return tracker, events, done
+
+
+def _published_after(publisher: Publisher, camera: str, seq: int, since: float, *, limit: int) -> list[FrameResult]:
+    """The camera's frames with a seq above ``seq``, oldest first (entry ids are
+    ``<capture ms>-<seq>``, never below the capture time: reading starts at the snapshot's).
+    ValueError when there are more than ``limit`` (the snapshot is too old to catch up from)."""
+    start, out = f"{int(since * 1000)}-0", []
+    while True:
+        page = publisher.client.xrange(publisher.keys.detections(camera), min=start, count=REPLAY_PAGE)
+        out += [r for r in (FrameResult.from_json(fields[b"json"]) for _, fields in page) if r.meta.seq > seq]
+        if len(out) > limit:
+            raise ValueError(f"more than {limit} frames published since the snapshot")
+        if len(page) < REPLAY_PAGE:
+            return out
+        ms, _, n = page[-1][0].decode().partition("-")
+        start = f"{ms}-{int(n) + 1}"

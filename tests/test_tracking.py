@@ -1,0 +1,241 @@
+"""Tracks that hold at the fps cameras are sampled at (issue 11, item 0), on the real detector.
+
+Every frame of traffic.mp4 (24 fps) and vtest.avi (10 fps) goes through the shared YOLO11n
+(OpenVINO INT8) once per module. The tracker sees the frames a 4 fps camera samples (the
+`VideoSource` sampler on the file's own time); an independent IoU tracker run on every frame is
+the oracle of which detections are one object. ByteTrack as ultralytics ships it gave an id to
+46 % of the cars and 83 % of the pedestrians from their object's second sampled frame on (151 id
+switches on vtest.avi); now 99 % of both, with 0 and 41 switches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from pipeline.config import TrackerConfig
+from pipeline.events import EventEngine
+from pipeline.schema import Detections, FrameMeta, FrameResult
+from pipeline.sources import FpsSampler
+from pipeline.tracking import ObjectTracker
+
+from .conftest import DETECTOR
+
+CLIPS = {"traffic": ("traffic.mp4", "vehicle"), "walk": ("vtest.avi", "pedestrian")}
+FPS = 4.0
+
+
+class Clip:
+    def __init__(self, category: str):
+        self.category = category
+        self.pts: list[float] = []
+        self.shape: tuple[int, int] = (0, 0)
+        self.dets: list[Detections] = []
+        self.detect_cpu_ms = 0.0  # detector CPU time per frame (all its threads)
+
+    def sampled(self, fps: float = FPS) -> list[int]:
+        sampler = FpsSampler(fps)
+        return [i for i, t in enumerate(self.pts) if sampler.accept(t)]
+
+
+@pytest.fixture(scope="module")
+def clips(videos, models_dir) -> dict[str, Clip]:
+    from pipeline.backends import load_detector
+    from pipeline.config_models import DetectorConfig
+    from pipeline.models import prepare_frame
+
+    cfg = DetectorConfig(weights=DETECTOR, num_cpus=2)
+    detector = load_detector(cfg, models_dir=models_dir)
+    out = {}
+    for name, (file, category) in CLIPS.items():
+        clip = out[name] = Clip(category)
+        cap = cv2.VideoCapture(str(videos / file))
+        batch = []
+        cpu = time.process_time()
+        while True:
+            ok, image = cap.read()
+            if ok:
+                clip.pts.append(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000)
+                clip.shape = image.shape[:2]
+                batch.append(prepare_frame(image, cfg.imgsz))
+            if len(batch) == 8 or (batch and not ok):
+                clip.dets += detector.detect_batch(batch)
+                batch = []
+            if not ok:
+                break
+        clip.detect_cpu_ms = (time.process_time() - cpu) * 1000 / len(clip.dets)
+        assert all(isinstance(d, Detections) for d in clip.dets)
+    return out
+
+
+# --- the oracle: an IoU tracker on every frame, written independently of pipeline/ -------------
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def oracle(clip: Clip, *, min_iou: float = 0.3, max_gap: int = 6) -> list[list[int | None]]:
+    """Per frame, per detection: its object (None: another category). Boxes of the category
+    overlapping by more than 0.7 are one object (the detector's NMS is per label); an object
+    continues the track whose last box it overlaps most (IoU ≥ 0.3, unseen ≤ 6 frames)."""
+    last: dict[int, tuple[np.ndarray, int]] = {}
+    numbers = itertools.count(1)
+    out = []
+    for f, d in enumerate(clip.dets):
+        head: dict[int, int] = {}  # detection → the best-scored box of its object
+        for i in sorted((i for i in range(len(d)) if d.categories[i] == clip.category), key=lambda i: -d.scores[i]):
+            head[i] = next((h for h in set(head.values()) if iou(d.xyxy[[h]], d.xyxy[[i]])[0, 0] > 0.7), i)
+        heads = sorted(set(head.values()))
+        live = [t for t, (_, seen) in last.items() if f - seen <= max_gap]
+        obj: dict[int, int] = {}
+        if heads and live:
+            m = iou(np.array([last[t][0] for t in live]), d.xyxy[heads])
+            for r, c in zip(*linear_sum_assignment(-m)):
+                if m[r, c] >= min_iou:
+                    obj[heads[c]] = live[r]
+        for h in heads:
+            obj.setdefault(h, next(numbers))
+            last[obj[h]] = (d.xyxy[h], f)
+        out.append([obj[head[i]] if i in head else None for i in range(len(d))])
+    return out
+
+
+def track(clip: Clip, frames: list[int], cfg: TrackerConfig | None = None, *, with_time: bool = True) -> list[tuple]:
+    tracker = ObjectTracker(cfg or TrackerConfig(), fps=FPS)
+    return [tracker.update(clip.dets[i], clip.shape, ts=clip.pts[i] if with_time else None).track_ids for i in frames]
+
+
+@dataclass
+class Score:
+    coverage: float  # share of the category's detections with an id, from their object's 2nd sampled frame on
+    switches: int  # an object whose ids on a frame share none with its ids on its previous frame with ids
+    ids: dict[int, set[int]] = field(default_factory=dict)  # object → every tracker id it had
+    frames: dict[int, int] = field(default_factory=dict)  # object → sampled frames it is on
+
+
+def score(clip: Clip, frames: list[int], ids: list[tuple]) -> Score:
+    objects = oracle(clip)
+    out = Score(0.0, 0)
+    counted = covered = 0
+    previous: dict[int, set[int]] = {}
+    for f, tids in zip(frames, ids):
+        now: dict[int, set[int]] = {}
+        for obj, tid in zip(objects[f], tids):
+            if obj is None:
+                continue
+            if obj in out.frames:
+                counted, covered = counted + 1, covered + (tid is not None)
+            if tid is not None:
+                now.setdefault(obj, set()).add(tid)
+        for obj in {o for o in objects[f] if o is not None}:
+            out.frames[obj] = out.frames.get(obj, 0) + 1
+        for obj, tids_now in now.items():
+            out.switches += obj in previous and not tids_now & previous[obj]
+            previous[obj] = tids_now
+            out.ids.setdefault(obj, set()).update(tids_now)
+    out.coverage = covered / counted
+    return out
+
+
+@pytest.mark.parametrize("name, max_switches", [
+    ("traffic", 2),  # 0 measured
+    # people cross and hide each other, and the oracle (no motion model) swaps them too: on every
+    # frame, ultralytics' own ByteTrack disagrees with it 46 times. 41 measured at 4 fps (151 before)
+    ("walk", 50),
+])
+def test_tracks_hold_at_4_fps(clips, name, max_switches):
+    clip = clips[name]
+    frames = clip.sampled()
+    result = score(clip, frames, track(clip, frames))
+    assert result.coverage >= 0.9, f"{name}: only {result.coverage:.1%} of detections carry an id at 4 fps"
+    assert result.switches <= max_switches, f"{name}: {result.switches} id switches against the oracle"
+
+
+def test_a_car_keeps_one_id_while_it_crosses_the_frame(clips):
+    """Every car seen on at least 4 sampled frames (a second or more) keeps one id, but one."""
+    clip = clips["traffic"]
+    frames = clip.sampled()
+    result = score(clip, frames, track(clip, frames))
+    cars = {obj: ids for obj, ids in result.ids.items() if result.frames[obj] >= 4}
+    several = {obj: ids for obj, ids in cars.items() if len(ids) > 1}
+    assert len(cars) >= 20 and len(several) <= 1, several
+
+
+def test_tracks_hold_when_frames_are_dropped(clips):
+    """Every third sampled frame dropped (backpressure): 99 % covered, 37 switches (before this
+    work: 65 %, 227)."""
+    clip = clips["walk"]
+    frames = [f for n, f in enumerate(clip.sampled()) if n % 3 != 2]
+    result = score(clip, frames, track(clip, frames))
+    assert result.coverage >= 0.9 and result.switches <= 50, (result.coverage, result.switches)
+
+
+def car(x: float) -> Detections:
+    return Detections(xyxy=np.array([[x, 100, x + 40, 130]]), scores=[0.8], labels=("car",), categories=("vehicle",))
+
+
+def test_the_motion_model_steps_by_the_real_time_between_frames():
+    """A car 40 px long at 200 px/s, sampled at 4 fps (50 px a frame, more than its length) with
+    frames missing: predicted over the real gap, it keeps its id; stepping one frame per frame
+    (no time given), it would not."""
+    times = [0, 0.25, 0.5, 0.75, 1.0, 1.75, 2.0, 2.25, 3.0, 3.25, 3.5]  # 0.75 s gaps: two frames dropped
+    for with_time, kept in ((True, True), (False, False)):
+        tracker = ObjectTracker(TrackerConfig(), fps=FPS)
+        ids = [tracker.update(car(10 + 200 * t), (720, 1280), ts=t if with_time else None).track_ids[0] for t in times]
+        assert (len(set(ids[1:])) == 1 and None not in ids[1:]) is kept, ids
+
+
+def test_duplicate_boxes_of_one_object_share_its_id():
+    """The detector's NMS is per label: one car is sometimes also a truck (the pedestrian beside
+    it is another object)."""
+    tracker = ObjectTracker(TrackerConfig(), fps=FPS)
+    for step in range(3):
+        x = 10 + 30 * step
+        dets = Detections(xyxy=np.array([[x, 100, x + 60, 140], [x + 1, 101, x + 61, 141], [x, 150, x + 60, 190]]),
+                          scores=[0.8, 0.4, 0.7], labels=("car", "truck", "person"),
+                          categories=("vehicle", "vehicle", "pedestrian"))
+        ids = tracker.update(dets, (720, 1280), ts=step / FPS).track_ids
+    assert ids[0] == ids[1] is not None and ids[2] not in (None, ids[0])
+
+
+def test_tracker_and_events_cost_under_a_tenth_of_the_detector(clips):
+    clip = clips["traffic"]
+    frames = clip.sampled()
+    tracker = ObjectTracker(TrackerConfig(), fps=FPS)
+    engine = EventEngine("traffic", lines={"road": [[0.05, 0.75], [0.95, 0.75]]})
+    cpu = time.process_time()
+    for n, f in enumerate(frames):
+        dets = tracker.update(clip.dets[f], clip.shape, ts=clip.pts[f])
+        meta = FrameMeta("traffic", n, clip.pts[f], clip.pts[f], clip.shape[1], clip.shape[0])
+        engine.update(FrameResult(meta, dets, {}, {}), tracker.alive_ids())
+    per_frame = (time.process_time() - cpu) * 1000 / len(frames)
+    assert per_frame < 0.1 * clip.detect_cpu_ms, f"tracker + events {per_frame:.2f} ms/frame, detector {clip.detect_cpu_ms:.1f}"
+
+
+def test_a_restored_tracker_gives_the_same_ids(clips):
+    """Snapshot mid-clip, through JSON, restored: fed the frames as published (boxes to 0.1 px,
+    scores to 4 decimals), it numbers every object as the tracker that went on."""
+    clip = clips["walk"]
+    frames = clip.sampled()[:120]
+    first = ObjectTracker(TrackerConfig(), id_offset=500, fps=FPS)
+    for f in frames[:60]:
+        first.update(clip.dets[f], clip.shape, ts=clip.pts[f])
+    state = json.loads(json.dumps(first.snapshot()))
+    second = ObjectTracker.restore(state, TrackerConfig(), id_offset=500, fps=FPS)
+    assert second.alive_ids() == first.alive_ids() and len(first.alive_ids()) >= 3
+    for f in frames[60:]:
+        went_on = first.update(clip.dets[f], clip.shape, ts=clip.pts[f]).track_ids
+        published = Detections.from_objects(clip.dets[f].to_objects())
+        assert second.update(published, clip.shape, ts=clip.pts[f]).track_ids == went_on
+    assert second.track_id_max == first.track_id_max > 500
