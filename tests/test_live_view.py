@@ -34,7 +34,7 @@ from pipeline.streams import StreamKeys, camera_states, parse_entry_id
 from pipeline.view import ViewHub, annotate, jpeg_comment, object_label, render_jpeg
 
 from .conftest import DETECTOR, MODELS, REPO, VIDEOS
-from .waiting import wait_for
+from .waiting import hold, wait_for
 
 pytestmark = pytest.mark.integration
 PREFIX = "lvtest"
@@ -368,9 +368,7 @@ def test_mjpeg_parts_decode_at_the_configured_width(live):
 def _published_fps(client, camera: str, seconds: float) -> float:
     start = client.xlen(KEYS.detections(camera))
     t0 = time.monotonic()
-    end = t0 + seconds
-    while time.monotonic() < end:  # a measuring window, not a wait for readiness
-        time.sleep(0.25)
+    hold(seconds, "a window to count the frames the camera publishes")
     return (client.xlen(KEYS.detections(camera)) - start) / (time.monotonic() - t0)
 
 
