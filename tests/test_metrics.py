@@ -218,7 +218,7 @@ def test_model_metrics_set_their_gauge_again_before_ray_forgets_it():
         task = asyncio.create_task(mm.keep_gauges(every_s=0.01))
         try:
             while len(sets) < 4:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # polled under wait_for's 10 s deadline below
         finally:
             task.cancel()
 

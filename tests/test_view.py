@@ -1,0 +1,164 @@
+"""The live view and privacy blur at pipeline level (no Ray): `pipeline/view.py` draws on a
+real frame, `pipeline/privacy.py` blurs every face YuNet finds on people.mp4, and a camera's view
+draws and encodes nothing while nobody watches (real redis-server)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.config import CameraConfig
+from pipeline.config_view import PrivacyConfig, ViewConfig
+from pipeline.privacy import Blurrer
+from pipeline.schema import Detections, FrameMeta, FrameResult
+from pipeline.streams import StreamKeys
+from pipeline.view import ViewHub, annotate, jpeg_comment, object_label, render_jpeg
+
+from .conftest import MODELS
+from .view_frames import VIEW_WIDTH, YUNET, border_band, clip_frame, decode, faces
+from .waiting import wait_for
+
+pytestmark = pytest.mark.integration  # real redis-server, YuNet and the clips
+
+
+def test_annotate_draws_boxes_labels_zones_and_lines_on_a_copy():
+    frame = clip_frame("traffic.mp4", 30)
+    raw = frame.copy()
+    objects = Detections(
+        xyxy=[[100, 150, 220, 260]], scores=[0.87], labels=["car"], categories=["vehicle"], track_ids=[12],
+        attributes=[{"type": {"label": "van", "score": 0.9}, "color": {"label": "white", "score": 0.8},
+                     "unclassified": "too small"}])
+    result = FrameResult(FrameMeta("traffic", 7, time.time(), 1.0, 640, 360), objects, {}, {})
+    camera = CameraConfig(id="traffic", url="x", zones={"corner": [[0.7, 0.7], [1, 0.7], [1, 1], [0.7, 1]]},
+                          lines={"gate": [[0, 0.1], [0.5, 0.1]]})
+    out = annotate(frame, result, camera)
+    assert np.array_equal(frame, raw), "annotate changed the frame it was given"
+    assert object_label("car", 12, 0.87, objects.attributes[0]) == "car #12 0.87 white van"
+    diff = np.abs(out.astype(int) - raw.astype(int)).sum(axis=2)
+    assert diff[border_band(out.shape, objects.xyxy[0], top=False)].mean() > 60, "no box drawn"
+    assert diff[142:150, 100:220].mean() > 40, "no label above the box"
+    assert diff[260:360, 460:640].mean() > 8, "zone not drawn"
+    assert diff[34:38, 0:320].mean() > 60, "line not drawn"
+    assert np.median(diff[60:140, 300:440]) < 2, "drawn where nothing is"
+    half = annotate(cv2.resize(frame, (320, 180)), result, camera)  # a scaled frame: boxes scale with it
+    hdiff = np.abs(half.astype(int) - cv2.resize(raw, (320, 180)).astype(int)).sum(axis=2)
+    assert hdiff[border_band(half.shape, objects.xyxy[0] / 2, 1, top=False)].mean() > 60
+
+
+@pytest.fixture(scope="module")
+def blurrer():
+    if not YUNET.exists():
+        pytest.fail(f"YuNet missing: {YUNET}")
+    b = Blurrer.from_config(PrivacyConfig(), str(MODELS))
+    assert b.kinds == ["faces"], "faces are blurred by default when the model is there"
+    return b
+
+
+@pytest.mark.parametrize("index", [30, 100, 200])
+def test_blurred_view_has_no_face_yunet_finds(blurrer, index):
+    frame = clip_frame("people.mp4", index)
+    result = FrameResult(FrameMeta("crowd", index, time.time(), None, 800, 450), Detections(), {}, {})
+    camera = CameraConfig(id="crowd", url="x")
+    cfg = ViewConfig(width=VIEW_WIDTH)
+    plain = decode(render_jpeg(frame, result, camera, cfg))
+    blurred = decode(render_jpeg(frame, result, camera, cfg, blurrer))
+    assert plain.shape[1] == VIEW_WIDTH and blurred.shape == plain.shape
+    assert faces(plain) >= 3, "blur off: YuNet should find the faces"
+    assert faces(blurred) == 0, "blur on: YuNet still finds a face"
+
+
+def test_privacy_asked_for_with_a_missing_model_warns_once(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="percept.privacy"):
+        for _ in range(2):
+            b = Blurrer.from_config(PrivacyConfig(blur=["faces", "plates"]), str(tmp_path))
+            assert not b and b.kinds == []
+        default = Blurrer.from_config(PrivacyConfig(), str(tmp_path))  # not asked for: silently off
+    assert not default
+    warnings = [r.getMessage() for r in caplog.records if r.name == "percept.privacy"]
+    assert len(warnings) == 2, warnings  # faces and plates, once each
+    assert all("NOT blurred" in w and "missing" in w for w in warnings), warnings
+    plates = Blurrer.from_config(PrivacyConfig(blur=["plates"]), str(MODELS))
+    assert plates.kinds == ["plates"] and len(plates.regions(clip_frame("traffic.mp4", 30))) == 0
+
+
+class Counting:
+    """Wraps a function and counts its calls (from any thread)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
+def _offer_for(view, seconds, frame, result, camera):
+    end = time.monotonic() + seconds
+    slowest = 0.0
+    while time.monotonic() < end:
+        t0 = time.perf_counter()
+        view.offer(frame, result, camera)
+        slowest = max(slowest, time.perf_counter() - t0)
+        time.sleep(0.05)  # frames offered at 20 fps, not a wait
+    return slowest
+
+
+def test_nothing_is_drawn_or_encoded_while_nobody_watches(redis_server, monkeypatch):
+    import pipeline.view as view_mod
+
+    annotate_calls, encode_calls = Counting(view_mod.annotate), Counting(view_mod.encode_jpeg)
+    monkeypatch.setattr(view_mod, "annotate", annotate_calls)
+    monkeypatch.setattr(view_mod, "encode_jpeg", encode_calls)
+    client = redis_server.client()
+    keys = StreamKeys("unit")
+    hub = ViewHub(ViewConfig(fps=10, width=320), client, keys)
+    view = hub.camera("cam")
+    frame = clip_frame("traffic.mp4", 30)
+    result = FrameResult(FrameMeta("cam", 1, time.time(), None, 640, 360), Detections(), {}, {})
+    camera = CameraConfig(id="cam", url="x")
+    try:
+        _offer_for(view, 2.5, frame, result, camera)  # two and more checks, nobody watching
+        assert (annotate_calls.calls, encode_calls.calls) == (0, 0)
+        assert not client.exists(keys.view_jpeg("cam"))
+
+        client.set(keys.view_want("cam"), b"1", px=10_000)  # someone watches
+        wait_for(lambda: view.offer(frame, result, camera) or client.exists(keys.view_jpeg("cam")), 10,
+                 "the watched camera's JPEG", interval=0.05)
+        assert decode(client.get(keys.view_jpeg("cam"))).shape[1] == 320
+        assert jpeg_comment(client.get(keys.view_jpeg("cam"))).startswith("percept camera=cam seq=1 ")
+
+        client.delete(keys.view_want("cam"))  # nobody any more: stops within a check
+        _offer_for(view, 1.5, frame, result, camera)
+        before = encode_calls.calls
+        _offer_for(view, 1.5, frame, result, camera)
+        assert encode_calls.calls == before and annotate_calls.calls == before
+    finally:
+        hub.close()
+
+
+def test_a_busy_view_skips_frames_and_never_blocks_the_caller(redis_server):
+    class SlowBlur:
+        def blur(self, image):
+            time.sleep(0.4)  # a slow blur (the work being measured), not a wait
+            return image
+
+    client = redis_server.client()
+    keys = StreamKeys("unit")
+    hub = ViewHub(ViewConfig(fps=20, width=320), client, keys, blurrer=SlowBlur())
+    view = hub.camera("cam")
+    client.set(keys.view_want("cam"), b"1", px=10_000)
+    frame = clip_frame("traffic.mp4", 30)
+    result = FrameResult(FrameMeta("cam", 1, time.time(), None, 640, 360), Detections(), {}, {})
+    try:
+        slowest = _offer_for(view, 3.0, frame, result, CameraConfig(id="cam", url="x"))
+        assert slowest < 0.02, f"offer() took {slowest * 1000:.0f} ms"
+        assert view.skipped > 10 and 1 <= view.rendered <= 8, (view.skipped, view.rendered)
+    finally:
+        hub.close()
+
+
+# --- graph level ------------------------------------------------------------------------------------
