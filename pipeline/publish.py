@@ -224,10 +224,16 @@ class Publisher:
         mapping["publish_dropped"] = str(self.stats.dropped[camera])
         self._put_hash(camera, mapping, None)
 
-    def _put_hash(self, camera: str, mapping: dict[str, str], entry: dict[str, str] | None) -> None:
+    def fenced_hset(self, camera: str, key: str, mapping: Mapping[str, str]) -> None:
+        """HSET another key of the camera (its tracker snapshot) in the queue, after everything
+        queued before it, checked against the camera's lease like the camera hash."""
+        self._put_hash(camera, dict(mapping), None, key=key)
+
+    def _put_hash(self, camera: str, mapping: dict[str, str], entry: dict[str, str] | None, *,
+                  key: str | None = None) -> None:
         fence = self._fences.get(camera)
         hash_args = _flat(mapping)
-        keys = [fence.key if fence else self.keys.lease(camera), self.keys.camera(camera), self.keys.status]
+        keys = [fence.key if fence else self.keys.lease(camera), key or self.keys.camera(camera), self.keys.status]
         strict = 0 if fence is None or fence.released else 1  # released: refused only if someone holds it
         args = [fence.token if fence else "", strict, len(hash_args), self.status_maxlen, *hash_args,
                 *_flat(entry or {})]
@@ -236,7 +242,8 @@ class Publisher:
             self._hset(keys=keys, args=args, client=pipe)
             return 1
 
-        self._put(camera, 256, apply, is_frame=False, fence=fence)
+        nbytes = 256 if key is None else sum(len(a) for a in hash_args)  # a snapshot counts its size
+        self._put(camera, nbytes, apply, is_frame=False, fence=fence)
 
     def _log_fenced(self, camera: str, why: str) -> None:
         if camera not in self._fence_logged:

@@ -83,31 +83,14 @@ class TrackSnapshots:
             return self._skip(f"not JSON ({exc})")
         if len(text) > MAX_STATE_BYTES:
             return self._skip(f"{len(text)} bytes (limit {MAX_STATE_BYTES})")
-        fenced_hset(self.publisher, self.camera, self.publisher.keys.trackstate(self.camera),
-                    {"v": "1", "seq": str(seq), "json": text})
+        self.publisher.fenced_hset(self.camera, self.publisher.keys.trackstate(self.camera),
+                                   {"v": "1", "seq": str(seq), "json": text})
         self.written += 1
 
     def _skip(self, why: str) -> None:
         if not self._skip_logged:
             log.warning("camera %s: track state not saved: %s", self.camera, why)
             self._skip_logged = True
-
-
-def fenced_hset(publisher: Publisher, camera: str, key: str, mapping: Mapping[str, str]) -> None:
-    """HSET ``key`` in the publisher's queue (after everything queued before it), checked
-    against the camera's lease like the camera hash. (The publisher writes only the camera hash
-    itself this way; this borrows its queue and script for another key of the camera.)"""
-    fence = publisher._fences.get(camera)
-    keys = [fence.key if fence else publisher.keys.lease(camera), key, publisher.keys.status]
-    strict = 0 if fence is None or fence.released else 1
-    flat = [str(x) for kv in mapping.items() for x in kv]
-    args = [fence.token if fence else "", strict, len(flat), publisher.status_maxlen, *flat]
-
-    def apply(pipe: Any) -> int:
-        publisher._hset(keys=keys, args=args, client=pipe)
-        return 1
-
-    publisher._put(camera, sum(len(x) for x in flat), apply, is_frame=False, fence=fence)
 
 
 @dataclass
