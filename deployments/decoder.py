@@ -50,7 +50,7 @@ def classifier_routes(cfg: PerceptConfig, handles: dict[str, DeploymentHandle]) 
     routes: dict[str, list[ClassifierRoute]] = {}
     for section in cfg.classifier_sections():
         handle = handles[section.deployment]
-        size, context, minimum = crop_spec(section.cfg, models_dir=cfg.models_dir)
+        size, context, minimum = crop_spec(section.cfg, models_dir=cfg.models_dir, field=section.field)
 
         async def classify(crops, handle=handle):
             return await handle.classify.remote(crops)
