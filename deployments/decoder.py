@@ -100,7 +100,8 @@ class DecoderDeployment:
         ).start()
         self.metrics = CameraMetrics(RayRecorder())  # Prometheus, on Ray's metrics endpoint
         # the live view (pipeline/view.py): JPEGs only while someone watches; blur models load here
-        self.views = await asyncio.to_thread(ViewHub.from_config, cfg, client, self.keys)
+        self.views = await asyncio.to_thread(ViewHub.from_config, cfg, client, self.keys,
+                                             fence_of=self.publisher.fence_of)
 
         self._detect = merged_detect(list(detectors.values()))
         self._routes = await asyncio.to_thread(classifier_routes, cfg, classifiers)

@@ -8,7 +8,7 @@ from ingesting alongside the new owner:
   acquired or renewed (measured from before the command was sent, so never later than Redis
   expires it), whatever the reason it could not renew;
 - every write of a camera's results and state goes through a Lua script that checks the lease
-  token in the same round-trip (`FENCED_PUBLISH`, `FENCED_HSET`): a write from a replica that no
+  token in the same round-trip (`FENCED_PUBLISH`, `FENCED_HSET`; the live view's JPEG: `FENCED_SET`): a write from a replica that no
   longer holds the lease is refused by Redis itself.
 
 A script answers 1 (written), 0 (the lease is held by someone else: refused) or -1 (nobody holds
@@ -83,6 +83,14 @@ redis.call('HSET', KEYS[2], unpack(ARGV, 5, 4 + n))
 if #ARGV > 4 + n then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5 + n))
 end
+return 1
+"""
+
+# A droppable side value of a camera (its live view JPEG): KEYS: lease, key. ARGV: token, value,
+# px. Written only while the lease holds our token; nothing is kept for later.
+FENCED_SET = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 

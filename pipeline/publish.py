@@ -122,6 +122,11 @@ class Publisher:
             if fence is not None:
                 self._fences[camera] = replace(fence, released=True)
 
+    def fence_of(self, camera: str) -> Fence | None:
+        """The fence this camera's writes are checked against now (None: unchecked)."""
+        with self._cond:
+            return self._fences.get(camera)
+
     def last_published(self, camera: str) -> tuple[int, int] | None:
         """(ms, seq) of the newest entry on the camera's stream (None if empty); also primes the
         id clock so new ids never go below it. Raises on a Redis error (call at camera start)."""

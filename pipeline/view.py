@@ -35,6 +35,7 @@ import numpy as np
 from .config import CameraConfig
 from .config_view import ViewConfig
 from .geometry import GeometryError, resolve_geometry
+from .lease import FENCED_SET
 from .schema import FrameResult
 from .streams import StreamKeys
 
@@ -189,15 +190,21 @@ def _lower_priority() -> None:
 class ViewHub:
     """A decoder replica's view: its threads, its blurrer, one `CameraView` per camera."""
 
-    def __init__(self, cfg: ViewConfig, client: Any, keys: StreamKeys, *, blurrer: Any = None, workers: int = 2):
+    def __init__(self, cfg: ViewConfig, client: Any, keys: StreamKeys, *, blurrer: Any = None, workers: int = 2,
+                 fence_of: Callable[[str], Any] | None = None):
         self.cfg = cfg
         self.client = client
         self.keys = keys
         self.blurrer = blurrer  # pipeline.privacy.Blurrer, or None
+        # camera → its lease's Fence (Publisher.fence_of): a replica that lost a camera's lease
+        # writes no more of its JPEGs (checked by Redis in the write, like the camera's results)
+        self.fence_of = fence_of
+        self._fenced_set = client.register_script(FENCED_SET)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="view", initializer=_lower_priority)
 
     @classmethod
-    def from_config(cls, config: Any, client: Any, keys: StreamKeys) -> ViewHub | None:
+    def from_config(cls, config: Any, client: Any, keys: StreamKeys, *,
+                    fence_of: Callable[[str], Any] | None = None) -> ViewHub | None:
         """The hub a decoder replica runs for ``config`` (a PerceptConfig): None when ``view`` is
         off; with the blurrer ``privacy`` asks for (its models load here: call it off the loop)."""
         from .privacy import Blurrer
@@ -205,10 +212,21 @@ class ViewHub:
         if not config.view.enabled:
             return None
         blurrer = Blurrer.from_config(config.privacy, config.models_dir)
-        return cls(config.view, client, keys, blurrer=blurrer or None)
+        return cls(config.view, client, keys, blurrer=blurrer or None, fence_of=fence_of)
 
     def camera(self, camera_id: str) -> CameraView:
         return CameraView(self, camera_id)
+
+    def write_jpeg(self, camera_id: str, jpeg: bytes, ttl_s: float) -> bool:
+        """SET the camera's view JPEG; False when its lease is not ours (nothing written)."""
+        key, px = self.keys.view_jpeg(camera_id), int(ttl_s * 1000)
+        fence = self.fence_of(camera_id) if self.fence_of is not None else None
+        if fence is None:
+            self.client.set(key, jpeg, px=px)
+            return True
+        if fence.released:
+            return False
+        return bool(self._fenced_set(keys=[fence.key, key], args=[fence.token, jpeg, px]))
 
     def submit(self, fn: Callable[..., None], *args: Any) -> None:
         self._pool.submit(fn, *args)
@@ -226,6 +244,7 @@ class CameraView:
         self.watched = False
         self.rendered = 0  # JPEGs written
         self.skipped = 0  # frames offered while the previous one was still being drawn
+        self.fenced = 0  # JPEGs refused: the camera's lease is not ours
         self.render_ms: float | None = None  # moving average
         self._period = 1.0 / hub.cfg.fps
         self._checked_at = -math.inf
@@ -274,7 +293,9 @@ class CameraView:
             jpeg = render_jpeg(image, result, camera, self.hub.cfg, self.hub.blurrer)
             # the image outlives a few frame intervals of a slow camera, then goes with it
             ttl_s = max(self.hub.cfg.watch_ttl_s, 3 * (self._interval or 0.0))
-            self.hub.client.set(self.hub.keys.view_jpeg(self.camera_id), jpeg, px=int(ttl_s * 1000))
+            if not self.hub.write_jpeg(self.camera_id, jpeg, ttl_s):
+                self.fenced += 1  # the camera's lease is another replica's now
+                return
             ms = (time.perf_counter() - t0) * 1000
             self.render_ms = ms if self.render_ms is None else 0.8 * self.render_ms + 0.2 * ms
             self.rendered += 1

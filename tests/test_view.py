@@ -140,6 +140,42 @@ def test_nothing_is_drawn_or_encoded_while_nobody_watches(redis_server, monkeypa
         hub.close()
 
 
+def test_a_replica_without_the_cameras_lease_writes_no_view_jpeg(redis_server):
+    """The view JPEG is fenced like the camera's results: written while the lease holds our token,
+    refused (and counted) once another replica holds it or after we released it."""
+    from pipeline.lease import Fence
+
+    client = redis_server.client()
+    keys = StreamKeys("unit")
+    fences = {"cam": Fence(keys.lease("cam"), "ours", 20.0)}
+    hub = ViewHub(ViewConfig(fps=20, width=320), client, keys, fence_of=fences.get)
+    view = hub.camera("cam")
+    client.set(keys.view_want("cam"), b"1", px=60_000)
+    frame = clip_frame("traffic.mp4", 30)
+    camera = CameraConfig(id="cam", url="x")
+
+    def offered(seq: int):
+        result = FrameResult(FrameMeta("cam", seq, time.time(), None, 640, 360), Detections(), {}, {})
+        return lambda: view.offer(frame, result, camera) or client.get(keys.view_jpeg("cam"))
+
+    def seq_of(jpeg: bytes) -> int:
+        return int(jpeg_comment(jpeg).split("seq=")[1].split()[0])
+
+    try:
+        client.set(keys.lease("cam"), b"ours")
+        wait_for(offered(1), 10, "a JPEG while the lease is ours", interval=0.05)
+        client.set(keys.lease("cam"), b"another-replica")  # the camera moved on
+        wait_for(lambda: offered(2)() and view.fenced >= 3, 10, "JPEGs refused", interval=0.05)
+        assert seq_of(client.get(keys.view_jpeg("cam"))) == 1
+        fences["cam"] = Fence(keys.lease("cam"), "ours", 20.0, released=True)
+        client.set(keys.lease("cam"), b"ours")  # even with our old token back: we released it
+        refused = view.fenced
+        wait_for(lambda: offered(3)() and view.fenced >= refused + 3, 10, "released: refused", interval=0.05)
+        assert seq_of(client.get(keys.view_jpeg("cam"))) == 1
+    finally:
+        hub.close()
+
+
 def test_a_busy_view_skips_frames_and_never_blocks_the_caller(redis_server):
     class SlowBlur:
         def blur(self, image):
