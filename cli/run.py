@@ -142,11 +142,24 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
             return fail(f"deployment failed: {redact(str(exc))[-2000:]}", EXIT_UNAVAILABLE)
         say(f"running {len(config.cameras)} camera(s); streams {config.redis.stream_prefix}:detections:<camera>; "
             f"replica logs in {logs}")
+        say(ingress_line(config))
         client = redis_from_config(config.redis)
         outage = RedisOutage(config.redis.url)
         return monitor_cameras(client, StreamKeys(config.redis.stream_prefix), [c.id for c in config.cameras],
                                duration=duration, show=monitor, outage=outage)
     return 0
+
+
+def ingress_line(config: PerceptConfig) -> str:
+    """Where a person looks: the live view page (when on) and the camera API, on Serve's proxy."""
+    host = config.http.host
+    if host in ("0.0.0.0", "::", ""):
+        import socket
+
+        host = socket.gethostname()  # bound on every interface: this machine's name reaches it
+    base = f"http://{host}:{config.http.port}"
+    view = f"live view {base}/  " if config.view.enabled else "live view off (view.enabled: false); "
+    return f"{view}camera API {base}/cameras"
 
 
 def _camera_env_names(config: PerceptConfig) -> set[str]:

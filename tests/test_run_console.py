@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,12 @@ def test_run_with_status_lines_survives_a_redis_restart_and_keeps_the_console_cl
             60, "frames captured during the outage in the stream")
         assert len(during) >= 5, f"only {len(during)} frames captured during the 5 s outage were published"
         assert proc.poll() is None, f"percept run exited ({proc.returncode}) after the Redis restart"
+        named = re.search(r"live view (http://\S+/)  camera API (http://\S+)", Path(out.name).read_text())
+        assert named, Path(out.name).read_text()[:2000]
+        with urllib.request.urlopen(named.group(1), timeout=30) as resp:  # the page the console names
+            assert resp.status == 200 and "<html" in resp.read().decode().lower()
+        with urllib.request.urlopen(named.group(2), timeout=30) as resp:
+            assert [c["id"] for c in json.loads(resp.read())] == [CAMERA]
         lines_after = wait_for(lambda: Path(out.name).read_text().count(f"\n{CAMERA} ") > 0, 20, "status lines")
         assert lines_after
         before = Path(out.name).read_text().count(f"\n{CAMERA} ")
