@@ -11,13 +11,16 @@ helpers in `benchmarks/measure.py`):
    also the bytes of one `DetectorInput` (``frame_bytes``).
 2. ``classifiers`` — each classifier deployment in this process on crops of the bare phase's
    detections: ms per crop (batch 1 and its batch size), crops per frame, ms per frame.
+   ``tracking`` — the tracker and the event engine (a line, a zone) on 4 fps detections of
+   traffic.mp4 and vtest.avi: CPU ms per frame against the detector's (`benchmarks/costs.py`).
 3. ``ultralytics`` — ``YOLO(model).predict(source=<.streams>, stream=True)`` on the same RTSP
    URLs, in a subprocess with a timeout, before Ray starts (the machine is otherwise idle).
 4. Ray and Serve start once; each of the following is a ``serve.run`` of the graph with its own
    cameras and its own stream prefix (fresh streams, leases and camera hashes), deleted after:
    ``e2e`` for every N in ``--cameras`` with cameras uncapped (``fps: 0``), counting XLEN growth
    over a window after a warm-up; ``detect-only``, the same without classifiers (what they cost);
-   ``e2e-vehicle``, with the vehicle classifier only; ``latency`` at ~50 % of the measured
+   ``e2e-vehicle``, with the vehicle classifier only; ``view``, detector only with the live view
+   off, then on with one MJPEG client (against detect-only: on, nobody watching); ``latency`` at ~50 % of the measured
    capacity; ``overload`` at ~3× capacity (RSS of every Ray process at the start and end of the
    window, lag, drops). Every window also records the CPU each process used and how much other
    processes on the machine took (noise).
@@ -48,6 +51,7 @@ from typing import Any, Callable
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError, PerceptConfig
 
+from . import costs as C
 from . import phases as X
 from . import processes as P
 from . import report as R
@@ -67,8 +71,8 @@ from .harness import (
 
 log = logging.getLogger("percept.bench")
 
-PHASES = ("limit", "bare", "classifiers", "ultralytics", "e2e", "detect-only", "e2e-vehicle", "latency",
-          "overload", "publish")
+PHASES = ("limit", "bare", "classifiers", "tracking", "ultralytics", "e2e", "detect-only", "e2e-vehicle", "view",
+          "latency", "overload", "publish")
 VEHICLE = "vehicle"  # the category of the e2e-vehicle phase
 
 
@@ -189,6 +193,9 @@ class Bench:
             self.base, self.bare_out["frames"], self.bare_out["detections"], seconds=seconds)
         self.bare_out = None  # the frames are not needed any more
 
+    def tracking(self) -> None:
+        self.result["tracking_cost"] = C.phase_tracking(self.base, self.clips, duration=self.duration)
+
     def ultralytics(self) -> None:
         urls = [self.cams.url(i) for i in range(self.n_max)]
         cpu = P.CpuMeter().start()
@@ -206,9 +213,9 @@ class Bench:
     # --- the graph ----------------------------------------------------------------------------
 
     def _config(self, prefix: str, n: int, *, fps: float = 0, realtime: bool = False,
-                classifiers: bool | list[str] = True) -> PerceptConfig:
+                classifiers: bool | list[str] = True, view: bool | None = None) -> PerceptConfig:
         return _phase_config(self.base, redis_url=self.redis_server.url, prefix=prefix, classifiers=classifiers,
-                             cameras=self.cams.entries(n, fps=fps, realtime=realtime))
+                             cameras=self.cams.entries(n, fps=fps, realtime=realtime), view=view)
 
     def graph_phases(self) -> None:
         ray_phases = [p for p in ("e2e", "detect-only", "e2e-vehicle", "latency", "overload") if p not in self.skip]
@@ -227,6 +234,7 @@ class Bench:
             if self.base.classifiers:
                 self.attempt("detect-only", lambda: self.detect_only(g))
             self.attempt("e2e-vehicle", lambda: self.e2e_vehicle(g))
+            self.attempt("view", lambda: self.view(g))
             self.attempt("latency", lambda: self.latency(g))
             self.attempt("overload", lambda: self.overload(g))
             _say("stopping Ray …")
@@ -274,6 +282,15 @@ class Bench:
         self.result["e2e_vehicle"] = {str(self.n_max): ph}
         self.result["e2e_vehicle_fps"] = ph["fps"]
 
+    def view(self, g: Graph) -> None:
+        # the live view's cost: off, and one watcher, against detect-only (on, nobody watching)
+        idle = (self.result.get("e2e_detect_only") or {}).get(str(self.n_max))
+        if idle is None and not self.base.classifiers:
+            idle = (self.result.get("e2e") or {}).get(str(self.n_max))
+        self.result["view_cost"] = C.view_phases(
+            g, lambda prefix, on: self._config(prefix, self.n_max, classifiers=False, view=on),
+            duration=self.duration, warmup=self.warmup, idle=idle)
+
     def latency(self, g: Graph) -> None:
         cap = _capacity(self.result, self.n_max)
         if not cap:
@@ -306,6 +323,7 @@ class Bench:
         self.attempt("bare", self.bare)
         self.attempt("classifiers", self.classifiers)
         self.bare_out = None
+        self.attempt("tracking", self.tracking)
         self.attempt("ultralytics", self.ultralytics)
         self.graph_phases()
         self.attempt("publish", self.publish)
@@ -337,7 +355,8 @@ def _overload_summary(ph: dict[str, Any], cap: float, n: int, fps: float) -> dic
 
 
 NULL_KEYS = ("limit", "limit_fps", "bare_fps", "frame_bytes", "classifiers_cost", "e2e_fps", "e2e_detect_only_fps",
-             "e2e_vehicle_fps", "ultralytics_fps", "latency_ms", "overload", "single_infer_ms", "ray_own_cpu")
+             "e2e_vehicle_fps", "ultralytics_fps", "latency_ms", "overload", "single_infer_ms", "ray_own_cpu",
+             "tracking_cost", "view_cost")
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -116,7 +116,7 @@ def start_services(stack: ExitStack, args: argparse.Namespace, clips: list[Path]
 
 
 def _phase_config(base: PerceptConfig, *, redis_url: str, prefix: str, cameras: list[dict[str, Any]],
-                  classifiers: bool | Sequence[str] = True) -> PerceptConfig:
+                  classifiers: bool | Sequence[str] = True, view: bool | None = None) -> PerceptConfig:
     """The base config on its own streams with these cameras; ``classifiers`` False drops them
     all, a list of categories keeps only the first classifier of each of those categories."""
     data = base.model_dump(mode="json")
@@ -127,6 +127,8 @@ def _phase_config(base: PerceptConfig, *, redis_url: str, prefix: str, cameras: 
     data["redis"]["url"] = redis_url
     data["redis"]["stream_prefix"] = prefix
     data["cameras"] = cameras
+    if view is not None:  # the live view on or off (default: as the base config)
+        data["view"]["enabled"] = view
     return parse_config(data, env={})
 
 
@@ -172,13 +174,17 @@ class Graph:
         stack.callback(ray.shutdown)
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         self.gpu = ray.cluster_resources().get("GPU", 0) > 0
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
         stack.callback(serve.shutdown)
+        self.http_url = f"http://127.0.0.1:{port}"  # the graph's ingress (camera API, live view)
         self.client = client
         self.startup_s = time.monotonic() - t
 
     def phase(self, cfg: PerceptConfig, *, duration: float, warmup: float, ready_timeout: float = 120.0,
-              profile_dir: Path | None = None) -> dict[str, Any]:
+              profile_dir: Path | None = None, watcher: Any = None) -> dict[str, Any]:
+        """``watcher``: a context manager entered once every camera publishes, before the warm-up,
+        and left after the window (a view watcher: `benchmarks.costs.MjpegWatcher`)."""
         import ray
         from ray import serve
 
@@ -192,11 +198,14 @@ class Graph:
         cams = [c.id for c in cfg.cameras]
         streams = [keys.detections(c) for c in cams]
         t_deploy = time.monotonic()
+        stack = ExitStack()  # the watcher's
         serve.run(build_app(cfg, gpu_available=self.gpu), name=APP, route_prefix="/",
                   logging_config={"enable_access_log": False})
         try:
             self._wait_ready(keys, cams, streams, ready_timeout)
             ready_s = time.monotonic() - t_deploy
+            if watcher is not None:
+                stack.enter_context(watcher)
             time.sleep(warmup)
             tap = M.StreamTap(self.client, streams).start()
             cpu = P.CpuMeter().start()
@@ -212,6 +221,7 @@ class Graph:
             t1, len1, st1 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
             procs1 = P.process_stats()
             cpu_use = cpu.stop()
+            stack.close()  # the watcher stops with the window
             entries = tap.stop()
             for p in profilers:
                 try:
@@ -219,6 +229,7 @@ class Graph:
                 except subprocess.TimeoutExpired:
                     p.kill()
         finally:
+            stack.close()
             serve.delete(APP)
         dt = t1 - t0
 

@@ -28,6 +28,8 @@ GOALS: dict[str, tuple[str, float]] = {
     "p5_publish_over_redis_benchmark": (">=", 0.5),
     "classifiers_e2e_over_detect_only": (">=", 0.75),
     "ray_own_cpu.share_pct": ("<=", 10.0),
+    "tracking_cost.over_detector": ("<=", 0.10),  # tracker + events CPU / the detector's, per frame
+    "view_cost.idle_over_off": (">=", 0.90),  # the view on and nobody watching: within noise of off
 }
 
 # --- small numbers -------------------------------------------------------------------------------
@@ -246,6 +248,13 @@ def _cost_rows(t: _Table, result: Mapping[str, Any]) -> None:
               f"{_fmt(c.get('ms_per_crop_b1'), '.1f')}/{_fmt(c.get('ms_per_crop_batch'), '.1f')}")
         t.row(f"{name} crops, ms /frame",
               f"{_fmt(c.get('crops_per_frame'), '.1f')}, {_fmt(c.get('ms_per_frame'), '.1f')}")
+    tr = result.get("tracking_cost") or {}
+    t.row("tracker + events CPU ms/frame (4 fps)", tr.get("total_ms_per_frame"), spec=".2f")
+    t.row("tracker + events / detector CPU", tr.get("over_detector"), "tracking_cost.over_detector", ".3f")
+    view = result.get("view_cost") or {}
+    t.row("view on, nobody watching / view off (fps)", view.get("idle_over_off"), "view_cost.idle_over_off")
+    t.row(f"one view watcher: CPU % of a core ({_fmt(value_of(view, 'watcher.parts_per_s'), '.1f')} JPEG/s)",
+          view.get("watch_cpu_pct"), spec=".1f")
     t.row("frame bytes (pickled DetectorInput)", result.get("frame_bytes"), spec=".0f")
     ray = result.get("ray_own_cpu") or {}
     t.row(f"Ray's own CPU, % of the service's ({_fmt(ray.get('ray_pct_of_core'), '.0f')}% of a core)",

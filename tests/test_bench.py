@@ -73,7 +73,17 @@ def _check_new_measures(r: dict, stdout: str) -> None:
     ray = r["ray_own_cpu"]
     assert 0 < ray["share_pct"] < 100 and "raylet" in ray["processes"], ray
     assert not any("ServeReplica" in n for n in ray["processes"]), ray
-    for label in ("p0 detector only / limit", "p2 detector only / ultralytics", "classifier-vehicle ms/crop",
+    tr = r["tracking_cost"]  # tracker + events against the detector, on the same 4 fps frames
+    assert set(tr["clips"]) == {"traffic", "vtest"} and tr["frames"] >= 48, tr
+    assert all(c["events"] > 0 and c["tracked_objects"] > 0 for c in tr["clips"].values()), tr
+    assert _finite_positive(tr["total_ms_per_frame"]) and _finite_positive(tr["detector_cpu_ms_per_frame"])
+    assert tr["over_detector"] == pytest.approx(tr["total_ms_per_frame"] / tr["detector_cpu_ms_per_frame"], rel=0.01)
+    view = r["view_cost"]  # view off / on with nobody watching / one MJPEG watcher
+    assert _finite_positive(view["off_fps"]) and _finite_positive(view["idle_over_off"]), view
+    assert view["watcher"]["parts"] > 0 and view["watcher"]["error"] is None, view["watcher"]
+    assert "decoder" in view["replica_cpu_pct"]["watched"] and isinstance(view["watch_cpu_pct"], (int, float)), view
+    for label in ("tracker + events / detector CPU", "view on, nobody watching / view off", "one view watcher",
+                  "p0 detector only / limit", "p2 detector only / ultralytics", "classifier-vehicle ms/crop",
                   "frame bytes", "Ray's own CPU"):
         assert label in stdout, label
 
@@ -127,6 +137,6 @@ def test_bench_smoke(tmp_path, models_dir, videos):
         "p0_e2e_over_limit", "p1_e2e_over_bare", "p2_detect_only_over_ultralytics",
         "p2_vehicle_classifier_over_ultralytics", "p3_p50_over_single_infer", "overload.lag_p99_s",
         "overload.rss_growth_max_pct", "p5_publish_over_redis_benchmark", "classifiers_e2e_over_detect_only",
-        "ray_own_cpu.share_pct"}
+        "ray_own_cpu.share_pct", "tracking_cost.over_detector", "view_cost.idle_over_off"}
     assert all(isinstance(g["value"], (int, float)) and g["met"] in (True, False) for g in r["goals"].values()), r["goals"]
     assert "p1 e2e / bare" in proc.stdout  # the table
