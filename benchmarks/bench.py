@@ -15,6 +15,9 @@ helpers in `benchmarks/measure.py`):
    traffic.mp4 and vtest.avi: CPU ms per frame against the detector's (`benchmarks/costs.py`).
 3. ``ultralytics`` — ``YOLO(model).predict(source=<.streams>, stream=True)`` on the same RTSP
    URLs, in a subprocess with a timeout, before Ray starts (the machine is otherwise idle).
+   ``decode`` — each camera's decoder CPU in both ``decode`` modes (every frame, keyframes only)
+   at a sampled rate below its keyframe rate, and one frame's copies and bytes from the decoder
+   to the detector (``frame_copies``; `benchmarks/decode.py`).
 4. Ray and Serve start once; each of the following is a ``serve.run`` of the graph with its own
    cameras and its own stream prefix (fresh streams, leases and camera hashes), deleted after:
    ``e2e`` for every N in ``--cameras`` with cameras uncapped (``fps: 0``), counting XLEN growth
@@ -52,6 +55,7 @@ from typing import Any, Callable
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError, PerceptConfig
 
 from . import costs as C
+from . import decode as D
 from . import phases as X
 from . import processes as P
 from . import report as R
@@ -71,7 +75,7 @@ from .harness import (
 
 log = logging.getLogger("percept.bench")
 
-PHASES = ("limit", "bare", "classifiers", "tracking", "ultralytics", "e2e", "detect-only", "e2e-vehicle", "view",
+PHASES = ("limit", "bare", "classifiers", "tracking", "ultralytics", "decode", "e2e", "detect-only", "e2e-vehicle", "view",
           "latency", "overload", "publish")
 VEHICLE = "vehicle"  # the category of the e2e-vehicle phase
 
@@ -205,6 +209,17 @@ class Bench:
         self.result["ultralytics"] = res
         self.result["ultralytics_fps"] = res["fps"]
 
+    def decode(self) -> None:
+        n = self.n_max
+        urls = [self.cams.url(i) for i in range(n)]
+        names = [c["id"] for c in self.cams.entries(n, fps=D.SAMPLED_FPS)]
+        out = D.phase_decode(urls, names, [str(c) for c in self.clips], imgsz=self.base.detector.imgsz,
+                             seconds=min(10.0, max(4.0, self.duration / 4)))
+        self.result["decode"] = out
+        self.result["frame_copies"] = out["frame_path"]["copies"]
+        self.result["decoder_cpu_ms_per_s"] = out["decoder_cpu"]["total_cpu_ms_per_s"]
+        self.result["decode_keyframes_over_all"] = out["decoder_cpu"]["keyframes_over_all"]
+
     def publish(self) -> None:
         if not self.samples:
             raise RuntimeError("no payloads to publish (bare and e2e both skipped or failed)")
@@ -325,6 +340,7 @@ class Bench:
         self.bare_out = None
         self.attempt("tracking", self.tracking)
         self.attempt("ultralytics", self.ultralytics)
+        self.attempt("decode", self.decode)
         self.graph_phases()
         self.attempt("publish", self.publish)
 
@@ -356,7 +372,8 @@ def _overload_summary(ph: dict[str, Any], cap: float, n: int, fps: float) -> dic
 
 NULL_KEYS = ("limit", "limit_fps", "bare_fps", "frame_bytes", "classifiers_cost", "e2e_fps", "e2e_detect_only_fps",
              "e2e_vehicle_fps", "ultralytics_fps", "latency_ms", "overload", "single_infer_ms", "ray_own_cpu",
-             "tracking_cost", "view_cost")
+             "tracking_cost", "view_cost", "decode", "frame_copies", "decoder_cpu_ms_per_s",
+             "decode_keyframes_over_all")
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -163,6 +163,7 @@ def machine_info(*, model: str, imgsz: int, batch: int, device: str) -> dict[str
             "ray": version("ray"),
             "openvino": version("openvino"),
             "opencv": version("cv2"),
+            "pyav": version("av"),
             "redis_server": redis_version,
         },
     }
@@ -256,6 +257,10 @@ def _cost_rows(t: _Table, result: Mapping[str, Any]) -> None:
     t.row(f"one view watcher: CPU % of a core ({_fmt(value_of(view, 'watcher.parts_per_s'), '.1f')} JPEG/s)",
           view.get("watch_cpu_pct"), spec=".1f")
     t.row("frame bytes (pickled DetectorInput)", result.get("frame_bytes"), spec=".0f")
+    t.row("frame copies, decoder → detector", result.get("frame_copies"), spec=".1f")
+    dec = result.get("decoder_cpu_ms_per_s") or {}
+    t.row(f"decoder CPU ms/s @ {_fmt(value_of(result, 'decode.decoder_cpu.sampled_fps'), 'g')} fps, decode all/keyframes",
+          "/".join(_fmt(dec.get(k), ".0f") for k in ("all", "keyframes")) if dec else None)
     ray = result.get("ray_own_cpu") or {}
     t.row(f"Ray's own CPU, % of the service's ({_fmt(ray.get('ray_pct_of_core'), '.0f')}% of a core)",
           ray.get("share_pct"), "ray_own_cpu.share_pct", ".1f")

@@ -1,6 +1,7 @@
 """Opening cameras with OpenCV/FFmpeg — the part of a source that touches the world: RTSP over
 TCP with explicit timeouts, files, devices; why an RTSP open failed, in an operator's words;
-a file's nominal frame rate. `VideoSource` (pipeline/sources.py) receives the opener."""
+a file's nominal frame rate. `VideoSource` (pipeline/sources.py) receives the opener. A camera
+with ``decode: keyframes`` is opened with PyAV instead (pipeline/capture_av.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,19 @@ def open_capture(
     *,
     open_timeout_s: float = 5.0,
     read_timeout_s: float = 2.0,
+    decode: str = "all",
+    fps: float = 0.0,
 ) -> Capture:
-    """Open a camera with OpenCV/FFmpeg: RTSP over TCP with explicit timeouts, files, devices."""
+    """Open a camera with OpenCV/FFmpeg: RTSP over TCP with explicit timeouts, files, devices.
+    ``decode: keyframes``: with PyAV, decoding only the keyframes (``fps``, the camera's sampling
+    rate, is compared with its keyframe rate: a warning when it is higher)."""
+    if decode == "keyframes":
+        from .capture_av import keyframe_rate, open_keyframes
+
+        return open_keyframes(camera, url, open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
+                              rate=keyframe_rate(camera, fps), diagnose=diagnose_rtsp)
+    if decode != "all":
+        raise ValueError(f"camera {camera}: decode must be all or keyframes, not {decode!r}")
     import cv2
 
     safe = redact_url(url)

@@ -73,7 +73,7 @@ class CameraConductor:
         classifiers: Mapping[str, ClassifierRoute | Sequence[ClassifierRoute]],
         publisher: Publisher,
         imgsz: int,
-        models: Mapping[str, Any],
+        models: Mapping[str, Any] | Callable[[Sequence[str]], Mapping[str, Any]],
         max_inflight: int,
         detect_timeout_s: float = 30.0,
         classify_timeout_s: float = 10.0,
@@ -86,13 +86,16 @@ class CameraConductor:
         track_state: TrackSnapshots | None = None,
         metrics: CameraMetrics | None = None,
         view: Any = None,
+        kept: Any = None,
     ):
         self.camera = camera
         self.source = source
         self.detect = detect
         self.publisher = publisher
         self.imgsz = imgsz
-        self.models = dict(models)
+        # the message's ``model``: fixed, or built per frame from the detector models that
+        # produced it (`pipeline.lifecycle.swap.PublishedModels`: models change at runtime)
+        self.models = models if callable(models) else dict(models)
         self.max_inflight = max_inflight
         self.detect_timeout_s = detect_timeout_s
         self.stats_interval_s = stats_interval_s
@@ -104,6 +107,7 @@ class CameraConductor:
         self.track_state = track_state  # snapshots of both, so the camera's next owner continues its tracks
         self.metrics = metrics or NO_METRICS  # e2e latency and lag per published frame
         self.view = view  # pipeline.view.CameraView: offered each published frame (draws only when watched)
+        self.kept = kept  # pipeline.keep.KeptFrames: the last published frames, for `percept explain`
         self._last_seq: int | None = None  # the newest published frame's seq
         self._alive: dict[int, tuple[set[int], dict]] = {}  # seq → the tracker's ids and origins after that frame
         self._tracked_frames = 0
@@ -226,6 +230,8 @@ class CameraConductor:
                     self._publish(result)
                     if self.view is not None:
                         self.view.offer(frame.image, result, self.camera)
+                    if self.kept is not None:
+                        self.kept.keep(frame.image, result)
                     self.counters.processed += 1
                     self._fps_window.append(time.monotonic())
             finally:
@@ -277,7 +283,9 @@ class CameraConductor:
         meta = frame.meta
         t_start = time.time()
         queue_ms = (t_start - meta.frame_ts) * 1000
-        inp = prepare_frame(frame.image, self.imgsz, meta.frame_ts)
+        inp = frame.prepared  # letterboxed in the reader thread (open_camera); else here
+        if not isinstance(inp, DetectorInput):
+            inp = prepare_frame(frame.image, self.imgsz, meta.frame_ts, meta.camera)
         t0 = time.perf_counter()
         detections = await self._detect_with_retry(inp)
         detect_ms = (time.perf_counter() - t0) * 1000
@@ -299,7 +307,9 @@ class CameraConductor:
             self.counters.classify_failed += 1
         classify_ms = (time.perf_counter() - t1) * 1000
         latency = {"decode": frame.decode_ms, "queue": queue_ms, "detect": detect_ms, "classify": classify_ms}
-        return FrameResult(meta, detections, self.models, latency)
+        # after classification: each classifier is named by its latest answer (this frame's among them)
+        models = self.models(detections.model_names) if callable(self.models) else self.models
+        return FrameResult(meta, detections, models, latency)
 
     async def _detect_with_retry(self, inp: DetectorInput) -> Detections:
         for attempt in (1, 2):  # one retry: a replica restart or a lost request
@@ -356,6 +366,7 @@ class CameraConductor:
             "dropped": self.dropped,
             "processed": self.counters.processed,
             "classify_failed": self.counters.classify_failed,
+            "failed": self.counters.failed,  # frames whose detection failed (part of dropped)
             "inflight": len(self._inflight),
             "last_error": self.source.last_error,
         }
@@ -368,9 +379,10 @@ async def open_camera(
     publisher: Publisher,
     detect: DetectFn,
     classifiers: Mapping[str, ClassifierRoute | Sequence[ClassifierRoute]],
-    models: Mapping[str, Any],
+    models: Mapping[str, Any] | Callable[[Sequence[str]], Mapping[str, Any]],
     metrics: CameraMetrics | None = None,
     view: Any = None,
+    kept: Any = None,
 ) -> CameraConductor:
     """The factory: continues ``seq`` after the last published frame, opens nothing yet (the
     reader thread connects), and wires status events to the camera hash and status stream."""
@@ -386,6 +398,7 @@ async def open_camera(
         functools.partial(
             open_capture, camera.id, camera.url,
             open_timeout_s=camera.open_timeout_s, read_timeout_s=camera.read_timeout_s,
+            decode=camera.decode, fps=camera.fps,
         ),
         fps=camera.fps,
         is_file=is_file,
@@ -397,6 +410,8 @@ async def open_camera(
         on_status=on_status,
         wants_frame=slot.wants_frame,
         wait_for_demand=slot.wait_for_demand if camera.backpressure == "wait" else None,
+        # the detector's input is made in the reader thread, only for frames the conductor takes
+        prepare=lambda image, meta: prepare_frame(image, config.detector.imgsz, meta.frame_ts, meta.camera),
     )
     on_status(StatusEvent(camera.id, SourceState.CONNECTING, None, None, time.time()))
     # the open tracks a previous owner of the camera left, if any, continue
@@ -421,4 +436,5 @@ async def open_camera(
         slot=slot,
         metrics=metrics,
         view=view,
+        kept=kept,
     )

@@ -49,7 +49,7 @@ class ModelServerConfig(Strict):
     imgsz: int = Field(640, ge=32, le=4096)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps|\d+)$")
     half: bool | None = Field(None, description="FP16; default: on for CUDA")
-    threads: int | None = Field(None, ge=1, le=256, description="torch CPU threads per replica")
+    threads: int | None = Field(None, ge=1, le=256, description="CPU threads of the model per replica (torch, OpenVINO); default: num_cpus")
     batch: BatchConfig = BatchConfig()
     replicas: int | AutoscaleConfig = Field(1, description="a count, or {min, max} to autoscale")
     num_cpus: float = Field(1.0, ge=0)

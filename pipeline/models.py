@@ -29,14 +29,45 @@ class DetectorInput:
     image: np.ndarray  # letterboxed to imgsz×imgsz, contiguous uint8 BGR
     orig_shape: tuple[int, int]  # (height, width) of the camera frame
     frame_ts: float | None = None  # capture time: the detector reports frame age for autoscaling
+    camera: str | None = None  # the camera it comes from: the detector's batcher waits for cameras by it
 
 
-def prepare_frame(image: np.ndarray, imgsz: int, frame_ts: float | None = None) -> DetectorInput:
-    """Letterbox a camera frame to the detector's square input (ultralytics' own LetterBox)."""
-    from ultralytics.data.augment import LetterBox
+PAD_VALUE = 114  # the grey ultralytics pads with
 
-    boxed = LetterBox(new_shape=(imgsz, imgsz), auto=False)(image=image)
-    return DetectorInput(np.ascontiguousarray(boxed), (int(image.shape[0]), int(image.shape[1])), frame_ts)
+
+def letterbox_geometry(height: int, width: int, imgsz: int) -> tuple[tuple[int, int], int, int]:
+    """((resized width, height), top, left) of a frame centred in the ``imgsz`` square, rounded
+    exactly as ultralytics' ``LetterBox(auto=False)`` does (so its ``scale_boxes`` maps boxes back)."""
+    r = min(imgsz / height, imgsz / width)
+    new_w, new_h = max(round(width * r), 1), max(round(height * r), 1)
+    top, left = round((imgsz - new_h) / 2 - 0.1), round((imgsz - new_w) / 2 - 0.1)
+    return (new_w, new_h), top, left
+
+
+def letterbox(image: np.ndarray, imgsz: int) -> np.ndarray:
+    """The frame resized into the middle of a grey ``imgsz`` square: one allocation, the resize
+    writes straight into the square (ultralytics' LetterBox makes the resized frame, then the
+    padded copy). Same pixels as ``LetterBox(new_shape=(imgsz, imgsz), auto=False)``."""
+    import cv2
+
+    h, w = image.shape[:2]
+    (new_w, new_h), top, left = letterbox_geometry(h, w, imgsz)
+    square = np.empty((imgsz, imgsz, 3), np.uint8)
+    square[:top] = square[top + new_h :] = PAD_VALUE  # only the borders are filled
+    square[top : top + new_h, :left] = square[top : top + new_h, left + new_w :] = PAD_VALUE
+    inner = square[top : top + new_h, left : left + new_w]
+    if (new_w, new_h) == (w, h):
+        inner[...] = image
+    else:
+        cv2.resize(image, (new_w, new_h), dst=inner, interpolation=cv2.INTER_LINEAR)
+    return square
+
+
+def prepare_frame(image: np.ndarray, imgsz: int, frame_ts: float | None = None,
+                  camera: str | None = None) -> DetectorInput:
+    """A camera frame letterboxed to the detector's square input (`letterbox`); the camera's
+    reader thread calls it for the frames the conductor will take (pipeline/conductor.py)."""
+    return DetectorInput(letterbox(image, imgsz), (int(image.shape[0]), int(image.shape[1])), frame_ts, camera)
 
 
 def prepare_crop(image: np.ndarray, box: Sequence[float], size: int | tuple[int, int], *, context: float = 1.15) -> np.ndarray:

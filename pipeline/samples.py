@@ -11,6 +11,7 @@ Used by `percept demo` and as the base configuration of `percept bench`."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,10 @@ def demo_models(models_dir: str | None) -> dict[str, Any]:
     coco = next((n for n in COCO_DETECTORS if have(n)), "yolo11n.pt")
     categories = {"vehicle": ["car", "truck", "bus", "motorcycle", "bicycle"], "pedestrian": ["person"],
                   "sign": ["stop sign", "traffic light"]}
-    detectors: list[dict[str, Any]] = [{"weights": coco, "imgsz": 640, "categories": categories}]
+    # the COCO detector runs on every core of this machine (as ultralytics' own loop does): on a
+    # 2-core laptop that is 58 fps bare instead of 32 with one thread, +17 % e2e with 4 cameras
+    detectors: list[dict[str, Any]] = [{"weights": coco, "imgsz": 640, "categories": categories,
+                                        "threads": os.cpu_count() or 1}]
     if have(SIGN_DETECTOR):
         detectors.append({"weights": SIGN_DETECTOR, "name": "signs", "imgsz": 640, "categories": {"sign": ["*"]}})
     classifiers: dict[str, list[dict[str, Any]]] = {}

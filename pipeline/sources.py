@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -69,8 +69,9 @@ class StatusEvent:
 @dataclass(frozen=True, eq=False)
 class Frame:
     meta: FrameMeta
-    image: np.ndarray  # BGR uint8, full resolution
-    decode_ms: float = 0.0  # time spent decoding this frame
+    image: np.ndarray  # BGR uint8, full resolution (crops and the live view are cut from it)
+    decode_ms: float = 0.0  # reader-thread time for this frame: colour conversion and `prepared`
+    prepared: Any = None  # what the source's ``prepare`` made of it in the reader thread (the detector's input)
 
 
 class Capture(Protocol):
@@ -122,7 +123,8 @@ class LatestFrameSlot:
     a newer frame replaces an older unsent one and the replaced one is counted as dropped.
 
     Demand: the consumer says with `want` whether it can take a frame now, or from when it
-    expects to; the reader asks `wants_frame` for each sampled frame before colour-converting it.
+    expects to; the reader asks `wants_frame` for each sampled frame before colour-converting it
+    (and making the detector's letterboxed input, `VideoSource`'s ``prepare``, in the reader thread).
     So frames nobody will take are not converted (the frame read just before the consumer expects
     to be free is, so it is ready then), and a frame the slot still holds once a newer one was
     read and skipped is dropped: what the consumer takes is always the newest frame read, never
@@ -216,6 +218,7 @@ class VideoSource:
         on_status: Callable[[StatusEvent], None] | None = None,
         wants_frame: Callable[[], bool] | None = None,
         wait_for_demand: Callable[[float], bool] | None = None,
+        prepare: Callable[[np.ndarray, FrameMeta], Any] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -234,7 +237,11 @@ class VideoSource:
         # now) skips the conversion and counts the frame as skipped.
         self._wants_frame = wants_frame
         self._wait_for_demand = wait_for_demand
+        # Runs in the reader thread on each frame that goes on (after ``wants_frame``): the
+        # detector's letterboxed input is made there, off the consumer's event loop.
+        self._prepare = prepare
         self.skipped = 0
+        self.converted = 0  # frames colour-converted (and prepared): those the consumer was to take
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -376,7 +383,6 @@ class VideoSource:
             ok, image = cap.retrieve()
             if not ok or image is None:
                 continue
-            decode_ms = (time.perf_counter() - t_decode) * 1000
             meta = FrameMeta(
                 camera=self.camera,
                 seq=self._next_seq,
@@ -386,7 +392,9 @@ class VideoSource:
                 height=int(image.shape[0]),
             )
             self._next_seq += 1
-            yield Frame(meta, image, decode_ms)
+            prepared = self._prepare(image, meta) if self._prepare is not None else None
+            self.converted += 1
+            yield Frame(meta, image, (time.perf_counter() - t_decode) * 1000, prepared)
         return "stopped", last_pts
 
 

@@ -5,6 +5,7 @@ gets the newest frame."""
 import asyncio
 import json
 import random
+import threading
 import time
 
 import numpy as np
@@ -280,3 +281,79 @@ def test_detector_gets_the_newest_frame_under_overload(redis_server, monkeypatch
     wait_for(lambda: conductor.slot.closed, 5, "the reader thread to finish")
     unsent = 1 if conductor.slot.get(timeout=0) is not None else 0
     assert conductor.counters.processed + conductor.dropped + unsent == conductor.source.frames_read
+
+
+def test_letterbox_is_ultralytics_letterbox(videos):
+    """The decoder's letterbox (one allocation, resized straight into the square) gives the same
+    array as ultralytics' LetterBox(auto=False) — so its scale_boxes maps boxes back — on frames
+    of the shared clips and on odd shapes."""
+    import cv2
+    from ultralytics.data.augment import LetterBox
+
+    from pipeline.models import letterbox
+
+    frames = []
+    for clip in ("traffic.mp4", "vtest.avi", "people.mp4"):
+        cap = cv2.VideoCapture(str(videos / clip))
+        ok, frame = cap.read()
+        cap.release()
+        assert ok
+        frames += [frame, frame[:, : frame.shape[1] // 3], cv2.resize(frame, (1920, 1080))]
+    rng = np.random.default_rng(7)
+    frames += [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((640, 640, 3), (1, 900, 3), (641, 639, 3))]
+    for frame in frames:
+        for size in (640, 320):
+            expected = LetterBox(new_shape=(size, size), auto=False)(image=frame)
+            got = letterbox(frame, size)
+            assert got.shape == expected.shape and got.flags.c_contiguous, frame.shape
+            assert np.array_equal(got, expected), (frame.shape, size)
+
+
+def test_the_detector_input_is_made_in_the_reader_thread_for_taken_frames_only(redis_server, monkeypatch):
+    """A 30 fps camera and a detector taking 100 ms: the letterbox runs in the camera's reader
+    thread, never on the event loop, the detector gets that very object (no second letterbox),
+    and frames the conductor skips are not letterboxed (about one per frame taken, not three)."""
+    fps = 30
+    monkeypatch.setattr(pipeline.conductor, "open_capture", lambda *a, **k: LiveCapture(fps))
+    real_prepare = pipeline.conductor.prepare_frame
+    prepared: list[tuple[object, str]] = []  # the objects themselves: their ids stay unique
+
+    def recording_prepare(*args, **kwargs):
+        inp = real_prepare(*args, **kwargs)
+        prepared.append((inp, threading.current_thread().name))
+        return inp
+
+    monkeypatch.setattr(pipeline.conductor, "prepare_frame", recording_prepare)
+    camera = CameraConfig(id="live", url="rtsp://camera.invalid/live", fps=0, max_inflight=1)
+    config = PerceptConfig(cameras=[camera], tracker=TrackerConfig(enabled=False), detector={"imgsz": 64})
+    taken = []
+
+    async def scenario():
+        enough = asyncio.Event()
+
+        async def detect(inp):
+            taken.append((inp, inp.image.shape, inp.orig_shape, inp.camera))
+            if len(taken) >= 12:
+                enough.set()
+            await asyncio.sleep(0.1)  # a slow detector
+            return Detections()
+
+        pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+        conductor = await open_camera(camera, config=config, publisher=pub, detect=detect, classifiers={},
+                                      models={"detector": "fake"})
+        running = asyncio.create_task(conductor.run())
+        await asyncio.wait_for(enough.wait(), 60)
+        await conductor.stop()
+        await asyncio.wait_for(running, 10)
+        pub.close()
+        return conductor
+
+    conductor = asyncio.run(scenario())
+    assert {thread for _, thread in prepared} == {"reader-live"}
+    made = {id(inp) for inp, _ in prepared}
+    assert all(id(inp) in made for inp, *_ in taken)  # the reader's object itself reached the detector
+    assert {(shape, orig, cam) for _, shape, orig, cam in taken} == {((64, 64, 3), (36, 64), "live")}
+    assert conductor.source.converted == len(prepared)
+    read = conductor.source.frames_read
+    print(f"frames read {read}, letterboxed {len(prepared)}, taken {len(taken)}")
+    assert len(prepared) <= 1.5 * len(taken) + 2 and read >= 2.5 * len(taken), (read, len(prepared), len(taken))

@@ -239,11 +239,18 @@ def test_frames_nobody_wants_are_not_colour_converted():
             return super().retrieve()
 
     busy = iter([True, False, False, True, False, True, True, True])
+    prepared = []
+
+    def prepare(image, meta):  # the detector's input, made in the reader for frames that go on
+        prepared.append(meta.seq)
+        return ("boxed", meta.seq, image.shape)
+
     src = VideoSource("c", lambda: Counting(8, clock), fps=0, is_file=True, realtime=False,
-                      wants_frame=lambda: next(busy), clock=clock, sleep=clock.sleep)
+                      wants_frame=lambda: next(busy), prepare=prepare, clock=clock, sleep=clock.sleep)
     frames = list(src.frames())
-    assert len(frames) == len(retrieved) == 5 and src.skipped == 3
-    assert [f.meta.seq for f in frames] == list(range(5))
+    assert len(frames) == len(retrieved) == len(prepared) == src.converted == 5 and src.skipped == 3
+    assert [f.meta.seq for f in frames] == list(range(5)) == prepared
+    assert [f.prepared for f in frames] == [("boxed", i, (36, 64, 3)) for i in range(5)]
 
 
 def test_backpressure_wait_processes_every_frame_of_a_file():

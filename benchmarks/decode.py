@@ -1,0 +1,198 @@
+"""The bench's ``decode`` phase (Ray-free): what one camera's frames cost before the detector.
+
+- `decoder_cpu` — each camera decoded for a few seconds in both ``decode`` modes (``all``:
+  OpenCV decodes every frame; ``keyframes``: PyAV decodes the keyframes only), sampled at
+  ``fps`` (below the RTSP cameras' keyframe rate, where ``keyframes`` is meant to be used). One
+  subprocess per camera and mode, all cameras of a mode at once, each measuring its own CPU
+  time after opening: CPU ms per second of video, frames yielded, keyframe rate.
+- `frame_path` — one frame's way from the decoder to the detector on a clip: the bytes each
+  step writes (tracemalloc's peak of new allocations), the copies of the frame they amount to,
+  and the bytes that cross the object store (pickle protocol 5 with out-of-band buffers, as
+  Ray ships numpy arrays: one copy into the store, read in place by the detector). Ultralytics'
+  LetterBox is measured beside it (the path before issue 8).
+
+``python -m benchmarks.decode cpu --url URL --mode all|keyframes --fps F --seconds S`` is the
+subprocess (prints one ``RESULT {json}`` line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = ("all", "keyframes")
+SAMPLED_FPS = 2.0  # below the bench cameras' keyframe rate (a keyframe every 10 frames at --rtsp-fps 30)
+
+
+# --- decoder CPU per camera ---------------------------------------------------------------------
+
+def measure_one(url: str, mode: str, *, fps: float, seconds: float) -> dict[str, Any]:
+    """Decode one camera for ``seconds`` (after it opened) in this process: CPU, frames."""
+    from pipeline.capture import open_capture
+    from pipeline.sources import VideoSource, is_file_url
+
+    is_file = is_file_url(url)
+    source = VideoSource("bench", lambda: open_capture("bench", url, decode=mode, fps=fps), fps=fps,
+                         is_file=is_file, loop=is_file, realtime=True)
+    frames = 0
+    t0 = c0 = None
+    timer = threading.Timer(seconds, source.stop)  # stops it between frames too (a file's keyframes are far apart)
+    for _ in source.frames():
+        if t0 is None:  # opened, first frame in: measure from here
+            t0, c0 = time.monotonic(), time.process_time()
+            timer.start()
+            continue
+        frames += 1
+    timer.cancel()
+    if t0 is None:
+        raise RuntimeError(f"{mode}: no frame from {url}: {source.last_error}")
+    wall, cpu = time.monotonic() - t0, time.process_time() - c0
+    return {"mode": mode, "seconds": wall, "cpu_s": cpu, "cpu_ms_per_s": 1000 * cpu / wall,
+            "cpu_pct_of_core": 100 * cpu / wall, "frames": frames, "fps": frames / wall,
+            "decoded_per_s": source.frames_read / wall}
+
+
+def decoder_cpu(urls: Sequence[str], names: Sequence[str], *, fps: float = SAMPLED_FPS, seconds: float = 6.0,
+                timeout: float | None = None) -> dict[str, Any]:
+    """Per camera, both modes (one subprocess each, a mode's cameras at once); totals and ratios."""
+    per_camera: dict[str, dict[str, Any]] = {name: {"url_index": i} for i, name in enumerate(names)}
+    timeout = timeout or seconds + 60
+    for mode in MODES:
+        procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.decode", "cpu", "--url", url, "--mode", mode,
+                                   "--fps", str(fps), "--seconds", str(seconds)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                  env=dict(os.environ, PYTHONPATH=str(REPO)))
+                 for url in urls]
+        for name, proc in zip(names, procs):
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                per_camera[name][mode] = {"error": f"no result within {timeout:.0f} s (killed)"}
+                continue
+            line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
+            per_camera[name][mode] = (json.loads(line[len("RESULT "):]) if line else
+                                      {"error": f"rc={proc.returncode}: {err.strip()[-500:]}"})
+    totals = {mode: sum(c[mode].get("cpu_ms_per_s", 0.0) for c in per_camera.values()) for mode in MODES}
+    for cam in per_camera.values():
+        a, k = cam["all"].get("cpu_ms_per_s"), cam["keyframes"].get("cpu_ms_per_s")
+        cam["keyframes_over_all"] = k / a if a and k is not None else None
+    return {"sampled_fps": fps, "seconds": seconds, "cameras": per_camera,
+            "total_cpu_ms_per_s": totals,
+            "keyframes_over_all": totals["keyframes"] / totals["all"] if totals["all"] else None}
+
+
+# --- one frame's copies and bytes ---------------------------------------------------------------
+
+def _allocated(fn: Callable[[], Any]) -> tuple[Any, int, float]:
+    """(result, peak bytes newly allocated while it ran, ms)."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        t0 = time.perf_counter()
+        out = fn()
+        ms = (time.perf_counter() - t0) * 1000
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    return out, peak, ms
+
+
+def frame_path(clip: str, imgsz: int, *, frames: int = 20) -> dict[str, Any]:
+    """Bytes written and copies of the frame per step, averaged over ``frames`` frames of ``clip``."""
+    from ultralytics.data.augment import LetterBox
+
+    from pipeline.capture import open_capture
+    from pipeline.models import prepare_frame
+
+    cap = open_capture("bench", clip)
+    steps: dict[str, list[tuple[int, float]]] = {"decode_bgr": [], "letterbox": [], "object_store": [],
+                                                 "ultralytics_letterbox": []}
+    shipped = 0
+    square = imgsz * imgsz * 3
+    try:
+        for _ in range(frames):
+            if not cap.grab():
+                break
+            (_, image), b, ms = _allocated(cap.retrieve)
+            steps["decode_bgr"].append((b, ms))
+            inp, b, ms = _allocated(lambda image=image: prepare_frame(image, imgsz))
+            steps["letterbox"].append((b, ms))
+            buffers: list[pickle.PickleBuffer] = []
+            t0 = time.perf_counter()
+            in_band = pickle.dumps(inp, protocol=5, buffer_callback=buffers.append)
+            oob = sum(buf.raw().nbytes for buf in buffers)  # what Ray copies into the object store
+            steps["object_store"].append((oob, (time.perf_counter() - t0) * 1000))
+            shipped = len(in_band) + oob
+            _, b, ms = _allocated(lambda image=image: LetterBox(new_shape=(imgsz, imgsz), auto=False)(image=image))
+            steps["ultralytics_letterbox"].append((b, ms))
+    finally:
+        cap.release()
+    if not steps["decode_bgr"]:
+        raise RuntimeError(f"no frame decoded from {clip}")
+    n = len(steps["decode_bgr"])
+    frame_bytes = image.nbytes
+
+    def summary(name: str, unit: int) -> dict[str, Any]:
+        b = sum(x for x, _ in steps[name]) / n
+        return {"bytes": b, "copies": round(b / unit, 2), "ms": sum(ms for _, ms in steps[name]) / n}
+
+    out = {"clip": Path(clip).name, "frames": n, "frame_shape": list(image.shape), "imgsz": imgsz,
+           "decode_bgr": summary("decode_bgr", frame_bytes),
+           "letterbox": summary("letterbox", square),
+           "object_store": summary("object_store", square),
+           "ultralytics_letterbox": summary("ultralytics_letterbox", square),
+           "shipped_bytes": shipped}
+    out["copies"] = sum(out[k]["copies"] for k in ("decode_bgr", "letterbox", "object_store"))
+    out["bytes_written"] = sum(out[k]["bytes"] for k in ("decode_bgr", "letterbox", "object_store"))
+    return out
+
+
+def phase_decode(urls: Sequence[str], names: Sequence[str], clips: Sequence[str], *, imgsz: int,
+                 seconds: float) -> dict[str, Any]:
+    """Decoder CPU per camera in both modes, and the frame path on every clip (``copies`` and
+    ``bytes_written``: their mean)."""
+    paths = [frame_path(str(c), imgsz) for c in clips]
+    return {"decoder_cpu": decoder_cpu(urls, names, seconds=seconds),
+            "frame_path": {"clips": paths, "copies": sum(p["copies"] for p in paths) / len(paths),
+                           "bytes_written": sum(p["bytes_written"] for p in paths) / len(paths),
+                           "shipped_bytes": max(p["shipped_bytes"] for p in paths),
+                           "ultralytics_letterbox_copies": sum(p["ultralytics_letterbox"]["copies"] for p in paths) / len(paths)}}
+
+
+# --- the subprocess -----------------------------------------------------------------------------
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.decode")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    cpu = sub.add_parser("cpu", help="decode one camera for a while; print its CPU")
+    cpu.add_argument("--url", required=True)
+    cpu.add_argument("--mode", choices=MODES, required=True)
+    cpu.add_argument("--fps", type=float, default=SAMPLED_FPS)
+    cpu.add_argument("--seconds", type=float, default=6.0)
+    path = sub.add_parser("frame-path", help="one frame's copies and bytes on a clip")
+    path.add_argument("--clip", required=True)
+    path.add_argument("--imgsz", type=int, default=640)
+    args = p.parse_args(argv)
+    if args.cmd == "cpu":
+        out = measure_one(args.url, args.mode, fps=args.fps, seconds=args.seconds)
+    else:
+        out = frame_path(args.clip, args.imgsz)
+    print("RESULT " + json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

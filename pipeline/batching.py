@@ -1,0 +1,189 @@
+"""Batches that fill without a fixed wait: the detector's batcher (deployments/detector.py).
+
+A fixed wait (Serve's ``@serve.batch``: a batch leaves when full or ``batch_wait`` after it
+opened) costs every frame up to the wait at low load, and still cuts batches short at high load.
+`AdaptiveBatcher` knows where frames come from: each item carries its camera, and the batcher
+keeps per camera the time of its last frame and the usual time between its frames. A batch
+leaves, as soon as the runner is free, when
+
+- it holds ``max_batch_size`` items, or
+- no camera is missing that should send before the wait ends: every camera that is sending to
+  this replica (a frame within ~2× its usual interval) and whose next frame is due before the
+  batch's wait ends has an item in the batch — so at full load the batch leaves the moment the
+  last camera's frame lands, and at low load a lone frame leaves at once (the other cameras'
+  next frames are not due within the wait), or
+- the wait (``batch_wait_s`` from the batch's first item) has expired.
+
+One batch runs at a time (the model uses the cores); items arriving meanwhile form the next
+batch. The rule is `BatchPolicy` (pure, tested with explicit times); `AdaptiveBatcher` is the
+asyncio mechanism around it. Ray-free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Camera:
+    last: float  # time of its last item
+    interval: float | None = None  # moving average of the time between its items
+
+
+@dataclass
+class BatchPolicy:
+    """When a batch leaves (the rules in the module's docstring). Times are seconds on one clock."""
+
+    max_batch_size: int = 8
+    batch_wait_s: float = 0.02
+    active_factor: float = 2.0  # a camera is sending while its last item is within this × its interval
+    smoothing: float = 0.3  # weight of the newest interval in a camera's average
+    cameras: dict[Hashable, _Camera] = field(default_factory=dict)
+
+    def arrived(self, key: Hashable | None, now: float) -> None:
+        """An item of camera ``key`` (None: unknown, never waited for) arrived at ``now``."""
+        if key is None:
+            return
+        cam = self.cameras.get(key)
+        if cam is None:
+            self.cameras[key] = _Camera(now)
+            return
+        gap = max(now - cam.last, 0.0)
+        cam.interval = gap if cam.interval is None else (1 - self.smoothing) * cam.interval + self.smoothing * gap
+        cam.last = now
+
+    def expected(self, now: float, until: float) -> list[Hashable]:
+        """The cameras still sending whose next item is due by ``until``; forgets silent ones."""
+        due = []
+        for key, cam in list(self.cameras.items()):
+            if cam.interval is None:  # one item so far: no rhythm to expect yet
+                if now - cam.last > 10 * max(self.batch_wait_s, 0.1):
+                    del self.cameras[key]
+                continue
+            if now - cam.last > self.active_factor * cam.interval + self.batch_wait_s:
+                del self.cameras[key]  # stopped sending (or moved to another replica)
+                continue
+            if cam.last + cam.interval <= until:
+                due.append(key)
+        return due
+
+    def release_in(self, now: float, opened: float, keys: Sequence[Hashable | None]) -> float:
+        """Seconds until a batch opened at ``opened`` holding items of ``keys`` leaves if nothing
+        else arrives; 0: now."""
+        if len(keys) >= self.max_batch_size:
+            return 0.0
+        deadline = opened + self.batch_wait_s
+        if now >= deadline:
+            return 0.0
+        present = set(keys)
+        if all(key in present for key in self.expected(now, deadline)):
+            return 0.0
+        return deadline - now
+
+
+@dataclass
+class _Item(Generic[T]):
+    key: Hashable | None
+    value: T
+    future: asyncio.Future
+    arrived: float
+
+
+class AdaptiveBatcher(Generic[T, R]):
+    """``await batcher.submit(camera, item)`` → that item's result from ``run_batch(items)``
+    (a list of results in item order; an exception it raises fails every item of the batch)."""
+
+    def __init__(self, run_batch: Callable[[list[T]], Awaitable[Sequence[R]]], *, max_batch_size: int = 8,
+                 batch_wait_s: float = 0.02, clock: Callable[[], float] = time.monotonic):
+        self.policy = BatchPolicy(max_batch_size=max_batch_size, batch_wait_s=batch_wait_s)
+        self._run_batch = run_batch
+        self._clock = clock
+        self._pending: list[_Item[T]] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.items = 0
+
+    def set_max_batch_size(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {size}")
+        self.policy.max_batch_size = size
+        self._poke()
+
+    def set_batch_wait_s(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"batch_wait_s must be >= 0, got {seconds}")
+        self.policy.batch_wait_s = seconds
+        self._poke()
+
+    async def submit(self, key: Hashable | None, value: T) -> R:
+        loop = asyncio.get_running_loop()
+        now = self._clock()
+        self.policy.arrived(key, now)
+        item = _Item(key, value, loop.create_future(), now)
+        self._pending.append(item)
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._loop(), name="adaptive-batcher")
+        self._poke()
+        return await item.future
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            self._pending = [i for i in self._pending if not i.future.done()]  # callers that gave up
+            if not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            now = self._clock()
+            delay = self.policy.release_in(now, self._pending[0].arrived, [i.key for i in self._pending])
+            if delay > 0:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except (asyncio.TimeoutError, TimeoutError):
+                    pass
+                continue
+            batch = self._pending[: self.policy.max_batch_size]
+            del self._pending[: len(batch)]
+            await self._run(batch)
+
+    async def _run(self, batch: list[_Item[T]]) -> None:
+        self.batches += 1
+        self.items += len(batch)
+        try:
+            results = await self._run_batch([i.value for i in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch handler returned {len(results)} results for {len(batch)} items")
+        except Exception as exc:  # every item of the batch gets the error
+            for i in batch:
+                if not i.future.done():
+                    i.future.set_exception(exc)
+            return
+        for i, result in zip(batch, results):
+            if not i.future.done():
+                i.future.set_result(result)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for i in self._pending:
+            if not i.future.done():
+                i.future.cancel()
+        self._pending.clear()

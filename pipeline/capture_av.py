@@ -1,0 +1,181 @@
+"""``decode: keyframes``: a camera read with PyAV (FFmpeg's libraries) whose decoder skips every
+frame that is not a keyframe (``skip_frame = NONKEY``, FFmpeg's ``-skip_frame nokey``), so
+only the keyframes are decoded. OpenCV's FFmpeg backend has no such switch.
+
+`KeyframeCapture` is a `Capture` (pipeline/sources.py: ``grab`` decodes the next keyframe,
+``retrieve`` converts it to BGR, ``get`` answers the position and frame rate), so `VideoSource`
+reads it like the OpenCV one: files and network streams (RTSP over TCP, with the same open and
+read timeouts as `open_capture`). A camera sampled faster than its keyframe rate would get
+frames only at that rate: `KeyframeRate` warns once per camera when that happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .redact import redact_url
+from .sources import Capture, SourceError, is_file_url
+
+log = logging.getLogger("percept.capture")
+
+_POS_MSEC, _FRAME_WIDTH, _FRAME_HEIGHT, _FPS = 0, 3, 4, 5  # cv2.CAP_PROP_* numbers `VideoSource` asks for
+RTSP_OPTIONS = {"rtsp_transport": "tcp", "analyzeduration": "0", "probesize": "32"}  # as open_capture's
+
+
+class KeyframeRate:
+    """A camera's keyframe rate, from the times between the keyframes decoded (across reopens
+    and file loops), and one warning when the camera is sampled faster (``fps`` above the rate,
+    or ``fps: 0``: every frame)."""
+
+    def __init__(self, camera: str, fps: float, *, min_intervals: int = 2, window: int = 16):
+        self.camera, self.fps, self.min_intervals = camera, fps, min_intervals
+        self.intervals: deque[float] = deque(maxlen=window)
+        self._last: float | None = None
+        self.warned = False
+
+    def keyframe(self, t: float) -> None:
+        if self._last is not None and t > self._last:  # not across a loop or a restarted clock
+            self.intervals.append(t - self._last)
+        self._last = t
+        rate = self.rate
+        if rate is None or self.warned or not (self.fps == 0 or self.fps > 1.1 * rate):
+            return
+        self.warned = True
+        wanted = "every frame (fps: 0)" if self.fps == 0 else f"fps {self.fps:g}"
+        log.warning("camera %s: decode: keyframes gives %.2f frames/s (its keyframe rate) but it is sampled at %s: "
+                    "it gets frames only at the keyframe rate; use decode: all for more", self.camera, rate, wanted)
+
+    def reopened(self) -> None:
+        self._last = None
+
+    @property
+    def rate(self) -> float | None:
+        """Keyframes per second over the last intervals seen, once there are enough."""
+        if len(self.intervals) < self.min_intervals:
+            return None
+        return len(self.intervals) / sum(self.intervals)
+
+
+_rates: dict[str, KeyframeRate] = {}
+_rates_lock = threading.Lock()
+
+
+def keyframe_rate(camera: str, fps: float) -> KeyframeRate:
+    """The camera's `KeyframeRate` in this process: kept across its reopens, so it warns once."""
+    with _rates_lock:
+        rate = _rates.get(camera)
+        if rate is None or rate.fps != fps:
+            rate = _rates[camera] = KeyframeRate(camera, fps)
+        return rate
+
+
+class KeyframeCapture:
+    """The keyframes of one opened PyAV container, as a `Capture`."""
+
+    def __init__(self, container: Any, stream: Any, rate: KeyframeRate | None = None):
+        self.container = container
+        self.stream = stream
+        self.rate = rate
+        if rate is not None:
+            rate.reopened()
+        self._packets = container.demux(stream)
+        self._decoded: list[Any] = []
+        self._frame: Any = None
+        self.keyframes = 0
+        self.packets = 0
+
+    def grab(self) -> bool:
+        """Decodes up to the next keyframe; False at the end, on a read timeout or a broken stream."""
+        import av
+
+        while not self._decoded:
+            try:
+                packet = next(self._packets)
+            except StopIteration:
+                return False
+            except av.error.FFmpegError as exc:  # read timeout (interrupted), connection lost
+                log.debug("demux stopped: %s", exc)
+                return False
+            self.packets += 1
+            try:
+                self._decoded = list(self.stream.codec_context.decode(packet))
+            except av.error.InvalidDataError:  # one damaged packet: the next keyframe recovers
+                continue
+            except av.error.FFmpegError as exc:
+                log.debug("decode failed: %s", exc)
+                return False
+        self._frame = self._decoded.pop(0)
+        self.keyframes += 1
+        if self.rate is not None:
+            t = self._frame.time
+            self.rate.keyframe(t if t is not None else time.monotonic())
+        return True
+
+    def retrieve(self) -> tuple[bool, np.ndarray | None]:
+        if self._frame is None:
+            return False, None
+        return True, self._frame.to_ndarray(format="bgr24")
+
+    def get(self, prop: int) -> float:
+        if prop == _POS_MSEC:
+            t = self._frame.time if self._frame is not None else None
+            return t * 1000.0 if t is not None else -1.0
+        if prop == _FPS:
+            rate = self.stream.average_rate or self.stream.guessed_rate
+            return float(rate) if rate else 0.0
+        if prop == _FRAME_WIDTH:
+            return float(self.stream.codec_context.width)
+        if prop == _FRAME_HEIGHT:
+            return float(self.stream.codec_context.height)
+        return 0.0
+
+    def release(self) -> None:
+        self._decoded.clear()
+        self._frame = None
+        self.container.close()
+
+
+def open_keyframes(camera: str, url: str, *, open_timeout_s: float = 5.0, read_timeout_s: float = 2.0,
+                   rate: KeyframeRate | None = None, diagnose: Callable[..., str] | None = None) -> Capture:
+    """Open a file or network stream with PyAV, its decoder set to skip non-keyframes. Errors as
+    `open_capture`'s: a missing or undecodable file is final, a stream that does not open is retried
+    (``diagnose(url, timeout_s=…)``: why an RTSP URL does not open, `pipeline.capture.diagnose_rtsp`)."""
+    import av
+
+    safe = redact_url(url)
+    if url.startswith("device:"):
+        raise SourceError(camera, "decode: keyframes needs an encoded stream or file, not a device", retryable=False)
+    is_file = is_file_url(url)
+    if is_file:
+        path = Path(url.removeprefix("file://"))
+        if not path.is_file():
+            raise SourceError(camera, f"file not found: {path}", retryable=False)
+        target, options = str(path), {}
+    else:
+        target, options = url, dict(RTSP_OPTIONS) if url.startswith("rtsp") else {}
+    try:
+        container = av.open(target, options=options, timeout=(open_timeout_s, read_timeout_s))
+    except (av.error.FFmpegError, OSError) as exc:
+        if is_file:
+            raise SourceError(camera, f"{target} is not a video FFmpeg can decode ({type(exc).__name__})",
+                              retryable=False) from None
+        rtsp = url.startswith("rtsp://") and diagnose is not None
+        why = diagnose(url, timeout_s=min(open_timeout_s, 3.0)) if rtsp else str(exc)
+        raise SourceError(camera, f"cannot open {safe}: {why}", retryable=True) from None
+    if not container.streams.video:
+        container.close()
+        raise SourceError(camera, f"{safe if not is_file else target} has no video stream", retryable=not is_file)
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    ctx.skip_frame = "NONKEY"
+    if not is_file:
+        ctx.thread_count = 1  # as open_capture's live streams: one decoder thread, no frame delay
+    return KeyframeCapture(container, stream, rate)

@@ -1,0 +1,196 @@
+"""The detector's adaptive batcher (pipeline/batching.py), without Ray: the release rule with
+explicit times (`BatchPolicy`), then the asyncio mechanism on real time with waits far longer
+than the work, so a batch that leaves early can only have left by the rule."""
+
+import asyncio
+import time
+
+import pytest
+
+from pipeline.batching import AdaptiveBatcher, BatchPolicy
+
+
+def rhythm(policy, cameras, *, period, rounds, offset=0.0):
+    """Each camera sends every ``period`` s, camera i at ``offset + i * period / len``; the time
+    of the last arrival."""
+    t = offset
+    for r in range(rounds):
+        for i, cam in enumerate(cameras):
+            t = offset + r * period + i * period / len(cameras)
+            policy.arrived(cam, t)
+    return t
+
+
+# --- the rule ------------------------------------------------------------------------------------
+
+def test_a_full_batch_leaves_at_once():
+    p = BatchPolicy(max_batch_size=3, batch_wait_s=10)
+    rhythm(p, ["a", "b", "c", "d"], period=0.1, rounds=3)  # d last at 0.275, due at 0.375
+    assert p.release_in(0.3, 0.3, ["a", "b"]) == pytest.approx(10)  # c and d are due within the wait
+    assert p.release_in(0.3, 0.3, ["a", "b", "c"]) == 0  # but the batch is full
+
+
+def test_a_lone_frame_leaves_at_once_when_no_other_camera_is_due_within_the_wait():
+    """Low load: three cameras at 5 fps each, 67 ms apart; camera a's frame arrives, the others'
+    next frames are 67 and 133 ms away, beyond the 20 ms wait: it leaves at once."""
+    p = BatchPolicy(max_batch_size=8, batch_wait_s=0.02)
+    last = rhythm(p, ["a", "b", "c"], period=0.2, rounds=5)  # c at 0.933
+    now = last + 0.2 / 3  # a's next frame (1.0)
+    p.arrived("a", now)
+    assert p.release_in(now, now, ["a"]) == 0
+
+
+def test_a_frame_waits_for_a_camera_due_within_the_wait_and_leaves_when_it_lands():
+    p = BatchPolicy(max_batch_size=8, batch_wait_s=0.05)
+    rhythm(p, ["a", "b"], period=0.2, rounds=5, offset=0.0)  # a at 0.8, b at 0.9 → b next at 1.1
+    now = 1.08  # a arrives 20 ms before b is due
+    p.arrived("a", now)
+    assert p.release_in(now, now, ["a"]) == pytest.approx(0.05)  # b is due within the wait: hold
+    p.arrived("b", 1.1)
+    assert p.release_in(1.1, now, ["a", "b"]) == 0  # every camera due has a frame in it
+
+
+def test_a_late_camera_holds_the_batch_only_until_the_wait_expires():
+    p = BatchPolicy(max_batch_size=8, batch_wait_s=0.05)
+    rhythm(p, ["a", "b"], period=0.1, rounds=5)  # b last at 0.45, due 0.55
+    p.arrived("a", 0.5)
+    assert p.release_in(0.5, 0.5, ["a"]) == pytest.approx(0.05)
+    assert p.release_in(0.56, 0.5, ["a"]) == 0  # overdue b still counts as in flight, but the wait is over
+
+
+def test_a_camera_that_stopped_sending_is_forgotten():
+    p = BatchPolicy(max_batch_size=8, batch_wait_s=0.02)
+    rhythm(p, ["a", "b"], period=0.1, rounds=5)  # b last at 0.45
+    # b silent for more than twice its interval (+ the wait): a no longer waits for it
+    now = 0.45 + 2 * 0.1 + 0.05
+    p.arrived("a", now)
+    assert p.release_in(now, now, ["a"]) == 0
+    assert "b" not in p.cameras and "a" in p.cameras
+
+
+def test_items_without_a_camera_never_hold_a_batch():
+    p = BatchPolicy(max_batch_size=8, batch_wait_s=10)
+    p.arrived(None, 0.0)
+    p.arrived(None, 0.01)
+    assert p.release_in(0.01, 0.0, [None, None]) == 0 and p.cameras == {}
+
+
+# --- the mechanism -------------------------------------------------------------------------------
+
+class Recorder:
+    """A batch handler that records the batches it got."""
+
+    def __init__(self, work_s=0.0, fail=False):
+        self.batches: list[list[str]] = []
+        self.work_s, self.fail = work_s, fail
+
+    async def __call__(self, items):
+        self.batches.append(list(items))
+        if self.work_s:
+            await asyncio.sleep(self.work_s)  # the model's work, not a wait
+        if self.fail:
+            raise RuntimeError("model crashed")
+        return [f"done {i}" for i in items]
+
+
+def test_batches_leave_when_every_sending_camera_contributed_not_after_the_wait():
+    """Three cameras, each on its own clock: a frame every 1.2 s, camera i 20·i ms after camera a.
+    The wait is 0.6 s. Once the batcher knows their rhythm, every batch holds one frame of each
+    and leaves when the third lands (~40 ms), not when the wait expires."""
+    handler = Recorder()
+    batcher = AdaptiveBatcher(handler, max_batch_size=8, batch_wait_s=0.6)
+    latencies = []
+    period, rounds = 1.2, 5
+
+    async def camera(i, cam, t0):
+        for r in range(rounds):
+            await asyncio.sleep(max(0.0, t0 + r * period + 0.02 * i - time.monotonic()))
+            sent = time.monotonic()
+            assert await batcher.submit(cam, f"{cam}{r}") == f"done {cam}{r}"
+            latencies.append((r, cam, time.monotonic() - sent))
+
+    async def scenario():
+        t0 = time.monotonic()
+        await asyncio.gather(*(camera(i, cam, t0) for i, cam in enumerate("abc")))
+        await batcher.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    later = handler.batches[-3:]  # rounds 2..4: by then each camera's interval is known
+    assert [sorted(b) for b in later] == [[f"a{r}", f"b{r}", f"c{r}"] for r in range(2, 5)], handler.batches
+    assert max(t for r, _, t in latencies if r >= 2) < 0.5, latencies  # less than the 0.6 s wait
+
+
+def test_a_lone_camera_is_never_held():
+    handler = Recorder()
+    batcher = AdaptiveBatcher(handler, max_batch_size=8, batch_wait_s=5.0)
+
+    async def scenario():
+        for r in range(5):
+            t0 = time.monotonic()
+            await batcher.submit("solo", r)
+            assert time.monotonic() - t0 < 2.5  # the wait is 5 s; the only camera sending is in the batch
+            await asyncio.sleep(0.02)
+        await batcher.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert handler.batches == [[r] for r in range(5)]
+
+
+def test_a_silent_camera_holds_a_batch_for_the_wait_then_is_forgotten():
+    handler = Recorder()
+    batcher = AdaptiveBatcher(handler, max_batch_size=8, batch_wait_s=0.4)
+
+    async def scenario():
+        for r in range(4):  # a and b in rhythm, 50 ms apart
+            await asyncio.gather(batcher.submit("a", f"a{r}"), batcher.submit("b", f"b{r}"))
+            await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        await batcher.submit("a", "a-alone")  # b has stopped: a waits for it, but only the wait
+        held = time.monotonic() - t0
+        await asyncio.sleep(0.5)  # b silent for longer than twice its interval + the wait
+        t1 = time.monotonic()
+        await batcher.submit("a", "a-after")
+        await batcher.close()
+        return held, time.monotonic() - t1
+
+    held, after = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert held >= 0.4 - 0.01, held
+    assert after < 0.35, after  # b forgotten: a's frame leaves before the wait
+    assert handler.batches[-2:] == [["a-alone"], ["a-after"]]
+
+
+def test_max_batch_size_splits_batches_and_can_change_at_runtime():
+    handler = Recorder(work_s=0.05)
+    batcher = AdaptiveBatcher(handler, max_batch_size=2, batch_wait_s=5.0)
+
+    async def scenario():
+        first = await asyncio.gather(*(batcher.submit(None, i) for i in range(5)))
+        batcher.set_max_batch_size(4)
+        second = await asyncio.gather(*(batcher.submit(None, i) for i in range(5, 10)))
+        await batcher.close()
+        return first + second
+
+    results = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert results == [f"done {i}" for i in range(10)]
+    sizes = [len(b) for b in handler.batches]
+    assert max(sizes[:3]) == 2 and sum(sizes[:3]) == 5 and max(sizes[3:]) <= 4 and sum(sizes) == 10, sizes
+    with pytest.raises(ValueError):
+        batcher.set_max_batch_size(0)
+
+
+def test_a_failing_batch_fails_its_items_only_and_a_caller_that_gave_up_is_skipped():
+    failing = Recorder(fail=True)
+    batcher = AdaptiveBatcher(failing, max_batch_size=8, batch_wait_s=0.01)
+
+    async def scenario():
+        with pytest.raises(RuntimeError, match="model crashed"):
+            await batcher.submit("a", 1)
+        failing.fail = False
+        gave_up = asyncio.create_task(batcher.submit("b", "gone"))
+        await asyncio.sleep(0)
+        gave_up.cancel()
+        assert await batcher.submit("c", 3) == "done 3"  # the batcher goes on
+        await batcher.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert all("gone" not in b for b in failing.batches[1:])

@@ -1,0 +1,253 @@
+"""``decode: keyframes`` (pipeline/capture_av.py): only keyframes are decoded, on the shared clips
+and on a live RTSP camera, the frames counted against an independent count (ffprobe's packet
+flags; a second RTSP session that decodes everything); less decoder CPU than decoding every
+frame; the same open errors and read timeout as the OpenCV path; a bad value is a config error.
+Decoder CPU numbers belong to the bench (`percept bench`, phase ``decode``); the inequality
+asserted here has a wide margin."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.capture import open_capture
+from pipeline.capture_av import KeyframeRate, open_keyframes
+from pipeline.config import ConfigError, parse_config
+from pipeline.sources import SourceError, SourceState, VideoSource
+
+from .waiting import wait_for
+
+CLIPS = ("traffic.mp4", "vtest.avi", "people.mp4")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ffprobe_keyframes(path: Path) -> list[float]:
+    """Presentation times of the video's keyframe packets, as ffprobe reads them."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time,flags",
+                          "-of", "csv=p=0", str(path)], capture_output=True, text=True, timeout=120, check=True)
+    rows = [line.split(",") for line in out.stdout.split() if line]
+    return [float(pts) for pts, flags in rows if "K" in flags]
+
+
+def read_all(url: str, decode: str, *, fps: float = 0) -> list:
+    src = VideoSource("cam", lambda: open_capture("cam", url, decode=decode, fps=fps), fps=fps, is_file=True,
+                      realtime=False)
+    return list(src.frames())
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_keyframes_mode_yields_exactly_the_files_keyframes(videos, clip):
+    keyframes = ffprobe_keyframes(videos / clip)
+    frames = read_all(str(videos / clip), "keyframes")
+    assert [f.meta.pts for f in frames] == pytest.approx(keyframes, abs=1e-3)
+    everything = read_all(str(videos / clip), "all")
+    assert len(everything) > 10 * len(frames)  # the clips have few keyframes: the test means something
+    assert frames[0].image.shape == everything[0].image.shape and frames[0].image.dtype == everything[0].image.dtype
+
+
+def test_keyframes_mode_decodes_a_file_with_less_cpu(videos):
+    """Process CPU for the whole of traffic.mp4 sampled at 1 fps: every frame decoded (OpenCV),
+    then keyframes only (PyAV). The margin is wide (measured: ~20×), the number is the bench's."""
+    url = str(videos / "traffic.mp4")
+    read_all(url, "keyframes", fps=1)  # imports and codec set-up out of the measurement
+    read_all(url, "all", fps=1)
+    cpu = {}
+    for mode in ("all", "keyframes"):
+        t0 = time.process_time()
+        frames = read_all(url, mode, fps=1)
+        cpu[mode] = time.process_time() - t0
+        assert frames
+    print(f"decoder CPU for traffic.mp4 (20 s): {cpu}")
+    assert cpu["keyframes"] < 0.5 * cpu["all"], cpu
+
+
+def _count(src: VideoSource, seconds: float, arrivals: list[float]) -> None:
+    t_end = time.monotonic() + seconds
+    for _ in src.frames():
+        arrivals.append(time.monotonic())
+        if time.monotonic() > t_end:
+            src.stop()
+
+
+def _keyframes_of_every_frame(url: str, seconds: float, arrivals: list[float], cpu: dict) -> None:
+    """An independent count: a second session decoding every frame, noting the keyframes."""
+    import av
+
+    c0 = time.thread_time()
+    with av.open(url, options={"rtsp_transport": "tcp"}, timeout=(5, 5)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        t_end = time.monotonic() + seconds
+        for frame in container.decode(stream):
+            if frame.key_frame:
+                arrivals.append(time.monotonic())
+            if time.monotonic() > t_end:
+                break
+    cpu["pyav-all"] = time.thread_time() - c0
+
+
+def test_rtsp_camera_in_keyframes_mode_gets_its_keyframes_with_less_cpu(rtsp_cameras):
+    """The walk camera (vtest.avi over RTSP, a keyframe every 10 frames). Three sessions at once
+    for 8 s: keyframes mode, every frame through OpenCV (today's path), and PyAV decoding every
+    frame to count the keyframes independently. Over the same window the counts match."""
+    url = rtsp_cameras.url("walk")
+    arrivals = {"keyframes": [], "opencv-all": [], "pyav-all": []}
+    cpu: dict[str, float] = {}
+
+    def run(mode: str) -> None:
+        c0 = time.thread_time()
+        src = VideoSource(f"walk-{mode}", lambda: open_capture(f"walk-{mode}", url, decode=mode.split("-")[-1]),
+                          fps=0, is_file=False)
+        _count(src, 8.0, arrivals[mode])
+        cpu[mode] = time.thread_time() - c0
+
+    threads = [threading.Thread(target=run, args=("keyframes",)), threading.Thread(target=run, args=("opencv-all",)),
+               threading.Thread(target=_keyframes_of_every_frame, args=(url, 8.0, arrivals["pyav-all"], cpu))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    starts = [a[0] for a in arrivals.values() if a]
+    ends = [a[-1] for a in arrivals.values() if a]
+    assert len(starts) == 3, {k: len(v) for k, v in arrivals.items()}
+    lo, hi = max(starts) + 0.5, min(ends) - 0.5  # a window all three sessions covered
+    assert hi - lo > 3, (lo, hi)
+    seen = {k: sum(lo <= t <= hi for t in v) for k, v in arrivals.items()}
+    print(f"frames in a {hi - lo:.1f} s window: {seen}; decoder thread CPU (s): {cpu}")
+    assert seen["keyframes"] >= 2 and abs(seen["keyframes"] - seen["pyav-all"]) <= 1, seen
+    assert seen["opencv-all"] >= 5 * seen["keyframes"], seen
+    assert cpu["keyframes"] < cpu["opencv-all"], cpu
+
+
+def test_a_hung_rtsp_camera_in_keyframes_mode_reconnects(rtsp_server_cls, videos):
+    """The read timeout holds for PyAV too: a server that stops sending is lost, and the camera
+    comes back online once it sends again."""
+    events = []
+    with rtsp_server_cls({"walk": str(videos / "vtest.avi")}) as server:
+        url = server.url("walk")
+        src = VideoSource("hung", lambda: open_keyframes("hung", url, open_timeout_s=3, read_timeout_s=1.5), fps=0,
+                          is_file=False, on_status=events.append)
+        reader = threading.Thread(target=lambda: [None for _ in src.frames()], daemon=True)
+        reader.start()
+        try:
+            wait_for(lambda: src.state == SourceState.ONLINE, 30, "the camera online")
+            server.pause()
+            wait_for(lambda: src.state == SourceState.RECONNECTING, 30, "the camera lost after the read timeout")
+            server.resume()
+            wait_for(lambda: src.state == SourceState.ONLINE, 60, "the camera online again")
+        finally:
+            server.resume() if server.running else None
+            src.stop()
+            reader.join(15)
+    states = [e.state for e in events]
+    assert states.count(SourceState.ONLINE) >= 2 and SourceState.RECONNECTING in states
+
+
+def test_open_errors_say_what_is_wrong_and_whether_to_retry(tmp_path, rtsp_cameras):
+    with pytest.raises(SourceError, match="file not found") as missing:
+        open_keyframes("cam", str(tmp_path / "none.mp4"))
+    assert not missing.value.retryable
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 100)
+    with pytest.raises(SourceError, match="is not a video FFmpeg can decode") as bad:
+        open_keyframes("cam", str(junk))
+    assert not bad.value.retryable
+    with pytest.raises(SourceError, match="404 Not Found") as absent:
+        open_keyframes("cam", rtsp_cameras.url("nothing-here"), open_timeout_s=3)
+    assert absent.value.retryable
+
+
+def test_a_camera_sampled_above_its_keyframe_rate_is_warned_about_once(caplog):
+    rate = KeyframeRate("slow", fps=5)
+    with caplog.at_level(logging.WARNING, logger="percept.capture"):
+        for t in (0.0, 1.0, 2.0, 3.0, 0.0, 1.0):  # 1 keyframe/s, then the file loops
+            rate.keyframe(t)
+    assert rate.rate == pytest.approx(1.0)
+    warnings = [r.getMessage() for r in caplog.records if "slow" in r.getMessage()]
+    assert len(warnings) == 1 and "1.00 frames/s" in warnings[0] and "fps 5" in warnings[0]
+    fine = KeyframeRate("fine", fps=0.5)
+    with caplog.at_level(logging.WARNING, logger="percept.capture"):
+        for t in (0.0, 1.0, 2.0, 3.0):
+            fine.keyframe(t)
+    assert not [r for r in caplog.records if "fine" in r.getMessage()]
+
+
+def test_decode_value_is_checked_naming_the_camera(tmp_path):
+    cams = [{"id": "a", "url": "a.mp4"}, {"id": "b", "url": "b.mp4", "decode": "some"}]
+    with pytest.raises(ConfigError) as bad:
+        parse_config({"cameras": cams}, env={})
+    assert bad.value.errors == ["cameras[1].decode: must be 'all' or 'keyframes', got 'some'"]
+    with pytest.raises(ConfigError) as device:
+        parse_config({"cameras": [{"id": "w", "url": "device:0", "decode": "keyframes"}]}, env={})
+    assert device.value.errors[0].startswith("cameras[0].decode: keyframes needs an encoded stream or file")
+    assert parse_config({"cameras": [{"id": "k", "url": "k.mp4", "decode": "keyframes"}]}, env={}).cameras[0].decode == "keyframes"
+    assert parse_config({"cameras": [{"id": "d", "url": "d.mp4"}]}, env={}).cameras[0].decode == "all"
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("cameras:\n  - {id: a, url: a.mp4, decode: keyframe}\n")
+    out = subprocess.run([sys.executable, "-m", "cli", "run", "-c", str(cfg)], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert out.returncode == 2 and "cameras[0].decode: must be 'all' or 'keyframes', got 'keyframe'" in out.stderr
+
+
+def test_a_keyframes_camera_publishes_one_frame_per_keyframe(redis_server, videos):
+    """Through the conductor (open_camera): vtest.avi with decode: keyframes and backpressure:
+    wait publishes exactly its four keyframes, at their times."""
+    from pipeline.conductor import open_camera
+    from pipeline.config import CameraConfig, PerceptConfig, TrackerConfig
+    from pipeline.publish import Publisher
+    from pipeline.schema import Detections
+    from pipeline.streams import StreamKeys, connect_redis
+
+    keys = StreamKeys("kf")
+    camera = CameraConfig(id="kf", url=str(videos / "vtest.avi"), fps=0, realtime=False, backpressure="wait",
+                          decode="keyframes")
+    config = PerceptConfig(cameras=[camera], tracker=TrackerConfig(enabled=False))
+    shapes = []
+
+    async def detect(inp):
+        shapes.append((inp.image.shape, inp.orig_shape, inp.camera))
+        return Detections()
+
+    async def scenario():
+        pub = Publisher(connect_redis(redis_server.url), keys=keys, maxlen=1000).start()
+        conductor = await open_camera(camera, config=config, publisher=pub, detect=detect, classifiers={},
+                                      models={"detector": "fake"})
+        await asyncio.wait_for(conductor.run(), 120)
+        assert pub.flush(10)
+        pub.close()
+
+    asyncio.run(scenario())
+    payloads = [json.loads(f[b"json"]) for _, f in redis_server.client().xrange(keys.detections("kf"))]
+    assert [p["pts"] for p in payloads] == pytest.approx(ffprobe_keyframes(videos / "vtest.avi"), abs=1e-3)
+    assert shapes == [((640, 640, 3), (576, 768), "kf")] * 4
+
+
+def test_bench_decode_phase_reports_cpu_per_camera_and_the_frame_path(rtsp_cameras, videos):
+    """`percept bench`'s decode phase (benchmarks/decode.py) on one RTSP camera and one clip: both
+    modes measured, keys present and sane; the frame crosses from decoder to detector in three
+    writes (the BGR frame, the letterboxed square, the object store), where ultralytics'
+    LetterBox alone wrote 1.75 squares for this clip (never timed)."""
+    from benchmarks.decode import phase_decode
+
+    out = phase_decode([rtsp_cameras.url("walk")], ["walk"], [str(videos / "vtest.avi")], imgsz=640, seconds=3)
+    cam = out["decoder_cpu"]["cameras"]["walk"]
+    for mode in ("all", "keyframes"):
+        assert "error" not in cam[mode], cam[mode]
+        assert cam[mode]["cpu_ms_per_s"] > 0 and cam[mode]["frames"] >= 1 and cam[mode]["seconds"] >= 3, cam[mode]
+    assert cam["all"]["decoded_per_s"] > 5 * cam["keyframes"]["decoded_per_s"], cam  # a keyframe every 10 frames
+    assert out["decoder_cpu"]["total_cpu_ms_per_s"]["all"] == pytest.approx(cam["all"]["cpu_ms_per_s"])
+    path = out["frame_path"]
+    (clip,) = path["clips"]
+    assert clip["frame_shape"] == [576, 768, 3] and clip["frames"] == 20
+    assert clip["object_store"]["bytes"] == 640 * 640 * 3 and path["shipped_bytes"] > 640 * 640 * 3
+    assert path["copies"] == pytest.approx(3.0, abs=0.05), path
+    assert clip["ultralytics_letterbox"]["copies"] > clip["letterbox"]["copies"] + 0.5, clip
