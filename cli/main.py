@@ -20,10 +20,11 @@ from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
 
 from . import bench, build, cameras, demo, run, subscribe, top
 from . import eval as eval_cmd
+from . import explain as explain_cmd
 from . import models as models_cmd
 from .common import fail
 
-COMMANDS = (run, demo, build, cameras, subscribe, top, bench, eval_cmd, models_cmd)
+COMMANDS = (run, demo, build, cameras, subscribe, top, bench, eval_cmd, models_cmd, explain_cmd)
 NOISY_LOGGERS = ("ray", "ray.serve", "ray.data", "ray.tune", "ultralytics", "filelock", "urllib3")
 
 

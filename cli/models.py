@@ -4,13 +4,15 @@
   detector or classifier to the formats the service runs; INT8 calibrated on the frames named.
 - ``compare VARIANT... --data DIR [--labels CSV]``: accuracy (as ``percept eval``) and speed of
   each variant in one table.
+- ``finetune WEIGHTS --data DIR [--epochs N] [--imgsz N] [--freeze-backbone]``: transfer learning
+  on a labelled folder (`pipeline.lifecycle.finetune`), the held-out split measured before and after.
 
 Progress goes to stderr, the result table to stdout (``--json OUT`` for all of it). Bad input
 (an unknown format, a missing file, a calibration folder without images, weights of another
 task) exits 2 with the reason, before anything is written.
 
 Each subcommand is a ``_<name>_parser(actions)`` function listed in `SUBCOMMANDS`: more of them
-(``swap``, ``finetune``) are added the same way.
+(``swap``) are added the same way.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from .common import fail
 
 
 def register(sub: Any) -> None:
-    m = sub.add_parser("models", help="export and quantise a model, compare its variants (speed vs accuracy)")
+    m = sub.add_parser("models", help="export and quantise a model, compare its variants (speed vs accuracy), "
+                       "fine-tune it on a labelled folder")
     actions = m.add_subparsers(dest="models_command", required=True)
     for add in SUBCOMMANDS:
         p = add(actions)
@@ -80,7 +83,51 @@ def _compare_parser(actions: Any) -> argparse.ArgumentParser:
     return c
 
 
-SUBCOMMANDS: list[Callable[[Any], argparse.ArgumentParser]] = [_export_parser, _compare_parser]
+def _finetune_parser(actions: Any) -> argparse.ArgumentParser:
+    from pipeline.lifecycle.finetune import DEFAULT_EPOCHS, Augment
+
+    a = Augment()
+    f = actions.add_parser("finetune", help="transfer learning from a .pt detector or classifier on a labelled folder, "
+                           "with the held-out evaluation before and after")
+    f.add_argument("weights", help=f"the .pt file to start from (a path, or a file in {ENV_MODELS_DIR})")
+    f.add_argument("--data", required=True, metavar="DIR|YAML",
+                   help="classifier: one subfolder per class (DIR/<class>/*.jpg, or DIR/train/ + DIR/val/); "
+                   "detector: a YOLO folder (images/ + labels/, names in data.yaml or classes.txt) or a data.yaml")
+    f.add_argument("--out", metavar="PT", help="the fine-tuned weights (default finetuned/<weights>-<data>.pt "
+                   "in the current folder); replaced if it exists")
+    f.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
+    f.add_argument("--imgsz", type=int, help="training and evaluation size (default 224 classify, 640 detect)")
+    f.add_argument("--batch", type=int, default=16, help="images per batch (default 16)")
+    f.add_argument("--device", default="auto", help="auto, cpu, cuda:0 … (default auto)")
+    f.add_argument("--workers", type=int, default=2, help="data loader workers on a GPU (a CPU uses none; default 2)")
+    f.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+                   help="held out at random, per class (default 0.2); a folder already split keeps its split")
+    f.add_argument("--seed", type=int, default=0, help="the split's and the trainer's seed (default 0)")
+    frz = f.add_mutually_exclusive_group()
+    frz.add_argument("--freeze", type=int, metavar="N", help="keep the first N layers as they are")
+    frz.add_argument("--freeze-backbone", action="store_true", help="keep the backbone as it is: train the head only")
+    aug = f.add_argument_group("augmentation (ultralytics' train arguments)")
+    aug.add_argument("--flip", type=float, default=a.flip, metavar="P", help=f"horizontal flip probability (fliplr; default {a.flip})")
+    aug.add_argument("--vflip", type=float, default=a.vflip, metavar="P", help=f"vertical flip probability (flipud; default {a.vflip})")
+    aug.add_argument("--crop", type=float, default=a.crop, metavar="F",
+                     help=f"random crop: classify, a random resized crop of 1-F..1 of the area; detect, a random zoom ±F "
+                     f"(scale; default {a.crop}; 0: none)")
+    aug.add_argument("--color-jitter", default=",".join(map(str, a.color_jitter)), metavar="H,S,V",
+                     help="hue, saturation, value (brightness/contrast) jitter (hsv_h,hsv_s,hsv_v; default "
+                     f"{','.join(map(str, a.color_jitter))}; 0 for none)")
+    aug.add_argument("--mosaic", type=float, metavar="P", help="detect only: mosaic of 4 images, probability "
+                     "(default 1.0; off for the last quarter of the epochs)")
+    f.add_argument("--work", metavar="DIR", help="keep the split (links) and ultralytics' run (results.csv, "
+                   "weights/) here (default: a temporary folder, removed)")
+    f.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
+    f.set_defaults(func=_finetune)
+    return f
+
+
+from .models_swap import _served_parser, _swap_parser  # noqa: E402 (hot swap on a running graph)
+
+SUBCOMMANDS: list[Callable[[Any], argparse.ArgumentParser]] = [
+    _export_parser, _compare_parser, _finetune_parser, _swap_parser, _served_parser]
 
 
 def _progress(line: str) -> None:
@@ -145,6 +192,35 @@ def _compare(args: argparse.Namespace) -> int:
         return result
     table = compare_table(result) + ("\n\n" + compare_markdown(result) if args.markdown else "")
     return _finish(result, table, args.json)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from pipeline.lifecycle.finetune import (
+        Augment,
+        TrainingError,
+        finetune,
+        finetune_table,
+    )
+
+    try:
+        jitter = [float(v) for v in args.color_jitter.split(",")]
+        jitter = jitter * 3 if len(jitter) == 1 else jitter
+    except ValueError:
+        return fail(f"models finetune: --color-jitter: H,S,V (three numbers), got {args.color_jitter!r}",
+                    CONFIG_ERROR_EXIT_CODE)
+    augment = Augment(flip=args.flip, vflip=args.vflip, crop=args.crop, color_jitter=tuple(jitter),  # type: ignore[arg-type]
+                      mosaic=args.mosaic)
+    try:
+        result = _guarded("finetune", lambda: finetune(
+            args.weights, args.data, out=args.out, work=args.work, epochs=args.epochs, imgsz=args.imgsz,
+            batch=args.batch, device=args.device, workers=args.workers, val_fraction=args.val_fraction,
+            seed=args.seed, freeze=args.freeze, freeze_backbone=args.freeze_backbone, augment=augment,
+            models_dir=os.environ.get(ENV_MODELS_DIR) or None, progress=_progress))
+    except TrainingError as exc:
+        return fail(f"models finetune: {exc}", 1)
+    if isinstance(result, int):
+        return result
+    return _finish(result, finetune_table(result), args.json)
 
 
 def export_table(r: dict[str, Any]) -> str:

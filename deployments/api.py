@@ -1,5 +1,6 @@
 """The HTTP ingress: runtime camera management and status (`/cameras`), and the live view
-(`/`, `/cameras/{id}/live`, `/cameras/{id}/snapshot.jpg`: `deployments/live.py`), on Serve's proxy.
+(`/`, `/cameras/{id}/live`, `/cameras/{id}/snapshot.jpg`: `deployments/live.py`) and the heat maps
+of `/cameras/{id}/explain` (`deployments/explain.py`), on Serve's proxy.
 
 Cameras live in the Redis registry (`pipeline/registry.py`); decoder replicas pick changes up
 on their next lease round, so adding or removing one camera never restarts the others. Camera
@@ -14,7 +15,7 @@ import time
 from typing import Any
 
 import redis
-from fastapi import Body, FastAPI, HTTPException
+from fastapi import Body, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
@@ -26,10 +27,13 @@ from pipeline.config import (
     format_validation_error,
     inline_password_error,
 )
+from pipeline.lifecycle.swap import SwapError
+from pipeline.lifecycle.swap_service import ModelSwaps
 from pipeline.redact import redact_url
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys, camera_states, redis_from_config
 
+from .explain import ExplainApi
 from .live import LiveView, last_frames
 from .logs import route_percept_logs
 
@@ -57,6 +61,8 @@ class CameraApi:
         self.allow_inline_credentials = cfg.security.allow_inline_credentials
         self.decoder = decoder
         self.live = LiveView(cfg.view, self.client, self.keys, self.registry)
+        self.explainer = ExplainApi(cfg, self.client, self.keys, self.registry, decoder)
+        self.swaps = ModelSwaps(cfg, self.client)  # hot swap of weights (pipeline/lifecycle/swap.py)
 
     def _list(self) -> list[dict[str, Any]]:
         cameras, invalid = self.registry.read()
@@ -84,6 +90,11 @@ class CameraApi:
                 "fps": 0.0, "dropped": 0, "lag_s": None, "last_error": bad.error, "objects": {}, "e2e_ms": None,
             })
         return sorted(out, key=lambda c: c["id"])
+
+    async def _unknown(self, camera_id: str) -> str:
+        """The 404 of a camera that is not registered, naming the ones that are."""
+        ids = sorted(c.id for c in (await asyncio.to_thread(self.registry.read))[0])
+        return f"no camera {camera_id!r}; cameras: {', '.join(ids) or 'none'}"
 
     @app.get("/cameras")
     async def list_cameras(self) -> list[dict[str, Any]]:
@@ -116,13 +127,13 @@ class CameraApi:
         except LookupError as exc:
             raise HTTPException(409, detail=str(exc)) from None
         if camera is None:
-            raise HTTPException(404, detail=f"no camera {camera_id!r}")
+            raise HTTPException(404, detail=await self._unknown(camera_id))
         return {"id": camera.id, "zones": camera.zones, "lines": camera.lines, "anchor": camera.anchor}
 
     @app.delete("/cameras/{camera_id}")
     async def remove_camera(self, camera_id: str) -> dict[str, Any]:
         if not await asyncio.to_thread(self.registry.remove, camera_id):
-            raise HTTPException(404, detail=f"no camera {camera_id!r}")
+            raise HTTPException(404, detail=await self._unknown(camera_id))
         return {"id": camera_id, "removed": True}
 
     # --- the live view (deployments/live.py) ---------------------------------------------------
@@ -144,6 +155,31 @@ class CameraApi:
     async def live_stream(self, camera_id: str) -> StreamingResponse:
         return await self.live.live(camera_id)
 
+    @app.get("/cameras/{camera_id}/explain", response_class=Response)
+    async def explain(self, camera_id: str, object_index: int = Query(..., alias="object", ge=0),
+                      seq: int | None = Query(None, ge=0), method: str = "auto",
+                      masks: int = Query(400, ge=16, le=4000)) -> Response:
+        """A PNG: the heat map of what drove object ``object`` of the newest kept frame (or ``seq``);
+        ``deployments/explain.py``."""
+        return await self.explainer.explain(camera_id, object_index, seq=seq, method=method, masks=masks)
+
     @app.get("/status")
     async def status(self) -> dict[str, Any]:
         return await self.decoder.status.remote()
+
+    # --- hot swap of model weights (pipeline/lifecycle/swap.py) ---------------------------------
+
+    @app.get("/models")
+    async def list_models(self) -> list[dict[str, Any]]:
+        """Each model deployment: the weights it should serve, and what each replica serves."""
+        return await self.swaps.listing()
+
+    @app.put("/models/{deployment}")
+    async def swap_model(self, deployment: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        """``{"weights": PATH, "card": CARD?, "timeout_s": S?}``: validated here first (422 and
+        nothing changes when the file is bad), then rolled out replica by replica; answers when
+        every replica serves it (404 unknown deployment, 409 a swap in progress, 504 still rolling)."""
+        try:
+            return await self.swaps.swap(deployment, body)
+        except SwapError as exc:
+            raise HTTPException(exc.status, detail=exc.errors) from None

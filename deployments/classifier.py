@@ -1,18 +1,24 @@
 """A classifier: one deployment per classifier of the config (``classifier-<category>[-<name>]``),
-batching crops across frames and cameras."""
+batching crops across frames and cameras. Each answer names the model that gave it
+(`ModelAnswers`); `percept models swap classifier` replaces the model at runtime
+(pipeline/lifecycle/swap.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from pipeline.autoscale import WARMUP_S, FrameAgeMeter
-from pipeline.config import PerceptConfig
-from pipeline.metrics import ModelMetrics
 from pipeline.backends import load_classifier
+from pipeline.config import PerceptConfig
+from pipeline.lifecycle.swap import ModelAnswers, SwapKeys
+from pipeline.lifecycle.swap_replica import ModelSwapper
+from pipeline.metrics import ModelMetrics
+from pipeline.streams import redis_from_config
 
 from .logs import route_percept_logs
 from .metrics import RayRecorder
@@ -28,20 +34,29 @@ class ClassifierDeployment:
         self.category = section.category
         self.meter = FrameAgeMeter(warmup_s=WARMUP_S)
         self.metrics = ModelMetrics(deployment, RayRecorder())
-        self.classifier = await asyncio.to_thread(
-            load_classifier, ccfg, models_dir=cfg.models_dir, field=section.field
-        )
+        self.model = ModelSwapper(
+            client=redis_from_config(cfg.redis), keys=SwapKeys(cfg.redis.stream_prefix, deployment),
+            replica=serve.get_replica_context().replica_id.unique_id, kind="classifier", cfg=ccfg,
+            load=functools.partial(load_classifier, models_dir=cfg.models_dir, field=section.field))
+        await self.model.start()
+        self._swaps = asyncio.get_running_loop().create_task(self.model.follow())
         self.reconfigure({"max_batch_size": ccfg.batch.max_size, "batch_wait_ms": ccfg.batch.wait_ms})
         self._gauges = asyncio.get_running_loop().create_task(self.metrics.keep_gauges())
         self.meter.ready()  # crops queued while the model loaded are not load
+
+    @property
+    def classifier(self) -> Any:
+        """The model serving now (a hot swap replaces it between batches)."""
+        return self.model.current
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self._classify_batch.set_max_batch_size(int(user_config.get("max_batch_size", 32)))
         self.metrics.max_batch_size(int(user_config.get("max_batch_size", 32)))
         self._classify_batch.set_batch_wait_timeout_s(float(user_config.get("batch_wait_ms", 10)) / 1000)
 
-    async def classify(self, crops: list[np.ndarray]) -> list[dict[str, Any] | Exception]:
-        """All crops of one frame in one request (one Serve hop per frame, not per object)."""
+    async def classify(self, crops: list[np.ndarray]) -> ModelAnswers:
+        """All crops of one frame in one request (one Serve hop per frame, not per object); the
+        answers (a mapping or an exception per crop) name the model that gave them."""
         self.meter.waiting += len(crops)
         self.metrics.arrived(crops)
         try:
@@ -55,13 +70,18 @@ class ClassifierDeployment:
         return {"frames_waiting": self.meter.waiting_now()}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _classify_batch(self, requests: list[list[np.ndarray]]) -> list[list[dict[str, Any] | Exception]]:
+    async def _classify_batch(self, requests: list[list[np.ndarray]]) -> list[ModelAnswers]:
         # a batch of frames' crop lists, across frames and cameras: one model call for all
         flat = [crop for crops in requests for crop in crops]
+        model = self.classifier  # this batch's model: a swap landing meanwhile applies from the next batch
         with self.metrics.batch(requests, size=len(flat)) as batch:
-            batch.results = answers = await asyncio.to_thread(self.classifier.classify_batch, flat)
+            batch.results = answers = await asyncio.to_thread(model.classify_batch, flat)
         out, k = [], 0
         for crops in requests:
-            out.append(answers[k : k + len(crops)])
+            out.append(ModelAnswers(answers[k : k + len(crops)], model=model.name))
             k += len(crops)
         return out
+
+    async def __del__(self) -> None:
+        self._swaps.cancel()
+        await self.model.leave()  # the API stops counting this replica

@@ -8,7 +8,7 @@ import functools
 import importlib
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -17,13 +17,15 @@ from pipeline.assignment import CameraSupervisor
 from pipeline.conductor import ClassifierRoute, open_camera
 from pipeline.config import CameraConfig, PerceptConfig
 from pipeline.backends.crops import crop_spec
+from pipeline.lifecycle.swap import PublishedModels
 from pipeline.metrics import CameraMetrics
-from pipeline.models import DetectorInput, model_name
+from pipeline.models import DetectorInput
 from pipeline.schema import Detections
 from pipeline.publish import Publisher
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys, redis_from_config
 from pipeline.view import ViewHub
+from pipeline.keep import KeptFrame, KeptFrames, NotKept
 
 from .logs import route_percept_logs
 from .metrics import RayRecorder, decoder_metrics
@@ -33,44 +35,41 @@ log = logging.getLogger("percept.decoder")
 
 def merged_detect(handles: list[DeploymentHandle]):
     """Every frame to every detector at once; their objects merged in config order. A frame goes
-    on only when all have answered (a failed detector fails the frame, which is retried once)."""
+    on only when all have answered (a failed detector fails the frame, which is retried once).
+    With several detectors the frame is put in the object store once and every detector gets
+    the reference (Ray resolves a top-level ObjectRef argument before the call runs)."""
     async def detect(inp: DetectorInput):
         if len(handles) == 1:
             return await handles[0].detect.remote(inp)
-        answers = await asyncio.gather(*(h.detect.remote(inp) for h in handles))
+        import ray
+
+        shared = ray.put(inp)
+        answers = await asyncio.gather(*(h.detect.remote(shared) for h in handles))
         failed = next((a for a in answers if isinstance(a, Exception)), None)
         return failed if failed is not None else Detections.concat(answers)
 
     return detect
 
 
-def classifier_routes(cfg: PerceptConfig, handles: dict[str, DeploymentHandle]) -> dict[str, list[ClassifierRoute]]:
+def classifier_routes(cfg: PerceptConfig, handles: dict[str, DeploymentHandle],
+                      answered: Callable[[str, Any], None] | None = None) -> dict[str, list[ClassifierRoute]]:
     """Per category, its classifiers' routes: the handle, and the crop size, context and minimum
-    box from each model's card (read here, the network itself is loaded by the classifier)."""
+    box from each model's card (read here, the network itself is loaded by the classifier).
+    ``answered(deployment, answers)`` sees every answer (it names the model that gave it)."""
     routes: dict[str, list[ClassifierRoute]] = {}
     for section in cfg.classifier_sections():
         handle = handles[section.deployment]
         size, context, minimum = crop_spec(section.cfg, models_dir=cfg.models_dir, field=section.field)
 
-        async def classify(crops, handle=handle):
-            return await handle.classify.remote(crops)
+        async def classify(crops, handle=handle, deployment=section.deployment):
+            answers = await handle.classify.remote(crops)
+            if answered is not None:
+                answered(deployment, answers)
+            return answers
 
         routes.setdefault(section.category, []).append(ClassifierRoute(
             classify, section.cfg, name=section.deployment, crop_size=size, crop_context=context, min_size=minimum))
     return routes
-
-
-def models_published(cfg: PerceptConfig) -> dict[str, Any]:
-    """The ``model`` of every message: the detector's weights (all of them under ``detectors``
-    when there are several) and each category's classifier (a list when it has several)."""
-    models: dict[str, Any] = {"detector": model_name(cfg.detector)}
-    if len(cfg.all_detectors) > 1:
-        models["detectors"] = [model_name(d) for d in cfg.all_detectors]
-    models["classifiers"] = {
-        cat: model_name(entries[0]) if len(entries) == 1 else [model_name(c) for c in entries]
-        for cat, entries in cfg.classifiers.items()
-    }
-    return models
 
 
 @serve.deployment(name="decoder")
@@ -102,10 +101,12 @@ class DecoderDeployment:
         # the live view (pipeline/view.py): JPEGs only while someone watches; blur models load here
         self.views = await asyncio.to_thread(ViewHub.from_config, cfg, client, self.keys,
                                              fence_of=self.publisher.fence_of)
+        self.kept = KeptFrames(cfg.view.keep_frames)  # the last published frames per camera (explain)
 
         self._detect = merged_detect(list(detectors.values()))
-        self._routes = await asyncio.to_thread(classifier_routes, cfg, classifiers)
-        self._models = models_published(cfg)
+        # the message's ``model``: the models that produced each frame (they change on a hot swap)
+        self._models = await asyncio.to_thread(PublishedModels, cfg, client)
+        self._routes = await asyncio.to_thread(classifier_routes, cfg, classifiers, self._models.answered)
         registry = CameraRegistry(client, self.keys)
         await asyncio.to_thread(registry.seed, cfg.cameras)
         # Every round reads the registry: URLs get their ${VAR} from this replica's environment;
@@ -134,6 +135,7 @@ class DecoderDeployment:
             models=self._models,
             metrics=self.metrics,
             view=self.views.camera(camera.id) if self.views is not None else None,
+            kept=self.kept,
         )
         self.metrics.track(conductor)  # its counters count from here (deployments/metrics.py exports them)
         return conductor
@@ -146,6 +148,15 @@ class DecoderDeployment:
             "dropped": dict(self.publisher.stats.dropped),
         }
         return out
+
+    async def kept_frame(self, camera_id: str, seq: int | None = None) -> KeptFrame | NotKept:
+        """Frame ``seq`` (the newest when None) of a camera this replica runs, from its keep
+        buffer (`pipeline/keep.py`); `NotKept` says why not (``running`` False: not here)."""
+        for gone in set(self.kept.cameras()) - set(self.supervisor.running):
+            self.kept.forget(gone)  # stopped or moved: their frames go
+        if camera_id not in self.supervisor.running:
+            return NotKept(camera_id, seq, False)
+        return self.kept.get(camera_id, seq)
 
     def check_health(self) -> None:
         if self._task.done():

@@ -4,16 +4,21 @@ detector of the config is its own deployment (``detector``, ``detector-<name>``)
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from ray import serve
 
 from pipeline.autoscale import WARMUP_S, FrameAgeMeter
 from pipeline.backends import load_detector
+from pipeline.batching import AdaptiveBatcher
 from pipeline.config import PerceptConfig
+from pipeline.lifecycle.swap import SwapKeys
+from pipeline.lifecycle.swap_replica import ModelSwapper
 from pipeline.metrics import ModelMetrics
 from pipeline.models import DetectorInput
 from pipeline.schema import Detections
+from pipeline.streams import redis_from_config
 
 from .logs import route_percept_logs
 from .metrics import RayRecorder
@@ -25,37 +30,54 @@ class DetectorDeployment:
         route_percept_logs()
         cfg = PerceptConfig.model_validate(config)
         section = next(s for s in cfg.detector_sections() if s.deployment == deployment)
-        self.detector = await asyncio.to_thread(
-            load_detector, section.cfg, models_dir=cfg.models_dir, field=section.field)
+        # the model; `percept models swap` replaces it at runtime (pipeline/lifecycle/swap.py)
+        self.model = ModelSwapper(
+            client=redis_from_config(cfg.redis), keys=SwapKeys(cfg.redis.stream_prefix, deployment),
+            replica=serve.get_replica_context().replica_id.unique_id, kind="detector", cfg=section.cfg,
+            load=functools.partial(load_detector, models_dir=cfg.models_dir, field=section.field))
+        await self.model.start()
+        self._swaps = asyncio.get_running_loop().create_task(self.model.follow())
         self.meter = FrameAgeMeter(warmup_s=WARMUP_S)
         self.metrics = ModelMetrics(deployment, RayRecorder())
+        # a batch leaves once every camera sending here has a frame in it, or when full, or
+        # after batch_wait_ms (pipeline/batching.py)
+        self.batcher = AdaptiveBatcher(self._detect_batch)
         self.reconfigure({"max_batch_size": section.cfg.batch.max_size, "batch_wait_ms": section.cfg.batch.wait_ms})
         self._gauges = asyncio.get_running_loop().create_task(self.metrics.keep_gauges())
         self.meter.ready()  # frames queued while the model loaded are not lag
 
+    @property
+    def detector(self) -> Any:
+        """The model serving now (a hot swap replaces it between batches)."""
+        return self.model.current
+
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batch size and wait can change at runtime (Serve ``user_config``)."""
-        self._detect_batch.set_max_batch_size(int(user_config.get("max_batch_size", 8)))
+        self.batcher.set_max_batch_size(int(user_config.get("max_batch_size", 8)))
         self.metrics.max_batch_size(int(user_config.get("max_batch_size", 8)))
-        self._detect_batch.set_batch_wait_timeout_s(float(user_config.get("batch_wait_ms", 20)) / 1000)
+        self.batcher.set_batch_wait_s(float(user_config.get("batch_wait_ms", 20)) / 1000)
 
     async def detect(self, inp: DetectorInput) -> Detections | Exception:
         self.meter.waiting += 1
         self.metrics.arrived(inp)
         try:
-            return await self._detect_batch(inp)
+            return await self.batcher.submit(getattr(inp, "camera", None), inp)
         finally:
             self.meter.waiting -= 1
             self.metrics.left(inp)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def _detect_batch(self, inputs: list[DetectorInput]) -> list[Detections | Exception]:
         self.meter.observe([inp.frame_ts for inp in inputs])
+        model = self.detector  # this batch's model: a swap landing meanwhile applies from the next batch
         # Inference runs off the event loop so the next batch keeps forming meanwhile.
         with self.metrics.batch(inputs) as batch:
-            batch.results = await asyncio.to_thread(self.detector.detect_batch, inputs)
-        return batch.results
+            batch.results = await asyncio.to_thread(model.detect_batch, inputs)
+        return [r.named(model.name) if isinstance(r, Detections) else r for r in batch.results]
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom metrics for deployments.autoscaling.VideoLagPolicy."""
         return {"frame_lag_s": self.meter.lag_s(), "frames_waiting": self.meter.waiting_now()}
+
+    async def __del__(self) -> None:
+        self._swaps.cancel()
+        await self.model.leave()  # the API stops counting this replica

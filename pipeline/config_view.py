@@ -26,6 +26,10 @@ class ViewConfig(Strict):
     stream_max_s: float = Field(
         600.0, ge=5, le=86_400,
         description="an MJPEG response ends after this long (bounds what a stalled client can pile up)")
+    keep_frames: int = Field(
+        8, ge=0, le=256,
+        description="published frames each decoder keeps per camera in memory (images by reference) for "
+        "GET /cameras/{id}/explain and `percept explain`, also with the live view off; 0: none")
 
 
 class PrivacyConfig(Strict):

@@ -45,6 +45,9 @@ class Detections:
     categories: tuple[str, ...] = ()
     track_ids: tuple[int | None, ...] | None = None
     attributes: tuple[Mapping[str, Any], ...] | None = None
+    # the detector model(s) that produced these objects (weights file names, as the message's
+    # ``model`` names them), set by the replica that ran the batch; not part of `to_objects`
+    model_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
@@ -54,6 +57,7 @@ class Detections:
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "labels", tuple(self.labels))
         object.__setattr__(self, "categories", tuple(self.categories))
+        object.__setattr__(self, "model_names", tuple(self.model_names))
         object.__setattr__(self, "track_ids", tuple(self.track_ids) if self.track_ids is not None else (None,) * n)
         object.__setattr__(
             self, "attributes", tuple(dict(a) for a in self.attributes) if self.attributes is not None else ({},) * n
@@ -85,7 +89,12 @@ class Detections:
             categories=tuple(self.categories[i] for i in idx),
             track_ids=tuple(self.track_ids[i] for i in idx),
             attributes=tuple(self.attributes[i] for i in idx),
+            model_names=self.model_names,
         )
+
+    def named(self, *model_names: str) -> "Detections":
+        """A copy that names the model(s) that produced it."""
+        return replace(self, model_names=tuple(model_names))
 
     def indices_of(self, category: str) -> list[int]:
         return [i for i, c in enumerate(self.categories) if c == category]
@@ -103,12 +112,13 @@ class Detections:
 
     @classmethod
     def concat(cls, parts: Sequence["Detections"]) -> "Detections":
-        """The objects of several detectors on one frame, in order."""
+        """The objects of several detectors on one frame, in order (with every part's model names)."""
+        names = tuple(n for p in parts for n in p.model_names)
         parts = [p for p in parts if len(p)]
         if not parts:
-            return cls()
+            return cls(model_names=names)
         if len(parts) == 1:
-            return parts[0]
+            return replace(parts[0], model_names=names)
         return cls(
             xyxy=np.concatenate([p.xyxy for p in parts]),
             scores=np.concatenate([p.scores for p in parts]),
@@ -116,6 +126,7 @@ class Detections:
             categories=tuple(x for p in parts for x in p.categories),
             track_ids=tuple(x for p in parts for x in p.track_ids),
             attributes=tuple(x for p in parts for x in p.attributes),
+            model_names=names,
         )
 
     def with_track_ids(self, track_ids: Sequence[int | None]) -> "Detections":

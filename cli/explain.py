@@ -1,0 +1,201 @@
+"""`percept explain`: a PNG heat map of what drove one detection (`pipeline/explain.py`).
+
+- ``percept explain CAMERA --object N [--seq S]``: a frame a running graph published (the newest,
+  or ``seq`` while its decoder still keeps it), through the HTTP API (``--api``).
+- ``percept explain --image FILE | --video FILE [--frame K] --weights W --object N``: no graph;
+  the detector runs here, objects are what it finds at ``--conf`` (every label of the model).
+
+Prints the object, the method's cost, the heat inside/outside the box and the deletion check;
+writes the PNG (``--out``). Bad input (no such camera, object, seq, file or frame; weights that
+do not load) exits 2 naming what there is; an unreachable or not yet running graph exits 3."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ENV_MODELS_DIR
+
+from .common import EXIT_UNAVAILABLE, fail, say
+
+BAD_INPUT = 2
+METHOD_CHOICES = ("auto", "rise", "occlusion", "eigencam")
+
+
+def register(sub: Any) -> None:
+    e = sub.add_parser(
+        "explain", help="heat map (PNG) of what drove one detection: of a running camera, or of an image/video frame",
+        description="A camera of a running graph (CAMERA, through --api), or offline an image or a video frame "
+        "(--image/--video with --weights).")
+    e.add_argument("camera", nargs="?", help="camera id of the running graph")
+    e.add_argument("--object", type=int, required=True, metavar="N", help="index of the object in the frame (0: first)")
+    e.add_argument("--method", choices=METHOD_CHOICES, default="auto",
+                   help="rise (masking; every backend; auto), occlusion (sliding grey patch), eigencam (.pt models)")
+    e.add_argument("--masks", type=int, default=400, help="rise: masked inputs scored (default 400)")
+    e.add_argument("--out", help="PNG to write (default explain-<camera or file>-<seq or frame>-<N>.png)")
+    e.add_argument("--seq", type=int, help="camera: this kept frame instead of the newest")
+    e.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"),
+                   help="the graph's HTTP address (default: PERCEPT_API or http://127.0.0.1:8000)")
+    off = e.add_argument_group("offline (no running graph)")
+    off.add_argument("--image", help="an image file")
+    off.add_argument("--video", help="a video file (with --frame)")
+    off.add_argument("--frame", type=int, help="--video: the frame index (default 0)")
+    off.add_argument("--weights", help=f"detector weights: a path or a file in {ENV_MODELS_DIR}")
+    off.add_argument("--imgsz", type=int, default=640, help="detector input size (default 640)")
+    off.add_argument("--conf", type=float, default=0.25, help="objects are the detections from this score (default 0.25)")
+    off.add_argument("--device", default="auto", help="auto, cpu, cuda:0 … (default auto)")
+    off.add_argument("--threads", type=int, help="CPU threads for the model (default: every core)")
+    e.set_defaults(func=_explain)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    offline = args.image or args.video
+    problem = (
+        "give a CAMERA of a running graph, or --image/--video with --weights" if not (args.camera or offline) else
+        "give a CAMERA or --image/--video, not both" if args.camera and offline else
+        "give --image or --video, not both" if args.image and args.video else
+        "--weights: needed with --image/--video" if offline and not args.weights else
+        "--frame: only with --video" if args.frame is not None and not args.video else
+        "--seq: only with a CAMERA" if args.seq is not None and offline else
+        "--object: must be >= 0" if args.object < 0 else
+        "--masks: must be >= 16" if args.masks < 16 else None)
+    if problem:
+        return fail(f"explain: {problem}", BAD_INPUT)
+    return _offline(args) if offline else _online(args)
+
+
+# --- a running graph ------------------------------------------------------------------------------
+
+def _online(args: argparse.Namespace) -> int:
+    query = {"object": args.object, "method": args.method, "masks": args.masks}
+    if args.seq is not None:
+        query["seq"] = args.seq
+    url = (f"{args.api.rstrip('/')}/cameras/{urllib.parse.quote(args.camera, safe='')}/explain?"
+           + urllib.parse.urlencode(query))
+    try:
+        with urllib.request.urlopen(url, timeout=600) as resp:
+            png, headers = resp.read(), resp.headers
+    except urllib.error.HTTPError as exc:
+        return fail(f"explain {args.camera}: HTTP {exc.code}: {_detail(exc.read())}",
+                    EXIT_UNAVAILABLE if exc.code >= 500 else BAD_INPUT)
+    except (urllib.error.URLError, OSError) as exc:
+        return fail(f"cannot reach {args.api}: {exc}", EXIT_UNAVAILABLE)
+    frame = dict(kv.split("=", 1) for kv in headers.get("X-Percept-Frame", "").split() if "=" in kv)
+    out = Path(args.out or f"explain-{args.camera}-{frame.get('seq', 'latest')}-{args.object}.png")
+    if not _write(out, png):
+        return fail(f"explain: cannot write {out}", BAD_INPUT)
+    say(f"{args.camera} seq {frame.get('seq', '?')}, object {headers.get('X-Percept-Object', '?')}")
+    say(f"{headers.get('X-Percept-Method', '?')}; heat inside/outside the box {headers.get('X-Percept-Heat-Ratio', '?')}")
+    say(f"deletion check: {headers.get('X-Percept-Deletion', '?')}")
+    say(f"wrote {out}")
+    return 0
+
+
+def _detail(body: bytes) -> str:
+    """The API's error detail in one line: its message and what is available."""
+    try:
+        detail = json.loads(body or b"{}").get("detail", "")
+    except ValueError:
+        return body.decode(errors="replace")[:300]
+    if isinstance(detail, dict):
+        extra = {k: v for k, v in detail.items() if k not in ("message", "camera", "seq")}
+        if "objects" in extra:
+            extra["objects"] = _objects_line(extra["objects"])
+        return "; ".join([str(detail.get("message", ""))] + [f"{k}: {v}" for k, v in extra.items()])
+    if isinstance(detail, list):
+        return "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg', d)}" if isinstance(d, dict) else str(d)
+                         for d in detail)
+    return str(detail)
+
+
+def _objects_line(objects: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{i}: {o['label']} {o['score']:.2f}" for i, o in enumerate(objects)) or "none"
+
+
+def _write(path: Path, data: bytes) -> bool:
+    try:
+        path.write_bytes(data)
+        return True
+    except OSError:
+        return False
+
+
+# --- offline -------------------------------------------------------------------------------------------
+
+def _read_frame(args: argparse.Namespace) -> tuple[Any, str]:
+    """(BGR image, name for the default output); ValueError naming the file or frame."""
+    import cv2
+
+    if args.image:
+        image = cv2.imread(args.image, cv2.IMREAD_COLOR) if Path(args.image).is_file() else None
+        if image is None:
+            raise ValueError(f"--image: cannot read {args.image!r} as an image")
+        return image, Path(args.image).stem
+    index = args.frame or 0
+    cap = cv2.VideoCapture(args.video) if Path(args.video).is_file() else None
+    try:
+        if cap is None or not cap.isOpened():
+            raise ValueError(f"--video: cannot open {args.video!r} as a video")
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if index < 0 or (count > 0 and index >= count):
+            raise ValueError(f"--frame: {index} is out of range: {args.video} has frames 0..{count - 1}")
+        cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok, image = cap.read()
+        if not ok:
+            raise ValueError(f"--frame: cannot read frame {index} of {args.video}")
+        return image, f"{Path(args.video).stem}-{index}"
+    finally:
+        if cap is not None:
+            cap.release()
+
+
+def _offline(args: argparse.Namespace) -> int:
+    from pipeline.backends import load_detector
+    from pipeline.config import DetectorConfig
+    from pipeline.explain import (
+        EXPLAIN_CONF,
+        ExplainError,
+        Target,
+        deletion_check,
+        encode_png,
+        explain,
+        inside_outside_ratio,
+        overlay,
+    )
+    from pipeline.models import ModelError, prepare_frame
+
+    try:
+        image, name = _read_frame(args)
+        cfg = DetectorConfig(weights=args.weights, imgsz=args.imgsz, device=args.device, threads=args.threads or os.cpu_count(),
+                             conf=min(args.conf, EXPLAIN_CONF), categories={"object": ["*"]})
+        detector = load_detector(cfg, models_dir=os.environ.get(ENV_MODELS_DIR), field="--weights")
+        found = detector.detect_batch([prepare_frame(image, args.imgsz)])[0]
+        if isinstance(found, Exception):
+            raise found
+        objects = found[found.scores >= args.conf]
+        try:
+            target = Target.of(objects, args.object)
+        except ExplainError as exc:
+            raise ValueError(f"--object: {exc} at --conf {args.conf}: {_objects_line(objects.to_objects())}") from None
+        method = "rise" if args.method == "auto" else args.method
+        result = explain(detector, image, target, imgsz=args.imgsz, method=method, masks=args.masks)
+        check = deletion_check(detector, image, target, result.heat, imgsz=args.imgsz)
+    except (ValueError, ModelError) as exc:  # ExplainError and pydantic's ValidationError are ValueErrors
+        return fail(f"explain: {str(exc).replace('--weights.weights', '--weights')}", BAD_INPUT)
+    out = Path(args.out or f"explain-{name}-{args.object}.png")
+    if not _write(out, encode_png(overlay(image, result.heat, target, method=method))):
+        return fail(f"explain: cannot write {out}", BAD_INPUT)
+    box = ",".join(f"{v:.0f}" for v in target.box)
+    say(f"object {args.object}: {target.label} {target.score:.2f} [{box}] of {len(objects)}")
+    say(f"{method}: {result.calls} detector calls, {result.elapsed_ms / 1000:.1f} s; "
+        f"heat inside/outside the box {inside_outside_ratio(result.heat, target.box):.2f}")
+    say(f"deletion check ({check.fraction:.0%} of the pixels greyed): score {check.original:.3f} → "
+        f"{check.hottest:.3f} hottest, {check.random:.3f} random")
+    say(f"wrote {out}")
+    return 0

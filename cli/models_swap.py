@@ -1,0 +1,138 @@
+"""`percept models swap` and `percept models served`: hot swap of a running graph's model
+weights through its HTTP API (``PUT /models/{deployment}``, ``GET /models``).
+
+    percept models swap detector PATH [--name NAME] [--api URL]
+    percept models swap classifier CATEGORY PATH [--name NAME] [--card CARD] [--api URL]
+    percept models served [--api URL]
+
+The API loads and checks the new weights before anything changes, then the replicas switch one
+at a time while cameras keep publishing (`pipeline/lifecycle/swap.py`); the command returns when
+every replica serves the new model. A path that exists here is sent as an absolute path; it must
+be readable by the model replicas. Exit 2: refused (bad file, unknown deployment, a swap in
+progress), the old model keeps serving; exit 3: the graph is unreachable or still rolling out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from pipeline.config import CONFIG_ERROR_EXIT_CODE
+
+from .common import EXIT_UNAVAILABLE, fail
+
+
+def _api_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"),
+                   help="the running graph's HTTP address (default: PERCEPT_API or http://127.0.0.1:8000)")
+    p.add_argument("--wait", type=float, default=60.0,
+                   help="seconds to keep retrying while the graph's Redis is unreachable (default 60)")
+
+
+def _swap_parser(actions: Any) -> argparse.ArgumentParser:
+    s = actions.add_parser("swap", help="replace a running graph's detector or classifier weights, no downtime")
+    targets = s.add_subparsers(dest="target", required=True)
+    det = targets.add_parser("detector", help="the detector (deployment detector, or detector-NAME)")
+    clf = targets.add_parser("classifier", help="a category's classifier (classifier-CATEGORY[-NAME])")
+    clf.add_argument("category", help="the category whose classifier is replaced (vehicle, pedestrian, ...)")
+    for p in (det, clf):
+        p.add_argument("weights", metavar="PATH", help="the new weights (readable by the model replicas), "
+                       "or a file in PERCEPT_MODELS_DIR")
+        p.add_argument("--name", help="which one, when the config has several (its name: detector-NAME, "
+                       "classifier-CATEGORY-NAME)")
+        p.add_argument("--card", help="model card of a plain network (default: the shipped card, if any)")
+        p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every replica (default 300)")
+        _api_args(p)
+        p.set_defaults(func=_swap)
+    return s
+
+
+def _served_parser(actions: Any) -> argparse.ArgumentParser:
+    p = actions.add_parser("served", help="what each model deployment of a running graph serves, per replica")
+    _api_args(p)
+    p.add_argument("--json", action="store_true", help="the API's answer as JSON")
+    p.set_defaults(func=_served)
+    return p
+
+
+def deployment_name(args: argparse.Namespace) -> str:
+    if args.target == "detector":
+        return f"detector-{args.name}" if args.name else "detector"
+    return f"classifier-{args.category}" + (f"-{args.name}" if args.name else "")
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None,
+          timeout: float = 60.0) -> tuple[int, Any]:
+    """(HTTP status, JSON body); 503 (Redis unreachable) is retried until ``--wait`` passes."""
+    url = args.api.rstrip("/") + path
+    data = json.dumps(body).encode() if body is not None else None
+    deadline = time.monotonic() + args.wait
+    said = False
+    while True:
+        request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                answer = json.loads(exc.read() or b"{}")
+            except ValueError:
+                answer = {"detail": exc.reason}
+            if exc.code != 503 or time.monotonic() >= deadline:
+                return exc.code, answer
+            if not said:
+                print(f"percept: redis unreachable at the graph behind {args.api} — retrying", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(1.0)
+
+
+def _refusal(what: str, status: int, answer: Any) -> int:
+    detail = answer.get("detail", answer) if isinstance(answer, dict) else answer
+    lines = detail if isinstance(detail, list) else [detail]
+    text = "; ".join(d.get("msg", str(d)) if isinstance(d, dict) else str(d) for d in lines)
+    code = CONFIG_ERROR_EXIT_CODE if 400 <= status < 500 else EXIT_UNAVAILABLE if status in (502, 503, 504) else 1
+    return fail(f"{what}: HTTP {status}: {text}", code)
+
+
+def _swap(args: argparse.Namespace) -> int:
+    deployment = deployment_name(args)
+    weights = os.path.abspath(args.weights) if os.path.exists(args.weights) else args.weights
+    card = os.path.abspath(args.card) if args.card and os.path.exists(args.card) else args.card
+    body = {"weights": weights, "card": card, "timeout_s": args.timeout}
+    print(f"percept: checking {weights} for {deployment}, then rolling it out", file=sys.stderr, flush=True)
+    try:
+        status, answer = _call(args, "PUT", f"/models/{deployment}", body, timeout=args.timeout + 120)
+    except (urllib.error.URLError, OSError) as exc:
+        return fail(f"cannot reach {args.api}: {exc}", EXIT_UNAVAILABLE)
+    if status >= 400:
+        return _refusal(f"models swap {deployment}", status, answer)
+    print(f"{deployment} serves {answer['model']} on {answer['replicas']} replica(s) (was {answer['previous']}; "
+          f"generation {answer['generation']}; checked in {answer['validate_s']:.1f} s, rolled out in "
+          f"{answer['rollout_s']:.1f} s)", flush=True)
+    return 0
+
+
+def _served(args: argparse.Namespace) -> int:
+    try:
+        status, answer = _call(args, "GET", "/models")
+    except (urllib.error.URLError, OSError) as exc:
+        return fail(f"cannot reach {args.api}: {exc}", EXIT_UNAVAILABLE)
+    if status >= 400:
+        return _refusal("models served", status, answer)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    for dep in answer:
+        state = "" if dep["rolled_out"] else "  (rolling out)"
+        print(f"{dep['deployment']:<28} {dep['model']:<32} generation {dep['generation']}{state}")
+        for r in dep["replicas"]:
+            extra = f"  loading generation {r['loading']}" if r["loading"] else ""
+            extra += f"  error: {r['error']}" if r["error"] else ""
+            print(f"  replica {r['replica']:<12} {r['model']:<32} generation {r['generation']}{extra}")
+    return 0

@@ -1,0 +1,157 @@
+"""``GET /cameras/{id}/explain?object=N[&seq=S][&method=…][&masks=M]`` on the HTTP ingress: the heat
+map of what drove one detection of a published frame, as a PNG overlay (`pipeline/explain.py`).
+
+The frame comes from the keep buffer of the decoder replica that runs the camera
+(``DecoderDeployment.kept_frame``; with several decoder replicas the request is repeated until
+the owner answers, as Serve routes each call to one replica). The explanation runs here, in the
+API replica, on its own copy of the configured detector (loaded on the first request, keeping
+detections down to ``conf`` 0.05), in one thread at nice 10: one explanation at a time, and the
+live detector replicas are never asked to score masked frames. With several detectors the one
+that finds the object best on the unmasked frame explains it. Before the image leaves, faces and
+plates are blurred as in the live view (``privacy``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fastapi import HTTPException
+from fastapi.responses import Response
+from ray.serve.handle import DeploymentHandle
+
+from pipeline.config import DetectorConfig, PerceptConfig
+from pipeline.explain import (
+    EXPLAIN_CONF,
+    METHODS,
+    ExplainError,
+    Target,
+    deletion_check,
+    encode_png,
+    explain,
+    inside_outside_ratio,
+    overlay,
+    scores_of,
+)
+from pipeline.keep import KeptFrame, NotKept
+from pipeline.models import ModelError, prepare_frame
+from pipeline.registry import CameraRegistry
+from pipeline.streams import StreamKeys
+
+EXPLAIN_NICE = 10  # the explanation yields the CPU to the cameras
+
+
+def explainer_config(cfg: DetectorConfig) -> DetectorConfig:
+    """The detector as the explanation runs it: faint detections kept (a weakened object still
+    counts), on a GPU only when this process sees one."""
+    device = "auto" if cfg.device.startswith("cuda") or cfg.device.isdigit() else cfg.device
+    return cfg.model_copy(update={"conf": min(cfg.conf, EXPLAIN_CONF), "device": device})
+
+
+def _lower_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), EXPLAIN_NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: normal priority
+        pass
+
+
+class ExplainApi:
+    def __init__(self, cfg: PerceptConfig, client: Any, keys: StreamKeys, registry: CameraRegistry,
+                 decoder: DeploymentHandle):
+        self.cfg = cfg
+        self.client = client
+        self.keys = keys
+        self.registry = registry
+        self.decoder = decoder
+        self.tries = 4 * cfg.decoder_replicas + 2  # calls until the owner of a camera answers
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain", initializer=_lower_priority)
+        self._detectors: list[tuple[Any, DetectorConfig]] | None = None
+        self._blurrer: Any = None
+
+    async def explain(self, camera_id: str, index: int, *, seq: int | None, method: str, masks: int) -> Response:
+        if method not in ("auto", *METHODS):
+            raise HTTPException(422, detail=f"method {method!r}: choose one of auto, {', '.join(METHODS)}")
+        await self._known(camera_id)
+        frame = await self._frame(camera_id, seq)
+        try:
+            target = Target.of(frame.result.objects, index)
+        except ExplainError as exc:
+            raise HTTPException(404, detail={
+                "message": f"{exc} (camera {camera_id!r}, seq {frame.result.meta.seq})",
+                "camera": camera_id, "seq": frame.result.meta.seq, "objects": frame.result.objects.to_objects()}) from None
+        loop = asyncio.get_running_loop()
+        try:
+            png, headers = await loop.run_in_executor(self._pool, self._run, frame, index, target, method, masks)
+        except ExplainError as exc:
+            raise HTTPException(422, detail=str(exc)) from None
+        except ModelError as exc:
+            raise HTTPException(503, detail=f"cannot load the detector to explain with: {exc}") from None
+        return Response(png, media_type="image/png", headers=headers)
+
+    # --- the frame --------------------------------------------------------------------------------
+
+    async def _known(self, camera_id: str) -> None:
+        cameras, invalid = await asyncio.to_thread(self.registry.read)
+        ids = sorted([c.id for c in cameras] + [b.id for b in invalid])
+        if camera_id not in ids:
+            raise HTTPException(404, detail={"message": f"no camera {camera_id!r}", "cameras": ids})
+
+    async def _frame(self, camera_id: str, seq: int | None) -> KeptFrame:
+        """The kept frame from the decoder replica running the camera; 404 when that replica no
+        longer keeps ``seq`` (naming the seqs it keeps), 503 + Retry-After when none runs it."""
+        for _ in range(self.tries):
+            try:
+                answer = await self.decoder.kept_frame.remote(camera_id, seq)
+            except Exception as exc:  # noqa: BLE001 - a decoder replica restarting: the client retries
+                raise HTTPException(503, detail={"message": f"no decoder answered: {type(exc).__name__}",
+                                                 "camera": camera_id}, headers={"Retry-After": "2"}) from None
+            if isinstance(answer, KeptFrame):
+                return answer
+            if isinstance(answer, NotKept) and answer.running:
+                if not answer.kept:
+                    raise HTTPException(503, detail={"message": answer.message, "camera": camera_id},
+                                        headers={"Retry-After": "1"})
+                raise HTTPException(404, detail={"message": answer.message, "camera": camera_id, "kept": list(answer.kept)})
+        state = await asyncio.to_thread(self.client.hget, self.keys.camera(camera_id), "state")
+        state = state.decode() if state else "pending"
+        raise HTTPException(503, detail={"message": f"camera {camera_id!r} is not running on any decoder (state {state})",
+                                         "camera": camera_id, "state": state}, headers={"Retry-After": "2"})
+
+    # --- the explanation (on the explain thread) -----------------------------------------------------
+
+    def _detector_for(self, frame: KeptFrame, target: Target) -> tuple[Any, DetectorConfig]:
+        """The configured detector (loaded on first use); of several, the one that scores the
+        object highest on the frame as it is."""
+        from pipeline.backends import load_detector
+
+        if self._detectors is None:
+            self._detectors = [
+                (load_detector(explainer_config(s.cfg), models_dir=self.cfg.models_dir, field=s.field), s.cfg)
+                for s in self.cfg.detector_sections()]
+        if len(self._detectors) == 1:
+            return self._detectors[0]
+        return max(self._detectors, key=lambda d: scores_of(d[0], [prepare_frame(frame.image, d[1].imgsz)], target)[0])
+
+    def _run(self, frame: KeptFrame, index: int, target: Target, method: str, masks: int) -> tuple[bytes, dict[str, str]]:
+        from pipeline.privacy import Blurrer
+
+        detector, cfg = self._detector_for(frame, target)
+        method = "rise" if method == "auto" else method
+        result = explain(detector, frame.image, target, imgsz=cfg.imgsz, method=method, masks=masks)
+        check = deletion_check(detector, frame.image, target, result.heat, imgsz=cfg.imgsz)
+        if self._blurrer is None:
+            self._blurrer = Blurrer.from_config(self.cfg.privacy, self.cfg.models_dir)
+        png = encode_png(overlay(self._blurrer.blur(frame.image), result.heat, target, method=method))
+        m = frame.result.meta
+        headers = {
+            "Cache-Control": "no-store",
+            "X-Percept-Frame": f"camera={m.camera} seq={m.seq} ts={m.frame_ts:.3f}",
+            "X-Percept-Object": f"index={index} label={target.label} score={target.score:.4f} "
+                                f"box={','.join(f'{v:.1f}' for v in target.box)}",
+            "X-Percept-Method": f"{method} calls={result.calls} ms={result.elapsed_ms:.0f} model={detector.name}",
+            "X-Percept-Heat-Ratio": f"{inside_outside_ratio(result.heat, target.box):.2f}",
+            "X-Percept-Deletion": " ".join(f"{k}={v}" for k, v in check.as_dict().items()),
+        }
+        return png, headers

@@ -1,0 +1,305 @@
+"""Hot swap of a model deployment's weights while cameras keep publishing
+(``percept models swap``, ``PUT /models/{deployment}``, ``GET /models``).
+
+Why not Serve's ``user_config``: a deployment's ``reconfigure`` would load the weights in place,
+but the running graph cannot change one deployment's ``user_config`` alone. ``serve.run`` of the
+same application with one option changed gives every deployment a new random code version
+(Ray 2.60, ``serve/_private/client.py``), so Serve replaces the replicas of all of them, the
+decoders included (their cameras reconnect); checked on this Ray by running an app twice with
+only one deployment's ``user_config`` changed: the other deployment's replica was replaced too.
+``serve deploy`` of a declarative config does update ``user_config`` in place, but the API
+replica has no such path (it needs the dashboard's REST API), and a failed ``reconfigure`` marks
+the replica unhealthy (Serve restarts it) instead of keeping the old model serving.
+
+So the swap is a desired state in Redis that each replica follows on its own:
+
+1. The API validates the new weights before anything changes (`validate_swap`): the path exists
+   and is readable, the format is one percept loads, the model loads on the CPU and runs one
+   warm-up frame at the configured size, its task is the deployment's (detect / classify), a
+   detector gives every label the running model gives in the configured categories, a
+   classifier writes the same attributes from the same crop size. A refusal (`SwapRefused`)
+   is HTTP 422 (CLI exit 2), nothing is written and the old model keeps serving.
+2. The API writes the desired weights with a new generation to ``<prefix>:models:<deployment>``.
+3. Every replica (`pipeline.lifecycle.swap_replica.ModelSwapper`) reads that record every
+   second. One replica at a time (a Redis lock) loads the new weights in a worker thread while
+   its current model keeps serving, then switches with one assignment: a batch already running
+   finishes on the model it started with, the next one runs on the new model. Replicas report
+   what they serve in ``<prefix>:models:<deployment>:replicas`` (heartbeat each second).
+4. The API answers once every live replica serves the new generation. When a replica cannot
+   load it (a path the API reads but that replica cannot), the API writes the previous weights
+   back as the next generation (rollback) and answers 422 with that replica's error.
+5. A replica that starts later (a restart, autoscaling) loads the desired weights at start. A
+   record made over other config weights is ignored: the config changed since (and the graph
+   restarted on the same Redis), so the config wins.
+
+Modules: this one holds the records, the validation and the names published; the API's side is
+`pipeline.lifecycle.swap_service` (``GET /models``, ``PUT /models/{deployment}``), the replica's
+`pipeline.lifecycle.swap_replica`; `deployments/` only binds them to Serve.
+
+Every result names the model that produced it: detector results carry `Detections.model_names`
+(set by the replica that ran the batch), classifier answers are `ModelAnswers` (a list with
+``.model``); the decoder publishes those names in each message's ``model`` (`PublishedModels`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..config_errors import ConfigError
+from ..models import ModelError, model_name, resolve_weights
+
+WEIGHT_FORMATS = {".pt": "PyTorch", ".onnx": "ONNX", ".xml": "OpenVINO IR", ".engine": "TensorRT",
+                  ".torchscript": "TorchScript", ".tflite": "TFLite", ".pb": "TensorFlow GraphDef"}
+
+
+class SwapError(ValueError):
+    """A swap that did not happen; ``status`` is the HTTP status, ``errors`` the lines to show."""
+
+    status = 422
+
+    def __init__(self, errors: Sequence[str] | str):
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("; ".join(self.errors))
+
+
+class SwapRefused(SwapError):
+    """Bad weights (missing, unreadable, unknown format, another task, other classes): 422."""
+
+
+class UnknownDeployment(SwapError):
+    status = 404
+
+
+class SwapBusy(SwapError):
+    status = 409
+
+
+class SwapTimeout(SwapError):
+    status = 504
+
+
+class ModelAnswers(list):
+    """A classifier replica's answers to one request, with the name of the model that gave them."""
+
+    def __init__(self, answers: Sequence[Any] = (), model: str | None = None):
+        super().__init__(answers)
+        self.model = model
+
+
+# --- what Redis holds ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SwapKeys:
+    prefix: str
+    deployment: str
+
+    @property
+    def desired(self) -> str:
+        """String: the desired weights (`Desired`, JSON)."""
+        return f"{self.prefix}:models:{self.deployment}"
+
+    @property
+    def generation(self) -> str:
+        return f"{self.prefix}:models:{self.deployment}:generation"
+
+    @property
+    def replicas(self) -> str:
+        """Hash: replica id → `ReplicaReport` (JSON)."""
+        return f"{self.prefix}:models:{self.deployment}:replicas"
+
+    @property
+    def lock(self) -> str:
+        """Held by the one replica loading new weights (redis-py lock, renewed while loading)."""
+        return f"{self.prefix}:models:{self.deployment}:lock"
+
+
+@dataclass(frozen=True)
+class Desired:
+    weights: str
+    card: str | None
+    generation: int
+    model: str
+    previous: dict[str, Any] | None = None  # {"weights", "card"} it replaced: the rollback
+    requested_at: float = 0.0
+    config: str | None = None  # the config's weights when it was made
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str | None) -> "Desired | None":
+        return None if raw is None else cls(**json.loads(raw))
+
+    @classmethod
+    def read(cls, raw: bytes | str | None, cfg: Any) -> "Desired | None":
+        """The record, unless it was made over other config weights than ``cfg``'s: the config
+        changed since (and the graph restarted on the same Redis), so the config wins."""
+        desired = cls.from_json(raw)
+        return desired if desired is not None and desired.config in (None, cfg.weights) else None
+
+
+@dataclass
+class ReplicaReport:
+    replica: str
+    model: str  # the file name, as published in messages
+    weights: str
+    card: str | None
+    generation: int  # of the weights it serves (0: the config's)
+    ts: float = 0.0  # last heartbeat, wall time
+    loading: int | None = None  # the generation it is loading now
+    failed_generation: int | None = None
+    error: str | None = None
+    load_s: float | None = None  # how long its last swap's load took
+    swapped_at: float | None = None  # wall time of its last switch
+    facts: dict[str, Any] = field(default_factory=dict)  # what a new model must keep (`model_facts`)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "ReplicaReport":
+        return cls(**json.loads(raw))
+
+
+def model_facts(kind: str, backend: Any) -> dict[str, Any]:
+    """What the rest of the graph relies on: a detector's mapped labels; a classifier's attributes
+    and the crop the decoder cuts for it (size and context are read once, at decoder start)."""
+    if kind == "detector":
+        cats = getattr(backend, "categories", None)
+        return {"labels": sorted({label for label, _ in cats.by_class.values()})} if cats is not None else {}
+    return {"attributes": sorted(backend.attributes), "crop_size": list(backend.crop_size),
+            "crop_context": round(float(backend.crop_context), 4)}
+
+
+# --- validation (before anything changes) ------------------------------------------------------
+
+def check_weights_path(spec: str, models_dir: str | None, *, field: str = "weights") -> str:
+    """The weights as a path that exists, is readable and has a format percept loads."""
+    path = Path(resolve_weights(spec, models_dir)).expanduser()
+    if not path.exists():
+        where = f" (nor in PERCEPT_MODELS_DIR={models_dir})" if models_dir and not Path(spec).is_absolute() else ""
+        raise SwapRefused(f"{field}: {spec!r} does not exist{where}; the path must be readable by the model replicas")
+    files = sorted(path.glob("*.xml")) if path.is_dir() else [path]
+    if path.is_dir() and not files:
+        raise SwapRefused(f"{field}: {spec!r} is a folder without a model (an OpenVINO export folder holds an .xml)")
+    if not path.is_dir() and path.suffix.lower() not in WEIGHT_FORMATS:
+        known = ", ".join(f"{s} ({n})" for s, n in WEIGHT_FORMATS.items())
+        raise SwapRefused(f"{field}: {spec!r}: unknown model format {path.suffix or '(no suffix)'!r}; "
+                          f"percept loads {known} and OpenVINO export folders")
+    unreadable = [f for f in [path, *files] if not os.access(f, os.R_OK)]
+    if unreadable:
+        raise SwapRefused(f"{field}: {str(unreadable[0])!r} is not readable (permissions)")
+    return str(path)
+
+
+def swapped_cfg(cfg: Any, weights: str, card: str | None) -> Any:
+    """The deployment's config section with other weights (and card); everything else kept."""
+    return cfg.model_copy(update={"weights": weights, "card": card})
+
+
+def load_model(kind: str, cfg: Any, *, models_dir: str | None, field: str) -> Any:
+    """The backend for ``cfg`` (with its warm-up frame), load errors as `SwapRefused`."""
+    from ..backends import load_classifier, load_detector
+
+    loader = load_detector if kind == "detector" else load_classifier
+    try:
+        return loader(cfg, models_dir=models_dir, field=field)
+    except ConfigError as exc:
+        raise SwapRefused(exc.errors) from None
+    except ModelError as exc:
+        raise SwapRefused(str(exc)) from None
+    except Exception as exc:  # ultralytics and OpenVINO raise many types for a bad file
+        raise SwapRefused(f"{field}.weights: cannot load {cfg.weights!r}: {type(exc).__name__}: "
+                          f"{str(exc).strip()[:300]}") from None
+
+
+def compare_facts(kind: str, new: Mapping[str, Any], running: Mapping[str, Any], *, new_name: str,
+                  running_name: str, field: str) -> list[str]:
+    """Why the new model cannot replace the running one (empty: it can)."""
+    errors = []
+    if kind == "detector":
+        missing = sorted(set(running.get("labels", ())) - set(new.get("labels", ())))
+        if missing:
+            errors.append(f"{field}.weights: {new_name} has no class {missing[:8]} that {running_name} gives in "
+                          f"{field}.categories; a detector with other classes needs a config change and a restart")
+        return errors
+    if running.get("attributes") is not None and sorted(new["attributes"]) != sorted(running["attributes"]):
+        errors.append(f"{field}.weights: {new_name} writes attributes {new['attributes']}, {running_name} writes "
+                      f"{running['attributes']}; a swap keeps the attributes (change the config and restart)")
+    for key, what in (("crop_size", "crop size (width, height)"), ("crop_context", "crop context")):
+        if running.get(key) is not None and new[key] != running[key]:
+            errors.append(f"{field}.weights: {new_name} takes {what} {new[key]}, {running_name} {running[key]}; "
+                          "the decoders cut crops for the running model (change the config and restart)")
+    return errors
+
+
+def validate_swap(kind: str, cfg: Any, weights: str, card: str | None, *, models_dir: str | None, field: str,
+                  running: Mapping[str, Any] | None, running_name: str) -> tuple[Any, str]:
+    """Load the new weights here, on the CPU, and check them against the running model's facts
+    (``running``: a live replica's `model_facts`; None: only what the config gives).
+    Returns (the new config section, the model name); raises `SwapRefused`."""
+    check_weights_path(weights, models_dir)
+    if card is not None and not Path(card).expanduser().exists() and not (models_dir and (Path(models_dir) / card).exists()):
+        raise SwapRefused(f"card: {card!r} does not exist")
+    new_cfg = swapped_cfg(cfg, weights, card)
+    backend = load_model(kind, new_cfg.model_copy(update={"device": "cpu", "half": None}), models_dir=models_dir,
+                         field=field)
+    facts = model_facts(kind, backend)
+    if running is None and kind == "classifier":
+        from ..backends.crops import crop_spec
+
+        size, context, _ = crop_spec(cfg, models_dir=models_dir, field=field)
+        running = {"crop_size": list(size), "crop_context": round(float(context), 4)}
+    errors = compare_facts(kind, facts, running or {}, new_name=model_name(new_cfg), running_name=running_name,
+                           field=field)
+    if errors:
+        raise SwapRefused(errors)
+    return new_cfg, model_name(new_cfg)
+
+
+# --- the decoder side --------------------------------------------------------------------------
+
+class PublishedModels:
+    """The ``model`` of each message: the detector model(s) named by the replicas that ran the
+    frame (all of them under ``detectors`` when there are several) and, per category, the
+    classifier model of that classifier's latest answer (a list when the category has several).
+    Until a replica has answered, the names are the desired weights' (a swap made before this
+    decoder started), else the config's."""
+
+    def __init__(self, config: Any, client: Any | None = None):
+        self.detectors = [model_name(d) for d in config.all_detectors]
+        self.classifiers: dict[str, tuple[str, str]] = {
+            s.deployment: (s.category, model_name(s.cfg)) for s in config.classifier_sections()}
+        if client is not None:
+            self._adopt(client, config)
+
+    def _adopt(self, client: Any, config: Any) -> None:
+        prefix = config.redis.stream_prefix
+        for i, s in enumerate(config.detector_sections()):
+            desired = Desired.read(client.get(SwapKeys(prefix, s.deployment).desired), s.cfg)
+            if desired is not None:
+                self.detectors[i] = desired.model
+        for s in config.classifier_sections():
+            desired = Desired.read(client.get(SwapKeys(prefix, s.deployment).desired), s.cfg)
+            if desired is not None:
+                self.classifiers[s.deployment] = (s.category, desired.model)
+
+    def answered(self, deployment: str, answers: Any) -> None:
+        name = getattr(answers, "model", None)
+        if name and deployment in self.classifiers:
+            self.classifiers[deployment] = (self.classifiers[deployment][0], name)
+
+    def __call__(self, produced: Sequence[str] = ()) -> dict[str, Any]:
+        detectors = list(produced) if len(produced) == len(self.detectors) else self.detectors
+        models: dict[str, Any] = {"detector": detectors[0]}
+        if len(detectors) > 1:
+            models["detectors"] = detectors
+        by_category: dict[str, list[str]] = {}
+        for category, name in self.classifiers.values():
+            by_category.setdefault(category, []).append(name)
+        models["classifiers"] = {c: names[0] if len(names) == 1 else names for c, names in by_category.items()}
+        return models

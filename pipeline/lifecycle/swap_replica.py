@@ -1,0 +1,152 @@
+"""The replica's side of a hot swap (`pipeline.lifecycle.swap` explains the whole protocol).
+
+A model deployment holds a `ModelSwapper`: it loads the model the replica starts with (the
+desired weights when a swap was made before, else the config's), then every ``poll_s`` reports
+what it serves and reads the desired weights. When they change it takes the deployment's swap
+lock (one replica loads at a time, so the others keep their full speed meanwhile), loads the new
+weights in a worker thread while ``current`` keeps serving, and switches ``current`` in one
+assignment. Callers read ``current`` once per batch, so a batch finishes on the model it started
+with. A load that fails leaves the old model serving and is reported (the API rolls back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+from ..models import model_name
+from .swap import Desired, ReplicaReport, SwapKeys, model_facts, swapped_cfg
+
+log = logging.getLogger("percept.swap")
+
+POLL_S = 1.0
+LOCK_TTL_S = 30.0  # renewed while loading; a replica that dies holding it frees it after this
+
+
+class ModelSwapper:
+    def __init__(self, *, client: Any, keys: SwapKeys, replica: str, kind: str, cfg: Any,
+                 load: Callable[[Any], Any], poll_s: float = POLL_S):
+        self.client = client
+        self.keys = keys
+        self.kind = kind  # "detector" | "classifier"
+        self.base_cfg = cfg
+        self.load = load  # config section → backend (blocking; run in a worker thread)
+        self.poll_s = poll_s
+        self.current: Any = None  # the backend serving now
+        self.report = ReplicaReport(replica, model_name(cfg), cfg.weights, getattr(cfg, "card", None), 0)
+
+    async def start(self) -> Any:
+        """The model this replica starts with: the desired weights, else the config's."""
+        try:
+            desired = await asyncio.to_thread(self._desired)
+        except Exception as exc:  # Redis down at start: the config's weights; `follow` catches up
+            log.warning("%s: desired weights unreadable (%s: %s); starting on the config's", self.keys.deployment,
+                        type(exc).__name__, exc)
+            desired = None
+        if desired is not None and desired.generation > 0:
+            try:
+                self._switch(await asyncio.to_thread(self.load, self._cfg(desired)), desired)
+            except Exception as exc:
+                self._failed(desired, exc)
+        if self.current is None:
+            self._switch(await asyncio.to_thread(self.load, self.base_cfg), None)
+        await self._send()
+        return self.current
+
+    async def follow(self) -> None:
+        """Forever: report, and swap when the desired weights change."""
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                await self._round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis outage: the current model keeps serving; try again
+                log.warning("%s: swap round failed: %s: %s", self.keys.deployment, type(exc).__name__, exc)
+
+    async def _round(self) -> None:
+        desired = await asyncio.to_thread(self._exchange)
+        r = self.report
+        if desired is None or desired.generation <= r.generation or desired.generation == r.failed_generation:
+            return
+        if (desired.weights, desired.card) == (r.weights, r.card):  # a rollback to what it serves
+            r.generation = desired.generation
+            await self._send()
+            return
+        # thread_local=False: acquired, renewed and released from different worker threads
+        lock = self.client.lock(self.keys.lock, timeout=LOCK_TTL_S, thread_local=False)
+        if not await asyncio.to_thread(lock.acquire, blocking=False):
+            return  # another replica is loading; this one keeps serving and tries next round
+        try:
+            await self._swap(desired, lock)
+        finally:
+            try:
+                await asyncio.to_thread(lock.release)
+            except Exception as exc:  # expired or Redis gone: it frees itself after LOCK_TTL_S
+                log.warning("%s: swap lock not released (%s: %s); it expires in %.0f s", self.keys.deployment,
+                            type(exc).__name__, exc, LOCK_TTL_S)
+
+    async def _swap(self, desired: Desired, lock: Any) -> None:
+        self.report.loading = desired.generation
+        await self._send()
+        log.info("%s: loading %s (generation %d)", self.keys.deployment, desired.weights, desired.generation)
+        t0 = time.monotonic()
+        loading = asyncio.ensure_future(asyncio.to_thread(self.load, self._cfg(desired)))
+        while not (await asyncio.wait({loading}, timeout=LOCK_TTL_S / 3))[0]:
+            await asyncio.to_thread(lock.reacquire)  # still loading: keep the lock
+        self.report.loading = None
+        try:
+            model = loading.result()
+        except Exception as exc:
+            self._failed(desired, exc)
+        else:
+            self.report.load_s = round(time.monotonic() - t0, 2)
+            self._switch(model, desired)
+            log.info("%s: now serving %s (loaded in %.1f s)", self.keys.deployment, desired.model, self.report.load_s)
+        await self._send()
+
+    def _switch(self, model: Any, desired: Desired | None) -> None:
+        """The swap itself: one assignment (batches read ``current`` once, when they start)."""
+        self.current = model
+        r = self.report
+        if desired is not None:
+            r.weights, r.card, r.generation, r.model = desired.weights, desired.card, desired.generation, desired.model
+            r.swapped_at = time.time()
+        r.error = None
+        r.facts = model_facts(self.kind, model)
+
+    def _failed(self, desired: Desired, exc: Exception) -> None:
+        log.warning("%s: cannot load %s: %s: %s; %s keeps serving", self.keys.deployment, desired.weights,
+                    type(exc).__name__, exc, self.report.model)
+        self.report.failed_generation = desired.generation
+        self.report.error = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+
+    def _cfg(self, desired: Desired) -> Any:
+        return swapped_cfg(self.base_cfg, desired.weights, desired.card)
+
+    def _desired(self) -> Desired | None:
+        return Desired.read(self.client.get(self.keys.desired), self.base_cfg)
+
+    def _exchange(self) -> Desired | None:
+        """One round trip: this replica's report out (its heartbeat), the desired weights in."""
+        self.report.ts = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.keys.replicas, self.report.replica, self.report.to_json())
+        pipe.get(self.keys.desired)
+        return Desired.read(pipe.execute()[1], self.base_cfg)
+
+    async def _send(self) -> None:
+        self.report.ts = time.time()
+        try:
+            await asyncio.to_thread(self.client.hset, self.keys.replicas, self.report.replica, self.report.to_json())
+        except Exception as exc:
+            log.warning("%s: report not written: %s: %s", self.keys.deployment, type(exc).__name__, exc)
+
+    async def leave(self) -> None:
+        """The replica stops: its report goes (the API stops waiting for it)."""
+        try:
+            await asyncio.to_thread(self.client.hdel, self.keys.replicas, self.report.replica)
+        except Exception:
+            pass

@@ -1,0 +1,164 @@
+"""The API's side of a hot swap (`pipeline.lifecycle.swap` explains the protocol): validate the
+new weights, record them as the deployment's desired weights, wait until every live replica
+serves them, roll back when one cannot load them. Ray-free: `deployments/api.py` routes
+``GET /models`` and ``PUT /models/{deployment}`` here."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..config_errors import format_validation_error
+from .swap import (
+    Desired,
+    ReplicaReport,
+    SwapBusy,
+    SwapKeys,
+    SwapRefused,
+    SwapTimeout,
+    UnknownDeployment,
+    swapped_cfg,
+    validate_swap,
+)
+
+LIVE_S = 15.0  # a replica whose last report is older has gone (restarted, scaled down)
+FORGET_S = 300.0  # reports this old are deleted
+
+
+class SwapRequest(BaseModel):
+    """The body of ``PUT /models/{deployment}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    weights: str = Field(min_length=1, description="path readable by the replicas, or a file in PERCEPT_MODELS_DIR")
+    card: str | None = Field(None, description="model card of a plain network (default: the shipped card, if any)")
+    timeout_s: float = Field(300.0, gt=0, le=3600, description="how long to wait for every replica")
+
+
+def live_reports(client: Any, keys: SwapKeys, now: float | None = None) -> list[ReplicaReport]:
+    """The replicas that reported within `LIVE_S`; reports older than `FORGET_S` are deleted."""
+    now = time.time() if now is None else now
+    reports = [ReplicaReport.from_json(raw) for raw in client.hgetall(keys.replicas).values()]
+    stale = [r.replica for r in reports if now - r.ts > FORGET_S]
+    if stale:
+        client.hdel(keys.replicas, *stale)
+    return sorted((r for r in reports if now - r.ts <= LIVE_S), key=lambda r: r.replica)
+
+
+def rollout_state(reports: Sequence[ReplicaReport], generation: int) -> tuple[str, ReplicaReport | None]:
+    """("done" | "failed" | "rolling", the failed replica)."""
+    failed = next((r for r in reports if r.failed_generation == generation and r.generation < generation), None)
+    if failed is not None:
+        return "failed", failed
+    if reports and all(r.generation >= generation for r in reports):
+        return "done", None
+    return "rolling", None
+
+
+class ModelSwaps:
+    """The API's side of swaps: validate, record the desired weights, wait for the replicas."""
+
+    def __init__(self, config: Any, client: Any, *, poll_s: float = 0.25):
+        self.config = config
+        self.client = client
+        self.poll_s = poll_s
+        self.sections = {s.deployment: ("detector", s) for s in config.detector_sections()}
+        self.sections.update({s.deployment: ("classifier", s) for s in config.classifier_sections()})
+        self._busy: set[str] = set()
+
+    def keys(self, deployment: str) -> SwapKeys:
+        return SwapKeys(self.config.redis.stream_prefix, deployment)
+
+    def _serving(self, deployment: str) -> tuple[str, str | None, int]:
+        """(weights, card, generation) the deployment should serve now."""
+        desired = Desired.read(self.client.get(self.keys(deployment).desired), self.sections[deployment][1].cfg)
+        if desired is not None:
+            return desired.weights, desired.card, desired.generation
+        cfg = self.sections[deployment][1].cfg
+        return cfg.weights, getattr(cfg, "card", None), 0
+
+    def _listing(self) -> list[dict[str, Any]]:
+        out = []
+        for deployment, (kind, section) in self.sections.items():
+            weights, card, generation = self._serving(deployment)
+            reports = live_reports(self.client, self.keys(deployment))
+            now = time.time()
+            out.append({
+                "deployment": deployment, "kind": kind, "category": section.category, "field": section.field,
+                "model": Path(weights.rstrip("/")).name, "weights": weights, "card": card, "generation": generation,
+                "rolled_out": rollout_state(reports, generation)[0] == "done",
+                "replicas": [{"replica": r.replica, "model": r.model, "generation": r.generation, "loading": r.loading,
+                              "error": r.error, "load_s": r.load_s, "swapped_at": r.swapped_at,
+                              "age_s": round(now - r.ts, 1)} for r in reports],
+            })
+        return out
+
+    async def listing(self) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._listing)
+
+    async def swap(self, deployment: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate, roll out, wait; raises a `SwapError` (its ``status`` is the HTTP status)."""
+        if deployment not in self.sections:
+            raise UnknownDeployment(f"no model deployment {deployment!r} (there are: {', '.join(self.sections)})")
+        try:
+            request = SwapRequest.model_validate(body)
+        except ValidationError as exc:
+            raise SwapRefused(format_validation_error(exc)) from None
+        if deployment in self._busy:
+            raise SwapBusy(f"{deployment}: a swap is in progress; GET /models shows it")
+        self._busy.add(deployment)
+        try:
+            return await self._swap(deployment, request)
+        finally:
+            self._busy.discard(deployment)
+
+    async def _swap(self, deployment: str, request: SwapRequest) -> dict[str, Any]:
+        kind, section = self.sections[deployment]
+        keys = self.keys(deployment)
+        weights, card, generation = await asyncio.to_thread(self._serving, deployment)
+        reports = await asyncio.to_thread(live_reports, self.client, keys)
+        if reports and rollout_state(reports, generation)[0] == "rolling":
+            raise SwapBusy(f"{deployment}: generation {generation} is still rolling out; GET /models shows it")
+        running = next((r for r in reports if r.generation == generation and r.facts), None)
+        started = time.monotonic()
+        _, name = await asyncio.to_thread(
+            validate_swap, kind, swapped_cfg(section.cfg, weights, card), request.weights, request.card,
+            models_dir=self.config.models_dir, field=section.field,
+            running=running.facts if running else None, running_name=Path(weights.rstrip("/")).name)
+        validated = time.monotonic()
+        desired = await asyncio.to_thread(self._record, keys, request.weights, request.card, name,
+                                          {"weights": weights, "card": card})
+        state, failed, live = await self._wait(keys, desired.generation, request.timeout_s)
+        if state == "failed":
+            back = await asyncio.to_thread(self._record, keys, weights, card, Path(weights.rstrip("/")).name, None)
+            back_state, _, _ = await self._wait(keys, back.generation, request.timeout_s)
+            after = "every replica serves it again" if back_state == "done" else "the rollback is still rolling out"
+            raise SwapRefused(f"{section.field}.weights: replica {failed.replica} could not load {request.weights!r}: "
+                              f"{failed.error}; rolled back to {Path(weights.rstrip('/')).name} ({after})")
+        if state != "done":
+            raise SwapTimeout(f"{deployment}: after {request.timeout_s:.0f} s {live} replica(s) report, not all serve "
+                              f"generation {desired.generation}; the rollout goes on (GET /models shows it)")
+        return {"deployment": deployment, "model": name, "weights": request.weights, "card": request.card,
+                "generation": desired.generation, "previous": Path(weights.rstrip("/")).name,
+                "replicas": live, "seconds": round(time.monotonic() - started, 2),
+                "validate_s": round(validated - started, 2), "rollout_s": round(time.monotonic() - validated, 2)}
+
+    def _record(self, keys: SwapKeys, weights: str, card: str | None, name: str,
+                previous: dict[str, Any] | None) -> Desired:
+        generation = int(self.client.incr(keys.generation))
+        config = self.sections[keys.deployment][1].cfg.weights
+        desired = Desired(weights, card, generation, name, previous, time.time(), config)
+        self.client.set(keys.desired, desired.to_json())
+        return desired
+
+    async def _wait(self, keys: SwapKeys, generation: int, timeout_s: float) -> tuple[str, Any, int]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            reports = await asyncio.to_thread(live_reports, self.client, keys)
+            state, failed = rollout_state(reports, generation)
+            if state != "rolling" or time.monotonic() >= deadline:
+                return state, failed, len(reports)
+            await asyncio.sleep(self.poll_s)
