@@ -95,10 +95,10 @@ class Recorder:
 
 def test_batches_leave_when_every_sending_camera_contributed_not_after_the_wait():
     """Three cameras, each on its own clock: a frame every 1.2 s, camera i 20·i ms after camera a.
-    The wait is 0.6 s. Once the batcher knows their rhythm, every batch holds one frame of each
+    The wait is 1 s. Once the batcher knows their rhythm, every batch holds one frame of each
     and leaves when the third lands (~40 ms), not when the wait expires."""
     handler = Recorder()
-    batcher = AdaptiveBatcher(handler, max_batch_size=8, batch_wait_s=0.6)
+    batcher = AdaptiveBatcher(handler, max_batch_size=8, batch_wait_s=1.0)
     latencies = []
     period, rounds = 1.2, 5
 
@@ -117,7 +117,7 @@ def test_batches_leave_when_every_sending_camera_contributed_not_after_the_wait(
     asyncio.run(asyncio.wait_for(scenario(), 60))
     later = handler.batches[-3:]  # rounds 2..4: by then each camera's interval is known
     assert [sorted(b) for b in later] == [[f"a{r}", f"b{r}", f"c{r}"] for r in range(2, 5)], handler.batches
-    assert max(t for r, _, t in latencies if r >= 2) < 0.5, latencies  # less than the 0.6 s wait
+    assert max(t for r, _, t in latencies if r >= 2) < 0.7, latencies  # well under the 1 s wait
 
 
 def test_a_lone_camera_is_never_held():
@@ -138,7 +138,7 @@ def test_a_lone_camera_is_never_held():
 
 def test_a_silent_camera_holds_a_batch_for_the_wait_then_is_forgotten():
     handler = Recorder()
-    batcher = AdaptiveBatcher(handler, max_batch_size=8, batch_wait_s=0.4)
+    batcher = AdaptiveBatcher(handler, max_batch_size=8, batch_wait_s=1.0)
 
     async def scenario():
         for r in range(4):  # a and b in rhythm, 50 ms apart
@@ -154,8 +154,8 @@ def test_a_silent_camera_holds_a_batch_for_the_wait_then_is_forgotten():
         return held, time.monotonic() - t1
 
     held, after = asyncio.run(asyncio.wait_for(scenario(), 60))
-    assert held >= 0.4 - 0.01, held
-    assert after < 0.35, after  # b forgotten: a's frame leaves before the wait
+    assert held >= 1.0 - 0.01, held
+    assert after < 0.7, after  # b forgotten: a's frame leaves well before the wait
     assert handler.batches[-2:] == [["a-alone"], ["a-after"]]
 
 
