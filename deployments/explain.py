@@ -4,8 +4,9 @@ map of what drove one detection of a published frame, as a PNG overlay (`pipelin
 The frame comes from the keep buffer of the decoder replica that runs the camera
 (``DecoderDeployment.kept_frame``; with several decoder replicas the request is repeated until
 the owner answers, as Serve routes each call to one replica). The explanation runs here, in the
-API replica, on its own copy of the configured detector (loaded on the first request, keeping
-detections down to ``conf`` 0.05), in one thread at nice 10: one explanation at a time, and the
+API replica, on its own copy of the detector its replicas serve (the configured weights, or
+those of a hot swap; loaded on the first request and again after a swap, keeping detections down
+to ``conf`` 0.05), in one thread at nice 10: one explanation at a time, and the
 live detector replicas are never asked to score masked frames. With several detectors the one
 that finds the object best on the unmasked frame explains it. Before the image leaves, faces and
 plates are blurred as in the live view (``privacy``)."""
@@ -36,6 +37,7 @@ from pipeline.explain import (
     scores_of,
 )
 from pipeline.keep import KeptFrame, NotKept
+from pipeline.lifecycle.swap import Desired, SwapKeys, swapped_cfg
 from pipeline.models import ModelError, prepare_frame
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys
@@ -67,7 +69,7 @@ class ExplainApi:
         self.decoder = decoder
         self.tries = 4 * cfg.decoder_replicas + 2  # calls until the owner of a camera answers
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain", initializer=_lower_priority)
-        self._detectors: list[tuple[Any, DetectorConfig]] | None = None
+        self._detectors: dict[str, tuple[Any, DetectorConfig]] = {}  # deployment → its model as loaded here
         self._blurrer: Any = None
 
     async def explain(self, camera_id: str, index: int, *, seq: int | None, method: str, masks: int) -> Response:
@@ -121,18 +123,28 @@ class ExplainApi:
 
     # --- the explanation (on the explain thread) -----------------------------------------------------
 
+    def _serving(self, section: Any) -> DetectorConfig:
+        """A detector section with the weights its replicas serve now: a hot swap's record
+        (`pipeline/lifecycle/swap.py`) when there is one, else the config's."""
+        raw = self.client.get(SwapKeys(self.cfg.redis.stream_prefix, section.deployment).desired)
+        desired = Desired.read(raw, section.cfg)
+        return section.cfg if desired is None else swapped_cfg(section.cfg, desired.weights, desired.card)
+
     def _detector_for(self, frame: KeptFrame, target: Target) -> tuple[Any, DetectorConfig]:
-        """The configured detector (loaded on first use); of several, the one that scores the
-        object highest on the frame as it is."""
+        """The detector the replicas serve (loaded on first use, again after a hot swap); of
+        several, the one that scores the object highest on the frame as it is."""
         from pipeline.backends import load_detector
 
-        if self._detectors is None:
-            self._detectors = [
-                (load_detector(explainer_config(s.cfg), models_dir=self.cfg.models_dir, field=s.field), s.cfg)
-                for s in self.cfg.detector_sections()]
-        if len(self._detectors) == 1:
-            return self._detectors[0]
-        return max(self._detectors, key=lambda d: scores_of(d[0], [prepare_frame(frame.image, d[1].imgsz)], target)[0])
+        for section in self.cfg.detector_sections():
+            cfg = self._serving(section)
+            loaded = self._detectors.get(section.deployment)
+            if loaded is None or (loaded[1].weights, loaded[1].card) != (cfg.weights, cfg.card):
+                model = load_detector(explainer_config(cfg), models_dir=self.cfg.models_dir, field=section.field)
+                self._detectors[section.deployment] = (model, cfg)
+        detectors = list(self._detectors.values())
+        if len(detectors) == 1:
+            return detectors[0]
+        return max(detectors, key=lambda d: scores_of(d[0], [prepare_frame(frame.image, d[1].imgsz)], target)[0])
 
     def _run(self, frame: KeptFrame, index: int, target: Target, method: str, masks: int) -> tuple[bytes, dict[str, str]]:
         from pipeline.privacy import Blurrer

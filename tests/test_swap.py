@@ -6,9 +6,12 @@ refused (HTTP 422 / exit 2) with the old model serving on; a classifier is swapp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import time
+import urllib.error
+import urllib.request
 from types import SimpleNamespace
 
 import pytest
@@ -257,6 +260,15 @@ def test_detector_swap_rolls_replica_by_replica_without_a_gap(graph):
     assert len(reps) == 2 and all(r["model"] == SECOND and r["generation"] == 1 and not r["error"] for r in reps)
     first, second = sorted(reps, key=lambda r: r["swapped_at"])
     assert second["swapped_at"] - second["load_s"] >= first["swapped_at"] - 0.02, reps
+    # percept explain scores with the weights the replicas serve now, not the configured ones
+    def explained():  # None while the newest kept frame has no object
+        url = api + "/cameras/traffic/explain?object=0&masks=16"
+        with contextlib.suppress(urllib.error.HTTPError), urllib.request.urlopen(url, timeout=120) as resp:
+            return resp.headers["X-Percept-Method"]
+        return None
+
+    method = wait_for(explained, 180, "an explanation of a published object")
+    assert f"model={SECOND}" in method, method
     print(f"\nswap: {took:.1f} s from request to both replicas serving ({out.strip()}); loads "
           f"{[r['load_s'] for r in reps]} s; frames published during/after: {len(msgs)}, seq gaps {gaps}")
 
