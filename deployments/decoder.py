@@ -81,8 +81,8 @@ class DecoderDeployment:
         classifiers: dict[str, DeploymentHandle],
     ):
         route_percept_logs()
-        # ultralytics' LetterBox is imported by the first frame; import it now, off the event
-        # loop, so a camera's first frame does not stall lease timers for ~2 s
+        # ultralytics (its trackers) is imported when the first camera starts; import
+        # it now, off the event loop, so a camera's start does not stall lease timers for ~2 s
         await asyncio.to_thread(importlib.import_module, "ultralytics.data.augment")
         cfg = PerceptConfig.model_validate(config)
         self.config = cfg
