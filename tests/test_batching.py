@@ -104,7 +104,7 @@ def test_batches_leave_when_every_sending_camera_contributed_not_after_the_wait(
 
     async def camera(i, cam, t0):
         for r in range(rounds):
-            await asyncio.sleep(max(0.0, t0 + r * period + 0.02 * i - time.monotonic()))
+            await asyncio.sleep(max(0.0, t0 + r * period + 0.02 * i - time.monotonic()))  # the camera's rhythm
             sent = time.monotonic()
             assert await batcher.submit(cam, f"{cam}{r}") == f"done {cam}{r}"
             latencies.append((r, cam, time.monotonic() - sent))
@@ -129,7 +129,7 @@ def test_a_lone_camera_is_never_held():
             t0 = time.monotonic()
             await batcher.submit("solo", r)
             assert time.monotonic() - t0 < 2.5  # the wait is 5 s; the only camera sending is in the batch
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the camera's next frame, not a wait
         await batcher.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
@@ -143,7 +143,7 @@ def test_a_silent_camera_holds_a_batch_for_the_wait_then_is_forgotten():
     async def scenario():
         for r in range(4):  # a and b in rhythm, 50 ms apart
             await asyncio.gather(batcher.submit("a", f"a{r}"), batcher.submit("b", f"b{r}"))
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the cameras' rhythm, not a wait
         t0 = time.monotonic()
         await batcher.submit("a", "a-alone")  # b has stopped: a waits for it, but only the wait
         held = time.monotonic() - t0
@@ -187,7 +187,7 @@ def test_a_failing_batch_fails_its_items_only_and_a_caller_that_gave_up_is_skipp
             await batcher.submit("a", 1)
         failing.fail = False
         gave_up = asyncio.create_task(batcher.submit("b", "gone"))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop: the request is queued
         gave_up.cancel()
         assert await batcher.submit("c", 3) == "done 3"  # the batcher goes on
         await batcher.close()

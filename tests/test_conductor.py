@@ -58,7 +58,7 @@ def run_conductor(redis_server, *, frames=20, tracker=True, reclassify_every=0, 
         assert all(c.shape == (32, 32, 3) for c in crops)
         if classify is not None:
             return await classify(crops)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the classifier's work, not a wait
         return answer_cab(crops)
 
     pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
@@ -154,7 +154,7 @@ def test_a_classifier_that_hangs_once_is_retried(redis_server):
         attempts.append(len(crops))
         if len(attempts) == 1:
             await asyncio.Event().wait()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the classifier's work, not a wait
         return answer_cab(crops)
 
     payloads, _, conductor = run_conductor(redis_server, frames=10, tracker=False, classify=hangs_once,

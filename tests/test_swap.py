@@ -80,7 +80,7 @@ async def _until(pred, timeout: float, what: str) -> None:
     while not pred():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for: {what}")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # polled until the deadline above
 
 
 def test_replicas_swap_one_at_a_time_and_a_failed_load_keeps_the_old_model(redis_server):
