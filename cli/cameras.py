@@ -7,13 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-import time
 import urllib.error
 import urllib.request
 from typing import Any
 
-from .common import EXIT_UNAVAILABLE, fail
+from .common import EXIT_UNAVAILABLE, call_api, fail
 
 
 def register(sub: Any) -> None:
@@ -39,36 +37,21 @@ def register(sub: Any) -> None:
     cams.set_defaults(func=_cameras)
 
 
-def _request(args: argparse.Namespace) -> urllib.request.Request:
-    base = args.api.rstrip("/") + "/cameras"
+def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
+    """(method, path, JSON body) of the action."""
     if args.action == "ls":
-        return urllib.request.Request(base)
+        return "GET", "/cameras", None
     if args.action == "add":
-        body = json.dumps({"id": args.id, "url": args.url, "fps": args.fps, "loop": args.loop}).encode()
-        return urllib.request.Request(base, data=body, method="POST", headers={"Content-Type": "application/json"})
+        return "POST", "/cameras", {"id": args.id, "url": args.url, "fps": args.fps, "loop": args.loop}
     if args.action == "zones":
         changes = {k: getattr(args, k) for k in ("zones", "lines", "anchor") if getattr(args, k) is not None}
-        return urllib.request.Request(f"{base}/{args.id}", data=json.dumps(changes).encode(), method="PUT",
-                                      headers={"Content-Type": "application/json"})
-    return urllib.request.Request(f"{base}/{args.id}", method="DELETE")
+        return "PUT", f"/cameras/{args.id}", changes
+    return "DELETE", f"/cameras/{args.id}", None
 
 
 def _call(args: argparse.Namespace) -> tuple[int, Any]:
     """(HTTP status, JSON body); 503 (Redis unreachable) is retried until ``--wait`` passes."""
-    deadline = time.monotonic() + args.wait
-    said = False
-    while True:
-        try:
-            with urllib.request.urlopen(_request(args), timeout=30) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            body = json.loads(exc.read() or b"{}")
-            if exc.code != 503 or time.monotonic() >= deadline:
-                return exc.code, body
-            if not said:
-                print(f"percept: redis unreachable at the graph behind {args.api} — retrying", file=sys.stderr, flush=True)
-                said = True
-            time.sleep(1.0)
+    return call_api(args.api, *_request(args), wait_s=args.wait)
 
 
 def _cameras(args: argparse.Namespace) -> int:

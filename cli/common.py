@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from typing import Callable, TypeVar
+import urllib.error
+import urllib.request
+from typing import Any, Callable, TypeVar
 
 import redis
 
@@ -64,3 +67,30 @@ class RedisOutage:
                 continue
             self.notice(None)
             return value
+
+
+def call_api(api: str, method: str, path: str, body: Any = None, *, wait_s: float,
+             timeout: float = 30.0) -> tuple[int, Any]:
+    """(HTTP status, JSON answer) of a request to the graph's ingress at ``api``. A 503 (the
+    graph's Redis unreachable) is retried every second until ``wait_s`` has passed, with one line
+    saying so; other errors are answers. An unreachable ingress raises ``URLError``/``OSError``."""
+    url = api.rstrip("/") + path
+    data = json.dumps(body).encode() if body is not None else None
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                answer = json.loads(exc.read() or b"{}")
+            except ValueError:
+                answer = {"detail": exc.reason}
+            if exc.code != 503 or time.monotonic() >= deadline:
+                return exc.code, answer
+            if not said:
+                print(f"percept: redis unreachable at the graph behind {api} — retrying", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(1.0)  # the next try (the loop ends at the deadline above)

@@ -18,14 +18,13 @@ import argparse
 import json
 import os
 import sys
-import time
 import urllib.error
 import urllib.request
 from typing import Any
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE
 
-from .common import EXIT_UNAVAILABLE, fail
+from .common import EXIT_UNAVAILABLE, call_api, fail
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
@@ -69,27 +68,7 @@ def deployment_name(args: argparse.Namespace) -> str:
 
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None,
           timeout: float = 60.0) -> tuple[int, Any]:
-    """(HTTP status, JSON body); 503 (Redis unreachable) is retried until ``--wait`` passes."""
-    url = args.api.rstrip("/") + path
-    data = json.dumps(body).encode() if body is not None else None
-    deadline = time.monotonic() + args.wait
-    said = False
-    while True:
-        request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            try:
-                answer = json.loads(exc.read() or b"{}")
-            except ValueError:
-                answer = {"detail": exc.reason}
-            if exc.code != 503 or time.monotonic() >= deadline:
-                return exc.code, answer
-            if not said:
-                print(f"percept: redis unreachable at the graph behind {args.api} — retrying", file=sys.stderr, flush=True)
-                said = True
-            time.sleep(1.0)
+    return call_api(args.api, method, path, body, wait_s=args.wait, timeout=timeout)
 
 
 def _refusal(what: str, status: int, answer: Any) -> int:

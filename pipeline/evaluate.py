@@ -37,8 +37,26 @@ class EvalError(ValueError):
 
 # --- data --------------------------------------------------------------------------------------
 
-def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def images_under(folder: Path) -> list[Path]:
+    """The images in ``folder`` and its subfolders, sorted; hidden files and folders skipped."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def yaml_entry_images(spec: Path, base: Path, entry: object, key: str) -> list[Path]:
+    """The images a data.yaml's ``train``/``val`` entry names: folders, list files (one image path
+    a line) or a list of either, relative to ``base``. A missing target is an `EvalError`."""
+    images: list[Path] = []
+    for item in entry if isinstance(entry, list) else [entry]:
+        target = Path(str(item)) if Path(str(item)).is_absolute() else base / str(item)
+        if target.is_dir():
+            images += images_under(target)
+        elif target.is_file():  # a list of image paths, one a line
+            lines = [ln.strip() for ln in target.read_text().splitlines() if ln.strip()]
+            images += [p if p.is_absolute() else target.parent / p for p in map(Path, lines)]
+        else:
+            raise EvalError(f"--data: {spec}: {key} {item!r} not found (looked for {target})")
+    return images
 
 
 def _label_path(image: Path) -> Path:
@@ -68,24 +86,14 @@ def find_yolo_images(data: str | Path) -> tuple[list[Path], dict[int, str] | Non
             raise EvalError(f"--data: {spec}: a data.yaml needs 'val' (and usually 'path' and 'names')")
         base = Path(cfg.get("path") or spec.parent).expanduser()
         base = base if base.is_absolute() else spec.parent / base
-        vals = cfg["val"] if isinstance(cfg["val"], list) else [cfg["val"]]
-        images: list[Path] = []
-        for val in vals:
-            target = Path(val) if Path(val).is_absolute() else base / val
-            if target.is_dir():
-                images += _images_under(target)
-            elif target.is_file():  # a list of image paths, one a line
-                lines = [ln.strip() for ln in target.read_text().splitlines() if ln.strip()]
-                images += [p if p.is_absolute() else target.parent / p for p in map(Path, lines)]
-            else:
-                raise EvalError(f"--data: {spec}: val {val!r} not found (looked for {target})")
+        images = yaml_entry_images(spec, base, cfg["val"], "val")
         raw = cfg.get("names")
         if isinstance(raw, dict):
             names = {int(k): str(v) for k, v in raw.items()}
         elif isinstance(raw, list):
             names = dict(enumerate(map(str, raw)))
     elif root.is_dir():
-        images = _images_under(root / "images" if (root / "images").is_dir() else root)
+        images = images_under(root / "images" if (root / "images").is_dir() else root)
     else:
         raise EvalError(f"--data: {str(data)!r} is neither a folder nor a data.yaml")
     if not images:

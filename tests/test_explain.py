@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.error
-import urllib.request
 
 import cv2
 import numpy as np
@@ -37,6 +35,7 @@ from pipeline.models import prepare_frame
 from pipeline.schema import Detections, FrameMeta, FrameResult
 
 from .conftest import DETECTOR, MODELS, VIDEOS
+from .http import get
 from .inprocess import percept
 from .view_frames import clip_frame
 from .waiting import wait_for
@@ -187,11 +186,7 @@ KEEP = 8
 
 
 def _get(url: str, timeout: float = 300):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.headers, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers, exc.read()
+    return get(url, timeout)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from pipeline.config import parse_config
 from pipeline.streams import StreamKeys, camera_states
 
 from .conftest import CLASSIFIER, DETECTOR
+from .http import call_json
 from .waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -152,16 +153,7 @@ def test_percept_subscribe_group_reads_and_acks(graph, session_redis):
 
 
 def _http(method, url, body=None):
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return call_json(method, url, body, timeout=30)
 
 
 def test_cameras_added_and_removed_at_runtime_without_touching_others(graph, ray_session, rtsp_with_auth):

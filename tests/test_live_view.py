@@ -27,21 +27,13 @@ from pipeline.config import parse_config
 from pipeline.streams import StreamKeys, camera_states, parse_entry_id
 
 from .conftest import DETECTOR, REPO, VIDEOS
+from .http import get as _get
 from .waiting import hold, wait_for
 
 pytestmark = pytest.mark.integration
 PREFIX = "lvtest"
 KEYS = StreamKeys(PREFIX)
 from .view_frames import VIEW_WIDTH, border_band, clip_frame, decode, faces
-
-
-def _get(url: str, timeout: float = 30):
-    """(status, headers (case-insensitive), body)"""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.headers, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers, exc.read()
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from pipeline.schema import Detections
 from pipeline.streams import StreamKeys, camera_states
 
 from .conftest import CLASSIFIER, MODELS
+from .http import call_json
 from .inprocess import percept
 from .waiting import hold, wait_for
 
@@ -138,16 +139,7 @@ def test_replicas_swap_one_at_a_time_and_a_failed_load_keeps_the_old_model(redis
 # --- on a running graph -------------------------------------------------------------------------
 
 def _http(method, url, body=None):
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=600) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return call_json(method, url, body, timeout=600)  # a swap answers once every replica serves
 
 
 def _deployment(api, name):

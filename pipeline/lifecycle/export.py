@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from ..evaluate import IMAGE_SUFFIXES
+from ..evaluate import IMAGE_SUFFIXES, images_under
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts"}
 RECOMMENDED_CALIBRATION = 300  # ultralytics' advice for INT8
@@ -148,7 +148,7 @@ def calibration_frames(sources: Sequence[str | Path], limit: int = RECOMMENDED_C
         if not p.exists():
             raise ExportError(f"--calib: {str(source)!r} does not exist")
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            found = images_under(p)
             videos = sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES) if not found else []
             if not found and not videos:
                 raise ExportError(f"--calib: no images in {p} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, "

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from ..evaluate import IMAGE_SUFFIXES, _label_path
+from ..evaluate import IMAGE_SUFFIXES, EvalError, _label_path, images_under, yaml_entry_images
 
 VAL_FOLDERS = ("val", "valid", "validation", "test")
 SUFFIXES = ", ".join(sorted(IMAGE_SUFFIXES))
@@ -47,11 +47,6 @@ class Dataset:
     @property
     def layout(self) -> str:
         return "folder-per-class (classify)" if self.task == "classify" else "YOLO detection (images/ + labels/)"
-
-
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -98,7 +93,7 @@ def _classify_from_folder(root: Path) -> Dataset:
 def _classes(folder: Path) -> dict[str, list[Path]]:
     """{class: images} of a folder-per-class folder; its layout errors name the folder."""
     loose = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    classes = {d.name: _images(d) for d in _subfolders(folder)}
+    classes = {d.name: images_under(d) for d in _subfolders(folder)}
     if loose and not classes:
         raise FinetuneError(f"--data: {folder} holds images ({loose[0]}, …) but no class folders: a classifier is "
                             f"fine-tuned on one subfolder per class ({folder}/<class>/*.jpg), a detector on a YOLO "
@@ -132,9 +127,9 @@ def _detect_from_folder(root: Path, model_names: dict[int, str] | None) -> Datas
     names, names_from = _names_beside(root, model_names)
     split = {s: images_dir / s for s in ("train", "val") if (images_dir / s).is_dir()}
     if len(split) == 2:
-        train, val = (_with_labels(_images(split[s]), images_dir) for s in ("train", "val"))
+        train, val = (_with_labels(images_under(split[s]), images_dir) for s in ("train", "val"))
         return _checked(Dataset("detect", root, names, train, val, names_from, presplit=True))
-    images = _images(images_dir)
+    images = images_under(images_dir)
     if not images:
         raise FinetuneError(f"--data: no images in {images_dir} (looked for {SUFFIXES}, subfolders too)")
     return _checked(Dataset("detect", root, names, _with_labels(images, images_dir), names_from=names_from))
@@ -187,16 +182,10 @@ def _detect_from_yaml(spec: Path, model_names: dict[int, str] | None) -> Dataset
 
 
 def _yaml_images(spec: Path, base: Path, entry: object, key: str) -> list[Path]:
-    images: list[Path] = []
-    for item in entry if isinstance(entry, list) else [entry]:
-        target = Path(str(item)) if Path(str(item)).is_absolute() else base / str(item)
-        if target.is_dir():
-            images += _images(target)
-        elif target.is_file():  # a list of image paths, one a line
-            lines = [ln.strip() for ln in target.read_text().splitlines() if ln.strip()]
-            images += [p if p.is_absolute() else target.parent / p for p in map(Path, lines)]
-        else:
-            raise FinetuneError(f"--data: {spec}: {key} {item!r} not found (looked for {target})")
+    try:
+        images = yaml_entry_images(spec, base, entry, key)
+    except EvalError as exc:
+        raise FinetuneError(str(exc)) from None
     if not images:
         raise FinetuneError(f"--data: {spec}: no images in {key} {entry!r} ({SUFFIXES})")
     return images
