@@ -217,6 +217,10 @@ def measure_publisher(client: Any, results: Sequence[Any], *, n: int, prefix: st
         prepared.append(FrameResult(replace(r.meta, camera=camera, seq=i, frame_ts=base + i * 0.001),
                                     r.objects, r.models, r.latency_ms))
     sizes = [len(r.to_json()) for r in results]
+    t_enc = time.perf_counter()
+    for r in prepared[:2000]:
+        r.to_json_bytes()
+    encode_us = (time.perf_counter() - t_enc) / min(n, 2000) * 1e6
     t0 = time.perf_counter()
     for r in prepared:
         pub.publish(r)
@@ -225,7 +229,7 @@ def measure_publisher(client: Any, results: Sequence[Any], *, n: int, prefix: st
     pub.close(timeout=5)
     published = sum(pub.stats.published.values())
     return {"entries_per_s": published / elapsed if ok else None, "published": published, "seconds": elapsed,
-            "payload_bytes_mean": float(np.mean(sizes)), "batch": batch, "errors": pub.stats.errors,
+            "payload_bytes_mean": float(np.mean(sizes)), "encode_us_per_entry": encode_us, "batch": batch, "errors": pub.stats.errors,
             "flushed": ok}
 
 

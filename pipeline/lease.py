@@ -13,7 +13,8 @@ from ingesting alongside the new owner:
 
 A script answers 1 (written), 0 (the lease is held by someone else: refused) or -1 (nobody holds
 it: the publisher keeps the result a while, so that results buffered through a Redis outage are
-still published when the same owner takes the lease back).
+still published when the same owner takes the lease back); `FENCED_PUBLISH` writes a run of one
+camera's results in one call and answers 0 / -1 for all of them, or one reply per result.
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ from redis.exceptions import LockError
 
 LEASE_MARGIN = 0.1  # stop a camera this fraction of the TTL before its lease would expire
 
-# One frame's results in one round-trip, all or nothing: the frame's XADD (explicit id: Redis
-# refuses a second copy, and then nothing else is written), its events on the events stream and
-# its counter increments, only while the lease token is ours.
+# Frames' results of one camera in one round-trip, checked once against the lease token: for each
+# frame its XADD (explicit id: Redis refuses a second copy, and then nothing else of that frame is
+# written), its events on the events stream and its counter increments; the camera hash keeps
+# the highest track id written.
 # KEYS: lease, detections stream, camera hash, events stream, counts hash.
-# ARGV: token ('' = no check), frame entry id ('' = events only), maxlen, highest track id in the
-# frame (0 = none), camera, nf, nf frame field/value args, ne, ne × (entry id, kind, json),
-# then counter name/increment pairs.
+# ARGV: token ('' = no check), maxlen, camera, schema version, then per frame: entry id ('' =
+# events only), seq, json, highest track id (0 = none), ne, ne × (entry id, kind, json), nc,
+# nc × (counter, increment).
+# Answers 0 / -1 (refused / nobody holds the lease: nothing written), else one reply per frame:
+# 1 (written) or the error text of the write that failed.
 FENCED_PUBLISH = """
 if ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[1])
@@ -42,29 +46,39 @@ if ARGV[1] ~= '' then
     return -1
   end
 end
-local nf = tonumber(ARGV[6])
-if ARGV[2] ~= '' then
-  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[2], unpack(ARGV, 7, 6 + nf))
-  if type(added) == 'table' and added.err then return added end
+local out, top, i = {}, 0, 5
+while i <= #ARGV do
+  local ev = i + 5
+  local nc_at = ev + 3 * tonumber(ARGV[i + 4])
+  local after = nc_at + 1 + 2 * tonumber(ARGV[nc_at])
+  local err = nil
+  if ARGV[i] ~= '' then
+    local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], ARGV[i],
+                              'v', ARGV[4], 'camera', ARGV[3], 'seq', ARGV[i + 1], 'json', ARGV[i + 2])
+    if type(added) == 'table' and added.err then err = added.err end
+  end
+  local k = ev
+  while not err and k < nc_at do
+    local added = redis.pcall('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], ARGV[k],
+                              'v', ARGV[4], 'camera', ARGV[3], 'kind', ARGV[k + 1], 'json', ARGV[k + 2])
+    if type(added) == 'table' and added.err then err = added.err end
+    k = k + 3
+  end
+  if err then
+    out[#out + 1] = err
+  else
+    for c = nc_at + 1, after - 1, 2 do
+      redis.call('HINCRBY', KEYS[5], ARGV[c], ARGV[c + 1])
+    end
+    top = math.max(top, tonumber(ARGV[i + 3]))
+    out[#out + 1] = 1
+  end
+  i = after
 end
-local i = 7 + nf
-local ne = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, ne do
-  local added = redis.pcall('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], ARGV[i],
-                            'v', '1', 'camera', ARGV[5], 'kind', ARGV[i + 1], 'json', ARGV[i + 2])
-  if type(added) == 'table' and added.err then return added end
-  i = i + 3
-end
-while i < #ARGV do
-  redis.call('HINCRBY', KEYS[5], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-local top = tonumber(ARGV[4])
 if top > 0 and top > tonumber(redis.call('HGET', KEYS[3], 'track_id_max') or '0') then
-  redis.call('HSET', KEYS[3], 'track_id_max', ARGV[4])
+  redis.call('HSET', KEYS[3], 'track_id_max', top)
 end
-return 1
+return out
 """
 
 # KEYS: lease, camera hash, status stream. ARGV: token ('' = no check), strict ('1': also

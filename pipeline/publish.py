@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import redis
 
-from .lease import FENCED_HSET, FENCED_PUBLISH, REFUSED, UNHELD, Fence
+from .lease import FENCED_HSET, FENCED_PUBLISH, REFUSED, UNHELD, WRITTEN, Fence
 from .redact import redact
 from .schema import SCHEMA_VERSION, FrameResult
 from .sources import Backoff
@@ -41,14 +41,15 @@ log = logging.getLogger("percept.publish")
 _DUPLICATE_ID = "equal or smaller than the target stream top item"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     index: int
     camera: str
     nbytes: int
-    apply: Callable[[Any], int]  # adds commands to a pipeline, returns how many
+    apply: Callable[[Any], None] | None  # adds its one command to a pipeline (None: a result, `entry`)
     is_frame: bool
     fence: Fence | None = None
+    entry: list[Any] | None = None  # a result's part of a `FENCED_PUBLISH` call (see lease.py)
     held_since: float | None = None  # monotonic time it was first kept back (lease unheld)
 
 
@@ -162,11 +163,11 @@ class Publisher:
             return
         ms = max(int(result.meta.frame_ts * 1000), self._last_ms.get(camera, 0))
         self._last_ms[camera] = ms
-        body = result.to_json()
-        fields = {"v": SCHEMA_VERSION, "camera": camera, "seq": str(seq), "json": body}
-        top_track = max((t for t in result.objects.track_ids if t is not None), default=0)
-        self._put_publish(camera, f"{ms}-{seq}", ms, top_track, fields, events, counts,
-                          nbytes=len(body) + 64 + sum(len(j) + 32 for _, j in events), is_frame=True)
+        body = result.to_json_bytes()
+        top_track = max([t for t in result.objects.track_ids if t is not None], default=0)
+        self._put_publish(camera, f"{ms}-{seq}", ms, top_track, seq, body, events, counts,
+                          nbytes=len(body) + 64 + (sum(len(j) + 32 for _, j in events) if events else 0),
+                          is_frame=True)
 
     def publish_events(self, camera: str, ts: float, events: Sequence[tuple[str, str]],
                        counts: Mapping[str, int] | None = None) -> None:
@@ -174,7 +175,7 @@ class Publisher:
         if not events or self._refused_here(camera):
             return
         ms = max(int(ts * 1000), self._last_ms.get(camera, 0))
-        self._put_publish(camera, "", ms, 0, {}, events, counts,
+        self._put_publish(camera, "", ms, 0, "", "", events, counts,
                           nbytes=sum(len(j) + 32 for _, j in events), is_frame=False)
 
     def _refused_here(self, camera: str) -> bool:
@@ -194,25 +195,16 @@ class Publisher:
         self._last_event[camera] = (ms, k + n - 1) if n else (last_ms, last_k)
         return [f"{ms}-{k + i}" for i in range(n)]
 
-    def _put_publish(self, camera: str, entry_id: str, ms: int, top_track: int, fields: Mapping[str, str],
+    def _put_publish(self, camera: str, entry_id: str, ms: int, top_track: int, seq: int | str, body: bytes | str,
                      events: Sequence[tuple[str, str]], counts: Mapping[str, int] | None, *,
                      nbytes: int, is_frame: bool) -> None:
-        fence = self._fences.get(camera)
-        keys = [fence.key if fence else self.keys.lease(camera), self.keys.detections(camera),
-                self.keys.camera(camera), self.keys.events(camera), self.keys.counts(camera)]
-        flat = _flat(fields)
-        ids = self._event_ids(camera, ms, len(events))
-        args: list[Any] = [fence.token if fence else "", entry_id, self.maxlen, top_track, camera, len(flat), *flat,
-                           len(events)]
-        for eid, (kind, body) in zip(ids, events):
-            args += [eid, kind, body]
-        args += [x for name, inc in (counts or {}).items() if inc for x in (name, int(inc))]
-
-        def apply(pipe: Any) -> int:
-            self._xadd(keys=keys, args=args, client=pipe)
-            return 1
-
-        self._put(camera, nbytes, apply, is_frame=is_frame, fence=fence)
+        entry: list[Any] = [entry_id, seq, body, top_track, len(events)]
+        if events:
+            for eid, (kind, text) in zip(self._event_ids(camera, ms, len(events)), events):
+                entry += [eid, kind, text]
+        increments = [x for name, inc in counts.items() if inc for x in (name, int(inc))] if counts else []
+        entry += [len(increments) // 2, *increments]
+        self._put(camera, nbytes, None, is_frame=is_frame, fence=self._fences.get(camera), entry=entry)
 
     def camera_state(self, camera: str, state: str, *, error: str | None = None, **fields: Any) -> None:
         """A state change: the camera hash and one entry on the status stream."""
@@ -243,9 +235,8 @@ class Publisher:
         args = [fence.token if fence else "", strict, len(hash_args), self.status_maxlen, *hash_args,
                 *_flat(entry or {})]
 
-        def apply(pipe: Any) -> int:
+        def apply(pipe: Any) -> None:
             self._hset(keys=keys, args=args, client=pipe)
-            return 1
 
         nbytes = 256 if key is None else sum(len(a) for a in hash_args)  # a snapshot counts its size
         self._put(camera, nbytes, apply, is_frame=False, fence=fence)
@@ -255,10 +246,10 @@ class Publisher:
             self._fence_logged.add(camera)
             log.warning("camera %s: results refused, %s (counted in fenced)", camera, why)
 
-    def _put(self, camera: str, nbytes: int, apply: Callable[[Any], int], *, is_frame: bool,
-             fence: Fence | None = None) -> None:
+    def _put(self, camera: str, nbytes: int, apply: Callable[[Any], None] | None, *, is_frame: bool,
+             fence: Fence | None = None, entry: list[Any] | None = None) -> None:
         with self._cond:
-            self._queue.append(_Item(next(self._index), camera, nbytes, apply, is_frame, fence))
+            self._queue.append(_Item(next(self._index), camera, nbytes, apply, is_frame, fence, entry))
             self._bytes += nbytes
             while len(self._queue) > self.max_entries or self._bytes > self.max_bytes:
                 old = self._queue.popleft()
@@ -316,7 +307,9 @@ class Publisher:
                 batch = list(itertools.islice(self._queue, self.batch))
             try:
                 pipe = self.client.pipeline(transaction=False)
-                counts = [item.apply(pipe) for item in batch]
+                calls = self._calls(batch)
+                for call in calls:
+                    self._send(call, pipe)
                 results = pipe.execute(raise_on_error=False)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if self.stats.connected:
@@ -331,7 +324,7 @@ class Publisher:
                 log.info("redis is back; flushing %d buffered results", len(self._queue))
             self.stats.connected = True
             self._backoff.reset()
-            held = self._account(batch, counts, results)
+            held = self._account(calls, results)
             stalled = len(held) == len(batch)
             with self._cond:
                 last = batch[-1].index
@@ -344,31 +337,66 @@ class Publisher:
                 if held and not self._closing:
                     self._cond.wait(0.1)
 
-    def _account(self, batch: list[_Item], counts: list[int], results: list[Any]) -> list[_Item]:
+    @staticmethod
+    def _calls(batch: list[_Item]) -> list[list[_Item]]:
+        """The batch as script calls, in pipeline order: a camera's results queued one after the
+        other (other cameras' items between them aside) under one fence go in one call; every
+        other write is a call of its own. Each camera's writes keep their order."""
+        calls: list[list[_Item]] = []
+        open_call: dict[str, list[_Item]] = {}
+        for item in batch:
+            current = open_call.get(item.camera)
+            if item.entry is not None and current is not None and current[0].fence == item.fence:
+                current.append(item)
+                continue
+            calls.append([item])
+            if item.entry is not None:
+                open_call[item.camera] = calls[-1]
+            else:
+                open_call.pop(item.camera, None)
+        return calls
+
+    def _send(self, call: list[_Item], pipe: Any) -> None:
+        first = call[0]
+        if first.entry is None:
+            assert first.apply is not None
+            first.apply(pipe)
+            return
+        camera, fence = first.camera, first.fence
+        keys = [fence.key if fence else self.keys.lease(camera), self.keys.detections(camera),
+                self.keys.camera(camera), self.keys.events(camera), self.keys.counts(camera)]
+        args: list[Any] = [fence.token if fence else "", self.maxlen, camera, SCHEMA_VERSION]
+        for item in call:
+            args += item.entry or ()
+        self._xadd(keys=keys, args=args, client=pipe)
+
+    def _account(self, calls: list[list[_Item]], results: list[Any]) -> list[_Item]:
         """Counts what happened to each item; returns the items to keep queued."""
         held: list[_Item] = []
-        pos = 0
-        for item, n in zip(batch, counts):
-            outcome = results[pos : pos + n]
-            pos += n
-            errors = [r for r in outcome if isinstance(r, Exception)]
-            if not errors and outcome and outcome[0] in (REFUSED, UNHELD):
-                if self._keep_refused(item, outcome[0]):
-                    held.append(item)
+        for call, result in zip(calls, results):
+            if result in (REFUSED, UNHELD):  # the lease check: the whole call
+                held += [item for item in call if self._keep_refused(item, result)]
                 continue
-            if not item.is_frame:
-                for err in errors:
-                    self.stats.errors += 1
-                    log.error("camera %s: state update failed: %s", item.camera, redact(str(err)))
-                continue
-            if not errors:
-                self.stats.published[item.camera] += 1
-            elif _DUPLICATE_ID in str(errors[0]):
-                self.stats.duplicates[item.camera] += 1  # already published: at most once
-            else:
-                self.stats.errors += 1
-                log.error("camera %s: XADD failed: %s", item.camera, redact(str(errors[0])))
+            outcomes = result if isinstance(result, list) else [result] * len(call)
+            for item, outcome in zip(call, outcomes):
+                self._count(item, outcome)
         return held
+
+    def _count(self, item: _Item, outcome: Any) -> None:
+        error = None if outcome == WRITTEN else outcome
+        if isinstance(error, bytes):
+            error = error.decode(errors="replace")
+        if not item.is_frame:
+            if error is not None:
+                self.stats.errors += 1
+                log.error("camera %s: state update failed: %s", item.camera, redact(str(error)))
+        elif error is None:
+            self.stats.published[item.camera] += 1
+        elif _DUPLICATE_ID in str(error):
+            self.stats.duplicates[item.camera] += 1  # already published: at most once
+        else:
+            self.stats.errors += 1
+            log.error("camera %s: XADD failed: %s", item.camera, redact(str(error)))
 
     def _keep_refused(self, item: _Item, code: int) -> bool:
         """A write the lease check refused. Kept (True) while nobody holds the lease, for up to
