@@ -102,6 +102,9 @@ class Cameras:
         return out
 
 
+RTSP_NICE = 10  # the loopback RTSP server's niceness in the bench
+
+
 def start_services(stack: ExitStack, args: argparse.Namespace, clips: list[Path], workdir: Path) -> tuple[Any, Cameras]:
     """A private redis-server and, for ``--source rtsp``, the clips as live RTSP cameras."""
     from pipeline.redis_server import EmbeddedRedis
@@ -111,7 +114,9 @@ def start_services(stack: ExitStack, args: argparse.Namespace, clips: list[Path]
     if args.source == "rtsp":
         from benchmarks.rtsp import RtspServer
 
-        rtsp = stack.enter_context(RtspServer({c.stem: f"{c}@{args.rtsp_fps}" for c in clips}))
+        # the cameras stand for devices on the network: their encoder yields the cores to the
+        # service under test (and to Ultralytics) rather than competing with it as an equal
+        rtsp = stack.enter_context(RtspServer({c.stem: f"{c}@{args.rtsp_fps}" for c in clips}, nice=RTSP_NICE))
     return redis_server, Cameras(clips, args.source, rtsp, args.rtsp_fps)
 
 

@@ -177,6 +177,9 @@ class StreamTap:
                 totals.append(float(lat["total"]))
             for k, v in lat.items():
                 stages.setdefault(k, []).append(float(v))
+            if "total" in lat:  # after the stages: waiting for the frame before, the event loop, publishing
+                known = sum(float(lat.get(k, 0.0)) for k in ("queue", "detect", "track", "classify"))
+                stages.setdefault("other", []).append(float(lat["total"]) - known)
             lags.append(e.seen - float(p["frame_ts"]))
             objs = p.get("objects", [])
             objects += len(objs)

@@ -46,7 +46,7 @@ class RtspServer:
     """Looping video files as live RTSP cameras on loopback, as a context manager."""
 
     def __init__(self, mounts: dict[str, str], *, port: int | None = None,
-                 user: str | None = None, password: str | None = None):
+                 user: str | None = None, password: str | None = None, nice: int = 0):
         if not mounts:
             raise ValueError("need at least one mount")
         if (user is None) != (password is None):
@@ -56,6 +56,7 @@ class RtspServer:
         self.user, self.password = user, password
         self.proc: subprocess.Popen | None = None
         self._stderr = None
+        self.nice = nice  # the server's scheduling niceness (it stands for cameras on other machines)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self, timeout: float = 15.0) -> "RtspServer":
@@ -67,8 +68,10 @@ class RtspServer:
         cmd += [f"{m}={spec}" for m, spec in self.mounts.items()]
         self._close_stderr()
         self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: can't fill up and block
+        nice = self.nice
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self._stderr, env=_clean_env())
+                                     stderr=self._stderr, env=_clean_env(),
+                                     preexec_fn=(lambda: os.nice(nice)) if nice else None)
         line = self._read_ready_line(timeout)
         if not line.startswith("ready rtsp://"):
             self._terminate(signal.SIGKILL)

@@ -94,6 +94,7 @@ class Publisher:
         self._closing = False
         self._last_ms: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, name="percept-publisher", daemon=True)
+        self._idle = False  # the writer waits for an item
         self._backoff = Backoff(0.2, 5.0)
         self._fences: dict[str, Fence] = {}
         self._fence_logged: set[str] = set()
@@ -158,16 +159,25 @@ class Publisher:
                 counts: Mapping[str, int] | None = None) -> None:
         """One frame's entry, with the events it caused (``(kind, json)`` pairs) and their counter
         increments, written together in one fenced round-trip."""
-        camera, seq = result.meta.camera, result.meta.seq
-        if self._refused_here(camera):
+        meta = result.meta
+        camera = meta.camera
+        fence = self._fences.get(camera)
+        if fence is not None and fence.released:
+            self._refused_here(camera)
             return
-        ms = max(int(result.meta.frame_ts * 1000), self._last_ms.get(camera, 0))
+        ms = int(meta.frame_ts * 1000)
+        last = self._last_ms.get(camera, 0)
+        if ms < last:
+            ms = last
         self._last_ms[camera] = ms
         body = result.to_json_bytes()
         top_track = max([t for t in result.objects.track_ids if t is not None], default=0)
-        self._put_publish(camera, f"{ms}-{seq}", ms, top_track, seq, body, events, counts,
-                          nbytes=len(body) + 64 + (sum(len(j) + 32 for _, j in events) if events else 0),
-                          is_frame=True)
+        if events or counts:
+            self._put_publish(camera, f"{ms}-{meta.seq}", ms, top_track, meta.seq, body, events, counts,
+                              nbytes=len(body) + 64 + sum(len(j) + 32 for _, j in events), is_frame=True)
+        else:  # the common case, kept short: the frame alone
+            self._put(camera, len(body) + 64, None, is_frame=True, fence=fence,
+                      entry=[f"{ms}-{meta.seq}", meta.seq, body, top_track, 0, 0])
 
     def publish_events(self, camera: str, ts: float, events: Sequence[tuple[str, str]],
                        counts: Mapping[str, int] | None = None) -> None:
@@ -256,7 +266,8 @@ class Publisher:
                 self._bytes -= old.nbytes
                 if old.is_frame:
                     self.stats.dropped[old.camera] += 1
-            self._cond.notify()
+            if self._idle:  # the writer sleeps on an empty queue: wake it (else it comes back by itself)
+                self._cond.notify()
 
     @property
     def pending(self) -> int:
@@ -299,7 +310,9 @@ class Publisher:
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
+                    self._idle = True
                     self._cond.wait(1.0)
+                self._idle = False
                 if self._closing and (not self._queue or stalled):
                     return
                 if self._closing and not self.stats.connected:

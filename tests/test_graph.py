@@ -107,7 +107,7 @@ def test_traffic_camera_sees_classified_vehicles(graph):
         x1, y1, x2, y2 = o["bbox"]
         assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 360
     assert m["model"] == {"detector": DETECTOR, "classifiers": {"vehicle": CLASSIFIER}}
-    assert set(m["latency_ms"]) == {"decode", "queue", "detect", "classify", "total"}
+    assert set(m["latency_ms"]) == {"decode", "queue", "detect", "track", "classify", "total"}
 
 
 def test_walk_camera_sees_pedestrians(graph):
