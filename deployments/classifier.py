@@ -1,5 +1,6 @@
 """A classifier: one deployment per classifier of the config (``classifier-<category>[-<name>]``),
-batching crops across frames and cameras. Each answer names the model that gave it
+batching crops across frames and cameras: requests that arrive while a batch runs form the next
+one (`AdaptiveBatcher` with no camera to wait for: a lone request never waits). Each answer names the model that gave it
 (`ModelAnswers`); `percept models swap classifier` replaces the model at runtime
 (pipeline/lifecycle/swap.py)."""
 
@@ -14,6 +15,7 @@ from ray import serve
 
 from pipeline.autoscale import WARMUP_S, FrameAgeMeter
 from pipeline.backends import load_classifier
+from pipeline.batching import AdaptiveBatcher
 from pipeline.config import PerceptConfig
 from pipeline.lifecycle.swap import ModelAnswers, SwapKeys
 from pipeline.lifecycle.swap_replica import ModelSwapper
@@ -40,6 +42,7 @@ class ClassifierDeployment:
             load=functools.partial(load_classifier, models_dir=cfg.models_dir, field=section.field))
         await self.model.start()
         self._swaps = asyncio.get_running_loop().create_task(self.model.follow())
+        self.batcher: AdaptiveBatcher[list[np.ndarray], ModelAnswers] = AdaptiveBatcher(self._classify_batch)
         self.reconfigure({"max_batch_size": ccfg.batch.max_size, "batch_wait_ms": ccfg.batch.wait_ms})
         self._gauges = asyncio.get_running_loop().create_task(self.metrics.keep_gauges())
         self.meter.ready()  # crops queued while the model loaded are not load
@@ -50,9 +53,9 @@ class ClassifierDeployment:
         return self.model.current
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self._classify_batch.set_max_batch_size(int(user_config.get("max_batch_size", 32)))
+        self.batcher.set_max_batch_size(int(user_config.get("max_batch_size", 32)))
         self.metrics.max_batch_size(int(user_config.get("max_batch_size", 32)))
-        self._classify_batch.set_batch_wait_timeout_s(float(user_config.get("batch_wait_ms", 10)) / 1000)
+        self.batcher.set_batch_wait_s(float(user_config.get("batch_wait_ms", 10)) / 1000)
 
     async def classify(self, crops: list[np.ndarray]) -> ModelAnswers:
         """All crops of one frame in one request (one Serve hop per frame, not per object); the
@@ -60,7 +63,7 @@ class ClassifierDeployment:
         self.meter.waiting += len(crops)
         self.metrics.arrived(crops)
         try:
-            return await self._classify_batch(crops)
+            return await self.batcher.submit(None, crops)
         finally:
             self.meter.waiting -= len(crops)
             self.metrics.left(crops)
@@ -69,7 +72,6 @@ class ClassifierDeployment:
         """Crops waiting, for deployments.autoscaling.VideoLagPolicy (crops carry no capture time)."""
         return {"frames_waiting": self.meter.waiting_now()}
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _classify_batch(self, requests: list[list[np.ndarray]]) -> list[ModelAnswers]:
         # a batch of frames' crop lists, across frames and cameras: one model call for all
         flat = [crop for crops in requests for crop in crops]
@@ -84,4 +86,5 @@ class ClassifierDeployment:
 
     async def __del__(self) -> None:
         self._swaps.cancel()
+        await self.batcher.close()
         await self.model.leave()  # the API stops counting this replica

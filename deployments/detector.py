@@ -40,8 +40,9 @@ class DetectorDeployment:
         self.meter = FrameAgeMeter(warmup_s=WARMUP_S)
         self.metrics = ModelMetrics(deployment, RayRecorder())
         # a batch leaves once every camera sending here has a frame in it, or when full, or
-        # after batch_wait_ms (pipeline/batching.py)
-        self.batcher = AdaptiveBatcher(self._detect_batch)
+        # after batch_wait_ms, and at once while the model is busy less than 3/4 of the time
+        # (pipeline/batching.py)
+        self.batcher = AdaptiveBatcher(self._detect_batch, wait_above_busy=0.75)
         self.reconfigure({"max_batch_size": section.cfg.batch.max_size, "batch_wait_ms": section.cfg.batch.wait_ms})
         self._gauges = asyncio.get_running_loop().create_task(self.metrics.keep_gauges())
         self.meter.ready()  # frames queued while the model loaded are not lag

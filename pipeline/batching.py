@@ -1,4 +1,4 @@
-"""Batches that fill without a fixed wait: the detector's batcher (deployments/detector.py).
+"""Batches that fill without a fixed wait: the batcher of the detectors and the classifiers.
 
 A fixed wait (Serve's ``@serve.batch``: a batch leaves when full or ``batch_wait`` after it
 opened) costs every frame up to the wait at low load, and still cuts batches short at high load.
@@ -12,7 +12,10 @@ leaves, as soon as the runner is free, when
   batch's wait ends has an item in the batch — so at full load the batch leaves the moment the
   last camera's frame lands, and at low load a lone frame leaves at once (the other cameras'
   next frames are not due within the wait), or
-- the wait (``batch_wait_s`` from the batch's first item) has expired.
+- the wait (``batch_wait_s`` from the batch's first item) has expired, or
+- the model was busy less than ``wait_above_busy`` of the last second (the detector: 0.75):
+  with the model idle that often, small batches cost no throughput, and a wait would only add
+  to the frame's latency.
 
 One batch runs at a time (the model uses the cores); items arriving meanwhile form the next
 batch. The rule is `BatchPolicy` (pure, tested with explicit times); `AdaptiveBatcher` is the
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -45,7 +49,24 @@ class BatchPolicy:
     batch_wait_s: float = 0.02
     active_factor: float = 2.0  # a camera is sending while its last item is within this × its interval
     smoothing: float = 0.3  # weight of the newest interval in a camera's average
+    # below this share of busy time over the last `busy_window_s` a batch never waits for other
+    # cameras (0: always may): with the model idle that often, waiting buys no throughput and
+    # costs the frame its latency
+    wait_above_busy: float = 0.0
+    busy_window_s: float = 1.0
     cameras: dict[Hashable, _Camera] = field(default_factory=dict)
+    runs: deque[tuple[float, float]] = field(default_factory=deque)  # (start, end) of recent batches
+
+    def ran(self, start: float, end: float) -> None:
+        """A batch ran from ``start`` to ``end``."""
+        self.runs.append((start, end))
+        while self.runs and self.runs[0][1] < end - self.busy_window_s:
+            self.runs.popleft()
+
+    def busy(self, now: float) -> float:
+        """The share of the last `busy_window_s` that batches were running."""
+        since = now - self.busy_window_s
+        return sum(max(0.0, min(e, now) - max(s, since)) for s, e in self.runs) / self.busy_window_s
 
     def arrived(self, key: Hashable | None, now: float) -> None:
         """An item of camera ``key`` (None: unknown, never waited for) arrived at ``now``."""
@@ -82,6 +103,8 @@ class BatchPolicy:
         deadline = opened + self.batch_wait_s
         if now >= deadline:
             return 0.0
+        if self.wait_above_busy and self.busy(now) < self.wait_above_busy:
+            return 0.0
         present = set(keys)
         if all(key in present for key in self.expected(now, deadline)):
             return 0.0
@@ -101,8 +124,10 @@ class AdaptiveBatcher(Generic[T, R]):
     (a list of results in item order; an exception it raises fails every item of the batch)."""
 
     def __init__(self, run_batch: Callable[[list[T]], Awaitable[Sequence[R]]], *, max_batch_size: int = 8,
-                 batch_wait_s: float = 0.02, clock: Callable[[], float] = time.monotonic):
-        self.policy = BatchPolicy(max_batch_size=max_batch_size, batch_wait_s=batch_wait_s)
+                 batch_wait_s: float = 0.02, wait_above_busy: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.policy = BatchPolicy(max_batch_size=max_batch_size, batch_wait_s=batch_wait_s,
+                                  wait_above_busy=wait_above_busy)
         self._run_batch = run_batch
         self._clock = clock
         self._pending: list[_Item[T]] = []
@@ -163,6 +188,7 @@ class AdaptiveBatcher(Generic[T, R]):
     async def _run(self, batch: list[_Item[T]]) -> None:
         self.batches += 1
         self.items += len(batch)
+        start = self._clock()
         try:
             results = await self._run_batch([i.value for i in batch])
             if len(results) != len(batch):
@@ -172,6 +198,8 @@ class AdaptiveBatcher(Generic[T, R]):
                 if not i.future.done():
                     i.future.set_exception(exc)
             return
+        finally:
+            self.policy.ran(start, self._clock())
         for i, result in zip(batch, results):
             if not i.future.done():
                 i.future.set_result(result)

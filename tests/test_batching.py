@@ -68,6 +68,23 @@ def test_a_camera_that_stopped_sending_is_forgotten():
     assert "b" not in p.cameras and "a" in p.cameras
 
 
+def test_a_frame_waits_for_another_camera_only_while_the_model_is_busy():
+    """At low load (the model idle most of the last second) a lone frame leaves at once even with
+    another camera due within the wait; once batches kept the model busy it waits again."""
+    p = BatchPolicy(max_batch_size=8, batch_wait_s=0.05, wait_above_busy=0.75)
+    rhythm(p, ["a", "b"], period=0.2, rounds=5)  # b next at 1.1
+    p.arrived("a", 1.08)
+    p.ran(0.5, 0.7)  # 20 % busy over the last second
+    assert p.busy(1.08) == pytest.approx(0.2)
+    assert p.release_in(1.08, 1.08, ["a"]) == 0
+    p.ran(0.7, 1.05)  # + 0.35 s of the second [0.08, 1.08]
+    assert p.busy(1.08) == pytest.approx(0.55)
+    assert p.release_in(1.08, 1.08, ["a"]) == 0
+    p.ran(0.1, 0.5)  # + 0.4 s
+    assert p.busy(1.08) == pytest.approx(0.95)
+    assert p.release_in(1.08, 1.08, ["a"]) == pytest.approx(0.05)  # b is due: hold
+
+
 def test_items_without_a_camera_never_hold_a_batch():
     p = BatchPolicy(max_batch_size=8, batch_wait_s=10)
     p.arrived(None, 0.0)
