@@ -263,7 +263,12 @@ class OpenVinoDetector:
                 out[i] = exc
         if good:
             images = [im for _, im in good]
-            raws = self._infer(np.stack(images) if self.net.uint8 else to_tensor(images, self.card.input))
+            if self.net.uint8:  # each image as its own batch of one: no stacked copy
+                tensors = [im[None] for im in images]
+            else:
+                stacked = to_tensor(images, self.card.input)
+                tensors = [stacked[k : k + 1] for k in range(len(stacked))]
+            raws = self._infer(tensors)
             for (i, _), raw in zip(good, raws):
                 try:
                     out[i] = self._boxes(raw, inputs[i])
@@ -288,18 +293,18 @@ class OpenVinoDetector:
     def _done(self, request: Any, index: int) -> None:
         self._results[index] = np.array(request.get_output_tensor(self.net.output_index).data)
 
-    def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        """One infer request per image, run in parallel (one image: the LATENCY compilation);
-        outputs in input order."""
+    def _infer(self, tensors: list[np.ndarray]) -> list[np.ndarray]:
+        """One infer request per image (each a batch of one), run in parallel (one image: the
+        LATENCY compilation); outputs in input order."""
         with self._lock:
-            if len(batch) == 1:
-                self._single.infer({self.net.input_index: batch})
+            if len(tensors) == 1:
+                self._single.infer({self.net.input_index: tensors[0]})
                 return [np.array(self._single.get_output_tensor(self.net.output_index).data)]
             self._results = {}
-            for k in range(len(batch)):
-                self._queue.start_async({self.net.input_index: batch[k : k + 1]}, k)
+            for k, tensor in enumerate(tensors):
+                self._queue.start_async({self.net.input_index: tensor}, k)
             self._queue.wait_all()
-            return [self._results[k] for k in range(len(batch))]
+            return [self._results[k] for k in range(len(tensors))]
 
     def _boxes(self, raw: np.ndarray, inp: DetectorInput) -> Detections:
         from ultralytics.utils.ops import scale_boxes
