@@ -4,6 +4,7 @@ detector of the config is its own deployment (``detector``, ``detector-<name>``)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from typing import Any
 
@@ -43,6 +44,7 @@ class DetectorDeployment:
         # after batch_wait_ms, and at once while the model is busy less than 3/4 of the time
         # (pipeline/batching.py)
         self.batcher = AdaptiveBatcher(self._detect_batch, wait_above_busy=0.75)
+        self._one_batch = asyncio.Lock()  # for a model that runs one batch at a time
         self.reconfigure({"max_batch_size": section.cfg.batch.max_size, "batch_wait_ms": section.cfg.batch.wait_ms})
         self._gauges = asyncio.get_running_loop().create_task(self.metrics.keep_gauges())
         self.meter.ready()  # frames queued while the model loaded are not lag
@@ -70,9 +72,14 @@ class DetectorDeployment:
     async def _detect_batch(self, inputs: list[DetectorInput]) -> list[Detections | Exception]:
         self.meter.observe([inp.frame_ts for inp in inputs])
         model = self.detector  # this batch's model: a swap landing meanwhile applies from the next batch
+        # a model that overlaps batches (OpenVINO's infer requests) gets the next one while this
+        # one's last frames run; any other runs one at a time
+        overlap = getattr(model, "concurrent_batches", 1)
+        self.batcher.concurrency = overlap
         # Inference runs off the event loop so the next batch keeps forming meanwhile.
-        with self.metrics.batch(inputs) as batch:
-            batch.results = await asyncio.to_thread(model.detect_batch, inputs)
+        async with contextlib.nullcontext() if overlap > 1 else self._one_batch:
+            with self.metrics.batch(inputs) as batch:
+                batch.results = await asyncio.to_thread(model.detect_batch, inputs)
         return [r.named(model.name) if isinstance(r, Detections) else r for r in batch.results]
 
     def record_autoscaling_stats(self) -> dict[str, float]:

@@ -17,8 +17,10 @@ leaves, as soon as the runner is free, when
   with the model idle that often, small batches cost no throughput, and a wait would only add
   to the frame's latency.
 
-One batch runs at a time (the model uses the cores); items arriving meanwhile form the next
-batch. The rule is `BatchPolicy` (pure, tested with explicit times); `AdaptiveBatcher` is the
+One batch runs at a time (the model uses the cores), or, while the model is busy, ``concurrency``
+batches for a model that overlaps them (OpenVINO's infer requests: the next batch's frames start
+while the last ones of the batch before still run, so no core idles at a batch's tail); items
+arriving meanwhile form the next batch. The rule is `BatchPolicy` (pure, tested with explicit times); `AdaptiveBatcher` is the
 asyncio mechanism around it. Ray-free.
 """
 
@@ -124,12 +126,14 @@ class AdaptiveBatcher(Generic[T, R]):
     (a list of results in item order; an exception it raises fails every item of the batch)."""
 
     def __init__(self, run_batch: Callable[[list[T]], Awaitable[Sequence[R]]], *, max_batch_size: int = 8,
-                 batch_wait_s: float = 0.02, wait_above_busy: float = 0.0,
+                 batch_wait_s: float = 0.02, wait_above_busy: float = 0.0, concurrency: int = 1,
                  clock: Callable[[], float] = time.monotonic):
         self.policy = BatchPolicy(max_batch_size=max_batch_size, batch_wait_s=batch_wait_s,
                                   wait_above_busy=wait_above_busy)
         self._run_batch = run_batch
         self._clock = clock
+        self.concurrency = concurrency  # batches running at once (a model that overlaps them: 2)
+        self._running: set[asyncio.Task[None]] = set()
         self._pending: list[_Item[T]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -183,7 +187,28 @@ class AdaptiveBatcher(Generic[T, R]):
                 continue
             batch = self._pending[: self.policy.max_batch_size]
             del self._pending[: len(batch)]
-            await self._run(batch)
+            if self.concurrency <= 1:
+                await self._run(batch)
+                continue
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._batch_done)
+            while len(self._running) >= self._allowed():  # the runner is free again when one ends
+                self._wake.clear()
+                await self._wake.wait()
+
+    def _allowed(self) -> int:
+        """Batches that may run at once: ``concurrency`` while the model is busy (the policy's
+        ``wait_above_busy``), else one (at low load an overlapping batch would only share the
+        cores with the one running and slow both)."""
+        policy = self.policy
+        if policy.wait_above_busy and policy.busy(self._clock()) < policy.wait_above_busy:
+            return 1
+        return self.concurrency
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._poke()
 
     async def _run(self, batch: list[_Item[T]]) -> None:
         self.batches += 1
@@ -205,6 +230,8 @@ class AdaptiveBatcher(Generic[T, R]):
                 i.future.set_result(result)
 
     async def close(self) -> None:
+        for task in list(self._running):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             try:

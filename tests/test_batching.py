@@ -211,3 +211,76 @@ def test_a_failing_batch_fails_its_items_only_and_a_caller_that_gave_up_is_skipp
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
     assert all("gone" not in b for b in failing.batches[1:])
+
+
+class Overlap:
+    """A batch handler that holds each batch until released, and records how many ran at once."""
+
+    def __init__(self):
+        self.started: list[list[str]] = []
+        self.running = self.most = 0
+        self.release = asyncio.Event()
+
+    async def __call__(self, items):
+        self.started.append(list(items))
+        self.running += 1
+        self.most = max(self.most, self.running)
+        await self.release.wait()
+        self.running -= 1
+        return [f"done {i}" for i in items]
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_model_that_overlaps_batches_gets_the_next_one_while_one_runs(concurrency):
+    """concurrency 2 (the OpenVINO detector): the second batch starts while the first runs;
+    1 (any other model): it starts only once the first is done."""
+    handler = Overlap()
+    batcher = AdaptiveBatcher(handler, max_batch_size=8, batch_wait_s=0.0, concurrency=concurrency)
+
+    async def scenario():
+        first = asyncio.ensure_future(batcher.submit(None, "a"))
+        await wait_until(lambda: len(handler.started) == 1)
+        second = asyncio.ensure_future(batcher.submit(None, "b"))
+        overlapped = await wait_until(lambda: len(handler.started) == 2, timeout=1.0)
+        handler.release.set()
+        results = await asyncio.gather(first, second)
+        await batcher.close()
+        return overlapped, results
+
+    overlapped, results = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert results == ["done a", "done b"]
+    assert overlapped == (concurrency == 2) and handler.most == concurrency
+    assert handler.started == [["a"], ["b"]]
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_batches_overlap_only_while_the_model_is_busy(busy):
+    """With ``wait_above_busy`` the overlap is for load: after a second of back-to-back batches
+    the next one starts while one runs; with the model idle before, it waits its turn."""
+    handler = Overlap()
+    batcher = AdaptiveBatcher(handler, max_batch_size=8, batch_wait_s=0.0, wait_above_busy=0.75, concurrency=2)
+    if busy:
+        now = time.monotonic()
+        batcher.policy.ran(now - 1.0, now)  # the last second: one batch after the other
+
+    async def scenario():
+        first = asyncio.ensure_future(batcher.submit(None, "a"))
+        await wait_until(lambda: len(handler.started) == 1)
+        second = asyncio.ensure_future(batcher.submit(None, "b"))
+        overlapped = await wait_until(lambda: len(handler.started) == 2, timeout=0.5)
+        handler.release.set()
+        await asyncio.gather(first, second)
+        await batcher.close()
+        return overlapped
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 60)) == busy
+
+
+async def wait_until(condition, timeout=10.0):
+    """True once ``condition()`` holds, False if it did not within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)  # polling interval of the deadline loop
+    return True

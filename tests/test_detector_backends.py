@@ -116,6 +116,23 @@ def test_native_openvino_path_agrees_with_ultralytics(native):
     assert score_gap <= 0.02, f"scores of matched boxes differ by up to {score_gap:.3f}"
 
 
+def test_overlapping_batches_give_each_frame_its_own_detections(native):
+    """The detector replica runs two batches at once (`concurrent_batches`): four threads, each
+    with its own frames, get what the same frames give one batch at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert native.concurrent_batches == 2
+    groups = [[prepare_frame(f, 640) for f in frames(clip, list(range(k, 60, 12)))]
+              for clip in ("traffic.mp4", "vtest.avi") for k in (3, 9)]
+    alone = [native.detect_batch(g) for g in groups]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(native.detect_batch, groups * 3))
+    for k, got in enumerate(together):
+        want = alone[k % len(groups)]
+        assert [len(d) for d in got] == [len(d) for d in want], f"group {k}"
+        assert all(a == b for a, b in zip(got, want)), f"group {k}: other boxes than alone"
+
+
 # --- the GTSDB sign detector (YOLOv5 layout) --------------------------------------------------------
 
 @pytest.fixture(scope="module")

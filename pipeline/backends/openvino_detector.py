@@ -37,6 +37,7 @@ from .decode import LAYOUTS, decode
 from .openvino_net import _dims, _find, check_input, to_tensor
 
 HINTS = ("THROUGHPUT", "LATENCY")  # batches, single frames
+INFER_TIMEOUT_S = 60.0  # a batch whose requests never complete fails (its frames are retried)
 
 log = logging.getLogger("percept.backends")
 
@@ -223,8 +224,20 @@ def check_output(card: ModelCard, out: CardOutput, dims: list[int], field: str, 
 
 # --- the backend ----------------------------------------------------------------------------------
 
+class _Call:
+    """One `_infer` call's outputs, filled by the queue's callbacks."""
+
+    def __init__(self, n: int):
+        self.results: list[Any] = [None] * n
+        self.left = n
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+
+
 class OpenVinoDetector:
     """A detection network on batches of `DetectorInput`; boxes come back in camera pixels."""
+
+    concurrent_batches = 2  # `detect_batch` may run in two threads at once (see `_infer`)
 
     def __init__(self, net: DetectorNet, card: ModelCard, *, cfg: DetectorConfig, name: str, field: str,
                  weights: str | None = None):
@@ -244,8 +257,9 @@ class OpenVinoDetector:
         self.names: Mapping[int, str] = dict(enumerate(labels))
         self.categories = CategoryMap(cfg.categories, self.names, field=f"{field}.categories")
         self.classes = self.categories.class_ids or None
-        self._lock = threading.Lock()
-        self._results: dict[int, np.ndarray] = {}
+        self._count_lock = threading.Lock()
+        self._submit_lock = threading.Lock()
+        self._running = 0  # `_infer` calls in progress
         self._queue = ov.AsyncInferQueue(net.compiled, net.requests)
         self._queue.set_callback(self._done)
         self._single = net.latency.create_infer_request()
@@ -290,21 +304,36 @@ class OpenVinoDetector:
             return image
         return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if w < image.shape[1] else cv2.INTER_LINEAR)
 
-    def _done(self, request: Any, index: int) -> None:
-        self._results[index] = np.array(request.get_output_tensor(self.net.output_index).data)
+    def _done(self, request: Any, userdata: tuple[_Call, int]) -> None:
+        call, k = userdata
+        call.results[k] = np.array(request.get_output_tensor(self.net.output_index).data)
+        with call.lock:
+            call.left -= 1
+            if call.left == 0:
+                call.done.set()
 
     def _infer(self, tensors: list[np.ndarray]) -> list[np.ndarray]:
-        """One infer request per image (each a batch of one), run in parallel (one image: the
-        LATENCY compilation); outputs in input order."""
-        with self._lock:
-            if len(tensors) == 1:
+        """One infer request per image (each a batch of one), run in parallel; outputs in input
+        order. A lone image with nothing else running takes the LATENCY compilation (both
+        threads on it). Two calls may overlap (`concurrent_batches`): their requests share the
+        queue, so the next batch's images start while the last ones of the batch before run."""
+        with self._count_lock:
+            alone = self._running == 0 and len(tensors) == 1
+            self._running += 1
+        try:
+            if alone:
                 self._single.infer({self.net.input_index: tensors[0]})
                 return [np.array(self._single.get_output_tensor(self.net.output_index).data)]
-            self._results = {}
-            for k, tensor in enumerate(tensors):
-                self._queue.start_async({self.net.input_index: tensor}, k)
-            self._queue.wait_all()
-            return [self._results[k] for k in range(len(tensors))]
+            call = _Call(len(tensors))
+            with self._submit_lock:  # a full queue blocks here until a request is free
+                for k, tensor in enumerate(tensors):
+                    self._queue.start_async({self.net.input_index: tensor}, (call, k))
+            if not call.done.wait(INFER_TIMEOUT_S):
+                raise TimeoutError(f"{self.name}: no inference result within {INFER_TIMEOUT_S:.0f} s")
+            return call.results
+        finally:
+            with self._count_lock:
+                self._running -= 1
 
     def _boxes(self, raw: np.ndarray, inp: DetectorInput) -> Detections:
         from ultralytics.utils.ops import scale_boxes
