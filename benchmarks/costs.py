@@ -36,7 +36,7 @@ def sampled_frames(path: Path, *, fps: float, limit: int) -> tuple[list[Any], li
     (every frame is decoded, as a camera's would be), with those timestamps in seconds."""
     import cv2
 
-    from pipeline.sources import FpsSampler
+    from pipeline.sampling import FpsSampler
 
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     sampler = FpsSampler(fps)

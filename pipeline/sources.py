@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Protocol
 import numpy as np
 
 from .redact import redact
+from .sampling import FpsSampler, next_phase
 from .schema import FrameMeta
 
 log = logging.getLogger("percept.sources")
@@ -97,25 +98,6 @@ class Backoff:
 
     def reset(self) -> None:
         self._next = self.initial
-
-
-class FpsSampler:
-    """Keeps at most ``fps`` frames per second of the given timeline (0 = keep all)."""
-
-    def __init__(self, fps: float):
-        self.period = 1.0 / fps if fps > 0 else 0.0
-        self._next: float | None = None
-
-    def accept(self, t: float) -> bool:
-        if self.period == 0:
-            return True
-        if self._next is None or t >= self._next - 1e-6:
-            self._next = t + self.period if self._next is None or t - self._next > self.period else self._next + self.period
-            return True
-        return False
-
-    def reset(self) -> None:
-        self._next = None
 
 
 class LatestFrameSlot:
@@ -224,7 +206,8 @@ class VideoSource:
     ):
         self.camera = camera
         self._open = open_capture
-        self._sampler = FpsSampler(fps)
+        # a live camera keeps its frames on its own phase of the period (pipeline/sampling.py)
+        self._sampler = FpsSampler(fps, phase=None if is_file else next_phase())
         self._is_file = is_file
         self._loop = loop
         self._realtime = realtime and is_file

@@ -91,6 +91,45 @@ def test_sampler_keeps_requested_rate():
     assert all(FpsSampler(0).accept(t) for t in range(10))
 
 
+def test_cameras_at_the_same_rate_keep_frames_on_their_own_phases():
+    """Four live cameras at 4 fps whose 30 fps streams start together: without phases they keep
+    their frames at the same instants (a burst for the detector); with the phases the process
+    gives them, their kept frames are spread over the period, at the same rate."""
+    from pipeline.sampling import phase_of
+
+    timeline = np.arange(100.0, 110.0, 1 / 30)
+    period = 0.25
+
+    def kept(phase):
+        s = FpsSampler(4, phase=phase)
+        return [t for t in timeline if s.accept(float(t))]
+
+    together = [kept(None) for _ in range(4)]
+    assert all(k == together[0] for k in together)  # the same instants: bursts
+    spread = [kept(phase_of(k)) for k in range(4)]
+    for times in spread:
+        assert 39 <= len(times) <= 41, len(times)  # still 4 fps over 10 s
+        assert min(np.diff(times)) >= period - 1 / 30 - 1e-6  # never two frames within a period
+    shared = [t for k, times in enumerate(spread) for t in times
+              if any(t in other for j, other in enumerate(spread) if j != k)]
+    assert shared == []  # no frame kept by two cameras at the same instant
+
+
+@pytest.mark.parametrize("n", range(2, 9))
+def test_the_phases_stay_spread_for_any_number_of_cameras(n):
+    from pipeline.sampling import phase_of
+
+    phases = sorted(phase_of(k) for k in range(n))
+    gaps = np.diff(phases + [phases[0] + 1])
+    assert min(gaps) >= 0.5 / n, phases
+
+
+def test_a_live_camera_gets_a_phase_and_a_file_does_not():
+    live = VideoSource("cam", lambda: None, fps=4, is_file=False)
+    file = VideoSource("clip", lambda: None, fps=4, is_file=True)
+    assert live._sampler.phase is not None and file._sampler.phase is None
+
+
 def test_seq_keeps_increasing_across_reconnects_and_states_are_reported():
     events = []
     err = SourceError("cam", "cannot open rtsp://u:p@h/x", retryable=True)

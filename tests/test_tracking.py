@@ -21,7 +21,7 @@ from scipy.optimize import linear_sum_assignment
 
 from pipeline.config import TrackerConfig
 from pipeline.schema import Detections
-from pipeline.sources import FpsSampler
+from pipeline.sampling import FpsSampler
 from pipeline.tracking import ObjectTracker
 
 from .conftest import DETECTOR

@@ -1,0 +1,65 @@
+"""Which frames of a camera are kept: `FpsSampler` (at most ``fps`` frames per second of a
+timeline) and the phases that spread live cameras over the sampling period.
+
+Cameras at the same ``fps`` that start together would otherwise keep their frames at the same
+instants, and the detector would get them as bursts (all cameras' frames at once, then nothing):
+the latency of a burst is that of its last frame. A live camera's frames fall instead on its own
+phase of a grid of the period; each live camera opened in a process takes the next phase of the
+golden-ratio sequence (0, 0.618, 0.236, 0.854, …), which stays evenly spread for any number of
+cameras. Files keep their first frame (their timeline is the file's)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+
+GOLDEN = (math.sqrt(5) - 1) / 2
+_opened = itertools.count()
+_lock = threading.Lock()
+
+
+def phase_of(k: int) -> float:
+    """The ``k``-th phase of the sequence, a fraction of the period."""
+    return (k * GOLDEN) % 1.0
+
+
+def next_phase() -> float:
+    """The phase for the next live camera opened in this process."""
+    with _lock:
+        return phase_of(next(_opened))
+
+
+class FpsSampler:
+    """Keeps at most ``fps`` frames per second of the given timeline (0 = keep all). With a
+    ``phase``, the kept frames are the first at or after each point ``(k + phase) × period`` of
+    the timeline; without one, the first frame is kept and the period counts from it."""
+
+    def __init__(self, fps: float, phase: float | None = None):
+        self.period = 1.0 / fps if fps > 0 else 0.0
+        self.phase = phase
+        self._next: float | None = None
+
+    def _grid_point(self, t: float) -> float:
+        """The first point of the phase's grid at or after ``t``."""
+        offset = (self.phase or 0.0) * self.period
+        return offset + math.ceil((t - offset) / self.period - 1e-9) * self.period
+
+    def accept(self, t: float) -> bool:
+        if self.period == 0:
+            return True
+        if self._next is None:
+            self._next = t if self.phase is None else self._grid_point(t)
+        if t < self._next - 1e-6:
+            return False
+        late = t - self._next > self.period  # a gap in the timeline: start again from here
+        if not late:
+            self._next += self.period
+        elif self.phase is None:
+            self._next = t + self.period
+        else:
+            self._next = self._grid_point(t + 1e-6)
+        return True
+
+    def reset(self) -> None:
+        self._next = None
