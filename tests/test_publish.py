@@ -50,6 +50,30 @@ def test_a_retried_publish_lands_once(redis_server):
     pub.close()
 
 
+def test_one_batch_of_interleaved_cameras_lands_in_each_cameras_order(redis_server):
+    """Everything queued before the writer starts goes in one pipeline: each camera's run of
+    results is one script call, a state change between them splits the run, and a retry inside
+    a run is refused alone while the results after it land."""
+    client = redis_server.client()
+    pub = Publisher(connect_redis(redis_server.url, socket_timeout=1), keys=KEYS, maxlen=1000)
+    pub.publish(result(0, "a"))
+    pub.publish(result(0, "b"))
+    pub.publish(tracked(1, 4, camera="a"))
+    pub.publish(tracked(1, 9, camera="a"))  # a retry of a:1: refused by its id, its track id not kept
+    pub.camera_state("a", "online", fps=5)
+    pub.publish(result(2, "a"))
+    pub.publish(result(1, "b"))
+    assert len(pub._calls(list(pub._queue))) == 4  # a:0-1-1, b:0-1, the state, a:2
+    pub.start()
+    assert pub.flush(5)
+    assert seqs(client, "a") == [0, 1, 2] and seqs(client, "b") == [0, 1]
+    assert pub.stats.published == {"a": 3, "b": 2} and pub.stats.duplicates == {"a": 1}
+    assert pub.stats.errors == 0
+    state = camera_states(client, KEYS, ["a"])["a"]
+    assert state["state"] == "online" and state["track_id_max"] == "4"
+    pub.close()
+
+
 def test_ids_stay_increasing_when_the_clock_goes_back(redis_server):
     pub = publisher(redis_server)
     pub.publish(result(1, ts=2_000_000_000.0))
