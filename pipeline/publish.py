@@ -24,13 +24,14 @@ import itertools
 import logging
 import threading
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field, replace
+from collections import deque
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
 import redis
 
 from .lease import FENCED_HSET, FENCED_PUBLISH, REFUSED, UNHELD, WRITTEN, Fence
+from .publish_items import Item, PublisherStats, script_calls
 from .redact import redact
 from .schema import SCHEMA_VERSION, FrameResult
 from .sources import Backoff
@@ -39,28 +40,6 @@ from .streams import StreamKeys, parse_entry_id
 log = logging.getLogger("percept.publish")
 
 _DUPLICATE_ID = "equal or smaller than the target stream top item"
-
-
-@dataclass(slots=True)
-class _Item:
-    index: int
-    camera: str
-    nbytes: int
-    apply: Callable[[Any], None] | None  # adds its one command to a pipeline (None: a result, `entry`)
-    is_frame: bool
-    fence: Fence | None = None
-    entry: list[Any] | None = None  # a result's part of a `FENCED_PUBLISH` call (see lease.py)
-    held_since: float | None = None  # monotonic time it was first kept back (lease unheld)
-
-
-@dataclass
-class PublisherStats:
-    published: Counter = field(default_factory=Counter)
-    duplicates: Counter = field(default_factory=Counter)
-    dropped: Counter = field(default_factory=Counter)  # by the outage buffer
-    fenced: Counter = field(default_factory=Counter)  # frames refused: the lease is not ours
-    errors: int = 0
-    connected: bool = True
 
 
 class Publisher:
@@ -87,7 +66,7 @@ class Publisher:
         self.batch = batch
         self.clock = clock
         self.stats = PublisherStats()
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[Item] = deque()
         self._bytes = 0
         self._index = itertools.count()
         self._cond = threading.Condition()
@@ -165,10 +144,7 @@ class Publisher:
         if fence is not None and fence.released:
             self._refused_here(camera)
             return
-        ms = int(meta.frame_ts * 1000)
-        last = self._last_ms.get(camera, 0)
-        if ms < last:
-            ms = last
+        ms = max(int(meta.frame_ts * 1000), self._last_ms.get(camera, 0))
         self._last_ms[camera] = ms
         body = result.to_json_bytes()
         top_track = max([t for t in result.objects.track_ids if t is not None], default=0)
@@ -259,7 +235,7 @@ class Publisher:
     def _put(self, camera: str, nbytes: int, apply: Callable[[Any], None] | None, *, is_frame: bool,
              fence: Fence | None = None, entry: list[Any] | None = None) -> None:
         with self._cond:
-            self._queue.append(_Item(next(self._index), camera, nbytes, apply, is_frame, fence, entry))
+            self._queue.append(Item(next(self._index), camera, nbytes, apply, is_frame, fence, entry))
             self._bytes += nbytes
             while len(self._queue) > self.max_entries or self._bytes > self.max_bytes:
                 old = self._queue.popleft()
@@ -320,7 +296,7 @@ class Publisher:
                 batch = list(itertools.islice(self._queue, self.batch))
             try:
                 pipe = self.client.pipeline(transaction=False)
-                calls = self._calls(batch)
+                calls = script_calls(batch)
                 for call in calls:
                     self._send(call, pipe)
                 results = pipe.execute(raise_on_error=False)
@@ -350,26 +326,7 @@ class Publisher:
                 if held and not self._closing:
                     self._cond.wait(0.1)
 
-    @staticmethod
-    def _calls(batch: list[_Item]) -> list[list[_Item]]:
-        """The batch as script calls, in pipeline order: a camera's results queued one after the
-        other (other cameras' items between them aside) under one fence go in one call; every
-        other write is a call of its own. Each camera's writes keep their order."""
-        calls: list[list[_Item]] = []
-        open_call: dict[str, list[_Item]] = {}
-        for item in batch:
-            current = open_call.get(item.camera)
-            if item.entry is not None and current is not None and current[0].fence == item.fence:
-                current.append(item)
-                continue
-            calls.append([item])
-            if item.entry is not None:
-                open_call[item.camera] = calls[-1]
-            else:
-                open_call.pop(item.camera, None)
-        return calls
-
-    def _send(self, call: list[_Item], pipe: Any) -> None:
+    def _send(self, call: list[Item], pipe: Any) -> None:
         first = call[0]
         if first.entry is None:
             assert first.apply is not None
@@ -383,9 +340,9 @@ class Publisher:
             args += item.entry or ()
         self._xadd(keys=keys, args=args, client=pipe)
 
-    def _account(self, calls: list[list[_Item]], results: list[Any]) -> list[_Item]:
+    def _account(self, calls: list[list[Item]], results: list[Any]) -> list[Item]:
         """Counts what happened to each item; returns the items to keep queued."""
-        held: list[_Item] = []
+        held: list[Item] = []
         for call, result in zip(calls, results):
             if result in (REFUSED, UNHELD):  # the lease check: the whole call
                 held += [item for item in call if self._keep_refused(item, result)]
@@ -395,7 +352,7 @@ class Publisher:
                 self._count(item, outcome)
         return held
 
-    def _count(self, item: _Item, outcome: Any) -> None:
+    def _count(self, item: Item, outcome: Any) -> None:
         error = None if outcome == WRITTEN else outcome
         if isinstance(error, bytes):
             error = error.decode(errors="replace")
@@ -411,7 +368,7 @@ class Publisher:
             self.stats.errors += 1
             log.error("camera %s: XADD failed: %s", item.camera, redact(str(error)))
 
-    def _keep_refused(self, item: _Item, code: int) -> bool:
+    def _keep_refused(self, item: Item, code: int) -> bool:
         """A write the lease check refused. Kept (True) while nobody holds the lease, for up to
         the fence's ``hold_s``: after an outage longer than the TTL our supervisor takes the
         lease back, and then what was buffered is published. Otherwise it is dropped."""

@@ -4,6 +4,7 @@ import json
 import time
 
 from pipeline.publish import Publisher
+from pipeline.publish_items import script_calls
 from pipeline.schema import Detections, FrameMeta, FrameResult
 from pipeline.streams import StreamKeys, camera_states, connect_redis
 from pipeline.subscribe import Subscriber
@@ -63,7 +64,7 @@ def test_one_batch_of_interleaved_cameras_lands_in_each_cameras_order(redis_serv
     pub.camera_state("a", "online", fps=5)
     pub.publish(result(2, "a"))
     pub.publish(result(1, "b"))
-    assert len(pub._calls(list(pub._queue))) == 4  # a:0-1-1, b:0-1, the state, a:2
+    assert len(script_calls(list(pub._queue))) == 4  # a:0-1-1, b:0-1, the state, a:2
     pub.start()
     assert pub.flush(5)
     assert seqs(client, "a") == [0, 1, 2] and seqs(client, "b") == [0, 1]
