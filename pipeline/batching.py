@@ -218,6 +218,10 @@ class AdaptiveBatcher(Generic[T, R]):
             results = await self._run_batch([i.value for i in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"batch handler returned {len(results)} results for {len(batch)} items")
+        except asyncio.CancelledError:  # closing: the batch's callers are not left waiting
+            for i in batch:
+                i.future.cancel()
+            raise
         except Exception as exc:  # every item of the batch gets the error
             for i in batch:
                 if not i.future.done():

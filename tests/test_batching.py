@@ -276,6 +276,21 @@ def test_batches_overlap_only_while_the_model_is_busy(busy):
     assert asyncio.run(asyncio.wait_for(scenario(), 60)) == busy
 
 
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_closing_the_batcher_leaves_no_caller_waiting(concurrency):
+    handler = Overlap()  # never released: the batch is still running when the batcher closes
+    batcher = AdaptiveBatcher(handler, max_batch_size=8, batch_wait_s=0.0, concurrency=concurrency)
+
+    async def scenario():
+        running = asyncio.ensure_future(batcher.submit(None, "a"))
+        await wait_until(lambda: len(handler.started) == 1)
+        await batcher.close()
+        done, _ = await asyncio.wait({running}, timeout=5)
+        return bool(done) and running.cancelled()  # inside the loop: asyncio.run cancels leftovers
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
 async def wait_until(condition, timeout=10.0):
     """True once ``condition()`` holds, False if it did not within ``timeout`` s."""
     deadline = time.monotonic() + timeout
