@@ -1,8 +1,8 @@
 """A classifier: one deployment per classifier of the config (``classifier-<category>[-<name>]``),
 batching crops across frames and cameras: requests that arrive while a batch runs form the next
-one (`AdaptiveBatcher` with no camera to wait for: a lone request never waits). Each answer names the model that gave it
-(`ModelAnswers`); `percept models swap classifier` replaces the model at runtime
-(pipeline/lifecycle/swap.py)."""
+one (`AdaptiveBatcher` with no camera to wait for: a lone request never waits). Each answer
+names the model that gave it (`ModelAnswers`); `percept models swap classifier` replaces the
+model at runtime (pipeline/lifecycle/swap.py)."""
 
 from __future__ import annotations
 

@@ -230,6 +230,19 @@ class Overlap:
         return [f"done {i}" for i in items]
 
 
+async def two_batches(batcher, handler, *, within):
+    """Item a, and once its batch runs, item b: whether b's batch started within ``within`` s
+    while a's was still held, and both results once released."""
+    first = asyncio.ensure_future(batcher.submit(None, "a"))
+    await wait_until(lambda: len(handler.started) == 1)
+    second = asyncio.ensure_future(batcher.submit(None, "b"))
+    overlapped = await wait_until(lambda: len(handler.started) == 2, timeout=within)
+    handler.release.set()
+    results = await asyncio.gather(first, second)
+    await batcher.close()
+    return overlapped, results
+
+
 @pytest.mark.parametrize("concurrency", [1, 2])
 def test_a_model_that_overlaps_batches_gets_the_next_one_while_one_runs(concurrency):
     """concurrency 2 (the OpenVINO detector): the second batch starts while the first runs;
@@ -237,17 +250,7 @@ def test_a_model_that_overlaps_batches_gets_the_next_one_while_one_runs(concurre
     handler = Overlap()
     batcher = AdaptiveBatcher(handler, max_batch_size=8, batch_wait_s=0.0, concurrency=concurrency)
 
-    async def scenario():
-        first = asyncio.ensure_future(batcher.submit(None, "a"))
-        await wait_until(lambda: len(handler.started) == 1)
-        second = asyncio.ensure_future(batcher.submit(None, "b"))
-        overlapped = await wait_until(lambda: len(handler.started) == 2, timeout=1.0)
-        handler.release.set()
-        results = await asyncio.gather(first, second)
-        await batcher.close()
-        return overlapped, results
-
-    overlapped, results = asyncio.run(asyncio.wait_for(scenario(), 60))
+    overlapped, results = asyncio.run(asyncio.wait_for(two_batches(batcher, handler, within=1.0), 60))
     assert results == ["done a", "done b"]
     assert overlapped == (concurrency == 2) and handler.most == concurrency
     assert handler.started == [["a"], ["b"]]
@@ -263,17 +266,8 @@ def test_batches_overlap_only_while_the_model_is_busy(busy):
         now = time.monotonic()
         batcher.policy.ran(now - 1.0, now)  # the last second: one batch after the other
 
-    async def scenario():
-        first = asyncio.ensure_future(batcher.submit(None, "a"))
-        await wait_until(lambda: len(handler.started) == 1)
-        second = asyncio.ensure_future(batcher.submit(None, "b"))
-        overlapped = await wait_until(lambda: len(handler.started) == 2, timeout=0.5)
-        handler.release.set()
-        await asyncio.gather(first, second)
-        await batcher.close()
-        return overlapped
-
-    assert asyncio.run(asyncio.wait_for(scenario(), 60)) == busy
+    overlapped, results = asyncio.run(asyncio.wait_for(two_batches(batcher, handler, within=0.5), 60))
+    assert overlapped == busy and results == ["done a", "done b"]
 
 
 @pytest.mark.parametrize("concurrency", [1, 2])
