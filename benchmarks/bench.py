@@ -178,6 +178,11 @@ class Bench:
         out["cpu"] = cpu.stop()
         self.result["limit"] = out
         self.result["limit_fps"] = out["fps"]
+        if self.base.detector.rect and out["fps"] is not None:  # the limit at the sizes the detector runs
+            clips = [self.clips[i % len(self.clips)] for i in range(max(self.counts))]  # as the cameras cycle
+            rect = X.phase_limit_rect(self.weights, imgsz=self.base.detector.imgsz, clips=clips, seconds=self.limit_s)
+            out["rect"] = rect
+            self.result["limit_rect_fps"] = rect["fps"]
 
     def bare(self) -> None:
         cpu = P.CpuMeter().start()
@@ -370,7 +375,7 @@ def _overload_summary(ph: dict[str, Any], cap: float, n: int, fps: float) -> dic
     }
 
 
-NULL_KEYS = ("limit", "limit_fps", "bare_fps", "frame_bytes", "classifiers_cost", "e2e_fps", "e2e_detect_only_fps",
+NULL_KEYS = ("limit", "limit_fps", "limit_rect_fps", "bare_fps", "frame_bytes", "classifiers_cost", "e2e_fps", "e2e_detect_only_fps",
              "e2e_vehicle_fps", "ultralytics_fps", "latency_ms", "overload", "single_infer_ms", "ray_own_cpu",
              "tracking_cost", "view_cost", "decode", "frame_copies", "decoder_cpu_ms_per_s",
              "decode_keyframes_over_all")

@@ -38,6 +38,20 @@ RTSP_CAPTURE_OPTIONS = "rtsp_transport;tcp|analyzeduration;0|probesize;32"
 
 # --- the bare model ------------------------------------------------------------------------------
 
+def frame_shape(path: str | Path) -> tuple[int, int]:
+    """(height, width) of a clip's frames."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        ok, image = cap.read()
+    finally:
+        cap.release()
+    if not ok or image is None:
+        raise RuntimeError(f"{path}: no frame could be read")
+    return int(image.shape[0]), int(image.shape[1])
+
+
 def load_frames(paths: Sequence[str | Path], *, per_clip: int = 8, stride: int = 7) -> list[np.ndarray]:
     """Decoded BGR frames from each clip (every ``stride``-th frame), in round-robin order."""
     import cv2

@@ -102,6 +102,32 @@ def phase_limit(weights: str, *, imgsz: int, seconds: float) -> dict[str, Any]:
             "latency_median_ms": latency["latency_median_ms"], "latency_fps": latency["fps"]}
 
 
+def phase_limit_rect(weights: str, *, imgsz: int, clips: list[Path], seconds: float) -> dict[str, Any]:
+    """The same limit for what the detector runs with ``rect``: benchmark_app's throughput-mode fps
+    on the same IR re-shaped to each camera's rectangle (`pipeline.backends.openvino_export`),
+    combined over the cameras (each camera an equal share of the frames)."""
+    import tempfile
+
+    import openvino as ov
+
+    from pipeline.backends.openvino_export import crop_window, reshape_export
+
+    xml = openvino_xml(weights)
+    if xml is None:
+        return {"skipped": "not an OpenVINO model", "model": weights, "fps": None}
+    sizes = [crop_window(M.frame_shape(clip), imgsz)[2:] for clip in clips]  # one clip per camera
+    per_size: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="percept-limit-") as tmp:
+        for h, w in sorted(set(sizes)):
+            model = reshape_export(ov.Core().read_model(str(xml)), (h, w))
+            path = Path(tmp) / f"rect_{h}x{w}.xml"
+            ov.save_model(model, str(path), compress_to_fp16=False)
+            per_size[f"{w}x{h}"] = benchmark_app(path, hint="throughput", seconds=seconds)["fps"]
+    fps = len(sizes) / sum(1 / per_size[f"{w}x{h}"] for h, w in sizes)
+    return {"model": str(xml), "fps": round(fps, 1), "fps_by_size": per_size,
+            "cameras": [f"{w}x{h}" for h, w in sizes]}
+
+
 # --- bare: the detector in this process ---------------------------------------------------------
 
 def frame_bytes(inp: Any) -> dict[str, int]:

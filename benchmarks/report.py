@@ -93,6 +93,8 @@ def add_ratios(result: dict[str, Any]) -> None:
     """p0..p5, what classifiers cost, Ray's share of the CPU, and the goals, into ``result``."""
     det, ultra = detect_only_fps(result), result.get("ultralytics_fps")
     result["p0_e2e_over_limit"] = ratio(det, result.get("limit_fps"))  # detector only / benchmark_app
+    # the same against the limit at the sizes the detector runs (rect): the graph's own overhead
+    result["p0_e2e_over_limit_rect"] = ratio(det, result.get("limit_rect_fps"))
     result["p1_e2e_over_bare"] = ratio(result.get("e2e_fps"), result.get("bare_fps"))
     result["p1_detect_only_over_bare"] = ratio(result.get("e2e_detect_only_fps"), result.get("bare_fps"))
     # p2_e2e_over_ultralytics keeps its first meaning: the graph WITH every classifier / Ultralytics
@@ -202,6 +204,7 @@ def _by_count(phases: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
 def _throughput_rows(t: _Table, result: Mapping[str, Any]) -> None:
     bare = result.get("bare") or {}
     t.row("limit fps (benchmark_app, throughput hint)", result.get("limit_fps"), spec=".1f")
+    t.row("limit fps at the cameras' rectangles (rect)", result.get("limit_rect_fps"), spec=".1f")
     t.row("limit latency-hint median ms", value_of(result, "limit.latency_median_ms"), spec=".1f")
     t.row(f"bare_fps (batch {bare.get('batch', '-')})", result.get("bare_fps"), spec=".1f")
     t.row("bare_fps (batch 1)", value_of(result, "bare.batch1_fps"), spec=".1f")
@@ -214,6 +217,7 @@ def _throughput_rows(t: _Table, result: Mapping[str, Any]) -> None:
         t.row(f"e2e_fps vehicle classifier only, {n} camera(s)", ph.get("fps"), spec=".1f")
     t.row(f"ultralytics_fps, {value_of(result, 'ultralytics.cameras') or '-'} camera(s)", result.get("ultralytics_fps"), spec=".1f")
     t.row("p0 detector only / limit", result.get("p0_e2e_over_limit"), "p0_e2e_over_limit")
+    t.row("p0 detector only / limit at the rectangles", result.get("p0_e2e_over_limit_rect"))
     t.row("p1 e2e / bare", result.get("p1_e2e_over_bare"), "p1_e2e_over_bare")
     if result.get("p1_detect_only_over_bare") is not None:
         t.row("p1 detector only / bare (not a goal)", result.get("p1_detect_only_over_bare"))

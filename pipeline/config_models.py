@@ -89,6 +89,8 @@ class DetectorConfig(ModelServerConfig):
     conf: float = Field(0.25, ge=0, le=1)
     iou: float = Field(0.7, ge=0, le=1)
     max_det: int = Field(300, ge=1)
+    rect: bool = Field(True, description="OpenVINO exports: run each frame at the stride-aligned rectangle around it "
+                       "(as ultralytics runs .pt models) instead of the padded imgsz square; false: the square")
     categories: dict[str, list[str]] = Field(default_factory=lambda: dict(DEFAULT_CATEGORIES))
 
     @field_validator("categories")

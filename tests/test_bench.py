@@ -52,6 +52,10 @@ def _check_new_measures(r: dict, stdout: str) -> None:
                 "classifiers_e2e_over_detect_only", "e2e_detect_only_fps", "e2e_vehicle_fps"):
         assert _finite_positive(r[key]), (key, r[key])
     assert r["p0_e2e_over_limit"] == pytest.approx(r["e2e_detect_only_fps"] / r["limit_fps"], rel=0.01)
+    rect = lim["rect"]  # the limit at the cameras' rectangles: one size per camera, each measured
+    assert rect["cameras"] and set(rect["cameras"]) == set(rect["fps_by_size"]), rect
+    assert all(_finite_positive(v) for v in rect["fps_by_size"].values()) and rect["fps"] == r["limit_rect_fps"], rect
+    assert r["p0_e2e_over_limit_rect"] == pytest.approx(r["e2e_detect_only_fps"] / r["limit_rect_fps"], rel=0.01)
     assert r["p2_vehicle_classifier_over_ultralytics"] == pytest.approx(
         r["e2e_vehicle_fps"] / r["ultralytics_fps"], rel=0.01)
     # the e2e-vehicle graph had the vehicle classifier and no other

@@ -94,7 +94,14 @@ def native():
     return detector(DETECTOR, categories=ALL)
 
 
-def test_native_openvino_path_agrees_with_ultralytics(native):
+@pytest.fixture(scope="module")
+def native_square():
+    return detector(DETECTOR, categories=ALL, rect=False)
+
+
+def test_native_openvino_path_agrees_with_ultralytics(native_square):
+    """At the export's own square input, the native path gives ultralytics' boxes."""
+    native = native_square
     ultra = detector(DETECTOR, categories=ALL, backend="ultralytics")
     assert isinstance(native, OpenVinoDetector), "backend auto on CPU takes the native path for an export folder"
     assert isinstance(ultra, UltralyticsDetector)
@@ -114,6 +121,40 @@ def test_native_openvino_path_agrees_with_ultralytics(native):
     assert total > 100, f"only {total} objects in 30 frames: the clips are not what this test expects"
     assert good >= 0.95 * total, f"{good}/{total} boxes matched at IoU >= 0.9 ({matched} matched at all)"
     assert score_gap <= 0.02, f"scores of matched boxes differ by up to {score_gap:.3f}"
+
+
+def test_frames_run_at_their_rectangle_and_find_what_the_square_finds(native, native_square):
+    """rect (the default): a 16:9 and a 4:3 clip run at 640x384 and 640x480 (the export re-shaped,
+    `openvino_export`), and find the objects the padded square finds, in the same camera pixels."""
+    for clip, size in (("traffic.mp4", (384, 640)), ("vtest.avi", (480, 640))):
+        inputs = [prepare_frame(f, 640) for f in frames(clip, list(range(5, 200, 10)))]
+        rect, square = native.detect_batch(inputs), native_square.detect_batch(inputs)
+        assert native._runners.get(size) is not None, f"{clip}: not run at {size} ({list(native._runners)})"
+        assert list(native_square._runners) == [(640, 640)], "rect=False keeps the square"
+        total = good = 0
+        for k, (a, b) in enumerate(zip(rect, square)):
+            assert abs(len(a) - len(b)) <= 1, f"{clip} frame {k}: {len(a)} boxes at {size}, {len(b)} in the square"
+            total += max(len(a), len(b))
+            good += sum(1 for _, _, v in greedy_match(a.xyxy, a.labels, b.xyxy, b.labels) if v >= 0.85)
+        assert total >= 40, f"{clip}: only {total} objects: the clip is not what this test expects"
+        assert good >= 0.9 * total, f"{clip}: {good}/{total} boxes matched at IoU >= 0.85"
+
+
+def test_the_rectangle_holds_the_pixels_of_ultralytics_rect_letterbox():
+    """`crop_window` cut from the square letterbox == ultralytics' LetterBox(auto=True) of the frame."""
+    from ultralytics.data.augment import LetterBox
+
+    from pipeline.backends.openvino_export import crop_window
+
+    for clip in ("traffic.mp4", "people.mp4", "vtest.avi"):
+        frame = frames(clip, [3])[0]
+        top, left, h, w = crop_window(frame.shape[:2], 640)
+        cut = prepare_frame(frame, 640).image[top : top + h, left : left + w]
+        want = LetterBox((640, 640), auto=True, stride=32)(image=frame)
+        assert cut.shape == want.shape, f"{clip}: {cut.shape} vs ultralytics' {want.shape}"
+        assert np.array_equal(cut, want), f"{clip}: pixels differ from ultralytics' rect letterbox"
+    portrait = np.zeros((1000, 300, 3), np.uint8)
+    assert crop_window(portrait.shape[:2], 640)[2:] == (640, 192)
 
 
 def test_overlapping_batches_give_each_frame_its_own_detections(native):

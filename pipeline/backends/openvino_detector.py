@@ -9,7 +9,9 @@ camera pixels (`scale_boxes`). The card's input recipe (colour, scale, layout) i
 network (`preprocess_inside`), which then takes the uint8 image itself. The network keeps its
 static batch of 1 (reshaping the batch of ultralytics' exports compiles but fails at run time in
 their attention block) and is compiled twice: a batch runs as parallel infer requests through an
-`AsyncInferQueue` on the THROUGHPUT compilation, a single frame on the LATENCY one.
+`AsyncInferQueue` on the THROUGHPUT compilation, a single frame on the LATENCY one. With
+``detector.rect`` an export runs each frame at the rectangle around it, compiled per size on
+first use (`openvino_export`).
 
 Measured (yolo11n int8 export, 640, 2 threads, 2 cores): 51 fps at batch 1 and 59 fps at batch
 4 (one LATENCY request at a time: 51), against ultralytics' 39 / 38 fps on the same export.
@@ -19,13 +21,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from ..config import DetectorConfig
 from ..config_errors import ConfigError
@@ -34,9 +36,11 @@ from ..schema import Detections
 from .base import per_item
 from .card import CardInput, CardOutput, ModelCard, read_labels
 from .decode import LAYOUTS, decode
+from .openvino_export import crop_window, export_card, reshape_export
 from .openvino_net import _dims, _find, check_input, to_tensor
 
 HINTS = ("THROUGHPUT", "LATENCY")  # batches, single frames
+MAX_SIZES = 4  # input sizes compiled besides the square (`openvino_export`); others run in the square
 INFER_TIMEOUT_S = 60.0  # a batch whose requests never complete fails (its frames are retried)
 
 log = logging.getLogger("percept.backends")
@@ -55,52 +59,13 @@ def load_detector(cfg: DetectorConfig, *, card: ModelCard | None, weights: str, 
     if str(cfg.device).startswith(("cuda", "mps")) or cfg.device.isdigit():
         log.warning("%s: device %s: the openvino backend runs on the CPU", field, cfg.device)
     threads = cfg.threads or max(1, round(cfg.num_cpus))
-    net = open_detector(xml, card, field=field, threads=threads, output_index=output_index)
+    net = open_detector(xml, card, field=field, threads=threads, output_index=output_index,
+                        rect=cfg.rect and output_index is not None)
     det = OpenVinoDetector(net, card, cfg=cfg, name=model_name(cfg), field=field, weights=xml)
     if warmup:
         det.detect_batch([DetectorInput(np.zeros((cfg.imgsz, cfg.imgsz, 3), np.uint8), (cfg.imgsz, cfg.imgsz))])
     log.info("detector %s on CPU (openvino, %d thread(s), %d infer requests)", det.name, threads, net.requests)
     return det
-
-
-# --- ultralytics' OpenVINO exports ----------------------------------------------------------------
-
-def export_files(weights: str) -> tuple[Path, Path] | None:
-    """(metadata.yaml, model .xml) of an ultralytics OpenVINO export folder (or its .xml), else None."""
-    p = Path(str(weights).rstrip("/")).expanduser()
-    folder = p if p.is_dir() else p.parent
-    meta = folder / "metadata.yaml"
-    if not meta.is_file():
-        return None
-    if p.suffix == ".xml" and p.is_file():
-        return meta, p
-    xmls = sorted(folder.glob("*.xml")) if p.is_dir() else []
-    return (meta, xmls[0]) if len(xmls) == 1 else None
-
-
-def export_card(weights: str, cfg: DetectorConfig, field: str) -> tuple[ModelCard, str]:
-    """An in-memory card for an ultralytics OpenVINO export, from its ``metadata.yaml``."""
-    found = export_files(weights)
-    if found is None:
-        raise ModelError(f"{field}: backend openvino without a card needs an ultralytics OpenVINO export folder "
-                         f"(metadata.yaml and one .xml); {weights!r} is not one (give a card: for a plain network)")
-    meta_path, xml = found
-    try:
-        meta = yaml.safe_load(meta_path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ModelError(f"{field}: cannot read {meta_path}: {exc}") from None
-    if meta.get("task", "detect") != "detect":
-        raise ModelError(f"{field}: {weights!r} is a {meta.get('task')} model; this stage needs a detect model")
-    names = meta.get("names") or {}
-    labels = [str(names[k]) for k in sorted(names, key=int)] if isinstance(names, dict) else [str(n) for n in names]
-    size = meta.get("imgsz") or [cfg.imgsz, cfg.imgsz]
-    size = (int(size[0]), int(size[-1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
-    card = ModelCard(
-        type="openvino", task="detect", files=[xml.name], nms_iou=cfg.iou,
-        input=CardInput(size=size, layout="NCHW", color="RGB", scale=1 / 255),
-        outputs=[CardOutput(name="output0", kind="detections", layout="yolov8", labels=labels)],
-    )
-    return card.model_copy(update={"path": str(meta_path)}), str(xml)
 
 
 # --- the network ----------------------------------------------------------------------------------
@@ -115,11 +80,13 @@ class DetectorNet:
     output_dims: list[int]
     requests: int  # parallel infer requests
     uint8: bool  # takes the uint8 BGR NHWC image as is (the card's recipe runs inside the network)
+    at_size: Callable[[tuple[int, int]], DetectorNet] | None = None  # the network re-shaped (`openvino_export`)
 
 
 def open_detector(weights: str, card: ModelCard, *, field: str, threads: int,
-                  output_index: int | None = None) -> DetectorNet:
-    """Read, check against the card (input shape, output name and layout), compile (`HINTS`)."""
+                  output_index: int | None = None, rect: bool = False) -> DetectorNet:
+    """Read, check against the card (input shape, output name and layout), compile (`HINTS`).
+    ``rect`` (ultralytics' exports): the net can be re-shaped to the rectangle around a frame."""
     import openvino as ov
 
     core = ov.Core()
@@ -134,13 +101,21 @@ def open_detector(weights: str, card: ModelCard, *, field: str, threads: int,
                          f"(it has {names})")
     check_output(card, out_spec, _dims(out_port), field, weights)
     index = list(model.outputs).index(out_port)
-    out_dims = _dims(out_port)
     input_index = list(model.inputs).index(port)
-    uint8 = preprocess_inside(model, input_index, card.input)
-    config = {"INFERENCE_NUM_THREADS": int(threads)}
-    compiled, latency = (core.compile_model(model, "CPU", {"PERFORMANCE_HINT": hint, **config}) for hint in HINTS)
-    requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-    return DetectorNet(compiled, latency, input_index, index, tuple(card.input.size), out_dims, requests, uint8)
+
+    def compiled(model: Any, size: tuple[int, int]) -> DetectorNet:
+        uint8 = preprocess_inside(model, input_index, card.input)
+        config = {"INFERENCE_NUM_THREADS": int(threads)}
+        throughput, latency = (core.compile_model(model, "CPU", {"PERFORMANCE_HINT": hint, **config}) for hint in HINTS)
+        requests = max(1, int(throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        return DetectorNet(throughput, latency, input_index, index, size, _dims(model.outputs[index]), requests, uint8)
+
+    def at_size(size: tuple[int, int]) -> DetectorNet:
+        return compiled(reshape_export(_read(core, weights, field), size, input_index), size)
+
+    net = compiled(model, tuple(card.input.size))
+    net.at_size = at_size if rect else None
+    return net
 
 
 def preprocess_inside(model: Any, input_index: int, spec: CardInput) -> bool:
@@ -234,6 +209,18 @@ class _Call:
         self.done = threading.Event()
 
 
+class _Runner:
+    """The network compiled at one input size: its queue of THROUGHPUT requests, its LATENCY request."""
+
+    def __init__(self, net: DetectorNet, callback: Callable[[Any, Any], None]):
+        import openvino as ov
+
+        self.net = net
+        self.queue = ov.AsyncInferQueue(net.compiled, net.requests)
+        self.queue.set_callback(callback)
+        self.single = net.latency.create_infer_request()
+
+
 class OpenVinoDetector:
     """A detection network on batches of `DetectorInput`; boxes come back in camera pixels."""
 
@@ -241,8 +228,6 @@ class OpenVinoDetector:
 
     def __init__(self, net: DetectorNet, card: ModelCard, *, cfg: DetectorConfig, name: str, field: str,
                  weights: str | None = None):
-        import openvino as ov
-
         self.net = net
         self.card = card
         self.cfg = cfg
@@ -259,50 +244,78 @@ class OpenVinoDetector:
         self.classes = self.categories.class_ids or None
         self._count_lock = threading.Lock()
         self._submit_lock = threading.Lock()
+        self._size_lock = threading.Lock()
         self._running = 0  # `_infer` calls in progress
-        self._queue = ov.AsyncInferQueue(net.compiled, net.requests)
-        self._queue.set_callback(self._done)
-        self._single = net.latency.create_infer_request()
+        self._runners: dict[tuple[int, int], _Runner | None] = {net.size: _Runner(net, self._done)}
 
     def detect_batch(self, inputs: Sequence[DetectorInput]) -> list[Detections | Exception]:
         return per_item(self._detect, inputs)
 
     def _detect(self, inputs: Sequence[DetectorInput]) -> list[Detections | Exception]:
         out: list[Any] = [None] * len(inputs)
-        good: list[tuple[int, np.ndarray]] = []
+        good: list[tuple[int, _Fitted]] = []
         for i, inp in enumerate(inputs):
             try:
-                good.append((i, self._fit(inp.image)))
+                good.append((i, self._fit(inp)))
             except Exception as exc:  # this frame only
                 out[i] = exc
         if good:
-            images = [im for _, im in good]
+            fitted = [f for _, f in good]
             if self.net.uint8:  # each image as its own batch of one: no stacked copy
-                tensors = [im[None] for im in images]
+                tensors = [f.image[None] for f in fitted]
             else:
-                stacked = to_tensor(images, self.card.input)
+                stacked = to_tensor([f.image for f in fitted], self.card.input)
                 tensors = [stacked[k : k + 1] for k in range(len(stacked))]
-            raws = self._infer(tensors)
-            for (i, _), raw in zip(good, raws):
+            raws = self._infer(tensors, [self._runners[f.size] for f in fitted])
+            for (i, f), raw in zip(good, raws):
                 try:
-                    out[i] = self._boxes(raw, inputs[i])
+                    out[i] = self._boxes(raw, inputs[i], f)
                 except Exception as exc:
                     out[i] = exc
         return out
 
-    def _fit(self, image: np.ndarray) -> np.ndarray:
-        """The letterboxed square, resized to the network's input when that differs."""
+    def _fit(self, inp: DetectorInput) -> _Fitted:
+        """The letterboxed square cut to the rectangle around the frame (a re-shapeable export:
+        `openvino_export`), or resized to the network's input when that differs."""
         import cv2
 
+        image = inp.image
         if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
                 and image.shape[2] == 3 and image.shape[0] == image.shape[1]):
             shape = getattr(image, "shape", None)
             raise ValueError(f"{self.name}: expects a square uint8 BGR image (the frame letterboxed to imgsz "
                              f"{self.cfg.imgsz}), got shape {shape} {getattr(image, 'dtype', type(image).__name__)}")
+        side = image.shape[0]
+        if self.net.at_size is not None and self.net.size == (side, side):
+            top, left, h, w = crop_window(inp.orig_shape, side)
+            if (h, w) != (side, side) and self._runner_at((h, w)) is not None:
+                window = image[top : top + h, left : left + w]  # rows only: still contiguous
+                return _Fitted(window if w == side else np.ascontiguousarray(window), (h, w), (top, left))
         h, w = self.net.size
-        if image.shape[:2] == (h, w):
-            return image
-        return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if w < image.shape[1] else cv2.INTER_LINEAR)
+        if image.shape[:2] != (h, w):
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if w < side else cv2.INTER_LINEAR)
+        return _Fitted(image, (h, w), (0, 0))
+
+    def _runner_at(self, size: tuple[int, int]) -> _Runner | None:
+        """The network at this input size, compiled on first use; None (the square stays) when it
+        cannot be re-shaped or `MAX_SIZES` sizes are compiled already."""
+        with self._size_lock:
+            if size in self._runners:
+                return self._runners[size]
+            runner = None
+            if len(self._runners) <= MAX_SIZES and self.net.at_size is not None:
+                started = time.monotonic()
+                try:
+                    runner = _Runner(self.net.at_size(size), self._done)
+                    log.info("detector %s: compiled for %dx%d frames in %.1f s", self.name, size[1], size[0],
+                             time.monotonic() - started)
+                except Exception as exc:  # RectUnsupported, or a compile error: this size only
+                    log.warning("detector %s: runs the padded square (cannot re-shape to %s: %s)", self.name, size, exc)
+            else:
+                log.info("detector %s: %d input sizes compiled; %dx%d frames run in the square",
+                         self.name, MAX_SIZES, size[1], size[0])
+            self._runners[size] = runner
+            return runner
 
     def _done(self, request: Any, userdata: tuple[_Call, int]) -> None:
         call, k = userdata
@@ -312,22 +325,24 @@ class OpenVinoDetector:
             if call.left == 0:
                 call.done.set()
 
-    def _infer(self, tensors: list[np.ndarray]) -> list[np.ndarray]:
-        """One infer request per image (each a batch of one), run in parallel; outputs in input
-        order. A lone image with nothing else running takes the LATENCY compilation (both
-        threads on it). Two calls may overlap (`concurrent_batches`): their requests share the
-        queue, so the next batch's images start while the last ones of the batch before run."""
+    def _infer(self, tensors: list[np.ndarray], runners: list[_Runner]) -> list[np.ndarray]:
+        """One infer request per image (each a batch of one, on the runner of its size), run in
+        parallel; outputs in input order. A lone image with nothing else running takes the LATENCY
+        compilation (both threads on it). Two calls may overlap (`concurrent_batches`): their
+        requests share the queues, so the next batch's images start while the last ones of the
+        batch before run."""
         with self._count_lock:
             alone = self._running == 0 and len(tensors) == 1
             self._running += 1
         try:
             if alone:
-                self._single.infer({self.net.input_index: tensors[0]})
-                return [np.array(self._single.get_output_tensor(self.net.output_index).data)]
+                single = runners[0].single
+                single.infer({self.net.input_index: tensors[0]})
+                return [np.array(single.get_output_tensor(self.net.output_index).data)]
             call = _Call(len(tensors))
             with self._submit_lock:  # a full queue blocks here until a request is free
-                for k, tensor in enumerate(tensors):
-                    self._queue.start_async({self.net.input_index: tensor}, (call, k))
+                for k, (tensor, runner) in enumerate(zip(tensors, runners)):
+                    runner.queue.start_async({self.net.input_index: tensor}, (call, k))
             if not call.done.wait(INFER_TIMEOUT_S):
                 raise TimeoutError(f"{self.name}: no inference result within {INFER_TIMEOUT_S:.0f} s")
             return call.results
@@ -335,16 +350,25 @@ class OpenVinoDetector:
             with self._count_lock:
                 self._running -= 1
 
-    def _boxes(self, raw: np.ndarray, inp: DetectorInput) -> Detections:
+    def _boxes(self, raw: np.ndarray, inp: DetectorInput, fitted: _Fitted) -> Detections:
         from ultralytics.utils.ops import scale_boxes
 
-        h, w = self.net.size
+        h, w = fitted.size
         dec = decode(raw[0], self.output.layout, conf=self.cfg.conf, iou=self.card.nms_iou,
                      max_det=self.cfg.max_det, size=(h, w), classes=self.classes, logits=self.output.logits)
         side = inp.image.shape[0]
         xyxy = dec.xyxy
-        if (h, w) != (side, side):  # network pixels → the letterboxed square
+        top, left = fitted.offset
+        if top or left:  # the rectangle → the letterboxed square
+            xyxy = xyxy + np.array([left, top, left, top], np.float32)
+        elif (h, w) != (side, side):  # network pixels → the letterboxed square
             xyxy = xyxy * np.array([side / w, side / h, side / w, side / h], np.float32)
         xyxy = scale_boxes((side, side), xyxy, inp.orig_shape)
         return self.categories.detections(xyxy, dec.scores, dec.class_ids)
 
+
+@dataclass
+class _Fitted:
+    image: np.ndarray  # what the network takes (uint8 HWC)
+    size: tuple[int, int]  # the network input size it runs at
+    offset: tuple[int, int]  # (top, left) of the image in the letterboxed square
