@@ -315,7 +315,7 @@ def test_percept_explain_offline_writes_a_png(models_dir, tmp_path):
      "--frame: 480 is out of range: " + str(VIDEOS / "traffic.mp4") + " has frames 0..479"),
     (("--video", str(VIDEOS / "traffic.mp4"), "--weights", "nope.pt"), "--weights: cannot load 'nope.pt'"),
     (("--video", str(VIDEOS / "traffic.mp4"), "--frame", str(FRAME), "--weights", DETECTOR, "--object", "7"),
-     "--object: object 7 is out of range: the frame has objects 0..4 at --conf 0.25: 0: car 0.84, 1: car 0.76"),
+     "--object: object 7 is out of range: the frame has objects 0..4 at --conf 0.25: 0: car 0.84, 1: car 0.7"),
     (("--video", str(VIDEOS / "traffic.mp4"), "--frame", str(FRAME), "--weights", DETECTOR, "--method", "eigencam"),
      "eigencam needs an ultralytics .pt model"),
 ])
