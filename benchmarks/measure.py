@@ -214,7 +214,7 @@ class StreamTap:
 
 def measure_publisher(client: Any, results: Sequence[Any], *, n: int, prefix: str = "benchpub",
                       maxlen: int = 100_000, batch: int = 256, timeout: float = 120.0) -> dict[str, Any]:
-    """Entries/s of `Publisher` (pipelined XADD on its writer thread, JSON encoding on the caller)
+    """Entries/s of `Publisher` (JSON encoding and pipelined script calls on its writer thread)
     publishing ``n`` results cycled from ``results`` (real payloads) on one camera stream."""
     from dataclasses import replace
 

@@ -9,8 +9,9 @@ Keys (schema v1, a public contract):
 
 Entry ids are explicit, ``<frame ms>-<seq>``: ordered by capture time like automatic ids, and
 Redis itself rejects a second XADD of the same frame (a retry after a timeout whose first try
-landed), so a frame is published at most once. A background thread drains a queue in pipelines;
-while Redis is unreachable results stay queued in order, bounded by count and bytes (the oldest
+landed), so a frame is published at most once. A background thread drains a queue in pipelines
+(`publish_wire`) and makes each result's JSON itself, for the next batch while Redis runs the
+last (~16 µs a result off the caller's thread); while Redis is unreachable results stay queued in order, bounded by count and bytes (the oldest
 are dropped and counted), and are flushed when it comes back.
 
 Fencing: once the supervisor tells it a camera's lease (`fence`), every write for that camera is a
@@ -31,9 +32,10 @@ from typing import Any, Callable, Mapping, Sequence
 import redis
 
 from .lease import FENCED_HSET, FENCED_PUBLISH, REFUSED, UNHELD, WRITTEN, Fence
-from .publish_items import Item, PublisherStats, script_calls
+from .publish_items import Item, PublisherStats, call_command, estimated_bytes, script_calls
+from .publish_wire import Wire, evalsha, is_noscript
 from .redact import redact
-from .schema import SCHEMA_VERSION, FrameResult
+from .schema import FrameResult
 from .sources import Backoff
 from .streams import StreamKeys, parse_entry_id
 
@@ -80,6 +82,7 @@ class Publisher:
         self._xadd = client.register_script(FENCED_PUBLISH)
         self._last_event: dict[str, tuple[int, int]] = {}
         self._hset = client.register_script(FENCED_HSET)
+        self._wire = Wire(client, [self._xadd, self._hset])
 
     # --- producers ---------------------------------------------------------------------------
 
@@ -146,14 +149,14 @@ class Publisher:
             return
         ms = max(int(meta.frame_ts * 1000), self._last_ms.get(camera, 0))
         self._last_ms[camera] = ms
-        body = result.to_json_bytes()
         top_track = max([t for t in result.objects.track_ids if t is not None], default=0)
+        # the JSON is made on the writer thread (`Item.encode`), while Redis runs the batch before
         if events or counts:
-            self._put_publish(camera, f"{ms}-{meta.seq}", ms, top_track, meta.seq, body, events, counts,
-                              nbytes=len(body) + 64 + sum(len(j) + 32 for _, j in events), is_frame=True)
+            self._put_publish(camera, f"{ms}-{meta.seq}", ms, top_track, meta.seq, result, events, counts,
+                              nbytes=estimated_bytes(result) + sum(len(j) + 32 for _, j in events), is_frame=True)
         else:  # the common case, kept short: the frame alone
-            self._put(camera, len(body) + 64, None, is_frame=True, fence=fence,
-                      entry=[f"{ms}-{meta.seq}", meta.seq, body, top_track, 0, 0])
+            self._put(camera, estimated_bytes(result), None, is_frame=True, fence=fence,
+                      entry=[f"{ms}-{meta.seq}", meta.seq, result, top_track, 0, 0])
 
     def publish_events(self, camera: str, ts: float, events: Sequence[tuple[str, str]],
                        counts: Mapping[str, int] | None = None) -> None:
@@ -181,7 +184,8 @@ class Publisher:
         self._last_event[camera] = (ms, k + n - 1) if n else (last_ms, last_k)
         return [f"{ms}-{k + i}" for i in range(n)]
 
-    def _put_publish(self, camera: str, entry_id: str, ms: int, top_track: int, seq: int | str, body: bytes | str,
+    def _put_publish(self, camera: str, entry_id: str, ms: int, top_track: int, seq: int | str,
+                     body: FrameResult | str,
                      events: Sequence[tuple[str, str]], counts: Mapping[str, int] | None, *,
                      nbytes: int, is_frame: bool) -> None:
         entry: list[Any] = [entry_id, seq, body, top_track, len(events)]
@@ -220,22 +224,18 @@ class Publisher:
         strict = 0 if fence is None or fence.released else 1  # released: refused only if someone holds it
         args = [fence.token if fence else "", strict, len(hash_args), self.status_maxlen, *hash_args,
                 *_flat(entry or {})]
-
-        def apply(pipe: Any) -> None:
-            self._hset(keys=keys, args=args, client=pipe)
-
         nbytes = 256 if key is None else sum(len(a) for a in hash_args)  # a snapshot counts its size
-        self._put(camera, nbytes, apply, is_frame=False, fence=fence)
+        self._put(camera, nbytes, evalsha(self._hset, keys, args), is_frame=False, fence=fence)
 
     def _log_fenced(self, camera: str, why: str) -> None:
         if camera not in self._fence_logged:
             self._fence_logged.add(camera)
             log.warning("camera %s: results refused, %s (counted in fenced)", camera, why)
 
-    def _put(self, camera: str, nbytes: int, apply: Callable[[Any], None] | None, *, is_frame: bool,
+    def _put(self, camera: str, nbytes: int, command: tuple[Any, ...] | None, *, is_frame: bool,
              fence: Fence | None = None, entry: list[Any] | None = None) -> None:
         with self._cond:
-            self._queue.append(Item(next(self._index), camera, nbytes, apply, is_frame, fence, entry))
+            self._queue.append(Item(next(self._index), camera, nbytes, command, is_frame, fence, entry))
             self._bytes += nbytes
             while len(self._queue) > self.max_entries or self._bytes > self.max_bytes:
                 old = self._queue.popleft()
@@ -290,16 +290,21 @@ class Publisher:
                     self._cond.wait(1.0)
                 self._idle = False
                 if self._closing and (not self._queue or stalled):
+                    self._wire.drop()
                     return
                 if self._closing and not self.stats.connected:
+                    self._wire.drop()
                     return  # closing during an outage: what is left is counted as pending
-                batch = list(itertools.islice(self._queue, self.batch))
+                taken = list(itertools.islice(self._queue, self.batch))
+            batch = [item for item in taken if self._encoded(item)]
+            calls = script_calls(batch)
             try:
-                pipe = self.client.pipeline(transaction=False)
-                calls = script_calls(batch)
-                for call in calls:
-                    self._send(call, pipe)
-                results = pipe.execute(raise_on_error=False)
+                if calls:
+                    self._wire.send([call_command(call, self.keys, self.maxlen, self._xadd) for call in calls])
+                    self._encode_ahead(len(taken))  # while Redis runs this batch
+                    results = self._wire.receive()
+                else:
+                    results = []
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if self.stats.connected:
                     log.warning("redis unreachable (%s); buffering %d results", redact(str(exc)), len(self._queue))
@@ -314,9 +319,9 @@ class Publisher:
             self.stats.connected = True
             self._backoff.reset()
             held = self._account(calls, results)
-            stalled = len(held) == len(batch)
+            stalled = bool(batch) and len(held) == len(batch)
             with self._cond:
-                last = batch[-1].index
+                last = taken[-1].index
                 while self._queue and self._queue[0].index <= last:
                     self._bytes -= self._queue.popleft().nbytes
                 for item in reversed(held):  # retried first, in order, ahead of newer results
@@ -326,24 +331,31 @@ class Publisher:
                 if held and not self._closing:
                     self._cond.wait(0.1)
 
-    def _send(self, call: list[Item], pipe: Any) -> None:
-        first = call[0]
-        if first.entry is None:
-            assert first.apply is not None
-            first.apply(pipe)
-            return
-        camera, fence = first.camera, first.fence
-        keys = [fence.key if fence else self.keys.lease(camera), self.keys.detections(camera),
-                self.keys.camera(camera), self.keys.events(camera), self.keys.counts(camera)]
-        args: list[Any] = [fence.token if fence else "", self.maxlen, camera, SCHEMA_VERSION]
-        for item in call:
-            args += item.entry or ()
-        self._xadd(keys=keys, args=args, client=pipe)
+    def _encoded(self, item: Item, count: bool = True) -> bool:
+        """Encode the item's result if it is not yet; False (counted, logged) if that fails."""
+        try:
+            item.encode()
+            return True
+        except Exception as exc:  # a result that cannot be encoded is this frame's error only
+            if count:
+                self.stats.errors += 1
+                log.error("camera %s: a result could not be encoded, not published: %s", item.camera, exc)
+            return False
+
+    def _encode_ahead(self, skip: int) -> None:
+        """Encode the results queued after the batch in flight (a failure: `_encoded` counts it)."""
+        with self._cond:
+            ahead = list(itertools.islice(self._queue, skip, skip + self.batch))
+        for item in ahead:
+            self._encoded(item, count=False)
 
     def _account(self, calls: list[list[Item]], results: list[Any]) -> list[Item]:
         """Counts what happened to each item; returns the items to keep queued."""
         held: list[Item] = []
         for call, result in zip(calls, results):
+            if is_noscript(result):  # the call did not run (scripts flushed): again, scripts loaded first
+                held += call
+                continue
             if result in (REFUSED, UNHELD):  # the lease check: the whole call
                 held += [item for item in call if self._keep_refused(item, result)]
                 continue

@@ -295,3 +295,29 @@ def test_fence_survives_a_redis_restart(redis_server):
     assert pub.flush(15)
     assert seqs(client) == [0, 1]
     pub.close()
+
+
+def test_results_are_encoded_on_the_writer_and_survive_a_script_flush(redis_server):
+    """The caller queues the result itself (its JSON is made on the writer thread); a result that
+    cannot be encoded is counted as an error and the others land; after someone flushes Redis'
+    scripts the refused calls are sent again, scripts loaded first: nothing lost, nothing twice."""
+    client = redis_server.client()
+    pub = Publisher(connect_redis(redis_server.url, socket_timeout=1), keys=KEYS, maxlen=1000)
+    pub.publish(result(0))
+    assert isinstance(pub._queue[0].entry[2], FrameResult), "the caller does not encode"
+    bad = result(1)
+    bad = FrameResult(bad.meta, bad.objects.with_attribute("type", {0: {1: "not a str key"}}), bad.models,
+                      bad.latency_ms)
+    pub.publish(bad)
+    pub.publish(result(2))
+    pub.start()
+    assert pub.flush(5)
+    assert seqs(client) == [0, 2] and pub.stats.errors == 1
+    for round_ in range(3):
+        client.script_flush()
+        for s in range(3 + 3 * round_, 6 + 3 * round_):
+            pub.publish(result(s))
+        assert pub.flush(5)
+    assert seqs(client) == [0, 2, *range(3, 12)]
+    assert pub.stats.published["cam"] == 11 and pub.stats.duplicates["cam"] == 0
+    pub.close()
