@@ -140,6 +140,18 @@ def test_frames_run_at_their_rectangle_and_find_what_the_square_finds(native, na
         assert good >= 0.9 * total, f"{clip}: {good}/{total} boxes matched at IoU >= 0.85"
 
 
+def test_sizes_beyond_the_limit_run_in_the_square(native_square, monkeypatch):
+    """Past `MAX_SIZES` compiled sizes a frame runs in the padded square: same boxes as rect=False."""
+    import pipeline.backends.openvino_detector as ovd
+
+    monkeypatch.setattr(ovd, "MAX_SIZES", 0)
+    capped = detector(DETECTOR, categories=ALL)
+    inputs = [prepare_frame(f, 640) for f in frames("traffic.mp4", [5, 45])]
+    got, want = capped.detect_batch(inputs), native_square.detect_batch(inputs)
+    assert capped._runners == {(640, 640): capped._runners[(640, 640)], (384, 640): None}
+    assert all(a == b for a, b in zip(got, want))
+
+
 def test_the_rectangle_holds_the_pixels_of_ultralytics_rect_letterbox():
     """`crop_window` cut from the square letterbox == ultralytics' LetterBox(auto=True) of the frame."""
     from ultralytics.data.augment import LetterBox
