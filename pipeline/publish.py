@@ -11,8 +11,8 @@ Entry ids are explicit, ``<frame ms>-<seq>``: ordered by capture time like autom
 Redis itself rejects a second XADD of the same frame (a retry after a timeout whose first try
 landed), so a frame is published at most once. A background thread drains a queue in pipelines
 (`publish_wire`) and makes each result's JSON itself, for the next batch while Redis runs the
-last (~16 µs a result off the caller's thread); while Redis is unreachable results stay queued in order, bounded by count and bytes (the oldest
-are dropped and counted), and are flushed when it comes back.
+last (~16 µs a result off the caller's thread); while Redis is unreachable results stay queued
+in order, bounded by count and bytes (the oldest dropped and counted), flushed when it is back.
 
 Fencing: once the supervisor tells it a camera's lease (`fence`), every write for that camera is a
 Lua script that checks the lease token in the same round-trip (pipeline/lease.py); results of a
