@@ -298,7 +298,10 @@ class OpenVinoDetector:
 
     def _runner_at(self, size: tuple[int, int]) -> _Runner | None:
         """The network at this input size, compiled on first use; None (the square stays) when it
-        cannot be re-shaped or `MAX_SIZES` sizes are compiled already."""
+        cannot be re-shaped or `MAX_SIZES` sizes are compiled already. Sizes already known never
+        wait for one being compiled."""
+        if size in self._runners:
+            return self._runners[size]
         with self._size_lock:
             if size in self._runners:
                 return self._runners[size]
