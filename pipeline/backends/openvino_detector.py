@@ -110,8 +110,10 @@ def open_detector(weights: str, card: ModelCard, *, field: str, threads: int,
         requests = max(1, int(throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         return DetectorNet(throughput, latency, input_index, index, size, _dims(model.outputs[index]), requests, uint8)
 
+    pristine = model.clone() if rect else None  # before the input recipe goes in: re-shaped per size
+
     def at_size(size: tuple[int, int]) -> DetectorNet:
-        return compiled(reshape_export(_read(core, weights, field), size, input_index), size)
+        return compiled(reshape_export(pristine.clone(), size, input_index), size)
 
     net = compiled(model, tuple(card.input.size))
     net.at_size = at_size if rect else None
@@ -306,7 +308,7 @@ class OpenVinoDetector:
             if size in self._runners:
                 return self._runners[size]
             runner = None
-            if len(self._runners) <= MAX_SIZES and self.net.at_size is not None:
+            if len(self._runners) <= MAX_SIZES:
                 started = time.monotonic()
                 try:
                     runner = _Runner(self.net.at_size(size), self._done)
