@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .lease import Fence
-from .publish_wire import evalsha
+from .publish_wire import Command, evalsha, packed_call, resp_args
 from .schema import SCHEMA_VERSION, FrameResult
 from .streams import StreamKeys
 
@@ -23,12 +23,15 @@ class Item:
     fence: Fence | None = None
     entry: list[Any] | None = None  # a result's part of a `FENCED_PUBLISH` call (see lease.py)
     held_since: float | None = None  # monotonic time it was first kept back (lease unheld)
+    packed: bytes | None = None  # `entry` in RESP, the result as JSON (`encode`)
 
     def encode(self) -> None:
-        """The result's JSON in place of the result (``entry[2]``), once: the writer thread
-        encodes, not the caller (raises what the encoder raises)."""
-        if self.entry is not None and isinstance(self.entry[2], FrameResult):
-            self.entry[2] = self.entry[2].to_json_bytes()
+        """``entry`` packed for the wire, the result (``entry[2]``) as its JSON, once: the writer
+        thread encodes, not the caller (raises what the encoder raises)."""
+        if self.entry is not None and self.packed is None:
+            body = self.entry[2]
+            json = body.to_json_bytes() if isinstance(body, FrameResult) else body
+            self.packed = resp_args([*self.entry[:2], json, *self.entry[3:]])
 
 
 def estimated_bytes(result: FrameResult) -> int:
@@ -66,7 +69,7 @@ def script_calls(batch: list[Item]) -> list[list[Item]]:
     return calls
 
 
-def call_command(call: list[Item], keys: StreamKeys, maxlen: int, publish_script: Any) -> tuple[Any, ...]:
+def call_command(call: list[Item], keys: StreamKeys, maxlen: int, publish_script: Any) -> Command:
     """One script call of `script_calls` as the command sent: a state write's own, or one
     `FENCED_PUBLISH` with every result of the run (encoded: `Item.encode`)."""
     first = call[0]
@@ -77,6 +80,7 @@ def call_command(call: list[Item], keys: StreamKeys, maxlen: int, publish_script
     script_keys = [fence.key if fence else keys.lease(camera), keys.detections(camera), keys.camera(camera),
                    keys.events(camera), keys.counts(camera)]
     args: list[Any] = [fence.token if fence else "", maxlen, camera, SCHEMA_VERSION]
-    for item in call:
-        args += item.entry or ()
-    return evalsha(publish_script, script_keys, args)
+    runs = [item.packed for item in call if item.packed is not None and item.entry is not None]
+    assert len(runs) == len(call), "every result of a call is encoded first"
+    head = evalsha(publish_script, script_keys, args)
+    return packed_call(head, runs, sum(len(item.entry or ()) for item in call))

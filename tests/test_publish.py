@@ -321,3 +321,23 @@ def test_results_are_encoded_on_the_writer_and_survive_a_script_flush(redis_serv
     assert seqs(client) == [0, 2, *range(3, 12)]
     assert pub.stats.published["cam"] == 11 and pub.stats.duplicates["cam"] == 0
     pub.close()
+
+
+def test_results_packed_on_the_writer_are_the_bytes_redis_py_would_send():
+    """`resp_args` / `packed_call` write what redis-py's own packer writes for the same call
+    (text, bytes, ints, floats, non-ASCII), and refuse what it refuses."""
+    import pytest
+    import redis
+    from redis.connection import Connection
+
+    from pipeline.publish_wire import packed_call, resp_args
+
+    conn = Connection()
+    head = ("EVALSHA", "ab" * 20, 2, "k:1", "k:2", "", 100_000, "cam-é", "1")
+    runs = [["1700000000000-0", 0, b'{"a":1}', 7, 0, 0], ["1700000000200-1", 1, "ünï", -3, 2.5, 1e-7]]
+    expected = b"".join(conn.pack_command(*head, *runs[0], *runs[1]))
+    call = packed_call(head, [resp_args(r) for r in runs], sum(len(r) for r in runs))
+    assert call.name == "EVALSHA" and call.data == expected
+    for bad in (None, True, object()):
+        with pytest.raises(redis.DataError):
+            resp_args(["x", bad])
