@@ -16,6 +16,7 @@ from ray.serve.handle import DeploymentHandle
 from pipeline.assignment import CameraSupervisor
 from pipeline.conductor import ClassifierRoute, open_camera
 from pipeline.config import CameraConfig, PerceptConfig
+from pipeline.frame_share import FrameLender, lending
 from pipeline.backends.crops import crop_spec
 from pipeline.lifecycle.swap import PublishedModels
 from pipeline.metrics import CameraMetrics
@@ -103,7 +104,10 @@ class DecoderDeployment:
                                              fence_of=self.publisher.fence_of)
         self.kept = KeptFrames(cfg.view.keep_frames)  # the last published frames per camera (explain)
 
-        self._detect = merged_detect(list(detectors.values()))
+        # frames to same-machine detectors through shared memory (pipeline/frame_share.py)
+        slots = min(64, max(4, cfg.decoder.cameras_per_replica * cfg.decoder.max_inflight))
+        self.lender = FrameLender(max_slots=slots) if cfg.decoder.shared_memory else None
+        self._detect = lending(merged_detect(list(detectors.values())), self.lender)
         # the message's ``model``: the models that produced each frame (they change on a hot swap)
         self._models = await asyncio.to_thread(PublishedModels, cfg, client)
         self._routes = await asyncio.to_thread(classifier_routes, cfg, classifiers, self._models.answered)
@@ -147,6 +151,10 @@ class DecoderDeployment:
             "connected": self.publisher.stats.connected,
             "dropped": dict(self.publisher.stats.dropped),
         }
+        lender = self.lender
+        out["frames_to_detectors"] = {  # how frames went: a shared-memory slot, or the pixels
+            "shared": lender.lent if lender else 0, "pixels": lender.sent_pixels if lender else None,
+            "slots": lender.slots if lender else 0, "sharing": bool(lender and lender.enabled)}
         return out
 
     async def kept_frame(self, camera_id: str, seq: int | None = None) -> KeptFrame | NotKept:
@@ -170,5 +178,7 @@ class DecoderDeployment:
         except Exception:
             pass
         self.publisher.close(timeout=5)
+        if self.lender is not None:
+            self.lender.close()
         if self.views is not None:
             self.views.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from dataclasses import replace
 from typing import Any
 
 from ray import serve
@@ -14,6 +15,7 @@ from pipeline.autoscale import WARMUP_S, FrameAgeMeter
 from pipeline.backends import load_detector
 from pipeline.batching import AdaptiveBatcher
 from pipeline.config import PerceptConfig
+from pipeline.frame_share import FrameReader, NotShared
 from pipeline.lifecycle.swap import SwapKeys
 from pipeline.lifecycle.swap_replica import ModelSwapper
 from pipeline.metrics import ModelMetrics
@@ -38,6 +40,7 @@ class DetectorDeployment:
             load=functools.partial(load_detector, models_dir=cfg.models_dir, field=section.field))
         await self.model.start()
         self._swaps = asyncio.get_running_loop().create_task(self.model.follow())
+        self.frames = FrameReader()  # frames a decoder on this machine lends (pipeline/frame_share.py)
         self.meter = FrameAgeMeter(warmup_s=WARMUP_S)
         self.metrics = ModelMetrics(deployment, RayRecorder())
         # a batch leaves once every camera sending here has a frame in it, or when full, or
@@ -61,6 +64,10 @@ class DetectorDeployment:
         self.batcher.set_batch_wait_s(float(user_config.get("batch_wait_ms", 20)) / 1000)
 
     async def detect(self, inp: DetectorInput) -> Detections | Exception:
+        try:
+            inp = replace(inp, image=self.frames.resolve(inp.image))
+        except NotShared as exc:  # the decoder sends the pixels instead
+            return exc
         self.meter.waiting += 1
         self.metrics.arrived(inp)
         try:
@@ -87,5 +94,6 @@ class DetectorDeployment:
         return {"frame_lag_s": self.meter.lag_s(), "frames_waiting": self.meter.waiting_now()}
 
     async def __del__(self) -> None:
+        self.frames.close()
         self._swaps.cancel()
         await self.model.leave()  # the API stops counting this replica

@@ -120,6 +120,9 @@ class DecoderConfig(Strict):
     num_cpus: float = Field(0.25, ge=0)
     resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per replica (node placement)")
     max_inflight: int = Field(2, ge=1, le=64, description="frames per camera in flight downstream")
+    shared_memory: bool = Field(
+        True, description="frames to detectors on the same machine through shared memory, not Ray's object store "
+        "(detectors elsewhere get the pixels)")
     lease_ttl_s: float = Field(10.0, ge=1, description="a dead replica's cameras move after this")
     detect_timeout_s: float = Field(30.0, gt=0)
     classify_timeout_s: float = Field(

@@ -26,7 +26,7 @@ class ModelError(RuntimeError):
 
 @dataclass(frozen=True, eq=False)
 class DetectorInput:
-    image: np.ndarray  # letterboxed to imgsz×imgsz, contiguous uint8 BGR
+    image: np.ndarray  # letterboxed to imgsz×imgsz, contiguous uint8 BGR (on the way: a frame_share.SharedImage)
     orig_shape: tuple[int, int]  # (height, width) of the camera frame
     frame_ts: float | None = None  # capture time: the detector reports frame age for autoscaling
     camera: str | None = None  # the camera it comes from: the detector's batcher waits for cameras by it

@@ -93,6 +93,19 @@ def test_both_streams_fill_in_seq_order(graph):
         assert all(m["camera"] == camera and m["schema"] == "percept.detections/v1" for m in msgs)
 
 
+def test_frames_reach_the_detector_through_shared_memory(graph, ray_session):
+    """The decoder lends each frame to the detector (same machine) through a shared-memory slot:
+    the Serve call carries only its name (pipeline/frame_share.py); the frames published above
+    got their detections that way."""
+    _, client = graph
+    api = ray_session.serve_http_url + "/itest"
+    code, status = _http("GET", api + "/status")
+    assert code == 200, status
+    sent = status["frames_to_detectors"]
+    assert sent["sharing"] and sent["pixels"] == 0 and 1 <= sent["slots"] <= 16, sent
+    assert sent["shared"] >= client.xlen(KEYS.detections("traffic")) + client.xlen(KEYS.detections("walk")) - 4, sent
+
+
 def test_traffic_camera_sees_classified_vehicles(graph):
     _, client = graph
     msgs = payloads(client, "traffic")

@@ -1,0 +1,118 @@
+"""Frames lent through shared memory (pipeline/frame_share.py), on real POSIX segments: read in
+another process, slots reused only when safe, refused where the segment is not the one named,
+and the pixels sent instead whenever lending cannot be used."""
+
+import asyncio
+import os
+import pickle
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from pipeline.frame_share import FrameLender, FrameReader, NotShared, SharedImage, lending
+from pipeline.models import DetectorInput
+
+READ_IN_CHILD = """
+import pickle, sys
+from pipeline.frame_share import FrameReader
+handle = pickle.loads(bytes.fromhex(sys.argv[1]))
+print(int(FrameReader().resolve(handle).astype("int64").sum()))
+"""
+
+
+def frame(seed=0, shape=(64, 96, 3)):
+    return np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+
+
+def ours():
+    return {f for f in os.listdir("/dev/shm") if f.startswith(f"percept-{os.getpid()}-")}
+
+
+def test_a_lent_frame_is_read_by_another_process_and_its_segment_goes_on_close():
+    lender, image = FrameLender(max_slots=2), frame()
+    with lender.lend(image) as handle:
+        assert isinstance(handle, SharedImage) and handle.shape == image.shape
+        assert len(pickle.dumps(handle)) < 300
+        out = subprocess.run([sys.executable, "-c", READ_IN_CHILD, pickle.dumps(handle).hex()],
+                             capture_output=True, text=True, timeout=60, check=True)
+        assert int(out.stdout) == int(image.astype(np.int64).sum())
+    assert ours() == {handle.name}, "a reader in another process leaves the segment to its lender"
+    lender.close()
+    assert ours() == set()
+
+
+def test_slots_are_reused_after_an_answer_and_held_back_after_a_cancelled_call():
+    now = [0.0]
+    lender = FrameLender(max_slots=2, quarantine_s=60, clock=lambda: now[0])
+    reader, a, b = FrameReader(), frame(1), frame(2)
+    with lender.lend(a) as first:
+        with lender.lend(b) as second:
+            assert second.name != first.name
+            with lender.lend(a) as third:
+                assert third is a, "no free slot: the pixels go"
+            seen_a = reader.resolve(first)
+            assert np.array_equal(seen_a, a) and np.array_equal(reader.resolve(second), b)
+            assert not seen_a.flags.writeable, "the detector reads the decoder's slot, never writes it"
+    with lender.lend(b) as again:
+        assert again.name in (first.name, second.name)
+    with pytest.raises(asyncio.CancelledError), lender.lend(a) as cancelled:
+        raise asyncio.CancelledError  # the call was cancelled: the detector may still read it
+    with lender.lend(b) as other:
+        assert isinstance(other, SharedImage) and other.name != cancelled.name
+        with lender.lend(b) as none_free:
+            assert none_free is b, "the cancelled call's slot is held back"
+    now[0] = 61.0
+    with lender.lend(b) as later:
+        assert isinstance(later, SharedImage)
+    assert lender.slots == 2 and lender.lent == 6 and lender.sent_pixels == 2
+    reader.close()
+    lender.close()
+
+
+def test_a_segment_that_is_not_the_one_named_is_refused():
+    lender, reader = FrameLender(max_slots=1), FrameReader()
+    with lender.lend(frame()) as handle:
+        with pytest.raises(NotShared, match="another segment"):
+            reader.resolve(replace(handle, token=b"\0" * 16))
+        with pytest.raises(NotShared, match="smaller than its image"):
+            reader.resolve(replace(handle, shape=(640, 640, 3)))
+    lender.close()
+    with pytest.raises(NotShared, match="not on this machine"):
+        FrameReader().resolve(handle)  # a segment no longer there (or never here: another machine)
+    assert reader.resolve("pixels") == "pixels"
+
+
+def test_a_detector_that_cannot_see_the_frame_gets_its_pixels_and_lending_stops():
+    """`lending`: an answer `NotShared` sends the same input with its pixels; three in a row and
+    the lender sends pixels from then on."""
+    image = frame(3)
+    inp = DetectorInput(image, (64, 96), 1.0, "cam")
+    seen = []
+
+    async def remote_detector(x):  # a detector on another machine: no segment of that name there
+        seen.append(type(x.image).__name__)
+        if isinstance(x.image, SharedImage):
+            return NotShared("not here")
+        return int(x.image.sum())
+
+    lender = FrameLender(max_slots=2)
+    detect = lending(remote_detector, lender)
+    for _ in range(4):
+        assert asyncio.run(detect(inp)) == int(image.sum())
+    assert seen == ["SharedImage", "ndarray"] * 3 + ["ndarray"]
+    assert not lender.enabled and lender.lent == 3 and lender.sent_pixels == 4
+    lender.close()
+
+    reader, lender = FrameReader(), FrameLender(max_slots=2)
+
+    async def local_detector(x):
+        return int(reader.resolve(x.image).astype(np.int64).sum())
+
+    detect = lending(local_detector, lender)
+    assert [asyncio.run(detect(inp)) for _ in range(3)] == [int(image.astype(np.int64).sum())] * 3
+    assert lender.enabled and lender.lent == 3 and lender.sent_pixels == 0 and lender.slots == 1
+    reader.close()
+    lender.close()
