@@ -20,6 +20,7 @@ detector maps the segment and reads the pixels in place.
 
 from __future__ import annotations
 
+import _posixshmem  # what multiprocessing.shared_memory opens segments with (POSIX)
 import contextlib
 import logging
 import mmap
@@ -33,7 +34,6 @@ from dataclasses import dataclass, replace
 from multiprocessing import shared_memory
 from typing import Any
 
-import _posixshmem  # what multiprocessing.shared_memory opens segments with (POSIX)
 import numpy as np
 
 log = logging.getLogger("percept.frames")

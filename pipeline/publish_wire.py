@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import redis
 from redis.commands.core import Script
@@ -29,7 +29,7 @@ class Packed:
     data: bytes
 
 
-Command = Union[tuple[Any, ...], Packed]
+Command = tuple[Any, ...] | Packed
 
 
 def resp_args(args: Iterable[Any]) -> bytes:

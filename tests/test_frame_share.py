@@ -12,7 +12,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipeline.frame_share import FrameLender, FrameReader, NotShared, SharedImage, lending
+from pipeline.frame_share import (
+    FrameLender,
+    FrameReader,
+    NotShared,
+    SharedImage,
+    lending,
+)
 from pipeline.models import DetectorInput
 
 READ_IN_CHILD = """
