@@ -149,14 +149,14 @@ class Publisher:
             return
         ms = max(int(meta.frame_ts * 1000), self._last_ms.get(camera, 0))
         self._last_ms[camera] = ms
-        top_track = max([t for t in result.objects.track_ids if t is not None], default=0)
-        # the JSON is made on the writer thread (`Item.encode`), while Redis runs the batch before
+        # the JSON and the highest track id (None here) are made on the writer thread
+        # (`Item.encode`), while Redis runs the batch before
         if events or counts:
-            self._put_publish(camera, f"{ms}-{meta.seq}", ms, top_track, meta.seq, result, events, counts,
+            self._put_publish(camera, f"{ms}-{meta.seq}", ms, None, meta.seq, result, events, counts,
                               nbytes=estimated_bytes(result) + sum(len(j) + 32 for _, j in events), is_frame=True)
         else:  # the common case, kept short: the frame alone
             self._put(camera, estimated_bytes(result), None, is_frame=True, fence=fence,
-                      entry=[f"{ms}-{meta.seq}", meta.seq, result, top_track, 0, 0])
+                      entry=[f"{ms}-{meta.seq}", meta.seq, result, None, 0, 0])
 
     def publish_events(self, camera: str, ts: float, events: Sequence[tuple[str, str]],
                        counts: Mapping[str, int] | None = None) -> None:
@@ -184,7 +184,7 @@ class Publisher:
         self._last_event[camera] = (ms, k + n - 1) if n else (last_ms, last_k)
         return [f"{ms}-{k + i}" for i in range(n)]
 
-    def _put_publish(self, camera: str, entry_id: str, ms: int, top_track: int, seq: int | str,
+    def _put_publish(self, camera: str, entry_id: str, ms: int, top_track: int | None, seq: int | str,
                      body: FrameResult | str,
                      events: Sequence[tuple[str, str]], counts: Mapping[str, int] | None, *,
                      nbytes: int, is_frame: bool) -> None:

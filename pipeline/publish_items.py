@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .lease import Fence
-from .publish_wire import Command, evalsha, packed_call, resp_args
+from .publish_wire import Command, evalsha, packed_call, resp_args, resp_frame_run
 from .schema import SCHEMA_VERSION, FrameResult
 from .streams import StreamKeys
 
@@ -26,12 +26,21 @@ class Item:
     packed: bytes | None = None  # `entry` in RESP, the result as JSON (`encode`)
 
     def encode(self) -> None:
-        """``entry`` packed for the wire, the result (``entry[2]``) as its JSON, once: the writer
-        thread encodes, not the caller (raises what the encoder raises)."""
-        if self.entry is not None and self.packed is None:
-            body = self.entry[2]
-            json = body.to_json_bytes() if isinstance(body, FrameResult) else body
-            self.packed = resp_args([*self.entry[:2], json, *self.entry[3:]])
+        """``entry`` packed for the wire, once: the writer thread does it, not the caller. The
+        result (``entry[2]``) becomes its JSON and a highest track id left None (``entry[3]``)
+        is taken from it (raises what the encoder raises)."""
+        entry = self.entry
+        if entry is None or self.packed is not None:
+            return
+        body = entry[2]
+        if isinstance(body, FrameResult):
+            if entry[3] is None:
+                entry[3] = max([t for t in body.objects.track_ids if t is not None], default=0)
+            body = body.to_json_bytes()
+        if len(entry) == 6 and entry[4] == entry[5] == 0:  # a frame alone, the common case
+            self.packed = resp_frame_run(entry[0], entry[1], body, entry[3])
+        else:
+            self.packed = resp_args([*entry[:2], body, *entry[3:]])
 
 
 def estimated_bytes(result: FrameResult) -> int:

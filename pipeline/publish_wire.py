@@ -49,6 +49,14 @@ def resp_args(args: Iterable[Any]) -> bytes:
     return b"".join(out)
 
 
+def resp_frame_run(entry_id: str, seq: int, json: bytes, top_track: int) -> bytes:
+    """`resp_args` of the common run, a frame without events or counters (``entry_id, seq, json,
+    top_track, 0, 0``), in one formatting step (~0.6 µs against ~2 µs)."""
+    eid, s, t = entry_id.encode(), b"%d" % seq, b"%d" % top_track
+    return b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$1\r\n0\r\n$1\r\n0\r\n" % (
+        len(eid), eid, len(s), s, len(json), json, len(t), t)
+
+
 def packed_call(head: Sequence[Any], runs: Sequence[bytes], run_args: int) -> Packed:
     """A command whose first arguments are ``head`` and the rest ``runs`` (`resp_args` output,
     ``run_args`` arguments in all)."""

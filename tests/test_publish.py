@@ -330,7 +330,7 @@ def test_results_packed_on_the_writer_are_the_bytes_redis_py_would_send():
     import redis
     from redis.connection import Connection
 
-    from pipeline.publish_wire import packed_call, resp_args
+    from pipeline.publish_wire import packed_call, resp_args, resp_frame_run
 
     conn = Connection()
     head = ("EVALSHA", "ab" * 20, 2, "k:1", "k:2", "", 100_000, "cam-é", "1")
@@ -338,6 +338,8 @@ def test_results_packed_on_the_writer_are_the_bytes_redis_py_would_send():
     expected = b"".join(conn.pack_command(*head, *runs[0], *runs[1]))
     call = packed_call(head, [resp_args(r) for r in runs], sum(len(r) for r in runs))
     assert call.name == "EVALSHA" and call.data == expected
+    for run in (runs[0], ["1700000000000-12345", 12345, b"x" * 2500, 0, 0, 0]):
+        assert resp_frame_run(*run[:4]) == resp_args(run), "the common run's shortcut"
     for bad in (None, True, object()):
         with pytest.raises(redis.DataError):
             resp_args(["x", bad])
