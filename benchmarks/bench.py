@@ -222,6 +222,7 @@ class Bench:
                              seconds=min(10.0, max(4.0, self.duration / 4)))
         self.result["decode"] = out
         self.result["frame_copies"] = out["frame_path"]["copies"]
+        self.result["frame_shipped_bytes"] = out["frame_path"]["shipped_bytes"]  # pickled, pixels shared
         self.result["decoder_cpu_ms_per_s"] = out["decoder_cpu"]["total_cpu_ms_per_s"]
         self.result["decode_keyframes_over_all"] = out["decoder_cpu"]["keyframes_over_all"]
 
@@ -377,7 +378,7 @@ def _overload_summary(ph: dict[str, Any], cap: float, n: int, fps: float) -> dic
 
 NULL_KEYS = ("limit", "limit_fps", "limit_rect_fps", "bare_fps", "frame_bytes", "classifiers_cost", "e2e_fps", "e2e_detect_only_fps",
              "e2e_vehicle_fps", "ultralytics_fps", "latency_ms", "overload", "single_infer_ms", "ray_own_cpu",
-             "tracking_cost", "view_cost", "decode", "frame_copies", "decoder_cpu_ms_per_s",
+             "tracking_cost", "view_cost", "decode", "frame_copies", "frame_shipped_bytes", "decoder_cpu_ms_per_s",
              "decode_keyframes_over_all")
 
 

@@ -260,7 +260,8 @@ def _cost_rows(t: _Table, result: Mapping[str, Any]) -> None:
     t.row("view on, nobody watching / view off (fps)", view.get("idle_over_off"), "view_cost.idle_over_off")
     t.row(f"one view watcher: CPU % of a core ({_fmt(value_of(view, 'watcher.parts_per_s'), '.1f')} JPEG/s)",
           view.get("watch_cpu_pct"), spec=".1f")
-    t.row("frame bytes (pickled DetectorInput)", result.get("frame_bytes"), spec=".0f")
+    t.row("frame bytes (pickled DetectorInput with its pixels)", result.get("frame_bytes"), spec=".0f")
+    t.row("frame bytes sent, pixels in shared memory", result.get("frame_shipped_bytes"), spec=".0f")
     t.row("frame copies, decoder → detector", result.get("frame_copies"), spec=".1f")
     dec = result.get("decoder_cpu_ms_per_s") or {}
     t.row(f"decoder CPU ms/s @ {_fmt(value_of(result, 'decode.decoder_cpu.sampled_fps'), 'g')} fps, decode all/keyframes",

@@ -87,6 +87,7 @@ def _check_new_measures(r: dict, stdout: str) -> None:
     assert view["watcher"]["parts"] > 0 and view["watcher"]["error"] is None, view["watcher"]
     assert "decoder" in view["replica_cpu_pct"]["watched"] and isinstance(view["watch_cpu_pct"], (int, float)), view
     assert r["frame_copies"] == pytest.approx(3.0, abs=0.05), r["frame_copies"]  # decode, letterbox, shared memory
+    assert 0 < r["frame_shipped_bytes"] < 1000, r["frame_shipped_bytes"]  # the handle, not the pixels
     dec = r["decoder_cpu_ms_per_s"]  # every frame decoded vs keyframes only, same cameras
     assert _finite_positive(dec["all"]) and _finite_positive(dec["keyframes"]), dec
     assert _finite_positive(r["decode_keyframes_over_all"]), r["decode_keyframes_over_all"]
