@@ -10,7 +10,8 @@ detector maps the segment and reads the pixels in place.
   ``max_slots``; beyond that, or for an image larger than a slot, the pixels go as before). A slot
   is lent for exactly one call: given back when the answer came, quarantined when the call was
   cancelled or failed (the detector may still be reading it) and reused only after
-  ``quarantine_s``.
+  ``quarantine_s``. Slots left by a lender that was killed (SIGKILL: nothing of it unlinks them)
+  are removed by the next lender on the machine (`reap_orphans`).
 - `FrameReader` (detector side): `resolve` turns a `SharedImage` back into an array over the
   segment. Each segment starts with a random token the handle repeats, so a segment of the same
   name on another machine (or a reused name) is never taken for it: `NotShared`, which the
@@ -25,6 +26,7 @@ import contextlib
 import logging
 import mmap
 import os
+import re
 import secrets
 import threading
 import time
@@ -120,6 +122,8 @@ class FrameLender:
 
     def _take(self, nbytes: int) -> _Slot | None:
         with self._lock:
+            if not self._slots:
+                reap_orphans()
             now = self.clock()
             for slot in [s for s in self._quarantined if s.free_at <= now]:
                 self._quarantined.remove(slot)
@@ -243,6 +247,41 @@ def _map_read_only(name: str) -> mmap.mmap:
         return mmap.mmap(fd, os.fstat(fd).st_size, prot=mmap.PROT_READ)
     finally:
         os.close(fd)
+
+
+SHM_DIR = "/dev/shm"  # where Linux shows POSIX shared memory
+_NAME = re.compile(r"^percept-(\d+)-[0-9a-f]{12}$")
+
+
+def reap_orphans(folder: str = SHM_DIR) -> list[str]:
+    """Unlink the slots of lenders that died without closing them (a replica killed with
+    SIGKILL: Ray takes the resource tracker down with it), so they do not pile up in /dev/shm.
+    A slot is an orphan when no process of its creator's pid is alive here. Returns their names."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []  # no /dev/shm (not Linux): nothing to reap
+    reaped = []
+    for name in names:
+        match = _NAME.match(name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            _posixshmem.shm_unlink("/" + name)
+            reaped.append(name)
+    if reaped:
+        log.info("removed %d shared-memory frame slot(s) of replicas that are gone", len(reaped))
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True
 
 
 def _prefix() -> str:

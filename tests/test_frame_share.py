@@ -3,6 +3,7 @@ another process, slots reused only when safe, refused where the segment is not t
 and the pixels sent instead whenever lending cannot be used."""
 
 import asyncio
+import contextlib
 import os
 import pickle
 import subprocess
@@ -122,3 +123,30 @@ def test_a_detector_that_cannot_see_the_frame_gets_its_pixels_and_lending_stops(
     assert lender.enabled and lender.lent == 3 and lender.sent_pixels == 0 and lender.slots == 1
     reader.close()
     lender.close()
+
+
+def test_slots_of_a_killed_decoder_are_removed_by_the_next_lender():
+    """A replica killed with SIGKILL leaves its slots in /dev/shm (nothing of it runs to unlink
+    them): the next lender to create a slot removes those whose creator is gone, not others'."""
+    import _posixshmem
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True, timeout=60)
+    orphan = f"percept-{int(gone.stdout)}-0123456789ab"
+    fd = _posixshmem.shm_open("/" + orphan, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+    os.ftruncate(fd, 64)
+    os.close(fd)
+    mine = FrameLender(max_slots=1)
+    try:
+        with mine.lend(frame()) as handle:
+            live = handle.name
+        assert orphan not in os.listdir("/dev/shm"), "the orphan is removed"
+        other = FrameLender(max_slots=1)
+        with other.lend(frame()):
+            pass
+        assert live in os.listdir("/dev/shm"), "a live lender's slot stays"
+        other.close()
+    finally:
+        mine.close()
+        with contextlib.suppress(FileNotFoundError):
+            _posixshmem.shm_unlink("/" + orphan)
