@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,13 +40,32 @@ def cluster_env() -> dict[str, str]:
     return env
 
 
+def listen_port() -> int:
+    """A free port below the kernel's ephemeral range, for `ray start` to listen on: the many
+    outgoing connections of a running suite take their ports from that range, and one took a
+    port picked there before `ray start` bound it (the head then exits: address in use)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return free_port()
+    for _ in range(200):
+        port = random.randint(min(20000, low - 1000), low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port()
+
+
 class LocalCluster:
     """A head node (plus optional workers) on loopback, each `ray start --block` in a subprocess."""
 
     def __init__(self, tmp: Path):
         self.tmp = tmp
-        self.port = free_port()
-        self.dashboard_port = free_port()
+        self.port = listen_port()
+        self.dashboard_port = listen_port()
         self.procs: list[subprocess.Popen] = []
 
     def _start(self, args: list[str]) -> None:
@@ -58,15 +79,15 @@ class LocalCluster:
         gpus = [] if num_gpus is None else [f"--num-gpus={num_gpus}"]  # declared: no CUDA needed
         self._start([*gpus, "--head", f"--port={self.port}", "--node-ip-address=127.0.0.1",
                      f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
-                     f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-                     f"--metrics-export-port={free_port()}", f"--num-cpus={num_cpus}",
+                     f"--ray-client-server-port={listen_port()}", f"--dashboard-agent-listen-port={listen_port()}",
+                     f"--metrics-export-port={listen_port()}", f"--num-cpus={num_cpus}",
                      f"--resources={json.dumps(resources or {})}"])
         self.wait_nodes(1)
         return self
 
     def add_worker(self, *, num_cpus: float, resources: dict[str, float]) -> None:
         self._start([f"--address=127.0.0.1:{self.port}", "--node-ip-address=127.0.0.1",
-                     f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+                     f"--dashboard-agent-listen-port={listen_port()}", f"--metrics-export-port={listen_port()}",
                      f"--num-cpus={num_cpus}", f"--resources={json.dumps(resources)}"])
         self.wait_nodes(len(self.procs))
 
@@ -263,7 +284,7 @@ def test_two_nodes_placement_by_resources_and_detector_scales_on_lag(tmp_path, v
     detector scales up; removing them scales it back down."""
     mounts = {f"c{i}": str(videos / ("traffic.mp4" if i % 2 == 0 else "vtest.avi")) for i in range(5)}
     with EmbeddedRedis(tmp_path / "redis") as redis, rtsp_server_cls(mounts) as rtsp:
-        http_port = free_port()
+        http_port = listen_port()
         cfg = tmp_path / "percept.yaml"
         cfg.write_text(yaml.safe_dump({
             "redis": {"url": redis.url, "stream_prefix": "multi"},
@@ -338,7 +359,7 @@ def test_one_gpu_cluster_runs_the_default_graph_on_a_shared_gpu(tmp_path, videos
         cfg = tmp_path / "percept.yaml"
         cfg.write_text(yaml.safe_dump({
             "redis": {"url": redis.url, "stream_prefix": "gpu"},
-            "http": {"port": free_port(), "proxy_location": "HeadOnly"},
+            "http": {"port": listen_port(), "proxy_location": "HeadOnly"},
             "cameras": [{"id": "traffic", "url": rtsp.url("cam"), "fps": 2}],
             "detector": {"weights": DETECTOR, "threads": 1},
             "classifiers": {c: {"weights": CLASSIFIER, "threads": 1} for c in categories},
