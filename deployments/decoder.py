@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Any, Callable
 
+import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -37,14 +38,16 @@ log = logging.getLogger("percept.decoder")
 def merged_detect(handles: list[DeploymentHandle]):
     """Every frame to every detector at once; their objects merged in config order. A frame goes
     on only when all have answered (a failed detector fails the frame, which is retried once).
-    With several detectors the frame is put in the object store once and every detector gets
-    the reference (Ray resolves a top-level ObjectRef argument before the call runs)."""
+    With several detectors a frame sent as pixels is put in the object store once and every
+    detector gets the reference (Ray resolves a top-level ObjectRef argument before the call
+    runs); a shared-memory handle goes as it is."""
     async def detect(inp: DetectorInput):
         if len(handles) == 1:
             return await handles[0].detect.remote(inp)
         import ray
 
-        shared = ray.put(inp)
+        # pixels go in the object store once; a shared-memory handle is small enough to inline
+        shared = ray.put(inp) if isinstance(inp.image, np.ndarray) else inp
         answers = await asyncio.gather(*(h.detect.remote(shared) for h in handles))
         failed = next((a for a in answers if isinstance(a, Exception)), None)
         return failed if failed is not None else Detections.concat(answers)

@@ -80,8 +80,7 @@ class FrameLender:
         self.enabled = True
         self.lent = 0  # frames sent as a SharedImage
         self.sent_pixels = 0  # frames sent as pixels (no slot, too large, or sharing stopped)
-        self._free: list[_Slot] = []
-        self._quarantined: list[_Slot] = []
+        self._idle: list[_Slot] = []  # not lent now; usable once their free_at has passed
         self._slots: list[_Slot] = []
         self._refusals = 0
         self._lock = threading.Lock()
@@ -125,13 +124,10 @@ class FrameLender:
             if not self._slots:
                 reap_orphans()
             now = self.clock()
-            for slot in [s for s in self._quarantined if s.free_at <= now]:
-                self._quarantined.remove(slot)
-                self._free.append(slot)
-            fits = [s for s in self._free if s.capacity >= nbytes]
-            if fits:
-                self._free.remove(fits[0])
-                return fits[0]
+            fit = next((s for s in self._idle if s.free_at <= now and s.capacity >= nbytes), None)
+            if fit is not None:
+                self._idle.remove(fit)
+                return fit
             if len(self._slots) >= self.max_slots:
                 return None
             slot = self._create(nbytes)
@@ -168,11 +164,8 @@ class FrameLender:
         with self._lock:
             if slot not in self._slots:
                 return  # closed meanwhile
-            if clean:
-                self._free.append(slot)
-            else:
-                slot.free_at = self.clock() + self.quarantine_s
-                self._quarantined.append(slot)
+            slot.free_at = 0.0 if clean else self.clock() + self.quarantine_s
+            self._idle.append(slot)
 
     @property
     def slots(self) -> int:
@@ -181,7 +174,7 @@ class FrameLender:
     def close(self) -> None:
         """Unlink every segment (readers that still map one keep it until they let go)."""
         with self._lock:
-            slots, self._slots, self._free, self._quarantined = self._slots, [], [], []
+            slots, self._slots, self._idle = self._slots, [], []
         for slot in slots:
             with contextlib.suppress(Exception):
                 slot.memory.close()
