@@ -18,6 +18,8 @@ import orjson
 
 SCHEMA = "percept.detections/v1"
 SCHEMA_VERSION = "1"
+# what a published object's numbers are rounded to: box corners to 0.1 px, the score to 1e-4
+_ROUNDING = np.array([10, 10, 10, 10, 10_000], np.float64)
 
 
 @dataclass(frozen=True)
@@ -137,15 +139,22 @@ class Detections:
 
     def _objects(self) -> list[dict[str, Any]]:
         """The objects as JSON-ready dicts (sharing this object's attribute dicts: for encoding)."""
-        # rounded column-wise into plain Python floats: the per-value round() was most of the
-        # publisher's cost
-        boxes = self.xyxy.astype(np.float64).round(1).tolist()
-        scores = self.scores.astype(np.float64).round(4).tolist()
+        # boxes and scores rounded in one float64 array as np.round does it (× 10^d, rint, ÷ 10^d),
+        # into plain Python floats: per-value round() was most of the publisher's cost
+        n = len(self.labels)
+        if not n:
+            return []
+        rows = np.empty((n, 5), np.float64)
+        rows[:, :4] = self.xyxy
+        rows[:, 4] = self.scores
+        rows *= _ROUNDING
+        np.rint(rows, out=rows)
+        rows /= _ROUNDING
         return [
-            {"category": category, "label": label, "score": score, "bbox": box, "track_id": track_id,
+            {"category": category, "label": label, "score": row[4], "bbox": row[:4], "track_id": track_id,
              "attributes": attributes}
-            for category, label, score, box, track_id, attributes in zip(
-                self.categories, self.labels, scores, boxes, self.track_ids, self.attributes)
+            for category, label, row, track_id, attributes in zip(
+                self.categories, self.labels, rows.tolist(), self.track_ids, self.attributes)
         ]
 
     @classmethod
@@ -186,12 +195,13 @@ class FrameResult:
             "camera": m.camera,
             "seq": m.seq,
             "frame_ts": m.frame_ts,
-            "pts": None if m.pts is None or not math.isfinite(m.pts) else round(m.pts, 4),
+            "pts": None if m.pts is None or not math.isfinite(m.pts) else round(m.pts * 10_000) / 10_000,
             "width": m.width,
             "height": m.height,
             "model": dict(self.models),
             "objects": self.objects._objects(),
-            "latency_ms": {k: round(float(v), 2) for k, v in self.latency_ms.items()},
+            # round(v * 100) / 100: the float nearest v in hundredths, as round(v, 2) at half its cost
+            "latency_ms": {k: round(float(v) * 100) / 100 for k, v in self.latency_ms.items()},
         }
 
     def to_json(self) -> str:

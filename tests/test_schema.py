@@ -1,6 +1,7 @@
 """The message model: columnar detections, immutability, JSON v1 round trip."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -58,3 +59,22 @@ def test_unknown_schema_is_rejected():
 def test_empty_frame_serializes():
     meta = FrameMeta("c", 0, 1.0, None, 640, 360)
     assert json.loads(FrameResult(meta, Detections(), {}, {}).to_json())["objects"] == []
+
+
+def test_published_numbers_are_rounded_as_round_does():
+    """Boxes to 0.1 px, scores to 1e-4, latencies to 0.01 ms, pts to 0.1 ms: the same floats as
+    round() / np.round give (the encoder rounds several columns at once), written short."""
+    rng = np.random.default_rng(7)
+    n = 500
+    xyxy = (rng.random((n, 4)) * 1920).astype(np.float32)
+    scores = rng.random(n).astype(np.float32)
+    latency = {f"stage{i}": float(v) for i, v in enumerate(rng.random(50) * 300)}
+    meta = FrameMeta("c", 1, 1764000000.5, 12345.678951, 1920, 1080)
+    det = Detections(xyxy=xyxy, scores=scores, labels=("car",) * n, categories=("vehicle",) * n)
+    text = FrameResult(meta, det, {}, latency).to_json()
+    payload = json.loads(text)
+    assert [o["bbox"] for o in payload["objects"]] == xyxy.astype(np.float64).round(1).tolist()
+    assert [o["score"] for o in payload["objects"]] == scores.astype(np.float64).round(4).tolist()
+    assert payload["latency_ms"] == {k: round(v, 2) for k, v in latency.items()}
+    assert payload["pts"] == round(meta.pts, 4)
+    assert max(len(d) for d in re.findall(r"\d\.(\d+)", text)) == 4  # no 0.30000000000000004
