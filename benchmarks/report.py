@@ -233,6 +233,9 @@ def _latency_rows(t: _Table, result: Mapping[str, Any]) -> None:
     lat = result.get("latency_ms") or {}
     t.row(f"latency ms p50/p95/p99 @ {_fmt(value_of(result, 'latency.offered_fps'), '.0f')} fps offered",
           "/".join(_fmt(lat.get(k), ".0f") for k in ("p50", "p95", "p99")) if lat else None)
+    stages = value_of(result, "latency.stages_ms_p50") or {}
+    t.row("latency p50 ms: detect / of it in the detector",
+          f"{_fmt(stages.get('detect'), '.1f')} / {_fmt(stages.get('infer'), '.1f')}" if stages else None)
     t.row("p3 latency p50 / single inference", result.get("p3_p50_over_single_infer"), "p3_p50_over_single_infer")
     ov = result.get("overload") or {}
     t.row(f"overload offered fps ({_fmt(ov.get('offered_over_capacity'), '.1f')}x capacity)", ov.get("offered_fps"), spec=".1f")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -86,8 +87,12 @@ class DetectorDeployment:
         # Inference runs off the event loop so the next batch keeps forming meanwhile.
         async with contextlib.nullcontext() if overlap > 1 else self._one_batch:
             with self.metrics.batch(inputs) as batch:
+                started = time.perf_counter()
                 batch.results = await asyncio.to_thread(model.detect_batch, inputs)
-        return [r.named(model.name) if isinstance(r, Detections) else r for r in batch.results]
+                infer_ms = (time.perf_counter() - started) * 1000
+        # each frame names the model and carries the batch's time here (its `latency_ms.infer`)
+        return [replace(r, model_names=(model.name,), infer_ms=infer_ms) if isinstance(r, Detections) else r
+                for r in batch.results]
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom metrics for deployments.autoscaling.VideoLagPolicy."""

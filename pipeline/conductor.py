@@ -289,6 +289,7 @@ class CameraConductor:
         t0 = time.perf_counter()
         detections = await self._detect_with_retry(inp)
         detect_ms = (time.perf_counter() - t0) * 1000
+        infer_ms = detections.infer_ms  # of it, the detector replica's own time (the rest: Serve, the batch wait)
         t_track = time.perf_counter()
         if self.tracker is not None:
             if previous is not None:
@@ -308,6 +309,7 @@ class CameraConductor:
             self.counters.classify_failed += 1
         classify_ms = (time.perf_counter() - t1) * 1000
         latency = {"decode": frame.decode_ms, "queue": queue_ms, "detect": detect_ms,
+                   **({"infer": infer_ms} if infer_ms is not None else {}),
                    "track": (t1 - t_track) * 1000, "classify": classify_ms}
         # after classification: each classifier is named by its latest answer (this frame's among them)
         models = self.models(detections.model_names) if callable(self.models) else self.models

@@ -50,6 +50,9 @@ class Detections:
     # the detector model(s) that produced these objects (weights file names, as the message's
     # ``model`` names them), set by the replica that ran the batch; not part of `to_objects`
     model_names: tuple[str, ...] = ()
+    # the detector replica's time on the batch this frame ran in (inference and reading its
+    # output, ms), set by the replica like `model_names`: the message's ``latency_ms.infer``
+    infer_ms: float | None = None
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
@@ -92,6 +95,7 @@ class Detections:
             track_ids=tuple(self.track_ids[i] for i in idx),
             attributes=tuple(self.attributes[i] for i in idx),
             model_names=self.model_names,
+            infer_ms=self.infer_ms,
         )
 
     def named(self, *model_names: str) -> "Detections":
@@ -116,11 +120,13 @@ class Detections:
     def concat(cls, parts: Sequence["Detections"]) -> "Detections":
         """The objects of several detectors on one frame, in order (with every part's model names)."""
         names = tuple(n for p in parts for n in p.model_names)
+        # the detectors run side by side: the frame waited for the slowest
+        infer_ms = max((p.infer_ms for p in parts if p.infer_ms is not None), default=None)
         parts = [p for p in parts if len(p)]
         if not parts:
-            return cls(model_names=names)
+            return cls(model_names=names, infer_ms=infer_ms)
         if len(parts) == 1:
-            return replace(parts[0], model_names=names)
+            return replace(parts[0], model_names=names, infer_ms=infer_ms)
         return cls(
             xyxy=np.concatenate([p.xyxy for p in parts]),
             scores=np.concatenate([p.scores for p in parts]),
@@ -129,6 +135,7 @@ class Detections:
             track_ids=tuple(x for p in parts for x in p.track_ids),
             attributes=tuple(x for p in parts for x in p.attributes),
             model_names=names,
+            infer_ms=infer_ms,
         )
 
     def with_track_ids(self, track_ids: Sequence[int | None]) -> "Detections":

@@ -2,6 +2,7 @@
 
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -78,3 +79,14 @@ def test_published_numbers_are_rounded_as_round_does():
     assert payload["latency_ms"] == {k: round(v, 2) for k, v in latency.items()}
     assert payload["pts"] == round(meta.pts, 4)
     assert max(len(d) for d in re.findall(r"\d\.(\d+)", text)) == 4  # no 0.30000000000000004
+
+
+def test_detector_time_follows_the_frame():
+    """``infer_ms`` (the replica's time) survives selection and attributes; several detectors'
+    frame waited for the slowest."""
+    d = replace(sample(), infer_ms=7.5)
+    assert d[np.array([True, False, True])].infer_ms == 7.5
+    assert d.with_attribute("type", {0: {"label": "cab"}}).infer_ms == 7.5
+    assert Detections.concat([d, replace(Detections(), infer_ms=12.0)]).infer_ms == 12.0
+    assert Detections.concat([d, Detections()]).infer_ms == 7.5
+    assert Detections.concat([Detections(), Detections()]).infer_ms is None
