@@ -171,10 +171,11 @@ class Graph:
         from pipeline.redis_server import free_port
 
         t = time.monotonic()
-        env_vars = {k: v for k, v in os.environ.items() if k.startswith(("YOLO_", "PERCEPT_"))}
+        from deployments.graph import replica_env
+
         # Local only: RSS and CPU are read from this process tree. Replica logs stay in Ray's log
         # folder (a deployment that fails still fails serve.run, with its error).
-        ray.init(address="local", runtime_env={"env_vars": env_vars} if env_vars else None, include_dashboard=False,
+        ray.init(address="local", runtime_env={"env_vars": replica_env(os.environ)}, include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=False, num_cpus=num_cpus)
         stack.callback(ray.shutdown)
         logging.getLogger("ray.serve").setLevel(logging.WARNING)

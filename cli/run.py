@@ -69,12 +69,13 @@ def start_ray(address: str | None, *, verbose: bool, env_names: set[str] = froze
     unless ``verbose`` (it goes to the replica log files)."""
     import ray
 
+    from deployments.graph import replica_env
+
     # "local" starts a private Ray even when a `ray start` cluster runs on this machine.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith(("YOLO_", "PERCEPT_")) or k in env_names}
     ray.init(
         address=address,
-        runtime_env={"env_vars": env_vars} if env_vars else None,
+        runtime_env={"env_vars": replica_env(os.environ, env_names)},
         include_dashboard=False,
         logging_level=logging.INFO if verbose else logging.ERROR,
         log_to_driver=verbose,

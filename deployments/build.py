@@ -6,7 +6,7 @@ from typing import Any
 
 from pipeline.config import ConfigError, PerceptConfig
 
-from .graph import deployment_options
+from .graph import SERVE_ENV, deployment_options
 
 APP_NAME = "percept"
 IMPORT_PATH = "deployments.graph:app_builder"
@@ -37,6 +37,7 @@ def serve_config(raw: dict[str, Any], config: PerceptConfig, *, http_host: str =
                 "route_prefix": "/",
                 "import_path": IMPORT_PATH,
                 "args": {"config": raw},
+                "runtime_env": {"env_vars": dict(SERVE_ENV)},  # the replicas' event loops (graph.SERVE_ENV)
                 "deployments": deployments,
             }
         ],

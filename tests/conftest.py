@@ -84,7 +84,9 @@ def ray_session():
     import ray
     from ray import serve
 
-    env = {k: v for k, v in os.environ.items() if k.startswith(("YOLO_", "PERCEPT_"))}
+    from deployments.graph import replica_env
+
+    env = replica_env(os.environ)  # as `percept run` and the bench start Ray
     ray.init(address="local", num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env}, logging_level="WARNING")
     from pipeline.redis_server import free_port
 
