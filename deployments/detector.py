@@ -91,8 +91,7 @@ class DetectorDeployment:
                 batch.results = await asyncio.to_thread(model.detect_batch, inputs)
                 infer_ms = (time.perf_counter() - started) * 1000
         # each frame names the model and carries the batch's time here (its `latency_ms.infer`)
-        return [replace(r, model_names=(model.name,), infer_ms=infer_ms) if isinstance(r, Detections) else r
-                for r in batch.results]
+        return [r.named(model.name, infer_ms=infer_ms) if isinstance(r, Detections) else r for r in batch.results]
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom metrics for deployments.autoscaling.VideoLagPolicy."""

@@ -98,9 +98,9 @@ class Detections:
             infer_ms=self.infer_ms,
         )
 
-    def named(self, *model_names: str) -> "Detections":
-        """A copy that names the model(s) that produced it."""
-        return replace(self, model_names=tuple(model_names))
+    def named(self, *model_names: str, infer_ms: float | None = None) -> "Detections":
+        """A copy that names the model(s) that produced it (and the replica's time on it)."""
+        return replace(self, model_names=tuple(model_names), infer_ms=infer_ms)
 
     def indices_of(self, category: str) -> list[int]:
         return [i for i, c in enumerate(self.categories) if c == category]
