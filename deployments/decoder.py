@@ -31,6 +31,7 @@ from pipeline.keep import KeptFrame, KeptFrames, NotKept
 
 from .logs import route_percept_logs
 from .metrics import RayRecorder, decoder_metrics
+from .transport import transport_of, with_transport
 
 log = logging.getLogger("percept.decoder")
 
@@ -38,16 +39,19 @@ log = logging.getLogger("percept.decoder")
 def merged_detect(handles: list[DeploymentHandle]):
     """Every frame to every detector at once; their objects merged in config order. A frame goes
     on only when all have answered (a failed detector fails the frame, which is retried once).
-    With several detectors a frame sent as pixels is put in the object store once and every
-    detector gets the reference (Ray resolves a top-level ObjectRef argument before the call
-    runs); a shared-memory handle goes as it is."""
+    With several detectors called by actor calls, a frame sent as pixels is put in the object
+    store once and every detector gets the reference (Ray resolves a top-level ObjectRef argument
+    before the call runs); a shared-memory handle, or any frame on the gRPC transport (by value),
+    goes as it is."""
+    by_reference = all(transport_of(h) == "actor" for h in handles)
+
     async def detect(inp: DetectorInput):
         if len(handles) == 1:
             return await handles[0].detect.remote(inp)
         import ray
 
         # pixels go in the object store once; a shared-memory handle is small enough to inline
-        shared = ray.put(inp) if isinstance(inp.image, np.ndarray) else inp
+        shared = ray.put(inp) if by_reference and isinstance(inp.image, np.ndarray) else inp
         answers = await asyncio.gather(*(h.detect.remote(shared) for h in handles))
         failed = next((a for a in answers if isinstance(a, Exception)), None)
         return failed if failed is not None else Detections.concat(answers)
@@ -110,6 +114,11 @@ class DecoderDeployment:
         # frames to same-machine detectors through shared memory (pipeline/frame_share.py)
         slots = min(64, max(4, cfg.decoder.cameras_per_replica * cfg.decoder.max_inflight))
         self.lender = FrameLender(max_slots=slots) if cfg.decoder.shared_memory else None
+        # decoder → detectors and classifiers: Serve's gRPC channel or actor calls (deployments/transport.py)
+        detectors = {name: with_transport(h, cfg.decoder.transport) for name, h in detectors.items()}
+        classifiers = {name: with_transport(h, cfg.decoder.transport) for name, h in classifiers.items()}
+        self.transport = {"detectors": sorted({transport_of(h) for h in detectors.values()}),
+                          "classifiers": sorted({transport_of(h) for h in classifiers.values()})}
         self._detect = lending(merged_detect(list(detectors.values())), self.lender)
         # the message's ``model``: the models that produced each frame (they change on a hot swap)
         self._models = await asyncio.to_thread(PublishedModels, cfg, client)
@@ -158,6 +167,7 @@ class DecoderDeployment:
         out["frames_to_detectors"] = {  # how frames went: a shared-memory slot, or the pixels
             "shared": lender.lent if lender else 0, "pixels": lender.sent_pixels if lender else None,
             "slots": lender.slots if lender else 0, "sharing": bool(lender and lender.enabled)}
+        out["transport"] = self.transport  # what the handles were set to (decoder.transport)
         return out
 
     async def kept_frame(self, camera_id: str, seq: int | None = None) -> KeptFrame | NotKept:

@@ -16,6 +16,7 @@ from .autoscaling import POLICY
 from .classifier import ClassifierDeployment
 from .decoder import DecoderDeployment
 from .detector import DetectorDeployment
+from .transport import MESSAGE_ENV
 
 DETECTOR_GPU_SHARE = 0.5  # num_gpus: auto → the detector's part of the GPU it shares with classifiers
 
@@ -25,7 +26,9 @@ DETECTOR_GPU_SHARE = 0.5  # num_gpus: auto → the detector's part of the GPU it
 # Measured on the bench's latency phase (4 cameras at 50 % load, two same-minute A/B pairs):
 # capture → publish p50 30.5 / 34.3 ms against 37.8 / 40.9 ms; detector only 55.5 / 52.9 fps
 # against 49.3 / 51.6.
-SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+# MESSAGE_ENV: the gRPC transport's message limit (deployments/transport.py).
+SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+             **MESSAGE_ENV}
 
 
 def replica_env(environ: Mapping[str, str], names: Iterable[str] = ()) -> dict[str, str]:

@@ -104,6 +104,8 @@ def test_frames_reach_the_detector_through_shared_memory(graph, ray_session):
     sent = status["frames_to_detectors"]
     assert sent["sharing"] and sent["pixels"] == 0 and 1 <= sent["slots"] <= 16, sent
     assert sent["shared"] >= client.xlen(KEYS.detections("traffic")) + client.xlen(KEYS.detections("walk")) - 4, sent
+    # the calls went over Serve's gRPC channel (decoder.transport's default), answered by value
+    assert status["transport"] == {"detectors": ["grpc"], "classifiers": ["grpc"]}, status["transport"]
 
 
 def test_traffic_camera_sees_classified_vehicles(graph):

@@ -1,12 +1,17 @@
 """The replicas' environment (deployments/graph.py `replica_env`): Serve runs our code on each
-replica's own event loop and routes handle calls on the caller's loop (`SERVE_ENV`)."""
+replica's own event loop and routes handle calls on the caller's loop (`SERVE_ENV`); handle
+calls on the gRPC transport (deployments/transport.py) carry frames larger than gRPC's 4 MB."""
 
 import threading
+
+import numpy as np
+import pytest
 
 from ray import serve
 
 from deployments.build import serve_config
 from deployments.graph import SERVE_ENV, replica_env
+from deployments.transport import MAX_MESSAGE_BYTES, transport_of, with_transport
 from pipeline.config import PerceptConfig
 
 # the threads Serve starts for those loops with its defaults (named "Thread-N (<target>)")
@@ -19,6 +24,7 @@ def test_replica_env_forwards_settings_and_credentials_only():
     env = replica_env(environ, {"CAM_PASS"})
     assert env == {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
                    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",  # set by the user: theirs wins
+                   "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(MAX_MESSAGE_BYTES),
                    "PERCEPT_MODELS_DIR": "/m", "YOLO_OFFLINE": "1", "CAM_PASS": "s3cret"}
     assert replica_env({}) == SERVE_ENV
 
@@ -33,6 +39,9 @@ def test_built_serve_config_sets_the_replica_loops():
 class _Inner:
     async def where(self) -> str:
         return threading.current_thread().name
+
+    async def checksum(self, image: np.ndarray) -> tuple[int, tuple[int, ...]]:
+        return int(image.sum(dtype=np.int64)), image.shape
 
 
 @serve.deployment
@@ -57,3 +66,34 @@ def test_replicas_run_our_code_on_their_own_loop(ray_session):
     for name in [seen["inner"], seen["outer"], *seen["threads"]]:
         assert not any(loop in name for loop in SEPARATE_LOOPS), seen
 
+
+
+@serve.deployment
+class _Caller:
+    def __init__(self, inner, transport: str):
+        self.inner = with_transport(inner, transport)
+
+    async def send(self, side: int) -> dict:
+        # a letterboxed frame at imgsz 1280 sent as pixels (no shared memory): 4.9 MB
+        image = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        total, shape = await self.inner.checksum.remote(image)
+        return {"transport": transport_of(self.inner), "ok": total == int(image.sum(dtype=np.int64)),
+                "shape": list(shape), "bytes": image.nbytes}
+
+
+@pytest.mark.parametrize("transport", ["grpc", "actor"])
+def test_a_frame_over_4mb_crosses_either_transport(ray_session, transport):
+    """The decoder's calls to detectors and classifiers (``decoder.transport``): over Serve's gRPC
+    channel a frame beyond gRPC's default 4 MB message arrives whole (`SERVE_ENV` raises the
+    limit in caller and replica); actor calls as before."""
+    handle = serve.run(_Caller.bind(_Inner.bind(), transport), name="transport-probe", route_prefix=None)
+    try:
+        seen = handle.send.remote(1280).result(timeout_s=60)
+    finally:
+        serve.delete("transport-probe")
+    assert seen == {"transport": transport, "ok": True, "shape": [1280, 1280, 3], "bytes": 1280 * 1280 * 3}, seen
+
+
+def test_an_unknown_transport_is_named():
+    with pytest.raises(ValueError, match="decoder.transport"):
+        with_transport(None, "udp")  # type: ignore[arg-type]
