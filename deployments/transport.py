@@ -16,6 +16,7 @@ default is gRPC's 4 MB; a frame sent as pixels, not through shared memory, is im
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from typing import Any
@@ -30,10 +31,15 @@ MESSAGE_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(MAX_MESSAGE_BYTE
 _BY_VALUE = {"_by_reference": False, "request_serialization": "pickle", "response_serialization": "pickle"}
 
 
+@functools.cache
 def by_value_supported() -> bool:
-    """Whether this Serve's handles take the by-value (gRPC) options."""
+    """Whether this Serve's handles take the by-value (gRPC) options (looked up, and a missing
+    one logged, once per process)."""
     params = inspect.signature(DeploymentHandle.options).parameters
-    return all(name in params for name in _BY_VALUE)
+    supported = all(name in params for name in _BY_VALUE)
+    if not supported:
+        log.warning("decoder.transport grpc: this Ray Serve has no by-value handles; using actor calls")
+    return supported
 
 
 def with_transport(handle: DeploymentHandle, transport: str) -> DeploymentHandle:
@@ -42,10 +48,7 @@ def with_transport(handle: DeploymentHandle, transport: str) -> DeploymentHandle
         return handle
     if transport != "grpc":
         raise ValueError(f"decoder.transport: unknown transport {transport!r} (grpc or actor)")
-    if not by_value_supported():
-        log.warning("decoder.transport grpc: this Ray Serve has no by-value handles; using actor calls")
-        return handle
-    return handle.options(**_BY_VALUE)
+    return handle.options(**_BY_VALUE) if by_value_supported() else handle
 
 
 def transport_of(handle: Any) -> str:

@@ -67,7 +67,6 @@ def test_replicas_run_our_code_on_their_own_loop(ray_session):
         assert not any(loop in name for loop in SEPARATE_LOOPS), seen
 
 
-
 @serve.deployment
 class _Caller:
     def __init__(self, inner, transport: str):
