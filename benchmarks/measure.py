@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -213,9 +214,11 @@ class StreamTap:
 # --- publishing ----------------------------------------------------------------------------------
 
 def measure_publisher(client: Any, results: Sequence[Any], *, n: int, prefix: str = "benchpub",
-                      maxlen: int = 100_000, batch: int = 256, timeout: float = 120.0) -> dict[str, Any]:
+                      maxlen: int = 100_000, batch: int = 256, timeout: float = 120.0,
+                      warmup: int = 2000) -> dict[str, Any]:
     """Entries/s of `Publisher` (JSON encoding and pipelined script calls on its writer thread)
-    publishing ``n`` results cycled from ``results`` (real payloads) on one camera stream."""
+    publishing ``n`` results cycled from ``results`` (real payloads) on one camera stream, in
+    steady state: ``warmup`` results are published first (another stream, not counted)."""
     from dataclasses import replace
 
     from pipeline.publish import Publisher
@@ -224,15 +227,20 @@ def measure_publisher(client: Any, results: Sequence[Any], *, n: int, prefix: st
 
     keys = StreamKeys(prefix)
     camera = "pub"
-    client.delete(keys.detections(camera))
+    client.delete(keys.detections(camera), keys.detections("warmup"))
     pub = Publisher(client, keys=keys, maxlen=maxlen, max_buffer_entries=n + 1, max_buffer_bytes=2**31,
                     batch=batch).start()
     base = time.time()
-    prepared = []
-    for i in range(n):
-        r: FrameResult = results[i % len(results)]
-        prepared.append(FrameResult(replace(r.meta, camera=camera, seq=i, frame_ts=base + i * 0.001),
-                                    r.objects, r.models, r.latency_ms))
+
+    def prepare(camera: str, count: int) -> list[FrameResult]:
+        return [FrameResult(replace(r.meta, camera=camera, seq=i, frame_ts=base + i * 0.001), r.objects, r.models,
+                            r.latency_ms) for i, r in zip(range(count), itertools.cycle(results))]
+
+    for r in prepare("warmup", warmup):
+        pub.publish(r)
+    pub.flush(timeout)
+    client.delete(keys.detections("warmup"))
+    prepared = prepare(camera, n)
     sizes = [len(r.to_json()) for r in results]
     t_enc = time.perf_counter()
     for r in prepared[:2000]:
@@ -244,8 +252,9 @@ def measure_publisher(client: Any, results: Sequence[Any], *, n: int, prefix: st
     ok = pub.flush(timeout)
     elapsed = time.perf_counter() - t0
     pub.close(timeout=5)
-    published = sum(pub.stats.published.values())
+    published = pub.stats.published[camera]
     return {"entries_per_s": published / elapsed if ok else None, "published": published, "seconds": elapsed,
+            "warmup_entries": pub.stats.published["warmup"],
             "payload_bytes_mean": float(np.mean(sizes)), "encode_us_per_entry": encode_us, "batch": batch, "errors": pub.stats.errors,
             "flushed": ok}
 

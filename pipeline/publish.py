@@ -11,8 +11,9 @@ Entry ids are explicit, ``<frame ms>-<seq>``: ordered by capture time like autom
 Redis itself rejects a second XADD of the same frame (a retry after a timeout whose first try
 landed), so a frame is published at most once. A background thread drains a queue in pipelines
 (`publish_wire`) and makes each result's JSON itself, for the next batch while Redis runs the
-last (~16 µs a result off the caller's thread); while Redis is unreachable results stay queued
-in order, bounded by count and bytes (the oldest dropped and counted), flushed when it is back.
+last (~13 µs a result off the caller's thread, a batch's numbers rounded together); while Redis
+is unreachable results stay queued in order, bounded by count and bytes (the oldest dropped and
+counted), flushed when it is back.
 
 Fencing: once the supervisor tells it a camera's lease (`fence`), every write for that camera is a
 Lua script that checks the lease token in the same round-trip (pipeline/lease.py); results of a
@@ -32,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 import redis
 
 from .lease import FENCED_HSET, FENCED_PUBLISH, REFUSED, UNHELD, WRITTEN, Fence
-from .publish_items import Item, PublisherStats, call_command, estimated_bytes, script_calls
+from .publish_items import Item, PublisherStats, call_command, encode_all, estimated_bytes, script_calls
 from .publish_wire import Wire, evalsha, is_noscript
 from .redact import redact
 from .schema import FrameResult
@@ -296,6 +297,7 @@ class Publisher:
                     self._wire.drop()
                     return  # closing during an outage: what is left is counted as pending
                 taken = list(itertools.islice(self._queue, self.batch))
+            encode_all(taken)
             batch = [item for item in taken if self._encoded(item)]
             calls = script_calls(batch)
             try:
@@ -346,6 +348,7 @@ class Publisher:
         """Encode the results queued after the batch in flight (a failure: `_encoded` counts it)."""
         with self._cond:
             ahead = list(itertools.islice(self._queue, skip, skip + self.batch))
+        encode_all(ahead)
         for item in ahead:
             self._encoded(item, count=False)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from .lease import Fence
 from .publish_wire import Command, evalsha, packed_call, resp_args, resp_frame_run
@@ -25,10 +25,10 @@ class Item:
     held_since: float | None = None  # monotonic time it was first kept back (lease unheld)
     packed: bytes | None = None  # `entry` in RESP, the result as JSON (`encode`)
 
-    def encode(self) -> None:
+    def encode(self, json: bytes | None = None) -> None:
         """``entry`` packed for the wire, once: the writer thread does it, not the caller. The
-        result (``entry[2]``) becomes its JSON and a highest track id left None (``entry[3]``)
-        is taken from it (raises what the encoder raises)."""
+        result (``entry[2]``) becomes its JSON (``json`` if given: `encode_all`) and a highest
+        track id left None (``entry[3]``) is taken from it (raises what the encoder raises)."""
         entry = self.entry
         if entry is None or self.packed is not None:
             return
@@ -36,11 +36,31 @@ class Item:
         if isinstance(body, FrameResult):
             if entry[3] is None:
                 entry[3] = max([t for t in body.objects.track_ids if t is not None], default=0)
-            body = body.to_json_bytes()
+            body = body.to_json_bytes() if json is None else json
         if len(entry) == 6 and entry[4] == entry[5] == 0:  # a frame alone, the common case
             self.packed = resp_frame_run(entry[0], entry[1], body, entry[3])
         else:
             self.packed = resp_args([*entry[:2], body, *entry[3:]])
+
+
+ENCODE_TOGETHER = 32  # results rounded in one array (16-64: ~13 µs a result to JSON; 256: ~18, one by one ~17)
+
+
+def encode_all(items: Sequence[Item]) -> None:
+    """`Item.encode` of each item not yet encoded, their results' JSON made together
+    (`FrameResult.many_to_json_bytes`, `ENCODE_TOGETHER` at a time: ~4 µs a result less than
+    one by one). A chunk that fails is left to `Item.encode` one by one, where each failure is
+    its own item's."""
+    todo = [item for item in items if item.packed is None and item.entry is not None
+            and isinstance(item.entry[2], FrameResult)]
+    for at in range(0, len(todo), ENCODE_TOGETHER):
+        chunk = todo[at:at + ENCODE_TOGETHER]
+        try:
+            texts = FrameResult.many_to_json_bytes([item.entry[2] for item in chunk])  # type: ignore[index]
+            for item, text in zip(chunk, texts):
+                item.encode(text)
+        except Exception:
+            continue
 
 
 def estimated_bytes(result: FrameResult) -> int:

@@ -144,24 +144,18 @@ class Detections:
     def to_objects(self) -> list[dict[str, Any]]:
         return [{**o, "attributes": dict(o["attributes"])} for o in self._objects()]
 
-    def _objects(self) -> list[dict[str, Any]]:
-        """The objects as JSON-ready dicts (sharing this object's attribute dicts: for encoding)."""
-        # boxes and scores rounded in one float64 array as np.round does it (× 10^d, rint, ÷ 10^d),
-        # into plain Python floats: per-value round() was most of the publisher's cost
-        n = len(self.labels)
-        if not n:
+    def _objects(self, rows: list[list[float]] | None = None) -> list[dict[str, Any]]:
+        """The objects as JSON-ready dicts (sharing this object's attribute dicts: for encoding);
+        ``rows``: this object's `rounded_rows`, when made for several results at once."""
+        if not len(self.labels):
             return []
-        rows = np.empty((n, 5), np.float64)
-        rows[:, :4] = self.xyxy
-        rows[:, 4] = self.scores
-        rows *= _ROUNDING
-        np.rint(rows, out=rows)
-        rows /= _ROUNDING
+        if rows is None:
+            rows = rounded_rows([self])
         return [
             {"category": category, "label": label, "score": row[4], "bbox": row[:4], "track_id": track_id,
              "attributes": attributes}
             for category, label, row, track_id, attributes in zip(
-                self.categories, self.labels, rows.tolist(), self.track_ids, self.attributes)
+                self.categories, self.labels, rows, self.track_ids, self.attributes)
         ]
 
     @classmethod
@@ -194,7 +188,7 @@ class FrameResult:
         payload["objects"] = self.objects.to_objects()
         return payload
 
-    def _payload(self) -> dict[str, Any]:
+    def _payload(self, rows: list[list[float]] | None = None) -> dict[str, Any]:
         m = self.meta
         return {
             "schema": SCHEMA,
@@ -206,7 +200,7 @@ class FrameResult:
             "width": m.width,
             "height": m.height,
             "model": dict(self.models),
-            "objects": self.objects._objects(),
+            "objects": self.objects._objects(rows),
             # round(v * 100) / 100: the float nearest v in hundredths, as round(v, 2) at half its cost
             "latency_ms": {k: round(float(v) * 100) / 100 for k, v in self.latency_ms.items()},
         }
@@ -218,6 +212,17 @@ class FrameResult:
     def to_json_bytes(self) -> bytes:
         """`to_json` as UTF-8 bytes, what is written to Redis."""
         return orjson.dumps(self._payload(), option=orjson.OPT_SERIALIZE_NUMPY)
+
+    @staticmethod
+    def many_to_json_bytes(results: Sequence["FrameResult"]) -> list[bytes]:
+        """`to_json_bytes` of each result, their numbers rounded together (`rounded_rows`)."""
+        rows = rounded_rows([r.objects for r in results])
+        out, at = [], 0
+        for r in results:
+            n = len(r.objects.labels)
+            out.append(orjson.dumps(r._payload(rows[at:at + n] if n else None), option=orjson.OPT_SERIALIZE_NUMPY))
+            at += n
+        return out
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> "FrameResult":
@@ -241,3 +246,24 @@ class FrameResult:
     @classmethod
     def from_json(cls, text: str | bytes) -> "FrameResult":
         return cls.from_payload(orjson.loads(text))
+
+
+def rounded_rows(parts: Sequence[Detections]) -> list[list[float]]:
+    """Every object's box corners and score (``[x1, y1, x2, y2, score]``), in order, rounded as
+    published: in one float64 array as np.round does it (× 10^d, rint, ÷ 10^d), into plain Python
+    floats. Per-value round() was most of the publisher's cost; one array for many results saves
+    numpy's per-call overhead too (~0.5 µs a call, 7 calls)."""
+    n = sum(len(p.labels) for p in parts)
+    if not n:
+        return []
+    rows = np.empty((n, 5), np.float64)
+    if len(parts) == 1:
+        rows[:, :4] = parts[0].xyxy
+        rows[:, 4] = parts[0].scores
+    else:
+        rows[:, :4] = np.concatenate([p.xyxy for p in parts])
+        rows[:, 4] = np.concatenate([p.scores for p in parts])
+    rows *= _ROUNDING
+    np.rint(rows, out=rows)
+    rows /= _ROUNDING
+    return rows.tolist()

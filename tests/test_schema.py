@@ -90,3 +90,18 @@ def test_detector_time_follows_the_frame():
     assert Detections.concat([d, replace(Detections(), infer_ms=12.0)]).infer_ms == 12.0
     assert Detections.concat([d, Detections()]).infer_ms == 7.5
     assert Detections.concat([Detections(), Detections()]).infer_ms is None
+
+
+def test_results_encoded_together_are_each_alone():
+    """`FrameResult.many_to_json_bytes` (the publisher rounds a batch's numbers in one array) gives
+    every result the bytes `to_json_bytes` gives it alone: empty frames, one object, many."""
+    rng = np.random.default_rng(11)
+    results = []
+    for seq, n in enumerate((3, 0, 1, 7, 0, 12)):
+        det = Detections(xyxy=(rng.random((n, 4)) * 1280).astype(np.float32), scores=rng.random(n).astype(np.float32),
+                         labels=("car",) * n, categories=("vehicle",) * n, track_ids=tuple(range(seq, seq + n)))
+        det = det.with_attribute("color", {i: {"label": "red", "score": 0.51} for i in range(0, n, 2)})
+        meta = FrameMeta("c", seq, 1764000000.5 + seq, seq * 0.04, 1280, 720)
+        results.append(FrameResult(meta, det, {"detector": "d"}, {"detect": float(rng.random() * 30)}))
+    assert FrameResult.many_to_json_bytes(results) == [r.to_json_bytes() for r in results]
+    assert FrameResult.many_to_json_bytes([]) == []
