@@ -211,11 +211,12 @@ class FrameResult:
 
     def to_json_bytes(self) -> bytes:
         """`to_json` as UTF-8 bytes, what is written to Redis."""
-        return orjson.dumps(self._payload(), option=orjson.OPT_SERIALIZE_NUMPY)
+        return FrameResult.many_to_json_bytes([self])[0]
 
     @staticmethod
     def many_to_json_bytes(results: Sequence["FrameResult"]) -> list[bytes]:
-        """`to_json_bytes` of each result, their numbers rounded together (`rounded_rows`)."""
+        """Each result's JSON (what `to_json_bytes` gives it alone), their numbers rounded together
+        (`rounded_rows`: one numpy pass for all, ~4 µs a result less than one pass each)."""
         rows = rounded_rows([r.objects for r in results])
         out, at = [], 0
         for r in results:
@@ -257,12 +258,8 @@ def rounded_rows(parts: Sequence[Detections]) -> list[list[float]]:
     if not n:
         return []
     rows = np.empty((n, 5), np.float64)
-    if len(parts) == 1:
-        rows[:, :4] = parts[0].xyxy
-        rows[:, 4] = parts[0].scores
-    else:
-        rows[:, :4] = np.concatenate([p.xyxy for p in parts])
-        rows[:, 4] = np.concatenate([p.scores for p in parts])
+    rows[:, :4] = np.concatenate([p.xyxy for p in parts])
+    rows[:, 4] = np.concatenate([p.scores for p in parts])
     rows *= _ROUNDING
     np.rint(rows, out=rows)
     rows /= _ROUNDING
