@@ -15,7 +15,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pipeline.assignment import CameraSupervisor
-from pipeline.conductor import ClassifierRoute, open_camera
+from pipeline.camera_open import open_camera
+from pipeline.conductor import ClassifierRoute
 from pipeline.config import CameraConfig, PerceptConfig
 from pipeline.frame_share import FrameLender, lending
 from pipeline.backends.crops import crop_spec

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-import pipeline.conductor as conductor_module
+import pipeline.camera_open as camera_open_module
 from pipeline.assignment import CameraSupervisor
 from pipeline.capture import open_capture
 from pipeline.config import CameraConfig, PerceptConfig
@@ -85,7 +85,7 @@ async def moving_car(inp):
 
 def factory(pub, config):
     async def start_camera(cam):
-        return await conductor_module.open_camera(cam, config=config, publisher=pub, detect=moving_car,
+        return await camera_open_module.open_camera(cam, config=config, publisher=pub, detect=moving_car,
                                                   classifiers={}, models={"detector": "fake"})
 
     return start_camera
@@ -125,7 +125,7 @@ def test_a_crashed_reader_is_restarted_with_backoff_and_the_other_camera_keeps_r
         return LiveCapture()
 
     warm_imports()
-    monkeypatch.setattr(conductor_module, "open_capture", scripted_open)
+    monkeypatch.setattr(camera_open_module, "open_capture", scripted_open)
     pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
     cams = [CameraConfig(id="a", url="device:abc", fps=0), CameraConfig(id="b", url="device:0", fps=0)]
     config = PerceptConfig(tracker={"enabled": False})
@@ -159,8 +159,8 @@ def test_a_crashed_reader_is_restarted_with_backoff_and_the_other_camera_keeps_r
 def test_a_camera_that_ended_normally_is_not_restarted(redis_server, monkeypatch):
     client = redis_server.client()
     opens = []
-    monkeypatch.setattr(conductor_module, "open_capture", lambda camera, url, **kw: opens.append(1) or LiveCapture(5))
-    monkeypatch.setattr(conductor_module, "probe_fps", lambda url: 25.0)
+    monkeypatch.setattr(camera_open_module, "open_capture", lambda camera, url, **kw: opens.append(1) or LiveCapture(5))
+    monkeypatch.setattr(camera_open_module, "probe_fps", lambda url: 25.0)
     pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
     config = PerceptConfig(tracker={"enabled": False})
     sup = CameraSupervisor([CameraConfig(id="f", url="clip.mp4", fps=0, realtime=False)], client=client, keys=KEYS,
@@ -182,8 +182,8 @@ def test_track_ids_continue_above_the_previous_run_of_the_camera(redis_server, m
     """A camera restarted (or moved to another replica) gets track ids above every id its stream
     already has: the highest one is kept in the camera hash by the publish itself."""
     client = redis_server.client()
-    monkeypatch.setattr(conductor_module, "open_capture", lambda camera, url, **kw: LiveCapture(12))
-    monkeypatch.setattr(conductor_module, "probe_fps", lambda url: 25.0)
+    monkeypatch.setattr(camera_open_module, "open_capture", lambda camera, url, **kw: LiveCapture(12))
+    monkeypatch.setattr(camera_open_module, "probe_fps", lambda url: 25.0)
     config = PerceptConfig()
     cam = CameraConfig(id="t", url="clip.mp4", fps=0, realtime=False)
 
@@ -216,7 +216,7 @@ def test_a_paused_replica_stops_its_camera_and_its_late_results_are_refused(redi
     takes the lease: when it wakes up it stops the camera first, and nothing it still had lands."""
     warm_imports()
     client = redis_server.client()
-    monkeypatch.setattr(conductor_module, "open_capture", lambda camera, url, **kw: LiveCapture())
+    monkeypatch.setattr(camera_open_module, "open_capture", lambda camera, url, **kw: LiveCapture())
     pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
     config = PerceptConfig(tracker={"enabled": False})
     sup = CameraSupervisor([CameraConfig(id="p", url="device:0", fps=0)], client=client, keys=KEYS,
@@ -256,7 +256,7 @@ def test_redis_down_past_the_ttl_stops_the_camera_then_it_resumes_without_losing
     camera continues after it."""
     warm_imports()
     client = redis_server.client()
-    monkeypatch.setattr(conductor_module, "open_capture", lambda camera, url, **kw: LiveCapture())
+    monkeypatch.setattr(camera_open_module, "open_capture", lambda camera, url, **kw: LiveCapture())
     pub = Publisher(connect_redis(redis_server.url, socket_timeout=1, socket_connect_timeout=0.5), keys=KEYS,
                     maxlen=10_000).start()
     config = PerceptConfig(tracker={"enabled": False})

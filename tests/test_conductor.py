@@ -11,8 +11,10 @@ import time
 import numpy as np
 import pytest
 
+import pipeline.camera_open
 import pipeline.conductor
-from pipeline.conductor import CameraConductor, ClassifierRoute, open_camera
+from pipeline.camera_open import open_camera
+from pipeline.conductor import CameraConductor, ClassifierRoute
 from pipeline.config import CameraConfig, ClassifierConfig, PerceptConfig, TrackerConfig
 from pipeline.models import prepare_frame
 from pipeline.publish import Publisher
@@ -248,7 +250,7 @@ def test_detector_gets_the_newest_frame_under_overload(redis_server, monkeypatch
     the conductor hands to the detector is never older than one frame interval (+ scheduling
     slack), not the frame sampled right after the previous take (~150 ms old)."""
     fps, work_s, slack_s = 30, 0.15, 0.05
-    monkeypatch.setattr(pipeline.conductor, "open_capture", lambda *a, **k: LiveCapture(fps))
+    monkeypatch.setattr(pipeline.camera_open, "open_capture", lambda *a, **k: LiveCapture(fps))
     camera = CameraConfig(id="live", url="rtsp://camera.invalid/live", fps=0, max_inflight=1)
     config = PerceptConfig(cameras=[camera], tracker=TrackerConfig(enabled=False))
     ages: list[float] = []
@@ -314,7 +316,7 @@ def test_the_detector_input_is_made_in_the_reader_thread_for_taken_frames_only(r
     thread, never on the event loop, the detector gets that very object (no second letterbox),
     and frames the conductor skips are not letterboxed (about one per frame taken, not three)."""
     fps = 30
-    monkeypatch.setattr(pipeline.conductor, "open_capture", lambda *a, **k: LiveCapture(fps))
+    monkeypatch.setattr(pipeline.camera_open, "open_capture", lambda *a, **k: LiveCapture(fps))
     real_prepare = pipeline.conductor.prepare_frame
     prepared: list[tuple[object, str]] = []  # the objects themselves: their ids stay unique
 
@@ -323,7 +325,8 @@ def test_the_detector_input_is_made_in_the_reader_thread_for_taken_frames_only(r
         prepared.append((inp, threading.current_thread().name))
         return inp
 
-    monkeypatch.setattr(pipeline.conductor, "prepare_frame", recording_prepare)
+    monkeypatch.setattr(pipeline.camera_open, "prepare_frame", recording_prepare)  # the reader thread's
+    monkeypatch.setattr(pipeline.conductor, "prepare_frame", recording_prepare)  # a frame without one
     camera = CameraConfig(id="live", url="rtsp://camera.invalid/live", fps=0, max_inflight=1)
     config = PerceptConfig(cameras=[camera], tracker=TrackerConfig(enabled=False), detector={"imgsz": 64})
     taken = []

@@ -201,7 +201,7 @@ def test_decode_value_is_checked_naming_the_camera(tmp_path):
 def test_a_keyframes_camera_publishes_one_frame_per_keyframe(redis_server, videos):
     """Through the conductor (open_camera): vtest.avi with decode: keyframes and backpressure:
     wait publishes exactly its four keyframes, at their times."""
-    from pipeline.conductor import open_camera
+    from pipeline.camera_open import open_camera
     from pipeline.config import CameraConfig, PerceptConfig, TrackerConfig
     from pipeline.publish import Publisher
     from pipeline.schema import Detections

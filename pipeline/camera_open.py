@@ -1,0 +1,90 @@
+"""Opening a camera: the factory of `CameraConductor` (pipeline/conductor.py). It continues
+``seq`` and the counters after the camera's last published frame, builds its `VideoSource` (the
+detector's input made in the reader thread), wires status events to the camera hash and status
+stream, and takes over the open tracks a previous owner of the camera left."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from .capture import open_capture, probe_fps
+from .classify import ClassifierRoute
+from .conductor import CameraConductor, CameraCounters, DetectFn
+from .config import CameraConfig, PerceptConfig
+from .metrics import CameraMetrics
+from .models import prepare_frame
+from .publish import Publisher
+from .redact import redact_url
+from .sources import LatestFrameSlot, SourceState, StatusEvent, VideoSource, is_file_url
+from .track_state import open_tracking
+
+
+async def open_camera(
+    camera: CameraConfig,
+    *,
+    config: PerceptConfig,
+    publisher: Publisher,
+    detect: DetectFn,
+    classifiers: Mapping[str, ClassifierRoute | Sequence[ClassifierRoute]],
+    models: Mapping[str, Any] | Callable[[Sequence[str]], Mapping[str, Any]],
+    metrics: CameraMetrics | None = None,
+    view: Any = None,
+    kept: Any = None,
+) -> CameraConductor:
+    """The factory: continues ``seq`` after the last published frame, opens nothing yet (the
+    reader thread connects), and wires status events to the camera hash and status stream."""
+    seq_start, counters = await asyncio.to_thread(publisher.resume_camera, camera.id)
+
+    def on_status(event: StatusEvent) -> None:
+        publisher.camera_state(event.camera, event.state.value, error=event.error, url=redact_url(camera.url))
+
+    is_file = is_file_url(camera.url)
+    slot = LatestFrameSlot()
+    source = VideoSource(
+        camera.id,
+        functools.partial(
+            open_capture, camera.id, camera.url,
+            open_timeout_s=camera.open_timeout_s, read_timeout_s=camera.read_timeout_s,
+            decode=camera.decode, fps=camera.fps,
+        ),
+        fps=camera.fps,
+        is_file=is_file,
+        loop=camera.loop,
+        realtime=camera.realtime,
+        native_fps=await asyncio.to_thread(probe_fps, camera.url) if is_file else None,
+        watchdog_s=camera.watchdog_s,
+        seq_start=seq_start,
+        on_status=on_status,
+        wants_frame=slot.wants_frame,
+        wait_for_demand=slot.wait_for_demand if camera.backpressure == "wait" else None,
+        # the detector's input is made in the reader thread, only for frames the conductor takes
+        prepare=lambda image, meta: prepare_frame(image, config.detector.imgsz, meta.frame_ts, meta.camera),
+    )
+    on_status(StatusEvent(camera.id, SourceState.CONNECTING, None, None, time.time()))
+    # the open tracks a previous owner of the camera left, if any, continue
+    tracker, events, track_state = await asyncio.to_thread(
+        open_tracking, publisher, camera, config.tracker, track_id_max=counters["track_id_max"], is_file=is_file)
+    return CameraConductor(
+        camera,
+        source,
+        detect=detect,
+        classifiers=classifiers,
+        publisher=publisher,
+        imgsz=config.detector.imgsz,
+        models=models,
+        max_inflight=camera.max_inflight or config.decoder.max_inflight,
+        detect_timeout_s=config.decoder.detect_timeout_s,
+        classify_timeout_s=config.decoder.classify_timeout_s,
+        counters=CameraCounters(dropped_before=counters["dropped"], processed=counters["processed"],
+                                classify_failed=counters.get("classify_failed", 0)),
+        tracker=tracker,
+        events=events,
+        track_state=track_state,
+        slot=slot,
+        metrics=metrics,
+        view=view,
+        kept=kept,
+    )
