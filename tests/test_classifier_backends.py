@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import yaml
 
 from pipeline.backends import load_classifier, load_detector
 from pipeline.backends.card import CARDS_DIR
-from pipeline.backends.openvino_classifier import OpenVinoClassifier, fit_crop
+from pipeline.backends.openvino_classifier import OpenVinoClassifier, bucket_size, bucket_sizes, fit_crop
 from pipeline.config import ClassifierConfig, DetectorConfig
 from pipeline.config_errors import ConfigError
 from pipeline.models import ModelError, prepare_crop, prepare_frame
@@ -168,6 +170,58 @@ def test_a_batch_split_across_streams_matches_one_by_one(vehicles, vtest_frame):
     for a, b in zip(together, alone):
         assert a["type"]["label"] == b["type"]["label"] and a["color"]["label"] == b["color"]["label"]
         assert abs(a["type"]["score"] - b["type"]["score"]) < 1e-3
+
+
+def test_batches_run_at_power_of_two_sizes_and_the_padding_changes_no_answer(people, vtest_frame, monkeypatch):
+    """A network with a dynamic batch sees the bucket sizes only (OpenVINO keeps state for every
+    input shape: memory would grow with each new batch size); the blank crops padding a batch
+    change no crop's answer."""
+    assert [bucket_size(n) for n in (1, 2, 3, 5, 8, 9, 17, 32)] == [1, 2, 4, 8, 8, 16, 32, 32]
+    assert bucket_sizes(32) == bucket_sizes(20) == [1, 2, 4, 8, 16, 32] and bucket_sizes(1) == [1]
+    assert people.net.dynamic_batch
+    seen: list[int] = []
+    real = people._infer
+    monkeypatch.setattr(people, "_infer", lambda tensor: seen.append(len(tensor)) or real(tensor))
+    rng = np.random.default_rng(2)
+    crops = [prepare_crop(vtest_frame, PEDESTRIAN_BOX, people.crop_size, context=people.crop_context)]
+    crops += [rng.integers(0, 256, (160, 80, 3), dtype=np.uint8) for _ in range(4)]
+    together = people.classify_batch(crops)  # 5 crops: a batch of 8
+    alone = [people.classify_batch([c])[0] for c in crops]
+    assert seen == [8, 1, 1, 1, 1, 1]
+    assert len(together) == len(crops)
+    seen.clear()
+    many = people.classify_batch(crops * 8)  # 40 crops, more than batch.max_size (32): two calls
+    assert seen == [32, 8] and len(many) == 40
+    for a, b in zip(many, together * 8):
+        assert all(a[name]["value"] == b[name]["value"] for name in PERSON_ATTRIBUTES)
+    for a, b in zip(together, alone):
+        for name in PERSON_ATTRIBUTES:
+            assert a[name]["value"] == b[name]["value"], name
+            assert abs(a[name]["probability"] - b[name]["probability"]) < 1e-3, name
+
+
+GROWING_BATCHES = """
+import sys
+import numpy as np
+from pipeline.backends import load_classifier
+from pipeline.config import ClassifierConfig
+clf = load_classifier(ClassifierConfig(weights=sys.argv[1], num_cpus=2), models_dir=sys.argv[2], field="x")
+assert clf._streams > 1, clf._streams  # the batches are split across infer requests
+crop = np.zeros((72, 72, 3), np.uint8)
+for n in (1, 2, 8, 32, 3):
+    assert not any(isinstance(r, Exception) for r in clf.classify_batch([crop] * n)), n
+print("ok")
+"""
+
+
+def test_batches_of_growing_sizes_across_infer_requests_run(tmp_path):
+    """A lone crop, then batches of growing size split across the network's infer requests: with
+    OpenVINO copying each chunk into a request's own input (resized as the batch grows), the third
+    batch crashed the process (a segmentation fault). Run in a child process, so that a crash is
+    this test's failure."""
+    proc = subprocess.run([sys.executable, "-c", GROWING_BATCHES, VEHICLE, str(MODELS)], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (proc.returncode, proc.stderr[-2000:])
 
 
 def test_one_bad_crop_does_not_fail_the_batch(signs):
