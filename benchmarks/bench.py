@@ -192,6 +192,7 @@ class Bench:
         self.result["bare"] = out
         self.result["bare_fps"] = out["fps"]
         self.result["single_infer_ms"] = out["single_infer_ms"]["p50"]
+        self.result["single_infer_paused_ms"] = out["single_infer_paused_ms"]["p50"]
         self.result["frame_bytes"] = out["frame_bytes"]["pickled_bytes"]
 
     def classifiers(self) -> None:

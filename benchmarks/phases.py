@@ -152,6 +152,7 @@ def phase_bare(cfg: PerceptConfig, clips: list[Path], duration: float) -> tuple[
     inputs = [prepare_frame(f, cfg.detector.imgsz) for f in frames]
     batch = cfg.detector.batch.max_size
     single = M.measure_single_infer(det.detect_batch, inputs, duration=max(3.0, duration / 3))
+    paused = M.measure_paused_infer(det.detect_batch, inputs)
     full = M.measure_bare(det.detect_batch, inputs, batch=batch, duration=duration)
     dets = [d for i in range(0, len(inputs), batch) for d in det.detect_batch(inputs[i: i + batch])]
     samples = []
@@ -163,6 +164,7 @@ def phase_bare(cfg: PerceptConfig, clips: list[Path], duration: float) -> tuple[
                                        {"decode": 1.0, "queue": 1.0, "detect": 10.0, "classify": 0.0, "total": 12.0}))
     out = {"fps": full["fps"], "batch": batch, "batch_ms": full["batch_ms"], "frames": full["frames"],
            "seconds": full["seconds"], "batch1_fps": single["fps"], "single_infer_ms": single["ms"],
+           "single_infer_paused_ms": paused["ms"], "single_infer_pause_ms": paused["pause_ms"],
            "device": det.device, "half": det.half, "frame_bytes": frame_bytes(inputs[0]),
            "threads": cfg.detector.threads or max(1, round(cfg.detector.num_cpus))}
     del det

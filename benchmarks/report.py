@@ -103,6 +103,9 @@ def add_ratios(result: dict[str, Any]) -> None:
     result["p2_detect_only_over_ultralytics"] = ratio(det, ultra)
     result["p2_vehicle_classifier_over_ultralytics"] = ratio(result.get("e2e_vehicle_fps"), ultra)
     result["p3_p50_over_single_infer"] = ratio((result.get("latency_ms") or {}).get("p50"), result.get("single_infer_ms"))
+    # not a goal: the same latency over one inference after an idle pause, as frames come at half load
+    result["p3_p50_over_paused_infer"] = ratio((result.get("latency_ms") or {}).get("p50"),
+                                               result.get("single_infer_paused_ms"))
     result["p5_publish_over_redis_benchmark"] = ratio(
         value_of(result, "publish.publisher.entries_per_s"), value_of(result, "publish.redis_benchmark.rps"))
     result["classifiers_e2e_over_detect_only"] = (
@@ -209,6 +212,8 @@ def _throughput_rows(t: _Table, result: Mapping[str, Any]) -> None:
     t.row(f"bare_fps (batch {bare.get('batch', '-')})", result.get("bare_fps"), spec=".1f")
     t.row("bare_fps (batch 1)", value_of(result, "bare.batch1_fps"), spec=".1f")
     t.row("single inference ms (batch 1, p50)", result.get("single_infer_ms"), spec=".1f")
+    pause = "-".join(f"{v:g}" for v in value_of(result, "bare.single_infer_pause_ms") or ()) or "-"
+    t.row(f"single inference ms after a {pause} ms pause (p50)", result.get("single_infer_paused_ms"), spec=".1f")
     for n, ph in _by_count(result.get("e2e")):
         t.row(f"e2e_fps, {n} camera(s) (offered {_fmt(ph.get('offered_fps'), '.0f')} fps)", ph.get("fps"), spec=".1f")
     for n, ph in _by_count(result.get("e2e_detect_only")):
@@ -237,6 +242,7 @@ def _latency_rows(t: _Table, result: Mapping[str, Any]) -> None:
     t.row("latency p50 ms: detect / of it in the detector",
           f"{_fmt(stages.get('detect'), '.1f')} / {_fmt(stages.get('infer'), '.1f')}" if stages else None)
     t.row("p3 latency p50 / single inference", result.get("p3_p50_over_single_infer"), "p3_p50_over_single_infer")
+    t.row("latency p50 / single inference after a pause", result.get("p3_p50_over_paused_infer"), spec=".2f")
     ov = result.get("overload") or {}
     t.row(f"overload offered fps ({_fmt(ov.get('offered_over_capacity'), '.1f')}x capacity)", ov.get("offered_fps"), spec=".1f")
     t.row("overload published fps", ov.get("published_fps"), spec=".1f")

@@ -118,8 +118,12 @@ def test_bench_smoke(tmp_path, models_dir, videos):
     r = json.loads(out.read_text())
     assert r["errors"] == {}
 
-    for key in ("bare_fps", "e2e_fps", "ultralytics_fps", "single_infer_ms"):
+    for key in ("bare_fps", "e2e_fps", "ultralytics_fps", "single_infer_ms", "single_infer_paused_ms"):
         assert _finite_positive(r[key]), (key, r[key])
+    assert r["bare"]["single_infer_pause_ms"] == [20.0, 80.0] and r["bare"]["single_infer_paused_ms"]["p50"] == \
+        r["single_infer_paused_ms"]
+    assert r["p3_p50_over_paused_infer"] == pytest.approx(r["latency_ms"]["p50"] / r["single_infer_paused_ms"], rel=0.01)
+    assert "single inference ms after a 20-80 ms pause" in proc.stdout
     _check_new_measures(r, proc.stdout)
     for key in ("p1_e2e_over_bare", "p2_e2e_over_ultralytics", "p3_p50_over_single_infer",
                 "p5_publish_over_redis_benchmark"):
