@@ -214,11 +214,11 @@ print("ok")
 """
 
 
-def test_batches_of_growing_sizes_across_infer_requests_run(tmp_path):
+def test_batches_of_growing_sizes_across_infer_requests_run():
     """A lone crop, then batches of growing size split across the network's infer requests: with
-    OpenVINO copying each chunk into a request's own input (resized as the batch grows), the third
-    batch crashed the process (a segmentation fault). Run in a child process, so that a crash is
-    this test's failure."""
+    OpenVINO copying each chunk into a request's own input (resized as the batch grows), such a
+    sequence (here already the load's warm-up) crashed the process (a segmentation fault). Run in
+    a child process, so that a crash is this test's failure."""
     proc = subprocess.run([sys.executable, "-c", GROWING_BATCHES, VEHICLE, str(MODELS)], capture_output=True,
                           text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (proc.returncode, proc.stderr[-2000:])

@@ -60,7 +60,7 @@ def load_classifier(cfg: ClassifierConfig, *, card: ModelCard | None, weights: s
     if warmup:  # every batch shape it will run (`bucket_size`): its memory is taken now, not under load
         w, h = card.crop_size
         blank = np.zeros((h, w, 3), np.uint8)
-        for n in bucket_sizes(cfg.batch.max_size) if net.dynamic_batch else (1,):
+        for n in bucket_sizes(clf.max_batch) if net.dynamic_batch else (1,):
             clf.classify_batch([blank] * n)
     log.info("classifier %s (openvino, %d thread(s), card %s): %s", clf.name, threads, card.where(),
              ", ".join(clf.attributes))
