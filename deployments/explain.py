@@ -6,7 +6,7 @@ The frame comes from the keep buffer of the decoder replica that runs the camera
 the owner answers, as Serve routes each call to one replica). The explanation runs here, in the
 API replica, on its own copy of the detector its replicas serve (the configured weights, or
 those of a hot swap; loaded on the first request and again after a swap, keeping detections down
-to ``conf`` 0.05), in one thread at nice 10: one explanation at a time, and the
+to ``conf`` 0.05), in one thread 10 nice values below the replica: one explanation at a time, and the
 live detector replicas are never asked to score masked frames. With several detectors the one
 that finds the object best on the unmasked frame explains it. Before the image leaves, faces and
 plates are blurred as in the live view (``privacy``)."""
@@ -14,8 +14,6 @@ plates are blurred as in the live view (``privacy``)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,10 +37,11 @@ from pipeline.explain import (
 from pipeline.keep import KeptFrame, NotKept
 from pipeline.lifecycle.swap import Desired, SwapKeys, swapped_cfg
 from pipeline.models import ModelError, prepare_frame
+from pipeline.priority import lower_thread_priority
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys
 
-EXPLAIN_NICE = 10  # the explanation yields the CPU to the cameras
+EXPLAIN_NICE = 10  # the explanation yields the CPU to the cameras: this many nice values below its replica
 
 
 def explainer_config(cfg: DetectorConfig) -> DetectorConfig:
@@ -53,10 +52,7 @@ def explainer_config(cfg: DetectorConfig) -> DetectorConfig:
 
 
 def _lower_priority() -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), EXPLAIN_NICE)
-    except (AttributeError, OSError):  # not Linux, or not allowed: normal priority
-        pass
+    lower_thread_priority(EXPLAIN_NICE, what="the explanation thread")
 
 
 class ExplainApi:

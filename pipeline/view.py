@@ -9,8 +9,8 @@ replica's view thread); only while it is, at most ``view.fps`` times a second, a
 (`pipeline/privacy.py`), scales to ``view.width``, draws (`annotate`) and encodes (`encode_jpeg`)
 the frame and ``SET``s it to ``<prefix>:view:jpeg:<camera>`` with a short TTL. Nobody watching:
 nothing is drawn or encoded. A frame offered while the camera's previous one is still being drawn
-is skipped (counted in ``skipped``), and the view's threads run at a lower CPU priority (nice 10)
-than the rest of the replica: the view never queues and yields the CPU to the cameras. Frames reach
+is skipped (counted in ``skipped``), and the view's threads run at a lower CPU priority (10 nice values
+below the rest of the replica, at most 19): the view never queues and yields the CPU to the cameras. Frames reach
 the view only from the decoder's memory, never through Redis streams.
 
 Each JPEG carries a comment segment ``percept camera=<id> seq=<seq> ts=<capture time>`` naming
@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import struct
-import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -36,13 +34,14 @@ from .config import CameraConfig
 from .config_view import ViewConfig
 from .geometry import GeometryError, resolve_geometry
 from .lease import FENCED_SET
+from .priority import lower_thread_priority
 from .schema import FrameResult
 from .streams import StreamKeys
 
 log = logging.getLogger("percept.view")
 
 CHECK_EVERY_S = 1.0  # how often a camera's view looks whether someone watches
-VIEW_NICE = 10  # the view's threads run at this nice value: on a busy machine the cameras come first
+VIEW_NICE = 10  # the view's threads run this many nice values below the replica (at most 19): the cameras come first
 PALETTE = {  # BGR per category; other categories get a colour from their name
     "vehicle": (0, 170, 255),
     "pedestrian": (60, 220, 60),
@@ -180,11 +179,8 @@ def jpeg_comment(data: bytes) -> str | None:
 
 
 def _lower_priority() -> None:
-    """A view thread yields the CPU to the cameras (Linux: a thread has its own nice value)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), VIEW_NICE)
-    except (AttributeError, OSError):  # not Linux, or not allowed: the view runs at normal priority
-        pass
+    """A view thread yields the CPU to the cameras: `VIEW_NICE` below its replica."""
+    lower_thread_priority(VIEW_NICE, what="a live view thread")
 
 
 class ViewHub:
