@@ -102,7 +102,10 @@ class Cameras:
         return out
 
 
-RTSP_NICE = 10  # the loopback RTSP server's niceness in the bench
+# the loopback RTSP server's niceness in the bench: below Ray's replicas and Ultralytics' loop (both
+# at nice 15, `phases.REPLICA_NICE`), so that it yields to either (at 10 it ranked above the replicas
+# and below Ultralytics, then at nice 0)
+RTSP_NICE = 19
 
 
 def start_services(stack: ExitStack, args: argparse.Namespace, clips: list[Path], workdir: Path) -> tuple[Any, Cameras]:

@@ -244,6 +244,11 @@ def phase_classifiers(cfg: PerceptConfig, frames: Sequence[np.ndarray], dets: Se
 
 # --- Ultralytics and the publisher --------------------------------------------------------------
 
+# Ray starts every replica at this niceness (RAY_worker_niceness): Ultralytics' loop runs at it
+# too, so both stand in the same order against the loopback cameras and Redis
+REPLICA_NICE = int(os.environ.get("RAY_worker_niceness", "15"))
+
+
 def phase_ultralytics(model: str, urls: list[str], cfg: PerceptConfig, *, duration: float, warmup: float,
                       workdir: Path) -> dict[str, Any]:
     from pipeline.models import choose_device
@@ -261,13 +266,14 @@ def phase_ultralytics(model: str, urls: list[str], cfg: PerceptConfig, *, durati
     env = dict(os.environ, OPENCV_FFMPEG_CAPTURE_OPTIONS=M.RTSP_CAPTURE_OPTIONS)
     timeout = warmup + duration + 120
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
+                             preexec_fn=lambda: os.nice(REPLICA_NICE))
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"ultralytics predict did not finish within {timeout:.0f} s (killed)") from None
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             res = json.loads(line[len("RESULT "):])
-            res["cameras"] = len(urls)
+            res.update(cameras=len(urls), nice=REPLICA_NICE)
             return res
     raise RuntimeError(f"ultralytics predict failed (rc={out.returncode}): {out.stderr.strip()[-800:]}")
 
