@@ -1,7 +1,7 @@
 """Opening cameras with OpenCV/FFmpeg — the part of a source that touches the world: RTSP over
 TCP with explicit timeouts, files, devices; why an RTSP open failed, in an operator's words;
 a file's nominal frame rate. `VideoSource` (pipeline/sources.py) receives the opener. A camera
-with ``decode: keyframes`` is opened with PyAV instead (pipeline/capture_av.py)."""
+with ``decode: keyframes`` or ``reference`` is opened with PyAV instead (pipeline/capture_av.py)."""
 
 from __future__ import annotations
 
@@ -22,15 +22,16 @@ def open_capture(
     fps: float = 0.0,
 ) -> Capture:
     """Open a camera with OpenCV/FFmpeg: RTSP over TCP with explicit timeouts, files, devices.
-    ``decode: keyframes``: with PyAV, decoding only the keyframes (``fps``, the camera's sampling
-    rate, is compared with its keyframe rate: a warning when it is higher)."""
-    if decode == "keyframes":
-        from .capture_av import keyframe_rate, open_keyframes
+    ``decode: keyframes`` / ``reference``: with PyAV, decoding only the keyframes / the reference
+    frames (``fps``, the camera's sampling rate, is compared with the rate of those: a warning
+    when it is higher)."""
+    if decode in ("keyframes", "reference"):
+        from .capture_av import decoded_rate, open_skipping
 
-        return open_keyframes(camera, url, open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
-                              rate=keyframe_rate(camera, fps), diagnose=diagnose_rtsp)
+        return open_skipping(camera, url, decode=decode, open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
+                             rate=decoded_rate(camera, fps, decode), diagnose=diagnose_rtsp)
     if decode != "all":
-        raise ValueError(f"camera {camera}: decode must be all or keyframes, not {decode!r}")
+        raise ValueError(f"camera {camera}: decode must be all, reference or keyframes, not {decode!r}")
     import cv2
 
     safe = redact_url(url)

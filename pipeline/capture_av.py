@@ -1,12 +1,14 @@
-"""``decode: keyframes``: a camera read with PyAV (FFmpeg's libraries) whose decoder skips every
-frame that is not a keyframe (``skip_frame = NONKEY``, FFmpeg's ``-skip_frame nokey``), so
-only the keyframes are decoded. OpenCV's FFmpeg backend has no such switch.
+"""``decode: keyframes`` and ``decode: reference``: a camera read with PyAV (FFmpeg's libraries)
+whose decoder skips frames (FFmpeg's ``-skip_frame``): ``nokey``, every frame that is not a
+keyframe; ``nonref``, every frame no other frame depends on (the non-reference B-frames: about
+half the frames of an H.264 stream encoded with B-frames, none of one without). OpenCV's FFmpeg
+backend has no such switch.
 
-`KeyframeCapture` is a `Capture` (pipeline/sources.py: ``grab`` decodes the next keyframe,
+`SkippingCapture` is a `Capture` (pipeline/sources.py: ``grab`` decodes the next frame kept,
 ``retrieve`` converts it to BGR, ``get`` answers the position and frame rate), so `VideoSource`
 reads it like the OpenCV one: files and network streams (RTSP over TCP, with the same open and
-read timeouts as `open_capture`). A camera sampled faster than its keyframe rate would get
-frames only at that rate: `KeyframeRate` warns once per camera when that happens.
+read timeouts as `open_capture`). A camera sampled faster than the rate of the frames kept would
+get frames only at that rate: `DecodedRate` warns once per camera when that happens.
 """
 
 from __future__ import annotations
@@ -30,18 +32,26 @@ _POS_MSEC, _FRAME_WIDTH, _FRAME_HEIGHT, _FPS = 0, 3, 4, 5  # cv2.CAP_PROP_* numb
 RTSP_OPTIONS = {"rtsp_transport": "tcp", "analyzeduration": "0", "probesize": "32"}  # as open_capture's
 
 
-class KeyframeRate:
-    """A camera's keyframe rate, from the times between the keyframes decoded (across reopens
-    and file loops), and one warning when the camera is sampled faster (``fps`` above the rate,
-    or ``fps: 0``: every frame)."""
+SKIP_FRAME = {"keyframes": "NONKEY", "reference": "NONREF"}  # decode mode → the decoder's skip_frame
+WHAT_IS_KEPT = {"keyframes": "its keyframe rate", "reference": "the rate of its reference frames"}
 
-    def __init__(self, camera: str, fps: float, *, min_intervals: int = 2, window: int = 16):
-        self.camera, self.fps, self.min_intervals = camera, fps, min_intervals
+
+class DecodedRate:
+    """A camera's rate of decoded frames (keyframes, or reference frames), from the times between
+    them (across reopens and file loops), and one warning when the camera is sampled faster
+    (``fps`` above the rate, or ``fps: 0``: every frame). Reference frames come at uneven steps
+    (I B P B P …): their rate is judged over more of them."""
+
+    def __init__(self, camera: str, fps: float, *, decode: str = "keyframes", min_intervals: int | None = None,
+                 window: int = 16):
+        if min_intervals is None:
+            min_intervals = 2 if decode == "keyframes" else 12
+        self.camera, self.fps, self.decode, self.min_intervals = camera, fps, decode, min_intervals
         self.intervals: deque[float] = deque(maxlen=window)
         self._last: float | None = None
         self.warned = False
 
-    def keyframe(self, t: float) -> None:
+    def decoded(self, t: float) -> None:
         if self._last is not None and t > self._last:  # not across a loop or a restarted clock
             self.intervals.append(t - self._last)
         self._last = t
@@ -50,37 +60,38 @@ class KeyframeRate:
             return
         self.warned = True
         wanted = "every frame (fps: 0)" if self.fps == 0 else f"fps {self.fps:g}"
-        log.warning("camera %s: decode: keyframes gives %.2f frames/s (its keyframe rate) but it is sampled at %s: "
-                    "it gets frames only at the keyframe rate; use decode: all for more", self.camera, rate, wanted)
+        log.warning("camera %s: decode: %s gives %.2f frames/s (%s) but it is sampled at %s: it gets frames "
+                    "only at that rate; use decode: all for more", self.camera, self.decode, rate,
+                    WHAT_IS_KEPT.get(self.decode, "what is decoded"), wanted)
 
     def reopened(self) -> None:
         self._last = None
 
     @property
     def rate(self) -> float | None:
-        """Keyframes per second over the last intervals seen, once there are enough."""
+        """Decoded frames per second over the last intervals seen, once there are enough."""
         if len(self.intervals) < self.min_intervals:
             return None
         return len(self.intervals) / sum(self.intervals)
 
 
-_rates: dict[str, KeyframeRate] = {}
+_rates: dict[str, DecodedRate] = {}
 _rates_lock = threading.Lock()
 
 
-def keyframe_rate(camera: str, fps: float) -> KeyframeRate:
-    """The camera's `KeyframeRate` in this process: kept across its reopens, so it warns once."""
+def decoded_rate(camera: str, fps: float, decode: str = "keyframes") -> DecodedRate:
+    """The camera's `DecodedRate` in this process: kept across its reopens, so it warns once."""
     with _rates_lock:
         rate = _rates.get(camera)
-        if rate is None or rate.fps != fps:
-            rate = _rates[camera] = KeyframeRate(camera, fps)
+        if rate is None or rate.fps != fps or rate.decode != decode:
+            rate = _rates[camera] = DecodedRate(camera, fps, decode=decode)
         return rate
 
 
-class KeyframeCapture:
-    """The keyframes of one opened PyAV container, as a `Capture`."""
+class SkippingCapture:
+    """The frames one opened PyAV container's decoder keeps (its ``skip_frame``), as a `Capture`."""
 
-    def __init__(self, container: Any, stream: Any, rate: KeyframeRate | None = None):
+    def __init__(self, container: Any, stream: Any, rate: DecodedRate | None = None):
         self.container = container
         self.stream = stream
         self.rate = rate
@@ -89,11 +100,11 @@ class KeyframeCapture:
         self._packets = container.demux(stream)
         self._decoded: list[Any] = []
         self._frame: Any = None
-        self.keyframes = 0
+        self.decoded = 0
         self.packets = 0
 
     def grab(self) -> bool:
-        """Decodes up to the next keyframe; False at the end, on a read timeout or a broken stream."""
+        """Decodes up to the next frame kept; False at the end, on a read timeout or a broken stream."""
         import av
 
         while not self._decoded:
@@ -113,10 +124,10 @@ class KeyframeCapture:
                 log.debug("decode failed: %s", exc)
                 return False
         self._frame = self._decoded.pop(0)
-        self.keyframes += 1
+        self.decoded += 1
         if self.rate is not None:
             t = self._frame.time
-            self.rate.keyframe(t if t is not None else time.monotonic())
+            self.rate.decoded(t if t is not None else time.monotonic())
         return True
 
     def retrieve(self) -> tuple[bool, np.ndarray | None]:
@@ -143,16 +154,18 @@ class KeyframeCapture:
         self.container.close()
 
 
-def open_keyframes(camera: str, url: str, *, open_timeout_s: float = 5.0, read_timeout_s: float = 2.0,
-                   rate: KeyframeRate | None = None, diagnose: Callable[..., str] | None = None) -> Capture:
-    """Open a file or network stream with PyAV, its decoder set to skip non-keyframes. Errors as
+def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_timeout_s: float = 5.0,
+                  read_timeout_s: float = 2.0, rate: DecodedRate | None = None,
+                  diagnose: Callable[..., str] | None = None) -> Capture:
+    """Open a file or network stream with PyAV, its decoder set to skip what ``decode`` leaves out
+    (`SKIP_FRAME`: non-keyframes, or non-reference frames). Errors as
     `open_capture`'s: a missing or undecodable file is final, a stream that does not open is retried
     (``diagnose(url, timeout_s=…)``: why an RTSP URL does not open, `pipeline.capture.diagnose_rtsp`)."""
     import av
 
     safe = redact_url(url)
     if url.startswith("device:"):
-        raise SourceError(camera, "decode: keyframes needs an encoded stream or file, not a device", retryable=False)
+        raise SourceError(camera, f"decode: {decode} needs an encoded stream or file, not a device", retryable=False)
     is_file = is_file_url(url)
     if is_file:
         path = Path(url.removeprefix("file://"))
@@ -175,7 +188,7 @@ def open_keyframes(camera: str, url: str, *, open_timeout_s: float = 5.0, read_t
         raise SourceError(camera, f"{safe if not is_file else target} has no video stream", retryable=not is_file)
     stream = container.streams.video[0]
     ctx = stream.codec_context
-    ctx.skip_frame = "NONKEY"
+    ctx.skip_frame = SKIP_FRAME[decode]
     if not is_file:
         ctx.thread_count = 1  # as open_capture's live streams: one decoder thread, no frame delay
-    return KeyframeCapture(container, stream, rate)
+    return SkippingCapture(container, stream, rate)

@@ -78,18 +78,20 @@ class CameraConfig(Strict):
     zones: Zones = Field(default_factory=dict, description=ZONES_HELP)
     lines: Lines = Field(default_factory=dict, description=LINES_HELP)
     anchor: Anchor = Field("bottom_center", description="the point of a box that zones and lines test")
-    decode: Literal["all", "keyframes"] = Field(
-        "all", description="all: every frame is decoded, fps samples them; keyframes: only keyframes are decoded "
-        "(FFmpeg skip_frame nokey, with PyAV): far less decoder CPU for a camera sampled at or below its keyframe "
-        "rate, which then caps its frame rate")
+    decode: Literal["all", "reference", "keyframes"] = Field(
+        "all", description="all: every frame is decoded, fps samples them; reference: frames no other frame "
+        "depends on (most B-frames) are skipped (FFmpeg skip_frame nonref, with PyAV): about half the decoder "
+        "CPU on streams with B-frames, for a camera sampled at or below the rate of what is left; keyframes: only "
+        "keyframes are decoded (skip_frame nokey): far less decoder CPU for a camera sampled at or below its "
+        "keyframe rate. Both cap the camera's frame rate at what they decode")
 
     @model_validator(mode="after")
     def _one_unit(self) -> "CameraConfig":
         check_units(self.zones, self.lines)  # all pixels or all 0..1; the error names the zone/line
         if self.backpressure == "wait" and "://" in self.url and not self.url.startswith("file://"):
             raise error_at(("backpressure",), "wait is for files; a live camera cannot be paused (use latest)")
-        if self.decode == "keyframes" and self.url.startswith("device:"):
-            raise error_at(("decode",), "keyframes needs an encoded stream or file; a device: camera gives raw frames")
+        if self.decode != "all" and self.url.startswith("device:"):
+            raise error_at(("decode",), f"{self.decode} needs an encoded stream or file; a device: camera gives raw frames")
         return self
 
 

@@ -1,6 +1,7 @@
-"""``decode: keyframes`` (pipeline/capture_av.py): only keyframes are decoded, on the shared clips
-and on a live RTSP camera, the frames counted against an independent count (ffprobe's packet
-flags; a second RTSP session that decodes everything); less decoder CPU than decoding every
+"""``decode: keyframes`` and ``reference`` (pipeline/capture_av.py): only keyframes (reference
+frames) are decoded, on the shared clips and (keyframes) on a live RTSP camera, the frames
+counted against an independent count (ffprobe's packet flags or its own ``-skip_frame noref``
+decoding; a second RTSP session that decodes everything); less decoder CPU than decoding every
 frame; the same open errors and read timeout as the OpenCV path; a bad value is a config error.
 Decoder CPU numbers belong to the bench (`percept bench`, phase ``decode``); the inequality
 asserted here has a wide margin."""
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.capture import open_capture
-from pipeline.capture_av import KeyframeRate, open_keyframes
+from pipeline.capture_av import DecodedRate, open_skipping
 from pipeline.config import ConfigError, parse_config
 from pipeline.sources import SourceError, SourceState, VideoSource
 
@@ -35,6 +36,15 @@ def ffprobe_keyframes(path: Path) -> list[float]:
                           "-of", "csv=p=0", str(path)], capture_output=True, text=True, timeout=120, check=True)
     rows = [line.split(",") for line in out.stdout.split() if line]
     return [float(pts) for pts, flags in rows if "K" in flags]
+
+
+def ffprobe_reference_frames(path: Path) -> list[float]:
+    """Presentation times of the frames FFmpeg's decoder gives with ``-skip_frame noref`` (ffprobe's
+    own decoding: every frame another frame depends on)."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-skip_frame", "noref", "-select_streams", "v:0", "-show_frames",
+                          "-show_entries", "frame=pts_time", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    return [float(line.split(",")[0]) for line in out.stdout.splitlines() if line.split(",")[0]]
 
 
 def read_all(url: str, decode: str, *, fps: float = 0) -> list:
@@ -53,20 +63,37 @@ def test_keyframes_mode_yields_exactly_the_files_keyframes(videos, clip):
     assert frames[0].image.shape == everything[0].image.shape and frames[0].image.dtype == everything[0].image.dtype
 
 
-def test_keyframes_mode_decodes_a_file_with_less_cpu(videos):
+@pytest.mark.parametrize("clip", CLIPS)
+def test_reference_mode_yields_the_frames_other_frames_depend_on(videos, clip):
+    """``decode: reference`` keeps what FFmpeg keeps with ``-skip_frame noref``: on the two H.264
+    clips (B-frames) about half of the frames, at an even step; on vtest.avi (no B-frames) all."""
+    kept = ffprobe_reference_frames(videos / clip)
+    frames = read_all(str(videos / clip), "reference")
+    assert [f.meta.pts for f in frames] == pytest.approx(kept, abs=1e-3)
+    everything = read_all(str(videos / clip), "all")
+    if clip == "vtest.avi":
+        assert len(frames) == len(everything)
+    else:
+        assert 0.3 * len(everything) < len(frames) < 0.6 * len(everything), (len(frames), len(everything))
+    assert frames[-1].image.shape == everything[-1].image.shape and frames[-1].image.dtype == everything[-1].image.dtype
+
+
+def test_keyframes_and_reference_modes_decode_a_file_with_less_cpu(videos):
     """Process CPU for the whole of traffic.mp4 sampled at 1 fps: every frame decoded (OpenCV),
-    then keyframes only (PyAV). The margin is wide (measured: ~20×), the number is the bench's."""
+    then keyframes only, then reference frames only (PyAV). The margins are wide (measured: ~20×
+    and ~1.7×), the numbers are the bench's and the README's."""
     url = str(videos / "traffic.mp4")
-    read_all(url, "keyframes", fps=1)  # imports and codec set-up out of the measurement
-    read_all(url, "all", fps=1)
+    for mode in ("keyframes", "reference", "all"):  # imports and codec set-up out of the measurement
+        read_all(url, mode, fps=1)
     cpu = {}
-    for mode in ("all", "keyframes"):
+    for mode in ("all", "keyframes", "reference"):
         t0 = time.process_time()
         frames = read_all(url, mode, fps=1)
         cpu[mode] = time.process_time() - t0
         assert frames
     print(f"decoder CPU for traffic.mp4 (20 s): {cpu}")
     assert cpu["keyframes"] < 0.5 * cpu["all"], cpu
+    assert cpu["reference"] < 0.85 * cpu["all"], cpu
 
 
 def _count(src: VideoSource, seconds: float, arrivals: list[float]) -> None:
@@ -134,7 +161,7 @@ def test_a_hung_rtsp_camera_in_keyframes_mode_reconnects(rtsp_server_cls, videos
     events = []
     with rtsp_server_cls({"walk": str(videos / "vtest.avi")}) as server:
         url = server.url("walk")
-        src = VideoSource("hung", lambda: open_keyframes("hung", url, open_timeout_s=3, read_timeout_s=1.5), fps=0,
+        src = VideoSource("hung", lambda: open_skipping("hung", url, open_timeout_s=3, read_timeout_s=1.5), fps=0,
                           is_file=False, on_status=events.append)
         reader = threading.Thread(target=lambda: [None for _ in src.frames()], daemon=True)
         reader.start()
@@ -154,48 +181,61 @@ def test_a_hung_rtsp_camera_in_keyframes_mode_reconnects(rtsp_server_cls, videos
 
 def test_open_errors_say_what_is_wrong_and_whether_to_retry(tmp_path, rtsp_cameras):
     with pytest.raises(SourceError, match="file not found") as missing:
-        open_keyframes("cam", str(tmp_path / "none.mp4"))
+        open_skipping("cam", str(tmp_path / "none.mp4"))
     assert not missing.value.retryable
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"not a video at all" * 100)
     with pytest.raises(SourceError, match="is not a video FFmpeg can decode") as bad:
-        open_keyframes("cam", str(junk))
+        open_skipping("cam", str(junk))
     assert not bad.value.retryable
     with pytest.raises(SourceError, match="404 Not Found") as absent:
-        open_keyframes("cam", rtsp_cameras.url("nothing-here"), open_timeout_s=3)
+        open_skipping("cam", rtsp_cameras.url("nothing-here"), open_timeout_s=3)
     assert absent.value.retryable
 
 
 def test_a_camera_sampled_above_its_keyframe_rate_is_warned_about_once(caplog):
-    rate = KeyframeRate("slow", fps=5)
+    rate = DecodedRate("slow", fps=5)
     with caplog.at_level(logging.WARNING, logger="percept.capture"):
         for t in (0.0, 1.0, 2.0, 3.0, 0.0, 1.0):  # 1 keyframe/s, then the file loops
-            rate.keyframe(t)
+            rate.decoded(t)
     assert rate.rate == pytest.approx(1.0)
     warnings = [r.getMessage() for r in caplog.records if "slow" in r.getMessage()]
     assert len(warnings) == 1 and "1.00 frames/s" in warnings[0] and "fps 5" in warnings[0]
-    fine = KeyframeRate("fine", fps=0.5)
+    fine = DecodedRate("fine", fps=0.5)
     with caplog.at_level(logging.WARNING, logger="percept.capture"):
         for t in (0.0, 1.0, 2.0, 3.0):
-            fine.keyframe(t)
+            fine.decoded(t)
     assert not [r for r in caplog.records if "fine" in r.getMessage()]
+    ref = DecodedRate("refs", fps=0, decode="reference")  # every frame wanted, every other one decoded
+    with caplog.at_level(logging.WARNING, logger="percept.capture"):
+        for k in range(11):
+            ref.decoded(k / 12)
+        assert ref.rate is None  # uneven steps: judged over 12 intervals
+        ref.decoded(11 / 12)
+        ref.decoded(1.0)
+    warnings = [r.getMessage() for r in caplog.records if "refs" in r.getMessage()]
+    assert len(warnings) == 1 and "decode: reference gives 12.00 frames/s" in warnings[0], warnings
 
 
 def test_decode_value_is_checked_naming_the_camera(tmp_path):
     cams = [{"id": "a", "url": "a.mp4"}, {"id": "b", "url": "b.mp4", "decode": "some"}]
     with pytest.raises(ConfigError) as bad:
         parse_config({"cameras": cams}, env={})
-    assert bad.value.errors == ["cameras[1].decode: must be 'all' or 'keyframes', got 'some'"]
+    assert bad.value.errors == ["cameras[1].decode: must be 'all', 'reference' or 'keyframes', got 'some'"]
     with pytest.raises(ConfigError) as device:
         parse_config({"cameras": [{"id": "w", "url": "device:0", "decode": "keyframes"}]}, env={})
     assert device.value.errors[0].startswith("cameras[0].decode: keyframes needs an encoded stream or file")
+    with pytest.raises(ConfigError) as device:
+        parse_config({"cameras": [{"id": "w", "url": "device:0", "decode": "reference"}]}, env={})
+    assert device.value.errors[0].startswith("cameras[0].decode: reference needs an encoded stream or file")
+    assert parse_config({"cameras": [{"id": "r", "url": "r.mp4", "decode": "reference"}]}, env={}).cameras[0].decode == "reference"
     assert parse_config({"cameras": [{"id": "k", "url": "k.mp4", "decode": "keyframes"}]}, env={}).cameras[0].decode == "keyframes"
     assert parse_config({"cameras": [{"id": "d", "url": "d.mp4"}]}, env={}).cameras[0].decode == "all"
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("cameras:\n  - {id: a, url: a.mp4, decode: keyframe}\n")
     out = subprocess.run([sys.executable, "-m", "cli", "run", "-c", str(cfg)], capture_output=True, text=True,
                          timeout=120, cwd=REPO)
-    assert out.returncode == 2 and "cameras[0].decode: must be 'all' or 'keyframes', got 'keyframe'" in out.stderr
+    assert out.returncode == 2 and "cameras[0].decode: must be 'all', 'reference' or 'keyframes', got 'keyframe'" in out.stderr
 
 
 def test_a_keyframes_camera_publishes_one_frame_per_keyframe(redis_server, videos):
