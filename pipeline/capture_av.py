@@ -39,8 +39,9 @@ WHAT_IS_KEPT = {"keyframes": "its keyframe rate", "reference": "the rate of its 
 class DecodedRate:
     """A camera's rate of decoded frames (keyframes, or reference frames), from the times between
     them (across reopens and file loops), and one warning when the camera is sampled faster
-    (``fps`` above the rate, or ``fps: 0``: every frame). Reference frames come at uneven steps
-    (I B P B P …): their rate is judged over more of them."""
+    (``fps`` above the rate, or ``fps: 0``: every frame) — unless nothing is skipped (the rate is
+    the stream's own: a stream without B-frames in ``reference``). Reference frames come at uneven
+    steps (I B P B P …): their rate is judged over more of them."""
 
     def __init__(self, camera: str, fps: float, *, decode: str = "keyframes", min_intervals: int | None = None,
                  window: int = 16):
@@ -49,6 +50,7 @@ class DecodedRate:
         self.camera, self.fps, self.decode, self.min_intervals = camera, fps, decode, min_intervals
         self.intervals: deque[float] = deque(maxlen=window)
         self._last: float | None = None
+        self.nominal = 0.0  # the stream's frame rate, when it says (`reopened`)
         self.warned = False
 
     def decoded(self, t: float) -> None:
@@ -58,14 +60,17 @@ class DecodedRate:
         rate = self.rate
         if rate is None or self.warned or not (self.fps == 0 or self.fps > 1.1 * rate):
             return
+        if self.nominal and rate >= 0.9 * self.nominal:  # every frame is kept: decode: all gives no more
+            return
         self.warned = True
         wanted = "every frame (fps: 0)" if self.fps == 0 else f"fps {self.fps:g}"
         log.warning("camera %s: decode: %s gives %.2f frames/s (%s) but it is sampled at %s: it gets frames "
                     "only at that rate; use decode: all for more", self.camera, self.decode, rate,
                     WHAT_IS_KEPT.get(self.decode, "what is decoded"), wanted)
 
-    def reopened(self) -> None:
+    def reopened(self, nominal_fps: float = 0.0) -> None:
         self._last = None
+        self.nominal = nominal_fps or self.nominal
 
     @property
     def rate(self) -> float | None:
@@ -96,7 +101,8 @@ class SkippingCapture:
         self.stream = stream
         self.rate = rate
         if rate is not None:
-            rate.reopened()
+            nominal = stream.average_rate or stream.guessed_rate
+            rate.reopened(float(nominal) if nominal else 0.0)
         self._packets = container.demux(stream)
         self._decoded: list[Any] = []
         self._frame: Any = None

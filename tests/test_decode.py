@@ -47,8 +47,8 @@ def ffprobe_reference_frames(path: Path) -> list[float]:
     return [float(line.split(",")[0]) for line in out.stdout.splitlines() if line.split(",")[0]]
 
 
-def read_all(url: str, decode: str, *, fps: float = 0) -> list:
-    src = VideoSource("cam", lambda: open_capture("cam", url, decode=decode, fps=fps), fps=fps, is_file=True,
+def read_all(url: str, decode: str, *, fps: float = 0, camera: str = "cam") -> list:
+    src = VideoSource(camera, lambda: open_capture(camera, url, decode=decode, fps=fps), fps=fps, is_file=True,
                       realtime=False)
     return list(src.frames())
 
@@ -64,17 +64,22 @@ def test_keyframes_mode_yields_exactly_the_files_keyframes(videos, clip):
 
 
 @pytest.mark.parametrize("clip", CLIPS)
-def test_reference_mode_yields_the_frames_other_frames_depend_on(videos, clip):
+def test_reference_mode_yields_the_frames_other_frames_depend_on(videos, clip, caplog):
     """``decode: reference`` keeps what FFmpeg keeps with ``-skip_frame noref``: on the two H.264
-    clips (B-frames) about half of the frames, at an even step; on vtest.avi (no B-frames) all."""
+    clips (B-frames) about half of the frames, at an even step, and a warning that the camera,
+    sampled at every frame, gets only those; on vtest.avi (no B-frames) all, and no warning."""
     kept = ffprobe_reference_frames(videos / clip)
-    frames = read_all(str(videos / clip), "reference")
+    camera = f"ref-{clip}"
+    with caplog.at_level(logging.WARNING, logger="percept.capture"):
+        frames = read_all(str(videos / clip), "reference", camera=camera)
     assert [f.meta.pts for f in frames] == pytest.approx(kept, abs=1e-3)
+    warned = [r.getMessage() for r in caplog.records if camera in r.getMessage()]
     everything = read_all(str(videos / clip), "all")
     if clip == "vtest.avi":
-        assert len(frames) == len(everything)
+        assert len(frames) == len(everything) and not warned, warned
     else:
         assert 0.3 * len(everything) < len(frames) < 0.6 * len(everything), (len(frames), len(everything))
+        assert len(warned) == 1 and "decode: reference gives" in warned[0], warned
     assert frames[-1].image.shape == everything[-1].image.shape and frames[-1].image.dtype == everything[-1].image.dtype
 
 
@@ -215,6 +220,13 @@ def test_a_camera_sampled_above_its_keyframe_rate_is_warned_about_once(caplog):
         ref.decoded(1.0)
     warnings = [r.getMessage() for r in caplog.records if "refs" in r.getMessage()]
     assert len(warnings) == 1 and "decode: reference gives 12.00 frames/s" in warnings[0], warnings
+    whole = DecodedRate("whole", fps=0, decode="reference")  # a stream without B-frames: nothing skipped
+    whole.reopened(25.0)
+    with caplog.at_level(logging.WARNING, logger="percept.capture"):
+        for k in range(40):
+            whole.decoded(k / 25)
+    assert whole.rate == pytest.approx(25.0)
+    assert not [r for r in caplog.records if "whole" in r.getMessage()]
 
 
 def test_decode_value_is_checked_naming_the_camera(tmp_path):
