@@ -16,8 +16,9 @@ helpers in `benchmarks/measure.py`):
 3. ``ultralytics`` — ``YOLO(model).predict(source=<.streams>, stream=True)`` on the same RTSP
    URLs, in a subprocess with a timeout, before Ray starts (the machine is otherwise idle).
    ``decode`` — each camera's decoder CPU in both ``decode`` modes (every frame, keyframes only)
-   at a sampled rate below its keyframe rate, and one frame's copies and bytes from the decoder
-   to the detector (``frame_copies``; `benchmarks/decode.py`).
+   at a sampled rate below its keyframe rate, the clips' as files with and without their
+   non-reference frames (``decode: reference``), and one frame's copies and bytes from the
+   decoder to the detector (``frame_copies``; `benchmarks/decode.py`).
 4. Ray and Serve start once; each of the following is a ``serve.run`` of the graph with its own
    cameras and its own stream prefix (fresh streams, leases and camera hashes), deleted after:
    ``e2e`` for every N in ``--cameras`` with cameras uncapped (``fps: 0``), counting XLEN growth
@@ -226,6 +227,8 @@ class Bench:
         self.result["frame_shipped_bytes"] = out["frame_path"]["shipped_bytes"]  # pickled, pixels shared
         self.result["decoder_cpu_ms_per_s"] = out["decoder_cpu"]["total_cpu_ms_per_s"]
         self.result["decode_keyframes_over_all"] = out["decoder_cpu"]["keyframes_over_all"]
+        self.result["decoder_cpu_files_ms_per_s"] = out["decoder_cpu_files"]["total_cpu_ms_per_s"]
+        self.result["decode_reference_over_all"] = out["decoder_cpu_files"]["reference_over_all"]
 
     def publish(self) -> None:
         if not self.samples:
@@ -380,7 +383,7 @@ def _overload_summary(ph: dict[str, Any], cap: float, n: int, fps: float) -> dic
 NULL_KEYS = ("limit", "limit_fps", "limit_rect_fps", "bare_fps", "frame_bytes", "classifiers_cost", "e2e_fps", "e2e_detect_only_fps",
              "e2e_vehicle_fps", "ultralytics_fps", "latency_ms", "overload", "single_infer_ms", "ray_own_cpu",
              "tracking_cost", "view_cost", "decode", "frame_copies", "frame_shipped_bytes", "decoder_cpu_ms_per_s",
-             "decode_keyframes_over_all")
+             "decode_keyframes_over_all", "decoder_cpu_files_ms_per_s", "decode_reference_over_all")
 
 
 def run_bench(args: argparse.Namespace) -> int:

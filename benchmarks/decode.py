@@ -5,13 +5,16 @@
   ``fps`` (below the RTSP cameras' keyframe rate, where ``keyframes`` is meant to be used). One
   subprocess per camera and mode, all cameras of a mode at once, each measuring its own CPU
   time after opening: CPU ms per second of video, frames yielded, keyframe rate.
+- `decoder_cpu_files` — the same for ``all`` and ``reference`` (PyAV skips the frames no other
+  frame depends on) on the clips as files at their own pace, sampled at `FILE_FPS`: the bench's
+  RTSP cameras have no B-frames (x264 ``zerolatency``), two of the clips do.
 - `frame_path` — one frame's way from the decoder to the detector on a clip: the bytes each
   step writes (tracemalloc's peak of new allocations), the copies of the frame they amount to,
   and the bytes that cross the object store (pickle protocol 5 with out-of-band buffers, as
   Ray ships numpy arrays: one copy into the store, read in place by the detector). Ultralytics'
   LetterBox is measured beside it (the path before issue 8).
 
-``python -m benchmarks.decode cpu --url URL --mode all|keyframes --fps F --seconds S`` is the
+``python -m benchmarks.decode cpu --url URL --mode all|reference|keyframes --fps F --seconds S`` is the
 subprocess (prints one ``RESULT {json}`` line).
 """
 
@@ -30,8 +33,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = ("all", "keyframes")
+MODES = ("all", "keyframes")  # on the RTSP cameras
+FILE_MODES = ("all", "reference")  # on the clips
 SAMPLED_FPS = 2.0  # below the bench cameras' keyframe rate (a keyframe every 10 frames at --rtsp-fps 30)
+FILE_FPS = 5.0  # below the reference frames' rate of the B-frame clips (every other frame of 24-30 fps)
 
 
 # --- decoder CPU per camera ---------------------------------------------------------------------
@@ -63,11 +68,12 @@ def measure_one(url: str, mode: str, *, fps: float, seconds: float) -> dict[str,
 
 
 def decoder_cpu(urls: Sequence[str], names: Sequence[str], *, fps: float = SAMPLED_FPS, seconds: float = 6.0,
-                timeout: float | None = None) -> dict[str, Any]:
-    """Per camera, both modes (one subprocess each, a mode's cameras at once); totals and ratios."""
+                timeout: float | None = None, modes: Sequence[str] = MODES) -> dict[str, Any]:
+    """Per camera, ``all`` and each other mode (one subprocess each, a mode's cameras at once);
+    totals and each mode's ratio to ``all`` (``<mode>_over_all``)."""
     per_camera: dict[str, dict[str, Any]] = {name: {"url_index": i} for i, name in enumerate(names)}
     timeout = timeout or seconds + 60
-    for mode in MODES:
+    for mode in modes:
         procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.decode", "cpu", "--url", url, "--mode", mode,
                                    "--fps", str(fps), "--seconds", str(seconds)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
@@ -84,13 +90,14 @@ def decoder_cpu(urls: Sequence[str], names: Sequence[str], *, fps: float = SAMPL
             line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
             per_camera[name][mode] = (json.loads(line[len("RESULT "):]) if line else
                                       {"error": f"rc={proc.returncode}: {err.strip()[-500:]}"})
-    totals = {mode: sum(c[mode].get("cpu_ms_per_s", 0.0) for c in per_camera.values()) for mode in MODES}
-    for cam in per_camera.values():
-        a, k = cam["all"].get("cpu_ms_per_s"), cam["keyframes"].get("cpu_ms_per_s")
-        cam["keyframes_over_all"] = k / a if a and k is not None else None
-    return {"sampled_fps": fps, "seconds": seconds, "cameras": per_camera,
-            "total_cpu_ms_per_s": totals,
-            "keyframes_over_all": totals["keyframes"] / totals["all"] if totals["all"] else None}
+    totals = {mode: sum(c[mode].get("cpu_ms_per_s", 0.0) for c in per_camera.values()) for mode in modes}
+    out: dict[str, Any] = {"sampled_fps": fps, "seconds": seconds, "cameras": per_camera, "total_cpu_ms_per_s": totals}
+    for mode in modes[1:]:
+        for cam in per_camera.values():
+            a, k = cam["all"].get("cpu_ms_per_s"), cam[mode].get("cpu_ms_per_s")
+            cam[f"{mode}_over_all"] = k / a if a and k is not None else None
+        out[f"{mode}_over_all"] = totals[mode] / totals["all"] if totals["all"] else None
+    return out
 
 
 # --- one frame's copies and bytes ---------------------------------------------------------------
@@ -175,10 +182,13 @@ def frame_path(clip: str, imgsz: int, *, frames: int = 20) -> dict[str, Any]:
 
 def phase_decode(urls: Sequence[str], names: Sequence[str], clips: Sequence[str], *, imgsz: int,
                  seconds: float) -> dict[str, Any]:
-    """Decoder CPU per camera in both modes, and the frame path on every clip (``copies`` and
-    ``bytes_written``: their mean)."""
+    """Decoder CPU per camera in both modes, on the clips as files with and without the
+    non-reference frames, and the frame path on every clip (``copies`` and ``bytes_written``:
+    their mean)."""
     paths = [frame_path(str(c), imgsz) for c in clips]
     return {"decoder_cpu": decoder_cpu(urls, names, seconds=seconds),
+            "decoder_cpu_files": decoder_cpu([str(c) for c in clips], [Path(c).name for c in clips], fps=FILE_FPS,
+                                             seconds=seconds, modes=FILE_MODES),
             "frame_path": {"clips": paths, "copies": sum(p["copies"] for p in paths) / len(paths),
                            "bytes_written": sum(p["bytes_written"] for p in paths) / len(paths),
                            "shipped_bytes": max(p["shipped_bytes"] for p in paths),
@@ -193,7 +203,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     cpu = sub.add_parser("cpu", help="decode one camera for a while; print its CPU")
     cpu.add_argument("--url", required=True)
-    cpu.add_argument("--mode", choices=MODES, required=True)
+    cpu.add_argument("--mode", choices=("all", "reference", "keyframes"), required=True)
     cpu.add_argument("--fps", type=float, default=SAMPLED_FPS)
     cpu.add_argument("--seconds", type=float, default=6.0)
     path = sub.add_parser("frame-path", help="one frame's copies and bytes on a clip")

@@ -91,7 +91,10 @@ def _check_new_measures(r: dict, stdout: str) -> None:
     dec = r["decoder_cpu_ms_per_s"]  # every frame decoded vs keyframes only, same cameras
     assert _finite_positive(dec["all"]) and _finite_positive(dec["keyframes"]), dec
     assert _finite_positive(r["decode_keyframes_over_all"]), r["decode_keyframes_over_all"]
-    for label in ("frame copies", "decoder CPU ms/s", "tracker + events / detector CPU", "view on, nobody watching / view off", "one view watcher",
+    files = r["decoder_cpu_files_ms_per_s"]  # the clips as files: every frame vs reference frames only
+    assert _finite_positive(files["all"]) and _finite_positive(files["reference"]), files
+    assert _finite_positive(r["decode_reference_over_all"]), r["decode_reference_over_all"]
+    for label in ("frame copies", "decoder CPU ms/s", "decode all/reference", "tracker + events / detector CPU", "view on, nobody watching / view off", "one view watcher",
                   "p0 detector only / limit", "p2 detector only / ultralytics", "classifier-vehicle ms/crop",
                   "frame bytes", "Ray's own CPU"):
         assert label in stdout, label

@@ -285,7 +285,7 @@ def test_a_keyframes_camera_publishes_one_frame_per_keyframe(redis_server, video
 
 def test_bench_decode_phase_reports_cpu_per_camera_and_the_frame_path(rtsp_cameras, videos):
     """`percept bench`'s decode phase (benchmarks/decode.py) on one RTSP camera and one clip: both
-    modes measured, keys present and sane; the frame crosses from decoder to detector in three
+    modes measured on the camera, all and reference on the clip as a file, keys present and sane; the frame crosses from decoder to detector in three
     writes (the BGR frame, the letterboxed square, its shared-memory slot: only a handle is
     pickled), where ultralytics' LetterBox alone wrote 1.75 squares for this clip (never timed)."""
     from benchmarks.decode import phase_decode
@@ -297,6 +297,13 @@ def test_bench_decode_phase_reports_cpu_per_camera_and_the_frame_path(rtsp_camer
         assert cam[mode]["cpu_ms_per_s"] > 0 and cam[mode]["frames"] >= 1 and cam[mode]["seconds"] >= 3, cam[mode]
     assert cam["all"]["decoded_per_s"] > 5 * cam["keyframes"]["decoded_per_s"], cam  # a keyframe every 10 frames
     assert out["decoder_cpu"]["total_cpu_ms_per_s"]["all"] == pytest.approx(cam["all"]["cpu_ms_per_s"])
+    files = out["decoder_cpu_files"]  # the clip as a file: every frame, then the reference frames only
+    walk = files["cameras"]["vtest.avi"]
+    for mode in ("all", "reference"):
+        assert "error" not in walk[mode], walk[mode]
+        assert walk[mode]["cpu_ms_per_s"] > 0 and walk[mode]["frames"] >= 1, walk[mode]
+    assert walk["reference"]["decoded_per_s"] > 0.8 * walk["all"]["decoded_per_s"], walk  # no B-frames: none skipped
+    assert files["reference_over_all"] == pytest.approx(walk["reference_over_all"]) and files["sampled_fps"] == 5.0
     path = out["frame_path"]
     (clip,) = path["clips"]
     assert clip["frame_shape"] == [576, 768, 3] and clip["frames"] == 20
