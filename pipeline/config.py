@@ -80,8 +80,9 @@ class CameraConfig(Strict):
     anchor: Anchor = Field("bottom_center", description="the point of a box that zones and lines test")
     decode: Literal["all", "reference", "keyframes"] = Field(
         "all", description="all: every frame is decoded, fps samples them; reference: frames no other frame "
-        "depends on (most B-frames) are skipped (FFmpeg skip_frame nonref, with PyAV): about half the decoder "
-        "CPU on streams with B-frames, for a camera sampled at or below the rate of what is left; keyframes: only "
+        "depends on (most B-frames) are skipped (FFmpeg skip_frame nonref, with PyAV): about half the frames "
+        "of a stream with B-frames left undecoded (none of one without: keep all there), for a camera sampled at or "
+        "below the rate of what is left; keyframes: only "
         "keyframes are decoded (skip_frame nokey): far less decoder CPU for a camera sampled at or below its "
         "keyframe rate. Both cap the camera's frame rate at what they decode")
 
