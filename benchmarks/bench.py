@@ -16,7 +16,7 @@ helpers in `benchmarks/measure.py`):
 3. ``ultralytics`` — ``YOLO(model).predict(source=<.streams>, stream=True)`` on the same RTSP
    URLs, in a subprocess with a timeout, before Ray starts (the machine is otherwise idle).
    ``decode`` — each camera's decoder CPU in both ``decode`` modes (every frame, keyframes only)
-   at a sampled rate below its keyframe rate, the clips' as files with and without their
+   at a sampled rate below its keyframe rate, the clips as files with and without their
    non-reference frames (``decode: reference``), and one frame's copies and bytes from the
    decoder to the detector (``frame_copies``; `benchmarks/decode.py`).
 4. Ray and Serve start once; each of the following is a ``serve.run`` of the graph with its own
