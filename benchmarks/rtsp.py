@@ -7,7 +7,7 @@ Stdlib only. Example::
         url = srv.url("cam")          # rtsp://127.0.0.1:PORT/cam
         srv.kill(); srv.start()       # simulate a crash and a restart on the same port
 
-Mount specs are ``PATH[@WxH][@FPS]`` or ``testsrc[@WxH][@FPS]`` (see rtsp_server.py).
+Mount specs are ``PATH[@WxH][@FPS][@bframes]`` or ``testsrc[@WxH][@FPS][@bframes]`` (see rtsp_server.py).
 """
 from __future__ import annotations
 

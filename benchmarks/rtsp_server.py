@@ -6,10 +6,13 @@ Test and benchmark fixture. Runs under Debian's /usr/bin/python3 (which has
     /usr/bin/python3 benchmarks/rtsp_server.py --port 8554 [--host 127.0.0.1] \
         [--user U --password P] MOUNT=SPEC [MOUNT=SPEC ...]
 
-SPEC is ``PATH[@WxH][@FPS]`` (a video file, looped forever) or ``testsrc[@WxH][@FPS]``
-(``videotestsrc pattern=ball`` with a clock overlay). Size defaults to the file's native
-size (640x480 for testsrc), FPS to 10. Each mount is served at ``rtsp://HOST:PORT/MOUNT``
-as H.264 baseline, keyframe every 10 frames; all clients of a mount share one encoder.
+SPEC is ``PATH[@WxH][@FPS][@bframes]`` (a video file, looped forever) or
+``testsrc[@WxH][@FPS][@bframes]`` (``videotestsrc pattern=ball``, with a clock overlay where
+GStreamer's pango plugin is installed). Size defaults to the file's native size (640x480 for
+testsrc), FPS to 10. Each mount is served at
+``rtsp://HOST:PORT/MOUNT`` as H.264 baseline, keyframe every 10 frames (like most IP cameras:
+no B-frames); with ``@bframes``, H.264 main with two non-reference B-frames after every
+reference frame, keyframe every 30 frames. All clients of a mount share one encoder.
 
 A file is decoded by its own "producer" pipeline (flush-seek to 0 on EOS) into an
 ``intervideosink``; the RTSP factory reads it with ``intervideosrc``, so clients see a live
@@ -32,6 +35,9 @@ from gi.repository import GLib, Gst, GstPbutils, GstRtspServer  # noqa: E402
 ENCODE = ("videoconvert ! x264enc tune=zerolatency threads=1 speed-preset=ultrafast "
           "key-int-max=10 bitrate=1500 ! video/x-h264,profile=baseline ! "
           "rtph264pay name=pay0 pt=96 config-interval=-1")
+ENCODE_B = ("videoconvert ! x264enc threads=1 speed-preset=ultrafast bframes=2 b-pyramid=false "
+            "key-int-max=30 bitrate=1500 ! video/x-h264,profile=main ! "
+            "rtph264pay name=pay0 pt=96 config-interval=-1")
 
 
 def die(msg, code=2):
@@ -40,23 +46,25 @@ def die(msg, code=2):
 
 
 def parse_spec(arg):
-    """'MOUNT=PATH[@WxH][@FPS]' -> (mount, path, (w, h) or None, fps)."""
+    """'MOUNT=PATH[@WxH][@FPS][@bframes]' -> (mount, path, (w, h) or None, fps, bframes)."""
     mount, sep, spec = arg.partition("=")
     mount = mount.strip("/")
     if not sep or not mount or not spec:
-        die(f"bad mount spec {arg!r}, expected MOUNT=PATH[@WxH][@FPS]")
-    size, fps = None, 10
+        die(f"bad mount spec {arg!r}, expected MOUNT=PATH[@WxH][@FPS][@bframes]")
+    size, fps, bframes = None, 10, False
     parts = spec.split("@")
-    while len(parts) > 1:  # peel trailing @WxH / @FPS tokens (paths may contain '@')
-        m = re.fullmatch(r"(\d+)x(\d+)|(\d+)", parts[-1])
+    while len(parts) > 1:  # peel trailing @WxH / @FPS / @bframes tokens (paths may contain '@')
+        m = re.fullmatch(r"(\d+)x(\d+)|(\d+)|(bframes)", parts[-1])
         if not m:
             break
-        if m.group(3):
+        if m.group(4):
+            bframes = True
+        elif m.group(3):
             fps = int(m.group(3))
         else:
             size = (int(m.group(1)), int(m.group(2)))
         parts.pop()
-    return mount, "@".join(parts), size, fps
+    return mount, "@".join(parts), size, fps, bframes
 
 
 def native_size(path):
@@ -130,7 +138,8 @@ def main():
     producers = []
     seen = set()
     for i, arg in enumerate(args.mounts):
-        mount, path, size, fps = parse_spec(arg)
+        mount, path, size, fps, bframes = parse_spec(arg)
+        encode = ENCODE_B if bframes else ENCODE
         if mount in seen:
             die(f"duplicate mount /{mount}")
         seen.add(mount)
@@ -141,12 +150,14 @@ def main():
         w, h = w + (w & 1), h + (h & 1)  # x264/I420 want even dimensions
         caps = f"video/x-raw,format=I420,width={w},height={h},framerate={fps}/1"
         if path == "testsrc":
-            launch = (f"( videotestsrc is-live=true pattern=ball ! {caps} ! "
-                      f"timeoverlay font-desc=\"Sans 24\" ! {ENCODE} )")
+            # the clock overlay needs GStreamer's pango plugin (Debian: gstreamer1.0-x, not installed): without
+            # it the media would not build and every client got 503
+            overlay = 'timeoverlay font-desc="Sans 24" ! ' if Gst.ElementFactory.find("timeoverlay") else ""
+            launch = f"( videotestsrc is-live=true pattern=ball ! {caps} ! {overlay}{encode} )"
         else:
             channel = f"cam{i}"
             producers.append(make_producer(path, caps, channel, fail))
-            launch = f"( intervideosrc channel={channel} ! {caps} ! {ENCODE} )"
+            launch = f"( intervideosrc channel={channel} ! {caps} ! {encode} )"
         factory = GstRtspServer.RTSPMediaFactory()
         factory.set_launch(launch)
         factory.set_shared(True)

@@ -160,6 +160,56 @@ def test_rtsp_camera_in_keyframes_mode_gets_its_keyframes_with_less_cpu(rtsp_cam
     assert cpu["keyframes"] < cpu["opencv-all"], cpu
 
 
+def _reference_frames_of_every_frame(url: str, seconds: float, arrivals: list[float], cpu: dict) -> None:
+    """An independent count: a second session decoding every frame, noting the I and P frames
+    (the stream's B-frames are its only non-reference frames: x264 without a B-pyramid)."""
+    import av
+    from av.video.frame import PictureType
+
+    c0 = time.thread_time()
+    with av.open(url, options={"rtsp_transport": "tcp"}, timeout=(5, 5)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        t_end = time.monotonic() + seconds
+        for frame in container.decode(stream):
+            if frame.pict_type != PictureType.B:
+                arrivals.append(time.monotonic())
+            if time.monotonic() > t_end:
+                break
+    cpu["pyav-all"] = time.thread_time() - c0
+
+
+def test_rtsp_camera_with_b_frames_in_reference_mode_gets_its_reference_frames(rtsp_server_cls, videos):
+    """A live camera encoded with two B-frames after every I or P frame (vtest.avi at 10 fps,
+    the server's ``@bframes``). For 8 s at once: reference mode, and PyAV decoding every frame
+    to count the I and P frames independently. Over the same window the counts match, a third
+    of all frames."""
+    arrivals: dict[str, list[float]] = {"reference": [], "pyav-all": []}
+    cpu: dict[str, float] = {}
+    with rtsp_server_cls({"walk-b": f"{videos / 'vtest.avi'}@bframes"}) as server:
+        url = server.url("walk-b")
+        src = VideoSource("walk-ref", lambda: open_capture("walk-ref", url, decode="reference"), fps=0, is_file=False)
+        stop = threading.Timer(30, src.stop)  # a camera that never yields a frame still ends
+        stop.start()
+        threads = [threading.Thread(target=_count, args=(src, 8.0, arrivals["reference"])),
+                   threading.Thread(target=_reference_frames_of_every_frame, args=(url, 8.0, arrivals["pyav-all"], cpu))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        stop.cancel()
+        src.stop()
+    assert not any(t.is_alive() for t in threads)
+    assert all(arrivals.values()), {k: len(v) for k, v in arrivals.items()}
+    lo = max(a[0] for a in arrivals.values()) + 0.5
+    hi = min(a[-1] for a in arrivals.values()) - 0.5
+    assert hi - lo > 3, (lo, hi)
+    seen = {k: sum(lo <= t <= hi for t in v) for k, v in arrivals.items()}
+    print(f"I/P frames in a {hi - lo:.1f} s window: {seen}")
+    assert seen["reference"] >= 0.5 * (10 / 3) * (hi - lo), seen  # ~3.3 a second: two of three frames skipped
+    assert abs(seen["reference"] - seen["pyav-all"]) <= 2, seen
+
+
 def test_a_hung_rtsp_camera_in_keyframes_mode_reconnects(rtsp_server_cls, videos):
     """The read timeout holds for PyAV too: a server that stops sending is lost, and the camera
     comes back online once it sends again."""
