@@ -94,7 +94,7 @@ def _check_new_measures(r: dict, stdout: str) -> None:
     files = r["decoder_cpu_files_ms_per_s"]  # the clips as files: every frame vs reference frames only
     assert _finite_positive(files["all"]) and _finite_positive(files["reference"]), files
     assert _finite_positive(r["decode_reference_over_all"]), r["decode_reference_over_all"]
-    for label in ("frame copies", "decoder CPU ms/s", "decode all/reference", "tracker + events / detector CPU", "view on, nobody watching / view off", "one view watcher",
+    for label in ("frame copies", "decoder CPU ms/s", "files, all/reference", "tracker + events / detector CPU", "view on, nobody watching / view off", "one view watcher",
                   "p0 detector only / limit", "p2 detector only / ultralytics", "classifier-vehicle ms/crop",
                   "frame bytes", "Ray's own CPU"):
         assert label in stdout, label
