@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -109,8 +110,10 @@ def _count(src: VideoSource, seconds: float, arrivals: list[float]) -> None:
             src.stop()
 
 
-def _keyframes_of_every_frame(url: str, seconds: float, arrivals: list[float], cpu: dict) -> None:
-    """An independent count: a second session decoding every frame, noting the keyframes."""
+def _every_frame_noting(url: str, seconds: float, arrivals: list[float], cpu: dict,
+                        noted: Callable[[Any], bool]) -> None:
+    """An independent count: a second session decoding every frame, noting when a frame ``noted``
+    picks (a keyframe; an I or P frame) arrives."""
     import av
 
     c0 = time.thread_time()
@@ -119,11 +122,20 @@ def _keyframes_of_every_frame(url: str, seconds: float, arrivals: list[float], c
         stream.codec_context.thread_count = 1
         t_end = time.monotonic() + seconds
         for frame in container.decode(stream):
-            if frame.key_frame:
+            if noted(frame):
                 arrivals.append(time.monotonic())
             if time.monotonic() > t_end:
                 break
     cpu["pyav-all"] = time.thread_time() - c0
+
+
+def _common_window(arrivals: dict[str, list[float]]) -> tuple[float, float]:
+    """A window every session covered (half a second in from the latest start and earliest end)."""
+    assert all(arrivals.values()), {k: len(v) for k, v in arrivals.items()}
+    lo = max(a[0] for a in arrivals.values()) + 0.5
+    hi = min(a[-1] for a in arrivals.values()) - 0.5
+    assert hi - lo > 3, (lo, hi)
+    return lo, hi
 
 
 def test_rtsp_camera_in_keyframes_mode_gets_its_keyframes_with_less_cpu(rtsp_cameras):
@@ -142,17 +154,14 @@ def test_rtsp_camera_in_keyframes_mode_gets_its_keyframes_with_less_cpu(rtsp_cam
         cpu[mode] = time.thread_time() - c0
 
     threads = [threading.Thread(target=run, args=("keyframes",)), threading.Thread(target=run, args=("opencv-all",)),
-               threading.Thread(target=_keyframes_of_every_frame, args=(url, 8.0, arrivals["pyav-all"], cpu))]
+               threading.Thread(target=_every_frame_noting, args=(url, 8.0, arrivals["pyav-all"], cpu,
+                                                                  lambda frame: frame.key_frame))]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
     assert not any(t.is_alive() for t in threads)
-    starts = [a[0] for a in arrivals.values() if a]
-    ends = [a[-1] for a in arrivals.values() if a]
-    assert len(starts) == 3, {k: len(v) for k, v in arrivals.items()}
-    lo, hi = max(starts) + 0.5, min(ends) - 0.5  # a window all three sessions covered
-    assert hi - lo > 3, (lo, hi)
+    lo, hi = _common_window(arrivals)
     seen = {k: sum(lo <= t <= hi for t in v) for k, v in arrivals.items()}
     print(f"frames in a {hi - lo:.1f} s window: {seen}; decoder thread CPU (s): {cpu}")
     assert seen["keyframes"] >= 2 and abs(seen["keyframes"] - seen["pyav-all"]) <= 1, seen
@@ -160,30 +169,14 @@ def test_rtsp_camera_in_keyframes_mode_gets_its_keyframes_with_less_cpu(rtsp_cam
     assert cpu["keyframes"] < cpu["opencv-all"], cpu
 
 
-def _reference_frames_of_every_frame(url: str, seconds: float, arrivals: list[float], cpu: dict) -> None:
-    """An independent count: a second session decoding every frame, noting the I and P frames
-    (the stream's B-frames are its only non-reference frames: x264 without a B-pyramid)."""
-    import av
-    from av.video.frame import PictureType
-
-    c0 = time.thread_time()
-    with av.open(url, options={"rtsp_transport": "tcp"}, timeout=(5, 5)) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1
-        t_end = time.monotonic() + seconds
-        for frame in container.decode(stream):
-            if frame.pict_type != PictureType.B:
-                arrivals.append(time.monotonic())
-            if time.monotonic() > t_end:
-                break
-    cpu["pyav-all"] = time.thread_time() - c0
-
-
 def test_rtsp_camera_with_b_frames_in_reference_mode_gets_its_reference_frames(rtsp_server_cls, videos):
     """A live camera encoded with two B-frames after every I or P frame (vtest.avi at 10 fps,
     the server's ``@bframes``). For 8 s at once: reference mode, and PyAV decoding every frame
     to count the I and P frames independently. Over the same window the counts match, a third
-    of all frames."""
+    of all frames (the stream's B-frames are its only non-reference frames: x264 without a
+    B-pyramid)."""
+    from av.video.frame import PictureType
+
     arrivals: dict[str, list[float]] = {"reference": [], "pyav-all": []}
     cpu: dict[str, float] = {}
     with rtsp_server_cls({"walk-b": f"{videos / 'vtest.avi'}@bframes"}) as server:
@@ -192,7 +185,8 @@ def test_rtsp_camera_with_b_frames_in_reference_mode_gets_its_reference_frames(r
         stop = threading.Timer(30, src.stop)  # a camera that never yields a frame still ends
         stop.start()
         threads = [threading.Thread(target=_count, args=(src, 8.0, arrivals["reference"])),
-                   threading.Thread(target=_reference_frames_of_every_frame, args=(url, 8.0, arrivals["pyav-all"], cpu))]
+                   threading.Thread(target=_every_frame_noting, args=(url, 8.0, arrivals["pyav-all"], cpu,
+                                                                      lambda frame: frame.pict_type != PictureType.B))]
         for t in threads:
             t.start()
         for t in threads:
@@ -200,10 +194,7 @@ def test_rtsp_camera_with_b_frames_in_reference_mode_gets_its_reference_frames(r
         stop.cancel()
         src.stop()
     assert not any(t.is_alive() for t in threads)
-    assert all(arrivals.values()), {k: len(v) for k, v in arrivals.items()}
-    lo = max(a[0] for a in arrivals.values()) + 0.5
-    hi = min(a[-1] for a in arrivals.values()) - 0.5
-    assert hi - lo > 3, (lo, hi)
+    lo, hi = _common_window(arrivals)
     seen = {k: sum(lo <= t <= hi for t in v) for k, v in arrivals.items()}
     print(f"I/P frames in a {hi - lo:.1f} s window: {seen}")
     assert seen["reference"] >= 0.5 * (10 / 3) * (hi - lo), seen  # ~3.3 a second: two of three frames skipped
