@@ -338,7 +338,7 @@ class Bench:
         fps = 0 if fps >= 0.95 * self.cams.rate else fps
         ph = g.phase(self._config("overload", n, fps=fps, realtime=True), duration=self.overload_s, warmup=self.warmup)
         ph.pop("payload_samples")
-        self.result["overload"] = _overload_summary(ph, cap, n, fps)
+        self.result["overload"] = P.overload_summary(ph, cap, n, fps)
 
     # --- all of it ----------------------------------------------------------------------------
 
@@ -353,31 +353,6 @@ class Bench:
         self.attempt("decode", self.decode)
         self.graph_phases()
         self.attempt("publish", self.publish)
-
-
-def _overload_summary(ph: dict[str, Any], cap: float, n: int, fps: float) -> dict[str, Any]:
-    graph_procs = [p for p in ph["processes"] if P.is_graph_process(p["name"]) and p["growth_pct"] is not None]
-    total = R.ratio(sum(p["end_mb"] for p in graph_procs), sum(p["start_mb"] for p in graph_procs))
-    return {
-        "capacity_fps": cap,
-        "cameras": n,
-        "camera_fps": fps,
-        "offered_fps": ph["offered_fps"],
-        "offered_over_capacity": R.ratio(ph["offered_fps"], cap),
-        "published_fps": ph["fps"],
-        "lag_p99_s": ph["lag_s"]["p99"],
-        "lag_s": ph["lag_s"],
-        "lag_max_s": ph["lag_max_s"],
-        "dropped_per_s": ph["dropped_per_s"],
-        "rss": [{k: p.get(k) for k in ("name", "pid", "start_mb", "end_mb", "growth_pct",
-                                       "second_half_mb_per_min", "threads_start", "threads_end")}
-                for p in ph["processes"]],
-        "rss_growth_max_pct": max((p["growth_pct"] for p in graph_procs), default=None),
-        "rss_growth_max_process": max(graph_procs, key=lambda p: p["growth_pct"])["name"] if graph_procs else None,
-        "rss_growth_graph_total_pct": (total - 1) * 100 if total else None,
-        "seconds": ph["seconds"],
-        "detail": ph,
-    }
 
 
 NULL_KEYS = ("limit", "limit_fps", "limit_rect_fps", "bare_fps", "frame_bytes", "classifiers_cost", "e2e_fps", "e2e_detect_only_fps",

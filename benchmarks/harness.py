@@ -198,7 +198,7 @@ class Graph:
         from ray import serve
 
         from deployments.graph import build_app
-        from pipeline.streams import StreamKeys, camera_states
+        from pipeline.streams import StreamKeys
 
         need, have = logical_cpus(cfg), ray.cluster_resources().get("CPU", 0)
         if need > have + 1e-6:  # serve.run would wait for resources forever
@@ -216,23 +216,9 @@ class Graph:
             if watcher is not None:
                 stack.enter_context(watcher)
             time.sleep(warmup)
-            tap = M.StreamTap(self.client, streams).start()
-            cpu = P.CpuMeter().start()
-            procs0 = P.process_stats()
-            t0, len0, st0 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
-            profilers = self._start_profilers(profile_dir, procs0, duration) if profile_dir else []
-            samples = []
-            end_at = time.monotonic() + duration
-            while (left := end_at - time.monotonic()) > 0:  # RSS every 5 s: growth vs warm-up
-                time.sleep(min(5.0, left))
-                if end_at - time.monotonic() > 1:
-                    samples.append(P.process_stats())
-            t1, len1, st1 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
-            procs1 = P.process_stats()
-            cpu_use = cpu.stop()
+            window = self._window(keys, cams, streams, duration, profile_dir)
             stack.close()  # the watcher stops with the window
-            entries = tap.stop()
-            for p in profilers:
+            for p in window.pop("profilers"):
                 try:
                     p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
@@ -240,33 +226,31 @@ class Graph:
         finally:
             stack.close()
             serve.delete(APP)
-        dt = t1 - t0
+        return {"camera_fps": cfg.cameras[0].fps if cfg.cameras else None, **_window_result(window, cams, streams),
+                "warmup_s": warmup, "ready_s": ready_s}
 
-        def delta(field: str) -> float:
-            return sum(float(st1.get(c, {}).get(field, 0) or 0) - float(st0.get(c, {}).get(field, 0) or 0) for c in cams)
+    def _window(self, keys: Any, cams: list[str], streams: list[str], duration: float,
+                profile_dir: Path | None) -> dict[str, Any]:
+        """What the cameras published, their states and every process's CPU and RSS over
+        ``duration`` seconds (RSS every 5 s: growth against the start)."""
+        from pipeline.streams import camera_states
 
-        published = sum(len1.values()) - sum(len0.values())
-        per_camera = {c: (len1[s] - len0[s]) / dt for c, s in zip(cams, streams)}
-        summary = M.StreamTap.summarize(entries, t0, t1)
-        processes = P.compare_processes(procs0, procs1, samples)
-        fps = published / dt
-        return {
-            "cameras": len(cams),
-            "camera_fps": cfg.cameras[0].fps if cfg.cameras else None,
-            "fps": fps,
-            "per_camera_fps": per_camera,
-            "cpu_ms_per_frame": _cpu_ms_per_frame(processes, fps),
-            # every sampled frame is published or counted as dropped (skipped, replaced or failed)
-            "offered_fps": (published + delta("dropped")) / dt,
-            "dropped_per_s": delta("dropped") / dt,
-            "seconds": dt,
-            "warmup_s": warmup,
-            "ready_s": ready_s,
-            "payload_samples": [e.raw.decode() for e in entries[-200:]],
-            "processes": processes,
-            "cpu": cpu_use,
-            **summary,
-        }
+        tap = M.StreamTap(self.client, streams).start()
+        cpu = P.CpuMeter().start()
+        procs0 = P.process_stats()
+        t0, len0, st0 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
+        profilers = self._start_profilers(profile_dir, procs0, duration) if profile_dir else []
+        samples = []
+        end_at = time.monotonic() + duration
+        while (left := end_at - time.monotonic()) > 0:
+            time.sleep(min(5.0, left))
+            if end_at - time.monotonic() > 1:
+                samples.append(P.process_stats())
+        t1, len1, st1 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
+        procs1 = P.process_stats()
+        return {"t": (t0, t1), "lengths": (len0, len1), "states": (st0, st1), "cpu": cpu.stop(),
+                "processes": P.compare_processes(procs0, procs1, samples), "entries": tap.stop(),
+                "profilers": profilers}
 
     def _wait_ready(self, keys: Any, cams: list[str], streams: list[str], timeout: float) -> None:
         """Until every camera has published once (else the cameras' states in the error)."""
@@ -302,6 +286,31 @@ class Graph:
                  "--nonblocking", "--output", str(folder / f"{name}-{pid}.txt")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         return out
+
+
+def _window_result(window: dict[str, Any], cams: list[str], streams: list[str]) -> dict[str, Any]:
+    """A phase's numbers from its window (`Graph._window`): fps, per camera, offered, dropped."""
+    (t0, t1), (len0, len1), (st0, st1) = window["t"], window["lengths"], window["states"]
+    dt = t1 - t0
+    dropped = sum(float(st1.get(c, {}).get("dropped", 0) or 0) - float(st0.get(c, {}).get("dropped", 0) or 0)
+                  for c in cams)
+    published = sum(len1.values()) - sum(len0.values())
+    entries, processes = window["entries"], window["processes"]
+    fps = published / dt
+    return {
+        "cameras": len(cams),
+        "fps": fps,
+        "per_camera_fps": {c: (len1[s] - len0[s]) / dt for c, s in zip(cams, streams)},
+        "cpu_ms_per_frame": _cpu_ms_per_frame(processes, fps),
+        # every sampled frame is published or counted as dropped (skipped, replaced or failed)
+        "offered_fps": (published + dropped) / dt,
+        "dropped_per_s": dropped / dt,
+        "seconds": dt,
+        "payload_samples": [e.raw.decode() for e in entries[-200:]],
+        "processes": processes,
+        "cpu": window["cpu"],
+        **M.StreamTap.summarize(entries, t0, t1),
+    }
 
 
 def _cpu_ms_per_frame(processes: list[dict[str, Any]], fps: float) -> dict[str, float]:

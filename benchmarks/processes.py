@@ -144,3 +144,31 @@ def ray_own_cpu(processes: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None
     return {"share_pct": used / total * 100, "ray_pct_of_core": used, "service_pct_of_core": total,
             "pct_of_machine": used / (os.cpu_count() or 1),
             "processes": dict(sorted(own.items(), key=lambda kv: -kv[1]))}
+
+
+def overload_summary(ph: dict[str, Any], cap: float, n: int, fps: float) -> dict[str, Any]:
+    """The overload phase: what was offered against the capacity, lag, drops and every graph
+    process's RSS growth over the window."""
+    graph_procs = [p for p in ph["processes"] if is_graph_process(p["name"]) and p["growth_pct"] is not None]
+    start = sum(p["start_mb"] for p in graph_procs)
+    total = sum(p["end_mb"] for p in graph_procs) / start if start else None
+    return {
+        "capacity_fps": cap,
+        "cameras": n,
+        "camera_fps": fps,
+        "offered_fps": ph["offered_fps"],
+        "offered_over_capacity": ph["offered_fps"] / cap if cap else None,
+        "published_fps": ph["fps"],
+        "lag_p99_s": ph["lag_s"]["p99"],
+        "lag_s": ph["lag_s"],
+        "lag_max_s": ph["lag_max_s"],
+        "dropped_per_s": ph["dropped_per_s"],
+        "rss": [{k: p.get(k) for k in ("name", "pid", "start_mb", "end_mb", "growth_pct",
+                                       "second_half_mb_per_min", "threads_start", "threads_end")}
+                for p in ph["processes"]],
+        "rss_growth_max_pct": max((p["growth_pct"] for p in graph_procs), default=None),
+        "rss_growth_max_process": max(graph_procs, key=lambda p: p["growth_pct"])["name"] if graph_procs else None,
+        "rss_growth_graph_total_pct": (total - 1) * 100 if total else None,
+        "seconds": ph["seconds"],
+        "detail": ph,
+    }

@@ -98,46 +98,26 @@ def make_producer(path, caps, channel, on_fail):
     return pipe
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8554, help="0 = any free port")
-    ap.add_argument("--user")
-    ap.add_argument("--password")
-    ap.add_argument("mounts", nargs="+", metavar="MOUNT=SPEC")
-    args = ap.parse_args()
-    if (args.user is None) != (args.password is None):
-        die("--user and --password go together")
+def require_login(server, user, password):
+    """Basic auth on ``server``: the permissions a mount needs so that ``user`` may play it."""
+    auth = GstRtspServer.RTSPAuth()
+    token = GstRtspServer.RTSPToken()
+    token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "user")
+    auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+    server.set_auth(auth)
+    permissions = GstRtspServer.RTSPPermissions()
+    permissions.add_permission_for_role("user", GstRtspServer.RTSP_PERM_MEDIA_FACTORY_ACCESS, True)
+    permissions.add_permission_for_role("user", GstRtspServer.RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, True)
+    return permissions
 
-    Gst.init(None)
-    loop = GLib.MainLoop()
-    status = [0]
 
-    def fail(msg):  # called from GLib callbacks: stop the loop rather than raise
-        print(f"rtsp_server: {msg}", file=sys.stderr, flush=True)
-        status[0] = 1
-        loop.quit()
-
-    server = GstRtspServer.RTSPServer()
-    server.set_address(args.host)
-    server.set_service(str(args.port))
-    server.set_backlog(64)
+def add_mounts(server, specs, permissions, fail):
+    """One shared media factory per ``MOUNT=SPEC``; returns the pipelines that feed the clips'
+    mounts (a test pattern needs none)."""
     mounts = server.get_mount_points()
-
-    permissions = None
-    if args.user is not None:
-        auth = GstRtspServer.RTSPAuth()
-        token = GstRtspServer.RTSPToken()
-        token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "user")
-        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password), token)
-        server.set_auth(auth)
-        permissions = GstRtspServer.RTSPPermissions()
-        permissions.add_permission_for_role("user", GstRtspServer.RTSP_PERM_MEDIA_FACTORY_ACCESS, True)
-        permissions.add_permission_for_role("user", GstRtspServer.RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, True)
-
     producers = []
     seen = set()
-    for i, arg in enumerate(args.mounts):
+    for i, arg in enumerate(specs):
         mount, path, size, fps, bframes = parse_spec(arg)
         encode = ENCODE_B if bframes else ENCODE
         if mount in seen:
@@ -164,6 +144,36 @@ def main():
         if permissions is not None:
             factory.set_permissions(permissions)
         mounts.add_factory("/" + mount, factory)
+    return producers
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8554, help="0 = any free port")
+    ap.add_argument("--user")
+    ap.add_argument("--password")
+    ap.add_argument("mounts", nargs="+", metavar="MOUNT=SPEC")
+    args = ap.parse_args()
+    if (args.user is None) != (args.password is None):
+        die("--user and --password go together")
+
+    Gst.init(None)
+    loop = GLib.MainLoop()
+    status = [0]
+
+    def fail(msg):  # called from GLib callbacks: stop the loop rather than raise
+        print(f"rtsp_server: {msg}", file=sys.stderr, flush=True)
+        status[0] = 1
+        loop.quit()
+
+    server = GstRtspServer.RTSPServer()
+    server.set_address(args.host)
+    server.set_service(str(args.port))
+    server.set_backlog(64)
+
+    permissions = require_login(server, args.user, args.password) if args.user is not None else None
+    producers = add_mounts(server, args.mounts, permissions, fail)
 
     for p in producers:  # preroll so the first client gets real frames, not black
         p.set_state(Gst.State.PLAYING)

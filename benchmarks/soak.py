@@ -118,21 +118,46 @@ def run_soak(args: argparse.Namespace) -> int:
             exceptions = _exceptions_in_ray_logs()
     except ConfigError as exc:
         return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
-    t0, t1 = timeline[0]["t"], timeline[-1]["t"]
-    summary = M.StreamTap.summarize(entries, t0, t1)
+    result = _soak_result(args, base, timeline, entries, dropped=_dropped(st0, st1, ids), exceptions=exceptions)
+    text = json.dumps(R.rounded(result), indent=1)
+    out = R.write_results(text, args.json_out, args.state_dir, os.uname().nodename, "soak")
+    _say(f"wrote {out}")
+    worst, growth = result["worst_rss_growth"], result["processes"].values()
+    print(f"soak: {args.cameras} cameras, {result['duration_s']:.0f} s: {result['published_fps']:.1f} fps published, "
+          f"{result['dropped_per_s']:.2f} dropped/s, lag p99 {result['lag_p99_s']} s, "
+          f"worst RSS growth {worst.get('rss_growth_pct')} % ({worst['process']}), "
+          f"fds {sum((g['fds_start'] or 0) for g in growth)} → {sum((g['fds_end'] or 0) for g in growth)}, "
+          f"exceptions {result['exceptions_total']}")
+    return 0
+
+
+def _dropped(st0: dict[str, Any], st1: dict[str, Any], ids: list[str]) -> float:
+    """Frames the cameras dropped between two readings of their states."""
+    return sum(float(st1.get(c, {}).get("dropped", 0) or 0) - float(st0.get(c, {}).get("dropped", 0) or 0) for c in ids)
+
+
+def _rss_growth(timeline: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each process's RSS and open fds at the first and the last sample."""
     growth = {}
     for name, first in timeline[0]["processes"].items():
-        lastp = timeline[-1]["processes"].get(name)
-        if lastp is None or not first["rss_mb"]:
+        last = timeline[-1]["processes"].get(name)
+        if last is None or not first["rss_mb"]:
             continue
         growth[name] = {
-            "rss_start_mb": first["rss_mb"], "rss_end_mb": lastp["rss_mb"],
-            "rss_growth_pct": round(100 * (lastp["rss_mb"] / first["rss_mb"] - 1), 2),
-            "fds_start": first["fds"], "fds_end": lastp["fds"],
+            "rss_start_mb": first["rss_mb"], "rss_end_mb": last["rss_mb"],
+            "rss_growth_pct": round(100 * (last["rss_mb"] / first["rss_mb"] - 1), 2),
+            "fds_start": first["fds"], "fds_end": last["fds"],
         }
-    dropped = sum(float(st1.get(c, {}).get("dropped", 0) or 0) - float(st0.get(c, {}).get("dropped", 0) or 0) for c in ids)
+    return growth
+
+
+def _soak_result(args: argparse.Namespace, base: Any, timeline: list[dict[str, Any]], entries: list[Any], *,
+                 dropped: float, exceptions: dict[str, int]) -> dict[str, Any]:
+    t0, t1 = timeline[0]["t"], timeline[-1]["t"]
+    summary = M.StreamTap.summarize(entries, t0, t1)
+    growth = _rss_growth(timeline)
     worst = max(growth.items(), key=lambda kv: kv[1]["rss_growth_pct"]) if growth else (None, {})
-    result = {
+    return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cameras": args.cameras, "fps_per_camera": args.fps, "duration_s": t1 - t0, "warmup_s": args.warmup,
         "machine": R.machine_info(model=Path(base.detector.weights).name, imgsz=base.detector.imgsz,
@@ -146,12 +171,3 @@ def run_soak(args: argparse.Namespace) -> int:
         "processes": growth,
         "timeline": timeline,
     }
-    text = json.dumps(R.rounded(result), indent=1)
-    out = R.write_results(text, args.json_out, args.state_dir, os.uname().nodename, "soak")
-    _say(f"wrote {out}")
-    print(f"soak: {args.cameras} cameras, {result['duration_s']:.0f} s: {result['published_fps']:.1f} fps published, "
-          f"{result['dropped_per_s']:.2f} dropped/s, lag p99 {result['lag_p99_s']} s, "
-          f"worst RSS growth {worst[1].get('rss_growth_pct')} % ({worst[0]}), "
-          f"fds {sum((g['fds_start'] or 0) for g in growth.values())} → {sum((g['fds_end'] or 0) for g in growth.values())}, "
-          f"exceptions {result['exceptions_total']}")
-    return 0
