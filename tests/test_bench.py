@@ -156,3 +156,34 @@ def test_bench_smoke(tmp_path, models_dir, videos):
         "ray_own_cpu.share_pct", "tracking_cost.over_detector", "view_cost.idle_over_off"}
     assert all(isinstance(g["value"], (int, float)) and g["met"] in (True, False) for g in r["goals"].values()), r["goals"]
     assert "p1 e2e / bare" in proc.stdout  # the table
+
+
+def test_soak_smoke(tmp_path, models_dir, videos):
+    """`percept bench soak`, short: two RTSP cameras on the graph, sampled over the window; the
+    JSON has the timeline, every process's RSS and fds at both ends, and what the cameras did."""
+    from benchmarks.rtsp import gst_rtsp_available
+
+    if not gst_rtsp_available():
+        pytest.fail("GStreamer RTSP server (Debian python3-gi, gir1.2-gst-rtsp-server-1.0) is missing")
+    out = tmp_path / "soak.json"
+    env = dict(os.environ, PERCEPT_MODELS_DIR=models_dir, PERCEPT_SAMPLE_VIDEOS=str(videos), YOLO_OFFLINE="1")
+    env.pop("RAY_ADDRESS", None)
+    proc = _run([sys.executable, "-m", "cli", "bench", "soak", "--cameras", "2", "--fps", "2", "--warmup", "4",
+                 "--duration", "10", "--interval", "5", "--json", str(out), "--state-dir", str(tmp_path / "state")],
+                env=env, timeout=600)
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    r = json.loads(out.read_text())
+    assert r["cameras"] == 2 and r["fps_per_camera"] == 2 and len(r["timeline"]) >= 3, r.keys()
+    assert r["timeline"][-1]["published"] > r["timeline"][0]["published"]  # it kept publishing over the window
+    assert _finite_positive(r["published_fps"]) and r["dropped_per_s"] >= 0 and r["exceptions_total"] == 0, r
+    assert _finite_positive(r["lag_p99_s"]) and _finite_positive(r["latency_ms"]["p50"]), r
+    replicas = [n for n in r["processes"] if n.startswith(("replica:decoder", "replica:detector"))]
+    assert len(replicas) >= 2, list(r["processes"])
+    first, last = r["timeline"][0]["processes"], r["timeline"][-1]["processes"]
+    for name, p in r["processes"].items():  # the first and the last sample of each process
+        assert (p["rss_start_mb"], p["rss_end_mb"]) == (first[name]["rss_mb"], last[name]["rss_mb"]), (name, p)
+        assert _finite_positive(p["rss_start_mb"]) and isinstance(p["rss_growth_pct"], (int, float)), (name, p)
+    worst = r["worst_rss_growth"]
+    assert worst["process"] in r["processes"] and worst["rss_growth_pct"] == max(
+        p["rss_growth_pct"] for p in r["processes"].values()), worst
+    assert "soak: 2 cameras" in proc.stdout and "exceptions 0" in proc.stdout
