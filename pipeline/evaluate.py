@@ -186,6 +186,26 @@ def default_categories(labels: Sequence[str]) -> dict[str, list[str]]:
     return {"sign": ["*"]}
 
 
+def _label_maps(det: Any, categories: Mapping[str, Sequence[str]] | None
+                ) -> tuple[dict[str, int], dict[int, int], dict[str, Sequence[str]], dict[int, int]]:
+    """The service publishes labels, not class ids: classes sharing a label are one (the first
+    id). Returns label → class, every class → its label's class, the categories (label lists;
+    ``["*"]`` is every label) and class → category index; a category naming a label the model
+    does not have is an `EvalError`."""
+    class_of: dict[str, int] = {}
+    for k, label in sorted((int(k), str(v)) for k, v in det.names.items()):
+        class_of.setdefault(label, k)
+    canonical = {int(k): class_of[str(v)] for k, v in det.names.items()}
+    groups = dict(categories) if categories else default_categories(list(class_of))
+    category_of: dict[int, int] = {}
+    for ci, (category, labels) in enumerate(groups.items()):
+        for label in (list(class_of) if list(labels) == ["*"] else labels):
+            if label not in class_of:
+                raise EvalError(f"--categories: {category}: {label!r} is not a label of {det.name}")
+            category_of[class_of[label]] = ci
+    return class_of, canonical, groups, category_of
+
+
 def evaluate_detector(weights: str, data: str | Path, *, card: str | None = None, imgsz: int = 640,
                       conf: float = 0.001, iou: float = 0.7, max_det: int = 300, batch: int = 8,
                       categories: Mapping[str, Sequence[str]] | None = None, models_dir: str | None = None,
@@ -197,19 +217,8 @@ def evaluate_detector(weights: str, data: str | Path, *, card: str | None = None
     cfg = DetectorConfig(weights=weights, card=card, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
                          device=device, backend=backend, threads=threads, categories={"all": ["*"]})
     det = load_detector(cfg, models_dir=models_dir, field="--weights", warmup=True)
-    # the service publishes labels, not class ids: classes sharing a label are one (the first id)
-    class_of: dict[str, int] = {}
-    for k, label in sorted((int(k), str(v)) for k, v in det.names.items()):
-        class_of.setdefault(label, k)
-    canonical = {int(k): class_of[str(v)] for k, v in det.names.items()}
+    class_of, canonical, groups, category_of = _label_maps(det, categories)
     names = {k: label for label, k in class_of.items()}
-    groups = dict(categories) if categories else default_categories(list(names.values()))
-    category_of: dict[int, int] = {}
-    for ci, (category, labels) in enumerate(groups.items()):
-        for label in (names.values() if list(labels) == ["*"] else labels):
-            if label not in class_of:
-                raise EvalError(f"--categories: {category}: {label!r} is not a label of {det.name}")
-            category_of[class_of[label]] = ci
     stats, cat_stats = ({k: [] for k in ("tp", "conf", "pred_cls", "target")} for _ in range(2))
     elapsed = 0.0  # prepare_frame + detect_batch, as the service spends it
     for start in range(0, len(images), batch):
