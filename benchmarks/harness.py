@@ -288,12 +288,16 @@ class Graph:
         return out
 
 
+def dropped_between(st0: dict[str, Any], st1: dict[str, Any], cams: list[str]) -> float:
+    """Frames the cameras dropped between two readings of their states (`camera_states`)."""
+    return sum(float(st1.get(c, {}).get("dropped", 0) or 0) - float(st0.get(c, {}).get("dropped", 0) or 0) for c in cams)
+
+
 def _window_result(window: dict[str, Any], cams: list[str], streams: list[str]) -> dict[str, Any]:
     """A phase's numbers from its window (`Graph._window`): fps, per camera, offered, dropped."""
     (t0, t1), (len0, len1), (st0, st1) = window["t"], window["lengths"], window["states"]
     dt = t1 - t0
-    dropped = sum(float(st1.get(c, {}).get("dropped", 0) or 0) - float(st0.get(c, {}).get("dropped", 0) or 0)
-                  for c in cams)
+    dropped = dropped_between(st0, st1, cams)
     published = sum(len1.values()) - sum(len0.values())
     entries, processes = window["entries"], window["processes"]
     fps = published / dt

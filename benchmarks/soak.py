@@ -26,6 +26,7 @@ from .harness import (
     _clips,
     _phase_config,
     _say,
+    dropped_between,
     fail,
     ray_cpus_for,
     start_services,
@@ -118,7 +119,7 @@ def run_soak(args: argparse.Namespace) -> int:
             exceptions = _exceptions_in_ray_logs()
     except ConfigError as exc:
         return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
-    result = _soak_result(args, base, timeline, entries, dropped=_dropped(st0, st1, ids), exceptions=exceptions)
+    result = _soak_result(args, base, timeline, entries, dropped=dropped_between(st0, st1, ids), exceptions=exceptions)
     text = json.dumps(R.rounded(result), indent=1)
     out = R.write_results(text, args.json_out, args.state_dir, os.uname().nodename, "soak")
     _say(f"wrote {out}")
@@ -129,11 +130,6 @@ def run_soak(args: argparse.Namespace) -> int:
           f"fds {sum((g['fds_start'] or 0) for g in growth)} → {sum((g['fds_end'] or 0) for g in growth)}, "
           f"exceptions {result['exceptions_total']}")
     return 0
-
-
-def _dropped(st0: dict[str, Any], st1: dict[str, Any], ids: list[str]) -> float:
-    """Frames the cameras dropped between two readings of their states."""
-    return sum(float(st1.get(c, {}).get("dropped", 0) or 0) - float(st0.get(c, {}).get("dropped", 0) or 0) for c in ids)
 
 
 def _rss_growth(timeline: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
