@@ -199,11 +199,13 @@ def phase_decode(urls: Sequence[str], names: Sequence[str], clips: Sequence[str]
 # --- the subprocess -----------------------------------------------------------------------------
 
 def _main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.capture_av import SKIP_FRAME
+
     p = argparse.ArgumentParser(prog="python -m benchmarks.decode")
     sub = p.add_subparsers(dest="cmd", required=True)
     cpu = sub.add_parser("cpu", help="decode one camera for a while; print its CPU")
     cpu.add_argument("--url", required=True)
-    cpu.add_argument("--mode", choices=("all", "reference", "keyframes"), required=True)
+    cpu.add_argument("--mode", choices=("all", *SKIP_FRAME), required=True)
     cpu.add_argument("--fps", type=float, default=SAMPLED_FPS)
     cpu.add_argument("--seconds", type=float, default=6.0)
     path = sub.add_parser("frame-path", help="one frame's copies and bytes on a clip")

@@ -276,7 +276,8 @@ def _cost_rows(t: _Table, result: Mapping[str, Any]) -> None:
     t.row(f"decoder CPU ms/s @ {_fmt(value_of(result, 'decode.decoder_cpu.sampled_fps'), 'g')} fps, decode all/keyframes",
           "/".join(_fmt(dec.get(k), ".0f") for k in ("all", "keyframes")) if dec else None)
     files = result.get("decoder_cpu_files_ms_per_s") or {}
-    t.row(f"decoder CPU ms/s @ {_fmt(value_of(result, 'decode.decoder_cpu_files.sampled_fps'), 'g')} fps, files, all/reference", "/".join(_fmt(files.get(k), ".0f") for k in ("all", "reference")) if files else None)
+    t.row(f"decoder CPU ms/s @ {_fmt(value_of(result, 'decode.decoder_cpu_files.sampled_fps'), 'g')} fps, files, all/reference",
+          "/".join(_fmt(files.get(k), ".0f") for k in ("all", "reference")) if files else None)
     ray = result.get("ray_own_cpu") or {}
     t.row(f"Ray's own CPU, % of the service's ({_fmt(ray.get('ray_pct_of_core'), '.0f')}% of a core)",
           ray.get("share_pct"), "ray_own_cpu.share_pct", ".1f")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .capture_av import SKIP_FRAME
 from .redact import redact_url
 from .sources import Capture, SourceError, is_file_url
 
@@ -25,13 +26,13 @@ def open_capture(
     ``decode: keyframes`` / ``reference``: with PyAV, decoding only the keyframes / the reference
     frames (``fps``, the camera's sampling rate, is compared with the rate of those: a warning
     when it is higher)."""
-    if decode in ("keyframes", "reference"):
+    if decode in SKIP_FRAME:
         from .capture_av import decoded_rate, open_skipping
 
         return open_skipping(camera, url, decode=decode, open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
                              rate=decoded_rate(camera, fps, decode), diagnose=diagnose_rtsp)
     if decode != "all":
-        raise ValueError(f"camera {camera}: decode must be all, reference or keyframes, not {decode!r}")
+        raise ValueError(f"camera {camera}: decode must be one of {', '.join(['all', *SKIP_FRAME])}, not {decode!r}")
     import cv2
 
     safe = redact_url(url)

@@ -66,7 +66,7 @@ class DecodedRate:
         wanted = "every frame (fps: 0)" if self.fps == 0 else f"fps {self.fps:g}"
         log.warning("camera %s: decode: %s gives %.2f frames/s (%s) but it is sampled at %s: it gets frames "
                     "only at that rate; use decode: all for more", self.camera, self.decode, rate,
-                    WHAT_IS_KEPT.get(self.decode, "what is decoded"), wanted)
+                    WHAT_IS_KEPT[self.decode], wanted)
 
     def reopened(self, nominal_fps: float = 0.0) -> None:
         self._last = None
