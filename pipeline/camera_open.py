@@ -43,26 +43,8 @@ async def open_camera(
 
     is_file = is_file_url(camera.url)
     slot = LatestFrameSlot()
-    source = VideoSource(
-        camera.id,
-        functools.partial(
-            open_capture, camera.id, camera.url,
-            open_timeout_s=camera.open_timeout_s, read_timeout_s=camera.read_timeout_s,
-            decode=camera.decode, fps=camera.fps,
-        ),
-        fps=camera.fps,
-        is_file=is_file,
-        loop=camera.loop,
-        realtime=camera.realtime,
-        native_fps=await asyncio.to_thread(probe_fps, camera.url) if is_file else None,
-        watchdog_s=camera.watchdog_s,
-        seq_start=seq_start,
-        on_status=on_status,
-        wants_frame=slot.wants_frame,
-        wait_for_demand=slot.wait_for_demand if camera.backpressure == "wait" else None,
-        # the detector's input is made in the reader thread, only for frames the conductor takes
-        prepare=lambda image, meta: prepare_frame(image, config.detector.imgsz, meta.frame_ts, meta.camera),
-    )
+    native_fps = await asyncio.to_thread(probe_fps, camera.url) if is_file else None
+    source = _video_source(camera, config, slot, seq_start=seq_start, on_status=on_status, native_fps=native_fps)
     on_status(StatusEvent(camera.id, SourceState.CONNECTING, None, None, time.time()))
     # the open tracks a previous owner of the camera left, if any, continue
     tracker, events, track_state = await asyncio.to_thread(
@@ -87,4 +69,29 @@ async def open_camera(
         metrics=metrics,
         view=view,
         kept=kept,
+    )
+
+
+def _video_source(camera: CameraConfig, config: PerceptConfig, slot: LatestFrameSlot, *, seq_start: int,
+                  on_status: Callable[[StatusEvent], None], native_fps: float | None) -> VideoSource:
+    """The camera's reader: opens the capture in its thread, takes the frames the slot wants."""
+    return VideoSource(
+        camera.id,
+        functools.partial(
+            open_capture, camera.id, camera.url,
+            open_timeout_s=camera.open_timeout_s, read_timeout_s=camera.read_timeout_s,
+            decode=camera.decode, fps=camera.fps,
+        ),
+        fps=camera.fps,
+        is_file=is_file_url(camera.url),
+        loop=camera.loop,
+        realtime=camera.realtime,
+        native_fps=native_fps,
+        watchdog_s=camera.watchdog_s,
+        seq_start=seq_start,
+        on_status=on_status,
+        wants_frame=slot.wants_frame,
+        wait_for_demand=slot.wait_for_demand if camera.backpressure == "wait" else None,
+        # the detector's input is made in the reader thread, only for frames the conductor takes
+        prepare=lambda image, meta: prepare_frame(image, config.detector.imgsz, meta.frame_ts, meta.camera),
     )

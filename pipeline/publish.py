@@ -32,8 +32,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import redis
 
-from .lease import FENCED_HSET, FENCED_PUBLISH, REFUSED, UNHELD, WRITTEN, Fence
-from .publish_items import Item, PublisherStats, call_command, encode_all, estimated_bytes, script_calls
+from .lease import FENCED_HSET, FENCED_PUBLISH, REFUSED, UNHELD, Fence
+from .publish_items import (Item, PublisherStats, call_command, count_outcome, encode_all, estimated_bytes, flat_args,
+                            script_calls)
 from .publish_wire import Wire, evalsha, is_noscript
 from .redact import redact
 from .schema import FrameResult
@@ -41,8 +42,6 @@ from .sources import Backoff
 from .streams import StreamKeys, parse_entry_id
 
 log = logging.getLogger("percept.publish")
-
-_DUPLICATE_ID = "equal or smaller than the target stream top item"
 
 
 class Publisher:
@@ -220,11 +219,11 @@ class Publisher:
     def _put_hash(self, camera: str, mapping: dict[str, str], entry: dict[str, str] | None, *,
                   key: str | None = None) -> None:
         fence = self._fences.get(camera)
-        hash_args = _flat(mapping)
+        hash_args = flat_args(mapping)
         keys = [fence.key if fence else self.keys.lease(camera), key or self.keys.camera(camera), self.keys.status]
         strict = 0 if fence is None or fence.released else 1  # released: refused only if someone holds it
         args = [fence.token if fence else "", strict, len(hash_args), self.status_maxlen, *hash_args,
-                *_flat(entry or {})]
+                *flat_args(entry or {})]
         nbytes = 256 if key is None else sum(len(a) for a in hash_args)  # a snapshot counts its size
         self._put(camera, nbytes, evalsha(self._hset, keys, args), is_frame=False, fence=fence)
 
@@ -364,24 +363,8 @@ class Publisher:
                 continue
             outcomes = result if isinstance(result, list) else [result] * len(call)
             for item, outcome in zip(call, outcomes):
-                self._count(item, outcome)
+                count_outcome(self.stats, item, outcome)
         return held
-
-    def _count(self, item: Item, outcome: Any) -> None:
-        error = None if outcome == WRITTEN else outcome
-        if isinstance(error, bytes):
-            error = error.decode(errors="replace")
-        if not item.is_frame:
-            if error is not None:
-                self.stats.errors += 1
-                log.error("camera %s: state update failed: %s", item.camera, redact(str(error)))
-        elif error is None:
-            self.stats.published[item.camera] += 1
-        elif _DUPLICATE_ID in str(error):
-            self.stats.duplicates[item.camera] += 1  # already published: at most once
-        else:
-            self.stats.errors += 1
-            log.error("camera %s: XADD failed: %s", item.camera, redact(str(error)))
 
     def _keep_refused(self, item: Item, code: int) -> bool:
         """A write the lease check refused. Kept (True) while nobody holds the lease, for up to
@@ -399,7 +382,3 @@ class Publisher:
         why = "another replica holds its lease" if code == REFUSED else "nobody took its lease back in time"
         self._log_fenced(item.camera, why)
         return False
-
-
-def _flat(mapping: Mapping[str, Any]) -> list[str]:
-    return [str(x) for kv in mapping.items() for x in kv]

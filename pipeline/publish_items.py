@@ -3,14 +3,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from .lease import Fence
+from .lease import WRITTEN, Fence
 from .publish_wire import Command, evalsha, packed_call, resp_args, resp_frame_run
 from .schema import SCHEMA_VERSION, FrameResult
+from .redact import redact
 from .streams import StreamKeys
+
+log = logging.getLogger("percept.publish")
+
+_DUPLICATE_ID = "equal or smaller than the target stream top item"
 
 
 @dataclass(slots=True)
@@ -113,3 +119,26 @@ def call_command(call: list[Item], keys: StreamKeys, maxlen: int, publish_script
     assert len(runs) == len(call), "every result of a call is encoded first"
     head = evalsha(publish_script, script_keys, args)
     return packed_call(head, runs, sum(len(item.entry or ()) for item in call))
+
+
+def count_outcome(stats: PublisherStats, item: Item, outcome: Any) -> None:
+    """Counts (and logs, redacted) what Redis answered for one item of a script call."""
+    error = None if outcome == WRITTEN else outcome
+    if isinstance(error, bytes):
+        error = error.decode(errors="replace")
+    if not item.is_frame:
+        if error is not None:
+            stats.errors += 1
+            log.error("camera %s: state update failed: %s", item.camera, redact(str(error)))
+    elif error is None:
+        stats.published[item.camera] += 1
+    elif _DUPLICATE_ID in str(error):
+        stats.duplicates[item.camera] += 1  # already published: at most once
+    else:
+        stats.errors += 1
+        log.error("camera %s: XADD failed: %s", item.camera, redact(str(error)))
+
+
+def flat_args(mapping: Mapping[str, Any]) -> list[str]:
+    """A mapping as alternating ``key, value`` script arguments, as strings."""
+    return [str(x) for kv in mapping.items() for x in kv]

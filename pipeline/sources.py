@@ -318,6 +318,17 @@ class VideoSource:
         if self._state != SourceState.FAILED:
             self._transition(SourceState.STOPPED)
 
+    def _pace(self, now: float, pts: float) -> float:
+        """Waits until a file's frame at ``pts`` is due on the wall clock; returns the time then."""
+        if self._pace_origin is None:
+            self._pace_origin = (now, pts)
+        wall0, pts0 = self._pace_origin
+        ahead = wall0 + (pts - pts0) - now
+        if ahead <= 0:
+            return now
+        self._wait(ahead)
+        return self._clock()
+
     def _read(self, cap: Capture, pts_offset: float) -> Iterator[Frame]:
         """Yields frames from one open capture; returns (outcome, last pts): outcome is
         'eof' (file ended), 'lost' (stream broke or timed out), 'failed' or 'stopped'."""
@@ -346,13 +357,7 @@ class VideoSource:
             if pts is not None:
                 last_pts = pts
             if self._realtime and pts is not None:  # pace a file like a live camera, across loops
-                if self._pace_origin is None:
-                    self._pace_origin = (now, pts)
-                wall0, pts0 = self._pace_origin
-                ahead = wall0 + (pts - pts0) - now
-                if ahead > 0:
-                    self._wait(ahead)
-                    now = self._clock()
+                now = self._pace(now, pts)
             timeline = pts if (self._is_file and pts is not None) else now
             if not self._sampler.accept(timeline):
                 continue
