@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import load_config
+from pipeline.config import CONFIG_ERROR_EXIT_CODE, load_config
+
+from .common import fail, output_file_arg, port_arg
 
 
 class _KeepUnset(dict):
@@ -25,9 +27,9 @@ class _KeepUnset(dict):
 def register(sub: Any) -> None:
     b = sub.add_parser("build", help="write a Ray Serve config for `serve deploy` / KubeRay")
     b.add_argument("-c", "--config", required=True)
-    b.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    b.add_argument("-o", "--output", default="-", type=output_file_arg, help="file to write (default: stdout)")
     b.add_argument("--http-host", help="Serve HTTP bind address (default: http.host, 127.0.0.1)")
-    b.add_argument("--http-port", type=int, help="default: http.port, 8000")
+    b.add_argument("--http-port", type=port_arg, help="default: http.port, 8000")
     b.set_defaults(func=_build)
 
 
@@ -38,13 +40,16 @@ def _build(args: argparse.Namespace) -> int:
 
     path = Path(args.config)
     config = load_config(path, env=_KeepUnset())
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     out = serve_config(raw, config, http_host=args.http_host or config.http.host,
                        http_port=args.http_port if args.http_port is not None else config.http.port)
     text = yaml.safe_dump(out, sort_keys=False)
     if args.output == "-":
         sys.stdout.write(text)
     else:
-        Path(args.output).write_text(text)
+        try:
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            return fail(f"--output: cannot write {args.output}: {exc.strerror}", CONFIG_ERROR_EXIT_CODE)
         print(f"percept: wrote {args.output}; deploy with: serve deploy {args.output}", file=sys.stderr)
     return 0

@@ -11,12 +11,12 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from .common import EXIT_UNAVAILABLE, call_api, fail
+from .common import EXIT_UNAVAILABLE, api_url_arg, call_api, fail, unreachable
 
 
 def register(sub: Any) -> None:
     cams = sub.add_parser("cameras", help="list, add or remove cameras of a running graph")
-    cams.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"),
+    cams.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"), type=api_url_arg,
                       help="the graph's HTTP address (default: PERCEPT_API or http://127.0.0.1:8000)")
     cams.add_argument("--wait", type=float, default=60.0,
                       help="seconds to keep retrying while the graph's Redis is unreachable (default 60)")
@@ -60,7 +60,7 @@ def _cameras(args: argparse.Namespace) -> int:
     try:
         status, data = _call(args)
     except (urllib.error.URLError, OSError) as exc:
-        return fail(f"cannot reach {args.api}: {exc}", EXIT_UNAVAILABLE)
+        return unreachable(args.api, exc)
     if status >= 400:
         detail = data.get("detail", "") if isinstance(data, dict) else data
         lines = detail if isinstance(detail, list) else [detail]

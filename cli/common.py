@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import redis
+from redis.connection import parse_url
 
 from pipeline.redact import redact, redact_url
 
@@ -25,6 +29,88 @@ def fail(message: str, code: int) -> int:
 
 def say(message: str) -> None:
     print(f"percept: {message}", flush=True)
+
+
+def state_dir_error(path: str, field: str) -> str | None:
+    """Why the state folder (private Redis, logs, the demo's video) cannot be made, naming the
+    option or config key; None when it is there or was created."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"{field}: cannot create the folder {path}: {exc.strerror}"
+    return None
+
+
+def unreachable(api: str, exc: BaseException) -> int:
+    """The graph's HTTP ingress did not answer (exit 3), its URL's credentials scrubbed."""
+    return fail(f"cannot reach {redact_url(api)}: {redact(str(exc))}", EXIT_UNAVAILABLE)
+
+
+def redis_url_arg(value: str) -> str:
+    """argparse type of ``--redis``: a URL redis-py can use; else exit 2 saying why."""
+    try:
+        parse_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{redact(str(exc))}, got {redact_url(value)!r}") from None
+    return value
+
+
+def number_arg(kind: type, low: float | None = None, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: an int or float within [low, high]; else exit 2 naming the option."""
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'a whole number' if kind is int else 'a number'}, "
+                                             f"got {value!r}") from None
+        if (low is not None and number < low) or (high is not None and number > high) or number != number:
+            span = f"from {low:g} to {high:g}" if low is not None and high is not None else \
+                f">= {low:g}" if low is not None else f"<= {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value!r}")
+        return number
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE_INT = number_arg(int, 1)
+IMGSZ = number_arg(int, 32, 4096)
+SCORE = number_arg(float, 0.0, 1.0)
+
+
+def output_file_arg(value: str) -> str:
+    """argparse type of a file to write at the end (``-``: stdout): its folder must exist, so
+    that a typo fails before the work, not after it."""
+    if value == "-":
+        return value
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {str(path.parent)!r} does not exist")
+    return value
+
+
+def port_arg(value: str) -> int:
+    """argparse type of a TCP port: 0–65535 (as ``http.port``)."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {value!r}")
+    return port
+
+
+def api_url_arg(value: str) -> str:
+    """argparse type of ``--api``: the graph's ingress, an http:// or https:// URL; else exit 2."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # a port that is not a number
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {redact_url(value)!r}")
+    return value
 
 
 class RedisOutage:

@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.samples import ENV_SAMPLE_VIDEOS, demo_config
 
-from .common import say
+from .common import fail, say, state_dir_error
 from .run import run_graph
 
 
@@ -20,6 +20,9 @@ def register(sub: Any) -> None:
 
 
 def _demo(args: Any) -> int:
+    problem = state_dir_error(args.state_dir, "--state-dir")
+    if problem:
+        return fail(problem, 2)
     cfg = demo_config(os.environ.get(ENV_SAMPLE_VIDEOS), os.environ.get("PERCEPT_MODELS_DIR"), args.state_dir)
     say("demo cameras " + ", ".join(f"{c.id} ({Path(c.url).name})" for c in cfg.cameras))
     return run_graph(cfg, address=None, duration=args.duration, monitor=True, verbose=args.verbose)

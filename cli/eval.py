@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ENV_MODELS_DIR
 
-from .common import fail
+from .common import IMGSZ, POSITIVE_INT, SCORE, fail, number_arg, output_file_arg
 
 
 def register(sub: Any) -> None:
@@ -25,11 +25,11 @@ def register(sub: Any) -> None:
 
     d = tasks.add_parser("detector", help="mAP50-95 / mAP50 on a YOLO dataset (images/ + labels/, or a data.yaml)")
     _common(d)
-    d.add_argument("--imgsz", type=int, default=640, help="detector input size (default 640)")
-    d.add_argument("--conf", type=float, default=0.001, help="score threshold (default 0.001, as model.val())")
-    d.add_argument("--iou", type=float, default=0.7, help="NMS IoU (default 0.7, as model.val())")
-    d.add_argument("--max-det", type=int, default=300, help="detections per image (default 300)")
-    d.add_argument("--batch", type=int, default=8, help="images per detect_batch call (default 8)")
+    d.add_argument("--imgsz", type=IMGSZ, default=640, help="detector input size (default 640)")
+    d.add_argument("--conf", type=SCORE, default=0.001, help="score threshold (default 0.001, as model.val())")
+    d.add_argument("--iou", type=SCORE, default=0.7, help="NMS IoU (default 0.7, as model.val())")
+    d.add_argument("--max-det", type=POSITIVE_INT, default=300, help="detections per image (default 300)")
+    d.add_argument("--batch", type=POSITIVE_INT, default=8, help="images per detect_batch call (default 8)")
     d.add_argument("--backend", default="auto", choices=("auto", "ultralytics", "openvino"),
                    help="as detector.backend in the config (default auto)")
     d.add_argument("--categories", action="append", metavar="NAME=LABEL,LABEL",
@@ -41,11 +41,11 @@ def register(sub: Any) -> None:
     _common(c)
     c.add_argument("--labels", required=True, metavar="CSV",
                    help="Filename,ClassId (ClassId in the model's label order: a card's first softmax head)")
-    c.add_argument("--context", type=float, default=1.0,
+    c.add_argument("--context", type=number_arg(float, 1.0, 4.0), default=1.0,
                    help="each image is the crop the decoder cut (default 1.0); >1 treats it as a tight box grown "
                    "by this, padded grey, as the decoder does for a box at the frame's edge")
-    c.add_argument("--batch", type=int, default=32, help="crops per classify_batch call (default 32)")
-    c.add_argument("--imgsz", type=int, default=224, help="ultralytics classifiers: crop size (default 224; "
+    c.add_argument("--batch", type=POSITIVE_INT, default=32, help="crops per classify_batch call (default 32)")
+    c.add_argument("--imgsz", type=IMGSZ, default=224, help="ultralytics classifiers: crop size (default 224; "
                    "a card sets its own)")
     c.set_defaults(func=_classifier)
 
@@ -54,9 +54,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, help=f"path, or a file in {ENV_MODELS_DIR}")
     p.add_argument("--card", help="model card (YAML) of a plain network; shipped models are found by file name")
     p.add_argument("--data", required=True, metavar="DIR", help="the labelled data")
-    p.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
+    p.add_argument("--json", metavar="OUT", type=output_file_arg, help="also write the result as JSON to OUT")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda:0 … (default auto)")
-    p.add_argument("--threads", type=int, help="CPU threads for the model (default: as a replica, its num_cpus: 1)")
+    p.add_argument("--threads", type=POSITIVE_INT,
+                   help="CPU threads for the model (default: as a replica, its num_cpus: 1)")
 
 
 def _categories(specs: list[str] | None) -> dict[str, list[str]] | None:

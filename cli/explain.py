@@ -22,7 +22,8 @@ from typing import Any
 
 from pipeline.config import ENV_MODELS_DIR
 
-from .common import EXIT_UNAVAILABLE, fail, say
+from .common import (EXIT_UNAVAILABLE, IMGSZ, POSITIVE_INT, SCORE, api_url_arg, fail, number_arg, output_file_arg, say,
+                     unreachable)
 
 BAD_INPUT = 2
 METHOD_CHOICES = ("auto", "rise", "occlusion", "eigencam")
@@ -37,20 +38,22 @@ def register(sub: Any) -> None:
     e.add_argument("--object", type=int, required=True, metavar="N", help="index of the object in the frame (0: first)")
     e.add_argument("--method", choices=METHOD_CHOICES, default="auto",
                    help="rise (masking; every backend; auto), occlusion (sliding grey patch), eigencam (.pt models)")
-    e.add_argument("--masks", type=int, default=400, help="rise: masked inputs scored (default 400)")
-    e.add_argument("--out", help="PNG to write (default explain-<camera or file>-<seq or frame>-<N>.png)")
+    e.add_argument("--masks", type=POSITIVE_INT, default=400, help="rise: masked inputs scored (default 400)")
+    e.add_argument("--out", type=output_file_arg,
+                   help="PNG to write (default explain-<camera or file>-<seq or frame>-<N>.png)")
     e.add_argument("--seq", type=int, help="camera: this kept frame instead of the newest")
-    e.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"),
+    e.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"), type=api_url_arg,
                    help="the graph's HTTP address (default: PERCEPT_API or http://127.0.0.1:8000)")
     off = e.add_argument_group("offline (no running graph)")
     off.add_argument("--image", help="an image file")
     off.add_argument("--video", help="a video file (with --frame)")
-    off.add_argument("--frame", type=int, help="--video: the frame index (default 0)")
+    off.add_argument("--frame", type=number_arg(int, 0), help="--video: the frame index (default 0)")
     off.add_argument("--weights", help=f"detector weights: a path or a file in {ENV_MODELS_DIR}")
-    off.add_argument("--imgsz", type=int, default=640, help="detector input size (default 640)")
-    off.add_argument("--conf", type=float, default=0.25, help="objects are the detections from this score (default 0.25)")
+    off.add_argument("--imgsz", type=IMGSZ, default=640, help="detector input size (default 640)")
+    off.add_argument("--conf", type=SCORE, default=0.25,
+                     help="objects are the detections from this score (default 0.25)")
     off.add_argument("--device", default="auto", help="auto, cpu, cuda:0 … (default auto)")
-    off.add_argument("--threads", type=int, help="CPU threads for the model (default: every core)")
+    off.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for the model (default: every core)")
     e.set_defaults(func=_explain)
 
 
@@ -85,7 +88,7 @@ def _online(args: argparse.Namespace) -> int:
         return fail(f"explain {args.camera}: HTTP {exc.code}: {_detail(exc.read())}",
                     EXIT_UNAVAILABLE if exc.code >= 500 else BAD_INPUT)
     except (urllib.error.URLError, OSError) as exc:
-        return fail(f"cannot reach {args.api}: {exc}", EXIT_UNAVAILABLE)
+        return unreachable(args.api, exc)
     frame = dict(kv.split("=", 1) for kv in headers.get("X-Percept-Frame", "").split() if "=" in kv)
     out = Path(args.out or f"explain-{args.camera}-{frame.get('seq', 'latest')}-{args.object}.png")
     if not _write(out, png):
@@ -156,8 +159,11 @@ def _read_frame(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _offline(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from pipeline.backends import load_detector
     from pipeline.config import DetectorConfig
+    from pipeline.config_errors import format_validation_error
     from pipeline.explain import (
         EXPLAIN_CONF,
         ExplainError,
@@ -186,8 +192,10 @@ def _offline(args: argparse.Namespace) -> int:
         method = "rise" if args.method == "auto" else args.method
         result = explain(detector, image, target, imgsz=args.imgsz, method=method, masks=args.masks)
         check = deletion_check(detector, image, target, result.heat, imgsz=args.imgsz)
-    except (ValueError, ModelError) as exc:  # ExplainError and pydantic's ValidationError are ValueErrors
-        return fail(f"explain: {str(exc).replace('--weights.weights', '--weights')}", BAD_INPUT)
+    except ValidationError as exc:  # the options went into a DetectorConfig: its fields are their names
+        return fail("explain: " + "; ".join("--" + line for line in format_validation_error(exc)), BAD_INPUT)
+    except (ValueError, ModelError) as exc:  # ExplainError is a ValueError
+        return fail(f"explain: {exc}", BAD_INPUT)
     out = Path(args.out or f"explain-{name}-{args.object}.png")
     if not _write(out, encode_png(overlay(image, result.heat, target, method=method))):
         return fail(f"explain: cannot write {out}", BAD_INPUT)

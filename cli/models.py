@@ -28,7 +28,7 @@ from typing import Any
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ENV_MODELS_DIR
 
-from .common import fail
+from .common import IMGSZ, POSITIVE_INT, fail, output_file_arg
 
 
 def register(sub: Any) -> None:
@@ -50,14 +50,14 @@ def _export_parser(actions: Any) -> argparse.ArgumentParser:
     e.add_argument("--calib", action="append", metavar="DIR|VIDEO",
                    help="INT8 calibration frames: a folder of images (subfolders too) or a video file (frames "
                    "sampled evenly); repeatable. Use frames of the cameras the model will see, not the eval set")
-    e.add_argument("--calib-images", type=int, default=RECOMMENDED_CALIBRATION, metavar="N",
+    e.add_argument("--calib-images", type=POSITIVE_INT, default=RECOMMENDED_CALIBRATION, metavar="N",
                    help=f"at most N calibration images, taken evenly (default {RECOMMENDED_CALIBRATION})")
     e.add_argument("--out", metavar="DIR", help="where the variants go (default: beside the weights); "
                    "an earlier export of the same name is replaced")
-    e.add_argument("--imgsz", type=int, help="input size (default 640 for a detector, 224 for a classifier)")
+    e.add_argument("--imgsz", type=IMGSZ, help="input size (default 640 for a detector, 224 for a classifier)")
     e.add_argument("--task", choices=("detect", "classify"), help="refuse weights of another task")
     e.add_argument("--no-check", action="store_true", help="do not load each variant after writing it")
-    e.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
+    e.add_argument("--json", metavar="OUT", type=output_file_arg, help="also write the result as JSON to OUT")
     e.set_defaults(func=_export)
     return e
 
@@ -69,15 +69,16 @@ def _compare_parser(actions: Any) -> argparse.ArgumentParser:
     c.add_argument("--data", required=True, metavar="DIR",
                    help="detectors: a YOLO folder (images/ + labels/) or data.yaml; classifiers: the crops folder")
     c.add_argument("--labels", metavar="CSV", help="classifiers: Filename,ClassId (without it: detectors)")
-    c.add_argument("--imgsz", type=int, help="input size for every variant (default: each export's own size; "
+    c.add_argument("--imgsz", type=IMGSZ, help="input size for every variant (default: each export's own size; "
                    ".pt: 640 detect, 224 classify)")
     c.add_argument("--batches", default="1,4,8", metavar="B,B",
                    help="batch sizes timed (default 1,4,8); the table shows batch 1 and the fastest")
-    c.add_argument("--timing-images", type=int, default=32, metavar="N", help="images timed (default 32)")
-    c.add_argument("--repeat", type=int, default=3, help="timing rounds, the best is kept (default 3)")
-    c.add_argument("--threads", type=int, help="CPU threads per model (default: as a replica, its num_cpus: 1)")
+    c.add_argument("--timing-images", type=POSITIVE_INT, default=32, metavar="N", help="images timed (default 32)")
+    c.add_argument("--repeat", type=POSITIVE_INT, default=3, help="timing rounds, the best is kept (default 3)")
+    c.add_argument("--threads", type=POSITIVE_INT,
+                   help="CPU threads per model (default: as a replica, its num_cpus: 1)")
     c.add_argument("--device", default="auto", help="auto, cpu, cuda:0 … (default auto)")
-    c.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
+    c.add_argument("--json", metavar="OUT", type=output_file_arg, help="also write the result as JSON to OUT")
     c.add_argument("--markdown", action="store_true", help="also print the table in Markdown")
     c.set_defaults(func=_compare)
     return c
@@ -95,9 +96,9 @@ def _finetune_parser(actions: Any) -> argparse.ArgumentParser:
                    "detector: a YOLO folder (images/ + labels/, names in data.yaml or classes.txt) or a data.yaml")
     f.add_argument("--out", metavar="PT", help="the fine-tuned weights (default finetuned/<weights>-<data>.pt "
                    "in the current folder); replaced if it exists")
-    f.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
-    f.add_argument("--imgsz", type=int, help="training and evaluation size (default 224 classify, 640 detect)")
-    f.add_argument("--batch", type=int, default=16, help="images per batch (default 16)")
+    f.add_argument("--epochs", type=POSITIVE_INT, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
+    f.add_argument("--imgsz", type=IMGSZ, help="training and evaluation size (default 224 classify, 640 detect)")
+    f.add_argument("--batch", type=POSITIVE_INT, default=16, help="images per batch (default 16)")
     f.add_argument("--device", default="auto", help="auto, cpu, cuda:0 … (default auto)")
     f.add_argument("--workers", type=int, default=2, help="data loader workers on a GPU (a CPU uses none; default 2)")
     f.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
@@ -119,7 +120,7 @@ def _finetune_parser(actions: Any) -> argparse.ArgumentParser:
                      "(default 1.0; off for the last quarter of the epochs)")
     f.add_argument("--work", metavar="DIR", help="keep the split (links) and ultralytics' run (results.csv, "
                    "weights/) here (default: a temporary folder, removed)")
-    f.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
+    f.add_argument("--json", metavar="OUT", type=output_file_arg, help="also write the result as JSON to OUT")
     f.set_defaults(func=_finetune)
     return f
 

@@ -24,11 +24,11 @@ from typing import Any
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE
 
-from .common import EXIT_UNAVAILABLE, call_api, fail
+from .common import EXIT_UNAVAILABLE, api_url_arg, call_api, fail, unreachable
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"),
+    p.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"), type=api_url_arg,
                    help="the running graph's HTTP address (default: PERCEPT_API or http://127.0.0.1:8000)")
     p.add_argument("--wait", type=float, default=60.0,
                    help="seconds to keep retrying while the graph's Redis is unreachable (default 60)")
@@ -88,7 +88,7 @@ def _swap(args: argparse.Namespace) -> int:
     try:
         status, answer = _call(args, "PUT", f"/models/{deployment}", body, timeout=args.timeout + 120)
     except (urllib.error.URLError, OSError) as exc:
-        return fail(f"cannot reach {args.api}: {exc}", EXIT_UNAVAILABLE)
+        return unreachable(args.api, exc)
     if status >= 400:
         return _refusal(f"models swap {deployment}", status, answer)
     print(f"{deployment} serves {answer['model']} on {answer['replicas']} replica(s) (was {answer['previous']}; "
@@ -101,7 +101,7 @@ def _served(args: argparse.Namespace) -> int:
     try:
         status, answer = _call(args, "GET", "/models")
     except (urllib.error.URLError, OSError) as exc:
-        return fail(f"cannot reach {args.api}: {exc}", EXIT_UNAVAILABLE)
+        return unreachable(args.api, exc)
     if status >= 400:
         return _refusal("models served", status, answer)
     if args.json:

@@ -23,7 +23,7 @@ from pipeline.config import (
 )
 from pipeline.redact import redact, redact_url
 
-from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, RedisOutage, fail, say
+from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, RedisOutage, fail, say, state_dir_error
 
 
 class Unavailable(RuntimeError):
@@ -127,6 +127,9 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
 
     with ExitStack() as stack:
         try:
+            problem = state_dir_error(config.state_dir, "state_dir")
+            if problem:
+                raise ConfigError([problem])
             check_models(config)
             config = redis_for(config, stack)
         except ConfigError as exc:

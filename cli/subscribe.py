@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import load_config
 from pipeline.redact import redact, redact_url
 
-from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, RedisOutage, fail
+from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, POSITIVE_INT, RedisOutage, fail, number_arg, redis_url_arg
 
 
 def register(sub: Any) -> None:
@@ -21,17 +22,25 @@ def register(sub: Any) -> None:
     s.add_argument("--events", action="store_true",
                    help="the cameras' track, zone and line events (<prefix>:events:<camera>) instead of detections")
     s.add_argument("-c", "--config", help="read redis url/prefix from this config")
-    s.add_argument("--redis", help="redis URL (default: config, PERCEPT_REDIS_URL, localhost)")
+    s.add_argument("--redis", type=redis_url_arg, help="redis URL (default: config, PERCEPT_REDIS_URL, localhost)")
     s.add_argument("--prefix", help="stream prefix (default: config or 'percept')")
     s.add_argument("--group", help="consumer group (XREADGROUP + XACK)")
     s.add_argument("--consumer", help="consumer name within the group")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--from-start", action="store_true", help="from the oldest entry kept")
-    g.add_argument("--from", dest="from_id", help="from after this entry id")
-    s.add_argument("--count", type=int, help="stop after N messages")
-    s.add_argument("--timeout", type=float, help="stop after S seconds without messages")
-    s.add_argument("--claim-idle-ms", type=int, default=30_000, help="reclaim entries pending this long on dead consumers")
+    g.add_argument("--from", dest="from_id", type=_entry_id, help="from after this entry id (MS or MS-SEQ)")
+    s.add_argument("--count", type=POSITIVE_INT, help="stop after N messages")
+    s.add_argument("--timeout", type=number_arg(float, 0.0), help="stop after S seconds without messages")
+    s.add_argument("--claim-idle-ms", type=number_arg(int, 0), default=30_000,
+                   help="reclaim entries pending this long on dead consumers")
     s.set_defaults(func=_subscribe)
+
+
+def _entry_id(value: str) -> str:
+    """argparse type of ``--from``: a stream entry id, ``<ms>`` or ``<ms>-<seq>``."""
+    if not re.fullmatch(r"\d+(-\d+)?", value):
+        raise argparse.ArgumentTypeError(f"must be an entry id like 1733000000000-5 (or its ms part), got {value!r}")
+    return value
 
 
 def _redis_source(args: argparse.Namespace) -> tuple[str | None, str | None, Any]:

@@ -23,7 +23,7 @@ from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from .common import EXIT_UNAVAILABLE, RedisOutage, fail
+from .common import EXIT_UNAVAILABLE, RedisOutage, fail, redis_url_arg
 
 CLEAR = "\x1b[H\x1b[2J"
 WINDOW_S = 30.0  # deployment numbers: over the last this many seconds (since start with --once)
@@ -32,7 +32,7 @@ WINDOW_S = 30.0  # deployment numbers: over the last this many seconds (since st
 def register(sub: Any) -> None:
     t = sub.add_parser("top", help="live view: a row per camera and per model deployment")
     t.add_argument("-c", "--config", help="read redis url/prefix from this config")
-    t.add_argument("--redis", help="redis URL (default: config, PERCEPT_REDIS_URL, localhost)")
+    t.add_argument("--redis", type=redis_url_arg, help="redis URL (default: config, PERCEPT_REDIS_URL, localhost)")
     t.add_argument("--prefix", help="stream prefix (default: config or 'percept')")
     t.add_argument("--metrics", action="append", metavar="URL",
                    help="a Ray metrics endpoint, http://host:port/metrics (repeatable; default: advertised in Redis)")

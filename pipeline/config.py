@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
+from redis.connection import parse_url
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .config_errors import CONFIG_ERROR_EXIT_CODE, ConfigError, error_at, format_validation_error  # noqa: F401 (API)
@@ -32,6 +33,7 @@ from .config_models import (  # noqa: F401 (the config's API)
 )
 from .config_view import PrivacyConfig, ViewConfig
 from .geometry import LINES_HELP, ZONES_HELP, Anchor, Lines, Zones, check_units
+from .redact import url_credentials
 
 ENV_MODELS_DIR = "PERCEPT_MODELS_DIR"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -55,6 +57,11 @@ class RedisConfig(Strict):
     def _scheme(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^(redis|rediss|unix)://", v):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        if v is not None:
+            try:
+                parse_url(v)
+            except ValueError as exc:  # its message quotes no credentials
+                raise ValueError(f"not a Redis URL: {exc}") from None
         return v
 
 
@@ -85,6 +92,13 @@ class CameraConfig(Strict):
         "below the rate of what is left; keyframes: only "
         "keyframes are decoded (skip_frame nokey): far less decoder CPU for a camera sampled at or below its "
         "keyframe rate. Both cap the camera's frame rate at what they decode")
+
+    @field_validator("url")
+    @classmethod
+    def _device_index(cls, v: str) -> str:
+        if v.startswith("device:") and not v.removeprefix("device:").isdigit():
+            raise ValueError(f"device: takes the camera's index (device:0 for /dev/video0), got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _one_unit(self) -> "CameraConfig":
@@ -238,23 +252,14 @@ class PerceptConfig(Strict):
 
 # --- camera credentials --------------------------------------------------------------------
 
-_URL_NETLOC = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://(?P<netloc>[^/?#]*)")
-
-
 def inline_password_error(camera: CameraConfig, field: str) -> str | None:
     """The refusal of a password typed inline in the camera URL (``rtsp://user:secret@host``),
     saying how to write it as a variable; None when the password (if any) is only ``${VAR}``."""
-    m = _URL_NETLOC.match(camera.url)
-    if not m or "@" not in m.group("netloc"):
-        return None
-    netloc = m.group("netloc")
-    userinfo, _, hostport = netloc.rpartition("@")
-    user, colon, password = userinfo.partition(":")
-    if not colon or not _ENV_REF.sub("", password):
+    found = url_credentials(camera.url)
+    if found is None or found.password is None or not _ENV_REF.sub("", found.password):
         return None
     var = "CAM_" + re.sub(r"[^A-Za-z0-9]", "_", camera.id).upper() + "_PASSWORD"
-    url = camera.url
-    example = url[: m.start("netloc")] + f"{user}:${{{var}}}@{hostport}" + url[m.end("netloc"):]
+    example = found.with_userinfo(f"{found.user}:${{{var}}}")
     return (
         f"{field}: inline password refused; write {example} and set {var} in the decoder's environment, "
         "or set security.allow_inline_credentials: true to store it in Redis in clear"
@@ -371,9 +376,11 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     The variables camera URLs name must be set in ``env`` too, although the URLs keep them."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"cannot read {p}: {exc.strerror}"], str(p)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not a UTF-8 text file (byte {exc.start}): a YAML config is text"], str(p)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -1,5 +1,6 @@
 """Configuration errors as a user reads them: one ``path: message, got value`` line per problem,
-the YAML path exact (``cameras[1].fps: must be >= 0, got -2``), and the exit code they cause."""
+the YAML path exact (``cameras[1].fps: must be >= 0, got -2``), and the exit code they cause.
+The value quoted never carries a credential (`pipeline/redact.py`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
+
+from .redact import redact
 
 CONFIG_ERROR_EXIT_CODE = 2
 
@@ -81,4 +84,15 @@ def _format_one(path: str, err: dict[str, Any]) -> list[str]:
         return [f"{path}: required key is missing"]
     if kind in ("value_error", ERROR_AT):
         return [f"{path}: {msg}"]
-    return [f"{path}: {msg}, got {err.get('input')!r}"]
+    return [f"{path}: {msg}, got {_shown(path, err.get('input'))}"]
+
+
+def _shown(path: str, value: Any) -> str:
+    """The value a line quotes, without credentials: never a password field's, and URLs'
+    ``user:pass@`` scrubbed wherever they are (a camera given as a bare URL string)."""
+    if path.rsplit(".", 1)[-1] in SECRET_KEYS:
+        return "***"
+    return redact(repr(value))
+
+
+SECRET_KEYS = {"password", "token", "secret"}

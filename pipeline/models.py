@@ -130,6 +130,7 @@ def load_yolo(cfg: ModelServerConfig, *, models_dir: str | None, field: str, tas
     resolved = resolve_weights(cfg.weights, models_dir)
     try:
         model = YOLO(resolved)
+        model.names  # an export's backend loads here: a file of no known format fails now, not later
     except Exception as exc:  # ultralytics raises many types: missing file, offline download, bad file
         where = f"{cfg.weights!r} (looked in the current directory"
         where += f" and {ENV_MODELS_DIR}={models_dir})" if models_dir else f"; {ENV_MODELS_DIR} is not set)"

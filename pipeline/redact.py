@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]*@)")
-_PASSWORD_ARG = re.compile(r"(?i)\b(password|passwd|requirepass)(\s*[=:]\s*)(\S+)")
+# everything up to the last "@" of the URL: a password with "@", "/", "?" or "#" left unescaped
+# is scrubbed whole too (a path with "@" in it loses its host in the text: the safe side)
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s'\"]*@)")
+_PASSWORD_ARG = re.compile(r"(?i)\b(password|passwd|requirepass)(['\"]?\s*[=:]\s*)(\S+)")
 
 
 def redact_url(url: str) -> str:
@@ -21,3 +24,39 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
         if secret:
             out = out.replace(secret, "***")
     return out
+
+
+_URL_NETLOC = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://(?P<netloc>[^/?#]*)")
+
+
+@dataclass(frozen=True)
+class UrlCredentials:
+    """Where a URL's ``user[:password]@`` is: ``url[start:end]`` is ``userinfo@host[:port]``."""
+
+    url: str
+    start: int
+    end: int
+    user: str
+    password: str | None
+    hostport: str
+
+    def with_userinfo(self, userinfo: str) -> str:
+        return self.url[:self.start] + f"{userinfo}@{self.hostport}" + self.url[self.end:]
+
+
+def url_credentials(url: str) -> UrlCredentials | None:
+    """The credentials of ``scheme://user:pass@host/…`` (None: none). A password with "@", "/",
+    "?" or "#" left unescaped is found whole ("user:pa/ss@host": not a host "user" on port "pa")."""
+    m = _URL_NETLOC.match(url)
+    if not m:
+        return None
+    start, end = m.span("netloc")
+    if "@" not in m.group("netloc"):
+        _, colon, after = m.group("netloc").partition(":")
+        at = url.rfind("@", end)
+        if at < 0 or not colon or after.isdigit():  # no "@" after it, or a port: no credentials
+            return None
+        end = at + 1 + len(_URL_NETLOC.match("x://" + url[at + 1:]).group("netloc"))  # type: ignore[union-attr]
+    userinfo, _, hostport = url[start:end].rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    return UrlCredentials(url, start, end, user, password if colon else None, hostport)

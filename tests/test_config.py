@@ -194,6 +194,29 @@ def test_inline_password_check_for_one_camera():
     assert "p%40ss" not in msg
 
 
+def test_unescaped_password_characters_are_still_refused():
+    """A password with "/", "#", "?" or "@" typed as is ends the URL's host part early (or late):
+    refused all the same, its text never in the message; a port and a path with "@" are fine."""
+    for url, host in (("rtsp://bob:Qz/9k@10.0.0.1/s", "10.0.0.1/s"), ("rtsp://bob:Qz#9k@h:554/s", "h:554/s"),
+                      ("rtsp://bob:Qz?9k@h/s", "h/s"), ("rtsp://bob:Qz@9k@h/s", "h/s")):
+        (err,) = errors_of({"cameras": [{"id": "a", "url": url}]})
+        assert err.startswith(f"cameras[0].url: inline password refused; write rtsp://bob:${{CAM_A_PASSWORD}}@{host} "), err
+        assert "Qz" not in err and "9k" not in err, err
+    assert parse_config({"cameras": [{"id": "a", "url": "rtsp://h:554/live@main"}]}, env={}).cameras
+
+
+def test_config_errors_never_quote_credentials():
+    """The ``got …`` of an error line: URLs' credentials scrubbed, password fields not shown."""
+    errors = errors_of({"cameras": ["rtsp://bob:S3cretPW@10.0.0.1/s", {"id": "b", "url": ["rtsp://u:S3cretPW@h/s"]}],
+                        "redis": {"url": "redis://:S3cretPW@127.0.0.1:6379/0", "password": 12345678}})
+    assert any(e.startswith("cameras[0]: ") and "rtsp://***@10.0.0.1/s" in e for e in errors), errors
+    assert any(e.startswith("cameras[1].url: ") for e in errors), errors
+    assert "redis.password: must be a valid string, got ***" in errors, errors
+    assert not [e for e in errors if "S3cretPW" in e or "12345678" in e], errors
+    (err,) = errors_of({"redis": "redis://:S3cretPW@127.0.0.1:6379/0"})
+    assert err.startswith("redis: ") and "S3cretPW" not in err and "redis://***@127.0.0.1" in err, err
+
+
 def test_num_gpus_above_one_must_be_whole():
     with pytest.raises(ConfigError) as err:
         parse_config({"detector": {"num_gpus": 1.5}}, env={})
@@ -239,3 +262,16 @@ def test_unquoted_on_key_in_yaml_is_the_label_filter(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("classifiers:\n  vehicle:\n    weights: a.xml\n    on: [car, bus]\n")
     assert load_config(path, env={}).classifiers["vehicle"][0].on == ["car", "bus"]
+
+
+def test_config_that_is_not_text_or_has_a_bad_redis_url_or_device(tmp_path):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00cameras")
+    with pytest.raises(ConfigError) as err:
+        load_config(binary)
+    assert err.value.errors == ["not a UTF-8 text file (byte 0): a YAML config is text"]
+    assert errors_of({"redis": {"url": "redis://:S3cretPW@127.0.0.1:abc/0"}}) == [
+        "redis.url: not a Redis URL: Port could not be cast to integer value as 'abc'"]
+    assert errors_of({"cameras": [{"id": "a", "url": "device:abc"}]}) == [
+        "cameras[0].url: device: takes the camera's index (device:0 for /dev/video0), got 'device:abc'"]
+    assert parse_config({"cameras": [{"id": "a", "url": "device:1"}]}, env={}).cameras[0].url == "device:1"

@@ -16,3 +16,10 @@ def test_free_text_is_scrubbed():
 def test_prose_about_passwords_is_kept():
     msg = "401 Unauthorized: check the user and password in the camera URL"
     assert redact(msg) == msg
+
+
+def test_passwords_with_unescaped_characters_are_hidden_whole():
+    for url in ("rtsp://bob:pa/ss@10.0.0.1/s", "rtsp://bob:p@ss@10.0.0.1/s", "rtsp://bob:pa#ss@10.0.0.1/s"):
+        assert redact_url(url) == "rtsp://***@10.0.0.1/s", url
+    assert redact("got {'url': 'rtsp://u:p@h/s', 'password': 'hunter2'}") == "got {'url': 'rtsp://***@h/s', 'password': ***"
+    assert redact("cannot open rtsp://h/s: mail admin@example.com") == "cannot open rtsp://h/s: mail admin@example.com"

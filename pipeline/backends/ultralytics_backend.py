@@ -16,10 +16,15 @@ from .base import Attributes, per_item
 log = logging.getLogger("percept.models")
 
 
+def _weights_field(field: str) -> str:
+    """The config key of the weights (``detector.weights``); a command-line option as it is."""
+    return field if field.startswith("-") else f"{field}.weights"
+
+
 def load_detector(cfg: DetectorConfig, *, card: Any, weights: str, models_dir: str | None, field: str,
                   warmup: bool = True) -> "Detector":
     set_threads(cfg)
-    model = load_yolo(cfg, models_dir=models_dir, field=f"{field}.weights", task="detect")
+    model = load_yolo(cfg, models_dir=models_dir, field=_weights_field(field), task="detect")
     device, half = choose_device(cfg.device, cfg.half)
     det = Detector(model, cfg=cfg, device=device, half=half, name=model_name(cfg), field=field)
     if warmup:
@@ -31,7 +36,7 @@ def load_detector(cfg: DetectorConfig, *, card: Any, weights: str, models_dir: s
 def load_classifier(cfg: ClassifierConfig, *, card: Any, weights: str, models_dir: str | None, field: str,
                     warmup: bool = True) -> "Classifier":
     set_threads(cfg)
-    model = load_yolo(cfg, models_dir=models_dir, field=f"{field}.weights", task="classify")
+    model = load_yolo(cfg, models_dir=models_dir, field=_weights_field(field), task="classify")
     device, half = choose_device(cfg.device, cfg.half)
     clf = Classifier(model, cfg=cfg, device=device, half=half, name=model_name(cfg), field=field)
     if warmup:

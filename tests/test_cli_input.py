@@ -1,0 +1,88 @@
+"""Bad command-line values: exit 2 naming the option, before any work; URLs quoted without
+their credentials; a file that is no model, a config that is no text, a state folder that
+cannot be made: one line saying so, never a traceback."""
+
+import pytest
+
+from cli.main import main
+from tests.conftest import SHARED
+from tests.test_cli import percept
+
+BAD_VALUES = [
+    (["eval", "detector", "--weights", "w", "--data", "d", "--batch", "0"], "argument --batch: must be >= 1, got '0'"),
+    (["eval", "detector", "--weights", "w", "--data", "d", "--iou", "1.5"], "argument --iou: must be from 0 to 1"),
+    (["eval", "classifier", "--weights", "w", "--data", "d", "--labels", "l", "--context", "-1"],
+     "argument --context: must be from 1 to 4, got '-1'"),
+    (["explain", "--object", "0", "--image", "i.jpg", "--conf", "2"], "argument --conf: must be from 0 to 1, got '2'"),
+    (["explain", "--object", "0", "--image", "i.jpg", "--imgsz", "0"], "argument --imgsz: must be from 32 to 4096"),
+    (["models", "export", "w.pt", "--to", "openvino", "--imgsz", "0"], "argument --imgsz: must be from 32 to 4096"),
+    (["models", "compare", "a", "--data", "d", "--repeat", "x"], "argument --repeat: must be a whole number, got 'x'"),
+    (["subscribe", "cam", "--claim-idle-ms", "-5"], "argument --claim-idle-ms: must be >= 0, got '-5'"),
+    (["subscribe", "cam", "--from", "garbage"], "argument --from: must be an entry id"),
+    (["subscribe", "cam", "--redis", "redis://127.0.0.1:abc"], "argument --redis: Port could not be cast"),
+    (["top", "--redis", "garbage"], "argument --redis: Redis URL must specify one of the following schemes"),
+    (["cameras", "--api", "notaurl", "ls"], "argument --api: must be an http:// or https:// URL, got 'notaurl'"),
+    (["build", "-c", "c.yaml", "--http-port", "99999"], "argument --http-port: must be a port from 0 to 65535"),
+    (["build", "-c", "c.yaml", "-o", "/nonexistent-percept/out.yaml"],
+     "argument -o/--output: the folder '/nonexistent-percept' does not exist"),
+    (["eval", "detector", "--weights", "w", "--data", "d", "--json", "/nonexistent-percept/r.json"],
+     "argument --json: the folder '/nonexistent-percept' does not exist"),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), BAD_VALUES, ids=[" ".join(a[:2]) + " " + a[-2] for a, _ in BAD_VALUES])
+def test_bad_option_values_exit_2_naming_the_option(argv, expected, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and expected in err, err
+    assert "Traceback" not in err
+
+
+def test_urls_in_option_errors_are_shown_without_credentials(capsys):
+    with pytest.raises(SystemExit):
+        main(["subscribe", "cam", "--redis", "redis://:S3cretPW@127.0.0.1:abc/0"])
+    err = capsys.readouterr().err
+    assert "redis://***@127.0.0.1:abc/0" in err and "S3cretPW" not in err, err
+    with pytest.raises(SystemExit):
+        main(["cameras", "--api", "ftp://u:S3cretPW@h/", "ls"])
+    err = capsys.readouterr().err
+    assert "argument --api" in err and "S3cretPW" not in err, err
+    # an ingress that does not answer: exit 3, its URL scrubbed too
+    assert main(["cameras", "--api", "http://u:S3cretPW@127.0.0.1:1", "--wait", "0", "ls"]) == 3
+    err = capsys.readouterr().err
+    assert "cannot reach http://***@127.0.0.1:1" in err and "S3cretPW" not in err, err
+
+
+def test_state_folder_that_cannot_be_made_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["demo", "--state-dir", str(blocker / "state")]) == 2
+    err = capsys.readouterr().err
+    assert f"--state-dir: cannot create the folder {blocker / 'state'}: Not a directory" in err, err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {blocker / 'state'}\ncameras: [{{id: a, url: {SHARED}/data/videos/vtest.avi}}]\n")
+    assert main(["run", "-c", str(cfg)]) == 2
+    assert f"state_dir: cannot create the folder {blocker / 'state'}" in capsys.readouterr().err
+
+
+def test_a_file_that_is_no_model_exits_2_naming_the_field(tmp_path, models_dir):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a model\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"detector: {{weights: {notes}}}\ncameras: [{{id: a, url: {SHARED}/data/videos/vtest.avi}}]\n")
+    out = percept("run", "-c", str(cfg), timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"detector.weights: cannot load '{notes}'" in out.stderr and "not a supported model format" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = percept("eval", "detector", "--weights", str(notes), "--data", str(SHARED / "data" / "coco128-val"),
+                  timeout=120)
+    assert out.returncode == 2 and f"eval: --weights: cannot load '{notes}'" in out.stderr, out.stderr[-2000:]
+
+
+def test_explain_option_errors_name_the_option(capsys):
+    image = next((SHARED / "data" / "coco128-val" / "images").glob("*.jpg"))
+    assert main(["explain", "--object", "0", "--image", str(image), "--weights", "yolo11n-coco.pt",
+                 "--device", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "explain: --device: must match" in err and "got 'bogus'" in err and "validation error" not in err, err
