@@ -31,6 +31,7 @@ from .conductor import CameraConductor
 from .config import CameraConfig
 from .lease import Lease, acquire, release, renew
 from .publish import Publisher
+from .redact import redact, redact_url, url_secrets
 from .sources import Backoff
 from .streams import StreamKeys
 
@@ -67,6 +68,7 @@ class CameraSupervisor:
         # be added and removed at runtime without touching the others.
         self._load = cameras if callable(cameras) else (lambda: list(cameras))
         self.cameras: dict[str, CameraConfig] = {}
+        self._start_errors: dict[str, str] = {}  # cameras that could not start: the error last said
         self.client = client
         self.keys = keys
         self.start_camera = start_camera
@@ -183,10 +185,15 @@ class CameraSupervisor:
         try:
             conductor = await self.start_camera(cam)
         except Exception as exc:
-            log.error("camera %s: could not start: %s", cid, exc)
             await asyncio.to_thread(release, lease)
             if self.publisher is not None:
-                self.publisher.unfence(cid)
+                self.publisher.unfence(cid)  # what follows lands unless another replica holds the lease
+            error = redact(f"could not start: {type(exc).__name__}: {exc}", url_secrets(cam.url))
+            if self._start_errors.get(cid) != error:  # said once per error, tried again each round
+                self._start_errors[cid] = error
+                log.error("camera %s: %s", cid, error)
+                if self.publisher is not None:
+                    self.publisher.camera_state(cid, "failed", error=error, url=redact_url(cam.url))
             return
         if lease.overdue():  # the start took longer than the lease lasts: another replica may run it
             log.warning("camera %s: starting took longer than its lease; leaving it for the next round", cid)
@@ -194,6 +201,7 @@ class CameraSupervisor:
             if self.publisher is not None:
                 self.publisher.unfence(cid)
             return
+        self._start_errors.pop(cid, None)
         entry = _Camera(conductor, self._run_task(conductor), lease, time.monotonic(), Backoff(0.5, 10.0))
         self.running[cid] = entry
         self._arm(cid, entry)
@@ -246,7 +254,8 @@ class CameraSupervisor:
             entry.backoff.reset()  # it had been running fine: a new fault, not the same one again
         delay = entry.backoff.next()
         entry.restart_at = now + delay
-        error = f"crashed: {type(exc).__name__}: {exc}"
+        cam = self.cameras.get(cid)
+        error = redact(f"crashed: {type(exc).__name__}: {exc}", url_secrets(cam.url) if cam is not None else ())
         log.error("camera %s: %s; restarting in %.1f s", cid, error, delay)
         if self.publisher is not None:
             self.publisher.camera_state(cid, "reconnecting", error=f"{error} (restart in {delay:.1f} s)")

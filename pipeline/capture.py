@@ -74,7 +74,10 @@ def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
     from urllib.parse import unquote, urlsplit
 
     parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or 554
+    try:
+        host, port = parts.hostname or "", parts.port or 554
+    except ValueError:  # "user:pa/ss@host": the password's "/" ends the host part; nothing quoted here
+        return "the URL's host and port cannot be read (percent-encode / ? # @ in a user or password: %2F %3F %23 %40)"
     clean = f"rtsp://{host}:{port}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
     request = f"DESCRIBE {clean} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n"
     if parts.username is not None:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
@@ -28,7 +29,7 @@ from .geometry import GeometryError
 from .metrics import NO_METRICS, CameraMetrics
 from .models import DetectorInput, prepare_frame
 from .publish import Publisher
-from .redact import redact_url
+from .redact import redact, redact_url, url_secrets
 from .schema import Detections, FrameResult
 from .sources import Frame, LatestFrameSlot, VideoSource
 from .track_state import TrackSnapshots
@@ -169,9 +170,12 @@ class CameraConductor:
                 self.slot.put(frame)
                 loop.call_soon_threadsafe(self._frame_ready.set)
         except Exception as exc:  # never let a camera error escape its thread silently
-            log.exception("camera %s: reader crashed", self.camera.id)
+            secrets = url_secrets(self.camera.url)  # an error may quote the password in its own words
+            log.error("camera %s: reader crashed: %s", self.camera.id,
+                      redact("".join(traceback.format_exception(exc)).rstrip(), secrets))
             self._reader_error = exc  # run() raises it: the camera's task ends with this error
-            self.publisher.camera_state(self.camera.id, "failed", error=f"reader crashed: {type(exc).__name__}: {exc}")
+            self.publisher.camera_state(self.camera.id, "failed",
+                                        error=redact(f"reader crashed: {type(exc).__name__}: {exc}", secrets))
         finally:
             self.slot.close()
             try:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 # everything up to the last "@" of the URL: a password with "@", "/", "?" or "#" left unescaped
 # is scrubbed whole too (a path with "@" in it loses its host in the text: the safe side)
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s'\"]*@)")
+_QUERY_SECRET = re.compile(r"(?i)([?&;](?:password|passwd|pwd|pass|token|auth|apikey|api_key)=)[^&#;\s'\"]*")
 _PASSWORD_ARG = re.compile(r"(?i)\b(password|passwd|requirepass)(['\"]?\s*[=:]\s*)(\S+)")
 
 
 def redact_url(url: str) -> str:
-    """``rtsp://user:pass@host/x`` → ``rtsp://***@host/x``; URLs without credentials are unchanged."""
-    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", url)
+    """``rtsp://user:pass@host/x`` → ``rtsp://***@host/x``, ``?password=x`` → ``?password=***``;
+    URLs without credentials are unchanged."""
+    return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", url))
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -60,3 +63,12 @@ def url_credentials(url: str) -> UrlCredentials | None:
     userinfo, _, hostport = url[start:end].rpartition("@")
     user, colon, password = userinfo.partition(":")
     return UrlCredentials(url, start, end, user, password if colon else None, hostport)
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The password a (resolved) URL carries, as written and percent-decoded: what `redact`
+    scrubs from an error that quotes it outside the URL (an exception's own wording)."""
+    found = url_credentials(url)
+    if found is None or not found.password:
+        return ()
+    return tuple({found.password, unquote(found.password)})

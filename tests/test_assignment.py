@@ -10,7 +10,6 @@ import numpy as np
 
 import pipeline.camera_open as camera_open_module
 from pipeline.assignment import CameraSupervisor
-from pipeline.capture import open_capture
 from pipeline.config import CameraConfig, PerceptConfig
 from pipeline.publish import Publisher
 from pipeline.schema import Detections
@@ -112,7 +111,8 @@ class Background:
         assert not self.thread.is_alive()
 
 
-def test_a_crashed_reader_is_restarted_with_backoff_and_the_other_camera_keeps_running(redis_server, monkeypatch):
+def test_a_crashed_reader_is_restarted_with_backoff_and_the_other_camera_keeps_running(redis_server, monkeypatch,
+                                                                                        caplog):
     client = redis_server.client()
     opens = {"a": 0, "b": 0}
     starts = []
@@ -121,13 +121,15 @@ def test_a_crashed_reader_is_restarted_with_backoff_and_the_other_camera_keeps_r
         opens[camera] += 1
         if camera == "a" and opens["a"] <= 4:
             starts.append(time.monotonic())
-            return open_capture(camera, url, **kw)  # device:abc → int() raises ValueError
+            # an error quoting the (resolved) password in its own words, outside the URL
+            raise ValueError("Port could not be cast to integer value as 'abc/Sup3rPw'")
         return LiveCapture()
 
     warm_imports()
     monkeypatch.setattr(camera_open_module, "open_capture", scripted_open)
     pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
-    cams = [CameraConfig(id="a", url="device:abc", fps=0), CameraConfig(id="b", url="device:0", fps=0)]
+    cams = [CameraConfig(id="a", url="rtsp://viewer:abc%2FSup3rPw@127.0.0.1:9/a", fps=0),
+            CameraConfig(id="b", url="device:0", fps=0)]
     config = PerceptConfig(tracker={"enabled": False})
     sup = CameraSupervisor(cams, client=client, keys=KEYS, start_camera=factory(pub, config), replicas=1,
                            lease_ttl_s=3, owner="me", publisher=pub)
@@ -135,7 +137,7 @@ def test_a_crashed_reader_is_restarted_with_backoff_and_the_other_camera_keeps_r
     try:
         state = wait_for(lambda: (s := camera_states(client, KEYS, ["a"])["a"]).get("state") == "reconnecting"
                          and s, 10, "camera a reconnecting after its reader crashed")
-        assert "ValueError" in state["last_error"] and "abc" in state["last_error"], state
+        assert "ValueError: Port could not be cast to integer value as '***'" in state["last_error"], state
         b_before = client.xlen(KEYS.detections("b"))
         wait_for(lambda: client.xlen(KEYS.detections("a")) >= 5, 30, "camera a publishing once the fault is gone")
         assert camera_states(client, KEYS, ["a"])["a"]["state"] == "online"
@@ -150,10 +152,43 @@ def test_a_crashed_reader_is_restarted_with_backoff_and_the_other_camera_keeps_r
     assert opens["b"] == 1, "camera b was restarted"
     errors = [f[b"error"].decode() for _, f in client.xrange(KEYS.status) if f[b"camera"] == b"a"]
     assert sum(e.startswith("reader crashed: ValueError") for e in errors) == 4, errors  # the conductor's
+    assert "Sup3rPw" not in "".join(errors) + caplog.text and any("'***'" in e for e in errors), errors
     assert [e.rsplit("(", 1)[-1] for e in errors if "(restart in" in e] == [  # the supervisor's
         "restart in 0.5 s)", "restart in 1.0 s)", "restart in 2.0 s)", "restart in 4.0 s)"], errors
     seqs = [int(f[b"seq"]) for _, f in client.xrange(KEYS.detections("a"))]
     assert seqs == sorted(set(seqs))
+
+
+def test_a_camera_that_cannot_start_is_reported_once_and_the_other_runs(redis_server, monkeypatch, caplog):
+    client = redis_server.client()
+    attempts = []
+    monkeypatch.setattr(camera_open_module, "open_capture", lambda camera, url, **kw: LiveCapture())
+    pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    start_ok = factory(pub, PerceptConfig(tracker={"enabled": False}))
+
+    async def start_camera(cam):
+        if cam.id == "c":
+            attempts.append(cam.id)
+            raise RuntimeError(f"snapshot unreadable for {cam.url} (password Sup3rPw)")
+        return await start_ok(cam)
+
+    cams = [CameraConfig(id="c", url="rtsp://u:Sup3rPw@127.0.0.1:9/c", fps=0), CameraConfig(id="b", url="device:0", fps=0)]
+    sup = CameraSupervisor(cams, client=client, keys=KEYS, start_camera=start_camera, replicas=1, lease_ttl_s=1,
+                           owner="me", publisher=pub)
+    bg = Background(sup)
+    try:
+        state = wait_for(lambda: (s := camera_states(client, KEYS, ["c"])["c"]).get("state") == "failed" and s, 10,
+                         "camera c reported failed")
+        assert state["last_error"] == "could not start: RuntimeError: snapshot unreadable for rtsp://***@127.0.0.1:9/c " \
+                                      "(password ***)", state
+        wait_for(lambda: len(attempts) >= 3, 20, "camera c tried again, round after round")
+        wait_for(lambda: client.xlen(KEYS.detections("b")) >= 5, 20, "camera b publishing meanwhile")
+    finally:
+        bg.stop()
+        pub.close()
+    failed = [f for _, f in client.xrange(KEYS.status) if f[b"camera"] == b"c" and f[b"state"] == b"failed"]
+    assert len(failed) == 1, failed  # said once, not every round
+    assert "Sup3rPw" not in caplog.text and caplog.text.count("could not start") == 1, caplog.text
 
 
 def test_a_camera_that_ended_normally_is_not_restarted(redis_server, monkeypatch):

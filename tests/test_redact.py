@@ -23,3 +23,21 @@ def test_passwords_with_unescaped_characters_are_hidden_whole():
         assert redact_url(url) == "rtsp://***@10.0.0.1/s", url
     assert redact("got {'url': 'rtsp://u:p@h/s', 'password': 'hunter2'}") == "got {'url': 'rtsp://***@h/s', 'password': ***"
     assert redact("cannot open rtsp://h/s: mail admin@example.com") == "cannot open rtsp://h/s: mail admin@example.com"
+
+
+def test_query_string_passwords_and_known_secrets_are_hidden():
+    from pipeline.redact import url_secrets
+
+    assert redact_url("rtsp://h/s?user=a&password=xyz&ch=1") == "rtsp://h/s?user=a&password=***&ch=1"
+    assert redact_url("http://h/cgi?pwd=abc") == "http://h/cgi?pwd=***"
+    secrets = url_secrets("rtsp://u:p%2Fq9@h/s")
+    assert set(secrets) == {"p%2Fq9", "p/q9"} and url_secrets("rtsp://h/s") == ()
+    assert redact("cast 'p/q9' failed", secrets) == "cast '***' failed"
+
+
+def test_rtsp_diagnosis_of_a_url_it_cannot_split_quotes_nothing_of_it():
+    from pipeline.capture import diagnose_rtsp
+
+    why = diagnose_rtsp("rtsp://bob:pa/Sup3rPw@10.0.0.1/s", timeout_s=0.1)
+    assert why.startswith("the URL's host and port cannot be read (percent-encode"), why
+    assert "Sup3rPw" not in why and "pa" not in why.replace("password", "")
