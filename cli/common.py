@@ -16,6 +16,7 @@ import redis
 from redis.connection import parse_url
 
 from pipeline.redact import redact, redact_url
+from pipeline.streams import redis_unavailable
 
 EXIT_UNAVAILABLE = 3  # a service the config names is unreachable, or a model cannot be loaded
 EXIT_INTERRUPTED = 130
@@ -133,7 +134,9 @@ class RedisOutage:
     def attempt(self, fn: Callable[[], T], default: T) -> T:
         try:
             value = fn()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except redis.RedisError as exc:
+            if not redis_unavailable(exc):
+                raise
             self.notice(exc)
             return default
         self.notice(None)
@@ -145,7 +148,9 @@ class RedisOutage:
         while True:
             try:
                 value = fn()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except redis.RedisError as exc:
+                if not redis_unavailable(exc):
+                    raise
                 self.notice(exc)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
@@ -157,26 +162,44 @@ class RedisOutage:
 
 def call_api(api: str, method: str, path: str, body: Any = None, *, wait_s: float,
              timeout: float = 30.0) -> tuple[int, Any]:
-    """(HTTP status, JSON answer) of a request to the graph's ingress at ``api``. A 503 (the
-    graph's Redis unreachable) is retried every second until ``wait_s`` has passed, with one line
-    saying so; other errors are answers. An unreachable ingress raises ``URLError``/``OSError``."""
-    url = api.rstrip("/") + path
+    """(HTTP status, JSON answer) of a request to the graph's ingress at ``api`` (`request_api`)."""
     data = json.dumps(body).encode() if body is not None else None
+    status, raw, _ = request_api(api, method, path, data, wait_s=wait_s, timeout=timeout)
+    try:
+        return status, json.loads(raw or b"{}")
+    except ValueError:
+        return status, {"detail": raw.decode(errors="replace")[:300]}
+
+
+def request_api(api: str, method: str, path: str, data: bytes | None = None, *, wait_s: float,
+                timeout: float = 30.0) -> tuple[int, bytes, Any]:
+    """(HTTP status, body, headers) of a request to the graph's ingress at ``api``. A 503 (the
+    graph's Redis unavailable, a camera not publishing yet) is retried every second until
+    ``wait_s`` has passed, with one line saying so; other errors are answers. An unreachable
+    ingress raises ``URLError``/``OSError``."""
+    url = api.rstrip("/") + path
     deadline = time.monotonic() + wait_s
     said = False
     while True:
         request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
-                return resp.status, json.loads(resp.read())
+                return resp.status, resp.read(), resp.headers
         except urllib.error.HTTPError as exc:
-            try:
-                answer = json.loads(exc.read() or b"{}")
-            except ValueError:
-                answer = {"detail": exc.reason}
+            raw = exc.read() or b""
             if exc.code != 503 or time.monotonic() >= deadline:
-                return exc.code, answer
+                return exc.code, raw, exc.headers
             if not said:
-                print(f"percept: redis unreachable at the graph behind {api} — retrying", file=sys.stderr, flush=True)
+                print(f"percept: {_unavailable_line(raw, redact_url(api))} — retrying", file=sys.stderr, flush=True)
                 said = True
             time.sleep(1.0)  # the next try (the loop ends at the deadline above)
+
+
+def _unavailable_line(raw: bytes, where: str) -> str:
+    try:
+        detail = str(json.loads(raw).get("detail", ""))
+    except (ValueError, AttributeError):
+        detail = ""
+    if detail.startswith("redis"):
+        return f"redis unreachable at the graph behind {where}"
+    return f"the graph behind {where} answered 503 ({redact(detail)[:200] or 'unavailable'})"

@@ -16,14 +16,13 @@ import json
 import os
 import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import ENV_MODELS_DIR
 
-from .common import (EXIT_UNAVAILABLE, IMGSZ, POSITIVE_INT, SCORE, api_url_arg, fail, number_arg, output_file_arg, say,
-                     unreachable)
+from .common import (EXIT_UNAVAILABLE, IMGSZ, POSITIVE_INT, SCORE, api_url_arg, fail, number_arg, output_file_arg,
+                     request_api, say, unreachable)
 
 BAD_INPUT = 2
 METHOD_CHOICES = ("auto", "rise", "occlusion", "eigencam")
@@ -44,6 +43,9 @@ def register(sub: Any) -> None:
     e.add_argument("--seq", type=int, help="camera: this kept frame instead of the newest")
     e.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"), type=api_url_arg,
                    help="the graph's HTTP address (default: PERCEPT_API or http://127.0.0.1:8000)")
+    e.add_argument("--wait", type=number_arg(float, 0.0), default=10.0,
+                   help="camera: seconds to keep asking while the graph answers 503 (Redis unavailable, no frame "
+                        "published yet; default 10)")
     off = e.add_argument_group("offline (no running graph)")
     off.add_argument("--image", help="an image file")
     off.add_argument("--video", help="a video file (with --frame)")
@@ -79,16 +81,14 @@ def _online(args: argparse.Namespace) -> int:
     query = {"object": args.object, "method": args.method, "masks": args.masks}
     if args.seq is not None:
         query["seq"] = args.seq
-    url = (f"{args.api.rstrip('/')}/cameras/{urllib.parse.quote(args.camera, safe='')}/explain?"
-           + urllib.parse.urlencode(query))
-    try:
-        with urllib.request.urlopen(url, timeout=600) as resp:
-            png, headers = resp.read(), resp.headers
-    except urllib.error.HTTPError as exc:
-        return fail(f"explain {args.camera}: HTTP {exc.code}: {_detail(exc.read())}",
-                    EXIT_UNAVAILABLE if exc.code >= 500 else BAD_INPUT)
+    path = f"/cameras/{urllib.parse.quote(args.camera, safe='')}/explain?" + urllib.parse.urlencode(query)
+    try:  # a 503 (Redis unavailable, no frame published yet) is asked again for up to --wait seconds
+        status, png, headers = request_api(args.api, "GET", path, wait_s=args.wait, timeout=600)
     except (urllib.error.URLError, OSError) as exc:
         return unreachable(args.api, exc)
+    if status >= 400:
+        return fail(f"explain {args.camera}: HTTP {status}: {_detail(png)}",
+                    EXIT_UNAVAILABLE if status >= 500 else BAD_INPUT)
     frame = dict(kv.split("=", 1) for kv in headers.get("X-Percept-Frame", "").split() if "=" in kv)
     out = Path(args.out or f"explain-{args.camera}-{frame.get('seq', 'latest')}-{args.object}.png")
     if not _write(out, png):

@@ -23,6 +23,8 @@ from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from pipeline.redact import redact
+
 from .common import EXIT_UNAVAILABLE, RedisOutage, fail, redis_url_arg
 
 CLEAR = "\x1b[H\x1b[2J"
@@ -219,7 +221,7 @@ def scrape(urls: Sequence[str], timeout_s: float = 2.0) -> tuple[list[tuple[str,
             with urllib.request.urlopen(url, timeout=timeout_s) as resp:
                 text = resp.read().decode()
         except Exception as exc:  # an endpoint down: the others still count
-            problems.append(f"{url}: {type(exc).__name__}: {exc}")
+            problems.append(redact(f"{url}: {type(exc).__name__}: {exc}"))
             continue
         samples += [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text)
                     for s in fam.samples if s.name.startswith("ray_percept_")]

@@ -29,9 +29,9 @@ from pipeline.config import (
 )
 from pipeline.lifecycle.swap import SwapError
 from pipeline.lifecycle.swap_service import ModelSwaps
-from pipeline.redact import redact_url
+from pipeline.redact import redact, redact_url
 from pipeline.registry import CameraRegistry
-from pipeline.streams import StreamKeys, camera_states, redis_from_config
+from pipeline.streams import StreamKeys, camera_states, redis_from_config, redis_unavailable
 
 from .explain import ExplainApi
 from .live import LiveView, last_frames
@@ -41,11 +41,13 @@ RUNTIME_FIELDS = {"zones", "lines", "anchor"}  # what PUT /cameras/{id} may chan
 app = FastAPI(title="percept", description="Runtime camera management")
 
 
-@app.exception_handler(redis.ConnectionError)
-@app.exception_handler(redis.TimeoutError)
+@app.exception_handler(redis.RedisError)
 async def _redis_unreachable(request: Any, exc: Exception) -> JSONResponse:
-    """A Redis outage is a 503 the client can retry (``percept cameras`` does), not a 500."""
-    return JSONResponse(status_code=503, content={"detail": "redis unreachable", "retry": True},
+    """A Redis outage (or Redis refusing writes for now: read-only, out of memory) is a 503 the
+    client can retry (``percept cameras`` does), not a 500; any other Redis error is a 500."""
+    if not redis_unavailable(exc):
+        return JSONResponse(status_code=500, content={"detail": f"redis error: {redact(str(exc))}"})
+    return JSONResponse(status_code=503, content={"detail": f"redis unavailable ({type(exc).__name__})", "retry": True},
                         headers={"Retry-After": "1"})
 
 

@@ -162,7 +162,9 @@ class DecoderDeployment:
         out["publisher"] = {
             "pending": self.publisher.pending,
             "connected": self.publisher.stats.connected,
+            "refusing": self.publisher.stats.refusing,  # Redis answers but refuses writes for now
             "dropped": dict(self.publisher.stats.dropped),
+            "dropped_other": dict(self.publisher.stats.dropped_other),  # state writes, frameless events
         }
         lender = self.lender
         out["frames_to_detectors"] = {  # how frames went: a shared-memory slot, or the pixels

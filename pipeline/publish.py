@@ -33,9 +33,8 @@ from typing import Any, Callable, Mapping, Sequence
 import redis
 
 from .lease import FENCED_HSET, FENCED_PUBLISH, REFUSED, UNHELD, Fence
-from .publish_items import (Item, PublisherStats, call_command, count_outcome, encode_all, estimated_bytes, flat_args,
-                            script_calls)
-from .publish_wire import Wire, evalsha, is_noscript
+from .publish_items import Item, PublisherStats, account, call_command, encode_all, estimated_bytes, flat_args, script_calls
+from .publish_wire import Wire, evalsha
 from .redact import redact
 from .schema import FrameResult
 from .sources import Backoff
@@ -242,6 +241,8 @@ class Publisher:
                 self._bytes -= old.nbytes
                 if old.is_frame:
                     self.stats.dropped[old.camera] += 1
+                else:  # a state write, or events without a frame: counted apart
+                    self.stats.dropped_other[old.camera] += 1
             if self._idle:  # the writer sleeps on an empty queue: wake it (else it comes back by itself)
                 self._cond.notify()
 
@@ -300,26 +301,19 @@ class Publisher:
             batch = [item for item in taken if self._encoded(item)]
             calls = script_calls(batch)
             try:
-                if calls:
-                    self._wire.send([call_command(call, self.keys, self.maxlen, self._xadd) for call in calls])
-                    self._encode_ahead(len(taken))  # while Redis runs this batch
-                    results = self._wire.receive()
-                else:
-                    results = []
+                results = self._send(calls, len(taken))
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                if self.stats.connected:
-                    log.warning("redis unreachable (%s); buffering %d results", redact(str(exc)), len(self._queue))
-                self.stats.connected = False
-                delay = self._backoff.next()
-                with self._cond:
-                    if not self._closing:
-                        self._cond.wait(delay)
+                self._unreachable(f"redis unreachable ({redact(str(exc))})")
+                continue
+            except Exception as exc:  # anything else (an answer it cannot parse, NOPERM): the same, never the end
+                log.exception("publisher: unexpected error writing to redis; retrying")
+                self._unreachable(f"redis write failed ({type(exc).__name__}: {redact(str(exc))})")
                 continue
             if not self.stats.connected:
                 log.info("redis is back; flushing %d buffered results", len(self._queue))
             self.stats.connected = True
-            self._backoff.reset()
-            held = self._account(calls, results)
+            held, refusal = account(calls, results, self.stats, self._keep_refused)
+            self._note_refusal(refusal)
             stalled = bool(batch) and len(held) == len(batch)
             with self._cond:
                 last = taken[-1].index
@@ -330,7 +324,38 @@ class Publisher:
                     self._bytes += item.nbytes
                 self._cond.notify_all()
                 if held and not self._closing:
-                    self._cond.wait(0.1)
+                    self._cond.wait(self._backoff.next() if refusal else 0.1)
+
+    def _send(self, calls: list[list[Item]], encoded: int) -> list[Any]:
+        """The batch's script calls written and their answers read; the results queued after
+        the batch (``encoded`` on) are encoded while Redis runs it."""
+        if not calls:
+            return []
+        self._wire.send([call_command(call, self.keys, self.maxlen, self._xadd) for call in calls])
+        self._encode_ahead(encoded)
+        return self._wire.receive()
+
+    def _unreachable(self, why: str) -> None:
+        """Buffer and back off (results stay queued, in order, within the buffer's bounds)."""
+        if self.stats.connected:
+            log.warning("%s; buffering %d results", why, len(self._queue))
+        self.stats.connected = False
+        delay = self._backoff.next()
+        with self._cond:
+            if not self._closing:
+                self._cond.wait(delay)
+
+    def _note_refusal(self, refusal: str | None) -> None:
+        """Redis answers but refuses writes for now (READONLY, OOM, …): one line when it starts
+        and one when it ends; the refused writes stay queued and are tried again after a backoff."""
+        if refusal is None:
+            self._backoff.reset()
+            if self.stats.refusing is not None:
+                log.info("redis accepts writes again; flushing %d buffered results", len(self._queue))
+            self.stats.refusing = None
+        elif self.stats.refusing is None:
+            log.warning("redis refuses writes (%s); buffering %d results", redact(refusal), len(self._queue))
+            self.stats.refusing = redact(refusal)
 
     def _encoded(self, item: Item, count: bool = True) -> bool:
         """Encode the item's result if it is not yet; False (counted, logged) if that fails."""
@@ -350,21 +375,6 @@ class Publisher:
         encode_all(ahead)
         for item in ahead:
             self._encoded(item, count=False)
-
-    def _account(self, calls: list[list[Item]], results: list[Any]) -> list[Item]:
-        """Counts what happened to each item; returns the items to keep queued."""
-        held: list[Item] = []
-        for call, result in zip(calls, results):
-            if is_noscript(result):  # the call did not run (scripts flushed): again, scripts loaded first
-                held += call
-                continue
-            if result in (REFUSED, UNHELD):  # the lease check: the whole call
-                held += [item for item in call if self._keep_refused(item, result)]
-                continue
-            outcomes = result if isinstance(result, list) else [result] * len(call)
-            for item, outcome in zip(call, outcomes):
-                count_outcome(self.stats, item, outcome)
-        return held
 
     def _keep_refused(self, item: Item, code: int) -> bool:
         """A write the lease check refused. Kept (True) while nobody holds the lease, for up to

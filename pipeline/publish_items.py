@@ -6,17 +6,25 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from .lease import WRITTEN, Fence
-from .publish_wire import Command, evalsha, packed_call, resp_args, resp_frame_run
-from .schema import SCHEMA_VERSION, FrameResult
+import redis
+
+from .lease import REFUSED, UNHELD, WRITTEN, Fence
+from .publish_wire import Command, evalsha, is_noscript, packed_call, resp_args, resp_frame_run
 from .redact import redact
+from .schema import SCHEMA_VERSION, FrameResult
 from .streams import StreamKeys
 
 log = logging.getLogger("percept.publish")
 
 _DUPLICATE_ID = "equal or smaller than the target stream top item"
+# Redis up but refusing writes for now (a replica after a failover, maxmemory, a failed save,
+# loading, a busy script): the write is kept queued and tried again, like during an outage
+_REFUSING = (b"READONLY", b"OOM", b"MISCONF", b"MASTERDOWN", b"NOREPLICAS", b"LOADING", b"BUSY", b"TRYAGAIN",
+             b"CLUSTERDOWN")
+_REFUSING_ERRORS = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
+                    redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
 
 
 @dataclass(slots=True)
@@ -79,10 +87,12 @@ def estimated_bytes(result: FrameResult) -> int:
 class PublisherStats:
     published: Counter = field(default_factory=Counter)
     duplicates: Counter = field(default_factory=Counter)
-    dropped: Counter = field(default_factory=Counter)  # by the outage buffer
+    dropped: Counter = field(default_factory=Counter)  # frames, by the outage buffer
+    dropped_other: Counter = field(default_factory=Counter)  # state writes and frameless events, by it
     fenced: Counter = field(default_factory=Counter)  # frames refused: the lease is not ours
     errors: int = 0
     connected: bool = True
+    refusing: str | None = None  # Redis answers but refuses writes for now (READONLY, OOM, …)
 
 
 def script_calls(batch: list[Item]) -> list[list[Item]]:
@@ -142,3 +152,39 @@ def count_outcome(stats: PublisherStats, item: Item, outcome: Any) -> None:
 def flat_args(mapping: Mapping[str, Any]) -> list[str]:
     """A mapping as alternating ``key, value`` script arguments, as strings."""
     return [str(x) for kv in mapping.items() for x in kv]
+
+
+def refusal_of(outcome: Any) -> str | None:
+    """The text of an answer by which Redis refuses a write for now (`_REFUSING`), else None."""
+    if isinstance(outcome, _REFUSING_ERRORS):
+        return f"{type(outcome).__name__}: {outcome}"
+    text = outcome if isinstance(outcome, bytes) else str(outcome).encode() if isinstance(outcome, redis.ResponseError) \
+        else None
+    if text is None or not text.startswith(_REFUSING):
+        return None
+    return text.decode(errors="replace")
+
+
+def account(calls: list[list[Item]], results: list[Any], stats: PublisherStats,
+            keep_refused: Callable[[Item, int], bool]) -> tuple[list[Item], str | None]:
+    """Counts what happened to each item of a batch's script calls; returns the items to keep
+    queued (a call that found no scripts; refused by the lease check while ``keep_refused``
+    says so; refused by Redis for now) and Redis's refusal (`refusal_of`), if any."""
+    held: list[Item] = []
+    refusal = None
+    for call, result in zip(calls, results):
+        if is_noscript(result):  # the call did not run (scripts flushed): again, scripts loaded first
+            held += call
+            continue
+        if result in (REFUSED, UNHELD):  # the lease check: the whole call
+            held += [item for item in call if keep_refused(item, result)]
+            continue
+        outcomes = result if isinstance(result, list) else [result] * len(call)
+        for item, outcome in zip(call, outcomes):
+            refused = refusal_of(outcome)
+            if refused is None:
+                count_outcome(stats, item, outcome)
+            else:  # kept, in order, and tried again
+                held.append(item)
+                refusal = refusal or refused
+    return held, refusal

@@ -56,6 +56,20 @@ class StreamKeys:
         return f"{self.prefix}:view:jpeg:{camera}"
 
 
+# Redis there but not serving for now — read-only after a failover, over maxmemory, a stale
+# replica, a blocked read cut by a failover, a busy script — ridden out like a lost connection
+_UNAVAILABLE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError,
+                       redis.exceptions.OutOfMemoryError, redis.exceptions.TryAgainError,
+                       redis.exceptions.ClusterDownError)
+_UNAVAILABLE_REPLIES = ("UNBLOCKED", "BUSY ", "MASTERDOWN", "MISCONF", "NOREPLICAS", "LOADING")
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """Whether an error means "Redis cannot serve this now, try again" rather than a bad request."""
+    return isinstance(exc, _UNAVAILABLE_ERRORS) or (
+        isinstance(exc, redis.ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES))
+
+
 def connect_redis(
     url: str, *, password: str | None = None, username: str | None = None, ca_file: str | None = None, **kwargs: Any
 ) -> redis.Redis:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import redis
 
 from .sources import Backoff
-from .streams import StreamKeys
+from .streams import StreamKeys, redis_unavailable
 
 log = logging.getLogger("percept.subscribe")
 
@@ -84,6 +84,17 @@ class Subscriber:
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+
+    def _recreate_groups(self) -> bool:
+        """The groups made again (after Redis lost them); False if Redis cannot do it now."""
+        try:
+            self._create_groups(self._start)
+        except redis.RedisError as exc:
+            if not redis_unavailable(exc):
+                raise
+            return False
+        log.warning("consumer group %s was gone (redis restarted without its data?); created again", self.group)
+        return True
 
     def _decode(self, stream: bytes | str, entries: list[Any]) -> list[Message]:
         name = stream.decode() if isinstance(stream, bytes) else stream
@@ -160,8 +171,11 @@ class Subscriber:
                 if backlog is None:
                     backlog = self._pending_first() if self.group else []
                 batch = backlog or self.read(count=100 if limit is None else min(100, limit - n))
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if on_unreachable is None:
+            except redis.RedisError as exc:
+                if self.group and "NOGROUP" in str(exc) and self._recreate_groups():
+                    backlog = None  # Redis came back without its data: the group is made again
+                    continue
+                if on_unreachable is None or not redis_unavailable(exc):
                     raise
                 if not down:
                     on_unreachable(exc)

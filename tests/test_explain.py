@@ -289,6 +289,9 @@ def test_percept_explain_cli_against_the_graph(graph, tmp_path):
     assert cv2.imread(str(out)).shape == (360, 640, 3)
     code, _, stderr = percept("explain", "nope", "--object", "0", "--api", api)
     assert code == 2 and "HTTP 404: no camera 'nope'; cameras: ['dead', 'traffic']" in stderr, stderr
+    # a 503 (no frame published yet) is asked again for --wait seconds, said once, then exit 3
+    code, _, stderr = percept("explain", "dead", "--object", "0", "--api", api, "--wait", "2")
+    assert code == 3 and stderr.count("answered 503 (") == 1 and "has published no frame yet" in stderr, stderr
 
 
 # --- `percept explain` offline -------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -52,3 +53,39 @@ def test_subscribe_survives_a_redis_restart(redis_server, tmp_path, group):
     assert stderr.count("redis unreachable at redis://127.0.0.1:") == 1, stderr
     seqs = [json.loads(line)["seq"] for line in (tmp_path / "out.txt").read_text().splitlines()]
     assert seqs == list(range(20)), seqs
+
+
+def test_a_group_reader_rides_out_a_read_only_redis_and_a_lost_group(redis_server):
+    """XREADGROUP is a write: on a replica (after a failover) Redis refuses it for now — ridden
+    out like an outage; a group Redis lost (restarted without its data) is created again."""
+    from pipeline.redis_server import free_port
+    from pipeline.subscribe import Subscriber
+
+    client = redis_server.client()
+    _add(client, 0, 3)
+    sub = Subscriber(client, KEYS, ["cam"], group="alerts", consumer="c1", start="0", block_ms=100)
+    notices: list = []
+    messages = sub.messages(on_unreachable=notices.append)
+
+    def take(n, out):  # read and acknowledge, as `percept subscribe --group` does
+        for _ in range(n):
+            msg = next(messages)
+            sub.ack(msg)
+            out.append(msg.payload["seq"])
+        return out
+
+    assert take(3, []) == [0, 1, 2]
+    client.replicaof("127.0.0.1", free_port())  # read-only now, its data kept
+    got: list = []
+    reader = threading.Thread(target=take, args=(4, got), daemon=True)
+    reader.start()
+    wait_for(lambda: notices and notices[0] is not None, 10, "the reader noticing Redis refuses its reads")
+    assert type(notices[0]).__name__ == "ReadOnlyError", notices
+    client.replicaof("NO", "ONE")
+    _add(client, 3, 2)
+    wait_for(lambda: len(got) >= 2 or not reader.is_alive(), 10, "entries read again once Redis accepts writes")
+    assert got[:2] == [3, 4] and notices[-1] is None, (got, notices)
+    client.flushall()  # as a restart without persistence: the stream and its group are gone
+    _add(client, 5, 2)
+    reader.join(15)
+    assert got == [3, 4, 5, 6], got
