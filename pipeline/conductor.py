@@ -221,19 +221,32 @@ class CameraConductor:
                 if previous is not None:
                     await previous.published.wait()
                 if result is not None:
-                    total = (time.time() - frame.meta.frame_ts) * 1000
-                    result = FrameResult(result.meta, result.objects, result.models, {**result.latency_ms, "total": total})
-                    self._publish(result)
-                    if self.view is not None:
-                        self.view.offer(frame.image, result, self.camera)
-                    if self.kept is not None:
-                        self.kept.keep(frame.image, result)
-                    self.counters.processed += 1
-                    self._fps_window.append(time.monotonic())
+                    self._finish(frame, result)
             finally:
                 mine.published.set()
                 self._alive.pop(frame.meta.seq, None)
                 self._place_freed(frame.meta.seq)
+
+    def _finish(self, frame: Frame, result: FrameResult) -> None:
+        """The frame published (in seq order), shown and kept. A fault publishing it (events,
+        tracker state) costs this frame only, counted as failed; one of the view, logged only."""
+        total = (time.time() - frame.meta.frame_ts) * 1000
+        result = FrameResult(result.meta, result.objects, result.models, {**result.latency_ms, "total": total})
+        try:
+            self._publish(result)
+        except Exception:
+            self.counters.failed += 1
+            log.exception("camera %s: frame %d not published", self.camera.id, frame.meta.seq)
+            return
+        self.counters.processed += 1
+        self._fps_window.append(time.monotonic())
+        try:
+            if self.view is not None:
+                self.view.offer(frame.image, result, self.camera)
+            if self.kept is not None:
+                self.kept.keep(frame.image, result)
+        except Exception:  # the live view or the explain keep: never the frame's fault
+            log.exception("camera %s: frame %d: live view / keep failed", self.camera.id, frame.meta.seq)
 
     def reconfigure(self, camera: CameraConfig) -> None:
         """The camera's zones, lines or anchor changed at runtime: applied from the next frame

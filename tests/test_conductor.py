@@ -105,6 +105,22 @@ def test_results_are_published_in_seq_order_with_track_ids(redis_server):
     assert all(p["objects"][0]["attributes"]["type"]["label"] == "cab" for p in payloads)
 
 
+def test_a_frame_whose_publishing_fails_is_counted_and_the_camera_goes_on(redis_server, monkeypatch):
+    """A fault after inference (here the events' update, on frame 5) costs that frame only."""
+    real = pipeline.conductor.CameraConductor._publish
+
+    def failing_on_5(self, result):
+        if result.meta.seq == 5:
+            raise KeyError("a bug in the events")
+        return real(self, result)
+
+    monkeypatch.setattr(pipeline.conductor.CameraConductor, "_publish", failing_on_5)
+    payloads, _, conductor = run_conductor(redis_server)
+    seqs = [p["seq"] for p in payloads]
+    assert 5 not in seqs and seqs == sorted(seqs) and len(seqs) == 19, seqs
+    assert conductor.counters.failed == 1 and conductor.counters.processed == 19
+
+
 def test_classifier_runs_once_per_track(redis_server):
     _, calls, _ = run_conductor(redis_server, reclassify_every=0)
     assert calls == 1
