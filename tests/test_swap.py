@@ -84,6 +84,43 @@ async def _until(pred, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)  # polled until the deadline above
 
 
+def test_the_api_waits_out_a_redis_outage_during_a_rollout(redis_server):
+    """`ModelSwaps._wait` on a real redis-server killed while it polls the replicas' reports:
+    the outage is waited out (no error that would make the client send its swap again), and
+    the rollout is seen done once Redis is back."""
+    from pipeline.lifecycle.swap_service import ModelSwaps
+
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from pipeline.streams import connect_redis
+
+    # no retries inside redis-py (they ride out a few seconds by themselves): the outage reaches _wait
+    client = connect_redis(redis_server.url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=0.5)
+    swaps = ModelSwaps(parse_config({"redis": {"url": redis_server.url, "stream_prefix": "outage"}}, env={}), client,
+                       poll_s=0.05)
+    keys = swaps.keys("detector")
+
+    def report(generation):
+        client.hset(keys.replicas, "r1", ReplicaReport("r1", "m.pt", "m.pt", None, generation, ts=time.time()).to_json())
+
+    report(1)
+
+    async def scenario():
+        waiting = asyncio.create_task(swaps._wait(keys, 2, timeout_s=30))
+        await asyncio.sleep(0.2)  # it is polling: generation 2 not served yet
+        assert not waiting.done()
+        await asyncio.to_thread(redis_server.kill)
+        await asyncio.sleep(0.5)  # an outage of half a second while it polls
+        assert not waiting.done(), waiting.result()
+        await asyncio.to_thread(redis_server.start)
+        await asyncio.to_thread(report, 2)
+        return await asyncio.wait_for(waiting, 20)
+
+    state, failed, live = asyncio.run(scenario())
+    assert (state, failed, live) == ("done", None, 1)
+
+
 def test_replicas_swap_one_at_a_time_and_a_failed_load_keeps_the_old_model(redis_server):
     """Three `ModelSwapper`s on a real redis-server, with a loader that takes 0.4 s (a stand-in
     for the model load, recording when each ran): the loads never overlap (the lock), a file

@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config_errors import format_validation_error
+from ..streams import redis_unavailable
 from .swap import (
     Desired,
     ReplicaReport,
@@ -155,9 +157,21 @@ class ModelSwaps:
         return desired
 
     async def _wait(self, keys: SwapKeys, generation: int, timeout_s: float) -> tuple[str, Any, int]:
+        """(state, the replica that failed, live replicas) once the rollout is done or failed, or
+        at the deadline. A Redis outage meanwhile is waited out, not an error: the rollout goes on
+        without us, and a client that asked again would start another one."""
         deadline = time.monotonic() + timeout_s
+        reports: list[ReplicaReport] = []
         while True:
-            reports = await asyncio.to_thread(live_reports, self.client, keys)
+            try:
+                reports = await asyncio.to_thread(live_reports, self.client, keys)
+            except redis.RedisError as exc:
+                if not redis_unavailable(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    return "rolling", None, len(reports)
+                await asyncio.sleep(self.poll_s)
+                continue
             state, failed = rollout_state(reports, generation)
             if state != "rolling" or time.monotonic() >= deadline:
                 return state, failed, len(reports)
