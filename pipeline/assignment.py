@@ -128,11 +128,16 @@ class CameraSupervisor:
         for cid in [c for c in self.running if c not in self.cameras]:
             log.warning("camera %s: removed; stopping here", cid)
             await self._stop_camera(cid)
-        for cid, entry in self.running.items():
+        for cid, entry in list(self.running.items()):
             new, now = self.cameras[cid], entry.conductor.camera
-            if new != now and new.model_copy(update=_geometry_of(now)) == now:
+            if new == now:
+                continue
+            if new.model_copy(update=_geometry_of(now)) == now:
                 log.info("camera %s: zones/lines changed; applied without a restart", cid)
                 entry.conductor.reconfigure(new)
+            else:  # removed and added again with other settings (a new URL, fps, …) between two rounds
+                log.warning("camera %s: its settings changed; restarting it with them", cid)
+                await self._stop_camera(cid)
         await self._claim()
 
     async def _renew_loop(self) -> None:
