@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .redact import redact_url
+from .redact import redact, redact_url
 from .sources import Capture, SourceError, is_file_url
 
 log = logging.getLogger("percept.capture")
@@ -119,7 +119,7 @@ class SkippingCapture:
             except StopIteration:
                 return False
             except av.error.FFmpegError as exc:  # read timeout (interrupted), connection lost
-                log.debug("demux stopped: %s", exc)
+                log.debug("demux stopped: %s", redact(str(exc)))
                 return False
             self.packets += 1
             try:
@@ -127,7 +127,7 @@ class SkippingCapture:
             except av.error.InvalidDataError:  # one damaged packet: the next keyframe recovers
                 continue
             except av.error.FFmpegError as exc:
-                log.debug("decode failed: %s", exc)
+                log.debug("decode failed: %s", redact(str(exc)))
                 return False
         self._frame = self._decoded.pop(0)
         self.decoded += 1
