@@ -138,6 +138,10 @@ class LiveView:
     async def live(self, camera_id: str) -> StreamingResponse:
         """``multipart/x-mixed-replace``: a part per new frame."""
         await self._known(camera_id)
+        if self.streams >= self.cfg.max_streams:  # what stalled clients can pile up stays bounded
+            raise HTTPException(429, detail={"message": f"{self.streams} live streams already (view.max_streams); "
+                                             "poll /cameras/{id}/snapshot instead", "camera": camera_id},
+                                headers={"Retry-After": "10"})
         _, state, error = await asyncio.to_thread(self._watch, camera_id, True)
         if state != "online":
             raise self._unavailable(camera_id, state, error)

@@ -26,6 +26,10 @@ class ViewConfig(Strict):
     stream_max_s: float = Field(
         600.0, ge=5, le=86_400,
         description="an MJPEG response ends after this long (bounds what a stalled client can pile up)")
+    max_streams: int = Field(
+        16, ge=1, le=1024,
+        description="MJPEG responses at once (each may pile up to stream_max_s of frames in a stalled client's "
+        "proxy buffer); more get HTTP 429")
     keep_frames: int = Field(
         8, ge=0, le=256,
         description="published frames each decoder keeps per camera in memory (images by reference) for "

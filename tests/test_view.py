@@ -198,3 +198,39 @@ def test_a_busy_view_skips_frames_and_never_blocks_the_caller(redis_server):
 
 
 # --- graph level ------------------------------------------------------------------------------------
+
+
+def test_live_streams_beyond_view_max_streams_get_429(redis_server):
+    """`deployments/live.py` without Serve, on a real redis-server: with `view.max_streams: 1`, a
+    second MJPEG response while the first runs is refused (429, Retry-After); once the first
+    ends, a new one is served."""
+    import asyncio
+
+    from fastapi import HTTPException
+
+    from deployments.live import LiveView
+    from pipeline.registry import CameraRegistry
+
+    client = redis_server.client()
+    keys = StreamKeys("maxstreams")
+    registry = CameraRegistry(client, keys)
+    registry.add(CameraConfig(id="a", url="x.mp4"))
+    client.hset(keys.camera("a"), "state", "online")
+    client.set(keys.view_jpeg("a"), cv2.imencode(".jpg", np.zeros((36, 64, 3), np.uint8))[1].tobytes())
+    view = LiveView(ViewConfig(max_streams=1), client, keys, registry)
+
+    async def scenario():
+        first = await view.live("a")
+        parts = first.body_iterator
+        assert b"image/jpeg" in await parts.__anext__() and view.streams == 1
+        with pytest.raises(HTTPException) as refused:
+            await view.live("a")
+        assert refused.value.status_code == 429 and refused.value.headers["Retry-After"] == "10"
+        assert "view.max_streams" in refused.value.detail["message"]
+        await parts.aclose()
+        assert view.streams == 0
+        again = await view.live("a")
+        await again.body_iterator.__anext__()
+        await again.body_iterator.aclose()
+
+    asyncio.run(scenario())
