@@ -63,3 +63,26 @@ def test_card_of_the_wrong_task_and_a_missing_card(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "detectors[1]: card" in result.stderr and "describes a classify model" in result.stderr
     assert "classifiers.vehicle.card: 'no-such-card.yaml' does not exist" in result.stderr
+
+
+def test_a_card_path_reads_only_a_small_yaml_file_and_quotes_none_of_it(tmp_path):
+    """A card path can come over the API (`PUT /models/…`): only a .yaml file of at most 64 KiB
+    is read, and a syntax error names the line, not its text."""
+    from pipeline.backends.card import load_card
+    from pipeline.config import ConfigError
+    from pipeline.lifecycle.swap_service import SwapRequest
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("token: SECRET_TOKEN_abc\n")
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * 70_000 + "\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("type: openvino\nfoo: [unclosed SECRET_TOKEN_abc\n")
+    for path, expected in ((secret, "a model card is a .yaml file"), (big, "a YAML file of at most 64 KiB"),
+                           (tmp_path, "a model card is a .yaml file"), (broken, "YAML syntax error at line 3")):
+        with pytest.raises(ConfigError) as err:
+            load_card(path)
+        assert expected in str(err.value) and "SECRET_TOKEN" not in str(err.value), err.value
+    with pytest.raises(ValueError) as err:
+        SwapRequest.model_validate({"weights": "~nosuchuser-percept/x.pt"})
+    assert "its ~ cannot be expanded" in str(err.value)

@@ -151,15 +151,27 @@ class ModelCard(_Strict):
         return self.path or "<card>"
 
 
+MAX_CARD_BYTES = 64 * 1024
+
+
 def load_card(path: str | Path) -> ModelCard:
     """Read and validate a card; `ConfigError` naming the file and field otherwise."""
     p = Path(path)
+    # a card is a small YAML file: nothing else is read (a path given over the API could name any file)
+    if p.suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigError([f"{p}: a model card is a .yaml file"])
     try:
-        data = yaml.safe_load(p.read_text())
+        if not p.is_file() or p.stat().st_size > MAX_CARD_BYTES:
+            raise ConfigError([f"{p}: a model card is a YAML file of at most {MAX_CARD_BYTES // 1024} KiB"])
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{p}: not UTF-8 text"]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{p}: YAML syntax error: {exc}"]) from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{p}: YAML syntax error{where}: {getattr(exc, 'problem', None) or 'not YAML'}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{p}: a card is a mapping of keys"])
     try:

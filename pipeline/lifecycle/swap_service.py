@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..config_errors import format_validation_error
 from ..streams import redis_unavailable
@@ -38,6 +38,16 @@ class SwapRequest(BaseModel):
     weights: str = Field(min_length=1, description="path readable by the replicas, or a file in PERCEPT_MODELS_DIR")
     card: str | None = Field(None, description="model card of a plain network (default: the shipped card, if any)")
     timeout_s: float = Field(300.0, gt=0, le=3600, description="how long to wait for every replica")
+
+    @field_validator("weights", "card")
+    @classmethod
+    def _expandable(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                Path(v).expanduser()
+            except RuntimeError:  # "~nobody/x.pt": no such user here
+                raise ValueError(f"{v!r}: its ~ cannot be expanded on this machine") from None
+        return v
 
 
 def live_reports(client: Any, keys: SwapKeys, now: float | None = None) -> list[ReplicaReport]:
