@@ -33,7 +33,7 @@ from .config_models import (  # noqa: F401 (the config's API)
 )
 from .config_view import PrivacyConfig, ViewConfig
 from .geometry import LINES_HELP, ZONES_HELP, Anchor, Lines, Zones, check_units
-from .redact import url_credentials
+from .redact import query_secrets, url_credentials
 
 ENV_MODELS_DIR = "PERCEPT_MODELS_DIR"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -253,17 +253,20 @@ class PerceptConfig(Strict):
 # --- camera credentials --------------------------------------------------------------------
 
 def inline_password_error(camera: CameraConfig, field: str) -> str | None:
-    """The refusal of a password typed inline in the camera URL (``rtsp://user:secret@host``),
-    saying how to write it as a variable; None when the password (if any) is only ``${VAR}``."""
-    found = url_credentials(camera.url)
-    if found is None or found.password is None or not _ENV_REF.sub("", found.password):
-        return None
+    """The refusal of a password typed inline in the camera URL (``rtsp://user:secret@host``,
+    ``?pwd=secret``), saying how to write it as a variable; None when passwords are ``${VAR}``s."""
     var = "CAM_" + re.sub(r"[^A-Za-z0-9]", "_", camera.id).upper() + "_PASSWORD"
-    example = found.with_userinfo(f"{found.user}:${{{var}}}")
-    return (
-        f"{field}: inline password refused; write {example} and set {var} in the decoder's environment, "
-        "or set security.allow_inline_credentials: true to store it in Redis in clear"
-    )
+    example = camera.url
+    for start, end in reversed(query_secrets(example)):  # ?pwd=secret
+        if _ENV_REF.sub("", example[start:end]):
+            example = example[:start] + f"${{{var}}}" + example[end:]
+    found = url_credentials(example)
+    if found is not None and found.password is not None and _ENV_REF.sub("", found.password):
+        example = found.with_userinfo(f"{found.user}:${{{var}}}")
+    if example == camera.url:
+        return None
+    return (f"{field}: inline password refused; write {example} and set {var} in the decoder's environment, "
+            "or set security.allow_inline_credentials: true to store it in Redis in clear")
 
 
 def camera_env_vars(config: PerceptConfig) -> set[str]:

@@ -15,13 +15,20 @@ _PASSWORD_ARG = re.compile(r"(?i)\b(password|passwd|requirepass)(['\"]?\s*[=:]\s
 
 def redact_url(url: str) -> str:
     """``rtsp://user:pass@host/x`` → ``rtsp://***@host/x``, ``?password=x`` → ``?password=***``;
-    URLs without credentials are unchanged."""
-    return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", url))
+    URLs without credentials are unchanged. A whole URL is split as FFmpeg does (a password
+    with quotes or spaces too); in other text, any ``scheme://…@`` is scrubbed."""
+    found = url_credentials(url)
+    out = found.with_userinfo("***") if found is not None else _scrub_userinfo(url)
+    return _QUERY_SECRET.sub(r"\1***", out)
+
+
+def _scrub_userinfo(text: str) -> str:
+    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     """Scrub URL credentials, ``password=...`` pairs and any known secret from free text."""
-    out = redact_url(str(text))
+    out = _QUERY_SECRET.sub(r"\1***", _scrub_userinfo(str(text)))
     out = _PASSWORD_ARG.sub(lambda m: f"{m.group(1)}{m.group(2)}***", out)
     for secret in secrets:
         if secret:
@@ -72,3 +79,8 @@ def url_secrets(url: str) -> tuple[str, ...]:
     if found is None or not found.password:
         return ()
     return tuple({found.password, unquote(found.password)})
+
+
+def query_secrets(url: str) -> list[tuple[int, int]]:
+    """Where the values of a URL's ``password=``-like query parameters start and end."""
+    return [(m.end(1), m.end()) for m in _QUERY_SECRET.finditer(url)]

@@ -205,6 +205,14 @@ def test_unescaped_password_characters_are_still_refused():
     assert parse_config({"cameras": [{"id": "a", "url": "rtsp://h:554/live@main"}]}, env={}).cameras
 
 
+def test_a_password_in_the_query_string_is_refused_too():
+    (err,) = errors_of({"cameras": [{"id": "c", "url": "http://cam/video.cgi?user=admin&pwd=Qz9k&token=Tk7"}]})
+    assert err.startswith("cameras[0].url: inline password refused; write "
+                          "http://cam/video.cgi?user=admin&pwd=${CAM_C_PASSWORD}&token=${CAM_C_PASSWORD} "), err
+    assert "Qz9k" not in err and "Tk7" not in err
+    assert parse_config({"cameras": [{"id": "c", "url": "http://cam/v.cgi?pwd=${PW}&ch=1"}]}, env={}).cameras
+
+
 def test_config_errors_never_quote_credentials():
     """The ``got …`` of an error line: URLs' credentials scrubbed, password fields not shown."""
     errors = errors_of({"cameras": ["rtsp://bob:S3cretPW@10.0.0.1/s", {"id": "b", "url": ["rtsp://u:S3cretPW@h/s"]}],

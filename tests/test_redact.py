@@ -41,3 +41,8 @@ def test_rtsp_diagnosis_of_a_url_it_cannot_split_quotes_nothing_of_it():
     why = diagnose_rtsp("rtsp://bob:pa/Sup3rPw@10.0.0.1/s", timeout_s=0.1)
     assert why.startswith("the URL's host and port cannot be read (percent-encode"), why
     assert "Sup3rPw" not in why and "pa" not in why.replace("password", "")
+
+
+def test_a_whole_url_is_scrubbed_even_with_quotes_or_spaces_in_its_password():
+    assert redact_url("rtsp://admin:it's@cam/x") == "rtsp://***@cam/x"
+    assert redact_url('rtsp://admin:say "hi"@cam/x') == "rtsp://***@cam/x"
