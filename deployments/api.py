@@ -38,6 +38,7 @@ from .live import LiveView, last_frames
 from .logs import route_percept_logs
 
 RUNTIME_FIELDS = {"zones", "lines", "anchor"}  # what PUT /cameras/{id} may change
+MAX_BODY_BYTES = 1 << 20
 app = FastAPI(title="percept", description="Runtime camera management")
 
 
@@ -49,6 +50,16 @@ async def _redis_unreachable(request: Any, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=500, content={"detail": f"redis error: {redact(str(exc))}"})
     return JSONResponse(status_code=503, content={"detail": f"redis unavailable ({type(exc).__name__})", "retry": True},
                         headers={"Retry-After": "1"})
+
+
+@app.middleware("http")
+async def _bounded_body(request: Any, call_next: Any) -> Any:
+    """A request body above `MAX_BODY_BYTES` is refused (413) before it is read: a camera with
+    its zones is a few kilobytes."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        return JSONResponse(status_code=413, content={"detail": f"request body above {MAX_BODY_BYTES} bytes"})
+    return await call_next(request)
 
 
 @serve.deployment(name="api")
@@ -104,8 +115,8 @@ class CameraApi:
 
     @app.post("/cameras", status_code=201)
     async def add_camera(self, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        try:
-            camera = CameraConfig.model_validate(body)
+        try:  # off the event loop: the live view's streams go on meanwhile
+            camera = await asyncio.to_thread(CameraConfig.model_validate, body)
         except ValidationError as exc:
             raise HTTPException(422, detail=format_validation_error(exc)) from None
         inline = None if self.allow_inline_credentials else inline_password_error(camera, f"cameras[{camera.id}].url")

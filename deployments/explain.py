@@ -14,6 +14,7 @@ plates are blurred as in the live view (``privacy``)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,7 +22,7 @@ from fastapi import HTTPException
 from fastapi.responses import Response
 from ray.serve.handle import DeploymentHandle
 
-from pipeline.config import DetectorConfig, PerceptConfig
+from pipeline.config import ConfigError, DetectorConfig, PerceptConfig
 from pipeline.explain import (
     EXPLAIN_CONF,
     METHODS,
@@ -38,9 +39,12 @@ from pipeline.keep import KeptFrame, NotKept
 from pipeline.lifecycle.swap import Desired, SwapKeys, swapped_cfg
 from pipeline.models import ModelError, prepare_frame
 from pipeline.priority import lower_thread_priority
+from pipeline.redact import redact
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys
 
+log = logging.getLogger("percept.explain")
+MAX_QUEUED = 4  # explanations waiting for the one worker; more get 429
 EXPLAIN_NICE = 10  # the explanation yields the CPU to the cameras: this many nice values below its replica
 
 
@@ -67,6 +71,7 @@ class ExplainApi:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain", initializer=_lower_priority)
         self._detectors: dict[str, tuple[Any, DetectorConfig]] = {}  # deployment → its model as loaded here
         self._blurrer: Any = None
+        self._queued = 0  # explanations asked for and not answered yet
 
     async def explain(self, camera_id: str, index: int, *, seq: int | None, method: str, masks: int) -> Response:
         if method not in ("auto", *METHODS):
@@ -79,13 +84,22 @@ class ExplainApi:
             raise HTTPException(404, detail={
                 "message": f"{exc} (camera {camera_id!r}, seq {frame.result.meta.seq})",
                 "camera": camera_id, "seq": frame.result.meta.seq, "objects": frame.result.objects.to_objects()}) from None
+        if self._queued >= MAX_QUEUED:  # one explanation at a time: seconds of CPU each
+            raise HTTPException(429, detail=f"{self._queued} explanations already queued; ask again later",
+                                headers={"Retry-After": "30"})
         loop = asyncio.get_running_loop()
+        self._queued += 1
         try:
             png, headers = await loop.run_in_executor(self._pool, self._run, frame, index, target, method, masks)
         except ExplainError as exc:
             raise HTTPException(422, detail=str(exc)) from None
-        except ModelError as exc:
-            raise HTTPException(503, detail=f"cannot load the detector to explain with: {exc}") from None
+        except (ModelError, ConfigError) as exc:
+            raise HTTPException(503, detail=f"cannot load the detector to explain with: {redact(str(exc))}") from None
+        except Exception as exc:  # a fault of this explanation: said as such, the API goes on
+            log.exception("explain %s seq %s failed", camera_id, frame.result.meta.seq)
+            raise HTTPException(500, detail=f"explain failed: {type(exc).__name__}: {redact(str(exc))}") from None
+        finally:
+            self._queued -= 1
         return Response(png, media_type="image/png", headers=headers)
 
     # --- the frame --------------------------------------------------------------------------------

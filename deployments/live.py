@@ -52,7 +52,7 @@ def last_frames(client: Any, keys: StreamKeys, ids: list[str], now: float) -> di
                 counts[obj["category"]] = counts.get(obj["category"], 0) + 1
             info["objects"] = dict(sorted(counts.items()))
             info["e2e_ms"] = round(float(payload.get("latency_ms", {}).get("total", 0.0)), 1)
-        except (KeyError, ValueError, TypeError):
+        except (KeyError, ValueError, TypeError, AttributeError):  # an entry not as published: its info only
             pass
         out[cid] = info
     return out

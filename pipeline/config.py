@@ -71,7 +71,7 @@ class CameraEnvError(ValueError):
 
 class CameraConfig(Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=64, description="unique camera id")
-    url: str = Field(min_length=1, description="rtsp://, http(s)://, a file path or device:N")
+    url: str = Field(min_length=1, max_length=4096, description="rtsp://, http(s)://, a file path or device:N")
     fps: float = Field(5.0, ge=0, le=240, description="max frames sampled per second; 0 = every frame")
     loop: bool = Field(False, description="files only: loop forever")
     realtime: bool = Field(True, description="files only: read at the file's own frame rate")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 
 from .config_errors import error_at
 
@@ -39,7 +39,7 @@ Anchor = Literal["bottom_center", "center"]
 Direction = Literal["in", "out"]
 MAX_ZONE_POINTS = 256
 MAX_PER_CAMERA = 64  # zones, and lines, per camera
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class GeometryError(ValueError):
@@ -53,7 +53,7 @@ def _fmt(values: Sequence[float]) -> str:
 def _named(what: str):
     def check(name: str) -> str:
         if not _NAME.match(name):
-            raise ValueError(f"a {what} name must match [A-Za-z0-9_-]+, got {name!r}")
+            raise ValueError(f"a {what} name must match [A-Za-z0-9_-]+ (at most 64), got {name[:80]!r}")
         return name
 
     return check
@@ -89,20 +89,25 @@ def _segment(points: list[list[float]]) -> list[list[float]]:
     return points
 
 
-def _at_most(what: str):
-    def check(items: dict[str, Any]) -> dict[str, Any]:
-        if len(items) > MAX_PER_CAMERA:
-            raise ValueError(f"at most {MAX_PER_CAMERA} {what} per camera, got {len(items)}")
+def _at_most(limit: int, message: str):
+    """A count checked before the items are (a request with a million points is refused at once)."""
+    def check(items: Any) -> Any:
+        if isinstance(items, (dict, list)) and len(items) > limit:
+            raise ValueError(message.format(limit=limit, n=len(items)))
         return items
 
     return check
 
 
 Point = Annotated[list[float], AfterValidator(_point)]
-ZonePolygon = Annotated[list[Point], AfterValidator(_polygon)]
-LineSegment = Annotated[list[Point], AfterValidator(_segment)]
-Zones = Annotated[dict[Annotated[str, AfterValidator(_named("zone"))], ZonePolygon], AfterValidator(_at_most("zones"))]
-Lines = Annotated[dict[Annotated[str, AfterValidator(_named("line"))], LineSegment], AfterValidator(_at_most("lines"))]
+ZonePolygon = Annotated[list[Point], AfterValidator(_polygon),
+                        BeforeValidator(_at_most(MAX_ZONE_POINTS, "a zone has at most {limit} points, got {n}"))]
+LineSegment = Annotated[list[Point], AfterValidator(_segment),
+                        BeforeValidator(_at_most(2, "a line needs exactly 2 points, got {n}"))]
+Zones = Annotated[dict[Annotated[str, AfterValidator(_named("zone"))], ZonePolygon],
+                  BeforeValidator(_at_most(MAX_PER_CAMERA, "at most {limit} zones per camera, got {n}"))]
+Lines = Annotated[dict[Annotated[str, AfterValidator(_named("line"))], LineSegment],
+                  BeforeValidator(_at_most(MAX_PER_CAMERA, "at most {limit} lines per camera, got {n}"))]
 ZONES_HELP = "name → polygon [[x, y], ...] (>= 3 points), in pixels or all in 0..1"
 LINES_HELP = "name → [[x1, y1], [x2, y2]]; crossing from the right of 1→2 to its left is 'in'"
 

@@ -171,6 +171,12 @@ class CameraRegistry:
                     except (ValueError, KeyError, TypeError) as exc:
                         raise LookupError(f"the stored entry of camera {camera_id!r} is unreadable ({exc}); "
                                           "DELETE it and POST it again") from None
+                    try:
+                        CameraConfig.model_validate(current)
+                    except ValidationError as exc:  # the stored entry, not the change: a conflict
+                        raise LookupError(f"the stored entry of camera {camera_id!r} no longer validates "
+                                          f"({'; '.join(format_validation_error(exc))}); DELETE it and POST it "
+                                          "again") from None
                     camera = CameraConfig.model_validate({**current, **changes})
                     entry["camera"] = camera.model_dump(mode="json")
                     pipe.multi()

@@ -128,3 +128,7 @@ def test_set_geometry_changes_zones_in_place_and_validates(redis_server):
     assert reg.set_geometry("nope", {"zones": {}}) is None
     with pytest.raises(LookupError, match="unreadable"):
         reg.set_geometry("garbage", {"zones": {}})
+    # a stored entry that no longer validates is a conflict (409), not the request's fault (422)
+    with pytest.raises(LookupError) as err:
+        reg.set_geometry("neg", {"zones": {}})
+    assert "the stored entry of camera 'neg' no longer validates (fps: must be >= 0, got -2)" in str(err.value)

@@ -98,3 +98,17 @@ def test_tls_server_refuses_an_unverified_certificate(tls_redis):
     cfg = parse_config({"redis": {"url": f"rediss://127.0.0.1:{port}/0", "password": "Tls-Pw-1"}}, env={})
     with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
         redis_from_config(cfg.redis).ping()
+
+
+def test_the_api_refuses_a_body_above_a_megabyte_before_reading_it():
+    """The ingress app's own middleware (no Serve needed for it): 413 on a body above 1 MiB, a
+    camera with its zones being a few kilobytes; smaller requests go on to the routes."""
+    from fastapi.testclient import TestClient
+
+    from deployments.api import MAX_BODY_BYTES, app
+
+    client = TestClient(app)
+    big = client.post("/cameras", content=b"{" + b" " * MAX_BODY_BYTES + b"}",
+                      headers={"content-type": "application/json"})
+    assert big.status_code == 413 and big.json() == {"detail": "request body above 1048576 bytes"}
+    assert client.get("/no-such-route").status_code == 404

@@ -234,3 +234,19 @@ def test_live_streams_beyond_view_max_streams_get_429(redis_server):
         await again.body_iterator.aclose()
 
     asyncio.run(scenario())
+
+
+def test_one_cameras_odd_newest_entry_costs_only_its_own_details(redis_server):
+    """`GET /cameras` reads each camera's newest entry (`last_frames`): one whose JSON is not an
+    object (hand-written, another writer) gets its lag only; the others are unaffected."""
+    from deployments.live import last_frames
+
+    client = redis_server.client()
+    keys = StreamKeys("oddentry")
+    client.xadd(keys.detections("odd"), {"json": "null"}, id="1000-0")
+    client.xadd(keys.detections("list"), {"json": "[1, 2]"}, id="1000-0")
+    good = {"objects": [{"category": "vehicle"}], "latency_ms": {"total": 42.0}}
+    client.xadd(keys.detections("good"), {"json": __import__("json").dumps(good)}, id="1000-0")
+    out = last_frames(client, keys, ["odd", "list", "good", "none"], now=3.0)
+    assert out["odd"] == {"lag_s": 2.0} and out["list"] == {"lag_s": 2.0} and out["none"] == {}
+    assert out["good"] == {"lag_s": 2.0, "objects": {"vehicle": 1}, "e2e_ms": 42.0}

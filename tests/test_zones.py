@@ -85,10 +85,10 @@ def test_negative_and_non_finite_coordinates_name_the_point():
 
 def test_bad_names_are_refused():
     assert camera_errors(zones={"front door": SQUARE}) == [
-        "cameras[0].zones.front door: a zone name must match [A-Za-z0-9_-]+, got 'front door'"
+        "cameras[0].zones.front door: a zone name must match [A-Za-z0-9_-]+ (at most 64), got 'front door'"
     ]
     assert camera_errors(lines={"a:b": [[0, 0], [1, 1]]}) == [
-        "cameras[0].lines.a:b: a line name must match [A-Za-z0-9_-]+, got 'a:b'"
+        "cameras[0].lines.a:b: a line name must match [A-Za-z0-9_-]+ (at most 64), got 'a:b'"
     ]
 
 
@@ -123,6 +123,19 @@ def test_other_geometry_errors_and_several_at_once():
     ]
     (err,) = camera_errors(lines={f"l{i}": [[0, 0], [1, 1]] for i in range(65)})
     assert err == "cameras[0].lines: at most 64 lines per camera, got 65"
+
+
+def test_counts_are_checked_before_the_items():
+    """Too many zones (or points) is one error, found before a single item is looked at: a request
+    with 100 000 zones costs no more than one with 65 (the items here would each fail too)."""
+    (err,) = camera_errors(zones={f"z{i}": [[0, 0]] for i in range(100_000)})
+    assert err == "cameras[0].zones: at most 64 zones per camera, got 100000"
+    (err,) = camera_errors(zones={"z": [[-1, 0]] * 10_000})
+    assert err == "cameras[0].zones.z: a zone has at most 256 points, got 10000"
+    (err,) = camera_errors(lines={"l": [[-1, 0]] * 3})
+    assert err == "cameras[0].lines.l: a line needs exactly 2 points, got 3"
+    (err,) = camera_errors(zones={"n" * 65: [[0, 0], [1, 0], [1, 1]]})
+    assert err.startswith("cameras[0].zones." + "n" * 65 + ": a zone name must match [A-Za-z0-9_-]+ (at most 64)")
 
 
 # --- runtime geometry -----------------------------------------------------------------------
