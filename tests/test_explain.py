@@ -327,3 +327,63 @@ def test_percept_explain_bad_input_exits_2(models_dir, argv, says):
         argv = (*argv, "--object", "0")
     code, _, stderr = percept("explain", *argv)
     assert code == 2 and says in stderr, stderr
+
+
+def test_explanations_beyond_four_asked_at_once_get_429_and_a_fault_is_a_clear_500(redis_server, monkeypatch):
+    """`deployments/explain.py`'s queue on a real redis-server, the decoder's answer and the
+    explanation's work stood in for: one explanation runs at a time; with four asked for, a
+    fifth is refused at once (429, Retry-After); an unexpected fault of one is a 500 naming it."""
+    import asyncio
+    import threading
+    from types import SimpleNamespace
+
+    from fastapi import HTTPException
+
+    from deployments.explain import MAX_QUEUED, ExplainApi
+    from pipeline.config import CameraConfig, PerceptConfig
+    from pipeline.registry import CameraRegistry
+    from pipeline.schema import Detections, FrameMeta, FrameResult
+    from pipeline.streams import StreamKeys
+
+    client = redis_server.client()
+    keys = StreamKeys("explainq")
+    registry = CameraRegistry(client, keys)
+    registry.add(CameraConfig(id="cam", url="x.mp4"))
+    result = FrameResult(FrameMeta("cam", 3, time.time(), 0.1, 64, 48),
+                         Detections(xyxy=[[1, 2, 30, 40]], scores=[0.9], labels=("car",), categories=("vehicle",)),
+                         {}, {})
+    kept = KeptFrame(np.zeros((48, 64, 3), np.uint8), result, (3,))
+
+    async def kept_frame(camera_id, seq):
+        return kept
+
+    api = ExplainApi(PerceptConfig(), client, keys, registry, SimpleNamespace(kept_frame=SimpleNamespace(remote=kept_frame)))
+    release, started = threading.Event(), threading.Event()
+
+    def slow_run(frame, index, target, method, masks):
+        started.set()
+        if not release.wait(30):
+            raise TimeoutError("never released")
+        if masks == 13:
+            raise RuntimeError("a bug in the explanation")
+        return b"png", {}
+
+    monkeypatch.setattr(api, "_run", slow_run)
+
+    async def scenario():
+        asked = [asyncio.create_task(api.explain("cam", 0, seq=None, method="rise", masks=m))
+                 for m in (16, 16, 16, 13)]
+        await asyncio.to_thread(started.wait, 10)
+        while api._queued < MAX_QUEUED:
+            await asyncio.sleep(0.01)
+        with pytest.raises(HTTPException) as refused:
+            await api.explain("cam", 0, seq=None, method="rise", masks=16)
+        release.set()
+        done = await asyncio.gather(*asked, return_exceptions=True)
+        return refused.value, done
+
+    refused, done = asyncio.run(scenario())
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "30", refused.detail
+    assert [d.body for d in done[:3]] == [b"png"] * 3
+    assert isinstance(done[3], HTTPException) and done[3].status_code == 500
+    assert done[3].detail == "explain failed: RuntimeError: a bug in the explanation" and api._queued == 0
