@@ -181,7 +181,7 @@ def account(calls: list[list[Item]], results: list[Any], stats: PublisherStats,
             continue
         outcomes = result if isinstance(result, list) else [result] * len(call)
         for item, outcome in zip(call, outcomes):
-            refused = refusal_of(outcome)
+            refused = None if outcome == WRITTEN else refusal_of(outcome)
             if refused is None:
                 count_outcome(stats, item, outcome)
             else:  # kept, in order, and tried again
