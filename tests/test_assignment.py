@@ -173,7 +173,7 @@ def test_a_camera_that_cannot_start_is_reported_once_and_the_other_runs(redis_se
         return await start_ok(cam)
 
     cams = [CameraConfig(id="c", url="rtsp://u:Sup3rPw@127.0.0.1:9/c", fps=0), CameraConfig(id="b", url="device:0", fps=0)]
-    sup = CameraSupervisor(cams, client=client, keys=KEYS, start_camera=start_camera, replicas=1, lease_ttl_s=1,
+    sup = CameraSupervisor(cams, client=client, keys=KEYS, start_camera=start_camera, replicas=1, lease_ttl_s=3,
                            owner="me", publisher=pub)
     bg = Background(sup)
     try:
@@ -201,7 +201,7 @@ def test_a_camera_whose_settings_changed_between_rounds_restarts_with_them(redis
     cameras = [CameraConfig(id="s", url="device:0", fps=0)]
     sup = CameraSupervisor(lambda: list(cameras), client=client, keys=KEYS,
                            start_camera=factory(pub, PerceptConfig(tracker={"enabled": False})), replicas=1,
-                           lease_ttl_s=1, owner="me", publisher=pub)
+                           lease_ttl_s=3, owner="me", publisher=pub)
     bg = Background(sup)
     try:
         wait_for(lambda: client.xlen(KEYS.detections("s")) >= 3, 10, "camera s publishing")
