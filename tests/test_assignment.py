@@ -108,6 +108,13 @@ class Background:
     def stop(self):
         asyncio.run_coroutine_threadsafe(self.sup.stop(), self.loop).result(5)
         self.thread.join(30)
+        if self.thread.is_alive():  # where it hangs, for the failure's report
+            import faulthandler
+            import sys
+
+            faulthandler.dump_traceback(sys.stderr)
+            for task in list(asyncio.all_tasks(self.loop)):
+                task.print_stack(file=sys.stderr)
         assert not self.thread.is_alive()
 
 
