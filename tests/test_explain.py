@@ -373,8 +373,10 @@ def test_explanations_beyond_four_asked_at_once_get_429_and_a_fault_is_a_clear_5
     async def scenario():
         asked = [asyncio.create_task(api.explain("cam", 0, seq=None, method="rise", masks=m))
                  for m in (16, 16, 16, 13)]
-        await asyncio.to_thread(started.wait, 10)
-        while api._queued < MAX_QUEUED:
+        assert await asyncio.to_thread(started.wait, 10), "the first explanation never started"
+        deadline = time.monotonic() + 10
+        while api._queued < MAX_QUEUED:  # the other three reach the queue
+            assert time.monotonic() < deadline, f"only {api._queued} explanations queued"
             await asyncio.sleep(0.01)
         with pytest.raises(HTTPException) as refused:
             await api.explain("cam", 0, seq=None, method="rise", masks=16)

@@ -84,10 +84,11 @@ async def _until(pred, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)  # polled until the deadline above
 
 
-def test_the_api_waits_out_a_redis_outage_during_a_rollout(redis_server):
+def test_the_api_waits_out_a_redis_outage_during_a_rollout(redis_server, monkeypatch):
     """`ModelSwaps._wait` on a real redis-server killed while it polls the replicas' reports:
     the outage is waited out (no error that would make the client send its swap again), and
     the rollout is seen done once Redis is back."""
+    from pipeline.lifecycle import swap_service
     from pipeline.lifecycle.swap_service import ModelSwaps
 
     from redis.backoff import NoBackoff
@@ -105,14 +106,33 @@ def test_the_api_waits_out_a_redis_outage_during_a_rollout(redis_server):
         client.hset(keys.replicas, "r1", ReplicaReport("r1", "m.pt", "m.pt", None, generation, ts=time.time()).to_json())
 
     report(1)
+    polls: list[str] = []  # what each of its polls of the reports got: "ok" or the error's name
+    real_live_reports = swap_service.live_reports
+
+    def counted(*args, **kwargs):
+        try:
+            out = real_live_reports(*args, **kwargs)
+        except Exception as exc:
+            polls.append(type(exc).__name__)
+            raise
+        polls.append("ok")
+        return out
+
+    monkeypatch.setattr(swap_service, "live_reports", counted)
+
+    async def until(pred, what, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, f"timed out waiting for: {what}"
+            await asyncio.sleep(0.02)
 
     async def scenario():
         waiting = asyncio.create_task(swaps._wait(keys, 2, timeout_s=30))
-        await asyncio.sleep(0.2)  # it is polling: generation 2 not served yet
+        await until(lambda: polls.count("ok") >= 2, "two polls seeing generation 1 only")
         assert not waiting.done()
         await asyncio.to_thread(redis_server.kill)
-        await asyncio.sleep(0.5)  # an outage of half a second while it polls
-        assert not waiting.done(), waiting.result()
+        await until(lambda: waiting.done() or polls.count("ConnectionError") >= 3, "polls failing while redis is down")
+        assert not waiting.done(), waiting.exception()  # the outage is waited out, not an error
         await asyncio.to_thread(redis_server.start)
         await asyncio.to_thread(report, 2)
         return await asyncio.wait_for(waiting, 20)
