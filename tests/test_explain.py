@@ -357,7 +357,8 @@ def test_explanations_beyond_four_asked_at_once_get_429_and_a_fault_is_a_clear_5
     async def kept_frame(camera_id, seq):
         return kept
 
-    api = ExplainApi(PerceptConfig(), client, keys, registry, SimpleNamespace(kept_frame=SimpleNamespace(remote=kept_frame)))
+    decoder = SimpleNamespace(kept_frame=SimpleNamespace(remote=kept_frame))  # the decoder's answer, stood in for
+    api = ExplainApi(PerceptConfig(), client, keys, registry, decoder)
     release, started = threading.Event(), threading.Event()
 
     def slow_run(frame, index, target, method, masks):

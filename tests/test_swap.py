@@ -103,7 +103,8 @@ def test_the_api_waits_out_a_redis_outage_during_a_rollout(redis_server, monkeyp
     keys = swaps.keys("detector")
 
     def report(generation):
-        client.hset(keys.replicas, "r1", ReplicaReport("r1", "m.pt", "m.pt", None, generation, ts=time.time()).to_json())
+        report_json = ReplicaReport("r1", "m.pt", "m.pt", None, generation, ts=time.time()).to_json()
+        client.hset(keys.replicas, "r1", report_json)
 
     report(1)
     polls: list[str] = []  # what each of its polls of the reports got: "ok" or the error's name
