@@ -265,13 +265,16 @@ class EventEngine:
         for i, tid in enumerate(dets.track_ids):
             if tid is not None:
                 present.setdefault(int(tid), i)
+        before, geo = self._geometry, self.geometry(meta.width, meta.height)  # bad pixel zones fail before tracks change
+        if before is not None and before is not geo:  # another frame size: anchors in the old pixels mean nothing
+            for tr in self._tracks.values():
+                tr.anchor = None
         events: list[Event] = []
         for tid in sorted(self._tracks):
             if tid in present:
                 continue
             if (tid not in alive) if alive is not None else self._frame - self._tracks[tid].last_frame > self.track_buffer:
                 self._end(self._tracks.pop(tid), meta.seq, meta.frame_ts, events)
-        geo = self.geometry(meta.width, meta.height)  # on the first frame: bad pixel zones fail at once
         if not present:
             return events
         order = sorted(present)

@@ -147,7 +147,11 @@ class Geometry:
     lines: Mapping[str, np.ndarray]  # name → (2, 2) float64 segment, point 1 then point 2
 
     def anchors(self, xyxy: np.ndarray) -> np.ndarray:
-        return anchor_point(xyxy, self.anchor)
+        """The boxes' anchor points, half a pixel inside the frame at most: a box the detector
+        clipped at the bottom or right edge has its anchor on the frame's edge, where a zone
+        drawn to that edge would otherwise not count it as inside."""
+        points = anchor_point(xyxy, self.anchor)
+        return np.clip(points, 0.0, [self.width - 0.5, self.height - 0.5])
 
 
 def resolve_geometry(

@@ -258,6 +258,33 @@ def test_geometry_is_resolved_from_the_frame_size():
         bad.update(frame(1, width=640, height=480))  # the first frame, even without objects
 
 
+def test_a_box_clipped_at_the_frame_edge_is_inside_a_zone_drawn_to_that_edge():
+    """The detector clips boxes to the frame: a car cut off at the bottom has its bottom-centre
+    anchor on the frame's edge, inside the zone that reaches it (no exit, no second enter)."""
+    engine = EventEngine("cam", zones={"low": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]]}, track_buffer=5)
+    path = [80, 100, 100, 90]  # bottom edge y: in the zone, clipped at the frame's bottom, back up
+    events = run(engine, [frame(s, [obj(1, path[s - 1])]) for s in range(1, 5)])
+    assert kinds(events) == [("track_start", 1, 1), ("zone_enter", 1, 1)], kinds(events)
+    right = run(EventEngine("cam", zones={"side": [[0.5, 0], [1, 0], [1, 1], [0.5, 1]]}), [frame(1, [obj(2, 50, x=100)])])
+    assert [e.kind for e in right] == ["track_start", "zone_enter"]
+
+
+def test_a_camera_back_at_another_resolution_neither_crosses_lines_nor_loses_counts():
+    """A reconnect at another frame size: a still object crosses no line (its last anchor was in
+    the old pixels); a pixel zone outside the new frame fails before any track ends, so no exit
+    is counted without its event."""
+    engine = EventEngine("cam", lines={"gate": [[0.6, 0], [0.6, 1]]})
+    still = [frame(1, [obj(1, 500, x=1000)], width=1920, height=1080),  # x 0.52 of the width
+             frame(2, [obj(1, 170, x=333)], width=640, height=360)]  # the same place, smaller
+    assert [e.kind for e in run(engine, still)] == ["track_start"]
+    pixel = EventEngine("cam", zones={"z": [[1000, 500], [1900, 500], [1900, 1000]]})
+    pixel.update(frame(1, [obj(3, 600, x=1700)], width=1920, height=1080), alive={3})  # inside z
+    pixel.take_counts()
+    with pytest.raises(GeometryError):
+        pixel.update(frame(2, [], width=1280, height=720), alive=set())
+    assert pixel.open_tracks == [3] and pixel.take_counts() == Counter()
+
+
 def test_frames_of_another_camera_are_refused():
     with pytest.raises(ValueError, match="camera 'other'"):
         EventEngine("cam").update(frame(1, camera="other"))
