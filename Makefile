@@ -9,8 +9,9 @@ export PERCEPT_MODELS_DIR ?= $(if $(wildcard $(SHARED)/models),$(SHARED)/models,
 export PERCEPT_SAMPLE_VIDEOS ?= $(if $(wildcard $(SHARED)/data/videos),$(SHARED)/data/videos,)
 export PERCEPT_SHARED ?= $(SHARED)
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: setup demo test clean kuberay constraints
+.PHONY: setup demo test bench clean kuberay constraints
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +23,13 @@ setup: $(VENV)/.installed
 	scripts/install-system-deps.sh
 
 demo: setup
-	$(VENV)/bin/percept demo $(if $(DURATION),--duration $(DURATION),)
+	@[ -n "$(PERCEPT_MODELS_DIR)" ] || { echo "make demo: no models folder: put the shared folder beside the repo ($(SHARED)) or set PERCEPT_MODELS_DIR" >&2; exit 2; }
+	YOLO_OFFLINE=1 $(VENV)/bin/percept demo $(if $(DURATION),--duration $(DURATION),)
+
+# `percept bench` on the shared clips and models (RTSP cameras: GStreamer's server, as for the tests)
+bench: $(VENV)/.installed
+	scripts/install-system-deps.sh --test
+	YOLO_OFFLINE=1 $(VENV)/bin/percept bench $(BENCH_ARGS)
 
 test: $(VENV)/.installed
 	scripts/install-system-deps.sh --test
