@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, load_config
 
-from .common import fail, output_file_arg, port_arg
+from .common import PORT, fail, output_file_arg
 
 
 class _KeepUnset(dict):
@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
     b.add_argument("-c", "--config", required=True)
     b.add_argument("-o", "--output", default="-", type=output_file_arg, help="file to write (default: stdout)")
     b.add_argument("--http-host", help="Serve HTTP bind address (default: http.host, 127.0.0.1)")
-    b.add_argument("--http-port", type=port_arg, help="default: http.port, 8000")
+    b.add_argument("--http-port", type=PORT, help="default: http.port, 8000")
     b.set_defaults(func=_build)
 
 

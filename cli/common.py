@@ -56,8 +56,10 @@ def redis_url_arg(value: str) -> str:
     return value
 
 
-def number_arg(kind: type, low: float | None = None, high: float | None = None) -> Callable[[str], Any]:
-    """An argparse type: an int or float within [low, high]; else exit 2 naming the option."""
+def number_arg(kind: type, low: float | None = None, high: float | None = None, *,
+               what: str = "") -> Callable[[str], Any]:
+    """An argparse type: an int or float within [low, high] (``what`` it is, for the message);
+    else exit 2 naming the option."""
     def parse(value: str) -> Any:
         try:
             number = kind(value)
@@ -67,7 +69,7 @@ def number_arg(kind: type, low: float | None = None, high: float | None = None) 
         if (low is not None and number < low) or (high is not None and number > high) or number != number:
             span = f"from {low:g} to {high:g}" if low is not None and high is not None else \
                 f">= {low:g}" if low is not None else f"<= {high:g}"
-            raise argparse.ArgumentTypeError(f"must be {span}, got {value!r}")
+            raise argparse.ArgumentTypeError(f"must be {what + ' ' if what else ''}{span}, got {value!r}")
         return number
     parse.__name__ = kind.__name__
     return parse
@@ -76,6 +78,7 @@ def number_arg(kind: type, low: float | None = None, high: float | None = None) 
 POSITIVE_INT = number_arg(int, 1)
 IMGSZ = number_arg(int, 32, 4096)
 SCORE = number_arg(float, 0.0, 1.0)
+PORT = number_arg(int, 0, 65535, what="a port")  # as ``http.port``
 
 
 def output_file_arg(value: str) -> str:
@@ -89,17 +92,6 @@ def output_file_arg(value: str) -> str:
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"the folder {str(path.parent)!r} does not exist")
     return value
-
-
-def port_arg(value: str) -> int:
-    """argparse type of a TCP port: 0–65535 (as ``http.port``)."""
-    try:
-        port = int(value)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {value!r}")
-    return port
 
 
 def api_url_arg(value: str) -> str:

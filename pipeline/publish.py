@@ -354,8 +354,8 @@ class Publisher:
                 log.info("redis accepts writes again; flushing %d buffered results", len(self._queue))
             self.stats.refusing = None
         elif self.stats.refusing is None:
-            log.warning("redis refuses writes (%s); buffering %d results", redact(refusal), len(self._queue))
             self.stats.refusing = redact(refusal)
+            log.warning("redis refuses writes (%s); buffering %d results", self.stats.refusing, len(self._queue))
 
     def _encoded(self, item: Item, count: bool = True) -> bool:
         """Encode the item's result if it is not yet; False (counted, logged) if that fails."""

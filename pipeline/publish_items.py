@@ -14,17 +14,12 @@ from .lease import REFUSED, UNHELD, WRITTEN, Fence
 from .publish_wire import Command, evalsha, is_noscript, packed_call, resp_args, resp_frame_run
 from .redact import redact
 from .schema import SCHEMA_VERSION, FrameResult
-from .streams import StreamKeys
+from .streams import UNAVAILABLE_REPLIES, StreamKeys, redis_unavailable
 
 log = logging.getLogger("percept.publish")
 
 _DUPLICATE_ID = "equal or smaller than the target stream top item"
-# Redis up but refusing writes for now (a replica after a failover, maxmemory, a failed save,
-# loading, a busy script): the write is kept queued and tried again, like during an outage
-_REFUSING = (b"READONLY", b"OOM", b"MISCONF", b"MASTERDOWN", b"NOREPLICAS", b"LOADING", b"BUSY", b"TRYAGAIN",
-             b"CLUSTERDOWN")
-_REFUSING_ERRORS = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
-                    redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+_REFUSING = tuple(r.encode() for r in UNAVAILABLE_REPLIES)  # a script's per-result error texts
 
 
 @dataclass(slots=True)
@@ -155,14 +150,14 @@ def flat_args(mapping: Mapping[str, Any]) -> list[str]:
 
 
 def refusal_of(outcome: Any) -> str | None:
-    """The text of an answer by which Redis refuses a write for now (`_REFUSING`), else None."""
-    if isinstance(outcome, _REFUSING_ERRORS):
+    """The text of an answer by which Redis refuses a write for now (a replica after a failover,
+    maxmemory, a failed save, loading: `streams.redis_unavailable`), else None. Such a write is
+    kept queued and tried again, like during an outage."""
+    if isinstance(outcome, bytes):
+        return outcome.decode(errors="replace") if outcome.startswith(_REFUSING) else None
+    if isinstance(outcome, redis.RedisError) and redis_unavailable(outcome):
         return f"{type(outcome).__name__}: {outcome}"
-    text = outcome if isinstance(outcome, bytes) else str(outcome).encode() if isinstance(outcome, redis.ResponseError) \
-        else None
-    if text is None or not text.startswith(_REFUSING):
-        return None
-    return text.decode(errors="replace")
+    return None
 
 
 def account(calls: list[list[Item]], results: list[Any], stats: PublisherStats,

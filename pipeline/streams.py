@@ -61,13 +61,15 @@ class StreamKeys:
 _UNAVAILABLE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError,
                        redis.exceptions.OutOfMemoryError, redis.exceptions.TryAgainError,
                        redis.exceptions.ClusterDownError)
-_UNAVAILABLE_REPLIES = ("UNBLOCKED", "BUSY ", "MASTERDOWN", "MISCONF", "NOREPLICAS", "LOADING")
+# the same answers as error replies (a script's pcall returns their text, prefix included)
+UNAVAILABLE_REPLIES = ("READONLY", "OOM", "MISCONF", "MASTERDOWN", "NOREPLICAS", "LOADING", "BUSY ", "TRYAGAIN",
+                       "CLUSTERDOWN", "UNBLOCKED")
 
 
 def redis_unavailable(exc: BaseException) -> bool:
     """Whether an error means "Redis cannot serve this now, try again" rather than a bad request."""
     return isinstance(exc, _UNAVAILABLE_ERRORS) or (
-        isinstance(exc, redis.ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES))
+        isinstance(exc, redis.ResponseError) and str(exc).startswith(UNAVAILABLE_REPLIES))
 
 
 def connect_redis(

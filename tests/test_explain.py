@@ -378,7 +378,7 @@ def test_explanations_beyond_four_asked_at_once_get_429_and_a_fault_is_a_clear_5
         deadline = time.monotonic() + 10
         while api._queued < MAX_QUEUED:  # the other three reach the queue
             assert time.monotonic() < deadline, f"only {api._queued} explanations queued"
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # polled until the deadline above
         with pytest.raises(HTTPException) as refused:
             await api.explain("cam", 0, seq=None, method="rise", masks=16)
         release.set()

@@ -125,7 +125,7 @@ def test_the_api_waits_out_a_redis_outage_during_a_rollout(redis_server, monkeyp
         deadline = time.monotonic() + timeout
         while not pred():
             assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # polled until the deadline above
 
     async def scenario():
         waiting = asyncio.create_task(swaps._wait(keys, 2, timeout_s=30))
