@@ -11,6 +11,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from pipeline.config import RUNTIME_FIELDS
+
 from .common import EXIT_UNAVAILABLE, api_url_arg, call_api, fail, unreachable
 
 
@@ -29,11 +31,13 @@ def register(sub: Any) -> None:
     add.add_argument("--loop", action="store_true")
     rm = cam_sub.add_parser("rm", help="remove a camera")
     rm.add_argument("id")
-    zones = cam_sub.add_parser("zones", help="change a camera's zones, lines or anchor (no restart)")
+    zones = cam_sub.add_parser("zones", help="change a camera's zones, lines, anchor or line margin (no restart)")
     zones.add_argument("id")
     zones.add_argument("--zones", type=json.loads, help='JSON: {"name": [[x, y], ...]} ({} removes them all)')
     zones.add_argument("--lines", type=json.loads, help='JSON: {"name": [[x1, y1], [x2, y2]]}')
     zones.add_argument("--anchor", choices=("bottom_center", "center"))
+    zones.add_argument("--line-margin", type=float, dest="line_margin",
+                       help="hysteresis at lines: a fraction of the box across the line (0 turns it off)")
     cams.set_defaults(func=_cameras)
 
 
@@ -44,7 +48,7 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
     if args.action == "add":
         return "POST", "/cameras", {"id": args.id, "url": args.url, "fps": args.fps, "loop": args.loop}
     if args.action == "zones":
-        changes = {k: getattr(args, k) for k in ("zones", "lines", "anchor") if getattr(args, k) is not None}
+        changes = {k: getattr(args, k) for k in RUNTIME_FIELDS if getattr(args, k) is not None}
         return "PUT", f"/cameras/{args.id}", changes
     return "DELETE", f"/cameras/{args.id}", None
 
@@ -55,8 +59,8 @@ def _call(args: argparse.Namespace) -> tuple[int, Any]:
 
 
 def _cameras(args: argparse.Namespace) -> int:
-    if args.action == "zones" and all(getattr(args, k) is None for k in ("zones", "lines", "anchor")):
-        return fail("cameras zones: give --zones, --lines and/or --anchor", 2)
+    if args.action == "zones" and all(getattr(args, k) is None for k in RUNTIME_FIELDS):
+        return fail("cameras zones: give --zones, --lines, --anchor and/or --line-margin", 2)
     try:
         status, data = _call(args)
     except (urllib.error.URLError, OSError) as exc:

@@ -22,6 +22,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pipeline.config import (
+    RUNTIME_FIELDS,
     CameraConfig,
     PerceptConfig,
     format_validation_error,
@@ -37,7 +38,6 @@ from .explain import ExplainApi
 from .live import LiveView, last_frames
 from .logs import route_percept_logs
 
-RUNTIME_FIELDS = {"zones", "lines", "anchor"}  # what PUT /cameras/{id} may change
 MAX_BODY_BYTES = 1 << 20
 app = FastAPI(title="percept", description="Runtime camera management")
 
@@ -128,10 +128,10 @@ class CameraApi:
 
     @app.put("/cameras/{camera_id}")
     async def change_geometry(self, camera_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        """Zones, lines and anchor change at runtime, without restarting the camera."""
+        """Zones, lines, anchor and line margin change at runtime, without restarting the camera."""
         other = sorted(set(body) - RUNTIME_FIELDS)
         if other:
-            raise HTTPException(422, detail=[f"{k}: only {', '.join(sorted(RUNTIME_FIELDS))} change at runtime; "
+            raise HTTPException(422, detail=[f"{k}: only {', '.join(RUNTIME_FIELDS)} change at runtime; "
                                              "DELETE and POST the camera to change the rest" for k in other])
         try:
             camera = await asyncio.to_thread(self.registry.set_geometry, camera_id, body)
@@ -141,7 +141,7 @@ class CameraApi:
             raise HTTPException(409, detail=str(exc)) from None
         if camera is None:
             raise HTTPException(404, detail=await self._unknown(camera_id))
-        return {"id": camera.id, "zones": camera.zones, "lines": camera.lines, "anchor": camera.anchor}
+        return {"id": camera.id, **{name: getattr(camera, name) for name in RUNTIME_FIELDS}}
 
     @app.delete("/cameras/{camera_id}")
     async def remove_camera(self, camera_id: str) -> dict[str, Any]:

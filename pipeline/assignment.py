@@ -28,7 +28,7 @@ from typing import Any, Callable
 import redis
 
 from .conductor import CameraConductor
-from .config import CameraConfig
+from .config import RUNTIME_FIELDS, CameraConfig
 from .lease import Lease, acquire, release, renew
 from .publish import Publisher
 from .redact import redact, redact_url, url_secrets
@@ -334,4 +334,4 @@ class CameraSupervisor:
 
 def _geometry_of(camera: Any) -> dict[str, Any]:
     """The fields of a camera that change at runtime without restarting it."""
-    return {"zones": camera.zones, "lines": camera.lines, "anchor": camera.anchor}
+    return {name: getattr(camera, name) for name in RUNTIME_FIELDS}

@@ -249,11 +249,11 @@ class CameraConductor:
             log.exception("camera %s: frame %d: live view / keep failed", self.camera.id, frame.meta.seq)
 
     def reconfigure(self, camera: CameraConfig) -> None:
-        """The camera's zones, lines or anchor changed at runtime: applied from the next frame
-        on, without restarting the camera (its source and tracks go on)."""
+        """The camera's zones, lines, anchor or line margin changed at runtime: applied from the
+        next frame on, without restarting the camera (its source and tracks go on)."""
         self.camera = camera
         if self.events is not None:
-            self.events.reconfigure(camera.zones, camera.lines, anchor=camera.anchor)
+            self.events.reconfigure(camera.zones, camera.lines, anchor=camera.anchor, line_margin=camera.line_margin)
 
     def _publish(self, result: FrameResult) -> None:
         """The frame, with the events it causes and their counters, in one write (in seq order)."""

@@ -69,6 +69,9 @@ class CameraEnvError(ValueError):
     """A camera URL names an environment variable the decoder's environment lacks."""
 
 
+RUNTIME_FIELDS = ("zones", "lines", "anchor", "line_margin")  # what PUT /cameras/{id} changes (no restart)
+
+
 class CameraConfig(Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=64, description="unique camera id")
     url: str = Field(min_length=1, max_length=4096, description="rtsp://, http(s)://, a file path or device:N")
@@ -85,6 +88,8 @@ class CameraConfig(Strict):
     zones: Zones = Field(default_factory=dict, description=ZONES_HELP)
     lines: Lines = Field(default_factory=dict, description=LINES_HELP)
     anchor: Anchor = Field("bottom_center", description="the point of a box that zones and lines test")
+    line_margin: float = Field(0.1, ge=0, le=2, description="hysteresis at lines: within this fraction of its "
+                               "box (across the line) from a line, an anchor is on neither side; 0: off")
     decode: Literal["all", "reference", "keyframes"] = Field(
         "all", description="all: every frame is decoded, fps samples them; reference: frames no other frame "
         "depends on (most B-frames) are skipped (FFmpeg skip_frame nonref, with PyAV): about half the frames "

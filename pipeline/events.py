@@ -9,7 +9,8 @@ filled; objects without a track id are ignored), and returns the `Event`s each f
   an open track that ends is also taken out of its zones (``ended: true``, ``dwell_s`` up to the
   last frame it was seen);
 - ``line_cross`` — the anchor's movement between two consecutive sightings of the track crossed
-  a line (direction ``in`` / ``out``, see `pipeline.geometry`);
+  a line (direction ``in`` / ``out``, see `pipeline.geometry`); with a ``line_margin``, between
+  the last two sightings outside the band around the line (hysteresis);
 - ``track_end`` — the track has been missing for more than ``track_buffer`` processed frames (the
   frame on which ByteTrack drops it: until then it can still re-find the track), or the camera
   stopped (`close`). ts/seq are those of the frame on which it is declared ended.
@@ -27,162 +28,32 @@ split on ``:``.
 
 from __future__ import annotations
 
-import json
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .geometry import Anchor, Geometry, line_crossings, points_in_polygon, resolve_geometry
+from .event_model import (  # noqa: F401 (EVENTS_SCHEMA, PATH_*, REPEATING: the events' API)
+    EVENTS_SCHEMA,
+    LINE_MARGIN,
+    MAX_SNAPSHOT_TRACKS,
+    PATH_KEPT,
+    PATH_POINTS,
+    REPEATING,
+    STATE_SCHEMA,
+    Event,
+    EventKind,
+    json_safe,
+    label_of,
+    Sighting,
+    OpenTrack,
+)
+from .geometry import Anchor, Geometry, line_bands, line_crossings, line_offsets, points_in_polygon, resolve_geometry
 from .schema import FrameResult
 
 if TYPE_CHECKING:
     from .config import CameraConfig
-
-EVENTS_SCHEMA = "percept.events/v1"
-STATE_SCHEMA = "percept.events-state/v1"
-EventKind = Literal["track_start", "track_end", "attributes", "zone_enter", "zone_exit", "line_cross"]
-REPEATING = frozenset({"attributes", "zone_enter", "zone_exit", "line_cross"})
-PATH_POINTS = 8  # points in a track_end's path
-PATH_KEPT = 16  # points kept per open track (decimated by 2 when full)
-MAX_SNAPSHOT_TRACKS = 4096
-_FIELDS: dict[str, tuple[str, ...]] = {
-    "track_start": ("bbox", "attributes"),
-    "track_end": ("duration_s", "frames", "best_score", "attributes", "path"),
-    "attributes": ("attributes",),
-    "zone_enter": ("zone",),
-    "zone_exit": ("zone", "dwell_s", "ended"),
-    "line_cross": ("line", "direction"),
-}
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _label_of(value: Any) -> Any:
-    """What is compared of a classifier answer: its label (``{"label": .., "score": ..}``)."""
-    return value.get("label") if isinstance(value, Mapping) else value
-
-
-class _Seen(NamedTuple):
-    """One sighting of a track in a frame, in pixels rounded to 0.1 (what a snapshot keeps, so a
-    restored engine computes exactly what the first one would have)."""
-
-    index: int  # into the frame's detections
-    box: list[float]
-    anchor: list[float]
-    centre: list[float]
-    zones: list[str]  # the zones its anchor is in
-    lines: list[tuple[str, int]]  # lines crossed since the last sighting: +1 in, -1 out
-
-
-@dataclass(frozen=True)
-class Event:
-    kind: EventKind
-    camera: str
-    seq: int
-    ts: float  # capture time of the frame that caused it
-    track_id: int
-    category: str
-    label: str
-    n: int = 0  # the how-manieth event of this kind for this track (from 1; kinds in REPEATING)
-    bbox: tuple[float, float, float, float] | None = None
-    attributes: Mapping[str, Any] | None = None
-    duration_s: float | None = None
-    frames: int | None = None
-    best_score: float | None = None
-    path: Mapping[str, Any] | None = None
-    zone: str | None = None
-    dwell_s: float | None = None
-    ended: bool | None = None
-    line: str | None = None
-    direction: Literal["in", "out"] | None = None
-
-    @property
-    def id(self) -> str:
-        base = f"{self.camera}:{self.track_id}:{self.kind}"
-        return f"{base}:{self.n}" if self.kind in REPEATING else base
-
-    def count_keys(self) -> list[str]:
-        """The counters this event increments by one (see the module doc)."""
-        if self.kind == "track_start":
-            return [f"tracks:{self.category}"]
-        if self.kind == "zone_enter":
-            return [f"zone:{self.zone}:enter:{self.category}"]
-        if self.kind == "zone_exit":
-            return [f"zone:{self.zone}:exit:{self.category}"]
-        if self.kind == "line_cross":
-            return [f"line:{self.line}:{self.direction}:{self.category}"]
-        return []
-
-    def to_payload(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "schema": EVENTS_SCHEMA, "id": self.id, "camera": self.camera, "kind": self.kind,
-            "ts": self.ts, "seq": self.seq, "track_id": self.track_id, "category": self.category,
-            "label": self.label,
-        }
-        for name in _FIELDS[self.kind]:
-            out[name] = _json_safe(getattr(self, name))
-        return out
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_payload(), separators=(",", ":"))
-
-
-@dataclass
-class _Track:
-    """One open track's state; everything in it is JSON-able (see `EventEngine.snapshot`)."""
-
-    id: int
-    category: str
-    labels: dict[str, int]  # detector label → frames seen with it (the track's label: the most frequent)
-    first_ts: float
-    last_ts: float
-    last_frame: int
-    frames: int
-    best_score: float
-    attributes: dict[str, Any]
-    anchor: list[float] | None  # last anchor point, pixels (None: judge no crossing from it)
-    first: list[float]  # first and last box centres
-    last: list[float]
-    path: list[list[float]]  # box centres of every `stride`-th sighting, at most PATH_KEPT
-    stride: int = 1
-    zones: dict[str, float] = field(default_factory=dict)  # zone → enter ts
-    n: dict[str, int] = field(default_factory=dict)  # kind → events of that kind so far
-
-    @property
-    def label(self) -> str:
-        return max(self.labels, key=lambda k: self.labels[k])  # first seen wins a tie
-
-    def next_n(self, kind: str) -> int:
-        self.n[kind] = self.n.get(kind, 0) + 1
-        return self.n[kind]
-
-    def add_centre(self, centre: list[float]) -> None:
-        self.last = centre
-        if (self.frames - 1) % self.stride == 0:
-            self.path.append(centre)
-            if len(self.path) > PATH_KEPT:
-                self.path = self.path[::2]
-                self.stride *= 2
-
-    def path_summary(self) -> dict[str, Any]:
-        points = self.path + ([self.last] if self.path[-1] != self.last else [])
-        if len(points) > PATH_POINTS:
-            points = [points[int(i)] for i in np.linspace(0, len(points) - 1, PATH_POINTS).round()]
-        return {"first": self.first, "last": self.last, "points": points}
 
 
 class EventEngine:
@@ -196,36 +67,43 @@ class EventEngine:
         *,
         anchor: Anchor = "bottom_center",
         track_buffer: int = 30,
+        line_margin: float = LINE_MARGIN,
     ):
         self.camera = camera
+        self.line_margin = line_margin
         self.zones = {k: [list(p) for p in v] for k, v in (zones or {}).items()}
         self.lines = {k: [list(p) for p in v] for k, v in (lines or {}).items()}
         self.anchor: Anchor = anchor
         self.track_buffer = track_buffer
         self.counts: Counter[str] = Counter()  # deltas since the last take_counts()
-        self._tracks: dict[int, _Track] = {}
+        self._tracks: dict[int, OpenTrack] = {}
         self._frame = 0  # frames processed (the clock of track_buffer)
         self._geometry: Geometry | None = None
 
     @classmethod
     def for_camera(cls, camera: CameraConfig, *, track_buffer: int) -> EventEngine:
         """The engine of a configured camera (``tracker.track_buffer`` as ``track_buffer``)."""
-        return cls(camera.id, camera.zones, camera.lines, anchor=camera.anchor, track_buffer=track_buffer)
+        return cls(camera.id, camera.zones, camera.lines, anchor=camera.anchor, track_buffer=track_buffer,
+                   line_margin=camera.line_margin)
 
     def reconfigure(self, zones: Mapping[str, Sequence[Sequence[float]]] | None,
-                    lines: Mapping[str, Sequence[Sequence[float]]] | None, *, anchor: Anchor) -> None:
-        """Zones, lines or the anchor changed at runtime: open tracks continue. Memberships of
-        removed zones are dropped without events; a track inside a new zone gets its
-        ``zone_enter`` on its next sighting; after an anchor change no crossing is judged
+                    lines: Mapping[str, Sequence[Sequence[float]]] | None, *, anchor: Anchor,
+                    line_margin: float | None = None) -> None:
+        """Zones, lines, the anchor or the line margin changed at runtime: open tracks continue.
+        Memberships of removed zones are dropped without events; a track inside a new zone gets
+        its ``zone_enter`` on its next sighting; after an anchor change no crossing is judged
         between the old anchor point and the new one."""
         self.zones = {k: [list(p) for p in v] for k, v in (zones or {}).items()}
         self.lines = {k: [list(p) for p in v] for k, v in (lines or {}).items()}
         anchor_changed, self.anchor = anchor != self.anchor, anchor
+        if line_margin is not None:
+            self.line_margin = line_margin
         self._geometry = None
         for tr in self._tracks.values():
             tr.zones = {z: t for z, t in tr.zones.items() if z in self.zones}
+            tr.sides = {line: p for line, p in tr.sides.items() if line in self.lines}
             if anchor_changed:
-                tr.anchor = None
+                tr.forget_anchor()
 
     @property
     def open_tracks(self) -> list[int]:
@@ -268,7 +146,7 @@ class EventEngine:
         before, geo = self._geometry, self.geometry(meta.width, meta.height)  # bad pixel zones fail before tracks change
         if before is not None and before is not geo:  # another frame size: anchors in the old pixels mean nothing
             for tr in self._tracks.values():
-                tr.anchor = None
+                tr.forget_anchor()
         events: list[Event] = []
         for tid in sorted(self._tracks):
             if tid in present:
@@ -284,24 +162,55 @@ class EventEngine:
         inside = {name: points_in_polygon(anchors, poly) for name, poly in geo.zones.items()}
         first = {t: np.round(geo.anchors(np.round(np.asarray(origins[t], np.float64), 1).reshape(1, 4)), 1).reshape(2)
                  for t in order if t not in self._tracks and origins and t in origins}
-        prev = np.array([self._tracks[t].anchor if t in self._tracks and self._tracks[t].anchor is not None
-                         else first.get(t, anchors[k]) for k, t in enumerate(order)])
-        crossing = {name: line_crossings(prev, anchors, seg) for name, seg in geo.lines.items()}
+        crossed, sides = self._crossings(order, boxes, anchors, first, geo)
         for k, (tid, box, anchor, centre) in enumerate(zip(order, boxes.tolist(), anchors.tolist(), centres.tolist())):
             zones_in = [name for name, mask in inside.items() if mask[k]]
-            lines_crossed = [(name, int(c[k])) for name, c in crossing.items() if c[k]]
-            self._sighting(tid, result, _Seen(present[tid], box, anchor, centre, zones_in, lines_crossed), events)
+            seen = Sighting(present[tid], box, anchor, centre, zones_in, crossed[k], sides[k])
+            self._sighting(tid, result, seen, events)
         return events
 
-    def _sighting(self, tid: int, result: FrameResult, seen: _Seen, events: list[Event]) -> None:
+    def _crossings(self, order: list[int], boxes: np.ndarray, anchors: np.ndarray,
+                   first: Mapping[int, np.ndarray], geo: Geometry
+                   ) -> tuple[list[list[tuple[str, int]]], list[dict[str, list[float]]]]:
+        """For each present track (``order``): the lines it crossed since its last sighting
+        outside each line's band (+1 in, -1 out), and its new `OpenTrack.sides`. A new track's
+        movement starts at its ``first`` point (where the tracker first saw it) or here."""
+        crossed: list[list[tuple[str, int]]] = [[] for _ in order]
+        sides: list[dict[str, list[float]]] = [{} for _ in order]
+        for name, seg in geo.lines.items():
+            origins = [self._line_origin(t, name, first.get(t, anchors[k])) for k, t in enumerate(order)]
+            prev = np.array([point for point, _ in origins])
+            bands = line_bands(boxes, seg, self.line_margin)
+            clear_now = np.abs(line_offsets(anchors, seg)) >= bands
+            clear_before = (np.abs(line_offsets(prev, seg)) >= bands) | np.array([seed for _, seed in origins])
+            signs = line_crossings(prev, anchors, seg) * (clear_now & clear_before)
+            for k in range(len(order)):
+                if signs[k]:
+                    crossed[k].append((name, int(signs[k])))
+                if clear_now[k] or clear_before[k]:
+                    sides[k][name] = (anchors[k] if clear_now[k] else prev[k]).tolist()
+        return crossed, sides
+
+    def _line_origin(self, tid: int, line: str, first: np.ndarray) -> tuple[Any, bool]:
+        """Where a track's movement against ``line`` starts, and whether that point has a side
+        even inside the band: its last point outside the band, else its last anchor point; for
+        a new track (or one whose anchor was forgotten) ``first``, which gives its side wherever
+        it is (a track that appears on a line and walks off it counts as before hysteresis)."""
+        tr = self._tracks.get(tid)
+        if tr is None or tr.anchor is None:
+            return first, True
+        return tr.sides.get(line, tr.anchor), False
+
+    def _sighting(self, tid: int, result: FrameResult, seen: Sighting, events: list[Event]) -> None:
         meta, dets, i = result.meta, result.objects, seen.index
         attrs = dict(dets.attributes[i])
         tr = self._tracks.get(tid)
         if tr is None:
-            tr = self._tracks[tid] = _Track(
+            tr = self._tracks[tid] = OpenTrack(
                 id=tid, category=dets.categories[i], labels={dets.labels[i]: 1}, first_ts=meta.frame_ts,
                 last_ts=meta.frame_ts, last_frame=self._frame, frames=1, best_score=float(dets.scores[i]),
                 attributes=attrs, anchor=seen.anchor, first=seen.centre, last=seen.centre, path=[seen.centre],
+                sides=seen.sides,
             )
             self._emit(events, self._event(tr, "track_start", meta.seq, meta.frame_ts, bbox=tuple(seen.box),
                                            attributes=dict(attrs)))
@@ -309,9 +218,9 @@ class EventEngine:
             tr.labels[dets.labels[i]] = tr.labels.get(dets.labels[i], 0) + 1
             tr.last_ts, tr.last_frame, tr.frames = meta.frame_ts, self._frame, tr.frames + 1
             tr.best_score = max(tr.best_score, float(dets.scores[i]))
-            tr.anchor = seen.anchor
+            tr.anchor, tr.sides = seen.anchor, seen.sides
             tr.add_centre(seen.centre)
-            changed = any(name not in tr.attributes or _label_of(tr.attributes[name]) != _label_of(v)
+            changed = any(name not in tr.attributes or label_of(tr.attributes[name]) != label_of(v)
                           for name, v in attrs.items())
             tr.attributes.update(attrs)  # an answer missing on this frame (failed) keeps the last one
             if changed:
@@ -326,17 +235,17 @@ class EventEngine:
             self._emit(events, self._event(tr, "line_cross", meta.seq, meta.frame_ts, line=line,
                                            direction="in" if sign > 0 else "out"))
 
-    def _event(self, tr: _Track, kind: EventKind, seq: int, ts: float, **fields: Any) -> Event:
+    def _event(self, tr: OpenTrack, kind: EventKind, seq: int, ts: float, **fields: Any) -> Event:
         n = tr.next_n(kind) if kind in REPEATING else 0
         return Event(kind, self.camera, seq, ts, tr.id, tr.category, tr.label, n, **fields)
 
-    def _exit(self, tr: _Track, zone: str, seq: int, ts: float, until: float, ended: bool,
+    def _exit(self, tr: OpenTrack, zone: str, seq: int, ts: float, until: float, ended: bool,
               events: list[Event]) -> None:
         enter_ts = tr.zones.pop(zone)
         dwell = round(max(0.0, until - enter_ts), 3)
         self._emit(events, self._event(tr, "zone_exit", seq, ts, zone=zone, dwell_s=dwell, ended=ended))
 
-    def _end(self, tr: _Track, seq: int, ts: float, events: list[Event]) -> None:
+    def _end(self, tr: OpenTrack, seq: int, ts: float, events: list[Event]) -> None:
         for zone in list(tr.zones):
             self._exit(tr, zone, seq, ts, tr.last_ts, True, events)
         self._emit(events, self._event(
@@ -361,7 +270,7 @@ class EventEngine:
         tracks = sorted(self._tracks.values(), key=lambda t: (-t.last_frame, t.id))[:MAX_SNAPSHOT_TRACKS]
         return {
             "schema": STATE_SCHEMA, "camera": self.camera, "frame": self._frame,
-            "tracks": [_json_safe(vars(t)) for t in sorted(tracks, key=lambda t: t.id)],
+            "tracks": [json_safe(vars(t)) for t in sorted(tracks, key=lambda t: t.id)],
         }
 
     @classmethod
@@ -374,6 +283,7 @@ class EventEngine:
         *,
         anchor: Anchor = "bottom_center",
         track_buffer: int = 30,
+        line_margin: float = LINE_MARGIN,
     ) -> "EventEngine":
         """An engine that continues the open tracks of ``snapshot``: no second ``track_start``,
         event numbers (ids) continue, a crossing is judged from the last anchor point known.
@@ -382,13 +292,14 @@ class EventEngine:
             raise ValueError(f"unsupported event state {snapshot.get('schema')!r}; expected {STATE_SCHEMA!r}")
         if snapshot.get("camera") != camera:
             raise ValueError(f"event state of camera {snapshot.get('camera')!r} cannot continue camera {camera!r}")
-        engine = cls(camera, zones, lines, anchor=anchor, track_buffer=track_buffer)
+        engine = cls(camera, zones, lines, anchor=anchor, track_buffer=track_buffer, line_margin=line_margin)
         try:
             engine._frame = int(snapshot["frame"])
             for data in snapshot.get("tracks", []):
-                tr = _Track(**{k: data[k] for k in _Track.__dataclass_fields__ if k in data})
+                tr = OpenTrack(**{k: data[k] for k in OpenTrack.__dataclass_fields__ if k in data})
                 tr.id, tr.last_frame, tr.frames, tr.stride = int(tr.id), int(tr.last_frame), int(tr.frames), int(tr.stride)
                 tr.zones = {z: float(t) for z, t in tr.zones.items() if z in engine.zones}
+                tr.sides = {line: [float(v) for v in p] for line, p in tr.sides.items() if line in engine.lines}
                 engine._tracks[tr.id] = tr
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed event state of camera {camera!r}: {exc!r}") from None

@@ -20,6 +20,12 @@ side is the lower part of the image, so an object moving up the image crosses ``
 down crosses ``out``; swap the two points to swap the directions. A point exactly on the line
 counts as the right-hand side. Only a movement that intersects the segment itself counts (passing
 beside its end does not).
+
+Hysteresis (``cameras[].line_margin``, default 0.1): around each line runs a band as wide on each
+side as that fraction of the object's box measured across the line (its height for a level
+line, its width for an upright one): an anchor inside the band is on neither side. A crossing is
+judged from the last point where the track was outside the band to the next one, so an anchor
+jittering on the line, or an object that steps onto it and back, counts nothing; 0 turns it off.
 """
 
 from __future__ import annotations
@@ -237,6 +243,25 @@ def line_crossings(prev: np.ndarray, points: np.ndarray, line: np.ndarray) -> np
     out[moved & on_segment & left_after] = 1
     out[moved & on_segment & ~left_after] = -1
     return out
+
+
+def line_offsets(points: np.ndarray, line: np.ndarray) -> np.ndarray:
+    """(N,) signed distance in pixels of N points from the line through the segment (negative:
+    its left-hand side, see the module doc)."""
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    p1, p2 = np.asarray(line, np.float64).reshape(2, 2)
+    dx, dy = p2 - p1
+    return _cross(dx, dy, pts[:, 0] - p1[0], pts[:, 1] - p1[1]) / math.hypot(dx, dy)
+
+
+def line_bands(xyxy: np.ndarray, line: np.ndarray, margin: float) -> np.ndarray:
+    """(N,) half-width in pixels of the band around the line in which each box's anchor has no
+    side: ``margin`` × the box's extent across the line (along the line's normal)."""
+    b = np.asarray(xyxy, np.float64).reshape(-1, 4)
+    p1, p2 = np.asarray(line, np.float64).reshape(2, 2)
+    dx, dy = p2 - p1
+    length = math.hypot(dx, dy)
+    return margin * (abs(dy) * (b[:, 2] - b[:, 0]) + abs(dx) * (b[:, 3] - b[:, 1])) / length
 
 
 def line_crossing(prev_point: Sequence[float], point: Sequence[float], line: np.ndarray | Sequence[Sequence[float]]

@@ -155,7 +155,7 @@ class CameraRegistry:
         return bool(self.client.hsetnx(self.key, camera.id, entry))
 
     def set_geometry(self, camera_id: str, changes: Mapping[str, Any]) -> CameraConfig | None:
-        """Change a camera's zones, lines or anchor in place (decoders apply it without a
+        """Change a camera's zones, lines, anchor or line margin in place (decoders apply it without a
         restart); None if there is no such camera. Raises pydantic's ValidationError, with
         paths relative to the camera, for an invalid change."""
         with self.client.pipeline(transaction=True) as pipe:

@@ -138,7 +138,7 @@ def restore_tracking(
         seq, since = int(state["seq"]), float(state["frame_ts"])
         tracker = ObjectTracker.restore(state["tracker"], cfg, fps=camera.fps, file_time=file_time)
         events = EventEngine.restore(state["events"], camera.id, camera.zones, camera.lines, anchor=camera.anchor,
-                                     track_buffer=cfg.track_buffer)
+                                     track_buffer=cfg.track_buffer, line_margin=camera.line_margin)
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("camera %s: track state not restored: %s", camera.id, exc)
         return fresh(f"unreadable: {exc}")

@@ -1,0 +1,78 @@
+"""Hysteresis at counting lines (`cameras[].line_margin`): an anchor on a line is on neither side."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from pipeline.config import CameraConfig, format_validation_error
+from pipeline.events import EventEngine
+from pipeline.geometry import line_bands, line_offsets
+from tests.test_events import STOP, frame, obj, run
+
+SIZE = 20.0  # box height: with the default margin (0.1) the band is 2 px on each side of y = 50
+# a car below the line (right-hand side), then its anchor jittering on the line, then a real
+# crossing up the image to y = 30
+JITTER = [80, 50.8, 49.2, 50.6, 49.4, 51.0]
+
+
+def car_frames(bottoms, *, start=1):
+    return [frame(start + i, [obj(1, b, size=SIZE)]) for i, b in enumerate(bottoms)]
+
+
+def crossings(events):
+    return [(e.seq, e.direction) for e in events if e.kind == "line_cross"]
+
+
+def test_an_anchor_jittering_on_a_line_counts_nothing_and_the_real_crossing_once():
+    engine = EventEngine("cam", lines=STOP)
+    assert crossings(run(engine, car_frames(JITTER))) == []
+    assert crossings(run(engine, car_frames([30], start=7))) == [(7, "in")]
+    assert engine.take_counts() == Counter({"tracks:vehicle": 1, "line:stop:in:vehicle": 1})
+    # without hysteresis every movement across the line counts (what the margin is for)
+    bare = EventEngine("cam", lines=STOP, line_margin=0)
+    assert crossings(run(bare, car_frames(JITTER + [30]))) == [(3, "in"), (4, "out"), (5, "in"), (6, "out"), (7, "in")]
+
+
+def test_stepping_onto_a_line_and_back_is_no_crossing_but_stepping_over_it_is():
+    engine = EventEngine("cam", lines=STOP)
+    assert crossings(run(engine, car_frames([80, 49.5, 80]))) == []  # 0.5 px past the line, inside its band
+    assert crossings(run(engine, car_frames([47, 80], start=4))) == [(4, "in"), (5, "out")]  # 3 px: beyond it
+
+
+def test_the_band_scales_with_the_box_across_the_line():
+    level = np.array([[0, 50], [100, 50]], np.float64)
+    upright = np.array([[50, 0], [50, 100]], np.float64)
+    boxes = np.array([[10, 20, 30, 60], [0, 0, 100, 10]], np.float64)  # 20 wide × 40 high, 100 × 10
+    assert line_bands(boxes, level, 0.1).tolist() == pytest.approx([4.0, 1.0])  # the height across a level line
+    assert line_bands(boxes, upright, 0.1).tolist() == pytest.approx([2.0, 10.0])  # the width across an upright one
+    diagonal = np.array([[0, 0], [100, 100]], np.float64)
+    assert line_bands(boxes[:1], diagonal, 1.0)[0] == pytest.approx((20 + 40) / np.sqrt(2))
+    assert line_offsets([[50, 40], [50, 60]], level).tolist() == pytest.approx([-10.0, 10.0])  # left: negative
+
+
+def test_hysteresis_survives_a_change_of_owner():
+    frames = car_frames(JITTER + [30])
+    whole = EventEngine("cam", lines=STOP)
+    expected = run(whole, frames)
+    first = EventEngine("cam", lines=STOP)
+    before = run(first, frames[:3])  # the last sighting inside the band, above the line
+    second = EventEngine.restore(json.loads(json.dumps(first.snapshot())), "cam", lines=STOP)
+    after = run(second, frames[3:])
+    assert before + after == expected and crossings(after) == [(7, "in")]
+
+
+def test_the_margin_changes_at_runtime_and_is_validated():
+    engine = EventEngine("cam", lines=STOP)
+    run(engine, car_frames([80, 50.8]))
+    engine.reconfigure({}, STOP, anchor="bottom_center", line_margin=0)
+    assert crossings(run(engine, car_frames([49.2, 50.6], start=3))) == [(3, "in"), (4, "out")]
+    camera = CameraConfig(id="c", url="a.mp4", lines=STOP)
+    assert camera.line_margin == 0.1 and EventEngine.for_camera(camera, track_buffer=30).line_margin == 0.1
+    with pytest.raises(ValidationError) as err:
+        CameraConfig(id="c", url="a.mp4", line_margin=-0.5)
+    assert format_validation_error(err.value)[0].startswith("line_margin: ")
