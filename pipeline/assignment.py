@@ -29,9 +29,10 @@ import redis
 
 from .conductor import CameraConductor
 from .config import RUNTIME_FIELDS, CameraConfig
+from .geometry import GeometryError
 from .lease import Lease, acquire, release, renew
 from .publish import Publisher
-from .redact import redact, redact_url, url_secrets
+from .redact import redact
 from .sources import Backoff
 from .streams import StreamKeys
 
@@ -193,12 +194,12 @@ class CameraSupervisor:
             await asyncio.to_thread(release, lease)
             if self.publisher is not None:
                 self.publisher.unfence(cid)  # what follows lands unless another replica holds the lease
-            error = redact(f"could not start: {type(exc).__name__}: {exc}", url_secrets(cam.url))
+            error = redact(f"could not start: {type(exc).__name__}: {exc}", cam.secrets)
             if self._start_errors.get(cid) != error:  # said once per error, tried again each round
                 self._start_errors[cid] = error
                 log.error("camera %s: %s", cid, error)
                 if self.publisher is not None:
-                    self.publisher.camera_state(cid, "failed", error=error, url=redact_url(cam.url))
+                    self.publisher.camera_state(cid, "failed", error=error, url=cam.shown_url)
             return
         if lease.overdue():  # the start took longer than the lease lasts: another replica may run it
             log.warning("camera %s: starting took longer than its lease; leaving it for the next round", cid)
@@ -260,10 +261,13 @@ class CameraSupervisor:
         delay = entry.backoff.next()
         entry.restart_at = now + delay
         cam = self.cameras.get(cid)
-        error = redact(f"crashed: {type(exc).__name__}: {exc}", url_secrets(cam.url) if cam is not None else ())
+        failed = isinstance(exc, GeometryError)  # the camera cannot run as configured: said as it is
+        error = redact(str(exc) if failed else f"crashed: {type(exc).__name__}: {exc}",
+                       cam.secrets if cam is not None else ())
         log.error("camera %s: %s; restarting in %.1f s", cid, error, delay)
         if self.publisher is not None:
-            self.publisher.camera_state(cid, "reconnecting", error=f"{error} (restart in {delay:.1f} s)")
+            self.publisher.camera_state(cid, "failed" if failed else "reconnecting",
+                                        error=f"{error} (restart in {delay:.1f} s)")
 
     async def _restart(self, cid: str, entry: _Camera) -> None:
         entry.restart_at = None

@@ -17,8 +17,8 @@ from .config import CameraConfig, PerceptConfig
 from .metrics import CameraMetrics
 from .models import prepare_frame
 from .publish import Publisher
-from .redact import redact_url
-from .sources import LatestFrameSlot, SourceState, StatusEvent, VideoSource, is_file_url
+from .frame_slot import LatestFrameSlot
+from .sources import SourceState, StatusEvent, VideoSource, is_file_url
 from .track_state import open_tracking
 
 
@@ -39,7 +39,7 @@ async def open_camera(
     seq_start, counters = await asyncio.to_thread(publisher.resume_camera, camera.id)
 
     def on_status(event: StatusEvent) -> None:
-        publisher.camera_state(event.camera, event.state.value, error=event.error, url=redact_url(camera.url))
+        publisher.camera_state(event.camera, event.state.value, error=event.error, url=camera.shown_url)
 
     is_file = is_file_url(camera.url)
     slot = LatestFrameSlot()
@@ -90,6 +90,7 @@ def _video_source(camera: CameraConfig, config: PerceptConfig, slot: LatestFrame
         watchdog_s=camera.watchdog_s,
         seq_start=seq_start,
         on_status=on_status,
+        secrets=camera.secrets,
         wants_frame=slot.wants_frame,
         wait_for_demand=slot.wait_for_demand if camera.backpressure == "wait" else None,
         # the detector's input is made in the reader thread, only for frames the conductor takes

@@ -29,9 +29,10 @@ from .geometry import GeometryError
 from .metrics import NO_METRICS, CameraMetrics
 from .models import DetectorInput, prepare_frame
 from .publish import Publisher
-from .redact import redact, redact_url, url_secrets
+from .redact import redact
 from .schema import Detections, FrameResult
-from .sources import Frame, LatestFrameSlot, VideoSource
+from .frame_slot import LatestFrameSlot
+from .sources import Frame, VideoSource
 from .track_state import TrackSnapshots
 from .tracking import ObjectTracker
 
@@ -112,6 +113,7 @@ class CameraConductor:
         self._stopped = asyncio.Event()
         self._frame_ready = asyncio.Event()
         self._reader: threading.Thread | None = None
+        self._failure: GeometryError | None = None  # why the camera cannot run (run() raises it)
         self._fps_window: list[float] = []
         self._taken_at: dict[int, float] = {}  # seq → time.monotonic() of its take, while in flight
         self._hold_s: float | None = None  # how long a frame holds its in-flight place (moving average)
@@ -149,9 +151,23 @@ class CameraConductor:
             self._close_tracks()
             # the reader's last state change lands while this replica still holds the lease
             await asyncio.to_thread(self._reader.join, self.camera.read_timeout_s + 1)
+            self._last_state()
             self._publish_stats()
+            if self.kept is not None:
+                self.kept.forget(self.camera.id)  # its frames go with it (`percept explain` keeps)
         if self._reader_error is not None:
             raise self._reader_error
+        if self._failure is not None:
+            raise self._failure  # the supervisor tries again (with backoff): the zones may be fixed by then
+
+    def _last_state(self) -> None:
+        """The camera's state once stopped, unless its reader said it (stopped, failed): its
+        failure, or ``stopped`` for a reader still opening (it cannot write over a next owner)."""
+        if self._failure is not None or self._reader.is_alive():
+            self.source.detach()
+            error = str(self._failure) if self._failure is not None else None
+            self.publisher.camera_state(self.camera.id, "failed" if error else "stopped", error=error,
+                                        url=self.camera.shown_url)
 
     async def stop(self) -> None:
         """Stop reading; frames in flight get a short grace (the detector may be gone already)."""
@@ -170,7 +186,7 @@ class CameraConductor:
                 self.slot.put(frame)
                 loop.call_soon_threadsafe(self._frame_ready.set)
         except Exception as exc:  # never let a camera error escape its thread silently
-            secrets = url_secrets(self.camera.url)  # an error may quote the password in its own words
+            secrets = self.camera.secrets  # an error may quote the password in its own words
             log.error("camera %s: reader crashed: %s", self.camera.id,
                       redact("".join(traceback.format_exception(exc)).rstrip(), secrets))
             self._reader_error = exc  # run() raises it: the camera's task ends with this error
@@ -262,7 +278,9 @@ class CameraConductor:
             try:
                 events = self.events.update(result, *self._alive.pop(result.meta.seq, (None, None)))
             except GeometryError as exc:  # a pixel zone outside the frame: the camera cannot run
-                self.publisher.camera_state(self.camera.id, "failed", error=str(exc))
+                self._failure = exc
+                self.source.detach()  # its reader's "stopped" must not hide why
+                self.publisher.camera_state(self.camera.id, "failed", error=str(exc), url=self.camera.shown_url)
                 self._stopped.set()
                 self._frame_ready.set()
         counts = self.events.take_counts() if self.events is not None else None
@@ -368,18 +386,18 @@ class CameraConductor:
             processed=self.counters.processed,
             classify_failed=self.counters.classify_failed,
             seq=self.source.next_seq - 1,
-            url=redact_url(self.camera.url),
+            url=self.camera.shown_url,
         )
 
     def status(self) -> dict[str, Any]:
         return {
             "camera": self.camera.id,
-            "state": self.source.state.value,
+            "state": "failed" if self._failure is not None else self.source.state.value,
             "fps": round(self.fps, 2),
             "dropped": self.dropped,
             "processed": self.counters.processed,
             "classify_failed": self.counters.classify_failed,
             "failed": self.counters.failed,  # frames whose detection failed (part of dropped)
             "inflight": len(self._inflight),
-            "last_error": self.source.last_error,
+            "last_error": str(self._failure) if self._failure is not None else self.source.last_error,
         }

@@ -20,6 +20,7 @@ import math
 import os
 import re
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any, Literal, Mapping
 
 import yaml
@@ -31,9 +32,10 @@ from .config_models import (  # noqa: F401 (the config's API)
     DEFAULT_CATEGORIES, AutoscaleConfig, BatchConfig, ClassifierConfig, DetectorConfig, ModelSection, ModelServerConfig,
     Strict, classifier_sections, detector_sections, duplicate_names,
 )
+from .config_tracker import TrackerConfig
 from .config_view import PrivacyConfig, ViewConfig
 from .geometry import LINES_HELP, ZONES_HELP, Anchor, Lines, Zones, check_units
-from .redact import query_secrets, url_credentials
+from .redact import query_secrets, redact, redact_url, url_credentials, url_secrets
 
 ENV_MODELS_DIR = "PERCEPT_MODELS_DIR"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -98,6 +100,19 @@ class CameraConfig(Strict):
         "keyframes are decoded (skip_frame nokey): far less decoder CPU for a camera sampled at or below its "
         "keyframe rate. Both cap the camera's frame rate at what they decode")
 
+    _written_url: str | None = PrivateAttr(None)  # the URL as written, before `resolve_camera`
+    _env_values: tuple[str, ...] = PrivateAttr(())  # what its ${VAR}s were expanded to
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Scrubbed from anything shown of the camera: its URL's password, its ``${VAR}``s' values."""
+        return tuple(dict.fromkeys((*url_secrets(self.url), *self._env_values)))
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as shown (hash, status, logs): as written, ``${VAR}``s unexpanded, redacted."""
+        return redact(redact_url(self._written_url or self.url), self.secrets)
+
     @field_validator("url")
     @classmethod
     def _device_index(cls, v: str) -> str:
@@ -113,27 +128,6 @@ class CameraConfig(Strict):
         if self.decode != "all" and self.url.startswith("device:"):
             raise error_at(("decode",), f"{self.decode} needs an encoded stream or file; a device: camera gives raw frames")
         return self
-
-
-class TrackerConfig(Strict):
-    """ByteTrack (ultralytics) per camera: fills track_id; classifiers then run once per track.
-    Matching follows the sampling rate, so tracks hold at a few fps (pipeline/tracking.py)."""
-
-    enabled: bool = True
-    track_high_thresh: float = Field(0.25, ge=0, le=1)
-    track_low_thresh: float = Field(0.1, ge=0, le=1)
-    new_track_thresh: float = Field(0.25, ge=0, le=1)
-    track_buffer: int = Field(30, ge=1, le=10_000, description="usual frame intervals a lost track is kept (7.5 s at 4 fps)")
-    match_thresh: float = Field(0.9, ge=0, le=1, description="a detection continues a track when 1 - IoU of their grown boxes is below this")
-    match_buffer: float = Field(
-        1.2, ge=0, le=10, description="boxes grow by this fraction of their size per second between frames before they "
-        "are matched (0.3 at 4 fps, 0.05 at 24 fps), so an object that moved more than its size still meets its track; 0: plain IoU")
-    fuse_score: bool = Field(False, description="weigh matches by the detection score (ultralytics' default); off: a faint "
-                             "detection continues its track as well")
-    merge_iou: float = Field(0.7, ge=0, le=1, description="detections of one category overlapping more than this are one "
-                             "object (NMS is per label: a car is sometimes also a truck) and share its track id; 1: off")
-    snapshot_every: int = Field(20, ge=0, le=100_000, description="frames between snapshots of the open tracks to Redis, "
-                                "from which the camera's next owner continues them; 0: never")
 
 
 class DecoderConfig(Strict):
@@ -301,7 +295,11 @@ def resolve_camera(camera: CameraConfig, env: Mapping[str, str]) -> CameraConfig
             f"cameras[{camera.id}].url: environment variable {', '.join(missing)} is not set "
             "in the decoder's environment"
         )
-    return camera.model_copy(update={"url": _ENV_REF.sub(lambda m: env[m.group(1)], camera.url)})
+    resolved = camera.model_copy(update={"url": _ENV_REF.sub(lambda m: env[m.group(1)], camera.url)})
+    resolved._written_url = camera.url
+    values = [env[n] for n in names if len(env[n]) >= 3]  # shorter: a port, a channel number
+    resolved._env_values = tuple(dict.fromkeys(v for value in values for v in (value, quote(value, safe=""))))
+    return resolved
 
 
 # --- loading -------------------------------------------------------------------------------

@@ -7,7 +7,12 @@ backoff (0.5 s → 10 s). `seq` is strictly increasing per camera across reconne
 the caller passes ``seq_start`` so it is never reused across restarts either.
 
 `open_capture` (pipeline/capture.py) is the factory that touches the world (OpenCV/FFmpeg); `VideoSource` receives an
-opener and a clock so it is testable without a camera.
+opener and clocks so it is testable without a camera. Sampling, pacing, the watchdog and backoff
+run on the monotonic clock (a wall clock stepped by NTP neither starves nor floods a camera);
+only ``frame_ts`` is wall time. A file's timeline is its timestamps, made to increase: a file
+without any (raw H.264) or whose timestamps start again (joined MPEG-TS recordings) goes on at
+its frame rate. After `stop()` the source reports nothing but its end: a reader still opening
+when its camera was replaced cannot write the old camera's state over the new one's.
 """
 
 from __future__ import annotations
@@ -100,83 +105,6 @@ class Backoff:
         self._next = self.initial
 
 
-class LatestFrameSlot:
-    """Keep-latest hand-off between a reader thread and its consumer: never blocks the reader,
-    a newer frame replaces an older unsent one and the replaced one is counted as dropped.
-
-    Demand: the consumer says with `want` whether it can take a frame now, or from when it
-    expects to; the reader asks `wants_frame` for each sampled frame before colour-converting it
-    (and making the detector's letterboxed input, `VideoSource`'s ``prepare``, in the reader thread).
-    So frames nobody will take are not converted (the frame read just before the consumer expects
-    to be free is, so it is ready then), and a frame the slot still holds once a newer one was
-    read and skipped is dropped: what the consumer takes is always the newest frame read, never
-    one that waited in the slot while the consumer was busy."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._frame: Frame | None = None
-        self._closed = False
-        self._wanted = False
-        self._wanted_at: float | None = None  # time.monotonic() from when the consumer expects to take one
-        self._last_ask: float | None = None
-        self._interval = 0.0  # between the reader's last two sampled frames
-        self.dropped = 0
-
-    def put(self, frame: Frame) -> None:
-        with self._cond:
-            if self._frame is not None:
-                self.dropped += 1
-            self._frame = frame
-            self._cond.notify()
-
-    def get(self, timeout: float | None = None) -> Frame | None:
-        """The newest frame, or None on timeout or once closed and empty."""
-        with self._cond:
-            if self._frame is None and not self._closed:
-                self._cond.wait(timeout)
-            frame, self._frame = self._frame, None
-            self._cond.notify_all()
-            return frame
-
-    def want(self, wanted: bool, *, at: float | None = None) -> None:
-        """Consumer: whether it can take a frame now; if not, ``at`` (time.monotonic()) is when it
-        expects to (None: unknown, convert nothing until it says so)."""
-        with self._cond:
-            self._wanted = wanted
-            self._wanted_at = None if wanted else at
-            self._cond.notify_all()
-
-    def wait_for_demand(self, timeout: float) -> bool:
-        """Reader, ``backpressure: wait``: block until the consumer can take a frame and the slot
-        is empty (so nothing is dropped), or it is closed; False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._closed or (self._wanted and self._frame is None), timeout)
-
-    def wants_frame(self) -> bool:
-        """Reader, for each sampled frame: convert and put it? Yes while the consumer can take
-        one, or when the next frame would come after the consumer expects to be free. Otherwise
-        no, and the frame still held (if any) is older than this skipped one: dropped."""
-        now = time.monotonic()
-        with self._cond:
-            if self._last_ask is not None:
-                self._interval = min(now - self._last_ask, 1.0)
-            self._last_ask = now
-            wanted = self._wanted or (self._wanted_at is not None and now + self._interval >= self._wanted_at)
-            if not wanted and self._frame is not None:
-                self._frame = None
-                self.dropped += 1
-            return wanted
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-
 def is_file_url(url: str) -> bool:
     return "://" not in url and not url.startswith("device:") or url.startswith("file://")
 
@@ -203,6 +131,8 @@ class VideoSource:
         prepare: Callable[[np.ndarray, FrameMeta], Any] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] | None = None,
+        secrets: tuple[str, ...] = (),
     ):
         self.camera = camera
         self._open = open_capture
@@ -225,15 +155,18 @@ class VideoSource:
         self._prepare = prepare
         self.skipped = 0
         self.converted = 0  # frames colour-converted (and prepared): those the consumer was to take
-        self._clock = clock
+        self._clock = clock  # wall time: frame_ts and status events
+        self._monotonic = monotonic or (time.monotonic if clock is time.time else clock)
         self._sleep = sleep
+        self._secrets = secrets  # what errors are scrubbed of besides URL credentials (the camera's ${VAR}s)
         self._lock = threading.Lock()
         self._state = SourceState.CONNECTING
         self._stop = threading.Event()
         self.frames_read = 0
         self.last_error: str | None = None
-        self.last_frame_at: float | None = None
-        self._pace_origin: tuple[float, float] | None = None  # (wall, pts) when pacing a file
+        self.last_frame_at: float | None = None  # monotonic
+        self._pace_origin: tuple[float, float] | None = None  # (monotonic, pts) when pacing a file
+        self._pts_shift = 0.0  # added to a file's positions so its timeline keeps increasing (`_pts`)
 
     @property
     def state(self) -> SourceState:
@@ -248,11 +181,13 @@ class VideoSource:
             previous = self._state
             if state == previous and error is None:
                 return
+            if self._stop.is_set() and state not in (SourceState.STOPPED, SourceState.FAILED):
+                return  # a late open or read after stop(): the camera's owner has moved on
             if state != previous and state not in _ALLOWED[previous]:
                 raise InvalidTransition(f"camera {self.camera}: {previous.value} → {state.value} not allowed")
             self._state = state
             if error is not None:
-                self.last_error = redact(error)
+                self.last_error = redact(error, self._secrets)
         if error:
             log.warning("camera %s: %s (%s)", self.camera, state.value, self.last_error)
         else:
@@ -267,7 +202,7 @@ class VideoSource:
         reported as reconnecting at once, while its reader waits out the read timeout and reopens."""
         last = self.last_frame_at
         if self._state == SourceState.ONLINE and last is not None:
-            silent = self._clock() - last
+            silent = self._monotonic() - last
             if silent > self._watchdog_s:
                 self._transition(SourceState.RECONNECTING, f"no frame for {silent:.1f} s (watchdog)")
                 return True
@@ -275,6 +210,11 @@ class VideoSource:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def detach(self) -> None:
+        """Report nothing more (the owner stopped waiting for this source's end)."""
+        with self._lock:
+            self._on_status = lambda event: None
 
     @property
     def stopping(self) -> bool:
@@ -295,6 +235,8 @@ class VideoSource:
             try:
                 cap = self._open()
             except SourceError as exc:
+                if self._stop.is_set():
+                    break
                 if not exc.retryable:
                     self._transition(SourceState.FAILED, str(exc))
                     return
@@ -311,7 +253,7 @@ class VideoSource:
                 if not self._loop:
                     break
                 # Rewind by reopening; pts keep increasing across loops so sampling stays even.
-                pts_offset = last_pts + (1.0 / self._native_fps if self._native_fps else 0.04)
+                pts_offset = last_pts + self._frame_s
                 continue
             if outcome == "lost":
                 self._wait(self._backoff.next())
@@ -319,7 +261,7 @@ class VideoSource:
             self._transition(SourceState.STOPPED)
 
     def _pace(self, now: float, pts: float) -> float:
-        """Waits until a file's frame at ``pts`` is due on the wall clock; returns the time then."""
+        """Waits until a file's frame at ``pts`` is due (monotonic ``now``); returns the time then."""
         if self._pace_origin is None:
             self._pace_origin = (now, pts)
         wall0, pts0 = self._pace_origin
@@ -327,16 +269,23 @@ class VideoSource:
         if ahead <= 0:
             return now
         self._wait(ahead)
-        return self._clock()
+        return self._monotonic()
+
+    @property
+    def _frame_s(self) -> float:
+        """A file's frame interval (its frame rate; 25 fps when it has none)."""
+        return 1.0 / self._native_fps if self._native_fps else 0.04
 
     def _read(self, cap: Capture, pts_offset: float) -> Iterator[Frame]:
         """Yields frames from one open capture; returns (outcome, last pts): outcome is
         'eof' (file ended), 'lost' (stream broke or timed out), 'failed' or 'stopped'."""
         last_pts = pts_offset
         got_any = False
+        self._pts_shift = 0.0
+        connected_at: float | None = None  # the backoff starts afresh once the stream has stayed up
         while not self._stop.is_set():
             ok = cap.grab()
-            now = self._clock()
+            now = self._monotonic()
             if not ok:
                 if not self._is_file:
                     self._transition(SourceState.RECONNECTING, "stream ended or read timed out")
@@ -345,15 +294,16 @@ class VideoSource:
                     self._transition(SourceState.FAILED, "no decodable video frames in file")
                     return "failed", last_pts
                 return "eof", last_pts
-            if not got_any:
-                got_any = True
+            if connected_at is None:
+                connected_at = now
+            elif now - connected_at >= self._backoff.cap:  # up that long: a new drop is a new fault
                 self._backoff.reset()
             self.last_frame_at = now
             if self._state != SourceState.ONLINE:  # first frame, or frames back after a stall
                 self._transition(SourceState.ONLINE)
             self.frames_read += 1
-            pos_ms = cap.get(_CAP_PROP_POS_MSEC)
-            pts = pts_offset + pos_ms / 1000.0 if pos_ms is not None and pos_ms >= 0 else None
+            pts = self._pts(cap.get(_CAP_PROP_POS_MSEC), pts_offset, last_pts if got_any else None)
+            got_any = True
             if pts is not None:
                 last_pts = pts
             if self._realtime and pts is not None:  # pace a file like a live camera, across loops
@@ -374,7 +324,7 @@ class VideoSource:
             meta = FrameMeta(
                 camera=self.camera,
                 seq=self._next_seq,
-                frame_ts=now,
+                frame_ts=self._clock(),
                 pts=pts,
                 width=int(image.shape[1]),
                 height=int(image.shape[0]),
@@ -384,6 +334,18 @@ class VideoSource:
             self.converted += 1
             yield Frame(meta, image, (time.perf_counter() - t_decode) * 1000, prepared)
         return "stopped", last_pts
+
+    def _pts(self, pos_ms: float | None, pts_offset: float, last_pts: float | None) -> float | None:
+        """A frame's pts: the capture's position plus ``pts_offset`` (loops) and the shift that
+        keeps a file's timeline increasing (a frame at or before the last one comes one frame
+        interval after it: a file without timestamps, or whose timestamps start again)."""
+        if pos_ms is None or pos_ms < 0:
+            return None
+        pts = pts_offset + self._pts_shift + pos_ms / 1000.0
+        if self._is_file and last_pts is not None and pts <= last_pts:
+            self._pts_shift += last_pts - pts + self._frame_s
+            pts = last_pts + self._frame_s
+        return pts
 
 
 _CAP_PROP_POS_MSEC = 0  # cv2.CAP_PROP_POS_MSEC

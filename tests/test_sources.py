@@ -10,11 +10,11 @@ from pipeline.sources import (
     FpsSampler,
     Frame,
     InvalidTransition,
-    LatestFrameSlot,
     SourceError,
     SourceState,
     VideoSource,
 )
+from pipeline.frame_slot import LatestFrameSlot
 from pipeline.schema import FrameMeta
 
 

@@ -1,0 +1,88 @@
+"""The keep-latest hand-off between a camera's reader thread (`pipeline.sources.VideoSource`) and
+its conductor: what frames are converted, taken or dropped."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .sources import Frame
+
+
+class LatestFrameSlot:
+    """Keep-latest hand-off between a reader thread and its consumer: never blocks the reader,
+    a newer frame replaces an older unsent one and the replaced one is counted as dropped.
+
+    Demand: the consumer says with `want` whether it can take a frame now, or from when it
+    expects to; the reader asks `wants_frame` for each sampled frame before colour-converting it
+    (and making the detector's letterboxed input, `VideoSource`'s ``prepare``, in the reader thread).
+    So frames nobody will take are not converted (the frame read just before the consumer expects
+    to be free is, so it is ready then), and a frame the slot still holds once a newer one was
+    read and skipped is dropped: what the consumer takes is always the newest frame read, never
+    one that waited in the slot while the consumer was busy."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._closed = False
+        self._wanted = False
+        self._wanted_at: float | None = None  # time.monotonic() from when the consumer expects to take one
+        self._last_ask: float | None = None
+        self._interval = 0.0  # between the reader's last two sampled frames
+        self.dropped = 0
+
+    def put(self, frame: Frame) -> None:
+        with self._cond:
+            if self._frame is not None:
+                self.dropped += 1
+            self._frame = frame
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None) -> Frame | None:
+        """The newest frame, or None on timeout or once closed and empty."""
+        with self._cond:
+            if self._frame is None and not self._closed:
+                self._cond.wait(timeout)
+            frame, self._frame = self._frame, None
+            self._cond.notify_all()
+            return frame
+
+    def want(self, wanted: bool, *, at: float | None = None) -> None:
+        """Consumer: whether it can take a frame now; if not, ``at`` (time.monotonic()) is when it
+        expects to (None: unknown, convert nothing until it says so)."""
+        with self._cond:
+            self._wanted = wanted
+            self._wanted_at = None if wanted else at
+            self._cond.notify_all()
+
+    def wait_for_demand(self, timeout: float) -> bool:
+        """Reader, ``backpressure: wait``: block until the consumer can take a frame and the slot
+        is empty (so nothing is dropped), or it is closed; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._closed or (self._wanted and self._frame is None), timeout)
+
+    def wants_frame(self) -> bool:
+        """Reader, for each sampled frame: convert and put it? Yes while the consumer can take
+        one, or when the next frame would come after the consumer expects to be free. Otherwise
+        no, and the frame still held (if any) is older than this skipped one: dropped."""
+        now = time.monotonic()
+        with self._cond:
+            if self._last_ask is not None:
+                self._interval = min(now - self._last_ask, 1.0)
+            self._last_ask = now
+            wanted = self._wanted or (self._wanted_at is not None and now + self._interval >= self._wanted_at)
+            if not wanted and self._frame is not None:
+                self._frame = None
+                self.dropped += 1
+            return wanted
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

@@ -1,0 +1,100 @@
+"""A camera's faults as its operator sees them, through the real supervisor, factory, publisher
+and redis-server (scripted captures): a pixel zone the frame cannot hold, a password in a
+``${VAR}`` outside the URL's userinfo, and a stopped camera's kept frames."""
+
+import asyncio
+
+import pipeline.camera_open as camera_open_module
+from pipeline.assignment import CameraSupervisor
+from pipeline.config import CameraConfig, PerceptConfig, resolve_camera
+from pipeline.keep import KeptFrames
+from pipeline.publish import Publisher
+from pipeline.sources import SourceError
+from pipeline.streams import camera_states, connect_redis
+
+from .test_assignment import KEYS, Background, LiveCapture, factory, moving_car, warm_imports
+from .waiting import wait_for
+
+
+def test_a_pixel_zone_outside_the_frame_keeps_the_camera_failed_with_its_reason_and_tried_again(
+        redis_server, monkeypatch):
+    client = redis_server.client()
+    opens = []
+    monkeypatch.setattr(camera_open_module, "open_capture",
+                        lambda camera, url, **kw: opens.append(camera) or LiveCapture())  # 64×36 frames
+    warm_imports()
+    pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    cams = [CameraConfig(id="z", url="device:0", fps=0, zones={"porch": [[10, 10], [900, 10], [900, 30]]}),
+            CameraConfig(id="ok", url="device:1", fps=0)]
+    sup = CameraSupervisor(cams, client=client, keys=KEYS, start_camera=factory(pub, PerceptConfig()), replicas=1,
+                           lease_ttl_s=3, owner="me", publisher=pub)
+    bg = Background(sup)
+    try:
+        wait_for(lambda: opens.count("z") >= 3, 60, "camera z tried again after failing")
+        state = wait_for(lambda: (s := camera_states(client, KEYS, ["z"])["z"]).get("state") == "failed" and s, 30,
+                         "camera z failed (between its tries it goes online until its first frame)")
+        assert state["last_error"].startswith("cameras[z].zones.porch[1]: [900, 10] is outside the 64x36 frame"), state
+        states = [f[b"state"] for _, f in client.xrange(KEYS.status) if f[b"camera"] == b"z"]
+        assert b"stopped" not in states, states
+        wait_for(lambda: client.xlen(KEYS.detections("ok")) >= 10, 30, "camera ok publishing meanwhile")
+    finally:
+        bg.stop()
+        pub.close()
+
+
+def test_a_password_in_a_variable_outside_the_userinfo_is_never_shown(redis_server, monkeypatch, caplog):
+    client = redis_server.client()
+    written = CameraConfig(id="cgi", url="http://cam.local/videostream.cgi?user=admin&loginpas=${CGI_PW}", fps=0)
+    path = CameraConfig(id="path", url="rtsp://cam.local:554/${PATH_PW}/main", fps=0)
+    env = {"CGI_PW": "S3cretPW", "PATH_PW": "Hunter2x"}
+    cams = [resolve_camera(c, env) for c in (written, path)]
+    assert cams[0].url.endswith("loginpas=S3cretPW") and cams[0].shown_url == written.url
+
+    def refusing_open(camera, url, **kw):
+        raise SourceError(camera, f"cannot open {url}: 401 Unauthorized", retryable=True)
+
+    monkeypatch.setattr(camera_open_module, "open_capture", refusing_open)
+    pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    sup = CameraSupervisor(cams, client=client, keys=KEYS, start_camera=factory(pub, PerceptConfig()), replicas=1,
+                           lease_ttl_s=3, owner="me", publisher=pub)
+    bg = Background(sup)
+    try:
+        wait_for(lambda: all(s.get("state") == "reconnecting" and "401" in s.get("last_error", "")
+                             for s in camera_states(client, KEYS, ["cgi", "path"]).values()), 30,
+                 "both cameras reconnecting with the open's error")
+    finally:
+        bg.stop()
+        pub.close()
+    text = everything_in(client) + caplog.text
+    assert "S3cretPW" not in text and "Hunter2x" not in text
+    assert "${PATH_PW}" in text  # the URL as written
+
+
+def everything_in(client):
+    """Every key and value Redis holds, as text."""
+    read = {b"hash": client.hgetall, b"stream": client.xrange, b"string": client.get, b"list": lambda k: client.lrange(k, 0, -1)}
+    return "".join(f"{k!r}={read.get(client.type(k), repr)(k)!r}" for k in client.keys("*"))
+
+
+def test_a_stopped_camera_leaves_no_kept_frames_behind(redis_server, monkeypatch):
+    monkeypatch.setattr(camera_open_module, "open_capture", lambda camera, url, **kw: LiveCapture())
+    pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    kept = KeptFrames(4)
+
+    async def run_until_kept():
+        conductor = await camera_open_module.open_camera(
+            CameraConfig(id="k", url="device:0", fps=0), config=PerceptConfig(), publisher=pub,
+            detect=moving_car, classifiers={}, models={"detector": "fake"}, kept=kept)
+        task = asyncio.create_task(conductor.run())
+        while not kept.seqs("k"):  # bounded by the wait_for around this coroutine
+            await asyncio.sleep(0.02)
+        seen = kept.seqs("k")
+        await conductor.stop()
+        await task
+        return seen
+
+    try:
+        seen = asyncio.run(asyncio.wait_for(run_until_kept(), 60))
+    finally:
+        pub.close()
+    assert seen and kept.cameras() == []  # kept while it ran, gone once it stopped

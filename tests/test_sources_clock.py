@@ -1,0 +1,86 @@
+"""VideoSource against the clocks and timelines real cameras and files have: a wall clock that
+steps, a stream that drops after each first frame, files whose timestamps are missing or start
+again, and a reader still opening when its camera is stopped."""
+
+import threading
+
+from pipeline.sources import Backoff, SourceError, SourceState, VideoSource
+from tests.test_sources import Clock, FakeCapture, take
+
+
+class PositionCapture(FakeCapture):
+    """A file of ``n`` frames at 25 fps whose position is ``position(i)`` ms."""
+
+    def __init__(self, n, clock, position):
+        super().__init__(n, clock)
+        self.position = position
+
+    def get(self, prop):
+        return self.position(self.i)
+
+
+def test_a_wall_clock_stepped_back_neither_starves_nor_floods_a_live_camera():
+    mono, step = Clock(), [0.0]
+    src = VideoSource("cam", lambda: FakeCapture(500, mono), fps=5, is_file=False,
+                      clock=lambda: mono.t + step[0], monotonic=mono, sleep=mono.sleep)
+    frames = src.frames()
+    before = [next(frames) for _ in range(10)]  # 2 s of a 25 fps camera sampled at 5
+    step[0] = -60.0  # NTP steps the wall clock back a minute
+    t0 = mono.t
+    after = [next(frames) for _ in range(10)]
+    assert mono.t - t0 < 2.5  # still 5 frames a second (it took a minute before)
+    assert after[0].meta.frame_ts < before[-1].meta.frame_ts  # frame_ts is the wall clock, as it is
+    assert src.check_watchdog() is False and src.state == SourceState.ONLINE
+
+
+def test_a_stream_that_drops_after_each_first_frame_backs_off():
+    clock, waits = Clock(), []
+
+    def sleep(s):
+        waits.append(s)
+        clock.sleep(s)
+
+    src = VideoSource("cam", lambda: FakeCapture(1, clock), fps=0, is_file=False, clock=clock, sleep=sleep,
+                      backoff=Backoff(0.5, 10))
+    take(src, 7)
+    assert waits == [0.5, 1, 2, 4, 8, 10]  # not 0.5 forever: one frame is no proof the camera is back
+
+
+def test_a_file_without_timestamps_or_whose_timestamps_start_again_keeps_its_rate():
+    for position in (lambda i: 0.0, lambda i: (i % 50) * 40.0):  # raw H.264; two recordings joined
+        clock = Clock()
+        src = VideoSource("f", lambda: PositionCapture(100, clock, position), fps=5, is_file=True, realtime=False,
+                          native_fps=25, clock=clock, sleep=clock.sleep)
+        frames = list(src.frames())
+        assert len(frames) == 20, [f.meta.pts for f in frames]  # 4 s of a 25 fps file at 5 fps
+        pts = [f.meta.pts for f in frames]
+        assert pts == sorted(pts) and abs(pts[-1] - pts[0] - 3.8) < 0.05
+
+
+def test_after_stop_a_reader_still_opening_reports_only_its_end():
+    events, opening, release = [], threading.Event(), threading.Event()
+
+    def slow_open():
+        opening.set()
+        release.wait(30)
+        raise SourceError("cam", "cannot open rtsp://cam/s1: no answer", retryable=True)
+
+    src = VideoSource("cam", slow_open, fps=0, is_file=False, on_status=events.append)
+    reader = threading.Thread(target=lambda: list(src.frames()))
+    reader.start()
+    assert opening.wait(30)
+    src.stop()
+    release.set()  # the open fails after the camera was stopped
+    reader.join(30)
+    assert [e.state for e in events] == [SourceState.STOPPED]
+
+    detached = VideoSource("cam", lambda: FakeCapture(3, Clock()), fps=0, is_file=True, on_status=events.append)
+    detached.detach()  # its owner stopped waiting: nothing it says lands any more
+    assert len(list(detached.frames())) == 3 and len(events) == 1
+
+
+def test_a_frame_keeps_the_file_position_it_was_read_at():
+    clock = Clock()
+    src = VideoSource("f", lambda: FakeCapture(5, clock), fps=0, is_file=True, realtime=False, clock=clock,
+                      sleep=clock.sleep)
+    assert [f.meta.pts for f in src.frames()] == [0.04, 0.08, 0.12, 0.16, 0.2]  # no shift where none is due
