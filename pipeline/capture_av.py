@@ -96,14 +96,19 @@ def decoded_rate(camera: str, fps: float, decode: str = "keyframes") -> DecodedR
 class SkippingCapture:
     """The frames one opened PyAV container's decoder keeps (its ``skip_frame``), as a `Capture`."""
 
-    def __init__(self, container: Any, stream: Any, rate: DecodedRate | None = None):
+    def __init__(self, container: Any, stream: Any, rate: DecodedRate | None = None, *,
+                 read_timeout_s: float | None = None, clock: Any = time.monotonic):
         self.container = container
         self.stream = stream
         self.rate = rate
         if rate is not None:
             nominal = stream.average_rate or stream.guessed_rate
             rate.reopened(float(nominal) if nominal else 0.0)
-        self._packets = container.demux(stream)
+        # every stream's packets, so that a video stall while audio flows is seen: PyAV restarts
+        # its read timeout on each packet of any stream, and demux(stream) skips the others inside
+        self._packets = container.demux()
+        self._read_timeout_s = read_timeout_s
+        self._clock = clock
         self._decoded: list[Any] = []
         self._frame: Any = None
         self.decoded = 0
@@ -113,6 +118,7 @@ class SkippingCapture:
         """Decodes up to the next frame kept; False at the end, on a read timeout or a broken stream."""
         import av
 
+        since = self._clock()
         while not self._decoded:
             try:
                 packet = next(self._packets)
@@ -121,6 +127,12 @@ class SkippingCapture:
             except av.error.FFmpegError as exc:  # read timeout (interrupted), connection lost
                 log.debug("demux stopped: %s", redact(str(exc)))
                 return False
+            if packet.stream_index != self.stream.index:  # audio, data: only time passes
+                if self._read_timeout_s is not None and self._clock() - since > self._read_timeout_s:
+                    log.debug("no video for %.1f s while other streams flow", self._read_timeout_s)
+                    return False
+                continue
+            since = self._clock()
             self.packets += 1
             try:
                 self._decoded = list(self.stream.codec_context.decode(packet))
@@ -197,4 +209,4 @@ def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_time
     ctx.skip_frame = SKIP_FRAME[decode]
     if not is_file:
         ctx.thread_count = 1  # as open_capture's live streams: one decoder thread, no frame delay
-    return SkippingCapture(container, stream, rate)
+    return SkippingCapture(container, stream, rate, read_timeout_s=None if is_file else read_timeout_s)

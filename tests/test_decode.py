@@ -352,3 +352,31 @@ def test_bench_decode_phase_reports_cpu_per_camera_and_the_frame_path(rtsp_camer
     assert clip["shared_memory"]["bytes"] == 640 * 640 * 3 and 0 < path["shipped_bytes"] < 1000, path
     assert path["copies"] == pytest.approx(3.0, abs=0.05), path
     assert clip["ultralytics_letterbox"]["copies"] > clip["letterbox"]["copies"] + 0.5, clip
+
+
+def test_a_video_stall_while_audio_flows_ends_the_read(tmp_path):
+    """PyAV restarts its read timeout on every packet of any stream: a camera whose video stops
+    while its audio goes on would block its reader forever. Here a real file, 1 s of video then
+    audio only, read with a clock that moves 20 ms a packet: the read ends once no video came
+    for the read timeout, and the frames before it were all read."""
+    import av
+
+    from pipeline.capture_av import SkippingCapture
+
+    clip = tmp_path / "stall.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=d=1:s=160x120:r=10", "-f", "lavfi",
+                    "-i", "sine=d=8", "-c:v", "libx264", "-g", "5", "-bf", "0", "-c:a", "aac", str(clip)], check=True, timeout=120)
+    ticks = iter(range(100_000))
+    container = av.open(str(clip))
+    container.streams.video[0].codec_context.thread_count = 1  # as a live camera's: no frame delay
+    cap = SkippingCapture(container, container.streams.video[0], read_timeout_s=2.0,
+                          clock=lambda: next(ticks) * 0.02)
+    try:
+        frames = 0
+        while cap.grab():
+            frames += 1
+        audio_left = sum(1 for _ in container.demux(container.streams.audio[0]))
+    finally:
+        cap.release()
+    assert frames == 10  # every video frame, then the stall ends the read (not the file's end)
+    assert audio_left > 50, "the read should end while audio is still flowing"
