@@ -107,12 +107,17 @@ def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
 
 
 def probe_fps(url: str) -> float | None:
-    """The nominal frame rate of a file (for realtime pacing), or None."""
-    import cv2
+    """The nominal frame rate of a file (for realtime pacing), or None. Read with PyAV: OpenCV's
+    FFmpeg options are process-wide (``OPENCV_FFMPEG_CAPTURE_OPTIONS``, set for RTSP cameras
+    above), and with their tiny probe an MPEG-TS file reports twice its frame rate."""
+    import av
 
-    cap = cv2.VideoCapture(url.removeprefix("file://"), cv2.CAP_FFMPEG)
     try:
-        fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
-    finally:
-        cap.release()
-    return fps if fps and fps > 0 else None
+        with av.open(url.removeprefix("file://")) as container:
+            if not container.streams.video:
+                return None
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+    except (av.error.FFmpegError, OSError):
+        return None
+    return float(rate) if rate and rate > 0 else None

@@ -313,7 +313,7 @@ class VideoSource:
                 continue
             if self._wait_for_demand is not None:  # backpressure: wait (files): nothing is skipped
                 while not self._stop.is_set() and not self._wait_for_demand(0.25):
-                    pass
+                    self.last_frame_at = self._monotonic()  # held back, not silent: no watchdog
             if self._wants_frame is not None and not self._wants_frame():
                 self.skipped += 1
                 continue

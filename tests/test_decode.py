@@ -380,3 +380,16 @@ def test_a_video_stall_while_audio_flows_ends_the_read(tmp_path):
         cap.release()
     assert frames == 10  # every video frame, then the stall ends the read (not the file's end)
     assert audio_left > 50, "the read should end while audio is still flowing"
+
+
+def test_an_mpeg_ts_file_keeps_its_frame_rate_after_an_rtsp_camera_opened(tmp_path, monkeypatch):
+    """An RTSP open sets OpenCV's FFmpeg options for the whole process (a tiny probe); a file's
+    frame rate (what pacing and loops go by) is read without them."""
+    from pipeline.capture import probe_fps
+
+    clip = tmp_path / "ntsc.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=d=2:s=160x120:r=24000/1001",
+                    "-c:v", "libx264", "-f", "mpegts", str(clip)], check=True, timeout=120)
+    monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|analyzeduration;0|probesize;32")
+    assert abs(probe_fps(str(clip)) - 23.976) < 0.01
+    assert probe_fps(str(tmp_path / "none.ts")) is None

@@ -84,3 +84,18 @@ def test_a_frame_keeps_the_file_position_it_was_read_at():
     src = VideoSource("f", lambda: FakeCapture(5, clock), fps=0, is_file=True, realtime=False, clock=clock,
                       sleep=clock.sleep)
     assert [f.meta.pts for f in src.frames()] == [0.04, 0.08, 0.12, 0.16, 0.2]  # no shift where none is due
+
+
+def test_a_file_held_back_by_a_slow_graph_is_not_reported_silent():
+    clock, events, asked = Clock(), [], []
+
+    def wait_for_demand(timeout):  # the graph takes a frame only every 30 s (a model still loading)
+        asked.append(clock.t)
+        clock.t += timeout
+        return len(asked) % 120 == 0
+
+    src = VideoSource("f", lambda: FakeCapture(3, clock), fps=0, is_file=True, realtime=False, clock=clock,
+                      sleep=clock.sleep, on_status=events.append, wait_for_demand=wait_for_demand)
+    for _ in src.frames():
+        assert src.check_watchdog() is False
+    assert [e.state for e in events] == [SourceState.ONLINE, SourceState.STOPPED]
