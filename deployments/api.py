@@ -129,7 +129,7 @@ class CameraApi:
     @app.put("/cameras/{camera_id}")
     async def change_geometry(self, camera_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         """Zones, lines, anchor and line margin change at runtime, without restarting the camera."""
-        other = sorted(set(body) - RUNTIME_FIELDS)
+        other = sorted(set(body) - set(RUNTIME_FIELDS))
         if other:
             raise HTTPException(422, detail=[f"{k}: only {', '.join(RUNTIME_FIELDS)} change at runtime; "
                                              "DELETE and POST the camera to change the rest" for k in other])

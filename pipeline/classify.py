@@ -57,23 +57,16 @@ class ClassifierRoute:
         return self.cfg.min_size or self.min_size or (self.cfg.min_box, self.cfg.min_box)
 
     def too_small(self, box: np.ndarray) -> str | None:
-        """Why a box is too small for this classifier, or None. The test is on the crop cut from
-        the frame (the box grown by the context, widened to the model's aspect): it must be at
-        least the minimum, so the model never sees an upscaled object."""
+        """Why a box is too small for this classifier, or None. The test is on the object's own
+        box, as the detector gave it: its width and height must each reach the minimum (a 4x40
+        sliver is below a 16 px ``min_box``, a 30x146 pedestrian below 80x160). The crop the
+        model then gets is cut larger (the context, widened to the model's aspect: `prepare_crop`),
+        so it is never an upscaled object either."""
         w, h = float(box[2] - box[0]), float(box[3] - box[1])
-        cw, ch = crop_extent(w, h, self.size, self.crop_context)
         mw, mh = self.minimum
-        if cw >= mw - 0.5 and ch >= mh - 0.5:
+        if w >= mw - 0.5 and h >= mh - 0.5:
             return None
-        return f"box {w:.0f}x{h:.0f} px (crop {cw:.0f}x{ch:.0f}) is below {mw}x{mh}"
-
-
-def crop_extent(w: float, h: float, size: tuple[int, int], context: float) -> tuple[float, float]:
-    """The frame area (width, height) a crop of a w×h box covers: grown by ``context``, then
-    widened or heightened to the aspect of ``size`` (width, height), as `prepare_crop` cuts it."""
-    bw, bh = max(w, 1.0) * context, max(h, 1.0) * context
-    aspect = size[0] / size[1]
-    return (bh * aspect, bh) if bw / bh < aspect else (bw, bw / aspect)
+        return f"box {w:.0f}x{h:.0f} px is below {mw}x{mh}"
 
 
 class ClassifyTimeout(TimeoutError):

@@ -30,7 +30,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from .config_errors import CONFIG_ERROR_EXIT_CODE, ConfigError, error_at, format_validation_error  # noqa: F401 (API)
 from .config_models import (  # noqa: F401 (the config's API)
     DEFAULT_CATEGORIES, AutoscaleConfig, BatchConfig, ClassifierConfig, DetectorConfig, ModelSection, ModelServerConfig,
-    Strict, classifier_sections, detector_sections, duplicate_names,
+    DetectorList, Strict, classifier_sections, detector_sections, duplicate_names,
 )
 from .config_tracker import TrackerConfig
 from .config_view import PrivacyConfig, ViewConfig
@@ -169,7 +169,7 @@ class PerceptConfig(Strict):
     security: SecurityConfig = SecurityConfig()
     cameras: list[CameraConfig] = Field(default_factory=list)
     detector: DetectorConfig = Field(DetectorConfig(), description="the detector (the first of detectors when that is given)")
-    detectors: list[DetectorConfig] | None = Field(
+    detectors: DetectorList | None = Field(
         None, min_length=1, description="several detectors, each its own deployment; their objects are merged")
     classifiers: dict[str, list[ClassifierConfig]] = Field(
         default_factory=dict, description="per category: one classifier (a mapping) or several (a list)")

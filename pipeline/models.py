@@ -152,11 +152,29 @@ def model_name(cfg: ModelServerConfig) -> str:
 
 # --- detection -----------------------------------------------------------------------------------
 
+def card_nms_iou(cfg: Any, card: Any, *, field: str) -> float:
+    """The NMS IoU a carded detector runs at: its card's ``nms_iou`` (the value the network was
+    made and measured with). A ``detector.iou`` other than the default that differs from it is
+    not used: one warning at load says so and names the card's value. (The default, not "set in
+    the config", is the test: the deployments get the config through ``model_dump``, which sets
+    every field, and ``percept eval`` always passes its ``--iou``.)"""
+    default = type(cfg).model_fields["iou"].default
+    if abs(cfg.iou - default) > 1e-9 and abs(cfg.iou - card.nms_iou) > 1e-9:
+        key = "--iou" if field.startswith("-") else f"{field}.iou"  # `percept eval --weights ...`
+        log.warning("%s: %g is not used: %s runs at its card's nms_iou %g (card %s); to change it, "
+                    "edit nms_iou in a copy of the card and give it as %s", key, cfg.iou, model_name(cfg),
+                    card.nms_iou, card.where(), "--card" if field.startswith("-") else f"{field}.card")
+    return card.nms_iou
+
+
 class CategoryMap:
-    """Model class id → (label, category); labels not mapped to a category are dropped."""
+    """Model class id → (label, category); labels not mapped to a category are dropped. A label
+    the model gives several class ids maps every one of them."""
 
     def __init__(self, categories: Mapping[str, Sequence[str]], names: Mapping[int, str], *, field: str = "detector.categories"):
-        by_label = {name: idx for idx, name in names.items()}
+        by_label: dict[str, list[int]] = {}  # a label may name several classes (the sign detector's 9 and 10)
+        for idx, name in names.items():
+            by_label.setdefault(name, []).append(idx)
         self.by_class: dict[int, tuple[str, str]] = {}
         for category, labels in categories.items():
             if list(labels) == ["*"]:  # every label of the model
@@ -166,7 +184,7 @@ class CategoryMap:
                 if label not in by_label:
                     log.warning("%s.%s: model has no class %r; ignored", field, category, label)
                     continue
-                self.by_class[by_label[label]] = (label, category)
+                self.by_class.update({idx: (label, category) for idx in by_label[label]})
         if categories and not self.by_class:
             raise ModelError(f"{field}: none of the labels are classes of this model (it has e.g. {list(names.values())[:8]})")
 

@@ -265,6 +265,19 @@ def test_errors_of_several_models_name_their_paths():
     assert err.startswith("classifiers.faces: no such category") and "'face'" in err
 
 
+def test_detectors_of_different_imgsz_are_refused():
+    """Every detector gets the frame letterboxed once, at detectors[0].imgsz: another imgsz would be ignored."""
+    assert errors_of({"detectors": [{"weights": "a.pt"}, {"weights": "s.onnx", "name": "signs", "imgsz": 1280}]}) == [
+        "detectors[1].imgsz: every detector runs on the same letterboxed frame: must equal detectors[0].imgsz (640), "
+        "got 1280"]
+    (err,) = errors_of({"detectors": [{"weights": "a.pt", "imgsz": 320}, {"weights": "b.pt", "imgsz": 320},
+                                      {"weights": "c.pt", "imgsz": 640}]})
+    assert err.startswith("detectors[2].imgsz: ") and "detectors[0].imgsz (320), got 640" in err
+    cfg = parse_config({"detectors": [{"weights": "a.pt", "imgsz": 320}, {"weights": "b.pt", "imgsz": 320}]}, env={})
+    assert [d.imgsz for d in cfg.all_detectors] == [320, 320] and cfg.detector.imgsz == 320
+    assert parse_config({"detector": {"weights": "a.pt", "imgsz": 1280}}, env={}).detector.imgsz == 1280
+
+
 def test_unquoted_on_key_in_yaml_is_the_label_filter(tmp_path):
     """YAML 1.1 reads `on:` as the boolean true; a classifier's `on:` still means its labels."""
     path = tmp_path / "c.yaml"

@@ -2,7 +2,8 @@
 run by the OpenVINO runtime on CPU.
 
 Each card output is a head: ``softmax`` writes one attribute (the card's ``attribute``, else the
-output name) as ``{"label", "score"}``; ``sigmoid`` writes one attribute per label as ``{"value",
+output name) as ``{"label", "score"}`` (restricted by the config's ``labels``: none when the
+best of them scores below ``min_score``); ``sigmoid`` writes one attribute per label as ``{"value",
 "probability"}``; ``ignore`` writes nothing. Everything the card says is checked against the
 network at load: a wrong label count, a restrict-to label the model lacks, two heads writing the
 same attribute — each a `ModelError` naming the config field and the card file.
@@ -44,6 +45,7 @@ class Head:
     output: CardOutput
     labels: tuple[str, ...]
     allowed: np.ndarray | None = None  # class indices the answer is restricted to
+    min_score: float = 0.0  # restricted: no answer when the best allowed class is below this
 
 
 def load_classifier(cfg: ClassifierConfig, *, card: ModelCard | None, weights: str, models_dir: str | None,
@@ -108,12 +110,14 @@ def _heads(cfg: ClassifierConfig, card: ModelCard, net: Network, weights: str, f
             written[name] = i
         heads.append(Head(out, labels))
     if cfg.labels:
-        heads = _restrict(cfg.labels, heads, card, field)
+        heads = _restrict(cfg.labels, heads, card, field, min_score=cfg.min_score)
     return heads
 
 
-def _restrict(wanted: Sequence[str], heads: list[Head], card: ModelCard, field: str) -> list[Head]:
-    """``labels:`` in the config restricts the first softmax head's answer to those labels."""
+def _restrict(wanted: Sequence[str], heads: list[Head], card: ModelCard, field: str, *,
+              min_score: float) -> list[Head]:
+    """``labels:`` in the config restricts the first softmax head's answer to those labels, given
+    only when the best of them has at least ``min_score`` (``classifiers.<c>.min_score``)."""
     first = next((k for k, h in enumerate(heads) if h.output.kind == "softmax"), None)
     if first is None:
         raise ModelError(f"{field}.labels: restricting labels needs a softmax output; card {card.where()} has none")
@@ -125,7 +129,7 @@ def _restrict(wanted: Sequence[str], heads: list[Head], card: ModelCard, field: 
                              f"{head.output.name!r} (card {card.where()}; "
                              f"it has e.g. {list(head.labels)[:8]})")
     allowed = np.array([index[label] for label in wanted])
-    return heads[:first] + [Head(head.output, head.labels, allowed)] + heads[first + 1:]
+    return heads[:first] + [Head(head.output, head.labels, allowed, min_score)] + heads[first + 1:]
 
 
 def fit_crop(crop: np.ndarray, size: tuple[int, int], spec: CardInput) -> np.ndarray:
@@ -238,6 +242,8 @@ class OpenVinoClassifier:
             else:
                 best = np.argmax(probs, axis=1)
             for item, p, k in zip(out, probs, best):
+                if head.allowed is not None and p[k] < head.min_score:
+                    continue  # none of the restricted labels fits: this head gives no answer
                 item[spec.attribute_name] = {"label": head.labels[int(k)], "score": round(float(p[k]), 4)}
         elif spec.kind == "sigmoid":
             probs = _sigmoid(values) if spec.logits else values

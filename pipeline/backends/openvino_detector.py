@@ -1,7 +1,8 @@
 """The ``openvino`` detector backend: a plain detection network described by a card (YOLOv5 /
 YOLOv8 / SSD outputs, see `decode`), and the native path for ultralytics' OpenVINO exports (a
 folder with ``metadata.yaml`` and an ``.xml``: names and size from the metadata, RGB /255 NCHW,
-YOLOv8 layout, NMS at the config's ``iou`` as ultralytics does).
+YOLOv8 layout, NMS at the config's ``iou`` as ultralytics does). A carded network's NMS runs at
+its card's ``nms_iou`` (`card_nms_iou`: a config ``iou`` that differs is not used, and says so).
 
 Input is the decoder's letterboxed square (uint8 BGR at ``imgsz``); when the network takes
 another size the square is resized to it, and boxes go back: network pixels → the square →
@@ -31,7 +32,7 @@ import numpy as np
 
 from ..config import DetectorConfig
 from ..config_errors import ConfigError
-from ..models import CategoryMap, DetectorInput, ModelError, model_name
+from ..models import CategoryMap, DetectorInput, ModelError, card_nms_iou, model_name
 from ..schema import Detections
 from .base import per_item
 from .card import CardInput, CardOutput, ModelCard, read_labels
@@ -49,10 +50,11 @@ log = logging.getLogger("percept.backends")
 def load_detector(cfg: DetectorConfig, *, card: ModelCard | None, weights: str, models_dir: str | None,
                   field: str, warmup: bool = True) -> OpenVinoDetector:
     if card is None:
-        card, xml = export_card(weights, cfg, field)
+        card, xml = export_card(weights, cfg, field)  # nms_iou: the config's iou, as ultralytics runs
         output_index: int | None = 0  # ultralytics' exports leave their one output unnamed
     else:
         xml, output_index = weights, None
+        card_nms_iou(cfg, card, field=field)  # the card's nms_iou wins: a warning if iou says otherwise
     if card.type != "openvino" or card.task != "detect":
         raise ModelError(f"{field} (card {card.where()}): the openvino detector runs cards of "
                          "type: openvino, task: detect")

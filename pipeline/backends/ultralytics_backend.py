@@ -84,7 +84,8 @@ class Detector:
 
 class Classifier:
     """An image classifier on batches of square crops; the answer (attribute ``cfg.attribute``)
-    is the top label, restricted to ``labels`` when the config lists some."""
+    is the top label, restricted to ``labels`` when the config lists some — and then only when
+    that label's probability reaches ``min_score`` (otherwise the crop gets no answer)."""
 
     crop_context = 1.15
     min_size = None
@@ -122,6 +123,9 @@ class Classifier:
             probs = res.probs.data.float().cpu().numpy()
             if self.allowed is not None:
                 k = int(self.allowed[int(np.argmax(probs[self.allowed]))])
+                if probs[k] < self.cfg.min_score:  # none of the labels fits: no answer, not a forced one
+                    out.append({})
+                    continue
             else:
                 k = int(np.argmax(probs))
             out.append({self.cfg.attribute: {"label": self.names[k], "score": round(float(probs[k]), 4)}})

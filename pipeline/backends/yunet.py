@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..config import DetectorConfig
-from ..models import CategoryMap, DetectorInput, ModelError, model_name
+from ..models import CategoryMap, DetectorInput, ModelError, card_nms_iou, model_name
 from ..schema import Detections
 from .base import per_item
 from .card import ModelCard
@@ -35,8 +35,8 @@ def load_detector(cfg: DetectorConfig, *, card: ModelCard | None, weights: str, 
                          f"this is OpenCV {cv2.__version__}")
     threads = cfg.threads or max(1, round(cfg.num_cpus))
     cv2.setNumThreads(threads)  # OpenCV's pool is per process: the replica's share
-    nms_iou = card.nms_iou if card is not None else 0.3
-    det = YuNetDetector(weights, cfg=cfg, nms_iou=nms_iou, name=model_name(cfg), field=field)
+    nms_iou = card_nms_iou(cfg, card, field=field) if card is not None else 0.3
+    det = YuNetDetector(weights, cfg=cfg, nms_iou=nms_iou, name=model_name(cfg), field=field, card=card)
     det.detector_for(cfg.imgsz)  # reads the network: a bad file fails here, not on the first frame
     if warmup:
         det.detect_batch([DetectorInput(np.zeros((cfg.imgsz, cfg.imgsz, 3), np.uint8), (cfg.imgsz, cfg.imgsz))])
@@ -47,7 +47,8 @@ def load_detector(cfg: DetectorConfig, *, card: ModelCard | None, weights: str, 
 class YuNetDetector:
     """Faces on batches of `DetectorInput` (frame by frame); boxes in camera pixels."""
 
-    def __init__(self, weights: str, *, cfg: DetectorConfig, nms_iou: float, name: str, field: str):
+    def __init__(self, weights: str, *, cfg: DetectorConfig, nms_iou: float, name: str, field: str,
+                 card: ModelCard | None = None):
         self.weights = weights
         self.cfg = cfg
         self.nms_iou = nms_iou
@@ -56,6 +57,7 @@ class YuNetDetector:
         self.device = "cpu"
         self.half = False
         self.names = {0: "face"}
+        self.card = card  # as the openvino detector keeps it: `percept eval` reports its nms_iou
         self.categories = CategoryMap(cfg.categories, self.names, field=f"{field}.categories")
         self._detectors: dict[tuple[int, int], Any] = {}
         self._lock = threading.Lock()
