@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.samples import PERSON_ATTRIBUTES, SIGN_CLASSIFIER, SIGN_DETECTOR, VEHICLE_ATTRIBUTES
 
-from .conftest import DETECTOR, MODELS
+from .conftest import DETECTOR, MODELS, REPO
 
 pytestmark = pytest.mark.needs_models
 
@@ -86,3 +86,53 @@ def test_a_card_path_reads_only_a_small_yaml_file_and_quotes_none_of_it(tmp_path
     with pytest.raises(ValueError) as err:
         SwapRequest.model_validate({"weights": "~nosuchuser-percept/x.pt"})
     assert "its ~ cannot be expanded" in str(err.value)
+
+
+def _sign_card(tmp_path, name: str, labels_file: str) -> str:
+    """The shipped GTSRB card with another labels file (a path relative to the card)."""
+    card = yaml.safe_load((REPO / "configs" / "models" / "gtsrb-signs.yaml").read_text())
+    card["outputs"][0]["labels_file"] = labels_file
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(card))
+    return str(path)
+
+
+def bad_labels_cards(tmp_path) -> dict[str, tuple[str, str]]:
+    """Cards whose labels file is broken: card → (labels file, the words its error must have).
+    None of them quotes the file's text (SECRET_TOKEN)."""
+    names = (MODELS / "gtsrb-sign-classifier-32" / "signnames.csv").read_text()
+    (tmp_path / "blank-first.csv").write_text("\n" + names)  # a blank first line: still a good file
+    (tmp_path / "bad-id.csv").write_text("ClassId,SignName\n0,SECRET_TOKEN_abc\nSECRET_TOKEN_x,b\n")
+    (tmp_path / "keys.yaml").write_text("names:\n  0: a\n  SECRET_TOKEN_k: b\n")
+    (tmp_path / "folder.csv").mkdir()
+    return {
+        _sign_card(tmp_path, "blank-first.yaml", "blank-first.csv"): ("blank-first.csv", ""),
+        _sign_card(tmp_path, "bad-id.yaml", "bad-id.csv"): (
+            "bad-id.csv", "line 3: the ClassId (first column) is not a whole number"),
+        _sign_card(tmp_path, "word-keys.yaml", "keys.yaml"): (
+            "keys.yaml", "names: entry 2: its key is not a class id"),
+        _sign_card(tmp_path, "folder.yaml", "folder.csv"): ("folder.csv", "not a file"),
+    }
+
+
+def test_a_broken_labels_file_names_the_card_field_and_line(tmp_path):
+    """A labels file with a blank first line loads; one with a ClassId that is not a number, a
+    YAML ``names:`` keyed by words, or a folder: each one line naming the config path, the card,
+    its field and the line, exit 2, no traceback."""
+    cards = bad_labels_cards(tmp_path)
+    result = run_config(tmp_path, {
+        "detectors": [{"weights": DETECTOR}],
+        "classifiers": {"sign": [{"weights": SIGN_CLASSIFIER, "card": card, **({"name": f"s{i}"} if i else {})}
+                                 for i, card in enumerate(cards)]},
+    })
+    assert result.returncode == 2, result.stderr
+    err = result.stderr
+    assert "Traceback" not in err and "SECRET_TOKEN" not in err, err
+    lines = err.splitlines()
+    for i, (card, (labels, words)) in enumerate(cards.items()):
+        mine = [line for line in lines if f"classifiers.sign[{i}]" in line]
+        if not words:
+            assert mine == [], mine  # the blank first line is skipped
+            continue
+        assert len(mine) == 1, err
+        assert f"{card}: outputs[0].labels_file: {tmp_path / labels}: {words}" in mine[0], mine[0]

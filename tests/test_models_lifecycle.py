@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from .inprocess import percept
+from .test_finetune import network_refused
 
 SHARED = Path(os.environ.get("PERCEPT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 MODELS, COCO = SHARED / "models", SHARED / "data" / "coco128-val"
@@ -54,15 +55,23 @@ def shared_untouched() -> None:
 
 @pytest.fixture(scope="module")
 def detector_exports(tmp_path_factory):
+    """The two OpenVINO variants, and what the export tried to reach on the network (refused)."""
+    from ultralytics.utils import checks
+
     need(COCO_PT, COCO)
     tmp = tmp_path_factory.mktemp("export")
     calib = link_images(tmp / "calib", coco_images()[-32:], labels=False) / "images"
-    code, stdout, stderr = percept("models", "export", str(COCO_PT), "--to", "openvino-fp32,openvino-int8",
-                                   "--calib", str(calib), "--out", str(tmp / "out"), "--imgsz", str(IMGSZ),
-                                   "--json", str(tmp / "export.json"))
+    cached = getattr(checks.check_font, "__wrapped__", None)  # its answer is cached per process:
+    if hasattr(cached, "cache_clear"):  # an earlier test's answer would hide the lookup
+        cached.cache_clear()
+    tried: list = []
+    with network_refused(tried):
+        code, stdout, stderr = percept("models", "export", str(COCO_PT), "--to", "openvino-fp32,openvino-int8",
+                                       "--calib", str(calib), "--out", str(tmp / "out"), "--imgsz", str(IMGSZ),
+                                       "--json", str(tmp / "export.json"))
     assert code == 0, stderr
     print(stdout)
-    return json.loads((tmp / "export.json").read_text()), stdout, tmp / "out"
+    return json.loads((tmp / "export.json").read_text()), stdout, tmp / "out", tried
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +103,7 @@ def test_detector_exports_load_and_detect(detector_exports):
     import torch
     from ultralytics.utils.metrics import box_iou
 
-    result, stdout, out = detector_exports
+    result, stdout, out, _ = detector_exports
     variants = {v["format"]: v for v in result["variants"]}
     assert list(variants) == ["openvino-fp32", "openvino-int8"]
     assert result["calibration"]["images"] == 32 and result["imgsz"] == IMGSZ
@@ -118,6 +127,37 @@ def test_detector_exports_load_and_detect(detector_exports):
         assert iou[best] > 0.8 and res.labels[best] == ref.labels[top], (folder.name, res.labels, ref.labels)
         assert abs(float(res.scores[best]) - float(ref.scores[top])) < 0.1
     shared_untouched()
+
+
+def test_export_reaches_no_network(detector_exports):
+    """INT8 calibration runs ultralytics' dataset check, whose font check asks GitHub for
+    Arial.ttf even under YOLO_OFFLINE=1: the export looks up no host at all."""
+    *_, tried = detector_exports
+    assert tried == [], f"the export tried to reach the network: {tried}"
+
+
+def test_a_detector_of_other_classes_exports_and_its_variant_loads(tmp_path):
+    """A detector none of whose classes is a COCO one (the config's default categories map none
+    of its labels): the variant is written, checked loading with all its classes, exit 0."""
+    from ultralytics import YOLO
+
+    from pipeline.backends import load_detector
+    from pipeline.config_models import DetectorConfig
+
+    need(COCO_PT)
+    model = YOLO(str(COCO_PT))
+    parts = {i: f"part_{i}" for i in range(len(model.names))}
+    model.model.names = parts  # the same network, other classes
+    custom = tmp_path / "parts.pt"
+    model.save(str(custom))
+    code, stdout, stderr = percept("models", "export", str(custom), "--to", "onnx", "--imgsz", "160",
+                                   "--out", str(tmp_path / "out"), "--json", str(tmp_path / "export.json"))
+    assert code == 0, stderr
+    [variant] = json.loads((tmp_path / "export.json").read_text())["variants"]
+    assert variant["path"] == str(tmp_path / "out" / "parts.onnx") and variant["backend"] == "ultralytics"
+    det = load_detector(DetectorConfig(weights=variant["path"], imgsz=160, categories={"parts": ["*"]}),
+                        models_dir=None, field="detector")
+    assert dict(det.names) == parts
 
 
 def test_classifier_export_to_onnx_loads_and_classifies(classifier_export):
@@ -146,7 +186,7 @@ def test_classifier_export_to_onnx_loads_and_classifies(classifier_export):
 
 
 def test_compare_prints_table_and_json(detector_exports, tmp_path):
-    _, _, out = detector_exports
+    _, _, out, _ = detector_exports
     data = link_images(tmp_path / "coco32", coco_images()[:32], labels=True)
     variants = [str(COCO_PT), str(out / "yolo11n-coco_openvino_model"), str(out / "yolo11n-coco_int8_openvino_model")]
     code, stdout, stderr = percept("models", "compare", *variants, "--data", str(data), "--imgsz", str(IMGSZ),

@@ -194,6 +194,29 @@ def test_replicas_swap_one_at_a_time_and_a_failed_load_keeps_the_old_model(redis
     asyncio.run(scenario())
 
 
+def test_a_broken_labels_file_is_refused_over_the_api_naming_the_card(redis_server, tmp_path, models_dir):
+    """``PUT /models/classifier-sign`` with a card whose labels file is broken: 422 naming the
+    card, its field, the labels file and the line (not a Python error's text); nothing recorded."""
+    from pipeline.lifecycle.swap import SwapRefused
+    from pipeline.lifecycle.swap_service import ModelSwaps
+    from pipeline.samples import SIGN_CLASSIFIER
+
+    from .test_model_checks import bad_labels_cards
+
+    config = parse_config({"redis": {"url": redis_server.url, "stream_prefix": "cards"}, "models_dir": models_dir,
+                           "classifiers": {"sign": {"weights": SIGN_CLASSIFIER}}}, env={})
+    swaps = ModelSwaps(config, redis_server.client())
+    for card, (labels, words) in bad_labels_cards(tmp_path).items():
+        if not words:
+            continue  # a good file
+        with pytest.raises(SwapRefused) as refused:
+            asyncio.run(swaps.swap("classifier-sign", {"weights": SIGN_CLASSIFIER, "card": card}))
+        assert refused.value.status == 422
+        assert f"{card}: outputs[0].labels_file: {tmp_path / labels}: {words}" in str(refused.value), refused.value
+        assert "SECRET_TOKEN" not in str(refused.value)
+    assert redis_server.client().get(swaps.keys("classifier-sign").desired) is None
+
+
 # --- on a running graph -------------------------------------------------------------------------
 
 def _http(method, url, body=None):

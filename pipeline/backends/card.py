@@ -24,9 +24,10 @@ every error names the card's file and the field (``gtsrb.yaml: outputs[0].labels
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -194,12 +195,20 @@ def find_card(weights: str | Path, cards_dir: Path = CARDS_DIR) -> Path | None:
     return None
 
 
+MAX_LABELS_BYTES = 1024 * 1024
+
+
 def read_labels(output: CardOutput, card: ModelCard, weights: str | Path | None) -> list[str]:
-    """The output's labels, from the card or its labels file (next to the card, else the weights)."""
+    """The output's labels, from the card or its labels file (next to the card, else the weights).
+    A labels file that cannot be read or parsed is a `ConfigError` naming the card, the field,
+    the file and the line; its text is never quoted (a card path can come over the API)."""
     if output.labels is not None:
         return list(output.labels)
     if output.labels_file is None:
         return []
+    index = next((i for i, o in enumerate(card.outputs) if o is output), None)
+    head = f"outputs[{index}]" if index is not None else f"outputs.{output.name}"
+    field = f"{card.where()}: {head}.labels_file"
     candidates = []
     if card.path:
         candidates.append(Path(card.path).parent / output.labels_file)
@@ -207,21 +216,82 @@ def read_labels(output: CardOutput, card: ModelCard, weights: str | Path | None)
         candidates.append(Path(str(weights)).parent / output.labels_file)
     for path in candidates:
         if path.exists():
-            return _labels_from(path)
+            return _labels_from(path, f"{field}: {path}")
     looked = ", ".join(str(c.parent) for c in candidates) or "nowhere"
-    raise ConfigError([f"{card.where()}: outputs.{output.name}.labels_file: {output.labels_file!r} not found (looked in {looked})"])
+    raise ConfigError([f"{field}: {output.labels_file!r} not found (looked in {looked})"])
 
 
-def _labels_from(path: Path) -> list[str]:
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        names = (yaml.safe_load(text) or {}).get("names")
-        if isinstance(names, dict):
-            return [str(names[k]) for k in sorted(names, key=int)]
-        return [str(n) for n in names or []]
-    if path.suffix == ".csv":
-        rows = list(csv.reader(text.splitlines()))
-        body = rows[1:] if rows and not rows[0][0].strip().isdigit() else rows
-        ordered = sorted((int(r[0]), r[1].strip()) for r in body if len(r) >= 2)
-        return [name for _, name in ordered]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+def _labels_from(path: Path, where: str) -> list[str]:
+    """The labels of a CSV (ClassId,Name; a header line is skipped), a YAML (``names:``, a list
+    or class id → name) or a text file (one name per line); ``where`` starts every error."""
+    if not path.is_file():
+        raise ConfigError([f"{where}: not a file (a labels file is a .csv, .yaml or text file)"])
+    try:
+        if path.stat().st_size > MAX_LABELS_BYTES:
+            raise ConfigError([f"{where}: a labels file is at most {MAX_LABELS_BYTES // 1024} KiB"])
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConfigError([f"{where}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{where}: not UTF-8 text"]) from None
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        labels = _yaml_labels(text, where)
+    elif suffix == ".csv":
+        labels = _csv_labels(text, where)
+    else:
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise ConfigError([f"{where}: no labels in it"])
+    return labels
+
+
+def _csv_labels(text: str, where: str) -> list[str]:
+    reader = csv.reader(io.StringIO(text))
+    rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]  # blank lines skipped
+    if rows and not rows[0][1][0].strip().isdigit():
+        rows = rows[1:]  # the header (ClassId,Name)
+    by_id: dict[int, tuple[int, str]] = {}
+    for line, row in rows:
+        if len(row) < 2:
+            raise ConfigError([f"{where}: line {line}: expected two columns, ClassId,Name"])
+        try:
+            class_id = int(row[0].strip())
+        except ValueError:
+            raise ConfigError([f"{where}: line {line}: the ClassId (first column) is not a whole number"]) from None
+        if class_id in by_id:
+            raise ConfigError([f"{where}: line {line}: ClassId {class_id} again (first at line {by_id[class_id][0]})"])
+        by_id[class_id] = (line, row[1].strip())
+    _check_ids(by_id, where)
+    return [by_id[i][1] for i in sorted(by_id)]
+
+
+def _yaml_labels(text: str, where: str) -> list[str]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError([f"{where}: YAML syntax error" + (f" at line {mark.line + 1}" if mark else "")]) from None
+    names = data.get("names") if isinstance(data, dict) else None
+    if isinstance(names, list):
+        return [str(n) for n in names]
+    if not isinstance(names, dict):
+        raise ConfigError([f"{where}: names: a list of class names, or class id → name, is needed"])
+    by_id: dict[int, tuple[int, str]] = {}
+    for position, (key, name) in enumerate(names.items(), 1):
+        if isinstance(key, bool) or not str(key).strip().isdigit():
+            raise ConfigError([f"{where}: names: entry {position}: its key is not a class id "
+                               "(a whole number 0, 1, ...)"])
+        if int(str(key)) in by_id:
+            raise ConfigError([f"{where}: names: entry {position}: class id {int(str(key))} again"])
+        by_id[int(str(key))] = (position, str(name))
+    _check_ids(by_id, where)
+    return [by_id[i][1] for i in sorted(by_id)]
+
+
+def _check_ids(by_id: dict[int, Any], where: str) -> None:
+    """Class ids 0..N-1, each once: a gap would give the classes after it the wrong names."""
+    missing = sorted(set(range(len(by_id))) - set(by_id))
+    if missing:
+        raise ConfigError([f"{where}: class ids run from 0 to {len(by_id) - 1} without a gap; "
+                           f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}"])

@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from ..evaluate import IMAGE_SUFFIXES, images_under
+from .offline import offline_ultralytics
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts"}
 RECOMMENDED_CALIBRATION = 300  # ultralytics' advice for INT8
@@ -222,27 +223,23 @@ def calibration_data(sources: Sequence[str | Path], task: str, names: dict[int, 
 
 @contextlib.contextmanager
 def offline_exporter(quantizing: bool = False) -> Iterator[None]:
-    """Ultralytics' exporter never installs packages here (missing ones are checked beforehand)
-    and keeps its INFO lines and NNCF's to itself."""
-    from ultralytics.utils import checks
-
+    """Ultralytics' exporter never reaches the network here (`offline_ultralytics`: no package
+    install, missing ones are checked beforehand; no font download by the calibration's dataset
+    check; no analytics) and keeps its INFO lines and NNCF's to itself."""
     if quantizing and importlib.util.find_spec("nncf") is not None:
         import nncf  # noqa: F401  (it sets its logger's level on import: import it first, then quieten it)
-    saved = checks.AUTOINSTALL
     loggers = {name: logging.getLogger(name) for name in ("nncf", "ultralytics")}
     levels = {name: lg.level for name, lg in loggers.items()}
-    checks.AUTOINSTALL = False
     quiet = not logging.getLogger().isEnabledFor(logging.DEBUG)  # percept -v shows them
     if quiet:
         for lg in loggers.values():
             lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), offline_ultralytics():
             if quiet:  # torch.jit.trace's deprecation, on every export
                 warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
-        checks.AUTOINSTALL = saved
         for name, lg in loggers.items():
             lg.setLevel(levels[name])
 
@@ -319,7 +316,9 @@ def _export_one(model: Any, fmt: Format, src: Path, out_dir: Path, *, imgsz: int
 
 
 def check_loads(path: str | Path, task: str, imgsz: int) -> str:
-    """Load a written variant as the service would; the backend's type, or `ExportError`."""
+    """Load a written variant as the service would; the backend's type, or `ExportError`.
+    A detector is loaded with every class in one category (as `compare` loads it): the config's
+    default categories name COCO labels, which a detector of other classes does not have."""
     from ..backends import load_classifier, load_detector
     from ..config_models import ClassifierConfig, DetectorConfig
     from ..evaluate import _backend_name
@@ -327,7 +326,8 @@ def check_loads(path: str | Path, task: str, imgsz: int) -> str:
 
     try:
         if task == "detect":
-            model = load_detector(DetectorConfig(weights=str(path), imgsz=imgsz), models_dir=None, field="export")
+            cfg = DetectorConfig(weights=str(path), imgsz=imgsz, categories={"all": ["*"]})
+            model = load_detector(cfg, models_dir=None, field="export")
         else:
             model = load_classifier(ClassifierConfig(weights=str(path), imgsz=imgsz), models_dir=None, field="export")
     except ModelError as exc:

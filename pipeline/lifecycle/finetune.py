@@ -43,6 +43,7 @@ from .finetune_data import (
     split,
     write_split,
 )
+from .offline import offline_ultralytics
 
 DEFAULT_EPOCHS = 10
 METRICS = {"accuracy_top1": "top-1", "mAP50-95(B)": "mAP50-95", "mAP50(B)": "mAP50"}  # ultralytics' validation
@@ -163,27 +164,17 @@ def check_options(epochs: int, imgsz: int, batch: int, workers: int) -> None:
 
 @contextlib.contextmanager
 def offline_trainer() -> Iterator[None]:
-    """Ultralytics' trainer without anything that reaches the network: no integration callbacks
-    (anonymous analytics, Platform streaming, Ray Tune, loggers), no update check, no package
-    install, no font download (plots are off), no AMP self-test (it downloads a model; AMP stays
-    on for a GPU, as ultralytics' default, and is never used on a CPU)."""
-    from ultralytics.data import utils as data_utils
+    """Ultralytics' trainer without anything that reaches the network (`offline_ultralytics`: no
+    integration callbacks, update check, package install or font download) and without its AMP
+    self-test (it downloads a model; AMP stays on for a GPU, as ultralytics' default, and is never
+    used on a CPU)."""
     from ultralytics.engine import trainer as trainer_module
-    from ultralytics.utils import callbacks, checks
 
-    patches = [(callbacks, "add_integration_callbacks", lambda instance: None),
-               (checks, "check_pip_update_available", lambda: False),
-               (checks, "AUTOINSTALL", False),
-               (data_utils, "check_font", lambda *a, **k: None),
-               (trainer_module, "check_amp", lambda model: next(model.parameters()).device.type == "cuda")]
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
-    try:
-        for owner, name, value in patches:
-            setattr(owner, name, value)
+    def check_amp(model: Any) -> bool:
+        return next(model.parameters()).device.type == "cuda"
+
+    with offline_ultralytics((trainer_module, "check_amp", check_amp)):
         yield
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
 
 
 class _Progress:

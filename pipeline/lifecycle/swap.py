@@ -24,13 +24,22 @@ So the swap is a desired state in Redis that each replica follows on its own:
    second. One replica at a time (a Redis lock) loads the new weights in a worker thread while
    its current model keeps serving, then switches with one assignment: a batch already running
    finishes on the model it started with, the next one runs on the new model. Replicas report
-   what they serve in ``<prefix>:models:<deployment>:replicas`` (heartbeat each second).
+   what they serve in ``<prefix>:models:<deployment>:replicas`` (heartbeat each second, while
+   loading too: however long a load takes, the replica stays live, listed as loading).
 4. The API answers once every live replica serves the new generation. When a replica cannot
    load it (a path the API reads but that replica cannot), the API writes the previous weights
-   back as the next generation (rollback) and answers 422 with that replica's error.
+   back as the next generation (rollback) and answers 422 with that replica's error. The rollout
+   and its rollback run on when the client goes away; were the API itself to go away before
+   writing the rollback, the next swap takes the weights before the failed ones as the
+   deployment's (what it validates against and rolls back to).
 5. A replica that starts later (a restart, autoscaling) loads the desired weights at start. A
-   record made over other config weights is ignored: the config changed since (and the graph
-   restarted on the same Redis), so the config wins.
+   record made under another config (other weights or card) is void: the config changed since
+   (and the graph restarted on the same Redis), so the config wins, and the replica deletes the
+   record, so that changing the config back later does not bring the swap back.
+6. Generations only grow, even when Redis loses its data (a restart without persistence): the
+   API numbers a swap above every generation the live replicas report, and a replica takes a
+   record numbered below its own generation, or at it naming other weights, as new (Redis
+   started counting again); the API counts such a replica done only once it reports the record's.
 
 Modules: this one holds the records, the validation and the names published; the API's side is
 `pipeline.lifecycle.swap_service` (``GET /models``, ``PUT /models/{deployment}``), the replica's
@@ -44,6 +53,7 @@ Every result names the model that produced it: detector results carry `Detection
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -125,7 +135,9 @@ class Desired:
     model: str
     previous: dict[str, Any] | None = None  # {"weights", "card"} it replaced: the rollback
     requested_at: float = 0.0
-    config: str | None = None  # the config's weights when it was made
+    # the config it was made under (`config_identity`; a plain string in records of older versions:
+    # the config's weights; None in older still: any config)
+    config: dict[str, Any] | str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -136,10 +148,41 @@ class Desired:
 
     @classmethod
     def read(cls, raw: bytes | str | None, cfg: Any) -> "Desired | None":
-        """The record, unless it was made over other config weights than ``cfg``'s: the config
-        changed since (and the graph restarted on the same Redis), so the config wins."""
+        """The record, unless it was made under another config than ``cfg`` (other weights or
+        card): the config changed since (and the graph restarted on the same Redis), so the
+        config wins."""
         desired = cls.from_json(raw)
-        return desired if desired is not None and desired.config in (None, cfg.weights) else None
+        return desired if desired is not None and desired.made_under(cfg) else None
+
+    def made_under(self, cfg: Any) -> bool:
+        if self.config is None:
+            return True
+        if isinstance(self.config, str):
+            return self.config == cfg.weights
+        return self.config == config_identity(cfg)
+
+
+def config_identity(cfg: Any) -> dict[str, Any]:
+    """What names a deployment's config section for a swap record: its weights and card (a swap
+    replaces exactly these; the section's other settings apply to the swapped-in weights too)."""
+    return {"weights": cfg.weights, "card": getattr(cfg, "card", None)}
+
+
+# compare-and-delete: only the record that was read (a swap written meanwhile stays)
+_DROP_IF_UNCHANGED = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+def read_desired(client: Any, keys: SwapKeys, cfg: Any, *, void_stale: bool = False) -> Desired | None:
+    """The deployment's record as `Desired.read` takes it. ``void_stale`` (a replica starting):
+    a record made under another config is deleted, not only ignored: the graph restarted on a
+    changed config, which voids the swap; were the config changed back later, the swap must not
+    come back with it."""
+    raw = client.get(keys.desired)
+    desired = Desired.read(raw, cfg)
+    if desired is None and raw is not None and void_stale and client.eval(_DROP_IF_UNCHANGED, 1, keys.desired, raw):
+        logging.getLogger("percept.swap").info("%s: the swap recorded under another config is void (deleted): "
+                                               "the config changed since", keys.deployment)
+    return desired
 
 
 @dataclass

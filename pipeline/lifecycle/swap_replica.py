@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable
 
 from ..models import model_name
-from .swap import Desired, ReplicaReport, SwapKeys, model_facts, swapped_cfg
+from .swap import Desired, ReplicaReport, SwapKeys, model_facts, read_desired, swapped_cfg
 
 log = logging.getLogger("percept.swap")
 
@@ -36,6 +36,7 @@ class ModelSwapper:
         self.poll_s = poll_s
         self.current: Any = None  # the backend serving now
         self.report = ReplicaReport(replica, model_name(cfg), cfg.weights, getattr(cfg, "card", None), 0)
+        self._failed_record: tuple[int, float] | None = None  # (generation, requested_at) it could not load
 
     async def start(self) -> Any:
         """The model this replica starts with: the desired weights, else the config's."""
@@ -66,10 +67,21 @@ class ModelSwapper:
             except Exception as exc:  # Redis outage: the current model keeps serving; try again
                 log.warning("%s: swap round failed: %s: %s", self.keys.deployment, type(exc).__name__, exc)
 
+    def _is_new(self, desired: Desired) -> bool:
+        """A record this replica has not acted on: a higher generation than it serves (and not
+        one it failed to load), or a generation it has passed that names other weights: Redis
+        lost its data and numbers swaps from 1 again (generations only grow otherwise)."""
+        r = self.report
+        if (desired.generation, desired.requested_at) == self._failed_record:
+            return False  # the API rolls back
+        if desired.generation > r.generation:
+            return True
+        return desired.generation < r.generation or (desired.weights, desired.card) != (r.weights, r.card)
+
     async def _round(self) -> None:
         desired = await asyncio.to_thread(self._exchange)
         r = self.report
-        if desired is None or desired.generation <= r.generation or desired.generation == r.failed_generation:
+        if desired is None or not self._is_new(desired):
             return
         if (desired.weights, desired.card) == (r.weights, r.card):  # a rollback to what it serves
             r.generation = desired.generation
@@ -94,8 +106,7 @@ class ModelSwapper:
         log.info("%s: loading %s (generation %d)", self.keys.deployment, desired.weights, desired.generation)
         t0 = time.monotonic()
         loading = asyncio.ensure_future(asyncio.to_thread(self.load, self._cfg(desired)))
-        while not (await asyncio.wait({loading}, timeout=LOCK_TTL_S / 3))[0]:
-            await asyncio.to_thread(lock.reacquire)  # still loading: keep the lock
+        await self._while_loading(loading, lock)
         self.report.loading = None
         try:
             model = loading.result()
@@ -106,6 +117,20 @@ class ModelSwapper:
             self._switch(model, desired)
             log.info("%s: now serving %s (loaded in %.1f s)", self.keys.deployment, desired.model, self.report.load_s)
         await self._send()
+
+    async def _while_loading(self, loading: asyncio.Future, lock: Any) -> None:
+        """Until the load ends: the report (``loading``) each ``poll_s``, so the API keeps
+        counting this replica as live and loading however long the load takes, and the lock
+        renewed every third of its TTL."""
+        renewed = time.monotonic()
+        while not (await asyncio.wait({loading}, timeout=self.poll_s))[0]:
+            await self._send()
+            if time.monotonic() - renewed >= LOCK_TTL_S / 3:
+                try:
+                    await asyncio.to_thread(lock.reacquire)  # still loading: keep the lock
+                    renewed = time.monotonic()
+                except Exception as exc:  # Redis outage: the load goes on; renewed next tick
+                    log.warning("%s: swap lock not renewed: %s: %s", self.keys.deployment, type(exc).__name__, exc)
 
     def _switch(self, model: Any, desired: Desired | None) -> None:
         """The swap itself: one assignment (batches read ``current`` once, when they start)."""
@@ -121,13 +146,15 @@ class ModelSwapper:
         log.warning("%s: cannot load %s: %s: %s; %s keeps serving", self.keys.deployment, desired.weights,
                     type(exc).__name__, exc, self.report.model)
         self.report.failed_generation = desired.generation
+        self._failed_record = (desired.generation, desired.requested_at)
         self.report.error = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
 
     def _cfg(self, desired: Desired) -> Any:
         return swapped_cfg(self.base_cfg, desired.weights, desired.card)
 
     def _desired(self) -> Desired | None:
-        return Desired.read(self.client.get(self.keys.desired), self.base_cfg)
+        """At start: the record, a record made under another config voided (`read_desired`)."""
+        return read_desired(self.client, self.keys, self.base_cfg, void_stale=True)
 
     def _exchange(self) -> Desired | None:
         """One round trip: this replica's report out (its heartbeat), the desired weights in."""

@@ -6,6 +6,7 @@ serves them, roll back when one cannot load them. Ray-free: `deployments/api.py`
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,9 +24,12 @@ from .swap import (
     SwapRefused,
     SwapTimeout,
     UnknownDeployment,
+    config_identity,
     swapped_cfg,
     validate_swap,
 )
+
+log = logging.getLogger("percept.swap")
 
 LIVE_S = 15.0  # a replica whose last report is older has gone (restarted, scaled down)
 FORGET_S = 300.0  # reports this old are deleted
@@ -60,12 +64,17 @@ def live_reports(client: Any, keys: SwapKeys, now: float | None = None) -> list[
     return sorted((r for r in reports if now - r.ts <= LIVE_S), key=lambda r: r.replica)
 
 
-def rollout_state(reports: Sequence[ReplicaReport], generation: int) -> tuple[str, ReplicaReport | None]:
-    """("done" | "failed" | "rolling", the failed replica)."""
+def rollout_state(reports: Sequence[ReplicaReport], generation: int,
+                  recorded: int | None = None) -> tuple[str, ReplicaReport | None]:
+    """("done" | "failed" | "rolling", the failed replica). ``recorded``: the generation of the
+    record in Redis now, when known; while that is still ``generation``, a replica reporting a
+    higher one is not done: it serves a swap from before Redis lost its data (generations only
+    grow otherwise), and takes this record as new (`ModelSwapper`)."""
     failed = next((r for r in reports if r.failed_generation == generation and r.generation < generation), None)
     if failed is not None:
         return "failed", failed
-    if reports and all(r.generation >= generation for r in reports):
+    if reports and all(r.generation == generation or (r.generation > generation and recorded != generation)
+                       for r in reports):
         return "done", None
     return "rolling", None
 
@@ -85,7 +94,8 @@ class ModelSwaps:
         return SwapKeys(self.config.redis.stream_prefix, deployment)
 
     def _serving(self, deployment: str) -> tuple[str, str | None, int]:
-        """(weights, card, generation) the deployment should serve now."""
+        """(weights, card, generation) the deployment should serve now (generation 0: the
+        config's, no swap recorded)."""
         desired = Desired.read(self.client.get(self.keys(deployment).desired), self.sections[deployment][1].cfg)
         if desired is not None:
             return desired.weights, desired.card, desired.generation
@@ -101,7 +111,7 @@ class ModelSwaps:
             out.append({
                 "deployment": deployment, "kind": kind, "category": section.category, "field": section.field,
                 "model": Path(weights.rstrip("/")).name, "weights": weights, "card": card, "generation": generation,
-                "rolled_out": rollout_state(reports, generation)[0] == "done",
+                "rolled_out": rollout_state(reports, generation, generation or None)[0] == "done",
                 "replicas": [{"replica": r.replica, "model": r.model, "generation": r.generation, "loading": r.loading,
                               "error": r.error, "load_s": r.load_s, "swapped_at": r.swapped_at,
                               "age_s": round(now - r.ts, 1)} for r in reports],
@@ -122,19 +132,40 @@ class ModelSwaps:
         if deployment in self._busy:
             raise SwapBusy(f"{deployment}: a swap is in progress; GET /models shows it")
         self._busy.add(deployment)
-        try:
-            return await self._swap(deployment, request)
-        finally:
-            self._busy.discard(deployment)
+        rollout = asyncio.ensure_future(self._swap(deployment, request))
+        rollout.add_done_callback(lambda task: self._ended(deployment, task))
+        # a client that goes away (Serve then cancels this handler) leaves the rollout, and the
+        # rollback when a replica cannot load the weights, to finish here all the same
+        return await asyncio.shield(rollout)
+
+    def _ended(self, deployment: str, rollout: asyncio.Future) -> None:
+        self._busy.discard(deployment)
+        if not rollout.cancelled() and rollout.exception() is not None:  # retrieved: the client may be gone
+            log.info("%s: swap ended: %s", deployment, rollout.exception())
+
+    def _settled(self, deployment: str) -> tuple[tuple[str, str | None], int, list[ReplicaReport], str]:
+        """((weights, card) the deployment settled on, the record's generation, the live
+        reports, its rollout's state). A recorded swap whose rollout failed without its rollback
+        written (the API went away meanwhile) settled on the weights it replaced, not on the
+        weights that failed: the next swap rolls back to those."""
+        keys = self.keys(deployment)
+        cfg = self.sections[deployment][1].cfg
+        desired = Desired.read(self.client.get(keys.desired), cfg)
+        reports = live_reports(self.client, keys)
+        if desired is None:
+            return (cfg.weights, getattr(cfg, "card", None)), 0, reports, rollout_state(reports, 0)[0]
+        state = rollout_state(reports, desired.generation, desired.generation)[0]
+        if state == "failed" and desired.previous:
+            return (desired.previous["weights"], desired.previous.get("card")), desired.generation, reports, state
+        return (desired.weights, desired.card), desired.generation, reports, state
 
     async def _swap(self, deployment: str, request: SwapRequest) -> dict[str, Any]:
         kind, section = self.sections[deployment]
         keys = self.keys(deployment)
-        weights, card, generation = await asyncio.to_thread(self._serving, deployment)
-        reports = await asyncio.to_thread(live_reports, self.client, keys)
-        if reports and rollout_state(reports, generation)[0] == "rolling":
+        (weights, card), generation, reports, state = await asyncio.to_thread(self._settled, deployment)
+        if reports and state == "rolling":
             raise SwapBusy(f"{deployment}: generation {generation} is still rolling out; GET /models shows it")
-        running = next((r for r in reports if r.generation == generation and r.facts), None)
+        running = next((r for r in reports if (r.weights, r.card) == (weights, card) and r.facts), None)
         started = time.monotonic()
         _, name = await asyncio.to_thread(
             validate_swap, kind, swapped_cfg(section.cfg, weights, card), request.weights, request.card,
@@ -160,11 +191,27 @@ class ModelSwaps:
 
     def _record(self, keys: SwapKeys, weights: str, card: str | None, name: str,
                 previous: dict[str, Any] | None) -> Desired:
-        generation = int(self.client.incr(keys.generation))
-        config = self.sections[keys.deployment][1].cfg.weights
-        desired = Desired(weights, card, generation, name, previous, time.time(), config)
+        config = config_identity(self.sections[keys.deployment][1].cfg)
+        desired = Desired(weights, card, self._next_generation(keys), name, previous, time.time(), config)
         self.client.set(keys.desired, desired.to_json())
         return desired
+
+    def _next_generation(self, keys: SwapKeys) -> int:
+        """The counter's next value, above every generation a live replica reports (serving,
+        loading or failed): were Redis to lose its data, its counter would start at 1 again,
+        below the generations the replicas hold."""
+        floor = max((max(r.generation, r.loading or 0, r.failed_generation or 0)
+                     for r in live_reports(self.client, keys)), default=0)
+        generation = int(self.client.incr(keys.generation))
+        if generation <= floor:
+            generation = int(self.client.incrby(keys.generation, floor + 1 - generation))
+        return generation
+
+    def _poll(self, keys: SwapKeys) -> tuple[list[ReplicaReport], int | None]:
+        """(the live replicas' reports, the generation of the record in Redis now)."""
+        reports = live_reports(self.client, keys)
+        recorded = Desired.from_json(self.client.get(keys.desired))
+        return reports, None if recorded is None else recorded.generation
 
     async def _wait(self, keys: SwapKeys, generation: int, timeout_s: float) -> tuple[str, Any, int]:
         """(state, the replica that failed, live replicas) once the rollout is done or failed, or
@@ -174,7 +221,7 @@ class ModelSwaps:
         reports: list[ReplicaReport] = []
         while True:
             try:
-                reports = await asyncio.to_thread(live_reports, self.client, keys)
+                reports, recorded = await asyncio.to_thread(self._poll, keys)
             except redis.RedisError as exc:
                 if not redis_unavailable(exc):
                     raise
@@ -182,7 +229,7 @@ class ModelSwaps:
                     return "rolling", None, len(reports)
                 await asyncio.sleep(self.poll_s)
                 continue
-            state, failed = rollout_state(reports, generation)
+            state, failed = rollout_state(reports, generation, recorded)
             if state != "rolling" or time.monotonic() >= deadline:
                 return state, failed, len(reports)
             await asyncio.sleep(self.poll_s)
