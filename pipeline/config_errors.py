@@ -56,8 +56,9 @@ _MESSAGES = {
 }
 
 
-def format_validation_error(exc: ValidationError) -> list[str]:
-    """One ``path: message, got value`` line per problem."""
+def format_validation_error(exc: ValidationError, *, quote: bool = True) -> list[str]:
+    """One ``path: message, got value`` line per problem (``quote`` False: without the value,
+    for files whose content is not to be shown, a card path that came over the API)."""
     by_path: dict[str, list[dict[str, Any]]] = {}
     for err in exc.errors(include_url=False):
         at = tuple((err.get("ctx") or {}).get("at", ())) if err["type"] == ERROR_AT else ()
@@ -67,11 +68,11 @@ def format_validation_error(exc: ValidationError) -> list[str]:
         # Several errors on one path come from union branches (replicas: int | {min, max}):
         # the branch whose type matched the input explains the problem best.
         specific = [e for e in errs if not e["type"].endswith(("_type", "_parsing"))]
-        lines.extend(_format_one(path, (specific or errs)[0]))
+        lines.extend(_format_one(path, (specific or errs)[0], quote))
     return lines
 
 
-def _format_one(path: str, err: dict[str, Any]) -> list[str]:
+def _format_one(path: str, err: dict[str, Any], quote: bool = True) -> list[str]:
     kind = err["type"]
     make = _MESSAGES.get(kind)
     msg = make(err.get("ctx") or {}) if make else err["msg"].removeprefix("Value error, ")
@@ -84,7 +85,7 @@ def _format_one(path: str, err: dict[str, Any]) -> list[str]:
         return [f"{path}: required key is missing"]
     if kind in ("value_error", ERROR_AT):
         return [f"{path}: {msg}"]
-    return [f"{path}: {msg}, got {_shown(path, err.get('input'))}"]
+    return [f"{path}: {msg}, got {_shown(path, err.get('input'))}" if quote else f"{path}: {msg}"]
 
 
 def _shown(path: str, value: Any) -> str:

@@ -83,6 +83,16 @@ def test_a_card_path_reads_only_a_small_yaml_file_and_quotes_none_of_it(tmp_path
         with pytest.raises(ConfigError) as err:
             load_card(path)
         assert expected in str(err.value) and "SECRET_TOKEN" not in str(err.value), err.value
+    # YAML that parses: a Kubernetes Secret, a card whose values are wrong; neither is quoted
+    k8s = tmp_path / "secret.yaml"
+    k8s.write_text("apiVersion: v1\nkind: Secret\ntype: Opaque\ndata: {password: SECRET_TOKEN_abc}\n")
+    odd = tmp_path / "odd.yaml"
+    odd.write_text("task: SECRET_TOKEN_abc\ninput: {size: [32, 32]}\noutputs: [{name: SECRET_TOKEN_abc}]\n")
+    for path, expected in ((k8s, "not a model card"), (odd, "task: must be 'classify' or 'detect'")):
+        with pytest.raises(ConfigError) as err:
+            load_card(path)
+        assert expected in str(err.value) and "SECRET_TOKEN" not in str(err.value), err.value
+        assert "apiVersion" not in str(err.value) and "Opaque" not in str(err.value)
     with pytest.raises(ValueError) as err:
         SwapRequest.model_validate({"weights": "~nosuchuser-percept/x.pt"})
     assert "its ~ cannot be expanded" in str(err.value)

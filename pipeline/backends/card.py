@@ -173,12 +173,12 @@ def load_card(path: str | Path) -> ModelCard:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError([f"{p}: YAML syntax error{where}: {getattr(exc, 'problem', None) or 'not YAML'}"]) from None
-    if not isinstance(data, dict):
-        raise ConfigError([f"{p}: a card is a mapping of keys"])
+    if not isinstance(data, dict) or not {"task", "input", "outputs"} & set(data):
+        raise ConfigError([f"{p}: not a model card (a mapping with task, input and outputs)"])
     try:
         card = ModelCard.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError([f"{p}: {line}" for line in format_validation_error(exc)]) from None
+    except ValidationError as exc:  # the file's values are not quoted: its path may have come over the API
+        raise ConfigError([f"{p}: {line}" for line in format_validation_error(exc, quote=False)]) from None
     return card.model_copy(update={"path": str(p)})
 
 
