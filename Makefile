@@ -14,6 +14,7 @@ BENCH_ARGS ?=
 .PHONY: setup demo test bench clean kuberay constraints
 
 $(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || scripts/install-system-deps.sh --venv
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test,openvino]'

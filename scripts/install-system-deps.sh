@@ -2,8 +2,10 @@
 # Installs the Debian packages percept needs, only when something is missing.
 #   scripts/install-system-deps.sh          redis-server + ffmpeg (to run percept)
 #   scripts/install-system-deps.sh --test   + GStreamer's RTSP server and headless Chromium (for the test suite)
+#   scripts/install-system-deps.sh --venv   + python3-venv (Debian's python3 makes no virtualenv without it)
 set -euo pipefail
 pkgs=()
+[[ "${1:-}" == "--venv" ]] && pkgs+=(python3-venv)
 command -v redis-server >/dev/null || pkgs+=(redis-server)
 command -v redis-cli >/dev/null || pkgs+=(redis-tools)
 command -v ffmpeg >/dev/null || pkgs+=(ffmpeg)
