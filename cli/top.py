@@ -220,11 +220,10 @@ def scrape(urls: Sequence[str], timeout_s: float = 2.0) -> tuple[list[tuple[str,
         try:
             with urllib.request.urlopen(url, timeout=timeout_s) as resp:
                 text = resp.read().decode()
-        except Exception as exc:  # an endpoint down: the others still count
-            problems.append(redact(f"{url}: {type(exc).__name__}: {exc}"))
-            continue
-        samples += [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text)
-                    for s in fam.samples if s.name.startswith("ray_percept_")]
+            samples += [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text)
+                        for s in fam.samples if s.name.startswith("ray_percept_")]
+        except Exception as exc:  # an endpoint down, or not Prometheus text: the others still count
+            problems.append(redact(f"{url}: {type(exc).__name__}: {str(exc)[:200]}"))
     return samples, problems
 
 

@@ -134,6 +134,7 @@ class Publisher:
         counters["track_id_max"] = int(raw.get(b"track_id_max", b"0") or 0)
         with self._cond:
             self.stats.dropped[camera] = max(self.stats.dropped[camera], counters["publish_dropped"])
+            self.stats.resumed_dropped[camera] = max(self.stats.resumed_dropped[camera], counters["publish_dropped"])
         return (last[1] + 1 if last else 0), counters
 
     def publish(self, result: FrameResult, events: Sequence[tuple[str, str]] = (),

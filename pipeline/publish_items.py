@@ -83,6 +83,7 @@ class PublisherStats:
     published: Counter = field(default_factory=Counter)
     duplicates: Counter = field(default_factory=Counter)
     dropped: Counter = field(default_factory=Counter)  # frames, by the outage buffer
+    resumed_dropped: Counter = field(default_factory=Counter)  # of `dropped`: the camera's earlier runs (Redis)
     dropped_other: Counter = field(default_factory=Counter)  # state writes and frameless events, by it
     fenced: Counter = field(default_factory=Counter)  # frames refused: the lease is not ours
     errors: int = 0

@@ -165,6 +165,51 @@ def test_camera_metrics_export_increments_of_the_pipeline_counters():
     assert all(v == 0 for k, v in rec.gauges.items() if k[0] == "percept_camera_state")
 
 
+def test_drops_a_camera_brings_from_its_earlier_runs_are_not_counted_again_before_it_is_tracked():
+    """`resume_camera` raises the publisher's drop count to the camera's total in Redis; a collect
+    that runs before the decoder tracks the new conductor (or when opening it fails) saw that as
+    new drops."""
+    rec = MemoryRecorder()
+    m = pm.CameraMetrics(rec)
+    pub = fake_publisher()
+    pub.stats.dropped["a"] = pub.stats.resumed_dropped["a"] = 500  # what resume_camera does
+    m.collect({}, pub)
+    assert ("percept_publisher_dropped_total", ("camera", "a")) not in rec.counters
+    pub.stats.dropped["a"] = 503
+    m.collect({}, pub)
+    assert rec.counters[("percept_publisher_dropped_total", ("camera", "a"))] == 3
+
+
+def test_top_keeps_the_endpoints_that_answer_when_one_is_no_prometheus_endpoint():
+    import http.server
+    import threading
+
+    from cli.top import scrape
+    from pipeline.redis_server import free_port
+
+    class Html(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<!doctype html><html>Ray dashboard</html>" if self.path == "/html" else (
+                b"# TYPE ray_percept_frames_published_total counter\n"
+                b'ray_percept_frames_published_total{camera="a"} 5.0\n')
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        samples, problems = scrape([f"{base}/html", f"{base}/metrics", f"http://127.0.0.1:{free_port()}/"])
+    finally:
+        server.shutdown()
+    assert samples == [("ray_percept_frames_published_total", {"camera": "a"}, 5.0)]
+    assert len(problems) == 2 and problems[0].startswith(f"{base}/html: ValueError"), problems
+
+
 def test_no_op_default_records_nothing_and_keeps_no_state():
     m = pm.NO_METRICS
     m.frame_published("a", 10.0)
