@@ -131,7 +131,7 @@ def test_coco_traffic_light_state(coco_detector):
 
 def test_vehicle_type_and_colour_of_the_white_van(vehicles, vtest_frame):
     assert vehicles.attributes == ("type", "color") and vehicles.crop_size == (72, 72)
-    assert vehicles.min_size == (72, 72)
+    assert vehicles.min_size == (72, 40)
     crop = prepare_crop(vtest_frame, VAN_BOX, vehicles.crop_size, context=vehicles.crop_context)
     (result,) = vehicles.classify_batch([crop])
     assert set(result) == {"type", "color"}

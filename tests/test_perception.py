@@ -7,7 +7,7 @@ traffic-light state), each writing the attributes its model names.
   the GTSRB classifier's answer on those crops against the labels;
 - vtest.avi / people.mp4: pedestrians whose box is big enough carry the 8 attributes, smaller
   ones none and say why; the parked van carries type and colour (its ~70x56 box is under the
-  card's 72x72: the config lowers the minimum), the small car beside it neither;
+  card's 72x40: the config lowers the minimum), the small car beside it neither;
 - people.mp4: faces (second detector) in the same messages as pedestrians, each frame once.
 """
 
@@ -64,7 +64,7 @@ def perception(ray_session, session_redis, models_dir, videos, tmp_path_factory)
              "categories": {"face": ["face"]}, **model},
         ],
         "classifiers": {
-            # the card's minimum box is 72x72; vtest.avi's parked van is ~70x56 (right all the same)
+            # the card's minimum box is 72x40; vtest.avi's parked van is ~70x56 (right all the same)
             "vehicle": {"weights": VEHICLE_ATTRIBUTES, "on": ["car", "truck", "bus"], "min_size": VEHICLE_MIN, **model},
             "pedestrian": {"weights": PERSON_ATTRIBUTES, **model},
             "sign": [{"weights": SIGN_CLASSIFIER, "not_on": ["traffic light"], **model},
