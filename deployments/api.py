@@ -72,6 +72,7 @@ class CameraApi:
         self.client = redis_from_config(cfg.redis)
         self.registry = CameraRegistry(self.client, self.keys)
         self.allow_inline_credentials = cfg.security.allow_inline_credentials
+        self.tracking = cfg.tracker.enabled  # zones and lines need it
         self.decoder = decoder
         self.live = LiveView(cfg.view, self.client, self.keys, self.registry)
         self.explainer = ExplainApi(cfg, self.client, self.keys, self.registry, decoder)
@@ -109,6 +110,13 @@ class CameraApi:
         ids = sorted(c.id for c in (await asyncio.to_thread(self.registry.read))[0])
         return f"no camera {camera_id!r}; cameras: {', '.join(ids) or 'none'}"
 
+    def _need_tracking(self, fields: dict[str, Any]) -> None:
+        """422 for zones or lines while the tracker is off: their events follow tracks."""
+        given = [k for k in ("zones", "lines") if fields.get(k)]
+        if given and not self.tracking:
+            raise HTTPException(422, detail=[f"{k}: zones and lines need the tracker (tracker.enabled is false)"
+                                             for k in given])
+
     @app.get("/cameras")
     async def list_cameras(self) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self._list)
@@ -122,6 +130,7 @@ class CameraApi:
         inline = None if self.allow_inline_credentials else inline_password_error(camera, f"cameras[{camera.id}].url")
         if inline:
             raise HTTPException(422, detail=[inline])
+        self._need_tracking({"zones": camera.zones, "lines": camera.lines})
         if not await asyncio.to_thread(self.registry.add, camera):
             raise HTTPException(409, detail=f"camera {camera.id!r} exists; DELETE it first to change it")
         return {"id": camera.id, "url": redact_url(camera.url)}
@@ -133,6 +142,7 @@ class CameraApi:
         if other:
             raise HTTPException(422, detail=[f"{k}: only {', '.join(RUNTIME_FIELDS)} change at runtime; "
                                              "DELETE and POST the camera to change the rest" for k in other])
+        self._need_tracking(body)
         try:
             camera = await asyncio.to_thread(self.registry.set_geometry, camera_id, body)
         except ValidationError as exc:

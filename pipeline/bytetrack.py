@@ -1,7 +1,9 @@
 """ultralytics' ByteTrack, made to hold at the few fps a camera is sampled at (see pipeline/tracking.py).
 
 - `byte_tracker_class`: a `BYTETracker` that matches by buffered IoU (boxes grown by ``buffer``
-  of their size, set per frame from the time since the previous one), confirms new tracks with
+  of their size, set per frame from the time since the previous one) and only within a category
+  (``category_of``: class id → category; a person getting out of a parked car never continues
+  the car's track), confirms new tracks with
   the same rule (waiting a frame longer for their second sighting), steps its Kalman filter by ``steps`` usual frame intervals and scales its
   velocity noise to the interval (`scale_velocity`);
 - `Boxes`: detections as ByteTrack reads them (ultralytics' `Boxes` without torch);
@@ -55,6 +57,20 @@ def byte_tracker_class() -> type:
             self.steps = 1.0  # this frame's Kalman step, in usual frame intervals
             self._predictor = KalmanFilterXYAH()
             self._velocity_weight = self.kalman_filter._std_weight_velocity
+            self.category_of: dict[int, str] = {}  # class id → category (set by ObjectTracker)
+
+        def _one_category(self, cost: np.ndarray, tracks: list, detections: list) -> np.ndarray:
+            """``cost`` with every track–detection pair of two categories at 1 (no match); a class
+            whose category is not known yet (a track restored before its label was seen again)
+            matches any."""
+            cat = self.category_of.get
+            for i, t in enumerate(tracks):
+                theirs = cat(int(t.cls))
+                for j, d in enumerate(detections):
+                    ours = cat(int(d.cls))
+                    if theirs is not None and ours is not None and theirs != ours:
+                        cost[i, j] = 1.0
+            return cost
 
         def scale_velocity(self, factor: float) -> None:
             """The velocity noise of the motion model (initial, process) times ``factor``."""
@@ -64,8 +80,22 @@ def byte_tracker_class() -> type:
             if not tracks or not detections:
                 return np.zeros((len(tracks), len(detections)), np.float32)
             ious = buffered_iou(np.array([t.xyxy for t in tracks]), np.array([d.xyxy for d in detections]), self.buffer)
-            cost = (1 - ious).astype(np.float32)
+            cost = self._one_category((1 - ious).astype(np.float32), tracks, detections)
             return matching.fuse_score(cost, detections) if self.args.fuse_score else cost
+
+        def _second_association(self, strack_pool, u_track, detections_second, activated, refind, lost) -> None:
+            """ByteTrack's second pass (tracks left over against the low-score detections, plain
+            IoU, 0.5), within a category; a track still unmatched is lost."""
+            remaining = [strack_pool[i] for i in u_track if strack_pool[i].state == TrackState.Tracked]
+            unmatched: Sequence[int] = range(len(remaining))
+            if remaining and detections_second:
+                dists = self._one_category(matching.iou_distance(remaining, detections_second), remaining,
+                                           detections_second)
+                matches, unmatched, _ = matching.linear_assignment(dists, thresh=0.5)
+                self._apply_matches(matches, remaining, detections_second, activated, refind)
+            for k in unmatched:
+                remaining[k].mark_lost()
+                lost.append(remaining[k])
 
         def multi_predict(self, tracks: list) -> None:
             if not tracks:

@@ -110,20 +110,35 @@ class CropClassification:
             else None
         )
 
-    def _chosen(self, detections: Detections, category: str, route: ClassifierRoute,
-                unclassified: dict[int, dict[str, str]]) -> list[int]:
-        """The objects this classifier looks at this frame (too-small ones noted as such)."""
-        idx = []
+    def _chosen(self, detections: Detections, category: str, route: ClassifierRoute, cache: Any, frame_no: int,
+                unclassified: dict[int, dict[str, str]]) -> tuple[list[tuple[int, Any]], list[int]]:
+        """This classifier's objects this frame: ``(object, answer)`` for tracks whose answer
+        stands, and the objects to classify now, at most ``max_per_frame`` (best scores first).
+        A track due for a fresh look that is too small now, or beyond that limit, keeps its last
+        answer; an object too small with no answer is noted as such."""
+        known, fresh = [], []
         for i in detections.indices_of(category):
             label = detections.labels[i]
             if (route.cfg.on is not None and label not in route.cfg.on) or label in (route.cfg.not_on or ()):
                 continue
-            reason = route.too_small(detections.xyxy[i])
-            if reason is None:
-                idx.append(i)
+            track = detections.track_ids[i] if cache is not None else None
+            answer = cache.get(track, frame_no) if track is not None else None
+            reason = route.too_small(detections.xyxy[i]) if answer is None else None
+            if answer is not None:
+                known.append((i, answer))
+            elif reason is None:
+                fresh.append(i)
+            elif track is not None and (stale := cache.last(track)) is not None:
+                known.append((i, stale))
             else:
                 unclassified.setdefault(i, {})[route.name or category] = reason
-        return sorted(idx, key=lambda i: -detections.scores[i])[: route.cfg.max_per_frame]
+        fresh.sort(key=lambda i: -detections.scores[i])
+        limit = route.cfg.max_per_frame
+        for i in fresh[limit:]:  # over the limit this frame: a tracked one keeps its last answer
+            track = detections.track_ids[i] if cache is not None else None
+            if track is not None and (stale := cache.last(track)) is not None:
+                known.append((i, stale))
+        return known, fresh[:limit]
 
     async def __call__(self, image: np.ndarray, detections: Detections, frame_no: int) -> tuple[Detections, int]:
         """Each classifier's new (or due) objects go to it in one request per frame; tracked
@@ -132,14 +147,8 @@ class CropClassification:
         unclassified: dict[int, dict[str, str]] = {}
         for n, (category, route) in enumerate(self.routes):
             cache = self._track_cache[n] if self._track_cache is not None else None
-            fresh: list[int] = []
-            for i in self._chosen(detections, category, route, unclassified):
-                track = detections.track_ids[i]
-                known = cache.get(track, frame_no) if cache is not None and track is not None else None
-                if known is None:
-                    fresh.append(i)
-                else:
-                    jobs.append((i, known))
+            known, fresh = self._chosen(detections, category, route, cache, frame_no, unclassified)
+            jobs += known
             if fresh:
                 crops = [prepare_crop(image, detections.xyxy[i], route.size, context=route.crop_context) for i in fresh]
                 request = asyncio.ensure_future(self._request(route.name or category, route, crops))

@@ -227,6 +227,9 @@ class PerceptConfig(Strict):
                 inline = inline_password_error(cam, f"cameras[{i}].url")
                 if inline:
                     errors.append(inline)
+            if not self.tracker.enabled and (cam.zones or cam.lines):  # events follow tracks
+                errors.append(f"cameras[{i}].{'zones' if cam.zones else 'lines'}: zones and lines need the "
+                              "tracker (tracker.enabled is false)")
         categories = self.categories()
         for category in self.classifiers:
             if category not in categories:

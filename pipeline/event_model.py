@@ -43,8 +43,11 @@ def json_safe(value: Any) -> Any:
 
 
 def label_of(value: Any) -> Any:
-    """What is compared of a classifier answer: its label (``{"label": .., "score": ..}``)."""
-    return value.get("label") if isinstance(value, Mapping) else value
+    """What is compared of a classifier answer: its label (``{"label": .., "score": ..}``), or
+    its value (a yes/no attribute, ``{"value": .., "probability": ..}``), not the scores."""
+    if isinstance(value, Mapping):
+        return value.get("label", value.get("value"))
+    return value
 
 
 class Sighting(NamedTuple):

@@ -222,6 +222,8 @@ class EventEngine:
             tr.add_centre(seen.centre)
             changed = any(name not in tr.attributes or label_of(tr.attributes[name]) != label_of(v)
                           for name, v in attrs.items())
+            if "unclassified" not in attrs:  # big enough now (or its answer kept): not "too small" any more
+                tr.attributes.pop("unclassified", None)
             tr.attributes.update(attrs)  # an answer missing on this frame (failed) keeps the last one
             if changed:
                 self._emit(events, self._event(tr, "attributes", meta.seq, meta.frame_ts,

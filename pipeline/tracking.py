@@ -144,6 +144,8 @@ class ObjectTracker:
         """ByteTrack's input: boxes, scores and class ids, rounded as the message publishes them."""
         rows = [[*(round(float(v), 1) for v in dets.xyxy[i]), round(float(dets.scores[i]), 4),
                  self._class_ids.setdefault(dets.labels[i], len(self._class_ids))] for i in range(len(dets))]
+        for label, category in zip(dets.labels, dets.categories):  # matching stays within a category
+            self._tracker.category_of[self._class_ids[label]] = category
         return np.array(rows, np.float64).reshape(-1, 6)
 
     def alive_ids(self) -> set[int]:
@@ -207,18 +209,21 @@ class ObjectTracker:
         otherwise than the published frame, its track takes the published id (swapping with a
         track that had it). Returns how many objects differed."""
         t = self._tracker
-        differed, done = 0, set()
+        tracks = {s.track_id: s for s in (*t.tracked_stracks, *t.lost_stracks)}  # by their ids before any rename
+        renames: dict[int, int] = {}  # old id → published id
+        differed = 0
         for mine, theirs in zip(ours, published):
             if mine == theirs:
                 continue
             differed += 1
-            tracks = {s.track_id: s for s in (*t.tracked_stracks, *t.lost_stracks)}
-            if mine is None or theirs is None or mine not in tracks or mine in done:
-                continue  # not followable, or renamed already (a duplicate box of the same object)
-            done.add(mine)
-            if theirs in tracks:
-                tracks[theirs].track_id = mine
-            tracks[mine].track_id = theirs
+            if mine is not None and theirs is not None and mine in tracks and mine not in renames:
+                renames[mine] = theirs  # (a second box of the same object: renamed already)
+        # a track holding a published id that is not renamed itself takes an id given up
+        freed = [old for old in renames if old not in renames.values()]
+        displaced = [new for new in renames.values() if new in tracks and new not in renames]
+        moves = {**renames, **dict(zip(displaced, freed))}
+        for old, new in moves.items():
+            tracks[old].track_id = new
         self.track_id_max = max([self.track_id_max, *(i for i in published if i is not None)])
         return differed
 
@@ -272,6 +277,13 @@ class TrackAttributeCache:
                 return None
             if self.reclassify_every and frame - entry.frame >= self.reclassify_every:
                 return None  # due for a fresh look
+        return entry.future
+
+    def last(self, track_id: int) -> "asyncio.Future[Mapping[str, Any]] | None":
+        """The track's last answer, due for a fresh look or not (None: none, or not yet in)."""
+        entry = self._entries.get(track_id)
+        if entry is None or not entry.future.done() or self._failed(entry.future):
+            return None
         return entry.future
 
     def put(self, track_id: int, frame: int, future: "asyncio.Future[Mapping[str, Any]]") -> None:

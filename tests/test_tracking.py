@@ -220,3 +220,29 @@ def test_a_restored_tracker_gives_the_same_ids(clips):
         published = Detections.from_objects(clip.dets[f].to_objects())
         assert second.update(published, clip.shape, ts=clip.pts[f]).track_ids == went_on
     assert second.track_id_max == first.track_id_max > 500
+
+
+def test_replayed_ids_are_adopted_even_when_two_objects_were_numbered_the_other_way_round():
+    """Restoring a camera replays the frames the dead owner published; where the replay numbered
+    two objects each with the other's published id, both take theirs (the second swap undid the
+    first). A plain rename still hands the id it gives up to the track that held the published one."""
+    import numpy as np
+
+    from pipeline.config import TrackerConfig
+    from pipeline.schema import Detections
+    from pipeline.tracking import ObjectTracker
+
+    def cars(xs):
+        return Detections(xyxy=np.array([[x, 100, x + 100, 200] for x in xs], np.float32),
+                          scores=np.full(len(xs), 0.9, np.float32), labels=("car",) * len(xs),
+                          categories=("vehicle",) * len(xs))
+
+    tracker = ObjectTracker(TrackerConfig(), fps=4)
+    ours = tracker.update(cars([100, 600]), (720, 1280), ts=1000.0).track_ids
+    assert tracker.adopt_ids(ours, (ours[1], ours[0])) == 2
+    assert tracker.update(cars([102, 602]), (720, 1280), ts=1000.25).track_ids == (ours[1], ours[0])
+    tracker.update(cars([104, 604, 1000]), (720, 1280), ts=1000.5)  # a third car (confirmed when seen again)
+    three = tracker.update(cars([106, 606, 1002]), (720, 1280), ts=1000.75).track_ids
+    assert None not in three
+    tracker.adopt_ids(three, (three[2], three[1], three[0]))  # the first and the third swapped
+    assert tracker.update(cars([108, 608, 1004]), (720, 1280), ts=1001.0).track_ids == (three[2], three[1], three[0])

@@ -237,3 +237,14 @@ def test_line_crossings_agree_with_a_parametric_reference():
     assert (out == 1).any() and (out == -1).any() and (out == 0).any()
     assert [line_crossing(a, b, [p1, p2]) for a, b in zip(prev[:50], cur[:50])] == [
         {1: "in", -1: "out", 0: None}[k] for k in out[:50].tolist()]
+
+
+def test_zones_and_lines_without_the_tracker_are_refused_naming_the_camera():
+    """Events follow tracks: with the tracker off, zones and lines would count nothing, silently."""
+    from pipeline.config import ConfigError, parse_config
+
+    cams = [{"id": "a", "url": "a.mp4"}, {"id": "b", "url": "b.mp4", "lines": {"kerb": [[0, 0.5], [1, 0.5]]}}]
+    with pytest.raises(ConfigError) as err:
+        parse_config({"tracker": {"enabled": False}, "cameras": cams}, env={})
+    assert err.value.errors == ["cameras[1].lines: zones and lines need the tracker (tracker.enabled is false)"]
+    assert parse_config({"cameras": cams}, env={}).cameras[1].lines  # with it: fine

@@ -1,0 +1,102 @@
+"""A tracked object's classifier answers over its life (pure logic: a counting classifier, no
+model): every object of a crowded frame gets its turn, an answer outlives frames where the box
+is too small, yes/no attribute changes are events, and "too small" leaves once the answer came."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from pipeline.classify import ClassifierRoute, CropClassification
+from pipeline.config import ClassifierConfig
+from pipeline.events import EventEngine
+from pipeline.schema import Detections
+from tests.test_events import frame, obj, run
+
+
+def counting_route(asked: list, **cfg) -> ClassifierRoute:
+    async def classify(crops):
+        asked.append(len(crops))
+        return [{"type": {"label": f"t{len(asked)}", "score": 0.9}} for _ in crops]
+
+    return ClassifierRoute(classify, ClassifierConfig(weights="c.pt", imgsz=32, min_box=16, **cfg), "classifier-vehicle")
+
+
+def cars(boxes, scores=None):
+    n = len(boxes)
+    return Detections(xyxy=np.array(boxes, np.float32), scores=np.array(scores or [0.9 - 0.1 * i for i in range(n)],
+                      np.float32), labels=("car",) * n, categories=("vehicle",) * n, track_ids=tuple(range(1, n + 1)))
+
+
+def classify_frames(stage, frames):
+    image = np.zeros((200, 400, 3), np.uint8)
+
+    async def go():
+        return [(await stage(image, dets, k))[0] for k, dets in enumerate(frames)]
+
+    return asyncio.run(go())
+
+
+def test_every_object_of_a_crowded_frame_gets_its_turn():
+    """max_per_frame limits fresh crops, not cached answers: the best two once held every place."""
+    asked = []
+    stage = CropClassification("c", {"vehicle": counting_route(asked, max_per_frame=2)}, timeout_s=5, track_buffer=30)
+    boxes = [[10 + 60 * i, 10, 60 + 60 * i, 60] for i in range(5)]
+    out = classify_frames(stage, [cars(boxes)] * 4)
+    assert asked == [2, 2, 1]  # five cars, two new a frame, then all known
+    assert all("type" in a for a in out[-1].attributes), out[-1].attributes
+
+
+def test_an_answer_outlives_frames_where_the_box_is_too_small():
+    asked = []
+    stage = CropClassification("c", {"vehicle": counting_route(asked, reclassify_every=1)}, timeout_s=5,
+                               track_buffer=30)
+    big, small = [[10, 10, 60, 60]], [[10, 10, 20, 20]]  # the car drives away: 10x10 < 16
+    out = classify_frames(stage, [cars(big), cars(small), cars(small)])
+    assert asked == [1]
+    assert [a[0].get("type", {}).get("label") for a in (o.attributes for o in out)] == ["t1", "t1", "t1"]
+    assert all("unclassified" not in o.attributes[0] for o in out)
+
+
+def test_a_yes_no_attribute_that_changes_is_an_event_and_too_small_leaves_with_the_answer():
+    def seen(seq, attrs):
+        return frame(seq, [obj(4, 60, category="pedestrian", label="person", attributes=attrs)])
+
+    small = {"unclassified": {"classifier-pedestrian": "box 30x80 px is below 80x160"}}
+    bag = {"has_bag": {"value": False, "probability": 0.2}}
+    engine = EventEngine("cam", track_buffer=1)
+    events = run(engine, [seen(1, small), seen(2, bag), seen(3, {"has_bag": {"value": True, "probability": 0.8}}),
+                          seen(4, {"has_bag": {"value": True, "probability": 0.9}}), frame(5), frame(6)])
+    changes = [e for e in events if e.kind == "attributes"]
+    assert [e.seq for e in changes] == [2, 3]  # the answer came; the bag was seen (not a score change)
+    end = events[-1]
+    assert end.kind == "track_end" and end.attributes == {"has_bag": {"value": True, "probability": 0.9}}
+
+
+def test_a_person_getting_out_of_a_parked_car_never_continues_the_cars_track():
+    """ByteTrack matched on overlap alone: the person took the car's id, and their line crossing
+    was counted as a vehicle's."""
+    from pipeline.config import TrackerConfig
+    from pipeline.schema import FrameMeta, FrameResult
+    from pipeline.tracking import ObjectTracker
+
+    def dets(objs):
+        return Detections(xyxy=np.array([o[0] for o in objs], np.float32).reshape(-1, 4),
+                          scores=np.array([o[1] for o in objs], np.float32), labels=tuple(o[2] for o in objs),
+                          categories=tuple("vehicle" if o[2] == "car" else "pedestrian" for o in objs))
+
+    tracker = ObjectTracker(TrackerConfig(), fps=4)
+    engine = EventEngine("c", lines={"kerb": [[0, 420], [1280, 420]]}, track_buffer=30)
+    car = ([400, 300, 560, 380], 0.9, "car")
+    person = [([540, 250 + 20 * k, 590, 370 + 20 * k], 0.8, "person") for k in range(8)]  # hides the car
+    ids = {}
+    for k, objs in enumerate([[car]] * 4 + [[p] for p in person]):
+        out = tracker.update(dets(objs), (720, 1280), ts=1000 + k * 0.25)
+        meta = FrameMeta("c", k, 1000 + k * 0.25, None, 1280, 720)
+        engine.update(FrameResult(meta, out, {}, {}), tracker.alive_ids(), tracker.origins)
+        for label, tid in zip(out.labels, out.track_ids):
+            ids.setdefault(label, set()).add(tid)
+    assert ids["car"] == {1} and 1 not in ids["person"], ids
+    counts = engine.take_counts()
+    assert counts["line:kerb:out:pedestrian"] == 1 and not any(":vehicle" in k and "line" in k for k in counts), counts
