@@ -1,4 +1,5 @@
-"""A custom Serve autoscaling policy for the detector and classifiers: scale on frame lag.
+"""A custom Serve autoscaling policy for the detector and classifiers: scale on frame lag, frames
+waiting and how busy the replicas are (`pipeline.autoscale.desired_replicas`).
 
 Referenced from the autoscaling config as ``deployments.autoscaling:VideoLagPolicy``; Serve
 applies min/max replicas and the up/downscale delays around it."""
@@ -21,8 +22,10 @@ class VideoLagPolicy:
         metrics = ctx.aggregated_metrics or {}
         lag = list((metrics.get("frame_lag_s") or {}).values())
         waiting = list((metrics.get("frames_waiting") or {}).values())
-        want = desired_replicas(ctx.current_num_replicas, lag, waiting,
+        busy = list((metrics.get("busy") or {}).values())
+        want = desired_replicas(ctx.current_num_replicas, lag, waiting, busy,
                                 target_lag_s=self.target_lag_s, target_waiting=self.target_waiting)
         state = dict(ctx.policy_state or {})
-        state["last"] = {"lag_s": max(lag, default=0.0), "waiting": sum(waiting), "want": want}
+        state["last"] = {"lag_s": max(lag, default=0.0), "waiting": sum(waiting),
+                         "busy": max(busy, default=0.0), "want": want}
         return want, state

@@ -70,7 +70,8 @@ class ClassifierDeployment:
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Crops waiting, for deployments.autoscaling.VideoLagPolicy (crops carry no capture time)."""
-        return {"frames_waiting": self.meter.waiting_now()}
+        busy = 0.0 if self.meter.warming_up() else self.batcher.busy_share()
+        return {"frames_waiting": self.meter.waiting_now(), "busy": busy}
 
     async def _classify_batch(self, requests: list[list[np.ndarray]]) -> list[ModelAnswers]:
         # a batch of frames' crop lists, across frames and cameras: one model call for all

@@ -95,7 +95,8 @@ class DetectorDeployment:
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom metrics for deployments.autoscaling.VideoLagPolicy."""
-        return {"frame_lag_s": self.meter.lag_s(), "frames_waiting": self.meter.waiting_now()}
+        busy = 0.0 if self.meter.warming_up() else self.batcher.busy_share()  # its backlog is not load
+        return {"frame_lag_s": self.meter.lag_s(), "frames_waiting": self.meter.waiting_now(), "busy": busy}
 
     async def __del__(self) -> None:
         self.frames.close()

@@ -3,8 +3,13 @@
 Ray Serve's default policy scales on ongoing requests, which keep-latest backpressure caps at
 ``cameras × max_inflight`` whether or not the model keeps up. What users feel is lag: how old a
 frame is when the model gets it (capture → batch start, slot and queue waits included). So the
-detector reports recent frame age and frames waiting per replica, and the wanted replica count
-is the current one scaled by the worst of lag / target and waiting / target.
+detector reports recent frame age, frames waiting and how busy its model was; a replica count
+goes up with the worst of lag / target, waiting / target and busy / `TARGET_BUSY` (with few
+cameras, keep-latest drops frames long before lag or the queue shows it: a saturated model is
+busy all the time), and comes down one at a time, only while lag and the queue are under their
+targets and the others would be at most `DOWN_BUSY` busy without this one. In between it holds:
+lag does not shrink with more replicas once they keep up (it is then the service time), so
+lag alone would scale a deployment that keeps up back to one replica, over and over.
 
 A replica's warm-up is not load: frames captured before it was ready (queued while the model
 loaded) or in its first ``warmup_s`` after (that backlog draining) are old for a reason another
@@ -20,6 +25,8 @@ from collections import deque
 from collections.abc import Sequence
 
 WARMUP_S = 5.0  # after a replica is ready: its startup backlog drains, its first batches run
+TARGET_BUSY = 0.85  # above this share of the time running, a replica is saturated: one more
+DOWN_BUSY = 0.6  # one replica fewer only when the others would be at most this busy
 
 
 class FrameAgeMeter:
@@ -65,14 +72,24 @@ def desired_replicas(
     current: int,
     lag_s: Sequence[float],
     waiting: Sequence[float],
+    busy: Sequence[float] = (),
     *,
     target_lag_s: float,
     target_waiting: float,
 ) -> int:
-    """Replicas wanted so that lag and frames waiting come back to their targets."""
+    """Replicas wanted (module doc): more when lag, frames waiting or busy time pass their
+    targets; one fewer when all are well under them; else as many as now. ``busy``: each
+    replica's share of time running its model (none reported: judged on lag and waiting)."""
     if current <= 0:
         return 1
     lag = max(lag_s, default=0.0)
     per_replica_waiting = sum(waiting) / current if waiting else 0.0
-    load = max(lag / target_lag_s, per_replica_waiting / target_waiting)
-    return max(1, math.ceil(current * load)) if load > 0 else max(1, current - 1)
+    util = sum(busy) / len(busy) if busy else None
+    load = max(lag / target_lag_s, per_replica_waiting / target_waiting, (util or 0.0) / TARGET_BUSY)
+    if load > 1:
+        return max(current + 1, math.ceil(current * load))
+    if current == 1:
+        return 1
+    if util is None:  # nothing says the others could take this one's work but an idle deployment
+        return current - 1 if load == 0 else current
+    return current - 1 if util * current / (current - 1) <= DOWN_BUSY else current

@@ -140,6 +140,11 @@ class AdaptiveBatcher(Generic[T, R]):
         self.batches = 0
         self.items = 0
 
+    def busy_share(self) -> float:
+        """The share of the last second the model was running (0..1; batches that overlap count once
+        at most): how loaded this replica is, for the autoscaling policy."""
+        return min(1.0, self.policy.busy(self._clock()))
+
     def set_max_batch_size(self, size: int) -> None:
         if size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {size}")

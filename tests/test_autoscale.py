@@ -14,10 +14,26 @@ def test_frames_waiting_also_scale_up():
     assert desired_replicas(1, [0.1], [40], target_lag_s=0.5, target_waiting=16) == 3
 
 
-def test_light_load_scales_down_and_idle_steps_down():
-    assert desired_replicas(4, [0.1], [2, 2, 2, 2], target_lag_s=0.5, target_waiting=16) == 1
+def test_light_load_steps_down_one_at_a_time_and_idle_steps_down():
+    assert desired_replicas(4, [0.1], [2, 2, 2, 2], [0.1] * 4, target_lag_s=0.5, target_waiting=16) == 3
     assert desired_replicas(3, [], [], target_lag_s=0.5, target_waiting=16) == 2
     assert desired_replicas(0, [], [], target_lag_s=0.5, target_waiting=16) == 1
+    # busy not reported: lag under target says nothing about whether fewer would do
+    assert desired_replicas(4, [0.1], [2, 2, 2, 2], target_lag_s=0.5, target_waiting=16) == 4
+
+
+def test_a_saturated_model_scales_up_though_keep_latest_hides_it_from_lag():
+    """4 cameras at 30 fps on a detector that does 60: 8 frames in flight at most (cameras ×
+    max_inflight), lag 8 / 60 s, under both targets; half the frames dropped, the model never idle."""
+    assert desired_replicas(1, [8 / 60], [8], [1.0], target_lag_s=0.5, target_waiting=16) == 2
+
+
+def test_a_deployment_that_keeps_up_holds_its_replicas():
+    """10 cameras at 10 fps, 60 fps a replica: one is overloaded, two keep up (lag = the service
+    time, 3 waiting each, 83 % busy); lag alone asked for one again, and so on every minute."""
+    assert desired_replicas(1, [0.33], [20], [1.0], target_lag_s=0.5, target_waiting=16) == 2
+    assert desired_replicas(2, [0.06], [3, 3], [0.83, 0.83], target_lag_s=0.5, target_waiting=16) == 2
+    assert desired_replicas(2, [0.06], [1, 1], [0.25, 0.25], target_lag_s=0.5, target_waiting=16) == 1  # load fell
 
 
 def test_meter_forgets_old_frames():
