@@ -27,8 +27,11 @@ DETECTOR_GPU_SHARE = 0.5  # num_gpus: auto → the detector's part of the GPU it
 # capture → publish p50 30.5 / 34.3 ms against 37.8 / 40.9 ms; detector only 55.5 / 52.9 fps
 # against 49.3 / 51.6.
 # MESSAGE_ENV: the gRPC transport's message limit (deployments/transport.py).
+# RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO: a replica given no GPU (num_gpus 0) sees none
+# (CUDA_VISIBLE_DEVICES ""); since Ray 2.60 it otherwise sees every GPU of its node, and a model
+# on `device: auto` would load onto the GPU Ray gave another replica.
 SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-             **MESSAGE_ENV}
+             "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1", **MESSAGE_ENV}
 
 
 def replica_env(environ: Mapping[str, str], names: Iterable[str] = ()) -> dict[str, str]:

@@ -394,10 +394,12 @@ def test_rayservice_pods_run_the_gpu_image_with_models_and_secrets():
         assert {"secretRef": {"name": "percept-secrets"}} in container["envFrom"]
         for mount in container.get("volumeMounts", []):
             assert mount["name"] in {v["name"] for v in spec["volumes"]}
+        # every pod, the head too: the API replica (no CPU of its own) may land there, and hot
+        # swaps and explain read the models
+        assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
     for group in cluster["workerGroupSpecs"]:
         spec = group["template"]["spec"]
         (container,) = spec["containers"]
-        assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
         assert container["resources"]["limits"]["nvidia.com/gpu"]
         assert 1 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
     assert cluster["enableInTreeAutoscaling"] is True

@@ -2,6 +2,7 @@
 replica's own event loop and routes handle calls on the caller's loop (`SERVE_ENV`); handle
 calls on the gRPC transport (deployments/transport.py) carry frames larger than gRPC's 4 MB."""
 
+import os
 import threading
 
 import numpy as np
@@ -24,6 +25,7 @@ def test_replica_env_forwards_settings_and_credentials_only():
     env = replica_env(environ, {"CAM_PASS"})
     assert env == {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
                    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",  # set by the user: theirs wins
+                   "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
                    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(MAX_MESSAGE_BYTES),
                    "PERCEPT_MODELS_DIR": "/m", "YOLO_OFFLINE": "1", "CAM_PASS": "s3cret"}
     assert replica_env({}) == SERVE_ENV
@@ -39,6 +41,9 @@ def test_built_serve_config_sets_the_replica_loops():
 class _Inner:
     async def where(self) -> str:
         return threading.current_thread().name
+
+    async def env(self, name: str) -> str | None:
+        return os.environ.get(name)
 
     async def checksum(self, image: np.ndarray) -> tuple[int, tuple[int, ...]]:
         return int(image.sum(dtype=np.int64)), image.shape
@@ -91,6 +96,18 @@ def test_a_frame_over_4mb_crosses_either_transport(ray_session, transport):
     finally:
         serve.delete("transport-probe")
     assert seen == {"transport": transport, "ok": True, "shape": [1280, 1280, 3], "bytes": 1280 * 1280 * 3}, seen
+
+
+def test_a_replica_given_no_gpu_sees_none(ray_session):
+    """Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone in an actor with no GPU (every GPU of the node
+    visible: a classifier on ``device: auto`` would take the detector's); `SERVE_ENV` makes it
+    empty there."""
+    handle = serve.run(_Inner.bind(), name="gpu-probe", route_prefix=None)
+    try:
+        seen = handle.env.remote("CUDA_VISIBLE_DEVICES").result(timeout_s=60)
+    finally:
+        serve.delete("gpu-probe")
+    assert seen == "", seen
 
 
 def test_an_unknown_transport_is_named():
