@@ -63,13 +63,12 @@ def byte_tracker_class() -> type:
             """``cost`` with every track–detection pair of two categories at 1 (no match); a class
             whose category is not known yet (a track restored before its label was seen again)
             matches any."""
+            if len(set(self.category_of.values())) < 2:
+                return cost  # one category: nothing to keep apart
             cat = self.category_of.get
-            for i, t in enumerate(tracks):
-                theirs = cat(int(t.cls))
-                for j, d in enumerate(detections):
-                    ours = cat(int(d.cls))
-                    if theirs is not None and ours is not None and theirs != ours:
-                        cost[i, j] = 1.0
+            theirs = np.array([cat(int(t.cls)) for t in tracks], object)[:, None]
+            ours = np.array([cat(int(d.cls)) for d in detections], object)[None, :]
+            cost[(theirs != ours) & (theirs != None) & (ours != None)] = 1.0  # noqa: E711 (elementwise)
             return cost
 
         def scale_velocity(self, factor: float) -> None:
