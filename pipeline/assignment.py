@@ -91,6 +91,7 @@ class CameraSupervisor:
 
     async def run(self) -> None:
         # Renewals run on their own, so a slow camera start never delays another camera's lease.
+        self._renewing = True
         renewals = asyncio.create_task(self._renew_loop())
         try:
             while not self._stop.is_set():
@@ -104,6 +105,9 @@ class CameraSupervisor:
                 except asyncio.TimeoutError:
                     pass
         finally:
+            # the flag as well as the cancel: Python 3.11's wait_for can swallow a cancellation
+            # that lands as its call completes, and the loop would then renew forever
+            self._renewing = False
             renewals.cancel()
             await asyncio.gather(renewals, return_exceptions=True)
             await asyncio.gather(*(self._stop_camera(cid) for cid in list(self.running)), return_exceptions=True)
@@ -142,7 +146,7 @@ class CameraSupervisor:
         await self._claim()
 
     async def _renew_loop(self) -> None:
-        while True:
+        while self._renewing:
             try:
                 await self._renew_all()
             except redis.RedisError as exc:

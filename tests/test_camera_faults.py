@@ -98,3 +98,33 @@ def test_a_stopped_camera_leaves_no_kept_frames_behind(redis_server, monkeypatch
     finally:
         pub.close()
     assert seen and kept.cameras() == []  # kept while it ran, gone once it stopped
+
+
+def test_the_supervisor_stops_though_a_renewal_swallowed_its_cancellation(redis_server):
+    """Python 3.11's asyncio.wait_for can swallow a cancellation that lands as its call
+    completes; the lease renewal loop then ran on forever and the supervisor never stopped (a
+    decoder replica that cannot shut down; in CI, a thread left renewing into later tests)."""
+    from .test_assignment import supervisor
+
+    sup = supervisor(redis_server.client(), "me")
+    swallowed = []
+
+    async def renew_all_swallowing():
+        try:
+            await asyncio.Event().wait()  # a renewal in flight when the supervisor stops
+        except asyncio.CancelledError:
+            if swallowed:
+                raise
+            swallowed.append(True)  # what wait_for did: the cancellation is lost (once)
+
+    sup._renew_all = renew_all_swallowing
+
+    async def run_and_stop():
+        task = asyncio.create_task(sup.run())
+        await asyncio.sleep(0)  # let it start (one turn of the loop, not a wait for a condition)
+        await sup.stop()
+        done, _ = await asyncio.wait({task}, timeout=30)
+        return bool(done)
+
+    assert asyncio.run(run_and_stop()), "the supervisor did not stop within 30 s"
+    assert swallowed == [True]
