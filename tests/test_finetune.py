@@ -37,18 +37,24 @@ def need(*paths: Path) -> None:
         pytest.skip(f"shared models/data not found: {', '.join(missing)} (set PERCEPT_SHARED)")
 
 
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
 @contextlib.contextmanager
 def network_refused(attempts: list):
-    """Every DNS lookup or non-local connection fails, and is recorded in ``attempts``."""
-    real_connect = socket.socket.connect
+    """Every DNS lookup or connection beyond this machine fails, and is recorded in ``attempts``
+    (loopback is no network: a local redis-server's client in another thread goes on)."""
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
 
     def connect(sock, address):
-        if sock.family == socket.AF_UNIX:
+        if sock.family == socket.AF_UNIX or (isinstance(address, tuple) and address[0] in LOOPBACK):
             return real_connect(sock, address)
         attempts.append(("connect", address))
         raise OSError("network refused by the test")
 
     def getaddrinfo(host, *args, **kwargs):
+        if host in LOOPBACK:
+            return real_getaddrinfo(host, *args, **kwargs)
         attempts.append(("getaddrinfo", host))
         raise socket.gaierror("network refused by the test")
 
