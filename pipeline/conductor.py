@@ -161,13 +161,12 @@ class CameraConductor:
             raise self._failure  # the supervisor tries again (with backoff): the zones may be fixed by then
 
     def _last_state(self) -> None:
-        """The camera's state once stopped, unless its reader said it (stopped, failed): its
-        failure, or ``stopped`` for a reader still opening (it cannot write over a next owner)."""
-        if self._failure is not None or self._reader.is_alive():
+        """``stopped`` for a reader still opening or reading once stopped: it reports nothing
+        more (it cannot write over the camera's next owner). A failure here was said when it
+        happened, and its reader detached then."""
+        if self._failure is None and self._reader.is_alive():
             self.source.detach()
-            error = str(self._failure) if self._failure is not None else None
-            self.publisher.camera_state(self.camera.id, "failed" if error else "stopped", error=error,
-                                        url=self.camera.shown_url)
+            self.publisher.camera_state(self.camera.id, "stopped", url=self.camera.shown_url)
 
     async def stop(self) -> None:
         """Stop reading; frames in flight get a short grace (the detector may be gone already)."""

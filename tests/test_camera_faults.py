@@ -3,6 +3,7 @@ and redis-server (scripted captures): a pixel zone the frame cannot hold, a pass
 ``${VAR}`` outside the URL's userinfo, and a stopped camera's kept frames."""
 
 import asyncio
+import time
 
 import pipeline.camera_open as camera_open_module
 from pipeline.assignment import CameraSupervisor
@@ -86,8 +87,9 @@ def test_a_stopped_camera_leaves_no_kept_frames_behind(redis_server, monkeypatch
             CameraConfig(id="k", url="device:0", fps=0), config=PerceptConfig(), publisher=pub,
             detect=moving_car, classifiers={}, models={"detector": "fake"}, kept=kept)
         task = asyncio.create_task(conductor.run())
-        while not kept.seqs("k"):  # bounded by the wait_for around this coroutine
-            await asyncio.sleep(0.02)
+        deadline = time.monotonic() + 30
+        while not kept.seqs("k") and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # polled until the deadline above
         seen = kept.seqs("k")
         await conductor.stop()
         await task

@@ -170,9 +170,7 @@ def load_card(path: str | Path) -> ModelCard:
     except UnicodeDecodeError:
         raise ConfigError([f"{p}: not UTF-8 text"]) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"{p}: YAML syntax error{where}: {getattr(exc, 'problem', None) or 'not YAML'}"]) from None
+        raise ConfigError([f"{p}: YAML syntax error{_yaml_position(exc)}: {getattr(exc, 'problem', None) or 'not YAML'}"]) from None
     if not isinstance(data, dict) or not {"task", "input", "outputs"} & set(data):
         raise ConfigError([f"{p}: not a model card (a mapping with task, input and outputs)"])
     try:
@@ -270,8 +268,7 @@ def _yaml_labels(text: str, where: str) -> list[str]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError([f"{where}: YAML syntax error" + (f" at line {mark.line + 1}" if mark else "")]) from None
+        raise ConfigError([f"{where}: YAML syntax error{_yaml_position(exc)}"]) from None
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, list):
         return [str(n) for n in names]
@@ -287,6 +284,12 @@ def _yaml_labels(text: str, where: str) -> list[str]:
         by_id[int(str(key))] = (position, str(name))
     _check_ids(by_id, where)
     return [by_id[i][1] for i in sorted(by_id)]
+
+
+def _yaml_position(exc: yaml.YAMLError) -> str:
+    """`` at line L, column C`` of a YAML error (its text is never quoted), or nothing."""
+    mark = getattr(exc, "problem_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
 
 
 def _check_ids(by_id: dict[int, Any], where: str) -> None:
