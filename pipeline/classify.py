@@ -116,28 +116,33 @@ class CropClassification:
         stands, and the objects to classify now, at most ``max_per_frame`` (best scores first).
         A track due for a fresh look that is too small now, or beyond that limit, keeps its last
         answer; an object too small with no answer is noted as such."""
-        known, fresh = [], []
+        known: list[tuple[int, Any]] = []
+        fresh: list[int] = []
+
+        def keep_last(i: int) -> bool:
+            """Its track's last answer, when it has one (not classified afresh this frame)."""
+            track = detections.track_ids[i] if cache is not None else None
+            stale = cache.last(track) if track is not None else None
+            if stale is not None:
+                known.append((i, stale))
+            return stale is not None
+
         for i in detections.indices_of(category):
             label = detections.labels[i]
             if (route.cfg.on is not None and label not in route.cfg.on) or label in (route.cfg.not_on or ()):
                 continue
             track = detections.track_ids[i] if cache is not None else None
             answer = cache.get(track, frame_no) if track is not None else None
-            reason = route.too_small(detections.xyxy[i]) if answer is None else None
             if answer is not None:
                 known.append((i, answer))
-            elif reason is None:
+            elif (reason := route.too_small(detections.xyxy[i])) is None:
                 fresh.append(i)
-            elif track is not None and (stale := cache.last(track)) is not None:
-                known.append((i, stale))
-            else:
+            elif not keep_last(i):
                 unclassified.setdefault(i, {})[route.name or category] = reason
         fresh.sort(key=lambda i: -detections.scores[i])
         limit = route.cfg.max_per_frame
-        for i in fresh[limit:]:  # over the limit this frame: a tracked one keeps its last answer
-            track = detections.track_ids[i] if cache is not None else None
-            if track is not None and (stale := cache.last(track)) is not None:
-                known.append((i, stale))
+        for i in fresh[limit:]:  # over the limit this frame
+            keep_last(i)
         return known, fresh[:limit]
 
     async def __call__(self, image: np.ndarray, detections: Detections, frame_no: int) -> tuple[Detections, int]:
