@@ -288,20 +288,27 @@ def test_a_paused_replica_stops_its_camera_and_its_late_results_are_refused(redi
     monkeypatch.setattr(camera_open_module, "open_capture", lambda camera, url, **kw: LiveCapture())
     pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
     config = PerceptConfig(tracker={"enabled": False})
-    sup = CameraSupervisor([CameraConfig(id="p", url="device:0", fps=0)], client=client, keys=KEYS,
-                           start_camera=factory(pub, config), replicas=1, lease_ttl_s=3, owner="me", publisher=pub)
-    bg = Background(sup)
-    try:
-        wait_for(lambda: client.xlen(KEYS.detections("p")) >= 5, 10, "camera p publishing")
-        frozen, woke = threading.Event(), []
+    frozen, woke, pause_next = threading.Event(), [], threading.Event()
 
-        def pause():
+    async def detect_then_pause(inp):
+        if pause_next.is_set():  # the loop freezes with this frame in flight: it must not land
+            pause_next.clear()
             frozen.set()
             hold(4.5, "the supervisor's event loop paused past the lease TTL")
             woke.append(time.monotonic())
+        return await moving_car(inp)
 
-        bg.loop.call_soon_threadsafe(pause)
-        frozen.wait(5)
+    async def start_camera(cam):
+        return await camera_open_module.open_camera(cam, config=config, publisher=pub, detect=detect_then_pause,
+                                                    classifiers={}, models={"detector": "fake"})
+
+    sup = CameraSupervisor([CameraConfig(id="p", url="device:0", fps=0)], client=client, keys=KEYS,
+                           start_camera=start_camera, replicas=1, lease_ttl_s=3, owner="me", publisher=pub)
+    bg = Background(sup)
+    try:
+        wait_for(lambda: client.xlen(KEYS.detections("p")) >= 5, 10, "camera p publishing")
+        pause_next.set()
+        assert frozen.wait(5)
         wait_for(lambda: not client.exists(KEYS.lease("p")), 5, "the lease expiring")
         client.set(KEYS.lease("p"), "other", px=60_000)  # another replica takes the camera
         taken = client.xlen(KEYS.detections("p"))
@@ -312,7 +319,7 @@ def test_a_paused_replica_stops_its_camera_and_its_late_results_are_refused(redi
         assert sup.status()["fencing"]["duplicates"] == {}
         wait_for(lambda: pub.flush(0.1), 10, "the publisher done with what it had")
         assert client.xlen(KEYS.detections("p")) == taken, "a result landed after the lease was taken"
-        assert pub.stats.fenced["p"] > 0  # the frames read meanwhile were refused, not published
+        assert pub.stats.fenced["p"] > 0  # the frame in flight during the pause was refused, not published
         assert client.get(KEYS.lease("p")) == b"other"
     finally:
         bg.stop()
