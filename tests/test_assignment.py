@@ -7,6 +7,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 import pipeline.camera_open as camera_open_module
 from pipeline.assignment import CameraSupervisor
@@ -280,9 +281,13 @@ def seqs_of(client, cam):
     return [int(f[b"seq"]) for _, f in client.xrange(KEYS.detections(cam))]
 
 
-def test_a_paused_replica_stops_its_camera_and_its_late_results_are_refused(redis_server, monkeypatch):
+@pytest.mark.parametrize("frozen_in", ["detect", "publish"])
+def test_a_paused_replica_stops_its_camera_and_its_late_results_are_refused(redis_server, monkeypatch, frozen_in):
     """The supervisor's event loop is frozen past the TTL (a paused process) while another owner
-    takes the lease: when it wakes up it stops the camera first, and nothing it still had lands."""
+    takes the lease: when it wakes up it stops the camera, and nothing it still had lands. Frozen
+    in a frame's detect, that frame is either cancelled by the stop or refused by the lease check
+    (whichever the loop runs first); frozen as it hands a frame to the publisher, the frame is
+    queued before the supervisor runs again, and the lease check must refuse it."""
     warm_imports()
     client = redis_server.client()
     monkeypatch.setattr(camera_open_module, "open_capture", lambda camera, url, **kw: LiveCapture())
@@ -290,13 +295,26 @@ def test_a_paused_replica_stops_its_camera_and_its_late_results_are_refused(redi
     config = PerceptConfig(tracker={"enabled": False})
     frozen, woke, pause_next = threading.Event(), [], threading.Event()
 
-    async def detect_then_pause(inp):
+    def pause_here():
         if pause_next.is_set():  # the loop freezes with this frame in flight: it must not land
             pause_next.clear()
             frozen.set()
             hold(4.5, "the supervisor's event loop paused past the lease TTL")
             woke.append(time.monotonic())
+
+    async def detect_then_pause(inp):
+        if frozen_in == "detect":
+            pause_here()
         return await moving_car(inp)
+
+    publish = pub.publish
+
+    def pause_then_publish(result, *args):
+        if frozen_in == "publish":
+            pause_here()
+        publish(result, *args)
+
+    monkeypatch.setattr(pub, "publish", pause_then_publish)
 
     async def start_camera(cam):
         return await camera_open_module.open_camera(cam, config=config, publisher=pub, detect=detect_then_pause,
@@ -319,7 +337,9 @@ def test_a_paused_replica_stops_its_camera_and_its_late_results_are_refused(redi
         assert sup.status()["fencing"]["duplicates"] == {}
         wait_for(lambda: pub.flush(0.1), 10, "the publisher done with what it had")
         assert client.xlen(KEYS.detections("p")) == taken, "a result landed after the lease was taken"
-        assert pub.stats.fenced["p"] > 0  # the frame in flight during the pause was refused, not published
+        assert pub.stats.published["p"] == taken
+        if frozen_in == "publish":  # the frame handed over after the pause was refused, not published
+            assert pub.stats.fenced["p"] > 0, f"publisher stats: {pub.stats}"
         assert client.get(KEYS.lease("p")) == b"other"
     finally:
         bg.stop()
