@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .bytetrack import MAX_BUFFER, Boxes, byte_tracker_class, merge_duplicates
+from .bytetrack import MAX_BUFFER, Boxes, merge_duplicates
 from .config import TrackerConfig
 from .schema import Detections, FrameMeta
 
@@ -93,7 +93,9 @@ class ObjectTracker:
             match_thresh=cfg.match_thresh,
             fuse_score=cfg.fuse_score,
         )
-        self._tracker = byte_tracker_class()(args)
+        from .bytetrack_class import ByteTrack  # on first use: importing ultralytics takes a second
+
+        self._tracker = ByteTrack(args)
         self.cfg = cfg
         self.track_buffer = cfg.track_buffer
         self._class_ids: dict[str, int] = dict(categories or {})
