@@ -77,18 +77,22 @@ class Subscriber:
         eid = last[0][0]
         return eid.decode() if isinstance(eid, bytes) else eid
 
-    def _create_groups(self, start: str) -> None:
+    def _create_groups(self, start: str | dict[str, str]) -> None:
         for stream in self.streams:
             try:
-                self.client.xgroup_create(stream, self.group, id=start, mkstream=True)
+                self.client.xgroup_create(stream, self.group, id=start if isinstance(start, str) else start[stream],
+                                          mkstream=True)
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
     def _recreate_groups(self) -> bool:
-        """The groups made again (after Redis lost them); False if Redis cannot do it now."""
+        """The groups made again (after Redis lost them); False if Redis cannot do it now. Each
+        starts after the last entry read from its stream, or at its beginning if none was: what a
+        stream holds now came after what was consumed (the publisher's outage buffer lands as
+        soon as Redis is back, likely before this read; "$" would skip it)."""
         try:
-            self._create_groups(self._start)
+            self._create_groups({s: "0" if self._last[s] in ("$", ">") else self._last[s] for s in self.streams})
         except redis.RedisError as exc:
             if not redis_unavailable(exc):
                 raise
@@ -127,7 +131,7 @@ class Subscriber:
                 )
                 cursor, claimed = reply[0], reply[1]
                 out.extend(self._decode(stream, claimed))
-                if cursor in (b"0-0", "0-0") or not claimed:
+                if cursor in (b"0-0", "0-0"):  # one call scans at most 10 × COUNT: none claimed is not the end
                     break
         return out
 

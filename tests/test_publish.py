@@ -178,6 +178,23 @@ def test_consumer_group_acks_resumes_and_reclaims(redis_server):
     pub.close()
 
 
+def test_a_dead_consumers_entries_are_claimed_behind_a_thousand_fresh_ones(redis_server):
+    """XAUTOCLAIM scans at most 10 × COUNT pending entries a call: a call that claims nothing
+    (the oldest 1050 were just taken over, not idle) is not the end of the scan."""
+    client = redis_server.client()
+    stream = KEYS.detections("cam")
+    for s in range(1100):
+        client.xadd(stream, {"json": json.dumps({"camera": "cam", "seq": s})})
+    client.xgroup_create(stream, "g", id="0")
+    assert len(client.xreadgroup("g", "dead", {stream: ">"}, count=1100)[0][1]) == 1100
+    ids = [eid for eid, _ in client.xrange(stream)]
+    client.xclaim(stream, "g", "alive", 0, ids[:1050], idle=0)  # taken over just now: not idle
+    client.xclaim(stream, "g", "dead", 0, ids[1050:], idle=600_000)  # idle for 10 minutes
+    b = Subscriber(client, KEYS, ["cam"], group="g", consumer="b", block_ms=100, claim_idle_ms=300_000)
+    claimed = [m.payload["seq"] for m in b.messages(limit=50, idle_timeout_s=1)]
+    assert claimed == list(range(1050, 1100))
+
+
 def test_plain_subscriber_from_start_and_new_only(redis_server):
     pub = publisher(redis_server)
     pub.publish(result(0))
