@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import HTTPException
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from pipeline.config_view import ViewConfig
 from pipeline.registry import CameraRegistry
@@ -28,6 +29,9 @@ PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 BOUNDARY = "percept-frame"
 FIRST_FRAME_S = 6.0  # how long a snapshot waits for the first frame of a camera nobody watched
 IDS_FRESH_S = 2.0  # the camera list is read again after this long (and on a miss)
+# an MJPEG response ends when its camera reaches one of these ("pending": its state is gone,
+# the camera was removed); it goes on through "connecting" and "reconnecting"
+ENDED_STATES = ("stopped", "failed", "pending")
 
 
 def last_frames(client: Any, keys: StreamKeys, ids: list[str], now: float) -> dict[str, dict[str, Any]]:
@@ -112,6 +116,14 @@ class LiveView:
         state, error = (v.decode() if v else None for v in out[2]) if with_state else ("online", None)
         return out[1], state or "pending", error
 
+    def _watch_again(self, camera_id: str) -> bool:
+        """The camera marked watched again, unless it stopped, failed or was removed (False)."""
+        state = self.client.hget(self.keys.camera(camera_id), "state")
+        if (state.decode() if state else "pending") in ENDED_STATES:
+            return False
+        self.client.set(self.keys.view_want(camera_id), b"1", px=int(self.cfg.watch_ttl_s * 1000))
+        return True
+
     def _unavailable(self, camera_id: str, state: str, error: str | None) -> HTTPException:
         retry = "1" if state in ("connecting", "pending", "online") else "5" if state in ("failed", "stopped") else "2"
         detail = {"message": f"camera {camera_id!r} is {state}: no live image", "camera": camera_id,
@@ -136,22 +148,34 @@ class LiveView:
         return Response(jpeg, media_type="image/jpeg", headers=_frame_headers(jpeg))
 
     async def live(self, camera_id: str) -> StreamingResponse:
-        """``multipart/x-mixed-replace``: a part per new frame."""
+        """``multipart/x-mixed-replace``: a part per new frame. Its place among
+        ``view.max_streams`` is taken here, before the response starts (so viewers arriving
+        together cannot all pass the check), and given back when the response ends, whether or
+        not its parts were ever asked for."""
         await self._known(camera_id)
         if self.streams >= self.cfg.max_streams:  # what stalled clients can pile up stays bounded
             raise HTTPException(429, detail={"message": f"{self.streams} live streams already (view.max_streams); "
                                              "poll /cameras/{id}/snapshot instead", "camera": camera_id},
                                 headers={"Retry-After": "10"})
-        _, state, error = await asyncio.to_thread(self._watch, camera_id, True)
-        if state != "online":
-            raise self._unavailable(camera_id, state, error)
-        return StreamingResponse(self._parts(camera_id), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+        self.streams += 1
+        place = _Place(self)
+        try:
+            _, state, error = await asyncio.to_thread(self._watch, camera_id, True)
+            if state != "online":
+                raise self._unavailable(camera_id, state, error)
+        except BaseException:
+            place.release()
+            raise
+        return StreamingResponse(self._parts(camera_id, place), background=BackgroundTask(place.release),
+                                 media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
                                  headers={"Cache-Control": "no-store"})
 
-    async def _parts(self, camera_id: str) -> AsyncIterator[bytes]:
+    async def _parts(self, camera_id: str, place: "_Place") -> AsyncIterator[bytes]:
         """Polls at twice ``view.fps`` (a frame is never missed through aliasing) the first bytes
-        of the JPEG (its comment names the frame) and fetches a frame only when it is new."""
-        self.streams += 1
+        of the JPEG (its comment names the frame) and fetches a frame only when it is new. Ends
+        after ``view.stream_max_s``, or when the camera is stopped, failed or removed (its state
+        is read each time the camera is marked watched again): a viewer of a camera gone must
+        not keep it watched nor hold a place other cameras' viewers need."""
         try:
             poll = 0.5 / self.cfg.fps
             end = time.monotonic() + self.cfg.stream_max_s
@@ -159,7 +183,8 @@ class LiveView:
             while time.monotonic() < end:
                 started = time.monotonic()
                 if started - watched_at >= self.cfg.watch_ttl_s / 3:
-                    await asyncio.to_thread(self._watch, camera_id)
+                    if not await asyncio.to_thread(self._watch_again, camera_id):
+                        return
                     watched_at = started
                 head = await asyncio.to_thread(self.client.getrange, self.keys.view_jpeg(camera_id), 0, 127)
                 if head and (jpeg_comment(head) or head) != last:
@@ -169,7 +194,19 @@ class LiveView:
                         yield _part(jpeg)
                 await asyncio.sleep(max(0.0, poll - (time.monotonic() - started)))
         finally:
-            self.streams -= 1
+            place.release()
+
+
+class _Place:
+    """One MJPEG response's place among ``view.max_streams``, given back once."""
+
+    def __init__(self, view: LiveView):
+        self._view: LiveView | None = view
+
+    def release(self) -> None:
+        if self._view is not None:
+            self._view.streams -= 1
+            self._view = None
 
 
 def _part(jpeg: bytes) -> bytes:

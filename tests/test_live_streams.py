@@ -1,0 +1,80 @@
+"""MJPEG responses of the live view (deployments/live.py) against a real redis-server, without
+the graph: ``view.max_streams`` holds when viewers arrive together, a place is given back however
+a response ends, and a stream ends when its camera stops or is removed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from fastapi import HTTPException
+
+from deployments.live import LiveView
+from pipeline.config import CameraConfig
+from pipeline.config_view import ViewConfig
+from pipeline.registry import CameraRegistry
+from pipeline.streams import StreamKeys
+from pipeline.view import encode_jpeg
+
+KEYS = StreamKeys("lstream")
+
+
+def online_camera(client, registry, cid: str) -> None:
+    registry.add(CameraConfig(id=cid, url=f"rtsp://cam/{cid}"))
+    client.hset(KEYS.camera(cid), mapping={"state": "online"})
+    jpeg = encode_jpeg(np.zeros((48, 64, 3), np.uint8), comment=f"percept camera={cid} seq=1 ts=1.000")
+    client.set(KEYS.view_jpeg(cid), jpeg, px=60_000)
+
+
+def test_viewers_arriving_together_stay_within_max_streams_and_give_their_place_back(redis_server):
+    client = redis_server.client()
+    registry = CameraRegistry(client, KEYS)
+    online_camera(client, registry, "door")
+    live = LiveView(ViewConfig(max_streams=2), client, KEYS, registry)
+
+    async def main():
+        answers = await asyncio.gather(*(live.live("door") for _ in range(5)), return_exceptions=True)
+        accepted = [a for a in answers if not isinstance(a, Exception)]
+        refused = [a for a in answers if isinstance(a, HTTPException)]
+        assert len(accepted) == 2 and len(refused) == 3, answers
+        assert all(r.status_code == 429 for r in refused)
+        assert live.streams == 2
+        parts = accepted[0].body_iterator
+        assert b"X-Percept-Frame: percept camera=door seq=1" in await parts.__anext__()
+        await parts.aclose()  # the viewer went away mid-stream
+        assert live.streams == 1
+        await accepted[1].background()  # a response whose parts were never asked for ended
+        assert live.streams == 0
+        await accepted[0].background()  # given back once only
+        assert live.streams == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ["stopped", "removed"])
+def test_a_stream_ends_when_its_camera_stops_or_is_removed(redis_server, how):
+    client = redis_server.client()
+    registry = CameraRegistry(client, KEYS)
+    online_camera(client, registry, "door")
+    live = LiveView(ViewConfig(max_streams=1, watch_ttl_s=1), client, KEYS, registry)
+
+    async def main():
+        parts = (await live.live("door")).body_iterator
+        await parts.__anext__()
+        if how == "stopped":
+            client.hset(KEYS.camera("door"), "state", "stopped")
+        else:  # DELETE /cameras/door: the entry and, once the decoder let go, the camera's keys
+            registry.remove("door")
+            client.delete(KEYS.view_jpeg("door"), KEYS.view_want("door"), KEYS.camera("door"))
+
+        async def drain():
+            return [p async for p in parts]
+
+        rest = await asyncio.wait_for(drain(), 10)  # well within stream_max_s (600 s)
+        assert rest == []
+        assert live.streams == 0
+        if how == "removed":
+            assert not client.exists(KEYS.view_want("door")), "a removed camera is marked watched again"
+
+    asyncio.run(main())
