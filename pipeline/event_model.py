@@ -61,6 +61,7 @@ class Sighting(NamedTuple):
     zones: list[str]  # the zones its anchor is in
     lines: list[tuple[str, int]]  # lines crossed since the last sighting: +1 in, -1 out
     sides: dict[str, list[float]]  # line → the last anchor point outside its band (`OpenTrack.sides`)
+    seeded: list[str]  # lines whose side is still the track's first point (`OpenTrack.seeded`)
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,13 @@ class OpenTrack:
     n: dict[str, int] = field(default_factory=dict)  # kind → events of that kind so far
     # line → the last anchor point outside the line's band (hysteresis): crossings are judged from it
     sides: dict[str, list[float]] = field(default_factory=dict)
+    # lines whose side point is still the track's first point, inside the band: it gives the side
+    # until the track is seen clear of the band
+    seeded: list[str] = field(default_factory=list)
 
     def forget_anchor(self) -> None:
         """Judge no crossing from the points known so far (the anchor or the frame size changed)."""
-        self.anchor, self.sides = None, {}
+        self.anchor, self.sides, self.seeded = None, {}, []
 
     @property
     def label(self) -> str:

@@ -102,6 +102,7 @@ class EventEngine:
         for tr in self._tracks.values():
             tr.zones = {z: t for z, t in tr.zones.items() if z in self.zones}
             tr.sides = {line: p for line, p in tr.sides.items() if line in self.lines}
+            tr.seeded = [line for line in tr.seeded if line in self.lines]
             if anchor_changed:
                 tr.forget_anchor()
 
@@ -162,44 +163,54 @@ class EventEngine:
         inside = {name: points_in_polygon(anchors, poly) for name, poly in geo.zones.items()}
         first = {t: np.round(geo.anchors(np.round(np.asarray(origins[t], np.float64), 1).reshape(1, 4)), 1).reshape(2)
                  for t in order if t not in self._tracks and origins and t in origins}
-        crossed, sides = self._crossings(order, boxes, anchors, first, geo)
+        crossed, sides, seeded = self._crossings(order, boxes, anchors, first, geo)
         for k, (tid, box, anchor, centre) in enumerate(zip(order, boxes.tolist(), anchors.tolist(), centres.tolist())):
             zones_in = [name for name, mask in inside.items() if mask[k]]
-            seen = Sighting(present[tid], box, anchor, centre, zones_in, crossed[k], sides[k])
+            seen = Sighting(present[tid], box, anchor, centre, zones_in, crossed[k], sides[k], seeded[k])
             self._sighting(tid, result, seen, events)
         return events
 
     def _crossings(self, order: list[int], boxes: np.ndarray, anchors: np.ndarray,
                    first: Mapping[int, np.ndarray], geo: Geometry
-                   ) -> tuple[list[list[tuple[str, int]]], list[dict[str, list[float]]]]:
+                   ) -> tuple[list[list[tuple[str, int]]], list[dict[str, list[float]]], list[list[str]]]:
         """For each present track (``order``): the lines it crossed since its last sighting
-        outside each line's band (+1 in, -1 out), and its new `OpenTrack.sides`. A new track's
-        movement starts at its ``first`` point (where the tracker first saw it) or here."""
+        outside each line's band (+1 in, -1 out), its new `OpenTrack.sides` and `OpenTrack.seeded`.
+        A new track's movement starts at its ``first`` point (where the tracker first saw it) or
+        here; that point gives its side even inside the band, until it is seen clear of it."""
         crossed: list[list[tuple[str, int]]] = [[] for _ in order]
         sides: list[dict[str, list[float]]] = [{} for _ in order]
+        seeded: list[list[str]] = [[] for _ in order]
         for name, seg in geo.lines.items():
             origins = [self._line_origin(t, name, first.get(t, anchors[k])) for k, t in enumerate(order)]
             prev = np.array([point for point, _ in origins])
             bands = line_bands(boxes, seg, self.line_margin)
             clear_now = np.abs(line_offsets(anchors, seg)) >= bands
-            clear_before = (np.abs(line_offsets(prev, seg)) >= bands) | np.array([seed for _, seed in origins])
+            clear_prev = np.abs(line_offsets(prev, seg)) >= bands
+            clear_before = clear_prev | np.array([seed for _, seed in origins])
             signs = line_crossings(prev, anchors, seg) * (clear_now & clear_before)
             for k in range(len(order)):
                 if signs[k]:
                     crossed[k].append((name, int(signs[k])))
-                if clear_now[k] or clear_before[k]:
-                    sides[k][name] = (anchors[k] if clear_now[k] else prev[k]).tolist()
-        return crossed, sides
+                if clear_now[k]:
+                    sides[k][name] = anchors[k].tolist()
+                elif clear_before[k]:
+                    sides[k][name] = prev[k].tolist()
+                    if not clear_prev[k]:  # still only its first point: it keeps giving the side
+                        seeded[k].append(name)
+        return crossed, sides, seeded
 
     def _line_origin(self, tid: int, line: str, first: np.ndarray) -> tuple[Any, bool]:
         """Where a track's movement against ``line`` starts, and whether that point has a side
         even inside the band: its last point outside the band, else its last anchor point; for
         a new track (or one whose anchor was forgotten) ``first``, which gives its side wherever
-        it is (a track that appears on a line and walks off it counts as before hysteresis)."""
+        it is, as long as the track is not seen clear of the band (a track that appears on a
+        line and walks off it counts as before hysteresis)."""
         tr = self._tracks.get(tid)
         if tr is None or tr.anchor is None:
             return first, True
-        return tr.sides.get(line, tr.anchor), False
+        if line in tr.sides:
+            return tr.sides[line], line in tr.seeded
+        return tr.anchor, False
 
     def _sighting(self, tid: int, result: FrameResult, seen: Sighting, events: list[Event]) -> None:
         meta, dets, i = result.meta, result.objects, seen.index
@@ -210,7 +221,7 @@ class EventEngine:
                 id=tid, category=dets.categories[i], labels={dets.labels[i]: 1}, first_ts=meta.frame_ts,
                 last_ts=meta.frame_ts, last_frame=self._frame, frames=1, best_score=float(dets.scores[i]),
                 attributes=attrs, anchor=seen.anchor, first=seen.centre, last=seen.centre, path=[seen.centre],
-                sides=seen.sides,
+                sides=seen.sides, seeded=seen.seeded,
             )
             self._emit(events, self._event(tr, "track_start", meta.seq, meta.frame_ts, bbox=tuple(seen.box),
                                            attributes=dict(attrs)))
@@ -218,7 +229,7 @@ class EventEngine:
             tr.labels[dets.labels[i]] = tr.labels.get(dets.labels[i], 0) + 1
             tr.last_ts, tr.last_frame, tr.frames = meta.frame_ts, self._frame, tr.frames + 1
             tr.best_score = max(tr.best_score, float(dets.scores[i]))
-            tr.anchor, tr.sides = seen.anchor, seen.sides
+            tr.anchor, tr.sides, tr.seeded = seen.anchor, seen.sides, seen.seeded
             tr.add_centre(seen.centre)
             changed = any(name not in tr.attributes or label_of(tr.attributes[name]) != label_of(v)
                           for name, v in attrs.items())
@@ -302,6 +313,7 @@ class EventEngine:
                 tr.id, tr.last_frame, tr.frames, tr.stride = int(tr.id), int(tr.last_frame), int(tr.frames), int(tr.stride)
                 tr.zones = {z: float(t) for z, t in tr.zones.items() if z in engine.zones}
                 tr.sides = {line: [float(v) for v in p] for line, p in tr.sides.items() if line in engine.lines}
+                tr.seeded = [str(line) for line in tr.seeded if line in engine.lines]
                 engine._tracks[tr.id] = tr
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed event state of camera {camera!r}: {exc!r}") from None

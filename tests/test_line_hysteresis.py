@@ -76,3 +76,16 @@ def test_the_margin_changes_at_runtime_and_is_validated():
     with pytest.raises(ValidationError) as err:
         CameraConfig(id="c", url="a.mp4", line_margin=-0.5)
     assert format_validation_error(err.value)[0].startswith("line_margin: ")
+
+
+def test_a_track_first_seen_on_a_line_takes_that_side_until_it_is_seen_clear_of_the_band():
+    engine = EventEngine("cam", lines=STOP)
+    assert crossings(run(engine, car_frames([51, 49.5, 30]))) == [(3, "in")]  # first seen 1 px below
+    # a change of owner while the track is still on the line keeps the side it was first seen on
+    first = EventEngine("cam", lines=STOP)
+    run(first, car_frames([51]))
+    second = EventEngine.restore(json.loads(json.dumps(first.snapshot())), "cam", lines=STOP)
+    assert crossings(run(second, car_frames([30], start=2))) == [(2, "in")]
+    # once seen clear of the band, the first point no longer counts: jitter on the line is nothing
+    engine = EventEngine("cam", lines=STOP)
+    assert crossings(run(engine, car_frames([51, 80, 49.2, 50.8, 49.4]))) == []
