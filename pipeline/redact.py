@@ -9,7 +9,10 @@ from urllib.parse import unquote
 # everything up to the last "@" of the URL: a password with "@", "/", "?" or "#" left unescaped
 # is scrubbed whole too (a path with "@" in it loses its host in the text: the safe side)
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s'\"]*@)")
-_QUERY_SECRET = re.compile(r"(?i)([?&;](?:password|passwd|pwd|pass|token|auth|apikey|api_key)=)[^&#;\s'\"]*")
+# a query parameter named for a secret, alone or after a prefix ending in "_", "-" or "."
+# (access_token, client_secret, stream_key, X-Amz-Signature): its value is scrubbed
+_QUERY_SECRET = re.compile(r"(?i)([?&;](?:[\w.-]*[_.-])?(?:password|passwd|pwd|pass|token|auth|apikey|api_key|secret|key"
+                           r"|signature|sig|credential)=)[^&#;\s'\"]*")
 _PASSWORD_ARG = re.compile(r"(?i)\b(password|passwd|requirepass)(['\"]?\s*[=:]\s*)(\S+)")
 
 

@@ -211,6 +211,8 @@ def test_a_password_in_the_query_string_is_refused_too():
                           "http://cam/video.cgi?user=admin&pwd=${CAM_C_PASSWORD}&token=${CAM_C_PASSWORD} "), err
     assert "Qz9k" not in err and "Tk7" not in err
     assert parse_config({"cameras": [{"id": "c", "url": "http://cam/v.cgi?pwd=${PW}&ch=1"}]}, env={}).cameras
+    (err,) = errors_of({"cameras": [{"id": "c", "url": "https://cams.example/live.m3u8?access_token=SUPER7"}]})
+    assert "inline password refused" in err and "SUPER7" not in err, err
 
 
 def test_config_errors_never_quote_credentials():

@@ -30,6 +30,12 @@ def test_query_string_passwords_and_known_secrets_are_hidden():
 
     assert redact_url("rtsp://h/s?user=a&password=xyz&ch=1") == "rtsp://h/s?user=a&password=***&ch=1"
     assert redact_url("http://h/cgi?pwd=abc") == "http://h/cgi?pwd=***"
+    # named for a secret after a prefix, or secret-like names beyond passwords and tokens
+    assert redact_url("https://c/live.m3u8?access_token=T0K&x=1") == "https://c/live.m3u8?access_token=***&x=1"
+    assert redact_url("http://c/v.cgi?user=admin&secret=S3C") == "http://c/v.cgi?user=admin&secret=***"
+    assert redact("GET https://b/o?X-Amz-Signature=ab12&stream_key=k9&key=k1 failed") == (
+        "GET https://b/o?X-Amz-Signature=***&stream_key=***&key=*** failed")
+    assert redact_url("http://c/v?monkey=1&passage=2&keys=3") == "http://c/v?monkey=1&passage=2&keys=3"  # other words
     secrets = url_secrets("rtsp://u:p%2Fq9@h/s")
     assert set(secrets) == {"p%2Fq9", "p/q9"} and url_secrets("rtsp://h/s") == ()
     assert redact("cast 'p/q9' failed", secrets) == "cast '***' failed"
