@@ -10,17 +10,18 @@ import os
 import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import quote
 
-from pipeline.config import RUNTIME_FIELDS
+from pipeline.config import CONFIG_ERROR_EXIT_CODE, RUNTIME_FIELDS
 
-from .common import EXIT_UNAVAILABLE, api_url_arg, call_api, fail, unreachable
+from .common import EXIT_UNAVAILABLE, api_url_arg, call_api, fail, number_arg, unreachable
 
 
 def register(sub: Any) -> None:
     cams = sub.add_parser("cameras", help="list, add or remove cameras of a running graph")
     cams.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"), type=api_url_arg,
                       help="the graph's HTTP address (default: PERCEPT_API or http://127.0.0.1:8000)")
-    cams.add_argument("--wait", type=float, default=60.0,
+    cams.add_argument("--wait", type=number_arg(float, 0.0), default=60.0,
                       help="seconds to keep retrying while the graph's Redis is unreachable (default 60)")
     cam_sub = cams.add_subparsers(dest="action", required=True)
     cam_sub.add_parser("ls", help="cameras with state, fps, drops and lag")
@@ -49,8 +50,8 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
         return "POST", "/cameras", {"id": args.id, "url": args.url, "fps": args.fps, "loop": args.loop}
     if args.action == "zones":
         changes = {k: getattr(args, k) for k in RUNTIME_FIELDS if getattr(args, k) is not None}
-        return "PUT", f"/cameras/{args.id}", changes
-    return "DELETE", f"/cameras/{args.id}", None
+        return "PUT", f"/cameras/{quote(args.id, safe='')}", changes
+    return "DELETE", f"/cameras/{quote(args.id, safe='')}", None
 
 
 def _call(args: argparse.Namespace) -> tuple[int, Any]:
@@ -69,7 +70,7 @@ def _cameras(args: argparse.Namespace) -> int:
         detail = data.get("detail", "") if isinstance(data, dict) else data
         lines = detail if isinstance(detail, list) else [detail]
         return fail(f"{args.action} {getattr(args, 'id', '')}: HTTP {status}: " + "; ".join(map(str, lines)),
-                    EXIT_UNAVAILABLE if status == 503 else 1)
+                    EXIT_UNAVAILABLE if status == 503 else CONFIG_ERROR_EXIT_CODE if 400 <= status < 500 else 1)
     if args.action == "ls":
         for cam in data:
             lag = "-" if cam["lag_s"] is None else f"{cam['lag_s']:.1f} s"

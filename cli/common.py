@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import sys
 import time
@@ -106,17 +107,25 @@ def api_url_arg(value: str) -> str:
     return value
 
 
+def _refused(exc: BaseException) -> bool:
+    return isinstance(exc, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError))
+
+
 class RedisOutage:
     """One line when Redis goes away (``redis unreachable at … — retrying``), one when it is
-    back; foreground loops call `attempt` and carry on with ``default`` meanwhile."""
+    back; foreground loops call `attempt` and carry on with ``default`` meanwhile. Credentials
+    Redis refuses are no outage: `attempt` raises them, unless ``carry_on_refused`` (a command
+    whose own work goes on without Redis, as `percept run`'s console), which says so instead."""
 
-    def __init__(self, url: str | None):
+    def __init__(self, url: str | None, *, carry_on_refused: bool = False):
         self.where = redact_url(url or "?")
         self.down = False
+        self.carry_on_refused = carry_on_refused
 
     def notice(self, exc: Exception | None) -> None:
         if exc is not None and not self.down:
-            print(f"percept: redis unreachable at {self.where} — retrying ({redact(type(exc).__name__)})",
+            what = "refuses our credentials" if not redis_unavailable(exc) else "unreachable"
+            print(f"percept: redis {what} at {self.where} — retrying ({redact(type(exc).__name__)})",
                   file=sys.stderr, flush=True)
             self.down = True
         elif exc is None and self.down:
@@ -127,7 +136,7 @@ class RedisOutage:
         try:
             value = fn()
         except redis.RedisError as exc:
-            if not redis_unavailable(exc):
+            if not redis_unavailable(exc) and not (self.carry_on_refused and _refused(exc)):
                 raise
             self.notice(exc)
             return default
@@ -168,7 +177,8 @@ def request_api(api: str, method: str, path: str, data: bytes | None = None, *, 
     """(HTTP status, body, headers) of a request to the graph's ingress at ``api``. A 503 (the
     graph's Redis unavailable, a camera not publishing yet) is retried every second until
     ``wait_s`` has passed, with one line saying so; other errors are answers. An unreachable
-    ingress raises ``URLError``/``OSError``."""
+    ingress, or one that does not answer HTTP (``--api`` naming Redis's port), raises
+    ``URLError``/``OSError``."""
     url = api.rstrip("/") + path
     deadline = time.monotonic() + wait_s
     said = False
@@ -177,6 +187,8 @@ def request_api(api: str, method: str, path: str, data: bytes | None = None, *, 
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
                 return resp.status, resp.read(), resp.headers
+        except http.client.HTTPException as exc:  # not an HTTP server (BadStatusLine, …)
+            raise urllib.error.URLError(f"not an HTTP answer ({type(exc).__name__}: {exc})") from None
         except urllib.error.HTTPError as exc:
             raw = exc.read() or b""
             if exc.code != 503 or time.monotonic() >= deadline:

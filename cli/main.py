@@ -16,13 +16,16 @@ import sys
 import warnings
 from typing import Sequence
 
+import redis
+
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
+from pipeline.redact import redact
 
 from . import bench, build, cameras, demo, run, subscribe, top
 from . import eval as eval_cmd
 from . import explain as explain_cmd
 from . import models as models_cmd
-from .common import fail
+from .common import EXIT_UNAVAILABLE, fail
 
 COMMANDS = (run, demo, build, cameras, subscribe, top, bench, eval_cmd, models_cmd, explain_cmd)
 NOISY_LOGGERS = ("ray", "ray.serve", "ray.data", "ray.tune", "ultralytics", "filelock", "urllib3")
@@ -66,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
+    except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+        return fail(f"redis refused our credentials: {redact(str(exc))} (check redis.url / PERCEPT_REDIS_URL)",
+                    EXIT_UNAVAILABLE)
 
 
 if __name__ == "__main__":

@@ -21,16 +21,17 @@ import sys
 import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import quote
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE
 
-from .common import EXIT_UNAVAILABLE, api_url_arg, call_api, fail, unreachable
+from .common import EXIT_UNAVAILABLE, api_url_arg, call_api, fail, number_arg, unreachable
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"), type=api_url_arg,
                    help="the running graph's HTTP address (default: PERCEPT_API or http://127.0.0.1:8000)")
-    p.add_argument("--wait", type=float, default=60.0,
+    p.add_argument("--wait", type=number_arg(float, 0.0), default=60.0,
                    help="seconds to keep retrying while the graph's Redis is unreachable (default 60)")
 
 
@@ -46,7 +47,8 @@ def _swap_parser(actions: Any) -> argparse.ArgumentParser:
         p.add_argument("--name", help="which one, when the config has several (its name: detector-NAME, "
                        "classifier-CATEGORY-NAME)")
         p.add_argument("--card", help="model card of a plain network (default: the shipped card, if any)")
-        p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every replica (default 300)")
+        p.add_argument("--timeout", type=number_arg(float, 1.0, 86_400.0), default=300.0,
+                       help="seconds to wait for every replica (default 300)")
         _api_args(p)
         p.set_defaults(func=_swap)
     return s
@@ -86,7 +88,7 @@ def _swap(args: argparse.Namespace) -> int:
     body = {"weights": weights, "card": card, "timeout_s": args.timeout}
     print(f"percept: checking {weights} for {deployment}, then rolling it out", file=sys.stderr, flush=True)
     try:
-        status, answer = _call(args, "PUT", f"/models/{deployment}", body, timeout=args.timeout + 120)
+        status, answer = _call(args, "PUT", f"/models/{quote(deployment, safe='')}", body, timeout=args.timeout + 120)
     except (urllib.error.URLError, OSError) as exc:
         return unreachable(args.api, exc)
     if status >= 400:

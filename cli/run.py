@@ -148,7 +148,7 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
             f"replica logs in {logs}")
         say(ingress_line(config))
         client = redis_from_config(config.redis)
-        outage = RedisOutage(config.redis.url)
+        outage = RedisOutage(config.redis.url, carry_on_refused=True)
         return monitor_cameras(client, StreamKeys(config.redis.stream_prefix), [c.id for c in config.cameras],
                                duration=duration, show=monitor, outage=outage)
     return 0

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import load_config
+from pipeline.config import CONFIG_ERROR_EXIT_CODE, load_config
 from pipeline.redact import redact, redact_url
 
 from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, POSITIVE_INT, RedisOutage, fail, number_arg, redis_url_arg
@@ -66,6 +66,8 @@ def _subscribe(args: argparse.Namespace) -> int:
     from pipeline.streams import StreamKeys, connect_redis, redis_from_config
     from pipeline.subscribe import Subscriber
 
+    if args.consumer and not args.group:
+        return fail("subscribe: --consumer needs --group (a consumer is a member of a group)", CONFIG_ERROR_EXIT_CODE)
     try:
         url, prefix, redis_cfg = _redis_source(args)
     except FileNotFoundError as exc:

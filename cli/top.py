@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 from pipeline.redact import redact
 
-from .common import EXIT_UNAVAILABLE, RedisOutage, fail, redis_url_arg
+from .common import EXIT_UNAVAILABLE, POSITIVE_INT, RedisOutage, fail, number_arg, redis_url_arg
 
 CLEAR = "\x1b[H\x1b[2J"
 WINDOW_S = 30.0  # deployment numbers: over the last this many seconds (since start with --once)
@@ -38,10 +38,10 @@ def register(sub: Any) -> None:
     t.add_argument("--prefix", help="stream prefix (default: config or 'percept')")
     t.add_argument("--metrics", action="append", metavar="URL",
                    help="a Ray metrics endpoint, http://host:port/metrics (repeatable; default: advertised in Redis)")
-    t.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
-    t.add_argument("--samples", type=int, default=50, help="stream entries per camera for e2e p50/p95 (default 50)")
+    t.add_argument("--interval", type=number_arg(float, 0.1), default=1.0, help="seconds between refreshes (default 1)")
+    t.add_argument("--samples", type=POSITIVE_INT, default=50, help="stream entries per camera for e2e p50/p95 (default 50)")
     t.add_argument("--once", action="store_true", help="print one snapshot and exit")
-    t.add_argument("--duration", type=float, help="stop after this many seconds")
+    t.add_argument("--duration", type=number_arg(float, 0.0), help="stop after this many seconds")
     t.set_defaults(func=_top)
 
 

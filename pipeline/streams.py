@@ -67,7 +67,11 @@ UNAVAILABLE_REPLIES = ("READONLY", "OOM", "MISCONF", "MASTERDOWN", "NOREPLICAS",
 
 
 def redis_unavailable(exc: BaseException) -> bool:
-    """Whether an error means "Redis cannot serve this now, try again" rather than a bad request."""
+    """Whether an error means "Redis cannot serve this now, try again" rather than a bad request.
+    Credentials Redis refuses (a wrong password, an ACL user without the right) are not: redis-py
+    makes them connection errors, but retrying does not mend them."""
+    if isinstance(exc, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)):
+        return False
     return isinstance(exc, _UNAVAILABLE_ERRORS) or (
         isinstance(exc, redis.ResponseError) and str(exc).startswith(UNAVAILABLE_REPLIES))
 

@@ -162,9 +162,10 @@ class Subscriber:
         on_unreachable: Callable[[Exception | None], None] | None = None,
     ) -> Iterator[Message]:
         """Messages in stream order; with a group, first what is pending. Stops after ``limit``
-        messages, or after ``idle_timeout_s`` without any. With ``on_unreachable``, a Redis
-        outage is ridden out: it is called with the error when Redis goes away and with None
-        when it is back; reading resumes after the last entry seen (groups: pending first)."""
+        messages, or after ``idle_timeout_s`` without any (an outage counts as none). With
+        ``on_unreachable``, a Redis outage is ridden out: it is called with the error when Redis
+        goes away and with None when it is back; reading resumes after the last entry seen
+        (groups: pending first)."""
         n = 0
         backlog: list[Message] | None = None
         last_seen = time.monotonic()
@@ -185,6 +186,8 @@ class Subscriber:
                     on_unreachable(exc)
                     down = True
                 backlog = None  # after an outage a group consumer re-reads what it had not acked
+                if idle_timeout_s is not None and time.monotonic() - last_seen > idle_timeout_s:
+                    return
                 time.sleep(backoff.next())
                 continue
             if down:

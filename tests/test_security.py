@@ -48,6 +48,25 @@ def test_wrong_password_is_a_clear_error_without_the_password(tmp_path):
         assert "Not-The-Pw-7" not in out.stderr + out.stdout
 
 
+def test_a_wrong_password_is_no_outage_for_top_nor_the_api_client(tmp_path, capsys):
+    """redis-py makes a refused password a connection error: `percept top` said "unreachable —
+    retrying" forever. It exits 3 saying Redis refused the credentials, without them."""
+    from cli.main import main
+    from pipeline.streams import redis_unavailable
+
+    with EmbeddedRedis(tmp_path / "r", password="Auth-Pw-42") as server:
+        wrong = f"redis://:Not-The-Pw-7@127.0.0.1:{server.port}/0"
+        assert main(["top", "--once", "--redis", wrong]) == 3
+        err = capsys.readouterr().err
+        assert "redis refused our credentials" in err and "unreachable" not in err, err
+        assert "Not-The-Pw-7" not in err
+        import redis
+
+        with pytest.raises(redis.AuthenticationError) as refused:
+            redis.Redis.from_url(wrong).ping()
+        assert not redis_unavailable(refused.value)
+
+
 def tls_answers(proc: subprocess.Popen, port: int, ca: Path) -> bool:
     """The server completes a TLS handshake (certificate checked against ``ca``) and answers a
     PING (PONG, or NOAUTH before AUTH): it is ready."""

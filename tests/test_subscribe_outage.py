@@ -92,3 +92,25 @@ def test_a_group_reader_rides_out_a_read_only_redis_and_a_lost_group(redis_serve
     _add(client, 5, 2)  # the publisher's outage buffer lands before the reader's next read
     reader.join(15)
     assert got == [3, 4, 5, 6], got
+
+
+def test_a_reader_with_a_timeout_stops_during_an_outage(redis_server, capsys):
+    """``--timeout S`` is a deadline: an outage counts as S without messages."""
+    from cli.main import main
+    from pipeline.subscribe import Subscriber
+
+    sub = Subscriber(redis_server.client(), KEYS, ["cam"], block_ms=100)
+    redis_server.kill()
+    ended = threading.Event()
+    notices: list = []
+
+    def read() -> None:
+        list(sub.messages(idle_timeout_s=1, on_unreachable=notices.append))
+        ended.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    wait_for(ended.is_set, 20, "the reader ending 1 s into the outage (--timeout 1)")
+    assert notices and notices[0] is not None
+    # and a consumer without a group is a bad argument, said before connecting
+    assert main(["subscribe", "cam", "--consumer", "a1", "--redis", redis_server.url]) == 2
+    assert "--consumer needs --group" in capsys.readouterr().err

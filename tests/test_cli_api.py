@@ -1,0 +1,87 @@
+"""`percept cameras` / `percept models swap` against a stand-in HTTP server (pure client logic:
+what is asked, how answers become exit codes) and against a port that does not speak HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from cli.main import main
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Answers every request with ``status`` and ``body``; keeps the paths asked."""
+
+    status, body, paths = 200, {}, []
+
+    def _answer(self) -> None:
+        Recorder.paths.append((self.command, self.path))
+        raw = json.dumps(Recorder.body).encode()
+        self.send_response(Recorder.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    do_GET = do_PUT = do_DELETE = do_POST = _answer
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def api():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    Recorder.status, Recorder.body, Recorder.paths = 200, {}, []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_camera_ids_and_deployment_names_are_escaped_in_the_path(api, capsys):
+    Recorder.body = {"id": "dock#2", "removed": True}
+    assert main(["cameras", "--api", api, "rm", "dock#2"]) == 0
+    assert main(["cameras", "--api", api, "zones", "a b?", "--anchor", "center"]) == 0
+    assert main(["cameras", "--api", api, "rm", "x/../y"]) == 0
+    assert Recorder.paths == [("DELETE", "/cameras/dock%232"), ("PUT", "/cameras/a%20b%3F"),
+                              ("DELETE", "/cameras/x%2F..%2Fy")]
+    Recorder.status, Recorder.body = 404, {"detail": "no deployment"}
+    assert main(["models", "swap", "classifier", "traffic light", "w.pt", "--api", api, "--wait", "0"]) == 2
+    assert Recorder.paths[-1] == ("PUT", "/models/classifier-traffic%20light")
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_refused_camera_exits_2_and_an_unavailable_graph_3(api, capsys):
+    Recorder.status, Recorder.body = 422, {"detail": ["fps: must be >= 0, got -3.0"]}
+    assert main(["cameras", "--api", api, "add", "bad", "x.mp4", "--fps", "-3"]) == 2
+    assert "HTTP 422: fps: must be >= 0, got -3.0" in capsys.readouterr().err
+    Recorder.status, Recorder.body = 503, {"detail": "redis unavailable (ConnectionError)"}
+    assert main(["cameras", "--api", api, "--wait", "0", "ls"]) == 3
+
+
+def test_an_api_address_that_does_not_speak_http_exits_3_in_one_line(capsys):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def banner() -> None:  # as sshd or Redis would answer
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+            conn.recv(4096)
+
+    threading.Thread(target=banner, daemon=True).start()
+    try:
+        assert main(["cameras", "--api", f"http://127.0.0.1:{port}", "--wait", "0", "ls"]) == 3
+    finally:
+        listener.close()
+    err = capsys.readouterr().err
+    assert f"cannot reach http://127.0.0.1:{port}" in err and "not an HTTP answer" in err, err
+    assert "Traceback" not in err
