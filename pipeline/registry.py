@@ -116,10 +116,21 @@ class CameraRegistry:
         """The valid cameras (URLs as stored, ``${VAR}`` unexpanded)."""
         return self.read()[0]
 
-    def runnable(self, env: Mapping[str, str], publisher: Publisher) -> list[CameraConfig]:
+    def seed_if_lost(self, cameras: list[CameraConfig]) -> bool:
+        """`seed` again if Redis lost the registry (restarted without its data): the config's
+        cameras would otherwise stop everywhere until a decoder restarts. A registry seeded from
+        another config (a rolling update) is left alone. True if it wrote."""
+        return not self.client.exists(self.digest_key) and self.seed(cameras)
+
+    def runnable(self, env: Mapping[str, str], publisher: Publisher,
+                 config: list[CameraConfig] | None = None) -> list[CameraConfig]:
         """What a decoder replica runs: the valid cameras with their URLs expanded from ``env``.
         Entries that do not validate or name a variable ``env`` lacks are left out and reported
-        as ``failed`` on their camera hash, once per change (see `unreported`)."""
+        as ``failed`` on their camera hash, once per change (see `unreported`). ``config``: the
+        config's cameras, written again first if Redis lost them (`seed_if_lost`)."""
+        if config is not None and self.seed_if_lost(config):
+            log.warning("the camera registry was gone (redis restarted without its data?); the config's %d cameras "
+                        "written again (cameras added through the API are lost)", len(config))
         valid, invalid = self.read()
         cameras = []
         for cam in valid:

@@ -132,3 +132,23 @@ def test_set_geometry_changes_zones_in_place_and_validates(redis_server):
     with pytest.raises(LookupError) as err:
         reg.set_geometry("neg", {"zones": {}})
     assert "the stored entry of camera 'neg' no longer validates (fps: must be >= 0, got -2)" in str(err.value)
+
+
+def test_the_config_cameras_come_back_when_redis_loses_the_registry(redis_server):
+    """An external Redis restarted without its data: each round's read writes the config's
+    cameras again (API additions are lost with the data); a registry another config seeded is
+    not overwritten (a rolling update's old and new replicas do not fight)."""
+    client = redis_server.client()
+    reg = CameraRegistry(client, KEYS)
+    config = [CameraConfig(id="a", url="a.mp4"), CameraConfig(id="b", url="b.mp4")]
+    pub = Publisher(client, keys=KEYS, maxlen=100).start()
+    try:
+        reg.seed(config)
+        assert [c.id for c in reg.runnable({}, pub, config)] == ["a", "b"]
+        client.flushall()  # as a restart without persistence
+        assert [c.id for c in reg.runnable({}, pub, config)] == ["a", "b"]
+        newer = [CameraConfig(id="c", url="c.mp4")]
+        reg.seed(newer)  # a replica of the next config started
+        assert [c.id for c in reg.runnable({}, pub, config)] == ["c"]
+    finally:
+        pub.close()
