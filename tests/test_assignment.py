@@ -283,11 +283,10 @@ def seqs_of(client, cam):
 
 @pytest.mark.parametrize("frozen_in", ["detect", "publish"])
 def test_a_paused_replica_stops_its_camera_and_its_late_results_are_refused(redis_server, monkeypatch, frozen_in):
-    """The supervisor's event loop is frozen past the TTL (a paused process) while another owner
-    takes the lease: when it wakes up it stops the camera, and nothing it still had lands. Frozen
-    in a frame's detect, that frame is either cancelled by the stop or refused by the lease check
-    (whichever the loop runs first); frozen as it hands a frame to the publisher, the frame is
-    queued before the supervisor runs again, and the lease check must refuse it."""
+    """The supervisor's loop frozen past the TTL (a paused process) while another owner takes the
+    lease: awake, it stops the camera and nothing it had lands. Frozen in a frame's detect, that
+    frame is cancelled by the stop or refused (whichever runs first); frozen as it hands a frame
+    to the publisher, the frame is queued first and the lease check must refuse it."""
     warm_imports()
     client = redis_server.client()
     monkeypatch.setattr(camera_open_module, "open_capture", lambda camera, url, **kw: LiveCapture())
@@ -339,7 +338,7 @@ def test_a_paused_replica_stops_its_camera_and_its_late_results_are_refused(redi
         assert client.xlen(KEYS.detections("p")) == taken, "a result landed after the lease was taken"
         assert pub.stats.published["p"] == taken
         if frozen_in == "publish":  # the frame handed over after the pause was refused, not published
-            assert pub.stats.fenced["p"] > 0, f"publisher stats: {pub.stats}"
+            assert pub.stats.fenced["p"] > 0, pub.stats
         assert client.get(KEYS.lease("p")) == b"other"
     finally:
         bg.stop()
