@@ -30,6 +30,7 @@ from pipeline.config import (
 )
 from pipeline.lifecycle.swap import SwapError
 from pipeline.lifecycle.swap_service import ModelSwaps
+from pipeline.decoder_status import merged_status, read_shared_or_none
 from pipeline.redact import redact, redact_url
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys, camera_states, redis_from_config, redis_unavailable
@@ -188,7 +189,11 @@ class CameraApi:
 
     @app.get("/status")
     async def status(self) -> dict[str, Any]:
-        return await self.decoder.status.remote()
+        """The answering decoder replica's status, with every replica's cameras and a line per
+        replica from what they share in Redis (`pipeline/decoder_status.py`)."""
+        own = await self.decoder.status.remote()
+        shared = await asyncio.to_thread(read_shared_or_none, self.client, self.keys)
+        return merged_status(own, shared or [], complete=shared is not None)
 
     # --- hot swap of model weights (pipeline/lifecycle/swap.py) ---------------------------------
 

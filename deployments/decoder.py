@@ -17,6 +17,7 @@ from ray.serve.handle import DeploymentHandle
 from pipeline.assignment import CameraSupervisor
 from pipeline.camera_open import open_camera
 from pipeline.conductor import ClassifierRoute
+from pipeline.decoder_status import share_status_every
 from pipeline.config import CameraConfig, PerceptConfig
 from pipeline.frame_share import FrameLender, lending
 from pipeline.backends.crops import crop_spec
@@ -141,6 +142,8 @@ class DecoderDeployment:
         self._task = asyncio.get_running_loop().create_task(self.supervisor.run())
         self._metrics_task = asyncio.get_running_loop().create_task(decoder_metrics(
             self.metrics, self.supervisor, self.publisher, client, cfg.redis.stream_prefix))
+        # GET /status shows every replica: each shares its status in Redis (pipeline/decoder_status.py)
+        self._status_task = asyncio.get_running_loop().create_task(share_status_every(self.status, client, self.keys))
 
     async def _start_camera(self, camera: CameraConfig):
         conductor = await open_camera(
@@ -188,6 +191,7 @@ class DecoderDeployment:
 
     async def __del__(self) -> None:
         self._metrics_task.cancel()
+        self._status_task.cancel()
         await self.supervisor.stop()
         try:
             await asyncio.wait_for(self._task, timeout=20)

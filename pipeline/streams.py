@@ -7,7 +7,8 @@ Keys (a public contract, schema v1):
 - ``<prefix>:counts:<camera>`` — hash of zone/line/track counters;
 - ``<prefix>:camera:<camera>`` — the camera's state hash; ``<prefix>:status`` — state changes;
 - ``<prefix>:lease:<camera>`` — which decoder replica ingests the camera;
-- ``<prefix>:cameras`` — the runtime camera registry.
+- ``<prefix>:cameras`` — the runtime camera registry;
+- ``<prefix>:decoders`` — hash of each decoder replica's latest status (`pipeline/decoder_status.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class StreamKeys:
     @property
     def status(self) -> str:
         return f"{self.prefix}:status"
+
+    @property
+    def decoders(self) -> str:
+        return f"{self.prefix}:decoders"
 
     def lease(self, camera: str) -> str:
         return f"{self.prefix}:lease:{camera}"

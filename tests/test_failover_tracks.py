@@ -324,12 +324,12 @@ def _status(api: str) -> dict:
         return json.loads(resp.read())
 
 
-def owner_pid(api: str, camera: str) -> int:
-    """The pid of the decoder replica running ``camera`` (`/status` answers from any replica)."""
+def owner_pid(api: str, owner: str) -> int:
+    """The pid of decoder replica ``owner`` (`/status` lists every replica, whichever answers)."""
     from .waiting import wait_for
 
-    return wait_for(lambda: next((s["pid"] for s in [_status(api)] if camera in s["cameras"]), None), 30,
-                    f"the replica running {camera} answering /status")
+    return wait_for(lambda: next((d["pid"] for d in _status(api)["decoders"] if d["owner"] == owner), None), 30,
+                    f"replica {owner} listed by /status")
 
 
 def heading_for(client, keys: StreamKeys, camera: str, line_x: float, near: tuple[float, float]) -> bool:
@@ -369,10 +369,14 @@ def test_decoder_killed_while_cars_are_on_the_road(ray_session, redis_server, rt
     try:
         wait_for(lambda: client.xlen(keys.detections("road")) >= 20, 180, "the camera publishing")
         wait_for(lambda: heading_for(client, keys, "road", W / 2, (30, 100)), 120, "a car 1-3 s from the gate")
-        owner = client.get(keys.lease("road"))
-        os.kill(owner_pid(ray_session.serve_http_url + "/failover", "road"), signal.SIGKILL)
+        owner, api = client.get(keys.lease("road")), ray_session.serve_http_url + "/failover"
+        wait_for(lambda: len(_status(api)["decoders"]) == 2, 30, "/status listing both decoder replicas")
+        os.kill(owner_pid(api, owner.decode()), signal.SIGKILL)
         killed_at = time.time()
         wait_for(lambda: client.get(keys.lease("road")) not in (None, owner), 60, "another replica takes the camera")
+        new_owner = client.get(keys.lease("road")).decode()
+        wait_for(lambda: _status(api)["cameras"].get("road", {}).get("owner") == new_owner, 30,
+                 "/status showing the camera on its new replica")
         frames_then = client.xlen(keys.detections("road"))
         wait_for(lambda: client.xlen(keys.detections("road")) >= frames_then + 36, 120, "12 s of frames from it")
     finally:

@@ -1,0 +1,88 @@
+"""Every decoder replica's status in one answer (``GET /status``).
+
+A Serve handle reaches one replica per call, so each decoder replica writes its own status
+(`share_status_every`, every 2 s) to the hash ``<prefix>:decoders`` (field: its owner id), and the
+API merges what it finds there with the answering replica's live status (`merged_status`). An
+entry older than ``max_age_s`` (its replica is gone) is left out and removed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import orjson
+import redis
+
+from .streams import StreamKeys, redis_unavailable
+
+log = logging.getLogger("percept.status")
+
+SHARE_EVERY_S = 2.0
+MAX_AGE_S = 3 * SHARE_EVERY_S  # a replica that wrote nothing for this long is gone
+
+
+def share_status(client: redis.Redis, keys: StreamKeys, status: dict[str, Any], now: float) -> None:
+    client.hset(keys.decoders, status["owner"], orjson.dumps({**status, "written_at": now}, default=str))
+
+
+async def share_status_every(status: Callable[[], Awaitable[dict[str, Any]]], client: redis.Redis,
+                             keys: StreamKeys, interval_s: float = SHARE_EVERY_S) -> None:
+    """A decoder replica's task: its status written every ``interval_s`` (a Redis outage skips
+    a write, logged once)."""
+    down = False
+    while True:
+        try:
+            await asyncio.to_thread(share_status, client, keys, await status(), time.time())
+            down = False
+        except redis.RedisError as exc:
+            if not down:
+                log.warning("decoder status not shared (%s); retrying", type(exc).__name__)
+            down = True
+        await asyncio.sleep(interval_s)
+
+
+def read_shared(client: redis.Redis, keys: StreamKeys, now: float, max_age_s: float = MAX_AGE_S) -> list[dict[str, Any]]:
+    """The statuses replicas wrote within ``max_age_s`` (older ones are removed), with ``age_s``."""
+    fresh, stale = [], []
+    for owner, raw in client.hgetall(keys.decoders).items():
+        try:
+            status = orjson.loads(raw)
+            age = now - float(status.pop("written_at"))
+        except (ValueError, KeyError, TypeError):
+            stale.append(owner)
+            continue
+        if age > max_age_s:
+            stale.append(owner)
+        else:
+            fresh.append({**status, "age_s": round(max(0.0, age), 1)})
+    if stale:
+        client.hdel(keys.decoders, *stale)
+    return fresh
+
+
+def merged_status(own: dict[str, Any], shared: list[dict[str, Any]], *, complete: bool = True) -> dict[str, Any]:
+    """The answering replica's status (its own keys as before) with ``cameras`` holding every
+    replica's cameras (each with its ``owner`` and ``pid``) and ``decoders`` a line per replica.
+    ``complete``: False when the shared statuses could not be read (Redis unavailable)."""
+    replicas = [{**own, "age_s": 0.0}] + [s for s in shared if s.get("owner") != own.get("owner")]
+    cameras: dict[str, Any] = {}
+    decoders = []
+    for replica in sorted(replicas, key=lambda r: r["age_s"], reverse=True):  # the freshest wins a camera
+        for cid, cam in (replica.get("cameras") or {}).items():
+            cameras[cid] = {**cam, "owner": replica.get("owner"), "pid": replica.get("pid")}
+    for replica in replicas:
+        line = {k: v for k, v in replica.items() if k != "cameras"}
+        decoders.append({**line, "cameras": sorted(replica.get("cameras") or {})})
+    return {**own, "cameras": dict(sorted(cameras.items())), "decoders": decoders, "complete": complete}
+
+
+def read_shared_or_none(client: redis.Redis, keys: StreamKeys) -> list[dict[str, Any]] | None:
+    """`read_shared`, or None while Redis is unavailable (the answering replica's view stands)."""
+    try:
+        return read_shared(client, keys, time.time())
+    except redis.RedisError as exc:
+        if not redis_unavailable(exc):
+            raise
+        return None

@@ -1,0 +1,70 @@
+"""GET /status's merge of every decoder replica's status (pipeline/decoder_status.py), on a real
+redis-server: each replica's cameras with its owner and pid, a line per replica, a replica gone
+quiet left out and its entry removed, the answering replica's own keys as before."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pipeline.decoder_status import MAX_AGE_S, merged_status, read_shared, share_status, share_status_every
+from pipeline.streams import StreamKeys
+
+KEYS = StreamKeys("dstatus")
+
+
+def replica(owner: str, pid: int, cameras: dict) -> dict:
+    return {"owner": owner, "pid": pid, "cameras": cameras, "publisher": {"pending": 0},
+            "transport": {"detectors": ["grpc"]}}
+
+
+def test_every_replica_is_in_the_answer_and_a_gone_one_is_dropped(redis_server):
+    client = redis_server.client()
+    now = 1_000.0
+    share_status(client, KEYS, replica("a", 11, {"door": {"state": "online", "processed": 5}}), now - 1)
+    share_status(client, KEYS, replica("b", 12, {"gate": {"state": "online", "processed": 9}}), now - 2)
+    share_status(client, KEYS, replica("dead", 13, {"gate": {"state": "online", "processed": 1}}), now - MAX_AGE_S - 1)
+    shared = read_shared(client, KEYS, now)
+    assert sorted(s["owner"] for s in shared) == ["a", "b"]
+    assert client.hkeys(KEYS.decoders) and b"dead" not in client.hkeys(KEYS.decoders)  # removed
+    # replica "a" answers: its live status stands for its own (fresher than its shared copy)
+    own = replica("a", 11, {"door": {"state": "online", "processed": 6}})
+    merged = merged_status(own, shared)
+    assert merged["owner"] == "a" and merged["pid"] == 11 and merged["publisher"] == {"pending": 0}
+    assert merged["cameras"] == {"door": {"state": "online", "processed": 6, "owner": "a", "pid": 11},
+                                 "gate": {"state": "online", "processed": 9, "owner": "b", "pid": 12}}
+    assert [(d["owner"], d["cameras"]) for d in merged["decoders"]] == [("a", ["door"]), ("b", ["gate"])]
+    assert merged["complete"] is True
+    assert merged_status(own, [], complete=False)["cameras"] == {"door": {"state": "online", "processed": 6,
+                                                                          "owner": "a", "pid": 11}}
+
+
+def test_a_camera_listed_twice_while_it_moves_shows_the_fresher_replica(redis_server):
+    client = redis_server.client()
+    share_status(client, KEYS, replica("old", 1, {"road": {"state": "online"}}), 100.0 - 4)
+    share_status(client, KEYS, replica("new", 2, {"road": {"state": "connecting"}}), 100.0 - 1)
+    merged = merged_status(replica("api-side", 3, {}), read_shared(client, KEYS, 100.0))
+    assert merged["cameras"]["road"] == {"state": "connecting", "owner": "new", "pid": 2}
+
+
+def test_a_replica_shares_its_status_on_a_schedule_and_rides_out_an_outage(redis_server):
+    client = redis_server.client()
+    calls = []
+
+    async def status():
+        calls.append(1)
+        return replica("r1", 7, {"cam": {"state": "online"}})
+
+    async def main():
+        task = asyncio.create_task(share_status_every(status, client, KEYS, interval_s=0.05))
+        try:
+            while not client.hexists(KEYS.decoders, "r1"):
+                await asyncio.sleep(0.02)
+            redis_server.kill()
+            before = len(calls)
+            while len(calls) < before + 3:  # it keeps trying while Redis is down
+                await asyncio.sleep(0.02)
+            assert not task.done()
+        finally:
+            task.cancel()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
