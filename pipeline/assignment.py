@@ -34,7 +34,7 @@ from .lease import Lease, acquire, release, renew
 from .publish import Publisher
 from .redact import redact
 from .sources import Backoff
-from .streams import StreamKeys
+from .streams import StreamKeys, reconnect_if_demoted
 
 log = logging.getLogger("percept.assignment")
 
@@ -100,6 +100,7 @@ class CameraSupervisor:
                     await self._tick()
                 except redis.RedisError as exc:
                     log.warning("lease round failed (redis: %s); keeping current cameras", type(exc).__name__)
+                    reconnect_if_demoted(self.client, exc)
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, self._next_wake() - time.monotonic()))
                 except asyncio.TimeoutError:
@@ -152,6 +153,7 @@ class CameraSupervisor:
             except redis.RedisError as exc:
                 log.warning("lease renewal failed (redis: %s); cameras stop when their lease runs out",
                             type(exc).__name__)
+                reconnect_if_demoted(self.client, exc)
             await asyncio.sleep(self.ttl / 3)
 
     async def _renew_all(self) -> None:

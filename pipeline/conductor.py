@@ -381,8 +381,7 @@ class CameraConductor:
         self.publisher.camera_stats(
             self.camera.id,
             fps=f"{self.fps:.2f}",
-            dropped=self.dropped,
-            processed=self.counters.processed,
+            dropped=self.dropped,  # (``processed`` is counted by Redis as each frame lands: lease.py)
             classify_failed=self.counters.classify_failed,
             seq=self.source.next_seq - 1,
             url=self.camera.shown_url,

@@ -31,13 +31,15 @@ LEASE_MARGIN = 0.1  # stop a camera this fraction of the TTL before its lease wo
 # Frames' results of one camera in one round-trip, checked once against the lease token: for each
 # frame its XADD (explicit id: Redis refuses a second copy, and then nothing else of that frame is
 # written), its events on the events stream and its counter increments; the camera hash keeps
-# the highest track id written.
+# the highest track id written and counts the frames written (``processed``: exact across a
+# change of owner, which continues from it).
 # KEYS: lease, detections stream, camera hash, events stream, counts hash.
 # ARGV: token ('' = no check), maxlen, camera, schema version, then per frame: entry id ('' =
 # events only), seq, json, highest track id (0 = none), ne, ne × (entry id, kind, json), nc,
 # nc × (counter, increment).
 # Answers 0 / -1 (refused / nobody holds the lease: nothing written), else one reply per frame:
-# 1 (written) or the error text of the write that failed.
+# 1 (written) or the error text of the write that failed (after a refusal, every frame after it
+# answers the same, unwritten).
 FENCED_PUBLISH = """
 if ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[1])
@@ -46,13 +48,13 @@ if ARGV[1] ~= '' then
     return -1
   end
 end
-local out, top, i = {}, 0, 5
+local out, top, i, failed, written = {}, 0, 5, nil, 0
 while i <= #ARGV do
   local ev = i + 5
   local nc_at = ev + 3 * tonumber(ARGV[i + 4])
   local after = nc_at + 1 + 2 * tonumber(ARGV[nc_at])
-  local err = nil
-  if ARGV[i] ~= '' then
+  local err = failed
+  if not err and ARGV[i] ~= '' then
     local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], ARGV[i],
                               'v', ARGV[4], 'camera', ARGV[3], 'seq', ARGV[i + 1], 'json', ARGV[i + 2])
     if type(added) == 'table' and added.err then err = added.err end
@@ -66,15 +68,20 @@ while i <= #ARGV do
   end
   if err then
     out[#out + 1] = err
+    -- a write refused for now (OOM, READONLY, ...): the frames after it are not written either, so
+    -- what is retried is the run's tail, in order; an id already written (a retry) is no refusal
+    if not string.find(err, 'equal or smaller', 1, true) then failed = err end
   else
     for c = nc_at + 1, after - 1, 2 do
       redis.call('HINCRBY', KEYS[5], ARGV[c], ARGV[c + 1])
     end
     top = math.max(top, tonumber(ARGV[i + 3]))
+    if ARGV[i] ~= '' then written = written + 1 end
     out[#out + 1] = 1
   end
   i = after
 end
+if written > 0 then redis.call('HINCRBY', KEYS[3], 'processed', written) end
 if top > 0 and top > tonumber(redis.call('HGET', KEYS[3], 'track_id_max') or '0') then
   redis.call('HSET', KEYS[3], 'track_id_max', top)
 end

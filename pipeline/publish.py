@@ -4,7 +4,8 @@ Keys (schema v1, a public contract):
 - ``<prefix>:detections:<camera>`` — one entry per processed frame, fields ``v=1``, ``camera``,
   ``seq``, ``json``; ``XADD … MAXLEN ~ maxlen``.
 - ``<prefix>:camera:<camera>`` — hash: state, fps, dropped, last_error, updated_at, url, seq,
-  track_id_max (the highest track id published, so a restarted tracker continues above it).
+  track_id_max (the highest track id published, so a restarted tracker continues above it),
+  processed (frames written, counted by the publishing script itself).
 - ``<prefix>:status`` — one entry per camera state change.
 
 Entry ids are explicit, ``<frame ms>-<seq>``: ordered by capture time like automatic ids, and
@@ -33,14 +34,17 @@ from typing import Any, Callable, Mapping, Sequence
 import redis
 
 from .lease import FENCED_HSET, FENCED_PUBLISH, REFUSED, UNHELD, Fence
-from .publish_items import Item, PublisherStats, account, call_command, encode_all, estimated_bytes, flat_args, script_calls
+from .publish_items import (Item, PublisherStats, account, call_command, encode_all, estimated_bytes, flat_args,
+                            script_calls, take_batch)
 from .publish_wire import Wire, evalsha
 from .redact import redact
 from .schema import FrameResult
 from .sources import Backoff
-from .streams import StreamKeys, parse_entry_id
+from .streams import StreamKeys, parse_entry_id, reconnect_if_demoted
 
 log = logging.getLogger("percept.publish")
+
+RETRY_UNHELD_S = 0.1  # a camera's writes kept back while nobody holds its lease: tried again after this
 
 
 class Publisher:
@@ -67,7 +71,8 @@ class Publisher:
         self.batch = batch
         self.clock = clock
         self.stats = PublisherStats()
-        self._queue: deque[Item] = deque()
+        self._queue: deque[Item] = deque()  # not sent yet (or sent and kept back), oldest first
+        self._in_flight: list[Item] = []  # the batch being written: never dropped by the bound
         self._bytes = 0
         self._index = itertools.count()
         self._cond = threading.Condition()
@@ -122,8 +127,12 @@ class Publisher:
 
     def resume_camera(self, camera: str) -> tuple[int, dict[str, int]]:
         """Where a (re)started camera continues: the next ``seq`` and the counters it had, so
-        that drop counts stay cumulative across conductor and replica restarts."""
-        self.flush(5.0, camera=camera)  # our own last results and stats for this camera land first
+        that drop counts stay cumulative across conductor and replica restarts. Raises while this
+        camera's earlier results are still queued here (Redis refusing writes): continuing from
+        the stream's top would publish their seqs twice; the start is retried with backoff."""
+        if not self.flush(5.0, camera=camera):  # our own last results and stats for this camera land first
+            raise RuntimeError(f"camera {camera}: its earlier results are still queued here (redis not taking "
+                               f"writes?); it starts once they land")
         last = self.last_published(camera)
         last_event = self.client.xrevrange(self.keys.events(camera), count=1)
         if last_event:
@@ -237,7 +246,8 @@ class Publisher:
         with self._cond:
             self._queue.append(Item(next(self._index), camera, nbytes, command, is_frame, fence, entry))
             self._bytes += nbytes
-            while len(self._queue) > self.max_entries or self._bytes > self.max_bytes:
+            while self._queue and (len(self._queue) + len(self._in_flight) > self.max_entries
+                                   or self._bytes > self.max_bytes):
                 old = self._queue.popleft()
                 self._bytes -= old.nbytes
                 if old.is_frame:
@@ -249,13 +259,13 @@ class Publisher:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._in_flight)
 
     @property
     def held(self) -> int:
         """Results kept back because nobody holds their camera's lease (yet)."""
         with self._cond:
-            return sum(1 for item in self._queue if item.held_since is not None)
+            return sum(1 for item in itertools.chain(self._in_flight, self._queue) if item.held_since is not None)
 
     def flush(self, timeout: float = 10.0, *, camera: str | None = None) -> bool:
         """Wait until everything queued so far (of ``camera`` only, if given) is written; False on
@@ -264,9 +274,8 @@ class Publisher:
         with self._cond:
             target = next(self._index) - 1  # consume an index as a marker
             self._cond.notify_all()
-            while self._queue and self._queue[0].index <= target:
-                if camera is not None and not any(i.camera == camera and i.index <= target for i in self._queue):
-                    break
+            while any(i.index <= target and (camera is None or i.camera == camera)
+                      for i in itertools.chain(self._in_flight, self._queue)):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -291,24 +300,24 @@ class Publisher:
                     self._idle = True
                     self._cond.wait(1.0)
                 self._idle = False
-                if self._closing and (not self._queue or stalled):
-                    self._wire.drop()
+                if self._closing and (not self._queue or stalled or not self.stats.connected):
+                    self._wire.drop()  # closing during an outage: what is left is counted as pending
                     return
-                if self._closing and not self.stats.connected:
-                    self._wire.drop()
-                    return  # closing during an outage: what is left is counted as pending
-                taken = list(itertools.islice(self._queue, self.batch))
+                taken = self._take()
+                if not taken:  # every camera queued waits to retry writes nobody's lease covers yet
+                    self._cond.wait(RETRY_UNHELD_S)
+                    continue
             encode_all(taken)
             batch = [item for item in taken if self._encoded(item)]
             calls = script_calls(batch)
             try:
-                results = self._send(calls, len(taken))
+                results = self._send(calls)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                self._unreachable(f"redis unreachable ({redact(str(exc))})")
+                self._unreachable(f"redis unreachable ({redact(str(exc))})", taken)
                 continue
             except Exception as exc:  # anything else (an answer it cannot parse, NOPERM): the same, never the end
                 log.exception("publisher: unexpected error writing to redis; retrying")
-                self._unreachable(f"redis write failed ({type(exc).__name__}: {redact(str(exc))})")
+                self._unreachable(f"redis write failed ({type(exc).__name__}: {redact(str(exc))})", taken)
                 continue
             if not self.stats.connected:
                 log.info("redis is back; flushing %d buffered results", len(self._queue))
@@ -317,32 +326,52 @@ class Publisher:
             self._note_refusal(refusal)
             stalled = bool(batch) and len(held) == len(batch)
             with self._cond:
-                last = taken[-1].index
-                while self._queue and self._queue[0].index <= last:
-                    self._bytes -= self._queue.popleft().nbytes
-                for item in reversed(held):  # retried first, in order, ahead of newer results
-                    self._queue.appendleft(item)
-                    self._bytes += item.nbytes
-                self._cond.notify_all()
-                if held and not self._closing:
-                    self._cond.wait(self._backoff.next() if refusal else 0.1)
+                self._bytes -= sum(item.nbytes for item in taken)
+                self._in_flight = []
+                self._requeue(held)
+                if refusal and not self._closing:  # Redis refuses writes for now: everyone waits
+                    self._cond.wait(self._backoff.next())
 
-    def _send(self, calls: list[list[Item]], encoded: int) -> list[Any]:
-        """The batch's script calls written and their answers read; the results queued after
-        the batch (``encoded`` on) are encoded while Redis runs it."""
+    def _take(self) -> list[Item]:
+        """The next batch (`take_batch`), out of the queue and in flight (call holding the lock)."""
+        taken = take_batch(self._queue, self.batch, time.monotonic())
+        if all(a is b for a, b in zip(taken, self._queue)):  # the usual case: the queue's head
+            for _ in taken:
+                self._queue.popleft()
+        else:
+            chosen = {id(item) for item in taken}
+            self._queue = deque(item for item in self._queue if id(item) not in chosen)
+        self._in_flight = taken
+        return taken
+
+    def _requeue(self, items: list[Item]) -> None:
+        """Items of the batch in flight back at the head of the queue, in order, ahead of newer
+        ones (call holding the lock; their bytes are counted again)."""
+        self._in_flight = []
+        for item in reversed(items):
+            self._queue.appendleft(item)
+            self._bytes += item.nbytes
+        self._cond.notify_all()
+
+    def _send(self, calls: list[list[Item]]) -> list[Any]:
+        """The batch's script calls written and their answers read; the results queued next are
+        encoded while Redis runs it."""
         if not calls:
             return []
         self._wire.send([call_command(call, self.keys, self.maxlen, self._xadd) for call in calls])
-        self._encode_ahead(encoded)
+        self._encode_ahead()
         return self._wire.receive()
 
-    def _unreachable(self, why: str) -> None:
-        """Buffer and back off (results stay queued, in order, within the buffer's bounds)."""
+    def _unreachable(self, why: str, taken: list[Item]) -> None:
+        """Buffer and back off (the batch back at the head of the queue: results stay queued,
+        in order, within the buffer's bounds)."""
         if self.stats.connected:
-            log.warning("%s; buffering %d results", why, len(self._queue))
+            log.warning("%s; buffering %d results", why, len(self._queue) + len(taken))
         self.stats.connected = False
         delay = self._backoff.next()
         with self._cond:
+            self._bytes -= sum(item.nbytes for item in taken)
+            self._requeue(taken)
             if not self._closing:
                 self._cond.wait(delay)
 
@@ -354,9 +383,12 @@ class Publisher:
             if self.stats.refusing is not None:
                 log.info("redis accepts writes again; flushing %d buffered results", len(self._queue))
             self.stats.refusing = None
-        elif self.stats.refusing is None:
-            self.stats.refusing = redact(refusal)
-            log.warning("redis refuses writes (%s); buffering %d results", self.stats.refusing, len(self._queue))
+        else:
+            if reconnect_if_demoted(self.client, refusal):
+                self._wire.drop()  # ours too: the next batch connects again
+            if self.stats.refusing is None:
+                self.stats.refusing = redact(refusal)
+                log.warning("redis refuses writes (%s); buffering %d results", self.stats.refusing, len(self._queue))
 
     def _encoded(self, item: Item, count: bool = True) -> bool:
         """Encode the item's result if it is not yet; False (counted, logged) if that fails."""
@@ -369,10 +401,10 @@ class Publisher:
                 log.error("camera %s: a result could not be encoded, not published: %s", item.camera, exc)
             return False
 
-    def _encode_ahead(self, skip: int) -> None:
-        """Encode the results queued after the batch in flight (a failure: `_encoded` counts it)."""
+    def _encode_ahead(self) -> None:
+        """Encode the results queued next (a failure: `_encoded` counts it)."""
         with self._cond:
-            ahead = list(itertools.islice(self._queue, skip, skip + self.batch))
+            ahead = list(itertools.islice(self._queue, self.batch))
         encode_all(ahead)
         for item in ahead:
             self._encoded(item, count=False)
@@ -386,6 +418,7 @@ class Publisher:
             if item.held_since is None:
                 item.held_since = now
             if now - item.held_since < fence.hold_s:
+                item.retry_at = now + RETRY_UNHELD_S  # the other cameras' writes go on meanwhile
                 return True
         if item.is_frame:
             with self._cond:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import redis
 
@@ -32,6 +32,7 @@ class Item:
     fence: Fence | None = None
     entry: list[Any] | None = None  # a result's part of a `FENCED_PUBLISH` call (see lease.py)
     held_since: float | None = None  # monotonic time it was first kept back (lease unheld)
+    retry_at: float | None = None  # kept back: not sent again before this monotonic time
     packed: bytes | None = None  # `entry` in RESP, the result as JSON (`encode`)
 
     def encode(self, json: bytes | None = None) -> None:
@@ -89,6 +90,39 @@ class PublisherStats:
     errors: int = 0
     connected: bool = True
     refusing: str | None = None  # Redis answers but refuses writes for now (READONLY, OOM, …)
+
+
+def take_batch(queue: Iterable[Item], size: int, now: float) -> list[Item]:
+    """The next batch to send, in queue order, at most ``size`` items, such that no camera's
+    writes can land out of order or twice when Redis answers part of a pipeline one way and the
+    rest another (it serves other clients between the reads of one pipeline: a lease taken back,
+    writes accepted again):
+    - a camera whose next item waits to be retried (kept back while nobody holds its lease) is
+      left out, so its writes keep their order and the other cameras' go on;
+    - a camera gets at most one run of results (one `FENCED_PUBLISH` call, `script_calls`) per
+      batch: its items from one that would open a second run (after a state write of the
+      camera, or under another fence) wait for the next batch.
+    A retried run refused as below the stream's top would be lost (counted as a duplicate)."""
+    taken: list[Item] = []
+    blocked: set[str] = set()
+    run_fence: dict[str, Any] = {}  # camera → the fence of its run of results in this batch
+    closed: set[str] = set()  # cameras whose run was followed by a state write
+    for item in queue:
+        if len(taken) >= size:
+            break
+        camera = item.camera
+        if camera in blocked:
+            continue
+        if (item.retry_at is not None and item.retry_at > now) or (item.entry is not None and (
+                camera in closed or (camera in run_fence and run_fence[camera] != item.fence))):
+            blocked.add(camera)
+            continue
+        if item.entry is not None:
+            run_fence.setdefault(camera, item.fence)
+        elif camera in run_fence:
+            closed.add(camera)
+        taken.append(item)
+    return taken
 
 
 def script_calls(batch: list[Item]) -> list[list[Item]]:

@@ -71,6 +71,18 @@ UNAVAILABLE_REPLIES = ("READONLY", "OOM", "MISCONF", "MASTERDOWN", "NOREPLICAS",
                        "CLUSTERDOWN", "UNBLOCKED")
 
 
+def reconnect_if_demoted(client: redis.Redis, error: BaseException | str) -> bool:
+    """After a failover behind one address (a DNS name, a Kubernetes Service), connections made
+    before it still reach the old primary, now a read-only replica, and redis-py keeps them:
+    on a READONLY answer the client's idle connections are closed, so the next command connects
+    again (to the new primary). True if it did."""
+    text = error if isinstance(error, str) else str(error)
+    if not (isinstance(error, redis.exceptions.ReadOnlyError) or text.startswith("READONLY")):
+        return False
+    client.connection_pool.disconnect(inuse_connections=False)
+    return True
+
+
 def redis_unavailable(exc: BaseException) -> bool:
     """Whether an error means "Redis cannot serve this now, try again" rather than a bad request.
     Credentials Redis refuses (a wrong password, an ACL user without the right) are not: redis-py

@@ -1,0 +1,231 @@
+"""How the publisher's batches are made and kept, on a real redis-server: a camera's writes never
+land out of order or twice when Redis changes its answer in the middle of a pipeline; the
+buffer's bound never drops a batch being written; one camera's writes kept back (nobody holds its
+lease) never hold up the others; a camera restarted while its results are still queued does not
+publish their seqs again; after a failover behind one address the writes follow the new primary."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from pipeline.lease import Fence, acquire, renew
+from pipeline.publish import Publisher
+from pipeline.publish_items import Item, take_batch
+from pipeline.redis_server import EmbeddedRedis
+from pipeline.streams import StreamKeys, connect_redis
+
+from .test_publish import result
+from .waiting import wait_for
+
+KEYS = StreamKeys("pbatch")
+
+
+def seqs(client, camera="cam"):
+    return [int(f[b"seq"]) for _, f in client.xrange(KEYS.detections(camera))]
+
+
+def item(i, camera, kind="result", fence=None, retry_at=None):
+    entry = ["1-1", i, "{}", 0, 0, 0] if kind == "result" else None
+    it = Item(i, camera, 10, None if entry else ("EVALSHA",), kind == "result", fence, entry)
+    it.retry_at = retry_at
+    return it
+
+
+def test_a_batch_holds_one_run_of_results_per_camera_and_skips_cameras_waiting_to_retry():
+    f1, f2 = Fence("k", "t1", 1.0), Fence("k", "t2", 1.0)
+    queue = [item(0, "a"), item(1, "b"), item(2, "a", "state"), item(3, "b"), item(4, "a"), item(5, "c"),
+             item(6, "b", fence=f1), item(7, "d", retry_at=10.0), item(8, "d"), item(9, "c", fence=f2)]
+    taken = [it.index for it in take_batch(queue, 256, now=5.0)]
+    # a: its run, then a state write closes it (4 waits); b: 6 is under another fence; d waits
+    # to be retried (8 behind it too); c: 9 is under another fence than 5
+    assert taken == [0, 1, 2, 3, 5]
+    assert [it.index for it in take_batch(queue, 3, now=5.0)] == [0, 1, 2]
+    assert [it.index for it in take_batch(queue[7:], 256, now=11.0)] == [7, 8, 9]  # its retry is due
+
+
+def big(seq, camera):
+    from pipeline.schema import Detections, FrameMeta, FrameResult
+
+    n = 120  # ~10 kB a result: a pipeline Redis reads in several events, serving others between them
+    dets = Detections(xyxy=[[i, i, i + 30, i + 40] for i in range(n)], scores=[0.8] * n,
+                      labels=("car",) * n, categories=("vehicle",) * n)
+    return FrameResult(FrameMeta(camera, seq, 1_700_000_000 + seq * 0.1, seq * 0.1, 1920, 1080), dets,
+                       {"detector": "m"}, {"total": 1.0})
+
+
+def test_writes_accepted_again_in_the_middle_of_a_pipeline_lose_nothing(redis_server):
+    client = redis_server.client()
+    client.config_set("maxmemory-policy", "noeviction")
+    pub = Publisher(connect_redis(redis_server.url, socket_timeout=5), keys=KEYS, maxlen=100_000).start()
+    try:
+        for trial in range(8):
+            cam = f"c{trial}"
+            client.config_set("maxmemory", "1")  # Redis refuses writes (OOM)
+            for s in range(200):
+                pub.publish(big(s, cam))
+                if s % 8 == 7:
+                    pub.camera_stats(cam, processed=s)  # a state write between a camera's results
+            wait_for(lambda: pub.stats.refusing is not None, 10, "the publisher told writes are refused")
+            threading.Thread(target=pub.flush, args=(0.01,), daemon=True).start()  # the writer retries now
+            hold_s = 0.002 * trial
+            if hold_s:
+                time.sleep(hold_s)  # noqa: the moment Redis accepts again falls in different places
+            client.config_set("maxmemory", "0")
+            assert pub.flush(30)
+            assert seqs(client, cam) == list(range(200)), f"trial {trial}: {pub.stats}"
+        assert sum(pub.stats.duplicates.values()) == 0 and pub.stats.errors == 0
+    finally:
+        pub.close()
+
+
+def test_the_buffer_bound_never_drops_the_batch_being_written(redis_server):
+    client = redis_server.client()
+    pub = Publisher(connect_redis(redis_server.url, socket_timeout=5), keys=KEYS, maxlen=1000, max_buffer_entries=10)
+    for s in range(10):
+        pub.publish(result(s))
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)  # Redis stalls (a fork, a paused VM) while the batch is in flight
+    try:
+        pub.start()
+        wait_for(lambda: len(pub._in_flight) == 10, 10, "the first 10 results in flight")
+        for s in range(10, 20):
+            pub.publish(result(s))  # over the bound: the oldest queued go, not the 10 being written
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    assert pub.flush(10)
+    landed = seqs(client)
+    assert landed == list(range(10)), landed
+    assert pub.stats.published["cam"] == 10 and pub.stats.dropped["cam"] == 10, pub.stats
+    pub.close()
+
+
+def test_one_cameras_writes_kept_back_do_not_hold_up_the_others(redis_server):
+    client = redis_server.client()
+    pub = Publisher(connect_redis(redis_server.url, socket_timeout=5), keys=KEYS, maxlen=1000)
+    pub.fence("a", KEYS.lease("a"), "me", hold_s=30.0)  # nobody holds a's lease (yet)
+    client.set(KEYS.lease("b"), "me")
+    pub.fence("b", KEYS.lease("b"), "me", hold_s=30.0)
+    for s in range(800):
+        pub.publish(result(s, "a"))
+    pub.start()
+    try:
+        wait_for(lambda: pub.held > 0, 10, "camera a's results kept back")
+        for s in range(5):
+            pub.publish(result(s, "b"))
+        wait_for(lambda: len(seqs(client, "b")) == 5, 10, "camera b's results landing")
+        assert pub.stats.fenced["a"] == 0 and pub.held > 0  # a's still kept, not given up
+        client.set(KEYS.lease("a"), "me")  # our supervisor takes a's lease back: they all land
+        assert pub.flush(20)
+        assert seqs(client, "a") == list(range(800))
+    finally:
+        pub.close()
+
+
+def test_a_camera_restarted_while_its_results_are_queued_waits_for_them(redis_server):
+    client = redis_server.client()
+    client.config_set("maxmemory-policy", "noeviction")
+    pub = Publisher(connect_redis(redis_server.url, socket_timeout=5), keys=KEYS, maxlen=1000).start()
+    try:
+        for s in range(5):
+            pub.publish(result(s))
+        assert pub.flush(5)
+        client.config_set("maxmemory", "1")
+        for s in range(5, 15):
+            pub.publish(result(s))
+        with pytest.raises(RuntimeError, match="its earlier results are still queued"):
+            pub.resume_camera("cam")  # from the stream's top it would publish seqs 5..14 again
+        client.config_set("maxmemory", "0")
+        assert pub.resume_camera("cam")[0] == 15
+    finally:
+        pub.close()
+
+
+class Endpoint:
+    """A stable address (a DNS name, a Kubernetes Service) in front of whichever Redis is primary."""
+
+    def __init__(self, target: int):
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                b.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+
+def test_after_a_failover_behind_one_address_writes_and_leases_follow_the_new_primary(tmp_path):
+    import redis
+
+    from pipeline.streams import reconnect_if_demoted
+
+    with EmbeddedRedis(tmp_path / "x") as x, EmbeddedRedis(tmp_path / "y") as y:
+        new_primary = y.client()
+        new_primary.replicaof("127.0.0.1", x.port)
+        endpoint = Endpoint(x.port)
+        url = f"redis://127.0.0.1:{endpoint.port}/0"
+        pub = Publisher(connect_redis(url, socket_timeout=5), keys=KEYS, maxlen=1000).start()
+        leases = connect_redis(url, socket_timeout=5)  # the supervisor's own client
+        try:
+            lease = acquire(leases, KEYS.lease("cam"), "cam", ttl=30, token="me")
+            pub.fence("cam", KEYS.lease("cam"), "me", hold_s=60)
+            for s in range(3):
+                pub.publish(result(s))
+            assert pub.flush(5)
+            wait_for(lambda: seqs(new_primary) == [0, 1, 2], 10, "the replica in sync")
+            new_primary.replicaof("NO", "ONE")  # failover: y promoted, the address leads to it,
+            endpoint.target = y.port  # x demoted to y's replica (its connections stay open)
+            x.client().replicaof("127.0.0.1", y.port)
+            for s in range(3, 13):
+                pub.publish(result(s))
+            assert pub.flush(20), pub.stats.refusing  # it reconnected on READONLY: through to y
+            assert seqs(new_primary) == list(range(13))
+            with pytest.raises(redis.exceptions.ReadOnlyError) as refused:
+                renew(lease, "me")  # the supervisor's pooled connection still reaches x
+            assert reconnect_if_demoted(leases, refused.value)  # what its lease loops do then
+            assert renew(lease, "me") and new_primary.get(KEYS.lease("cam")) == b"me"
+        finally:
+            pub.close()
+            endpoint.listener.close()
+
+
+def test_processed_counts_every_frame_written_as_it_lands(redis_server):
+    """The camera hash's ``processed`` is what the next owner continues from: counted by the
+    publishing script, it includes the frames written after the last stats write of an owner
+    that died (a stats write every second left up to a second of frames out)."""
+    client = redis_server.client()
+    pub = Publisher(connect_redis(redis_server.url, socket_timeout=5), keys=KEYS, maxlen=1000).start()
+    try:
+        for s in range(25):
+            pub.publish(result(s))
+        assert pub.flush(5)
+        pub.publish(result(24))  # a retry of a frame already written: refused, not counted
+        assert pub.flush(5)
+        assert pub.resume_camera("cam") == (25, {"dropped": 0, "processed": 25, "publish_dropped": 0,
+                                                 "classify_failed": 0, "track_id_max": 0})
+    finally:
+        pub.close()
