@@ -17,7 +17,7 @@ from ray.serve.handle import DeploymentHandle
 from pipeline.assignment import CameraSupervisor
 from pipeline.camera_open import open_camera
 from pipeline.conductor import ClassifierRoute
-from pipeline.decoder_status import share_status_every
+from pipeline.decoder_status import live_decoders, share_status_every
 from pipeline.config import CameraConfig, PerceptConfig
 from pipeline.frame_share import FrameLender, lending
 from pipeline.backends.crops import crop_spec
@@ -138,6 +138,8 @@ class DecoderDeployment:
             replicas=cfg.decoder_replicas,
             lease_ttl_s=cfg.decoder.lease_ttl_s,
             publisher=self.publisher,  # fenced: a camera's writes land only while its lease is ours
+            # more replicas than the config says (num_replicas raised in the Serve config) share too
+            live_replicas=functools.partial(live_decoders, client, self.keys),
         )
         self._task = asyncio.get_running_loop().create_task(self.supervisor.run())
         self._metrics_task = asyncio.get_running_loop().create_task(decoder_metrics(

@@ -2,8 +2,10 @@
 
 Every decoder replica runs a `CameraSupervisor`. Each round (a third of the lease TTL) it renews
 the leases it holds, stops cameras whose lease it lost, and claims free cameras up to its fair
-share (``ceil(cameras / replicas)``); a camera left free for two rounds is claimed by whoever sees
-it, so a dead replica's cameras move within about one TTL. A lease is redis-py's `Lock`
+share (``ceil(cameras / replicas)``, ``replicas`` the larger of the configured number and the
+replicas alive now, ``live_replicas``: more replicas than the config says take their part, one
+camera handed over a round by a replica above its share); a camera left free for two rounds is
+claimed by whoever sees it, so a dead replica's cameras move within about one TTL. A lease is redis-py's `Lock`
 (``SET NX PX`` with an owner token), so no camera is ever ingested twice:
 
 - fencing (pipeline/lease.py): a camera whose lease was not renewed for ``TTL - margin`` is
@@ -64,6 +66,7 @@ class CameraSupervisor:
         lease_ttl_s: float,
         owner: str | None = None,
         publisher: Publisher | None = None,
+        live_replicas: Callable[[], int] | None = None,
     ):
         # A list is fixed; a callable (the registry) is read again every round, so cameras can
         # be added and removed at runtime without touching the others.
@@ -74,6 +77,8 @@ class CameraSupervisor:
         self.keys = keys
         self.start_camera = start_camera
         self.replicas = max(1, replicas)
+        self._live_replicas = live_replicas  # how many decoder replicas run now (read each round)
+        self._live = 0
         self.ttl = lease_ttl_s
         self.owner = owner or uuid.uuid4().hex[:12]
         self.publisher = publisher  # fenced by our leases when given
@@ -87,7 +92,7 @@ class CameraSupervisor:
 
     @property
     def fair_share(self) -> int:
-        return max(1, math.ceil(len(self.cameras) / self.replicas))
+        return max(1, math.ceil(len(self.cameras) / max(self.replicas, self._live)))
 
     async def run(self) -> None:
         # Renewals run on their own, so a slow camera start never delays another camera's lease.
@@ -144,7 +149,22 @@ class CameraSupervisor:
             else:  # removed and added again with other settings (a new URL, fps, …) between two rounds
                 log.warning("camera %s: its settings changed; restarting it with them", cid)
                 await self._stop_camera(cid)
+        await self._hand_over_surplus()
         await self._claim()
+
+    async def _hand_over_surplus(self) -> None:
+        """More replicas run than the config says (the deployment scaled up): one camera above
+        this replica's share is stopped and its lease released, for a replica below its share
+        to claim (its tracks end here and start afresh there). With the configured number, the
+        cameras a failover gathered on one replica stay there, as before."""
+        if self._live_replicas is None:
+            return
+        self._live = await asyncio.to_thread(self._live_replicas)
+        if self._live > self.replicas and len(self.running) > self.fair_share:  # (not after a failover)
+            cid = next(reversed(self.running))
+            log.warning("camera %s: %d cameras here, above this replica's share (%d, %d replicas); handing it over",
+                        cid, len(self.running), self.fair_share, max(self.replicas, self._live))
+            await self._stop_camera(cid)
 
     async def _renew_loop(self) -> None:
         while self._renewing:

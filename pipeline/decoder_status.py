@@ -62,6 +62,11 @@ def read_shared(client: redis.Redis, keys: StreamKeys, now: float, max_age_s: fl
     return fresh
 
 
+def live_decoders(client: redis.Redis, keys: StreamKeys) -> int:
+    """How many decoder replicas shared their status lately (`CameraSupervisor`'s live count)."""
+    return len(read_shared(client, keys, time.time()))
+
+
 def merged_status(own: dict[str, Any], shared: list[dict[str, Any]], *, complete: bool = True) -> dict[str, Any]:
     """The answering replica's status (its own keys as before) with ``cameras`` holding every
     replica's cameras (each with its ``owner`` and ``pid``) and ``decoders`` a line per replica.

@@ -1,0 +1,85 @@
+"""More decoder replicas than the config says (``num_replicas`` raised in the Serve config that
+`percept build` wrote): each replica counts the replicas alive from their shared status
+(`pipeline/decoder_status.py`), and a replica above its share hands cameras over, so every
+replica ends up with its part. Real supervisors, leases and status sharing on a real
+redis-server; the cameras are stand-ins (the assignment is what is tested)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import threading
+
+from pipeline.assignment import CameraSupervisor
+from pipeline.config import CameraConfig
+from pipeline.decoder_status import live_decoders, share_status_every
+from pipeline.streams import StreamKeys
+
+from .waiting import wait_for
+
+KEYS = StreamKeys("scale")
+CAMERAS = [CameraConfig(id=c, url=f"rtsp://cam/{c}", fps=5) for c in "abcd"]
+
+
+class StandIn:
+    """A camera that runs until stopped."""
+
+    def __init__(self, camera: CameraConfig):
+        self.camera = camera
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        self._stop.set()
+
+    def status(self) -> dict:
+        return {"state": "online"}
+
+
+def test_replicas_beyond_the_config_take_their_share_of_the_cameras(redis_server):
+    client = redis_server.client()
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    supervisors: list[CameraSupervisor] = []
+    runs, shares = [], []
+
+    async def start(camera):
+        return StandIn(camera)
+
+    def add_replica(i: int) -> None:
+        sup = CameraSupervisor(CAMERAS, client=client, keys=KEYS, start_camera=start, replicas=1,
+                               lease_ttl_s=3, owner=f"replica{i}",
+                               live_replicas=functools.partial(live_decoders, client, KEYS))
+
+        async def status():
+            return sup.status()
+
+        supervisors.append(sup)
+        runs.append(asyncio.run_coroutine_threadsafe(sup.run(), loop))
+        shares.append(asyncio.run_coroutine_threadsafe(share_status_every(status, client, KEYS, interval_s=0.3), loop))
+
+    def running() -> list[list[str]]:
+        return [sorted(s.running) for s in supervisors]
+
+    try:
+        add_replica(0)
+        wait_for(lambda: running() == [["a", "b", "c", "d"]], 20, "the config's one replica running every camera")
+        for i in (1, 2, 3):  # Serve starts three more
+            add_replica(i)
+        wait_for(lambda: sorted(map(len, running())) == [1, 1, 1, 1], 60,
+                 "each of the four replicas running one camera")
+        held = sorted(c for cams in running() for c in cams)
+        assert held == ["a", "b", "c", "d"]
+        assert {client.get(KEYS.lease(c)).decode() for c in held} == {s.owner for s in supervisors}
+    finally:
+        for sup in supervisors:
+            asyncio.run_coroutine_threadsafe(sup.stop(), loop).result(5)
+        for run in runs:
+            run.result(30)
+        for share in shares:
+            share.cancel()
+        concurrent.futures.wait(shares, timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
