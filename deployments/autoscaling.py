@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.autoscale import desired_replicas
+from pipeline.autoscale import desired_replicas, requests_floor
 
 POLICY = "deployments.autoscaling:VideoLagPolicy"
 
 
 class VideoLagPolicy:
-    def __init__(self, target_lag_s: float = 0.5, target_waiting: float = 16.0):
+    def __init__(self, target_lag_s: float = 0.5, target_waiting: float = 16.0,
+                 target_ongoing_requests: float | None = None):
         self.target_lag_s = target_lag_s
         self.target_waiting = target_waiting
+        self.target_ongoing_requests = target_ongoing_requests
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         metrics = ctx.aggregated_metrics or {}
@@ -25,6 +27,7 @@ class VideoLagPolicy:
         busy = list((metrics.get("busy") or {}).values())
         want = desired_replicas(ctx.current_num_replicas, lag, waiting, busy,
                                 target_lag_s=self.target_lag_s, target_waiting=self.target_waiting)
+        want = max(want, requests_floor(getattr(ctx, "total_num_requests", 0) or 0, self.target_ongoing_requests))
         state = dict(ctx.policy_state or {})
         state["last"] = {"lag_s": max(lag, default=0.0), "waiting": sum(waiting),
                          "busy": max(busy, default=0.0), "want": want}

@@ -99,7 +99,8 @@ def model_server_options(cfg: ModelServerConfig, *, gpus: float) -> dict[str, An
             "look_back_period_s": 5.0,
             "policy": {
                 "policy_function": POLICY,
-                "policy_kwargs": {"target_lag_s": auto.target_lag_s, "target_waiting": auto.target_waiting},
+                "policy_kwargs": {"target_lag_s": auto.target_lag_s, "target_waiting": auto.target_waiting,
+                                  "target_ongoing_requests": auto.target_ongoing_requests},
             },
         }
     return options

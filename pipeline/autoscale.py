@@ -68,6 +68,14 @@ class FrameAgeMeter:
         return sum(a for _, a in self._ages) / len(self._ages) if self._ages else 0.0
 
 
+def requests_floor(ongoing: float, target_ongoing_requests: float | None) -> int:
+    """Serve's own signal as a floor (``replicas.target_ongoing_requests``): the replicas the
+    requests in flight need at that many each (0: no floor)."""
+    if not target_ongoing_requests or ongoing <= 0:
+        return 0
+    return math.ceil(ongoing / target_ongoing_requests)
+
+
 def desired_replicas(
     current: int,
     lag_s: Sequence[float],

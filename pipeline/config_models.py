@@ -29,7 +29,7 @@ class BatchConfig(Strict):
 class AutoscaleConfig(Strict):
     """Replicas scale on what users feel: how old frames are when they reach the model."""
 
-    min: int = Field(1, ge=0)
+    min: int = Field(1, ge=1, description="a model deployment keeps one replica at least (no scale to zero)")
     max: int = Field(4, ge=1)
     target_lag_s: float = Field(0.5, gt=0, description="frame age at the model (capture → batch) to hold")
     target_waiting: float = Field(16.0, gt=0, description="frames waiting per replica to hold")

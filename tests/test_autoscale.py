@@ -83,3 +83,22 @@ def test_policy_keeps_one_replica_under_light_load():
                           aggregated_metrics={"frame_lag_s": {"r1": 0.05}, "frames_waiting": {"r1": 0.3}})
     want, state = VideoLagPolicy(target_lag_s=0.4)(ctx)
     assert want == 1 and state["last"]["want"] == 1
+
+
+def test_target_ongoing_requests_is_a_floor_and_min_zero_is_refused():
+    """``replicas.target_ongoing_requests`` (Serve's own signal) was accepted and never read:
+    200 requests in flight at 8 each want 25 replicas whatever lag says. ``min: 0`` was accepted
+    but a deployment never went below one: refused now, naming the field."""
+    from types import SimpleNamespace
+
+    from pydantic import ValidationError
+
+    from deployments.autoscaling import VideoLagPolicy
+    from pipeline.config_models import AutoscaleConfig
+
+    ctx = SimpleNamespace(current_num_replicas=1, policy_state={}, total_num_requests=200,
+                          aggregated_metrics={"frame_lag_s": {"r1": 0.05}, "frames_waiting": {"r1": 0.3}})
+    assert VideoLagPolicy(target_lag_s=0.4, target_ongoing_requests=8)(ctx)[0] == 25
+    assert VideoLagPolicy(target_lag_s=0.4)(ctx)[0] == 1  # no floor given: lag and waiting alone
+    with pytest.raises(ValidationError, match="min"):
+        AutoscaleConfig(min=0, max=4)
