@@ -57,6 +57,8 @@ class RedisConfig(Strict):
     @field_validator("url")
     @classmethod
     def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", v):
+            return v  # a variable `percept build` leaves for the cluster to set (resolved there)
         if v is not None and not re.match(r"^(redis|rediss|unix)://", v):
             raise ValueError("must start with redis://, rediss:// or unix://")
         if v is not None:

@@ -91,3 +91,19 @@ def test_explain_option_errors_name_the_option(capsys):
                  "--device", "bogus"]) == 2
     err = capsys.readouterr().err
     assert "explain: --device: must match" in err and "got 'bogus'" in err and "validation error" not in err, err
+
+
+def test_build_keeps_a_redis_url_variable_for_the_cluster(tmp_path, monkeypatch, capsys):
+    """A Redis URL kept in a Kubernetes Secret: ``redis.url: ${REDIS_URL}`` unset where the
+    Serve config is built; it was refused as not starting with redis://."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text("redis: {url: '${REDIS_URL}'}\ncameras: [{id: a, url: 'rtsp://cam/a', fps: 5}]\n")
+    out = tmp_path / "serve.yaml"
+    assert main(["build", "-c", str(config), "-o", str(out)]) == 0, capsys.readouterr().err
+    assert "${REDIS_URL}" in out.read_text()
+    # where it is resolved (the cluster, `percept run`), a value that is no Redis URL is still refused
+    from pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="redis.url: must start with redis://"):
+        load_config(config, env={"REDIS_URL": "not-a-url"})
