@@ -100,13 +100,9 @@ class DecoderDeployment:
             raise ValueError("redis.url must be resolved before deployment (percept run does this)")
         self.keys = StreamKeys(cfg.redis.stream_prefix)
         client = redis_from_config(cfg.redis)
-        self.publisher = Publisher(
-            client,
-            keys=self.keys,
-            maxlen=cfg.redis.maxlen,
-            max_buffer_entries=cfg.redis.buffer.max_entries,
-            max_buffer_bytes=cfg.redis.buffer.max_bytes,
-        ).start()
+        self.publisher = Publisher(client, keys=self.keys, maxlen=cfg.redis.maxlen,
+                                   max_buffer_entries=cfg.redis.buffer.max_entries,
+                                   max_buffer_bytes=cfg.redis.buffer.max_bytes).start()
         self.metrics = CameraMetrics(RayRecorder())  # Prometheus, on Ray's metrics endpoint
         # the live view (pipeline/view.py): JPEGs only while someone watches; blur models load here
         self.views = await asyncio.to_thread(ViewHub.from_config, cfg, client, self.keys,
@@ -141,11 +137,12 @@ class DecoderDeployment:
             # more replicas than the config says (num_replicas raised in the Serve config) share too
             live_replicas=functools.partial(live_decoders, client, self.keys),
         )
-        self._task = asyncio.get_running_loop().create_task(self.supervisor.run())
-        self._metrics_task = asyncio.get_running_loop().create_task(decoder_metrics(
-            self.metrics, self.supervisor, self.publisher, client, cfg.redis.stream_prefix))
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self.supervisor.run())
+        self._metrics_task = loop.create_task(decoder_metrics(self.metrics, self.supervisor, self.publisher, client,
+                                                              cfg.redis.stream_prefix))
         # GET /status shows every replica: each shares its status in Redis (pipeline/decoder_status.py)
-        self._status_task = asyncio.get_running_loop().create_task(share_status_every(self.status, client, self.keys))
+        self._status_task = loop.create_task(share_status_every(self.status, client, self.keys))
 
     async def _start_camera(self, camera: CameraConfig):
         conductor = await open_camera(

@@ -35,7 +35,7 @@ import redis
 
 from .lease import FENCED_HSET, FENCED_PUBLISH, REFUSED, UNHELD, Fence
 from .publish_items import (Item, PublisherStats, account, call_command, encode_all, estimated_bytes, flat_args,
-                            script_calls, take_batch)
+                            event_ids, resume_point, script_calls, take_out)
 from .publish_wire import Wire, evalsha
 from .redact import redact
 from .schema import FrameResult
@@ -134,13 +134,9 @@ class Publisher:
             raise RuntimeError(f"camera {camera}: its earlier results are still queued here (redis not taking "
                                f"writes?); it starts once they land")
         last = self.last_published(camera)
-        last_event = self.client.xrevrange(self.keys.events(camera), count=1)
-        if last_event:
-            self._last_event[camera] = max(self._last_event.get(camera, (0, -1)), parse_entry_id(last_event[0][0]))
-        raw = self.client.hgetall(self.keys.camera(camera))
-        names = ("dropped", "processed", "publish_dropped", "classify_failed")
-        counters = {k: int(float(raw.get(k.encode(), b"0") or 0)) for k in names}
-        counters["track_id_max"] = int(raw.get(b"track_id_max", b"0") or 0)
+        last_event, counters = resume_point(self.client, self.keys, camera)
+        if last_event is not None:
+            self._last_event[camera] = max(self._last_event.get(camera, (0, -1)), last_event)
         with self._cond:
             self.stats.dropped[camera] = max(self.stats.dropped[camera], counters["publish_dropped"])
             self.stats.resumed_dropped[camera] = max(self.stats.resumed_dropped[camera], counters["publish_dropped"])
@@ -185,21 +181,14 @@ class Publisher:
             return True
         return False
 
-    def _event_ids(self, camera: str, ms: int, n: int) -> list[str]:
-        """Explicit, increasing event entry ids (``<ms>-<k>``), so a retried write is refused."""
-        last_ms, last_k = self._last_event.get(camera, (0, -1))
-        k = last_k + 1 if ms <= last_ms else 0
-        ms = max(ms, last_ms)
-        self._last_event[camera] = (ms, k + n - 1) if n else (last_ms, last_k)
-        return [f"{ms}-{k + i}" for i in range(n)]
-
     def _put_publish(self, camera: str, entry_id: str, ms: int, top_track: int | None, seq: int | str,
                      body: FrameResult | str,
                      events: Sequence[tuple[str, str]], counts: Mapping[str, int] | None, *,
                      nbytes: int, is_frame: bool) -> None:
         entry: list[Any] = [entry_id, seq, body, top_track, len(events)]
         if events:
-            for eid, (kind, text) in zip(self._event_ids(camera, ms, len(events)), events):
+            ids, self._last_event[camera] = event_ids(self._last_event.get(camera, (0, -1)), ms, len(events))
+            for eid, (kind, text) in zip(ids, events):
                 entry += [eid, kind, text]
         increments = [x for name, inc in counts.items() if inc for x in (name, int(inc))] if counts else []
         entry += [len(increments) // 2, *increments]
@@ -334,15 +323,8 @@ class Publisher:
 
     def _take(self) -> list[Item]:
         """The next batch (`take_batch`), out of the queue and in flight (call holding the lock)."""
-        taken = take_batch(self._queue, self.batch, time.monotonic())
-        if all(a is b for a, b in zip(taken, self._queue)):  # the usual case: the queue's head
-            for _ in taken:
-                self._queue.popleft()
-        else:
-            chosen = {id(item) for item in taken}
-            self._queue = deque(item for item in self._queue if id(item) not in chosen)
-        self._in_flight = taken
-        return taken
+        self._in_flight, self._queue = take_out(self._queue, self.batch, time.monotonic())
+        return self._in_flight
 
     def _requeue(self, items: list[Item]) -> None:
         """Items of the batch in flight back at the head of the queue, in order, ahead of newer
@@ -413,13 +395,8 @@ class Publisher:
         """A write the lease check refused. Kept (True) while nobody holds the lease, for up to
         the fence's ``hold_s``: after an outage longer than the TTL our supervisor takes the
         lease back, and then what was buffered is published. Otherwise it is dropped."""
-        fence, now = item.fence, time.monotonic()
-        if code == UNHELD and fence is not None:
-            if item.held_since is None:
-                item.held_since = now
-            if now - item.held_since < fence.hold_s:
-                item.retry_at = now + RETRY_UNHELD_S  # the other cameras' writes go on meanwhile
-                return True
+        if code == UNHELD and item.kept_while_unheld(time.monotonic(), RETRY_UNHELD_S):
+            return True
         if item.is_frame:
             with self._cond:
                 self.stats.fenced[item.camera] += 1

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -14,7 +14,7 @@ from .lease import REFUSED, UNHELD, WRITTEN, Fence
 from .publish_wire import Command, evalsha, is_noscript, packed_call, resp_args, resp_frame_run
 from .redact import redact
 from .schema import SCHEMA_VERSION, FrameResult
-from .streams import UNAVAILABLE_REPLIES, StreamKeys, redis_unavailable
+from .streams import UNAVAILABLE_REPLIES, StreamKeys, parse_entry_id, redis_unavailable
 
 log = logging.getLogger("percept.publish")
 
@@ -34,6 +34,19 @@ class Item:
     held_since: float | None = None  # monotonic time it was first kept back (lease unheld)
     retry_at: float | None = None  # kept back: not sent again before this monotonic time
     packed: bytes | None = None  # `entry` in RESP, the result as JSON (`encode`)
+
+    def kept_while_unheld(self, now: float, retry_s: float) -> bool:
+        """Refused because nobody holds the lease: kept (True), to be tried again in ``retry_s``,
+        for up to its fence's ``hold_s`` (after an outage longer than the TTL our supervisor takes
+        the lease back, and then what was buffered is published)."""
+        if self.fence is None:
+            return False
+        if self.held_since is None:
+            self.held_since = now
+        if now - self.held_since >= self.fence.hold_s:
+            return False
+        self.retry_at = now + retry_s  # the other cameras' writes go on meanwhile
+        return True
 
     def encode(self, json: bytes | None = None) -> None:
         """``entry`` packed for the wire, once: the writer thread does it, not the caller. The
@@ -123,6 +136,37 @@ def take_batch(queue: Iterable[Item], size: int, now: float) -> list[Item]:
             closed.add(camera)
         taken.append(item)
     return taken
+
+
+def take_out(queue: deque[Item], size: int, now: float) -> tuple[list[Item], deque[Item]]:
+    """`take_batch`, and the queue without it (the same deque, its head popped, in the usual case)."""
+    taken = take_batch(queue, size, now)
+    if all(a is b for a, b in zip(taken, queue)):
+        for _ in taken:
+            queue.popleft()
+        return taken, queue
+    chosen = {id(item) for item in taken}
+    return taken, deque(item for item in queue if id(item) not in chosen)
+
+
+def event_ids(last: tuple[int, int], ms: int, n: int) -> tuple[list[str], tuple[int, int]]:
+    """``n`` explicit, increasing event entry ids (``<ms>-<k>``) after ``last`` (so a retried
+    write is refused), and the new last."""
+    last_ms, last_k = last
+    k = last_k + 1 if ms <= last_ms else 0
+    ms = max(ms, last_ms)
+    return [f"{ms}-{k + i}" for i in range(n)], ((ms, k + n - 1) if n else last)
+
+
+def resume_point(client: redis.Redis, keys: StreamKeys, camera: str) -> tuple[tuple[int, int] | None, dict[str, int]]:
+    """What a (re)started camera continues from besides its stream's top: its newest event's id
+    (``(ms, k)``, None if none) and the counters of its hash."""
+    last_event = client.xrevrange(keys.events(camera), count=1)
+    raw = client.hgetall(keys.camera(camera))
+    names = ("dropped", "processed", "publish_dropped", "classify_failed")
+    counters = {k: int(float(raw.get(k.encode(), b"0") or 0)) for k in names}
+    counters["track_id_max"] = int(raw.get(b"track_id_max", b"0") or 0)
+    return (parse_entry_id(last_event[0][0]) if last_event else None), counters
 
 
 def script_calls(batch: list[Item]) -> list[list[Item]]:
