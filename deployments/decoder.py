@@ -17,7 +17,7 @@ from ray.serve.handle import DeploymentHandle
 from pipeline.assignment import CameraSupervisor
 from pipeline.camera_open import open_camera
 from pipeline.conductor import ClassifierRoute
-from pipeline.decoder_status import live_decoders, share_status_every
+from pipeline.decoder_status import forget_status, live_decoders, share_status_every
 from pipeline.config import CameraConfig, PerceptConfig
 from pipeline.frame_share import FrameLender, lending
 from pipeline.backends.crops import crop_spec
@@ -191,6 +191,7 @@ class DecoderDeployment:
     async def __del__(self) -> None:
         self._metrics_task.cancel()
         self._status_task.cancel()
+        await asyncio.to_thread(forget_status, self.publisher.client, self.keys, self.supervisor.owner)
         await self.supervisor.stop()
         try:
             await asyncio.wait_for(self._task, timeout=20)

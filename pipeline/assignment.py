@@ -159,8 +159,10 @@ class CameraSupervisor:
         cameras a failover gathered on one replica stay there, as before."""
         if self._live_replicas is None:
             return
-        self._live = await asyncio.to_thread(self._live_replicas)
-        if self._live > self.replicas and len(self.running) > self.fair_share:  # (not after a failover)
+        was, self._live = self._live, await asyncio.to_thread(self._live_replicas)
+        # two rounds in a row (a replica that just died, or one of an earlier run, counts a few
+        # seconds at most), and not after a failover (the configured number)
+        if min(was, self._live) > self.replicas and len(self.running) > self.fair_share:
             cid = next(reversed(self.running))
             log.warning("camera %s: %d cameras here, above this replica's share (%d, %d replicas); handing it over",
                         cid, len(self.running), self.fair_share, max(self.replicas, self._live))

@@ -63,8 +63,17 @@ def read_shared(client: redis.Redis, keys: StreamKeys, now: float, max_age_s: fl
 
 
 def live_decoders(client: redis.Redis, keys: StreamKeys) -> int:
-    """How many decoder replicas shared their status lately (`CameraSupervisor`'s live count)."""
-    return len(read_shared(client, keys, time.time()))
+    """How many decoder replicas shared their status within the last two intervals
+    (`CameraSupervisor`'s live count: a replica gone counts for at most that long)."""
+    return sum(1 for s in read_shared(client, keys, time.time()) if s["age_s"] <= 2 * SHARE_EVERY_S)
+
+
+def forget_status(client: redis.Redis, keys: StreamKeys, owner: str) -> None:
+    """A replica shutting down takes its status out (best effort: a killed one ages out)."""
+    try:
+        client.hdel(keys.decoders, owner)
+    except redis.RedisError:
+        pass
 
 
 def merged_status(own: dict[str, Any], shared: list[dict[str, Any]], *, complete: bool = True) -> dict[str, Any]:
