@@ -169,7 +169,7 @@ def ingress_line(config: PerceptConfig) -> str:
 def _camera_env_names(config: PerceptConfig) -> set[str]:
     """Variables the config's camera URLs name (``${VAR}``): the decoders expand them from their
     own environment, so a cluster's replicas get them through the runtime env."""
-    from pipeline.config import camera_env_vars
+    from pipeline.config_env import camera_env_vars
 
     return set(camera_env_vars(config))
 

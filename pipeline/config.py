@@ -20,7 +20,6 @@ import math
 import os
 import re
 from pathlib import Path
-from urllib.parse import quote
 from typing import Any, Literal, Mapping
 
 import yaml
@@ -38,7 +37,7 @@ from .geometry import LINES_HELP, ZONES_HELP, Anchor, Lines, Zones, check_units
 from .redact import query_secrets, redact, redact_url, url_credentials, url_secrets
 
 ENV_MODELS_DIR = "PERCEPT_MODELS_DIR"
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 class OutageBufferConfig(Strict):
     max_entries: int = Field(10_000, ge=1, description="results kept while Redis is unreachable")
@@ -67,10 +66,6 @@ class RedisConfig(Strict):
             except ValueError as exc:  # its message quotes no credentials
                 raise ValueError(f"not a Redis URL: {exc}") from None
         return v
-
-
-class CameraEnvError(ValueError):
-    """A camera URL names an environment variable the decoder's environment lacks."""
 
 
 RUNTIME_FIELDS = ("zones", "lines", "anchor", "line_margin")  # what PUT /cameras/{id} changes (no restart)
@@ -262,10 +257,10 @@ def inline_password_error(camera: CameraConfig, field: str) -> str | None:
     var = "CAM_" + re.sub(r"[^A-Za-z0-9]", "_", camera.id).upper() + "_PASSWORD"
     example = camera.url
     for start, end in reversed(query_secrets(example)):  # ?pwd=secret
-        if _ENV_REF.sub("", example[start:end]):
+        if ENV_REF.sub("", example[start:end]):
             example = example[:start] + f"${{{var}}}" + example[end:]
     found = url_credentials(example)
-    if found is not None and found.password is not None and _ENV_REF.sub("", found.password):
+    if found is not None and found.password is not None and ENV_REF.sub("", found.password):
         example = found.with_userinfo(f"{found.user}:${{{var}}}")
     if example == camera.url:
         return None
@@ -273,38 +268,14 @@ def inline_password_error(camera: CameraConfig, field: str) -> str | None:
             "or set security.allow_inline_credentials: true to store it in Redis in clear")
 
 
-def camera_env_vars(config: PerceptConfig) -> set[str]:
-    """The environment variables the config's camera URLs name: the decoder replicas need them."""
-    return {name for cam in config.cameras for name in _ENV_REF.findall(cam.url)}
-
-
 def camera_env_errors(config: PerceptConfig, env: Mapping[str, str]) -> list[str]:
     """One ``cameras[i].url: environment variable X is not set`` line per variable ``env`` lacks."""
     return [
         f"cameras[{i}].url: environment variable {name} is not set"
         for i, cam in enumerate(config.cameras)
-        for name in dict.fromkeys(_ENV_REF.findall(cam.url))
+        for name in dict.fromkeys(ENV_REF.findall(cam.url))
         if name not in env
     ]
-
-
-def resolve_camera(camera: CameraConfig, env: Mapping[str, str]) -> CameraConfig:
-    """The camera with ``${VAR}`` in its URL expanded from ``env`` (the decoder's environment).
-    Raises `CameraEnvError` naming the field and the variable when one is not set."""
-    names = list(dict.fromkeys(_ENV_REF.findall(camera.url)))
-    if not names:
-        return camera
-    missing = [n for n in names if n not in env]
-    if missing:
-        raise CameraEnvError(
-            f"cameras[{camera.id}].url: environment variable {', '.join(missing)} is not set "
-            "in the decoder's environment"
-        )
-    resolved = camera.model_copy(update={"url": _ENV_REF.sub(lambda m: env[m.group(1)], camera.url)})
-    resolved._written_url = camera.url
-    values = [env[n] for n in names if len(env[n]) >= 3]  # shorter: a port, a channel number
-    resolved._env_values = tuple(dict.fromkeys(v for value in values for v in (value, quote(value, safe=""))))
-    return resolved
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -327,7 +298,7 @@ def _substitute_env(node: Any, env: Mapping[str, str], path: str, errors: list[s
                 return m.group(0)
             return env[name]
 
-        return _ENV_REF.sub(repl, node)
+        return ENV_REF.sub(repl, node)
     return node
 
 
@@ -372,7 +343,7 @@ def _resolve_relative_paths(config: PerceptConfig, base_dir: Path, env: Mapping[
     cameras = []
     for cam in config.cameras:
         url = cam.url
-        expanded = _ENV_REF.sub(lambda m: env[m.group(1)] if m.group(1) in env else m.group(0), url)
+        expanded = ENV_REF.sub(lambda m: env[m.group(1)] if m.group(1) in env else m.group(0), url)
         if "://" not in expanded and not expanded.startswith("device:") and not os.path.isabs(expanded):
             candidate = base_dir / expanded
             if candidate.exists():

@@ -23,12 +23,8 @@ from typing import Any, Mapping
 import redis
 from pydantic import ValidationError
 
-from .config import (
-    CameraConfig,
-    CameraEnvError,
-    format_validation_error,
-    resolve_camera,
-)
+from .config import CameraConfig, format_validation_error
+from .config_env import CameraEnvError, resolve_camera
 from .publish import Publisher
 from .redact import redact, redact_url
 from .streams import StreamKeys, parse_entry_id

@@ -7,7 +7,8 @@ import time
 
 import pipeline.camera_open as camera_open_module
 from pipeline.assignment import CameraSupervisor
-from pipeline.config import CameraConfig, PerceptConfig, resolve_camera
+from pipeline.config import CameraConfig, PerceptConfig
+from pipeline.config_env import resolve_camera
 from pipeline.keep import KeptFrames
 from pipeline.publish import Publisher
 from pipeline.sources import SourceError

@@ -88,7 +88,7 @@ def test_missing_env_var_names_the_field():
 
 
 def test_env_value_is_not_parsed_as_yaml():
-    from pipeline.config import resolve_camera
+    from pipeline.config_env import resolve_camera
 
     cfg = parse_config({"redis": {"password": "${U}"}, "cameras": [{"id": "a", "url": "${U}"}]},
                        env={"U": "{id: injected}"})
@@ -122,7 +122,7 @@ def test_decoder_replicas_default_to_one_per_eight_cameras():
 # --- camera credentials: ${VAR} stays in the config (and Redis), expanded by the decoder ------
 
 def test_camera_url_keeps_its_variables_and_the_decoder_expands_them():
-    from pipeline.config import camera_env_vars, resolve_camera
+    from pipeline.config_env import camera_env_vars, resolve_camera
 
     cfg = parse_config({"redis": {"password": "${REDIS_PW}"},
                         "cameras": [{"id": "a", "url": "rtsp://viewer:${CAM_PASS}@10.0.0.5/s1"},
@@ -140,7 +140,7 @@ def test_camera_url_keeps_its_variables_and_the_decoder_expands_them():
 
 
 def test_resolve_camera_names_the_field_and_the_missing_variable():
-    from pipeline.config import CameraEnvError, resolve_camera
+    from pipeline.config_env import CameraEnvError, resolve_camera
 
     cam = CameraConfig(id="dock", url="rtsp://viewer:${CAM_DOCK_PW}@10.0.0.9/s1")
     with pytest.raises(CameraEnvError) as info:
@@ -157,7 +157,7 @@ def test_load_config_requires_the_variables_of_camera_urls(tmp_path):
 
 
 def test_relative_file_url_with_a_variable_resolves_next_to_config(tmp_path):
-    from pipeline.config import resolve_camera
+    from pipeline.config_env import resolve_camera
 
     (tmp_path / "clips").mkdir()
     (tmp_path / "clips" / "a.mp4").write_bytes(b"")

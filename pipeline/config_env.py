@@ -1,0 +1,38 @@
+"""Camera URLs' ``${VAR}``s where they are used: which variables a config's cameras name
+(`percept run` forwards them to the decoders) and a camera's URL expanded from the decoder's own
+environment just before it opens (`resolve_camera`; the registry keeps the URL as written)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+from urllib.parse import quote
+
+from .config import ENV_REF, CameraConfig, PerceptConfig
+
+
+class CameraEnvError(ValueError):
+    """A camera URL names an environment variable the decoder's environment lacks."""
+
+
+def camera_env_vars(config: PerceptConfig) -> set[str]:
+    """The environment variables the config's camera URLs name: the decoder replicas need them."""
+    return {name for cam in config.cameras for name in ENV_REF.findall(cam.url)}
+
+
+def resolve_camera(camera: CameraConfig, env: Mapping[str, str]) -> CameraConfig:
+    """The camera with ``${VAR}`` in its URL expanded from ``env`` (the decoder's environment).
+    Raises `CameraEnvError` naming the field and the variable when one is not set."""
+    names = list(dict.fromkeys(ENV_REF.findall(camera.url)))
+    if not names:
+        return camera
+    missing = [n for n in names if n not in env]
+    if missing:
+        raise CameraEnvError(
+            f"cameras[{camera.id}].url: environment variable {', '.join(missing)} is not set "
+            "in the decoder's environment"
+        )
+    resolved = camera.model_copy(update={"url": ENV_REF.sub(lambda m: env[m.group(1)], camera.url)})
+    resolved._written_url = camera.url
+    values = [env[n] for n in names if len(env[n]) >= 3]  # shorter: a port, a channel number
+    resolved._env_values = tuple(dict.fromkeys(v for value in values for v in (value, quote(value, safe=""))))
+    return resolved
