@@ -4,8 +4,8 @@ A reader thread pulls frames from the camera's `VideoSource` into a keep-latest 
 conductor, on an asyncio loop, takes the newest frame whenever fewer than ``max_inflight`` frames
 of this camera are in flight, awaits the detector, sends each category's crops to that category's
 classifier (`pipeline/classify.py`, bounded by a timeout), and publishes results strictly in
-``seq`` order. Detector and classifiers are injected
-as async callables, so this runs the same against Ray Serve handles or local models in a test.
+``seq`` order. Detector and classifiers are injected as async callables, so this runs the same
+against Ray Serve handles or local models in a test.
 `pipeline/camera_open.py` opens a camera (the factory).
 """
 
@@ -19,9 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from .classify import (
-    ClassifierRoute as ClassifierRoute,  # re-exported: decoders build routes
-)
+from .classify import ClassifierRoute as ClassifierRoute  # re-exported: decoders build routes
 from .classify import CropClassification
 from .config import CameraConfig
 from .events import Event, EventEngine, events_json
