@@ -60,19 +60,8 @@ from . import decode as D
 from . import phases as X
 from . import processes as P
 from . import report as R
-from .harness import (
-    MAX_CAMERAS,
-    Graph,
-    _base_config,
-    _clips,
-    _parse_counts,
-    _phase_config,
-    _say,
-    fail,
-    logical_cpus,
-    ray_cpus_for,
-    start_services,
-)
+from .harness import (MAX_CAMERAS, Graph, _base_config, _clips, _parse_counts, _phase_config, _say, fail, logical_cpus,
+                      ray_cpus_for, start_services)
 
 log = logging.getLogger("percept.bench")
 

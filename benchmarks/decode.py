@@ -119,17 +119,17 @@ def _allocated(fn: Callable[[], Any]) -> tuple[Any, int, float]:
 
 def frame_path(clip: str, imgsz: int, *, frames: int = 20) -> dict[str, Any]:
     """Bytes written and copies of the frame per step, averaged over ``frames`` frames of ``clip``."""
-    from ultralytics.data.augment import LetterBox
-
     from dataclasses import replace
+
+    from ultralytics.data.augment import LetterBox
 
     from pipeline.capture import open_capture
     from pipeline.frame_share import FrameLender
     from pipeline.models import prepare_frame
 
     cap = open_capture("bench", clip)
-    steps: dict[str, list[tuple[int, float]]] = {"decode_bgr": [], "letterbox": [], "object_store": [],
-                                                 "shared_memory": [], "ultralytics_letterbox": []}
+    names = ("decode_bgr", "letterbox", "object_store", "shared_memory", "ultralytics_letterbox")
+    steps: dict[str, list[tuple[int, float]]] = {name: [] for name in names}
     shipped = shipped_pixels = 0
     square = imgsz * imgsz * 3
     lender = FrameLender(max_slots=1)
@@ -167,11 +167,7 @@ def frame_path(clip: str, imgsz: int, *, frames: int = 20) -> dict[str, Any]:
         return {"bytes": b, "copies": round(b / unit, 2), "ms": sum(ms for _, ms in steps[name]) / n}
 
     out = {"clip": Path(clip).name, "frames": n, "frame_shape": list(image.shape), "imgsz": imgsz,
-           "decode_bgr": summary("decode_bgr", frame_bytes),
-           "letterbox": summary("letterbox", square),
-           "object_store": summary("object_store", square),
-           "shared_memory": summary("shared_memory", square),
-           "ultralytics_letterbox": summary("ultralytics_letterbox", square),
+           **{name: summary(name, frame_bytes if name == "decode_bgr" else square) for name in names},
            "shipped_bytes": shipped, "shipped_bytes_pixels": shipped_pixels}
     # the path as the graph runs it by default: the frame is copied into shared memory, not
     # into the object store (``object_store``: what sharing off would cost instead)
