@@ -4,8 +4,8 @@ RayService and configs/cluster.yaml agree with each other and with the project.
 What Docker would find out first is checked here: the image copies every package pyproject.toml
 lists and installs the project with the tested pins; the compose services run the right
 commands with the environment configs/cluster.yaml needs; the RTSP service's command serves the
-cameras configs/cluster.yaml names (run for real with the project's RTSP server); the
-RayService's serveConfigV2 is `percept build` output and a valid Serve config."""
+cameras configs/cluster.yaml names (run for real with the project's RTSP server). The KubeRay
+RayService is checked in test_kuberay.py."""
 
 from __future__ import annotations
 
@@ -321,101 +321,3 @@ def test_rtsp_service_command_serves_the_cluster_cameras(videos, rtsp_server_cls
             finally:
                 cap.release()
             assert ok and frame is not None and frame.size, f"camera {cam['id']}: no frame from the rtsp service"
-
-
-# --- KubeRay ---------------------------------------------------------------------------------
-
-def test_rayservice_serve_config_is_percept_build_output():
-    manifest = yaml.safe_load(RAYSERVICE.read_text())
-    assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayService"
-    embedded = manifest["spec"]["serveConfigV2"]
-    built = percept_build("-c", "configs/cluster.yaml", "--http-host", "0.0.0.0")
-    assert yaml.safe_load(embedded) == yaml.safe_load(built), "serveConfigV2 differs from `percept build`: run `make kuberay`"
-    assert embedded == built, "serveConfigV2 is not the text `percept build` writes: run `make kuberay`"
-
-    from ray.serve.schema import ServeDeploySchema
-
-    schema = ServeDeploySchema.model_validate(yaml.safe_load(embedded))
-    assert schema.http_options.host == "0.0.0.0"
-    app = schema.applications[0]
-    assert app.import_path == "deployments.graph:app_builder"
-    assert app.args["config"] == cluster_config()  # ${VARS} kept: secrets resolved on the cluster
-
-
-def test_default_gpu_shares_fit_one_gpu():
-    """`num_gpus: auto` packs one replica of every model of the shipped configs (and of the
-    demo, and of three classifiers) onto one GPU; numbers in a config are kept as they are."""
-    from deployments.graph import deployment_options
-    from pipeline.config import load_config, parse_config
-    from pipeline.samples import demo_config
-    import os
-
-    env = {"CAM_PASS": "x", "REDIS_PW": "x"}
-    three = {c: {"weights": "yolov8n-cls.pt"} for c in ("vehicle", "pedestrian", "sign")}
-    configs = {
-        "example.yaml": load_config(REPO / "configs" / "example.yaml", env=env),
-        "cluster.yaml": load_config(CLUSTER_CONFIG, env=env),
-        "demo": demo_config(None, None, ".percept"),
-        "demo with the shared models": demo_config(None, os.environ.get("PERCEPT_MODELS_DIR"), ".percept"),
-        "three classifiers": parse_config({"classifiers": three}, env={}),
-        "numbers": parse_config({"detector": {"num_gpus": 0.25}, "classifiers": {
-            "vehicle": {"weights": "v.pt", "num_gpus": 0.5}, "pedestrian": {"weights": "p.pt"}}}, env={}),
-    }
-    for name, config in configs.items():
-        asked = {sec.deployment: sec.cfg.num_gpus for sec in config.detector_sections() + config.classifier_sections()}
-        with_gpu = deployment_options(config, gpu_available=True)
-        without = deployment_options(config, gpu_available=False)
-        gpus = {m: with_gpu[m]["ray_actor_options"]["num_gpus"] for m in asked}
-        assert 0 < sum(gpus.values()) <= 1.0, (name, gpus)
-        for m, value in asked.items():
-            if value == "auto":
-                assert gpus[m] > 0 and without[m]["ray_actor_options"]["num_gpus"] == 0, (name, m, gpus)
-            else:
-                assert gpus[m] == without[m]["ray_actor_options"]["num_gpus"] == value, (name, m, gpus)
-    three_gpus = deployment_options(configs["three classifiers"], gpu_available=True)
-    assert three_gpus["detector"]["ray_actor_options"]["num_gpus"] == 0.5
-    assert three_gpus["classifier-sign"]["ray_actor_options"]["num_gpus"] == 0.1666  # floored: sums to <= 1
-    assert deployment_options(configs["cluster.yaml"], gpu_available=True)["detector"]["ray_actor_options"][
-        "num_gpus"] == 1.0  # its classifier runs on CPU (num_gpus: 0): the detector keeps the whole GPU
-    numbers = deployment_options(configs["numbers"], gpu_available=True)
-    assert numbers["classifier-pedestrian"]["ray_actor_options"]["num_gpus"] == 0.25  # what 0.25 + 0.5 leave
-
-
-def test_rayservice_pods_run_the_gpu_image_with_models_and_secrets():
-    manifest = yaml.safe_load(RAYSERVICE.read_text())
-    cluster = manifest["spec"]["rayClusterConfig"]
-    assert cluster["rayVersion"] == pins()["ray"]
-    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
-    for group in groups:
-        spec = group["template"]["spec"]
-        (container,) = [c for c in spec["containers"] if c["name"].startswith("ray-")]
-        assert container["image"].endswith(":gpu")
-        assert {"name": "PERCEPT_MODELS_DIR", "value": "/models"} in container["env"]
-        assert {"secretRef": {"name": "percept-secrets"}} in container["envFrom"]
-        for mount in container.get("volumeMounts", []):
-            assert mount["name"] in {v["name"] for v in spec["volumes"]}
-        # every pod, the head too: the API replica (no CPU of its own) may land there, and hot
-        # swaps and explain read the models
-        assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
-    for group in cluster["workerGroupSpecs"]:
-        spec = group["template"]["spec"]
-        (container,) = spec["containers"]
-        assert container["resources"]["limits"]["nvidia.com/gpu"]
-        assert 1 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
-    assert cluster["enableInTreeAutoscaling"] is True
-    # the Secret supplies what the config and the Redis manifest need
-    redis_docs = list(yaml.safe_load_all((REPO / "deploy" / "kuberay" / "redis.yaml").read_text()))
-    keys = {e["valueFrom"]["secretKeyRef"]["key"] for d in redis_docs if d["kind"] == "StatefulSet"
-            for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert keys <= env_refs(CLUSTER_CONFIG)
-    assert {d["metadata"]["name"] for d in redis_docs if d["kind"] == "Service"} == {urlsplit(cluster_config()["redis"]["url"]).hostname}
-
-
-def test_kuberay_script_rewrites_only_the_serve_config():
-    text = RAYSERVICE.read_text()
-    new = kuberay_manifest.with_serve_config(text, "a: 1\nb:\n  c: 2\n")
-    assert yaml.safe_load(new)["spec"]["serveConfigV2"] == "a: 1\nb:\n  c: 2\n"
-    before, after = yaml.safe_load(text), yaml.safe_load(new)
-    before["spec"].pop("serveConfigV2"), after["spec"].pop("serveConfigV2")
-    assert before == after
-    assert kuberay_manifest.with_serve_config(new, "a: 1\nb:\n  c: 2\n") == new
