@@ -11,7 +11,7 @@ export PERCEPT_SHARED ?= $(SHARED)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup demo test bench clean kuberay constraints
+.PHONY: setup demo demo-models test bench clean kuberay constraints
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || scripts/install-system-deps.sh --venv
@@ -23,8 +23,11 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 	scripts/install-system-deps.sh
 
-demo: setup
+# the models folder checked first: without it, nothing is installed
+demo-models:
 	@[ -n "$(PERCEPT_MODELS_DIR)" ] || { echo "make demo: no models folder: put the shared folder beside the repo ($(SHARED)) or set PERCEPT_MODELS_DIR" >&2; exit 2; }
+
+demo: demo-models setup
 	YOLO_OFFLINE=1 $(VENV)/bin/percept demo $(if $(DURATION),--duration $(DURATION),)
 
 # `percept bench` on the shared clips and models (RTSP cameras: GStreamer's server, as for the tests)

@@ -56,6 +56,9 @@ def register(sub: Any) -> None:
                      help="objects are the detections from this score (default 0.25)")
     off.add_argument("--device", default="auto", help="auto, cpu, cuda:0 … (default auto)")
     off.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for the model (default: every core)")
+    off.add_argument("--no-blur", action="store_true",
+                     help="draw on the frame as it is (default: faces blurred first, as the service does, "
+                          "when the YuNet model is in the models folder)")
     e.set_defaults(func=_explain)
 
 
@@ -197,6 +200,11 @@ def _offline(args: argparse.Namespace) -> int:
     except (ValueError, ModelError) as exc:  # ExplainError is a ValueError
         return fail(f"explain: {exc}", BAD_INPUT)
     out = Path(args.out or f"explain-{name}-{args.object}.png")
+    if not args.no_blur:  # the heat map is drawn on what the service would show: faces blurred
+        from pipeline.config_view import PrivacyConfig
+        from pipeline.privacy import Blurrer
+
+        image = Blurrer.from_config(PrivacyConfig(), os.environ.get(ENV_MODELS_DIR)).blur(image)
     if not _write(out, encode_png(overlay(image, result.heat, target, method=method))):
         return fail(f"explain: cannot write {out}", BAD_INPUT)
     box = ",".join(f"{v:.0f}" for v in target.box)

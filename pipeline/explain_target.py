@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .models import letterbox_geometry
 from .schema import Detections
 
 
@@ -60,11 +61,7 @@ def target_score(detections: Detections | Exception, target: Target) -> float:
 def content_region(orig_shape: tuple[int, int], imgsz: int) -> tuple[int, int, int, int]:
     """(top, left, height, width) of the frame inside the letterboxed square (ultralytics'
     LetterBox, centred: its rounding)."""
-    h, w = orig_shape
-    r = min(imgsz / h, imgsz / w)
-    new_w, new_h = round(w * r), round(h * r)
-    top = round((imgsz - new_h) / 2 - 0.1)
-    left = round((imgsz - new_w) / 2 - 0.1)
+    (new_w, new_h), top, left = letterbox_geometry(*orig_shape, imgsz)  # the same rounding, at least 1 px
     return top, left, new_h, new_w
 
 

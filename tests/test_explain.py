@@ -134,7 +134,7 @@ def test_rise_is_deterministic_for_a_seed_and_eigencam_needs_a_pt_model(openvino
         explain(openvino_detector, traffic_frame, target, imgsz=640, method="gradient")
 
 
-@pytest.mark.parametrize("shape", [(360, 640), (576, 768), (1080, 1920), (640, 480), (100, 1000), (640, 640)])
+@pytest.mark.parametrize("shape", [(360, 640), (576, 768), (1080, 1920), (640, 480), (100, 1000), (640, 640), (1, 2000)])
 def test_content_region_is_where_the_letterbox_put_the_frame(shape):
     boxed = prepare_frame(np.full((*shape, 3), 255, np.uint8), 640).image
     top, left, h, w = content_region(shape, 640)

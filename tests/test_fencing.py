@@ -99,8 +99,8 @@ def test_paused_replica_is_fenced_and_stops_its_cameras(world):
         wait_for(lambda: all(client.get(KEYS.lease(c)) not in (None, stale_owner.encode()) for c in moved),
                  20, f"the other replica taking {moved}")
         taken_after = time.monotonic() - paused_at
-        # Its frames may not get through yet: a detector request of the paused replica whose frame
-        # is still in the object store can hold the detector until that replica runs again.
+        # (With transport: actor and frames in the object store, a detector request of the paused
+        # replica could hold the detector until that replica runs again: not the default path.)
         hold(max(0.0, 2 * TTL - (time.monotonic() - paused_at)), "decoder replica paused for 2×TTL")
         published_while_paused = {c: len(entries(client, c, tops[c])) for c in moved}
     finally:
