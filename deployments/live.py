@@ -18,7 +18,6 @@ from typing import Any
 
 from fastapi import HTTPException
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
-from starlette.background import BackgroundTask
 
 from pipeline.config_view import ViewConfig
 from pipeline.registry import CameraRegistry
@@ -166,9 +165,9 @@ class LiveView:
         except BaseException:
             place.release()
             raise
-        return StreamingResponse(self._parts(camera_id, place), background=BackgroundTask(place.release),
-                                 media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
-                                 headers={"Cache-Control": "no-store"})
+        return _LiveResponse(self._parts(camera_id, place), place=place,
+                             media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+                             headers={"Cache-Control": "no-store"})
 
     async def _parts(self, camera_id: str, place: "_Place") -> AsyncIterator[bytes]:
         """Polls at twice ``view.fps`` (a frame is never missed through aliasing) the first bytes
@@ -195,6 +194,22 @@ class LiveView:
                 await asyncio.sleep(max(0.0, poll - (time.monotonic() - started)))
         finally:
             place.release()
+
+
+class _LiveResponse(StreamingResponse):
+    """A streaming response that gives its place back however the call ends: a client gone or
+    a request cancelled before the first part skips a background task, and the parts' own
+    ``finally`` never runs when they were never asked for."""
+
+    def __init__(self, *args: Any, place: "_Place", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._place = place
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._place.release()
 
 
 class _Place:

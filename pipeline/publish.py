@@ -302,11 +302,11 @@ class Publisher:
             try:
                 results = self._send(calls)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                self._unreachable(f"redis unreachable ({redact(str(exc))})", taken)
+                self._unreachable(f"redis unreachable ({redact(str(exc))})", taken, batch)
                 continue
             except Exception as exc:  # anything else (an answer it cannot parse, NOPERM): the same, never the end
                 log.exception("publisher: unexpected error writing to redis; retrying")
-                self._unreachable(f"redis write failed ({type(exc).__name__}: {redact(str(exc))})", taken)
+                self._unreachable(f"redis write failed ({type(exc).__name__}: {redact(str(exc))})", taken, batch)
                 continue
             if not self.stats.connected:
                 log.info("redis is back; flushing %d buffered results", len(self._queue))
@@ -344,16 +344,17 @@ class Publisher:
         self._encode_ahead()
         return self._wire.receive()
 
-    def _unreachable(self, why: str, taken: list[Item]) -> None:
-        """Buffer and back off (the batch back at the head of the queue: results stay queued,
-        in order, within the buffer's bounds)."""
+    def _unreachable(self, why: str, taken: list[Item], encoded: list[Item]) -> None:
+        """Buffer and back off (the batch's ``encoded`` items back at the head of the queue:
+        results stay queued, in order, within the buffer's bounds; one that could not be encoded
+        was counted once and goes)."""
         if self.stats.connected:
             log.warning("%s; buffering %d results", why, len(self._queue) + len(taken))
         self.stats.connected = False
         delay = self._backoff.next()
         with self._cond:
             self._bytes -= sum(item.nbytes for item in taken)
-            self._requeue(taken)
+            self._requeue(encoded)
             if not self._closing:
                 self._cond.wait(delay)
 

@@ -113,10 +113,11 @@ class CameraRegistry:
         return self.read()[0]
 
     def seed_if_lost(self, cameras: list[CameraConfig]) -> bool:
-        """`seed` again if Redis lost the registry (restarted without its data): the config's
-        cameras would otherwise stop everywhere until a decoder restarts. A registry seeded from
-        another config (a rolling update) is left alone. True if it wrote."""
-        return not self.client.exists(self.digest_key) and self.seed(cameras)
+        """`seed` again if Redis lost the registry (restarted without its data: the hash and its
+        digest both gone): the config's cameras would otherwise stop everywhere until a decoder
+        restarts. A registry seeded from another config (a rolling update), or one whose digest
+        alone is gone (evicted), is left alone: its API changes stand. True if it wrote."""
+        return not self.client.exists(self.digest_key, self.key) and self.seed(cameras)
 
     def runnable(self, env: Mapping[str, str], publisher: Publisher,
                  config: list[CameraConfig] | None = None) -> list[CameraConfig]:

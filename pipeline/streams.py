@@ -77,7 +77,8 @@ def reconnect_if_demoted(client: redis.Redis, error: BaseException | str) -> boo
     on a READONLY answer the client's idle connections are closed, so the next command connects
     again (to the new primary). True if it did."""
     text = error if isinstance(error, str) else str(error)
-    if not (isinstance(error, redis.exceptions.ReadOnlyError) or text.startswith("READONLY")):
+    # (a script's error reply comes as "READONLY …", a command's as ReadOnlyError, or its name in text)
+    if not (isinstance(error, redis.exceptions.ReadOnlyError) or text.startswith(("READONLY", "ReadOnlyError"))):
         return False
     client.connection_pool.disconnect(inuse_connections=False)
     return True

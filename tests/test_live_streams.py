@@ -44,9 +44,19 @@ def test_viewers_arriving_together_stay_within_max_streams_and_give_their_place_
         assert b"X-Percept-Frame: percept camera=door seq=1" in await parts.__anext__()
         await parts.aclose()  # the viewer went away mid-stream
         assert live.streams == 1
-        await accepted[1].background()  # a response whose parts were never asked for ended
+
+        async def receive():
+            return {"type": "http.disconnect"}
+
+        async def gone(message):  # the client went away before the first part
+            raise OSError("connection reset by peer")
+
+        scope = {"type": "http", "asgi": {"spec_version": "2.4"}, "method": "GET", "headers": []}
+        with pytest.raises(Exception):
+            await accepted[1](scope, receive, gone)
         assert live.streams == 0
-        await accepted[0].background()  # given back once only
+        with pytest.raises(Exception):
+            await accepted[0](scope, receive, gone)  # given back once only
         assert live.streams == 0
 
     asyncio.run(main())

@@ -200,10 +200,12 @@ def test_after_a_failover_behind_one_address_writes_and_leases_follow_the_new_pr
             new_primary.replicaof("NO", "ONE")  # failover: y promoted, the address leads to it,
             endpoint.target = y.port  # x demoted to y's replica (its connections stay open)
             x.client().replicaof("127.0.0.1", y.port)
+            pub.camera_state("cam", "online")  # a state write at the head: its READONLY comes as ReadOnlyError
             for s in range(3, 13):
                 pub.publish(result(s))
             assert pub.flush(20), pub.stats.refusing  # it reconnected on READONLY: through to y
             assert seqs(new_primary) == list(range(13))
+            assert new_primary.hget(KEYS.camera("cam"), "state") == b"online"
             with pytest.raises(redis.exceptions.ReadOnlyError) as refused:
                 renew(lease, "me")  # the supervisor's pooled connection still reaches x
             assert reconnect_if_demoted(leases, refused.value)  # what its lease loops do then

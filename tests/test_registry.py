@@ -147,8 +147,12 @@ def test_the_config_cameras_come_back_when_redis_loses_the_registry(redis_server
         assert [c.id for c in reg.runnable({}, pub, config)] == ["a", "b"]
         client.flushall()  # as a restart without persistence
         assert [c.id for c in reg.runnable({}, pub, config)] == ["a", "b"]
+        reg.remove("b")  # DELETE /cameras/b
+        client.hset(reg.key, "api-cam", json.dumps({"source": "api", "camera": {"id": "api-cam", "url": "x.mp4"}}))
+        client.delete(reg.digest_key)  # the digest alone gone (evicted): the registry stands, not re-seeded
+        assert [c.id for c in reg.runnable({}, pub, config)] == ["a", "api-cam"]
         newer = [CameraConfig(id="c", url="c.mp4")]
-        reg.seed(newer)  # a replica of the next config started
-        assert [c.id for c in reg.runnable({}, pub, config)] == ["c"]
+        reg.seed(newer)  # a replica of the next config started (the camera added through the API stays)
+        assert [c.id for c in reg.runnable({}, pub, config)] == ["api-cam", "c"]
     finally:
         pub.close()
