@@ -177,6 +177,8 @@ def test_replicas_swap_one_at_a_time_and_a_failed_load_keeps_the_old_model(redis
             assert len(spans) == 3 and all(b[0] >= a[1] for a, b in zip(spans, spans[1:])), spans
             client.set(keys.desired, Desired("broken.pt", None, 2, "broken.pt", {"weights": "b.pt"}).to_json())
             await _until(lambda: all(r.report.failed_generation == 2 for r in replicas), 30, "the failure reported")
+            await _until(lambda: all(r.failed_generation == 2 and r.error for r in live_reports(client, keys)), 30,
+                         "the failure, with its error, in every replica's report in Redis")
             assert [r.current.name for r in replicas] == ["b.pt"] * 3
             reports = live_reports(client, keys)
             assert [(r.model, r.generation) for r in reports] == [("b.pt", 1)] * 3

@@ -145,9 +145,11 @@ class ModelSwapper:
     def _failed(self, desired: Desired, exc: Exception) -> None:
         log.warning("%s: cannot load %s: %s: %s; %s keeps serving", self.keys.deployment, desired.weights,
                     type(exc).__name__, exc, self.report.model)
+        # the error first: a report written meanwhile (its heartbeat runs in a thread) that says
+        # the generation failed always says why
+        self.report.error = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
         self.report.failed_generation = desired.generation
         self._failed_record = (desired.generation, desired.requested_at)
-        self.report.error = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
 
     def _cfg(self, desired: Desired) -> Any:
         return swapped_cfg(self.base_cfg, desired.weights, desired.card)
