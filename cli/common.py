@@ -17,7 +17,7 @@ import redis
 from redis.connection import parse_url
 
 from pipeline.redact import redact, redact_url
-from pipeline.streams import redis_unavailable
+from pipeline.streams import CREDENTIALS_REFUSED, redis_unavailable
 
 EXIT_UNAVAILABLE = 3  # a service the config names is unreachable, or a model cannot be loaded
 EXIT_INTERRUPTED = 130
@@ -107,10 +107,6 @@ def api_url_arg(value: str) -> str:
     return value
 
 
-def _refused(exc: BaseException) -> bool:
-    return isinstance(exc, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError))
-
-
 class RedisOutage:
     """One line when Redis goes away (``redis unreachable at … — retrying``), one when it is
     back; foreground loops call `attempt` and carry on with ``default`` meanwhile. Credentials
@@ -136,7 +132,7 @@ class RedisOutage:
         try:
             value = fn()
         except redis.RedisError as exc:
-            if not redis_unavailable(exc) and not (self.carry_on_refused and _refused(exc)):
+            if not redis_unavailable(exc) and not (self.carry_on_refused and isinstance(exc, CREDENTIALS_REFUSED)):
                 raise
             self.notice(exc)
             return default

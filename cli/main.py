@@ -16,10 +16,9 @@ import sys
 import warnings
 from typing import Sequence
 
-import redis
-
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
 from pipeline.redact import redact
+from pipeline.streams import CREDENTIALS_REFUSED
 
 from . import bench, build, cameras, demo, run, subscribe, top
 from . import eval as eval_cmd
@@ -69,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
-    except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+    except CREDENTIALS_REFUSED as exc:
         return fail(f"redis refused our credentials: {redact(str(exc))} (check redis.url / PERCEPT_REDIS_URL)",
                     EXIT_UNAVAILABLE)
 

@@ -316,7 +316,6 @@ class Publisher:
             stalled = bool(batch) and len(held) == len(batch)
             with self._cond:
                 self._bytes -= sum(item.nbytes for item in taken)
-                self._in_flight = []
                 self._requeue(held)
                 if refusal and not self._closing:  # Redis refuses writes for now: everyone waits
                     self._cond.wait(self._backoff.next())

@@ -235,8 +235,14 @@ def refusal_of(outcome: Any) -> str | None:
     if isinstance(outcome, bytes):
         return outcome.decode(errors="replace") if outcome.startswith(_REFUSING) else None
     if isinstance(outcome, redis.RedisError) and redis_unavailable(outcome):
-        return f"{type(outcome).__name__}: {outcome}"
+        # redis-py strips the reply's code from the errors it maps: put it back, so that the text
+        # reads as a script's error reply does ("READONLY …")
+        code = _ERROR_CODES.get(type(outcome), type(outcome).__name__ + ":")
+        return f"{code} {outcome}"
     return None
+
+
+_ERROR_CODES = {redis.exceptions.ReadOnlyError: "READONLY", redis.exceptions.OutOfMemoryError: "OOM"}
 
 
 def account(calls: list[list[Item]], results: list[Any], stats: PublisherStats,

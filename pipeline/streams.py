@@ -77,18 +77,21 @@ def reconnect_if_demoted(client: redis.Redis, error: BaseException | str) -> boo
     on a READONLY answer the client's idle connections are closed, so the next command connects
     again (to the new primary). True if it did."""
     text = error if isinstance(error, str) else str(error)
-    # (a script's error reply comes as "READONLY …", a command's as ReadOnlyError, or its name in text)
-    if not (isinstance(error, redis.exceptions.ReadOnlyError) or text.startswith(("READONLY", "ReadOnlyError"))):
+    if not (isinstance(error, redis.exceptions.ReadOnlyError) or text.startswith("READONLY")):
         return False
     client.connection_pool.disconnect(inuse_connections=False)
     return True
 
 
+# credentials Redis refuses (a wrong password, an ACL user without the right): redis-py makes them
+# connection errors, but retrying does not mend them
+CREDENTIALS_REFUSED = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
+
+
 def redis_unavailable(exc: BaseException) -> bool:
-    """Whether an error means "Redis cannot serve this now, try again" rather than a bad request.
-    Credentials Redis refuses (a wrong password, an ACL user without the right) are not: redis-py
-    makes them connection errors, but retrying does not mend them."""
-    if isinstance(exc, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)):
+    """Whether an error means "Redis cannot serve this now, try again" rather than a bad request
+    (`CREDENTIALS_REFUSED` are not)."""
+    if isinstance(exc, CREDENTIALS_REFUSED):
         return False
     return isinstance(exc, _UNAVAILABLE_ERRORS) or (
         isinstance(exc, redis.ResponseError) and str(exc).startswith(UNAVAILABLE_REPLIES))

@@ -61,9 +61,8 @@ class Subscriber:
         self.consumer = consumer or "percept-subscriber"
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
-        self._start = start
         if group:
-            self._create_groups(start)
+            self._create_groups({s: start for s in self.streams})
         # "$" means "new from now on": pin it to the current last id once, so entries added
         # between two reads are not skipped.
         self._last: dict[str, str] = {s: self._resolve(s, start) for s in self.streams}
@@ -77,11 +76,10 @@ class Subscriber:
         eid = last[0][0]
         return eid.decode() if isinstance(eid, bytes) else eid
 
-    def _create_groups(self, start: str | dict[str, str]) -> None:
+    def _create_groups(self, starts: dict[str, str]) -> None:
         for stream in self.streams:
             try:
-                self.client.xgroup_create(stream, self.group, id=start if isinstance(start, str) else start[stream],
-                                          mkstream=True)
+                self.client.xgroup_create(stream, self.group, id=starts[stream], mkstream=True)
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise

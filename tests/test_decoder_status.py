@@ -58,11 +58,11 @@ def test_a_replica_shares_its_status_on_a_schedule_and_rides_out_an_outage(redis
         task = asyncio.create_task(share_status_every(status, client, KEYS, interval_s=0.05))
         try:
             while not client.hexists(KEYS.decoders, "r1"):
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # polled under the 30 s deadline below
             redis_server.kill()
             before = len(calls)
             while len(calls) < before + 3:  # it keeps trying while Redis is down
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # polled under the 30 s deadline below
             assert not task.done()
         finally:
             task.cancel()

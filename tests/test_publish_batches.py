@@ -59,10 +59,15 @@ def big(seq, camera):
                        {"detector": "m"}, {"total": 1.0})
 
 
-def test_writes_accepted_again_in_the_middle_of_a_pipeline_lose_nothing(redis_server):
+def refusable(redis_server, maxlen: int):
+    """An admin client of a Redis that refuses writes over ``maxmemory``, and a started publisher."""
     client = redis_server.client()
     client.config_set("maxmemory-policy", "noeviction")
-    pub = Publisher(connect_redis(redis_server.url, socket_timeout=5), keys=KEYS, maxlen=100_000).start()
+    return client, Publisher(connect_redis(redis_server.url, socket_timeout=5), keys=KEYS, maxlen=maxlen).start()
+
+
+def test_writes_accepted_again_in_the_middle_of_a_pipeline_lose_nothing(redis_server):
+    client, pub = refusable(redis_server, 100_000)
     try:
         for trial in range(8):
             cam = f"c{trial}"
@@ -75,7 +80,7 @@ def test_writes_accepted_again_in_the_middle_of_a_pipeline_lose_nothing(redis_se
             threading.Thread(target=pub.flush, args=(0.01,), daemon=True).start()  # the writer retries now
             hold_s = 0.002 * trial
             if hold_s:
-                time.sleep(hold_s)  # noqa: the moment Redis accepts again falls in different places
+                time.sleep(hold_s)  # an offset, not a wait: Redis accepts again at a different moment each trial
             client.config_set("maxmemory", "0")
             assert pub.flush(30)
             assert seqs(client, cam) == list(range(200)), f"trial {trial}: {pub.stats}"
@@ -127,9 +132,7 @@ def test_one_cameras_writes_kept_back_do_not_hold_up_the_others(redis_server):
 
 
 def test_a_camera_restarted_while_its_results_are_queued_waits_for_them(redis_server):
-    client = redis_server.client()
-    client.config_set("maxmemory-policy", "noeviction")
-    pub = Publisher(connect_redis(redis_server.url, socket_timeout=5), keys=KEYS, maxlen=1000).start()
+    client, pub = refusable(redis_server, 1000)
     try:
         for s in range(5):
             pub.publish(result(s))
