@@ -83,7 +83,7 @@ class Wire:
                 self._load = False
             conn = self._conn
             chunks = [c.data if isinstance(c, Packed) else b"".join(conn.pack_command(*c)) for c in commands]
-            conn.send_packed_command([b"".join(chunks)])
+            conn.send_packed_command(chunks if len(chunks) == 1 else [b"".join(chunks)])  # one write, no extra copy
         except BaseException:
             self.drop()
             raise

@@ -20,6 +20,7 @@ SCHEMA = "percept.detections/v1"
 SCHEMA_VERSION = "1"
 # what a published object's numbers are rounded to: box corners to 0.1 px, the score to 1e-4
 _ROUNDING = np.array([10, 10, 10, 10, 10_000], np.float64)
+Rounded = tuple[list[list[float]], list[float]]  # `rounded_numbers`: boxes, scores
 
 
 @dataclass(frozen=True)
@@ -144,18 +145,17 @@ class Detections:
     def to_objects(self) -> list[dict[str, Any]]:
         return [{**o, "attributes": dict(o["attributes"])} for o in self._objects()]
 
-    def _objects(self, rows: list[list[float]] | None = None) -> list[dict[str, Any]]:
+    def _objects(self, rounded: Rounded | None = None) -> list[dict[str, Any]]:
         """The objects as JSON-ready dicts (sharing this object's attribute dicts: for encoding);
-        ``rows``: this object's `rounded_rows`, when made for several results at once."""
+        ``rounded``: this object's `rounded_numbers`, when made for several results at once."""
         if not len(self.labels):
             return []
-        if rows is None:
-            rows = rounded_rows([self])
+        boxes, scores = rounded_numbers([self]) if rounded is None else rounded
         return [
-            {"category": category, "label": label, "score": row[4], "bbox": row[:4], "track_id": track_id,
+            {"category": category, "label": label, "score": score, "bbox": box, "track_id": track_id,
              "attributes": attributes}
-            for category, label, row, track_id, attributes in zip(
-                self.categories, self.labels, rows, self.track_ids, self.attributes)
+            for category, label, score, box, track_id, attributes in zip(
+                self.categories, self.labels, scores, boxes, self.track_ids, self.attributes)
         ]
 
     @classmethod
@@ -188,7 +188,7 @@ class FrameResult:
         payload["objects"] = self.objects.to_objects()
         return payload
 
-    def _payload(self, rows: list[list[float]] | None = None) -> dict[str, Any]:
+    def _payload(self, rounded: Rounded | None = None) -> dict[str, Any]:
         m = self.meta
         return {
             "schema": SCHEMA,
@@ -199,8 +199,8 @@ class FrameResult:
             "pts": None if m.pts is None or not math.isfinite(m.pts) else round(m.pts * 10_000) / 10_000,
             "width": m.width,
             "height": m.height,
-            "model": dict(self.models),
-            "objects": self.objects._objects(rows),
+            "model": self.models if type(self.models) is dict else dict(self.models),
+            "objects": self.objects._objects(rounded),
             # round(v * 100) / 100: the float nearest v in hundredths, as round(v, 2) at half its cost
             "latency_ms": {k: round(float(v) * 100) / 100 for k, v in self.latency_ms.items()},
         }
@@ -216,12 +216,13 @@ class FrameResult:
     @staticmethod
     def many_to_json_bytes(results: Sequence["FrameResult"]) -> list[bytes]:
         """Each result's JSON (what `to_json_bytes` gives it alone), their numbers rounded together
-        (`rounded_rows`: one numpy pass for all, ~4 µs a result less than one pass each)."""
-        rows = rounded_rows([r.objects for r in results])
+        (`rounded_numbers`: one numpy pass for all, ~4 µs a result less than one pass each)."""
+        boxes, scores = rounded_numbers([r.objects for r in results])
         out, at = [], 0
         for r in results:
             n = len(r.objects.labels)
-            out.append(orjson.dumps(r._payload(rows[at:at + n] if n else None), option=orjson.OPT_SERIALIZE_NUMPY))
+            rounded = (boxes[at:at + n], scores[at:at + n]) if n else None
+            out.append(orjson.dumps(r._payload(rounded), option=orjson.OPT_SERIALIZE_NUMPY))
             at += n
         return out
 
@@ -249,18 +250,19 @@ class FrameResult:
         return cls.from_payload(orjson.loads(text))
 
 
-def rounded_rows(parts: Sequence[Detections]) -> list[list[float]]:
-    """Every object's box corners and score (``[x1, y1, x2, y2, score]``), in order, rounded as
+def rounded_numbers(parts: Sequence[Detections]) -> Rounded:
+    """Every object's box corners (``[x1, y1, x2, y2]``) and score, in order, rounded as
     published: in one float64 array as np.round does it (× 10^d, rint, ÷ 10^d), into plain Python
     floats. Per-value round() was most of the publisher's cost; one array for many results saves
-    numpy's per-call overhead too (~0.5 µs a call, 7 calls)."""
+    numpy's per-call overhead too (~0.5 µs a call, 7 calls); boxes and scores come out as lists
+    apart, so that no object's box is sliced out of a row (~0.7 µs a result of 10 objects)."""
     n = sum(len(p.labels) for p in parts)
     if not n:
-        return []
+        return [], []
     rows = np.empty((n, 5), np.float64)
     rows[:, :4] = np.concatenate([p.xyxy for p in parts])
     rows[:, 4] = np.concatenate([p.scores for p in parts])
     rows *= _ROUNDING
     np.rint(rows, out=rows)
     rows /= _ROUNDING
-    return rows.tolist()
+    return rows[:, :4].tolist(), rows[:, 4].tolist()
