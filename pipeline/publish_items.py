@@ -33,7 +33,7 @@ class Item:
     entry: list[Any] | None = None  # a result's part of a `FENCED_PUBLISH` call (see lease.py)
     held_since: float | None = None  # monotonic time it was first kept back (lease unheld)
     retry_at: float | None = None  # kept back: not sent again before this monotonic time
-    packed: bytes | None = None  # `entry` in RESP, the result as JSON (`encode`)
+    packed: tuple[bytes, ...] | None = None  # `entry` in RESP, in parts (the JSON one of them: `encode`)
 
     def kept_while_unheld(self, now: float, retry_s: float) -> bool:
         """Refused because nobody holds the lease: kept (True), to be tried again in ``retry_s``,
@@ -58,12 +58,12 @@ class Item:
         body = entry[2]
         if isinstance(body, FrameResult):
             if entry[3] is None:
-                entry[3] = max([t for t in body.objects.track_ids if t is not None], default=0)
+                entry[3] = max(filter(None, body.objects.track_ids), default=0)  # None and 0 skipped
             body = body.to_json_bytes() if json is None else json
         if len(entry) == 6 and entry[4] == entry[5] == 0:  # a frame alone, the common case
             self.packed = resp_frame_run(entry[0], entry[1], body, entry[3])
         else:
-            self.packed = resp_args([*entry[:2], body, *entry[3:]])
+            self.packed = (resp_args([*entry[:2], body, *entry[3:]]),)
 
 
 ENCODE_TOGETHER = 32  # results rounded in one array (16-64: ~13 µs a result to JSON; 256: ~18, one by one ~17)

@@ -13,6 +13,7 @@ A result's script arguments are packed into RESP on the writer thread as it is e
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,18 +50,20 @@ def resp_args(args: Iterable[Any]) -> bytes:
     return b"".join(out)
 
 
-def resp_frame_run(entry_id: str, seq: int, json: bytes, top_track: int) -> bytes:
+def resp_frame_run(entry_id: str, seq: int, json: bytes, top_track: int) -> tuple[bytes, bytes, bytes]:
     """`resp_args` of the common run, a frame without events or counters (``entry_id, seq, json,
-    top_track, 0, 0``), in one formatting step (~0.6 µs against ~2 µs)."""
+    top_track, 0, 0``), in two formatting steps (~0.6 µs against ~2 µs) and in three parts, the
+    JSON itself the middle one: it is copied once, into the batch's command (`packed_call`)."""
     eid, s, t = entry_id.encode(), b"%d" % seq, b"%d" % top_track
-    return b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$1\r\n0\r\n$1\r\n0\r\n" % (
-        len(eid), eid, len(s), s, len(json), json, len(t), t)
+    return (b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n" % (len(eid), eid, len(s), s, len(json)), json,
+            b"\r\n$%d\r\n%b\r\n$1\r\n0\r\n$1\r\n0\r\n" % (len(t), t))
 
 
-def packed_call(head: Sequence[Any], runs: Sequence[bytes], run_args: int) -> Packed:
-    """A command whose first arguments are ``head`` and the rest ``runs`` (`resp_args` output,
-    ``run_args`` arguments in all)."""
-    return Packed(str(head[0]), b"".join((b"*%d\r\n" % (len(head) + run_args), resp_args(head), *runs)))
+def packed_call(head: Sequence[Any], runs: Sequence[Sequence[bytes]], run_args: int) -> Packed:
+    """A command whose first arguments are ``head`` and the rest ``runs`` (`resp_args` output in
+    parts, ``run_args`` arguments in all), joined in one copy."""
+    start = (b"*%d\r\n" % (len(head) + run_args), resp_args(head))
+    return Packed(str(head[0]), b"".join(itertools.chain(start, itertools.chain.from_iterable(runs))))
 
 
 class Wire:

@@ -354,10 +354,10 @@ def test_results_packed_on_the_writer_are_the_bytes_redis_py_would_send():
     head = ("EVALSHA", "ab" * 20, 2, "k:1", "k:2", "", 100_000, "cam-é", "1")
     runs = [["1700000000000-0", 0, b'{"a":1}', 7, 0, 0], ["1700000000200-1", 1, "ünï", -3, 2.5, 1e-7]]
     expected = b"".join(conn.pack_command(*head, *runs[0], *runs[1]))
-    call = packed_call(head, [resp_args(r) for r in runs], sum(len(r) for r in runs))
+    call = packed_call(head, [(resp_args(r),) for r in runs], sum(len(r) for r in runs))
     assert call.name == "EVALSHA" and call.data == expected
     for run in (runs[0], ["1700000000000-12345", 12345, b"x" * 2500, 0, 0, 0]):
-        assert resp_frame_run(*run[:4]) == resp_args(run), "the common run's shortcut"
+        assert b"".join(resp_frame_run(*run[:4])) == resp_args(run), "the common run's shortcut"
     for bad in (None, True, object()):
         with pytest.raises(redis.DataError):
             resp_args(["x", bad])
