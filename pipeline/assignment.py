@@ -155,7 +155,7 @@ class CameraSupervisor:
     async def _hand_over_surplus(self) -> None:
         """More replicas run than the config says (the deployment scaled up): one camera above
         this replica's share is stopped and its lease released, for a replica below its share
-        to claim (its tracks end here and start afresh there). With the configured number, the
+        to claim (its open tracks go on there: `track_state.leave_tracks`). With the configured number, the
         cameras a failover gathered on one replica stay there, as before."""
         if self._live_replicas is None:
             return
@@ -166,7 +166,7 @@ class CameraSupervisor:
             cid = next(reversed(self.running))
             log.warning("camera %s: %d cameras here, above this replica's share (%d, %d replicas); handing it over",
                         cid, len(self.running), self.fair_share, max(self.replicas, self._live))
-            await self._stop_camera(cid)
+            await self._stop_camera(cid, hand_over=True)
 
     async def _renew_loop(self) -> None:
         while self._renewing:
@@ -311,26 +311,26 @@ class CameraSupervisor:
 
     # --- stopping ----------------------------------------------------------------------------------
 
-    async def _stop_camera(self, cid: str, *, lost: bool = False) -> None:
-        task = self._stop_soon(cid, lost=lost)
+    async def _stop_camera(self, cid: str, *, lost: bool = False, hand_over: bool = False) -> None:
+        task = self._stop_soon(cid, lost=lost, hand_over=hand_over)
         if task is not None:
             await task
 
-    def _stop_soon(self, cid: str, *, lost: bool) -> "asyncio.Task[None] | None":
+    def _stop_soon(self, cid: str, *, lost: bool, hand_over: bool = False) -> "asyncio.Task[None] | None":
         entry = self.running.pop(cid, None)
         if entry is None:
             return None
         self._stopping.add(cid)
         if entry.timer is not None:
             entry.timer.cancel()
-        task = asyncio.create_task(self._finish_stop(cid, entry, lost=lost))
+        task = asyncio.create_task(self._finish_stop(cid, entry, lost=lost, hand_over=hand_over))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
 
-    async def _finish_stop(self, cid: str, entry: _Camera, *, lost: bool) -> None:
+    async def _finish_stop(self, cid: str, entry: _Camera, *, lost: bool, hand_over: bool) -> None:
         try:
-            await entry.conductor.stop()
+            await entry.conductor.stop(keep_tracks=hand_over)
             await asyncio.wait([entry.task], timeout=15)
             if not entry.task.done():
                 entry.task.cancel()

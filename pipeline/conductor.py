@@ -5,8 +5,7 @@ conductor, on an asyncio loop, takes the newest frame whenever fewer than ``max_
 of this camera are in flight, awaits the detector, sends each category's crops to that category's
 classifier (`pipeline/classify.py`, bounded by a timeout), and publishes results strictly in
 ``seq`` order. Detector and classifiers are injected as async callables, so this runs the same
-against Ray Serve handles or local models in a test.
-`pipeline/camera_open.py` opens a camera (the factory).
+against Ray Serve handles or local models in a test. `pipeline/camera_open.py` opens a camera.
 """
 
 from __future__ import annotations
@@ -28,10 +27,10 @@ from .metrics import NO_METRICS, CameraMetrics
 from .models import DetectorInput, prepare_frame
 from .publish import Publisher
 from .redact import redact
-from .schema import Detections, FrameResult
+from .schema import Detections, FrameMeta, FrameResult
 from .frame_slot import LatestFrameSlot
 from .sources import Frame, VideoSource
-from .track_state import TrackSnapshots
+from .track_state import TrackSnapshots, leave_tracks
 from .tracking import ObjectTracker
 
 log = logging.getLogger("percept.conductor")
@@ -100,7 +99,9 @@ class CameraConductor:
         self.metrics = metrics or NO_METRICS  # e2e latency and lag per published frame
         self.view = view  # pipeline.view.CameraView: offered each published frame (draws only when watched)
         self.kept = kept  # pipeline.keep.KeptFrames: the last published frames, for `percept explain`
-        self._last_seq: int | None = None  # the newest published frame's seq
+        self._last: FrameMeta | None = None  # the newest published frame
+        self._tracked_seq: int | None = None  # the newest tracked frame's seq
+        self._keep_tracks = False  # handed over (`stop`): its tracks go on at its next owner
         self._alive: dict[int, tuple[set[int], dict]] = {}  # seq → the tracker's ids and origins after that frame
         self._tracked_frames = 0
         self.classification = CropClassification(
@@ -146,7 +147,7 @@ class CameraConductor:
                 await asyncio.gather(*self._inflight, return_exceptions=True)
             stats.cancel()
             self.source.stop()
-            self._close_tracks()
+            self._leave_tracks()
             # the reader's last state change lands while this replica still holds the lease
             await asyncio.to_thread(self._reader.join, self.camera.read_timeout_s + 1)
             self._last_state()
@@ -166,8 +167,10 @@ class CameraConductor:
             self.source.detach()
             self.publisher.camera_state(self.camera.id, "stopped", url=self.camera.shown_url)
 
-    async def stop(self) -> None:
-        """Stop reading; frames in flight get a short grace (the detector may be gone already)."""
+    async def stop(self, *, keep_tracks: bool = False) -> None:
+        """Stop reading; frames in flight get a short grace (the detector may be gone already).
+        ``keep_tracks``: the camera is handed over to another replica, which continues its tracks."""
+        self._keep_tracks = keep_tracks
         self._stopped.set()
         self.source.stop()
         self._frame_ready.set()
@@ -285,17 +288,14 @@ class CameraConductor:
         if self.track_state is not None and self.events is not None:
             self.track_state.published(result.meta, self.events)  # queued after the frame it describes
         self.metrics.frame_published(self.camera.id, result.latency_ms.get("total", 0.0))
-        self._last_seq = result.meta.seq
+        self._last = result.meta
 
-    def _close_tracks(self) -> None:
-        """The camera stops here: its open tracks end (and leave their zones)."""
-        if self.events is None or self._last_seq is None:
-            return
-        now = time.time()
-        events = self.events.close(self._last_seq, now)
-        self.publisher.publish_events(self.camera.id, now, events_json(events), self.events.take_counts())
-        if self.track_state is not None:
-            self.track_state.closed(self._last_seq)  # ended here: the next owner starts afresh
+    def _leave_tracks(self) -> None:
+        """The camera stops here: its open tracks end, or go on at its next owner (`leave_tracks`)."""
+        if self.events is not None and self._last is not None:
+            kept = self._keep_tracks and self._tracked_seq == self._last.seq  # every tracked frame published
+            leave_tracks(self.publisher, self.camera.id, self.events, self.track_state, self._last,
+                         tracker=self.tracker if kept else None)
 
     def _place_freed(self, seq: int) -> None:
         taken = self._taken_at.pop(seq, None)
@@ -321,6 +321,7 @@ class CameraConductor:
             try:
                 detections = self.tracker.update(detections, (meta.height, meta.width), ts=self.tracker.time_of(meta))
                 self._tracked_frames += 1
+                self._tracked_seq = meta.seq
                 if self.events is not None:
                     self._alive[meta.seq] = (self.tracker.alive_ids(), self.tracker.origins)
                 if self.track_state is not None:

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .config import TrackerConfig
-from .events import EventEngine
+from .events import EventEngine, events_json
 from .schema import FrameMeta, FrameResult
 from .tracking import ObjectTracker
 
@@ -70,6 +71,12 @@ class TrackSnapshots:
         if tracker is not None:
             self._write(meta.seq, {"frame_ts": meta.frame_ts, "tracker": tracker, "events": events.snapshot()})
 
+    def handed_over(self, last: FrameMeta, tracker: ObjectTracker, events: EventEngine) -> None:
+        """The camera stops here to move to another replica, ``last`` the newest frame tracked
+        and published: a snapshot of both as they are, which its next owner continues from."""
+        self._held.clear()
+        self._write(last.seq, {"frame_ts": last.frame_ts, "tracker": tracker.snapshot(), "events": events.snapshot()})
+
     def closed(self, seq: int) -> None:
         """The camera stopped here and ended its tracks: its next owner starts afresh."""
         self._held.clear()
@@ -91,6 +98,22 @@ class TrackSnapshots:
         if not self._skip_logged:
             log.warning("camera %s: track state not saved: %s", self.camera, why)
             self._skip_logged = True
+
+
+def leave_tracks(publisher: Publisher, camera_id: str, events: EventEngine, snapshots: TrackSnapshots | None,
+                 last: FrameMeta, *, tracker: ObjectTracker | None) -> None:
+    """A camera stops here, ``last`` the newest frame it published. Handed over to another
+    replica (a scale-up: ``tracker`` given, every frame it tracked published): its open tracks go
+    on there, from a snapshot taken now (`TrackSnapshots.handed_over`). Otherwise they end here
+    (``track_end``, zones left) and the state says ``closed``: its next owner starts afresh."""
+    if tracker is not None and snapshots is not None:
+        snapshots.handed_over(last, tracker, events)
+        return
+    now = time.time()
+    ended = events.close(last.seq, now)
+    publisher.publish_events(camera_id, now, events_json(ended), events.take_counts())
+    if snapshots is not None:
+        snapshots.closed(last.seq)
 
 
 @dataclass

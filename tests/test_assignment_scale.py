@@ -28,11 +28,13 @@ class StandIn:
     def __init__(self, camera: CameraConfig):
         self.camera = camera
         self._stop = asyncio.Event()
+        self.kept_tracks: bool | None = None  # how it was stopped (None: still running)
 
     async def run(self) -> None:
         await self._stop.wait()
 
-    async def stop(self) -> None:
+    async def stop(self, *, keep_tracks: bool = False) -> None:
+        self.kept_tracks = keep_tracks
         self._stop.set()
 
     def status(self) -> dict:
@@ -44,10 +46,11 @@ def test_replicas_beyond_the_config_take_their_share_of_the_cameras(redis_server
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     supervisors: list[CameraSupervisor] = []
-    runs, shares = [], []
+    runs, shares, started = [], [], []
 
     async def start(camera):
-        return StandIn(camera)
+        started.append(StandIn(camera))
+        return started[-1]
 
     def add_replica(i: int) -> None:
         sup = CameraSupervisor(CAMERAS, client=client, keys=KEYS, start_camera=start, replicas=1,
@@ -74,6 +77,9 @@ def test_replicas_beyond_the_config_take_their_share_of_the_cameras(redis_server
         held = sorted(c for cams in running() for c in cams)
         assert held == ["a", "b", "c", "d"]
         assert {client.get(KEYS.lease(c)).decode() for c in held} == {s.owner for s in supervisors}
+        moved = [s.camera.id for s in started if s.kept_tracks is not None]
+        assert len(moved) >= 3 and all(s.kept_tracks for s in started if s.kept_tracks is not None), \
+            "each camera handed over keeps its tracks for its next owner"
     finally:
         for sup in supervisors:
             asyncio.run_coroutine_threadsafe(sup.stop(), loop).result(5)

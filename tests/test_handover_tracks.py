@@ -1,0 +1,109 @@
+"""A camera handed over to another replica (a scale-up: `CameraSupervisor._hand_over_surplus`
+stops it with ``keep_tracks``) keeps its open tracks: the conductor leaves a snapshot at its last
+published frame instead of ending them, and the next owner continues them — one ``track_start``
+for a car seen on both sides, its id unchanged, no ``track_end`` at the handover. A camera
+stopped for any other reason still ends its tracks. Real conductors, publisher and redis-server;
+the detector is a stand-in (one car, always in view)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from pipeline.conductor import CameraConductor
+from pipeline.config import CameraConfig, TrackerConfig
+from pipeline.publish import Publisher
+from pipeline.schema import Detections
+from pipeline.sources import VideoSource
+from pipeline.streams import StreamKeys, connect_redis
+from pipeline.track_state import TrackSnapshots, restore_tracking
+
+from .test_conductor import PacedCapture
+from .test_sources import Clock
+from .waiting import wait_for
+
+KEYS = StreamKeys("handover")
+CAMERA = CameraConfig(id="cam", url="rtsp://cam.example/1")
+CFG = TrackerConfig(snapshot_every=1000)  # no periodic snapshot: only the one a stop leaves
+
+
+async def detect(inp):
+    await asyncio.sleep(0.005)  # the detector's work, not a wait
+    return Detections(xyxy=[[20, 5, 40, 25]], scores=[0.9], labels=("car",), categories=("vehicle",))
+
+
+def owner(redis_url: str) -> tuple[CameraConductor, Publisher]:
+    """A replica's conductor for the camera, continuing what its previous owner left."""
+    publisher = Publisher(connect_redis(redis_url), keys=KEYS, maxlen=1000).start()
+    seq, counters = publisher.resume_camera("cam")
+    tracker, events, _ = restore_tracking(publisher, CAMERA, CFG, track_id_max=counters["track_id_max"],
+                                          file_time=False)
+    source = VideoSource("cam", lambda: PacedCapture(10_000, Clock()), fps=0, is_file=False, seq_start=seq)
+    conductor = CameraConductor(CAMERA, source, detect=detect, classifiers={}, publisher=publisher, imgsz=64,
+                                models={"detector": "stand-in"}, max_inflight=2, tracker=tracker, events=events,
+                                track_state=TrackSnapshots(publisher, "cam", every=CFG.snapshot_every))
+    return conductor, publisher
+
+
+def run_until(redis_server, frames: int, *, keep_tracks: bool) -> None:
+    """One owner publishes ``frames`` more frames, then is stopped (handed over or not)."""
+    conductor, publisher = owner(redis_server.url)
+    client = redis_server.client()
+    start = client.xlen(KEYS.detections("cam"))
+
+    async def drive():
+        running = asyncio.create_task(conductor.run())
+        await asyncio.to_thread(wait_for, lambda: client.xlen(KEYS.detections("cam")) >= start + frames, 30,
+                                f"{frames} frames published", 0.05)
+        await conductor.stop(keep_tracks=keep_tracks)
+        await asyncio.wait_for(running, 15)
+
+    asyncio.run(drive())
+    assert publisher.flush(5)
+    publisher.close()
+
+
+def events_of(client) -> list[dict]:
+    return [json.loads(f[b"json"]) for _, f in client.xrange(KEYS.events("cam"))]
+
+
+@pytest.mark.parametrize("keep_tracks", [True, False], ids=["handed-over", "stopped"])
+def test_a_camera_handed_over_keeps_its_tracks(redis_server, keep_tracks):
+    client = redis_server.client()
+    client.delete(*[k for k in client.keys(f"{KEYS.prefix}:*")] or ["-"])
+    run_until(redis_server, 8, keep_tracks=keep_tracks)
+    first = events_of(client)
+    [started] = [e["track_id"] for e in first if e["kind"] == "track_start"]
+    state = json.loads(client.hget(KEYS.trackstate("cam"), "json"))
+    top_id, top = client.xrevrange(KEYS.detections("cam"), count=1)[0]
+    last_seq = int(top[b"seq"])
+    assert state["seq"] == last_seq
+    if keep_tracks:  # a snapshot at the last frame, nothing ended
+        assert "tracker" in state and not state.get("closed")
+        assert [e["kind"] for e in first] == ["track_start"]
+        tracker, events, restored = restore_tracking(_reader(redis_server), CAMERA, CFG, track_id_max=started,
+                                                     file_time=False)
+        assert (restored.seq, restored.replayed, restored.why_not) == (last_seq, 0, "")
+        assert events.open_tracks == [started]
+    else:  # ended here: the next owner starts afresh
+        assert state.get("closed") is True
+        assert [(e["kind"], e["track_id"]) for e in first] == [("track_start", started), ("track_end", started)]
+
+    run_until(redis_server, 8, keep_tracks=False)  # the next owner
+    later = events_of(client)[len(first):]
+    ids = {o["track_id"] for _, f in client.xrange(KEYS.detections("cam"), min=b"(" + top_id)
+           for o in json.loads(f[b"json"])["objects"]}
+    if keep_tracks:  # the same car, the same track: it ends once, at the next owner's stop
+        assert ids == {started}
+        assert [(e["kind"], e["track_id"]) for e in later] == [("track_end", started)]
+    else:
+        assert len(ids) == 1 and ids.pop() > started
+        assert [e["kind"] for e in later] == ["track_start", "track_end"]
+
+
+def _reader(redis_server) -> Publisher:
+    """A publisher that only reads (restore_tracking's client and keys); never started."""
+    return Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000)
+
