@@ -3,13 +3,13 @@
 A Serve handle reaches one replica per call, so each decoder replica writes its own status
 (`share_status_every`, every 2 s) to the hash ``<prefix>:decoders`` (field: its owner id), and the
 API merges what it finds there with the answering replica's live status (`merged_status`). An
-entry older than ``max_age_s`` (its replica is gone) is left out and removed."""
+entry older than ``max_age_s`` (its replica is gone) is left out and removed. Ages are measured
+on Redis's own clock (``TIME``), so replicas on hosts whose clocks disagree still agree on them."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any, Awaitable, Callable
 
 import orjson
@@ -23,7 +23,15 @@ SHARE_EVERY_S = 2.0
 MAX_AGE_S = 3 * SHARE_EVERY_S  # a replica that wrote nothing for this long is gone
 
 
-def share_status(client: redis.Redis, keys: StreamKeys, status: dict[str, Any], now: float) -> None:
+def redis_now(client: redis.Redis) -> float:
+    """Redis's clock (``TIME``), seconds since the epoch: the one clock every replica shares."""
+    seconds, micros = client.time()
+    return seconds + micros / 1e6
+
+
+def share_status(client: redis.Redis, keys: StreamKeys, status: dict[str, Any], now: float | None = None) -> None:
+    """This replica's status, stamped ``now`` (default: `redis_now`)."""
+    now = redis_now(client) if now is None else now
     client.hset(keys.decoders, status["owner"], orjson.dumps({**status, "written_at": now}, default=str))
 
 
@@ -34,7 +42,7 @@ async def share_status_every(status: Callable[[], Awaitable[dict[str, Any]]], cl
     down = False
     while True:
         try:
-            await asyncio.to_thread(share_status, client, keys, await status(), time.time())
+            await asyncio.to_thread(share_status, client, keys, await status())
             down = False
         except redis.RedisError as exc:
             if not down:
@@ -43,8 +51,11 @@ async def share_status_every(status: Callable[[], Awaitable[dict[str, Any]]], cl
         await asyncio.sleep(interval_s)
 
 
-def read_shared(client: redis.Redis, keys: StreamKeys, now: float, max_age_s: float = MAX_AGE_S) -> list[dict[str, Any]]:
-    """The statuses replicas wrote within ``max_age_s`` (older ones are removed), with ``age_s``."""
+def read_shared(client: redis.Redis, keys: StreamKeys, now: float | None = None,
+                max_age_s: float = MAX_AGE_S) -> list[dict[str, Any]]:
+    """The statuses replicas wrote within ``max_age_s`` of ``now`` (default: `redis_now`; older
+    ones are removed), with ``age_s``."""
+    now = redis_now(client) if now is None else now
     fresh, stale = [], []
     for owner, raw in client.hgetall(keys.decoders).items():
         try:
@@ -65,7 +76,7 @@ def read_shared(client: redis.Redis, keys: StreamKeys, now: float, max_age_s: fl
 def live_decoders(client: redis.Redis, keys: StreamKeys) -> int:
     """How many decoder replicas shared their status within the last two intervals
     (`CameraSupervisor`'s live count: a replica gone counts for at most that long)."""
-    return sum(1 for s in read_shared(client, keys, time.time()) if s["age_s"] <= 2 * SHARE_EVERY_S)
+    return sum(1 for s in read_shared(client, keys) if s["age_s"] <= 2 * SHARE_EVERY_S)
 
 
 def forget_status(client: redis.Redis, keys: StreamKeys, owner: str) -> None:
@@ -95,7 +106,7 @@ def merged_status(own: dict[str, Any], shared: list[dict[str, Any]], *, complete
 def read_shared_or_none(client: redis.Redis, keys: StreamKeys) -> list[dict[str, Any]] | None:
     """`read_shared`, or None while Redis is unavailable (the answering replica's view stands)."""
     try:
-        return read_shared(client, keys, time.time())
+        return read_shared(client, keys)
     except redis.RedisError as exc:
         if not redis_unavailable(exc):
             raise

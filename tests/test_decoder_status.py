@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-from pipeline.decoder_status import MAX_AGE_S, merged_status, read_shared, share_status, share_status_every
+from pipeline.decoder_status import (MAX_AGE_S, live_decoders, merged_status, read_shared, share_status,
+                                     share_status_every)
 from pipeline.streams import StreamKeys
 
 KEYS = StreamKeys("dstatus")
@@ -68,3 +69,31 @@ def test_a_replica_shares_its_status_on_a_schedule_and_rides_out_an_outage(redis
             task.cancel()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_replica_whose_clock_is_off_still_counts_as_live(redis_server, monkeypatch):
+    """Ages are measured on Redis's clock, not each host's: a replica on a host whose clock runs
+    30 s behind shares its status, and a replica with the right time counts it as live (on its
+    own clocks, its status would look 30 s old: gone)."""
+    import time
+
+    client = redis_server.client()
+    client.delete(KEYS.decoders)
+    real_time = time.time
+
+    async def status():
+        return replica("behind", 8, {"cam": {"state": "online"}})
+
+    async def share_once():
+        task = asyncio.create_task(share_status_every(status, client, KEYS, interval_s=60))
+        try:
+            while not client.hexists(KEYS.decoders, "behind"):
+                await asyncio.sleep(0.02)  # polled under the 30 s deadline below
+        finally:
+            task.cancel()
+
+    monkeypatch.setattr(time, "time", lambda: real_time() - 30)  # that host's clock
+    asyncio.run(asyncio.wait_for(share_once(), 30))
+    monkeypatch.undo()
+    assert live_decoders(client, KEYS) == 1
+    assert [s["owner"] for s in read_shared(client, KEYS)] == ["behind"]
