@@ -10,6 +10,7 @@ RayService is checked in test_kuberay.py."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -106,13 +107,46 @@ def percept_build(*args: str) -> str:
     return out.stdout
 
 
+# --- the wheel ---------------------------------------------------------------------------------
+
+def test_an_installed_wheel_finds_its_model_cards(tmp_path):
+    """A plain (non-editable) install has no configs/ beside it: the wheel carries the cards
+    (``pipeline/cards``) and finds them there, without PERCEPT_CARDS_DIR."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"  # a copy: pip builds in the tree it is given
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("pipeline", "deployments", "cli", "benchmarks", "configs"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    [wheel] = (tmp_path / "dist").glob("percept-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)  # what installing a pure-Python wheel puts in place
+    env = {k: v for k, v in os.environ.items() if k != "PERCEPT_CARDS_DIR"}
+    env["PYTHONPATH"] = str(site)
+    probe = ("import json, pipeline.backends.card as c; "
+             "print(json.dumps([c.__file__, str(c.CARDS_DIR), sorted(p.name for p in c.CARDS_DIR.glob('*.yaml'))]))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    module, cards_dir, cards = json.loads(out.stdout)
+    assert module.startswith(str(site)) and cards_dir == str(site / "pipeline" / "cards")
+    assert cards == sorted(p.name for p in (REPO / "configs" / "models").glob("*.yaml")) and cards
+
+
 # --- Dockerfile ------------------------------------------------------------------------------
 
 def test_dockerfile_copies_every_package_pyproject_installs():
     instr = dockerfile(DOCKER / "Dockerfile")
     copied = copies(instr)
-    packages = pyproject()["tool"]["setuptools"]["packages"]
-    needed = {"pyproject.toml", "README.md", *(p.split(".")[0] for p in packages)}  # a sub-package comes with its parent
+    setuptools = pyproject()["tool"]["setuptools"]
+    folders = [setuptools.get("package-dir", {}).get(p, p.replace(".", "/")) for p in setuptools["packages"]]
+    needed = {"pyproject.toml", "README.md", *(f.split("/")[0] for f in folders)}  # a sub-folder comes with its parent
     missing = needed - set(copied)
     assert not missing, f"docker/Dockerfile does not COPY {sorted(missing)}: `pip install .` would fail"
     ignored = [ln.strip().rstrip("/") for ln in (REPO / ".dockerignore").read_text().splitlines()

@@ -35,9 +35,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..config_errors import ConfigError, format_validation_error
 
 ENV_CARDS_DIR = "PERCEPT_CARDS_DIR"
-# the repository's configs/models (a checkout or an editable install); an installed package (the
-# Docker image) names the folder in PERCEPT_CARDS_DIR
-CARDS_DIR = Path(os.environ.get(ENV_CARDS_DIR) or Path(__file__).resolve().parents[2] / "configs" / "models")
+
+
+def _cards_dir() -> Path:
+    """PERCEPT_CARDS_DIR if set; else the repository's configs/models (a checkout, an editable
+    install); else the copy an installed wheel carries (``pipeline/cards``: pyproject.toml)."""
+    if os.environ.get(ENV_CARDS_DIR):
+        return Path(os.environ[ENV_CARDS_DIR])
+    checkout = Path(__file__).resolve().parents[2] / "configs" / "models"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parents[1] / "cards"
+
+
+CARDS_DIR = _cards_dir()
 ATTRIBUTE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
