@@ -145,6 +145,9 @@ def test_bench_smoke(tmp_path, models_dir, videos):
 
     assert r["e2e"]["1"]["fps"] > 0 and r["e2e"]["1"]["cameras"] == 1
     assert r["publish"]["publisher"]["published"] > 0 and r["publish"]["redis_benchmark"]["rps"] > 0
+    rounds = sorted(x["ratio"] for x in r["publish"]["rounds"])
+    assert len(rounds) == 3 and r["p5_publish_over_redis_benchmark"] == pytest.approx(rounds[1], rel=1e-3), \
+        "p5: the median of three same-minute pairs"
 
     m = r["machine"]
     assert m["cores"] >= 1 and m["imgsz"] == 640 and m["model"]
