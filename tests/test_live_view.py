@@ -273,11 +273,18 @@ TILES_JS = """JSON.stringify([...document.querySelectorAll('.tile')].map(t => {
 }))"""
 
 
+BLOB_COUNTER_JS = """window.__blobs = {created: 0, revoked: 0};
+const _create = URL.createObjectURL, _revoke = URL.revokeObjectURL;
+URL.createObjectURL = (b) => { window.__blobs.created++; return _create(b); };
+URL.revokeObjectURL = (u) => { window.__blobs.revoked++; return _revoke(u); };"""
+
+
 def test_the_page_in_headless_chromium(live, tmp_path):
     api, client = live
     browser = Chromium(tmp_path / "profile")
     try:
         browser.call("Page.enable")
+        browser.call("Page.addScriptToEvaluateOnNewDocument", source=BLOB_COUNTER_JS)
         browser.call("Page.navigate", url=api + "/")
 
         def tiles():
@@ -312,6 +319,10 @@ def test_the_page_in_headless_chromium(live, tmp_path):
             x1, y1, x2, y2 = later[cam]["box"]
             a, b = shot1[y1:y2, x1:x2].astype(int), shot2[y1:y2, x1:x2].astype(int)
             assert a.size and np.abs(a - b).mean() > 1.0, f"tile {cam} did not change between screenshots"
+        # each image replaces the last: its blob URL is freed (no memory kept per frame shown)
+        wait_for(lambda: sum(t["frames"] for t in tiles().values()) >= 8, 60, "eight images shown in all")
+        live_urls = browser.js("window.__blobs.created - window.__blobs.revoked")
+        assert browser.js("window.__blobs.created") >= 8 and live_urls <= 4, live_urls  # 2 tiles: shown + in flight
         cv2.imwrite(str(tmp_path / "live-view.png"), shot2)
         if os.environ.get("PERCEPT_SAVE_SCREENSHOT"):
             (REPO / "docs").mkdir(exist_ok=True)
