@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import math
 import sys
 import time
 import urllib.error
@@ -68,8 +67,6 @@ def number_arg(kind: type, low: float | None = None, high: float | None = None, 
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {'a whole number' if kind is int else 'a number'}, "
                                              f"got {value!r}") from None
-        if kind is float and math.isinf(number) and (low is None or high is None):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {value!r}")
         if (low is not None and number < low) or (high is not None and number > high) or number != number:
             span = f"from {low:g} to {high:g}" if low is not None and high is not None else \
                 f">= {low:g}" if low is not None else f"<= {high:g}"
