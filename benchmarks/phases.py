@@ -278,6 +278,13 @@ def phase_ultralytics(model: str, urls: list[str], cfg: PerceptConfig, *, durati
     raise RuntimeError(f"ultralytics predict failed (rc={out.returncode}): {out.stderr.strip()[-800:]}")
 
 
+def median_index(values: list[float | None]) -> int:
+    """The index of the median of the values that are not None (the lower one of two); 0 if
+    all are None. A round that did not flush counts neither as the worst nor as the best."""
+    measured = sorted((v, i) for i, v in enumerate(values) if v is not None)
+    return measured[(len(measured) - 1) // 2][1] if measured else 0
+
+
 def phase_publish(redis_server: Any, samples: list[Any], *, n: int, rounds: int = 3) -> dict[str, Any]:
     """The publisher and redis-benchmark sending the same XADD on the same server, one after the
     other, ``rounds`` times: ``publisher`` and ``redis_benchmark`` are the round whose ratio is the
@@ -291,8 +298,8 @@ def phase_publish(redis_server: Any, samples: list[Any], *, n: int, rounds: int 
         rb = M.redis_benchmark_xadd(redis_server.port, payload_bytes=size, n=n, clients=1, pipeline=pub["batch"],
                                     password=redis_server.password)
         pairs.append((pub, rb))
-    ratios = [(pub["entries_per_s"] or 0) / rb["rps"] for pub, rb in pairs]
-    pub, rb = pairs[sorted(range(rounds), key=ratios.__getitem__)[rounds // 2]]
+    ratios = [pub["entries_per_s"] / rb["rps"] if pub["entries_per_s"] and rb["rps"] else None for pub, rb in pairs]
+    pub, rb = pairs[median_index(ratios)]
     rb_default = M.redis_benchmark_xadd(redis_server.port, payload_bytes=size, n=n, clients=50, pipeline=16,
                                         password=redis_server.password, key="benchrb50")
     return {"publisher": pub, "redis_benchmark": rb, "redis_benchmark_50_clients": rb_default,

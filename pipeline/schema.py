@@ -184,8 +184,10 @@ class FrameResult:
         return self.meta.message_id
 
     def to_payload(self) -> dict[str, Any]:
+        """The message as plain data of its own (nothing shared with this result)."""
         payload = self._payload()
         payload["objects"] = self.objects.to_objects()
+        payload["model"] = dict(self.models)
         return payload
 
     def _payload(self, rounded: Rounded | None = None) -> dict[str, Any]:

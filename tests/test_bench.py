@@ -190,3 +190,11 @@ def test_soak_smoke(tmp_path, models_dir, videos):
     assert worst["process"] in r["processes"] and worst["rss_growth_pct"] == max(
         p["rss_growth_pct"] for p in r["processes"].values()), worst
     assert "soak: 2 cameras" in proc.stdout and "exceptions 0" in proc.stdout
+
+
+def test_the_publish_phase_reports_the_median_of_the_rounds_that_flushed():
+    from benchmarks.phases import median_index
+
+    assert median_index([0.44, 0.38, 0.41]) == 2
+    assert median_index([None, 0.40, 0.44]) == 1, "a round that did not flush is no low value"
+    assert median_index([None, None, 0.5]) == 2 and median_index([None, None]) == 0

@@ -50,6 +50,9 @@ def test_json_round_trip_matches_v1_contract():
                    "track_id": None, "attributes": {"type": {"label": "minivan", "score": 0.62}}}
     back = FrameResult.from_json(result.to_json())
     assert back.meta == meta and back.objects == result.objects
+    payload = result.to_payload()  # plain data of its own: changing it changes no result
+    assert payload["model"] == result.models and payload["model"] is not result.models
+    assert payload["objects"][0]["attributes"] is not result.objects.attributes[0]
 
 
 def test_unknown_schema_is_rejected():
