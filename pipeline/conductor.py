@@ -39,9 +39,7 @@ DetectFn = Callable[[DetectorInput], Awaitable[Detections]]
 
 
 @dataclass
-class _Order:
-    """Per-frame events the next frame waits on: tracker updated, result published."""
-
+class _Order:  # per-frame events the next frame waits on: tracker updated, result published
     tracked: asyncio.Event = field(default_factory=asyncio.Event)
     published: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -292,10 +290,12 @@ class CameraConductor:
 
     def _leave_tracks(self) -> None:
         """The camera stops here: its open tracks end, or go on at its next owner (`leave_tracks`)."""
-        if self.events is not None and self._last is not None:
-            kept = self._keep_tracks and self._tracked_seq == self._last.seq  # every tracked frame published
-            leave_tracks(self.publisher, self.camera.id, self.events, self.track_state, self._last,
-                         tracker=self.tracker if kept else None)
+        last = (self._last.seq, self._last.frame_ts) if self._last is not None else \
+            (self.track_state.resumed if self.track_state is not None else None)
+        if self.events is not None and last is not None:
+            kept = self._keep_tracks and self._tracked_seq == (self._last.seq if self._last else None)  # all published
+            leave_tracks(self.publisher, self.camera.id, self.events, self.track_state, last,
+                         tracker=self.tracker if kept else None, handing_over=self._keep_tracks)
 
     def _place_freed(self, seq: int) -> None:
         taken = self._taken_at.pop(seq, None)

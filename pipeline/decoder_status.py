@@ -15,18 +15,12 @@ from typing import Any, Awaitable, Callable
 import orjson
 import redis
 
-from .streams import StreamKeys, redis_unavailable
+from .streams import StreamKeys, redis_now, redis_unavailable
 
 log = logging.getLogger("percept.status")
 
 SHARE_EVERY_S = 2.0
 MAX_AGE_S = 3 * SHARE_EVERY_S  # a replica that wrote nothing for this long is gone
-
-
-def redis_now(client: redis.Redis) -> float:
-    """Redis's clock (``TIME``), seconds since the epoch: the one clock every replica shares."""
-    seconds, micros = client.time()
-    return seconds + micros / 1e6
 
 
 def share_status(client: redis.Redis, keys: StreamKeys, status: dict[str, Any], now: float | None = None) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 from .sources import SourceState
+from .streams import redis_now
 
 log = logging.getLogger("percept.metrics")
 
@@ -291,7 +292,7 @@ def write_endpoints(client: Any, prefix: str, urls: list[str], ttl_s: float) -> 
     if not urls:
         return
     key = endpoints_key(prefix)
-    now = f"{time.time():.3f}"
+    now = f"{redis_now(client):.3f}"  # Redis's clock: read on another host
     pipe = client.pipeline(transaction=False)
     pipe.hset(key, mapping={u: now for u in urls})
     pipe.expire(key, max(1, int(ttl_s)))
@@ -300,5 +301,5 @@ def write_endpoints(client: Any, prefix: str, urls: list[str], ttl_s: float) -> 
 
 def read_endpoints(client: Any, prefix: str, max_age_s: float = 120.0) -> list[str]:
     raw = client.hgetall(endpoints_key(prefix))
-    now = time.time()
+    now = redis_now(client)
     return sorted(k.decode() for k, v in raw.items() if now - float(v) <= max_age_s)

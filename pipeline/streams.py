@@ -13,6 +13,7 @@ Keys (a public contract, schema v1):
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -69,6 +70,16 @@ _UNAVAILABLE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptio
 # the same answers as error replies (a script's pcall returns their text, prefix included)
 UNAVAILABLE_REPLIES = ("READONLY", "OOM", "MISCONF", "MASTERDOWN", "NOREPLICAS", "LOADING", "BUSY ", "TRYAGAIN",
                        "CLUSTERDOWN", "UNBLOCKED")
+
+
+def redis_now(client: redis.Redis) -> float:
+    """Redis's clock (``TIME``), seconds since the epoch: the one clock every host of a cluster
+    shares (this host's, for a user whose ACL does not allow TIME)."""
+    try:
+        seconds, micros = client.time()
+    except redis.exceptions.NoPermissionError:
+        return time.time()
+    return seconds + micros / 1e6
 
 
 def reconnect_if_demoted(client: redis.Redis, error: BaseException | str) -> bool:

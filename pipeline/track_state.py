@@ -48,10 +48,15 @@ REPLAY_PAGE = 200
 class TrackSnapshots:
     """Writes one camera's snapshots (see the module doc); used by its conductor, in seq order."""
 
-    def __init__(self, publisher: Publisher, camera: str, *, every: int):
+    def __init__(self, publisher: Publisher, camera: str, *, every: int, resumed: tuple[int, float] | None = None,
+                 hands_over: bool = True):
         self.publisher = publisher
         self.camera = camera
         self.every = every
+        # (seq, frame_ts) of the newest frame the restored state describes (None: started afresh)
+        self.resumed = resumed
+        # a handover keeps the open tracks (a live camera with snapshots on; a file restarts elsewhere)
+        self.hands_over = hands_over and every > 0
         self.written = 0
         self._frames = 0
         self._held: dict[int, dict[str, Any]] = {}  # seq → tracker state taken when it was tracked
@@ -71,18 +76,19 @@ class TrackSnapshots:
         if tracker is not None:
             self._write(meta.seq, {"frame_ts": meta.frame_ts, "tracker": tracker, "events": events.snapshot()})
 
-    def handed_over(self, last: FrameMeta, tracker: ObjectTracker, events: EventEngine) -> None:
-        """The camera stops here to move to another replica, ``last`` the newest frame tracked
-        and published: a snapshot of both as they are, which its next owner continues from."""
+    def handed_over(self, seq: int, frame_ts: float, tracker: ObjectTracker, events: EventEngine) -> bool:
+        """The camera stops here to move to another replica, ``seq`` the newest frame tracked
+        and published: a snapshot of both as they are, which its next owner continues from;
+        False if it could not be written (too big, not JSON)."""
         self._held.clear()
-        self._write(last.seq, {"frame_ts": last.frame_ts, "tracker": tracker.snapshot(), "events": events.snapshot()})
+        return self._write(seq, {"frame_ts": frame_ts, "tracker": tracker.snapshot(), "events": events.snapshot()})
 
     def closed(self, seq: int) -> None:
         """The camera stopped here and ended its tracks: its next owner starts afresh."""
         self._held.clear()
         self._write(seq, {"closed": True})
 
-    def _write(self, seq: int, body: Mapping[str, Any]) -> None:
+    def _write(self, seq: int, body: Mapping[str, Any]) -> bool:
         try:
             text = json.dumps({"schema": STATE_SCHEMA, "camera": self.camera, "seq": seq, **body},
                               separators=(",", ":"), allow_nan=False)
@@ -93,27 +99,36 @@ class TrackSnapshots:
         self.publisher.fenced_hset(self.camera, self.publisher.keys.trackstate(self.camera),
                                    {"v": "1", "seq": str(seq), "json": text})
         self.written += 1
+        return True
 
-    def _skip(self, why: str) -> None:
+    def _skip(self, why: str) -> bool:
         if not self._skip_logged:
             log.warning("camera %s: track state not saved: %s", self.camera, why)
             self._skip_logged = True
+        return False
 
 
 def leave_tracks(publisher: Publisher, camera_id: str, events: EventEngine, snapshots: TrackSnapshots | None,
-                 last: FrameMeta, *, tracker: ObjectTracker | None) -> None:
-    """A camera stops here, ``last`` the newest frame it published. Handed over to another
-    replica (a scale-up: ``tracker`` given, every frame it tracked published): its open tracks go
-    on there, from a snapshot taken now (`TrackSnapshots.handed_over`). Otherwise they end here
-    (``track_end``, zones left) and the state says ``closed``: its next owner starts afresh."""
-    if tracker is not None and snapshots is not None:
-        snapshots.handed_over(last, tracker, events)
-        return
+                 last: tuple[int, float], *, tracker: ObjectTracker | None, handing_over: bool = False) -> None:
+    """A camera stops here, ``last`` (seq, frame_ts) the newest frame its tracks describe (the
+    newest it published, or where it resumed them). Handed over to another replica (a scale-up:
+    ``tracker`` given, every frame it tracked published, `TrackSnapshots.hands_over`): its open
+    tracks go on there, from a snapshot taken now. Otherwise — or if that snapshot cannot be
+    written — they end here (``track_end``, zones left) and the state says ``closed``: its next
+    owner starts afresh (``handing_over`` without ``tracker``: said in the log)."""
+    seq, frame_ts = last
+    if tracker is not None and snapshots is not None and snapshots.hands_over:
+        if snapshots.handed_over(seq, frame_ts, tracker, events):
+            return
+        log.warning("camera %s: handed over without its tracks (their snapshot could not be written): they end",
+                    camera_id)
+    elif handing_over and snapshots is not None and snapshots.hands_over:
+        log.info("camera %s: handed over with frames tracked but not published: its tracks end", camera_id)
     now = time.time()
-    ended = events.close(last.seq, now)
+    ended = events.close(seq, now)
     publisher.publish_events(camera_id, now, events_json(ended), events.take_counts())
     if snapshots is not None:
-        snapshots.closed(last.seq)
+        snapshots.closed(seq)
 
 
 @dataclass
@@ -125,6 +140,7 @@ class Restored:
     replayed: int = 0
     differed: int = 0
     why_not: str = ""
+    last: tuple[int, float] | None = None  # (seq, frame_ts) of the newest frame the state describes
 
 
 def open_tracking(
@@ -134,9 +150,10 @@ def open_tracking(
     continuing what its previous owner left (`restore_tracking`). Blocking: call it in a thread."""
     if not cfg.enabled:
         return None, None, None
-    tracker, events, _ = restore_tracking(publisher, camera, cfg, track_id_max=track_id_max,
-                                          file_time=is_file and not camera.realtime)
-    return tracker, events, TrackSnapshots(publisher, camera.id, every=cfg.snapshot_every)
+    tracker, events, restored = restore_tracking(publisher, camera, cfg, track_id_max=track_id_max,
+                                                 file_time=is_file and not camera.realtime)
+    return tracker, events, TrackSnapshots(publisher, camera.id, every=cfg.snapshot_every, resumed=restored.last,
+                                           hands_over=not is_file)
 
 
 def restore_tracking(
@@ -170,7 +187,7 @@ def restore_tracking(
     except ValueError as exc:
         log.warning("camera %s: track state not restored: %s", camera.id, exc)
         return fresh(str(exc))
-    done = Restored(seq)
+    done = Restored(seq, last=(seq, since))
     try:
         for result in frames:
             ours = tracker.update(result.objects, (result.meta.height, result.meta.width),
@@ -178,6 +195,7 @@ def restore_tracking(
             done.differed += tracker.adopt_ids(ours.track_ids, result.objects.track_ids)
             events.update(result, tracker.alive_ids(), tracker.origins)  # its events are on the stream already
             done.replayed += 1
+            done.last = (result.meta.seq, result.meta.frame_ts)
     except ValueError as exc:  # a zone that no longer fits the frame (GeometryError), …
         log.warning("camera %s: track state not restored: replaying seq %d: %s", camera.id, seq + done.replayed + 1, exc)
         return fresh(str(exc))

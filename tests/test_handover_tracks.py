@@ -18,7 +18,8 @@ from pipeline.publish import Publisher
 from pipeline.schema import Detections
 from pipeline.sources import VideoSource
 from pipeline.streams import StreamKeys, connect_redis
-from pipeline.track_state import TrackSnapshots, restore_tracking
+import pipeline.track_state
+from pipeline.track_state import open_tracking, restore_tracking
 
 from .test_conductor import PacedCapture
 from .test_sources import Clock
@@ -34,28 +35,32 @@ async def detect(inp):
     return Detections(xyxy=[[20, 5, 40, 25]], scores=[0.9], labels=("car",), categories=("vehicle",))
 
 
-def owner(redis_url: str) -> tuple[CameraConductor, Publisher]:
-    """A replica's conductor for the camera, continuing what its previous owner left."""
+def owner(redis_url: str, *, frames: int = 10_000, is_file: bool = False) -> tuple[CameraConductor, Publisher]:
+    """A replica's conductor for the camera, continuing what its previous owner left
+    (`open_tracking`, as a replica starts a camera); ``frames``: 0 for a camera that never
+    delivers one (it keeps reconnecting)."""
     publisher = Publisher(connect_redis(redis_url), keys=KEYS, maxlen=1000).start()
     seq, counters = publisher.resume_camera("cam")
-    tracker, events, _ = restore_tracking(publisher, CAMERA, CFG, track_id_max=counters["track_id_max"],
-                                          file_time=False)
-    source = VideoSource("cam", lambda: PacedCapture(10_000, Clock()), fps=0, is_file=False, seq_start=seq)
+    tracker, events, snapshots = open_tracking(publisher, CAMERA, CFG, track_id_max=counters["track_id_max"],
+                                               is_file=is_file)
+    source = VideoSource("cam", lambda: PacedCapture(frames, Clock()), fps=0, is_file=False, seq_start=seq)
     conductor = CameraConductor(CAMERA, source, detect=detect, classifiers={}, publisher=publisher, imgsz=64,
                                 models={"detector": "stand-in"}, max_inflight=2, tracker=tracker, events=events,
-                                track_state=TrackSnapshots(publisher, "cam", every=CFG.snapshot_every))
+                                track_state=snapshots)
     return conductor, publisher
 
 
-def run_until(redis_server, frames: int, *, keep_tracks: bool) -> None:
-    """One owner publishes ``frames`` more frames, then is stopped (handed over or not)."""
-    conductor, publisher = owner(redis_server.url)
+def run_until(redis_server, frames: int, *, keep_tracks: bool, is_file: bool = False) -> None:
+    """One owner publishes ``frames`` more frames (0: stopped before its first), then is
+    stopped (handed over or not)."""
+    conductor, publisher = owner(redis_server.url, frames=10_000 if frames else 0, is_file=is_file)
     client = redis_server.client()
     start = client.xlen(KEYS.detections("cam"))
 
     async def drive():
         running = asyncio.create_task(conductor.run())
-        await asyncio.to_thread(wait_for, lambda: client.xlen(KEYS.detections("cam")) >= start + frames, 30,
+        await asyncio.to_thread(wait_for, lambda: client.xlen(KEYS.detections("cam")) >= start + frames
+                                and conductor.source.state.value in ("online", "reconnecting"), 30,
                                 f"{frames} frames published", 0.05)
         await conductor.stop(keep_tracks=keep_tracks)
         await asyncio.wait_for(running, 15)
@@ -63,6 +68,7 @@ def run_until(redis_server, frames: int, *, keep_tracks: bool) -> None:
     asyncio.run(drive())
     assert publisher.flush(5)
     publisher.close()
+    assert client.xlen(KEYS.detections("cam")) >= start + frames
 
 
 def events_of(client) -> list[dict]:
@@ -72,7 +78,6 @@ def events_of(client) -> list[dict]:
 @pytest.mark.parametrize("keep_tracks", [True, False], ids=["handed-over", "stopped"])
 def test_a_camera_handed_over_keeps_its_tracks(redis_server, keep_tracks):
     client = redis_server.client()
-    client.delete(*[k for k in client.keys(f"{KEYS.prefix}:*")] or ["-"])
     run_until(redis_server, 8, keep_tracks=keep_tracks)
     first = events_of(client)
     [started] = [e["track_id"] for e in first if e["kind"] == "track_start"]
@@ -107,3 +112,29 @@ def _reader(redis_server) -> Publisher:
     """A publisher that only reads (restore_tracking's client and keys); never started."""
     return Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000)
 
+
+def test_tracks_handed_over_end_where_they_cannot_go_on(redis_server, monkeypatch):
+    """Handed over, a file camera (it restarts from its beginning elsewhere) ends its tracks; so
+    does a camera whose snapshot cannot be written (too big); and tracks a replica resumed but
+    never published from end at the frame it resumed them from when it stops."""
+    client = redis_server.client()
+    run_until(redis_server, 8, keep_tracks=True, is_file=True)
+    assert json.loads(client.hget(KEYS.trackstate("cam"), "json")).get("closed") is True
+    assert [e["kind"] for e in events_of(client)] == ["track_start", "track_end"]
+
+    client.flushall()
+    monkeypatch.setattr(pipeline.track_state, "MAX_STATE_BYTES", 90)  # a closed state fits, a snapshot not
+    run_until(redis_server, 8, keep_tracks=True)
+    assert [e["kind"] for e in events_of(client)] == ["track_start", "track_end"]
+    monkeypatch.undo()
+
+    client.flushall()
+    run_until(redis_server, 8, keep_tracks=True)  # a snapshot at its last frame
+    state = json.loads(client.hget(KEYS.trackstate("cam"), "json"))
+    run_until(redis_server, 0, keep_tracks=True)  # resumed, handed over again before its first frame
+    assert json.loads(client.hget(KEYS.trackstate("cam"), "json"))["seq"] == state["seq"]
+    assert [e["kind"] for e in events_of(client)] == ["track_start"]
+    run_until(redis_server, 0, keep_tracks=False)  # resumed, then removed before its first frame
+    assert json.loads(client.hget(KEYS.trackstate("cam"), "json")).get("closed") is True
+    ended = [e for e in events_of(client) if e["kind"] == "track_end"]
+    assert len(ended) == 1 and ended[0]["seq"] == state["seq"]
