@@ -138,3 +138,34 @@ def test_tracks_handed_over_end_where_they_cannot_go_on(redis_server, monkeypatc
     assert json.loads(client.hget(KEYS.trackstate("cam"), "json")).get("closed") is True
     ended = [e for e in events_of(client) if e["kind"] == "track_end"]
     assert len(ended) == 1 and ended[0]["seq"] == state["seq"]
+
+
+def test_frames_tracked_but_not_published_end_the_tracks_at_a_handover(redis_server, monkeypatch):
+    """A snapshot must describe exactly the frames published up to it: a camera whose last
+    tracked frames could not be published ends its tracks when handed over."""
+    client = redis_server.client()
+    conductor, publisher = owner(redis_server.url)
+    publish = publisher.publish
+
+    def publish_first_eight(result, *args, **kwargs):
+        if result.meta.seq >= 8:
+            raise RuntimeError("injected: this frame cannot be published")
+        return publish(result, *args, **kwargs)
+
+    monkeypatch.setattr(publisher, "publish", publish_first_eight)
+
+    async def drive():
+        running = asyncio.create_task(conductor.run())
+        await asyncio.to_thread(wait_for, lambda: conductor.counters.failed >= 3, 30, "frames tracked, not published",
+                                0.05)
+        await conductor.stop(keep_tracks=True)
+        await asyncio.wait_for(running, 15)
+
+    asyncio.run(drive())
+    assert publisher.flush(5)
+    publisher.close()
+    last_seq = int(client.xrevrange(KEYS.detections("cam"), count=1)[0][1][b"seq"])  # (the slot may skip one)
+    assert last_seq <= 7
+    assert json.loads(client.hget(KEYS.trackstate("cam"), "json")) == {
+        "schema": "percept.track-state/v1", "camera": "cam", "seq": last_seq, "closed": True}
+    assert [e["kind"] for e in events_of(client)] == ["track_start", "track_end"]
