@@ -47,6 +47,12 @@ def test_a_camera_listed_twice_while_it_moves_shows_the_fresher_replica(redis_se
     assert merged["cameras"]["road"] == {"state": "connecting", "owner": "new", "pid": 2}
 
 
+async def polled(condition) -> None:
+    """Until ``condition()`` holds; the caller's ``asyncio.wait_for`` is the deadline."""
+    while not condition():
+        await asyncio.sleep(0.02)  # polled under the caller's deadline
+
+
 def test_a_replica_shares_its_status_on_a_schedule_and_rides_out_an_outage(redis_server):
     client = redis_server.client()
     calls = []
@@ -58,12 +64,10 @@ def test_a_replica_shares_its_status_on_a_schedule_and_rides_out_an_outage(redis
     async def main():
         task = asyncio.create_task(share_status_every(status, client, KEYS, interval_s=0.05))
         try:
-            while not client.hexists(KEYS.decoders, "r1"):
-                await asyncio.sleep(0.02)  # polled under the 30 s deadline below
+            await polled(lambda: client.hexists(KEYS.decoders, "r1"))
             redis_server.kill()
             before = len(calls)
-            while len(calls) < before + 3:  # it keeps trying while Redis is down
-                await asyncio.sleep(0.02)  # polled under the 30 s deadline below
+            await polled(lambda: len(calls) >= before + 3)  # it keeps trying while Redis is down
             assert not task.done()
         finally:
             task.cancel()
@@ -78,7 +82,6 @@ def test_a_replica_whose_clock_is_off_still_counts_as_live(redis_server, monkeyp
     import time
 
     client = redis_server.client()
-    client.delete(KEYS.decoders)
     real_time = time.time
 
     async def status():
@@ -87,8 +90,7 @@ def test_a_replica_whose_clock_is_off_still_counts_as_live(redis_server, monkeyp
     async def share_once():
         task = asyncio.create_task(share_status_every(status, client, KEYS, interval_s=60))
         try:
-            while not client.hexists(KEYS.decoders, "behind"):
-                await asyncio.sleep(0.02)  # polled under the 30 s deadline below
+            await polled(lambda: client.hexists(KEYS.decoders, "behind"))
         finally:
             task.cancel()
 
