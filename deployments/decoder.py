@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import ApplicationStatus
 
 from pipeline.assignment import CameraSupervisor
 from pipeline.camera_open import open_camera
@@ -80,6 +81,27 @@ def classifier_routes(cfg: PerceptConfig, handles: dict[str, DeploymentHandle],
         routes.setdefault(section.category, []).append(ClassifierRoute(
             classify, section.cfg, name=section.deployment, crop_size=size, crop_context=context, min_size=minimum))
     return routes
+
+
+async def application_stays(timeout_s: float = 5.0) -> bool:
+    """Whether this replica's application stays deployed as the replica stops (Serve scales its
+    deployment down, or replaces it with a new version) rather than being deleted (``percept
+    run``'s end, ``serve delete``, ``serve shutdown``). An answer that does not come in time
+    counts as deleted: the tracks end, as they always did."""
+    ctx = serve.get_replica_context()
+
+    def ask() -> bool:
+        app = serve.status().applications.get(ctx.app_name)
+        return app is not None and app.status != ApplicationStatus.DELETING and ctx.deployment in app.deployments
+
+    try:
+        stays = await asyncio.wait_for(asyncio.to_thread(ask), timeout_s)
+    except Exception as exc:  # the controller gone or busy: a shutdown
+        log.warning("replica stopping; Serve's status unknown (%s): ending its cameras' tracks", type(exc).__name__)
+        return False
+    log.info("replica stopping; the application %s: %s its cameras' tracks", "stays" if stays else "is deleted",
+             "handing over" if stays else "ending")
+    return stays
 
 
 @serve.deployment(name="decoder")
@@ -191,8 +213,11 @@ class DecoderDeployment:
     async def __del__(self) -> None:
         self._metrics_task.cancel()
         self._status_task.cancel()
+        # a scale-down or a redeploy stops this replica while the service stays: the cameras'
+        # open tracks go on at their next owners; when the application is deleted they end
+        hand_over = await application_stays()
         await asyncio.to_thread(forget_status, self.publisher.client, self.keys, self.supervisor.owner)
-        await self.supervisor.stop()
+        await self.supervisor.stop(hand_over=hand_over)
         try:
             await asyncio.wait_for(self._task, timeout=20)
         except Exception:

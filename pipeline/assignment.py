@@ -86,6 +86,7 @@ class CameraSupervisor:
         self._stopping: set[str] = set()  # being stopped: not claimed again until done
         self._free_rounds: dict[str, int] = {}
         self._stop = asyncio.Event()
+        self._hand_over_all = False  # `stop(hand_over=True)`: the cameras' tracks go on at their next owners
         self._wake = asyncio.Event()
         self._next_round = 0.0
         self._background: set[asyncio.Task[None]] = set()
@@ -116,10 +117,15 @@ class CameraSupervisor:
             self._renewing = False
             renewals.cancel()
             await asyncio.gather(renewals, return_exceptions=True)
-            await asyncio.gather(*(self._stop_camera(cid) for cid in list(self.running)), return_exceptions=True)
+            await asyncio.gather(*(self._stop_camera(cid, hand_over=self._hand_over_all) for cid in list(self.running)),
+                                 return_exceptions=True)
             await asyncio.gather(*self._background, return_exceptions=True)
 
-    async def stop(self) -> None:
+    async def stop(self, *, hand_over: bool = False) -> None:
+        """Stop every camera and release its lease; ``hand_over``: the replica goes while the
+        service stays (a scale-down, a redeploy), so the open tracks go on at the cameras' next
+        owners (`track_state.leave_tracks`) instead of ending."""
+        self._hand_over_all = hand_over
         self._stop.set()
         self._wake.set()
 

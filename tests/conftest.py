@@ -49,6 +49,26 @@ def videos() -> Path:
     return VIDEOS
 
 
+@pytest.fixture
+def slow_traffic(videos, tmp_path) -> Path:
+    """traffic.mp4 at an eighth of its speed (each frame shown for 1/3 s): a car takes some 18 s
+    to cross the road, so the cars on it when a decoder stops are still there when another takes
+    over."""
+    import cv2
+
+    path = tmp_path / "traffic-slow.mp4"
+    cap = cv2.VideoCapture(str(videos / "traffic.mp4"))
+    size = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 3, size)
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        writer.write(image)
+    writer.release()
+    return path
+
+
 @pytest.fixture()
 def redis_server(tmp_path):
     """A private redis-server (AOF on) per test."""

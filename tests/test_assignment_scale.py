@@ -88,3 +88,35 @@ def test_replicas_beyond_the_config_take_their_share_of_the_cameras(redis_server
             share.cancel()
         concurrent.futures.wait(shares, timeout=10)
         loop.call_soon_threadsafe(loop.stop)
+
+
+def test_a_replica_stopped_while_the_service_stays_hands_its_cameras_over(redis_server):
+    """A replica Serve stops while the application stays (a scale-down, a redeploy:
+    ``stop(hand_over=True)``, `deployments.decoder.application_stays`) hands its cameras over,
+    their tracks kept; the other replica claims them. A replica stopped with the service ends them."""
+    client = redis_server.client()
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    started: dict[str, list[StandIn]] = {"r0": [], "r1": []}
+
+    def replica(name: str) -> tuple[CameraSupervisor, concurrent.futures.Future]:
+        async def start(camera):
+            started[name].append(StandIn(camera))
+            return started[name][-1]
+
+        sup = CameraSupervisor(CAMERAS, client=client, keys=StreamKeys("scale-down"), start_camera=start, replicas=2,
+                               lease_ttl_s=3, owner=name)
+        return sup, asyncio.run_coroutine_threadsafe(sup.run(), loop)
+
+    (first, first_run), (second, second_run) = replica("r0"), replica("r1")
+    try:
+        wait_for(lambda: len(first.running) == len(second.running) == 2, 30, "two cameras on each replica")
+        asyncio.run_coroutine_threadsafe(first.stop(hand_over=True), loop).result(5)
+        first_run.result(30)
+        assert [s.kept_tracks for s in started["r0"]] == [True, True], "scaled down: its cameras' tracks go on"
+        wait_for(lambda: len(second.running) == 4, 30, "the remaining replica running every camera")
+    finally:
+        asyncio.run_coroutine_threadsafe(second.stop(), loop).result(5)
+        second_run.result(30)
+        loop.call_soon_threadsafe(loop.stop)
+    assert [s.kept_tracks for s in started["r1"]] == [False] * 4, "the service stopped: the tracks end"

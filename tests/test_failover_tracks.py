@@ -298,25 +298,6 @@ def test_line_counts_by_direction_match_the_published_detections(ray_session, re
     assert sum(oracle.values()) >= 15 and all(abs(ours[d] - oracle[d]) <= 1 for d in ("in", "out")), (ours, oracle)
 
 
-@pytest.fixture
-def slow_traffic(videos, tmp_path):
-    """traffic.mp4 at an eighth of its speed (each frame shown for 1/3 s): a car takes some 18 s
-    to cross the road, so the cars on it when a decoder dies are still there when another takes
-    over."""
-    import cv2
-
-    path = tmp_path / "traffic-slow.mp4"
-    cap = cv2.VideoCapture(str(videos / "traffic.mp4"))
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 3, (W, H))
-    while True:
-        ok, image = cap.read()
-        if not ok:
-            break
-        writer.write(image)
-    writer.release()
-    return path
-
-
 def _status(api: str) -> dict:
     import urllib.request
 
