@@ -117,7 +117,8 @@ class CameraSupervisor:
             self._renewing = False
             renewals.cancel()
             await asyncio.gather(renewals, return_exceptions=True)
-            await asyncio.gather(*(self._stop_camera(cid, hand_over=self._hand_over_all) for cid in list(self.running)),
+            handing_over = await self._still_listed() if self._hand_over_all else set()
+            await asyncio.gather(*(self._stop_camera(cid, hand_over=cid in handing_over) for cid in list(self.running)),
                                  return_exceptions=True)
             await asyncio.gather(*self._background, return_exceptions=True)
 
@@ -128,6 +129,18 @@ class CameraSupervisor:
         self._hand_over_all = hand_over
         self._stop.set()
         self._wake.set()
+
+    async def _still_listed(self) -> set[str]:
+        """The cameras running here that the registry still lists as they run (a new version of
+        the service may have removed one or changed its settings: its tracks end); none when
+        the registry cannot be read."""
+        try:
+            listed = {c.id: c for c in await asyncio.to_thread(self._load)}
+        except Exception as exc:
+            log.warning("stopping: cameras not read (%s); ending their tracks", type(exc).__name__)
+            return set()
+        running = {cid: entry.conductor.camera for cid, entry in self.running.items()}
+        return {cid for cid, now in running.items() if cid in listed and listed[cid].model_copy(update=_geometry_of(now)) == now}
 
     async def _tick(self) -> None:
         self._expire_overdue()  # first: after a pause the loop may wake up long after a deadline

@@ -93,19 +93,21 @@ def test_replicas_beyond_the_config_take_their_share_of_the_cameras(redis_server
 def test_a_replica_stopped_while_the_service_stays_hands_its_cameras_over(redis_server):
     """A replica Serve stops while the application stays (a scale-down, a redeploy:
     ``stop(hand_over=True)``, `deployments.decoder.application_stays`) hands its cameras over,
-    their tracks kept; the other replica claims them. A replica stopped with the service ends them."""
+    their tracks kept; the other replica claims them. A camera the registry no longer lists as it
+    runs (a new version of the service removed it or changed its settings) ends its tracks."""
     client = redis_server.client()
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     started: dict[str, list[StandIn]] = {"r0": [], "r1": []}
+    cameras = list(CAMERAS)  # the registry, as each round reads it
 
     def replica(name: str) -> tuple[CameraSupervisor, concurrent.futures.Future]:
         async def start(camera):
             started[name].append(StandIn(camera))
             return started[name][-1]
 
-        sup = CameraSupervisor(CAMERAS, client=client, keys=StreamKeys("scale-down"), start_camera=start, replicas=2,
-                               lease_ttl_s=3, owner=name)
+        sup = CameraSupervisor(lambda: list(cameras), client=client, keys=StreamKeys("scale-down"), start_camera=start,
+                               replicas=2, lease_ttl_s=3, owner=name)
         return sup, asyncio.run_coroutine_threadsafe(sup.run(), loop)
 
     (first, first_run), (second, second_run) = replica("r0"), replica("r1")
@@ -115,8 +117,35 @@ def test_a_replica_stopped_while_the_service_stays_hands_its_cameras_over(redis_
         first_run.result(30)
         assert [s.kept_tracks for s in started["r0"]] == [True, True], "scaled down: its cameras' tracks go on"
         wait_for(lambda: len(second.running) == 4, 30, "the remaining replica running every camera")
-    finally:
-        asyncio.run_coroutine_threadsafe(second.stop(), loop).result(5)
+        # a new version of the service removed one camera and changed another's URL: those end
+        cameras[:] = [CAMERAS[0].model_copy(update={"url": "rtsp://cam/new"}), *CAMERAS[2:]]
+        asyncio.run_coroutine_threadsafe(second.stop(hand_over=True), loop).result(5)
         second_run.result(30)
+        kept = {s.camera.id: s.kept_tracks for s in started["r1"] if s.camera in CAMERAS}  # (a round may restart a)
+        assert kept == {"a": False, "b": False, "c": True, "d": True}, kept
+    finally:
+        for sup, run in ((first, first_run), (second, second_run)):
+            asyncio.run_coroutine_threadsafe(sup.stop(), loop).result(5)
+            run.result(30)
         loop.call_soon_threadsafe(loop.stop)
-    assert [s.kept_tracks for s in started["r1"]] == [False] * 4, "the service stopped: the tracks end"
+
+
+def test_a_replica_stopped_with_the_service_ends_its_tracks(redis_server):
+    client = redis_server.client()
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    started: list[StandIn] = []
+
+    async def start(camera):
+        started.append(StandIn(camera))
+        return started[-1]
+
+    sup = CameraSupervisor(CAMERAS, client=client, keys=KEYS, start_camera=start, replicas=1, lease_ttl_s=3)
+    run = asyncio.run_coroutine_threadsafe(sup.run(), loop)
+    try:
+        wait_for(lambda: len(sup.running) == 4, 30, "the replica running every camera")
+    finally:
+        asyncio.run_coroutine_threadsafe(sup.stop(), loop).result(5)
+        run.result(30)
+        loop.call_soon_threadsafe(loop.stop)
+    assert [s.kept_tracks for s in started] == [False] * 4, "the service stopped: the tracks end"
