@@ -29,6 +29,7 @@ from pipeline.schema import Detections
 from pipeline.publish import Publisher
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys, redis_from_config
+from pipeline.track_orphans import end_removed_cameras_tracks
 from pipeline.view import ViewHub
 from pipeline.keep import KeptFrame, KeptFrames, NotKept
 
@@ -83,7 +84,7 @@ def classifier_routes(cfg: PerceptConfig, handles: dict[str, DeploymentHandle],
     return routes
 
 
-async def application_stays(timeout_s: float = 5.0) -> bool:
+async def application_stays(timeout_s: float = 3.0) -> bool:
     """Whether this replica's application stays deployed as the replica stops (Serve scales its
     deployment down, or replaces it with a new version) rather than being deleted (``percept
     run``'s end, ``serve delete``, ``serve shutdown``). An answer that does not come in time
@@ -99,8 +100,8 @@ async def application_stays(timeout_s: float = 5.0) -> bool:
     except Exception as exc:  # the controller gone or busy: a shutdown
         log.warning("replica stopping; Serve's status unknown (%s): ending its cameras' tracks", type(exc).__name__)
         return False
-    log.info("replica stopping; the application %s: %s its cameras' tracks", "stays" if stays else "is deleted",
-             "handing over" if stays else "ending")
+    log.info("replica stopping; %s: %s its cameras' tracks", "the service stays" if stays else
+             "the application or its decoders are deleted", "handing over" if stays else "ending")
     return stays
 
 
@@ -144,7 +145,7 @@ class DecoderDeployment:
         self._models = await asyncio.to_thread(PublishedModels, cfg, client)
         self._routes = await asyncio.to_thread(classifier_routes, cfg, classifiers, self._models.answered)
         registry = CameraRegistry(client, self.keys)
-        await asyncio.to_thread(registry.seed, cfg.cameras)
+        seeded = await asyncio.to_thread(registry.seed, cfg.cameras)
         # Every round reads the registry: URLs get their ${VAR} from this replica's environment;
         # an entry that does not validate (or names a variable this replica lacks) is reported
         # failed on its camera hash and skipped, so one bad entry never stops the others.
@@ -161,6 +162,11 @@ class DecoderDeployment:
         )
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self.supervisor.run())
+        # cameras this config dropped, handed over by a replica of the last version: their tracks end
+        self._orphans = loop.create_task(asyncio.to_thread(
+            end_removed_cameras_tracks, seeded.removed, publisher=self.publisher, cfg=cfg.tracker,
+            owner=self.supervisor.owner, lease_ttl_s=cfg.decoder.lease_ttl_s,
+            listed=lambda: {c.id for c in registry.read()[0]}))
         self._metrics_task = loop.create_task(decoder_metrics(self.metrics, self.supervisor, self.publisher, client,
                                                               cfg.redis.stream_prefix))
         # GET /status shows every replica: each shares its status in Redis (pipeline/decoder_status.py)
@@ -222,6 +228,7 @@ class DecoderDeployment:
             await asyncio.wait_for(self._task, timeout=20)
         except Exception:
             pass
+        await asyncio.wait([self._orphans], timeout=5)  # (it uses the publisher)
         self.publisher.close(timeout=5)
         if self.lender is not None:
             self.lender.close()

@@ -115,6 +115,9 @@ def decoder_options(config: PerceptConfig) -> dict[str, Any]:
         "num_replicas": config.decoder_replicas,
         "ray_actor_options": {"num_cpus": config.decoder.num_cpus, **_resources(config.decoder.resources)},
         "max_ongoing_requests": 100,
+        # a stopping replica ends or hands over its cameras' tracks and flushes what they published
+        # (`DecoderDeployment.__del__`): more than Serve's default 20 s before it is killed
+        "graceful_shutdown_timeout_s": 60,
     }
 
 

@@ -86,7 +86,7 @@ class CameraSupervisor:
         self._stopping: set[str] = set()  # being stopped: not claimed again until done
         self._free_rounds: dict[str, int] = {}
         self._stop = asyncio.Event()
-        self._hand_over_all = False  # `stop(hand_over=True)`: the cameras' tracks go on at their next owners
+        self._hand_over_all = False  # `stop(hand_over=True)`: the service stays (see `stop`)
         self._wake = asyncio.Event()
         self._next_round = 0.0
         self._background: set[asyncio.Task[None]] = set()
@@ -112,20 +112,24 @@ class CameraSupervisor:
                 except asyncio.TimeoutError:
                     pass
         finally:
+            # read while the leases are still renewed (a slow read must not let them run out)
+            handing_over = await self._still_listed() if self._hand_over_all else set()
             # the flag as well as the cancel: Python 3.11's wait_for can swallow a cancellation
             # that lands as its call completes, and the loop would then renew forever
             self._renewing = False
             renewals.cancel()
             await asyncio.gather(renewals, return_exceptions=True)
-            handing_over = await self._still_listed() if self._hand_over_all else set()
             await asyncio.gather(*(self._stop_camera(cid, hand_over=cid in handing_over) for cid in list(self.running)),
                                  return_exceptions=True)
             await asyncio.gather(*self._background, return_exceptions=True)
 
     async def stop(self, *, hand_over: bool = False) -> None:
         """Stop every camera and release its lease; ``hand_over``: the replica goes while the
-        service stays (a scale-down, a redeploy), so the open tracks go on at the cameras' next
-        owners (`track_state.leave_tracks`) instead of ending."""
+        service stays (a scale-down, a redeploy), so the open tracks of the cameras the registry
+        still lists as they run go on at their next owners (`track_state.leave_tracks`) instead
+        of ending. (A camera the next version changes or removes after this read: its next owner
+        ends them, `track_state.restore_tracking`, or the replica that removed it,
+        `pipeline/track_orphans.py`.)"""
         self._hand_over_all = hand_over
         self._stop.set()
         self._wake.set()
@@ -133,9 +137,9 @@ class CameraSupervisor:
     async def _still_listed(self) -> set[str]:
         """The cameras running here that the registry still lists as they run (a new version of
         the service may have removed one or changed its settings: its tracks end); none when
-        the registry cannot be read."""
+        the registry cannot be read in a third of the lease TTL."""
         try:
-            listed = {c.id: c for c in await asyncio.to_thread(self._load)}
+            listed = {c.id: c for c in await asyncio.wait_for(asyncio.to_thread(self._load), self.ttl / 3)}
         except Exception as exc:
             log.warning("stopping: cameras not read (%s); ending their tracks", type(exc).__name__)
             return set()

@@ -62,6 +62,17 @@ def _parse_entry(cid: str, raw: bytes) -> tuple[dict[str, Any] | None, CameraCon
     return entry, camera
 
 
+@dataclass(frozen=True)
+class Seeded:
+    """What `CameraRegistry.seed` did: true if it wrote; the previous config's cameras it removed."""
+
+    wrote: bool
+    removed: tuple[CameraConfig, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.wrote
+
+
 class CameraRegistry:
     def __init__(self, client: redis.Redis, keys: StreamKeys):
         self.client = client
@@ -74,21 +85,27 @@ class CameraRegistry:
         text = json.dumps([c.model_dump(mode="json") for c in cameras], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def seed(self, cameras: list[CameraConfig]) -> bool:
-        """Write the config's cameras if this config was not seeded yet; True if it wrote."""
+    def seed(self, cameras: list[CameraConfig]) -> "Seeded":
+        """Write the config's cameras if this config was not seeded yet (true if it wrote),
+        removing the previous config's cameras this one lacks (``removed``)."""
         digest = self.digest(cameras)
         if self.client.get(self.digest_key) == digest.encode():
-            return False
+            return Seeded(False)
         current = self._raw()
         pipe = self.client.pipeline(transaction=True)
+        removed = []
         for cid, entry in current.items():
             if entry.get("source") == "config" and cid not in {c.id for c in cameras}:
                 pipe.hdel(self.key, cid)
+                try:
+                    removed.append(CameraConfig.model_validate(entry["camera"]))
+                except ValidationError:
+                    pass  # (it could not run either)
         for cam in cameras:
             pipe.hset(self.key, cam.id, json.dumps({"source": "config", "camera": cam.model_dump(mode="json")}))
         pipe.set(self.digest_key, digest)
         pipe.execute()
-        return True
+        return Seeded(True, tuple(removed))
 
     def _raw(self) -> dict[str, dict[str, Any]]:
         """The entries that decode (whether valid or not); undecodable ones are left out."""
@@ -117,7 +134,7 @@ class CameraRegistry:
         digest both gone): the config's cameras would otherwise stop everywhere until a decoder
         restarts. A registry seeded from another config (a rolling update), or one whose digest
         alone is gone (evicted), is left alone: its API changes stand. True if it wrote."""
-        return not self.client.exists(self.digest_key, self.key) and self.seed(cameras)
+        return not self.client.exists(self.digest_key, self.key) and self.seed(cameras).wrote
 
     def runnable(self, env: Mapping[str, str], publisher: Publisher,
                  config: list[CameraConfig] | None = None) -> list[CameraConfig]:

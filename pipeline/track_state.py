@@ -18,7 +18,9 @@ the new owner), and a line it crossed is counted once.
   the published ids, the engine's events are already on the events stream and are dropped. The
   state then equals the dead owner's after its last published frame. New ids start above the
   highest id the stream has had. A camera that stops cleanly ends its tracks (``track_end``)
-  and leaves a ``closed`` state: its next owner starts afresh.
+  and leaves a ``closed`` state: its next owner starts afresh. A snapshot names the camera's
+  URL as shown (redacted): a camera back with another URL ends the tracks it left, after the
+  replay, and starts afresh.
 """
 
 from __future__ import annotations
@@ -49,10 +51,11 @@ class TrackSnapshots:
     """Writes one camera's snapshots (see the module doc); used by its conductor, in seq order."""
 
     def __init__(self, publisher: Publisher, camera: str, *, every: int, resumed: tuple[int, float] | None = None,
-                 hands_over: bool = True):
+                 hands_over: bool = True, source: str | None = None):
         self.publisher = publisher
         self.camera = camera
         self.every = every
+        self.source = source  # the camera's URL as shown (redacted): tracks go on only from the same source
         # (seq, frame_ts) of the newest frame the restored state describes (None: started afresh)
         self.resumed = resumed
         # a handover keeps the open tracks (a live camera with snapshots on; a file restarts elsewhere)
@@ -90,7 +93,8 @@ class TrackSnapshots:
 
     def _write(self, seq: int, body: Mapping[str, Any]) -> bool:
         try:
-            text = json.dumps({"schema": STATE_SCHEMA, "camera": self.camera, "seq": seq, **body},
+            source = {"source": self.source} if self.source is not None and "closed" not in body else {}
+            text = json.dumps({"schema": STATE_SCHEMA, "camera": self.camera, "seq": seq, **source, **body},
                               separators=(",", ":"), allow_nan=False)
         except ValueError as exc:  # a NaN somewhere: the last good snapshot stays
             return self._skip(f"not JSON ({exc})")
@@ -124,6 +128,13 @@ def leave_tracks(publisher: Publisher, camera_id: str, events: EventEngine, snap
                     camera_id)
     elif handing_over and snapshots is not None and snapshots.hands_over:
         log.info("camera %s: handed over with frames tracked but not published: its tracks end", camera_id)
+    end_tracks(publisher, camera_id, events, seq, snapshots)
+
+
+def end_tracks(publisher: Publisher, camera_id: str, events: EventEngine, seq: int,
+               snapshots: TrackSnapshots | None = None) -> None:
+    """Every open track ends at frame ``seq`` (``track_end``, zones left) and the state (when
+    ``snapshots`` writes one) says ``closed``: the camera's next owner starts afresh."""
     now = time.time()
     ended = events.close(seq, now)
     publisher.publish_events(camera_id, now, events_json(ended), events.take_counts())
@@ -153,7 +164,7 @@ def open_tracking(
     tracker, events, restored = restore_tracking(publisher, camera, cfg, track_id_max=track_id_max,
                                                  file_time=is_file and not camera.realtime)
     return tracker, events, TrackSnapshots(publisher, camera.id, every=cfg.snapshot_every, resumed=restored.last,
-                                           hands_over=not is_file)
+                                           hands_over=not is_file, source=camera.shown_url)
 
 
 def restore_tracking(
@@ -200,6 +211,10 @@ def restore_tracking(
         log.warning("camera %s: track state not restored: replaying seq %d: %s", camera.id, seq + done.replayed + 1, exc)
         return fresh(str(exc))
     events.take_counts()
+    if state.get("source", camera.shown_url) != camera.shown_url:  # (snapshots before 2026-12 name none)
+        log.info("camera %s: its URL changed since its snapshot: its %d open tracks end", camera.id, len(events.open_tracks))
+        end_tracks(publisher, camera.id, events, done.last[0], TrackSnapshots(publisher, camera.id, every=0))
+        return fresh("another source")
     tracker.raise_next_id(track_id_max)
     log.info("camera %s: %d open tracks continued from seq %d (+%d frames replayed, %d ids differed)",
              camera.id, len(events.open_tracks), seq, done.replayed, done.differed)

@@ -64,7 +64,7 @@ class Owner:
     """A decoder replica's part for one camera, as the conductor does it: track, snapshot, event,
     publish in one fenced write, in seq order."""
 
-    def __init__(self, url: str, token: str, *, lease_ttl: float = 60):
+    def __init__(self, url: str, token: str, *, lease_ttl: float = 60, camera: CameraConfig = CAMERA):
         self.client = connect_redis(url)
         self.lease = acquire(self.client, KEYS.lease("cam"), "cam", ttl=lease_ttl, token=token)
         assert self.lease is not None, f"{token} could not take the lease"
@@ -72,8 +72,8 @@ class Owner:
         self.publisher.fence("cam", KEYS.lease("cam"), token)
         track_id_max = self.publisher.resume_camera("cam")[1]["track_id_max"]
         self.tracker, self.events, self.restored = restore_tracking(
-            self.publisher, CAMERA, CFG, track_id_max=track_id_max, file_time=False)
-        self.snapshots = TrackSnapshots(self.publisher, "cam", every=CFG.snapshot_every)
+            self.publisher, camera, CFG, track_id_max=track_id_max, file_time=False)
+        self.snapshots = TrackSnapshots(self.publisher, "cam", every=CFG.snapshot_every, source=camera.shown_url)
 
     def process(self, frames) -> None:
         for meta, dets in frames:
@@ -166,6 +166,25 @@ def test_a_camera_stopped_cleanly_starts_afresh_above_its_ids(redis_server):
     ended = {e["track_id"] for e in events if e["kind"] == "track_end" and e["seq"] == 19}
     later = [e["track_id"] for e in events if e["kind"] == "track_start" and e["seq"] >= 20]
     assert highest >= 5 and len(ended) >= 3 and later and min(later) > highest, (highest, ended, later)
+
+
+def test_a_camera_whose_url_changed_ends_the_tracks_it_left(redis_server):
+    """The owner dies two frames after a snapshot; the camera comes back with another URL (a new
+    version of the service): its next owner replays the two frames, ends every track open after
+    them — exactly the events one owner stopping there publishes — and starts afresh."""
+    frames = scene()
+    first = Owner(redis_server.url, "A")
+    first.process(frames[:22])  # a snapshot at seq 19, then two frames
+    first.client.delete(KEYS.lease("cam"))  # died
+    second = Owner(redis_server.url, "B", camera=CAMERA.model_copy(update={"url": "rtsp://cam.example/2"}))
+    assert second.restored.why_not == "another source" and second.events.open_tracks == []
+    assert second.publisher.flush(10)
+    expected, counts = reference(frames[:22], end=(21, T0 + 21 / 4))
+    events, published_counts = published(second.client)
+    assert [(e["kind"], e["track_id"], e["seq"]) for e in events] == [
+        (e["kind"], e["track_id"], e["seq"]) for e in expected]
+    assert any(e["kind"] == "track_end" and e["seq"] == 21 for e in events) and published_counts == counts
+    assert json.loads(second.client.hget(KEYS.trackstate("cam"), "json")).get("closed") is True
 
 
 # --- on the real graph -------------------------------------------------------------------------

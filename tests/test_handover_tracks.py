@@ -35,25 +35,26 @@ async def detect(inp):
     return Detections(xyxy=[[20, 5, 40, 25]], scores=[0.9], labels=("car",), categories=("vehicle",))
 
 
-def owner(redis_url: str, *, frames: int = 10_000, is_file: bool = False) -> tuple[CameraConductor, Publisher]:
+def owner(redis_url: str, *, frames: int = 10_000, is_file: bool = False,
+          camera: CameraConfig = CAMERA) -> tuple[CameraConductor, Publisher]:
     """A replica's conductor for the camera, continuing what its previous owner left
     (`open_tracking`, as a replica starts a camera); ``frames``: 0 for a camera that never
     delivers one (it keeps reconnecting)."""
     publisher = Publisher(connect_redis(redis_url), keys=KEYS, maxlen=1000).start()
     seq, counters = publisher.resume_camera("cam")
-    tracker, events, snapshots = open_tracking(publisher, CAMERA, CFG, track_id_max=counters["track_id_max"],
+    tracker, events, snapshots = open_tracking(publisher, camera, CFG, track_id_max=counters["track_id_max"],
                                                is_file=is_file)
     source = VideoSource("cam", lambda: PacedCapture(frames, Clock()), fps=0, is_file=False, seq_start=seq)
-    conductor = CameraConductor(CAMERA, source, detect=detect, classifiers={}, publisher=publisher, imgsz=64,
+    conductor = CameraConductor(camera, source, detect=detect, classifiers={}, publisher=publisher, imgsz=64,
                                 models={"detector": "stand-in"}, max_inflight=2, tracker=tracker, events=events,
                                 track_state=snapshots)
     return conductor, publisher
 
 
-def run_until(redis_server, frames: int, *, keep_tracks: bool, is_file: bool = False) -> None:
+def run_until(redis_server, frames: int, *, keep_tracks: bool, is_file: bool = False, camera: CameraConfig = CAMERA) -> None:
     """One owner publishes ``frames`` more frames (0: stopped before its first), then is
     stopped (handed over or not)."""
-    conductor, publisher = owner(redis_server.url, frames=10_000 if frames else 0, is_file=is_file)
+    conductor, publisher = owner(redis_server.url, frames=10_000 if frames else 0, is_file=is_file, camera=camera)
     client = redis_server.client()
     start = client.xlen(KEYS.detections("cam"))
 
@@ -138,6 +139,21 @@ def test_tracks_handed_over_end_where_they_cannot_go_on(redis_server, monkeypatc
     assert json.loads(client.hget(KEYS.trackstate("cam"), "json")).get("closed") is True
     ended = [e for e in events_of(client) if e["kind"] == "track_end"]
     assert len(ended) == 1 and ended[0]["seq"] == state["seq"]
+
+
+def test_tracks_left_on_another_source_end_at_the_next_owner(redis_server):
+    """A camera whose URL changed while it moved (a new version of the service) does not continue
+    the tracks its snapshot left on the old source: its next owner ends them at the snapshot's
+    frame, then starts afresh above their ids."""
+    client = redis_server.client()
+    run_until(redis_server, 8, keep_tracks=True)
+    state = json.loads(client.hget(KEYS.trackstate("cam"), "json"))
+    assert state["source"] == "rtsp://cam.example/1"
+    [started] = [e["track_id"] for e in events_of(client)]
+    run_until(redis_server, 8, keep_tracks=False, camera=CAMERA.model_copy(update={"url": "rtsp://cam.example/2"}))
+    events = [(e["kind"], e["track_id"], e["seq"]) for e in events_of(client)]
+    assert events[:2] == [("track_start", started, 0), ("track_end", started, state["seq"])], events
+    assert [kind for kind, _, _ in events[2:]] == ["track_start", "track_end"] and events[2][1] > started
 
 
 def test_frames_tracked_but_not_published_end_the_tracks_at_a_handover(redis_server, monkeypatch):

@@ -38,7 +38,8 @@ def test_a_redeploy_hands_the_tracks_over_and_a_delete_ends_them(ray_session, re
     server = rtsp_server_cls({"road": f"{slow_traffic}@3"}).start()
     camera = {"id": "road", "url": server.url("road"), "fps": 4}
     config = lambda replicas: graph_config(redis_server.url, "redeploy", camera, models_dir,  # noqa: E731
-                                           decoder={"replicas": replicas, "lease_ttl_s": 3})
+                                           decoder={"replicas": replicas, "lease_ttl_s": 3},
+                                           tracker={"track_buffer": 120})  # lost tracks kept ~30 s: the pause is longer on a loaded machine
     options = {"name": "percept-redeploy", "route_prefix": "/redeploy", "logging_config": {"enable_access_log": False}}
     client = redis_server.client()
     serve.run(build_app(config(2)), **options)
