@@ -29,7 +29,7 @@ from pipeline.schema import Detections
 from pipeline.publish import Publisher
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys, redis_from_config
-from pipeline.track_orphans import end_removed_cameras_tracks
+from pipeline.track_orphans import end_removed_tracks
 from pipeline.view import ViewHub
 from pipeline.keep import KeptFrame, KeptFrames, NotKept
 
@@ -145,7 +145,7 @@ class DecoderDeployment:
         self._models = await asyncio.to_thread(PublishedModels, cfg, client)
         self._routes = await asyncio.to_thread(classifier_routes, cfg, classifiers, self._models.answered)
         registry = CameraRegistry(client, self.keys)
-        seeded = await asyncio.to_thread(registry.seed, cfg.cameras)
+        await asyncio.to_thread(registry.seed, cfg.cameras)
         # Every round reads the registry: URLs get their ${VAR} from this replica's environment;
         # an entry that does not validate (or names a variable this replica lacks) is reported
         # failed on its camera hash and skipped, so one bad entry never stops the others.
@@ -159,14 +159,12 @@ class DecoderDeployment:
             publisher=self.publisher,  # fenced: a camera's writes land only while its lease is ours
             # more replicas than the config says (num_replicas raised in the Serve config) share too
             live_replicas=functools.partial(live_decoders, client, self.keys),
+            # removed cameras' open tracks (handed over, then nobody took them) end
+            end_removed=lambda token: end_removed_tracks(registry, self.publisher, cfg.tracker, token=token,
+                                                         lease_ttl_s=cfg.decoder.lease_ttl_s),
         )
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self.supervisor.run())
-        # cameras this config dropped, handed over by a replica of the last version: their tracks end
-        self._orphans = loop.create_task(asyncio.to_thread(
-            end_removed_cameras_tracks, seeded.removed, publisher=self.publisher, cfg=cfg.tracker,
-            owner=self.supervisor.owner, lease_ttl_s=cfg.decoder.lease_ttl_s,
-            listed=lambda: {c.id for c in registry.read()[0]}))
         self._metrics_task = loop.create_task(decoder_metrics(self.metrics, self.supervisor, self.publisher, client,
                                                               cfg.redis.stream_prefix))
         # GET /status shows every replica: each shares its status in Redis (pipeline/decoder_status.py)
@@ -228,7 +226,6 @@ class DecoderDeployment:
             await asyncio.wait_for(self._task, timeout=20)
         except Exception:
             pass
-        await asyncio.wait([self._orphans], timeout=5)  # (it uses the publisher)
         self.publisher.close(timeout=5)
         if self.lender is not None:
             self.lender.close()

@@ -67,6 +67,7 @@ class CameraSupervisor:
         owner: str | None = None,
         publisher: Publisher | None = None,
         live_replicas: Callable[[], int] | None = None,
+        end_removed: Callable[[str], Any] | None = None,
     ):
         # A list is fixed; a callable (the registry) is read again every round, so cameras can
         # be added and removed at runtime without touching the others.
@@ -90,6 +91,10 @@ class CameraSupervisor:
         self._wake = asyncio.Event()
         self._next_round = 0.0
         self._background: set[asyncio.Task[None]] = set()
+        # each round: the open tracks of removed cameras end (`track_orphans.end_removed_tracks`,
+        # given this replica's token for it; blocking)
+        self._end_removed = end_removed
+        self._sweep: asyncio.Task[None] | None = None
 
     @property
     def fair_share(self) -> int:
@@ -121,7 +126,7 @@ class CameraSupervisor:
             await asyncio.gather(renewals, return_exceptions=True)
             await asyncio.gather(*(self._stop_camera(cid, hand_over=cid in handing_over) for cid in list(self.running)),
                                  return_exceptions=True)
-            await asyncio.gather(*self._background, return_exceptions=True)
+            await asyncio.gather(*self._background, *([self._sweep] if self._sweep else []), return_exceptions=True)
 
     async def stop(self, *, hand_over: bool = False) -> None:
         """Stop every camera and release its lease; ``hand_over``: the replica goes while the
@@ -174,6 +179,14 @@ class CameraSupervisor:
                 await self._stop_camera(cid)
         await self._hand_over_surplus()
         await self._claim()
+        if self._end_removed is not None and (self._sweep is None or self._sweep.done()):
+            self._sweep = asyncio.create_task(self._sweep_removed())
+
+    async def _sweep_removed(self) -> None:
+        try:
+            await asyncio.to_thread(self._end_removed, f"{self.owner}:removed")
+        except Exception as exc:  # (redis away: the next round tries again)
+            log.warning("removed cameras not swept (%s); next round", type(exc).__name__)
 
     async def _hand_over_surplus(self) -> None:
         """More replicas run than the config says (the deployment scaled up): one camera above

@@ -62,50 +62,37 @@ def _parse_entry(cid: str, raw: bytes) -> tuple[dict[str, Any] | None, CameraCon
     return entry, camera
 
 
-@dataclass(frozen=True)
-class Seeded:
-    """What `CameraRegistry.seed` did: true if it wrote; the previous config's cameras it removed."""
-
-    wrote: bool
-    removed: tuple[CameraConfig, ...] = ()
-
-    def __bool__(self) -> bool:
-        return self.wrote
-
-
 class CameraRegistry:
     def __init__(self, client: redis.Redis, keys: StreamKeys):
         self.client = client
         self.keys = keys
         self.key = f"{keys.prefix}:cameras"
         self.digest_key = f"{keys.prefix}:cameras:config-digest"
+        # removed cameras whose open tracks may still need their ends (`pipeline/track_orphans.py`)
+        self.removed_key = f"{keys.prefix}:cameras:removed"
 
     @staticmethod
     def digest(cameras: list[CameraConfig]) -> str:
         text = json.dumps([c.model_dump(mode="json") for c in cameras], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def seed(self, cameras: list[CameraConfig]) -> "Seeded":
-        """Write the config's cameras if this config was not seeded yet (true if it wrote),
-        removing the previous config's cameras this one lacks (``removed``)."""
+    def seed(self, cameras: list[CameraConfig]) -> bool:
+        """Write the config's cameras if this config was not seeded yet; True if it wrote. The
+        previous config's cameras this one lacks are removed (and noted: `removed_cameras`)."""
         digest = self.digest(cameras)
         if self.client.get(self.digest_key) == digest.encode():
-            return Seeded(False)
+            return False
         current = self._raw()
         pipe = self.client.pipeline(transaction=True)
-        removed = []
         for cid, entry in current.items():
             if entry.get("source") == "config" and cid not in {c.id for c in cameras}:
                 pipe.hdel(self.key, cid)
-                try:
-                    removed.append(CameraConfig.model_validate(entry["camera"]))
-                except ValidationError:
-                    pass  # (it could not run either)
+                pipe.hset(self.removed_key, cid, json.dumps(entry))
         for cam in cameras:
             pipe.hset(self.key, cam.id, json.dumps({"source": "config", "camera": cam.model_dump(mode="json")}))
         pipe.set(self.digest_key, digest)
         pipe.execute()
-        return Seeded(True, tuple(removed))
+        return True
 
     def _raw(self) -> dict[str, dict[str, Any]]:
         """The entries that decode (whether valid or not); undecodable ones are left out."""
@@ -134,7 +121,7 @@ class CameraRegistry:
         digest both gone): the config's cameras would otherwise stop everywhere until a decoder
         restarts. A registry seeded from another config (a rolling update), or one whose digest
         alone is gone (evicted), is left alone: its API changes stand. True if it wrote."""
-        return not self.client.exists(self.digest_key, self.key) and self.seed(cameras).wrote
+        return not self.client.exists(self.digest_key, self.key) and self.seed(cameras)
 
     def runnable(self, env: Mapping[str, str], publisher: Publisher,
                  config: list[CameraConfig] | None = None) -> list[CameraConfig]:
@@ -212,7 +199,41 @@ class CameraRegistry:
                     continue
 
     def remove(self, camera_id: str) -> bool:
-        return bool(self.client.hdel(self.key, camera_id))
+        """Remove a camera (noted: `removed_cameras`); False if there is no such camera."""
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(self.key)
+                    raw = pipe.hget(self.key, camera_id)
+                    if raw is None:
+                        return False
+                    pipe.multi()
+                    pipe.hdel(self.key, camera_id)
+                    pipe.hset(self.removed_key, camera_id, raw)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    def removed_cameras(self) -> list[CameraConfig]:
+        """Cameras removed (from the config or through the API) whose open tracks are not known
+        to have ended yet, by id. Unreadable ones are forgotten (they could not run either)."""
+        out = []
+        for cid, raw in sorted((k.decode(errors="replace"), v) for k, v in self.client.hgetall(self.removed_key).items()):
+            _, camera = _parse_entry(cid, raw)
+            if isinstance(camera, CameraConfig):
+                out.append(camera)
+            else:
+                self.forget_removed(cid)
+        return out
+
+    def forget_removed(self, camera_id: str) -> None:
+        """A removed camera's tracks are ended (or it is back): nothing left to do for it."""
+        self.client.hdel(self.removed_key, camera_id)
+
+    def listed(self) -> set[str]:
+        """The ids in the registry now, valid or not."""
+        return {k.decode(errors="replace") for k in self.client.hkeys(self.key)}
 
     def lag_s(self, camera_id: str, now: float) -> float | None:
         """Seconds since the capture time of the newest published frame (None before any)."""

@@ -19,12 +19,13 @@ the new owner), and a line it crossed is counted once.
   state then equals the dead owner's after its last published frame. New ids start above the
   highest id the stream has had. A camera that stops cleanly ends its tracks (``track_end``)
   and leaves a ``closed`` state: its next owner starts afresh. A snapshot names the camera's
-  URL as shown (redacted): a camera back with another URL ends the tracks it left, after the
-  replay, and starts afresh.
+  source (`source_of`): a camera back with another URL ends the tracks it left, after the
+  replay, and starts afresh; so does one back without tracking (`end_left_tracks`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .config import TrackerConfig
 from .events import EventEngine, events_json
+from .redact import redact_url
 from .schema import FrameMeta, FrameResult
 from .tracking import ObjectTracker
 
@@ -55,7 +57,7 @@ class TrackSnapshots:
         self.publisher = publisher
         self.camera = camera
         self.every = every
-        self.source = source  # the camera's URL as shown (redacted): tracks go on only from the same source
+        self.source = source  # `source_of` the camera: tracks go on only from the same source
         # (seq, frame_ts) of the newest frame the restored state describes (None: started afresh)
         self.resumed = resumed
         # a handover keeps the open tracks (a live camera with snapshots on; a file restarts elsewhere)
@@ -142,6 +144,28 @@ def end_tracks(publisher: Publisher, camera_id: str, events: EventEngine, seq: i
         snapshots.closed(seq)
 
 
+def source_of(camera: CameraConfig) -> str:
+    """What a snapshot names as its camera's source: a digest of the URL as the replica opens it
+    (``${VAR}``s expanded), credentials taken out first (`redact_url`); a new password is the
+    same source."""
+    return hashlib.sha256(redact_url(camera.url).encode()).hexdigest()[:16]
+
+
+def end_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerConfig, *, track_id_max: int) -> int:
+    """End the open tracks a camera's snapshot left (restored as a next owner would, then ended
+    at the newest frame it describes) when nobody will continue them: the camera was removed,
+    or runs without tracking now. How many; 0 without an open snapshot (or one that cannot be
+    continued: those are left). Under the camera's lease. Blocking: call it in a thread."""
+    _, events, restored = restore_tracking(publisher, camera, cfg, track_id_max=track_id_max, file_time=False,
+                                           check_source=False)
+    if restored.last is None:
+        return 0
+    n = len(events.open_tracks)
+    end_tracks(publisher, camera.id, events, restored.last[0], TrackSnapshots(publisher, camera.id, every=0))
+    log.info("camera %s: the %d open tracks its snapshot left end (nobody continues them)", camera.id, n)
+    return n
+
+
 @dataclass
 class Restored:
     """What `restore_tracking` did: ``seq`` of the snapshot (None: started afresh), frames
@@ -159,19 +183,22 @@ def open_tracking(
 ) -> tuple[ObjectTracker | None, EventEngine | None, TrackSnapshots | None]:
     """A starting camera's tracker, event engine and snapshot writer (all None without tracking),
     continuing what its previous owner left (`restore_tracking`). Blocking: call it in a thread."""
-    if not cfg.enabled:
+    if not cfg.enabled:  # (a snapshot an earlier version left open: its tracks end)
+        end_left_tracks(publisher, camera, cfg, track_id_max=track_id_max)
         return None, None, None
     tracker, events, restored = restore_tracking(publisher, camera, cfg, track_id_max=track_id_max,
                                                  file_time=is_file and not camera.realtime)
     return tracker, events, TrackSnapshots(publisher, camera.id, every=cfg.snapshot_every, resumed=restored.last,
-                                           hands_over=not is_file, source=camera.shown_url)
+                                           hands_over=not is_file, source=source_of(camera))
 
 
 def restore_tracking(
     publisher: Publisher, camera: CameraConfig, cfg: TrackerConfig, *, track_id_max: int, file_time: bool,
+    check_source: bool = True,
 ) -> tuple[ObjectTracker, EventEngine, Restored]:
     """The camera's tracker and event engine: continued from its snapshot and the frames
     published since (see the module doc), or new ones (``Restored.why_not`` says why).
+    ``check_source``: a snapshot of another source (`source_of`) ends its tracks instead.
     Blocking (Redis): call it in a thread."""
     def fresh(why: str) -> tuple[ObjectTracker, EventEngine, Restored]:
         tracker = ObjectTracker(cfg, id_offset=track_id_max, fps=camera.fps, file_time=file_time)
@@ -211,7 +238,7 @@ def restore_tracking(
         log.warning("camera %s: track state not restored: replaying seq %d: %s", camera.id, seq + done.replayed + 1, exc)
         return fresh(str(exc))
     events.take_counts()
-    if state.get("source", camera.shown_url) != camera.shown_url:  # (snapshots before 2026-12 name none)
+    if check_source and state.get("source", source_of(camera)) != source_of(camera):  # (older ones name none)
         log.info("camera %s: its URL changed since its snapshot: its %d open tracks end", camera.id, len(events.open_tracks))
         end_tracks(publisher, camera.id, events, done.last[0], TrackSnapshots(publisher, camera.id, every=0))
         return fresh("another source")

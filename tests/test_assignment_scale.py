@@ -100,13 +100,14 @@ def test_a_replica_stopped_while_the_service_stays_hands_its_cameras_over(redis_
     threading.Thread(target=loop.run_forever, daemon=True).start()
     started: dict[str, list[StandIn]] = {"r0": [], "r1": []}
     cameras = list(CAMERAS)  # the registry, as each round reads it
+    loads: list[str] = []  # each read of it, by replica
 
     def replica(name: str) -> tuple[CameraSupervisor, concurrent.futures.Future]:
         async def start(camera):
             started[name].append(StandIn(camera))
             return started[name][-1]
 
-        sup = CameraSupervisor(lambda: list(cameras), client=client, keys=StreamKeys("scale-down"), start_camera=start,
+        sup = CameraSupervisor(lambda: (loads.append(name), list(cameras))[1], client=client, keys=StreamKeys("scale-down"), start_camera=start,
                                replicas=2, lease_ttl_s=3, owner=name)
         return sup, asyncio.run_coroutine_threadsafe(sup.run(), loop)
 
@@ -118,6 +119,9 @@ def test_a_replica_stopped_while_the_service_stays_hands_its_cameras_over(redis_
         assert [s.kept_tracks for s in started["r0"]] == [True, True], "scaled down: its cameras' tracks go on"
         wait_for(lambda: len(second.running) == 4, 30, "the remaining replica running every camera")
         # a new version of the service removed one camera and changed another's URL: those end
+        # (changed just after a round read the registry, so that only the stop sees it)
+        n = loads.count("r1")
+        wait_for(lambda: loads.count("r1") > n, 10, "a round of the remaining replica", 0.01)
         cameras[:] = [CAMERAS[0].model_copy(update={"url": "rtsp://cam/new"}), *CAMERAS[2:]]
         asyncio.run_coroutine_threadsafe(second.stop(hand_over=True), loop).result(5)
         second_run.result(30)

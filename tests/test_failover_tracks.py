@@ -24,7 +24,7 @@ from pipeline.lease import acquire
 from pipeline.publish import Publisher
 from pipeline.schema import Detections, FrameMeta, FrameResult
 from pipeline.streams import StreamKeys, connect_redis
-from pipeline.track_state import TrackSnapshots, restore_tracking
+from pipeline.track_state import TrackSnapshots, restore_tracking, source_of
 from pipeline.tracking import ObjectTracker
 
 KEYS = StreamKeys("fo")
@@ -73,7 +73,7 @@ class Owner:
         track_id_max = self.publisher.resume_camera("cam")[1]["track_id_max"]
         self.tracker, self.events, self.restored = restore_tracking(
             self.publisher, camera, CFG, track_id_max=track_id_max, file_time=False)
-        self.snapshots = TrackSnapshots(self.publisher, "cam", every=CFG.snapshot_every, source=camera.shown_url)
+        self.snapshots = TrackSnapshots(self.publisher, "cam", every=CFG.snapshot_every, source=source_of(camera))
 
     def process(self, frames) -> None:
         for meta, dets in frames:

@@ -19,7 +19,7 @@ from pipeline.schema import Detections
 from pipeline.sources import VideoSource
 from pipeline.streams import StreamKeys, connect_redis
 import pipeline.track_state
-from pipeline.track_state import open_tracking, restore_tracking
+from pipeline.track_state import open_tracking, restore_tracking, source_of
 
 from .test_conductor import PacedCapture
 from .test_sources import Clock
@@ -148,12 +148,43 @@ def test_tracks_left_on_another_source_end_at_the_next_owner(redis_server):
     client = redis_server.client()
     run_until(redis_server, 8, keep_tracks=True)
     state = json.loads(client.hget(KEYS.trackstate("cam"), "json"))
-    assert state["source"] == "rtsp://cam.example/1"
+    assert state["source"] == source_of(CAMERA)
     [started] = [e["track_id"] for e in events_of(client)]
     run_until(redis_server, 8, keep_tracks=False, camera=CAMERA.model_copy(update={"url": "rtsp://cam.example/2"}))
     events = [(e["kind"], e["track_id"], e["seq"]) for e in events_of(client)]
     assert events[:2] == [("track_start", started, 0), ("track_end", started, state["seq"])], events
     assert [kind for kind, _, _ in events[2:]] == ["track_start", "track_end"] and events[2][1] > started
+
+
+def test_tracks_handed_over_to_a_version_without_tracking_end_there(redis_server):
+    """The next version turned tracking off: nobody continues the tracks the snapshot holds, so
+    the camera's next owner ends them as it starts (`track_state.end_left_tracks`)."""
+    client = redis_server.client()
+    run_until(redis_server, 8, keep_tracks=True)
+    state = json.loads(client.hget(KEYS.trackstate("cam"), "json"))
+    [started] = [e["track_id"] for e in events_of(client)]
+    publisher = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    try:
+        assert open_tracking(publisher, CAMERA, TrackerConfig(enabled=False), track_id_max=started,
+                             is_file=False) == (None, None, None)
+        assert publisher.flush(5)
+    finally:
+        publisher.close()
+    assert [(e["kind"], e["track_id"], e["seq"]) for e in events_of(client)] == [
+        ("track_start", started, 0), ("track_end", started, state["seq"])]
+    assert json.loads(client.hget(KEYS.trackstate("cam"), "json")).get("closed") is True
+
+
+def test_a_source_is_its_url_without_credentials():
+    """What a snapshot names as its source: a new password is the same camera, another host or
+    stream is not; no password in it."""
+    def source(url: str) -> str:
+        return source_of(CameraConfig(id="cam", url=url))
+
+    assert source("rtsp://viewer:old-secret@cam.example/1") == source("rtsp://viewer:new-secret@cam.example/1")
+    assert source("rtsp://cam.example/1?password=a") == source("rtsp://cam.example/1?password=b")
+    assert len({source("rtsp://cam.example/1"), source("rtsp://cam.example/2"), source("rtsp://other/1")}) == 3
+    assert "secret" not in source("rtsp://viewer:old-secret@cam.example/1")
 
 
 def test_frames_tracked_but_not_published_end_the_tracks_at_a_handover(redis_server, monkeypatch):

@@ -1,70 +1,111 @@
-"""A camera removed while its open tracks were handed over (a new version of the service dropped
-it from the config as a replica of the old one handed it over): the replica whose seed removed it
-ends those tracks once the old owner lets the lease go (`pipeline/track_orphans.py`). Real
-conductors, publisher, registry and redis-server; the detector is a stand-in."""
+"""A camera removed while its open tracks were handed over (a new config dropped it, or the API
+deleted it, as a replica of the old version handed it over): the removal is noted in the
+registry, and a sweep (every supervisor round) ends those tracks once the old owner lets the
+lease go (`pipeline/track_orphans.py`). Real conductors, publisher, registry, supervisor and
+redis-server; the detector is a stand-in."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import threading
 
-from pipeline.config import TrackerConfig
+import pytest
+
+from pipeline.assignment import CameraSupervisor
+from pipeline.config import CameraConfig, TrackerConfig
 from pipeline.lease import acquire, release
 from pipeline.publish import Publisher
 from pipeline.registry import CameraRegistry
 from pipeline.streams import connect_redis
-from pipeline.track_orphans import end_removed_cameras_tracks
+from pipeline.track_orphans import end_removed_tracks
 
 from .test_handover_tracks import CAMERA, KEYS, events_of, run_until
 from .waiting import wait_for
 
 
-def test_a_removed_camera_handed_over_has_its_tracks_ended(redis_server):
+def handed_over_then_removed(redis_server, *, through_api: bool) -> tuple[CameraRegistry, dict, int]:
+    """The camera handed over with one open track, then removed: (registry, its snapshot, the track)."""
     client = redis_server.client()
     registry = CameraRegistry(client, KEYS)
     registry.seed([CAMERA])  # the old version's config
-    run_until(redis_server, 8, keep_tracks=True)  # handed over: its track open
+    run_until(redis_server, 8, keep_tracks=True)
     state = json.loads(client.hget(KEYS.trackstate("cam"), "json"))
     [started] = [e["track_id"] for e in events_of(client)]
-    seeded = registry.seed([])  # the new version's config has no camera
-    assert seeded.wrote and [c.id for c in seeded.removed] == ["cam"]
+    if through_api:
+        assert registry.remove("cam")
+    else:
+        assert registry.seed([CameraConfig(id="other", url="rtsp://cam.example/9")])  # the new config lacks it
+    assert [c.id for c in registry.removed_cameras()] == ["cam"]
+    return registry, state, started
 
-    old = acquire(client, KEYS.lease("cam"), "cam", ttl=30, token="old-owner")  # still handing over
-    publisher = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
-    reads, out = [], {}
 
-    def listed():
-        reads.append(1)
-        return {c.id for c in registry.read()[0]}
-
-    worker = threading.Thread(target=lambda: out.update(end_removed_cameras_tracks(
-        seeded.removed, publisher=publisher, cfg=TrackerConfig(), owner="new-owner", lease_ttl_s=10, listed=listed,
-        poll_s=0.05)))
-    worker.start()
-    wait_for(lambda: len(reads) >= 3, 20, "the lease tried while the old owner holds it")
-    assert [e["kind"] for e in events_of(client)] == ["track_start"], "nothing ended under another's lease"
-    release(old)
-    worker.join(30)
-    publisher.close()
-    assert out == {"cam": 1}
+def ended_as_a_stop_would(client, started: int, state: dict) -> None:
     assert [(e["kind"], e["track_id"], e["seq"]) for e in events_of(client)] == [
         ("track_start", started, 0), ("track_end", started, state["seq"])]
     assert json.loads(client.hget(KEYS.trackstate("cam"), "json")).get("closed") is True
+
+
+@pytest.mark.parametrize("through_api", [False, True], ids=["config", "api"])
+def test_a_removed_camera_handed_over_has_its_tracks_ended_once_its_lease_is_free(redis_server, through_api):
+    client = redis_server.client()
+    registry, state, started = handed_over_then_removed(redis_server, through_api=through_api)
+    publisher = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    sweep = functools.partial(end_removed_tracks, registry, publisher, TrackerConfig(), token="r1:removed",
+                              lease_ttl_s=10)
+    try:
+        old = acquire(client, KEYS.lease("cam"), "cam", ttl=30, token="old-owner")  # still handing over
+        assert sweep() == {} and [e["kind"] for e in events_of(client)] == ["track_start"]
+        assert [c.id for c in registry.removed_cameras()] == ["cam"], "kept for a later sweep"
+        release(old)
+        assert sweep() == {"cam": 1}
+        assert sweep() == {} and registry.removed_cameras() == [], "ended once"
+    finally:
+        publisher.close()
+    ended_as_a_stop_would(client, started, state)
     assert client.get(KEYS.lease("cam")) is None, "the lease let go"
 
 
 def test_a_camera_listed_again_is_left_to_its_owner(redis_server):
     client = redis_server.client()
-    registry = CameraRegistry(client, KEYS)
-    registry.seed([CAMERA])
-    run_until(redis_server, 8, keep_tracks=True)
-    removed = registry.seed([]).removed
-    client.hset(registry.key, "cam", json.dumps({"source": "api", "camera": CAMERA.model_dump(mode="json")}))
+    registry, _, _ = handed_over_then_removed(redis_server, through_api=True)
+    assert registry.add(CAMERA)
     publisher = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
     try:
-        assert end_removed_cameras_tracks(removed, publisher=publisher, cfg=TrackerConfig(), owner="new-owner",
-                                          lease_ttl_s=10, listed=lambda: {c.id for c in registry.read()[0]}) == {}
+        assert end_removed_tracks(registry, publisher, TrackerConfig(), token="r1:removed", lease_ttl_s=10) == {}
     finally:
         publisher.close()
+    assert registry.removed_cameras() == []
     assert [e["kind"] for e in events_of(client)] == ["track_start"]
     assert not json.loads(client.hget(KEYS.trackstate("cam"), "json")).get("closed")
+
+
+def test_every_supervisor_round_sweeps_the_removed_cameras(redis_server):
+    """The decoder's wiring: a supervisor given the sweep ends the tracks of a camera removed
+    while nobody ran it, and never claims the camera."""
+    client = redis_server.client()
+    registry, state, started = handed_over_then_removed(redis_server, through_api=False)
+    publisher = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    started_here: list[str] = []
+
+    async def start(camera):
+        started_here.append(camera.id)
+        raise RuntimeError("stand-in: cameras are not run here")
+
+    sup = CameraSupervisor(lambda: registry.read()[0], client=client, keys=KEYS, start_camera=start, replicas=1,
+                           lease_ttl_s=3, owner="r1", publisher=publisher,
+                           end_removed=lambda token: end_removed_tracks(registry, publisher, TrackerConfig(),
+                                                                        token=token, lease_ttl_s=3))
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    run = asyncio.run_coroutine_threadsafe(sup.run(), loop)
+    try:
+        wait_for(lambda: registry.removed_cameras() == [], 30, "the removed camera swept")
+    finally:
+        asyncio.run_coroutine_threadsafe(sup.stop(), loop).result(5)
+        run.result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        publisher.close()
+    ended_as_a_stop_would(client, started, state)
+    assert "cam" not in started_here
