@@ -29,7 +29,7 @@ from pipeline.schema import Detections
 from pipeline.publish import Publisher
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys, redis_from_config
-from pipeline.track_orphans import end_removed_tracks
+from pipeline.track_orphans import RemovedCameraSweeper
 from pipeline.view import ViewHub
 from pipeline.keep import KeptFrame, KeptFrames, NotKept
 
@@ -146,6 +146,9 @@ class DecoderDeployment:
         self._routes = await asyncio.to_thread(classifier_routes, cfg, classifiers, self._models.answered)
         registry = CameraRegistry(client, self.keys)
         await asyncio.to_thread(registry.seed, cfg.cameras)
+        self.sweeper = RemovedCameraSweeper(
+            registry, lambda: Publisher(client, keys=self.keys, maxlen=cfg.redis.maxlen).start(), cfg.tracker,
+            lease_ttl_s=cfg.decoder.lease_ttl_s)
         # Every round reads the registry: URLs get their ${VAR} from this replica's environment;
         # an entry that does not validate (or names a variable this replica lacks) is reported
         # failed on its camera hash and skipped, so one bad entry never stops the others.
@@ -160,8 +163,7 @@ class DecoderDeployment:
             # more replicas than the config says (num_replicas raised in the Serve config) share too
             live_replicas=functools.partial(live_decoders, client, self.keys),
             # removed cameras' open tracks (handed over, then nobody took them) end
-            end_removed=lambda token: end_removed_tracks(registry, self.publisher, cfg.tracker, token=token,
-                                                         lease_ttl_s=cfg.decoder.lease_ttl_s),
+            end_removed=self.sweeper.sweep,
         )
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self.supervisor.run())
@@ -227,6 +229,7 @@ class DecoderDeployment:
         except Exception:
             pass
         self.publisher.close(timeout=5)
+        self.sweeper.close()
         if self.lender is not None:
             self.lender.close()
         if self.views is not None:

@@ -62,6 +62,14 @@ def _parse_entry(cid: str, raw: bytes) -> tuple[dict[str, Any] | None, CameraCon
     return entry, camera
 
 
+@dataclass(frozen=True)
+class RemovedCamera:
+    """A removal noted by the registry: the camera as it was, and the note as stored."""
+
+    camera: CameraConfig
+    note: bytes
+
+
 class CameraRegistry:
     def __init__(self, client: redis.Redis, keys: StreamKeys):
         self.client = client
@@ -215,25 +223,37 @@ class CameraRegistry:
                 except redis.WatchError:
                     continue
 
-    def removed_cameras(self) -> list[CameraConfig]:
+    def removed_cameras(self) -> list["RemovedCamera"]:
         """Cameras removed (from the config or through the API) whose open tracks are not known
-        to have ended yet, by id. Unreadable ones are forgotten (they could not run either)."""
+        to have ended yet, by id. Unreadable notes are forgotten (they could not run either)."""
         out = []
         for cid, raw in sorted((k.decode(errors="replace"), v) for k, v in self.client.hgetall(self.removed_key).items()):
             _, camera = _parse_entry(cid, raw)
             if isinstance(camera, CameraConfig):
-                out.append(camera)
+                out.append(RemovedCamera(camera, raw))
             else:
-                self.forget_removed(cid)
+                self.forget_removed(cid, raw)
         return out
 
-    def forget_removed(self, camera_id: str) -> None:
-        """A removed camera's tracks are ended (or it is back): nothing left to do for it."""
-        self.client.hdel(self.removed_key, camera_id)
+    def forget_removed(self, camera_id: str, note: bytes) -> bool:
+        """A removed camera's tracks are ended (or it is back): its note goes, unless it was
+        removed again since (a newer note). True if it went."""
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(self.removed_key)
+                    if pipe.hget(self.removed_key, camera_id) != note:
+                        return False
+                    pipe.multi()
+                    pipe.hdel(self.removed_key, camera_id)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
 
-    def listed(self) -> set[str]:
-        """The ids in the registry now, valid or not."""
-        return {k.decode(errors="replace") for k in self.client.hkeys(self.key)}
+    def runnable_ids(self) -> set[str]:
+        """The ids of the cameras in the registry that validate now (others cannot run)."""
+        return {c.id for c in self.read()[0]}
 
     def lag_s(self, camera_id: str, now: float) -> float | None:
         """Seconds since the capture time of the newest published frame (None before any)."""

@@ -5,57 +5,98 @@ tracks (`track_state.leave_tracks`), and the next owner continues them. A camera
 anyone took it over (the new config dropped it, or ``DELETE /cameras/{id}`` came during the
 handover) has no next owner: its tracks would stay open forever (a ``track_start`` without its
 ``track_end``). The registry notes every removal (`CameraRegistry.removed_cameras`); each round,
-every decoder replica's supervisor sweeps those notes (`end_removed_tracks`): for a camera still
-absent whose lease is free, it takes the lease under a token of its own, restores the state as a
-next owner would and ends every open track there, then forgets the note once those writes have
-landed. A camera that stopped cleanly left a ``closed`` state: nothing to end, the note goes.
+every decoder replica's supervisor sweeps those notes (`RemovedCameraSweeper.sweep`): for a
+camera still absent whose lease is free, it takes the lease under a token of its own, restores
+the state as a next owner would and ends every open track there, then forgets the note once
+the camera's state says ``closed``. A camera that stopped cleanly left a ``closed`` state:
+nothing to end, the note goes.
+
+The sweeper writes through a publisher of its own (its fences and queue apart from the
+cameras this replica runs), made on the first note it meets. Writes that did not land before
+the lease's deadline keep the lease (it is not released: it expires, or the next sweep of
+this replica takes it again with the same token and they land then).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from collections.abc import Callable
 
 from .config import TrackerConfig
-from .lease import acquire, release
+from .lease import Lease, acquire, release
 from .publish import Publisher
 from .redact import redact
-from .registry import CameraRegistry
+from .registry import CameraRegistry, RemovedCamera
 from .track_state import end_left_tracks
 
 log = logging.getLogger("percept.track_orphans")
 
 
-def end_removed_tracks(registry: CameraRegistry, publisher: Publisher, cfg: TrackerConfig, *, token: str,
-                       lease_ttl_s: float) -> dict[str, int]:
-    """One sweep (see the module doc): the removed cameras dealt with now, each with how many
-    tracks ended. A camera back in the registry is left to its owner; one whose lease is taken
-    (its old owner is still stopping it) waits for a later sweep. Blocking: call it in a thread."""
-    done: dict[str, int] = {}
-    for camera in registry.removed_cameras():
-        if camera.id in registry.listed():
-            registry.forget_removed(camera.id)  # back: its owner continues or ends the tracks
-            continue
-        fence = publisher.fence_of(camera.id)
-        if fence is not None and not fence.released:
-            continue  # this replica still writes for it
-        lease_key = publisher.keys.lease(camera.id)
-        lease = acquire(publisher.client, lease_key, camera.id, ttl=lease_ttl_s, token=token)
-        if lease is None:
-            continue
-        try:
-            if camera.id in registry.listed():  # added back meanwhile
-                registry.forget_removed(camera.id)
+class RemovedCameraSweeper:
+    def __init__(self, registry: CameraRegistry, make_publisher: Callable[[], Publisher], cfg: TrackerConfig, *,
+                 lease_ttl_s: float):
+        self.registry = registry
+        self.make_publisher = make_publisher
+        self.cfg = cfg
+        self.ttl = lease_ttl_s
+        self.publisher: Publisher | None = None
+
+    def sweep(self, token: str) -> dict[str, int]:
+        """One sweep (see the module doc): the removed cameras dealt with now, each with how many
+        tracks ended. A camera back in the registry (and valid) is left to its owner; one whose
+        lease is taken (its old owner is still stopping it) waits for a later sweep. Blocking."""
+        done: dict[str, int] = {}
+        for removed in self.registry.removed_cameras():
+            cid = removed.camera.id
+            if cid in self.registry.runnable_ids():
+                self.registry.forget_removed(cid, removed.note)  # back: its owner continues or ends them
                 continue
-            publisher.fence(camera.id, lease_key, token, hold_s=lease_ttl_s)
-            _, counters = publisher.resume_camera(camera.id)
-            ended = end_left_tracks(publisher, camera, cfg, track_id_max=counters["track_id_max"])
-            if publisher.flush(min(5.0, lease_ttl_s / 2), camera=camera.id):  # landed: the note can go
-                registry.forget_removed(camera.id)
-                done[camera.id] = ended
-        except Exception as exc:  # Redis away, …: a later sweep tries again
-            log.warning("camera %s: removed; its open tracks not ended yet: %s: %s", camera.id, type(exc).__name__,
-                        redact(str(exc), camera.secrets))
-        finally:
-            publisher.unfence(camera.id)
+            lease = acquire(self.registry.client, self.registry.keys.lease(cid), cid, ttl=self.ttl, token=token)
+            if lease is None:
+                continue
+            try:
+                ended = self._end(removed, lease, token)
+            except Exception as exc:  # Redis away, …: a later sweep tries again
+                log.warning("camera %s: removed; its open tracks not ended yet: %s: %s", cid, type(exc).__name__,
+                            redact(str(exc), removed.camera.secrets))
+                ended = None
+            if ended is not None:
+                done[cid] = ended
+        return done
+
+    def _end(self, removed: RemovedCamera, lease: Lease, token: str) -> int | None:
+        """Under ``lease``: the camera's open tracks ended and its note forgotten (how many), or
+        None (back in the registry, or not all written in time: a later sweep)."""
+        cid, registry = removed.camera.id, self.registry
+        if cid in registry.runnable_ids():  # added back meanwhile
+            registry.forget_removed(cid, removed.note)
             release(lease)
-    return done
+            return None
+        if self.publisher is None:
+            self.publisher = self.make_publisher()
+        publisher = self.publisher
+        publisher.fence(cid, registry.keys.lease(cid), token, hold_s=2 * self.ttl)
+        _, counters = publisher.resume_camera(cid)
+        if lease.overdue():  # a slow start: nothing is written past the lease
+            return None
+        ended = end_left_tracks(publisher, removed.camera, self.cfg, track_id_max=counters["track_id_max"])
+        left = lease.deadline - time.monotonic()
+        # (a snapshot that cannot be continued is left open, the known gap: 0 ended, nothing to wait for)
+        if left <= 0 or not publisher.flush(left, camera=cid) or lease.overdue() or (ended and not self._closed(cid)):
+            return None  # the lease stays taken: it expires, or this replica's next sweep retakes it
+        publisher.unfence(cid)
+        release(lease)
+        registry.forget_removed(cid, removed.note)
+        log.info("camera %s: removed; the %d open tracks it was left with ended", cid, ended)
+        return ended
+
+    def _closed(self, cid: str) -> bool:
+        """The camera's state says ``closed`` (or there is none): its tracks are ended."""
+        raw = self.registry.client.hget(self.registry.keys.trackstate(cid), "json")
+        return raw is None or bool(json.loads(raw).get("closed"))
+
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close(timeout=5)

@@ -19,7 +19,7 @@ from pipeline.lease import acquire, release
 from pipeline.publish import Publisher
 from pipeline.registry import CameraRegistry
 from pipeline.streams import connect_redis
-from pipeline.track_orphans import end_removed_tracks
+from pipeline.track_orphans import RemovedCameraSweeper
 
 from .test_handover_tracks import CAMERA, KEYS, events_of, run_until
 from .waiting import wait_for
@@ -37,8 +37,14 @@ def handed_over_then_removed(redis_server, *, through_api: bool) -> tuple[Camera
         assert registry.remove("cam")
     else:
         assert registry.seed([CameraConfig(id="other", url="rtsp://cam.example/9")])  # the new config lacks it
-    assert [c.id for c in registry.removed_cameras()] == ["cam"]
+    assert [r.camera.id for r in registry.removed_cameras()] == ["cam"]
     return registry, state, started
+
+
+def sweeper(redis_server, registry: CameraRegistry, *, ttl: float = 10) -> RemovedCameraSweeper:
+    return RemovedCameraSweeper(
+        registry, lambda: Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start(), TrackerConfig(),
+        lease_ttl_s=ttl)
 
 
 def ended_as_a_stop_would(client, started: int, state: dict) -> None:
@@ -51,18 +57,17 @@ def ended_as_a_stop_would(client, started: int, state: dict) -> None:
 def test_a_removed_camera_handed_over_has_its_tracks_ended_once_its_lease_is_free(redis_server, through_api):
     client = redis_server.client()
     registry, state, started = handed_over_then_removed(redis_server, through_api=through_api)
-    publisher = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
-    sweep = functools.partial(end_removed_tracks, registry, publisher, TrackerConfig(), token="r1:removed",
-                              lease_ttl_s=10)
+    sweeps = sweeper(redis_server, registry)
+    sweep = functools.partial(sweeps.sweep, "r1:removed")
     try:
         old = acquire(client, KEYS.lease("cam"), "cam", ttl=30, token="old-owner")  # still handing over
         assert sweep() == {} and [e["kind"] for e in events_of(client)] == ["track_start"]
-        assert [c.id for c in registry.removed_cameras()] == ["cam"], "kept for a later sweep"
+        assert [r.camera.id for r in registry.removed_cameras()] == ["cam"], "kept for a later sweep"
         release(old)
         assert sweep() == {"cam": 1}
         assert sweep() == {} and registry.removed_cameras() == [], "ended once"
     finally:
-        publisher.close()
+        sweeps.close()
     ended_as_a_stop_would(client, started, state)
     assert client.get(KEYS.lease("cam")) is None, "the lease let go"
 
@@ -71,14 +76,35 @@ def test_a_camera_listed_again_is_left_to_its_owner(redis_server):
     client = redis_server.client()
     registry, _, _ = handed_over_then_removed(redis_server, through_api=True)
     assert registry.add(CAMERA)
-    publisher = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    sweeps = sweeper(redis_server, registry)
     try:
-        assert end_removed_tracks(registry, publisher, TrackerConfig(), token="r1:removed", lease_ttl_s=10) == {}
+        assert sweeps.sweep("r1:removed") == {}
     finally:
-        publisher.close()
+        sweeps.close()
     assert registry.removed_cameras() == []
     assert [e["kind"] for e in events_of(client)] == ["track_start"]
     assert not json.loads(client.hget(KEYS.trackstate("cam"), "json")).get("closed")
+
+
+def test_a_camera_back_with_an_entry_that_cannot_run_still_has_its_tracks_ended(redis_server):
+    client = redis_server.client()
+    registry, state, started = handed_over_then_removed(redis_server, through_api=True)
+    client.hset(registry.key, "cam", json.dumps({"source": "api", "camera": {"id": "cam", "url": "x", "fps": -2}}))
+    sweeps = sweeper(redis_server, registry)
+    try:
+        assert sweeps.sweep("r1:removed") == {"cam": 1}
+    finally:
+        sweeps.close()
+    ended_as_a_stop_would(client, started, state)
+
+
+def test_a_note_written_again_meanwhile_is_kept(redis_server):
+    """Compare-and-delete: a camera removed again after a sweep read its note keeps the new note."""
+    registry, _, _ = handed_over_then_removed(redis_server, through_api=True)
+    [seen] = registry.removed_cameras()
+    registry.client.hset(registry.removed_key, "cam", seen.note + b" ")  # removed again, a new note
+    assert not registry.forget_removed("cam", seen.note)
+    assert [r.camera.id for r in registry.removed_cameras()] == ["cam"]
 
 
 def test_every_supervisor_round_sweeps_the_removed_cameras(redis_server):
@@ -87,6 +113,7 @@ def test_every_supervisor_round_sweeps_the_removed_cameras(redis_server):
     client = redis_server.client()
     registry, state, started = handed_over_then_removed(redis_server, through_api=False)
     publisher = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    sweeps = sweeper(redis_server, registry, ttl=3)
     started_here: list[str] = []
 
     async def start(camera):
@@ -95,8 +122,7 @@ def test_every_supervisor_round_sweeps_the_removed_cameras(redis_server):
 
     sup = CameraSupervisor(lambda: registry.read()[0], client=client, keys=KEYS, start_camera=start, replicas=1,
                            lease_ttl_s=3, owner="r1", publisher=publisher,
-                           end_removed=lambda token: end_removed_tracks(registry, publisher, TrackerConfig(),
-                                                                        token=token, lease_ttl_s=3))
+                           end_removed=sweeps.sweep)
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     run = asyncio.run_coroutine_threadsafe(sup.run(), loop)
@@ -107,5 +133,6 @@ def test_every_supervisor_round_sweeps_the_removed_cameras(redis_server):
         run.result(30)
         loop.call_soon_threadsafe(loop.stop)
         publisher.close()
+        sweeps.close()
     ended_as_a_stop_would(client, started, state)
     assert "cam" not in started_here
