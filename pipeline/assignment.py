@@ -91,7 +91,7 @@ class CameraSupervisor:
         self._wake = asyncio.Event()
         self._next_round = 0.0
         self._background: set[asyncio.Task[None]] = set()
-        # each round: the open tracks of removed cameras end (`track_orphans.end_removed_tracks`,
+        # each round: the open tracks of removed cameras end (`track_orphans.RemovedCameraSweeper.sweep`,
         # given this replica's token for it; blocking)
         self._end_removed = end_removed
         self._sweep: asyncio.Task[None] | None = None
@@ -133,7 +133,7 @@ class CameraSupervisor:
         service stays (a scale-down, a redeploy), so the open tracks of the cameras the registry
         still lists as they run go on at their next owners (`track_state.leave_tracks`) instead
         of ending. (A camera the next version changes or removes after this read: its next owner
-        ends them, `track_state.restore_tracking`, or the replica that removed it,
+        ends them, `track_state.restore_tracking`, or a sweep of the removed cameras,
         `pipeline/track_orphans.py`.)"""
         self._hand_over_all = hand_over
         self._stop.set()
