@@ -178,50 +178,42 @@ class CameraRegistry:
         """Change a camera's zones, lines, anchor or line margin in place (decoders apply it without a
         restart); None if there is no such camera. Raises pydantic's ValidationError, with
         paths relative to the camera, for an invalid change."""
-        with self.client.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(self.key)
-                    raw = pipe.hget(self.key, camera_id)
-                    if raw is None:
-                        return None
-                    try:
-                        entry = json.loads(raw)
-                        current = dict(entry["camera"])
-                    except (ValueError, KeyError, TypeError) as exc:
-                        raise LookupError(f"the stored entry of camera {camera_id!r} is unreadable ({exc}); "
-                                          "DELETE it and POST it again") from None
-                    try:
-                        CameraConfig.model_validate(current)
-                    except ValidationError as exc:  # the stored entry, not the change: a conflict
-                        raise LookupError(f"the stored entry of camera {camera_id!r} no longer validates "
-                                          f"({'; '.join(format_validation_error(exc))}); DELETE it and POST it "
-                                          "again") from None
-                    camera = CameraConfig.model_validate({**current, **changes})
-                    entry["camera"] = camera.model_dump(mode="json")
-                    pipe.multi()
-                    pipe.hset(self.key, camera_id, json.dumps(entry))
-                    pipe.execute()
-                    return camera
-                except redis.WatchError:
-                    continue
+        def change(pipe: Any) -> CameraConfig | None:
+            raw = pipe.hget(self.key, camera_id)
+            if raw is None:
+                return None
+            try:
+                entry = json.loads(raw)
+                current = dict(entry["camera"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise LookupError(f"the stored entry of camera {camera_id!r} is unreadable ({exc}); "
+                                  "DELETE it and POST it again") from None
+            try:
+                CameraConfig.model_validate(current)
+            except ValidationError as exc:  # the stored entry, not the change: a conflict
+                raise LookupError(f"the stored entry of camera {camera_id!r} no longer validates "
+                                  f"({'; '.join(format_validation_error(exc))}); DELETE it and POST it "
+                                  "again") from None
+            camera = CameraConfig.model_validate({**current, **changes})
+            entry["camera"] = camera.model_dump(mode="json")
+            pipe.multi()
+            pipe.hset(self.key, camera_id, json.dumps(entry))
+            return camera
+
+        return self.client.transaction(change, self.key, value_from_callable=True)
 
     def remove(self, camera_id: str) -> bool:
         """Remove a camera (noted: `removed_cameras`); False if there is no such camera."""
-        with self.client.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(self.key)
-                    raw = pipe.hget(self.key, camera_id)
-                    if raw is None:
-                        return False
-                    pipe.multi()
-                    pipe.hdel(self.key, camera_id)
-                    pipe.hset(self.removed_key, camera_id, raw)
-                    pipe.execute()
-                    return True
-                except redis.WatchError:
-                    continue
+        def move(pipe: Any) -> bool:
+            raw = pipe.hget(self.key, camera_id)
+            if raw is None:
+                return False
+            pipe.multi()
+            pipe.hdel(self.key, camera_id)
+            pipe.hset(self.removed_key, camera_id, raw)
+            return True
+
+        return self.client.transaction(move, self.key, value_from_callable=True)
 
     def removed_cameras(self) -> list["RemovedCamera"]:
         """Cameras removed (from the config or through the API) whose open tracks are not known
@@ -238,18 +230,14 @@ class CameraRegistry:
     def forget_removed(self, camera_id: str, note: bytes) -> bool:
         """A removed camera's tracks are ended (or it is back): its note goes, unless it was
         removed again since (a newer note). True if it went."""
-        with self.client.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(self.removed_key)
-                    if pipe.hget(self.removed_key, camera_id) != note:
-                        return False
-                    pipe.multi()
-                    pipe.hdel(self.removed_key, camera_id)
-                    pipe.execute()
-                    return True
-                except redis.WatchError:
-                    continue
+        def drop(pipe: Any) -> bool:
+            if pipe.hget(self.removed_key, camera_id) != note:
+                return False
+            pipe.multi()
+            pipe.hdel(self.removed_key, camera_id)
+            return True
+
+        return self.client.transaction(drop, self.removed_key, value_from_callable=True)
 
     def runnable_ids(self) -> set[str]:
         """The ids of the cameras in the registry that validate now (others cannot run)."""

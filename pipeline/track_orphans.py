@@ -48,9 +48,11 @@ class RemovedCameraSweeper:
         tracks ended. A camera back in the registry (and valid) is left to its owner; one whose
         lease is taken (its old owner is still stopping it) waits for a later sweep. Blocking."""
         done: dict[str, int] = {}
-        for removed in self.registry.removed_cameras():
+        notes = self.registry.removed_cameras()
+        runnable = self.registry.runnable_ids() if notes else set()
+        for removed in notes:
             cid = removed.camera.id
-            if cid in self.registry.runnable_ids():
+            if cid in runnable:
                 self.registry.forget_removed(cid, removed.note)  # back: its owner continues or ends them
                 continue
             lease = acquire(self.registry.client, self.registry.keys.lease(cid), cid, ttl=self.ttl, token=token)
