@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import redis
-from redis.connection import parse_url
 
+from pipeline.config import redis_url_problem
 from pipeline.redact import redact, redact_url
 from pipeline.streams import CREDENTIALS_REFUSED, redis_unavailable
 
@@ -50,10 +50,9 @@ def unreachable(api: str, exc: BaseException) -> int:
 
 def redis_url_arg(value: str) -> str:
     """argparse type of ``--redis``: a URL redis-py can use; else exit 2 saying why."""
-    try:
-        parse_url(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{redact(str(exc))}, got {redact_url(value)!r}") from None
+    problem = redis_url_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem.removeprefix('not a Redis URL: ')}, got {redact_url(value)!r}")
     return value
 
 

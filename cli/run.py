@@ -45,12 +45,15 @@ def redis_for(config: PerceptConfig, stack: ExitStack) -> PerceptConfig:
     """Use the configured Redis, or start a private redis-server for this run."""
     import redis
 
-    from pipeline.redis_server import EmbeddedRedis
+    from pipeline.redis_server import EmbeddedRedis, RedisServerError
     from pipeline.streams import redis_from_config
 
     state = Path(config.state_dir)
     if config.redis.url is None:
-        server = stack.enter_context(EmbeddedRedis(state / "redis", password=config.redis.password))
+        try:
+            server = stack.enter_context(EmbeddedRedis(state / "redis", password=config.redis.password))
+        except RedisServerError as exc:  # not installed, cannot start
+            raise Unavailable(f"redis.url is not set and the private redis-server did not start: {exc}") from None
         config = config.model_copy(update={"redis": config.redis.model_copy(update={"url": server.url})})
         (state / "redis.url").write_text(server.url + "\n")
         stack.callback(lambda: (state / "redis.url").unlink(missing_ok=True))

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import CONFIG_ERROR_EXIT_CODE, load_config
+from pipeline.config import CONFIG_ERROR_EXIT_CODE, load_config, redis_url_problem
 from pipeline.redact import redact, redact_url
 
 from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, POSITIVE_INT, RedisOutage, fail, number_arg, redis_url_arg
@@ -57,7 +57,12 @@ def _redis_source(args: argparse.Namespace) -> tuple[str | None, str | None, Any
                 if not marker.exists():
                     raise FileNotFoundError(f"{args.config}: no redis.url and no running private server ({marker} missing)")
                 url = marker.read_text().strip()
-    return url or os.environ.get("PERCEPT_REDIS_URL") or "redis://127.0.0.1:6379/0", prefix, redis_cfg
+    if not url and os.environ.get("PERCEPT_REDIS_URL"):
+        url = os.environ["PERCEPT_REDIS_URL"]
+        problem = redis_url_problem(url)
+        if problem:
+            raise ValueError(f"PERCEPT_REDIS_URL: {problem}, got {redact_url(url)!r}")
+    return url or "redis://127.0.0.1:6379/0", prefix, redis_cfg
 
 
 def _subscribe(args: argparse.Namespace) -> int:
@@ -72,6 +77,8 @@ def _subscribe(args: argparse.Namespace) -> int:
         url, prefix, redis_cfg = _redis_source(args)
     except FileNotFoundError as exc:
         return fail(str(exc), EXIT_UNAVAILABLE)
+    except ValueError as exc:  # PERCEPT_REDIS_URL
+        return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
     start = "0" if args.from_start else (args.from_id or "$")
     outage = RedisOutage(url)
     try:

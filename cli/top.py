@@ -23,6 +23,7 @@ from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from pipeline.config import CONFIG_ERROR_EXIT_CODE
 from pipeline.redact import redact
 
 from .common import EXIT_UNAVAILABLE, POSITIVE_INT, RedisOutage, fail, number_arg, redis_url_arg
@@ -280,6 +281,8 @@ def _top(args: argparse.Namespace) -> int:
         url, prefix, redis_cfg = _redis_source(args)
     except FileNotFoundError as exc:
         return fail(str(exc), EXIT_UNAVAILABLE)
+    except ValueError as exc:  # PERCEPT_REDIS_URL
+        return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
     prefix = prefix or "percept"
     client = redis_from_config(redis_cfg.model_copy(update={"url": url})) if redis_cfg else connect_redis(url)
     outage, view = RedisOutage(url), DeploymentView(args.metrics)

@@ -396,7 +396,8 @@ class CameraSupervisor:
         out: dict[str, Any] = {"owner": self.owner, "pid": os.getpid(), "cameras": cameras}
         if self.publisher is not None:
             stats = self.publisher.stats
-            out["fencing"] = {"fenced": dict(stats.fenced), "duplicates": dict(stats.duplicates)}
+            out["fencing"] = {"fenced": dict(stats.fenced), "fenced_other": dict(stats.fenced_other),
+                              "duplicates": dict(stats.duplicates)}
         return out
 
 

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from .capture_av import SKIP_FRAME
-from .redact import redact_url
+from .redact import UNESCAPED_USERINFO, redact_url, url_credentials
 from .sources import Capture, SourceError, is_file_url
 
 
@@ -74,10 +74,17 @@ def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
     from urllib.parse import unquote, urlsplit
 
     parts = urlsplit(url)
+    found = url_credentials(url)
     try:
         host, port = parts.hostname or "", parts.port or 554
-    except ValueError:  # "user:pa/ss@host": the password's "/" ends the host part; nothing quoted here
-        return "the URL's host and port cannot be read (percent-encode / ? # @ in a user or password: %2F %3F %23 %40)"
+    except ValueError:
+        host, port = "", 0
+    if found is not None and (found.hostport != parts.netloc.rpartition("@")[2] or not host):
+        # "user:pa/ss@host", "user:Tr0ub@dor/x@host": the user part has "/", "?", "#" or "@" in it,
+        # so the host read from it is a piece of the password; nothing is quoted, nothing sent
+        return f"the URL's host cannot be read: {UNESCAPED_USERINFO}"
+    if not host or not 0 < port < 65536:
+        return "the URL's host and port cannot be read (rtsp://host[:port]/path, a port from 1 to 65535)"
     clean = f"rtsp://{host}:{port}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
     request = f"DESCRIBE {clean} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n"
     if parts.username is not None:

@@ -21,6 +21,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
+from urllib.parse import urlsplit
 
 import yaml
 from redis.connection import parse_url
@@ -34,7 +35,7 @@ from .config_models import (  # noqa: F401 (the config's API)
 from .config_tracker import TrackerConfig
 from .config_view import PrivacyConfig, ViewConfig
 from .geometry import LINES_HELP, ZONES_HELP, Anchor, Lines, Zones, check_units
-from .redact import query_secrets, redact, redact_url, url_credentials, url_secrets
+from .redact import UNESCAPED_USERINFO, query_secrets, redact, redact_url, url_credentials, url_secrets
 
 ENV_MODELS_DIR = "PERCEPT_MODELS_DIR"
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -60,12 +61,23 @@ class RedisConfig(Strict):
             return v  # a variable `percept build` leaves for the cluster to set (resolved there)
         if v is not None and not re.match(r"^(redis|rediss|unix)://", v):
             raise ValueError("must start with redis://, rediss:// or unix://")
-        if v is not None:
-            try:
-                parse_url(v)
-            except ValueError as exc:  # its message quotes no credentials
-                raise ValueError(f"not a Redis URL: {exc}") from None
+        problem = redis_url_problem(v) if v is not None else None
+        if problem:
+            raise ValueError(problem)
         return v
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why redis-py cannot use ``url`` (None: it can), quoting nothing of its credentials: a
+    password with "/" or "#" in it makes redis-py read a piece of it as the port."""
+    found = url_credentials(url)
+    if found is not None and found.hostport != urlsplit(url).netloc.rpartition("@")[2]:
+        return f"not a Redis URL: {UNESCAPED_USERINFO}"
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        return f"not a Redis URL: {redact(str(exc), url_secrets(url))}"
+    return None
 
 
 RUNTIME_FIELDS = ("zones", "lines", "anchor", "line_margin")  # what PUT /cameras/{id} changes (no restart)

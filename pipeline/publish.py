@@ -34,8 +34,8 @@ from typing import Any, Callable, Mapping, Sequence
 import redis
 
 from .lease import FENCED_HSET, FENCED_PUBLISH, REFUSED, UNHELD, Fence
-from .publish_items import (Item, PublisherStats, account, call_command, encode_all, estimated_bytes, flat_args,
-                            event_ids, resume_point, script_calls, take_out)
+from .publish_items import (Item, PublisherStats, account, call_command, count_lost, encode_all, estimated_bytes,
+                            event_ids, flat_args, resume_point, script_calls, take_out)
 from .publish_wire import Wire, evalsha
 from .redact import redact
 from .schema import FrameResult
@@ -228,7 +228,7 @@ class Publisher:
     def _log_fenced(self, camera: str, why: str) -> None:
         if camera not in self._fence_logged:
             self._fence_logged.add(camera)
-            log.warning("camera %s: results refused, %s (counted in fenced)", camera, why)
+            log.warning("camera %s: results refused, %s (counted in fenced, other writes in fenced_other)", camera, why)
 
     def _put(self, camera: str, nbytes: int, command: tuple[Any, ...] | None, *, is_frame: bool,
              fence: Fence | None = None, entry: list[Any] | None = None) -> None:
@@ -272,12 +272,19 @@ class Publisher:
         return True
 
     def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued (``timeout``), then stop the writer; what it could not write
+        (Redis unreachable, or refusing) is lost: counted in ``dropped`` / ``dropped_other`` and
+        logged as an error, by camera."""
         self.flush(timeout)
         with self._cond:
             self._closing = True
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout=2)
+        if not self._thread.is_alive():  # (else it still writes: nothing is lost yet)
+            with self._cond:
+                left, self._queue, self._in_flight, self._bytes = [*self._in_flight, *self._queue], deque(), [], 0
+                count_lost(left, self.stats)
 
     # --- the writer thread -------------------------------------------------------------------
 
@@ -397,9 +404,8 @@ class Publisher:
         lease back, and then what was buffered is published. Otherwise it is dropped."""
         if code == UNHELD and item.kept_while_unheld(time.monotonic(), RETRY_UNHELD_S):
             return True
-        if item.is_frame:
-            with self._cond:
-                self.stats.fenced[item.camera] += 1
+        with self._cond:
+            (self.stats.fenced if item.is_frame else self.stats.fenced_other)[item.camera] += 1
         why = "another replica holds its lease" if code == REFUSED else "nobody took its lease back in time"
         self._log_fenced(item.camera, why)
         return False

@@ -100,9 +100,22 @@ class PublisherStats:
     resumed_dropped: Counter = field(default_factory=Counter)  # of `dropped`: the camera's earlier runs (Redis)
     dropped_other: Counter = field(default_factory=Counter)  # state writes and frameless events, by it
     fenced: Counter = field(default_factory=Counter)  # frames refused: the lease is not ours
+    fenced_other: Counter = field(default_factory=Counter)  # state writes and frameless events refused so
     errors: int = 0
     connected: bool = True
     refusing: str | None = None  # Redis answers but refuses writes for now (READONLY, OOM, …)
+
+
+def count_lost(items: Sequence[Item], stats: PublisherStats) -> None:
+    """Writes a closing publisher could not make, counted (frames in ``dropped``, the rest in
+    ``dropped_other``) and logged as an error, by camera."""
+    for item in items:
+        (stats.dropped if item.is_frame else stats.dropped_other)[item.camera] += 1
+    if items:
+        why = "redis unreachable" if not stats.connected else stats.refusing or "not written in time"
+        lost = Counter(item.camera for item in items)
+        log.error("publisher closed with %d writes not made (%s): lost; by camera: %s", len(items), why,
+                  ", ".join(f"{camera} {n}" for camera, n in sorted(lost.items())))
 
 
 def take_batch(queue: Iterable[Item], size: int, now: float) -> list[Item]:

@@ -10,8 +10,8 @@ from urllib.parse import unquote
 # is scrubbed whole too (a path with "@" in it loses its host in the text: the safe side)
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s'\"]*@)")
 # a query parameter named for a secret, alone or after a prefix ending in "_", "-" or "."
-# (access_token, client_secret, stream_key, X-Amz-Signature): its value is scrubbed
-_QUERY_SECRET = re.compile(r"(?i)([?&;](?:[\w.-]*[_.-])?(?:password|passwd|pwd|pass|token|auth|apikey|api_key|secret|key"
+# (access_token, client_secret, stream_key, X-Amz-Signature; pw, loginpas: cameras' CGI URLs): its value is scrubbed
+_QUERY_SECRET = re.compile(r"(?i)([?&;](?:[\w.-]*[_.-])?(?:password|passwd|pwd|pass|pw|psw|pswd|loginpas|loginpass|passwort|token|auth|apikey|api_key|secret|key"
                            r"|signature|sig|credential)=)[^&#;\s'\"]*")
 _PASSWORD_ARG = re.compile(r"(?i)\b(password|passwd|requirepass)(['\"]?\s*[=:]\s*)(\S+)")
 
@@ -39,6 +39,7 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     return out
 
 
+UNESCAPED_USERINFO = "a user name or password with / ? # or @ in it must be percent-encoded (%2F %3F %23 %40)"
 _URL_NETLOC = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://(?P<netloc>[^/?#]*)")
 
 
@@ -59,16 +60,18 @@ class UrlCredentials:
 
 def url_credentials(url: str) -> UrlCredentials | None:
     """The credentials of ``scheme://user:pass@host/…`` (None: none). A password with "@", "/",
-    "?" or "#" left unescaped is found whole ("user:pa/ss@host": not a host "user" on port "pa")."""
+    "?" or "#" left unescaped is found whole ("user:pa/ss@host": not a host "user" on port "pa"),
+    up to the URL's last "@"."""
     m = _URL_NETLOC.match(url)
     if not m:
         return None
     start, end = m.span("netloc")
+    at = url.rfind("@", end)  # an "@" after the host part: the password goes on up to it
     if "@" not in m.group("netloc"):
         _, colon, after = m.group("netloc").partition(":")
-        at = url.rfind("@", end)
         if at < 0 or not colon or after.isdigit():  # no "@" after it, or a port: no credentials
             return None
+    if at >= 0:  # ("user:Tr0ub@dor/horse@host": not host "dor"; a path with "@" in it: the safe side)
         end = at + 1 + len(_URL_NETLOC.match("x://" + url[at + 1:]).group("netloc"))  # type: ignore[union-attr]
     userinfo, _, hostport = url[start:end].rpartition("@")
     user, colon, password = userinfo.partition(":")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import redis
 
+from .redact import redact
+
 log = logging.getLogger("percept.redis_server")
 
 
@@ -36,6 +38,7 @@ class EmbeddedRedis:
         self.password = password
         self.binary = binary
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_from = 0
 
     @property
     def url(self) -> str:
@@ -56,16 +59,19 @@ class EmbeddedRedis:
             self.port = free_port()
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
                 "--appendfsync", "everysec", "--dir", str(self.state_dir.resolve()), "--daemonize", "no",
-                "--loglevel", "warning"]
+                "--loglevel", "warning", "--logfile", str(self.log_path.resolve())]
         if self.password:
             args += ["--requirepass", self.password]
+        self._log_from = self.log_path.stat().st_size if self.log_path.exists() else 0  # this start's lines only
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         client = self.client()
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RedisServerError(f"redis-server exited with {self.proc.returncode}: {err.strip()[-500:]}")
+                err = (err + "\n" + self._log_tail()).strip()  # its fatal error is in its log file
+                raise RedisServerError(f"redis-server exited with {self.proc.returncode}: "
+                                       f"{redact(err.strip()[-500:], (self.password or '',))}")
             try:
                 if client.ping():
                     log.info("private redis-server on %s (data in %s)", self.url, self.state_dir)
@@ -74,6 +80,20 @@ class EmbeddedRedis:
                 time.sleep(0.05)
         self.stop()
         raise RedisServerError(f"redis-server did not answer on port {self.port} within {timeout:.0f} s")
+
+    @property
+    def log_path(self) -> Path:
+        """Its log (warnings and its last words): beside its data."""
+        return self.state_dir / "redis-server.log"
+
+    def _log_tail(self) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(self._log_from)
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(line for line in lines[-5:] if line.strip())
 
     def kill(self) -> None:
         """SIGKILL: an abrupt outage (AOF keeps what was fsynced)."""

@@ -54,6 +54,40 @@ def test_unreachable_redis_exits_3_without_password(tmp_path, models_dir):
     assert "topsecret" not in out.stderr + out.stdout
 
 
+def test_no_redis_server_installed_exits_3_saying_what_to_do(tmp_path, models_dir):
+    """No ``redis.url`` and no redis-server on PATH (a first run): one line, exit 3 (it was a
+    traceback ending in RedisServerError)."""
+    import os
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"models_dir: {models_dir}\ndetector: {{weights: yolo11n_int8_openvino_model}}\n"
+                   f"state_dir: {tmp_path / 'state'}\n")
+    out = subprocess.run([sys.executable, "-m", "cli", "run", "-c", str(cfg)], capture_output=True, text=True,
+                         timeout=60, cwd=REPO, env={**os.environ, "PATH": str(tmp_path / "empty")})
+    assert out.returncode == 3, out.stderr
+    assert out.stderr.startswith("percept: redis.url is not set and the private redis-server did not start: "
+                                 "redis-server is not installed"), out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_private_redis_that_cannot_start_exits_3_with_its_reason(tmp_path, models_dir):
+    """The private redis-server's AOF damaged (a crash, a full disk): its own fatal line, exit 3
+    (it was a traceback ending in "exited with 1: ", the reason in its stdout, discarded)."""
+    from pipeline.redis_server import EmbeddedRedis
+
+    with EmbeddedRedis(tmp_path / "state" / "redis") as server:
+        server.client().set("k", "v")
+    (tmp_path / "state" / "redis" / "appendonlydir" / "appendonly.aof.manifest").write_text("garbage\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"models_dir: {models_dir}\ndetector: {{weights: yolo11n_int8_openvino_model}}\n"
+                   f"state_dir: {tmp_path / 'state'}\n")
+    out = percept("run", "-c", str(cfg))
+    assert out.returncode == 3, out.stderr
+    assert out.stderr.startswith("percept: redis.url is not set and the private redis-server did not start: "
+                                 "redis-server exited with 1: "), out.stderr
+    assert "Invalid AOF manifest file format" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 def test_pipeline_package_does_not_import_ray():
     for path in (REPO / "pipeline").glob("*.py"):
         tree = ast.parse(path.read_text())

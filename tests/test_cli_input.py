@@ -53,6 +53,12 @@ def test_urls_in_option_errors_are_shown_without_credentials(capsys):
         main(["cameras", "--api", "ftp://u:S3cretPW@h/", "ls"])
     err = capsys.readouterr().err
     assert "argument --api" in err and "S3cretPW" not in err, err
+    # a password with "/" in it: redis-py reads a piece of it as the port; that piece is not quoted
+    with pytest.raises(SystemExit):
+        main(["subscribe", "cam", "--redis", "redis://admin:s3cr/etPW@host/0"])
+    err = capsys.readouterr().err
+    assert "argument --redis: a user name or password with / ? # or @ in it must be percent-encoded" in err, err
+    assert "s3cr" not in err and "etPW" not in err, err
     # an ingress that does not answer: exit 3, its URL scrubbed too
     assert main(["cameras", "--api", "http://u:S3cretPW@127.0.0.1:1", "--wait", "0", "ls"]) == 3
     err = capsys.readouterr().err
@@ -107,3 +113,16 @@ def test_build_keeps_a_redis_url_variable_for_the_cluster(tmp_path, monkeypatch,
 
     with pytest.raises(ConfigError, match="redis.url: must start with redis://"):
         load_config(config, env={"REDIS_URL": "not-a-url"})
+
+
+@pytest.mark.parametrize("command", [["subscribe", "cam", "--count", "1"], ["top", "--once"]])
+def test_a_bad_redis_url_in_the_environment_is_named(command, monkeypatch, capsys):
+    """``PERCEPT_REDIS_URL`` is checked as ``--redis`` is: one line naming it, exit 2, nothing of
+    its password (it was a traceback quoting redis-py's "cannot cast 'hun'")."""
+    for url, expected in (("localhost:6379", "must specify one of the following schemes"),
+                          ("redis://:hun/ter2@host/0", "must be percent-encoded")):
+        monkeypatch.setenv("PERCEPT_REDIS_URL", url)
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("percept: PERCEPT_REDIS_URL: not a Redis URL: ") and expected in err, err
+        assert "Traceback" not in err and "hun" not in err and "ter2" not in err, err

@@ -213,6 +213,8 @@ def test_a_password_in_the_query_string_is_refused_too():
     assert parse_config({"cameras": [{"id": "c", "url": "http://cam/v.cgi?pwd=${PW}&ch=1"}]}, env={}).cameras
     (err,) = errors_of({"cameras": [{"id": "c", "url": "https://cams.example/live.m3u8?access_token=SUPER7"}]})
     assert "inline password refused" in err and "SUPER7" not in err, err
+    (err,) = errors_of({"cameras": [{"id": "c", "url": "http://cam/snap.cgi?user=admin&pw=Hunt3r"}]})  # a CGI's name
+    assert "&pw=${CAM_C_PASSWORD} " in err and "Hunt3r" not in err, err
 
 
 def test_config_errors_never_quote_credentials():
@@ -223,6 +225,8 @@ def test_config_errors_never_quote_credentials():
     assert any(e.startswith("cameras[1].url: ") for e in errors), errors
     assert "redis.password: must be a valid string, got ***" in errors, errors
     assert not [e for e in errors if "S3cretPW" in e or "12345678" in e], errors
+    (err,) = errors_of({"redis": {"url": "redis://user:s3cr/etPW@host:6379/0"}})  # redis-py: "cannot cast 's3cr'"
+    assert err.startswith("redis.url: not a Redis URL: a user name or password with / ? # or @") and "s3cr" not in err, err
     (err,) = errors_of({"redis": "redis://:S3cretPW@127.0.0.1:6379/0"})
     assert err.startswith("redis: ") and "S3cretPW" not in err and "redis://***@127.0.0.1" in err, err
 

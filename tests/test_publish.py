@@ -117,6 +117,26 @@ def test_full_outage_buffer_drops_oldest_and_counts(redis_server):
     pub.close()
 
 
+def test_closing_during_an_outage_counts_and_logs_what_is_lost(redis_server, caplog):
+    """A replica stopping while Redis is down: what its publisher still held is lost; it was
+    gone without a count or a line."""
+    pub = publisher(redis_server)
+    for s in range(3):
+        pub.publish(result(s))
+    assert pub.flush(5)
+    redis_server.kill()
+    for s in range(3, 8):
+        pub.publish(result(s))
+    pub.publish(result(0, "other"))
+    pub.camera_state("cam", "stopped")
+    with caplog.at_level("ERROR", logger="percept.publish"):
+        pub.close(timeout=1)
+    assert pub.stats.dropped == {"cam": 5, "other": 1} and pub.stats.dropped_other == {"cam": 1}
+    assert pub.pending == 0 and dict(pub.stats.published) == {"cam": 3}
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "7 writes not made (redis unreachable): lost; by camera: cam 6, other 1" in line, line
+
+
 def test_camera_state_goes_to_hash_and_status_stream(redis_server):
     pub = publisher(redis_server)
     pub.camera_state("cam", "reconnecting", error="cannot open rtsp://admin:pw@10.1.1.1/x", url="rtsp://***@10.1.1.1/x")
@@ -291,6 +311,7 @@ def test_after_unfence_frames_are_refused_here_and_state_only_lands_while_nobody
     pub.camera_state("cam", "failed", error="late")
     assert pub.flush(5)
     assert camera_states(client, KEYS, ["cam"])["cam"]["state"] == "stopped"
+    assert pub.stats.fenced_other == {"cam": 1} and pub.stats.fenced == {"cam": 1}  # counted, apart from frames
     pub.close()
 
 

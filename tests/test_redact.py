@@ -19,7 +19,8 @@ def test_prose_about_passwords_is_kept():
 
 
 def test_passwords_with_unescaped_characters_are_hidden_whole():
-    for url in ("rtsp://bob:pa/ss@10.0.0.1/s", "rtsp://bob:p@ss@10.0.0.1/s", "rtsp://bob:pa#ss@10.0.0.1/s"):
+    for url in ("rtsp://bob:pa/ss@10.0.0.1/s", "rtsp://bob:p@ss@10.0.0.1/s", "rtsp://bob:pa#ss@10.0.0.1/s",
+                "rtsp://bob:Tr0ub@dor/horse@10.0.0.1/s"):
         assert redact_url(url) == "rtsp://***@10.0.0.1/s", url
     assert redact("got {'url': 'rtsp://u:p@h/s', 'password': 'hunter2'}") == "got {'url': 'rtsp://***@h/s', 'password': ***"
     assert redact("cannot open rtsp://h/s: mail admin@example.com") == "cannot open rtsp://h/s: mail admin@example.com"
@@ -43,10 +44,29 @@ def test_query_string_passwords_and_known_secrets_are_hidden():
 
 def test_rtsp_diagnosis_of_a_url_it_cannot_split_quotes_nothing_of_it():
     from pipeline.capture import diagnose_rtsp
+    from pipeline.redact import UNESCAPED_USERINFO
 
-    why = diagnose_rtsp("rtsp://bob:pa/Sup3rPw@10.0.0.1/s", timeout_s=0.1)
-    assert why.startswith("the URL's host and port cannot be read (percent-encode"), why
-    assert "Sup3rPw" not in why and "pa" not in why.replace("password", "")
+    for url in ("rtsp://bob:pa/Sup3rPw@10.0.0.1/s",  # the "/" ends the host part: port "pa"
+                "rtsp://admin:Tr0ub@dor/horse@nohost.invalid/stream",  # host "dor", a piece of the password
+                "rtsp://admin:Tr0ub?dor@nohost.invalid/stream", "rtsp://admin:Tr0ub#dor@nohost.invalid/stream"):
+        why = diagnose_rtsp(url, timeout_s=0.1)
+        assert why == f"the URL's host cannot be read: {UNESCAPED_USERINFO}", (url, why)
+        assert redact(why) == why  # nothing in it looks like a secret (the camera's error goes through redact)
+        assert "dor" not in why and "Sup3rPw" not in why and "pa" not in why.replace("password", "")
+
+
+def test_rtsp_diagnosis_of_a_port_out_of_range_says_so():
+    from pipeline.capture import diagnose_rtsp
+
+    for url in ("rtsp://10.0.0.1:99999/s", "rtsp:///s"):
+        assert diagnose_rtsp(url, timeout_s=0.1).endswith("(rtsp://host[:port]/path, a port from 1 to 65535)"), url
+
+
+def test_camera_cgi_passwords_in_the_query_are_hidden():
+    assert redact_url("http://cam/snap.cgi?user=admin&pw=hunter2") == "http://cam/snap.cgi?user=admin&pw=***"
+    assert redact_url("http://cam/v.cgi?loginuse=admin&loginpas=hunter2&x=1") == (
+        "http://cam/v.cgi?loginuse=admin&loginpas=***&x=1")
+    assert redact_url("http://cam/v.cgi?pwr=1&pws=2") == "http://cam/v.cgi?pwr=1&pws=2"  # other names
 
 
 def test_a_whole_url_is_scrubbed_even_with_quotes_or_spaces_in_its_password():
