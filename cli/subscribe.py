@@ -94,4 +94,6 @@ def _subscribe(args: argparse.Namespace) -> int:
         return fail(f"redis {redact_url(url)}: {redact(str(exc))}", EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    if outage.down:  # --timeout ended while Redis was away: no "nothing new", a failure
+        return fail(f"redis still unreachable at {outage.where} when --timeout ended", EXIT_UNAVAILABLE)
     return 0

@@ -301,4 +301,6 @@ def _top(args: argparse.Namespace) -> int:
             time.sleep(max(0.1, args.interval))
     except KeyboardInterrupt:
         pass  # the usual way out of a live view
+    if outage.down and not stop["flag"]:  # --duration ended while Redis was away
+        return fail(f"redis still unreachable at {outage.where} when --duration ended", EXIT_UNAVAILABLE)
     return 0

@@ -170,9 +170,17 @@ class CameraRegistry:
         return out
 
     def add(self, camera: CameraConfig) -> bool:
-        """False if a camera with this id exists. The URL is stored as given (``${VAR}`` kept)."""
-        entry = json.dumps({"source": "api", "camera": camera.model_dump(mode="json")})
-        return bool(self.client.hsetnx(self.key, camera.id, entry))
+        """False if a camera with this id exists with other settings; the same camera again is
+        added (nothing written: a POST retried after a timeout whose write landed). The URL is
+        stored as given (``${VAR}`` kept)."""
+        given = camera.model_dump(mode="json")
+        if self.client.hsetnx(self.key, camera.id, json.dumps({"source": "api", "camera": given})):
+            return True
+        raw = self.client.hget(self.key, camera.id)
+        try:
+            return raw is not None and json.loads(raw).get("camera") == given
+        except (ValueError, AttributeError):
+            return False
 
     def set_geometry(self, camera_id: str, changes: Mapping[str, Any]) -> CameraConfig | None:
         """Change a camera's zones, lines, anchor or line margin in place (decoders apply it without a

@@ -17,11 +17,13 @@ class Recorder(BaseHTTPRequestHandler):
     """Answers every request with ``status`` and ``body``; keeps the paths asked."""
 
     status, body, paths = 200, {}, []
+    first: list = []  # (status, body) answers given before those, one each
 
     def _answer(self) -> None:
         Recorder.paths.append((self.command, self.path))
-        raw = json.dumps(Recorder.body).encode()
-        self.send_response(Recorder.status)
+        status, body = Recorder.first.pop(0) if Recorder.first else (Recorder.status, Recorder.body)
+        raw = json.dumps(body).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(raw)))
         self.end_headers()
@@ -36,7 +38,7 @@ class Recorder(BaseHTTPRequestHandler):
 @pytest.fixture
 def api():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    Recorder.status, Recorder.body, Recorder.paths = 200, {}, []
+    Recorder.status, Recorder.body, Recorder.paths, Recorder.first = 200, {}, [], []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -63,6 +65,20 @@ def test_a_refused_camera_exits_2_and_an_unavailable_graph_3(api, capsys):
     assert "HTTP 422: fps: must be >= 0, got -3.0" in capsys.readouterr().err
     Recorder.status, Recorder.body = 503, {"detail": "redis unavailable (ConnectionError)"}
     assert main(["cameras", "--api", api, "--wait", "0", "ls"]) == 3
+
+
+def test_a_removal_retried_after_a_503_that_finds_no_camera_is_done(api, capsys):
+    """Redis slow past its timeout: the API answered 503 though the removal landed; the retry
+    finds no such camera. That is the removal done (exit 0, said so), not "HTTP 404" (exit 2);
+    a 404 at the first try stays an error (a mistyped id)."""
+    Recorder.first = [(503, {"detail": "redis unavailable (TimeoutError)"})]
+    Recorder.status, Recorder.body = 404, {"detail": "no camera 'dock'"}
+    assert main(["cameras", "--api", api, "--wait", "30", "rm", "dock"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["removed"] is True and "an earlier try removed it" in out["note"]
+    assert Recorder.paths == [("DELETE", "/cameras/dock")] * 2
+    assert main(["cameras", "--api", api, "--wait", "30", "rm", "dock"]) == 2
+    assert "HTTP 404: no camera 'dock'" in capsys.readouterr().err
 
 
 def test_an_api_address_that_does_not_speak_http_exits_3_in_one_line(capsys):

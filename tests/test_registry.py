@@ -86,6 +86,10 @@ def test_urls_keep_variables_in_redis_and_are_expanded_for_the_decoder(redis_ser
     url = "rtsp://viewer:${PERCEPT_REG_PW}@10.0.0.5/s1"
     reg.seed([CameraConfig(id="cam", url=url)])
     assert reg.add(CameraConfig(id="api-cam", url="rtsp://viewer:${PERCEPT_REG_OTHER}@10.0.0.6/s1"))
+    # the same camera again (a POST retried after a timeout whose write landed): added; other settings: no
+    assert reg.add(CameraConfig(id="api-cam", url="rtsp://viewer:${PERCEPT_REG_OTHER}@10.0.0.6/s1"))
+    assert not reg.add(CameraConfig(id="api-cam", url="rtsp://viewer:${PERCEPT_REG_OTHER}@10.0.0.6/s1", fps=2))
+    assert reg.add(CameraConfig(id="cam", url=url))  # the same as the config's: there as asked
     assert json.loads(client.hget(reg.key, "cam"))["camera"]["url"] == url
     pub = Publisher(client, keys=KEYS, maxlen=100).start()
     try:

@@ -114,3 +114,25 @@ def test_a_reader_with_a_timeout_stops_during_an_outage(redis_server, capsys):
     # and a consumer without a group is a bad argument, said before connecting
     assert main(["subscribe", "cam", "--consumer", "a1", "--redis", redis_server.url]) == 2
     assert "--consumer needs --group" in capsys.readouterr().err
+
+
+def test_a_deadline_that_ends_during_an_outage_exits_3(redis_server, capsys):
+    """``subscribe --timeout`` and ``top --duration`` ending while Redis is away: exit 3 saying so
+    (both exited 0, as if there had been nothing to read)."""
+    from cli.main import main
+
+    client = redis_server.client()
+    done: dict = {}
+    reader = threading.Thread(target=lambda: done.update(rc=main(["subscribe", "cam", "--timeout", "2",
+                                                                  "--redis", redis_server.url])), daemon=True)
+    reader.start()
+    wait_for(lambda: any(c.get("cmd") == "xread" for c in client.client_list()), 20, "the subscriber reading")
+    redis_server.kill()
+    reader.join(60)
+    assert done.get("rc") == 3
+    err = capsys.readouterr().err
+    assert "redis unreachable at redis://127.0.0.1" in err, err
+    assert err.rstrip().endswith(f"redis still unreachable at {redis_server.url} when --timeout ended"), err
+    assert main(["top", "--duration", "1", "--interval", "0.2", "--redis", redis_server.url]) == 3
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith(f"redis still unreachable at {redis_server.url} when --duration ended"), err
