@@ -34,12 +34,26 @@ def register(sub: Any) -> None:
     rm.add_argument("id")
     zones = cam_sub.add_parser("zones", help="change a camera's zones, lines, anchor or line margin (no restart)")
     zones.add_argument("id")
-    zones.add_argument("--zones", type=json.loads, help='JSON: {"name": [[x, y], ...]} ({} removes them all)')
-    zones.add_argument("--lines", type=json.loads, help='JSON: {"name": [[x1, y1], [x2, y2]]}')
+    zones.add_argument("--zones", type=json_arg('{"name": [[x, y], ...]}'),
+                       help='JSON: {"name": [[x, y], ...]} ({} removes them all)')
+    zones.add_argument("--lines", type=json_arg('{"name": [[x1, y1], [x2, y2]]}'), help='JSON: {"name": [[x1, y1], [x2, y2]]}')
     zones.add_argument("--anchor", choices=("bottom_center", "center"))
     zones.add_argument("--line-margin", type=float, dest="line_margin",
                        help="hysteresis at lines: a fraction of the box across the line (0 turns it off)")
     cams.set_defaults(func=_cameras)
+
+
+def json_arg(shape: str) -> Any:
+    """An argparse type: JSON text, else exit 2 saying where it stopped and the shape expected."""
+    def parse(value: str) -> Any:
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            where = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise argparse.ArgumentTypeError(f"not JSON ({msg}{where}); expected {shape}") from None
+    parse.__name__ = "JSON"
+    return parse
 
 
 def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:

@@ -80,6 +80,39 @@ def redis_url_problem(url: str) -> str | None:
     return None
 
 
+# what FFmpeg opens (besides files and device:N); a typo (rtps://) is refused before it is tried
+CAMERA_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtmpt", "rtmpe", "srt", "udp", "rtp", "tcp",
+                  "hls", "mmsh", "mmst", "file")
+_NEEDS_HOST = {"rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtmpt", "rtmpe", "hls", "mmsh", "mmst"}
+
+
+def camera_url_problem(url: str) -> str | None:
+    """What is wrong with a camera URL's scheme, host or port as written (None: nothing seen;
+    parts written as ``${VAR}`` are checked where the decoder expands them). A password is never
+    quoted: the text names the part only."""
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    if m is None or m.group(1).lower() == "file":
+        return None  # a file path, device:N, or a URL that is all ${VAR}
+    scheme = m.group(1).lower()
+    if scheme not in CAMERA_SCHEMES:
+        return (f"unknown scheme {m.group(1)}:// (a camera is rtsp://, rtsps://, http(s)://, rtmp://, srt://, udp://, "
+                "… a file path or device:N)")
+    found = url_credentials(url)
+    hostport = found.hostport if found is not None else urlsplit(url).netloc
+    if "${" in hostport:
+        return None
+    try:
+        parts = urlsplit(f"{scheme}://{hostport}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "the port must be a number from 1 to 65535 (scheme://host:port/…)"
+    if port == 0:
+        return "the port must be a number from 1 to 65535 (scheme://host:port/…)"
+    if not host and scheme in _NEEDS_HOST:
+        return f"no host ({scheme}://host[:port]/…)"
+    return None
+
+
 RUNTIME_FIELDS = ("zones", "lines", "anchor", "line_margin")  # what PUT /cameras/{id} changes (no restart)
 
 
@@ -124,9 +157,12 @@ class CameraConfig(Strict):
 
     @field_validator("url")
     @classmethod
-    def _device_index(cls, v: str) -> str:
+    def _url_shape(cls, v: str) -> str:
         if v.startswith("device:") and not v.removeprefix("device:").isdigit():
             raise ValueError(f"device: takes the camera's index (device:0 for /dev/video0), got {v!r}")
+        problem = camera_url_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
@@ -201,7 +237,8 @@ class PerceptConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _detector_or_detectors(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and data.get("detectors") and data.get("detector") is not None:
+        if isinstance(data, Mapping) and isinstance(data.get("detectors"), list) and data["detectors"] \
+                and data.get("detector") is not None:  # (detectors as a mapping: its own error, below)
             first = data["detectors"][0]
             if first != data["detector"]:
                 raise ValueError("detector and detectors: give one of them (detectors: [...] for several)")

@@ -79,10 +79,32 @@ def _polygon(points: list[list[float]]) -> list[list[float]]:
     if len(points) < 3:
         raise ValueError(f"a zone needs at least 3 points, got {len(points)}")
     xy = np.asarray(points, np.float64)
+    crossing = _crossing_edges(xy)
+    if crossing is not None:
+        i, j = crossing
+        raise ValueError(f"a zone's edges must not cross: the edge from point {i} crosses the edge from point {j} "
+                         "(list the points in order around the zone)")
     area2 = np.dot(xy[:, 0], np.roll(xy[:, 1], -1)) - np.dot(xy[:, 1], np.roll(xy[:, 0], -1))
     if abs(area2) <= 1e-12:
         raise ValueError("a zone needs an area: its points are all on one line")
     return points
+
+
+def _crossing_edges(xy: np.ndarray) -> tuple[int, int] | None:
+    """The first two edges of a closed polygon (edge i: point i → i+1) that cross each other
+    properly (a bowtie), or None; edges that only touch or overlap are not counted."""
+    a, b = xy, np.roll(xy, -1, axis=0)
+    ex, ey = (b - a)[:, 0:1], (b - a)[:, 1:2]  # edge i's direction, as a column
+
+    def side(r: np.ndarray) -> np.ndarray:  # [i, j]: the side of edge i that point r[j] is on (-1, 0, 1)
+        return np.sign(ex * (r[None, :, 1] - a[:, 1:2]) - ey * (r[None, :, 0] - a[:, 0:1]))
+
+    straddles = side(a) * side(b) < 0  # [i, j]: edge j's ends on both sides of edge i's line
+    crosses = straddles & straddles.T
+    n = len(xy)
+    i, j = np.nonzero(np.triu(crosses, 2))  # neither an edge with itself nor with the next
+    keep = ~((i == 0) & (j == n - 1))  # the first and last edges share point 0
+    return (int(i[keep][0]), int(j[keep][0])) if keep.any() else None
 
 
 def _segment(points: list[list[float]]) -> list[list[float]]:

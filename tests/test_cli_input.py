@@ -21,6 +21,8 @@ BAD_VALUES = [
     (["subscribe", "cam", "--from", "garbage"], "argument --from: must be an entry id"),
     (["subscribe", "cam", "--redis", "redis://127.0.0.1:abc"], "argument --redis: Port could not be cast"),
     (["top", "--redis", "garbage"], "argument --redis: Redis URL must specify one of the following schemes"),
+    (["cameras", "zones", "a", "--zones", '{"a": [[0,0],[1,0]'],
+     "argument --zones: not JSON (Expecting ',' delimiter at column 19); expected {\"name\": [[x, y], ...]}"),
     (["cameras", "--api", "notaurl", "ls"], "argument --api: must be an http:// or https:// URL, got 'notaurl'"),
     (["cameras", "--wait", "nan", "ls"], "argument --wait: must be >= 0, got 'nan'"),
     (["top", "--samples", "0"], "argument --samples: must be >= 1, got '0'"),

@@ -260,6 +260,9 @@ def test_several_detectors_and_classifiers_become_named_deployments():
 def test_errors_of_several_models_name_their_paths():
     (err,) = errors_of({"detector": {"weights": "a.pt"}, "detectors": [{"weights": "b.pt"}]})
     assert "detector and detectors" in err
+    # detectors written as a mapping beside a detector: its own error (it was a KeyError traceback)
+    (err,) = errors_of({"detector": {"weights": "a.pt"}, "detectors": {"b": {"weights": "b.pt"}}})
+    assert err.startswith("detectors: must be a valid list"), err
     (err,) = errors_of({"classifiers": {"vehicle": {"weights": "a.pt", "min_size": [72]}}})
     assert err.startswith("classifiers.vehicle.min_size")  # a single mapping keeps its own path
     (err,) = errors_of({"classifiers": {"vehicle": [{"weights": "a.pt"}, {"weights": "b.pt", "imgsz": 1}]}})
@@ -302,3 +305,19 @@ def test_config_that_is_not_text_or_has_a_bad_redis_url_or_device(tmp_path):
     assert errors_of({"cameras": [{"id": "a", "url": "device:abc"}]}) == [
         "cameras[0].url: device: takes the camera's index (device:0 for /dev/video0), got 'device:abc'"]
     assert parse_config({"cameras": [{"id": "a", "url": "device:1"}]}, env={}).cameras[0].url == "device:1"
+
+
+def test_a_camera_url_with_a_bad_scheme_host_or_port_is_refused_at_load():
+    """A typo in the scheme, a port out of range, no host: refused naming the field (they passed,
+    then failed at run time as "no answer" or a misleading hint); parts written as ${VAR}, files,
+    multicast and listener URLs pass."""
+    cases = {"rtps://127.0.0.1/x": "unknown scheme rtps:// (a camera is rtsp://, rtsps://, http(s)://",
+             "rtsp://127.0.0.1:99999/x": "the port must be a number from 1 to 65535",
+             "rtsp://u:${PW}@h:0/x": "the port must be a number from 1 to 65535",
+             "rtsp://": "no host (rtsp://host[:port]/…)"}
+    for url, expected in cases.items():
+        (err,) = errors_of({"cameras": [{"id": "a", "url": url}]}, env={"PW": "x"})
+        assert err.startswith(f"cameras[0].url: {expected}"), (url, err)
+    for url in ("rtsp://${CAM_HOST}/s", "${URL}", "clips/a.mp4", "file:///v/a.mp4", "udp://@239.0.0.1:1234",
+                "srt://:9000?mode=listener", "RTSP://h:554/x", "rtsp://u:${PW}@h:554/s"):
+        assert parse_config({"cameras": [{"id": "a", "url": url}]}, env={"PW": "x"}).cameras[0].url == url

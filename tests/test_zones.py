@@ -64,6 +64,19 @@ def test_zone_without_area_is_refused():
     ]
 
 
+def test_a_zone_whose_edges_cross_is_refused_naming_them():
+    """A bowtie (points listed out of order): "all on one line" was false for the symmetric one,
+    and an uneven one, with an area, was accepted and then tested points oddly. Concave zones pass."""
+    crossing = ("a zone's edges must not cross: the edge from point {} crosses the edge from point {} "
+                "(list the points in order around the zone)")
+    assert camera_errors(zones={"bow": [[0, 0], [1, 1], [1, 0], [0, 1]]}) == [
+        "cameras[0].zones.bow: " + crossing.format(0, 2)]
+    assert camera_errors(zones={"bow": [[0, 0], [0.4, 0], [0, 0.3], [0.9, 0.3]]}) == [
+        "cameras[0].zones.bow: " + crossing.format(1, 3)]
+    u = [[0, 0], [10, 0], [10, 10], [0, 10], [0, 8], [8, 8], [8, 2], [0, 2]]
+    assert parse_config({"cameras": [{"id": "cam", "url": "x.mp4", "zones": {"u": u}}]}, env={}).cameras[0].zones == {"u": u}
+
+
 def test_zero_length_line_and_wrong_point_counts():
     assert camera_errors(lines={"stop": [[10, 20], [10, 20]]}) == [
         "cameras[0].lines.stop: a line needs two different points (zero length), got [10, 20] twice"
