@@ -13,7 +13,7 @@ import signal
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.config import (
     CONFIG_ERROR_EXIT_CODE,
@@ -41,8 +41,32 @@ def register(sub: Any) -> None:
         verbose=args.verbose))
 
 
-def redis_for(config: PerceptConfig, stack: ExitStack) -> PerceptConfig:
-    """Use the configured Redis, or start a private redis-server for this run."""
+class PrivateRedis:
+    """Keeps `percept run`'s private redis-server up: started again (from its data) when its
+    process ends while the graph runs (the OOM killer, a kill), tried at most every 10 s."""
+
+    def __init__(self, server: Any):
+        self.server = server
+        self.next_try = 0.0
+
+    def keep_up(self) -> None:
+        from pipeline.redis_server import RedisServerError
+
+        if time.monotonic() < self.next_try:
+            return
+        try:
+            why = self.server.revive()
+        except RedisServerError as exc:
+            self.next_try = time.monotonic() + 10.0
+            say(f"private redis-server did not start again: {exc}; trying again in 10 s")
+            return
+        if why:
+            say(f"private redis-server {why}: started again on {self.server.url} with its data")
+
+
+def redis_for(config: PerceptConfig, stack: ExitStack, keeper: list[PrivateRedis] | None = None) -> PerceptConfig:
+    """Use the configured Redis, or start a private redis-server for this run (its `PrivateRedis`
+    appended to ``keeper``)."""
     import redis
 
     from pipeline.redis_server import EmbeddedRedis, RedisServerError
@@ -57,6 +81,8 @@ def redis_for(config: PerceptConfig, stack: ExitStack) -> PerceptConfig:
         config = config.model_copy(update={"redis": config.redis.model_copy(update={"url": server.url})})
         (state / "redis.url").write_text(server.url + "\n")
         stack.callback(lambda: (state / "redis.url").unlink(missing_ok=True))
+        if keeper is not None:
+            keeper.append(PrivateRedis(server))
         say(f"private redis-server at {server.url} (data in {state / 'redis'})")
     try:
         redis_from_config(config.redis).ping()
@@ -134,7 +160,8 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
             if problem:
                 raise ConfigError([problem])
             check_models(config)
-            config = redis_for(config, stack)
+            keeper: list[PrivateRedis] = []
+            config = redis_for(config, stack, keeper)
         except ConfigError as exc:
             return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
         except Unavailable as exc:
@@ -153,7 +180,8 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
         client = redis_from_config(config.redis)
         outage = RedisOutage(config.redis.url, carry_on_refused=True)
         return monitor_cameras(client, StreamKeys(config.redis.stream_prefix), [c.id for c in config.cameras],
-                               duration=duration, show=monitor, outage=outage)
+                               duration=duration, show=monitor, outage=outage,
+                               keep_up=keeper[0].keep_up if keeper else None)
     return 0
 
 
@@ -178,15 +206,18 @@ def _camera_env_names(config: PerceptConfig) -> set[str]:
 
 
 def monitor_cameras(client: Any, keys: Any, cameras: list[str], *, duration: float | None, show: bool,
-                    outage: RedisOutage) -> int:
+                    outage: RedisOutage, keep_up: Callable[[], None] | None = None) -> int:
     """Until the duration ends or Ctrl-C / SIGTERM: one live line per camera every second.
-    A Redis outage prints one line and the loop carries on."""
+    A Redis outage prints one line and the loop carries on; ``keep_up`` (every second) starts a
+    private Redis that ended again."""
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
     deadline = time.monotonic() + duration if duration else None
     try:
         while not stop["flag"] and (deadline is None or time.monotonic() < deadline):
             time.sleep(1.0)
+            if keep_up is not None:
+                keep_up()
             if show:
                 for line in outage.attempt(lambda: status_lines(client, keys, cameras), []):
                     print(line, flush=True)

@@ -81,6 +81,18 @@ class EmbeddedRedis:
         self.stop()
         raise RedisServerError(f"redis-server did not answer on port {self.port} within {timeout:.0f} s")
 
+    def revive(self) -> str | None:
+        """Started again (same port, same data: what the AOF kept) unless it runs: why it had
+        ended, in words; None while it runs. Raises RedisServerError when it cannot start."""
+        if self.proc is not None and self.proc.poll() is None:
+            return None
+        code = None if self.proc is None else self.proc.returncode
+        last = self._log_tail().splitlines()[-1:] if code is not None and code >= 0 else []
+        why = ("not running" if code is None else f"killed by signal {-code}" if code < 0 else f"exited with {code}")
+        self.proc = None
+        self.start()
+        return why + "".join(f" ({redact(line, (self.password or '',))})" for line in last)
+
     @property
     def log_path(self) -> Path:
         """Its log (warnings and its last words): beside its data."""

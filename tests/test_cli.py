@@ -95,3 +95,33 @@ def test_pipeline_package_does_not_import_ray():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n == "ray" or n.startswith("ray.") for n in names), f"{path.name} imports ray"
+
+
+def test_percept_runs_private_redis_is_started_again_when_killed(tmp_path, capsys):
+    """The private redis-server killed while the graph runs (the OOM killer): the run's loop
+    starts it again on the same port with its data (it stayed down for good: the decoders'
+    buffers filled and then dropped results)."""
+    from cli.common import EXIT_INTERRUPTED, RedisOutage
+    from cli.run import PrivateRedis, monitor_cameras
+    from pipeline.redis_server import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    try:
+        client = server.client()
+        client.config_set("appendfsync", "always")
+        client.set("kept", "1")
+        first = server.proc
+        first.kill()
+        keeper = PrivateRedis(server)
+
+        def keep_up() -> None:  # the loop's own step, then: back? (Ctrl-C ends the loop; 60 s is the deadline)
+            keeper.keep_up()
+            if server.proc is not first and server.proc is not None and server.proc.poll() is None:
+                raise KeyboardInterrupt
+
+        assert monitor_cameras(client, None, [], duration=60, show=False, outage=RedisOutage(server.url),
+                               keep_up=keep_up) == EXIT_INTERRUPTED
+        assert server.client().get("kept") == b"1"  # same port, same data
+        assert "private redis-server killed by signal 9: started again on redis://127.0.0.1:" in capsys.readouterr().out
+    finally:
+        server.stop()
