@@ -15,7 +15,7 @@ from typing import Any, Callable, TypeVar
 
 import redis
 
-from pipeline.config import redis_url_problem
+from pipeline.config_urls import redis_url_problem
 from pipeline.redact import redact, redact_url
 from pipeline.streams import CREDENTIALS_REFUSED, redis_unavailable
 

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import CONFIG_ERROR_EXIT_CODE, load_config, redis_url_problem
+from pipeline.config import CONFIG_ERROR_EXIT_CODE, load_config
+from pipeline.config_urls import redis_url_problem
 from pipeline.redact import redact, redact_url
 
 from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, POSITIVE_INT, RedisOutage, fail, number_arg, redis_url_arg

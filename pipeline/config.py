@@ -21,10 +21,8 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
-from urllib.parse import urlsplit
 
 import yaml
-from redis.connection import parse_url
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .config_errors import CONFIG_ERROR_EXIT_CODE, ConfigError, error_at, format_validation_error  # noqa: F401 (API)
@@ -35,7 +33,8 @@ from .config_models import (  # noqa: F401 (the config's API)
 from .config_tracker import TrackerConfig
 from .config_view import PrivacyConfig, ViewConfig
 from .geometry import LINES_HELP, ZONES_HELP, Anchor, Lines, Zones, check_units
-from .redact import UNESCAPED_USERINFO, query_secrets, redact, redact_url, url_credentials, url_secrets
+from .config_urls import camera_url_problem, redis_url_problem
+from .redact import query_secrets, redact, redact_url, url_credentials, url_secrets
 
 ENV_MODELS_DIR = "PERCEPT_MODELS_DIR"
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -65,52 +64,6 @@ class RedisConfig(Strict):
         if problem:
             raise ValueError(problem)
         return v
-
-
-def redis_url_problem(url: str) -> str | None:
-    """Why redis-py cannot use ``url`` (None: it can), quoting nothing of its credentials: a
-    password with "/" or "#" in it makes redis-py read a piece of it as the port."""
-    found = url_credentials(url)
-    if found is not None and found.hostport != urlsplit(url).netloc.rpartition("@")[2]:
-        return f"not a Redis URL: {UNESCAPED_USERINFO}"
-    try:
-        parse_url(url)
-    except ValueError as exc:
-        return f"not a Redis URL: {redact(str(exc), url_secrets(url))}"
-    return None
-
-
-# what FFmpeg opens (besides files and device:N); a typo (rtps://) is refused before it is tried
-CAMERA_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtmpt", "rtmpe", "srt", "udp", "rtp", "tcp",
-                  "hls", "mmsh", "mmst", "file")
-_NEEDS_HOST = {"rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtmpt", "rtmpe", "hls", "mmsh", "mmst"}
-
-
-def camera_url_problem(url: str) -> str | None:
-    """What is wrong with a camera URL's scheme, host or port as written (None: nothing seen;
-    parts written as ``${VAR}`` are checked where the decoder expands them). A password is never
-    quoted: the text names the part only."""
-    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
-    if m is None or m.group(1).lower() == "file":
-        return None  # a file path, device:N, or a URL that is all ${VAR}
-    scheme = m.group(1).lower()
-    if scheme not in CAMERA_SCHEMES:
-        return (f"unknown scheme {m.group(1)}:// (a camera is rtsp://, rtsps://, http(s)://, rtmp://, srt://, udp://, "
-                "… a file path or device:N)")
-    found = url_credentials(url)
-    hostport = found.hostport if found is not None else urlsplit(url).netloc
-    if "${" in hostport:
-        return None
-    try:
-        parts = urlsplit(f"{scheme}://{hostport}")
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return "the port must be a number from 1 to 65535 (scheme://host:port/…)"
-    if port == 0:
-        return "the port must be a number from 1 to 65535 (scheme://host:port/…)"
-    if not host and scheme in _NEEDS_HOST:
-        return f"no host ({scheme}://host[:port]/…)"
-    return None
 
 
 RUNTIME_FIELDS = ("zones", "lines", "anchor", "line_margin")  # what PUT /cameras/{id} changes (no restart)

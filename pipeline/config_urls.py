@@ -1,0 +1,57 @@
+"""What the URLs of a config must look like: Redis's (`redis_url_problem`) and cameras'
+(`camera_url_problem`). Their messages quote no credentials."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from redis.connection import parse_url
+
+from .redact import UNESCAPED_USERINFO, redact, url_credentials, url_secrets
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why redis-py cannot use ``url`` (None: it can), quoting nothing of its credentials: a
+    password with "/" or "#" in it makes redis-py read a piece of it as the port."""
+    found = url_credentials(url)
+    if found is not None and found.hostport != urlsplit(url).netloc.rpartition("@")[2]:
+        return f"not a Redis URL: {UNESCAPED_USERINFO}"
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        return f"not a Redis URL: {redact(str(exc), url_secrets(url))}"
+    return None
+
+
+# what FFmpeg opens (besides files and device:N); a typo (rtps://) is refused before it is tried
+CAMERA_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtmpt", "rtmpe", "srt", "udp", "rtp", "tcp",
+                  "hls", "mmsh", "mmst", "file")
+_NEEDS_HOST = {"rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtmpt", "rtmpe", "hls", "mmsh", "mmst"}
+
+
+def camera_url_problem(url: str) -> str | None:
+    """What is wrong with a camera URL's scheme, host or port as written (None: nothing seen;
+    parts written as ``${VAR}`` are checked where the decoder expands them). A password is never
+    quoted: the text names the part only."""
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    if m is None or m.group(1).lower() == "file":
+        return None  # a file path, device:N, or a URL that is all ${VAR}
+    scheme = m.group(1).lower()
+    if scheme not in CAMERA_SCHEMES:
+        return (f"unknown scheme {m.group(1)}:// (a camera is rtsp://, rtsps://, http(s)://, rtmp://, srt://, udp://, "
+                "… a file path or device:N)")
+    found = url_credentials(url)
+    hostport = found.hostport if found is not None else urlsplit(url).netloc
+    if "${" in hostport:
+        return None
+    try:
+        parts = urlsplit(f"{scheme}://{hostport}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "the port must be a number from 1 to 65535 (scheme://host:port/…)"
+    if port == 0:
+        return "the port must be a number from 1 to 65535 (scheme://host:port/…)"
+    if not host and scheme in _NEEDS_HOST:
+        return f"no host ({scheme}://host[:port]/…)"
+    return None
