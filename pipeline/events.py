@@ -28,6 +28,7 @@ split on ``:``.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -273,6 +274,43 @@ class EventEngine:
             self._end(self._tracks[tid], seq, ts, events)
         self._tracks.clear()
         return events
+
+    def apply_published(self, payloads: Iterable[Mapping[str, Any]]) -> None:
+        """Bring the open tracks up to events already published (the events stream after a
+        snapshot whose frames cannot be replayed), so that ending them (`close`) ends each
+        once: tracks that ended are dropped, tracks that started are opened from their
+        ``track_start``, zones entered and left, attributes and event numbers follow. What a
+        sighting without an event changed is not known: such a track keeps its snapshot's
+        frames, path and best score, or, opened from its ``track_start``, has them unknown
+        (``frames`` and ``best_score`` null at its end)."""
+        for ev in payloads:
+            try:
+                kind, tid, ts = ev["kind"], int(ev["track_id"]), float(ev["ts"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            tr = self._tracks.get(tid)
+            if kind == "track_end":
+                self._tracks.pop(tid, None)
+                continue
+            if tr is None and kind == "track_start":
+                box = [float(v) for v in ev.get("bbox") or (0, 0, 0, 0)]
+                centre = [round((box[0] + box[2]) / 2, 1), round((box[1] + box[3]) / 2, 1)]
+                tr = self._tracks[tid] = OpenTrack(
+                    id=tid, category=str(ev.get("category", "")), labels={str(ev.get("label", "")): 1}, first_ts=ts,
+                    last_ts=ts, last_frame=self._frame, frames=None, best_score=math.nan,  # type: ignore[arg-type]
+                    attributes=dict(ev.get("attributes") or {}), anchor=None, first=centre, last=centre, path=[centre])
+            if tr is None:
+                continue
+            tr.last_ts = max(tr.last_ts, ts)
+            if kind == "zone_enter" and ev.get("zone") in self.zones:
+                tr.zones[ev["zone"]] = ts
+            elif kind == "zone_exit":
+                tr.zones.pop(ev.get("zone"), None)
+            elif kind == "attributes":
+                tr.attributes = dict(ev.get("attributes") or {})
+            if kind in REPEATING:  # its id ends in its number (``camera:track:kind:n``)
+                n = str(ev.get("id", "")).rpartition(":")[2]
+                tr.n[kind] = max(tr.n.get(kind, 0), int(n) if n.isdigit() else 0)
 
     # --- state that survives a change of owner --------------------------------------------------
 

@@ -20,7 +20,9 @@ the new owner), and a line it crossed is counted once.
   highest id the stream has had. A camera that stops cleanly ends its tracks (``track_end``)
   and leaves a ``closed`` state: its next owner starts afresh. A snapshot names the camera's
   source (`source_of`): a camera back with another URL ends the tracks it left, after the
-  replay, and starts afresh; so does one back without tracking (`end_left_tracks`).
+  replay, and starts afresh; so does one back without tracking (`end_left_tracks`). A snapshot
+  whose frames cannot be replayed (too many since, a zone that no longer fits) ends its tracks
+  once, brought up to the events stream first (`settle_left_tracks`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ log = logging.getLogger("percept.track_state")
 STATE_SCHEMA = "percept.track-state/v1"
 MAX_STATE_BYTES = 2 * 2**20  # a bigger snapshot is not written (logged): the last one stays
 REPLAY_PAGE = 200
+SETTLE_EVENTS_MAX = 100_000  # events read after a snapshot that cannot be replayed (`settle_left_tracks`)
 
 
 class TrackSnapshots:
@@ -224,6 +227,7 @@ def restore_tracking(
         frames = _published_after(publisher, camera.id, seq, since, limit=max(10 * cfg.snapshot_every, 1000))
     except ValueError as exc:
         log.warning("camera %s: track state not restored: %s", camera.id, exc)
+        settle_left_tracks(publisher, camera, cfg, state)
         return fresh(str(exc))
     done = Restored(seq, last=(seq, since))
     try:
@@ -236,6 +240,7 @@ def restore_tracking(
             done.last = (result.meta.seq, result.meta.frame_ts)
     except ValueError as exc:  # a zone that no longer fits the frame (GeometryError), …
         log.warning("camera %s: track state not restored: replaying seq %d: %s", camera.id, seq + done.replayed + 1, exc)
+        settle_left_tracks(publisher, camera, cfg, state)
         return fresh(str(exc))
     events.take_counts()
     if check_source and state.get("source", source_of(camera)) != source_of(camera):  # (older ones name none)
@@ -246,6 +251,43 @@ def restore_tracking(
     log.info("camera %s: %d open tracks continued from seq %d (+%d frames replayed, %d ids differed)",
              camera.id, len(events.open_tracks), seq, done.replayed, done.differed)
     return tracker, events, done
+
+
+def settle_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerConfig, state: Mapping[str, Any]) -> int:
+    """A readable snapshot whose frames cannot be replayed (too many since, a zone that no longer
+    fits): its open tracks, and those started since, end once, at the camera's newest frame —
+    brought up to the events stream first (`EventEngine.apply_published`), so that a track that
+    ended since does not end twice. How many ended (more than `SETTLE_EVENTS_MAX` events since:
+    none, logged)."""
+    events = EventEngine.restore(state["events"], camera.id, camera.zones, camera.lines, anchor=camera.anchor,
+                                 track_buffer=cfg.track_buffer, line_margin=camera.line_margin)
+    seq, start = int(state["seq"]), f"{int(float(state['frame_ts']) * 1000)}-0"
+    payloads: list[dict[str, Any]] = []
+    while True:
+        page = publisher.client.xrange(publisher.keys.events(camera.id), min=start, count=REPLAY_PAGE)
+        payloads += [p for p in (_event_payload(fields) for _, fields in page) if p and int(p.get("seq") or 0) > seq]
+        if len(payloads) > SETTLE_EVENTS_MAX:
+            log.warning("camera %s: more than %d events since its snapshot: its open tracks are left without "
+                        "track_end", camera.id, SETTLE_EVENTS_MAX)
+            return 0
+        if len(page) < REPLAY_PAGE:
+            break
+        ms, _, n = page[-1][0].decode().partition("-")
+        start = f"{ms}-{int(n) + 1}"
+    events.apply_published(payloads)
+    last = publisher.last_published(camera.id)
+    n = len(events.open_tracks)
+    end_tracks(publisher, camera.id, events, last[1] if last else seq, TrackSnapshots(publisher, camera.id, every=0))
+    log.info("camera %s: the %d tracks its snapshot and the events since left open end", camera.id, n)
+    return n
+
+
+def _event_payload(fields: Mapping[bytes, bytes]) -> dict[str, Any] | None:
+    try:
+        payload = json.loads(fields[b"json"])
+    except (KeyError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
 
 
 def _published_after(publisher: Publisher, camera: str, seq: int, since: float, *, limit: int) -> list[FrameResult]:

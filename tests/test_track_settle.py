@@ -1,0 +1,132 @@
+"""A snapshot whose frames cannot be replayed (more published since than the replay takes, a
+zone that no longer fits the frame) leaves tracks nobody continues: the next owner ends each of
+them once — the snapshot's open tracks and those started since, brought up to the events stream
+first, so that a track that already ended does not end twice (`track_state.settle_left_tracks`;
+before, they were left without a ``track_end``). Real conductors, publisher and redis-server;
+the detector is a stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+import pipeline.track_state
+from pipeline.conductor import CameraConductor
+from pipeline.config import CameraConfig, TrackerConfig
+from pipeline.publish import Publisher
+from pipeline.schema import Detections
+from pipeline.sources import VideoSource
+from pipeline.streams import connect_redis
+from pipeline.track_state import open_tracking
+
+from .test_conductor import PacedCapture
+from .test_handover_tracks import CAMERA, KEYS, events_of
+from .test_sources import Clock
+from .waiting import wait_for
+
+CFG = TrackerConfig(snapshot_every=1000, track_buffer=5)  # no periodic snapshot; a track ends 5 frames after its last
+CAR, VAN = [2, 2, 12, 10], [40, 20, 60, 34]  # two objects far apart in the 64x36 frames
+
+
+def run_owner(redis_server, frames: int, boxes_at, *, camera: CameraConfig = CAMERA) -> None:
+    """One owner continues what the last left (`open_tracking`), publishes ``frames`` frames whose
+    objects are ``boxes_at(n)`` (n: the n-th frame it detects), then hands the camera over."""
+    publisher = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=5000).start()
+    client = redis_server.client()
+    start = client.xlen(KEYS.detections("cam"))
+    seq, counters = publisher.resume_camera("cam")
+    tracker, events, snapshots = open_tracking(publisher, camera, CFG, track_id_max=counters["track_id_max"],
+                                               is_file=False)
+    calls = {"n": 0}
+
+    async def detect(inp):
+        await asyncio.sleep(0.005)  # the detector's work, not a wait
+        boxes, calls["n"] = boxes_at(calls["n"]), calls["n"] + 1
+        return Detections(xyxy=boxes or [[0, 0, 0, 0]][:0], scores=[0.9] * len(boxes), labels=("car",) * len(boxes),
+                          categories=("vehicle",) * len(boxes))
+
+    source = VideoSource("cam", lambda: PacedCapture(10_000, Clock()), fps=0, is_file=False, seq_start=seq)
+    conductor = CameraConductor(camera, source, detect=detect, classifiers={}, publisher=publisher, imgsz=64,
+                                models={"detector": "stand-in"}, max_inflight=1, tracker=tracker, events=events,
+                                track_state=snapshots)
+
+    async def drive():
+        running = asyncio.create_task(conductor.run())
+        await asyncio.to_thread(wait_for, lambda: client.xlen(KEYS.detections("cam")) >= start + frames, 30,
+                                f"{frames} frames published", 0.05)
+        await conductor.stop(keep_tracks=True)
+        await asyncio.wait_for(running, 15)
+
+    asyncio.run(drive())
+    assert publisher.flush(5)
+    publisher.close()
+
+
+def start_owner(redis_server, camera: CameraConfig = CAMERA) -> None:
+    """The next owner starts the camera: what its snapshot left is continued or ended there."""
+    publisher = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=5000).start()
+    try:
+        _, counters = publisher.resume_camera("cam")
+        tracker, _, _ = open_tracking(publisher, camera, CFG, track_id_max=counters["track_id_max"], is_file=False)
+        assert tracker is not None
+        assert publisher.flush(5)
+    finally:
+        publisher.close()
+
+
+def left_behind(redis_server) -> bytes:
+    """The first owner's snapshot; the second owner then runs and hands over too, but its snapshot
+    is lost (put back to the first: as when its writes were refused, too big), so the next owner
+    finds one with frames and events after it: the car ended meanwhile, a van started."""
+    client = redis_server.client()
+    run_owner(redis_server, 6, lambda n: [CAR])
+    snapshot = client.hget(KEYS.trackstate("cam"), "json")
+    run_owner(redis_server, 20, lambda n: [CAR, VAN] if n < 3 else [VAN])
+    kinds = [(e["kind"], e["track_id"]) for e in events_of(client)]
+    assert [k for k, _ in kinds] == ["track_start", "track_start", "track_end"], kinds
+    client.hset(KEYS.trackstate("cam"), "json", snapshot)
+    return snapshot
+
+
+def ends(client) -> list[tuple[int, object, object]]:
+    return [(e["track_id"], e["frames"], e["best_score"]) for e in events_of(client) if e["kind"] == "track_end"]
+
+
+@pytest.mark.parametrize("why", ["too far behind", "a zone no longer fits"])
+def test_tracks_of_a_snapshot_that_cannot_be_replayed_end_once(redis_server, monkeypatch, why):
+    client = redis_server.client()
+    left_behind(redis_server)
+    [car, van] = [e["track_id"] for e in events_of(client) if e["kind"] == "track_start"]
+    assert ends(client) == [(car, 6 + 3, 0.9)]  # the car ended under the second owner
+    camera = CAMERA
+    if why == "too far behind":  # the replay takes 2 frames at most here (1000 by default)
+        real = pipeline.track_state._published_after
+        monkeypatch.setattr(pipeline.track_state, "_published_after",
+                            lambda publisher, cam, seq, since, limit: real(publisher, cam, seq, since, limit=2))
+    else:  # a zone in pixels beyond the 64x36 frame: replaying the first frame fails
+        camera = CAMERA.model_copy(update={"zones": {"far": [[100, 100], [200, 100], [200, 200]]}})
+    start_owner(redis_server, camera)
+    # the van, open when the events stopped, ends once; its frames and best score are not known
+    # from its events (null); the car is not ended a second time
+    last_seq = int(client.xrevrange(KEYS.detections("cam"), count=1)[0][1][b"seq"])
+    assert ends(client) == [(car, 9, 0.9), (van, None, None)], ends(client)
+    assert [e["seq"] for e in events_of(client) if e["kind"] == "track_end"][-1] == last_seq
+    assert json.loads(client.hget(KEYS.trackstate("cam"), "json")).get("closed") is True  # its next owner starts afresh
+    assert int(client.hget(KEYS.counts("cam"), "tracks:vehicle")) == 2
+
+
+def test_a_snapshot_with_too_many_events_after_it_is_left(redis_server, monkeypatch, caplog):
+    """Past `SETTLE_EVENTS_MAX` events since the snapshot, nothing is ended (said in the log):
+    reading them all would hold the camera's start."""
+    client = redis_server.client()
+    left_behind(redis_server)
+    real = pipeline.track_state._published_after
+    monkeypatch.setattr(pipeline.track_state, "_published_after",
+                        lambda publisher, cam, seq, since, limit: real(publisher, cam, seq, since, limit=2))
+    monkeypatch.setattr(pipeline.track_state, "SETTLE_EVENTS_MAX", 1)
+    with caplog.at_level("WARNING", logger="percept.track_state"):
+        start_owner(redis_server)
+    assert len(ends(client)) == 1
+    assert any("more than 1 events since its snapshot" in r.getMessage() for r in caplog.records)
