@@ -52,8 +52,9 @@ def _export_parser(actions: Any) -> argparse.ArgumentParser:
                    "sampled evenly); repeatable. Use frames of the cameras the model will see, not the eval set")
     e.add_argument("--calib-images", type=POSITIVE_INT, default=RECOMMENDED_CALIBRATION, metavar="N",
                    help=f"at most N calibration images, taken evenly (default {RECOMMENDED_CALIBRATION})")
-    e.add_argument("--out", metavar="DIR", help="where the variants go (default: beside the weights); "
-                   "an earlier export of the same name is replaced")
+    e.add_argument("--out", metavar="DIR", help="where the variants go (default: beside the weights; the current "
+                   "folder for weights found in PERCEPT_MODELS_DIR, which is never written); an earlier export "
+                   "of the same name is replaced")
     e.add_argument("--imgsz", type=IMGSZ, help="input size (default 640 for a detector, 224 for a classifier)")
     e.add_argument("--task", choices=("detect", "classify"), help="refuse weights of another task")
     e.add_argument("--no-check", action="store_true", help="do not load each variant after writing it")

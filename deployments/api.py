@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 from fastapi import Body, FastAPI, HTTPException, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
@@ -28,6 +29,7 @@ from pipeline.config import (
     format_validation_error,
     inline_password_error,
 )
+from pipeline.config_env import foreign_variable_error
 from pipeline.lifecycle.swap import SwapError
 from pipeline.lifecycle.swap_service import ModelSwaps
 from pipeline.decoder_status import merged_status, read_shared_or_none
@@ -53,13 +55,26 @@ async def _redis_unreachable(request: Any, exc: Exception) -> JSONResponse:
                         headers={"Retry-After": "1"})
 
 
+@app.exception_handler(RequestValidationError)
+async def _invalid_request(request: Any, exc: RequestValidationError) -> JSONResponse:
+    """422 naming where the request is wrong, without quoting it (FastAPI's own answer echoes
+    the input: a camera URL sent alone, its password in it)."""
+    lines = [f"{'.'.join(str(p) for p in err.get('loc', ())) or 'request'}: {err.get('msg', 'invalid')}"
+             for err in exc.errors()]
+    return JSONResponse(status_code=422, content={"detail": [redact(line) for line in lines]})
+
+
 @app.middleware("http")
 async def _bounded_body(request: Any, call_next: Any) -> Any:
     """A request body above `MAX_BODY_BYTES` is refused (413) before it is read: a camera with
-    its zones is a few kilobytes."""
+    its zones is a few kilobytes. One without a length (chunked) is refused too (411): its size
+    is known only once it has all been read."""
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
         return JSONResponse(status_code=413, content={"detail": f"request body above {MAX_BODY_BYTES} bytes"})
+    if length is None and "chunked" in request.headers.get("transfer-encoding", "").lower():
+        return JSONResponse(status_code=411, content={"detail": "a request body needs a Content-Length "
+                                                                f"(at most {MAX_BODY_BYTES} bytes)"})
     return await call_next(request)
 
 
@@ -128,9 +143,11 @@ class CameraApi:
             camera = await asyncio.to_thread(CameraConfig.model_validate, body)
         except ValidationError as exc:
             raise HTTPException(422, detail=format_validation_error(exc)) from None
-        inline = None if self.allow_inline_credentials else inline_password_error(camera, f"cameras[{camera.id}].url")
-        if inline:
-            raise HTTPException(422, detail=[inline])
+        field = f"cameras[{camera.id}].url"
+        inline = None if self.allow_inline_credentials else inline_password_error(camera, field)
+        refused = inline or foreign_variable_error(camera, field)
+        if refused:
+            raise HTTPException(422, detail=[refused])
         self._need_tracking({"zones": camera.zones, "lines": camera.lines})
         if not await asyncio.to_thread(self.registry.add, camera):
             raise HTTPException(409, detail=f"camera {camera.id!r} exists; DELETE it first to change it")

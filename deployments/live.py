@@ -154,7 +154,7 @@ class LiveView:
         await self._known(camera_id)
         if self.streams >= self.cfg.max_streams:  # what stalled clients can pile up stays bounded
             raise HTTPException(429, detail={"message": f"{self.streams} live streams already (view.max_streams); "
-                                             "poll /cameras/{id}/snapshot instead", "camera": camera_id},
+                                             f"poll /cameras/{camera_id}/snapshot.jpg instead", "camera": camera_id},
                                 headers={"Retry-After": "10"})
         self.streams += 1
         place = _Place(self)

@@ -253,10 +253,15 @@ class PerceptConfig(Strict):
 
 # --- camera credentials --------------------------------------------------------------------
 
+def camera_var_prefix(camera_id: str) -> str:
+    """How the variables named for a camera start: ``CAM_<ID>_`` (``front-2``: ``CAM_FRONT_2_``)."""
+    return "CAM_" + re.sub(r"[^A-Za-z0-9]", "_", camera_id).upper() + "_"
+
+
 def inline_password_error(camera: CameraConfig, field: str) -> str | None:
     """The refusal of a password typed inline in the camera URL (``rtsp://user:secret@host``,
     ``?pwd=secret``), saying how to write it as a variable; None when passwords are ``${VAR}``s."""
-    var = "CAM_" + re.sub(r"[^A-Za-z0-9]", "_", camera.id).upper() + "_PASSWORD"
+    var = camera_var_prefix(camera.id) + "PASSWORD"
     example = camera.url
     for start, end in reversed(query_secrets(example)):  # ?pwd=secret
         if ENV_REF.sub("", example[start:end]):

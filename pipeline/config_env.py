@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Mapping
 from urllib.parse import quote
 
-from .config import ENV_REF, CameraConfig, PerceptConfig
+from .config import ENV_REF, CameraConfig, PerceptConfig, camera_var_prefix
+from .redact import query_secrets, url_credentials
 
 
 class CameraEnvError(ValueError):
@@ -36,3 +37,24 @@ def resolve_camera(camera: CameraConfig, env: Mapping[str, str]) -> CameraConfig
     values = [env[n] for n in names if len(env[n]) >= 3]  # shorter: a port, a channel number
     resolved._env_values = tuple(dict.fromkeys(v for value in values for v in (value, quote(value, safe=""))))
     return resolved
+
+
+def foreign_variable_error(camera: CameraConfig, field: str) -> str | None:
+    """Why a camera added through the API may not name a ``${VAR}`` it names (None: it may). The
+    decoder expands a URL's variables from its whole environment and opens whatever host the URL
+    names, so an API caller could send any secret there (``${PERCEPT_REDIS_URL}``, another
+    camera's password, in a host: a DNS lookup): over the API a URL names only variables named
+    for its camera (``CAM_<ID>_…``), and only as its credentials (``user:${…}@``, a
+    ``?password=``-like value). A config file's cameras are the operator's: not checked."""
+    prefix = camera_var_prefix(camera.id)
+    found = url_credentials(camera.url)
+    allowed = list(query_secrets(camera.url))
+    if found is not None:
+        allowed.append((found.start, found.end - len(found.hostport)))
+    for m in ENV_REF.finditer(camera.url):
+        name = m.group(1)
+        if not name.startswith(prefix) or not any(a <= m.start() and m.end() <= b for a, b in allowed):
+            return (f"{field}: ${{{name}}}: a camera added through the API names only variables named for it "
+                    f"({prefix}…), as its user or password: write user:${{{prefix}PASSWORD}}@host "
+                    f"(or ?password=${{{prefix}PASSWORD}}); the decoders need {prefix}PASSWORD set")
+    return None

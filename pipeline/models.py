@@ -6,6 +6,7 @@ process boundaries; the backends (`pipeline.backends`) run the models."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -111,6 +112,12 @@ def resolve_weights(spec: str, models_dir: str | None) -> str:
     return spec
 
 
+def offline() -> bool:
+    """``YOLO_OFFLINE`` set (1, true, yes): a weights name that is no local file is an error, not
+    a download (ultralytics itself reads the variable only for its analytics and hub)."""
+    return os.environ.get("YOLO_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def choose_device(device: str, half: bool | None) -> tuple[str, bool]:
     """``auto`` → cuda:0 with FP16 when a GPU is present, else cpu (FP32)."""
     if device == "auto":
@@ -128,12 +135,15 @@ def load_yolo(cfg: ModelServerConfig, *, models_dir: str | None, field: str, tas
     from ultralytics import YOLO
 
     resolved = resolve_weights(cfg.weights, models_dir)
+    where = f"{cfg.weights!r} (looked in the current directory"
+    where += f" and {ENV_MODELS_DIR}={models_dir})" if models_dir else f"; {ENV_MODELS_DIR} is not set)"
+    if not Path(resolved).expanduser().exists() and offline():
+        raise ModelError(f"{field}: cannot load {where}: no such file, and YOLO_OFFLINE is set: nothing is downloaded. "
+                         f"Put the file there or set {ENV_MODELS_DIR} to the folder that holds it.")
     try:
         model = YOLO(resolved)
         model.names  # an export's backend loads here: a file of no known format fails now, not later
     except Exception as exc:  # ultralytics raises many types: missing file, offline download, bad file
-        where = f"{cfg.weights!r} (looked in the current directory"
-        where += f" and {ENV_MODELS_DIR}={models_dir})" if models_dir else f"; {ENV_MODELS_DIR} is not set)"
         raise ModelError(
             f"{field}: cannot load {where}: {type(exc).__name__}: {str(exc).strip()[:300]}. "
             f"Online, ultralytics downloads its own model names; offline, put the file there or "

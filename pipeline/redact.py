@@ -9,10 +9,12 @@ from urllib.parse import unquote
 # everything up to the last "@" of the URL: a password with "@", "/", "?" or "#" left unescaped
 # is scrubbed whole too (a path with "@" in it loses its host in the text: the safe side)
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s'\"]*@)")
-# a query parameter named for a secret, alone or after a prefix ending in "_", "-" or "."
+# a query parameter named for a secret, alone or after a prefix ending in "_", "-" or "."; also a
+# path segment so written (XMEye cameras: /user=admin_password=x_channel=1), up to the next "_" or "/"
 # (access_token, client_secret, stream_key, X-Amz-Signature; pw, loginpas: cameras' CGI URLs): its value is scrubbed
-_QUERY_SECRET = re.compile(r"(?i)([?&;](?:[\w.-]*[_.-])?(?:password|passwd|pwd|pass|pw|psw|pswd|loginpas|loginpass|passwort|token|auth|apikey|api_key|secret|key"
-                           r"|signature|sig|credential)=)[^&#;\s'\"]*")
+_SECRET_NAME = (r"(?:[\w.-]*[_.-])?(?:password|passwd|pwd|pass|pw|psw|pswd|loginpas|loginpass|passwort|token|auth"
+                r"|apikey|api_key|secret|key|signature|sig|credential)=")
+_QUERY_SECRET = re.compile(rf"(?i)([?&;]{_SECRET_NAME})[^&#;\s'\"]*|([/_]{_SECRET_NAME})[^&#;/_\s'\"]*")
 _PASSWORD_ARG = re.compile(r"(?i)\b(password|passwd|requirepass)(['\"]?\s*[=:]\s*)(\S+)")
 
 
@@ -22,7 +24,11 @@ def redact_url(url: str) -> str:
     with quotes or spaces too); in other text, any ``scheme://…@`` is scrubbed."""
     found = url_credentials(url)
     out = found.with_userinfo("***") if found is not None else _scrub_userinfo(url)
-    return _QUERY_SECRET.sub(r"\1***", out)
+    return _scrub_query(out)
+
+
+def _scrub_query(text: str) -> str:
+    return _QUERY_SECRET.sub(lambda m: f"{m.group(1) or m.group(2)}***", text)
 
 
 def _scrub_userinfo(text: str) -> str:
@@ -31,7 +37,7 @@ def _scrub_userinfo(text: str) -> str:
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     """Scrub URL credentials, ``password=...`` pairs and any known secret from free text."""
-    out = _QUERY_SECRET.sub(r"\1***", _scrub_userinfo(str(text)))
+    out = _scrub_query(_scrub_userinfo(str(text)))
     out = _PASSWORD_ARG.sub(lambda m: f"{m.group(1)}{m.group(2)}***", out)
     for secret in secrets:
         if secret:
@@ -89,4 +95,4 @@ def url_secrets(url: str) -> tuple[str, ...]:
 
 def query_secrets(url: str) -> list[tuple[int, int]]:
     """Where the values of a URL's ``password=``-like query parameters start and end."""
-    return [(m.end(1), m.end()) for m in _QUERY_SECRET.finditer(url)]
+    return [(m.end(1) if m.group(1) else m.end(2), m.end()) for m in _QUERY_SECRET.finditer(url)]

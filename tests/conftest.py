@@ -23,6 +23,8 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 # refused); decoders expand them from their environment, which ray_session forwards (PERCEPT_*)
 # when it starts, so they are set here, before any fixture runs.
 os.environ.setdefault("PERCEPT_TEST_CAM_PASSWORD", "s3cret-Pa55")  # test_graph.py
+os.environ.setdefault("CAM_WALK2_PASSWORD", os.environ["PERCEPT_TEST_CAM_PASSWORD"])  # a camera added over the API
+os.environ.pop("CAM_NOENV_PASSWORD", None)  # one whose variable is not set
 os.environ.setdefault("PERCEPT_TEST_FAULTS_PASSWORD", "viewer-pw")  # test_faults.py, camera b
 os.environ.setdefault("PERCEPT_TEST_WRONG_PASSWORD", "Wr0ngPw9")  # test_faults.py, camera bad-auth
 

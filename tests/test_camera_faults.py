@@ -46,11 +46,11 @@ def test_a_pixel_zone_outside_the_frame_keeps_the_camera_failed_with_its_reason_
 
 def test_a_password_in_a_variable_outside_the_userinfo_is_never_shown(redis_server, monkeypatch, caplog):
     client = redis_server.client()
-    written = CameraConfig(id="cgi", url="http://cam.local/videostream.cgi?user=admin&loginpas=${CGI_PW}", fps=0)
+    written = CameraConfig(id="cgi", url="http://cam.local/videostream.cgi?user=admin&code=${CGI_PW}", fps=0)
     path = CameraConfig(id="path", url="rtsp://cam.local:554/${PATH_PW}/main", fps=0)
     env = {"CGI_PW": "S3cretPW", "PATH_PW": "Hunter2x"}
     cams = [resolve_camera(c, env) for c in (written, path)]
-    assert cams[0].url.endswith("loginpas=S3cretPW") and cams[0].shown_url == written.url
+    assert cams[0].url.endswith("code=S3cretPW") and cams[0].shown_url == written.url  # a name no rule knows
 
     def refusing_open(camera, url, **kw):
         raise SourceError(camera, f"cannot open {url}: 401 Unauthorized", retryable=True)

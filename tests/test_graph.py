@@ -38,9 +38,9 @@ def rtsp_with_auth(videos):
         yield server
 
 
-def cam_url(server, mount: str) -> str:
+def cam_url(server, mount: str, var: str = PASSWORD_VAR) -> str:
     """The camera URL as a user writes it: the password as ${VAR}, never inline."""
-    return server.url(mount, with_auth=False).replace("rtsp://", f"rtsp://viewer:${{{PASSWORD_VAR}}}@")
+    return server.url(mount, with_auth=False).replace("rtsp://", f"rtsp://viewer:${{{var}}}@")
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +198,7 @@ def test_cameras_added_and_removed_at_runtime_without_touching_others(graph, ray
 
     connecting_before = _connecting_entries(client)
     added_at = time.time()
-    cli("add", "walk2", cam_url(rtsp_with_auth, "walk"), "--fps", "2")
+    cli("add", "walk2", cam_url(rtsp_with_auth, "walk", "CAM_WALK2_PASSWORD"), "--fps", "2")  # (set in conftest.py)
     wait_for(lambda: client.xlen(KEYS.detections("walk2")) >= 3, 40, "the runtime-added camera publishing")
     assert "walk2" in cli("ls")
     # the cameras that were running were not restarted (no new 'connecting' for them)
@@ -258,12 +258,12 @@ def test_bad_registry_entries_fail_alone_and_no_decoder_restarts(graph, ray_sess
     })
     try:
         code, body = _http("POST", api + "/cameras", {
-            "id": "noenv", "url": f"rtsp://viewer:${{PERCEPT_TEST_UNSET_VAR}}@127.0.0.1:{port}/walk"})
+            "id": "noenv", "url": f"rtsp://viewer:${{CAM_NOENV_PASSWORD}}@127.0.0.1:{port}/walk"})
         assert code == 201, body
         expected = {
             "broken": "cameras[broken].fps: must be >= 0, got -2",
             "garbage": "cameras[garbage]: not valid JSON",
-            "noenv": "cameras[noenv].url: environment variable PERCEPT_TEST_UNSET_VAR is not set",
+            "noenv": "cameras[noenv].url: environment variable CAM_NOENV_PASSWORD is not set",
         }
 
         def failed(cam):

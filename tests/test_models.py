@@ -90,6 +90,19 @@ def test_missing_weights_name_the_path_and_variable(tmp_path):
     assert "detector.weights" in msg and "PERCEPT_MODELS_DIR" in msg and "absent-model.pt" in msg
 
 
+def test_an_ultralytics_name_offline_is_no_download(tmp_path, monkeypatch):
+    """``yolo11n.pt``, no such local file, ``YOLO_OFFLINE`` set: refused at once naming the field
+    (ultralytics tried to download it: "Download failure …", and online it lands in the current
+    folder)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    with pytest.raises(ModelError) as info:
+        load_detector(DetectorConfig(weights="yolo11n.pt"), models_dir=str(tmp_path), warmup=False)
+    msg = str(info.value)
+    assert msg.startswith("detector.weights: cannot load 'yolo11n.pt'") and "nothing is downloaded" in msg, msg
+    assert "Download" not in msg and list(tmp_path.iterdir()) == []
+
+
 def test_crops_keep_the_model_aspect_ratio():
     """A pedestrian model's 80x160 crop around a 40x120 person: cut tall at 1:2 (never stretched)
     and resized to (width 80, height 160); a square model gets a square crop."""

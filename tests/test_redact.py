@@ -67,6 +67,9 @@ def test_camera_cgi_passwords_in_the_query_are_hidden():
     assert redact_url("http://cam/v.cgi?loginuse=admin&loginpas=hunter2&x=1") == (
         "http://cam/v.cgi?loginuse=admin&loginpas=***&x=1")
     assert redact_url("http://cam/v.cgi?pwr=1&pws=2") == "http://cam/v.cgi?pwr=1&pws=2"  # other names
+    # XMEye cameras put them in the path: up to the next "_" or "/"
+    assert redact_url("rtsp://10.0.0.9:554/user=admin_password=S3cret_channel=1_stream=0.sdp") == (
+        "rtsp://10.0.0.9:554/user=admin_password=***_channel=1_stream=0.sdp")
 
 
 def test_a_whole_url_is_scrubbed_even_with_quotes_or_spaces_in_its_password():

@@ -255,7 +255,8 @@ def export_model(weights: str | Path, formats: str | Sequence[str], *, calib: Se
     check_can_export(fmts, calib)
     src, model_task, model = check_weights(weights, task, models_dir)
     imgsz = imgsz or DEFAULT_IMGSZ[model_task]
-    out_dir = Path(out).expanduser() if out else src.parent
+    # beside the weights, unless they were found in the models folder (shared: never written)
+    out_dir = Path(out).expanduser() if out else src.parent if Path(weights).expanduser().exists() else Path.cwd()
     calibrated = any(f.calibrated for f in fmts)
     result: dict[str, Any] = {"weights": str(src), "task": model_task, "imgsz": imgsz, "out": str(out_dir),
                               "calibration": None, "variants": [], "warnings": []}
@@ -267,7 +268,11 @@ def export_model(weights: str | Path, formats: str | Sequence[str], *, calib: Se
             result["calibration"] = {"sources": [str(c) for c in calib], "images": data[1]}
             if data[1] < RECOMMENDED_CALIBRATION:
                 result["warnings"].append(f"INT8 calibrated on {data[1]} images ({RECOMMENDED_CALIBRATION} recommended)")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file there, a folder that cannot be made
+            raise ExportError(f"--out: cannot make the folder {out_dir}: "
+                              f"{'a file is there' if isinstance(exc, FileExistsError) else exc.strerror}") from None
         if not os.access(out_dir, os.W_OK):
             raise ExportError(f"--out: {out_dir} is not writable")
         staging = Path(tempfile.mkdtemp(prefix=".percept-export-", dir=out_dir))

