@@ -214,11 +214,15 @@ def evaluate_detector(weights: str, data: str | Path, *, card: str | None = None
     from .models import prepare_frame
 
     images, yaml_names = find_yolo_images(data)
+    if not any(_label_path(p).exists() for p in images):  # each would count as background: metrics of nothing
+        raise EvalError(f"--data: none of the {len(images)} images has a label file "
+                        f"(expected e.g. {_label_path(images[0])}, YOLO layout: images/ and labels/)")
     cfg = DetectorConfig(weights=weights, card=card, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
                          device=device, backend=backend, threads=threads, categories={"all": ["*"]})
     det = load_detector(cfg, models_dir=models_dir, field="--weights", warmup=True)
     class_of, canonical, groups, category_of = _label_maps(det, categories)
     names = {k: label for label, k in class_of.items()}
+    gt_of, warnings = _dataset_ids(yaml_names, class_of, canonical, data)
     stats, cat_stats = ({k: [] for k in ("tp", "conf", "pred_cls", "target")} for _ in range(2))
     elapsed = 0.0  # prepare_frame + detect_batch, as the service spends it
     for start in range(0, len(images), batch):
@@ -233,8 +237,9 @@ def evaluate_detector(weights: str, data: str | Path, *, card: str | None = None
             order = np.argsort(-res.scores, kind="stable")
             xyxy, scores = res.xyxy[order], res.scores[order]
             pred = np.array([class_of[res.labels[i]] for i in order], int)
-            gt, gt_xyxy = read_yolo_labels(path, frame.shape[:2], len(canonical))
-            gt = np.array([canonical[int(c)] for c in gt], int)
+            gt, gt_xyxy = read_yolo_labels(path, frame.shape[:2], len(yaml_names or {}) or len(canonical))
+            known = np.array([int(c) in gt_of for c in gt], bool).reshape(-1)
+            gt, gt_xyxy = np.array([gt_of[int(c)] for c in gt[known]], int), gt_xyxy[known]
             for out, p_cls, g_cls, keep_p, keep_g in (
                 (stats, pred, gt, slice(None), slice(None)),
                 (cat_stats, *_to_categories(pred, gt, category_of)),
@@ -256,10 +261,27 @@ def evaluate_detector(weights: str, data: str | Path, *, card: str | None = None
         "recall": overall["recall"], "instances": overall["instances"],
         "per_category": per_category, "categories": groups, "per_class": overall["per_class"],
         "ms_per_image": round(1000 * elapsed / len(images), 2), "batch": batch, "device": det.device, "threads": threads,
-        "warnings": [f"{data}: data.yaml's names differ from the model's (e.g. class {k}: {yaml_names.get(k)!r} "
-                     f"vs {v!r}); label class ids must be in the model's label order"
-                     for k, v in sorted(det.names.items()) if yaml_names and yaml_names.get(int(k)) != v][:1],
+        "warnings": warnings,
     }
+
+
+def _dataset_ids(yaml_names: Mapping[int, str] | None, class_of: Mapping[str, int], canonical: Mapping[int, int],
+                 data: str | Path) -> tuple[dict[int, int], list[str]]:
+    """The model's class id of each label id of the dataset: by name when its data.yaml names its
+    classes (another order than the model's is read right; classes the model does not know are
+    left out, said in a warning; none known: EvalError), else the ids as the model's."""
+    if not yaml_names:
+        return dict(canonical), []
+    out = {k: class_of[name] for k, name in yaml_names.items() if name in class_of}
+    if not out:
+        raise EvalError(f"--data: {data}: none of data.yaml's names is a class of the model "
+                        f"(e.g. {next(iter(yaml_names.values()))!r}; the model's: {', '.join(list(class_of)[:5])}, …)")
+    unknown = [name for k, name in yaml_names.items() if k not in out]
+    warnings = [f"{data}: data.yaml's classes the model does not have are not counted: {', '.join(unknown[:5])}"
+                + (", …" if len(unknown) > 5 else "")] if unknown else []
+    if any(class_of[name] != canonical.get(k) for k, name in yaml_names.items() if name in class_of):
+        warnings.append(f"{data}: data.yaml's class ids are in another order than the model's: matched by name")
+    return out, warnings
 
 
 def _to_categories(pred: np.ndarray, gt: np.ndarray, category_of: Mapping[int, int]) -> tuple:
@@ -292,7 +314,14 @@ def read_label_csv(labels: str | Path, data: str | Path) -> list[tuple[Path, int
         raise EvalError(f"--data: {str(data)!r} is not a folder")
     if not csv_path.is_file():
         raise EvalError(f"--labels: {str(labels)!r} does not exist")
-    with csv_path.open(newline="") as fh:
+    try:
+        return _label_rows(csv_path, root)
+    except UnicodeDecodeError as exc:
+        raise EvalError(f"--labels: {csv_path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def _label_rows(csv_path: Path, root: Path) -> list[tuple[Path, int]]:
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:  # (a byte-order mark: a spreadsheet's export)
         sample = fh.read(4096)
         fh.seek(0)
         delimiter = ";" if sample.count(";") > sample.count(",") else ","  # GTSRB's own CSVs use ';'

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .inprocess import percept
 
@@ -189,13 +190,66 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "CSV without header": (clf + [str(tmp / "noheader.csv")], "header 'Filename,ClassId'"),
         "file listed in CSV missing": (clf + [str(tmp / "missing.csv")], "'not-there.png' not found"),
         "missing CSV": (clf + [str(tmp / "absent.csv")], "absent.csv"),
+        "CSV not UTF-8": (clf + [str(_write(tmp / "latin.csv", b"Filename,ClassId\na.png,16\n\xff\n"))],
+                          "latin.csv: not UTF-8 text (byte 26)"),
         "bad --categories": (det + [str(COCO), "--categories", "vehicle"], "NAME=LABEL"),
+        "images without label files": (det + [str(tmp / "crops")], "none of the 1 images has a label file"),
+        "classes the model does not have": (det + [str(_named(tmp / "named", ["stapler", "mug"]))],
+                                            "none of data.yaml's names is a class of the model"),
     }
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_a_labels_csv_with_a_byte_order_mark_is_read(tmp_path):
+    """A spreadsheet's UTF-8 export starts with a byte-order mark: it was "the header must be
+    'Filename,ClassId' (got ['\\ufeffFilename', …])"."""
+    from pipeline.evaluate import read_label_csv
+
+    need(GTSRB)
+    (tmp_path / "a.ppm").write_bytes((GTSRB / "images" / "00000.ppm").read_bytes())
+    rows = read_label_csv(_write(tmp_path / "l.csv", "\ufeffFilename,ClassId\na.ppm,16\n".encode()), tmp_path)
+    assert rows == [(tmp_path / "a.ppm", 16)]
+
+
+def _named(folder: Path, names: list[str], *, images: int = 1, swap: dict[int, int] | None = None) -> Path:
+    """A YOLO dataset of COCO images whose data.yaml names ``names``, label ids moved by ``swap``."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    for image in sorted((COCO / "images").glob("*.jpg"))[:images]:
+        (folder / "images" / image.name).write_bytes(image.read_bytes())
+        rows = [line.split() for line in (COCO / "labels" / f"{image.stem}.txt").read_text().splitlines() if line.strip()]
+        (folder / "labels" / f"{image.stem}.txt").write_text(
+            "".join(" ".join([str((swap or {}).get(int(r[0]), int(r[0]))), *r[1:]]) + "\n" for r in rows))
+    (folder / "data.yaml").write_text(yaml.safe_dump({"path": str(folder), "val": "images", "names": names}))
+    return folder / "data.yaml"
+
+
+def test_a_data_yaml_in_another_class_order_is_matched_by_name(tmp_path):
+    """A dataset naming COCO's classes in another order (person and car swapped, ids with them):
+    read by name, the same metrics as in COCO's order (it warned, and counted cars as people)."""
+    from pipeline.evaluate import evaluate_detector
+    from ultralytics import YOLO
+
+    need(COCO_PT, COCO)
+    names = [YOLO(str(COCO_PT)).names[k] for k in range(80)]
+    swapped = list(names)
+    swapped[0], swapped[2] = names[2], names[0]
+    plain = evaluate_detector(str(COCO_PT), _named(tmp_path / "a", names, images=16), imgsz=320)
+    moved = evaluate_detector(str(COCO_PT), _named(tmp_path / "b", swapped, images=16, swap={0: 2, 2: 0}), imgsz=320)
+    assert plain["instances"] == moved["instances"] > 0 and plain["warnings"] == []
+    assert moved["map50_95"] == plain["map50_95"] and moved["per_category"] == plain["per_category"]
+    assert moved["warnings"] == [f"{tmp_path / 'b' / 'data.yaml'}: data.yaml's class ids are in another order "
+                                 "than the model's: matched by name"]
 
 
 @pytest.mark.parametrize("case", ["missing data folder", "no images", "bad label line", "weights that do not load",
                                   "a classifier as detector", "CSV without header", "file listed in CSV missing",
-                                  "missing CSV", "bad --categories"])
+                                  "missing CSV", "CSV not UTF-8", "bad --categories", "images without label files",
+                                  "classes the model does not have"])
 def test_bad_input_exits_2(tmp_path, case):
     need(COCO_PT, COCO, GTSRB, MODELS / "yolov8n-cls-imagenet.pt")
     argv, words = _bad_inputs(tmp_path)[case]
