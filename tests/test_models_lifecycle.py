@@ -78,8 +78,13 @@ def detector_exports(tmp_path_factory):
 def classifier_export(tmp_path_factory):
     need(CLS_PT)
     tmp = tmp_path_factory.mktemp("export-cls")
-    code, stdout, stderr = percept("models", "export", "yolov8n-cls-imagenet.pt", "--to", "onnx", "--task",
-                                   "classify", "--out", str(tmp), "--json", str(tmp / "export.json"))
+    here = os.getcwd()
+    os.chdir(tmp)  # no --out, the weights found in PERCEPT_MODELS_DIR: the variant lands here, not in the shared folder
+    try:
+        code, stdout, stderr = percept("models", "export", "yolov8n-cls-imagenet.pt", "--to", "onnx", "--task",
+                                       "classify", "--json", str(tmp / "export.json"))
+    finally:
+        os.chdir(here)
     assert code == 0, stderr
     return json.loads((tmp / "export.json").read_text()), stdout, tmp
 
