@@ -91,6 +91,14 @@ def output_file_arg(value: str) -> str:
         raise argparse.ArgumentTypeError(f"{value!r} is a folder; give a file name")
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"the folder {str(path.parent)!r} does not exist")
+    existed = path.exists()
+    try:  # can it be written? (root passes every permission check: only trying tells, e.g. under /proc)
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write {value!r}: {exc.strerror}") from None
+    if not existed:
+        path.unlink(missing_ok=True)
     return value
 
 

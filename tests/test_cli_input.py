@@ -34,6 +34,8 @@ BAD_VALUES = [
      "argument -o/--output: the folder '/nonexistent-percept' does not exist"),
     (["eval", "detector", "--weights", "w", "--data", "d", "--json", "/nonexistent-percept/r.json"],
      "argument --json: the folder '/nonexistent-percept' does not exist"),
+    (["eval", "detector", "--weights", "w", "--data", "d", "--json", "/proc/percept-r.json"],
+     "argument --json: cannot write '/proc/percept-r.json'"),  # (the table printed, then a traceback)
 ]
 
 

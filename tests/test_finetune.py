@@ -266,6 +266,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "freezing every layer": ([*cls, "--data", classes, "--freeze", "10", *out], "--freeze: between 0 and 9"),
         "out inside the data": ([*cls, "--data", classes, "--out", f"{classes}/x.pt"], "inside the data folder"),
         "imgsz off the stride": ([*cls, "--data", classes, "--imgsz", "100", *out], "--imgsz: a multiple of 32"),
+        "out that cannot be written": ([*cls, "--data", classes, "--out", "/proc/percept-ft.pt"],
+                                       "--out: cannot write /proc/percept-ft.pt"),  # (it trained, then failed)
     }
 
 
@@ -274,7 +276,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                                   "a folder with no images", "one class", "detection folder without labels",
                                   "a label of no class", "detector on a classification folder",
                                   "classifier on a detection folder", "mosaic for a classifier",
-                                  "freezing every layer", "out inside the data", "imgsz off the stride"])
+                                  "freezing every layer", "out inside the data", "imgsz off the stride",
+                                  "out that cannot be written"])
 def test_bad_input_exits_2(tmp_path, case):
     need(CLS_PT, COCO_PT, COCO, INT8_DET)
     argv, words = _bad_inputs(tmp_path)[case]

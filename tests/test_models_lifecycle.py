@@ -224,7 +224,10 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "notes").mkdir()
     (tmp / "notes" / "readme.txt").write_text("no images here\n")
     export = ["models", "export", str(COCO_PT), "--out", str(tmp / "out")]
+    (tmp / "a-file").write_text("not a folder\n")
     return {
+        "out that is a file": (["models", "export", str(CLS_PT), "--to", "onnx", "--out", str(tmp / "a-file")],
+                               f"--out: cannot make the folder {tmp / 'a-file'}: a file is there"),
         "unknown format": (export + ["--to", "openvino-int4"], "unknown format 'openvino-int4'"),
         "calibration folder without images": (export + ["--to", "openvino-int8", "--calib", str(tmp / "notes")],
                                               "no images in"),
@@ -244,7 +247,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["unknown format", "calibration folder without images", "INT8 without calibration",
+@pytest.mark.parametrize("case", ["out that is a file", "unknown format", "calibration folder without images", "INT8 without calibration",
                                   "weights of another task", "missing weights", "not a .pt",
                                   "compare: missing variant", "compare: no images",
                                   "compare: a classifier as detector"])

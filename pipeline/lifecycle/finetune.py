@@ -141,6 +141,14 @@ def check_out(out: str | Path | None, weights: Path, ds: Dataset) -> Path:
     if path.is_dir():
         raise FinetuneError(f"--out: {path} is a folder; name the .pt file to write")
     _outside(path, ds, "--out")
+    # writable? tried before training, not after it: a probe in the nearest folder that exists
+    folder = next(p for p in path.parents if p.exists())
+    probe = folder / f".{path.name}.percept-probe"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise FinetuneError(f"--out: cannot write {path}: {exc.strerror or exc}") from None
     return path
 
 
