@@ -326,6 +326,33 @@ def test_a_folder_already_split_keeps_its_split(tmp_path):
         read_dataset(tmp_path / "d")
 
 
+def test_images_ultralytics_does_not_read_are_handed_to_it_as_png(tmp_path):
+    """GTSRB's crops are ``.ppm``: linked as they are, ultralytics found "no training images"
+    (fine-tuning and INT8 calibration on them failed). They go in as PNG, the same pixels;
+    the held-out CSV still lists them."""
+    import cv2
+    from ultralytics.data.utils import IMG_FORMATS
+
+    from pipeline.lifecycle.export import calibration_data
+    from pipeline.lifecycle.finetune_data import heldout_csv, read_dataset, split, write_split
+
+    crops = sorted((SHARED / "data" / "gtsrb-test-sample" / "images").glob("*.ppm"))[:6]
+    if len(crops) < 6:
+        pytest.skip("the shared GTSRB sample is not here")
+    for i, crop in enumerate(crops):
+        (tmp_path / "d" / ("stop" if i % 2 else "yield")).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "d" / ("stop" if i % 2 else "yield") / crop.name).write_bytes(crop.read_bytes())
+    ds = read_dataset(tmp_path / "d")
+    write_split(ds, *split(ds, 0.34, seed=0), into=tmp_path / "split")
+    given = sorted(p for p in (tmp_path / "split").rglob("*") if p.is_file())
+    assert len(given) == 6 and {p.suffix.lstrip(".") for p in given} <= IMG_FORMATS, given
+    assert (cv2.imread(str(given[0])) == cv2.imread(str(next(c for c in crops if c.stem == given[0].stem.split("_", 1)[1])))).all()
+    assert heldout_csv(ds.names, tmp_path / "split" / "val", tmp_path / "h.csv")[1] == 2
+    with calibration_data([tmp_path / "d"], "classify", {0: "stop", 1: "yield"}) as (root, n):
+        frames = [p for p in Path(root).rglob("*") if p.is_file()]
+        assert n == 6 and frames and {p.suffix.lstrip(".") for p in frames} <= IMG_FORMATS, frames
+
+
 def test_augmentations_map_to_ultralytics_arguments():
     from pipeline.lifecycle.finetune import Augment
     from pipeline.lifecycle.finetune_data import FinetuneError

@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from ..evaluate import IMAGE_SUFFIXES, images_under
+from .finetune_data import link_image
 from .offline import offline_ultralytics
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts"}
@@ -210,7 +211,7 @@ def calibration_data(sources: Sequence[str | Path], task: str, names: dict[int, 
         for folder in folders:
             folder.mkdir(parents=True)
             for i, image in enumerate(images):
-                (folder / f"{i:05d}{image.suffix.lower()}").symlink_to(image.resolve())
+                link_image(image, folder / f"{i:05d}{image.suffix.lower()}")
         if task == "classify":
             yield str(root), len(images)
             return

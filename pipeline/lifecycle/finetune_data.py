@@ -238,6 +238,24 @@ def split(ds: Dataset, val_fraction: float, seed: int) -> tuple[list, list]:
     return train, val
 
 
+ULTRALYTICS_READS = {".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}  # of IMAGE_SUFFIXES
+
+
+def link_image(image: Path, dest: Path) -> Path:
+    """``image`` at ``dest`` for ultralytics: linked, or — a format it does not read (GTSRB's
+    ``.ppm``: "no training images found") — written there as PNG. Where it went."""
+    if image.suffix.lower() in ULTRALYTICS_READS:
+        dest.symlink_to(image.resolve())
+        return dest
+    import cv2
+
+    pixels = cv2.imread(str(image), cv2.IMREAD_COLOR)
+    dest = dest.with_suffix(".png")
+    if pixels is None or not cv2.imwrite(str(dest), pixels):
+        raise EvalError(f"{image}: cannot read it as an image")
+    return dest
+
+
 def write_split(ds: Dataset, train: Sequence, val: Sequence, into: Path) -> tuple[Path, Path]:
     """Links to the images (and labels) in ``into/train`` and ``into/val``; returns (what
     ultralytics trains on: the folder or a data.yaml, the held-out folder)."""
@@ -253,7 +271,7 @@ def write_split(ds: Dataset, train: Sequence, val: Sequence, into: Path) -> tupl
                     label.parent.mkdir(parents=True, exist_ok=True)
                     label.symlink_to(Path(str(target)).resolve())
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.symlink_to(image.resolve())
+            link_image(image, dest)
     if ds.task == "classify":
         return into, into / "val"
     (into / "val" / "labels").mkdir(parents=True, exist_ok=True)  # a held-out split of backgrounds only
@@ -267,7 +285,7 @@ def heldout_csv(names: dict[int, str], heldout: Path, into: Path) -> tuple[Path 
     order), for `pipeline.evaluate.evaluate_classifier`; (None, 0) when it has none of them."""
     ids = {name: k for k, name in names.items()}
     rows = [(p.relative_to(heldout), ids[p.parent.name]) for p in sorted(heldout.rglob("*"))
-            if p.is_symlink() and p.parent.name in ids]
+            if p.is_file() and p.parent.name in ids]  # (linked, or written as PNG: `link_image`)
     if not rows:
         return None, 0
     with into.open("w", newline="") as fh:
