@@ -125,8 +125,10 @@ def deployment_options(config: PerceptConfig, *, gpu_available: bool) -> dict[st
     """Serve options of every deployment by name: what `build_app` binds and `percept build` writes."""
     gpus = gpu_shares(config, gpu_available=gpu_available)
     options = {
-        # long requests (MJPEG streams, swaps, explain) must not hold up the rest: Serve's default is 5
-        "api": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}, "max_ongoing_requests": 256},
+        # long requests (MJPEG streams, swaps, explain) must not hold up the rest: Serve's default is 5;
+        # view.max_streams of them at most, with 64 places left for everything else
+        "api": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0},
+                "max_ongoing_requests": max(256, config.view.max_streams + 64)},
         "decoder": decoder_options(config)}
     for section in config.detector_sections() + config.classifier_sections():
         options[section.deployment] = model_server_options(section.cfg, gpus=gpus[section.deployment])

@@ -47,7 +47,7 @@ class FaceFinder:
     One OpenCV detector per input size: changing a detector's input size reshapes its network
     (~100 ms and more), so alternating the two scales on one detector costs 10× the detection."""
 
-    MAX_SIZES = 16  # input sizes kept (a replica's cameras × two scales)
+    MAX_SIZES = 32  # input sizes kept (a replica's 8 cameras × the 3 scales, and then some), least recently used out
 
     def __init__(self, path: str, *, score: float, detect_width: int):
         self.path = path
@@ -61,13 +61,14 @@ class FaceFinder:
         import cv2
 
         with self._lock:
-            if size not in self._nets:
+            net = self._nets.pop(size, None)  # (re-inserted: the dict's order is the order of use)
+            if net is None:
                 if len(self._nets) >= self.MAX_SIZES:
-                    self._nets.clear()
+                    del self._nets[next(iter(self._nets))]  # the least recently used
                 # one OpenCV detector is not safe to share between threads: each has its lock
-                self._nets[size] = (cv2.FaceDetectorYN.create(self.path, "", size, self.score, 0.3, 5000),
-                                    threading.Lock())
-            return self._nets[size]
+                net = (cv2.FaceDetectorYN.create(self.path, "", size, self.score, 0.3, 5000), threading.Lock())
+            self._nets[size] = net
+            return net
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Faces found at the frame's size (capped at ``detect_width``) and at `SCALES` of it."""

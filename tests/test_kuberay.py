@@ -108,3 +108,14 @@ def test_kuberay_script_rewrites_only_the_serve_config():
     before["spec"].pop("serveConfigV2"), after["spec"].pop("serveConfigV2")
     assert before == after
     assert kuberay_manifest.with_serve_config(new, "a: 1\nb:\n  c: 2\n") == new
+
+
+def test_the_api_has_places_beyond_its_live_streams():
+    """Every MJPEG watcher holds one of the API replica's request places for as long as it
+    watches: with ``view.max_streams`` above them, camera calls queued behind the streams."""
+    from deployments.graph import deployment_options
+    from pipeline.config import parse_config
+
+    for streams, places in ((16, 256), (300, 364), (1024, 1088)):
+        config = parse_config({"view": {"max_streams": streams}}, env={})
+        assert deployment_options(config, gpu_available=False)["api"]["max_ongoing_requests"] == places

@@ -250,3 +250,21 @@ def test_one_cameras_odd_newest_entry_costs_only_its_own_details(redis_server):
     out = last_frames(client, keys, ["odd", "list", "good", "none"], now=3.0)
     assert out["odd"] == {"lag_s": 2.0} and out["list"] == {"lag_s": 2.0} and out["none"] == {}
     assert out["good"] == {"lag_s": 2.0, "objects": {"vehicle": 1}, "e2e_ms": 42.0}
+
+
+def test_face_detectors_of_the_sizes_in_use_stay(monkeypatch):
+    """A replica's cameras × three scales need more input sizes than were kept, and the whole set
+    was dropped when one more came (each rebuilt: ~100 ms a frame): the least recently used
+    goes, the sizes in use stay."""
+    from pipeline.privacy import FaceFinder
+
+    if not YUNET.exists():
+        pytest.skip("YuNet is not in the shared models")
+    finder = FaceFinder(str(YUNET), score=0.6, detect_width=640)
+    monkeypatch.setattr(FaceFinder, "MAX_SIZES", 3)
+    first = finder._net_for((320, 180))
+    finder._net_for((160, 90))
+    assert finder._net_for((320, 180)) is first  # used again: the most recent now
+    finder._net_for((640, 360))  # one more: (320, 320), the load's, goes, then (160, 90)
+    finder._net_for((80, 45))
+    assert finder._net_for((320, 180)) is first and set(finder._nets) == {(640, 360), (80, 45), (320, 180)}
