@@ -218,6 +218,19 @@ def test_compare_prints_table_and_json(detector_exports, tmp_path):
     assert "mAP50-95" in stdout and "ms/img b1" in stdout
 
 
+def test_compare_shows_the_size_a_carded_classifier_ran_at(tmp_path):
+    """The GTSRB card's network takes 32x32 crops: the table said 224 (the default --imgsz)."""
+    gtsrb = MODELS / "gtsrb-sign-classifier-32"
+    data = MODELS.parent / "data" / "gtsrb-test-sample"
+    need(gtsrb / "gtsrb_gray32.xml", data / "labels.csv")
+    code, stdout, stderr = percept("models", "compare", str(gtsrb / "gtsrb_gray32.xml"), "--data", str(data / "images"),
+                                   "--labels", str(data / "labels.csv"), "--batches", "1", "--timing-images", "2",
+                                   "--repeat", "1", "--json", str(tmp_path / "c.json"))
+    assert code == 0, stderr
+    [row] = json.loads((tmp_path / "c.json").read_text())["variants"]
+    assert row["imgsz"] == 32 and row["top1"] > 0.9, row
+
+
 def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     """Each case names --out in tmp: a check that slipped would write there, never beside the shared weights."""
     (tmp / "empty").mkdir()

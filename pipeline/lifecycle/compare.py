@@ -183,6 +183,9 @@ def compare_variants(variants: Sequence[str], data: str | Path, *, labels: str |
                "device": acc["device"], "imgsz": size, "size_mb": round(size_mb(path), 2),
                "ms_per_image": ms, "ms_b1": ms.get(1), "best_batch": best, "ms_best": ms[best]}
         row.update({k: acc[k] for k in ("map50_95", "map50")} if task == "detect" else {"top1": acc["top1"]})
+        crop = acc.get("crop_size")  # a classifier's card sets its own input: what it ran at, not --imgsz
+        if crop and crop[0] == crop[1]:
+            row["imgsz"] = int(crop[0])
         row["eval"] = {k: v for k, v in acc.items() if k != "per_class"}
         rows.append(row)
     return {"task": task, "data": str(data), "labels": str(labels) if labels else None, "images": len(inputs),
