@@ -216,7 +216,7 @@ def monitor_cameras(client: Any, keys: Any, cameras: list[str], *, duration: flo
     try:
         while not stop["flag"] and (deadline is None or time.monotonic() < deadline):
             time.sleep(1.0)
-            if keep_up is not None:
+            if keep_up is not None and not stop["flag"]:  # (a SIGTERM to the whole group stops Redis too)
                 keep_up()
             if show:
                 for line in outage.attempt(lambda: status_lines(client, keys, cameras), []):
