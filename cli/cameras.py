@@ -70,12 +70,13 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
 
 def _call(args: argparse.Namespace) -> tuple[int, Any]:
     """(HTTP status, JSON body); 503 (Redis unreachable) is retried until ``--wait`` passes. A
-    removal retried after a 503 that finds no such camera: the try answered 503 may have removed
-    it (Redis slow past its timeout, the write landed); an add is the same camera again: the API
-    answers it as added."""
-    retried: list[int] = []
+    removal retried after a 503 that says a timeout, and then finds no such camera: the try that
+    timed out may have removed it (Redis slow, the write landed); after a 503 of Redis down
+    (nothing done) a 404 stays an error. An add is the same camera again: the API answers it as
+    added."""
+    retried: list[bytes] = []
     status, data = call_api(args.api, *_request(args), wait_s=args.wait, retried=retried)
-    if args.action == "rm" and status == 404 and retried:
+    if args.action == "rm" and status == 404 and any(b"TimeoutError" in body for body in retried):
         return 200, {"id": args.id, "removed": True, "note": "not in the registry after a retried request: "
                      "an earlier try removed it (or it was not there)"}
     return status, data

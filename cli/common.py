@@ -165,7 +165,7 @@ class RedisOutage:
 
 
 def call_api(api: str, method: str, path: str, body: Any = None, *, wait_s: float,
-             timeout: float = 30.0, retried: list[int] | None = None) -> tuple[int, Any]:
+             timeout: float = 30.0, retried: list[bytes] | None = None) -> tuple[int, Any]:
     """(HTTP status, JSON answer) of a request to the graph's ingress at ``api`` (`request_api`)."""
     data = json.dumps(body).encode() if body is not None else None
     status, raw, _ = request_api(api, method, path, data, wait_s=wait_s, timeout=timeout, retried=retried)
@@ -176,13 +176,13 @@ def call_api(api: str, method: str, path: str, body: Any = None, *, wait_s: floa
 
 
 def request_api(api: str, method: str, path: str, data: bytes | None = None, *, wait_s: float,
-                timeout: float = 30.0, retried: list[int] | None = None) -> tuple[int, bytes, Any]:
+                timeout: float = 30.0, retried: list[bytes] | None = None) -> tuple[int, bytes, Any]:
     """(HTTP status, body, headers) of a request to the graph's ingress at ``api``. A 503 (the
     graph's Redis unavailable, a camera not publishing yet) is retried every second until
     ``wait_s`` has passed, with one line saying so; other errors are answers. An unreachable
     ingress, or one that does not answer HTTP (``--api`` naming Redis's port), raises
-    ``URLError``/``OSError``. ``retried`` gets the status of each answer that was retried (a
-    503 whose request may have been carried out all the same: Redis slow, not down)."""
+    ``URLError``/``OSError``. ``retried`` gets the body of each 503 answer that was retried (one
+    that says a timeout: its request may have been carried out all the same, Redis slow)."""
     url = api.rstrip("/") + path
     deadline = time.monotonic() + wait_s
     said = False
@@ -198,7 +198,7 @@ def request_api(api: str, method: str, path: str, data: bytes | None = None, *, 
             if exc.code != 503 or time.monotonic() >= deadline:
                 return exc.code, raw, exc.headers
             if retried is not None:
-                retried.append(exc.code)
+                retried.append(raw)
             if not said:
                 print(f"percept: {_unavailable_line(raw, redact_url(api))} — retrying", file=sys.stderr, flush=True)
                 said = True

@@ -145,7 +145,7 @@ class CameraApi:
             raise HTTPException(422, detail=format_validation_error(exc)) from None
         field = f"cameras[{camera.id}].url"
         inline = None if self.allow_inline_credentials else inline_password_error(camera, field)
-        refused = inline or foreign_variable_error(camera, field)
+        refused = inline or foreign_variable_error(camera, field, await asyncio.to_thread(self.registry.ids))
         if refused:
             raise HTTPException(422, detail=[refused])
         self._need_tracking({"zones": camera.zones, "lines": camera.lines})

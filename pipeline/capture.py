@@ -74,17 +74,21 @@ def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
     from urllib.parse import unquote, urlsplit
 
     parts = urlsplit(url)
-    found = url_credentials(url)
+    found, scrubbed = url_credentials(url), url_credentials(url, to_last_at=True)
     try:
         host, port = parts.hostname or "", parts.port or 554
     except ValueError:
         host, port = "", 0
     if found is not None and (found.hostport != parts.netloc.rpartition("@")[2] or not host):
-        # "user:pa/ss@host", "user:Tr0ub@dor/x@host": the user part has "/", "?", "#" or "@" in it,
-        # so the host read from it is a piece of the password; nothing is quoted, nothing sent
+        # "user:pa/ss@host": the "/" ends the host part, which is then a piece of the password
         return f"the URL's host cannot be read: {UNESCAPED_USERINFO}"
     if not host or not 0 < port < 65536:
         return "the URL's host and port cannot be read (rtsp://host[:port]/path, a port from 1 to 65535)"
+    where = f"{host}:{port}"
+    if scrubbed is not None and (found is None or scrubbed.hostport != found.hostport):
+        # an "@" after the host part: FFmpeg's host may be a piece of a password ("user:Tr0ub@dor/horse@cam"):
+        # tried as FFmpeg did, not named
+        where = f"the URL's host, port {port} (not shown: if the password has / ? # or @ in it, percent-encode them)"
     clean = f"rtsp://{host}:{port}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
     request = f"DESCRIBE {clean} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n"
     if parts.username is not None:
@@ -96,13 +100,13 @@ def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
             sock.sendall((request + "\r\n").encode())
             status = sock.recv(256).split(b"\r\n", 1)[0].decode(errors="replace")
     except ConnectionRefusedError:
-        return f"connection refused by {host}:{port} (camera or server down?)"
+        return f"connection refused by {where} (camera or server down?)"
     except socket.gaierror:
-        return f"unknown host {host!r}"
+        return f"unknown host: {where}" if where.startswith("the URL") else f"unknown host {host!r}"
     except (TimeoutError, socket.timeout):
-        return f"no answer from {host}:{port} within {timeout_s:.0f} s (unreachable or hung)"
+        return f"no answer from {where} within {timeout_s:.0f} s (unreachable or hung)"
     except OSError as exc:
-        return f"{host}:{port} unreachable ({exc.strerror or exc})"
+        return f"{where} unreachable ({exc.strerror or exc})"
     code = status.split(" ", 2)[1] if status.count(" ") >= 1 else ""
     if code == "401":
         return "401 Unauthorized: check the user and password in the camera URL"

@@ -4,15 +4,17 @@ environment just before it opens (`resolve_camera`; the registry keeps the URL a
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 from urllib.parse import quote
 
 from .config import ENV_REF, CameraConfig, PerceptConfig, camera_var_prefix
+from .config_urls import camera_url_problem
 from .redact import query_secrets, url_credentials
 
 
 class CameraEnvError(ValueError):
-    """A camera URL names an environment variable the decoder's environment lacks."""
+    """A camera URL names an environment variable the decoder's environment lacks, or is no
+    camera URL once its variables are expanded."""
 
 
 def camera_env_vars(config: PerceptConfig) -> set[str]:
@@ -33,28 +35,41 @@ def resolve_camera(camera: CameraConfig, env: Mapping[str, str]) -> CameraConfig
             "in the decoder's environment"
         )
     resolved = camera.model_copy(update={"url": ENV_REF.sub(lambda m: env[m.group(1)], camera.url)})
+    problem = camera_url_problem(resolved.url)  # what the variables put in: checked as the config is
+    if problem:
+        raise CameraEnvError(f"cameras[{camera.id}].url, its variables expanded: {problem}")
     resolved._written_url = camera.url
     values = [env[n] for n in names if len(env[n]) >= 3]  # shorter: a port, a channel number
     resolved._env_values = tuple(dict.fromkeys(v for value in values for v in (value, quote(value, safe=""))))
     return resolved
 
 
-def foreign_variable_error(camera: CameraConfig, field: str) -> str | None:
+def foreign_variable_error(camera: CameraConfig, field: str, others: Iterable[str] = ()) -> str | None:
     """Why a camera added through the API may not name a ``${VAR}`` it names (None: it may). The
     decoder expands a URL's variables from its whole environment and opens whatever host the URL
     names, so an API caller could send any secret there (``${PERCEPT_REDIS_URL}``, another
-    camera's password, in a host: a DNS lookup): over the API a URL names only variables named
-    for its camera (``CAM_<ID>_…``), and only as its credentials (``user:${…}@``, a
-    ``?password=``-like value). A config file's cameras are the operator's: not checked."""
+    camera's password, in a host: a DNS lookup): over the API a URL names only its camera's own
+    variables, ``CAM_<ID>_<WORD>`` (``CAM_DOCK_PASSWORD``; ``CAM_FRONT_2_PASSWORD`` is camera
+    front-2's, not front's), only as its credentials (``user:${…}@``, a ``?password=``-like
+    value), and none when another camera (``others``: their ids) has the same names (``Dock`` and
+    ``dock``, ``a-1`` and ``a_1``). A config file's cameras are the operator's: not checked."""
+    names = list(dict.fromkeys(ENV_REF.findall(camera.url)))
+    if not names:
+        return None
     prefix = camera_var_prefix(camera.id)
+    twin = next((other for other in others if other != camera.id and camera_var_prefix(other) == prefix), None)
+    if twin is not None:
+        return (f"{field}: its variables ({prefix}…) would be camera {twin!r}'s too: a camera added through the "
+                "API that names variables needs an id whose variable names no other camera shares")
     found = url_credentials(camera.url)
     allowed = list(query_secrets(camera.url))
     if found is not None:
         allowed.append((found.start, found.end - len(found.hostport)))
     for m in ENV_REF.finditer(camera.url):
         name = m.group(1)
-        if not name.startswith(prefix) or not any(a <= m.start() and m.end() <= b for a, b in allowed):
-            return (f"{field}: ${{{name}}}: a camera added through the API names only variables named for it "
-                    f"({prefix}…), as its user or password: write user:${{{prefix}PASSWORD}}@host "
+        own = name.startswith(prefix) and name[len(prefix):].isalpha() and name[len(prefix):].isupper()
+        if not own or not any(a <= m.start() and m.end() <= b for a, b in allowed):
+            return (f"{field}: ${{{name}}}: a camera added through the API names only its own variables "
+                    f"({prefix}PASSWORD, {prefix}USER, …), as its user or password: write user:${{{prefix}PASSWORD}}@host "
                     f"(or ?password=${{{prefix}PASSWORD}}); the decoders need {prefix}PASSWORD set")
     return None

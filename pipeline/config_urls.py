@@ -24,9 +24,11 @@ def redis_url_problem(url: str) -> str | None:
     return None
 
 
-# what FFmpeg opens (besides files and device:N); a typo (rtps://) is refused before it is tried
-CAMERA_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtmpt", "rtmpe", "srt", "udp", "rtp", "tcp",
-                  "hls", "mmsh", "mmst", "file")
+# what FFmpeg's network input protocols are called (`ffmpeg -protocols`; rtsp is a demuxer's), besides
+# files and device:N: a typo (rtps://) is refused before it is tried
+CAMERA_SCHEMES = ("rtsp", "rtsps", "http", "https", "hls", "rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte",
+                  "srt", "rist", "udp", "udplite", "rtp", "srtp", "tcp", "tls", "sctp", "ftp", "sftp", "gopher",
+                  "gophers", "mmsh", "mmst", "amqp", "zmq", "ipfs", "ipns", "unix", "file")
 _NEEDS_HOST = {"rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtmpt", "rtmpe", "hls", "mmsh", "mmst"}
 
 

@@ -17,6 +17,7 @@ names) or a folder holding one. Bad input raises `EvalError` (the CLI exits 2). 
 from __future__ import annotations
 
 import csv
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -209,12 +210,15 @@ def _label_maps(det: Any, categories: Mapping[str, Sequence[str]] | None
 def evaluate_detector(weights: str, data: str | Path, *, card: str | None = None, imgsz: int = 640,
                       conf: float = 0.001, iou: float = 0.7, max_det: int = 300, batch: int = 8,
                       categories: Mapping[str, Sequence[str]] | None = None, models_dir: str | None = None,
-                      device: str = "auto", backend: str = "auto", threads: int | None = None) -> dict[str, Any]:
+                      device: str = "auto", backend: str = "auto", threads: int | None = None,
+                      labelled: bool = True) -> dict[str, Any]:
+    """``labelled``: some image must have a label file (else each counts as background: metrics
+    of nothing); fine-tuning's held-out split may be backgrounds only."""
     from .backends import load_detector
     from .models import prepare_frame
 
     images, yaml_names = find_yolo_images(data)
-    if not any(_label_path(p).exists() for p in images):  # each would count as background: metrics of nothing
+    if labelled and not any(_label_path(p).exists() for p in images):
         raise EvalError(f"--data: none of the {len(images)} images has a label file "
                         f"(expected e.g. {_label_path(images[0])}, YOLO layout: images/ and labels/)")
     cfg = DetectorConfig(weights=weights, card=card, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
@@ -237,7 +241,7 @@ def evaluate_detector(weights: str, data: str | Path, *, card: str | None = None
             order = np.argsort(-res.scores, kind="stable")
             xyxy, scores = res.xyxy[order], res.scores[order]
             pred = np.array([class_of[res.labels[i]] for i in order], int)
-            gt, gt_xyxy = read_yolo_labels(path, frame.shape[:2], len(yaml_names or {}) or len(canonical))
+            gt, gt_xyxy = read_yolo_labels(path, frame.shape[:2], max(len(canonical), *[k + 1 for k in gt_of]))
             known = np.array([int(c) in gt_of for c in gt], bool).reshape(-1)
             gt, gt_xyxy = np.array([gt_of[int(c)] for c in gt[known]], int), gt_xyxy[known]
             for out, p_cls, g_cls, keep_p, keep_g in (
@@ -267,21 +271,25 @@ def evaluate_detector(weights: str, data: str | Path, *, card: str | None = None
 
 def _dataset_ids(yaml_names: Mapping[int, str] | None, class_of: Mapping[str, int], canonical: Mapping[int, int],
                  data: str | Path) -> tuple[dict[int, int], list[str]]:
-    """The model's class id of each label id of the dataset: by name when its data.yaml names its
-    classes (another order than the model's is read right; classes the model does not know are
-    left out, said in a warning; none known: EvalError), else the ids as the model's."""
+    """The model's class id of each label id of the dataset. When its data.yaml names every class
+    as the model does (case, "_", "-" and spaces aside), by name: another order is read right;
+    when it names none of them: EvalError; else — and without names — the ids as the model's."""
+    def norm(name: str) -> str:
+        return re.sub(r"[\s_-]+", " ", str(name).strip().casefold())
+
     if not yaml_names:
         return dict(canonical), []
-    out = {k: class_of[name] for k, name in yaml_names.items() if name in class_of}
-    if not out:
+    model = {norm(name): k for name, k in class_of.items()}
+    matched = {k: model[norm(name)] for k, name in yaml_names.items() if norm(name) in model}
+    if not matched:
         raise EvalError(f"--data: {data}: none of data.yaml's names is a class of the model "
                         f"(e.g. {next(iter(yaml_names.values()))!r}; the model's: {', '.join(list(class_of)[:5])}, …)")
-    unknown = [name for k, name in yaml_names.items() if k not in out]
-    warnings = [f"{data}: data.yaml's classes the model does not have are not counted: {', '.join(unknown[:5])}"
-                + (", …" if len(unknown) > 5 else "")] if unknown else []
-    if any(class_of[name] != canonical.get(k) for k, name in yaml_names.items() if name in class_of):
-        warnings.append(f"{data}: data.yaml's class ids are in another order than the model's: matched by name")
-    return out, warnings
+    if len(matched) == len(yaml_names):
+        moved = any(matched[k] != canonical.get(k) for k in matched)
+        return matched, [f"{data}: data.yaml's class ids are in another order than the model's: matched by name"] * moved
+    k, name = next((k, n) for k, n in yaml_names.items() if k not in matched)
+    return dict(canonical), [f"{data}: data.yaml's names differ from the model's (e.g. class {k}: {name!r}); "
+                             "label class ids are read in the model's label order"]
 
 
 def _to_categories(pred: np.ndarray, gt: np.ndarray, category_of: Mapping[int, int]) -> tuple:

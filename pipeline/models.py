@@ -118,6 +118,16 @@ def offline() -> bool:
     return os.environ.get("YOLO_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _found_offline(spec: str) -> bool:
+    """What ultralytics loads without a download: a file that exists (here, or in its own
+    ``weights_dir``), or a spec that is no weights file (``yolo11n.yaml`` builds a network)."""
+    if Path(spec).expanduser().exists() or not spec.endswith(".pt"):
+        return True
+    from ultralytics.utils import SETTINGS
+
+    return (Path(SETTINGS.get("weights_dir") or ".") / Path(spec).name).exists()
+
+
 def choose_device(device: str, half: bool | None) -> tuple[str, bool]:
     """``auto`` → cuda:0 with FP16 when a GPU is present, else cpu (FP32)."""
     if device == "auto":
@@ -137,7 +147,7 @@ def load_yolo(cfg: ModelServerConfig, *, models_dir: str | None, field: str, tas
     resolved = resolve_weights(cfg.weights, models_dir)
     where = f"{cfg.weights!r} (looked in the current directory"
     where += f" and {ENV_MODELS_DIR}={models_dir})" if models_dir else f"; {ENV_MODELS_DIR} is not set)"
-    if not Path(resolved).expanduser().exists() and offline():
+    if offline() and not _found_offline(resolved):
         raise ModelError(f"{field}: cannot load {where}: no such file, and YOLO_OFFLINE is set: nothing is downloaded. "
                          f"Put the file there or set {ENV_MODELS_DIR} to the folder that holds it.")
     try:

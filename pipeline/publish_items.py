@@ -114,7 +114,7 @@ def count_lost(items: Sequence[Item], stats: PublisherStats) -> None:
     if items:
         why = "redis unreachable" if not stats.connected else stats.refusing or "not written in time"
         lost = Counter(item.camera for item in items)
-        log.error("publisher closed with %d writes not made (%s): lost; by camera: %s", len(items), why,
+        log.error("publisher closed with %d writes not confirmed (%s): counted as lost; by camera: %s", len(items), why,
                   ", ".join(f"{camera} {n}" for camera, n in sorted(lost.items())))
 
 

@@ -14,7 +14,8 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s
 # (access_token, client_secret, stream_key, X-Amz-Signature; pw, loginpas: cameras' CGI URLs): its value is scrubbed
 _SECRET_NAME = (r"(?:[\w.-]*[_.-])?(?:password|passwd|pwd|pass|pw|psw|pswd|loginpas|loginpass|passwort|token|auth"
                 r"|apikey|api_key|secret|key|signature|sig|credential)=")
-_QUERY_SECRET = re.compile(rf"(?i)([?&;]{_SECRET_NAME})[^&#;\s'\"]*|([/_]{_SECRET_NAME})[^&#;/_\s'\"]*")
+_QUERY_SECRET = re.compile(rf"(?i)([?&;]{_SECRET_NAME})[^&#;\s'\"]*"
+                           rf"|([/_]{_SECRET_NAME})(?:\$\{{[A-Za-z_][A-Za-z0-9_]*\}}|[^&#;/_\s'\"])*")
 _PASSWORD_ARG = re.compile(r"(?i)\b(password|passwd|requirepass)(['\"]?\s*[=:]\s*)(\S+)")
 
 
@@ -22,7 +23,7 @@ def redact_url(url: str) -> str:
     """``rtsp://user:pass@host/x`` → ``rtsp://***@host/x``, ``?password=x`` → ``?password=***``;
     URLs without credentials are unchanged. A whole URL is split as FFmpeg does (a password
     with quotes or spaces too); in other text, any ``scheme://…@`` is scrubbed."""
-    found = url_credentials(url)
+    found = url_credentials(url, to_last_at=True)
     out = found.with_userinfo("***") if found is not None else _scrub_userinfo(url)
     return _scrub_query(out)
 
@@ -64,20 +65,25 @@ class UrlCredentials:
         return self.url[:self.start] + f"{userinfo}@{self.hostport}" + self.url[self.end:]
 
 
-def url_credentials(url: str) -> UrlCredentials | None:
+def url_credentials(url: str, *, to_last_at: bool = False) -> UrlCredentials | None:
     """The credentials of ``scheme://user:pass@host/…`` (None: none). A password with "@", "/",
-    "?" or "#" left unescaped is found whole ("user:pa/ss@host": not a host "user" on port "pa"),
-    up to the URL's last "@"."""
+    "?" or "#" left unescaped is found whole ("user:pa/ss@host": not a host "user" on port
+    "pa"). ``to_last_at``: the password goes on up to the URL's last "@" even after an "@" in
+    its host part ("user:Tr0ub@dor/horse@host", not host "dor"): what scrubbing takes (a path
+    or query with "@" in it, ``?notify=ops@example.com``, loses its host in the text: the safe
+    side); otherwise the host part's "@" is the last, as FFmpeg reads it."""
     m = _URL_NETLOC.match(url)
     if not m:
         return None
     start, end = m.span("netloc")
-    at = url.rfind("@", end)  # an "@" after the host part: the password goes on up to it
+    at = url.rfind("@", end)  # an "@" after the host part
     if "@" not in m.group("netloc"):
         _, colon, after = m.group("netloc").partition(":")
         if at < 0 or not colon or after.isdigit():  # no "@" after it, or a port: no credentials
             return None
-    if at >= 0:  # ("user:Tr0ub@dor/horse@host": not host "dor"; a path with "@" in it: the safe side)
+    elif not to_last_at:
+        at = -1
+    if at >= 0:
         end = at + 1 + len(_URL_NETLOC.match("x://" + url[at + 1:]).group("netloc"))  # type: ignore[union-attr]
     userinfo, _, hostport = url[start:end].rpartition("@")
     user, colon, password = userinfo.partition(":")
@@ -85,12 +91,11 @@ def url_credentials(url: str) -> UrlCredentials | None:
 
 
 def url_secrets(url: str) -> tuple[str, ...]:
-    """The password a (resolved) URL carries, as written and percent-decoded: what `redact`
-    scrubs from an error that quotes it outside the URL (an exception's own wording)."""
-    found = url_credentials(url)
-    if found is None or not found.password:
-        return ()
-    return tuple({found.password, unquote(found.password)})
+    """The password a (resolved) URL carries, as written and percent-decoded, read both ways
+    (`url_credentials`): what `redact` scrubs from an error that quotes it outside the URL (an
+    exception's own wording)."""
+    found = [f.password for f in (url_credentials(url), url_credentials(url, to_last_at=True)) if f and f.password]
+    return tuple(dict.fromkeys(v for p in found for v in (p, unquote(p))))
 
 
 def query_secrets(url: str) -> list[tuple[int, int]]:

@@ -63,7 +63,9 @@ class EmbeddedRedis:
         if self.password:
             args += ["--requirepass", self.password]
         self._log_from = self.log_path.stat().st_size if self.log_path.exists() else 0  # this start's lines only
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # its own session: a Ctrl-C (SIGINT to the terminal's process group) stops percept, which
+        # stops this server last, after the decoders flushed what they held
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + timeout
         client = self.client()
         while time.monotonic() < deadline:
@@ -81,16 +83,17 @@ class EmbeddedRedis:
         self.stop()
         raise RedisServerError(f"redis-server did not answer on port {self.port} within {timeout:.0f} s")
 
-    def revive(self) -> str | None:
-        """Started again (same port, same data: what the AOF kept) unless it runs: why it had
-        ended, in words; None while it runs. Raises RedisServerError when it cannot start."""
+    def revive(self, timeout: float = 60.0) -> str | None:
+        """Started again (same port, same data: what the AOF kept; ``timeout`` to load it) unless
+        it runs: why it had ended, in words; None while it runs. Raises RedisServerError when it
+        cannot start."""
         if self.proc is not None and self.proc.poll() is None:
             return None
         code = None if self.proc is None else self.proc.returncode
         last = self._log_tail().splitlines()[-1:] if code is not None and code >= 0 else []
         why = ("not running" if code is None else f"killed by signal {-code}" if code < 0 else f"exited with {code}")
         self.proc = None
-        self.start()
+        self.start(timeout)
         return why + "".join(f" ({redact(line, (self.password or '',))})" for line in last)
 
     @property

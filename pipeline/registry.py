@@ -169,6 +169,10 @@ class CameraRegistry:
             out.append(bad)
         return out
 
+    def ids(self) -> list[str]:
+        """Every camera id the registry holds (valid or not)."""
+        return [k.decode() for k in self.client.hkeys(self.key)]
+
     def add(self, camera: CameraConfig) -> bool:
         """False if a camera with this id exists with other settings; the same camera again is
         added (nothing written: a POST retried after a timeout whose write landed). The URL is

@@ -39,8 +39,16 @@ def test_an_api_camera_names_only_its_own_variables_as_its_credentials(api, redi
         r = api.post("/cameras", json={"id": "x", "url": url})
         assert r.status_code == 422, (url, r.text)
         [line] = r.json()["detail"]
-        assert line.startswith("cameras[x].url: ${") and "names only variables named for it (CAM_X_…)" in line, line
+        assert line.startswith("cameras[x].url: ${") and "names only its own variables (CAM_X_PASSWORD" in line, line
     assert redis_server.client().hgetall("apiin:cameras") == {}
+    # another camera's variables by a prefix of its name (front-2's for front), or by an id that
+    # maps to the same names (Dock and dock)
+    r = api.post("/cameras", json={"id": "front", "url": "rtsp://x:${CAM_FRONT_2_PASSWORD}@evil.example/s"})
+    assert r.status_code == 422 and "${CAM_FRONT_2_PASSWORD}: a camera added through the API" in r.text, r.text
+    assert api.post("/cameras", json={"id": "dock", "url": "rtsp://cam.local/s"}).status_code == 201
+    r = api.post("/cameras", json={"id": "Dock", "url": "rtsp://x:${CAM_DOCK_PASSWORD}@evil.example/s"})
+    assert r.status_code == 422 and "would be camera 'dock''s too" in r.text, r.text
+    assert api.delete("/cameras/dock").status_code == 200
     for url in ("rtsp://admin:${CAM_X_PASSWORD}@cam/s", "http://cam/v.cgi?user=admin&pwd=${CAM_X_PASSWORD}&ch=1"):
         r = api.post("/cameras", json={"id": "x", "url": url})
         assert r.status_code == 201, (url, r.text)

@@ -79,6 +79,8 @@ def test_a_removal_retried_after_a_503_that_finds_no_camera_is_done(api, capsys)
     assert Recorder.paths == [("DELETE", "/cameras/dock")] * 2
     assert main(["cameras", "--api", api, "--wait", "30", "rm", "dock"]) == 2
     assert "HTTP 404: no camera 'dock'" in capsys.readouterr().err
+    Recorder.first = [(503, {"detail": "redis unavailable (ConnectionError)"})]  # down: nothing was done
+    assert main(["cameras", "--api", api, "--wait", "30", "rm", "dock"]) == 2
 
 
 def test_an_api_address_that_does_not_speak_http_exits_3_in_one_line(capsys):

@@ -203,6 +203,12 @@ def test_unescaped_password_characters_are_still_refused():
         assert err.startswith(f"cameras[0].url: inline password refused; write rtsp://bob:${{CAM_A_PASSWORD}}@{host} "), err
         assert "Qz" not in err and "9k" not in err, err
     assert parse_config({"cameras": [{"id": "a", "url": "rtsp://h:554/live@main"}]}, env={}).cameras
+    # an "@" after the host part of a URL whose password is a variable; an XMEye path password so written
+    for url in ("rtsp://admin:${CAM_A_PASSWORD}@10.0.0.5/live?notify=ops@example.com",
+                "rtsp://10.0.0.5:554/user=admin_password=${CAM_A_PASSWORD}_channel=1_stream=0.sdp"):
+        assert parse_config({"cameras": [{"id": "a", "url": url}]}, env={}).cameras[0].url == url
+    (err,) = errors_of({"cameras": [{"id": "a", "url": "rtsp://10.0.0.5/user=admin_password=Qz9k_channel=1"}]})
+    assert "write rtsp://10.0.0.5/user=admin_password=${CAM_A_PASSWORD}_channel=1 " in err and "Qz9k" not in err
 
 
 def test_a_password_in_the_query_string_is_refused_too():
@@ -305,6 +311,19 @@ def test_config_that_is_not_text_or_has_a_bad_redis_url_or_device(tmp_path):
     assert errors_of({"cameras": [{"id": "a", "url": "device:abc"}]}) == [
         "cameras[0].url: device: takes the camera's index (device:0 for /dev/video0), got 'device:abc'"]
     assert parse_config({"cameras": [{"id": "a", "url": "device:1"}]}, env={}).cameras[0].url == "device:1"
+
+
+def test_a_camera_url_whose_variables_make_it_wrong_is_refused_where_they_are_expanded():
+    """A URL that is all ${VAR} passes the config; what the variable holds is checked where the
+    decoder expands it, and says so without quoting it."""
+    from pipeline.config_env import CameraEnvError, resolve_camera
+
+    camera = parse_config({"cameras": [{"id": "a", "url": "${CAM_URL}"}]}, env={"CAM_URL": "x"}).cameras[0]
+    with pytest.raises(CameraEnvError) as info:
+        resolve_camera(camera, {"CAM_URL": "rtps://user:S3cretPW@h:99999/x"})
+    assert str(info.value).startswith("cameras[a].url, its variables expanded: unknown scheme rtps://")
+    assert "S3cretPW" not in str(info.value)
+    assert resolve_camera(camera, {"CAM_URL": "rtsp://[fe80::1]:554/s"}).url == "rtsp://[fe80::1]:554/s"
 
 
 def test_a_camera_url_with_a_bad_scheme_host_or_port_is_refused_at_load():

@@ -229,15 +229,17 @@ def _named(folder: Path, names: list[str], *, images: int = 1, swap: dict[int, i
 
 
 def test_a_data_yaml_in_another_class_order_is_matched_by_name(tmp_path):
-    """A dataset naming COCO's classes in another order (person and car swapped, ids with them):
-    read by name, the same metrics as in COCO's order (it warned, and counted cars as people)."""
+    """A dataset naming COCO's classes in another order (person and car swapped, ids with them;
+    "Person", "traffic_light"): read by name, the same metrics as in COCO's order (it warned,
+    and counted cars as people)."""
     from pipeline.evaluate import evaluate_detector
     from ultralytics import YOLO
 
     need(COCO_PT, COCO)
     names = [YOLO(str(COCO_PT)).names[k] for k in range(80)]
     swapped = list(names)
-    swapped[0], swapped[2] = names[2], names[0]
+    swapped[0], swapped[2] = names[2], names[0].title()  # "Person": case aside
+    swapped[9] = names[9].replace(" ", "_")  # "traffic_light"
     plain = evaluate_detector(str(COCO_PT), _named(tmp_path / "a", names, images=16), imgsz=320)
     moved = evaluate_detector(str(COCO_PT), _named(tmp_path / "b", swapped, images=16, swap={0: 2, 2: 0}), imgsz=320)
     assert plain["instances"] == moved["instances"] > 0 and plain["warnings"] == []

@@ -367,3 +367,23 @@ def test_augmentations_map_to_ultralytics_arguments():
         Augment(mosaic=0.5).train_args("classify", 5)
     with pytest.raises(FinetuneError, match="--flip: between 0 and 1"):
         Augment(flip=1.5).train_args("classify", 5)
+
+
+def test_a_held_out_split_of_backgrounds_only_is_measured(tmp_path):
+    """`write_split` may hold out only images without objects; `percept eval` refuses a folder
+    without label files, but fine-tuning's after-measurement must not (it failed after training)."""
+    from types import SimpleNamespace
+
+    from ultralytics import YOLO
+
+    from pipeline.lifecycle.finetune import evaluate_heldout
+
+    need(COCO_PT, COCO)
+    (tmp_path / "val" / "images").mkdir(parents=True)
+    (tmp_path / "val" / "labels").mkdir()
+    image = sorted((COCO / "images").glob("*.jpg"))[0]
+    (tmp_path / "val" / "images" / image.name).write_bytes(image.read_bytes())
+    names = dict(YOLO(str(COCO_PT)).names)
+    r = evaluate_heldout(COCO_PT, names, SimpleNamespace(task="detect", names=names), tmp_path / "val", tmp_path,
+                         tag="after", imgsz=320, device="cpu", threads=1)
+    assert r is not None and r["instances"] == 0 and r["images"] == 1

@@ -20,7 +20,7 @@ def test_prose_about_passwords_is_kept():
 
 def test_passwords_with_unescaped_characters_are_hidden_whole():
     for url in ("rtsp://bob:pa/ss@10.0.0.1/s", "rtsp://bob:p@ss@10.0.0.1/s", "rtsp://bob:pa#ss@10.0.0.1/s",
-                "rtsp://bob:Tr0ub@dor/horse@10.0.0.1/s"):
+                "rtsp://bob:Tr0ub@dor/horse@10.0.0.1/s"):  # (scrubbed up to the last "@")
         assert redact_url(url) == "rtsp://***@10.0.0.1/s", url
     assert redact("got {'url': 'rtsp://u:p@h/s', 'password': 'hunter2'}") == "got {'url': 'rtsp://***@h/s', 'password': ***"
     assert redact("cannot open rtsp://h/s: mail admin@example.com") == "cannot open rtsp://h/s: mail admin@example.com"
@@ -47,12 +47,18 @@ def test_rtsp_diagnosis_of_a_url_it_cannot_split_quotes_nothing_of_it():
     from pipeline.redact import UNESCAPED_USERINFO
 
     for url in ("rtsp://bob:pa/Sup3rPw@10.0.0.1/s",  # the "/" ends the host part: port "pa"
-                "rtsp://admin:Tr0ub@dor/horse@nohost.invalid/stream",  # host "dor", a piece of the password
                 "rtsp://admin:Tr0ub?dor@nohost.invalid/stream", "rtsp://admin:Tr0ub#dor@nohost.invalid/stream"):
         why = diagnose_rtsp(url, timeout_s=0.1)
         assert why == f"the URL's host cannot be read: {UNESCAPED_USERINFO}", (url, why)
         assert redact(why) == why  # nothing in it looks like a secret (the camera's error goes through redact)
         assert "dor" not in why and "Sup3rPw" not in why and "pa" not in why.replace("password", "")
+    # "Tr0ub@dor/horse": FFmpeg's host is "dor", a piece of the password: tried as FFmpeg does, not named
+    why = diagnose_rtsp("rtsp://admin:Tr0ub@dor.invalid/horse@nohost.invalid/stream", timeout_s=0.1)
+    assert why.startswith("unknown host: the URL's host, port 554 (not shown: if the password has / ? # or @ "), why
+    assert "dor" not in why and "horse" not in why
+    # an "@" in the query of a URL whose password is fine: the same caution, the camera still diagnosed
+    why = diagnose_rtsp("rtsp://admin:pw@127.0.0.1:9/live?notify=ops@example.com", timeout_s=0.5)
+    assert why.startswith("connection refused by the URL's host, port 9"), why
 
 
 def test_rtsp_diagnosis_of_a_port_out_of_range_says_so():
@@ -67,9 +73,11 @@ def test_camera_cgi_passwords_in_the_query_are_hidden():
     assert redact_url("http://cam/v.cgi?loginuse=admin&loginpas=hunter2&x=1") == (
         "http://cam/v.cgi?loginuse=admin&loginpas=***&x=1")
     assert redact_url("http://cam/v.cgi?pwr=1&pws=2") == "http://cam/v.cgi?pwr=1&pws=2"  # other names
-    # XMEye cameras put them in the path: up to the next "_" or "/"
+    # XMEye cameras put them in the path: up to the next "_" or "/" (a ${VAR} whole)
     assert redact_url("rtsp://10.0.0.9:554/user=admin_password=S3cret_channel=1_stream=0.sdp") == (
         "rtsp://10.0.0.9:554/user=admin_password=***_channel=1_stream=0.sdp")
+    assert redact_url("rtsp://10.0.0.9/user=admin_password=${CAM_DVR_PASSWORD}_channel=1") == (
+        "rtsp://10.0.0.9/user=admin_password=***_channel=1")
 
 
 def test_a_whole_url_is_scrubbed_even_with_quotes_or_spaces_in_its_password():

@@ -123,7 +123,7 @@ def test_a_deadline_that_ends_during_an_outage_exits_3(redis_server, capsys):
 
     client = redis_server.client()
     done: dict = {}
-    reader = threading.Thread(target=lambda: done.update(rc=main(["subscribe", "cam", "--timeout", "2",
+    reader = threading.Thread(target=lambda: done.update(rc=main(["subscribe", "cam", "--timeout", "8",
                                                                   "--redis", redis_server.url])), daemon=True)
     reader.start()
     wait_for(lambda: any(c.get("cmd") == "xread" for c in client.client_list()), 20, "the subscriber reading")

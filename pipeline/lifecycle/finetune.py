@@ -264,7 +264,8 @@ def evaluate_heldout(weights: Path, names: dict[int, str], ds: Dataset, heldout:
         return {k: r[k] for k in keep} | {"classes": len(r["per_class_recall"])}
     if any(names.get(k) != v for k, v in ds.names.items()):
         return None
-    r = evaluate_detector(str(weights), heldout, imgsz=imgsz, device=device, threads=threads, categories={"all": ["*"]})
+    r = evaluate_detector(str(weights), heldout, imgsz=imgsz, device=device, threads=threads, categories={"all": ["*"]},
+                          labelled=False)  # (a held-out split of backgrounds only: `write_split`)
     keep = ("map50_95", "map50", "precision", "recall", "instances", "images", "backend", "ms_per_image", "per_class")
     return {k: r[k] for k in keep}
 
