@@ -34,10 +34,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
+import redis
+
 from .config import TrackerConfig
 from .events import EventEngine, events_json
 from .redact import redact_url
 from .schema import FrameMeta, FrameResult
+from .streams import parse_entry_id
 from .tracking import ObjectTracker
 
 if TYPE_CHECKING:
@@ -262,6 +265,10 @@ def settle_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerC
     events = EventEngine.restore(state["events"], camera.id, camera.zones, camera.lines, anchor=camera.anchor,
                                  track_buffer=cfg.track_buffer, line_margin=camera.line_margin)
     seq, start = int(state["seq"]), f"{int(float(state['frame_ts']) * 1000)}-0"
+    if _trimmed_after(publisher, camera.id, int(float(state["frame_ts"]) * 1000)):
+        log.warning("camera %s: its events since its snapshot were trimmed (redis.maxlen): its open tracks are "
+                    "left without track_end (some may have ended already)", camera.id)
+        return 0
     payloads: list[dict[str, Any]] = []
     while True:
         page = publisher.client.xrange(publisher.keys.events(camera.id), min=start, count=REPLAY_PAGE)
@@ -280,6 +287,17 @@ def settle_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerC
     end_tracks(publisher, camera.id, events, last[1] if last else seq, TrackSnapshots(publisher, camera.id, every=0))
     log.info("camera %s: the %d tracks its snapshot and the events since left open end", camera.id, n)
     return n
+
+
+def _trimmed_after(publisher: Publisher, camera: str, ms: int) -> bool:
+    """Whether the camera's events stream may have lost entries after ``ms`` (``MAXLEN ~``
+    trims the oldest: when its first entry is later than ``ms``, what lay between is unknown)."""
+    try:
+        info = publisher.client.xinfo_stream(publisher.keys.events(camera))
+    except redis.ResponseError:  # no such stream: no events at all
+        return False
+    first = info.get("first-entry")
+    return bool(first) and info["entries-added"] > info["length"] and parse_entry_id(first[0]) > (ms, 0)
 
 
 def _event_payload(fields: Mapping[bytes, bytes]) -> dict[str, Any] | None:

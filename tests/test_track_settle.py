@@ -130,3 +130,23 @@ def test_a_snapshot_with_too_many_events_after_it_is_left(redis_server, monkeypa
         start_owner(redis_server)
     assert len(ends(client)) == 1
     assert any("more than 1 events since its snapshot" in r.getMessage() for r in caplog.records)
+
+
+def test_events_trimmed_past_the_snapshot_leave_its_tracks(redis_server, monkeypatch, caplog):
+    """``MAXLEN ~`` dropped the events after the snapshot (the car's track_end among them): which
+    of its tracks ended is not known, so none is ended again (a second track_end otherwise)."""
+    client = redis_server.client()
+    run_owner(redis_server, 6, lambda n: [CAR])
+    snapshot = client.hget(KEYS.trackstate("cam"), "json")
+    run_owner(redis_server, 25, lambda n: [CAR, VAN] if n < 3 else [VAN] if n < 10 else [])
+    assert [e["kind"] for e in events_of(client)] == ["track_start", "track_start", "track_end", "track_end"]
+    client.hset(KEYS.trackstate("cam"), "json", snapshot)
+    last_id = client.xrevrange(KEYS.events("cam"), count=1)[0][0]
+    client.xtrim(KEYS.events("cam"), minid=last_id, approximate=False)  # only the van's track_end is left
+    real = pipeline.track_state._published_after
+    monkeypatch.setattr(pipeline.track_state, "_published_after",
+                        lambda publisher, cam, seq, since, limit: real(publisher, cam, seq, since, limit=2))
+    with caplog.at_level("WARNING", logger="percept.track_state"):
+        start_owner(redis_server)
+    assert [e["kind"] for e in events_of(client)] == ["track_end"]
+    assert any("its events since its snapshot were trimmed" in r.getMessage() for r in caplog.records)
