@@ -6,6 +6,7 @@ echoes a password, a body of unknown length is refused."""
 from __future__ import annotations
 
 import json
+import logging
 import types
 
 import pytest
@@ -21,12 +22,17 @@ def api(redis_server, monkeypatch):
 
     import deployments.api as module
 
+    percept_log = logging.getLogger("percept")  # a replica routes it to Serve's log file: put back after
+    saved = list(percept_log.handlers), percept_log.level, percept_log.propagate
     ingress = module.CameraApi.func_or_class.__mro__[1]  # the class as written, under Serve's ingress wrapper
     instance = object.__new__(ingress)
-    ingress.__init__(instance, {"redis": {"url": redis_server.url, "stream_prefix": "apiin"}}, decoder=None)
-    monkeypatch.setattr(serve, "get_replica_context", lambda: types.SimpleNamespace(servable_object=instance))
-    with TestClient(module.app, raise_server_exceptions=False) as client:
-        yield client
+    try:
+        ingress.__init__(instance, {"redis": {"url": redis_server.url, "stream_prefix": "apiin"}}, decoder=None)
+        monkeypatch.setattr(serve, "get_replica_context", lambda: types.SimpleNamespace(servable_object=instance))
+        with TestClient(module.app, raise_server_exceptions=False) as client:
+            yield client
+    finally:
+        percept_log.handlers[:], percept_log.level, percept_log.propagate = saved
 
 
 def test_an_api_camera_names_only_its_own_variables_as_its_credentials(api, redis_server):
