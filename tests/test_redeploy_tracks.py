@@ -48,7 +48,7 @@ def test_a_redeploy_hands_the_tracks_over_a_dropped_camera_and_a_delete_end_them
 
     def config(replicas: int, ids: tuple[str, ...]):
         base = graph_config(redis_server.url, "redeploy", {"id": "road", "url": server.url("road"), "fps": 4},
-                            models_dir, decoder={"replicas": replicas, "lease_ttl_s": 3},
+                            models_dir, decoder={"replicas": replicas, "lease_ttl_s": 9},  # (stops release it: no wait)
                             tracker={"track_buffer": 120})  # lost tracks kept ~30 s: a loaded machine starts slower
         return base.model_copy(update={"cameras": [base.cameras[0].model_copy(update={"id": i, "url": server.url(i)})
                                                    for i in ids]})
