@@ -13,18 +13,13 @@ import json
 import pytest
 
 import pipeline.track_state
-from pipeline.conductor import CameraConductor
 from pipeline.config import CameraConfig, TrackerConfig
 from pipeline.publish import Publisher
 from pipeline.schema import Detections
-from pipeline.sources import VideoSource
 from pipeline.streams import connect_redis
 from pipeline.track_state import open_tracking
 
-from .test_conductor import PacedCapture
-from .test_handover_tracks import CAMERA, KEYS, events_of
-from .test_sources import Clock
-from .waiting import wait_for
+from .test_handover_tracks import CAMERA, KEYS, events_of, run_until
 
 CFG = TrackerConfig(snapshot_every=1000, track_buffer=5)  # no periodic snapshot; a track ends 5 frames after its last
 CAR, VAN = [2, 2, 12, 10], [40, 20, 60, 34]  # two objects far apart in the 64x36 frames
@@ -33,12 +28,6 @@ CAR, VAN = [2, 2, 12, 10], [40, 20, 60, 34]  # two objects far apart in the 64x3
 def run_owner(redis_server, frames: int, boxes_at, *, camera: CameraConfig = CAMERA) -> None:
     """One owner continues what the last left (`open_tracking`), publishes ``frames`` frames whose
     objects are ``boxes_at(n)`` (n: the n-th frame it detects), then hands the camera over."""
-    publisher = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=5000).start()
-    client = redis_server.client()
-    start = client.xlen(KEYS.detections("cam"))
-    seq, counters = publisher.resume_camera("cam")
-    tracker, events, snapshots = open_tracking(publisher, camera, CFG, track_id_max=counters["track_id_max"],
-                                               is_file=False)
     calls = {"n": 0}
 
     async def detect(inp):
@@ -47,21 +36,7 @@ def run_owner(redis_server, frames: int, boxes_at, *, camera: CameraConfig = CAM
         return Detections(xyxy=boxes or [[0, 0, 0, 0]][:0], scores=[0.9] * len(boxes), labels=("car",) * len(boxes),
                           categories=("vehicle",) * len(boxes))
 
-    source = VideoSource("cam", lambda: PacedCapture(10_000, Clock()), fps=0, is_file=False, seq_start=seq)
-    conductor = CameraConductor(camera, source, detect=detect, classifiers={}, publisher=publisher, imgsz=64,
-                                models={"detector": "stand-in"}, max_inflight=1, tracker=tracker, events=events,
-                                track_state=snapshots)
-
-    async def drive():
-        running = asyncio.create_task(conductor.run())
-        await asyncio.to_thread(wait_for, lambda: client.xlen(KEYS.detections("cam")) >= start + frames, 30,
-                                f"{frames} frames published", 0.05)
-        await conductor.stop(keep_tracks=True)
-        await asyncio.wait_for(running, 15)
-
-    asyncio.run(drive())
-    assert publisher.flush(5)
-    publisher.close()
+    run_until(redis_server, frames, keep_tracks=True, camera=camera, detect=detect, cfg=CFG, max_inflight=1)
 
 
 def start_owner(redis_server, camera: CameraConfig = CAMERA) -> None:
