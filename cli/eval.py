@@ -111,7 +111,7 @@ def _detector(args: argparse.Namespace) -> int:
 
 
 def _classifier(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import evaluate_classifier
+    from pipeline.evaluate_classifier import evaluate_classifier
 
     return _run(args, lambda w, d, **kw: evaluate_classifier(w, d, args.labels, **kw),
                 imgsz=args.imgsz, context=args.context, batch=args.batch)

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import redis
 
 from .conductor import CameraConductor
-from .config import RUNTIME_FIELDS, CameraConfig
+from .config import CameraConfig
 from .geometry import GeometryError
 from .lease import Lease, acquire, release, renew
 from .publish import Publisher
@@ -149,7 +149,7 @@ class CameraSupervisor:
             log.warning("stopping: cameras not read (%s); ending their tracks", type(exc).__name__)
             return set()
         running = {cid: entry.conductor.camera for cid, entry in self.running.items()}
-        return {cid for cid, now in running.items() if cid in listed and listed[cid].model_copy(update=_geometry_of(now)) == now}
+        return {cid for cid, now in running.items() if cid in listed and listed[cid].differs_at_runtime_only(now)}
 
     async def _tick(self) -> None:
         self._expire_overdue()  # first: after a pause the loop may wake up long after a deadline
@@ -171,7 +171,7 @@ class CameraSupervisor:
             new, now = self.cameras[cid], entry.conductor.camera
             if new == now:
                 continue
-            if new.model_copy(update=_geometry_of(now)) == now:
+            if new.differs_at_runtime_only(now):
                 log.info("camera %s: zones/lines changed; applied without a restart", cid)
                 entry.conductor.reconfigure(new)
             else:  # removed and added again with other settings (a new URL, fps, …) between two rounds
@@ -399,8 +399,3 @@ class CameraSupervisor:
             out["fencing"] = {"fenced": dict(stats.fenced), "fenced_other": dict(stats.fenced_other),
                               "duplicates": dict(stats.duplicates)}
         return out
-
-
-def _geometry_of(camera: Any) -> dict[str, Any]:
-    """The fields of a camera that change at runtime without restarting it."""
-    return {name: getattr(camera, name) for name in RUNTIME_FIELDS}

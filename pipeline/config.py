@@ -108,6 +108,11 @@ class CameraConfig(Strict):
         """The URL as shown (hash, status, logs): as written, ``${VAR}``s unexpanded, redacted."""
         return redact(redact_url(self._written_url or self.url), self.secrets)
 
+    def differs_at_runtime_only(self, running: "CameraConfig") -> bool:
+        """Whether this camera is ``running`` but for fields that change without a restart
+        (`RUNTIME_FIELDS`: zones, lines, …)."""
+        return self.model_copy(update={name: getattr(running, name) for name in RUNTIME_FIELDS}) == running
+
     @field_validator("url")
     @classmethod
     def _url_shape(cls, v: str) -> str:

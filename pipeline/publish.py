@@ -35,7 +35,7 @@ import redis
 
 from .lease import FENCED_HSET, FENCED_PUBLISH, REFUSED, UNHELD, Fence
 from .publish_items import (Item, PublisherStats, account, call_command, count_lost, encode_all, estimated_bytes,
-                            event_ids, flat_args, resume_point, script_calls, take_out)
+                            event_ids, hash_write, publish_entry, resume_point, script_calls, take_out)
 from .publish_wire import Wire, evalsha
 from .redact import redact
 from .schema import FrameResult
@@ -185,13 +185,10 @@ class Publisher:
                      body: FrameResult | str,
                      events: Sequence[tuple[str, str]], counts: Mapping[str, int] | None, *,
                      nbytes: int, is_frame: bool) -> None:
-        entry: list[Any] = [entry_id, seq, body, top_track, len(events)]
+        ids: list[str] = []
         if events:
             ids, self._last_event[camera] = event_ids(self._last_event.get(camera, (0, -1)), ms, len(events))
-            for eid, (kind, text) in zip(ids, events):
-                entry += [eid, kind, text]
-        increments = [x for name, inc in counts.items() if inc for x in (name, int(inc))] if counts else []
-        entry += [len(increments) // 2, *increments]
+        entry = publish_entry(entry_id, seq, body, top_track, zip(ids, events), counts)
         self._put(camera, nbytes, None, is_frame=is_frame, fence=self._fences.get(camera), entry=entry)
 
     def camera_state(self, camera: str, state: str, *, error: str | None = None, **fields: Any) -> None:
@@ -217,12 +214,8 @@ class Publisher:
     def _put_hash(self, camera: str, mapping: dict[str, str], entry: dict[str, str] | None, *,
                   key: str | None = None) -> None:
         fence = self._fences.get(camera)
-        hash_args = flat_args(mapping)
-        keys = [fence.key if fence else self.keys.lease(camera), key or self.keys.camera(camera), self.keys.status]
-        strict = 0 if fence is None or fence.released else 1  # released: refused only if someone holds it
-        args = [fence.token if fence else "", strict, len(hash_args), self.status_maxlen, *hash_args,
-                *flat_args(entry or {})]
-        nbytes = 256 if key is None else sum(len(a) for a in hash_args)  # a snapshot counts its size
+        keys, args = hash_write(fence, self.keys, camera, mapping, entry, key, self.status_maxlen)
+        nbytes = 256 if key is None else sum(len(k) + len(str(v)) for k, v in mapping.items())  # a snapshot counts its size
         self._put(camera, nbytes, evalsha(self._hset, keys, args), is_frame=False, fence=fence)
 
     def _log_fenced(self, camera: str, why: str) -> None:
@@ -299,7 +292,8 @@ class Publisher:
                 if self._closing and (not self._queue or stalled or not self.stats.connected):
                     self._wire.drop()  # closing during an outage: what is left is counted as pending
                     return
-                taken = self._take()
+                taken, self._queue = take_out(self._queue, self.batch, time.monotonic())  # (`take_batch`)
+                self._in_flight = taken  # out of the queue, in flight: never dropped by the bound
                 if not taken:  # every camera queued waits to retry writes nobody's lease covers yet
                     self._cond.wait(RETRY_UNHELD_S)
                     continue
@@ -326,11 +320,6 @@ class Publisher:
                 self._requeue(held)
                 if refusal and not self._closing:  # Redis refuses writes for now: everyone waits
                     self._cond.wait(self._backoff.next())
-
-    def _take(self) -> list[Item]:
-        """The next batch (`take_batch`), out of the queue and in flight (call holding the lock)."""
-        self._in_flight, self._queue = take_out(self._queue, self.batch, time.monotonic())
-        return self._in_flight
 
     def _requeue(self, items: list[Item]) -> None:
         """Items of the batch in flight back at the head of the queue, in order, ahead of newer

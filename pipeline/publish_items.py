@@ -171,6 +171,30 @@ def event_ids(last: tuple[int, int], ms: int, n: int) -> tuple[list[str], tuple[
     return [f"{ms}-{k + i}" for i in range(n)], ((ms, k + n - 1) if n else last)
 
 
+def publish_entry(entry_id: str, seq: int | str, body: Any, top_track: int | None,
+                  events: Iterable[tuple[str, tuple[str, str]]], counts: Mapping[str, int] | None) -> list[Any]:
+    """One frame's (or events-only) arguments of `FENCED_PUBLISH`: its entry, its events as
+    ``(event id, (kind, json))`` and its counter increments (zeros left out)."""
+    entry: list[Any] = [entry_id, seq, body, top_track, 0]
+    for eid, (kind, text) in events:
+        entry += [eid, kind, text]
+    entry[4] = (len(entry) - 5) // 3
+    increments = [x for name, inc in counts.items() if inc for x in (name, int(inc))] if counts else []
+    return [*entry, len(increments) // 2, *increments]
+
+
+def hash_write(fence: Fence | None, keys: StreamKeys, camera: str, mapping: Mapping[str, str],
+               entry: Mapping[str, str] | None, key: str | None, status_maxlen: int) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of one `FENCED_HSET`: the camera hash (or ``key``, another hash of
+    the camera) and, if given, one entry on the status stream; checked against the lease strictly
+    unless it was released here (then refused only while someone else holds it)."""
+    hash_args = flat_args(mapping)
+    script_keys = [fence.key if fence else keys.lease(camera), key or keys.camera(camera), keys.status]
+    strict = 0 if fence is None or fence.released else 1
+    return script_keys, [fence.token if fence else "", strict, len(hash_args), status_maxlen, *hash_args,
+                         *flat_args(entry or {})]
+
+
 def resume_point(client: redis.Redis, keys: StreamKeys, camera: str) -> tuple[tuple[int, int] | None, dict[str, int]]:
     """What a (re)started camera continues from besides its stream's top: its newest event's id
     (``(ms, k)``, None if none) and the counters of its hash."""

@@ -340,3 +340,11 @@ def test_a_camera_url_with_a_bad_scheme_host_or_port_is_refused_at_load():
     for url in ("rtsp://${CAM_HOST}/s", "${URL}", "clips/a.mp4", "file:///v/a.mp4", "udp://@239.0.0.1:1234",
                 "srt://:9000?mode=listener", "RTSP://h:554/x", "rtsp://u:${PW}@h:554/s"):
         assert parse_config({"cameras": [{"id": "a", "url": url}]}, env={"PW": "x"}).cameras[0].url == url
+
+
+def test_a_camera_differs_at_runtime_only_when_nothing_but_its_zones_and_lines_changed():
+    running = CameraConfig(id="a", url="rtsp://cam/1", zones={"z": [[0, 0], [1, 0], [1, 1]]})
+    assert CameraConfig(id="a", url="rtsp://cam/1", lines={"l": [[0, 0.5], [1, 0.5]]},
+                        anchor="center").differs_at_runtime_only(running)
+    assert not CameraConfig(id="a", url="rtsp://cam/2", zones=running.zones).differs_at_runtime_only(running)
+    assert not CameraConfig(id="a", url="rtsp://cam/1", fps=2, zones=running.zones).differs_at_runtime_only(running)

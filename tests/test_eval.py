@@ -207,7 +207,7 @@ def _write(path: Path, data: bytes) -> Path:
 def test_a_labels_csv_with_a_byte_order_mark_is_read(tmp_path):
     """A spreadsheet's UTF-8 export starts with a byte-order mark: it was "the header must be
     'Filename,ClassId' (got ['\\ufeffFilename', …])"."""
-    from pipeline.evaluate import read_label_csv
+    from pipeline.evaluate_classifier import read_label_csv
 
     need(GTSRB)
     (tmp_path / "a.ppm").write_bytes((GTSRB / "images" / "00000.ppm").read_bytes())

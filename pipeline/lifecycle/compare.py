@@ -138,7 +138,8 @@ def time_variant(weights: str, task: str, images: Sequence[Any], batches: Sequen
 
 
 def _inputs(task: str, data: str | Path, labels: str | Path | None) -> list[Path]:
-    from ..evaluate import find_yolo_images, read_label_csv
+    from ..evaluate import find_yolo_images
+    from ..evaluate_classifier import read_label_csv
 
     if task == "detect":
         return find_yolo_images(data)[0]
@@ -147,7 +148,8 @@ def _inputs(task: str, data: str | Path, labels: str | Path | None) -> list[Path
 
 def _accuracy(weights: str, task: str, data: str | Path, labels: str | Path | None, *, imgsz: int,
               batch: int, threads: int | None, device: str) -> dict[str, Any]:
-    from ..evaluate import evaluate_classifier, evaluate_detector
+    from ..evaluate import evaluate_detector
+    from ..evaluate_classifier import evaluate_classifier
 
     if task == "detect":
         return evaluate_detector(weights, data, imgsz=imgsz, batch=batch, threads=threads, device=device)

@@ -253,7 +253,8 @@ def evaluate_heldout(weights: Path, names: dict[int, str], ds: Dataset, heldout:
                      imgsz: int, device: str, threads: int) -> dict[str, Any] | None:
     """The held-out split measured as `percept eval` does; None when the model has none of the
     dataset's classes (classify) or other classes under the same ids (detect)."""
-    from ..evaluate import evaluate_classifier, evaluate_detector
+    from ..evaluate import evaluate_detector
+    from ..evaluate_classifier import evaluate_classifier
 
     if ds.task == "classify":
         labels, _ = heldout_csv(names, heldout, work / f"heldout-{tag}.csv")

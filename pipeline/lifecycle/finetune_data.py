@@ -282,7 +282,7 @@ def write_split(ds: Dataset, train: Sequence, val: Sequence, into: Path) -> tupl
 
 def heldout_csv(names: dict[int, str], heldout: Path, into: Path) -> tuple[Path | None, int]:
     """A ``Filename,ClassId`` CSV of the held-out crops whose class ``names`` has (ids in its
-    order), for `pipeline.evaluate.evaluate_classifier`; (None, 0) when it has none of them."""
+    order), for `pipeline.evaluate_classifier.evaluate_classifier`; (None, 0) when it has none of them."""
     ids = {name: k for k, name in names.items()}
     rows = [(p.relative_to(heldout), ids[p.parent.name]) for p in sorted(heldout.rglob("*"))
             if p.is_file() and p.parent.name in ids]  # (linked, or written as PNG: `link_image`)
