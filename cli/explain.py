@@ -90,8 +90,8 @@ def _online(args: argparse.Namespace) -> int:
     except (urllib.error.URLError, OSError) as exc:
         return unreachable(args.api, exc)
     if status >= 400:
-        return fail(f"explain {args.camera}: HTTP {status}: {_detail(png)}",
-                    EXIT_UNAVAILABLE if status >= 500 else BAD_INPUT)
+        return fail(f"explain {args.camera}: HTTP {status}: {_detail(png)}",  # (the codes of `percept cameras`)
+                    BAD_INPUT if status < 500 else EXIT_UNAVAILABLE if status in (502, 503, 504) else 1)
     frame = dict(kv.split("=", 1) for kv in headers.get("X-Percept-Frame", "").split() if "=" in kv)
     out = Path(args.out or f"explain-{args.camera}-{frame.get('seq', 'latest')}-{args.object}.png")
     if not _write(out, png):
