@@ -60,8 +60,7 @@ class Sighting(NamedTuple):
     centre: list[float]
     zones: list[str]  # the zones its anchor is in
     lines: list[tuple[str, int]]  # lines crossed since the last sighting: +1 in, -1 out
-    sides: dict[str, list[float]]  # line → the last anchor point outside its band (`OpenTrack.sides`)
-    seeded: list[str]  # lines whose side is still the track's first point (`OpenTrack.seeded`)
+    sides: dict[str, list[float]]  # line → the point its side is judged from (`OpenTrack.sides`)
 
 
 @dataclass(frozen=True)
@@ -137,15 +136,14 @@ class OpenTrack:
     stride: int = 1
     zones: dict[str, float] = field(default_factory=dict)  # zone → enter ts
     n: dict[str, int] = field(default_factory=dict)  # kind → events of that kind so far
-    # line → the last anchor point outside the line's band (hysteresis): crossings are judged from it
+    # line → the last anchor point outside the line's band (hysteresis), or the track's first
+    # point while it has not been seen clear of the band: it gives the track's side of the line,
+    # and crossings are judged from it (a snapshot's older ``seeded`` list is not needed)
     sides: dict[str, list[float]] = field(default_factory=dict)
-    # lines whose side point is still the track's first point, inside the band: it gives the side
-    # until the track is seen clear of the band
-    seeded: list[str] = field(default_factory=list)
 
     def forget_anchor(self) -> None:
         """Judge no crossing from the points known so far (the anchor or the frame size changed)."""
-        self.anchor, self.sides, self.seeded = None, {}, []
+        self.anchor, self.sides = None, {}
 
     @property
     def label(self) -> str:

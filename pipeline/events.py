@@ -103,7 +103,6 @@ class EventEngine:
         for tr in self._tracks.values():
             tr.zones = {z: t for z, t in tr.zones.items() if z in self.zones}
             tr.sides = {line: p for line, p in tr.sides.items() if line in self.lines}
-            tr.seeded = [line for line in tr.seeded if line in self.lines]
             if anchor_changed:
                 tr.forget_anchor()
 
@@ -164,23 +163,25 @@ class EventEngine:
         inside = {name: points_in_polygon(anchors, poly) for name, poly in geo.zones.items()}
         first = {t: np.round(geo.anchors(np.round(np.asarray(origins[t], np.float64), 1).reshape(1, 4)), 1).reshape(2)
                  for t in order if t not in self._tracks and origins and t in origins}
-        crossed, sides, seeded = self._crossings(order, boxes, anchors, first, geo)
+        crossed, sides = self._crossings(order, boxes, anchors, first, geo)
         for k, (tid, box, anchor, centre) in enumerate(zip(order, boxes.tolist(), anchors.tolist(), centres.tolist())):
             zones_in = [name for name, mask in inside.items() if mask[k]]
-            seen = Sighting(present[tid], box, anchor, centre, zones_in, crossed[k], sides[k], seeded[k])
+            seen = Sighting(present[tid], box, anchor, centre, zones_in, crossed[k], sides[k])
             self._sighting(tid, result, seen, events)
         return events
 
     def _crossings(self, order: list[int], boxes: np.ndarray, anchors: np.ndarray,
                    first: Mapping[int, np.ndarray], geo: Geometry
-                   ) -> tuple[list[list[tuple[str, int]]], list[dict[str, list[float]]], list[list[str]]]:
+                   ) -> tuple[list[list[tuple[str, int]]], list[dict[str, list[float]]]]:
         """For each present track (``order``): the lines it crossed since its last sighting
-        outside each line's band (+1 in, -1 out), its new `OpenTrack.sides` and `OpenTrack.seeded`.
-        A new track's movement starts at its ``first`` point (where the tracker first saw it) or
-        here; that point gives its side even inside the band, until it is seen clear of it."""
+        outside each line's band (+1 in, -1 out) and its new `OpenTrack.sides`. A side, once
+        known, holds until the track is seen clear of the band on the other side: the point it was
+        judged from is not judged again against a later, larger box (an object coming closer
+        would drop out of its own side). A new track's movement starts at its ``first`` point
+        (where the tracker first saw it) or here; that point gives its side even inside the band,
+        until it is seen clear of it."""
         crossed: list[list[tuple[str, int]]] = [[] for _ in order]
         sides: list[dict[str, list[float]]] = [{} for _ in order]
-        seeded: list[list[str]] = [[] for _ in order]
         for name, seg in geo.lines.items():
             origins = [self._line_origin(t, name, first.get(t, anchors[k])) for k, t in enumerate(order)]
             prev = np.array([point for point, _ in origins])
@@ -194,23 +195,22 @@ class EventEngine:
                     crossed[k].append((name, int(signs[k])))
                 if clear_now[k]:
                     sides[k][name] = anchors[k].tolist()
-                elif clear_before[k]:
+                elif clear_before[k]:  # inside the band: the side it had holds
                     sides[k][name] = prev[k].tolist()
-                    if not clear_prev[k]:  # still only its first point: it keeps giving the side
-                        seeded[k].append(name)
-        return crossed, sides, seeded
+        return crossed, sides
 
     def _line_origin(self, tid: int, line: str, first: np.ndarray) -> tuple[Any, bool]:
-        """Where a track's movement against ``line`` starts, and whether that point has a side
-        even inside the band: its last point outside the band, else its last anchor point; for
-        a new track (or one whose anchor was forgotten) ``first``, which gives its side wherever
-        it is, as long as the track is not seen clear of the band (a track that appears on a
-        line and walks off it counts as before hysteresis)."""
+        """Where a track's movement against ``line`` starts, and whether that point gives a
+        side (even inside the current band): its side point (`OpenTrack.sides`: clear of the band
+        when it was taken, or its first point), else its last anchor point (no side yet); for a
+        new track (or one whose anchor was forgotten) ``first``, which gives its side wherever it
+        is, as long as the track is not seen clear of the band (a track that appears on a line
+        and walks off it counts as before hysteresis)."""
         tr = self._tracks.get(tid)
         if tr is None or tr.anchor is None:
             return first, True
         if line in tr.sides:
-            return tr.sides[line], line in tr.seeded
+            return tr.sides[line], True
         return tr.anchor, False
 
     def _sighting(self, tid: int, result: FrameResult, seen: Sighting, events: list[Event]) -> None:
@@ -222,7 +222,7 @@ class EventEngine:
                 id=tid, category=dets.categories[i], labels={dets.labels[i]: 1}, first_ts=meta.frame_ts,
                 last_ts=meta.frame_ts, last_frame=self._frame, frames=1, best_score=float(dets.scores[i]),
                 attributes=attrs, anchor=seen.anchor, first=seen.centre, last=seen.centre, path=[seen.centre],
-                sides=seen.sides, seeded=seen.seeded,
+                sides=seen.sides,
             )
             self._emit(events, self._event(tr, "track_start", meta.seq, meta.frame_ts, bbox=tuple(seen.box),
                                            attributes=dict(attrs)))
@@ -230,7 +230,7 @@ class EventEngine:
             tr.labels[dets.labels[i]] = tr.labels.get(dets.labels[i], 0) + 1
             tr.last_ts, tr.last_frame, tr.frames = meta.frame_ts, self._frame, tr.frames + 1
             tr.best_score = max(tr.best_score, float(dets.scores[i]))
-            tr.anchor, tr.sides, tr.seeded = seen.anchor, seen.sides, seen.seeded
+            tr.anchor, tr.sides = seen.anchor, seen.sides
             tr.add_centre(seen.centre)
             changed = any(name not in tr.attributes or label_of(tr.attributes[name]) != label_of(v)
                           for name, v in attrs.items())
@@ -351,7 +351,6 @@ class EventEngine:
                 tr.id, tr.last_frame, tr.frames, tr.stride = int(tr.id), int(tr.last_frame), int(tr.frames), int(tr.stride)
                 tr.zones = {z: float(t) for z, t in tr.zones.items() if z in engine.zones}
                 tr.sides = {line: [float(v) for v in p] for line, p in tr.sides.items() if line in engine.lines}
-                tr.seeded = [str(line) for line in tr.seeded if line in engine.lines]
                 engine._tracks[tr.id] = tr
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed event state of camera {camera!r}: {exc!r}") from None

@@ -251,6 +251,7 @@ def restore_tracking(
         end_tracks(publisher, camera.id, events, done.last[0], TrackSnapshots(publisher, camera.id, every=0))
         return fresh("another source")
     tracker.raise_next_id(track_id_max)
+    tracker.resume_across_pause()  # the handover's pause: a track goes on where the next frame finds it
     log.info("camera %s: %d open tracks continued from seq %d (+%d frames replayed, %d ids differed)",
              camera.id, len(events.open_tracks), seq, done.replayed, done.differed)
     return tracker, events, done

@@ -105,6 +105,8 @@ class ObjectTracker:
         self._clock = _Clock(1.0 / fps if fps > 0 else 0.25)
         self.file_time = file_time
         self.origins: dict[int, list[float]] = {}  # after `update`: see there
+        self.shape: tuple[int, int] | None = None  # (height, width) of the frames tracked
+        self._across_pause = False  # the next frame may find tracks after any pause (`resume_across_pause`)
 
     def time_of(self, meta: FrameMeta) -> float:
         """The frame's time on this tracker's clock: its capture time, or the file's own time (as
@@ -122,9 +124,22 @@ class ObjectTracker:
         self._next_id = first
         self._tracker._ids = numbers()  # ids are ints here: ByteTrack's output rows are float32
 
+    def resume_across_pause(self) -> None:
+        """The next frame may continue tracks however long ago they were seen (a camera taken
+        over from a snapshot: its pause is the handover's); otherwise tracks lost for longer than
+        ``track_buffer`` intervals end before it (a live camera back after an outage)."""
+        self._across_pause = True
+
     def update(self, dets: Detections, frame_shape: tuple[int, int], ts: float | None = None) -> Detections:
         t = self._tracker
         dt, steps = self._clock.tick(ts)
+        if round(steps) > self.track_buffer and not self._across_pause:
+            self._end_all()  # each lost longer than track_buffer: nothing there continues one
+        self._across_pause = False
+        shape = (int(frame_shape[0]), int(frame_shape[1]))
+        if self.shape is not None and shape != self.shape:
+            self._rescale(self.shape, shape)  # the camera came back at another resolution
+        self.shape = shape
         # a frame or two dropped widen the match; a longer gap does not (the boxes would meet anything)
         t.buffer = min(MAX_BUFFER, self.cfg.match_buffer * min(dt, 2 * self._clock.period))
         t.steps = steps
@@ -141,6 +156,23 @@ class ObjectTracker:
         self.origins = {int(s.track_id): [float(v) for v in (*s._tlwh[:2], *(s._tlwh[:2] + s._tlwh[2:]))]
                         for s in t.tracked_stracks if s.is_activated and s.tracklet_len == 1 and s.frame_id == t.frame_id}
         return dets.with_track_ids(ids)
+
+    def _end_all(self) -> None:
+        t = self._tracker
+        for s in (*t.tracked_stracks, *t.lost_stracks):
+            s.mark_removed()
+        t.tracked_stracks, t.lost_stracks = [], []
+
+    def _rescale(self, old: tuple[int, int], new: tuple[int, int]) -> None:
+        """Every track's box, motion and uncertainty in the new frame's pixels (the same scene at
+        another resolution: a camera's other stream after a reconnect)."""
+        sy, sx = new[0] / old[0], new[1] / old[1]
+        scale = np.array([sx, sy, sx / sy, sy] * 2)  # Kalman state: x, y, aspect, height, their speeds
+        t = self._tracker
+        for s in (*t.tracked_stracks, *t.lost_stracks):
+            s.mean = s.mean * scale
+            s.covariance = s.covariance * np.outer(scale, scale)
+            s._tlwh = (s._tlwh * np.array([sx, sy, sx, sy])).astype(s._tlwh.dtype)
 
     def _rows(self, dets: Detections) -> np.ndarray:
         """ByteTrack's input: boxes, scores and class ids, rounded as the message publishes them."""
@@ -167,6 +199,8 @@ class ObjectTracker:
         return {
             "schema": STATE_SCHEMA, "frame_id": t.frame_id, "next_id": self._next_id,
             "track_id_max": self.track_id_max, "classes": dict(self._class_ids),
+            "categories": {str(k): v for k, v in t.category_of.items()},
+            "shape": list(self.shape) if self.shape is not None else None,
             "clock": {"last": self._clock.last, "intervals": list(self._clock.intervals)},
             **{pool: [{k: _plain(getattr(s, k)) for k in _STRACK_FIELDS} for s in getattr(t, f"{pool}_stracks")
                       if id(s) in keep] for pool in ("tracked", "lost")},
@@ -188,6 +222,10 @@ class ObjectTracker:
         try:
             t.frame_id = int(state["frame_id"])
             tracker._class_ids = {str(k): int(v) for k, v in state["classes"].items()}
+            # (a snapshot from before these were kept has neither: categories are learnt again)
+            t.category_of = {int(k): str(v) for k, v in (state.get("categories") or {}).items()}
+            shape = state.get("shape")
+            tracker.shape = (int(shape[0]), int(shape[1])) if shape else None
             tracker._clock.last = None if state["clock"]["last"] is None else float(state["clock"]["last"])
             tracker._clock.intervals.extend(float(x) for x in state["clock"]["intervals"])
             for pool, kind in (("tracked", TrackState.Tracked), ("lost", TrackState.Lost)):

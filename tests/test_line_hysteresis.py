@@ -44,6 +44,18 @@ def test_stepping_onto_a_line_and_back_is_no_crossing_but_stepping_over_it_is():
     assert crossings(run(engine, car_frames([47, 80], start=4))) == [(4, "in"), (5, "out")]  # 3 px: beyond it
 
 
+def test_an_object_coming_closer_keeps_its_side_while_its_box_grows_and_its_crossing_counts():
+    """Its last point clear of the band was taken under a smaller box: a larger box later must not
+    judge that point again (it would fall inside the new band and the side be lost)."""
+    # bottom 1 px below the line with a 5 px box (band 0.5: clear, below), then 1.5 px above it
+    # with a 30 px box (band 3: inside), then clear above: one crossing, in
+    grows = [frame(1, [obj(1, 51, size=5)]), frame(2, [obj(1, 48.5, size=30)]), frame(3, [obj(1, 40, size=30)])]
+    assert crossings(run(EventEngine("cam", lines=STOP), grows)) == [(3, "in")]
+    # in one step from clear below (small box) to clear above (larger box): counted at once
+    jump = [frame(1, [obj(1, 51, size=5)]), frame(2, [obj(1, 45, size=30)])]
+    assert crossings(run(EventEngine("cam", lines=STOP), jump)) == [(2, "in")]
+
+
 def test_the_band_scales_with_the_box_across_the_line():
     level = np.array([[0, 50], [100, 50]], np.float64)
     upright = np.array([[50, 0], [50, 100]], np.float64)

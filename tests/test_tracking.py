@@ -246,3 +246,37 @@ def test_replayed_ids_are_adopted_even_when_two_objects_were_numbered_the_other_
     assert None not in three
     tracker.adopt_ids(three, (three[2], three[1], three[0]))  # the first and the third swapped
     assert tracker.update(cars([108, 608, 1004]), (720, 1280), ts=1001.0).track_ids == (three[2], three[1], three[0])
+
+
+def _boxes(*boxes, label="person", category="pedestrian"):
+    return Detections(xyxy=np.array(boxes, np.float32).reshape(-1, 4), scores=np.full(len(boxes), 0.9, np.float32),
+                      labels=(label,) * len(boxes), categories=(category,) * len(boxes))
+
+
+def test_a_live_camera_back_after_an_outage_longer_than_its_track_buffer_starts_new_tracks():
+    """A track lost for longer than ``track_buffer`` intervals has ended: someone standing near
+    where it was two hours later is someone new. A tracker taken over from a snapshot
+    (`resume_across_pause`) goes on across its handover's pause instead."""
+    standing = [[500, 100, 560, 260]]
+    tracker = ObjectTracker(TrackerConfig(), fps=4)
+    ids = [tracker.update(_boxes(*standing), (720, 1280), ts=1000 + k * 0.25).track_ids[0] for k in range(4)]
+    before = ids[-1]
+    assert before is not None
+    state = json.loads(json.dumps(tracker.snapshot()))
+    later = tracker.update(_boxes([530, 100, 590, 260]), (720, 1280), ts=1000 + 7200).track_ids
+    assert later == (None,) and before not in tracker.alive_ids()
+    restored = ObjectTracker.restore(state, TrackerConfig(), fps=4)
+    restored.resume_across_pause()
+    assert restored.update(_boxes([505, 100, 565, 260]), (720, 1280), ts=1000 + 20).track_ids == (before,)
+
+
+def test_a_camera_back_at_another_resolution_keeps_its_tracks():
+    """The same scene from the camera's other stream: every track's box and motion are scaled to
+    the new frame, so each object keeps its id (and nothing at the old pixels takes one)."""
+    tracker = ObjectTracker(TrackerConfig(), fps=4)
+    cars = lambda k, s: _boxes([(300 + 6 * k) / s, 600 / s, (600 + 6 * k) / s, 800 / s],  # noqa: E731
+                               [(1200 - 6 * k) / s, 600 / s, (1500 - 6 * k) / s, 800 / s], label="car", category="vehicle")
+    ids = [tracker.update(cars(k, 1), (1080, 1920), ts=1000 + k * 0.25).track_ids for k in range(4)]
+    assert None not in ids[-1]
+    assert tracker.update(cars(4, 3), (360, 640), ts=1001.0).track_ids == ids[-1]
+    assert tracker.update(cars(5, 3), (360, 640), ts=1001.25).track_ids == ids[-1]
