@@ -91,7 +91,7 @@ def redis_for(config: PerceptConfig, stack: ExitStack, keeper: list[PrivateRedis
     return config
 
 
-def start_ray(address: str | None, *, verbose: bool, env_names: set[str] = frozenset(),
+def start_ray(address: str | None, *, verbose: bool,
               num_cpus: int | None = None) -> None:
     """A private local Ray unless an address is given (with ``num_cpus`` logical CPUs when the
     graph reserves more than the machine has cores). Replica output stays out of the console
@@ -104,7 +104,7 @@ def start_ray(address: str | None, *, verbose: bool, env_names: set[str] = froze
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(
         address=address,
-        runtime_env={"env_vars": replica_env(os.environ, env_names)},
+        runtime_env={"env_vars": replica_env(os.environ)},  # (no credentials: Ray logs it)
         include_dashboard=False,
         logging_level=logging.INFO if verbose else logging.ERROR,
         log_to_driver=verbose,
@@ -168,7 +168,7 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
             return fail(str(exc), EXIT_UNAVAILABLE)
         from deployments.graph import ray_cpus_for
 
-        start_ray(address, verbose=verbose, env_names=_camera_env_names(config), num_cpus=ray_cpus_for(config))
+        start_ray(address, verbose=verbose, num_cpus=ray_cpus_for(config))
         stack.callback(ray.shutdown)
         try:
             logs = serve_graph(config, stack, verbose=verbose)
@@ -195,14 +195,6 @@ def ingress_line(config: PerceptConfig) -> str:
     base = f"http://{host}:{config.http.port}"
     view = f"live view {base}/  " if config.view.enabled else "live view off (view.enabled: false); "
     return f"{view}camera API {base}/cameras"
-
-
-def _camera_env_names(config: PerceptConfig) -> set[str]:
-    """Variables the config's camera URLs name (``${VAR}``): the decoders expand them from their
-    own environment, so a cluster's replicas get them through the runtime env."""
-    from pipeline.config_env import camera_env_vars
-
-    return set(camera_env_vars(config))
 
 
 def monitor_cameras(client: Any, keys: Any, cameras: list[str], *, duration: float | None, show: bool,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ray import serve
@@ -34,13 +34,14 @@ SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_R
              "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1", **MESSAGE_ENV}
 
 
-def replica_env(environ: Mapping[str, str], names: Iterable[str] = ()) -> dict[str, str]:
-    """The environment every replica gets (Ray's runtime_env ``env_vars``): `SERVE_ENV`, then
-    from ``environ`` percept's and ultralytics' settings (``PERCEPT_*``, ``YOLO_*``), Serve's own
-    (``RAY_SERVE_*``: a value set there wins over `SERVE_ENV`) and the variables ``names`` (the
-    cameras' credentials)."""
-    names = set(names)
-    own = {k: v for k, v in environ.items() if k.startswith(("YOLO_", "PERCEPT_", "RAY_SERVE_")) or k in names}
+def replica_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment every replica gets (Ray's runtime_env ``env_vars``): `SERVE_ENV`, then from
+    ``environ`` ultralytics' settings (``YOLO_*``) and Serve's own (``RAY_SERVE_*``: a value set
+    there wins over `SERVE_ENV`). Nothing that may hold a credential (camera variables,
+    ``PERCEPT_REDIS_URL``, …): Ray writes a runtime env, values included, to its logs
+    (runtime_env_agent.log). A local Ray's replicas inherit the driver's environment; a cluster's
+    nodes resolve them from their own, as `percept build`'s config does."""
+    own = {k: v for k, v in environ.items() if k.startswith(("YOLO_", "RAY_SERVE_"))}
     return {**SERVE_ENV, **own}
 
 

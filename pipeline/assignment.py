@@ -189,16 +189,17 @@ class CameraSupervisor:
             log.warning("removed cameras not swept (%s); next round", type(exc).__name__)
 
     async def _hand_over_surplus(self) -> None:
-        """More replicas run than the config says (the deployment scaled up): one camera above
-        this replica's share is stopped and its lease released, for a replica below its share
-        to claim (its open tracks go on there: `track_state.leave_tracks`). With the configured number, the
-        cameras a failover gathered on one replica stay there, as before."""
+        """At least as many replicas run as the config says (the deployment scaled up, or a dead
+        replica's replacement started): one camera above this replica's share is stopped and its
+        lease released, for a replica below its share to claim (its open tracks go on there:
+        `track_state.leave_tracks`). While fewer run, the cameras a failover gathered stay."""
         if self._live_replicas is None:
             return
         was, self._live = self._live, await asyncio.to_thread(self._live_replicas)
         # two rounds in a row (a replica that just died, or one of an earlier run, counts a few
-        # seconds at most), and not after a failover (the configured number)
-        if min(was, self._live) > self.replicas and len(self.running) > self.fair_share:
+        # seconds at most) at least the configured number: a scale-up, or the replacement of a
+        # replica whose cameras a failover gathered here (while it is missing, they stay)
+        if min(was, self._live) >= self.replicas and len(self.running) > self.fair_share:
             cid = next(reversed(self.running))
             log.warning("camera %s: %d cameras here, above this replica's share (%d, %d replicas); handing it over",
                         cid, len(self.running), self.fair_share, max(self.replicas, self._live))

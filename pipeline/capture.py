@@ -67,11 +67,12 @@ def open_capture(
 
 
 def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
-    """Why an RTSP open failed, in words a camera operator can act on: one DESCRIBE request
-    (Basic credentials from the URL, as FFmpeg would send them) and the status line it gets."""
-    import base64
+    """Why an RTSP open failed, in words a camera operator can act on: one DESCRIBE request and
+    the status line it gets. It carries no credentials: FFmpeg sends them only when the server
+    asks, Digest when offered; this request, sent on every failed open to whatever host the URL
+    now reaches, never sends the password (a 401 says the camera wants them)."""
     import socket
-    from urllib.parse import unquote, urlsplit
+    from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     found, scrubbed = url_credentials(url), url_credentials(url, to_last_at=True)
@@ -91,9 +92,6 @@ def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
         where = f"the URL's host, port {port} (not shown: if the password has / ? # or @ in it, percent-encode them)"
     clean = f"rtsp://{host}:{port}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
     request = f"DESCRIBE {clean} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n"
-    if parts.username is not None:
-        token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
-        request += f"Authorization: Basic {token}\r\n"
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
             sock.settimeout(timeout_s)
@@ -108,8 +106,10 @@ def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
     except OSError as exc:
         return f"{where} unreachable ({exc.strerror or exc})"
     code = status.split(" ", 2)[1] if status.count(" ") >= 1 else ""
-    if code == "401":
-        return "401 Unauthorized: check the user and password in the camera URL"
+    if code == "401":  # (asked without credentials: a camera that wants them says so)
+        if parts.username is None:
+            return "401 Unauthorized: the camera wants a user and password in its URL"
+        return "401 Unauthorized: the camera wants credentials; check the user and password in the camera URL"
     if code == "404":
         return "404 Not Found: check the stream path in the camera URL"
     if code.startswith("2"):

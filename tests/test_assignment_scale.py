@@ -90,6 +90,56 @@ def test_replicas_beyond_the_config_take_their_share_of_the_cameras(redis_server
         loop.call_soon_threadsafe(loop.stop)
 
 
+def test_the_replacement_of_a_dead_replica_gets_its_share_back(redis_server):
+    """Two replicas configured; one dies and the other gathers every camera; Serve's replacement
+    starts later (the number alive is the configured one again): it gets its share back, instead
+    of staying empty while the survivor decodes twice its part."""
+    client = redis_server.client()
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    keys = StreamKeys("replaced")
+    supervisors: dict[str, CameraSupervisor] = {}
+    runs, shares = {}, {}
+
+    async def start(camera):
+        return StandIn(camera)
+
+    def add_replica(name: str) -> None:
+        sup = CameraSupervisor(CAMERAS, client=client, keys=keys, start_camera=start, replicas=2, lease_ttl_s=3,
+                               owner=name, live_replicas=functools.partial(live_decoders, client, keys))
+
+        async def status():
+            return sup.status()
+
+        supervisors[name] = sup
+        runs[name] = asyncio.run_coroutine_threadsafe(sup.run(), loop)
+        shares[name] = asyncio.run_coroutine_threadsafe(share_status_every(status, client, keys, interval_s=0.3), loop)
+
+    def running() -> dict[str, int]:
+        return {name: len(s.running) for name, s in supervisors.items()}
+
+    try:
+        add_replica("r0")
+        add_replica("r1")
+        wait_for(lambda: running() == {"r0": 2, "r1": 2}, 30, "two cameras on each replica")
+        shares["r1"].cancel()  # r1 dies: its status goes stale, its cameras go to r0
+        asyncio.run_coroutine_threadsafe(supervisors["r1"].stop(), loop).result(5)
+        runs.pop("r1").result(30)
+        del supervisors["r1"]
+        wait_for(lambda: running() == {"r0": 4}, 60, "the survivor running every camera")
+        add_replica("r2")  # Serve's replacement
+        wait_for(lambda: running() == {"r0": 2, "r2": 2}, 60, "the replacement running its two cameras")
+    finally:
+        for sup in supervisors.values():
+            asyncio.run_coroutine_threadsafe(sup.stop(), loop).result(5)
+        for run in runs.values():
+            run.result(30)
+        for share in shares.values():
+            share.cancel()
+        concurrent.futures.wait(list(shares.values()), timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+
+
 def test_a_replica_stopped_while_the_service_stays_hands_its_cameras_over(redis_server):
     """A replica Serve stops while the application stays (a scale-down, a redeploy:
     ``stop(hand_over=True)``, `deployments.decoder.application_stays`) hands its cameras over,

@@ -91,7 +91,7 @@ def world(ray_session, videos, models_dir, tmp_path_factory, rtsp_server_cls):
 def test_bad_cameras_get_clear_errors_and_the_rest_keep_running(world):
     expected = {
         "bad-path": ("reconnecting", "404 Not Found: check the stream path"),
-        "bad-auth": ("reconnecting", "401 Unauthorized: check the user and password"),
+        "bad-auth": ("reconnecting", "the camera wants credentials; check the user and password"),
         "unreachable": ("reconnecting", "connection refused"),
         "not-video": ("failed", "not a video FFmpeg can decode"),
     }

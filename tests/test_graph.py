@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -346,6 +347,9 @@ def test_no_camera_password_anywhere_in_redis(graph, session_redis):
     assert PASSWORD.encode() not in everything
     stored = json.loads(client.hget(f"{PREFIX}:cameras", "traffic"))["camera"]["url"]
     assert stored == config.camera("traffic").url and f"${{{PASSWORD_VAR}}}@" in stored
+    import ray  # nor in Ray's logs (a runtime env is logged with its values)
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    assert [p.name for p in logs.rglob("*") if p.is_file() and PASSWORD.encode() in p.read_bytes()] == []
     for camera in ("traffic", "walk"):
         assert client.xlen(KEYS.detections(camera)) >= 15
         assert camera_states(client, KEYS, [camera])[camera]["state"] == "online"

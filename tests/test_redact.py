@@ -83,3 +83,34 @@ def test_camera_cgi_passwords_in_the_query_are_hidden():
 def test_a_whole_url_is_scrubbed_even_with_quotes_or_spaces_in_its_password():
     assert redact_url("rtsp://admin:it's@cam/x") == "rtsp://***@cam/x"
     assert redact_url('rtsp://admin:say "hi"@cam/x') == "rtsp://***@cam/x"
+
+
+def test_rtsp_diagnosis_never_sends_the_password():
+    """The DESCRIBE it sends on every failed open goes to whatever host the URL reaches now: it
+    carries no credentials (FFmpeg sends them only when asked); a 401 says the camera wants them."""
+    import socket
+    import threading
+
+    from pipeline.capture import diagnose_rtsp
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port, asked = server.getsockname()[1], []
+
+    def answer():
+        for _ in range(2):
+            conn, _ = server.accept()
+            with conn:
+                asked.append(conn.recv(4096).decode())
+                conn.sendall(b"RTSP/1.0 401 Unauthorized\r\nCSeq: 1\r\nWWW-Authenticate: Digest realm=\"cam\", nonce=\"n\"\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        why = diagnose_rtsp(f"rtsp://admin:Hunter2pw@127.0.0.1:{port}/s1", timeout_s=5)
+        assert why == "401 Unauthorized: the camera wants credentials; check the user and password in the camera URL"
+        assert diagnose_rtsp(f"rtsp://127.0.0.1:{port}/s1", timeout_s=5).endswith("wants a user and password in its URL")
+        thread.join(10)
+    finally:
+        server.close()
+    assert len(asked) == 2 and all(a.startswith("DESCRIBE rtsp://127.0.0.1:") for a in asked), asked
+    assert not any("Authorization" in a or "Hunter2pw" in a or "YWRtaW46SHVudGVyMnB3" in a for a in asked), asked

@@ -19,15 +19,18 @@ from pipeline.config import PerceptConfig
 SEPARATE_LOOPS = ("(_run_user_code_event_loop)", "(_run_router_event_loop)")
 
 
-def test_replica_env_forwards_settings_and_credentials_only():
+def test_replica_env_forwards_settings_but_no_credentials():
+    """Ray writes a runtime env, values included, to its logs: a camera's password or a Redis URL
+    must not be in it (a local Ray's replicas inherit them; a cluster's nodes have their own)."""
     environ = {"PERCEPT_MODELS_DIR": "/m", "YOLO_OFFLINE": "1", "CAM_PASS": "s3cret", "HOME": "/root",
-               "AWS_SECRET_ACCESS_KEY": "x", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
-    env = replica_env(environ, {"CAM_PASS"})
+               "PERCEPT_REDIS_URL": "redis://:pw@r:6379/0", "AWS_SECRET_ACCESS_KEY": "x",
+               "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
+    env = replica_env(environ)
     assert env == {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
                    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",  # set by the user: theirs wins
                    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
                    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(MAX_MESSAGE_BYTES),
-                   "PERCEPT_MODELS_DIR": "/m", "YOLO_OFFLINE": "1", "CAM_PASS": "s3cret"}
+                   "YOLO_OFFLINE": "1"}
     assert replica_env({}) == SERVE_ENV
 
 
