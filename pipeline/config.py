@@ -126,7 +126,8 @@ class CameraConfig(Strict):
     @model_validator(mode="after")
     def _one_unit(self) -> "CameraConfig":
         check_units(self.zones, self.lines)  # all pixels or all 0..1; the error names the zone/line
-        if self.backpressure == "wait" and "://" in self.url and not self.url.startswith("file://"):
+        if self.backpressure == "wait" and (("://" in self.url and not self.url.startswith("file://"))
+                                            or self.url.startswith("device:")):
             raise error_at(("backpressure",), "wait is for files; a live camera cannot be paused (use latest)")
         if self.decode != "all" and self.url.startswith("device:"):
             raise error_at(("decode",), f"{self.decode} needs an encoded stream or file; a device: camera gives raw frames")

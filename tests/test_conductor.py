@@ -376,3 +376,25 @@ def test_the_detector_input_is_made_in_the_reader_thread_for_taken_frames_only(r
     read = conductor.source.frames_read
     print(f"frames read {read}, letterboxed {len(prepared)}, taken {len(taken)}")
     assert len(prepared) <= 1.5 * len(taken) + 2 and read >= 2.5 * len(taken), (read, len(prepared), len(taken))
+
+
+def test_waiting_for_a_stuck_reader_holds_no_worker_of_the_shared_thread_pool():
+    """A camera stopped while its reader is stuck in an open waits for it without a worker of the
+    replica's default executor: lease renewals and registry reads (`asyncio.to_thread`) go on."""
+    release = threading.Event()
+    stuck = threading.Thread(target=release.wait, daemon=True)
+    stuck.start()
+    conductor = CameraConductor.__new__(CameraConductor)  # (only its reader matters here)
+    conductor._reader = stuck
+
+    async def main():
+        import concurrent.futures
+        asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+        waiting = asyncio.create_task(conductor._reader_gone(30))
+        await asyncio.sleep(0.1)  # (the wait under way)
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "renewed"), 5) == "renewed"
+        assert not waiting.done()
+        release.set()
+        await asyncio.wait_for(waiting, 5)
+
+    asyncio.run(main())

@@ -348,3 +348,9 @@ def test_a_camera_differs_at_runtime_only_when_nothing_but_its_zones_and_lines_c
                         anchor="center").differs_at_runtime_only(running)
     assert not CameraConfig(id="a", url="rtsp://cam/2", zones=running.zones).differs_at_runtime_only(running)
     assert not CameraConfig(id="a", url="rtsp://cam/1", fps=2, zones=running.zones).differs_at_runtime_only(running)
+
+
+def test_backpressure_wait_is_refused_for_a_device_camera():
+    with pytest.raises(ValueError, match="wait is for files"):
+        CameraConfig(id="c", url="device:0", backpressure="wait")
+    assert CameraConfig(id="c", url="/videos/a.mp4", backpressure="wait").backpressure == "wait"

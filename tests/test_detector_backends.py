@@ -357,3 +357,34 @@ def test_yunet_layout_goes_with_the_yunet_type(tmp_path):
     (tmp_path / "faces.yaml").write_text(card.read_text().replace("type: yunet", "type: openvino"))
     with pytest.raises(ConfigError, match="layout yunet"):
         load_card(tmp_path / "faces.yaml")
+
+
+def test_an_export_with_a_fixed_batch_above_one_is_refused_at_load(tmp_path):
+    """``yolo export … batch=4`` gives a network that takes exactly 4 frames; this backend sends
+    each frame as its own request, so every frame would fail while the replica looked ready."""
+    import shutil
+
+    import openvino as ov
+
+    from pipeline.models import ModelError
+
+    source = need(MODELS / DETECTOR)
+    # (YOLO11's attention cannot be re-shaped to 4: a stand-in network with the export's input)
+    image = ov.opset13.parameter([4, 3, 640, 640], ov.Type.f32, name="images")
+    model = ov.Model([ov.opset13.relu(image)], [image], "yolo11n_b4")
+    out = tmp_path / "yolo11n_b4_openvino_model"
+    out.mkdir()
+    ov.save_model(model, str(out / "yolo11n.xml"), compress_to_fp16=False)
+    shutil.copy(source / "metadata.yaml", out / "metadata.yaml")
+    with pytest.raises(ModelError, match="takes a fixed batch of 4; .* export it with batch=1, or set backend: ultralytics"):
+        load_detector(DetectorConfig(weights=str(out), num_cpus=2), models_dir=str(MODELS))
+
+
+def test_a_model_whose_blank_warmup_fails_is_refused_at_load(monkeypatch):
+    from pipeline.backends import openvino_detector
+    from pipeline.models import ModelError
+
+    need(MODELS / DETECTOR)
+    monkeypatch.setattr(openvino_detector.OpenVinoDetector, "detect_batch", lambda self, inputs: [RuntimeError("shape")])
+    with pytest.raises(ModelError, match="a blank input fails, so every input would: RuntimeError: shape"):
+        detector(DETECTOR)

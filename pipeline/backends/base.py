@@ -16,7 +16,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 
 from ..schema import Detections
-from ..models import DetectorInput
+from ..models import DetectorInput, ModelError
 
 Attributes = Mapping[str, Mapping[str, Any]]
 
@@ -52,3 +52,13 @@ def per_item(run, items: Sequence[Any]) -> list[Any]:
         if len(items) == 1:
             return [exc]
         return [r for item in items for r in per_item(run, [item])]
+
+
+def refuse_failed_warmup(answers: Sequence[Any], field: str, weights: str) -> None:
+    """A warm-up whose blank input fails (`per_item` answers the exception) means every input
+    will: the model is refused at load (`ModelError`, exit 2) instead of a replica that reports
+    ready and publishes nothing."""
+    failed = next((a for a in answers if isinstance(a, Exception)), None)
+    if failed is not None:
+        raise ModelError(f"{field}: {weights}: a blank input fails, so every input would: "
+                         f"{type(failed).__name__}: {str(failed)[:300]}")

@@ -31,7 +31,7 @@ import numpy as np
 from ..config import ClassifierConfig
 from ..config_errors import ConfigError
 from ..models import ModelError, model_name
-from .base import Attributes, per_item
+from .base import Attributes, per_item, refuse_failed_warmup
 from .card import CardInput, CardOutput, ModelCard, read_labels
 from .openvino_net import Network, infer, open_network, to_tensor
 
@@ -63,7 +63,7 @@ def load_classifier(cfg: ClassifierConfig, *, card: ModelCard | None, weights: s
         w, h = card.crop_size
         blank = np.zeros((h, w, 3), np.uint8)
         for n in bucket_sizes(clf.max_batch) if net.dynamic_batch else (1,):
-            clf.classify_batch([blank] * n)
+            refuse_failed_warmup(clf.classify_batch([blank] * n), field, weights)
     log.info("classifier %s (openvino, %d thread(s), card %s): %s", clf.name, threads, card.where(),
              ", ".join(clf.attributes))
     return clf

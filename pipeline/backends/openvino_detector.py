@@ -34,7 +34,7 @@ from ..config import DetectorConfig
 from ..config_errors import ConfigError
 from ..models import CategoryMap, DetectorInput, ModelError, card_nms_iou, model_name
 from ..schema import Detections
-from .base import per_item
+from .base import per_item, refuse_failed_warmup
 from .card import CardInput, CardOutput, ModelCard, read_labels
 from .decode import LAYOUTS, decode
 from .openvino_export import crop_window, export_card, reshape_export
@@ -65,7 +65,8 @@ def load_detector(cfg: DetectorConfig, *, card: ModelCard | None, weights: str, 
                         rect=cfg.rect and output_index is not None)
     det = OpenVinoDetector(net, card, cfg=cfg, name=model_name(cfg), field=field, weights=xml)
     if warmup:
-        det.detect_batch([DetectorInput(np.zeros((cfg.imgsz, cfg.imgsz, 3), np.uint8), (cfg.imgsz, cfg.imgsz))])
+        blank = DetectorInput(np.zeros((cfg.imgsz, cfg.imgsz, 3), np.uint8), (cfg.imgsz, cfg.imgsz))
+        refuse_failed_warmup(det.detect_batch([blank]), field, xml)
     log.info("detector %s on CPU (openvino, %d thread(s), %d infer requests)", det.name, threads, net.requests)
     return det
 
@@ -95,6 +96,9 @@ def open_detector(weights: str, card: ModelCard, *, field: str, threads: int,
     model = _read(core, weights, field)
     port = _input_port(model, card, field)
     check_input(card, _dims(port), field)
+    if _dims(port)[0] > 1:  # (each frame is a request of its own: every inference would fail)
+        raise ModelError(f"{field}: {weights} takes a fixed batch of {_dims(port)[0]}; this backend runs one frame "
+                         "per request: export it with batch=1, or set backend: ultralytics")
     out_spec = detections_output(card)
     out_port = model.outputs[output_index] if output_index is not None else _find(model.outputs, out_spec.name)
     if out_port is None:
