@@ -147,6 +147,11 @@ def check_units(zones: Mapping[str, Any], lines: Mapping[str, Any]) -> None:
     """Raise (a pydantic error located at the offending zone or line) when one camera's zones and
     lines mix pixel and relative coordinates. For `CameraConfig`'s model validator."""
     items = [("zones", n, p) for n, p in zones.items()] + [("lines", n, p) for n, p in lines.items()]
+    for kind, name, points in items:
+        top = max((v for p in points for v in p), default=0.0)
+        if 1 < top <= 2:  # read as pixels it would be a shape of 2 px at most: surely meant as 0..1
+            raise error_at((kind, name), f"a value of {top:g} makes it pixels, at most 2 px across: relative "
+                                         "coordinates are 0..1 (for the frame's edge write 1)")
     if not items:
         return
     first_kind, first_name, first_points = items[0]

@@ -115,7 +115,7 @@ def test_mixing_pixel_and_relative_units_names_the_odd_one():
         "one camera's zones and lines must all use the same unit"
     ]
     # one value > 1 makes the whole zone pixel-valued: consistent with a pixel line
-    parse_config({"cameras": [{"id": "c", "url": "x", "zones": {"a": [[0, 0], [0.5, 0.5], [2, 0]]},
+    parse_config({"cameras": [{"id": "c", "url": "x", "zones": {"a": [[0, 0], [0.5, 0.5], [3, 0]]},
                                "lines": {"l": [[0, 0], [5, 5]]}}]}, env={})
 
 
@@ -261,3 +261,11 @@ def test_zones_and_lines_without_the_tracker_are_refused_naming_the_camera():
         parse_config({"tracker": {"enabled": False}, "cameras": cams}, env={})
     assert err.value.errors == ["cameras[1].lines: zones and lines need the tracker (tracker.enabled is false)"]
     assert parse_config({"cameras": cams}, env={}).cameras[1].lines  # with it: fine
+
+
+def test_a_relative_zone_drawn_just_past_the_frame_edge_is_refused_not_read_as_a_2px_zone():
+    assert camera_errors(zones={"road": [[0, 0.5], [1.01, 0.5], [1.01, 1.01], [0, 1.01]]}) == [
+        "cameras[0].zones.road: a value of 1.01 makes it pixels, at most 2 px across: relative coordinates are "
+        "0..1 (for the frame's edge write 1)"]
+    assert camera_errors(lines={"stop": [[0, 0.5], [1.0001, 0.5]]})[0].startswith("cameras[0].lines.stop: a value of 1.0001")
+    parse_config({"cameras": [{"id": "c", "url": "x", "zones": {"road": [[0, 360], [1280, 360], [1280, 720]]}}]}, env={})
