@@ -6,11 +6,37 @@ with ``decode: keyframes`` or ``reference`` is opened with PyAV instead (pipelin
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from .capture_av import SKIP_FRAME
 from .redact import UNESCAPED_USERINFO, redact_url, url_credentials
 from .sources import Capture, SourceError, is_file_url
+
+
+# FFmpeg's options for an RTSP camera: TCP and no probing, first frame in ~0.2 s, not ~3 s. OpenCV
+# reads them from the environment at every open, for every kind of input: set for an RTSP open
+# only (a file or HTTP stream opened with them may decode nothing: a 32-byte probe misses an
+# MPEG-TS file's video), unless the user set their own.
+RTSP_OPTIONS = "rtsp_transport;tcp|analyzeduration;0|probesize;32"
+_OPTIONS_VAR = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_USER_OPTIONS = os.environ.get(_OPTIONS_VAR)
+_OPEN_LOCK = threading.Lock()  # (OpenCV opens one FFmpeg input at a time anyway)
+
+
+def _ffmpeg_open(url: str, *params: object) -> object:
+    """``cv2.VideoCapture(url, CAP_FFMPEG, …)`` with `RTSP_OPTIONS` in the environment for an
+    RTSP URL and none for anything else."""
+    import cv2
+
+    with _OPEN_LOCK:
+        if _USER_OPTIONS is None and url.startswith("rtsp"):
+            os.environ[_OPTIONS_VAR] = RTSP_OPTIONS
+        try:
+            return cv2.VideoCapture(url, cv2.CAP_FFMPEG, *params)
+        finally:
+            if _USER_OPTIONS is None:
+                os.environ.pop(_OPTIONS_VAR, None)
 
 
 def open_capture(
@@ -45,21 +71,18 @@ def open_capture(
         path = Path(url.removeprefix("file://"))
         if not path.is_file():
             raise SourceError(camera, f"file not found: {path}", retryable=False)
-        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        cap = _ffmpeg_open(str(path))
         if not cap.isOpened():
             raise SourceError(
                 camera, f"{path} is not a video FFmpeg can decode (wrong format, truncated or corrupt)", retryable=False
             )
         return cap
-    if url.startswith("rtsp"):
-        # FFmpeg reads these at every open; TCP and no probing: first frame in ~0.2 s, not ~3 s.
-        os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|analyzeduration;0|probesize;32")
     params = [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
         cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000),
         cv2.CAP_PROP_N_THREADS, 1,
     ]
-    cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
+    cap = _ffmpeg_open(url, params)
     if not cap.isOpened():
         why = diagnose_rtsp(url, timeout_s=min(open_timeout_s, 3.0)) if url.startswith("rtsp://") else "no answer"
         raise SourceError(camera, f"cannot open {safe}: {why}", retryable=True)

@@ -111,6 +111,7 @@ class SkippingCapture:
         self._clock = clock
         self._decoded: list[Any] = []
         self._frame: Any = None
+        self._start_s = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
         self.decoded = 0
         self.packets = 0
 
@@ -154,9 +155,9 @@ class SkippingCapture:
         return True, self._frame.to_ndarray(format="bgr24")
 
     def get(self, prop: int) -> float:
-        if prop == _POS_MSEC:
+        if prop == _POS_MSEC:  # from the stream's start, as OpenCV gives it (a file may start at 601.4 s)
             t = self._frame.time if self._frame is not None else None
-            return t * 1000.0 if t is not None else -1.0
+            return (t - self._start_s) * 1000.0 if t is not None else -1.0
         if prop == _FPS:
             rate = self.stream.average_rate or self.stream.guessed_rate
             return float(rate) if rate else 0.0

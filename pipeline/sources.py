@@ -338,9 +338,12 @@ class VideoSource:
     def _pts(self, pos_ms: float | None, pts_offset: float, last_pts: float | None) -> float | None:
         """A frame's pts: the capture's position plus ``pts_offset`` (loops) and the shift that
         keeps a file's timeline increasing (a frame at or before the last one comes one frame
-        interval after it: a file without timestamps, or whose timestamps start again)."""
+        interval after it: a file without timestamps, or whose timestamps start again). A file's
+        frame without a position (raw H.264) comes one frame interval after the last."""
         if pos_ms is None or pos_ms < 0:
-            return None
+            if not self._is_file:
+                return None  # (a live camera's frames are sampled on the clock)
+            return pts_offset if last_pts is None else last_pts + self._frame_s
         pts = pts_offset + self._pts_shift + pos_ms / 1000.0
         if self._is_file and last_pts is not None and pts <= last_pts:
             self._pts_shift += last_pts - pts + self._frame_s

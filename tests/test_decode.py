@@ -393,3 +393,50 @@ def test_an_mpeg_ts_file_keeps_its_frame_rate_after_an_rtsp_camera_opened(tmp_pa
     monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|analyzeduration;0|probesize;32")
     assert abs(probe_fps(str(clip)) - 23.976) < 0.01
     assert probe_fps(str(tmp_path / "none.ts")) is None
+
+
+def test_a_file_camera_opened_after_an_rtsp_camera_still_decodes(tmp_path):
+    """OpenCV reads FFmpeg's options from the environment at every open: the RTSP cameras' tiny
+    probe, left there for the process, made an MPEG-TS file with audio decode nothing (every
+    grab, no frame: `online` and silent). They are set for an RTSP open only."""
+    import os
+
+    clip = tmp_path / "av.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=d=3:s=320x240:r=25", "-f", "lavfi",
+                    "-i", "sine=d=3", "-c:v", "mpeg2video", "-c:a", "mp2", "-f", "mpegts", str(clip)], check=True, timeout=120)
+    with pytest.raises(SourceError):
+        open_capture("rtsp", "rtsp://127.0.0.1:9/none", open_timeout_s=1)
+    assert "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ
+    assert len(read_all(str(clip), "all", fps=5)) >= 14  # 3 s at 5 fps
+
+
+def test_a_looping_file_whose_timestamps_start_late_continues_across_the_loop(tmp_path):
+    """PyAV gives a frame's time from 0 of the stream's clock, not of its start: a file starting
+    at 600 s looped with a 600 s jump (realtime: a 600 s pause). Positions count from the start."""
+    clip = tmp_path / "late.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=d=2:s=160x120:r=10", "-c:v", "libx264",
+                    "-g", "5", "-bf", "0", "-output_ts_offset", "600", "-f", "mpegts", str(clip)], check=True, timeout=120)
+    src = VideoSource("cam", lambda: open_capture("cam", str(clip), decode="keyframes"), fps=0, is_file=True,
+                      loop=True, realtime=False)
+    pts = []
+    for frame in src.frames():
+        pts.append(frame.meta.pts)
+        if len(pts) == 10:  # two passes and more
+            src.stop()
+    steps = [b - a for a, b in zip(pts, pts[1:])]
+    assert pts[0] < 1 and all(0 < s < 1 for s in steps), pts
+
+
+def test_a_raw_h264_file_without_timestamps_is_sampled_at_its_frame_rate(tmp_path):
+    """A raw H.264 file has no positions: each frame comes one frame interval after the last
+    (with PyAV's reference decoding it came with none, and the sampler took one frame)."""
+    from pipeline.capture import probe_fps
+
+    clip = tmp_path / "raw.h264"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=d=4:s=160x120:r=25", "-c:v", "libx264",
+                    "-bf", "0", "-f", "h264", str(clip)], check=True, timeout=120)
+    for decode in ("all", "reference"):
+        src = VideoSource("cam", lambda: open_capture("cam", str(clip), decode=decode), fps=5, is_file=True,
+                          realtime=False, native_fps=probe_fps(str(clip)))
+        frames = list(src.frames())
+        assert 18 <= len(frames) <= 21 and frames[-1].meta.pts > 3.5, (decode, [f.meta.pts for f in frames])
