@@ -137,6 +137,10 @@ class CameraMetrics:
         if old is not None and old.conductor is not conductor:
             self._camera_counters(cid, old)  # what the previous run did since the last collect
         self._tracked[cid] = _Tracked(conductor, conductor.source.next_seq)
+        # its lag runs from its newest frame on the stream (a previous owner's, before a move),
+        # not from its first frame here: a camera that moved and is still connecting lags
+        newest = conductor.publisher.newest_ms(cid)
+        self._last_frame_ts[cid] = newest / 1000 if newest else self._last_frame_ts.get(cid, self._clock())
         # resuming a camera restores its cumulative publisher drops from Redis: not new drops
         self._publisher_last[("dropped", cid)] = conductor.publisher.stats.dropped[cid]
 

@@ -115,6 +115,11 @@ class Publisher:
         with self._cond:
             return self._fences.get(camera)
 
+    def newest_ms(self, camera: str) -> int | None:
+        """Capture time (ms) of the camera's newest entry known here: published here, or its
+        stream's top read when the camera started (`last_published`)."""
+        return self._last_ms.get(camera)
+
     def last_published(self, camera: str) -> tuple[int, int] | None:
         """(ms, seq) of the newest entry on the camera's stream (None if empty); also primes the
         id clock so new ids never go below it. Raises on a Redis error (call at camera start)."""

@@ -122,7 +122,7 @@ def fake_conductor(cid, publisher, next_seq=100):
 def fake_publisher():
     from pipeline.publish import PublisherStats
 
-    return SimpleNamespace(stats=PublisherStats(), pending=0)
+    return SimpleNamespace(stats=PublisherStats(), pending=0, newest_ms=lambda camera: None)
 
 
 def test_camera_metrics_export_increments_of_the_pipeline_counters():
@@ -163,6 +163,26 @@ def test_camera_metrics_export_increments_of_the_pipeline_counters():
     # the camera moved away: this replica shows it in no state
     m.collect({}, pub)
     assert all(v == 0 for k, v in rec.gauges.items() if k[0] == "percept_camera_state")
+
+
+def test_a_camera_that_moved_and_is_still_connecting_shows_its_lag_from_its_last_frame():
+    """The old owner shows lag 0 once the camera left; the new one, before its first frame,
+    shows the time since the newest frame on the camera's stream (dashboards take the max)."""
+    rec, now = MemoryRecorder(), [1000.0]
+    m = pm.CameraMetrics(rec, clock=lambda: now[0])
+    pub = fake_publisher()
+    pub.newest_ms = lambda camera: 940_000  # the previous owner's last frame, read at the camera's start
+    c = fake_conductor("a", pub)
+    m.track(c)
+    now[0] += 0.2
+    m.collect({"a": c}, pub)
+    assert rec.gauges[("percept_camera_lag_seconds", ("camera", "a"))] == pytest.approx(60.2)
+    fresh = pm.CameraMetrics(rec, clock=lambda: now[0])  # a camera with no frame yet anywhere
+    pub.newest_ms = lambda camera: None
+    fresh.track(fake_conductor("b", pub))
+    now[0] += 3
+    fresh.collect({"b": fake_conductor("b", pub)}, pub)
+    assert rec.gauges[("percept_camera_lag_seconds", ("camera", "b"))] == pytest.approx(3.0)
 
 
 def test_drops_a_camera_brings_from_its_earlier_runs_are_not_counted_again_before_it_is_tracked():
