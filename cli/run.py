@@ -102,14 +102,38 @@ def start_ray(address: str | None, *, verbose: bool,
 
     # "local" starts a private Ray even when a `ray start` cluster runs on this machine.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(
-        address=address,
-        runtime_env={"env_vars": replica_env(os.environ)},  # (no credentials: Ray logs it)
-        include_dashboard=False,
-        logging_level=logging.INFO if verbose else logging.ERROR,
-        log_to_driver=verbose,
-        **({"num_cpus": num_cpus} if num_cpus and address == "local" else {}),
-    )
+    problem = None if address in ("local", "auto") else ray_address_problem(address)
+    if problem:  # (ray.init would retry an address nobody answers at for minutes)
+        raise Unavailable(f"--address: cannot reach the Ray cluster at {address}: {problem}")
+    try:
+        ray.init(
+            address=address,
+            runtime_env={"env_vars": replica_env(os.environ)},  # (no credentials: Ray logs it)
+            include_dashboard=False,
+            logging_level=logging.INFO if verbose else logging.ERROR,
+            log_to_driver=verbose,
+            **({"num_cpus": num_cpus} if num_cpus and address == "local" else {}),
+        )
+    except Exception as exc:
+        auth = ("; a cluster with token authentication needs RAY_AUTH_MODE=token and its token "
+                "(RAY_AUTH_TOKEN, or ~/.ray/auth_token)" if address != "local" else "")
+        raise Unavailable(f"Ray did not start or join {address}: {type(exc).__name__}: "
+                          f"{redact(str(exc))[:500]}{auth}") from None
+
+
+def ray_address_problem(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why nothing answers at a Ray address (``HOST:PORT`` or ``ray://HOST:PORT``), or None."""
+    import socket
+
+    hostport = address.removeprefix("ray://").rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return "not HOST:PORT (or ray://HOST:PORT)"
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
 
 
 def _quiet_serve(verbose: bool) -> None:
@@ -168,7 +192,10 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
             return fail(str(exc), EXIT_UNAVAILABLE)
         from deployments.graph import ray_cpus_for
 
-        start_ray(address, verbose=verbose, num_cpus=ray_cpus_for(config))
+        try:
+            start_ray(address, verbose=verbose, num_cpus=ray_cpus_for(config))
+        except Unavailable as exc:
+            return fail(str(exc), EXIT_UNAVAILABLE)
         stack.callback(ray.shutdown)
         try:
             logs = serve_graph(config, stack, verbose=verbose)

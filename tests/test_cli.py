@@ -70,6 +70,21 @@ def test_no_redis_server_installed_exits_3_saying_what_to_do(tmp_path, models_di
     assert "Traceback" not in out.stderr
 
 
+def test_run_against_a_ray_address_nobody_answers_at_exits_3_at_once(tmp_path, models_dir, redis_server):
+    """`--address` naming no cluster: one line, exit 3 (Ray retried it for minutes, then a traceback)."""
+    from pipeline.redis_server import free_port
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"models_dir: {models_dir}\ndetector: {{weights: yolo11n_int8_openvino_model}}\n"
+                   f"state_dir: {tmp_path / 'state'}\nredis: {{url: '{redis_server.url}'}}\n")
+    port = free_port()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        out = percept("run", "-c", str(cfg), "--address", address, "--duration", "2")
+        assert out.returncode == 3, out.stderr
+        assert out.stderr.startswith(f"percept: --address: cannot reach the Ray cluster at {address}: "), out.stderr
+        assert "Traceback" not in out.stderr
+
+
 def test_a_private_redis_that_cannot_start_exits_3_with_its_reason(tmp_path, models_dir):
     """The private redis-server's AOF damaged (a crash, a full disk): its own fatal line, exit 3
     (it was a traceback ending in "exited with 1: ", the reason in its stdout, discarded)."""
