@@ -92,7 +92,7 @@ def redis_for(config: PerceptConfig, stack: ExitStack, keeper: list[PrivateRedis
 
 
 def start_ray(address: str | None, *, verbose: bool,
-              num_cpus: int | None = None) -> None:
+              num_cpus: int | None = None) -> str:
     """A private local Ray unless an address is given (with ``num_cpus`` logical CPUs when the
     graph reserves more than the machine has cores). Replica output stays out of the console
     unless ``verbose`` (it goes to the replica log files)."""
@@ -119,6 +119,7 @@ def start_ray(address: str | None, *, verbose: bool,
                 "(RAY_AUTH_TOKEN, or ~/.ray/auth_token)" if address != "local" else "")
         raise Unavailable(f"Ray did not start or join {address}: {type(exc).__name__}: "
                           f"{redact(str(exc))[:500]}{auth}") from None
+    return address
 
 
 def ray_address_problem(address: str, timeout_s: float = 5.0) -> str | None:
@@ -142,8 +143,10 @@ def _quiet_serve(verbose: bool) -> None:
         logging.getLogger("ray.serve").setLevel(logging.ERROR)
 
 
-def serve_graph(config: PerceptConfig, stack: ExitStack, *, verbose: bool = False) -> Path:
-    """Serve started and the graph deployed; returns the folder of the replica log files."""
+def serve_graph(config: PerceptConfig, stack: ExitStack, *, verbose: bool = False, local: bool = True) -> str:
+    """Serve started and the graph deployed; returns where the replica log files are: the state
+    folder's ``logs`` on a private Ray, each node's own Ray session folder on a cluster (a path
+    of this machine would be made, or fail to be, on every node)."""
     import ray
     from ray import serve
 
@@ -152,23 +155,24 @@ def serve_graph(config: PerceptConfig, stack: ExitStack, *, verbose: bool = Fals
     _quiet_serve(verbose)
     gpu = ray.cluster_resources().get("GPU", 0) > 0
     logs = Path(config.state_dir).resolve() / "logs"
+    where = {"logs_dir": str(logs)} if local else {}
     serve.start(
         proxy_location=config.http.proxy_location,
         http_options={"host": config.http.host, "port": config.http.port},
-        logging_config={"logs_dir": str(logs)},
+        logging_config=where,
     )
     _quiet_serve(verbose)
     serve.run(
         build_app(config, gpu_available=gpu),
         name="percept",
         route_prefix="/",
-        logging_config={"enable_access_log": False, "logs_dir": str(logs)},
+        logging_config={"enable_access_log": False, **where},
     )
     # On exit our application is deleted (its replicas drain); Serve itself stays for whoever
     # else uses the cluster, and a private Ray goes with ray.shutdown.
     stack.callback(serve.delete, "percept")
     _quiet_serve(verbose)
-    return logs
+    return str(logs) if local else "each node's Ray session folder (logs/serve/)"
 
 
 def run_graph(config: PerceptConfig, *, address: str | None, duration: float | None, monitor: bool,
@@ -193,12 +197,12 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
         from deployments.graph import ray_cpus_for
 
         try:
-            start_ray(address, verbose=verbose, num_cpus=ray_cpus_for(config))
+            address = start_ray(address, verbose=verbose, num_cpus=ray_cpus_for(config))
         except Unavailable as exc:
             return fail(str(exc), EXIT_UNAVAILABLE)
         stack.callback(ray.shutdown)
         try:
-            logs = serve_graph(config, stack, verbose=verbose)
+            logs = serve_graph(config, stack, verbose=verbose, local=address == "local")
         except Exception as exc:  # a replica that cannot start (model error) fails the deploy
             return fail(f"deployment failed: {redact(str(exc))[-2000:]}", EXIT_UNAVAILABLE)
         say(f"running {len(config.cameras)} camera(s); streams {config.redis.stream_prefix}:detections:<camera>; "

@@ -1,5 +1,7 @@
 """The real models from ../shared: detection, categories, classification and load errors."""
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -116,3 +118,16 @@ def test_crops_keep_the_model_aspect_ratio():
     assert ys.min() <= 2 and ys.max() >= 157 and 11 <= xs.min() <= 15 and 65 <= xs.max() <= 69
     square = prepare_crop(img, [180, 100, 220, 220], 64, context=1.0)
     assert square.shape == (64, 64, 3)
+
+
+def test_weights_not_in_the_drivers_models_dir_are_found_in_this_nodes_own(tmp_path, monkeypatch, models_dir):
+    """`percept run --address` binds the driver's ``models_dir`` into the config every replica gets;
+    a node whose weights are elsewhere (the Docker image's /models) finds them in its own
+    ``PERCEPT_MODELS_DIR``."""
+    from pipeline.models import resolve_weights
+
+    monkeypatch.setenv("PERCEPT_MODELS_DIR", str(models_dir))
+    assert resolve_weights(DETECTOR, str(tmp_path / "drivers-models")) == str(Path(models_dir) / DETECTOR)
+    assert resolve_weights(DETECTOR, str(models_dir)) == str(Path(models_dir) / DETECTOR)
+    monkeypatch.delenv("PERCEPT_MODELS_DIR")
+    assert resolve_weights(DETECTOR, str(tmp_path / "drivers-models")) == DETECTOR  # (then: not found, said so)
