@@ -106,21 +106,41 @@ class CameraRow:
 
 @dataclass
 class DeploymentStats:
-    """One deployment, summed over its replicas: cumulative histograms (``{le: count}``)."""
+    """One deployment, summed over its replicas: cumulative histograms (``{le: count}``); ``parts``
+    holds the same for each replica (``WorkerId`` + ``NodeAddress``)."""
     replicas: set[str] = field(default_factory=set)
     max_batch: float = 0.0
     batch: dict[float, float] = field(default_factory=lambda: defaultdict(float))
     inference: dict[float, float] = field(default_factory=lambda: defaultdict(float))
     queue: dict[float, float] = field(default_factory=lambda: defaultdict(float))
     errors: float = 0.0
+    parts: dict[str, "DeploymentStats"] = field(default_factory=dict)
+
+    def add(self, histogram: str | None, le: float, value: float) -> None:
+        if histogram is None:
+            self.errors += value
+        else:
+            getattr(self, histogram)[le] += value
 
     def minus(self, old: "DeploymentStats") -> "DeploymentStats":
-        """What happened since ``old`` (replicas and max batch as now)."""
+        """What happened since ``old`` (replicas and max batch as now), replica by replica as
+        Prometheus' ``rate()`` counts: a replica gone since adds nothing, a new one counts from 0
+        (summed over replicas, one that left made every difference negative, shown as none)."""
         def sub(a: dict[float, float], b: dict[float, float]) -> dict[float, float]:
             return defaultdict(float, {k: max(0.0, v - b.get(k, 0.0)) for k, v in a.items()})
-        return DeploymentStats(self.replicas, self.max_batch, sub(self.batch, old.batch),
-                               sub(self.inference, old.inference), sub(self.queue, old.queue),
-                               max(0.0, self.errors - old.errors))
+
+        if not self.parts or not old.parts:  # (sums only: as they are)
+            return DeploymentStats(self.replicas, self.max_batch, sub(self.batch, old.batch),
+                                   sub(self.inference, old.inference), sub(self.queue, old.queue),
+                                   max(0.0, self.errors - old.errors))
+        out = DeploymentStats(self.replicas, self.max_batch)
+        for key, part in self.parts.items():
+            window = part.minus(old.parts.get(key, DeploymentStats()))
+            for name in ("batch", "inference", "queue"):
+                for le, v in getattr(window, name).items():
+                    out.add(name, le, v)
+            out.errors += window.errors
+        return out
 
 
 HISTOGRAMS = {"ray_percept_batch_size_bucket": "batch", "ray_percept_inference_ms_bucket": "inference",
@@ -128,19 +148,21 @@ HISTOGRAMS = {"ray_percept_batch_size_bucket": "batch", "ray_percept_inference_m
 
 
 def deployment_stats(samples: Iterable[tuple[str, dict[str, str], float]]) -> dict[str, DeploymentStats]:
-    """Per deployment, from scraped samples ``(name, labels, value)`` of one or more endpoints."""
+    """Per deployment (and per replica in its ``parts``), from scraped samples ``(name, labels,
+    value)`` of one or more endpoints."""
     out: dict[str, DeploymentStats] = defaultdict(DeploymentStats)
     for name, labels, value in samples:
         dep = labels.get("deployment")
         if dep is None:
             continue
+        replica = labels.get("WorkerId", "") + labels.get("NodeAddress", "")
         if name == "ray_percept_batch_max_size":
-            out[dep].replicas.add(labels.get("WorkerId", "") + labels.get("NodeAddress", ""))
+            out[dep].replicas.add(replica)
             out[dep].max_batch = max(out[dep].max_batch, value)
-        elif name in HISTOGRAMS:
-            getattr(out[dep], HISTOGRAMS[name])[float(labels["le"])] += value
-        elif name == "ray_percept_model_errors_total":
-            out[dep].errors += value
+        elif name in HISTOGRAMS or name == "ray_percept_model_errors_total":
+            histogram, le = HISTOGRAMS.get(name), float(labels.get("le", "0"))
+            out[dep].add(histogram, le, value)
+            out[dep].parts.setdefault(replica, DeploymentStats()).add(histogram, le, value)
     return dict(out)
 
 

@@ -97,6 +97,13 @@ def test_deployment_stats_sum_replicas_and_window_differences():
     assert window.batch == {2.0: 0, float("inf"): 2} and window.errors == 1
     line = deployment_line("detector", d)
     assert line.split()[:2] == ["detector", "2"] and "/4" in line and line.split()[-1] == "2"
+    # a replica gone (a scale-down): the window is what the one left did, not nothing
+    later = deployment_stats([sample("ray_percept_batch_max_size", "w1", 4),
+                              sample("ray_percept_batch_size_bucket", "w1", 13, le="2.0"),
+                              sample("ray_percept_batch_size_bucket", "w1", 25, le="+Inf"),
+                              sample("ray_percept_model_errors_total", "w1", 1)])["detector"]
+    window = later.minus(d)
+    assert window.batch == {2.0: 10, float("inf"): 20} and window.errors == 1 and len(window.replicas) == 1
 
 
 def test_rows_render_cameras_deployments_and_outage():
