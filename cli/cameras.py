@@ -40,6 +40,8 @@ def register(sub: Any) -> None:
     zones.add_argument("--anchor", choices=("bottom_center", "center"))
     zones.add_argument("--line-margin", type=float, dest="line_margin",
                        help="hysteresis at lines: a fraction of the box across the line (0 turns it off)")
+    zones.add_argument("--zone-margin", type=float, dest="zone_margin",
+                       help="hysteresis at zone edges: a fraction of the box across the edge (0 turns it off)")
     cams.set_defaults(func=_cameras)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 from .classify import ClassifierRoute as ClassifierRoute  # re-exported: decoders build routes
 from .classify import CropClassification
 from .config import CameraConfig
-from .events import Event, EventEngine, events_json
+from .events import Event, EventEngine, events_json, margins_of
 from .geometry import GeometryError
 from .metrics import NO_METRICS, CameraMetrics
 from .models import DetectorInput, prepare_frame
@@ -270,11 +270,11 @@ class CameraConductor:
             log.exception("camera %s: frame %d: live view / keep failed", self.camera.id, frame.meta.seq)
 
     def reconfigure(self, camera: CameraConfig) -> None:
-        """The camera's zones, lines, anchor or line margin changed at runtime: applied from the
+        """The camera's zones, lines, anchor or margins changed at runtime: applied from the
         next frame on, without restarting the camera (its source and tracks go on)."""
         self.camera = camera
         if self.events is not None:
-            self.events.reconfigure(camera.zones, camera.lines, anchor=camera.anchor, line_margin=camera.line_margin)
+            self.events.reconfigure(camera.zones, camera.lines, anchor=camera.anchor, **margins_of(camera))
 
     def _publish(self, result: FrameResult) -> None:
         """The frame, with the events it causes and their counters, in one write (in seq order)."""

@@ -66,7 +66,7 @@ class RedisConfig(Strict):
         return v
 
 
-RUNTIME_FIELDS = ("zones", "lines", "anchor", "line_margin")  # what PUT /cameras/{id} changes (no restart)
+RUNTIME_FIELDS = ("zones", "lines", "anchor", "line_margin", "zone_margin")  # what PUT /cameras/{id} changes (no restart)
 
 
 class CameraConfig(Strict):
@@ -87,6 +87,8 @@ class CameraConfig(Strict):
     anchor: Anchor = Field("bottom_center", description="the point of a box that zones and lines test")
     line_margin: float = Field(0.1, ge=0, le=2, description="hysteresis at lines: within this fraction of its "
                                "box (across the line) from a line, an anchor is on neither side; 0: off")
+    zone_margin: float = Field(0.1, ge=0, le=2, description="hysteresis at zone edges: within this fraction of "
+                               "its box (across the edge) from a zone's edge, a track stays in or out as it was; 0: off")
     decode: Literal["all", "reference", "keyframes"] = Field(
         "all", description="all: every frame is decoded, fps samples them; reference: frames no other frame "
         "depends on (most B-frames) are skipped (FFmpeg skip_frame nonref, with PyAV): about half the frames "

@@ -20,6 +20,7 @@ PATH_POINTS = 8  # points in a track_end's path
 PATH_KEPT = 16  # points kept per open track (decimated by 2 when full)
 MAX_SNAPSHOT_TRACKS = 4096
 LINE_MARGIN = 0.1  # `CameraConfig.line_margin`'s default
+ZONE_MARGIN = 0.1  # `CameraConfig.zone_margin`'s default
 _FIELDS: dict[str, tuple[str, ...]] = {
     "track_start": ("bbox", "attributes"),
     "track_end": ("duration_s", "frames", "best_score", "attributes", "path"),

@@ -43,6 +43,7 @@ from .event_model import (  # noqa: F401 (EVENTS_SCHEMA, PATH_*, REPEATING: the 
     PATH_POINTS,
     REPEATING,
     STATE_SCHEMA,
+    ZONE_MARGIN,
     Event,
     EventKind,
     json_safe,
@@ -50,7 +51,8 @@ from .event_model import (  # noqa: F401 (EVENTS_SCHEMA, PATH_*, REPEATING: the 
     Sighting,
     OpenTrack,
 )
-from .geometry import Anchor, Geometry, line_bands, line_crossings, line_offsets, points_in_polygon, resolve_geometry
+from .geometry import (Anchor, Geometry, clear_of_edges, line_bands, line_crossings, line_offsets, points_in_polygon,
+                       resolve_geometry)
 from .schema import FrameResult
 
 if TYPE_CHECKING:
@@ -69,9 +71,11 @@ class EventEngine:
         anchor: Anchor = "bottom_center",
         track_buffer: int = 30,
         line_margin: float = LINE_MARGIN,
+        zone_margin: float = ZONE_MARGIN,
     ):
         self.camera = camera
         self.line_margin = line_margin
+        self.zone_margin = zone_margin
         self.zones = {k: [list(p) for p in v] for k, v in (zones or {}).items()}
         self.lines = {k: [list(p) for p in v] for k, v in (lines or {}).items()}
         self.anchor: Anchor = anchor
@@ -85,12 +89,12 @@ class EventEngine:
     def for_camera(cls, camera: CameraConfig, *, track_buffer: int) -> EventEngine:
         """The engine of a configured camera (``tracker.track_buffer`` as ``track_buffer``)."""
         return cls(camera.id, camera.zones, camera.lines, anchor=camera.anchor, track_buffer=track_buffer,
-                   line_margin=camera.line_margin)
+                   **margins_of(camera))
 
     def reconfigure(self, zones: Mapping[str, Sequence[Sequence[float]]] | None,
                     lines: Mapping[str, Sequence[Sequence[float]]] | None, *, anchor: Anchor,
-                    line_margin: float | None = None) -> None:
-        """Zones, lines, the anchor or the line margin changed at runtime: open tracks continue.
+                    line_margin: float | None = None, zone_margin: float | None = None) -> None:
+        """Zones, lines, the anchor or a margin changed at runtime: open tracks continue.
         Memberships of removed zones are dropped without events; a track inside a new zone gets
         its ``zone_enter`` on its next sighting; after an anchor change no crossing is judged
         between the old anchor point and the new one."""
@@ -99,6 +103,8 @@ class EventEngine:
         anchor_changed, self.anchor = anchor != self.anchor, anchor
         if line_margin is not None:
             self.line_margin = line_margin
+        if zone_margin is not None:
+            self.zone_margin = zone_margin
         self._geometry = None
         for tr in self._tracks.values():
             tr.zones = {z: t for z, t in tr.zones.items() if z in self.zones}
@@ -161,11 +167,16 @@ class EventEngine:
         anchors = np.round(geo.anchors(boxes).reshape(-1, 2), 1)
         centres = np.round(np.stack([boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]], axis=1) / 2, 1)
         inside = {name: points_in_polygon(anchors, poly) for name, poly in geo.zones.items()}
+        clear = {name: clear_of_edges(anchors, boxes, poly, self.zone_margin) for name, poly in geo.zones.items()}
         first = {t: np.round(geo.anchors(np.round(np.asarray(origins[t], np.float64), 1).reshape(1, 4)), 1).reshape(2)
                  for t in order if t not in self._tracks and origins and t in origins}
         crossed, sides = self._crossings(order, boxes, anchors, first, geo)
         for k, (tid, box, anchor, centre) in enumerate(zip(order, boxes.tolist(), anchors.tolist(), centres.tolist())):
-            zones_in = [name for name, mask in inside.items() if mask[k]]
+            tr = self._tracks.get(tid)
+            # hysteresis at zone edges: within its band of an edge, a track stays where it was
+            # (a new track: where its anchor is)
+            zones_in = [name for name, mask in inside.items()
+                        if (mask[k] if tr is None or clear[name][k] else name in tr.zones)]
             seen = Sighting(present[tid], box, anchor, centre, zones_in, crossed[k], sides[k])
             self._sighting(tid, result, seen, events)
         return events
@@ -335,6 +346,7 @@ class EventEngine:
         anchor: Anchor = "bottom_center",
         track_buffer: int = 30,
         line_margin: float = LINE_MARGIN,
+        zone_margin: float = ZONE_MARGIN,
     ) -> "EventEngine":
         """An engine that continues the open tracks of ``snapshot``: no second ``track_start``,
         event numbers (ids) continue, a crossing is judged from the last anchor point known.
@@ -343,7 +355,8 @@ class EventEngine:
             raise ValueError(f"unsupported event state {snapshot.get('schema')!r}; expected {STATE_SCHEMA!r}")
         if snapshot.get("camera") != camera:
             raise ValueError(f"event state of camera {snapshot.get('camera')!r} cannot continue camera {camera!r}")
-        engine = cls(camera, zones, lines, anchor=anchor, track_buffer=track_buffer, line_margin=line_margin)
+        engine = cls(camera, zones, lines, anchor=anchor, track_buffer=track_buffer, line_margin=line_margin,
+                     zone_margin=zone_margin)
         try:
             engine._frame = int(snapshot["frame"])
             for data in snapshot.get("tracks", []):
@@ -360,3 +373,8 @@ class EventEngine:
 def events_json(events: Iterable[Event]) -> list[tuple[str, str]]:
     """``(kind, json)`` pairs, the form the publisher writes."""
     return [(e.kind, e.to_json()) for e in events]
+
+
+def margins_of(camera: Any) -> dict[str, float]:
+    """A camera's hysteresis settings as `EventEngine`'s keywords."""
+    return {"line_margin": camera.line_margin, "zone_margin": camera.zone_margin}

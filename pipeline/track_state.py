@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import redis
 
 from .config import TrackerConfig
-from .events import EventEngine, events_json
+from .events import EventEngine, events_json, margins_of
 from .redact import redact_url
 from .schema import FrameMeta, FrameResult
 from .streams import parse_entry_id
@@ -222,7 +222,7 @@ def restore_tracking(
         seq, since = int(state["seq"]), float(state["frame_ts"])
         tracker = ObjectTracker.restore(state["tracker"], cfg, fps=camera.fps, file_time=file_time)
         events = EventEngine.restore(state["events"], camera.id, camera.zones, camera.lines, anchor=camera.anchor,
-                                     track_buffer=cfg.track_buffer, line_margin=camera.line_margin)
+                                     track_buffer=cfg.track_buffer, **margins_of(camera))
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("camera %s: track state not restored: %s", camera.id, exc)
         return fresh(f"unreadable: {exc}")
@@ -264,7 +264,7 @@ def settle_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerC
     ended since does not end twice. How many ended (more than `SETTLE_EVENTS_MAX` events since:
     none, logged)."""
     events = EventEngine.restore(state["events"], camera.id, camera.zones, camera.lines, anchor=camera.anchor,
-                                 track_buffer=cfg.track_buffer, line_margin=camera.line_margin)
+                                 track_buffer=cfg.track_buffer, **margins_of(camera))
     seq, start = int(state["seq"]), f"{int(float(state['frame_ts']) * 1000)}-0"
     if _trimmed_after(publisher, camera.id, int(float(state["frame_ts"]) * 1000)):
         log.warning("camera %s: its events since its snapshot were trimmed (redis.maxlen): its open tracks are "

@@ -415,7 +415,7 @@ def test_zones_change_at_runtime_without_restarting_the_camera(graph, ray_sessio
     code, body = _http("PUT", api + "/cameras/traffic", {"zones": {"road": [[0, 0], [1, 1]]}})
     assert code == 422 and body["detail"][0].startswith("zones.road: a zone needs at least 3 points"), body
     code, body = _http("PUT", api + "/cameras/traffic", {"fps": 10})
-    assert code == 422 and body["detail"][0].startswith("fps: only zones, lines, anchor, line_margin change at runtime"), body
+    assert code == 422 and body["detail"][0].startswith("fps: only zones, lines, anchor, line_margin, zone_margin change at runtime"), body
     code, body = _http("PUT", api + "/cameras/nope", {"zones": {}})
     assert code == 404 and body["detail"].startswith("no camera 'nope'; cameras: ") and "traffic" in body["detail"], body
     connecting_before = _connecting_entries(client)

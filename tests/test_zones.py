@@ -269,3 +269,27 @@ def test_a_relative_zone_drawn_just_past_the_frame_edge_is_refused_not_read_as_a
         "0..1 (for the frame's edge write 1)"]
     assert camera_errors(lines={"stop": [[0, 0.5], [1.0001, 0.5]]})[0].startswith("cameras[0].lines.stop: a value of 1.0001")
     parse_config({"cameras": [{"id": "c", "url": "x", "zones": {"road": [[0, 360], [1280, 360], [1280, 720]]}}]}, env={})
+
+
+def test_an_anchor_jittering_on_a_zone_edge_enters_once_and_a_real_exit_still_counts():
+    """Hysteresis at zone edges (`cameras[].zone_margin`): someone standing on the edge of a queue
+    zone, the detector's box bottom moving ±1 px, entered and left it on every other frame (each a
+    visitor, dwell cut into pieces). Within the band a track stays where it was."""
+    from collections import Counter
+
+    from pipeline.events import EventEngine
+
+    from .test_events import frame, obj
+
+    zone = {"queue": [[0.2, 0.5], [0.8, 0.5], [0.8, 0.9], [0.2, 0.9]]}  # y 50..90 on 100×100 frames
+    jitter = [52, 49.8, 50.3, 49.6, 50.4, 49.9, 50.2]  # first seen clear inside, then on the edge (box 10: band 1 px)
+    steps = [frame(i + 1, [obj(1, b, label="person", category="pedestrian")]) for i, b in enumerate(jitter)]
+    steps.append(frame(len(jitter) + 1, [obj(1, 30, label="person", category="pedestrian")]))  # clearly out
+
+    def counts(margin):
+        engine = EventEngine("cam", zones=zone, zone_margin=margin)
+        kinds = Counter(e.kind for f in steps for e in engine.update(f))
+        return kinds["zone_enter"], kinds["zone_exit"]
+
+    assert counts(0.1) == (1, 1)
+    assert counts(0.0)[0] >= 3  # without it every step over the edge is a visit
