@@ -388,3 +388,32 @@ def test_a_model_whose_blank_warmup_fails_is_refused_at_load(monkeypatch):
     monkeypatch.setattr(openvino_detector.OpenVinoDetector, "detect_batch", lambda self, inputs: [RuntimeError("shape")])
     with pytest.raises(ModelError, match="a blank input fails, so every input would: RuntimeError: shape"):
         detector(DETECTOR)
+
+
+def test_an_export_at_a_rectangle_gets_the_frame_letterboxed_not_the_square_stretched(tmp_path, native):
+    """``yolo export imgsz=384,640`` (16:9 cameras): the decoder's square was stretched to the
+    network's rectangle, objects squashed to 0.6 of their height. The frame is letterboxed into
+    it: the same network then finds what the square export finds at that rectangle."""
+    import openvino as ov
+    import yaml
+
+    from pipeline.backends.openvino_export import reshape_export
+
+    source = need(MODELS / DETECTOR)
+    out = tmp_path / "yolo11n_384x640_openvino_model"
+    out.mkdir()
+    ov.save_model(reshape_export(ov.Core().read_model(str(source / "yolo11n.xml")), (384, 640)),
+                  str(out / "yolo11n.xml"), compress_to_fp16=False)
+    meta = yaml.safe_load((source / "metadata.yaml").read_text())
+    (out / "metadata.yaml").write_text(yaml.safe_dump({**meta, "imgsz": [384, 640]}, sort_keys=False))
+    rect = load_detector(DetectorConfig(weights=str(out), num_cpus=2, categories=ALL), models_dir=str(MODELS))
+    found = 0
+    for clip in ("traffic.mp4", "people.mp4"):
+        for image in frames(clip, [30, 150]):
+            inp = prepare_frame(image, 640)
+            want, got = native.detect_batch([inp])[0], rect.detect_batch([inp])[0]
+            pairs = greedy_match(want.xyxy, want.labels, got.xyxy, got.labels)
+            assert abs(len(want) - len(got)) <= 1 and len(pairs) >= len(want) - 1, (clip, len(want), len(got), len(pairs))
+            assert all(score >= 0.9 for _, _, score in pairs), (clip, pairs)
+            found += len(want)
+    assert found >= 20

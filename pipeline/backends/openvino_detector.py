@@ -300,6 +300,8 @@ class OpenVinoDetector:
                 window = image[top : top + h, left : left + w]  # rows only: still contiguous
                 return _Fitted(window if w == side else np.ascontiguousarray(window), (h, w), (top, left))
         h, w = self.net.size
+        if h != w:  # a rectangular network: the frame letterboxed into it (stretching the square squashed it)
+            return _letterbox_into(image, inp.orig_shape, (h, w))
         if image.shape[:2] != (h, w):
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if w < side else cv2.INTER_LINEAR)
         return _Fitted(image, (h, w), (0, 0))
@@ -370,7 +372,11 @@ class OpenVinoDetector:
         side = inp.image.shape[0]
         xyxy = dec.xyxy
         top, left = fitted.offset
-        if top or left:  # the rectangle → the letterboxed square
+        if fitted.scale is not None:  # letterboxed into a rectangular network → the frame's place in the square
+            pad_top, pad_left = fitted.pad
+            xyxy = (xyxy - np.array([pad_left, pad_top] * 2, np.float32)) / fitted.scale
+            xyxy = xyxy + np.array([left, top, left, top], np.float32)
+        elif top or left:  # the rectangle → the letterboxed square
             xyxy = xyxy + np.array([left, top, left, top], np.float32)
         elif (h, w) != (side, side):  # network pixels → the letterboxed square
             xyxy = xyxy * np.array([side / w, side / h, side / w, side / h], np.float32)
@@ -383,3 +389,23 @@ class _Fitted:
     image: np.ndarray  # what the network takes (uint8 HWC)
     size: tuple[int, int]  # the network input size it runs at
     offset: tuple[int, int]  # (top, left) of the image in the letterboxed square
+    scale: float | None = None  # network pixels per square pixel, when the frame was letterboxed into the network
+    pad: tuple[int, int] = (0, 0)  # (top, left) of the frame in the network's input, then
+
+
+def _letterbox_into(square: np.ndarray, orig_shape: tuple[int, int], size: tuple[int, int]) -> _Fitted:
+    """The frame's part of the letterboxed square, letterboxed into a rectangular network input
+    (one scale, grey padding, centred as ultralytics does)."""
+    import cv2
+
+    from ..models import PAD_VALUE, letterbox_geometry
+
+    (new_w, new_h), top, left = letterbox_geometry(orig_shape[0], orig_shape[1], square.shape[0])
+    h, w = size
+    r = min(h / new_h, w / new_w)
+    rw, rh = max(round(new_w * r), 1), max(round(new_h * r), 1)
+    pad_top, pad_left = round((h - rh) / 2 - 0.1), round((w - rw) / 2 - 0.1)
+    canvas = np.full((h, w, 3), PAD_VALUE, np.uint8)
+    cv2.resize(square[top : top + new_h, left : left + new_w], (rw, rh),
+               dst=canvas[pad_top : pad_top + rh, pad_left : pad_left + rw], interpolation=cv2.INTER_LINEAR)
+    return _Fitted(canvas, (h, w), (top, left), r, (pad_top, pad_left))
