@@ -417,3 +417,11 @@ def test_an_export_at_a_rectangle_gets_the_frame_letterboxed_not_the_square_stre
             assert all(score >= 0.9 for _, _, score in pairs), (clip, pairs)
             found += len(want)
     assert found >= 20
+
+
+def test_an_imgsz_other_than_the_exports_own_size_is_warned_about(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="percept.backends"):
+        detector(DETECTOR, imgsz=320)
+    assert "detector.imgsz 320: yolo11n.xml takes 640x640 frames: it runs at its own size" in caplog.text

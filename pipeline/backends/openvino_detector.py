@@ -64,6 +64,9 @@ def load_detector(cfg: DetectorConfig, *, card: ModelCard | None, weights: str, 
     net = open_detector(xml, card, field=field, threads=threads, output_index=output_index,
                         rect=cfg.rect and output_index is not None)
     det = OpenVinoDetector(net, card, cfg=cfg, name=model_name(cfg), field=field, weights=xml)
+    if max(net.size) != cfg.imgsz:  # (frames are letterboxed to imgsz, then fitted to the network)
+        log.warning("%s.imgsz %d: %s takes %dx%d frames: it runs at its own size (export it at %d for that)",
+                    field, cfg.imgsz, Path(xml).name, net.size[1], net.size[0], cfg.imgsz)
     if warmup:
         blank = DetectorInput(np.zeros((cfg.imgsz, cfg.imgsz, 3), np.uint8), (cfg.imgsz, cfg.imgsz))
         refuse_failed_warmup(det.detect_batch([blank]), field, xml)
