@@ -13,11 +13,13 @@ BENCH_ARGS ?=
 
 .PHONY: setup demo demo-models test bench clean kuberay constraints
 
-$(VENV)/.installed: pyproject.toml
+# pinned to docker/constraints.txt: every clone (and CI) gets the versions the tests ran with, as the
+# Docker images do; to upgrade, install without -c, run the tests, then `make constraints`
+$(VENV)/.installed: pyproject.toml docker/constraints.txt
 	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || scripts/install-system-deps.sh --venv
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test,openvino]'
+	$(VENV)/bin/pip install -q -c docker/constraints.txt -e '.[test,openvino]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -10,7 +10,10 @@ command -v redis-server >/dev/null || pkgs+=(redis-server)
 command -v redis-cli >/dev/null || pkgs+=(redis-tools)
 command -v ffmpeg >/dev/null || pkgs+=(ffmpeg)
 if [[ "${1:-}" == "--test" ]]; then
-  if ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer','1.0'); from gi.repository import GstRtspServer" 2>/dev/null; then
+  # the RTSP server and the elements benchmarks/rtsp_server.py's pipelines use (x264enc: ugly, intervideosink: bad)
+  if ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer','1.0'); gi.require_version('Gst','1.0')
+from gi.repository import Gst, GstRtspServer; Gst.init(None)
+assert all(Gst.ElementFactory.find(e) for e in ('x264enc', 'intervideosink', 'avdec_h264', 'rtph264pay'))" 2>/dev/null; then
     pkgs+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
            gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav)
   fi
@@ -20,6 +23,10 @@ fi
 [[ ${#pkgs[@]} -eq 0 ]] && exit 0
 echo "installing Debian packages: ${pkgs[*]}"
 SUDO=""
-[[ $(id -u) -ne 0 ]] && SUDO="sudo"
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null || { echo "not root and no sudo: install them as root: apt-get install ${pkgs[*]}" >&2; exit 1; }
+  SUDO="sudo"
+fi
 $SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+# (env: sudo would drop a DEBIAN_FRONTEND set before it, and a debconf question would wait unseen)
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null

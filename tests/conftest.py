@@ -1,6 +1,7 @@
 """Shared fixtures: real redis-server, real RTSP server, Ray started once per session.
 
-Models and clips come from ``../shared`` (or PERCEPT_SHARED); they are never copied here."""
+Models and clips come from ``../shared`` (or PERCEPT_SHARED; the models from PERCEPT_MODELS_DIR and the
+clips from PERCEPT_SAMPLE_VIDEOS when set); they are never copied here."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("PERCEPT_SHARED", REPO.parent / "shared"))
-MODELS = SHARED / "models"
-VIDEOS = SHARED / "data" / "videos"
+SHARED = Path(os.environ.get("PERCEPT_SHARED") or REPO.parent / "shared")
+# the README's overrides (an empty value, as the Makefile exports without ../shared: the default)
+MODELS = Path(os.environ.get("PERCEPT_MODELS_DIR") or SHARED / "models")
+VIDEOS = Path(os.environ.get("PERCEPT_SAMPLE_VIDEOS") or SHARED / "data" / "videos")
 DETECTOR = "yolo11n_int8_openvino_model"
 CLASSIFIER = "yolov8n-cls-imagenet.pt"
 

@@ -190,6 +190,7 @@ def test_dockerfile_variants_share_python_and_ray():
     # both run as Ray's image user, with the models where configs and manifests expect them
     assert ("USER", "ray") in instr
     assert ("ENV", "PERCEPT_MODELS_DIR=/models") in instr
+    assert ("ENV", "YOLO_OFFLINE=1") in instr  # a weights file missing from /models: an error, never a download
 
 
 def test_rtsp_image_installs_what_the_test_suite_uses():
