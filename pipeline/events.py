@@ -96,8 +96,8 @@ class EventEngine:
                     line_margin: float | None = None, zone_margin: float | None = None) -> None:
         """Zones, lines, the anchor or a margin changed at runtime: open tracks continue.
         Memberships of removed zones are dropped without events; a track inside a new zone gets
-        its ``zone_enter`` on its next sighting; after an anchor change no crossing is judged
-        between the old anchor point and the new one."""
+        its ``zone_enter`` on its next sighting clear of the zone's edges; after an anchor change
+        no crossing is judged between the old anchor point and the new one."""
         self.zones = {k: [list(p) for p in v] for k, v in (zones or {}).items()}
         self.lines = {k: [list(p) for p in v] for k, v in (lines or {}).items()}
         anchor_changed, self.anchor = anchor != self.anchor, anchor

@@ -244,21 +244,25 @@ def points_in_polygon(points: np.ndarray | Sequence[Sequence[float]], polygon: n
 
 
 def clear_of_edges(points: np.ndarray, xyxy: np.ndarray, polygon: np.ndarray, margin: float) -> np.ndarray:
-    """(N,) bool: which of N anchor points lie at least their band away from the polygon's
-    boundary (zone hysteresis: closer, the anchor is on neither side of it). The band is
-    ``margin`` × the point's box across its nearest edge, as `line_bands` measures it."""
+    """(N,) bool: which of N anchor points lie at least their band away from every edge of the
+    polygon (zone hysteresis: closer, the anchor is on neither side of it). An edge's band is
+    ``margin`` × the point's box across that edge, as `line_bands` measures it, at most a
+    quarter of the zone's own extent across it (a strip narrower than two bands still has an
+    inside that counts)."""
     pts = np.asarray(points, np.float64).reshape(-1, 2)
     poly = np.asarray(polygon, np.float64).reshape(-1, 2)
-    p1, d = poly[None, :, :], (np.roll(poly, -1, axis=0) - poly)[None, :, :]  # (1, k, 2) edges
-    rel = pts[:, None, :] - p1
-    length2 = np.maximum((d ** 2).sum(-1), 1e-12)
-    t = np.clip((rel * d).sum(-1) / length2, 0.0, 1.0)
-    dist = np.hypot(*(rel - t[..., None] * d).transpose(2, 0, 1))  # (N, k)
-    nearest = dist.argmin(axis=1)
+    d = np.roll(poly, -1, axis=0) - poly  # (k, 2) edges
+    length = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
+    rel = pts[:, None, :] - poly[None, :, :]  # (N, k, 2)
+    t = np.clip((rel * d).sum(-1) / length ** 2, 0.0, 1.0)
+    dist = np.hypot(*(rel - t[..., None] * d).transpose(2, 0, 1))  # (N, k): to each edge segment
+    extent = np.abs(_cross(d[:, None, 0], d[:, None, 1], (poly[None, :, 0] - poly[:, None, 0]),
+                           (poly[None, :, 1] - poly[:, None, 1]))).max(axis=1) / length  # (k,): across each edge
     b = np.asarray(xyxy, np.float64).reshape(-1, 4)
-    dx, dy = d[0, nearest, 0], d[0, nearest, 1]
-    band = margin * (np.abs(dy) * (b[:, 2] - b[:, 0]) + np.abs(dx) * (b[:, 3] - b[:, 1])) / np.sqrt(length2[0, nearest])
-    return dist[np.arange(len(pts)), nearest] >= band
+    across = (np.abs(d[:, 1])[None, :] * (b[:, 2] - b[:, 0])[:, None]
+              + np.abs(d[:, 0])[None, :] * (b[:, 3] - b[:, 1])[:, None]) / length  # (N, k)
+    band = np.minimum(margin * across, extent[None, :] / 4)
+    return (dist >= band).all(axis=1)
 
 
 def point_in_polygon(point: Sequence[float], polygon: np.ndarray) -> bool:

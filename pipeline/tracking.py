@@ -46,6 +46,9 @@ STATE_SCHEMA = "percept.tracker-state/v1"
 REFERENCE_FPS = 30  # ultralytics' motion noise is meant for frames this far apart
 MAX_SNAPSHOT_TRACKS = 512  # tracked and lost tracks kept by a snapshot (the most recently seen)
 _INTERVALS = 15  # recent frame intervals the usual one is the median of
+# a live camera's pause after which no track goes on (an outage: the scene is another one); a
+# shorter stall (a detector retry, a replica restart, a quick reconnect) keeps them, as ever
+PAUSE_ENDS_TRACKS_S = 30.0
 
 
 class _Clock:
@@ -126,15 +129,16 @@ class ObjectTracker:
 
     def resume_across_pause(self) -> None:
         """The next frame may continue tracks however long ago they were seen (a camera taken
-        over from a snapshot: its pause is the handover's); otherwise tracks lost for longer than
-        ``track_buffer`` intervals end before it (a live camera back after an outage)."""
+        over from a snapshot: its pause is the handover's); otherwise, after a pause longer than
+        ``track_buffer`` intervals and `PAUSE_ENDS_TRACKS_S`, every track ends before it (a live
+        camera back after an outage)."""
         self._across_pause = True
 
     def update(self, dets: Detections, frame_shape: tuple[int, int], ts: float | None = None) -> Detections:
         t = self._tracker
         dt, steps = self._clock.tick(ts)
-        if round(steps) > self.track_buffer and not self._across_pause:
-            self._end_all()  # each lost longer than track_buffer: nothing there continues one
+        if round(steps) > self.track_buffer and dt > PAUSE_ENDS_TRACKS_S and not self._across_pause:
+            self._end_all()  # an outage: whoever is there now is someone new
         self._across_pause = False
         shape = (int(frame_shape[0]), int(frame_shape[1]))
         if self.shape is not None and shape != self.shape:

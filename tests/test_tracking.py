@@ -263,6 +263,8 @@ def test_a_live_camera_back_after_an_outage_longer_than_its_track_buffer_starts_
     before = ids[-1]
     assert before is not None
     state = json.loads(json.dumps(tracker.snapshot()))
+    # a stall of 10 s (a detector retry, a replica restart): beyond track_buffer, not an outage
+    assert tracker.update(_boxes(*standing), (720, 1280), ts=1010.75).track_ids == (before,)
     later = tracker.update(_boxes([530, 100, 590, 260]), (720, 1280), ts=1000 + 7200).track_ids
     assert later == (None,) and before not in tracker.alive_ids()
     restored = ObjectTracker.restore(state, TrackerConfig(), fps=4)

@@ -293,3 +293,20 @@ def test_an_anchor_jittering_on_a_zone_edge_enters_once_and_a_real_exit_still_co
 
     assert counts(0.1) == (1, 1)
     assert counts(0.0)[0] >= 3  # without it every step over the edge is a visit
+
+
+def test_a_zone_narrower_than_two_bands_still_records_who_walks_through_it():
+    """A doorway strip 10 px tall and a person 60 px tall (band 6 px each side): no point of the
+    strip is a band from both edges, so with bands uncapped nobody walking through ever entered
+    it. An edge's band is at most a quarter of the zone's extent across it."""
+    from collections import Counter
+
+    from pipeline.events import EventEngine
+
+    from .test_events import frame, obj
+
+    strip = {"doorway": [[0, 0.4], [1, 0.4], [1, 0.5], [0, 0.5]]}  # y 40..50
+    walk = [frame(i + 1, [obj(1, 30 + i, size=60, label="person", category="pedestrian")]) for i in range(30)]
+    engine = EventEngine("cam", zones=strip, zone_margin=0.1)
+    kinds = Counter(e.kind for f in walk for e in engine.update(f))
+    assert kinds["zone_enter"] == 1 and kinds["zone_exit"] == 1, kinds
