@@ -112,6 +112,10 @@ class SkippingCapture:
         self._decoded: list[Any] = []
         self._frame: Any = None
         self._start_s = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+        # a stream without timestamps: each packet stamped one frame interval (in time_base ticks)
+        # after the last, so that the frames kept (a GOP apart with keyframes) keep their place
+        rate = stream.average_rate or stream.guessed_rate
+        self._tick = round(1 / (rate * stream.time_base)) if rate and stream.time_base else 0
         self.decoded = 0
         self.packets = 0
 
@@ -134,6 +138,8 @@ class SkippingCapture:
                     return False
                 continue
             since = self._clock()
+            if packet.pts is None and self._tick:  # (raw H.264): its place in the stream, as its time
+                packet.pts = self.packets * self._tick
             self.packets += 1
             try:
                 self._decoded = list(self.stream.codec_context.decode(packet))

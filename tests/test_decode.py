@@ -434,9 +434,14 @@ def test_a_raw_h264_file_without_timestamps_is_sampled_at_its_frame_rate(tmp_pat
 
     clip = tmp_path / "raw.h264"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=d=4:s=160x120:r=25", "-c:v", "libx264",
-                    "-bf", "0", "-f", "h264", str(clip)], check=True, timeout=120)
+                    "-g", "25", "-bf", "2", "-f", "h264", str(clip)], check=True, timeout=120)
     for decode in ("all", "reference"):
         src = VideoSource("cam", lambda: open_capture("cam", str(clip), decode=decode), fps=5, is_file=True,
                           realtime=False, native_fps=probe_fps(str(clip)))
         frames = list(src.frames())
-        assert 18 <= len(frames) <= 21 and frames[-1].meta.pts > 3.5, (decode, [f.meta.pts for f in frames])
+        assert 18 <= len(frames) <= 23 and 3.5 < frames[-1].meta.pts < 4.5, (decode, [f.meta.pts for f in frames])
+    # keyframes (one a second): a second apart on the file's timeline, not one frame interval
+    src = VideoSource("cam", lambda: open_capture("cam", str(clip), decode="keyframes"), fps=0, is_file=True,
+                      realtime=False, native_fps=probe_fps(str(clip)))
+    pts = [f.meta.pts for f in src.frames()]
+    assert len(pts) == 4 and all(abs(b - a - 1.0) < 0.05 for a, b in zip(pts, pts[1:])), pts
