@@ -380,14 +380,17 @@ def test_an_export_with_a_fixed_batch_above_one_is_refused_at_load(tmp_path):
         load_detector(DetectorConfig(weights=str(out), num_cpus=2), models_dir=str(MODELS))
 
 
-def test_a_model_whose_blank_warmup_fails_is_refused_at_load(monkeypatch):
-    from pipeline.backends import openvino_detector
+@pytest.mark.parametrize("weights, backend", [(DETECTOR, "auto"), ("yolo11n-coco.pt", "ultralytics"), (YUNET, "auto")])
+def test_a_model_whose_blank_warmup_fails_is_refused_at_load(monkeypatch, weights, backend):
+    """Backends answer a failed input as a value (`per_item`): a warm-up that fails, on any backend,
+    refuses the model instead of a replica that reports ready and fails every frame."""
     from pipeline.models import ModelError
 
-    need(MODELS / DETECTOR)
-    monkeypatch.setattr(openvino_detector.OpenVinoDetector, "detect_batch", lambda self, inputs: [RuntimeError("shape")])
+    need(MODELS / weights)
+    for cls in (OpenVinoDetector, UltralyticsDetector, YuNetDetector):
+        monkeypatch.setattr(cls, "detect_batch", lambda self, inputs: [RuntimeError("shape")])
     with pytest.raises(ModelError, match="a blank input fails, so every input would: RuntimeError: shape"):
-        detector(DETECTOR)
+        detector(weights, backend=backend, **({"categories": {"face": ["face"]}} if weights == YUNET else {}))
 
 
 def test_an_export_at_a_rectangle_gets_the_frame_letterboxed_not_the_square_stretched(tmp_path, native):

@@ -16,7 +16,7 @@ import numpy as np
 from ..config import DetectorConfig
 from ..models import CategoryMap, DetectorInput, ModelError, card_nms_iou, model_name
 from ..schema import Detections
-from .base import per_item
+from .base import per_item, refuse_failed_warmup
 from .card import ModelCard
 
 log = logging.getLogger("percept.backends")
@@ -39,7 +39,8 @@ def load_detector(cfg: DetectorConfig, *, card: ModelCard | None, weights: str, 
     det = YuNetDetector(weights, cfg=cfg, nms_iou=nms_iou, name=model_name(cfg), field=field, card=card)
     det.detector_for(cfg.imgsz)  # reads the network: a bad file fails here, not on the first frame
     if warmup:
-        det.detect_batch([DetectorInput(np.zeros((cfg.imgsz, cfg.imgsz, 3), np.uint8), (cfg.imgsz, cfg.imgsz))])
+        blank = DetectorInput(np.zeros((cfg.imgsz, cfg.imgsz, 3), np.uint8), (cfg.imgsz, cfg.imgsz))
+        refuse_failed_warmup(det.detect_batch([blank]), field, weights)
     log.info("detector %s on CPU (yunet, %d thread(s))", det.name, threads)
     return det
 
