@@ -30,7 +30,7 @@ def _ffmpeg_open(url: str, *params: object) -> object:
     import cv2
 
     with _OPEN_LOCK:
-        if _USER_OPTIONS is None and url.startswith("rtsp"):
+        if _USER_OPTIONS is None and url.lower().startswith(("rtsp://", "rtsps://")):
             os.environ[_OPTIONS_VAR] = RTSP_OPTIONS
         try:
             return cv2.VideoCapture(url, cv2.CAP_FFMPEG, *params)
