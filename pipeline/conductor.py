@@ -28,7 +28,7 @@ from .models import DetectorInput, prepare_frame
 from .publish import Publisher
 from .redact import redact
 from .schema import Detections, FrameMeta, FrameResult
-from .frame_slot import LatestFrameSlot
+from .frame_slot import LatestFrameSlot, thread_ended
 from .sources import Frame, VideoSource
 from .track_state import TrackSnapshots, leave_tracks
 from .tracking import ObjectTracker
@@ -147,7 +147,7 @@ class CameraConductor:
             self.source.stop()
             self._leave_tracks()
             # the reader's last state change lands while this replica still holds the lease
-            await self._reader_gone(self.camera.read_timeout_s + 1)
+            await thread_ended(self._reader, self.camera.read_timeout_s + 1)
             self._last_state()
             self._publish_stats()
             if self.kept is not None:
@@ -156,13 +156,6 @@ class CameraConductor:
             raise self._reader_error
         if self._failure is not None:
             raise self._failure  # the supervisor tries again (with backoff): the zones may be fixed by then
-
-    async def _reader_gone(self, timeout_s: float) -> None:
-        """Wait for the reader thread to end, polled: a reader stuck in a camera's open holds no
-        worker of the shared thread pool meanwhile (lease renewals and registry reads use it)."""
-        deadline = time.monotonic() + timeout_s
-        while self._reader.is_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
 
     def _last_state(self) -> None:
         """``stopped`` for a reader still opening or reading once stopped: it reports nothing

@@ -1,8 +1,9 @@
 """The keep-latest hand-off between a camera's reader thread (`pipeline.sources.VideoSource`) and
-its conductor: what frames are converted, taken or dropped."""
+its conductor: what frames are converted, taken or dropped; and the wait for that thread's end."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -86,3 +87,11 @@ class LatestFrameSlot:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+async def thread_ended(thread: threading.Thread, timeout_s: float) -> None:
+    """Wait for a camera's reader thread to end, polled: a reader stuck in a camera's open holds
+    no worker of the shared thread pool meanwhile (lease renewals and registry reads use it)."""
+    deadline = time.monotonic() + timeout_s
+    while thread.is_alive() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)

@@ -384,13 +384,12 @@ def test_waiting_for_a_stuck_reader_holds_no_worker_of_the_shared_thread_pool():
     release = threading.Event()
     stuck = threading.Thread(target=release.wait, daemon=True)
     stuck.start()
-    conductor = CameraConductor.__new__(CameraConductor)  # (only its reader matters here)
-    conductor._reader = stuck
+    from pipeline.frame_slot import thread_ended
 
     async def main():
         import concurrent.futures
         asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1))
-        waiting = asyncio.create_task(conductor._reader_gone(30))
+        waiting = asyncio.create_task(thread_ended(stuck, 30))
         await asyncio.sleep(0.1)  # (the wait under way)
         assert await asyncio.wait_for(asyncio.to_thread(lambda: "renewed"), 5) == "renewed"
         assert not waiting.done()

@@ -37,7 +37,7 @@ from ..schema import Detections
 from .base import per_item, refuse_failed_warmup
 from .card import CardInput, CardOutput, ModelCard, read_labels
 from .decode import LAYOUTS, decode
-from .openvino_export import crop_window, export_card, reshape_export
+from .openvino_export import Fitted, crop_window, export_card, letterbox_into, reshape_export
 from .openvino_net import _dims, _find, check_input, to_tensor
 
 HINTS = ("THROUGHPUT", "LATENCY")  # batches, single frames
@@ -264,7 +264,7 @@ class OpenVinoDetector:
 
     def _detect(self, inputs: Sequence[DetectorInput]) -> list[Detections | Exception]:
         out: list[Any] = [None] * len(inputs)
-        good: list[tuple[int, _Fitted]] = []
+        good: list[tuple[int, Fitted]] = []
         for i, inp in enumerate(inputs):
             try:
                 good.append((i, self._fit(inp)))
@@ -285,7 +285,7 @@ class OpenVinoDetector:
                     out[i] = exc
         return out
 
-    def _fit(self, inp: DetectorInput) -> _Fitted:
+    def _fit(self, inp: DetectorInput) -> Fitted:
         """The letterboxed square cut to the rectangle around the frame (a re-shapeable export:
         `openvino_export`), or resized to the network's input when that differs."""
         import cv2
@@ -301,13 +301,13 @@ class OpenVinoDetector:
             top, left, h, w = crop_window(inp.orig_shape, side)
             if (h, w) != (side, side) and self._runner_at((h, w)) is not None:
                 window = image[top : top + h, left : left + w]  # rows only: still contiguous
-                return _Fitted(window if w == side else np.ascontiguousarray(window), (h, w), (top, left))
+                return Fitted(window if w == side else np.ascontiguousarray(window), (h, w), (top, left))
         h, w = self.net.size
         if h != w:  # a rectangular network: the frame letterboxed into it (stretching the square squashed it)
-            return _letterbox_into(image, inp.orig_shape, (h, w))
+            return letterbox_into(image, inp.orig_shape, (h, w))
         if image.shape[:2] != (h, w):
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if w < side else cv2.INTER_LINEAR)
-        return _Fitted(image, (h, w), (0, 0))
+        return Fitted(image, (h, w), (0, 0))
 
     def _runner_at(self, size: tuple[int, int]) -> _Runner | None:
         """The network at this input size, compiled on first use; None (the square stays) when it
@@ -366,7 +366,7 @@ class OpenVinoDetector:
             with self._count_lock:
                 self._running -= 1
 
-    def _boxes(self, raw: np.ndarray, inp: DetectorInput, fitted: _Fitted) -> Detections:
+    def _boxes(self, raw: np.ndarray, inp: DetectorInput, fitted: Fitted) -> Detections:
         from ultralytics.utils.ops import scale_boxes
 
         h, w = fitted.size
@@ -385,30 +385,3 @@ class OpenVinoDetector:
             xyxy = xyxy * np.array([side / w, side / h, side / w, side / h], np.float32)
         xyxy = scale_boxes((side, side), xyxy, inp.orig_shape)
         return self.categories.detections(xyxy, dec.scores, dec.class_ids)
-
-
-@dataclass
-class _Fitted:
-    image: np.ndarray  # what the network takes (uint8 HWC)
-    size: tuple[int, int]  # the network input size it runs at
-    offset: tuple[int, int]  # (top, left) of the image in the letterboxed square
-    scale: float | None = None  # network pixels per square pixel, when the frame was letterboxed into the network
-    pad: tuple[int, int] = (0, 0)  # (top, left) of the frame in the network's input, then
-
-
-def _letterbox_into(square: np.ndarray, orig_shape: tuple[int, int], size: tuple[int, int]) -> _Fitted:
-    """The frame's part of the letterboxed square, letterboxed into a rectangular network input
-    (one scale, grey padding, centred as ultralytics does)."""
-    import cv2
-
-    from ..models import PAD_VALUE, letterbox_geometry
-
-    (new_w, new_h), top, left = letterbox_geometry(orig_shape[0], orig_shape[1], square.shape[0])
-    h, w = size
-    r = min(h / new_h, w / new_w)
-    rw, rh = max(round(new_w * r), 1), max(round(new_h * r), 1)
-    pad_top, pad_left = round((h - rh) / 2 - 0.1), round((w - rw) / 2 - 0.1)
-    canvas = np.full((h, w, 3), PAD_VALUE, np.uint8)
-    cv2.resize(square[top : top + new_h, left : left + new_w], (rw, rh),
-               dst=canvas[pad_top : pad_top + rh, pad_left : pad_left + rw], interpolation=cv2.INTER_LINEAR)
-    return _Fitted(canvas, (h, w), (top, left), r, (pad_top, pad_left))

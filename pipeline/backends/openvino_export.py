@@ -14,11 +14,13 @@ An export's graph is not shape-free: its attention block reshapes to the square'
 head holds the anchor points and strides of the square as constants. `reshape_export` rewrites
 those for the new size after checking that they are what ultralytics' ``make_anchors`` gives for
 the square (a graph it does not recognise raises `RectUnsupported`, and the detector keeps the
-square).
+square). A network whose own input is a rectangle gets the frame letterboxed into it
+(`letterbox_into`; `Fitted` says where a network's input came from in the square).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,35 @@ def export_card(weights: str, cfg: DetectorConfig, field: str) -> tuple[ModelCar
 
 class RectUnsupported(RuntimeError):
     """The network cannot be re-shaped safely; the square input stays."""
+
+
+@dataclass
+class Fitted:
+    """A frame as a detector network takes it, and where it came from in the letterboxed square."""
+
+    image: np.ndarray  # what the network takes (uint8 HWC)
+    size: tuple[int, int]  # the network input size it runs at
+    offset: tuple[int, int]  # (top, left) of the image in the letterboxed square
+    scale: float | None = None  # network pixels per square pixel, when the frame was letterboxed into the network
+    pad: tuple[int, int] = (0, 0)  # (top, left) of the frame in the network's input, then
+
+
+def letterbox_into(square: np.ndarray, orig_shape: tuple[int, int], size: tuple[int, int]) -> Fitted:
+    """The frame's part of the letterboxed square, letterboxed into a rectangular network input
+    (one scale, grey padding, centred as ultralytics does)."""
+    import cv2
+
+    from ..models import PAD_VALUE, letterbox_geometry
+
+    (new_w, new_h), top, left = letterbox_geometry(orig_shape[0], orig_shape[1], square.shape[0])
+    h, w = size
+    r = min(h / new_h, w / new_w)
+    rw, rh = max(round(new_w * r), 1), max(round(new_h * r), 1)
+    pad_top, pad_left = round((h - rh) / 2 - 0.1), round((w - rw) / 2 - 0.1)
+    canvas = np.full((h, w, 3), PAD_VALUE, np.uint8)
+    cv2.resize(square[top : top + new_h, left : left + new_w], (rw, rh),
+               dst=canvas[pad_top : pad_top + rh, pad_left : pad_left + rw], interpolation=cv2.INTER_LINEAR)
+    return Fitted(canvas, (h, w), (top, left), r, (pad_top, pad_left))
 
 
 def crop_window(orig_shape: tuple[int, int], square: int, stride: int = 32) -> tuple[int, int, int, int]:
