@@ -102,13 +102,15 @@ def prepare_crop(image: np.ndarray, box: Sequence[float], size: int | tuple[int,
 # --- loading -------------------------------------------------------------------------------------
 
 def resolve_weights(spec: str, models_dir: str | None) -> str:
-    """A path that exists, else the file in ``models_dir``, else in this machine's own
-    ``PERCEPT_MODELS_DIR`` (a cluster node whose weights are not where the driver's are), else the
-    name as given (an ultralytics name such as ``yolo11n.pt`` that ultralytics downloads when online)."""
+    """A path that exists, else the file in ``models_dir``, else, when there is no such folder
+    here (a cluster node given the driver's), in this machine's own ``PERCEPT_MODELS_DIR``, else
+    the name as given (an ultralytics name such as ``yolo11n.pt`` that ultralytics downloads
+    when online)."""
     p = Path(spec).expanduser()
     if p.exists():
         return str(p)
-    for folder in (models_dir, os.environ.get(ENV_MODELS_DIR)):
+    own = os.environ.get(ENV_MODELS_DIR) if not (models_dir and Path(models_dir).is_dir()) else None
+    for folder in (models_dir, own):
         if folder and (Path(folder) / spec).exists():
             return str(Path(folder) / spec)
     return spec

@@ -107,7 +107,7 @@ def test_an_api_address_that_does_not_speak_http_exits_3_in_one_line(capsys):
 
 @pytest.mark.parametrize("argv", [["cameras", "--api", "API", "--wait", "0", "ls"],
                                   ["explain", "traffic", "--object", "0", "--api", "API", "--wait", "0"],
-                                  ["models", "served", "--api", "API"]])
+                                  ["models", "served", "--api", "API", "--wait", "0"]])
 def test_every_api_command_exits_1_on_a_500_3_on_a_503_and_2_on_a_404(api, argv, capsys, tmp_path, monkeypatch):
     """The exit codes the README's table gives, the same for each command that talks to the graph."""
     monkeypatch.chdir(tmp_path)

@@ -129,5 +129,6 @@ def test_weights_not_in_the_drivers_models_dir_are_found_in_this_nodes_own(tmp_p
     monkeypatch.setenv("PERCEPT_MODELS_DIR", str(models_dir))
     assert resolve_weights(DETECTOR, str(tmp_path / "drivers-models")) == str(Path(models_dir) / DETECTOR)
     assert resolve_weights(DETECTOR, str(models_dir)) == str(Path(models_dir) / DETECTOR)
+    assert resolve_weights(DETECTOR, str(tmp_path)) == DETECTOR  # a folder that is here: it alone is searched
     monkeypatch.delenv("PERCEPT_MODELS_DIR")
     assert resolve_weights(DETECTOR, str(tmp_path / "drivers-models")) == DETECTOR  # (then: not found, said so)
