@@ -390,7 +390,7 @@ def test_waiting_for_a_stuck_reader_holds_no_worker_of_the_shared_thread_pool():
         import concurrent.futures
         asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1))
         waiting = asyncio.create_task(thread_ended(stuck, 30))
-        await asyncio.sleep(0.1)  # (the wait under way)
+        await asyncio.sleep(0)  # one turn of the loop: the wait has started (no time passes)
         assert await asyncio.wait_for(asyncio.to_thread(lambda: "renewed"), 5) == "renewed"
         assert not waiting.done()
         release.set()
