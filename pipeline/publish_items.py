@@ -175,10 +175,10 @@ def publish_entry(entry_id: str, seq: int | str, body: Any, top_track: int | Non
                   events: Iterable[tuple[str, tuple[str, str]]], counts: Mapping[str, int] | None) -> list[Any]:
     """One frame's (or events-only) arguments of `FENCED_PUBLISH`: its entry, its events as
     ``(event id, (kind, json))`` and its counter increments (zeros left out)."""
-    entry: list[Any] = [entry_id, seq, body, top_track, 0]
-    for eid, (kind, text) in events:
+    pairs = list(events)
+    entry: list[Any] = [entry_id, seq, body, top_track, len(pairs)]
+    for eid, (kind, text) in pairs:
         entry += [eid, kind, text]
-    entry[4] = (len(entry) - 5) // 3
     increments = [x for name, inc in counts.items() if inc for x in (name, int(inc))] if counts else []
     return [*entry, len(increments) // 2, *increments]
 

@@ -62,3 +62,10 @@ def refuse_failed_warmup(answers: Sequence[Any], field: str, weights: str) -> No
     if failed is not None:
         raise ModelError(f"{field}: {weights}: a blank input fails, so every input would: "
                          f"{type(failed).__name__}: {str(failed)[:300]}")
+
+
+def warm_up_detector(det: Any, imgsz: int, field: str, weights: str) -> None:
+    """A blank frame through a detector backend at load (its memory taken now, not under load);
+    one that fails refuses the model (`refuse_failed_warmup`)."""
+    blank = DetectorInput(np.zeros((imgsz, imgsz, 3), np.uint8), (imgsz, imgsz))
+    refuse_failed_warmup(det.detect_batch([blank]), field, weights)

@@ -34,7 +34,7 @@ from ..config import DetectorConfig
 from ..config_errors import ConfigError
 from ..models import CategoryMap, DetectorInput, ModelError, card_nms_iou, model_name
 from ..schema import Detections
-from .base import per_item, refuse_failed_warmup
+from .base import per_item, warm_up_detector
 from .card import CardInput, CardOutput, ModelCard, read_labels
 from .decode import LAYOUTS, decode
 from .openvino_export import Fitted, crop_window, export_card, letterbox_into, reshape_export
@@ -68,8 +68,7 @@ def load_detector(cfg: DetectorConfig, *, card: ModelCard | None, weights: str, 
         log.warning("%s.imgsz %d: %s takes %dx%d frames: it runs at its own size (export it at %d for that)",
                     field, cfg.imgsz, Path(xml).name, net.size[1], net.size[0], cfg.imgsz)
     if warmup:
-        blank = DetectorInput(np.zeros((cfg.imgsz, cfg.imgsz, 3), np.uint8), (cfg.imgsz, cfg.imgsz))
-        refuse_failed_warmup(det.detect_batch([blank]), field, xml)
+        warm_up_detector(det, cfg.imgsz, field, xml)
     log.info("detector %s on CPU (openvino, %d thread(s), %d infer requests)", det.name, threads, net.requests)
     return det
 
@@ -305,9 +304,9 @@ class OpenVinoDetector:
         h, w = self.net.size
         if h != w:  # a rectangular network: the frame letterboxed into it (stretching the square squashed it)
             return letterbox_into(image, inp.orig_shape, (h, w))
-        if image.shape[:2] != (h, w):
+        if image.shape[:2] != (h, w):  # a square network of another size
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if w < side else cv2.INTER_LINEAR)
-        return Fitted(image, (h, w), (0, 0))
+        return Fitted(image, (h, w), (0, 0), w / side)
 
     def _runner_at(self, size: tuple[int, int]) -> _Runner | None:
         """The network at this input size, compiled on first use; None (the square stays) when it
@@ -373,15 +372,7 @@ class OpenVinoDetector:
         dec = decode(raw[0], self.output.layout, conf=self.cfg.conf, iou=self.card.nms_iou,
                      max_det=self.cfg.max_det, size=(h, w), classes=self.classes, logits=self.output.logits)
         side = inp.image.shape[0]
-        xyxy = dec.xyxy
-        top, left = fitted.offset
-        if fitted.scale is not None:  # letterboxed into a rectangular network → the frame's place in the square
-            pad_top, pad_left = fitted.pad
-            xyxy = (xyxy - np.array([pad_left, pad_top] * 2, np.float32)) / fitted.scale
-            xyxy = xyxy + np.array([left, top, left, top], np.float32)
-        elif top or left:  # the rectangle → the letterboxed square
-            xyxy = xyxy + np.array([left, top, left, top], np.float32)
-        elif (h, w) != (side, side):  # network pixels → the letterboxed square
-            xyxy = xyxy * np.array([side / w, side / h, side / w, side / h], np.float32)
+        (pad_top, pad_left), (top, left) = fitted.pad, fitted.offset  # network pixels → the letterboxed square
+        xyxy = (dec.xyxy - np.float32([pad_left, pad_top] * 2)) / np.float32(fitted.scale) + np.float32([left, top] * 2)
         xyxy = scale_boxes((side, side), xyxy, inp.orig_shape)
         return self.categories.detections(xyxy, dec.scores, dec.class_ids)

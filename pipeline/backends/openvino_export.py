@@ -86,9 +86,9 @@ class Fitted:
 
     image: np.ndarray  # what the network takes (uint8 HWC)
     size: tuple[int, int]  # the network input size it runs at
-    offset: tuple[int, int]  # (top, left) of the image in the letterboxed square
-    scale: float | None = None  # network pixels per square pixel, when the frame was letterboxed into the network
-    pad: tuple[int, int] = (0, 0)  # (top, left) of the frame in the network's input, then
+    offset: tuple[int, int]  # (top, left) in the letterboxed square of what the network sees
+    scale: float = 1.0  # network pixels per square pixel
+    pad: tuple[int, int] = (0, 0)  # (top, left) of that in the network's input (grey around it)
 
 
 def letterbox_into(square: np.ndarray, orig_shape: tuple[int, int], size: tuple[int, int]) -> Fitted:

@@ -11,7 +11,7 @@ import numpy as np
 from ..config import ClassifierConfig, DetectorConfig
 from ..models import CategoryMap, DetectorInput, ModelError, choose_device, load_yolo, model_name, set_threads
 from ..schema import Detections
-from .base import Attributes, per_item, refuse_failed_warmup
+from .base import Attributes, per_item, refuse_failed_warmup, warm_up_detector
 
 log = logging.getLogger("percept.models")
 
@@ -28,8 +28,7 @@ def load_detector(cfg: DetectorConfig, *, card: Any, weights: str, models_dir: s
     device, half = choose_device(cfg.device, cfg.half)
     det = Detector(model, cfg=cfg, device=device, half=half, name=model_name(cfg), field=field)
     if warmup:
-        blank = DetectorInput(np.zeros((cfg.imgsz, cfg.imgsz, 3), np.uint8), (cfg.imgsz, cfg.imgsz))
-        refuse_failed_warmup(det.detect_batch([blank]), field, weights)
+        warm_up_detector(det, cfg.imgsz, field, weights)
     log.info("detector %s on %s (fp16=%s, ultralytics)", det.name, device, half)
     return det
 

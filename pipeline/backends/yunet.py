@@ -16,7 +16,7 @@ import numpy as np
 from ..config import DetectorConfig
 from ..models import CategoryMap, DetectorInput, ModelError, card_nms_iou, model_name
 from ..schema import Detections
-from .base import per_item, refuse_failed_warmup
+from .base import per_item, warm_up_detector
 from .card import ModelCard
 
 log = logging.getLogger("percept.backends")
@@ -39,8 +39,7 @@ def load_detector(cfg: DetectorConfig, *, card: ModelCard | None, weights: str, 
     det = YuNetDetector(weights, cfg=cfg, nms_iou=nms_iou, name=model_name(cfg), field=field, card=card)
     det.detector_for(cfg.imgsz)  # reads the network: a bad file fails here, not on the first frame
     if warmup:
-        blank = DetectorInput(np.zeros((cfg.imgsz, cfg.imgsz, 3), np.uint8), (cfg.imgsz, cfg.imgsz))
-        refuse_failed_warmup(det.detect_batch([blank]), field, weights)
+        warm_up_detector(det, cfg.imgsz, field, weights)
     log.info("detector %s on CPU (yunet, %d thread(s))", det.name, threads)
     return det
 
