@@ -284,3 +284,30 @@ def test_tensorrt_needs_a_gpu(tmp_path):
                                    "--out", str(tmp_path / "out"))
     assert code == 2 and "tensorrt-fp16: needs a GPU" in stderr and stdout == ""
     assert not (tmp_path / "out").exists()
+
+
+def test_a_variant_that_does_not_load_replaces_no_earlier_one(tmp_path, monkeypatch):
+    """The variant is loaded where it was made, before it replaces the one of an earlier export:
+    one that does not load (the service's load stood in by a refusal) leaves the earlier file
+    as it was and no staging folder behind, exit 2; one that loads (the real check) replaces it."""
+    from pipeline.lifecycle import export
+
+    need(COCO_PT)
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = out / "yolo11n-coco.onnx"
+    earlier.write_bytes(b"the earlier export")
+    argv = ("models", "export", str(COCO_PT), "--to", "onnx", "--imgsz", "160", "--out", str(out))
+    with monkeypatch.context() as patched:
+        def refused(path, task, imgsz, *, shown=None):
+            assert Path(path).exists() and Path(path) != earlier  # loaded where it was made
+            raise export.ExportError(f"{shown}: does not load (stand-in)")
+
+        patched.setattr(export, "check_loads", refused)
+        code, stdout, stderr = percept(*argv)
+    assert code == 2 and "does not load (stand-in)" in stderr, stderr
+    assert earlier.read_bytes() == b"the earlier export"
+    assert [p.name for p in out.iterdir()] == [earlier.name], "the staging folder is gone"
+    code, stdout, stderr = percept(*argv)
+    assert code == 0, stderr
+    assert earlier.stat().st_size > 1e6 and [p.name for p in out.iterdir()] == [earlier.name]

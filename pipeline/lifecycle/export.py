@@ -309,20 +309,35 @@ def _export_one(model: Any, fmt: Format, src: Path, out_dir: Path, *, imgsz: int
     except Exception as exc:  # noqa: BLE001 -- the exporter raises many types; one line names the format
         raise ExportError(f"{fmt.name}: ultralytics' exporter failed: {type(exc).__name__}: {str(exc).strip()[:400]}") from None
     target = out_dir / f"{src.stem}{fmt.suffix}"
-    if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target)
-    elif target.exists() or target.is_symlink():
-        target.unlink()
-    shutil.move(str(produced), str(target))
+    # checked where it was made: a variant that does not load replaces no earlier one
+    backend = check_loads(produced, task, imgsz, shown=target) if check else None
+    _replace(target, produced)
     entry = {"format": fmt.name, "path": str(target), "size_mb": round(size_mb(target), 2),
              "seconds": round(time.perf_counter() - t0, 1)}
-    if check:
-        entry["backend"] = check_loads(target, task, imgsz)
+    if backend is not None:
+        entry["backend"] = backend
     return entry
 
 
-def check_loads(path: str | Path, task: str, imgsz: int) -> str:
-    """Load a written variant as the service would; the backend's type, or `ExportError`.
+def _replace(target: Path, produced: Path) -> None:
+    """``produced`` (in the staging folder) moved to ``target``; an earlier ``target`` is moved
+    into the staging folder first (deleted with it) and put back when the move fails."""
+    old = produced.parent / f".replaced-{target.name}"
+    had = target.exists() or target.is_symlink()
+    if had:
+        shutil.move(str(target), str(old))
+    try:
+        shutil.move(str(produced), str(target))
+    except BaseException:
+        if had:
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+            shutil.move(str(old), str(target))
+        raise
+
+
+def check_loads(path: str | Path, task: str, imgsz: int, *, shown: str | Path | None = None) -> str:
+    """Load a variant as the service would; the backend's type, or `ExportError` (naming it
+    ``shown``, where it would have gone, when it lies elsewhere: the staging folder).
     A detector is loaded with every class in one category (as `compare` loads it): the config's
     default categories name COCO labels, which a detector of other classes does not have."""
     from ..backends import load_classifier, load_detector
@@ -337,7 +352,7 @@ def check_loads(path: str | Path, task: str, imgsz: int) -> str:
         else:
             model = load_classifier(ClassifierConfig(weights=str(path), imgsz=imgsz), models_dir=None, field="export")
     except ModelError as exc:
-        raise ExportError(f"{path}: written, but it does not load: {exc}") from None
+        raise ExportError(f"{shown or path}: the exported variant does not load, nothing was replaced: {exc}") from None
     return _backend_name(model)
 
 
