@@ -47,7 +47,7 @@ def _swap_parser(actions: Any) -> argparse.ArgumentParser:
         p.add_argument("--name", help="which one, when the config has several (its name: detector-NAME, "
                        "classifier-CATEGORY-NAME)")
         p.add_argument("--card", help="model card of a plain network (default: the shipped card, if any)")
-        p.add_argument("--timeout", type=number_arg(float, 1.0, 86_400.0), default=300.0,
+        p.add_argument("--timeout", type=number_arg(float, 1.0, 3600.0), default=300.0,
                        help="seconds to wait for every replica (default 300)")
         _api_args(p)
         p.set_defaults(func=_swap)

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.config import parse_config
 from pipeline.lifecycle import swap_service
-from pipeline.lifecycle.swap import Desired, SwapRefused, config_identity
+from pipeline.lifecycle.swap import Desired, SwapRefused, SwapTimeout, config_identity
 from pipeline.lifecycle.swap_replica import ModelSwapper
 from pipeline.lifecycle.swap_service import ModelSwaps, live_reports
 from pipeline.models import ModelError
@@ -36,11 +36,14 @@ def api(redis_server, weights: str = FIRST) -> ModelSwaps:
 
 
 def replica(swaps: ModelSwaps, name: str, slow: dict[str, float] | None = None,
-            broken: tuple[str, ...] = ()) -> ModelSwapper:
+            broken: tuple[str, ...] = (), loads: list | None = None) -> ModelSwapper:
     """A replica of ``swaps``' detector whose load gives the weights' file name; loading a file
-    named in ``slow`` takes that long, one named in ``broken`` then fails."""
+    named in ``slow`` takes that long, one named in ``broken`` then fails; ``loads`` gets
+    (replica, file name) for each load."""
     def load(cfg):
         name_ = Path(cfg.weights).name
+        if loads is not None:
+            loads.append((name, name_))
         if name_ in (slow or {}):
             hold(slow[name_], "a model load that takes a while")
         if name_ in broken:
@@ -234,3 +237,78 @@ def test_the_next_swap_after_an_unfinished_rollback_rolls_back_to_the_weights_be
     assert "replica r2 could not load" in refused, refused
     assert f"rolled back to {FIRST} (every replica serves it again)" in refused, refused
     assert [good.current.name, bad.current.name] == [FIRST, FIRST]
+
+
+def test_a_swap_to_the_same_path_again_loads_the_file_again(redis_server, tmp_path):
+    """`models finetune --out b.pt` writes b.pt again: a second swap to b.pt loads it again on
+    every replica (before, a replica took any record naming what it serves as a rollback and kept
+    the old weights in memory, while replicas started later loaded the new file)."""
+    [b] = copies(tmp_path, "b.pt")
+    swaps = api(redis_server)
+    loads: list[tuple[str, str]] = []
+    replicas = [replica(swaps, "r1", loads=loads), replica(swaps, "r2", loads=loads)]
+
+    async def scenario():
+        following = await started(*replicas)
+        try:
+            return [await swaps.swap("detector", {"weights": b}) for _ in range(2)]
+        finally:
+            await stopped(following)
+
+    answers = asyncio.run(scenario())
+    assert [a["generation"] for a in answers] == [1, 2]
+    assert sorted(loads) == sorted([("r1", FIRST), ("r2", FIRST)] + [("r1", "b.pt"), ("r2", "b.pt")] * 2), loads
+
+
+def test_a_replica_failing_the_weights_after_the_client_timed_out_is_rolled_back(redis_server):
+    """The client is answered at its timeout (0.5 s: SwapTimeout, HTTP 504) while r2 still loads
+    the new weights; r2 then fails them: the rollout was watched on, so the deployment is rolled
+    back, not left with r1 on the new weights and r2 on the old."""
+    swaps = api(redis_server)
+    keys = swaps.keys("detector")
+    fast, slow = replica(swaps, "r1"), replica(swaps, "r2", slow={SECOND: 2.0}, broken=(SECOND,))
+
+    def rolled_back() -> bool:
+        record = Desired.from_json(swaps.client.get(keys.desired))
+        return (record is not None and record.generation == 2 and record.weights == FIRST
+                and fast.current.name == slow.current.name == FIRST
+                and fast.report.generation == slow.report.generation == 2)
+
+    async def scenario():
+        following = await started(fast, slow)
+        try:
+            with pytest.raises(SwapTimeout, match="rolled back if a replica cannot load it"):
+                await swaps.swap("detector", {"weights": str(MODELS / SECOND), "timeout_s": 0.5})
+            assert slow.report.failed_generation is None  # answered before r2 failed
+            await until(rolled_back, "the rollback after the timeout, both replicas on the previous weights")
+        finally:
+            await stopped(following)
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_that_cannot_load_the_recorded_weights_at_start_serves_the_ones_before_and_says_why(
+        redis_server, tmp_path):
+    """Swaps to b.pt, then c.pt; a replica started later cannot load c.pt: it serves b.pt (the
+    weights c.pt replaced, where the API's rollback goes too), not the config's, and its report
+    keeps the error (GET /models shows why), so a swap waiting on it names the cause."""
+    b, c = copies(tmp_path, "b.pt", "c.pt")
+    swaps = api(redis_server)
+
+    async def scenario():
+        first = replica(swaps, "r1")
+        following = await started(first)
+        try:
+            for weights in (b, c):
+                await swaps.swap("detector", {"weights": weights})
+        finally:
+            await stopped(following)
+        late = replica(swaps, "r2", broken=("c.pt",))
+        await late.start()
+        return late, next(d for d in await swaps.listing() if d["deployment"] == "detector")
+
+    late, listed = asyncio.run(scenario())
+    assert late.current.name == "b.pt" and (late.report.weights, late.report.model) == (b, "b.pt"), late.report
+    assert late.report.failed_generation == 2 and "CUDA out of memory" in (late.report.error or ""), late.report
+    shown = {r["replica"]: r for r in listed["replicas"]}
+    assert "CUDA out of memory" in (shown["r2"]["error"] or "") and not listed["rolled_out"], listed

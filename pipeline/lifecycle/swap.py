@@ -29,10 +29,14 @@ So the swap is a desired state in Redis that each replica follows on its own:
 4. The API answers once every live replica serves the new generation. When a replica cannot
    load it (a path the API reads but that replica cannot), the API writes the previous weights
    back as the next generation (rollback) and answers 422 with that replica's error. The rollout
-   and its rollback run on when the client goes away; were the API itself to go away before
+   and its rollback run on when the client goes away or is answered at its timeout (504: the API
+   watches the rollout for `WATCHED_AFTER_TIMEOUT_S` more); were the API itself to go away before
    writing the rollback, the next swap takes the weights before the failed ones as the
    deployment's (what it validates against and rolls back to).
-5. A replica that starts later (a restart, autoscaling) loads the desired weights at start. A
+5. A replica that starts later (a restart, autoscaling) loads the desired weights at start (when
+   they do not load: the weights they replaced, else the config's; its report keeps the error). A
+   record naming the weights a replica serves is a rollback only when it names no ``previous``:
+   a swap to the same path again loads the file again. A
    record made under another config (other weights or card) is void: the config changed since
    (and the graph restarted on the same Redis), so the config wins, and the replica deletes the
    record, so that changing the config back later does not bring the swap back.

@@ -39,7 +39,8 @@ class ModelSwapper:
         self._failed_record: tuple[int, float] | None = None  # (generation, requested_at) it could not load
 
     async def start(self) -> Any:
-        """The model this replica starts with: the desired weights, else the config's."""
+        """The model this replica starts with: the desired weights; when those do not load, the
+        weights they replaced; else the config's."""
         try:
             desired = await asyncio.to_thread(self._desired)
         except Exception as exc:  # Redis down at start: the config's weights; `follow` catches up
@@ -51,10 +52,29 @@ class ModelSwapper:
                 self._switch(await asyncio.to_thread(self.load, self._cfg(desired)), desired)
             except Exception as exc:
                 self._failed(desired, exc)
+                await self._start_on_previous(desired)
         if self.current is None:
             self._switch(await asyncio.to_thread(self.load, self.base_cfg), None)
         await self._send()
         return self.current
+
+    async def _start_on_previous(self, desired: Desired) -> None:
+        """The recorded weights failed to load at start: the weights they replaced, where a swap
+        put those (the rollback the API writes goes there too), else the config's (the caller)."""
+        before = desired.previous
+        cfg = self.base_cfg
+        if not before or (before["weights"], before.get("card")) == (cfg.weights, getattr(cfg, "card", None)):
+            return
+        cfg = swapped_cfg(cfg, before["weights"], before.get("card"))
+        try:
+            model = await asyncio.to_thread(self.load, cfg)
+        except Exception as exc:
+            log.warning("%s: cannot load %s either: %s: %s; starting on the config's", self.keys.deployment,
+                        cfg.weights, type(exc).__name__, exc)
+            return
+        self._switch(model, None)
+        r = self.report
+        r.weights, r.card, r.model = cfg.weights, cfg.card, model_name(cfg)
 
     async def follow(self) -> None:
         """Forever: report, and swap when the desired weights change."""
@@ -83,7 +103,9 @@ class ModelSwapper:
         r = self.report
         if desired is None or not self._is_new(desired):
             return
-        if (desired.weights, desired.card) == (r.weights, r.card):  # a rollback to what it serves
+        if desired.previous is None and (desired.weights, desired.card) == (r.weights, r.card):
+            # a rollback to what it serves (a swap to the same path again reloads it: the file may
+            # have been written again, as `models finetune --out` does)
             r.generation = desired.generation
             await self._send()
             return
@@ -139,7 +161,7 @@ class ModelSwapper:
         if desired is not None:
             r.weights, r.card, r.generation, r.model = desired.weights, desired.card, desired.generation, desired.model
             r.swapped_at = time.time()
-        r.error = None
+            r.error = None  # (a replica that started on other weights than recorded keeps saying why)
         r.facts = model_facts(self.kind, model)
 
     def _failed(self, desired: Desired, exc: Exception) -> None:

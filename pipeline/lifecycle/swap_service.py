@@ -33,6 +33,9 @@ log = logging.getLogger("percept.swap")
 
 LIVE_S = 15.0  # a replica whose last report is older has gone (restarted, scaled down)
 FORGET_S = 300.0  # reports this old are deleted
+# after a client is answered at its timeout (504), the rollout is watched this long more: a
+# replica that then fails to load the weights is rolled back all the same
+WATCHED_AFTER_TIMEOUT_S = 3600.0
 
 
 class SwapRequest(BaseModel):
@@ -132,16 +135,27 @@ class ModelSwaps:
         if deployment in self._busy:
             raise SwapBusy(f"{deployment}: a swap is in progress; GET /models shows it")
         self._busy.add(deployment)
-        rollout = asyncio.ensure_future(self._swap(deployment, request))
-        rollout.add_done_callback(lambda task: self._ended(deployment, task))
-        # a client that goes away (Serve then cancels this handler) leaves the rollout, and the
-        # rollback when a replica cannot load the weights, to finish here all the same
-        return await asyncio.shield(rollout)
+        answer: asyncio.Future = asyncio.get_running_loop().create_future()
+        answer.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: the client may be gone
+        rollout = asyncio.ensure_future(self._swap(deployment, request, answer))
+        rollout.add_done_callback(lambda task: self._ended(deployment, task, answer))
+        # a client that goes away (Serve then cancels this handler), or is answered at its timeout,
+        # leaves the rollout, and the rollback when a replica cannot load the weights, to finish
+        # here all the same
+        return await asyncio.shield(answer)
 
-    def _ended(self, deployment: str, rollout: asyncio.Future) -> None:
+    def _ended(self, deployment: str, rollout: asyncio.Future, answer: asyncio.Future) -> None:
         self._busy.discard(deployment)
-        if not rollout.cancelled() and rollout.exception() is not None:  # retrieved: the client may be gone
-            log.info("%s: swap ended: %s", deployment, rollout.exception())
+        error = None if rollout.cancelled() else rollout.exception()
+        if not answer.done():
+            if rollout.cancelled():
+                answer.cancel()
+            elif error is not None:
+                answer.set_exception(error)
+            else:
+                answer.set_result(rollout.result())
+        elif error is not None:  # after the answer (a timeout): said here only
+            log.warning("%s: swap ended: %s", deployment, error)
 
     def _settled(self, deployment: str) -> tuple[tuple[str, str | None], int, list[ReplicaReport], str]:
         """((weights, card) the deployment settled on, the record's generation, the live
@@ -159,7 +173,7 @@ class ModelSwaps:
             return (desired.previous["weights"], desired.previous.get("card")), desired.generation, reports, state
         return (desired.weights, desired.card), desired.generation, reports, state
 
-    async def _swap(self, deployment: str, request: SwapRequest) -> dict[str, Any]:
+    async def _swap(self, deployment: str, request: SwapRequest, answer: asyncio.Future) -> dict[str, Any]:
         kind, section = self.sections[deployment]
         keys = self.keys(deployment)
         (weights, card), generation, reports, state = await asyncio.to_thread(self._settled, deployment)
@@ -175,23 +189,54 @@ class ModelSwaps:
         desired = await asyncio.to_thread(self._record, keys, request.weights, request.card, name,
                                           {"weights": weights, "card": card})
         state, failed, live = await self._wait(keys, desired.generation, request.timeout_s)
+        if state == "rolling":  # the client is answered; the rollout is watched on, and rolled back if it fails
+            answer.set_exception(SwapTimeout(
+                f"{deployment}: after {request.timeout_s:.0f} s {live} replica(s) report, not all serve generation "
+                f"{desired.generation}; the rollout goes on, rolled back if a replica cannot load it (GET /models shows it)"))
+            state, failed, live = await self._wait(keys, desired.generation, WATCHED_AFTER_TIMEOUT_S)
         if state == "failed":
-            back = await asyncio.to_thread(self._record, keys, weights, card, Path(weights.rstrip("/")).name, None)
-            back_state, _, _ = await self._wait(keys, back.generation, request.timeout_s)
-            after = "every replica serves it again" if back_state == "done" else "the rollback is still rolling out"
             raise SwapRefused(f"{section.field}.weights: replica {failed.replica} could not load {request.weights!r}: "
-                              f"{failed.error}; rolled back to {Path(weights.rstrip('/')).name} ({after})")
+                              f"{failed.error}; {await self._roll_back(keys, desired, weights, card, request.timeout_s)}")
         if state != "done":
-            raise SwapTimeout(f"{deployment}: after {request.timeout_s:.0f} s {live} replica(s) report, not all serve "
-                              f"generation {desired.generation}; the rollout goes on (GET /models shows it)")
+            raise SwapTimeout(f"{deployment}: generation {desired.generation} still not served by every replica "
+                              f"{WATCHED_AFTER_TIMEOUT_S:.0f} s after its timeout; no longer watched")
         return {"deployment": deployment, "model": name, "weights": request.weights, "card": request.card,
                 "generation": desired.generation, "previous": Path(weights.rstrip("/")).name,
                 "replicas": live, "seconds": round(time.monotonic() - started, 2),
                 "validate_s": round(validated - started, 2), "rollout_s": round(time.monotonic() - validated, 2)}
 
+    async def _roll_back(self, keys: SwapKeys, failed: Desired, weights: str, card: str | None,
+                         timeout_s: float) -> str:
+        """The weights before ``failed`` recorded again as the next generation (a Redis outage
+        waited out, up to ``timeout_s``), unless a newer swap replaced ``failed`` meanwhile; what
+        came of it, in words."""
+        name = Path(weights.rstrip("/")).name
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                back = await asyncio.to_thread(self._record, keys, weights, card, name, None, failed.generation)
+                break
+            except redis.RedisError as exc:
+                if not redis_unavailable(exc) or time.monotonic() >= deadline:
+                    return f"not rolled back ({type(exc).__name__}: {exc}): the next swap rolls back to {name}"
+                await asyncio.sleep(self.poll_s)
+        if back is None:
+            return "not rolled back: a newer swap replaced it"
+        state, failed_back, _ = await self._wait(keys, back.generation, timeout_s)
+        after = {"done": "every replica serves it again",
+                 "failed": f"replica {failed_back.replica if failed_back else '?'} cannot load that either: "
+                           f"{failed_back.error if failed_back else '?'}"}.get(state, "the rollback is still rolling out")
+        return f"rolled back to {name} ({after})"
+
     def _record(self, keys: SwapKeys, weights: str, card: str | None, name: str,
-                previous: dict[str, Any] | None) -> Desired:
+                previous: dict[str, Any] | None, replacing: int | None = None) -> Desired | None:
+        """The new desired weights, written; ``replacing``: only while the record is still that
+        generation (a rollback; None when a newer swap replaced it)."""
         config = config_identity(self.sections[keys.deployment][1].cfg)
+        if replacing is not None:
+            recorded = Desired.from_json(self.client.get(keys.desired))
+            if recorded is not None and recorded.generation != replacing:
+                return None
         desired = Desired(weights, card, self._next_generation(keys), name, previous, time.time(), config)
         self.client.set(keys.desired, desired.to_json())
         return desired
