@@ -90,7 +90,14 @@ def _subscribe(args: argparse.Namespace) -> int:
                          events=args.events)
         for msg in sub.messages(limit=args.count, idle_timeout_s=args.timeout, on_unreachable=outage.notice):
             print(json.dumps(msg.payload, separators=(",", ":")), flush=True)
-            outage.until_back(lambda: sub.ack(msg))
+            # an outage between printing and acking: waited out up to --timeout (then exit 3);
+            # the entry stays pending, printed again by the next reader of this consumer
+            try:
+                outage.until_back(lambda: sub.ack(msg), timeout_s=args.timeout)
+            except redis.RedisError:
+                if not outage.down:
+                    raise
+                break  # --timeout ended while Redis was away
     except redis.RedisError as exc:
         return fail(f"redis {redact_url(url)}: {redact(str(exc))}", EXIT_UNAVAILABLE)
     except KeyboardInterrupt:

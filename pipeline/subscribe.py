@@ -119,9 +119,17 @@ class Subscriber:
         dead consumers, claimed with XAUTOCLAIM."""
         out: list[Message] = []
         for stream in self.streams:
-            own = self.client.xreadgroup(self.group, self.consumer, {stream: "0"}, count=1000)
-            for name, entries in own or []:
-                out.extend(self._decode(name, entries))
+            after = "0"
+            while True:  # its whole pending list, 1000 at a time
+                own = self.client.xreadgroup(self.group, self.consumer, {stream: after}, count=1000)
+                entries = [entry for _, part in own or [] for entry in part]
+                if not entries:
+                    break
+                out.extend(self._decode(stream, entries))
+                gone = [entry_id for entry_id, fields in entries if fields is None]
+                if gone:  # deleted (trimmed) while pending: acked, so they stop coming back
+                    self.client.xack(stream, self.group, *gone)
+                after = entries[-1][0]
             cursor = "0-0"
             while True:
                 reply = self.client.xautoclaim(
@@ -184,9 +192,13 @@ class Subscriber:
                     on_unreachable(exc)
                     down = True
                 backlog = None  # after an outage a group consumer re-reads what it had not acked
-                if idle_timeout_s is not None and time.monotonic() - last_seen > idle_timeout_s:
-                    return
-                time.sleep(backoff.next())
+                wait = backoff.next()
+                if idle_timeout_s is not None:
+                    left = idle_timeout_s - (time.monotonic() - last_seen)
+                    if left <= 0:
+                        return
+                    wait = min(wait, left)  # the deadline is not overslept
+                time.sleep(wait)
                 continue
             if down:
                 on_unreachable(None)  # type: ignore[misc]

@@ -136,3 +136,53 @@ def test_a_deadline_that_ends_during_an_outage_exits_3(redis_server, capsys):
     assert main(["top", "--duration", "1", "--interval", "0.2", "--redis", redis_server.url]) == 3
     err = capsys.readouterr().err
     assert err.rstrip().endswith(f"redis still unreachable at {redis_server.url} when --duration ended"), err
+
+
+def test_a_group_reader_whose_ack_meets_an_outage_ends_at_its_timeout(redis_server, monkeypatch, capsys):
+    """Redis goes away between printing an entry and acking it (killed by the print itself):
+    ``--timeout 2`` still ends the command, exit 3 saying so (the ack was retried for ever)."""
+    import io
+    import sys
+
+    from cli.main import main
+
+    _add(redis_server.client(), 0, 1)
+
+    class RedisGoesWithTheFirstLine(io.StringIO):
+        def write(self, text: str) -> int:
+            if text.strip() and not self.getvalue():
+                redis_server.kill()
+            return super().write(text)
+
+    printed = RedisGoesWithTheFirstLine()
+    monkeypatch.setattr(sys, "stdout", printed)
+    done: dict = {}
+    reader = threading.Thread(target=lambda: done.update(rc=main(
+        ["subscribe", "cam", "--prefix", "subout", "--group", "g", "--from-start", "--timeout", "2",
+         "--redis", redis_server.url])), daemon=True)
+    reader.start()
+    reader.join(60)
+    assert not reader.is_alive(), "still retrying the ack 60 s later"
+    assert done.get("rc") == 3 and json.loads(printed.getvalue())["seq"] == 0, (done, printed.getvalue())
+    assert capsys.readouterr().err.rstrip().endswith("when --timeout ended")
+
+
+def test_a_restarted_group_consumer_gets_all_it_had_not_acked(redis_server):
+    """1500 entries read and not acked (the reader crashed): the same consumer started again
+    gets every one of them first, not only the first 1000; an entry trimmed away meanwhile is
+    acked, so it stops coming back."""
+    from pipeline.subscribe import Subscriber
+
+    client = redis_server.client()
+    _add(client, 0, 1500)
+
+    def reader() -> Subscriber:
+        return Subscriber(client, KEYS, ["cam"], group="g", consumer="c1", start="0", block_ms=100)
+
+    read = [m.payload["seq"] for m in reader().messages(limit=1500)]  # never acked
+    assert read == list(range(1500))
+    first = client.xrange(KEYS.detections("cam"), count=1)[0][0]
+    client.xdel(KEYS.detections("cam"), first)
+    again = [m.payload["seq"] for m in reader().messages(idle_timeout_s=1)]
+    assert again == list(range(1, 1500)), (len(again), again[:3], again[-3:])
+    assert client.xpending(KEYS.detections("cam"), "g")["pending"] == 1499  # the trimmed one acked
