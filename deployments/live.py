@@ -27,6 +27,7 @@ from pipeline.view import jpeg_comment
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 BOUNDARY = "percept-frame"
 FIRST_FRAME_S = 6.0  # how long a snapshot waits for the first frame of a camera nobody watched
+SLOW_CAMERA_S = 30.0  # ... at most this much longer for a camera sampled every few seconds
 IDS_FRESH_S = 2.0  # the camera list is read again after this long (and on a miss)
 # an MJPEG response ends when its camera reaches one of these ("pending": its state is gone,
 # the camera was removed); it goes on through "connecting" and "reconnecting"
@@ -123,6 +124,15 @@ class LiveView:
         self.client.set(self.keys.view_want(camera_id), b"1", px=int(self.cfg.watch_ttl_s * 1000))
         return True
 
+    def _first_frame_s(self, camera_id: str) -> float:
+        """How long a snapshot waits for the first view frame: `FIRST_FRAME_S`, and two of the
+        camera's frame intervals more (its published ``fps``), up to `SLOW_CAMERA_S` more."""
+        try:
+            fps = float(self.client.hget(self.keys.camera(camera_id), "fps") or 0.0)
+        except ValueError:
+            fps = 0.0
+        return FIRST_FRAME_S + (min(2.0 / fps, SLOW_CAMERA_S) if fps > 0 else 0.0)
+
     def _unavailable(self, camera_id: str, state: str, error: str | None) -> HTTPException:
         retry = "1" if state in ("connecting", "pending", "online") else "5" if state in ("failed", "stopped") else "2"
         detail = {"message": f"camera {camera_id!r} is {state}: no live image", "camera": camera_id,
@@ -138,10 +148,11 @@ class LiveView:
         jpeg, state, error = await asyncio.to_thread(self._watch, camera_id, True)
         if state != "online":
             raise self._unavailable(camera_id, state, error)
-        deadline = time.monotonic() + FIRST_FRAME_S
-        while jpeg is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-            jpeg = await asyncio.to_thread(self.client.get, self.keys.view_jpeg(camera_id))
+        if jpeg is None:
+            deadline = time.monotonic() + await asyncio.to_thread(self._first_frame_s, camera_id)
+            while jpeg is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                jpeg = (await asyncio.to_thread(self._watch, camera_id))[0]  # kept watched meanwhile
         if jpeg is None:
             raise self._unavailable(camera_id, state, "no view frame yet")
         return Response(jpeg, media_type="image/jpeg", headers=_frame_headers(jpeg))

@@ -259,8 +259,14 @@ class CameraView:
                 gap = now - self._last_offer
                 self._interval = gap if self._interval is None else 0.8 * self._interval + 0.2 * gap
             self._last_offer = now
+            drawn = self._busy or self.watched  # else this frame is drawn if its check finds a viewer
             if not self._checking and now - self._checked_at >= CHECK_EVERY_S:
                 self._checking, self._checked_at = True, now
+                if not drawn:  # a slow camera's first image is the frame that found it watched
+                    self._busy = True
+                    self._due = now + self._period / 2
+                    self.hub.submit(self._check, image, result, camera)
+                    return
                 self.hub.submit(self._check)
             if not self.watched or now < self._due - self._period / 4:
                 return
@@ -274,7 +280,9 @@ class CameraView:
             self._busy = False
             log.exception("camera %s: view offer failed", self.camera_id)
 
-    def _check(self) -> None:
+    def _check(self, *frame: Any) -> None:
+        """Whether someone watches; ``frame`` (image, result, camera): offered while nobody did,
+        drawn now if someone does."""
         try:
             self.watched = bool(self.hub.client.exists(self.hub.keys.view_want(self.camera_id)))
         except Exception as exc:  # noqa: BLE001 - Redis away: nobody is served anyway
@@ -282,6 +290,10 @@ class CameraView:
             log.debug("camera %s: view check failed: %s", self.camera_id, exc)
         finally:
             self._checking = False
+        if frame and self.watched:
+            self._render(*frame)  # (frees `_busy` when done)
+        elif frame:
+            self._busy = False
 
     def _render(self, image: np.ndarray, result: FrameResult, camera: CameraConfig) -> None:
         try:

@@ -273,6 +273,12 @@ TILES_JS = """JSON.stringify([...document.querySelectorAll('.tile')].map(t => {
 }))"""
 
 
+STATE_LOOK_JS = """(() => { const t = document.querySelector('.tile[data-camera="traffic"]');
+  t.dataset.state = '%s';
+  return getComputedStyle(t.querySelector('.overlay')).display + '|' + getComputedStyle(t.querySelector('img')).filter;
+})()"""
+
+
 BLOB_COUNTER_JS = """window.__blobs = {created: 0, revoked: 0};
 const _create = URL.createObjectURL, _revoke = URL.revokeObjectURL;
 URL.createObjectURL = (b) => { window.__blobs.created++; return _create(b); };
@@ -323,6 +329,12 @@ def test_the_page_in_headless_chromium(live, tmp_path):
         wait_for(lambda: sum(t["frames"] for t in tiles().values()) >= 8, 60, "eight images shown in all")
         live_urls = browser.js("window.__blobs.created - window.__blobs.revoked")
         assert browser.js("window.__blobs.created") >= 8 and live_urls <= 4, live_urls  # 2 tiles: shown + in flight
+        # a tile whose camera is not online (any state) greys its last image and shows its state
+        # over it: read in the same script that sets the state, before the page's next poll resets it
+        looks = {state: browser.js(STATE_LOOK_JS % state) for state in
+                 ("online", "connecting", "reconnecting", "stopped", "failed", "pending")}
+        assert looks.pop("online") == "none|none", looks
+        assert all(look.startswith("flex|grayscale(1)") for look in looks.values()), looks
         cv2.imwrite(str(tmp_path / "live-view.png"), shot2)
         if os.environ.get("PERCEPT_SAVE_SCREENSHOT"):
             (REPO / "docs").mkdir(exist_ok=True)

@@ -197,6 +197,50 @@ def test_a_busy_view_skips_frames_and_never_blocks_the_caller(redis_server):
         hub.close()
 
 
+def test_a_slow_cameras_snapshot_is_the_first_frame_after_the_request(redis_server):
+    """A camera sampled every 7 s that nobody watched: a snapshot request gets the first frame
+    offered after it (the frame whose check finds the camera watched is drawn), the request
+    waiting two of the camera's intervals more and keeping it watched meanwhile. Before, that
+    frame only queued the check and a snapshot waited 6 s: such a camera always answered 503."""
+    import asyncio
+    import threading
+
+    from deployments.live import LiveView
+    from pipeline.registry import CameraRegistry
+
+    client = redis_server.client()
+    keys = StreamKeys("slowcam")
+    CameraRegistry(client, keys).add(CameraConfig(id="cam", url="x.mp4"))
+    client.hset(keys.camera("cam"), mapping={"state": "online", "fps": "0.14"})
+    hub = ViewHub(ViewConfig(fps=5, width=320), client, keys)
+    view = hub.camera("cam")
+    frame, camera = clip_frame("traffic.mp4", 30), CameraConfig(id="cam", url="x")
+    offered: list[tuple[int, float]] = []  # (seq, when)
+    stop = threading.Event()
+
+    def slow_camera() -> None:
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            offered.append((seq, time.monotonic()))
+            view.offer(frame, FrameResult(FrameMeta("cam", seq, time.time(), None, 640, 360), Detections(), {}, {}),
+                       camera)
+            stop.wait(7.0)  # the camera's frame interval, not a test wait
+
+    thread = threading.Thread(target=slow_camera, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: offered and not view._checking, 10, "the first frame offered and checked (nobody watching)")
+        asked = time.monotonic()
+        response = asyncio.run(LiveView(ViewConfig(), client, keys, CameraRegistry(client, keys)).snapshot("cam"))
+    finally:
+        stop.set()
+        thread.join(10)
+        hub.close()
+    seq = int(jpeg_comment(response.body).split("seq=")[1].split()[0])
+    assert seq == next(s for s, t in offered if t > asked), (seq, offered, asked)
+
+
 # --- graph level ------------------------------------------------------------------------------------
 
 
