@@ -311,3 +311,16 @@ def test_a_variant_that_does_not_load_replaces_no_earlier_one(tmp_path, monkeypa
     code, stdout, stderr = percept(*argv)
     assert code == 0, stderr
     assert earlier.stat().st_size > 1e6 and [p.name for p in out.iterdir()] == [earlier.name]
+
+
+def test_weights_named_by_their_path_in_the_models_folder_export_to_the_current_folder(tmp_path, monkeypatch):
+    """The shared models folder is never written without ``--out`` naming it: weights given by
+    their path there (not looked up by name) export to the current folder too, not beside them."""
+    need(CLS_PT)
+    monkeypatch.setenv("PERCEPT_MODELS_DIR", str(MODELS))
+    monkeypatch.chdir(tmp_path)
+    code, stdout, stderr = percept("models", "export", str(CLS_PT), "--to", "onnx", "--task", "classify",
+                                   "--imgsz", "64")
+    assert code == 0, stderr
+    assert (tmp_path / "yolov8n-cls-imagenet.onnx").stat().st_size > 1e6
+    shared_untouched()

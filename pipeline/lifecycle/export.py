@@ -257,7 +257,7 @@ def export_model(weights: str | Path, formats: str | Sequence[str], *, calib: Se
     src, model_task, model = check_weights(weights, task, models_dir)
     imgsz = imgsz or DEFAULT_IMGSZ[model_task]
     # beside the weights, unless they were found in the models folder (shared: never written)
-    out_dir = Path(out).expanduser() if out else src.parent if Path(weights).expanduser().exists() else Path.cwd()
+    out_dir = Path(out).expanduser() if out else _default_out(src, weights, models_dir)
     calibrated = any(f.calibrated for f in fmts)
     result: dict[str, Any] = {"weights": str(src), "task": model_task, "imgsz": imgsz, "out": str(out_dir),
                               "calibration": None, "variants": [], "warnings": []}
@@ -289,6 +289,13 @@ def export_model(weights: str | Path, formats: str | Sequence[str], *, calib: Se
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def _default_out(src: Path, weights: str | Path, models_dir: str | None) -> Path:
+    """Beside the weights; the current folder for weights found in, or lying in, the models
+    folder (shared, often read-only: never written unless ``--out`` names it)."""
+    inside = models_dir is not None and src.resolve().is_relative_to(Path(models_dir).expanduser().resolve())
+    return src.parent if Path(weights).expanduser().exists() and not inside else Path.cwd()
 
 
 def _export_one(model: Any, fmt: Format, src: Path, out_dir: Path, *, imgsz: int, data: str | None,
