@@ -40,7 +40,7 @@ def _build(args: argparse.Namespace) -> int:
 
     path = Path(args.config)
     config = load_config(path, env=_KeepUnset())
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw = load_yaml(path.read_text(encoding="utf-8")) or {}
     out = serve_config(raw, config, http_host=args.http_host or config.http.host,
                        http_port=args.http_port if args.http_port is not None else config.http.port)
     text = yaml.safe_dump(out, sort_keys=False)

@@ -32,6 +32,7 @@ from .config_models import (  # noqa: F401 (the config's API)
 )
 from .config_tracker import TrackerConfig
 from .config_view import PrivacyConfig, ViewConfig
+from .config_yaml import load_yaml
 from .geometry import LINES_HELP, ZONES_HELP, Anchor, Lines, Zones, check_units
 from .config_urls import camera_url_problem, redis_url_problem
 from .redact import query_secrets, redact, redact_url, url_credentials, url_secrets
@@ -379,7 +380,7 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     except UnicodeDecodeError as exc:
         raise ConfigError([f"not a UTF-8 text file (byte {exc.start}): a YAML config is text"], str(p)) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

@@ -19,7 +19,9 @@ DEFAULT_CATEGORIES: dict[str, list[str]] = {
 }
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: ".inf" or ".nan" for a number is refused naming the field (both passed
+    # most bounds, and int(inf) raised OverflowError out of a validator)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 class BatchConfig(Strict):
     max_size: int = Field(8, ge=1, le=256)

@@ -103,6 +103,34 @@ def test_invalid_yaml_reports_line_and_column(tmp_path):
     assert "YAML syntax error at line" in info.value.errors[0] and "column" in info.value.errors[0]
 
 
+@pytest.mark.parametrize("text, words", [
+    ("cameras:\n  - id: a\n    url: a.mp4\ncameras:\n  - id: c\n    url: c.mp4\n",
+     "line 4, column 1: duplicate key 'cameras' (first given at line 1)"),
+    ("cameras:\n  - id: a\n    url: a.mp4\n    id: b\n", "line 4, column 5: duplicate key 'id' (first given at line 2)"),
+    ("detector: {conf: 0.3, conf: 0.5}\n", "duplicate key 'conf'"),
+])
+def test_a_key_given_twice_is_an_error_not_the_last_one_silently(tmp_path, text, words):
+    """PyYAML keeps the last of repeated keys: a second ``cameras:`` block dropped the first
+    camera without a word. A merge (``<<: *defaults``) may still be overridden."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    assert words in info.value.errors[0], info.value.errors
+    merged = write(tmp_path, "x-cam: &cam {fps: 2, loop: true}\ncameras:\n  - <<: *cam\n    id: a\n    url: a.mp4\n"
+                             "    fps: 4\n")
+    with pytest.raises(ConfigError) as info:  # (x-cam is no config key: the merge itself was read)
+        load_config(merged, env={})
+    assert info.value.errors == ["x-cam: unknown key"], info.value.errors
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e400"])
+def test_an_infinite_or_nan_number_is_refused_naming_the_field(tmp_path, value):
+    for section, field in (("detector", "num_gpus"), ("decoder", "lease_ttl_s")):
+        text = f"{section}: {{{field}: {value}}}\n"
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, text), env={})
+        assert any("must be a finite number" in e for e in info.value.errors), (field, info.value.errors)
+
+
 def test_models_dir_from_environment_unless_configured():
     assert parse_config({}, env={"PERCEPT_MODELS_DIR": "/m"}).models_dir == "/m"
     assert parse_config({"models_dir": "/x"}, env={"PERCEPT_MODELS_DIR": "/m"}).models_dir == "/x"
