@@ -24,7 +24,7 @@ from . import bench, build, cameras, demo, run, subscribe, top
 from . import eval as eval_cmd
 from . import explain as explain_cmd
 from . import models as models_cmd
-from .common import EXIT_UNAVAILABLE, fail
+from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, fail
 
 COMMANDS = (run, demo, build, cameras, subscribe, top, bench, eval_cmd, models_cmd, explain_cmd)
 NOISY_LOGGERS = ("ray", "ray.serve", "ray.data", "ray.tune", "ultralytics", "filelock", "urllib3")
@@ -71,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CREDENTIALS_REFUSED as exc:
         return fail(f"redis refused our credentials: {redact(str(exc))} (check redis.url / PERCEPT_REDIS_URL)",
                     EXIT_UNAVAILABLE)
+    except KeyboardInterrupt:  # Ctrl-C anywhere (a retry's wait, a model load): no traceback
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `percept subscribe … | head -1`: the reader went away, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit fails no more
+        return 0
 
 
 if __name__ == "__main__":
