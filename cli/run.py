@@ -182,6 +182,9 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
     from pipeline.backends.checks import check_models
     from pipeline.streams import StreamKeys, redis_from_config
 
+    # a SIGTERM while starting unwinds what was started (the private redis-server runs in a
+    # session of its own: nothing else stops it); once running, `monitor_cameras` stops cleanly
+    signal.signal(signal.SIGTERM, _terminated)
     with ExitStack() as stack:
         try:
             problem = state_dir_error(config.state_dir, "state_dir")
@@ -214,6 +217,10 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
                                duration=duration, show=monitor, outage=outage,
                                keep_up=keeper[0].keep_up if keeper else None)
     return 0
+
+
+def _terminated(*_: Any) -> None:
+    raise SystemExit(128 + signal.SIGTERM)
 
 
 def ingress_line(config: PerceptConfig) -> str:

@@ -140,3 +140,36 @@ def test_percept_runs_private_redis_is_started_again_when_killed(tmp_path, capsy
         assert "private redis-server killed by signal 9: started again on redis://127.0.0.1:" in capsys.readouterr().out
     finally:
         server.stop()
+
+
+def test_sigterm_while_run_starts_stops_its_private_redis(tmp_path, models_dir):
+    """SIGTERM once the private redis-server is up, while the graph still starts: the server
+    stops and its ``redis.url`` marker goes (it was left running, its parent gone, and a later run
+    would have started a second server on the same data folder)."""
+    import signal
+
+    import redis
+
+    from .waiting import wait_for
+
+    state = tmp_path / "state"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"models_dir: {models_dir}\ndetector: {{weights: yolo11n_int8_openvino_model}}\n"
+                   f"state_dir: {state}\ncameras: [{{id: a, url: '{tmp_path / 'none.mp4'}'}}]\n")
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "run", "-c", str(cfg)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (state / "redis.url").exists() or proc.poll() is not None, 120, "the private redis-server up")
+        url = (state / "redis.url").read_text().strip()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (state / "redis.url").exists(), proc.stderr.read()
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        reachable = True
+    except redis.RedisError:
+        reachable = False
+    assert not reachable, f"the private redis-server at {url} outlived percept run"
