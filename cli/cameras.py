@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, RUNTIME_FIELDS
+from pipeline.redact import redact
 
 from .common import EXIT_UNAVAILABLE, api_url_arg, call_api, fail, number_arg, unreachable
 
@@ -84,6 +85,12 @@ def _call(args: argparse.Namespace) -> tuple[int, Any]:
     return status, data
 
 
+def _ls_row(cam: dict[str, Any]) -> str:
+    lag = "-" if cam["lag_s"] is None else f"{cam['lag_s']:.1f} s"
+    return (f"{cam['id']:<14} {cam['state']:<12} {cam['fps']:5.1f} fps  dropped {cam['dropped']:>5}  "
+            f"lag {lag:>7}  {cam['url']}")
+
+
 def _cameras(args: argparse.Namespace) -> int:
     if args.action == "zones" and all(getattr(args, k) is None for k in RUNTIME_FIELDS):
         return fail("cameras zones: give --zones, --lines, --anchor and/or --line-margin", 2)
@@ -94,13 +101,16 @@ def _cameras(args: argparse.Namespace) -> int:
     if status >= 400:
         detail = data.get("detail", "") if isinstance(data, dict) else data
         lines = detail if isinstance(detail, list) else [detail]
-        return fail(f"{args.action} {getattr(args, 'id', '')}: HTTP {status}: " + "; ".join(map(str, lines)),
+        return fail(f"{args.action} {getattr(args, 'id', '')}: HTTP {status}: " + redact("; ".join(map(str, lines))),
                     EXIT_UNAVAILABLE if status == 503 else CONFIG_ERROR_EXIT_CODE if 400 <= status < 500 else 1)
     if args.action == "ls":
-        for cam in data:
-            lag = "-" if cam["lag_s"] is None else f"{cam['lag_s']:.1f} s"
-            print(f"{cam['id']:<14} {cam['state']:<12} {cam['fps']:5.1f} fps  dropped {cam['dropped']:>5}  "
-                  f"lag {lag:>7}  {cam['url']}")
+        try:
+            rows = [_ls_row(cam) for cam in data]
+        except (TypeError, KeyError, ValueError):  # --api names another HTTP service
+            return fail(f"ls: {args.api} did not answer with percept's camera list (is --api the graph's "
+                        f"ingress?)", EXIT_UNAVAILABLE)
+        for row in rows:
+            print(row)
     else:
         print(json.dumps(data))
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ENV_MODELS_DIR
+from pipeline.redact import redact
 
 from .common import (EXIT_UNAVAILABLE, IMGSZ, POSITIVE_INT, SCORE, api_url_arg, fail, number_arg, output_file_arg,
                      request_api, say, unreachable)
@@ -90,7 +91,7 @@ def _online(args: argparse.Namespace) -> int:
     except (urllib.error.URLError, OSError) as exc:
         return unreachable(args.api, exc)
     if status >= 400:
-        return fail(f"explain {args.camera}: HTTP {status}: {_detail(png)}",  # (the codes of `percept cameras`)
+        return fail(f"explain {args.camera}: HTTP {status}: {redact(_detail(png))}",  # (the codes of `percept cameras`)
                     BAD_INPUT if status < 500 else EXIT_UNAVAILABLE if status in (502, 503, 504) else 1)
     frame = dict(kv.split("=", 1) for kv in headers.get("X-Percept-Frame", "").split() if "=" in kv)
     out = Path(args.out or f"explain-{args.camera}-{frame.get('seq', 'latest')}-{args.object}.png")

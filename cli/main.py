@@ -16,6 +16,8 @@ import sys
 import warnings
 from typing import Sequence
 
+import redis
+
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
 from pipeline.redact import redact
 from pipeline.streams import CREDENTIALS_REFUSED
@@ -71,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CREDENTIALS_REFUSED as exc:
         return fail(f"redis refused our credentials: {redact(str(exc))} (check redis.url / PERCEPT_REDIS_URL)",
                     EXIT_UNAVAILABLE)
+    except redis.RedisError as exc:  # what no command handled (WRONGTYPE, NOPERM, ...): one line, not a traceback
+        return fail(f"redis: {type(exc).__name__}: {redact(str(exc))}", EXIT_UNAVAILABLE)
     except KeyboardInterrupt:  # Ctrl-C anywhere (a retry's wait, a model load): no traceback
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `percept subscribe … | head -1`: the reader went away, nothing to say

@@ -266,11 +266,14 @@ def status_lines(client: Any, keys: Any, cameras: list[str]) -> list[str]:
         last = client.xrevrange(keys.detections(cam), count=1)
         counts: dict[str, int] = {}
         e2e = "-"
-        if last:
-            payload = json.loads(last[0][1][b"json"])
-            for obj in payload["objects"]:
-                counts[obj["category"]] = counts.get(obj["category"], 0) + 1
-            e2e = f"{payload['latency_ms'].get('total', 0):.0f} ms"
+        try:
+            if last:
+                payload = json.loads(last[0][1][b"json"])
+                for obj in payload["objects"]:
+                    counts[obj["category"]] = counts.get(obj["category"], 0) + 1
+                e2e = f"{payload['latency_ms'].get('total', 0):.0f} ms"
+        except (KeyError, ValueError, TypeError, AttributeError):  # an entry not as percept writes them
+            counts, e2e = {}, "-"
         objs = " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"
         err = f"  error: {st['last_error']}" if st.get("last_error") and st.get("state") != "online" else ""
         lines.append(

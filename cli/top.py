@@ -224,11 +224,15 @@ def camera_rows(client: Any, prefix: str, samples: int, now: float | None = None
                         dropped=int(float(st.get("dropped", 0) or 0)), error=st.get("last_error", ""))
         totals = []
         for i, (entry_id, fields) in enumerate(entries):
-            payload = json.loads(fields[b"json"])
-            totals.append(float(payload.get("latency_ms", {}).get("total", 0.0)))
             if i == 0:
                 row.lag_s = max(0.0, now - parse_entry_id(entry_id)[0] / 1000)
-                row.objects = dict(Counter(o["category"] for o in payload.get("objects", [])))
+            try:
+                payload = json.loads(fields[b"json"])
+                totals.append(float(payload.get("latency_ms", {}).get("total", 0.0)))
+                if i == 0:
+                    row.objects = dict(Counter(o["category"] for o in payload.get("objects", [])))
+            except (KeyError, ValueError, TypeError, AttributeError):  # an entry not as percept writes them
+                continue
         row.p50_ms, row.p95_ms = percentile(totals, 0.5), percentile(totals, 0.95)
         rows.append(row)
     return rows

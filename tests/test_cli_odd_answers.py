@@ -1,0 +1,62 @@
+"""What the console commands read that percept did not write: a stream entry of another shape,
+a key of another type, another HTTP service behind ``--api``: one line and an exit code, never a
+traceback (real redis-server; the other service is a plain HTTP server)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+
+from cli.main import main
+from cli.run import status_lines
+from pipeline.config import CameraConfig
+from pipeline.registry import CameraRegistry
+from pipeline.streams import StreamKeys
+
+KEYS = StreamKeys("odd")
+
+
+def test_an_entry_of_another_shape_is_skipped_by_top_and_the_run_console(redis_server, capsys):
+    client = redis_server.client()
+    CameraRegistry(client, KEYS).add(CameraConfig(id="a", url="a.mp4"))
+    for raw in ("not json", "[1, 2]", '{"objects": 3, "latency_ms": []}'):
+        client.xadd(KEYS.detections("a"), {"v": "1", "camera": "a", "seq": "1", "json": raw})
+    assert main(["top", "--once", "--redis", redis_server.url, "--prefix", "odd"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.startswith("a ") for line in out.splitlines()), out
+    [line] = status_lines(client, KEYS, ["a"])
+    assert line.startswith("a ") and "objects none" in line and "e2e -" in line, line
+
+
+def test_a_key_of_another_type_is_one_line_exit_3(redis_server, capsys):
+    client = redis_server.client()
+    CameraRegistry(client, KEYS).add(CameraConfig(id="a", url="a.mp4"))
+    client.set(KEYS.detections("a"), "a string, not a stream")
+    assert main(["top", "--once", "--redis", redis_server.url, "--prefix", "odd"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("percept: redis: ResponseError: ") and "WRONGTYPE" in err and "Traceback" not in err, err
+
+
+class _AnotherService(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        body = b'{"hello": "world"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_cameras_ls_against_another_http_service_says_so(capsys):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AnotherService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["cameras", "--api", api, "ls"]) == 3
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert err.startswith(f"percept: ls: {api} did not answer with percept's camera list"), err
