@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, load_config
+from pipeline.config_yaml import load_yaml
 
 from .common import PORT, fail, output_file_arg
 
