@@ -8,13 +8,13 @@ from typing import Any
 
 from pipeline.samples import ENV_SAMPLE_VIDEOS, demo_config
 
-from .common import fail, say, state_dir_error
+from .common import fail, number_arg, say, state_dir_error
 from .run import run_graph
 
 
 def register(sub: Any) -> None:
     demo = sub.add_parser("demo", help="run on looping sample videos (PERCEPT_SAMPLE_VIDEOS) with live status")
-    demo.add_argument("--duration", type=float)
+    demo.add_argument("--duration", type=number_arg(float, 0.1), help="stop after this many seconds")
     demo.add_argument("--state-dir", default=".percept")
     demo.set_defaults(func=_demo)
 

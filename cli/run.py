@@ -23,7 +23,7 @@ from pipeline.config import (
 )
 from pipeline.redact import redact, redact_url
 
-from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, RedisOutage, fail, say, state_dir_error
+from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, RedisOutage, fail, number_arg, say, state_dir_error
 
 
 class Unavailable(RuntimeError):
@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
     run = sub.add_parser("run", help="run the graph for the cameras in a config file")
     run.add_argument("-c", "--config", required=True)
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--duration", type=number_arg(float, 0.1), help="stop after this many seconds")
     run.add_argument("--quiet", action="store_true", help="no live status lines")
     run.set_defaults(func=lambda args: run_graph(
         load_config(args.config), address=args.address, duration=args.duration, monitor=not args.quiet,

@@ -48,7 +48,7 @@ def _redis_source(args: argparse.Namespace) -> tuple[str | None, str | None, Any
     """(url, prefix, redis config section) from the options, the config and its state dir."""
     url, prefix, redis_cfg = args.redis, args.prefix, None
     if args.config:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, camera_env=False)  # no camera secrets to read the streams
         redis_cfg = cfg.redis
         prefix = prefix or cfg.redis.stream_prefix
         if not url:

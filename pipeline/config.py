@@ -368,10 +368,12 @@ def _resolve_relative_paths(config: PerceptConfig, base_dir: Path, env: Mapping[
     return config.model_copy(update={"cameras": cameras})
 
 
-def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> PerceptConfig:
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,
+                camera_env: bool = True) -> PerceptConfig:
     """Read, substitute and validate a YAML config file; raises `ConfigError` naming the path.
 
-    The variables camera URLs name must be set in ``env`` too, although the URLs keep them."""
+    The variables camera URLs name must be set in ``env`` too, although the URLs keep them
+    (``camera_env`` False: a reader of the streams, which never opens a camera, needs none)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -388,7 +390,7 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         raise ConfigError([f"YAML syntax error at {where}: {problem}"], str(p)) from None
     env = os.environ if env is None else env
     config = parse_config(data, env=env, source=str(p), base_dir=p.parent)
-    errors = camera_env_errors(config, env)
+    errors = camera_env_errors(config, env) if camera_env else []
     if errors:
         raise ConfigError(errors, str(p))
     return config

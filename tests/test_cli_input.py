@@ -28,6 +28,8 @@ BAD_VALUES = [
     (["top", "--samples", "0"], "argument --samples: must be >= 1, got '0'"),
     (["top", "--interval", "nan"], "argument --interval: must be >= 0.1, got 'nan'"),
     (["models", "swap", "detector", "w.pt", "--timeout", "inf"], "argument --timeout: must be from 1 to 3600"),
+    (["run", "--duration", "0"], "argument --duration: must be >= 0.1, got '0'"),
+    (["demo", "--duration", "nan"], "argument --duration: must be >= 0.1, got 'nan'"),
     (["models", "swap", "detector", "w.pt", "--wait", "-1"], "argument --wait: must be >= 0, got '-1'"),
     (["build", "-c", "c.yaml", "--http-port", "99999"], "argument --http-port: must be a port from 0 to 65535"),
     (["build", "-c", "c.yaml", "-o", "/nonexistent-percept/out.yaml"],

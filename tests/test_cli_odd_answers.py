@@ -60,3 +60,18 @@ def test_cameras_ls_against_another_http_service_says_so(capsys):
         server.shutdown()
     err = capsys.readouterr().err
     assert err.startswith(f"percept: ls: {api} did not answer with percept's camera list"), err
+
+
+def test_a_stream_reader_needs_no_camera_secrets(redis_server, tmp_path, capsys, monkeypatch):
+    """`subscribe -c` and `top -c` read only the config's Redis settings: the variables its camera
+    URLs name (the cameras' passwords) need not be set on a consumer's machine."""
+    monkeypatch.delenv("CAM_PASS", raising=False)
+    cfg = tmp_path / "percept.yaml"
+    cfg.write_text(f"redis: {{url: '{redis_server.url}', stream_prefix: odd}}\n"
+                   "cameras: [{id: a, url: 'rtsp://viewer:${CAM_PASS}@192.0.2.10/s'}]\n")
+    client = redis_server.client()
+    client.xadd(KEYS.detections("a"), {"v": "1", "camera": "a", "seq": "1", "json": '{"seq": 1}'})
+    assert main(["subscribe", "-c", str(cfg), "a", "--from-start", "--count", "1"]) == 0
+    assert main(["top", "-c", str(cfg), "--once"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith('{"seq":1}') and "CAM_PASS" not in err, (out, err)
