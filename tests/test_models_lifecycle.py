@@ -324,3 +324,20 @@ def test_weights_named_by_their_path_in_the_models_folder_export_to_the_current_
     assert code == 0, stderr
     assert (tmp_path / "yolov8n-cls-imagenet.onnx").stat().st_size > 1e6
     shared_untouched()
+
+
+def test_compare_rows_of_the_same_file_name_are_told_apart():
+    """Two ``best.pt`` from two runs, or the ``.xml`` of two export folders: their rows are
+    labelled by the variant as given, not twice by the same file name (pure table logic)."""
+    from pipeline.lifecycle.compare import compare_markdown, compare_table
+
+    def row(variant, model):
+        return {"variant": variant, "model": model, "backend": "ultralytics", "imgsz": 640, "map50_95": 0.4,
+                "map50": 0.6, "ms_b1": 10.0, "ms_best": 9.0, "best_batch": 4, "size_mb": 5.0}
+
+    result = {"task": "detect", "threads": 1, "variants": [row("runs/a/best.pt", "best.pt"),
+              row("runs/b/best.pt", "best.pt"), row("yolo11n-coco.pt", "yolo11n-coco.pt")],
+              "images": 3, "data": "d", "timing_images": 1, "batches": [1, 4], "repeat": 1}
+    table, markdown = compare_table(result), compare_markdown(result)
+    for text in (table, markdown):
+        assert "runs/a/best.pt" in text and "runs/b/best.pt" in text and "yolo11n-coco.pt" in text, text

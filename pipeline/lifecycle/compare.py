@@ -213,10 +213,17 @@ def _header(result: dict[str, Any]) -> list[str]:
     return ["variant", *[name for name, _ in _columns(result["task"])], "ms/img b1", "ms/img best", "size MB"]
 
 
+def _labels(rows: list[dict[str, Any]]) -> list[str]:
+    """Each row's model name; where two rows share one (two ``best.pt``, the ``.xml`` of two
+    export folders), the variant as it was given instead."""
+    names = [row["model"] for row in rows]
+    return [row["variant"] if names.count(row["model"]) > 1 else row["model"] for row in rows]
+
+
 def compare_table(result: dict[str, Any]) -> str:
     """The speed–accuracy table, one row per variant, aligned for a terminal."""
     header = _header(result)
-    body = [[row["model"], *_cells(row, result["task"])] for row in result["variants"]]
+    body = [[label, *_cells(row, result["task"])] for label, row in zip(_labels(result["variants"]), result["variants"])]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     threads = result["threads"] or "1 (as a replica)"
@@ -231,5 +238,6 @@ def compare_markdown(result: dict[str, Any]) -> str:
     """The same table in Markdown (for a README)."""
     header = _header(result)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| `" + row["model"] + "` | " + " | ".join(_cells(row, result["task"])) + " |" for row in result["variants"]]
+    lines += ["| `" + label + "` | " + " | ".join(_cells(row, result["task"])) + " |"
+              for label, row in zip(_labels(result["variants"]), result["variants"])]
     return "\n".join(lines)
