@@ -93,7 +93,8 @@ def _ls_row(cam: dict[str, Any]) -> str:
 
 def _cameras(args: argparse.Namespace) -> int:
     if args.action == "zones" and all(getattr(args, k) is None for k in RUNTIME_FIELDS):
-        return fail("cameras zones: give --zones, --lines, --anchor and/or --line-margin", 2)
+        options = [f"--{k.replace('_', '-')}" for k in RUNTIME_FIELDS]
+        return fail(f"cameras zones: give {', '.join(options[:-1])} and/or {options[-1]}", 2)
     try:
         status, data = _call(args)
     except (urllib.error.URLError, OSError) as exc:

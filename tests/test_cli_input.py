@@ -50,6 +50,11 @@ def test_bad_option_values_exit_2_naming_the_option(argv, expected, capsys):
     assert "Traceback" not in err
 
 
+def test_cameras_zones_without_a_change_names_every_option_it_takes(capsys):
+    assert main(["cameras", "zones", "a"]) == 2
+    assert "give --zones, --lines, --anchor, --line-margin and/or --zone-margin" in capsys.readouterr().err
+
+
 def test_urls_in_option_errors_are_shown_without_credentials(capsys):
     with pytest.raises(SystemExit):
         main(["subscribe", "cam", "--redis", "redis://:S3cretPW@127.0.0.1:abc/0"])
