@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
     run.add_argument("--quiet", action="store_true", help="no live status lines")
     run.set_defaults(func=lambda args: run_graph(
         load_config(args.config), address=args.address, duration=args.duration, monitor=not args.quiet,
-        verbose=args.verbose))
+        verbose=args.verbose, source=args.config))
 
 
 class PrivateRedis:
@@ -176,7 +176,9 @@ def serve_graph(config: PerceptConfig, stack: ExitStack, *, verbose: bool = Fals
 
 
 def run_graph(config: PerceptConfig, *, address: str | None, duration: float | None, monitor: bool,
-              verbose: bool = False) -> int:
+              verbose: bool = False, source: str | None = None) -> int:
+    """The graph on Ray until the duration ends or a signal; ``source``: the config file (named
+    in a config error found now, such as a model file that is missing)."""
     import ray
 
     from pipeline.backends.checks import check_models
@@ -194,7 +196,7 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
             keeper: list[PrivateRedis] = []
             config = redis_for(config, stack, keeper)
         except ConfigError as exc:
-            return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
+            return fail(str(ConfigError(exc.errors, exc.source or source)), CONFIG_ERROR_EXIT_CODE)
         except Unavailable as exc:
             return fail(str(exc), EXIT_UNAVAILABLE)
         from deployments.graph import ray_cpus_for

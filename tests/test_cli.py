@@ -33,6 +33,7 @@ def test_missing_model_exits_2_naming_field_and_variable(tmp_path):
     cfg.write_text(f"redis: {{url: 'redis://127.0.0.1:{free_port()}/0'}}\ndetector: {{weights: ./models/none.pt}}\n")
     out = percept("run", "-c", str(cfg))
     assert out.returncode == 2
+    assert out.stderr.startswith(f"percept: invalid config {cfg}:"), out.stderr  # which file, too
     assert "detector.weights: cannot load './models/none.pt'" in out.stderr and "PERCEPT_MODELS_DIR" in out.stderr
 
 
