@@ -85,10 +85,11 @@ def _swap(args: argparse.Namespace) -> int:
     deployment = deployment_name(args)
     weights = os.path.abspath(args.weights) if os.path.exists(args.weights) else args.weights
     card = os.path.abspath(args.card) if args.card and os.path.exists(args.card) else args.card
+    # (a failed rollout's answer comes after its rollback rolled out: up to twice --timeout)
     body = {"weights": weights, "card": card, "timeout_s": args.timeout}
     print(f"percept: checking {weights} for {deployment}, then rolling it out", file=sys.stderr, flush=True)
     try:
-        status, answer = _call(args, "PUT", f"/models/{quote(deployment, safe='')}", body, timeout=args.timeout + 120)
+        status, answer = _call(args, "PUT", f"/models/{quote(deployment, safe='')}", body, timeout=2 * args.timeout + 120)
     except (urllib.error.URLError, OSError) as exc:
         return unreachable(args.api, exc)
     if status >= 400:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -79,8 +80,8 @@ def redis_for(config: PerceptConfig, stack: ExitStack, keeper: list[PrivateRedis
         except RedisServerError as exc:  # not installed, cannot start
             raise Unavailable(f"redis.url is not set and the private redis-server did not start: {exc}") from None
         config = config.model_copy(update={"redis": config.redis.model_copy(update={"url": server.url})})
-        (state / "redis.url").write_text(server.url + "\n")
         stack.callback(lambda: (state / "redis.url").unlink(missing_ok=True))
+        (state / "redis.url").write_text(server.url + "\n")
         if keeper is not None:
             keeper.append(PrivateRedis(server))
         say(f"private redis-server at {server.url} (data in {state / 'redis'})")
@@ -184,10 +185,11 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
     from pipeline.backends.checks import check_models
     from pipeline.streams import StreamKeys, redis_from_config
 
-    # a SIGTERM while starting unwinds what was started (the private redis-server runs in a
-    # session of its own: nothing else stops it); once running, `monitor_cameras` stops cleanly
-    signal.signal(signal.SIGTERM, _terminated)
     with ExitStack() as stack:
+        # a SIGTERM while starting unwinds what was started (the private redis-server runs in a
+        # session of its own: nothing else stops it); once running, `monitor_cameras` stops cleanly
+        if threading.current_thread() is threading.main_thread():
+            stack.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, _terminated))
         try:
             problem = state_dir_error(config.state_dir, "state_dir")
             if problem:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from .config_errors import error_at
 
@@ -125,7 +125,8 @@ def _at_most(limit: int, message: str):
     return check
 
 
-Point = Annotated[list[float], AfterValidator(_point)]
+# (inf / nan pass the number check so that `_point` names the whole point: the config refuses them elsewhere)
+Point = Annotated[list[Annotated[float, Field(allow_inf_nan=True)]], AfterValidator(_point)]
 ZonePolygon = Annotated[list[Point], AfterValidator(_polygon),
                         BeforeValidator(_at_most(MAX_ZONE_POINTS, "a zone has at most {limit} points, got {n}"))]
 LineSegment = Annotated[list[Point], AfterValidator(_segment),

@@ -66,6 +66,13 @@ class EmbeddedRedis:
         # its own session: a Ctrl-C (SIGINT to the terminal's process group) stops percept, which
         # stops this server last, after the decoders flushed what they held
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            return self._until_up(timeout)
+        except BaseException:  # (a signal while it loads its data too: it runs in a session of its own)
+            self.stop()
+            raise
+
+    def _until_up(self, timeout: float) -> "EmbeddedRedis":
         deadline = time.monotonic() + timeout
         client = self.client()
         while time.monotonic() < deadline:
@@ -80,7 +87,6 @@ class EmbeddedRedis:
                     return self
             except (redis.ConnectionError, redis.BusyLoadingError):
                 time.sleep(0.05)
-        self.stop()
         raise RedisServerError(f"redis-server did not answer on port {self.port} within {timeout:.0f} s")
 
     def revive(self, timeout: float = 60.0) -> str | None:

@@ -222,9 +222,10 @@ def test_a_slow_cameras_snapshot_is_the_first_frame_after_the_request(redis_serv
         seq = 0
         while not stop.is_set():
             seq += 1
-            offered.append((seq, time.monotonic()))
+            at = time.monotonic()
             view.offer(frame, FrameResult(FrameMeta("cam", seq, time.time(), None, 640, 360), Detections(), {}, {}),
                        camera)
+            offered.append((seq, at))  # after the offer: its check (if any) is under way
             stop.wait(7.0)  # the camera's frame interval, not a test wait
 
     thread = threading.Thread(target=slow_camera, daemon=True)

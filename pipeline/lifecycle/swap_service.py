@@ -145,9 +145,9 @@ class ModelSwaps:
         return await asyncio.shield(answer)
 
     def _ended(self, deployment: str, rollout: asyncio.Future, answer: asyncio.Future) -> None:
-        self._busy.discard(deployment)
         error = None if rollout.cancelled() else rollout.exception()
-        if not answer.done():
+        if not answer.done():  # (answered at its timeout, the deployment was freed then)
+            self._busy.discard(deployment)
             if rollout.cancelled():
                 answer.cancel()
             elif error is not None:
@@ -193,6 +193,9 @@ class ModelSwaps:
             answer.set_exception(SwapTimeout(
                 f"{deployment}: after {request.timeout_s:.0f} s {live} replica(s) report, not all serve generation "
                 f"{desired.generation}; the rollout goes on, rolled back if a replica cannot load it (GET /models shows it)"))
+            # another swap may start (refused while replicas still roll this one; a rollback
+            # written here later never replaces a newer swap's record)
+            self._busy.discard(deployment)
             state, failed, live = await self._wait(keys, desired.generation, WATCHED_AFTER_TIMEOUT_S)
         if state == "failed":
             raise SwapRefused(f"{section.field}.weights: replica {failed.replica} could not load {request.weights!r}: "
