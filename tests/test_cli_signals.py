@@ -32,8 +32,11 @@ def test_ctrl_c_while_a_command_waits_exits_130_without_a_traceback():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     api = f"http://127.0.0.1:{server.server_address[1]}"
+    # (SIGINT as a terminal leaves it: a suite run in the background, as `make test &`, ignores it,
+    # and a Python started so never turns it into KeyboardInterrupt)
     proc = subprocess.Popen([sys.executable, "-m", "cli", "cameras", "--api", api, "--wait", "120", "ls"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         said: list[str] = []
         wait_for(lambda: said.append(proc.stderr.readline()) or "retrying" in said[-1] or proc.poll() is not None, 60,
