@@ -4,14 +4,13 @@ traceback (real redis-server; the other service is a plain HTTP server)."""
 
 from __future__ import annotations
 
-import http.server
-import threading
-
 from cli.main import main
 from cli.run import status_lines
 from pipeline.config import CameraConfig
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys
+
+from .http import answering
 
 KEYS = StreamKeys("odd")
 
@@ -37,27 +36,9 @@ def test_a_key_of_another_type_is_one_line_exit_3(redis_server, capsys):
     assert err.startswith("percept: redis: ResponseError: ") and "WRONGTYPE" in err and "Traceback" not in err, err
 
 
-class _AnotherService(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        body = b'{"hello": "world"}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 def test_cameras_ls_against_another_http_service_says_so(capsys):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AnotherService)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        api = f"http://127.0.0.1:{server.server_address[1]}"
+    with answering(200, b'{"hello": "world"}') as api:
         assert main(["cameras", "--api", api, "ls"]) == 3
-    finally:
-        server.shutdown()
     err = capsys.readouterr().err
     assert err.startswith(f"percept: ls: {api} did not answer with percept's camera list"), err
 

@@ -3,35 +3,21 @@ that stops reading its output (``| head -1``): an exit code, never a traceback."
 
 from __future__ import annotations
 
-import http.server
 import signal
 import subprocess
 import sys
-import threading
 
 from .conftest import REPO
+from .http import answering
 from .waiting import wait_for
 
 
-class _Unavailable(http.server.BaseHTTPRequestHandler):
-    """An API whose Redis is away: 503 to everything (what `percept cameras` waits out)."""
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        body = b'{"detail": "redis unavailable"}'
-        self.send_response(503)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 def test_ctrl_c_while_a_command_waits_exits_130_without_a_traceback():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    api = f"http://127.0.0.1:{server.server_address[1]}"
+    with answering(503, b'{"detail": "redis unavailable"}') as api:  # an API whose Redis is away
+        _interrupted_while_waiting(api)
+
+
+def _interrupted_while_waiting(api: str) -> None:
     # (SIGINT as a terminal leaves it: a suite run in the background, as `make test &`, ignores it,
     # and a Python started so never turns it into KeyboardInterrupt)
     proc = subprocess.Popen([sys.executable, "-m", "cli", "cameras", "--api", api, "--wait", "120", "ls"], cwd=REPO,
@@ -46,7 +32,6 @@ def test_ctrl_c_while_a_command_waits_exits_130_without_a_traceback():
     finally:
         if proc.poll() is None:
             proc.kill()
-        server.shutdown()
     assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, said, err)
 
 
