@@ -337,7 +337,10 @@ def _replace(target: Path, produced: Path) -> None:
         shutil.move(str(produced), str(target))
     except BaseException:
         if had:
-            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
             shutil.move(str(old), str(target))
         raise
 

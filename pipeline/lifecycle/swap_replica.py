@@ -74,7 +74,7 @@ class ModelSwapper:
             return
         self._switch(model, None)
         r = self.report
-        r.weights, r.card, r.model = cfg.weights, cfg.card, model_name(cfg)
+        r.weights, r.card, r.model = before["weights"], before.get("card"), model_name(cfg)
 
     async def follow(self) -> None:
         """Forever: report, and swap when the desired weights change."""
