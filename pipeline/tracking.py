@@ -203,6 +203,7 @@ class ObjectTracker:
         return {
             "schema": STATE_SCHEMA, "frame_id": t.frame_id, "next_id": self._next_id,
             "track_id_max": self.track_id_max, "classes": dict(self._class_ids),
+            "categories": {str(k): v for k, v in t.category_of.items()},
             "shape": list(self.shape) if self.shape is not None else None,
             "clock": {"last": self._clock.last, "intervals": list(self._clock.intervals)},
             **{pool: [{k: _plain(getattr(s, k)) for k in _STRACK_FIELDS} for s in getattr(t, f"{pool}_stracks")
@@ -225,6 +226,8 @@ class ObjectTracker:
         try:
             t.frame_id = int(state["frame_id"])
             tracker._class_ids = {str(k): int(v) for k, v in state["classes"].items()}
+            # (a snapshot from before these were kept has neither: categories are learnt again)
+            t.category_of = {int(k): str(v) for k, v in (state.get("categories") or {}).items()}
             shape = state.get("shape")
             tracker.shape = (int(shape[0]), int(shape[1])) if shape else None
             tracker._clock.last = None if state["clock"]["last"] is None else float(state["clock"]["last"])

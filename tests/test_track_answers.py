@@ -5,6 +5,7 @@ is too small, yes/no attribute changes are events, and "too small" leaves once t
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 
@@ -100,3 +101,24 @@ def test_a_person_getting_out_of_a_parked_car_never_continues_the_cars_track():
     assert ids["car"] == {1} and 1 not in ids["person"], ids
     counts = engine.take_counts()
     assert counts["line:kerb:out:pedestrian"] == 1 and not any(":vehicle" in k and "line" in k for k in counts), counts
+
+
+def test_a_tracker_taken_over_from_a_snapshot_still_keeps_a_person_off_the_cars_track():
+    """The snapshot carries which class is which category: restored, before the car's label is
+    seen again, the person beside it must not continue the car's track."""
+    from pipeline.config import TrackerConfig
+    from pipeline.tracking import ObjectTracker
+
+    def one(box, score, label, category):
+        return Detections(xyxy=np.array([box], np.float32), scores=np.array([score], np.float32),
+                          labels=(label,), categories=(category,))
+
+    car = ([400, 300, 560, 380], 0.9, "car", "vehicle")
+    tracker = ObjectTracker(TrackerConfig(), fps=4)
+    # someone far off first (so that two categories are known; not near enough to be the person below)
+    tracker.update(one(*([40, 60, 90, 180], 0.8, "person", "pedestrian")), (720, 1280), ts=999.5)
+    car_ids = [tracker.update(one(*car), (720, 1280), ts=1000 + k * 0.25).track_ids[0] for k in range(8)]
+    restored = ObjectTracker.restore(json.loads(json.dumps(tracker.snapshot())), TrackerConfig(), fps=4)
+    person = [restored.update(one([540, 250 + 20 * k, 590, 370 + 20 * k], 0.8, "person", "pedestrian"), (720, 1280),
+                              ts=1002 + k * 0.25).track_ids[0] for k in range(4)]
+    assert car_ids[-1] is not None and car_ids[-1] not in person, (car_ids, person)
