@@ -119,6 +119,9 @@ def decoder_options(config: PerceptConfig) -> dict[str, Any]:
         # a stopping replica ends or hands over its cameras' tracks and flushes what they published
         # (`DecoderDeployment.__del__`): more than Serve's default 20 s before it is killed
         "graceful_shutdown_timeout_s": 60,
+        # Serve waits this long before it first looks for requests still ongoing (default 2 s): a
+        # decoder's are short, and its cameras pause from the stop until their next owner starts
+        "graceful_shutdown_wait_loop_s": 0.25,
     }
 
 

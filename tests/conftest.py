@@ -53,14 +53,10 @@ def videos() -> Path:
     return VIDEOS
 
 
-@pytest.fixture
-def slow_traffic(videos, tmp_path) -> Path:
-    """traffic.mp4 at an eighth of its speed (each frame shown for 1/3 s): a car takes some 18 s
-    to cross the road, so the cars on it when a decoder stops are still there when another takes
-    over."""
+def _slowed_traffic(videos: Path, path: Path, *, shown: int) -> Path:
+    """traffic.mp4 written at 3 fps with each frame ``shown`` times: 8 × ``shown`` slower."""
     import cv2
 
-    path = tmp_path / "traffic-slow.mp4"
     cap = cv2.VideoCapture(str(videos / "traffic.mp4"))
     size = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 3, size)
@@ -68,9 +64,26 @@ def slow_traffic(videos, tmp_path) -> Path:
         ok, image = cap.read()
         if not ok:
             break
-        writer.write(image)
+        for _ in range(shown):
+            writer.write(image)
     writer.release()
     return path
+
+
+@pytest.fixture
+def slow_traffic(videos, tmp_path) -> Path:
+    """traffic.mp4 at an eighth of its speed (each frame shown for 1/3 s): a car takes some 24 s
+    to cross the road, so the cars on it when a decoder is killed are still there when another
+    takes over."""
+    return _slowed_traffic(videos, tmp_path / "traffic-slow.mp4", shown=1)
+
+
+@pytest.fixture
+def slower_traffic(videos, tmp_path) -> Path:
+    """traffic.mp4 at a sixteenth of its speed (each frame shown for 2/3 s): a car takes some
+    48 s to cross the road, longer than a redeploy that restarts the detector too takes on a
+    loaded 2-core machine."""
+    return _slowed_traffic(videos, tmp_path / "traffic-slower.mp4", shown=2)
 
 
 @pytest.fixture()
