@@ -34,7 +34,8 @@ def _base_config(args: argparse.Namespace, state_dir: str) -> PerceptConfig:
     if args.config:
         cfg = load_config(args.config)
     else:
-        cfg = demo_config(args.videos or os.environ.get(ENV_SAMPLE_VIDEOS), models_dir, state_dir)
+        cfg = demo_config(args.videos or os.environ.get(ENV_SAMPLE_VIDEOS), models_dir, state_dir,
+                          videos_from="--videos" if args.videos else ENV_SAMPLE_VIDEOS)
     data = cfg.model_dump(mode="json")
     data["detectors"] = None  # the bench measures the first detector (the COCO model) alone
     if args.model:

@@ -118,7 +118,13 @@ def demo_models(models_dir: str | None) -> dict[str, Any]:
 
 
 def demo_config(videos_dir: str | None, models_dir: str | None, state_dir: str,
-                sign_images: str | None = None) -> PerceptConfig:
+                sign_images: str | None = None, *, videos_from: str = ENV_SAMPLE_VIDEOS) -> PerceptConfig:
+    """The demo's configuration. ``videos_dir`` given but not a folder: a `ConfigError` naming
+    where it came from (``videos_from``), rather than a demo on ultralytics' two still images."""
+    if videos_dir and not Path(videos_dir).is_dir():
+        from .config_errors import ConfigError
+
+        raise ConfigError([f"{videos_from}: no such folder: {videos_dir}"])
     return parse_config(
         {
             "cameras": _sample_cameras(videos_dir, sign_images, state_dir),

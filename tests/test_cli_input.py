@@ -76,6 +76,14 @@ def test_urls_in_option_errors_are_shown_without_credentials(capsys):
     assert "cannot reach http://***@127.0.0.1:1" in err and "S3cretPW" not in err, err
 
 
+def test_a_sample_clips_folder_that_is_not_there_exits_2_naming_it(tmp_path, capsys, monkeypatch):
+    """Before, the demo silently ran on ultralytics' two still images instead."""
+    monkeypatch.setenv("PERCEPT_SAMPLE_VIDEOS", str(tmp_path / "no-such-clips"))
+    assert main(["demo", "--state-dir", str(tmp_path / "state"), "--duration", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"PERCEPT_SAMPLE_VIDEOS: no such folder: {tmp_path / 'no-such-clips'}" in err, err
+
+
 def test_state_folder_that_cannot_be_made_exits_2(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
