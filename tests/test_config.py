@@ -251,13 +251,26 @@ def test_a_password_in_the_query_string_is_refused_too():
     assert "&pw=${CAM_C_PASSWORD} " in err and "Hunt3r" not in err, err
 
 
+def test_a_bare_number_where_a_name_goes_says_to_quote_it(tmp_path):
+    """YAML reads ``id: 0123`` as the octal number 83: the error says why 83, and what to do."""
+    from pipeline.config import ConfigError, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("cameras:\n  - {id: 0123, url: /x/a.mp4}\n  - {id: '0124', url: /x/b.mp4}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert caught.value.errors == ["cameras[0].id: must be a valid string (quote it: YAML reads a bare 0123 as the "
+                                   "octal number 83, 1_000 as 1000, yes/on as true), got 83"], caught.value.errors
+
+
 def test_config_errors_never_quote_credentials():
     """The ``got …`` of an error line: URLs' credentials scrubbed, password fields not shown."""
     errors = errors_of({"cameras": ["rtsp://bob:S3cretPW@10.0.0.1/s", {"id": "b", "url": ["rtsp://u:S3cretPW@h/s"]}],
                         "redis": {"url": "redis://:S3cretPW@127.0.0.1:6379/0", "password": 12345678}})
     assert any(e.startswith("cameras[0]: ") and "rtsp://***@10.0.0.1/s" in e for e in errors), errors
     assert any(e.startswith("cameras[1].url: ") for e in errors), errors
-    assert "redis.password: must be a valid string, got ***" in errors, errors
+    assert any(e.startswith("redis.password: must be a valid string (quote it") and e.endswith(", got ***")
+               for e in errors), errors
     assert not [e for e in errors if "S3cretPW" in e or "12345678" in e], errors
     (err,) = errors_of({"redis": {"url": "redis://user:s3cr/etPW@host:6379/0"}})  # redis-py: "cannot cast 's3cr'"
     assert err.startswith("redis.url: not a Redis URL: a user name or password with / ? # or @") and "s3cr" not in err, err
