@@ -112,6 +112,8 @@ class CameraSupervisor:
                 except redis.RedisError as exc:
                     log.warning("lease round failed (redis: %s); keeping current cameras", type(exc).__name__)
                     reconnect_if_demoted(self.client, exc)
+                except Exception:  # a fault of one round (an entry nobody foresaw): never every camera's end
+                    log.exception("lease round failed; keeping current cameras")
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, self._next_wake() - time.monotonic()))
                 except asyncio.TimeoutError:

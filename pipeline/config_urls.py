@@ -43,14 +43,19 @@ def camera_url_problem(url: str) -> str | None:
     if scheme not in CAMERA_SCHEMES:
         return (f"unknown scheme {m.group(1)}:// (a camera is rtsp://, rtsps://, http(s)://, rtmp://, srt://, udp://, "
                 "… a file path or device:N)")
-    found = url_credentials(url)
-    hostport = found.hostport if found is not None else urlsplit(url).netloc
+    try:
+        found = url_credentials(url)
+        hostport = found.hostport if found is not None else urlsplit(url).netloc
+    except ValueError:  # urlsplit: "Invalid IPv6 URL" (a [ or ] that does not enclose an address)
+        return "the host cannot be read (a [ or ] outside an IPv6 address [..]?)"
     if "${" in hostport:
         return None
     try:
         parts = urlsplit(f"{scheme}://{hostport}")
         host, port = parts.hostname, parts.port
-    except ValueError:
+    except ValueError as exc:
+        if "IPv6" in str(exc):
+            return "the host cannot be read (a [ or ] outside an IPv6 address [..]?)"
         return "the port must be a number from 1 to 65535 (scheme://host:port/…)"
     if port == 0:
         return "the port must be a number from 1 to 65535 (scheme://host:port/…)"

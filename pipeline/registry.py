@@ -46,8 +46,8 @@ def _parse_entry(cid: str, raw: bytes) -> tuple[dict[str, Any] | None, CameraCon
     where = f"cameras[{cid}]"
     try:
         entry = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, InvalidCamera(cid, redact(f"{where}: not valid JSON ({exc})"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # (RecursionError: nested too deep)
+        return None, InvalidCamera(cid, redact(f"{where}: not valid JSON ({type(exc).__name__}: {exc})"))
     if not isinstance(entry, dict) or not isinstance(entry.get("camera"), dict):
         return None, InvalidCamera(cid, f'{where}: not a registry entry (expected {{"source": ..., "camera": {{...}}}})')
     data = entry["camera"]
@@ -147,6 +147,9 @@ class CameraRegistry:
                 cameras.append(resolve_camera(cam, env))
             except CameraEnvError as exc:
                 invalid.append(InvalidCamera(cam.id, redact(str(exc)), cam.url))
+            except ValueError as exc:  # anything else the expansion trips on: this camera only
+                invalid.append(InvalidCamera(cam.id, redact(f"cameras[{cam.id}].url, its variables expanded: {exc}"),
+                                             cam.url))
         for bad in self.unreported(invalid):
             log.error("camera %s: not started: %s", bad.id, bad.error)
             publisher.camera_state(bad.id, "failed", error=bad.error, url=redact_url(bad.url))

@@ -226,6 +226,33 @@ def test_a_camera_whose_settings_changed_between_rounds_restarts_with_them(redis
         pub.close()
 
 
+def test_a_round_that_fails_on_something_unforeseen_keeps_the_cameras_running(redis_server, monkeypatch, caplog):
+    """A lease round that raised anything but a Redis error (a registry entry nobody foresaw)
+    ended the supervisor, and with it every camera of the replica."""
+    client = redis_server.client()
+    monkeypatch.setattr(camera_open_module, "open_capture", lambda camera, url, **kw: LiveCapture())
+    pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    faults = [ValueError("Invalid IPv6 URL")]
+
+    def cameras():
+        if faults and client.xlen(KEYS.detections("u")) >= 3:
+            raise faults.pop()
+        return [CameraConfig(id="u", url="device:0", fps=0)]
+
+    sup = CameraSupervisor(cameras, client=client, keys=KEYS,
+                           start_camera=factory(pub, PerceptConfig(tracker={"enabled": False})), replicas=1,
+                           lease_ttl_s=3, owner="me", publisher=pub)
+    bg = Background(sup)
+    try:
+        wait_for(lambda: not faults, 20, "a round that raised")
+        before = client.xlen(KEYS.detections("u"))
+        wait_for(lambda: client.xlen(KEYS.detections("u")) >= before + 3, 10, "camera u publishing on")
+        assert "u" in sup.running and "lease round failed; keeping current cameras" in caplog.text
+    finally:
+        bg.stop()
+        pub.close()
+
+
 def test_a_camera_that_ended_normally_is_not_restarted(redis_server, monkeypatch):
     client = redis_server.client()
     opens = []

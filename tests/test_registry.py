@@ -114,6 +114,26 @@ def test_urls_keep_variables_in_redis_and_are_expanded_for_the_decoder(redis_ser
     assert b"Pw-9" not in b"".join(client.hvals(reg.key))
 
 
+def test_a_variable_that_makes_a_host_unreadable_fails_that_camera_only(redis_server):
+    """``${CAM_GATE_HOST}`` set to ``[fe80::1`` (an unclosed IPv6 bracket): urlsplit raised
+    ValueError out of the lease round, which stopped every camera of every replica."""
+    client = redis_server.client()
+    reg = CameraRegistry(client, KEYS)
+    reg.seed([CameraConfig(id="gate", url="rtsp://${CAM_GATE_HOST}/live"), CameraConfig(id="yard", url="b.mp4")])
+    client.hset(reg.key, "nested", "[" * 100_000 + "]" * 100_000)  # json.loads: RecursionError
+    pub = Publisher(client, keys=KEYS, maxlen=100).start()
+    try:
+        for host in ("[fe80::1", "cam]1"):
+            assert [c.id for c in reg.runnable({"CAM_GATE_HOST": host}, pub)] == ["yard"]
+            assert pub.flush(5)
+            state = camera_states(client, KEYS, ["gate"])["gate"]
+            assert state["state"] == "failed", state
+            assert "cameras[gate].url, its variables expanded: the host cannot be read" in state["last_error"], state
+        assert "nested" in {bad.id for bad in reg.read()[1]}
+    finally:
+        pub.close()
+
+
 def test_set_geometry_changes_zones_in_place_and_validates(redis_server):
     import pytest
     from pydantic import ValidationError
