@@ -378,7 +378,7 @@ class CameraSupervisor:
             left = entry.lease.deadline - time.monotonic()
             if self.publisher is not None and not lost and left > 0:
                 # what the camera published last lands while the lease is still ours
-                await asyncio.to_thread(self.publisher.flush, min(5.0, left))
+                await asyncio.to_thread(self.publisher.flush, min(5.0, left), camera=cid)
             await asyncio.to_thread(release, entry.lease)
         finally:
             if self.publisher is not None:

@@ -97,7 +97,10 @@ def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
     import socket
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL": a [ or ] (in a password too) outside an address
+        return "the URL's host cannot be read: a [ or ] outside an IPv6 address (percent-encode one in a password as %5B or %5D)"
     found, scrubbed = url_credentials(url), url_credentials(url, to_last_at=True)
     try:
         host, port = parts.hostname or "", parts.port or 554

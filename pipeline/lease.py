@@ -135,6 +135,7 @@ class Lease:
     lock: Any  # redis.lock.Lock
     ttl: float
     renewed_at: float  # time.monotonic() just before the last successful acquire/renew was sent
+    released: bool = False  # `release`d: a renewal in flight must not take it back
 
     @property
     def deadline(self) -> float:
@@ -167,13 +168,17 @@ def renew(lease: Lease, token: str) -> bool:
     try:
         lease.lock.reacquire()
     except LockError:
-        if not lease.lock.acquire(blocking=False, token=token):
+        if lease.released or not lease.lock.acquire(blocking=False, token=token):
+            return False
+        if lease.released:  # released as it was taken back: let it go again
+            release(lease)
             return False
     lease.renewed_at = sent
     return True
 
 
 def release(lease: Lease) -> None:
+    lease.released = True
     try:
         lease.lock.release()
     except (LockError, redis.RedisError):

@@ -277,12 +277,20 @@ class Publisher:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2)
-        if not self._thread.is_alive():  # (else it still writes: nothing is lost yet)
-            with self._cond:
-                left, self._queue, self._in_flight, self._bytes = [*self._in_flight, *self._queue], deque(), [], 0
-                count_lost(left, self.stats)
+        if self._thread.is_alive():  # a write under way ends by the client's timeouts at the latest
+            self._thread.join(timeout=self._write_timeout_s())
+        with self._cond:
+            if self._thread.is_alive():  # Redis took the connection and never answered: not confirmed
+                count_lost([*self._in_flight, *self._queue], self.stats)  # (the thread still owns them)
+                return
+            left, self._queue, self._in_flight, self._bytes = [*self._in_flight, *self._queue], deque(), [], 0
+            count_lost(left, self.stats)
+
+    def _write_timeout_s(self) -> float:
+        """How long one write can block: the client's connect and socket timeouts (2 s if unset)."""
+        kwargs = self.client.connection_pool.connection_kwargs
+        timeouts = [kwargs.get("socket_connect_timeout"), kwargs.get("socket_timeout")]
+        return 1.0 + sum(t for t in timeouts if t) if all(timeouts) else 2.0
 
     # --- the writer thread -------------------------------------------------------------------
 

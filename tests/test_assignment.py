@@ -41,6 +41,19 @@ def test_expired_lease_is_taken_back_when_free_but_not_from_another_owner(redis_
     assert client.get(KEYS.lease("a")) == b"other"
 
 
+def test_a_renewal_after_the_release_does_not_take_the_lease_back(redis_server):
+    """The renewal loop's list still held a camera whose stop had just released its lease: the
+    renewal took it back, and nobody ran the camera for up to a TTL (a handover delayed)."""
+    from pipeline.lease import acquire, release, renew
+
+    client = redis_server.client()
+    lease = acquire(client, KEYS.lease("h"), "h", ttl=10, token="me")
+    assert lease is not None and client.get(KEYS.lease("h")) == b"me"
+    release(lease)
+    assert not renew(lease, "me")
+    assert client.get(KEYS.lease("h")) is None
+
+
 def test_fair_share_with_two_replicas(redis_server):
     client = redis_server.client()
     sup = supervisor(client, "me", cameras=("a", "b", "c"))

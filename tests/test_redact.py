@@ -61,6 +61,16 @@ def test_rtsp_diagnosis_of_a_url_it_cannot_split_quotes_nothing_of_it():
     assert why.startswith("connection refused by the URL's host, port 9"), why
 
 
+def test_rtsp_diagnosis_of_a_bracket_in_the_password_says_so_without_it():
+    """urlsplit raised ValueError ("Invalid IPv6 URL") out of the diagnosis: each failed open
+    became a reader crash (a traceback, a restart) instead of ``reconnecting`` with a reason."""
+    from pipeline.capture import diagnose_rtsp
+
+    why = diagnose_rtsp("rtsp://admin:Tr0ub[dor@127.0.0.1:9/live", timeout_s=0.1)
+    assert why.startswith("the URL's host cannot be read: a [ or ] outside an IPv6 address"), why
+    assert "dor" not in why and redact(why) == why
+
+
 def test_rtsp_diagnosis_of_a_port_out_of_range_says_so():
     from pipeline.capture import diagnose_rtsp
 
