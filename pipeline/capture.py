@@ -47,6 +47,7 @@ def open_capture(
     read_timeout_s: float = 2.0,
     decode: str = "all",
     fps: float = 0.0,
+    frame_timeout_s: float = 10.0,
 ) -> Capture:
     """Open a camera with OpenCV/FFmpeg: RTSP over TCP with explicit timeouts, files, devices.
     ``decode: keyframes`` / ``reference``: with PyAV, decoding only the keyframes / the reference
@@ -56,7 +57,8 @@ def open_capture(
         from .capture_av import decoded_rate, open_skipping
 
         return open_skipping(camera, url, decode=decode, open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
-                             rate=decoded_rate(camera, fps, decode), diagnose=diagnose_rtsp)
+                             frame_timeout_s=frame_timeout_s, rate=decoded_rate(camera, fps, decode),
+                             diagnose=diagnose_rtsp)
     if decode != "all":
         raise ValueError(f"camera {camera}: decode must be one of {', '.join(['all', *SKIP_FRAME])}, not {decode!r}")
     import cv2

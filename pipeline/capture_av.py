@@ -97,7 +97,8 @@ class SkippingCapture:
     """The frames one opened PyAV container's decoder keeps (its ``skip_frame``), as a `Capture`."""
 
     def __init__(self, container: Any, stream: Any, rate: DecodedRate | None = None, *,
-                 read_timeout_s: float | None = None, clock: Any = time.monotonic):
+                 read_timeout_s: float | None = None, frame_timeout_s: float | None = None,
+                 clock: Any = time.monotonic):
         self.container = container
         self.stream = stream
         self.rate = rate
@@ -108,6 +109,9 @@ class SkippingCapture:
         # its read timeout on each packet of any stream, and demux(stream) skips the others inside
         self._packets = container.demux()
         self._read_timeout_s = read_timeout_s
+        # video packets that decode to nothing kept (no keyframe comes, every packet damaged):
+        # after this long without a frame the stream counts as broken (None: a file, read to its end)
+        self._frame_timeout_s = frame_timeout_s
         self._clock = clock
         self._decoded: list[Any] = []
         self._frame: Any = None
@@ -123,7 +127,7 @@ class SkippingCapture:
         """Decodes up to the next frame kept; False at the end, on a read timeout or a broken stream."""
         import av
 
-        since = self._clock()
+        since = started = self._clock()
         while not self._decoded:
             try:
                 packet = next(self._packets)
@@ -144,9 +148,12 @@ class SkippingCapture:
             try:
                 self._decoded = list(self.stream.codec_context.decode(packet))
             except av.error.InvalidDataError:  # one damaged packet: the next keyframe recovers
-                continue
+                pass
             except av.error.FFmpegError as exc:
                 log.debug("decode failed: %s", redact(str(exc)))
+                return False
+            if not self._decoded and self._frame_timeout_s is not None and since - started > self._frame_timeout_s:
+                log.debug("video packets but no frame kept for %.1f s (no keyframe?)", self._frame_timeout_s)
                 return False
         self._frame = self._decoded.pop(0)
         self.decoded += 1
@@ -180,7 +187,7 @@ class SkippingCapture:
 
 
 def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_timeout_s: float = 5.0,
-                  read_timeout_s: float = 2.0, rate: DecodedRate | None = None,
+                  read_timeout_s: float = 2.0, frame_timeout_s: float = 10.0, rate: DecodedRate | None = None,
                   diagnose: Callable[..., str] | None = None) -> Capture:
     """Open a file or network stream with PyAV, its decoder set to skip what ``decode`` leaves out
     (`SKIP_FRAME`: non-keyframes, or non-reference frames). Errors as
@@ -216,4 +223,5 @@ def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_time
     ctx.skip_frame = SKIP_FRAME[decode]
     if not is_file:
         ctx.thread_count = 1  # as open_capture's live streams: one decoder thread, no frame delay
-    return SkippingCapture(container, stream, rate, read_timeout_s=None if is_file else read_timeout_s)
+    return SkippingCapture(container, stream, rate, read_timeout_s=None if is_file else read_timeout_s,
+                           frame_timeout_s=None if is_file else max(read_timeout_s, frame_timeout_s))

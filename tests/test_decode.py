@@ -445,3 +445,31 @@ def test_a_raw_h264_file_without_timestamps_is_sampled_at_its_frame_rate(tmp_pat
                       realtime=False, native_fps=probe_fps(str(clip)))
     pts = [f.meta.pts for f in src.frames()]
     assert len(pts) == 4 and all(abs(b - a - 1.0) < 0.05 for a, b in zip(pts, pts[1:])), pts
+
+
+def test_a_keyframes_camera_whose_packets_bring_no_keyframe_ends_the_read(tmp_path):
+    """``decode: keyframes`` on a stream that sends no keyframe after its first (intra refresh,
+    or every packet damaged): each packet restarted the read timeout and decoded to nothing, so
+    the reader looped forever, ``connecting``, and could not be stopped. Here a real file, one
+    keyframe then 249 frames without, read with a clock moving 20 ms a packet: the read ends
+    once no frame was kept for the frame timeout (2 s), long before the file's end."""
+    import av
+
+    from pipeline.capture_av import SKIP_FRAME, SkippingCapture
+
+    clip = tmp_path / "one-keyframe.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=d=10:s=160x120:r=25", "-c:v", "libx264",
+                    "-g", "1000", "-bf", "0", str(clip)], check=True, timeout=120)
+    ticks = iter(range(100_000))
+    container = av.open(str(clip))
+    stream = container.streams.video[0]
+    stream.codec_context.thread_count = 1
+    stream.codec_context.skip_frame = SKIP_FRAME["keyframes"]
+    cap = SkippingCapture(container, stream, read_timeout_s=2.0, frame_timeout_s=2.0, clock=lambda: next(ticks) * 0.02)
+    try:
+        frames = 0
+        while cap.grab():
+            frames += 1
+    finally:
+        cap.release()
+    assert frames == 1 and cap.packets < 150, (frames, cap.packets)
