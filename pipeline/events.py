@@ -84,6 +84,7 @@ class EventEngine:
         self._tracks: dict[int, OpenTrack] = {}
         self._frame = 0  # frames processed (the clock of track_buffer)
         self._geometry: Geometry | None = None
+        self._size: tuple[int, int] | None = None  # (width, height) of the last frame: anchors are in its pixels
 
     @classmethod
     def for_camera(cls, camera: CameraConfig, *, track_buffer: int) -> EventEngine:
@@ -150,10 +151,11 @@ class EventEngine:
         for i, tid in enumerate(dets.track_ids):
             if tid is not None:
                 present.setdefault(int(tid), i)
-        before, geo = self._geometry, self.geometry(meta.width, meta.height)  # bad pixel zones fail before tracks change
-        if before is not None and before is not geo:  # another frame size: anchors in the old pixels mean nothing
+        geo = self.geometry(meta.width, meta.height)  # bad pixel zones fail before tracks change
+        if self._size not in (None, (meta.width, meta.height)):  # anchors in the old pixels mean nothing now
             for tr in self._tracks.values():
                 tr.forget_anchor()
+        self._size = (meta.width, meta.height)
         events: list[Event] = []
         for tid in sorted(self._tracks):
             if tid in present:
@@ -332,6 +334,7 @@ class EventEngine:
         tracks = sorted(self._tracks.values(), key=lambda t: (-t.last_frame, t.id))[:MAX_SNAPSHOT_TRACKS]
         return {
             "schema": STATE_SCHEMA, "camera": self.camera, "frame": self._frame,
+            "size": list(self._size) if self._size is not None else None, "anchor": self.anchor,
             "tracks": [json_safe(vars(t)) for t in sorted(tracks, key=lambda t: t.id)],
         }
 
@@ -350,7 +353,9 @@ class EventEngine:
     ) -> "EventEngine":
         """An engine that continues the open tracks of ``snapshot``: no second ``track_start``,
         event numbers (ids) continue, a crossing is judged from the last anchor point known.
-        Memberships of zones the new config no longer has are dropped without events."""
+        Memberships of zones the new config no longer has are dropped without events; after a
+        change of the anchor, or at another frame size, no crossing is judged between the last
+        anchor point known and the next one."""
         if snapshot.get("schema") != STATE_SCHEMA:
             raise ValueError(f"unsupported event state {snapshot.get('schema')!r}; expected {STATE_SCHEMA!r}")
         if snapshot.get("camera") != camera:
@@ -359,11 +364,16 @@ class EventEngine:
                      zone_margin=zone_margin)
         try:
             engine._frame = int(snapshot["frame"])
+            size = snapshot.get("size")  # (older snapshots have neither: as before)
+            engine._size = (int(size[0]), int(size[1])) if size else None
+            anchor_changed = snapshot.get("anchor") not in (None, anchor)
             for data in snapshot.get("tracks", []):
                 tr = OpenTrack(**{k: data[k] for k in OpenTrack.__dataclass_fields__ if k in data})
                 tr.id, tr.last_frame, tr.frames, tr.stride = int(tr.id), int(tr.last_frame), int(tr.frames), int(tr.stride)
                 tr.zones = {z: float(t) for z, t in tr.zones.items() if z in engine.zones}
                 tr.sides = {line: [float(v) for v in p] for line, p in tr.sides.items() if line in engine.lines}
+                if anchor_changed:
+                    tr.forget_anchor()
                 engine._tracks[tr.id] = tr
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed event state of camera {camera!r}: {exc!r}") from None

@@ -385,3 +385,33 @@ def test_tracker_and_engine_restored_from_json_give_the_same_ids_and_events():
     events = [p for _, ps in went_on for p in ps]
     assert [p["kind"] for p in events].count("line_cross") == 2 and not any(p["kind"] == "track_start" and
                                                                             p["track_id"] == 1 for p in events)
+
+
+def test_a_restored_or_reconfigured_engine_at_another_frame_size_counts_no_crossing():
+    """A next owner (or a reconfigured engine) whose camera came back at another resolution
+    compared the last anchor point, in the old frame's pixels, with the new one: the same car,
+    not moving, crossed the stop line. The frame size is now kept, in the snapshot too."""
+    def restored(engine):
+        return EventEngine.restore(json.loads(json.dumps(engine.snapshot())), "cam", lines=STOP)
+
+    def reconfigured(engine):
+        engine.reconfigure(None, STOP, anchor="bottom_center")
+        return engine
+
+    for carry_on in (restored, reconfigured):
+        engine = EventEngine("cam", lines=STOP)
+        engine.update(frame(1, [obj(1, 80)]))  # below the line (y = 50 of 100)
+        events = carry_on(engine).update(frame(2, [obj(1, 160, x=100, size=20)], width=200, height=200))
+        assert not [e for e in events if e.kind == "line_cross"], (carry_on.__name__, kinds(events))
+
+
+def test_a_restored_engine_with_another_anchor_counts_no_crossing():
+    """A redeploy that changed ``anchor`` handed over a snapshot taken with the old one: the
+    same box, its bottom below the line and its centre above, crossed it. `reconfigure` already
+    forgot the anchor points on such a change; `restore` now does too."""
+    engine = EventEngine("cam", lines=STOP)
+    engine.update(frame(1, [obj(1, 60, size=30)]))  # bottom 60 (below), centre 45 (above)
+    state = json.loads(json.dumps(engine.snapshot()))
+    restored = EventEngine.restore(state, "cam", lines=STOP, anchor="center")
+    events = restored.update(frame(2, [obj(1, 60, size=30)]))
+    assert not [e for e in events if e.kind == "line_cross"], kinds(events)
