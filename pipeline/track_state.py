@@ -40,6 +40,7 @@ from .config import TrackerConfig
 from .events import EventEngine, events_json, margins_of
 from .redact import redact_url
 from .schema import FrameMeta, FrameResult
+from .sources import is_file_url
 from .streams import parse_entry_id
 from .tracking import ObjectTracker
 
@@ -162,7 +163,8 @@ def end_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerConf
     at the newest frame it describes) when nobody will continue them: the camera was removed,
     or runs without tracking now. How many; 0 without an open snapshot (or one that cannot be
     continued: those are left). Under the camera's lease. Blocking: call it in a thread."""
-    _, events, restored = restore_tracking(publisher, camera, cfg, track_id_max=track_id_max, file_time=False,
+    _, events, restored = restore_tracking(publisher, camera, cfg, track_id_max=track_id_max,
+                                           file_time=is_file_url(camera.url) and not camera.realtime,
                                            check_source=False)
     if restored.last is None:
         return 0

@@ -268,6 +268,7 @@ class ObjectTracker:
         moves = {**renames, **dict(zip(displaced, freed))}
         for old, new in moves.items():
             tracks[old].track_id = new
+        self.origins = {moves.get(tid, tid): box for tid, box in self.origins.items()}  # (read by the engine next)
         self.track_id_max = max([self.track_id_max, *(i for i in published if i is not None)])
         return differed
 

@@ -282,3 +282,28 @@ def test_a_camera_back_at_another_resolution_keeps_its_tracks():
     assert None not in ids[-1]
     assert tracker.update(cars(4, 3), (360, 640), ts=1001.0).track_ids == ids[-1]
     assert tracker.update(cars(5, 3), (360, 640), ts=1001.25).track_ids == ids[-1]
+
+
+def test_ids_adopted_from_the_published_frame_carry_the_tracks_first_sighting():
+    """Replaying another owner's frames, a track confirmed on this frame under another id than
+    the published one was renamed, but its first sighting (``origins``, from which a line
+    crossed before the confirmation is judged) stayed under the old id: the engine, looking
+    it up under the published id, missed that crossing."""
+    import numpy as np
+
+    from pipeline.config import TrackerConfig
+    from pipeline.schema import Detections
+    from pipeline.tracking import ObjectTracker
+
+    def car(x):
+        return Detections(xyxy=np.array([[x, 100, x + 80, 150]] if x is not None else [], np.float32).reshape(-1, 4),
+                          scores=np.array([0.9] if x is not None else [], np.float32),
+                          labels=("car",) if x is not None else (), categories=("vehicle",) if x is not None else ())
+
+    tracker = ObjectTracker(TrackerConfig(), fps=4)
+    tracker.update(car(None), (360, 640), ts=1000)
+    tracker.update(car(100), (360, 640), ts=1000.25)
+    ours = tracker.update(car(110), (360, 640), ts=1000.5).track_ids
+    assert ours == (1,) and 1 in tracker.origins
+    assert tracker.adopt_ids(ours, (7,)) == 1
+    assert set(tracker.origins) == {7} and tracker.alive_ids() == {7}
