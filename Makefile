@@ -11,7 +11,7 @@ export PERCEPT_SHARED ?= $(SHARED)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup demo demo-models test bench clean kuberay constraints
+.PHONY: setup demo demo-models test test-fast bench clean kuberay constraints
 
 # pinned to docker/constraints.txt: every clone (and CI) gets the versions the tests ran with, as the
 # Docker images do; to upgrade, install without -c, run the tests, then `make constraints`
@@ -40,6 +40,12 @@ bench: $(VENV)/.installed
 test: $(VENV)/.installed
 	scripts/install-system-deps.sh --test
 	YOLO_OFFLINE=1 $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# the fast lane while working: every test but those marked integration (Ray Serve graphs, RTSP
+# clusters, the bench); CI runs them all (make test)
+test-fast: $(VENV)/.installed
+	scripts/install-system-deps.sh --test
+	YOLO_OFFLINE=1 $(VENV)/bin/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
 # deploy/kuberay/rayservice.yaml's serveConfigV2 = `percept build -c configs/cluster.yaml --http-host 0.0.0.0`
 kuberay: $(VENV)/.installed
