@@ -32,6 +32,9 @@ CAMERA_SCHEMES = ("rtsp", "rtsps", "http", "https", "hls", "rtmp", "rtmps", "rtm
 _NEEDS_HOST = {"rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtmpt", "rtmpe", "hls", "mmsh", "mmst"}
 
 
+UNREADABLE_HOST = "the host cannot be read (a [ or ] outside an IPv6 address [..]?)"  # urlsplit: "Invalid IPv6 URL"
+
+
 def camera_url_problem(url: str) -> str | None:
     """What is wrong with a camera URL's scheme, host or port as written (None: nothing seen;
     parts written as ``${VAR}`` are checked where the decoder expands them). A password is never
@@ -47,7 +50,7 @@ def camera_url_problem(url: str) -> str | None:
         found = url_credentials(url)
         hostport = found.hostport if found is not None else urlsplit(url).netloc
     except ValueError:  # urlsplit: "Invalid IPv6 URL" (a [ or ] that does not enclose an address)
-        return "the host cannot be read (a [ or ] outside an IPv6 address [..]?)"
+        return UNREADABLE_HOST
     if "${" in hostport:
         return None
     try:
@@ -55,7 +58,7 @@ def camera_url_problem(url: str) -> str | None:
         host, port = parts.hostname, parts.port
     except ValueError as exc:
         if "IPv6" in str(exc):
-            return "the host cannot be read (a [ or ] outside an IPv6 address [..]?)"
+            return UNREADABLE_HOST
         return "the port must be a number from 1 to 65535 (scheme://host:port/…)"
     if port == 0:
         return "the port must be a number from 1 to 65535 (scheme://host:port/…)"
