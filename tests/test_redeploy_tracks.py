@@ -44,10 +44,9 @@ def cars_with_road_ahead(frames: list[dict], events: list[dict], room: float, se
     def in_view(frame: dict) -> dict[int, list[float]]:
         return {t: box for box, _, t in vehicles(frame) if box[0] > 0.01 * width and box[2] < 0.99 * width}
 
-    recent = [in_view(f) for f in frames[-settled:]]
-    out = set()
+    recent, open_ids, out = [in_view(f) for f in frames[-settled:]], open_tracks(events), set()
     for track, box in recent[-1].items():
-        if track in open_tracks(events) and all(track in seen for seen in recent):
+        if track in open_ids and all(track in seen for seen in recent):
             right = box[0] + box[2] >= first_box[track][0] + first_box[track][2]
             if (width - box[2] if right else box[0]) > room * width:
                 out.add(track)
