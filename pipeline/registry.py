@@ -86,26 +86,32 @@ class CameraRegistry:
 
     def seed(self, cameras: list[CameraConfig]) -> bool:
         """Write the config's cameras if this config was not seeded yet; True if it wrote. The
-        previous config's cameras this one lacks are removed (and noted: `removed_cameras`)."""
+        previous config's cameras this one lacks are removed (and noted: `removed_cameras`). Under
+        WATCH: a replica of another config seeding meanwhile makes this one read again, so that
+        the cameras it wrote are not left behind as if they were this config's."""
         digest = self.digest(cameras)
-        if self.client.get(self.digest_key) == digest.encode():
-            return False
-        current = self._raw()
-        pipe = self.client.pipeline(transaction=True)
-        for cid, entry in current.items():
-            if entry.get("source") == "config" and cid not in {c.id for c in cameras}:
-                pipe.hdel(self.key, cid)
-                pipe.hset(self.removed_key, cid, json.dumps(entry))
-        for cam in cameras:
-            pipe.hset(self.key, cam.id, json.dumps({"source": "config", "camera": cam.model_dump(mode="json")}))
-        pipe.set(self.digest_key, digest)
-        pipe.execute()
-        return True
+        ids = {c.id for c in cameras}
 
-    def _raw(self) -> dict[str, dict[str, Any]]:
+        def write(pipe: Any) -> bool:
+            if pipe.get(self.digest_key) == digest.encode():
+                return False
+            current = self._raw(pipe)
+            pipe.multi()
+            for cid, entry in current.items():
+                if entry.get("source") == "config" and cid not in ids:
+                    pipe.hdel(self.key, cid)
+                    pipe.hset(self.removed_key, cid, json.dumps(entry))
+            for cam in cameras:
+                pipe.hset(self.key, cam.id, json.dumps({"source": "config", "camera": cam.model_dump(mode="json")}))
+            pipe.set(self.digest_key, digest)
+            return True
+
+        return self.client.transaction(write, self.key, self.digest_key, value_from_callable=True)
+
+    def _raw(self, client: Any = None) -> dict[str, dict[str, Any]]:
         """The entries that decode (whether valid or not); undecodable ones are left out."""
         out = {}
-        for k, v in self.client.hgetall(self.key).items():
+        for k, v in (self.client if client is None else client).hgetall(self.key).items():
             entry, _ = _parse_entry(k.decode(errors="replace"), v)
             if entry is not None:
                 out[k.decode(errors="replace")] = entry

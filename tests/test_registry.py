@@ -180,3 +180,25 @@ def test_the_config_cameras_come_back_when_redis_loses_the_registry(redis_server
         assert [c.id for c in reg.runnable({}, pub, config)] == ["api-cam", "c"]
     finally:
         pub.close()
+
+
+def test_a_seed_that_raced_another_config_reads_again(redis_server):
+    """Two replicas of different configs seed at once (a rolling update): the one that writes
+    second removes the cameras the first wrote, as if it had seeded after it. Without WATCH it
+    removed only those it had read, leaving the other config's camera under its digest."""
+    client = redis_server.client()
+    CameraRegistry(client, KEYS).seed([CameraConfig(id="x", url="x.mp4"), CameraConfig(id="y", url="y.mp4")])
+    reg = CameraRegistry(client, KEYS)
+    read, raced = reg._raw, []
+
+    def read_then_raced(pipe=None):
+        current = read(pipe)
+        if not raced:  # another replica, of a third config, seeds right after this one read
+            raced.append(CameraRegistry(redis_server.client(), KEYS).seed([CameraConfig(id="z", url="z.mp4")]))
+        return current
+
+    reg._raw = read_then_raced
+    assert reg.seed([CameraConfig(id="x", url="x2.mp4")]) and raced == [True]
+    assert [c.id for c in reg.cameras()] == ["x"]
+    assert sorted(client.hkeys(reg.removed_key)) == [b"x", b"y", b"z"]
+    assert not reg.seed([CameraConfig(id="x", url="x2.mp4")])  # seeded: the same config writes nothing
