@@ -137,16 +137,18 @@ def leave_tracks(publisher: Publisher, camera_id: str, events: EventEngine, snap
                     camera_id)
     elif handing_over and snapshots is not None and snapshots.hands_over:
         log.info("camera %s: handed over with frames tracked but not published: its tracks end", camera_id)
-    end_tracks(publisher, camera_id, events, seq, snapshots)
+    end_tracks(publisher, camera_id, events, last, snapshots)
 
 
-def end_tracks(publisher: Publisher, camera_id: str, events: EventEngine, seq: int,
+def end_tracks(publisher: Publisher, camera_id: str, events: EventEngine, last: tuple[int, float],
                snapshots: TrackSnapshots | None = None) -> None:
-    """Every open track ends at frame ``seq`` (``track_end``, zones left) and the state (when
-    ``snapshots`` writes one) says ``closed``: the camera's next owner starts afresh."""
-    now = time.time()
-    ended = events.close(seq, now)
-    publisher.publish_events(camera_id, now, events_json(ended), events.take_counts())
+    """Every open track ends at ``last`` (seq, frame_ts: the newest frame they describe; the
+    events' ``ts``, however long ago) with ``track_end`` and zones left; they are published now
+    (their stream ids). The state (when ``snapshots`` writes one) says ``closed``: the camera's
+    next owner starts afresh."""
+    seq, frame_ts = last
+    ended = events.close(seq, frame_ts)
+    publisher.publish_events(camera_id, time.time(), events_json(ended), events.take_counts())
     if snapshots is not None:
         snapshots.closed(seq)
 
@@ -169,7 +171,7 @@ def end_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerConf
     if restored.last is None:
         return 0
     n = len(events.open_tracks)
-    end_tracks(publisher, camera.id, events, restored.last[0], TrackSnapshots(publisher, camera.id, every=0))
+    end_tracks(publisher, camera.id, events, restored.last, TrackSnapshots(publisher, camera.id, every=0))
     log.info("camera %s: the %d open tracks its snapshot left end (nobody continues them)", camera.id, n)
     return n
 
@@ -250,7 +252,7 @@ def restore_tracking(
     events.take_counts()
     if check_source and state.get("source", source_of(camera)) != source_of(camera):  # (older ones name none)
         log.info("camera %s: its URL changed since its snapshot: its %d open tracks end", camera.id, len(events.open_tracks))
-        end_tracks(publisher, camera.id, events, done.last[0], TrackSnapshots(publisher, camera.id, every=0))
+        end_tracks(publisher, camera.id, events, done.last, TrackSnapshots(publisher, camera.id, every=0))
         return fresh("another source")
     tracker.raise_next_id(track_id_max)
     tracker.resume_across_pause()  # the handover's pause: a track goes on where the next frame finds it
@@ -287,7 +289,8 @@ def settle_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerC
     events.apply_published(payloads)
     last = publisher.last_published(camera.id)
     n = len(events.open_tracks)
-    end_tracks(publisher, camera.id, events, last[1] if last else seq, TrackSnapshots(publisher, camera.id, every=0))
+    newest = (last[1], last[0] / 1000) if last else (seq, float(state["frame_ts"]))  # (ms, seq) → (seq, ts)
+    end_tracks(publisher, camera.id, events, newest, TrackSnapshots(publisher, camera.id, every=0))
     log.info("camera %s: the %d tracks its snapshot and the events since left open end", camera.id, n)
     return n
 

@@ -98,6 +98,8 @@ def test_a_camera_handed_over_keeps_its_tracks(redis_server, keep_tracks):
     else:  # ended here: the next owner starts afresh
         assert state.get("closed") is True
         assert [(e["kind"], e["track_id"]) for e in first] == [("track_start", started), ("track_end", started)]
+        # it ended at the last frame it was seen in, not when the stop's events were written
+        assert first[-1]["seq"] == last_seq and first[-1]["ts"] == json.loads(top[b"json"])["frame_ts"]
 
     run_until(redis_server, 8, keep_tracks=False)  # the next owner
     later = events_of(client)[len(first):]

@@ -50,6 +50,7 @@ def sweeper(redis_server, registry: CameraRegistry, *, ttl: float = 10) -> Remov
 def ended_as_a_stop_would(client, started: int, state: dict) -> None:
     assert [(e["kind"], e["track_id"], e["seq"]) for e in events_of(client)] == [
         ("track_start", started, 0), ("track_end", started, state["seq"])]
+    assert events_of(client)[-1]["ts"] == state["frame_ts"]  # when it was last seen, not when it was swept
     assert json.loads(client.hget(KEYS.trackstate("cam"), "json")).get("closed") is True
 
 
