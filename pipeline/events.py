@@ -15,8 +15,9 @@ filled; objects without a track id are ignored), and returns the `Event`s each f
   frame on which ByteTrack drops it: until then it can still re-find the track), or the camera
   stopped (`close`). ts/seq are those of the frame on which it is declared ended.
 
-Within a frame: track ends first, then each present track in track id order (start or
-attributes, zone exits, zone enters, line crossings; zones and lines in config order).
+Within a frame: track ends first, then the exits of zones removed since the last frame (track
+id order), then each present track in track id order (start or attributes, zone exits, zone
+enters, line crossings; zones and lines in config order).
 Event ids are deterministic (``camera:track:kind``, plus ``:n`` for the kinds that repeat), so
 processing the same frames again yields the same ids and a retried publish can be refused.
 
@@ -96,9 +97,10 @@ class EventEngine:
                     lines: Mapping[str, Sequence[Sequence[float]]] | None, *, anchor: Anchor,
                     line_margin: float | None = None, zone_margin: float | None = None) -> None:
         """Zones, lines, the anchor or a margin changed at runtime: open tracks continue.
-        Memberships of removed zones are dropped without events; a track inside a new zone gets
-        its ``zone_enter`` on its next sighting clear of the zone's edges; after an anchor change
-        no crossing is judged between the old anchor point and the new one."""
+        A track inside a removed zone leaves it on the next frame (``zone_exit``, its dwell up to
+        its last sighting: occupancy stays enter − exit); a track inside a new zone gets its
+        ``zone_enter`` on its next sighting clear of the zone's edges; after an anchor change no
+        crossing is judged between the old anchor point and the new one."""
         self.zones = {k: [list(p) for p in v] for k, v in (zones or {}).items()}
         self.lines = {k: [list(p) for p in v] for k, v in (lines or {}).items()}
         anchor_changed, self.anchor = anchor != self.anchor, anchor
@@ -108,7 +110,6 @@ class EventEngine:
             self.zone_margin = zone_margin
         self._geometry = None
         for tr in self._tracks.values():
-            tr.zones = {z: t for z, t in tr.zones.items() if z in self.zones}
             tr.sides = {line: p for line, p in tr.sides.items() if line in self.lines}
             if anchor_changed:
                 tr.forget_anchor()
@@ -162,6 +163,10 @@ class EventEngine:
                 continue
             if (tid not in alive) if alive is not None else self._frame - self._tracks[tid].last_frame > self.track_buffer:
                 self._end(self._tracks.pop(tid), meta.seq, meta.frame_ts, events)
+        for tid in sorted(self._tracks):  # zones removed since (`reconfigure`, a restore): left now
+            tr = self._tracks[tid]
+            for zone in [z for z in tr.zones if z not in self.zones]:
+                self._exit(tr, zone, meta.seq, meta.frame_ts, tr.last_ts, False, events)
         if not present:
             return events
         order = sorted(present)
@@ -315,7 +320,7 @@ class EventEngine:
             if tr is None:
                 continue
             tr.last_ts = max(tr.last_ts, ts)
-            if kind == "zone_enter" and ev.get("zone") in self.zones:
+            if kind == "zone_enter" and ev.get("zone"):
                 tr.zones[ev["zone"]] = ts
             elif kind == "zone_exit":
                 tr.zones.pop(ev.get("zone"), None)
@@ -353,8 +358,8 @@ class EventEngine:
     ) -> "EventEngine":
         """An engine that continues the open tracks of ``snapshot``: no second ``track_start``,
         event numbers (ids) continue, a crossing is judged from the last anchor point known.
-        Memberships of zones the new config no longer has are dropped without events; after a
-        change of the anchor, or at another frame size, no crossing is judged between the last
+        A track inside a zone the new config no longer has leaves it on the next frame (as after
+        `reconfigure`); after a change of the anchor, or at another frame size, no crossing is judged between the last
         anchor point known and the next one."""
         if snapshot.get("schema") != STATE_SCHEMA:
             raise ValueError(f"unsupported event state {snapshot.get('schema')!r}; expected {STATE_SCHEMA!r}")
@@ -370,7 +375,7 @@ class EventEngine:
             for data in snapshot.get("tracks", []):
                 tr = OpenTrack(**{k: data[k] for k in OpenTrack.__dataclass_fields__ if k in data})
                 tr.id, tr.last_frame, tr.frames, tr.stride = int(tr.id), int(tr.last_frame), int(tr.frames), int(tr.stride)
-                tr.zones = {z: float(t) for z, t in tr.zones.items() if z in engine.zones}
+                tr.zones = {z: float(t) for z, t in tr.zones.items()}
                 tr.sides = {line: [float(v) for v in p] for line, p in tr.sides.items() if line in engine.lines}
                 if anchor_changed:
                     tr.forget_anchor()

@@ -243,8 +243,11 @@ def test_restore_refuses_another_camera_or_schema_and_drops_removed_zones():
         EventEngine.restore({**state, "schema": "x"}, "cam")
     with pytest.raises(ValueError, match="malformed event state"):
         EventEngine.restore({**state, "tracks": [{"id": 1}]}, "cam")
-    moved = EventEngine.restore(state, "cam")  # the zone was removed meanwhile: no exit event for it
-    assert moved.close(2, ts(2))[0].kind == "track_end"
+    moved = EventEngine.restore(state, "cam")  # the zone was removed meanwhile: left on the next frame
+    [left] = moved.update(frame(2))
+    assert (left.kind, left.zone, left.ended, left.dwell_s, left.seq) == ("zone_exit", "box", False, 0.0, 2)
+    assert moved.take_counts() == {"zone:box:exit:vehicle": 1}
+    assert [e.kind for e in moved.close(3, ts(3))] == ["track_end"]
 
 
 def test_geometry_is_resolved_from_the_frame_size():
@@ -317,15 +320,20 @@ def test_engine_for_a_configured_camera():
 def test_zones_and_lines_changed_at_runtime_apply_to_open_tracks():
     engine = EventEngine("cam", zones=BOX_ZONE, track_buffer=5)
     run(engine, [frame(1, [obj(1, 62)])])  # inside "box"
-    # "box" removed, "top" added, a line added: no exit for the removed zone, no second start,
-    # the track inside the new zone enters it on its next sighting
+    # "box" removed, "top" added, a line added: the track leaves the removed zone on the next
+    # frame (its dwell up to its last sighting; occupancy back to 0), no second start, and
+    # enters the new zone on its next sighting
     engine.reconfigure({"top": [[0, 0], [1, 0], [1, 0.6], [0, 0.6]]}, STOP, anchor="bottom_center")
+    engine.take_counts()
     events = run(engine, [frame(2, [obj(1, 58)]), frame(3, [obj(1, 56)])])
-    assert kinds(events) == [("zone_enter", 1, 2)] and events[0].zone == "top"
-    # zones removed and a new anchor: no exit event, and the jump from the old anchor point
-    # (bottom 56, below the line) to the new one (centre 49, above it) is not a crossing
+    assert kinds(events) == [("zone_exit", 1, 2), ("zone_enter", 1, 2)]
+    assert (events[0].zone, events[0].ended, events[0].dwell_s, events[1].zone) == ("box", False, 0.0, "top")
+    assert engine.take_counts() == {"zone:box:exit:vehicle": 1, "zone:top:enter:vehicle": 1}
+    # zones removed and a new anchor: the track leaves "top", and the jump from the old anchor
+    # point (bottom 56, below the line) to the new one (centre 49, above it) is not a crossing
     engine.reconfigure({}, STOP, anchor="center")
-    assert run(engine, [frame(4, [obj(1, 54)]), frame(5, [obj(1, 53)])]) == []
+    events = run(engine, [frame(4, [obj(1, 54)]), frame(5, [obj(1, 53)])])
+    assert kinds(events) == [("zone_exit", 1, 4)] and (events[0].zone, events[0].dwell_s) == ("top", round(ts(3) - ts(2), 3))
     crossed = run(engine, [frame(6, [obj(1, 64)])])  # centre 48 → 59: down across y = 50
     assert [(e.kind, e.direction) for e in crossed] == [("line_cross", "out")]
 
