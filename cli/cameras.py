@@ -103,7 +103,7 @@ def _cameras(args: argparse.Namespace) -> int:
         detail = data.get("detail", "") if isinstance(data, dict) else data
         lines = detail if isinstance(detail, list) else [detail]
         return fail(f"{args.action} {getattr(args, 'id', '')}: HTTP {status}: " + redact("; ".join(map(str, lines))),
-                    EXIT_UNAVAILABLE if status == 503 else CONFIG_ERROR_EXIT_CODE if 400 <= status < 500 else 1)
+                    EXIT_UNAVAILABLE if status in (502, 503, 504) else CONFIG_ERROR_EXIT_CODE if 400 <= status < 500 else 1)
     if args.action == "ls":
         try:
             rows = [_ls_row(cam) for cam in data]

@@ -19,7 +19,7 @@ from pipeline.config_urls import redis_url_problem
 from pipeline.redact import redact, redact_url
 from pipeline.streams import CREDENTIALS_REFUSED, redis_unavailable
 
-EXIT_UNAVAILABLE = 3  # a service the config names is unreachable, or a model cannot be loaded
+EXIT_UNAVAILABLE = 3  # a service the config names is unreachable, or a deployment could not start
 EXIT_INTERRUPTED = 130
 T = TypeVar("T")
 

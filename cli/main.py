@@ -1,7 +1,8 @@
 """`percept`: parses the command line, sets up the console, runs one command.
 
-Exit codes: 0 ok; 2 invalid config or arguments (nothing was started); 3 a service the config
-names is unreachable (Redis) or a model cannot be loaded; 130 interrupted.
+Exit codes: 0 ok; 1 an unexpected failure; 2 invalid config or arguments, or a model that cannot
+be loaded (nothing was started); 3 a service the config names is unreachable (Redis, the graph's
+API), or a deployment that could not start; 130 interrupted (the README's table).
 
 The console shows percept's own lines (status, warnings and errors naming the camera); Ray's
 and the replicas' logs go to files (the replica log folder is printed at start) unless

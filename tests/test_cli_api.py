@@ -108,10 +108,12 @@ def test_an_api_address_that_does_not_speak_http_exits_3_in_one_line(capsys):
 @pytest.mark.parametrize("argv", [["cameras", "--api", "API", "--wait", "0", "ls"],
                                   ["explain", "traffic", "--object", "0", "--api", "API", "--wait", "0"],
                                   ["models", "served", "--api", "API", "--wait", "0"]])
-def test_every_api_command_exits_1_on_a_500_3_on_a_503_and_2_on_a_404(api, argv, capsys, tmp_path, monkeypatch):
-    """The exit codes the README's table gives, the same for each command that talks to the graph."""
+def test_every_api_command_exits_1_on_a_500_3_on_a_502_503_504_and_2_on_a_404(api, argv, capsys, tmp_path,
+                                                                             monkeypatch):
+    """The exit codes the README's table gives, the same for each command that talks to the graph
+    (a proxy's 502/504 in front of it: unavailable, as its own 503)."""
     monkeypatch.chdir(tmp_path)
-    for status, code in ((500, 1), (503, 3), (404, 2)):
+    for status, code in ((500, 1), (502, 3), (503, 3), (504, 3), (404, 2)):
         Recorder.status, Recorder.body = status, {"detail": "boom"}
         assert main([api if a == "API" else a for a in argv]) == code, (status, capsys.readouterr().err)
         assert f"HTTP {status}" in capsys.readouterr().err
