@@ -79,6 +79,10 @@ def open_capture(
                 camera, f"{path} is not a video FFmpeg can decode (wrong format, truncated or corrupt)", retryable=False
             )
         return cap
+    if url.startswith("rtsp://"):
+        unanswered = rtsp_unanswered(url, timeout_s=open_timeout_s)
+        if unanswered is not None:  # failed here, outside the open lock: the other cameras open meanwhile
+            raise SourceError(camera, f"cannot open {safe}: {unanswered}", retryable=True)
     params = [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
         cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000),
@@ -91,12 +95,9 @@ def open_capture(
     return cap
 
 
-def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
-    """Why an RTSP open failed, in words a camera operator can act on: one DESCRIBE request and
-    the status line it gets. It carries no credentials: FFmpeg sends them only when the server
-    asks, Digest when offered; this request, sent on every failed open to whatever host the URL
-    now reaches, never sends the password (a 401 says the camera wants them)."""
-    import socket
+def _rtsp_target(url: str) -> tuple[str, int, str, str] | str:
+    """(host, port, how to name them, the URL without credentials) of an RTSP URL as FFmpeg
+    reads it, or why they cannot be read (words for the operator, nothing of a password)."""
     from urllib.parse import urlsplit
 
     try:
@@ -119,23 +120,61 @@ def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
         # tried as FFmpeg did, not named
         where = f"the URL's host, port {port} (not shown: if the password has / ? # or @ in it, percent-encode them)"
     clean = f"rtsp://{host}:{port}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
-    request = f"DESCRIBE {clean} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n"
+    return host, port, where, clean
+
+
+def _rtsp_ask(host: str, port: int, where: str, request: str, timeout_s: float) -> tuple[str, str | None]:
+    """One request without credentials: (the status line it got, or "" if none; why there was no
+    connection or answer, or None)."""
+    import socket
+
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
             sock.settimeout(timeout_s)
             sock.sendall((request + "\r\n").encode())
-            status = sock.recv(256).split(b"\r\n", 1)[0].decode(errors="replace")
+            return sock.recv(256).split(b"\r\n", 1)[0].decode(errors="replace"), None
     except ConnectionRefusedError:
-        return f"connection refused by {where} (camera or server down?)"
+        return "", f"connection refused by {where} (camera or server down?)"
     except socket.gaierror:
-        return f"unknown host: {where}" if where.startswith("the URL") else f"unknown host {host!r}"
+        return "", f"unknown host: {where}" if where.startswith("the URL") else f"unknown host {host!r}"
     except (TimeoutError, socket.timeout):
-        return f"no answer from {where} within {timeout_s:.0f} s (unreachable or hung)"
+        return "", f"no answer from {where} within {timeout_s:.0f} s (unreachable or hung)"
     except OSError as exc:
-        return f"{where} unreachable ({exc.strerror or exc})"
+        return "", f"{where} unreachable ({exc.strerror or exc})"
+
+
+def rtsp_unanswered(url: str, *, timeout_s: float) -> str | None:
+    """Why an RTSP camera cannot be opened now — no connection, or no answer to an OPTIONS
+    request within ``timeout_s`` — or None (it answered, or its URL is left to FFmpeg). Asked
+    before FFmpeg opens it: OpenCV opens one input at a time, so a camera that does not answer
+    would otherwise hold every other camera's (re)connect in its process for its whole
+    ``open_timeout_s``. No credentials are sent."""
+    target = _rtsp_target(url)
+    if isinstance(target, str):
+        return None
+    host, port, where, clean = target
+    _, why = _rtsp_ask(host, port, where, f"OPTIONS {clean} RTSP/1.0\r\nCSeq: 1\r\n", timeout_s)
+    return why
+
+
+def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
+    """Why an RTSP open failed, in words a camera operator can act on: one DESCRIBE request and
+    the status line it gets. It carries no credentials: FFmpeg sends them only when the server
+    asks, Digest when offered; this request, sent on every failed open to whatever host the URL
+    now reaches, never sends the password (a 401 says the camera wants them)."""
+    from urllib.parse import urlsplit
+
+    target = _rtsp_target(url)
+    if isinstance(target, str):
+        return target
+    host, port, where, clean = target
+    status, why = _rtsp_ask(host, port, where, f"DESCRIBE {clean} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n",
+                            timeout_s)
+    if why is not None:
+        return why
     code = status.split(" ", 2)[1] if status.count(" ") >= 1 else ""
     if code == "401":  # (asked without credentials: a camera that wants them says so)
-        if parts.username is None:
+        if urlsplit(url).username is None:  # (it splits: _rtsp_target did)
             return "401 Unauthorized: the camera wants a user and password in its URL"
         return "401 Unauthorized: the camera wants credentials; check the user and password in the camera URL"
     if code == "404":

@@ -1,0 +1,71 @@
+"""An RTSP camera that does not answer — no connection, or a server that takes the connection and
+says nothing (hung, SIGSTOP) — fails before FFmpeg is asked to open it (`capture.rtsp_unanswered`:
+an OPTIONS request, no credentials). OpenCV opens one input at a time in a process, so before,
+such a camera held every other camera's (re)connect in its decoder replica for its whole
+``open_timeout_s``, each try. Real sockets; FFmpeg's open is watched, not replaced."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+import pipeline.capture as capture
+from pipeline.sources import SourceError
+
+
+@pytest.fixture(params=["no connection", "no answer"])
+def silent_port(request):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    held = []
+    if request.param == "no connection":  # a backlog of 0 held full: the kernel drops further SYNs
+        listener.listen(0)
+        held.append(socket.create_connection(listener.getsockname()))
+    else:  # the kernel takes connections for it; nobody ever reads or answers
+        listener.listen(8)
+    yield listener.getsockname()[1]
+    for sock in [*held, listener]:
+        sock.close()
+
+
+def test_an_rtsp_camera_that_does_not_answer_fails_before_ffmpeg_opens_it(silent_port, monkeypatch):
+    opened, real = [], capture._ffmpeg_open
+    monkeypatch.setattr(capture, "_ffmpeg_open", lambda url, *params: (opened.append(url), real(url, *params))[1])
+    url = f"rtsp://admin:S3cret@127.0.0.1:{silent_port}/live"
+    with pytest.raises(SourceError) as caught:
+        capture.open_capture("dead", url, open_timeout_s=1.0)
+    assert str(caught.value) == (f"camera dead: cannot open rtsp://***@127.0.0.1:{silent_port}/live: "
+                                 f"no answer from 127.0.0.1:{silent_port} within 1 s (unreachable or hung)")
+    assert caught.value.retryable
+    assert opened == [], "FFmpeg was asked to open it: the open lock was held for the whole timeout"
+
+
+def test_an_rtsp_server_that_answers_is_opened_by_ffmpeg(monkeypatch):
+    """A server that answers OPTIONS (here with 401, as a camera wanting credentials may) is
+    left to FFmpeg, which then fails on it as before: the camera's error comes from its diagnosis."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port, asked = server.getsockname()[1], []
+
+    def answer():
+        for _ in range(8):
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                request = conn.recv(4096)
+                asked.append(request.split(b" ", 1)[0])
+                if request:
+                    conn.sendall(b"RTSP/1.0 401 Unauthorized\r\nCSeq: 1\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    opened, real = [], capture._ffmpeg_open
+    monkeypatch.setattr(capture, "_ffmpeg_open", lambda url, *params: (opened.append(url), real(url, *params))[1])
+    try:
+        with pytest.raises(SourceError, match="401 Unauthorized: the camera wants a user and password"):
+            capture.open_capture("cam", f"rtsp://127.0.0.1:{port}/live", open_timeout_s=2.0)
+    finally:
+        server.close()
+    assert opened == [f"rtsp://127.0.0.1:{port}/live"] and asked[0] == b"OPTIONS", asked
