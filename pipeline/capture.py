@@ -79,8 +79,8 @@ def open_capture(
                 camera, f"{path} is not a video FFmpeg can decode (wrong format, truncated or corrupt)", retryable=False
             )
         return cap
-    if url.startswith("rtsp://"):
-        unanswered = rtsp_unanswered(url, timeout_s=open_timeout_s)
+    if url.lower().startswith(tuple(_DEFAULT_PORTS)):
+        unanswered = camera_unanswered(url, timeout_s=open_timeout_s)
         if unanswered is not None:  # failed here, outside the open lock: the other cameras open meanwhile
             raise SourceError(camera, f"cannot open {safe}: {unanswered}", retryable=True)
     params = [
@@ -95,9 +95,12 @@ def open_capture(
     return cap
 
 
+_DEFAULT_PORTS = {"rtsp://": 554, "rtsps://": 322, "http://": 80, "https://": 443}
+
+
 def _rtsp_target(url: str) -> tuple[str, int, str, str] | str:
-    """(host, port, how to name them, the URL without credentials) of an RTSP URL as FFmpeg
-    reads it, or why they cannot be read (words for the operator, nothing of a password)."""
+    """(host, port, how to name them, the URL without credentials) of a network camera's URL as
+    FFmpeg reads it, or why they cannot be read (words for the operator, nothing of a password)."""
     from urllib.parse import urlsplit
 
     try:
@@ -106,7 +109,7 @@ def _rtsp_target(url: str) -> tuple[str, int, str, str] | str:
         return "the URL's host cannot be read: a [ or ] outside an IPv6 address (percent-encode one in a password as %5B or %5D)"
     found, scrubbed = url_credentials(url), url_credentials(url, to_last_at=True)
     try:
-        host, port = parts.hostname or "", parts.port or 554
+        host, port = parts.hostname or "", parts.port or _DEFAULT_PORTS.get(f"{parts.scheme.lower()}://", 554)
     except ValueError:
         host, port = "", 0
     if found is not None and (found.hostport != parts.netloc.rpartition("@")[2] or not host):
@@ -123,13 +126,15 @@ def _rtsp_target(url: str) -> tuple[str, int, str, str] | str:
     return host, port, where, clean
 
 
-def _rtsp_ask(host: str, port: int, where: str, request: str, timeout_s: float) -> tuple[str, str | None]:
-    """One request without credentials: (the status line it got, or "" if none; why there was no
-    connection or answer, or None)."""
+def _rtsp_ask(host: str, port: int, where: str, request: str | None, timeout_s: float) -> tuple[str, str | None]:
+    """One request without credentials (None: connect only): (the status line it got, or "" if
+    none; why there was no connection or answer, or None)."""
     import socket
 
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            if request is None:
+                return "", None
             sock.settimeout(timeout_s)
             sock.sendall((request + "\r\n").encode())
             return sock.recv(256).split(b"\r\n", 1)[0].decode(errors="replace"), None
@@ -143,18 +148,18 @@ def _rtsp_ask(host: str, port: int, where: str, request: str, timeout_s: float) 
         return "", f"{where} unreachable ({exc.strerror or exc})"
 
 
-def rtsp_unanswered(url: str, *, timeout_s: float) -> str | None:
-    """Why an RTSP camera cannot be opened now — no connection, or no answer to an OPTIONS
-    request within ``timeout_s`` — or None (it answered, or its URL is left to FFmpeg). Asked
-    before FFmpeg opens it: OpenCV opens one input at a time, so a camera that does not answer
-    would otherwise hold every other camera's (re)connect in its process for its whole
-    ``open_timeout_s``. No credentials are sent."""
+def camera_unanswered(url: str, *, timeout_s: float) -> str | None:
+    """Why a network camera cannot be opened now — no connection within ``timeout_s``, or for
+    ``rtsp://`` no answer to an OPTIONS request either — or None (it answered, or its URL is left
+    to FFmpeg). Asked before FFmpeg opens it: OpenCV opens one input at a time, so a camera that
+    does not answer would otherwise hold every other camera's (re)connect in its process for its
+    whole ``open_timeout_s``. No credentials are sent."""
     target = _rtsp_target(url)
     if isinstance(target, str):
         return None
     host, port, where, clean = target
-    _, why = _rtsp_ask(host, port, where, f"OPTIONS {clean} RTSP/1.0\r\nCSeq: 1\r\n", timeout_s)
-    return why
+    ask = f"OPTIONS {clean} RTSP/1.0\r\nCSeq: 1\r\n" if url.lower().startswith("rtsp://") else None
+    return _rtsp_ask(host, port, where, ask, timeout_s)[1]
 
 
 def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:

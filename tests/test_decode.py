@@ -237,7 +237,7 @@ def test_open_errors_say_what_is_wrong_and_whether_to_retry(tmp_path, rtsp_camer
     with pytest.raises(SourceError, match="404 Not Found") as absent:
         open_skipping("cam", rtsp_cameras.url("nothing-here"), open_timeout_s=3)
     assert absent.value.retryable
-    # through OpenCV: the server answers the OPTIONS asked first (`rtsp_unanswered`), so FFmpeg opens it
+    # through OpenCV: the server answers the OPTIONS asked first (`camera_unanswered`), so FFmpeg opens it
     with pytest.raises(SourceError, match="404 Not Found") as absent:
         open_capture("cam", rtsp_cameras.url("nothing-here"), open_timeout_s=3)
     assert absent.value.retryable

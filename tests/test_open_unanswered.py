@@ -1,6 +1,6 @@
-"""An RTSP camera that does not answer — no connection, or a server that takes the connection and
-says nothing (hung, SIGSTOP) — fails before FFmpeg is asked to open it (`capture.rtsp_unanswered`:
-an OPTIONS request, no credentials). OpenCV opens one input at a time in a process, so before,
+"""A network camera that takes no connection, or an RTSP camera whose server takes it and says
+nothing (hung, SIGSTOP), fails before FFmpeg is asked to open it (`capture.camera_unanswered`:
+a connection, for RTSP an OPTIONS request; no credentials). OpenCV opens one input at a time in a process, so before,
 such a camera held every other camera's (re)connect in its decoder replica for its whole
 ``open_timeout_s``, each try. Real sockets; FFmpeg's open is watched, not replaced."""
 
@@ -15,29 +15,32 @@ import pipeline.capture as capture
 from pipeline.sources import SourceError
 
 
-@pytest.fixture(params=["no connection", "no answer"])
-def silent_port(request):
+@pytest.fixture(params=["rtsp: no connection", "rtsp: no answer", "http: no connection"])
+def silent_camera(request):
+    """(scheme, port): a camera that does not answer."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     held = []
-    if request.param == "no connection":  # a backlog of 0 held full: the kernel drops further SYNs
+    scheme, what = request.param.split(": ")
+    if what == "no connection":  # a backlog of 0 held full: the kernel drops further SYNs
         listener.listen(0)
         held.append(socket.create_connection(listener.getsockname()))
     else:  # the kernel takes connections for it; nobody ever reads or answers
         listener.listen(8)
-    yield listener.getsockname()[1]
+    yield scheme, listener.getsockname()[1]
     for sock in [*held, listener]:
         sock.close()
 
 
-def test_an_rtsp_camera_that_does_not_answer_fails_before_ffmpeg_opens_it(silent_port, monkeypatch):
+def test_a_camera_that_does_not_answer_fails_before_ffmpeg_opens_it(silent_camera, monkeypatch):
+    scheme, port = silent_camera
     opened, real = [], capture._ffmpeg_open
     monkeypatch.setattr(capture, "_ffmpeg_open", lambda url, *params: (opened.append(url), real(url, *params))[1])
-    url = f"rtsp://admin:S3cret@127.0.0.1:{silent_port}/live"
+    url = f"{scheme}://admin:S3cret@127.0.0.1:{port}/live"
     with pytest.raises(SourceError) as caught:
         capture.open_capture("dead", url, open_timeout_s=1.0)
-    assert str(caught.value) == (f"camera dead: cannot open rtsp://***@127.0.0.1:{silent_port}/live: "
-                                 f"no answer from 127.0.0.1:{silent_port} within 1 s (unreachable or hung)")
+    assert str(caught.value) == (f"camera dead: cannot open {scheme}://***@127.0.0.1:{port}/live: "
+                                 f"no answer from 127.0.0.1:{port} within 1 s (unreachable or hung)")
     assert caught.value.retryable
     assert opened == [], "FFmpeg was asked to open it: the open lock was held for the whole timeout"
 
