@@ -9,8 +9,9 @@ import os
 import threading
 from pathlib import Path
 
+from .camera_probe import DEFAULT_PORTS, camera_unanswered, diagnose_rtsp
 from .capture_av import SKIP_FRAME
-from .redact import UNESCAPED_USERINFO, redact_url, url_credentials
+from .redact import redact_url
 from .sources import Capture, SourceError, is_file_url
 
 
@@ -79,7 +80,7 @@ def open_capture(
                 camera, f"{path} is not a video FFmpeg can decode (wrong format, truncated or corrupt)", retryable=False
             )
         return cap
-    if url.lower().startswith(tuple(_DEFAULT_PORTS)):
+    if url.lower().startswith(tuple(DEFAULT_PORTS)):
         unanswered = camera_unanswered(url, timeout_s=open_timeout_s)
         if unanswered is not None:  # failed here, outside the open lock: the other cameras open meanwhile
             raise SourceError(camera, f"cannot open {safe}: {unanswered}", retryable=True)
@@ -90,103 +91,9 @@ def open_capture(
     ]
     cap = _ffmpeg_open(url, params)
     if not cap.isOpened():
-        why = diagnose_rtsp(url, timeout_s=min(open_timeout_s, 3.0)) if url.startswith("rtsp://") else "no answer"
+        why = diagnose_rtsp(url, timeout_s=min(open_timeout_s, 3.0)) if url.lower().startswith("rtsp://") else "no answer"
         raise SourceError(camera, f"cannot open {safe}: {why}", retryable=True)
     return cap
-
-
-_DEFAULT_PORTS = {"rtsp://": 554, "rtsps://": 322, "http://": 80, "https://": 443}
-
-
-def _rtsp_target(url: str) -> tuple[str, int, str, str] | str:
-    """(host, port, how to name them, the URL without credentials) of a network camera's URL as
-    FFmpeg reads it, or why they cannot be read (words for the operator, nothing of a password)."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # "Invalid IPv6 URL": a [ or ] (in a password too) outside an address
-        return "the URL's host cannot be read: a [ or ] outside an IPv6 address (percent-encode one in a password as %5B or %5D)"
-    found, scrubbed = url_credentials(url), url_credentials(url, to_last_at=True)
-    try:
-        host, port = parts.hostname or "", parts.port or _DEFAULT_PORTS.get(f"{parts.scheme.lower()}://", 554)
-    except ValueError:
-        host, port = "", 0
-    if found is not None and (found.hostport != parts.netloc.rpartition("@")[2] or not host):
-        # "user:pa/ss@host": the "/" ends the host part, which is then a piece of the password
-        return f"the URL's host cannot be read: {UNESCAPED_USERINFO}"
-    if not host or not 0 < port < 65536:
-        return "the URL's host and port cannot be read (rtsp://host[:port]/path, a port from 1 to 65535)"
-    where = f"{host}:{port}"
-    if scrubbed is not None and (found is None or scrubbed.hostport != found.hostport):
-        # an "@" after the host part: FFmpeg's host may be a piece of a password ("user:Tr0ub@dor/horse@cam"):
-        # tried as FFmpeg did, not named
-        where = f"the URL's host, port {port} (not shown: if the password has / ? # or @ in it, percent-encode them)"
-    clean = f"rtsp://{host}:{port}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
-    return host, port, where, clean
-
-
-def _rtsp_ask(host: str, port: int, where: str, request: str | None, timeout_s: float) -> tuple[str, str | None]:
-    """One request without credentials (None: connect only): (the status line it got, or "" if
-    none; why there was no connection or answer, or None)."""
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            if request is None:
-                return "", None
-            sock.settimeout(timeout_s)
-            sock.sendall((request + "\r\n").encode())
-            return sock.recv(256).split(b"\r\n", 1)[0].decode(errors="replace"), None
-    except ConnectionRefusedError:
-        return "", f"connection refused by {where} (camera or server down?)"
-    except socket.gaierror:
-        return "", f"unknown host: {where}" if where.startswith("the URL") else f"unknown host {host!r}"
-    except (TimeoutError, socket.timeout):
-        return "", f"no answer from {where} within {timeout_s:.0f} s (unreachable or hung)"
-    except OSError as exc:
-        return "", f"{where} unreachable ({exc.strerror or exc})"
-
-
-def camera_unanswered(url: str, *, timeout_s: float) -> str | None:
-    """Why a network camera cannot be opened now — no connection within ``timeout_s``, or for
-    ``rtsp://`` no answer to an OPTIONS request either — or None (it answered, or its URL is left
-    to FFmpeg). Asked before FFmpeg opens it: OpenCV opens one input at a time, so a camera that
-    does not answer would otherwise hold every other camera's (re)connect in its process for its
-    whole ``open_timeout_s``. No credentials are sent."""
-    target = _rtsp_target(url)
-    if isinstance(target, str):
-        return None
-    host, port, where, clean = target
-    ask = f"OPTIONS {clean} RTSP/1.0\r\nCSeq: 1\r\n" if url.lower().startswith("rtsp://") else None
-    return _rtsp_ask(host, port, where, ask, timeout_s)[1]
-
-
-def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
-    """Why an RTSP open failed, in words a camera operator can act on: one DESCRIBE request and
-    the status line it gets. It carries no credentials: FFmpeg sends them only when the server
-    asks, Digest when offered; this request, sent on every failed open to whatever host the URL
-    now reaches, never sends the password (a 401 says the camera wants them)."""
-    from urllib.parse import urlsplit
-
-    target = _rtsp_target(url)
-    if isinstance(target, str):
-        return target
-    host, port, where, clean = target
-    status, why = _rtsp_ask(host, port, where, f"DESCRIBE {clean} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n",
-                            timeout_s)
-    if why is not None:
-        return why
-    code = status.split(" ", 2)[1] if status.count(" ") >= 1 else ""
-    if code == "401":  # (asked without credentials: a camera that wants them says so)
-        if urlsplit(url).username is None:  # (it splits: _rtsp_target did)
-            return "401 Unauthorized: the camera wants a user and password in its URL"
-        return "401 Unauthorized: the camera wants credentials; check the user and password in the camera URL"
-    if code == "404":
-        return "404 Not Found: check the stream path in the camera URL"
-    if code.startswith("2"):
-        return f"server answered {status!r} but no video could be decoded (codec or transport problem)"
-    return f"server answered {status!r}" if status else "server closed the connection"
 
 
 def probe_fps(url: str) -> float | None:

@@ -192,7 +192,7 @@ def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_time
     """Open a file or network stream with PyAV, its decoder set to skip what ``decode`` leaves out
     (`SKIP_FRAME`: non-keyframes, or non-reference frames). Errors as
     `open_capture`'s: a missing or undecodable file is final, a stream that does not open is retried
-    (``diagnose(url, timeout_s=…)``: why an RTSP URL does not open, `pipeline.capture.diagnose_rtsp`)."""
+    (``diagnose(url, timeout_s=…)``: why an RTSP URL does not open, `pipeline.camera_probe.diagnose_rtsp`)."""
     import av
 
     safe = redact_url(url)

@@ -1,5 +1,5 @@
 """A network camera that takes no connection, or an RTSP camera whose server takes it and says
-nothing (hung, SIGSTOP), fails before FFmpeg is asked to open it (`capture.camera_unanswered`:
+nothing (hung, SIGSTOP), fails before FFmpeg is asked to open it (`camera_probe.camera_unanswered`:
 a connection, for RTSP an OPTIONS request; no credentials). OpenCV opens one input at a time in a process, so before,
 such a camera held every other camera's (re)connect in its decoder replica for its whole
 ``open_timeout_s``, each try. Real sockets; FFmpeg's open is watched, not replaced."""
@@ -72,3 +72,34 @@ def test_an_rtsp_server_that_answers_is_opened_by_ffmpeg(monkeypatch):
     finally:
         server.close()
     assert opened == [f"rtsp://127.0.0.1:{port}/live"] and asked[0] == b"OPTIONS", asked
+
+
+def test_a_host_that_cannot_be_looked_up_is_the_cameras_error_not_a_crash():
+    """IDNA refuses an empty or over-long label: a UnicodeError (no OSError) escaped the open
+    and crashed the camera's reader."""
+    for url in ("rtsp://cam..local/live", "http://cam..local/video.mjpg"):
+        with pytest.raises(SourceError, match=r"cannot open .*: the host of cam\.\.local:\d+ cannot be looked up") as caught:
+            capture.open_capture("bad", url, open_timeout_s=1.0)
+        assert caught.value.retryable
+
+
+def test_an_http_camera_behind_a_proxy_is_left_to_ffmpeg(silent_camera, monkeypatch):
+    """FFmpeg reaches an HTTP camera through ``http_proxy`` unless ``no_proxy`` names it: then
+    a direct connection says nothing about it."""
+    from pipeline.camera_probe import camera_unanswered
+
+    scheme, port = silent_camera
+    url = f"{scheme}://127.0.0.1:{port}/live"
+    monkeypatch.setenv("http_proxy", "http://proxy.example:3128")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert (camera_unanswered(url, timeout_s=0.5) is None) == (scheme == "http")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    assert camera_unanswered(url, timeout_s=0.5).startswith(f"no answer from 127.0.0.1:{port} within 0.5 s")
+
+
+def test_an_ipv6_camera_is_asked_with_its_address_in_brackets():
+    from pipeline.camera_probe import _target
+
+    host, port, where, clean = _target("rtsp://admin:pw@[::1]:8554/live?ch=1")
+    assert (host, port, where, clean) == ("::1", 8554, "[::1]:8554", "rtsp://[::1]:8554/live?ch=1")

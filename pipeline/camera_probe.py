@@ -1,0 +1,135 @@
+"""Asking a network camera before and after FFmpeg opens it, without its credentials.
+
+`camera_unanswered`: before the open, a connection (and for ``rtsp://`` an OPTIONS request),
+outside OpenCV's one-open-at-a-time lock, so that a camera that takes no connection or does not
+answer fails here while the other cameras of its process (re)connect. `diagnose_rtsp`: after a
+failed RTSP open, why it failed in words an operator can act on (one DESCRIBE request)."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+from urllib.parse import urlsplit
+
+from .redact import UNESCAPED_USERINFO, url_credentials
+
+DEFAULT_PORTS = {"rtsp://": 554, "rtsps://": 322, "http://": 80, "https://": 443}
+
+
+def _target(url: str) -> tuple[str, int, str, str] | str:
+    """(host, port, how to name them, the URL without credentials) of a network camera's URL as
+    FFmpeg reads it, or why they cannot be read (words for the operator, nothing of a password)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL": a [ or ] (in a password too) outside an address
+        return "the URL's host cannot be read: a [ or ] outside an IPv6 address (percent-encode one in a password as %5B or %5D)"
+    found, scrubbed = url_credentials(url), url_credentials(url, to_last_at=True)
+    try:
+        host, port = parts.hostname or "", parts.port or DEFAULT_PORTS.get(f"{parts.scheme.lower()}://", 554)
+    except ValueError:
+        host, port = "", 0
+    if found is not None and (found.hostport != parts.netloc.rpartition("@")[2] or not host):
+        # "user:pa/ss@host": the "/" ends the host part, which is then a piece of the password
+        return f"the URL's host cannot be read: {UNESCAPED_USERINFO}"
+    if not host or not 0 < port < 65536:
+        return "the URL's host and port cannot be read (rtsp://host[:port]/path, a port from 1 to 65535)"
+    named = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+    where = f"{named}:{port}"
+    if scrubbed is not None and (found is None or scrubbed.hostport != found.hostport):
+        # an "@" after the host part: FFmpeg's host may be a piece of a password ("user:Tr0ub@dor/horse@cam"):
+        # tried as FFmpeg did, not named
+        where = f"the URL's host, port {port} (not shown: if the password has / ? # or @ in it, percent-encode them)"
+    clean = f"rtsp://{named}:{port}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
+    return host, port, where, clean
+
+
+def _connect(host: str, port: int, deadline: float) -> socket.socket:
+    """A connection to the first of the host's addresses that takes one before ``deadline``
+    (monotonic), each given an equal share of the time left (a dead IPv6 address does not
+    take all of it)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    error: OSError = TimeoutError()
+    for i, (family, kind, proto, _, address) in enumerate(infos):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock = socket.socket(family, kind, proto)
+        sock.settimeout(left / (len(infos) - i))
+        try:
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error
+
+
+def _ask(host: str, port: int, where: str, request: str | None, timeout_s: float) -> tuple[str, str | None]:
+    """One request without credentials (None: connect only), all within ``timeout_s``: (the
+    status line it got, or "" if none; why there was no connection or answer, or None)."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        with _connect(host, port, deadline) as sock:
+            if request is None:
+                return "", None
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            sock.sendall((request + "\r\n").encode())
+            return sock.recv(256).split(b"\r\n", 1)[0].decode(errors="replace"), None
+    except ConnectionRefusedError:
+        return "", f"connection refused by {where} (camera or server down?)"
+    except socket.gaierror:
+        return "", f"unknown host: {where}" if where.startswith("the URL") else f"unknown host {host!r}"
+    except (TimeoutError, socket.timeout):
+        return "", f"no answer from {where} within {timeout_s:g} s (unreachable or hung)"
+    except OSError as exc:
+        return "", f"{where} unreachable ({exc.strerror or exc})"
+    except (UnicodeError, ValueError) as exc:  # a name that cannot be looked up ("cam..local", a label > 63)
+        return "", f"the host of {where} cannot be looked up ({type(exc).__name__})"
+
+
+def _through_proxy(url: str, host: str) -> bool:
+    """Whether FFmpeg reaches this HTTP(S) camera through a proxy (``http_proxy`` and
+    ``no_proxy`` in the environment): then it is not asked directly."""
+    scheme = urlsplit(url).scheme.lower()
+    return scheme in ("http", "https") and scheme in urllib.request.getproxies_environment() and \
+        not urllib.request.proxy_bypass_environment(host)
+
+
+def camera_unanswered(url: str, *, timeout_s: float) -> str | None:
+    """Why a network camera cannot be opened now — no connection within ``timeout_s``, or for
+    ``rtsp://`` no answer to an OPTIONS request either — or None (it answered, or its URL is left
+    to FFmpeg: one it cannot read, one behind a proxy). Asked before FFmpeg opens it: OpenCV opens
+    one input at a time, so a camera that does not answer would otherwise hold every other
+    camera's (re)connect in its process for its whole ``open_timeout_s``. No credentials are sent."""
+    target = _target(url)
+    if isinstance(target, str) or _through_proxy(url, target[0]):
+        return None
+    host, port, where, clean = target
+    ask = f"OPTIONS {clean} RTSP/1.0\r\nCSeq: 1\r\n" if url.lower().startswith("rtsp://") else None
+    return _ask(host, port, where, ask, timeout_s)[1]
+
+
+def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
+    """Why an RTSP open failed, in words a camera operator can act on: one DESCRIBE request and
+    the status line it gets. It carries no credentials: FFmpeg sends them only when the server
+    asks, Digest when offered; this request, sent on every failed open to whatever host the URL
+    now reaches, never sends the password (a 401 says the camera wants them)."""
+    target = _target(url)
+    if isinstance(target, str):
+        return target
+    host, port, where, clean = target
+    status, why = _ask(host, port, where, f"DESCRIBE {clean} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n",
+                       timeout_s)
+    if why is not None:
+        return why
+    code = status.split(" ", 2)[1] if status.count(" ") >= 1 else ""
+    if code == "401":  # (asked without credentials: a camera that wants them says so)
+        if urlsplit(url).username is None:  # (it splits: _target did)
+            return "401 Unauthorized: the camera wants a user and password in its URL"
+        return "401 Unauthorized: the camera wants credentials; check the user and password in the camera URL"
+    if code == "404":
+        return "404 Not Found: check the stream path in the camera URL"
+    if code.startswith("2"):
+        return f"server answered {status!r} but no video could be decoded (codec or transport problem)"
+    return f"server answered {status!r}" if status else "server closed the connection"
