@@ -261,6 +261,16 @@ def restore_tracking(
     return tracker, events, done
 
 
+def _newest_frame(publisher: Publisher, camera_id: str) -> tuple[int, float] | None:
+    """(seq, frame_ts) of the camera's newest published frame; None if none can be read."""
+    entries = publisher.client.xrevrange(publisher.keys.detections(camera_id), count=1)
+    try:
+        payload = json.loads(entries[0][1][b"json"])
+        return int(payload["seq"]), float(payload["frame_ts"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None
+
+
 def settle_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerConfig, state: Mapping[str, Any]) -> int:
     """A readable snapshot whose frames cannot be replayed (too many since, a zone that no longer
     fits): its open tracks, and those started since, end once, at the camera's newest frame —
@@ -287,9 +297,9 @@ def settle_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerC
         ms, _, n = page[-1][0].decode().partition("-")
         start = f"{ms}-{int(n) + 1}"
     events.apply_published(payloads)
-    last = publisher.last_published(camera.id)
+    publisher.last_published(camera.id)  # the events' stream ids above the stream's top
     n = len(events.open_tracks)
-    newest = (last[1], last[0] / 1000) if last else (seq, float(state["frame_ts"]))  # (ms, seq) → (seq, ts)
+    newest = _newest_frame(publisher, camera.id) or (seq, float(state["frame_ts"]))
     end_tracks(publisher, camera.id, events, newest, TrackSnapshots(publisher, camera.id, every=0))
     log.info("camera %s: the %d tracks its snapshot and the events since left open end", camera.id, n)
     return n

@@ -303,7 +303,7 @@ def test_the_page_in_headless_chromium(live, tmp_path):
                          and all(t[c]["width"] == VIEW_WIDTH if c == "crowd" else t[c]["width"] > 0
                                  for c in ("crowd", "traffic"))
                          # an image's size is known before its load event, when the page shows it
-                         and all(t[c]["showing"] == "image" for c in ("crowd", "traffic"))
+                         and all(t[c]["showing"] == "image" and t[c]["state"] == "online" for c in ("crowd", "traffic"))
                          and t["dead"]["state"] == "reconnecting") else None
 
         first = wait_for(ready, 90, "every tile showing an image, the dead camera reconnecting")
