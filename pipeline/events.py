@@ -54,7 +54,7 @@ from .event_model import (  # noqa: F401 (EVENTS_SCHEMA, PATH_*, REPEATING: the 
 )
 from .geometry import (Anchor, Geometry, clear_of_edges, line_bands, line_crossings, line_offsets, points_in_polygon,
                        resolve_geometry)
-from .schema import FrameResult
+from .schema import FrameMeta, FrameResult
 
 if TYPE_CHECKING:
     from .config import CameraConfig
@@ -86,6 +86,7 @@ class EventEngine:
         self._frame = 0  # frames processed (the clock of track_buffer)
         self._geometry: Geometry | None = None
         self._size: tuple[int, int] | None = None  # (width, height) of the last frame: anchors are in its pixels
+        self._zones_removed = False  # zones went since the last frame (`reconfigure`, `restore`): tracks leave them
 
     @classmethod
     def for_camera(cls, camera: CameraConfig, *, track_buffer: int) -> EventEngine:
@@ -109,6 +110,7 @@ class EventEngine:
         if zone_margin is not None:
             self.zone_margin = zone_margin
         self._geometry = None
+        self._zones_removed = True
         for tr in self._tracks.values():
             tr.sides = {line: p for line, p in tr.sides.items() if line in self.lines}
             if anchor_changed:
@@ -163,10 +165,8 @@ class EventEngine:
                 continue
             if (tid not in alive) if alive is not None else self._frame - self._tracks[tid].last_frame > self.track_buffer:
                 self._end(self._tracks.pop(tid), meta.seq, meta.frame_ts, events)
-        for tid in sorted(self._tracks):  # zones removed since (`reconfigure`, a restore): left now
-            tr = self._tracks[tid]
-            for zone in [z for z in tr.zones if z not in self.zones]:
-                self._exit(tr, zone, meta.seq, meta.frame_ts, tr.last_ts, False, events)
+        if self._zones_removed:
+            self._leave_removed_zones(meta, events)
         if not present:
             return events
         order = sorted(present)
@@ -266,6 +266,15 @@ class EventEngine:
         for line, sign in seen.lines:
             self._emit(events, self._event(tr, "line_cross", meta.seq, meta.frame_ts, line=line,
                                            direction="in" if sign > 0 else "out"))
+
+    def _leave_removed_zones(self, meta: FrameMeta, events: list[Event]) -> None:
+        """Each track inside a zone no longer configured leaves it at this frame (its dwell up to
+        its last sighting), in track id order."""
+        self._zones_removed = False
+        for tid in sorted(self._tracks):
+            tr = self._tracks[tid]
+            for zone in [z for z in tr.zones if z not in self.zones]:
+                self._exit(tr, zone, meta.seq, meta.frame_ts, tr.last_ts, False, events)
 
     def _event(self, tr: OpenTrack, kind: EventKind, seq: int, ts: float, **fields: Any) -> Event:
         n = tr.next_n(kind) if kind in REPEATING else 0
@@ -380,6 +389,7 @@ class EventEngine:
                 if anchor_changed:
                     tr.forget_anchor()
                 engine._tracks[tr.id] = tr
+                engine._zones_removed |= any(z not in engine.zones for z in tr.zones)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed event state of camera {camera!r}: {exc!r}") from None
         return engine

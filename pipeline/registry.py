@@ -108,10 +108,11 @@ class CameraRegistry:
 
         return self.client.transaction(write, self.key, self.digest_key, value_from_callable=True)
 
-    def _raw(self, client: Any = None) -> dict[str, dict[str, Any]]:
-        """The entries that decode (whether valid or not); undecodable ones are left out."""
+    def _raw(self, client: Any) -> dict[str, dict[str, Any]]:
+        """The entries that decode (whether valid or not), read through ``client`` (the seed's
+        watching pipeline); undecodable ones are left out."""
         out = {}
-        for k, v in (self.client if client is None else client).hgetall(self.key).items():
+        for k, v in client.hgetall(self.key).items():
             entry, _ = _parse_entry(k.decode(errors="replace"), v)
             if entry is not None:
                 out[k.decode(errors="replace")] = entry
