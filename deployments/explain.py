@@ -55,6 +55,13 @@ def explainer_config(cfg: DetectorConfig) -> DetectorConfig:
     return cfg.model_copy(update={"conf": min(cfg.conf, EXPLAIN_CONF), "device": device})
 
 
+def header_text(value: str) -> str:
+    """A header value as ASCII: a label or model name beyond Latin-1 (a fine-tuned model's
+    ``信号``) made the response fail with a 500 after the whole explanation; a control
+    character could have ended the header. Escaped as Python writes them (``\\u4fe1``)."""
+    return value.encode("unicode_escape").decode("ascii")
+
+
 def _lower_priority() -> None:
     lower_thread_priority(EXPLAIN_NICE, what="the explanation thread")
 
@@ -100,7 +107,7 @@ class ExplainApi:
             raise HTTPException(500, detail=f"explain failed: {type(exc).__name__}: {redact(str(exc))}") from None
         finally:
             self._queued -= 1
-        return Response(png, media_type="image/png", headers=headers)
+        return Response(png, media_type="image/png", headers={k: header_text(v) for k, v in headers.items()})
 
     # --- the frame --------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ BOUNDARY = "percept-frame"
 FIRST_FRAME_S = 6.0  # how long a snapshot waits for the first frame of a camera nobody watched
 SLOW_CAMERA_S = 30.0  # ... at most this much longer for a camera sampled every few seconds
 IDS_FRESH_S = 2.0  # the camera list is read again after this long (and on a miss)
+VIEW_OFF = "the live view is off (view.enabled: false)"
 # an MJPEG response ends when its camera reaches one of these ("pending": its state is gone,
 # the camera was removed); it goes on through "connecting" and "reconnecting"
 ENDED_STATES = ("stopped", "failed", "pending")
@@ -75,6 +76,8 @@ class LiveView:
     # --- the page -------------------------------------------------------------------------------
 
     def page(self) -> HTMLResponse:
+        if not self.cfg.enabled:  # as the view's other routes: a page whose every image would 404
+            raise HTTPException(404, detail=VIEW_OFF)
         try:
             html = PAGE.read_text()
         except OSError:  # an install without the package data (pyproject's package-data names it)
@@ -98,7 +101,7 @@ class LiveView:
     async def _known(self, camera_id: str) -> None:
         """404 naming the cameras there are, unless ``camera_id`` is one."""
         if not self.cfg.enabled:
-            raise HTTPException(404, detail={"message": "the live view is off (view.enabled: false)", "cameras": []})
+            raise HTTPException(404, detail={"message": VIEW_OFF, "cameras": []})
         ids = await asyncio.to_thread(self._camera_ids)
         if camera_id not in ids:
             ids = await asyncio.to_thread(self._camera_ids, True)  # added a moment ago?

@@ -390,3 +390,39 @@ def test_explanations_beyond_four_asked_at_once_get_429_and_a_fault_is_a_clear_5
     assert [d.body for d in done[:3]] == [b"png"] * 3
     assert isinstance(done[3], HTTPException) and done[3].status_code == 500
     assert done[3].detail == "explain failed: RuntimeError: a bug in the explanation" and api._queued == 0
+
+
+def test_a_label_beyond_latin_1_comes_back_escaped_in_the_headers_not_as_a_500(redis_server, monkeypatch):
+    """A fine-tuned model's labels may be in any script: the explanation's headers carry the
+    label and the model's name, and a value Starlette cannot write as Latin-1 failed the
+    response (a 500 after the whole explanation); a CR/LF could have ended the header."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from deployments.explain import ExplainApi
+    from pipeline.config import CameraConfig, PerceptConfig
+    from pipeline.registry import CameraRegistry
+    from pipeline.streams import StreamKeys
+
+    client = redis_server.client()
+    keys = StreamKeys("explainh")
+    registry = CameraRegistry(client, keys)
+    registry.add(CameraConfig(id="cam", url="x.mp4"))
+    result = FrameResult(FrameMeta("cam", 3, time.time(), 0.1, 64, 48),
+                         Detections(xyxy=[[1, 2, 30, 40]], scores=[0.9], labels=("信号",), categories=("sign",)), {}, {})
+
+    async def kept_frame(camera_id, seq):
+        return KeptFrame(np.zeros((48, 64, 3), np.uint8), result, (3,))
+
+    api = ExplainApi(PerceptConfig(), client, keys, registry, SimpleNamespace(kept_frame=SimpleNamespace(remote=kept_frame)))
+
+    def run(frame, index, target, method, masks):  # the explanation's work stood in for; its headers as `_run` makes them
+        return b"png", {"X-Percept-Object": f"index={index} label={target.label} score=0.9000 box=1.0,2.0,30.0,40.0",
+                        "X-Percept-Method": "rise calls=8 ms=1 model=знаки\r\nX-Injected: 1"}
+
+    monkeypatch.setattr(api, "_run", run)
+    response = asyncio.run(api.explain("cam", 0, seq=None, method="rise", masks=8))
+    assert response.status_code == 200 and response.body == b"png"
+    assert response.headers["X-Percept-Object"] == r"index=0 label=\u4fe1\u53f7 score=0.9000 box=1.0,2.0,30.0,40.0"
+    assert response.headers["X-Percept-Method"] == r"rise calls=8 ms=1 model=\u0437\u043d\u0430\u043a\u0438\r\nX-Injected: 1"
+    assert "x-injected" not in response.headers

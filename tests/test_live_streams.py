@@ -88,3 +88,25 @@ def test_a_stream_ends_when_its_camera_stops_or_is_removed(redis_server, how):
             assert not client.exists(KEYS.view_want("door")), "a removed camera is marked watched again"
 
     asyncio.run(main())
+
+
+def test_with_the_view_off_the_page_and_every_image_route_answer_404_saying_so(redis_server):
+    """``view.enabled: false`` is "no view routes": the page too (it was served, and every tile
+    on it then waited for images that 404)."""
+    client = redis_server.client()
+    registry = CameraRegistry(client, KEYS)
+    online_camera(client, registry, "gate")
+    live = LiveView(ViewConfig(enabled=False), client, KEYS, registry)
+    with pytest.raises(HTTPException) as page:
+        live.page()
+    assert page.value.status_code == 404 and page.value.detail == "the live view is off (view.enabled: false)"
+
+    async def main():
+        for route in (live.snapshot, live.live):
+            with pytest.raises(HTTPException) as caught:
+                await route("gate")
+            assert caught.value.status_code == 404, route
+            assert caught.value.detail["message"] == "the live view is off (view.enabled: false)"
+
+    asyncio.run(main())
+    assert LiveView(ViewConfig(), client, KEYS, registry).page().status_code == 200
