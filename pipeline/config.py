@@ -28,7 +28,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from .config_errors import CONFIG_ERROR_EXIT_CODE, ConfigError, error_at, format_validation_error  # noqa: F401 (API)
 from .config_models import (  # noqa: F401 (the config's API)
     DEFAULT_CATEGORIES, AutoscaleConfig, BatchConfig, ClassifierConfig, DetectorConfig, ModelSection, ModelServerConfig,
-    DetectorList, Strict, classifier_sections, detector_sections, duplicate_names,
+    DetectorList, Resources, Strict, classifier_sections, detector_sections, duplicate_names,
 )
 from .config_tracker import TrackerConfig
 from .config_view import PrivacyConfig, ViewConfig
@@ -48,7 +48,7 @@ class OutageBufferConfig(Strict):
 class RedisConfig(Strict):
     url: str | None = Field(None, description="redis:// or rediss:// URL; omitted: a private redis-server")
     stream_prefix: str = Field("percept", pattern=r"^[A-Za-z0-9_.:-]+$", description="key prefix")
-    maxlen: int = Field(100_000, ge=1, description="approximate entries kept per stream (MAXLEN ~)")
+    maxlen: int = Field(100_000, ge=1, le=2**63 - 1, description="approximate entries kept per stream (MAXLEN ~)")
     password: str | None = Field(None, description="AUTH password; use ${ENV_VAR}")
     username: str | None = Field(None, description="ACL user (Redis 6+)")
     tls_ca_file: str | None = Field(None, description="CA bundle to verify a rediss:// server")
@@ -67,6 +67,7 @@ class RedisConfig(Strict):
         return v
 
 
+MIN_FPS = 1 / 3600  # a camera sampled at all: at least a frame an hour
 RUNTIME_FIELDS = ("zones", "lines", "anchor", "line_margin", "zone_margin")  # what PUT /cameras/{id} changes (no restart)
 
 
@@ -74,6 +75,13 @@ class CameraConfig(Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=64, description="unique camera id")
     url: str = Field(min_length=1, max_length=4096, description="rtsp://, http(s)://, a file path or device:N")
     fps: float = Field(5.0, ge=0, le=240, description="max frames sampled per second; 0 = every frame")
+
+    @field_validator("fps")
+    @classmethod
+    def _fps_period(cls, v: float) -> float:
+        if 0 < v < MIN_FPS:  # 1e-310: a period of inf, and the sampler's grid NaN
+            raise ValueError(f"must be 0 (every frame) or at least {MIN_FPS:g} (a frame an hour), got {v:g}")
+        return v
     loop: bool = Field(False, description="files only: loop forever")
     realtime: bool = Field(True, description="files only: read at the file's own frame rate")
     open_timeout_s: float = Field(5.0, gt=0, le=120)
@@ -119,7 +127,7 @@ class CameraConfig(Strict):
     @field_validator("url")
     @classmethod
     def _url_shape(cls, v: str) -> str:
-        if v.startswith("device:") and not v.removeprefix("device:").isdigit():
+        if v.startswith("device:") and not re.fullmatch(r"[0-9]+", v.removeprefix("device:")):  # (isdigit: "²")
             raise ValueError(f"device: takes the camera's index (device:0 for /dev/video0), got {v!r}")
         problem = camera_url_problem(v)
         if problem:
@@ -141,7 +149,7 @@ class DecoderConfig(Strict):
     replicas: int | None = Field(None, ge=1, description="default: one per 8 cameras")
     cameras_per_replica: int = Field(8, ge=1)
     num_cpus: float = Field(0.25, ge=0)
-    resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per replica (node placement)")
+    resources: Resources = Field(default_factory=dict, description="Ray custom resources per replica (node placement)")
     max_inflight: int = Field(2, ge=1, le=64, description="frames per camera in flight downstream")
     shared_memory: bool = Field(
         True, description="frames to detectors on the same machine through shared memory, not Ray's object store "

@@ -18,6 +18,21 @@ DEFAULT_CATEGORIES: dict[str, list[str]] = {
     "sign": ["stop sign", "traffic light"],
 }
 
+def _ray_resources(v: dict[str, float]) -> dict[str, float]:
+    """Custom resources as Ray takes them: not its own (each has a field of its own), none below 0
+    (Ray refused both only when the graph was deployed, naming no field)."""
+    own = sorted(set(v) & {"CPU", "GPU", "memory", "object_store_memory"})
+    if own:
+        raise ValueError(f"{', '.join(own)}: not a custom resource (use num_cpus / num_gpus)")
+    negative = sorted(k for k, q in v.items() if q < 0)
+    if negative:
+        raise ValueError(f"{', '.join(negative)}: a quantity cannot be below 0")
+    return v
+
+
+Resources = Annotated[dict[str, float], AfterValidator(_ray_resources)]
+
+
 class Strict(BaseModel):
     # allow_inf_nan=False: ".inf" or ".nan" for a number is refused naming the field (both passed
     # most bounds, and int(inf) raised OverflowError out of a validator)
@@ -60,7 +75,7 @@ class ModelServerConfig(Strict):
     num_gpus: float | Literal["auto"] = Field(
         "auto", description="per replica; auto: with GPUs, the detector and the classifiers on auto share one "
         "(detector 0.5, the classifiers the rest), without GPUs 0")
-    resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per replica (node placement)")
+    resources: Resources = Field(default_factory=dict, description="Ray custom resources per replica (node placement)")
 
     @field_validator("replicas")
     @classmethod
@@ -103,7 +118,7 @@ class DetectorConfig(ModelServerConfig):
     def _categories(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
         seen: dict[str, str] = {}
         for category, labels in v.items():
-            if not re.match(r"^[A-Za-z0-9_-]+$", category):
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", category):  # (match's $ lets a trailing newline through)
                 raise ValueError(f"category name {category!r} must match [A-Za-z0-9_-]+")
             for label in labels:
                 if label == "*" and len(v) > 1:

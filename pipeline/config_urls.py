@@ -39,6 +39,11 @@ def camera_url_problem(url: str) -> str | None:
     """What is wrong with a camera URL's scheme, host or port as written (None: nothing seen;
     parts written as ``${VAR}`` are checked where the decoder expands them). A password is never
     quoted: the text names the part only."""
+    if url != url.strip():
+        return "spaces or line breaks before or after the URL"
+    typo = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)(:/?(?!/)|//)", url)
+    if typo and typo.group(1).lower() in CAMERA_SCHEMES and typo.group(1).lower() != "file":
+        return f"{typo.group(0)}… is not a URL: write {typo.group(1)}://host/…"
     m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
     if m is None or m.group(1).lower() == "file":
         return None  # a file path, device:N, or a URL that is all ${VAR}

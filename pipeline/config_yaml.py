@@ -15,6 +15,28 @@ class UniqueKeyLoader(yaml.SafeLoader):
     """`yaml.SafeLoader` refusing repeated mapping keys (`yaml.constructor.ConstructorError`,
     with the line of the repeat and of the first)."""
 
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self._composing: set[str] = set()  # anchors whose node is being read now
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        """A node; an alias inside the node it names (``cameras: &a [*a]``) is an error: it made a
+        structure that contains itself, on which reading the config recursed without end."""
+        event = self.peek_event()
+        anchor = getattr(event, "anchor", None)
+        if isinstance(event, yaml.AliasEvent):
+            if anchor in self._composing:
+                raise yaml.composer.ComposerError(None, None, f"the alias *{anchor} is inside the node &{anchor} it "
+                                                  "names: a loop", event.start_mark)
+            return super().compose_node(parent, index)
+        if anchor is None:
+            return super().compose_node(parent, index)
+        self._composing.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._composing.discard(anchor)
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, int] = {}

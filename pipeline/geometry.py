@@ -58,7 +58,7 @@ def _fmt(values: Sequence[float]) -> str:
 
 def _named(what: str):
     def check(name: str) -> str:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):  # (match's $ lets a trailing newline through)
             raise ValueError(f"a {what} name must match [A-Za-z0-9_-]+ (at most 64), got {name[:80]!r}")
         return name
 

@@ -181,7 +181,7 @@ class CameraRegistry:
 
     def ids(self) -> list[str]:
         """Every camera id the registry holds (valid or not)."""
-        return [k.decode() for k in self.client.hkeys(self.key)]
+        return [k.decode(errors="replace") for k in self.client.hkeys(self.key)]  # as `read` names them
 
     def add(self, camera: CameraConfig) -> bool:
         """False if a camera with this id exists with other settings; the same camera again is
@@ -228,8 +228,12 @@ class CameraRegistry:
         """Remove a camera (noted: `removed_cameras`); False if there is no such camera."""
         def move(pipe: Any) -> bool:
             raw = pipe.hget(self.key, camera_id)
-            if raw is None:
-                return False
+            if raw is None:  # a field that is not UTF-8 (written by hand), by the name `read` gives it
+                unreadable = [k for k in pipe.hkeys(self.key) if k.decode(errors="replace") == camera_id]
+                if unreadable:  # (never a valid id: it never ran, nothing to note)
+                    pipe.multi()
+                    pipe.hdel(self.key, *unreadable)
+                return bool(unreadable)
             pipe.multi()
             pipe.hdel(self.key, camera_id)
             pipe.hset(self.removed_key, camera_id, raw)

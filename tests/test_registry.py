@@ -202,3 +202,18 @@ def test_a_seed_that_raced_another_config_reads_again(redis_server):
     assert [c.id for c in reg.cameras()] == ["x"]
     assert sorted(client.hkeys(reg.removed_key)) == [b"x", b"y", b"z"]
     assert not reg.seed([CameraConfig(id="x", url="x2.mp4")])  # seeded: the same config writes nothing
+
+
+def test_a_field_that_is_not_utf8_neither_blocks_adding_cameras_nor_stays_for_good(redis_server):
+    """A registry field written by hand with bytes that are not UTF-8: `read` names it with
+    U+FFFD and reports it failed; `ids` (every POST /cameras asks it) raised, so each added
+    camera was a 500, and DELETE by the name shown could not remove it."""
+    reg = CameraRegistry(redis_server.client(), KEYS)
+    reg.seed([CameraConfig(id="good", url="a.mp4")])
+    reg.client.hset(reg.key, b"bad\xff", b"{}")
+    shown = "bad\ufffd"
+    assert shown in reg.ids() and shown in [bad.id for bad in reg.read()[1]]
+    assert reg.add(CameraConfig(id="new", url="b.mp4"))
+    assert reg.remove(shown) and b"bad\xff" not in reg.client.hkeys(reg.key)
+    assert not reg.remove(shown) and sorted(reg.ids()) == ["good", "new"]
+    assert not reg.client.hexists(reg.removed_key, b"bad\xff")  # it never ran: no tracks to end

@@ -1,0 +1,77 @@
+"""Config values that passed validation and then failed later, where the error no longer named
+the field: refused at load now, naming it (`pipeline/config*.py`, `pipeline/config_yaml.py`)."""
+
+import textwrap
+
+import pytest
+
+from pipeline.config import ConfigError, load_config, parse_config
+
+
+def errors_of(data):
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env={})
+    return info.value.errors
+
+
+@pytest.mark.parametrize("text, line", [("cameras: &a [*a]\n", 1), ("cameras:\n  - &cam {id: a, url: a.mp4, zones: {q: *cam}}\n", 2)])
+def test_a_yaml_alias_inside_the_node_it_names_is_a_yaml_error_not_a_recursion(tmp_path, text, line):
+    """The structure contained itself, and reading it recursed until Python gave up: a traceback
+    (RecursionError, exit 1) instead of the exit 2 of a bad config."""
+    path = tmp_path / "loop.yaml"
+    path.write_text(textwrap.dedent(text))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    (err,) = info.value.errors
+    assert err.startswith(f"YAML syntax error at line {line}, column ") and "inside the node" in err and "a loop" in err
+    path.write_text("x-cam: &cam {url: a.mp4}\ncameras:\n  - {id: a, url: a.mp4}\n")  # an alias used elsewhere: fine
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert info.value.errors == ["x-cam: unknown key"]
+
+
+def test_ray_resources_that_ray_refuses_are_refused_naming_the_field():
+    """Ray refused these only when the graph was deployed ("deployment failed", exit 3, after
+    Redis and Ray had started); `percept build` wrote them into serve.yaml."""
+    assert errors_of({"decoder": {"resources": {"CPU": 2}}}) == [
+        "decoder.resources: CPU: not a custom resource (use num_cpus / num_gpus)"]
+    assert errors_of({"detector": {"resources": {"memory": 1, "GPU": 1}}}) == [
+        "detector.resources: GPU, memory: not a custom resource (use num_cpus / num_gpus)"]
+    assert errors_of({"classifiers": {"vehicle": {"weights": "v.xml", "resources": {"node_a": -1}}}}) == [
+        "classifiers.vehicle.resources: node_a: a quantity cannot be below 0"]
+    assert parse_config({"decoder": {"resources": {"node_a": 0.5}}}, env={}).decoder.resources == {"node_a": 0.5}
+
+
+def test_numbers_the_sampler_or_redis_cannot_use_are_refused():
+    (err,) = errors_of({"cameras": [{"id": "a", "url": "a.mp4", "fps": 1e-310}]})
+    assert err.startswith("cameras[0].fps: must be 0 (every frame) or at least 0.000277778 (a frame an hour)"), err
+    (err,) = errors_of({"redis": {"maxlen": 10**20}})  # Redis: "value is not an integer or out of range" on every XADD
+    assert err.startswith("redis.maxlen: "), err
+    assert parse_config({"cameras": [{"id": "a", "url": "a.mp4", "fps": 0.001}]}, env={}).cameras[0].fps == 0.001
+
+
+def test_names_with_a_trailing_newline_and_a_device_index_that_is_no_number_are_refused():
+    """Python's ``$`` matches before a final newline: ``"z\\n"`` passed as a zone name and
+    ``"vehicle\\n"`` became a Serve deployment name; ``str.isdigit`` is true for ``²``, which
+    the camera's open then failed to read as an index."""
+    (err,) = errors_of({"cameras": [{"id": "a", "url": "a.mp4", "zones": {"z\n": [[0, 0], [1, 0], [1, 1]]}}]})
+    assert err.startswith("cameras[0].zones") and "a zone name must match" in err, err
+    (err,) = errors_of({"detector": {"categories": {"vehicle\n": ["car"]}}})
+    assert err.startswith("detector.categories: category name 'vehicle\\n' must match"), err
+    (err,) = errors_of({"cameras": [{"id": "a", "url": "device:²"}]})
+    assert err.startswith("cameras[0].url: device: takes the camera's index"), err
+
+
+@pytest.mark.parametrize("url, says", [
+    ("rtsp:/cam/stream", "rtsp:/… is not a URL: write rtsp://host/…"),
+    ("rtsp//cam/stream", "rtsp//… is not a URL: write rtsp://host/…"),
+    ("http:cam/video.mjpg", "http:… is not a URL: write http://host/…"),
+    (" rtsp://cam/stream", "spaces or line breaks before or after the URL"),
+    ("rtsp://cam/stream\n", "spaces or line breaks before or after the URL"),
+])
+def test_a_camera_url_missing_a_slash_or_with_spaces_around_it_is_refused(url, says):
+    """These passed the scheme check (written for ``rtps://``) and failed only when the camera
+    opened, as a file that was not found."""
+    assert errors_of({"cameras": [{"id": "a", "url": url}]}) == [f"cameras[0].url: {says}"]
+    for fine in ("clips/rtsp/a.mp4", "C:/videos/a.mp4", "file:/v/a.mp4", "device:0", "https://cam/x"):
+        assert parse_config({"cameras": [{"id": "a", "url": fine}]}, env={}).cameras[0].url == fine
