@@ -94,10 +94,20 @@ def _swap(args: argparse.Namespace) -> int:
         return unreachable(args.api, exc)
     if status >= 400:
         return _refusal(f"models swap {deployment}", status, answer)
-    print(f"{deployment} serves {answer['model']} on {answer['replicas']} replica(s) (was {answer['previous']}; "
-          f"generation {answer['generation']}; checked in {answer['validate_s']:.1f} s, rolled out in "
-          f"{answer['rollout_s']:.1f} s)", flush=True)
+    try:
+        done = (f"{deployment} serves {answer['model']} on {answer['replicas']} replica(s) (was {answer['previous']}; "
+                f"generation {answer['generation']}; checked in {answer['validate_s']:.1f} s, rolled out in "
+                f"{answer['rollout_s']:.1f} s)")
+    except (TypeError, KeyError, ValueError):  # --api names another HTTP service
+        return fail(f"models swap {deployment}: {args.api} did not answer as percept's API (is --api the graph's "
+                    "ingress?)", EXIT_UNAVAILABLE)
+    print(done, flush=True)
     return 0
+
+
+_STATES = {"rolling": "  (rolling out)",
+           "failed": "  (failed: replica {failed_replica} cannot load it; see its error)",
+           "mixed": "  (replicas serve different weights: swap again to settle them)"}
 
 
 def _served(args: argparse.Namespace) -> int:
@@ -110,11 +120,20 @@ def _served(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer, indent=2))
         return 0
-    for dep in answer:
-        state = "" if dep["rolled_out"] else "  (rolling out)"
-        print(f"{dep['deployment']:<28} {dep['model']:<32} generation {dep['generation']}{state}")
-        for r in dep["replicas"]:
-            extra = f"  loading generation {r['loading']}" if r["loading"] else ""
-            extra += f"  error: {r['error']}" if r["error"] else ""
-            print(f"  replica {r['replica']:<12} {r['model']:<32} generation {r['generation']}{extra}")
+    try:
+        lines = [line for dep in answer for line in _served_lines(dep)]
+    except (TypeError, KeyError, ValueError, AttributeError):  # --api names another HTTP service
+        return fail(f"models served: {args.api} did not answer with percept's model list (is --api the graph's "
+                    "ingress?)", EXIT_UNAVAILABLE)
+    print("\n".join(lines), flush=True)
     return 0
+
+
+def _served_lines(dep: dict) -> list[str]:
+    state = _STATES.get(dep.get("state") or ("done" if dep["rolled_out"] else "rolling"), "").format(**dep)
+    lines = [f"{dep['deployment']:<28} {dep['model']:<32} generation {dep['generation']}{state}"]
+    for r in dep["replicas"]:
+        extra = f"  loading generation {r['loading']}" if r["loading"] else ""
+        extra += f"  error: {r['error']}" if r["error"] else ""
+        lines.append(f"  replica {r['replica']:<12} {r['model']:<32} generation {r['generation']}{extra}")
+    return lines

@@ -32,14 +32,14 @@ def register(sub: Any) -> None:
     g.add_argument("--from", dest="from_id", type=_entry_id, help="from after this entry id (MS or MS-SEQ)")
     s.add_argument("--count", type=POSITIVE_INT, help="stop after N messages")
     s.add_argument("--timeout", type=number_arg(float, 0.0), help="stop after S seconds without messages")
-    s.add_argument("--claim-idle-ms", type=number_arg(int, 0), default=30_000,
-                   help="reclaim entries pending this long on dead consumers")
+    s.add_argument("--claim-idle-ms", type=number_arg(int, 0, 30 * 86_400_000), default=30_000,
+                   help="reclaim entries pending this long on dead consumers (at most 30 days)")
     s.set_defaults(func=_subscribe)
 
 
 def _entry_id(value: str) -> str:
     """argparse type of ``--from``: a stream entry id, ``<ms>`` or ``<ms>-<seq>``."""
-    if not re.fullmatch(r"\d+(-\d+)?", value):
+    if not re.fullmatch(r"\d+(-\d+)?", value) or any(int(part) >= 2**64 for part in value.split("-")):
         raise argparse.ArgumentTypeError(f"must be an entry id like 1733000000000-5 (or its ms part), got {value!r}")
     return value
 

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 from pipeline.config import CONFIG_ERROR_EXIT_CODE
 from pipeline.redact import redact
 
-from .common import EXIT_UNAVAILABLE, POSITIVE_INT, RedisOutage, fail, number_arg, redis_url_arg
+from .common import EXIT_UNAVAILABLE, RedisOutage, fail, number_arg, redis_url_arg
 
 CLEAR = "\x1b[H\x1b[2J"
 WINDOW_S = 30.0  # deployment numbers: over the last this many seconds (since start with --once)
@@ -39,8 +39,10 @@ def register(sub: Any) -> None:
     t.add_argument("--prefix", help="stream prefix (default: config or 'percept')")
     t.add_argument("--metrics", action="append", metavar="URL",
                    help="a Ray metrics endpoint, http://host:port/metrics (repeatable; default: advertised in Redis)")
-    t.add_argument("--interval", type=number_arg(float, 0.1), default=1.0, help="seconds between refreshes (default 1)")
-    t.add_argument("--samples", type=POSITIVE_INT, default=50, help="stream entries per camera for e2e p50/p95 (default 50)")
+    t.add_argument("--interval", type=number_arg(float, 0.1, 3600), default=1.0,
+                   help="seconds between refreshes (default 1, at most 3600)")
+    t.add_argument("--samples", type=number_arg(int, 1, 100_000), default=50,
+                   help="stream entries per camera for e2e p50/p95 (default 50, at most 100000)")
     t.add_argument("--once", action="store_true", help="print one snapshot and exit")
     t.add_argument("--duration", type=number_arg(float, 0.0), help="stop after this many seconds")
     t.set_defaults(func=_top)
@@ -324,7 +326,7 @@ def _top(args: argparse.Namespace) -> int:
         while not stop["flag"] and (deadline is None or time.monotonic() < deadline):
             _, lines = snapshot(client, prefix, view, outage, args.samples)
             print((CLEAR if tty else "") + "\n".join(lines) + ("" if tty else "\n"), flush=True)
-            time.sleep(max(0.1, args.interval))
+            time.sleep(max(0.1, min(args.interval, deadline - time.monotonic() if deadline else args.interval)))
     except KeyboardInterrupt:
         pass  # the usual way out of a live view
     if outage.down and not stop["flag"]:  # --duration ended while Redis was away

@@ -32,7 +32,7 @@ def call_json(method: str, url: str, body: Any = None, timeout: float = 30) -> t
 
 @contextlib.contextmanager
 def answering(status: int, body: bytes) -> Iterator[str]:
-    """A plain HTTP server on loopback answering every GET with ``status`` and the JSON ``body``
+    """A plain HTTP server on loopback answering every GET and PUT with ``status`` and the JSON ``body``
     (another service behind ``--api``, or an API whose Redis is away); its base URL."""
     import http.server
     import threading
@@ -44,6 +44,10 @@ def answering(status: int, body: bytes) -> Iterator[str]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def do_PUT(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.do_GET()
 
         def log_message(self, *args) -> None:
             pass

@@ -17,7 +17,7 @@ BAD_VALUES = [
     (["explain", "--object", "0", "--image", "i.jpg", "--imgsz", "0"], "argument --imgsz: must be from 32 to 4096"),
     (["models", "export", "w.pt", "--to", "openvino", "--imgsz", "0"], "argument --imgsz: must be from 32 to 4096"),
     (["models", "compare", "a", "--data", "d", "--repeat", "x"], "argument --repeat: must be a whole number, got 'x'"),
-    (["subscribe", "cam", "--claim-idle-ms", "-5"], "argument --claim-idle-ms: must be >= 0, got '-5'"),
+    (["subscribe", "cam", "--claim-idle-ms", "-5"], "argument --claim-idle-ms: must be from 0 to 2.592e+09, got '-5'"),
     (["subscribe", "cam", "--from", "garbage"], "argument --from: must be an entry id"),
     (["subscribe", "cam", "--redis", "redis://127.0.0.1:abc"], "argument --redis: Port could not be cast"),
     (["top", "--redis", "garbage"], "argument --redis: Redis URL must specify one of the following schemes"),
@@ -25,8 +25,14 @@ BAD_VALUES = [
      "argument --zones: not JSON (Expecting ',' delimiter at column 19); expected {\"name\": [[x, y], ...]}"),
     (["cameras", "--api", "notaurl", "ls"], "argument --api: must be an http:// or https:// URL, got 'notaurl'"),
     (["cameras", "--wait", "nan", "ls"], "argument --wait: must be >= 0, got 'nan'"),
-    (["top", "--samples", "0"], "argument --samples: must be >= 1, got '0'"),
-    (["top", "--interval", "nan"], "argument --interval: must be >= 0.1, got 'nan'"),
+    (["top", "--samples", "0"], "argument --samples: must be from 1 to 100000, got '0'"),
+    (["top", "--interval", "nan"], "argument --interval: must be from 0.1 to 3600, got 'nan'"),
+    # values beyond what Redis or the clock take: they were sent (exit 3 as a Redis error) or overflowed (a traceback)
+    (["top", "--interval", "inf"], "argument --interval: must be from 0.1 to 3600, got 'inf'"),
+    (["top", "--samples", "99999999999999999999"], "argument --samples: must be from 1 to 100000"),
+    (["subscribe", "cam", "--from", "99999999999999999999999"], "argument --from: must be an entry id"),
+    (["subscribe", "cam", "--from", "1-18446744073709551616"], "argument --from: must be an entry id"),
+    (["subscribe", "cam", "--claim-idle-ms", "99999999999999999999"], "argument --claim-idle-ms: must be from 0 to"),
     (["models", "swap", "detector", "w.pt", "--timeout", "inf"], "argument --timeout: must be from 1 to 3600"),
     (["run", "--duration", "0"], "argument --duration: must be >= 0.1, got '0'"),
     (["demo", "--duration", "nan"], "argument --duration: must be >= 0.1, got 'nan'"),
@@ -145,3 +151,9 @@ def test_a_bad_redis_url_in_the_environment_is_named(command, monkeypatch, capsy
         err = capsys.readouterr().err
         assert err.startswith("percept: PERCEPT_REDIS_URL: not a Redis URL: ") and expected in err, err
         assert "Traceback" not in err and "hun" not in err and "ter2" not in err, err
+
+
+def test_top_stops_at_its_duration_though_the_next_refresh_is_later(redis_server):
+    """``--duration 1 --interval 600``: top slept a whole interval past its duration."""
+    out = percept("top", "--redis", redis_server.url, "--duration", "1", "--interval", "600", timeout=60)
+    assert out.returncode == 0 and "camera" in out.stdout.lower(), out.stderr

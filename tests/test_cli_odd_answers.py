@@ -43,6 +43,19 @@ def test_cameras_ls_against_another_http_service_says_so(capsys):
     assert err.startswith(f"percept: ls: {api} did not answer with percept's camera list"), err
 
 
+def test_models_served_and_swap_against_another_http_service_say_so(capsys):
+    """`models served` and `models swap` read percept's answers' fields: a traceback (TypeError,
+    KeyError) from another service behind ``--api``."""
+    for body in (b'{"status": "ok"}', b'[{"deployment": "detector"}]'):
+        with answering(200, body) as api:
+            assert main(["models", "served", "--api", api]) == 3
+            assert main(["models", "swap", "detector", "w.pt", "--api", api]) == 3
+        err = capsys.readouterr().err
+        assert f"percept: models served: {api} did not answer with percept's model list" in err, err
+        assert f"percept: models swap detector: {api} did not answer as percept's API" in err, err
+        assert "Traceback" not in err
+
+
 def test_a_stream_reader_needs_no_camera_secrets(redis_server, tmp_path, capsys, monkeypatch):
     """`subscribe -c` and `top -c` read only the config's Redis settings: the variables its camera
     URLs name (the cameras' passwords) need not be set on a consumer's machine."""

@@ -251,6 +251,9 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                             "nope.pt' does not exist"),
         "not a .pt": (["models", "export", str(COCO / "images" / "000000001584.jpg"), "--to", "onnx",
                        "--out", str(tmp / "out")], "starts from an ultralytics .pt"),
+        # an export folder was said not to exist
+        "an export folder": (["models", "export", str(MODELS / "yolo11n_int8_openvino_model"), "--to", "onnx",
+                              "--out", str(tmp / "out")], "starts from an ultralytics .pt file (a folder: an export already?"),
         "compare: missing variant": (["models", "compare", str(tmp / "gone_openvino_model"), "--data", str(COCO)],
                                      f"variant {str(tmp / 'gone_openvino_model')!r} does not exist"),
         "compare: no images": (["models", "compare", str(COCO_PT), "--data", str(tmp / "empty")], "no images found"),
@@ -261,7 +264,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
 
 
 @pytest.mark.parametrize("case", ["out that is a file", "unknown format", "calibration folder without images", "INT8 without calibration",
-                                  "weights of another task", "missing weights", "not a .pt",
+                                  "weights of another task", "missing weights", "not a .pt", "an export folder",
                                   "compare: missing variant", "compare: no images",
                                   "compare: a classifier as detector"])
 def test_bad_input_exits_2(tmp_path, case):

@@ -312,3 +312,36 @@ def test_a_replica_that_cannot_load_the_recorded_weights_at_start_serves_the_one
     assert late.report.failed_generation == 2 and "CUDA out of memory" in (late.report.error or ""), late.report
     shown = {r["replica"]: r for r in listed["replicas"]}
     assert "CUDA out of memory" in (shown["r2"]["error"] or "") and not listed["rolled_out"], listed
+    # a failure, not a rollout going on (`percept models served` said "rolling out")
+    assert (listed["state"], listed["failed_replica"]) == ("failed", "r2"), listed
+
+
+def test_after_redis_lost_its_data_replicas_on_different_weights_are_listed_as_mixed(redis_server, tmp_path):
+    """A swap to c.pt, then Redis loses its data and a replica starts (a restart, autoscaling):
+    it serves the config's weights, the first replica still c.pt. `GET /models` listed the
+    deployment as rolled out (every replica at or above generation 0); it is "mixed" until a
+    swap settles them."""
+    (c, d) = copies(tmp_path, "c.pt", "d.pt")
+    swaps = api(redis_server)
+    keys = swaps.keys("detector")
+
+    async def scenario():
+        first = replica(swaps, "r1")
+        following = await started(first)
+        try:
+            await swaps.swap("detector", {"weights": c})
+            swaps.client.flushall()
+            following += await started(replica(swaps, "r3"))
+            await until(lambda: len(swaps.client.hgetall(keys.replicas)) == 2, "both replicas reporting")
+            mixed = next(d_ for d_ in await swaps.listing() if d_["deployment"] == "detector")
+            await swaps.swap("detector", {"weights": d})
+            settled = next(d_ for d_ in await swaps.listing() if d_["deployment"] == "detector")
+        finally:
+            await stopped(following)
+        return mixed, settled
+
+    mixed, settled = asyncio.run(scenario())
+    assert sorted(r["model"] for r in mixed["replicas"]) == ["c.pt", FIRST], mixed
+    assert (mixed["state"], mixed["rolled_out"], mixed["model"]) == ("mixed", False, FIRST), mixed
+    assert (settled["state"], settled["rolled_out"]) == ("done", True), settled
+    assert [r["model"] for r in settled["replicas"]] == ["d.pt", "d.pt"], settled

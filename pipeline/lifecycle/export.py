@@ -99,11 +99,12 @@ def check_weights(weights: str | Path, task: str | None, models_dir: str | None 
     from ..models import resolve_weights
 
     path = Path(resolve_weights(str(weights), models_dir)).expanduser()
-    if not path.is_file():
+    if not path.exists():
         where = f" (nor in {models_dir})" if models_dir else ""
         raise ExportError(f"weights: {str(weights)!r} does not exist{where}")
-    if path.suffix != ".pt":
-        raise ExportError(f"weights: {path.name}: export starts from an ultralytics .pt file")
+    if path.suffix != ".pt" or not path.is_file():
+        kind = " (a folder: an export already? export the .pt it came from)" if path.is_dir() else ""
+        raise ExportError(f"weights: {path.name}: export starts from an ultralytics .pt file{kind}")
     model = _load_yolo(path)
     if model.task not in ("detect", "classify"):
         raise ExportError(f"weights: {path.name} is a {model.task} model; export handles detect and classify models")

@@ -82,6 +82,17 @@ def rollout_state(reports: Sequence[ReplicaReport], generation: int,
     return "rolling", None
 
 
+def listed_state(reports: Sequence[ReplicaReport], weights: str, card: str | None,
+                 generation: int) -> tuple[str, ReplicaReport | None]:
+    """`rollout_state` of what `GET /models` lists, and "mixed" where the generations say done
+    but a replica serves other weights: after Redis lost its data, no record says which weights
+    the replicas serve, and a replica started since serves the config's."""
+    state, failed = rollout_state(reports, generation, generation or None)
+    if state == "done" and any((r.weights, r.card) != (weights, card) for r in reports):
+        return "mixed", None
+    return state, failed
+
+
 class ModelSwaps:
     """The API's side of swaps: validate, record the desired weights, wait for the replicas."""
 
@@ -110,11 +121,12 @@ class ModelSwaps:
         for deployment, (kind, section) in self.sections.items():
             weights, card, generation = self._serving(deployment)
             reports = live_reports(self.client, self.keys(deployment))
+            state, failed = listed_state(reports, weights, card, generation)
             now = time.time()
             out.append({
                 "deployment": deployment, "kind": kind, "category": section.category, "field": section.field,
                 "model": Path(weights.rstrip("/")).name, "weights": weights, "card": card, "generation": generation,
-                "rolled_out": rollout_state(reports, generation, generation or None)[0] == "done",
+                "rolled_out": state == "done", "state": state, "failed_replica": failed.replica if failed else None,
                 "replicas": [{"replica": r.replica, "model": r.model, "generation": r.generation, "loading": r.loading,
                               "error": r.error, "load_s": r.load_s, "swapped_at": r.swapped_at,
                               "age_s": round(now - r.ts, 1)} for r in reports],
