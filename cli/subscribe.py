@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,18 @@ def _redis_source(args: argparse.Namespace) -> tuple[str | None, str | None, Any
     return url or "redis://127.0.0.1:6379/0", prefix, redis_cfg
 
 
+def _say_missing(client: Any, keys: Any, cameras: list[str], events: bool) -> None:
+    """One line for the cameras that have no stream yet, naming those registered: a mistyped
+    id was waited for without a word."""
+    from pipeline.registry import CameraRegistry
+
+    missing = [c for c in cameras if not client.exists(keys.events(c) if events else keys.detections(c))]
+    if missing:
+        known = ", ".join(sorted(CameraRegistry(client, keys).ids())) or "none"
+        print(f"percept: subscribe: no {'events' if events else 'stream'} yet for {', '.join(missing)} (cameras "
+              f"registered: {known}); waiting for them", file=sys.stderr, flush=True)
+
+
 def _subscribe(args: argparse.Namespace) -> int:
     import redis
 
@@ -85,6 +98,7 @@ def _subscribe(args: argparse.Namespace) -> int:
     try:
         client = redis_from_config(redis_cfg.model_copy(update={"url": url})) if redis_cfg else connect_redis(url)
         client.ping()
+        _say_missing(client, StreamKeys(prefix or "percept"), args.cameras, args.events)
         sub = Subscriber(client, StreamKeys(prefix or "percept"), args.cameras, group=args.group,
                          consumer=args.consumer, start=start, claim_idle_ms=args.claim_idle_ms,
                          events=args.events)

@@ -69,3 +69,15 @@ def test_a_stream_reader_needs_no_camera_secrets(redis_server, tmp_path, capsys,
     assert main(["top", "-c", str(cfg), "--once"]) == 0
     out, err = capsys.readouterr()
     assert out.startswith('{"seq":1}') and "CAM_PASS" not in err, (out, err)
+
+
+def test_subscribe_to_a_camera_without_a_stream_says_which_cameras_there_are(redis_server, capsys):
+    """A mistyped camera id was waited for without a word."""
+    client = redis_server.client()
+    CameraRegistry(client, KEYS).add(CameraConfig(id="gate", url="a.mp4"))
+    client.xadd(KEYS.detections("gate"), {"json": "{}"})
+    assert main(["subscribe", "gaet", "gate", "--redis", redis_server.url, "--prefix", "odd", "--timeout", "0.2"]) == 0
+    err = capsys.readouterr().err
+    assert "percept: subscribe: no stream yet for gaet (cameras registered: gate); waiting for them" in err, err
+    assert main(["subscribe", "gate", "--redis", redis_server.url, "--prefix", "odd", "--timeout", "0.2"]) == 0
+    assert "no stream yet" not in capsys.readouterr().err
