@@ -345,3 +345,40 @@ def test_after_redis_lost_its_data_replicas_on_different_weights_are_listed_as_m
     assert (mixed["state"], mixed["rolled_out"], mixed["model"]) == ("mixed", False, FIRST), mixed
     assert (settled["state"], settled["rolled_out"]) == ("done", True), settled
     assert [r["model"] for r in settled["replicas"]] == ["d.pt", "d.pt"], settled
+
+
+def test_a_swap_made_right_after_redis_lost_its_data_that_a_replica_fails_is_rolled_back(redis_server, tmp_path):
+    """Swaps to b.pt and c.pt (generation 2), then Redis loses its data and a swap to d.pt is
+    made before the replicas report again: it is numbered 1, below what they serve, and they
+    take it as new; r2 cannot load d.pt. Its failure (generation 1, while it serves 2) was not
+    seen: the rollout stayed "rolling", the client got a 504 promising a rollback that never
+    came, r1 stayed on d.pt, and every later swap was refused (409). Now the failure is that
+    of this very record (its ``requested_at``): refused, rolled back, every replica alike."""
+    b, c, d = copies(tmp_path, "b.pt", "c.pt", "d.pt")
+    swaps = api(redis_server)
+    client, keys = swaps.client, swaps.keys("detector")
+    replicas = [replica(swaps, "r1"), replica(swaps, "r2", broken=("d.pt",))]
+
+    async def scenario():
+        following = await started(*replicas)
+        try:
+            for weights in (b, c):
+                await swaps.swap("detector", {"weights": weights})
+        finally:
+            await stopped(following)
+        client.flushall()  # the replicas are between two reports
+        request = asyncio.ensure_future(swaps.swap("detector", {"weights": d, "timeout_s": 30}))
+        await until(lambda: request.done() or client.get(keys.desired) is not None, "the swap recorded")
+        following = [asyncio.ensure_future(r.follow()) for r in replicas]
+        try:
+            with pytest.raises(SwapRefused) as refused:
+                await asyncio.wait_for(request, 60)
+            listed = next(x for x in await swaps.listing() if x["deployment"] == "detector")
+        finally:
+            await stopped(following)
+        return refused.value, listed
+
+    refused, listed = asyncio.run(scenario())
+    assert "replica r2 could not load" in str(refused) and "every replica serves it again" in str(refused), refused
+    assert [r.current.name for r in replicas] == [FIRST, FIRST]  # the config's: no record said c.pt any more
+    assert (listed["state"], listed["model"]) == ("done", FIRST), listed

@@ -199,6 +199,9 @@ class ReplicaReport:
     ts: float = 0.0  # last heartbeat, wall time
     loading: int | None = None  # the generation it is loading now
     failed_generation: int | None = None
+    # the failed record's ``requested_at``: which record it was (after Redis lost its data,
+    # generations are numbered from 1 again, below the one a replica serves)
+    failed_requested_at: float | None = None
     error: str | None = None
     load_s: float | None = None  # how long its last swap's load took
     swapped_at: float | None = None  # wall time of its last switch

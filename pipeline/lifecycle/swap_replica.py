@@ -170,7 +170,7 @@ class ModelSwapper:
         # the error first: a report written meanwhile (its heartbeat runs in a thread) that says
         # the generation failed always says why
         self.report.error = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
-        self.report.failed_generation = desired.generation
+        self.report.failed_generation, self.report.failed_requested_at = desired.generation, desired.requested_at
         self._failed_record = (desired.generation, desired.requested_at)
 
     def _cfg(self, desired: Desired) -> Any:

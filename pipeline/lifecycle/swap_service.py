@@ -67,13 +67,16 @@ def live_reports(client: Any, keys: SwapKeys, now: float | None = None) -> list[
     return sorted((r for r in reports if now - r.ts <= LIVE_S), key=lambda r: r.replica)
 
 
-def rollout_state(reports: Sequence[ReplicaReport], generation: int,
-                  recorded: int | None = None) -> tuple[str, ReplicaReport | None]:
+def rollout_state(reports: Sequence[ReplicaReport], generation: int, recorded: int | None = None,
+                  requested_at: float | None = None) -> tuple[str, ReplicaReport | None]:
     """("done" | "failed" | "rolling", the failed replica). ``recorded``: the generation of the
     record in Redis now, when known; while that is still ``generation``, a replica reporting a
     higher one is not done: it serves a swap from before Redis lost its data (generations only
-    grow otherwise), and takes this record as new (`ModelSwapper`)."""
-    failed = next((r for r in reports if r.failed_generation == generation and r.generation < generation), None)
+    grow otherwise), and takes this record as new (`ModelSwapper`). ``requested_at``: the
+    record's, when known: a replica that failed that very record failed, whatever generation it
+    serves (one numbered above it, in that case)."""
+    failed = next((r for r in reports if r.failed_generation == generation and (
+        r.generation < generation or (requested_at is not None and r.failed_requested_at == requested_at))), None)
     if failed is not None:
         return "failed", failed
     if reports and all(r.generation == generation or (r.generation > generation and recorded != generation)
@@ -82,12 +85,12 @@ def rollout_state(reports: Sequence[ReplicaReport], generation: int,
     return "rolling", None
 
 
-def listed_state(reports: Sequence[ReplicaReport], weights: str, card: str | None,
-                 generation: int) -> tuple[str, ReplicaReport | None]:
+def listed_state(reports: Sequence[ReplicaReport], weights: str, card: str | None, generation: int,
+                 requested_at: float | None = None) -> tuple[str, ReplicaReport | None]:
     """`rollout_state` of what `GET /models` lists, and "mixed" where the generations say done
     but a replica serves other weights: after Redis lost its data, no record says which weights
     the replicas serve, and a replica started since serves the config's."""
-    state, failed = rollout_state(reports, generation, generation or None)
+    state, failed = rollout_state(reports, generation, generation or None, requested_at)
     if state == "done" and any((r.weights, r.card) != (weights, card) for r in reports):
         return "mixed", None
     return state, failed
@@ -107,21 +110,21 @@ class ModelSwaps:
     def keys(self, deployment: str) -> SwapKeys:
         return SwapKeys(self.config.redis.stream_prefix, deployment)
 
-    def _serving(self, deployment: str) -> tuple[str, str | None, int]:
-        """(weights, card, generation) the deployment should serve now (generation 0: the
-        config's, no swap recorded)."""
+    def _serving(self, deployment: str) -> tuple[str, str | None, int, float | None]:
+        """(weights, card, generation, the record's requested_at) the deployment should serve now
+        (generation 0: the config's, no swap recorded)."""
         desired = Desired.read(self.client.get(self.keys(deployment).desired), self.sections[deployment][1].cfg)
         if desired is not None:
-            return desired.weights, desired.card, desired.generation
+            return desired.weights, desired.card, desired.generation, desired.requested_at
         cfg = self.sections[deployment][1].cfg
-        return cfg.weights, getattr(cfg, "card", None), 0
+        return cfg.weights, getattr(cfg, "card", None), 0, None
 
     def _listing(self) -> list[dict[str, Any]]:
         out = []
         for deployment, (kind, section) in self.sections.items():
-            weights, card, generation = self._serving(deployment)
+            weights, card, generation, requested_at = self._serving(deployment)
             reports = live_reports(self.client, self.keys(deployment))
-            state, failed = listed_state(reports, weights, card, generation)
+            state, failed = listed_state(reports, weights, card, generation, requested_at)
             now = time.time()
             out.append({
                 "deployment": deployment, "kind": kind, "category": section.category, "field": section.field,
@@ -180,7 +183,7 @@ class ModelSwaps:
         reports = live_reports(self.client, keys)
         if desired is None:
             return (cfg.weights, getattr(cfg, "card", None)), 0, reports, rollout_state(reports, 0)[0]
-        state = rollout_state(reports, desired.generation, desired.generation)[0]
+        state = rollout_state(reports, desired.generation, desired.generation, desired.requested_at)[0]
         if state == "failed" and desired.previous:
             return (desired.previous["weights"], desired.previous.get("card")), desired.generation, reports, state
         return (desired.weights, desired.card), desired.generation, reports, state
@@ -200,7 +203,7 @@ class ModelSwaps:
         validated = time.monotonic()
         desired = await asyncio.to_thread(self._record, keys, request.weights, request.card, name,
                                           {"weights": weights, "card": card})
-        state, failed, live = await self._wait(keys, desired.generation, request.timeout_s)
+        state, failed, live = await self._wait(keys, desired, request.timeout_s)
         if state == "rolling":  # the client is answered; the rollout is watched on, and rolled back if it fails
             answer.set_exception(SwapTimeout(
                 f"{deployment}: after {request.timeout_s:.0f} s {live} replica(s) report, not all serve generation "
@@ -208,7 +211,7 @@ class ModelSwaps:
             # another swap may start (refused while replicas still roll this one; a rollback
             # written here later never replaces a newer swap's record)
             self._busy.discard(deployment)
-            state, failed, live = await self._wait(keys, desired.generation, WATCHED_AFTER_TIMEOUT_S)
+            state, failed, live = await self._wait(keys, desired, WATCHED_AFTER_TIMEOUT_S)
         if state == "failed":
             raise SwapRefused(f"{section.field}.weights: replica {failed.replica} could not load {request.weights!r}: "
                               f"{failed.error}; {await self._roll_back(keys, desired, weights, card, request.timeout_s)}")
@@ -237,7 +240,7 @@ class ModelSwaps:
                 await asyncio.sleep(self.poll_s)
         if back is None:
             return "not rolled back: a newer swap replaced it"
-        state, failed_back, _ = await self._wait(keys, back.generation, timeout_s)
+        state, failed_back, _ = await self._wait(keys, back, timeout_s)
         after = {"done": "every replica serves it again",
                  "failed": f"replica {failed_back.replica if failed_back else '?'} cannot load that either: "
                            f"{failed_back.error if failed_back else '?'}"}.get(state, "the rollback is still rolling out")
@@ -273,10 +276,12 @@ class ModelSwaps:
         recorded = Desired.from_json(self.client.get(keys.desired))
         return reports, None if recorded is None else recorded.generation
 
-    async def _wait(self, keys: SwapKeys, generation: int, timeout_s: float) -> tuple[str, Any, int]:
-        """(state, the replica that failed, live replicas) once the rollout is done or failed, or
-        at the deadline. A Redis outage meanwhile is waited out, not an error: the rollout goes on
-        without us, and a client that asked again would start another one."""
+    async def _wait(self, keys: SwapKeys, record: Desired | int, timeout_s: float) -> tuple[str, Any, int]:
+        """(state, the replica that failed, live replicas) once the rollout of ``record`` (or of
+        a generation) is done or failed, or at the deadline. A Redis outage meanwhile is waited
+        out, not an error: the rollout goes on without us, and a client that asked again would
+        start another one."""
+        generation, requested_at = (record, None) if isinstance(record, int) else (record.generation, record.requested_at)
         deadline = time.monotonic() + timeout_s
         reports: list[ReplicaReport] = []
         while True:
@@ -289,7 +294,7 @@ class ModelSwaps:
                     return "rolling", None, len(reports)
                 await asyncio.sleep(self.poll_s)
                 continue
-            state, failed = rollout_state(reports, generation, recorded)
+            state, failed = rollout_state(reports, generation, recorded, requested_at)
             if state != "rolling" or time.monotonic() >= deadline:
                 return state, failed, len(reports)
             await asyncio.sleep(self.poll_s)
