@@ -107,7 +107,9 @@ def _swap(args: argparse.Namespace) -> int:
 
 _STATES = {"rolling": "  (rolling out)",
            "failed": "  (failed: replica {failed_replica} cannot load it; see its error)",
-           "mixed": "  (replicas serve different weights: swap again to settle them)"}
+           "mixed": "  (replicas serve different weights: swap again to settle them)",
+           "unrecorded": "  (replicas serve other weights, no swap recorded: swap again to record them)",
+           "no replicas": "  (no replica reports)"}
 
 
 def _served(args: argparse.Namespace) -> int:

@@ -98,7 +98,10 @@ def _subscribe(args: argparse.Namespace) -> int:
     try:
         client = redis_from_config(redis_cfg.model_copy(update={"url": url})) if redis_cfg else connect_redis(url)
         client.ping()
-        _say_missing(client, StreamKeys(prefix or "percept"), args.cameras, args.events)
+        try:
+            _say_missing(client, StreamKeys(prefix or "percept"), args.cameras, args.events)
+        except redis.ResponseError:  # a user allowed the streams only (NOPERM): the notice is a courtesy
+            pass
         sub = Subscriber(client, StreamKeys(prefix or "percept"), args.cameras, group=args.group,
                          consumer=args.consumer, start=start, claim_idle_ms=args.claim_idle_ms,
                          events=args.events)

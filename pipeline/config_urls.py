@@ -32,6 +32,7 @@ CAMERA_SCHEMES = ("rtsp", "rtsps", "http", "https", "hls", "rtmp", "rtmps", "rtm
 _NEEDS_HOST = {"rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtmpt", "rtmpe", "hls", "mmsh", "mmst"}
 
 
+_COLON_FORMS = {"file", "unix", "zmq"}  # FFmpeg's file:x, unix:/run/cam.sock, zmq:tcp://host:port
 UNREADABLE_HOST = "the host cannot be read (a [ or ] outside an IPv6 address [..]?)"  # urlsplit: "Invalid IPv6 URL"
 
 
@@ -42,7 +43,7 @@ def camera_url_problem(url: str) -> str | None:
     if url != url.strip():
         return "spaces or line breaks before or after the URL"
     typo = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)(:/?(?!/)|//)", url)
-    if typo and typo.group(1).lower() in CAMERA_SCHEMES and typo.group(1).lower() != "file":
+    if typo and typo.group(1).lower() in CAMERA_SCHEMES and typo.group(1).lower() not in _COLON_FORMS:
         return f"{typo.group(0)}… is not a URL: write {typo.group(1)}://host/…"
     m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
     if m is None or m.group(1).lower() == "file":

@@ -73,5 +73,6 @@ def test_a_camera_url_missing_a_slash_or_with_spaces_around_it_is_refused(url, s
     """These passed the scheme check (written for ``rtps://``) and failed only when the camera
     opened, as a file that was not found."""
     assert errors_of({"cameras": [{"id": "a", "url": url}]}) == [f"cameras[0].url: {says}"]
-    for fine in ("clips/rtsp/a.mp4", "C:/videos/a.mp4", "file:/v/a.mp4", "device:0", "https://cam/x"):
+    for fine in ("clips/rtsp/a.mp4", "C:/videos/a.mp4", "file:/v/a.mp4", "device:0", "https://cam/x",
+                 "zmq:tcp://127.0.0.1:5555", "unix:/run/cam.sock"):  # (FFmpeg's own forms of these)
         assert parse_config({"cameras": [{"id": "a", "url": fine}]}, env={}).cameras[0].url == fine

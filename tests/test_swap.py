@@ -12,6 +12,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from pipeline.config import DetectorConfig, parse_config
 from pipeline.lifecycle.swap import Desired, ModelAnswers, PublishedModels, ReplicaReport, SwapKeys, compare_facts
 from pipeline.lifecycle.swap_replica import ModelSwapper
-from pipeline.lifecycle.swap_service import live_reports, rollout_state
+from pipeline.lifecycle.swap_service import listed_state, live_reports, rollout_state
 from pipeline.models import ModelError
 from pipeline.schema import Detections
 from pipeline.streams import StreamKeys, camera_states
@@ -61,6 +62,22 @@ def test_rollout_state_waits_for_every_live_replica():
     assert rollout_state([], 2) == ("rolling", None)
     state, who = rollout_state([rep("a", 2), rep("b", 1, failed=2)], 2)
     assert state == "failed" and who.replica == "b"
+
+
+def test_the_listed_state_says_what_the_replicas_serve_against_the_record():
+    """`GET /models`' state: after Redis lost its data the generations say "done" (no record:
+    generation 0) whatever the replicas serve; the weights they report say more."""
+    def rep(name, weights, gen):
+        return ReplicaReport(name, weights, weights, None, gen)
+
+    assert listed_state([rep("a", "b.pt", 2), rep("b", "b.pt", 2)], "b.pt", None, 2) == ("done", None)
+    assert listed_state([rep("a", "b.pt", 2), rep("b", "a.pt", 0)], "a.pt", None, 0) == ("mixed", None)
+    assert listed_state([rep("a", "b.pt", 4), rep("b", "b.pt", 4)], "a.pt", None, 0) == ("unrecorded", None)
+    assert listed_state([], "a.pt", None, 0) == ("no replicas", None)
+    assert listed_state([rep("a", "b.pt", 2), rep("b", "a.pt", 0)], "b.pt", None, 2)[0] == "rolling"
+    # a newer replica's report with a field this version does not know is read, not a 500
+    raw = json.dumps({**asdict(rep("a", "b.pt", 2)), "added_later": 1})
+    assert ReplicaReport.from_json(raw) == rep("a", "b.pt", 2)
 
 
 def test_published_model_names_follow_the_replicas():

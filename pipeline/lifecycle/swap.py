@@ -59,7 +59,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -212,7 +212,10 @@ class ReplicaReport:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "ReplicaReport":
-        return cls(**json.loads(raw))
+        """Fields this version does not know are left out: a replica of a newer version reporting
+        during a rolling upgrade would otherwise make `GET /models` a 500."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(raw).items() if k in known})
 
 
 def model_facts(kind: str, backend: Any) -> dict[str, Any]:

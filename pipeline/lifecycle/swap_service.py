@@ -87,12 +87,16 @@ def rollout_state(reports: Sequence[ReplicaReport], generation: int, recorded: i
 
 def listed_state(reports: Sequence[ReplicaReport], weights: str, card: str | None, generation: int,
                  requested_at: float | None = None) -> tuple[str, ReplicaReport | None]:
-    """`rollout_state` of what `GET /models` lists, and "mixed" where the generations say done
-    but a replica serves other weights: after Redis lost its data, no record says which weights
-    the replicas serve, and a replica started since serves the config's."""
+    """`rollout_state` of what `GET /models` lists; where the generations say done but replicas
+    serve other weights (Redis lost its data: no record says which), "mixed" when they serve
+    different weights (a replica started since serves the config's) and "unrecorded" when they
+    all serve the same other weights; "no replicas" while none reports."""
+    if not reports:
+        return "no replicas", None
     state, failed = rollout_state(reports, generation, generation or None, requested_at)
-    if state == "done" and any((r.weights, r.card) != (weights, card) for r in reports):
-        return "mixed", None
+    served = {(r.weights, r.card) for r in reports}
+    if state == "done" and served != {(weights, card)}:
+        return ("mixed" if len(served) > 1 else "unrecorded"), None
     return state, failed
 
 
