@@ -13,13 +13,14 @@ Keys (a public contract, schema v1):
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import redis
 
-from .config import RedisConfig
+from .config import ConfigError, RedisConfig
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,14 @@ def connect_redis(
 
 
 def redis_from_config(cfg: RedisConfig, **kwargs: Any) -> redis.Redis:
+    """A client for the config's Redis; a ``tls_ca_file`` that is not there is a `ConfigError`
+    naming it (redis-py said "Error 2 connecting … No such file or directory" on every try, an
+    outage to wait out)."""
     if not cfg.url:
         raise ValueError("redis.url is not set")
+    if cfg.tls_ca_file and cfg.url.startswith("rediss://") and not os.path.isfile(cfg.tls_ca_file):
+        raise ConfigError([f"redis.tls_ca_file: no such file {cfg.tls_ca_file!r} (the CA bundle that verifies the "
+                           "rediss:// server, on the machine that connects)"])
     return connect_redis(cfg.url, password=cfg.password, username=cfg.username, ca_file=cfg.tls_ca_file, **kwargs)
 
 

@@ -110,6 +110,25 @@ def test_tls_with_ca_file(tls_redis):
     assert roundtrip(cfg.redis)["camera"] == "cam"  # the fixture waited until the server answers over TLS
 
 
+def test_a_ca_file_that_is_not_there_is_named_not_waited_out_as_an_outage(tmp_path, capsys):
+    """redis-py said "Error 2 connecting … No such file or directory" on every try: `run` gave
+    exit 3 naming redis.url, `top` and `subscribe` waited it out as an outage, replicas too."""
+    from cli.main import main
+    from pipeline.config import ConfigError
+
+    gone = tmp_path / "ca.crt"
+    cfg = parse_config({"redis": {"url": "rediss://127.0.0.1:6380/0", "tls_ca_file": str(gone)}}, env={})
+    with pytest.raises(ConfigError) as info:
+        redis_from_config(cfg.redis)
+    assert info.value.errors == [f"redis.tls_ca_file: no such file {str(gone)!r} (the CA bundle that verifies the "
+                                 "rediss:// server, on the machine that connects)"]
+    config = tmp_path / "c.yaml"
+    config.write_text(f"redis: {{url: 'rediss://127.0.0.1:6380/0', tls_ca_file: '{gone}'}}\n")
+    assert main(["subscribe", "cam", "-c", str(config), "--timeout", "1"]) == 2
+    assert f"redis.tls_ca_file: no such file {str(gone)!r}" in capsys.readouterr().err
+    assert redis_from_config(cfg.redis.model_copy(update={"url": "redis://127.0.0.1:6380/0"}))  # plain: not read
+
+
 def test_tls_server_refuses_an_unverified_certificate(tls_redis):
     import redis
 
