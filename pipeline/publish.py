@@ -123,12 +123,17 @@ class Publisher:
     def last_published(self, camera: str) -> tuple[int, int] | None:
         """(ms, seq) of the newest entry on the camera's stream (None if empty); also primes the
         id clock so new ids never go below it. Raises on a Redis error (call at camera start)."""
+        newest = self.newest_entry(camera)
+        return None if newest is None else newest[0]
+
+    def newest_entry(self, camera: str) -> tuple[tuple[int, int], dict[bytes, bytes]] | None:
+        """`last_published`, with the entry's fields."""
         entries = self.client.xrevrange(self.keys.detections(camera), count=1)
         if not entries:
             return None
         ms, seq = parse_entry_id(entries[0][0])
         self._last_ms[camera] = max(self._last_ms.get(camera, 0), ms)
-        return ms, seq
+        return (ms, seq), entries[0][1]
 
     def resume_camera(self, camera: str) -> tuple[int, dict[str, int]]:
         """Where a (re)started camera continues: the next ``seq`` and the counters it had, so

@@ -262,12 +262,14 @@ def restore_tracking(
 
 
 def _newest_frame(publisher: Publisher, camera_id: str) -> tuple[int, float] | None:
-    """(seq, frame_ts) of the camera's newest published frame; None if none can be read."""
-    entries = publisher.client.xrevrange(publisher.keys.detections(camera_id), count=1)
+    """(seq, frame_ts) of the camera's newest published frame; None if none can be read. Primes
+    the publisher's id clock with it (`Publisher.last_published`): events written next get ids
+    above the stream's top."""
+    newest = publisher.newest_entry(camera_id)
     try:
-        payload = json.loads(entries[0][1][b"json"])
+        payload = json.loads(newest[1][b"json"])  # type: ignore[index]
         return int(payload["seq"]), float(payload["frame_ts"])
-    except (IndexError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -297,9 +299,8 @@ def settle_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerC
         ms, _, n = page[-1][0].decode().partition("-")
         start = f"{ms}-{int(n) + 1}"
     events.apply_published(payloads)
-    publisher.last_published(camera.id)  # the events' stream ids above the stream's top
     n = len(events.open_tracks)
-    newest = _newest_frame(publisher, camera.id) or (seq, float(state["frame_ts"]))
+    newest = _newest_frame(publisher, camera.id) or (seq, float(state["frame_ts"]))  # (ids above the top, too)
     end_tracks(publisher, camera.id, events, newest, TrackSnapshots(publisher, camera.id, every=0))
     log.info("camera %s: the %d tracks its snapshot and the events since left open end", camera.id, n)
     return n
