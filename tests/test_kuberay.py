@@ -119,3 +119,22 @@ def test_the_api_has_places_beyond_its_live_streams():
     for streams, places in ((16, 256), (300, 364), (1024, 1088)):
         config = parse_config({"view": {"max_streams": streams}}, env={})
         assert deployment_options(config, gpu_available=False)["api"]["max_ongoing_requests"] == places
+
+
+def test_an_unquoted_on_key_survives_the_json_that_serve_deploy_and_kuberay_send():
+    """configs/example.yaml writes ``on: [car, truck, bus]``; YAML 1.1 reads that key as true.
+    `serve deploy` and KubeRay send the Serve config as JSON, where it became ``"true"``: the
+    app failed to deploy (``classifiers.vehicle.true: unknown key``) though `percept run` took
+    the same file."""
+    import json
+
+    from ray.serve.schema import ServeDeploySchema
+
+    from pipeline.config import parse_config
+
+    built = yaml.safe_load(percept_build("-c", "configs/example.yaml"))
+    ServeDeploySchema.model_validate(built)
+    sent = json.loads(json.dumps(built))  # what the cluster gets (KubeRay: serveConfigV2 as JSON)
+    config = parse_config(sent["applications"][0]["args"]["config"], env={"CAM_PASS": "x"})
+    assert config.classifiers["vehicle"][0].on == ["car", "truck", "bus"]
+    assert [c.on for c in config.classifiers["sign"]] == [None, ["traffic light"]]
