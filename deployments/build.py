@@ -12,17 +12,6 @@ APP_NAME = "percept"
 IMPORT_PATH = "deployments.graph:app_builder"
 
 
-def json_keys(node: Any) -> Any:
-    """``node`` with an unquoted ``on:`` key (YAML 1.1 reads it as the boolean true) written as
-    ``"on"``: `serve deploy` and KubeRay send the Serve config as JSON, where that key became
-    ``"true"``, which no config key is (the app did not deploy, though `percept run` took the file)."""
-    if isinstance(node, dict):
-        return {("on" if k is True else k): json_keys(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [json_keys(v) for v in node]
-    return node
-
-
 def serve_config(raw: dict[str, Any], config: PerceptConfig, *, http_host: str = "127.0.0.1",
                  http_port: int = 8000) -> dict[str, Any]:
     """``raw`` is the YAML as written (``${VAR}`` kept, so no secret lands in the file);
@@ -47,7 +36,7 @@ def serve_config(raw: dict[str, Any], config: PerceptConfig, *, http_host: str =
                 "name": APP_NAME,
                 "route_prefix": "/",
                 "import_path": IMPORT_PATH,
-                "args": {"config": json_keys(raw)},
+                "args": {"config": raw},
                 "runtime_env": {"env_vars": dict(SERVE_ENV)},  # the replicas' event loops (graph.SERVE_ENV)
                 "deployments": deployments,
             }

@@ -1,6 +1,8 @@
 """YAML as the config reads it: `yaml.safe_load`, except that a key given twice in one mapping
 is an error (PyYAML keeps the last silently: a second ``cameras:`` block, or a camera with two
-``id:`` lines, would drop what came first without a word)."""
+``id:`` lines, would drop what came first without a word), an alias inside the node it names is
+an error, and a plain ``on:`` key is the string "on", not YAML 1.1's true (`percept build` put
+the key true into the Serve config, which JSON then made "true")."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 import yaml
 
 MERGE_TAG = "tag:yaml.org,2002:merge"  # ``<<: *defaults``: its keys may be overridden, as YAML says
+BOOL_TAG, STR_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:str"
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -43,6 +46,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
             for key_node, _ in node.value:
                 if key_node.tag == MERGE_TAG:
                     continue
+                if key_node.tag == BOOL_TAG and key_node.style is None and key_node.value.lower() == "on":
+                    key_node.tag = STR_TAG  # a classifier's ``on:`` (YAML 1.1 reads a plain on as true)
                 key = self.construct_object(key_node, deep=True)
                 try:
                     first = seen.get(key)
