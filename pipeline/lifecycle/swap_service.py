@@ -207,7 +207,7 @@ class ModelSwaps:
         validated = time.monotonic()
         desired = await asyncio.to_thread(self._record, keys, request.weights, request.card, name,
                                           {"weights": weights, "card": card})
-        state, failed, live = await self._wait(keys, desired, request.timeout_s)
+        state, failed, live = await self._wait(keys, desired.generation, request.timeout_s, desired.requested_at)
         if state == "rolling":  # the client is answered; the rollout is watched on, and rolled back if it fails
             answer.set_exception(SwapTimeout(
                 f"{deployment}: after {request.timeout_s:.0f} s {live} replica(s) report, not all serve generation "
@@ -215,7 +215,8 @@ class ModelSwaps:
             # another swap may start (refused while replicas still roll this one; a rollback
             # written here later never replaces a newer swap's record)
             self._busy.discard(deployment)
-            state, failed, live = await self._wait(keys, desired, WATCHED_AFTER_TIMEOUT_S)
+            state, failed, live = await self._wait(keys, desired.generation, WATCHED_AFTER_TIMEOUT_S,
+                                                   desired.requested_at)
         if state == "failed":
             raise SwapRefused(f"{section.field}.weights: replica {failed.replica} could not load {request.weights!r}: "
                               f"{failed.error}; {await self._roll_back(keys, desired, weights, card, request.timeout_s)}")
@@ -244,7 +245,7 @@ class ModelSwaps:
                 await asyncio.sleep(self.poll_s)
         if back is None:
             return "not rolled back: a newer swap replaced it"
-        state, failed_back, _ = await self._wait(keys, back, timeout_s)
+        state, failed_back, _ = await self._wait(keys, back.generation, timeout_s, back.requested_at)
         after = {"done": "every replica serves it again",
                  "failed": f"replica {failed_back.replica if failed_back else '?'} cannot load that either: "
                            f"{failed_back.error if failed_back else '?'}"}.get(state, "the rollback is still rolling out")
@@ -280,12 +281,12 @@ class ModelSwaps:
         recorded = Desired.from_json(self.client.get(keys.desired))
         return reports, None if recorded is None else recorded.generation
 
-    async def _wait(self, keys: SwapKeys, record: Desired | int, timeout_s: float) -> tuple[str, Any, int]:
-        """(state, the replica that failed, live replicas) once the rollout of ``record`` (or of
-        a generation) is done or failed, or at the deadline. A Redis outage meanwhile is waited
-        out, not an error: the rollout goes on without us, and a client that asked again would
-        start another one."""
-        generation, requested_at = (record, None) if isinstance(record, int) else (record.generation, record.requested_at)
+    async def _wait(self, keys: SwapKeys, generation: int, timeout_s: float,
+                    requested_at: float | None = None) -> tuple[str, Any, int]:
+        """(state, the replica that failed, live replicas) once the rollout of ``generation``
+        (the record requested at ``requested_at``) is done or failed, or at the deadline. A Redis
+        outage meanwhile is waited out, not an error: the rollout goes on without us, and a
+        client that asked again would start another one."""
         deadline = time.monotonic() + timeout_s
         reports: list[ReplicaReport] = []
         while True:
