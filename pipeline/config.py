@@ -75,13 +75,6 @@ class CameraConfig(Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=64, description="unique camera id")
     url: str = Field(min_length=1, max_length=4096, description="rtsp://, http(s)://, a file path or device:N")
     fps: float = Field(5.0, ge=0, le=240, description="max frames sampled per second; 0 = every frame")
-
-    @field_validator("fps")
-    @classmethod
-    def _fps_period(cls, v: float) -> float:
-        if 0 < v < MIN_FPS:  # 1e-310: a period of inf, and the sampler's grid NaN
-            raise ValueError(f"must be 0 (every frame) or at least {MIN_FPS:g} (a frame an hour), got {v:g}")
-        return v
     loop: bool = Field(False, description="files only: loop forever")
     realtime: bool = Field(True, description="files only: read at the file's own frame rate")
     open_timeout_s: float = Field(5.0, gt=0, le=120)
@@ -123,6 +116,13 @@ class CameraConfig(Strict):
         """Whether this camera is ``running`` but for fields that change without a restart
         (`RUNTIME_FIELDS`: zones, lines, …)."""
         return self.model_copy(update={name: getattr(running, name) for name in RUNTIME_FIELDS}) == running
+
+    @field_validator("fps")
+    @classmethod
+    def _fps_period(cls, v: float) -> float:
+        if 0 < v < MIN_FPS:  # 1e-310: a period of inf, and the sampler's grid NaN
+            raise ValueError(f"must be 0 (every frame) or at least {MIN_FPS:g} (a frame an hour), got {v:g}")
+        return v
 
     @field_validator("url")
     @classmethod
