@@ -188,8 +188,7 @@ class CameraConductor:
             log.error("camera %s: reader crashed: %s", self.camera.id,
                       redact("".join(traceback.format_exception(exc)).rstrip(), secrets))
             self._reader_error = exc  # run() raises it: the camera's task ends with this error
-            self.publisher.camera_state(self.camera.id, "failed",
-                                        error=redact(f"reader crashed: {type(exc).__name__}: {exc}", secrets))
+            self.publisher.camera_state(self.camera.id, "failed", error=self._last_error())
         finally:
             self.slot.close()
             try:
@@ -386,15 +385,24 @@ class CameraConductor:
             url=self.camera.shown_url,
         )
 
+    def _last_error(self) -> str | None:
+        if self._failure is not None:
+            return str(self._failure)
+        if self._reader_error is not None:
+            exc = self._reader_error
+            return redact(f"reader crashed: {type(exc).__name__}: {exc}", self.camera.secrets)
+        return self.source.last_error
+
     def status(self) -> dict[str, Any]:
         return {
             "camera": self.camera.id,
-            "state": "failed" if self._failure is not None else self.source.state.value,
+            # a reader that crashed left its source's last state (``online``): the camera has failed
+            "state": "failed" if (self._failure or self._reader_error) is not None else self.source.state.value,
             "fps": round(self.fps, 2),
             "dropped": self.dropped,
             "processed": self.counters.processed,
             "classify_failed": self.counters.classify_failed,
             "failed": self.counters.failed,  # frames whose detection failed (part of dropped)
             "inflight": len(self._inflight),
-            "last_error": str(self._failure) if self._failure is not None else self.source.last_error,
+            "last_error": self._last_error(),
         }

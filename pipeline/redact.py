@@ -12,7 +12,8 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s
 # a query parameter named for a secret, alone or after a prefix ending in "_", "-" or "."; also a
 # path segment so written (XMEye cameras: /user=admin_password=x_channel=1), up to the next "_" or "/"
 # (access_token, client_secret, stream_key, X-Amz-Signature; pw, loginpas: cameras' CGI URLs): its value is scrubbed
-_SECRET_NAME = (r"(?:[\w.-]*[_.-])?(?:password|passwd|pwd|pass|pw|psw|pswd|loginpas|loginpass|passwort|token|auth"
+_SECRET_NAME = (r"(?:[\w.-]*[_.-])?(?:password|passwd|passphrase|pwd|pass|pw|psw|pswd|loginpas|loginpass|passwort"
+                r"|token|auth"
                 r"|apikey|api_key|secret|key|signature|sig|credential)=")
 _QUERY_SECRET = re.compile(rf"(?i)([?&;]{_SECRET_NAME})[^&#;\s'\"]*"
                            rf"|([/_]{_SECRET_NAME})(?:\$\{{[A-Za-z_][A-Za-z0-9_]*\}}|[^&#;/_\s'\"])*")

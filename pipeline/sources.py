@@ -255,6 +255,8 @@ class VideoSource:
                 # Rewind by reopening; pts keep increasing across loops so sampling stays even.
                 pts_offset = last_pts + self._frame_s
                 continue
+            if outcome == "empty":  # a looping file that gave no frame this time (being rewritten?)
+                self._wait(self._backoff.next())
             if outcome == "lost":
                 self._wait(self._backoff.next())
         if self._state != SourceState.FAILED:
@@ -278,11 +280,13 @@ class VideoSource:
 
     def _read(self, cap: Capture, pts_offset: float) -> Iterator[Frame]:
         """Yields frames from one open capture; returns (outcome, last pts): outcome is
-        'eof' (file ended), 'lost' (stream broke or timed out), 'failed' or 'stopped'."""
+        'eof' (file ended), 'empty' (a file's later pass gave no frame), 'lost' (stream broke or
+        timed out, or its frames could not be decoded), 'failed' or 'stopped'."""
         last_pts = pts_offset
         got_any = False
         self._pts_shift = 0.0
         connected_at: float | None = None  # the backoff starts afresh once the stream has stayed up
+        undecodable = 0  # sampled frames in a row whose retrieve() failed
         while not self._stop.is_set():
             ok = cap.grab()
             now = self._monotonic()
@@ -293,7 +297,7 @@ class VideoSource:
                 if not got_any and pts_offset == 0.0:
                     self._transition(SourceState.FAILED, "no decodable video frames in file")
                     return "failed", last_pts
-                return "eof", last_pts
+                return ("eof" if got_any else "empty"), last_pts
             if connected_at is None:
                 connected_at = now
             elif now - connected_at >= self._backoff.cap:  # up that long: a new drop is a new fault
@@ -320,7 +324,17 @@ class VideoSource:
             t_decode = time.perf_counter()
             ok, image = cap.retrieve()
             if not ok or image is None:
+                self.skipped += 1  # sampled, but not decodable: counted like a frame not taken
+                undecodable += 1
+                if undecodable >= MAX_UNDECODABLE:
+                    error = f"{undecodable} sampled frames in a row could not be decoded"
+                    if self._is_file:  # the rest of it is not read: the file ends (or loops) here
+                        self._transition(self._state, error)
+                        return "eof", last_pts
+                    self._transition(SourceState.RECONNECTING, error)
+                    return "lost", last_pts
                 continue
+            undecodable = 0
             meta = FrameMeta(
                 camera=self.camera,
                 seq=self._next_seq,
@@ -337,18 +351,22 @@ class VideoSource:
 
     def _pts(self, pos_ms: float | None, pts_offset: float, last_pts: float | None) -> float | None:
         """A frame's pts: the capture's position plus ``pts_offset`` (loops) and the shift that
-        keeps a file's timeline increasing (a frame at or before the last one comes one frame
-        interval after it: a file without timestamps, or whose timestamps start again). A file's
+        keeps a file's timeline increasing and without gaps longer than ``watchdog_s`` (a frame at
+        or before the last one, or that far after it, comes one frame interval after it: a file
+        without timestamps, whose timestamps start again, or recordings joined). A file's
         frame without a position (raw H.264) comes one frame interval after the last."""
         if pos_ms is None or pos_ms < 0:
             if not self._is_file:
                 return None  # (a live camera's frames are sampled on the clock)
             return pts_offset if last_pts is None else last_pts + self._frame_s
         pts = pts_offset + self._pts_shift + pos_ms / 1000.0
-        if self._is_file and last_pts is not None and pts <= last_pts:
+        # a gap longer than the watchdog's (joined recordings) is closed too: paced, the reader
+        # would wait it out, silent, and the watchdog take the camera for lost
+        if self._is_file and last_pts is not None and not 0 < pts - last_pts <= self._watchdog_s:
             self._pts_shift += last_pts - pts + self._frame_s
             pts = last_pts + self._frame_s
         return pts
 
 
 _CAP_PROP_POS_MSEC = 0  # cv2.CAP_PROP_POS_MSEC
+MAX_UNDECODABLE = 30  # sampled frames in a row that grab() read and retrieve() could not decode

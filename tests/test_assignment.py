@@ -159,6 +159,17 @@ def test_a_crashed_reader_is_restarted_with_backoff_and_the_other_camera_keeps_r
         state = wait_for(lambda: (s := camera_states(client, KEYS, ["a"])["a"]).get("state") == "reconnecting"
                          and s, 10, "camera a reconnecting after its reader crashed")
         assert "ValueError: Port could not be cast to integer value as '***'" in state["last_error"], state
+
+        async def replica_status():
+            return sup.status()
+
+        def crashed():  # GET /status while the restart waits: the camera is not "online"
+            a = asyncio.run_coroutine_threadsafe(replica_status(), bg.loop).result(5)["cameras"].get("a", {})
+            return "restart_in_s" in a and a
+
+        answer = wait_for(crashed, 10, "camera a waiting to restart in the replica's status")
+        assert answer["state"] == "failed" and answer["last_error"].startswith("reader crashed: ValueError"), answer
+        assert "Sup3rPw" not in answer["last_error"], answer
         b_before = client.xlen(KEYS.detections("b"))
         wait_for(lambda: client.xlen(KEYS.detections("a")) >= 5, 30, "camera a publishing once the fault is gone")
         assert camera_states(client, KEYS, ["a"])["a"]["state"] == "online"

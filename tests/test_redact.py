@@ -83,6 +83,12 @@ def test_camera_cgi_passwords_in_the_query_are_hidden():
     assert redact_url("http://cam/v.cgi?loginuse=admin&loginpas=hunter2&x=1") == (
         "http://cam/v.cgi?loginuse=admin&loginpas=***&x=1")
     assert redact_url("http://cam/v.cgi?pwr=1&pws=2") == "http://cam/v.cgi?pwr=1&pws=2"  # other names
+    # SRT's encryption passphrase (FFmpeg's srt:// option), hidden and refused inline like a password
+    assert redact_url("srt://cam:9000?mode=caller&passphrase=Sup3rSecret1") == (
+        "srt://cam:9000?mode=caller&passphrase=***")
+    from pipeline.config import CameraConfig, inline_password_error
+    refusal = inline_password_error(CameraConfig(id="s", url="srt://cam:9000?passphrase=Sup3rSecret1"), "url")
+    assert refusal is not None and "passphrase=${CAM_S_PASSWORD}" in refusal and "Sup3r" not in refusal
     # XMEye cameras put them in the path: up to the next "_" or "/" (a ${VAR} whole)
     assert redact_url("rtsp://10.0.0.9:554/user=admin_password=S3cret_channel=1_stream=0.sdp") == (
         "rtsp://10.0.0.9:554/user=admin_password=***_channel=1_stream=0.sdp")

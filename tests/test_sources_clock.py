@@ -99,3 +99,64 @@ def test_a_file_held_back_by_a_slow_graph_is_not_reported_silent():
     for _ in src.frames():
         assert src.check_watchdog() is False
     assert [e.state for e in events] == [SourceState.ONLINE, SourceState.STOPPED]
+
+
+def test_a_realtime_file_with_a_gap_in_its_timestamps_is_not_paced_through_the_gap():
+    """Recordings joined with an hour between them (an NVR export): the reader does not wait the
+    hour out, silent (the watchdog would take the camera for lost); the gap is closed like
+    timestamps that start again."""
+    clock, waits = Clock(), []
+
+    def sleep(s):
+        waits.append(s)
+        clock.sleep(s)
+
+    position = lambda i: i * 40.0 + (3_600_000.0 if i > 50 else 0.0)  # noqa: E731
+    src = VideoSource("nvr", lambda: PositionCapture(100, clock, position), fps=0, is_file=True, realtime=True,
+                      native_fps=25, clock=clock, sleep=sleep, watchdog_s=10)
+    frames = list(src.frames())
+    assert len(frames) == 100 and max(waits) < 1, max(waits)
+    pts = [f.meta.pts for f in frames]
+    assert pts == sorted(pts) and abs(pts[-1] - pts[0] - 99 * 0.04) < 0.05, (pts[0], pts[-1])
+    assert src.state == SourceState.STOPPED
+
+
+def test_a_looping_file_whose_next_pass_has_no_frame_backs_off():
+    """The file was replaced by one with nothing decodable: the loop reopens it with backoff,
+    not as fast as it can (a million opens a second before)."""
+    clock, waits, passes = Clock(), [], iter([3] + [0] * 6 + [3] * 100)
+
+    def sleep(s):
+        waits.append(s)
+        clock.sleep(s)
+
+    src = VideoSource("clip", lambda: FakeCapture(next(passes), clock), fps=0, is_file=True, loop=True,
+                      realtime=False, native_fps=25, clock=clock, sleep=sleep, backoff=Backoff(0.5, 10))
+    frames = take(src, 6)
+    assert [f.meta.seq for f in frames] == list(range(6))
+    assert waits == [0.5, 1, 2, 4, 8, 10], waits
+
+
+class UndecodableCapture(FakeCapture):
+    """A stream whose packets arrive (grab works) but whose frames after the ``good`` first do
+    not decode (retrieve fails)."""
+
+    def __init__(self, n, clock, good):
+        super().__init__(n, clock)
+        self.good = good
+
+    def retrieve(self):
+        return (True, super().retrieve()[1]) if self.i <= self.good else (False, None)
+
+
+def test_sampled_frames_that_cannot_be_decoded_are_counted_and_end_in_a_reconnect():
+    from pipeline.sources import MAX_UNDECODABLE
+
+    clock, events, opens = Clock(), [], iter([5, 10_000])
+    src = VideoSource("cam", lambda: UndecodableCapture(10_000, clock, next(opens)), fps=0, is_file=False,
+                      clock=clock, sleep=clock.sleep, on_status=events.append, backoff=Backoff(0.5, 10))
+    frames = take(src, 10)
+    assert len(frames) == 10  # the first open's 5 frames, then the reconnect's
+    assert src.skipped == MAX_UNDECODABLE  # each one counted, none lost silently
+    reconnects = [e for e in events if e.state == SourceState.RECONNECTING]
+    assert len(reconnects) == 1 and "could not be decoded" in reconnects[0].error, events
