@@ -176,6 +176,22 @@ def serve_graph(config: PerceptConfig, stack: ExitStack, *, verbose: bool = Fals
     return str(logs) if local else "each node's Ray session folder (logs/serve/)"
 
 
+def _read_files_again(config: PerceptConfig) -> None:
+    """A new run reads its file cameras again: the marks of files an earlier run read to their
+    end (`pipeline.streams.ended_mark`) are cleared."""
+    import redis
+
+    from pipeline.streams import StreamKeys, clear_ended, redis_from_config
+
+    client = redis_from_config(config.redis)
+    try:
+        clear_ended(client, StreamKeys(config.redis.stream_prefix), [c.id for c in config.cameras])
+    except redis.RedisError as exc:
+        raise Unavailable(f"redis.url: {redact_url(config.redis.url or '')}: {redact(str(exc))}") from None
+    finally:
+        client.close()
+
+
 def run_graph(config: PerceptConfig, *, address: str | None, duration: float | None, monitor: bool,
               verbose: bool = False, source: str | None = None) -> int:
     """The graph on Ray until the duration ends or a signal; ``source``: the config file (named
@@ -197,6 +213,7 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
             check_models(config)
             keeper: list[PrivateRedis] = []
             config = redis_for(config, stack, keeper)
+            _read_files_again(config)
         except ConfigError as exc:
             return fail(str(ConfigError(exc.errors, exc.source or source)), CONFIG_ERROR_EXIT_CODE)
         except Unavailable as exc:

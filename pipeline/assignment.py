@@ -35,8 +35,8 @@ from .geometry import GeometryError
 from .lease import Lease, acquire, release, renew
 from .publish import Publisher
 from .redact import redact
-from .sources import Backoff
-from .streams import StreamKeys, reconnect_if_demoted
+from .sources import Backoff, is_file_url
+from .streams import ENDED_FIELD, StreamKeys, ended_mark, reconnect_if_demoted
 
 log = logging.getLogger("percept.assignment")
 
@@ -202,7 +202,9 @@ class CameraSupervisor:
         # seconds at most) at least the configured number: a scale-up, or the replacement of a
         # replica whose cameras a failover gathered here (while it is missing, they stay)
         if min(was, self._live) >= self.replicas and len(self.running) > self.fair_share:
-            cid = next(reversed(self.running))
+            # a camera still reading (one that ended would not be read again by anyone)
+            cid = next((c for c in reversed(self.running) if not self.running[c].task.done()),
+                       next(reversed(self.running)))
             log.warning("camera %s: %d cameras here, above this replica's share (%d, %d replicas); handing it over",
                         cid, len(self.running), self.fair_share, max(self.replicas, self._live))
             await self._stop_camera(cid, hand_over=True)
@@ -220,7 +222,8 @@ class CameraSupervisor:
     async def _renew_all(self) -> None:
         for cid, entry in list(self.running.items()):
             # A camera whose source ended (a file, or failed for good) stays leased here, so that
-            # no other replica replays it; its state says why it stopped.
+            # no other replica replays it (a file read to its end is also marked so in its hash,
+            # for when the lease is lost: `_read_to_its_end`); its state says why it stopped.
             if self._expire_overdue(cid):
                 continue
             try:
@@ -245,12 +248,21 @@ class CameraSupervisor:
                 if not await asyncio.to_thread(self.client.exists, key):
                     self._free_rounds[cid] = self._free_rounds.get(cid, 0) + 1
                 continue
+            if await asyncio.to_thread(self._read_to_its_end, cam):
+                continue
             lease = await asyncio.to_thread(acquire, self.client, key, cid, ttl=self.ttl, token=self.owner)
             self._free_rounds.pop(cid, None)
             if lease is None:
                 continue
             log.info("camera %s: lease acquired by %s", cid, self.owner)
             await self._start(cid, cam, lease)
+
+    def _read_to_its_end(self, cam: CameraConfig) -> bool:
+        """A file camera (not looping) whose file a replica read to its end: not read again, also
+        once its lease is free (an outage past the TTL, a handover). Its hash says so."""
+        if not is_file_url(cam.url) or cam.loop:
+            return False
+        return self.client.hget(self.keys.camera(cam.id), ENDED_FIELD) == ended_mark(cam.shown_url).encode()
 
     async def _start(self, cid: str, cam: CameraConfig, lease: Lease) -> None:
         if self.publisher is not None:

@@ -29,7 +29,8 @@ from .publish import Publisher
 from .redact import redact
 from .schema import Detections, FrameMeta, FrameResult
 from .frame_slot import LatestFrameSlot, thread_ended
-from .sources import Frame, VideoSource
+from .sources import Frame, SourceState, VideoSource, is_file_url
+from .streams import ENDED_FIELD, ended_mark
 from .track_state import TrackSnapshots, leave_tracks
 from .tracking import ObjectTracker
 
@@ -127,6 +128,7 @@ class CameraConductor:
         self._reader.start()
         stats = asyncio.create_task(self._stats_loop())
         previous: _Order | None = None
+        ended = False
         sem = asyncio.Semaphore(self.max_inflight)
         try:
             while not self._stopped.is_set():
@@ -134,6 +136,7 @@ class CameraConductor:
                 frame = await self._next_frame()
                 if frame is None:
                     sem.release()
+                    ended = not self._stopped.is_set()  # its source ended, nobody stopped it
                     break
                 order = _Order()
                 task = asyncio.create_task(self._process(frame, previous, order))
@@ -149,7 +152,7 @@ class CameraConductor:
             # the reader's last state change lands while this replica still holds the lease
             await thread_ended(self._reader, self.camera.read_timeout_s + 1)
             self._last_state()
-            self._publish_stats()
+            self._publish_stats(read_to_its_end=ended and self._read_to_its_end())
             if self.kept is not None:
                 self.kept.forget(self.camera.id)  # its frames go with it (`percept explain` keeps)
         if self._reader_error is not None:
@@ -375,7 +378,14 @@ class CameraConductor:
         self._fps_window = [t for t in self._fps_window if now - t <= 5.0]
         return len(self._fps_window) / 5.0
 
-    def _publish_stats(self) -> None:
+    def _read_to_its_end(self) -> bool:
+        """A file (not looping) read to its end, every frame taken published: it is not read again."""
+        return (is_file_url(self.camera.url) and not self.camera.loop and self.source.state == SourceState.STOPPED
+                and self._reader_error is None and self._failure is None)
+
+    def _publish_stats(self, *, read_to_its_end: bool = False) -> None:
+        # after the camera's last frames: a file read to its end is marked so (`ended_mark`)
+        ended = {ENDED_FIELD: ended_mark(self.camera.shown_url)} if read_to_its_end else {}
         self.publisher.camera_stats(
             self.camera.id,
             fps=f"{self.fps:.2f}",
@@ -383,6 +393,7 @@ class CameraConductor:
             classify_failed=self.counters.classify_failed,
             seq=self.source.next_seq - 1,
             url=self.camera.shown_url,
+            **ended,
         )
 
     def _last_error(self) -> str | None:

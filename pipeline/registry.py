@@ -27,7 +27,7 @@ from .config import CameraConfig, format_validation_error
 from .config_env import CameraEnvError, resolve_camera
 from .publish import Publisher
 from .redact import redact, redact_url
-from .streams import StreamKeys, parse_entry_id
+from .streams import ENDED_FIELD, StreamKeys, clear_ended, parse_entry_id
 
 log = logging.getLogger("percept.registry")
 
@@ -102,7 +102,10 @@ class CameraRegistry:
                     pipe.hdel(self.key, cid)
                     pipe.hset(self.removed_key, cid, json.dumps(entry))
             for cam in cameras:
-                pipe.hset(self.key, cam.id, json.dumps({"source": "config", "camera": cam.model_dump(mode="json")}))
+                given = cam.model_dump(mode="json")
+                pipe.hset(self.key, cam.id, json.dumps({"source": "config", "camera": given}))
+                if current.get(cam.id, {}).get("camera") != given:  # new, or changed: a file is read again
+                    pipe.hdel(self.keys.camera(cam.id), ENDED_FIELD)
             pipe.set(self.digest_key, digest)
             return True
 
@@ -189,6 +192,7 @@ class CameraRegistry:
         stored as given (``${VAR}`` kept)."""
         given = camera.model_dump(mode="json")
         if self.client.hsetnx(self.key, camera.id, json.dumps({"source": "api", "camera": given})):
+            clear_ended(self.client, self.keys, [camera.id])  # added again: its file is read again
             return True
         raw = self.client.hget(self.key, camera.id)
         try:

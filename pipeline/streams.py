@@ -5,7 +5,8 @@ Keys (a public contract, schema v1):
 - ``<prefix>:detections:<camera>`` — one entry per processed frame;
 - ``<prefix>:events:<camera>`` — track, zone and line events (schema percept.events/v1);
 - ``<prefix>:counts:<camera>`` — hash of zone/line/track counters;
-- ``<prefix>:camera:<camera>`` — the camera's state hash; ``<prefix>:status`` — state changes;
+- ``<prefix>:camera:<camera>`` — the camera's state hash (its ``ended`` field: a file read to its
+  end, `ended_mark`); ``<prefix>:status`` — state changes;
 - ``<prefix>:lease:<camera>`` — which decoder replica ingests the camera;
 - ``<prefix>:cameras`` — the runtime camera registry;
 - ``<prefix>:decoders`` — hash of each decoder replica's latest status (`pipeline/decoder_status.py`).
@@ -13,6 +14,7 @@ Keys (a public contract, schema v1):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -21,6 +23,25 @@ from typing import Any, Mapping
 import redis
 
 from .config import ConfigError, RedisConfig
+
+
+ENDED_FIELD = "ended"  # the camera hash's field a file camera read to its end leaves (`ended_mark`)
+
+
+def ended_mark(shown_url: str) -> str:
+    """What a file camera read to its end leaves in its hash (a digest of its URL, credentials
+    scrubbed): while it is there, no replica reads that file again for the camera (a lease taken
+    again after an outage, a handover). Adding the camera again, or `percept run`, clears it."""
+    return hashlib.sha256(shown_url.encode()).hexdigest()[:16]
+
+
+def clear_ended(client: redis.Redis, keys: "StreamKeys", camera_ids: list[str]) -> None:
+    """The file cameras named may be read again (`ended_mark`)."""
+    if camera_ids:
+        pipe = client.pipeline(transaction=False)
+        for cid in camera_ids:
+            pipe.hdel(keys.camera(cid), ENDED_FIELD)
+        pipe.execute()
 
 
 @dataclass(frozen=True)

@@ -278,6 +278,7 @@ def test_a_round_that_fails_on_something_unforeseen_keeps_the_cameras_running(re
 
 
 def test_a_camera_that_ended_normally_is_not_restarted(redis_server, monkeypatch):
+    warm_imports()
     client = redis_server.client()
     opens = []
     monkeypatch.setattr(camera_open_module, "open_capture", lambda camera, url, **kw: opens.append(1) or LiveCapture(5))
@@ -297,6 +298,46 @@ def test_a_camera_that_ended_normally_is_not_restarted(redis_server, monkeypatch
     finally:
         bg.stop()
         pub.close()
+
+
+def test_a_file_read_to_its_end_is_not_read_again_by_the_next_owner(redis_server, monkeypatch):
+    """Its lease freed (the replica stopped, an outage past the TTL, a handover), a file that was
+    read to its end is not read again by the next owner: that published every frame once more
+    under new seqs, and doubled the line and zone counts. One whose mark was cleared (added
+    again, a new `percept run`) is read again."""
+    from pipeline.streams import clear_ended
+
+    warm_imports()
+    client = redis_server.client()
+    opens = []
+    monkeypatch.setattr(camera_open_module, "open_capture",
+                        lambda camera, url, **kw: opens.append(camera) or LiveCapture(5))
+    monkeypatch.setattr(camera_open_module, "probe_fps", lambda url: 25.0)
+    pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    config = PerceptConfig(tracker={"enabled": False})
+    cams = [CameraConfig(id=c, url=f"{c}.mp4", fps=0, realtime=False) for c in ("f", "g")]
+
+    def replica(owner):
+        return Background(CameraSupervisor(cams, client=client, keys=KEYS, start_camera=factory(pub, config),
+                                           replicas=1, lease_ttl_s=3, owner=owner, publisher=pub))
+
+    first = replica("first")
+    try:
+        wait_for(lambda: all(client.hget(KEYS.camera(c), "ended") for c in "fg"), 10, "both files read to their end")
+    finally:
+        first.stop()
+    assert client.get(KEYS.lease("f")) is None and client.xlen(KEYS.detections("f")) == 5
+    clear_ended(client, KEYS, ["g"])  # g added again
+    second = replica("second")
+    try:
+        # one claim round goes over f, then g: once g is read again, f had its turn
+        wait_for(lambda: opens.count("g") == 2 and client.xlen(KEYS.detections("g")) == 10, 10, "g read again")
+    finally:
+        second.stop()
+        pub.close()
+    assert opens.count("f") == 1 and client.xlen(KEYS.detections("f")) == 5, opens
+    seqs = seqs_of(client, "g")
+    assert seqs == list(range(10)), seqs  # read again, its seq continued
 
 
 def test_track_ids_continue_above_the_previous_run_of_the_camera(redis_server, monkeypatch):

@@ -217,3 +217,37 @@ def test_a_field_that_is_not_utf8_neither_blocks_adding_cameras_nor_stays_for_go
     assert reg.remove(shown) and b"bad\xff" not in reg.client.hkeys(reg.key)
     assert not reg.remove(shown) and sorted(reg.ids()) == ["good", "new"]
     assert not reg.client.hexists(reg.removed_key, b"bad\xff")  # it never ran: no tracks to end
+
+
+def test_a_file_read_to_its_end_is_read_again_once_added_again_changed_or_run_again(redis_server):
+    """The mark a file camera read to its end leaves (`ended`: no replica reads it again) goes
+    when the camera is added again, when a new config changes it, and when `percept run` starts;
+    a new config that leaves it as it was keeps it."""
+    from cli.run import _read_files_again
+    from pipeline.config import PerceptConfig
+
+    client = redis_server.client()
+    reg = CameraRegistry(client, KEYS)
+    f, g = CameraConfig(id="f", url="f.mp4"), CameraConfig(id="g", url="g.mp4")
+    reg.seed([f, g])
+
+    def mark(*ids):
+        for cid in ids:
+            client.hset(KEYS.camera(cid), mapping={"ended": "x", "state": "stopped"})
+
+    def marked():
+        return sorted(c for c in "fgh" if client.hget(KEYS.camera(c), "ended"))
+
+    mark("f", "g")
+    reg.seed([f, g])  # the same config again: nothing changes
+    assert marked() == ["f", "g"]
+    reg.seed([f, g.model_copy(update={"fps": 2.0})])  # a new config that changes g only
+    assert marked() == ["f"]
+    reg.remove("f")
+    assert reg.add(f) and marked() == []  # DELETE, then POST: read again
+    mark("f")
+    assert reg.add(f) and marked() == ["f"]  # a POST retried (the camera is there as it was)
+    assert client.hget(KEYS.camera("f"), "state") == b"stopped"  # only the mark goes
+    mark("h")
+    _read_files_again(PerceptConfig(cameras=[f.model_dump()], redis={"url": redis_server.url, "stream_prefix": "reg"}))
+    assert marked() == ["h"]  # `percept run` with camera f
