@@ -14,6 +14,10 @@ from ultralytics.trackers.utils.kalman_filter import KalmanFilterXYAH
 
 from .bytetrack import buffered_iou
 
+# the cost of a track–detection pair of two categories: above any match threshold (an IoU cost is
+# at most 1, and a threshold of 1 would take a cost of 1 as a match)
+NO_MATCH = 1e6
+
 
 class ByteTrack(BYTETracker):
     """ByteTrack with buffered-IoU association and a time-scaled Kalman step (module doc)."""
@@ -27,7 +31,7 @@ class ByteTrack(BYTETracker):
         self.category_of: dict[int, str] = {}  # class id → category (set by ObjectTracker)
 
     def _one_category(self, cost: np.ndarray, tracks: list, detections: list) -> np.ndarray:
-        """``cost`` with every track–detection pair of two categories at 1 (no match); a class
+        """``cost`` with every track–detection pair of two categories at `NO_MATCH`; a class
         whose category is not known yet (a track restored before its label was seen again)
         matches any."""
         if len(set(self.category_of.values())) < 2:
@@ -35,7 +39,7 @@ class ByteTrack(BYTETracker):
         cat = self.category_of.get
         theirs = np.array([cat(int(t.cls)) for t in tracks], object)[:, None]
         ours = np.array([cat(int(d.cls)) for d in detections], object)[None, :]
-        cost[(theirs != ours) & (theirs != None) & (ours != None)] = 1.0  # noqa: E711 (elementwise)
+        cost[(theirs != ours) & (theirs != None) & (ours != None)] = NO_MATCH  # noqa: E711 (elementwise)
         return cost
 
     def scale_velocity(self, factor: float) -> None:

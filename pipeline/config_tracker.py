@@ -16,13 +16,14 @@ class TrackerConfig(Strict):
     track_low_thresh: float = Field(0.1, ge=0, le=1)
     new_track_thresh: float = Field(0.25, ge=0, le=1)
     track_buffer: int = Field(30, ge=1, le=10_000, description="usual frame intervals a lost track is kept (7.5 s at 4 fps)")
-    match_thresh: float = Field(0.9, ge=0, le=1, description="a detection continues a track when 1 - IoU of their grown boxes is below this")
+    match_thresh: float = Field(0.9, gt=0, lt=1, description="a detection continues a track when 1 - IoU of their grown "
+                                "boxes is below this (0 would match nothing; 1 boxes that do not even touch)")
     match_buffer: float = Field(
         1.2, ge=0, le=10, description="boxes grow by this fraction of their size per second between frames before they "
         "are matched (0.3 at 4 fps, 0.05 at 24 fps), so an object that moved more than its size still meets its track; 0: plain IoU")
     fuse_score: bool = Field(False, description="weigh matches by the detection score (ultralytics' default); off: a faint "
                              "detection continues its track as well")
-    merge_iou: float = Field(0.7, ge=0, le=1, description="detections of one category overlapping more than this are one "
+    merge_iou: float = Field(0.7, gt=0, le=1, description="detections of one category overlapping more than this are one "
                              "object (NMS is per label: a car is sometimes also a truck) and share its track id; 1: off")
     snapshot_every: int = Field(20, ge=0, le=100_000, description="frames between snapshots of the open tracks to Redis, "
                                 "from which the camera's next owner continues them; 0: never")

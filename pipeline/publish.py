@@ -176,17 +176,17 @@ class Publisher:
     def publish_events(self, camera: str, ts: float, events: Sequence[tuple[str, str]],
                        counts: Mapping[str, int] | None = None) -> None:
         """Events without a frame (tracks ended when the camera stops)."""
-        if not events or self._refused_here(camera):
+        if not events or self._refused_here(camera, is_frame=False):
             return
         ms = max(int(ts * 1000), self._last_ms.get(camera, 0))
         self._put_publish(camera, "", ms, 0, "", "", events, counts,
                           nbytes=sum(len(j) + 32 for _, j in events), is_frame=False)
 
-    def _refused_here(self, camera: str) -> bool:
+    def _refused_here(self, camera: str, *, is_frame: bool = True) -> bool:
         fence = self._fences.get(camera)
         if fence is not None and fence.released:
-            with self._cond:
-                self.stats.fenced[camera] += 1
+            with self._cond:  # a frame (a dropped frame in the metrics), or other writes
+                (self.stats.fenced if is_frame else self.stats.fenced_other)[camera] += 1
             self._log_fenced(camera, "its lease was released here")
             return True
         return False

@@ -76,3 +76,35 @@ def test_a_camera_url_missing_a_slash_or_with_spaces_around_it_is_refused(url, s
     for fine in ("clips/rtsp/a.mp4", "C:/videos/a.mp4", "file:/v/a.mp4", "device:0", "https://cam/x",
                  "zmq:tcp://127.0.0.1:5555", "unix:/run/cam.sock"):  # (FFmpeg's own forms of these)
         assert parse_config({"cameras": [{"id": "a", "url": fine}]}, env={}).cameras[0].url == fine
+
+
+def test_tracker_thresholds_that_match_anything_or_nothing_are_refused():
+    """`match_thresh: 1` took a cost of 1 as a match: any detection continued any track, a person
+    far across the frame the car's (a pair of two categories costs more than any threshold now
+    too); 0 matched nothing, and `merge_iou: 0` made every touching pair of boxes one object."""
+    errors = errors_of({"tracker": {"match_thresh": 1}})
+    assert len(errors) == 1 and errors[0].startswith("tracker.match_thresh: "), errors
+    assert errors_of({"tracker": {"match_thresh": 0, "merge_iou": 0}})[1].startswith("tracker.merge_iou: ")
+    assert parse_config({"tracker": {"match_thresh": 0.999, "merge_iou": 1}}, env={}).tracker.match_thresh == 0.999
+
+
+def test_a_pair_of_two_categories_never_matches_at_the_highest_threshold():
+    import numpy as np
+
+    from pipeline.config import TrackerConfig
+    from pipeline.schema import Detections
+    from pipeline.tracking import ObjectTracker
+
+    def dets(*objs):
+        return Detections(xyxy=np.array([o[0] for o in objs], np.float32), scores=[0.9] * len(objs),
+                          labels=[o[1] for o in objs], categories=[o[2] for o in objs])
+
+    tracker = ObjectTracker(TrackerConfig(match_thresh=0.999), fps=4)
+    car, person = ([100, 100, 200, 160], "car", "vehicle"), ([800, 100, 830, 180], "person", "pedestrian")
+    for k in range(3):
+        first = tracker.update(dets(car, person), (720, 1280), ts=k * 0.25)
+    car_id = first.track_ids[0]
+    tracker._tracker.args.match_thresh = 1.0  # as `match_thresh: 1` was let through before
+    later = [tracker.update(dets(([1000, 500, 1030, 580], "person", "pedestrian")), (720, 1280), ts=1 + k * 0.25)
+             for k in range(3)]
+    assert car_id is not None and all(car_id not in out.track_ids for out in later), (car_id, later)

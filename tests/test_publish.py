@@ -324,15 +324,16 @@ def test_after_unfence_frames_are_refused_here_and_state_only_lands_while_nobody
     client.delete(KEYS.lease("cam"))  # released
     pub.unfence("cam")
     pub.publish(result(1))  # a conductor still finishing: refused here
+    pub.publish_events("cam", 1.0, [("track_end", "{}")])  # its tracks' ends too: not a frame
     pub.camera_state("cam", "stopped")  # nobody holds it: a late state change still lands
     assert pub.flush(5)
-    assert seqs(client) == [0] and pub.stats.fenced["cam"] == 1
+    assert seqs(client) == [0] and pub.stats.fenced["cam"] == 1 and pub.stats.fenced_other["cam"] == 1
     assert camera_states(client, KEYS, ["cam"])["cam"]["state"] == "stopped"
     client.set(KEYS.lease("cam"), "other", px=10_000)  # another replica runs it now
     pub.camera_state("cam", "failed", error="late")
     assert pub.flush(5)
     assert camera_states(client, KEYS, ["cam"])["cam"]["state"] == "stopped"
-    assert pub.stats.fenced_other == {"cam": 1} and pub.stats.fenced == {"cam": 1}  # counted, apart from frames
+    assert pub.stats.fenced_other == {"cam": 2} and pub.stats.fenced == {"cam": 1}  # counted, apart from frames
     pub.close()
 
 
