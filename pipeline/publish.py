@@ -365,6 +365,8 @@ class Publisher:
             log.warning("%s; buffering %d results", why, len(self._queue) + len(taken))
         self.stats.connected = False
         delay = self._backoff.next()
+        for item in encoded:
+            item.sent = True  # Redis may have run it before the connection broke
         with self._cond:
             self._bytes -= sum(item.nbytes for item in taken)
             self._requeue(encoded)

@@ -34,6 +34,9 @@ class Item:
     held_since: float | None = None  # monotonic time it was first kept back (lease unheld)
     retry_at: float | None = None  # kept back: not sent again before this monotonic time
     packed: tuple[bytes, ...] | None = None  # `entry` in RESP, in parts (the JSON one of them: `encode`)
+    # sent in a batch whose answers were lost (the connection broke after the send): Redis may
+    # have run it, so its id refused as written when it is sent again means it landed then
+    sent: bool = False
 
     def kept_while_unheld(self, now: float, retry_s: float) -> bool:
         """Refused because nobody holds the lease: kept (True), to be tried again in ``retry_s``,
@@ -247,6 +250,8 @@ def count_outcome(stats: PublisherStats, item: Item, outcome: Any) -> None:
     error = None if outcome == WRITTEN else outcome
     if isinstance(error, bytes):
         error = error.decode(errors="replace")
+    if error is not None and item.sent and _DUPLICATE_ID in str(error):
+        error = None  # its first send landed (the answer was lost): published then, once
     if not item.is_frame:
         if error is not None:
             stats.errors += 1
