@@ -75,9 +75,11 @@ class TrackSnapshots:
         self._skip_logged = False
 
     def tracked(self, seq: int, tracker: ObjectTracker) -> None:
-        """Frame ``seq`` was just tracked: every ``every``-th one, keep the tracker's state."""
+        """Frame ``seq`` was just tracked: the first and every ``every``-th one, keep the
+        tracker's state (the first: an owner killed before the ``every``-th frame leaves its
+        tracks to the next, not open for good)."""
         self._frames += 1
-        if self.every and self._frames % self.every == 0:
+        if self.every and (self._frames == 1 or self._frames % self.every == 0):
             self._held[seq] = tracker.snapshot()
 
     def published(self, meta: FrameMeta, events: EventEngine) -> None:

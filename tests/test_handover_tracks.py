@@ -220,3 +220,21 @@ def test_frames_tracked_but_not_published_end_the_tracks_at_a_handover(redis_ser
     assert json.loads(client.hget(KEYS.trackstate("cam"), "json")) == {
         "schema": "percept.track-state/v1", "camera": "cam", "seq": last_seq, "closed": True}
     assert [e["kind"] for e in events_of(client)] == ["track_start", "track_end"]
+
+
+def test_an_owner_killed_before_its_first_periodic_snapshot_leaves_its_tracks_to_the_next(redis_server, monkeypatch):
+    """The first snapshot came with the `snapshot_every`-th frame: an owner killed before it
+    (SIGKILL, a node lost) left no snapshot, the next owner started afresh, and the tracks it
+    had opened never ended (no `track_end`, zones never left). Each owner now leaves one at its
+    first published frame: the next replays from there and ends them where they end."""
+    client = redis_server.client()
+    cfg = TrackerConfig(snapshot_every=20, track_buffer=5)
+    with monkeypatch.context() as killed:
+        killed.setattr(CameraConductor, "_leave_tracks", lambda self: None)  # nothing more from it
+        run_until(redis_server, 8, keep_tracks=False, cfg=cfg)
+    assert [e["kind"] for e in events_of(client)] == ["track_start"]
+    run_until(redis_server, 8, keep_tracks=False, cfg=cfg)  # the next owner runs, then stops
+    kinds = [(e["kind"], e["track_id"]) for e in events_of(client)]
+    started = [tid for kind, tid in kinds if kind == "track_start"]
+    ended = [tid for kind, tid in kinds if kind == "track_end"]
+    assert sorted(started) == sorted(ended) and len(set(ended)) == len(ended), kinds  # each once
