@@ -67,6 +67,7 @@ class Item:
             self.packed = resp_frame_run(entry[0], entry[1], body, entry[3])
         else:
             self.packed = (resp_args([*entry[:2], body, *entry[3:]]),)
+        entry[2] = None  # the result is its JSON now: not kept twice while it waits (an outage)
 
 
 ENCODE_TOGETHER = 32  # results rounded in one array (16-64: ~13 µs a result to JSON; 256: ~18, one by one ~17)

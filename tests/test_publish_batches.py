@@ -234,3 +234,21 @@ def test_processed_counts_every_frame_written_as_it_lands(redis_server):
                                                  "classify_failed": 0, "track_id_max": 0})
     finally:
         pub.close()
+
+
+def test_a_result_waiting_encoded_is_kept_as_its_json_only():
+    """An encoded result waiting for Redis (an outage) kept its FrameResult as well as its JSON:
+    twice the memory the buffer's bound counts."""
+    import gc
+    import weakref
+
+    from pipeline.publish_items import encode_all
+
+    frame = result(3)
+    gone = weakref.ref(frame)
+    item = Item(0, "cam", 512, None, True, entry=["1-3", 3, frame, None, 0, 0])
+    del frame
+    encode_all([item])
+    gc.collect()
+    assert item.packed is not None and b'"seq":3' in b"".join(item.packed)
+    assert gone() is None, "the FrameResult is still held by the queued item"
