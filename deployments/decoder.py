@@ -50,6 +50,7 @@ def merged_detect(handles: list[DeploymentHandle]):
     by_reference = all(transport_of(h) == "actor" for h in handles)
 
     async def detect(inp: DetectorInput):
+        inp = inp.sent()  # its age on this host's clock: the detector's host may keep another time
         if len(handles) == 1:
             return await handles[0].detect.remote(inp)
         import ray

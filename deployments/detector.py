@@ -66,7 +66,8 @@ class DetectorDeployment:
 
     async def detect(self, inp: DetectorInput) -> Detections | Exception:
         try:
-            inp = replace(inp, image=self.frames.resolve(inp.image))
+            # frame_ts on this host's clock (from the age the decoder sent): the lag autoscaling reads
+            inp = replace(inp.arrived(), image=self.frames.resolve(inp.image))
         except NotShared as exc:  # the decoder sends the pixels instead
             return exc
         self.meter.waiting += 1

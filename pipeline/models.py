@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -31,6 +32,21 @@ class DetectorInput:
     orig_shape: tuple[int, int]  # (height, width) of the camera frame
     frame_ts: float | None = None  # capture time: the detector reports frame age for autoscaling
     camera: str | None = None  # the camera it comes from: the detector's batcher waits for cameras by it
+    age_s: float | None = None  # its age as the decoder sent it, on the decoder's clock (`sent`)
+
+    def sent(self, now: float | None = None) -> "DetectorInput":
+        """Stamped as it leaves the decoder: its age then, measured on the clock that stamped
+        ``frame_ts`` (``now``: that clock's time)."""
+        if self.frame_ts is None:
+            return self
+        return replace(self, age_s=(time.time() if now is None else now) - self.frame_ts)
+
+    def arrived(self, now: float | None = None) -> "DetectorInput":
+        """``frame_ts`` moved onto this host's clock (now − its age when sent), so that a frame's
+        age here, the autoscaler's lag, does not hang on two hosts' clocks agreeing."""
+        if self.age_s is None:
+            return self
+        return replace(self, frame_ts=(time.time() if now is None else now) - self.age_s, age_s=None)
 
 
 PAD_VALUE = 114  # the grey ultralytics pads with

@@ -102,3 +102,37 @@ def test_target_ongoing_requests_is_a_floor_and_min_zero_is_refused():
     assert VideoLagPolicy(target_lag_s=0.4)(ctx)[0] == 1  # no floor given: lag and waiting alone
     with pytest.raises(ValidationError, match="min"):
         AutoscaleConfig(min=0, max=4)
+
+
+def test_a_frames_age_does_not_hang_on_the_decoder_and_detector_clocks_agreeing():
+    """The detector measured a frame's age as its own time minus the decoder's capture time: with
+    the detector's host 30 s ahead, every frame looked 30 s late (the detector scaled to its
+    maximum and never down); 30 s behind, none ever did. The decoder now sends the frame's age,
+    measured on its own clock, and the detector adds the time since it arrived."""
+    import asyncio
+    import time
+
+    import numpy as np
+
+    from deployments.decoder import merged_detect
+    from pipeline.models import DetectorInput
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    # captured at 1000.0 and sent at 1000.2 by the decoder's clock; arrived at 1030.25 by the
+    # detector's, 30 s ahead (0.05 s on the way)
+    here = DetectorInput(image, (8, 8), frame_ts=1000.0).sent(now=1000.2).arrived(now=1030.25)
+    meter = FrameAgeMeter()
+    meter.observe([here.frame_ts], now=1030.25)
+    assert meter.lag_s(now=1030.25) == pytest.approx(0.2)  # 30.25 before
+    assert DetectorInput(image, (8, 8)).sent().arrived().frame_ts is None  # a frame without a capture time
+
+    sent = []
+
+    class Handle:  # a detector deployment's handle: what goes over the wire
+        class detect:
+            @staticmethod
+            async def remote(x):
+                sent.append(x)
+
+    asyncio.run(merged_detect([Handle()])(DetectorInput(image, (8, 8), frame_ts=time.time() - 0.2)))
+    assert 0.15 < sent[0].age_s < 10, sent[0].age_s  # every frame the decoder sends is stamped
