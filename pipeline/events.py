@@ -290,7 +290,7 @@ class EventEngine:
         for zone in list(tr.zones):
             self._exit(tr, zone, seq, ts, tr.last_ts, True, events)
         self._emit(events, self._event(
-            tr, "track_end", seq, ts, duration_s=round(tr.last_ts - tr.first_ts, 3), frames=tr.frames,
+            tr, "track_end", seq, ts, duration_s=round(max(0.0, tr.last_ts - tr.first_ts), 3), frames=tr.frames,
             best_score=round(tr.best_score, 4), attributes=dict(tr.attributes), path=tr.path_summary(),
         ))
 

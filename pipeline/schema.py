@@ -31,6 +31,9 @@ class FrameMeta:
     pts: float | None  # stream presentation time, seconds
     width: int
     height: int
+    # the capture time on a clock that does not step (the reader's monotonic clock, set to the
+    # wall clock at its first frame): what the tracker measures intervals on; not published
+    steady_ts: float | None = field(default=None, compare=False)
 
     @property
     def message_id(self) -> str:

@@ -167,6 +167,7 @@ class VideoSource:
         self.last_frame_at: float | None = None  # monotonic
         self._pace_origin: tuple[float, float] | None = None  # (monotonic, pts) when pacing a file
         self._pts_shift = 0.0  # added to a file's positions so its timeline keeps increasing (`_pts`)
+        self._steady: float | None = None  # wall − monotonic time at the first frame (`FrameMeta.steady_ts`)
 
     @property
     def state(self) -> SourceState:
@@ -335,13 +336,17 @@ class VideoSource:
                     return "lost", last_pts
                 continue
             undecodable = 0
+            wall = self._clock()
+            if self._steady is None:  # the steady clock starts at the wall clock's time
+                self._steady = wall - now
             meta = FrameMeta(
                 camera=self.camera,
                 seq=self._next_seq,
-                frame_ts=self._clock(),
+                frame_ts=wall,
                 pts=pts,
                 width=int(image.shape[1]),
                 height=int(image.shape[0]),
+                steady_ts=self._steady + now,
             )
             self._next_seq += 1
             prepared = self._prepare(image, meta) if self._prepare is not None else None

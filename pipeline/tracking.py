@@ -112,9 +112,13 @@ class ObjectTracker:
         self._across_pause = False  # the next frame may find tracks after any pause (`resume_across_pause`)
 
     def time_of(self, meta: FrameMeta) -> float:
-        """The frame's time on this tracker's clock: its capture time, or the file's own time (as
-        published, to 0.1 ms) for a file read faster than real time."""
-        return round(meta.pts, 4) if self.file_time and meta.pts is not None else meta.frame_ts
+        """The frame's time on this tracker's clock: its capture time (on the reader's steady
+        clock where it has one: a wall clock stepped by NTP or a VM's resume is no gap between
+        frames), or the file's own time (as published, to 0.1 ms) for a file read faster than
+        real time."""
+        if self.file_time and meta.pts is not None:
+            return round(meta.pts, 4)
+        return meta.steady_ts if meta.steady_ts is not None else meta.frame_ts
 
     def _set_next_id(self, first: int) -> None:
         def numbers():  # BYTETracker numbers its tracks from this iterator

@@ -160,3 +160,27 @@ def test_sampled_frames_that_cannot_be_decoded_are_counted_and_end_in_a_reconnec
     assert src.skipped == MAX_UNDECODABLE  # each one counted, none lost silently
     reconnects = [e for e in events if e.state == SourceState.RECONNECTING]
     assert len(reconnects) == 1 and "could not be decoded" in reconnects[0].error, events
+
+
+def test_a_wall_clock_step_is_no_gap_for_the_tracker():
+    """NTP stepping the wall clock 31 s forward (or a VM's resume) looked, to the tracker, like
+    31 s without a frame: every track ended and started again (a `track_end` and a new
+    `track_start` for a car that never moved, zone visitors counted twice). Frames carry their
+    time on the reader's steady clock too, and the tracker measures on it."""
+    from pipeline.config import TrackerConfig
+    from pipeline.schema import Detections
+    from pipeline.tracking import ObjectTracker
+
+    mono, step = Clock(), [0.0]
+    src = VideoSource("cam", lambda: FakeCapture(500, mono), fps=5, is_file=False,
+                      clock=lambda: mono.t + step[0], monotonic=mono, sleep=mono.sleep)
+    tracker = ObjectTracker(TrackerConfig(), fps=5)
+    car = Detections(xyxy=[[100, 100, 200, 160]], scores=[0.9], labels=("car",), categories=("vehicle",))
+    ids, frames = [], src.frames()
+    for k in range(12):
+        if k == 6:
+            step[0] = 31.0  # the wall clock jumps; the camera never paused
+        meta = next(frames).meta
+        ids.append(tracker.update(car, (meta.height, meta.width), ts=tracker.time_of(meta)).track_ids[0])
+    assert ids[6:] == [ids[5]] * 6 and ids[5] is not None, ids
+    assert meta.frame_ts - meta.steady_ts > 30  # frame_ts stays the wall clock, as published
