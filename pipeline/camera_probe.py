@@ -14,7 +14,10 @@ from urllib.parse import urlsplit
 
 from .redact import UNESCAPED_USERINFO, url_credentials
 
-DEFAULT_PORTS = {"rtsp://": 554, "rtsps://": 322, "http://": 80, "https://": 443}
+DEFAULT_PORTS = {"rtsp://": 554, "rtsps://": 322, "http://": 80, "https://": 443, "rtmp://": 1935, "rtmps://": 443}
+# an RTMP client's first handshake bytes (C0: version 3; C1: time, zeros, 1528 bytes): a server
+# answers S0 (and S1) at once, before any stream is named
+RTMP_HELLO = b"\x03" + bytes(1536)
 
 
 def _target(url: str) -> tuple[str, int, str, str] | str:
@@ -65,7 +68,7 @@ def _connect(host: str, port: int, deadline: float) -> socket.socket:
     raise error
 
 
-def _ask(host: str, port: int, where: str, request: str | None, timeout_s: float) -> tuple[str, str | None]:
+def _ask(host: str, port: int, where: str, request: bytes | None, timeout_s: float) -> tuple[str, str | None]:
     """One request without credentials (None: connect only), all within ``timeout_s``: (the
     status line it got, or "" if none; why there was no connection or answer, or None)."""
     deadline = time.monotonic() + timeout_s
@@ -74,7 +77,7 @@ def _ask(host: str, port: int, where: str, request: str | None, timeout_s: float
             if request is None:
                 return "", None
             sock.settimeout(max(0.001, deadline - time.monotonic()))
-            sock.sendall((request + "\r\n").encode())
+            sock.sendall(request)
             return sock.recv(256).split(b"\r\n", 1)[0].decode(errors="replace"), None
     except ConnectionRefusedError:
         return "", f"connection refused by {where} (camera or server down?)"
@@ -106,7 +109,8 @@ def camera_unanswered(url: str, *, timeout_s: float) -> str | None:
     if isinstance(target, str) or _through_proxy(url, target[0]):
         return None
     host, port, where, clean = target
-    ask = f"OPTIONS {clean} RTSP/1.0\r\nCSeq: 1\r\n" if url.lower().startswith("rtsp://") else None
+    scheme = url.lower().split("://", 1)[0]
+    ask = {"rtsp": f"OPTIONS {clean} RTSP/1.0\r\nCSeq: 1\r\n\r\n".encode(), "rtmp": RTMP_HELLO}.get(scheme)
     return _ask(host, port, where, ask, timeout_s)[1]
 
 
@@ -119,8 +123,8 @@ def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
     if isinstance(target, str):
         return target
     host, port, where, clean = target
-    status, why = _ask(host, port, where, f"DESCRIBE {clean} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n",
-                       timeout_s)
+    status, why = _ask(host, port, where,
+                       f"DESCRIBE {clean} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n".encode(), timeout_s)
     if why is not None:
         return why
     code = status.split(" ", 2)[1] if status.count(" ") >= 1 else ""

@@ -1,6 +1,7 @@
 """A network camera that takes no connection, or an RTSP camera whose server takes it and says
 nothing (hung, SIGSTOP), fails before FFmpeg is asked to open it (`camera_probe.camera_unanswered`:
-a connection, for RTSP an OPTIONS request; no credentials). OpenCV opens one input at a time in a process, so before,
+a connection, for RTSP an OPTIONS request, for RTMP the handshake's first bytes; no credentials). OpenCV opens one
+input at a time in a process, so before,
 such a camera held every other camera's (re)connect in its decoder replica for its whole
 ``open_timeout_s``, each try. Real sockets; FFmpeg's open is watched, not replaced."""
 
@@ -15,7 +16,8 @@ import pipeline.capture as capture
 from pipeline.sources import SourceError
 
 
-@pytest.fixture(params=["rtsp: no connection", "rtsp: no answer", "http: no connection"])
+@pytest.fixture(params=["rtsp: no connection", "rtsp: no answer", "http: no connection", "rtmp: no connection",
+                        "rtmp: no answer"])
 def silent_camera(request):
     """(scheme, port): a camera that does not answer."""
     listener = socket.socket()
@@ -72,6 +74,34 @@ def test_an_rtsp_server_that_answers_is_opened_by_ffmpeg(monkeypatch):
     finally:
         server.close()
     assert opened == [f"rtsp://127.0.0.1:{port}/live"] and asked[0] == b"OPTIONS", asked
+
+
+def test_an_rtmp_server_that_answers_the_handshake_is_left_to_ffmpeg():
+    """An RTMP server answers the client's first handshake bytes (C0, C1) with its own (S0: the
+    version, 3) before any stream is named; one that does answer is opened by FFmpeg."""
+    from pipeline.camera_probe import camera_unanswered
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port, hello = server.getsockname()[1], []
+
+    def answer():
+        conn, _ = server.accept()
+        with conn:
+            got = b""
+            while len(got) < 1537:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            hello.append(got)
+            conn.sendall(b"\x03" + bytes(1536))
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        assert camera_unanswered(f"rtmp://127.0.0.1:{port}/live/cam", timeout_s=2.0) is None
+    finally:
+        server.close()
+    assert hello and hello[0][:1] == b"\x03" and len(hello[0]) == 1537  # C0 and C1, nothing else
 
 
 def test_a_host_that_cannot_be_looked_up_is_the_cameras_error_not_a_crash():
