@@ -73,8 +73,10 @@ class EventEngine:
         track_buffer: int = 30,
         line_margin: float = LINE_MARGIN,
         zone_margin: float = ZONE_MARGIN,
+        file_time: bool = False,
     ):
         self.camera = camera
+        self.file_time = file_time  # durations on a file's own time (read faster than real time)
         self.line_margin = line_margin
         self.zone_margin = zone_margin
         self.zones = {k: [list(p) for p in v] for k, v in (zones or {}).items()}
@@ -89,10 +91,20 @@ class EventEngine:
         self._zones_removed = False  # zones went since the last frame (`reconfigure`, `restore`): tracks leave them
 
     @classmethod
-    def for_camera(cls, camera: CameraConfig, *, track_buffer: int) -> EventEngine:
-        """The engine of a configured camera (``tracker.track_buffer`` as ``track_buffer``)."""
+    def for_camera(cls, camera: CameraConfig, *, track_buffer: int, file_time: bool = False) -> EventEngine:
+        """The engine of a configured camera (``tracker.track_buffer`` as ``track_buffer``;
+        ``file_time``: a file read faster than real time, its durations on the file's time)."""
         return cls(camera.id, camera.zones, camera.lines, anchor=camera.anchor, track_buffer=track_buffer,
-                   **margins_of(camera))
+                   file_time=file_time, **margins_of(camera))
+
+    def _time(self, meta: FrameMeta) -> float:
+        """What durations (``duration_s``, ``dwell_s``) are measured on: the file's own time for a
+        file read faster than real time (its wall times are when it was read), else the capture
+        time on the reader's steady clock (no wall-clock step in it), else the capture time.
+        Events are stamped with the capture time (``ts``) all the same."""
+        if self.file_time and meta.pts is not None:
+            return round(meta.pts, 4)
+        return meta.steady_ts if meta.steady_ts is not None else meta.frame_ts
 
     def reconfigure(self, zones: Mapping[str, Sequence[Sequence[float]]] | None,
                     lines: Mapping[str, Sequence[Sequence[float]]] | None, *, anchor: Anchor,
@@ -234,11 +246,12 @@ class EventEngine:
     def _sighting(self, tid: int, result: FrameResult, seen: Sighting, events: list[Event]) -> None:
         meta, dets, i = result.meta, result.objects, seen.index
         attrs = dict(dets.attributes[i])
+        now = self._time(meta)
         tr = self._tracks.get(tid)
         if tr is None:
             tr = self._tracks[tid] = OpenTrack(
-                id=tid, category=dets.categories[i], labels={dets.labels[i]: 1}, first_ts=meta.frame_ts,
-                last_ts=meta.frame_ts, last_frame=self._frame, frames=1, best_score=float(dets.scores[i]),
+                id=tid, category=dets.categories[i], labels={dets.labels[i]: 1}, first_ts=now,
+                last_ts=now, last_frame=self._frame, frames=1, best_score=float(dets.scores[i]),
                 attributes=attrs, anchor=seen.anchor, first=seen.centre, last=seen.centre, path=[seen.centre],
                 sides=seen.sides,
             )
@@ -246,7 +259,7 @@ class EventEngine:
                                            attributes=dict(attrs)))
         else:
             tr.labels[dets.labels[i]] = tr.labels.get(dets.labels[i], 0) + 1
-            tr.last_ts, tr.last_frame, tr.frames = meta.frame_ts, self._frame, tr.frames + 1
+            tr.last_ts, tr.last_frame, tr.frames = now, self._frame, tr.frames + 1
             tr.best_score = max(tr.best_score, float(dets.scores[i]))
             tr.anchor, tr.sides = seen.anchor, seen.sides
             tr.add_centre(seen.centre)
@@ -259,9 +272,9 @@ class EventEngine:
                 self._emit(events, self._event(tr, "attributes", meta.seq, meta.frame_ts,
                                                attributes=dict(tr.attributes)))
         for zone in [z for z in tr.zones if z not in seen.zones]:
-            self._exit(tr, zone, meta.seq, meta.frame_ts, meta.frame_ts, False, events)
+            self._exit(tr, zone, meta.seq, meta.frame_ts, now, False, events)
         for zone in [z for z in seen.zones if z not in tr.zones]:
-            tr.zones[zone] = meta.frame_ts
+            tr.zones[zone] = now
             self._emit(events, self._event(tr, "zone_enter", meta.seq, meta.frame_ts, zone=zone))
         for line, sign in seen.lines:
             self._emit(events, self._event(tr, "line_cross", meta.seq, meta.frame_ts, line=line,
@@ -364,6 +377,7 @@ class EventEngine:
         track_buffer: int = 30,
         line_margin: float = LINE_MARGIN,
         zone_margin: float = ZONE_MARGIN,
+        file_time: bool = False,
     ) -> "EventEngine":
         """An engine that continues the open tracks of ``snapshot``: no second ``track_start``,
         event numbers (ids) continue, a crossing is judged from the last anchor point known.
@@ -375,7 +389,7 @@ class EventEngine:
         if snapshot.get("camera") != camera:
             raise ValueError(f"event state of camera {snapshot.get('camera')!r} cannot continue camera {camera!r}")
         engine = cls(camera, zones, lines, anchor=anchor, track_buffer=track_buffer, line_margin=line_margin,
-                     zone_margin=zone_margin)
+                     zone_margin=zone_margin, file_time=file_time)
         try:
             engine._frame = int(snapshot["frame"])
             size = snapshot.get("size")  # (older snapshots have neither: as before)

@@ -214,7 +214,8 @@ def restore_tracking(
     Blocking (Redis): call it in a thread."""
     def fresh(why: str) -> tuple[ObjectTracker, EventEngine, Restored]:
         tracker = ObjectTracker(cfg, id_offset=track_id_max, fps=camera.fps, file_time=file_time)
-        return tracker, EventEngine.for_camera(camera, track_buffer=cfg.track_buffer), Restored(why_not=why)
+        events = EventEngine.for_camera(camera, track_buffer=cfg.track_buffer, file_time=file_time)
+        return tracker, events, Restored(why_not=why)
 
     raw = publisher.client.hget(publisher.keys.trackstate(camera.id), "json")
     if raw is None:
@@ -228,7 +229,7 @@ def restore_tracking(
         seq, since = int(state["seq"]), float(state["frame_ts"])
         tracker = ObjectTracker.restore(state["tracker"], cfg, fps=camera.fps, file_time=file_time)
         events = EventEngine.restore(state["events"], camera.id, camera.zones, camera.lines, anchor=camera.anchor,
-                                     track_buffer=cfg.track_buffer, **margins_of(camera))
+                                     track_buffer=cfg.track_buffer, file_time=file_time, **margins_of(camera))
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("camera %s: track state not restored: %s", camera.id, exc)
         return fresh(f"unreadable: {exc}")

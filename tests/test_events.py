@@ -423,3 +423,36 @@ def test_a_restored_engine_with_another_anchor_counts_no_crossing():
     restored = EventEngine.restore(state, "cam", lines=STOP, anchor="center")
     events = restored.update(frame(2, [obj(1, 60, size=30)]))
     assert not [e for e in events if e.kind == "line_cross"], kinds(events)
+
+
+def test_a_file_read_faster_than_real_time_measures_dwell_and_duration_on_its_own_time(redis_server):
+    """A recording processed as fast as it decodes (`realtime: false`): its frames' wall times
+    are when they were read (a 10-minute file in 1 minute), so dwell and durations came out ~10x
+    too short. They are measured on the file's own time now, as the tracker already was; events
+    keep the capture time as their ``ts``."""
+    from dataclasses import replace
+
+    from pipeline.config import CameraConfig, TrackerConfig
+    from pipeline.publish import Publisher
+    from pipeline.streams import StreamKeys, connect_redis
+    from pipeline.track_state import open_tracking
+
+    def fast(seq, objects=()):  # read 10 times faster than its frames' own times (pts)
+        result = frame(seq, objects)
+        return replace(result, meta=replace(result.meta, frame_ts=T0 + seq / FPS / 10))
+
+    publisher = Publisher(connect_redis(redis_server.url), keys=StreamKeys("ft"), maxlen=100)
+    camera = CameraConfig(id="cam", url="recording.mp4", realtime=False, zones=BOX_ZONE)
+    try:
+        _, engine, _ = open_tracking(publisher, camera, TrackerConfig(), track_id_max=0, is_file=True)
+    finally:
+        publisher.close()
+    events = []
+    for seq in range(9):  # inside the box zone for 8 frames = 2 s of the file
+        events += engine.update(fast(seq, [obj(1, 50)]))
+    for seq in range(9, 9 + 31):  # gone: ended after the track buffer
+        events += engine.update(fast(seq), alive=set() if seq > 9 else {1})
+    exit_ = next(e for e in events if e.kind == "zone_exit")
+    end = next(e for e in events if e.kind == "track_end")
+    assert exit_.dwell_s == pytest.approx(2.0) and end.duration_s == pytest.approx(2.0), events
+    assert end.ts == pytest.approx(T0 + 10 / FPS / 10)  # stamped with the capture (read) time
