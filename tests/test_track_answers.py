@@ -122,3 +122,30 @@ def test_a_tracker_taken_over_from_a_snapshot_still_keeps_a_person_off_the_cars_
     person = [restored.update(one([540, 250 + 20 * k, 590, 370 + 20 * k], 0.8, "person", "pedestrian"), (720, 1280),
                               ts=1002 + k * 0.25).track_ids[0] for k in range(4)]
     assert car_ids[-1] is not None and car_ids[-1] not in person, (car_ids, person)
+
+
+def test_a_crowded_scenes_snapshot_keeps_the_same_tracks_in_both_halves():
+    """The tracker's half of a snapshot kept 512 tracks, counting unconfirmed ones, and the event
+    engine's 4096: past 512, the next owner's engine held tracks its tracker did not, and ended
+    them in the replay, whose events are not published (their `track_end` lost). Both keep the
+    same 512 now: the confirmed ones first, the most recently seen."""
+    from pipeline.config import TrackerConfig
+    from pipeline.schema import FrameMeta, FrameResult
+    from pipeline.tracking import MAX_SNAPSHOT_TRACKS, ObjectTracker
+
+    def grid(n, top=0):
+        return [[c * 48, top + r * 45, c * 48 + 20, top + r * 45 + 40] for r, c in (divmod(i, 40) for i in range(n))]
+
+    tracker, engine = ObjectTracker(TrackerConfig(), fps=4), EventEngine("cam")
+    for k in range(4):  # 600 people on 3 frames; on the 4th 100 of them gone (lost) and 20 new (unconfirmed)
+        boxes = grid(600) if k < 3 else grid(500) + grid(20, top=1000)
+        dets = Detections(xyxy=boxes, scores=[0.9] * len(boxes), labels=["person"] * len(boxes),
+                          categories=["pedestrian"] * len(boxes))
+        out = tracker.update(dets, (1080, 1920), ts=k * 0.25)
+        engine.update(FrameResult(FrameMeta("cam", k, k * 0.25, None, 1920, 1080), out, {}, {}),
+                      tracker.alive_ids(), tracker.origins)
+    state = tracker.snapshot()
+    kept = [int(s["track_id"]) for pool in ("tracked", "lost") for s in state[pool]]
+    opened = [t["id"] for t in engine.snapshot()["tracks"]]
+    assert len(engine.open_tracks) == 600 and len(kept) == len(opened) == MAX_SNAPSHOT_TRACKS
+    assert set(opened) <= set(kept), sorted(set(opened) - set(kept))[:10]
