@@ -112,6 +112,7 @@ class CameraConductor:
         self._frame_ready = asyncio.Event()
         self._reader: threading.Thread | None = None
         self._failure: GeometryError | None = None  # why the camera cannot run (run() raises it)
+        self._reader_error: Exception | None = None  # the reader thread's crash (run() raises it)
         self._fps_window: list[float] = []
         self._taken_at: dict[int, float] = {}  # seq → time.monotonic() of its take, while in flight
         self._hold_s: float | None = None  # how long a frame holds its in-flight place (moving average)
@@ -123,7 +124,7 @@ class CameraConductor:
         If the reader thread crashed, raises its exception once cleaned up, so the supervisor
         sees a dead task and restarts the camera."""
         loop = asyncio.get_running_loop()
-        self._reader_error: Exception | None = None
+        self._reader_error = None
         self._reader = threading.Thread(target=self._read_loop, args=(loop,), name=f"reader-{self.camera.id}", daemon=True)
         self._reader.start()
         stats = asyncio.create_task(self._stats_loop())

@@ -354,8 +354,14 @@ class Publisher:
         if not calls:
             return []
         self._wire.send([call_command(call, self.keys, self.maxlen, self._xadd) for call in calls])
-        self._encode_ahead()
-        return self._wire.receive()
+        try:
+            self._encode_ahead()
+            return self._wire.receive()
+        except BaseException:  # sent, its answers lost: Redis may have run it
+            for call in calls:
+                for item in call:
+                    item.sent = True
+            raise
 
     def _unreachable(self, why: str, taken: list[Item], encoded: list[Item]) -> None:
         """Buffer and back off (the batch's ``encoded`` items back at the head of the queue:
@@ -365,8 +371,6 @@ class Publisher:
             log.warning("%s; buffering %d results", why, len(self._queue) + len(taken))
         self.stats.connected = False
         delay = self._backoff.next()
-        for item in encoded:
-            item.sent = True  # Redis may have run it before the connection broke
         with self._cond:
             self._bytes -= sum(item.nbytes for item in taken)
             self._requeue(encoded)

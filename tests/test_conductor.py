@@ -397,3 +397,18 @@ def test_waiting_for_a_stuck_reader_holds_no_worker_of_the_shared_thread_pool():
         await asyncio.wait_for(waiting, 5)
 
     asyncio.run(main())
+
+
+def test_a_conductor_answers_status_before_it_runs(redis_server):
+    """A replica's `GET /status` can come between a camera's start and its task's first step:
+    it raised AttributeError there."""
+    pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=10)
+
+    async def detect(inp):
+        raise AssertionError("not run")
+
+    conductor = CameraConductor(CameraConfig(id="cam", url="x.mp4"), VideoSource("cam", lambda: None, fps=0, is_file=True),
+                                detect=detect, classifiers={}, publisher=pub, imgsz=64, models={}, max_inflight=1)
+    status = conductor.status()
+    pub.close()
+    assert status["state"] == "connecting" and status["last_error"] is None, status
