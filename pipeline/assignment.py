@@ -172,6 +172,10 @@ class CameraSupervisor:
         for cid, entry in list(self.running.items()):
             new, now = self.cameras[cid], entry.conductor.camera
             if new == now:
+                if entry.conductor.read_to_end and entry.task.done() and \
+                        not await asyncio.to_thread(self._read_to_its_end, new):
+                    log.info("camera %s: added again since its file was read to its end; reading it again", cid)
+                    await self._stop_camera(cid)
                 continue
             if new.differs_at_runtime_only(now):
                 log.info("camera %s: zones/lines changed; applied without a restart", cid)

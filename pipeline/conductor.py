@@ -113,6 +113,7 @@ class CameraConductor:
         self._reader: threading.Thread | None = None
         self._failure: GeometryError | None = None  # why the camera cannot run (run() raises it)
         self._reader_error: Exception | None = None  # the reader thread's crash (run() raises it)
+        self.read_to_end = False  # a file read to its end, marked so in its hash (`_read_to_its_end`)
         self._fps_window: list[float] = []
         self._taken_at: dict[int, float] = {}  # seq → time.monotonic() of its take, while in flight
         self._hold_s: float | None = None  # how long a frame holds its in-flight place (moving average)
@@ -153,7 +154,8 @@ class CameraConductor:
             # the reader's last state change lands while this replica still holds the lease
             await thread_ended(self._reader, self.camera.read_timeout_s + 1)
             self._last_state()
-            self._publish_stats(read_to_its_end=ended and self._read_to_its_end())
+            self.read_to_end = ended and self._read_to_its_end()
+            self._publish_stats(read_to_its_end=self.read_to_end)
             if self.kept is not None:
                 self.kept.forget(self.camera.id)  # its frames go with it (`percept explain` keeps)
         if self._reader_error is not None:
@@ -322,7 +324,8 @@ class CameraConductor:
             if previous is not None:
                 await previous.tracked.wait()
             try:
-                detections = self.tracker.update(detections, (meta.height, meta.width), ts=self.tracker.time_of(meta))
+                detections = self.tracker.update(detections, (meta.height, meta.width), ts=self.tracker.time_of(meta),
+                                                 steady_ts=meta.steady_ts)
                 self._tracked_frames += 1
                 self._tracked_seq = meta.seq
                 if self.events is not None:

@@ -100,11 +100,8 @@ class EventEngine:
     def _time(self, meta: FrameMeta) -> float:
         """What durations (``duration_s``, ``dwell_s``) are measured on: the file's own time for a
         file read faster than real time (its wall times are when it was read), else the capture
-        time on the reader's steady clock (no wall-clock step in it), else the capture time.
-        Events are stamped with the capture time (``ts``) all the same."""
-        if self.file_time and meta.pts is not None:
-            return round(meta.pts, 4)
-        return meta.steady_ts if meta.steady_ts is not None else meta.frame_ts
+        time. Events are stamped with the capture time (``ts``) all the same."""
+        return round(meta.pts, 4) if self.file_time and meta.pts is not None else meta.frame_ts
 
     def reconfigure(self, zones: Mapping[str, Sequence[Sequence[float]]] | None,
                     lines: Mapping[str, Sequence[Sequence[float]]] | None, *, anchor: Anchor,
@@ -332,6 +329,8 @@ class EventEngine:
             if kind == "track_end":
                 self._tracks.pop(tid, None)
                 continue
+            if self.file_time:  # an event's ts is when it was read, not the file's time its tracks are on
+                ts = max((t.last_ts for t in self._tracks.values()), default=0.0) if tr is None else tr.last_ts
             if tr is None and kind == "track_start":
                 box = [float(v) for v in ev.get("bbox") or (0, 0, 0, 0)]
                 centre = [round((box[0] + box[2]) / 2, 1), round((box[1] + box[3]) / 2, 1)]
@@ -360,7 +359,7 @@ class EventEngine:
         are not in it: they belong to the events already handed out."""
         tracks = sorted(self._tracks.values(), key=lambda t: (-t.last_frame, t.id))[:MAX_SNAPSHOT_TRACKS]
         return {
-            "schema": STATE_SCHEMA, "camera": self.camera, "frame": self._frame,
+            "schema": STATE_SCHEMA, "camera": self.camera, "frame": self._frame, "file_time": self.file_time,
             "size": list(self._size) if self._size is not None else None, "anchor": self.anchor,
             "tracks": [json_safe(vars(t)) for t in sorted(tracks, key=lambda t: t.id)],
         }

@@ -70,6 +70,16 @@ class RemovedCamera:
     note: bytes
 
 
+def _read_again(before: Any, camera: CameraConfig) -> bool:
+    """Whether a new config's camera reads its file again (`streams.ended_mark` cleared): it is
+    new, or changed beyond what changes at runtime (zones, lines: those apply to the camera as it
+    is, which reads nothing again)."""
+    try:
+        return before is None or not camera.differs_at_runtime_only(CameraConfig.model_validate(before))
+    except ValidationError:
+        return True
+
+
 class CameraRegistry:
     def __init__(self, client: redis.Redis, keys: StreamKeys):
         self.client = client
@@ -104,7 +114,7 @@ class CameraRegistry:
             for cam in cameras:
                 given = cam.model_dump(mode="json")
                 pipe.hset(self.key, cam.id, json.dumps({"source": "config", "camera": given}))
-                if current.get(cam.id, {}).get("camera") != given:  # new, or changed: a file is read again
+                if _read_again(current.get(cam.id, {}).get("camera"), cam):
                     pipe.hdel(self.keys.camera(cam.id), ENDED_FIELD)
             pipe.set(self.digest_key, digest)
             return True

@@ -31,8 +31,8 @@ class FrameMeta:
     pts: float | None  # stream presentation time, seconds
     width: int
     height: int
-    # the capture time on a clock that does not step (the reader's monotonic clock, set to the
-    # wall clock at its first frame): what the tracker measures intervals on; not published
+    # the capture time on the reader's steady clock (not stepped by NTP; its own zero): what the
+    # tracker measures the interval between one reader's frames on; not published
     steady_ts: float | None = field(default=None, compare=False)
 
     @property

@@ -167,7 +167,8 @@ class VideoSource:
         self.last_frame_at: float | None = None  # monotonic
         self._pace_origin: tuple[float, float] | None = None  # (monotonic, pts) when pacing a file
         self._pts_shift = 0.0  # added to a file's positions so its timeline keeps increasing (`_pts`)
-        self._steady: float | None = None  # wall − monotonic time at the first frame (`FrameMeta.steady_ts`)
+        # `FrameMeta.steady_ts`: a clock NTP does not step, that counts a suspended machine's time
+        self._steady_clock = monotonic or (_boottime if clock is time.time else clock)
 
     @property
     def state(self) -> SourceState:
@@ -281,13 +282,14 @@ class VideoSource:
 
     def _read(self, cap: Capture, pts_offset: float) -> Iterator[Frame]:
         """Yields frames from one open capture; returns (outcome, last pts): outcome is
-        'eof' (file ended), 'empty' (a file's later pass gave no frame), 'lost' (stream broke or
-        timed out, or its frames could not be decoded), 'failed' or 'stopped'."""
+        'eof' (file ended), 'empty' (a file's later pass gave no frame that decodes), 'lost'
+        (stream broke or timed out, or its frames could not be decoded), 'failed' or 'stopped'."""
         last_pts = pts_offset
         got_any = False
         self._pts_shift = 0.0
         connected_at: float | None = None  # the backoff starts afresh once the stream has stayed up
         undecodable = 0  # sampled frames in a row whose retrieve() failed
+        undecodable_seen = decoded = False  # this pass: a retrieve() failed / one succeeded
         while not self._stop.is_set():
             ok = cap.grab()
             now = self._monotonic()
@@ -295,10 +297,11 @@ class VideoSource:
                 if not self._is_file:
                     self._transition(SourceState.RECONNECTING, "stream ended or read timed out")
                     return "lost", last_pts
-                if not got_any and pts_offset == 0.0:
+                nothing = not got_any or (undecodable_seen and not decoded)  # no frame, or none that decodes
+                if nothing and pts_offset == 0.0:
                     self._transition(SourceState.FAILED, "no decodable video frames in file")
                     return "failed", last_pts
-                return ("eof" if got_any else "empty"), last_pts
+                return ("empty" if nothing else "eof"), last_pts
             if connected_at is None:
                 connected_at = now
             elif now - connected_at >= self._backoff.cap:  # up that long: a new drop is a new fault
@@ -326,27 +329,21 @@ class VideoSource:
             ok, image = cap.retrieve()
             if not ok or image is None:
                 self.skipped += 1  # sampled, but not decodable: counted like a frame not taken
-                undecodable += 1
-                if undecodable >= MAX_UNDECODABLE:
-                    error = f"{undecodable} sampled frames in a row could not be decoded"
-                    if self._is_file:  # the rest of it is not read: the file ends (or loops) here
-                        self._transition(self._state, error)
-                        return "eof", last_pts
-                    self._transition(SourceState.RECONNECTING, error)
+                undecodable, undecodable_seen = undecodable + 1, True
+                if undecodable >= MAX_UNDECODABLE and not self._is_file:  # (a file is read on past them)
+                    self._transition(SourceState.RECONNECTING,
+                                     f"{undecodable} sampled frames in a row could not be decoded")
                     return "lost", last_pts
                 continue
-            undecodable = 0
-            wall = self._clock()
-            if self._steady is None:  # the steady clock starts at the wall clock's time
-                self._steady = wall - now
+            undecodable, decoded = 0, True
             meta = FrameMeta(
                 camera=self.camera,
                 seq=self._next_seq,
-                frame_ts=wall,
+                frame_ts=self._clock(),
                 pts=pts,
                 width=int(image.shape[1]),
                 height=int(image.shape[0]),
-                steady_ts=self._steady + now,
+                steady_ts=self._steady_clock(),
             )
             self._next_seq += 1
             prepared = self._prepare(image, meta) if self._prepare is not None else None
@@ -374,4 +371,9 @@ class VideoSource:
 
 
 _CAP_PROP_POS_MSEC = 0  # cv2.CAP_PROP_POS_MSEC
-MAX_UNDECODABLE = 30  # sampled frames in a row that grab() read and retrieve() could not decode
+
+
+def _boottime() -> float:
+    """Seconds on CLOCK_BOOTTIME (monotonic, counting suspend) where there is one."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
+MAX_UNDECODABLE = 30  # a live camera's sampled frames in a row that grab() read and retrieve() could not decode

@@ -283,7 +283,8 @@ def settle_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerC
     ended since does not end twice. How many ended (more than `SETTLE_EVENTS_MAX` events since:
     none, logged)."""
     events = EventEngine.restore(state["events"], camera.id, camera.zones, camera.lines, anchor=camera.anchor,
-                                 track_buffer=cfg.track_buffer, **margins_of(camera))
+                                 track_buffer=cfg.track_buffer, file_time=bool(state["events"].get("file_time")),
+                                 **margins_of(camera))
     seq, start = int(state["seq"]), f"{int(float(state['frame_ts']) * 1000)}-0"
     if _trimmed_after(publisher, camera.id, int(float(state["frame_ts"]) * 1000)):
         log.warning("camera %s: its events since its snapshot were trimmed (redis.maxlen): its open tracks are "

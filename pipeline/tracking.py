@@ -58,6 +58,7 @@ class _Clock:
 
     def __init__(self, default_period: float):
         self.last: float | None = None
+        self.last_steady: float | None = None  # the previous frame's `FrameMeta.steady_ts` (this owner's reader)
         self.intervals: deque[float] = deque(maxlen=_INTERVALS)
         self.default = default_period
 
@@ -65,10 +66,16 @@ class _Clock:
     def period(self) -> float:
         return statistics.median(self.intervals) if self.intervals else self.default
 
-    def tick(self, ts: float | None) -> tuple[float, float]:
+    def tick(self, ts: float | None, steady: float | None = None) -> tuple[float, float]:
         """(seconds, steps) since the previous frame; a clock going backwards or no time counts
-        as one usual interval."""
-        dt = None if ts is None or self.last is None else ts - self.last
+        as one usual interval. ``steady``: the frame's time on its reader's steady clock, which
+        measures the interval when the previous frame had one too (a step of the wall clock is
+        no gap); ``last`` stays on the clock of ``ts``, which a snapshot carries to the next owner."""
+        if steady is not None and self.last_steady is not None:
+            dt: float | None = steady - self.last_steady
+        else:
+            dt = None if ts is None or self.last is None else ts - self.last
+        self.last_steady = steady
         if ts is not None:
             self.last = ts
         if dt is None or not dt > 0:
@@ -114,13 +121,9 @@ class ObjectTracker:
         self._across_pause = False  # the next frame may find tracks after any pause (`resume_across_pause`)
 
     def time_of(self, meta: FrameMeta) -> float:
-        """The frame's time on this tracker's clock: its capture time (on the reader's steady
-        clock where it has one: a wall clock stepped by NTP or a VM's resume is no gap between
-        frames), or the file's own time (as published, to 0.1 ms) for a file read faster than
-        real time."""
-        if self.file_time and meta.pts is not None:
-            return round(meta.pts, 4)
-        return meta.steady_ts if meta.steady_ts is not None else meta.frame_ts
+        """The frame's time on this tracker's clock: its capture time, or the file's own time (as
+        published, to 0.1 ms) for a file read faster than real time."""
+        return round(meta.pts, 4) if self.file_time and meta.pts is not None else meta.frame_ts
 
     def _set_next_id(self, first: int) -> None:
         def numbers():  # BYTETracker numbers its tracks from this iterator
@@ -140,9 +143,12 @@ class ObjectTracker:
         camera back after an outage)."""
         self._across_pause = True
 
-    def update(self, dets: Detections, frame_shape: tuple[int, int], ts: float | None = None) -> Detections:
+    def update(self, dets: Detections, frame_shape: tuple[int, int], ts: float | None = None,
+               steady_ts: float | None = None) -> Detections:
+        """Track ids for one frame's detections. ``ts``: `time_of` the frame; ``steady_ts``: its
+        time on its reader's steady clock (`FrameMeta.steady_ts`; not for a file on its own time)."""
         t = self._tracker
-        dt, steps = self._clock.tick(ts)
+        dt, steps = self._clock.tick(ts, None if self.file_time else steady_ts)
         if round(steps) > self.track_buffer and dt > PAUSE_ENDS_TRACKS_S and not self._across_pause:
             self._end_all()  # an outage: whoever is there now is someone new
         self._across_pause = False

@@ -456,3 +456,19 @@ def test_a_file_read_faster_than_real_time_measures_dwell_and_duration_on_its_ow
     end = next(e for e in events if e.kind == "track_end")
     assert exit_.dwell_s == pytest.approx(2.0) and end.duration_s == pytest.approx(2.0), events
     assert end.ts == pytest.approx(T0 + 10 / FPS / 10)  # stamped with the capture (read) time
+
+
+def test_tracks_of_a_file_on_its_own_time_settled_from_the_events_stream_keep_their_durations():
+    """A snapshot of a file read faster than real time holds the file's own times; ending its
+    tracks from the events stream (`settle_left_tracks`) took the events' read times as the last
+    sighting: durations of 54 years."""
+    engine = EventEngine("cam", BOX_ZONE, file_time=True)
+    for seq in range(4):
+        engine.update(frame(seq, [obj(1, 50)]))
+    state = engine.snapshot()
+    settled = EventEngine.restore(state, "cam", BOX_ZONE, file_time=bool(state.get("file_time")))
+    settled.apply_published([{"kind": "attributes", "track_id": 1, "ts": T0 + 2.0, "id": "cam:1:attributes:1"},
+                             {"kind": "track_start", "track_id": 2, "ts": T0 + 2.5, "id": "cam:2:track_start"}])
+    ends = {(e.kind, e.track_id): e for e in settled.close(10, T0 + 3)}
+    assert ends["track_end", 1].duration_s == pytest.approx(0.75) and ends["zone_exit", 1].dwell_s == pytest.approx(0.75)
+    assert ends["track_end", 2].duration_s == 0.0  # known from its track_start only

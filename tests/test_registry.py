@@ -241,7 +241,9 @@ def test_a_file_read_to_its_end_is_read_again_once_added_again_changed_or_run_ag
     mark("f", "g")
     reg.seed([f, g])  # the same config again: nothing changes
     assert marked() == ["f", "g"]
-    reg.seed([f, g.model_copy(update={"fps": 2.0})])  # a new config that changes g only
+    reg.seed([f.model_copy(update={"zones": {"z": [[0, 0], [1, 0], [1, 1]]}}), g])  # f's zones only: as it runs
+    assert marked() == ["f", "g"]
+    reg.seed([f, g.model_copy(update={"fps": 2.0})])  # a new config that changes g (beyond zones)
     assert marked() == ["f"]
     reg.remove("f")
     assert reg.add(f) and marked() == []  # DELETE, then POST: read again

@@ -163,7 +163,7 @@ def test_sampled_frames_that_cannot_be_decoded_are_counted_and_end_in_a_reconnec
 
 
 def test_a_wall_clock_step_is_no_gap_for_the_tracker():
-    """NTP stepping the wall clock 31 s forward (or a VM's resume) looked, to the tracker, like
+    """NTP stepping the wall clock 31 s forward looked, to the tracker, like
     31 s without a frame: every track ended and started again (a `track_end` and a new
     `track_start` for a car that never moved, zone visitors counted twice). Frames carry their
     time on the reader's steady clock too, and the tracker measures on it."""
@@ -181,6 +181,40 @@ def test_a_wall_clock_step_is_no_gap_for_the_tracker():
         if k == 6:
             step[0] = 31.0  # the wall clock jumps; the camera never paused
         meta = next(frames).meta
-        ids.append(tracker.update(car, (meta.height, meta.width), ts=tracker.time_of(meta)).track_ids[0])
+        ids.append(tracker.update(car, (meta.height, meta.width), ts=tracker.time_of(meta),
+                                  steady_ts=meta.steady_ts).track_ids[0])
     assert ids[6:] == [ids[5]] * 6 and ids[5] is not None, ids
     assert meta.frame_ts - meta.steady_ts > 30  # frame_ts stays the wall clock, as published
+    state = tracker.snapshot()  # what the next owner continues from is on the wall clock
+    assert state["clock"]["last"] == meta.frame_ts
+
+
+def test_a_file_is_read_on_past_frames_that_do_not_decode_and_one_that_never_decodes_fails():
+    """A corrupt stretch of a file: its frames are counted and the rest of the file is read
+    (it was cut there, and then marked as read to its end); a looping file whose frames never
+    decode is not reopened as fast as it ends."""
+    class Stretch(FakeCapture):  # frames 41-70 of 100 do not decode
+        def retrieve(self):
+            return (False, None) if 40 < self.i <= 70 else super().retrieve()
+
+    clock = Clock()
+    src = VideoSource("f", lambda: Stretch(100, clock), fps=0, is_file=True, realtime=False, native_fps=25,
+                      clock=clock, sleep=clock.sleep)
+    frames = list(src.frames())
+    assert len(frames) == 70 and src.skipped == 30 and src.state == SourceState.STOPPED
+
+    clock, waits = Clock(), []
+
+    def sleep(s):
+        waits.append(s)
+        clock.sleep(s)
+
+    passes = iter([FakeCapture(3, clock)] + [UndecodableCapture(50, clock, 0) for _ in range(6)]
+                  + [FakeCapture(3, clock) for _ in range(100)])
+    src = VideoSource("clip", lambda: next(passes), fps=0, is_file=True, loop=True, realtime=False, native_fps=25,
+                      clock=clock, sleep=sleep, backoff=Backoff(0.5, 10))
+    take(src, 6)
+    assert waits == [0.5, 1, 2, 4, 8, 10], waits
+    never = VideoSource("bad", lambda: UndecodableCapture(50, Clock(), 0), fps=0, is_file=True, realtime=False,
+                        native_fps=25)
+    assert list(never.frames()) == [] and never.state == SourceState.FAILED
