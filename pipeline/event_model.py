@@ -18,7 +18,9 @@ EventKind = Literal["track_start", "track_end", "attributes", "zone_enter", "zon
 REPEATING = frozenset({"attributes", "zone_enter", "zone_exit", "line_cross"})
 PATH_POINTS = 8  # points in a track_end's path
 PATH_KEPT = 16  # points kept per open track (decimated by 2 when full)
-MAX_SNAPSHOT_TRACKS = 512  # open tracks a snapshot keeps: as many as the tracker's (`tracking.MAX_SNAPSHOT_TRACKS`)
+# open tracks a snapshot keeps; above the tracker's 512 (`tracking.MAX_SNAPSHOT_TRACKS`, the confirmed
+# ones first), so that those its tracker did not keep end at the next owner's first frame
+MAX_SNAPSHOT_TRACKS = 4096
 LINE_MARGIN = 0.1  # `CameraConfig.line_margin`'s default
 ZONE_MARGIN = 0.1  # `CameraConfig.zone_margin`'s default
 _FIELDS: dict[str, tuple[str, ...]] = {

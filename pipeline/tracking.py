@@ -44,8 +44,8 @@ from .schema import Detections, FrameMeta
 
 STATE_SCHEMA = "percept.tracker-state/v1"
 REFERENCE_FPS = 30  # ultralytics' motion noise is meant for frames this far apart
-# tracked and lost tracks kept by a snapshot (confirmed first, the most recently seen); the event
-# engine's snapshot keeps as many (`event_model.MAX_SNAPSHOT_TRACKS`)
+# tracked and lost tracks kept by a snapshot: the confirmed first (the tracks the event engine has
+# open), the most recently seen
 MAX_SNAPSHOT_TRACKS = 512
 _INTERVALS = 15  # recent frame intervals the usual one is the median of
 # a live camera's pause after which no track goes on (an outage: the scene is another one); a
@@ -210,8 +210,8 @@ class ObjectTracker:
         """The tracker's state as JSON-able data (floats exact), bounded to the
         `MAX_SNAPSHOT_TRACKS` most recently seen tracked and lost tracks (kept in their order)."""
         t = self._tracker
-        # confirmed tracks first (those the event engine has open: its snapshot keeps as many,
-        # the most recently seen), then the newest unconfirmed
+        # confirmed tracks first (those the event engine has open), the most recently seen, then
+        # the newest unconfirmed
         keep = {id(s) for s in sorted([*t.tracked_stracks, *t.lost_stracks],
                                       key=lambda s: (not s.is_activated, -s.frame_id, s.track_id))[:MAX_SNAPSHOT_TRACKS]}
         return {
