@@ -133,8 +133,12 @@ class VideoSource:
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] | None = None,
         secrets: tuple[str, ...] = (),
+        closes_gaps: bool = True,
     ):
         self.camera = camera
+        # a paced file's timestamp gap past ``watchdog_s`` is closed (`_pts`); False: a capture
+        # that skips frames (keyframes only), whose frames are that far apart by design
+        self._closes_gaps = closes_gaps
         self._open = open_capture
         # a live camera keeps its frames on its own phase of the period (pipeline/sampling.py)
         self._sampler = FpsSampler(fps, phase=None if is_file else next_phase())
@@ -353,18 +357,21 @@ class VideoSource:
 
     def _pts(self, pos_ms: float | None, pts_offset: float, last_pts: float | None) -> float | None:
         """A frame's pts: the capture's position plus ``pts_offset`` (loops) and the shift that
-        keeps a file's timeline increasing and without gaps longer than ``watchdog_s`` (a frame at
-        or before the last one, or that far after it, comes one frame interval after it: a file
-        without timestamps, whose timestamps start again, or recordings joined). A file's
+        keeps a file's timeline increasing, and a paced one's without gaps longer than
+        ``watchdog_s`` (a frame at or before the last one, or that far after it, comes one frame
+        interval after it: a file without timestamps, whose timestamps start again, or
+        recordings joined). A file's
         frame without a position (raw H.264) comes one frame interval after the last."""
         if pos_ms is None or pos_ms < 0:
             if not self._is_file:
                 return None  # (a live camera's frames are sampled on the clock)
             return pts_offset if last_pts is None else last_pts + self._frame_s
         pts = pts_offset + self._pts_shift + pos_ms / 1000.0
-        # a gap longer than the watchdog's (joined recordings) is closed too: paced, the reader
-        # would wait it out, silent, and the watchdog take the camera for lost
-        if self._is_file and last_pts is not None and not 0 < pts - last_pts <= self._watchdog_s:
+        # a gap longer than the watchdog's (joined recordings) is closed too where the file is
+        # paced (the reader would wait it out, silent, and the watchdog take the camera for lost)
+        # and every frame decoded (keyframes alone are that far apart by design)
+        if self._is_file and last_pts is not None and (
+                pts <= last_pts or (self._realtime and self._closes_gaps and pts - last_pts > self._watchdog_s)):
             self._pts_shift += last_pts - pts + self._frame_s
             pts = last_pts + self._frame_s
         return pts

@@ -129,14 +129,16 @@ def test_paused_replica_is_fenced_and_stops_its_cameras(world):
     for pid, status in statuses.items():
         assert status["fencing"]["duplicates"] == {}, f"replica {pid}: results refused as duplicates: {status}"
     fenced = statuses[stale_pid]["fencing"]["fenced"]
-    # track ids continue above what the camera's stream had before the move
+    # a track open at the move may go on under its id (the snapshot the stale owner left); every
+    # track started after it is numbered above what the camera's stream had before
     compared = 0
     for cam in moved:
         everything = entries(client, cam)
         before = track_ids([e for e in everything if parse_entry_id(e[0]) <= parse_entry_id(tops[cam])])
         after = track_ids(entries(client, cam, tops[cam]))
         if before and after:
-            assert min(after) > max(before), f"{cam}: track ids repeat after the move ({before} / {after})"
+            assert all(t > max(before) for t in after - before), \
+                f"{cam}: track ids repeat after the move ({before} / {after})"
             compared += 1
     assert compared, "no tracked objects to compare"
     print(f"moved {moved}: taken over {taken_after:.1f} s after the pause, {published_while_paused} entries "
