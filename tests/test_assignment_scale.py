@@ -29,6 +29,7 @@ class StandIn:
         self.camera = camera
         self._stop = asyncio.Event()
         self.kept_tracks: bool | None = None  # how it was stopped (None: still running)
+        self.read_to_end = False  # (a file read to its end: a live camera never is)
 
     async def run(self) -> None:
         await self._stop.wait()
