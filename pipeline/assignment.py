@@ -35,7 +35,7 @@ from .geometry import GeometryError
 from .lease import Lease, acquire, release, renew
 from .publish import Publisher
 from .redact import redact
-from .sources import Backoff, is_file_url
+from .sources import Backoff
 from .streams import ENDED_FIELD, StreamKeys, ended_mark, reconnect_if_demoted
 
 log = logging.getLogger("percept.assignment")
@@ -264,9 +264,8 @@ class CameraSupervisor:
     def _read_to_its_end(self, cam: CameraConfig) -> bool:
         """A file camera (not looping) whose file a replica read to its end: not read again, also
         once its lease is free (an outage past the TTL, a handover). Its hash says so."""
-        if not is_file_url(cam.url) or cam.loop:
-            return False
-        return self.client.hget(self.keys.camera(cam.id), ENDED_FIELD) == ended_mark(cam.shown_url).encode()
+        mark = ended_mark(cam)
+        return mark is not None and self.client.hget(self.keys.camera(cam.id), ENDED_FIELD) == mark.encode()
 
     async def _start(self, cid: str, cam: CameraConfig, lease: Lease) -> None:
         if self.publisher is not None:

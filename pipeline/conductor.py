@@ -29,7 +29,7 @@ from .publish import Publisher
 from .redact import redact
 from .schema import Detections, FrameMeta, FrameResult
 from .frame_slot import LatestFrameSlot, thread_ended
-from .sources import Frame, SourceState, VideoSource, is_file_url
+from .sources import Frame, SourceState, VideoSource
 from .streams import ENDED_FIELD, ended_mark
 from .track_state import TrackSnapshots, leave_tracks
 from .tracking import ObjectTracker
@@ -384,12 +384,12 @@ class CameraConductor:
 
     def _read_to_its_end(self) -> bool:
         """A file (not looping) read to its end, every frame taken published: it is not read again."""
-        return (is_file_url(self.camera.url) and not self.camera.loop and self.source.state == SourceState.STOPPED
+        return (ended_mark(self.camera) is not None and self.source.state == SourceState.STOPPED
                 and self._reader_error is None and self._failure is None)
 
     def _publish_stats(self, *, read_to_its_end: bool = False) -> None:
         # after the camera's last frames: a file read to its end is marked so (`ended_mark`)
-        ended = {ENDED_FIELD: ended_mark(self.camera.shown_url)} if read_to_its_end else {}
+        ended = {ENDED_FIELD: ended_mark(self.camera)} if read_to_its_end else {}
         self.publisher.camera_stats(
             self.camera.id,
             fps=f"{self.fps:.2f}",

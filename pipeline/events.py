@@ -97,12 +97,6 @@ class EventEngine:
         return cls(camera.id, camera.zones, camera.lines, anchor=camera.anchor, track_buffer=track_buffer,
                    file_time=file_time, **margins_of(camera))
 
-    def _time(self, meta: FrameMeta) -> float:
-        """What durations (``duration_s``, ``dwell_s``) are measured on: the file's own time for a
-        file read faster than real time (its wall times are when it was read), else the capture
-        time. Events are stamped with the capture time (``ts``) all the same."""
-        return round(meta.pts, 4) if self.file_time and meta.pts is not None else meta.frame_ts
-
     def reconfigure(self, zones: Mapping[str, Sequence[Sequence[float]]] | None,
                     lines: Mapping[str, Sequence[Sequence[float]]] | None, *, anchor: Anchor,
                     line_margin: float | None = None, zone_margin: float | None = None) -> None:
@@ -243,7 +237,7 @@ class EventEngine:
     def _sighting(self, tid: int, result: FrameResult, seen: Sighting, events: list[Event]) -> None:
         meta, dets, i = result.meta, result.objects, seen.index
         attrs = dict(dets.attributes[i])
-        now = self._time(meta)
+        now = meta.time_on(self.file_time)  # durations on it; events stamped with the capture time
         tr = self._tracks.get(tid)
         if tr is None:
             tr = self._tracks[tid] = OpenTrack(

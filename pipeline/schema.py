@@ -40,6 +40,12 @@ class FrameMeta:
         """Unique per (camera, seq): what subscribers deduplicate on."""
         return f"{self.camera}:{self.seq}"
 
+    def time_on(self, file_time: bool) -> float:
+        """The frame's time for tracking and event durations: its capture time, or with
+        ``file_time`` (a file read faster than real time) the file's own time, as published
+        (to 0.1 ms)."""
+        return round(self.pts, 4) if file_time and self.pts is not None else self.frame_ts
+
 
 @dataclass(frozen=True, eq=False)
 class Detections:

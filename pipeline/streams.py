@@ -22,17 +22,21 @@ from typing import Any, Mapping
 
 import redis
 
-from .config import ConfigError, RedisConfig
+from .config import CameraConfig, ConfigError, RedisConfig
+from .sources import is_file_url
 
 
 ENDED_FIELD = "ended"  # the camera hash's field a file camera read to its end leaves (`ended_mark`)
 
 
-def ended_mark(shown_url: str) -> str:
+def ended_mark(camera: CameraConfig) -> str | None:
     """What a file camera read to its end leaves in its hash (a digest of its URL, credentials
     scrubbed): while it is there, no replica reads that file again for the camera (a lease taken
-    again after an outage, a handover). Adding the camera again, or `percept run`, clears it."""
-    return hashlib.sha256(shown_url.encode()).hexdigest()[:16]
+    again after an outage, a handover). Adding the camera again, or `percept run`, clears it.
+    None for a camera whose source has no end (a live one, a looping file)."""
+    if not is_file_url(camera.url) or camera.loop:
+        return None
+    return hashlib.sha256(camera.shown_url.encode()).hexdigest()[:16]
 
 
 def clear_ended(client: redis.Redis, keys: "StreamKeys", camera_ids: list[str]) -> None:

@@ -123,7 +123,7 @@ class ObjectTracker:
     def time_of(self, meta: FrameMeta) -> float:
         """The frame's time on this tracker's clock: its capture time, or the file's own time (as
         published, to 0.1 ms) for a file read faster than real time."""
-        return round(meta.pts, 4) if self.file_time and meta.pts is not None else meta.frame_ts
+        return meta.time_on(self.file_time)
 
     def _set_next_id(self, first: int) -> None:
         def numbers():  # BYTETracker numbers its tracks from this iterator
