@@ -13,7 +13,9 @@ claimed by whoever sees it, so a dead replica's cameras move within about one TT
   and the publisher writes a camera's results only while Redis says the lease is ours;
 - a camera whose task died (its reader crashed) is restarted with backoff (0.5 s → 10 s) while
   its lease is kept; one that ended normally (a file that finished, a source failed for good)
-  stays as it is.
+  stays as it is;
+- after Redis was out of reach for as long as a lease lasts, a replica claims for a TTL only the
+  cameras whose leases ran out there (`lease.OutageClaims`): their results wait in its publisher.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import redis
 from .conductor import CameraConductor
 from .config import CameraConfig
 from .geometry import GeometryError
-from .lease import Lease, acquire, release, renew
+from .lease import Lease, OutageClaims, acquire, release, renew
 from .publish import Publisher
 from .redact import redact
 from .sources import Backoff
@@ -86,6 +88,7 @@ class CameraSupervisor:
         self.running: dict[str, _Camera] = {}
         self._stopping: set[str] = set()  # being stopped: not claimed again until done
         self._free_rounds: dict[str, int] = {}
+        self._outage = OutageClaims(lease_ttl_s)  # after an outage, our own cameras first
         self._stop = asyncio.Event()
         self._hand_over_all = False  # `stop(hand_over=True)`: the service stays (see `stop`)
         self._wake = asyncio.Event()
@@ -111,6 +114,7 @@ class CameraSupervisor:
                     await self._tick()
                 except redis.RedisError as exc:
                     log.warning("lease round failed (redis: %s); keeping current cameras", type(exc).__name__)
+                    self._unreachable()
                     reconnect_if_demoted(self.client, exc)
                 except Exception:  # a fault of one round (an entry nobody foresaw): never every camera's end
                     log.exception("lease round failed; keeping current cameras")
@@ -184,6 +188,7 @@ class CameraSupervisor:
                 log.warning("camera %s: its settings changed; restarting it with them", cid)
                 await self._stop_camera(cid)
         await self._hand_over_surplus()
+        await self._after_an_outage()
         await self._claim()
         if self._end_removed is not None and (self._sweep is None or self._sweep.done()):
             self._sweep = asyncio.create_task(self._sweep_removed())
@@ -220,6 +225,7 @@ class CameraSupervisor:
             except redis.RedisError as exc:
                 log.warning("lease renewal failed (redis: %s); cameras stop when their lease runs out",
                             type(exc).__name__)
+                self._unreachable()
                 reconnect_if_demoted(self.client, exc)
             await asyncio.sleep(self.ttl / 3)
 
@@ -243,9 +249,22 @@ class CameraSupervisor:
                 log.warning("camera %s: lease lost; stopping here", cid)
                 self._stop_soon(cid, lost=True)
 
+    def _unreachable(self) -> None:
+        self._outage.unreachable(time.monotonic())
+
+    async def _after_an_outage(self) -> None:
+        """Redis answers again after this replica could not reach it (`lease.OutageClaims`)."""
+        if self._outage.unreachable_since is None:
+            return
+        await asyncio.to_thread(self.client.ping)  # still out of reach: the round fails here
+        lasted = self._outage.answered(time.monotonic())
+        if lasted is not None:
+            log.info("redis answers again after %.1f s; for %.1f s claiming only the cameras whose lease ran out here"
+                     " (%s)", lasted, self.ttl, ", ".join(sorted(self._outage.expired_here)) or "none")
+
     async def _claim(self) -> None:
         for cid, cam in self.cameras.items():
-            if cid in self.running or cid in self._stopping:
+            if cid in self.running or cid in self._stopping or self._outage.others_wait(cid, time.monotonic()):
                 continue
             key = self.keys.lease(cid)
             if len(self.running) >= self.fair_share and self._free_rounds.get(cid, 0) < 2:
@@ -256,6 +275,7 @@ class CameraSupervisor:
                 continue
             lease = await asyncio.to_thread(acquire, self.client, key, cid, ttl=self.ttl, token=self.owner)
             self._free_rounds.pop(cid, None)
+            self._outage.expired_here.discard(cid)
             if lease is None:
                 continue
             log.info("camera %s: lease acquired by %s", cid, self.owner)
@@ -321,6 +341,7 @@ class CameraSupervisor:
             if entry is not None and entry.lease.overdue(now):
                 log.warning("camera %s: lease not renewed for %.1f s (TTL %.1f s); stopping it here",
                             c, now - entry.lease.renewed_at, self.ttl)
+                self._outage.expired_here.add(c)
                 self._stop_soon(c, lost=True)
                 stopped = stopped or c == cid
         return stopped

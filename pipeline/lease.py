@@ -183,3 +183,37 @@ def release(lease: Lease) -> None:
         lease.lock.release()
     except (LockError, redis.RedisError):
         pass
+
+
+class OutageClaims:
+    """Which free cameras a replica claims right after Redis was out of its reach for as long as
+    a lease lasts. Every replica's leases ran out then, and each one's publisher holds the results
+    of the cameras it had: for a TTL after Redis answers, a replica claims only the cameras whose
+    leases ran out here, so each camera goes back to the replica that holds its results; after
+    it, anyone claims any free camera (an owner that died meanwhile). A shorter outage leaves
+    the leases as they were."""
+
+    def __init__(self, ttl: float):
+        self.ttl = ttl
+        self.unreachable_since: float | None = None  # monotonic; None while Redis answers
+        self.expired_here: set[str] = set()  # cameras stopped here because their lease ran out
+        self.own_only_until = 0.0  # monotonic
+
+    def unreachable(self, now: float) -> None:
+        if self.unreachable_since is None:
+            self.unreachable_since = now
+
+    def answered(self, now: float) -> float | None:
+        """Redis answered: the outage's length, when it was as long as a lease (the window opens)."""
+        since, self.unreachable_since = self.unreachable_since, None
+        if since is None or now - since < self.ttl * (1 - LEASE_MARGIN):
+            return None
+        self.own_only_until = now + self.ttl
+        return now - since
+
+    def others_wait(self, camera: str, now: float) -> bool:
+        """True: not claimed here now (another replica's camera, in the window after an outage)."""
+        if now < self.own_only_until:
+            return camera not in self.expired_here
+        self.expired_here.clear()
+        return False

@@ -1,0 +1,87 @@
+"""Two decoder replicas through a Redis outage longer than the lease: when Redis is back, each
+takes back the cameras whose leases ran out there, so what each publisher held through the
+outage lands (before, the first replica to come round took any free camera, and the other's
+held results were refused by the fence and lost)."""
+
+import threading
+
+import pipeline.camera_open as camera_open_module
+from pipeline.assignment import CameraSupervisor
+from pipeline.config import CameraConfig, PerceptConfig
+from pipeline.publish import Publisher
+from pipeline.streams import connect_redis
+
+from .test_assignment import KEYS, Background, LiveCapture, factory, seqs_of, warm_imports
+from .waiting import hold, wait_for
+
+
+def replica(redis_server, owner, config):
+    pub = Publisher(connect_redis(redis_server.url, socket_timeout=1, socket_connect_timeout=0.5), keys=KEYS,
+                    maxlen=10_000).start()
+    sup = CameraSupervisor([CameraConfig(id=c, url="device:0", fps=10) for c in ("c1", "c2")],
+                           client=connect_redis(redis_server.url, socket_timeout=1, socket_connect_timeout=0.5),
+                           keys=KEYS, start_camera=factory(pub, config), replicas=2, lease_ttl_s=3, owner=owner,
+                           publisher=pub)
+    return sup, pub
+
+
+def test_after_an_outage_past_the_ttl_each_replica_takes_back_its_own_cameras(redis_server, monkeypatch):
+    warm_imports()
+    client = redis_server.client()
+    monkeypatch.setattr(camera_open_module, "open_capture", lambda camera, url, **kw: LiveCapture())
+    config = PerceptConfig(tracker={"enabled": False})
+    sup_a, pub_a = replica(redis_server, "a", config)
+    sup_b, pub_b = replica(redis_server, "b", config)
+    bgs = [Background(sup_a)]
+    try:
+        wait_for(lambda: "c1" in sup_a.running, 10, "replica a running c1 (its share: one camera)")
+        bgs.append(Background(sup_b))
+        wait_for(lambda: "c2" in sup_b.running and client.xlen(KEYS.detections("c2")) >= 5
+                 and client.xlen(KEYS.detections("c1")) >= 5, 15, "replica b running c2, both publishing")
+        before = {c: seqs_of(client, c)[-1] for c in ("c1", "c2")}
+        redis_server.kill()
+        wait_for(lambda: not sup_a.running and not sup_b.running, 10, "both cameras stopped as their leases ran out")
+        hold(1.0, "Redis down past the leases' expiry")
+        # replica a is held up while Redis comes back, so replica b comes round first and sees
+        # both cameras free; it must leave c1 to a, whose publisher holds c1's results
+        resume, frozen = threading.Event(), threading.Event()
+        bgs[0].loop.call_soon_threadsafe(lambda: (frozen.set(), resume.wait(30)))
+        assert frozen.wait(5)
+        redis_server.start()
+        client = redis_server.client()
+        try:
+            wait_for(lambda: sup_b.running, 10, "replica b claiming again after the outage")
+            hold(1.2, "replica b's next round (a third of the TTL) while replica a is still held up")
+            assert "c1" not in sup_b.running, "replica b took the camera whose results replica a holds"
+        finally:
+            resume.set()
+        wait_for(lambda: "c1" in sup_a.running and "c2" in sup_b.running
+                 and all(seqs_of(client, c)[-1] > before[c] + 20 for c in ("c1", "c2")), 20,
+                 "each replica publishing its own camera again")
+        for cam, pub in (("c1", pub_a), ("c2", pub_b)):
+            seqs = seqs_of(client, cam)
+            assert seqs == sorted(set(seqs)), cam
+            assert [s for s in seqs if s > before[cam]][0] == before[cam] + 1, f"{cam}: what was held was lost"
+            assert pub.stats.fenced[cam] == 0, (cam, dict(pub.stats.fenced))
+    finally:
+        for bg in bgs:
+            bg.stop()
+        pub_a.close()
+        pub_b.close()
+
+
+def test_only_an_outage_as_long_as_a_lease_holds_other_replicas_cameras_back_and_only_for_a_ttl():
+    from pipeline.lease import OutageClaims
+
+    claims = OutageClaims(ttl=3)
+    claims.unreachable(100.0)
+    claims.unreachable(101.0)  # the outage started at the first failure
+    assert claims.answered(102.0) is None  # 2 s < 90 % of the TTL: the leases did not run out
+    assert not claims.others_wait("theirs", 102.0)
+    claims.unreachable(110.0)
+    claims.expired_here.add("mine")
+    assert claims.answered(113.0) == 3.0
+    assert claims.unreachable_since is None
+    assert claims.others_wait("theirs", 113.1) and not claims.others_wait("mine", 113.1)
+    assert claims.others_wait("theirs", 115.9)
+    assert not claims.others_wait("theirs", 116.0) and not claims.expired_here  # a TTL later: anyone's
