@@ -90,7 +90,9 @@ return out
 
 # KEYS: lease, camera hash, status stream. ARGV: token ('' = no check), strict ('1': also
 # refused while nobody holds the lease), number of hash arguments n, status maxlen, n hash
-# field/value arguments, then the status entry's (if any).
+# field/value arguments, then the status entry's (if any). A state change's entry starts with
+# ('change', its id), which the hash keeps as `state_change`: sent again after its answer was
+# lost, it is not written twice.
 FENCED_HSET = """
 if ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[1])
@@ -100,6 +102,7 @@ if ARGV[1] ~= '' then
   end
 end
 local n = tonumber(ARGV[3])
+if ARGV[5 + n] == 'change' and redis.call('HGET', KEYS[2], 'state_change') == ARGV[6 + n] then return 1 end
 redis.call('HSET', KEYS[2], unpack(ARGV, 5, 4 + n))
 if #ARGV > 4 + n then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5 + n))

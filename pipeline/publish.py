@@ -27,6 +27,7 @@ import itertools
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
@@ -75,6 +76,7 @@ class Publisher:
         self._in_flight: list[Item] = []  # the batch being written: never dropped by the bound
         self._bytes = 0
         self._index = itertools.count()
+        self._instance, self._changes = uuid.uuid4().hex[:12], itertools.count()  # state changes' ids
         self._cond = threading.Condition()
         self._closing = False
         self._last_ms: dict[str, int] = {}
@@ -203,10 +205,10 @@ class Publisher:
 
     def camera_state(self, camera: str, state: str, *, error: str | None = None, **fields: Any) -> None:
         """A state change: the camera hash and one entry on the status stream."""
-        now = self.clock()
-        mapping = {"state": state, "updated_at": f"{now:.3f}", "last_error": redact(error or "")}
+        now, change = self.clock(), f"{self._instance}-{next(self._changes)}"
+        mapping = {"state": state, "updated_at": f"{now:.3f}", "last_error": redact(error or ""), "state_change": change}
         mapping.update({k: str(v) for k, v in fields.items()})
-        entry = {"camera": camera, "state": state, "error": mapping["last_error"], "ts": f"{now:.3f}"}
+        entry = {"change": change, "camera": camera, "state": state, "error": mapping["last_error"], "ts": f"{now:.3f}"}
         self._put_hash(camera, mapping, entry)
 
     def camera_stats(self, camera: str, **fields: Any) -> None:

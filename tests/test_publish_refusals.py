@@ -73,3 +73,32 @@ def test_an_unexpected_error_on_the_wire_does_not_end_the_writer(redis_server, m
     pub.publish(result(5))
     assert pub.flush(5) and seqs(redis_server.client()) == list(range(6)) and pub.stats.published["cam"] == 6
     pub.close()
+
+
+def test_a_state_change_whose_answer_was_lost_is_written_once(redis_server, monkeypatch):
+    """The connection breaks after Redis wrote a camera's state change: sent again, it must not
+    add a second entry to the status stream."""
+    import redis
+
+    from pipeline.publish_wire import Wire
+
+    real, failures = Wire.receive, []
+
+    def garbled_once(self):
+        if not failures:
+            failures.append(1)
+            self.drop()
+            raise redis.InvalidResponse("Protocol Error: b'?'")
+        return real(self)
+
+    monkeypatch.setattr(Wire, "receive", garbled_once)
+    pub = publisher(redis_server)
+    pub.camera_state("cam", "online")
+    assert pub.flush(10) and failures
+    pub.camera_state("cam", "reconnecting", error="gone")
+    assert pub.flush(10)
+    client = redis_server.client()
+    states = [f[b"state"] for _, f in client.xrange(KEYS.status) if f[b"camera"] == b"cam"]
+    assert states == [b"online", b"reconnecting"], states
+    assert client.hget(KEYS.camera("cam"), "state") == b"reconnecting"
+    pub.close()
