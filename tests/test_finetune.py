@@ -235,6 +235,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     classes = folder("classes", {f"{c}/{i}.jpg": im for c in ("a", "b") for i, im in enumerate(images)})
     loose = folder("loose", {"x.jpg": street})
     mixed = folder("mixed", {"x.jpg": street, "a/1.jpg": images[0], "b/1.jpg": images[1]})
+    kept_split = folder("w/split", {f"{c}/{i}.jpg": im for c in ("a", "b") for i, im in enumerate(images)})
     one = folder("one", {"cars/1.jpg": images[0], "cars/2.jpg": images[1]})
     empty = folder("empty", {})
     (tmp / "empty" / "a").mkdir()
@@ -265,6 +266,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "mosaic for a classifier": ([*cls, "--data", classes, "--mosaic", "0.5", *out], "--mosaic: mosaic is a detection"),
         "freezing every layer": ([*cls, "--data", classes, "--freeze", "10", *out], "--freeze: between 0 and 9"),
         "out inside the data": ([*cls, "--data", classes, "--out", f"{classes}/x.pt"], "inside the data folder"),
+        "data inside the work folder": ([*cls, "--data", kept_split, "--work", str(tmp / "w"), *out],
+                                        f"--work: the data folder {kept_split} is inside {tmp / 'w'}"),
         "imgsz off the stride": ([*cls, "--data", classes, "--imgsz", "100", *out], "--imgsz: a multiple of 32"),
         "out that cannot be written": ([*cls, "--data", classes, "--out", "/proc/percept-ft.pt"],
                                        "--out: cannot write /proc/percept-ft.pt"),  # (it trained, then failed)
@@ -276,7 +279,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                                   "a folder with no images", "one class", "detection folder without labels",
                                   "a label of no class", "detector on a classification folder",
                                   "classifier on a detection folder", "mosaic for a classifier",
-                                  "freezing every layer", "out inside the data", "imgsz off the stride",
+                                  "freezing every layer", "out inside the data", "data inside the work folder",
+                                  "imgsz off the stride",
                                   "out that cannot be written"])
 def test_bad_input_exits_2(tmp_path, case):
     need(CLS_PT, COCO_PT, COCO, INT8_DET)

@@ -51,6 +51,14 @@ def test_facts_a_swap_must_keep():
     assert [e.split(";")[0] for e in errs] == [
         "classifiers.vehicle.weights: v.xml writes attributes ['color', 'type'], c.pt writes ['type']",
         "classifiers.vehicle.weights: v.xml takes crop size (width, height) [72, 72], c.pt [224, 224]"]
+    # the decoders skip boxes below the running card's smallest box: a card with another one is refused
+    sized = {**clf, "min_size": [24, 24]}
+    assert compare_facts("classifier", sized, sized, new_name="v.xml", running_name="c.pt", field="f") == []
+    (err,) = compare_facts("classifier", {**clf, "min_size": None}, sized, new_name="v.xml", running_name="c.pt",
+                           field="classifiers.vehicle")
+    assert err.startswith("classifiers.vehicle.weights: v.xml takes smallest box (width, height) None, c.pt [24, 24]")
+    assert compare_facts("classifier", sized, clf, new_name="v.xml", running_name="c.pt", field="f") == [], \
+        "a replica that reports no smallest box (an older one) is not compared on it"
 
 
 def test_rollout_state_waits_for_every_live_replica():

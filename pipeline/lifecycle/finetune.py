@@ -157,6 +157,15 @@ def _outside(path: Path, ds: Dataset, option: str) -> None:
         raise FinetuneError(f"{option}: {path} is inside the data folder {ds.root}, which is never written")
 
 
+def _apart(work: Path, ds: Dataset) -> None:
+    """``--work`` and the data folder do not hold each other (the work folder's split/ is
+    written afresh each run)."""
+    _outside(work, ds, "--work")
+    if ds.root.resolve().is_relative_to(work.resolve()):
+        raise FinetuneError(f"--work: the data folder {ds.root} is inside {work}, whose split/ each run writes afresh; "
+                            "give another --work")
+
+
 def check_options(epochs: int, imgsz: int, batch: int, workers: int) -> None:
     if epochs < 1:
         raise FinetuneError(f"--epochs: at least 1, got {epochs}")
@@ -305,7 +314,7 @@ def finetune(weights: str | Path, data: str | Path, *, out: str | Path | None = 
         frozen = freeze_layers(model, freeze, freeze_backbone, src.name)
         target = check_out(out, src, ds)
         if work is not None:
-            _outside(Path(work).expanduser().absolute(), ds, "--work")
+            _apart(Path(work).expanduser().absolute(), ds)
         train_items, val_items = split(ds, val_fraction, seed)
         device, _ = choose_device(device, None)
         threads = torch.get_num_threads()  # evaluation would set a replica's 1 thread for the training too

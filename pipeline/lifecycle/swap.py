@@ -220,12 +220,14 @@ class ReplicaReport:
 
 def model_facts(kind: str, backend: Any) -> dict[str, Any]:
     """What the rest of the graph relies on: a detector's mapped labels; a classifier's attributes
-    and the crop the decoder cuts for it (size and context are read once, at decoder start)."""
+    and the crop the decoder cuts for it (size, context and the smallest box are read once, at
+    decoder start)."""
     if kind == "detector":
         cats = getattr(backend, "categories", None)
         return {"labels": sorted({label for label, _ in cats.by_class.values()})} if cats is not None else {}
+    min_size = getattr(backend, "min_size", None)
     return {"attributes": sorted(backend.attributes), "crop_size": list(backend.crop_size),
-            "crop_context": round(float(backend.crop_context), 4)}
+            "crop_context": round(float(backend.crop_context), 4), "min_size": list(min_size) if min_size else None}
 
 
 # --- validation (before anything changes) ------------------------------------------------------
@@ -283,8 +285,9 @@ def compare_facts(kind: str, new: Mapping[str, Any], running: Mapping[str, Any],
     if running.get("attributes") is not None and sorted(new["attributes"]) != sorted(running["attributes"]):
         errors.append(f"{field}.weights: {new_name} writes attributes {new['attributes']}, {running_name} writes "
                       f"{running['attributes']}; a swap keeps the attributes (change the config and restart)")
-    for key, what in (("crop_size", "crop size (width, height)"), ("crop_context", "crop context")):
-        if running.get(key) is not None and new[key] != running[key]:
+    for key, what in (("crop_size", "crop size (width, height)"), ("crop_context", "crop context"),
+                      ("min_size", "smallest box (width, height)")):
+        if key in running and (running[key] is not None or key == "min_size") and new.get(key) != running[key]:
             errors.append(f"{field}.weights: {new_name} takes {what} {new[key]}, {running_name} {running[key]}; "
                           "the decoders cut crops for the running model (change the config and restart)")
     return errors
