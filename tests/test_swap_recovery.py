@@ -382,3 +382,28 @@ def test_a_swap_made_right_after_redis_lost_its_data_that_a_replica_fails_is_rol
     assert "replica r2 could not load" in str(refused) and "every replica serves it again" in str(refused), refused
     assert [r.current.name for r in replicas] == [FIRST, FIRST]  # the config's: no record said c.pt any more
     assert (listed["state"], listed["model"]) == ("done", FIRST), listed
+
+
+def test_a_swap_to_the_same_path_that_a_replica_fails_is_not_said_to_be_rolled_back(redis_server, tmp_path):
+    """b.pt written again in place, then swapped to: r1 loads the new file, r2 fails it. A
+    rollback to b.pt cannot bring back what r1 held before (the file is the new one now); the
+    answer must say so, not "every replica serves it again"."""
+    [b] = copies(tmp_path, "b.pt")
+    swaps = api(redis_server, weights=b)
+    failing: list[str] = []
+    good, bad = replica(swaps, "r1"), replica(swaps, "r2", broken=failing)
+
+    async def scenario():
+        following = await started(good, bad)
+        try:
+            failing.append("b.pt")  # r2 cannot load the file as it is now
+            with pytest.raises(SwapRefused) as refused:
+                await swaps.swap("detector", {"weights": b})
+            return str(refused.value)
+        finally:
+            await stopped(following)
+
+    refused = asyncio.run(scenario())
+    assert "replica r2 could not load" in refused, refused
+    assert "not rolled back: b.pt is the file the swap replaced, written again in place" in refused, refused
+    assert "every replica serves it again" not in refused

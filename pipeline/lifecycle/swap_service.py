@@ -15,6 +15,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..config_errors import format_validation_error
+from ..models import resolve_weights
 from ..streams import redis_unavailable
 from .swap import (
     Desired,
@@ -234,6 +235,12 @@ class ModelSwaps:
         waited out, up to ``timeout_s``), unless a newer swap replaced ``failed`` meanwhile; what
         came of it, in words."""
         name = Path(weights.rstrip("/")).name
+        if card == failed.card and self._same_file(weights, failed.weights):
+            # the swap reloaded the file it serves, written again in place (`models finetune
+            # --out`): what it held before is gone, so no record brings it back
+            return (f"not rolled back: {name} is the file the swap replaced, written again in place, so its earlier "
+                    "version is gone; replicas that loaded it serve the new version, the others the earlier one "
+                    "until they load it (GET /models lists each)")
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -250,6 +257,10 @@ class ModelSwaps:
                  "failed": f"replica {failed_back.replica if failed_back else '?'} cannot load that either: "
                            f"{failed_back.error if failed_back else '?'}"}.get(state, "the rollback is still rolling out")
         return f"rolled back to {name} ({after})"
+
+    def _same_file(self, a: str, b: str) -> bool:
+        models_dir = self.config.models_dir
+        return Path(resolve_weights(a, models_dir)).resolve() == Path(resolve_weights(b, models_dir)).resolve()
 
     def _record(self, keys: SwapKeys, weights: str, card: str | None, name: str,
                 previous: dict[str, Any] | None, replacing: int | None = None) -> Desired | None:
