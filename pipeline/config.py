@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .config_errors import CONFIG_ERROR_EXIT_CODE, ConfigError, error_at, format_validation_error  # noqa: F401 (API)
 from .config_models import (  # noqa: F401 (the config's API)
@@ -64,6 +64,14 @@ class RedisConfig(Strict):
         problem = redis_url_problem(v) if v is not None else None
         if problem:
             raise ValueError(problem)
+        return v
+
+    @field_validator("username", "tls_ca_file")
+    @classmethod
+    def _with_a_url(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """The private redis-server (no ``url``) has a password only, and no TLS."""
+        if v is not None and info.data.get("url") is None and "url" in info.data:
+            raise ValueError("only with redis.url (the private redis-server has no ACL users and no TLS)")
         return v
 
 
@@ -157,7 +165,7 @@ class DecoderConfig(Strict):
     transport: Literal["grpc", "actor"] = Field(
         "grpc", description="how frames and crops go to detectors and classifiers: grpc, Serve's direct channel to the "
         "replica (pickled, by value; ~2-6 ms less per frame than actor and less CPU on both sides); actor, Ray actor calls")
-    lease_ttl_s: float = Field(10.0, ge=1, description="a dead replica's cameras move after this")
+    lease_ttl_s: float = Field(10.0, ge=1, le=86_400, description="a dead replica's cameras move after this")
     detect_timeout_s: float = Field(30.0, gt=0)
     classify_timeout_s: float = Field(
         10.0, gt=0, description="a classifier request's whole time, its one retry included"

@@ -98,7 +98,7 @@ NAME = r"^[a-z0-9][a-z0-9-]{0,39}$"
 
 
 class DetectorConfig(ModelServerConfig):
-    weights: str = "yolo11n.pt"
+    weights: str = Field("yolo11n.pt", min_length=1, description="path, file in PERCEPT_MODELS_DIR or ultralytics name")
     name: str | None = Field(
         None, pattern=NAME, description="deployment detector-<name>; default: the first detector is 'detector', "
         "the others are named after their weights")
@@ -117,9 +117,13 @@ class DetectorConfig(ModelServerConfig):
     @classmethod
     def _categories(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
         seen: dict[str, str] = {}
+        if not v:
+            raise ValueError("no category: every detection would be dropped (give at least one, e.g. vehicle: [car])")
         for category, labels in v.items():
             if not re.fullmatch(r"[A-Za-z0-9_-]+", category):  # (match's $ lets a trailing newline through)
                 raise ValueError(f"category name {category!r} must match [A-Za-z0-9_-]+")
+            if not labels:
+                raise ValueError(f"{category}: no labels (a category needs at least one detector label, or '*')")
             for label in labels:
                 if label == "*" and len(v) > 1:
                     raise ValueError(f"{category}: '*' (every label of the model) needs to be the only category")
@@ -144,7 +148,8 @@ class ClassifierConfig(ModelServerConfig):
         None, pattern=NAME, description="deployment classifier-<category>-<name>; default: the first of a "
         "category is classifier-<category>, the others are named after their weights")
     card: str | None = Field(None, description="model card (YAML) of a plain network; shipped models need none")
-    on: list[str] | None = Field(None, description="only objects with these detector labels (default: every object of the category)")
+    on: list[str] | None = Field(None, min_length=1,
+                                 description="only objects with these detector labels (default: every object of the category)")
     not_on: list[str] | None = Field(None, description="skip objects with these detector labels")
 
     @model_validator(mode="before")
@@ -156,7 +161,8 @@ class ClassifierConfig(ModelServerConfig):
         return data
     attribute: str = Field("type", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                            description="ultralytics classifiers: the attribute the top label is written to")
-    labels: list[str] | None = Field(None, description="restrict the answer to these model labels")
+    labels: list[str] | None = Field(None, min_length=1, description="restrict the answer to these model labels "
+                                     "(omitted: every label)")
     min_score: float = Field(
         MIN_RESTRICTED_SCORE, ge=0, le=1, description="with labels: no answer (the attribute is left out) when the "
         "best of those labels has a probability below this under the whole model (a bicycle is no minivan)")

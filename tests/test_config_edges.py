@@ -108,3 +108,22 @@ def test_a_pair_of_two_categories_never_matches_at_the_highest_threshold():
     later = [tracker.update(dets(([1000, 500, 1030, 580], "person", "pedestrian")), (720, 1280), ts=1 + k * 0.25)
              for k in range(3)]
     assert car_id is not None and all(car_id not in out.track_ids for out in later), (car_id, later)
+
+
+@pytest.mark.parametrize("config, field, says", [
+    ({"detector": {"categories": {}}}, "detector.categories", "no category: every detection would be dropped"),
+    ({"detector": {"categories": {"vehicle": [], "person": ["person"]}}}, "detector.categories", "vehicle: no labels"),
+    ({"detector": {"weights": ""}}, "detector.weights", "must not be empty"),
+    ({"classifiers": {"vehicle": {"weights": "v.pt", "on": []}}}, "classifiers.vehicle.on", "at least 1 item"),
+    ({"classifiers": {"vehicle": {"weights": "v.pt", "labels": []}}}, "classifiers.vehicle.labels", "at least 1 item"),
+    ({"decoder": {"lease_ttl_s": 1e306}}, "decoder.lease_ttl_s", "must be <= 86400"),
+    ({"redis": {"username": "bob"}}, "redis.username", "only with redis.url"),
+    ({"redis": {"tls_ca_file": "/etc/ca.pem"}}, "redis.tls_ca_file", "only with redis.url"),
+])
+def test_settings_that_would_validate_and_then_do_nothing_or_fail_later_are_refused(config, field, says):
+    """An empty category map dropped every detection; `on: []` never ran the classifier (and
+    `labels: []` meant the opposite of its non-empty self); an empty detector path resolved to
+    '.'; a lease TTL Redis cannot hold failed every round; a user name or CA file for the private
+    redis-server (password only, no TLS) failed every connection as 'cannot reach'."""
+    errors = errors_of(config)
+    assert len(errors) == 1 and errors[0].startswith(f"{field}: ") and says in errors[0], errors
