@@ -13,9 +13,9 @@ from typing import Any
 from urllib.parse import quote
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, RUNTIME_FIELDS
-from pipeline.redact import redact
+from pipeline.redact import redact, redact_url
 
-from .common import EXIT_UNAVAILABLE, api_url_arg, call_api, fail, number_arg, unreachable
+from .common import EXIT_UNAVAILABLE, UNAVAILABLE_STATUS, api_url_arg, call_api, fail, number_arg, unreachable
 
 
 def register(sub: Any) -> None:
@@ -103,12 +103,12 @@ def _cameras(args: argparse.Namespace) -> int:
         detail = data.get("detail", "") if isinstance(data, dict) else data
         lines = detail if isinstance(detail, list) else [detail]
         return fail(f"{args.action} {getattr(args, 'id', '')}: HTTP {status}: " + redact("; ".join(map(str, lines))),
-                    EXIT_UNAVAILABLE if status in (502, 503, 504) else CONFIG_ERROR_EXIT_CODE if 400 <= status < 500 else 1)
+                    EXIT_UNAVAILABLE if status in UNAVAILABLE_STATUS else CONFIG_ERROR_EXIT_CODE if 400 <= status < 500 else 1)
     if args.action == "ls":
         try:
             rows = [_ls_row(cam) for cam in data]
         except (TypeError, KeyError, ValueError):  # --api names another HTTP service
-            return fail(f"ls: {args.api} did not answer with percept's camera list (is --api the graph's "
+            return fail(f"ls: {redact_url(args.api)} did not answer with percept's camera list (is --api the graph's "
                         f"ingress?)", EXIT_UNAVAILABLE)
         for row in rows:
             print(row)

@@ -111,6 +111,9 @@ def api_url_arg(value: str) -> str:
         ok = False
     if not ok:
         raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {redact_url(value)!r}")
+    if parts.username is not None or parts.password is not None:  # (urllib would take them for the host)
+        raise argparse.ArgumentTypeError(f"a user or password in the URL is not sent (the ingress takes none), "
+                                         f"got {redact_url(value)!r}")
     return value
 
 
@@ -175,10 +178,14 @@ def call_api(api: str, method: str, path: str, body: Any = None, *, wait_s: floa
         return status, {"detail": raw.decode(errors="replace")[:300]}
 
 
+RETRIED_STATUS = (503, 429)  # unavailable for now, busy (`explain`'s places): asked again until ``wait_s``
+UNAVAILABLE_STATUS = (429, 502, 503, 504)  # exit 3 when still so at the end
+
+
 def request_api(api: str, method: str, path: str, data: bytes | None = None, *, wait_s: float,
                 timeout: float = 30.0, retried: list[bytes] | None = None) -> tuple[int, bytes, Any]:
     """(HTTP status, body, headers) of a request to the graph's ingress at ``api``. A 503 (the
-    graph's Redis unavailable, a camera not publishing yet) is retried every second until
+    graph's Redis unavailable, a camera not publishing yet) or a 429 (busy) is retried every second until
     ``wait_s`` has passed, with one line saying so; other errors are answers. An unreachable
     ingress, or one that does not answer HTTP (``--api`` naming Redis's port), raises
     ``URLError``/``OSError``. ``retried`` gets the body of each 503 answer that was retried (one
@@ -195,21 +202,22 @@ def request_api(api: str, method: str, path: str, data: bytes | None = None, *, 
             raise urllib.error.URLError(f"not an HTTP answer ({type(exc).__name__}: {exc})") from None
         except urllib.error.HTTPError as exc:
             raw = exc.read() or b""
-            if exc.code != 503 or time.monotonic() >= deadline:
+            if exc.code not in RETRIED_STATUS or time.monotonic() >= deadline:
                 return exc.code, raw, exc.headers
-            if retried is not None:
+            if retried is not None and exc.code == 503:
                 retried.append(raw)
             if not said:
-                print(f"percept: {_unavailable_line(raw, redact_url(api))} — retrying", file=sys.stderr, flush=True)
+                print(f"percept: {_unavailable_line(raw, redact_url(api), exc.code)} — retrying", file=sys.stderr,
+                      flush=True)
                 said = True
             time.sleep(1.0)  # the next try (the loop ends at the deadline above)
 
 
-def _unavailable_line(raw: bytes, where: str) -> str:
+def _unavailable_line(raw: bytes, where: str, status: int = 503) -> str:
     try:
         detail = str(json.loads(raw).get("detail", ""))
     except (ValueError, AttributeError):
         detail = ""
     if detail.startswith("redis"):
         return f"redis unreachable at the graph behind {where}"
-    return f"the graph behind {where} answered 503 ({redact(detail)[:200] or 'unavailable'})"
+    return f"the graph behind {where} answered {status} ({redact(detail)[:200] or 'unavailable'})"

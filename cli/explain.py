@@ -22,8 +22,8 @@ from typing import Any
 from pipeline.config import ENV_MODELS_DIR
 from pipeline.redact import redact
 
-from .common import (EXIT_UNAVAILABLE, IMGSZ, POSITIVE_INT, SCORE, api_url_arg, fail, number_arg, output_file_arg,
-                     request_api, say, unreachable)
+from .common import (EXIT_UNAVAILABLE, IMGSZ, POSITIVE_INT, SCORE, UNAVAILABLE_STATUS, api_url_arg, fail, number_arg,
+                     output_file_arg, request_api, say, unreachable)
 
 BAD_INPUT = 2
 METHOD_CHOICES = ("auto", "rise", "occlusion", "eigencam")
@@ -92,7 +92,7 @@ def _online(args: argparse.Namespace) -> int:
         return unreachable(args.api, exc)
     if status >= 400:
         return fail(f"explain {args.camera}: HTTP {status}: {redact(_detail(png))}",  # (the codes of `percept cameras`)
-                    BAD_INPUT if status < 500 else EXIT_UNAVAILABLE if status in (502, 503, 504) else 1)
+                    EXIT_UNAVAILABLE if status in UNAVAILABLE_STATUS else BAD_INPUT if status < 500 else 1)
     frame = dict(kv.split("=", 1) for kv in headers.get("X-Percept-Frame", "").split() if "=" in kv)
     out = Path(args.out or f"explain-{args.camera}-{frame.get('seq', 'latest')}-{args.object}.png")
     if not _write(out, png):
@@ -182,7 +182,8 @@ def _offline(args: argparse.Namespace) -> int:
 
     try:
         image, name = _read_frame(args)
-        cfg = DetectorConfig(weights=args.weights, imgsz=args.imgsz, device=args.device, threads=args.threads or os.cpu_count(),
+        cfg = DetectorConfig(weights=args.weights, imgsz=args.imgsz, device=args.device,
+                             threads=args.threads or min(os.cpu_count() or 1, 256),
                              conf=min(args.conf, EXPLAIN_CONF), categories={"object": ["*"]})
         detector = load_detector(cfg, models_dir=os.environ.get(ENV_MODELS_DIR), field="--weights")
         found = detector.detect_batch([prepare_frame(image, args.imgsz)])[0]

@@ -24,8 +24,9 @@ from typing import Any
 from urllib.parse import quote
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE
+from pipeline.redact import redact_url
 
-from .common import EXIT_UNAVAILABLE, api_url_arg, call_api, fail, number_arg, unreachable
+from .common import EXIT_UNAVAILABLE, UNAVAILABLE_STATUS, api_url_arg, call_api, fail, number_arg, unreachable
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
@@ -77,7 +78,7 @@ def _refusal(what: str, status: int, answer: Any) -> int:
     detail = answer.get("detail", answer) if isinstance(answer, dict) else answer
     lines = detail if isinstance(detail, list) else [detail]
     text = "; ".join(d.get("msg", str(d)) if isinstance(d, dict) else str(d) for d in lines)
-    code = CONFIG_ERROR_EXIT_CODE if 400 <= status < 500 else EXIT_UNAVAILABLE if status in (502, 503, 504) else 1
+    code = EXIT_UNAVAILABLE if status in UNAVAILABLE_STATUS else CONFIG_ERROR_EXIT_CODE if 400 <= status < 500 else 1
     return fail(f"{what}: HTTP {status}: {text}", code)
 
 
@@ -99,7 +100,7 @@ def _swap(args: argparse.Namespace) -> int:
                 f"generation {answer['generation']}; checked in {answer['validate_s']:.1f} s, rolled out in "
                 f"{answer['rollout_s']:.1f} s)")
     except (TypeError, KeyError, ValueError):  # --api names another HTTP service
-        return fail(f"models swap {deployment}: {args.api} did not answer as percept's API (is --api the graph's "
+        return fail(f"models swap {deployment}: {redact_url(args.api)} did not answer as percept's API (is --api the graph's "
                     "ingress?)", EXIT_UNAVAILABLE)
     print(done, flush=True)
     return 0
@@ -125,7 +126,7 @@ def _served(args: argparse.Namespace) -> int:
     try:
         lines = [line for dep in answer for line in _served_lines(dep)]
     except (TypeError, KeyError, ValueError, AttributeError):  # --api names another HTTP service
-        return fail(f"models served: {args.api} did not answer with percept's model list (is --api the graph's "
+        return fail(f"models served: {redact_url(args.api)} did not answer with percept's model list (is --api the graph's "
                     "ingress?)", EXIT_UNAVAILABLE)
     print("\n".join(lines), flush=True)
     return 0

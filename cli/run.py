@@ -6,6 +6,7 @@ goes, one when it is back; the graph keeps buffering results meanwhile."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -34,7 +35,8 @@ class Unavailable(RuntimeError):
 def register(sub: Any) -> None:
     run = sub.add_parser("run", help="run the graph for the cameras in a config file")
     run.add_argument("-c", "--config", required=True)
-    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--address", type=ray_address_arg,
+                     help="Ray cluster address, HOST:PORT or ray://HOST:PORT (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--duration", type=number_arg(float, 0.1), help="stop after this many seconds")
     run.add_argument("--quiet", action="store_true", help="no live status lines")
     run.set_defaults(func=lambda args: run_graph(
@@ -71,7 +73,7 @@ def redis_for(config: PerceptConfig, stack: ExitStack, keeper: list[PrivateRedis
     import redis
 
     from pipeline.redis_server import EmbeddedRedis, RedisServerError
-    from pipeline.streams import redis_from_config
+    from pipeline.streams import CREDENTIALS_REFUSED, redis_from_config
 
     state = Path(config.state_dir)
     if config.redis.url is None:
@@ -87,6 +89,8 @@ def redis_for(config: PerceptConfig, stack: ExitStack, keeper: list[PrivateRedis
         say(f"private redis-server at {server.url} (data in {state / 'redis'})")
     try:
         redis_from_config(config.redis).ping()
+    except CREDENTIALS_REFUSED:
+        raise  # said as such (`cli.main`), not as "cannot reach"
     except redis.RedisError as exc:
         raise Unavailable(f"redis.url: cannot reach {redact_url(config.redis.url)}: {redact(str(exc))}") from None
     return config
@@ -123,14 +127,33 @@ def start_ray(address: str | None, *, verbose: bool,
     return address
 
 
+def _not_host_port(address: str) -> bool:
+    host, _, port = address.removeprefix("ray://").rstrip("/").rpartition(":")
+    return not host or not port.isdigit()
+
+
+def ray_address_arg(value: str) -> str:
+    """argparse type of ``--address``: ``local``, ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``; else exit 2."""
+    if value not in ("local", "auto") and _not_host_port(value):
+        raise argparse.ArgumentTypeError(f"not HOST:PORT (or ray://HOST:PORT, local, auto), got {value!r}")
+    return value
+
+
+def _address_form_error(address: str | None) -> str | None:
+    """RAY_ADDRESS (when no --address) in a form Ray cannot use: said before anything starts."""
+    value = address or os.environ.get("RAY_ADDRESS")
+    if value and value not in ("local", "auto") and _not_host_port(value):
+        return f"RAY_ADDRESS: not HOST:PORT (or ray://HOST:PORT, local, auto), got {value!r}"
+    return None
+
+
 def ray_address_problem(address: str, timeout_s: float = 5.0) -> str | None:
     """Why nothing answers at a Ray address (``HOST:PORT`` or ``ray://HOST:PORT``), or None."""
     import socket
 
-    hostport = address.removeprefix("ray://").rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
+    if _not_host_port(address):
         return "not HOST:PORT (or ray://HOST:PORT)"
+    host, _, port = address.removeprefix("ray://").rstrip("/").rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:
@@ -207,7 +230,7 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
         if threading.current_thread() is threading.main_thread():
             stack.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, _terminated))
         try:
-            problem = state_dir_error(config.state_dir, "state_dir")
+            problem = state_dir_error(config.state_dir, "state_dir") or _address_form_error(address)
             if problem:
                 raise ConfigError([problem])
             check_models(config)
@@ -251,7 +274,7 @@ def ingress_line(config: PerceptConfig) -> str:
         import socket
 
         host = socket.gethostname()  # bound on every interface: this machine's name reaches it
-    base = f"http://{host}:{config.http.port}"
+    base = f"http://{f'[{host}]' if ':' in host else host}:{config.http.port}"
     view = f"live view {base}/  " if config.view.enabled else "live view off (view.enabled: false); "
     return f"{view}camera API {base}/cameras"
 
@@ -272,6 +295,8 @@ def monitor_cameras(client: Any, keys: Any, cameras: list[str], *, duration: flo
             if show:
                 for line in outage.attempt(lambda: status_lines(client, keys, cameras), []):
                     print(line, flush=True)
+            elif not stop["flag"]:
+                outage.attempt(client.ping, None)  # --quiet: no status lines, still the outage's two
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return 0

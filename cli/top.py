@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
     t.add_argument("--samples", type=number_arg(int, 1, 100_000), default=50,
                    help="stream entries per camera for e2e p50/p95 (default 50, at most 100000)")
     t.add_argument("--once", action="store_true", help="print one snapshot and exit")
-    t.add_argument("--duration", type=number_arg(float, 0.0), help="stop after this many seconds")
+    t.add_argument("--duration", type=number_arg(float, 0.1), help="stop after this many seconds")
     t.set_defaults(func=_top)
 
 

@@ -143,6 +143,30 @@ def test_percept_runs_private_redis_is_started_again_when_killed(tmp_path, capsy
         server.stop()
 
 
+def test_percept_run_quiet_still_says_when_redis_goes_and_comes_back(redis_server, capsys):
+    """`percept run --quiet` (systemd, a cluster's driver) said nothing of an outage: the check
+    rode on the status lines it does not print."""
+    from cli.common import EXIT_INTERRUPTED, RedisOutage
+    from cli.run import monitor_cameras
+
+    client = redis_server.client()
+    steps = {"n": 0}
+
+    def fault_then_back() -> None:  # each second, before the loop's check: Redis killed, back two seconds later
+        steps["n"] += 1
+        if steps["n"] == 1:
+            redis_server.kill()
+        elif steps["n"] == 3:
+            redis_server.start()
+        elif steps["n"] == 4:
+            raise KeyboardInterrupt
+
+    assert monitor_cameras(client, None, [], duration=60, show=False, outage=RedisOutage(redis_server.url),
+                           keep_up=fault_then_back) == EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "percept: redis unreachable at" in err and err.index("unreachable") < err.index("is back"), err
+
+
 def test_sigterm_while_run_starts_stops_its_private_redis(tmp_path, models_dir):
     """SIGTERM once the private redis-server is up, while the graph still starts: the server
     stops and its ``redis.url`` marker goes (it was left running, its parent gone, and a later run

@@ -35,6 +35,8 @@ BAD_VALUES = [
     (["subscribe", "cam", "--claim-idle-ms", "99999999999999999999"], "argument --claim-idle-ms: must be from 0 to"),
     (["models", "swap", "detector", "w.pt", "--timeout", "inf"], "argument --timeout: must be from 1 to 3600"),
     (["run", "--duration", "0"], "argument --duration: must be >= 0.1, got '0'"),
+    (["top", "--duration", "0"], "argument --duration: must be >= 0.1, got '0'"),  # (0 ran forever)
+    (["run", "-c", "c.yaml", "--address", "foo"], "argument --address: not HOST:PORT (or ray://HOST:PORT, local, auto)"),
     (["demo", "--duration", "nan"], "argument --duration: must be >= 0.1, got 'nan'"),
     (["models", "swap", "detector", "w.pt", "--wait", "-1"], "argument --wait: must be >= 0, got '-1'"),
     (["build", "-c", "c.yaml", "--http-port", "99999"], "argument --http-port: must be a port from 0 to 65535"),
@@ -76,10 +78,17 @@ def test_urls_in_option_errors_are_shown_without_credentials(capsys):
     err = capsys.readouterr().err
     assert "argument --redis: a user name or password with / ? # or @ in it must be percent-encoded" in err, err
     assert "s3cr" not in err and "etPW" not in err, err
-    # an ingress that does not answer: exit 3, its URL scrubbed too
-    assert main(["cameras", "--api", "http://u:S3cretPW@127.0.0.1:1", "--wait", "0", "ls"]) == 3
+    # a user and password in --api: urllib took them for the host ("cannot reach", whatever the
+    # ingress); refused, not quoted
+    with pytest.raises(SystemExit) as done:
+        main(["cameras", "--api", "http://u:S3cretPW@127.0.0.1:1", "ls"])
     err = capsys.readouterr().err
-    assert "cannot reach http://***@127.0.0.1:1" in err and "S3cretPW" not in err, err
+    assert done.value.code == 2 and "argument --api: a user or password in the URL is not sent" in err, err
+    assert "http://***@127.0.0.1:1" in err and "S3cretPW" not in err, err
+    # an ingress that does not answer: exit 3, its URL scrubbed too
+    assert main(["cameras", "--api", "http://127.0.0.1:1/?token=S3cretPW", "--wait", "0", "ls"]) == 3
+    err = capsys.readouterr().err
+    assert "cannot reach http://127.0.0.1:1/?token=***" in err and "S3cretPW" not in err, err
 
 
 def test_a_sample_clips_folder_that_is_not_there_exits_2_naming_it(tmp_path, capsys, monkeypatch):
@@ -157,3 +166,15 @@ def test_top_stops_at_its_duration_though_the_next_refresh_is_later(redis_server
     """``--duration 1 --interval 600``: top slept a whole interval past its duration."""
     out = percept("top", "--redis", redis_server.url, "--duration", "1", "--interval", "600", timeout=60)
     assert out.returncode == 0 and "camera" in out.stdout.lower(), out.stderr
+
+
+def test_a_ray_address_in_the_environment_that_is_no_address_exits_2_before_anything_starts(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """RAY_ADDRESS=foo: before, every model was loaded and the private redis-server started, then
+    exit 3 as if a cluster did not answer."""
+    monkeypatch.setenv("RAY_ADDRESS", "foo")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\ncameras: [{{id: a, url: {SHARED}/data/videos/vtest.avi}}]\n")
+    assert main(["run", "-c", str(cfg)]) == 2
+    assert "RAY_ADDRESS: not HOST:PORT (or ray://HOST:PORT, local, auto), got 'foo'" in capsys.readouterr().err
+    assert not (tmp_path / "state" / "redis").exists(), "the private redis-server was started"

@@ -67,6 +67,22 @@ def test_a_wrong_password_is_no_outage_for_top_nor_the_api_client(tmp_path, caps
         assert not redis_unavailable(refused.value)
 
 
+def test_percept_run_says_redis_refused_its_credentials_not_that_it_cannot_reach_it(tmp_path, capsys):
+    """`percept run` checks its Redis at start: a wrong password was reported as "redis.url:
+    cannot reach …"."""
+    from contextlib import ExitStack
+
+    import redis
+
+    from cli.run import redis_for
+
+    with EmbeddedRedis(tmp_path / "r", password="Auth-Pw-42") as server, ExitStack() as stack:
+        cfg = parse_config({"redis": {"url": server.url, "password": "Not-The-Pw-7"}, "state_dir": str(tmp_path / "s")},
+                           env={})
+        with pytest.raises(redis.AuthenticationError):
+            redis_for(cfg, stack)  # (`cli.main` says: redis refused our credentials, exit 3)
+
+
 def tls_answers(proc: subprocess.Popen, port: int, ca: Path) -> bool:
     """The server completes a TLS handshake (certificate checked against ``ca``) and answers a
     PING (PONG, or NOAUTH before AUTH): it is ready."""
