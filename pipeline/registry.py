@@ -24,7 +24,7 @@ import redis
 from pydantic import ValidationError
 
 from .config import CameraConfig, format_validation_error
-from .config_env import CameraEnvError, resolve_camera
+from .config_env import CameraEnvError, foreign_variable_error, resolve_camera
 from .publish import Publisher
 from .redact import redact, redact_url
 from .streams import ENDED_FIELD, StreamKeys, clear_ended, parse_entry_id
@@ -133,12 +133,19 @@ class CameraRegistry:
 
     def read(self) -> tuple[list[CameraConfig], list[InvalidCamera]]:
         """The valid cameras and the invalid entries, each sorted by id; never raises on content."""
+        valid, invalid, _ = self._read_with_sources()
+        return valid, invalid
+
+    def _read_with_sources(self) -> tuple[list[CameraConfig], list[InvalidCamera], dict[str, Any]]:
+        """`read`, and each entry's ``source`` (``config``, ``api``) by id."""
         valid: list[CameraConfig] = []
         invalid: list[InvalidCamera] = []
+        sources: dict[str, Any] = {}
         for cid, raw in sorted((k.decode(errors="replace"), v) for k, v in self.client.hgetall(self.key).items()):
-            _, parsed = _parse_entry(cid, raw)
+            entry, parsed = _parse_entry(cid, raw)
+            sources[cid] = entry.get("source") if entry is not None else None
             (valid if isinstance(parsed, CameraConfig) else invalid).append(parsed)
-        return valid, invalid
+        return valid, invalid, sources
 
     def cameras(self) -> list[CameraConfig]:
         """The valid cameras (URLs as stored, ``${VAR}`` unexpanded)."""
@@ -160,9 +167,16 @@ class CameraRegistry:
         if config is not None and self.seed_if_lost(config):
             log.warning("the camera registry was gone (redis restarted without its data?); the config's %d cameras "
                         "written again (cameras added through the API are lost)", len(config))
-        valid, invalid = self.read()
+        valid, invalid, sources = self._read_with_sources()
         cameras = []
         for cam in valid:
+            # checked again where the variables are expanded: a camera whose id's variable names
+            # another camera took since (`dock` beside `Dock`), or two added at once
+            foreign = foreign_variable_error(cam, f"cameras[{cam.id}].url", sources) \
+                if sources.get(cam.id) == "api" else None
+            if foreign is not None:
+                invalid.append(InvalidCamera(cam.id, foreign, cam.url))
+                continue
             try:
                 cameras.append(resolve_camera(cam, env))
             except CameraEnvError as exc:

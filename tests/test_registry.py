@@ -85,10 +85,10 @@ def test_urls_keep_variables_in_redis_and_are_expanded_for_the_decoder(redis_ser
     reg = CameraRegistry(client, KEYS)
     url = "rtsp://viewer:${PERCEPT_REG_PW}@10.0.0.5/s1"
     reg.seed([CameraConfig(id="cam", url=url)])
-    assert reg.add(CameraConfig(id="api-cam", url="rtsp://viewer:${PERCEPT_REG_OTHER}@10.0.0.6/s1"))
+    assert reg.add(CameraConfig(id="api-cam", url="rtsp://viewer:${CAM_API_CAM_PASSWORD}@10.0.0.6/s1"))
     # the same camera again (a POST retried after a timeout whose write landed): added; other settings: no
-    assert reg.add(CameraConfig(id="api-cam", url="rtsp://viewer:${PERCEPT_REG_OTHER}@10.0.0.6/s1"))
-    assert not reg.add(CameraConfig(id="api-cam", url="rtsp://viewer:${PERCEPT_REG_OTHER}@10.0.0.6/s1", fps=2))
+    assert reg.add(CameraConfig(id="api-cam", url="rtsp://viewer:${CAM_API_CAM_PASSWORD}@10.0.0.6/s1"))
+    assert not reg.add(CameraConfig(id="api-cam", url="rtsp://viewer:${CAM_API_CAM_PASSWORD}@10.0.0.6/s1", fps=2))
     assert reg.add(CameraConfig(id="cam", url=url))  # the same as the config's: there as asked
     assert json.loads(client.hget(reg.key, "cam"))["camera"]["url"] == url
     pub = Publisher(client, keys=KEYS, maxlen=100).start()
@@ -100,7 +100,7 @@ def test_urls_keep_variables_in_redis_and_are_expanded_for_the_decoder(redis_ser
         assert [(c.id, c.url) for c in cameras] == [("cam", "rtsp://viewer:Pw-9@10.0.0.5/s1")]
         state = camera_states(client, KEYS, ["api-cam"])["api-cam"]
         assert state["state"] == "failed"
-        assert state["last_error"].startswith("cameras[api-cam].url: environment variable PERCEPT_REG_OTHER is not set")
+        assert state["last_error"].startswith("cameras[api-cam].url: environment variable CAM_API_CAM_PASSWORD is not set")
         assert state["url"] == "rtsp://***@10.0.0.6/s1"
         assert len(status_entries(client, "api-cam")) == 1
         # a camera leased by another replica (which has the variable) is not reported failed here
@@ -253,3 +253,24 @@ def test_a_file_read_to_its_end_is_read_again_once_added_again_changed_or_run_ag
     mark("h")
     _read_files_again(PerceptConfig(cameras=[f.model_dump()], redis={"url": redis_server.url, "stream_prefix": "reg"}))
     assert marked() == ["h"]  # `percept run` with camera f
+
+
+def test_an_api_camera_whose_variables_another_camera_took_since_is_not_expanded(redis_server):
+    """`Dock` added over the API naming ${CAM_DOCK_PASSWORD} while no `dock` existed; later the
+    operator's config adds `dock` and sets CAM_DOCK_PASSWORD on the decoders. Expanded, `Dock`
+    would send dock's password to the host its URL names: it is reported failed instead."""
+    client = redis_server.client()
+    reg = CameraRegistry(client, KEYS)
+    reg.seed([CameraConfig(id="front", url="a.mp4")])
+    assert reg.add(CameraConfig(id="Dock", url="rtsp://u:${CAM_DOCK_PASSWORD}@elsewhere.example/s"))
+    reg.seed([CameraConfig(id="front", url="a.mp4"), CameraConfig(id="dock", url="rtsp://u:${CAM_DOCK_PASSWORD}@cam/s")])
+    pub = Publisher(client, keys=KEYS, maxlen=100).start()
+    try:
+        cameras = reg.runnable({"CAM_DOCK_PASSWORD": "s3cret-dock"}, pub)
+        assert pub.flush(5)
+    finally:
+        pub.close()
+    assert sorted(c.id for c in cameras) == ["dock", "front"]
+    state = camera_states(client, KEYS, ["Dock"])["Dock"]
+    assert state["state"] == "failed" and "would be camera 'dock''s too" in state["last_error"], state
+    assert "s3cret-dock" not in json.dumps(state)
