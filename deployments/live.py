@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import redis
 from fastapi import HTTPException
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
@@ -31,7 +32,8 @@ SLOW_CAMERA_S = 30.0  # ... at most this much longer for a camera sampled every 
 IDS_FRESH_S = 2.0  # the camera list is read again after this long (and on a miss)
 VIEW_OFF = "the live view is off (view.enabled: false)"
 # an MJPEG response ends when its camera reaches one of these ("pending": its state is gone,
-# the camera was removed); it goes on through "connecting" and "reconnecting"
+# the camera was removed; "stopped" and "failed" only when they last, `LiveView._watch_again`);
+# it goes on through "connecting" and "reconnecting"
 ENDED_STATES = ("stopped", "failed", "pending")
 
 
@@ -119,22 +121,42 @@ class LiveView:
         state, error = (v.decode() if v else None for v in out[2]) if with_state else ("online", None)
         return out[1], state or "pending", error
 
-    def _watch_again(self, camera_id: str) -> bool:
-        """The camera marked watched again, unless it stopped, failed or was removed (False)."""
+    def _watch_again(self, camera_id: str, ended_since: float | None) -> float | None:
+        """The camera marked watched again, unless it was removed, or stopped or failed longer
+        than a camera's move between decoders takes (3 × ``watch_ttl_s``: the old owner says
+        ``stopped`` until the next one opens it): then -1, the stream ends. Else when its state
+        first said stopped or failed (``ended_since`` carried on; None: it runs)."""
         state = self.client.hget(self.keys.camera(camera_id), "state")
-        if (state.decode() if state else "pending") in ENDED_STATES:
-            return False
+        state_s = state.decode() if state else "pending"
+        now = time.monotonic()
+        if state_s in ENDED_STATES:
+            if state_s == "pending" or camera_id not in self._camera_ids(True):
+                return -1.0
+            ended_since = now if ended_since is None else ended_since
+            if now - ended_since >= 3 * self.cfg.watch_ttl_s:
+                return -1.0
+        else:
+            ended_since = None
         self.client.set(self.keys.view_want(camera_id), b"1", px=int(self.cfg.watch_ttl_s * 1000))
-        return True
+        return ended_since
 
     def _first_frame_s(self, camera_id: str) -> float:
         """How long a snapshot waits for the first view frame: `FIRST_FRAME_S`, and two of the
-        camera's frame intervals more (its published ``fps``), up to `SLOW_CAMERA_S` more."""
+        camera's frame intervals more, up to `SLOW_CAMERA_S` more: the longer of the gap
+        between its last two published frames and one over its published ``fps`` (the frames
+        of the last 5 s: 0 or 0.2 for a camera with a frame every 12 s)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self.keys.camera(camera_id), "fps")
+        pipe.xrevrange(self.keys.detections(camera_id), count=2)
+        raw_fps, last_two = pipe.execute()
         try:
-            fps = float(self.client.hget(self.keys.camera(camera_id), "fps") or 0.0)
+            fps = float(raw_fps or 0.0)
         except ValueError:
             fps = 0.0
-        return FIRST_FRAME_S + (min(2.0 / fps, SLOW_CAMERA_S) if fps > 0 else 0.0)
+        interval = 1.0 / fps if fps > 0 else 0.0
+        if len(last_two) == 2:
+            interval = max(interval, (parse_entry_id(last_two[0][0])[0] - parse_entry_id(last_two[1][0])[0]) / 1000)
+        return FIRST_FRAME_S + min(2.0 * interval, SLOW_CAMERA_S)
 
     def _unavailable(self, camera_id: str, state: str, error: str | None) -> HTTPException:
         retry = "1" if state in ("connecting", "pending", "online") else "5" if state in ("failed", "stopped") else "2"
@@ -186,28 +208,43 @@ class LiveView:
     async def _parts(self, camera_id: str, place: "_Place") -> AsyncIterator[bytes]:
         """Polls at twice ``view.fps`` (a frame is never missed through aliasing) the first bytes
         of the JPEG (its comment names the frame) and fetches a frame only when it is new. Ends
-        after ``view.stream_max_s``, or when the camera is stopped, failed or removed (its state
-        is read each time the camera is marked watched again): a viewer of a camera gone must
-        not keep it watched nor hold a place other cameras' viewers need."""
+        after ``view.stream_max_s``, or when the camera is removed, or stopped or failed for
+        longer than a move between decoders takes (its state is read each time the camera is
+        marked watched again): a viewer of a camera gone must not keep it watched nor hold a
+        place other cameras' viewers need."""
         try:
             poll = 0.5 / self.cfg.fps
             end = time.monotonic() + self.cfg.stream_max_s
-            watched_at, last = -1e9, None
+            watched_at, last, ended_since, unreachable_since = -1e9, None, None, None
             while time.monotonic() < end:
                 started = time.monotonic()
-                if started - watched_at >= self.cfg.watch_ttl_s / 3:
-                    if not await asyncio.to_thread(self._watch_again, camera_id):
+                try:
+                    if started - watched_at >= self.cfg.watch_ttl_s / 3:
+                        ended_since = await asyncio.to_thread(self._watch_again, camera_id, ended_since)
+                        if ended_since is not None and ended_since < 0:
+                            return
+                        watched_at = started
+                    jpeg = await asyncio.to_thread(self._new_frame, camera_id, last)
+                    unreachable_since = None
+                except redis.RedisError:  # a blip rides through; an outage as long as a move ends the stream
+                    unreachable_since = started if unreachable_since is None else unreachable_since
+                    if started - unreachable_since >= 3 * self.cfg.watch_ttl_s:
                         return
-                    watched_at = started
-                head = await asyncio.to_thread(self.client.getrange, self.keys.view_jpeg(camera_id), 0, 127)
-                if head and (jpeg_comment(head) or head) != last:
-                    jpeg = await asyncio.to_thread(self.client.get, self.keys.view_jpeg(camera_id))
-                    if jpeg is not None:
-                        last = jpeg_comment(jpeg) or jpeg[:128]
-                        yield _part(jpeg)
+                    jpeg = None
+                if jpeg is not None:
+                    last = jpeg_comment(jpeg) or jpeg[:128]
+                    yield _part(jpeg)
                 await asyncio.sleep(max(0.0, poll - (time.monotonic() - started)))
         finally:
             place.release()
+
+    def _new_frame(self, camera_id: str, last: bytes | None) -> bytes | None:
+        """The camera's view JPEG if its first bytes (the comment naming the frame) are not
+        ``last``'s, else None."""
+        head = self.client.getrange(self.keys.view_jpeg(camera_id), 0, 127)
+        if head and (jpeg_comment(head) or head) != last:
+            return self.client.get(self.keys.view_jpeg(camera_id))
+        return None
 
 
 class _LiveResponse(StreamingResponse):

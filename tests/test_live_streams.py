@@ -14,8 +14,10 @@ from deployments.live import LiveView
 from pipeline.config import CameraConfig
 from pipeline.config_view import ViewConfig
 from pipeline.registry import CameraRegistry
-from pipeline.streams import StreamKeys
+from pipeline.streams import StreamKeys, connect_redis
 from pipeline.view import encode_jpeg
+
+from .waiting import hold
 
 KEYS = StreamKeys("lstream")
 
@@ -110,3 +112,59 @@ def test_with_the_view_off_the_page_and_every_image_route_answer_404_saying_so(r
 
     asyncio.run(main())
     assert LiveView(ViewConfig(), client, KEYS, registry).page().status_code == 200
+
+
+def test_a_stream_goes_on_through_its_camera_moving_to_another_decoder(redis_server):
+    """A scale-up or a redeploy moves the camera: the old owner says `stopped`, the next one
+    `connecting` and `online` a few seconds later. The stream ended at `stopped` (an <img> does
+    not reconnect); it goes on, and ends only when the camera stays stopped."""
+    client = redis_server.client()
+    registry = CameraRegistry(client, KEYS)
+    online_camera(client, registry, "door")
+    live = LiveView(ViewConfig(max_streams=1, watch_ttl_s=1, fps=10), client, KEYS, registry)
+
+    async def main():
+        parts = (await live.live("door")).body_iterator
+        await parts.__anext__()
+        client.hset(KEYS.camera("door"), "state", "stopped")  # the old owner let go
+        nxt = asyncio.ensure_future(parts.__anext__())  # the stream runs on, checking the state meanwhile
+        await asyncio.sleep(1.0)  # the move lasts a second (the stream checks every watch_ttl_s / 3)
+        client.hset(KEYS.camera("door"), "state", "online")  # the next owner runs it
+        jpeg = encode_jpeg(np.zeros((48, 64, 3), np.uint8), comment="percept camera=door seq=2 ts=2.000")
+        client.set(KEYS.view_jpeg("door"), jpeg, px=60_000)
+        part = await asyncio.wait_for(nxt, 10)
+        assert b"seq=2" in part
+        client.hset(KEYS.camera("door"), "state", "stopped")  # for good (a file read to its end)
+        rest = await asyncio.wait_for(_drain(parts), 15)
+        assert rest == [] and live.streams == 0
+
+    asyncio.run(main())
+
+
+async def _drain(parts):
+    return [p async for p in parts]
+
+
+def test_a_stream_rides_out_a_short_redis_outage(redis_server):
+    """One Redis error inside the stream's loop ended the response mid-body."""
+    client = connect_redis(redis_server.url)  # as the API's (redis_from_config)
+    client.config_set("appendfsync", "always")  # the camera's keys survive the restart
+    registry = CameraRegistry(client, KEYS)
+    online_camera(client, registry, "door")
+    live = LiveView(ViewConfig(max_streams=1, watch_ttl_s=2, fps=10), client, KEYS, registry)
+
+    async def main():
+        parts = (await live.live("door")).body_iterator
+        await parts.__anext__()
+        nxt = asyncio.ensure_future(parts.__anext__())
+        redis_server.kill()
+        await asyncio.to_thread(hold, 1.0, "Redis down for a second under a running stream")
+        redis_server.start()
+        fresh = redis_server.client()
+        jpeg = encode_jpeg(np.zeros((48, 64, 3), np.uint8), comment="percept camera=door seq=3 ts=3.000")
+        fresh.set(KEYS.view_jpeg("door"), jpeg, px=60_000)
+        assert b"seq=3" in await asyncio.wait_for(nxt, 15)
+        await parts.aclose()
+        assert live.streams == 0
+
+    asyncio.run(main())

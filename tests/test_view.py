@@ -211,7 +211,12 @@ def test_a_slow_cameras_snapshot_is_the_first_frame_after_the_request(redis_serv
     client = redis_server.client()
     keys = StreamKeys("slowcam")
     CameraRegistry(client, keys).add(CameraConfig(id="cam", url="x.mp4"))
-    client.hset(keys.camera("cam"), mapping={"state": "online", "fps": "0.14"})
+    # the hash's fps counts the frames of the last 5 s: 0 for such a camera most of the time (the
+    # wait was 6 s again); the gap between its last two published frames says 7 s
+    client.hset(keys.camera("cam"), mapping={"state": "online", "fps": "0.00"})
+    now_ms = int(time.time() * 1000)
+    for ms in (now_ms - 7000, now_ms):
+        client.xadd(keys.detections("cam"), {"json": "{}"}, id=f"{ms}-0")
     hub = ViewHub(ViewConfig(fps=5, width=320), client, keys)
     view = hub.camera("cam")
     frame, camera = clip_frame("traffic.mp4", 30), CameraConfig(id="cam", url="x")
