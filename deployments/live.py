@@ -30,6 +30,7 @@ BOUNDARY = "percept-frame"
 FIRST_FRAME_S = 6.0  # how long a snapshot waits for the first frame of a camera nobody watched
 SLOW_CAMERA_S = 30.0  # ... at most this much longer for a camera sampled every few seconds
 IDS_FRESH_S = 2.0  # the camera list is read again after this long (and on a miss)
+IDS_MISS_S = 0.25  # ... on a miss at most this often
 VIEW_OFF = "the live view is off (view.enabled: false)"
 # an MJPEG response ends when its camera reaches one of these ("pending": its state is gone,
 # the camera was removed; "stopped" and "failed" only when they last, `LiveView._watch_again`);
@@ -94,7 +95,11 @@ class LiveView:
     # --- lookups ------------------------------------------------------------------------------
 
     def _camera_ids(self, fresh: bool = False) -> list[str]:
-        if fresh or time.monotonic() - self._ids_at > IDS_FRESH_S:
+        """The registry's camera ids, read again after `IDS_FRESH_S`, or when ``fresh`` (a miss:
+        added a moment ago?) at most every `IDS_MISS_S` (requests for unknown ids in a loop do
+        not read and validate the whole registry each)."""
+        age = time.monotonic() - self._ids_at
+        if age > IDS_FRESH_S or (fresh and age > IDS_MISS_S):
             cameras, invalid = self.registry.read()
             self._ids = sorted([c.id for c in cameras] + [b.id for b in invalid])
             self._ids_at = time.monotonic()

@@ -426,3 +426,23 @@ def test_a_label_beyond_latin_1_comes_back_escaped_in_the_headers_not_as_a_500(r
     assert response.headers["X-Percept-Object"] == r"index=0 label=\u4fe1\u53f7 score=0.9000 box=1.0,2.0,30.0,40.0"
     assert response.headers["X-Percept-Method"] == r"rise calls=8 ms=1 model=\u0437\u043d\u0430\u043a\u0438\r\nX-Injected: 1"
     assert "x-injected" not in response.headers
+
+
+def test_with_no_frames_kept_explain_says_so_at_once(redis_server):
+    """`view.keep_frames: 0`: no frame is ever kept, and the API answered 503 "no frame yet",
+    which `percept explain` asked again until its --wait ran out."""
+    import asyncio
+
+    from fastapi import HTTPException
+
+    from deployments.explain import ExplainApi
+    from pipeline.config import PerceptConfig
+    from pipeline.registry import CameraRegistry
+    from pipeline.streams import StreamKeys
+
+    client = redis_server.client()
+    keys = StreamKeys("explain0")
+    api = ExplainApi(PerceptConfig(view={"keep_frames": 0}), client, keys, CameraRegistry(client, keys), decoder=None)
+    with pytest.raises(HTTPException) as refused:
+        asyncio.run(api.explain("cam", 0, seq=None, method="auto", masks=100))
+    assert refused.value.status_code == 409 and "view.keep_frames is 0" in refused.value.detail
