@@ -81,11 +81,16 @@ SCORE = number_arg(float, 0.0, 1.0)
 PORT = number_arg(int, 0, 65535, what="a port")  # as ``http.port``
 
 
+def output_or_stdout_arg(value: str) -> str:
+    """`output_file_arg`, or ``-``: stdout."""
+    return value if value == "-" else output_file_arg(value)
+
+
 def output_file_arg(value: str) -> str:
-    """argparse type of a file to write at the end (``-``: stdout): its folder must exist, so
-    that a typo fails before the work, not after it."""
+    """argparse type of a file to write at the end: its folder must exist, so that a typo fails
+    before the work, not after it. (``-`` is refused: it was written as a file named ``-``.)"""
     if value == "-":
-        return value
+        raise argparse.ArgumentTypeError("'-' (stdout) is not taken here: give a file name")
     path = Path(value).expanduser()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{value!r} is a folder; give a file name")

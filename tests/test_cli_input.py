@@ -44,6 +44,9 @@ BAD_VALUES = [
      "argument -o/--output: the folder '/nonexistent-percept' does not exist"),
     (["eval", "detector", "--weights", "w", "--data", "d", "--json", "/nonexistent-percept/r.json"],
      "argument --json: the folder '/nonexistent-percept' does not exist"),
+    (["eval", "detector", "--weights", "w", "--data", "d", "--json", "-"],
+     "argument --json: '-' (stdout) is not taken here: give a file name"),  # (it wrote a file named '-')
+    (["explain", "--object", "0", "--image", "i.jpg", "--out", "-"], "argument --out: '-' (stdout) is not taken here"),
     (["eval", "detector", "--weights", "w", "--data", "d", "--json", "/proc/percept-r.json"],
      "argument --json: cannot write '/proc/percept-r.json'"),  # (the table printed, then a traceback)
 ]
