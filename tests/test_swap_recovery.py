@@ -407,3 +407,56 @@ def test_a_swap_to_the_same_path_that_a_replica_fails_is_not_said_to_be_rolled_b
     assert "replica r2 could not load" in refused, refused
     assert "not rolled back: b.pt is the file the swap replaced, written again in place" in refused, refused
     assert "every replica serves it again" not in refused
+
+
+def test_a_record_whose_answer_was_lost_is_written_again_and_rolled_out(redis_server, monkeypatch):
+    """The connection broke after Redis wrote the swap's record: the error reached the client as
+    a refusal (its retry then got 409), while the replicas rolled the swap out unwatched, with no
+    rollback were one to fail it. The same record is written again and the swap goes on."""
+    import redis
+
+    swaps = api(redis_server)
+    desired_key = swaps.keys("detector").desired
+    real_set, lost = swaps.client.set, []
+
+    def set_answer_lost(key, value, *args, **kwargs):
+        out = real_set(key, value, *args, **kwargs)
+        if key == desired_key and not lost:
+            lost.append(value)
+            raise redis.ConnectionError("Connection closed by server.")
+        return out
+
+    monkeypatch.setattr(swaps.client, "set", set_answer_lost)
+    replicas = [replica(swaps, "r1"), replica(swaps, "r2")]
+
+    async def scenario():
+        following = await started(*replicas)
+        try:
+            return await swaps.swap("detector", {"weights": str(MODELS / SECOND)})
+        finally:
+            await stopped(following)
+
+    answer = asyncio.run(scenario())
+    assert lost and answer["generation"] == 1 and answer["replicas"] == 2, answer
+    assert [r.current.name for r in replicas] == [SECOND, SECOND]
+
+
+def test_a_rollback_never_replaces_a_swap_recorded_as_it_is_written(redis_server, monkeypatch):
+    """A rollback read generation 1, and a new swap's record (generation 2) landed before the
+    rollback's write: the rollback wrote over it, and that swap was then counted as done."""
+    swaps = api(redis_server)
+    keys = swaps.keys("detector")
+    cfg = swaps.sections["detector"][1].cfg
+    swaps.client.set(keys.desired, Desired(SECOND, None, 1, SECOND, {"weights": FIRST, "card": None}, time.time(),
+                                           config_identity(cfg)).to_json())
+    swaps.client.set(keys.generation, 1)
+    newer = Desired("c.pt", None, 2, "c.pt", {"weights": SECOND, "card": None}, time.time(), config_identity(cfg))
+    real_next = swaps._next_generation
+
+    def a_swap_lands_meanwhile(keys_):
+        swaps.client.set(keys.desired, newer.to_json())  # the other swap's write, between our read and write
+        return real_next(keys_)
+
+    monkeypatch.setattr(swaps, "_next_generation", a_swap_lands_meanwhile)
+    assert swaps._record(keys, FIRST, None, FIRST, None, replacing=1) is None
+    assert Desired.from_json(swaps.client.get(keys.desired)) == newer

@@ -39,6 +39,12 @@ FORGET_S = 300.0  # reports this old are deleted
 WATCHED_AFTER_TIMEOUT_S = 3600.0
 
 
+# compare-and-set: a rollback's record replaces only the record it read ('' = none)
+_SET_IF_UNCHANGED = ("if (redis.call('GET', KEYS[1]) or '') == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) "
+                     "return 1 end return 0")
+RECORD_RETRY_S = 30.0  # a swap's record asked again through an outage this long
+
+
 class SwapRequest(BaseModel):
     """The body of ``PUT /models/{deployment}``."""
 
@@ -265,15 +271,36 @@ class ModelSwaps:
     def _record(self, keys: SwapKeys, weights: str, card: str | None, name: str,
                 previous: dict[str, Any] | None, replacing: int | None = None) -> Desired | None:
         """The new desired weights, written; ``replacing``: only while the record is still that
-        generation (a rollback; None when a newer swap replaced it)."""
+        generation (a rollback; None when a newer swap replaced it, also one written between
+        this read and this write: the write compares and sets in one step)."""
         config = config_identity(self.sections[keys.deployment][1].cfg)
+        raw = self.client.get(keys.desired) if replacing is not None else None
         if replacing is not None:
-            recorded = Desired.from_json(self.client.get(keys.desired))
+            recorded = Desired.from_json(raw)
             if recorded is not None and recorded.generation != replacing:
                 return None
         desired = Desired(weights, card, self._next_generation(keys), name, previous, time.time(), config)
-        self.client.set(keys.desired, desired.to_json())
+        if replacing is None:
+            self._write_through_an_outage(keys, desired)
+        elif not self.client.eval(_SET_IF_UNCHANGED, 1, keys.desired, raw or "", desired.to_json()):
+            return None
         return desired
+
+    def _write_through_an_outage(self, keys: SwapKeys, desired: Desired) -> None:
+        """SET the record; an answer lost to an outage is asked again (the same record: written
+        twice is written once) for up to `RECORD_RETRY_S`: an error here after the write landed
+        left a swap rolling out that the API neither watched nor rolled back, its client told
+        it was refused."""
+        deadline = time.monotonic() + RECORD_RETRY_S
+        while True:
+            try:
+                self.client.set(keys.desired, desired.to_json())
+                return
+            except redis.RedisError as exc:
+                if not redis_unavailable(exc) or time.monotonic() >= deadline:
+                    raise SwapTimeout(f"{keys.deployment}: generation {desired.generation} may or may not be recorded "
+                                      f"(redis: {type(exc).__name__}); GET /models shows what the replicas serve") from None
+                time.sleep(self.poll_s)  # the next try, until the deadline above
 
     def _next_generation(self, keys: SwapKeys) -> int:
         """The counter's next value, above every generation a live replica reports (serving,
