@@ -460,3 +460,29 @@ def test_a_rollback_never_replaces_a_swap_recorded_as_it_is_written(redis_server
     monkeypatch.setattr(swaps, "_next_generation", a_swap_lands_meanwhile)
     assert swaps._record(keys, FIRST, None, FIRST, None, replacing=1) is None
     assert Desired.from_json(swaps.client.get(keys.desired)) == newer
+
+
+def test_a_swap_recorded_while_a_replica_starts_waits_for_it(redis_server):
+    """r2 is starting (its model load takes seconds) when a swap is recorded: the swap counted
+    the replicas up only and answered done on 1 of 2; were r2 then to fail the new weights,
+    nothing rolled it back. A starting replica reports itself loading."""
+    swaps = api(redis_server)
+    loads: list[tuple[str, str]] = []
+    r1, r2 = replica(swaps, "r1"), replica(swaps, "r2", slow={FIRST: 15.0}, loads=loads)
+
+    async def start_then_follow(r):  # as a replica runs: its start, then its rounds
+        await r.start()
+        await r.follow()
+
+    async def scenario():
+        following = await started(r1)
+        following.append(asyncio.ensure_future(start_then_follow(r2)))
+        try:
+            await until(lambda: ("r2", FIRST) in loads, "r2 loading its model as it starts")
+            return await swaps.swap("detector", {"weights": str(MODELS / SECOND)})
+        finally:
+            await stopped(following)
+
+    answer = asyncio.run(scenario())
+    assert answer["replicas"] == 2, answer
+    assert [r1.current.name, r2.current.name] == [SECOND, SECOND]

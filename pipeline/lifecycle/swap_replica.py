@@ -49,14 +49,28 @@ class ModelSwapper:
             desired = None
         if desired is not None and desired.generation > 0:
             try:
-                self._switch(await asyncio.to_thread(self.load, self._cfg(desired)), desired)
+                self._switch(await self._load_reported(self._cfg(desired), desired.generation), desired)
             except Exception as exc:
                 self._failed(desired, exc)
                 await self._start_on_previous(desired)
         if self.current is None:
-            self._switch(await asyncio.to_thread(self.load, self.base_cfg), None)
+            self._switch(await self._load_reported(self.base_cfg, 0), None)
         await self._send()
         return self.current
+
+    async def _load_reported(self, cfg: Any, generation: int) -> Any:
+        """``load(cfg)`` in a worker thread, this replica reported as loading meanwhile: a swap
+        recorded while a replica starts waits for it (it counted only the replicas up, and one
+        that then failed the new weights was never rolled back)."""
+        self.report.loading = generation
+        await self._send()
+        loading = asyncio.ensure_future(asyncio.to_thread(self.load, cfg))
+        try:
+            while not (await asyncio.wait({loading}, timeout=self.poll_s))[0]:
+                await self._send()  # live however long the load takes
+        finally:
+            self.report.loading = None
+        return loading.result()
 
     async def _start_on_previous(self, desired: Desired) -> None:
         """The recorded weights failed to load at start: the weights they replaced, where a swap
@@ -67,7 +81,7 @@ class ModelSwapper:
             return
         cfg = swapped_cfg(cfg, before["weights"], before.get("card"))
         try:
-            model = await asyncio.to_thread(self.load, cfg)
+            model = await self._load_reported(cfg, desired.generation)
         except Exception as exc:
             log.warning("%s: cannot load %s either: %s: %s; starting on the config's", self.keys.deployment,
                         cfg.weights, type(exc).__name__, exc)
