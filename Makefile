@@ -29,7 +29,8 @@ setup: $(VENV)/.installed
 demo-models:
 	@[ -n "$(PERCEPT_MODELS_DIR)" ] || { echo "make demo: no models folder: put the shared folder beside the repo ($(SHARED)) or set PERCEPT_MODELS_DIR" >&2; exit 2; }
 
-demo: demo-models setup
+demo: demo-models
+	$(MAKE) setup
 	YOLO_OFFLINE=1 $(VENV)/bin/percept demo $(if $(DURATION),--duration $(DURATION),)
 
 # `percept bench` on the shared clips and models (RTSP cameras: GStreamer's server, as for the tests)

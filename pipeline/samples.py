@@ -18,7 +18,6 @@ from typing import Any
 from .config import PerceptConfig, parse_config
 
 ENV_SAMPLE_VIDEOS = "PERCEPT_SAMPLE_VIDEOS"
-ENV_SIGN_IMAGES = "PERCEPT_SIGN_IMAGES"  # default: gtsdb-sample/images beside the videos folder
 CLIP_CAMERAS = (("traffic.mp4", "traffic"), ("vtest.avi", "pedestrians"), ("people.mp4", "crowd"))
 VEHICLE_LABELS = [
     "minivan", "sports_car", "cab", "pickup", "police_van", "minibus", "school_bus", "trolleybus", "jeep",
