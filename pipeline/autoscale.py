@@ -7,7 +7,8 @@ detector reports recent frame age, frames waiting and how busy its model was; a 
 goes up with the worst of lag / target, waiting / target and busy / `TARGET_BUSY` (with few
 cameras, keep-latest drops frames long before lag or the queue shows it: a saturated model is
 busy all the time), and comes down one at a time, only while lag and the queue are under their
-targets and the others would be at most `DOWN_BUSY` busy without this one. In between it holds:
+targets and the others would be at most `DOWN_BUSY` busy without this one, with what waits
+spread over them at most ``DOWN_BUSY / TARGET_BUSY`` of its target. In between it holds:
 lag does not shrink with more replicas once they keep up (it is then the service time), so
 lag alone would scale a deployment that keeps up back to one replica, over and over.
 
@@ -100,4 +101,10 @@ def desired_replicas(
         return 1
     if util is None:  # nothing says the others could take this one's work but an idle deployment
         return current - 1 if load == 0 else current
-    return current - 1 if util * current / (current - 1) <= DOWN_BUSY else current
+    # the others would take this one's share of the work and of what waits: both with the same
+    # margin under their targets (a classifier's waiting crops passed the target again at one
+    # replica fewer, and it went up and down every delay)
+    fewer = current - 1
+    waiting_after = sum(waiting) / fewer if waiting else 0.0
+    calm = waiting_after / target_waiting <= DOWN_BUSY / TARGET_BUSY
+    return fewer if calm and util * current / fewer <= DOWN_BUSY else current

@@ -36,6 +36,15 @@ def test_a_deployment_that_keeps_up_holds_its_replicas():
     assert desired_replicas(2, [0.06], [1, 1], [0.25, 0.25], target_lag_s=0.5, target_waiting=16) == 1  # load fell
 
 
+def test_one_replica_fewer_only_when_what_waits_would_stay_under_its_target_there():
+    """A classifier with 50 crops in flight, 1.35 replicas' worth busy: 4 replicas from 3 (16.7
+    crops each, over the target of 16), then down to 3 at 4 (34 % busy each, the others at 45 %),
+    then up again: a replica started and stopped every delay."""
+    assert desired_replicas(3, [0.05], [50 / 3] * 3, [0.45] * 3, target_lag_s=0.5, target_waiting=16) == 4
+    assert desired_replicas(4, [0.05], [12.5] * 4, [0.34] * 4, target_lag_s=0.5, target_waiting=16) == 4
+    assert desired_replicas(4, [0.05], [6] * 4, [0.34] * 4, target_lag_s=0.5, target_waiting=16) == 3  # fewer waiting
+
+
 def test_meter_forgets_old_frames():
     m = FrameAgeMeter(window_s=5)
     m.observe([99.0, 98.0, None], now=100.0)
