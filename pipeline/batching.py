@@ -66,9 +66,15 @@ class BatchPolicy:
             self.runs.popleft()
 
     def busy(self, now: float) -> float:
-        """The share of the last `busy_window_s` that batches were running."""
-        since = now - self.busy_window_s
-        return sum(max(0.0, min(e, now) - max(s, since)) for s, e in self.runs) / self.busy_window_s
+        """The share of the last `busy_window_s` that batches were running (time when two
+        overlapped counts once: summed, an overlapping pair looked busier than the model was)."""
+        total, reach = 0.0, now - self.busy_window_s  # reach: the end of what is counted so far
+        for s, e in sorted(self.runs):
+            s, e = max(s, reach), min(e, now)
+            if e > s:
+                total += e - s
+                reach = e
+        return total / self.busy_window_s
 
     def arrived(self, key: Hashable | None, now: float) -> None:
         """An item of camera ``key`` (None: unknown, never waited for) arrived at ``now``."""

@@ -293,3 +293,17 @@ async def wait_until(condition, timeout=10.0):
             return False
         await asyncio.sleep(0.01)  # polling interval of the deadline loop
     return True
+
+
+def test_overlapping_batches_count_their_time_once():
+    """Two batches overlapping (an OpenVINO detector running two at once) were summed: 0.4 s and
+    0.4 s overlapping by 0.2 s said 0.8 busy for 0.6 s of work, which kept the overlap on and
+    scaled up early."""
+    policy = BatchPolicy(max_batch_size=4, batch_wait_s=0.02)
+    policy.ran(0.0, 0.4)
+    policy.ran(0.2, 0.6)
+    policy.ran(0.3, 0.5)  # inside both
+    assert policy.busy(1.0) == pytest.approx(0.6)
+    policy.ran(0.8, 0.9)
+    assert policy.busy(1.0) == pytest.approx(0.7)
+    assert policy.busy(1.5) == pytest.approx(0.2)  # the window's start cuts the first ones
