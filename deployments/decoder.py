@@ -56,7 +56,7 @@ def merged_detect(handles: list[DeploymentHandle]):
         import ray
 
         # pixels go in the object store once; a shared-memory handle is small enough to inline
-        shared = ray.put(inp) if by_reference and isinstance(inp.image, np.ndarray) else inp
+        shared = await asyncio.to_thread(ray.put, inp) if by_reference and isinstance(inp.image, np.ndarray) else inp
         answers = await asyncio.gather(*(h.detect.remote(shared) for h in handles))
         failed = next((a for a in answers if isinstance(a, Exception)), None)
         return failed if failed is not None else Detections.concat(answers)
@@ -214,8 +214,10 @@ class DecoderDeployment:
         return self.kept.get(camera_id, seq)
 
     def check_health(self) -> None:
-        if self._task.done():
-            raise RuntimeError(f"camera supervisor stopped: {self._task.exception() if not self._task.cancelled() else 'cancelled'}")
+        for task, what in ((self._task, "camera supervisor"), (self._status_task, "status sharing"),
+                           (self._metrics_task, "metrics")):
+            if task.done():  # (each runs for the replica's life: ended is a fault; Serve restarts the replica)
+                raise RuntimeError(f"{what} stopped: {task.exception() if not task.cancelled() else 'cancelled'}")
 
     async def __del__(self) -> None:
         self._metrics_task.cancel()

@@ -42,6 +42,8 @@ async def share_status_every(status: Callable[[], Awaitable[dict[str, Any]]], cl
             if not down:
                 log.warning("decoder status not shared (%s); retrying", type(exc).__name__)
             down = True
+        except Exception:  # anything else (a status entry nobody foresaw): this write only, never the task
+            log.exception("decoder status not shared; retrying")
         await asyncio.sleep(interval_s)
 
 

@@ -99,3 +99,26 @@ def test_a_replica_whose_clock_is_off_still_counts_as_live(redis_server, monkeyp
     monkeypatch.undo()
     assert live_decoders(client, KEYS) == 1
     assert [s["owner"] for s in read_shared(client, KEYS)] == ["behind"]
+
+
+def test_a_status_that_fails_on_something_unforeseen_is_shared_at_the_next_round(redis_server):
+    """Only Redis errors were caught: anything else ended the task for good, and the replica
+    dropped out of `GET /status` while its cameras ran."""
+    client = redis_server.client()
+    calls = []
+
+    async def status():
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("a status entry nobody foresaw")
+        return replica("r2", 8, {"cam": {"state": "online"}})
+
+    async def main():
+        task = asyncio.create_task(share_status_every(status, client, KEYS, interval_s=0.05))
+        try:
+            await polled(lambda: client.hexists(KEYS.decoders, "r2"))
+            assert not task.done()
+        finally:
+            task.cancel()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
