@@ -68,6 +68,9 @@ class _Slot:
         return self.memory.size - TOKEN_BYTES
 
 
+REAP_EVERY_S = 60.0  # a lender removes the slots of lenders that died this often
+
+
 class FrameLender:
     """Decoder side (see the module docstring)."""
 
@@ -83,6 +86,7 @@ class FrameLender:
         self._idle: list[_Slot] = []  # not lent now; usable once their free_at has passed
         self._slots: list[_Slot] = []
         self._refusals = 0
+        self._reaped_at: float | None = None  # when `reap_orphans` last ran (every `REAP_EVERY_S`)
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -121,9 +125,11 @@ class FrameLender:
 
     def _take(self, nbytes: int) -> _Slot | None:
         with self._lock:
-            if not self._slots:
-                reap_orphans()
             now = self.clock()
+            if self._reaped_at is None or now - self._reaped_at >= REAP_EVERY_S:
+                # (not only at the first lend: a decoder killed later, beside one that runs on)
+                reap_orphans()
+                self._reaped_at = now
             fit = next((s for s in self._idle if s.free_at <= now and s.capacity >= nbytes), None)
             if fit is not None:
                 self._idle.remove(fit)

@@ -150,3 +150,34 @@ def test_slots_of_a_killed_decoder_are_removed_by_the_next_lender():
         mine.close()
         with contextlib.suppress(FileNotFoundError):
             _posixshmem.shm_unlink("/" + orphan)
+
+
+def test_slots_of_a_decoder_killed_later_are_removed_by_one_that_runs_on():
+    """A lender that already made its slots removed orphans only at its first lend: those of a
+    decoder killed beside it later stayed in /dev/shm until the next one started."""
+    import _posixshmem
+
+    from pipeline import frame_share
+
+    now = [0.0]
+    mine = FrameLender(max_slots=1, clock=lambda: now[0])
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True, timeout=60)
+    orphan = f"percept-{int(gone.stdout)}-0123456789ac"
+    try:
+        with mine.lend(frame()):
+            pass  # its slot made, the orphans of then removed
+        fd = _posixshmem.shm_open("/" + orphan, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+        os.ftruncate(fd, 64)
+        os.close(fd)
+        with mine.lend(frame()):
+            pass
+        assert orphan in os.listdir("/dev/shm"), "removed before its minute: each lend listed /dev/shm"
+        now[0] += frame_share.REAP_EVERY_S
+        with mine.lend(frame()):
+            pass
+        assert orphan not in os.listdir("/dev/shm"), "the orphan is removed by a lender that runs on"
+    finally:
+        mine.close()
+        with contextlib.suppress(FileNotFoundError):
+            _posixshmem.shm_unlink("/" + orphan)
