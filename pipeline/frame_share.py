@@ -194,9 +194,12 @@ class FrameReader:
     A segment is mapped read-only and never unmapped by hand: an array over it holds the mapping,
     which goes with the last array (an explicit unmap under a live array would crash the replica)."""
 
-    def __init__(self, max_open: int = 64):
+    def __init__(self, max_open: int = 64, *, idle_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
         self.max_open = max_open
+        self.idle_s = idle_s  # a mapping unused this long is let go (its decoder restarted: its slots are new)
+        self.clock = clock
         self._open: OrderedDict[str, mmap.mmap] = OrderedDict()
+        self._used: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def resolve(self, image: Any) -> Any:
@@ -216,26 +219,35 @@ class FrameReader:
 
     def _attach(self, name: str) -> mmap.mmap:
         with self._lock:
+            now = self.clock()
             mapping = self._open.get(name)
             if mapping is not None:
                 self._open.move_to_end(name)
+                self._used[name] = now
                 return mapping
             try:
                 mapping = _map_read_only(name)
             except OSError as exc:
                 raise NotShared(f"shared frame {name} is not on this machine ({exc.__class__.__name__})") from None
             self._open[name] = mapping
-            while len(self._open) > self.max_open:
-                self._open.popitem(last=False)
+            self._used[name] = now
+            # the least recently used first: beyond max_open, or unused for idle_s (a removed
+            # segment stays in memory while it is mapped)
+            while self._open and (len(self._open) > self.max_open
+                                  or now - self._used[next(iter(self._open))] >= self.idle_s):
+                old, _ = self._open.popitem(last=False)
+                self._used.pop(old, None)
             return mapping
 
     def _forget(self, name: str) -> None:
         with self._lock:
             self._open.pop(name, None)
+            self._used.pop(name, None)
 
     def close(self) -> None:
         with self._lock:
             self._open = OrderedDict()
+            self._used = {}
 
 
 def _map_read_only(name: str) -> mmap.mmap:

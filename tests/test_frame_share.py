@@ -181,3 +181,21 @@ def test_slots_of_a_decoder_killed_later_are_removed_by_one_that_runs_on():
         mine.close()
         with contextlib.suppress(FileNotFoundError):
             _posixshmem.shm_unlink("/" + orphan)
+
+
+def test_a_mapping_unused_for_a_while_is_let_go():
+    """A decoder restarted lends from new segments; the detector kept its old ones mapped (and
+    so in memory, removed or not) until 64 newer names pushed them out."""
+    now = [0.0]
+    lender, reader = FrameLender(max_slots=2), FrameReader(idle_s=30, clock=lambda: now[0])
+    try:
+        with lender.lend(frame()) as first:
+            reader.resolve(first)
+            now[0] += 31
+            with lender.lend(frame()) as second:
+                assert second.name != first.name
+                reader.resolve(second)
+        assert list(reader._open) == [second.name], "the mapping unused for 31 s is let go"
+    finally:
+        reader.close()
+        lender.close()
