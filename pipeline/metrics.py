@@ -197,8 +197,10 @@ class CameraMetrics:
                                      ("fenced", FRAMES_DROPPED, dict(stats.fenced))):
             for cid, total in counts.items():
                 tags = {"camera": cid, "reason": "fenced"} if kind == "fenced" else {"camera": cid}
-                if kind == "dropped":  # what earlier runs dropped came with the camera (resume_camera): not new
-                    self._publisher_last.setdefault((kind, cid), stats.resumed_dropped.get(cid, 0))
+                if kind == "dropped":  # what earlier runs dropped came with the camera (resume_camera): not new,
+                    # also when it comes back here after a run elsewhere, before `track` says so
+                    key = (kind, cid)
+                    self._publisher_last[key] = max(self._publisher_last.get(key, 0), stats.resumed_dropped.get(cid, 0))
                 self._inc_to(self._publisher_last, (kind, cid), metric, tags, total)
 
     def _inc_to(self, last: dict[tuple[str, str], int], key: tuple[str, str], metric: MetricDef,

@@ -205,6 +205,10 @@ def test_drops_a_camera_brings_from_its_earlier_runs_are_not_counted_again_befor
     pub.stats.dropped["a"] = 503
     m.collect({}, pub)
     assert rec.counters[("percept_publisher_dropped_total", ("camera", "a"))] == 3
+    # it moves away and comes back (A → B → A): what it dropped at B (exported there) comes with it
+    pub.stats.dropped["a"] = pub.stats.resumed_dropped["a"] = 540
+    m.collect({}, pub)
+    assert rec.counters[("percept_publisher_dropped_total", ("camera", "a"))] == 3, "B's drops counted again here"
 
 
 def test_top_keeps_the_endpoints_that_answer_when_one_is_no_prometheus_endpoint():
