@@ -428,3 +428,25 @@ def test_an_imgsz_other_than_the_exports_own_size_is_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="percept.backends"):
         detector(DETECTOR, imgsz=320)
     assert "detector.imgsz 320: yolo11n.xml takes 640x640 frames: it runs at its own size" in caplog.text
+
+
+def test_a_failing_item_is_found_by_halves_and_a_big_batch_goes_in_chunks():
+    """`per_item` retried a failed batch item by item: 1024 crops, one bad, took 1025 model
+    calls (past the frames' classify timeout). By halves it takes about 2 × log2(n)."""
+    from pipeline.backends.base import in_chunks, per_item
+
+    calls: list[int] = []
+
+    def run(items):
+        calls.append(len(items))
+        if 613 in items:
+            raise ValueError("a crop the model cannot take")
+        return [i * 2 for i in items]
+
+    out = per_item(run, list(range(1024)))
+    assert [type(x) for x in out].count(ValueError) == 1 and isinstance(out[613], ValueError)
+    assert out[:613] == [i * 2 for i in range(613)] and out[614:] == [i * 2 for i in range(614, 1024)]
+    assert len(calls) <= 2 * 10 + 1, len(calls)
+    calls.clear()
+    assert in_chunks(run, list(range(200)), 64) == [i * 2 for i in range(200)]
+    assert calls == [64, 64, 64, 8]

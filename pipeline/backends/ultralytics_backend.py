@@ -11,7 +11,9 @@ import numpy as np
 from ..config import ClassifierConfig, DetectorConfig
 from ..models import CategoryMap, DetectorInput, ModelError, choose_device, load_yolo, model_name, set_threads
 from ..schema import Detections
-from .base import Attributes, per_item, refuse_failed_warmup, warm_up_detector
+from .base import Attributes, in_chunks, per_item, refuse_failed_warmup, warm_up_detector
+
+MAX_CROPS = 64  # crops one classifier `predict` takes at most
 
 log = logging.getLogger("percept.models")
 
@@ -111,7 +113,8 @@ class Classifier:
         self.names = names
 
     def classify_batch(self, crops: Sequence[np.ndarray]) -> list[Attributes | Exception]:
-        return per_item(self._classify, crops)
+        # (a batch of 32 frames of 32 crops each went into one predict: out of GPU memory)
+        return in_chunks(self._classify, list(crops), MAX_CROPS)
 
     def _classify(self, crops: Sequence[np.ndarray]) -> list[Attributes | Exception]:
         results = self.model.predict(
