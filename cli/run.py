@@ -135,7 +135,7 @@ def _not_host_port(address: str) -> bool:
 def ray_address_arg(value: str) -> str:
     """argparse type of ``--address``: ``local``, ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``; else exit 2."""
     if value not in ("local", "auto") and _not_host_port(value):
-        raise argparse.ArgumentTypeError(f"not HOST:PORT (or ray://HOST:PORT, local, auto), got {value!r}")
+        raise argparse.ArgumentTypeError(f"not HOST:PORT (or ray://HOST:PORT, local, auto), got {redact_url(value)!r}")
     return value
 
 
@@ -143,7 +143,7 @@ def _address_form_error(address: str | None) -> str | None:
     """RAY_ADDRESS (when no --address) in a form Ray cannot use: said before anything starts."""
     value = address or os.environ.get("RAY_ADDRESS")
     if value and value not in ("local", "auto") and _not_host_port(value):
-        return f"RAY_ADDRESS: not HOST:PORT (or ray://HOST:PORT, local, auto), got {value!r}"
+        return f"RAY_ADDRESS: not HOST:PORT (or ray://HOST:PORT, local, auto), got {redact_url(value)!r}"
     return None
 
 

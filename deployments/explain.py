@@ -83,10 +83,10 @@ class ExplainApi:
     async def explain(self, camera_id: str, index: int, *, seq: int | None, method: str, masks: int) -> Response:
         if method not in ("auto", *METHODS):
             raise HTTPException(422, detail=f"method {method!r}: choose one of auto, {', '.join(METHODS)}")
+        await self._known(camera_id)
         if self.cfg.view.keep_frames == 0:  # (no frame is ever kept: a 503 "no frame yet" was asked again for good)
             raise HTTPException(409, detail="explain explains a frame the decoders keep, and view.keep_frames is 0: "
                                             "set it above 0 to explain")
-        await self._known(camera_id)
         frame = await self._frame(camera_id, seq)
         try:
             target = Target.of(frame.result.objects, index)

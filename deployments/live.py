@@ -147,9 +147,9 @@ class LiveView:
 
     def _first_frame_s(self, camera_id: str) -> float:
         """How long a snapshot waits for the first view frame: `FIRST_FRAME_S`, and two of the
-        camera's frame intervals more, up to `SLOW_CAMERA_S` more: the longer of the gap
-        between its last two published frames and one over its published ``fps`` (the frames
-        of the last 5 s: 0 or 0.2 for a camera with a frame every 12 s)."""
+        camera's frame intervals more, up to `SLOW_CAMERA_S` more: one over its published
+        ``fps`` (the frames of the last 5 s), or, when that says 0 (a camera with a frame every
+        12 s, most of the time), the gap between its last two published frames."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(self.keys.camera(camera_id), "fps")
         pipe.xrevrange(self.keys.detections(camera_id), count=2)
@@ -159,8 +159,8 @@ class LiveView:
         except ValueError:
             fps = 0.0
         interval = 1.0 / fps if fps > 0 else 0.0
-        if len(last_two) == 2:
-            interval = max(interval, (parse_entry_id(last_two[0][0])[0] - parse_entry_id(last_two[1][0])[0]) / 1000)
+        if fps <= 0 and len(last_two) == 2:  # (with frames in the last 5 s, a gap may be a restart's)
+            interval = (parse_entry_id(last_two[0][0])[0] - parse_entry_id(last_two[1][0])[0]) / 1000
         return FIRST_FRAME_S + min(2.0 * interval, SLOW_CAMERA_S)
 
     def _unavailable(self, camera_id: str, state: str, error: str | None) -> HTTPException:

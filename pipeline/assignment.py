@@ -190,6 +190,7 @@ class CameraSupervisor:
         await self._hand_over_surplus()
         await self._after_an_outage()
         await self._claim()
+        self._outage.reached(time.monotonic())
         if self._end_removed is not None and (self._sweep is None or self._sweep.done()):
             self._sweep = asyncio.create_task(self._sweep_removed())
 
@@ -244,6 +245,7 @@ class CameraSupervisor:
             if self.running.get(cid) is not entry:
                 continue  # stopped meanwhile
             if kept:
+                self._outage.reached(time.monotonic())
                 self._arm(cid, entry)
             else:
                 log.warning("camera %s: lease lost; stopping here", cid)

@@ -43,7 +43,9 @@ async def share_status_every(status: Callable[[], Awaitable[dict[str, Any]]], cl
                 log.warning("decoder status not shared (%s); retrying", type(exc).__name__)
             down = True
         except Exception:  # anything else (a status entry nobody foresaw): this write only, never the task
-            log.exception("decoder status not shared; retrying")
+            if not down:
+                log.exception("decoder status not shared; retrying")
+            down = True
         await asyncio.sleep(interval_s)
 
 

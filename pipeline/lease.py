@@ -91,8 +91,8 @@ return out
 # KEYS: lease, camera hash, status stream. ARGV: token ('' = no check), strict ('1': also
 # refused while nobody holds the lease), number of hash arguments n, status maxlen, n hash
 # field/value arguments, then the status entry's (if any). A state change's entry starts with
-# ('change', its id), which the hash keeps as `state_change`: sent again after its answer was
-# lost, it is not written twice.
+# ('change', its id: `<publisher>-<n>`), which the hash keeps as `state_change`: sent again after
+# its answer was lost, it is not written twice, nor over a later change of the same publisher.
 FENCED_HSET = """
 if ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[1])
@@ -102,7 +102,14 @@ if ARGV[1] ~= '' then
   end
 end
 local n = tonumber(ARGV[3])
-if ARGV[5 + n] == 'change' and redis.call('HGET', KEYS[2], 'state_change') == ARGV[6 + n] then return 1 end
+if ARGV[5 + n] == 'change' then
+  local had = redis.call('HGET', KEYS[2], 'state_change')
+  if had then
+    local hp, hn = string.match(had, '^(.*)-(%d+)$')
+    local cp, cn = string.match(ARGV[6 + n], '^(.*)-(%d+)$')
+    if hp and hp == cp and tonumber(hn) >= tonumber(cn) then return 1 end
+  end
+end
 redis.call('HSET', KEYS[2], unpack(ARGV, 5, 4 + n))
 if #ARGV > 4 + n then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5 + n))
@@ -199,17 +206,26 @@ class OutageClaims:
     def __init__(self, ttl: float):
         self.ttl = ttl
         self.unreachable_since: float | None = None  # monotonic; None while Redis answers
+        self.last_answer: float | None = None  # monotonic: Redis's last answer before that
         self.expired_here: set[str] = set()  # cameras stopped here because their lease ran out
         self.own_only_until = 0.0  # monotonic
 
+    def reached(self, now: float) -> None:
+        """Redis answered a round or a renewal (leases run out counted from then, not from the
+        first call that failed: up to a round earlier)."""
+        if self.unreachable_since is None:
+            self.last_answer = now
+
     def unreachable(self, now: float) -> None:
         if self.unreachable_since is None:
-            self.unreachable_since = now
+            self.unreachable_since = self.last_answer if self.last_answer is not None else now
 
     def answered(self, now: float) -> float | None:
-        """Redis answered: the outage's length, when it was as long as a lease (the window opens)."""
+        """Redis answered again: the outage's length, when it was as long as a lease or a lease
+        ran out here (the window opens)."""
         since, self.unreachable_since = self.unreachable_since, None
-        if since is None or now - since < self.ttl * (1 - LEASE_MARGIN):
+        self.last_answer = now
+        if since is None or (now - since < self.ttl * (1 - LEASE_MARGIN) and not self.expired_here):
             return None
         self.own_only_until = now + self.ttl
         return now - since

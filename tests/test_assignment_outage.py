@@ -75,13 +75,22 @@ def test_only_an_outage_as_long_as_a_lease_holds_other_replicas_cameras_back_and
 
     claims = OutageClaims(ttl=3)
     claims.unreachable(100.0)
-    claims.unreachable(101.0)  # the outage started at the first failure
+    claims.unreachable(101.0)  # the outage started at the first failure (nothing answered before)
     assert claims.answered(102.0) is None  # 2 s < 90 % of the TTL: the leases did not run out
     assert not claims.others_wait("theirs", 102.0)
-    claims.unreachable(110.0)
-    claims.expired_here.add("mine")
-    assert claims.answered(113.0) == 3.0
+    claims.reached(108.0)  # a renewal answered: the leases run out counted from here
+    claims.unreachable(109.0)  # the next call, a round later, is the first to fail
+    assert claims.answered(111.0) == 3.0  # 2 s after the first failure, 3 s after the last answer
+    assert claims.others_wait("theirs", 111.1)
+    claims.own_only_until = 0.0
+    claims.reached(120.0)
+    claims.unreachable(120.5)
+    claims.expired_here.add("mine")  # a lease ran out here (a slow renewal): the window opens too
+    assert claims.answered(121.0) == 1.0
+    claims.reached(125.0)
+    claims.unreachable(130.0)
+    assert claims.answered(133.0) == 8.0
     assert claims.unreachable_since is None
-    assert claims.others_wait("theirs", 113.1) and not claims.others_wait("mine", 113.1)
-    assert claims.others_wait("theirs", 115.9)
-    assert not claims.others_wait("theirs", 116.0) and not claims.expired_here  # a TTL later: anyone's
+    assert claims.others_wait("theirs", 133.1) and not claims.others_wait("mine", 133.1)
+    assert claims.others_wait("theirs", 135.9)
+    assert not claims.others_wait("theirs", 136.0) and not claims.expired_here  # a TTL later: anyone's

@@ -450,3 +450,12 @@ def test_a_failing_item_is_found_by_halves_and_a_big_batch_goes_in_chunks():
     calls.clear()
     assert in_chunks(run, list(range(200)), 64) == [i * 2 for i in range(200)]
     assert calls == [64, 64, 64, 8]
+    calls.clear()
+
+    def lost_device(items):
+        calls.append(len(items))
+        raise RuntimeError("CUDA error: device lost")
+
+    out = per_item(lost_device, list(range(1024)))
+    assert len(out) == 1024 and all(isinstance(x, RuntimeError) for x in out)
+    assert len(calls) <= 20, f"{len(calls)} calls for a model that fails whatever it gets"

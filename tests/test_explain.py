@@ -436,13 +436,15 @@ def test_with_no_frames_kept_explain_says_so_at_once(redis_server):
     from fastapi import HTTPException
 
     from deployments.explain import ExplainApi
-    from pipeline.config import PerceptConfig
+    from pipeline.config import CameraConfig, PerceptConfig
     from pipeline.registry import CameraRegistry
     from pipeline.streams import StreamKeys
 
     client = redis_server.client()
     keys = StreamKeys("explain0")
-    api = ExplainApi(PerceptConfig(view={"keep_frames": 0}), client, keys, CameraRegistry(client, keys), decoder=None)
+    registry = CameraRegistry(client, keys)
+    registry.add(CameraConfig(id="cam", url="x.mp4"))
+    api = ExplainApi(PerceptConfig(view={"keep_frames": 0}), client, keys, registry, decoder=None)
     with pytest.raises(HTTPException) as refused:
         asyncio.run(api.explain("cam", 0, seq=None, method="auto", masks=100))
     assert refused.value.status_code == 409 and "view.keep_frames is 0" in refused.value.detail

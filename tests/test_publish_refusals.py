@@ -93,12 +93,13 @@ def test_a_state_change_whose_answer_was_lost_is_written_once(redis_server, monk
 
     monkeypatch.setattr(Wire, "receive", garbled_once)
     pub = publisher(redis_server)
+    pub.camera_state("cam", "connecting")  # two changes in one batch: the retry sends both again
     pub.camera_state("cam", "online")
     assert pub.flush(10) and failures
     pub.camera_state("cam", "reconnecting", error="gone")
     assert pub.flush(10)
     client = redis_server.client()
     states = [f[b"state"] for _, f in client.xrange(KEYS.status) if f[b"camera"] == b"cam"]
-    assert states == [b"online", b"reconnecting"], states
+    assert states == [b"connecting", b"online", b"reconnecting"], states
     assert client.hget(KEYS.camera("cam"), "state") == b"reconnecting"
     pub.close()

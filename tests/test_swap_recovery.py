@@ -486,3 +486,36 @@ def test_a_swap_recorded_while_a_replica_starts_waits_for_it(redis_server):
     answer = asyncio.run(scenario())
     assert answer["replicas"] == 2, answer
     assert [r1.current.name, r2.current.name] == [SECOND, SECOND]
+
+
+def test_a_rollback_whose_answer_was_lost_is_not_said_to_be_replaced(redis_server, monkeypatch):
+    """The rollback's write landed and its answer was lost: the retry read its own record back
+    as "a newer swap replaced it", and the rollback rolled out unwatched."""
+    import redis
+
+    swaps = api(redis_server)
+    real_eval, lost = swaps.client.eval, []
+
+    def eval_answer_lost(script, numkeys, *args):
+        out = real_eval(script, numkeys, *args)
+        if script == swap_service._SET_IF_UNCHANGED and not lost:
+            lost.append(1)
+            raise redis.ConnectionError("Connection closed by server.")
+        return out
+
+    monkeypatch.setattr(swaps.client, "eval", eval_answer_lost)
+    good, bad = replica(swaps, "r1"), replica(swaps, "r2", broken=(SECOND,))
+
+    async def scenario():
+        following = await started(good, bad)
+        try:
+            with pytest.raises(SwapRefused) as refused:
+                await swaps.swap("detector", {"weights": str(MODELS / SECOND)})
+            return str(refused.value)
+        finally:
+            await stopped(following)
+
+    refused = asyncio.run(scenario())
+    assert lost, "the rollback's answer was never lost: the test tests nothing"
+    assert f"rolled back to {FIRST} (every replica serves it again)" in refused, refused
+    assert [good.current.name, bad.current.name] == [FIRST, FIRST]

@@ -42,10 +42,14 @@ class ClassifierBackend(Protocol):
     def classify_batch(self, crops: Sequence[np.ndarray]) -> list[Attributes | Exception]: ...
 
 
+SYSTEMIC = 4  # a first half of at least this many items failing one and all: the model fails, not an item
+
+
 def per_item(run, items: Sequence[Any]) -> list[Any]:
     """``run(items)`` as a whole; when it raises, each half again (down to one item), so only
     the bad item fails, in about 2 × log2(n) runs rather than n (a big batch of crops retried
-    one by one ran past the frames' classify timeout)."""
+    one by one ran past the frames' classify timeout). When every item of a first half of
+    `SYSTEMIC` or more fails too (a device lost, out of memory), the rest fail with it unrun."""
     if not items:
         return []
     try:
@@ -54,7 +58,10 @@ def per_item(run, items: Sequence[Any]) -> list[Any]:
         if len(items) == 1:
             return [exc]
         half = len(items) // 2
-        return per_item(run, items[:half]) + per_item(run, items[half:])
+        first = per_item(run, items[:half])
+        if half >= SYSTEMIC and all(isinstance(r, Exception) for r in first):
+            return first + [first[-1]] * (len(items) - half)
+        return first + per_item(run, items[half:])
 
 
 def in_chunks(run, items: Sequence[Any], size: int) -> list[Any]:

@@ -248,9 +248,10 @@ class ModelSwaps:
                     "version is gone; replicas that loaded it serve the new version, the others the earlier one "
                     "until they load it (GET /models lists each)")
         deadline = time.monotonic() + timeout_s
+        made: list[Desired] = []  # the rollback's record, made once: a retry after a lost answer sends it again
         while True:
             try:
-                back = await asyncio.to_thread(self._record, keys, weights, card, name, None, failed.generation)
+                back = await asyncio.to_thread(self._record, keys, weights, card, name, None, failed.generation, made)
                 break
             except redis.RedisError as exc:
                 if not redis_unavailable(exc) or time.monotonic() >= deadline:
@@ -269,17 +270,25 @@ class ModelSwaps:
         return Path(resolve_weights(a, models_dir)).resolve() == Path(resolve_weights(b, models_dir)).resolve()
 
     def _record(self, keys: SwapKeys, weights: str, card: str | None, name: str,
-                previous: dict[str, Any] | None, replacing: int | None = None) -> Desired | None:
+                previous: dict[str, Any] | None, replacing: int | None = None,
+                made: list[Desired] | None = None) -> Desired | None:
         """The new desired weights, written; ``replacing``: only while the record is still that
         generation (a rollback; None when a newer swap replaced it, also one written between
-        this read and this write: the write compares and sets in one step)."""
-        config = config_identity(self.sections[keys.deployment][1].cfg)
+        this read and this write: the write compares and sets in one step). ``made``: the record
+        made by an earlier try whose answer was lost (kept there): sent again, not made anew."""
         raw = self.client.get(keys.desired) if replacing is not None else None
-        if replacing is not None:
-            recorded = Desired.from_json(raw)
-            if recorded is not None and recorded.generation != replacing:
-                return None
-        desired = Desired(weights, card, self._next_generation(keys), name, previous, time.time(), config)
+        recorded = Desired.from_json(raw)
+        if made and recorded == made[0]:
+            return made[0]  # the earlier try landed
+        if replacing is not None and recorded is not None and recorded.generation != replacing:
+            return None
+        if made:
+            desired = made[0]
+        else:
+            config = config_identity(self.sections[keys.deployment][1].cfg)
+            desired = Desired(weights, card, self._next_generation(keys), name, previous, time.time(), config)
+            if made is not None:
+                made.append(desired)
         if replacing is None:
             self._write_through_an_outage(keys, desired)
         elif not self.client.eval(_SET_IF_UNCHANGED, 1, keys.desired, raw or "", desired.to_json()):
