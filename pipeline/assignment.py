@@ -26,14 +26,13 @@ import math
 import os
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import redis
 
+from .camera_restarts import CameraRestarts, RunningCamera
 from .conductor import CameraConductor
 from .config import CameraConfig
-from .geometry import GeometryError
 from .lease import Lease, OutageClaims, acquire, release, renew
 from .publish import Publisher
 from .redact import redact
@@ -43,20 +42,7 @@ from .streams import ENDED_FIELD, StreamKeys, ended_mark, reconnect_if_demoted
 log = logging.getLogger("percept.assignment")
 
 
-@dataclass
-class _Camera:
-    """A camera this replica holds the lease of: its conductor and the task running it."""
-
-    conductor: CameraConductor
-    task: "asyncio.Task[None]"
-    lease: Lease
-    started_at: float  # monotonic
-    backoff: Backoff
-    restart_at: float | None = None  # monotonic; set while a crashed camera waits to restart
-    timer: asyncio.TimerHandle | None = None  # stops the camera when the lease runs out
-
-
-class CameraSupervisor:
+class CameraSupervisor(CameraRestarts):
     def __init__(
         self,
         cameras: list[CameraConfig] | Callable[[], list[CameraConfig]],
@@ -85,7 +71,7 @@ class CameraSupervisor:
         self.ttl = lease_ttl_s
         self.owner = owner or uuid.uuid4().hex[:12]
         self.publisher = publisher  # fenced by our leases when given
-        self.running: dict[str, _Camera] = {}
+        self.running: dict[str, RunningCamera] = {}
         self._stopping: set[str] = set()  # being stopped: not claimed again until done
         self._free_rounds: dict[str, int] = {}
         self._outage = OutageClaims(lease_ttl_s)  # after an outage, our own cameras first
@@ -312,7 +298,7 @@ class CameraSupervisor:
                 self.publisher.unfence(cid)
             return
         self._start_errors.pop(cid, None)
-        entry = _Camera(conductor, self._run_task(conductor), lease, time.monotonic(), Backoff(0.5, 10.0))
+        entry = RunningCamera(conductor, self._run_task(conductor), lease, time.monotonic(), Backoff(0.5, 10.0))
         self.running[cid] = entry
         self._arm(cid, entry)
 
@@ -323,7 +309,7 @@ class CameraSupervisor:
 
     # --- fencing: stop a camera whose lease may have run out --------------------------------------
 
-    def _arm(self, cid: str, entry: _Camera) -> None:
+    def _arm(self, cid: str, entry: RunningCamera) -> None:
         if entry.timer is not None:
             entry.timer.cancel()
         loop = asyncio.get_running_loop()
@@ -348,44 +334,6 @@ class CameraSupervisor:
                 stopped = stopped or c == cid
         return stopped
 
-    # --- restarting cameras whose task died ------------------------------------------------------
-
-    async def _restart_dead(self) -> None:
-        now = time.monotonic()
-        for cid, entry in list(self.running.items()):
-            if entry.restart_at is None:
-                task = entry.task
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    self._schedule_restart(cid, entry, task.exception(), now)
-            elif now >= entry.restart_at and cid in self.cameras:
-                await self._restart(cid, entry)
-
-    def _schedule_restart(self, cid: str, entry: _Camera, exc: BaseException, now: float) -> None:
-        if now - entry.started_at >= entry.backoff.cap:
-            entry.backoff.reset()  # it had been running fine: a new fault, not the same one again
-        delay = entry.backoff.next()
-        entry.restart_at = now + delay
-        cam = self.cameras.get(cid)
-        failed = isinstance(exc, GeometryError)  # the camera cannot run as configured: said as it is
-        error = redact(str(exc) if failed else f"crashed: {type(exc).__name__}: {exc}",
-                       cam.secrets if cam is not None else ())
-        log.error("camera %s: %s; restarting in %.1f s", cid, error, delay)
-        if self.publisher is not None:
-            self.publisher.camera_state(cid, "failed" if failed else "reconnecting",
-                                        error=f"{error} (restart in {delay:.1f} s)")
-
-    async def _restart(self, cid: str, entry: _Camera) -> None:
-        entry.restart_at = None
-        try:
-            conductor = await self.start_camera(self.cameras[cid])
-        except Exception as exc:
-            if self.running.get(cid) is entry:
-                self._schedule_restart(cid, entry, exc, time.monotonic())
-            return
-        if self.running.get(cid) is not entry:
-            return  # stopped while starting (lease lost): the new conductor never ran
-        entry.conductor, entry.task, entry.started_at = conductor, self._run_task(conductor), time.monotonic()
-
     # --- stopping ----------------------------------------------------------------------------------
 
     async def _stop_camera(self, cid: str, *, lost: bool = False, hand_over: bool = False) -> None:
@@ -405,7 +353,7 @@ class CameraSupervisor:
         task.add_done_callback(self._background.discard)
         return task
 
-    async def _finish_stop(self, cid: str, entry: _Camera, *, lost: bool, hand_over: bool) -> None:
+    async def _finish_stop(self, cid: str, entry: RunningCamera, *, lost: bool, hand_over: bool) -> None:
         try:
             await entry.conductor.stop(keep_tracks=hand_over)
             await asyncio.wait([entry.task], timeout=15)

@@ -38,7 +38,10 @@ from .export import DEFAULT_IMGSZ
 from .finetune_data import (
     Dataset,
     FinetuneError,
+    apart,
+    check_options,
     heldout_csv,
+    outside,
     read_dataset,
     split,
     write_split,
@@ -140,7 +143,7 @@ def check_out(out: str | Path | None, weights: Path, ds: Dataset) -> Path:
         raise FinetuneError(f"--out: {path.name}: the fine-tuned weights are an ultralytics .pt file (end it in .pt)")
     if path.is_dir():
         raise FinetuneError(f"--out: {path} is a folder; name the .pt file to write")
-    _outside(path, ds, "--out")
+    outside(path, ds, "--out")
     # writable? tried before training, not after it: a probe in the nearest folder that exists
     folder = next(p for p in path.parents if p.exists())
     probe = folder / f".{path.name}.percept-probe"
@@ -150,31 +153,6 @@ def check_out(out: str | Path | None, weights: Path, ds: Dataset) -> Path:
     except OSError as exc:
         raise FinetuneError(f"--out: cannot write {path}: {exc.strerror or exc}") from None
     return path
-
-
-def _outside(path: Path, ds: Dataset, option: str) -> None:
-    if path.resolve().is_relative_to(ds.root.resolve()):
-        raise FinetuneError(f"{option}: {path} is inside the data folder {ds.root}, which is never written")
-
-
-def _apart(work: Path, ds: Dataset) -> None:
-    """``--work`` and the data folder do not hold each other (the work folder's split/ is
-    written afresh each run)."""
-    _outside(work, ds, "--work")
-    if ds.root.resolve().is_relative_to(work.resolve()):
-        raise FinetuneError(f"--work: the data folder {ds.root} is inside {work}, whose split/ each run writes afresh; "
-                            "give another --work")
-
-
-def check_options(epochs: int, imgsz: int, batch: int, workers: int) -> None:
-    if epochs < 1:
-        raise FinetuneError(f"--epochs: at least 1, got {epochs}")
-    if imgsz < 32 or imgsz % 32:
-        raise FinetuneError(f"--imgsz: a multiple of 32 (the models' stride), at least 32, got {imgsz}")
-    if batch < 1:
-        raise FinetuneError(f"--batch: at least 1, got {batch}")
-    if workers < 0:
-        raise FinetuneError(f"--workers: 0 or more, got {workers}")
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -314,7 +292,7 @@ def finetune(weights: str | Path, data: str | Path, *, out: str | Path | None = 
         frozen = freeze_layers(model, freeze, freeze_backbone, src.name)
         target = check_out(out, src, ds)
         if work is not None:
-            _apart(Path(work).expanduser().absolute(), ds)
+            apart(Path(work).expanduser().absolute(), ds)
         train_items, val_items = split(ds, val_fraction, seed)
         device, _ = choose_device(device, None)
         threads = torch.get_num_threads()  # evaluation would set a replica's 1 thread for the training too

@@ -293,3 +293,30 @@ def heldout_csv(names: dict[int, str], heldout: Path, into: Path) -> tuple[Path 
         writer.writerow(["Filename", "ClassId"])
         writer.writerows((str(name), cls) for name, cls in rows)
     return into, len(rows)
+
+
+# --- the options' checks (before anything is written) ------------------------------------------
+
+def outside(path: Path, ds: Dataset, option: str) -> None:
+    if path.resolve().is_relative_to(ds.root.resolve()):
+        raise FinetuneError(f"{option}: {path} is inside the data folder {ds.root}, which is never written")
+
+
+def apart(work: Path, ds: Dataset) -> None:
+    """``--work`` and the data folder do not hold each other (the work folder's split/ is
+    written afresh each run)."""
+    outside(work, ds, "--work")
+    if ds.root.resolve().is_relative_to(work.resolve()):
+        raise FinetuneError(f"--work: the data folder {ds.root} is inside {work}, whose split/ each run writes afresh; "
+                            "give another --work")
+
+
+def check_options(epochs: int, imgsz: int, batch: int, workers: int) -> None:
+    if epochs < 1:
+        raise FinetuneError(f"--epochs: at least 1, got {epochs}")
+    if imgsz < 32 or imgsz % 32:
+        raise FinetuneError(f"--imgsz: a multiple of 32 (the models' stride), at least 32, got {imgsz}")
+    if batch < 1:
+        raise FinetuneError(f"--batch: at least 1, got {batch}")
+    if workers < 0:
+        raise FinetuneError(f"--workers: 0 or more, got {workers}")

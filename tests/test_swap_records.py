@@ -1,0 +1,156 @@
+"""Swap records when their writes go wrong (`pipeline/lifecycle/swap_service.py`): an answer
+lost after the write landed, a rollback racing a newer swap, a swap to the file already served,
+a replica starting while a swap is recorded. The API's side runs on a real redis-server with the
+real models; the replicas' load is a stand-in, as in test_swap_recovery.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from pipeline.lifecycle import swap_service
+from pipeline.lifecycle.swap import Desired, SwapRefused, config_identity
+
+from .conftest import MODELS
+from .test_swap_recovery import FIRST, SECOND, api, copies, replica, started, stopped, until
+
+pytestmark = pytest.mark.needs_models
+
+
+def test_a_swap_to_the_same_path_that_a_replica_fails_is_not_said_to_be_rolled_back(redis_server, tmp_path):
+    """b.pt written again in place, then swapped to: r1 loads the new file, r2 fails it. A
+    rollback to b.pt cannot bring back what r1 held before (the file is the new one now); the
+    answer must say so, not "every replica serves it again"."""
+    [b] = copies(tmp_path, "b.pt")
+    swaps = api(redis_server, weights=b)
+    failing: list[str] = []
+    good, bad = replica(swaps, "r1"), replica(swaps, "r2", broken=failing)
+
+    async def scenario():
+        following = await started(good, bad)
+        try:
+            failing.append("b.pt")  # r2 cannot load the file as it is now
+            with pytest.raises(SwapRefused) as refused:
+                await swaps.swap("detector", {"weights": b})
+            return str(refused.value)
+        finally:
+            await stopped(following)
+
+    refused = asyncio.run(scenario())
+    assert "replica r2 could not load" in refused, refused
+    assert "not rolled back: b.pt is the file the swap replaced, written again in place" in refused, refused
+    assert "every replica serves it again" not in refused
+
+
+def test_a_record_whose_answer_was_lost_is_written_again_and_rolled_out(redis_server, monkeypatch):
+    """The connection broke after Redis wrote the swap's record: the error reached the client as
+    a refusal (its retry then got 409), while the replicas rolled the swap out unwatched, with no
+    rollback were one to fail it. The same record is written again and the swap goes on."""
+    import redis
+
+    swaps = api(redis_server)
+    desired_key = swaps.keys("detector").desired
+    real_set, lost = swaps.client.set, []
+
+    def set_answer_lost(key, value, *args, **kwargs):
+        out = real_set(key, value, *args, **kwargs)
+        if key == desired_key and not lost:
+            lost.append(value)
+            raise redis.ConnectionError("Connection closed by server.")
+        return out
+
+    monkeypatch.setattr(swaps.client, "set", set_answer_lost)
+    replicas = [replica(swaps, "r1"), replica(swaps, "r2")]
+
+    async def scenario():
+        following = await started(*replicas)
+        try:
+            return await swaps.swap("detector", {"weights": str(MODELS / SECOND)})
+        finally:
+            await stopped(following)
+
+    answer = asyncio.run(scenario())
+    assert lost and answer["generation"] == 1 and answer["replicas"] == 2, answer
+    assert [r.current.name for r in replicas] == [SECOND, SECOND]
+
+
+def test_a_rollback_never_replaces_a_swap_recorded_as_it_is_written(redis_server, monkeypatch):
+    """A rollback read generation 1, and a new swap's record (generation 2) landed before the
+    rollback's write: the rollback wrote over it, and that swap was then counted as done."""
+    swaps = api(redis_server)
+    keys = swaps.keys("detector")
+    cfg = swaps.sections["detector"][1].cfg
+    swaps.client.set(keys.desired, Desired(SECOND, None, 1, SECOND, {"weights": FIRST, "card": None}, time.time(),
+                                           config_identity(cfg)).to_json())
+    swaps.client.set(keys.generation, 1)
+    newer = Desired("c.pt", None, 2, "c.pt", {"weights": SECOND, "card": None}, time.time(), config_identity(cfg))
+    real_next = swaps._next_generation
+
+    def a_swap_lands_meanwhile(keys_):
+        swaps.client.set(keys.desired, newer.to_json())  # the other swap's write, between our read and write
+        return real_next(keys_)
+
+    monkeypatch.setattr(swaps, "_next_generation", a_swap_lands_meanwhile)
+    assert swaps._record(keys, FIRST, None, FIRST, None, replacing=1) is None
+    assert Desired.from_json(swaps.client.get(keys.desired)) == newer
+
+
+def test_a_swap_recorded_while_a_replica_starts_waits_for_it(redis_server):
+    """r2 is starting (its model load takes seconds) when a swap is recorded: the swap counted
+    the replicas up only and answered done on 1 of 2; were r2 then to fail the new weights,
+    nothing rolled it back. A starting replica reports itself loading."""
+    swaps = api(redis_server)
+    loads: list[tuple[str, str]] = []
+    r1, r2 = replica(swaps, "r1"), replica(swaps, "r2", slow={FIRST: 15.0}, loads=loads)
+
+    async def start_then_follow(r):  # as a replica runs: its start, then its rounds
+        await r.start()
+        await r.follow()
+
+    async def scenario():
+        following = await started(r1)
+        following.append(asyncio.ensure_future(start_then_follow(r2)))
+        try:
+            await until(lambda: ("r2", FIRST) in loads, "r2 loading its model as it starts")
+            return await swaps.swap("detector", {"weights": str(MODELS / SECOND)})
+        finally:
+            await stopped(following)
+
+    answer = asyncio.run(scenario())
+    assert answer["replicas"] == 2, answer
+    assert [r1.current.name, r2.current.name] == [SECOND, SECOND]
+
+
+def test_a_rollback_whose_answer_was_lost_is_not_said_to_be_replaced(redis_server, monkeypatch):
+    """The rollback's write landed and its answer was lost: the retry read its own record back
+    as "a newer swap replaced it", and the rollback rolled out unwatched."""
+    import redis
+
+    swaps = api(redis_server)
+    real_eval, lost = swaps.client.eval, []
+
+    def eval_answer_lost(script, numkeys, *args):
+        out = real_eval(script, numkeys, *args)
+        if script == swap_service._SET_IF_UNCHANGED and not lost:
+            lost.append(1)
+            raise redis.ConnectionError("Connection closed by server.")
+        return out
+
+    monkeypatch.setattr(swaps.client, "eval", eval_answer_lost)
+    good, bad = replica(swaps, "r1"), replica(swaps, "r2", broken=(SECOND,))
+
+    async def scenario():
+        following = await started(good, bad)
+        try:
+            with pytest.raises(SwapRefused) as refused:
+                await swaps.swap("detector", {"weights": str(MODELS / SECOND)})
+            return str(refused.value)
+        finally:
+            await stopped(following)
+
+    refused = asyncio.run(scenario())
+    assert lost, "the rollback's answer was never lost: the test tests nothing"
+    assert f"rolled back to {FIRST} (every replica serves it again)" in refused, refused
+    assert [good.current.name, bad.current.name] == [FIRST, FIRST]
