@@ -105,15 +105,23 @@ class LiveView:
             self._ids_at = time.monotonic()
         return self._ids
 
-    async def _known(self, camera_id: str) -> None:
-        """404 naming the cameras there are, unless ``camera_id`` is one."""
+    async def _known(self, camera_id: str, *, fresh: bool = False) -> None:
+        """404 naming the cameras there are, unless ``camera_id`` is one (``fresh``: by the
+        registry now, not the list read up to `IDS_FRESH_S` ago)."""
         if not self.cfg.enabled:
             raise HTTPException(404, detail={"message": VIEW_OFF, "cameras": []})
-        ids = await asyncio.to_thread(self._camera_ids)
-        if camera_id not in ids:
+        ids = await asyncio.to_thread(self._camera_ids, fresh)
+        if camera_id not in ids and not fresh:
             ids = await asyncio.to_thread(self._camera_ids, True)  # added a moment ago?
         if camera_id not in ids:
             raise HTTPException(404, detail={"message": f"no camera {camera_id!r}", "cameras": ids})
+
+    async def _not_running(self, camera_id: str, state: str, error: str | None) -> HTTPException:
+        """The 503 of a camera that is not online, or the 404 of one removed a moment ago (its
+        state gone: "pending"), which the list read before still named."""
+        if state == "pending":
+            await self._known(camera_id, fresh=True)
+        return self._unavailable(camera_id, state, error)
 
     def _watch(self, camera_id: str, with_state: bool = False) -> tuple[bytes | None, str, str | None]:
         """Marks the camera watched and reads its latest JPEG (and its state), in one round-trip."""
@@ -177,7 +185,7 @@ class LiveView:
         await self._known(camera_id)
         jpeg, state, error = await asyncio.to_thread(self._watch, camera_id, True)
         if state != "online":
-            raise self._unavailable(camera_id, state, error)
+            raise await self._not_running(camera_id, state, error)
         if jpeg is None:
             deadline = time.monotonic() + await asyncio.to_thread(self._first_frame_s, camera_id)
             while jpeg is None and time.monotonic() < deadline:
@@ -202,7 +210,7 @@ class LiveView:
         try:
             _, state, error = await asyncio.to_thread(self._watch, camera_id, True)
             if state != "online":
-                raise self._unavailable(camera_id, state, error)
+                raise await self._not_running(camera_id, state, error)
         except BaseException:
             place.release()
             raise

@@ -168,3 +168,26 @@ def test_a_stream_rides_out_a_short_redis_outage(redis_server):
         assert live.streams == 0
 
     asyncio.run(main())
+
+
+def test_a_camera_removed_a_moment_ago_is_404_not_503(redis_server, monkeypatch):
+    """The id list is kept for 2 s: a camera deleted within them answered 503 "pending" (its
+    state gone), as if it were still there."""
+    import deployments.live as live_module
+
+    monkeypatch.setattr(live_module, "IDS_MISS_S", 0.0)
+    client = redis_server.client()
+    registry = CameraRegistry(client, KEYS)
+    registry.add(CameraConfig(id="gate", url="rtsp://cam/gate"))
+    live = LiveView(ViewConfig(), client, KEYS, registry)
+
+    async def main():
+        with pytest.raises(HTTPException) as first:
+            await live.snapshot("gate")  # listed, no state yet: 503
+        assert first.value.status_code == 503
+        registry.remove("gate")
+        with pytest.raises(HTTPException) as gone:
+            await live.snapshot("gate")
+        assert gone.value.status_code == 404, gone.value.detail
+
+    asyncio.run(main())
