@@ -316,6 +316,24 @@ def test_a_variant_that_does_not_load_replaces_no_earlier_one(tmp_path, monkeypa
     assert earlier.stat().st_size > 1e6 and [p.name for p in out.iterdir()] == [earlier.name]
 
 
+def test_an_export_failing_part_way_names_the_variants_it_already_wrote(tmp_path, monkeypatch):
+    """`--to onnx,openvino-fp32` whose second format fails: the first variant was written (and may have
+    replaced an earlier one), and the error did not say so."""
+    from pipeline.lifecycle import export
+
+    need(COCO_PT)
+
+    def one(model, fmt, src, out_dir, **kw):  # the exporter stood in: the first format lands, the second fails
+        if fmt.name == "onnx":
+            return {"format": "onnx", "path": str(out_dir / "yolo11n-coco.onnx")}
+        raise export.ExportError(f"{fmt.name}: ultralytics' exporter failed: RuntimeError: stand-in")
+
+    monkeypatch.setattr(export, "_export_one", one)
+    with pytest.raises(export.ExportError) as failed:
+        export.export_model(str(COCO_PT), "onnx,openvino-fp32", imgsz=160, out=str(tmp_path))
+    assert f"(already written: {tmp_path / 'yolo11n-coco.onnx'})" in str(failed.value), failed.value
+
+
 def test_weights_named_by_their_path_in_the_models_folder_export_to_the_current_folder(tmp_path, monkeypatch):
     """The shared models folder is never written without ``--out`` naming it: weights given by
     their path there (not looked up by name) export to the current folder too, not beside them."""

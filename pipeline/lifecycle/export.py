@@ -285,8 +285,12 @@ def export_model(weights: str | Path, formats: str | Sequence[str], *, calib: Se
                 if progress:
                     progress(f"exporting {src.name} to {fmt.name} at imgsz {imgsz}"
                              + (f", calibrated on {data[1]} images" if fmt.calibrated and data else ""))
-                result["variants"].append(_export_one(staged, fmt, src, out_dir, imgsz=imgsz,
-                                                      data=data[0] if data else None, task=model_task, check=check))
+                try:
+                    result["variants"].append(_export_one(staged, fmt, src, out_dir, imgsz=imgsz,
+                                                          data=data[0] if data else None, task=model_task, check=check))
+                except ExportError as exc:  # the variants written before this one stay: say which
+                    done = ", ".join(v["path"] for v in result["variants"])
+                    raise ExportError(f"{exc}" + (f" (already written: {done})" if done else "")) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return result
