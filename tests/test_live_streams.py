@@ -128,7 +128,7 @@ def test_a_stream_goes_on_through_its_camera_moving_to_another_decoder(redis_ser
         await parts.__anext__()
         client.hset(KEYS.camera("door"), "state", "stopped")  # the old owner let go
         nxt = asyncio.ensure_future(parts.__anext__())  # the stream runs on, checking the state meanwhile
-        await asyncio.sleep(1.0)  # the move lasts a second (the stream checks every watch_ttl_s / 3)
+        await asyncio.to_thread(hold, 1.0, "the camera's move lasting a second (the stream checks every watch_ttl_s / 3)")
         client.hset(KEYS.camera("door"), "state", "online")  # the next owner runs it
         jpeg = encode_jpeg(np.zeros((48, 64, 3), np.uint8), comment="percept camera=door seq=2 ts=2.000")
         client.set(KEYS.view_jpeg("door"), jpeg, px=60_000)
