@@ -117,3 +117,22 @@ def test_every_api_command_exits_1_on_a_500_3_on_a_502_503_504_and_2_on_a_404(ap
         Recorder.status, Recorder.body = status, {"detail": "boom"}
         assert main([api if a == "API" else a for a in argv]) == code, (status, capsys.readouterr().err)
         assert f"HTTP {status}" in capsys.readouterr().err
+
+
+def test_a_busy_answer_is_asked_again_and_exits_3_when_it_stays(api, capsys):
+    """429 (explain's places all taken) counted as bad input: exit 2 at once. It is asked again
+    like a 503 until --wait, and exit 3 when it stays."""
+    Recorder.first = [(429, {"detail": "4 explanations already queued; ask again later"})]
+    Recorder.body = []
+    assert main(["cameras", "--api", api, "--wait", "5", "ls"]) == 0
+    assert "answered 429 (4 explanations already queued" in capsys.readouterr().err
+    Recorder.status, Recorder.body = 429, {"detail": "busy"}
+    assert main(["cameras", "--api", api, "--wait", "0", "ls"]) == 3
+
+
+def test_an_ipv6_bind_address_is_printed_as_a_url():
+    from cli.run import ingress_line
+    from pipeline.config import parse_config
+
+    line = ingress_line(parse_config({"http": {"host": "::1", "port": 8123}}, env={}))
+    assert "http://[::1]:8123/" in line, line
