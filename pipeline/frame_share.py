@@ -69,6 +69,7 @@ class _Slot:
 
 
 REAP_EVERY_S = 60.0  # a lender removes the slots of lenders that died this often
+RETRY_LENDING_S, MAX_RETRY_LENDING_S = 60.0, 600.0  # lending tried again after refusals stopped it
 
 
 class FrameLender:
@@ -86,6 +87,8 @@ class FrameLender:
         self._idle: list[_Slot] = []  # not lent now; usable once their free_at has passed
         self._slots: list[_Slot] = []
         self._refusals = 0
+        self._retry_after = 0.0  # how long lending stopped after refusals, the last time
+        self._retry_at: float | None = None  # when lending is tried again (None: not stopped by refusals)
         self._reaped_at: float | None = None  # when `reap_orphans` last ran (every `REAP_EVERY_S`)
         self._lock = threading.Lock()
 
@@ -94,6 +97,8 @@ class FrameLender:
         """``image`` copied into a free slot, as its `SharedImage` (the array itself when no slot
         is free or it does not fit). The slot is free again after the block, or quarantined if the
         block raised (a cancelled or failed call)."""
+        if not self.enabled and self._retry_at is not None and self.clock() >= self._retry_at:
+            self.enabled, self._refusals, self._retry_at = True, 0, None  # lend again: detectors may have moved here
         slot = self._take(image.nbytes) if self.enabled else None
         if slot is None:
             self.sent_pixels += 1
@@ -113,12 +118,16 @@ class FrameLender:
 
     def refused(self) -> None:
         """The detector could not see a lent frame (its pixels go instead); after
-        ``refusals_to_stop`` in a row, stop lending."""
+        ``refusals_to_stop`` in a row, stop lending for a while (`RETRY_LENDING_S`, doubling
+        each time to 10 minutes: detectors on another node now may run on this one later)."""
         self._refusals += 1
         self.sent_pixels += 1
         if self.enabled and self._refusals >= self.refusals_to_stop:
             self.enabled = False
-            log.info("frames go to the detectors as pixels: %d in a row could not read shared memory", self._refusals)
+            self._retry_after = min(self._retry_after * 2, MAX_RETRY_LENDING_S) if self._retry_after else RETRY_LENDING_S
+            self._retry_at = self.clock() + self._retry_after
+            log.info("frames go to the detectors as pixels for %.0f s: %d in a row could not read shared memory",
+                     self._retry_after, self._refusals)
 
     def accepted(self) -> None:
         self._refusals = 0

@@ -94,7 +94,7 @@ def test_a_segment_that_is_not_the_one_named_is_refused():
 
 def test_a_detector_that_cannot_see_the_frame_gets_its_pixels_and_lending_stops():
     """`lending`: an answer `NotShared` sends the same input with its pixels; three in a row and
-    the lender sends pixels from then on."""
+    the lender sends pixels for a while (`test_lending_stopped_by_refusals_is_tried_again_later`)."""
     image = frame(3)
     inp = DetectorInput(image, (64, 96), 1.0, "cam")
     seen = []
@@ -198,4 +198,30 @@ def test_a_mapping_unused_for_a_while_is_let_go():
         assert list(reader._open) == [second.name], "the mapping unused for 31 s is let go"
     finally:
         reader.close()
+        lender.close()
+
+
+def test_lending_stopped_by_refusals_is_tried_again_later():
+    """Three refusals (the detectors on another node) stopped lending for good: detectors that
+    later run on this node got pixels through the object store for the decoder's whole life."""
+    from pipeline import frame_share
+
+    now = [0.0]
+    lender = FrameLender(max_slots=1, clock=lambda: now[0])
+    try:
+        for _ in range(3):
+            with lender.lend(frame()):
+                lender.refused()
+        with lender.lend(frame()) as sent:
+            assert isinstance(sent, np.ndarray), "lending stopped after three refusals"
+        now[0] += frame_share.RETRY_LENDING_S
+        with lender.lend(frame()) as sent:
+            assert isinstance(sent, SharedImage), "lending tried again a minute later"
+        for _ in range(3):
+            with lender.lend(frame()):
+                lender.refused()
+        now[0] += frame_share.RETRY_LENDING_S
+        with lender.lend(frame()) as sent:
+            assert isinstance(sent, np.ndarray), "refused again: the next try waits twice as long"
+    finally:
         lender.close()
