@@ -40,9 +40,7 @@ class CameraRestarts:
     cameras: dict[str, CameraConfig]
     publisher: Any
     start_camera: Callable[[CameraConfig], Any]
-
-    def _run_task(self, conductor: CameraConductor) -> "asyncio.Task[None]":
-        raise NotImplementedError
+    _run_task: Callable[[CameraConductor], "asyncio.Task[None]"]
 
     async def _restart_dead(self) -> None:
         now = time.monotonic()

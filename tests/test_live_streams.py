@@ -25,7 +25,12 @@ KEYS = StreamKeys("lstream")
 def online_camera(client, registry, cid: str) -> None:
     registry.add(CameraConfig(id=cid, url=f"rtsp://cam/{cid}"))
     client.hset(KEYS.camera(cid), mapping={"state": "online"})
-    jpeg = encode_jpeg(np.zeros((48, 64, 3), np.uint8), comment=f"percept camera={cid} seq=1 ts=1.000")
+    view_frame(client, cid, 1)
+
+
+def view_frame(client, cid: str, seq: int) -> None:
+    """The camera's live view JPEG of frame ``seq``, as its decoder writes it."""
+    jpeg = encode_jpeg(np.zeros((48, 64, 3), np.uint8), comment=f"percept camera={cid} seq={seq} ts={seq}.000")
     client.set(KEYS.view_jpeg(cid), jpeg, px=60_000)
 
 
@@ -130,8 +135,7 @@ def test_a_stream_goes_on_through_its_camera_moving_to_another_decoder(redis_ser
         nxt = asyncio.ensure_future(parts.__anext__())  # the stream runs on, checking the state meanwhile
         await asyncio.to_thread(hold, 1.0, "the camera's move lasting a second (the stream checks every watch_ttl_s / 3)")
         client.hset(KEYS.camera("door"), "state", "online")  # the next owner runs it
-        jpeg = encode_jpeg(np.zeros((48, 64, 3), np.uint8), comment="percept camera=door seq=2 ts=2.000")
-        client.set(KEYS.view_jpeg("door"), jpeg, px=60_000)
+        view_frame(client, "door", 2)
         part = await asyncio.wait_for(nxt, 10)
         assert b"seq=2" in part
         client.hset(KEYS.camera("door"), "state", "stopped")  # for good (a file read to its end)
@@ -161,8 +165,7 @@ def test_a_stream_rides_out_a_short_redis_outage(redis_server):
         await asyncio.to_thread(hold, 1.0, "Redis down for a second under a running stream")
         redis_server.start()
         fresh = redis_server.client()
-        jpeg = encode_jpeg(np.zeros((48, 64, 3), np.uint8), comment="percept camera=door seq=3 ts=3.000")
-        fresh.set(KEYS.view_jpeg("door"), jpeg, px=60_000)
+        view_frame(fresh, "door", 3)
         assert b"seq=3" in await asyncio.wait_for(nxt, 15)
         await parts.aclose()
         assert live.streams == 0

@@ -45,11 +45,9 @@ def test_writes_redis_refuses_for_now_are_kept_and_land_when_it_accepts_again(re
     pub.close()
 
 
-def test_an_unexpected_error_on_the_wire_does_not_end_the_writer(redis_server, monkeypatch):
-    """An answer redis-py cannot parse (not a connection error) is retried like an outage: the
-    writer thread lives on; what had landed is refused the second time (at most once), and
-    counted as published, not as a duplicate (its first answer was lost: the metrics' published
-    count must equal the stream's length)."""
+def answers_lost_once(monkeypatch) -> list[int]:
+    """The first batch's answers lost (an answer redis-py cannot parse; its connection dropped):
+    what Redis ran stays run. The list returned gets an entry when that happened."""
     import redis
 
     from pipeline.publish_wire import Wire
@@ -64,6 +62,15 @@ def test_an_unexpected_error_on_the_wire_does_not_end_the_writer(redis_server, m
         return real(self)
 
     monkeypatch.setattr(Wire, "receive", garbled_once)
+    return failures
+
+
+def test_an_unexpected_error_on_the_wire_does_not_end_the_writer(redis_server, monkeypatch):
+    """An answer redis-py cannot parse (not a connection error) is retried like an outage: the
+    writer thread lives on; what had landed is refused the second time (at most once), and
+    counted as published, not as a duplicate (its first answer was lost: the metrics' published
+    count must equal the stream's length)."""
+    failures = answers_lost_once(monkeypatch)
     pub = publisher(redis_server)
     for s in range(5):
         pub.publish(result(s))
@@ -78,20 +85,7 @@ def test_an_unexpected_error_on_the_wire_does_not_end_the_writer(redis_server, m
 def test_a_state_change_whose_answer_was_lost_is_written_once(redis_server, monkeypatch):
     """The connection breaks after Redis wrote a camera's state change: sent again, it must not
     add a second entry to the status stream."""
-    import redis
-
-    from pipeline.publish_wire import Wire
-
-    real, failures = Wire.receive, []
-
-    def garbled_once(self):
-        if not failures:
-            failures.append(1)
-            self.drop()
-            raise redis.InvalidResponse("Protocol Error: b'?'")
-        return real(self)
-
-    monkeypatch.setattr(Wire, "receive", garbled_once)
+    failures = answers_lost_once(monkeypatch)
     pub = publisher(redis_server)
     pub.camera_state("cam", "connecting")  # two changes in one batch: the retry sends both again
     pub.camera_state("cam", "online")

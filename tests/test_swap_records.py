@@ -19,6 +19,23 @@ from .test_swap_recovery import FIRST, SECOND, api, copies, replica, started, st
 pytestmark = pytest.mark.needs_models
 
 
+def run_swap(swaps, replicas, weights: str, before=None):
+    """The detector swapped to ``weights`` while ``replicas`` follow (``before()`` once they do):
+    the API's answer, or the text of its refusal (`SwapRefused`)."""
+    async def scenario():
+        following = await started(*replicas)
+        try:
+            if before is not None:
+                before()
+            return await swaps.swap("detector", {"weights": weights})
+        except SwapRefused as exc:
+            return str(exc)
+        finally:
+            await stopped(following)
+
+    return asyncio.run(scenario())
+
+
 def test_a_swap_to_the_same_path_that_a_replica_fails_is_not_said_to_be_rolled_back(redis_server, tmp_path):
     """b.pt written again in place, then swapped to: r1 loads the new file, r2 fails it. A
     rollback to b.pt cannot bring back what r1 held before (the file is the new one now); the
@@ -28,17 +45,7 @@ def test_a_swap_to_the_same_path_that_a_replica_fails_is_not_said_to_be_rolled_b
     failing: list[str] = []
     good, bad = replica(swaps, "r1"), replica(swaps, "r2", broken=failing)
 
-    async def scenario():
-        following = await started(good, bad)
-        try:
-            failing.append("b.pt")  # r2 cannot load the file as it is now
-            with pytest.raises(SwapRefused) as refused:
-                await swaps.swap("detector", {"weights": b})
-            return str(refused.value)
-        finally:
-            await stopped(following)
-
-    refused = asyncio.run(scenario())
+    refused = run_swap(swaps, [good, bad], b, before=lambda: failing.append("b.pt"))  # r2 cannot load it as it is now
     assert "replica r2 could not load" in refused, refused
     assert "not rolled back: b.pt is the file the swap replaced, written again in place" in refused, refused
     assert "every replica serves it again" not in refused
@@ -64,14 +71,7 @@ def test_a_record_whose_answer_was_lost_is_written_again_and_rolled_out(redis_se
     monkeypatch.setattr(swaps.client, "set", set_answer_lost)
     replicas = [replica(swaps, "r1"), replica(swaps, "r2")]
 
-    async def scenario():
-        following = await started(*replicas)
-        try:
-            return await swaps.swap("detector", {"weights": str(MODELS / SECOND)})
-        finally:
-            await stopped(following)
-
-    answer = asyncio.run(scenario())
+    answer = run_swap(swaps, replicas, str(MODELS / SECOND))
     assert lost and answer["generation"] == 1 and answer["replicas"] == 2, answer
     assert [r.current.name for r in replicas] == [SECOND, SECOND]
 
@@ -141,16 +141,7 @@ def test_a_rollback_whose_answer_was_lost_is_not_said_to_be_replaced(redis_serve
     monkeypatch.setattr(swaps.client, "eval", eval_answer_lost)
     good, bad = replica(swaps, "r1"), replica(swaps, "r2", broken=(SECOND,))
 
-    async def scenario():
-        following = await started(good, bad)
-        try:
-            with pytest.raises(SwapRefused) as refused:
-                await swaps.swap("detector", {"weights": str(MODELS / SECOND)})
-            return str(refused.value)
-        finally:
-            await stopped(following)
-
-    refused = asyncio.run(scenario())
+    refused = run_swap(swaps, [good, bad], str(MODELS / SECOND))
     assert lost, "the rollback's answer was never lost: the test tests nothing"
     assert f"rolled back to {FIRST} (every replica serves it again)" in refused, refused
     assert [good.current.name, bad.current.name] == [FIRST, FIRST]
