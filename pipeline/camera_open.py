@@ -43,7 +43,9 @@ async def open_camera(
 
     is_file = is_file_url(camera.url)
     slot = LatestFrameSlot()
-    native_fps = await asyncio.to_thread(probe_fps, camera.url) if is_file else None
+    # a file's frame rate is probed by its reader thread: a path on a hung mount holds that
+    # camera alone, not the supervisor that starts the others
+    native_fps = functools.partial(probe_fps, camera.url) if is_file else None
     source = _video_source(camera, config, slot, seq_start=seq_start, on_status=on_status, native_fps=native_fps)
     on_status(StatusEvent(camera.id, SourceState.CONNECTING, None, None, time.time()))
     # the open tracks a previous owner of the camera left, if any, continue
@@ -73,7 +75,8 @@ async def open_camera(
 
 
 def _video_source(camera: CameraConfig, config: PerceptConfig, slot: LatestFrameSlot, *, seq_start: int,
-                  on_status: Callable[[StatusEvent], None], native_fps: float | None) -> VideoSource:
+                  on_status: Callable[[StatusEvent], None],
+                  native_fps: Callable[[], float | None] | None) -> VideoSource:
     """The camera's reader: opens the capture in its thread, takes the frames the slot wants."""
     return VideoSource(
         camera.id,

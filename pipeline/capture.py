@@ -102,8 +102,11 @@ def probe_fps(url: str) -> float | None:
     above), and with their tiny probe an MPEG-TS file reports twice its frame rate."""
     import av
 
+    path = url.removeprefix("file://")
+    if not Path(path).is_file():  # (a named pipe would block the probe until a writer comes)
+        return None
     try:
-        with av.open(url.removeprefix("file://")) as container:
+        with av.open(path) as container:
             if not container.streams.video:
                 return None
             stream = container.streams.video[0]

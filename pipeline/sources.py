@@ -121,7 +121,7 @@ class VideoSource:
         is_file: bool,
         loop: bool = False,
         realtime: bool = True,
-        native_fps: float | None = None,
+        native_fps: float | Callable[[], float | None] | None = None,
         watchdog_s: float = 10.0,
         backoff: Backoff | None = None,
         seq_start: int = 0,
@@ -145,6 +145,7 @@ class VideoSource:
         self._is_file = is_file
         self._loop = loop
         self._realtime = realtime and is_file
+        # a file's frame rate, or what probes it (called in the reader thread, before the first open)
         self._native_fps = native_fps
         self._watchdog_s = watchdog_s
         self._backoff = backoff or Backoff()
@@ -237,6 +238,12 @@ class VideoSource:
     def frames(self) -> Iterator[Frame]:
         """Blocking generator of sampled frames; returns when stopped, failed or a file ends."""
         pts_offset = 0.0
+        if callable(self._native_fps):
+            try:
+                self._native_fps = self._native_fps()
+            except Exception:  # no rate known: paced at 25 fps (`_frame_s`); the open says what is wrong
+                log.exception("camera %s: probing the file's frame rate failed", self.camera)
+                self._native_fps = None
         while not self._stop.is_set():
             try:
                 cap = self._open()

@@ -131,3 +131,46 @@ def test_the_supervisor_stops_though_a_renewal_swallowed_its_cancellation(redis_
 
     assert asyncio.run(run_and_stop()), "the supervisor did not stop within 30 s"
     assert swallowed == [True]
+
+
+def test_a_file_on_a_hung_mount_or_a_named_pipe_holds_up_no_other_camera(redis_server, monkeypatch, tmp_path):
+    """A file camera's frame rate is probed before its first open: on a path whose mount hangs,
+    that probe blocked the supervisor, so no other camera started and stop() never returned; a
+    named pipe with no writer blocked it the same way."""
+    import os
+    import threading
+
+    client = redis_server.client()
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    hung = threading.Event()  # (a mount that never answers: set only when the test ends)
+    real_probe = camera_open_module.probe_fps
+
+    def probe(url):
+        if url.endswith("hung.mp4"):
+            hung.wait()
+        return real_probe(url)
+
+    real_open = camera_open_module.open_capture
+    monkeypatch.setattr(camera_open_module, "probe_fps", probe)
+    monkeypatch.setattr(camera_open_module, "open_capture",
+                        lambda camera, url, **kw: LiveCapture() if camera == "b" else real_open(camera, url, **kw))
+    warm_imports()
+    pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    cams = [CameraConfig(id="hung", url=str(tmp_path / "hung.mp4"), fps=0),
+            CameraConfig(id="pipe", url=str(fifo), fps=0), CameraConfig(id="b", url="device:0", fps=0)]
+    sup = CameraSupervisor(cams, client=client, keys=KEYS, start_camera=factory(pub, PerceptConfig()), replicas=1,
+                           lease_ttl_s=3, owner="me", publisher=pub)
+    bg = Background(sup)
+    try:
+        wait_for(lambda: client.xlen(KEYS.detections("b")) >= 5, 30, "camera b publishing beside the hung file")
+        state = wait_for(lambda: (s := camera_states(client, KEYS, ["pipe"])["pipe"]).get("state") == "failed" and s,
+                         30, "the named pipe's camera failed")
+        assert "file not found" in state["last_error"], state
+        assert camera_states(client, KEYS, ["hung"])["hung"]["state"] == "connecting"
+        bg.stop()  # returns though the hung camera's reader is still blocked
+    finally:
+        hung.set()
+        if bg.thread.is_alive():
+            bg.stop()
+        pub.close()
