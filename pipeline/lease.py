@@ -31,8 +31,9 @@ LEASE_MARGIN = 0.1  # stop a camera this fraction of the TTL before its lease wo
 # Frames' results of one camera in one round-trip, checked once against the lease token: for each
 # frame its XADD (explicit id: Redis refuses a second copy, and then nothing else of that frame is
 # written), its events on the events stream and its counter increments; the camera hash keeps
-# the highest track id written and counts the frames written (``processed``: exact across a
-# change of owner, which continues from it).
+# the highest track id written, the highest seq written (``seq_published``: a restart continues
+# above it though the stream was emptied meanwhile) and counts the frames written (``processed``:
+# exact across a change of owner, which continues from it).
 # KEYS: lease, detections stream, camera hash, events stream, counts hash.
 # ARGV: token ('' = no check), maxlen, camera, schema version, then per frame: entry id ('' =
 # events only), seq, json, highest track id (0 = none), ne, ne × (entry id, kind, json), nc,
@@ -48,7 +49,7 @@ if ARGV[1] ~= '' then
     return -1
   end
 end
-local out, top, i, failed, written = {}, 0, 5, nil, 0
+local out, top, i, failed, written, top_seq = {}, 0, 5, nil, 0, -1
 while i <= #ARGV do
   local ev = i + 5
   local nc_at = ev + 3 * tonumber(ARGV[i + 4])
@@ -76,7 +77,10 @@ while i <= #ARGV do
       redis.call('HINCRBY', KEYS[5], ARGV[c], ARGV[c + 1])
     end
     top = math.max(top, tonumber(ARGV[i + 3]))
-    if ARGV[i] ~= '' then written = written + 1 end
+    if ARGV[i] ~= '' then
+      written = written + 1
+      top_seq = math.max(top_seq, tonumber(ARGV[i + 1]) or -1)
+    end
     out[#out + 1] = 1
   end
   i = after
@@ -84,6 +88,9 @@ end
 if written > 0 then redis.call('HINCRBY', KEYS[3], 'processed', written) end
 if top > 0 and top > tonumber(redis.call('HGET', KEYS[3], 'track_id_max') or '0') then
   redis.call('HSET', KEYS[3], 'track_id_max', top)
+end
+if top_seq >= 0 and top_seq > tonumber(redis.call('HGET', KEYS[3], 'seq_published') or '-1') then
+  redis.call('HSET', KEYS[3], 'seq_published', top_seq)
 end
 return out
 """

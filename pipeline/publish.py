@@ -5,7 +5,8 @@ Keys (schema v1, a public contract):
   ``seq``, ``json``; ``XADD … MAXLEN ~ maxlen``.
 - ``<prefix>:camera:<camera>`` — hash: state, fps, dropped, last_error, updated_at, url, seq,
   track_id_max (the highest track id published, so a restarted tracker continues above it),
-  processed (frames written, counted by the publishing script itself).
+  processed (frames written, counted by the publishing script itself), seq_published (the
+  highest seq written: a restarted camera continues above it).
 - ``<prefix>:status`` — one entry per camera state change.
 
 Entry ids are explicit, ``<frame ms>-<seq>``: ordered by capture time like automatic ids, and
@@ -152,7 +153,9 @@ class Publisher:
         with self._cond:
             self.stats.dropped[camera] = max(self.stats.dropped[camera], counters["publish_dropped"])
             self.stats.resumed_dropped[camera] = max(self.stats.resumed_dropped[camera], counters["publish_dropped"])
-        return (last[1] + 1 if last else 0), counters
+        # the stream's top, or above the highest seq ever written where the stream was emptied or
+        # its newest entries deleted (consumers trimming what they read): a seq is never used twice
+        return max(last[1] + 1 if last else 0, counters["seq_published"] + 1), counters
 
     def publish(self, result: FrameResult, events: Sequence[tuple[str, str]] = (),
                 counts: Mapping[str, int] | None = None) -> None:

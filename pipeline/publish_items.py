@@ -207,6 +207,7 @@ def resume_point(client: redis.Redis, keys: StreamKeys, camera: str) -> tuple[tu
     names = ("dropped", "processed", "publish_dropped", "classify_failed")
     counters = {k: int(float(raw.get(k.encode(), b"0") or 0)) for k in names}
     counters["track_id_max"] = int(raw.get(b"track_id_max", b"0") or 0)
+    counters["seq_published"] = int(raw.get(b"seq_published", b"-1") or -1)
     return (parse_entry_id(last_event[0][0]) if last_event else None), counters
 
 

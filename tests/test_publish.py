@@ -189,6 +189,21 @@ def test_last_published_continues_seq(redis_server):
     fresh.close()
 
 
+def test_a_camera_whose_stream_was_emptied_continues_above_its_last_seq(redis_server):
+    """Consumers that trim what they have read (or delete the newest entry) left the restarted
+    camera at seq 0 again: ids `cam:0`… published twice, dropped by subscribers that de-duplicate."""
+    client = redis_server.client()
+    pub = publisher(redis_server)
+    for s in (4, 5, 6):
+        pub.publish(result(s))
+    assert pub.flush(5)
+    client.xdel(KEYS.detections("cam"), client.xrevrange(KEYS.detections("cam"), count=1)[0][0])
+    assert publisher(redis_server).resume_camera("cam")[0] == 7  # its newest entry deleted
+    client.xtrim(KEYS.detections("cam"), maxlen=0)
+    assert publisher(redis_server).resume_camera("cam")[0] == 7  # its stream emptied
+    pub.close()
+
+
 def test_consumer_group_acks_resumes_and_reclaims(redis_server):
     pub = publisher(redis_server)
     for s in range(6):

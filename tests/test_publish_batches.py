@@ -231,7 +231,7 @@ def test_processed_counts_every_frame_written_as_it_lands(redis_server):
         pub.publish(result(24))  # a retry of a frame already written: refused, not counted
         assert pub.flush(5)
         assert pub.resume_camera("cam") == (25, {"dropped": 0, "processed": 25, "publish_dropped": 0,
-                                                 "classify_failed": 0, "track_id_max": 0})
+                                                 "classify_failed": 0, "track_id_max": 0, "seq_published": 24})
     finally:
         pub.close()
 
