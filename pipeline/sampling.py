@@ -39,6 +39,21 @@ class FpsSampler:
         self.period = 1.0 / fps if fps > 0 else 0.0
         self.phase = phase
         self._next: float | None = None
+        self._last: float | None = None  # the timeline's previous frame (kept or not)
+        self._interval: float | None = None  # the frames' mean interval (live: arrivals jitter)
+
+    def _early_by(self, t: float) -> float:
+        """How early a live camera's frame may come for its grid point: its arrival jitters, and
+        at ``fps`` near the camera's own rate a frame a few ms early would be passed over for
+        the next one a whole interval later (a 5 fps camera at fps 5, 10 ms of jitter: 3.6
+        frames/s at worst). Up to half the frames' interval (never two frames for one point)
+        and a quarter of the period."""
+        last, self._last = self._last, t
+        if last is not None and 0 < t - last <= 4 * self.period:
+            self._interval = t - last if self._interval is None else 0.9 * self._interval + 0.1 * (t - last)
+        if self.phase is None or self._interval is None:  # (a file's timeline is exact)
+            return 0.0
+        return min(0.25 * self.period, 0.5 * self._interval)
 
     def _grid_point(self, t: float) -> float:
         """The first point of the phase's grid at or after ``t``."""
@@ -48,9 +63,10 @@ class FpsSampler:
     def accept(self, t: float) -> bool:
         if self.period == 0:
             return True
+        early = self._early_by(t)
         if self._next is None:
             self._next = t if self.phase is None else self._grid_point(t)
-        if t < self._next - 1e-6:
+        if t < self._next - early - 1e-6:
             return False
         late = t - self._next > self.period  # a gap in the timeline: start again from here
         if not late:
@@ -62,4 +78,4 @@ class FpsSampler:
         return True
 
     def reset(self) -> None:
-        self._next = None
+        self._next = self._last = self._interval = None
