@@ -171,6 +171,7 @@ class VideoSource:
         self.last_error: str | None = None
         self.last_frame_at: float | None = None  # monotonic
         self._pace_origin: tuple[float, float] | None = None  # (monotonic, pts) when pacing a file
+        self._pass_frames = 0  # frames grabbed in the current pass over a file
         self._pts_shift = 0.0  # added to a file's positions so its timeline keeps increasing (`_pts`)
         # `FrameMeta.steady_ts`: a clock NTP does not step, that counts a suspended machine's time
         self._steady_clock = monotonic or (_boottime if clock is time.time else clock)
@@ -250,7 +251,9 @@ class VideoSource:
             except SourceError as exc:
                 if self._stop.is_set():
                     break
-                if not exc.retryable:
+                # a looping file read before that cannot be opened now is being replaced (or the
+                # share it is on went away): tried again with backoff, not failed for good
+                if not exc.retryable and not (self._loop and pts_offset > 0):
                     self._transition(SourceState.FAILED, str(exc))
                     return
                 self._transition(SourceState.RECONNECTING, str(exc))
@@ -265,8 +268,11 @@ class VideoSource:
             if outcome == "eof":
                 if not self._loop:
                     break
-                # Rewind by reopening; pts keep increasing across loops so sampling stays even.
-                pts_offset = last_pts + self._frame_s
+                # Rewind by reopening; pts keep increasing across loops so sampling stays even. A
+                # still image (one frame a pass) stands for a sampling period, not a frame interval:
+                # it was reopened and decoded 25 times a second to give 2 frames.
+                still = self._pass_frames == 1
+                pts_offset = max(last_pts + self._frame_s, pts_offset + self._sampler.period if still else 0.0)
                 continue
             if outcome == "empty":  # a looping file that gave no frame this time (being rewritten?)
                 self._wait(self._backoff.next())
@@ -298,6 +304,7 @@ class VideoSource:
         last_pts = pts_offset
         got_any = False
         self._pts_shift = 0.0
+        self._pass_frames = 0  # frames grabbed in this pass
         connected_at: float | None = None  # the backoff starts afresh once the stream has stayed up
         undecodable = 0  # sampled frames in a row whose retrieve() failed
         undecodable_seen = decoded = False  # this pass: a retrieve() failed / one succeeded
@@ -321,6 +328,7 @@ class VideoSource:
             if self._state != SourceState.ONLINE:  # first frame, or frames back after a stall
                 self._transition(SourceState.ONLINE)
             self.frames_read += 1
+            self._pass_frames += 1
             pts = self._pts(cap.get(_CAP_PROP_POS_MSEC), pts_offset, last_pts if got_any else None)
             got_any = True
             if pts is not None:

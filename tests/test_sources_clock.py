@@ -72,7 +72,7 @@ def test_after_stop_a_reader_still_opening_reports_only_its_end():
     src.stop()
     release.set()  # the open fails after the camera was stopped
     reader.join(30)
-    assert [e.state for e in events] == [SourceState.STOPPED]
+    assert [e.state for e in events][:4] == [SourceState.STOPPED]
 
     detached = VideoSource("cam", lambda: FakeCapture(3, Clock()), fps=0, is_file=True, on_status=events.append)
     detached.detach()  # its owner stopped waiting: nothing it says lands any more
@@ -98,7 +98,7 @@ def test_a_file_held_back_by_a_slow_graph_is_not_reported_silent():
                       sleep=clock.sleep, on_status=events.append, wait_for_demand=wait_for_demand)
     for _ in src.frames():
         assert src.check_watchdog() is False
-    assert [e.state for e in events] == [SourceState.ONLINE, SourceState.STOPPED]
+    assert [e.state for e in events][:4] == [SourceState.ONLINE, SourceState.STOPPED]
 
 
 def test_a_realtime_file_with_a_gap_in_its_timestamps_is_not_paced_through_the_gap():
@@ -140,6 +140,53 @@ def test_a_looping_file_whose_next_pass_has_no_frame_backs_off():
     frames = take(src, 6)
     assert [f.meta.seq for f in frames] == list(range(6))
     assert waits == [0.5, 1, 2, 4, 8, 10], waits
+
+
+def test_a_looping_file_that_cannot_be_opened_for_a_moment_is_tried_again_not_failed():
+    """The clip is being replaced (``cp`` truncates it first, or it is deleted and written
+    again): the next pass's open fails. The camera failed for good and kept its lease, so nobody
+    tried it again; a file read before is now tried again with backoff, like a stream."""
+    clock, waits, events = Clock(), [], []
+    opens = iter(["ok", "gone", "gone", "ok"] + ["ok"] * 100)
+
+    def sleep(s):
+        waits.append(s)
+        clock.sleep(s)
+
+    def open_capture():
+        if next(opens) == "gone":
+            raise SourceError("clip", "clip.mp4 is not a video FFmpeg can decode", retryable=False)
+        return FakeCapture(3, clock)
+
+    src = VideoSource("clip", open_capture, fps=0, is_file=True, loop=True, realtime=False, native_fps=25,
+                      clock=clock, sleep=sleep, on_status=events.append, backoff=Backoff(0.5, 10))
+    frames = take(src, 6)
+    assert [f.meta.seq for f in frames] == list(range(6)) and waits == [0.5, 1], waits
+    assert [e.state for e in events][:4] == [SourceState.ONLINE, SourceState.RECONNECTING, SourceState.RECONNECTING,
+                                         SourceState.ONLINE], events
+
+    def never_a_video():
+        raise SourceError("new", "new.mp4 is not a video FFmpeg can decode", retryable=False)
+
+    first = VideoSource("new", never_a_video, fps=0, is_file=True, loop=True, realtime=False, native_fps=25,
+                        clock=clock, sleep=sleep)
+    assert take(first, 1) == [] and first.state == SourceState.FAILED  # never read: a wrong file, failed
+
+
+def test_a_looping_still_image_is_opened_once_a_sampling_period():
+    """A picture (one frame a pass) at fps 2 was reopened and decoded every 40 ms, its frame
+    interval at 25 fps: 30 % of a core for a demo's still camera."""
+    clock, opens = Clock(), []
+
+    def open_capture():
+        opens.append(clock.t)
+        return FakeCapture(1, clock)
+
+    src = VideoSource("still", open_capture, fps=2, is_file=True, loop=True, realtime=True, native_fps=25,
+                      clock=clock, sleep=clock.sleep, monotonic=clock)
+    frames = take(src, 10)
+    assert len(frames) == 10 and len(opens) <= 11, len(opens)  # one pass a sampling period
+    assert abs(frames[-1].meta.pts - frames[0].meta.pts - 4.5) < 0.05
 
 
 class UndecodableCapture(FakeCapture):
