@@ -177,7 +177,7 @@ class EventEngine:
         anchors = np.round(geo.anchors(boxes).reshape(-1, 2), 1)
         centres = np.round(np.stack([boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]], axis=1) / 2, 1)
         inside = {name: points_in_polygon(anchors, poly) for name, poly in geo.zones.items()}
-        clear = {name: clear_of_edges(anchors, boxes, poly, self.zone_margin) for name, poly in geo.zones.items()}
+        clear = {name: clear_of_edges(anchors, boxes, poly, self.zone_margin, (geo.width, geo.height)) for name, poly in geo.zones.items()}
         first = {t: np.round(geo.anchors(np.round(np.asarray(origins[t], np.float64), 1).reshape(1, 4)), 1).reshape(2)
                  for t in order if t not in self._tracks and origins and t in origins}
         crossed, sides = self._crossings(order, boxes, anchors, first, geo)

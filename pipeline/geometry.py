@@ -244,12 +244,14 @@ def points_in_polygon(points: np.ndarray | Sequence[Sequence[float]], polygon: n
     return (np.count_nonzero(hits, axis=1) % 2) == 1
 
 
-def clear_of_edges(points: np.ndarray, xyxy: np.ndarray, polygon: np.ndarray, margin: float) -> np.ndarray:
+def clear_of_edges(points: np.ndarray, xyxy: np.ndarray, polygon: np.ndarray, margin: float,
+                   frame: tuple[int, int] | None = None) -> np.ndarray:
     """(N,) bool: which of N anchor points lie at least their band away from every edge of the
     polygon (zone hysteresis: closer, the anchor is on neither side of it). An edge's band is
     ``margin`` × the point's box across that edge, as `line_bands` measures it, at most a
     quarter of the zone's own extent across it (a strip narrower than two bands still has an
-    inside that counts)."""
+    inside that counts). An edge on the border of the ``frame`` (width, height) has no band:
+    nothing in view crosses it, and a box cut off at the bottom has its anchor there."""
     pts = np.asarray(points, np.float64).reshape(-1, 2)
     poly = np.asarray(polygon, np.float64).reshape(-1, 2)
     d = np.roll(poly, -1, axis=0) - poly  # (k, 2) edges
@@ -263,6 +265,12 @@ def clear_of_edges(points: np.ndarray, xyxy: np.ndarray, polygon: np.ndarray, ma
     across = (np.abs(d[:, 1])[None, :] * (b[:, 2] - b[:, 0])[:, None]
               + np.abs(d[:, 0])[None, :] * (b[:, 3] - b[:, 1])[:, None]) / length  # (N, k)
     band = np.minimum(margin * across, extent[None, :] / 4)
+    if frame is not None:
+        ends = np.stack([poly, np.roll(poly, -1, axis=0)], axis=1)  # (k, 2 ends, 2)
+        width, height = frame
+        on_border = ((ends[..., 0] <= 0.5).all(1) | (ends[..., 0] >= width - 0.5).all(1)
+                     | (ends[..., 1] <= 0.5).all(1) | (ends[..., 1] >= height - 0.5).all(1))
+        band[:, on_border] = 0.0
     return (dist >= band).all(axis=1)
 
 

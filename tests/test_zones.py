@@ -310,3 +310,28 @@ def test_a_zone_narrower_than_two_bands_still_records_who_walks_through_it():
     engine = EventEngine("cam", zones=strip, zone_margin=0.1)
     kinds = Counter(e.kind for f in walk for e in engine.update(f))
     assert kinds["zone_enter"] == 1 and kinds["zone_exit"] == 1, kinds
+
+
+def test_a_car_along_the_bottom_of_the_frame_changes_zone_where_the_zones_meet():
+    """Two lanes drawn down to the frame's bottom edge, a car along that edge (its bottom-centre
+    anchor on it, as for any box cut off there) changing lane: the anchor was within its band of
+    the zones' bottom edges all along, so it stayed in the zone it had, left it at the seam and
+    never entered the other (the right lane's occupancy one short)."""
+    from collections import Counter
+
+    from pipeline.events import EventEngine
+
+    from .test_events import frame, obj
+
+    lanes = {"left": [[0, 0.5], [0.5, 0.5], [0.5, 1], [0, 1]], "right": [[0.5, 0.5], [1, 0.5], [1, 1], [0.5, 1]]}
+    engine = EventEngine("cam", zones=lanes, zone_margin=0.1)
+    drive = [frame(i + 1, [obj(1, 100, x=20 + 2 * i, size=20)]) for i in range(31)]  # x 20 → 80 along the bottom
+    events = [e for f in drive for e in engine.update(f)]
+    zone_events = [(e.kind, e.zone) for e in events if e.kind.startswith("zone_")]
+    assert zone_events == [("zone_enter", "left"), ("zone_exit", "left"), ("zone_enter", "right")], zone_events
+    # inside the frame, a zone's edges keep their bands: a car along a drawn edge does not flicker
+    inner = {"bay": [[0.2, 0.5], [0.8, 0.5], [0.8, 0.9], [0.2, 0.9]]}
+    engine = EventEngine("cam", zones=inner, zone_margin=0.1)
+    jitter = [frame(i + 1, [obj(1, 90 + (1 if i % 2 else -1), x=50, size=20)]) for i in range(20)]
+    kinds = Counter(e.kind for f in jitter for e in engine.update(f))
+    assert kinds["zone_enter"] + kinds["zone_exit"] <= 1, kinds
