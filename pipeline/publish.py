@@ -37,7 +37,8 @@ import redis
 
 from .lease import FENCED_HSET, FENCED_PUBLISH, REFUSED, UNHELD, Fence
 from .publish_items import (Item, PublisherStats, account, call_command, count_lost, encode_all, estimated_bytes,
-                            event_ids, hash_write, publish_entry, resume_point, script_calls, take_out)
+                            event_ids, evict_oldest, hash_write, publish_entry, resume_point, script_calls,
+                            take_out)
 from .publish_wire import Wire, evalsha
 from .redact import redact
 from .schema import FrameResult
@@ -243,14 +244,8 @@ class Publisher:
         with self._cond:
             self._queue.append(Item(next(self._index), camera, nbytes, command, is_frame, fence, entry))
             self._bytes += nbytes
-            while self._queue and (len(self._queue) + len(self._in_flight) > self.max_entries
-                                   or self._bytes > self.max_bytes):
-                old = self._queue.popleft()
-                self._bytes -= old.nbytes
-                if old.is_frame:
-                    self.stats.dropped[old.camera] += 1
-                else:  # a state write, or events without a frame: counted apart
-                    self.stats.dropped_other[old.camera] += 1
+            self._bytes -= evict_oldest(self._queue, self.stats, full=lambda freed: (
+                len(self._queue) + len(self._in_flight) > self.max_entries or self._bytes - freed > self.max_bytes))
             if self._idle:  # the writer sleeps on an empty queue: wake it (else it comes back by itself)
                 self._cond.notify()
 

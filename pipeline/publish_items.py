@@ -37,6 +37,19 @@ class Item:
     # sent in a batch whose answers were lost (the connection broke after the send): Redis may
     # have run it, so its id refused as written when it is sent again means it landed then
     sent: bool = False
+    events_kept: bool = False  # what a frame dropped by the outage buffer carried: its events
+
+    def events_only(self) -> "Item | None":
+        """The events and counter increments this frame's entry carries, without the frame: the
+        outage buffer drops a frame and keeps them (a `zone_enter` dropped while its `zone_exit`
+        landed left the zone's occupancy below zero for good). None: the frame carries none."""
+        entry = self.entry
+        if not self.is_frame or entry is None or (entry[4] == 0 and entry[5 + 3 * entry[4]] == 0):
+            return None
+        rest = entry[4:]
+        nbytes = 64 + sum(len(x) for x in rest if isinstance(x, str))
+        return Item(self.index, self.camera, nbytes, None, False, self.fence, ["", "", "", 0, *rest],
+                    held_since=self.held_since, retry_at=self.retry_at, sent=self.sent, events_kept=True)
 
     def kept_while_unheld(self, now: float, retry_s: float) -> bool:
         """Refused because nobody holds the lease: kept (True), to be tried again in ``retry_s``,
@@ -88,6 +101,36 @@ def encode_all(items: Sequence[Item]) -> None:
                 item.encode(text)
         except Exception:
             continue
+
+
+def evict_oldest(queue: deque[Item], stats: "PublisherStats", *, full: Callable[[int], bool]) -> int:
+    """The outage buffer's bound: the oldest writes are dropped (counted) while ``full(bytes
+    freed so far)``; a frame's events and counter increments stay, without the frame, until
+    nothing else is left to drop (kept at the queue's front, in order). Returns the bytes freed."""
+    freed, at = 0, 0
+    while at < len(queue) and full(freed):
+        old = queue[at]
+        kept = None if old.events_kept else old.events_only()
+        if kept is not None:
+            queue[at] = kept
+            freed += old.nbytes - kept.nbytes
+            stats.dropped[old.camera] += 1
+        if old.events_kept or kept is not None:
+            at += 1
+            continue
+        del queue[at]
+        freed += _count_evicted(old, stats)
+    while queue and full(freed):
+        freed += _count_evicted(queue.popleft(), stats)
+    return freed
+
+
+def _count_evicted(old: Item, stats: "PublisherStats") -> int:
+    if old.is_frame:
+        stats.dropped[old.camera] += 1
+    else:  # a state write, or events without a frame: counted apart
+        stats.dropped_other[old.camera] += 1
+    return old.nbytes
 
 
 def estimated_bytes(result: FrameResult) -> int:

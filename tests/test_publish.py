@@ -117,6 +117,26 @@ def test_full_outage_buffer_drops_oldest_and_counts(redis_server):
     pub.close()
 
 
+def test_a_full_outage_buffer_drops_frames_but_keeps_the_events_they_carry(redis_server):
+    """A frame dropped by the outage buffer took its `zone_enter` and the zone's counter with
+    it, while the later `zone_exit` landed: exits above enters, the zone's occupancy below zero
+    for good. The frame goes (counted), what it caused stays, in order."""
+    client = redis_server.client()
+    pub = publisher(redis_server, max_buffer_entries=6)
+    redis_server.kill()
+    for s in range(12):
+        kind = {1: "zone_enter", 9: "zone_exit"}.get(s)
+        events = [(kind, json.dumps({"kind": kind, "seq": s}))] if kind else []
+        pub.publish(result(s), events=events, counts={f"zone:z:{kind.split('_')[1]}": 1} if kind else None)
+    redis_server.start()
+    assert pub.flush(15)
+    assert seqs(client) == list(range(7, 12)) and pub.stats.dropped["cam"] == 7
+    kinds = [f[b"kind"].decode() for _, f in client.xrange(KEYS.events("cam"))]
+    assert kinds == ["zone_enter", "zone_exit"], kinds
+    assert client.hgetall(KEYS.counts("cam")) == {b"zone:z:enter": b"1", b"zone:z:exit": b"1"}
+    pub.close()
+
+
 def test_closing_during_an_outage_counts_and_logs_what_is_lost(redis_server, caplog):
     """A replica stopping while Redis is down: what its publisher still held is lost; it was
     gone without a count or a line."""
