@@ -312,13 +312,17 @@ class _Entry:
     future: "asyncio.Future[Mapping[str, Any]]"
     frame: int
     seen: int
+    # the last answer that came and its frame, while a fresh look is under way or after it failed
+    good: "tuple[asyncio.Future[Mapping[str, Any]], int] | None" = None
 
 
 class TrackAttributeCache:
     """track id → the classifier's answer (as a future, so a track seen again while its crop is
     still being classified waits for that answer instead of classifying twice). A failed answer
     (an error, or no answer within the classify timeout) is dropped as soon as it fails, so the
-    track is classified again on its next frame instead of reusing the failure."""
+    track is classified again on its next frame instead of reusing the failure; a track's earlier
+    answer stays its answer meanwhile (a box too small now, or beyond the frame's limit, keeps
+    it: a reclassification that failed once lost it for good)."""
 
     def __init__(self, *, reclassify_every: int, forget_after: int):
         self.reclassify_every = reclassify_every
@@ -332,7 +336,7 @@ class TrackAttributeCache:
         entry.seen = frame
         if entry.future.done():
             if self._failed(entry.future):
-                del self._entries[track_id]
+                self._fall_back(track_id, entry)
                 return None
             if self.reclassify_every and frame - entry.frame >= self.reclassify_every:
                 return None  # due for a fresh look
@@ -341,18 +345,33 @@ class TrackAttributeCache:
     def last(self, track_id: int) -> "asyncio.Future[Mapping[str, Any]] | None":
         """The track's last answer, due for a fresh look or not (None: none, or not yet in)."""
         entry = self._entries.get(track_id)
-        if entry is None or not entry.future.done() or self._failed(entry.future):
+        if entry is None:
             return None
-        return entry.future
+        if entry.future.done() and not self._failed(entry.future):
+            return entry.future
+        return entry.good[0] if entry.good is not None else None
 
     def put(self, track_id: int, frame: int, future: "asyncio.Future[Mapping[str, Any]]") -> None:
-        self._entries[track_id] = _Entry(future, frame, frame)
+        before = self._entries.get(track_id)
+        good = None
+        if before is not None:
+            came = before.future.done() and not self._failed(before.future)
+            good = (before.future, before.frame) if came else before.good
+        self._entries[track_id] = _Entry(future, frame, frame, good)
         future.add_done_callback(lambda done: self._forget_failed(track_id, done))
 
     def _forget_failed(self, track_id: int, future: "asyncio.Future[Mapping[str, Any]]") -> None:
         entry = self._entries.get(track_id)
         if entry is not None and entry.future is future and self._failed(future):
+            self._fall_back(track_id, entry)
+
+    def _fall_back(self, track_id: int, entry: _Entry) -> None:
+        """A failed answer: the track's earlier one again (still due for a fresh look), or none."""
+        if entry.good is None:
             del self._entries[track_id]
+        else:
+            entry.future, entry.frame = entry.good
+            entry.good = None
 
     @staticmethod
     def _failed(future: "asyncio.Future[Any]") -> bool:

@@ -149,3 +149,25 @@ def test_a_crowded_scenes_snapshot_keeps_the_confirmed_tracks_first():
     recent = sorted(engine.snapshot()["tracks"], key=lambda t: (-t["last_frame"], t["id"]))[:MAX_SNAPSHOT_TRACKS]
     assert len(engine.open_tracks) == 600 and len(kept) == MAX_SNAPSHOT_TRACKS
     assert {t["id"] for t in recent} == set(kept), sorted({t["id"] for t in recent} - set(kept))[:10]
+
+
+def test_a_reclassification_that_fails_keeps_the_tracks_earlier_answer():
+    """A fresh look failed (a classifier replica restarting) and the box was small from then on:
+    the track's answer was dropped with the failure and every later frame said `unclassified`."""
+    asked = []
+
+    async def flaky(crops):
+        asked.append(len(crops))
+        if len(asked) in (2, 3):
+            raise RuntimeError("classifier replica restarting")
+        return [{"type": {"label": f"t{len(asked)}", "score": 0.9}} for _ in crops]
+
+    route = ClassifierRoute(flaky, ClassifierConfig(weights="c.pt", imgsz=32, min_box=16, reclassify_every=1),
+                            "classifier-vehicle")
+    stage = CropClassification("c", {"vehicle": route}, timeout_s=5, track_buffer=30)
+    big, small = [[10, 10, 60, 60]], [[10, 10, 20, 20]]
+    out = classify_frames(stage, [cars(big), cars(big), cars(small), cars(small), cars(big)])
+    labels = [o.attributes[0].get("type", {}).get("label") for o in out]
+    # the frame whose own fresh look failed is published without it (counted in classify_failed)
+    assert labels == ["t1", None, "t1", "t1", "t4"], (labels, [o.attributes for o in out])
+    assert all("unclassified" not in o.attributes[0] for o in out)
