@@ -127,6 +127,8 @@ class DetectorConfig(ModelServerConfig):
             for label in labels:
                 if label == "*" and len(v) > 1:
                     raise ValueError(f"{category}: '*' (every label of the model) needs to be the only category")
+                if label == "*" and len(labels) > 1:  # (then it would be taken for a label named '*')
+                    raise ValueError(f"{category}: '*' (every label of the model) needs to be its only label")
                 if label in seen:
                     raise ValueError(f"label {label!r} is in both {seen[label]!r} and {category!r}")
                 seen[label] = category

@@ -333,6 +333,19 @@ def test_card_schema_error_names_the_card_and_field(tmp_path):
     assert f"{path}: outputs[0].kind: must be 'softmax'" in str(info.value)  # a card's values are not quoted
 
 
+def test_a_blank_line_inside_a_text_labels_file_is_refused_not_skipped(tmp_path):
+    """Skipped, it gave every later label the id before its own ('car' id 2 instead of 3),
+    unnoticed where the output's class count is not fixed. Blank lines at the end are fine."""
+    from pipeline.backends.card import _labels_from
+    from pipeline.config_errors import ConfigError
+
+    (tmp_path / "ok.txt").write_text("background\nperson\ncar\n\n")
+    assert _labels_from(tmp_path / "ok.txt", "labels") == ["background", "person", "car"]
+    (tmp_path / "gap.txt").write_text("background\nperson\n\ncar\n")
+    with pytest.raises(ConfigError, match=r"labels: line 3 is blank"):
+        _labels_from(tmp_path / "gap.txt", "labels")
+
+
 def test_labels_file_not_found(tmp_path):
     shutil.copy(MODELS / GTSRB, tmp_path / "net.xml")
     shutil.copy((MODELS / GTSRB).with_suffix(".bin"), tmp_path / "net.bin")

@@ -114,6 +114,8 @@ def test_a_pair_of_two_categories_never_matches_at_the_highest_threshold():
     ({"detector": {"categories": {}}}, "detector.categories", "no category: every detection would be dropped"),
     ({"detector": {"categories": {"vehicle": [], "person": ["person"]}}}, "detector.categories", "vehicle: no labels"),
     ({"detector": {"weights": ""}}, "detector.weights", "must not be empty"),
+    ({"detector": {"categories": {"sign": ["*", "stop"]}}}, "detector.categories", "'*' (every label of the model) "
+     "needs to be its only label"),
     ({"classifiers": {"vehicle": {"weights": "v.pt", "on": []}}}, "classifiers.vehicle.on", "at least 1 item"),
     ({"classifiers": {"vehicle": {"weights": "v.pt", "labels": []}}}, "classifiers.vehicle.labels", "at least 1 item"),
     ({"decoder": {"lease_ttl_s": 1e306}}, "decoder.lease_ttl_s", "must be <= 86400"),

@@ -247,7 +247,11 @@ def _labels_from(path: Path, where: str) -> list[str]:
     elif suffix == ".csv":
         labels = _csv_labels(text, where)
     else:
-        labels = [line.strip() for line in text.splitlines() if line.strip()]
+        labels = [line.strip() for line in text.rstrip().splitlines()]  # one a line: the line is the id
+        blank = [n for n, label in enumerate(labels, 1) if not label]
+        if blank:  # (skipped, it would give every later label the id before its own)
+            raise ConfigError([f"{where}: line {blank[0]} is blank (a labels file has one label a line, "
+                               f"in the model's class order)"])
     if not labels:
         raise ConfigError([f"{where}: no labels in it"])
     return labels
