@@ -164,13 +164,26 @@ def test_minimum_size_is_tested_on_the_object_box():
 
 # --- P3: a label of several class ids ---------------------------------------------------------------
 
-def test_a_label_of_two_sign_classes_keeps_both():
-    """names.yaml calls classes 9 and 10 "no overtaking": a category naming that label gets the
-    signs of both (class 9, the commoner one in GTSDB, was dropped before NMS)."""
+def test_a_label_of_two_sign_classes_keeps_both(tmp_path):
+    """names.yaml beside the weights calls classes 9 and 10 "no overtaking": with a card that
+    reads it, a category naming that label gets the signs of both (class 9, the commoner one in
+    GTSDB, was dropped before NMS). The shipped card names 10 apart, as GTSRB does."""
+    import yaml
+
+    from .conftest import REPO
+
     need(MODELS / SIGNS, GTSDB)
-    det = load_detector(DetectorConfig(weights=SIGNS, num_cpus=2, categories={"sign": ["no overtaking"]}),
-                        models_dir=str(MODELS), warmup=False)
+    shipped = load_detector(DetectorConfig(weights=SIGNS, categories={"sign": ["*"]}), models_dir=str(MODELS),
+                            warmup=False)
+    assert (shipped.names[9], shipped.names[10]) == ("no overtaking", "no overtaking (trucks)")
+    card = yaml.safe_load((REPO / "configs" / "models" / "traffic-sign-detector.yaml").read_text())
+    del card["outputs"][0]["labels"]
+    card["outputs"][0]["labels_file"] = "names.yaml"  # (found beside the weights)
+    (tmp_path / "signs.yaml").write_text(yaml.safe_dump(card))
+    det = load_detector(DetectorConfig(weights=SIGNS, num_cpus=2, card=str(tmp_path / "signs.yaml"),
+                                       categories={"sign": ["no overtaking"]}), models_dir=str(MODELS), warmup=False)
     assert [k for k, v in det.names.items() if v == "no overtaking"] == [9, 10]
+    assert det.same_label == {10: 9} and shipped.same_label is None  # one NMS group for 9 and 10
     assert det.categories.class_ids == [9, 10]
     found = total = 0
     for labels in sorted((GTSDB / "labels").glob("*.txt")):

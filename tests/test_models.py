@@ -74,6 +74,24 @@ def test_a_label_of_several_classes_maps_them_all():
     assert d.labels == ("no overtaking", "no overtaking", "stop") and set(d.categories) == {"sign"}
 
 
+def test_one_object_under_two_class_ids_of_one_label_is_kept_once():
+    """NMS ran per class id: a sign seen as class 9 by one anchor and class 10 by the next, both
+    "no overtaking", was published twice at the same place. Ids of one label share NMS."""
+    from pipeline.backends.decode import decode
+
+    def row(box, cls, p):
+        out = np.zeros(5 + 43, np.float32)
+        out[:4], out[4], out[5 + cls] = box, 1.0, p
+        return out
+
+    raw = np.stack([row([100, 100, 40, 40], 9, 0.48), row([102, 101, 40, 40], 10, 0.40),
+                    row([300, 300, 40, 40], 14, 0.81)])
+    kwargs = dict(conf=0.25, iou=0.45, max_det=300, size=(640, 640))
+    assert len(decode(raw, "yolov5", **kwargs).class_ids) == 3  # per id: both kept
+    kept = decode(raw, "yolov5", same={10: 9}, **kwargs)
+    assert sorted(kept.class_ids.tolist()) == [9, 14] and np.allclose(sorted(kept.scores), [0.48, 0.81])
+
+
 def test_classifier_label_not_in_model_is_an_error(models_dir):
     with pytest.raises(ModelError, match=r"classifiers.vehicle.labels\[1\]: 'hovercraft' is not a class"):
         load_classifier(ClassifierConfig(weights=CLASSIFIER, labels=["cab", "hovercraft"]),

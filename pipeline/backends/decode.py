@@ -14,7 +14,7 @@ dropped before a class-aware NMS (torchvision's, as ultralytics uses), keeping `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,8 +100,11 @@ def nms(xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou: float,
 
 
 def decode(raw: np.ndarray, layout: str, *, conf: float, iou: float, max_det: int, size: tuple[int, int],
-           classes: Sequence[int] | None = None, logits: bool = False) -> Decoded:
-    """One image's raw output → `Decoded` in the pixels of the network's input (``size`` = h, w)."""
+           classes: Sequence[int] | None = None, logits: bool = False,
+           same: Mapping[int, int] | None = None) -> Decoded:
+    """One image's raw output → `Decoded` in the pixels of the network's input (``size`` = h, w).
+    NMS is per class; ``same`` maps class ids that are one label to one of them, so that one
+    object is not kept once per id (the sign detector's 9 and 10 are both "no overtaking")."""
     if layout == "yolov5":
         xyxy, scores, ids = yolov5(raw, conf, logits=logits)
     elif layout == "yolov8":
@@ -113,5 +116,10 @@ def decode(raw: np.ndarray, layout: str, *, conf: float, iou: float, max_det: in
     if classes is not None:
         ok = np.isin(ids, np.asarray(list(classes), np.int64))
         xyxy, scores, ids = xyxy[ok], scores[ok], ids[ok]
-    keep = nms(xyxy, scores, ids, iou, max_det)
+    groups = ids
+    if same:
+        groups = ids.copy()
+        for idx, group in same.items():
+            groups[ids == idx] = group
+    keep = nms(xyxy, scores, groups, iou, max_det)
     return Decoded(xyxy[keep].astype(np.float32), scores[keep].astype(np.float32), ids[keep].astype(np.int64))

@@ -252,6 +252,9 @@ class OpenVinoDetector:
         self.names: Mapping[int, str] = dict(enumerate(labels))
         self.categories = CategoryMap(cfg.categories, self.names, field=f"{field}.categories")
         self.classes = self.categories.class_ids or None
+        first_of: dict[str, int] = {}  # class ids that are one label: one NMS group (`decode`)
+        self.same_label = {idx: first_of.setdefault(name, idx) for idx, name in sorted(self.names.items())}
+        self.same_label = {idx: g for idx, g in self.same_label.items() if g != idx} or None
         self._count_lock = threading.Lock()
         self._submit_lock = threading.Lock()
         self._size_lock = threading.Lock()
@@ -370,7 +373,8 @@ class OpenVinoDetector:
 
         h, w = fitted.size
         dec = decode(raw[0], self.output.layout, conf=self.cfg.conf, iou=self.card.nms_iou,
-                     max_det=self.cfg.max_det, size=(h, w), classes=self.classes, logits=self.output.logits)
+                     max_det=self.cfg.max_det, size=(h, w), classes=self.classes, logits=self.output.logits,
+                     same=self.same_label)
         side = inp.image.shape[0]
         (pad_top, pad_left), (top, left) = fitted.pad, fitted.offset  # network pixels → the letterboxed square
         xyxy = (dec.xyxy - np.float32([pad_left, pad_top] * 2)) / np.float32(fitted.scale) + np.float32([left, top] * 2)
