@@ -128,8 +128,9 @@ def leave_tracks(publisher: Publisher, camera_id: str, events: EventEngine, snap
     """A camera stops here, ``last`` (seq, frame_ts) the newest frame its tracks describe (the
     newest it published, or where it resumed them). Handed over to another replica (a scale-up:
     ``tracker`` given, every frame it tracked published, `TrackSnapshots.hands_over`): its open
-    tracks go on there, from a snapshot taken now. Otherwise — or if that snapshot cannot be
-    written — they end here (``track_end``, zones left) and the state says ``closed``: its next
+    tracks go on there, from a snapshot taken now; handed over with frames tracked but not
+    published, from the last snapshot written (its next owner replays what was published since,
+    as after a crash). Otherwise — or if that snapshot cannot be written — they end here (``track_end``, zones left) and the state says ``closed``: its next
     owner starts afresh (``handing_over`` without ``tracker``: said in the log)."""
     seq, frame_ts = last
     if tracker is not None and snapshots is not None and snapshots.hands_over:
@@ -138,6 +139,13 @@ def leave_tracks(publisher: Publisher, camera_id: str, events: EventEngine, snap
         log.warning("camera %s: handed over without its tracks (their snapshot could not be written): they end",
                     camera_id)
     elif handing_over and snapshots is not None and snapshots.hands_over:
+        if snapshots.written or snapshots.resumed is not None:
+            # no snapshot of the frames it published alone, but an earlier one: its next owner
+            # replays the frames published since, as after a crash (ending them here made every
+            # car seen on both sides two tracks)
+            log.info("camera %s: handed over with frames tracked but not published: its next owner continues "
+                     "its tracks from their last snapshot", camera_id)
+            return
         log.info("camera %s: handed over with frames tracked but not published: its tracks end", camera_id)
     end_tracks(publisher, camera_id, events, last, snapshots)
 
