@@ -254,8 +254,9 @@ class EventEngine:
             tr.best_score = max(tr.best_score, float(dets.scores[i]))
             tr.anchor, tr.sides = seen.anchor, seen.sides
             tr.add_centre(seen.centre)
+            # ("too small now" is no answer: an answer the track had is not changed by it)
             changed = any(name not in tr.attributes or label_of(tr.attributes[name]) != label_of(v)
-                          for name, v in attrs.items())
+                          for name, v in attrs.items() if name != "unclassified")
             if "unclassified" not in attrs:  # big enough now (or its answer kept): not "too small" any more
                 tr.attributes.pop("unclassified", None)
             tr.attributes.update(attrs)  # an answer missing on this frame (failed) keeps the last one

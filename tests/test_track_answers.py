@@ -171,3 +171,18 @@ def test_a_reclassification_that_fails_keeps_the_tracks_earlier_answer():
     # the frame whose own fresh look failed is published without it (counted in classify_failed)
     assert labels == ["t1", None, "t1", "t1", "t4"], (labels, [o.attributes for o in out])
     assert all("unclassified" not in o.attributes[0] for o in out)
+
+
+def test_too_small_after_an_answer_is_no_attribute_change():
+    """A track with an answer whose box is then too small with no cached answer (its camera just
+    moved to another decoder, whose classifier cache starts empty) was published `unclassified`,
+    and the engine took that new key for a change: an `attributes` event where no label changed."""
+    def seen(seq, attrs):
+        return frame(seq, [obj(4, 60, attributes=attrs)])
+
+    typed = {"type": {"label": "car", "score": 0.9}}
+    small = {"unclassified": {"classifier-vehicle": "box 10x10 px is below 16x16"}}
+    engine = EventEngine("cam", track_buffer=1)
+    events = run(engine, [seen(1, typed), seen(2, small), seen(3, small), seen(4, {"type": {"label": "bus", "score": 0.8}})])
+    changes = [(e.seq, e.attributes.get("type", {}).get("label")) for e in events if e.kind == "attributes"]
+    assert changes == [(4, "bus")], changes
