@@ -249,8 +249,8 @@ def clear_of_edges(points: np.ndarray, xyxy: np.ndarray, polygon: np.ndarray, ma
     """(N,) bool: which of N anchor points lie at least their band away from every edge of the
     polygon (zone hysteresis: closer, the anchor is on neither side of it). An edge's band is
     ``margin`` × the point's box across that edge, as `line_bands` measures it, at most a
-    quarter of the zone's own extent across it (a strip narrower than two bands still has an
-    inside that counts). An edge on the border of the ``frame`` (width, height) has no band:
+    quarter of the zone's width across it there (`_thickness`: a strip narrower than two bands,
+    alone or as the narrow arm of a wider zone, still has an inside that counts). An edge on the border of the ``frame`` (width, height) has no band:
     nothing in view crosses it, and a box cut off at the bottom has its anchor there."""
     pts = np.asarray(points, np.float64).reshape(-1, 2)
     poly = np.asarray(polygon, np.float64).reshape(-1, 2)
@@ -264,7 +264,7 @@ def clear_of_edges(points: np.ndarray, xyxy: np.ndarray, polygon: np.ndarray, ma
     b = np.asarray(xyxy, np.float64).reshape(-1, 4)
     across = (np.abs(d[:, 1])[None, :] * (b[:, 2] - b[:, 0])[:, None]
               + np.abs(d[:, 0])[None, :] * (b[:, 3] - b[:, 1])[:, None]) / length  # (N, k)
-    band = np.minimum(margin * across, extent[None, :] / 4)
+    band = np.minimum(margin * across, np.minimum(extent[None, :], _thickness(pts, poly, d, length)) / 4)
     if frame is not None:
         ends = np.stack([poly, np.roll(poly, -1, axis=0)], axis=1)  # (k, 2 ends, 2)
         width, height = frame
@@ -272,6 +272,24 @@ def clear_of_edges(points: np.ndarray, xyxy: np.ndarray, polygon: np.ndarray, ma
                      | (ends[..., 1] <= 0.5).all(1) | (ends[..., 1] >= height - 0.5).all(1))
         band[:, on_border] = 0.0
     return (dist >= band).all(axis=1)
+
+
+def _thickness(pts: np.ndarray, poly: np.ndarray, d: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """(N, k): the polygon's width at each point across each edge — from the edge's line through
+    the point, along the edge's normal, to the next edge beyond it (inf if none): a zone's narrow
+    arm has a narrow inside there, though the zone is wide elsewhere."""
+    rel = pts[:, None, :] - poly[None, :, :]  # (N, k, 2)
+    cross = _cross(d[None, :, 0], d[None, :, 1], rel[..., 0], rel[..., 1])  # (N, k): which side, how far
+    normal = np.stack([-d[:, 1], d[:, 0]], axis=1) / length[:, None]  # (k, 2)
+    u = np.where(cross[..., None] >= 0, 1.0, -1.0) * normal[None, :, :]  # (N, k, 2): away from the edge
+    to_f = poly[None, None, :, :] - pts[:, None, None, :]  # (N, 1, k, 2): the point to each edge's start
+    denom = _cross(u[:, :, None, 0], u[:, :, None, 1], d[None, None, :, 0], d[None, None, :, 1])  # (N, k, k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = _cross(to_f[..., 0], to_f[..., 1], d[None, None, :, 0], d[None, None, :, 1]) / denom
+        s = _cross(to_f[..., 0], to_f[..., 1], u[:, :, None, 0], u[:, :, None, 1]) / denom
+    hit = (np.abs(denom) > 1e-12) & (t > 1e-9) & (s >= 0) & (s <= 1)
+    beyond = np.where(hit, t, np.inf).min(axis=2)  # (N, k)
+    return np.abs(cross) / length[None, :] + beyond
 
 
 def point_in_polygon(point: Sequence[float], polygon: np.ndarray) -> bool:

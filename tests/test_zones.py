@@ -310,6 +310,13 @@ def test_a_zone_narrower_than_two_bands_still_records_who_walks_through_it():
     engine = EventEngine("cam", zones=strip, zone_margin=0.1)
     kinds = Counter(e.kind for f in walk for e in engine.update(f))
     assert kinds["zone_enter"] == 1 and kinds["zone_exit"] == 1, kinds
+    # the same strip as the narrow arm of an L (a sidewalk turning a corner): the zone is wide
+    # elsewhere, and the cap by its whole extent left the strip no inside at all
+    corner = {"sidewalk": [[0, 0], [0.1, 0], [0.1, 0.4], [1, 0.4], [1, 0.5], [0, 0.5]]}
+    engine = EventEngine("cam", zones=corner, zone_margin=0.1)
+    walk = [frame(i + 1, [obj(1, 30 + i, x=60, size=60, label="person", category="pedestrian")]) for i in range(30)]
+    kinds = Counter(e.kind for f in walk for e in engine.update(f))
+    assert kinds["zone_enter"] == 1 and kinds["zone_exit"] == 1, kinds
 
 
 def test_a_car_along_the_bottom_of_the_frame_changes_zone_where_the_zones_meet():
