@@ -401,7 +401,9 @@ def check_failover(frames: list[dict], events: list[dict], counts: Counter, kill
     crossings = Counter(e["track_id"] for e in events if e["kind"] == "line_cross" and e["track_id"] in open_then)
     assert any(e["kind"] == "line_cross" and e["ts"] > killed_at and e["track_id"] in open_then for e in events), \
         "no car on the road at the kill crossed the gate under its own id after the failover"
-    assert max(crossings.values()) == 1, crossings
+    twice = [(e["track_id"], e["seq"], e["direction"], round(e["ts"] - killed_at, 2)) for e in events
+             if e["kind"] == "line_cross" and crossings[e["track_id"]] > 1]
+    assert max(crossings.values()) == 1, (crossings, f"gap {gap:.1f} s; (id, seq, direction, s after the kill)", twice)
     # no id given twice: a track starts once; an id first seen after the failover is a new one
     starts = Counter(e["track_id"] for e in events if e["kind"] == "track_start")
     assert max(starts.values()) == 1, [t for t, n in starts.items() if n > 1]
