@@ -220,6 +220,9 @@ class DecoderDeployment:
                 raise RuntimeError(f"{what} stopped: {task.exception() if not task.cancelled() else 'cancelled'}")
 
     async def __del__(self) -> None:
+        if not hasattr(self, "_status_task"):  # stopped while it started: no camera ran here
+            self._close_started()
+            return
         self._metrics_task.cancel()
         self._status_task.cancel()
         # a scale-down or a redeploy stops this replica while the service stays: the cameras'
@@ -231,9 +234,15 @@ class DecoderDeployment:
             await asyncio.wait_for(self._task, timeout=20)
         except Exception:
             pass
-        self.publisher.close(timeout=5)
-        self.sweeper.close()
-        if self.lender is not None:
-            self.lender.close()
-        if self.views is not None:
-            self.views.close()
+        self._close_started()
+
+    def _close_started(self) -> None:
+        """Close what `__init__` made (all of it, or as far as it got)."""
+        for name in ("publisher", "sweeper", "lender", "views"):
+            part = getattr(self, name, None)
+            if part is None:
+                continue
+            if name == "publisher":
+                part.close(timeout=5)  # (what it still holds is flushed, or counted as lost)
+            else:
+                part.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from pipeline.decoder_status import (MAX_AGE_S, live_decoders, merged_status, read_shared, share_status,
                                      share_status_every)
 from pipeline.streams import StreamKeys
@@ -122,3 +124,19 @@ def test_a_status_that_fails_on_something_unforeseen_is_shared_at_the_next_round
             task.cancel()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+# (Python calls the async __del__ itself when the object goes: a coroutine nobody awaits)
+@pytest.mark.filterwarnings("ignore:coroutine 'DecoderDeployment.__del__' was never awaited")
+def test_a_decoder_stopped_while_it_starts_closes_what_it_made(redis_server):
+    """Serve stops a replica whose __init__ has not finished (the application deleted as a
+    failover's replacement starts): its destructor failed on the tasks not made yet
+    (AttributeError in the log) and left the publisher it had started running."""
+    from deployments.decoder import DecoderDeployment
+    from pipeline.publish import Publisher
+
+    cls = DecoderDeployment.func_or_class
+    half = cls.__new__(cls)
+    half.publisher = Publisher(redis_server.client(), keys=StreamKeys("half"), maxlen=100).start()
+    asyncio.run(half.__del__())
+    assert not half.publisher._thread.is_alive()
