@@ -242,7 +242,9 @@ class Publisher:
     def _put(self, camera: str, nbytes: int, command: tuple[Any, ...] | None, *, is_frame: bool,
              fence: Fence | None = None, entry: list[Any] | None = None) -> None:
         with self._cond:
-            self._queue.append(Item(next(self._index), camera, nbytes, command, is_frame, fence, entry))
+            # (events without a frame stay through an outage like a dropped frame's: `evict_oldest`)
+            self._queue.append(Item(next(self._index), camera, nbytes, command, is_frame, fence, entry,
+                                    events_kept=entry is not None and not is_frame))
             self._bytes += nbytes
             self._bytes -= evict_oldest(self._queue, self.stats, full=lambda freed: (
                 len(self._queue) + len(self._in_flight) > self.max_entries or self._bytes - freed > self.max_bytes))

@@ -51,6 +51,19 @@ class Item:
         return Item(self.index, self.camera, nbytes, None, False, self.fence, ["", "", "", 0, *rest],
                     held_since=self.held_since, retry_at=self.retry_at, sent=self.sent, events_kept=True)
 
+    def merged(self, later: "Item") -> "Item":
+        """Two kept events-only items of one camera as one (this one's events first)."""
+        def parts(entry: list[Any]) -> tuple[list[Any], list[Any]]:
+            ne = entry[4]
+            return entry[5:5 + 3 * ne], entry[6 + 3 * ne:]
+
+        events, counts = parts(self.entry)  # type: ignore[arg-type]
+        more_events, more_counts = parts(later.entry)  # type: ignore[arg-type]
+        entry = ["", "", "", 0, (len(events) + len(more_events)) // 3, *events, *more_events,
+                 (len(counts) + len(more_counts)) // 2, *counts, *more_counts]
+        return Item(self.index, self.camera, self.nbytes + later.nbytes, None, False, self.fence, entry,
+                    held_since=self.held_since, retry_at=self.retry_at, events_kept=True)
+
     def kept_while_unheld(self, now: float, retry_s: float) -> bool:
         """Refused because nobody holds the lease: kept (True), to be tried again in ``retry_s``,
         for up to its fence's ``hold_s`` (after an outage longer than the TTL our supervisor takes
@@ -105,21 +118,33 @@ def encode_all(items: Sequence[Item]) -> None:
 
 def evict_oldest(queue: deque[Item], stats: "PublisherStats", *, full: Callable[[int], bool]) -> int:
     """The outage buffer's bound: the oldest writes are dropped (counted) while ``full(bytes
-    freed so far)``; a frame's events and counter increments stay, without the frame, until
-    nothing else is left to drop (kept at the queue's front, in order). Returns the bytes freed."""
+    freed so far)``. The events and counter increments a dropped frame carried stay, and so do
+    events written without a frame (tracks ended at a stop): the queue's oldest items are such
+    kept events, each camera's merged into one item (one entry of the bound), dropped only once
+    nothing else is left. Returns the bytes freed."""
     freed, at = 0, 0
+    last_kept: dict[tuple[str, Any], int] = {}  # (camera, fence) → its kept item's place in the prefix
     while at < len(queue) and full(freed):
         old = queue[at]
-        kept = None if old.events_kept else old.events_only()
-        if kept is not None:
-            queue[at] = kept
-            freed += old.nbytes - kept.nbytes
-            stats.dropped[old.camera] += 1
-        if old.events_kept or kept is not None:
-            at += 1
+        kept = old if old.events_kept else old.events_only()
+        if kept is None:  # nothing of it stays
+            del queue[at]
+            freed += _count_evicted(old, stats)
             continue
-        del queue[at]
-        freed += _count_evicted(old, stats)
+        if kept is not old:
+            stats.dropped[old.camera] += 1  # the frame goes
+        key = (old.camera, old.fence)
+        into = last_kept.get(key)
+        if into is not None and not (queue[into].sent or kept.sent):
+            merged = queue[into].merged(kept)
+            freed += queue[into].nbytes + old.nbytes - merged.nbytes
+            queue[into] = merged  # (a new item: the writer may be encoding the old one ahead)
+            del queue[at]
+            continue
+        freed += old.nbytes - kept.nbytes
+        queue[at] = kept
+        last_kept[key] = at
+        at += 1
     while queue and full(freed):
         freed += _count_evicted(queue.popleft(), stats)
     return freed

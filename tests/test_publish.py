@@ -120,20 +120,30 @@ def test_full_outage_buffer_drops_oldest_and_counts(redis_server):
 def test_a_full_outage_buffer_drops_frames_but_keeps_the_events_they_carry(redis_server):
     """A frame dropped by the outage buffer took its `zone_enter` and the zone's counter with
     it, while the later `zone_exit` landed: exits above enters, the zone's occupancy below zero
-    for good. The frame goes (counted), what it caused stays, in order."""
+    for good. The frame goes (counted); what it caused stays, in order, each camera's kept
+    events as one entry of the bound; events written without a frame (a stop's track ends)
+    stay too."""
     client = redis_server.client()
-    pub = publisher(redis_server, max_buffer_entries=6)
+    # started once everything is queued: nothing is in flight (never dropped) while it fills
+    pub = Publisher(connect_redis(redis_server.url, socket_timeout=1, socket_connect_timeout=0.5), keys=KEYS,
+                    maxlen=1000, max_buffer_entries=6)
     redis_server.kill()
     for s in range(12):
-        kind = {1: "zone_enter", 9: "zone_exit"}.get(s)
+        kind = ("zone_enter", "zone_exit")[s % 2] if s < 8 else None  # frames 0-7 carry an event each
         events = [(kind, json.dumps({"kind": kind, "seq": s}))] if kind else []
         pub.publish(result(s), events=events, counts={f"zone:z:{kind.split('_')[1]}": 1} if kind else None)
+        if s == 9:  # a camera stopping meanwhile: its track ends, without a frame
+            pub.publish_events("cam", 1_700_000_002.0, [("track_end", json.dumps({"kind": "track_end"}))],
+                               {"tracks:vehicle": 1})
+    assert pub.pending == 6 and pub.stats.dropped["cam"] == 8 and not pub.stats.dropped_other
     redis_server.start()
+    pub.start()
     assert pub.flush(15)
-    assert seqs(client) == list(range(7, 12)) and pub.stats.dropped["cam"] == 7
+    assert seqs(client) == list(range(8, 12))  # frames 0-7 dropped: their events, merged, took one entry
     kinds = [f[b"kind"].decode() for _, f in client.xrange(KEYS.events("cam"))]
-    assert kinds == ["zone_enter", "zone_exit"], kinds
-    assert client.hgetall(KEYS.counts("cam")) == {b"zone:z:enter": b"1", b"zone:z:exit": b"1"}
+    assert kinds == ["zone_enter", "zone_exit"] * 4 + ["track_end"], kinds
+    assert client.hgetall(KEYS.counts("cam")) == {b"zone:z:enter": b"4", b"zone:z:exit": b"4",
+                                                  b"tracks:vehicle": b"1"}
     pub.close()
 
 
