@@ -258,6 +258,7 @@ class VideoSource:
                     return
                 self._transition(SourceState.RECONNECTING, str(exc))
                 self._wait(self._backoff.next())
+                self._pace_origin = None  # a file paced again from its next frame, not caught up on
                 continue
             try:
                 outcome, last_pts = yield from self._read(cap, pts_offset)
@@ -269,13 +270,17 @@ class VideoSource:
                 if not self._loop:
                     break
                 # Rewind by reopening; pts keep increasing across loops so sampling stays even. A
-                # still image (one frame a pass) stands for a sampling period, not a frame interval:
-                # it was reopened and decoded 25 times a second to give 2 frames.
+                # still image (one frame a pass) stands for a sampling period, not a frame interval
+                # (it was reopened and decoded 25 times a second to give 2 frames), and for at most
+                # half the watchdog's time (an image at fps 0.05 would go silent for 20 s a pass).
                 still = self._pass_frames == 1
-                pts_offset = max(last_pts + self._frame_s, pts_offset + self._sampler.period if still else 0.0)
+                step = min(self._sampler.period, self._watchdog_s / 2) if still else 0.0
+                pts_offset = max(last_pts + self._frame_s, pts_offset + step)
+                self._backoff.reset()  # a whole pass read: the file is back
                 continue
             if outcome == "empty":  # a looping file that gave no frame this time (being rewritten?)
                 self._wait(self._backoff.next())
+                self._pace_origin = None
             if outcome == "lost":
                 self._wait(self._backoff.next())
         if self._state != SourceState.FAILED:

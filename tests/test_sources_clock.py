@@ -189,6 +189,55 @@ def test_a_looping_still_image_is_opened_once_a_sampling_period():
     assert abs(frames[-1].meta.pts - frames[0].meta.pts - 4.5) < 0.05
 
 
+def test_a_slowly_sampled_still_image_keeps_the_watchdog_fed():
+    """At fps 0.05 a pass spaced a whole sampling period (20 s) was 20 s without a frame read:
+    the watchdog (10 s) called the camera lost every pass."""
+    clock, events = Clock(), []
+    src = VideoSource("still", lambda: FakeCapture(1, clock), fps=0.05, is_file=True, loop=True, realtime=True,
+                      native_fps=25, clock=clock, sleep=clock.sleep, monotonic=clock, watchdog_s=10,
+                      on_status=events.append)
+    frames = []
+    for frame in src.frames():
+        frames.append(frame)
+        assert src.check_watchdog() is False
+        if len(frames) == 4:
+            src.stop()
+    assert abs(frames[-1].meta.pts - frames[0].meta.pts - 60) < 0.5  # still 0.05 frames/s
+    assert [e.state for e in events][:1] == [SourceState.ONLINE] and SourceState.RECONNECTING not in [
+        e.state for e in events], events
+
+
+class FastCapture(FakeCapture):
+    """A file decoded in no time: only the pacing spaces its frames."""
+
+    def grab(self):
+        if self.i >= self.n:
+            return False
+        self.i += 1
+        return True
+
+
+def test_a_realtime_looping_file_back_after_a_minute_is_paced_not_caught_up():
+    """Its pacing kept the clock of before the outage: the minute missed was read at decode
+    speed (287 frames in 2 s at fps 5), frames with one frame_ts and pts a minute apart."""
+    clock, opens = Clock(), iter(["ok"] + ["gone"] * 6 + ["ok"] * 100)
+
+    def open_capture():
+        if next(opens) == "gone":
+            raise SourceError("clip", "clip.mp4 is not a video FFmpeg can decode", retryable=False)
+        return FastCapture(50, clock)  # 2 s at 25 fps, decoded in no time
+
+    src = VideoSource("clip", open_capture, fps=5, is_file=True, loop=True, realtime=True, native_fps=25,
+                      clock=clock, sleep=clock.sleep, monotonic=clock, backoff=Backoff(0.5, 30))
+    times = []
+    for frame in src.frames():
+        times.append(clock.t)
+        if len(times) == 30:
+            src.stop()
+    after = [b - a for a, b in zip(times[10:], times[11:])]  # the frames read once it is back
+    assert min(after) >= 0.15, after  # 5 frames a second, not a burst
+
+
 class UndecodableCapture(FakeCapture):
     """A stream whose packets arrive (grab works) but whose frames after the ``good`` first do
     not decode (retrieve fails)."""
