@@ -41,6 +41,7 @@ class FpsSampler:
         self._next: float | None = None
         self._last: float | None = None  # the timeline's previous frame (kept or not)
         self._interval: float | None = None  # the frames' mean interval (live: arrivals jitter)
+        self._kept: float | None = None  # the last frame kept
 
     def _early_by(self, t: float) -> float:
         """How early a live camera's frame may come for its grid point: its arrival jitters, and
@@ -66,8 +67,11 @@ class FpsSampler:
         early = self._early_by(t)
         if self._next is None:
             self._next = t if self.phase is None else self._grid_point(t)
+        if early and self._kept is not None and t - self._kept < self.period - early:
+            early = 0.0  # (right after a late frame: early, it would reach the detector beside it)
         if t < self._next - early - 1e-6:
             return False
+        self._kept = t
         late = t - self._next > self.period  # a gap in the timeline: start again from here
         if not late:
             self._next += self.period
@@ -78,4 +82,4 @@ class FpsSampler:
         return True
 
     def reset(self) -> None:
-        self._next = self._last = self._interval = None
+        self._next = self._last = self._interval = self._kept = None

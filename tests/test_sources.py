@@ -131,6 +131,11 @@ def test_a_live_camera_sampled_at_its_own_rate_keeps_every_frame_despite_jitter(
         s = FpsSampler(camera_fps, phase=phase)
         kept = [t for t in arrivals if s.accept(t)]
         assert len(kept) >= 0.97 * len(arrivals), (trial, len(kept), len(arrivals))
+    # a frame kept late (a stall): the next is not taken early beside it
+    s = FpsSampler(5, phase=0.0)
+    arrivals = [100 + k * 0.2 for k in range(20)] + [104.16, 104.17, 104.4]  # 104.0 missed: 104.16 late
+    kept = [round(t, 2) for t in arrivals if s.accept(t)]
+    assert kept[-3:] == [103.8, 104.16, 104.4], kept
     fast = [100 + k / 30 + rng.gauss(0, 0.003) for k in range(30 * 60)]
     s = FpsSampler(5, phase=0.3)
     kept = [t for t in sorted(fast) if s.accept(t)]
