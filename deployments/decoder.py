@@ -147,6 +147,9 @@ class DecoderDeployment:
         self._routes = await asyncio.to_thread(classifier_routes, cfg, classifiers, self._models.answered)
         registry = CameraRegistry(client, self.keys)
         await asyncio.to_thread(registry.seed, cfg.cameras)
+        if getattr(self, "_stopping", False):  # Serve stopped it meanwhile (`__del__`): no camera starts here
+            self._close_started()
+            return
         self.sweeper = RemovedCameraSweeper(
             registry, lambda: Publisher(client, keys=self.keys, maxlen=cfg.redis.maxlen).start(), cfg.tracker,
             lease_ttl_s=cfg.decoder.lease_ttl_s)
@@ -220,7 +223,8 @@ class DecoderDeployment:
                 raise RuntimeError(f"{what} stopped: {task.exception() if not task.cancelled() else 'cancelled'}")
 
     async def __del__(self) -> None:
-        if not hasattr(self, "_status_task"):  # stopped while it started: no camera ran here
+        if not hasattr(self, "_status_task"):  # stopped while it starts: no camera ran here
+            self._stopping = True  # (its __init__ may go on from an await: it stops there)
             self._close_started()
             return
         self._metrics_task.cancel()
@@ -242,6 +246,7 @@ class DecoderDeployment:
             part = getattr(self, name, None)
             if part is None:
                 continue
+            setattr(self, name, None)  # (closed once: __del__ and a stopped __init__ may both get here)
             if name == "publisher":
                 part.close(timeout=5)  # (what it still holds is flushed, or counted as lost)
             else:
