@@ -119,9 +119,9 @@ def encode_all(items: Sequence[Item]) -> None:
 def evict_oldest(queue: deque[Item], stats: "PublisherStats", *, full: Callable[[int], bool]) -> int:
     """The outage buffer's bound: the oldest writes are dropped (counted) while ``full(bytes
     freed so far)``. The events and counter increments a dropped frame carried stay, and so do
-    events written without a frame (tracks ended at a stop): the queue's oldest items are such
-    kept events, each camera's merged into one item (one entry of the bound), dropped only once
-    nothing else is left. Returns the bytes freed."""
+    events written without a frame (tracks ended at a stop): they keep their places, a camera's
+    merged into its oldest such item (one entry of the bound), dropped only once nothing else is
+    left. Returns the bytes freed."""
     freed, at = 0, 0
     last_kept: dict[tuple[str, Any], int] = {}  # (camera, fence) → its kept item's place in the prefix
     while at < len(queue) and full(freed):

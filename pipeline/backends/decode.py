@@ -104,7 +104,7 @@ def decode(raw: np.ndarray, layout: str, *, conf: float, iou: float, max_det: in
            same: Mapping[int, int] | None = None) -> Decoded:
     """One image's raw output → `Decoded` in the pixels of the network's input (``size`` = h, w).
     NMS is per class; ``same`` maps class ids that are one label to one of them, so that one
-    object is not kept once per id (the sign detector's 9 and 10 are both "no overtaking")."""
+    object is not kept once per id (names.yaml beside the sign detector names 9 and 10 alike)."""
     if layout == "yolov5":
         xyxy, scores, ids = yolov5(raw, conf, logits=logits)
     elif layout == "yolov8":
