@@ -5,7 +5,7 @@ again, and a reader still opening when its camera is stopped."""
 import threading
 
 from pipeline.sources import Backoff, SourceError, SourceState, VideoSource
-from tests.test_sources import Clock, FakeCapture, take
+from tests.test_sources import Clock, FakeCapture, FileCapture, take
 
 
 class PositionCapture(FakeCapture):
@@ -207,16 +207,6 @@ def test_a_slowly_sampled_still_image_keeps_the_watchdog_fed():
         e.state for e in events], events
 
 
-class FastCapture(FakeCapture):
-    """A file decoded in no time: only the pacing spaces its frames."""
-
-    def grab(self):
-        if self.i >= self.n:
-            return False
-        self.i += 1
-        return True
-
-
 def test_a_realtime_looping_file_back_after_a_minute_is_paced_not_caught_up():
     """Its pacing kept the clock of before the outage: the minute missed was read at decode
     speed (287 frames in 2 s at fps 5), frames with one frame_ts and pts a minute apart."""
@@ -225,7 +215,7 @@ def test_a_realtime_looping_file_back_after_a_minute_is_paced_not_caught_up():
     def open_capture():
         if next(opens) == "gone":
             raise SourceError("clip", "clip.mp4 is not a video FFmpeg can decode", retryable=False)
-        return FastCapture(50, clock)  # 2 s at 25 fps, decoded in no time
+        return FileCapture(50, clock)  # 2 s at 25 fps, decoded in no time
 
     src = VideoSource("clip", open_capture, fps=5, is_file=True, loop=True, realtime=True, native_fps=25,
                       clock=clock, sleep=clock.sleep, monotonic=clock, backoff=Backoff(0.5, 30))
