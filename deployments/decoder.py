@@ -21,10 +21,10 @@ from pipeline.conductor import ClassifierRoute
 from pipeline.decoder_status import forget_status, live_decoders, share_status_every
 from pipeline.config import CameraConfig, PerceptConfig
 from pipeline.frame_share import FrameLender, lending
-from pipeline.backends.crops import crop_spec
+from pipeline.backends.crops import crop_spec, written_attributes
 from pipeline.lifecycle.swap import PublishedModels
 from pipeline.metrics import CameraMetrics
-from pipeline.models import DetectorInput
+from pipeline.models import DetectorInput, ModelError
 from pipeline.schema import Detections
 from pipeline.publish import Publisher
 from pipeline.registry import CameraRegistry
@@ -73,6 +73,7 @@ def classifier_routes(cfg: PerceptConfig, handles: dict[str, DeploymentHandle],
     for section in cfg.classifier_sections():
         handle = handles[section.deployment]
         size, context, minimum = crop_spec(section.cfg, models_dir=cfg.models_dir, field=section.field)
+        attributes = carried_attributes(section, cfg.models_dir)
 
         async def classify(crops, handle=handle, deployment=section.deployment):
             answers = await handle.classify.remote(crops)
@@ -81,8 +82,19 @@ def classifier_routes(cfg: PerceptConfig, handles: dict[str, DeploymentHandle],
             return answers
 
         routes.setdefault(section.category, []).append(ClassifierRoute(
-            classify, section.cfg, name=section.deployment, crop_size=size, crop_context=context, min_size=minimum))
+            classify, section.cfg, name=section.deployment, crop_size=size, crop_context=context, min_size=minimum,
+            attributes=attributes))
     return routes
+
+
+def carried_attributes(section: Any, models_dir: str | None) -> frozenset[str] | None:
+    """The attributes a classifier writes, which a continued track's answers are sorted by; None
+    (nothing carried over) when its card's labels cannot be read: the classifier says why."""
+    try:
+        return written_attributes(section.cfg, models_dir=models_dir, field=section.field)
+    except ModelError as exc:
+        log.warning("%s: answers of continued tracks not carried over: %s", section.field, exc)
+        return None
 
 
 async def application_stays(timeout_s: float = 3.0) -> bool:

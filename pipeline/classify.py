@@ -47,6 +47,7 @@ class ClassifierRoute:
     crop_size: tuple[int, int] | None = None  # default: (cfg.imgsz, cfg.imgsz)
     crop_context: float = 1.15
     min_size: tuple[int, int] | None = None  # (width, height); default: cfg.min_size, else min_box square
+    attributes: frozenset[str] | None = None  # what its answers can hold (None: unknown, none carried over)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -109,6 +110,25 @@ class CropClassification:
             if track_buffer is not None
             else None
         )
+
+    def seed(self, answers: Mapping[int, Mapping[str, Any]], frame_no: int) -> int:
+        """Answers a camera's previous decoder gave its open tracks (track id → attributes, as its
+        events kept them: `EventEngine.track_attributes`), each classifier's cache given the
+        attributes it writes: a track goes on with its answer (kept while its box is too small,
+        looked at afresh when due) instead of starting unclassified. Call it on the event loop.
+        Returns how many answers were seeded."""
+        if self._track_cache is None:
+            return 0
+        seeded = 0
+        for (_, route), cache in zip(self.routes, self._track_cache):
+            if not route.attributes:
+                continue
+            for track, attrs in answers.items():
+                mine = {k: v for k, v in attrs.items() if k in route.attributes}
+                if mine:
+                    cache.seed(track, frame_no, mine)
+                    seeded += 1
+        return seeded
 
     def _chosen(self, detections: Detections, category: str, route: ClassifierRoute, cache: Any, frame_no: int,
                 unclassified: dict[int, dict[str, str]]) -> tuple[list[tuple[int, Any]], list[int]]:

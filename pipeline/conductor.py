@@ -125,6 +125,8 @@ class CameraConductor:
         If the reader thread crashed, raises its exception once cleaned up, so the supervisor
         sees a dead task and restarts the camera."""
         loop = asyncio.get_running_loop()
+        if self.events is not None and self._tracked_frames == 0:  # continued tracks keep their answers
+            self.classification.seed(self.events.track_attributes(), self._tracked_frames)
         self._reader_error = None
         self._reader = threading.Thread(target=self._read_loop, args=(loop,), name=f"reader-{self.camera.id}", daemon=True)
         self._reader.start()

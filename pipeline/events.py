@@ -123,6 +123,11 @@ class EventEngine:
     def open_tracks(self) -> list[int]:
         return sorted(self._tracks)
 
+    def track_attributes(self) -> dict[int, dict[str, Any]]:
+        """Each open track's classifier answers so far (not why it has none)."""
+        return {tid: {k: v for k, v in tr.attributes.items() if k != "unclassified"}
+                for tid, tr in self._tracks.items() if tr.attributes}
+
     def geometry(self, width: int, height: int) -> Geometry:
         """Zones and lines in pixels of this frame size (resolved on first use; `GeometryError`
         names the zone or line when a pixel point lies outside the frame)."""

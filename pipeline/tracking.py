@@ -360,6 +360,13 @@ class TrackAttributeCache:
         self._entries[track_id] = _Entry(future, frame, frame, good)
         future.add_done_callback(lambda done: self._forget_failed(track_id, done))
 
+    def seed(self, track_id: int, frame: int, answer: Mapping[str, Any]) -> None:
+        """An answer given before this cache (a camera's previous decoder), as if it came at
+        ``frame``; call it on the event loop."""
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(dict(answer))
+        self._entries[track_id] = _Entry(future, frame, frame, None)
+
     def _forget_failed(self, track_id: int, future: "asyncio.Future[Mapping[str, Any]]") -> None:
         entry = self._entries.get(track_id)
         if entry is not None and entry.future is future and self._failed(future):

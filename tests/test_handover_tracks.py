@@ -36,16 +36,18 @@ async def detect(inp):
 
 
 def owner(redis_url: str, *, frames: int = 10_000, is_file: bool = False, camera: CameraConfig = CAMERA,
-          detect=detect, cfg: TrackerConfig = CFG, max_inflight: int = 2) -> tuple[CameraConductor, Publisher]:
+          detect=detect, cfg: TrackerConfig = CFG, max_inflight: int = 2,
+          classifiers=None) -> tuple[CameraConductor, Publisher]:
     """A replica's conductor for the camera, continuing what its previous owner left
     (`open_tracking`, as a replica starts a camera); ``frames``: 0 for a camera that never
-    delivers one (it keeps reconnecting); ``detect``: the stand-in detector."""
+    delivers one (it keeps reconnecting); ``detect``: the stand-in detector; ``classifiers``:
+    category → routes."""
     publisher = Publisher(connect_redis(redis_url), keys=KEYS, maxlen=1000).start()
     seq, counters = publisher.resume_camera("cam")
     tracker, events, snapshots = open_tracking(publisher, camera, cfg, track_id_max=counters["track_id_max"],
                                                is_file=is_file)
     source = VideoSource("cam", lambda: PacedCapture(frames, Clock()), fps=0, is_file=False, seq_start=seq)
-    conductor = CameraConductor(camera, source, detect=detect, classifiers={}, publisher=publisher, imgsz=64,
+    conductor = CameraConductor(camera, source, detect=detect, classifiers=classifiers or {}, publisher=publisher, imgsz=64,
                                 models={"detector": "stand-in"}, max_inflight=max_inflight, tracker=tracker, events=events,
                                 track_state=snapshots)
     return conductor, publisher
@@ -54,7 +56,8 @@ def owner(redis_url: str, *, frames: int = 10_000, is_file: bool = False, camera
 def run_until(redis_server, frames: int, *, keep_tracks: bool, is_file: bool = False, camera: CameraConfig = CAMERA,
               **stand_in) -> None:
     """One owner publishes ``frames`` more frames (0: stopped before its first), then is
-    stopped (handed over or not); ``stand_in``: `owner`'s detect, cfg and max_inflight."""
+    stopped (handed over or not); ``stand_in``: `owner`'s detect, cfg, max_inflight and
+    classifiers."""
     conductor, publisher = owner(redis_server.url, frames=10_000 if frames else 0, is_file=is_file, camera=camera,
                                  **stand_in)
     client = redis_server.client()
