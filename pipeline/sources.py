@@ -173,6 +173,7 @@ class VideoSource:
         self._pace_origin: tuple[float, float] | None = None  # (monotonic, pts) when pacing a file
         self._pass_frames = 0  # frames grabbed in the current pass over a file
         self._pts_shift = 0.0  # added to a file's positions so its timeline keeps increasing (`_pts`)
+        self._step: float | None = None
         # `FrameMeta.steady_ts`: a clock NTP does not step, that counts a suspended machine's time
         self._steady_clock = monotonic or (_boottime if clock is time.time else clock)
 
@@ -309,6 +310,7 @@ class VideoSource:
         last_pts = pts_offset
         got_any = False
         self._pts_shift = 0.0
+        self._step: float | None = None  # this pass: the last step between two frames' positions
         self._pass_frames = 0  # frames grabbed in this pass
         connected_at: float | None = None  # the backoff starts afresh once the stream has stayed up
         undecodable = 0  # sampled frames in a row whose retrieve() failed
@@ -379,21 +381,27 @@ class VideoSource:
         """A frame's pts: the capture's position plus ``pts_offset`` (loops) and the shift that
         keeps a file's timeline increasing, and a paced one's without gaps longer than
         ``watchdog_s`` (a frame at or before the last one, or that far after it, comes one frame
-        interval after it: a file without timestamps, whose timestamps start again, or
-        recordings joined). A file's
-        frame without a position (raw H.264) comes one frame interval after the last."""
+        interval after it — with keyframes alone, one step of its keyframes: a file without
+        timestamps, whose timestamps start again, or recordings joined). A file's frame without a
+        position (raw H.264) comes one frame interval after the last."""
         if pos_ms is None or pos_ms < 0:
             if not self._is_file:
                 return None  # (a live camera's frames are sampled on the clock)
             return pts_offset if last_pts is None else last_pts + self._frame_s
         pts = pts_offset + self._pts_shift + pos_ms / 1000.0
+        if not self._is_file or last_pts is None:
+            return pts
+        gap, step = pts - last_pts, self._step
         # a gap longer than the watchdog's (joined recordings) is closed too where the file is
-        # paced (the reader would wait it out, silent, and the watchdog take the camera for lost)
-        # and every frame decoded (keyframes alone are that far apart by design)
-        if self._is_file and last_pts is not None and (
-                pts <= last_pts or (self._realtime and self._closes_gaps and pts - last_pts > self._watchdog_s)):
-            self._pts_shift += last_pts - pts + self._frame_s
-            pts = last_pts + self._frame_s
+        # paced (the reader would wait it out, silent, and the watchdog take the camera for lost):
+        # any such gap when every frame is decoded; with keyframes alone (seconds apart by
+        # design), one over GAP_OVER_STEP of its last step, which then stands for the gap
+        if gap <= 0 or (self._realtime and gap > self._watchdog_s and (
+                self._closes_gaps or (step is not None and gap > GAP_OVER_STEP * step))):
+            gap = self._frame_s if self._closes_gaps or step is None else max(step, self._frame_s)
+            self._pts_shift += last_pts + gap - pts
+            return last_pts + gap
+        self._step = gap
         return pts
 
 
@@ -403,4 +411,5 @@ _CAP_PROP_POS_MSEC = 0  # cv2.CAP_PROP_POS_MSEC
 def _boottime() -> float:
     """Seconds on CLOCK_BOOTTIME (monotonic, counting suspend) where there is one."""
     return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
+GAP_OVER_STEP = 4  # `decode: keyframes`: a file's gap this many times its last step is closed (`_pts`)
 MAX_UNDECODABLE = 30  # a live camera's sampled frames in a row that grab() read and retrieve() could not decode
