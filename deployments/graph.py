@@ -9,6 +9,7 @@ from typing import Any
 
 from ray import serve
 
+from pipeline.backends import runs_on_cpu_only
 from pipeline.config import ModelServerConfig, PerceptConfig, parse_config
 
 from .api import CameraApi
@@ -56,10 +57,14 @@ def gpu_shares(config: PerceptConfig, *, gpu_available: bool) -> dict[str, float
     Numbers in the config are used as they are. ``auto`` is 0 on a cluster without GPUs; with
     GPUs, the deployments on auto share what the numbers leave of one GPU (another GPU when the
     numbers take one or more): the detector half of it (all of it when no classifier is on auto),
-    the classifiers on auto the rest in equal parts. One replica of each then fits on one GPU;
+    the classifiers on auto the rest in equal parts. A model that runs on the CPU whatever its
+    share (a plain network with a card: the openvino and yunet backends) gets none on auto. One replica of each then fits on one GPU;
     every further replica needs its share again (a second detector replica: another half GPU)."""
     sections = {s.deployment: s.cfg for s in config.detector_sections() + config.classifier_sections()}
     shares = {name: float(s.num_gpus) for name, s in sections.items() if s.num_gpus != "auto"}
+    # a model that runs on the CPU whatever it gets (a card's plain network) takes none on auto
+    shares |= {name: 0.0 for name, s in sections.items()
+               if name not in shares and runs_on_cpu_only(s, models_dir=config.models_dir)}
     auto = [name for name in sections if name not in shares]
     if not gpu_available or not auto:
         return {**{name: 0.0 for name in auto}, **shares}

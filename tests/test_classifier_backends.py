@@ -157,6 +157,17 @@ def test_cfg_min_size_wins_over_the_card():
     assert load(VEHICLE, "classifiers.vehicle", min_size=(40, 40)).min_size == (40, 40)
 
 
+def test_a_gpu_or_fp16_asked_of_an_openvino_classifier_is_said_not_ignored(caplog):
+    """The openvino backend runs a card's network on the CPU in its own precision: ``device:
+    cuda:0`` and ``half: true`` were ignored without a word (the detector already warned)."""
+    with caplog.at_level("WARNING", logger="percept.backends"):
+        clf = load(VEHICLE, "classifiers.vehicle", device="cuda:0", half=True)
+    said = [r.getMessage() for r in caplog.records if r.name == "percept.backends"]
+    assert said == ["classifiers.vehicle: device cuda:0: the openvino backend runs on the CPU",
+                    "classifiers.vehicle: half: the openvino backend runs the network in its own precision"], said
+    assert clf.classify_batch([np.zeros((72, 72, 3), np.uint8)])[0]["type"]["label"] in VEHICLE_TYPES
+
+
 # --- batching ---------------------------------------------------------------------------------------
 
 def test_a_batch_split_across_streams_matches_one_by_one(vehicles, vtest_frame):

@@ -33,8 +33,10 @@ def test_rayservice_serve_config_is_percept_build_output():
 
 def test_default_gpu_shares_fit_one_gpu():
     """`num_gpus: auto` packs one replica of every model of the shipped configs (and of the
-    demo, and of three classifiers) onto one GPU; numbers in a config are kept as they are."""
+    demo, and of three classifiers) onto one GPU, none for a model that runs on the CPU anyway (a
+    card's network, an OpenVINO export); numbers in a config are kept as they are."""
     from deployments.graph import deployment_options
+    from pipeline.backends import runs_on_cpu_only
     from pipeline.config import load_config, parse_config
     from pipeline.samples import demo_config
     import os
@@ -47,6 +49,10 @@ def test_default_gpu_shares_fit_one_gpu():
         "demo": demo_config(None, None, ".percept"),
         "demo with the shared models": demo_config(None, os.environ.get("PERCEPT_MODELS_DIR"), ".percept"),
         "three classifiers": parse_config({"classifiers": three}, env={}),
+        "a card's network": parse_config({"classifiers": {
+            "vehicle": {"weights": "vehicle-attributes-recognition-barrier-0039/FP16-INT8/"
+                                   "vehicle-attributes-recognition-barrier-0039.xml"},
+            "pedestrian": {"weights": "p.pt"}}}, env={}),
         "numbers": parse_config({"detector": {"num_gpus": 0.25}, "classifiers": {
             "vehicle": {"weights": "v.pt", "num_gpus": 0.5}, "pedestrian": {"weights": "p.pt"}}}, env={}),
     }
@@ -55,10 +61,13 @@ def test_default_gpu_shares_fit_one_gpu():
         with_gpu = deployment_options(config, gpu_available=True)
         without = deployment_options(config, gpu_available=False)
         gpus = {m: with_gpu[m]["ray_actor_options"]["num_gpus"] for m in asked}
-        assert 0 < sum(gpus.values()) <= 1.0, (name, gpus)
+        cpu_only = {sec.deployment for sec in config.detector_sections() + config.classifier_sections()
+                    if runs_on_cpu_only(sec.cfg, models_dir=config.models_dir)}
+        assert sum(gpus.values()) <= 1.0 and (sum(gpus.values()) > 0 or set(asked) <= cpu_only), (name, gpus)
         for m, value in asked.items():
-            if value == "auto":
-                assert gpus[m] > 0 and without[m]["ray_actor_options"]["num_gpus"] == 0, (name, m, gpus)
+            if value == "auto":  # a model that runs on the CPU anyway holds no share it cannot use
+                assert (gpus[m] == 0) == (m in cpu_only) and without[m]["ray_actor_options"]["num_gpus"] == 0, (
+                    name, m, gpus)
             else:
                 assert gpus[m] == without[m]["ray_actor_options"]["num_gpus"] == value, (name, m, gpus)
     three_gpus = deployment_options(configs["three classifiers"], gpu_available=True)
@@ -66,6 +75,9 @@ def test_default_gpu_shares_fit_one_gpu():
     assert three_gpus["classifier-sign"]["ray_actor_options"]["num_gpus"] == 0.1666  # floored: sums to <= 1
     assert deployment_options(configs["cluster.yaml"], gpu_available=True)["detector"]["ray_actor_options"][
         "num_gpus"] == 1.0  # its classifier runs on CPU (num_gpus: 0): the detector keeps the whole GPU
+    card = deployment_options(configs["a card's network"], gpu_available=True)  # OpenVINO runs it on the CPU
+    assert [card[m]["ray_actor_options"]["num_gpus"] for m in ("detector", "classifier-vehicle", "classifier-pedestrian")
+            ] == [0.5, 0.0, 0.5]
     numbers = deployment_options(configs["numbers"], gpu_available=True)
     assert numbers["classifier-pedestrian"]["ray_actor_options"]["num_gpus"] == 0.25  # what 0.25 + 0.5 leave
 

@@ -88,20 +88,39 @@ def _module(card: ModelCard | None, task: str, backend: str = "auto", *, weights
     return importlib.import_module(f"{__name__}.{name}")
 
 
+def _openvino_export(weights: str) -> bool:
+    """An ultralytics OpenVINO export: a folder with its metadata.yaml and one .xml."""
+    folder = Path(str(weights).rstrip("/")).expanduser()
+    return folder.is_dir() and (folder / "metadata.yaml").is_file() and len(list(folder.glob("*.xml"))) == 1
+
+
 def _openvino_export_on_cpu(weights: str | None, device: str) -> bool:
     """An ultralytics OpenVINO export (folder with metadata.yaml and an .xml) on cpu, or on auto without a GPU."""
     import importlib.util
 
-    if not weights or importlib.util.find_spec("openvino") is None:
-        return False
-    folder = Path(str(weights).rstrip("/")).expanduser()
-    if not (folder.is_dir() and (folder / "metadata.yaml").is_file() and len(list(folder.glob("*.xml"))) == 1):
+    if not weights or importlib.util.find_spec("openvino") is None or not _openvino_export(weights):
         return False
     if device == "auto":
         from ..models import choose_device
 
         device = choose_device(device, None)[0]
     return device == "cpu"
+
+
+def runs_on_cpu_only(cfg: ModelServerConfig, *, models_dir: str | None) -> bool:
+    """Whether the model runs on the CPU whatever GPUs its replica gets: a plain network described
+    by a card (the openvino and yunet backends), ``backend: openvino``, or an ultralytics
+    OpenVINO export on ``device`` auto or cpu (OpenVINO has no CUDA device; ultralytics runs
+    one on the CPU too). A card that cannot be read says no here (the model's load names it)."""
+    if getattr(cfg, "backend", "auto") == "openvino":
+        return True
+    try:
+        weights = resolve_weights(cfg.weights, models_dir)
+        if resolve_card(cfg, weights, models_dir=models_dir, field="") is not None:
+            return True
+    except (ModelError, OSError):
+        return False
+    return cfg.device in ("auto", "cpu") and _openvino_export(weights)
 
 
 def load_detector(cfg: DetectorConfig, *, models_dir: str | None, field: str = "detector",

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -19,6 +20,8 @@ from ..schema import Detections
 from ..models import DetectorInput, ModelError
 
 Attributes = Mapping[str, Mapping[str, Any]]
+
+log = logging.getLogger("percept.backends")
 
 
 class DetectorBackend(Protocol):
@@ -84,3 +87,11 @@ def warm_up_detector(det: Any, imgsz: int, field: str, weights: str) -> None:
     one that fails refuses the model (`refuse_failed_warmup`)."""
     blank = DetectorInput(np.zeros((imgsz, imgsz, 3), np.uint8), (imgsz, imgsz))
     refuse_failed_warmup(det.detect_batch([blank]), field, weights)
+
+
+def warn_cpu_only(cfg: Any, field: str, backend: str) -> None:
+    """A device or FP16 asked of a backend that runs on the CPU in the card's precision: said, not ignored."""
+    if str(cfg.device).startswith(("cuda", "mps")) or str(cfg.device).isdigit():
+        log.warning("%s: device %s: the %s backend runs on the CPU", field, cfg.device, backend)
+    if cfg.half:
+        log.warning("%s: half: the %s backend runs the network in its own precision", field, backend)

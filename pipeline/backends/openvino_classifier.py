@@ -31,7 +31,7 @@ import numpy as np
 from ..config import ClassifierConfig
 from ..config_errors import ConfigError
 from ..models import ModelError, model_name
-from .base import Attributes, per_item, refuse_failed_warmup
+from .base import Attributes, per_item, refuse_failed_warmup, warn_cpu_only
 from .card import CardInput, CardOutput, ModelCard, read_labels
 from .openvino_net import Network, infer, open_network, to_tensor
 
@@ -54,6 +54,7 @@ def load_classifier(cfg: ClassifierConfig, *, card: ModelCard | None, weights: s
     if card is None:
         raise ModelError(f"{field}.card: {weights!r} is a plain network and needs a model card "
                          "(card: path/to/card.yaml describing its input and outputs)")
+    warn_cpu_only(cfg, field, "openvino")
     threads = cfg.threads or max(1, round(cfg.num_cpus))
     net = open_network(weights, card, field=field, threads=threads, hint="THROUGHPUT")
     heads = _heads(cfg, card, net, weights, field)

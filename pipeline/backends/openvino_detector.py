@@ -34,7 +34,7 @@ from ..config import DetectorConfig
 from ..config_errors import ConfigError
 from ..models import CategoryMap, DetectorInput, ModelError, card_nms_iou, model_name
 from ..schema import Detections
-from .base import per_item, warm_up_detector
+from .base import per_item, warm_up_detector, warn_cpu_only
 from .card import CardInput, CardOutput, ModelCard, read_labels
 from .decode import LAYOUTS, decode
 from .openvino_export import Fitted, crop_window, export_card, letterbox_into, reshape_export
@@ -58,8 +58,7 @@ def load_detector(cfg: DetectorConfig, *, card: ModelCard | None, weights: str, 
     if card.type != "openvino" or card.task != "detect":
         raise ModelError(f"{field} (card {card.where()}): the openvino detector runs cards of "
                          "type: openvino, task: detect")
-    if str(cfg.device).startswith(("cuda", "mps")) or cfg.device.isdigit():
-        log.warning("%s: device %s: the openvino backend runs on the CPU", field, cfg.device)
+    warn_cpu_only(cfg, field, "openvino")
     threads = cfg.threads or max(1, round(cfg.num_cpus))
     net = open_detector(xml, card, field=field, threads=threads, output_index=output_index,
                         rect=cfg.rect and output_index is not None)
