@@ -114,9 +114,10 @@ class CropClassification:
     def seed(self, answers: Mapping[int, Mapping[str, Any]], frame_no: int) -> int:
         """Answers a camera's previous decoder gave its open tracks (track id → attributes, as its
         events kept them: `EventEngine.track_attributes`), each classifier's cache given the
-        attributes it writes: a track goes on with its answer (kept while its box is too small,
-        looked at afresh when due) instead of starting unclassified. Call it on the event loop.
-        Returns how many answers were seeded."""
+        attributes it writes: a track keeps its answer while its box is too small, it is over the
+        frame's limit or its fresh look fails, instead of going on unclassified; it is looked at
+        afresh on its first frame where it can be (the answer may be another model's). Call it on
+        the event loop. Returns how many answers were seeded."""
         if self._track_cache is None:
             return 0
         seeded = 0

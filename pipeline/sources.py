@@ -310,7 +310,7 @@ class VideoSource:
         last_pts = pts_offset
         got_any = False
         self._pts_shift = 0.0
-        self._step: float | None = None  # this pass: the last step between two frames' positions
+        self._step: float | None = None  # this pass: the longest step between two frames' positions
         self._pass_frames = 0  # frames grabbed in this pass
         connected_at: float | None = None  # the backoff starts afresh once the stream has stayed up
         undecodable = 0  # sampled frames in a row whose retrieve() failed
@@ -395,13 +395,14 @@ class VideoSource:
         # a gap longer than the watchdog's (joined recordings) is closed too where the file is
         # paced (the reader would wait it out, silent, and the watchdog take the camera for lost):
         # any such gap when every frame is decoded; with keyframes alone (seconds apart by
-        # design), one over GAP_OVER_STEP of its last step, which then stands for the gap
+        # design), one over GAP_OVER_STEP times the pass's longest step so far (a scene cut's
+        # extra keyframe does not make a long GOP look like a gap), which then stands for it
         if gap <= 0 or (self._realtime and gap > self._watchdog_s and (
                 self._closes_gaps or (step is not None and gap > GAP_OVER_STEP * step))):
             gap = self._frame_s if self._closes_gaps or step is None else max(step, self._frame_s)
             self._pts_shift += last_pts + gap - pts
             return last_pts + gap
-        self._step = gap
+        self._step = gap if step is None else max(step, gap)
         return pts
 
 
@@ -411,5 +412,5 @@ _CAP_PROP_POS_MSEC = 0  # cv2.CAP_PROP_POS_MSEC
 def _boottime() -> float:
     """Seconds on CLOCK_BOOTTIME (monotonic, counting suspend) where there is one."""
     return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
-GAP_OVER_STEP = 4  # `decode: keyframes`: a file's gap this many times its last step is closed (`_pts`)
+GAP_OVER_STEP = 4  # `decode: keyframes`: a file's gap this many times its longest step is closed (`_pts`)
 MAX_UNDECODABLE = 30  # a live camera's sampled frames in a row that grab() read and retrieve() could not decode

@@ -307,6 +307,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
+CARRIED = -(2**62)  # `_Entry.frame` of an answer from before the cache (`TrackAttributeCache.seed`)
+
+
 @dataclass
 class _Entry:
     future: "asyncio.Future[Mapping[str, Any]]"
@@ -338,8 +341,8 @@ class TrackAttributeCache:
             if self._failed(entry.future):
                 self._fall_back(track_id, entry)
                 return None
-            if self.reclassify_every and frame - entry.frame >= self.reclassify_every:
-                return None  # due for a fresh look
+            if entry.frame == CARRIED or (self.reclassify_every and frame - entry.frame >= self.reclassify_every):
+                return None  # due for a fresh look (a carried answer: at once)
         return entry.future
 
     def last(self, track_id: int) -> "asyncio.Future[Mapping[str, Any]] | None":
@@ -361,11 +364,12 @@ class TrackAttributeCache:
         future.add_done_callback(lambda done: self._forget_failed(track_id, done))
 
     def seed(self, track_id: int, frame: int, answer: Mapping[str, Any]) -> None:
-        """An answer given before this cache (a camera's previous decoder), as if it came at
-        ``frame``; call it on the event loop."""
+        """An answer given before this cache (by a camera's previous decoder, maybe by another
+        model): the track's answer until a fresh look at it comes, which is due at once (its
+        first frame where the box is big enough and it gets a place). Call it on the event loop."""
         future = asyncio.get_running_loop().create_future()
         future.set_result(dict(answer))
-        self._entries[track_id] = _Entry(future, frame, frame, None)
+        self._entries[track_id] = _Entry(future, CARRIED, frame, None)
 
     def _forget_failed(self, track_id: int, future: "asyncio.Future[Mapping[str, Any]]") -> None:
         entry = self._entries.get(track_id)

@@ -5,7 +5,6 @@ rewrites only the serve config (the rest of test_packaging.py's checks, on their
 
 from __future__ import annotations
 
-from importlib import metadata
 from urllib.parse import urlsplit
 
 import yaml
@@ -80,6 +79,29 @@ def test_default_gpu_shares_fit_one_gpu():
             ] == [0.5, 0.0, 0.5]
     numbers = deployment_options(configs["numbers"], gpu_available=True)
     assert numbers["classifier-pedestrian"]["ray_actor_options"]["num_gpus"] == 0.25  # what 0.25 + 0.5 leave
+
+
+def test_models_that_run_on_the_cpu_anyway_take_no_gpu_share(tmp_path):
+    """An ultralytics OpenVINO export (a folder with its metadata.yaml and one .xml) on device
+    auto, or any model on ``backend: openvino``: OpenVINO has no CUDA device, so the share went
+    unused; the same export on ``device: cuda:0`` (asked for) keeps one."""
+    from deployments.graph import gpu_shares
+    from pipeline.config import parse_config
+
+    export = tmp_path / "yolo_openvino_model"
+    export.mkdir()
+    (export / "metadata.yaml").write_text("task: detect\n")
+    (export / "model.xml").write_text("<net/>")
+    pt = {"vehicle": {"weights": "v.pt"}}
+
+    def shares(detector: dict) -> dict:
+        return gpu_shares(parse_config({"detector": detector, "classifiers": pt}, env={}), gpu_available=True)
+
+    assert shares({"weights": str(export)}) == {"detector": 0.0, "classifier-vehicle": 1.0}
+    assert shares({"weights": str(export), "device": "cpu"}) == {"detector": 0.0, "classifier-vehicle": 1.0}
+    assert shares({"weights": str(export), "device": "cuda:0"}) == {"detector": 0.5, "classifier-vehicle": 0.5}
+    assert shares({"weights": "yolo11n.pt", "backend": "openvino"}) == {"detector": 0.0, "classifier-vehicle": 1.0}
+    assert shares({"weights": "yolo11n.pt"}) == {"detector": 0.5, "classifier-vehicle": 0.5}
 
 
 def test_rayservice_pods_run_the_gpu_image_with_models_and_secrets():

@@ -119,13 +119,14 @@ def test_a_realtime_file_with_a_gap_in_its_timestamps_is_not_paced_through_the_g
     pts = [f.meta.pts for f in frames]
     assert pts == sorted(pts) and abs(pts[-1] - pts[0] - 99 * 0.04) < 0.05, (pts[0], pts[-1])
     assert src.state == SourceState.STOPPED
-    # keyframes alone (`decode: keyframes`) are that far apart by design: kept, and paced; an
-    # hour between two of them (joined) is closed to one of their steps
-    joined = lambda i: (i - 1) * 25_000.0 + (3_600_000.0 if i > 3 else 0.0)  # noqa: E731
-    keyframes = VideoSource("kf", lambda: PositionCapture(5, clock, joined), fps=0,
+    # keyframes alone (`decode: keyframes`) are that far apart by design: kept, and paced (a
+    # scene cut's extra keyframe 1 s after one makes the next 25 s no gap); an hour between two
+    # of them (joined) is closed to their longest step
+    at = [0, 25, 26, 50, 3675, 3700]
+    keyframes = VideoSource("kf", lambda: PositionCapture(6, clock, lambda i: at[i - 1] * 1000.0), fps=0,
                             is_file=True, realtime=True, native_fps=25, clock=clock, sleep=sleep, watchdog_s=10,
                             closes_gaps=False)
-    assert [f.meta.pts for f in keyframes.frames()] == [0.0, 25.0, 50.0, 75.0, 100.0]
+    assert [f.meta.pts for f in keyframes.frames()] == [0.0, 25.0, 26.0, 50.0, 75.0, 100.0]
 
 
 def test_a_looping_file_whose_next_pass_has_no_frame_backs_off():
