@@ -1,7 +1,8 @@
 """Opening cameras with OpenCV/FFmpeg — the part of a source that touches the world: RTSP over
 TCP with explicit timeouts, files, devices; why an RTSP open failed, in an operator's words;
 a file's nominal frame rate. `VideoSource` (pipeline/sources.py) receives the opener. A camera
-with ``decode: keyframes`` or ``reference`` is opened with PyAV instead (pipeline/capture_av.py)."""
+with ``decode: keyframes`` or ``reference``, and an ``srt://`` or ``udp://`` camera, is opened
+with PyAV instead (pipeline/capture_av.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ RTSP_OPTIONS = "rtsp_transport;tcp|analyzeduration;0|probesize;32"
 _OPTIONS_VAR = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _USER_OPTIONS = os.environ.get(_OPTIONS_VAR)
 _OPEN_LOCK = threading.Lock()  # (OpenCV opens one FFmpeg input at a time anyway)
+# network inputs with no request to answer before FFmpeg's open (`camera_probe`): one that sends
+# nothing would hold every other camera's OpenCV open for its whole open timeout; read with PyAV
+UNASKED = ("srt://", "udp://")
 
 
 def _ffmpeg_open(url: str, *params: object) -> object:
@@ -62,6 +66,11 @@ def open_capture(
                              diagnose=diagnose_rtsp)
     if decode != "all":
         raise ValueError(f"camera {camera}: decode must be one of {', '.join(['all', *SKIP_FRAME])}, not {decode!r}")
+    if url.lower().startswith(UNASKED):  # nothing to ask before the open: PyAV's, outside OpenCV's open lock
+        from .capture_av import open_skipping
+
+        return open_skipping(camera, url, decode="all", open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
+                             frame_timeout_s=frame_timeout_s)
     import cv2
 
     safe = redact_url(url)

@@ -2,7 +2,9 @@
 whose decoder skips frames (FFmpeg's ``-skip_frame``): ``nokey``, every frame that is not a
 keyframe; ``nonref``, every frame no other frame depends on (the non-reference B-frames: about
 half the frames of an H.264 stream encoded with B-frames, none of one without). OpenCV's FFmpeg
-backend has no such switch.
+backend has no such switch. An ``srt://`` or ``udp://`` camera is read here too, every frame
+decoded: OpenCV opens one input at a time per process, and such a camera that sends nothing
+would hold the others' opens for its whole open timeout (nothing can be asked of it before).
 
 `SkippingCapture` is a `Capture` (pipeline/sources.py: ``grab`` decodes the next frame kept,
 ``retrieve`` converts it to BGR, ``get`` answers the position and frame rate), so `VideoSource`
@@ -208,6 +210,10 @@ def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_time
         target, options = url, dict(RTSP_OPTIONS) if url.startswith("rtsp") else {}
     try:
         container = av.open(target, options=options, timeout=(open_timeout_s, read_timeout_s))
+    except av.error.ProtocolNotFoundError:
+        scheme = url.split("://", 1)[0] if "://" in url else "this"
+        raise SourceError(camera, f"cannot open {safe}: this FFmpeg build has no {scheme}:// protocol",
+                          retryable=False) from None
     except (av.error.FFmpegError, OSError) as exc:
         if is_file:
             raise SourceError(camera, f"{target} is not a video FFmpeg can decode ({type(exc).__name__})",
@@ -220,7 +226,7 @@ def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_time
         raise SourceError(camera, f"{safe if not is_file else target} has no video stream", retryable=not is_file)
     stream = container.streams.video[0]
     ctx = stream.codec_context
-    ctx.skip_frame = SKIP_FRAME[decode]
+    ctx.skip_frame = SKIP_FRAME.get(decode, "DEFAULT")  # decode: all (srt://, udp://: `capture.UNASKED`)
     if not is_file:
         ctx.thread_count = 1  # as open_capture's live streams: one decoder thread, no frame delay
     return SkippingCapture(container, stream, rate, read_timeout_s=None if is_file else read_timeout_s,
