@@ -260,7 +260,13 @@ def inline_password_error(camera: CameraConfig, field: str) -> str | None:
             example = example[:start] + f"${{{var}}}" + example[end:]
     found = url_credentials(example)
     if found is not None and found.password is not None and ENV_REF.sub("", found.password):
-        example = found.with_userinfo(f"{found.user}:${{{var}}}")
+        whole = url_credentials(example, to_last_at=True)
+        if whole is not None and whole.password != found.password:
+            # an "@" further on ("p@ss/word@host"): where the password ends is unsure, so no part
+            # of the URL is quoted (the host read from FFmpeg's reading was the password's end)
+            example = f"its password as ${{{var}}} (scheme://{found.user}:${{{var}}}@host/…)"
+        else:
+            example = found.with_userinfo(f"{found.user}:${{{var}}}")
     if example == camera.url:
         return None
     return (f"{field}: inline password refused; write {example} and set {var} in the decoder's environment, "

@@ -231,6 +231,13 @@ def test_unescaped_password_characters_are_still_refused():
         assert err.startswith(f"cameras[0].url: inline password refused; write rtsp://bob:${{CAM_A_PASSWORD}}@{host} "), err
         assert "Qz" not in err and "9k" not in err, err
     assert parse_config({"cameras": [{"id": "a", "url": "rtsp://h:554/live@main"}]}, env={}).cameras
+    # an "@" then a "/" in the password: FFmpeg's reading ends it at the first "@" and takes the
+    # rest for the host; the example quoted that "host", a piece of the password
+    for url in ("rtsp://admin:p@ss/word@10.0.0.9/s1", "rtsp://admin:Qz@9k#x@h/s"):
+        (err,) = errors_of({"cameras": [{"id": "a", "url": url}]})
+        assert err.startswith("cameras[0].url: inline password refused; write its password as ${CAM_A_PASSWORD} "
+                              "(scheme://admin:${CAM_A_PASSWORD}@host/…) and set CAM_A_PASSWORD"), err
+        assert "ss/word" not in err and "word@" not in err and "9k" not in err, err
     # an "@" after the host part of a URL whose password is a variable; an XMEye path password so written
     for url in ("rtsp://admin:${CAM_A_PASSWORD}@10.0.0.5/live?notify=ops@example.com",
                 "rtsp://10.0.0.5:554/user=admin_password=${CAM_A_PASSWORD}_channel=1_stream=0.sdp"):
