@@ -78,6 +78,12 @@ async def _bounded_body(request: Any, call_next: Any) -> Any:
     return await call_next(request)
 
 
+def gpus_on_cluster() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
 @serve.deployment(name="api")
 @serve.ingress(app)
 class CameraApi:
@@ -92,7 +98,8 @@ class CameraApi:
         self.decoder = decoder
         self.live = LiveView(cfg.view, self.client, self.keys, self.registry)
         self.explainer = ExplainApi(cfg, self.client, self.keys, self.registry, decoder)
-        self.swaps = ModelSwaps(cfg, self.client)  # hot swap of weights (pipeline/lifecycle/swap.py)
+        # hot swap of weights (pipeline/lifecycle/swap.py)
+        self.swaps = ModelSwaps(cfg, self.client, gpus_on_cluster=gpus_on_cluster)
 
     def _list(self) -> list[dict[str, Any]]:
         cameras, invalid = self.registry.read()

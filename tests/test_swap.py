@@ -394,3 +394,32 @@ def test_classifier_swap_through_the_api(graph, tmp_path):
     first_new = names.index(renamed.name)
     assert set(names[first_new:]) == {renamed.name}, names  # one replica: never the old one again
     assert camera_states(client, KEYS, ["traffic"])["traffic"]["state"] == "online"
+
+
+def test_a_model_wanting_a_gpu_is_refused_on_a_deployment_given_none(redis_server, models_dir):
+    """`num_gpus: auto` gives no GPU to a deployment whose configured model runs on the CPU anyway
+    (a card's network); a `.pt` swapped onto it on a cluster with GPUs ran on the CPU without a
+    word (200). Refused (422, naming the field and what to change) before anything is recorded;
+    allowed where the cluster has no GPU, or onto a deployment with a GPU share."""
+    from pipeline.lifecycle.swap import SwapRefused
+    from pipeline.lifecycle.swap_service import ModelSwaps
+    from pipeline.samples import SIGN_CLASSIFIER
+
+    def swaps(gpus: bool, **sign) -> ModelSwaps:
+        config = parse_config({"redis": {"url": redis_server.url, "stream_prefix": "gpu"}, "models_dir": models_dir,
+                               "classifiers": {"sign": {"weights": SIGN_CLASSIFIER, **sign}}}, env={})
+        return ModelSwaps(config, redis_server.client(), gpus_on_cluster=lambda: gpus)
+
+    wanted = {"weights": "yolov8n-cls-imagenet.pt"}
+    with pytest.raises(SwapRefused) as refused:
+        asyncio.run(swaps(True).swap("classifier-sign", wanted))
+    assert refused.value.status == 422
+    assert str(refused.value) == (
+        "classifiers.sign.weights: yolov8n-cls-imagenet.pt would run on a GPU, but classifier-sign has none: its "
+        "configured model runs on the CPU, so num_gpus auto gave it none; set classifiers.sign.num_gpus (or device: "
+        "cpu) in the config and redeploy"), refused.value
+    assert redis_server.client().get(swaps(True).keys("classifier-sign").desired) is None
+    for allowed in (swaps(False), swaps(True, num_gpus=0.5), swaps(True, device="cpu")):
+        with pytest.raises(SwapRefused) as other:  # past the GPU check: validated, refused for its crops
+            asyncio.run(allowed.swap("classifier-sign", wanted))
+        assert "would run on a GPU" not in str(other.value) and "takes crop size" in str(other.value), other.value

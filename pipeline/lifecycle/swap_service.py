@@ -9,11 +9,12 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..backends import runs_on_cpu_only
 from ..config_errors import format_validation_error
 from ..models import resolve_weights
 from ..streams import redis_unavailable
@@ -110,10 +111,12 @@ def listed_state(reports: Sequence[ReplicaReport], weights: str, card: str | Non
 class ModelSwaps:
     """The API's side of swaps: validate, record the desired weights, wait for the replicas."""
 
-    def __init__(self, config: Any, client: Any, *, poll_s: float = 0.25):
+    def __init__(self, config: Any, client: Any, *, poll_s: float = 0.25,
+                 gpus_on_cluster: Callable[[], bool] = lambda: False):
         self.config = config
         self.client = client
         self.poll_s = poll_s
+        self.gpus_on_cluster = gpus_on_cluster  # (the API asks Ray; called only to refuse a swap)
         self.sections = {s.deployment: ("detector", s) for s in config.detector_sections()}
         self.sections.update({s.deployment: ("classifier", s) for s in config.classifier_sections()})
         self._busy: set[str] = set()
@@ -199,6 +202,20 @@ class ModelSwaps:
             return (desired.previous["weights"], desired.previous.get("card")), desired.generation, reports, state
         return (desired.weights, desired.card), desired.generation, reports, state
 
+    def _check_gpu(self, section: Any, request: SwapRequest) -> None:
+        """Refuses a model that wants a GPU on a deployment given none: `num_gpus: auto` gives
+        none to one whose configured model runs on the CPU anyway (`graph.gpu_shares`), and the
+        new one would run on the CPU without a word while the cluster has GPUs."""
+        cfg, models_dir = section.cfg, self.config.models_dir
+        if cfg.num_gpus != "auto" or not runs_on_cpu_only(cfg, models_dir=models_dir):
+            return
+        new = swapped_cfg(cfg, request.weights, request.card)
+        if new.device == "cpu" or runs_on_cpu_only(new, models_dir=models_dir) or not self.gpus_on_cluster():
+            return
+        raise SwapRefused(f"{section.field}.weights: {Path(request.weights.rstrip('/')).name} would run on a GPU, but "
+                          f"{section.deployment} has none: its configured model runs on the CPU, so num_gpus auto "
+                          f"gave it none; set {section.field}.num_gpus (or device: cpu) in the config and redeploy")
+
     async def _swap(self, deployment: str, request: SwapRequest, answer: asyncio.Future) -> dict[str, Any]:
         kind, section = self.sections[deployment]
         keys = self.keys(deployment)
@@ -206,6 +223,7 @@ class ModelSwaps:
         if reports and state == "rolling":
             raise SwapBusy(f"{deployment}: generation {generation} is still rolling out; GET /models shows it")
         running = next((r for r in reports if (r.weights, r.card) == (weights, card) and r.facts), None)
+        await asyncio.to_thread(self._check_gpu, section, request)
         started = time.monotonic()
         _, name = await asyncio.to_thread(
             validate_swap, kind, swapped_cfg(section.cfg, weights, card), request.weights, request.card,
