@@ -151,6 +151,9 @@ def _guarded(command: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any] 
         return fail(f"models {command}: " + "; ".join(format_validation_error(exc)), CONFIG_ERROR_EXIT_CODE)
     except (ValueError, ModelError, ConfigError) as exc:  # ExportError, CompareError, EvalError are ValueErrors
         return fail(f"models {command}: {exc}", CONFIG_ERROR_EXIT_CODE)
+    except OSError as exc:  # a path the system refuses (a name too long, a folder not readable)
+        return fail(f"models {command}: {exc.strerror or exc}" + (f": {str(exc.filename)[:120]!r}" if exc.filename else ""),
+                    CONFIG_ERROR_EXIT_CODE)
 
 
 def _finish(result: dict[str, Any], table: str, json_out: str | None) -> int:

@@ -123,13 +123,22 @@ def resolve_weights(spec: str, models_dir: str | None) -> str:
     the name as given (an ultralytics name such as ``yolo11n.pt`` that ultralytics downloads
     when online)."""
     p = Path(spec).expanduser()
-    if p.exists():
+    if path_exists(p):
         return str(p)
     own = os.environ.get(ENV_MODELS_DIR) if not (models_dir and Path(models_dir).is_dir()) else None
     for folder in (models_dir, own):
-        if folder and (Path(folder) / spec).exists():
+        if folder and path_exists(Path(folder) / spec):
             return str(Path(folder) / spec)
     return spec
+
+
+def path_exists(path: Path) -> bool:
+    """``path.exists()``, False for a name the system refuses to look up (too long: ENAMETOOLONG,
+    which pathlib raises): the caller then says it is not there."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def offline() -> bool:

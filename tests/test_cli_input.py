@@ -128,6 +128,26 @@ def test_a_file_that_is_no_model_exits_2_naming_the_field(tmp_path, models_dir):
     assert out.returncode == 2 and f"eval: --weights: cannot load '{notes}'" in out.stderr, out.stderr[-2000:]
 
 
+def test_a_weights_name_too_long_for_the_system_is_bad_input_not_a_crash(capsys, redis_server):
+    """A name past the system's 255 bytes made pathlib raise (ENAMETOOLONG): `models export` /
+    `finetune` printed a traceback and `PUT /models/…` answered 500. Now exit 2 / 422."""
+    import asyncio
+
+    from pipeline.config import parse_config
+    from pipeline.lifecycle.swap import SwapRefused
+    from pipeline.lifecycle.swap_service import ModelSwaps
+
+    long_name = "w" * 300 + ".pt"
+    assert main(["models", "export", long_name, "--to", "openvino"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("percept: models export: ") and "Traceback" not in err, err
+    swaps = ModelSwaps(parse_config({"redis": {"url": redis_server.url, "stream_prefix": "long"}}, env={}),
+                       redis_server.client())
+    with pytest.raises(SwapRefused) as refused:
+        asyncio.run(swaps.swap("detector", {"weights": long_name}))
+    assert refused.value.status == 422 and str(refused.value).startswith(f"weights: '{long_name}' does not exist")
+
+
 def test_explain_option_errors_name_the_option(capsys):
     image = next((SHARED / "data" / "coco128-val" / "images").glob("*.jpg"))
     assert main(["explain", "--object", "0", "--image", str(image), "--weights", "yolo11n-coco.pt",

@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..config_errors import ConfigError
-from ..models import ModelError, model_name, resolve_weights
+from ..models import ModelError, model_name, path_exists, resolve_weights
 
 WEIGHT_FORMATS = {".pt": "PyTorch", ".onnx": "ONNX", ".xml": "OpenVINO IR", ".engine": "TensorRT",
                   ".torchscript": "TorchScript", ".tflite": "TFLite", ".pb": "TensorFlow GraphDef"}
@@ -235,7 +235,7 @@ def model_facts(kind: str, backend: Any) -> dict[str, Any]:
 def check_weights_path(spec: str, models_dir: str | None, *, field: str = "weights") -> str:
     """The weights as a path that exists, is readable and has a format percept loads."""
     path = Path(resolve_weights(spec, models_dir)).expanduser()
-    if not path.exists():
+    if not path_exists(path):
         where = f" (nor in PERCEPT_MODELS_DIR={models_dir})" if models_dir and not Path(spec).is_absolute() else ""
         raise SwapRefused(f"{field}: {spec!r} does not exist{where}; the path must be readable by the model replicas")
     files = sorted(path.glob("*.xml")) if path.is_dir() else [path]
@@ -299,7 +299,7 @@ def validate_swap(kind: str, cfg: Any, weights: str, card: str | None, *, models
     (``running``: a live replica's `model_facts`; None: only what the config gives).
     Returns (the new config section, the model name); raises `SwapRefused`."""
     check_weights_path(weights, models_dir)
-    if card is not None and not Path(card).expanduser().exists() and not (models_dir and (Path(models_dir) / card).exists()):
+    if card is not None and not path_exists(Path(card).expanduser()) and not (models_dir and path_exists(Path(models_dir) / card)):
         raise SwapRefused(f"card: {card!r} does not exist")
     new_cfg = swapped_cfg(cfg, weights, card)
     backend = load_model(kind, new_cfg.model_copy(update={"device": "cpu", "half": None}), models_dir=models_dir,
