@@ -102,7 +102,7 @@ class Subscriber:
         name = stream.decode() if isinstance(stream, bytes) else stream
         out = []
         for entry_id, fields in entries:
-            if fields is None:  # deleted while pending
+            if not fields:  # deleted while pending (None, or {} as redis-py 8 parses it: no entry has no field)
                 continue
             eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
             raw = fields.get(b"json") or fields.get("json")
@@ -126,7 +126,7 @@ class Subscriber:
                 if not entries:
                     break
                 out.extend(self._decode(stream, entries))
-                gone = [entry_id for entry_id, fields in entries if fields is None]
+                gone = [entry_id for entry_id, fields in entries if not fields]
                 if gone:  # deleted (trimmed) while pending: acked, so they stop coming back
                     self.client.xack(stream, self.group, *gone)
                 after = entries[-1][0]
