@@ -257,7 +257,8 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
         say(ingress_line(config))
         client = redis_from_config(config.redis)
         outage = RedisOutage(config.redis.url, carry_on_refused=True)
-        return monitor_cameras(client, StreamKeys(config.redis.stream_prefix), [c.id for c in config.cameras],
+        keys = StreamKeys(config.redis.stream_prefix)
+        return monitor_cameras(client, keys, registered(client, keys, [c.id for c in config.cameras]),
                                duration=duration, show=monitor, outage=outage,
                                keep_up=keeper[0].keep_up if keeper else None)
     return 0
@@ -279,9 +280,24 @@ def ingress_line(config: PerceptConfig) -> str:
     return f"{view}camera API {base}/cameras"
 
 
-def monitor_cameras(client: Any, keys: Any, cameras: list[str], *, duration: float | None, show: bool,
-                    outage: RedisOutage, keep_up: Callable[[], None] | None = None) -> int:
-    """Until the duration ends or Ctrl-C / SIGTERM: one live line per camera every second.
+def registered(client: Any, keys: Any, configured: list[str]) -> Callable[[], list[str]]:
+    """The cameras to show, read each time: the registry's (cameras added or removed through the
+    API included), the config's first in their order; the config's while the registry is empty."""
+    from pipeline.registry import CameraRegistry
+
+    registry = CameraRegistry(client, keys)
+
+    def cameras() -> list[str]:
+        ids = set(registry.ids())
+        return [c for c in configured if c in ids] + sorted(ids - set(configured)) if ids else list(configured)
+
+    return cameras
+
+
+def monitor_cameras(client: Any, keys: Any, cameras: list[str] | Callable[[], list[str]], *, duration: float | None,
+                    show: bool, outage: RedisOutage, keep_up: Callable[[], None] | None = None) -> int:
+    """Until the duration ends or Ctrl-C / SIGTERM: one live line per camera every second
+    (``cameras``: their ids, or a function giving them each time).
     A Redis outage prints one line and the loop carries on; ``keep_up`` (every second) starts a
     private Redis that ended again."""
     stop = {"flag": False}
@@ -293,7 +309,8 @@ def monitor_cameras(client: Any, keys: Any, cameras: list[str], *, duration: flo
             if keep_up is not None and not stop["flag"]:  # (a SIGTERM to the whole group stops Redis too)
                 keep_up()
             if show:
-                for line in outage.attempt(lambda: status_lines(client, keys, cameras), []):
+                listed = (lambda: cameras) if isinstance(cameras, list) else cameras
+                for line in outage.attempt(lambda: status_lines(client, keys, listed()), []):
                     print(line, flush=True)
             elif not stop["flag"]:
                 outage.attempt(client.ping, None)  # --quiet: no status lines, still the outage's two

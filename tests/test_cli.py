@@ -198,3 +198,26 @@ def test_sigterm_while_run_starts_stops_its_private_redis(tmp_path, models_dir):
     except redis.RedisError:
         reachable = False
     assert not reachable, f"the private redis-server at {url} outlived percept run"
+
+
+def test_percept_run_shows_cameras_added_through_the_api_and_not_those_removed(redis_server, capsys):
+    """`percept run`'s status lines were the config's cameras, fixed at its start: a camera added
+    with `percept cameras add` never got a line (nor its error), a removed one kept its last."""
+    from cli.common import RedisOutage
+    from cli.run import monitor_cameras, registered
+    from pipeline.config import CameraConfig
+    from pipeline.registry import CameraRegistry
+    from pipeline.streams import StreamKeys
+
+    client, keys = redis_server.client(), StreamKeys("runlines")
+    registry = CameraRegistry(client, keys)
+    cameras = registered(client, keys, ["gate", "yard"])
+    assert cameras() == ["gate", "yard"]  # nothing registered yet: the config's
+    registry.seed([CameraConfig(id="gate", url="rtsp://h/1"), CameraConfig(id="yard", url="rtsp://h/2")])
+    assert registry.add(CameraConfig(id="dock", url="rtsp://h/3")) and registry.remove("yard")
+    assert cameras() == ["gate", "dock"]
+    client.hset(keys.camera("dock"), mapping={"state": "reconnecting", "last_error": "cannot open rtsp://h/3"})
+    monitor_cameras(client, keys, cameras, duration=1.5, show=True, outage=RedisOutage(redis_server.url))
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("dock ") and "error: cannot open rtsp://h/3" in line for line in lines), lines
+    assert not any(line.startswith("yard ") for line in lines), lines
