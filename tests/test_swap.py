@@ -423,3 +423,24 @@ def test_a_model_wanting_a_gpu_is_refused_on_a_deployment_given_none(redis_serve
         with pytest.raises(SwapRefused) as other:  # past the GPU check: validated, refused for its crops
             asyncio.run(allowed.swap("classifier-sign", wanted))
         assert "would run on a GPU" not in str(other.value) and "takes crop size" in str(other.value), other.value
+
+
+def test_a_detector_without_the_configured_classes_is_refused_with_no_replica_to_compare(redis_server, models_dir):
+    """No live replica reports the model to compare with (none up, or Redis lost the records):
+    the label check compared with nothing and let a detector with none of the configured classes
+    through — pedestrians and cars would have vanished. The settled model is loaded to compare."""
+    from pipeline.lifecycle.swap import SwapRefused
+    from pipeline.lifecycle.swap_service import ModelSwaps
+    from pipeline.samples import SIGN_DETECTOR
+
+    from .conftest import DETECTOR
+
+    config = parse_config({"redis": {"url": redis_server.url, "stream_prefix": "classes"}, "models_dir": models_dir,
+                           "detector": {"weights": DETECTOR, "categories": {"vehicle": ["car"],
+                                                                           "sign": ["speed limit 50"]}}}, env={})
+    swaps = ModelSwaps(config, redis_server.client())
+    with pytest.raises(SwapRefused) as refused:  # the sign detector: speed limits, no car
+        asyncio.run(swaps.swap("detector", {"weights": SIGN_DETECTOR, "timeout_s": 5}))
+    assert refused.value.status == 422 and "has no class ['car']" in str(refused.value), refused.value
+    assert DETECTOR in str(refused.value), refused.value
+    assert redis_server.client().get(swaps.keys("detector").desired) is None

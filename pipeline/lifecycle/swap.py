@@ -66,6 +66,8 @@ from typing import Any, Mapping, Sequence
 from ..config_errors import ConfigError
 from ..models import ModelError, model_name, path_exists, resolve_weights
 
+log = logging.getLogger("percept.swap")
+
 WEIGHT_FORMATS = {".pt": "PyTorch", ".onnx": "ONNX", ".xml": "OpenVINO IR", ".engine": "TensorRT",
                   ".torchscript": "TorchScript", ".tflite": "TFLite", ".pb": "TensorFlow GraphDef"}
 
@@ -293,6 +295,18 @@ def compare_facts(kind: str, new: Mapping[str, Any], running: Mapping[str, Any],
     return errors
 
 
+def settled_detector_facts(cfg: Any, *, models_dir: str | None, field: str) -> dict[str, Any]:
+    """The facts of the detector the deployment should serve (``cfg``), loaded here; where it
+    cannot be, the labels its categories name (a model that no longer loads gives no others)."""
+    try:
+        return model_facts("detector", load_model("detector", cfg.model_copy(update={"device": "cpu", "half": None}),
+                                                  models_dir=models_dir, field=field))
+    except SwapRefused as exc:
+        log.warning("%s: the model to compare with does not load (%s): comparing with the configured labels",
+                    field, exc)
+        return {"labels": sorted({label for labels in cfg.categories.values() for label in labels if label != "*"})}
+
+
 def validate_swap(kind: str, cfg: Any, weights: str, card: str | None, *, models_dir: str | None, field: str,
                   running: Mapping[str, Any] | None, running_name: str) -> tuple[Any, str]:
     """Load the new weights here, on the CPU, and check them against the running model's facts
@@ -305,6 +319,8 @@ def validate_swap(kind: str, cfg: Any, weights: str, card: str | None, *, models
     backend = load_model(kind, new_cfg.model_copy(update={"device": "cpu", "half": None}), models_dir=models_dir,
                          field=field)
     facts = model_facts(kind, backend)
+    if running is None and kind == "detector":  # no live replica serves it: its labels from the model itself
+        running = settled_detector_facts(cfg, models_dir=models_dir, field=field)
     if running is None and kind == "classifier":
         from ..backends.crops import crop_spec
 
