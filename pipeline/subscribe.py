@@ -183,10 +183,12 @@ class Subscriber:
                     backlog = self._pending_first() if self.group else []
                 batch = backlog or self.read(count=100 if limit is None else min(100, limit - n))
             except redis.RedisError as exc:
-                if self.group and "NOGROUP" in str(exc) and self._recreate_groups():
+                lost_group = bool(self.group) and "NOGROUP" in str(exc)
+                if lost_group and self._recreate_groups():
                     backlog = None  # Redis came back without its data: the group is made again
                     continue
-                if on_unreachable is None or not redis_unavailable(exc):
+                # (a group that cannot be made again now: Redis refuses writes, an outage too)
+                if on_unreachable is None or not (lost_group or redis_unavailable(exc)):
                     raise
                 if not down:
                     on_unreachable(exc)

@@ -186,3 +186,28 @@ def test_a_restarted_group_consumer_gets_all_it_had_not_acked(redis_server):
     again = [m.payload["seq"] for m in reader().messages(idle_timeout_s=1)]
     assert again == list(range(1, 1500)), (len(again), again[:3], again[-3:])
     assert client.xpending(KEYS.detections("cam"), "g")["pending"] == 1499  # the trimmed one acked
+
+
+def test_a_lost_group_that_cannot_be_made_again_yet_is_ridden_out(redis_server):
+    """Redis lost the group and refuses writes for now (out of memory, a failing disk): making the
+    group again failed, and the reader ended with the NOGROUP error instead of riding it out."""
+    from pipeline.subscribe import Subscriber
+
+    client = redis_server.client()
+    sub = Subscriber(client, KEYS, ["cam"], group="g", consumer="c1", start="0", block_ms=100)
+    _add(client, 0, 2)
+    notices: list = []
+    messages = sub.messages(on_unreachable=notices.append)
+    got = [next(messages).payload["seq"] for _ in range(2)]
+    pipe = client.pipeline(transaction=True)  # at once: the group gone and every write refused
+    pipe.delete(KEYS.detections("cam"))
+    pipe.config_set("maxmemory", 1)
+    pipe.execute()
+    reader = threading.Thread(target=lambda: got.extend(next(messages).payload["seq"] for _ in range(2)), daemon=True)
+    reader.start()
+    wait_for(lambda: notices or not reader.is_alive(), 10, "the reader noticing it cannot make its group again")
+    assert reader.is_alive() and notices and "NOGROUP" in str(notices[0]), notices
+    client.config_set("maxmemory", 0)
+    _add(client, 2, 2)
+    reader.join(15)
+    assert got == [0, 1, 2, 3] and notices[-1] is None, (got, notices)
