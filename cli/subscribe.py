@@ -68,11 +68,12 @@ def _redis_source(args: argparse.Namespace) -> tuple[str | None, str | None, Any
 
 
 def _say_missing(client: Any, keys: Any, cameras: list[str], events: bool) -> None:
-    """One line for the cameras that have no stream yet, naming those registered: a mistyped
-    id was waited for without a word."""
+    """One line for the cameras that have no stream yet (or an empty one), naming those
+    registered: a mistyped id was waited for without a word."""
     from pipeline.registry import CameraRegistry
 
-    missing = [c for c in cameras if not client.exists(keys.events(c) if events else keys.detections(c))]
+    # empty, not absent: a --group reader's first run made the stream (XGROUP CREATE MKSTREAM)
+    missing = [c for c in cameras if not client.xlen(keys.events(c) if events else keys.detections(c))]
     if missing:
         known = ", ".join(sorted(CameraRegistry(client, keys).ids())) or "none"
         print(f"percept: subscribe: no {'events' if events else 'stream'} yet for {', '.join(missing)} (cameras "

@@ -81,13 +81,17 @@ def test_subscribe_to_a_camera_without_a_stream_says_which_cameras_there_are(red
     assert "percept: subscribe: no stream yet for gaet (cameras registered: gate); waiting for them" in err, err
     assert main(["subscribe", "gate", "--redis", redis_server.url, "--prefix", "odd", "--timeout", "0.2"]) == 0
     assert "no stream yet" not in capsys.readouterr().err
+    for _ in range(2):  # a group reader's first run makes an empty stream for the typo: said again on the next
+        assert main(["subscribe", "gaet", "--group", "g", "--redis", redis_server.url, "--prefix", "odd",
+                     "--timeout", "0.2"]) == 0
+        assert "no stream yet for gaet" in capsys.readouterr().err
 
 
 def test_subscribe_needs_no_more_than_the_streams_when_it_looks_for_missing_cameras(redis_server, capsys):
-    """The notice above asks EXISTS and HKEYS: a consumer whose Redis user may read the
+    """The notice above asks XLEN and HKEYS: a consumer whose Redis user may read the
     streams only gets NOPERM for them, and must still subscribe (it did before the notice)."""
     client = redis_server.client()
-    client.acl_setuser("reader", enabled=True, passwords=["+Rd3r"], keys=["*"], commands=["+@all", "-exists", "-hkeys"])
+    client.acl_setuser("reader", enabled=True, passwords=["+Rd3r"], keys=["*"], commands=["+@all", "-xlen", "-hkeys"])
     url = redis_server.url.replace("redis://", "redis://reader:Rd3r@")
     assert main(["subscribe", "gaet", "--redis", url, "--prefix", "odd", "--timeout", "0.2"]) == 0
     err = capsys.readouterr().err
