@@ -145,3 +145,33 @@ def test_a_rollback_whose_answer_was_lost_is_not_said_to_be_replaced(redis_serve
     assert lost, "the rollback's answer was never lost: the test tests nothing"
     assert f"rolled back to {FIRST} (every replica serves it again)" in refused, refused
     assert [good.current.name, bad.current.name] == [FIRST, FIRST]
+
+
+def test_a_replica_failing_a_swap_that_every_replica_served_does_not_undo_it(redis_server, tmp_path):
+    """W2 swapped in and served by every replica (200); then a replica starts where W2 cannot be
+    read and falls back to the config's W1, reporting the failure. The next swap took W1 for the
+    deployment's model: it compared with it, named it as replaced, and rolled back to it."""
+    swaps = api(redis_server)
+    second, third = copies(tmp_path, "second.pt", "third.pt")
+    r1 = replica(swaps, "r1", broken=("third.pt",))
+    late = replica(swaps, "late", broken=("second.pt", "third.pt"))
+
+    async def scenario():
+        following = await started(r1)
+        try:
+            first = await swaps.swap("detector", {"weights": second})
+            following += await started(late)  # W2 unreadable there: W1, its failure reported
+            await until(lambda: late.current.name == FIRST, "the late replica on the config's weights")
+            assert swaps._settled("detector")[0] == (second, None)
+            try:
+                await swaps.swap("detector", {"weights": third})
+            except SwapRefused as exc:
+                return first, str(exc)
+            return first, "not refused"
+        finally:
+            await stopped(following)
+
+    first, refused = asyncio.run(scenario())
+    assert first["previous"] == FIRST and first["replicas"] == 1, first
+    assert "could not load" in refused and "rolled back to second.pt" in refused, refused
+    assert r1.current.name == "second.pt", r1.current.name

@@ -128,6 +128,11 @@ class SwapKeys:
         return f"{self.prefix}:models:{self.deployment}:replicas"
 
     @property
+    def rolled_out(self) -> str:
+        """String: the last generation every replica was seen serving (a swap answered done)."""
+        return f"{self.prefix}:models:{self.deployment}:rolled_out"
+
+    @property
     def lock(self) -> str:
         """Held by the one replica loading new weights (redis-py lock, renewed while loading)."""
         return f"{self.prefix}:models:{self.deployment}:lock"

@@ -190,7 +190,8 @@ class ModelSwaps:
         """((weights, card) the deployment settled on, the record's generation, the live
         reports, its rollout's state). A recorded swap whose rollout failed without its rollback
         written (the API went away meanwhile) settled on the weights it replaced, not on the
-        weights that failed: the next swap rolls back to those."""
+        weights that failed: the next swap rolls back to those; one that every replica served
+        first (`SwapKeys.rolled_out`) settled on its own weights."""
         keys = self.keys(deployment)
         cfg = self.sections[deployment][1].cfg
         desired = Desired.read(self.client.get(keys.desired), cfg)
@@ -198,7 +199,11 @@ class ModelSwaps:
         if desired is None:
             return (cfg.weights, getattr(cfg, "card", None)), 0, reports, rollout_state(reports, 0)[0]
         state = rollout_state(reports, desired.generation, desired.generation, desired.requested_at)[0]
-        if state == "failed" and desired.previous:
+        # a replica that fails it after every replica served it (one started later, on a node
+        # without the file) does not undo the swap: the deployment settled on it all the same
+        noted = self.client.get(keys.rolled_out)
+        rolled_out = noted is not None and int(noted) == desired.generation
+        if state == "failed" and desired.previous and not rolled_out:
             return (desired.previous["weights"], desired.previous.get("card")), desired.generation, reports, state
         return (desired.weights, desired.card), desired.generation, reports, state
 
@@ -248,6 +253,10 @@ class ModelSwaps:
         if state != "done":
             raise SwapTimeout(f"{deployment}: generation {desired.generation} still not served by every replica "
                               f"{WATCHED_AFTER_TIMEOUT_S:.0f} s after its timeout; no longer watched")
+        try:
+            await asyncio.to_thread(self.client.set, keys.rolled_out, desired.generation)
+        except redis.RedisError as exc:  # (only what a later failure settles on depends on it)
+            log.warning("%s: generation %d served everywhere, not noted (%s)", deployment, desired.generation, exc)
         return {"deployment": deployment, "model": name, "weights": request.weights, "card": request.card,
                 "generation": desired.generation, "previous": Path(weights.rstrip("/")).name,
                 "replicas": live, "seconds": round(time.monotonic() - started, 2),
