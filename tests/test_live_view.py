@@ -286,6 +286,10 @@ URL.createObjectURL = (b) => { window.__blobs.created++; return _create(b); };
 URL.revokeObjectURL = (u) => { window.__blobs.revoked++; return _revoke(u); };"""
 
 
+HIDDEN_JS = """Object.defineProperty(document, 'hidden', {configurable: true, get: () => %s});
+document.dispatchEvent(new Event('visibilitychange')); true"""
+
+
 def test_the_page_in_headless_chromium(live, tmp_path):
     api, client = live
     browser = Chromium(tmp_path / "profile")
@@ -338,6 +342,15 @@ def test_the_page_in_headless_chromium(live, tmp_path):
                  ("online", "connecting", "reconnecting", "stopped", "failed", "pending")}
         assert looks.pop("online") == "none|none", looks
         assert all(look.startswith("flex|grayscale(1)") for look in looks.values()), looks
+        # the page hidden (another tab): it asks for nothing, so the decoders stop drawing once
+        # their watch runs out; shown again, the images come back
+        browser.js(HIDDEN_JS % "true")
+        wait_for(lambda: not any(client.exists(KEYS.view_want(c)) for c in ("crowd", "traffic")), 60,
+                 "the hidden page's cameras no longer watched")
+        hidden_frames = {c: t["frames"] for c, t in tiles().items()}
+        browser.js(HIDDEN_JS % "false")
+        wait_for(lambda: all(tiles()[c]["frames"] > hidden_frames[c] for c in ("crowd", "traffic")), 60,
+                 "images again once the page is shown")
         cv2.imwrite(str(tmp_path / "live-view.png"), shot2)
         if os.environ.get("PERCEPT_SAVE_SCREENSHOT"):
             (REPO / "docs").mkdir(exist_ok=True)
