@@ -17,6 +17,7 @@ import math
 import shutil
 import signal
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter, defaultdict, deque
@@ -232,7 +233,9 @@ def camera_rows(client: Any, prefix: str, samples: int, now: float | None = None
                 payload = json.loads(fields[b"json"])
                 totals.append(float(payload.get("latency_ms", {}).get("total", 0.0)))
                 if i == 0:
-                    row.objects = dict(Counter(o["category"] for o in payload.get("objects", [])))
+                    # (a category that is no text, from an entry not written by percept, is not counted:
+                    # the line sorts them)
+                    row.objects = dict(Counter(c for o in payload.get("objects", []) if isinstance(c := o["category"], str)))
             except (KeyError, ValueError, TypeError, AttributeError):  # an entry not as percept writes them
                 continue
         row.p50_ms, row.p95_ms = percentile(totals, 0.5), percentile(totals, 0.95)
@@ -318,17 +321,17 @@ def _top(args: argparse.Namespace) -> int:
         ok, lines = snapshot(client, prefix, view, outage, args.samples)
         print("\n".join(lines), flush=True)
         return 0 if ok else fail(f"redis unreachable at {redact_url(url)}", EXIT_UNAVAILABLE)
-    stop = {"flag": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    stopped = threading.Event()  # SIGTERM: out at once, not after the rest of a long --interval
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     deadline = time.monotonic() + args.duration if args.duration else None
     tty = sys.stdout.isatty()
     try:
-        while not stop["flag"] and (deadline is None or time.monotonic() < deadline):
+        while not stopped.is_set() and (deadline is None or time.monotonic() < deadline):
             _, lines = snapshot(client, prefix, view, outage, args.samples)
             print((CLEAR if tty else "") + "\n".join(lines) + ("" if tty else "\n"), flush=True)
-            time.sleep(max(0.1, min(args.interval, deadline - time.monotonic() if deadline else args.interval)))
+            stopped.wait(max(0.1, min(args.interval, deadline - time.monotonic() if deadline else args.interval)))
     except KeyboardInterrupt:
         pass  # the usual way out of a live view
-    if outage.down and not stop["flag"]:  # --duration ended while Redis was away
+    if outage.down and not stopped.is_set():  # --duration ended while Redis was away
         return fail(f"redis still unreachable at {outage.where} when --duration ended", EXIT_UNAVAILABLE)
     return 0

@@ -201,3 +201,38 @@ def test_a_ray_address_in_the_environment_that_is_no_address_exits_2_before_anyt
     assert main(["run", "-c", str(cfg)]) == 2
     assert "RAY_ADDRESS: not HOST:PORT (or ray://HOST:PORT, local, auto), got 'foo'" in capsys.readouterr().err
     assert not (tmp_path / "state" / "redis").exists(), "the private redis-server was started"
+
+
+def test_top_ends_on_sigterm_without_sleeping_out_its_interval(redis_server):
+    """``--interval 600`` then SIGTERM (`docker stop`): top slept on to its next refresh, past the
+    container's grace, and was killed. A category that is no text (an entry not written by
+    percept) crashed its line's sort."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from pipeline.config import CameraConfig
+    from pipeline.registry import CameraRegistry
+    from pipeline.streams import StreamKeys
+
+    from .conftest import REPO
+    from .waiting import wait_for
+
+    keys, client = StreamKeys("percept"), redis_server.client()
+    CameraRegistry(client, keys).add(CameraConfig(id="odd", url="a.mp4"))
+    client.xadd(keys.detections("odd"), {"json": '{"objects": [{"category": "car"}, {"category": null}]}'})
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "top", "--redis", redis_server.url, "--interval", "600"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    try:
+        # its first table is out: it waits for the next refresh now
+        wait_for(lambda: any(line.startswith("odd ") for line in lines) or proc.poll() is not None, 60,
+                 "top's first table")
+        row = next((line for line in lines if line.startswith("odd ")), None)
+        assert row is not None and "car=1" in row, (lines, proc.poll(), proc.poll() is not None and proc.stderr.read())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0  # (TimeoutExpired: sleeping out its 600 s)
+    finally:
+        proc.kill()
