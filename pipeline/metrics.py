@@ -298,11 +298,26 @@ def write_endpoints(client: Any, prefix: str, urls: list[str], ttl_s: float) -> 
     if not urls:
         return
     key = endpoints_key(prefix)
-    now = f"{redis_now(client):.3f}"  # Redis's clock: read on another host
+    clock = redis_now(client)  # Redis's clock: read on another host
+    now = f"{clock:.3f}"
+    # nodes gone for good (a cluster's nodes come and go) are dropped: the hash never grows
+    stale = [k for k, v in client.hgetall(key).items() if clock - _seen_at(v) > ENDPOINT_FORGOTTEN_S]
     pipe = client.pipeline(transaction=False)
+    if stale:
+        pipe.hdel(key, *stale)
     pipe.hset(key, mapping={u: now for u in urls})
     pipe.expire(key, max(1, int(ttl_s)))
     pipe.execute()
+
+
+ENDPOINT_FORGOTTEN_S = 600.0  # an endpoint not advertised for this long is deleted (`write_endpoints`)
+
+
+def _seen_at(raw: Any) -> float:
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        return 0.0  # not written by percept: dropped
 
 
 def read_endpoints(client: Any, prefix: str, max_age_s: float = 120.0) -> list[str]:

@@ -392,3 +392,17 @@ def test_compose_runs_prometheus_on_the_ray_metrics_port_and_grafana_with_the_da
     assert graf[f"{folder}/percept.json"] == REPO / "deploy" / "grafana" / "percept.json"
     source = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
     assert source["url"] == "http://prometheus:9090" and "127.0.0.1:9090:9090" in services["prometheus"]["ports"]
+
+
+def test_metrics_endpoints_of_nodes_gone_for_good_are_dropped(redis_server):
+    """Each decoder advertises its node's metrics URL in one hash; nothing removed the URLs of
+    nodes that left (a cluster's nodes come and go), so the hash, and what `percept top` tries
+    on a refresh, only grew. An entry unseen for 10 minutes is deleted at the next write; one
+    seen lately stays (read_endpoints leaves it out after 2 minutes)."""
+    client = redis_server.client()
+    key, now = pm.endpoints_key("ep"), pm.redis_now(client)
+    client.hset(key, mapping={"http://gone:8080": f"{now - 3600:.3f}", "http://odd:8080": "not a time",
+                              "http://quiet:8080": f"{now - 300:.3f}"})
+    pm.write_endpoints(client, "ep", ["http://here:8080"], ttl_s=60)
+    assert sorted(client.hkeys(key)) == [b"http://here:8080", b"http://quiet:8080"]
+    assert pm.read_endpoints(client, "ep") == ["http://here:8080"]
