@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter, defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -247,15 +248,21 @@ def scrape(urls: Sequence[str], timeout_s: float = 2.0) -> tuple[list[tuple[str,
     """Samples of every endpoint that answered, and what went wrong with the others."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    samples, problems = [], []
-    for url in urls:
+    def one(url: str) -> tuple[list[tuple[str, dict[str, str], float]], str | None]:
         try:
             with urllib.request.urlopen(url, timeout=timeout_s) as resp:
                 text = resp.read().decode()
-            samples += [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text)
-                        for s in fam.samples if s.name.startswith("ray_percept_")]
+            return [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text)
+                    for s in fam.samples if s.name.startswith("ray_percept_")], None
         except Exception as exc:  # an endpoint down, or not Prometheus text: the others still count
-            problems.append(redact(f"{url}: {type(exc).__name__}: {str(exc)[:200]}"))
+            return [], redact(f"{url}: {type(exc).__name__}: {str(exc)[:200]}")
+
+    samples, problems = [], []
+    # all at once: one after the other, each endpoint that does not answer cost a refresh its timeout
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(urls)))) as pool:
+        for got, problem in pool.map(one, urls):
+            samples += got
+            problems += [problem] if problem else []
     return samples, problems
 
 

@@ -406,3 +406,39 @@ def test_metrics_endpoints_of_nodes_gone_for_good_are_dropped(redis_server):
     pm.write_endpoints(client, "ep", ["http://here:8080"], ttl_s=60)
     assert sorted(client.hkeys(key)) == [b"http://here:8080", b"http://quiet:8080"]
     assert pm.read_endpoints(client, "ep") == ["http://here:8080"]
+
+
+def test_top_scrapes_the_metrics_endpoints_at_once():
+    """One endpoint after the other, each that did not answer cost a refresh its 2 s timeout
+    (ten unreachable nodes: a "1 s" refresh took 20 s). Each endpoint here answers only once all
+    three were asked (a barrier): asked one at a time, none would."""
+    import http.server
+    import threading
+
+    from cli.top import scrape
+
+    everyone = threading.Barrier(3, timeout=20)
+
+    class Together(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            try:
+                everyone.wait()
+            except threading.BrokenBarrierError:
+                self.send_response(503)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(f'ray_percept_frames_published_total{{camera="{self.path[1:]}"}} 1.0\n'.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Together)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        samples, problems = scrape([f"{base}/a", f"{base}/b", f"{base}/c"], timeout_s=30)
+    finally:
+        server.shutdown()
+    assert problems == [] and sorted(s[1]["camera"] for s in samples) == ["a", "b", "c"], (samples, problems)
