@@ -58,11 +58,12 @@ def gpu_shares(config: PerceptConfig, *, gpu_available: bool) -> dict[str, float
     GPUs, the deployments on auto share what the numbers leave of one GPU (another GPU when the
     numbers take one or more): the detector half of it (all of it when no classifier is on auto),
     the classifiers on auto the rest in equal parts. A model that runs on the CPU whatever its
-    share (a plain network with a card: the openvino and yunet backends) gets none on auto. One replica of each then fits on one GPU;
+    share (`runs_on_cpu_only`: a card's network, ``backend: openvino``, an OpenVINO export) gets
+    none on auto. One replica of each then fits on one GPU;
     every further replica needs its share again (a second detector replica: another half GPU)."""
     sections = {s.deployment: s.cfg for s in config.detector_sections() + config.classifier_sections()}
     shares = {name: float(s.num_gpus) for name, s in sections.items() if s.num_gpus != "auto"}
-    # a model that runs on the CPU whatever it gets (a card's plain network) takes none on auto
+    # a model that runs on the CPU whatever it gets takes none on auto
     shares |= {name: 0.0 for name, s in sections.items()
                if name not in shares and runs_on_cpu_only(s, models_dir=config.models_dir)}
     auto = [name for name in sections if name not in shares]
