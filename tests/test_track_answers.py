@@ -175,7 +175,8 @@ def test_a_reclassification_that_fails_keeps_the_tracks_earlier_answer():
 
 def test_too_small_after_an_answer_is_no_attribute_change():
     """A track with an answer whose box is then too small with no cached answer (its camera just
-    moved to another decoder, whose classifier cache starts empty) was published `unclassified`,
+    moved to another decoder, whose classifier cache started empty before answers were carried over; a
+    classifier whose card cannot be read still carries none) was published `unclassified`,
     and the engine took that new key for a change: an `attributes` event where no label changed."""
     def seen(seq, attrs):
         return frame(seq, [obj(4, 60, attributes=attrs)])
