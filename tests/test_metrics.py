@@ -5,10 +5,14 @@ scraped on Ray's metrics endpoint: tests/test_metrics_graph.py."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import subprocess
 import sys
+import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -212,13 +216,10 @@ def test_drops_a_camera_brings_from_its_earlier_runs_are_not_counted_again_befor
 
 
 def test_top_keeps_the_endpoints_that_answer_when_one_is_no_prometheus_endpoint():
-    import http.server
-    import threading
-
     from cli.top import scrape
     from pipeline.redis_server import free_port
 
-    class Html(http.server.BaseHTTPRequestHandler):
+    class Html(QuietHandler):
         def do_GET(self):
             body = b"<!doctype html><html>Ray dashboard</html>" if self.path == "/html" else (
                 b"# TYPE ray_percept_frames_published_total counter\n"
@@ -227,16 +228,8 @@ def test_top_keeps_the_endpoints_that_answer_when_one_is_no_prometheus_endpoint(
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Html)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serving(Html) as base:
         samples, problems = scrape([f"{base}/html", f"{base}/metrics", f"http://127.0.0.1:{free_port()}/"])
-    finally:
-        server.shutdown()
     assert samples == [("ray_percept_frames_published_total", {"camera": "a"}, 5.0)]
     assert len(problems) == 2 and problems[0].startswith(f"{base}/html: ValueError"), problems
 
@@ -412,14 +405,11 @@ def test_top_scrapes_the_metrics_endpoints_at_once():
     """One endpoint after the other, each that did not answer cost a refresh its 2 s timeout
     (ten unreachable nodes: a "1 s" refresh took 20 s). Each endpoint here answers only once all
     three were asked (a barrier): asked one at a time, none would."""
-    import http.server
-    import threading
-
     from cli.top import scrape
 
     everyone = threading.Barrier(3, timeout=20)
 
-    class Together(http.server.BaseHTTPRequestHandler):
+    class Together(QuietHandler):
         def do_GET(self):
             try:
                 everyone.wait()
@@ -431,14 +421,22 @@ def test_top_scrapes_the_metrics_endpoints_at_once():
             self.end_headers()
             self.wfile.write(f'ray_percept_frames_published_total{{camera="{self.path[1:]}"}} 1.0\n'.encode())
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Together)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serving(Together) as base:
         samples, problems = scrape([f"{base}/a", f"{base}/b", f"{base}/c"], timeout_s=30)
+    assert problems == [] and sorted(s[1]["camera"] for s in samples) == ["a", "b", "c"], (samples, problems)
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serving(handler: type) -> Iterator[str]:
+    """A local HTTP server with ``handler`` in threads, its base URL while in the block."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
-    assert problems == [] and sorted(s[1]["camera"] for s in samples) == ["a", "b", "c"], (samples, problems)
