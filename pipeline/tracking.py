@@ -119,6 +119,8 @@ class ObjectTracker:
         self.origins: dict[int, list[float]] = {}  # after `update`: see there
         self.shape: tuple[int, int] | None = None  # (height, width) of the frames tracked
         self._across_pause = False  # the next frame may find tracks after any pause (`resume_across_pause`)
+        self._unconfirmed: list[Any] = []  # after `update`: each detection's unconfirmed track, or None
+        self._adopted: list[Any] = []  # unconfirmed tracks `adopt_ids` gave a published id
 
     def time_of(self, meta: FrameMeta) -> float:
         """The frame's time on this tracker's clock: its capture time, or the file's own time (as
@@ -167,6 +169,8 @@ class ObjectTracker:
         by_head = {int(s.idx): int(s.track_id) for s in t.tracked_stracks if s.is_activated and s.frame_id == t.frame_id}
         position = {head: k for k, head in enumerate(heads)}
         ids: list[int | None] = [by_head.get(position[head_of[i]]) for i in range(len(dets))]
+        seen_once = {int(s.idx): s for s in t.tracked_stracks if not s.is_activated and s.frame_id == t.frame_id}
+        self._unconfirmed = [seen_once.get(position[head_of[i]]) for i in range(len(dets))]  # (adopt_ids)
         self.track_id_max = max([self.track_id_max, *(i for i in ids if i is not None)])
         # tracks confirmed on this frame: the box they were first seen at (pipeline/events.py)
         self.origins = {int(s.track_id): [float(v) for v in (*s._tlwh[:2], *(s._tlwh[:2] + s._tlwh[2:]))]
@@ -265,15 +269,22 @@ class ObjectTracker:
     def adopt_ids(self, ours: Sequence[int | None], published: Sequence[int | None]) -> int:
         """Replaying frames another owner published: where this tracker numbered an object
         otherwise than the published frame, its track takes the published id (swapping with a
-        track that had it). Returns how many objects differed."""
+        track that had it); so does a track seen once here (unconfirmed, so unnumbered in ``ours``)
+        of an object published with an id. Returns how many objects differed."""
         t = self._tracker
         tracks = {s.track_id: s for s in (*t.tracked_stracks, *t.lost_stracks)}  # by their ids before any rename
         renames: dict[int, int] = {}  # old id → published id
         differed = 0
-        for mine, theirs in zip(ours, published):
+        self._adopted = []
+        seen_once = self._unconfirmed if len(self._unconfirmed) == len(ours) else [None] * len(ours)
+        for mine, theirs, unconfirmed in zip(ours, published, seen_once):
             if mine == theirs:
                 continue
             differed += 1
+            if mine is None and unconfirmed is not None and theirs is not None:
+                # confirmed there, seen once here: its track takes the id now, not a number of ours
+                mine = unconfirmed.track_id
+                self._adopted.append(unconfirmed)
             if mine is not None and theirs is not None and mine in tracks and mine not in renames:
                 renames[mine] = theirs  # (a second box of the same object: renamed already)
         # a track holding a published id that is not renamed itself takes an id given up
@@ -287,11 +298,16 @@ class ObjectTracker:
         return differed
 
     def raise_next_id(self, floor: int) -> None:
-        """New tracks get ids above ``floor`` (the highest id a previous owner published)."""
+        """New tracks get ids above ``floor`` (the highest id a previous owner published), and so
+        does a track seen once in the replay that numbered it at or below ``floor`` (an id the
+        previous owner may have published for another object), unless it took a published id."""
         self.id_offset = max(self.id_offset, floor)
         self.track_id_max = max(self.track_id_max, floor)
         if self._next_id <= floor:
             self._set_next_id(floor + 1)
+        for s in self._tracker.tracked_stracks:  # seen once in a replay: a number of ours, maybe published
+            if not s.is_activated and s.track_id <= floor and not any(s is a for a in self._adopted):
+                s.track_id = next(self._tracker._ids)
 
 
 _STRACK_FIELDS = ("track_id", "is_activated", "score", "start_frame", "frame_id", "tracklet_len", "cls", "idx",

@@ -248,6 +248,26 @@ def test_replayed_ids_are_adopted_even_when_two_objects_were_numbered_the_other_
     assert tracker.update(cars([108, 608, 1004]), (720, 1280), ts=1001.0).track_ids == (three[2], three[1], three[0])
 
 
+def test_a_replay_numbers_objects_seen_once_by_the_published_frame_or_above_it():
+    """A replay that sees an object once (unconfirmed here, no id in ``ours``) where the dead
+    owner published it with an id: its track takes that id, and goes on under it live. One seen
+    once and published without an id gets a new id above every published one (the replay had
+    numbered it 1 and 2, ids the dead owner had given to other objects)."""
+    from pipeline.config import TrackerConfig
+    from pipeline.tracking import ObjectTracker
+
+    cars = lambda k: _boxes([100 + 4 * k, 100, 200 + 4 * k, 200], [700 - 4 * k, 100, 800 - 4 * k, 200],  # noqa: E731
+                            label="car", category="vehicle")
+    tracker = ObjectTracker(TrackerConfig(), fps=4)
+    tracker.update(_boxes(), (720, 1280), ts=1000.0)  # the snapshot's frame: nothing there yet
+    ours = tracker.update(cars(1), (720, 1280), ts=1000.25).track_ids
+    assert ours == (None, None)
+    assert tracker.adopt_ids(ours, (7, None)) == 1
+    tracker.raise_next_id(7)
+    live = tracker.update(cars(2), (720, 1280), ts=1000.5).track_ids
+    assert live[0] == 7 and live[1] is not None and live[1] > 7, live
+
+
 def _boxes(*boxes, label="person", category="pedestrian"):
     return Detections(xyxy=np.array(boxes, np.float32).reshape(-1, 4), scores=np.full(len(boxes), 0.9, np.float32),
                       labels=(label,) * len(boxes), categories=(category,) * len(boxes))
