@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
     s.add_argument("--redis", type=redis_url_arg, help="redis URL (default: config, PERCEPT_REDIS_URL, localhost)")
     s.add_argument("--prefix", help="stream prefix (default: config or 'percept')")
     s.add_argument("--group", help="consumer group (XREADGROUP + XACK)")
-    s.add_argument("--consumer", help="consumer name within the group")
+    s.add_argument("--consumer", help="consumer name within the group (default: <host>-<pid>, this process's own)")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--from-start", action="store_true", help="from the oldest entry kept")
     g.add_argument("--from", dest="from_id", type=_entry_id, help="from after this entry id (MS or MS-SEQ)")
@@ -96,6 +96,7 @@ def _subscribe(args: argparse.Namespace) -> int:
         return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
     start = "0" if args.from_start else (args.from_id or "$")
     outage = RedisOutage(url)
+    sub = None
     try:
         client = redis_from_config(redis_cfg.model_copy(update={"url": url})) if redis_cfg else connect_redis(url)
         client.ping()
@@ -116,10 +117,25 @@ def _subscribe(args: argparse.Namespace) -> int:
                 if not outage.down:
                     raise
                 break  # --timeout ended while Redis was away
+        if not outage.down:
+            sub.close()
+            sub = None
     except redis.RedisError as exc:
         return fail(f"redis {redact_url(url)}: {redact(str(exc))}", EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
+        _leave(None if outage.down else sub)
         return EXIT_INTERRUPTED
     if outage.down:  # --timeout ended while Redis was away: no "nothing new", a failure
         return fail(f"redis still unreachable at {outage.where} when --timeout ended", EXIT_UNAVAILABLE)
     return 0
+
+
+def _leave(sub: Any) -> None:
+    """Stopped with Ctrl-C: a consumer of this process's own leaves its group if it can at once."""
+    import redis
+
+    try:
+        if sub is not None:
+            sub.close()
+    except (redis.RedisError, KeyboardInterrupt):
+        pass

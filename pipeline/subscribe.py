@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -58,7 +60,8 @@ class Subscriber:
         self.client = client
         self.streams = [keys.events(c) if events else keys.detections(c) for c in cameras]
         self.group = group
-        self.consumer = consumer or "percept-subscriber"
+        self.consumer = consumer or default_consumer()
+        self._own_name = consumer is None  # named for this process: removed from the group when done
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         if group:
@@ -220,3 +223,18 @@ class Subscriber:
     def ack(self, msg: Message) -> None:
         if self.group:
             self.client.xack(msg.stream, self.group, msg.entry_id)
+
+    def close(self) -> None:
+        """A consumer named for this process (`default_consumer`) leaves its groups when it has
+        nothing pending there (what it has is claimed by another reader after ``claim_idle_ms``)."""
+        if not (self.group and self._own_name):
+            return
+        for stream in self.streams:
+            if not self.client.xpending_range(stream, self.group, min="-", max="+", count=1, consumername=self.consumer):
+                self.client.xgroup_delconsumer(stream, self.group, self.consumer)
+
+
+def default_consumer() -> str:
+    """``<host>-<pid>``: two readers of a group never share a consumer (each would read the
+    other's unacked entries as its own) unless they are given one name."""
+    return f"{socket.gethostname()}-{os.getpid()}"

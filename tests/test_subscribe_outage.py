@@ -211,3 +211,27 @@ def test_a_lost_group_that_cannot_be_made_again_yet_is_ridden_out(redis_server):
     _add(client, 2, 2)
     reader.join(15)
     assert got == [0, 1, 2, 3] and notices[-1] is None, (got, notices)
+
+
+def test_two_group_readers_without_a_consumer_name_never_share_one(redis_server):
+    """A reader of group g holds an entry it has not acked yet (still handling it); a second
+    `percept subscribe --group g` started without ``--consumer`` must not take that entry as
+    its own unacked one (both were the consumer "percept-subscriber"), only new entries; done,
+    it leaves the group, while the first reader stays a member with its entry pending."""
+    from pipeline.subscribe import Subscriber
+
+    client = redis_server.client()
+    _add(client, 0, 1)
+    first = Subscriber(client, KEYS, ["cam"], group="g", start="0", block_ms=100)
+    held = next(first.messages(limit=1))  # read, not acked yet
+    _add(client, 1, 1)
+    proc = subprocess.run([sys.executable, "-m", "cli", "subscribe", "cam", "--redis", redis_server.url, "--prefix",
+                           "subout", "--group", "g", "--timeout", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["seq"] for line in proc.stdout.splitlines()] == [1], proc.stdout
+    members = {c["name"].decode(): c["pending"] for c in client.xinfo_consumers(KEYS.detections("cam"), "g")}
+    assert members == {first.consumer: 1}, members
+    first.ack(held)
+    first.close()
+    assert client.xinfo_consumers(KEYS.detections("cam"), "g") == []
