@@ -120,7 +120,6 @@ class ObjectTracker:
         self.shape: tuple[int, int] | None = None  # (height, width) of the frames tracked
         self._across_pause = False  # the next frame may find tracks after any pause (`resume_across_pause`)
         self._unconfirmed: list[Any] = []  # after `update`: each detection's unconfirmed track, or None
-        self._adopted: list[Any] = []  # unconfirmed tracks `adopt_ids` gave a published id
 
     def time_of(self, meta: FrameMeta) -> float:
         """The frame's time on this tracker's clock: its capture time, or the file's own time (as
@@ -275,7 +274,6 @@ class ObjectTracker:
         tracks = {s.track_id: s for s in (*t.tracked_stracks, *t.lost_stracks)}  # by their ids before any rename
         renames: dict[int, int] = {}  # old id → published id
         differed = 0
-        self._adopted = []
         seen_once = self._unconfirmed if len(self._unconfirmed) == len(ours) else [None] * len(ours)
         for mine, theirs, unconfirmed in zip(ours, published, seen_once):
             if mine == theirs:
@@ -284,7 +282,7 @@ class ObjectTracker:
             if mine is None and unconfirmed is not None and theirs is not None:
                 # confirmed there, seen once here: its track takes the id now, not a number of ours
                 mine = unconfirmed.track_id
-                self._adopted.append(unconfirmed)
+                unconfirmed.is_activated = True  # confirmed there: it lives as long as a confirmed track
             if mine is not None and theirs is not None and mine in tracks and mine not in renames:
                 renames[mine] = theirs  # (a second box of the same object: renamed already)
         # a track holding a published id that is not renamed itself takes an id given up
@@ -300,13 +298,13 @@ class ObjectTracker:
     def raise_next_id(self, floor: int) -> None:
         """New tracks get ids above ``floor`` (the highest id a previous owner published), and so
         does a track seen once in the replay that numbered it at or below ``floor`` (an id the
-        previous owner may have published for another object), unless it took a published id."""
+        previous owner may have published for another object)."""
         self.id_offset = max(self.id_offset, floor)
         self.track_id_max = max(self.track_id_max, floor)
         if self._next_id <= floor:
             self._set_next_id(floor + 1)
         for s in self._tracker.tracked_stracks:  # seen once in a replay: a number of ours, maybe published
-            if not s.is_activated and s.track_id <= floor and not any(s is a for a in self._adopted):
+            if not s.is_activated and s.track_id <= floor:
                 s.track_id = next(self._tracker._ids)
 
 

@@ -263,9 +263,14 @@ def test_a_replay_numbers_objects_seen_once_by_the_published_frame_or_above_it()
     ours = tracker.update(cars(1), (720, 1280), ts=1000.25).track_ids
     assert ours == (None, None)
     assert tracker.adopt_ids(ours, (7, None)) == 1
+    assert tracker.alive_ids() == {7}  # confirmed there: a track the events hold open
     tracker.raise_next_id(7)
     live = tracker.update(cars(2), (720, 1280), ts=1000.5).track_ids
     assert live[0] == 7 and live[1] is not None and live[1] > 7, live
+    # missed on a frame (lost, not dropped as a once-seen track would be), then found again
+    tracker.update(_boxes([700 - 12, 100, 800 - 12, 200], label="car", category="vehicle"), (720, 1280), ts=1000.75)
+    assert 7 in tracker.alive_ids()
+    assert tracker.update(cars(4), (720, 1280), ts=1001.0).track_ids[0] == 7
 
 
 def _boxes(*boxes, label="person", category="pedestrian"):
