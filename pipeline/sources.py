@@ -295,6 +295,7 @@ class VideoSource:
         ahead = wall0 + (pts - pts0) - now
         if ahead <= 0:
             return now
+        self.last_frame_at = now + ahead  # held back by the file's own time, not silent: no watchdog
         self._wait(ahead)
         return self._monotonic()
 

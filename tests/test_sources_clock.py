@@ -129,6 +129,22 @@ def test_a_realtime_file_with_a_gap_in_its_timestamps_is_not_paced_through_the_g
     assert [f.meta.pts for f in keyframes.frames()] == [0.0, 25.0, 26.0, 50.0, 75.0, 100.0]
 
 
+def test_a_file_paced_to_keyframes_further_apart_than_the_watchdog_is_not_reported_silent():
+    """``decode: keyframes`` on a realtime file with a keyframe every 12 s (not a gap: every step
+    is that long): the reader waits 12 s for each, held back by the file's own time, and the
+    watchdog (10 s) took that for silence, the camera reconnecting and online again every frame."""
+    clock, events = Clock(), []
+    src = VideoSource("kf", lambda: PositionCapture(6, clock, lambda i: (i - 1) * 12_000.0), fps=0, is_file=True,
+                      realtime=True, native_fps=25, clock=clock, sleep=clock.sleep, monotonic=clock, watchdog_s=10,
+                      closes_gaps=False, on_status=events.append)
+    pts = []
+    for frame in src.frames():
+        pts.append(frame.meta.pts)
+        assert src.check_watchdog() is False, frame.meta.seq
+    assert pts == [0.0, 12.0, 24.0, 36.0, 48.0, 60.0]
+    assert [e.state for e in events] == [SourceState.ONLINE, SourceState.STOPPED], events
+
+
 def test_a_looping_file_whose_next_pass_has_no_frame_backs_off():
     """The file was replaced by one with nothing decodable: the loop reopens it with backoff,
     not as fast as it can (a million opens a second before)."""
