@@ -90,6 +90,7 @@ class FrameLender:
         self._retry_after = 0.0  # how long lending stopped after refusals, the last time
         self._retry_at: float | None = None  # when lending is tried again (None: not stopped by refusals)
         self._reaped_at: float | None = None  # when `reap_orphans` last ran (every `REAP_EVERY_S`)
+        self._grow_at: float | None = None  # no new slot before this (one could not be made: `_stop`)
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -145,6 +146,8 @@ class FrameLender:
                 return fit
             if len(self._slots) >= self.max_slots:
                 return None
+            if self._grow_at is not None and now < self._grow_at:
+                return None
             slot = self._create(nbytes)
             if slot is not None:
                 self._slots.append(slot)
@@ -152,7 +155,7 @@ class FrameLender:
 
     def _create(self, nbytes: int) -> _Slot | None:
         """A new segment, its pages reserved now (a full /dev/shm fails here, not as a SIGBUS on
-        the first write); None, and sharing stops, when that fails."""
+        the first write); None, and no new one for a while (`_stop`), when that fails."""
         try:
             memory = shared_memory.SharedMemory(create=True, size=TOKEN_BYTES + nbytes,
                                                 name=f"{_prefix()}{secrets.token_hex(6)}")
@@ -166,14 +169,19 @@ class FrameLender:
             memory.unlink()
             self._stop(f"cannot reserve {memory.size} bytes of shared memory ({exc})")
             return None
+        self._grow_at = None
         token = secrets.token_bytes(TOKEN_BYTES)
         memory.buf[:TOKEN_BYTES] = token
         return _Slot(memory, token)
 
     def _stop(self, why: str) -> None:
-        if self.enabled:
-            log.warning("frames go to the detectors as pixels: %s", why)
-        self.enabled = False
+        """No new slot could be made (a full /dev/shm: maybe for a moment): the slots there go on,
+        and a new one is tried again after `RETRY_LENDING_S`; with none, frames go as pixels
+        until then."""
+        if self._grow_at is None:  # (said again only after a slot could be made meanwhile)
+            log.warning("frames beyond %d shared-memory slot(s) go to the detectors as pixels for %.0f s: %s",
+                        len(self._slots), RETRY_LENDING_S, why)
+        self._grow_at = self.clock() + RETRY_LENDING_S
 
     def _give_back(self, slot: _Slot, clean: bool) -> None:
         with self._lock:

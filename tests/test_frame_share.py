@@ -225,3 +225,38 @@ def test_lending_stopped_by_refusals_is_tried_again_later():
             assert isinstance(sent, np.ndarray), "refused again: the next try waits twice as long"
     finally:
         lender.close()
+
+
+def test_a_full_dev_shm_for_a_moment_neither_stops_the_slots_there_nor_lending_for_good(monkeypatch):
+    """One segment could not be reserved (/dev/shm full for a moment, ENOSPC): lending stopped
+    for the decoder's whole life, every frame sent as pixels though its slot still worked. Now
+    the slots there go on, and a new one is tried again after `RETRY_LENDING_S`."""
+    import errno
+
+    from pipeline import frame_share
+
+    now, reserve = [0.0], os.posix_fallocate
+    full = [True]
+
+    def fallocate(fd, offset, size):
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return reserve(fd, offset, size)
+
+    lender = FrameLender(max_slots=2, clock=lambda: now[0])
+    try:
+        with lender.lend(frame()) as first:
+            assert isinstance(first, SharedImage)
+            monkeypatch.setattr(frame_share.os, "posix_fallocate", fallocate)
+            with lender.lend(frame()) as second:
+                assert isinstance(second, np.ndarray), "no room for a second slot: pixels"
+        full[0] = False
+        with lender.lend(frame()) as sent:
+            assert isinstance(sent, SharedImage), "the slot there is lent on"
+            with lender.lend(frame()) as beside:
+                assert isinstance(beside, np.ndarray), "no new slot tried before RETRY_LENDING_S"
+        now[0] += frame_share.RETRY_LENDING_S
+        with lender.lend(frame()) as sent, lender.lend(frame()) as beside:
+            assert isinstance(sent, SharedImage) and isinstance(beside, SharedImage), "a second slot made later"
+    finally:
+        lender.close()
