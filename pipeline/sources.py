@@ -194,9 +194,13 @@ class VideoSource:
                 return  # a late open or read after stop(): the camera's owner has moved on
             if state != previous and state not in _ALLOWED[previous]:
                 raise InvalidTransition(f"camera {self.camera}: {previous.value} → {state.value} not allowed")
+            said = None if error is None else redact(error, self._secrets)
+            if state == previous and said == self.last_error:
+                log.debug("camera %s: %s again (%s)", self.camera, state.value, said)
+                return  # a reconnect failing as the last one did: nothing new to say (one entry a try before)
             self._state = state
             if error is not None:
-                self.last_error = redact(error, self._secrets)
+                self.last_error = said
         if error:
             log.warning("camera %s: %s (%s)", self.camera, state.value, self.last_error)
         else:

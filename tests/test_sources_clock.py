@@ -181,8 +181,8 @@ def test_a_looping_file_that_cannot_be_opened_for_a_moment_is_tried_again_not_fa
                       clock=clock, sleep=sleep, on_status=events.append, backoff=Backoff(0.5, 10))
     frames = take(src, 6)
     assert [f.meta.seq for f in frames] == list(range(6)) and waits == [0.5, 1], waits
-    assert [e.state for e in events][:4] == [SourceState.ONLINE, SourceState.RECONNECTING, SourceState.RECONNECTING,
-                                         SourceState.ONLINE], events
+    # (the second failed open, as the first: not said again)
+    assert [e.state for e in events][:3] == [SourceState.ONLINE, SourceState.RECONNECTING, SourceState.ONLINE], events
 
     def never_a_video():
         raise SourceError("new", "new.mp4 is not a video FFmpeg can decode", retryable=False)
@@ -328,3 +328,24 @@ def test_a_file_is_read_on_past_frames_that_do_not_decode_and_one_that_never_dec
     never = VideoSource("bad", lambda: UndecodableCapture(50, Clock(), 0), fps=0, is_file=True, realtime=False,
                         native_fps=25)
     assert list(never.frames()) == [] and never.state == SourceState.FAILED
+
+
+def test_a_camera_down_for_long_says_so_once_not_once_a_try():
+    """A camera whose reconnects fail, each as the last one did: one `reconnecting` (one status
+    entry, one warning), not one every try (8640 a day at the 10 s backoff: a few such cameras
+    pushed every other camera's changes out of the capped status stream); a new error is said."""
+    clock, events, tries = Clock(), [], []
+
+    def opener():
+        tries.append(clock.t)
+        if len(tries) == 8:
+            src.stop()
+        why = "connection refused" if len(tries) < 6 else "no route to host"
+        raise SourceError("cam", f"cannot open rtsp://10.0.0.9/s: {why}", retryable=True)
+
+    src = VideoSource("cam", opener, fps=0, is_file=False, clock=clock, sleep=clock.sleep, on_status=events.append,
+                      backoff=Backoff(0.5, 10))
+    assert list(src.frames()) == [] and len(tries) == 8
+    said = [(e.state, e.error.rsplit(": ", 1)[-1] if e.error else None) for e in events]
+    assert said == [(SourceState.RECONNECTING, "connection refused"), (SourceState.RECONNECTING, "no route to host"),
+                    (SourceState.STOPPED, None)], said
