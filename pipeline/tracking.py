@@ -51,6 +51,9 @@ _INTERVALS = 15  # recent frame intervals the usual one is the median of
 # a live camera's pause after which no track goes on (an outage: the scene is another one); a
 # shorter stall (a detector retry, a replica restart, a quick reconnect) keeps them, as ever
 PAUSE_ENDS_TRACKS_S = 30.0
+# a camera taken over from a snapshot: the longest handover after which its tracks go on (a
+# failover's lease TTL and restart); longer, the whole service was down (the scene is another one)
+HANDOVER_PAUSE_S = 300.0
 
 
 class _Clock:
@@ -118,7 +121,7 @@ class ObjectTracker:
         self.file_time = file_time
         self.origins: dict[int, list[float]] = {}  # after `update`: see there
         self.shape: tuple[int, int] | None = None  # (height, width) of the frames tracked
-        self._across_pause = False  # the next frame may find tracks after any pause (`resume_across_pause`)
+        self._across_pause = False  # the next frame may find tracks after a handover (`resume_across_pause`)
         self._unconfirmed: list[Any] = []  # after `update`: each detection's unconfirmed track, or None
 
     def time_of(self, meta: FrameMeta) -> float:
@@ -138,10 +141,10 @@ class ObjectTracker:
         self._tracker._ids = numbers()  # ids are ints here: ByteTrack's output rows are float32
 
     def resume_across_pause(self) -> None:
-        """The next frame may continue tracks however long ago they were seen (a camera taken
-        over from a snapshot: its pause is the handover's); otherwise, after a pause longer than
-        ``track_buffer`` intervals and `PAUSE_ENDS_TRACKS_S`, every track ends before it (a live
-        camera back after an outage)."""
+        """The next frame may continue tracks seen up to `HANDOVER_PAUSE_S` before it (a camera
+        taken over from a snapshot: its pause is the handover's; a longer one is the whole
+        service down); otherwise, after a pause longer than ``track_buffer`` intervals and
+        `PAUSE_ENDS_TRACKS_S`, every track ends before it (a live camera back after an outage)."""
         self._across_pause = True
 
     def update(self, dets: Detections, frame_shape: tuple[int, int], ts: float | None = None,
@@ -150,7 +153,8 @@ class ObjectTracker:
         time on its reader's steady clock (`FrameMeta.steady_ts`; not for a file on its own time)."""
         t = self._tracker
         dt, steps = self._clock.tick(ts, None if self.file_time else steady_ts)
-        if round(steps) > self.track_buffer and dt > PAUSE_ENDS_TRACKS_S and not self._across_pause:
+        longest = HANDOVER_PAUSE_S if self._across_pause else PAUSE_ENDS_TRACKS_S
+        if round(steps) > self.track_buffer and dt > longest:
             self._end_all()  # an outage: whoever is there now is someone new
         self._across_pause = False
         shape = (int(frame_shape[0]), int(frame_shape[1]))

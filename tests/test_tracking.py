@@ -281,7 +281,7 @@ def _boxes(*boxes, label="person", category="pedestrian"):
 def test_a_live_camera_back_after_an_outage_longer_than_its_track_buffer_starts_new_tracks():
     """A track lost for longer than ``track_buffer`` intervals has ended: someone standing near
     where it was two hours later is someone new. A tracker taken over from a snapshot
-    (`resume_across_pause`) goes on across its handover's pause instead."""
+    (`resume_across_pause`) goes on across its handover's pause instead, up to `HANDOVER_PAUSE_S`."""
     standing = [[500, 100, 560, 260]]
     tracker = ObjectTracker(TrackerConfig(), fps=4)
     ids = [tracker.update(_boxes(*standing), (720, 1280), ts=1000 + k * 0.25).track_ids[0] for k in range(4)]
@@ -295,6 +295,11 @@ def test_a_live_camera_back_after_an_outage_longer_than_its_track_buffer_starts_
     restored = ObjectTracker.restore(state, TrackerConfig(), fps=4)
     restored.resume_across_pause()
     assert restored.update(_boxes([505, 100, 565, 260]), (720, 1280), ts=1000 + 20).track_ids == (before,)
+    # ... but not across the whole service down for two hours (killed, its snapshot left behind)
+    service_back = ObjectTracker.restore(state, TrackerConfig(), fps=4)
+    service_back.resume_across_pause()
+    assert service_back.update(_boxes([505, 100, 565, 260]), (720, 1280), ts=1000 + 7200).track_ids == (None,)
+    assert before not in service_back.alive_ids()
 
 
 def test_a_camera_back_at_another_resolution_keeps_its_tracks():
