@@ -123,6 +123,7 @@ class ObjectTracker:
         self.shape: tuple[int, int] | None = None  # (height, width) of the frames tracked
         self._across_pause = False  # the next frame may find tracks after a handover (`resume_across_pause`)
         self._unconfirmed: list[Any] = []  # after `update`: each detection's unconfirmed track, or None
+        self._vouched: set[int] = set()  # ids known to be their objects' (`restore`, `adopt_ids`)
 
     def time_of(self, meta: FrameMeta) -> float:
         """The frame's time on this tracker's clock: its capture time, or the file's own time (as
@@ -263,6 +264,7 @@ class ObjectTracker:
                     s._tlwh = np.array(data["_tlwh"], np.float32)
                     s.state, s.kalman_filter = kind, t.kalman_filter
                     getattr(t, f"{pool}_stracks").append(s)
+            tracker._vouched = {int(s.track_id) for s in (*t.tracked_stracks, *t.lost_stracks)}
             tracker.track_id_max = max(id_offset, int(state["track_id_max"]))
             tracker._set_next_id(max(int(state["next_id"]), id_offset + 1))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -281,6 +283,8 @@ class ObjectTracker:
         seen_once = self._unconfirmed if len(self._unconfirmed) == len(ours) else [None] * len(ours)
         for mine, theirs, unconfirmed in zip(ours, published, seen_once):
             if mine == theirs:
+                if theirs is not None:
+                    self._vouched.add(theirs)
                 continue
             differed += 1
             if mine is None and unconfirmed is not None and theirs is not None:
@@ -295,21 +299,25 @@ class ObjectTracker:
         moves = {**renames, **dict(zip(displaced, freed))}
         for old, new in moves.items():
             tracks[old].track_id = new
+        self._vouched.update(renames.values())
+        self._vouched.difference_update(dict(zip(displaced, freed)).values())  # ids of other objects there
         self.origins = {moves.get(tid, tid): box for tid, box in self.origins.items()}  # (read by the engine next)
         self.track_id_max = max([self.track_id_max, *(i for i in published if i is not None)])
         return differed
 
     def raise_next_id(self, floor: int) -> None:
         """New tracks get ids above ``floor`` (the highest id a previous owner published), and so
-        does a track seen once in the replay that numbered it at or below ``floor`` (an id the
-        previous owner may have published for another object)."""
+        does a track the replay numbered at or below ``floor`` by itself (an id the previous owner
+        may have published for another object): every track whose id is neither the snapshot's
+        nor one `adopt_ids` saw published for it."""
         self.id_offset = max(self.id_offset, floor)
         self.track_id_max = max(self.track_id_max, floor)
         if self._next_id <= floor:
             self._set_next_id(floor + 1)
-        for s in self._tracker.tracked_stracks:  # seen once in a replay: a number of ours, maybe published
-            if not s.is_activated and s.track_id <= floor:
-                s.track_id = next(self._tracker._ids)
+        t = self._tracker
+        for s in (*t.tracked_stracks, *t.lost_stracks):  # numbered in the replay: maybe published for another
+            if s.track_id <= floor and s.track_id not in self._vouched:
+                s.track_id = next(t._ids)
 
 
 _STRACK_FIELDS = ("track_id", "is_activated", "score", "start_frame", "frame_id", "tracklet_len", "cls", "idx",

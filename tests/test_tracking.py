@@ -273,6 +273,31 @@ def test_a_replay_numbers_objects_seen_once_by_the_published_frame_or_above_it()
     assert tracker.update(cars(4), (720, 1280), ts=1001.0).track_ids[0] == 7
 
 
+def test_a_track_the_replay_confirmed_by_itself_is_numbered_above_every_published_id():
+    """The replay confirmed an object the dead owner never numbered (published without an id):
+    its track kept the replay's own number, 2, an id the dead owner had given another object
+    after its snapshot. It goes on above the published ids; the snapshot's track keeps its id."""
+    from pipeline.config import TrackerConfig
+    from pipeline.tracking import ObjectTracker
+
+    car = lambda k: [100 + 4 * k, 100, 200 + 4 * k, 200]  # noqa: E731
+    other = lambda k: [700 - 4 * k, 300, 800 - 4 * k, 400]  # noqa: E731
+    dead = ObjectTracker(TrackerConfig(), fps=4)
+    for k in range(3):
+        known = dead.update(_boxes(car(k), label="car", category="vehicle"), (720, 1280), ts=1000 + k * 0.25).track_ids
+    assert known == (1,)
+    state = json.loads(json.dumps(dead.snapshot()))
+    replay = ObjectTracker.restore(state, TrackerConfig(), fps=4)
+    for k in (3, 4):
+        ours = replay.update(_boxes(car(k), other(k), label="car", category="vehicle"), (720, 1280),
+                             ts=1000 + k * 0.25).track_ids
+        replay.adopt_ids(ours, (1, None))
+    assert ours == (1, 2)  # confirmed here, never there
+    replay.raise_next_id(7)
+    live = replay.update(_boxes(car(5), other(5), label="car", category="vehicle"), (720, 1280), ts=1001.25).track_ids
+    assert live[0] == 1 and live[1] is not None and live[1] > 7, live
+
+
 def _boxes(*boxes, label="person", category="pedestrian"):
     return Detections(xyxy=np.array(boxes, np.float32).reshape(-1, 4), scores=np.full(len(boxes), 0.9, np.float32),
                       labels=(label,) * len(boxes), categories=(category,) * len(boxes))
