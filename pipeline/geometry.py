@@ -264,7 +264,10 @@ def clear_of_edges(points: np.ndarray, xyxy: np.ndarray, polygon: np.ndarray, ma
     b = np.asarray(xyxy, np.float64).reshape(-1, 4)
     across = (np.abs(d[:, 1])[None, :] * (b[:, 2] - b[:, 0])[:, None]
               + np.abs(d[:, 0])[None, :] * (b[:, 3] - b[:, 1])[:, None]) / length  # (N, k)
-    band = np.minimum(margin * across, np.minimum(extent[None, :], _thickness(pts, poly, d, length)) / 4)
+    band = np.minimum(margin * across, extent[None, :] / 4)
+    near = (dist < band).any(axis=1)  # the others are clear whatever the width there (it only narrows a band)
+    if near.any():  # (the width costs N × k² : for the anchors near an edge only)
+        band[near] = np.minimum(band[near], _thickness(pts[near], poly, d, length) / 4)
     if frame is not None:
         ends = np.stack([poly, np.roll(poly, -1, axis=0)], axis=1)  # (k, 2 ends, 2)
         width, height = frame
