@@ -214,6 +214,7 @@ class CameraConductor:
             self._frame_ready.clear()  # clear before looking: a put after this sets it again
             if self._stopped.is_set():  # stopping: start no new frame
                 return None
+            closed = self.slot.closed  # before the look: a last frame put before the close is taken
             frame = self.slot.get(timeout=0)
             if frame is not None:
                 self._taken_at[frame.meta.seq] = time.monotonic()
@@ -221,8 +222,10 @@ class CameraConductor:
                     oldest = min(self._taken_at.values())
                     self.slot.want(False, at=None if self._hold_s is None else oldest + self._hold_s)
                 return frame
-            if self.slot.closed:
+            if closed:
                 return None
+            if self.slot.closed:
+                continue  # closed since the look: after a last frame, maybe
             await self._frame_ready.wait()
 
     # --- one frame ---------------------------------------------------------------------------

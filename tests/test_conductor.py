@@ -412,3 +412,40 @@ def test_a_conductor_answers_status_before_it_runs(redis_server):
     status = conductor.status()
     pub.close()
     assert status["state"] == "connecting" and status["last_error"] is None, status
+
+
+def test_a_files_last_frame_put_just_before_the_slot_closes_is_taken(redis_server):
+    """The conductor looked at the slot (empty), then the reader put the file's last frame and
+    closed the slot at its end, before the conductor checked `closed`: that frame was never
+    processed (``backpressure: wait`` promises no sampled frame is dropped)."""
+    from pipeline.frame_slot import LatestFrameSlot
+
+    class ReaderBetween(LatestFrameSlot):
+        def __init__(self, last):
+            super().__init__()
+            self.last, self.looks = last, 0
+
+        def get(self, timeout=None):
+            frame = super().get(timeout)
+            self.looks += 1
+            if self.looks == 1:  # the reader, between the conductor's look and its check
+                self.put(self.last)
+                self.close()
+            return frame
+
+    pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=10)
+
+    async def detect(inp):
+        raise AssertionError("not run")
+
+    from types import SimpleNamespace
+
+    last = SimpleNamespace(meta=SimpleNamespace(seq=7))  # (only its seq is read)
+    conductor = CameraConductor(CameraConfig(id="cam", url="x.mp4"), VideoSource("cam", lambda: None, fps=0, is_file=True),
+                                detect=detect, classifiers={}, publisher=pub, imgsz=64, models={}, max_inflight=1,
+                                slot=ReaderBetween(last))
+    try:
+        taken = asyncio.run(asyncio.wait_for(conductor._next_frame(), 10))
+    finally:
+        pub.close()
+    assert taken is last
