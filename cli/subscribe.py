@@ -110,7 +110,7 @@ def _subscribe(args: argparse.Namespace) -> int:
         for msg in sub.messages(limit=args.count, idle_timeout_s=args.timeout, on_unreachable=outage.notice):
             print(json.dumps(msg.payload, separators=(",", ":")), flush=True)
             # an outage between printing and acking: waited out up to --timeout (then exit 3);
-            # the entry stays pending, printed again by the next reader of this consumer
+            # the entry stays pending: printed again by this consumer (same --consumer) or claimed by another
             try:
                 outage.until_back(lambda: sub.ack(msg), timeout_s=args.timeout)
             except redis.RedisError:
@@ -118,8 +118,7 @@ def _subscribe(args: argparse.Namespace) -> int:
                     raise
                 break  # --timeout ended while Redis was away
         if not outage.down:
-            sub.close()
-            sub = None
+            _leave(sub)  # (best effort: a user allowed to read only, a group deleted meanwhile)
     except redis.RedisError as exc:
         return fail(f"redis {redact_url(url)}: {redact(str(exc))}", EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
@@ -131,7 +130,7 @@ def _subscribe(args: argparse.Namespace) -> int:
 
 
 def _leave(sub: Any) -> None:
-    """Stopped with Ctrl-C: a consumer of this process's own leaves its group if it can at once."""
+    """Done or stopped with Ctrl-C: a consumer of this process's own leaves its group if it can."""
     import redis
 
     try:

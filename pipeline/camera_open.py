@@ -50,7 +50,8 @@ async def open_camera(
     on_status(StatusEvent(camera.id, SourceState.CONNECTING, None, None, time.time()))
     # the open tracks a previous owner of the camera left, if any, continue
     tracker, events, track_state = await asyncio.to_thread(
-        open_tracking, publisher, camera, config.tracker, track_id_max=counters["track_id_max"], is_file=is_file)
+        open_tracking, publisher, camera, config.tracker, track_id_max=counters["track_id_max"], is_file=is_file,
+        lease_ttl_s=config.decoder.lease_ttl_s)
     return CameraConductor(
         camera,
         source,

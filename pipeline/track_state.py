@@ -200,6 +200,7 @@ class Restored:
 
 def open_tracking(
     publisher: Publisher, camera: CameraConfig, cfg: TrackerConfig, *, track_id_max: int, is_file: bool,
+    lease_ttl_s: float = 0.0,
 ) -> tuple[ObjectTracker | None, EventEngine | None, TrackSnapshots | None]:
     """A starting camera's tracker, event engine and snapshot writer (all None without tracking),
     continuing what its previous owner left (`restore_tracking`). Blocking: call it in a thread."""
@@ -207,14 +208,14 @@ def open_tracking(
         end_left_tracks(publisher, camera, cfg, track_id_max=track_id_max)
         return None, None, None
     tracker, events, restored = restore_tracking(publisher, camera, cfg, track_id_max=track_id_max,
-                                                 file_time=is_file and not camera.realtime)
+                                                 file_time=is_file and not camera.realtime, lease_ttl_s=lease_ttl_s)
     return tracker, events, TrackSnapshots(publisher, camera.id, every=cfg.snapshot_every, resumed=restored.last,
                                            hands_over=not is_file, source=source_of(camera))
 
 
 def restore_tracking(
     publisher: Publisher, camera: CameraConfig, cfg: TrackerConfig, *, track_id_max: int, file_time: bool,
-    check_source: bool = True,
+    check_source: bool = True, lease_ttl_s: float = 0.0,
 ) -> tuple[ObjectTracker, EventEngine, Restored]:
     """The camera's tracker and event engine: continued from its snapshot and the frames
     published since (see the module doc), or new ones (``Restored.why_not`` says why).
@@ -266,7 +267,7 @@ def restore_tracking(
         end_tracks(publisher, camera.id, events, done.last, TrackSnapshots(publisher, camera.id, every=0))
         return fresh("another source")
     tracker.raise_next_id(track_id_max)
-    tracker.resume_across_pause()  # the handover's pause: a track goes on where the next frame finds it
+    tracker.resume_across_pause(lease_ttl_s)  # the handover's pause: a track goes on where the next frame finds it
     log.info("camera %s: %d open tracks continued from seq %d (+%d frames replayed, %d ids differed)",
              camera.id, len(events.open_tracks), seq, done.replayed, done.differed)
     return tracker, events, done

@@ -121,7 +121,7 @@ class ObjectTracker:
         self.file_time = file_time
         self.origins: dict[int, list[float]] = {}  # after `update`: see there
         self.shape: tuple[int, int] | None = None  # (height, width) of the frames tracked
-        self._across_pause = False  # the next frame may find tracks after a handover (`resume_across_pause`)
+        self._across_pause = 0.0  # the longest pause the next frame may find tracks after (`resume_across_pause`)
         self._unconfirmed: list[Any] = []  # after `update`: each detection's unconfirmed track, or None
         self._vouched: set[int] = set()  # ids known to be their objects' (`restore`, `adopt_ids`)
 
@@ -141,12 +141,12 @@ class ObjectTracker:
         self._next_id = first
         self._tracker._ids = numbers()  # ids are ints here: ByteTrack's output rows are float32
 
-    def resume_across_pause(self) -> None:
-        """The next frame may continue tracks seen up to `HANDOVER_PAUSE_S` before it (a camera
+    def resume_across_pause(self, lease_ttl_s: float = 0.0) -> None:
+        """The next frame may continue tracks seen up to `HANDOVER_PAUSE_S` + ``lease_ttl_s`` before it (a camera
         taken over from a snapshot: its pause is the handover's; a longer one is the whole
         service down); otherwise, after a pause longer than ``track_buffer`` intervals and
         `PAUSE_ENDS_TRACKS_S`, every track ends before it (a live camera back after an outage)."""
-        self._across_pause = True
+        self._across_pause = HANDOVER_PAUSE_S + lease_ttl_s  # (a dead owner's cameras wait out its lease)
 
     def update(self, dets: Detections, frame_shape: tuple[int, int], ts: float | None = None,
                steady_ts: float | None = None) -> Detections:
@@ -154,10 +154,10 @@ class ObjectTracker:
         time on its reader's steady clock (`FrameMeta.steady_ts`; not for a file on its own time)."""
         t = self._tracker
         dt, steps = self._clock.tick(ts, None if self.file_time else steady_ts)
-        longest = HANDOVER_PAUSE_S if self._across_pause else PAUSE_ENDS_TRACKS_S
+        longest = max(PAUSE_ENDS_TRACKS_S, self._across_pause)
         if round(steps) > self.track_buffer and dt > longest:
             self._end_all()  # an outage: whoever is there now is someone new
-        self._across_pause = False
+        self._across_pause = 0.0
         shape = (int(frame_shape[0]), int(frame_shape[1]))
         if self.shape is not None and shape != self.shape:
             self._rescale(self.shape, shape)  # the camera came back at another resolution

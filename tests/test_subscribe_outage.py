@@ -235,3 +235,17 @@ def test_two_group_readers_without_a_consumer_name_never_share_one(redis_server)
     first.ack(held)
     first.close()
     assert client.xinfo_consumers(KEYS.detections("cam"), "g") == []
+
+
+def test_a_reader_not_allowed_to_leave_its_group_still_ends_well(redis_server):
+    """Leaving the group at the end is a courtesy: a user whose ACL refuses XPENDING (NOPERM)
+    printed and acked everything, then exited 3 with a redis error."""
+    client = redis_server.client()
+    client.acl_setuser("reader", enabled=True, passwords=["+readerpw"], keys=["*"], commands=["+@all", "-xpending"])
+    _add(client, 0, 2)
+    url = redis_server.url.replace("redis://", "redis://reader:readerpw@")
+    proc = subprocess.run([sys.executable, "-m", "cli", "subscribe", "cam", "--redis", url, "--prefix", "subout",
+                           "--group", "g", "--from-start", "--count", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["seq"] for line in proc.stdout.splitlines()] == [0, 1]

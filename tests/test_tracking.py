@@ -325,6 +325,10 @@ def test_a_live_camera_back_after_an_outage_longer_than_its_track_buffer_starts_
     service_back.resume_across_pause()
     assert service_back.update(_boxes([505, 100, 565, 260]), (720, 1280), ts=1000 + 7200).track_ids == (None,)
     assert before not in service_back.alive_ids()
+    # a lease of an hour: its handover may take that long (the dead owner's cameras wait it out)
+    long_lease = ObjectTracker.restore(state, TrackerConfig(), fps=4)
+    long_lease.resume_across_pause(lease_ttl_s=3600)
+    assert long_lease.update(_boxes([505, 100, 565, 260]), (720, 1280), ts=1000 + 3700).track_ids == (before,)
 
 
 def test_a_camera_back_at_another_resolution_keeps_its_tracks():
