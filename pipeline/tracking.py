@@ -122,7 +122,7 @@ class ObjectTracker:
         self.origins: dict[int, list[float]] = {}  # after `update`: see there
         self.shape: tuple[int, int] | None = None  # (height, width) of the frames tracked
         self._across_pause = 0.0  # the longest pause the next frame may find tracks after (`resume_across_pause`)
-        self._unconfirmed: list[Any] = []  # after `update`: each detection's unconfirmed track, or None
+        self._heads: list[int] = []  # after `update`: each detection's row in ByteTrack's input (`adopt_ids`)
         self._vouched: set[int] = set()  # ids known to be their objects' (`restore`, `adopt_ids`)
 
     def time_of(self, meta: FrameMeta) -> float:
@@ -172,9 +172,8 @@ class ObjectTracker:
         t.update(Boxes(rows[heads], frame_shape))
         by_head = {int(s.idx): int(s.track_id) for s in t.tracked_stracks if s.is_activated and s.frame_id == t.frame_id}
         position = {head: k for k, head in enumerate(heads)}
-        ids: list[int | None] = [by_head.get(position[head_of[i]]) for i in range(len(dets))]
-        seen_once = {int(s.idx): s for s in t.tracked_stracks if not s.is_activated and s.frame_id == t.frame_id}
-        self._unconfirmed = [seen_once.get(position[head_of[i]]) for i in range(len(dets))]  # (adopt_ids)
+        self._heads = [position[head_of[i]] for i in range(len(dets))]
+        ids: list[int | None] = [by_head.get(k) for k in self._heads]
         self.track_id_max = max([self.track_id_max, *(i for i in ids if i is not None)])
         # tracks confirmed on this frame: the box they were first seen at (pipeline/events.py)
         self.origins = {int(s.track_id): [float(v) for v in (*s._tlwh[:2], *(s._tlwh[:2] + s._tlwh[2:]))]
@@ -280,8 +279,9 @@ class ObjectTracker:
         tracks = {s.track_id: s for s in (*t.tracked_stracks, *t.lost_stracks)}  # by their ids before any rename
         renames: dict[int, int] = {}  # old id → published id
         differed = 0
-        seen_once = self._unconfirmed if len(self._unconfirmed) == len(ours) else [None] * len(ours)
-        for mine, theirs, unconfirmed in zip(ours, published, seen_once):
+        once = {int(s.idx): s for s in t.tracked_stracks if not s.is_activated and s.frame_id == t.frame_id}
+        heads = self._heads if len(self._heads) == len(ours) else [-1] * len(ours)
+        for mine, theirs, unconfirmed in zip(ours, published, (once.get(k) for k in heads)):
             if mine == theirs:
                 if theirs is not None:
                     self._vouched.add(theirs)
@@ -300,7 +300,7 @@ class ObjectTracker:
         for old, new in moves.items():
             tracks[old].track_id = new
         self._vouched.update(renames.values())
-        self._vouched.difference_update(dict(zip(displaced, freed)).values())  # ids of other objects there
+        self._vouched.difference_update(freed)  # (given to a displaced track: another object's id)
         self.origins = {moves.get(tid, tid): box for tid, box in self.origins.items()}  # (read by the engine next)
         self.track_id_max = max([self.track_id_max, *(i for i in published if i is not None)])
         return differed
