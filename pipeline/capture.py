@@ -1,8 +1,8 @@
 """Opening cameras with OpenCV/FFmpeg — the part of a source that touches the world: RTSP over
 TCP with explicit timeouts, files, devices; why an RTSP open failed, in an operator's words;
 a file's nominal frame rate. `VideoSource` (pipeline/sources.py) receives the opener. A camera
-with ``decode: keyframes`` or ``reference``, and an ``srt://`` or ``udp://`` camera, is opened
-with PyAV instead (pipeline/capture_av.py)."""
+with ``decode: keyframes`` or ``reference``, and a network camera with nothing to ask before
+the open (``udp://``, ``srt://``, ``rtp://``, ``tcp://``, …), is opened with PyAV instead (pipeline/capture_av.py)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,15 @@ RTSP_OPTIONS = "rtsp_transport;tcp|analyzeduration;0|probesize;32"
 _OPTIONS_VAR = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _USER_OPTIONS = os.environ.get(_OPTIONS_VAR)
 _OPEN_LOCK = threading.Lock()  # (OpenCV opens one FFmpeg input at a time anyway)
-# network inputs with no request to answer before FFmpeg's open (`camera_probe`): one that sends
-# nothing would hold every other camera's OpenCV open for its whole open timeout; read with PyAV
-UNASKED = ("srt://", "udp://")
+# network inputs asked before FFmpeg's open (`camera_probe`): every other one (udp://, srt://,
+# rtp://, tcp://, rist://, …) has no request to answer first, and one that sends nothing would
+# hold every other camera's OpenCV open for its whole open timeout: those are read with PyAV
+ASKED = tuple(DEFAULT_PORTS)
+
+
+def unasked(url: str) -> bool:
+    """A network URL with no request `camera_probe` can ask before the open."""
+    return not is_file_url(url) and not url.startswith("device:") and not url.lower().startswith(ASKED)
 
 
 def _ffmpeg_open(url: str, *params: object) -> object:
@@ -66,7 +72,7 @@ def open_capture(
                              diagnose=diagnose_rtsp)
     if decode != "all":
         raise ValueError(f"camera {camera}: decode must be one of {', '.join(['all', *SKIP_FRAME])}, not {decode!r}")
-    if url.lower().startswith(UNASKED):  # nothing to ask before the open: PyAV's, outside OpenCV's open lock
+    if unasked(url):  # nothing to ask before the open: PyAV's, outside OpenCV's open lock
         from .capture_av import open_skipping
 
         return open_skipping(camera, url, decode="all", open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
@@ -89,7 +95,7 @@ def open_capture(
                 camera, f"{path} is not a video FFmpeg can decode (wrong format, truncated or corrupt)", retryable=False
             )
         return cap
-    if url.lower().startswith(tuple(DEFAULT_PORTS)):
+    if url.lower().startswith(ASKED):
         unanswered = camera_unanswered(url, timeout_s=open_timeout_s)
         if unanswered is not None:  # failed here, outside the open lock: the other cameras open meanwhile
             raise SourceError(camera, f"cannot open {safe}: {unanswered}", retryable=True)

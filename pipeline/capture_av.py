@@ -2,8 +2,8 @@
 whose decoder skips frames (FFmpeg's ``-skip_frame``): ``nokey``, every frame that is not a
 keyframe; ``nonref``, every frame no other frame depends on (the non-reference B-frames: about
 half the frames of an H.264 stream encoded with B-frames, none of one without). OpenCV's FFmpeg
-backend has no such switch. An ``srt://`` or ``udp://`` camera is read here too, every frame
-decoded: OpenCV opens one input at a time per process, and such a camera that sends nothing
+backend has no such switch. A ``udp://``, ``srt://``, ``rtp://``, ``tcp://``, … camera is read here
+too, every frame decoded: OpenCV opens one input at a time per process, and such a camera that sends nothing
 would hold the others' opens for its whole open timeout (nothing can be asked of it before).
 
 `SkippingCapture` is a `Capture` (pipeline/sources.py: ``grab`` decodes the next frame kept,
@@ -226,7 +226,7 @@ def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_time
         raise SourceError(camera, f"{safe if not is_file else target} has no video stream", retryable=not is_file)
     stream = container.streams.video[0]
     ctx = stream.codec_context
-    ctx.skip_frame = SKIP_FRAME.get(decode, "DEFAULT")  # decode: all (srt://, udp://: `capture.UNASKED`)
+    ctx.skip_frame = SKIP_FRAME.get(decode, "DEFAULT")  # decode: all (udp://, srt://, …: `capture.unasked`)
     if not is_file:
         ctx.thread_count = 1  # as open_capture's live streams: one decoder thread, no frame delay
     return SkippingCapture(container, stream, rate, read_timeout_s=None if is_file else read_timeout_s,

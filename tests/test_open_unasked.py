@@ -1,4 +1,4 @@
-"""An ``udp://`` or ``srt://`` camera has no request to answer before FFmpeg's open (UDP: nothing
+"""An ``udp://``, ``srt://``, ``rtp://``, ``tcp://`` … camera has no request to answer before FFmpeg's open (UDP: nothing
 to ask; see test_open_unanswered.py for the others), and OpenCV opens one input at a time in a
 process: one that sent nothing held every other camera's (re)connect in its decoder replica for
 its whole ``open_timeout_s``, each try. Such cameras are read with PyAV (every frame decoded),
@@ -27,10 +27,24 @@ def free_udp_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_a_udp_camera_sending_nothing_holds_up_no_other_cameras_open(videos, monkeypatch):
+@pytest.fixture
+def silent_url(request):
+    """A camera URL of ``request.param``'s protocol that sends nothing: a UDP port nobody sends to,
+    or a TCP port that takes the connection (the kernel's backlog) and never writes."""
+    if request.param == "tcp":
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(4)
+            yield f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        return
+    yield f"{request.param}://127.0.0.1:{free_udp_port()}"
+
+
+@pytest.mark.parametrize("silent_url", ["udp", "rtp", "tcp"], indirect=True)
+def test_a_network_camera_sending_nothing_holds_up_no_other_cameras_open(videos, monkeypatch, silent_url):
     opened, real = [], capture._ffmpeg_open
     monkeypatch.setattr(capture, "_ffmpeg_open", lambda url, *params: (opened.append(url), real(url, *params))[1])
-    silent = f"udp://127.0.0.1:{free_udp_port()}"
+    silent = silent_url
     failed: list[BaseException] = []
 
     def open_silent() -> None:
@@ -43,14 +57,22 @@ def test_a_udp_camera_sending_nothing_holds_up_no_other_cameras_open(videos, mon
     opening.start()
     cap = capture.open_capture("file", str(videos / "vtest.avi"))  # OpenCV's open, as every file camera's
     try:
-        assert opening.is_alive(), "the file camera's open waited until the udp camera's open gave up"
+        assert opening.is_alive(), f"the file camera's open waited until the {silent}'s open gave up"
         assert cap.isOpened() and cap.read()[0]
     finally:
         cap.release()
-    wait_for(lambda: not opening.is_alive(), 60, "the silent udp camera's open given up")
+    wait_for(lambda: not opening.is_alive(), 60, "the silent camera's open given up")
     assert len(failed) == 1 and isinstance(failed[0], SourceError) and failed[0].retryable, failed
     assert str(failed[0]).startswith(f"camera silent: cannot open {silent}: "), failed[0]
-    assert opened == [str(videos / "vtest.avi")], "the udp camera was opened by OpenCV (under its open lock)"
+    assert opened == [str(videos / "vtest.avi")], f"{silent} was opened by OpenCV (under its open lock)"
+
+
+def test_only_cameras_with_nothing_to_ask_first_are_read_with_pyav():
+    for url in ("udp://@239.0.0.1:1234", "SRT://h:9000", "rtp://h:5004", "tcp://h:9", "rist://h:1968"):
+        assert capture.unasked(url), url
+    for url in ("rtsp://h/s", "RTSPS://h/s", "http://h/v.ts", "https://h/v.m3u8", "rtmp://h/live", "file:///v/a.mp4",
+                "clips/a.mp4", "device:0"):
+        assert not capture.unasked(url), url
 
 
 def test_a_udp_camera_that_sends_is_read_frame_by_frame():
