@@ -196,7 +196,8 @@ class CameraConductor:
             log.error("camera %s: reader crashed: %s", self.camera.id,
                       redact("".join(traceback.format_exception(exc)).rstrip(), secrets))
             self._reader_error = exc  # run() raises it: the camera's task ends with this error
-            self.publisher.camera_state(self.camera.id, "failed", error=self._last_error())
+            if not self.source.detached:  # (a reader left behind at stop: the camera has moved on)
+                self.publisher.camera_state(self.camera.id, "failed", error=self._last_error())
         finally:
             self.slot.close()
             try:

@@ -151,6 +151,7 @@ class VideoSource:
         self._backoff = backoff or Backoff()
         self._next_seq = seq_start
         self._on_status = on_status or (lambda event: None)
+        self.detached = False  # `detach`: its owner moved on, nothing of this reader is said
         # Asked before colour-converting a sampled frame: False (the consumer cannot take a frame
         # now) skips the conversion and counts the frame as skipped.
         self._wants_frame = wants_frame
@@ -228,6 +229,7 @@ class VideoSource:
         """Report nothing more (the owner stopped waiting for this source's end)."""
         with self._lock:
             self._on_status = lambda event: None
+            self.detached = True
 
     @property
     def stopping(self) -> bool:

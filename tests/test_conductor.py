@@ -449,3 +449,45 @@ def test_a_files_last_frame_put_just_before_the_slot_closes_is_taken(redis_serve
     finally:
         pub.close()
     assert taken is last
+
+
+def test_a_reader_left_behind_at_stop_that_crashes_later_reports_nothing(redis_server):
+    """A camera stopped while its reader is stuck in an open says ``stopped`` and detaches that
+    reader. When the open comes back later and the reader crashes, the camera has moved on (it
+    may be running again here, or at another replica): that reader's crash once marked it
+    ``failed`` over its live state."""
+    release, opening = threading.Event(), threading.Event()
+
+    def open_then_crash():
+        opening.set()
+        release.wait(30)  # the stuck open (released by the test)
+        raise RuntimeError("a bug in the reader")
+
+    client = connect_redis(redis_server.url)
+    client.delete(KEYS.camera("orphan"))
+    pub = Publisher(client, keys=KEYS, maxlen=10).start()
+
+    async def detect(inp):
+        raise AssertionError("not run")
+
+    source = VideoSource("orphan", open_then_crash, fps=0, is_file=False)
+    conductor = CameraConductor(CameraConfig(id="orphan", url="rtsp://h/s", read_timeout_s=0.1), source,
+                                detect=detect, classifiers={}, publisher=pub, imgsz=64, models={}, max_inflight=1)
+
+    async def main():
+        running = asyncio.create_task(conductor.run())
+        await asyncio.to_thread(opening.wait, 10)
+        await conductor.stop()
+        await asyncio.wait_for(running, 10)
+
+    try:
+        asyncio.run(main())
+        assert pub.flush(10)
+        assert client.hget(KEYS.camera("orphan"), "state") == b"stopped"
+        release.set()
+        wait_for(lambda: not conductor._reader.is_alive(), 10, "the stuck reader's end")
+        assert pub.flush(10)
+        assert client.hget(KEYS.camera("orphan"), "state") == b"stopped"
+    finally:
+        release.set()
+        pub.close()
