@@ -19,10 +19,14 @@ from .sources import Capture, SourceError, is_file_url
 # FFmpeg's options for an RTSP camera: TCP and no probing, first frame in ~0.2 s, not ~3 s. OpenCV
 # reads them from the environment at every open, for every kind of input: set for an RTSP open
 # only (a file or HTTP stream opened with them may decode nothing: a 32-byte probe misses an
-# MPEG-TS file's video), unless the user set their own.
+# MPEG-TS file's video), unless the user set their own. Outside an RTSP open the variable is
+# empty (OpenCV: no options), never removed: setting a variable that exists replaces one
+# pointer, while adding or removing one reallocates the environment under another thread's
+# getenv (every log line's localtime reads TZ). An empty value found at start is ours (a parent
+# process that opened a camera), not the user's.
 RTSP_OPTIONS = "rtsp_transport;tcp|analyzeduration;0|probesize;32"
 _OPTIONS_VAR = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
-_USER_OPTIONS = os.environ.get(_OPTIONS_VAR)
+_USER_OPTIONS = os.environ.get(_OPTIONS_VAR) or None
 _OPEN_LOCK = threading.Lock()  # (OpenCV opens one FFmpeg input at a time anyway)
 # network inputs asked before FFmpeg's open (`camera_probe`): every other one (udp://, srt://,
 # rtp://, tcp://, rist://, …) has no request to answer first, and one that sends nothing would
@@ -41,13 +45,13 @@ def _ffmpeg_open(url: str, *params: object) -> object:
     import cv2
 
     with _OPEN_LOCK:
-        if _USER_OPTIONS is None and url.lower().startswith(("rtsp://", "rtsps://")):
-            os.environ[_OPTIONS_VAR] = RTSP_OPTIONS
+        if _USER_OPTIONS is None:
+            os.environ[_OPTIONS_VAR] = RTSP_OPTIONS if url.lower().startswith(("rtsp://", "rtsps://")) else ""
         try:
             return cv2.VideoCapture(url, cv2.CAP_FFMPEG, *params)
         finally:
             if _USER_OPTIONS is None:
-                os.environ.pop(_OPTIONS_VAR, None)
+                os.environ[_OPTIONS_VAR] = ""
 
 
 def open_capture(

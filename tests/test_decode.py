@@ -410,7 +410,7 @@ def test_a_file_camera_opened_after_an_rtsp_camera_still_decodes(tmp_path):
                     "-i", "sine=d=3", "-c:v", "mpeg2video", "-c:a", "mp2", "-f", "mpegts", str(clip)], check=True, timeout=120)
     with pytest.raises(SourceError):
         open_capture("rtsp", "rtsp://127.0.0.1:9/none", open_timeout_s=1)
-    assert "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ
+    assert os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS", "") == ""  # (empty: OpenCV's "no options")
     assert len(read_all(str(clip), "all", fps=5)) >= 14  # 3 s at 5 fps
 
 
@@ -478,3 +478,25 @@ def test_a_keyframes_camera_whose_packets_bring_no_keyframe_ends_the_read(tmp_pa
         cap.release()
     assert frames == 1 and cap.packets < 150, (frames, cap.packets)
 
+
+
+def test_opencvs_options_variable_is_emptied_between_opens_never_removed(videos):
+    """Adding or removing an environment variable reallocates the environment while other threads
+    may read it (getenv("TZ") behind every log line's time): the options variable is set for each
+    open and emptied after it, never removed. An empty one at start is a parent's, not the user's."""
+    import os
+
+    import pipeline.capture as capture
+
+    if capture._USER_OPTIONS is not None:
+        pytest.skip("the user set OPENCV_FFMPEG_CAPTURE_OPTIONS")
+    cap = open_capture("file", str(videos / "vtest.avi"))
+    try:
+        assert cap.read()[0]
+    finally:
+        cap.release()
+    assert os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS") == ""
+    child = subprocess.run([sys.executable, "-c", "import pipeline.capture as c; print(c._USER_OPTIONS)"],
+                           env={**os.environ, "OPENCV_FFMPEG_CAPTURE_OPTIONS": ""}, capture_output=True, text=True,
+                           timeout=120, cwd=str(Path(capture.__file__).parents[1]))
+    assert child.stdout.strip() == "None", child.stderr[-2000:]
