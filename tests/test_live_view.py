@@ -351,6 +351,17 @@ def test_the_page_in_headless_chromium(live, tmp_path):
         browser.js(HIDDEN_JS % "false")
         wait_for(lambda: all(tiles()[c]["frames"] > hidden_frames[c] for c in ("crowd", "traffic")), 60,
                  "images again once the page is shown")
+        # a tile scrolled off screen asks for nothing: its camera is no longer drawn, while the one
+        # on screen still is (a narrow, short window: one tile a row, the second below the fold)
+        browser.call("Emulation.setDeviceMetricsOverride", width=420, height=320, deviceScaleFactor=1, mobile=False)
+        boxes = wait_for(lambda: (t := tiles()) and t["traffic"]["box"][1] != t["crowd"]["box"][1] and t, 30,
+                         "the tiles in one column")
+        on, off = sorted(("crowd", "traffic"), key=lambda c: boxes[c]["box"][1])
+        assert boxes[on]["box"][1] < 320 <= boxes[off]["box"][1], boxes
+        wait_for(lambda: not client.exists(KEYS.view_want(off)), 60, f"the off-screen camera {off} no longer watched")
+        on_frames = tiles()[on]["frames"]
+        wait_for(lambda: tiles()[on]["frames"] > on_frames + 2, 60, f"images still coming for the on-screen {on}")
+        assert client.exists(KEYS.view_want(on)) and not client.exists(KEYS.view_want(off))
         cv2.imwrite(str(tmp_path / "live-view.png"), shot2)
         if os.environ.get("PERCEPT_SAVE_SCREENSHOT"):
             (REPO / "docs").mkdir(exist_ok=True)
