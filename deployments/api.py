@@ -40,6 +40,7 @@ from pipeline.streams import StreamKeys, camera_states, redis_from_config, redis
 from .explain import ExplainApi
 from .live import LiveView, last_frames
 from .logs import route_percept_logs
+from .transport import DECODER_ANSWER_S, answer_within
 
 MAX_BODY_BYTES = 1 << 20
 app = FastAPI(title="percept", description="Runtime camera management")
@@ -215,7 +216,11 @@ class CameraApi:
     async def status(self) -> dict[str, Any]:
         """The answering decoder replica's status, with every replica's cameras and a line per
         replica from what they share in Redis (`pipeline/decoder_status.py`)."""
-        own = await self.decoder.status.remote()
+        try:  # (no decoder replica running, restarting: Serve's router waits for one without end)
+            own = await answer_within(self.decoder.status.remote(), DECODER_ANSWER_S)
+        except asyncio.TimeoutError:
+            raise HTTPException(503, detail=f"no decoder replica answered within {DECODER_ANSWER_S:g} s "
+                                            "(starting or restarting)", headers={"Retry-After": "2"}) from None
         shared = await asyncio.to_thread(read_shared_or_none, self.client, self.keys)
         return merged_status(own, shared or [], complete=shared is not None)
 

@@ -18,6 +18,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import redis
 from fastapi import HTTPException
 from fastapi.responses import Response
 from ray.serve.handle import DeploymentHandle
@@ -42,6 +43,8 @@ from pipeline.priority import lower_thread_priority
 from pipeline.redact import redact
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys
+
+from .transport import DECODER_ANSWER_S, answer_within
 
 log = logging.getLogger("percept.explain")
 MAX_QUEUED = 4  # explanations waiting for the one worker; more get 429
@@ -108,6 +111,8 @@ class ExplainApi:
             raise HTTPException(422, detail=str(exc)) from None
         except (ModelError, ConfigError) as exc:
             raise HTTPException(503, detail=f"cannot load the detector to explain with: {redact(str(exc))}") from None
+        except redis.RedisError:  # (reading which weights the replicas serve): the API's 503, Retry-After
+            raise
         except Exception as exc:  # a fault of this explanation: said as such, the API goes on
             log.exception("explain %s seq %s failed", camera_id, frame.result.meta.seq)
             raise HTTPException(500, detail=f"explain failed: {type(exc).__name__}: {redact(str(exc))}") from None
@@ -128,9 +133,10 @@ class ExplainApi:
         longer keeps ``seq`` (naming the seqs it keeps), 503 + Retry-After when none runs it."""
         for _ in range(self.tries):
             try:
-                answer = await self.decoder.kept_frame.remote(camera_id, seq)
-            except Exception as exc:  # noqa: BLE001 - a decoder replica restarting: the client retries
-                raise HTTPException(503, detail={"message": f"no decoder answered: {type(exc).__name__}",
+                answer = await answer_within(self.decoder.kept_frame.remote(camera_id, seq), DECODER_ANSWER_S)
+            except Exception as exc:  # noqa: BLE001 - a decoder replica restarting (or none running): the client retries
+                why = f"none within {DECODER_ANSWER_S:g} s" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
+                raise HTTPException(503, detail={"message": f"no decoder answered: {why}",
                                                  "camera": camera_id}, headers={"Retry-After": "2"}) from None
             if isinstance(answer, KeptFrame):
                 return answer

@@ -16,6 +16,7 @@ default is gRPC's 4 MB; a frame sent as pixels, not through shared memory, is im
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -55,3 +56,22 @@ def transport_of(handle: Any) -> str:
     """The transport a handle's calls take (what `with_transport` set, read back from it)."""
     options = getattr(handle, "handle_options", None)
     return "actor" if getattr(options, "_by_reference", True) else "grpc"
+
+
+# How long the API waits for a decoder replica's answer: with none running (starting, restarting
+# after a crash) Serve's router waits for one without end, and the client with it.
+DECODER_ANSWER_S = 10.0
+
+
+async def answer_within(response: Any, seconds: float) -> Any:
+    """A handle call's answer, or `asyncio.TimeoutError` after ``seconds`` (the call cancelled)."""
+    async def answer() -> Any:
+        return await response
+
+    try:
+        return await asyncio.wait_for(answer(), seconds)
+    except asyncio.TimeoutError:
+        cancel = getattr(response, "cancel", None)
+        if callable(cancel):
+            cancel()
+        raise

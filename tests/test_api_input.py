@@ -5,6 +5,7 @@ echoes a password, a body of unknown length is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import types
@@ -82,3 +83,33 @@ def test_a_body_without_a_length_is_refused(api):
     r = api.post("/cameras", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 411 and "Content-Length" in r.json()["detail"], r.text
     assert api.post("/cameras", content=b"x" * (2 << 20), headers={"content-type": "application/json"}).status_code == 413
+
+
+class _Unanswered:
+    """A decoder handle while no decoder replica runs (starting, restarting after a crash):
+    Serve's router waits for one without end, so a call's answer never comes."""
+
+    def __getattr__(self, method):
+        async def never():
+            await asyncio.Event().wait()
+
+        return types.SimpleNamespace(remote=lambda *args: never())
+
+
+def test_with_no_decoder_answering_status_and_explain_are_503_not_a_hang(api, monkeypatch):
+    import time
+
+    import deployments.api as module
+    import deployments.explain as explain
+
+    instance = module.serve.get_replica_context().servable_object
+    instance.decoder = instance.explainer.decoder = _Unanswered()
+    monkeypatch.setattr(module, "DECODER_ANSWER_S", 0.5)
+    monkeypatch.setattr(explain, "DECODER_ANSWER_S", 0.5)
+    assert api.post("/cameras", json={"id": "cam", "url": "rtsp://cam.local/s"}).status_code == 201
+    for path in ("/status", "/cameras/cam/explain?object=0"):
+        t0 = time.monotonic()
+        r = api.get(path)
+        assert r.status_code == 503 and r.headers["Retry-After"], (path, r.status_code, r.text)
+        assert "no decoder" in r.text and time.monotonic() - t0 < 30, (path, r.text)
+    assert api.delete("/cameras/cam").status_code == 200
