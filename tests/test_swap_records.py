@@ -175,3 +175,29 @@ def test_a_replica_failing_a_swap_that_every_replica_served_does_not_undo_it(red
     assert first["previous"] == FIRST and first["replicas"] == 1, first
     assert "could not load" in refused and "rolled back to second.pt" in refused, refused
     assert r1.current.name == "second.pt", r1.current.name
+
+
+def test_a_record_of_a_newer_version_is_read_and_one_that_cannot_be_read_is_none(redis_server):
+    """A swap record with a field this version does not know (a newer version's, during a rolling
+    upgrade) raised TypeError in every decoder, model replica and `GET /models`; one that is not
+    a record at all (hand-edited, truncated) the same. The first is read without that field, the
+    second counts as no record: the config's weights are served."""
+    from pipeline.lifecycle.swap import read_desired
+
+    swaps = api(redis_server)
+    keys, cfg = swaps.keys("detector"), swaps.sections["detector"][1].cfg
+    client = swaps.client
+    newer = Desired(SECOND, None, 7, SECOND, None, time.time(), config_identity(cfg))
+    client.set(keys.desired, newer.to_json()[:-1] + ', "rollout_policy": "canary"}')
+    try:
+        assert read_desired(client, keys, cfg) == newer
+        listed = asyncio.run(swaps.listing())
+        assert [d["weights"] for d in listed if d["deployment"] == "detector"] == [SECOND], listed
+        for raw in ('{"weights": "a.pt"', '["a.pt"]', '{"weights": 3, "card": null, "generation": 1, "model": "m"}',
+                    '{"card": null}', "null"):
+            client.set(keys.desired, raw)
+            assert read_desired(client, keys, cfg) is None, raw
+            listed = asyncio.run(swaps.listing())
+            assert [d["weights"] for d in listed if d["deployment"] == "detector"] == [FIRST], (raw, listed)
+    finally:
+        client.delete(keys.desired)

@@ -155,7 +155,22 @@ class Desired:
 
     @classmethod
     def from_json(cls, raw: bytes | str | None) -> "Desired | None":
-        return None if raw is None else cls(**json.loads(raw))
+        """The record; fields this version does not know are left out (a newer version's, during a
+        rolling upgrade), and a record it cannot read at all counts as none (logged): the config's
+        weights are served, where a raise stopped every decoder, model replica and `GET /models`."""
+        if raw is None:
+            return None
+        try:
+            record = json.loads(raw)
+            known = {f.name for f in fields(cls)}
+            desired = cls(**{k: v for k, v in record.items() if k in known})
+            if not isinstance(desired.weights, str) or not isinstance(desired.generation, int):
+                raise TypeError("weights must be a string and generation an integer")
+            return desired
+        except (ValueError, TypeError, AttributeError) as exc:
+            logging.getLogger("percept.swap").warning("a model swap record that cannot be read is ignored (%s: %s)",
+                                                      type(exc).__name__, str(exc)[:200])
+            return None
 
     @classmethod
     def read(cls, raw: bytes | str | None, cfg: Any) -> "Desired | None":
