@@ -63,12 +63,12 @@ def setup_console(verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["bench", "soak"]:
-        return bench.soak_main(argv[2:])
-    args = parser().parse_args(argv)
-    setup_console(args.verbose)
+    soak = argv[:2] == ["bench", "soak"]  # a mode of its own, with its own options
+    if not soak:
+        args = parser().parse_args(argv)
+        setup_console(args.verbose)
     try:
-        return int(args.func(args) or 0)
+        return bench.soak_main(argv[2:]) if soak else int(args.func(args) or 0)
     except ConfigError as exc:
         return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
     except CREDENTIALS_REFUSED as exc:

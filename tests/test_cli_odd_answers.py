@@ -96,3 +96,19 @@ def test_subscribe_needs_no_more_than_the_streams_when_it_looks_for_missing_came
     assert main(["subscribe", "gaet", "--redis", url, "--prefix", "odd", "--timeout", "0.2"]) == 0
     err = capsys.readouterr().err
     assert "NOPERM" not in err and "Traceback" not in err, err
+
+
+def test_bench_soak_losing_its_redis_is_one_line_exit_3(monkeypatch, capsys):
+    """``percept bench soak`` was dispatched before `main`'s handlers: its private redis-server
+    going away mid-run (or Ctrl-C) printed a traceback."""
+    import redis
+
+    import benchmarks.soak
+
+    def lost(args):
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6390. Connection refused.")
+
+    monkeypatch.setattr(benchmarks.soak, "run_soak", lost)
+    assert main(["bench", "soak"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "ConnectionError" in err, err
