@@ -83,8 +83,8 @@ def _format_one(path: str, err: dict[str, Any], quote: bool = True) -> list[str]
         return [f"{path}: unknown key"]
     if kind == "missing":
         return [f"{path}: required key is missing"]
-    if kind in ("value_error", ERROR_AT):
-        return [f"{path}: {msg}"]
+    if kind in ("value_error", ERROR_AT):  # (a validator's words may quote the value: its credentials scrubbed)
+        return [f"{path}: {redact(msg)}"]
     if kind == "string_type" and isinstance(err.get("input"), (bool, int, float)):
         msg += " (quote it: YAML reads a bare 0123 as the octal number 83, 1_000 as 1000, yes/on as true)"
     return [f"{path}: {msg}, got {_shown(path, err.get('input'))}" if quote else f"{path}: {msg}"]

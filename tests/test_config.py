@@ -359,6 +359,9 @@ def test_config_that_is_not_text_or_has_a_bad_redis_url_or_device(tmp_path):
     assert errors_of({"cameras": [{"id": "a", "url": "device:abc"}]}) == [
         "cameras[0].url: device: takes the camera's index (device:0 for /dev/video0), got 'device:abc'"]
     assert parse_config({"cameras": [{"id": "a", "url": "device:1"}]}, env={}).cameras[0].url == "device:1"
+    # a validator's message quoting the value quotes it without its credentials
+    assert errors_of({"cameras": [{"id": "a", "url": "device:rtsp://admin:S3cretPW@cam/s"}]}) == [
+        "cameras[0].url: device: takes the camera's index (device:0 for /dev/video0), got 'device:rtsp://***@cam/s'"]
 
 
 def test_a_camera_url_whose_variables_make_it_wrong_is_refused_where_they_are_expanded():
