@@ -22,6 +22,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def config_line(name: str, value: str) -> bytes:
+    """One line of redis.conf setting ``name`` to ``value`` exactly: every byte as a ``\\xHH``
+    escape inside double quotes (spaces, quotes, backslashes and newlines cannot break it)."""
+    return f'{name} "'.encode() + b"".join(b"\\x%02x" % byte for byte in value.encode()) + b'"\n'
+
+
 class RedisServerError(RuntimeError):
     pass
 
@@ -60,12 +66,19 @@ class EmbeddedRedis:
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
                 "--appendfsync", "everysec", "--dir", str(self.state_dir.resolve()), "--daemonize", "no",
                 "--loglevel", "warning", "--logfile", str(self.log_path.resolve())]
-        if self.password:
-            args += ["--requirepass", self.password]
+        if self.password:  # from its stdin, not its command line (which every local user reads: ps)
+            args.insert(1, "-")
         self._log_from = self.log_path.stat().st_size if self.log_path.exists() else 0  # this start's lines only
         # its own session: a Ctrl-C (SIGINT to the terminal's process group) stops percept, which
         # stops this server last, after the decoders flushed what they held
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE if self.password else subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        if self.password:
+            try:
+                self.proc.stdin.write(config_line("requirepass", self.password))
+                self.proc.stdin.close()
+            except BrokenPipeError:  # it ended at once: `_until_up` says why
+                pass
         try:
             return self._until_up(timeout)
         except BaseException:  # (a signal while it loads its data too: it runs in a session of its own)

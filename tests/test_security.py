@@ -37,6 +37,29 @@ def test_auth_password_from_environment(tmp_path):
         assert roundtrip(cfg.redis)["seq"] == 1
 
 
+def test_the_private_redis_servers_password_is_not_on_its_command_line(tmp_path, monkeypatch):
+    """Every local user reads a process's command line (``ps``; redis-server overwrites its own
+    with a title once it runs, not before): the private redis-server takes its password on its
+    stdin. One with spaces, quotes and a backslash works as it is; a restart (`revive`) takes it
+    the same way."""
+    import redis
+
+    import pipeline.redis_server as module
+
+    started, popen = [], subprocess.Popen
+    monkeypatch.setattr(module.subprocess, "Popen", lambda args, **kw: (started.append(args), popen(args, **kw))[1])
+    password = 'Pw with "quotes" \\ and spaces'
+    with EmbeddedRedis(tmp_path / "r", password=password) as server:
+        for _ in range(2):
+            assert started and not any("Pw with" in arg or "requirepass" in arg for arg in started[-1]), started[-1]
+            assert server.client().ping()
+            with pytest.raises(redis.AuthenticationError):
+                redis.Redis(port=server.port).ping()
+            server.proc.kill()
+            server.proc.wait()
+            assert server.revive().startswith("killed by signal")
+
+
 def test_wrong_password_is_a_clear_error_without_the_password(tmp_path):
     with EmbeddedRedis(tmp_path / "r", password="Auth-Pw-42") as server:
         config = tmp_path / "c.yaml"
