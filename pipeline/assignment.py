@@ -73,6 +73,9 @@ class CameraSupervisor(CameraRestarts):
         self.publisher = publisher  # fenced by our leases when given
         self.running: dict[str, RunningCamera] = {}
         self._stopping: set[str] = set()  # being stopped: not claimed again until done
+        # leases renewed while their camera is not in `running`: starting, or stopping (not lost):
+        # a start or stop that takes longer than the lease has left never lets it lapse meanwhile
+        self._held: dict[str, Lease] = {}
         self._free_rounds: dict[str, int] = {}
         self._outage = OutageClaims(lease_ttl_s)  # after an outage, our own cameras first
         self._stop = asyncio.Event()
@@ -109,16 +112,17 @@ class CameraSupervisor(CameraRestarts):
                 except asyncio.TimeoutError:
                     pass
         finally:
-            # read while the leases are still renewed (a slow read must not let them run out)
+            # read while the leases are still renewed (a slow read must not let them run out), and
+            # renewed while the cameras stop: what they publish last lands under them
             handing_over = await self._still_listed() if self._hand_over_all else set()
+            await asyncio.gather(*(self._stop_camera(cid, hand_over=cid in handing_over) for cid in list(self.running)),
+                                 return_exceptions=True)
+            await asyncio.gather(*self._background, *([self._sweep] if self._sweep else []), return_exceptions=True)
             # the flag as well as the cancel: Python 3.11's wait_for can swallow a cancellation
             # that lands as its call completes, and the loop would then renew forever
             self._renewing = False
             renewals.cancel()
             await asyncio.gather(renewals, return_exceptions=True)
-            await asyncio.gather(*(self._stop_camera(cid, hand_over=cid in handing_over) for cid in list(self.running)),
-                                 return_exceptions=True)
-            await asyncio.gather(*self._background, *([self._sweep] if self._sweep else []), return_exceptions=True)
 
     async def stop(self, *, hand_over: bool = False) -> None:
         """Stop every camera and release its lease; ``hand_over``: the replica goes while the
@@ -217,6 +221,11 @@ class CameraSupervisor(CameraRestarts):
             await asyncio.sleep(self.ttl / 3)
 
     async def _renew_all(self) -> None:
+        for cid, lease in list(self._held.items()):
+            try:
+                await asyncio.wait_for(asyncio.to_thread(renew, lease, self.owner), timeout=self.ttl / 3)
+            except asyncio.TimeoutError:
+                pass  # (starting: checked once started; stopping: released at its end anyway)
         for cid, entry in list(self.running.items()):
             # A camera whose source ended (a file, or failed for good) stays leased here, so that
             # no other replica replays it (a file read to its end is also marked so in its hash,
@@ -278,9 +287,11 @@ class CameraSupervisor(CameraRestarts):
     async def _start(self, cid: str, cam: CameraConfig, lease: Lease) -> None:
         if self.publisher is not None:
             self.publisher.fence(cid, lease.lock.name, self.owner, hold_s=2 * self.ttl)
+        self._held[cid] = lease
         try:
             conductor = await self.start_camera(cam)
         except Exception as exc:
+            self._held.pop(cid, None)
             await asyncio.to_thread(release, lease)
             if self.publisher is not None:
                 self.publisher.unfence(cid)  # what follows lands unless another replica holds the lease
@@ -291,6 +302,7 @@ class CameraSupervisor(CameraRestarts):
                 if self.publisher is not None:
                     self.publisher.camera_state(cid, "failed", error=error, url=cam.shown_url)
             return
+        self._held.pop(cid, None)
         if lease.overdue():  # the start took longer than the lease lasts: another replica may run it
             log.warning("camera %s: starting took longer than its lease; leaving it for the next round", cid)
             await asyncio.to_thread(release, lease)
@@ -346,6 +358,8 @@ class CameraSupervisor(CameraRestarts):
         if entry is None:
             return None
         self._stopping.add(cid)
+        if not lost:
+            self._held[cid] = entry.lease
         if entry.timer is not None:
             entry.timer.cancel()
         task = asyncio.create_task(self._finish_stop(cid, entry, lost=lost, hand_over=hand_over))
@@ -367,6 +381,8 @@ class CameraSupervisor(CameraRestarts):
                 await asyncio.to_thread(self.publisher.flush, min(5.0, left), camera=cid)
             await asyncio.to_thread(release, entry.lease)
         finally:
+            if self._held.get(cid) is entry.lease:
+                del self._held[cid]
             if self.publisher is not None:
                 self.publisher.unfence(cid)
             self._stopping.discard(cid)

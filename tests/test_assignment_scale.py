@@ -204,3 +204,81 @@ def test_a_replica_stopped_with_the_service_ends_its_tracks(redis_server):
         run.result(30)
         loop.call_soon_threadsafe(loop.stop)
     assert [s.kept_tracks for s in started] == [False] * 4, "the service stopped: the tracks end"
+
+
+class SlowToStop(StandIn):
+    """A camera whose stop takes ``seconds`` (a reader waiting out its read timeout, frames in
+    flight given their grace)."""
+
+    seconds = 0.0
+
+    async def stop(self, *, keep_tracks: bool = False) -> None:
+        await asyncio.sleep(self.seconds)  # the stop's own time, not a wait for a condition
+        await super().stop(keep_tracks=keep_tracks)
+
+
+def test_a_camera_that_takes_longer_to_stop_than_its_lease_has_left_keeps_its_lease_meanwhile(redis_server):
+    """Renewals ended before the cameras stopped (and a camera being stopped was renewed by no
+    one): a stop longer than what its lease had left let it lapse, another replica could take the
+    camera while this one still read it, and what it published last (its tracks for the next
+    owner) was refused. The lease stays ours until the stop releases it."""
+    client = redis_server.client()
+    keys = StreamKeys("slow-stop")
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    cams: list[SlowToStop] = []
+
+    async def start(camera):
+        cams.append(SlowToStop(camera))
+        return cams[-1]
+
+    sup = CameraSupervisor([CAMERAS[0]], client=client, keys=keys, start_camera=start, replicas=1, lease_ttl_s=1.5,
+                           owner="me")
+    run = asyncio.run_coroutine_threadsafe(sup.run(), loop)
+    try:
+        wait_for(lambda: "a" in sup.running, 30, "the camera running")
+        SlowToStop.seconds = 4.0  # more than twice the lease's TTL
+        asyncio.run_coroutine_threadsafe(sup.stop(hand_over=True), loop).result(5)
+        holders = set()  # who holds the lease, looked at every 50 ms while the camera stops
+
+        def stopped() -> bool:
+            if cams[0].kept_tracks is not None:  # (first: a look after its stop may see the release)
+                return True
+            holders.add(client.get(keys.lease("a")))
+            return False
+
+        wait_for(stopped, 30, "the camera stopped", 0.05)
+        run.result(30)
+        assert cams[0].kept_tracks is True
+        assert holders == {b"me"}, holders
+        assert client.get(keys.lease("a")) is None, "released once stopped"
+    finally:
+        if not run.done():
+            asyncio.run_coroutine_threadsafe(sup.stop(), loop).result(5)
+            run.result(30)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+def test_a_camera_that_takes_longer_to_start_than_its_lease_lasts_still_starts(redis_server):
+    """Nothing renewed a camera's lease while it started: a start longer than the TTL (opening
+    its tracks from a slow Redis, a model's first load) found the lease overdue, let it go and
+    tried again next round — the same every round, so the camera never ran."""
+    client = redis_server.client()
+    keys = StreamKeys("slow-start")
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def start(camera):
+        await asyncio.sleep(3.0)  # the start's own time (twice the lease's TTL), not a wait for a condition
+        return StandIn(camera)
+
+    sup = CameraSupervisor([CAMERAS[0]], client=client, keys=keys, start_camera=start, replicas=1, lease_ttl_s=1.5,
+                           owner="me")
+    run = asyncio.run_coroutine_threadsafe(sup.run(), loop)
+    try:
+        wait_for(lambda: "a" in sup.running, 30, "the camera running")
+        assert client.get(keys.lease("a")) == b"me"
+    finally:
+        asyncio.run_coroutine_threadsafe(sup.stop(), loop).result(5)
+        run.result(30)
+        loop.call_soon_threadsafe(loop.stop)
