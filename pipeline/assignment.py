@@ -21,11 +21,13 @@ claimed by whoever sees it, so a dead replica's cameras move within about one TT
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
 import time
 import uuid
+from collections.abc import Awaitable
 from typing import Any, Callable
 
 import redis
@@ -76,6 +78,8 @@ class CameraSupervisor(CameraRestarts):
         # leases renewed while their camera is not in `running`: starting, or stopping (not lost):
         # a start or stop that takes longer than the lease has left never lets it lapse meanwhile
         self._held: dict[str, Lease] = {}
+        self._renewals: dict[str, asyncio.Task[None]] = {}  # in flight, by camera (`_renew_all`)
+        self._renewal_errors: list[BaseException] = []
         self._free_rounds: dict[str, int] = {}
         self._outage = OutageClaims(lease_ttl_s)  # after an outage, our own cameras first
         self._stop = asyncio.Event()
@@ -122,7 +126,7 @@ class CameraSupervisor(CameraRestarts):
             # that lands as its call completes, and the loop would then renew forever
             self._renewing = False
             renewals.cancel()
-            await asyncio.gather(renewals, return_exceptions=True)
+            await asyncio.gather(renewals, *self._renewals.values(), return_exceptions=True)
 
     async def stop(self, *, hand_over: bool = False) -> None:
         """Stop every camera and release its lease; ``hand_over``: the replica goes while the
@@ -221,30 +225,51 @@ class CameraSupervisor(CameraRestarts):
             await asyncio.sleep(self.ttl / 3)
 
     async def _renew_all(self) -> None:
-        for cid, lease in list(self._held.items()):
-            try:
-                await asyncio.wait_for(asyncio.to_thread(renew, lease, self.owner), timeout=self.ttl / 3)
-            except asyncio.TimeoutError:
-                pass  # (starting: checked once started; stopping: released at its end anyway)
-        for cid, entry in list(self.running.items()):
-            # A camera whose source ended (a file, or failed for good) stays leased here, so that
-            # no other replica replays it (a file read to its end is also marked so in its hash,
-            # for when the lease is lost: `_read_to_its_end`); its state says why it stopped.
-            if self._expire_overdue(cid):
-                continue
-            try:
-                left = max(0.05, entry.lease.deadline - time.monotonic())
-                kept = await asyncio.wait_for(asyncio.to_thread(renew, entry.lease, self.owner), timeout=left)
-            except asyncio.TimeoutError:
-                continue  # no answer in time: the expiry timer stops the camera
-            if self.running.get(cid) is not entry:
-                continue  # stopped meanwhile
-            if kept:
-                self._outage.reached(time.monotonic())
-                self._arm(cid, entry)
-            else:
-                log.warning("camera %s: lease lost; stopping here", cid)
-                self._stop_soon(cid, lost=True)
+        """Each lease renewed on its own task, within its own deadline: one slow renewal (a dead
+        pooled connection waits out its socket timeout) delays no other camera's, in this round
+        or the next (a lease whose last renewal still waits is not asked again meanwhile). A
+        renewal's Redis error is raised here, at the next round (one warning a round)."""
+        errors, self._renewal_errors = self._renewal_errors, []
+        due: dict[str, Callable[[], Awaitable[None]]] = {
+            **{f"held:{cid}": functools.partial(self._renew_held, lease) for cid, lease in self._held.items()},
+            **{cid: functools.partial(self._renew_running, cid, entry) for cid, entry in self.running.items()}}
+        self._renewals = {key: task for key, task in self._renewals.items() if not task.done()}
+        for key, renewal in due.items():
+            if key not in self._renewals:
+                task = self._renewals[key] = asyncio.create_task(renewal())
+                task.add_done_callback(self._renewal_done)
+        if errors:
+            raise errors[0]
+
+    def _renewal_done(self, task: "asyncio.Task[None]") -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._renewal_errors.append(task.exception())
+
+    async def _renew_held(self, lease: Lease) -> None:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(renew, lease, self.owner), timeout=self.ttl / 3)
+        except asyncio.TimeoutError:
+            pass  # (starting: checked once started; stopping: released at its end anyway)
+
+    async def _renew_running(self, cid: str, entry: RunningCamera) -> None:
+        # A camera whose source ended (a file, or failed for good) stays leased here, so that
+        # no other replica replays it (a file read to its end is also marked so in its hash,
+        # for when the lease is lost: `_read_to_its_end`); its state says why it stopped.
+        if self._expire_overdue(cid):
+            return
+        try:
+            left = max(0.05, entry.lease.deadline - time.monotonic())
+            kept = await asyncio.wait_for(asyncio.to_thread(renew, entry.lease, self.owner), timeout=left)
+        except asyncio.TimeoutError:
+            return  # no answer in time: the expiry timer stops the camera
+        if self.running.get(cid) is not entry:
+            return  # stopped meanwhile
+        if kept:
+            self._outage.reached(time.monotonic())
+            self._arm(cid, entry)
+        else:
+            log.warning("camera %s: lease lost; stopping here", cid)
+            self._stop_soon(cid, lost=True)
 
     def _unreachable(self) -> None:
         self._outage.unreachable(time.monotonic())

@@ -282,3 +282,48 @@ def test_a_camera_that_takes_longer_to_start_than_its_lease_lasts_still_starts(r
         asyncio.run_coroutine_threadsafe(sup.stop(), loop).result(5)
         run.result(30)
         loop.call_soon_threadsafe(loop.stop)
+
+
+def test_one_slow_lease_renewal_delays_no_other_cameras(redis_server, monkeypatch):
+    """Renewals ran one camera after the other, each allowed up to its own deadline: one that
+    hung (a dead pooled connection waits out its socket timeout) made the cameras after it miss
+    theirs, and they were stopped although Redis answered them."""
+    import time
+
+    import pipeline.assignment as assignment
+
+    from .waiting import hold
+
+    real = assignment.renew
+
+    def renew(lease, token):
+        if lease.lock.name.endswith(":a"):
+            hold(3.0, "camera a's renewal on a dead connection")
+        return real(lease, token)
+
+    monkeypatch.setattr(assignment, "renew", renew)
+    client = redis_server.client()
+    keys = StreamKeys("slow-renewal")
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    started: list[StandIn] = []
+
+    async def start(camera):
+        started.append(StandIn(camera))
+        return started[-1]
+
+    sup = CameraSupervisor(CAMERAS[:2], client=client, keys=keys, start_camera=start, replicas=1, lease_ttl_s=1.5,
+                           owner="me")
+    run = asyncio.run_coroutine_threadsafe(sup.run(), loop)
+    try:
+        wait_for(lambda: {"a", "b"} <= set(sup.running), 30, "both cameras running")
+        b = sup.running["b"].conductor
+        end = time.monotonic() + 5  # over three TTLs: b keeps running, the same run, its lease ours
+        wait_for(lambda: sup.running.get("b") is None or sup.running["b"].conductor is not b
+                 or time.monotonic() > end, 30, "camera b stopped, or three TTLs", 0.05)
+        assert sup.running.get("b") is not None and sup.running["b"].conductor is b, "camera b was stopped"
+        assert client.get(keys.lease("b")) == b"me"
+    finally:
+        asyncio.run_coroutine_threadsafe(sup.stop(), loop).result(5)
+        run.result(60)
+        loop.call_soon_threadsafe(loop.stop)
