@@ -355,7 +355,9 @@ class VideoSource:
             if self._wait_for_demand is not None:  # backpressure: wait (files): nothing is skipped
                 while not self._stop.is_set() and not self._wait_for_demand(0.25):
                     self.last_frame_at = self._monotonic()  # held back, not silent: no watchdog
-            if self._wants_frame is not None and not self._wants_frame():
+            # (with `wait`, demand was seen above: the consumer may have withdrawn it since, after
+            # its take filled its last place, but this frame waits in the empty slot, not skipped)
+            elif self._wants_frame is not None and not self._wants_frame():
                 self.skipped += 1
                 continue
             t_decode = time.perf_counter()

@@ -17,6 +17,8 @@ from pipeline.sources import (
 from pipeline.frame_slot import LatestFrameSlot
 from pipeline.schema import FrameMeta
 
+from .waiting import wait_for
+
 
 class FakeCapture:
     """Yields ``n`` frames 1/25 s apart, then fails (a dropped stream or end of file)."""
@@ -348,3 +350,44 @@ def test_backpressure_wait_processes_every_frame_of_a_file():
         time.sleep(0.01)  # a slow consumer (real time: the reader thread runs meanwhile)
     reader.join(5)
     assert taken == list(range(12)) and slot.dropped == 0 and src.skipped == 0
+
+
+def test_backpressure_wait_keeps_a_frame_whose_demand_was_withdrawn_after_the_reader_saw_it():
+    """The reader saw demand (``wait_for_demand``: the slot empty, the consumer free), then the
+    consumer said it was busy (``want(False)``, after its take filled its last in-flight place)
+    before the reader asked ``wants_frame``: the frame was skipped under ``wait``, which promises
+    none is. Here the consumer withdraws its demand each time right after the reader saw it."""
+    import threading
+
+    class WithdrawnAtOnce(LatestFrameSlot):
+        def wait_for_demand(self, timeout):
+            seen = super().wait_for_demand(timeout)
+            if seen:
+                self.want(False)  # the consumer's want(False), landing between the reader's two looks
+            return seen
+
+    clock = Clock()
+    slot = WithdrawnAtOnce()
+    src = VideoSource("clip", lambda: FakeCapture(6, clock), fps=0, is_file=True, realtime=False,
+                      wants_frame=slot.wants_frame, wait_for_demand=slot.wait_for_demand,
+                      clock=clock, sleep=clock.sleep)
+
+    def read():
+        for frame in src.frames():
+            slot.put(frame)
+        slot.close()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    taken = []
+
+    def taken_all() -> bool:  # (a get also returns None when woken by a want: looked at again)
+        slot.want(True)
+        frame = slot.get(timeout=0.1)
+        if frame is not None:
+            taken.append(frame.meta.seq)
+        return slot.closed and frame is None
+
+    wait_for(taken_all, 30, "the file read to its end", 0)
+    reader.join(5)
+    assert taken == list(range(6)) and src.skipped == 0, (taken, src.skipped)
