@@ -13,7 +13,7 @@ from pathlib import Path
 from .camera_probe import DEFAULT_PORTS, camera_unanswered, diagnose_rtsp
 from .capture_av import SKIP_FRAME
 from .redact import redact_url
-from .sources import Capture, SourceError, is_file_url
+from .sources import Capture, SourceError, camera_file, is_file_url
 
 
 # FFmpeg's options for an RTSP camera: TCP and no probing, first frame in ~0.2 s, not ~3 s. OpenCV
@@ -90,9 +90,7 @@ def open_capture(
             raise SourceError(camera, f"cannot open {safe}", retryable=True)
         return cap
     if is_file_url(url):
-        path = Path(url.removeprefix("file://"))
-        if not path.is_file():
-            raise SourceError(camera, f"file not found: {path}", retryable=False)
+        path = camera_file(camera, url)
         cap = _ffmpeg_open(str(path))
         if not cap.isOpened():
             raise SourceError(
@@ -122,7 +120,10 @@ def probe_fps(url: str) -> float | None:
     import av
 
     path = url.removeprefix("file://")
-    if not Path(path).is_file():  # (a named pipe would block the probe until a writer comes)
+    try:
+        if not Path(path).is_file():  # (a named pipe would block the probe until a writer comes)
+            return None
+    except OSError:  # (a share gone away: the open says so)
         return None
     try:
         with av.open(path) as container:

@@ -19,14 +19,13 @@ import logging
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .redact import redact, redact_url
-from .sources import Capture, SourceError, is_file_url
+from .sources import Capture, SourceError, camera_file, is_file_url
 
 log = logging.getLogger("percept.capture")
 
@@ -202,9 +201,7 @@ def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_time
         raise SourceError(camera, f"decode: {decode} needs an encoded stream or file, not a device", retryable=False)
     is_file = is_file_url(url)
     if is_file:
-        path = Path(url.removeprefix("file://"))
-        if not path.is_file():
-            raise SourceError(camera, f"file not found: {path}", retryable=False)
+        path = camera_file(camera, url)
         target, options = str(path), {}
     else:
         target, options = url, dict(RTSP_OPTIONS) if url.startswith("rtsp") else {}

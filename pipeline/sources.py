@@ -17,11 +17,13 @@ when its camera was replaced cannot write the old camera's state over the new on
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
@@ -107,6 +109,21 @@ class Backoff:
 
 def is_file_url(url: str) -> bool:
     return "://" not in url and not url.startswith("device:") or url.startswith("file://")
+
+
+def camera_file(camera: str, url: str) -> Path:
+    """The file a file camera's URL names, there to be opened: a `SourceError` when it is not
+    (final), or when it cannot even be looked at (a network share gone away, no permission:
+    retried; a name too long for the system: final) — never an `OSError` that crashes the reader."""
+    path = Path(url.removeprefix("file://"))
+    try:
+        there = path.is_file()
+    except OSError as exc:
+        raise SourceError(camera, f"cannot look at {path}: {exc.strerror or exc}",
+                          retryable=exc.errno != errno.ENAMETOOLONG) from None
+    if not there:
+        raise SourceError(camera, f"file not found: {path}", retryable=False)
+    return path
 
 
 class VideoSource:

@@ -500,3 +500,37 @@ def test_opencvs_options_variable_is_emptied_between_opens_never_removed(videos)
                            env={**os.environ, "OPENCV_FFMPEG_CAPTURE_OPTIONS": ""}, capture_output=True, text=True,
                            timeout=120, cwd=str(Path(capture.__file__).parents[1]))
     assert child.stdout.strip() == "None", child.stderr[-2000:]
+
+
+def test_a_file_that_cannot_be_looked_at_is_a_camera_error_not_a_reader_crash(tmp_path, monkeypatch):
+    """`Path.is_file` raises for anything but a missing file: a name too long, no permission, a
+    network share gone away (ENOTCONN, ESTALE, EIO). The OSError escaped the opener and crashed
+    the camera's reader (restarted as a crash, a looping file's place lost) instead of being a
+    camera error: final for a name that can never open, retried for a share that may come back."""
+    import errno
+    import pathlib
+
+    from pipeline.capture import open_capture
+
+    long_name = str(tmp_path / ("x" * 300 + ".mp4"))
+    for opener in (open_capture, open_skipping):
+        with pytest.raises(SourceError, match="cannot look at .*: File name too long") as caught:
+            opener("cam", long_name)
+        assert not caught.value.retryable
+    gone = tmp_path / "share" / "loop.mp4"
+    real_stat = pathlib.Path.stat
+
+    def stat(self, *args, **kwargs):
+        if self == gone:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    for opener in (open_capture, open_skipping):
+        with pytest.raises(SourceError, match="Transport endpoint is not connected") as caught:
+            opener("cam", str(gone))
+        assert caught.value.retryable
+    events = []
+    src = VideoSource("cam", lambda: open_capture("cam", long_name), fps=5, is_file=True, on_status=events.append)
+    assert list(src.frames()) == [] and src.state == SourceState.FAILED, [e.state for e in events]
+    assert "File name too long" in src.last_error
