@@ -148,22 +148,34 @@ class CameraConductor:
                 self._inflight.add(task)
                 task.add_done_callback(lambda t: (self._inflight.discard(t), sem.release()))
         finally:
-            if self._inflight:
-                await asyncio.gather(*self._inflight, return_exceptions=True)
             stats.cancel()
-            self.source.stop()
-            self._leave_tracks()
-            # the reader's last state change lands while this replica still holds the lease
-            await thread_ended(self._reader, self.camera.read_timeout_s + 1)
-            self._last_state()
-            self.read_to_end = ended and self._read_to_its_end()
-            self._publish_stats(read_to_its_end=self.read_to_end)
-            if self.kept is not None:
-                self.kept.forget(self.camera.id)  # its frames go with it (`percept explain` keeps)
+            try:
+                await self._wind_down(ended)
+            except asyncio.CancelledError:  # given up on (the supervisor's stop timed out): its reader
+                self.source.stop()  # says nothing more: the camera may run again, here or elsewhere
+                self.source.detach()
+                if self.kept is not None:
+                    self.kept.forget(self.camera.id)
+                raise
         if self._reader_error is not None:
             raise self._reader_error
         if self._failure is not None:
             raise self._failure  # the supervisor tries again (with backoff): the zones may be fixed by then
+
+    async def _wind_down(self, ended: bool) -> None:
+        """After the last frame taken: frames in flight end, the reader stops, its tracks are left
+        for the next owner (or ended), the last state and counters are written."""
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        self.source.stop()
+        self._leave_tracks()
+        # the reader's last state change lands while this replica still holds the lease
+        await thread_ended(self._reader, self.camera.read_timeout_s + 1)
+        self._last_state()
+        self.read_to_end = ended and self._read_to_its_end()
+        self._publish_stats(read_to_its_end=self.read_to_end)
+        if self.kept is not None:
+            self.kept.forget(self.camera.id)  # its frames go with it (`percept explain` keeps)
 
     def _last_state(self) -> None:
         """``stopped`` for a reader still opening or reading once stopped: it reports nothing

@@ -491,3 +491,51 @@ def test_a_reader_left_behind_at_stop_that_crashes_later_reports_nothing(redis_s
     finally:
         release.set()
         pub.close()
+
+
+def test_a_camera_given_up_on_while_its_reader_is_stuck_says_nothing_more_from_that_reader(redis_server):
+    """The supervisor waits 15 s for a stopped camera's task, then cancels it; a reader stuck in
+    an open longer than that (``read_timeout_s`` up to 120) was then never detached: when the
+    open came back, that reader's ``stopped`` landed over the camera's next run (``online``)."""
+    from pipeline.publish import Publisher
+
+    release, opening = threading.Event(), threading.Event()
+
+    def stuck_open():
+        opening.set()
+        release.wait(30)  # the stuck open (released by the test)
+        from pipeline.sources import SourceError
+
+        raise SourceError("late", "no answer", retryable=False)
+
+    client = connect_redis(redis_server.url)
+    client.delete(KEYS.camera("late"))
+    pub = Publisher(client, keys=KEYS, maxlen=10).start()
+
+    async def detect(inp):
+        raise AssertionError("not run")
+
+    source = VideoSource("late", stuck_open, fps=0, is_file=False,
+                         on_status=lambda e: pub.camera_state(e.camera, e.state.value, error=e.error))
+    conductor = CameraConductor(CameraConfig(id="late", url="rtsp://h/s", read_timeout_s=60), source,
+                                detect=detect, classifiers={}, publisher=pub, imgsz=64, models={}, max_inflight=1)
+
+    async def main():
+        running = asyncio.create_task(conductor.run())
+        await asyncio.to_thread(opening.wait, 10)
+        await conductor.stop()
+        await asyncio.sleep(0.2)  # into the wait for the reader: not a wait for a condition (the reader is stuck)
+        running.cancel()  # the supervisor's 15 s are up
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    try:
+        asyncio.run(main())
+        pub.camera_state("late", "online")  # the camera's next run
+        release.set()
+        wait_for(lambda: not conductor._reader.is_alive(), 10, "the stuck reader's end")
+        assert pub.flush(10)
+        assert client.hget(KEYS.camera("late"), "state") == b"online"
+    finally:
+        release.set()
+        pub.close()
