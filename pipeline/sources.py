@@ -183,6 +183,7 @@ class VideoSource:
         self._sleep = sleep
         self._secrets = secrets  # what errors are scrubbed of besides URL credentials (the camera's ${VAR}s)
         self._lock = threading.Lock()
+        self._saying = threading.RLock()  # held across a state change and its status event
         self._state = SourceState.CONNECTING
         self._stop = threading.Event()
         self.frames_read = 0
@@ -204,6 +205,13 @@ class VideoSource:
         return self._next_seq
 
     def _transition(self, state: SourceState, error: str | None = None) -> None:
+        # one change said at a time, in the order made: the watchdog's (the event loop) and the
+        # reader's could commit in one order and reach the status hook in the other, leaving the
+        # camera's hash `reconnecting` while it streamed
+        with self._saying:
+            self._change(state, error)
+
+    def _change(self, state: SourceState, error: str | None) -> None:
         with self._lock:
             previous = self._state
             if state == previous and error is None:

@@ -391,3 +391,28 @@ def test_backpressure_wait_keeps_a_frame_whose_demand_was_withdrawn_after_the_re
     wait_for(taken_all, 30, "the file read to its end", 0)
     reader.join(5)
     assert taken == list(range(6)) and src.skipped == 0, (taken, src.skipped)
+
+
+def test_the_watchdogs_change_and_the_readers_reach_the_status_hook_in_the_order_made():
+    """The watchdog (the event loop) committed ``reconnecting`` and was preempted before its
+    status event; the reader got a frame, committed ``online`` and said so; then the watchdog's
+    ``reconnecting`` was said last, and the camera's hash showed it while the camera streamed.
+    Here the watchdog's event waits up to 1 s for the reader's change, as a preemption would."""
+    import threading
+
+    said: list[SourceState] = []
+    src = None
+
+    def hook(event):
+        if event.state == SourceState.RECONNECTING:  # the watchdog, preempted before its event lands
+            reader = threading.Thread(target=src._transition, args=(SourceState.ONLINE,), daemon=True)
+            reader.start()
+            reader.join(1.0)
+        said.append(event.state)
+
+    src = VideoSource("cam", lambda: None, fps=5, is_file=False, on_status=hook, watchdog_s=1.0)
+    src._transition(SourceState.ONLINE)
+    src.last_frame_at = src._monotonic() - 5  # silent for 5 s
+    assert src.check_watchdog()
+    wait_for(lambda: len(said) == 3, 10, "the reader's change said")
+    assert said == [SourceState.ONLINE, SourceState.RECONNECTING, SourceState.ONLINE] and src.state == said[-1], said
