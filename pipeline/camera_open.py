@@ -84,7 +84,7 @@ def _video_source(camera: CameraConfig, config: PerceptConfig, slot: LatestFrame
         functools.partial(
             open_capture, camera.id, camera.url,
             open_timeout_s=camera.open_timeout_s, read_timeout_s=camera.read_timeout_s,
-            decode=camera.decode, fps=camera.fps, frame_timeout_s=camera.watchdog_s,
+            decode=camera.decode, fps=camera.fps, frame_timeout_s=camera.watchdog_s, secrets=camera.secrets,
         ),
         fps=camera.fps,
         is_file=is_file_url(camera.url),

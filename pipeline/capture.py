@@ -63,6 +63,7 @@ def open_capture(
     decode: str = "all",
     fps: float = 0.0,
     frame_timeout_s: float = 10.0,
+    secrets: tuple[str, ...] = (),
 ) -> Capture:
     """Open a camera with OpenCV/FFmpeg: RTSP over TCP with explicit timeouts, files, devices.
     ``decode: keyframes`` / ``reference``: with PyAV, decoding only the keyframes / the reference
@@ -73,14 +74,14 @@ def open_capture(
 
         return open_skipping(camera, url, decode=decode, open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
                              frame_timeout_s=frame_timeout_s, rate=decoded_rate(camera, fps, decode),
-                             diagnose=diagnose_rtsp)
+                             diagnose=diagnose_rtsp, secrets=secrets)
     if decode != "all":
         raise ValueError(f"camera {camera}: decode must be one of {', '.join(['all', *SKIP_FRAME])}, not {decode!r}")
     if unasked(url):  # nothing to ask before the open: PyAV's, outside OpenCV's open lock
         from .capture_av import open_skipping
 
         return open_skipping(camera, url, decode="all", open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
-                             frame_timeout_s=frame_timeout_s)
+                             frame_timeout_s=frame_timeout_s, secrets=secrets)
     import cv2
 
     safe = redact_url(url)

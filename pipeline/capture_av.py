@@ -99,7 +99,8 @@ class SkippingCapture:
 
     def __init__(self, container: Any, stream: Any, rate: DecodedRate | None = None, *,
                  read_timeout_s: float | None = None, frame_timeout_s: float | None = None,
-                 clock: Any = time.monotonic):
+                 clock: Any = time.monotonic, secrets: tuple[str, ...] = ()):
+        self.secrets = secrets  # the camera's credentials: out of what FFmpeg's errors quote
         self.container = container
         self.stream = stream
         self.rate = rate
@@ -135,7 +136,7 @@ class SkippingCapture:
             except StopIteration:
                 return False
             except av.error.FFmpegError as exc:  # read timeout (interrupted), connection lost
-                log.debug("demux stopped: %s", redact(str(exc)))
+                log.debug("demux stopped: %s", redact(str(exc), self.secrets))
                 return False
             if packet.stream_index != self.stream.index:  # audio, data: only time passes
                 if self._read_timeout_s is not None and self._clock() - since > self._read_timeout_s:
@@ -151,7 +152,7 @@ class SkippingCapture:
             except av.error.InvalidDataError:  # one damaged packet: the next keyframe recovers
                 pass
             except av.error.FFmpegError as exc:
-                log.debug("decode failed: %s", redact(str(exc)))
+                log.debug("decode failed: %s", redact(str(exc), self.secrets))
                 return False
             if not self._decoded and self._frame_timeout_s is not None and since - started > self._frame_timeout_s:
                 log.debug("video packets but no frame kept for %.1f s (no keyframe?)", self._frame_timeout_s)
@@ -189,7 +190,7 @@ class SkippingCapture:
 
 def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_timeout_s: float = 5.0,
                   read_timeout_s: float = 2.0, frame_timeout_s: float = 10.0, rate: DecodedRate | None = None,
-                  diagnose: Callable[..., str] | None = None) -> Capture:
+                  diagnose: Callable[..., str] | None = None, secrets: tuple[str, ...] = ()) -> Capture:
     """Open a file or network stream with PyAV, its decoder set to skip what ``decode`` leaves out
     (`SKIP_FRAME`: non-keyframes, or non-reference frames). Errors as
     `open_capture`'s: a missing or undecodable file is final, a stream that does not open is retried
@@ -227,4 +228,4 @@ def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_time
     if not is_file:
         ctx.thread_count = 1  # as open_capture's live streams: one decoder thread, no frame delay
     return SkippingCapture(container, stream, rate, read_timeout_s=None if is_file else read_timeout_s,
-                           frame_timeout_s=None if is_file else max(read_timeout_s, frame_timeout_s))
+                           frame_timeout_s=None if is_file else max(read_timeout_s, frame_timeout_s), secrets=secrets)

@@ -534,3 +534,27 @@ def test_a_file_that_cannot_be_looked_at_is_a_camera_error_not_a_reader_crash(tm
     src = VideoSource("cam", lambda: open_capture("cam", long_name), fps=5, is_file=True, on_status=events.append)
     assert list(src.frames()) == [] and src.state == SourceState.FAILED, [e.state for e in events]
     assert "File name too long" in src.last_error
+
+
+def test_what_ffmpeg_quotes_in_a_pyav_cameras_debug_log_has_none_of_its_secrets(videos, caplog):
+    """PyAV's errors quote the URL it opened: a ``${VAR}`` value in a path or a query parameter
+    (``srt://…?streamid=``) is nothing the generic patterns know as a credential, so the debug
+    lines of a read that stopped named it unless scrubbed with the camera's own secrets."""
+    import av
+
+    from pipeline.capture_av import SkippingCapture
+
+    container = av.open(str(videos / "vtest.avi"))
+    cap = SkippingCapture(container, container.streams.video[0], read_timeout_s=2.0, secrets=("T0ken-s3cr3t",))
+
+    def broken():
+        raise av.error.FFmpegError(5, "Input/output error", "srt://cam:9000?streamid=T0ken-s3cr3t")
+        yield
+
+    cap._packets = broken()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="percept.capture"):
+            assert not cap.grab()
+    finally:
+        cap.release()
+    assert "demux stopped" in caplog.text and "T0ken-s3cr3t" not in caplog.text, caplog.text
