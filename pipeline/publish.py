@@ -329,9 +329,10 @@ class Publisher:
                 log.exception("publisher: unexpected error writing to redis; retrying")
                 self._unreachable(f"redis write failed ({type(exc).__name__}: {redact(str(exc))})", taken, batch)
                 continue
-            if not self.stats.connected:
-                log.info("redis is back; flushing %d buffered results", len(self._queue))
-            self.stats.connected = True
+            if calls:  # (a batch that sent nothing, every result unencodable, says nothing of Redis)
+                if not self.stats.connected:
+                    log.info("redis is back; flushing %d buffered results", len(self._queue))
+                self.stats.connected = True
             held, refusal = account(calls, results, self.stats, self._keep_refused)
             self._note_refusal(refusal)
             stalled = bool(batch) and len(held) == len(batch)
@@ -355,11 +356,13 @@ class Publisher:
         encoded while Redis runs it."""
         if not calls:
             return []
-        self._wire.send([call_command(call, self.keys, self.maxlen, self._xadd) for call in calls])
+        commands = [call_command(call, self.keys, self.maxlen, self._xadd) for call in calls]
         try:
+            self._wire.send(commands)
             self._encode_ahead()
             return self._wire.receive()
-        except BaseException:  # sent, its answers lost: Redis may have run it
+        except BaseException:  # sent (a send that failed may have written part of it), its answers
+            # lost: Redis may have run it
             for call in calls:
                 for item in call:
                     item.sent = True
