@@ -62,6 +62,7 @@ class Subscriber:
         self.group = group
         self.consumer = consumer or default_consumer()
         self._own_name = consumer is None  # named for this process: removed from the group when done
+        self._pending_at: dict[Any, dict[str, Any]] = {}  # where `_pending_page` goes on, by stream
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         if group:
@@ -117,31 +118,33 @@ class Subscriber:
             out.append(Message(name, eid, payload))
         return out
 
-    def _pending_first(self) -> list[Message]:
-        """Entries this consumer read but never acked (it crashed), then entries idle on other,
-        dead consumers, claimed with XAUTOCLAIM."""
+    def _pending_page(self, cap: int) -> list[Message]:
+        """Up to ``cap`` entries this consumer read but never acked (it crashed), then entries
+        idle on other, dead consumers, claimed with XAUTOCLAIM; each call goes on where the last
+        one stopped (`_pending_at`), so a large backlog is neither held in memory at once nor
+        claimed beyond what this reader takes. Empty once both are done for every stream."""
         out: list[Message] = []
         for stream in self.streams:
-            after = "0"
-            while True:  # its whole pending list, 1000 at a time
-                own = self.client.xreadgroup(self.group, self.consumer, {stream: after}, count=1000)
+            at = self._pending_at.setdefault(stream, {"after": "0", "cursor": "0-0", "own": True, "claim": True})
+            while at["own"] and len(out) < cap:
+                own = self.client.xreadgroup(self.group, self.consumer, {stream: at["after"]},
+                                             count=min(1000, cap - len(out)))
                 entries = [entry for _, part in own or [] for entry in part]
                 if not entries:
+                    at["own"] = False
                     break
                 out.extend(self._decode(stream, entries))
                 gone = [entry_id for entry_id, fields in entries if not fields]
                 if gone:  # deleted (trimmed) while pending: acked, so they stop coming back
                     self.client.xack(stream, self.group, *gone)
-                after = entries[-1][0]
-            cursor = "0-0"
-            while True:
-                reply = self.client.xautoclaim(
-                    stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms, start_id=cursor, count=100
-                )
-                cursor, claimed = reply[0], reply[1]
+                at["after"] = entries[-1][0]
+            while at["claim"] and len(out) < cap:
+                reply = self.client.xautoclaim(stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms,
+                                               start_id=at["cursor"], count=min(100, cap - len(out)))
+                at["cursor"], claimed = reply[0], reply[1]
                 out.extend(self._decode(stream, claimed))
-                if cursor in (b"0-0", "0-0"):  # one call scans at most 10 × COUNT: none claimed is not the end
-                    break
+                if at["cursor"] in (b"0-0", "0-0"):  # one call scans at most 10 × COUNT: none claimed is not the end
+                    at["claim"] = False
         return out
 
     def read(self, count: int = 100) -> list[Message]:
@@ -176,19 +179,23 @@ class Subscriber:
         goes away and with None when it is back; reading resumes after the last entry seen
         (groups: pending first)."""
         n = 0
-        backlog: list[Message] | None = None
+        pending: bool | None = None  # reading the group's pending entries first (None: start them over)
         last_seen = time.monotonic()
         backoff = Backoff(0.2, 5.0)
         down = False
         while limit is None or n < limit:
             try:
-                if backlog is None:
-                    backlog = self._pending_first() if self.group else []
-                batch = backlog or self.read(count=100 if limit is None else min(100, limit - n))
+                if pending is None:
+                    self._pending_at = {}
+                    pending = bool(self.group)
+                batch = self._pending_page(1000 if limit is None else min(1000, limit - n)) if pending else []
+                if not batch:
+                    pending = False
+                    batch = self.read(count=100 if limit is None else min(100, limit - n))
             except redis.RedisError as exc:
                 lost_group = bool(self.group) and "NOGROUP" in str(exc)
                 if lost_group and self._recreate_groups():
-                    backlog = None  # Redis came back without its data: the group is made again
+                    pending = None  # Redis came back without its data: the group is made again
                     continue
                 # (a group that cannot be made again now: Redis refuses writes, an outage too)
                 if on_unreachable is None or not (lost_group or redis_unavailable(exc)):
@@ -196,7 +203,7 @@ class Subscriber:
                 if not down:
                     on_unreachable(exc)
                     down = True
-                backlog = None  # after an outage a group consumer re-reads what it had not acked
+                pending = None  # after an outage a group consumer re-reads what it had not acked
                 wait = backoff.next()
                 if idle_timeout_s is not None:
                     left = idle_timeout_s - (time.monotonic() - last_seen)
@@ -209,7 +216,6 @@ class Subscriber:
                 on_unreachable(None)  # type: ignore[misc]
                 down = False
                 backoff.reset()
-            backlog = []
             if batch:
                 last_seen = time.monotonic()
             elif idle_timeout_s is not None and time.monotonic() - last_seen > idle_timeout_s:

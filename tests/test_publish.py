@@ -281,6 +281,27 @@ def test_a_dead_consumers_entries_are_claimed_behind_a_thousand_fresh_ones(redis
     assert claimed == list(range(1050, 1100))
 
 
+def test_a_reader_taking_one_entry_of_a_large_backlog_claims_and_holds_no_more(redis_server):
+    """The pending entries (its own and a dead consumer's) were all read and claimed before the
+    first was given: a reader wanting one held the whole backlog in memory and took every idle
+    entry of the group from the readers that would have handled them. Read a page at a time,
+    it claims what it takes; the next reader goes on with the rest."""
+    client = redis_server.client()
+    stream = KEYS.detections("backlog")
+    client.delete(stream)
+    for s in range(3000):
+        client.xadd(stream, {"json": json.dumps({"camera": "backlog", "seq": s})})
+    client.xgroup_create(stream, "g", id="0")
+    assert len(client.xreadgroup("g", "dead", {stream: ">"}, count=3000)[0][1]) == 3000
+    client.xclaim(stream, "g", "dead", 0, [eid for eid, _ in client.xrange(stream)], idle=600_000)  # idle 10 minutes
+    one = Subscriber(client, KEYS, ["backlog"], group="g", consumer="one", block_ms=100, claim_idle_ms=300_000)
+    assert [m.payload["seq"] for m in one.messages(limit=1, idle_timeout_s=1)] == [0]
+    assert client.xpending(stream, "g")["consumers"] == [{"name": b"dead", "pending": 2999},
+                                                          {"name": b"one", "pending": 1}]
+    rest = Subscriber(client, KEYS, ["backlog"], group="g", consumer="rest", block_ms=100, claim_idle_ms=300_000)
+    assert [m.payload["seq"] for m in rest.messages(limit=2999, idle_timeout_s=1)] == list(range(1, 3000))
+
+
 def test_plain_subscriber_from_start_and_new_only(redis_server):
     pub = publisher(redis_server)
     pub.publish(result(0))
