@@ -381,3 +381,24 @@ def test_ms_per_crop(signs, vehicles, people):
             line.append(f"batch {n}: {(time.perf_counter() - start) / reps / n * 1000:.2f} ms/crop")
         print(f"{clf.name}: " + ", ".join(line))
     assert isinstance(signs, OpenVinoClassifier)
+
+
+def test_an_openvino_model_let_go_is_freed():
+    """The infer queue's callback was the backend's own method: OpenVINO holds it where Python's
+    collector cannot see it, so a detector or classifier let go (the old weights after a hot
+    swap, a candidate the API loaded to check) stayed alive with every network it compiled,
+    ~65 MB a detector each time."""
+    import gc
+    import weakref
+
+    from pipeline.backends import load_detector
+    from pipeline.config import DetectorConfig
+
+    det = load_detector(DetectorConfig(weights="yolo11n_int8_openvino_model", num_cpus=2), models_dir=str(MODELS))
+    clf = load(VEHICLE, "classifiers.vehicle", num_cpus=2)
+    assert clf._streams > 1  # (its batches go through an infer queue)
+    assert not any(isinstance(r, Exception) for r in clf.classify_batch([np.zeros((72, 72, 3), np.uint8)] * 8))
+    held = [weakref.ref(det), weakref.ref(clf)]
+    del det, clf
+    gc.collect()
+    assert [ref() for ref in held] == [None, None]

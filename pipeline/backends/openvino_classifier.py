@@ -154,6 +154,17 @@ def fit_crop(crop: np.ndarray, size: tuple[int, int], spec: CardInput) -> np.nda
     return cv2.copyMakeBorder(inner, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT, value=(v, v, v))
 
 
+def _request_done(request: Any, userdata: tuple[list[Any], int, dict[str, Any]]) -> None:
+    """A chunk's outputs into its slot (a function, not the classifier's method: OpenVINO holds
+    the callback where Python's collector cannot see it, and a bound method kept the classifier
+    and its compiled network alive after a swap)."""
+    results, i, outputs = userdata
+    try:
+        results[i] = {name: request.get_tensor(port).data.copy() for name, port in outputs.items()}
+    except Exception as exc:  # noqa: BLE001 -- handed to _infer, which raises it
+        results[i] = exc
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -190,7 +201,7 @@ class OpenVinoClassifier:
             import openvino as ov
 
             self._queue = ov.AsyncInferQueue(net.compiled, self._streams)
-            self._queue.set_callback(self._done)
+            self._queue.set_callback(_request_done)
 
     def classify_batch(self, crops: Sequence[np.ndarray]) -> list[Attributes | Exception]:
         return per_item(self._classify, crops)
@@ -219,19 +230,12 @@ class OpenVinoClassifier:
         # each request reads its chunk in place (alive until wait_all): copied into the request's
         # own input instead, resized as batches grew, a sequence like 1, 2, 8 crashed the process
         for i, chunk in enumerate(np.array_split(tensor, parts)):
-            self._queue.start_async({self.net.input: chunk}, (results, i), share_inputs=True)
+            self._queue.start_async({self.net.input: chunk}, (results, i, self.net.outputs), share_inputs=True)
         self._queue.wait_all()
         failed = next((r for r in results if isinstance(r, Exception) or r is None), False)
         if failed is not False:
             raise failed or RuntimeError("an inference request returned nothing")
         return {name: np.concatenate([r[name] for r in results]) for name in self.net.outputs}
-
-    def _done(self, request: Any, userdata: tuple[list[Any], int]) -> None:
-        results, i = userdata
-        try:
-            results[i] = {name: request.get_tensor(port).data.copy() for name, port in self.net.outputs.items()}
-        except Exception as exc:  # noqa: BLE001 -- handed to _infer, which raises it
-            results[i] = exc
 
     @staticmethod
     def _decode(head: Head, values: np.ndarray, out: list[dict[str, Any]]) -> None:

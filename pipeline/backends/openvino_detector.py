@@ -218,15 +218,27 @@ class _Call:
         self.done = threading.Event()
 
 
+def _request_done(request: Any, userdata: tuple[_Call, int, int]) -> None:
+    """An infer request's output into its call (a function, not the detector's method: OpenVINO
+    holds the callback where Python's collector cannot see it, and a bound method kept the
+    detector and every network it compiled alive after a swap)."""
+    call, k, output_index = userdata
+    call.results[k] = np.array(request.get_output_tensor(output_index).data)
+    with call.lock:
+        call.left -= 1
+        if call.left == 0:
+            call.done.set()
+
+
 class _Runner:
     """The network compiled at one input size: its queue of THROUGHPUT requests, its LATENCY request."""
 
-    def __init__(self, net: DetectorNet, callback: Callable[[Any, Any], None]):
+    def __init__(self, net: DetectorNet):
         import openvino as ov
 
         self.net = net
         self.queue = ov.AsyncInferQueue(net.compiled, net.requests)
-        self.queue.set_callback(callback)
+        self.queue.set_callback(_request_done)
         self.single = net.latency.create_infer_request()
 
 
@@ -258,7 +270,7 @@ class OpenVinoDetector:
         self._submit_lock = threading.Lock()
         self._size_lock = threading.Lock()
         self._running = 0  # `_infer` calls in progress
-        self._runners: dict[tuple[int, int], _Runner | None] = {net.size: _Runner(net, self._done)}
+        self._runners: dict[tuple[int, int], _Runner | None] = {net.size: _Runner(net)}
 
     def detect_batch(self, inputs: Sequence[DetectorInput]) -> list[Detections | Exception]:
         return per_item(self._detect, inputs)
@@ -323,7 +335,7 @@ class OpenVinoDetector:
             if len(self._runners) <= MAX_SIZES:
                 started = time.monotonic()
                 try:
-                    runner = _Runner(self.net.at_size(size), self._done)
+                    runner = _Runner(self.net.at_size(size))
                     log.info("detector %s: compiled for %dx%d frames in %.1f s", self.name, size[1], size[0],
                              time.monotonic() - started)
                 except Exception as exc:  # RectUnsupported, or a compile error: this size only
@@ -333,14 +345,6 @@ class OpenVinoDetector:
                          self.name, MAX_SIZES, size[1], size[0])
             self._runners[size] = runner
             return runner
-
-    def _done(self, request: Any, userdata: tuple[_Call, int]) -> None:
-        call, k = userdata
-        call.results[k] = np.array(request.get_output_tensor(self.net.output_index).data)
-        with call.lock:
-            call.left -= 1
-            if call.left == 0:
-                call.done.set()
 
     def _infer(self, tensors: list[np.ndarray], runners: list[_Runner]) -> list[np.ndarray]:
         """One infer request per image (each a batch of one, on the runner of its size), run in
@@ -359,7 +363,7 @@ class OpenVinoDetector:
             call = _Call(len(tensors))
             with self._submit_lock:  # a full queue blocks here until a request is free
                 for k, (tensor, runner) in enumerate(zip(tensors, runners)):
-                    runner.queue.start_async({self.net.input_index: tensor}, (call, k))
+                    runner.queue.start_async({self.net.input_index: tensor}, (call, k, self.net.output_index))
             if not call.done.wait(INFER_TIMEOUT_S):
                 raise TimeoutError(f"{self.name}: no inference result within {INFER_TIMEOUT_S:.0f} s")
             return call.results
