@@ -140,6 +140,29 @@ def test_frames_run_at_their_rectangle_and_find_what_the_square_finds(native, na
         assert good >= 0.9 * total, f"{clip}: {good}/{total} boxes matched at IoU >= 0.85"
 
 
+def test_a_rectangle_that_compiles_but_fails_to_run_leaves_its_frames_in_the_square(native_square):
+    """A re-shaped network can compile and still fail at run time: every frame of that size
+    failed (a single frame at once, a batch's after the 60 s infer timeout). It is tried on one
+    blank frame first; failing, the size runs in the padded square. Here the re-shaped network's
+    requests raise what OpenVINO raises for such a network."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    def fails(inputs):
+        raise RuntimeError("Exception from src/inference/src/cpp/infer_request.cpp: [CPU] Reshape: incompatible shape")
+
+    latency = SimpleNamespace(create_infer_request=lambda: SimpleNamespace(infer=fails))
+    broken = detector(DETECTOR, categories=ALL)
+    at_size = broken.net.at_size
+    broken.net = replace(broken.net, at_size=lambda size: replace(at_size(size), latency=latency))
+    inputs = [prepare_frame(f, 640) for f in frames("traffic.mp4", [5, 45])]
+    got, want = broken.detect_batch(inputs), native_square.detect_batch(inputs)
+    assert broken._runners.get((384, 640), "never tried") is None, list(broken._runners)
+    assert not any(isinstance(g, Exception) for g in got), got
+    for a, b in zip(got, want):
+        assert len(a) == len(b) > 0 and np.allclose(a.xyxy, b.xyxy, atol=1)
+
+
 def test_sizes_beyond_the_limit_run_in_the_square(native_square, monkeypatch):
     """Past `MAX_SIZES` compiled sizes a frame runs in the padded square: same boxes as rect=False."""
     import pipeline.backends.openvino_detector as ovd

@@ -335,7 +335,11 @@ class OpenVinoDetector:
             if len(self._runners) <= MAX_SIZES:
                 started = time.monotonic()
                 try:
-                    runner = _Runner(self.net.at_size(size))
+                    compiled = _Runner(self.net.at_size(size))
+                    # one blank frame through it first: a re-shape that compiles but fails at run
+                    # time stays the square's, not every frame of this size failing
+                    compiled.single.infer({self.net.input_index: np.zeros((1, *size, 3), np.uint8)})
+                    runner = compiled
                     log.info("detector %s: compiled for %dx%d frames in %.1f s", self.name, size[1], size[0],
                              time.monotonic() - started)
                 except Exception as exc:  # RectUnsupported, or a compile error: this size only
