@@ -158,10 +158,14 @@ class EventEngine:
         if meta.camera != self.camera:
             raise ValueError(f"EventEngine({self.camera!r}) got a frame of camera {meta.camera!r}")
         self._frame += 1
-        present: dict[int, int] = {}  # track id → object index (the first, should one repeat)
+        # track id → its objects: overlapping boxes the tracker merged share one id (a car and a
+        # truck box on one vehicle), listed in any order: the track's box is their mean and its
+        # object the best scored, so its anchor does not jump between them frame to frame
+        shared: dict[int, list[int]] = {}
         for i, tid in enumerate(dets.track_ids):
             if tid is not None:
-                present.setdefault(int(tid), i)
+                shared.setdefault(int(tid), []).append(i)
+        present = {t: max(ix, key=lambda i: (dets.scores[i], -i)) for t, ix in shared.items()}
         geo = self.geometry(meta.width, meta.height)  # bad pixel zones fail before tracks change
         if self._size not in (None, (meta.width, meta.height)):  # anchors in the old pixels mean nothing now
             for tr in self._tracks.values():
@@ -178,7 +182,10 @@ class EventEngine:
         if not present:
             return events
         order = sorted(present)
-        boxes = np.round(dets.xyxy[[present[t] for t in order]].astype(np.float64), 1)
+        rows = [shared[t] for t in order]
+        boxes = (dets.xyxy[[r[0] for r in rows]] if all(len(r) == 1 for r in rows)
+                 else np.array([dets.xyxy[r].mean(axis=0) for r in rows])).astype(np.float64)
+        boxes = np.round(boxes, 1)
         anchors = np.round(geo.anchors(boxes).reshape(-1, 2), 1)
         centres = np.round(np.stack([boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]], axis=1) / 2, 1)
         inside = {name: points_in_polygon(anchors, poly) for name, poly in geo.zones.items()}

@@ -101,3 +101,18 @@ def test_a_track_first_seen_on_a_line_takes_that_side_until_it_is_seen_clear_of_
     # once seen clear of the band, the first point no longer counts: jitter on the line is nothing
     engine = EventEngine("cam", lines=STOP)
     assert crossings(run(engine, car_frames([51, 80, 49.2, 50.8, 49.4]))) == []
+
+
+def test_two_boxes_the_tracker_merged_under_one_id_count_no_crossing_whatever_their_order():
+    """Overlapping boxes of one vehicle (a car and a truck box, IoU 0.8) share one track id; the
+    engine took whichever came first, and the detector lists them in any order: the anchor jumped
+    between the two bottoms (50 and 55, across the band of the line at y = 52.5) and a parked
+    vehicle counted out, in, out. The track's box is their mean, whatever the order."""
+    gate = {"gate": [[0, 0.525], [1, 0.525]]}
+    car = obj(1, 50.0, size=20.0)
+    truck = dict(obj(1, 55.0, size=25.0), label="truck", score=0.85)
+    engine = EventEngine("cam", lines=gate)
+    orders = [[car, truck], [truck, car]] * 4
+    assert crossings(run(engine, [frame(i + 1, objs) for i, objs in enumerate(orders)])) == []
+    # one id, one track: its label is the best scored box's
+    assert [e.label for e in run(EventEngine("cam"), [frame(1, [truck, car])]) if e.kind == "track_start"] == ["car"]
