@@ -106,7 +106,7 @@ class EventEngine:
         ``zone_enter`` on its next sighting clear of the zone's edges; after an anchor change no
         crossing is judged between the old anchor point and the new one."""
         self.zones = {k: [list(p) for p in v] for k, v in (zones or {}).items()}
-        self.lines = {k: [list(p) for p in v] for k, v in (lines or {}).items()}
+        before, self.lines = self.lines, {k: [list(p) for p in v] for k, v in (lines or {}).items()}
         anchor_changed, self.anchor = anchor != self.anchor, anchor
         if line_margin is not None:
             self.line_margin = line_margin
@@ -115,7 +115,7 @@ class EventEngine:
         self._geometry = None
         self._zones_removed = True
         for tr in self._tracks.values():
-            tr.sides = {line: p for line, p in tr.sides.items() if line in self.lines}
+            tr.sides = kept_sides(tr.sides, before, self.lines)
             if anchor_changed:
                 tr.forget_anchor()
 
@@ -368,6 +368,7 @@ class EventEngine:
         return {
             "schema": STATE_SCHEMA, "camera": self.camera, "frame": self._frame, "file_time": self.file_time,
             "size": list(self._size) if self._size is not None else None, "anchor": self.anchor,
+            "lines": self.lines,  # what the tracks' sides were taken against
             "tracks": [json_safe(vars(t)) for t in sorted(tracks, key=lambda t: t.id)],
         }
 
@@ -405,7 +406,8 @@ class EventEngine:
                 tr = OpenTrack(**{k: data[k] for k in OpenTrack.__dataclass_fields__ if k in data})
                 tr.id, tr.last_frame, tr.frames, tr.stride = int(tr.id), int(tr.last_frame), int(tr.frames), int(tr.stride)
                 tr.zones = {z: float(t) for z, t in tr.zones.items()}
-                tr.sides = {line: [float(v) for v in p] for line, p in tr.sides.items() if line in engine.lines}
+                tr.sides = kept_sides({line: [float(v) for v in p] for line, p in tr.sides.items()},
+                                      snapshot.get("lines"), engine.lines)
                 if anchor_changed:
                     tr.forget_anchor()
                 engine._tracks[tr.id] = tr
@@ -413,6 +415,16 @@ class EventEngine:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed event state of camera {camera!r}: {exc!r}") from None
         return engine
+
+
+def kept_sides(sides: Mapping[str, list[float]], before: Mapping[str, Any] | None,
+               lines: Mapping[str, Any]) -> dict[str, list[float]]:
+    """A track's side points of the lines that are still there, unmoved: a line moved (same name,
+    other points) past a parked object judged it from a side it never left, and counted it;
+    without its side the track's next movement is judged from its last point. ``before``: the
+    lines the sides were taken against (None: not known, an older snapshot: kept)."""
+    return {line: p for line, p in sides.items()
+            if line in lines and (before is None or [list(q) for q in before.get(line, ())] == lines[line])}
 
 
 def events_json(events: Iterable[Event]) -> list[tuple[str, str]]:

@@ -116,3 +116,21 @@ def test_two_boxes_the_tracker_merged_under_one_id_count_no_crossing_whatever_th
     assert crossings(run(engine, [frame(i + 1, objs) for i, objs in enumerate(orders)])) == []
     # one id, one track: its label is the best scored box's
     assert [e.label for e in run(EventEngine("cam"), [frame(1, [truck, car])]) if e.kind == "track_start"] == ["car"]
+
+
+def test_a_line_moved_past_a_parked_vehicle_counts_nothing_live_or_at_the_next_owner():
+    """A track's side of a line is the point it was last seen clear of the line's band: moved
+    (same name, other points) at runtime or between owners, the line judged a parked vehicle from
+    that old point and counted it. Sides are kept only for lines that did not move."""
+    moved = {"stop": [[0, 0.47], [1, 0.47]]}  # y = 50 → y = 47
+    parked = car_frames([45, 49.5])  # clear above the line, then inside its band (side kept from 45)
+    engine = EventEngine("cam", lines=STOP)
+    assert crossings(run(engine, parked)) == []
+    snapshot = json.loads(json.dumps(engine.snapshot()))
+    engine.reconfigure(None, moved, anchor=engine.anchor)
+    assert crossings(run(engine, car_frames([49.5, 49.5], start=3))) == []
+    restored = EventEngine.restore(snapshot, "cam", lines=moved)
+    assert crossings(run(restored, car_frames([49.5, 49.5], start=3))) == []
+    # an unmoved line keeps the side across owners: the vehicle driving on still counts once
+    kept = EventEngine.restore(snapshot, "cam", lines=STOP)
+    assert crossings(run(kept, car_frames([53, 60], start=3))) == [(3, "out")]
