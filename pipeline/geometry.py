@@ -265,9 +265,9 @@ def clear_of_edges(points: np.ndarray, xyxy: np.ndarray, polygon: np.ndarray, ma
     across = (np.abs(d[:, 1])[None, :] * (b[:, 2] - b[:, 0])[:, None]
               + np.abs(d[:, 0])[None, :] * (b[:, 3] - b[:, 1])[:, None]) / length  # (N, k)
     band = np.minimum(margin * across, extent[None, :] / 4)
-    near = (dist < band).any(axis=1)  # the others are clear whatever the width there (it only narrows a band)
-    if near.any():  # (the width costs N × k² : for the anchors near an edge only)
-        band[near] = np.minimum(band[near], _thickness(pts[near], poly, d, length) / 4)
+    near = np.nonzero(dist < band)  # other pairs are clear whatever the width there (it only narrows a band)
+    if len(near[0]):  # (the width costs k a pair: for the anchors near an edge, across that edge only)
+        band[near] = np.minimum(band[near], _thickness(pts[near[0]], near[1], poly, d, length) / 4)
     if frame is not None:
         ends = np.stack([poly, np.roll(poly, -1, axis=0)], axis=1)  # (k, 2 ends, 2)
         width, height = frame
@@ -277,22 +277,23 @@ def clear_of_edges(points: np.ndarray, xyxy: np.ndarray, polygon: np.ndarray, ma
     return (dist >= band).all(axis=1)
 
 
-def _thickness(pts: np.ndarray, poly: np.ndarray, d: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """(N, k): the polygon's width at each point across each edge — from the edge's line through
-    the point, along the edge's normal, to the next edge beyond it (inf if none): a zone's narrow
-    arm has a narrow inside there, though the zone is wide elsewhere."""
-    rel = pts[:, None, :] - poly[None, :, :]  # (N, k, 2)
-    cross = _cross(d[None, :, 0], d[None, :, 1], rel[..., 0], rel[..., 1])  # (N, k): which side, how far
-    normal = np.stack([-d[:, 1], d[:, 0]], axis=1) / length[:, None]  # (k, 2)
-    u = np.where(cross[..., None] >= 0, 1.0, -1.0) * normal[None, :, :]  # (N, k, 2): away from the edge
-    to_f = poly[None, None, :, :] - pts[:, None, None, :]  # (N, 1, k, 2): the point to each edge's start
-    denom = _cross(u[:, :, None, 0], u[:, :, None, 1], d[None, None, :, 0], d[None, None, :, 1])  # (N, k, k)
+def _thickness(pts: np.ndarray, edges: np.ndarray, poly: np.ndarray, d: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """(M,): the polygon's width at each point ``pts[m]`` across edge ``edges[m]`` — from that
+    edge's line through the point, along the edge's normal, to the next edge beyond it (inf if
+    none): a zone's narrow arm has a narrow inside there, though the zone is wide elsewhere."""
+    de = d[edges]  # (M, 2): each pair's edge
+    rel = pts - poly[edges]
+    cross = _cross(de[:, 0], de[:, 1], rel[:, 0], rel[:, 1])  # (M,): which side, how far
+    normal = np.stack([-de[:, 1], de[:, 0]], axis=1) / length[edges][:, None]
+    u = np.where(cross[:, None] >= 0, 1.0, -1.0) * normal  # (M, 2): away from the edge
+    to_f = poly[None, :, :] - pts[:, None, :]  # (M, k, 2): the point to each edge's start
+    denom = _cross(u[:, None, 0], u[:, None, 1], d[None, :, 0], d[None, :, 1])  # (M, k)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = _cross(to_f[..., 0], to_f[..., 1], d[None, None, :, 0], d[None, None, :, 1]) / denom
-        s = _cross(to_f[..., 0], to_f[..., 1], u[:, :, None, 0], u[:, :, None, 1]) / denom
+        t = _cross(to_f[..., 0], to_f[..., 1], d[None, :, 0], d[None, :, 1]) / denom
+        s = _cross(to_f[..., 0], to_f[..., 1], u[:, None, 0], u[:, None, 1]) / denom
     hit = (np.abs(denom) > 1e-12) & (t > 1e-9) & (s >= 0) & (s <= 1)
-    beyond = np.where(hit, t, np.inf).min(axis=2)  # (N, k)
-    return np.abs(cross) / length[None, :] + beyond
+    beyond = np.where(hit, t, np.inf).min(axis=1)  # (M,)
+    return np.abs(cross) / length[edges] + beyond
 
 
 def point_in_polygon(point: Sequence[float], polygon: np.ndarray) -> bool:
