@@ -44,7 +44,8 @@ class FrameMeta:
         """The frame's time for tracking and event durations: its capture time, or with
         ``file_time`` (a file read faster than real time) the file's own time, as published
         (to 0.1 ms)."""
-        return round(self.pts, 4) if file_time and self.pts is not None else self.frame_ts
+        # (a pts that is not finite, as a file may give: the capture time, never NaN in durations)
+        return round(self.pts, 4) if file_time and self.pts is not None and math.isfinite(self.pts) else self.frame_ts
 
 
 @dataclass(frozen=True, eq=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import json
 from collections import Counter
 
@@ -472,3 +473,18 @@ def test_tracks_of_a_file_on_its_own_time_settled_from_the_events_stream_keep_th
     ends = {(e.kind, e.track_id): e for e in settled.close(10, T0 + 3)}
     assert ends["track_end", 1].duration_s == pytest.approx(0.75) and ends["zone_exit", 1].dwell_s == pytest.approx(0.75)
     assert ends["track_end", 2].duration_s == 0.0  # known from its track_start only
+
+
+def test_a_file_frame_without_a_finite_position_is_timed_on_its_capture_time():
+    """A file on its own time whose position reads NaN (a broken index) put NaN in the track's
+    times: the snapshot wrote it as null, and the next owner failed to restore the camera."""
+    from dataclasses import replace
+
+    engine = EventEngine("cam", BOX_ZONE, file_time=True)
+    for seq in range(3):
+        f = frame(seq, [obj(1, 50)])
+        engine.update(replace(f, meta=replace(f.meta, pts=float("nan"))) if seq != 1 else f)
+    state = json.loads(json.dumps(engine.snapshot()))
+    restored = EventEngine.restore(state, "cam", BOX_ZONE, file_time=True)
+    ends = {e.kind: e for e in restored.close(3, T0 + 1)}
+    assert math.isfinite(ends["track_end"].duration_s) and math.isfinite(ends["zone_exit"].dwell_s), ends
