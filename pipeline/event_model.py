@@ -145,8 +145,18 @@ class OpenTrack:
     sides: dict[str, list[float]] = field(default_factory=dict)
 
     def forget_anchor(self) -> None:
-        """Judge no crossing from the points known so far (the anchor or the frame size changed)."""
+        """Judge no crossing from the points known so far (the anchor changed)."""
         self.anchor, self.sides = None, {}
+
+    def rescale(self, sx: float, sy: float) -> None:
+        """The points crossings are judged from, in the pixels of another frame size (the same
+        scene at another resolution, as the tracker rescales its boxes): a side taken clear of a
+        line's band stays that side, not re-taken from wherever the track is next."""
+        def scaled(p: list[float]) -> list[float]:
+            return [p[0] * sx, p[1] * sy]
+
+        self.anchor = scaled(self.anchor) if self.anchor is not None else None
+        self.sides = {line: scaled(p) for line, p in self.sides.items()}
 
     @property
     def label(self) -> str:

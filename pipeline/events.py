@@ -167,9 +167,10 @@ class EventEngine:
                 shared.setdefault(int(tid), []).append(i)
         present = {t: max(ix, key=lambda i: (dets.scores[i], -i)) for t, ix in shared.items()}
         geo = self.geometry(meta.width, meta.height)  # bad pixel zones fail before tracks change
-        if self._size not in (None, (meta.width, meta.height)):  # anchors in the old pixels mean nothing now
+        if self._size not in (None, (meta.width, meta.height)):  # anchors in the old pixels: into the new ones
+            sx, sy = meta.width / self._size[0], meta.height / self._size[1]
             for tr in self._tracks.values():
-                tr.forget_anchor()
+                tr.rescale(sx, sy)
         self._size = (meta.width, meta.height)
         events: list[Event] = []
         for tid in sorted(self._tracks):
@@ -389,7 +390,7 @@ class EventEngine:
         """An engine that continues the open tracks of ``snapshot``: no second ``track_start``,
         event numbers (ids) continue, a crossing is judged from the last anchor point known.
         A track inside a zone the new config no longer has leaves it on the next frame (as after
-        `reconfigure`); after a change of the anchor, or at another frame size, no crossing is judged between the last
+        `reconfigure`); after a change of the anchor no crossing is judged between the last
         anchor point known and the next one."""
         if snapshot.get("schema") != STATE_SCHEMA:
             raise ValueError(f"unsupported event state {snapshot.get('schema')!r}; expected {STATE_SCHEMA!r}")

@@ -134,3 +134,16 @@ def test_a_line_moved_past_a_parked_vehicle_counts_nothing_live_or_at_the_next_o
     # an unmoved line keeps the side across owners: the vehicle driving on still counts once
     kept = EventEngine.restore(snapshot, "cam", lines=STOP)
     assert crossings(run(kept, car_frames([53, 60], start=3))) == [(3, "out")]
+
+
+def test_a_side_known_before_a_change_of_resolution_holds_after_it():
+    """At another frame size the points a track's side was taken from were forgotten: a track
+    inside the line's band just then took its side from that point, and walking back out of the
+    band to where it came from counted as a crossing. The points are scaled to the new size."""
+    engine = EventEngine("cam", lines=STOP)
+    came = [frame(1, [obj(1, 45, size=SIZE)]), frame(2, [obj(1, 50.5, size=SIZE)])]  # clear above, then in the band
+    back = [frame(3, [obj(1, 101, x=100, size=2 * SIZE)], width=200, height=200),  # the same place, twice the size
+            frame(4, [obj(1, 90, x=100, size=2 * SIZE)], width=200, height=200)]  # back up where it came from
+    assert crossings(run(engine, came + back)) == []
+    # and a real crossing after the change still counts
+    assert crossings(run(engine, [frame(5, [obj(1, 130, x=100, size=2 * SIZE)], width=200, height=200)])) == [(5, "out")]
