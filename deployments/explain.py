@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,6 +41,7 @@ from pipeline.keep import KeptFrame, NotKept
 from pipeline.lifecycle.swap import Desired, SwapKeys, swapped_cfg
 from pipeline.models import ModelError, prepare_frame
 from pipeline.priority import lower_thread_priority
+from pipeline.privacy import PrivacyUnavailable
 from pipeline.redact import redact
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys
@@ -113,8 +115,11 @@ class ExplainApi:
             raise HTTPException(503, detail=f"cannot load the detector to explain with: {redact(str(exc))}") from None
         except redis.RedisError:  # (reading which weights the replicas serve): the API's 503, Retry-After
             raise
+        except PrivacyUnavailable as exc:  # fails closed: no image rather than an unblurred one
+            raise HTTPException(503, detail=str(exc)) from None
         except Exception as exc:  # a fault of this explanation: said as such, the API goes on
-            log.exception("explain %s seq %s failed", camera_id, frame.result.meta.seq)
+            log.error("explain %s seq %s failed: %s", camera_id, frame.result.meta.seq,  # (an error may quote a URL)
+                      redact("".join(traceback.format_exception(exc)).rstrip()))
             raise HTTPException(500, detail=f"explain failed: {type(exc).__name__}: {redact(str(exc))}") from None
         finally:
             self._queued -= 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,19 +144,26 @@ def pixelate(image: np.ndarray, boxes: np.ndarray, *, grow: float = 0.45) -> Non
         roi[:] = cv2.resize(block, (roi.shape[1], roi.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
+class PrivacyUnavailable(RuntimeError):
+    """A blur asked for cannot be done (its model is missing or does not load): no image is shown."""
+
+
 class Blurrer:
     """Finds faces and/or plates on a full-resolution frame and blurs them (on a copy)."""
 
-    def __init__(self, faces: FaceFinder | None = None, plates: PlateFinder | None = None):
+    def __init__(self, faces: FaceFinder | None = None, plates: PlateFinder | None = None,
+                 missing: Sequence[str] = ()):
         self.faces = faces
         self.plates = plates
+        # kinds asked for that cannot be blurred: every image refused (`blur` raises), never shown unblurred
+        self.missing = tuple(missing)
 
     @property
     def kinds(self) -> list[str]:
         return [k for k, f in (("faces", self.faces), ("plates", self.plates)) if f is not None]
 
     def __bool__(self) -> bool:
-        return bool(self.kinds)
+        return bool(self.kinds or self.missing)
 
     def regions(self, image: np.ndarray) -> np.ndarray:
         """(N, 4) xyxy boxes to blur in ``image``."""
@@ -165,6 +173,9 @@ class Blurrer:
     def blur(self, image: np.ndarray) -> np.ndarray:
         """A copy of ``image`` with every face and plate found blurred (``image`` itself when
         there is nothing to blur: it is never changed)."""
+        if self.missing:
+            raise PrivacyUnavailable(f"privacy.blur asks for {' and '.join(self.missing)}, whose model is missing or "
+                                     "does not load: no image is shown")
         if not self:
             return image
         boxes = self.regions(image)
@@ -177,11 +188,13 @@ class Blurrer:
     @classmethod
     def from_config(cls, cfg: PrivacyConfig, models_dir: str | None) -> Blurrer:
         """The blurrer ``privacy`` asks for. Unset ``blur``: faces when the face model is there.
-        A kind asked for whose model is missing (or fails to load) is warned about once and left
-        out; the view runs on without it."""
+        A kind asked for whose model is missing, or a model there that fails to load, is warned
+        about once and fails closed: the blurrer refuses every image (`PrivacyUnavailable`), so the
+        live view and explanations show none, rather than show it unblurred."""
         wanted = ["faces"] if cfg.blur is None else list(dict.fromkeys(cfg.blur))
         explicit = cfg.blur is not None
         faces = plates = None
+        missing: list[str] = []
         for kind in wanted:
             spec = cfg.faces_model if kind == "faces" else cfg.plates_model
             path = resolve_weights(spec, models_dir)
@@ -189,17 +202,19 @@ class Blurrer:
                 if explicit:
                     where = f" (models_dir {models_dir})" if models_dir else " (models_dir is not set)"
                     _warn_once(f"missing:{kind}:{path}", "privacy.blur asks for %s but the model %r is missing%s: "
-                               "images are NOT blurred for %s", kind, spec, where, kind)
+                               "no image is shown (live view, explanations)", kind, spec, where)
+                    missing.append(kind)
                 continue
             try:
                 if kind == "faces":
                     faces = FaceFinder(path, score=cfg.face_score, detect_width=cfg.detect_width)
                 else:
                     plates = PlateFinder(path, score=cfg.plate_score)
-            except Exception as exc:  # noqa: BLE001 - a model that does not load: said once, the view goes on
-                _warn_once(f"load:{kind}:{path}", "privacy: cannot load the %s model %r (%s: %s): images are NOT "
-                           "blurred for %s", kind, path, type(exc).__name__, exc, kind)
-        blurrer = cls(faces, plates)
-        if blurrer:
+            except Exception as exc:  # noqa: BLE001 - a model that does not load: said once, fails closed
+                _warn_once(f"load:{kind}:{path}", "privacy: cannot load the %s model %r (%s: %s): no image is "
+                           "shown (live view, explanations)", kind, path, type(exc).__name__, exc)
+                missing.append(kind)
+        blurrer = cls(faces, plates, missing)
+        if blurrer.kinds and not missing:
             log.info("privacy: blurring %s in every image the view emits", " and ".join(blurrer.kinds))
         return blurrer

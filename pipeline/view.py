@@ -35,6 +35,7 @@ from .config_view import ViewConfig
 from .geometry import GeometryError, resolve_geometry
 from .lease import FENCED_SET
 from .priority import lower_thread_priority
+from .privacy import PrivacyUnavailable
 from .schema import FrameResult
 from .streams import StreamKeys
 
@@ -246,6 +247,7 @@ class CameraView:
         self._checked_at = -math.inf
         self._checking = False
         self._busy = False
+        self._refused = False  # a frame refused by the blurrer (`PrivacyUnavailable`) said so once
         self._due = -math.inf
         self._last_offer: float | None = None
         self._interval: float | None = None  # moving average of the time between offered frames
@@ -307,6 +309,10 @@ class CameraView:
             ms = (time.perf_counter() - t0) * 1000
             self.render_ms = ms if self.render_ms is None else 0.8 * self.render_ms + 0.2 * ms
             self.rendered += 1
+        except PrivacyUnavailable as exc:  # fails closed: no image (said when the blurrer was made, and once here)
+            if not self._refused:
+                self._refused = True
+                log.warning("camera %s: no view image: %s", self.camera_id, exc)
         except Exception as exc:  # noqa: BLE001 - a view frame lost, never the camera
             log.warning("camera %s: view frame %d not written: %s: %s", self.camera_id, result.meta.seq,
                         type(exc).__name__, exc)

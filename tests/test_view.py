@@ -71,16 +71,26 @@ def test_blurred_view_has_no_face_yunet_finds(blurrer, index):
     assert faces(blurred) == 0, "blur on: YuNet still finds a face"
 
 
-def test_privacy_asked_for_with_a_missing_model_warns_once(tmp_path, caplog):
+def test_privacy_asked_for_with_a_missing_model_warns_once_and_shows_no_image(tmp_path, caplog):
+    """A blur asked for whose model is missing (or does not load) failed open: a warning, then
+    every face shown. It fails closed: the blurrer refuses every image, and the view renders none."""
+    from pipeline.privacy import PrivacyUnavailable
+
+    frame = clip_frame("vtest.avi", 0)
     with caplog.at_level(logging.WARNING, logger="percept.privacy"):
         for _ in range(2):
             b = Blurrer.from_config(PrivacyConfig(blur=["faces", "plates"]), str(tmp_path))
-            assert not b and b.kinds == []
+            assert b and b.kinds == [] and b.missing == ("faces", "plates")
+            with pytest.raises(PrivacyUnavailable, match="faces and plates"):
+                b.blur(frame)
         default = Blurrer.from_config(PrivacyConfig(), str(tmp_path))  # not asked for: silently off
-    assert not default
+    assert not default and default.blur(frame) is frame
     warnings = [r.getMessage() for r in caplog.records if r.name == "percept.privacy"]
     assert len(warnings) == 2, warnings  # faces and plates, once each
-    assert all("NOT blurred" in w and "missing" in w for w in warnings), warnings
+    assert all("no image is shown" in w and "missing" in w for w in warnings), warnings
+    result = FrameResult(FrameMeta("crowd", 0, 0.0, 0.0, frame.shape[1], frame.shape[0]), Detections(), {}, {})
+    with pytest.raises(PrivacyUnavailable):
+        render_jpeg(frame, result, CameraConfig(id="crowd", url="x"), ViewConfig(width=VIEW_WIDTH), b)
     plates = Blurrer.from_config(PrivacyConfig(blur=["plates"]), str(MODELS))
     assert plates.kinds == ["plates"] and len(plates.regions(clip_frame("traffic.mp4", 30))) == 0
 
