@@ -6,6 +6,7 @@ the open (``udp://``, ``srt://``, ``rtp://``, ``tcp://``, …), is opened with P
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from pathlib import Path
@@ -103,8 +104,9 @@ def open_capture(
         if unanswered is not None:  # failed here, outside the open lock: the other cameras open meanwhile
             raise SourceError(camera, f"cannot open {safe}: {unanswered}", retryable=True)
     params = [
-        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
-        cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000),
+        # (at least 1 ms: OpenCV reads 0 as no timeout at all)
+        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, max(1, math.ceil(open_timeout_s * 1000)),
+        cv2.CAP_PROP_READ_TIMEOUT_MSEC, max(1, math.ceil(read_timeout_s * 1000)),
         cv2.CAP_PROP_N_THREADS, 1,
     ]
     cap = _ffmpeg_open(url, params)

@@ -28,7 +28,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from .config_errors import CONFIG_ERROR_EXIT_CODE, ConfigError, error_at, format_validation_error  # noqa: F401 (API)
 from .config_models import (  # noqa: F401 (the config's API)
     DEFAULT_CATEGORIES, AutoscaleConfig, BatchConfig, ClassifierConfig, DetectorConfig, ModelSection, ModelServerConfig,
-    DetectorList, Resources, Strict, classifier_sections, detector_sections, duplicate_names,
+    MAX_UNITS, DetectorList, Resources, Strict, classifier_sections, detector_sections, duplicate_names,
 )
 from .config_tracker import TrackerConfig
 from .config_view import PrivacyConfig, ViewConfig
@@ -121,9 +121,9 @@ class CameraConfig(Strict):
 
 
 class DecoderConfig(Strict):
-    replicas: int | None = Field(None, ge=1, description="default: one per 8 cameras")
+    replicas: int | None = Field(None, ge=1, le=MAX_UNITS, description="default: one per 8 cameras")
     cameras_per_replica: int = Field(8, ge=1)
-    num_cpus: float = Field(0.25, ge=0)
+    num_cpus: float = Field(0.25, ge=0, le=MAX_UNITS)
     resources: Resources = Field(default_factory=dict, description="Ray custom resources per replica (node placement)")
     max_inflight: int = Field(2, ge=1, le=64, description="frames per camera in flight downstream")
     shared_memory: bool = Field(
@@ -351,7 +351,11 @@ def _resolve_relative_paths(config: PerceptConfig, base_dir: Path, env: Mapping[
         expanded = ENV_REF.sub(lambda m: env[m.group(1)] if m.group(1) in env else m.group(0), url)
         if "://" not in expanded and not expanded.startswith("device:") and not os.path.isabs(expanded):
             candidate = base_dir / expanded
-            if candidate.exists():
+            try:
+                there = candidate.exists()
+            except OSError:  # a name too long, no permission: left as written, the camera says why
+                there = False
+            if there:
                 url = str(candidate.resolve()) if expanded == url else os.path.join(base_dir.resolve(), url)
         cameras.append(cam.model_copy(update={"url": url}))
     return config.model_copy(update={"cameras": cameras})

@@ -18,15 +18,18 @@ DEFAULT_CATEGORIES: dict[str, list[str]] = {
     "sign": ["stop sign", "traffic light"],
 }
 
+MAX_UNITS = 4096  # CPUs, GPUs or replicas per deployment: beyond, a typo (1e308 made Ray's arithmetic overflow)
+
+
 def _ray_resources(v: dict[str, float]) -> dict[str, float]:
     """Custom resources as Ray takes them: not its own (each has a field of its own), none below 0
     (Ray refused both only when the graph was deployed, naming no field)."""
     own = sorted(set(v) & {"CPU", "GPU", "memory", "object_store_memory"})
     if own:
         raise ValueError(f"{', '.join(own)}: not a custom resource (use num_cpus / num_gpus)")
-    negative = sorted(k for k, q in v.items() if q < 0)
+    negative = sorted(k for k, q in v.items() if not 0 <= q <= 1e12)  # (NaN and inf too)
     if negative:
-        raise ValueError(f"{', '.join(negative)}: a quantity cannot be below 0")
+        raise ValueError(f"{', '.join(negative)}: a quantity must be from 0 to 1e12")
     return v
 
 
@@ -47,7 +50,7 @@ class AutoscaleConfig(Strict):
     """Replicas scale on what users feel: how old frames are when they reach the model."""
 
     min: int = Field(1, ge=1, description="a model deployment keeps one replica at least (no scale to zero)")
-    max: int = Field(4, ge=1)
+    max: int = Field(4, ge=1, le=MAX_UNITS)
     target_lag_s: float = Field(0.5, gt=0, description="frame age at the model (capture → batch) to hold")
     target_waiting: float = Field(16.0, gt=0, description="frames waiting per replica to hold")
     target_ongoing_requests: float = Field(8.0, gt=0, description="Serve's own signal, used as a floor")
@@ -71,7 +74,7 @@ class ModelServerConfig(Strict):
     threads: int | None = Field(None, ge=1, le=256, description="CPU threads of the model per replica (torch, OpenVINO); default: num_cpus")
     batch: BatchConfig = BatchConfig()
     replicas: int | AutoscaleConfig = Field(1, description="a count, or {min, max} to autoscale")
-    num_cpus: float = Field(1.0, ge=0)
+    num_cpus: float = Field(1.0, ge=0, le=MAX_UNITS)
     num_gpus: float | Literal["auto"] = Field(
         "auto", description="per replica; auto: with GPUs, the detector and the classifiers on auto share one "
         "(detector 0.5, the classifiers the rest), without GPUs 0")
@@ -80,15 +83,15 @@ class ModelServerConfig(Strict):
     @field_validator("replicas")
     @classmethod
     def _replicas(cls, v: int | AutoscaleConfig) -> int | AutoscaleConfig:
-        if isinstance(v, int) and v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
+        if isinstance(v, int) and not 1 <= v <= MAX_UNITS:
+            raise ValueError(f"must be from 1 to {MAX_UNITS}, got {v}")
         return v
 
     @field_validator("num_gpus")
     @classmethod
     def _gpus(cls, v: float | str) -> float | str:
-        if not isinstance(v, str) and v < 0:
-            raise ValueError(f"must be >= 0 or 'auto', got {v}")
+        if not isinstance(v, str) and not 0 <= v <= MAX_UNITS:
+            raise ValueError(f"must be from 0 to {MAX_UNITS} or 'auto', got {v}")
         if not isinstance(v, str) and v > 1 and v != int(v):
             raise ValueError(f"above 1 GPU Ray takes whole GPUs only (a fraction of one GPU up to 1), got {v}")
         return v
@@ -176,7 +179,7 @@ class ClassifierConfig(ModelServerConfig):
     reclassify_every: int = Field(
         15, ge=0, description="with tracking: classify a track again after this many frames (0: once per track)"
     )
-    num_cpus: float = Field(0.25, ge=0)
+    num_cpus: float = Field(0.25, ge=0, le=MAX_UNITS)
     batch: BatchConfig = BatchConfig(max_size=32, wait_ms=10)
 
 

@@ -405,3 +405,34 @@ def test_backpressure_wait_is_refused_for_a_device_camera():
     with pytest.raises(ValueError, match="wait is for files"):
         CameraConfig(id="c", url="device:0", backpressure="wait")
     assert CameraConfig(id="c", url="/videos/a.mp4", backpressure="wait").backpressure == "wait"
+
+
+def test_a_camera_file_name_the_system_cannot_look_up_loads_and_fails_as_the_camera(tmp_path):
+    """Relative camera paths are looked up beside the config file: a name too long for the
+    system raised OSError out of `load_config` (`percept run` printed a traceback). It is left as
+    written; the camera itself says why it cannot open (`camera_file`)."""
+    from pipeline.sources import SourceError, camera_file
+
+    name = "x" * 300 + ".mp4"
+    cfg = load_config(write(tmp_path, f"cameras:\n  - {{id: a, url: {name}}}\n"), env={})
+    assert cfg.cameras[0].url == name
+    with pytest.raises(SourceError, match="File name too long"):
+        camera_file("a", cfg.cameras[0].url)
+
+
+def test_opencv_timeouts_below_a_millisecond_stay_timeouts(monkeypatch):
+    """``open_timeout_s: 0.0005`` passes validation (> 0) and became 0 ms, which OpenCV reads as
+    no timeout at all: a stalled open held every camera's open in its replica for good."""
+    import pipeline.capture as capture
+
+    seen = []
+    monkeypatch.setattr(capture, "camera_unanswered", lambda url, timeout_s: None)  # (it answered)
+    monkeypatch.setattr(capture, "_ffmpeg_open", lambda url, params: (seen.append(params), type(
+        "Closed", (), {"isOpened": lambda self: False})())[1])
+    monkeypatch.setattr(capture, "diagnose_rtsp", lambda url, timeout_s: "no answer")
+    with pytest.raises(Exception):
+        capture.open_capture("a", "rtsp://cam.local/s", open_timeout_s=0.0005, read_timeout_s=0.0004)
+    import cv2
+
+    params = dict(zip(seen[0][::2], seen[0][1::2]))
+    assert params[cv2.CAP_PROP_OPEN_TIMEOUT_MSEC] == 1 and params[cv2.CAP_PROP_READ_TIMEOUT_MSEC] == 1, params

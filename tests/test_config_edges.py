@@ -38,8 +38,16 @@ def test_ray_resources_that_ray_refuses_are_refused_naming_the_field():
     assert errors_of({"detector": {"resources": {"memory": 1, "GPU": 1}}}) == [
         "detector.resources: GPU, memory: not a custom resource (use num_cpus / num_gpus)"]
     assert errors_of({"classifiers": {"vehicle": {"weights": "v.xml", "resources": {"node_a": -1}}}}) == [
-        "classifiers.vehicle.resources: node_a: a quantity cannot be below 0"]
+        "classifiers.vehicle.resources: node_a: a quantity must be from 0 to 1e12"]
     assert parse_config({"decoder": {"resources": {"node_a": 0.5}}}, env={}).decoder.resources == {"node_a": 0.5}
+    # sizes no cluster has: Ray's arithmetic overflowed at `percept run` (a traceback), or Ray refused them at deploy
+    for section, key, value in (("decoder", "num_cpus", 1e308), ("detector", "num_cpus", 1e300),
+                                ("detector", "replicas", 10**9), ("detector", "num_gpus", float("inf")),
+                                ("decoder", "replicas", 10**6)):
+        (err,) = errors_of({section: {key: value}})
+        assert err.startswith(f"{section}.{key}: "), err
+    errs = errors_of({"detector": {"replicas": {"min": 1, "max": 10**6}}})
+    assert any(e.startswith("detector.replicas.max: must be <= 4096") for e in errs), errs
 
 
 def test_numbers_the_sampler_or_redis_cannot_use_are_refused():
