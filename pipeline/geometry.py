@@ -44,6 +44,7 @@ from .config_errors import error_at
 Anchor = Literal["bottom_center", "center"]
 Direction = Literal["in", "out"]
 MAX_ZONE_POINTS = 256
+MIN_RELATIVE_LINE = 1e-3  # a relative line at least this long: 2 px across a 1920 px frame
 MAX_PER_CAMERA = 64  # zones, and lines, per camera
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -112,6 +113,10 @@ def _segment(points: list[list[float]]) -> list[list[float]]:
         raise ValueError(f"a line needs exactly 2 points, got {len(points)}")
     if points[0] == points[1]:
         raise ValueError(f"a line needs two different points (zero length), got {_fmt(points[0])} twice")
+    shortest = 1.0 if is_pixels(points) else MIN_RELATIVE_LINE  # (shorter: no pixel apart, its band divides by 0)
+    if math.hypot(points[1][0] - points[0][0], points[1][1] - points[0][1]) < shortest:
+        raise ValueError(f"a line must be at least {shortest:g} {'px' if shortest == 1.0 else '(of the frame)'} long, "
+                         f"got {_fmt(points[0])} → {_fmt(points[1])}")
     return points
 
 
@@ -215,6 +220,8 @@ def resolve_geometry(
                     )
         else:
             xy = xy * (width, height)
+        if kind == "lines" and math.hypot(*(xy[1] - xy[0])) < 1.0:  # (a tiny frame): its band would divide by 0
+            raise GeometryError(f"{where}.lines.{name}: shorter than a pixel on the {width}x{height} frame")
         out[kind][name] = xy
     return Geometry(width, height, anchor, out["zones"], out["lines"])
 

@@ -342,3 +342,19 @@ def test_a_car_along_the_bottom_of_the_frame_changes_zone_where_the_zones_meet()
     jitter = [frame(i + 1, [obj(1, 90 + (1 if i % 2 else -1), x=50, size=20)]) for i in range(20)]
     kinds = Counter(e.kind for f in jitter for e in engine.update(f))
     assert kinds["zone_enter"] + kinds["zone_exit"] <= 1, kinds
+
+
+def test_a_line_shorter_than_a_pixel_is_refused_naming_it():
+    """Two points that differ by 1e-16 passed (not the same point), scaled to one pixel: the
+    line's band divided by zero, NaN, and it never counted, silently."""
+    from pipeline.config import ConfigError, parse_config
+    from pipeline.geometry import GeometryError, resolve_geometry
+
+    for line in ([[0.9350724237877682, 0.2], [0.9350724237877683, 0.2]], [[100, 100], [100.5, 100]]):
+        with pytest.raises(ConfigError) as caught:
+            parse_config({"cameras": [{"id": "a", "url": "a.mp4", "lines": {"gate": line}}]}, env={})
+        assert caught.value.errors[0].startswith("cameras[0].lines.gate: a line must be at least"), caught.value.errors
+    ok = {"gate": [[0.5, 0.2], [0.502, 0.2]]}  # valid, 4 px at 1920 …
+    assert parse_config({"cameras": [{"id": "a", "url": "a.mp4", "lines": ok}]}, env={}).cameras[0].lines
+    with pytest.raises(GeometryError, match=r"cam\.lines\.gate: shorter than a pixel on the 320x240 frame"):
+        resolve_geometry({}, ok, "bottom_center", 320, 240, where="cam")  # … less than a pixel at 320
