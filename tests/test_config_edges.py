@@ -137,3 +137,13 @@ def test_settings_that_would_validate_and_then_do_nothing_or_fail_later_are_refu
     redis-server (password only, no TLS) failed every connection as 'cannot reach'."""
     errors = errors_of(config)
     assert len(errors) == 1 and errors[0].startswith(f"{field}: ") and says in errors[0], errors
+
+
+def test_tracker_thresholds_that_would_track_nothing_are_refused():
+    """A low pass above the high one, or a new-track threshold of 1, left ByteTrack matching
+    nothing or starting no track: no zone or line event ever fired, silently."""
+    assert errors_of({"tracker": {"track_low_thresh": 0.9, "track_high_thresh": 0.1}}) == [
+        "tracker: track_low_thresh (0.9) must not be above track_high_thresh (0.1): the low pass takes the detections "
+        "between them"]
+    assert errors_of({"tracker": {"new_track_thresh": 1}}) == ["tracker.new_track_thresh: must be < 1, got 1"]
+    assert parse_config({"tracker": {"track_low_thresh": 0.25}}, env={}).tracker.track_low_thresh == 0.25
