@@ -61,6 +61,24 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+MAX_VALUES = 100_000  # a config's values with every alias expanded (a real one has hundreds)
+
+
 def load_yaml(text: str) -> Any:
-    """``yaml.safe_load(text)`` with repeated keys refused."""
-    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    """``yaml.safe_load(text)`` with repeated keys refused, and a document whose aliases expand
+    to more than `MAX_VALUES` values (a few hundred bytes of aliases of aliases: "billion laughs")
+    refused before anything walks it."""
+    data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    left, stack = MAX_VALUES, [data]
+    while stack:
+        node = stack.pop()
+        left -= 1
+        if left < 0:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the document expands to more than {MAX_VALUES} values (aliases of aliases): refused")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return data

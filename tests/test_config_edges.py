@@ -147,3 +147,19 @@ def test_tracker_thresholds_that_would_track_nothing_are_refused():
         "between them"]
     assert errors_of({"tracker": {"new_track_thresh": 1}}) == ["tracker.new_track_thresh: must be < 1, got 1"]
     assert parse_config({"tracker": {"track_low_thresh": 0.25}}, env={}).tracker.track_low_thresh == 0.25
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    """A few hundred bytes of aliases of aliases expand to millions of values: reading the config
+    (its ${VAR}s are substituted in every value) ran for minutes and then ran out of memory."""
+    from pipeline.config import ConfigError, load_config
+
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i, name in enumerate("bcdefgh"):
+        prev = "abcdefgh"[i]
+        lines.append(f"{name}: &{name} [{', '.join(['*' + prev] * 10)}]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as caught:  # (before: minutes, then out of memory; pytest's timeout bounds it)
+        load_config(path, env={})
+    assert "expands to more than 100000 values" in caught.value.errors[0], caught.value.errors
