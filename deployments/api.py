@@ -11,6 +11,7 @@ listed as ``failed`` with its error, never a 500."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -33,6 +34,7 @@ from pipeline.config_env import foreign_variable_error
 from pipeline.lifecycle.swap import SwapError
 from pipeline.lifecycle.swap_service import ModelSwaps
 from pipeline.decoder_status import merged_status, read_shared_or_none
+from pipeline.geometry import GeometryError, resolve_geometry
 from pipeline.redact import redact, redact_url
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys, camera_states, redis_from_config, redis_unavailable
@@ -83,6 +85,17 @@ def gpus_on_cluster() -> bool:
     import ray
 
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def last_frame_size(client: Any, keys: StreamKeys, camera_id: str) -> tuple[int, int] | None:
+    """(width, height) of the camera's newest published frame; None when it has none (or it
+    cannot be read)."""
+    newest = client.xrevrange(keys.detections(camera_id), count=1)
+    try:
+        payload = json.loads(newest[0][1][b"json"])
+        return int(payload["width"]), int(payload["height"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None
 
 
 @serve.deployment(name="api")
@@ -169,10 +182,18 @@ class CameraApi:
             raise HTTPException(422, detail=[f"{k}: only {', '.join(RUNTIME_FIELDS)} change at runtime; "
                                              "DELETE and POST the camera to change the rest" for k in other])
         self._need_tracking(body)
+        size = await asyncio.to_thread(last_frame_size, self.client, self.keys, camera_id)
+
+        def fits(camera: CameraConfig) -> None:  # pixel zones and lines inside the frames it sends now
+            if size is not None:
+                resolve_geometry(camera.zones, camera.lines, camera.anchor, *size, where=f"cameras[{camera.id}]")
+
         try:
-            camera = await asyncio.to_thread(self.registry.set_geometry, camera_id, body)
+            camera = await asyncio.to_thread(self.registry.set_geometry, camera_id, body, fits)
         except ValidationError as exc:
             raise HTTPException(422, detail=format_validation_error(exc)) from None
+        except GeometryError as exc:  # accepted, it would stop the camera at its next frame
+            raise HTTPException(422, detail=[str(exc)]) from None
         except LookupError as exc:
             raise HTTPException(409, detail=str(exc)) from None
         if camera is None:

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import redis
 from pydantic import ValidationError
@@ -224,10 +224,12 @@ class CameraRegistry:
         except (ValueError, AttributeError):
             return False
 
-    def set_geometry(self, camera_id: str, changes: Mapping[str, Any]) -> CameraConfig | None:
+    def set_geometry(self, camera_id: str, changes: Mapping[str, Any],
+                     check: Callable[[CameraConfig], None] | None = None) -> CameraConfig | None:
         """Change a camera's zones, lines, anchor or line margin in place (decoders apply it without a
         restart); None if there is no such camera. Raises pydantic's ValidationError, with
-        paths relative to the camera, for an invalid change."""
+        paths relative to the camera, for an invalid change, and what ``check(changed camera)``
+        raises (nothing written then)."""
         def change(pipe: Any) -> CameraConfig | None:
             raw = pipe.hget(self.key, camera_id)
             if raw is None:
@@ -245,6 +247,8 @@ class CameraRegistry:
                                   f"({'; '.join(format_validation_error(exc))}); DELETE it and POST it "
                                   "again") from None
             camera = CameraConfig.model_validate({**current, **changes})
+            if check is not None:
+                check(camera)
             entry["camera"] = camera.model_dump(mode="json")
             pipe.multi()
             pipe.hset(self.key, camera_id, json.dumps(entry))

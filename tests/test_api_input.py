@@ -113,3 +113,29 @@ def test_with_no_decoder_answering_status_and_explain_are_503_not_a_hang(api, mo
         assert r.status_code == 503 and r.headers["Retry-After"], (path, r.status_code, r.text)
         assert "no decoder" in r.text and time.monotonic() - t0 < 30, (path, r.text)
     assert api.delete("/cameras/cam").status_code == 200
+
+
+def test_a_pixel_zone_outside_the_cameras_frames_is_refused_before_it_stops_the_camera(api, redis_server):
+    """PUT accepted pixel zones and lines outside the frames the camera sends: at its next frame
+    the camera failed naming the zone, and restarted failing. Its newest frame gives the size:
+    refused (422) naming the point; nothing is written."""
+    import json as json_
+
+    from pipeline.streams import StreamKeys
+
+    keys = StreamKeys("apiin")
+    client = redis_server.client()
+    assert api.post("/cameras", json={"id": "gate", "url": "rtsp://cam.local/s"}).status_code == 201
+    try:
+        assert api.put("/cameras/gate", json={"zones": {"z": [[0, 0], [1000, 0], [1000, 1000]]}}).status_code == 200
+        client.xadd(keys.detections("gate"), {"json": json_.dumps({"camera": "gate", "seq": 1, "width": 640,
+                                                                   "height": 480})})
+        r = api.put("/cameras/gate", json={"zones": {"z": [[0, 0], [1000, 0], [1000, 1000]]}, "lines": {}})
+        assert r.status_code == 422, r.text
+        [line] = r.json()["detail"]
+        assert line.startswith("cameras[gate].zones.z[1]: [1000, 0] is outside the 640x480 frame"), line
+        r = api.put("/cameras/gate", json={"zones": {"z": [[0, 0], [600, 0], [600, 400]]}})
+        assert r.status_code == 200 and r.json()["zones"] == {"z": [[0, 0], [600, 0], [600, 400]]}, r.text
+    finally:
+        api.delete("/cameras/gate")
+        client.delete(keys.detections("gate"))
