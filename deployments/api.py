@@ -172,6 +172,8 @@ class CameraApi:
         self._need_tracking({"zones": camera.zones, "lines": camera.lines})
         if not await asyncio.to_thread(self.registry.add, camera):
             raise HTTPException(409, detail=f"camera {camera.id!r} exists; DELETE it first to change it")
+        # a live image a camera of this id left (removed a moment ago) is not this camera's
+        await asyncio.to_thread(self.client.delete, self.keys.view_jpeg(camera.id))
         return {"id": camera.id, "url": redact_url(camera.url)}
 
     @app.put("/cameras/{camera_id}")
@@ -204,6 +206,7 @@ class CameraApi:
     async def remove_camera(self, camera_id: str) -> dict[str, Any]:
         if not await asyncio.to_thread(self.registry.remove, camera_id):
             raise HTTPException(404, detail=await self._unknown(camera_id))
+        await asyncio.to_thread(self.client.delete, self.keys.view_jpeg(camera_id))  # its live image goes with it
         return {"id": camera_id, "removed": True}
 
     # --- the live view (deployments/live.py) ---------------------------------------------------

@@ -139,3 +139,22 @@ def test_a_pixel_zone_outside_the_cameras_frames_is_refused_before_it_stops_the_
     finally:
         api.delete("/cameras/gate")
         client.delete(keys.detections("gate"))
+
+
+def test_a_camera_id_added_again_never_shows_the_removed_cameras_image(api, redis_server):
+    """The live image of a removed camera stayed under its id for its TTL (up to a minute for a
+    slow camera): a camera added again under that id, another source, showed it once online."""
+    from pipeline.streams import StreamKeys
+
+    key = StreamKeys("apiin").view_jpeg("door")
+    client = redis_server.client()
+    assert api.post("/cameras", json={"id": "door", "url": "rtsp://cam.local/old"}).status_code == 201
+    client.set(key, b"\xff\xd8 the old camera's image", px=60_000)
+    assert api.delete("/cameras/door").status_code == 200
+    assert not client.exists(key)
+    client.set(key, b"\xff\xd8 written late by the replica that ran it", px=60_000)
+    assert api.post("/cameras", json={"id": "door", "url": "rtsp://cam.local/new"}).status_code == 201
+    try:
+        assert not client.exists(key)
+    finally:
+        api.delete("/cameras/door")
