@@ -189,7 +189,7 @@ class ExplainApi:
         check = deletion_check(detector, frame.image, target, result.heat, imgsz=cfg.imgsz)
         if self._blurrer is None:
             self._blurrer = Blurrer.from_config(self.cfg.privacy, self.cfg.models_dir)
-        png = encode_png(overlay(self._blurrer.blur(frame.image), result.heat, target, method=method))
+        png = encode_png(overlay(self._blurrer.blur(frame.image, frame.result.objects), result.heat, target, method=method))
         m = frame.result.meta
         headers = {
             "Cache-Control": "no-store",

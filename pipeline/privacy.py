@@ -31,6 +31,8 @@ from .models import resolve_weights
 
 log = logging.getLogger("percept.privacy")
 
+# the labels under which the service's own detectors report what each kind blurs
+PRIVATE_LABELS = {"faces": {"face"}, "plates": {"plate", "license plate", "license_plate", "licence plate"}}
 PLATE_LABEL = 2  # the SSD's label ids: 1 vehicle, 2 plate
 MIN_DETECT_WIDTH = 160  # no face search on images narrower than this (the smaller passes)
 SCALES = (1.0, 0.7, 0.5)  # face search sizes: large, close faces are often found only at the smaller ones
@@ -170,15 +172,21 @@ class Blurrer:
         found = [finder(image) for finder in (self.faces, self.plates) if finder is not None]
         return np.concatenate(found) if found else np.zeros((0, 4), np.float32)
 
-    def blur(self, image: np.ndarray) -> np.ndarray:
+    def blur(self, image: np.ndarray, detected: Any = None) -> np.ndarray:
         """A copy of ``image`` with every face and plate found blurred (``image`` itself when
-        there is nothing to blur: it is never changed)."""
+        there is nothing to blur: it is never changed); ``detected``: the frame's own objects
+        (`Detections`), whose faces and plates (by label) are blurred too, found or not by the
+        blurrer's own search (another scale, another score)."""
         if self.missing:
             raise PrivacyUnavailable(f"privacy.blur asks for {' and '.join(self.missing)}, whose model is missing or "
                                      "does not load: no image is shown")
         if not self:
             return image
         boxes = self.regions(image)
+        labels = {label for kind in self.kinds for label in PRIVATE_LABELS[kind]}
+        own = [i for i, label in enumerate(getattr(detected, "labels", ())) if label in labels]
+        if own:
+            boxes = np.concatenate([boxes.reshape(-1, 4), np.asarray(detected.xyxy, np.float32)[own]])
         if len(boxes) == 0:
             return image
         out = image.copy()

@@ -325,7 +325,7 @@ def render_jpeg(image: np.ndarray, result: FrameResult, camera: CameraConfig, cf
     """The view's JPEG of one frame: blurred at full resolution (when a blurrer is given), scaled
     to ``cfg.width``, annotated, encoded with its frame named in the comment."""
     if blurrer is not None:
-        image = blurrer.blur(image)
+        image = blurrer.blur(image, result.objects)
     out = annotate(fit_width(image, cfg.width), result, camera)
     m = result.meta
     return encode_jpeg(out, cfg.quality, comment=f"percept camera={m.camera} seq={m.seq} ts={m.frame_ts:.3f}")
