@@ -316,7 +316,6 @@ class CameraSupervisor(CameraRestarts):
         try:
             conductor = await self.start_camera(cam)
         except Exception as exc:
-            self._held.pop(cid, None)
             await asyncio.to_thread(release, lease)
             if self.publisher is not None:
                 self.publisher.unfence(cid)  # what follows lands unless another replica holds the lease
@@ -327,7 +326,8 @@ class CameraSupervisor(CameraRestarts):
                 if self.publisher is not None:
                     self.publisher.camera_state(cid, "failed", error=error, url=cam.shown_url)
             return
-        self._held.pop(cid, None)
+        finally:  # (also when cancelled: a lease nobody runs is never renewed on)
+            self._held.pop(cid, None)
         if lease.overdue():  # the start took longer than the lease lasts: another replica may run it
             log.warning("camera %s: starting took longer than its lease; leaving it for the next round", cid)
             await asyncio.to_thread(release, lease)
