@@ -1,0 +1,96 @@
+"""A camera's file and FFmpeg's process-wide settings as the openers see them: OpenCV's options
+variable, a file name the system cannot look up, what FFmpeg quotes in a PyAV camera's debug
+lines (real files, real OpenCV and PyAV)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.capture import open_capture
+from pipeline.capture_av import open_skipping
+from pipeline.sources import SourceError, SourceState, VideoSource
+
+
+def test_opencvs_options_variable_is_emptied_between_opens_never_removed(videos):
+    """Adding or removing an environment variable reallocates the environment while other threads
+    may read it (getenv("TZ") behind every log line's time): the options variable is set for each
+    open and emptied after it, never removed. An empty one at start is a parent's, not the user's."""
+    import os
+
+    import pipeline.capture as capture
+
+    if capture._USER_OPTIONS is not None:
+        pytest.skip("the user set OPENCV_FFMPEG_CAPTURE_OPTIONS")
+    cap = open_capture("file", str(videos / "vtest.avi"))
+    try:
+        assert cap.read()[0]
+    finally:
+        cap.release()
+    assert os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS") == ""
+    child = subprocess.run([sys.executable, "-c", "import pipeline.capture as c; print(c._USER_OPTIONS)"],
+                           env={**os.environ, "OPENCV_FFMPEG_CAPTURE_OPTIONS": ""}, capture_output=True, text=True,
+                           timeout=120, cwd=str(Path(capture.__file__).parents[1]))
+    assert child.stdout.strip() == "None", child.stderr[-2000:]
+
+
+def test_a_file_that_cannot_be_looked_at_is_a_camera_error_not_a_reader_crash(tmp_path, monkeypatch):
+    """`Path.is_file` raises for anything but a missing file: a name too long, no permission, a
+    network share gone away (ENOTCONN, ESTALE, EIO). The OSError escaped the opener and crashed
+    the camera's reader (restarted as a crash, a looping file's place lost) instead of being a
+    camera error: final for a name that can never open, retried for a share that may come back."""
+    import errno
+    import pathlib
+
+    from pipeline.capture import open_capture
+
+    long_name = str(tmp_path / ("x" * 300 + ".mp4"))
+    for opener in (open_capture, open_skipping):
+        with pytest.raises(SourceError, match="cannot look at .*: File name too long") as caught:
+            opener("cam", long_name)
+        assert not caught.value.retryable
+    gone = tmp_path / "share" / "loop.mp4"
+    real_stat = pathlib.Path.stat
+
+    def stat(self, *args, **kwargs):
+        if self == gone:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    for opener in (open_capture, open_skipping):
+        with pytest.raises(SourceError, match="Transport endpoint is not connected") as caught:
+            opener("cam", str(gone))
+        assert caught.value.retryable
+    events = []
+    src = VideoSource("cam", lambda: open_capture("cam", long_name), fps=5, is_file=True, on_status=events.append)
+    assert list(src.frames()) == [] and src.state == SourceState.FAILED, [e.state for e in events]
+    assert "File name too long" in src.last_error
+
+
+def test_what_ffmpeg_quotes_in_a_pyav_cameras_debug_log_has_none_of_its_secrets(videos, caplog):
+    """PyAV's errors quote the URL it opened: a ``${VAR}`` value in a path or a query parameter
+    (``srt://…?streamid=``) is nothing the generic patterns know as a credential, so the debug
+    lines of a read that stopped named it unless scrubbed with the camera's own secrets."""
+    import av
+
+    from pipeline.capture_av import SkippingCapture
+
+    container = av.open(str(videos / "vtest.avi"))
+    cap = SkippingCapture(container, container.streams.video[0], read_timeout_s=2.0, secrets=("T0ken-s3cr3t",))
+
+    def broken():
+        raise av.error.FFmpegError(5, "Input/output error", "srt://cam:9000?streamid=T0ken-s3cr3t")
+        yield
+
+    cap._packets = broken()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="percept.capture"):
+            assert not cap.grab()
+    finally:
+        cap.release()
+    assert "demux stopped" in caplog.text and "T0ken-s3cr3t" not in caplog.text, caplog.text
