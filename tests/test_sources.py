@@ -1,6 +1,7 @@
 """VideoSource state machine, backoff, sampling and keep-latest, against a scripted capture."""
 
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -321,14 +322,13 @@ def test_frames_nobody_wants_are_not_colour_converted():
     assert [f.prepared for f in frames] == [("boxed", i, (36, 64, 3)) for i in range(5)]
 
 
-def test_backpressure_wait_processes_every_frame_of_a_file():
-    """``backpressure: wait`` (files): the reader waits while the consumer is busy instead of
-    skipping, so a slow consumer still gets every frame, in order, and nothing is dropped."""
+def reading_with_wait(frames: int, slot: LatestFrameSlot) -> tuple[VideoSource, Any]:
+    """A file of ``frames`` read under ``backpressure: wait`` into ``slot`` by a reader thread
+    (started; the slot closed at the file's end)."""
     import threading
 
     clock = Clock()
-    slot = LatestFrameSlot()
-    src = VideoSource("clip", lambda: FakeCapture(12, clock), fps=0, is_file=True, realtime=False,
+    src = VideoSource("clip", lambda: FakeCapture(frames, clock), fps=0, is_file=True, realtime=False,
                       wants_frame=slot.wants_frame, wait_for_demand=slot.wait_for_demand,
                       clock=clock, sleep=clock.sleep)
 
@@ -339,6 +339,14 @@ def test_backpressure_wait_processes_every_frame_of_a_file():
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    return src, reader
+
+
+def test_backpressure_wait_processes_every_frame_of_a_file():
+    """``backpressure: wait`` (files): the reader waits while the consumer is busy instead of
+    skipping, so a slow consumer still gets every frame, in order, and nothing is dropped."""
+    slot = LatestFrameSlot()
+    src, reader = reading_with_wait(12, slot)
     taken = []
     while True:
         slot.want(True)
@@ -357,8 +365,6 @@ def test_backpressure_wait_keeps_a_frame_whose_demand_was_withdrawn_after_the_re
     consumer said it was busy (``want(False)``, after its take filled its last in-flight place)
     before the reader asked ``wants_frame``: the frame was skipped under ``wait``, which promises
     none is. Here the consumer withdraws its demand each time right after the reader saw it."""
-    import threading
-
     class WithdrawnAtOnce(LatestFrameSlot):
         def wait_for_demand(self, timeout):
             seen = super().wait_for_demand(timeout)
@@ -366,19 +372,8 @@ def test_backpressure_wait_keeps_a_frame_whose_demand_was_withdrawn_after_the_re
                 self.want(False)  # the consumer's want(False), landing between the reader's two looks
             return seen
 
-    clock = Clock()
     slot = WithdrawnAtOnce()
-    src = VideoSource("clip", lambda: FakeCapture(6, clock), fps=0, is_file=True, realtime=False,
-                      wants_frame=slot.wants_frame, wait_for_demand=slot.wait_for_demand,
-                      clock=clock, sleep=clock.sleep)
-
-    def read():
-        for frame in src.frames():
-            slot.put(frame)
-        slot.close()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    src, reader = reading_with_wait(6, slot)
     taken = []
 
     def taken_all() -> bool:  # (a get also returns None when woken by a want: looked at again)
