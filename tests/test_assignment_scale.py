@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import threading
 
@@ -217,6 +218,25 @@ class SlowToStop(StandIn):
         await super().stop(keep_tracks=keep_tracks)
 
 
+@contextlib.contextmanager
+def short_lease_replica(client, keys: StreamKeys, cameras, start):
+    """One replica (owner ``me``, leases of 1.5 s) running ``cameras`` with ``start``, on an event
+    loop of its own: yields (supervisor, its run's future, the loop); stopped at the end unless
+    the test stopped it."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    sup = CameraSupervisor(cameras, client=client, keys=keys, start_camera=start, replicas=1, lease_ttl_s=1.5,
+                           owner="me")
+    run = asyncio.run_coroutine_threadsafe(sup.run(), loop)
+    try:
+        yield sup, run, loop
+    finally:
+        if not run.done():
+            asyncio.run_coroutine_threadsafe(sup.stop(), loop).result(5)
+            run.result(60)
+        loop.call_soon_threadsafe(loop.stop)
+
+
 def test_a_camera_that_takes_longer_to_stop_than_its_lease_has_left_keeps_its_lease_meanwhile(redis_server):
     """Renewals ended before the cameras stopped (and a camera being stopped was renewed by no
     one): a stop longer than what its lease had left let it lapse, another replica could take the
@@ -224,18 +244,13 @@ def test_a_camera_that_takes_longer_to_stop_than_its_lease_has_left_keeps_its_le
     owner) was refused. The lease stays ours until the stop releases it."""
     client = redis_server.client()
     keys = StreamKeys("slow-stop")
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
     cams: list[SlowToStop] = []
 
     async def start(camera):
         cams.append(SlowToStop(camera))
         return cams[-1]
 
-    sup = CameraSupervisor([CAMERAS[0]], client=client, keys=keys, start_camera=start, replicas=1, lease_ttl_s=1.5,
-                           owner="me")
-    run = asyncio.run_coroutine_threadsafe(sup.run(), loop)
-    try:
+    with short_lease_replica(client, keys, [CAMERAS[0]], start) as (sup, run, loop):
         wait_for(lambda: "a" in sup.running, 30, "the camera running")
         SlowToStop.seconds = 4.0  # more than twice the lease's TTL
         asyncio.run_coroutine_threadsafe(sup.stop(hand_over=True), loop).result(5)
@@ -252,11 +267,6 @@ def test_a_camera_that_takes_longer_to_stop_than_its_lease_has_left_keeps_its_le
         assert cams[0].kept_tracks is True
         assert holders == {b"me"}, holders
         assert client.get(keys.lease("a")) is None, "released once stopped"
-    finally:
-        if not run.done():
-            asyncio.run_coroutine_threadsafe(sup.stop(), loop).result(5)
-            run.result(30)
-        loop.call_soon_threadsafe(loop.stop)
 
 
 def test_a_camera_that_takes_longer_to_start_than_its_lease_lasts_still_starts(redis_server):
@@ -265,23 +275,14 @@ def test_a_camera_that_takes_longer_to_start_than_its_lease_lasts_still_starts(r
     tried again next round — the same every round, so the camera never ran."""
     client = redis_server.client()
     keys = StreamKeys("slow-start")
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
 
     async def start(camera):
         await asyncio.sleep(3.0)  # the start's own time (twice the lease's TTL), not a wait for a condition
         return StandIn(camera)
 
-    sup = CameraSupervisor([CAMERAS[0]], client=client, keys=keys, start_camera=start, replicas=1, lease_ttl_s=1.5,
-                           owner="me")
-    run = asyncio.run_coroutine_threadsafe(sup.run(), loop)
-    try:
+    with short_lease_replica(client, keys, [CAMERAS[0]], start) as (sup, _, _):
         wait_for(lambda: "a" in sup.running, 30, "the camera running")
         assert client.get(keys.lease("a")) == b"me"
-    finally:
-        asyncio.run_coroutine_threadsafe(sup.stop(), loop).result(5)
-        run.result(30)
-        loop.call_soon_threadsafe(loop.stop)
 
 
 def test_one_slow_lease_renewal_delays_no_other_cameras(redis_server, monkeypatch):
@@ -304,18 +305,13 @@ def test_one_slow_lease_renewal_delays_no_other_cameras(redis_server, monkeypatc
     monkeypatch.setattr(assignment, "renew", renew)
     client = redis_server.client()
     keys = StreamKeys("slow-renewal")
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
     started: list[StandIn] = []
 
     async def start(camera):
         started.append(StandIn(camera))
         return started[-1]
 
-    sup = CameraSupervisor(CAMERAS[:2], client=client, keys=keys, start_camera=start, replicas=1, lease_ttl_s=1.5,
-                           owner="me")
-    run = asyncio.run_coroutine_threadsafe(sup.run(), loop)
-    try:
+    with short_lease_replica(client, keys, CAMERAS[:2], start) as (sup, _, _):
         wait_for(lambda: {"a", "b"} <= set(sup.running), 30, "both cameras running")
         b = sup.running["b"].conductor
         end = time.monotonic() + 5  # over three TTLs: b keeps running, the same run, its lease ours
@@ -323,7 +319,3 @@ def test_one_slow_lease_renewal_delays_no_other_cameras(redis_server, monkeypatc
                  or time.monotonic() > end, 30, "camera b stopped, or three TTLs", 0.05)
         assert sup.running.get("b") is not None and sup.running["b"].conductor is b, "camera b was stopped"
         assert client.get(keys.lease("b")) == b"me"
-    finally:
-        asyncio.run_coroutine_threadsafe(sup.stop(), loop).result(5)
-        run.result(60)
-        loop.call_soon_threadsafe(loop.stop)
