@@ -246,8 +246,9 @@ class Publisher:
             self._queue.append(Item(next(self._index), camera, nbytes, command, is_frame, fence, entry,
                                     events_kept=entry is not None and not is_frame))
             self._bytes += nbytes
-            self._bytes -= evict_oldest(self._queue, self.stats, full=lambda freed: (
-                len(self._queue) + len(self._in_flight) > self.max_entries or self._bytes - freed > self.max_bytes))
+            if len(self._queue) + len(self._in_flight) > self.max_entries or self._bytes > self.max_bytes:
+                self._bytes -= evict_oldest(self._queue, self.stats, full=lambda freed: (
+                    len(self._queue) + len(self._in_flight) > self.max_entries or self._bytes - freed > self.max_bytes))
             if self._idle:  # the writer sleeps on an empty queue: wake it (else it comes back by itself)
                 self._cond.notify()
 
