@@ -178,7 +178,7 @@ class CameraApi:
 
     @app.put("/cameras/{camera_id}")
     async def change_geometry(self, camera_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        """Zones, lines, anchor and line margin change at runtime, without restarting the camera."""
+        """Zones, lines, anchor, line and zone margins change at runtime, without restarting the camera."""
         other = sorted(set(body) - set(RUNTIME_FIELDS))
         if other:
             raise HTTPException(422, detail=[f"{k}: only {', '.join(RUNTIME_FIELDS)} change at runtime; "
@@ -245,6 +245,10 @@ class CameraApi:
         except asyncio.TimeoutError:
             raise HTTPException(503, detail=f"no decoder replica answered within {DECODER_ANSWER_S:g} s "
                                             "(starting or restarting)", headers={"Retry-After": "2"}) from None
+        except Exception as exc:  # its replica died during the call, a full queue, a redeploy
+            raise HTTPException(503, detail=f"the decoder replica did not answer ({type(exc).__name__}: "
+                                            "starting, restarting or overloaded)",
+                                headers={"Retry-After": "2"}) from None
         shared = await asyncio.to_thread(read_shared_or_none, self.client, self.keys)
         return merged_status(own, shared or [], complete=shared is not None)
 

@@ -115,6 +115,29 @@ def test_with_no_decoder_answering_status_and_explain_are_503_not_a_hang(api, mo
     assert api.delete("/cameras/cam").status_code == 200
 
 
+class _Dying:
+    """A decoder handle whose replica dies during the call (ActorDiedError, a full queue's
+    BackPressureError): the call raises."""
+
+    def __getattr__(self, method):
+        async def died():
+            raise RuntimeError("The actor died unexpectedly before finishing this task.")
+
+        return types.SimpleNamespace(remote=lambda *args: died())
+
+
+def test_a_decoder_replica_dying_during_status_is_503_not_500(api):
+    """/status answered 500 (a traceback in the log) when the decoder call raised, not only
+    when it timed out: the CLI could not tell a restart from a fault."""
+    import deployments.api as module
+
+    instance = module.serve.get_replica_context().servable_object
+    instance.decoder = _Dying()
+    r = api.get("/status")
+    assert r.status_code == 503 and r.headers["Retry-After"], (r.status_code, r.text)
+    assert "RuntimeError" in r.text and "restarting" in r.text, r.text
+
+
 def test_a_pixel_zone_outside_the_cameras_frames_is_refused_before_it_stops_the_camera(api, redis_server):
     """PUT accepted pixel zones and lines outside the frames the camera sends: at its next frame
     the camera failed naming the zone, and restarted failing. Its newest frame gives the size:
