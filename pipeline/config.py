@@ -381,6 +381,9 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"YAML syntax error at {where}: {problem}"], str(p)) from None
+    except RecursionError:  # (PyYAML's composer recurses once a level: ~500 levels end it)
+        raise ConfigError(["YAML nested too deeply (lists or mappings hundreds of levels deep): refused"],
+                          str(p)) from None
     env = os.environ if env is None else env
     config = parse_config(data, env=env, source=str(p), base_dir=p.parent)
     errors = camera_env_errors(config, env) if camera_env else []

@@ -163,3 +163,12 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
     with pytest.raises(ConfigError) as caught:  # (before: minutes, then out of memory; pytest's timeout bounds it)
         load_config(path, env={})
     assert "expands to more than 100000 values" in caught.value.errors[0], caught.value.errors
+
+
+def test_a_yaml_config_nested_hundreds_of_levels_deep_is_a_config_error_not_a_traceback(tmp_path):
+    """PyYAML recurses once a level: ~500 levels raised RecursionError, exit 1 with a traceback."""
+    path = tmp_path / "deep.yaml"
+    path.write_text("cameras: " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert caught.value.errors == ["YAML nested too deeply (lists or mappings hundreds of levels deep): refused"]
