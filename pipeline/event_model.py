@@ -157,6 +157,9 @@ class OpenTrack:
 
         self.anchor = scaled(self.anchor) if self.anchor is not None else None
         self.sides = {line: scaled(p) for line, p in self.sides.items()}
+        # its path too: a track_end's path all in the new frame's pixels, not half in the old
+        self.first, self.last = scaled(self.first), scaled(self.last)
+        self.path = [scaled(p) for p in self.path]
 
     @property
     def label(self) -> str:

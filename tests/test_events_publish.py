@@ -60,3 +60,18 @@ def test_subscribe_events_reads_the_event_stream_with_a_group(redis_server):
     assert out.returncode == 0, out.stderr
     assert [json.loads(line)["id"] for line in out.stdout.splitlines()] == ["cam:1:track_start", "cam:1:track_end"]
     assert redis_server.client().xpending(KEYS.events("cam"), "g")["pending"] == 0  # acked
+
+
+def test_a_track_across_a_resolution_change_ends_with_its_path_in_the_new_frames_pixels():
+    """A still object through a reconnect at a third of the size: its track_end path had its
+    first point in the old pixels and its last in the new (a jump of 2/3 of the frame)."""
+    from pipeline.events import EventEngine
+    from tests.test_events import frame, obj, run
+
+    engine = EventEngine("cam", track_buffer=1)
+    frames = [frame(1, [obj(1, 500, x=1000)], width=1920, height=1080),
+              frame(2, [obj(1, 170, x=333)], width=640, height=360)]
+    ends = [e for e in run(engine, frames + [frame(s, width=640, height=360) for s in (3, 4)]) if e.kind == "track_end"]
+    (path,) = [e.path for e in ends]
+    points = [path["first"], path["last"], *path["points"]]
+    assert all(abs(x - 333) < 1 and abs(y - 165) < 1 for x, y in points), path
