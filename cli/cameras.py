@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
     add.add_argument("--loop", action="store_true")
     rm = cam_sub.add_parser("rm", help="remove a camera")
     rm.add_argument("id")
-    zones = cam_sub.add_parser("zones", help="change a camera's zones, lines, anchor or line margin (no restart)")
+    zones = cam_sub.add_parser("zones", help="change a camera's zones, lines, anchor, line or zone margin (no restart)")
     zones.add_argument("id")
     zones.add_argument("--zones", type=json_arg('{"name": [[x, y], ...]}'),
                        help='JSON: {"name": [[x, y], ...]} ({} removes them all)')
