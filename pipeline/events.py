@@ -276,7 +276,7 @@ class EventEngine:
             if changed:
                 self._emit(events, self._event(tr, "attributes", meta.seq, meta.frame_ts,
                                                attributes=dict(tr.attributes)))
-        for zone in [z for z in tr.zones if z not in seen.zones]:
+        for zone in [z for z in self.zones if z in tr.zones and z not in seen.zones]:  # (config order)
             self._exit(tr, zone, meta.seq, meta.frame_ts, now, False, events)
         for zone in [z for z in seen.zones if z not in tr.zones]:
             tr.zones[zone] = now

@@ -358,3 +358,17 @@ def test_a_line_shorter_than_a_pixel_is_refused_naming_it():
     assert parse_config({"cameras": [{"id": "a", "url": "a.mp4", "lines": ok}]}, env={}).cameras[0].lines
     with pytest.raises(GeometryError, match=r"cam\.lines\.gate: shorter than a pixel on the 320x240 frame"):
         resolve_geometry({}, ok, "bottom_center", 320, 240, where="cam")  # … less than a pixel at 320
+
+
+def test_zone_exits_on_one_frame_come_in_config_order_as_documented():
+    """Two zones left on one frame: their exits came in the order they were entered, not in
+    config order (pipeline/events.py's docstring)."""
+    from pipeline.events import EventEngine
+    from tests.test_events import frame, obj, run
+
+    engine = EventEngine("cam", zones={"a": [[0, 0], [60, 0], [60, 60], [0, 60]],
+                                       "b": [[0, 40], [60, 40], [60, 100], [0, 100]]})
+    frames = [frame(1, [obj(1, 80, x=30.0)]), frame(2, [obj(1, 50, x=30.0)]), frame(3, [obj(1, 50, x=90.0)])]
+    events = run(engine, frames)
+    assert [(e.kind, e.zone) for e in events if e.kind.startswith("zone")] == [
+        ("zone_enter", "b"), ("zone_enter", "a"), ("zone_exit", "a"), ("zone_exit", "b")], events
