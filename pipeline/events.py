@@ -52,8 +52,8 @@ from .event_model import (  # noqa: F401 (EVENTS_SCHEMA, PATH_*, REPEATING: the 
     Sighting,
     OpenTrack,
 )
-from .geometry import (Anchor, Geometry, clear_of_edges, line_bands, line_crossings, line_offsets, points_in_polygon,
-                       resolve_geometry)
+from .geometry import (Anchor, Geometry, clear_of_edges, is_pixels_geometry, line_bands, line_crossings, line_offsets,
+                       points_in_polygon, resolve_geometry)
 from .schema import FrameMeta, FrameResult
 
 if TYPE_CHECKING:
@@ -88,6 +88,9 @@ class EventEngine:
         self._frame = 0  # frames processed (the clock of track_buffer)
         self._geometry: Geometry | None = None
         self._size: tuple[int, int] | None = None  # (width, height) of the last frame: anchors are in its pixels
+        # the frame size pixel zones and lines are in: the first frame's since they were set (the
+        # same scene at another resolution later: they are scaled to it, as the tracks are)
+        self._pixel_size: tuple[int, int] | None = None
         self._zones_removed = False  # zones went since the last frame (`reconfigure`, `restore`): tracks leave them
 
     @classmethod
@@ -105,6 +108,7 @@ class EventEngine:
         its last sighting: occupancy stays enter − exit); a track inside a new zone gets its
         ``zone_enter`` on its next sighting clear of the zone's edges; after an anchor change no
         crossing is judged between the old anchor point and the new one."""
+        shapes_before = (self.zones, self.lines)
         self.zones = {k: [list(p) for p in v] for k, v in (zones or {}).items()}
         before, self.lines = self.lines, {k: [list(p) for p in v] for k, v in (lines or {}).items()}
         anchor_changed, self.anchor = anchor != self.anchor, anchor
@@ -113,6 +117,8 @@ class EventEngine:
         if zone_margin is not None:
             self.zone_margin = zone_margin
         self._geometry = None
+        if (self.zones, self.lines) != shapes_before:  # new points: in the next frame's pixels (the API
+            self._pixel_size = None  # checked them against the newest frame)
         self._zones_removed = True
         for tr in self._tracks.values():
             tr.sides = kept_sides(tr.sides, before, self.lines)
@@ -130,12 +136,19 @@ class EventEngine:
 
     def geometry(self, width: int, height: int) -> Geometry:
         """Zones and lines in pixels of this frame size (resolved on first use; `GeometryError`
-        names the zone or line when a pixel point lies outside the frame)."""
+        names the zone or line when a pixel point lies outside the frame). Pixel zones and lines
+        are in the pixels of the first frame since they were set, checked against it, and scaled
+        to a later frame of another size."""
         geo = self._geometry
         if geo is None or (geo.width, geo.height) != (width, height):
-            geo = self._geometry = resolve_geometry(
-                self.zones, self.lines, self.anchor, width, height, where=f"cameras[{self.camera}]"
-            )
+            zones, lines = self.zones, self.lines
+            if self._pixel_size not in (None, (width, height)) and is_pixels_geometry(zones, lines):
+                sx, sy = width / self._pixel_size[0], height / self._pixel_size[1]
+                zones, lines = ({k: [[x * sx, y * sy] for x, y in v] for k, v in shapes.items()} for shapes in (zones, lines))
+            geo = self._geometry = resolve_geometry(zones, lines, self.anchor, width, height,
+                                                    where=f"cameras[{self.camera}]")
+            if self._pixel_size is None:
+                self._pixel_size = (width, height)
         return geo
 
     def take_counts(self) -> Counter[str]:
@@ -369,7 +382,9 @@ class EventEngine:
         return {
             "schema": STATE_SCHEMA, "camera": self.camera, "frame": self._frame, "file_time": self.file_time,
             "size": list(self._size) if self._size is not None else None, "anchor": self.anchor,
+            "pixel_size": list(self._pixel_size) if self._pixel_size is not None else None,
             "lines": self.lines,  # what the tracks' sides were taken against
+            "zones": self.zones,  # with lines: what pixel_size is the size of
             "tracks": [json_safe(vars(t)) for t in sorted(tracks, key=lambda t: t.id)],
         }
 
@@ -402,6 +417,9 @@ class EventEngine:
             engine._frame = int(snapshot["frame"])
             size = snapshot.get("size")  # (older snapshots have neither: as before)
             engine._size = (int(size[0]), int(size[1])) if size else None
+            same = snapshot.get("lines") == engine.lines and snapshot.get("zones", engine.zones) == engine.zones
+            pixel_size = snapshot.get("pixel_size") if same else None  # (geometry changed: the next frame's)
+            engine._pixel_size = (int(pixel_size[0]), int(pixel_size[1])) if pixel_size else None
             anchor_changed = snapshot.get("anchor") not in (None, anchor)
             for data in snapshot.get("tracks", []):
                 tr = OpenTrack(**{k: data[k] for k in OpenTrack.__dataclass_fields__ if k in data})

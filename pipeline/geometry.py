@@ -149,6 +149,11 @@ def is_pixels(points: Sequence[Sequence[float]]) -> bool:
     return any(v > 1 for p in points for v in p)
 
 
+def is_pixels_geometry(zones: Mapping[str, Sequence[Sequence[float]]], lines: Mapping[str, Sequence[Sequence[float]]]) -> bool:
+    """Whether a camera's zones and lines are in pixels (they are all one or the other)."""
+    return any(is_pixels(p) for p in (*zones.values(), *lines.values()))
+
+
 def check_units(zones: Mapping[str, Any], lines: Mapping[str, Any]) -> None:
     """Raise (a pydantic error located at the offending zone or line) when one camera's zones and
     lines mix pixel and relative coordinates. For `CameraConfig`'s model validator."""

@@ -275,18 +275,23 @@ def test_a_box_clipped_at_the_frame_edge_is_inside_a_zone_drawn_to_that_edge():
 
 def test_a_camera_back_at_another_resolution_neither_crosses_lines_nor_loses_counts():
     """A reconnect at another frame size: a still object crosses no line (its last anchor was in
-    the old pixels); a pixel zone outside the new frame fails before any track ends, so no exit
-    is counted without its event."""
+    the old pixels) and leaves no pixel zone: pixel zones and lines are in the first frame's
+    pixels, scaled as the tracks are (they stayed put: a parked car inside one got a zone_exit
+    it never made). A pixel zone outside the first frame fails before any track ends."""
     engine = EventEngine("cam", lines={"gate": [[0.6, 0], [0.6, 1]]})
     still = [frame(1, [obj(1, 500, x=1000)], width=1920, height=1080),  # x 0.52 of the width
              frame(2, [obj(1, 170, x=333)], width=640, height=360)]  # the same place, smaller
     assert [e.kind for e in run(engine, still)] == ["track_start"]
-    pixel = EventEngine("cam", zones={"z": [[1000, 500], [1900, 500], [1900, 1000]]})
+    pixel = EventEngine("cam", zones={"z": [[1000, 500], [1900, 500], [1900, 1000]]},
+                        lines={"gate": [[1500, 0], [1500, 1080]]})
     pixel.update(frame(1, [obj(3, 600, x=1700)], width=1920, height=1080), alive={3})  # inside z
-    pixel.take_counts()
+    restored = EventEngine.restore(pixel.snapshot(), "cam", pixel.zones, pixel.lines)  # (a next owner)
+    for engine in (pixel, restored):
+        assert [e.kind for e in run(engine, [frame(2, [obj(3, 400, x=1133)], width=1280, height=720)])] == []
+    pixel.reconfigure(pixel.zones, pixel.lines, anchor="center")  # the same points: still the first frame's
+    assert [e.kind for e in run(pixel, [frame(3, [obj(3, 400, x=1133)], width=1280, height=720)])] == []
     with pytest.raises(GeometryError):
-        pixel.update(frame(2, [], width=1280, height=720), alive=set())
-    assert pixel.open_tracks == [3] and pixel.take_counts() == Counter()
+        EventEngine("cam", zones=pixel.zones).update(frame(1, [], width=1280, height=720))
 
 
 def test_frames_of_another_camera_are_refused():
