@@ -5,7 +5,7 @@ environment just before it opens (`resolve_camera`; the registry keeps the URL a
 from __future__ import annotations
 
 from typing import Iterable, Mapping
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from .config import ENV_REF, CameraConfig, PerceptConfig, camera_var_prefix
 from .config_urls import camera_url_problem
@@ -38,6 +38,11 @@ def resolve_camera(camera: CameraConfig, env: Mapping[str, str]) -> CameraConfig
     problem = camera_url_problem(resolved.url)  # what the variables put in: checked as the config is
     if problem:
         raise CameraEnvError(f"cameras[{camera.id}].url, its variables expanded: {problem}")
+    pinned = env.get(camera_var_prefix(camera.id) + "HOST", "").strip().lower()
+    host = (urlsplit(resolved.url).hostname or "").lower()
+    if pinned and host != pinned.strip("[]"):  # the operator's own: its secrets go to that host only
+        raise CameraEnvError(f"cameras[{camera.id}].url: names host {host!r}, but {camera_var_prefix(camera.id)}HOST "
+                             f"says its variables are for {pinned!r}: not expanded")
     resolved._written_url = camera.url
     values = [env[n] for n in names if len(env[n]) >= 3]  # shorter: a port, a channel number
     resolved._env_values = tuple(dict.fromkeys(v for value in values for v in (value, quote(value, safe=""))))

