@@ -88,6 +88,11 @@ class ExplainApi:
         self._blurrer: Any = None
         self._queued = 0  # explanations asked for and not answered yet
 
+    def _refuse_if_full(self) -> None:
+        if self._queued >= MAX_QUEUED:  # one explanation at a time: seconds of CPU each
+            raise HTTPException(429, detail=f"{self._queued} explanations already queued; ask again later",
+                                headers={"Retry-After": "30"})
+
     async def explain(self, camera_id: str, index: int, *, seq: int | None, method: str, masks: int) -> Response:
         if method not in ("auto", *METHODS):
             raise HTTPException(422, detail=f"method {method!r}: choose one of auto, {', '.join(METHODS)}")
@@ -95,6 +100,7 @@ class ExplainApi:
         if self.cfg.view.keep_frames == 0:  # (no frame is ever kept: a 503 "no frame yet" was asked again for good)
             raise HTTPException(409, detail="explain explains a frame the decoders keep, and view.keep_frames is 0: "
                                             "set it above 0 to explain")
+        self._refuse_if_full()  # before a full-resolution frame comes from the decoder for nothing
         frame = await self._frame(camera_id, seq)
         try:
             target = Target.of(frame.result.objects, index)
@@ -102,9 +108,7 @@ class ExplainApi:
             raise HTTPException(404, detail={
                 "message": f"{exc} (camera {camera_id!r}, seq {frame.result.meta.seq})",
                 "camera": camera_id, "seq": frame.result.meta.seq, "objects": frame.result.objects.to_objects()}) from None
-        if self._queued >= MAX_QUEUED:  # one explanation at a time: seconds of CPU each
-            raise HTTPException(429, detail=f"{self._queued} explanations already queued; ask again later",
-                                headers={"Retry-After": "30"})
+        self._refuse_if_full()  # (again: others may have queued while the frame came)
         loop = asyncio.get_running_loop()
         self._queued += 1
         try:

@@ -353,8 +353,10 @@ def test_explanations_beyond_four_asked_at_once_get_429_and_a_fault_is_a_clear_5
                          Detections(xyxy=[[1, 2, 30, 40]], scores=[0.9], labels=("car",), categories=("vehicle",)),
                          {}, {})
     kept = KeptFrame(np.zeros((48, 64, 3), np.uint8), result, (3,))
+    asked_decoder = []
 
     async def kept_frame(camera_id, seq):
+        asked_decoder.append(seq)
         return kept
 
     decoder = SimpleNamespace(kept_frame=SimpleNamespace(remote=kept_frame))  # the decoder's answer, stood in for
@@ -381,6 +383,8 @@ def test_explanations_beyond_four_asked_at_once_get_429_and_a_fault_is_a_clear_5
             await asyncio.sleep(0.01)  # polled until the deadline above
         with pytest.raises(HTTPException) as refused:
             await api.explain("cam", 0, seq=None, method="rise", masks=16)
+        # refused before a full-resolution frame came from the decoder for it (a burst cost one each)
+        assert len(asked_decoder) == MAX_QUEUED, asked_decoder
         release.set()
         done = await asyncio.gather(*asked, return_exceptions=True)
         return refused.value, done
