@@ -41,6 +41,8 @@ def _path(loc: tuple[Any, ...]) -> str:
             out += f"[{part}]"
         elif part in _UNION_MARKERS or str(part).startswith("function-"):
             continue  # markers pydantic adds to locations inside unions and validators
+        elif not str(part).isprintable():  # a key with a line break in it: quoted, the line stays one
+            out += f"[{str(part)!r}]"
         else:
             out += f".{part}" if out else str(part)
     return out

@@ -63,7 +63,8 @@ def test_names_with_a_trailing_newline_and_a_device_index_that_is_no_number_are_
     ``"vehicle\\n"`` became a Serve deployment name; ``str.isdigit`` is true for ``²``, which
     the camera's open then failed to read as an index."""
     (err,) = errors_of({"cameras": [{"id": "a", "url": "a.mp4", "zones": {"z\n": [[0, 0], [1, 0], [1, 1]]}}]})
-    assert err.startswith("cameras[0].zones") and "a zone name must match" in err, err
+    assert err.startswith("cameras[0].zones['z\\n']: ") and "a zone name must match" in err, err
+    assert "\n" not in err, "the message split over two lines"
     (err,) = errors_of({"detector": {"categories": {"vehicle\n": ["car"]}}})
     assert err.startswith("detector.categories: category name 'vehicle\\n' must match"), err
     (err,) = errors_of({"cameras": [{"id": "a", "url": "device:²"}]})
