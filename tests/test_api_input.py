@@ -6,6 +6,7 @@ echoes a password, a body of unknown length is refused."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import types
@@ -16,9 +17,9 @@ from pipeline.config_env import foreign_variable_error
 from pipeline.config import CameraConfig
 
 
-@pytest.fixture
-def api(redis_server, monkeypatch):
-    from fastapi.testclient import TestClient
+@contextlib.contextmanager
+def api_app(redis_url, prefix, monkeypatch):
+    """The camera API's FastAPI app with its instance made as Serve would (no decoder)."""
     from ray import serve
 
     import deployments.api as module
@@ -28,12 +29,19 @@ def api(redis_server, monkeypatch):
     ingress = module.CameraApi.func_or_class.__mro__[1]  # the class as written, under Serve's ingress wrapper
     instance = object.__new__(ingress)
     try:
-        ingress.__init__(instance, {"redis": {"url": redis_server.url, "stream_prefix": "apiin"}}, decoder=None)
+        ingress.__init__(instance, {"redis": {"url": redis_url, "stream_prefix": prefix}}, decoder=None)
         monkeypatch.setattr(serve, "get_replica_context", lambda: types.SimpleNamespace(servable_object=instance))
-        with TestClient(module.app, raise_server_exceptions=False) as client:
-            yield client
+        yield module.app
     finally:
         percept_log.handlers[:], percept_log.level, percept_log.propagate = saved
+
+
+@pytest.fixture
+def api(redis_server, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    with api_app(redis_server.url, "apiin", monkeypatch) as app, TestClient(app, raise_server_exceptions=False) as client:
+        yield client
 
 
 def test_an_api_camera_names_only_its_own_variables_as_its_credentials(api, redis_server):

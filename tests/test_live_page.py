@@ -5,15 +5,14 @@ for the proxy) on a real redis-server, the camera states written as a decoder wr
 from __future__ import annotations
 
 import json
-import logging
 import threading
-import types
 
 import pytest
 
 from pipeline.redis_server import free_port
 from pipeline.streams import StreamKeys
 
+from .test_api_input import api_app
 from .test_live_view import Chromium
 from .waiting import wait_for
 
@@ -26,28 +25,17 @@ OVERLAY_JS = """(() => { const t = document.querySelector('.tile[data-camera="ga
 @pytest.fixture
 def page_server(redis_server, monkeypatch):
     import uvicorn
-    from ray import serve
 
-    import deployments.api as module
-
-    percept_log = logging.getLogger("percept")  # a replica routes it to Serve's log file: put back after
-    saved = list(percept_log.handlers), percept_log.level, percept_log.propagate
-    ingress = module.CameraApi.func_or_class.__mro__[1]  # the class as written, under Serve's ingress wrapper
-    instance = object.__new__(ingress)
     server = None
-    try:
-        ingress.__init__(instance, {"redis": {"url": redis_server.url, "stream_prefix": KEYS.prefix}}, decoder=None)
-        monkeypatch.setattr(serve, "get_replica_context", lambda: types.SimpleNamespace(servable_object=instance))
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(module.app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        wait_for(lambda: server.started, 30, "uvicorn serving the API")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        if server is not None:
-            server.should_exit = True
-        percept_log.handlers[:], percept_log.level, percept_log.propagate = saved
+    with api_app(redis_server.url, KEYS.prefix, monkeypatch) as app:
+        try:
+            server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+            threading.Thread(target=server.run, daemon=True).start()
+            wait_for(lambda: server.started, 30, "uvicorn serving the API")
+            yield f"http://127.0.0.1:{server.config.port}"
+        finally:
+            if server is not None:
+                server.should_exit = True
 
 
 def test_an_online_tile_with_no_image_says_why_not_a_stale_state(page_server, redis_server, tmp_path):
