@@ -86,17 +86,18 @@ def test_reference_mode_yields_the_frames_other_frames_depend_on(videos, clip, c
 
 def test_keyframes_and_reference_modes_decode_a_file_with_less_cpu(videos):
     """Process CPU for the whole of traffic.mp4 sampled at 1 fps: every frame decoded (OpenCV),
-    then keyframes only, then reference frames only (PyAV). The margins are wide (measured: ~20×
-    and ~1.7×), the numbers are the bench's and the README's."""
+    then keyframes only, then reference frames only (PyAV), each the least of three runs. The
+    margins are wide (measured: ~20× and ~1.8×), the numbers are the bench's and the README's."""
     url = str(videos / "traffic.mp4")
     for mode in ("keyframes", "reference", "all"):  # imports and codec set-up out of the measurement
         read_all(url, mode, fps=1)
-    cpu = {}
-    for mode in ("all", "keyframes", "reference"):
-        t0 = time.process_time()
-        frames = read_all(url, mode, fps=1)
-        cpu[mode] = time.process_time() - t0
-        assert frames
+    cpu: dict[str, float] = {}
+    for _ in range(3):  # interleaved, the least of three: a load spike on a shared machine lands in one run
+        for mode in ("all", "keyframes", "reference"):
+            t0 = time.process_time()
+            frames = read_all(url, mode, fps=1)
+            cpu[mode] = min(cpu.get(mode, float("inf")), time.process_time() - t0)
+            assert frames
     print(f"decoder CPU for traffic.mp4 (20 s): {cpu}")
     assert cpu["keyframes"] < 0.5 * cpu["all"], cpu
     assert cpu["reference"] < 0.85 * cpu["all"], cpu
