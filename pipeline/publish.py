@@ -81,6 +81,7 @@ class Publisher:
         self._instance, self._changes = uuid.uuid4().hex[:12], itertools.count()  # state changes' ids
         self._cond = threading.Condition()
         self._closing = False
+        self._abandoned = False  # closed while a write was under way: the writer sends nothing more
         self._last_ms: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, name="percept-publisher", daemon=True)
         self._idle = False  # the writer waits for an item
@@ -289,7 +290,9 @@ class Publisher:
             self._thread.join(timeout=self._write_timeout_s())
         with self._cond:
             if self._thread.is_alive():  # Redis took the connection and never answered: not confirmed
-                count_lost([*self._in_flight, *self._queue], self.stats)  # (the thread still owns them)
+                left, self._queue, self._in_flight, self._bytes = [*self._in_flight, *self._queue], deque(), [], 0
+                self._abandoned = True  # a late answer takes its writes off the lost (`_answered_late`)
+                count_lost(left, self.stats)
                 return
             left, self._queue, self._in_flight, self._bytes = [*self._in_flight, *self._queue], deque(), [], 0
             count_lost(left, self.stats)
@@ -334,14 +337,30 @@ class Publisher:
                 if not self.stats.connected:
                     log.info("redis is back; flushing %d buffered results", len(self._queue))
                 self.stats.connected = True
-            held, refusal = account(calls, results, self.stats, self._keep_refused)
-            self._note_refusal(refusal)
-            stalled = bool(batch) and len(held) == len(batch)
-            with self._cond:
+            with self._cond:  # (close() counts what is in flight as lost: not while it is counted here)
+                if self._abandoned:
+                    return self._answered_late(taken, calls, results)
+                held, refusal = account(calls, results, self.stats, self._keep_refused)
                 self._bytes -= sum(item.nbytes for item in taken)
                 self._requeue(held)
-                if refusal and not self._closing:  # Redis refuses writes for now: everyone waits
-                    self._cond.wait(self._backoff.next())
+            self._note_refusal(refusal)
+            stalled = bool(batch) and len(held) == len(batch)
+            if refusal:
+                with self._cond:
+                    if not self._closing:  # Redis refuses writes for now: everyone waits
+                        self._cond.wait(self._backoff.next())
+
+    def _answered_late(self, taken: list[Item], calls: list[list[Item]], results: list[Any]) -> None:
+        """The batch close() gave up on was answered after all: what Redis confirmed is counted
+        as it is and no longer as lost (call holding the lock)."""
+        self._wire.drop()
+        held, _ = account(calls, results, self.stats, self._keep_refused)
+        kept = {id(item) for item in held}
+        answered = [item for item in taken if id(item) not in kept]  # (or not encodable: an error)
+        for item in answered:
+            (self.stats.dropped if item.is_frame else self.stats.dropped_other)[item.camera] -= 1
+        if answered:
+            log.warning("publisher: %d writes counted as lost at close were answered after it", len(answered))
 
     def _requeue(self, items: list[Item]) -> None:
         """Items of the batch in flight back at the head of the queue, in order, ahead of newer
@@ -378,6 +397,8 @@ class Publisher:
         self.stats.connected = False
         delay = self._backoff.next()
         with self._cond:
+            if self._abandoned:  # counted as lost by close(): they stay so
+                return
             self._bytes -= sum(item.nbytes for item in taken)
             self._requeue(encoded)
             if not self._closing:

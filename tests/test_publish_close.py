@@ -1,0 +1,120 @@
+"""A publisher closing with writes it could not confirm (real redis-server): what it still held
+is counted as lost, once, and logged; a write answered after close() gave up on it is counted as
+what it became instead."""
+
+import socket
+import threading
+
+from pipeline.publish import Publisher
+from pipeline.streams import connect_redis
+
+from .test_publish import KEYS, publisher, result, seqs
+from .waiting import wait_for
+
+
+def test_closing_during_an_outage_counts_and_logs_what_is_lost(redis_server, caplog):
+    """A replica stopping while Redis is down: what its publisher still held is lost; it was
+    gone without a count or a line."""
+    pub = publisher(redis_server)
+    for s in range(3):
+        pub.publish(result(s))
+    assert pub.flush(5)
+    redis_server.kill()
+    for s in range(3, 8):
+        pub.publish(result(s))
+    pub.publish(result(0, "other"))
+    pub.camera_state("cam", "stopped")
+    with caplog.at_level("ERROR", logger="percept.publish"):
+        pub.close(timeout=1)
+    assert pub.stats.dropped == {"cam": 5, "other": 1} and pub.stats.dropped_other == {"cam": 1}
+    assert pub.pending == 0 and dict(pub.stats.published) == {"cam": 3}
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "7 writes not confirmed (redis unreachable): counted as lost; by camera: cam 6, other 1" in line, line
+
+
+def test_closing_while_redis_takes_connections_but_never_answers_counts_what_is_lost(caplog):
+    """Redis stopped (SIGSTOP) or a half-open connection: the write under way blocks for the
+    client's socket timeout (5 s). close() waited 2 s for the writer, then returned with nothing
+    counted or logged, and the results died with the process."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel's backlog), never answers
+    try:
+        pub = Publisher(connect_redis(f"redis://127.0.0.1:{listener.getsockname()[1]}/0"), keys=KEYS,
+                        maxlen=100).start()
+        for s in range(5):
+            pub.publish(result(s))
+        with caplog.at_level("ERROR", logger="percept.publish"):
+            pub.close(timeout=1)
+        assert pub.stats.dropped == {"cam": 5}, pub.stats.dropped
+        (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert "5 writes not confirmed" in line and "by camera: cam 5" in line, line
+    finally:
+        listener.close()
+
+
+class DrippingProxy:
+    """A TCP proxy in front of the real redis-server: what the client sends goes through at
+    once; Redis's answers too, until `drip` is set: then one byte a second (each read of the
+    client waits less than its socket timeout, the whole answer longer than close() waits),
+    until `release` is set."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.drip, self.release = threading.Event(), threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                while answers and self.drip.is_set() and not self.release.is_set() and len(data) > 1:
+                    dst.sendall(data[:1])
+                    data = data[1:]
+                    self.release.wait(1.0)  # (the fault: an answer that trickles in)
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.release.set()
+        self.listener.close()
+
+
+def test_a_write_answered_after_close_gave_up_is_counted_once_as_what_it_became(redis_server, caplog):
+    """close() gives up on a write whose answer trickles in (each read within the socket timeout)
+    and counts everything it held as lost. The writer then got its answer, counted those frames as
+    published too, and went on to write the rest it had just counted as lost: 5 results, 5 lost
+    and 5 published."""
+    proxy = DrippingProxy(("127.0.0.1", redis_server.port))
+    try:
+        pub = Publisher(connect_redis(f"redis://127.0.0.1:{proxy.port}/0", socket_timeout=3, socket_connect_timeout=0.5),
+                        keys=KEYS, maxlen=100).start()
+        pub.publish(result(0, "warmup"))  # the connection made and the scripts loaded at full speed
+        assert pub.flush(10)
+        proxy.drip.set()
+        for s in range(5):
+            pub.publish(result(s))
+        with caplog.at_level("WARNING", logger="percept.publish"):
+            pub.close(timeout=0.5)
+            assert pub.stats.dropped["cam"] == 5, pub.stats.dropped  # nothing confirmed at close
+            proxy.release.set()
+            wait_for(lambda: not pub._thread.is_alive(), 30, "the writer ending after its late answer")
+        written = len(seqs(redis_server.client()))
+        published, dropped = pub.stats.published["cam"], pub.stats.dropped["cam"]
+        assert written >= 1 and (published, dropped) == (written, 5 - written), (written, published, dropped)
+        assert any(f"{written} writes counted as lost at close were answered after it" in r.getMessage()
+                   for r in caplog.records), [r.getMessage() for r in caplog.records]
+    finally:
+        proxy.close()
