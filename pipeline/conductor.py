@@ -279,11 +279,19 @@ class CameraConductor:
         self._fps_window.append(time.monotonic())
         try:
             if self.view is not None:
-                self.view.offer(frame.image, result, self.camera)
+                self.view.offer(frame.image, result, self.camera, self._events_geometry(result.meta))
             if self.kept is not None:
                 self.kept.keep(frame.image, result)
         except Exception:  # the live view or the explain keep: never the frame's fault
             log.exception("camera %s: frame %d: live view / keep failed", self.camera.id, frame.meta.seq)
+
+    def _events_geometry(self, meta: FrameMeta) -> Any:
+        """The zones and lines this frame's events were judged by (pixel ones scaled after a
+        change of resolution), for the live view to draw; None without events."""
+        try:
+            return self.events.geometry(meta.width, meta.height) if self.events is not None else None
+        except GeometryError:  # (the camera fails on it: said there)
+            return None
 
     def reconfigure(self, camera: CameraConfig) -> None:
         """The camera's zones, lines, anchor or margins changed at runtime: applied from the

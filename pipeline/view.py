@@ -32,7 +32,7 @@ import numpy as np
 
 from .config import CameraConfig
 from .config_view import ViewConfig
-from .geometry import GeometryError, resolve_geometry
+from .geometry import Geometry, GeometryError, resolve_geometry
 from .lease import FENCED_SET
 from .priority import lower_thread_priority
 from .privacy import PrivacyUnavailable
@@ -104,12 +104,14 @@ def _text(image: np.ndarray, text: str, org: tuple[int, int], colour: tuple[int,
     cv2.putText(image, text, (x + 1, y - base - 1), FONT, scale, ink, thick, cv2.LINE_AA)
 
 
-def _draw_geometry(out: np.ndarray, result: FrameResult, camera: CameraConfig, s: float, scale: float) -> None:
+def _draw_geometry(out: np.ndarray, result: FrameResult, camera: CameraConfig, s: float, scale: float,
+                   geo: Geometry | None) -> None:
     import cv2
 
     meta = result.meta
     try:
-        geo = resolve_geometry(camera.zones, camera.lines, camera.anchor, meta.width, meta.height)
+        if geo is None or (geo.width, geo.height) != (meta.width, meta.height):
+            geo = resolve_geometry(camera.zones, camera.lines, camera.anchor, meta.width, meta.height)
     except GeometryError:
         return  # the conductor reports it; the view just leaves zones out
     thick = max(1, round(2 * scale))
@@ -134,15 +136,17 @@ def _draw_geometry(out: np.ndarray, result: FrameResult, camera: CameraConfig, s
         _text(out, f"{name} in", tip, LINE_COLOUR, 0.45 * scale)
 
 
-def annotate(image: np.ndarray, result: FrameResult, camera: CameraConfig) -> np.ndarray:
+def annotate(image: np.ndarray, result: FrameResult, camera: CameraConfig, geometry: Geometry | None = None) -> np.ndarray:
     """A copy of ``image`` (the frame, possibly scaled) with zones, lines, boxes and their labels
-    (label, track id, score, classifier answers) and a header (camera, seq, capture time)."""
+    (label, track id, score, classifier answers) and a header (camera, seq, capture time).
+    ``geometry``: the zones and lines the camera's events were judged by on this frame (pixel
+    ones scaled after a change of resolution); else the camera's, resolved for the frame."""
     import cv2
 
     out = image.copy()
     s = out.shape[1] / max(1, result.meta.width)  # frame pixels → image pixels
     scale = max(1.0, out.shape[1] / 960)  # text and lines grow with large images, stay legible on small ones
-    _draw_geometry(out, result, camera, s, scale)
+    _draw_geometry(out, result, camera, s, scale, geometry)
     objects = result.objects
     thick = max(1, round(2 * scale))
     for i in range(len(objects)):
@@ -252,9 +256,11 @@ class CameraView:
         self._last_offer: float | None = None
         self._interval: float | None = None  # moving average of the time between offered frames
 
-    def offer(self, image: np.ndarray, result: FrameResult, camera: CameraConfig) -> None:
+    def offer(self, image: np.ndarray, result: FrameResult, camera: CameraConfig,
+              geometry: Geometry | None = None) -> None:
         """Hands the frame to a view thread when someone watches and one is due; never blocks,
-        never raises. ``image`` (the full-resolution frame) is only read, never changed."""
+        never raises. ``image`` (the full-resolution frame) is only read, never changed;
+        ``geometry``: what the frame's events were judged by (`annotate`)."""
         try:
             now = time.monotonic()
             if self._last_offer is not None:
@@ -267,7 +273,7 @@ class CameraView:
                 if not drawn:  # a slow camera's first image is the frame that found it watched
                     self._busy = True
                     self._due = now + self._period / 2
-                    self.hub.submit(self._check, image, result, camera)
+                    self.hub.submit(self._check, image, result, camera, geometry)
                     return
                 self.hub.submit(self._check)
             if not self.watched or now < self._due - self._period / 4:
@@ -277,7 +283,7 @@ class CameraView:
                 return
             self._busy = True
             self._due = max(self._due + self._period, now + self._period / 2)
-            self.hub.submit(self._render, image, result, camera)
+            self.hub.submit(self._render, image, result, camera, geometry)
         except Exception:
             self._busy = False
             log.exception("camera %s: view offer failed", self.camera_id)
@@ -297,10 +303,11 @@ class CameraView:
         elif frame:
             self._busy = False
 
-    def _render(self, image: np.ndarray, result: FrameResult, camera: CameraConfig) -> None:
+    def _render(self, image: np.ndarray, result: FrameResult, camera: CameraConfig,
+                geometry: Geometry | None = None) -> None:
         try:
             t0 = time.perf_counter()
-            jpeg = render_jpeg(image, result, camera, self.hub.cfg, self.hub.blurrer)
+            jpeg = render_jpeg(image, result, camera, self.hub.cfg, self.hub.blurrer, geometry)
             # the image outlives a few frame intervals of a slow camera, then goes with it
             ttl_s = max(self.hub.cfg.watch_ttl_s, 3 * (self._interval or 0.0))
             if not self.hub.write_jpeg(self.camera_id, jpeg, ttl_s):
@@ -321,11 +328,11 @@ class CameraView:
 
 
 def render_jpeg(image: np.ndarray, result: FrameResult, camera: CameraConfig, cfg: ViewConfig,
-                blurrer: Any = None) -> bytes:
+                blurrer: Any = None, geometry: Geometry | None = None) -> bytes:
     """The view's JPEG of one frame: blurred at full resolution (when a blurrer is given), scaled
     to ``cfg.width``, annotated, encoded with its frame named in the comment."""
     if blurrer is not None:
         image = blurrer.blur(image, result.objects)
-    out = annotate(fit_width(image, cfg.width), result, camera)
+    out = annotate(fit_width(image, cfg.width), result, camera, geometry)
     m = result.meta
     return encode_jpeg(out, cfg.quality, comment=f"percept camera={m.camera} seq={m.seq} ts={m.frame_ts:.3f}")

@@ -5,6 +5,7 @@ draws and encodes nothing while nobody watches (real redis-server)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import cv2
@@ -19,6 +20,7 @@ from pipeline.streams import StreamKeys
 from pipeline.view import ViewHub, annotate, jpeg_comment, object_label, render_jpeg
 
 from .conftest import MODELS
+from .test_sources import Clock, FakeCapture
 from .view_frames import VIEW_WIDTH, YUNET, border_band, clip_frame, decode, faces
 from .waiting import wait_for
 
@@ -343,3 +345,63 @@ def test_faces_the_service_itself_detected_are_blurred_too():
     assert np.array_equal(blurrer.blur(frame, other)[y1:y2, x1:x2], frame[y1:y2, x1:x2])
     blurred = blurrer.blur(frame, own)
     assert np.abs(blurred[y1:y2, x1:x2].astype(int) - frame[y1:y2, x1:x2]).mean() > 5
+
+
+class ResizedCapture(FakeCapture):
+    """A camera that comes back at twice its resolution after 4 frames; each frame comes once
+    the one before was shown (``shown``), so that none is skipped for a newer one."""
+
+    def __init__(self, n, clock, shown: threading.Event):
+        super().__init__(n, clock)
+        self.shown = shown
+
+    def grab(self):
+        if self.i and not self.shown.wait(30):
+            return False
+        self.shown.clear()
+        return super().grab()
+
+    def retrieve(self):
+        return True, np.zeros((360, 640, 3) if self.i <= 4 else (720, 1280, 3), np.uint8)
+
+
+def test_the_view_draws_pixel_zones_where_the_events_judge_them_after_a_change_of_resolution(redis_server):
+    """A pixel zone is in the first frame's pixels and scales with the tracks when the camera
+    comes back at another size (`EventEngine.geometry`); the view drew it where it was written,
+    a quarter of where the events counted it."""
+    import asyncio
+
+    from pipeline.conductor import CameraConductor
+    from pipeline.config import TrackerConfig
+    from pipeline.events import EventEngine
+    from pipeline.publish import Publisher
+    from pipeline.sources import VideoSource
+    from pipeline.streams import connect_redis
+    from pipeline.tracking import ObjectTracker
+
+
+    camera = CameraConfig(id="cam", url="x.mp4", zones={"bay": [[0, 0], [320, 0], [320, 180], [0, 180]]})
+    drawn: dict[int, np.ndarray] = {}
+    shown = threading.Event()
+
+    class Recorder:  # the view's part of the conductor: what a watched camera's image shows
+        def offer(self, image, result, camera, geometry=None):
+            drawn[result.meta.width] = annotate(image, result, camera, geometry)
+            shown.set()
+
+    async def detect(inp):
+        w = inp.orig_shape[1]
+        return Detections(xyxy=[[w * 0.8, w * 0.3, w * 0.9, w * 0.4]], scores=[0.9], labels=("car",),
+                          categories=("vehicle",))
+
+    pub = Publisher(connect_redis(redis_server.url), keys=StreamKeys("geo"), maxlen=100).start()
+    conductor = CameraConductor(
+        camera, VideoSource("cam", lambda: ResizedCapture(8, Clock(), shown), fps=0, is_file=True, realtime=False),
+        detect=detect, classifiers={}, publisher=pub, imgsz=64, models={"detector": "fake"}, max_inflight=1,
+        tracker=ObjectTracker(TrackerConfig()), events=EventEngine.for_camera(camera, track_buffer=30), view=Recorder())
+    asyncio.run(asyncio.wait_for(conductor.run(), 60))
+    pub.close()
+    assert set(drawn) == {640, 1280}, set(drawn)
+    big = drawn[1280]  # a black frame: the zone's tint is all that is there
+    assert big[340, 600].any(), "the zone is not drawn where the events count it (0-640 × 0-360)"
+    assert not big[400:700, 660:760].any(), "drawn outside the zone"
