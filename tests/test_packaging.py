@@ -315,6 +315,44 @@ def test_compose_nodes_get_the_image_models_config_and_secrets():
     assert (DOCKER / rtsp["build"]["context"] / rtsp["build"]["dockerfile"]).resolve().is_file()
 
 
+COMPOSE_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-?])([^}]*))?\}")
+RAY_START_AUTH_CHECK = """
+from ray._private.authentication.authentication_token_setup import (ensure_token_if_auth_enabled,
+                                                                    maybe_enable_token_auth_if_token_available)
+from ray._private.authentication.authentication_utils import is_token_auth_enabled
+maybe_enable_token_auth_if_token_available(warn_if_disabled=False)  # what `ray start` runs first
+ensure_token_if_auth_enabled(None, create_token_if_missing=False)
+print("token" if is_token_auth_enabled() else "off")
+"""
+
+
+def interpolated(value: str, shell: dict[str, str]) -> str:
+    """A compose value with the shell's variables as compose puts them in (``${V}``,
+    ``${V:-default}``, ``${V:?error}``: an unset or empty variable takes the default)."""
+    def one(m: re.Match) -> str:
+        name, op, arg = m.groups()
+        if shell.get(name):
+            return shell[name]
+        if op == "?":
+            raise KeyError(f"{name}: {arg}")
+        return arg if op == "-" else ""
+    return COMPOSE_VAR.sub(one, str(value))
+
+
+@pytest.mark.parametrize("shell,mode", [({}, "off"), ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0f" * 16}, "token")])
+def test_compose_nodes_take_rays_token_auth_from_the_shell(shell, mode, tmp_path):
+    """The file said ``RAY_AUTH_MODE: disabled``: exporting ``token`` before ``up``, as the README
+    told a shared machine to, changed nothing. Each node's environment as compose makes it, through
+    the checks ``ray start`` makes first (Ray 2.60): off by default, token auth when both are set."""
+    shell = {"CAM_PASS": "c", "REDIS_PW": "r", "PERCEPT_MODELS_DIR": "/m", **shell}
+    for name in RAY_NODES:
+        env = {k: interpolated(v, shell) for k, v in compose()["services"][name]["environment"].items()}
+        run_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        out = subprocess.run([sys.executable, "-c", RAY_START_AUTH_CHECK], env={**run_env, **env, "HOME": str(tmp_path)},
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.split() == [mode], (name, out.stdout, out.stderr[-500:])
+
+
 def test_compose_gpu_override_gives_the_worker_gpus():
     base, gpu = compose(), compose("compose.gpu.yaml")
     assert set(gpu["services"]) <= set(base["services"])
