@@ -419,6 +419,9 @@ def test_a_model_wanting_a_gpu_is_refused_on_a_deployment_given_none(redis_serve
         "configured model runs on the CPU, so num_gpus auto gave it none; set classifiers.sign.num_gpus (or device: "
         "cpu) in the config and redeploy"), refused.value
     assert redis_server.client().get(swaps(True).keys("classifier-sign").desired) is None
+    with pytest.raises(SwapRefused, match="'typo.pt' does not exist") as typo:  # not "would run on a GPU"
+        asyncio.run(swaps(True).swap("classifier-sign", {"weights": "typo.pt"}))
+    assert typo.value.status == 422
     for allowed in (swaps(False), swaps(True, num_gpus=0.5), swaps(True, device="cpu")):
         with pytest.raises(SwapRefused) as other:  # past the GPU check: validated, refused for its crops
             asyncio.run(allowed.swap("classifier-sign", wanted))

@@ -26,6 +26,7 @@ from .swap import (
     SwapRefused,
     SwapTimeout,
     UnknownDeployment,
+    check_weights_path,
     config_identity,
     swapped_cfg,
     validate_swap,
@@ -214,6 +215,7 @@ class ModelSwaps:
         cfg, models_dir = section.cfg, self.config.models_dir
         if cfg.num_gpus != "auto" or not runs_on_cpu_only(cfg, models_dir=models_dir):
             return
+        check_weights_path(request.weights, models_dir)  # a path that is not there: said so, not this
         new = swapped_cfg(cfg, request.weights, request.card)
         if new.device == "cpu" or runs_on_cpu_only(new, models_dir=models_dir) or not self.gpus_on_cluster():
             return
