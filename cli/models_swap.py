@@ -136,7 +136,7 @@ def _served_lines(dep: dict) -> list[str]:
     state = _STATES.get(dep.get("state") or ("done" if dep["rolled_out"] else "rolling"), "").format(**dep)
     lines = [f"{dep['deployment']:<28} {dep['model']:<32} generation {dep['generation']}{state}"]
     for r in dep["replicas"]:
-        extra = f"  loading generation {r['loading']}" if r["loading"] else ""
+        extra = f"  loading generation {r['loading']}" if r["loading"] is not None else ""  # (0: as it starts)
         extra += f"  error: {r['error']}" if r["error"] else ""
         lines.append(f"  replica {r['replica']:<12} {r['model']:<32} generation {r['generation']}{extra}")
     return lines

@@ -136,3 +136,15 @@ def test_an_ipv6_bind_address_is_printed_as_a_url():
 
     line = ingress_line(parse_config({"http": {"host": "::1", "port": 8123}}, env={}))
     assert "http://[::1]:8123/" in line, line
+
+
+def test_models_served_lists_a_replica_loading_the_configs_weights_as_it_starts(api, capsys):
+    """A replica loading its first model reports ``loading: 0``, which read as false: it was listed
+    as serving generation 0, with nothing said of the load."""
+    replica = {"replica": "r1", "model": "yolo11n", "generation": 0, "error": None}
+    Recorder.body = [{"deployment": "detector", "model": "yolo11n", "generation": 0, "rolled_out": True, "state": "done",
+                      "replicas": [{**replica, "loading": 0}, {**replica, "replica": "r2", "loading": None}]}]
+    assert main(["models", "served", "--api", api]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["replica", "r1", "yolo11n", "generation", "0", "loading", "generation", "0"], lines
+    assert lines[2].split() == ["replica", "r2", "yolo11n", "generation", "0"], lines
