@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
+import redis
 from redis.connection import parse_url
 
 from .redact import UNESCAPED_USERINFO, redact, url_credentials, url_secrets
@@ -18,9 +19,14 @@ def redis_url_problem(url: str) -> str | None:
     if found is not None and found.hostport != urlsplit(url).netloc.rpartition("@")[2]:
         return f"not a Redis URL: {UNESCAPED_USERINFO}"
     try:
-        parse_url(url)
-    except ValueError as exc:
+        options = parse_url(url)
+        # the connection redis-py would make, made (no I/O): options of the query it does not take
+        # (?ssl_cert_reqs= on redis://, ?max_connections=-1) raised at the first command
+        redis.Redis.from_url(url).connection_pool.make_connection()
+    except (ValueError, TypeError) as exc:
         return f"not a Redis URL: {redact(str(exc), url_secrets(url))}"
+    if options.get("decode_responses"):
+        return "not a Redis URL for percept: ?decode_responses (percept reads the entries as bytes): remove it"
     return None
 
 

@@ -177,7 +177,8 @@ def test_a_bad_redis_url_in_the_environment_is_named(command, monkeypatch, capsy
     """``PERCEPT_REDIS_URL`` is checked as ``--redis`` is: one line naming it, exit 2, nothing of
     its password (it was a traceback quoting redis-py's "cannot cast 'hun'")."""
     for url, expected in (("localhost:6379", "must specify one of the following schemes"),
-                          ("redis://:hun/ter2@host/0", "must be percent-encoded")):
+                          ("redis://:hun/ter2@host/0", "must be percent-encoded"),
+                          ("redis://:hunter2@host/0?ssl_cert_reqs=required", "'ssl_cert_reqs'")):
         monkeypatch.setenv("PERCEPT_REDIS_URL", url)
         assert main(command) == 2
         err = capsys.readouterr().err

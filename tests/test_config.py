@@ -356,6 +356,12 @@ def test_config_that_is_not_text_or_has_a_bad_redis_url_or_device(tmp_path):
     assert err.value.errors == ["not a UTF-8 text file (byte 0): a YAML config is text"]
     assert errors_of({"redis": {"url": "redis://:S3cretPW@127.0.0.1:abc/0"}}) == [
         "redis.url: not a Redis URL: Port could not be cast to integer value as 'abc'"]
+    # options of the query redis-py does not take: a traceback at the first command (percept run too)
+    for query, expected in (("ssl_cert_reqs=required", "unexpected keyword argument 'ssl_cert_reqs'"),
+                            ("max_connections=-1", "must be a positive integer"), ("decode_responses=yes", "as bytes")):
+        (err,) = errors_of({"redis": {"url": f"redis://:S3cretPW@127.0.0.1:6379/0?{query}"}})
+        assert err.startswith("redis.url: not a Redis URL") and expected in err and "S3cret" not in err, err
+    assert parse_config({"redis": {"url": "rediss://h:6380/0?ssl_cert_reqs=none"}}, env={}).redis.url
     assert errors_of({"cameras": [{"id": "a", "url": "device:abc"}]}) == [
         "cameras[0].url: device: takes the camera's index (device:0 for /dev/video0), got 'device:abc'"]
     assert parse_config({"cameras": [{"id": "a", "url": "device:1"}]}, env={}).cameras[0].url == "device:1"
