@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,8 @@ def _subscribe(args: argparse.Namespace) -> int:
     start = "0" if args.from_start else (args.from_id or "$")
     outage = RedisOutage(url)
     sub = None
+    terminated = []  # SIGTERM (systemd, docker stop): as Ctrl-C, the consumer leaves its group, exit 0
+    previous = signal.signal(signal.SIGTERM, lambda *_: terminated.append(1) or _interrupt())
     try:
         client = redis_from_config(redis_cfg.model_copy(update={"url": url})) if redis_cfg else connect_redis(url)
         client.ping()
@@ -123,10 +126,16 @@ def _subscribe(args: argparse.Namespace) -> int:
         return fail(f"redis {redact_url(url)}: {redact(str(exc))}", EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
         _leave(None if outage.down else sub)
-        return EXIT_INTERRUPTED
+        return 0 if terminated else EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if outage.down:  # --timeout ended while Redis was away: no "nothing new", a failure
         return fail(f"redis still unreachable at {outage.where} when --timeout ended", EXIT_UNAVAILABLE)
     return 0
+
+
+def _interrupt() -> None:
+    raise KeyboardInterrupt
 
 
 def _leave(sub: Any) -> None:

@@ -338,7 +338,7 @@ def _top(args: argparse.Namespace) -> int:
             print((CLEAR if tty else "") + "\n".join(lines) + ("" if tty else "\n"), flush=True)
             stopped.wait(max(0.1, min(args.interval, deadline - time.monotonic() if deadline else args.interval)))
     except KeyboardInterrupt:
-        pass  # the usual way out of a live view
+        stopped.set()  # the usual way out of a live view (exit 0), also while Redis is away
     if outage.down and not stopped.is_set():  # --duration ended while Redis was away
         return fail(f"redis still unreachable at {outage.where} when --duration ended", EXIT_UNAVAILABLE)
     return 0

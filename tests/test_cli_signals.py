@@ -53,3 +53,41 @@ def test_a_reader_that_stops_reading_ends_subscribe_quietly(redis_server):
             proc.kill()
     err = proc.stderr.read().decode()
     assert proc.returncode == 0 and "Traceback" not in err, (proc.returncode, err)
+
+
+def test_sigterm_ends_a_group_reader_which_leaves_its_group(redis_server):
+    """systemd or ``docker stop`` ends ``subscribe --group`` with SIGTERM: Python died without its
+    cleanup, and every restart left another ``<host>-<pid>`` consumer in the group."""
+    client = redis_server.client()
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "subscribe", "cam", "--redis", redis_server.url,
+                             "--prefix", "term", "--group", "g"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: client.exists("term:detections:cam") and client.xinfo_consumers("term:detections:cam", "g")
+                 or proc.poll() is not None, 60, "the reader joining its group")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, (proc.returncode, err)
+    assert client.xinfo_consumers("term:detections:cam", "g") == [], "its consumer stayed in the group"
+
+
+def test_ctrl_c_on_top_while_redis_is_away_is_its_usual_way_out():
+    """Ctrl-C on ``percept top`` during an outage said "redis still unreachable … when --duration
+    ended" (no --duration was given) and exited 3."""
+    from pipeline.redis_server import free_port
+
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "top", "--redis", f"redis://127.0.0.1:{free_port()}/0",
+                             "--interval", "0.5"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        wait_for(lambda: proc.stdout.readline().startswith("percept top") or proc.poll() is not None, 60,
+                 "top showing its first screen")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err and "--duration" not in err, (proc.returncode, err)
