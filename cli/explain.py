@@ -107,13 +107,16 @@ def _online(args: argparse.Namespace) -> int:
 def _detail(body: bytes) -> str:
     """The API's error detail in one line: its message and what is available."""
     try:
-        detail = json.loads(body or b"{}").get("detail", "")
+        parsed = json.loads(body or b"{}")
     except ValueError:
         return body.decode(errors="replace")[:300]
+    detail = parsed.get("detail", "") if isinstance(parsed, dict) else parsed  # (another service: any JSON)
     if isinstance(detail, dict):
         extra = {k: v for k, v in detail.items() if k not in ("message", "camera", "seq")}
-        if "objects" in extra:
+        try:
             extra["objects"] = _objects_line(extra["objects"])
+        except (KeyError, TypeError, ValueError, AttributeError):  # none, or not percept's list
+            pass
         return "; ".join([str(detail.get("message", ""))] + [f"{k}: {v}" for k, v in extra.items()])
     if isinstance(detail, list):
         return "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg', d)}" if isinstance(d, dict) else str(d)

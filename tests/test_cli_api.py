@@ -111,12 +111,15 @@ def test_an_api_address_that_does_not_speak_http_exits_3_in_one_line(capsys):
 def test_every_api_command_exits_1_on_a_500_3_on_a_502_503_504_and_2_on_a_404(api, argv, capsys, tmp_path,
                                                                              monkeypatch):
     """The exit codes the README's table gives, the same for each command that talks to the graph
-    (a proxy's 502/504 in front of it: unavailable, as its own 503)."""
+    (a proxy's 502/504 in front of it: unavailable, as its own 503), whatever JSON the error's body
+    is (another service: `explain` raised AttributeError on a list)."""
     monkeypatch.chdir(tmp_path)
     for status, code in ((500, 1), (502, 3), (503, 3), (504, 3), (404, 2)):
-        Recorder.status, Recorder.body = status, {"detail": "boom"}
-        assert main([api if a == "API" else a for a in argv]) == code, (status, capsys.readouterr().err)
-        assert f"HTTP {status}" in capsys.readouterr().err
+        for body in ({"detail": "boom"}, [], None, {"detail": {"message": "boom", "objects": 3}}):
+            Recorder.status, Recorder.body = status, body
+            assert main([api if a == "API" else a for a in argv]) == code, (status, body, capsys.readouterr().err)
+            err = capsys.readouterr().err
+            assert f"HTTP {status}" in err and "Traceback" not in err, (body, err)
 
 
 def test_a_busy_answer_is_asked_again_and_exits_3_when_it_stays(api, capsys):
