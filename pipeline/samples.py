@@ -11,12 +11,14 @@ Used by `percept demo` and as the base configuration of `percept bench`."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from .config import PerceptConfig, parse_config
 
+log = logging.getLogger("percept.samples")
 ENV_SAMPLE_VIDEOS = "PERCEPT_SAMPLE_VIDEOS"
 CLIP_CAMERAS = (("traffic.mp4", "traffic"), ("vtest.avi", "pedestrians"), ("people.mp4", "crowd"))
 VEHICLE_LABELS = [
@@ -44,9 +46,9 @@ def sign_video(images_dir: Path, out: Path, *, seconds_per_image: float = SIGN_C
     if out.exists() and out.stat().st_size > 0:
         return out
     images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:limit]
-    if not images:
-        raise FileNotFoundError(f"no images in {images_dir}")
-    first = cv2.imread(str(images[0]))
+    first = next((image for image in map(cv2.imread, map(str, images)) if image is not None), None)
+    if first is None:
+        raise FileNotFoundError(f"no image OpenCV can read in {images_dir}")
     h, w = first.shape[:2]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".partial.mp4")
@@ -71,8 +73,11 @@ def _sample_cameras(videos_dir: str | None, sign_images: str | None, state_dir: 
                 cameras.append({"id": cam_id, "url": str(path), "fps": 4, "loop": True})
         images = Path(sign_images) if sign_images else Path(videos_dir).parent / "gtsdb-sample" / "images"
         if images.is_dir():
-            video = sign_video(images, Path(state_dir) / "samples" / "signs.mp4")
-            cameras.append({"id": "signs", "url": str(video.resolve()), "fps": 1, "loop": True})
+            try:
+                video = sign_video(images, Path(state_dir) / "samples" / "signs.mp4")
+                cameras.append({"id": "signs", "url": str(video.resolve()), "fps": 1, "loop": True})
+            except FileNotFoundError as exc:  # the other cameras run
+                log.warning("no sign camera: %s", exc)
     if not cameras:
         from ultralytics.utils import ASSETS
 
