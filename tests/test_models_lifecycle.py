@@ -362,3 +362,18 @@ def test_compare_rows_of_the_same_file_name_are_told_apart():
     table, markdown = compare_table(result), compare_markdown(result)
     for text in (table, markdown):
         assert "runs/a/best.pt" in text and "runs/b/best.pt" in text and "yolo11n-coco.pt" in text, text
+
+
+def test_an_export_run_from_inside_the_models_folder_writes_nothing_there(tmp_path, monkeypatch):
+    """Without --out the variants go to the current folder for weights in the models folder (shared,
+    never written): run from inside that folder, they went into it."""
+    need(CLS_PT)
+    models = tmp_path / "models"
+    (models / "work").mkdir(parents=True)
+    (models / "cls.pt").symlink_to(CLS_PT)
+    monkeypatch.setenv("PERCEPT_MODELS_DIR", str(models))
+    for cwd, weights in ((models, "cls.pt"), (models / "work", str(models / "cls.pt"))):
+        monkeypatch.chdir(cwd)
+        code, _, err = percept("models", "export", weights, "--to", "onnx", "--task", "classify")
+        assert code == 2 and f"--out: the current folder {cwd} is in the models folder" in err, (code, err)
+    assert sorted(str(p.relative_to(models)) for p in models.rglob("*")) == ["cls.pt", "work"]

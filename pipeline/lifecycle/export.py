@@ -299,8 +299,18 @@ def export_model(weights: str | Path, formats: str | Sequence[str], *, calib: Se
 def _default_out(src: Path, weights: str | Path, models_dir: str | None) -> Path:
     """Beside the weights; the current folder for weights found in, or lying in, the models
     folder (shared, often read-only: never written unless ``--out`` names it)."""
-    inside = models_dir is not None and src.resolve().is_relative_to(Path(models_dir).expanduser().resolve())
-    return src.parent if Path(weights).expanduser().exists() and not inside else Path.cwd()
+    def within(path: Path) -> bool:  # (as named, or where its links lead: a folder of links to the files)
+        return models_dir is not None and any(
+            p.is_relative_to(d) for p in (path.absolute(), path.resolve())
+            for d in (Path(models_dir).expanduser().absolute(), Path(models_dir).expanduser().resolve()))
+
+    if Path(weights).expanduser().exists() and not within(src):
+        return src.parent
+    here = Path.cwd()
+    if within(here):
+        raise ExportError(f"--out: the current folder {here} is in the models folder (PERCEPT_MODELS_DIR={models_dir}), "
+                          "which is never written unless --out names it: name the folder with --out, or run from another")
+    return here
 
 
 def _export_one(model: Any, fmt: Format, src: Path, out_dir: Path, *, imgsz: int, data: str | None,
