@@ -201,3 +201,27 @@ def test_a_record_of_a_newer_version_is_read_and_one_that_cannot_be_read_is_none
             assert [d["weights"] for d in listed if d["deployment"] == "detector"] == [FIRST], (raw, listed)
     finally:
         client.delete(keys.desired)
+
+
+def test_a_replica_on_a_host_whose_clock_is_behind_is_listed_live(redis_server, monkeypatch):
+    """Reports were stamped with the replica host's clock and judged by the API host's: a replica
+    on a host 60 s behind was never live (a swap was done without it, never rolled back when it
+    failed, and its report deleted as stale). Both now take Redis's time."""
+    from pipeline.lifecycle import swap_replica
+
+    real = time.time
+    monkeypatch.setattr(swap_replica, "time", type("BehindClock", (), {"time": staticmethod(lambda: real() - 60)}))
+    swaps = api(redis_server)
+    lagging = replica(swaps, "r1")
+
+    async def scenario():
+        following = await started(lagging)
+        try:
+            await until(lambda: [r.replica for r in swap_service.live_reports(swaps.client, swaps.keys("detector"))]
+                        == ["r1"], "the replica 60 s behind listed as live")
+            (listed,) = [d for d in swaps._listing() if d["deployment"] == "detector"]
+            assert [r["age_s"] < 5 for r in listed["replicas"]] == [True], listed
+        finally:
+            await stopped(following)
+
+    asyncio.run(scenario())

@@ -37,11 +37,15 @@ class ModelSwapper:
         self.current: Any = None  # the backend serving now
         self.report = ReplicaReport(replica, model_name(cfg), cfg.weights, getattr(cfg, "card", None), 0)
         self._failed_record: tuple[int, float] | None = None  # (generation, requested_at) it could not load
+        # Redis's clock minus this machine's: reports are stamped in Redis's time, which the API
+        # judges them by (hosts whose clocks differ by more than `LIVE_S` would never be live)
+        self._clock_offset = 0.0
 
     async def start(self) -> Any:
         """The model this replica starts with: the desired weights; when those do not load, the
         weights they replaced; else the config's."""
         try:
+            await asyncio.to_thread(self._note_clock, self.client.time)
             desired = await asyncio.to_thread(self._desired)
         except Exception as exc:  # Redis down at start: the config's weights; `follow` catches up
             log.warning("%s: desired weights unreadable (%s: %s); starting on the config's", self.keys.deployment,
@@ -174,7 +178,7 @@ class ModelSwapper:
         r = self.report
         if desired is not None:
             r.weights, r.card, r.generation, r.model = desired.weights, desired.card, desired.generation, desired.model
-            r.swapped_at = time.time()
+            r.swapped_at = time.time() + self._clock_offset
             r.error = None  # (a replica that started on other weights than recorded keeps saying why)
         r.facts = model_facts(self.kind, model)
 
@@ -196,14 +200,21 @@ class ModelSwapper:
 
     def _exchange(self) -> Desired | None:
         """One round trip: this replica's report out (its heartbeat), the desired weights in."""
-        self.report.ts = time.time()
+        self.report.ts = time.time() + self._clock_offset
         pipe = self.client.pipeline(transaction=False)
+        pipe.time()
         pipe.hset(self.keys.replicas, self.report.replica, self.report.to_json())
         pipe.get(self.keys.desired)
-        return Desired.read(pipe.execute()[1], self.base_cfg)
+        redis_time, _, desired = pipe.execute()
+        self._note_clock(lambda: redis_time)
+        return Desired.read(desired, self.base_cfg)
+
+    def _note_clock(self, redis_time: Callable[[], tuple[int, int]]) -> None:
+        seconds, micros = redis_time()
+        self._clock_offset = seconds + micros / 1e6 - time.time()
 
     async def _send(self) -> None:
-        self.report.ts = time.time()
+        self.report.ts = time.time() + self._clock_offset
         try:
             await asyncio.to_thread(self.client.hset, self.keys.replicas, self.report.replica, self.report.to_json())
         except Exception as exc:

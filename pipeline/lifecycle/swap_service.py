@@ -67,9 +67,14 @@ class SwapRequest(BaseModel):
 
 
 def live_reports(client: Any, keys: SwapKeys, now: float | None = None) -> list[ReplicaReport]:
-    """The replicas that reported within `LIVE_S`; reports older than `FORGET_S` are deleted."""
-    now = time.time() if now is None else now
-    reports = [ReplicaReport.from_json(raw) for raw in client.hgetall(keys.replicas).values()]
+    """The replicas that reported within `LIVE_S`; reports older than `FORGET_S` are deleted.
+    Reports are stamped in Redis's time (`ModelSwapper`), and judged by it (``now``: else Redis's)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.time()
+    pipe.hgetall(keys.replicas)
+    (seconds, micros), raw = pipe.execute()
+    now = seconds + micros / 1e6 if now is None else now
+    reports = [ReplicaReport.from_json(r) for r in raw.values()]
     stale = [r.replica for r in reports if now - r.ts > FORGET_S]
     if stale:
         client.hdel(keys.replicas, *stale)
@@ -140,7 +145,8 @@ class ModelSwaps:
             weights, card, generation, requested_at = self._serving(deployment)
             reports = live_reports(self.client, self.keys(deployment))
             state, failed = listed_state(reports, weights, card, generation, requested_at)
-            now = time.time()
+            seconds, micros = self.client.time()  # (the reports' clock)
+            now = seconds + micros / 1e6
             out.append({
                 "deployment": deployment, "kind": kind, "category": section.category, "field": section.field,
                 "model": Path(weights.rstrip("/")).name, "weights": weights, "card": card, "generation": generation,
