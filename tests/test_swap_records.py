@@ -225,3 +225,32 @@ def test_a_replica_on_a_host_whose_clock_is_behind_is_listed_live(redis_server, 
             await stopped(following)
 
     asyncio.run(scenario())
+
+
+def test_a_failed_swap_after_redis_lost_its_data_rolls_back_to_what_every_replica_served(redis_server, tmp_path):
+    """Swaps to b.pt and c.pt, then Redis loses its data; the replicas report again (both on c.pt),
+    and a swap to d.pt fails on r2. It was rolled back to the config's weights, which neither
+    served, and d.pt was checked against those: now against c.pt, and back to c.pt."""
+    from pipeline.lifecycle.swap import SwapRefused
+
+    b, c, d = copies(tmp_path, "b.pt", "c.pt", "d.pt")
+    swaps = api(redis_server)
+    client, keys = swaps.client, swaps.keys("detector")
+    replicas = [replica(swaps, "r1"), replica(swaps, "r2", broken=("d.pt",))]
+
+    async def scenario():
+        following = await started(*replicas)
+        try:
+            for weights in (b, c):
+                await swaps.swap("detector", {"weights": weights})
+            client.flushall()
+            await until(lambda: len(swap_service.live_reports(client, keys)) == 2, "both replicas reporting again")
+            with pytest.raises(SwapRefused) as refused:
+                await swaps.swap("detector", {"weights": d, "timeout_s": 30})
+            return str(refused.value)
+        finally:
+            await stopped(following)
+
+    refused = asyncio.run(scenario())
+    assert "replica r2 could not load" in refused and "rolled back to c.pt" in refused, refused
+    assert [r.current.name for r in replicas] == ["c.pt", "c.pt"]

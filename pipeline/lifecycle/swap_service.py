@@ -203,8 +203,10 @@ class ModelSwaps:
         cfg = self.sections[deployment][1].cfg
         desired = Desired.read(self.client.get(keys.desired), cfg)
         reports = live_reports(self.client, keys)
-        if desired is None:
-            return (cfg.weights, getattr(cfg, "card", None)), 0, reports, rollout_state(reports, 0)[0]
+        if desired is None:  # no swap, or Redis lost its data: what every live replica serves, if they agree
+            served = {(r.weights, r.card) for r in reports}
+            weights = served.pop() if len(served) == 1 else (cfg.weights, getattr(cfg, "card", None))
+            return weights, 0, reports, rollout_state(reports, 0)[0]
         state = rollout_state(reports, desired.generation, desired.generation, desired.requested_at)[0]
         # a replica that fails it after every replica served it (one started later, on a node
         # without the file) does not undo the swap: the deployment settled on it all the same
