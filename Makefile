@@ -48,7 +48,7 @@ test-fast: $(VENV)/.installed
 	scripts/install-system-deps.sh --test
 	YOLO_OFFLINE=1 $(VENV)/bin/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
-# deploy/kuberay/rayservice.yaml's serveConfigV2 = `percept build -c configs/cluster.yaml --http-host 0.0.0.0`
+# deploy/kuberay/rayservice.yaml's serveConfigV2 = `percept build -c configs/kuberay.yaml --http-host 0.0.0.0`
 kuberay: $(VENV)/.installed
 	$(VENV)/bin/python scripts/kuberay-manifest.py
 

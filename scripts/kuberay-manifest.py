@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Rewrite spec.serveConfigV2 of deploy/kuberay/rayservice.yaml with the output of
-`percept build -c configs/cluster.yaml --http-host 0.0.0.0`, so the two never drift.
+`percept build -c configs/kuberay.yaml --http-host 0.0.0.0`, so the two never drift.
 Everything else in the manifest (comments included) is kept as written.
 
     make kuberay                                   # rewrite
@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "deploy" / "kuberay" / "rayservice.yaml"
-CONFIG = REPO / "configs" / "cluster.yaml"
+CONFIG = REPO / "configs" / "kuberay.yaml"
 BUILD_ARGS = ["build", "-c", str(CONFIG.relative_to(REPO)), "--http-host", "0.0.0.0"]
 _KEY = re.compile(r"^(?P<indent> *)serveConfigV2: *\|[-+]?\s*$")
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .test_packaging import (CLUSTER_CONFIG, RAYSERVICE, REPO, cluster_config, env_refs, kuberay_manifest,
+from .test_packaging import (CLUSTER_CONFIG, KUBERAY_CONFIG, RAYSERVICE, REPO, env_refs, kuberay_manifest,
                              percept_build, pins)
 
 
@@ -17,7 +17,7 @@ def test_rayservice_serve_config_is_percept_build_output():
     manifest = yaml.safe_load(RAYSERVICE.read_text())
     assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayService"
     embedded = manifest["spec"]["serveConfigV2"]
-    built = percept_build("-c", "configs/cluster.yaml", "--http-host", "0.0.0.0")
+    built = percept_build("-c", "configs/kuberay.yaml", "--http-host", "0.0.0.0")
     assert yaml.safe_load(embedded) == yaml.safe_load(built), "serveConfigV2 differs from `percept build`: run `make kuberay`"
     assert embedded == built, "serveConfigV2 is not the text `percept build` writes: run `make kuberay`"
 
@@ -27,7 +27,7 @@ def test_rayservice_serve_config_is_percept_build_output():
     assert schema.http_options.host == "0.0.0.0"
     app = schema.applications[0]
     assert app.import_path == "deployments.graph:app_builder"
-    assert app.args["config"] == cluster_config()  # ${VARS} kept: secrets resolved on the cluster
+    assert app.args["config"] == yaml.safe_load(KUBERAY_CONFIG.read_text())  # ${VARS} kept: secrets resolved on the cluster
 
 
 def test_default_gpu_shares_fit_one_gpu():
@@ -45,6 +45,7 @@ def test_default_gpu_shares_fit_one_gpu():
     configs = {
         "example.yaml": load_config(REPO / "configs" / "example.yaml", env=env),
         "cluster.yaml": load_config(CLUSTER_CONFIG, env=env),
+        "kuberay.yaml": load_config(KUBERAY_CONFIG, env=env),
         "demo": demo_config(None, None, ".percept"),
         "demo with the shared models": demo_config(None, os.environ.get("PERCEPT_MODELS_DIR"), ".percept"),
         "three classifiers": parse_config({"classifiers": three}, env={}),
@@ -130,8 +131,12 @@ def test_rayservice_pods_run_the_gpu_image_with_models_and_secrets():
     redis_docs = list(yaml.safe_load_all((REPO / "deploy" / "kuberay" / "redis.yaml").read_text()))
     keys = {e["valueFrom"]["secretKeyRef"]["key"] for d in redis_docs if d["kind"] == "StatefulSet"
             for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert keys <= env_refs(CLUSTER_CONFIG)
-    assert {d["metadata"]["name"] for d in redis_docs if d["kind"] == "Service"} == {urlsplit(cluster_config()["redis"]["url"]).hostname}
+    assert keys <= env_refs(KUBERAY_CONFIG)
+    host = urlsplit(yaml.safe_load(KUBERAY_CONFIG.read_text())["redis"]["url"]).hostname
+    if "." not in host:  # a Service of the cluster's namespace: the one redis.yaml makes (else the user's Redis)
+        assert {d["metadata"]["name"] for d in redis_docs if d["kind"] == "Service"} == {host}
+    # Ray's token auth on (KubeRay >= 1.5.1 makes the token and sets it on every pod)
+    assert cluster["authOptions"] == {"mode": "token"}
 
 
 def test_kuberay_script_rewrites_only_the_serve_config():

@@ -29,6 +29,7 @@ from packaging.utils import canonicalize_name
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 CLUSTER_CONFIG = REPO / "configs" / "cluster.yaml"
+KUBERAY_CONFIG = REPO / "configs" / "kuberay.yaml"  # deploy/kuberay/rayservice.yaml's
 RAYSERVICE = REPO / "deploy" / "kuberay" / "rayservice.yaml"
 SERVICES = {"redis", "rtsp", "ray-head", "ray-worker", "percept", "prometheus", "grafana"}
 RAY_NODES = ("ray-head", "ray-worker", "percept")  # services that run the percept image
