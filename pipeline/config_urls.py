@@ -25,6 +25,9 @@ def redis_url_problem(url: str) -> str | None:
         redis.Redis.from_url(url).connection_pool.make_connection()
     except (ValueError, TypeError) as exc:
         return f"not a Redis URL: {redact(str(exc), url_secrets(url))}"
+    path = urlsplit(url).path
+    if url.lower().startswith(("redis://", "rediss://")) and not re.fullmatch(r"/?\d*", path):
+        return f"not a Redis URL: the path is the database's number (redis://host:6379/0), got {path[:40]!r}"
     if options.get("decode_responses"):
         return "not a Redis URL for percept: ?decode_responses (percept reads the entries as bytes): remove it"
     return None

@@ -362,6 +362,11 @@ def test_config_that_is_not_text_or_has_a_bad_redis_url_or_device(tmp_path):
         (err,) = errors_of({"redis": {"url": f"redis://:S3cretPW@127.0.0.1:6379/0?{query}"}})
         assert err.startswith("redis.url: not a Redis URL") and expected in err and "S3cret" not in err, err
     assert parse_config({"redis": {"url": "rediss://h:6380/0?ssl_cert_reqs=none"}}, env={}).redis.url
+    for path in ("abc", "-1", "0/1"):  # redis-py read these as database 0, -1 and 1
+        assert errors_of({"redis": {"url": f"redis://127.0.0.1:6379/{path}"}}) == [
+            f"redis.url: not a Redis URL: the path is the database's number (redis://host:6379/0), got '/{path}'"]
+    for fine in ("redis://h", "redis://h/", "redis://h:6379/12", "unix:///run/redis.sock?db=2"):
+        assert parse_config({"redis": {"url": fine}}, env={}).redis.url == fine
     assert errors_of({"cameras": [{"id": "a", "url": "device:abc"}]}) == [
         "cameras[0].url: device: takes the camera's index (device:0 for /dev/video0), got 'device:abc'"]
     assert parse_config({"cameras": [{"id": "a", "url": "device:1"}]}, env={}).cameras[0].url == "device:1"
