@@ -45,7 +45,7 @@ def _path(loc: tuple[Any, ...]) -> str:
             out += f"[{str(part)!r}]"
         else:
             out += f".{part}" if out else str(part)
-    return out
+    return redact(out)  # (a key is the user's text too: a URL pasted as a zone's name)
 
 
 _MESSAGES = {

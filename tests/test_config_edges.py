@@ -65,6 +65,10 @@ def test_names_with_a_trailing_newline_and_a_device_index_that_is_no_number_are_
     (err,) = errors_of({"cameras": [{"id": "a", "url": "a.mp4", "zones": {"z\n": [[0, 0], [1, 0], [1, 1]]}}]})
     assert err.startswith("cameras[0].zones['z\\n']: ") and "a zone name must match" in err, err
     assert "\n" not in err, "the message split over two lines"
+    # a key is quoted in the path as it is: a URL pasted as a zone's name had its password shown
+    pasted = {"rtsp://admin:hunter22@cam/s": [[0, 0], [1, 0], [1, 1]]}
+    (err,) = errors_of({"cameras": [{"id": "a", "url": "a.mp4", "zones": pasted}]})
+    assert err.startswith("cameras[0].zones.rtsp://***@cam/s: a zone name must match") and "hunter22" not in err, err
     (err,) = errors_of({"detector": {"categories": {"vehicle\n": ["car"]}}})
     assert err.startswith("detector.categories: category name 'vehicle\\n' must match"), err
     (err,) = errors_of({"cameras": [{"id": "a", "url": "device:²"}]})
