@@ -117,10 +117,9 @@ class LiveView:
             raise HTTPException(404, detail={"message": f"no camera {camera_id!r}", "cameras": ids})
 
     async def _not_running(self, camera_id: str, state: str, error: str | None) -> HTTPException:
-        """The 503 of a camera that is not online, or the 404 of one removed a moment ago (its
-        state gone: "pending"), which the list read before still named."""
-        if state == "pending":
-            await self._known(camera_id, fresh=True)
+        """The 503 of a camera that is not online, or the 404 of one removed a moment ago, which
+        the list read before still named (its state gone, "pending", or "stopped" by its decoder)."""
+        await self._known(camera_id, fresh=True)
         return self._unavailable(camera_id, state, error)
 
     def _watch(self, camera_id: str, with_state: bool = False) -> tuple[bytes | None, str, str | None]:

@@ -175,7 +175,7 @@ def test_a_stream_rides_out_a_short_redis_outage(redis_server):
 
 def test_a_camera_removed_a_moment_ago_is_404_not_503(redis_server, monkeypatch):
     """The id list is kept for 2 s: a camera deleted within them answered 503 "pending" (its
-    state gone), as if it were still there."""
+    state gone) or "stopped" (its decoder stopping it), as if it were still there."""
     import deployments.live as live_module
 
     monkeypatch.setattr(live_module, "IDS_MISS_S", 0.0)
@@ -192,5 +192,15 @@ def test_a_camera_removed_a_moment_ago_is_404_not_503(redis_server, monkeypatch)
         with pytest.raises(HTTPException) as gone:
             await live.snapshot("gate")
         assert gone.value.status_code == 404, gone.value.detail
+        # its decoder stops it and says so before the hash goes: 503 "stopped" while the list held it
+        registry.add(CameraConfig(id="dock", url="rtsp://cam/dock"))
+        client.hset(KEYS.camera("dock"), mapping={"state": "stopped"})
+        with pytest.raises(HTTPException) as listed:
+            await live.snapshot("dock")  # listed (the list read again), stopped: 503
+        assert listed.value.status_code == 503 and "stopped" in str(listed.value.detail), listed.value.detail
+        registry.remove("dock")
+        with pytest.raises(HTTPException) as stopped:
+            await live.snapshot("dock")
+        assert stopped.value.status_code == 404, stopped.value.detail
 
     asyncio.run(main())
