@@ -124,6 +124,10 @@ class SkippingCapture:
         self._tick = round(1 / (rate * stream.time_base)) if rate and stream.time_base else 0
         self.decoded = 0
         self.packets = 0
+        # where the video read so far ends, in seconds from the stream's start: a looping file's
+        # next pass starts there, not one frame after the last frame kept (with keyframes alone,
+        # seconds before the end: each pass was cut short, and its first keyframe sampled away)
+        self.end_s: float | None = None
 
     def grab(self) -> bool:
         """Decodes up to the next frame kept; False at the end, on a read timeout or a broken stream."""
@@ -147,6 +151,9 @@ class SkippingCapture:
             if packet.pts is None and self._tick:  # (raw H.264): its place in the stream, as its time
                 packet.pts = self.packets * self._tick
             self.packets += 1
+            if packet.size and packet.pts is not None and packet.time_base:  # (not the empty one that flushes)
+                end = float((packet.pts + (packet.duration or self._tick)) * packet.time_base) - self._start_s
+                self.end_s = end if self.end_s is None else max(self.end_s, end)
             try:
                 self._decoded = list(self.stream.codec_context.decode(packet))
             except av.error.InvalidDataError:  # one damaged packet: the next keyframe recovers

@@ -358,6 +358,8 @@ class VideoSource:
                 if nothing and pts_offset == 0.0:
                     self._transition(SourceState.FAILED, "no decodable video frames in file")
                     return "failed", last_pts
+                if not nothing and getattr(cap, "end_s", None) is not None:  # (PyAV's: where the video ends)
+                    last_pts = max(last_pts, pts_offset + self._pts_shift + cap.end_s - self._frame_s)
                 return ("empty" if nothing else "eof"), last_pts
             if connected_at is None:
                 connected_at = now
