@@ -8,6 +8,7 @@ failed RTSP open, why it failed in words an operator can act on (one DESCRIBE re
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 import urllib.request
 from urllib.parse import urlsplit
@@ -68,15 +69,21 @@ def _connect(host: str, port: int, deadline: float) -> socket.socket:
     raise error
 
 
-def _ask(host: str, port: int, where: str, request: bytes | None, timeout_s: float) -> tuple[str, str | None]:
+def _ask(host: str, port: int, where: str, request: bytes | None, timeout_s: float,
+         tls: bool = False) -> tuple[str, str | None]:
     """One request without credentials (None: connect only), all within ``timeout_s``: (the
-    status line it got, or "" if none; why there was no connection or answer, or None)."""
+    status line it got, or "" if none; why there was no connection or answer, or None).
+    ``tls``: over TLS, its certificate not checked (only the status line is read)."""
     deadline = time.monotonic() + timeout_s
     try:
         with _connect(host, port, deadline) as sock:
             if request is None:
                 return "", None
             sock.settimeout(max(0.001, deadline - time.monotonic()))
+            if tls:
+                context = ssl.create_default_context()
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+                sock = context.wrap_socket(sock, server_hostname=host)
             sock.sendall(request)
             return sock.recv(256).split(b"\r\n", 1)[0].decode(errors="replace"), None
     except ConnectionRefusedError:
@@ -114,6 +121,52 @@ def camera_unanswered(url: str, *, timeout_s: float) -> str | None:
     return _ask(host, port, where, ask, timeout_s)[1]
 
 
+def diagnose_open(url: str, *, timeout_s: float = 3.0) -> str:
+    """Why FFmpeg could not open a network camera: `diagnose_rtsp` for RTSP, `diagnose_http`
+    for HTTP(S); other protocols say nothing more than that there was no stream."""
+    scheme = url.lower().split("://", 1)[0]
+    if scheme == "rtsp":
+        return diagnose_rtsp(url, timeout_s=timeout_s)
+    if scheme in ("http", "https"):
+        return diagnose_http(url, timeout_s=timeout_s)
+    return "no answer"
+
+
+def diagnose_http(url: str, *, timeout_s: float = 3.0) -> str:
+    """Why an HTTP(S) camera's open failed: one GET without credentials (the server that took
+    the connection answered 404 or 401, and the camera said "no answer")."""
+    target = _target(url)
+    if isinstance(target, str):
+        return target
+    host, port, where, _ = target
+    if _through_proxy(url, host):
+        return "FFmpeg could not open a stream there (through the proxy in http_proxy / https_proxy)"
+    parts = urlsplit(url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    named = f"[{host}]" if ":" in host else host
+    request = f"GET {path} HTTP/1.1\r\nHost: {named}:{port}\r\nConnection: close\r\n\r\n".encode()
+    status, why = _ask(host, port, where, request, timeout_s, tls=parts.scheme.lower() == "https")
+    if why is not None:
+        return why
+    return _status_words(status, url, "the server")
+
+
+def _status_words(status: str, url: str, who: str) -> str:
+    """A status line in words an operator can act on (RTSP's and HTTP's codes are alike)."""
+    code = status.split(" ", 2)[1] if status.count(" ") >= 1 else ""
+    if code == "401":  # (asked without credentials: a camera that wants them says so)
+        if urlsplit(url).username is None:  # (it splits: _target did)
+            return f"401 Unauthorized: {who} wants a user and password in its URL"
+        return f"401 Unauthorized: {who} wants credentials; check the user and password in the camera URL"
+    if code == "403":
+        return f"403 Forbidden: {who} refuses this stream (check the user's rights, or the path)"
+    if code == "404":
+        return "404 Not Found: check the stream path in the camera URL"
+    if code.startswith("2"):
+        return f"server answered {status!r} but no video could be decoded (codec or transport problem)"
+    return f"server answered {status!r}" if status else "server closed the connection"
+
+
 def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
     """Why an RTSP open failed, in words a camera operator can act on: one DESCRIBE request and
     the status line it gets. It carries no credentials: FFmpeg sends them only when the server
@@ -127,13 +180,4 @@ def diagnose_rtsp(url: str, *, timeout_s: float = 3.0) -> str:
                        f"DESCRIBE {clean} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n".encode(), timeout_s)
     if why is not None:
         return why
-    code = status.split(" ", 2)[1] if status.count(" ") >= 1 else ""
-    if code == "401":  # (asked without credentials: a camera that wants them says so)
-        if urlsplit(url).username is None:  # (it splits: _target did)
-            return "401 Unauthorized: the camera wants a user and password in its URL"
-        return "401 Unauthorized: the camera wants credentials; check the user and password in the camera URL"
-    if code == "404":
-        return "404 Not Found: check the stream path in the camera URL"
-    if code.startswith("2"):
-        return f"server answered {status!r} but no video could be decoded (codec or transport problem)"
-    return f"server answered {status!r}" if status else "server closed the connection"
+    return _status_words(status, url, "the camera")

@@ -11,7 +11,7 @@ import os
 import threading
 from pathlib import Path
 
-from .camera_probe import DEFAULT_PORTS, camera_unanswered, diagnose_rtsp
+from .camera_probe import DEFAULT_PORTS, camera_unanswered, diagnose_open, diagnose_rtsp
 from .capture_av import SKIP_FRAME
 from .redact import redact_url
 from .sources import Capture, SourceError, camera_file, is_file_url
@@ -111,7 +111,7 @@ def open_capture(
     ]
     cap = _ffmpeg_open(url, params)
     if not cap.isOpened():
-        why = diagnose_rtsp(url, timeout_s=min(open_timeout_s, 3.0)) if url.lower().startswith("rtsp://") else "no answer"
+        why = diagnose_open(url, timeout_s=min(open_timeout_s, 3.0))
         raise SourceError(camera, f"cannot open {safe}: {why}", retryable=True)
     return cap
 

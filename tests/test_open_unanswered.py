@@ -133,3 +133,20 @@ def test_an_ipv6_camera_is_asked_with_its_address_in_brackets():
 
     host, port, where, clean = _target("rtsp://admin:pw@[::1]:8554/live?ch=1")
     assert (host, port, where, clean) == ("::1", 8554, "[::1]:8554", "rtsp://[::1]:8554/live?ch=1")
+
+
+@pytest.mark.parametrize("path,status,expected", [
+    ("/video.mjpg", 404, "404 Not Found: check the stream path in the camera URL"),
+    ("/secret.mjpg", 401, "401 Unauthorized: the server wants credentials; check the user and password"),
+    ("/video.mjpg", 403, "403 Forbidden: the server refuses this stream")])
+def test_an_http_camera_that_answers_an_error_says_which(path, status, expected):
+    """An HTTP server takes the connection (the check before the open passes) and answers 404 or
+    401: FFmpeg's open fails, and the camera said "no answer", as for a server that is down."""
+    from .http import answering
+
+    with answering(status, b"{}") as base:
+        url = base.replace("http://", "http://viewer:Hunter22@") + path
+        with pytest.raises(SourceError) as failed:
+            capture.open_capture("cam", url, open_timeout_s=3)
+    message = str(failed.value)
+    assert expected in message and "Hunter22" not in message and failed.value.retryable, message
