@@ -54,6 +54,17 @@ def test_model_errors_name_the_config_path_and_exit_2(tmp_path):
     assert "redis" not in err.lower()  # nothing was started
 
 
+def test_a_classifier_whose_category_gets_no_label_of_the_model_is_refused(tmp_path):
+    """``pedestrian: [persons]`` (a typo: the model says person) left the category with no class,
+    a warning only; its classifier deployed with ``on: [persons]``, unchecked, and never ran."""
+    result = run_config(tmp_path, {
+        "detector": {"weights": DETECTOR, "categories": {"vehicle": ["car"], "pedestrian": ["persons"]}},
+        "classifiers": {"pedestrian": {"weights": PERSON_ATTRIBUTES, "on": ["persons"]}},
+    })
+    assert result.returncode == 2, result.stderr
+    assert "classifiers.pedestrian: no detector gives category 'pedestrian' any object" in result.stderr, result.stderr
+
+
 def test_card_of_the_wrong_task_and_a_missing_card(tmp_path):
     result = run_config(tmp_path, {
         "detectors": [{"weights": DETECTOR},

@@ -17,17 +17,20 @@ def check_models(config: Any) -> dict[str, Any]:
     errors: list[str] = []
     loaded: dict[str, Any] = {}
     labels_of: dict[str, set[str]] = {}  # category → detector labels that map to it
+    detectors_failed = False  # (then what the others give is not all there is)
     for section in config.detector_sections():
         try:
             det = load_detector(section.cfg, models_dir=config.models_dir, field=section.field, warmup=False)
         except (ModelError, ConfigError) as exc:
             errors.append(_line(exc))
+            detectors_failed = True
             continue
         loaded[section.deployment] = det
         try:
             mapped = CategoryMap(section.cfg.categories, det.names, field=f"{section.field}.categories").by_class.values()
         except ModelError as exc:
             errors.append(str(exc))
+            detectors_failed = True
             continue
         for label, category in mapped:
             labels_of.setdefault(category, set()).add(label)
@@ -40,6 +43,9 @@ def check_models(config: Any) -> dict[str, Any]:
             continue
         loaded[section.deployment] = clf
         known = labels_of.get(section.category or "")
+        if known is None and section.category and not detectors_failed:  # (a label mistyped: persons)
+            errors.append(f"{section.field}: no detector gives category {section.category!r} any object (none of its "
+                          "labels in the detectors' categories is a class of their model): it would never run")
         for key in ("on", "not_on"):
             for i, label in enumerate(getattr(section.cfg, key) or []):
                 if known is not None and label not in known:
