@@ -394,7 +394,11 @@ class CameraSupervisor(CameraRestarts):
 
     async def _finish_stop(self, cid: str, entry: RunningCamera, *, lost: bool, hand_over: bool) -> None:
         try:
-            await entry.conductor.stop(keep_tracks=hand_over)
+            # a lease lost (not renewed in time: a slow Redis, an outage) leaves the tracks too: if
+            # the lease is still ours, or taken back, this replica continues them; else their next
+            # owner does, from the snapshot the lease check lets through. Ending them here wrote
+            # track_end and "closed" wherever the lease had not gone yet: every car a new track.
+            await entry.conductor.stop(keep_tracks=hand_over or lost)
             await asyncio.wait([entry.task], timeout=15)
             if not entry.task.done():
                 entry.task.cancel()

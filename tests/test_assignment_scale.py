@@ -319,3 +319,33 @@ def test_one_slow_lease_renewal_delays_no_other_cameras(redis_server, monkeypatc
                  or time.monotonic() > end, 30, "camera b stopped, or three TTLs", 0.05)
         assert sup.running.get("b") is not None and sup.running["b"].conductor is b, "camera b was stopped"
         assert client.get(keys.lease("b")) == b"me"
+
+
+def test_a_camera_whose_lease_was_not_renewed_in_time_leaves_its_tracks(redis_server, monkeypatch):
+    """A renewal that hangs past the lease's deadline (here 3 s on a 1.5 s TTL) stops the camera
+    as lost while Redis may still name this replica its holder: it ended its tracks (track_end,
+    a "closed" snapshot), and those writes landed, so when the camera came back (here, or anywhere)
+    every car in view got a new track id. Now it leaves them, as a handover does."""
+    import pipeline.assignment as assignment
+
+    from .waiting import hold
+
+    real, hung = assignment.renew, []
+
+    def renew(lease, token):
+        if not hung:
+            hung.append(1)
+            hold(3.0, "a renewal on a dead connection")
+        return real(lease, token)
+
+    monkeypatch.setattr(assignment, "renew", renew)
+    client = redis_server.client()
+    started: list[StandIn] = []
+
+    async def start(camera):
+        started.append(StandIn(camera))
+        return started[-1]
+
+    with short_lease_replica(client, StreamKeys("lost-lease"), CAMERAS[:1], start) as (sup, _, _):
+        wait_for(lambda: started and started[0].kept_tracks is not None, 30, "the camera stopped as its lease ran out")
+        assert started[0].kept_tracks is True
