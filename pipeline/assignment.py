@@ -292,6 +292,8 @@ class CameraSupervisor(CameraRestarts):
             if len(self.running) >= self.fair_share and self._free_rounds.get(cid, 0) < 2:
                 if not await asyncio.to_thread(self.client.exists, key):
                     self._free_rounds[cid] = self._free_rounds.get(cid, 0) + 1
+                else:  # held again: free rounds count in a row (two handovers hours apart are not two rounds)
+                    self._free_rounds.pop(cid, None)
                 continue
             if await asyncio.to_thread(self._read_to_its_end, cam):
                 continue

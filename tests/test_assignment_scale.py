@@ -349,3 +349,40 @@ def test_a_camera_whose_lease_was_not_renewed_in_time_leaves_its_tracks(redis_se
     with short_lease_replica(client, StreamKeys("lost-lease"), CAMERAS[:1], start) as (sup, _, _):
         wait_for(lambda: started and started[0].kept_tracks is not None, 30, "the camera stopped as its lease ran out")
         assert started[0].kept_tracks is True
+
+
+def test_rounds_a_camera_was_seen_free_count_only_in_a_row(redis_server):
+    """A replica at its fair share takes a camera only after seeing it free two rounds in a row
+    (else it is a handover under way). Free rounds hours apart, the lease held between them,
+    added up: the next brief handover was taken at once, and handed back a round later."""
+    client = redis_server.client()
+    keys = StreamKeys("free-rounds")
+    started: list[str] = []
+
+    async def start(camera):
+        started.append(camera.id)
+        return StandIn(camera)
+
+    sup = CameraSupervisor(CAMERAS[:2], client=client, keys=keys, start_camera=start, replicas=2, lease_ttl_s=1.5,
+                           owner="me")
+    sup.cameras = {c.id: c for c in CAMERAS[:2]}  # (what a round reads first)
+    client.set(keys.lease("b"), "other")
+
+    async def rounds() -> list[list[str]]:
+        seen = []
+        for b_held in (True, False, True, False, False, False):  # a handover; hours later another; then b gone
+            if b_held:
+                client.set(keys.lease("b"), "other")
+            else:
+                client.delete(keys.lease("b"))
+            await sup._claim()
+            seen.append(list(started))
+        for entry in sup.running.values():
+            entry.task.cancel()
+            if entry.timer is not None:
+                entry.timer.cancel()
+        return seen
+
+    seen = asyncio.run(rounds())
+    # a alone (its share: one camera) until b was seen free two rounds in a row, then taken
+    assert seen == [["a"], ["a"], ["a"], ["a"], ["a"], ["a", "b"]], seen
