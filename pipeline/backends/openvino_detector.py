@@ -223,7 +223,10 @@ def _request_done(request: Any, userdata: tuple[_Call, int, int]) -> None:
     holds the callback where Python's collector cannot see it, and a bound method kept the
     detector and every network it compiled alive after a swap)."""
     call, k, output_index = userdata
-    call.results[k] = np.array(request.get_output_tensor(output_index).data)
+    try:
+        call.results[k] = np.array(request.get_output_tensor(output_index).data)
+    except Exception as exc:  # noqa: BLE001 -- handed to _infer, which raises it (else the call waited 60 s)
+        call.results[k] = exc
     with call.lock:
         call.left -= 1
         if call.left == 0:
@@ -370,6 +373,9 @@ class OpenVinoDetector:
                     runner.queue.start_async({self.net.input_index: tensor}, (call, k, self.net.output_index))
             if not call.done.wait(INFER_TIMEOUT_S):
                 raise TimeoutError(f"{self.name}: no inference result within {INFER_TIMEOUT_S:.0f} s")
+            failed = next((r for r in call.results if isinstance(r, Exception)), None)
+            if failed is not None:
+                raise failed
             return call.results
         finally:
             with self._count_lock:
