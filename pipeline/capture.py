@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .camera_probe import DEFAULT_PORTS, camera_unanswered, diagnose_open, diagnose_rtsp
 from .capture_av import SKIP_FRAME
-from .redact import redact_url
+from .redact import redact, redact_url
 from .sources import Capture, SourceError, camera_file, is_file_url
 
 
@@ -29,6 +29,10 @@ RTSP_OPTIONS = "rtsp_transport;tcp|analyzeduration;0|probesize;32"
 _OPTIONS_VAR = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _USER_OPTIONS = os.environ.get(_OPTIONS_VAR) or None
 _OPEN_LOCK = threading.Lock()  # (OpenCV opens one FFmpeg input at a time anyway)
+# FFmpeg's own log lines, which OpenCV writes to stderr (a Ray worker's log), quote URLs it made
+# from the camera's (an HLS playlist's segments and keys, the credentials copied into them):
+# off, unless the user sets the level (read once, at OpenCV's first FFmpeg open)
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 # network inputs asked before FFmpeg's open (`camera_probe`): every other one (udp://, srt://,
 # rtp://, tcp://, rist://, …) has no request to answer first, and one that sends nothing would
 # hold every other camera's OpenCV open for its whole open timeout: those are read with PyAV
@@ -85,7 +89,7 @@ def open_capture(
                              frame_timeout_s=frame_timeout_s, secrets=secrets)
     import cv2
 
-    safe = redact_url(url)
+    safe = redact_url(redact(url, secrets))  # (its expanded variables first: a value with a ; or a space)
     if url.startswith("device:"):
         cap = cv2.VideoCapture(int(url.split(":", 1)[1]))
         if not cap.isOpened():

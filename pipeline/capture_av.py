@@ -204,7 +204,7 @@ def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_time
     (``diagnose(url, timeout_s=…)``: why an RTSP URL does not open, `pipeline.camera_probe.diagnose_rtsp`)."""
     import av
 
-    safe = redact_url(url)
+    safe = redact_url(redact(url, secrets))  # (its expanded variables first: a value with a ; or a space)
     if url.startswith("device:"):
         raise SourceError(camera, f"decode: {decode} needs an encoded stream or file, not a device", retryable=False)
     is_file = is_file_url(url)
@@ -224,7 +224,10 @@ def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_time
             raise SourceError(camera, f"{target} is not a video FFmpeg can decode ({type(exc).__name__})",
                               retryable=False) from None
         rtsp = url.startswith("rtsp://") and diagnose is not None
-        why = diagnose(url, timeout_s=min(open_timeout_s, 3.0)) if rtsp else str(exc)
+        # FFmpeg's reason alone: PyAV's text quotes the URL as Python does (a quote or backslash in
+        # the password escaped, so no longer the secret)
+        why = diagnose(url, timeout_s=min(open_timeout_s, 3.0)) if rtsp else (
+            getattr(exc, "strerror", None) or type(exc).__name__)
         raise SourceError(camera, f"cannot open {safe}: {why}", retryable=True) from None
     if not container.streams.video:
         container.close()

@@ -8,8 +8,8 @@ from typing import Iterable, Mapping
 from urllib.parse import quote, urlsplit
 
 from .config import ENV_REF, CameraConfig, PerceptConfig, camera_var_prefix
-from .config_urls import camera_url_problem
-from .redact import query_secrets, url_credentials
+from .config_urls import UNREADABLE_HOST, camera_url_problem
+from .redact import UNESCAPED_USERINFO, query_secrets, url_credentials
 
 
 class CameraEnvError(ValueError):
@@ -39,14 +39,26 @@ def resolve_camera(camera: CameraConfig, env: Mapping[str, str]) -> CameraConfig
     if problem:
         raise CameraEnvError(f"cameras[{camera.id}].url, its variables expanded: {problem}")
     pinned = env.get(camera_var_prefix(camera.id) + "HOST", "").strip().lower()
-    host = (urlsplit(resolved.url).hostname or "").lower()
-    if pinned and host != pinned.strip("[]"):  # the operator's own: its secrets go to that host only
-        raise CameraEnvError(f"cameras[{camera.id}].url: names host {host!r}, but {camera_var_prefix(camera.id)}HOST "
-                             f"says its variables are for {pinned!r}: not expanded")
+    if pinned and _host_of(resolved.url, camera.id) != pinned.strip("[]"):  # its secrets go to that host only
+        raise CameraEnvError(f"cameras[{camera.id}].url: names host {_host_of(resolved.url, camera.id)!r}, but "
+                             f"{camera_var_prefix(camera.id)}HOST says its variables are for {pinned!r}: not expanded")
     resolved._written_url = camera.url
     values = [env[n] for n in names if len(env[n]) >= 3]  # shorter: a port, a channel number
     resolved._env_values = tuple(dict.fromkeys(v for value in values for v in (value, quote(value, safe=""))))
     return resolved
+
+
+def _host_of(url: str, camera_id: str) -> str:
+    """The host an expanded URL names, as FFmpeg reads it; never a piece of its password (one
+    with an unescaped / ? # @ [ or ] in it makes the host unreadable: said so, not quoted)."""
+    where = f"cameras[{camera_id}].url, its variables expanded"
+    found, whole = url_credentials(url), url_credentials(url, to_last_at=True)
+    if (found is None) != (whole is None) or (found and whole and found.hostport != whole.hostport):
+        raise CameraEnvError(f"{where}: {UNESCAPED_USERINFO}")
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:  # "'Secret' does not appear to be an IPv4 or IPv6 address": a [..] in the password
+        raise CameraEnvError(f"{where}: {UNREADABLE_HOST}") from None
 
 
 def foreign_variable_error(camera: CameraConfig, field: str, others: Iterable[str] = ()) -> str | None:

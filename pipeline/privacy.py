@@ -11,7 +11,8 @@ Both networks are found through ``models_dir`` like any other weights (`resolve_
 
 ``privacy.blur`` unset means "faces, when the face model is there" (silently nothing otherwise);
 a kind that is asked for explicitly and whose model is missing or does not load is logged once as
-a warning, and the view runs without it. A region (grown to the head) is pixelated, then smoothed:
+a warning, and every image is then refused (`PrivacyUnavailable`: no view image, explain 503), never
+shown unblurred. A region (grown to the head) is pixelated, then smoothed:
 YuNet does not find a face in it again (`tests/test_view.py` checks that on people.mp4, `tests/test_live_view.py`
 on a snapshot of the running graph).
 """

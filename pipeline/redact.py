@@ -38,13 +38,21 @@ def _scrub_userinfo(text: str) -> str:
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Scrub URL credentials, ``password=...`` pairs and any known secret from free text."""
-    out = _scrub_query(_scrub_userinfo(str(text)))
-    out = _PASSWORD_ARG.sub(lambda m: f"{m.group(1)}{m.group(2)}***", out)
-    for secret in secrets:
-        if secret:
-            out = out.replace(secret, "***")
-    return out
+    """Scrub any known secret, then URL credentials and ``password=...`` pairs, from free text.
+    The known ones first, whole (the patterns stop at a ``;``, a space or a quote: a password
+    with one in it kept its rest), also as Python quotes them (PyAV's errors quote the URL so)."""
+    out = str(text)
+    for secret in sorted(_forms(secrets), key=len, reverse=True):
+        out = out.replace(secret, "***")
+    out = _scrub_query(_scrub_userinfo(out))
+    return _PASSWORD_ARG.sub(lambda m: f"{m.group(1)}{m.group(2)}***", out)
+
+
+def _forms(secrets: tuple[str, ...]) -> set[str]:
+    """Each secret as written and as ``repr`` writes it inside its quotes (escaped quotes,
+    backslashes, control characters)."""
+    return {form for secret in secrets if secret for form in (secret, repr(secret)[1:-1],
+                                                             repr(secret.replace("'", '"'))[1:-1])}
 
 
 UNESCAPED_USERINFO = "a user name or password with / ? # or @ in it must be percent-encoded (%2F %3F %23 %40)"

@@ -181,9 +181,10 @@ class CameraRegistry:
                 cameras.append(resolve_camera(cam, env))
             except CameraEnvError as exc:
                 invalid.append(InvalidCamera(cam.id, redact(str(exc)), cam.url))
-            except ValueError as exc:  # anything else the expansion trips on: this camera only
-                invalid.append(InvalidCamera(cam.id, redact(f"cameras[{cam.id}].url, its variables expanded: {exc}"),
-                                             cam.url))
+            except ValueError as exc:  # anything else the expansion trips on: this camera only (its
+                # words may quote a piece of the expanded URL: its type alone)
+                invalid.append(InvalidCamera(cam.id, f"cameras[{cam.id}].url, its variables expanded: cannot be read "
+                                             f"({type(exc).__name__})", cam.url))
         for bad in self.unreported(invalid):
             log.error("camera %s: not started: %s", bad.id, bad.error)
             publisher.camera_state(bad.id, "failed", error=bad.error, url=redact_url(bad.url))

@@ -207,3 +207,9 @@ def test_a_host_the_operator_pinned_keeps_a_cameras_variables_from_any_other_hos
     own = stolen.model_copy(update={"url": "rtsp://viewer:${CAM_DOCK_PASSWORD}@10.0.0.9:554/s"})
     assert resolve_camera(own, env).url == "rtsp://viewer:Sup3rSecret@10.0.0.9:554/s"
     assert "attacker.example" in resolve_camera(stolen, {"CAM_DOCK_PASSWORD": "x"}).url  # no pin: as before
+    # a password that makes the host unreadable (an unescaped @ /, a [..]) names no piece of it
+    for password in ("Tr0ub@dor/horse", "a[Secret]b"):
+        with pytest.raises(CameraEnvError) as unreadable:
+            resolve_camera(own, {**env, "CAM_DOCK_PASSWORD": password})
+        assert "dor" not in str(unreadable.value) and "Secret" not in str(unreadable.value), unreadable.value
+    assert resolve_camera(own, {"CAM_DOCK_PASSWORD": "a[Secret]b"}).url.endswith("@10.0.0.9:554/s")  # no pin: FFmpeg's
