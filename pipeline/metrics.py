@@ -123,11 +123,10 @@ class CameraMetrics:
         self._shown: set[str] = set()  # cameras whose gauges this replica set
 
     def frame_published(self, camera: str, latency_ms: float) -> None:
-        """The conductor's hook, once per published frame."""
+        """The conductor's hook, once per frame handed to the publisher."""
         if not self.recorder.enabled:
             return
         self.recorder.observe(E2E_LATENCY_MS, float(latency_ms), {"camera": camera})
-        self._last_frame_ts[camera] = self._clock() - latency_ms / 1000
 
     def track(self, conductor: Any) -> None:
         """A camera (re)started here: its conductor's counters count from now. Call before it
@@ -154,6 +153,11 @@ class CameraMetrics:
             if tracked is None or tracked.conductor is not conductor:  # not tracked: counts from now
                 tracked = self._tracked[cid] = _Tracked(conductor, conductor.source.next_seq)
             self._camera_counters(cid, tracked)
+            # lag from the newest frame Redis confirmed (handed to the publisher is not published:
+            # through an outage, or while Redis refuses writes, the lag grows)
+            confirmed = conductor.publisher.stats.confirmed.get(cid)
+            if confirmed:
+                self._last_frame_ts[cid] = max(self._last_frame_ts.get(cid, 0.0), int(confirmed.split("-")[0]) / 1000)
             self._camera_gauges(cid, conductor.source.state)
         for cid in self._shown - set(conductors):  # moved or removed: this replica shows it no more
             tracked = self._tracked.pop(cid, None)

@@ -173,6 +173,7 @@ class PublisherStats:
     dropped_other: Counter = field(default_factory=Counter)  # state writes and frameless events, by it
     fenced: Counter = field(default_factory=Counter)  # frames refused: the lease is not ours
     fenced_other: Counter = field(default_factory=Counter)  # state writes and frameless events refused so
+    confirmed: dict[str, str] = field(default_factory=dict)  # camera → entry id of its newest frame Redis holds
     errors: int = 0
     connected: bool = True
     refusing: str | None = None  # Redis answers but refuses writes for now (READONLY, OOM, …)
@@ -328,6 +329,8 @@ def count_outcome(stats: PublisherStats, item: Item, outcome: Any) -> None:
             log.error("camera %s: state update failed: %s", item.camera, redact(str(error)))
     elif error is None:
         stats.published[item.camera] += 1
+        if item.entry:
+            stats.confirmed[item.camera] = item.entry[0]  # (a camera's writes land in order)
     elif _DUPLICATE_ID in str(error):
         stats.duplicates[item.camera] += 1  # already published: at most once
     else:

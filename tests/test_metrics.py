@@ -147,6 +147,7 @@ def test_camera_metrics_export_increments_of_the_pipeline_counters():
     c.slot.dropped, c.source.state = 1, SourceState.ONLINE
     pub.stats.published["a"] = 6
     m.frame_published("a", 250.0)
+    pub.stats.confirmed["a"] = "1000250-7"  # the newest frame Redis holds: captured 0.75 s before the collect
     now[0] += 1.0
     m.collect({"a": c}, pub)
     got = rec.counters
@@ -158,8 +159,13 @@ def test_camera_metrics_export_increments_of_the_pipeline_counters():
     assert ("percept_publisher_dropped_total", ("camera", "a")) not in got
     assert rec.gauges[("percept_camera_state", ("camera", "a"), ("state", "online"))] == 1
     assert rec.gauges[("percept_camera_state", ("camera", "a"), ("state", "connecting"))] == 0
-    assert rec.gauges[("percept_camera_lag_seconds", ("camera", "a"))] == pytest.approx(1.25)
+    assert rec.gauges[("percept_camera_lag_seconds", ("camera", "a"))] == pytest.approx(0.75)
     assert rec.observed[("percept_e2e_latency_ms", ("camera", "a"))] == [250.0]
+    # frames handed to the publisher that Redis has not confirmed (an outage): the lag grows
+    now[0] += 5.0
+    m.frame_published("a", 100.0)
+    m.collect({"a": c}, pub)
+    assert rec.gauges[("percept_camera_lag_seconds", ("camera", "a"))] == pytest.approx(5.75)
     # the next round adds only what happened since; a restarted camera's counters start again at 0
     c.source.frames_read, pub.stats.published["a"], pub.stats.dropped["a"] = 90, 9, 8
     m.collect({"a": c}, pub)
