@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,8 @@ def _subscribe(args: argparse.Namespace) -> int:
     outage = RedisOutage(url)
     sub = None
     terminated = []  # SIGTERM (systemd, docker stop): as Ctrl-C, the consumer leaves its group, exit 0
-    previous = signal.signal(signal.SIGTERM, lambda *_: terminated.append(1) or _interrupt())
+    main_thread = threading.current_thread() is threading.main_thread()  # (signals: the main thread's only)
+    previous = signal.signal(signal.SIGTERM, lambda *_: terminated.append(1) or _interrupt()) if main_thread else None
     try:
         client = redis_from_config(redis_cfg.model_copy(update={"url": url})) if redis_cfg else connect_redis(url)
         client.ping()
@@ -128,7 +130,8 @@ def _subscribe(args: argparse.Namespace) -> int:
         _leave(None if outage.down else sub)
         return 0 if terminated else EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     if outage.down:  # --timeout ended while Redis was away: no "nothing new", a failure
         return fail(f"redis still unreachable at {outage.where} when --timeout ended", EXIT_UNAVAILABLE)
     return 0
