@@ -63,6 +63,7 @@ class Subscriber:
         self.consumer = consumer or default_consumer()
         self._own_name = consumer is None  # named for this process: removed from the group when done
         self._pending_at: dict[Any, dict[str, Any]] = {}  # where `_pending_page` goes on, by stream
+        self._unacked: set[str] = set()  # group entries handed out here and not acked: never claimed again here
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         if group:
@@ -134,6 +135,7 @@ class Subscriber:
                     at["own"] = False
                     break
                 out.extend(self._decode(stream, entries))
+                at.setdefault("own_ids", set()).update(e.decode() if isinstance(e, bytes) else e for e, _ in entries)
                 gone = [entry_id for entry_id, fields in entries if not fields]
                 if gone:  # deleted (trimmed) while pending: acked, so they stop coming back
                     self.client.xack(stream, self.group, *gone)
@@ -142,7 +144,10 @@ class Subscriber:
                 reply = self.client.xautoclaim(stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms,
                                                start_id=at["cursor"], count=min(100, cap - len(out)))
                 at["cursor"], claimed = reply[0], reply[1]
-                out.extend(self._decode(stream, claimed))
+                # (XAUTOCLAIM takes this consumer's own idle entries too: those it has just read,
+                # or handed out and not acked yet, are not handed out twice)
+                mine = at.get("own_ids", set()) | self._unacked
+                out.extend(m for m in self._decode(stream, claimed) if m.entry_id not in mine)
                 if at["cursor"] in (b"0-0", "0-0"):  # one call scans at most 10 × COUNT: none claimed is not the end
                     at["claim"] = False
         return out
@@ -181,6 +186,8 @@ class Subscriber:
         n = 0
         pending: bool | None = None  # reading the group's pending entries first (None: start them over)
         last_seen = time.monotonic()
+        # a group reader claims, again and again, what readers that died since it started held
+        claim_every_s, next_claim = max(1.0, self.claim_idle_ms / 1000), time.monotonic()
         backoff = Backoff(0.2, 5.0)
         down = False
         while limit is None or n < limit:
@@ -188,7 +195,13 @@ class Subscriber:
                 if pending is None:
                     self._pending_at = {}
                     pending = bool(self.group)
+                    next_claim = time.monotonic() + claim_every_s
+                elif self.group and not pending and time.monotonic() >= next_claim:
+                    self._pending_at = {s: {"after": "0", "cursor": "0-0", "own": False, "claim": True}
+                                        for s in self.streams}
+                    pending, next_claim = True, time.monotonic() + claim_every_s
                 batch = self._pending_page(1000 if limit is None else min(1000, limit - n)) if pending else []
+                before = dict(self._last)  # (a plain reader's place, before a read that may hand out fewer)
                 if not batch:
                     pending = False
                     batch = self.read(count=100 if limit is None else min(100, limit - n))
@@ -220,15 +233,32 @@ class Subscriber:
                 last_seen = time.monotonic()
             elif idle_timeout_s is not None and time.monotonic() - last_seen > idle_timeout_s:
                 return
-            for msg in batch:
-                yield msg
-                n += 1
-                if limit is not None and n >= limit:
-                    return
+            handed = 0
+            try:
+                for msg in batch:
+                    if self.group:
+                        self._unacked.add(msg.entry_id)
+                    handed += 1
+                    n += 1
+                    yield msg
+                    if limit is not None and n >= limit:
+                        return
+            finally:
+                if handed < len(batch) and not self.group:  # stopped at ``limit`` (or by the caller)
+                    self._rewind(before, batch[:handed])
+
+    def _rewind(self, before: dict[str, str], handed: list[Message]) -> None:
+        """A plain reader's place back to the last entry it handed out of each stream (else where
+        it was before the read): one read takes up to ``count`` entries of every stream, and the
+        rest of what it took were skipped by the next call."""
+        for stream in self.streams:
+            last = next((m.entry_id for m in reversed(handed) if m.stream == stream), None)
+            self._last[stream] = last or before[stream]
 
     def ack(self, msg: Message) -> None:
         if self.group:
             self.client.xack(msg.stream, self.group, msg.entry_id)
+            self._unacked.discard(msg.entry_id)
 
     def close(self) -> None:
         """A consumer named for this process (`default_consumer`) leaves its groups when it has

@@ -1,0 +1,67 @@
+"""Readers of several cameras and long-running group readers (`pipeline.subscribe`, real
+redis-server): what a reader that died after this one started held is claimed, a limit skips
+nothing of the entries one read took, and a consumer's own entries are not handed out twice."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from pipeline.streams import StreamKeys
+from pipeline.subscribe import Subscriber
+
+from .waiting import wait_for
+
+KEYS = StreamKeys("groups")
+
+
+def add(client, camera: str, seqs) -> None:
+    for s in seqs:
+        client.xadd(KEYS.detections(camera), {"v": "1", "camera": camera, "seq": str(s),
+                                              "json": json.dumps({"camera": camera, "seq": s})})
+
+
+def test_a_running_group_reader_claims_what_a_reader_that_died_since_held(redis_server):
+    """A reader restarted under another name (``<host>-<pid>``) within ``--claim-idle-ms`` of its
+    crash found the dead one's entries not idle yet, and never looked again: they stayed pending
+    for good while it read everything new."""
+    client = redis_server.client()
+    add(client, "cam", range(5))
+    dead = Subscriber(client, KEYS, ["cam"], group="g", consumer="host-111", start="0", block_ms=100)
+    assert [m.payload["seq"] for m in dead.messages(limit=5)] == list(range(5))  # and dies, nothing acked
+    alive = Subscriber(client, KEYS, ["cam"], group="g", block_ms=100, claim_idle_ms=1000)
+    got: list[int] = []
+
+    def read() -> None:
+        for msg in alive.messages(idle_timeout_s=10):
+            got.append(msg.payload["seq"])
+            alive.ack(msg)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    add(client, "cam", range(5, 10))
+    wait_for(lambda: set(got) == set(range(10)), 30, "every entry read, the dead reader's too")
+    assert sorted(got) == list(range(10)), got  # each once
+    assert client.xpending(KEYS.detections("cam"), "g")["pending"] == 0
+
+
+def test_a_plain_reader_with_a_limit_over_several_cameras_skips_nothing(redis_server):
+    """One read takes up to ``count`` entries of every stream; ``messages(limit=1)`` handed out one
+    and the next call went on after all of them: camera b's entries were never read."""
+    client = redis_server.client()
+    add(client, "a", range(3))
+    add(client, "b", range(3))
+    sub = Subscriber(client, KEYS, ["a", "b"], start="0", block_ms=100)
+    got = [(m.camera, m.payload["seq"]) for _ in range(6) for m in sub.messages(limit=1, idle_timeout_s=1)]
+    assert sorted(got) == [(c, s) for c in "ab" for s in range(3)], got
+
+
+def test_a_restarted_consumer_claiming_at_once_gets_its_own_entries_once(redis_server):
+    """``claim_idle_ms=0``: the consumer's own unacked entries, read back first, were claimed
+    again right after (XAUTOCLAIM takes its own idle entries too) and handed out twice."""
+    client = redis_server.client()
+    add(client, "cam", range(3))
+    first = Subscriber(client, KEYS, ["cam"], group="g", consumer="c1", start="0", block_ms=100)
+    assert [m.payload["seq"] for m in first.messages(limit=3)] == [0, 1, 2]  # and stops, nothing acked
+    again = Subscriber(client, KEYS, ["cam"], group="g", consumer="c1", block_ms=100, claim_idle_ms=0)
+    assert [m.payload["seq"] for m in again.messages(idle_timeout_s=1.5)] == [0, 1, 2]
