@@ -48,7 +48,11 @@ class Item:
             return None
         rest = entry[4:]
         nbytes = 64 + sum(len(x) for x in rest if isinstance(x, str))
-        return Item(self.index, self.camera, nbytes, None, False, self.fence, ["", "", "", 0, *rest],
+        # its highest track id goes with the events (the script raises track_id_max with it): a
+        # track that lived only in dropped frames is not numbered again by a fresh tracker
+        top = entry[3] if entry[3] is not None else (
+            max(filter(None, entry[2].objects.track_ids), default=0) if isinstance(entry[2], FrameResult) else 0)
+        return Item(self.index, self.camera, nbytes, None, False, self.fence, ["", "", "", top, *rest],
                     held_since=self.held_since, retry_at=self.retry_at, sent=self.sent, events_kept=True)
 
     def merged(self, later: "Item") -> "Item":
@@ -59,7 +63,8 @@ class Item:
 
         events, counts = parts(self.entry)  # type: ignore[arg-type]
         more_events, more_counts = parts(later.entry)  # type: ignore[arg-type]
-        entry = ["", "", "", 0, (len(events) + len(more_events)) // 3, *events, *more_events,
+        top = max(self.entry[3], later.entry[3])  # type: ignore[index]
+        entry = ["", "", "", top, (len(events) + len(more_events)) // 3, *events, *more_events,
                  (len(counts) + len(more_counts)) // 2, *counts, *more_counts]
         return Item(self.index, self.camera, self.nbytes + later.nbytes, None, False, self.fence, entry,
                     held_since=self.held_since, retry_at=self.retry_at, events_kept=True)

@@ -193,6 +193,30 @@ def test_a_camera_whose_stream_was_emptied_continues_above_its_last_seq(redis_se
     pub.close()
 
 
+def test_a_track_that_lived_only_in_dropped_frames_still_raises_the_top_track_id(redis_server):
+    """The outage buffer kept a dropped frame's events but not its highest track id: track 41's
+    start and end landed while track_id_max stayed below it, and a fresh tracker (after a clean
+    stop) numbered a new car 41 again — two tracks with one id on the events stream."""
+    client = redis_server.client()
+    pub = Publisher(connect_redis(redis_server.url, socket_timeout=1, socket_connect_timeout=0.5), keys=KEYS,
+                    maxlen=1000, max_buffer_entries=2)
+    redis_server.kill()
+    for s in range(6):
+        r = result(s)
+        if s < 2:  # track 41 starts and ends in frames the buffer drops
+            r = FrameResult(r.meta, Detections(xyxy=[[1, 2, 3, 4]], scores=[0.8], labels=("car",),
+                                               categories=("vehicle",), track_ids=(41,)), r.models, r.latency_ms)
+        kind = ("track_start", "track_end")[s] if s < 2 else None
+        pub.publish(r, events=[(kind, json.dumps({"kind": kind, "track_id": 41}))] if kind else [])
+    assert pub.stats.dropped["cam"] >= 2
+    redis_server.start()
+    pub.start()
+    assert pub.flush(15)
+    assert [f[b"kind"] for _, f in client.xrange(KEYS.events("cam"))] == [b"track_start", b"track_end"]
+    assert client.hget(KEYS.camera("cam"), "track_id_max") == b"41"
+    pub.close()
+
+
 def test_consumer_group_acks_resumes_and_reclaims(redis_server):
     pub = publisher(redis_server)
     for s in range(6):
