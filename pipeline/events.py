@@ -52,8 +52,8 @@ from .event_model import (  # noqa: F401 (EVENTS_SCHEMA, PATH_*, REPEATING: the 
     Sighting,
     OpenTrack,
 )
-from .geometry import (Anchor, Geometry, clear_of_edges, is_pixels_geometry, line_bands, line_crossings, line_offsets,
-                       points_in_polygon, resolve_geometry)
+from .geometry import (Anchor, Geometry, clear_of_edges, in_frame_pixels, is_pixels_geometry, line_bands,
+                       line_crossings, line_offsets, points_in_polygon, resolve_geometry, restored_pixel_sizes)
 from .schema import FrameMeta, FrameResult
 
 if TYPE_CHECKING:
@@ -88,9 +88,10 @@ class EventEngine:
         self._frame = 0  # frames processed (the clock of track_buffer)
         self._geometry: Geometry | None = None
         self._size: tuple[int, int] | None = None  # (width, height) of the last frame: anchors are in its pixels
-        # the frame size pixel zones and lines are in: the first frame's since they were set (the
-        # same scene at another resolution later: they are scaled to it, as the tracks are)
-        self._pixel_size: tuple[int, int] | None = None
+        # the frame size each pixel zone and line is in ("zones:<name>", "lines:<name>"): the first
+        # frame's since it was set (the same scene at another resolution later: it is scaled to
+        # it, as the tracks are; one changed at runtime: the next frame's, the others kept)
+        self._pixel_sizes: dict[str, tuple[int, int]] = {}
         self._zones_removed = False  # zones went since the last frame (`reconfigure`, `restore`): tracks leave them
 
     @classmethod
@@ -117,8 +118,10 @@ class EventEngine:
         if zone_margin is not None:
             self.zone_margin = zone_margin
         self._geometry = None
-        if (self.zones, self.lines) != shapes_before:  # new points: in the next frame's pixels (the API
-            self._pixel_size = None  # checked them against the newest frame)
+        for kind, now, was in (("zones", self.zones, shapes_before[0]), ("lines", self.lines, shapes_before[1])):
+            for name in set(now) | set(was):  # new points: in the next frame's pixels (the API checked
+                if now.get(name) != was.get(name):  # them against the newest frame); the rest as they were
+                    self._pixel_sizes.pop(f"{kind}:{name}", None)
         self._zones_removed = True
         for tr in self._tracks.values():
             tr.sides = kept_sides(tr.sides, before, self.lines)
@@ -142,13 +145,15 @@ class EventEngine:
         geo = self._geometry
         if geo is None or (geo.width, geo.height) != (width, height):
             zones, lines = self.zones, self.lines
-            if self._pixel_size not in (None, (width, height)) and is_pixels_geometry(zones, lines):
-                sx, sy = width / self._pixel_size[0], height / self._pixel_size[1]
-                zones, lines = ({k: [[x * sx, y * sy] for x, y in v] for k, v in shapes.items()} for shapes in (zones, lines))
+            pixels = is_pixels_geometry(zones, lines)
+            if pixels:
+                zones, lines = (in_frame_pixels(shapes, kind, self._pixel_sizes, width, height)
+                                for kind, shapes in (("zones", zones), ("lines", lines)))
             geo = self._geometry = resolve_geometry(zones, lines, self.anchor, width, height,
                                                     where=f"cameras[{self.camera}]")
-            if self._pixel_size is None:
-                self._pixel_size = (width, height)
+            if pixels:  # (checked against this frame: those new to it are in its pixels)
+                for key in [f"zones:{n}" for n in self.zones] + [f"lines:{n}" for n in self.lines]:
+                    self._pixel_sizes.setdefault(key, (width, height))
         return geo
 
     def take_counts(self) -> Counter[str]:
@@ -382,9 +387,9 @@ class EventEngine:
         return {
             "schema": STATE_SCHEMA, "camera": self.camera, "frame": self._frame, "file_time": self.file_time,
             "size": list(self._size) if self._size is not None else None, "anchor": self.anchor,
-            "pixel_size": list(self._pixel_size) if self._pixel_size is not None else None,
+            "pixel_sizes": {k: list(v) for k, v in self._pixel_sizes.items()},
             "lines": self.lines,  # what the tracks' sides were taken against
-            "zones": self.zones,  # with lines: what pixel_size is the size of
+            "zones": self.zones,  # with lines: what pixel_sizes are the sizes of
             "tracks": [json_safe(vars(t)) for t in sorted(tracks, key=lambda t: t.id)],
         }
 
@@ -417,9 +422,7 @@ class EventEngine:
             engine._frame = int(snapshot["frame"])
             size = snapshot.get("size")  # (older snapshots have neither: as before)
             engine._size = (int(size[0]), int(size[1])) if size else None
-            same = snapshot.get("lines") == engine.lines and snapshot.get("zones", engine.zones) == engine.zones
-            pixel_size = snapshot.get("pixel_size") if same else None  # (geometry changed: the next frame's)
-            engine._pixel_size = (int(pixel_size[0]), int(pixel_size[1])) if pixel_size else None
+            engine._pixel_sizes = restored_pixel_sizes(snapshot, engine.zones, engine.lines)
             anchor_changed = snapshot.get("anchor") not in (None, anchor)
             for data in snapshot.get("tracks", []):
                 tr = OpenTrack(**{k: data[k] for k in OpenTrack.__dataclass_fields__ if k in data})

@@ -149,6 +149,39 @@ def is_pixels(points: Sequence[Sequence[float]]) -> bool:
     return any(v > 1 for p in points for v in p)
 
 
+def in_frame_pixels(shapes: Mapping[str, Sequence[Sequence[float]]], kind: str,
+                    sizes: Mapping[str, tuple[int, int]], width: int, height: int) -> dict[str, list[list[float]]]:
+    """Pixel shapes (``kind``: "zones" or "lines") in pixels of a ``width`` × ``height`` frame,
+    each scaled from the frame size it is in (``sizes``, keyed ``"<kind>:<name>"``; one not
+    there is in this frame's pixels already)."""
+    out = {}
+    for name, points in shapes.items():
+        w0, h0 = sizes.get(f"{kind}:{name}", (width, height))
+        sx, sy = width / w0, height / h0
+        out[name] = [[x * sx, y * sy] for x, y in points] if (sx, sy) != (1, 1) else [list(p) for p in points]
+    return out
+
+
+def restored_pixel_sizes(snapshot: Mapping[str, Any], zones: Mapping[str, Any],
+                         lines: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """The frame sizes a snapshot's pixel zones and lines were in (`in_frame_pixels`), for those
+    the config still has with the same points (one changed since: the next frame's). An older
+    snapshot's one ``pixel_size`` for all counts only when every shape is the same."""
+    before = {"zones": snapshot.get("zones", zones) or {}, "lines": snapshot.get("lines") or {}}
+    now = {"zones": zones, "lines": lines}
+    sizes = snapshot.get("pixel_sizes")
+    if sizes is None:
+        one = snapshot.get("pixel_size")
+        same = before["zones"] == zones and before["lines"] == lines
+        sizes = {f"{kind}:{name}": one for kind in now for name in now[kind]} if one and same else {}
+    out = {}
+    for key, size in sizes.items():
+        kind, _, name = key.partition(":")
+        if kind in now and name in now[kind] and before[kind].get(name) == now[kind][name]:
+            out[key] = (int(size[0]), int(size[1]))
+    return out
+
+
 def is_pixels_geometry(zones: Mapping[str, Sequence[Sequence[float]]], lines: Mapping[str, Sequence[Sequence[float]]]) -> bool:
     """Whether a camera's zones and lines are in pixels (they are all one or the other)."""
     return any(is_pixels(p) for p in (*zones.values(), *lines.values()))

@@ -372,3 +372,27 @@ def test_zone_exits_on_one_frame_come_in_config_order_as_documented():
     events = run(engine, frames)
     assert [(e.kind, e.zone) for e in events if e.kind.startswith("zone")] == [
         ("zone_enter", "b"), ("zone_enter", "a"), ("zone_exit", "a"), ("zone_exit", "b")], events
+
+
+def test_a_pixel_zone_left_unchanged_by_a_runtime_change_keeps_its_frame_size():
+    """A camera back at half its resolution has its pixel zone scaled; then only a line is moved
+    at runtime (``PUT {"lines": …}``: the zones sent again as they were). Every pixel shape was
+    then read in the next frame's pixels, the unchanged zone too: twice its size, and a parked car
+    inside it got a zone_exit it never made. Only the changed shapes are the next frame's now,
+    also at the camera's next owner."""
+    from pipeline.events import EventEngine
+
+    from .test_events import frame, obj, run
+
+    zones = {"lot": [[20, 20], [90, 20], [90, 90], [20, 90]]}  # drawn on a 200 × 200 stream
+    engine = EventEngine("cam", zones=zones, lines={"gate": [[150, 0], [150, 200]]})
+    parked = [frame(1, [obj(1, 30, x=30)], width=200, height=200)]  # anchor (30, 30): inside
+    parked += [frame(s, [obj(1, 15, x=15, size=5)], width=100, height=100) for s in (2, 3)]  # the same, smaller
+    assert [e.kind for e in run(engine, parked)] == ["track_start", "zone_enter"]
+    engine.reconfigure(zones, {"gate": [[60, 0], [60, 100]]}, anchor="bottom_center")  # the line moved, in 100 px
+    assert [e.kind for e in run(engine, [frame(s, [obj(1, 15, x=15, size=5)]) for s in (4, 5, 6)])] == []
+    geo = engine.geometry(100, 100)
+    assert geo.zones["lot"].max() == pytest.approx(45) and geo.lines["gate"][0][0] == pytest.approx(60)
+    restored = EventEngine.restore(engine.snapshot(), "cam", engine.zones, engine.lines)  # (the next owner)
+    assert [e.kind for e in run(restored, [frame(7, [obj(1, 15, x=15, size=5)])])] == []
+    assert restored.geometry(100, 100).zones["lot"].max() == pytest.approx(45)
