@@ -478,23 +478,3 @@ def test_a_keyframes_camera_whose_packets_bring_no_keyframe_ends_the_read(tmp_pa
     finally:
         cap.release()
     assert frames == 1 and cap.packets < 150, (frames, cap.packets)
-
-
-def test_a_looping_file_read_for_its_keyframes_starts_each_pass_where_the_file_ends(videos):
-    """traffic.mp4 (20.02 s) has keyframes at 0 and 10.43 s. A pass ended one frame after the last
-    keyframe kept: each pass was 10.47 s long, paced twice as fast as the file plays, and its
-    first keyframe came one frame after the last one (a sampler at 2 fps dropped it)."""
-    clip = videos / "traffic.mp4"
-    keyframes = ffprobe_keyframes(clip)
-    end = float(subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=duration",
-                                "-of", "csv=p=0", str(clip)], capture_output=True, text=True, check=True).stdout)
-    assert len(keyframes) == 2 and keyframes[-1] < end - 5, (keyframes, end)  # the case: the file goes on after
-    src = VideoSource("cam", lambda: open_capture("cam", str(clip), decode="keyframes", fps=2), fps=2, is_file=True,
-                      loop=True, realtime=False)
-    pts = []
-    for frame in src.frames():
-        pts.append(frame.meta.pts)
-        if len(pts) == 6:  # three passes
-            src.stop()
-    expected = [n * end + k for n in range(3) for k in keyframes]
-    assert pts == pytest.approx(expected, abs=0.05), (pts, expected)

@@ -1,5 +1,6 @@
-"""A file's timestamp gaps with `decode: reference` and `keyframes` (a real joined MPEG-TS through
-the camera's own reader, as `camera_open` builds it): closed like `decode: all`, not waited out."""
+"""A file's timeline with `decode: reference` and `keyframes` (real files through the camera's own
+reader, as `camera_open` builds it): gaps closed like `decode: all`, not waited out; a looping
+file's passes as long as the file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import subprocess
 import threading
 
 import pytest
+
+from pipeline.capture import open_capture
+from pipeline.sources import VideoSource
+
+from .test_decode import ffprobe_keyframes
 
 
 @pytest.mark.parametrize("decode", ["reference", "keyframes"])
@@ -42,3 +48,23 @@ def test_recordings_joined_an_hour_apart_are_not_paced_through_the_gap(tmp_path,
     finally:
         src.stop()
     assert len(pts) >= 10 and pts == sorted(pts) and pts[-1] - pts[0] < 2 * seconds + 2, (pts, src.state, src.last_error)
+
+
+def test_a_looping_file_read_for_its_keyframes_starts_each_pass_where_the_file_ends(videos):
+    """traffic.mp4 (20.02 s) has keyframes at 0 and 10.43 s. A pass ended one frame after the last
+    keyframe kept: each pass was 10.47 s long, paced twice as fast as the file plays, and its
+    first keyframe came one frame after the last one (a sampler at 2 fps dropped it)."""
+    clip = videos / "traffic.mp4"
+    keyframes = ffprobe_keyframes(clip)
+    end = float(subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=duration",
+                                "-of", "csv=p=0", str(clip)], capture_output=True, text=True, check=True).stdout)
+    assert len(keyframes) == 2 and keyframes[-1] < end - 5, (keyframes, end)  # the case: the file goes on after
+    src = VideoSource("cam", lambda: open_capture("cam", str(clip), decode="keyframes", fps=2), fps=2, is_file=True,
+                      loop=True, realtime=False)
+    pts = []
+    for frame in src.frames():
+        pts.append(frame.meta.pts)
+        if len(pts) == 6:  # three passes
+            src.stop()
+    expected = [n * end + k for n in range(3) for k in keyframes]
+    assert pts == pytest.approx(expected, abs=0.05), (pts, expected)
