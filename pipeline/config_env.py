@@ -39,9 +39,10 @@ def resolve_camera(camera: CameraConfig, env: Mapping[str, str]) -> CameraConfig
     if problem:
         raise CameraEnvError(f"cameras[{camera.id}].url, its variables expanded: {problem}")
     pinned = env.get(camera_var_prefix(camera.id) + "HOST", "").strip().lower()
-    if pinned and _host_of(resolved.url, camera.id) != pinned.strip("[]"):  # its secrets go to that host only
-        raise CameraEnvError(f"cameras[{camera.id}].url: names host {_host_of(resolved.url, camera.id)!r}, but "
-                             f"{camera_var_prefix(camera.id)}HOST says its variables are for {pinned!r}: not expanded")
+    host = _host_of(resolved.url, camera.id) if pinned else ""
+    if pinned and host != pinned.strip("[]"):  # the operator's own: its secrets go to that host only
+        raise CameraEnvError(f"cameras[{camera.id}].url: names host {host!r}, but {camera_var_prefix(camera.id)}HOST "
+                             f"says its variables are for {pinned!r}: not expanded")
     resolved._written_url = camera.url
     values = [env[n] for n in names if len(env[n]) >= 3]  # shorter: a port, a channel number
     resolved._env_values = tuple(dict.fromkeys(v for value in values for v in (value, quote(value, safe=""))))

@@ -45,7 +45,7 @@ class ModelSwapper:
         """The model this replica starts with: the desired weights; when those do not load, the
         weights they replaced; else the config's."""
         try:
-            await asyncio.to_thread(self._note_clock, self.client.time)
+            self._note_clock(await asyncio.to_thread(self.client.time))
             desired = await asyncio.to_thread(self._desired)
         except Exception as exc:  # Redis down at start: the config's weights; `follow` catches up
             log.warning("%s: desired weights unreadable (%s: %s); starting on the config's", self.keys.deployment,
@@ -206,11 +206,12 @@ class ModelSwapper:
         pipe.hset(self.keys.replicas, self.report.replica, self.report.to_json())
         pipe.get(self.keys.desired)
         redis_time, _, desired = pipe.execute()
-        self._note_clock(lambda: redis_time)
+        self._note_clock(redis_time)
         return Desired.read(desired, self.base_cfg)
 
-    def _note_clock(self, redis_time: Callable[[], tuple[int, int]]) -> None:
-        seconds, micros = redis_time()
+    def _note_clock(self, redis_time: tuple[int, int]) -> None:
+        """Redis's ``TIME`` answer (seconds, microseconds) against this machine's clock."""
+        seconds, micros = redis_time
         self._clock_offset = seconds + micros / 1e6 - time.time()
 
     async def _send(self) -> None:

@@ -66,15 +66,17 @@ class SwapRequest(BaseModel):
         return v
 
 
+def redis_now(client: Any) -> float:
+    """Redis's clock (``TIME``), the one replica reports are stamped in (`ModelSwapper`)."""
+    seconds, micros = client.time()
+    return seconds + micros / 1e6
+
+
 def live_reports(client: Any, keys: SwapKeys, now: float | None = None) -> list[ReplicaReport]:
-    """The replicas that reported within `LIVE_S`; reports older than `FORGET_S` are deleted.
-    Reports are stamped in Redis's time (`ModelSwapper`), and judged by it (``now``: else Redis's)."""
-    pipe = client.pipeline(transaction=False)
-    pipe.time()
-    pipe.hgetall(keys.replicas)
-    (seconds, micros), raw = pipe.execute()
-    now = seconds + micros / 1e6 if now is None else now
-    reports = [ReplicaReport.from_json(r) for r in raw.values()]
+    """The replicas that reported within `LIVE_S` of ``now`` (Redis's clock when not given);
+    reports older than `FORGET_S` are deleted."""
+    now = redis_now(client) if now is None else now
+    reports = [ReplicaReport.from_json(raw) for raw in client.hgetall(keys.replicas).values()]
     stale = [r.replica for r in reports if now - r.ts > FORGET_S]
     if stale:
         client.hdel(keys.replicas, *stale)
@@ -140,13 +142,11 @@ class ModelSwaps:
         return cfg.weights, getattr(cfg, "card", None), 0, None
 
     def _listing(self) -> list[dict[str, Any]]:
-        out = []
+        out, now = [], redis_now(self.client)  # (the reports' clock)
         for deployment, (kind, section) in self.sections.items():
             weights, card, generation, requested_at = self._serving(deployment)
-            reports = live_reports(self.client, self.keys(deployment))
+            reports = live_reports(self.client, self.keys(deployment), now)
             state, failed = listed_state(reports, weights, card, generation, requested_at)
-            seconds, micros = self.client.time()  # (the reports' clock)
-            now = seconds + micros / 1e6
             out.append({
                 "deployment": deployment, "kind": kind, "category": section.category, "field": section.field,
                 "model": Path(weights.rstrip("/")).name, "weights": weights, "card": card, "generation": generation,
