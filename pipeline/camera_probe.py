@@ -121,6 +121,9 @@ def camera_unanswered(url: str, *, timeout_s: float) -> str | None:
     return _ask(host, port, where, ask, timeout_s)[1]
 
 
+DIAGNOSED = ("rtsp://", "http://", "https://")  # what `diagnose_open` asks (others: "no answer")
+
+
 def diagnose_open(url: str, *, timeout_s: float = 3.0) -> str:
     """Why FFmpeg could not open a network camera: `diagnose_rtsp` for RTSP, `diagnose_http`
     for HTTP(S); other protocols say nothing more than that there was no stream."""

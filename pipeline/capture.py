@@ -11,7 +11,7 @@ import os
 import threading
 from pathlib import Path
 
-from .camera_probe import DEFAULT_PORTS, camera_unanswered, diagnose_open, diagnose_rtsp
+from .camera_probe import DEFAULT_PORTS, camera_unanswered, diagnose_open
 from .capture_av import SKIP_FRAME
 from .redact import redact, redact_url
 from .sources import Capture, SourceError, camera_file, is_file_url
@@ -79,7 +79,7 @@ def open_capture(
 
         return open_skipping(camera, url, decode=decode, open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
                              frame_timeout_s=frame_timeout_s, rate=decoded_rate(camera, fps, decode),
-                             diagnose=diagnose_rtsp, secrets=secrets)
+                             diagnose=diagnose_open, secrets=secrets)
     if decode != "all":
         raise ValueError(f"camera {camera}: decode must be one of {', '.join(['all', *SKIP_FRAME])}, not {decode!r}")
     if unasked(url):  # nothing to ask before the open: PyAV's, outside OpenCV's open lock

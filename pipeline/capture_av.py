@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .camera_probe import DIAGNOSED
 from .redact import redact, redact_url
 from .sources import Capture, SourceError, camera_file, is_file_url
 
@@ -201,7 +202,7 @@ def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_time
     """Open a file or network stream with PyAV, its decoder set to skip what ``decode`` leaves out
     (`SKIP_FRAME`: non-keyframes, or non-reference frames). Errors as
     `open_capture`'s: a missing or undecodable file is final, a stream that does not open is retried
-    (``diagnose(url, timeout_s=…)``: why an RTSP URL does not open, `pipeline.camera_probe.diagnose_rtsp`)."""
+    (``diagnose(url, timeout_s=…)``: why an RTSP or HTTP(S) URL does not open, `pipeline.camera_probe.diagnose_open`)."""
     import av
 
     safe = redact_url(redact(url, secrets))  # (its expanded variables first: a value with a ; or a space)
@@ -223,10 +224,10 @@ def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_time
         if is_file:
             raise SourceError(camera, f"{target} is not a video FFmpeg can decode ({type(exc).__name__})",
                               retryable=False) from None
-        rtsp = url.startswith("rtsp://") and diagnose is not None
-        # FFmpeg's reason alone: PyAV's text quotes the URL as Python does (a quote or backslash in
-        # the password escaped, so no longer the secret)
-        why = diagnose(url, timeout_s=min(open_timeout_s, 3.0)) if rtsp else (
+        asked = url.lower().startswith(DIAGNOSED) and diagnose is not None
+        # else FFmpeg's reason alone: PyAV's text quotes the URL as Python does (a quote or
+        # backslash in the password escaped, so no longer the secret)
+        why = diagnose(url, timeout_s=min(open_timeout_s, 3.0)) if asked else (
             getattr(exc, "strerror", None) or type(exc).__name__)
         raise SourceError(camera, f"cannot open {safe}: {why}", retryable=True) from None
     if not container.streams.video:

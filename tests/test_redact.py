@@ -43,7 +43,7 @@ def test_query_string_passwords_and_known_secrets_are_hidden():
 
 
 def test_rtsp_diagnosis_of_a_url_it_cannot_split_quotes_nothing_of_it():
-    from pipeline.capture import diagnose_rtsp
+    from pipeline.camera_probe import diagnose_rtsp
     from pipeline.redact import UNESCAPED_USERINFO
 
     for url in ("rtsp://bob:pa/Sup3rPw@10.0.0.1/s",  # the "/" ends the host part: port "pa"
@@ -64,7 +64,7 @@ def test_rtsp_diagnosis_of_a_url_it_cannot_split_quotes_nothing_of_it():
 def test_rtsp_diagnosis_of_a_bracket_in_the_password_says_so_without_it():
     """urlsplit raised ValueError ("Invalid IPv6 URL") out of the diagnosis: each failed open
     became a reader crash (a traceback, a restart) instead of ``reconnecting`` with a reason."""
-    from pipeline.capture import diagnose_rtsp
+    from pipeline.camera_probe import diagnose_rtsp
 
     why = diagnose_rtsp("rtsp://admin:Tr0ub[dor@127.0.0.1:9/live", timeout_s=0.1)
     assert why.startswith("the URL's host cannot be read: a [ or ] outside an IPv6 address"), why
@@ -72,7 +72,7 @@ def test_rtsp_diagnosis_of_a_bracket_in_the_password_says_so_without_it():
 
 
 def test_rtsp_diagnosis_of_a_port_out_of_range_says_so():
-    from pipeline.capture import diagnose_rtsp
+    from pipeline.camera_probe import diagnose_rtsp
 
     for url in ("rtsp://10.0.0.1:99999/s", "rtsp:///s"):
         assert diagnose_rtsp(url, timeout_s=0.1).endswith("(rtsp://host[:port]/path, a port from 1 to 65535)"), url
@@ -107,7 +107,7 @@ def test_rtsp_diagnosis_never_sends_the_password():
     import socket
     import threading
 
-    from pipeline.capture import diagnose_rtsp
+    from pipeline.camera_probe import diagnose_rtsp
 
     server = socket.create_server(("127.0.0.1", 0))
     port, asked = server.getsockname()[1], []
