@@ -9,6 +9,7 @@ from pipeline.publish import Publisher
 from pipeline.streams import connect_redis
 
 from .test_publish import KEYS, publisher, result, seqs
+from .test_publish_batches import Endpoint
 from .waiting import wait_for
 
 
@@ -53,37 +54,26 @@ def test_closing_while_redis_takes_connections_but_never_answers_counts_what_is_
         listener.close()
 
 
-class DrippingProxy:
-    """A TCP proxy in front of the real redis-server: what the client sends goes through at
-    once; Redis's answers too, until `drip` is set: then one byte a second (each read of the
-    client waits less than its socket timeout, the whole answer longer than close() waits),
-    until `release` is set."""
+class DrippingProxy(Endpoint):
+    """The failover tests' proxy in front of the real redis-server: what the client sends goes
+    through at once; Redis's answers too, until `drip` is set: then one byte a second (each read
+    of the client waits less than its socket timeout, the whole answer longer than close()
+    waits), until `release` is set."""
 
-    def __init__(self, target: tuple[str, int]):
-        self.target = target
+    def __init__(self, target: int):
         self.drip, self.release = threading.Event(), threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.target)
-            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        if a.getpeername()[1] != self.target:  # the client's requests
+            return super()._pipe(a, b)
         try:
-            while data := src.recv(65536):
-                while answers and self.drip.is_set() and not self.release.is_set() and len(data) > 1:
-                    dst.sendall(data[:1])
+            while data := a.recv(65536):
+                while self.drip.is_set() and not self.release.is_set() and len(data) > 1:
+                    b.sendall(data[:1])
                     data = data[1:]
                     self.release.wait(1.0)  # (the fault: an answer that trickles in)
-                dst.sendall(data)
+                b.sendall(data)
         except OSError:
             pass
 
@@ -97,7 +87,7 @@ def test_a_write_answered_after_close_gave_up_is_counted_once_as_what_it_became(
     and counts everything it held as lost. The writer then got its answer, counted those frames as
     published too, and went on to write the rest it had just counted as lost: 5 results, 5 lost
     and 5 published."""
-    proxy = DrippingProxy(("127.0.0.1", redis_server.port))
+    proxy = DrippingProxy(redis_server.port)
     try:
         pub = Publisher(connect_redis(f"redis://127.0.0.1:{proxy.port}/0", socket_timeout=3, socket_connect_timeout=0.5),
                         keys=KEYS, maxlen=100).start()
