@@ -303,6 +303,8 @@ class ObjectTracker:
         self._vouched.difference_update(freed)  # (given to a displaced track: another object's id)
         self.origins = {moves.get(tid, tid): box for tid, box in self.origins.items()}  # (read by the engine next)
         self.track_id_max = max([self.track_id_max, *(i for i in published if i is not None)])
+        if self._next_id <= self.track_id_max:  # the next new object of the replay must not take an adopted id
+            self._set_next_id(self.track_id_max + 1)
         return differed
 
     def raise_next_id(self, floor: int) -> None:

@@ -298,6 +298,32 @@ def test_a_track_the_replay_confirmed_by_itself_is_numbered_above_every_publishe
     assert live[0] == 1 and live[1] is not None and live[1] > 7, live
 
 
+def test_an_object_new_in_the_replay_does_not_take_an_id_adopted_from_the_published_frames():
+    """The dead owner numbered an object 3 in a frame the replay sees it once (its first sighting
+    was in a frame that never reached the stream); the next new object of the replay must get
+    an id above 3, not the 3 the counter had not passed yet (two objects under one id)."""
+    from pipeline.config import TrackerConfig
+    from pipeline.tracking import ObjectTracker
+
+    x, p, q, r = [20, 20, 80, 80], [200, 20, 260, 80], [400, 300, 460, 360], [100, 300, 160, 360]
+    frames = [[x], [x], [x, p, q], [x, q], [x, r], [x, r]]
+    dead = ObjectTracker(TrackerConfig(), fps=4)
+    published = []
+    for k, boxes in enumerate(frames[:5]):
+        published.append(dead.update(_boxes(*boxes, label="car", category="vehicle"), (480, 640),
+                                     ts=100 + 0.25 * k).track_ids)
+        if k == 1:
+            state = json.loads(json.dumps(dead.snapshot()))
+    assert published[3] == (1, 3), published  # q: 3 (2 went to p, seen once)
+    replay = ObjectTracker.restore(state, TrackerConfig(), fps=4)
+    for k in (3, 4):  # frame 2 was tracked there but never published
+        ours = replay.update(_boxes(*frames[k], label="car", category="vehicle"), (480, 640), ts=100 + 0.25 * k)
+        replay.adopt_ids(ours.track_ids, published[k])
+    replay.raise_next_id(3)
+    live = replay.update(_boxes(*frames[5], label="car", category="vehicle"), (480, 640), ts=101.25).track_ids
+    assert live[0] == 1 and live[1] is not None and live[1] > 3, live
+
+
 def _boxes(*boxes, label="person", category="pedestrian"):
     return Detections(xyxy=np.array(boxes, np.float32).reshape(-1, 4), scores=np.full(len(boxes), 0.9, np.float32),
                       labels=(label,) * len(boxes), categories=(category,) * len(boxes))
