@@ -252,6 +252,8 @@ class CameraConductor:
         except Exception as exc:
             self.counters.failed += 1
             log.warning("camera %s: frame %d dropped: %s: %s", self.camera.id, frame.meta.seq, type(exc).__name__, exc)
+            if previous is not None and not mine.tracked.is_set():  # failed before tracking: the next frame
+                await previous.tracked.wait()  # is tracked after the one before this, not ahead of it
         finally:
             mine.tracked.set()
             try:

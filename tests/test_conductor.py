@@ -42,7 +42,7 @@ def answer_cab(crops):
 
 
 def run_conductor(redis_server, *, frames=20, tracker=True, reclassify_every=0, classify=None, max_inflight=4,
-                  classify_timeout_s=10.0, deadline_s=30.0):
+                  classify_timeout_s=10.0, deadline_s=30.0, slow=None):
     """Runs a conductor over ``frames`` paced frames of one drifting car to the end; returns the
     published payloads, the number of crops sent to the classifier and the conductor."""
     clock = Clock()
@@ -51,6 +51,8 @@ def run_conductor(redis_server, *, frames=20, tracker=True, reclassify_every=0, 
     rng = random.Random(1234)
 
     async def detect(inp):
+        if slow is not None:  # (first: it sees the frames in the order they are sent)
+            await slow(inp)
         await asyncio.sleep(rng.uniform(0, 0.12))  # completions arrive out of order
         x = 5 + inp.frame_ts % 1 * 10  # the car drifts a little
         return Detections(xyxy=[[x, 5, x + 20, 25]], scores=[0.9], labels=("car",), categories=("vehicle",))
@@ -75,7 +77,7 @@ def run_conductor(redis_server, *, frames=20, tracker=True, reclassify_every=0, 
         models={"detector": "fake"},
         max_inflight=max_inflight,
         classify_timeout_s=classify_timeout_s,
-        tracker=ObjectTracker(TrackerConfig()) if tracker else None,
+        tracker=(tracker if isinstance(tracker, ObjectTracker) else ObjectTracker(TrackerConfig())) if tracker else None,
     )
 
     async def drive():
@@ -119,6 +121,32 @@ def test_a_frame_whose_publishing_fails_is_counted_and_the_camera_goes_on(redis_
     seqs = [p["seq"] for p in payloads]
     assert 5 not in seqs and seqs == sorted(seqs) and len(seqs) == 19, seqs
     assert conductor.counters.failed == 1 and conductor.counters.processed == 19
+
+
+def test_a_frame_whose_detection_fails_does_not_let_the_next_one_be_tracked_before_the_one_before_it(redis_server):
+    """Frame 0's detection is slow, frame 1's fails (both tries), frame 2's is quick: the tracker
+    still sees 0 before 2 (it used to see 2 first: time going backwards for the motion model)."""
+    order = []
+
+    class Recording(ObjectTracker):
+        def update(self, detections, shape, ts=None, **kw):
+            order.append(ts)
+            return super().update(detections, shape, ts=ts, **kw)
+
+    first = {}
+
+    async def slow(inp):
+        first.setdefault("ts", inp.frame_ts)
+        if inp.frame_ts == first["ts"]:
+            await asyncio.sleep(0.8)  # a slow batch: frames 1 and 2 are done before it
+        elif len(first) == 1:
+            first["failed"] = inp.frame_ts
+        if first.get("failed") == inp.frame_ts:
+            raise RuntimeError("replica gone")  # and again on the retry
+
+    payloads, _, conductor = run_conductor(redis_server, frames=8, tracker=Recording(TrackerConfig()), slow=slow)
+    assert conductor.counters.failed == 1 and first["failed"] not in order, (conductor.counters, order)
+    assert order == sorted(order) and order[0] == first["ts"], order
 
 
 def test_classifier_runs_once_per_track(redis_server):
