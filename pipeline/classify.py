@@ -170,11 +170,13 @@ class CropClassification:
         """Each classifier's new (or due) objects go to it in one request per frame; tracked
         objects already classified (or being classified) reuse their answer."""
         jobs: list[tuple[int, "asyncio.Future[Mapping[str, Any]]"]] = []
+        caches: list[Any] = []  # each job's track cache (None: untracked)
         unclassified: dict[int, dict[str, str]] = {}
         for n, (category, route) in enumerate(self.routes):
             cache = self._track_cache[n] if self._track_cache is not None else None
             known, fresh = self._chosen(detections, category, route, cache, frame_no, unclassified)
             jobs += known
+            caches += [cache] * (len(known) + len(fresh))
             if fresh:
                 crops = [prepare_crop(image, detections.xyxy[i], route.size, context=route.crop_context) for i in fresh]
                 request = asyncio.ensure_future(self._request(route.name or category, route, crops))
@@ -195,11 +197,15 @@ class CropClassification:
         answers = await asyncio.gather(*(asyncio.shield(job) for _, job in jobs), return_exceptions=True)
         values: dict[int, dict[str, Any]] = {}
         errors: list[BaseException] = []
-        for (i, _), answer in zip(jobs, answers):
+        for (i, _), answer, cache in zip(jobs, answers, caches):
             if isinstance(answer, BaseException):
-                errors.append(answer)
-            else:
-                values.setdefault(i, {}).update(answer)
+                track = detections.track_ids[i] if cache is not None else None
+                last = cache.last(track) if track is not None else None  # a fresh look failed: the one before
+                if last is None:  # (a last answer is one that came)
+                    errors.append(answer)
+                    continue
+                answer = last.result()
+            values.setdefault(i, {}).update(answer)
         if errors:
             log.warning("camera %s: %d object(s) published without classification: %s: %s",
                         self.camera, len(errors), type(errors[0]).__name__, errors[0])
