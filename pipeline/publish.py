@@ -82,6 +82,7 @@ class Publisher:
         self._cond = threading.Condition()
         self._closing = False
         self._abandoned = False  # closed while a write was under way: the writer sends nothing more
+        self._closed = False  # close() has returned: a later write is lost at once (counted, logged)
         self._last_ms: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, name="percept-publisher", daemon=True)
         self._idle = False  # the writer waits for an item
@@ -244,8 +245,12 @@ class Publisher:
              fence: Fence | None = None, entry: list[Any] | None = None) -> None:
         with self._cond:
             # (events without a frame stay through an outage like a dropped frame's: `evict_oldest`)
-            self._queue.append(Item(next(self._index), camera, nbytes, command, is_frame, fence, entry,
-                                    events_kept=entry is not None and not is_frame))
+            item = Item(next(self._index), camera, nbytes, command, is_frame, fence, entry,
+                        events_kept=entry is not None and not is_frame)
+            if self._closed:  # nobody would ever write it
+                count_lost([item], self.stats, "given after close()")
+                return
+            self._queue.append(item)
             self._bytes += nbytes
             if len(self._queue) + len(self._in_flight) > self.max_entries or self._bytes > self.max_bytes:
                 self._bytes -= evict_oldest(self._queue, self.stats, full=lambda freed: (
@@ -291,10 +296,11 @@ class Publisher:
         with self._cond:
             if self._thread.is_alive():  # Redis took the connection and never answered: not confirmed
                 left, self._queue, self._in_flight, self._bytes = [*self._in_flight, *self._queue], deque(), [], 0
-                self._abandoned = True  # a late answer takes its writes off the lost (`_answered_late`)
+                self._abandoned = self._closed = True  # a late answer takes its writes off the lost (`_answered_late`)
                 count_lost(left, self.stats)
                 return
             left, self._queue, self._in_flight, self._bytes = [*self._in_flight, *self._queue], deque(), [], 0
+            self._closed = True
             count_lost(left, self.stats)
 
     def _write_timeout_s(self) -> float:

@@ -184,13 +184,13 @@ class PublisherStats:
     refusing: str | None = None  # Redis answers but refuses writes for now (READONLY, OOM, …)
 
 
-def count_lost(items: Sequence[Item], stats: PublisherStats) -> None:
+def count_lost(items: Sequence[Item], stats: PublisherStats, why: str | None = None) -> None:
     """Writes a closing publisher could not make, counted (frames in ``dropped``, the rest in
     ``dropped_other``) and logged as an error, by camera."""
     for item in items:
         (stats.dropped if item.is_frame else stats.dropped_other)[item.camera] += 1
     if items:
-        why = "redis unreachable" if not stats.connected else stats.refusing or "not written in time"
+        why = why or ("redis unreachable" if not stats.connected else stats.refusing or "not written in time")
         lost = Counter(item.camera for item in items)
         log.error("publisher closed with %d writes not confirmed (%s): counted as lost; by camera: %s", len(items), why,
                   ", ".join(f"{camera} {n}" for camera, n in sorted(lost.items())))

@@ -33,6 +33,21 @@ def test_closing_during_an_outage_counts_and_logs_what_is_lost(redis_server, cap
     assert "7 writes not confirmed (redis unreachable): counted as lost; by camera: cam 6, other 1" in line, line
 
 
+def test_a_write_after_close_is_counted_as_lost_not_kept_for_ever(redis_server, caplog):
+    """A conductor still stopping publishes after its replica closed the publisher: the writes
+    sat in a queue nobody would write, uncounted and unlogged."""
+    pub = publisher(redis_server)
+    pub.publish(result(0))
+    pub.close(timeout=5)
+    with caplog.at_level("ERROR", logger="percept.publish"):
+        pub.publish(result(1))
+        pub.camera_state("cam", "stopped")
+    assert pub.pending == 0 and pub.stats.dropped == {"cam": 1} and pub.stats.dropped_other == {"cam": 1}
+    assert seqs(redis_server.client()) == [0]
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(lines) == 2 and all("1 writes not confirmed (given after close())" in line for line in lines), lines
+
+
 def test_closing_while_redis_takes_connections_but_never_answers_counts_what_is_lost(caplog):
     """Redis stopped (SIGSTOP) or a half-open connection: the write under way blocks for the
     client's socket timeout (5 s). close() waited 2 s for the writer, then returned with nothing
