@@ -86,8 +86,16 @@ class Subscriber:
             try:
                 self.client.xgroup_create(stream, self.group, id=starts[stream], mkstream=True)
             except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
+                # Redis refusing writes (OOM, READONLY) refuses this before it looks for the group
+                if "BUSYGROUP" not in str(exc) and not (redis_unavailable(exc) and self._group_exists(stream)):
                     raise
+
+    def _group_exists(self, stream: str) -> bool:
+        try:
+            groups = self.client.xinfo_groups(stream)
+        except redis.ResponseError:  # no such stream
+            return False
+        return any((g.get("name") or g.get(b"name")) in (self.group, self.group.encode()) for g in groups)
 
     def _recreate_groups(self) -> bool:
         """The groups made again (after Redis lost them); False if Redis cannot do it now. Each

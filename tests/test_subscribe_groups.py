@@ -65,3 +65,18 @@ def test_a_restarted_consumer_claiming_at_once_gets_its_own_entries_once(redis_s
     assert [m.payload["seq"] for m in first.messages(limit=3)] == [0, 1, 2]  # and stops, nothing acked
     again = Subscriber(client, KEYS, ["cam"], group="g", consumer="c1", block_ms=100, claim_idle_ms=0)
     assert [m.payload["seq"] for m in again.messages(idle_timeout_s=1.5)] == [0, 1, 2]
+
+
+def test_a_group_reader_starts_while_redis_refuses_writes_when_its_group_is_there(redis_server):
+    """Redis at its maxmemory (noeviction): creating the group is refused before Redis looks for
+    it, so a reader of an existing group could not start at all, though reading works."""
+    client = redis_server.client()
+    add(client, "cam", range(3))
+    client.xgroup_create(KEYS.detections("cam"), "g", id="0")
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", "1")
+    try:
+        reader = Subscriber(client, KEYS, ["cam"], group="g", start="0", block_ms=100)
+        assert [m.payload["seq"] for m in reader.messages(limit=3)] == [0, 1, 2]
+    finally:
+        client.config_set("maxmemory", "0")
