@@ -320,15 +320,22 @@ def monitor_cameras(client: Any, keys: Any, cameras: list[str] | Callable[[], li
 
 
 def status_lines(client: Any, keys: Any, cameras: list[str]) -> list[str]:
-    from pipeline.streams import camera_states
+    import redis
+
+    from pipeline.streams import camera_states, number, redis_unavailable
 
     states = camera_states(client, keys, cameras)
     lines = []
     for cam in cameras:
         st = states.get(cam, {})
-        last = client.xrevrange(keys.detections(cam), count=1)
         counts: dict[str, int] = {}
         e2e = "-"
+        try:
+            last = client.xrevrange(keys.detections(cam), count=1)
+        except redis.ResponseError as exc:  # a key not written by percept
+            if redis_unavailable(exc):
+                raise
+            last = []
         try:
             if last:
                 payload = json.loads(last[0][1][b"json"])
@@ -340,7 +347,7 @@ def status_lines(client: Any, keys: Any, cameras: list[str]) -> list[str]:
         objs = " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"
         err = f"  error: {st['last_error']}" if st.get("last_error") and st.get("state") != "online" else ""
         lines.append(
-            f"{cam:<12} {st.get('state', 'pending'):<12} {float(st.get('fps', 0)):5.1f} fps  "
+            f"{cam:<12} {st.get('state', 'pending'):<12} {number(st.get('fps')):5.1f} fps  "
             f"dropped {st.get('dropped', '0'):>4}  objects {objs:<28} e2e {e2e}{err}"
         )
     return lines

@@ -211,8 +211,10 @@ def render(rows: list[CameraRow] | None, deployments: dict[str, DeploymentStats]
 # --- reading Redis and the metrics endpoints ---------------------------------------------------
 
 def camera_rows(client: Any, prefix: str, samples: int, now: float | None = None) -> list[CameraRow]:
+    import redis
+
     from pipeline.registry import CameraRegistry
-    from pipeline.streams import StreamKeys, camera_states, parse_entry_id
+    from pipeline.streams import StreamKeys, camera_states, number, parse_entry_id, redis_unavailable
 
     keys, now = StreamKeys(prefix), time.time() if now is None else now
     valid, invalid = CameraRegistry(client, keys).read()
@@ -222,10 +224,15 @@ def camera_rows(client: Any, prefix: str, samples: int, now: float | None = None
     for cid in ids:
         pipe.xrevrange(keys.detections(cid), count=samples)
     rows = []
-    for cid, entries in zip(ids, pipe.execute()):
+    for cid, entries in zip(ids, pipe.execute(raise_on_error=False)):
         st = states.get(cid, {})
-        row = CameraRow(cid, st.get("state", "pending"), float(st.get("fps", 0) or 0),
-                        dropped=int(float(st.get("dropped", 0) or 0)), error=st.get("last_error", ""))
+        row = CameraRow(cid, st.get("state", "pending"), number(st.get("fps")), dropped=int(number(st.get("dropped"))),
+                        error=st.get("last_error", ""))
+        if isinstance(entries, redis.ResponseError) and not redis_unavailable(entries):
+            row.state, row.error = "unreadable", f"{keys.detections(cid)}: {entries}"  # (a key not written by percept)
+            entries = []
+        elif isinstance(entries, Exception):
+            raise entries
         totals = []
         for i, (entry_id, fields) in enumerate(entries):
             if i == 0:

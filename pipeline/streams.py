@@ -15,6 +15,7 @@ Keys (a public contract, schema v1):
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -169,11 +170,29 @@ def parse_entry_id(entry_id: bytes | str) -> tuple[int, int]:
 
 
 def camera_states(client: redis.Redis, keys: StreamKeys, cameras: list[str]) -> dict[str, dict[str, str]]:
-    """The camera hashes, decoded (for CLIs and tests)."""
+    """The camera hashes, decoded (for CLIs and tests). One that cannot be read (its key holds
+    another type: not written by percept) is ``unreadable``, with why, not an error for all."""
     pipe = client.pipeline(transaction=False)
     for cam in cameras:
         pipe.hgetall(keys.camera(cam))
-    return {cam: _decode(raw) for cam, raw in zip(cameras, pipe.execute())}
+    states = {}
+    for cam, raw in zip(cameras, pipe.execute(raise_on_error=False)):
+        if isinstance(raw, redis.ResponseError) and not redis_unavailable(raw):
+            states[cam] = {"state": "unreadable", "last_error": f"{keys.camera(cam)}: {raw}"}
+        elif isinstance(raw, Exception):
+            raise raw
+        else:
+            states[cam] = _decode(raw)
+    return states
+
+
+def number(value: Any, default: float = 0.0) -> float:
+    """A camera hash's number as a float (``default`` when missing or not a finite number)."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return default
+    return out if math.isfinite(out) else default
 
 
 def _decode(mapping: Mapping[bytes, bytes]) -> dict[str, str]:

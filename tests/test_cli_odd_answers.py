@@ -27,13 +27,23 @@ def test_an_entry_of_another_shape_is_skipped_by_top_and_the_run_console(redis_s
     assert line.startswith("a ") and "objects none" in line and "e2e -" in line, line
 
 
-def test_a_key_of_another_type_is_one_line_exit_3(redis_server, capsys):
+def test_a_key_of_another_type_costs_its_camera_row_only(redis_server, capsys):
+    """One camera's stream or hash key holding another type, or a hash field that is no number,
+    made `top` exit 3 (or fail with a traceback) for every camera: now that row says why."""
     client = redis_server.client()
-    CameraRegistry(client, KEYS).add(CameraConfig(id="a", url="a.mp4"))
+    for cid in ("a", "b", "c"):
+        CameraRegistry(client, KEYS).add(CameraConfig(id=cid, url=f"{cid}.mp4"))
     client.set(KEYS.detections("a"), "a string, not a stream")
-    assert main(["top", "--once", "--redis", redis_server.url, "--prefix", "odd"]) == 3
-    err = capsys.readouterr().err
-    assert err.startswith("percept: redis: ResponseError: ") and "WRONGTYPE" in err and "Traceback" not in err, err
+    client.set(KEYS.camera("b"), "a string, not a hash")
+    client.hset(KEYS.camera("c"), mapping={"state": "online", "fps": "x", "dropped": "nan"})
+    assert main(["top", "--once", "--redis", redis_server.url, "--prefix", "odd"]) == 0
+    out = capsys.readouterr()
+    rows = {line.split()[0]: line for line in out.out.splitlines() if line[:2] in ("a ", "b ", "c ")}
+    assert set(rows) == {"a", "b", "c"} and "Traceback" not in out.err, out
+    assert "unreadable" in rows["a"] and "WRONGTYPE" in rows["a"] and "WRONGTYPE" in rows["b"], rows
+    assert rows["c"].split()[1:3] == ["online", "0.0"], rows["c"]
+    lines = status_lines(client, KEYS, ["a", "b", "c"])
+    assert [line.split()[:2] for line in lines] == [["a", "pending"], ["b", "unreadable"], ["c", "online"]], lines
 
 
 def test_cameras_ls_against_another_http_service_says_so(capsys):
