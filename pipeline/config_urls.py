@@ -23,7 +23,7 @@ def redis_url_problem(url: str) -> str | None:
         # the connection redis-py would make, made (no I/O): options of the query it does not take
         # (?ssl_cert_reqs= on redis://, ?max_connections=-1) raised at the first command
         redis.Redis.from_url(url).connection_pool.make_connection()
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, redis.RedisError) as exc:  # (?protocol=9: redis-py's ConnectionError)
         return f"not a Redis URL: {redact(str(exc), url_secrets(url))}"
     path = urlsplit(url).path
     if url.lower().startswith(("redis://", "rediss://")) and not re.fullmatch(r"/?\d*", path):

@@ -358,7 +358,8 @@ def test_config_that_is_not_text_or_has_a_bad_redis_url_or_device(tmp_path):
         "redis.url: not a Redis URL: Port could not be cast to integer value as 'abc'"]
     # options of the query redis-py does not take: a traceback at the first command (percept run too)
     for query, expected in (("ssl_cert_reqs=required", "unexpected keyword argument 'ssl_cert_reqs'"),
-                            ("max_connections=-1", "must be a positive integer"), ("decode_responses=yes", "as bytes")):
+                            ("max_connections=-1", "must be a positive integer"), ("decode_responses=yes", "as bytes"),
+                            ("protocol=9", "protocol must be either 2 or 3")):
         (err,) = errors_of({"redis": {"url": f"redis://:S3cretPW@127.0.0.1:6379/0?{query}"}})
         assert err.startswith("redis.url: not a Redis URL") and expected in err and "S3cret" not in err, err
     assert parse_config({"redis": {"url": "rediss://h:6380/0?ssl_cert_reqs=none"}}, env={}).redis.url
