@@ -10,6 +10,9 @@ from .config_models import Strict
 from .config_urls import redis_url_problem
 
 
+TLS_ONLY = "only with a rediss:// URL: redis:// and unix:// do not use TLS (the password would go in clear)"
+
+
 class OutageBufferConfig(Strict):
     max_entries: int = Field(10_000, ge=1, description="results kept while Redis is unreachable")
     max_bytes: int = Field(64 * 2**20, ge=1024, description="bytes kept while Redis is unreachable")
@@ -40,6 +43,9 @@ class RedisConfig(Strict):
     @classmethod
     def _with_a_url(cls, v: str | None, info: ValidationInfo) -> str | None:
         """The private redis-server (no ``url``) has a password only, and no TLS."""
-        if v is not None and info.data.get("url") is None and "url" in info.data:
+        url = info.data.get("url")
+        if v is not None and url is None and "url" in info.data:
             raise ValueError("only with redis.url (the private redis-server has no ACL users and no TLS)")
+        if v is not None and info.field_name == "tls_ca_file" and url and not url.startswith(("rediss://", "${")):
+            raise ValueError(TLS_ONLY)
         return v

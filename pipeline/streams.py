@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import redis
 
 from .config import CameraConfig, ConfigError, RedisConfig
+from .config_redis import TLS_ONLY
 from .sources import is_file_url
 
 
@@ -158,8 +159,11 @@ def redis_from_config(cfg: RedisConfig, **kwargs: Any) -> redis.Redis:
     outage to wait out)."""
     if not cfg.url:
         raise ValueError("redis.url is not set")
-    if cfg.tls_ca_file and cfg.url.startswith("rediss://") and not os.path.isfile(cfg.tls_ca_file):
-        raise ConfigError([f"redis.tls_ca_file: no such file {cfg.tls_ca_file!r} (the CA bundle that verifies the "
+    if cfg.tls_ca_file and not cfg.url.startswith("rediss://"):  # (a ${VAR} url, resolved here)
+        raise ConfigError([f"redis.tls_ca_file: {TLS_ONLY}"])
+    if cfg.tls_ca_file and not os.path.isfile(cfg.tls_ca_file):
+        what = "not a file" if os.path.exists(cfg.tls_ca_file) else "no such file"
+        raise ConfigError([f"redis.tls_ca_file: {what} {cfg.tls_ca_file!r} (the CA bundle that verifies the "
                            "rediss:// server, on the machine that connects)"])
     return connect_redis(cfg.url, password=cfg.password, username=cfg.username, ca_file=cfg.tls_ca_file, **kwargs)
 

@@ -134,12 +134,15 @@ def test_a_pair_of_two_categories_never_matches_at_the_highest_threshold():
     ({"decoder": {"lease_ttl_s": 1e306}}, "decoder.lease_ttl_s", "must be <= 86400"),
     ({"redis": {"username": "bob"}}, "redis.username", "only with redis.url"),
     ({"redis": {"tls_ca_file": "/etc/ca.pem"}}, "redis.tls_ca_file", "only with redis.url"),
+    ({"redis": {"url": "redis://h:6379/0", "tls_ca_file": "/etc/ca.pem"}}, "redis.tls_ca_file",
+     "only with a rediss:// URL: redis:// and unix:// do not use TLS (the password would go in clear)"),
 ])
 def test_settings_that_would_validate_and_then_do_nothing_or_fail_later_are_refused(config, field, says):
     """An empty category map dropped every detection; `on: []` never ran the classifier (and
     `labels: []` meant the opposite of its non-empty self); an empty detector path resolved to
     '.'; a lease TTL Redis cannot hold failed every round; a user name or CA file for the private
-    redis-server (password only, no TLS) failed every connection as 'cannot reach'."""
+    redis-server (password only, no TLS) failed every connection as 'cannot reach'; a CA file
+    beside a plain redis:// URL was ignored, and the password went in clear."""
     errors = errors_of(config)
     assert len(errors) == 1 and errors[0].startswith(f"{field}: ") and says in errors[0], errors
 

@@ -165,7 +165,12 @@ def test_a_ca_file_that_is_not_there_is_named_not_waited_out_as_an_outage(tmp_pa
     config.write_text(f"redis: {{url: 'rediss://127.0.0.1:6380/0', tls_ca_file: '{gone}'}}\n")
     assert main(["subscribe", "cam", "-c", str(config), "--timeout", "1"]) == 2
     assert f"redis.tls_ca_file: no such file {str(gone)!r}" in capsys.readouterr().err
-    assert redis_from_config(cfg.redis.model_copy(update={"url": "redis://127.0.0.1:6380/0"}))  # plain: not read
+    with pytest.raises(ConfigError) as info:  # a ${VAR} URL resolved to plain redis://: TLS asked for, not used
+        redis_from_config(cfg.redis.model_copy(update={"url": "redis://127.0.0.1:6380/0"}))
+    assert info.value.errors[0].startswith("redis.tls_ca_file: only with a rediss:// URL"), info.value.errors
+    with pytest.raises(ConfigError) as info:
+        redis_from_config(cfg.redis.model_copy(update={"tls_ca_file": str(tmp_path)}))
+    assert info.value.errors[0].startswith(f"redis.tls_ca_file: not a file {str(tmp_path)!r}"), info.value.errors
 
 
 def test_tls_server_refuses_an_unverified_certificate(tls_redis):
