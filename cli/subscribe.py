@@ -60,7 +60,12 @@ def _redis_source(args: argparse.Namespace) -> tuple[str | None, str | None, Any
                 marker = Path(cfg.state_dir) / "redis.url"
                 if not marker.exists():
                     raise FileNotFoundError(f"{args.config}: no redis.url and no running private server ({marker} missing)")
-                url = marker.read_text().strip()
+                try:
+                    url = marker.read_text().strip()
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise ValueError(f"{marker}: cannot read the private server's URL: {exc}") from None
+                if (problem := redis_url_problem(url)) is not None:
+                    raise ValueError(f"{marker}: {problem} (written by `percept run`? remove it)")
     if not url and os.environ.get("PERCEPT_REDIS_URL"):
         url = os.environ["PERCEPT_REDIS_URL"]
         problem = redis_url_problem(url)

@@ -122,3 +122,23 @@ def test_bench_soak_losing_its_redis_is_one_line_exit_3(monkeypatch, capsys):
     assert main(["bench", "soak"]) == 3
     err = capsys.readouterr().err
     assert "Traceback" not in err and "ConnectionError" in err, err
+
+
+def test_an_unreadable_private_server_marker_is_one_line_naming_it(tmp_path, capsys):
+    """`subscribe`/`top -c` without redis.url read the private server's URL from
+    `<state_dir>/redis.url`: a bad one (or a directory there) was a traceback, exit 1."""
+    state = tmp_path / "state"
+    state.mkdir()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"state_dir: {state}\n")
+    marker = state / "redis.url"
+    marker.write_text("redis://:leakyPW@127.0.0.1:notaport/0\n")
+    for argv in (["subscribe", "cam", "-c", str(config), "--timeout", "1"], ["top", "--once", "-c", str(config)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"percept: {marker}: not a Redis URL") and "leaky" not in err and "Traceback" not in err, err
+    marker.unlink()
+    marker.mkdir()
+    assert main(["subscribe", "cam", "-c", str(config), "--timeout", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"percept: {marker}: cannot read the private server's URL") and "Traceback" not in err, err
