@@ -288,19 +288,23 @@ def camera_env_errors(config: PerceptConfig, env: Mapping[str, str]) -> list[str
 _CAMERA_URL_PATH = re.compile(r"^cameras\[\d+\]\.url$")
 
 
-def _substitute_env(node: Any, env: Mapping[str, str], path: str, errors: list[str]) -> Any:
+def _substitute_env(node: Any, env: Mapping[str, str], path: str, errors: list[str],
+                    used: dict[str, str] | None = None) -> Any:
+    """``node`` with ``${VAR}`` replaced from ``env``; ``used``: value → name of each replaced."""
+    used = {} if used is None else used
     if _CAMERA_URL_PATH.match(path):
         return node  # kept as written: the decoder expands it (`resolve_camera`)
     if isinstance(node, dict):
-        return {k: _substitute_env(v, env, f"{path}.{k}" if path else str(k), errors) for k, v in node.items()}
+        return {k: _substitute_env(v, env, f"{path}.{k}" if path else str(k), errors, used) for k, v in node.items()}
     if isinstance(node, list):
-        return [_substitute_env(v, env, f"{path}[{i}]", errors) for i, v in enumerate(node)]
+        return [_substitute_env(v, env, f"{path}[{i}]", errors, used) for i, v in enumerate(node)]
     if isinstance(node, str):
         def repl(m: re.Match[str]) -> str:
             name = m.group(1)
             if name not in env:
                 errors.append(f"{path}: environment variable {name} is not set")
                 return m.group(0)
+            used.setdefault(env[name], name)
             return env[name]
 
         return ENV_REF.sub(repl, node)
@@ -322,7 +326,8 @@ def parse_config(
     if not isinstance(data, Mapping):
         raise ConfigError([f"top level: must be a mapping of keys, got {type(data).__name__}"], source)
     errors: list[str] = []
-    data = _substitute_env(dict(data), env, "", errors)
+    used: dict[str, str] = {}
+    data = _substitute_env(dict(data), env, "", errors, used)
     if errors:
         raise ConfigError(errors, source)
     if data.get("models_dir") is None and env.get(ENV_MODELS_DIR):
@@ -335,11 +340,21 @@ def parse_config(
         lines = format_validation_error(exc)
         for k in single:  # a category written as one mapping: its errors at classifiers.<k>.field
             lines = [line.replace(f"classifiers.{k}[0]", f"classifiers.{k}") for line in lines]
-        raise ConfigError(lines, source) from None
+        raise ConfigError(_as_written(lines, used), source) from None
     config._single = frozenset(single)
     if base_dir is not None:
         config = _resolve_relative_paths(config, base_dir, env)
     return config
+
+
+def _as_written(lines: list[str], used: Mapping[str, str]) -> list[str]:
+    """Error lines quoting a value that came from the environment quote its ``${VAR}`` instead (a
+    secret set for one key and given to another by mistake is not printed; values of fewer than 4
+    characters, which would match pieces of the words, are left)."""
+    for value, name in sorted(used.items(), key=lambda kv: -len(kv[0])):
+        if len(value) >= 4:
+            lines = [line.replace(value, f"${{{name}}}") for line in lines]
+    return lines
 
 
 def _resolve_relative_paths(config: PerceptConfig, base_dir: Path, env: Mapping[str, str]) -> PerceptConfig:

@@ -180,3 +180,15 @@ def test_a_yaml_config_nested_hundreds_of_levels_deep_is_a_config_error_not_a_tr
     with pytest.raises(ConfigError) as caught:
         load_config(path, env={})
     assert caught.value.errors == ["YAML nested too deeply (lists or mappings hundreds of levels deep): refused"]
+
+
+def test_a_value_from_the_environment_is_quoted_as_its_variable_in_errors():
+    """A secret given to the wrong key (a typo, a wrong indent) was printed in the error line:
+    only keys named password/token/secret were masked."""
+    env = {"RPW": "hunter2SECRET", "N": "12"}
+    with pytest.raises(ConfigError) as err:
+        parse_config({"redis": {"url": "redis://localhost/0", "maxlen": "${RPW}"},
+                      "detector": {"imgsz": "${RPW}x", "batch": {"max_size": "${N}a"}}}, env=env)
+    text = "\n".join(err.value.errors)
+    assert "hunter2" not in text and "got '${RPW}'" in text and "got '${RPW}x'" in text, text
+    assert "got '12a'" in text, text  # (too short to be told from pieces of the words: left)
