@@ -63,6 +63,16 @@ def register(sub: Any) -> None:
     e.set_defaults(func=_explain)
 
 
+MAX_MASKS = 4000  # the API's bound too (`GET /cameras/{id}/explain?masks=`)
+
+
+def _offline_options(args: argparse.Namespace) -> list[str]:
+    """The offline-only options given (a camera's graph explains with its own model, as it runs)."""
+    given = {"--weights": args.weights is not None, "--imgsz": args.imgsz != 640, "--conf": args.conf != 0.25,
+             "--device": args.device != "auto", "--threads": args.threads is not None, "--no-blur": args.no_blur}
+    return [name for name, on in given.items() if on]
+
+
 def _explain(args: argparse.Namespace) -> int:
     offline = args.image or args.video
     problem = (
@@ -72,8 +82,11 @@ def _explain(args: argparse.Namespace) -> int:
         "--weights: needed with --image/--video" if offline and not args.weights else
         "--frame: only with --video" if args.frame is not None and not args.video else
         "--seq: only with a CAMERA" if args.seq is not None and offline else
+        f"{'/'.join(_offline_options(args))}: only with --image/--video (a CAMERA is explained by its graph's "
+        "own detector, faces blurred)" if args.camera and _offline_options(args) else
         "--object: must be >= 0" if args.object < 0 else
-        "--masks: must be >= 16" if args.masks < 16 else None)
+        "--masks: must be >= 16" if args.masks < 16 else
+        f"--masks: must be <= {MAX_MASKS}" if args.masks > MAX_MASKS else None)
     if problem:
         return fail(f"explain: {problem}", BAD_INPUT)
     return _offline(args) if offline else _online(args)

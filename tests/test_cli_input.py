@@ -156,6 +156,18 @@ def test_explain_option_errors_name_the_option(capsys):
     assert "explain: --device: must match" in err and "got 'bogus'" in err and "validation error" not in err, err
 
 
+def test_explain_of_a_camera_refuses_the_offline_options_it_would_ignore(capsys):
+    """`--no-blur`, `--weights`, `--conf`, … with a CAMERA were never sent: a user who asked for
+    --no-blur got a blurred image without a word. `--masks` beyond the API's 4000 ran for minutes."""
+    for extra, named in ((["--no-blur"], "--no-blur"), (["--weights", "w.pt", "--conf", "0.9"], "--weights/--conf"),
+                         (["--imgsz", "320", "--device", "cpu", "--threads", "1"], "--imgsz/--device/--threads")):
+        assert main(["explain", "cam", "--object", "0", "--api", "http://127.0.0.1:1", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith(f"percept: explain: {named}: only with --image/--video"), err
+    assert main(["explain", "--object", "0", "--image", "i.jpg", "--weights", "w.pt", "--masks", "4001"]) == 2
+    assert "explain: --masks: must be <= 4000" in capsys.readouterr().err
+
+
 def test_build_keeps_a_redis_url_variable_for_the_cluster(tmp_path, monkeypatch, capsys):
     """A Redis URL kept in a Kubernetes Secret: ``redis.url: ${REDIS_URL}`` unset where the
     Serve config is built; it was refused as not starting with redis://."""
