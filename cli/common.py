@@ -128,16 +128,20 @@ class RedisOutage:
     Redis refuses are no outage: `attempt` raises them, unless ``carry_on_refused`` (a command
     whose own work goes on without Redis, as `percept run`'s console), which says so instead."""
 
-    def __init__(self, url: str | None, *, carry_on_refused: bool = False):
+    def __init__(self, url: str | None, *, carry_on_refused: bool = False, quiet: bool = False):
         self.where = redact_url(url or "?")
         self.down = False
         self.carry_on_refused = carry_on_refused
+        self.quiet = quiet  # a one-shot command: it says why itself (`reason`), there is no retrying
+        self.reason = ""
 
     def notice(self, exc: Exception | None) -> None:
         if exc is not None and not self.down:
             what = "refuses our credentials" if not redis_unavailable(exc) else "unreachable"
-            print(f"percept: redis {what} at {self.where} — retrying ({redact(type(exc).__name__)})",
-                  file=sys.stderr, flush=True)
+            # why, in one line (a refused port, a TLS certificate that is not one, …), credentials scrubbed
+            self.reason = f"{type(exc).__name__}: {' '.join(redact(str(exc)).split())[:200]}".rstrip(": ")
+            if not self.quiet:
+                print(f"percept: redis {what} at {self.where} — retrying ({self.reason})", file=sys.stderr, flush=True)
             self.down = True
         elif exc is None and self.down:
             print(f"percept: redis at {self.where} is back", file=sys.stderr, flush=True)

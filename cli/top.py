@@ -330,11 +330,11 @@ def _top(args: argparse.Namespace) -> int:
         return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
     prefix = prefix or "percept"
     client = redis_from_config(redis_cfg.model_copy(update={"url": url})) if redis_cfg else connect_redis(url)
-    outage, view = RedisOutage(url), DeploymentView(args.metrics)
+    outage, view = RedisOutage(url, quiet=args.once), DeploymentView(args.metrics)
     if args.once:
         ok, lines = snapshot(client, prefix, view, outage, args.samples)
         print("\n".join(lines), flush=True)
-        return 0 if ok else fail(f"redis unreachable at {redact_url(url)}", EXIT_UNAVAILABLE)
+        return 0 if ok else fail(f"redis unreachable at {redact_url(url)} ({outage.reason})", EXIT_UNAVAILABLE)
     stopped = threading.Event()  # SIGTERM: out at once, not after the rest of a long --interval
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     deadline = time.monotonic() + args.duration if args.duration else None

@@ -131,11 +131,16 @@ def test_a_deadline_that_ends_during_an_outage_exits_3(redis_server, capsys):
     reader.join(60)
     assert done.get("rc") == 3
     err = capsys.readouterr().err
-    assert "redis unreachable at redis://127.0.0.1" in err, err
+    assert "redis unreachable at redis://127.0.0.1" in err and "— retrying (ConnectionError: " in err, err  # (why)
     assert err.rstrip().endswith(f"redis still unreachable at {redis_server.url} when --timeout ended"), err
     assert main(["top", "--duration", "1", "--interval", "0.2", "--redis", redis_server.url]) == 3
     err = capsys.readouterr().err
     assert err.rstrip().endswith(f"redis still unreachable at {redis_server.url} when --duration ended"), err
+    # --once does not retry: one line, with why (it said "retrying (ConnectionError)", then the address alone)
+    assert main(["top", "--once", "--redis", redis_server.url]) == 3
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"percept: redis unreachable at {redis_server.url} (ConnectionError: Error 111 "), line
+    assert "retrying" not in line, line
 
 
 def test_a_group_reader_whose_ack_meets_an_outage_ends_at_its_timeout(redis_server, monkeypatch, capsys):
