@@ -222,11 +222,12 @@ class Geometry:
     lines: Mapping[str, np.ndarray]  # name → (2, 2) float64 segment, point 1 then point 2
 
     def anchors(self, xyxy: np.ndarray) -> np.ndarray:
-        """The boxes' anchor points, half a pixel inside the frame at most: a box the detector
-        clipped at the bottom or right edge has its anchor on the frame's edge, where a zone
-        drawn to that edge would otherwise not count it as inside."""
+        """The boxes' anchor points, inside the frame's outer pixels' centres at most: a box the
+        detector clipped at the bottom or right edge has its anchor on the frame's edge, where a
+        zone drawn to that edge (to ``height``, or to ``height - 1``, the last pixel's index as
+        many annotation tools give it) would otherwise not count it as inside."""
         points = anchor_point(xyxy, self.anchor)
-        return np.clip(points, 0.0, [self.width - 0.5, self.height - 0.5])
+        return np.clip(points, 0.5, [self.width - 1.5, self.height - 1.5])
 
 
 def resolve_geometry(
@@ -316,8 +317,8 @@ def clear_of_edges(points: np.ndarray, xyxy: np.ndarray, polygon: np.ndarray, ma
     if frame is not None:
         ends = np.stack([poly, np.roll(poly, -1, axis=0)], axis=1)  # (k, 2 ends, 2)
         width, height = frame
-        on_border = ((ends[..., 0] <= 0.5).all(1) | (ends[..., 0] >= width - 0.5).all(1)
-                     | (ends[..., 1] <= 0.5).all(1) | (ends[..., 1] >= height - 0.5).all(1))
+        on_border = ((ends[..., 0] <= 1.0).all(1) | (ends[..., 0] >= width - 1.0).all(1)  # (the last pixel's
+                     | (ends[..., 1] <= 1.0).all(1) | (ends[..., 1] >= height - 1.0).all(1))  # index counts too)
         band[:, on_border] = 0.0
     return (dist >= band).all(axis=1)
 
