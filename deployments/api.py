@@ -34,7 +34,8 @@ from pipeline.config_env import foreign_variable_error
 from pipeline.lifecycle.swap import SwapError
 from pipeline.lifecycle.swap_service import ModelSwaps
 from pipeline.decoder_status import merged_status, read_shared_or_none
-from pipeline.geometry import GeometryError, resolve_geometry
+from pipeline.geometry import (GeometryError, in_frame_pixels, is_pixels_geometry, resolve_geometry,
+                               restored_pixel_sizes)
 from pipeline.redact import redact, redact_url
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys, camera_states, redis_from_config, redis_unavailable
@@ -96,6 +97,16 @@ def last_frame_size(client: Any, keys: StreamKeys, camera_id: str) -> tuple[int,
         return int(payload["width"]), int(payload["height"])
     except (IndexError, KeyError, TypeError, ValueError):
         return None
+
+
+def pixel_frames(client: Any, keys: StreamKeys, camera_id: str) -> dict[str, Any]:
+    """The camera's last track snapshot's word on which frame size its pixel zones and lines are
+    in (`restored_pixel_sizes` reads it); {} when there is none (or it cannot be read)."""
+    try:
+        state = json.loads(client.hget(keys.trackstate(camera_id), "json") or b"{}")
+        return dict(state.get("events") or {})
+    except (TypeError, ValueError, AttributeError):
+        return {}
 
 
 @serve.deployment(name="api")
@@ -185,10 +196,19 @@ class CameraApi:
                                              "DELETE and POST the camera to change the rest" for k in other])
         self._need_tracking(body)
         size = await asyncio.to_thread(last_frame_size, self.client, self.keys, camera_id)
+        drawn = await asyncio.to_thread(pixel_frames, self.client, self.keys, camera_id)
 
-        def fits(camera: CameraConfig) -> None:  # pixel zones and lines inside the frames it sends now
+        def fits(camera: CameraConfig) -> None:
+            """Pixel zones and lines inside the frames it sends now, as the camera's engine will
+            take them: those it has seen in another frame size, unchanged, scaled from it (after a
+            change of resolution they may lie outside the new frame's pixels as written)."""
             if size is not None:
-                resolve_geometry(camera.zones, camera.lines, camera.anchor, *size, where=f"cameras[{camera.id}]")
+                zones, lines = camera.zones, camera.lines
+                if is_pixels_geometry(zones, lines):
+                    sizes = restored_pixel_sizes(drawn, zones, lines)
+                    zones, lines = (in_frame_pixels(shapes, kind, sizes, *size)
+                                    for kind, shapes in (("zones", zones), ("lines", lines)))
+                resolve_geometry(zones, lines, camera.anchor, *size, where=f"cameras[{camera.id}]")
 
         try:
             camera = await asyncio.to_thread(self.registry.set_geometry, camera_id, body, fits)

@@ -128,6 +128,10 @@ class EventEngine:
             if anchor_changed:
                 tr.forget_anchor()
 
+    def seed_pixel_sizes(self, snapshot: Mapping[str, Any]) -> None:
+        """The frame sizes a snapshot's pixel zones and lines are in, for those still the same."""
+        self._pixel_sizes, self._geometry = restored_pixel_sizes(snapshot, self.zones, self.lines), None
+
     @property
     def open_tracks(self) -> list[int]:
         return sorted(self._tracks)
@@ -422,7 +426,7 @@ class EventEngine:
             engine._frame = int(snapshot["frame"])
             size = snapshot.get("size")  # (older snapshots have neither: as before)
             engine._size = (int(size[0]), int(size[1])) if size else None
-            engine._pixel_sizes = restored_pixel_sizes(snapshot, engine.zones, engine.lines)
+            engine.seed_pixel_sizes(snapshot)
             anchor_changed = snapshot.get("anchor") not in (None, anchor)
             for data in snapshot.get("tracks", []):
                 tr = OpenTrack(**{k: data[k] for k in OpenTrack.__dataclass_fields__ if k in data})

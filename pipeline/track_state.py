@@ -97,10 +97,11 @@ class TrackSnapshots:
         self._held.clear()
         return self._write(seq, {"frame_ts": frame_ts, "tracker": tracker.snapshot(), "events": events.snapshot()})
 
-    def closed(self, seq: int) -> None:
-        """The camera stopped here and ended its tracks: its next owner starts afresh."""
+    def closed(self, seq: int, events: EventEngine | None = None) -> None:
+        """The camera stopped here and ended its tracks: its next owner starts afresh, its pixel
+        zones and lines still in the frame size they were set in (``events``: `pixel_frames`)."""
         self._held.clear()
-        self._write(seq, {"closed": True})
+        self._write(seq, {"closed": True, **({"events": pixel_frames(events)} if events is not None else {})})
 
     def _write(self, seq: int, body: Mapping[str, Any]) -> bool:
         try:
@@ -160,7 +161,15 @@ def end_tracks(publisher: Publisher, camera_id: str, events: EventEngine, last: 
     ended = events.close(seq, frame_ts)
     publisher.publish_events(camera_id, time.time(), events_json(ended), events.take_counts())
     if snapshots is not None:
-        snapshots.closed(seq)
+        snapshots.closed(seq, events)
+
+
+def pixel_frames(events: EventEngine) -> dict[str, Any]:
+    """The part of an engine's snapshot that says which frame size its pixel zones and lines are
+    in (`restored_pixel_sizes` reads it): a camera restarted after a change of resolution keeps
+    them where they were drawn (they were read as pixels of its first frame again)."""
+    state = events.snapshot()
+    return {k: state[k] for k in ("pixel_sizes", "zones", "lines")}
 
 
 def source_of(camera: CameraConfig) -> str:
@@ -221,9 +230,15 @@ def restore_tracking(
     published since (see the module doc), or new ones (``Restored.why_not`` says why).
     ``check_source``: a snapshot of another source (`source_of`) ends its tracks instead.
     Blocking (Redis): call it in a thread."""
+    state: Any = None
+
     def fresh(why: str) -> tuple[ObjectTracker, EventEngine, Restored]:
         tracker = ObjectTracker(cfg, id_offset=track_id_max, fps=camera.fps, file_time=file_time)
         events = EventEngine.for_camera(camera, track_buffer=cfg.track_buffer, file_time=file_time)
+        try:  # the tracks start afresh, the pixel zones and lines stay in the frame size they were set in
+            events.seed_pixel_sizes(state.get("events") or {})
+        except (AttributeError, TypeError, ValueError, IndexError):  # no snapshot, or not one that says
+            pass
         return tracker, events, Restored(why_not=why)
 
     raw = publisher.client.hget(publisher.keys.trackstate(camera.id), "json")

@@ -172,6 +172,34 @@ def test_a_pixel_zone_outside_the_cameras_frames_is_refused_before_it_stops_the_
         client.delete(keys.detections("gate"))
 
 
+def test_pixel_zones_drawn_in_another_frame_size_do_not_block_a_change_after_a_change_of_resolution(api, redis_server):
+    """Zones drawn on 1920x1080, the camera now at 1280x720 (its engine scales them): every PUT,
+    even of a margin alone, was refused, the unchanged zone checked as 720p pixels. It is checked
+    as the engine takes it, scaled from the frame size its track snapshot says; a changed or new
+    one against the newest frame."""
+    import json as json_
+
+    from pipeline.streams import StreamKeys
+
+    keys = StreamKeys("apiin")
+    client = redis_server.client()
+    porch = [[1200, 600], [1900, 600], [1900, 1070]]
+    assert api.post("/cameras", json={"id": "door", "url": "rtsp://cam.local/s", "zones": {"porch": porch}}).status_code == 201
+    try:
+        client.xadd(keys.detections("door"), {"json": json_.dumps({"camera": "door", "seq": 9, "width": 1280,
+                                                                   "height": 720})})
+        client.hset(keys.trackstate("door"), "json", json_.dumps({"closed": True, "events": {
+            "pixel_sizes": {"zones:porch": [1920, 1080]}, "zones": {"porch": porch}, "lines": {}}}))
+        r = api.put("/cameras/door", json={"zone_margin": 0.2})
+        assert r.status_code == 200 and r.json()["zone_margin"] == 0.2, r.text
+        r = api.put("/cameras/door", json={"zones": {"porch": porch, "gate": [[0, 0], [1900, 0], [1900, 100]]}})
+        assert r.status_code == 422 and r.json()["detail"][0].startswith("cameras[door].zones.gate[1]: [1900, 0] is "
+                                                                         "outside the 1280x720 frame"), r.text
+    finally:
+        api.delete("/cameras/door")
+        client.delete(keys.detections("door"), keys.trackstate("door"))
+
+
 def test_a_camera_id_added_again_never_shows_the_removed_cameras_image(api, redis_server):
     """The live image of a removed camera stayed under its id for its TTL (up to a minute for a
     slow camera): a camera added again under that id, another source, showed it once online."""

@@ -249,3 +249,26 @@ def test_an_owner_killed_before_its_first_periodic_snapshot_leaves_its_tracks_to
     started = [tid for kind, tid in kinds if kind == "track_start"]
     ended = [tid for kind, tid in kinds if kind == "track_end"]
     assert sorted(started) == sorted(ended) and len(set(ended)) == len(ended), kinds  # each once
+
+
+def test_a_stopped_camera_keeps_its_pixel_zones_in_the_frame_size_they_were_drawn_in(redis_server):
+    """Zones drawn on 1920x1080, the camera back at 1280x720: scaled while it ran; after a stop
+    (its tracks ended, `closed`) the next owner read the same numbers as 720p pixels, another
+    part of the picture."""
+    from pipeline.events import EventEngine
+    from pipeline.track_state import TrackSnapshots, end_tracks
+
+    from .test_events import frame, obj
+
+    camera = CameraConfig(id="px", url="rtsp://cam.example/px", zones={"door": [[150, 150], [600, 150], [600, 900]]})
+    engine = EventEngine.for_camera(camera, track_buffer=30)
+    for seq, (w, h) in enumerate(((1920, 1080), (1280, 720)), 1):
+        engine.update(frame(seq, [obj(1, 0.5 * h, x=0.2 * w, size=0.1 * h)], camera="px", width=w, height=h))
+    assert engine.geometry(1280, 720).zones["door"][0].tolist() == [100, 100]
+    publisher = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    end_tracks(publisher, "px", engine, (2, 0.0), TrackSnapshots(publisher, "px", every=0))
+    assert publisher.flush(5)
+    publisher.close()
+    _, events, restored = restore_tracking(_reader(redis_server), camera, CFG, track_id_max=1, file_time=False)
+    assert restored.why_not == "closed" and events.open_tracks == []
+    assert events.geometry(1280, 720).zones["door"][0].tolist() == [100, 100]  # not [150, 150]
