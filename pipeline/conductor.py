@@ -301,6 +301,8 @@ class CameraConductor:
         self.camera = camera
         if self.events is not None:
             self.events.reconfigure(camera.zones, camera.lines, anchor=camera.anchor, **margins_of(camera))
+            if self.track_state is not None:
+                self.track_state.geometry_changed()
 
     def _publish(self, result: FrameResult) -> None:
         """The frame, with the events it causes and their counters, in one write (in seq order)."""

@@ -73,14 +73,22 @@ class TrackSnapshots:
         self._frames = 0
         self._held: dict[int, dict[str, Any]] = {}  # seq → tracker state taken when it was tracked
         self._skip_logged = False
+        self._soon = False  # the next frame tracked is snapshotted (`geometry_changed`)
 
     def tracked(self, seq: int, tracker: ObjectTracker) -> None:
         """Frame ``seq`` was just tracked: the first and every ``every``-th one, keep the
         tracker's state (the first: an owner killed before the ``every``-th frame leaves its
         tracks to the next, not open for good)."""
         self._frames += 1
-        if self.every and (self._frames == 1 or self._frames % self.every == 0):
+        if self.every and (self._frames == 1 or self._frames % self.every == 0 or self._soon):
             self._held[seq] = tracker.snapshot()
+            self._soon = False
+
+    def geometry_changed(self) -> None:
+        """The zones or lines changed: the next frame tracked is snapshotted, so that a next owner
+        replays the frames after it under the new ones and those before under the old (the
+        snapshot's own, `restore_tracking`)."""
+        self._soon = True
 
     def published(self, meta: FrameMeta, events: EventEngine) -> None:
         """Frame ``meta.seq`` was just handed to the publisher, after every frame before it."""
@@ -252,8 +260,12 @@ def restore_tracking(
             return fresh("closed")
         seq, since = int(state["seq"]), float(state["frame_ts"])
         tracker = ObjectTracker.restore(state["tracker"], cfg, fps=camera.fps, file_time=file_time)
-        events = EventEngine.restore(state["events"], camera.id, camera.zones, camera.lines, anchor=camera.anchor,
-                                     track_buffer=cfg.track_buffer, file_time=file_time, **margins_of(camera))
+        # the frames since were published under the snapshot's zones and lines (a change makes a
+        # snapshot at once): replayed under them, the camera's own from the next frame on
+        drawn = state["events"]
+        events = EventEngine.restore(drawn, camera.id, drawn.get("zones", camera.zones), drawn.get("lines", camera.lines),
+                                     anchor=drawn.get("anchor") or camera.anchor, track_buffer=cfg.track_buffer,
+                                     file_time=file_time, **margins_of(camera))
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("camera %s: track state not restored: %s", camera.id, exc)
         return fresh(f"unreadable: {exc}")
@@ -277,6 +289,7 @@ def restore_tracking(
         settle_left_tracks(publisher, camera, cfg, state)
         return fresh(str(exc))
     events.take_counts()
+    events.reconfigure(camera.zones, camera.lines, anchor=camera.anchor, **margins_of(camera))
     if check_source and state.get("source", source_of(camera)) != source_of(camera):  # (older ones name none)
         log.info("camera %s: its URL changed since its snapshot: its %d open tracks end", camera.id, len(events.open_tracks))
         end_tracks(publisher, camera.id, events, done.last, TrackSnapshots(publisher, camera.id, every=0))

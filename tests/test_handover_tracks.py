@@ -272,3 +272,34 @@ def test_a_stopped_camera_keeps_its_pixel_zones_in_the_frame_size_they_were_draw
     _, events, restored = restore_tracking(_reader(redis_server), camera, CFG, track_id_max=1, file_time=False)
     assert restored.why_not == "closed" and events.open_tracks == []
     assert events.geometry(1280, 720).zones["door"][0].tolist() == [100, 100]  # not [150, 150]
+
+
+def test_a_zone_removed_before_a_crash_is_left_at_the_next_owner_not_in_its_replay(redis_server, monkeypatch):
+    """The owner (killed) published a car entering zone `lot`; the zone was removed since. The next
+    owner replayed the frames under the new zones, so the exit happened in the replay, whose
+    events are not published: `lot` was never left (occupancy +1 for good). The replay is under
+    the snapshot's zones now; the zone is left at the first live frame."""
+    client = redis_server.client()
+    cfg = TrackerConfig(snapshot_every=20, track_buffer=5)
+    with_lot = CameraConfig(id="cam", url=CAMERA.url, zones={"lot": [[0, 0], [1, 0], [1, 1], [0, 1]]})
+    start = len(events_of(client))
+    with monkeypatch.context() as killed:
+        killed.setattr(CameraConductor, "_leave_tracks", lambda self: None)  # nothing more from it
+        run_until(redis_server, 8, keep_tracks=False, cfg=cfg, camera=with_lot)
+    assert [(e["kind"], e.get("zone")) for e in events_of(client)[start:]] == [("track_start", None), ("zone_enter", "lot")]
+    run_until(redis_server, 8, keep_tracks=False, cfg=cfg, camera=CAMERA)  # the next owner, `lot` gone
+    later = [(e["kind"], e.get("zone")) for e in events_of(client)[start + 2:]]
+    assert later == [("zone_exit", "lot"), ("track_end", None)], later
+
+
+def test_a_change_of_zones_snapshots_the_next_frame_tracked():
+    from pipeline.track_state import TrackSnapshots
+    from pipeline.tracking import ObjectTracker
+
+    snapshots, tracker = TrackSnapshots(None, "cam", every=1000), ObjectTracker(CFG)
+    for seq in (1, 2):
+        snapshots.tracked(seq, tracker)
+    snapshots.geometry_changed()
+    for seq in (3, 4):
+        snapshots.tracked(seq, tracker)
+    assert sorted(snapshots._held) == [1, 3]  # the first frame's, then the one after the change
