@@ -224,6 +224,13 @@ def open_tracking(
     if not cfg.enabled:  # (a snapshot an earlier version left open: its tracks end)
         end_left_tracks(publisher, camera, cfg, track_id_max=track_id_max)
         return None, None, None
+    # a file starts from its beginning again: tracks an owner that died left open end (a clean
+    # stop ended them), and its tracks start afresh (from the `closed` written, once it is in)
+    if is_file and end_left_tracks(publisher, camera, cfg, track_id_max=track_id_max) and not publisher.flush(5.0):
+        tracker = ObjectTracker(cfg, id_offset=track_id_max, fps=camera.fps, file_time=not camera.realtime)
+        events = EventEngine.for_camera(camera, track_buffer=cfg.track_buffer, file_time=not camera.realtime)
+        return tracker, events, TrackSnapshots(publisher, camera.id, every=cfg.snapshot_every, hands_over=False,
+                                               source=source_of(camera))
     tracker, events, restored = restore_tracking(publisher, camera, cfg, track_id_max=track_id_max,
                                                  file_time=is_file and not camera.realtime, lease_ttl_s=lease_ttl_s)
     return tracker, events, TrackSnapshots(publisher, camera.id, every=cfg.snapshot_every, resumed=restored.last,

@@ -303,3 +303,20 @@ def test_a_change_of_zones_snapshots_the_next_frame_tracked():
     for seq in (3, 4):
         snapshots.tracked(seq, tracker)
     assert sorted(snapshots._held) == [1, 3]  # the first frame's, then the one after the change
+
+
+def test_a_file_cameras_tracks_left_by_an_owner_that_died_end_at_the_next(redis_server, monkeypatch):
+    """A file starts again from its beginning at its next owner: a clean stop ended its tracks,
+    but those an owner killed left open went on into the restarted file (objects at its start
+    took ids of objects seen a minute into it)."""
+    client = redis_server.client()
+    cfg = TrackerConfig(snapshot_every=20, track_buffer=5)
+    start = len(events_of(client))
+    with monkeypatch.context() as killed:
+        killed.setattr(CameraConductor, "_leave_tracks", lambda self: None)  # nothing more from it
+        run_until(redis_server, 8, keep_tracks=False, cfg=cfg, is_file=True)
+    [first] = [e["track_id"] for e in events_of(client)[start:] if e["kind"] == "track_start"]
+    run_until(redis_server, 8, keep_tracks=False, cfg=cfg, is_file=True)
+    kinds = [(e["kind"], e["track_id"]) for e in events_of(client)[start + 1:]]
+    assert kinds[0] == ("track_end", first) and [k for k, _ in kinds[1:]] == ["track_start", "track_end"], kinds
+    assert kinds[1][1] > first, kinds
