@@ -101,18 +101,19 @@ class ExplainApi:
             raise HTTPException(409, detail="explain explains a frame the decoders keep, and view.keep_frames is 0: "
                                             "set it above 0 to explain")
         self._refuse_if_full()  # before a full-resolution frame comes from the decoder for nothing
-        frame = await self._frame(camera_id, seq)
+        self._queued += 1  # its place taken now: a burst asked together fetches MAX_QUEUED frames, not one each
         try:
-            target = Target.of(frame.result.objects, index)
-        except ExplainError as exc:
-            raise HTTPException(404, detail={
-                "message": f"{exc} (camera {camera_id!r}, seq {frame.result.meta.seq})",
-                "camera": camera_id, "seq": frame.result.meta.seq, "objects": frame.result.objects.to_objects()}) from None
-        self._refuse_if_full()  # (again: others may have queued while the frame came)
-        loop = asyncio.get_running_loop()
-        self._queued += 1
-        try:
+            frame = await self._frame(camera_id, seq)
+            try:
+                target = Target.of(frame.result.objects, index)
+            except ExplainError as exc:
+                raise HTTPException(404, detail={
+                    "message": f"{exc} (camera {camera_id!r}, seq {frame.result.meta.seq})", "camera": camera_id,
+                    "seq": frame.result.meta.seq, "objects": frame.result.objects.to_objects()}) from None
+            loop = asyncio.get_running_loop()
             png, headers = await loop.run_in_executor(self._pool, self._run, frame, index, target, method, masks)
+        except HTTPException:  # (the frame's own answers: 404, 503 …)
+            raise
         except ExplainError as exc:
             raise HTTPException(422, detail=str(exc)) from None
         except (ModelError, ConfigError) as exc:
@@ -122,7 +123,7 @@ class ExplainApi:
         except PrivacyUnavailable as exc:  # fails closed: no image rather than an unblurred one
             raise HTTPException(503, detail=str(exc)) from None
         except Exception as exc:  # a fault of this explanation: said as such, the API goes on
-            log.error("explain %s seq %s failed: %s", camera_id, frame.result.meta.seq,  # (an error may quote a URL)
+            log.error("explain %s seq %s failed: %s", camera_id, seq,  # (an error may quote a URL)
                       redact("".join(traceback.format_exception(exc)).rstrip()))
             raise HTTPException(500, detail=f"explain failed: {type(exc).__name__}: {redact(str(exc))}") from None
         finally:

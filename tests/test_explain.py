@@ -355,8 +355,15 @@ def test_explanations_beyond_four_asked_at_once_get_429_and_a_fault_is_a_clear_5
     kept = KeptFrame(np.zeros((48, 64, 3), np.uint8), result, (3,))
     asked_decoder = []
 
+    fetching = {"now": 0, "most": 0}
+
     async def kept_frame(camera_id, seq):
         asked_decoder.append(seq)
+        if len(asked_decoder) > MAX_QUEUED:  # the burst below: the decoder takes its time
+            fetching["now"] += 1
+            fetching["most"] = max(fetching["most"], fetching["now"])
+            await asyncio.sleep(0.5)  # (a decoder's answer time, not a wait)
+            fetching["now"] -= 1
         return kept
 
     decoder = SimpleNamespace(kept_frame=SimpleNamespace(remote=kept_frame))  # the decoder's answer, stood in for
@@ -387,6 +394,11 @@ def test_explanations_beyond_four_asked_at_once_get_429_and_a_fault_is_a_clear_5
         assert len(asked_decoder) == MAX_QUEUED, asked_decoder
         release.set()
         done = await asyncio.gather(*asked, return_exceptions=True)
+        # ten asked together: each took a frame from the decoder before any was refused
+        burst = await asyncio.gather(*(api.explain("cam", 0, seq=None, method="rise", masks=16) for _ in range(10)),
+                                     return_exceptions=True)
+        codes = sorted(getattr(b, "status_code", 200) for b in burst)
+        assert set(codes) == {200, 429} and fetching["most"] <= MAX_QUEUED, (codes, fetching)
         return refused.value, done
 
     refused, done = asyncio.run(scenario())
