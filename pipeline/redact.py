@@ -20,13 +20,26 @@ _QUERY_SECRET = re.compile(rf"(?i)([?&;]{_SECRET_NAME})[^&#;\s'\"]*"
 _PASSWORD_ARG = re.compile(r"(?i)\b(password|passwd|requirepass)(['\"]?\s*[=:]\s*)(\S+)")
 
 
+# a network camera's scheme written without its "//" (rtsp:/u:p@h, rtsp//u:p@h, rtsp:u:p@h): refused
+# as URLs since 2026-12-03, but registered before, FFmpeg reading them with their credentials
+_MALFORMED_USERINFO = re.compile(r"(?<![A-Za-z0-9+.:/-])(?P<scheme>(?:rtsps?|https?|rtmps?|srt|hls)(?::/?|//))"
+                                 r"(?!/)[^\s'\"]*@", re.I)
+
+
 def redact_url(url: str) -> str:
     """``rtsp://user:pass@host/x`` → ``rtsp://***@host/x``, ``?password=x`` → ``?password=***``;
     URLs without credentials are unchanged. A whole URL is split as FFmpeg does (a password
-    with quotes or spaces too); in other text, any ``scheme://…@`` is scrubbed."""
+    with quotes or spaces too); in other text, any ``scheme://…@`` is scrubbed; a camera URL
+    missing its "//" (``rtsp:/u:p@host``), up to its last "@"."""
     found = url_credentials(url, to_last_at=True)
     out = found.with_userinfo("***") if found is not None else _scrub_userinfo(url)
+    if found is None and "://" not in url:
+        out = _scrub_malformed(out)
     return _scrub_query(out)
+
+
+def _scrub_malformed(text: str) -> str:
+    return _MALFORMED_USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
 
 
 def _scrub_query(text: str) -> str:
@@ -44,7 +57,7 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     out = str(text)
     for secret in sorted(_forms(secrets), key=len, reverse=True):
         out = out.replace(secret, "***")
-    out = _scrub_query(_scrub_userinfo(out))
+    out = _scrub_query(_scrub_malformed(_scrub_userinfo(out)))
     return _PASSWORD_ARG.sub(lambda m: f"{m.group(1)}{m.group(2)}***", out)
 
 

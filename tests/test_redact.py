@@ -101,6 +101,17 @@ def test_a_whole_url_is_scrubbed_even_with_quotes_or_spaces_in_its_password():
     assert redact_url('rtsp://admin:say "hi"@cam/x') == "rtsp://***@cam/x"
 
 
+def test_a_camera_url_missing_its_slashes_is_scrubbed_too():
+    """`rtsp:/u:p@host` (refused as a URL since 2026-12-03, registered before; FFmpeg reads it)
+    was shown whole by `GET /cameras` and written into the camera hash as it was."""
+    for url, shown in (("rtsp:/admin:S3cretPW@cam/s", "rtsp:/***@cam/s"), ("rtsp//admin:S3cretPW@cam/s", "rtsp//***@cam/s"),
+                       ("RTSP:admin:S3cretPW@cam/s", "RTSP:***@cam/s")):
+        assert redact_url(url) == shown and redact(f"cannot open {url}: refused") == f"cannot open {shown}: refused"
+    for fine in ("/videos/a@b.mp4", "clips/x@2.mp4", "device:0"):  # files with an "@" keep their names
+        assert redact_url(fine) == fine
+    assert redact("mail ops@example.com about rtsp: cameras") == "mail ops@example.com about rtsp: cameras"
+
+
 def test_rtsp_diagnosis_never_sends_the_password():
     """The DESCRIBE it sends on every failed open goes to whatever host the URL reaches now: it
     carries no credentials (FFmpeg sends them only when asked); a 401 says the camera wants them."""
