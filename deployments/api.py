@@ -38,7 +38,7 @@ from pipeline.geometry import (GeometryError, in_frame_pixels, is_pixels_geometr
                                restored_pixel_sizes)
 from pipeline.redact import redact, redact_url
 from pipeline.registry import CameraRegistry
-from pipeline.streams import StreamKeys, camera_states, redis_from_config, redis_unavailable
+from pipeline.streams import StreamKeys, camera_states, number, redis_from_config, redis_unavailable
 
 from .explain import ExplainApi
 from .live import LiveView, last_frames
@@ -139,8 +139,8 @@ class CameraApi:
                 "url": redact_url(cam.url),
                 "fps_target": cam.fps,
                 "state": st.get("state", "pending"),
-                "fps": float(st.get("fps", 0) or 0),
-                "dropped": int(st.get("dropped", 0) or 0),
+                "fps": number(st.get("fps")),  # (a field that is no number, not written by percept: 0)
+                "dropped": int(number(st.get("dropped"))),
                 "lag_s": last.get("lag_s"),
                 "last_error": st.get("last_error") or None,
                 "objects": last.get("objects", {}),  # per category, in the newest frame

@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from pipeline.config_view import ViewConfig
 from pipeline.registry import CameraRegistry
-from pipeline.streams import StreamKeys, parse_entry_id
+from pipeline.streams import StreamKeys, parse_entry_id, redis_unavailable
 from pipeline.view import jpeg_comment
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
@@ -47,7 +47,11 @@ def last_frames(client: Any, keys: StreamKeys, ids: list[str], now: float) -> di
     for cid in ids:
         pipe.xrevrange(keys.detections(cid), count=1)
     out: dict[str, dict[str, Any]] = {}
-    for cid, last in zip(ids, pipe.execute()):
+    for cid, last in zip(ids, pipe.execute(raise_on_error=False)):
+        if isinstance(last, redis.ResponseError) and not redis_unavailable(last):
+            last = None  # a key of another type, not written by percept: this camera's row only
+        elif isinstance(last, Exception):
+            raise last
         if not last:
             out[cid] = {}
             continue
@@ -130,7 +134,7 @@ class LiveView:
         if with_state:
             pipe.hmget(self.keys.camera(camera_id), "state", "last_error")
         out = pipe.execute()
-        state, error = (v.decode() if v else None for v in out[2]) if with_state else ("online", None)
+        state, error = (v.decode(errors="replace") if v else None for v in out[2]) if with_state else ("online", None)
         return out[1], state or "pending", error
 
     def _watch_again(self, camera_id: str, ended_since: float | None) -> float | None:

@@ -200,4 +200,4 @@ def number(value: Any, default: float = 0.0) -> float:
 
 
 def _decode(mapping: Mapping[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in mapping.items()}
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in mapping.items()}

@@ -241,3 +241,28 @@ def test_a_host_the_operator_pinned_keeps_a_cameras_variables_from_any_other_hos
             resolve_camera(own, {**env, "CAM_DOCK_PASSWORD": password})
         assert "dor" not in str(unreadable.value) and "Secret" not in str(unreadable.value), unreadable.value
     assert resolve_camera(own, {"CAM_DOCK_PASSWORD": "a[Secret]b"}).url.endswith("@10.0.0.9:554/s")  # no pin: FFmpeg's
+
+
+def test_one_cameras_odd_redis_data_costs_its_row_not_the_whole_listing(api, redis_server):
+    """A hash field that is no number, a key of another type or bytes that are not UTF-8 in one
+    camera's keys (not written by percept) made `GET /cameras` a 500: the live page then said
+    "cannot reach the API" for every camera, and `percept cameras ls` failed."""
+    from pipeline.streams import StreamKeys
+
+    keys = StreamKeys("apiin")
+    client = redis_server.client()
+    for cid in ("a", "b", "c"):
+        assert api.post("/cameras", json={"id": cid, "url": f"rtsp://cam.local/{cid}"}).status_code == 201
+    try:
+        client.hset(keys.camera("a"), mapping={"state": "online", "fps": "", "dropped": "n/a"})
+        client.set(keys.detections("b"), "a string, not a stream")
+        client.hset(keys.camera("c"), mapping={"state": b"\xff\xfeonline", "fps": "4.5"})
+        r = api.get("/cameras")
+        assert r.status_code == 200, r.text
+        rows = {c["id"]: c for c in r.json()}
+        assert (rows["a"]["fps"], rows["a"]["dropped"], rows["c"]["fps"]) == (0.0, 0, 4.5), rows
+        assert rows["b"]["objects"] == {} and rows["c"]["state"].endswith("online"), rows
+    finally:
+        for cid in ("a", "b", "c"):
+            api.delete(f"/cameras/{cid}")
+            client.delete(keys.camera(cid), keys.detections(cid))
