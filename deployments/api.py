@@ -88,10 +88,11 @@ def gpus_on_cluster() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def last_frame_size(client: Any, keys: StreamKeys, camera_id: str) -> tuple[int, int] | None:
-    """(width, height) of the camera's newest published frame; None when it has none (or it
+def last_frame_size(client: Any, keys: StreamKeys, camera_id: str, since_ms: int | None = None) -> tuple[int, int] | None:
+    """(width, height) of the camera's newest published frame (since ``since_ms``: when it was
+    added, the frames of a camera its id had before not counted); None when it has none (or it
     cannot be read)."""
-    newest = client.xrevrange(keys.detections(camera_id), count=1)
+    newest = client.xrevrange(keys.detections(camera_id), min="-" if since_ms is None else f"({since_ms}", count=1)
     try:
         payload = json.loads(newest[0][1][b"json"])
         return int(payload["width"]), int(payload["height"])
@@ -195,7 +196,8 @@ class CameraApi:
             raise HTTPException(422, detail=[f"{k}: only {', '.join(RUNTIME_FIELDS)} change at runtime; "
                                              "DELETE and POST the camera to change the rest" for k in other])
         self._need_tracking(body)
-        size = await asyncio.to_thread(last_frame_size, self.client, self.keys, camera_id)
+        added_ms = await asyncio.to_thread(self.registry.added_ms, camera_id)
+        size = await asyncio.to_thread(last_frame_size, self.client, self.keys, camera_id, added_ms)
         drawn = await asyncio.to_thread(pixel_frames, self.client, self.keys, camera_id)
 
         def fits(camera: CameraConfig) -> None:

@@ -27,7 +27,7 @@ from .config import CameraConfig, format_validation_error
 from .config_env import CameraEnvError, foreign_variable_error, resolve_camera
 from .publish import Publisher
 from .redact import redact, redact_url
-from .streams import ENDED_FIELD, StreamKeys, clear_ended, parse_entry_id
+from .streams import ENDED_FIELD, StreamKeys, clear_ended, parse_entry_id, redis_now
 
 log = logging.getLogger("percept.registry")
 
@@ -216,7 +216,8 @@ class CameraRegistry:
         added (nothing written: a POST retried after a timeout whose write landed). The URL is
         stored as given (``${VAR}`` kept)."""
         given = camera.model_dump(mode="json")
-        if self.client.hsetnx(self.key, camera.id, json.dumps({"source": "api", "camera": given})):
+        added_ms = int(redis_now(self.client) * 1000)  # (what its id published before is another camera's)
+        if self.client.hsetnx(self.key, camera.id, json.dumps({"source": "api", "camera": given, "added_ms": added_ms})):
             clear_ended(self.client, self.keys, [camera.id])  # added again: its file is read again
             return True
         raw = self.client.hget(self.key, camera.id)
@@ -224,6 +225,14 @@ class CameraRegistry:
             return raw is not None and json.loads(raw).get("camera") == given
         except (ValueError, AttributeError):
             return False
+
+    def added_ms(self, camera_id: str) -> int | None:
+        """When the camera was added over the API (Redis's clock, ms); None: in a config file, added
+        before this was noted, or not there."""
+        try:
+            return int(json.loads(self.client.hget(self.key, camera_id) or b"{}")["added_ms"])
+        except (ValueError, KeyError, TypeError):
+            return None
 
     def set_geometry(self, camera_id: str, changes: Mapping[str, Any],
                      check: Callable[[CameraConfig], None] | None = None) -> CameraConfig | None:

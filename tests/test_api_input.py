@@ -200,6 +200,29 @@ def test_pixel_zones_drawn_in_another_frame_size_do_not_block_a_change_after_a_c
         client.delete(keys.detections("door"), keys.trackstate("door"))
 
 
+def test_a_camera_added_again_is_not_checked_against_the_frames_its_id_had_before(api, redis_server):
+    """DELETE and POST is how a camera's URL changes: PUT checked pixel zones against the old
+    camera's newest frame (640x480), refusing the new one's (1920x1080) or accepting zones that
+    then stopped it at its first frame. Frames from before it was added do not count."""
+    import json as json_
+
+    from pipeline.streams import StreamKeys
+
+    keys = StreamKeys("apiin")
+    client = redis_server.client()
+    assert api.post("/cameras", json={"id": "gate", "url": "rtsp://cam.local/old"}).status_code == 201
+    try:
+        client.xadd(keys.detections("gate"), {"json": json_.dumps({"camera": "gate", "seq": 1, "width": 640,
+                                                                   "height": 480})})
+        assert api.delete("/cameras/gate").status_code == 200
+        assert api.post("/cameras", json={"id": "gate", "url": "rtsp://cam.local/new"}).status_code == 201
+        r = api.put("/cameras/gate", json={"zones": {"z": [[0, 0], [1000, 600], [0, 600]]}})
+        assert r.status_code == 200, r.text
+    finally:
+        api.delete("/cameras/gate")
+        client.delete(keys.detections("gate"))
+
+
 def test_a_camera_id_added_again_never_shows_the_removed_cameras_image(api, redis_server):
     """The live image of a removed camera stayed under its id for its TTL (up to a minute for a
     slow camera): a camera added again under that id, another source, showed it once online."""
