@@ -396,3 +396,13 @@ def test_a_pixel_zone_left_unchanged_by_a_runtime_change_keeps_its_frame_size():
     restored = EventEngine.restore(engine.snapshot(), "cam", engine.zones, engine.lines)  # (the next owner)
     assert [e.kind for e in run(restored, [frame(7, [obj(1, 15, x=15, size=5)])])] == []
     assert restored.geometry(100, 100).zones["lot"].max() == pytest.approx(45)
+
+
+def test_pixel_zones_scaled_to_a_frame_of_no_size_are_a_geometry_error_not_a_crash():
+    """A newest frame saying 0x0 (hand-written data): PUT was a 500 (ZeroDivisionError)."""
+    from pipeline.geometry import in_frame_pixels, resolve_geometry
+
+    zones = in_frame_pixels({"z": [[10, 20], [30, 20], [30, 40]]}, "zones", {"zones:z": (0, 0)}, 0, 0)
+    with pytest.raises(GeometryError, match="0x0"):
+        resolve_geometry(zones, {}, "bottom_center", 0, 0)
+    assert in_frame_pixels({"z": [[10, 20]]}, "zones", {"zones:z": (100, 100)}, 200, 200) == {"z": [[20.0, 40.0]]}
