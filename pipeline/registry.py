@@ -217,10 +217,13 @@ class CameraRegistry:
         stored as given (``${VAR}`` kept)."""
         given = camera.model_dump(mode="json")
         added_ms = int(redis_now(self.client) * 1000)  # (what its id published before is another camera's)
-        if self.client.hsetnx(self.key, camera.id, json.dumps({"source": "api", "camera": given, "added_ms": added_ms})):
-            clear_ended(self.client, self.keys, [camera.id])  # added again: its file is read again
-            return True
-        raw = self.client.hget(self.key, camera.id)
+        for _ in range(3):  # (a DELETE between the two: added, not "exists")
+            if self.client.hsetnx(self.key, camera.id, json.dumps({"source": "api", "camera": given, "added_ms": added_ms})):
+                clear_ended(self.client, self.keys, [camera.id])  # added again: its file is read again
+                return True
+            raw = self.client.hget(self.key, camera.id)
+            if raw is not None:
+                break
         try:
             return raw is not None and json.loads(raw).get("camera") == given
         except (ValueError, AttributeError):

@@ -274,3 +274,27 @@ def test_an_api_camera_whose_variables_another_camera_took_since_is_not_expanded
     state = camera_states(client, KEYS, ["Dock"])["Dock"]
     assert state["state"] == "failed" and "would be camera 'dock''s too" in state["last_error"], state
     assert "s3cret-dock" not in json.dumps(state)
+
+
+def test_an_add_that_races_a_delete_of_the_same_id_adds_it(redis_server):
+    """A POST retried while a DELETE of the same id landed between its two reads got 409
+    "exists; DELETE it first" for a camera that no longer existed."""
+    client = redis_server.client()
+    reg = CameraRegistry(client, KEYS)
+    assert reg.add(CameraConfig(id="race", url="old.mp4"))
+
+    class DeletedBetween:  # the DELETE lands after the HSETNX saw the old entry
+        def __init__(self, real):
+            self.real, self.raced = real, False
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+        def hget(self, *args):
+            if not self.raced:
+                self.raced = CameraRegistry(self.real, KEYS).remove("race")
+            return self.real.hget(*args)
+
+    racing = CameraRegistry(DeletedBetween(client), KEYS)
+    assert racing.add(CameraConfig(id="race", url="new.mp4")) and racing.client.raced
+    assert [c.url for c in reg.cameras() if c.id == "race"] == ["new.mp4"]
