@@ -26,6 +26,8 @@ BAD_VALUES = [
     (["cameras", "--api", "notaurl", "ls"], "argument --api: must be an http:// or https:// URL, got 'notaurl'"),
     (["cameras", "--wait", "nan", "ls"], "argument --wait: must be >= 0, got 'nan'"),
     (["top", "--samples", "0"], "argument --samples: must be from 1 to 100000, got '0'"),
+    (["top", "--metrics", "file:///etc/passwd"], "argument --metrics: must be an http:// or https:// URL"),  # (read it)
+    (["top", "--metrics", "http://admin:pw@h:8080/metrics"], "argument --metrics: a user or password in the URL"),
     (["top", "--interval", "nan"], "argument --interval: must be from 0.1 to 3600, got 'nan'"),
     # values beyond what Redis or the clock take: they were sent (exit 3 as a Redis error) or overflowed (a traceback)
     (["top", "--interval", "inf"], "argument --interval: must be from 0.1 to 3600, got 'inf'"),
