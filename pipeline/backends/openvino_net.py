@@ -126,7 +126,9 @@ def _batches(compiled: Any, input_name: str, card: ModelCard) -> bool:
     port = _find(compiled.inputs, input_name) or compiled.inputs[0]
     shape = [2] + [d if d != -1 else 1 for d in _dims(port)[1:]]
     try:
-        result = compiled({port: np.zeros(shape, np.float32)})
+        # keyed by index: a port object as the key keeps the whole compiled network alive after its
+        # last reference goes (each classifier loaded, swapped or checked leaked ~50 MB and a file)
+        result = compiled({port.get_index(): np.zeros(shape, np.float32)})
     except Exception:
         return False
     return all(np.asarray(result[out]).shape[:1] == (2,) for out in compiled.outputs)
@@ -159,7 +161,7 @@ def infer(net: Network, tensor: np.ndarray) -> dict[str, np.ndarray]:
     """One synchronous call (the whole batch when the batch is dynamic, else item by item);
     results by card output name, batch first."""
     if net.dynamic_batch or len(tensor) == 1:
-        result = net.compiled({net.input: tensor})
+        result = net.compiled({net.input.get_index(): tensor})  # (by index: see `_batches`)
         return {name: np.asarray(result[port]) for name, port in net.outputs.items()}
     parts = [infer(net, tensor[i : i + 1]) for i in range(len(tensor))]
     return {name: np.concatenate([p[name] for p in parts]) for name in net.outputs}
