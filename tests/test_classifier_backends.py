@@ -421,3 +421,15 @@ def test_a_classifier_loaded_again_and_again_leaves_nothing_behind():
         load(VEHICLE, "classifiers.vehicle")
         gc.collect()
     assert open_files() <= before, (before, open_files())
+
+
+def test_a_plain_onnx_network_without_its_card_is_refused_not_run_as_ultralytics(tmp_path):
+    """The sign detector's ONNX file under another name (its card is found by name): ultralytics
+    guessed "detect", ran it with its own head's layout and found nothing, without an error; a
+    model swap to it was accepted."""
+    plain = tmp_path / "mysigns.onnx"
+    shutil.copy(MODELS / "traffic-sign-detector-gtsdb43" / "yolov5n_gtsdb43_640_fp16w.onnx", plain)
+    with pytest.raises(ModelError) as refused:
+        load_detector(DetectorConfig(weights=str(plain)), models_dir=str(MODELS), field="detector")
+    assert str(refused.value).startswith("detector: mysigns.onnx is not an ultralytics export") and \
+        "detector.card" in str(refused.value), refused.value

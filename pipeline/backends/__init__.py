@@ -70,6 +70,21 @@ def _needs_card(card: ModelCard | None, weights: str, field: str) -> None:
                              f"({Path(weights).with_suffix('.bin').name} is missing)")
         raise ModelError(f"{field}: {Path(weights).name} is a plain network and has no model card; give one with "
                          f"{field}.card (see configs/models/ for the format)")
+    if card is None and Path(weights).suffix == ".onnx" and Path(weights).is_file() and not _ultralytics_onnx(weights):
+        # ultralytics would guess "detect" and run it with its own head's layout: no detection, no error
+        raise ModelError(f"{field}: {Path(weights).name} is not an ultralytics export (its metadata names no task) "
+                         f"and has no model card; give one with {field}.card (see configs/models/ for the format)")
+
+
+def _ultralytics_onnx(weights: str) -> bool:
+    """Whether an ONNX file is an ultralytics export (its metadata names the task it was made for)."""
+    import onnx
+
+    try:
+        meta = {p.key for p in onnx.load(weights, load_external_data=False).metadata_props}
+    except Exception:  # not readable as ONNX: what loads it says why
+        return True
+    return "task" in meta
 
 
 def _module(card: ModelCard | None, task: str, backend: str = "auto", *, weights: str | None = None,
