@@ -158,13 +158,14 @@ def test_cfg_min_size_wins_over_the_card():
 
 
 def test_a_gpu_or_fp16_asked_of_an_openvino_classifier_is_said_not_ignored(caplog):
-    """The openvino backend runs a card's network on the CPU in its own precision: ``device:
+    """The openvino backend runs a card's network on the CPU in the precision OpenVINO picks: ``device:
     cuda:0`` and ``half: true`` were ignored without a word (the detector already warned)."""
     with caplog.at_level("WARNING", logger="percept.backends"):
         clf = load(VEHICLE, "classifiers.vehicle", device="cuda:0", half=True)
     said = [r.getMessage() for r in caplog.records if r.name == "percept.backends"]
     assert said == ["classifiers.vehicle: device cuda:0: the openvino backend runs on the CPU",
-                    "classifiers.vehicle: half: the openvino backend runs the network in its own precision"], said
+                    "classifiers.vehicle: half: not applied: the openvino backend runs the network in the precision OpenVINO "
+                    "chooses for this CPU (bf16 where the CPU has it, else the network's own)"], said
     assert clf.classify_batch([np.zeros((72, 72, 3), np.uint8)])[0]["type"]["label"] in VEHICLE_TYPES
 
 

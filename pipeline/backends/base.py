@@ -94,4 +94,5 @@ def warn_cpu_only(cfg: Any, field: str, backend: str) -> None:
     if str(cfg.device).startswith(("cuda", "mps")) or str(cfg.device).isdigit():
         log.warning("%s: device %s: the %s backend runs on the CPU", field, cfg.device, backend)
     if cfg.half:
-        log.warning("%s: half: the %s backend runs the network in its own precision", field, backend)
+        log.warning("%s: half: not applied: the %s backend runs the network in the precision OpenVINO chooses for "
+                    "this CPU (bf16 where the CPU has it, else the network's own)", field, backend)
