@@ -158,6 +158,17 @@ def test_explain_option_errors_name_the_option(capsys):
     assert "explain: --device: must match" in err and "got 'bogus'" in err and "validation error" not in err, err
 
 
+def test_a_gpu_the_machine_does_not_have_is_named_as_the_device(capsys):
+    """It failed the warm-up, said against --weights over six lines of ultralytics' text."""
+    import torch
+
+    missing = f"cuda:{torch.cuda.device_count() + 7}"
+    assert main(["eval", "detector", "--weights", "yolo11n-coco.pt", "--data", str(SHARED / "data" / "coco128-val"),
+                 "--device", missing]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"percept: eval: --device: {missing} asked for; this machine has "), line
+
+
 def test_explain_of_a_camera_refuses_the_offline_options_it_would_ignore(capsys):
     """`--no-blur`, `--weights`, `--conf`, … with a CAMERA were never sent: a user who asked for
     --no-blur got a blurred image without a word. `--masks` beyond the API's 4000 ran for minutes."""

@@ -23,11 +23,25 @@ def _weights_field(field: str) -> str:
     return field if field.startswith("-") else f"{field}.weights"
 
 
+def existing_device(cfg: Any, field: str) -> tuple[str, bool]:
+    """`choose_device`, a CUDA device this machine does not have refused naming the field (it
+    failed the warm-up, said against the weights over several lines)."""
+    device, half = choose_device(cfg.device, cfg.half)
+    if device.startswith("cuda"):
+        import torch
+
+        index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            where = "--device" if field.startswith("--") else f"{field}.device"  # (a CLI's option, a config's key)
+            raise ModelError(f"{where}: {cfg.device} asked for; this machine has {count} CUDA GPU(s)")
+    return device, half
+
+
 def load_detector(cfg: DetectorConfig, *, card: Any, weights: str, models_dir: str | None, field: str,
                   warmup: bool = True) -> "Detector":
     set_threads(cfg)
+    device, half = existing_device(cfg, field)
     model = load_yolo(cfg, models_dir=models_dir, field=_weights_field(field), task="detect")
-    device, half = choose_device(cfg.device, cfg.half)
     det = Detector(model, cfg=cfg, device=device, half=half, name=model_name(cfg), field=field)
     if warmup:
         warm_up_detector(det, cfg.imgsz, field, weights)
@@ -38,8 +52,8 @@ def load_detector(cfg: DetectorConfig, *, card: Any, weights: str, models_dir: s
 def load_classifier(cfg: ClassifierConfig, *, card: Any, weights: str, models_dir: str | None, field: str,
                     warmup: bool = True) -> "Classifier":
     set_threads(cfg)
+    device, half = existing_device(cfg, field)
     model = load_yolo(cfg, models_dir=models_dir, field=_weights_field(field), task="classify")
-    device, half = choose_device(cfg.device, cfg.half)
     clf = Classifier(model, cfg=cfg, device=device, half=half, name=model_name(cfg), field=field)
     if warmup:
         refuse_failed_warmup(clf.classify_batch([np.zeros((cfg.imgsz, cfg.imgsz, 3), np.uint8)]), field, weights)
