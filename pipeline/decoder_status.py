@@ -59,7 +59,7 @@ def read_shared(client: redis.Redis, keys: StreamKeys, now: float | None = None,
         try:
             status = orjson.loads(raw)
             age = now - float(status.pop("written_at"))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):  # (JSON, not an object: not a replica's)
             stale.append(owner)
             continue
         if age > max_age_s:

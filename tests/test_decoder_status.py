@@ -141,3 +141,11 @@ def test_a_decoder_stopped_while_it_starts_closes_what_it_made(redis_server):
     publisher = half.publisher
     asyncio.run(half.__del__())
     assert not publisher._thread.is_alive() and half._stopping  # an __init__ still running stops at its next step
+
+
+def test_an_entry_that_is_json_but_not_an_object_is_dropped_not_an_error_for_good(redis_server):
+    """`"text"` or `42` under a replica's name (not written by percept) raised AttributeError:
+    /status failed on every call until someone deleted it."""
+    client = redis_server.client()
+    client.hset(KEYS.decoders, mapping={"odd-1": '"text"', "odd-2": "42"})
+    assert read_shared(client, KEYS) == [] and not client.hexists(KEYS.decoders, "odd-1")
