@@ -349,6 +349,8 @@ class VideoSource:
         undecodable_seen = decoded = False  # this pass: a retrieve() failed / one succeeded
         while not self._stop.is_set():
             ok = cap.grab()
+            if not ok and self._is_file:  # a damaged packet: OpenCV says False, the frames after it read
+                ok = any(cap.grab() for _ in range(FILE_GRAB_RETRIES))  # (at the true end: False each time)
             now = self._monotonic()
             if not ok:
                 if not self._is_file:
@@ -449,4 +451,5 @@ def _boottime() -> float:
     """Seconds on CLOCK_BOOTTIME (monotonic, counting suspend) where there is one."""
     return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
 GAP_OVER_STEP = 4  # `decode: keyframes`: a file's gap this many times its longest step is closed (`_pts`)
+FILE_GRAB_RETRIES = 16  # a file's grab() that failed is tried again this many times before it is its end
 MAX_UNDECODABLE = 30  # a live camera's sampled frames in a row that grab() read and retrieve() could not decode

@@ -94,3 +94,19 @@ def test_what_ffmpeg_quotes_in_a_pyav_cameras_debug_log_has_none_of_its_secrets(
     finally:
         cap.release()
     assert "demux stopped" in caplog.text and "T0ken-s3cr3t" not in caplog.text, caplog.text
+
+
+def test_a_file_with_a_damaged_packet_is_read_past_it_not_ended_there(videos, tmp_path):
+    """OpenCV's grab() says False for one damaged packet, and the frames after it read: the
+    file camera ended there (`ended`: never read again), 170 of traffic.mp4's 480 frames."""
+    import av
+
+    with av.open(str(videos / "traffic.mp4")) as container:
+        positions = [p.pos for p in container.demux(container.streams.video[0]) if p.size]
+    data = bytearray((videos / "traffic.mp4").read_bytes())
+    data[positions[172] : positions[172] + 4] = b"\x7f\xff\xff\xff"  # packet 172's NAL size: far past the file
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    src = VideoSource("cam", lambda: open_capture("cam", str(damaged)), fps=0, is_file=True, realtime=False)
+    frames = list(src.frames())
+    assert len(frames) >= 470 and src.state == SourceState.STOPPED, (len(frames), src.state, src.last_error)
