@@ -157,6 +157,8 @@ class SkippingCapture:
                 self.end_s = end if self.end_s is None else max(self.end_s, end)
             try:
                 self._decoded = list(self.stream.codec_context.decode(packet))
+                if not self._decoded and packet.is_keyframe and self._keyframes_only():
+                    self._decoded = self._drained(packet)
             except av.error.InvalidDataError:  # one damaged packet: the next keyframe recovers
                 pass
             except av.error.FFmpegError as exc:
@@ -171,6 +173,23 @@ class SkippingCapture:
             t = self._frame.time
             self.rate.decoded(t if t is not None else time.monotonic())
         return True
+
+    def _keyframes_only(self) -> bool:
+        return str(self.stream.codec_context.skip_frame) == SKIP_FRAME["keyframes"]
+
+    def _drained(self, keyframe: Any) -> list[Any]:
+        """A keyframe the decoder holds back (a stream with B-frames reorders: it came out only with
+        the next keyframe, a whole GOP late; with a GOP longer than the frame timeout, never):
+        the decoder drained of it, then ready for the next packet; the frame keeps its packet's time."""
+        ctx = self.stream.codec_context
+        out = list(ctx.decode(None))
+        ctx.flush_buffers()
+        for frame in out[-1:]:
+            if frame.pts is None:
+                frame.pts = keyframe.pts
+            if frame.time_base is None:  # (a drained frame has none)
+                frame.time_base = keyframe.time_base
+        return out
 
     def retrieve(self) -> tuple[bool, np.ndarray | None]:
         if self._frame is None:

@@ -110,3 +110,16 @@ def test_a_file_with_a_damaged_packet_is_read_past_it_not_ended_there(videos, tm
     src = VideoSource("cam", lambda: open_capture("cam", str(damaged)), fps=0, is_file=True, realtime=False)
     frames = list(src.frames())
     assert len(frames) >= 470 and src.state == SourceState.STOPPED, (len(frames), src.state, src.last_error)
+
+
+def test_keyframes_of_a_stream_with_b_frames_come_out_with_their_own_packet(videos):
+    """traffic.mp4 reorders (B-frames): with the other frames skipped, its decoder held each
+    keyframe until the next one came — on a live camera a whole GOP late, and with a GOP longer
+    than the frame timeout never (the camera stuck `reconnecting`)."""
+    cap = open_skipping("cam", str(videos / "traffic.mp4"), decode="keyframes")
+    got = []
+    while cap.grab():
+        ok, image = cap.retrieve()
+        got.append((round(cap.get(0) / 1000, 2), cap.packets, ok and image.shape == (360, 640, 3)))
+    cap.release()
+    assert got == [(0.0, 1, True), (10.43, 251, True)], got  # each keyframe at its own packet, at its time
