@@ -93,6 +93,7 @@ def _video_source(camera: CameraConfig, config: PerceptConfig, slot: LatestFrame
         native_fps=native_fps,
         watchdog_s=camera.watchdog_s,
         closes_gaps=camera.decode != "keyframes",  # (keyframes only: seconds apart by design)
+        phased=camera.decode != "keyframes",
         seq_start=seq_start,
         on_status=on_status,
         secrets=camera.secrets,

@@ -151,14 +151,17 @@ class VideoSource:
         monotonic: Callable[[], float] | None = None,
         secrets: tuple[str, ...] = (),
         closes_gaps: bool = True,
+        phased: bool = True,
     ):
         self.camera = camera
         # a paced file's timestamp gap past ``watchdog_s`` is closed (`_pts`); False: a capture
         # that skips frames (keyframes only), whose frames are that far apart by design
         self._closes_gaps = closes_gaps
         self._open = open_capture
-        # a live camera keeps its frames on its own phase of the period (pipeline/sampling.py)
-        self._sampler = FpsSampler(fps, phase=None if is_file else next_phase())
+        # a live camera keeps its frames on its own phase of the period (pipeline/sampling.py);
+        # not ``phased``: one whose frames are seconds apart (keyframes only) keeps each that comes
+        # (waiting for its grid point passed over its first keyframe: a GOP late, or none)
+        self._sampler = FpsSampler(fps, phase=None if is_file or not phased else next_phase())
         self._is_file = is_file
         self._loop = loop
         self._realtime = realtime and is_file

@@ -123,3 +123,21 @@ def test_keyframes_of_a_stream_with_b_frames_come_out_with_their_own_packet(vide
         got.append((round(cap.get(0) / 1000, 2), cap.packets, ok and image.shape == (360, 640, 3)))
     cap.release()
     assert got == [(0.0, 1, True), (10.43, 251, True)], got  # each keyframe at its own packet, at its time
+
+
+def test_a_keyframes_camera_keeps_each_keyframe_that_comes_not_its_phase_of_the_period():
+    """A live camera's frames fall on its phase of the sampling period; a keyframes camera's
+    come seconds apart, so its first keyframe was passed over for the grid point after it (the
+    next keyframe a GOP later: with a GOP over 10 s the camera got no frame at all)."""
+    from pipeline.camera_open import _video_source
+    from pipeline.config import CameraConfig, PerceptConfig
+    from pipeline.frame_slot import LatestFrameSlot
+
+    def source(decode):
+        camera = CameraConfig(id="cam", url="rtsp://cam.local/s", fps=5, decode=decode)
+        return _video_source(camera, PerceptConfig(), LatestFrameSlot(), seq_start=0, on_status=lambda e: None,
+                             native_fps=None)
+
+    keyframes, every = source("keyframes"), source("all")
+    assert keyframes._sampler.phase is None and every._sampler.phase is not None
+    assert keyframes._sampler.accept(1000.123)  # the first keyframe is kept, wherever it falls
