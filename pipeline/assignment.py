@@ -164,6 +164,9 @@ class CameraSupervisor(CameraRestarts):
 
     async def _round(self) -> None:
         self.cameras = {c.id: c for c in await asyncio.to_thread(self._load)}
+        for notes in (self._free_rounds, self._start_errors):  # (a camera gone: its notes too)
+            for cid in [c for c in notes if c not in self.cameras]:
+                del notes[cid]
         for cid in [c for c in self.running if c not in self.cameras]:
             log.warning("camera %s: removed; stopping here", cid)
             await self._stop_camera(cid)

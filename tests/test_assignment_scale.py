@@ -386,3 +386,22 @@ def test_rounds_a_camera_was_seen_free_count_only_in_a_row(redis_server):
     seen = asyncio.run(rounds())
     # a alone (its share: one camera) until b was seen free two rounds in a row, then taken
     assert seen == [["a"], ["a"], ["a"], ["a"], ["a"], ["a", "b"]], seen
+
+
+def test_notes_about_a_camera_removed_go_with_it(redis_server):
+    """Free rounds and the start error last said stayed for a camera removed: a leak as cameras
+    come and go, and the same camera added again inherited them (taken a round early; its
+    unchanged start error never said again)."""
+    client = redis_server.client()
+    keys = StreamKeys("notes-gone")
+
+    async def start(camera):
+        raise RuntimeError("not started here")
+
+    cameras = list(CAMERAS[:1])
+    sup = CameraSupervisor([], client=client, keys=keys, start_camera=start, replicas=1, lease_ttl_s=1.5, owner="me")
+    sup._load = lambda: list(cameras)  # (what the registry gives each round)
+    sup._free_rounds["gone"], sup._start_errors["gone"] = 1, "could not start: x"
+    asyncio.run(sup._round())
+    assert "gone" not in sup._free_rounds and "gone" not in sup._start_errors
+    assert list(sup._start_errors) == [CAMERAS[0].id]  # a camera still there keeps its own
