@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import CONFIG_ERROR_EXIT_CODE, load_config
+from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError, load_config
 from pipeline.config_yaml import load_yaml
 
 from .common import PORT, fail, output_or_stdout_arg
@@ -42,8 +42,11 @@ def _build(args: argparse.Namespace) -> int:
     path = Path(args.config)
     config = load_config(path, env=_KeepUnset())
     raw = load_yaml(path.read_text(encoding="utf-8")) or {}
-    out = serve_config(raw, config, http_host=args.http_host or config.http.host,
-                       http_port=args.http_port if args.http_port is not None else config.http.port)
+    try:
+        out = serve_config(raw, config, http_host=args.http_host or config.http.host,
+                           http_port=args.http_port if args.http_port is not None else config.http.port)
+    except ConfigError as exc:  # (named after the file, as load_config's own)
+        raise ConfigError(exc.errors, str(path)) from None
     text = yaml.safe_dump(out, sort_keys=False)
     if args.output == "-":
         sys.stdout.write(text)

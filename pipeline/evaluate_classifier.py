@@ -24,7 +24,7 @@ def read_label_csv(labels: str | Path, data: str | Path) -> list[tuple[Path, int
     if not root.is_dir():
         raise EvalError(f"--data: {str(data)!r} is not a folder")
     if not csv_path.is_file():
-        raise EvalError(f"--labels: {str(labels)!r} does not exist")
+        raise EvalError(f"--labels: {str(labels)!r} " + ("is not a file" if csv_path.exists() else "does not exist"))
     try:
         return _label_rows(csv_path, root)
     except UnicodeDecodeError as exc:

@@ -195,6 +195,11 @@ def test_build_keeps_a_redis_url_variable_for_the_cluster(tmp_path, monkeypatch,
 
     with pytest.raises(ConfigError, match="redis.url: must start with redis://"):
         load_config(config, env={"REDIS_URL": "not-a-url"})
+    # a config without redis.url: the error names the file, as load_config's own
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("cameras: [{id: a, url: 'rtsp://cam/a', fps: 5}]\n")
+    assert main(["build", "-c", str(bare), "-o", str(out)]) == 2
+    assert f"invalid config {bare}:" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [["subscribe", "cam", "--count", "1"], ["top", "--once"]])

@@ -190,6 +190,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "CSV without header": (clf + [str(tmp / "noheader.csv")], "header 'Filename,ClassId'"),
         "file listed in CSV missing": (clf + [str(tmp / "missing.csv")], "'not-there.png' not found"),
         "missing CSV": (clf + [str(tmp / "absent.csv")], "absent.csv"),
+        "a folder as the CSV": (clf + [str(tmp / "yolo")], "is not a file"),  # (it said "does not exist")
         "CSV not UTF-8": (clf + [str(_write(tmp / "latin.csv", b"Filename,ClassId\na.png,16\n\xff\n"))],
                           "latin.csv: not UTF-8 text (byte 26)"),
         "bad --categories": (det + [str(COCO), "--categories", "vehicle"], "NAME=LABEL"),
@@ -250,7 +251,7 @@ def test_a_data_yaml_in_another_class_order_is_matched_by_name(tmp_path):
 
 @pytest.mark.parametrize("case", ["missing data folder", "no images", "bad label line", "weights that do not load",
                                   "a classifier as detector", "CSV without header", "file listed in CSV missing",
-                                  "missing CSV", "CSV not UTF-8", "bad --categories", "images without label files",
+                                  "missing CSV", "a folder as the CSV", "CSV not UTF-8", "bad --categories", "images without label files",
                                   "classes the model does not have"])
 def test_bad_input_exits_2(tmp_path, case):
     need(COCO_PT, COCO, GTSRB, MODELS / "yolov8n-cls-imagenet.pt")
