@@ -24,16 +24,22 @@ def register(sub: Any) -> None:
                       help="the graph's HTTP address (default: PERCEPT_API or http://127.0.0.1:8000)")
     cams.add_argument("--wait", type=number_arg(float, 0.0), default=60.0,
                       help="seconds to keep retrying while the graph's Redis is unreachable (default 60)")
+    # the same two options after the action too (`percept cameras ls --api …`); not given there,
+    # the value given before it (or the default) stands
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--api", type=api_url_arg, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    after.add_argument("--wait", type=number_arg(float, 0.0), default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     cam_sub = cams.add_subparsers(dest="action", required=True)
-    cam_sub.add_parser("ls", help="cameras with state, fps, drops and lag")
-    add = cam_sub.add_parser("add", help="add a camera (takes effect within a few seconds)")
+    cam_sub.add_parser("ls", help="cameras with state, fps, drops and lag", parents=[after])
+    add = cam_sub.add_parser("add", help="add a camera (takes effect within a few seconds)", parents=[after])
     add.add_argument("id")
     add.add_argument("url", help="the camera URL; write a password as ${VAR}, expanded by the decoders")
     add.add_argument("--fps", type=float, default=5.0)
     add.add_argument("--loop", action="store_true")
-    rm = cam_sub.add_parser("rm", help="remove a camera")
+    rm = cam_sub.add_parser("rm", help="remove a camera", parents=[after])
     rm.add_argument("id")
-    zones = cam_sub.add_parser("zones", help="change a camera's zones, lines, anchor, line or zone margin (no restart)")
+    zones = cam_sub.add_parser("zones", help="change a camera's zones, lines, anchor, line or zone margin (no restart)",
+                               parents=[after])
     zones.add_argument("id")
     zones.add_argument("--zones", type=json_arg('{"name": [[x, y], ...]}'),
                        help='JSON: {"name": [[x, y], ...]} ({} removes them all)')

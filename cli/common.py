@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -108,17 +109,19 @@ def output_file_arg(value: str) -> str:
 
 
 def api_url_arg(value: str) -> str:
-    """argparse type of ``--api``: the graph's ingress, an http:// or https:// URL; else exit 2."""
+    """argparse type of ``--api``: the graph's ingress, an http:// or https:// URL; else exit 2
+    (a value that is ``PERCEPT_API``'s, the option's default, is said to be)."""
     try:
         parts = urllib.parse.urlsplit(value)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
     except ValueError:  # a port that is not a number
         ok = False
+    source = " (PERCEPT_API, its default)" if value == os.environ.get("PERCEPT_API") else ""
     if not ok:
-        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {redact_url(value)!r}")
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {redact_url(value)!r}{source}")
     if parts.username is not None or parts.password is not None:  # (urllib would take them for the host)
         raise argparse.ArgumentTypeError(f"a user or password in the URL is not sent (the ingress takes none), "
-                                         f"got {redact_url(value)!r}")
+                                         f"got {redact_url(value)!r}{source}")
     return value
 
 

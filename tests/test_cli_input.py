@@ -6,6 +6,7 @@ import pytest
 
 from cli.main import main
 from tests.conftest import SHARED
+from tests.http import answering
 from tests.test_cli import percept
 
 BAD_VALUES = [
@@ -25,6 +26,7 @@ BAD_VALUES = [
      "argument --zones: not JSON (Expecting ',' delimiter at column 19); expected {\"name\": [[x, y], ...]}"),
     (["cameras", "--api", "notaurl", "ls"], "argument --api: must be an http:// or https:// URL, got 'notaurl'"),
     (["cameras", "--wait", "nan", "ls"], "argument --wait: must be >= 0, got 'nan'"),
+    (["cameras", "ls", "--api", "notaurl"], "argument --api: must be an http:// or https:// URL, got 'notaurl'"),
     (["top", "--samples", "0"], "argument --samples: must be from 1 to 100000, got '0'"),
     (["top", "--metrics", "file:///etc/passwd"], "argument --metrics: must be an http:// or https:// URL"),  # (read it)
     (["top", "--metrics", "http://admin:pw@h:8080/metrics"], "argument --metrics: a user or password in the URL"),
@@ -156,6 +158,19 @@ def test_explain_option_errors_name_the_option(capsys):
                  "--device", "bogus"]) == 2
     err = capsys.readouterr().err
     assert "explain: --device: must match" in err and "got 'bogus'" in err and "validation error" not in err, err
+
+
+def test_cameras_take_api_after_the_action_and_a_bad_percept_api_is_named(monkeypatch, capsys):
+    """`percept cameras ls --api …` was refused (`models served --api …` worked); a PERCEPT_API
+    that is no URL was reported as if `--api` had been given."""
+    with answering(200, b"[]") as api:
+        assert main(["cameras", "ls", "--api", api, "--wait", "0"]) == 0
+        assert main(["cameras", "--api", "http://127.0.0.1:1", "ls", "--api", api]) == 0  # (the later one)
+    capsys.readouterr()
+    monkeypatch.setenv("PERCEPT_API", "127.0.0.1:8000")
+    with pytest.raises(SystemExit):
+        main(["cameras", "ls"])
+    assert "got '127.0.0.1:8000' (PERCEPT_API, its default)" in capsys.readouterr().err
 
 
 def test_a_gpu_the_machine_does_not_have_is_named_as_the_device(capsys):
