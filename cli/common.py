@@ -108,6 +108,23 @@ def output_file_arg(value: str) -> str:
     return value
 
 
+def prefix_arg(value: str) -> str:
+    """argparse type of ``--prefix``: a stream prefix as ``redis.stream_prefix`` takes it."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", value):
+        raise argparse.ArgumentTypeError(f"a stream prefix is letters, digits and _ . : - (as redis.stream_prefix), "
+                                         f"got {value!r}")
+    return value
+
+
+def name_arg(value: str) -> str:
+    """argparse type of a name that must not be empty (``--group ''`` read as no group at all)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
 def api_url_arg(value: str) -> str:
     """argparse type of ``--api``: the graph's ingress, an http:// or https:// URL; else exit 2
     (a value that is ``PERCEPT_API``'s, the option's default, is said to be)."""

@@ -17,7 +17,8 @@ from pipeline.config import CONFIG_ERROR_EXIT_CODE, load_config
 from pipeline.config_urls import redis_url_problem
 from pipeline.redact import redact, redact_url
 
-from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, POSITIVE_INT, RedisOutage, fail, number_arg, redis_url_arg
+from .common import (EXIT_INTERRUPTED, EXIT_UNAVAILABLE, POSITIVE_INT, RedisOutage, fail, name_arg, number_arg,
+                     prefix_arg, redis_url_arg)
 
 
 def register(sub: Any) -> None:
@@ -27,9 +28,10 @@ def register(sub: Any) -> None:
                    help="the cameras' track, zone and line events (<prefix>:events:<camera>) instead of detections")
     s.add_argument("-c", "--config", help="read redis url/prefix from this config")
     s.add_argument("--redis", type=redis_url_arg, help="redis URL (default: config, PERCEPT_REDIS_URL, localhost)")
-    s.add_argument("--prefix", help="stream prefix (default: config or 'percept')")
-    s.add_argument("--group", help="consumer group (XREADGROUP + XACK)")
-    s.add_argument("--consumer", help="consumer name within the group (default: <host>-<pid>, this process's own)")
+    s.add_argument("--prefix", type=prefix_arg, help="stream prefix (default: config or 'percept')")
+    s.add_argument("--group", type=name_arg, help="consumer group (XREADGROUP + XACK)")
+    s.add_argument("--consumer", type=name_arg,
+                   help="consumer name within the group (default: <host>-<pid>, this process's own)")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--from-start", action="store_true", help="from the oldest entry kept")
     g.add_argument("--from", dest="from_id", type=_entry_id, help="from after this entry id (MS or MS-SEQ)")

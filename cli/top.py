@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 from pipeline.config import CONFIG_ERROR_EXIT_CODE
 from pipeline.redact import redact
 
-from .common import EXIT_UNAVAILABLE, RedisOutage, api_url_arg, fail, number_arg, redis_url_arg
+from .common import EXIT_UNAVAILABLE, RedisOutage, api_url_arg, fail, number_arg, prefix_arg, redis_url_arg
 
 CLEAR = "\x1b[H\x1b[2J"
 WINDOW_S = 30.0  # deployment numbers: over the last this many seconds (since start with --once)
@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
     t = sub.add_parser("top", help="live view: a row per camera and per model deployment")
     t.add_argument("-c", "--config", help="read redis url/prefix from this config")
     t.add_argument("--redis", type=redis_url_arg, help="redis URL (default: config, PERCEPT_REDIS_URL, localhost)")
-    t.add_argument("--prefix", help="stream prefix (default: config or 'percept')")
+    t.add_argument("--prefix", type=prefix_arg, help="stream prefix (default: config or 'percept')")
     t.add_argument("--metrics", action="append", metavar="URL", type=api_url_arg,
                    help="a Ray metrics endpoint, http://host:port/metrics (repeatable; default: advertised in Redis)")
     t.add_argument("--interval", type=number_arg(float, 0.1, 3600), default=1.0,

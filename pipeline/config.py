@@ -376,6 +376,9 @@ def _resolve_relative_paths(config: PerceptConfig, base_dir: Path, env: Mapping[
     return config.model_copy(update={"cameras": cameras})
 
 
+MAX_CONFIG_BYTES = 16 * 2**20
+
+
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,
                 camera_env: bool = True) -> PerceptConfig:
     """Read, substitute and validate a YAML config file; raises `ConfigError` naming the path.
@@ -384,7 +387,11 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     (``camera_env`` False: a reader of the streams, which never opens a camera, needs none)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as fh:  # (at most MAX_CONFIG_BYTES: -c /dev/zero read until memory ran out)
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError([f"more than {MAX_CONFIG_BYTES // 2**20} MiB: not a config file"], str(p))
+        text = raw.decode("utf-8")
     except OSError as exc:
         raise ConfigError([f"cannot read {p}: {exc.strerror}"], str(p)) from None
     except UnicodeDecodeError as exc:

@@ -26,6 +26,9 @@ BAD_VALUES = [
      "argument --zones: not JSON (Expecting ',' delimiter at column 19); expected {\"name\": [[x, y], ...]}"),
     (["cameras", "--api", "notaurl", "ls"], "argument --api: must be an http:// or https:// URL, got 'notaurl'"),
     (["cameras", "--wait", "nan", "ls"], "argument --wait: must be >= 0, got 'nan'"),
+    (["subscribe", "cam", "--group", ""], "argument --group: must not be empty"),  # (a plain reader, silently)
+    (["subscribe", "cam", "--prefix", ""], "argument --prefix: a stream prefix is letters"),  # (read as "percept")
+    (["top", "--prefix", "bad prefix!"], "argument --prefix: a stream prefix is letters"),
     (["cameras", "ls", "--api", "notaurl"], "argument --api: must be an http:// or https:// URL, got 'notaurl'"),
     (["top", "--samples", "0"], "argument --samples: must be from 1 to 100000, got '0'"),
     (["top", "--metrics", "file:///etc/passwd"], "argument --metrics: must be an http:// or https:// URL"),  # (read it)

@@ -192,3 +192,10 @@ def test_a_value_from_the_environment_is_quoted_as_its_variable_in_errors():
     text = "\n".join(err.value.errors)
     assert "hunter2" not in text and "got '${RPW}'" in text and "got '${RPW}x'" in text, text
     assert "got '12a'" in text, text  # (too short to be told from pieces of the words: left)
+
+
+def test_a_config_path_that_never_ends_is_refused_not_read_until_memory_runs_out():
+    """`-c /dev/zero` (or a huge file) was read whole: a MemoryError traceback."""
+    with pytest.raises(ConfigError) as err:
+        load_config("/dev/zero")
+    assert err.value.errors == ["more than 16 MiB: not a config file"] and err.value.source == "/dev/zero"
