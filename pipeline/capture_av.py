@@ -116,6 +116,7 @@ class SkippingCapture:
         # after this long without a frame the stream counts as broken (None: a file, read to its end)
         self._frame_timeout_s = frame_timeout_s
         self._clock = clock
+        self.stopping: Callable[[], bool] | None = None  # the reader's stop: a grab reading packets ends at it
         self._decoded: list[Any] = []
         self._frame: Any = None
         self._start_s = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
@@ -136,6 +137,8 @@ class SkippingCapture:
 
         since = started = self._clock()
         while not self._decoded:
+            if self.stopping is not None and self.stopping():  # (keyframes only: a grab reads a GOP of packets)
+                return False
             try:
                 packet = next(self._packets)
             except StopIteration:

@@ -295,6 +295,8 @@ class VideoSource:
                 self._wait(self._backoff.next())
                 self._pace_origin = None  # a file paced again from its next frame, not caught up on
                 continue
+            if hasattr(cap, "stopping"):  # (PyAV's: it reads many packets a grab, a stop ends that too)
+                cap.stopping = self._stop.is_set
             try:
                 outcome, last_pts = yield from self._read(cap, pts_offset)
             finally:
@@ -352,6 +354,8 @@ class VideoSource:
         undecodable_seen = decoded = False  # this pass: a retrieve() failed / one succeeded
         while not self._stop.is_set():
             ok = cap.grab()
+            if not ok and self._stop.is_set():  # (a grab cut short by the stop)
+                break
             if not ok and self._is_file:  # a damaged packet: OpenCV says False, the frames after it read
                 ok = any(cap.grab() for _ in range(FILE_GRAB_RETRIES))  # (at the true end: False each time)
             now = self._monotonic()

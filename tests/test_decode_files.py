@@ -141,3 +141,24 @@ def test_a_keyframes_camera_keeps_each_keyframe_that_comes_not_its_phase_of_the_
     keyframes, every = source("keyframes"), source("all")
     assert keyframes._sampler.phase is None and every._sampler.phase is not None
     assert keyframes._sampler.accept(1000.123)  # the first keyframe is kept, wherever it falls
+
+
+def test_a_keyframes_read_ends_at_the_readers_stop_not_after_its_gop(videos):
+    """A keyframes grab reads a GOP of packets (up to the frame timeout, 10 s) without looking
+    at the stop: the reader outlived the conductor's wait, its connection open beside the
+    camera's next one. The source gives the capture its stop; a grab ends at it."""
+    cap = open_skipping("cam", str(videos / "vtest.avi"), decode="keyframes")
+    assert cap.grab() and cap.packets == 1
+    stopping = []
+    cap.stopping = lambda: bool(stopping)
+    stopping.append(True)
+    assert not cap.grab() and cap.packets == 1  # no packet read after the stop
+    cap.release()
+    opened = []
+    src = VideoSource("cam", lambda: opened.append(open_skipping("cam", str(videos / "vtest.avi"), decode="keyframes"))
+                      or opened[-1], fps=0, is_file=True, realtime=False)
+    for _ in src.frames():
+        assert opened[0].stopping is not None and not opened[0].stopping()  # the source's stop, given
+        src.stop()
+        assert opened[0].stopping()
+    assert src.state == SourceState.STOPPED, src.state
