@@ -34,6 +34,7 @@ _POS_MSEC, _FRAME_WIDTH, _FRAME_HEIGHT, _FPS = 0, 3, 4, 5  # cv2.CAP_PROP_* numb
 RTSP_OPTIONS = {"rtsp_transport": "tcp", "analyzeduration": "0", "probesize": "32"}  # as open_capture's
 
 
+RESTART_S = 2.0  # a packet this far before the furthest one: the file's timestamps start again there
 SKIP_FRAME = {"keyframes": "NONKEY", "reference": "NONREF"}  # decode mode → the decoder's skip_frame
 WHAT_IS_KEPT = {"keyframes": "its keyframe rate", "reference": "the rate of its reference frames"}
 
@@ -157,7 +158,11 @@ class SkippingCapture:
             self.packets += 1
             if packet.size and packet.pts is not None and packet.time_base:  # (not the empty one that flushes)
                 end = float((packet.pts + (packet.duration or self._tick)) * packet.time_base) - self._start_s
-                self.end_s = end if self.end_s is None else max(self.end_s, end)
+                # the furthest so far; where the timestamps start again (recordings joined), the
+                # last part's own: a next pass goes on from where that ends (the first part's end
+                # put a silent gap of the difference into the timeline at every loop)
+                restarted = self.end_s is not None and end < self.end_s - RESTART_S
+                self.end_s = end if self.end_s is None or restarted else max(self.end_s, end)
             try:
                 self._decoded = list(self.stream.codec_context.decode(packet))
                 if not self._decoded and packet.is_keyframe and self._keyframes_only():
