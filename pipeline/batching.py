@@ -58,18 +58,27 @@ class BatchPolicy:
     busy_window_s: float = 1.0
     cameras: dict[Hashable, _Camera] = field(default_factory=dict)
     runs: deque[tuple[float, float]] = field(default_factory=deque)  # (start, end) of recent batches
+    running: list[float] = field(default_factory=list)  # starts of the batches running now
+
+    def began(self, start: float) -> None:
+        """A batch started at ``start`` (it counts as busy until it ends: `ran`)."""
+        self.running.append(start)
 
     def ran(self, start: float, end: float) -> None:
         """A batch ran from ``start`` to ``end``."""
+        if start in self.running:
+            self.running.remove(start)
         self.runs.append((start, end))
         while self.runs and self.runs[0][1] < end - self.busy_window_s:
             self.runs.popleft()
 
     def busy(self, now: float) -> float:
-        """The share of the last `busy_window_s` that batches were running (time when two
-        overlapped counts once: summed, an overlapping pair looked busier than the model was)."""
+        """The share of the last `busy_window_s` that batches were running, the ones running now
+        up to ``now`` (counted once ended, a model busy without a pause on batches of a second
+        looked half idle, and never scaled up); time when two overlapped counts once (summed, an
+        overlapping pair looked busier than the model was)."""
         total, reach = 0.0, now - self.busy_window_s  # reach: the end of what is counted so far
-        for s, e in sorted(self.runs):
+        for s, e in sorted([*self.runs, *((start, now) for start in self.running)]):
             s, e = max(s, reach), min(e, now)
             if e > s:
                 total += e - s
@@ -225,6 +234,7 @@ class AdaptiveBatcher(Generic[T, R]):
         self.batches += 1
         self.items += len(batch)
         start = self._clock()
+        self.policy.began(start)
         try:
             results = await self._run_batch([i.value for i in batch])
             if len(results) != len(batch):

@@ -85,6 +85,22 @@ def test_a_frame_waits_for_another_camera_only_while_the_model_is_busy():
     assert p.release_in(1.08, 1.08, ["a"]) == pytest.approx(0.05)  # b is due: hold
 
 
+def test_a_batch_running_now_counts_as_busy_time():
+    """A batch counted only once it ended: a model busy without a pause on batches of 0.5–2 s
+    reported 0.75–0.27 busy, below the autoscaler's target, and never scaled up."""
+    p = BatchPolicy(busy_window_s=1.0)
+    for k in range(5):  # back to back, 0.5 s each, the sixth running since 2.5
+        p.began(k * 0.5)
+        p.ran(k * 0.5, (k + 1) * 0.5)
+    p.began(2.5)
+    assert p.busy(2.9) == pytest.approx(1.0)  # (it said 0.6)
+    p.ran(2.5, 3.0)
+    assert p.busy(3.5) == pytest.approx(0.5) and p.running == []
+    slow = BatchPolicy(busy_window_s=1.0)
+    slow.began(10.0)  # one 2 s batch
+    assert slow.busy(11.5) == pytest.approx(1.0)  # (it said 0)
+
+
 def test_items_without_a_camera_never_hold_a_batch():
     p = BatchPolicy(max_batch_size=8, batch_wait_s=10)
     p.arrived(None, 0.0)
@@ -108,6 +124,24 @@ class Recorder:
         if self.fail:
             raise RuntimeError("model crashed")
         return [f"done {i}" for i in items]
+
+
+def test_the_batcher_counts_the_batch_it_is_running_as_busy():
+    """The replica's busy share (the autoscaler's load) while one long batch runs."""
+    async def scenario():
+        batcher = AdaptiveBatcher(Recorder(work_s=0.6), max_batch_size=1, batch_wait_s=0.0)
+        running = asyncio.ensure_future(batcher.submit("a", "x"))
+        deadline = time.monotonic() + 10
+        while not batcher.policy.running:  # the batch started
+            assert time.monotonic() < deadline, "the batch never started"
+            await asyncio.sleep(0.01)  # polled until the deadline above
+        await asyncio.sleep(0.3)  # (into the batch's own 0.6 s of work)
+        busy = batcher.busy_share()
+        await running
+        await batcher.close()
+        return busy
+
+    assert asyncio.run(scenario()) >= 0.25  # (it said 0 until the batch ended)
 
 
 def test_batches_leave_when_every_sending_camera_contributed_not_after_the_wait():
