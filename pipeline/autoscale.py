@@ -39,32 +39,44 @@ class FrameAgeMeter:
     def __init__(self, window_s: float = 5.0, maxlen: int = 2048, warmup_s: float = 0.0):
         self.window_s = window_s
         self.warmup_s = warmup_s
-        self.counted_from = float("-inf")  # capture time from which frames count as lag
-        self._ages: deque[tuple[float, float]] = deque(maxlen=maxlen)
+        self.counted_from = float("-inf")  # capture time (wall clock) from which frames count as lag
+        self._warm_until = float("-inf")  # the warm-up's end on the steady clock
+        self._ages: deque[tuple[float, float]] = deque(maxlen=maxlen)  # (steady time seen, age)
         self.waiting = 0
 
-    def ready(self, now: float | None = None) -> None:
+    @staticmethod
+    def _clocks(now: float | None, steady: float | None) -> tuple[float, float]:
+        """(wall, steady) now: ages are on the wall clock (frames' capture times are), the warm-up
+        and the window on the steady one (a wall clock stepped back an hour kept the replica
+        "warming up" for that hour, its window never aging out). Given ``now`` alone (tests):
+        one clock for both."""
+        if now is None:
+            return time.time(), time.monotonic() if steady is None else steady
+        return now, now if steady is None else steady
+
+    def ready(self, now: float | None = None, steady: float | None = None) -> None:
         """The replica is ready (model loaded and warmed up): its warm-up ends ``warmup_s`` later."""
-        now = time.time() if now is None else now
+        now, steady = self._clocks(now, steady)
         self.counted_from = now + self.warmup_s
+        self._warm_until = steady + self.warmup_s
 
-    def warming_up(self, now: float | None = None) -> bool:
-        return (time.time() if now is None else now) < self.counted_from
+    def warming_up(self, now: float | None = None, steady: float | None = None) -> bool:
+        return self._clocks(now, steady)[1] < self._warm_until
 
-    def observe(self, frame_ts: Sequence[float | None], now: float | None = None) -> None:
-        now = time.time() if now is None else now
+    def observe(self, frame_ts: Sequence[float | None], now: float | None = None, steady: float | None = None) -> None:
+        now, steady = self._clocks(now, steady)
         for ts in frame_ts:
             if ts is not None and ts >= self.counted_from:
-                self._ages.append((now, max(0.0, now - ts)))
+                self._ages.append((steady, max(0.0, now - ts)))
 
-    def waiting_now(self, now: float | None = None) -> float:
+    def waiting_now(self, now: float | None = None, steady: float | None = None) -> float:
         """Frames waiting in this replica; 0 during warm-up (the startup backlog)."""
-        return 0.0 if self.warming_up(now) else float(self.waiting)
+        return 0.0 if self.warming_up(now, steady) else float(self.waiting)
 
-    def lag_s(self, now: float | None = None) -> float:
+    def lag_s(self, now: float | None = None, steady: float | None = None) -> float:
         """Mean frame age over the window (0 when idle)."""
-        now = time.time() if now is None else now
-        while self._ages and now - self._ages[0][0] > self.window_s:
+        steady = self._clocks(now, steady)[1]
+        while self._ages and steady - self._ages[0][0] > self.window_s:
             self._ages.popleft()
         return sum(a for _, a in self._ages) / len(self._ages) if self._ages else 0.0
 

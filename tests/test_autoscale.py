@@ -52,6 +52,18 @@ def test_meter_forgets_old_frames():
     assert m.lag_s(now=106.0) == 0.0
 
 
+def test_a_wall_clock_stepped_back_neither_prolongs_the_warm_up_nor_keeps_old_lag():
+    """The warm-up and the window ran on the wall clock: stepped back an hour (NTP), the replica
+    reported "warming up" (busy 0, nothing waiting) for that hour, and its lag never aged out."""
+    m = FrameAgeMeter(window_s=5, warmup_s=3)
+    m.ready(now=1000.0, steady=50.0)
+    m.observe([1003.0], now=1006.0, steady=56.0)  # 3 s old
+    m.waiting = 40
+    back = 1000.0 - 3600  # the wall clock an hour back, the steady one 20 s on
+    assert not m.warming_up(now=back, steady=76.0) and m.waiting_now(now=back, steady=76.0) == 40.0
+    assert m.lag_s(now=back, steady=76.0) == 0.0  # out of the window on the steady clock
+
+
 def test_warm_up_is_not_lag_so_a_light_load_stays_at_one_replica():
     """Startup: frames queued while the model loaded (captured long before the replica was
     ready) and the backlog drained in its first seconds are neither lag nor waiting frames."""
