@@ -63,14 +63,16 @@ class RtspServer:
         if self.running:
             raise RuntimeError("RTSP server already running")
         cmd = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--host", HOST, "--port", str(self.port or 0)]
-        if self.user is not None:
-            cmd += ["--user", self.user, "--password", self.password]
+        env = _clean_env()
+        if self.user is not None:  # (the password in its environment: not on a command line anyone can read)
+            cmd += ["--user", self.user, "--password-env", "RTSP_SERVER_PASSWORD"]
+            env["RTSP_SERVER_PASSWORD"] = self.password
         cmd += [f"{m}={spec}" for m, spec in self.mounts.items()]
         self._close_stderr()
         self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: can't fill up and block
         nice = self.nice
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self._stderr, env=_clean_env(),
+                                     stderr=self._stderr, env=env,
                                      preexec_fn=(lambda: os.nice(nice)) if nice else None)
         line = self._read_ready_line(timeout)
         if not line.startswith("ready rtsp://"):

@@ -21,6 +21,7 @@ camera that never ends. ``--port 0`` binds any free port. Once listening, exactl
 arguments/media, 3 port already in use, 1 producer pipeline error.
 """
 import argparse
+import os
 import re
 import signal
 import sys
@@ -153,8 +154,14 @@ def main():
     ap.add_argument("--port", type=int, default=8554, help="0 = any free port")
     ap.add_argument("--user")
     ap.add_argument("--password")
+    ap.add_argument("--password-env", metavar="VAR",
+                    help="the password from this environment variable (a command line is every local user's: ps)")
     ap.add_argument("mounts", nargs="+", metavar="MOUNT=SPEC")
     args = ap.parse_args()
+    if args.password_env is not None:
+        if args.password is not None:
+            die("--password or --password-env, not both")
+        args.password = os.environ.get(args.password_env) or die(f"--password-env: {args.password_env} is not set")
     if (args.user is None) != (args.password is None):
         die("--user and --password go together")
 

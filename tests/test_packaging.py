@@ -314,6 +314,10 @@ def test_compose_nodes_get_the_image_models_config_and_secrets():
     assert "-c /config/cluster.yaml" in script
     rtsp = services["rtsp"]
     assert (DOCKER / rtsp["build"]["context"] / rtsp["build"]["dockerfile"]).resolve().is_file()
+    # the cameras' password from the environment, never on the command line (every local user's: ps)
+    command = argv(rtsp["command"])
+    assert "--password" not in command and command[command.index("--password-env") + 1] == "CAM_PASS", command
+    assert "CAM_PASS" in rtsp["environment"] and not any("${" in str(a) for a in command), command
 
 
 COMPOSE_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-?])([^}]*))?\}")
@@ -372,7 +376,7 @@ def test_config_cameras_are_the_rtsp_service_mounts():
     for cam in cluster_config()["cameras"]:
         url = urlsplit(cam["url"])
         assert (url.hostname, url.port, url.username) == ("rtsp", 8554, user), cam
-        assert url.password == "${CAM_PASS}" and args[args.index("--password") + 1].startswith("${CAM_PASS")
+        assert url.password == "${CAM_PASS}" and args[args.index("--password-env") + 1] == "CAM_PASS"
         assert url.path.strip("/") in mounts, f"camera {cam['id']}: no mount {url.path} on the rtsp service"
 
 
