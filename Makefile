@@ -27,14 +27,14 @@ setup: $(VENV)/.installed
 
 # the models folder checked first: without it, nothing is installed
 demo-models:
-	@[ -n "$(PERCEPT_MODELS_DIR)" ] || { echo "make demo: no models folder: put the shared folder beside the repo ($(SHARED)) or set PERCEPT_MODELS_DIR" >&2; exit 2; }
+	@[ -n "$(PERCEPT_MODELS_DIR)" ] && [ -d "$(PERCEPT_MODELS_DIR)" ] || { echo "make: no models folder: put the shared folder beside the repo ($(SHARED)) or set PERCEPT_MODELS_DIR to one (got '$(PERCEPT_MODELS_DIR)')" >&2; exit 2; }
 
 demo: demo-models
 	$(MAKE) setup
 	YOLO_OFFLINE=1 $(VENV)/bin/percept demo $(if $(DURATION),--duration $(DURATION),)
 
 # `percept bench` on the shared clips and models (RTSP cameras: GStreamer's server, as for the tests)
-bench: $(VENV)/.installed
+bench: demo-models $(VENV)/.installed
 	scripts/install-system-deps.sh --test
 	YOLO_OFFLINE=1 $(VENV)/bin/percept bench $(BENCH_ARGS)
 

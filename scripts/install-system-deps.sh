@@ -19,6 +19,8 @@ assert all(Gst.ElementFactory.find(e) for e in ('x264enc', 'intervideosink', 'av
   fi
   # tests/test_live_view.py loads the live view page in headless Chromium (a font to render its text)
   command -v chromium >/dev/null || pkgs+=(chromium fonts-dejavu-core)
+  # tests/test_security.py makes a TLS certificate for a TLS-only redis-server
+  command -v openssl >/dev/null || pkgs+=(openssl)
 fi
 [[ ${#pkgs[@]} -eq 0 ]] && exit 0
 echo "installing Debian packages: ${pkgs[*]}"

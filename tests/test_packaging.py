@@ -399,3 +399,17 @@ def test_rtsp_service_command_serves_the_cluster_cameras(videos, rtsp_server_cls
             finally:
                 cap.release()
             assert ok and frame is not None and frame.size, f"camera {cam['id']}: no frame from the rtsp service"
+
+
+def test_make_demo_and_bench_refuse_a_models_folder_that_is_not_there(tmp_path):
+    """`PERCEPT_MODELS_DIR=/typo make demo` installed everything, then failed at run time; `make
+    bench` had no check at all."""
+    import subprocess
+
+    for target in ("demo-models", "bench"):
+        done = subprocess.run(["make", "-s", target, f"PERCEPT_MODELS_DIR={tmp_path / 'typo'}"], cwd=DOCKER.parent,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "no models folder" in done.stderr and "typo" in done.stderr, done
+    ok = subprocess.run(["make", "-s", "demo-models", f"PERCEPT_MODELS_DIR={tmp_path}"], cwd=DOCKER.parent,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok
