@@ -159,7 +159,9 @@ class CameraMetrics:
             if confirmed:
                 self._last_frame_ts[cid] = max(self._last_frame_ts.get(cid, 0.0), int(confirmed.split("-")[0]) / 1000)
             self._camera_gauges(cid, conductor.source.state)
-        for cid in self._shown - set(conductors):  # moved or removed: this replica shows it no more
+        # moved or removed: this replica shows it no more (its last counts flushed, also of a run
+        # that came and went between two collections, never shown)
+        for cid in (self._shown | set(self._tracked)) - set(conductors):
             tracked = self._tracked.pop(cid, None)
             if tracked is not None:
                 self._camera_counters(cid, tracked)
@@ -274,8 +276,8 @@ class ModelMetrics:
         t0 = time.perf_counter()
         try:
             yield outcome
-        except Exception:
-            self._errors(len(requests))
+        except Exception:  # every item failed: counted in the unit the batch's size is (a classifier's: crops)
+            self._errors(len(requests) if size is None else size)
             raise
         finally:
             self.recorder.observe(INFERENCE_MS, (time.perf_counter() - t0) * 1000, self.tags)
@@ -327,4 +329,4 @@ def _seen_at(raw: Any) -> float:
 def read_endpoints(client: Any, prefix: str, max_age_s: float = 120.0) -> list[str]:
     raw = client.hgetall(endpoints_key(prefix))
     now = redis_now(client)
-    return sorted(k.decode() for k, v in raw.items() if now - float(v) <= max_age_s)
+    return sorted(k.decode(errors="replace") for k, v in raw.items() if now - _seen_at(v) <= max_age_s)

@@ -267,7 +267,35 @@ def test_model_metrics_time_each_batch_and_count_failed_items():
     with pytest.raises(RuntimeError), mm.batch(requests):
         raise RuntimeError("model crashed")
     assert rec.counters[("percept_model_errors_total", tags)] == 3
+    with pytest.raises(RuntimeError), mm.batch(requests, size=3):  # a classifier's: its crops, not its requests
+        raise RuntimeError("model crashed")
+    assert rec.counters[("percept_model_errors_total", tags)] == 6
     assert not mm._arrived
+
+
+def test_a_camera_run_that_came_and_went_between_two_collections_is_counted():
+    """Tracked (started) and gone (handed over) before any collection: its frames were never
+    exported, and its entry stayed."""
+    rec = MemoryRecorder()
+    m = pm.CameraMetrics(rec)
+    pub = fake_publisher()
+    c = fake_conductor("a", pub)
+    m.track(c)
+    c.source.frames_read, c.source.next_seq = 40, 40
+    m.collect({}, pub)
+    assert rec.counters[("percept_frames_decoded_total", ("camera", "a"))] == 40 and m._tracked == {}
+
+
+def test_metrics_endpoints_read_skip_a_value_percept_did_not_write():
+    """A bare float() on each value: one that is no number made `top` exit with a traceback."""
+    class Hash:
+        def time(self):
+            return (1010, 0)
+
+        def hgetall(self, key):
+            return {b"http://10.0.0.1:8080/metrics": b"1000.0", b"http://10.0.0.9:1/metrics": b"n/a"}
+
+    assert pm.read_endpoints(Hash(), "p") == ["http://10.0.0.1:8080/metrics"]
 
 
 def test_model_metrics_set_their_gauge_again_before_ray_forgets_it():
