@@ -188,6 +188,8 @@ def deployment_line(name: str, d: DeploymentStats) -> str:
     mean = histogram_mean(d.batch)
     if mean is None:
         batch = "-"
+    elif name.startswith("classifier"):  # its batches in crops, its max_size in requests: no fill
+        batch = f"{mean:.1f} crops"
     elif d.max_batch:
         batch = f"{mean:.1f}/{d.max_batch:.0f} ({100 * mean / d.max_batch:.0f}%)"
     else:

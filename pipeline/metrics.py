@@ -74,7 +74,7 @@ PUBLISH_ERRORS = MetricDef("percept_publish_errors_total", "counter", "Redis wri
 PUBLISHER_DROPPED = MetricDef("percept_publisher_dropped_total", "counter",
                               "frames the publisher dropped because its outage buffer was full", CAM)
 BATCH_SIZE = MetricDef("percept_batch_size", "histogram", "items per model batch (frames, or crops)", DEP,
-                       (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32, 48, 64, 96, 128))
+                       (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024))
 BATCH_MAX = MetricDef("percept_batch_max_size", "gauge", "the replica's max batch size (one series per replica)", DEP)
 INFERENCE_MS = MetricDef("percept_inference_ms", "histogram", "model time per batch, ms", DEP,
                          (2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000))

@@ -101,6 +101,8 @@ def test_deployment_stats_sum_replicas_and_window_differences():
     assert window.batch == {2.0: 0, float("inf"): 2} and window.errors == 1
     line = deployment_line("detector", d)
     assert line.split()[:2] == ["detector", "2"] and "/4" in line and line.split()[-1] == "2"
+    # a classifier's batches are crops, its max_size requests: no fill (192 crops said "400%" of 32)
+    assert deployment_line("classifier-vehicle", d).split()[2:4] == ["2.0", "crops"]
     # a replica gone (a scale-down): the window is what the one left did, not nothing
     later = deployment_stats([sample("ray_percept_batch_max_size", "w1", 4),
                               sample("ray_percept_batch_size_bucket", "w1", 13, le="2.0"),
