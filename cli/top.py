@@ -300,11 +300,26 @@ class DeploymentView:
         self.history.append((now, stats))
         while len(self.history) > 2 and now - self.history[1][0] >= WINDOW_S:
             self.history.popleft()
-        t0, old = self.history[0]
+        t0, _ = self.history[0]
         if len(self.history) < 2:
             return stats, "deployments: since their start"
-        window = {n: d.minus(old[n]) if n in old else d for n, d in stats.items()}
+        window = {n: d.minus(self._base(n)) for n, d in stats.items()}
         return window, f"deployments: last {now - t0:.0f} s"
+
+    def _base(self, name: str) -> "DeploymentStats":
+        """What the window of deployment ``name`` counts from: each replica's numbers in the
+        oldest scrape of the window that has it (one missing from the oldest, its node's
+        endpoint slow that once, counted from 0 showed its whole life as the window's)."""
+        base = DeploymentStats()
+        for _, stats in self.history:
+            d = stats.get(name)
+            if d is None:
+                continue
+            if not d.parts:  # (sums only): the oldest there is
+                return d if not base.parts else base
+            for key, part in d.parts.items():
+                base.parts.setdefault(key, part)
+        return base
 
 
 # --- the command ---------------------------------------------------------------------------------

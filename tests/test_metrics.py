@@ -112,6 +112,26 @@ def test_deployment_stats_sum_replicas_and_window_differences():
     assert window.batch == {2.0: 10, float("inf"): 20} and window.errors == 1 and len(window.replicas) == 1
 
 
+def test_a_replica_missing_from_the_windows_first_scrape_is_not_counted_from_zero(monkeypatch):
+    """`top` started while one node's endpoint timed out: that replica counted from 0, its whole
+    life's errors shown as the last seconds'."""
+    import cli.top as top
+
+    def errors(w1, w2=None):
+        out = [("ray_percept_model_errors_total", {"deployment": "detector", "WorkerId": "w1"}, w1)]
+        return out + ([("ray_percept_model_errors_total", {"deployment": "detector", "WorkerId": "w2"}, w2)]
+                      if w2 is not None else [])
+
+    clock = [0.0]
+    monkeypatch.setattr(top.time, "monotonic", lambda: clock[0])
+    view = top.DeploymentView(["http://a/metrics", "http://b/metrics"])
+    for t, samples in ((0, errors(3)), (5, errors(3, 500)), (10, errors(4, 500))):
+        clock[0] = t
+        monkeypatch.setattr(top, "scrape", lambda urls, s=samples: (s, []))
+        deployments, note = view.update(None, "p", None, redis_up=True)
+    assert deployments["detector"].errors == 1 and note == "deployments: last 10 s", (deployments, note)
+
+
 def test_rows_render_cameras_deployments_and_outage():
     row = CameraRow("road", "online", 4.0, 0.25, 6, 88.0, 140.0, {"vehicle": 2, "pedestrian": 1})
     line = camera_line(row)
