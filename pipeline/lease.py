@@ -73,8 +73,8 @@ while i <= #ARGV do
     -- what is retried is the run's tail, in order; an id already written (a retry) is no refusal
     if not string.find(err, 'equal or smaller', 1, true) then failed = err end
   else
-    for c = nc_at + 1, after - 1, 2 do
-      redis.call('HINCRBY', KEYS[5], ARGV[c], ARGV[c + 1])
+    for c = nc_at + 1, after - 1, 2 do  -- (pcall: a counts key of another type costs the counts, not the frames)
+      redis.pcall('HINCRBY', KEYS[5], ARGV[c], ARGV[c + 1])
     end
     top = math.max(top, tonumber(ARGV[i + 3]))
     if ARGV[i] ~= '' then
@@ -85,13 +85,18 @@ while i <= #ARGV do
   end
   i = after
 end
-if written > 0 then redis.call('HINCRBY', KEYS[3], 'processed', written) end
-if top > 0 and top > tonumber(redis.call('HGET', KEYS[3], 'track_id_max') or '0') then
-  redis.call('HSET', KEYS[3], 'track_id_max', top)
+-- the camera hash's numbers: pcall, so that a key of another type (not written by percept) costs
+-- them, not frames already written (a script's writes are not rolled back: they were reported failed)
+local function field(name, default)
+  local v = redis.pcall('HGET', KEYS[3], name)
+  if type(v) == 'table' then return nil end
+  return tonumber(v or default)
 end
-if top_seq >= 0 and top_seq > tonumber(redis.call('HGET', KEYS[3], 'seq_published') or '-1') then
-  redis.call('HSET', KEYS[3], 'seq_published', top_seq)
-end
+if written > 0 then redis.pcall('HINCRBY', KEYS[3], 'processed', written) end
+local had = field('track_id_max', '0')
+if top > 0 and had and top > had then redis.pcall('HSET', KEYS[3], 'track_id_max', top) end
+had = field('seq_published', '-1')
+if top_seq >= 0 and had and top_seq > had then redis.pcall('HSET', KEYS[3], 'seq_published', top_seq) end
 return out
 """
 

@@ -123,3 +123,25 @@ def test_a_write_answered_after_close_gave_up_is_counted_once_as_what_it_became(
                    for r in caplog.records), [r.getMessage() for r in caplog.records]
     finally:
         proxy.close()
+
+
+def test_a_camera_key_of_another_type_costs_its_numbers_not_frames_already_written(redis_server):
+    """The counts hash or the camera hash holding another type (not written by percept): the
+    publishing script failed after the frames' XADDs, so written frames were reported failed,
+    and the frames after them in that call were lost, counted in `errors` alone."""
+    import json as json_
+
+    from .test_publish import KEYS as KEYS_
+
+    client = redis_server.client()
+    for key in (KEYS_.counts("odd"), KEYS_.camera("odd")):
+        client.delete(KEYS_.detections("odd"), KEYS_.events("odd"), KEYS_.counts("odd"), KEYS_.camera("odd"))
+        client.set(key, "a string")
+        pub = publisher(redis_server)
+        for s in range(5):
+            events = [("zone_enter", json_.dumps({"kind": "zone_enter", "seq": s}))] if s in (1, 3) else []
+            pub.publish(result(s, "odd"), events=events, counts={"zone:z:enter": 1} if events else None)
+        assert pub.flush(5)
+        pub.close()
+        assert seqs(client, "odd") == list(range(5)) and pub.stats.published == {"odd": 5}, (key, pub.stats)
+        assert pub.stats.errors == 0 and pub.stats.dropped == {}, (key, pub.stats)
