@@ -15,7 +15,7 @@ from ray import serve
 
 from pipeline.autoscale import WARMUP_S, FrameAgeMeter
 from pipeline.backends import load_classifier
-from pipeline.batching import AdaptiveBatcher
+from pipeline.batching import AdaptiveBatcher, reconfigured
 from pipeline.config import PerceptConfig
 from pipeline.lifecycle.swap import ModelAnswers, SwapKeys
 from pipeline.lifecycle.swap_replica import ModelSwapper
@@ -43,7 +43,8 @@ class ClassifierDeployment:
         await self.model.start()
         self._swaps = asyncio.get_running_loop().create_task(self.model.follow())
         self.batcher: AdaptiveBatcher[list[np.ndarray], ModelAnswers] = AdaptiveBatcher(self._classify_batch)
-        self.reconfigure({"max_batch_size": ccfg.batch.max_size, "batch_wait_ms": ccfg.batch.wait_ms})
+        self.name, self.batch = deployment, ccfg.batch
+        self.reconfigure({})  # the config's batches (Serve's user_config, when it has one, next)
         self._gauges = asyncio.get_running_loop().create_task(self.metrics.keep_gauges())
         self.meter.ready()  # crops queued while the model loaded are not load
 
@@ -53,9 +54,8 @@ class ClassifierDeployment:
         return self.model.current
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.batcher.set_max_batch_size(int(user_config.get("max_batch_size", 32)))
-        self.metrics.max_batch_size(int(user_config.get("max_batch_size", 32)))
-        self.batcher.set_batch_wait_s(float(user_config.get("batch_wait_ms", 10)) / 1000)
+        """Batch size and wait can change at runtime (Serve ``user_config``; `reconfigured`)."""
+        self.batch = reconfigured(self.name, user_config, self.batch, self.batcher, self.metrics.max_batch_size)
 
     async def classify(self, crops: list[np.ndarray]) -> ModelAnswers:
         """All crops of one frame in one request (one Serve hop per frame, not per object); the

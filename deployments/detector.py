@@ -14,7 +14,7 @@ from ray import serve
 
 from pipeline.autoscale import WARMUP_S, FrameAgeMeter
 from pipeline.backends import load_detector
-from pipeline.batching import AdaptiveBatcher
+from pipeline.batching import AdaptiveBatcher, reconfigured
 from pipeline.config import PerceptConfig
 from pipeline.frame_share import FrameReader, NotShared
 from pipeline.lifecycle.swap import SwapKeys
@@ -49,7 +49,8 @@ class DetectorDeployment:
         # (pipeline/batching.py)
         self.batcher = AdaptiveBatcher(self._detect_batch, wait_above_busy=0.75)
         self._one_batch = asyncio.Lock()  # for a model that runs one batch at a time
-        self.reconfigure({"max_batch_size": section.cfg.batch.max_size, "batch_wait_ms": section.cfg.batch.wait_ms})
+        self.name, self.batch = deployment, section.cfg.batch
+        self.reconfigure({})  # the config's batches (Serve's user_config, when it has one, next)
         self._gauges = asyncio.get_running_loop().create_task(self.metrics.keep_gauges())
         self.meter.ready()  # frames queued while the model loaded are not lag
 
@@ -59,10 +60,8 @@ class DetectorDeployment:
         return self.model.current
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Batch size and wait can change at runtime (Serve ``user_config``)."""
-        self.batcher.set_max_batch_size(int(user_config.get("max_batch_size", 8)))
-        self.metrics.max_batch_size(int(user_config.get("max_batch_size", 8)))
-        self.batcher.set_batch_wait_s(float(user_config.get("batch_wait_ms", 20)) / 1000)
+        """Batch size and wait can change at runtime (Serve ``user_config``; `reconfigured`)."""
+        self.batch = reconfigured(self.name, user_config, self.batch, self.batcher, self.metrics.max_batch_size)
 
     async def detect(self, inp: DetectorInput) -> Detections | Exception:
         try:

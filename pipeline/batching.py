@@ -27,14 +27,19 @@ asyncio mechanism around it. Ray-free.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, Mapping, TypeVar
+
+from .config_errors import ConfigError
+from .config_models import BatchConfig, batch_from_user_config
 
 T = TypeVar("T")
 R = TypeVar("R")
+log = logging.getLogger("percept.batching")
 
 
 @dataclass
@@ -267,3 +272,23 @@ class AdaptiveBatcher(Generic[T, R]):
             if not i.future.done():
                 i.future.cancel()
         self._pending.clear()
+
+
+def reconfigured(name: str, user_config: Mapping[str, Any], current: BatchConfig, batcher: AdaptiveBatcher[Any, Any],
+                 on_max_size: Callable[[int], None] | None = None) -> BatchConfig:
+    """A model replica's Serve ``user_config`` applied to its batcher, validated as a whole first
+    (`batch_from_user_config`): one that is refused is logged naming the key and leaves the batches
+    as they were (raised, half of it was applied, and a replica that raised it at its start was
+    stopped, and its replacement too: the deployment crash-looped). The settings now."""
+    try:
+        batch = batch_from_user_config(user_config, current)
+    except ConfigError as exc:
+        log.error("%s: user_config not applied (batches stay %d, %g ms): %s", name, current.max_size, current.wait_ms,
+                  "; ".join(exc.errors))
+        return current
+    batcher.set_max_batch_size(batch.max_size)
+    batcher.set_batch_wait_s(batch.wait_ms / 1000)
+    if on_max_size is not None:
+        on_max_size(batch.max_size)
+    return batch
+

@@ -46,6 +46,32 @@ class BatchConfig(Strict):
     wait_ms: float = Field(20.0, ge=0, le=10_000)
 
 
+USER_CONFIG_KEYS = {"max_batch_size": "max_size", "batch_wait_ms": "wait_ms"}  # Serve's user_config → BatchConfig
+
+
+def batch_from_user_config(user_config: Mapping[str, Any], current: BatchConfig) -> BatchConfig:
+    """A model replica's batch settings from Serve's ``user_config`` (``max_batch_size``,
+    ``batch_wait_ms``; a key left out keeps its current value), validated as the config's
+    ``batch`` is; `ConfigError` naming the key (nothing applied: a half-applied change, or one
+    that raised in a replica's start, crash-looped the deployment)."""
+    from pydantic import ValidationError
+
+    from .config_errors import ConfigError, format_validation_error
+
+    unknown = sorted(set(user_config) - set(USER_CONFIG_KEYS))
+    if unknown:
+        raise ConfigError([f"user_config.{k}: unknown key (takes {', '.join(USER_CONFIG_KEYS)})" for k in unknown])
+    merged = current.model_dump()
+    merged.update({USER_CONFIG_KEYS[k]: v for k, v in user_config.items()})
+    try:
+        return BatchConfig.model_validate(merged)
+    except ValidationError as exc:
+        names = {v: k for k, v in USER_CONFIG_KEYS.items()}
+        lines = format_validation_error(exc)
+        raise ConfigError([f"user_config.{names.get(line.split(':')[0], line.split(':')[0])}:{line.split(':', 1)[1]}"
+                           for line in lines]) from None
+
+
 class AutoscaleConfig(Strict):
     """Replicas scale on what users feel: how old frames are when they reach the model."""
 

@@ -341,3 +341,25 @@ def test_overlapping_batches_count_their_time_once():
     policy.ran(0.8, 0.9)
     assert policy.busy(1.0) == pytest.approx(0.7)
     assert policy.busy(1.5) == pytest.approx(0.2)  # the window's start cuts the first ones
+
+
+def test_a_user_config_is_validated_whole_before_any_of_it_applies(caplog):
+    """Serve's user_config edited by hand: `{max_batch_size: 16, batch_wait_ms: -1}` set the size,
+    then raised (half applied; raised at a replica's start, the deployment crash-looped); a key
+    left out went back to a hard-coded default, not the config's; `nan` was taken."""
+    from pipeline.batching import reconfigured
+    from pipeline.config_models import BatchConfig
+
+    batcher = AdaptiveBatcher(Recorder())
+    told = []
+    current = reconfigured("detector", {}, BatchConfig(max_size=4, wait_ms=30), batcher, told.append)
+    assert (batcher.policy.max_batch_size, batcher.policy.batch_wait_s, told) == (4, 0.03, [4])
+    with caplog.at_level("ERROR", logger="percept.batching"):
+        for bad in ({"max_batch_size": 16, "batch_wait_ms": -1}, {"batch_wait_ms": float("nan")}, {"size": 3}):
+            assert reconfigured("detector", bad, current, batcher, told.append) is current
+    assert (batcher.policy.max_batch_size, batcher.policy.batch_wait_s, told) == (4, 0.03, [4])  # nothing applied
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and lines[0] == ("detector: user_config not applied (batches stay 4, 30 ms): "
+                                            "user_config.batch_wait_ms: must be >= 0, got -1"), lines
+    assert reconfigured("detector", {"batch_wait_ms": 5}, current, batcher).max_size == 4  # the config's size kept
+    assert batcher.policy.batch_wait_s == 0.005
