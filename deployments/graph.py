@@ -51,6 +51,9 @@ def _floor(gpus: float) -> float:
     return math.floor(gpus * 10_000 + 1e-6) / 10_000
 
 
+MIN_AUTO_SHARE = 0.05  # the least GPU a deployment on auto gets: below, those on auto take another GPU
+
+
 def gpu_shares(config: PerceptConfig, *, gpu_available: bool) -> dict[str, float]:
     """GPUs per replica of the detector and of each classifier, by deployment name.
 
@@ -69,8 +72,10 @@ def gpu_shares(config: PerceptConfig, *, gpu_available: bool) -> dict[str, float
     auto = [name for name in sections if name not in shares]
     if not gpu_available or not auto:
         return {**{name: 0.0 for name in auto}, **shares}
-    taken = sum(shares.values())
-    free = 1.0 - taken if taken < 1.0 else 1.0
+    # what the numbers leave of the GPU they fill last (rounded to Ray's precision: 0.7 + 0.2 + 0.1
+    # is 0.99999…, which left the auto ones 1e-16, floored to 0: the detector ran on the CPU)
+    left = round(1.0 - round(sum(shares.values()), 4) % 1.0, 4)
+    free = left if left >= MIN_AUTO_SHARE * len(auto) else 1.0  # (too little left: another GPU)
     detectors = [name for name in auto if name.startswith("detector")]
     classifiers = [name for name in auto if name not in detectors]
     if detectors:

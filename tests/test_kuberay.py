@@ -103,6 +103,26 @@ def test_models_that_run_on_the_cpu_anyway_take_no_gpu_share(tmp_path):
     assert shares({"weights": str(export), "device": "cuda:0"}) == {"detector": 0.5, "classifier-vehicle": 0.5}
     assert shares({"weights": "yolo11n.pt", "backend": "openvino"}) == {"detector": 0.0, "classifier-vehicle": 1.0}
     assert shares({"weights": "yolo11n.pt"}) == {"detector": 0.5, "classifier-vehicle": 0.5}
+    # device: cpu, whatever the weights: it held half a GPU it never used
+    assert shares({"weights": "yolo11n.pt", "device": "cpu"}) == {"detector": 0.0, "classifier-vehicle": 1.0}
+
+
+def test_what_numbers_leave_of_a_gpu_is_shared_without_rounding_it_away():
+    """0.7 + 0.2 + 0.1 is 0.99999… in floats: the detector on auto got the 1e-16 left, floored to
+    0, and ran on the CPU without a word. Numbers past one GPU (1 + 0.5) left 1.0 to an auto
+    classifier: 2.5 GPUs asked, unschedulable on two."""
+    from deployments.graph import gpu_shares
+    from pipeline.config import parse_config
+
+    def shares(detector, *classifiers):
+        return gpu_shares(parse_config({"detector": {"weights": "d.pt", "num_gpus": detector}, "classifiers": {
+            "vehicle": [{"weights": "v.pt", "name": f"c{i}", "num_gpus": n} for i, n in enumerate(classifiers)]}},
+            env={}), gpu_available=True)
+
+    assert shares("auto", 0.7, 0.2, 0.1)["detector"] == 1.0  # nothing usable left of the first: a GPU of its own
+    assert shares("auto", 0.9999)["detector"] == 1.0
+    assert shares(1, 0.5, "auto")["classifier-vehicle-c1"] == 0.5  # the second GPU's other half
+    assert shares("auto", 0.5, "auto") == {"classifier-vehicle-c0": 0.5, "detector": 0.25, "classifier-vehicle-c1": 0.25}
 
 
 def test_rayservice_pods_run_the_gpu_image_with_models_and_secrets():

@@ -123,11 +123,11 @@ def _openvino_export_on_cpu(weights: str | None, device: str) -> bool:
 
 
 def runs_on_cpu_only(cfg: ModelServerConfig, *, models_dir: str | None) -> bool:
-    """Whether the model runs on the CPU whatever GPUs its replica gets: a plain network described
+    """Whether the model runs on the CPU whatever GPUs its replica gets: ``device: cpu``, a plain network described
     by a card (the openvino and yunet backends), ``backend: openvino``, or an ultralytics
     OpenVINO export on ``device`` auto or cpu (OpenVINO has no CUDA device; ultralytics runs
     one on the CPU too). A card that cannot be read says no here (the model's load names it)."""
-    if getattr(cfg, "backend", "auto") == "openvino":
+    if getattr(cfg, "backend", "auto") == "openvino" or cfg.device == "cpu":  # (device: cpu, whatever the model)
         return True
     try:
         weights = resolve_weights(cfg.weights, models_dir)
