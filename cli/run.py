@@ -186,15 +186,17 @@ def serve_graph(config: PerceptConfig, stack: ExitStack, *, verbose: bool = Fals
         logging_config=where,
     )
     _quiet_serve(verbose)
+    # On exit our application is deleted (its replicas drain); Serve itself stays for whoever
+    # else uses the cluster, and a private Ray goes with ray.shutdown. Said before the deploy: one
+    # that fails part-way (a classifier that cannot start) or is interrupted (SIGTERM, Ctrl-C
+    # while the models load) left the decoders that did start running on a cluster.
+    stack.callback(serve.delete, "percept")
     serve.run(
         build_app(config, gpu_available=gpu),
         name="percept",
         route_prefix="/",
         logging_config={"enable_access_log": False, **where},
     )
-    # On exit our application is deleted (its replicas drain); Serve itself stays for whoever
-    # else uses the cluster, and a private Ray goes with ray.shutdown.
-    stack.callback(serve.delete, "percept")
     _quiet_serve(verbose)
     return str(logs) if local else "each node's Ray session folder (logs/serve/)"
 
