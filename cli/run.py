@@ -176,8 +176,13 @@ def serve_graph(config: PerceptConfig, stack: ExitStack, *, verbose: bool = Fals
 
     from deployments.graph import build_app
 
+    from deployments.graph import unmet_resources
+
     _quiet_serve(verbose)
-    gpu = ray.cluster_resources().get("GPU", 0) > 0
+    have = ray.cluster_resources()
+    gpu = have.get("GPU", 0) > 0
+    if local and (unmet := unmet_resources(config, have, gpu_available=gpu)):  # (a cluster may add nodes)
+        raise ConfigError(unmet)
     logs = Path(config.state_dir).resolve() / "logs"
     where = {"logs_dir": str(logs)} if local else {}
     serve.start(
@@ -252,6 +257,8 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
         stack.callback(ray.shutdown)
         try:
             logs = serve_graph(config, stack, verbose=verbose, local=address == "local")
+        except ConfigError as exc:  # (what it asks of a private Ray that has none of it)
+            return fail(str(ConfigError(exc.errors, exc.source or source)), CONFIG_ERROR_EXIT_CODE)
         except Exception as exc:  # a replica that cannot start (model error) fails the deploy
             return fail(f"deployment failed: {redact(str(exc))[-2000:]}", EXIT_UNAVAILABLE)
         say(f"running {len(config.cameras)} camera(s); streams {config.redis.stream_prefix}:detections:<camera>; "

@@ -160,6 +160,22 @@ def logical_cpus(config: PerceptConfig) -> float:
     return total
 
 
+def unmet_resources(config: PerceptConfig, have: Mapping[str, float], *, gpu_available: bool) -> list[str]:
+    """What a deployment asks of each replica that this Ray has none of at all (GPUs, a custom
+    resource), one line per deployment naming its field: on a private local Ray, whose resources
+    never change, Serve would wait for them for ever (`serve.run` hung, its warning hidden)."""
+    fields = {s.deployment: s.field for s in config.detector_sections() + config.classifier_sections()}
+    problems = []
+    for name, options in deployment_options(config, gpu_available=gpu_available).items():
+        actor = options["ray_actor_options"]
+        asked = {"GPU": float(actor.get("num_gpus") or 0), **{k: float(v) for k, v in (actor.get("resources") or {}).items()}}
+        for key in sorted(k for k, v in asked.items() if v > 0 and not have.get(k)):
+            where = f"{fields.get(name, name)}.{'num_gpus' if key == 'GPU' else 'resources.' + key}"
+            problems.append(f"{where}: {asked[key]:g} asked of each {name} replica; this machine's Ray has "
+                            f"no {key} (Serve would wait for it for ever)")
+    return problems
+
+
 def ray_cpus_for(config: PerceptConfig) -> int | None:
     """Logical CPUs for a private local Ray when the machine's cores are fewer than the graph
     reserves (the deployments share the cores either way: Ray does not pin), else None (the cores)."""

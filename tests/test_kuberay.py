@@ -197,3 +197,20 @@ def test_an_unquoted_on_key_survives_the_json_that_serve_deploy_and_kuberay_send
     config = parse_config(sent["applications"][0]["args"]["config"], env={"CAM_PASS": "x"})
     assert config.classifiers["vehicle"][0].on == ["car", "truck", "bus"]
     assert [c.on for c in config.classifiers["sign"]] == [None, ["traffic light"]]
+
+
+def test_a_local_run_asking_for_resources_its_ray_has_none_of_is_refused_naming_them():
+    """A private local Ray never gains a GPU or a custom resource: `serve.run` waited for ever
+    (Serve's warning about it hidden), `percept run` hung at "starting"."""
+    from deployments.graph import unmet_resources
+    from pipeline.config import parse_config
+
+    config = parse_config({"detector": {"weights": "d.pt", "num_gpus": 0.5},
+                           "classifiers": {"vehicle": {"weights": "v.pt", "resources": {"edge": 1}}}}, env={})
+    assert unmet_resources(config, {"CPU": 2.0}, gpu_available=False) == [
+        "detector.num_gpus: 0.5 asked of each detector replica; this machine's Ray has no GPU (Serve would wait "
+        "for it for ever)",
+        "classifiers.vehicle.resources.edge: 1 asked of each classifier-vehicle replica; this machine's Ray has no "
+        "edge (Serve would wait for it for ever)"]
+    assert unmet_resources(config, {"CPU": 2.0, "GPU": 1.0, "edge": 1.0}, gpu_available=True) == []
+    assert unmet_resources(parse_config({}, env={}), {"CPU": 2.0}, gpu_available=False) == []  # auto: none asked
