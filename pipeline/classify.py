@@ -131,8 +131,7 @@ class CropClassification:
                     seeded += 1
         return seeded
 
-    def _chosen(self, detections: Detections, ids: Sequence[int | None], category: str, route: ClassifierRoute,
-                cache: Any, frame_no: int,
+    def _chosen(self, detections: Detections, category: str, route: ClassifierRoute, cache: Any, frame_no: int,
                 unclassified: dict[int, dict[str, str]]) -> tuple[list[tuple[int, Any]], list[int]]:
         """This classifier's objects this frame: ``(object, answer)`` for tracks whose answer
         stands, and the objects to classify now, at most ``max_per_frame`` (best scores first).
@@ -143,7 +142,7 @@ class CropClassification:
 
         def keep_last(i: int) -> bool:
             """Its track's last answer, when it has one (not classified afresh this frame)."""
-            track = ids[i] if cache is not None else None
+            track = detections.track_ids[i] if cache is not None else None
             stale = cache.last(track) if track is not None else None
             if stale is not None:
                 known.append((i, stale))
@@ -153,7 +152,7 @@ class CropClassification:
             label = detections.labels[i]
             if (route.cfg.on is not None and label not in route.cfg.on) or label in (route.cfg.not_on or ()):
                 continue
-            track = ids[i] if cache is not None else None
+            track = detections.track_ids[i] if cache is not None else None
             answer = cache.get(track, frame_no) if track is not None else None
             if answer is not None:
                 known.append((i, answer))
@@ -167,19 +166,15 @@ class CropClassification:
             keep_last(i)
         return known, fresh[:limit]
 
-    async def __call__(self, image: np.ndarray, detections: Detections, frame_no: int,
-                       answer_ids: Sequence[int | None] | None = None) -> tuple[Detections, int]:
+    async def __call__(self, image: np.ndarray, detections: Detections, frame_no: int) -> tuple[Detections, int]:
         """Each classifier's new (or due) objects go to it in one request per frame; tracked
-        objects already classified (or being classified) reuse their answer. ``answer_ids``:
-        each object's track id, or the one it will have once confirmed (`ObjectTracker.answer_ids`:
-        an object seen once is classified once, not again on its next frame)."""
-        ids = detections.track_ids if answer_ids is None else answer_ids
+        objects already classified (or being classified) reuse their answer."""
         jobs: list[tuple[int, "asyncio.Future[Mapping[str, Any]]"]] = []
         caches: list[Any] = []  # each job's track cache (None: untracked)
         unclassified: dict[int, dict[str, str]] = {}
         for n, (category, route) in enumerate(self.routes):
             cache = self._track_cache[n] if self._track_cache is not None else None
-            known, fresh = self._chosen(detections, ids, category, route, cache, frame_no, unclassified)
+            known, fresh = self._chosen(detections, category, route, cache, frame_no, unclassified)
             jobs += known
             caches += [cache] * (len(known) + len(fresh))
             if fresh:
@@ -187,7 +182,7 @@ class CropClassification:
                 request = asyncio.ensure_future(self._request(route.name or category, route, crops))
                 for k, i in enumerate(fresh):
                     answer = asyncio.ensure_future(_nth(request, k))
-                    track = ids[i]
+                    track = detections.track_ids[i]
                     if cache is not None and track is not None:
                         cache.put(track, frame_no, answer)
                     jobs.append((i, answer))
@@ -204,7 +199,7 @@ class CropClassification:
         errors: list[BaseException] = []
         for (i, _), answer, cache in zip(jobs, answers, caches):
             if isinstance(answer, BaseException):
-                track = ids[i] if cache is not None else None
+                track = detections.track_ids[i] if cache is not None else None
                 last = cache.last(track) if track is not None else None  # a fresh look failed: the one before
                 if last is None:  # (a last answer is one that came)
                     errors.append(answer)

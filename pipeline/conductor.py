@@ -350,14 +350,12 @@ class CameraConductor:
         detect_ms = (time.perf_counter() - t0) * 1000
         infer_ms = detections.infer_ms  # of it, the detector replica's own time (the rest: Serve, the batch wait)
         t_track = time.perf_counter()
-        answer_ids = None  # (the tracker's, taken at once: the next frame's update replaces them)
         if self.tracker is not None:
             if previous is not None:
                 await previous.tracked.wait()
             try:
                 detections = self.tracker.update(detections, (meta.height, meta.width), ts=self.tracker.time_of(meta),
                                                  steady_ts=meta.steady_ts)
-                answer_ids = self.tracker.answer_ids
                 self._tracked_frames += 1
                 self._tracked_seq = meta.seq
                 if self.events is not None:
@@ -367,7 +365,7 @@ class CameraConductor:
             finally:
                 mine.tracked.set()
         t1 = time.perf_counter()
-        detections, unclassified = await self.classification(frame.image, detections, self._tracked_frames, answer_ids)
+        detections, unclassified = await self.classification(frame.image, detections, self._tracked_frames)
         if unclassified:
             self.counters.classify_failed += 1
         classify_ms = (time.perf_counter() - t1) * 1000

@@ -123,7 +123,6 @@ class ObjectTracker:
         self.shape: tuple[int, int] | None = None  # (height, width) of the frames tracked
         self._across_pause = 0.0  # the longest pause the next frame may find tracks after (`resume_across_pause`)
         self._heads: list[int] = []  # after `update`: each detection's row in ByteTrack's input (`adopt_ids`)
-        self.answer_ids: list[int | None] = []  # after `update`: see there
         self._vouched: set[int] = set()  # ids known to be their objects' (`restore`, `adopt_ids`)
 
     def time_of(self, meta: FrameMeta) -> float:
@@ -175,9 +174,6 @@ class ObjectTracker:
         position = {head: k for k, head in enumerate(heads)}
         self._heads = [position[head_of[i]] for i in range(len(dets))]
         ids: list[int | None] = [by_head.get(k) for k in self._heads]
-        seen_once = {int(s.idx): int(s.track_id) for s in t.tracked_stracks if not s.is_activated and s.frame_id == t.frame_id}
-        # the id each object's track has or will have once confirmed (a classifier's answer is kept under it)
-        self.answer_ids = [by_head.get(k, seen_once.get(k)) for k in self._heads]
         self.track_id_max = max([self.track_id_max, *(i for i in ids if i is not None)])
         # tracks confirmed on this frame: the box they were first seen at (pipeline/events.py)
         self.origins = {int(s.track_id): [float(v) for v in (*s._tlwh[:2], *(s._tlwh[:2] + s._tlwh[2:]))]
