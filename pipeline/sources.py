@@ -340,6 +340,18 @@ class VideoSource:
         """A file's frame interval (its frame rate; 25 fps when it has none)."""
         return 1.0 / self._native_fps if self._native_fps else 0.04
 
+    def _grab_past_damage(self, cap: Capture) -> bool:
+        """A file's grab() tried again after one that failed, up to `FILE_GRAB_RETRIES` times
+        within a second (at the true end each fails at once; a capture slow to say so is not
+        waited on for long)."""
+        until = self._monotonic() + 1.0
+        for _ in range(FILE_GRAB_RETRIES):
+            if self._stop.is_set() or self._monotonic() > until:
+                return False
+            if cap.grab():
+                return True
+        return False
+
     def _read(self, cap: Capture, pts_offset: float) -> Iterator[Frame]:
         """Yields frames from one open capture; returns (outcome, last pts): outcome is
         'eof' (file ended), 'empty' (a file's later pass gave no frame that decodes), 'lost'
@@ -357,7 +369,7 @@ class VideoSource:
             if not ok and self._stop.is_set():  # (a grab cut short by the stop)
                 break
             if not ok and self._is_file:  # a damaged packet: OpenCV says False, the frames after it read
-                ok = any(cap.grab() for _ in range(FILE_GRAB_RETRIES))  # (at the true end: False each time)
+                ok = self._grab_past_damage(cap)
             now = self._monotonic()
             if not ok:
                 if not self._is_file:

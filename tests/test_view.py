@@ -356,6 +356,8 @@ class ResizedCapture(FakeCapture):
         self.shown = shown
 
     def grab(self):
+        if self.i >= self.n:  # (its end: at once, as a file's)
+            return False
         if self.i and not self.shown.wait(30):
             return False
         self.shown.clear()
