@@ -291,12 +291,15 @@ def restore_tracking(
             events.update(result, tracker.alive_ids(), tracker.origins)  # its events are on the stream already
             done.replayed += 1
             done.last = (result.meta.seq, result.meta.frame_ts)
+            size = (result.meta.width, result.meta.height)
+        events.reconfigure(camera.zones, camera.lines, anchor=camera.anchor, **margins_of(camera))
+        if done.replayed:  # the camera's own zones and lines fit its frames (else it cannot go on)
+            events.geometry(*size)
     except ValueError as exc:  # a zone that no longer fits the frame (GeometryError), …
         log.warning("camera %s: track state not restored: replaying seq %d: %s", camera.id, seq + done.replayed + 1, exc)
         settle_left_tracks(publisher, camera, cfg, state)
         return fresh(str(exc))
     events.take_counts()
-    events.reconfigure(camera.zones, camera.lines, anchor=camera.anchor, **margins_of(camera))
     if check_source and state.get("source", source_of(camera)) != source_of(camera):  # (older ones name none)
         log.info("camera %s: its URL changed since its snapshot: its %d open tracks end", camera.id, len(events.open_tracks))
         end_tracks(publisher, camera.id, events, done.last, TrackSnapshots(publisher, camera.id, every=0))
