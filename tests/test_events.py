@@ -271,8 +271,7 @@ def test_a_box_clipped_at_the_frame_edge_is_inside_a_zone_drawn_to_that_edge():
     assert kinds(events) == [("track_start", 1, 1), ("zone_enter", 1, 1)], kinds(events)
     right = run(EventEngine("cam", zones={"side": [[0.5, 0], [1, 0], [1, 1], [0.5, 1]]}), [frame(1, [obj(2, 50, x=100)])])
     assert [e.kind for e in right] == ["track_start", "zone_enter"]
-    # a pixel zone drawn to the last pixel's index (99, as annotation tools give it): it was never inside
-    for margin in (0.0, 0.1):
+    for margin in (0.0, 0.1):  # a pixel zone drawn to the last pixel's index (99, as tools give it): never inside
         events = run(EventEngine("cam", zones={"bay": [[0, 50], [99, 50], [99, 99], [0, 99]]}, zone_margin=margin),
                      [frame(s, [obj(3, 100, x=50, size=30)]) for s in range(1, 4)])
         assert kinds(events) == [("track_start", 3, 1), ("zone_enter", 3, 1)], (margin, kinds(events))
