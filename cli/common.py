@@ -112,7 +112,9 @@ def prefix_arg(value: str) -> str:
     """argparse type of ``--prefix``: a stream prefix as ``redis.stream_prefix`` takes it."""
     import re
 
-    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", value):
+    from pipeline.config_redis import STREAM_PREFIX
+
+    if not re.match(STREAM_PREFIX, value):
         raise argparse.ArgumentTypeError(f"a stream prefix is letters, digits and _ . : - (as redis.stream_prefix), "
                                          f"got {value!r}")
     return value

@@ -174,9 +174,7 @@ def serve_graph(config: PerceptConfig, stack: ExitStack, *, verbose: bool = Fals
     import ray
     from ray import serve
 
-    from deployments.graph import build_app
-
-    from deployments.graph import unmet_resources
+    from deployments.graph import build_app, unmet_resources
 
     _quiet_serve(verbose)
     have = ray.cluster_resources()

@@ -213,10 +213,8 @@ def render(rows: list[CameraRow] | None, deployments: dict[str, DeploymentStats]
 # --- reading Redis and the metrics endpoints ---------------------------------------------------
 
 def camera_rows(client: Any, prefix: str, samples: int, now: float | None = None) -> list[CameraRow]:
-    import redis
-
     from pipeline.registry import CameraRegistry
-    from pipeline.streams import StreamKeys, camera_states, number, parse_entry_id, redis_unavailable
+    from pipeline.streams import StreamKeys, camera_states, number, parse_entry_id, per_key
 
     keys, now = StreamKeys(prefix), time.time() if now is None else now
     valid, invalid = CameraRegistry(client, keys).read()
@@ -226,15 +224,12 @@ def camera_rows(client: Any, prefix: str, samples: int, now: float | None = None
     for cid in ids:
         pipe.xrevrange(keys.detections(cid), count=samples)
     rows = []
-    for cid, entries in zip(ids, pipe.execute(raise_on_error=False)):
+    for cid, entries in zip(ids, per_key(pipe)):
         st = states.get(cid, {})
         row = CameraRow(cid, st.get("state", "pending"), number(st.get("fps")), dropped=int(number(st.get("dropped"))),
                         error=st.get("last_error", ""))
-        if isinstance(entries, redis.ResponseError) and not redis_unavailable(entries):
-            row.state, row.error = "unreadable", f"{keys.detections(cid)}: {entries}"  # (a key not written by percept)
-            entries = []
-        elif isinstance(entries, Exception):
-            raise entries
+        if isinstance(entries, Exception):  # (a key not written by percept)
+            row.state, row.error, entries = "unreadable", f"{keys.detections(cid)}: {entries}", []
         totals = []
         for i, (entry_id, fields) in enumerate(entries):
             if i == 0:

@@ -34,11 +34,12 @@ from pipeline.config_env import foreign_variable_error
 from pipeline.lifecycle.swap import SwapError
 from pipeline.lifecycle.swap_service import ModelSwaps
 from pipeline.decoder_status import merged_status, read_shared_or_none
-from pipeline.geometry import (GeometryError, in_frame_pixels, is_pixels_geometry, resolve_geometry,
-                               restored_pixel_sizes)
+from pipeline.events import EventEngine
+from pipeline.geometry import GeometryError
 from pipeline.redact import redact, redact_url
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys, camera_states, number, redis_from_config, redis_unavailable
+from pipeline.track_state import stored_pixel_frames
 
 from .explain import ExplainApi
 from .live import LiveView, last_frames
@@ -98,16 +99,6 @@ def last_frame_size(client: Any, keys: StreamKeys, camera_id: str, since_ms: int
         return int(payload["width"]), int(payload["height"])
     except (IndexError, KeyError, TypeError, ValueError):
         return None
-
-
-def pixel_frames(client: Any, keys: StreamKeys, camera_id: str) -> dict[str, Any]:
-    """The camera's last track snapshot's word on which frame size its pixel zones and lines are
-    in (`restored_pixel_sizes` reads it); {} when there is none (or it cannot be read)."""
-    try:
-        state = json.loads(client.hget(keys.trackstate(camera_id), "json") or b"{}")
-        return dict(state.get("events") or {})
-    except (TypeError, ValueError, AttributeError):
-        return {}
 
 
 @serve.deployment(name="api")
@@ -198,19 +189,16 @@ class CameraApi:
         self._need_tracking(body)
         added_ms = await asyncio.to_thread(self.registry.added_ms, camera_id)
         size = await asyncio.to_thread(last_frame_size, self.client, self.keys, camera_id, added_ms)
-        drawn = await asyncio.to_thread(pixel_frames, self.client, self.keys, camera_id)
+        drawn = await asyncio.to_thread(stored_pixel_frames, self.client, self.keys, camera_id)
 
         def fits(camera: CameraConfig) -> None:
-            """Pixel zones and lines inside the frames it sends now, as the camera's engine will
-            take them: those it has seen in another frame size, unchanged, scaled from it (after a
-            change of resolution they may lie outside the new frame's pixels as written)."""
+            """Pixel zones and lines inside the frames it sends now, checked by an event engine as
+            the camera's takes them: those it has seen in another frame size, unchanged, scaled from
+            it (after a change of resolution they may lie outside the new frame's pixels as written)."""
             if size is not None:
-                zones, lines = camera.zones, camera.lines
-                if is_pixels_geometry(zones, lines):
-                    sizes = restored_pixel_sizes(drawn, zones, lines)
-                    zones, lines = (in_frame_pixels(shapes, kind, sizes, *size)
-                                    for kind, shapes in (("zones", zones), ("lines", lines)))
-                resolve_geometry(zones, lines, camera.anchor, *size, where=f"cameras[{camera.id}]")
+                engine = EventEngine.for_camera(camera, track_buffer=1)
+                engine.seed_pixel_sizes(drawn)
+                engine.geometry(*size)
 
         try:
             camera = await asyncio.to_thread(self.registry.set_geometry, camera_id, body, fits)

@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from pipeline.config_view import ViewConfig
 from pipeline.registry import CameraRegistry
-from pipeline.streams import StreamKeys, parse_entry_id, redis_unavailable
+from pipeline.streams import StreamKeys, parse_entry_id, per_key
 from pipeline.view import jpeg_comment
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
@@ -47,12 +47,8 @@ def last_frames(client: Any, keys: StreamKeys, ids: list[str], now: float) -> di
     for cid in ids:
         pipe.xrevrange(keys.detections(cid), count=1)
     out: dict[str, dict[str, Any]] = {}
-    for cid, last in zip(ids, pipe.execute(raise_on_error=False)):
-        if isinstance(last, redis.ResponseError) and not redis_unavailable(last):
-            last = None  # a key of another type, not written by percept: this camera's row only
-        elif isinstance(last, Exception):
-            raise last
-        if not last:
+    for cid, last in zip(ids, per_key(pipe)):
+        if not last or isinstance(last, Exception):  # (a key of another type, not written by percept)
             out[cid] = {}
             continue
         entry_id, fields = last[0]

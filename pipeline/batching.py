@@ -291,4 +291,3 @@ def reconfigured(name: str, user_config: Mapping[str, Any], current: BatchConfig
     if on_max_size is not None:
         on_max_size(batch.max_size)
     return batch
-

@@ -92,8 +92,7 @@ def _video_source(camera: CameraConfig, config: PerceptConfig, slot: LatestFrame
         realtime=camera.realtime,
         native_fps=native_fps,
         watchdog_s=camera.watchdog_s,
-        closes_gaps=camera.decode != "keyframes",  # (keyframes only: seconds apart by design)
-        phased=camera.decode != "keyframes",
+        sparse=camera.decode == "keyframes",  # (keyframes only: seconds apart by design)
         seq_start=seq_start,
         on_status=on_status,
         secrets=camera.secrets,

@@ -169,14 +169,12 @@ class CropClassification:
     async def __call__(self, image: np.ndarray, detections: Detections, frame_no: int) -> tuple[Detections, int]:
         """Each classifier's new (or due) objects go to it in one request per frame; tracked
         objects already classified (or being classified) reuse their answer."""
-        jobs: list[tuple[int, "asyncio.Future[Mapping[str, Any]]"]] = []
-        caches: list[Any] = []  # each job's track cache (None: untracked)
+        jobs: list[tuple[int, "asyncio.Future[Mapping[str, Any]]", Any]] = []  # (object, answer, its track cache)
         unclassified: dict[int, dict[str, str]] = {}
         for n, (category, route) in enumerate(self.routes):
             cache = self._track_cache[n] if self._track_cache is not None else None
             known, fresh = self._chosen(detections, category, route, cache, frame_no, unclassified)
-            jobs += known
-            caches += [cache] * (len(known) + len(fresh))
+            jobs += [(i, answer, cache) for i, answer in known]
             if fresh:
                 crops = [prepare_crop(image, detections.xyxy[i], route.size, context=route.crop_context) for i in fresh]
                 request = asyncio.ensure_future(self._request(route.name or category, route, crops))
@@ -185,7 +183,7 @@ class CropClassification:
                     track = detections.track_ids[i]
                     if cache is not None and track is not None:
                         cache.put(track, frame_no, answer)
-                    jobs.append((i, answer))
+                    jobs.append((i, answer, cache))
             if cache is not None:
                 cache.prune(frame_no)
         if unclassified:
@@ -194,10 +192,10 @@ class CropClassification:
             return detections, 0
         # shield: a shared per-track answer must survive this frame being cancelled at stop.
         # No wait of its own is needed: every request ends (answer or failure) by its deadline.
-        answers = await asyncio.gather(*(asyncio.shield(job) for _, job in jobs), return_exceptions=True)
+        answers = await asyncio.gather(*(asyncio.shield(job) for _, job, _ in jobs), return_exceptions=True)
         values: dict[int, dict[str, Any]] = {}
         errors: list[BaseException] = []
-        for (i, _), answer, cache in zip(jobs, answers, caches):
+        for (i, _, cache), answer in zip(jobs, answers):
             if isinstance(answer, BaseException):
                 track = detections.track_ids[i] if cache is not None else None
                 last = cache.last(track) if track is not None else None  # a fresh look failed: the one before

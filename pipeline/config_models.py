@@ -65,11 +65,10 @@ def batch_from_user_config(user_config: Mapping[str, Any], current: BatchConfig)
     merged.update({USER_CONFIG_KEYS[k]: v for k, v in user_config.items()})
     try:
         return BatchConfig.model_validate(merged)
-    except ValidationError as exc:
+    except ValidationError as exc:  # (its paths as the user_config's keys)
         names = {v: k for k, v in USER_CONFIG_KEYS.items()}
-        lines = format_validation_error(exc)
-        raise ConfigError([f"user_config.{names.get(line.split(':')[0], line.split(':')[0])}:{line.split(':', 1)[1]}"
-                           for line in lines]) from None
+        raise ConfigError([f"user_config.{names.get(field, field)}:{rest}"
+                           for field, _, rest in (line.partition(":") for line in format_validation_error(exc))]) from None
 
 
 class AutoscaleConfig(Strict):

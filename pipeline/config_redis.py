@@ -10,6 +10,7 @@ from .config_models import Strict
 from .config_urls import redis_url_problem
 
 
+STREAM_PREFIX = r"^[A-Za-z0-9_.:-]+$"
 TLS_ONLY = "only with a rediss:// URL: redis:// and unix:// do not use TLS (the password would go in clear)"
 
 
@@ -20,7 +21,7 @@ class OutageBufferConfig(Strict):
 
 class RedisConfig(Strict):
     url: str | None = Field(None, description="redis:// or rediss:// URL; omitted: a private redis-server")
-    stream_prefix: str = Field("percept", pattern=r"^[A-Za-z0-9_.:-]+$", description="key prefix")
+    stream_prefix: str = Field("percept", pattern=STREAM_PREFIX, description="key prefix")
     maxlen: int = Field(100_000, ge=1, le=2**63 - 1, description="approximate entries kept per stream (MAXLEN ~)")
     password: str | None = Field(None, description="AUTH password; use ${ENV_VAR}")
     username: str | None = Field(None, description="ACL user (Redis 6+)")

@@ -157,9 +157,7 @@ def in_frame_pixels(shapes: Mapping[str, Sequence[Sequence[float]]], kind: str,
     out = {}
     for name, points in shapes.items():
         w0, h0 = sizes.get(f"{kind}:{name}", (width, height))
-        if min(w0, h0) <= 0:  # (a frame of no size: `resolve_geometry` says so)
-            w0, h0 = width, height
-        sx, sy = (width / w0, height / h0) if min(w0, h0) > 0 else (1, 1)
+        sx, sy = (width / w0, height / h0) if min(w0, h0) > 0 else (1, 1)  # (no size: `resolve_geometry` says so)
         out[name] = [[x * sx, y * sy] for x, y in points] if (sx, sy) != (1, 1) else [list(p) for p in points]
     return out
 

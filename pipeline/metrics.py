@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 from .sources import SourceState
-from .streams import redis_now
+from .streams import number, redis_now
 
 log = logging.getLogger("percept.metrics")
 
@@ -307,7 +307,7 @@ def write_endpoints(client: Any, prefix: str, urls: list[str], ttl_s: float) -> 
     clock = redis_now(client)  # Redis's clock: read on another host
     now = f"{clock:.3f}"
     # nodes gone for good (a cluster's nodes come and go) are dropped: the hash never grows
-    stale = [k for k, v in client.hgetall(key).items() if clock - _seen_at(v) > ENDPOINT_FORGOTTEN_S]
+    stale = [k for k, v in client.hgetall(key).items() if clock - number(v) > ENDPOINT_FORGOTTEN_S]
     pipe = client.pipeline(transaction=False)
     if stale:
         pipe.hdel(key, *stale)
@@ -319,14 +319,7 @@ def write_endpoints(client: Any, prefix: str, urls: list[str], ttl_s: float) -> 
 ENDPOINT_FORGOTTEN_S = 600.0  # an endpoint not advertised for this long is deleted (`write_endpoints`)
 
 
-def _seen_at(raw: Any) -> float:
-    try:
-        return float(raw)
-    except (TypeError, ValueError):
-        return 0.0  # not written by percept: dropped
-
-
 def read_endpoints(client: Any, prefix: str, max_age_s: float = 120.0) -> list[str]:
     raw = client.hgetall(endpoints_key(prefix))
     now = redis_now(client)
-    return sorted(k.decode(errors="replace") for k, v in raw.items() if now - _seen_at(v) <= max_age_s)
+    return sorted(k.decode(errors="replace") for k, v in raw.items() if now - number(v) <= max_age_s)

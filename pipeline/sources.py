@@ -150,18 +150,16 @@ class VideoSource:
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] | None = None,
         secrets: tuple[str, ...] = (),
-        closes_gaps: bool = True,
-        phased: bool = True,
+        sparse: bool = False,
     ):
         self.camera = camera
-        # a paced file's timestamp gap past ``watchdog_s`` is closed (`_pts`); False: a capture
-        # that skips frames (keyframes only), whose frames are that far apart by design
-        self._closes_gaps = closes_gaps
+        # ``sparse``: a capture that skips frames (keyframes only), its frames seconds apart by
+        # design: a paced file's gap past ``watchdog_s`` is not closed (`_pts`), and a live one
+        # keeps each frame that comes (on its phase of the period, pipeline/sampling.py, it
+        # waited for its grid point and passed over its first keyframe: a GOP late, or none)
+        self._closes_gaps = not sparse
         self._open = open_capture
-        # a live camera keeps its frames on its own phase of the period (pipeline/sampling.py);
-        # not ``phased``: one whose frames are seconds apart (keyframes only) keeps each that comes
-        # (waiting for its grid point passed over its first keyframe: a GOP late, or none)
-        self._sampler = FpsSampler(fps, phase=None if is_file or not phased else next_phase())
+        self._sampler = FpsSampler(fps, phase=None if is_file or sparse else next_phase())
         self._is_file = is_file
         self._loop = loop
         self._realtime = realtime and is_file

@@ -179,15 +179,19 @@ def camera_states(client: redis.Redis, keys: StreamKeys, cameras: list[str]) -> 
     pipe = client.pipeline(transaction=False)
     for cam in cameras:
         pipe.hgetall(keys.camera(cam))
-    states = {}
-    for cam, raw in zip(cameras, pipe.execute(raise_on_error=False)):
-        if isinstance(raw, redis.ResponseError) and not redis_unavailable(raw):
-            states[cam] = {"state": "unreadable", "last_error": f"{keys.camera(cam)}: {raw}"}
-        elif isinstance(raw, Exception):
-            raise raw
-        else:
-            states[cam] = _decode(raw)
-    return states
+    return {cam: {"state": "unreadable", "last_error": f"{keys.camera(cam)}: {raw}"} if isinstance(raw, Exception)
+            else _decode(raw) for cam, raw in zip(cameras, per_key(pipe))}
+
+
+def per_key(pipe: Any) -> list[Any]:
+    """A pipeline's answers, a key's own refusal (another type: not written by percept) kept in
+    its place as the error, for the caller to say on that key's row alone; Redis unable to serve
+    (an outage, LOADING, …) raised, as for any command."""
+    answers = pipe.execute(raise_on_error=False)
+    for answer in answers:
+        if isinstance(answer, Exception) and not (isinstance(answer, redis.ResponseError) and not redis_unavailable(answer)):
+            raise answer
+    return answers
 
 
 def number(value: Any, default: float = 0.0) -> float:

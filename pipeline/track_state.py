@@ -180,6 +180,16 @@ def pixel_frames(events: EventEngine) -> dict[str, Any]:
     return {k: state[k] for k in ("pixel_sizes", "zones", "lines")}
 
 
+def stored_pixel_frames(client: redis.Redis, keys: Any, camera_id: str) -> dict[str, Any]:
+    """`pixel_frames` of the camera's last snapshot (what `EventEngine.seed_pixel_sizes` reads),
+    {} when there is none or it cannot be read."""
+    try:
+        state = json.loads(client.hget(keys.trackstate(camera_id), "json") or b"{}")
+        return dict(state.get("events") or {})
+    except (TypeError, ValueError, AttributeError):
+        return {}
+
+
 def source_of(camera: CameraConfig) -> str:
     """What a snapshot names as its camera's source: a digest of the URL as the replica opens it
     (``${VAR}``s expanded), credentials taken out first (`redact_url`); a new password is the

@@ -25,6 +25,7 @@ from pipeline.capture_av import DecodedRate, open_skipping
 from pipeline.config import ConfigError, parse_config
 from pipeline.sources import SourceError, SourceState, VideoSource
 
+from .test_decode_files import looped_pts, ts_clip
 from .waiting import wait_for
 
 CLIPS = ("traffic.mp4", "vtest.avi", "people.mp4")
@@ -418,16 +419,8 @@ def test_a_file_camera_opened_after_an_rtsp_camera_still_decodes(tmp_path):
 def test_a_looping_file_whose_timestamps_start_late_continues_across_the_loop(tmp_path):
     """PyAV gives a frame's time from 0 of the stream's clock, not of its start: a file starting
     at 600 s looped with a 600 s jump (realtime: a 600 s pause). Positions count from the start."""
-    clip = tmp_path / "late.ts"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=d=2:s=160x120:r=10", "-c:v", "libx264",
-                    "-g", "5", "-bf", "0", "-output_ts_offset", "600", "-f", "mpegts", str(clip)], check=True, timeout=120)
-    src = VideoSource("cam", lambda: open_capture("cam", str(clip), decode="keyframes"), fps=0, is_file=True,
-                      loop=True, realtime=False)
-    pts = []
-    for frame in src.frames():
-        pts.append(frame.meta.pts)
-        if len(pts) == 10:  # two passes and more
-            src.stop()
+    clip = ts_clip(tmp_path / "late.ts", 2, "-output_ts_offset", "600")
+    pts = looped_pts(lambda: open_capture("cam", str(clip), decode="keyframes"), 10)  # two passes and more
     steps = [b - a for a, b in zip(pts, pts[1:])]
     assert pts[0] < 1 and all(0 < s < 1 for s in steps), pts
 

@@ -164,23 +164,30 @@ def test_a_keyframes_read_ends_at_the_readers_stop_not_after_its_gop(videos):
     assert src.state == SourceState.STOPPED, src.state
 
 
+def ts_clip(path: Path, seconds: float, *options: str) -> Path:
+    """An MPEG-TS test clip (160x120, 10 fps, a keyframe every 5 frames, no B-frames)."""
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc=d={seconds}:s=160x120:r=10", "-c:v",
+                    "libx264", "-g", "5", "-bf", "0", *options, "-f", "mpegts", str(path)], check=True, timeout=120)
+    return path
+
+
+def looped_pts(opener, n: int) -> list[float]:
+    """The pts of the first ``n`` frames of a file read in a loop (not paced)."""
+    src = VideoSource("cam", opener, fps=0, is_file=True, loop=True, realtime=False)
+    pts = []
+    for frame in src.frames():
+        pts.append(frame.meta.pts)
+        if len(pts) == n:
+            src.stop()
+    return pts
+
+
 def test_recordings_joined_loop_without_a_gap_of_the_first_parts_length(tmp_path):
     """Two recordings joined (MPEG-TS: the timestamps start again at the second), read with PyAV
     in a loop: a pass ended where the longer first part ends, not where the file does, so each
     loop put a silent gap of the difference into the timeline (paced: no frame for seconds)."""
-    parts = []
-    for name, seconds in (("a", 4), ("b", 1)):
-        parts.append(tmp_path / f"{name}.ts")
-        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc=d={seconds}:s=160x120:r=10", "-c:v",
-                        "libx264", "-g", "5", "-bf", "0", "-f", "mpegts", str(parts[-1])], check=True, timeout=120)
     joined = tmp_path / "joined.ts"
-    joined.write_bytes(b"".join(p.read_bytes() for p in parts))
-    src = VideoSource("cam", lambda: open_skipping("cam", str(joined), decode="reference"), fps=0, is_file=True,
-                      loop=True, realtime=False)
-    pts = []
-    for frame in src.frames():
-        pts.append(frame.meta.pts)
-        if len(pts) == 110:  # two passes and more
-            src.stop()
+    joined.write_bytes(ts_clip(tmp_path / "a.ts", 4).read_bytes() + ts_clip(tmp_path / "b.ts", 1).read_bytes())
+    pts = looped_pts(lambda: open_skipping("cam", str(joined), decode="reference"), 110)  # two passes and more
     steps = [round(b - a, 3) for a, b in zip(pts, pts[1:])]
     assert max(steps) < 0.5 and min(steps) > 0, [(i, s) for i, s in enumerate(steps) if not 0 < s < 0.5]

@@ -125,7 +125,7 @@ def test_a_realtime_file_with_a_gap_in_its_timestamps_is_not_paced_through_the_g
     at = [0, 25, 26, 50, 3675, 3700]
     keyframes = VideoSource("kf", lambda: PositionCapture(6, clock, lambda i: at[i - 1] * 1000.0), fps=0,
                             is_file=True, realtime=True, native_fps=25, clock=clock, sleep=sleep, watchdog_s=10,
-                            closes_gaps=False)
+                            sparse=True)
     assert [f.meta.pts for f in keyframes.frames()] == [0.0, 25.0, 26.0, 50.0, 75.0, 100.0]
 
 
@@ -136,7 +136,7 @@ def test_a_file_paced_to_keyframes_further_apart_than_the_watchdog_is_not_report
     clock, events = Clock(), []
     src = VideoSource("kf", lambda: PositionCapture(6, clock, lambda i: (i - 1) * 12_000.0), fps=0, is_file=True,
                       realtime=True, native_fps=25, clock=clock, sleep=clock.sleep, monotonic=clock, watchdog_s=10,
-                      closes_gaps=False, on_status=events.append)
+                      sparse=True, on_status=events.append)
     pts = []
     for frame in src.frames():
         pts.append(frame.meta.pts)
