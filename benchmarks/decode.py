@@ -44,7 +44,8 @@ FILE_FPS = 5.0  # below the reference frames' rate of the B-frame clips (every o
 def measure_one(url: str, mode: str, *, fps: float, seconds: float) -> dict[str, Any]:
     """Decode one camera for ``seconds`` (after it opened) in this process: CPU, frames."""
     from pipeline.capture import open_capture
-    from pipeline.sources import VideoSource, is_file_url
+    from pipeline.source_types import is_file_url
+    from pipeline.sources import VideoSource
 
     is_file = is_file_url(url)
     source = VideoSource("bench", lambda: open_capture("bench", url, decode=mode, fps=fps), fps=fps,

@@ -38,7 +38,7 @@ from .config import CameraConfig
 from .lease import Lease, OutageClaims, acquire, release, renew
 from .publish import Publisher
 from .redact import redact
-from .sources import Backoff
+from .backoff import Backoff
 from .streams import ENDED_FIELD, StreamKeys, ended_mark, reconnect_if_demoted
 
 log = logging.getLogger("percept.assignment")

@@ -18,7 +18,8 @@ from .metrics import CameraMetrics
 from .models import prepare_frame
 from .publish import Publisher
 from .frame_slot import LatestFrameSlot
-from .sources import SourceState, StatusEvent, VideoSource, is_file_url
+from .source_types import SourceState, StatusEvent, is_file_url
+from .sources import VideoSource
 from .track_state import open_tracking
 
 

@@ -14,7 +14,7 @@ from .config import CameraConfig
 from .geometry import GeometryError
 from .lease import Lease
 from .redact import redact
-from .sources import Backoff
+from .backoff import Backoff
 
 log = logging.getLogger("percept.assignment")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from .camera_probe import DEFAULT_PORTS, camera_unanswered, diagnose_open
 from .capture_av import SKIP_FRAME
 from .redact import redact, redact_url
-from .sources import Capture, SourceError, camera_file, is_file_url
+from .source_types import Capture, SourceError, camera_file, is_file_url
 
 
 # FFmpeg's options for an RTSP camera: TCP and no probing, first frame in ~0.2 s, not ~3 s. OpenCV

@@ -26,7 +26,7 @@ import numpy as np
 
 from .camera_probe import DIAGNOSED
 from .redact import redact, redact_url
-from .sources import Capture, SourceError, camera_file, is_file_url
+from .source_types import Capture, SourceError, camera_file, is_file_url
 
 log = logging.getLogger("percept.capture")
 

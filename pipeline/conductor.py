@@ -29,7 +29,8 @@ from .publish import Publisher
 from .redact import redact
 from .schema import Detections, FrameMeta, FrameResult
 from .frame_slot import LatestFrameSlot, thread_ended
-from .sources import Frame, SourceState, VideoSource
+from .source_types import Frame, SourceState
+from .sources import VideoSource
 from .streams import ENDED_FIELD, ended_mark
 from .track_state import TrackSnapshots, leave_tracks
 from .tracking import ObjectTracker

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .sources import Frame
+    from .source_types import Frame
 
 
 class LatestFrameSlot:

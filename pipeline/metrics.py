@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
-from .sources import SourceState
+from .source_types import SourceState
 from .streams import number, redis_now
 
 log = logging.getLogger("percept.metrics")

@@ -42,7 +42,7 @@ from .publish_items import (Item, PublisherStats, account, call_command, count_l
 from .publish_wire import Wire, evalsha
 from .redact import redact
 from .schema import FrameResult
-from .sources import Backoff
+from .backoff import Backoff
 from .streams import StreamKeys, parse_entry_id, reconnect_if_demoted
 
 log = logging.getLogger("percept.publish")

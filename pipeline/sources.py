@@ -17,113 +17,20 @@ when its camera was replaced cannot write the old camera's state over the new on
 
 from __future__ import annotations
 
-import errno
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from enum import Enum
-from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .backoff import Backoff
 from .redact import redact
 from .sampling import FpsSampler, next_phase
 from .schema import FrameMeta
+from .source_types import ALLOWED, Capture, Frame, InvalidTransition, SourceError, SourceState, StatusEvent
 
 log = logging.getLogger("percept.sources")
-
-
-class SourceState(str, Enum):
-    CONNECTING = "connecting"
-    ONLINE = "online"
-    RECONNECTING = "reconnecting"
-    FAILED = "failed"
-    STOPPED = "stopped"
-
-
-_ALLOWED: dict[SourceState, set[SourceState]] = {
-    SourceState.CONNECTING: {SourceState.ONLINE, SourceState.RECONNECTING, SourceState.FAILED, SourceState.STOPPED},
-    SourceState.ONLINE: {SourceState.RECONNECTING, SourceState.FAILED, SourceState.STOPPED},
-    SourceState.RECONNECTING: {SourceState.ONLINE, SourceState.FAILED, SourceState.STOPPED},
-    SourceState.FAILED: {SourceState.STOPPED},
-    SourceState.STOPPED: set(),
-}
-
-
-class InvalidTransition(RuntimeError):
-    pass
-
-
-class SourceError(RuntimeError):
-    """A camera could not be opened or read. ``retryable`` is False when reconnecting cannot help."""
-
-    def __init__(self, camera: str, message: str, *, retryable: bool):
-        self.camera = camera
-        self.retryable = retryable
-        super().__init__(f"camera {camera}: {redact(message)}")
-
-
-@dataclass(frozen=True)
-class StatusEvent:
-    camera: str
-    state: SourceState
-    previous: SourceState | None
-    error: str | None
-    ts: float
-
-
-@dataclass(frozen=True, eq=False)
-class Frame:
-    meta: FrameMeta
-    image: np.ndarray  # BGR uint8, full resolution (crops and the live view are cut from it)
-    decode_ms: float = 0.0  # reader-thread time for this frame: colour conversion and `prepared`
-    prepared: Any = None  # what the source's ``prepare`` made of it in the reader thread (the detector's input)
-
-
-class Capture(Protocol):
-    def grab(self) -> bool: ...
-    def retrieve(self) -> tuple[bool, np.ndarray | None]: ...
-    def get(self, prop: int) -> float: ...
-    def release(self) -> None: ...
-
-
-class Backoff:
-    """Exponential backoff: initial, ×factor per failure, capped; `reset()` after a success."""
-
-    def __init__(self, initial: float = 0.5, cap: float = 10.0, factor: float = 2.0):
-        if initial <= 0 or cap < initial or factor < 1:
-            raise ValueError("backoff needs 0 < initial <= cap and factor >= 1")
-        self.initial, self.cap, self.factor = initial, cap, factor
-        self._next = initial
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.cap, self._next * self.factor)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.initial
-
-
-def is_file_url(url: str) -> bool:
-    return "://" not in url and not url.startswith("device:") or url.startswith("file://")
-
-
-def camera_file(camera: str, url: str) -> Path:
-    """The file a file camera's URL names, there to be opened: a `SourceError` when it is not
-    (final), or when it cannot even be looked at (a network share gone away, no permission:
-    retried; a name too long for the system: final) — never an `OSError` that crashes the reader."""
-    path = Path(url.removeprefix("file://"))
-    try:
-        there = path.is_file()
-    except OSError as exc:
-        raise SourceError(camera, f"cannot look at {path}: {exc.strerror or exc}",
-                          retryable=exc.errno != errno.ENAMETOOLONG) from None
-    if not there:
-        raise SourceError(camera, f"file not found: {path}", retryable=False)
-    return path
 
 
 class VideoSource:
@@ -219,7 +126,7 @@ class VideoSource:
                 return
             if self._stop.is_set() and state not in (SourceState.STOPPED, SourceState.FAILED):
                 return  # a late open or read after stop(): the camera's owner has moved on
-            if state != previous and state not in _ALLOWED[previous]:
+            if state != previous and state not in ALLOWED[previous]:
                 raise InvalidTransition(f"camera {self.camera}: {previous.value} → {state.value} not allowed")
             said = None if error is None else redact(error, self._secrets)
             if state == previous and said == self.last_error:

@@ -25,7 +25,7 @@ import redis
 
 from .config import CameraConfig, ConfigError, RedisConfig
 from .config_redis import TLS_ONLY
-from .sources import is_file_url
+from .source_types import is_file_url
 
 
 ENDED_FIELD = "ended"  # the camera hash's field a file camera read to its end leaves (`ended_mark`)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import redis
 
-from .sources import Backoff
+from .backoff import Backoff
 from .streams import StreamKeys, redis_unavailable
 
 log = logging.getLogger("percept.subscribe")

@@ -40,7 +40,7 @@ from .config import TrackerConfig
 from .events import EventEngine, events_json, margins_of
 from .redact import redact_url
 from .schema import FrameMeta, FrameResult
-from .sources import is_file_url
+from .source_types import is_file_url
 from .streams import parse_entry_id
 from .tracking import ObjectTracker
 

@@ -423,7 +423,7 @@ def test_a_camera_file_name_the_system_cannot_look_up_loads_and_fails_as_the_cam
     """Relative camera paths are looked up beside the config file: a name too long for the
     system raised OSError out of `load_config` (`percept run` printed a traceback). It is left as
     written; the camera itself says why it cannot open (`camera_file`)."""
-    from pipeline.sources import SourceError, camera_file
+    from pipeline.source_types import SourceError, camera_file
 
     name = "x" * 300 + ".mp4"
     cfg = load_config(write(tmp_path, f"cameras:\n  - {{id: a, url: {name}}}\n"), env={})

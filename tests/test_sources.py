@@ -6,15 +6,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.sources import (
-    Backoff,
-    FpsSampler,
-    Frame,
-    InvalidTransition,
-    SourceError,
-    SourceState,
-    VideoSource,
-)
+from pipeline.backoff import Backoff
+from pipeline.sampling import FpsSampler
+from pipeline.source_types import Frame, InvalidTransition, SourceError, SourceState
+from pipeline.sources import VideoSource
 from pipeline.frame_slot import LatestFrameSlot
 from pipeline.schema import FrameMeta
 

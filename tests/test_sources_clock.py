@@ -4,7 +4,9 @@ again, and a reader still opening when its camera is stopped."""
 
 import threading
 
-from pipeline.sources import Backoff, SourceError, SourceState, VideoSource
+from pipeline.backoff import Backoff
+from pipeline.source_types import SourceError, SourceState
+from pipeline.sources import VideoSource
 from tests.test_sources import Clock, FakeCapture, FileCapture, take
 
 

@@ -1,0 +1,88 @@
+"""What a video source (pipeline/sources.py) is made of and says: its states and allowed
+transitions, its errors, its status events and frames, the capture it reads, and file URLs."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .redact import redact
+from .schema import FrameMeta
+
+
+class SourceState(str, Enum):
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    RECONNECTING = "reconnecting"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+ALLOWED: dict[SourceState, set[SourceState]] = {
+    SourceState.CONNECTING: {SourceState.ONLINE, SourceState.RECONNECTING, SourceState.FAILED, SourceState.STOPPED},
+    SourceState.ONLINE: {SourceState.RECONNECTING, SourceState.FAILED, SourceState.STOPPED},
+    SourceState.RECONNECTING: {SourceState.ONLINE, SourceState.FAILED, SourceState.STOPPED},
+    SourceState.FAILED: {SourceState.STOPPED},
+    SourceState.STOPPED: set(),
+}
+
+
+class InvalidTransition(RuntimeError):
+    pass
+
+
+class SourceError(RuntimeError):
+    """A camera could not be opened or read. ``retryable`` is False when reconnecting cannot help."""
+
+    def __init__(self, camera: str, message: str, *, retryable: bool):
+        self.camera = camera
+        self.retryable = retryable
+        super().__init__(f"camera {camera}: {redact(message)}")
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    camera: str
+    state: SourceState
+    previous: SourceState | None
+    error: str | None
+    ts: float
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    meta: FrameMeta
+    image: np.ndarray  # BGR uint8, full resolution (crops and the live view are cut from it)
+    decode_ms: float = 0.0  # reader-thread time for this frame: colour conversion and `prepared`
+    prepared: Any = None  # what the source's ``prepare`` made of it in the reader thread (the detector's input)
+
+
+class Capture(Protocol):
+    def grab(self) -> bool: ...
+    def retrieve(self) -> tuple[bool, np.ndarray | None]: ...
+    def get(self, prop: int) -> float: ...
+    def release(self) -> None: ...
+
+
+def is_file_url(url: str) -> bool:
+    return "://" not in url and not url.startswith("device:") or url.startswith("file://")
+
+
+def camera_file(camera: str, url: str) -> Path:
+    """The file a file camera's URL names, there to be opened: a `SourceError` when it is not
+    (final), or when it cannot even be looked at (a network share gone away, no permission:
+    retried; a name too long for the system: final) — never an `OSError` that crashes the reader."""
+    path = Path(url.removeprefix("file://"))
+    try:
+        there = path.is_file()
+    except OSError as exc:
+        raise SourceError(camera, f"cannot look at {path}: {exc.strerror or exc}",
+                          retryable=exc.errno != errno.ENAMETOOLONG) from None
+    if not there:
+        raise SourceError(camera, f"file not found: {path}", retryable=False)
+    return path
