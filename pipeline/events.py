@@ -29,7 +29,6 @@ split on ``:``.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,19 +38,17 @@ import numpy as np
 from .event_model import (  # noqa: F401 (EVENTS_SCHEMA, PATH_*, REPEATING: the events' API)
     EVENTS_SCHEMA,
     LINE_MARGIN,
-    MAX_SNAPSHOT_TRACKS,
     PATH_KEPT,
     PATH_POINTS,
     REPEATING,
-    STATE_SCHEMA,
     ZONE_MARGIN,
     Event,
     EventKind,
-    json_safe,
     label_of,
     Sighting,
     OpenTrack,
 )
+from .event_handover import EngineHandover, kept_sides
 from .geometry import (Anchor, Geometry, clear_of_edges, in_frame_pixels, is_pixels_geometry, line_bands,
                        line_crossings, line_offsets, points_in_polygon, resolve_geometry, restored_pixel_sizes)
 from .schema import FrameMeta, FrameResult
@@ -60,7 +57,7 @@ if TYPE_CHECKING:
     from .config import CameraConfig
 
 
-class EventEngine:
+class EventEngine(EngineHandover):
     """One camera's events. Not thread-safe; call `update` in seq order, `close` when it stops."""
 
     def __init__(
@@ -341,116 +338,6 @@ class EventEngine:
             self._end(self._tracks[tid], seq, ts, events)
         self._tracks.clear()
         return events
-
-    def apply_published(self, payloads: Iterable[Mapping[str, Any]]) -> None:
-        """Bring the open tracks up to events already published (the events stream after a
-        snapshot whose frames cannot be replayed), so that ending them (`close`) ends each
-        once: tracks that ended are dropped, tracks that started are opened from their
-        ``track_start``, zones entered and left, attributes and event numbers follow. What a
-        sighting without an event changed is not known: such a track keeps its snapshot's
-        frames, path and best score, or, opened from its ``track_start``, has them unknown
-        (``frames`` and ``best_score`` null at its end)."""
-        for ev in payloads:
-            try:
-                kind, tid, ts = ev["kind"], int(ev["track_id"]), float(ev["ts"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            tr = self._tracks.get(tid)
-            if kind == "track_end":
-                self._tracks.pop(tid, None)
-                continue
-            if self.file_time:  # an event's ts is when it was read, not the file's time its tracks are on
-                ts = max((t.last_ts for t in self._tracks.values()), default=0.0) if tr is None else tr.last_ts
-            if tr is None and kind == "track_start":
-                box = [float(v) for v in ev.get("bbox") or (0, 0, 0, 0)]
-                centre = [round((box[0] + box[2]) / 2, 1), round((box[1] + box[3]) / 2, 1)]
-                tr = self._tracks[tid] = OpenTrack(
-                    id=tid, category=str(ev.get("category", "")), labels={str(ev.get("label", "")): 1}, first_ts=ts,
-                    last_ts=ts, last_frame=self._frame, frames=None, best_score=math.nan,  # type: ignore[arg-type]
-                    attributes=dict(ev.get("attributes") or {}), anchor=None, first=centre, last=centre, path=[centre])
-            if tr is None:
-                continue
-            tr.last_ts = max(tr.last_ts, ts)
-            if kind == "zone_enter" and ev.get("zone"):
-                tr.zones[ev["zone"]] = ts
-            elif kind == "zone_exit":
-                tr.zones.pop(ev.get("zone"), None)
-            elif kind == "attributes":
-                tr.attributes = dict(ev.get("attributes") or {})
-            if kind in REPEATING:  # its id ends in its number (``camera:track:kind:n``)
-                n = str(ev.get("id", "")).rpartition(":")[2]
-                tr.n[kind] = max(tr.n.get(kind, 0), int(n) if n.isdigit() else 0)
-
-    # --- state that survives a change of owner --------------------------------------------------
-
-    def snapshot(self) -> dict[str, Any]:
-        """This engine's state as JSON-able data, bounded: the open tracks only (the most recently
-        seen `MAX_SNAPSHOT_TRACKS`), each with at most `PATH_KEPT` path points. Pending `counts`
-        are not in it: they belong to the events already handed out."""
-        tracks = sorted(self._tracks.values(), key=lambda t: (-t.last_frame, t.id))[:MAX_SNAPSHOT_TRACKS]
-        return {
-            "schema": STATE_SCHEMA, "camera": self.camera, "frame": self._frame, "file_time": self.file_time,
-            "size": list(self._size) if self._size is not None else None, "anchor": self.anchor,
-            "pixel_sizes": {k: list(v) for k, v in self._pixel_sizes.items()},
-            "lines": self.lines,  # what the tracks' sides were taken against
-            "zones": self.zones,  # with lines: what pixel_sizes are the sizes of
-            "tracks": [json_safe(vars(t)) for t in sorted(tracks, key=lambda t: t.id)],
-        }
-
-    @classmethod
-    def restore(
-        cls,
-        snapshot: Mapping[str, Any],
-        camera: str,
-        zones: Mapping[str, Sequence[Sequence[float]]] | None = None,
-        lines: Mapping[str, Sequence[Sequence[float]]] | None = None,
-        *,
-        anchor: Anchor = "bottom_center",
-        track_buffer: int = 30,
-        line_margin: float = LINE_MARGIN,
-        zone_margin: float = ZONE_MARGIN,
-        file_time: bool = False,
-    ) -> "EventEngine":
-        """An engine that continues the open tracks of ``snapshot``: no second ``track_start``,
-        event numbers (ids) continue, a crossing is judged from the last anchor point known.
-        A track inside a zone the new config no longer has leaves it on the next frame (as after
-        `reconfigure`); after a change of the anchor no crossing is judged between the last
-        anchor point known and the next one."""
-        if snapshot.get("schema") != STATE_SCHEMA:
-            raise ValueError(f"unsupported event state {snapshot.get('schema')!r}; expected {STATE_SCHEMA!r}")
-        if snapshot.get("camera") != camera:
-            raise ValueError(f"event state of camera {snapshot.get('camera')!r} cannot continue camera {camera!r}")
-        engine = cls(camera, zones, lines, anchor=anchor, track_buffer=track_buffer, line_margin=line_margin,
-                     zone_margin=zone_margin, file_time=file_time)
-        try:
-            engine._frame = int(snapshot["frame"])
-            size = snapshot.get("size")  # (older snapshots have neither: as before)
-            engine._size = (int(size[0]), int(size[1])) if size else None
-            engine.seed_pixel_sizes(snapshot)
-            anchor_changed = snapshot.get("anchor") not in (None, anchor)
-            for data in snapshot.get("tracks", []):
-                tr = OpenTrack(**{k: data[k] for k in OpenTrack.__dataclass_fields__ if k in data})
-                tr.id, tr.last_frame, tr.frames, tr.stride = int(tr.id), int(tr.last_frame), int(tr.frames), int(tr.stride)
-                tr.zones = {z: float(t) for z, t in tr.zones.items()}
-                tr.sides = kept_sides({line: [float(v) for v in p] for line, p in tr.sides.items()},
-                                      snapshot.get("lines"), engine.lines)
-                if anchor_changed:
-                    tr.forget_anchor()
-                engine._tracks[tr.id] = tr
-                engine._zones_removed |= any(z not in engine.zones for z in tr.zones)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"malformed event state of camera {camera!r}: {exc!r}") from None
-        return engine
-
-
-def kept_sides(sides: Mapping[str, list[float]], before: Mapping[str, Any] | None,
-               lines: Mapping[str, Any]) -> dict[str, list[float]]:
-    """A track's side points of the lines that are still there, unmoved: a line moved (same name,
-    other points) past a parked object judged it from a side it never left, and counted it;
-    without its side the track's next movement is judged from its last point. ``before``: the
-    lines the sides were taken against (None: not known, an older snapshot: kept)."""
-    return {line: p for line, p in sides.items()
-            if line in lines and (before is None or [list(q) for q in before.get(line, ())] == lines[line])}
 
 
 def events_json(events: Iterable[Event]) -> list[tuple[str, str]]:
