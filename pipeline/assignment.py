@@ -32,13 +32,13 @@ from typing import Any, Callable
 
 import redis
 
+from .backoff import Backoff
 from .camera_restarts import CameraRestarts, RunningCamera
 from .conductor import CameraConductor
 from .config import CameraConfig
 from .lease import Lease, OutageClaims, acquire, release, renew
 from .publish import Publisher
 from .redact import redact
-from .backoff import Backoff
 from .streams import ENDED_FIELD, StreamKeys, ended_mark, reconnect_if_demoted
 
 log = logging.getLogger("percept.assignment")

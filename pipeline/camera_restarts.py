@@ -9,12 +9,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .backoff import Backoff
 from .conductor import CameraConductor
 from .config import CameraConfig
 from .geometry import GeometryError
 from .lease import Lease
 from .redact import redact
-from .backoff import Backoff
 
 log = logging.getLogger("percept.assignment")
 
