@@ -19,6 +19,7 @@ import orjson
 SCHEMA = "percept.detections/v1"
 SCHEMA_VERSION = "1"
 # what a published object's numbers are rounded to: box corners to 0.1 px, the score to 1e-4
+DUPLICATE_IOU = 0.7  # two detectors' objects of one category this much overlapped are one object (`Detections.concat`)
 _ROUNDING = np.array([10, 10, 10, 10, 10_000], np.float64)
 Rounded = tuple[list[list[float]], list[float]]  # `rounded_numbers`: boxes, scores
 
@@ -129,13 +130,25 @@ class Detections:
 
     @classmethod
     def concat(cls, parts: Sequence["Detections"]) -> "Detections":
-        """The objects of several detectors on one frame, in order (with every part's model names)."""
+        """The objects of several detectors on one frame, in order (with every part's model names).
+        An object of a category an earlier part already has at the same place (box IoU ≥
+        `DUPLICATE_IOU`: a stop sign found by a COCO detector and a sign detector) is left out:
+        one object, the earlier detector's."""
         names = tuple(n for p in parts for n in p.model_names)
         # the detectors run side by side: the frame waited for the slowest
         infer_ms = max((p.infer_ms for p in parts if p.infer_ms is not None), default=None)
         parts = [p for p in parts if len(p)]
         if not parts:
             return cls(model_names=names, infer_ms=infer_ms)
+        if len(parts) == 1:
+            return replace(parts[0], model_names=names, infer_ms=infer_ms)
+        kept = [parts[0]]
+        for part in parts[1:]:
+            seen = kept[0] if len(kept) == 1 else cls.concat(kept)
+            new = part.not_in(seen)
+            if len(new):
+                kept.append(new)
+        parts = kept
         if len(parts) == 1:
             return replace(parts[0], model_names=names, infer_ms=infer_ms)
         return cls(
@@ -148,6 +161,22 @@ class Detections:
             model_names=names,
             infer_ms=infer_ms,
         )
+
+    def not_in(self, other: "Detections", iou: float | None = None) -> "Detections":
+        """The objects that do not repeat one of ``other``'s: same category, box IoU ≥ ``iou``
+        (`DUPLICATE_IOU`)."""
+        if not len(self) or not len(other):
+            return self
+        a, b = self.xyxy[:, None, :], other.xyxy[None, :, :]
+        inter = (np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+                 * np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None))
+        areas_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+        areas_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+        union = areas_a + areas_b - inter
+        overlap = np.divide(inter, union, out=np.zeros_like(inter, dtype=np.float64), where=union > 0)
+        same = np.array([[c == d for d in other.categories] for c in self.categories], bool)
+        repeats = ((overlap >= (DUPLICATE_IOU if iou is None else iou)) & same).any(axis=1)
+        return self if not repeats.any() else self[~repeats]
 
     def with_track_ids(self, track_ids: Sequence[int | None]) -> "Detections":
         return replace(self, track_ids=tuple(track_ids))

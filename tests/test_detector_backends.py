@@ -289,6 +289,21 @@ def test_sign_detector_matches_a_plain_decoding_of_the_network(signs):
     assert compared >= 6
 
 
+def test_a_stop_sign_found_by_two_detectors_is_one_object(signs):
+    """COCO's default categories make its ``stop sign`` a sign, and the sign detector has
+    ``stop``: merged, each of the two stop signs of GTSDB scene 00074 is one object, not two."""
+    from pipeline.schema import Detections
+
+    coco = detector(DETECTOR, categories={"sign": ["stop sign", "traffic light"]})
+    frame = prepare_frame(cv2.imread(str(need(GTSDB / "images" / "00074.jpg"))), 640)
+    (by_coco,), (by_signs,) = coco.detect_batch([frame]), signs.detect_batch([frame])
+    stops = lambda d, label: sum(1 for x in d.labels if x == label)
+    assert stops(by_coco, "stop sign") == 2 and stops(by_signs, "stop") == 2, (by_coco.labels, by_signs.labels)
+    merged = Detections.concat([by_coco, by_signs])
+    assert len(merged) == len(by_coco) + len(by_signs) - 2
+    assert stops(merged, "stop sign") == 2 and stops(merged, "stop") == 0  # the first detector's objects stay
+
+
 # --- YuNet faces ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("weights", [YUNET, YUNET_DYNAMIC])

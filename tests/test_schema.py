@@ -108,3 +108,19 @@ def test_results_encoded_together_are_each_alone():
         results.append(FrameResult(meta, det, {"detector": "d"}, {"detect": float(rng.random() * 30)}))
     assert FrameResult.many_to_json_bytes(results) == [r.to_json_bytes() for r in results]
     assert FrameResult.many_to_json_bytes([]) == []
+
+
+def test_detectors_merged_keep_one_object_per_place_and_category():
+    coco = Detections(xyxy=np.array([[0, 0, 10, 10], [50, 50, 60, 70]], np.float32), scores=np.array([0.9, 0.8]),
+                      labels=("stop sign", "person"), categories=("sign", "pedestrian"), model_names=("coco",))
+    signs = Detections(xyxy=np.array([[0, 0, 10, 11], [20, 0, 30, 10]], np.float32), scores=np.array([0.95, 0.7]),
+                       labels=("stop", "yield"), categories=("sign", "sign"), model_names=("signs",))
+    faces = Detections(xyxy=np.array([[50, 50, 60, 70]], np.float32), scores=np.array([0.6]),
+                       labels=("face",), categories=("face",), model_names=("faces",))
+    merged = Detections.concat([coco, signs, faces])
+    # the second stop sign is the first's (IoU 0.91); the yield sign is elsewhere; the face shares
+    # the person's box but is another category
+    assert merged.labels == ("stop sign", "person", "yield", "face")
+    assert merged.model_names == ("coco", "signs", "faces")
+    assert merged.scores.tolist() == pytest.approx([0.9, 0.8, 0.7, 0.6])
+    assert Detections.concat([signs, coco]).labels == ("stop", "yield", "person")
