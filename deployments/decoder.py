@@ -67,12 +67,12 @@ def merged_detect(handles: list[DeploymentHandle]):
 def classifier_routes(cfg: PerceptConfig, handles: dict[str, DeploymentHandle],
                       answered: Callable[[str, Any], None] | None = None) -> dict[str, list[ClassifierRoute]]:
     """Per category, its classifiers' routes: the handle, and the crop size, context and minimum
-    box from each model's card (read here, the network itself is loaded by the classifier).
+    box, and how a box is fitted, from each model's card (read here, the network itself is loaded by the classifier).
     ``answered(deployment, answers)`` sees every answer (it names the model that gave it)."""
     routes: dict[str, list[ClassifierRoute]] = {}
     for section in cfg.classifier_sections():
         handle = handles[section.deployment]
-        size, context, minimum = crop_spec(section.cfg, models_dir=cfg.models_dir, field=section.field)
+        spec = crop_spec(section.cfg, models_dir=cfg.models_dir, field=section.field)
         attributes = carried_attributes(section, cfg.models_dir)
 
         async def classify(crops, handle=handle, deployment=section.deployment):
@@ -82,8 +82,8 @@ def classifier_routes(cfg: PerceptConfig, handles: dict[str, DeploymentHandle],
             return answers
 
         routes.setdefault(section.category, []).append(ClassifierRoute(
-            classify, section.cfg, name=section.deployment, crop_size=size, crop_context=context, min_size=minimum,
-            attributes=attributes))
+            classify, section.cfg, name=section.deployment, crop_size=spec.size, crop_context=spec.context,
+            min_size=spec.minimum, crop_fit=spec.fit, attributes=attributes))
     return routes
 
 

@@ -46,6 +46,7 @@ class ClassifierRoute:
     name: str = ""  # the deployment, e.g. classifier-vehicle; what `unclassified` names
     crop_size: tuple[int, int] | None = None  # default: (cfg.imgsz, cfg.imgsz)
     crop_context: float = 1.15
+    crop_fit: str = "context"  # the card's input.resize (`prepare_crop`)
     min_size: tuple[int, int] | None = None  # (width, height); default: cfg.min_size, else min_box square
     attributes: frozenset[str] | None = None  # what its answers can hold (None: unknown, none carried over)
 
@@ -176,7 +177,8 @@ class CropClassification:
             known, fresh = self._chosen(detections, category, route, cache, frame_no, unclassified)
             jobs += [(i, answer, cache) for i, answer in known]
             if fresh:
-                crops = [prepare_crop(image, detections.xyxy[i], route.size, context=route.crop_context) for i in fresh]
+                crops = [prepare_crop(image, detections.xyxy[i], route.size, context=route.crop_context,
+                                         fit=route.crop_fit) for i in fresh]
                 request = asyncio.ensure_future(self._request(route.name or category, route, crops))
                 for k, i in enumerate(fresh):
                     answer = asyncio.ensure_future(_nth(request, k))

@@ -93,7 +93,8 @@ def evaluate_classifier(weights: str, data: str | Path, labels: str | Path, *, c
         chunk = rows[start:start + batch]
         images = [_read_image(p) for p, _ in chunk]
         t0 = time.perf_counter()
-        crops = [prepare_crop(im, (0, 0, im.shape[1], im.shape[0]), clf.crop_size, context=context) for im in images]
+        crops = [prepare_crop(im, (0, 0, im.shape[1], im.shape[0]), clf.crop_size, context=context,
+                              fit=getattr(clf, "crop_fit", "context")) for im in images]
         results = clf.classify_batch(crops)
         elapsed += time.perf_counter() - t0
         for (path, cls), res in zip(chunk, results):

@@ -89,12 +89,16 @@ def prepare_frame(image: np.ndarray, imgsz: int, frame_ts: float | None = None,
     return DetectorInput(letterbox(image, imgsz), (int(image.shape[0]), int(image.shape[1])), frame_ts, camera)
 
 
-def prepare_crop(image: np.ndarray, box: Sequence[float], size: int | tuple[int, int], *, context: float = 1.15) -> np.ndarray:
+def prepare_crop(image: np.ndarray, box: Sequence[float], size: int | tuple[int, int], *, context: float = 1.15,
+                 fit: str = "context") -> np.ndarray:
     """A crop centred on ``box`` at ``size`` (an int: square; else (width, height)), cut with a
-    little context at the target's aspect ratio (never stretched), resized to ``size``.
+    little context (the box grown by ``context``) and resized to ``size``. ``fit`` (a card's
+    ``input.resize``): ``context`` widens the cut to the target's aspect ratio (never stretched),
+    ``stretch`` stretches the box to it, ``letterbox`` fits it inside with grey borders.
 
     Square context crops classify better than tight, stretched ones (small top-down cars); a
-    pedestrian model's 80×160 gets a tall crop around the person."""
+    pedestrian model's 80×160 gets a tall crop around the person; a traffic-light model trained
+    on tight crops gets its light stretched (`configs/models/traffic-light-state.yaml`)."""
     import cv2
 
     out_w, out_h = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -103,7 +107,9 @@ def prepare_crop(image: np.ndarray, box: Sequence[float], size: int | tuple[int,
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     aspect = out_w / out_h
     bw, bh = max(x2 - x1, 1.0) * context, max(y2 - y1, 1.0) * context
-    if bw / bh < aspect:
+    if fit != "context":
+        pass  # the box as it is: stretched or letterboxed below
+    elif bw / bh < aspect:
         bw = bh * aspect  # widen to the target's aspect
     else:
         bh = bw / aspect
@@ -114,6 +120,14 @@ def prepare_crop(image: np.ndarray, box: Sequence[float], size: int | tuple[int,
     pad = (max(-t, 0), max(b - h, 0), max(-l, 0), max(r - w, 0))
     if any(pad):
         crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_CONSTANT, value=(114, 114, 114))
+    if fit == "letterbox":
+        ch, cw = crop.shape[:2]
+        r = min(out_w / cw, out_h / ch)
+        nw, nh = min(out_w, max(1, round(cw * r))), min(out_h, max(1, round(ch * r)))
+        inner = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+        top, left = (out_h - nh) // 2, (out_w - nw) // 2
+        return cv2.copyMakeBorder(inner, top, out_h - nh - top, left, out_w - nw - left, cv2.BORDER_CONSTANT,
+                                  value=(114, 114, 114))
     return np.ascontiguousarray(cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_AREA))
 
 

@@ -37,6 +37,7 @@ class ClassifierBackend(Protocol):
     name: str
     crop_size: tuple[int, int]  # (width, height) the decoder cuts crops at
     crop_context: float  # the box is grown by this before cropping
+    crop_fit: str  # how the box becomes the input: context, stretch or letterbox (`prepare_crop`)
     min_size: tuple[int, int] | None  # smallest box (width, height) the model is meant for
     attributes: tuple[str, ...]  # the attribute names it writes
     device: str

@@ -62,8 +62,10 @@ class CardInput(_Strict):
     scale: float = Field(1.0, gt=0, description="tensor = (pixel * scale - mean) / std")
     mean: list[float] = Field(default_factory=lambda: [0.0], description="one value or one per channel")
     std: list[float] = Field(default_factory=lambda: [1.0], description="one value or one per channel")
-    resize: Literal["stretch", "letterbox"] = Field(
-        "stretch", description="classifiers: how a crop is fitted; detectors always letterbox")
+    resize: Literal["context", "stretch", "letterbox"] = Field(
+        "context", description="classifiers: how a box (grown by crop_context) becomes the input: context, "
+                               "widened to the input's aspect (never stretched); stretch, to the input's size; "
+                               "letterbox, fitted inside with pad_value borders. Detectors always letterbox")
     pad_value: int = Field(114, ge=0, le=255, description="letterbox border")
 
     @model_validator(mode="after")

@@ -1,9 +1,11 @@
 """How the decoder cuts a classifier's crops, read from its card alone (no network loaded): the
-decoder needs the size, context and minimum box, not the model; and the attributes the
+decoder needs the size, context, fit and minimum box, not the model; and the attributes the
 classifier writes, so that a camera's next decoder knows which of a track's answers were its
 (`pipeline.classify.CropClassification.seed`)."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from ..config import ClassifierConfig
 from ..config_errors import ConfigError
@@ -12,14 +14,20 @@ from . import resolve_card
 from .card import ModelCard, read_labels
 
 
-def crop_spec(cfg: ClassifierConfig, *, models_dir: str | None,
-              field: str = "classifiers") -> tuple[tuple[int, int], float, tuple[int, int] | None]:
-    """((width, height), context, minimum box (width, height) or None) for a classifier; an
-    ultralytics classifier (no card) takes square crops at ``cfg.imgsz``."""
+class CropSpec(NamedTuple):
+    size: tuple[int, int]  # (width, height)
+    context: float  # the box grown by this
+    minimum: tuple[int, int] | None  # the smallest box (width, height) worth a crop
+    fit: str  # how the box becomes the input (`pipeline.models.prepare_crop`)
+
+
+def crop_spec(cfg: ClassifierConfig, *, models_dir: str | None, field: str = "classifiers") -> CropSpec:
+    """How a classifier's crops are cut, from its card; an ultralytics classifier (no card)
+    takes square context crops at ``cfg.imgsz``."""
     card = resolve_card(cfg, resolve_weights(cfg.weights, models_dir), models_dir=models_dir, field=field)
     if card is None:
-        return (cfg.imgsz, cfg.imgsz), 1.15, None
-    return card.crop_size, card.crop_context, card.min_size
+        return CropSpec((cfg.imgsz, cfg.imgsz), 1.15, None, "context")
+    return CropSpec(card.crop_size, card.crop_context, card.min_size, card.input.resize)
 
 
 def written_attributes(cfg: ClassifierConfig, *, models_dir: str | None,

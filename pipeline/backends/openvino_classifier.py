@@ -135,7 +135,7 @@ def _restrict(wanted: Sequence[str], heads: list[Head], card: ModelCard, field: 
 
 def fit_crop(crop: np.ndarray, size: tuple[int, int], spec: CardInput) -> np.ndarray:
     """A uint8 BGR crop at ``size`` (width, height): unchanged when it already is, else
-    letterboxed (``resize: letterbox``) or stretched."""
+    letterboxed (``resize: letterbox``) or stretched (the decoder's crops already are: `prepare_crop`)."""
     import cv2
 
     if crop.ndim == 2:
@@ -144,7 +144,7 @@ def fit_crop(crop: np.ndarray, size: tuple[int, int], spec: CardInput) -> np.nda
     ch, cw = crop.shape[:2]
     if (cw, ch) == (w, h):
         return crop
-    if spec.resize == "stretch":
+    if spec.resize != "letterbox":
         return cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if cw > w else cv2.INTER_LINEAR)
     r = min(w / cw, h / ch)
     nw, nh = max(1, round(cw * r)), max(1, round(ch * r))
@@ -152,17 +152,6 @@ def fit_crop(crop: np.ndarray, size: tuple[int, int], spec: CardInput) -> np.nda
     top, left = (h - nh) // 2, (w - nw) // 2
     v = spec.pad_value
     return cv2.copyMakeBorder(inner, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT, value=(v, v, v))
-
-
-def _request_done(request: Any, userdata: tuple[list[Any], int, dict[str, Any]]) -> None:
-    """A chunk's outputs into its slot (a function, not the classifier's method: OpenVINO holds
-    the callback where Python's collector cannot see it, and a bound method kept the classifier
-    and its compiled network alive after a swap)."""
-    results, i, outputs = userdata
-    try:
-        results[i] = {name: request.get_tensor(port).data.copy() for name, port in outputs.items()}
-    except Exception as exc:  # noqa: BLE001 -- handed to _infer, which raises it
-        results[i] = exc
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -189,6 +178,7 @@ class OpenVinoClassifier:
         self.name = name
         self.crop_size: tuple[int, int] = card.crop_size
         self.crop_context = card.crop_context
+        self.crop_fit = card.input.resize
         self.min_size = tuple(min_size) if min_size else None
         self.attributes: tuple[str, ...] = tuple(
             a for h in heads for a in ([h.output.attribute_name] if h.output.kind == "softmax" else h.labels))
@@ -196,12 +186,9 @@ class OpenVinoClassifier:
         # THROUGHPUT compiles several streams (threads split between them); one synchronous request
         # would use only one, so a batch is cut into one chunk per stream, run together.
         self._streams = int(net.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if net.dynamic_batch else 1
-        self._queue = None
-        if self._streams > 1:
-            import openvino as ov
-
-            self._queue = ov.AsyncInferQueue(net.compiled, self._streams)
-            self._queue.set_callback(_request_done)
+        # one request per stream, waited on in turn (no callback: OpenVINO's threads never run
+        # Python, so they never wait for the GIL, which a thread dropping the network holds)
+        self._requests = [net.compiled.create_infer_request() for _ in range(self._streams)] if self._streams > 1 else []
 
     def classify_batch(self, crops: Sequence[np.ndarray]) -> list[Attributes | Exception]:
         return per_item(self._classify, crops)
@@ -224,18 +211,23 @@ class OpenVinoClassifier:
     def _infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         """The batch through the network, split across the streams when there are several."""
         parts = min(self._streams, len(tensor))
-        if self._queue is None or parts < 2:
+        if not self._requests or parts < 2:
             return infer(self.net, tensor)
-        results: list[Any] = [None] * parts
-        # each request reads its chunk in place (alive until wait_all): copied into the request's
+        requests = self._requests[:parts]
+        # each request reads its chunk in place (alive until its wait): copied into the request's
         # own input instead, resized as batches grew, a sequence like 1, 2, 8 crashed the process
-        for i, chunk in enumerate(np.array_split(tensor, parts)):
-            self._queue.start_async({self.net.input: chunk}, (results, i, self.net.outputs), share_inputs=True)
-        self._queue.wait_all()
-        failed = next((r for r in results if isinstance(r, Exception) or r is None), False)
-        if failed is not False:
-            raise failed or RuntimeError("an inference request returned nothing")
-        return {name: np.concatenate([r[name] for r in results]) for name in self.net.outputs}
+        for request, chunk in zip(requests, np.array_split(tensor, parts)):
+            request.start_async({self.net.input: chunk}, share_inputs=True)
+        failed = None
+        for request in requests:  # every one waited for, even after a failure: none left busy
+            try:
+                request.wait()
+            except Exception as exc:  # noqa: BLE001 -- raised below, once all are done
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+        return {name: np.concatenate([r.get_tensor(port).data.copy() for r in requests])
+                for name, port in self.net.outputs.items()}
 
     @staticmethod
     def _decode(head: Head, values: np.ndarray, out: list[dict[str, Any]]) -> None:

@@ -104,6 +104,7 @@ class Classifier:
     that label's probability reaches ``min_score`` (otherwise the crop gets no answer)."""
 
     crop_context = 1.15
+    crop_fit = "context"
     min_size = None
 
     def __init__(self, model: Any, *, cfg: ClassifierConfig, device: str, half: bool, name: str, field: str):

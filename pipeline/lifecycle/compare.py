@@ -122,7 +122,8 @@ def time_variant(weights: str, task: str, images: Sequence[Any], batches: Sequen
         prepare: Callable[[Any], Any] = lambda im: prepare_frame(im, imgsz)
         run = model.detect_batch
     else:
-        prepare = lambda im: prepare_crop(im, (0, 0, im.shape[1], im.shape[0]), model.crop_size, context=1.0)
+        prepare = lambda im: prepare_crop(im, (0, 0, im.shape[1], im.shape[0]), model.crop_size, context=1.0,
+                                                 fit=getattr(model, "crop_fit", "context"))
         run = model.classify_batch
     ms: dict[int, float] = {}
     for batch in batches:

@@ -249,7 +249,8 @@ def model_facts(kind: str, backend: Any) -> dict[str, Any]:
         return {"labels": sorted({label for label, _ in cats.by_class.values()})} if cats is not None else {}
     min_size = getattr(backend, "min_size", None)
     return {"attributes": sorted(backend.attributes), "crop_size": list(backend.crop_size),
-            "crop_context": round(float(backend.crop_context), 4), "min_size": list(min_size) if min_size else None}
+            "crop_context": round(float(backend.crop_context), 4), "min_size": list(min_size) if min_size else None,
+            "crop_fit": getattr(backend, "crop_fit", "context")}
 
 
 # --- validation (before anything changes) ------------------------------------------------------
@@ -308,7 +309,7 @@ def compare_facts(kind: str, new: Mapping[str, Any], running: Mapping[str, Any],
         errors.append(f"{field}.weights: {new_name} writes attributes {new['attributes']}, {running_name} writes "
                       f"{running['attributes']}; a swap keeps the attributes (change the config and restart)")
     for key, what in (("crop_size", "crop size (width, height)"), ("crop_context", "crop context"),
-                      ("min_size", "smallest box (width, height)")):
+                      ("min_size", "smallest box (width, height)"), ("crop_fit", "crop fit")):
         if key in running and (running[key] is not None or key == "min_size") and new.get(key) != running[key]:
             errors.append(f"{field}.weights: {new_name} takes {what} {new[key]}, {running_name} {running[key]}; "
                           "the decoders cut crops for the running model (change the config and restart)")
@@ -344,8 +345,8 @@ def validate_swap(kind: str, cfg: Any, weights: str, card: str | None, *, models
     if running is None and kind == "classifier":
         from ..backends.crops import crop_spec
 
-        size, context, _ = crop_spec(cfg, models_dir=models_dir, field=field)
-        running = {"crop_size": list(size), "crop_context": round(float(context), 4)}
+        spec = crop_spec(cfg, models_dir=models_dir, field=field)
+        running = {"crop_size": list(spec.size), "crop_context": round(float(spec.context), 4), "crop_fit": spec.fit}
     errors = compare_facts(kind, facts, running or {}, new_name=model_name(new_cfg), running_name=running_name,
                            field=field)
     if errors:
