@@ -57,11 +57,30 @@ def merged_detect(handles: list[DeploymentHandle]):
 
         # pixels go in the object store once; a shared-memory handle is small enough to inline
         shared = await asyncio.to_thread(ray.put, inp) if by_reference and isinstance(inp.image, np.ndarray) else inp
-        answers = await asyncio.gather(*(h.detect.remote(shared) for h in handles))
+        answers = await all_or_first_failure([h.detect.remote(shared) for h in handles])
         failed = next((a for a in answers if isinstance(a, Exception)), None)
         return failed if failed is not None else Detections.concat(answers)
 
     return detect
+
+
+async def all_or_first_failure(responses: list[Any]) -> list[Any]:
+    """Every call's answer; the first that raises is raised at once and the others are cancelled
+    (the frame has failed and is sent to every detector again: a healthy detector must not run it
+    twice meanwhile, `test_decoder_status::test_a_detector_that_fails_cancels_the_others_calls`)."""
+    calls = [asyncio.ensure_future(r) for r in responses]
+    try:
+        await asyncio.wait(calls, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for response, call in zip(responses, calls):
+            if not call.done():
+                call.cancel()
+                if callable(getattr(response, "cancel", None)):  # a Serve call: cancelled at the replica too
+                    response.cancel()
+    for call in calls:
+        if call.done() and not call.cancelled() and call.exception() is not None:
+            raise call.exception()  # type: ignore[misc]
+    return [call.result() for call in calls]
 
 
 def classifier_routes(cfg: PerceptConfig, handles: dict[str, DeploymentHandle],

@@ -289,6 +289,8 @@ class CameraSupervisor(CameraRestarts):
 
     async def _claim(self) -> None:
         for cid, cam in self.cameras.items():
+            if self._stop.is_set():  # asked to stop during this round: start nothing more
+                return
             if cid in self.running or cid in self._stopping or self._outage.others_wait(cid, time.monotonic()):
                 continue
             key = self.keys.lease(cid)
@@ -305,6 +307,9 @@ class CameraSupervisor(CameraRestarts):
             self._outage.expired_here.discard(cid)
             if lease is None:
                 continue
+            if self._stop.is_set():
+                await asyncio.to_thread(release, lease)
+                return
             log.info("camera %s: lease acquired by %s", cid, self.owner)
             await self._start(cid, cam, lease)
 

@@ -41,6 +41,7 @@ class CameraRestarts:
     publisher: Any
     start_camera: Callable[[CameraConfig], Any]
     _run_task: Callable[[CameraConductor], "asyncio.Task[None]"]
+    _stop: asyncio.Event  # set by `stop()`: nothing is restarted any more
 
     async def _restart_dead(self) -> None:
         now = time.monotonic()
@@ -49,7 +50,7 @@ class CameraRestarts:
                 task = entry.task
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     self._schedule_restart(cid, entry, task.exception(), now)
-            elif now >= entry.restart_at and cid in self.cameras:
+            elif now >= entry.restart_at and cid in self.cameras and not self._stop.is_set():
                 await self._restart(cid, entry)
 
     def _schedule_restart(self, cid: str, entry: RunningCamera, exc: BaseException, now: float) -> None:

@@ -372,7 +372,10 @@ class CameraConductor(ConductorStats):
     async def _detect_with_retry(self, inp: DetectorInput) -> Detections:
         for attempt in (1, 2):  # one retry: a replica restart or a lost request
             try:
-                result = await asyncio.wait_for(self.detect(inp), self.detect_timeout_s)
+                # (not wait_for: on 3.11 an answer in the loop turn of stop()'s cancel dropped the
+                # cancel, and the frame cut off at stop was published as well as counted failed)
+                async with asyncio.timeout(self.detect_timeout_s):
+                    result = await self.detect(inp)
                 if isinstance(result, Exception):
                     raise result
                 return result

@@ -94,3 +94,43 @@ def test_only_an_outage_as_long_as_a_lease_holds_other_replicas_cameras_back_and
     assert claims.others_wait("theirs", 133.1) and not claims.others_wait("mine", 133.1)
     assert claims.others_wait("theirs", 135.9)
     assert not claims.others_wait("theirs", 136.0) and not claims.expired_here  # a TTL later: anyone's
+
+
+def test_a_supervisor_asked_to_stop_while_starting_a_camera_starts_no_other(redis_server):
+    """`stop()` during a round that claims four free cameras: the start under way finishes, and
+    no other camera is claimed and started just to be stopped again (each start restores tracks
+    and opens the camera; meanwhile other replicas cannot take it)."""
+    import asyncio
+
+    started: list[str] = []
+
+    class Idle:
+        def __init__(self, cam):
+            self.camera, self.read_to_end, self._done = cam, False, asyncio.Event()
+
+        async def run(self):
+            await self._done.wait()
+
+        async def stop(self, keep_tracks=False):
+            self._done.set()
+
+        def status(self):
+            return {}
+
+    async def main():
+        sup = None
+
+        async def start_camera(cam):
+            started.append(cam.id)
+            if len(started) == 1:
+                await sup.stop(hand_over=True)  # asked to stop while this camera starts
+            return Idle(cam)
+
+        sup = CameraSupervisor([CameraConfig(id=f"c{i}", url="device:0") for i in range(4)],
+                               client=redis_server.client(), keys=KEYS, start_camera=start_camera, replicas=1,
+                               lease_ttl_s=10, owner="a")
+        await asyncio.wait_for(sup.run(), 30)
+
+    asyncio.run(main())
+    assert started == ["c0"]
+    assert not any(redis_server.client().exists(KEYS.lease(f"c{i}")) for i in range(4)), "a lease was left held"

@@ -149,3 +149,45 @@ def test_an_entry_that_is_json_but_not_an_object_is_dropped_not_an_error_for_goo
     client = redis_server.client()
     client.hset(KEYS.decoders, mapping={"odd-1": '"text"', "odd-2": "42"})
     assert read_shared(client, KEYS) == [] and not client.hexists(KEYS.decoders, "odd-1")
+
+
+def test_a_detector_that_fails_cancels_the_others_calls():
+    """With several detectors, one that raises fails the frame at once (it is retried on every
+    detector): the others' calls are cancelled, not left running beside the retry."""
+    import asyncio
+
+    import numpy as np
+
+    from deployments.decoder import merged_detect
+    from pipeline.models import DetectorInput
+
+    ran: list[str] = []
+
+    def handle(name: str, delay: float, error: bool = False):
+        class Handle:
+            class handle_options:  # calls over gRPC: the frame goes by value (no Ray object store here)
+                _by_reference = False
+
+            class detect:
+                @staticmethod
+                async def remote(x):
+                    try:
+                        await asyncio.sleep(delay)  # (the fake detector's time on the frame)
+                    except asyncio.CancelledError:
+                        ran.append(f"{name} cancelled")
+                        raise
+                    if error:
+                        raise RuntimeError(f"{name} failed")
+                    ran.append(f"{name} answered")
+        return Handle()
+
+    async def main():
+        detect = merged_detect([handle("coco", 5.0), handle("signs", 0.01, error=True)])
+        with pytest.raises(RuntimeError, match="signs failed"):
+            await asyncio.wait_for(detect(DetectorInput(np.zeros((8, 8, 3), np.uint8), (8, 8))), 4.0)
+        deadline = asyncio.get_running_loop().time() + 2.0  # (coco would answer after 5 s)
+        while not ran and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert ran == ["coco cancelled"]
+
+    asyncio.run(main())
