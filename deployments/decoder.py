@@ -39,6 +39,8 @@ from .transport import transport_of, with_transport
 
 log = logging.getLogger("percept.decoder")
 
+STOP_CAMERAS_S = 40.0  # a stopping replica's wait for its cameras to stop and hand over
+
 
 def merged_detect(handles: list[DeploymentHandle]):
     """Every frame to every detector at once; their objects merged in config order. A frame goes
@@ -256,7 +258,7 @@ class DecoderDeployment:
     async def __del__(self) -> None:
         if not hasattr(self, "_status_task"):  # stopped while it starts: no camera ran here
             self._stopping = True  # (its __init__ may go on from an await: it stops there)
-            self._close_started()
+            await asyncio.to_thread(self._close_started)
             return
         self._metrics_task.cancel()
         self._status_task.cancel()
@@ -265,11 +267,14 @@ class DecoderDeployment:
         hand_over = await application_stays()
         await asyncio.to_thread(forget_status, self.publisher.client, self.keys, self.supervisor.owner)
         await self.supervisor.stop(hand_over=hand_over)
-        try:
-            await asyncio.wait_for(self._task, timeout=20)
-        except Exception:
-            pass
-        self._close_started()
+        # its cameras' stops (each up to its reader's and flush's timeouts, ~25 s at worst) within
+        # Serve's 60 s (graph.py), not cut off midway (a cancelled stop left leases held)
+        done, _ = await asyncio.wait({self._task}, timeout=STOP_CAMERAS_S)
+        if not done:
+            log.warning("cameras not stopped within %.0f s; closing under them", STOP_CAMERAS_S)
+            self._task.cancel()
+        # (blocking: a flush of what the publishers hold, off the event loop)
+        await asyncio.to_thread(self._close_started)
 
     def _close_started(self) -> None:
         """Close what `__init__` made (all of it, or as far as it got)."""
