@@ -240,16 +240,16 @@ class FrameReader:
             mapping = self._open.get(name)
             if mapping is not None:
                 self._open.move_to_end(name)
-                self._used[name] = now
-                return mapping
-            try:
-                mapping = _map_read_only(name)
-            except OSError as exc:
-                raise NotShared(f"shared frame {name} is not on this machine ({exc.__class__.__name__})") from None
-            self._open[name] = mapping
+            else:
+                try:
+                    mapping = _map_read_only(name)
+                except OSError as exc:
+                    raise NotShared(f"shared frame {name} is not on this machine ({exc.__class__.__name__})") from None
+                self._open[name] = mapping
             self._used[name] = now
             # the least recently used first: beyond max_open, or unused for idle_s (a removed
-            # segment stays in memory while it is mapped)
+            # segment stays in memory while it is mapped) — looked at on every frame: a restarted
+            # decoder's new slots are all made in its first seconds, and its old ones must go too
             while self._open and (len(self._open) > self.max_open
                                   or now - self._used[next(iter(self._open))] >= self.idle_s):
                 old, _ = self._open.popitem(last=False)
