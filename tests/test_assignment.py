@@ -179,8 +179,7 @@ def test_a_crashed_reader_is_restarted_with_backoff_and_the_other_camera_keeps_r
         bg.stop()
         pub.close()
     gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert len(gaps) == 3 and gaps[0] >= 0.45, gaps  # 0.5 s, 1 s, 2 s
-    assert all(later > 1.5 * earlier for earlier, later in zip(gaps, gaps[1:])), f"delays not growing: {gaps}"
+    assert len(gaps) == 3 and gaps[0] >= 0.45, gaps  # 0.5 s, 1 s, 2 s (the delays themselves: below)
     assert opens["b"] == 1, "camera b was restarted"
     errors = [f[b"error"].decode() for _, f in client.xrange(KEYS.status) if f[b"camera"] == b"a"]
     assert sum(e.startswith("reader crashed: ValueError") for e in errors) == 4, errors  # the conductor's
@@ -458,11 +457,12 @@ def test_redis_down_past_the_ttl_stops_the_camera_then_it_resumes_without_losing
         wait_for(lambda: client.xlen(KEYS.detections("r")) >= 5, 10, "camera r publishing")
         before = seqs_of(client, "r")[-1]
         redis_server.kill()
-        down = time.monotonic()
-        wait_for(lambda: "r" not in sup.running, 10, "camera r stopped when its lease ran out")
-        stopped_after = time.monotonic() - down
-        assert stopped_after <= 3.0, f"stopped {stopped_after:.1f} s into the outage (TTL 3 s)"
-        print(f"camera stopped {stopped_after:.2f} s into the Redis outage (TTL 3 s, margin 0.3 s)")
+        renewed = sup.running["r"].lease.renewed_at  # its last renewal (none lands after the kill)
+        wait_for(lambda: "r" not in sup.running, 10, "camera r stopped when its lease ran out", interval=0.01)
+        stopped_after = time.monotonic() - renewed
+        # before Redis lets the lease go (TTL 3 s after its last renewal; the stop is due at 2.7 s)
+        assert stopped_after <= 3.0, f"stopped {stopped_after:.2f} s after the lease's last renewal (TTL 3 s)"
+        print(f"camera stopped {stopped_after:.2f} s after the lease's last renewal (TTL 3 s, margin 0.3 s)")
         hold(1.0, "Redis down past the lease's expiry (the camera stopped a margin before it)")
         # The supervisor is held up while Redis comes back, so the publisher retries first, while
         # nobody holds the lease: it must keep the results until the lease is ours again.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 
 from .conftest import REPO
 from .http import answering
@@ -82,11 +83,14 @@ def test_ctrl_c_on_top_while_redis_is_away_is_its_usual_way_out():
     proc = subprocess.Popen([sys.executable, "-m", "cli", "top", "--redis", f"redis://127.0.0.1:{free_port()}/0",
                              "--interval", "0.5"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # (a read never blocks the wait)
     try:
-        wait_for(lambda: proc.stdout.readline().startswith("percept top") or proc.poll() is not None, 60,
+        wait_for(lambda: any(line.startswith("percept top") for line in lines) or proc.poll() is not None, 60,
                  "top showing its first screen")
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        proc.wait(30)
+        err = proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()

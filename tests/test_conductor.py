@@ -290,10 +290,11 @@ class LiveCapture:
 
 
 def test_detector_gets_the_newest_frame_under_overload(redis_server, monkeypatch):
-    """Keep-latest: a 30 fps camera, a detector taking 150 ms and one frame in flight. The frame
-    the conductor hands to the detector is never older than one frame interval (+ scheduling
-    slack), not the frame sampled right after the previous take (~150 ms old)."""
-    fps, work_s, slack_s = 30, 0.15, 0.05
+    """Keep-latest: a 30 fps camera, a detector taking 400 ms and one frame in flight. The frame
+    the conductor hands to the detector is the newest one read (a frame interval old, plus the
+    machine's scheduling), never the frame sampled right after the previous take (~400 ms old):
+    half the detector's time tells the two apart with room for a loaded machine."""
+    fps, work_s = 30, 0.4
     monkeypatch.setattr(pipeline.camera_open, "open_capture", lambda *a, **k: LiveCapture(fps))
     camera = CameraConfig(id="live", url="rtsp://camera.invalid/live", fps=0, max_inflight=1)
     config = PerceptConfig(cameras=[camera], tracker=TrackerConfig(enabled=False))
@@ -322,7 +323,7 @@ def test_detector_gets_the_newest_frame_under_overload(redis_server, monkeypatch
 
     conductor = asyncio.run(scenario())
     assert len(ages) >= 12
-    assert max(ages) <= 1 / fps + slack_s, f"frame ages at take (s): {[round(a, 3) for a in ages]}"
+    assert max(ages) <= work_s / 2, f"frame ages at take (s): {[round(a, 3) for a in ages]}"
     # every frame read is counted exactly once: processed, dropped, or still unsent at the end
     wait_for(lambda: conductor.slot.closed, 5, "the reader thread to finish")
     unsent = 1 if conductor.slot.get(timeout=0) is not None else 0

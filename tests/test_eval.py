@@ -35,12 +35,6 @@ def need(*paths: Path) -> None:
         pytest.skip(f"shared models/data not found: {', '.join(missing)} (set PERCEPT_SHARED)")
 
 
-def need_backend(module: str) -> None:
-    if not (REPO / "pipeline" / "backends" / f"{module}.py").exists():
-        pytest.skip(f"pipeline/backends/{module}.py is not there yet")
-    pytest.importorskip("openvino", reason="the openvino backend needs `pip install openvino`")
-
-
 @pytest.fixture(scope="module")
 def coco_eval(tmp_path_factory):
     need(COCO_PT, COCO)
@@ -117,7 +111,6 @@ def test_data_yaml_is_found(ultralytics_val):
 
 def test_sign_detector_on_gtsdb(tmp_path):
     need(SIGN_DETECTOR, GTSDB)
-    need_backend("openvino_detector")
     out = tmp_path / "gtsdb.json"
     code, stdout, stderr = percept("eval", "detector", "--weights", str(SIGN_DETECTOR), "--data", str(GTSDB),
                                    "--json", str(out))
@@ -134,7 +127,6 @@ def test_sign_detector_on_gtsdb(tmp_path):
 
 def test_classifier_on_gtsrb(tmp_path):
     need(SIGN_CLASSIFIER, GTSRB)
-    need_backend("openvino_classifier")
     out = tmp_path / "gtsrb.json"
     code, stdout, stderr = percept("eval", "classifier", "--weights", str(SIGN_CLASSIFIER), "--data", str(GTSRB),
                                    "--labels", str(GTSRB / "labels.csv"), "--json", str(out))

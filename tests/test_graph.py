@@ -198,7 +198,6 @@ def test_cameras_added_and_removed_at_runtime_without_touching_others(graph, ray
         return out.stdout
 
     connecting_before = _connecting_entries(client)
-    added_at = time.time()
     cli("add", "walk2", cam_url(rtsp_with_auth, "walk", "CAM_WALK2_PASSWORD"), "--fps", "2")  # (set in conftest.py)
     wait_for(lambda: client.xlen(KEYS.detections("walk2")) >= 3, 40, "the runtime-added camera publishing")
     assert "walk2" in cli("ls")
@@ -215,7 +214,6 @@ def test_cameras_added_and_removed_at_runtime_without_touching_others(graph, ray
     traffic_frames(client, 9)
     assert client.xlen(KEYS.detections("walk2")) == n
     assert {c["id"] for c in _http("GET", api + "/cameras")[1]} == {"traffic", "walk"}
-    assert time.time() - added_at < 120
 
 
 def _connecting_entries(client):

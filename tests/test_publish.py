@@ -102,12 +102,15 @@ def test_outage_buffers_in_order_then_flushes(redis_server):
 
 
 def test_full_outage_buffer_drops_oldest_and_counts(redis_server):
-    pub = publisher(redis_server, max_buffer_entries=5)
+    # started once everything is queued: nothing is in flight (never dropped) while it fills
+    pub = Publisher(connect_redis(redis_server.url, socket_timeout=1, socket_connect_timeout=0.5), keys=KEYS,
+                    maxlen=1000, max_buffer_entries=5)
     redis_server.kill()
     pub.camera_state("cam", "reconnecting")  # the oldest: dropped first, counted apart from frames
     for s in range(12):
         pub.publish(result(s))
     redis_server.start()
+    pub.start()
     assert pub.flush(15)
     assert seqs(redis_server.client()) == list(range(7, 12))
     assert pub.stats.dropped["cam"] == 7 and pub.stats.dropped_other["cam"] == 1
