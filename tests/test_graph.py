@@ -362,8 +362,13 @@ def test_walk_camera_events_are_consistent_with_their_counters(graph):
     follows its enter (dwell = exit − enter), ids are unique, and the counters hash equals what
     the events stream says (both are written in one round-trip)."""
     _, client = graph
-    wait_for(lambda: sum(e["kind"] == "track_end" for e in _events(client, "walk")) >= 3, 90,
-             "three pedestrian tracks ended on the walk camera")
+
+    def seen(events):  # three tracks ended, someone in the left half, someone across the middle
+        kinds = [e["kind"] for e in events]
+        return kinds.count("track_end") >= 3 and "zone_enter" in kinds and "zone_exit" in kinds and "line_cross" in kinds
+
+    wait_for(lambda: seen(_events(client, "walk")), 120,
+             "three pedestrian tracks ended, a zone entered and left and the line crossed on the walk camera")
     pipe = client.pipeline(transaction=True)  # events and counters read at one instant
     pipe.xrange(KEYS.events("walk"))
     pipe.hgetall(KEYS.counts("walk"))
