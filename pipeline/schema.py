@@ -18,8 +18,8 @@ import orjson
 
 SCHEMA = "percept.detections/v1"
 SCHEMA_VERSION = "1"
-# what a published object's numbers are rounded to: box corners to 0.1 px, the score to 1e-4
 DUPLICATE_IOU = 0.7  # two detectors' objects of one category this much overlapped are one object (`Detections.concat`)
+# what a published object's numbers are rounded to: box corners to 0.1 px, the score to 1e-4
 _ROUNDING = np.array([10, 10, 10, 10, 10_000], np.float64)
 Rounded = tuple[list[list[float]], list[float]]  # `rounded_numbers`: boxes, scores
 
