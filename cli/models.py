@@ -95,7 +95,7 @@ def _finetune_parser(actions: Any) -> argparse.ArgumentParser:
     f.add_argument("--data", required=True, metavar="DIR|YAML",
                    help="classifier: one subfolder per class (DIR/<class>/*.jpg, or DIR/train/ + DIR/val/); "
                    "detector: a YOLO folder (images/ + labels/, names in data.yaml or classes.txt) or a data.yaml")
-    f.add_argument("--out", metavar="PT", help="the fine-tuned weights (default finetuned/<weights>-<data>.pt "
+    f.add_argument("--out", metavar="PT", type=output_file_arg, help="the fine-tuned weights (default finetuned/<weights>-<data>.pt "
                    "in the current folder); replaced if it exists")
     f.add_argument("--epochs", type=POSITIVE_INT, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
     f.add_argument("--imgsz", type=IMGSZ, help="training and evaluation size (default 224 classify, 640 detect)")
@@ -199,7 +199,29 @@ def _compare(args: argparse.Namespace) -> int:
     return _finish(result, table, args.json)
 
 
+def device_problem(device: str) -> str | None:
+    """Why ``--device`` cannot be used here (as the config's ``device`` pattern, and a CUDA device
+    this machine does not have, as `eval` says it); None when it can."""
+    import re
+    from types import SimpleNamespace
+
+    from pipeline.backends.ultralytics_backend import existing_device
+    from pipeline.config_models import ModelServerConfig
+    from pipeline.models import ModelError
+
+    pattern = next(m.pattern for m in ModelServerConfig.model_fields["device"].metadata if getattr(m, "pattern", None))
+    if not re.match(pattern, device):
+        return f"--device: must be auto, cpu, cuda, cuda:N, N or mps, got {device!r}"
+    try:
+        existing_device(SimpleNamespace(device=device, half=None), "--device")
+    except ModelError as exc:
+        return str(exc)
+    return None
+
+
 def _finetune(args: argparse.Namespace) -> int:
+    if problem := device_problem(args.device):  # before the weights load and the data is measured
+        return fail(f"models finetune: {problem}", CONFIG_ERROR_EXIT_CODE)
     from pipeline.lifecycle.finetune import (
         Augment,
         TrainingError,

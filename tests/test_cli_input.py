@@ -51,6 +51,8 @@ BAD_VALUES = [
      "argument -o/--output: the folder '/nonexistent-percept' does not exist"),
     (["eval", "detector", "--weights", "w", "--data", "d", "--json", "/nonexistent-percept/r.json"],
      "argument --json: the folder '/nonexistent-percept' does not exist"),
+    (["models", "finetune", "w.pt", "--data", "d", "--out", "/nonexistent-percept/x.pt"],
+     "argument --out: the folder '/nonexistent-percept' does not exist"),  # (it made the folder and trained)
     (["eval", "detector", "--weights", "w", "--data", "d", "--json", "-"],
      "argument --json: '-' (stdout) is not taken here: give a file name"),  # (it wrote a file named '-')
     (["explain", "--object", "0", "--image", "i.jpg", "--out", "-"], "argument --out: '-' (stdout) is not taken here"),
@@ -185,6 +187,19 @@ def test_a_gpu_the_machine_does_not_have_is_named_as_the_device(capsys):
                  "--device", missing]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"percept: eval: --device: {missing} asked for; this machine has "), line
+
+
+def test_finetune_checks_the_device_before_anything_loads(capsys):
+    """It measured the data and started training, then exited 1 with ultralytics' lines. The
+    weights named here do not exist: the device is said first, before they are looked for."""
+    import torch
+
+    missing = f"cuda:{torch.cuda.device_count() + 7}"
+    for device, said in ((missing, f"--device: {missing} asked for; this machine has "),
+                         ("bogus", "--device: must be auto, cpu, cuda, cuda:N, N or mps, got 'bogus'")):
+        assert main(["models", "finetune", "no-such-weights.pt", "--data", "no-such-data", "--device", device]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"percept: models finetune: {said}"), line
 
 
 def test_explain_of_a_camera_refuses_the_offline_options_it_would_ignore(capsys):
