@@ -12,10 +12,11 @@ import urllib.request
 from typing import Any
 from urllib.parse import quote
 
-from pipeline.config import CONFIG_ERROR_EXIT_CODE, RUNTIME_FIELDS
+from pipeline.config import CONFIG_ERROR_EXIT_CODE, MIN_FPS, RUNTIME_FIELDS, CameraConfig, inline_password_error
 from pipeline.redact import redact, redact_url
 
-from .common import EXIT_UNAVAILABLE, UNAVAILABLE_STATUS, api_url_arg, call_api, fail, number_arg, unreachable
+from .common import (EXIT_UNAVAILABLE, UNAVAILABLE_STATUS, api_url_arg, call_api, camera_id_arg, fail, number_arg,
+                     unreachable)
 
 
 def register(sub: Any) -> None:
@@ -32,9 +33,10 @@ def register(sub: Any) -> None:
     cam_sub = cams.add_subparsers(dest="action", required=True)
     cam_sub.add_parser("ls", help="cameras with state, fps, drops and lag", parents=[after])
     add = cam_sub.add_parser("add", help="add a camera (takes effect within a few seconds)", parents=[after])
-    add.add_argument("id")
+    add.add_argument("id", type=camera_id_arg)
     add.add_argument("url", help="the camera URL; write a password as ${VAR}, expanded by the decoders")
-    add.add_argument("--fps", type=float, default=5.0)
+    add.add_argument("--fps", type=_fps_arg, default=5.0,
+                     help="max frames sampled per second, 0 to 240 (0: every frame; default 5)")
     add.add_argument("--loop", action="store_true")
     rm = cam_sub.add_parser("rm", help="remove a camera", parents=[after])
     rm.add_argument("id")
@@ -45,11 +47,24 @@ def register(sub: Any) -> None:
                        help='JSON: {"name": [[x, y], ...]} ({} removes them all)')
     zones.add_argument("--lines", type=json_arg('{"name": [[x1, y1], [x2, y2]]}'), help='JSON: {"name": [[x1, y1], [x2, y2]]}')
     zones.add_argument("--anchor", choices=("bottom_center", "center"))
-    zones.add_argument("--line-margin", type=float, dest="line_margin",
+    zones.add_argument("--line-margin", type=MARGIN, dest="line_margin",
                        help="hysteresis at lines: a fraction of the box across the line (0 turns it off)")
-    zones.add_argument("--zone-margin", type=float, dest="zone_margin",
+    zones.add_argument("--zone-margin", type=MARGIN, dest="zone_margin",
                        help="hysteresis at zone edges: a fraction of the box across the edge (0 turns it off)")
     cams.set_defaults(func=_cameras)
+
+
+MARGIN = number_arg(float, 0.0, 2.0)  # as cameras[].line_margin / zone_margin
+_FPS = number_arg(float, 0.0, 240.0)  # as cameras[].fps
+
+
+def _fps_arg(value: str) -> float:
+    """argparse type of ``add --fps``: as ``cameras[].fps`` takes it (NaN and inf were sent as-is)."""
+    fps = _FPS(value)
+    if 0 < fps < MIN_FPS:
+        raise argparse.ArgumentTypeError(f"must be 0 (every frame) or at least {MIN_FPS:g} (a frame an hour), "
+                                         f"got {value!r}")
+    return fps
 
 
 def json_arg(shape: str) -> Any:
@@ -101,6 +116,10 @@ def _cameras(args: argparse.Namespace) -> int:
     if args.action == "zones" and all(getattr(args, k) is None for k in RUNTIME_FIELDS):
         options = [f"--{k.replace('_', '-')}" for k in RUNTIME_FIELDS]
         return fail(f"cameras zones: give {', '.join(options[:-1])} and/or {options[-1]}", 2)
+    if args.action == "add":  # refused by the API with 422 after being sent; the message never holds the password
+        inline = inline_password_error(CameraConfig.model_construct(id=args.id, url=args.url), "url")
+        if inline:
+            return fail(f"cameras add: {inline}", CONFIG_ERROR_EXIT_CODE)
     try:
         status, data = _call(args)
     except (urllib.error.URLError, OSError) as exc:

@@ -120,6 +120,21 @@ def prefix_arg(value: str) -> str:
     return value
 
 
+def camera_id_arg(value: str) -> str:
+    """argparse type of a camera id: as ``cameras[].id`` takes it (letters, digits, _ and -)."""
+    import re
+
+    from pipeline.config import CameraConfig
+
+    field = CameraConfig.model_fields["id"]
+    pattern = next(m.pattern for m in field.metadata if getattr(m, "pattern", None))
+    longest = next(m.max_length for m in field.metadata if getattr(m, "max_length", None))
+    if not re.match(pattern, value) or len(value) > longest:
+        raise argparse.ArgumentTypeError(f"a camera id is 1 to {longest} letters, digits, _ and - "
+                                         f"(as cameras[].id), got {value!r}")
+    return value
+
+
 def name_arg(value: str) -> str:
     """argparse type of a name that must not be empty (``--group ''`` read as no group at all)."""
     if not value.strip():

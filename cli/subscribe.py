@@ -17,13 +17,13 @@ from pipeline.config import CONFIG_ERROR_EXIT_CODE, load_config
 from pipeline.config_urls import redis_url_problem
 from pipeline.redact import redact, redact_url
 
-from .common import (EXIT_INTERRUPTED, EXIT_UNAVAILABLE, POSITIVE_INT, RedisOutage, fail, name_arg, number_arg,
-                     prefix_arg, redis_url_arg)
+from .common import (EXIT_INTERRUPTED, EXIT_UNAVAILABLE, POSITIVE_INT, RedisOutage, camera_id_arg, fail, name_arg,
+                     number_arg, prefix_arg, redis_url_arg)
 
 
 def register(sub: Any) -> None:
     s = sub.add_parser("subscribe", help="print detection (or event) payloads as JSON lines")
-    s.add_argument("cameras", nargs="+")
+    s.add_argument("cameras", nargs="+", type=camera_id_arg, help="camera ids (as cameras[].id)")
     s.add_argument("--events", action="store_true",
                    help="the cameras' track, zone and line events (<prefix>:events:<camera>) instead of detections")
     s.add_argument("-c", "--config", help="read redis url/prefix from this config")

@@ -53,6 +53,17 @@ BAD_VALUES = [
      "argument --json: the folder '/nonexistent-percept' does not exist"),
     (["models", "finetune", "w.pt", "--data", "d", "--out", "/nonexistent-percept/x.pt"],
      "argument --out: the folder '/nonexistent-percept' does not exist"),  # (it made the folder and trained)
+    # numbers sent as-is (NaN, Infinity: not JSON), an exit 3 with the API down; ids no camera can have (waited forever)
+    (["cameras", "--api", "http://127.0.0.1:1", "add", "a", "x.mp4", "--fps", "nan"], "argument --fps: must be from 0 to 240"),
+    (["cameras", "--api", "http://127.0.0.1:1", "add", "a", "x.mp4", "--fps", "inf"], "argument --fps: must be from 0 to 240"),
+    (["cameras", "--api", "http://127.0.0.1:1", "add", "a", "x.mp4", "--fps", "-3"], "argument --fps: must be from 0 to 240"),
+    (["cameras", "--api", "http://127.0.0.1:1", "add", "a", "x.mp4", "--fps", "1e-9"], "argument --fps: must be 0 (every"),
+    (["cameras", "--api", "http://127.0.0.1:1", "zones", "a", "--line-margin", "nan"],
+     "argument --line-margin: must be from 0 to 2, got 'nan'"),
+    (["cameras", "--api", "http://127.0.0.1:1", "zones", "a", "--zone-margin", "3"], "argument --zone-margin: must be from 0 to 2"),
+    (["subscribe", "a b"], "argument cameras: a camera id is 1 to 64 letters, digits, _ and - (as cameras[].id), got 'a b'"),
+    (["subscribe", "cam", ""], "argument cameras: a camera id is 1 to 64 letters"),
+    (["cameras", "--api", "http://127.0.0.1:1", "add", "a/b", "x.mp4"], "argument id: a camera id is 1 to 64 letters"),
     (["eval", "detector", "--weights", "w", "--data", "d", "--json", "-"],
      "argument --json: '-' (stdout) is not taken here: give a file name"),  # (it wrote a file named '-')
     (["explain", "--object", "0", "--image", "i.jpg", "--out", "-"], "argument --out: '-' (stdout) is not taken here"),
@@ -101,6 +112,16 @@ def test_urls_in_option_errors_are_shown_without_credentials(capsys):
     assert main(["cameras", "--api", "http://127.0.0.1:1/?token=S3cretPW", "--wait", "0", "ls"]) == 3
     err = capsys.readouterr().err
     assert "cannot reach http://127.0.0.1:1/?token=***" in err and "S3cretPW" not in err, err
+
+
+def test_cameras_add_refuses_an_inline_password_before_sending_it(capsys):
+    """It was POSTed, then refused by the API (422); with the API down, exit 3 after a minute."""
+    assert main(["cameras", "--api", "http://127.0.0.1:1", "--wait", "0", "add", "dock",
+                 "rtsp://viewer:S3cretPW@10.0.0.9/s1"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("percept: cameras add: url: inline password refused; write "
+                           "rtsp://viewer:${CAM_DOCK_PASSWORD}@10.0.0.9/s1"), line
+    assert "S3cretPW" not in line
 
 
 def test_a_sample_clips_folder_that_is_not_there_exits_2_naming_it(tmp_path, capsys, monkeypatch):
