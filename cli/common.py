@@ -145,12 +145,15 @@ def name_arg(value: str) -> str:
 def api_url_arg(value: str) -> str:
     """argparse type of ``--api``: the graph's ingress, an http:// or https:// URL; else exit 2
     (a value that is ``PERCEPT_API``'s, the option's default, is said to be)."""
+    source = " (PERCEPT_API, its default)" if value == os.environ.get("PERCEPT_API") else ""
     try:
         parts = urllib.parse.urlsplit(value)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
-    except ValueError:  # a port that is not a number
+    except ValueError as exc:  # a port that is not a number, or past 65535
+        if "out of range" in str(exc):
+            raise argparse.ArgumentTypeError(f"the port is out of range (0 to 65535), got {redact_url(value)!r}"
+                                             f"{source}") from None
         ok = False
-    source = " (PERCEPT_API, its default)" if value == os.environ.get("PERCEPT_API") else ""
     if not ok:
         raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {redact_url(value)!r}{source}")
     if parts.username is not None or parts.password is not None:  # (urllib would take them for the host)

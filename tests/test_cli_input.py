@@ -25,6 +25,8 @@ BAD_VALUES = [
     (["cameras", "zones", "a", "--zones", '{"a": [[0,0],[1,0]'],
      "argument --zones: not JSON (Expecting ',' delimiter at column 19); expected {\"name\": [[x, y], ...]}"),
     (["cameras", "--api", "notaurl", "ls"], "argument --api: must be an http:// or https:// URL, got 'notaurl'"),
+    (["cameras", "--api", "http://127.0.0.1:99999", "ls"],
+     "argument --api: the port is out of range (0 to 65535), got 'http://127.0.0.1:99999'"),  # (said: not a URL)
     (["cameras", "--wait", "nan", "ls"], "argument --wait: must be >= 0, got 'nan'"),
     (["subscribe", "cam", "--group", ""], "argument --group: must not be empty"),  # (a plain reader, silently)
     (["subscribe", "cam", "--prefix", ""], "argument --prefix: a stream prefix is letters"),  # (read as "percept")
