@@ -352,7 +352,7 @@ def status_lines(client: Any, keys: Any, cameras: list[str]) -> list[str]:
         except (KeyError, ValueError, TypeError, AttributeError):  # an entry not as percept writes them
             counts, e2e = {}, "-"
         objs = " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"
-        err = f"  error: {st['last_error']}" if st.get("last_error") and st.get("state") != "online" else ""
+        err = f"  error: {redact(st['last_error'])}" if st.get("last_error") and st.get("state") != "online" else ""
         lines.append(
             f"{cam:<12} {st.get('state', 'pending'):<12} {number(st.get('fps')):5.1f} fps  "
             f"dropped {st.get('dropped', '0'):>4}  objects {objs:<28} e2e {e2e}{err}"

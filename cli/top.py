@@ -175,7 +175,7 @@ def camera_line(row: CameraRow) -> str:
     p50 = "-" if row.p50_ms is None else f"{row.p50_ms:.0f}"
     p95 = "-" if row.p95_ms is None else f"{row.p95_ms:.0f}"
     objects = " ".join(f"{k}={v}" for k, v in sorted(row.objects.items())) or "-"
-    err = f"  error: {row.error}" if row.error and row.state != "online" else ""
+    err = f"  error: {redact(row.error)}" if row.error and row.state != "online" else ""  # (a URL's password)
     return (f"{row.camera:<14} {row.state:<12} {row.fps:5.1f} {lag:>7} {row.dropped:>7} "
             f"{p50:>7} {p95:>7}  {objects}{err}")
 

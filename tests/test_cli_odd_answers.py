@@ -46,6 +46,19 @@ def test_a_key_of_another_type_costs_its_camera_row_only(redis_server, capsys):
     assert [line.split()[:2] for line in lines] == [["a", "pending"], ["b", "unreadable"], ["c", "online"]], lines
 
 
+def test_a_camera_error_holding_a_password_is_shown_redacted(redis_server, capsys):
+    """`top` (and `run`'s console) printed a camera hash's last_error as it was written."""
+    client = redis_server.client()
+    CameraRegistry(client, KEYS).add(CameraConfig(id="leaky", url="leaky.mp4"))
+    client.hset(KEYS.camera("leaky"), mapping={"state": "reconnecting",
+                                                "last_error": "cannot open rtsp://viewer:S3cretPW@10.0.0.9/s1"})
+    assert main(["top", "--once", "--redis", redis_server.url, "--prefix", "odd"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("leaky ")]
+    assert "error: cannot open rtsp://***@10.0.0.9/s1" in row and "S3cretPW" not in row, row
+    (line,) = status_lines(client, KEYS, ["leaky"])
+    assert "error: cannot open rtsp://***@10.0.0.9/s1" in line and "S3cretPW" not in line, line
+
+
 def test_cameras_ls_against_another_http_service_says_so(capsys):
     with answering(200, b'{"hello": "world"}') as api:
         assert main(["cameras", "--api", api, "ls"]) == 3
