@@ -27,7 +27,7 @@ import numpy as np
 from .config import ClassifierConfig
 from .models import prepare_crop
 from .schema import Detections
-from .tracking import TrackAttributeCache
+from .track_answers import TrackAttributeCache
 
 log = logging.getLogger("percept.classify")
 

@@ -21,7 +21,8 @@ from pipeline.publish import Publisher
 from pipeline.schema import Detections
 from pipeline.sources import VideoSource
 from pipeline.streams import StreamKeys, connect_redis
-from pipeline.tracking import ObjectTracker, TrackAttributeCache
+from pipeline.track_answers import TrackAttributeCache
+from pipeline.tracking import ObjectTracker
 
 from .test_sources import Clock, FakeCapture
 from .waiting import wait_for
