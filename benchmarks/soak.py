@@ -34,15 +34,25 @@ from .harness import (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cameras", type=int, default=8, help="cameras (default 8, cycling over the clips)")
-    p.add_argument("--duration", type=float, default=600, help="seconds after warm-up (default 600)")
-    p.add_argument("--warmup", type=float, default=60, help="seconds before the first sample (default 60)")
-    p.add_argument("--fps", type=float, default=5, help="frames sampled per camera per second (default 5)")
-    p.add_argument("--interval", type=float, default=30, help="seconds between samples (default 30)")
+    # bounded as the CLI's own options are: exit 2 naming the option (--cameras 0 gave an empty result)
+    from cli.common import number_arg
+
+    day = 86_400.0
+    p.add_argument("--cameras", type=number_arg(int, 1, 256), default=8,
+                   help="cameras, 1 to 256 (default 8, cycling over the clips)")
+    p.add_argument("--duration", type=number_arg(float, 1.0, 30 * day), default=600,
+                   help="seconds after warm-up, 1 to 30 days (default 600)")
+    p.add_argument("--warmup", type=number_arg(float, 0.0, day), default=60,
+                   help="seconds before the first sample (default 60)")
+    p.add_argument("--fps", type=number_arg(float, 0.1, 240.0), default=5,
+                   help="frames sampled per camera per second, 0.1 to 240 (default 5)")
+    p.add_argument("--interval", type=number_arg(float, 0.1, day), default=30,
+                   help="seconds between samples (default 30)")
     p.add_argument("--model", help="detector weights (default: the demo's)")
     p.add_argument("-c", "--config", help="detector/classifier/decoder settings from this config")
     p.add_argument("--source", choices=("rtsp", "file"), default="rtsp")
-    p.add_argument("--rtsp-fps", type=int, default=15)
+    p.add_argument("--rtsp-fps", type=number_arg(int, 1, 240), default=15,
+                   help="--source rtsp: frame rate of each RTSP camera (default 15)")
     p.add_argument("--videos", help="folder with the clips (default PERCEPT_SAMPLE_VIDEOS)")
     p.add_argument("--json", dest="json_out", help="write the results here (default: <state-dir>/bench/<time>-<host>-soak.json)")
     p.add_argument("--state-dir", default=".percept", help="percept's state directory (default .percept)")

@@ -66,6 +66,12 @@ BAD_VALUES = [
     (["subscribe", "a b"], "argument cameras: a camera id is 1 to 64 letters, digits, _ and - (as cameras[].id), got 'a b'"),
     (["subscribe", "cam", ""], "argument cameras: a camera id is 1 to 64 letters"),
     (["cameras", "--api", "http://127.0.0.1:1", "add", "a/b", "x.mp4"], "argument id: a camera id is 1 to 64 letters"),
+    # `bench soak` took any number: --cameras 0 exited 0 with an empty result, --duration inf never ended
+    (["bench", "soak", "--cameras", "0"], "argument --cameras: must be from 1 to 256, got '0'"),
+    (["bench", "soak", "--duration", "inf"], "argument --duration: must be from 1 to 2.592e+06, got 'inf'"),
+    (["bench", "soak", "--fps", "0"], "argument --fps: must be from 0.1 to 240, got '0'"),
+    (["bench", "soak", "--interval", "nan"], "argument --interval: must be from 0.1 to 86400, got 'nan'"),
+    (["bench", "soak", "--rtsp-fps", "-1"], "argument --rtsp-fps: must be from 1 to 240, got '-1'"),
     (["eval", "detector", "--weights", "w", "--data", "d", "--json", "-"],
      "argument --json: '-' (stdout) is not taken here: give a file name"),  # (it wrote a file named '-')
     (["explain", "--object", "0", "--image", "i.jpg", "--out", "-"], "argument --out: '-' (stdout) is not taken here"),
