@@ -127,7 +127,8 @@ def _cameras(args: argparse.Namespace) -> int:
     if status >= 400:
         detail = data.get("detail", "") if isinstance(data, dict) else data
         lines = detail if isinstance(detail, list) else [detail]
-        return fail(f"{args.action} {getattr(args, 'id', '')}: HTTP {status}: " + redact("; ".join(map(str, lines))),
+        what = " ".join(filter(None, (args.action, getattr(args, "id", ""))))  # ("ls : HTTP 503" had a stray space)
+        return fail(f"{what}: HTTP {status}: " + redact("; ".join(map(str, lines))),
                     EXIT_UNAVAILABLE if status in UNAVAILABLE_STATUS else CONFIG_ERROR_EXIT_CODE if 400 <= status < 500 else 1)
     if args.action == "ls":
         try:

@@ -66,6 +66,7 @@ def test_a_refused_camera_exits_2_and_an_unavailable_graph_3(api, capsys):
     assert "HTTP 422: cameras[bad].url: ${CAM_DOCK_PASSWORD} is camera dock's" in capsys.readouterr().err
     Recorder.status, Recorder.body = 503, {"detail": "redis unavailable (ConnectionError)"}
     assert main(["cameras", "--api", api, "--wait", "0", "ls"]) == 3
+    assert "percept: ls: HTTP 503: redis unavailable" in capsys.readouterr().err
 
 
 def test_a_removal_retried_after_a_503_that_finds_no_camera_is_done(api, capsys):
