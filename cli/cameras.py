@@ -117,9 +117,9 @@ def _cameras(args: argparse.Namespace) -> int:
         options = [f"--{k.replace('_', '-')}" for k in RUNTIME_FIELDS]
         return fail(f"cameras zones: give {', '.join(options[:-1])} and/or {options[-1]}", 2)
     if args.action == "add":  # refused by the API with 422 after being sent; the message never holds the password
-        inline = inline_password_error(CameraConfig.model_construct(id=args.id, url=args.url), "url")
-        if inline:
-            return fail(f"cameras add: {inline}", CONFIG_ERROR_EXIT_CODE)
+        inline = inline_password_error(CameraConfig.model_construct(id=args.id, url=args.url), "url", setting=False)
+        if inline:  # (whatever the service's security.allow_inline_credentials: no password goes over the wire)
+            return fail(f"cameras add: {inline} (percept cameras never sends a password)", CONFIG_ERROR_EXIT_CODE)
     try:
         status, data = _call(args)
     except (urllib.error.URLError, OSError) as exc:

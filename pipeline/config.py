@@ -250,9 +250,10 @@ def camera_var_prefix(camera_id: str) -> str:
     return "CAM_" + re.sub(r"[^A-Za-z0-9]", "_", camera_id).upper() + "_"
 
 
-def inline_password_error(camera: CameraConfig, field: str) -> str | None:
+def inline_password_error(camera: CameraConfig, field: str, *, setting: bool = True) -> str | None:
     """The refusal of a password typed inline in the camera URL (``rtsp://user:secret@host``,
-    ``?pwd=secret``), saying how to write it as a variable; None when passwords are ``${VAR}``s."""
+    ``?pwd=secret``), saying how to write it as a variable (and, with ``setting``, which setting
+    accepts it); None when passwords are ``${VAR}``s."""
     var = camera_var_prefix(camera.id) + "PASSWORD"
     example = camera.url
     for start, end in reversed(query_secrets(example)):  # ?pwd=secret
@@ -269,8 +270,8 @@ def inline_password_error(camera: CameraConfig, field: str) -> str | None:
             example = found.with_userinfo(f"{found.user}:${{{var}}}")
     if example == camera.url:
         return None
-    return (f"{field}: inline password refused; write {example} and set {var} in the decoder's environment, "
-            "or set security.allow_inline_credentials: true to store it in Redis in clear")
+    how = f"{field}: inline password refused; write {example} and set {var} in the decoder's environment"
+    return how + (", or set security.allow_inline_credentials: true to store it in Redis in clear" if setting else "")
 
 
 def camera_env_errors(config: PerceptConfig, env: Mapping[str, str]) -> list[str]:

@@ -130,6 +130,7 @@ def test_cameras_add_refuses_an_inline_password_before_sending_it(capsys):
     assert line.startswith("percept: cameras add: url: inline password refused; write "
                            "rtsp://viewer:${CAM_DOCK_PASSWORD}@10.0.0.9/s1"), line
     assert "S3cretPW" not in line
+    assert "allow_inline_credentials" not in line  # (a setting of the service: no way to send one from here)
 
 
 def test_a_sample_clips_folder_that_is_not_there_exits_2_naming_it(tmp_path, capsys, monkeypatch):
