@@ -157,8 +157,14 @@ def in_frame_pixels(shapes: Mapping[str, Sequence[Sequence[float]]], kind: str,
     out = {}
     for name, points in shapes.items():
         w0, h0 = sizes.get(f"{kind}:{name}", (width, height))
-        sx, sy = (width / w0, height / h0) if min(w0, h0) > 0 else (1, 1)  # (no size: `resolve_geometry` says so)
-        out[name] = [[x * sx, y * sy] for x, y in points] if (sx, sy) != (1, 1) else [list(p) for p in points]
+        if (w0, h0) == (width, height) or min(w0, h0) <= 0:  # (no size: `resolve_geometry` says so)
+            out[name] = [list(p) for p in points]
+            continue
+        # x·w/w0, not x·(w/w0): a point on the old frame's edge lands on the new one's exactly
+        # (704·(800/704) is 800.0000000000001, "outside the 800x600 frame": the camera failed);
+        # kept inside the frame whatever the rounding
+        out[name] = [[min(max(x * width / w0, 0.0), float(width)), min(max(y * height / h0, 0.0), float(height))]
+                     for x, y in points]
     return out
 
 

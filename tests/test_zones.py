@@ -406,3 +406,19 @@ def test_pixel_zones_scaled_to_a_frame_of_no_size_are_a_geometry_error_not_a_cra
     with pytest.raises(GeometryError, match="0x0"):
         resolve_geometry(zones, {}, "bottom_center", 0, 0)
     assert in_frame_pixels({"z": [[10, 20]]}, "zones", {"zones:z": (100, 100)}, 200, 200) == {"z": [[20.0, 40.0]]}
+
+
+@pytest.mark.parametrize("before, after", [((704, 576), (800, 600)), ((1280, 720), (1296, 972)),
+                                           ((2560, 1440), (2592, 1944))])
+def test_a_pixel_zone_on_the_frames_edge_stays_inside_when_the_resolution_changes(before, after):
+    """704·(800/704) is 800.0000000000001: a zone drawn to the frame's edge was 'outside the
+    800x600 frame' after the camera's resolution changed, and the camera failed on every retry."""
+    from pipeline.events import EventEngine
+    from pipeline.schema import Detections, FrameMeta, FrameResult
+
+    (w, h) = before
+    engine = EventEngine("cam", {"all": [[0, 0], [w, 0], [w, h], [0, h]]}, {"edge": [[w, 0], [w, h]]})
+    for k, (width, height) in enumerate([before, after]):
+        engine.update(FrameResult(FrameMeta("cam", k, 1.0 + k, None, width, height), Detections(), {}, {}))
+    zone = engine.geometry(*after).zones["all"]
+    assert zone.max(axis=0).tolist() == [after[0], after[1]]
