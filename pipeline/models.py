@@ -117,6 +117,8 @@ def prepare_crop(image: np.ndarray, box: Sequence[float], size: int | tuple[int,
     r, b = int(round(cx + bw / 2)), int(round(cy + bh / 2))
     r, b = max(r, l + 1), max(b, t + 1)
     crop = image[max(t, 0) : min(b, h), max(l, 0) : min(r, w)]
+    if crop.size == 0:  # a box wholly outside the frame: nothing of it to show (was a cv2.error)
+        return np.full((out_h, out_w) + image.shape[2:], 114, image.dtype)
     pad = (max(-t, 0), max(b - h, 0), max(-l, 0), max(r - w, 0))
     if any(pad):
         crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_CONSTANT, value=(114, 114, 114))
@@ -258,7 +260,10 @@ class CategoryMap:
         return sorted(self.by_class)
 
     def detections(self, xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray) -> Detections:
-        keep = [i for i, c in enumerate(class_ids) if int(c) in self.by_class]
+        """The boxes of the classes kept, with their labels and categories; a box or score that is
+        no finite number (a network's NaN) is no object: it would be published as ``null``s."""
+        finite = np.isfinite(np.asarray(xyxy, np.float64)).all(axis=1) & np.isfinite(np.asarray(scores, np.float64))
+        keep = [i for i, c in enumerate(class_ids) if finite[i] and int(c) in self.by_class]
         pairs = [self.by_class[int(class_ids[i])] for i in keep]
         return Detections(
             xyxy=xyxy[keep],

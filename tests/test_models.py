@@ -47,6 +47,17 @@ def test_unmapped_labels_are_dropped():
     assert d.labels == ("car",) and d.categories == ("vehicle",)
 
 
+def test_a_box_that_is_no_number_is_no_object_and_a_box_outside_the_frame_crops_grey():
+    """A network's NaN box was published as ``"bbox": [null, …]`` (and a NaN track never ended);
+    a box wholly outside the frame crashed the crop (cv2.error)."""
+    cm = CategoryMap({"vehicle": ["car"]}, {1: "car"})
+    boxes = np.array([[np.nan, 0, 10, 10], [0, 0, np.inf, 10], [0, 0, 10, 10], [1, 1, 5, 5]], np.float32)
+    d = cm.detections(boxes, np.array([0.9, 0.9, 0.8, np.nan]), np.array([1, 1, 1, 1]))
+    assert d.xyxy.tolist() == [[0, 0, 10, 10]] and d.scores.tolist() == pytest.approx([0.8])
+    crop = prepare_crop(np.zeros((100, 200, 3), np.uint8), [300, 150, 340, 190], (32, 48))
+    assert crop.shape == (48, 32, 3) and (crop == 114).all()
+
+
 def test_classifier_restricted_to_labels(models_dir):
     """The bus of bus.jpg is police_van 0.44 / minibus 0.41 to the ImageNet model: restricted to
     labels with minibus it is a minibus; to labels none of which fits (the best, minivan, 0.01) it
