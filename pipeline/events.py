@@ -90,6 +90,10 @@ class EventEngine(EngineHandover):
         # it, as the tracks are; one changed at runtime: the next frame's, the others kept)
         self._pixel_sizes: dict[str, tuple[int, int]] = {}
         self._zones_removed = False  # zones went since the last frame (`reconfigure`, `restore`): tracks leave them
+        # durations run on the frames' steady clock where they have one: (the last frame's time
+        # on the durations' timeline, its steady_ts); a wall clock stepped by NTP is no dwell
+        self._steady: tuple[float, float] | None = None
+        self._now = 0.0  # this frame's time on that timeline
 
     @classmethod
     def for_camera(cls, camera: CameraConfig, *, track_buffer: int, file_time: bool = False) -> EventEngine:
@@ -162,6 +166,20 @@ class EventEngine(EngineHandover):
         counts, self.counts = self.counts, Counter()
         return counts
 
+    def _duration_time(self, meta: FrameMeta) -> float:
+        """The frame's time for durations: its capture time (a file's own time with ``file_time``),
+        or, after a frame of the same reader's steady clock, that frame's time plus the steady
+        interval since it: an edge box whose clock NTP set 3 days (or 56 years) forward while a
+        car stood in a zone gave it a dwell of 3 days (`test_zones::test_a_wall_clock_step_is_no_dwell`)."""
+        t = meta.time_on(self.file_time)
+        if self.file_time or meta.steady_ts is None:
+            self._steady = None
+            return t
+        if self._steady is not None and meta.steady_ts >= self._steady[1]:
+            t = self._steady[0] + (meta.steady_ts - self._steady[1])
+        self._steady = (t, meta.steady_ts)
+        return t
+
     def _emit(self, events: list[Event], event: Event) -> None:
         events.append(event)
         self.counts.update(event.count_keys())
@@ -177,6 +195,7 @@ class EventEngine(EngineHandover):
         if meta.camera != self.camera:
             raise ValueError(f"EventEngine({self.camera!r}) got a frame of camera {meta.camera!r}")
         self._frame += 1
+        self._now = self._duration_time(meta)
         # track id → its objects: overlapping boxes the tracker merged share one id (a car and a
         # truck box on one vehicle), listed in any order: the track's box is their mean and its
         # object the best scored, so its anchor does not jump between them frame to frame
@@ -269,7 +288,7 @@ class EventEngine(EngineHandover):
     def _sighting(self, tid: int, result: FrameResult, seen: Sighting, events: list[Event]) -> None:
         meta, dets, i = result.meta, result.objects, seen.index
         attrs = dict(dets.attributes[i])
-        now = meta.time_on(self.file_time)  # durations on it; events stamped with the capture time
+        now = self._now  # durations on it; events stamped with the capture time
         tr = self._tracks.get(tid)
         if tr is None:
             tr = self._tracks[tid] = OpenTrack(

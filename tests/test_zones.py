@@ -422,3 +422,23 @@ def test_a_pixel_zone_on_the_frames_edge_stays_inside_when_the_resolution_change
         engine.update(FrameResult(FrameMeta("cam", k, 1.0 + k, None, width, height), Detections(), {}, {}))
     zone = engine.geometry(*after).zones["all"]
     assert zone.max(axis=0).tolist() == [after[0], after[1]]
+
+
+def test_a_wall_clock_step_is_no_dwell():
+    """NTP setting an edge box's clock 3 days forward while a car stood in a zone: its dwell and
+    its track's duration are the 2 s it was seen (the steady clock), not 3 days; the events keep
+    their capture times (wall clock, as published)."""
+    from pipeline.events import EventEngine
+    from pipeline.schema import Detections, FrameMeta, FrameResult
+
+    engine = EventEngine("cam", {"all": [[0, 0], [1, 0], [1, 1], [0, 1]]}, None, track_buffer=2)
+    car = Detections(xyxy=np.array([[100, 100, 200, 180]], np.float32), scores=np.array([0.9]), labels=("car",),
+                     categories=("vehicle",), track_ids=(7,))
+    events = []
+    for k in range(9):
+        wall = 1.7e9 + k * 0.25 + (3 * 86400 if k >= 4 else 0)
+        meta = FrameMeta("cam", k, wall, None, 640, 360, steady_ts=100 + k * 0.25)
+        events += engine.update(FrameResult(meta, car if k < 8 else Detections(), {}, {}), {7} if k < 8 else set())
+    by_kind = {e.kind: e for e in events}
+    assert by_kind["zone_exit"].dwell_s == 1.75 and by_kind["track_end"].duration_s == 1.75
+    assert by_kind["zone_enter"].ts == 1.7e9 and by_kind["track_end"].ts == 1.7e9 + 2.0 + 3 * 86400
