@@ -46,6 +46,7 @@ REFERENCE_FPS = 30  # ultralytics' motion noise is meant for frames this far apa
 # open), the most recently seen
 MAX_SNAPSHOT_TRACKS = 512
 _INTERVALS = 15  # recent frame intervals the usual one is the median of
+MIN_PERIOD_S = 1 / 60  # the usual interval between frames is never taken as shorter (`_Clock.period`)
 # a live camera's pause after which no track goes on (an outage: the scene is another one); a
 # shorter stall (a detector retry, a replica restart, a quick reconnect) keeps them, as ever
 PAUSE_ENDS_TRACKS_S = 30.0
@@ -65,7 +66,9 @@ class _Clock:
 
     @property
     def period(self) -> float:
-        return statistics.median(self.intervals) if self.intervals else self.default
+        # never below a 60 fps camera's: a reader catching up (frames 1 ms apart) made the usual
+        # interval 1 ms, and the next 40 ms gap 40 steps, which lost a moving car (a new id)
+        return max(statistics.median(self.intervals), MIN_PERIOD_S) if self.intervals else self.default
 
     def tick(self, ts: float | None, steady: float | None = None) -> tuple[float, float]:
         """(seconds, steps) since the previous frame; a clock going backwards or no time counts

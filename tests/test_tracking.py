@@ -392,3 +392,22 @@ def test_ids_adopted_from_the_published_frame_carry_the_tracks_first_sighting():
     assert ours == (1,) and 1 in tracker.origins
     assert tracker.adopt_ids(ours, (7,)) == 1
     assert set(tracker.origins) == {7} and tracker.alive_ids() == {7}
+
+
+def test_a_burst_of_frames_a_millisecond_apart_does_not_lose_a_moving_car():
+    """``fps: 0`` and a reader catching up: 12 frames 1 ms apart made the usual interval 1 ms,
+    so the next 40 ms gap counted as 40 intervals and the car (moving 4 px a frame at 25 fps)
+    was lost and came back under a new id (counted twice)."""
+    from pipeline.tracking import ObjectTracker
+
+    def car(x):
+        return Detections(xyxy=np.array([[x, 100, x + 60, 160]], np.float32), scores=np.array([0.9]),
+                          labels=("car",), categories=("vehicle",))
+
+    tracker = ObjectTracker(TrackerConfig(), fps=0)
+    t, x, ids = 0.0, 0.0, []
+    for gap, step, n in ((0.04, 4, 20), (0.001, 0.1, 12), (0.04, 4, 20)):
+        for _ in range(n):
+            t, x = t + gap, x + step
+            ids.append(tracker.update(car(x), (360, 640), t, steady_ts=t).track_ids[0])
+    assert set(ids[5:]) == {ids[5]} and ids[5] is not None, ids
