@@ -264,11 +264,9 @@ print("ok")
 
 
 def test_a_classifier_dropped_after_a_batch_goes_at_once():
-    """Dropping a classifier whose batches were split across infer requests: with a Python
-    callback on OpenVINO's threads, about one process in two hung for good in the network's
-    destructor (joining a thread that waited for the GIL the dropping thread held) — a swap, a
-    replica's stop. Five child processes, each loading and dropping it three times: with the
-    callback one of them hung in nearly every run; each has 120 s (it takes ~3)."""
+    """With a Python callback on OpenVINO's threads, about one process in two hung for good in
+    the network's destructor (a swap, a replica's stop). Five child processes, each loading and
+    dropping it three times: each has 120 s (it takes ~3)."""
     procs = [subprocess.Popen([sys.executable, "-c", DROPPED_AFTER_A_BATCH, LIGHT, str(MODELS)], text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
              for _ in range(5)]
