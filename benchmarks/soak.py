@@ -12,7 +12,7 @@ import time
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
 
@@ -33,10 +33,9 @@ from .harness import (
 )
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    # bounded as the CLI's own options are: exit 2 naming the option (--cameras 0 gave an empty result)
-    from cli.common import number_arg
-
+def add_arguments(p: argparse.ArgumentParser, number_arg: Callable[..., Callable[[str], Any]]) -> None:
+    """``number_arg``: the CLI's bounded-number option type (cli/common.py; benchmarks/ does not
+    import cli/): exit 2 naming the option (--cameras 0 gave an empty result)."""
     day = 86_400.0
     p.add_argument("--cameras", type=number_arg(int, 1, 256), default=8,
                    help="cameras, 1 to 256 (default 8, cycling over the clips)")

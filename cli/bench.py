@@ -8,6 +8,8 @@ import logging
 import os
 from typing import Any, Sequence
 
+from .common import number_arg
+
 
 def register(sub: Any) -> None:
     from benchmarks.bench import add_arguments, run_bench
@@ -23,7 +25,7 @@ def soak_main(argv: Sequence[str]) -> int:
     from benchmarks.soak import add_arguments, run_soak
 
     soak = argparse.ArgumentParser(prog="percept bench soak", description="long run: RSS, fds, drops, lag, exceptions")
-    add_arguments(soak)
+    add_arguments(soak, number_arg)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("YOLO_VERBOSE", "False")
     return run_soak(soak.parse_args(list(argv)))

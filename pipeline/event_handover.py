@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Self
 
 from .event_model import LINE_MARGIN, MAX_SNAPSHOT_TRACKS, REPEATING, STATE_SCHEMA, ZONE_MARGIN, OpenTrack, json_safe
 from .geometry import Anchor
-
-if TYPE_CHECKING:
-    from .events import EventEngine
 
 
 def kept_sides(sides: Mapping[str, list[float]], before: Mapping[str, Any] | None,
@@ -96,7 +93,7 @@ class EngineHandover:
         line_margin: float = LINE_MARGIN,
         zone_margin: float = ZONE_MARGIN,
         file_time: bool = False,
-    ) -> EventEngine:
+    ) -> Self:
         """An engine that continues the open tracks of ``snapshot``: no second ``track_start``,
         event numbers (ids) continue, a crossing is judged from the last anchor point known.
         A track inside a zone the new config no longer has leaves it on the next frame (as after

@@ -53,8 +53,6 @@ BAD_VALUES = [
      "argument -o/--output: the folder '/nonexistent-percept' does not exist"),
     (["eval", "detector", "--weights", "w", "--data", "d", "--json", "/nonexistent-percept/r.json"],
      "argument --json: the folder '/nonexistent-percept' does not exist"),
-    (["models", "finetune", "w.pt", "--data", "d", "--out", "/nonexistent-percept/x.pt"],
-     "argument --out: the folder '/nonexistent-percept' does not exist"),  # (it made the folder and trained)
     # numbers sent as-is (NaN, Infinity: not JSON), an exit 3 with the API down; ids no camera can have (waited forever)
     (["cameras", "--api", "http://127.0.0.1:1", "add", "a", "x.mp4", "--fps", "nan"], "argument --fps: must be from 0 to 240"),
     (["cameras", "--api", "http://127.0.0.1:1", "add", "a", "x.mp4", "--fps", "inf"], "argument --fps: must be from 0 to 240"),

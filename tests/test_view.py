@@ -179,6 +179,9 @@ def test_a_replica_without_the_cameras_lease_writes_no_view_jpeg(redis_server):
         client.set(keys.lease("cam"), b"another-replica")  # the camera moved on
         wait_for(lambda: offered(2)() and view.fenced >= 3, 10, "JPEGs refused", interval=0.05)
         assert seq_of(client.get(keys.view_jpeg("cam"))) == 1
+        # no drawing of frame 2 still under way: begun under the fence before its release, it
+        # would land once our token is back (a lease ours again, as far as it knows)
+        wait_for(lambda: not view._busy and not view._checking, 10, "the view idle", interval=0.05)
         fences["cam"] = Fence(keys.lease("cam"), "ours", 20.0, released=True)
         client.set(keys.lease("cam"), b"ours")  # even with our old token back: we released it
         refused = view.fenced
