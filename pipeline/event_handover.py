@@ -9,8 +9,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Self
 
-from .event_model import LINE_MARGIN, MAX_SNAPSHOT_TRACKS, REPEATING, STATE_SCHEMA, ZONE_MARGIN, OpenTrack, json_safe
-from .geometry import Anchor
+from .event_model import MAX_SNAPSHOT_TRACKS, REPEATING, STATE_SCHEMA, OpenTrack, json_safe
 
 
 def kept_sides(sides: Mapping[str, list[float]], before: Mapping[str, Any] | None,
@@ -87,14 +86,10 @@ class EngineHandover:
         camera: str,
         zones: Mapping[str, Sequence[Sequence[float]]] | None = None,
         lines: Mapping[str, Sequence[Sequence[float]]] | None = None,
-        *,
-        anchor: Anchor = "bottom_center",
-        track_buffer: int = 30,
-        line_margin: float = LINE_MARGIN,
-        zone_margin: float = ZONE_MARGIN,
-        file_time: bool = False,
+        **options: Any,
     ) -> Self:
-        """An engine that continues the open tracks of ``snapshot``: no second ``track_start``,
+        """An engine (``options``: `EventEngine`'s keywords, anchor, track_buffer, margins,
+        file_time) that continues the open tracks of ``snapshot``: no second ``track_start``,
         event numbers (ids) continue, a crossing is judged from the last anchor point known.
         A track inside a zone the new config no longer has leaves it on the next frame (as after
         `reconfigure`); after a change of the anchor no crossing is judged between the last
@@ -103,14 +98,13 @@ class EngineHandover:
             raise ValueError(f"unsupported event state {snapshot.get('schema')!r}; expected {STATE_SCHEMA!r}")
         if snapshot.get("camera") != camera:
             raise ValueError(f"event state of camera {snapshot.get('camera')!r} cannot continue camera {camera!r}")
-        engine = cls(camera, zones, lines, anchor=anchor, track_buffer=track_buffer, line_margin=line_margin,
-                     zone_margin=zone_margin, file_time=file_time)
+        engine = cls(camera, zones, lines, **options)
         try:
             engine._frame = int(snapshot["frame"])
             size = snapshot.get("size")  # (older snapshots have neither: as before)
             engine._size = (int(size[0]), int(size[1])) if size else None
             engine.seed_pixel_sizes(snapshot)
-            anchor_changed = snapshot.get("anchor") not in (None, anchor)
+            anchor_changed = snapshot.get("anchor") not in (None, engine.anchor)
             for data in snapshot.get("tracks", []):
                 tr = OpenTrack(**{k: data[k] for k in OpenTrack.__dataclass_fields__ if k in data})
                 tr.id, tr.last_frame, tr.frames, tr.stride = int(tr.id), int(tr.last_frame), int(tr.frames), int(tr.stride)

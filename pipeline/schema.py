@@ -144,10 +144,10 @@ class Detections:
             return replace(parts[0], model_names=names, infer_ms=infer_ms)
         kept = [parts[0]]
         for part in parts[1:]:
-            seen = kept[0] if len(kept) == 1 else cls.concat(kept)
-            new = part.not_in(seen)
-            if len(new):
-                kept.append(new)
+            for earlier in kept:
+                part = part.not_in(earlier)
+            if len(part):
+                kept.append(part)
         parts = kept
         if len(parts) == 1:
             return replace(parts[0], model_names=names, infer_ms=infer_ms)

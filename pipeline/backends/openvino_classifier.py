@@ -30,7 +30,7 @@ import numpy as np
 
 from ..config import ClassifierConfig
 from ..config_errors import ConfigError
-from ..models import ModelError, model_name
+from ..models import ModelError, letterbox_crop, model_name
 from .base import Attributes, per_item, refuse_failed_warmup, warn_cpu_only
 from .card import CardInput, CardOutput, ModelCard, read_labels
 from .openvino_net import Network, infer, open_network, to_tensor
@@ -146,12 +146,7 @@ def fit_crop(crop: np.ndarray, size: tuple[int, int], spec: CardInput) -> np.nda
         return crop
     if spec.resize != "letterbox":
         return cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if cw > w else cv2.INTER_LINEAR)
-    r = min(w / cw, h / ch)
-    nw, nh = max(1, round(cw * r)), max(1, round(ch * r))
-    inner = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
-    top, left = (h - nh) // 2, (w - nw) // 2
-    v = spec.pad_value
-    return cv2.copyMakeBorder(inner, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT, value=(v, v, v))
+    return letterbox_crop(crop, (w, h), spec.pad_value)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
