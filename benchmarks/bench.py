@@ -36,7 +36,8 @@ p2 vehicle, p3 latency / one inference, p5 publisher / redis-benchmark, classifi
 
 Cameras are the shared clips (PERCEPT_SAMPLE_VIDEOS) served as live RTSP cameras on loopback by
 benchmarks/rtsp.py at ``--rtsp-fps`` (like real cameras, every frame is decoded; ``fps`` only
-samples), or the files themselves with ``--source file``.
+samples), each clip encoded once before the phases and its H.264 looped (``--rtsp-encode live``:
+encoded as it plays, on the service's cores), or the files themselves with ``--source file``.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ from . import decode as D
 from . import phases as X
 from . import processes as P
 from . import report as R
-from .harness import (MAX_CAMERAS, Graph, _base_config, _clips, _parse_counts, _phase_config, _say, fail, logical_cpus,
-                      ray_cpus_for, start_services)
+from .harness import (MAX_CAMERAS, Graph, _base_config, _clips, _parse_counts, _phase_config, _say, add_rtsp_encode,
+                      fail, logical_cpus, ray_cpus_for, start_services)
 
 log = logging.getLogger("percept.bench")
 
@@ -88,6 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", choices=("rtsp", "file"), default="rtsp",
                    help="cameras: the clips over a loopback RTSP server (default) or the files")
     p.add_argument("--rtsp-fps", type=int, default=30, help="frame rate of each RTSP camera (default 30)")
+    add_rtsp_encode(p)
     p.add_argument("--videos", help="folder with traffic.mp4, vtest.avi, people.mp4 (default PERCEPT_SAMPLE_VIDEOS)")
     p.add_argument("--skip", default="", help=f"comma-separated phases to skip: {','.join(PHASES)}")
     p.add_argument("--json", dest="json_out", help="write the results here (default: <state-dir>/bench/<time>-<host>.json; "
@@ -137,6 +139,7 @@ class Bench:
             "duration_s": self.duration,
             "overload_duration_s": self.overload_s,
             "rtsp_fps": self.args.rtsp_fps if self.args.source == "rtsp" else None,
+            "rtsp_encode": self.args.rtsp_encode if self.args.source == "rtsp" else None,
             "machine": R.machine_info(model=model_name(base.detector), imgsz=base.detector.imgsz,
                                       batch=base.detector.batch.max_size, device=device),
             "config": {"detector": base.detector.model_dump(mode="json"),

@@ -109,6 +109,12 @@ class Cameras:
 RTSP_NICE = 19
 
 
+def add_rtsp_encode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rtsp-encode", choices=("once", "live"), default="once",
+                   help="the RTSP cameras' H.264: each clip encoded once at start and looped (default: the cameras "
+                   "cost this machine next to no CPU, as cameras on the network) or encoded live as it plays")
+
+
 def start_services(stack: ExitStack, args: argparse.Namespace, clips: list[Path], workdir: Path) -> tuple[Any, Cameras]:
     """A private redis-server and, for ``--source rtsp``, the clips as live RTSP cameras."""
     from pipeline.redis_server import EmbeddedRedis
@@ -118,9 +124,12 @@ def start_services(stack: ExitStack, args: argparse.Namespace, clips: list[Path]
     if args.source == "rtsp":
         from benchmarks.rtsp import RtspServer
 
-        # the cameras stand for devices on the network: their encoder yields the cores to the
-        # service under test (and to Ultralytics) rather than competing with it as an equal
-        rtsp = stack.enter_context(RtspServer({c.stem: f"{c}@{args.rtsp_fps}" for c in clips}, nice=RTSP_NICE))
+        # the cameras stand for devices on the network: each clip is encoded once, before any
+        # phase, and its H.264 looped (``--rtsp-encode live``: encoded as it plays, ~0.2 of a core
+        # at 4 × 30 fps); what is left yields the cores to the service under test (and to
+        # Ultralytics) rather than competing with it as an equal
+        rtsp = stack.enter_context(RtspServer({c.stem: f"{c}@{args.rtsp_fps}" for c in clips}, nice=RTSP_NICE,
+                                              encode_once=args.rtsp_encode == "once"))
     return redis_server, Cameras(clips, args.source, rtsp, args.rtsp_fps)
 
 

@@ -46,7 +46,7 @@ class RtspServer:
     """Looping video files as live RTSP cameras on loopback, as a context manager."""
 
     def __init__(self, mounts: dict[str, str], *, port: int | None = None,
-                 user: str | None = None, password: str | None = None, nice: int = 0):
+                 user: str | None = None, password: str | None = None, nice: int = 0, encode_once: bool = False):
         if not mounts:
             raise ValueError("need at least one mount")
         if (user is None) != (password is None):
@@ -57,12 +57,17 @@ class RtspServer:
         self.proc: subprocess.Popen | None = None
         self._stderr = None
         self.nice = nice  # the server's scheduling niceness (it stands for cameras on other machines)
+        self.encode_once = encode_once  # the clips encoded at start, their H.264 looped (rtsp_server.py --encode-once)
 
     # -- lifecycle ---------------------------------------------------------------------
-    def start(self, timeout: float = 15.0) -> "RtspServer":
+    def start(self, timeout: float | None = None) -> "RtspServer":
+        """Ready within ``timeout`` seconds (default 15; 90 with ``encode_once``: ~6 s of encoding
+        for the shared clips on an idle core, at nice 19 on a busy machine much longer)."""
         if self.running:
             raise RuntimeError("RTSP server already running")
         cmd = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--host", HOST, "--port", str(self.port or 0)]
+        if self.encode_once:
+            cmd.append("--encode-once")
         env = _clean_env()
         if self.user is not None:  # (the password in its environment: not on a command line anyone can read)
             cmd += ["--user", self.user, "--password-env", "RTSP_SERVER_PASSWORD"]
@@ -74,7 +79,7 @@ class RtspServer:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=self._stderr, env=env,
                                      preexec_fn=(lambda: os.nice(nice)) if nice else None)
-        line = self._read_ready_line(timeout)
+        line = self._read_ready_line(timeout if timeout is not None else 90.0 if self.encode_once else 15.0)
         if not line.startswith("ready rtsp://"):
             self._terminate(signal.SIGKILL)
             raise RuntimeError(f"rtsp_server.py failed to start (rc={self.proc.returncode}, "

@@ -25,6 +25,8 @@ import os
 import re
 import signal
 import sys
+import threading
+import time
 
 import gi
 
@@ -33,12 +35,14 @@ gi.require_version("GstPbutils", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstPbutils, GstRtspServer  # noqa: E402
 
-ENCODE = ("videoconvert ! x264enc tune=zerolatency threads=1 speed-preset=ultrafast "
-          "key-int-max=10 bitrate=1500 ! video/x-h264,profile=baseline ! "
-          "rtph264pay name=pay0 pt=96 config-interval=-1")
+X264 = ("x264enc tune=zerolatency threads=1 speed-preset=ultrafast key-int-max=10 bitrate=1500 ! "
+        "video/x-h264,profile=baseline")
+PAY = "rtph264pay name=pay0 pt=96 config-interval=-1"
+ENCODE = f"videoconvert ! {X264} ! {PAY}"
 ENCODE_B = ("videoconvert ! x264enc threads=1 speed-preset=ultrafast bframes=2 b-pyramid=false "
-            "key-int-max=30 bitrate=1500 ! video/x-h264,profile=main ! "
-            "rtph264pay name=pay0 pt=96 config-interval=-1")
+            f"key-int-max=30 bitrate=1500 ! video/x-h264,profile=main ! {PAY}")
+# a clip encoded once (--encode-once), sent again and again: each access unit whole, SPS/PPS before every keyframe
+AU = "video/x-h264,stream-format=byte-stream,alignment=au"
 
 
 def die(msg, code=2):
@@ -99,6 +103,71 @@ def make_producer(path, caps, channel, on_fail):
     return pipe
 
 
+def encode_once(path, caps):
+    """The clip scaled and timed as ``caps`` says and encoded as the live mounts are (same x264
+    settings), as fast as it goes: its access units, and which of them are keyframes."""
+    pipe = Gst.parse_launch(
+        'filesrc name=src ! decodebin caps="video/x-raw(ANY)" expose-all-streams=false ! '
+        f"videoconvert ! videoscale ! videorate ! {caps} ! {X264} ! h264parse config-interval=-1 ! {AU} ! "
+        "appsink name=out sync=false")
+    pipe.get_by_name("src").set_property("location", path)
+    sink = pipe.get_by_name("out")
+    pipe.set_state(Gst.State.PLAYING)
+    units, keyframes = [], []
+    try:
+        while (sample := sink.emit("pull-sample")) is not None:
+            buf = sample.get_buffer()
+            if not buf.has_flags(Gst.BufferFlags.DELTA_UNIT):
+                keyframes.append(len(units))
+            units.append(buf.extract_dup(0, buf.get_size()))
+        msg = pipe.get_bus().pop_filtered(Gst.MessageType.ERROR)
+    finally:
+        pipe.set_state(Gst.State.NULL)
+    if msg is not None or not keyframes or keyframes[0] != 0:
+        die(f"cannot encode {path}: {msg.parse_error()[0].message if msg else 'no keyframe first'}", 1)
+    return units, keyframes
+
+
+class LoopedClip:
+    """An encoded clip sent as a live camera, at ``fps``, looped for ever: no decoding or encoding
+    while it plays (a camera on another machine costs this one nothing). Each client's media
+    starts at the keyframe after where the clip is now, counted from the server's start."""
+
+    def __init__(self, units, keyframes, fps):
+        self.units, self.keyframes, self.keyset, self.fps = units, keyframes, frozenset(keyframes), fps
+        self.started = time.monotonic()
+
+    def launch(self, width, height):
+        return (f"( appsrc name=src is-live=true format=time do-timestamp=true "
+                f"caps={AU},width={width},height={height},framerate={self.fps}/1 ! h264parse ! {PAY} )")
+
+    def on_media(self, _factory, media):
+        src = media.get_element().get_by_name("src")
+        stopped = threading.Event()
+        media.connect("unprepared", lambda *_: stopped.set())
+        threading.Thread(target=self._feed, args=(src, stopped), daemon=True).start()
+
+    def _feed(self, src, stopped):
+        period = 1.0 / self.fps
+        now = int((time.monotonic() - self.started) * self.fps) % len(self.units)
+        i = next((k for k in self.keyframes if k >= now), 0)
+        due = time.monotonic()
+        while not stopped.is_set():
+            buf = Gst.Buffer.new_wrapped(self.units[i])
+            buf.duration = int(Gst.SECOND * period)
+            if i not in self.keyset:
+                buf.set_flags(Gst.BufferFlags.DELTA_UNIT)
+            if src.emit("push-buffer", buf) != Gst.FlowReturn.OK:
+                return  # the media is going
+            i = (i + 1) % len(self.units)
+            due += period
+            late = time.monotonic() - due
+            if late > 1.0:  # held up (the process stopped): go on from now, not in a burst
+                due += late
+            elif late < 0:
+                stopped.wait(-late)
+
+
 def require_login(server, user, password):
     """Basic auth on ``server``: the permissions a mount needs so that ``user`` may play it."""
     auth = GstRtspServer.RTSPAuth()
@@ -112,9 +181,9 @@ def require_login(server, user, password):
     return permissions
 
 
-def add_mounts(server, specs, permissions, fail):
+def add_mounts(server, specs, permissions, fail, *, once=False):
     """One shared media factory per ``MOUNT=SPEC``; returns the pipelines that feed the clips'
-    mounts (a test pattern needs none)."""
+    mounts (a test pattern, or a clip encoded ``once``, needs none)."""
     mounts = server.get_mount_points()
     producers = []
     seen = set()
@@ -129,18 +198,26 @@ def add_mounts(server, specs, permissions, fail):
         else:
             w, h = size or native_size(path)
         w, h = w + (w & 1), h + (h & 1)  # x264/I420 want even dimensions
+        looped = None
         caps = f"video/x-raw,format=I420,width={w},height={h},framerate={fps}/1"
         if path == "testsrc":
             # the clock overlay needs GStreamer's pango plugin (Debian: gstreamer1.0-x, not installed): without
             # it the media would not build and every client got 503
             overlay = 'timeoverlay font-desc="Sans 24" ! ' if Gst.ElementFactory.find("timeoverlay") else ""
             launch = f"( videotestsrc is-live=true pattern=ball ! {caps} ! {overlay}{encode} )"
+        elif once and not bframes:
+            looped = LoopedClip(*encode_once(path, caps), fps)
+            print(f"rtsp_server: /{mount}: {len(looped.units)} frames encoded once, {len(looped.keyframes)} keyframes",
+                  file=sys.stderr, flush=True)
+            launch = looped.launch(w, h)
         else:
             channel = f"cam{i}"
             producers.append(make_producer(path, caps, channel, fail))
             launch = f"( intervideosrc channel={channel} ! {caps} ! {encode} )"
         factory = GstRtspServer.RTSPMediaFactory()
         factory.set_launch(launch)
+        if looped is not None:
+            factory.connect("media-configure", looped.on_media)
         factory.set_shared(True)
         if permissions is not None:
             factory.set_permissions(permissions)
@@ -156,6 +233,9 @@ def main():
     ap.add_argument("--password")
     ap.add_argument("--password-env", metavar="VAR",
                     help="the password from this environment variable (a command line is every local user's: ps)")
+    ap.add_argument("--encode-once", action="store_true",
+                    help="encode each clip (not @bframes) once at start and loop its H.264: the cameras then cost "
+                    "this machine next to no CPU, as cameras on the network would")
     ap.add_argument("mounts", nargs="+", metavar="MOUNT=SPEC")
     args = ap.parse_args()
     if args.password_env is not None:
@@ -180,7 +260,7 @@ def main():
     server.set_backlog(64)
 
     permissions = require_login(server, args.user, args.password) if args.user is not None else None
-    producers = add_mounts(server, args.mounts, permissions, fail)
+    producers = add_mounts(server, args.mounts, permissions, fail, once=args.encode_once)
 
     for p in producers:  # preroll so the first client gets real frames, not black
         p.set_state(Gst.State.PLAYING)

@@ -26,6 +26,7 @@ from .harness import (
     _clips,
     _phase_config,
     _say,
+    add_rtsp_encode,
     dropped_between,
     fail,
     ray_cpus_for,
@@ -52,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser, number_arg: Callable[..., Callable
     p.add_argument("--source", choices=("rtsp", "file"), default="rtsp")
     p.add_argument("--rtsp-fps", type=number_arg(int, 1, 240), default=15,
                    help="--source rtsp: frame rate of each RTSP camera (default 15)")
+    add_rtsp_encode(p)
     p.add_argument("--videos", help="folder with the clips (default PERCEPT_SAMPLE_VIDEOS)")
     p.add_argument("--json", dest="json_out", help="write the results here (default: <state-dir>/bench/<time>-<host>-soak.json)")
     p.add_argument("--state-dir", default=".percept", help="percept's state directory (default .percept)")

@@ -120,6 +120,7 @@ def test_bench_smoke(tmp_path, models_dir, videos):
     assert sorted((REPO / "benchmarks" / "results").glob("*")) == results
     r = json.loads(out.read_text())
     assert r["errors"] == {}
+    assert r["rtsp_encode"] == "once"  # the cameras' clips encoded before the phases (rtsp_server.py --encode-once)
 
     for key in ("bare_fps", "e2e_fps", "ultralytics_fps", "single_infer_ms", "single_infer_paused_ms"):
         assert _finite_positive(r[key]), (key, r[key])
