@@ -12,7 +12,7 @@ from typing import Any
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError, load_config
 from pipeline.config_yaml import load_yaml
 
-from .common import PORT, fail, output_or_stdout_arg
+from .common import PORT, bind_host_arg, fail, output_or_stdout_arg
 
 
 class _KeepUnset(dict):
@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
     b = sub.add_parser("build", help="write a Ray Serve config for `serve deploy` / KubeRay")
     b.add_argument("-c", "--config", required=True)
     b.add_argument("-o", "--output", default="-", type=output_or_stdout_arg, help="file to write (default: stdout)")
-    b.add_argument("--http-host", help="Serve HTTP bind address (default: http.host, 127.0.0.1)")
+    b.add_argument("--http-host", type=bind_host_arg, help="Serve HTTP bind address (default: http.host, 127.0.0.1)")
     b.add_argument("--http-port", type=PORT, help="default: http.port, 8000")
     b.set_defaults(func=_build)
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, TypeVar
 
 import redis
 
-from pipeline.config_urls import redis_url_problem
+from pipeline.config_urls import bind_host_problem, redis_url_problem
 from pipeline.redact import redact, redact_url
 from pipeline.streams import CREDENTIALS_REFUSED, redis_unavailable
 
@@ -54,6 +54,14 @@ def redis_url_arg(value: str) -> str:
     problem = redis_url_problem(value)
     if problem:
         raise argparse.ArgumentTypeError(f"{problem.removeprefix('not a Redis URL: ')}, got {redact_url(value)!r}")
+    return value
+
+
+def bind_host_arg(value: str) -> str:
+    """argparse type of ``--http-host``: an address Serve's proxy can bind; else exit 2 saying why."""
+    problem = bind_host_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

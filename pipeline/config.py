@@ -35,6 +35,7 @@ from .config_view import PrivacyConfig, ViewConfig
 from .config_redis import OutageBufferConfig, RedisConfig  # noqa: F401 (the config's API)
 from .config_yaml import load_yaml
 from .geometry import LINES_HELP, ZONES_HELP, Anchor, Lines, Zones, check_units
+from .config_serve import HttpConfig, SecurityConfig  # noqa: F401 (the config's API)
 from .config_urls import camera_url_problem
 from .redact import query_secrets, redact, redact_url, url_credentials, url_secrets
 
@@ -137,20 +138,6 @@ class DecoderConfig(Strict):
     classify_timeout_s: float = Field(
         10.0, gt=0, description="a classifier request's whole time, its one retry included"
     )
-
-
-class SecurityConfig(Strict):
-    allow_inline_credentials: bool = Field(
-        False,
-        description="accept camera URLs with an inline password (stored in Redis in clear); "
-        "default: refused, write rtsp://user:${VAR}@host/... instead",
-    )
-
-
-class HttpConfig(Strict):
-    host: str = Field("127.0.0.1", description="Serve HTTP bind address; 127.0.0.1 unless you mean it")
-    port: int = Field(8000, ge=0, le=65535)
-    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = "EveryNode"
 
 
 class PerceptConfig(Strict):

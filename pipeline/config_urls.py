@@ -1,8 +1,10 @@
 """What the URLs of a config must look like: Redis's (`redis_url_problem`) and cameras'
-(`camera_url_problem`). Their messages quote no credentials."""
+(`camera_url_problem`), and the address Serve's HTTP binds (`bind_host_problem`). Their messages
+quote no credentials."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import urlsplit
 
@@ -80,3 +82,24 @@ def camera_url_problem(url: str) -> str | None:
     if not host and scheme in _NEEDS_HOST:
         return f"no host ({scheme}://host[:port]/…)"
     return None
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def bind_host_problem(host: str) -> str | None:
+    """Why Serve's HTTP proxy could not bind ``host`` (None: an IP address, or a host name as
+    DNS spells one; ``${VAR}`` is read on the cluster). Serve itself finds out only once the
+    proxy starts, in a log on the cluster."""
+    if "${" in host:
+        return None
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    if 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+        return None
+    return (f"not an address to bind: {host[:60]!r} (an IP address: 127.0.0.1, 0.0.0.0, ::, or a host name "
+            "of letters, digits, - and .)")

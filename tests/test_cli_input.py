@@ -49,6 +49,8 @@ BAD_VALUES = [
     (["demo", "--duration", "nan"], "argument --duration: must be >= 0.1, got 'nan'"),
     (["models", "swap", "detector", "w.pt", "--wait", "-1"], "argument --wait: must be >= 0, got '-1'"),
     (["build", "-c", "c.yaml", "--http-port", "99999"], "argument --http-port: must be a port from 0 to 65535"),
+    (["build", "-c", "c.yaml", "--http-host", "not a host!"], "argument --http-host: not an address to bind: 'not a host!'"),
+    (["build", "-c", "c.yaml", "--http-host", "cam_host.example"], "argument --http-host: not an address to bind"),
     (["build", "-c", "c.yaml", "-o", "/nonexistent-percept/out.yaml"],
      "argument -o/--output: the folder '/nonexistent-percept' does not exist"),
     (["eval", "detector", "--weights", "w", "--data", "d", "--json", "/nonexistent-percept/r.json"],

@@ -448,3 +448,16 @@ def test_opencv_timeouts_below_a_millisecond_stay_timeouts(monkeypatch):
 
     params = dict(zip(seen[0][::2], seen[0][1::2]))
     assert params[cv2.CAP_PROP_OPEN_TIMEOUT_MSEC] == 1 and params[cv2.CAP_PROP_READ_TIMEOUT_MSEC] == 1, params
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::", "::1", "localhost", "percept-head.svc.cluster.local",
+                                  "my-host."])
+def test_an_http_host_serve_can_bind_loads(host):
+    assert parse_config({"http": {"host": host}}, env={}).http.host == host
+
+
+@pytest.mark.parametrize("host", ["not a host!", "", "-edge.example", "a..b", "http://0.0.0.0", "0.0.0.0:8000", "x" * 64])
+def test_an_http_host_serve_cannot_bind_is_refused_at_load(host):
+    # (Serve found out only once its proxy started, in a log on the cluster)
+    with pytest.raises(ConfigError, match=r"http\.host: .*not an address to bind"):
+        parse_config({"http": {"host": host}}, env={})

@@ -1,0 +1,33 @@
+"""What Serve's HTTP proxy binds (`HttpConfig`) and what the camera API lets through
+(`SecurityConfig`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from .config_models import Strict
+from .config_urls import bind_host_problem
+
+
+class SecurityConfig(Strict):
+    allow_inline_credentials: bool = Field(
+        False,
+        description="accept camera URLs with an inline password (stored in Redis in clear); "
+        "default: refused, write rtsp://user:${VAR}@host/... instead",
+    )
+
+
+class HttpConfig(Strict):
+    host: str = Field("127.0.0.1", description="Serve HTTP bind address; 127.0.0.1 unless you mean it")
+    port: int = Field(8000, ge=0, le=65535)
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = "EveryNode"
+
+    @field_validator("host")
+    @classmethod
+    def _bindable(cls, v: str) -> str:
+        problem = bind_host_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
