@@ -94,7 +94,8 @@ def prepare_crop(image: np.ndarray, box: Sequence[float], size: int | tuple[int,
     """A crop centred on ``box`` at ``size`` (an int: square; else (width, height)), cut with a
     little context (the box grown by ``context``) and resized to ``size``. ``fit`` (a card's
     ``input.resize``): ``context`` widens the cut to the target's aspect ratio (never stretched),
-    ``stretch`` stretches the box to it, ``letterbox`` fits it inside with grey borders.
+    ``stretch`` stretches the box to it, ``letterbox`` fits it inside, its aspect kept and no
+    borders (the classifier adds its card's ``pad_value`` ones: `openvino_classifier.fit_crop`).
 
     Square context crops classify better than tight, stretched ones (small top-down cars); a
     pedestrian model's 80×160 gets a tall crop around the person; a traffic-light model trained
@@ -123,7 +124,9 @@ def prepare_crop(image: np.ndarray, box: Sequence[float], size: int | tuple[int,
     if any(pad):
         crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_CONSTANT, value=(114, 114, 114))
     if fit == "letterbox":
-        return letterbox_crop(crop, (out_w, out_h))
+        ch, cw = crop.shape[:2]
+        r = min(out_w / cw, out_h / ch)
+        out_w, out_h = min(out_w, max(1, round(cw * r))), min(out_h, max(1, round(ch * r)))
     return np.ascontiguousarray(cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_AREA))
 
 

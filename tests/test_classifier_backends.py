@@ -298,6 +298,11 @@ def test_crops_of_another_size_are_stretched_or_letterboxed(signs, tmp_path):
     assert boxed.shape == (32, 32, 3)
     assert (boxed[0] == 0).all() and (boxed[-1] == 0).all() and (boxed[16] == 255).all()
     assert "sign" in signs.classify_batch([crop])[0]  # the classifier fits it itself
+    # the decoder's letterbox crop fits inside; the card's pad_value borders are the classifier's (were grey 114)
+    cut = prepare_crop(np.full((100, 200, 3), 255, np.uint8), [20, 40, 80, 60], (32, 32), context=1.0, fit="letterbox")
+    assert cut.shape == (11, 32, 3) and (cut == 255).all()
+    boxed = fit_crop(cut, (32, 32), letterbox)
+    assert (boxed[:10] == 0).all() and (boxed[-11:] == 0).all() and (boxed[11:21] == 255).all()
 
 
 def test_restrict_to_labels(signs):
