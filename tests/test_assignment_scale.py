@@ -291,18 +291,18 @@ def test_one_slow_lease_renewal_delays_no_other_cameras(redis_server, monkeypatc
     theirs, and they were stopped although Redis answered them."""
     import time
 
-    import pipeline.assignment as assignment
+    import pipeline.lease_keeping as lease_keeping  # (where the supervisor renews its leases)
 
     from .waiting import hold
 
-    real = assignment.renew
+    real = lease_keeping.renew
 
     def renew(lease, token):
         if lease.lock.name.endswith(":a"):
             hold(3.0, "camera a's renewal on a dead connection")
         return real(lease, token)
 
-    monkeypatch.setattr(assignment, "renew", renew)
+    monkeypatch.setattr(lease_keeping, "renew", renew)
     client = redis_server.client()
     keys = StreamKeys("slow-renewal")
     started: list[StandIn] = []
@@ -326,11 +326,11 @@ def test_a_camera_whose_lease_was_not_renewed_in_time_leaves_its_tracks(redis_se
     as lost while Redis may still name this replica its holder: it ended its tracks (track_end,
     a "closed" snapshot), and those writes landed, so when the camera came back (here, or anywhere)
     every car in view got a new track id. Now it leaves them, as a handover does."""
-    import pipeline.assignment as assignment
+    import pipeline.lease_keeping as lease_keeping  # (where the supervisor renews its leases)
 
     from .waiting import hold
 
-    real, hung = assignment.renew, []
+    real, hung = lease_keeping.renew, []
 
     def renew(lease, token):
         if not hung:
@@ -338,7 +338,7 @@ def test_a_camera_whose_lease_was_not_renewed_in_time_leaves_its_tracks(redis_se
             hold(3.0, "a renewal on a dead connection")
         return real(lease, token)
 
-    monkeypatch.setattr(assignment, "renew", renew)
+    monkeypatch.setattr(lease_keeping, "renew", renew)
     client = redis_server.client()
     started: list[StandIn] = []
 
