@@ -16,7 +16,9 @@ reference frame, keyframe every 30 frames. All clients of a mount share one enco
 
 A file is decoded by its own "producer" pipeline (flush-seek to 0 on EOS) into an
 ``intervideosink``; the RTSP factory reads it with ``intervideosrc``, so clients see a live
-camera that never ends. ``--port 0`` binds any free port. Once listening, exactly one line
+camera that never ends. With ``--encode-once`` a file (not ``@bframes``) is instead encoded at
+start, with the same settings, and its access units are sent again and again at its rate: the
+camera then costs this machine next to no CPU (the bench's cameras). ``--port 0`` binds any free port. Once listening, exactly one line
 ``ready rtsp://HOST:PORT`` goes to stdout. Exit codes: 0 after SIGTERM/SIGINT, 2 bad
 arguments/media, 3 port already in use, 1 producer pipeline error.
 """
@@ -113,14 +115,19 @@ def encode_once(path, caps):
     pipe.get_by_name("src").set_property("location", path)
     sink = pipe.get_by_name("out")
     pipe.set_state(Gst.State.PLAYING)
-    units, keyframes = [], []
+    units, keyframes, msg = [], [], None
     try:
-        while (sample := sink.emit("pull-sample")) is not None:
+        while msg is None:
+            sample = sink.emit("try-pull-sample", Gst.SECOND)
+            if sample is None:  # the end, or an error (after which no sample and no end come)
+                msg = pipe.get_bus().pop_filtered(Gst.MessageType.ERROR)
+                if sink.get_property("eos"):
+                    break
+                continue
             buf = sample.get_buffer()
             if not buf.has_flags(Gst.BufferFlags.DELTA_UNIT):
                 keyframes.append(len(units))
             units.append(buf.extract_dup(0, buf.get_size()))
-        msg = pipe.get_bus().pop_filtered(Gst.MessageType.ERROR)
     finally:
         pipe.set_state(Gst.State.NULL)
     if msg is not None or not keyframes or keyframes[0] != 0:
