@@ -155,21 +155,29 @@ class LoopedClip:
         threading.Thread(target=self._feed, args=(src, stopped), daemon=True).start()
 
     def _feed(self, src, stopped):
-        period = 1.0 / self.fps
+        """Each access unit at its time. A client that reads too slowly (its queue here past half
+        a second) loses whole GOPs: sent again from a keyframe once it caught up, as a camera's
+        own buffer would (a frame without its references would not decode). Paused (the media
+        flushing), it waits; it ends with its media (`unprepared`)."""
+        period, backlog = 1.0 / self.fps, max(2, self.fps // 2)
         now = int((time.monotonic() - self.started) * self.fps) % len(self.units)
         i = next((k for k in self.keyframes if k >= now), 0)
-        due = time.monotonic()
+        due, dropping = time.monotonic(), False
         while not stopped.is_set():
-            buf = Gst.Buffer.new_wrapped(self.units[i])
-            buf.duration = int(Gst.SECOND * period)
-            if i not in self.keyset:
-                buf.set_flags(Gst.BufferFlags.DELTA_UNIT)
-            if src.emit("push-buffer", buf) != Gst.FlowReturn.OK:
-                return  # the media is going
+            level = src.get_property("current-level-buffers")
+            dropping = level > backlog or (dropping and not (i in self.keyset and level <= backlog // 2))
+            if not dropping:
+                buf = Gst.Buffer.new_wrapped(self.units[i])
+                buf.duration = int(Gst.SECOND * period)
+                if i not in self.keyset:
+                    buf.set_flags(Gst.BufferFlags.DELTA_UNIT)
+                flow = src.emit("push-buffer", buf)
+                if flow not in (Gst.FlowReturn.OK, Gst.FlowReturn.FLUSHING):
+                    return  # the media ended or failed
             i = (i + 1) % len(self.units)
             due += period
             late = time.monotonic() - due
-            if late > 1.0:  # held up (the process stopped): go on from now, not in a burst
+            if late > 2 * period:  # held up (a busy machine, the process stopped): on from now, not in a burst
                 due += late
             elif late < 0:
                 stopped.wait(-late)

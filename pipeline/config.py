@@ -36,11 +36,10 @@ from .config_redis import OutageBufferConfig, RedisConfig  # noqa: F401 (the con
 from .config_yaml import load_yaml
 from .geometry import LINES_HELP, ZONES_HELP, Anchor, Lines, Zones, check_units
 from .config_serve import HttpConfig, SecurityConfig  # noqa: F401 (the config's API)
-from .config_urls import camera_url_problem
+from .config_urls import ENV_REF, camera_url_problem
 from .redact import query_secrets, redact, redact_url, url_credentials, url_secrets
 
 ENV_MODELS_DIR = "PERCEPT_MODELS_DIR"
-ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 MIN_FPS = 1 / 3600  # a camera sampled at all: at least a frame an hour

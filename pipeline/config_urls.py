@@ -14,6 +14,9 @@ from redis.connection import parse_url
 from .redact import UNESCAPED_USERINFO, redact, url_credentials, url_secrets
 
 
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # a ${VAR} in a config value
+
+
 def redis_url_problem(url: str) -> str | None:
     """Why redis-py cannot use ``url`` (None: it can), quoting nothing of its credentials: a
     password with "/" or "#" in it makes redis-py read a piece of it as the port."""
@@ -88,18 +91,22 @@ _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 def bind_host_problem(host: str) -> str | None:
-    """Why Serve's HTTP proxy could not bind ``host`` (None: an IP address, or a host name as
-    DNS spells one; ``${VAR}`` is read on the cluster). Serve itself finds out only once the
-    proxy starts, in a log on the cluster."""
-    if "${" in host:
+    """Why Serve's HTTP proxy could not bind ``host`` (None: an IP address, a host name as DNS
+    spells one, or "" for every interface). Serve itself finds out only once the proxy starts,
+    in a log on the cluster; it does not expand a ``${VAR}`` in its ``http_options`` either."""
+    if host == "":
         return None
+    if ENV_REF.search(host):
+        return (f"{host[:60]!r} is not expanded (Serve's http_options are taken as written): set the variable "
+                "where the config is read, or write the address")
     try:
         ipaddress.ip_address(host)
         return None
     except ValueError:
         pass
     name = host[:-1] if host.endswith(".") else host
-    if 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+    labels = name.split(".")
+    if 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit():
         return None
     return (f"not an address to bind: {host[:60]!r} (an IP address: 127.0.0.1, 0.0.0.0, ::, or a host name "
             "of letters, digits, - and .)")

@@ -123,10 +123,11 @@ def prepare_crop(image: np.ndarray, box: Sequence[float], size: int | tuple[int,
     pad = (max(-t, 0), max(b - h, 0), max(-l, 0), max(r - w, 0))
     if any(pad):
         crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_CONSTANT, value=(114, 114, 114))
-    if fit == "letterbox":
+    if fit == "letterbox":  # (enlarged smoothly, as `letterbox_crop` does: INTER_AREA enlarges in blocks)
         ch, cw = crop.shape[:2]
         r = min(out_w / cw, out_h / ch)
-        out_w, out_h = min(out_w, max(1, round(cw * r))), min(out_h, max(1, round(ch * r)))
+        size = min(out_w, max(1, round(cw * r))), min(out_h, max(1, round(ch * r)))
+        return cv2.resize(crop, size, interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
     return np.ascontiguousarray(cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_AREA))
 
 

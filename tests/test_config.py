@@ -451,13 +451,26 @@ def test_opencv_timeouts_below_a_millisecond_stay_timeouts(monkeypatch):
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::", "::1", "localhost", "percept-head.svc.cluster.local",
-                                  "my-host."])
+                                  "my-host.", ""])  # ("": every interface, as a socket reads it)
 def test_an_http_host_serve_can_bind_loads(host):
     assert parse_config({"http": {"host": host}}, env={}).http.host == host
 
 
-@pytest.mark.parametrize("host", ["not a host!", "", "-edge.example", "a..b", "http://0.0.0.0", "0.0.0.0:8000", "x" * 64])
+@pytest.mark.parametrize("host", ["not a host!", "-edge.example", "a..b", "http://0.0.0.0", "0.0.0.0:8000", "x" * 64,
+                                  "[::1]", "999.1.1.1"])
 def test_an_http_host_serve_cannot_bind_is_refused_at_load(host):
     # (Serve found out only once its proxy started, in a log on the cluster)
     with pytest.raises(ConfigError, match=r"http\.host: .*not an address to bind"):
         parse_config({"http": {"host": host}}, env={})
+
+
+def test_an_http_host_left_as_a_variable_is_refused_by_build(tmp_path, capsys):
+    """`percept build` keeps an unset ${VAR} for the cluster, but Serve takes its http_options as
+    written: the proxy would fail to bind there, in a log nobody reads."""
+    from cli.main import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text("http:\n  host: ${PERCEPT_TEST_UNSET_HTTP_HOST}\n")
+    assert main(["build", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "http.host: '${PERCEPT_TEST_UNSET_HTTP_HOST}' is not expanded" in err, err
