@@ -189,14 +189,17 @@ def _crops(route: Any, frames: Sequence[np.ndarray], dets: Sequence[Any], catego
     its objects, crops of the frames' centres stand in (for timing only)."""
     from pipeline.models import prepare_crop
 
+    def cut(image: np.ndarray, box: Any) -> np.ndarray:  # as the decoder cuts them (its card's fit too)
+        return prepare_crop(image, box, route.size, context=route.crop_context, fit=route.crop_fit)
+
     chosen, fallback, n_on = [], [], 0
     for image, d in zip(frames, dets):
         if isinstance(d, Exception):
             continue
         on, picked = _chosen(route, d, category)
         n_on += len(on)
-        chosen += [prepare_crop(image, d.xyxy[i], route.size, context=route.crop_context) for i in picked]
-        fallback += [prepare_crop(image, d.xyxy[i], route.size, context=route.crop_context) for i in on[:4]]
+        chosen += [cut(image, d.xyxy[i]) for i in picked]
+        fallback += [cut(image, d.xyxy[i]) for i in on[:4]]
     n = max(1, sum(not isinstance(d, Exception) for d in dets))
     counts = {"frames": n, "objects_per_frame": n_on / n, "crops_per_frame": len(chosen) / n}
     crops, source = chosen, "objects it classifies"
@@ -205,7 +208,7 @@ def _crops(route: Any, frames: Sequence[np.ndarray], dets: Sequence[Any], catego
     if not crops:
         h, w = frames[0].shape[:2]
         centre = (w * 0.4, h * 0.35, w * 0.6, h * 0.65)
-        crops = [prepare_crop(f, centre, route.size, context=route.crop_context) for f in frames[:8]]
+        crops = [cut(f, centre) for f in frames[:8]]
         source = "frame centres (no objects of its labels in the clips)"
     return crops, {**counts, "crops_source": source, "crops_measured": len(crops)}
 
@@ -220,7 +223,8 @@ def classifier_cost(section: Any, frames: Sequence[np.ndarray], dets: Sequence[A
     clf = load_classifier(section.cfg, models_dir=models_dir, field=section.field)
     try:
         route = ClassifierRoute(classify=None, cfg=section.cfg, name=section.deployment,  # type: ignore[arg-type]
-                                crop_size=tuple(clf.crop_size), crop_context=clf.crop_context, min_size=clf.min_size)
+                                crop_size=tuple(clf.crop_size), crop_context=clf.crop_context, min_size=clf.min_size,
+                                crop_fit=getattr(clf, "crop_fit", "context"))
         crops, counts = _crops(route, frames, dets, section.category)
         batch = section.cfg.batch.max_size
         b1 = M.measure_bare(clf.classify_batch, crops, batch=1, duration=seconds, what=section.deployment)

@@ -167,6 +167,7 @@ def _soak_result(args: argparse.Namespace, base: Any, timeline: list[dict[str, A
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cameras": args.cameras, "fps_per_camera": args.fps, "duration_s": t1 - t0, "warmup_s": args.warmup,
+        "source": args.source, **({"rtsp_fps": args.rtsp_fps, "rtsp_encode": args.rtsp_encode} if args.source == "rtsp" else {}),
         "machine": R.machine_info(model=Path(base.detector.weights).name, imgsz=base.detector.imgsz,
                                   batch=base.detector.batch.max_size, device=base.detector.device),
         "published_fps": (timeline[-1]["published"] - timeline[0]["published"]) / (t1 - t0),

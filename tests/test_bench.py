@@ -178,6 +178,7 @@ def test_soak_smoke(tmp_path, models_dir, videos):
     assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     r = json.loads(out.read_text())
     assert r["cameras"] == 2 and r["fps_per_camera"] == 2 and len(r["timeline"]) >= 3, r.keys()
+    assert (r["source"], r["rtsp_fps"], r["rtsp_encode"]) == ("rtsp", 15, "once")
     assert r["timeline"][-1]["published"] > r["timeline"][0]["published"]  # it kept publishing over the window
     assert _finite_positive(r["published_fps"]) and r["dropped_per_s"] >= 0 and r["exceptions_total"] == 0, r
     assert _finite_positive(r["lag_p99_s"]) and _finite_positive(r["latency_ms"]["p50"]), r
@@ -199,6 +200,29 @@ def test_the_publish_phase_reports_the_median_of_the_rounds_that_flushed():
     assert median_index([0.44, 0.38, 0.41]) == 2
     assert median_index([None, 0.40, 0.44]) == 1, "a round that did not flush is no low value"
     assert median_index([None, None, 0.5]) == 2 and median_index([None, None]) == 0
+
+
+def test_the_classifier_phase_cuts_crops_as_the_card_says():
+    """The bench timed every classifier on square context crops, whatever its card's
+    ``input.resize`` (the traffic-light card stretches tight boxes)."""
+    import numpy as np
+
+    from benchmarks.phases import _crops
+    from pipeline.classify import ClassifierRoute
+    from pipeline.config import ClassifierConfig
+    from pipeline.schema import Detections
+
+    frame = np.zeros((100, 100, 3), np.uint8)
+    frame[20:80, 40:60] = 255  # a tall white light on black
+    dets = Detections(xyxy=[[40, 20, 60, 80]], scores=[0.9], labels=["traffic light"], categories=["sign"])
+    crops = {}
+    for fit in ("context", "stretch"):
+        route = ClassifierRoute(classify=None, cfg=ClassifierConfig(weights="w.xml", min_box=4), crop_size=(32, 32),
+                                crop_context=1.0, crop_fit=fit)
+        (crops[fit],), counts = _crops(route, [frame], [dets], "sign")
+        assert counts["crops_source"] == "objects it classifies"
+    assert (crops["stretch"] == 255).all()  # the box stretched to the input
+    assert (crops["context"][:, :8] == 0).all()  # widened to a square: black either side
 
 
 def test_a_redis_benchmark_run_whose_clients_were_disconnected_is_run_again(redis_server, tmp_path, monkeypatch):
