@@ -109,7 +109,7 @@ def start_ray(address: str | None, *, verbose: bool,
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     problem = None if address in ("local", "auto") else ray_address_problem(address)
     if problem:  # (ray.init would retry an address nobody answers at for minutes)
-        raise Unavailable(f"--address: cannot reach the Ray cluster at {address}: {problem}")
+        raise Unavailable(f"--address: cannot reach the Ray cluster at {redact_url(address)}: {problem}")
     try:
         ray.init(
             address=address,
@@ -122,7 +122,7 @@ def start_ray(address: str | None, *, verbose: bool,
     except Exception as exc:
         auth = ("; a cluster with token authentication needs RAY_AUTH_MODE=token and its token "
                 "(RAY_AUTH_TOKEN, or ~/.ray/auth_token)" if address != "local" else "")
-        raise Unavailable(f"Ray did not start or join {address}: {type(exc).__name__}: "
+        raise Unavailable(f"Ray did not start or join {redact_url(address)}: {type(exc).__name__}: "
                           f"{redact(str(exc))[:500]}{auth}") from None
     return address
 

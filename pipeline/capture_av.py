@@ -231,7 +231,11 @@ def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_time
     `open_capture`'s: a missing or undecodable file is final, a stream that does not open is retried
     (``diagnose(url, timeout_s=…)``: why an RTSP or HTTP(S) URL does not open, `pipeline.camera_probe.diagnose_open`)."""
     import av
+    import av.logging
 
+    # FFmpeg's own log lines quote URLs whole ("Error when loading first segment 'http://u:pw@…'"):
+    # off, as OpenCV's are (OPENCV_FFMPEG_LOGLEVEL), whatever a PyAV release defaults to
+    av.logging.set_level(None)
     safe = redact_url(redact(url, secrets))  # (its expanded variables first: a value with a ; or a space)
     if url.startswith("device:"):
         raise SourceError(camera, f"decode: {decode} needs an encoded stream or file, not a device", retryable=False)

@@ -38,6 +38,10 @@ def resolve_camera(camera: CameraConfig, env: Mapping[str, str]) -> CameraConfig
     problem = camera_url_problem(resolved.url)  # what the variables put in: checked as the config is
     if problem:
         raise CameraEnvError(f"cameras[{camera.id}].url, its variables expanded: {problem}")
+    if _userinfo_ambiguous(resolved.url) and not _userinfo_ambiguous(ENV_REF.sub("x", camera.url)):
+        # a value with an unescaped @ / ? or # in it: FFmpeg would take a piece of the password for
+        # the host (a DNS lookup, a connection, the rest of it offered as the user's)
+        raise CameraEnvError(f"cameras[{camera.id}].url, its variables expanded: {UNESCAPED_USERINFO}")
     pinned = env.get(camera_var_prefix(camera.id) + "HOST", "").strip().lower()
     host = _host_of(resolved.url, camera.id) if pinned else ""
     if pinned and host != pinned.strip("[]"):  # the operator's own: its secrets go to that host only
@@ -49,12 +53,18 @@ def resolve_camera(camera: CameraConfig, env: Mapping[str, str]) -> CameraConfig
     return resolved
 
 
+def _userinfo_ambiguous(url: str) -> bool:
+    """Whether FFmpeg's reading of the URL's host (the host part's last "@") and the whole
+    credentials' (up to the URL's last "@") differ: an "@" after an unescaped / ? or #."""
+    found, whole = url_credentials(url), url_credentials(url, to_last_at=True)
+    return (found is None) != (whole is None) or bool(found and whole and found.hostport != whole.hostport)
+
+
 def _host_of(url: str, camera_id: str) -> str:
     """The host an expanded URL names, as FFmpeg reads it; never a piece of its password (one
     with an unescaped / ? # @ [ or ] in it makes the host unreadable: said so, not quoted)."""
     where = f"cameras[{camera_id}].url, its variables expanded"
-    found, whole = url_credentials(url), url_credentials(url, to_last_at=True)
-    if (found is None) != (whole is None) or (found and whole and found.hostport != whole.hostport):
+    if _userinfo_ambiguous(url):
         raise CameraEnvError(f"{where}: {UNESCAPED_USERINFO}")
     try:
         return (urlsplit(url).hostname or "").lower()

@@ -21,7 +21,11 @@ def redis_url_problem(url: str) -> str | None:
     """Why redis-py cannot use ``url`` (None: it can), quoting nothing of its credentials: a
     password with "/" or "#" in it makes redis-py read a piece of it as the port."""
     found = url_credentials(url)
-    if found is not None and found.hostport != urlsplit(url).netloc.rpartition("@")[2]:
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:  # "Invalid IPv6 URL": a [ or ] in the password (quoted, the URL would be too)
+        return "not a Redis URL: the host cannot be read (a [ or ] in a password is written %5B or %5D)"
+    if found is not None and found.hostport != netloc.rpartition("@")[2]:
         return f"not a Redis URL: {UNESCAPED_USERINFO}"
     try:
         options = parse_url(url)

@@ -9,12 +9,18 @@ from urllib.parse import unquote
 # everything up to the last "@" of the URL: a password with "@", "/", "?" or "#" left unescaped
 # is scrubbed whole too (a path with "@" in it loses its host in the text: the safe side)
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s'\"]*@)")
-# a query parameter named for a secret, alone or after a prefix ending in "_", "-" or "."; also a
-# path segment so written (XMEye cameras: /user=admin_password=x_channel=1), up to the next "_" or "/"
-# (access_token, client_secret, stream_key, X-Amz-Signature; pw, loginpas: cameras' CGI URLs): its value is scrubbed
-_SECRET_NAME = (r"(?:[\w.-]*[_.-])?(?:password|passwd|passphrase|pwd|pass|pw|psw|pswd|loginpas|loginpass|passwort"
-                r"|token|auth"
-                r"|apikey|api_key|secret|key|signature|sig|credential)=")
+# a query parameter named for a secret (its value is scrubbed): alone or after a prefix ending in
+# "_", "-" or "." (access_token, client_secret, stream_key, X-Amz-Signature; pw, loginpas: cameras'
+# CGI URLs); a word no other name ends in after any prefix (userpwd, accesstoken); a short one in
+# camelCase (privateKey, authToken, adminPass: not monkey, passage); a digit or two after it
+# (password1). Also a path segment so written (XMEye cameras: /user=admin_password=x_channel=1),
+# up to the next "_" or "/"
+_SECRET_NAME = (r"(?:(?:[\w.-]*[_.-])?(?:password|passwd|passphrase|pwd|pass|pw|psw|pswd|loginpas|loginpass|passwort"
+                r"|passcode|token|auth|authorization|bearer|jwt|session|session_?id|sid"
+                r"|apikey|api_key|secret|key|signature|sig|credentials?)"
+                r"|[\w.-]*?(?:password|passwd|passphrase|pwd|pswd|passwort|passcode|token|secret|signature|credentials?"
+                r"|apikey|authorization)"
+                r"|[\w.-]*[a-z0-9](?-i:Pass|Pw|Pwd|Key|Auth|Sig|Session|Sid))\d*=")
 _QUERY_SECRET = re.compile(rf"(?i)([?&;]{_SECRET_NAME})[^&#;\s'\"]*"
                            rf"|([/_]{_SECRET_NAME})(?:\$\{{[A-Za-z_][A-Za-z0-9_]*\}}|[^&#;/_\s'\"])*")
 _PASSWORD_ARG = re.compile(r"(?i)\b(password|passwd|requirepass)(['\"]?\s*[=:]\s*)(\S+)")
@@ -113,10 +119,12 @@ def url_credentials(url: str, *, to_last_at: bool = False) -> UrlCredentials | N
 
 
 def url_secrets(url: str) -> tuple[str, ...]:
-    """The password a (resolved) URL carries, as written and percent-decoded, read both ways
-    (`url_credentials`): what `redact` scrubs from an error that quotes it outside the URL (an
-    exception's own wording)."""
+    """The password a (resolved) URL carries, read both ways (`url_credentials`), and its
+    ``password=``-like query values of 4 characters or more (shorter: scrubbed in the URL, but
+    not wherever else such a short string appears), each as written and percent-decoded: what
+    `redact` scrubs from an error that quotes it outside the URL (an exception's own wording)."""
     found = [f.password for f in (url_credentials(url), url_credentials(url, to_last_at=True)) if f and f.password]
+    found += [v for start, end in query_secrets(url) if len(v := url[start:end]) >= 4]
     return tuple(dict.fromkeys(v for p in found for v in (p, unquote(p))))
 
 

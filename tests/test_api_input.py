@@ -264,6 +264,13 @@ def test_a_host_the_operator_pinned_keeps_a_cameras_variables_from_any_other_hos
             resolve_camera(own, {**env, "CAM_DOCK_PASSWORD": password})
         assert "dor" not in str(unreadable.value) and "Secret" not in str(unreadable.value), unreadable.value
     assert resolve_camera(own, {"CAM_DOCK_PASSWORD": "a[Secret]b"}).url.endswith("@10.0.0.9:554/s")  # no pin: FFmpeg's
+    # no pin either: a password with an unescaped "@" and "/" made FFmpeg look up host "dor" and
+    # offer it "Tr0ub"; an "@" the URL itself has after its host is as before
+    with pytest.raises(CameraEnvError, match="must be percent-encoded") as ambiguous:
+        resolve_camera(own, {"CAM_DOCK_PASSWORD": "Tr0ub@dor/horse"})
+    assert "dor" not in str(ambiguous.value).replace("percent-encoded", ""), ambiguous.value
+    notify = own.model_copy(update={"url": own.url + "?notify=ops@example.com"})
+    assert resolve_camera(notify, {"CAM_DOCK_PASSWORD": "x"}).url.endswith("/s?notify=ops@example.com")
 
 
 def test_one_cameras_odd_redis_data_costs_its_row_not_the_whole_listing(api, redis_server):

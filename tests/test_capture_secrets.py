@@ -74,3 +74,17 @@ def test_a_password_with_a_semicolon_space_quote_or_backslash_is_scrubbed_whole(
     pieces = [p for p in password.replace(";", " ").replace("'", " ").replace('"', " ").replace("\\", " ").split()
               if len(p) >= 3]
     assert not any(p in message for p in pieces), message
+
+
+def test_ffmpegs_log_lines_through_pyav_carry_no_password(hls_server):
+    """The same through PyAV (``decode: keyframes``), in a process whose PyAV sends FFmpeg's log to
+    Python's logging (a PyAV release that does so by default, or a library that turned it on):
+    ``Error when loading first segment 'http://admin:<password>@…'``. The open turns it off."""
+    url = f"http://admin:Hunter2Secret@127.0.0.1:{hls_server}/live.m3u8"
+    code = ("import logging, av.logging\nlogging.basicConfig(level=logging.DEBUG)\n"
+            "av.logging.set_level(av.logging.VERBOSE)\nimport pipeline.capture as c\n"
+            f"try:\n    c.open_capture('dock', {url!r}, decode='keyframes', open_timeout_s=3)\n"
+            "except Exception as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "cannot open http://***@127.0.0.1" in out.stdout, (out.stdout, out.stderr)
+    assert "Hunter2Secret" not in out.stdout + out.stderr, out.stderr

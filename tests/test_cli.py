@@ -84,6 +84,9 @@ def test_run_against_a_ray_address_nobody_answers_at_exits_3_at_once(tmp_path, m
         assert out.returncode == 3, out.stderr
         assert out.stderr.startswith(f"percept: --address: cannot reach the Ray cluster at {address}: "), out.stderr
         assert "Traceback" not in out.stderr
+    out = percept("run", "-c", str(cfg), "--address", f"http://admin:S3cret@127.0.0.1:{port}", "--duration", "2")
+    assert out.returncode == 3 and "cluster at http://***@127.0.0.1" in out.stderr, out.stderr
+    assert "S3cret" not in out.stderr  # (the address was printed as given)
 
 
 def test_a_private_redis_that_cannot_start_exits_3_with_its_reason(tmp_path, models_dir):

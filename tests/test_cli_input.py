@@ -109,6 +109,11 @@ def test_urls_in_option_errors_are_shown_without_credentials(capsys):
     err = capsys.readouterr().err
     assert "argument --redis: a user name or password with / ? # or @ in it must be percent-encoded" in err, err
     assert "s3cr" not in err and "etPW" not in err, err
+    # a "[" in the password: urlsplit's "Invalid IPv6 URL" escaped the check, argparse quoted the URL whole
+    with pytest.raises(SystemExit):
+        main(["subscribe", "cam", "--redis", "redis://:Tr0ub[dor@redis.example:6379/0"])
+    err = capsys.readouterr().err
+    assert "argument --redis: the host cannot be read" in err and "Tr0ub" not in err and "dor@" not in err, err
     # a user and password in --api: urllib took them for the host ("cannot reach", whatever the
     # ingress); refused, not quoted
     with pytest.raises(SystemExit) as done:

@@ -37,6 +37,11 @@ def test_query_string_passwords_and_known_secrets_are_hidden():
     assert redact("GET https://b/o?X-Amz-Signature=ab12&stream_key=k9&key=k1 failed") == (
         "GET https://b/o?X-Amz-Signature=***&stream_key=***&key=*** failed")
     assert redact_url("http://c/v?monkey=1&passage=2&keys=3") == "http://c/v?monkey=1&passage=2&keys=3"  # other words
+    # camelCase and run-together names, a digit after the word (accessToken= was kept, and stored in Redis)
+    assert redact_url("http://nvr/l.flv?user=a&accessToken=T&privateKey=K&userpwd=P&adminPass=Q&password1=Z&id=3") == (
+        "http://nvr/l.flv?user=a&accessToken=***&privateKey=***&userpwd=***&adminPass=***&password1=***&id=3")
+    assert redact_url("http://c/v?bypassed=1&codec=h264") == "http://c/v?bypassed=1&codec=h264"
+    assert url_secrets("http://nvr/l.flv?accessToken=S3CRET&authToken=ab") == ("S3CRET",)  # (2 chars: not everywhere)
     secrets = url_secrets("rtsp://u:p%2Fq9@h/s")
     assert set(secrets) == {"p%2Fq9", "p/q9"} and url_secrets("rtsp://h/s") == ()
     assert redact("cast 'p/q9' failed", secrets) == "cast '***' failed"
