@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError, load_config
+from pipeline.config_urls import ENV_REF
 from pipeline.config_yaml import load_yaml
+from pipeline.redact import url_credentials
 
 from .common import PORT, bind_host_arg, fail, output_or_stdout_arg
 
@@ -23,6 +25,22 @@ class _KeepUnset(dict):
 
     def __getitem__(self, key: str) -> str:
         return os.environ.get(key, "${" + key + "}")
+
+
+def inline_redis_secrets(raw: Any) -> list[str]:
+    """The fields of the config as written that hold a Redis password itself, not a ``${VAR}``."""
+    redis_section = raw.get("redis") if isinstance(raw, dict) else None
+    if not isinstance(redis_section, dict):
+        return []
+    found = []
+    password = redis_section.get("password")
+    if isinstance(password, str) and password and not ENV_REF.search(password):
+        found.append("redis.password")
+    url = redis_section.get("url")
+    creds = url_credentials(url) if isinstance(url, str) else None
+    if creds is not None and creds.password and not ENV_REF.search(creds.password):
+        found.append("redis.url")
+    return found
 
 
 def register(sub: Any) -> None:
@@ -47,6 +65,10 @@ def _build(args: argparse.Namespace) -> int:
                            http_port=args.http_port if args.http_port is not None else config.http.port)
     except ConfigError as exc:  # (named after the file, as load_config's own)
         raise ConfigError(exc.errors, str(path)) from None
+    for field in inline_redis_secrets(raw):
+        print(f"percept build: warning: {field} holds its password as written: the Serve config carries it (so do "
+              "Serve's API, the dashboard and a RayService); write ${REDIS_PASSWORD} and set it on the cluster",
+              file=sys.stderr)
     text = yaml.safe_dump(out, sort_keys=False)
     if args.output == "-":
         sys.stdout.write(text)

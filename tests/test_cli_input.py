@@ -256,8 +256,16 @@ def test_build_keeps_a_redis_url_variable_for_the_cluster(tmp_path, monkeypatch,
     config = tmp_path / "c.yaml"
     config.write_text("redis: {url: '${REDIS_URL}'}\ncameras: [{id: a, url: 'rtsp://cam/a', fps: 5}]\n")
     out = tmp_path / "serve.yaml"
-    assert main(["build", "-c", str(config), "-o", str(out)]) == 0, capsys.readouterr().err
-    assert "${REDIS_URL}" in out.read_text()
+    assert main(["build", "-c", str(config), "-o", str(out)]) == 0
+    assert "${REDIS_URL}" in out.read_text() and "warning" not in capsys.readouterr().err
+    # a password written inline goes into the Serve config as written: said (Serve's API shows it)
+    for redis_line in ("{url: 'rediss://default:S3cretPW@redis.example:6380/0'}",
+                       "{url: 'redis://redis.example:6379/0', password: S3cretPW}"):
+        inline = tmp_path / "inline.yaml"
+        inline.write_text(f"redis: {redis_line}\ncameras: [{{id: a, url: 'rtsp://cam/a', fps: 5}}]\n")
+        assert main(["build", "-c", str(inline), "-o", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert "holds its password as written" in err and "S3cretPW" not in err, err
     # where it is resolved (the cluster, `percept run`), a value that is no Redis URL is still refused
     from pipeline.config import ConfigError, load_config
 
