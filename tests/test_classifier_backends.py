@@ -22,6 +22,7 @@ from pipeline.backends.card import CARDS_DIR
 from pipeline.backends.openvino_classifier import bucket_size, bucket_sizes, fit_crop
 from pipeline.config import ClassifierConfig, DetectorConfig
 from pipeline.config_errors import ConfigError
+from pipeline.explain_target import iou
 from pipeline.models import ModelError, prepare_crop, prepare_frame
 
 from .conftest import SHARED
@@ -81,12 +82,6 @@ def coco_detector():
     return load_detector(cfg, models_dir=str(MODELS))
 
 
-def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    return ix * iy / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy)
-
-
 def coco_objects(detector, image_id: str, label: str):
     image = cv2.imread(str(DATA / "coco128-val" / "images" / f"{image_id}.jpg"))
     (dets,) = detector.detect_batch([prepare_frame(image, 640)])
@@ -137,8 +132,8 @@ def test_coco_traffic_light_state(coco_detector):
     best = max(range(len(found)), key=lambda i: found[i][1])
     assert results[best]["state"]["label"] == "green", results[best]
     # the lit red light on the right (20x42 px; as a square crop with context it read "off")
-    red = max(range(len(found)), key=lambda i: box_iou(found[i][0], RED_LIGHT_BOX))
-    assert box_iou(found[red][0], RED_LIGHT_BOX) >= 0.5, "the detector missed the red light"
+    red = max(range(len(found)), key=lambda i: float(iou(RED_LIGHT_BOX, found[i][0])[0]))
+    assert float(iou(RED_LIGHT_BOX, found[red][0])[0]) >= 0.5, "the detector missed the red light"
     assert results[red]["state"]["label"] == "red", results[red]
 
 
