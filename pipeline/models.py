@@ -123,22 +123,29 @@ def prepare_crop(image: np.ndarray, box: Sequence[float], size: int | tuple[int,
     pad = (max(-t, 0), max(b - h, 0), max(-l, 0), max(r - w, 0))
     if any(pad):
         crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_CONSTANT, value=(114, 114, 114))
-    if fit == "letterbox":  # (enlarged smoothly, as `letterbox_crop` does: INTER_AREA enlarges in blocks)
-        ch, cw = crop.shape[:2]
-        r = min(out_w / cw, out_h / ch)
-        size = min(out_w, max(1, round(cw * r))), min(out_h, max(1, round(ch * r)))
-        return cv2.resize(crop, size, interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+    if fit == "letterbox":
+        return fit_inside(crop, (out_w, out_h))
     return np.ascontiguousarray(cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_AREA))
+
+
+def fit_inside(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``crop`` resized to fit inside ``size`` (width, height), its aspect kept (enlarged
+    smoothly: INTER_AREA enlarges in blocks)."""
+    import cv2
+
+    (w, h), (ch, cw) = size, crop.shape[:2]
+    r = min(w / cw, h / ch)
+    nw, nh = min(w, max(1, round(cw * r))), min(h, max(1, round(ch * r)))
+    return cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
 
 
 def letterbox_crop(crop: np.ndarray, size: tuple[int, int], pad: int = 114) -> np.ndarray:
     """``crop`` fitted inside ``size`` (width, height), its aspect kept, centred on ``pad`` grey."""
     import cv2
 
-    (w, h), (ch, cw) = size, crop.shape[:2]
-    r = min(w / cw, h / ch)
-    nw, nh = min(w, max(1, round(cw * r))), min(h, max(1, round(ch * r)))
-    inner = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+    w, h = size
+    inner = fit_inside(crop, size)
+    nh, nw = inner.shape[:2]
     top, left = (h - nh) // 2, (w - nw) // 2
     return cv2.copyMakeBorder(inner, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT, value=(pad,) * 3)
 
