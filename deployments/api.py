@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import redis
 from fastapi import Body, FastAPI, HTTPException, Query
@@ -64,9 +64,18 @@ async def _redis_unreachable(request: Any, exc: Exception) -> JSONResponse:
 async def _invalid_request(request: Any, exc: RequestValidationError) -> JSONResponse:
     """422 naming where the request is wrong, without quoting it (FastAPI's own answer echoes
     the input: a camera URL sent alone, its password in it)."""
-    lines = [f"{'.'.join(str(p) for p in err.get('loc', ())) or 'request'}: {err.get('msg', 'invalid')}"
-             for err in exc.errors()]
+    lines = [_invalid_line(err) for err in exc.errors()]
     return JSONResponse(status_code=422, content={"detail": [redact(line) for line in lines]})
+
+
+def _invalid_line(err: Mapping[str, Any]) -> str:
+    """One of FastAPI's errors as ``where: what``; a body that is no JSON says where it breaks
+    and why (FastAPI names the character offset as if it were a field: ``body.11``)."""
+    loc = tuple(err.get("loc", ()))
+    if err.get("type") == "json_invalid" and len(loc) == 2:
+        why = (err.get("ctx") or {}).get("error", "")
+        return f"{loc[0]}: not valid JSON at character {loc[1]}" + (f": {why}" if why else "")
+    return f"{'.'.join(str(p) for p in loc) or 'request'}: {err.get('msg', 'invalid')}"
 
 
 @app.middleware("http")

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
-from .redact import redact
+from .redact import redact, url_secrets
 
 CONFIG_ERROR_EXIT_CODE = 2
 
@@ -93,11 +93,32 @@ def _format_one(path: str, err: dict[str, Any], quote: bool = True) -> list[str]
 
 
 def _shown(path: str, value: Any) -> str:
-    """The value a line quotes, without credentials: never a password field's, and URLs'
-    ``user:pass@`` scrubbed wherever they are (a camera given as a bare URL string)."""
+    """The value a line quotes, without credentials, and at most `MAX_QUOTED` characters: never a
+    password field's, and URLs' ``user:pass@`` scrubbed wherever they are (a camera given as a
+    bare URL string), each URL's password found as FFmpeg reads it (one with a space or a quote
+    in it: free text's patterns stop there)."""
     if path.rsplit(".", 1)[-1] in SECRET_KEYS:
         return "***"
-    return redact(repr(value))
+    shown = redact(repr(value), tuple(secret for text in _texts(value) for secret in url_secrets(text)))
+    return shown if len(shown) <= MAX_QUOTED else f"{shown[:MAX_QUOTED]}… ({len(shown)} characters)"
+
+
+MAX_QUOTED = 200
+
+
+def _texts(value: Any, limit: int = 1000) -> list[str]:
+    """The strings in a value (within lists, tuples and dicts, keys too), the first ``limit``."""
+    out: list[str] = []
+    stack = [value]
+    while stack and len(out) < limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict):
+            stack.extend([*item.keys(), *item.values()])
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return out
 
 
 SECRET_KEYS = {"password", "token", "secret"}

@@ -80,6 +80,24 @@ def test_a_refused_body_never_echoes_what_was_sent(api):
         assert r.json()["detail"][0].startswith("body: "), r.text
 
 
+def test_a_refused_camera_never_quotes_a_password_with_a_space_or_quote_in_it(api):
+    """Our own 422 quotes a wrong value (a URL in a list, in a dict, one too long): free text's
+    patterns stop a password at a space or a quote, and its rest came back."""
+    for url in (["rtsp://admin:S3cret PW@cam/"], {"u": "rtsp://admin:S3cret'PW@cam/"},
+                "rtsp://admin:S3cret PW@cam/" + "x" * 4100):
+        r = api.post("/cameras", json={"id": "a", "url": url})
+        (line,) = r.json()["detail"]
+        assert r.status_code == 422 and line.startswith("url: ") and "rtsp://***@cam/" in line, r.text
+        assert "S3cret" not in r.text and "PW" not in r.text and len(line) < 400, r.text
+
+
+def test_a_body_that_is_no_json_says_where_and_why(api):
+    r = api.post("/cameras", content=b'{"id": "a",}', headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == ["body: not valid JSON at character 11: Expecting property name enclosed in "
+                                  "double quotes"], r.text
+
+
 def test_a_body_without_a_length_is_refused(api):
     """The 1 MiB bound was checked on Content-Length only: a chunked body was read whole."""
     def chunks():
