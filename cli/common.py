@@ -179,21 +179,26 @@ class RedisOutage:
     def __init__(self, url: str | None, *, carry_on_refused: bool = False, quiet: bool = False):
         self.where = redact_url(url or "?")
         self.down = False
+        self.what = ""  # what the last line said Redis does: unreachable, refuses our credentials, …
         self.carry_on_refused = carry_on_refused
         self.quiet = quiet  # a one-shot command: it says why itself (`reason`), there is no retrying
         self.reason = ""
 
     def notice(self, exc: Exception | None) -> None:
-        if exc is not None and not self.down:
-            what = "refuses our credentials" if not redis_unavailable(exc) else "unreachable"
+        """A line when Redis goes away, when what it does changes meanwhile (back with other
+        credentials than ours: still "unreachable" was said), and when it is back."""
+        if exc is not None:
+            what = "refuses our credentials" if isinstance(exc, CREDENTIALS_REFUSED) else "unreachable"
+            if self.down and what == self.what:
+                return
             # why, in one line (a refused port, a TLS certificate that is not one, …), credentials scrubbed
             self.reason = f"{type(exc).__name__}: {' '.join(redact(str(exc)).split())[:200]}".rstrip(": ")
             if not self.quiet:
                 print(f"percept: redis {what} at {self.where} — retrying ({self.reason})", file=sys.stderr, flush=True)
-            self.down = True
-        elif exc is None and self.down:
+            self.down, self.what = True, what
+        elif self.down:
             print(f"percept: redis at {self.where} is back", file=sys.stderr, flush=True)
-            self.down = False
+            self.down, self.what = False, ""
 
     def attempt(self, fn: Callable[[], T], default: T) -> T:
         try:

@@ -97,8 +97,9 @@ class Subscriber:
             return False
         return any((g.get("name") or g.get(b"name")) in (self.group, self.group.encode()) for g in groups)
 
-    def _recreate_groups(self) -> bool:
-        """The groups made again (after Redis lost them); False if Redis cannot do it now. Each
+    def _recreate_groups(self) -> redis.RedisError | None:
+        """The groups made again (after Redis lost them); what Redis answered if it cannot do it
+        now (READONLY, LOADING, …: an outage). Each
         starts after the last entry read from its stream, or at its beginning if none was: what a
         stream holds now came after what was consumed (the publisher's outage buffer lands as
         soon as Redis is back, likely before this read; "$" would skip it)."""
@@ -107,9 +108,9 @@ class Subscriber:
         except redis.RedisError as exc:
             if not redis_unavailable(exc):
                 raise
-            return False
+            return exc
         log.warning("consumer group %s was gone (redis restarted without its data?); created again", self.group)
-        return True
+        return None
 
     def _decode(self, stream: bytes | str, entries: list[Any]) -> list[Message]:
         name = stream.decode() if isinstance(stream, bytes) else stream
@@ -214,12 +215,13 @@ class Subscriber:
                     pending = False
                     batch = self.read(count=100 if limit is None else min(100, limit - n))
             except redis.RedisError as exc:
-                lost_group = bool(self.group) and "NOGROUP" in str(exc)
-                if lost_group and self._recreate_groups():
-                    pending = None  # Redis came back without its data: the group is made again
-                    continue
-                # (a group that cannot be made again now: Redis refuses writes, an outage too)
-                if on_unreachable is None or not (lost_group or redis_unavailable(exc)):
+                if self.group and "NOGROUP" in str(exc):
+                    refused = self._recreate_groups()
+                    if refused is None:
+                        pending = None  # Redis came back without its data: the group is made again
+                        continue
+                    exc = refused  # it cannot be made again now (Redis refuses writes): an outage too
+                if on_unreachable is None or not redis_unavailable(exc):
                     raise
                 if not down:
                     on_unreachable(exc)

@@ -170,6 +170,36 @@ def test_percept_run_quiet_still_says_when_redis_goes_and_comes_back(redis_serve
     assert "percept: redis unreachable at" in err and err.index("unreachable") < err.index("is back"), err
 
 
+def test_percept_run_says_when_redis_comes_back_refusing_our_credentials(redis_server, tmp_path, capsys):
+    """Redis gone, then back on its port with another password: the console had said
+    "unreachable" and then nothing more, as if it never came back."""
+    from cli.common import EXIT_INTERRUPTED, RedisOutage
+    from cli.run import monitor_cameras
+    from pipeline.redis_server import EmbeddedRedis
+
+    client = redis_server.client()
+    other = EmbeddedRedis(tmp_path / "other", port=redis_server.port, password="N3w-Pw-other")
+    steps = {"n": 0}
+
+    def fault_then_other() -> None:  # each second: Redis killed, another one with a password, then Ctrl-C
+        steps["n"] += 1
+        if steps["n"] == 1:
+            redis_server.kill()
+        elif steps["n"] == 3:
+            other.start()
+        elif steps["n"] == 5:
+            raise KeyboardInterrupt
+
+    try:
+        assert monitor_cameras(client, None, [], duration=60, show=False, outage=RedisOutage(redis_server.url,
+                               carry_on_refused=True), keep_up=fault_then_other) == EXIT_INTERRUPTED
+    finally:
+        other.stop()
+    err = capsys.readouterr().err
+    assert "redis unreachable at" in err and "redis refuses our credentials at" in err, err
+    assert err.index("unreachable") < err.index("refuses our credentials") and "is back" not in err, err
+
+
 def test_sigterm_while_run_starts_stops_its_private_redis(tmp_path, models_dir):
     """SIGTERM once the private redis-server is up, while the graph still starts: the server
     stops and its ``redis.url`` marker goes (it was left running, its parent gone, and a later run
