@@ -348,10 +348,6 @@ def _thickness(pts: np.ndarray, edges: np.ndarray, poly: np.ndarray, d: np.ndarr
     return np.abs(cross) / length[edges] + beyond
 
 
-def point_in_polygon(point: Sequence[float], polygon: np.ndarray) -> bool:
-    return bool(points_in_polygon([point], polygon)[0])
-
-
 def _cross(ax: np.ndarray, ay: np.ndarray, bx: np.ndarray, by: np.ndarray) -> np.ndarray:
     return ax * by - ay * bx
 

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import redis
 
@@ -171,6 +171,17 @@ def redis_from_config(cfg: RedisConfig, **kwargs: Any) -> redis.Redis:
 def parse_entry_id(entry_id: bytes | str) -> tuple[int, int]:
     ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
     return int(ms), int(seq or 0)
+
+
+def pages_from(client: redis.Redis, key: str, start: str, page: int = 200) -> Iterator[list[Any]]:
+    """The stream's entries from id ``start`` on, oldest first, ``page`` at a time."""
+    while True:
+        entries = client.xrange(key, min=start, count=page)
+        yield entries
+        if len(entries) < page:
+            return
+        ms, seq = parse_entry_id(entries[-1][0])
+        start = f"{ms}-{seq + 1}"
 
 
 def camera_states(client: redis.Redis, keys: StreamKeys, cameras: list[str]) -> dict[str, dict[str, str]]:

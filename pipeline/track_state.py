@@ -41,7 +41,7 @@ from .events import EventEngine, events_json, margins_of
 from .redact import redact_url
 from .schema import FrameMeta, FrameResult
 from .source_types import is_file_url
-from .streams import parse_entry_id
+from .streams import pages_from, parse_entry_id
 from .tracking import ObjectTracker
 
 if TYPE_CHECKING:
@@ -348,17 +348,12 @@ def settle_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerC
                     "left without track_end (some may have ended already)", camera.id)
         return 0
     payloads: list[dict[str, Any]] = []
-    while True:
-        page = publisher.client.xrange(publisher.keys.events(camera.id), min=start, count=REPLAY_PAGE)
+    for page in pages_from(publisher.client, publisher.keys.events(camera.id), start, REPLAY_PAGE):
         payloads += [p for p in (_event_payload(fields) for _, fields in page) if p and int(p.get("seq") or 0) > seq]
         if len(payloads) > SETTLE_EVENTS_MAX:
             log.warning("camera %s: more than %d events since its snapshot: its open tracks are left without "
                         "track_end", camera.id, SETTLE_EVENTS_MAX)
             return 0
-        if len(page) < REPLAY_PAGE:
-            break
-        ms, _, n = page[-1][0].decode().partition("-")
-        start = f"{ms}-{int(n) + 1}"
     events.apply_published(payloads)
     n = len(events.open_tracks)
     newest = _newest_frame(publisher, camera.id) or (seq, float(state["frame_ts"]))  # (ids above the top, too)
@@ -390,13 +385,11 @@ def _published_after(publisher: Publisher, camera: str, seq: int, since: float, 
     """The camera's frames with a seq above ``seq``, oldest first (entry ids are
     ``<capture ms>-<seq>``, never below the capture time: reading starts at the snapshot's).
     ValueError when there are more than ``limit`` (the snapshot is too old to catch up from)."""
-    start, out = f"{int(since * 1000)}-0", []
-    while True:
-        page = publisher.client.xrange(publisher.keys.detections(camera), min=start, count=REPLAY_PAGE)
+    out: list[FrameResult] = []
+    for page in pages_from(publisher.client, publisher.keys.detections(camera), f"{int(since * 1000)}-0",
+                           REPLAY_PAGE):
         out += [r for r in (FrameResult.from_json(fields[b"json"]) for _, fields in page) if r.meta.seq > seq]
         if len(out) > limit:
             raise ValueError(f"more than {limit} frames published since the snapshot")
-        if len(page) < REPLAY_PAGE:
-            return out
-        ms, _, n = page[-1][0].decode().partition("-")
-        start = f"{ms}-{int(n) + 1}"
+    return out
+
