@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .explain_target import ExplainError, Target, content_region, iou, to_frame
+from .explain_target import ExplainError, Target, content_region, iou, to_content, to_frame
 from .models import prepare_frame
 
 
@@ -90,8 +90,7 @@ def eigencam(detector: Any, image: np.ndarray, target: Target, *, imgsz: int) ->
     model = torch_model(detector)
     base = prepare_frame(image, imgsz)
     top, left, h, w = content_region(base.orig_shape, imgsz)
-    r = w / base.orig_shape[1]
-    box = np.array(target.box, np.float32) * r + np.array([left, top, left, top], np.float32)
+    box = to_content(target.box, base.orig_shape, imgsz)
     param = next(model.parameters())
     x = torch.from_numpy(np.ascontiguousarray(base.image[:, :, ::-1].transpose(2, 0, 1)))[None]
     x = (x.to(param.device, param.dtype) / 255).requires_grad_(True)

@@ -65,6 +65,14 @@ def content_region(orig_shape: tuple[int, int], imgsz: int) -> tuple[int, int, i
     return top, left, new_h, new_w
 
 
+def to_content(box: Sequence[float], orig_shape: tuple[int, int], imgsz: int) -> np.ndarray:
+    """A box in frame pixels → in the letterboxed square, each axis at its own scale (the
+    rounded content is not exactly the frame's aspect: a 4000×16 frame is 640×3 in it)."""
+    top, left, h, w = content_region(orig_shape, imgsz)
+    scale = np.array([w / orig_shape[1], h / orig_shape[0]] * 2, np.float32)
+    return np.asarray(box, np.float32) * scale + np.array([left, top, left, top], np.float32)
+
+
 def to_frame(heat: np.ndarray, orig_shape: tuple[int, int]) -> np.ndarray:
     """A content-sized heat map at frame size, scaled to [0, 1] (all zero stays zero)."""
     import cv2

@@ -30,6 +30,7 @@ from pipeline.explain import (
     explain,
     inside_outside_ratio,
 )
+from pipeline.explain_target import to_content
 from pipeline.keep import KeptFrame, KeptFrames, NotKept
 from pipeline.models import prepare_frame
 from pipeline.schema import Detections, FrameMeta, FrameResult
@@ -140,6 +141,21 @@ def test_content_region_is_where_the_letterbox_put_the_frame(shape):
     top, left, h, w = content_region(shape, 640)
     rows, cols = np.nonzero(boxed[:, :, 0] != 114)
     assert (rows.min(), cols.min(), rows.max() + 1 - rows.min(), cols.max() + 1 - cols.min()) == (top, left, h, w)
+
+
+@pytest.mark.parametrize("shape", [(720, 1280), (4000, 16), (16, 4000)])
+def test_a_box_goes_into_the_square_where_the_letterbox_put_its_pixels(shape):
+    """eigencam scored the anchors under a box scaled by the width's ratio on both axes: on a
+    4000×16 frame (3 px wide in the square, 0.19 against 0.16 down) its lower quarter was
+    looked for below the frame."""
+    h, w = shape
+    frame = np.zeros((h, w, 3), np.uint8)
+    frame[3 * h // 4:, w // 2:] = 255  # the box's pixels
+    boxed = prepare_frame(frame, 640).image
+    x1, y1, x2, y2 = to_content([w // 2, 3 * h // 4, w, h], shape, 640)
+    rows, cols = np.nonzero(boxed[:, :, 0] > 128)
+    assert abs(y1 - rows.min()) <= 1.5 and abs(y2 - (rows.max() + 1)) <= 1.5, (y1, y2, rows.min(), rows.max())
+    assert abs(x1 - cols.min()) <= 1.5 and abs(x2 - (cols.max() + 1)) <= 1.5, (x1, x2, cols.min(), cols.max())
 
 
 def test_object_index_out_of_range_names_the_objects():
