@@ -117,15 +117,31 @@ def prepare_crop(image: np.ndarray, box: Sequence[float], size: int | tuple[int,
     l, t = int(round(cx - bw / 2)), int(round(cy - bh / 2))
     r, b = int(round(cx + bw / 2)), int(round(cy + bh / 2))
     r, b = max(r, l + 1), max(b, t + 1)
-    crop = image[max(t, 0) : min(b, h), max(l, 0) : min(r, w)]
+    ct, cb, cl, cr = min(max(t, 0), h), max(min(b, h), 0), min(max(l, 0), w), max(min(r, w), 0)  # inside the frame
+    crop = image[ct:cb, cl:cr]  # (clamped: a box above the frame cut rows from its bottom, as negative indices)
+    if fit == "letterbox":  # the whole cut fitted inside, its aspect kept
+        out_w, out_h = fitted_size((r - l, b - t), (out_w, out_h))
     if crop.size == 0:  # a box wholly outside the frame: nothing of it to show (was a cv2.error)
         return np.full((out_h, out_w) + image.shape[2:], 114, image.dtype)
-    pad = (max(-t, 0), max(b - h, 0), max(-l, 0), max(r - w, 0))
-    if any(pad):
-        crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_CONSTANT, value=(114, 114, 114))
-    if fit == "letterbox":
-        return fit_inside(crop, (out_w, out_h))
-    return np.ascontiguousarray(cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_AREA))
+    # (a letterboxed crop enlarged smoothly: INTER_AREA enlarges in blocks)
+    interp = cv2.INTER_LINEAR if fit == "letterbox" and out_w > r - l else cv2.INTER_AREA
+    if t >= 0 and l >= 0 and b <= h and r <= w:
+        return np.ascontiguousarray(cv2.resize(crop, (out_w, out_h), interpolation=interp))
+    # past the frame's edge: the part inside resized to where it goes in the output, grey around
+    # it (padding the frame-sized cut first made a 4K frame's truck a 4K grey square to shrink)
+    sx, sy = out_w / (r - l), out_h / (b - t)
+    x1, y1 = min(round((cl - l) * sx), out_w - 1), min(round((ct - t) * sy), out_h - 1)
+    x2, y2 = max(min(round((cr - l) * sx), out_w), x1 + 1), max(min(round((cb - t) * sy), out_h), y1 + 1)
+    out = np.full((out_h, out_w) + image.shape[2:], 114, image.dtype)
+    out[y1:y2, x1:x2] = cv2.resize(crop, (x2 - x1, y2 - y1), interpolation=interp).reshape(out[y1:y2, x1:x2].shape)
+    return out
+
+
+def fitted_size(size: tuple[int, int], inside: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of ``size`` scaled to fit inside ``inside``, its aspect kept (≥ 1 px)."""
+    (cw, ch), (w, h) = size, inside
+    r = min(w / cw, h / ch)
+    return min(w, max(1, round(cw * r))), min(h, max(1, round(ch * r)))
 
 
 def fit_inside(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -133,10 +149,8 @@ def fit_inside(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     smoothly: INTER_AREA enlarges in blocks)."""
     import cv2
 
-    (w, h), (ch, cw) = size, crop.shape[:2]
-    r = min(w / cw, h / ch)
-    nw, nh = min(w, max(1, round(cw * r))), min(h, max(1, round(ch * r)))
-    return cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+    nw, nh = fitted_size((crop.shape[1], crop.shape[0]), size)
+    return cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA if nw <= crop.shape[1] else cv2.INTER_LINEAR)
 
 
 def letterbox_crop(crop: np.ndarray, size: tuple[int, int], pad: int = 114) -> np.ndarray:

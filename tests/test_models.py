@@ -149,6 +149,52 @@ def test_crops_keep_the_model_aspect_ratio():
     assert square.shape == (64, 64, 3)
 
 
+@pytest.mark.parametrize("fit", ["context", "stretch", "letterbox"])
+def test_a_crop_past_the_frames_edge_is_the_part_inside_beside_grey_never_a_frame_sized_copy(fit, monkeypatch):
+    """A box past the edge was padded at the frame's resolution first, then shrunk: an 8K
+    frame's truck made an 8832-px grey square (~2 s on the event loop, every camera waiting).
+    Now only the part inside is resized, into its place in the output; a box wholly above the
+    frame cut rows from its bottom (negative indices), now it is grey."""
+    frame = np.full((4320, 7680, 3), 200, np.uint8)
+    sources = []
+    real = cv2.resize
+    monkeypatch.setattr(cv2, "resize", lambda src, *a, **k: sources.append(src.shape) or real(src, *a, **k))
+    # a 8640-px square box: its left 6000 px and its lower half outside the frame
+    crop = prepare_crop(frame, [-6000, 0, 2640, 8640], (224, 224), context=1.0, fit=fit)
+    assert sources and all(h <= 4320 and w <= 7680 for h, w, _ in sources), sources
+    assert crop.shape == (224, 224, 3)
+    left = round(224 * 6000 / 8640)  # 156
+    assert (crop[:, : left - 1] == 114).all() and (crop[113:] == 114).all(), crop[::16, ::16, 0]
+    assert (crop[:111, left + 1 :] == 200).all(), crop[::16, ::16, 0]
+    above = prepare_crop(np.arange(100 * 200 * 3, dtype=np.uint32).astype(np.uint8).reshape(100, 200, 3),
+                         [50, -80, 110, -20], (32, 32), context=1.0, fit=fit)
+    assert (above == 114).all()
+
+
+def test_crops_of_a_large_share_of_the_frame_are_cut_off_the_event_loop(monkeypatch):
+    """A 4K camera's truck took ~0.2 s to cut, on the loop every camera of the replica shares."""
+    import asyncio
+    import threading
+    import types
+
+    import pipeline.classify as classify
+
+    where = []
+    monkeypatch.setattr(classify, "prepare_crop", lambda *a, **k: where.append(threading.current_thread()) or
+                        np.zeros((8, 8, 3), np.uint8))
+    route = types.SimpleNamespace(size=224, crop_context=1.15, crop_fit="context")
+    frame = np.zeros((2160, 3840, 3), np.uint8)
+
+    async def cut(boxes):
+        return await classify.cut_crops(frame, np.array(boxes, np.float32), route)
+
+    assert len(asyncio.run(cut([[100, 100, 160, 180], [300, 300, 340, 380]]))) == 2
+    assert where == [threading.main_thread()] * 2  # small ones: at once, on the loop
+    where.clear()
+    assert len(asyncio.run(cut([[0, 0, 1600, 1200], [100, 100, 160, 180]]))) == 2
+    assert len(where) == 2 and threading.main_thread() not in where
+
+
 def test_weights_not_in_the_drivers_models_dir_are_found_in_this_nodes_own(tmp_path, monkeypatch, models_dir):
     """`percept run --address` binds the driver's ``models_dir`` into the config every replica gets;
     a node whose weights are elsewhere (the Docker image's /models) finds them in its own
