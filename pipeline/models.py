@@ -198,12 +198,14 @@ def offline() -> bool:
 
 def _found_offline(spec: str) -> bool:
     """What ultralytics loads without a download: a file that exists (here, or in its own
-    ``weights_dir``), or a spec that is no weights file (``yolo11n.yaml`` builds a network)."""
-    if Path(spec).expanduser().exists() or not spec.endswith(".pt"):
+    ``weights_dir``), or a network's description (``yolo11n.yaml`` builds one, untrained). A name
+    without a suffix is no exception: ultralytics downloads ``yolo11s`` as ``yolo11s.pt``."""
+    path = Path(spec).expanduser()
+    if path.exists() or path.suffix in (".yaml", ".yml"):
         return True
     from ultralytics.utils import SETTINGS
 
-    return (Path(SETTINGS.get("weights_dir") or ".") / Path(spec).name).exists()
+    return (Path(SETTINGS.get("weights_dir") or ".") / (path.name if path.suffix else f"{path.name}.pt")).exists()
 
 
 def choose_device(device: str, half: bool | None) -> tuple[str, bool]:

@@ -121,16 +121,17 @@ def test_missing_weights_name_the_path_and_variable(tmp_path):
     assert "detector.weights" in msg and "PERCEPT_MODELS_DIR" in msg and "absent-model.pt" in msg
 
 
-def test_an_ultralytics_name_offline_is_no_download(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["yolo11n.pt", "yolo11s"])
+def test_an_ultralytics_name_offline_is_no_download(tmp_path, monkeypatch, name):
     """``yolo11n.pt``, no such local file, ``YOLO_OFFLINE`` set: refused at once naming the field
     (ultralytics tried to download it: "Download failure …", and online it lands in the current
-    folder)."""
+    folder); ``yolo11s`` too, which ultralytics downloads as ``yolo11s.pt``."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("YOLO_OFFLINE", "1")
     with pytest.raises(ModelError) as info:
-        load_detector(DetectorConfig(weights="yolo11n.pt"), models_dir=str(tmp_path), warmup=False)
+        load_detector(DetectorConfig(weights=name), models_dir=str(tmp_path), warmup=False)
     msg = str(info.value)
-    assert msg.startswith("detector.weights: cannot load 'yolo11n.pt'") and "nothing is downloaded" in msg, msg
+    assert msg.startswith(f"detector.weights: cannot load '{name}'") and "nothing is downloaded" in msg, msg
     assert "Download" not in msg and list(tmp_path.iterdir()) == []
 
 
