@@ -321,6 +321,9 @@ def run_ultralytics(model: str, streams_file: str, *, imgsz: int, duration: floa
     Counts results (one per stream per step) seen during [warmup, warmup + duration]."""
     from ultralytics import YOLO
 
+    from pipeline.openvino_quiet import quiet_openvino
+
+    quiet_openvino()  # (as the graph: no statistics sent from the OpenVINO it imports)
     t_load = time.perf_counter()
     yolo = YOLO(model, task="detect")
     kwargs: dict[str, Any] = {"imgsz": imgsz, "conf": conf, "verbose": False, "stream": True}

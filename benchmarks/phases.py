@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline.config import PerceptConfig
+from pipeline.openvino_quiet import quiet_openvino
 
 from . import measure as M
 
@@ -47,6 +48,7 @@ def openvino_xml(weights: str) -> Path | None:
 
 def _static_shape(xml: Path, imgsz: int) -> str | None:
     """``-shape`` for a network with dynamic dimensions (batch → 1, the others → imgsz), else None."""
+    quiet_openvino()
     import openvino as ov
 
     model = ov.Core().read_model(str(xml))
@@ -55,6 +57,10 @@ def _static_shape(xml: Path, imgsz: int) -> str | None:
     dims = [str(d.get_length()) if d.is_static else ("1" if i == 0 else str(imgsz))
             for i, d in enumerate(model.inputs[0].partial_shape)]
     return "[" + ",".join(dims) + "]"
+
+
+_BENCHMARK_APP = ("import sys; from pipeline.openvino_quiet import quiet_openvino; quiet_openvino(); "
+                  "from openvino.tools.benchmark.main import main; sys.argv[0] = 'benchmark_app'; sys.exit(main())")
 
 
 def benchmark_app(xml: Path, *, hint: str, seconds: float, shape: str | None = None,
@@ -67,8 +73,9 @@ def benchmark_app(xml: Path, *, hint: str, seconds: float, shape: str | None = N
     if shape:
         cmd += ["-shape", shape]
     timeout = timeout or seconds + 90
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    try:  # (its own entry point, after OpenVINO's usage statistics are declined: `quiet_openvino`)
+        out = subprocess.run([sys.executable, "-c", _BENCHMARK_APP, *cmd[1:]], capture_output=True, text=True,
+                             timeout=timeout)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"benchmark_app did not finish within {timeout:.0f} s (killed)") from None
     text = out.stdout + "\n" + out.stderr
@@ -108,6 +115,7 @@ def phase_limit_rect(weights: str, *, imgsz: int, clips: list[Path], seconds: fl
     combined over the cameras (each camera an equal share of the frames)."""
     import tempfile
 
+    quiet_openvino()
     import openvino as ov
 
     from pipeline.backends.openvino_export import crop_window, reshape_export

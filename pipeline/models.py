@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .config import ENV_MODELS_DIR, ModelServerConfig
+from .openvino_quiet import quiet_openvino
 from .schema import Detections
 
 log = logging.getLogger("percept.models")
@@ -230,6 +231,7 @@ def load_yolo(cfg: ModelServerConfig, *, models_dir: str | None, field: str, tas
     if offline() and not _found_offline(resolved):
         raise ModelError(f"{field}: cannot load {where}: no such file, and YOLO_OFFLINE is set: nothing is downloaded. "
                          f"Put the file there or set {ENV_MODELS_DIR} to the folder that holds it.")
+    quiet_openvino()  # (ultralytics imports openvino for an OpenVINO export)
     try:
         model = YOLO(resolved)
         model.names  # an export's backend loads here: a file of no known format fails now, not later

@@ -29,6 +29,7 @@ import numpy as np
 
 from .config_view import PrivacyConfig
 from .models import resolve_weights
+from .openvino_quiet import quiet_openvino
 
 log = logging.getLogger("percept.privacy")
 
@@ -101,6 +102,7 @@ class PlateFinder:
     """The OpenVINO plate SSD on a BGR frame: (N, 4) xyxy boxes in the frame's pixels."""
 
     def __init__(self, path: str, *, score: float):
+        quiet_openvino()
         import openvino as ov
 
         core = ov.Core()

@@ -196,6 +196,23 @@ def test_crops_of_a_large_share_of_the_frame_are_cut_off_the_event_loop(monkeypa
     assert len(where) == 2 and threading.main_thread() not in where
 
 
+def test_loading_an_openvino_network_sends_no_usage_statistics(tmp_path, models_dir):
+    """Importing openvino started its telemetry: with no consent file in the user's home it took
+    consent as given, wrote ~/intel/openvino_ga_cid and had a child process look up Google
+    Analytics, from every replica. Loaded here in a process whose home has no consent file."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from pipeline.backends import load_detector; from pipeline.config import DetectorConfig; "
+            f"load_detector(DetectorConfig(weights={DETECTOR!r}), models_dir={models_dir!r}, warmup=False); "
+            "import openvino.tools.ovc as ovc; print('consent', ovc.telemetry.consent)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, HOME=str(tmp_path)))
+    assert proc.returncode == 0 and proc.stdout.split() == ["consent", "False"], proc.stdout + proc.stderr[-2000:]
+    assert not (tmp_path / "intel").exists(), list((tmp_path / "intel").rglob("*"))
+
+
 def test_weights_not_in_the_drivers_models_dir_are_found_in_this_nodes_own(tmp_path, monkeypatch, models_dir):
     """`percept run --address` binds the driver's ``models_dir`` into the config every replica gets;
     a node whose weights are elsewhere (the Docker image's /models) finds them in its own

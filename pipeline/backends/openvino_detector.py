@@ -33,6 +33,7 @@ import numpy as np
 from ..config import DetectorConfig
 from ..config_errors import ConfigError
 from ..models import CategoryMap, DetectorInput, ModelError, card_nms_iou, model_name
+from ..openvino_quiet import quiet_openvino
 from ..schema import Detections
 from .base import per_item, warm_up_detector, warn_cpu_only
 from .card import CardInput, CardOutput, ModelCard, read_labels
@@ -91,6 +92,7 @@ def open_detector(weights: str, card: ModelCard, *, field: str, threads: int,
                   output_index: int | None = None, rect: bool = False) -> DetectorNet:
     """Read, check against the card (input shape, output name and layout), compile (`HINTS`).
     ``rect`` (ultralytics' exports): the net can be re-shaped to the rectangle around a frame."""
+    quiet_openvino()
     import openvino as ov
 
     core = ov.Core()

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..models import ModelError
+from ..openvino_quiet import quiet_openvino
 from .card import CardInput, ModelCard
 
 log = logging.getLogger("percept.backends")
@@ -67,6 +68,7 @@ def check_input(card: ModelCard, dims: list[int], field: str) -> None:
 def open_network(weights: str, card: ModelCard, *, field: str, threads: int | None = None,
                  hint: str = "THROUGHPUT", device: str = "CPU") -> Network:
     """Read, check against the card, make the batch dynamic when the network allows it, compile."""
+    quiet_openvino()
     import openvino as ov
 
     path = Path(weights)

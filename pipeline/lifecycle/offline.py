@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..openvino_quiet import quiet_openvino
+
 
 def local_font(font: str = "Arial.ttf") -> Path | None:
     """`check_font` without its download: the font in ultralytics' config folder, else None."""
@@ -42,6 +44,7 @@ def _patches() -> list[tuple[Any, str, Any]]:
 def offline_ultralytics(*extra: tuple[Any, str, Any]) -> Iterator[None]:
     """Ultralytics without anything that reaches the network (see the module's doc) while the
     block runs; ``extra``: more (module, attribute, value) to set meanwhile. Restored after."""
+    quiet_openvino()  # (its OpenVINO exports import openvino)
     patches = [*_patches(), *extra]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     try:
