@@ -157,3 +157,28 @@ def test_a_broken_labels_file_names_the_card_field_and_line(tmp_path):
             continue
         assert len(mine) == 1, err
         assert f"{card}: outputs[0].labels_file: {tmp_path / labels}: {words}" in mine[0], mine[0]
+
+
+def test_a_network_openvino_cannot_read_is_refused_saying_why(tmp_path):
+    """A truncated weights file said only "OpenVINO cannot read …: Exception from
+    src/inference/src/cpp/core.cpp:84:" (the first line of OpenVINO's error); now its reason."""
+    from pipeline.backends import load_classifier, load_detector
+    from pipeline.config import ClassifierConfig, DetectorConfig
+    from pipeline.models import ModelError
+
+    export = tmp_path / "yolo11n_int8_openvino_model"
+    shutil.copytree(MODELS / DETECTOR, export)
+    sign = tmp_path / "sign.xml"
+    shutil.copy(MODELS / SIGN_CLASSIFIER, sign)
+    for xml in (export / "yolo11n.xml", sign):
+        bin_file = (MODELS / SIGN_CLASSIFIER).with_suffix(".bin") if xml == sign else MODELS / DETECTOR / "yolo11n.bin"
+        xml.with_suffix(".bin").write_bytes(bin_file.read_bytes()[:1000])
+    with pytest.raises(ModelError) as det:
+        load_detector(DetectorConfig(weights=str(export)), models_dir=None, warmup=False)
+    with pytest.raises(ModelError) as clf:
+        load_classifier(ClassifierConfig(weights=str(sign), card=str(REPO / "configs/models/gtsrb-signs.yaml")),
+                        models_dir=str(MODELS), field="classifiers.sign")
+    for info in (det, clf):
+        msg = str(info.value)
+        assert "OpenVINO cannot read" in msg and "Incorrect weights in bin file" in msg, msg
+        assert "Exception from src" not in msg, msg

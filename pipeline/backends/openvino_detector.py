@@ -39,7 +39,7 @@ from .base import per_item, warm_up_detector, warn_cpu_only
 from .card import CardInput, CardOutput, ModelCard, read_labels
 from .decode import LAYOUTS, decode
 from .openvino_export import Fitted, crop_window, export_card, letterbox_into, reshape_export
-from .openvino_net import _dims, _find, check_input, to_tensor
+from .openvino_net import _dims, _find, check_input, openvino_reason, to_tensor
 
 HINTS = ("THROUGHPUT", "LATENCY")  # batches, single frames
 MAX_SIZES = 4  # input sizes compiled besides the square (`openvino_export`); others run in the square
@@ -165,8 +165,7 @@ def _read(core: Any, weights: str, field: str) -> Any:
     try:
         return core.read_model(str(path))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300]
-        raise ModelError(f"{field}: OpenVINO cannot read {weights!r}: {first}") from None
+        raise ModelError(f"{field}: OpenVINO cannot read {weights!r}: {openvino_reason(exc)}") from None
 
 
 def _input_port(model: Any, card: ModelCard, field: str) -> Any:

@@ -30,6 +30,7 @@ import yaml
 from ..config import DetectorConfig
 from ..models import ModelError
 from .card import CardInput, CardOutput, ModelCard
+from .openvino_net import openvino_reason
 
 STRIDES = (8, 16, 32)  # the detection head's levels (YOLOv8 / YOLO11)
 
@@ -172,7 +173,7 @@ def reshape_export(model: Any, size: tuple[int, int], input_index: int = 0) -> A
         param.set_partial_shape(ov.PartialShape([int(dims[0]), int(dims[1]), h, w]))
         model.validate_nodes_and_infer_types()
     except Exception as exc:
-        raise RectUnsupported(f"reshape to {size}: {str(exc).strip().splitlines()[0][:200]}") from None
+        raise RectUnsupported(f"reshape to {size}: {openvino_reason(exc)[:200]}") from None
     out = list(model.outputs[0].get_partial_shape().to_shape())
     if out[-1] != new_points.shape[-1]:
         raise RectUnsupported(f"output {out} does not hold {new_points.shape[-1]} anchors")

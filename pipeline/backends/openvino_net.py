@@ -65,6 +65,15 @@ def check_input(card: ModelCard, dims: list[int], field: str) -> None:
             f"takes {c} ({card.input.layout}, shape {dims}); check input.layout")
 
 
+def openvino_reason(exc: BaseException) -> str:
+    """What an OpenVINO error says, without the source locations it starts with (its first
+    line, all we showed, was ``Exception from src/inference/src/cpp/core.cpp:84:``)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if not (line.startswith("Exception from src/") or
+                                           (line.startswith("Check '") and " failed at src/" in line))]
+    return " ".join(said or lines[-1:])[:300] or type(exc).__name__
+
+
 def open_network(weights: str, card: ModelCard, *, field: str, threads: int | None = None,
                  hint: str = "THROUGHPUT", device: str = "CPU") -> Network:
     """Read, check against the card, make the batch dynamic when the network allows it, compile."""
@@ -81,7 +90,7 @@ def open_network(weights: str, card: ModelCard, *, field: str, threads: int | No
     try:
         model = core.read_model(str(path))
     except Exception as exc:
-        raise ModelError(f"{field}: OpenVINO cannot read {weights!r}: {str(exc).strip().splitlines()[0][:300]}") from None
+        raise ModelError(f"{field}: OpenVINO cannot read {weights!r}: {openvino_reason(exc)}") from None
     if card.input.name is not None:
         port = _find(model.inputs, card.input.name)
         if port is None:
