@@ -191,6 +191,14 @@ def path_exists(path: Path) -> bool:
         return False
 
 
+def field_key(field: str, key: str) -> str:
+    """Where a model's ``key`` was given: the config key under ``field`` (``detector.card``), or,
+    for a command's option (``--weights``), the option that gives it (``--card``)."""
+    if field.startswith("-"):
+        return field if key == "weights" else f"--{key}"
+    return f"{field}.{key}"
+
+
 def offline() -> bool:
     """``YOLO_OFFLINE`` set (1, true, yes): a weights name that is no local file is an error, not
     a download (ultralytics itself reads the variable only for its analytics and hub)."""
@@ -265,7 +273,7 @@ def card_nms_iou(cfg: Any, card: Any, *, field: str) -> float:
         key = "--iou" if field.startswith("-") else f"{field}.iou"  # `percept eval --weights ...`
         log.warning("%s: %g is not used: %s runs at its card's nms_iou %g (card %s); to change it, "
                     "edit nms_iou in a copy of the card and give it as %s", key, cfg.iou, model_name(cfg),
-                    card.nms_iou, card.where(), "--card" if field.startswith("-") else f"{field}.card")
+                    card.nms_iou, card.where(), field_key(field, "card"))
     return card.nms_iou
 
 

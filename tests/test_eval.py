@@ -171,7 +171,15 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "yolo" / "labels" / "x.txt").write_text("0 0.5 0.5 0.2\n")
     det = ["eval", "detector", "--weights", str(COCO_PT), "--data"]
     clf = ["eval", "classifier", "--weights", str(SIGN_CLASSIFIER), "--data", str(tmp / "crops"), "--labels"]
+    for suffix in (".xml", ".bin"):  # a plain network (no ultralytics export) without its card
+        (tmp / f"plain{suffix}").write_bytes(SIGN_CLASSIFIER.with_suffix(suffix).read_bytes())
+    (tmp / "labels.csv").write_text("Filename,ClassId\na.png,16\n")
+    (tmp / "bad-card.yaml").write_text("task: classify\ninputs: 3\n")
     return {
+        # (the option that gives it, not "--weights.card")
+        "a plain network without its card": (["eval", "detector", "--weights", str(tmp / "plain.xml"), "--data",
+                                              str(COCO)], "give one with --card ("),
+        "a card that is no card": (clf + [str(tmp / "labels.csv"), "--card", str(tmp / "bad-card.yaml")], "--card: "),
         "missing data folder": (det + [str(tmp / "nowhere")], "does not exist"),
         "no images": (det + [str(tmp / "empty")], "no images found"),
         "bad label line": (det + [str(tmp / "yolo")], "x.txt:1"),
@@ -244,7 +252,8 @@ def test_a_data_yaml_in_another_class_order_is_matched_by_name(tmp_path):
 @pytest.mark.parametrize("case", ["missing data folder", "no images", "bad label line", "weights that do not load",
                                   "a classifier as detector", "CSV without header", "file listed in CSV missing",
                                   "missing CSV", "a folder as the CSV", "CSV not UTF-8", "bad --categories", "images without label files",
-                                  "classes the model does not have"])
+                                  "classes the model does not have", "a plain network without its card",
+                                  "a card that is no card"])
 def test_bad_input_exits_2(tmp_path, case):
     need(COCO_PT, COCO, GTSRB, MODELS / "yolov8n-cls-imagenet.pt")
     argv, words = _bad_inputs(tmp_path)[case]

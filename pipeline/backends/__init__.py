@@ -18,7 +18,7 @@ from typing import Any
 
 from ..config import ENV_MODELS_DIR, ClassifierConfig, DetectorConfig, ModelServerConfig
 from ..config_errors import ConfigError
-from ..models import ModelError, resolve_weights
+from ..models import ModelError, field_key, resolve_weights
 from .base import ClassifierBackend, DetectorBackend
 from .card import ModelCard, find_card, load_card
 
@@ -38,11 +38,11 @@ def resolve_card(cfg: ModelServerConfig, weights: str, *, models_dir: str | None
         if not path.exists() and models_dir and (Path(models_dir) / cfg.card).exists():
             path = Path(models_dir) / cfg.card
         if not path.exists():
-            raise ModelError(f"{field}.card: {cfg.card!r} does not exist")
+            raise ModelError(f"{field_key(field, 'card')}: {cfg.card!r} does not exist")
         try:
             return load_card(path)
         except ConfigError as exc:
-            raise ModelError(f"{field}.card: " + "; ".join(exc.errors)) from None
+            raise ModelError(f"{field_key(field, 'card')}: " + "; ".join(exc.errors)) from None
     found = find_card(weights)
     if found is None:
         return None
@@ -57,7 +57,7 @@ def _weights(cfg: ModelServerConfig, models_dir: str | None, field: str) -> str:
     suffix = Path(resolved).suffix
     if suffix in (".xml", ".onnx", ".pb", ".tflite") and not Path(resolved).exists():
         where = f" (looked in the current directory and {ENV_MODELS_DIR}={models_dir})" if models_dir else ""
-        raise ModelError(f"{field}.weights: {cfg.weights!r} not found{where}")
+        raise ModelError(f"{field_key(field, 'weights')}: {cfg.weights!r} not found{where}")
     return resolved
 
 
@@ -66,14 +66,14 @@ def _needs_card(card: ModelCard | None, weights: str, field: str) -> None:
     export = (Path(weights).parent / "metadata.yaml").is_file()  # an ultralytics export describes itself
     if card is None and Path(weights).suffix == ".xml" and not export:
         if not Path(weights).with_suffix(".bin").exists():
-            raise ModelError(f"{field}.weights: {weights!r} has no weights file beside it "
+            raise ModelError(f"{field_key(field, 'weights')}: {weights!r} has no weights file beside it "
                              f"({Path(weights).with_suffix('.bin').name} is missing)")
         raise ModelError(f"{field}: {Path(weights).name} is a plain network and has no model card; give one with "
-                         f"{field}.card (see configs/models/ for the format)")
+                         f"{field_key(field, 'card')} (see configs/models/ for the format)")
     if card is None and Path(weights).suffix == ".onnx" and Path(weights).is_file() and not _ultralytics_onnx(weights):
         # ultralytics would guess "detect" and run it with its own head's layout: no detection, no error
         raise ModelError(f"{field}: {Path(weights).name} is not an ultralytics export (its metadata names no task) "
-                         f"and has no model card; give one with {field}.card (see configs/models/ for the format)")
+                         f"and has no model card; give one with {field_key(field, 'card')} (see configs/models/ for the format)")
 
 
 def _ultralytics_onnx(weights: str) -> bool:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..config import ClassifierConfig
 from ..config_errors import ConfigError
-from ..models import ModelError, letterbox_crop, model_name
+from ..models import ModelError, field_key, letterbox_crop, model_name
 from .base import Attributes, per_item, refuse_failed_warmup, warn_cpu_only
 from .card import CardInput, CardOutput, ModelCard, read_labels
 from .openvino_net import Network, infer, open_network, to_tensor
@@ -52,7 +52,7 @@ def load_classifier(cfg: ClassifierConfig, *, card: ModelCard | None, weights: s
                     field: str, warmup: bool = True) -> OpenVinoClassifier:
     """Compile the network once for this replica (THROUGHPUT hint, the replica's CPUs as threads)."""
     if card is None:
-        raise ModelError(f"{field}.card: {weights!r} is a plain network and needs a model card "
+        raise ModelError(f"{field_key(field, 'card')}: {weights!r} is a plain network and needs a model card "
                          "(card: path/to/card.yaml describing its input and outputs)")
     warn_cpu_only(cfg, field, "openvino")
     threads = cfg.threads or max(1, round(cfg.num_cpus))
@@ -121,12 +121,12 @@ def _restrict(wanted: Sequence[str], heads: list[Head], card: ModelCard, field: 
     only when the best of them has at least ``min_score`` (``classifiers.<c>.min_score``)."""
     first = next((k for k, h in enumerate(heads) if h.output.kind == "softmax"), None)
     if first is None:
-        raise ModelError(f"{field}.labels: restricting labels needs a softmax output; card {card.where()} has none")
+        raise ModelError(f"{field_key(field, 'labels')}: restricting labels needs a softmax output; card {card.where()} has none")
     head = heads[first]
     index = {label: j for j, label in enumerate(head.labels)}
     for i, label in enumerate(wanted):
         if label not in index:
-            raise ModelError(f"{field}.labels[{i}]: {label!r} is not a label of the card's output "
+            raise ModelError(f"{field_key(field, 'labels')}[{i}]: {label!r} is not a label of the card's output "
                              f"{head.output.name!r} (card {card.where()}; "
                              f"it has e.g. {list(head.labels)[:8]})")
     allowed = np.array([index[label] for label in wanted])

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..config import DetectorConfig
 from ..config_errors import ConfigError
-from ..models import CategoryMap, DetectorInput, ModelError, card_nms_iou, model_name
+from ..models import CategoryMap, DetectorInput, ModelError, card_nms_iou, field_key, model_name
 from ..openvino_quiet import quiet_openvino
 from ..schema import Detections
 from .base import per_item, warm_up_detector, warn_cpu_only
@@ -265,7 +265,7 @@ class OpenVinoDetector:
             n = net.output_dims[-1] - 5 if self.output.layout == "yolov5" else net.output_dims[-2] - 4
             labels = [str(i) for i in range(max(n, 1))] if self.output.layout != "ssd" else []
         self.names: Mapping[int, str] = dict(enumerate(labels))
-        self.categories = CategoryMap(cfg.categories, self.names, field=f"{field}.categories")
+        self.categories = CategoryMap(cfg.categories, self.names, field=field_key(field, "categories"))
         self.classes = self.categories.class_ids or None
         first_of: dict[str, int] = {}  # class ids that are one label: one NMS group (`decode`)
         self.same_label = {idx: first_of.setdefault(name, idx) for idx, name in sorted(self.names.items())}

@@ -9,18 +9,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..config import ClassifierConfig, DetectorConfig
-from ..models import CategoryMap, DetectorInput, ModelError, choose_device, load_yolo, model_name, set_threads
+from ..models import CategoryMap, DetectorInput, ModelError, choose_device, field_key, load_yolo, model_name, set_threads
 from ..schema import Detections
 from .base import Attributes, in_chunks, per_item, refuse_failed_warmup, warm_up_detector
 
 MAX_CROPS = 64  # crops one classifier `predict` takes at most
 
 log = logging.getLogger("percept.models")
-
-
-def _weights_field(field: str) -> str:
-    """The config key of the weights (``detector.weights``); a command-line option as it is."""
-    return field if field.startswith("-") else f"{field}.weights"
 
 
 def existing_device(cfg: Any, field: str) -> tuple[str, bool]:
@@ -32,8 +27,7 @@ def existing_device(cfg: Any, field: str) -> tuple[str, bool]:
 
         index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
         if index >= count:
-            where = "--device" if field.startswith("--") else f"{field}.device"  # (a CLI's option, a config's key)
-            raise ModelError(f"{where}: {cfg.device} asked for; this machine has {count} CUDA GPU(s)")
+            raise ModelError(f"{field_key(field, 'device')}: {cfg.device} asked for; this machine has {count} CUDA GPU(s)")
     return device, half
 
 
@@ -41,7 +35,7 @@ def load_detector(cfg: DetectorConfig, *, card: Any, weights: str, models_dir: s
                   warmup: bool = True) -> "Detector":
     set_threads(cfg)
     device, half = existing_device(cfg, field)
-    model = load_yolo(cfg, models_dir=models_dir, field=_weights_field(field), task="detect")
+    model = load_yolo(cfg, models_dir=models_dir, field=field_key(field, "weights"), task="detect")
     det = Detector(model, cfg=cfg, device=device, half=half, name=model_name(cfg), field=field)
     if warmup:
         warm_up_detector(det, cfg.imgsz, field, weights)
@@ -53,7 +47,7 @@ def load_classifier(cfg: ClassifierConfig, *, card: Any, weights: str, models_di
                     warmup: bool = True) -> "Classifier":
     set_threads(cfg)
     device, half = existing_device(cfg, field)
-    model = load_yolo(cfg, models_dir=models_dir, field=_weights_field(field), task="classify")
+    model = load_yolo(cfg, models_dir=models_dir, field=field_key(field, "weights"), task="classify")
     clf = Classifier(model, cfg=cfg, device=device, half=half, name=model_name(cfg), field=field)
     if warmup:
         refuse_failed_warmup(clf.classify_batch([np.zeros((cfg.imgsz, cfg.imgsz, 3), np.uint8)]), field, weights)
@@ -70,7 +64,7 @@ class Detector:
         self.half = half
         self.name = name
         self.names: Mapping[int, str] = model.names
-        self.categories = CategoryMap(cfg.categories, model.names, field=f"{field}.categories")
+        self.categories = CategoryMap(cfg.categories, model.names, field=field_key(field, "categories"))
 
     def detect_batch(self, inputs: Sequence[DetectorInput]) -> list[Detections | Exception]:
         return per_item(self._detect, inputs)
@@ -121,7 +115,7 @@ class Classifier:
             missing = [(i, lab) for i, lab in enumerate(cfg.labels) if lab not in by_label]
             if missing:
                 i, lab = missing[0]
-                raise ModelError(f"{field}.labels[{i}]: {lab!r} is not a class of {name}")
+                raise ModelError(f"{field_key(field, 'labels')}[{i}]: {lab!r} is not a class of {name}")
             self.allowed = np.array([by_label[lab] for lab in cfg.labels])
         else:
             self.allowed = None

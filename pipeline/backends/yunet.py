@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..config import DetectorConfig
-from ..models import CategoryMap, DetectorInput, ModelError, card_nms_iou, model_name
+from ..models import CategoryMap, DetectorInput, ModelError, card_nms_iou, field_key, model_name
 from ..schema import Detections
 from .base import per_item, warm_up_detector
 from .card import ModelCard
@@ -29,7 +29,7 @@ def load_detector(cfg: DetectorConfig, *, card: ModelCard | None, weights: str, 
     import cv2
 
     if not Path(weights).is_file():
-        raise ModelError(f"{field}.weights: {weights!r} does not exist")
+        raise ModelError(f"{field_key(field, 'weights')}: {weights!r} does not exist")
     if not hasattr(cv2, "FaceDetectorYN"):
         raise ModelError(f"{field}: the yunet backend needs OpenCV >= 4.8 (cv2.FaceDetectorYN); "
                          f"this is OpenCV {cv2.__version__}")
@@ -58,7 +58,7 @@ class YuNetDetector:
         self.half = False
         self.names = {0: "face"}
         self.card = card  # as the openvino detector keeps it: `percept eval` reports its nms_iou
-        self.categories = CategoryMap(cfg.categories, self.names, field=f"{field}.categories")
+        self.categories = CategoryMap(cfg.categories, self.names, field=field_key(field, "categories"))
         self._detectors: dict[tuple[int, int], Any] = {}
         self._lock = threading.Lock()
 
