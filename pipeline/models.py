@@ -68,8 +68,9 @@ def letterbox(image: np.ndarray, imgsz: int) -> np.ndarray:
     padded copy). Same pixels as ``LetterBox(new_shape=(imgsz, imgsz), auto=False)``."""
     import cv2
 
-    if image.ndim != 3 or image.shape[2] != 3:  # (a grey or BGRA frame gave a square of uninitialised memory)
-        raise ValueError(f"letterbox takes BGR frames (height, width, 3), got shape {image.shape}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:  # (a grey or BGRA frame gave a
+        # square of uninitialised memory; a 16-bit one wrapped round to its low byte)
+        raise ValueError(f"letterbox takes 8-bit BGR frames (height, width, 3), got shape {image.shape} {image.dtype}")
     h, w = image.shape[:2]
     (new_w, new_h), top, left = letterbox_geometry(h, w, imgsz)
     square = np.empty((imgsz, imgsz, 3), np.uint8)

@@ -493,8 +493,8 @@ def test_a_plain_onnx_network_without_its_card_is_refused_not_run_as_ultralytics
 
 def test_a_frame_that_is_not_bgr_is_refused_by_the_letterbox():
     """A grey or BGRA frame was letterboxed into a square of uninitialised memory (no detection,
-    no error) or failed with a broadcasting error."""
-    for shape in ((48, 64), (48, 64, 1), (48, 64, 4), (64, 64, 4)):
-        with pytest.raises(ValueError, match=r"letterbox takes BGR frames \(height, width, 3\)"):
-            prepare_frame(np.zeros(shape, np.uint8), 64)
+    no error) or failed with a broadcasting error; a 16-bit one wrapped round to its low byte."""
+    for shape, dtype in [*((s, np.uint8) for s in ((48, 64), (48, 64, 1), (48, 64, 4))), ((48, 64, 3), np.uint16)]:
+        with pytest.raises(ValueError, match=r"letterbox takes 8-bit BGR frames \(height, width, 3\)"):
+            prepare_frame(np.zeros(shape, dtype), 64)
     assert prepare_frame(np.zeros((48, 64, 3), np.uint8), 64).image.shape == (64, 64, 3)
