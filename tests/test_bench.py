@@ -111,7 +111,7 @@ def test_bench_smoke(tmp_path, models_dir, videos):
     results = sorted((REPO / "benchmarks" / "results").glob("*"))
     env = dict(os.environ, PERCEPT_MODELS_DIR=models_dir, PERCEPT_SAMPLE_VIDEOS=str(videos), YOLO_OFFLINE="1")
     env.pop("RAY_ADDRESS", None)
-    proc = _run([sys.executable, "-m", "cli", "bench", "--duration", "6", "--overload-duration", "8",
+    proc = _run([sys.executable, "-m", "cli", "bench", "--duration", "4", "--overload-duration", "6",
                  "--limit-duration", "3", "--warmup", "1", "--cameras", "1", "--state-dir", str(state)], env=env, timeout=900)
     assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     # by default the results go to the state directory; the committed ones are left alone
