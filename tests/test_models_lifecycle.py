@@ -277,6 +277,17 @@ def test_bad_input_exits_2(tmp_path, case):
     assert not (tmp_path / "out").exists(), "nothing is written when the input is bad"
 
 
+def test_compare_says_where_it_looked_for_a_variant_that_does_not_load(tmp_path, monkeypatch):
+    """An empty .pt: "… (looked in the current directory; PERCEPT_MODELS_DIR is not set)" though
+    it was (the folder was not handed on to the loader)."""
+    need(COCO)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    monkeypatch.setenv("PERCEPT_MODELS_DIR", str(MODELS))
+    code, stdout, stderr = percept("models", "compare", str(tmp_path / "empty.pt"), "--data", str(COCO),
+                                   "--timing-images", "1")
+    assert code == 2 and f"PERCEPT_MODELS_DIR={MODELS}" in stderr and "is not set" not in stderr, stderr
+
+
 def test_tensorrt_needs_a_gpu(tmp_path):
     import torch
 

@@ -148,13 +148,15 @@ def _inputs(task: str, data: str | Path, labels: str | Path | None) -> list[Path
 
 
 def _accuracy(weights: str, task: str, data: str | Path, labels: str | Path | None, *, imgsz: int,
-              batch: int, threads: int | None, device: str) -> dict[str, Any]:
+              batch: int, threads: int | None, device: str, models_dir: str | None) -> dict[str, Any]:
     from ..evaluate import evaluate_detector
     from ..evaluate_classifier import evaluate_classifier
 
+    common: dict[str, Any] = {"imgsz": imgsz, "batch": batch, "threads": threads, "device": device,
+                              "models_dir": models_dir}  # (where a load error says it looked)
     if task == "detect":
-        return evaluate_detector(weights, data, imgsz=imgsz, batch=batch, threads=threads, device=device)
-    return evaluate_classifier(weights, data, labels, imgsz=imgsz, batch=batch, threads=threads, device=device)  # type: ignore[arg-type]
+        return evaluate_detector(weights, data, **common)
+    return evaluate_classifier(weights, data, labels, **common)  # type: ignore[arg-type]
 
 
 def compare_variants(variants: Sequence[str], data: str | Path, *, labels: str | Path | None = None,
@@ -179,7 +181,8 @@ def compare_variants(variants: Sequence[str], data: str | Path, *, labels: str |
         size = imgsz or export_imgsz(path) or DEFAULT_IMGSZ[task]
         if progress:
             progress(f"{Path(path.rstrip('/')).name}: accuracy on {len(inputs)} images, then timing at imgsz {size}")
-        acc = _accuracy(path, task, data, labels, imgsz=size, batch=max(batches), threads=threads, device=device)
+        acc = _accuracy(path, task, data, labels, imgsz=size, batch=max(batches), threads=threads, device=device,
+                        models_dir=models_dir)
         ms = time_variant(path, task, frames, batches, imgsz=size, threads=threads, device=device, repeat=repeat)
         best = min(ms, key=lambda b: (ms[b], b))
         row = {"variant": str(spec), "weights": path, "model": acc["model"], "backend": acc["backend"],
