@@ -40,8 +40,6 @@ from .config_urls import ENV_REF, camera_url_problem
 from .redact import query_secrets, redact, redact_url, url_credentials, url_secrets
 
 ENV_MODELS_DIR = "PERCEPT_MODELS_DIR"
-
-
 MIN_FPS = 1 / 3600  # a camera sampled at all: at least a frame an hour
 RUNTIME_FIELDS = ("zones", "lines", "anchor", "line_margin", "zone_margin")  # what PUT /cameras/{id} changes (no restart)
 
