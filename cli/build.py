@@ -67,7 +67,7 @@ def _build(args: argparse.Namespace) -> int:
         raise ConfigError(exc.errors, str(path)) from None
     for field in inline_redis_secrets(raw):
         print(f"percept build: warning: {field} holds its password as written: the Serve config carries it (so do "
-              "Serve's API, the dashboard and a RayService); write ${REDIS_PASSWORD} and set it on the cluster",
+              "Serve's API, the dashboard and a RayService); write ${REDIS_PW} (as configs/cluster.yaml) and set it on the cluster",
               file=sys.stderr)
     text = yaml.safe_dump(out, sort_keys=False)
     if args.output == "-":

@@ -266,6 +266,7 @@ def test_build_keeps_a_redis_url_variable_for_the_cluster(tmp_path, monkeypatch,
         assert main(["build", "-c", str(inline), "-o", str(out)]) == 0
         err = capsys.readouterr().err
         assert "holds its password as written" in err and "S3cretPW" not in err, err
+        assert "write ${REDIS_PW}" in err, "the variable the compose file and the KubeRay Secret provide"
     # where it is resolved (the cluster, `percept run`), a value that is no Redis URL is still refused
     from pipeline.config import ConfigError, load_config
 
