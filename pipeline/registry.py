@@ -27,9 +27,16 @@ from .config import CameraConfig, format_validation_error
 from .config_env import CameraEnvError, foreign_variable_error, resolve_camera
 from .publish import Publisher
 from .redact import redact, redact_url
-from .streams import ENDED_FIELD, StreamKeys, clear_ended, parse_entry_id, redis_now
+from .streams import ENDED_FIELD, StreamKeys, parse_entry_id, redis_now
 
 log = logging.getLogger("percept.registry")
+
+
+_ADD = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[3])
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -217,9 +224,11 @@ class CameraRegistry:
         stored as given (``${VAR}`` kept)."""
         given = camera.model_dump(mode="json")
         added_ms = int(redis_now(self.client) * 1000)  # (what its id published before is another camera's)
+        entry = json.dumps({"source": "api", "camera": given, "added_ms": added_ms})
         for _ in range(3):  # (a DELETE between the two: added, not "exists")
-            if self.client.hsetnx(self.key, camera.id, json.dumps({"source": "api", "camera": given, "added_ms": added_ms})):
-                clear_ended(self.client, self.keys, [camera.id])  # added again: its file is read again
+            # added, and so its file read again (`ended` cleared), in one step: a POST retried after
+            # the entry landed alone found "the same camera again" and left the mark for good
+            if self.client.eval(_ADD, 2, self.key, self.keys.camera(camera.id), camera.id, entry, ENDED_FIELD):
                 return True
             raw = self.client.hget(self.key, camera.id)
             if raw is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pipeline.config import CameraConfig
 from pipeline.publish import Publisher
 from pipeline.registry import CameraRegistry
@@ -253,6 +255,34 @@ def test_a_file_read_to_its_end_is_read_again_once_added_again_changed_or_run_ag
     mark("h")
     _read_files_again(PerceptConfig(cameras=[f.model_dump()], redis={"url": redis_server.url, "stream_prefix": "reg"}))
     assert marked() == ["h"]  # `percept run` with camera f
+
+
+def test_a_post_retried_after_its_entry_landed_alone_still_reads_the_file_again(redis_server, monkeypatch):
+    """The entry and the clearing of the file's `ended` mark were two round trips: Redis gone
+    between them, the client's retry found "the same camera again" (201) and the mark stayed,
+    so no replica ever read the file again. Now one script: a POST that fails wrote nothing."""
+    import redis
+
+    client = redis_server.client()
+    reg = CameraRegistry(client, KEYS)
+    f = CameraConfig(id="f", url="f.mp4")
+    client.hset(KEYS.camera("f"), mapping={"ended": "x", "state": "stopped"})  # read to its end, then DELETEd
+    real_execute = client.execute_command
+    calls = {"n": 0}
+
+    def drop_after_the_first_write(*args, **kwargs):  # Redis gone right after the first write lands
+        answer = real_execute(*args, **kwargs)
+        if args[0] in ("HSETNX", "EVAL", "EVALSHA"):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise redis.ConnectionError("connection lost (the test)")
+        return answer
+
+    monkeypatch.setattr(client, "execute_command", drop_after_the_first_write)
+    with pytest.raises(redis.ConnectionError):
+        reg.add(f)
+    assert reg.add(f)  # the client's retry: the same camera again
+    assert client.hget(KEYS.camera("f"), "ended") is None, "its file is read again"
 
 
 def test_an_api_camera_whose_variables_another_camera_took_since_is_not_expanded(redis_server):
