@@ -102,10 +102,12 @@ class CameraRegistry:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def seed(self, cameras: list[CameraConfig]) -> bool:
-        """Write the config's cameras if this config was not seeded yet; True if it wrote. The
-        previous config's cameras this one lacks are removed (and noted: `removed_cameras`). Under
-        WATCH: a replica of another config seeding meanwhile makes this one read again, so that
-        the cameras it wrote are not left behind as if they were this config's."""
+        """Write the config's cameras if this config was not seeded yet; True if it wrote. A
+        camera the file defines as the config before did keeps its entry (zones changed through
+        the API stay: a change to another camera of the file rewrote them all); the previous
+        config's cameras this one lacks are removed (and noted: `removed_cameras`). Under WATCH:
+        a replica of another config seeding meanwhile makes this one read again, so that the
+        cameras it wrote are not left behind as if they were this config's."""
         digest = self.digest(cameras)
         ids = {c.id for c in cameras}
 
@@ -119,9 +121,12 @@ class CameraRegistry:
                     pipe.hdel(self.key, cid)
                     pipe.hset(self.removed_key, cid, json.dumps(entry))
             for cam in cameras:
+                had, seeded = current.get(cam.id, {}), self.digest([cam])  # (the file's own definition)
+                if had.get("source") == "config" and had.get("seeded") == seeded:
+                    continue
                 given = cam.model_dump(mode="json")
-                pipe.hset(self.key, cam.id, json.dumps({"source": "config", "camera": given}))
-                if _read_again(current.get(cam.id, {}).get("camera"), cam):
+                pipe.hset(self.key, cam.id, json.dumps({"source": "config", "camera": given, "seeded": seeded}))
+                if _read_again(had.get("camera"), cam):
                     pipe.hdel(self.keys.camera(cam.id), ENDED_FIELD)
             pipe.set(self.digest_key, digest)
             return True

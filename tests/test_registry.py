@@ -257,6 +257,24 @@ def test_a_file_read_to_its_end_is_read_again_once_added_again_changed_or_run_ag
     assert marked() == ["h"]  # `percept run` with camera f
 
 
+def test_zones_changed_through_the_api_stay_until_the_file_changes_that_camera(redis_server):
+    """A new config rewrote every camera of the file: a PUT's zones on x went back to the file's
+    when only y was edited (and the owner's next round moved x's tracks back)."""
+    reg = CameraRegistry(redis_server.client(), KEYS)
+    x, y = CameraConfig(id="x", url="x.mp4"), CameraConfig(id="y", url="y.mp4")
+    reg.seed([x, y])
+    road = {"road": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]]}
+    reg.set_geometry("x", {"zones": road})
+    assert reg.seed([x, y.model_copy(update={"fps": 2.0})])  # another camera of the file edited
+    def cameras():
+        return {c.id: c for c in reg.read()[0]}
+
+    assert cameras()["x"].zones == road and cameras()["y"].fps == 2.0
+    gate = {"gate": [[0, 0], [0.5, 0], [0.5, 0.5]]}
+    assert reg.seed([x.model_copy(update={"zones": gate}), y.model_copy(update={"fps": 2.0})])  # x itself
+    assert cameras()["x"].zones == gate
+
+
 def test_a_post_retried_after_its_entry_landed_alone_still_reads_the_file_again(redis_server, monkeypatch):
     """The entry and the clearing of the file's `ended` mark were two round trips: Redis gone
     between them, the client's retry found "the same camera again" (201) and the mark stayed,
