@@ -180,7 +180,10 @@ class CameraSupervisor(CameraRestarts, LeaseKeeping):
             if new.differs_at_runtime_only(now):
                 log.info("camera %s: zones/lines changed; applied without a restart", cid)
                 entry.conductor.reconfigure(new)
-            else:  # removed and added again with other settings (a new URL, fps, …) between two rounds
+            elif new._added_ms != now._added_ms:  # removed and added again between two rounds
+                log.warning("camera %s: removed and added again; restarting it", cid)
+                await self._stop_camera(cid)
+            else:  # its settings changed (a new URL, fps, …: a new config)
                 log.warning("camera %s: its settings changed; restarting it with them", cid)
                 await self._stop_camera(cid)
         await self._hand_over_surplus()

@@ -74,6 +74,7 @@ class CameraConfig(Strict):
 
     _written_url: str | None = PrivateAttr(None)  # the URL as written, before `resolve_camera`
     _env_values: tuple[str, ...] = PrivateAttr(())  # what its ${VAR}s were expanded to
+    _added_ms: int | None = PrivateAttr(None)  # when the API added it: added again, another camera
 
     @property
     def secrets(self) -> tuple[str, ...]:

@@ -66,6 +66,7 @@ def _parse_entry(cid: str, raw: bytes) -> tuple[dict[str, Any] | None, CameraCon
         return entry, InvalidCamera(cid, redact("; ".join(f"{where}.{line}" for line in lines)), url)
     if camera.id != cid:
         return entry, InvalidCamera(cid, f"{where}.id: must equal the registry key {cid!r}, got {camera.id!r}", url)
+    camera._added_ms = entry.get("added_ms") if isinstance(entry.get("added_ms"), int) else None
     return entry, camera
 
 

@@ -224,26 +224,32 @@ def test_a_camera_that_cannot_start_is_reported_once_and_the_other_runs(redis_se
 
 def test_a_camera_whose_settings_changed_between_rounds_restarts_with_them(redis_server, monkeypatch):
     """Removed and added again with another URL before the next round (the registry's DELETE then
-    POST): the running camera is restarted with the new settings; only zones/lines go live."""
+    POST): restarted with the new settings; only zones/lines go live. Added again as it was but
+    for its zones: another camera, restarted too (the POST was taken for a PUT: the old run went on)."""
+    from pipeline.registry import CameraRegistry
+
     client = redis_server.client()
     opened: list[str] = []
     monkeypatch.setattr(camera_open_module, "open_capture", lambda camera, url, **kw: opened.append(url) or LiveCapture())
     pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
-    cameras = [CameraConfig(id="s", url="device:0", fps=0)]
-    sup = CameraSupervisor(lambda: list(cameras), client=client, keys=KEYS,
+    reg = CameraRegistry(client, KEYS)
+    reg.add(CameraConfig(id="s", url="device:0", fps=0))
+    sup = CameraSupervisor(lambda: reg.read()[0], client=client, keys=KEYS,
                            start_camera=factory(pub, PerceptConfig(tracker={"enabled": False})), replicas=1,
                            lease_ttl_s=3, owner="me", publisher=pub)
     bg = Background(sup)
     try:
         wait_for(lambda: client.xlen(KEYS.detections("s")) >= 3, 10, "camera s publishing")
-        cameras[0] = CameraConfig(id="s", url="device:1", fps=0)
+        assert reg.remove("s") and reg.add(CameraConfig(id="s", url="device:1", fps=0))
         wait_for(lambda: opened[-1] == "device:1", 10, "camera s opened again on its new URL")
         assert opened == ["device:0", "device:1"], opened
         before = client.xlen(KEYS.detections("s"))
         wait_for(lambda: client.xlen(KEYS.detections("s")) >= before + 3, 10, "camera s publishing again")
-        cameras[0] = cameras[0].model_copy(update={"zones": {"all": [[0, 0], [1, 0], [1, 1]]}})
+        reg.set_geometry("s", {"zones": {"all": [[0, 0], [1, 0], [1, 1]]}})
         wait_for(lambda: sup.running["s"].conductor.camera.zones, 10, "the zone applied")
         assert opened == ["device:0", "device:1"], opened  # a zone goes live without a restart
+        assert reg.remove("s") and reg.add(CameraConfig(id="s", url="device:1", fps=0))  # DELETE, POST: no zone
+        wait_for(lambda: len(opened) == 3, 10, "camera s added again, opened again")
     finally:
         bg.stop()
         pub.close()
