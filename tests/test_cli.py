@@ -177,7 +177,13 @@ def test_percept_run_says_when_redis_comes_back_refusing_our_credentials(redis_s
     from cli.run import monitor_cameras
     from pipeline.redis_server import EmbeddedRedis
 
-    client = redis_server.client()
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from pipeline.streams import connect_redis
+
+    client = connect_redis(redis_server.url, retry=Retry(NoBackoff(), 0))  # (one try a second: redis-py's
+    # own retries of a refused AUTH took ~4 s a step)
     other = EmbeddedRedis(tmp_path / "other", port=redis_server.port, password="N3w-Pw-other")
     steps = {"n": 0}
 
