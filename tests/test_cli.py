@@ -4,6 +4,7 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 from pipeline.redis_server import free_port
 
@@ -146,6 +147,21 @@ def test_percept_runs_private_redis_is_started_again_when_killed(tmp_path, capsy
         server.stop()
 
 
+def each_second(script: dict) -> Callable[[], None]:
+    """`monitor_cameras`' ``keep_up`` (called once a second): on its n-th call, ``script[n]``;
+    None there is Ctrl-C."""
+    calls = {"n": 0}
+
+    def step() -> None:
+        calls["n"] += 1
+        if calls["n"] in script:
+            if script[calls["n"]] is None:
+                raise KeyboardInterrupt
+            script[calls["n"]]()
+
+    return step
+
+
 def test_percept_run_quiet_still_says_when_redis_goes_and_comes_back(redis_server, capsys):
     """`percept run --quiet` (systemd, a cluster's driver) said nothing of an outage: the check
     rode on the status lines it does not print."""
@@ -153,17 +169,8 @@ def test_percept_run_quiet_still_says_when_redis_goes_and_comes_back(redis_serve
     from cli.run import monitor_cameras
 
     client = redis_server.client()
-    steps = {"n": 0}
-
-    def fault_then_back() -> None:  # each second, before the loop's check: Redis killed, back two seconds later
-        steps["n"] += 1
-        if steps["n"] == 1:
-            redis_server.kill()
-        elif steps["n"] == 3:
-            redis_server.start()
-        elif steps["n"] == 4:
-            raise KeyboardInterrupt
-
+    # each second, before the loop's check: Redis killed, back two seconds later
+    fault_then_back = each_second({1: redis_server.kill, 3: redis_server.start, 4: None})
     assert monitor_cameras(client, None, [], duration=60, show=False, outage=RedisOutage(redis_server.url),
                            keep_up=fault_then_back) == EXIT_INTERRUPTED
     err = capsys.readouterr().err
@@ -173,29 +180,19 @@ def test_percept_run_quiet_still_says_when_redis_goes_and_comes_back(redis_serve
 def test_percept_run_says_when_redis_comes_back_refusing_our_credentials(redis_server, tmp_path, capsys):
     """Redis gone, then back on its port with another password: the console had said
     "unreachable" and then nothing more, as if it never came back."""
-    from cli.common import EXIT_INTERRUPTED, RedisOutage
-    from cli.run import monitor_cameras
-    from pipeline.redis_server import EmbeddedRedis
-
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    from cli.common import EXIT_INTERRUPTED, RedisOutage
+    from cli.run import monitor_cameras
+    from pipeline.redis_server import EmbeddedRedis
     from pipeline.streams import connect_redis
 
     client = connect_redis(redis_server.url, retry=Retry(NoBackoff(), 0))  # (one try a second: redis-py's
     # own retries of a refused AUTH took ~4 s a step)
     other = EmbeddedRedis(tmp_path / "other", port=redis_server.port, password="N3w-Pw-other")
-    steps = {"n": 0}
-
-    def fault_then_other() -> None:  # each second: Redis killed, another one with a password, then Ctrl-C
-        steps["n"] += 1
-        if steps["n"] == 1:
-            redis_server.kill()
-        elif steps["n"] == 3:
-            other.start()
-        elif steps["n"] == 5:
-            raise KeyboardInterrupt
-
+    # each second: Redis killed, another one with a password, then Ctrl-C
+    fault_then_other = each_second({1: redis_server.kill, 3: other.start, 5: None})
     try:
         assert monitor_cameras(client, None, [], duration=60, show=False, outage=RedisOutage(redis_server.url,
                                carry_on_refused=True), keep_up=fault_then_other) == EXIT_INTERRUPTED
