@@ -271,7 +271,7 @@ def card_nms_iou(cfg: Any, card: Any, *, field: str) -> float:
     every field, and ``percept eval`` always passes its ``--iou``.)"""
     default = type(cfg).model_fields["iou"].default
     if abs(cfg.iou - default) > 1e-9 and abs(cfg.iou - card.nms_iou) > 1e-9:
-        key = "--iou" if field.startswith("-") else f"{field}.iou"  # `percept eval --weights ...`
+        key = field_key(field, "iou")  # (`percept eval --weights …`: its --iou)
         log.warning("%s: %g is not used: %s runs at its card's nms_iou %g (card %s); to change it, "
                     "edit nms_iou in a copy of the card and give it as %s", key, cfg.iou, model_name(cfg),
                     card.nms_iou, card.where(), field_key(field, "card"))
