@@ -217,6 +217,9 @@ def test_a_busy_view_skips_frames_and_never_blocks_the_caller(redis_server):
     try:
         offer(1)
         wait_for(lambda: blur.started.is_set() or offer(2), 10, "the view drawing a frame")  # (offer: None)
+        # a frame offered sooner than the view's rate allows is not due, neither drawn nor skipped:
+        # the drawing can start within that time of frame 1 (then all 20 offers below came too soon)
+        wait_for(lambda: time.monotonic() >= view._due, 10, "the next frame due", interval=0.01)
         # while it draws, frames offered go by: none waits for the drawing
         caller = threading.Thread(target=lambda: [offer(s) for s in range(10, 30)], daemon=True)
         caller.start()
