@@ -152,6 +152,10 @@ def test_rayservice_pods_run_the_gpu_image_with_models_and_secrets():
     keys = {e["valueFrom"]["secretKeyRef"]["key"] for d in redis_docs if d["kind"] == "StatefulSet"
             for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert keys <= env_refs(KUBERAY_CONFIG)
+    # its command replaces the image's entrypoint (which steps down from root): not root either way
+    (redis_pod,) = [d["spec"]["template"]["spec"] for d in redis_docs if d["kind"] == "StatefulSet"]
+    assert redis_pod["securityContext"]["runAsNonRoot"] is True and redis_pod["securityContext"]["runAsUser"] > 0
+    assert redis_pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
     host = urlsplit(yaml.safe_load(KUBERAY_CONFIG.read_text())["redis"]["url"]).hostname
     if "." not in host:  # a Service of the cluster's namespace: the one redis.yaml makes (else the user's Redis)
         assert {d["metadata"]["name"] for d in redis_docs if d["kind"] == "Service"} == {host}
