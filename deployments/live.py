@@ -36,6 +36,7 @@ VIEW_OFF = "the live view is off (view.enabled: false)"
 # the camera was removed; "stopped" and "failed" only when they last, `LiveView._watch_again`);
 # it goes on through "connecting" and "reconnecting"
 ENDED_STATES = ("stopped", "failed", "pending")
+REMOVED = "removed"  # `LiveView._watch`'s state of a camera the registry has no more: a 404
 
 
 def last_frames(client: Any, keys: StreamKeys, ids: list[str], now: float) -> dict[str, dict[str, Any]]:
@@ -82,7 +83,7 @@ class LiveView:
         if not self.cfg.enabled:  # as the view's other routes: a page whose every image would 404
             raise HTTPException(404, detail=VIEW_OFF)
         try:
-            html = PAGE.read_text()
+            html = PAGE.read_text(encoding="utf-8")
         except OSError:  # an install without the package data (pyproject's package-data names it)
             raise HTTPException(500, detail=f"the live view page is missing from this install: {PAGE}") from None
         html = html.replace("{{fps}}", f"{self.cfg.fps:g}").replace("{{width}}", str(self.cfg.width))
@@ -105,44 +106,57 @@ class LiveView:
             self._ids_at = time.monotonic()
         return self._ids
 
-    async def _known(self, camera_id: str, *, fresh: bool = False) -> None:
-        """404 naming the cameras there are, unless ``camera_id`` is one (``fresh``: by the
-        registry now, not the list read up to `IDS_FRESH_S` ago)."""
+    async def _known(self, camera_id: str) -> None:
+        """404 naming the cameras there are, unless ``camera_id`` is one: in the list read up to
+        `IDS_FRESH_S` ago, or else in the registry now (added a moment ago)."""
         if not self.cfg.enabled:
             raise HTTPException(404, detail={"message": VIEW_OFF, "cameras": []})
-        ids = await asyncio.to_thread(self._camera_ids, fresh)
-        if camera_id not in ids and not fresh:
-            ids = await asyncio.to_thread(self._camera_ids, True)  # added a moment ago?
-        if camera_id not in ids:
-            raise HTTPException(404, detail={"message": f"no camera {camera_id!r}", "cameras": ids})
+        if camera_id in await asyncio.to_thread(self._camera_ids):
+            return
+        if await asyncio.to_thread(self.client.hexists, self.registry.key, camera_id):
+            return
+        ids = await asyncio.to_thread(self._camera_ids, True)
+        raise HTTPException(404, detail={"message": f"no camera {camera_id!r}", "cameras": [i for i in ids if i != camera_id]})
 
     async def _not_running(self, camera_id: str, state: str, error: str | None) -> HTTPException:
-        """The 503 of a camera that is not online, or the 404 of one removed a moment ago, which
-        the list read before still named (its state gone, "pending", or "stopped" by its decoder)."""
-        await self._known(camera_id, fresh=True)
+        """The 503 of a camera that is not online, or the 404 of one removed (`REMOVED`: the
+        registry has it no more, though the list read before, or its state, still named it)."""
+        if state == REMOVED:
+            ids = await asyncio.to_thread(self._camera_ids, True)
+            return HTTPException(404, detail={"message": f"no camera {camera_id!r}",
+                                              "cameras": [i for i in ids if i != camera_id]})
         return self._unavailable(camera_id, state, error)
 
     def _watch(self, camera_id: str, with_state: bool = False) -> tuple[bytes | None, str, str | None]:
-        """Marks the camera watched and reads its latest JPEG (and its state), in one round-trip."""
+        """Marks the camera watched and reads its latest JPEG (and its state: `REMOVED` when the
+        registry has it no more, whatever its decoder still says), in one round-trip."""
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self.keys.view_want(camera_id), b"1", px=int(self.cfg.watch_ttl_s * 1000))
         pipe.get(self.keys.view_jpeg(camera_id))
         if with_state:
             pipe.hmget(self.keys.camera(camera_id), "state", "last_error")
+            pipe.hexists(self.registry.key, camera_id)
         out = pipe.execute()
-        state, error = (v.decode(errors="replace") if v else None for v in out[2]) if with_state else ("online", None)
-        return out[1], state or "pending", error
+        if not with_state:
+            return out[1], "online", None
+        state, error = (v.decode(errors="replace") if v else None for v in out[2])
+        return out[1], (state or "pending") if out[3] else REMOVED, error
 
     def _watch_again(self, camera_id: str, ended_since: float | None) -> float | None:
         """The camera marked watched again, unless it was removed, or stopped or failed longer
         than a camera's move between decoders takes (3 × ``watch_ttl_s``: the old owner says
         ``stopped`` until the next one opens it): then -1, the stream ends. Else when its state
         first said stopped or failed (``ended_since`` carried on; None: it runs)."""
-        state = self.client.hget(self.keys.camera(camera_id), "state")
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self.keys.camera(camera_id), "state")
+        pipe.hexists(self.registry.key, camera_id)
+        state, registered = pipe.execute()
         state_s = state.decode() if state else "pending"
         now = time.monotonic()
+        if not registered:  # removed: its decoder may say online until it lets go
+            return -1.0
         if state_s in ENDED_STATES:
-            if state_s == "pending" or camera_id not in self._camera_ids(True):
+            if state_s == "pending":
                 return -1.0
             ended_since = now if ended_since is None else ended_since
             if now - ended_since >= 3 * self.cfg.watch_ttl_s:
@@ -186,13 +200,23 @@ class LiveView:
         if state != "online":
             raise await self._not_running(camera_id, state, error)
         if jpeg is None:
-            deadline = time.monotonic() + await asyncio.to_thread(self._first_frame_s, camera_id)
-            while jpeg is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-                jpeg = (await asyncio.to_thread(self._watch, camera_id))[0]  # kept watched meanwhile
-        if jpeg is None:
-            raise self._unavailable(camera_id, state, "no view frame yet")
+            jpeg = await self._first_jpeg(camera_id)
         return Response(jpeg, media_type="image/jpeg", headers=_frame_headers(jpeg))
+
+    async def _first_jpeg(self, camera_id: str) -> bytes:
+        """The first view frame of an online camera that has none yet (nobody watched it): waited
+        for `_first_frame_s`, the camera kept watched meanwhile; 503 when none comes, and the
+        camera's 503 or 404 as soon as it leaves ``online`` or is removed."""
+        deadline = time.monotonic() + await asyncio.to_thread(self._first_frame_s, camera_id)
+        state, error = "online", None
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            jpeg, state, error = await asyncio.to_thread(self._watch, camera_id, True)
+            if state != "online":
+                raise await self._not_running(camera_id, state, error)
+            if jpeg is not None:
+                return jpeg
+        raise self._unavailable(camera_id, state, "no view frame yet")
 
     async def live(self, camera_id: str) -> StreamingResponse:
         """``multipart/x-mixed-replace``: a part per new frame. Its place among
@@ -207,9 +231,11 @@ class LiveView:
         self.streams += 1
         place = _Place(self)
         try:
-            _, state, error = await asyncio.to_thread(self._watch, camera_id, True)
+            jpeg, state, error = await asyncio.to_thread(self._watch, camera_id, True)
             if state != "online":
                 raise await self._not_running(camera_id, state, error)
+            if jpeg is None:  # a response with no part for minutes holds a place: as a snapshot, 503
+                await self._first_jpeg(camera_id)
         except BaseException:
             place.release()
             raise

@@ -17,7 +17,7 @@ from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys, connect_redis
 from pipeline.view import encode_jpeg
 
-from .waiting import hold
+from .waiting import hold, wait_for
 
 KEYS = StreamKeys("lstream")
 
@@ -173,12 +173,10 @@ def test_a_stream_rides_out_a_short_redis_outage(redis_server):
     asyncio.run(main())
 
 
-def test_a_camera_removed_a_moment_ago_is_404_not_503(redis_server, monkeypatch):
-    """The id list is kept for 2 s: a camera deleted within them answered 503 "pending" (its
-    state gone) or "stopped" (its decoder stopping it), as if it were still there."""
-    import deployments.live as live_module
-
-    monkeypatch.setattr(live_module, "IDS_MISS_S", 0.0)
+def test_a_camera_removed_a_moment_ago_is_404_not_503(redis_server):
+    """The id list is kept for 2 s (read again on a miss at most every 0.25 s): a camera deleted
+    within them answered 503 "pending" (its state gone) or "stopped" (its decoder stopping it),
+    as if it were still there. The registry is asked, for that camera, with its state."""
     client = redis_server.client()
     registry = CameraRegistry(client, KEYS)
     registry.add(CameraConfig(id="gate", url="rtsp://cam/gate"))
@@ -188,7 +186,7 @@ def test_a_camera_removed_a_moment_ago_is_404_not_503(redis_server, monkeypatch)
         with pytest.raises(HTTPException) as first:
             await live.snapshot("gate")  # listed, no state yet: 503
         assert first.value.status_code == 503
-        registry.remove("gate")
+        registry.remove("gate")  # (the list read a moment ago names it)
         with pytest.raises(HTTPException) as gone:
             await live.snapshot("gate")
         assert gone.value.status_code == 404, gone.value.detail
@@ -202,5 +200,74 @@ def test_a_camera_removed_a_moment_ago_is_404_not_503(redis_server, monkeypatch)
         with pytest.raises(HTTPException) as stopped:
             await live.snapshot("dock")
         assert stopped.value.status_code == 404, stopped.value.detail
+
+    asyncio.run(main())
+
+
+def test_an_online_camera_with_no_view_frame_answers_503_not_a_stream_of_nothing(redis_server, monkeypatch):
+    """Privacy failing closed (or a decoder whose view never draws): the camera is online, no JPEG
+    ever comes. The MJPEG answer was a 200 with no part for `view.stream_max_s` (600 s), holding
+    one of `view.max_streams` places and keeping the camera watched; a snapshot answered 503."""
+    import deployments.live as live_module
+
+    monkeypatch.setattr(live_module, "FIRST_FRAME_S", 1.0)
+    client = redis_server.client()
+    registry = CameraRegistry(client, KEYS)
+    online_camera(client, registry, "dark")
+    client.delete(KEYS.view_jpeg("dark"))
+    live = LiveView(ViewConfig(max_streams=1), client, KEYS, registry)
+
+    async def main():
+        for route in (live.live, live.snapshot):
+            with pytest.raises(HTTPException) as caught:
+                await asyncio.wait_for(route("dark"), 10)
+            assert caught.value.status_code == 503, route
+            assert caught.value.detail["last_error"] == "no view frame yet", caught.value.detail
+            assert live.streams == 0
+        view_frame(client, "dark", 4)  # drawn at last: a stream starts with it
+        parts = (await live.live("dark")).body_iterator
+        assert b"seq=4" in await asyncio.wait_for(parts.__anext__(), 10)
+        await parts.aclose()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("route", ["snapshot", "live"])
+def test_a_camera_removed_while_its_first_frame_is_awaited_is_404_at_once(redis_server, route):
+    """A snapshot waiting for the first frame (6 s and more) never looked at the camera again: a
+    DELETE meanwhile got a 503 "online" at the deadline, the camera marked watched all along (its
+    old owner drawing it again until it let go)."""
+    client = redis_server.client()
+    registry = CameraRegistry(client, KEYS)
+    online_camera(client, registry, "gate")
+    client.delete(KEYS.view_jpeg("gate"))
+    live = LiveView(ViewConfig(), client, KEYS, registry)
+
+    async def main():
+        waiting = asyncio.ensure_future(getattr(live, route)("gate"))
+        await asyncio.to_thread(wait_for, lambda: client.exists(KEYS.view_want("gate")), 10, "the request watching")
+        registry.remove("gate")  # the decoder says online until it lets go
+        with pytest.raises(HTTPException) as caught:
+            await asyncio.wait_for(waiting, 3)  # (its first-frame deadline: 6 s)
+        assert caught.value.status_code == 404, caught.value.detail
+        assert live.streams == 0
+
+    asyncio.run(main())
+
+
+def test_a_stream_ends_when_its_camera_is_removed_while_its_decoder_still_says_online(redis_server):
+    """The stream looked at the registry only once the state said stopped or failed: a DELETE
+    left it running, the camera watched, until the decoder's next round stopped it."""
+    client = redis_server.client()
+    registry = CameraRegistry(client, KEYS)
+    online_camera(client, registry, "door")
+    live = LiveView(ViewConfig(max_streams=1, watch_ttl_s=1), client, KEYS, registry)
+
+    async def main():
+        parts = (await live.live("door")).body_iterator
+        await parts.__anext__()
+        registry.remove("door")  # state "online", its JPEG still there
+        assert await asyncio.wait_for(_drain(parts), 5) == []
+        assert live.streams == 0
 
     asyncio.run(main())
