@@ -49,8 +49,9 @@ from .event_model import (  # noqa: F401 (EVENTS_SCHEMA, PATH_*, REPEATING: the 
     OpenTrack,
 )
 from .event_handover import EngineHandover, kept_sides
-from .geometry import (Anchor, Geometry, clear_of_edges, in_frame_pixels, is_pixels_geometry, line_bands,
-                       line_crossings, line_offsets, points_in_polygon, resolve_geometry, restored_pixel_sizes)
+from .geometry import (Anchor, Geometry, clear_of_edges, in_frame_pixels, is_pixels_geometry, points_in_polygon,
+                       resolve_geometry, restored_pixel_sizes)
+from .geometry_lines import line_bands, line_crossings, line_offsets
 from .schema import FrameMeta, FrameResult
 
 if TYPE_CHECKING:

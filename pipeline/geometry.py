@@ -40,9 +40,9 @@ import numpy as np
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from .config_errors import error_at
+from .geometry_lines import ANCHOR_INSET, cross_2d, through_anchors
 
 Anchor = Literal["bottom_center", "center"]
-Direction = Literal["in", "out"]
 MAX_ZONE_POINTS = 256
 MIN_RELATIVE_LINE = 1e-3  # a relative line at least this long: 2 px across a 1920 px frame
 MAX_PER_CAMERA = 64  # zones, and lines, per camera
@@ -117,6 +117,10 @@ def _segment(points: list[list[float]]) -> list[list[float]]:
     if math.hypot(points[1][0] - points[0][0], points[1][1] - points[0][1]) < shortest:
         raise ValueError(f"a line must be at least {shortest:g} {'px' if shortest == 1.0 else '(of the frame)'} long, "
                          f"got {_fmt(points[0])} → {_fmt(points[1])}")
+    edges = (0.0,) if shortest == 1.0 else (0.0, 1.0)  # (the far edges in pixels: `resolve_geometry`)
+    if any(points[0][axis] == points[1][axis] == edge for axis in (0, 1) for edge in edges):
+        raise ValueError(f"{_fmt(points[0])} → {_fmt(points[1])} runs along the frame's edge, which no object "
+                         "can be beyond: it would never be crossed; draw it inside the frame")
     return points
 
 
@@ -233,7 +237,7 @@ class Geometry:
         zone drawn to that edge (to ``height``, or to ``height - 1``, the last pixel's index as
         many annotation tools give it) would otherwise not count it as inside."""
         points = anchor_point(xyxy, self.anchor)
-        return np.clip(points, 0.5, [self.width - 1.5, self.height - 1.5])
+        return np.clip(points, ANCHOR_INSET, [self.width - 1 - ANCHOR_INSET, self.height - 1 - ANCHOR_INSET])
 
 
 def resolve_geometry(
@@ -267,6 +271,11 @@ def resolve_geometry(
             xy = xy * (width, height)
         if kind == "lines" and math.hypot(*(xy[1] - xy[0])) < 1.0:  # (a tiny frame): its band would divide by 0
             raise GeometryError(f"{where}.lines.{name}: shorter than a pixel on the {width}x{height} frame")
+        if kind == "lines" and not through_anchors(xy, width, height):
+            raise GeometryError(f"{where}.lines.{name}: {_fmt(xy[0])} → {_fmt(xy[1])} runs along the edge of the "
+                                f"{width}x{height} frame, which no object's anchor is beyond (x {ANCHOR_INSET:g}.."
+                                f"{width - 1 - ANCHOR_INSET:g}, y {ANCHOR_INSET:g}..{height - 1 - ANCHOR_INSET:g}): "
+                                "it would never be crossed; draw it inside the frame")
         out[kind][name] = xy
     return Geometry(width, height, anchor, out["zones"], out["lines"])
 
@@ -311,7 +320,7 @@ def clear_of_edges(points: np.ndarray, xyxy: np.ndarray, polygon: np.ndarray, ma
     rel = pts[:, None, :] - poly[None, :, :]  # (N, k, 2)
     t = np.clip((rel * d).sum(-1) / length ** 2, 0.0, 1.0)
     dist = np.hypot(*(rel - t[..., None] * d).transpose(2, 0, 1))  # (N, k): to each edge segment
-    extent = np.abs(_cross(d[:, None, 0], d[:, None, 1], (poly[None, :, 0] - poly[:, None, 0]),
+    extent = np.abs(cross_2d(d[:, None, 0], d[:, None, 1], (poly[None, :, 0] - poly[:, None, 0]),
                            (poly[None, :, 1] - poly[:, None, 1]))).max(axis=1) / length  # (k,): across each edge
     b = np.asarray(xyxy, np.float64).reshape(-1, 4)
     across = (np.abs(d[:, 1])[None, :] * (b[:, 2] - b[:, 0])[:, None]
@@ -335,65 +344,14 @@ def _thickness(pts: np.ndarray, edges: np.ndarray, poly: np.ndarray, d: np.ndarr
     none): a zone's narrow arm has a narrow inside there, though the zone is wide elsewhere."""
     de = d[edges]  # (M, 2): each pair's edge
     rel = pts - poly[edges]
-    cross = _cross(de[:, 0], de[:, 1], rel[:, 0], rel[:, 1])  # (M,): which side, how far
+    cross = cross_2d(de[:, 0], de[:, 1], rel[:, 0], rel[:, 1])  # (M,): which side, how far
     normal = np.stack([-de[:, 1], de[:, 0]], axis=1) / length[edges][:, None]
     u = np.where(cross[:, None] >= 0, 1.0, -1.0) * normal  # (M, 2): away from the edge
     to_f = poly[None, :, :] - pts[:, None, :]  # (M, k, 2): the point to each edge's start
-    denom = _cross(u[:, None, 0], u[:, None, 1], d[None, :, 0], d[None, :, 1])  # (M, k)
+    denom = cross_2d(u[:, None, 0], u[:, None, 1], d[None, :, 0], d[None, :, 1])  # (M, k)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = _cross(to_f[..., 0], to_f[..., 1], d[None, :, 0], d[None, :, 1]) / denom
-        s = _cross(to_f[..., 0], to_f[..., 1], u[:, None, 0], u[:, None, 1]) / denom
+        t = cross_2d(to_f[..., 0], to_f[..., 1], d[None, :, 0], d[None, :, 1]) / denom
+        s = cross_2d(to_f[..., 0], to_f[..., 1], u[:, None, 0], u[:, None, 1]) / denom
     hit = (np.abs(denom) > 1e-12) & (t > 1e-9) & (s >= 0) & (s <= 1)
     beyond = np.where(hit, t, np.inf).min(axis=1)  # (M,)
     return np.abs(cross) / length[edges] + beyond
-
-
-def _cross(ax: np.ndarray, ay: np.ndarray, bx: np.ndarray, by: np.ndarray) -> np.ndarray:
-    return ax * by - ay * bx
-
-
-def line_crossings(prev: np.ndarray, points: np.ndarray, line: np.ndarray) -> np.ndarray:
-    """(N,) int8 for N movements prev[i] → points[i] against one segment: +1 ``in`` (right-hand
-    side of point 1 → point 2 to its left, image coordinates), -1 ``out``, 0 no crossing. A point
-    on the line counts as right-hand side; the movement must intersect the segment itself."""
-    a = np.asarray(prev, np.float64).reshape(-1, 2)
-    b = np.asarray(points, np.float64).reshape(-1, 2)
-    p1, p2 = np.asarray(line, np.float64).reshape(2, 2)
-    dx, dy = p2 - p1
-    left_before = _cross(dx, dy, a[:, 0] - p1[0], a[:, 1] - p1[1]) < 0
-    left_after = _cross(dx, dy, b[:, 0] - p1[0], b[:, 1] - p1[1]) < 0
-    mx, my = b[:, 0] - a[:, 0], b[:, 1] - a[:, 1]
-    s1 = _cross(mx, my, p1[0] - a[:, 0], p1[1] - a[:, 1])
-    s2 = _cross(mx, my, p2[0] - a[:, 0], p2[1] - a[:, 1])
-    on_segment = np.sign(s1) * np.sign(s2) <= 0  # the line's end points are on both sides of the movement
-    moved = left_before != left_after
-    out = np.zeros(len(a), np.int8)
-    out[moved & on_segment & left_after] = 1
-    out[moved & on_segment & ~left_after] = -1
-    return out
-
-
-def line_offsets(points: np.ndarray, line: np.ndarray) -> np.ndarray:
-    """(N,) signed distance in pixels of N points from the line through the segment (negative:
-    its left-hand side, see the module doc)."""
-    pts = np.asarray(points, np.float64).reshape(-1, 2)
-    p1, p2 = np.asarray(line, np.float64).reshape(2, 2)
-    dx, dy = p2 - p1
-    return _cross(dx, dy, pts[:, 0] - p1[0], pts[:, 1] - p1[1]) / math.hypot(dx, dy)
-
-
-def line_bands(xyxy: np.ndarray, line: np.ndarray, margin: float) -> np.ndarray:
-    """(N,) half-width in pixels of the band around the line in which each box's anchor has no
-    side: ``margin`` × the box's extent across the line (along the line's normal)."""
-    b = np.asarray(xyxy, np.float64).reshape(-1, 4)
-    p1, p2 = np.asarray(line, np.float64).reshape(2, 2)
-    dx, dy = p2 - p1
-    length = math.hypot(dx, dy)
-    return margin * (abs(dy) * (b[:, 2] - b[:, 0]) + abs(dx) * (b[:, 3] - b[:, 1])) / length
-
-
-def line_crossing(prev_point: Sequence[float], point: Sequence[float], line: np.ndarray | Sequence[Sequence[float]]
-                  ) -> Direction | None:
-    """``in``, ``out`` or None for one movement ``prev_point`` → ``point`` against a segment."""
-    k = int(line_crossings(np.asarray([prev_point]), np.asarray([point]), np.asarray(line))[0])
-    return "in" if k > 0 else "out" if k < 0 else None

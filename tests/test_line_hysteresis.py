@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from pipeline.config import CameraConfig, format_validation_error
 from pipeline.events import EventEngine
-from pipeline.geometry import line_bands, line_offsets
+from pipeline.geometry_lines import line_bands, line_offsets
 from tests.test_events import STOP, frame, obj, run
 
 SIZE = 20.0  # box height: with the default margin (0.1) the band is 2 px on each side of y = 50

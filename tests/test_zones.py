@@ -11,14 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.config import CameraConfig, ConfigError, format_validation_error, load_config, parse_config
-from pipeline.geometry import (
-    GeometryError,
-    anchor_point,
-    line_crossing,
-    line_crossings,
-    points_in_polygon,
-    resolve_geometry,
-)
+from pipeline.geometry import GeometryError, anchor_point, points_in_polygon, resolve_geometry
+from pipeline.geometry_lines import line_crossing, line_crossings
 
 SQUARE = [[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]]
 
@@ -159,8 +153,26 @@ def test_relative_coordinates_scale_with_the_frame_and_pixels_stay():
     np.testing.assert_allclose(geo.lines["l"], [[0, 50], [200, 50]])
     px = resolve_geometry({"z": [[10, 10], [100, 10], [100, 50]]}, {}, "center", 640, 480)
     np.testing.assert_allclose(px.zones["z"], [[10, 10], [100, 10], [100, 50]])
-    edge = resolve_geometry({}, {"l": [[0, 480], [640, 480]]}, "center", 640, 480)  # the frame's edge is inside
-    np.testing.assert_allclose(edge.lines["l"], [[0, 480], [640, 480]])
+    edge = resolve_geometry({}, {"l": [[320, 0], [320, 480]]}, "center", 640, 480)  # the frame's edge is inside
+    np.testing.assert_allclose(edge.lines["l"], [[320, 0], [320, 480]])
+
+
+def test_a_line_along_the_frames_edge_is_refused_naming_it():
+    """``lines: {exit: [[0, 1], [1, 1]]}`` ("count what leaves at the bottom") was taken: an
+    anchor is kept inside the frame, so it was never beyond that line, and never counted."""
+    from pipeline.config import ConfigError, parse_config
+
+    for line in ([[0, 1], [1, 1]], [[0, 0], [0, 0.7]], [[5, 0], [600, 0]]):
+        with pytest.raises(ConfigError) as caught:
+            parse_config({"cameras": [{"id": "a", "url": "a.mp4", "lines": {"exit": line}}]}, env={})
+        assert caught.value.errors == [f"cameras[0].lines.exit: {line[0]} → {line[1]} runs along the frame's edge, which "
+                                       "no object can be beyond: it would never be crossed; draw it inside the frame"]
+    for line in ([[0, 480], [640, 480]], [[639.2, 10], [639.2, 400]], [[0, 0.999], [1, 0.999]]):  # the far edges
+        with pytest.raises(GeometryError, match=r"^cam\.lines\.exit: .* runs along the edge of the 640x480 frame, "
+                                                r"which no object's anchor is beyond \(x 0\.5\.\.638\.5, y 0\.5\.\.478\.5\)"):
+            resolve_geometry({}, {"exit": line}, "bottom_center", 640, 480, where="cam")
+    for line in ([[0, 0.99], [1, 0.99]], [[0, 0], [640, 480]], [[600, 478], [640, 470]]):  # through where anchors are
+        resolve_geometry({}, {"exit": line}, "bottom_center", 640, 480, where="cam")
 
 
 def test_pixel_points_outside_the_frame_are_a_clear_error_at_runtime():
@@ -415,7 +427,7 @@ def test_a_pixel_zone_on_the_frames_edge_stays_inside_when_the_resolution_change
     from pipeline.schema import Detections, FrameMeta, FrameResult
 
     (w, h) = before
-    engine = EventEngine("cam", {"all": [[0, 0], [w, 0], [w, h], [0, h]]}, {"edge": [[w, 0], [w, h]]})
+    engine = EventEngine("cam", {"all": [[0, 0], [w, 0], [w, h], [0, h]]}, {"edge": [[w, 0], [0, h]]})
     for k, (width, height) in enumerate([before, after]):
         engine.update(FrameResult(FrameMeta("cam", k, 1.0 + k, None, width, height), Detections(), {}, {}))
     zone = engine.geometry(*after).zones["all"]
