@@ -76,11 +76,12 @@ class TrackSnapshots:
         self._soon = False  # the next frame tracked is snapshotted (`geometry_changed`)
 
     def tracked(self, seq: int, tracker: ObjectTracker) -> None:
-        """Frame ``seq`` was just tracked: the first and every ``every``-th one, keep the
-        tracker's state (the first: an owner killed before the ``every``-th frame leaves its
+        """Frame ``seq`` was just tracked: the first and every ``every``-th one (with ``every``
+        0 the first only), and the first after a zone or line change, keep the tracker's state
+        (the first: an owner killed before the ``every``-th frame, or with none, leaves its
         tracks to the next, not open for good)."""
         self._frames += 1
-        if self.every and (self._frames == 1 or self._frames % self.every == 0 or self._soon):
+        if self._frames == 1 or self._soon or (self.every and self._frames % self.every == 0):
             self._held[seq] = tracker.snapshot()
             self._soon = False
 

@@ -233,13 +233,16 @@ def test_frames_tracked_but_not_published_at_a_handover_leave_the_tracks_to_the_
                                                                        ("track_end", started)]
 
 
-def test_an_owner_killed_before_its_first_periodic_snapshot_leaves_its_tracks_to_the_next(redis_server, monkeypatch):
+@pytest.mark.parametrize("every", [20, 0])
+def test_an_owner_killed_before_its_first_periodic_snapshot_leaves_its_tracks_to_the_next(redis_server, monkeypatch,
+                                                                                            every):
     """The first snapshot came with the `snapshot_every`-th frame: an owner killed before it
     (SIGKILL, a node lost) left no snapshot, the next owner started afresh, and the tracks it
     had opened never ended (no `track_end`, zones never left). Each owner now leaves one at its
-    first published frame: the next replays from there and ends them where they end."""
+    first published frame: the next replays from there and ends them where they end. With
+    `snapshot_every: 0` (no periodic snapshot, no handover) that one too: it wrote none."""
     client = redis_server.client()
-    cfg = TrackerConfig(snapshot_every=20, track_buffer=5)
+    cfg = TrackerConfig(snapshot_every=every, track_buffer=5)
     with monkeypatch.context() as killed:
         killed.setattr(CameraConductor, "_leave_tracks", lambda self: None)  # nothing more from it
         run_until(redis_server, 8, keep_tracks=False, cfg=cfg)
