@@ -111,6 +111,7 @@ class EngineHandover:
                 tr.zones = {z: float(t) for z, t in tr.zones.items()}
                 tr.sides = kept_sides({line: [float(v) for v in p] for line, p in tr.sides.items()},
                                       snapshot.get("lines"), engine.lines)
+                tr.through = [line for line in tr.through if line in tr.sides]
                 if anchor_changed:
                     tr.forget_anchor()
                 engine._tracks[tr.id] = tr

@@ -64,6 +64,7 @@ class Sighting(NamedTuple):
     zones: list[str]  # the zones its anchor is in
     lines: list[tuple[str, int]]  # lines crossed since the last sighting: +1 in, -1 out
     sides: dict[str, list[float]]  # line → the point its side is judged from (`OpenTrack.sides`)
+    through: list[str]  # lines whose segment its path went through inside the band (`OpenTrack.through`)
 
 
 @dataclass(frozen=True)
@@ -143,10 +144,14 @@ class OpenTrack:
     # point while it has not been seen clear of the band: it gives the track's side of the line,
     # and crossings are judged from it (a snapshot's older ``seeded`` list is not needed)
     sides: dict[str, list[float]] = field(default_factory=dict)
+    # lines whose segment itself the track's path (sighting to sighting) went through since its
+    # side point, while inside the band: leaving the band on the other side counts only then (the
+    # straight way from the side point may pass beside the segment's end, or cut across it)
+    through: list[str] = field(default_factory=list)
 
     def forget_anchor(self) -> None:
         """Judge no crossing from the points known so far (the anchor changed)."""
-        self.anchor, self.sides = None, {}
+        self.anchor, self.sides, self.through = None, {}, []
 
     def rescale(self, sx: float, sy: float) -> None:
         """The points crossings are judged from, in the pixels of another frame size (the same

@@ -232,37 +232,46 @@ class EventEngine(EngineHandover):
         clear = {name: clear_of_edges(anchors, boxes, poly, self.zone_margin, (geo.width, geo.height)) for name, poly in geo.zones.items()}
         first = {t: np.round(geo.anchors(np.round(np.asarray(origins[t], np.float64), 1).reshape(1, 4)), 1).reshape(2)
                  for t in order if t not in self._tracks and origins and t in origins}
-        crossed, sides = self._crossings(order, boxes, anchors, first, geo)
+        crossed, sides, through = self._crossings(order, boxes, anchors, first, geo)
         for k, (tid, box, anchor, centre) in enumerate(zip(order, boxes.tolist(), anchors.tolist(), centres.tolist())):
             tr = self._tracks.get(tid)
             # hysteresis at zone edges: within its band of an edge, a track stays where it was
             # (a new track: where its anchor is)
             zones_in = [name for name, mask in inside.items()
                         if (mask[k] if tr is None or clear[name][k] else name in tr.zones)]
-            seen = Sighting(present[tid], box, anchor, centre, zones_in, crossed[k], sides[k])
+            seen = Sighting(present[tid], box, anchor, centre, zones_in, crossed[k], sides[k], through[k])
             self._sighting(tid, result, seen, events)
         return events
 
     def _crossings(self, order: list[int], boxes: np.ndarray, anchors: np.ndarray,
                    first: Mapping[int, np.ndarray], geo: Geometry
-                   ) -> tuple[list[list[tuple[str, int]]], list[dict[str, list[float]]]]:
+                   ) -> tuple[list[list[tuple[str, int]]], list[dict[str, list[float]]], list[list[str]]]:
         """For each present track (``order``): the lines it crossed since its last sighting
         outside each line's band (+1 in, -1 out) and its new `OpenTrack.sides`. A side, once
         known, holds until the track is seen clear of the band on the other side: the point it was
         judged from is not judged again against a later, larger box (an object coming closer
         would drop out of its own side). A new track's movement starts at its ``first`` point
         (where the tracker first saw it) or here; that point gives its side even inside the band,
-        until it is seen clear of it."""
+        until it is seen clear of it. A change of side counts only when the track's path went
+        through the segment itself (its step from the last sighting now, or one inside the band
+        since the side point: `OpenTrack.through`), not beside its end."""
         crossed: list[list[tuple[str, int]]] = [[] for _ in order]
         sides: list[dict[str, list[float]]] = [{} for _ in order]
+        through: list[list[str]] = [[] for _ in order]
+        tracks = [self._tracks.get(t) for t in order]
         for name, seg in geo.lines.items():
             origins = [self._line_origin(t, name, first.get(t, anchors[k])) for k, t in enumerate(order)]
             prev = np.array([point for point, _ in origins])
+            steps = np.array([tr.anchor if tr is not None and tr.anchor is not None else first.get(t, anchors[k])
+                              for k, (t, tr) in enumerate(zip(order, tracks))], np.float64).reshape(-1, 2)
             bands = line_bands(boxes, seg, self.line_margin)
-            clear_now = np.abs(line_offsets(anchors, seg)) >= bands
-            clear_prev = np.abs(line_offsets(prev, seg)) >= bands
-            clear_before = clear_prev | np.array([seed for _, seed in origins])
-            signs = line_crossings(prev, anchors, seg) * (clear_now & clear_before)
+            off_now, off_prev = line_offsets(anchors, seg), line_offsets(prev, seg)
+            clear_now = np.abs(off_now) >= bands
+            clear_before = (np.abs(off_prev) >= bands) | np.array([seed for _, seed in origins])
+            went = (line_crossings(steps, anchors, seg) != 0) | np.array(
+                [tr is not None and name in tr.through for tr in tracks], bool)
+            moved = (off_prev < 0) != (off_now < 0)  # (left of the line: negative; on it: the right)
+            signs = np.where(off_now < 0, 1, -1) * (moved & went & clear_now & clear_before)
             for k in range(len(order)):
                 if signs[k]:
                     crossed[k].append((name, int(signs[k])))
@@ -270,7 +279,9 @@ class EventEngine(EngineHandover):
                     sides[k][name] = anchors[k].tolist()
                 elif clear_before[k]:  # inside the band: the side it had holds
                     sides[k][name] = prev[k].tolist()
-        return crossed, sides
+                    if went[k]:
+                        through[k].append(name)
+        return crossed, sides, through
 
     def _line_origin(self, tid: int, line: str, first: np.ndarray) -> tuple[Any, bool]:
         """Where a track's movement against ``line`` starts, and whether that point gives a
@@ -296,7 +307,7 @@ class EventEngine(EngineHandover):
                 id=tid, category=dets.categories[i], labels={dets.labels[i]: 1}, first_ts=now,
                 last_ts=now, last_frame=self._frame, frames=1, best_score=float(dets.scores[i]),
                 attributes=attrs, anchor=seen.anchor, first=seen.centre, last=seen.centre, path=[seen.centre],
-                sides=seen.sides,
+                sides=seen.sides, through=seen.through,
             )
             self._emit(events, self._event(tr, "track_start", meta.seq, meta.frame_ts, bbox=tuple(seen.box),
                                            attributes=dict(attrs)))
@@ -304,7 +315,7 @@ class EventEngine(EngineHandover):
             tr.labels[dets.labels[i]] = tr.labels.get(dets.labels[i], 0) + 1
             tr.last_ts, tr.last_frame, tr.frames = now, self._frame, tr.frames + 1
             tr.best_score = max(tr.best_score, float(dets.scores[i]))
-            tr.anchor, tr.sides = seen.anchor, seen.sides
+            tr.anchor, tr.sides, tr.through = seen.anchor, seen.sides, seen.through
             tr.add_centre(seen.centre)
             # ("too small now" is no answer: an answer the track had is not changed by it)
             changed = any(name not in tr.attributes or label_of(tr.attributes[name]) != label_of(v)

@@ -23,9 +23,10 @@ beside its end does not).
 
 Hysteresis (``cameras[].line_margin``, default 0.1): around each line runs a band as wide on each
 side as that fraction of the object's box measured across the line (its height for a level
-line, its width for an upright one): an anchor inside the band is on neither side. A crossing is
-judged from the last point where the track was outside the band to the next one, so an anchor
-jittering on the line, or an object that steps onto it and back, counts nothing; 0 turns it off.
+line, its width for an upright one): an anchor inside the band is on neither side. A crossing
+counts when the track's next point outside the band is on the other side from its last one and
+its path went over the segment itself (pipeline/events.py), so an anchor jittering on the line,
+or an object that steps onto it and back, counts nothing; 0 turns it off.
 """
 
 from __future__ import annotations

@@ -147,3 +147,30 @@ def test_a_side_known_before_a_change_of_resolution_holds_after_it():
     assert crossings(run(engine, came + back)) == []
     # and a real crossing after the change still counts
     assert crossings(run(engine, [frame(5, [obj(1, 130, x=100, size=2 * SIZE)], width=200, height=200)])) == [(5, "out")]
+
+
+SHORT = {"door": [[0, 0.5], [0.5, 0.5]]}  # y = 50 from x = 0 to 50: its right end mid-frame
+
+
+def _path(points, *, start=1):
+    return [frame(start + i, [obj(1, y, x=x, size=SIZE)]) for i, (x, y) in enumerate(points, 0)]
+
+
+@pytest.mark.parametrize("margin", [0.1, 0.0])
+def test_a_crossing_near_the_lines_end_is_judged_on_the_path_taken_not_the_way_round_the_band(margin):
+    """Inside the band the side holds from the last point clear of it, and the crossing was judged
+    on the straight way from there to the next clear point: a car over the segment at x 49 that
+    walked off past its end was not counted, and one that went round the end was."""
+    over = _path([(48, 60), (49, 49), (60, 40)])  # over the segment at x ≈ 48.9, then beside its end
+    assert crossings(run(EventEngine("cam", lines=SHORT, line_margin=margin), over)) == [(2 if margin == 0 else 3, "in")]
+    around = _path([(45, 60), (60, 51), (60, 49), (45, 40)])  # round the end (x 60), never over it
+    assert crossings(run(EventEngine("cam", lines=SHORT, line_margin=margin), around)) == []
+
+
+def test_a_crossing_inside_the_band_is_still_counted_after_a_handover_there():
+    """The step that went over the segment was inside the band on the owner that stopped: the next
+    owner, restored from its snapshot, counts the exit from the band on the other side."""
+    first = EventEngine("cam", lines=SHORT)
+    run(first, _path([(48, 60), (49, 49)]))
+    second = EventEngine.restore(json.loads(json.dumps(first.snapshot())), "cam", lines=SHORT)
+    assert crossings(run(second, _path([(60, 40)], start=3))) == [(3, "in")]
