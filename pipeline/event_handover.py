@@ -72,6 +72,7 @@ class EngineHandover:
         tracks = sorted(self._tracks.values(), key=lambda t: (-t.last_frame, t.id))[:MAX_SNAPSHOT_TRACKS]
         return {
             "schema": STATE_SCHEMA, "camera": self.camera, "frame": self._frame, "file_time": self.file_time,
+            "clock": list(self._clock) if self._clock is not None else None,  # the durations' timeline
             "size": list(self._size) if self._size is not None else None, "anchor": self.anchor,
             "pixel_sizes": {k: list(v) for k, v in self._pixel_sizes.items()},
             "lines": self.lines,  # what the tracks' sides were taken against
@@ -101,6 +102,8 @@ class EngineHandover:
         engine = cls(camera, zones, lines, **options)
         try:
             engine._frame = int(snapshot["frame"])
+            clock = snapshot.get("clock")  # (older snapshots have none: the next frame's wall clock)
+            engine._clock = (float(clock[0]), float(clock[1])) if clock and not engine.file_time else None
             size = snapshot.get("size")  # (older snapshots have neither: as before)
             engine._size = (int(size[0]), int(size[1])) if size else None
             engine.seed_pixel_sizes(snapshot)

@@ -94,6 +94,9 @@ class EventEngine(EngineHandover):
         # durations run on the frames' steady clock where they have one: (the last frame's time
         # on the durations' timeline, its steady_ts); a wall clock stepped by NTP is no dwell
         self._steady: tuple[float, float] | None = None
+        # (the last frame's time on that timeline, its wall clock time): a frame of another reader
+        # (a reconnect; the next owner, restored) goes on from it by the wall clock's gap, never back
+        self._clock: tuple[float, float] | None = None
         self._now = 0.0  # this frame's time on that timeline
 
     @classmethod
@@ -171,14 +174,20 @@ class EventEngine(EngineHandover):
         """The frame's time for durations: its capture time (a file's own time with ``file_time``),
         or, after a frame of the same reader's steady clock, that frame's time plus the steady
         interval since it: an edge box whose clock NTP set 3 days (or 56 years) forward while a
-        car stood in a zone gave it a dwell of 3 days (`test_zones::test_a_wall_clock_step_is_no_dwell`)."""
-        t = meta.time_on(self.file_time)
-        if self.file_time or meta.steady_ts is None:
-            self._steady = None
+        car stood in a zone gave it a dwell of 3 days (`test_zones::test_a_wall_clock_step_is_no_dwell`).
+        A frame of another reader, or without a steady time, goes on from the last frame by the
+        wall clock's gap (never back): the next owner of a camera whose clock was stepped
+        continues the snapshot's timeline, not the wall clock's (a 3-day dwell at its first exit)."""
+        t = wall = meta.time_on(self.file_time)
+        if self.file_time:
+            self._steady = self._clock = None
             return t
-        if self._steady is not None and meta.steady_ts >= self._steady[1]:
+        if meta.steady_ts is not None and self._steady is not None and meta.steady_ts >= self._steady[1]:
             t = self._steady[0] + (meta.steady_ts - self._steady[1])
-        self._steady = (t, meta.steady_ts)
+        elif self._clock is not None:
+            t = self._clock[0] + max(0.0, wall - self._clock[1])
+        self._steady = None if meta.steady_ts is None else (t, meta.steady_ts)
+        self._clock = (t, wall)
         return t
 
     def _emit(self, events: list[Event], event: Event) -> None:

@@ -452,3 +452,27 @@ def test_a_wall_clock_step_is_no_dwell():
     by_kind = {e.kind: e for e in events}
     assert by_kind["zone_exit"].dwell_s == 1.75 and by_kind["track_end"].duration_s == 1.75
     assert by_kind["zone_enter"].ts == 1.7e9 and by_kind["track_end"].ts == 1.7e9 + 2.0 + 3 * 86400
+
+
+def test_a_wall_clock_step_is_no_dwell_at_the_next_owner_either():
+    """The same step before a handover: the next owner (another reader, its own steady clock)
+    took the stepped wall clock for its durations, against enter times on the steady timeline of
+    the snapshot: a dwell of 3 days at its first exit."""
+    import json
+
+    from pipeline.events import EventEngine
+    from pipeline.schema import Detections, FrameMeta, FrameResult
+
+    zones = {"all": [[0, 0], [1, 0], [1, 1], [0, 1]]}
+    engine = EventEngine("cam", zones, None, track_buffer=2)
+    car = Detections(xyxy=np.array([[100, 100, 200, 180]], np.float32), scores=np.array([0.9]), labels=("car",),
+                     categories=("vehicle",), track_ids=(7,))
+    events = []
+    for k in range(9):
+        if k == 6:  # handed over: restored from the snapshot, frames from another reader
+            engine = EventEngine.restore(json.loads(json.dumps(engine.snapshot())), "cam", zones, None, track_buffer=2)
+        wall = 1.7e9 + k * 0.25 + (3 * 86400 if k >= 4 else 0)
+        meta = FrameMeta("cam", k, wall, None, 640, 360, steady_ts=(100 if k < 6 else 5) + k * 0.25)
+        events += engine.update(FrameResult(meta, car if k < 8 else Detections(), {}, {}), {7} if k < 8 else set())
+    by_kind = {e.kind: e for e in events}
+    assert by_kind["zone_exit"].dwell_s == 1.75 and by_kind["track_end"].duration_s == 1.75
