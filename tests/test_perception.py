@@ -173,6 +173,7 @@ def test_parked_vans_carry_type_and_colour(perception):
     # the smaller car beside it (~34x42) is not classified, and says so
     top_right = [o for o in typed if o["bbox"][0] > 384 and o["bbox"][3] < 288]
     assert top_right and all(o["attributes"]["color"]["label"] == "white" for o in top_right), top_right
+    assert all(o["attributes"]["type"]["label"] == "van" for o in top_right), top_right
     small = [o for o in vehicles if o["bbox"][2] - o["bbox"][0] < 50 and o["bbox"][3] - o["bbox"][1] < 50]
     assert small and all("type" not in o["attributes"] for o in small)
     assert all(o["attributes"]["unclassified"]["classifier-vehicle"].endswith("is below 64x48") for o in small)
