@@ -13,6 +13,10 @@ Time is bounded: a request gets ``decoder.classify_timeout_s`` in all — the fi
 of it, one retry (after an error or no answer) what is left. When both fail, the frame is
 published without that attribute and the conductor counts it in the camera's
 ``classify_failed``; a failed answer is never cached, so the track is classified again later.
+A classifier that gave no answer in that time is not waited for again (every frame would wait
+``classify_timeout_s``: a camera at 0.2 fps): the camera's frames go on without its attributes
+(a track keeps its last answer; counted as failed) while one request at a time, every
+`PROBE_EVERY_S`, asks it again off the frames' path; its first answer ends that.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ log = logging.getLogger("percept.classify")
 ClassifyFn = Callable[[list[np.ndarray]], Awaitable[list[Mapping[str, Any] | Exception]]]
 
 RETRY_PAUSE_S = 0.2  # after an error answer (a replica restarting), not after a timeout
+PROBE_EVERY_S = 5.0  # a classifier that gave no answer in time is asked again after this (off the frames' path)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,16 @@ class ClassifierRoute:
 
 class ClassifyTimeout(TimeoutError):
     pass
+
+
+@dataclass
+class Unanswering:
+    """A classifier of this camera that gave no answer within the timeout: not waited for again
+    until a probe (`CropClassification._probe`) gets an answer."""
+
+    why: str
+    answered_not_at: float  # (loop time) when its last request ended without an answer
+    probe: "asyncio.Future[Any] | None" = None
 
 
 OFF_LOOP_PIXELS = 1_000_000  # crops cut from more of the frame than this go to a thread (~8 ms of resizing)
@@ -124,6 +139,7 @@ class CropClassification:
             if track_buffer is not None
             else None
         )
+        self._unanswering: dict[int, Unanswering] = {}  # route index → its outage
 
     def seed(self, answers: Mapping[int, Mapping[str, Any]], frame_no: int) -> int:
         """Answers a camera's previous decoder gave its open tracks (track id → attributes, as its
@@ -183,12 +199,23 @@ class CropClassification:
     async def __call__(self, image: np.ndarray, detections: Detections, frame_no: int) -> tuple[Detections, int]:
         """Each classifier's new (or due) objects go to it in one request per frame; tracked
         objects already classified (or being classified) reuse their answer."""
-        jobs: list[tuple[int, "asyncio.Future[Mapping[str, Any]]", Any]] = []  # (object, answer, its track cache)
+        jobs: list[tuple[int, "asyncio.Future[Mapping[str, Any]]", Any, int]] = []  # (object, answer, cache, route)
         unclassified: dict[int, dict[str, str]] = {}
+        skipped = 0
         for n, (category, route) in enumerate(self.routes):
             cache = self._track_cache[n] if self._track_cache is not None else None
             known, fresh = self._chosen(detections, category, route, cache, frame_no, unclassified)
-            jobs += [(i, answer, cache) for i, answer in known]
+            if fresh and n in self._unanswering:  # not waited for: its last answers, or none (failed)
+                await self._probe(n, category, route, image, detections.xyxy[fresh[:1]])
+                for i in fresh:
+                    track = detections.track_ids[i] if cache is not None else None
+                    last = cache.last(track) if track is not None else None
+                    if last is not None:
+                        known.append((i, last))
+                    else:
+                        skipped += 1
+                fresh = []
+            jobs += [(i, answer, cache, n) for i, answer in known]
             if fresh:
                 crops = await cut_crops(image, detections.xyxy[fresh], route)
                 request = asyncio.ensure_future(self._request(route.name or category, route, crops))
@@ -197,19 +224,21 @@ class CropClassification:
                     track = detections.track_ids[i]
                     if cache is not None and track is not None:
                         cache.put(track, frame_no, answer)
-                    jobs.append((i, answer, cache))
+                    jobs.append((i, answer, cache, n))
             if cache is not None:
                 cache.prune(frame_no)
         if unclassified:
             detections = detections.with_attributes({i: {"unclassified": why} for i, why in unclassified.items()})
         if not jobs:
-            return detections, 0
+            return detections, skipped
         # shield: a shared per-track answer must survive this frame being cancelled at stop.
         # No wait of its own is needed: every request ends (answer or failure) by its deadline.
-        answers = await asyncio.gather(*(asyncio.shield(job) for _, job, _ in jobs), return_exceptions=True)
+        answers = await asyncio.gather(*(asyncio.shield(job) for _, job, _, _ in jobs), return_exceptions=True)
         values: dict[int, dict[str, Any]] = {}
         errors: list[BaseException] = []
-        for (i, _, cache), answer in zip(jobs, answers):
+        for (i, _, cache, n), answer in zip(jobs, answers):
+            if isinstance(answer, ClassifyTimeout):
+                self._unanswered(n, answer)
             if isinstance(answer, BaseException):
                 track = detections.track_ids[i] if cache is not None else None
                 last = cache.last(track) if track is not None else None  # a fresh look failed: the one before
@@ -221,7 +250,35 @@ class CropClassification:
         if errors:
             log.warning("camera %s: %d object(s) published without classification: %s: %s",
                         self.camera, len(errors), type(errors[0]).__name__, errors[0])
-        return detections.with_attributes(values), len(errors)
+        return detections.with_attributes(values), len(errors) + skipped
+
+    def _unanswered(self, n: int, error: ClassifyTimeout) -> None:
+        """Route ``n`` gave no answer in time: frames stop waiting for it (said once)."""
+        if n in self._unanswering:
+            return
+        category, route = self.routes[n]
+        self._unanswering[n] = Unanswering(str(error), asyncio.get_running_loop().time())
+        log.warning("camera %s: %s is not answering (%s): frames go on without its attributes; asked again every "
+                    "%g s", self.camera, route.name or category, error, PROBE_EVERY_S)
+
+    async def _probe(self, n: int, category: str, route: ClassifierRoute, image: np.ndarray, boxes: np.ndarray) -> None:
+        """One request to an unanswering classifier, when none is in flight and `PROBE_EVERY_S`
+        passed since the last; not awaited by the frame. Its answer ends the outage."""
+        out, loop = self._unanswering[n], asyncio.get_running_loop()
+        if out.probe is not None or loop.time() - out.answered_not_at < PROBE_EVERY_S:
+            return
+        name = route.name or category
+        crops = await cut_crops(image, boxes, route)
+        out.probe = probe = asyncio.ensure_future(self._request(name, route, crops))
+
+        def answered(done: "asyncio.Future[Any]") -> None:
+            if done.cancelled() or done.exception() is not None:  # (an answer that is an error is an answer)
+                out.probe, out.answered_not_at = None, loop.time()
+            elif self._unanswering.get(n) is out:
+                del self._unanswering[n]
+                log.info("camera %s: %s answers again", self.camera, name)
+
+        probe.add_done_callback(answered)
 
     async def _request(self, name: str, route: ClassifierRoute, crops: list[np.ndarray]) -> list[Any]:
         """One frame's crops of one category: the first attempt gets half of the timeout, one

@@ -1,0 +1,95 @@
+"""A classifier that stops answering (`pipeline/classify.py`, pure asyncio, a fake classifier):
+after one request that got no answer within the timeout the camera's frames stop waiting for it,
+one probe at a time asks it again off the frames' path, and its first answer ends the outage."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+import pipeline.classify as classify_module
+from pipeline.classify import ClassifierRoute, CropClassification
+from pipeline.config import ClassifierConfig
+from pipeline.schema import Detections
+
+IMAGE = np.zeros((64, 64, 3), np.uint8)
+
+
+def car(track: int | None = 7) -> Detections:
+    return Detections(xyxy=np.array([[5, 5, 45, 45]], np.float32), scores=np.array([0.9], np.float32),
+                      labels=("car",), categories=("vehicle",), track_ids=(track,), attributes=({},))
+
+
+class Classifier:
+    """Answers ``{"type": cab}`` per crop, or never while ``hung``; counts its calls."""
+
+    def __init__(self):
+        self.hung, self.calls = False, 0
+
+    async def __call__(self, crops):
+        self.calls += 1
+        if self.hung:
+            await asyncio.Event().wait()
+        return [{"type": {"label": "cab", "score": 0.9}} for _ in crops]
+
+
+def stage_with(classifier: Classifier, *, track_buffer: int | None = 30) -> CropClassification:
+    route = ClassifierRoute(classifier, ClassifierConfig(weights="c.pt", imgsz=32, min_box=4, reclassify_every=1),
+                            name="classifier-vehicle")
+    return CropClassification("cam", {"vehicle": route}, timeout_s=0.2, track_buffer=track_buffer)
+
+
+async def until(predicate, timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)  # (a poll under the deadline)
+
+
+def test_frames_stop_waiting_for_a_classifier_that_gave_no_answer_and_go_on_when_it_answers(monkeypatch):
+    """Every frame of a camera waited ``classify_timeout_s`` (10 s) for a classifier that hung,
+    and asked it again: the camera ran at 2 frames a timeout and the hung classifier got 2 calls a
+    frame."""
+    monkeypatch.setattr(classify_module, "PROBE_EVERY_S", 600.0)
+
+    async def scenario():
+        classifier = Classifier()
+        stage = stage_with(classifier, track_buffer=None)  # (no track: no last answer to keep)
+        classifier.hung = True
+        _, failed = await stage(IMAGE, car(None), 1)
+        assert failed == 1 and classifier.calls == 2  # the request and its retry, the timeout waited
+        for frame_no in range(2, 12):
+            dets, failed = await stage(IMAGE, car(None), frame_no)
+            assert failed == 1 and "type" not in dets.attributes[0]
+        assert classifier.calls == 2, "the classifier was asked again on a frame: the frame waited for it"
+        monkeypatch.setattr(classify_module, "PROBE_EVERY_S", 0.0)  # a probe due, and the classifier back
+        classifier.hung = False
+        _, failed = await stage(IMAGE, car(None), 12)  # sends the probe, does not wait for it
+        assert failed == 1
+        await until(lambda: not stage._unanswering, 5, "the probe's answer to end the outage")
+        assert classifier.calls == 3  # the probe
+        dets, failed = await stage(IMAGE, car(None), 13)
+        assert failed == 0 and dets.attributes[0]["type"]["label"] == "cab"
+
+    asyncio.run(scenario())
+
+
+def test_a_track_keeps_its_last_answer_while_its_classifier_is_not_answering(monkeypatch):
+    monkeypatch.setattr(classify_module, "PROBE_EVERY_S", 600.0)
+
+    async def scenario():
+        classifier = Classifier()
+        stage = stage_with(classifier)
+        dets, _ = await stage(IMAGE, car(), 1)
+        assert dets.attributes[0]["type"]["label"] == "cab"
+        classifier.hung = True  # due again (reclassify_every 1): no answer in time
+        dets, failed = await stage(IMAGE, car(), 2)
+        assert failed == 0 and dets.attributes[0]["type"]["label"] == "cab"  # its last answer, not counted
+        calls = classifier.calls
+        for frame_no in range(3, 8):
+            dets, failed = await stage(IMAGE, car(), frame_no)
+            assert failed == 0 and dets.attributes[0]["type"]["label"] == "cab"
+        assert classifier.calls == calls
+
+    asyncio.run(scenario())
