@@ -14,7 +14,7 @@ from pathlib import Path
 from .camera_probe import DEFAULT_PORTS, camera_unanswered, diagnose_open
 from .capture_av import SKIP_FRAME
 from .redact import redact, redact_url
-from .source_types import Capture, SourceError, camera_file, is_file_url
+from .source_types import Capture, SourceError, camera_file, file_path_of, is_file_url
 
 
 # FFmpeg's options for an RTSP camera: TCP and no probing, first frame in ~0.2 s, not ~3 s. OpenCV
@@ -126,7 +126,7 @@ def probe_fps(url: str) -> float | None:
     above), and with their tiny probe an MPEG-TS file reports twice its frame rate."""
     import av
 
-    path = url.removeprefix("file://")
+    path = file_path_of(url)
     try:
         if not Path(path).is_file():  # (a named pipe would block the probe until a writer comes)
             return None

@@ -244,7 +244,7 @@ def open_skipping(camera: str, url: str, *, decode: str = "keyframes", open_time
         path = camera_file(camera, url)
         target, options = str(path), {}
     else:
-        target, options = url, dict(RTSP_OPTIONS) if url.startswith("rtsp") else {}
+        target, options = url, dict(RTSP_OPTIONS) if url.lower().startswith(("rtsp://", "rtsps://")) else {}
     try:
         container = av.open(target, options=options, timeout=(open_timeout_s, read_timeout_s))
     except av.error.ProtocolNotFoundError:

@@ -38,6 +38,7 @@ from .geometry import LINES_HELP, ZONES_HELP, Anchor, Lines, Zones, check_units
 from .config_serve import HttpConfig, SecurityConfig  # noqa: F401 (the config's API)
 from .config_urls import ENV_REF, camera_url_problem
 from .redact import query_secrets, redact, redact_url, url_credentials, url_secrets
+from .source_types import is_file_url
 
 ENV_MODELS_DIR = "PERCEPT_MODELS_DIR"
 MIN_FPS = 1 / 3600  # a camera sampled at all: at least a frame an hour
@@ -111,8 +112,7 @@ class CameraConfig(Strict):
     @model_validator(mode="after")
     def _one_unit(self) -> "CameraConfig":
         check_units(self.zones, self.lines)  # all pixels or all 0..1; the error names the zone/line
-        if self.backpressure == "wait" and (("://" in self.url and not self.url.startswith("file://"))
-                                            or self.url.startswith("device:")):
+        if self.backpressure == "wait" and not is_file_url(self.url):
             raise error_at(("backpressure",), "wait is for files; a live camera cannot be paused (use latest)")
         if self.decode != "all" and self.url.startswith("device:"):
             raise error_at(("decode",), f"{self.decode} needs an encoded stream or file; a device: camera gives raw frames")

@@ -70,14 +70,20 @@ class Capture(Protocol):
 
 
 def is_file_url(url: str) -> bool:
-    return "://" not in url and not url.startswith("device:") or url.startswith("file://")
+    """A path, or a ``file://`` URL (its scheme in any case, as any URL's)."""
+    return "://" not in url and not url.startswith("device:") or url[:7].lower() == "file://"
+
+
+def file_path_of(url: str) -> str:
+    """A file camera's path: its URL without ``file://`` (in any case)."""
+    return url[7:] if url[:7].lower() == "file://" else url
 
 
 def camera_file(camera: str, url: str) -> Path:
     """The file a file camera's URL names, there to be opened: a `SourceError` when it is not
     (final), or when it cannot even be looked at (a network share gone away, no permission:
     retried; a name too long for the system: final) — never an `OSError` that crashes the reader."""
-    path = Path(url.removeprefix("file://"))
+    path = Path(file_path_of(url))
     try:
         there = path.is_file()
     except OSError as exc:

@@ -191,3 +191,33 @@ def test_recordings_joined_loop_without_a_gap_of_the_first_parts_length(tmp_path
     pts = looped_pts(lambda: open_skipping("cam", str(joined), decode="reference"), 110)  # two passes and more
     steps = [round(b - a, 3) for a, b in zip(pts, pts[1:])]
     assert max(steps) < 0.5 and min(steps) > 0, [(i, s) for i, s in enumerate(steps) if not 0 < s < 0.5]
+
+
+@pytest.mark.parametrize("scheme", ["rtsp", "RTSP", "Rtsps"])
+def test_a_urls_scheme_in_capitals_is_read_as_in_lower_case(scheme, videos, monkeypatch):
+    """URL schemes are case-insensitive: ``RTSP://`` (as configs write it) was opened without the
+    RTSP options (over UDP, with FFmpeg's full probe) on the PyAV path, and ``FILE:///…`` was
+    taken for a live camera (no pacing, looping or end; ``backpressure: wait`` refused)."""
+    import av
+
+    from pipeline.capture_av import RTSP_OPTIONS
+    from pipeline.config import CameraConfig
+
+    given = []
+
+    def fake_open(target, options=None, timeout=None):  # what FFmpeg would be asked (pure logic)
+        given.append(options)
+        raise OSError("refused")
+
+    monkeypatch.setattr(av, "open", fake_open)
+    with pytest.raises(SourceError):
+        open_skipping("cam", f"{scheme}://h/s", decode="keyframes")
+    assert given == [RTSP_OPTIONS]
+    monkeypatch.undo()
+    url = f"{'FILE' if scheme.isupper() else 'File' if scheme[0].isupper() else 'file'}://{videos / 'vtest.avi'}"
+    cap = open_skipping("cam", url, decode="keyframes")
+    try:
+        assert cap.grab() and cap.retrieve()[0]
+    finally:
+        cap.release()
+    assert CameraConfig(id="cam", url=url, backpressure="wait").backpressure == "wait"
