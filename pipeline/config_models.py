@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from .config_errors import error_at
 
@@ -191,13 +191,29 @@ class ClassifierConfig(ModelServerConfig):
         return data
     attribute: str = Field("type", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                            description="ultralytics classifiers: the attribute the top label is written to")
+
+    @field_validator("attribute")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v == "unclassified":
+            raise ValueError("'unclassified' is reserved (what an object too small for a classifier says why under): "
+                             "name the attribute otherwise")
+        return v
+
+    @model_validator(mode="after")
+    def _on_or_not(self) -> "ClassifierConfig":
+        both = sorted(set(self.on or ()) & set(self.not_on or ()))
+        if both:
+            raise error_at(("not_on",), f"{both[0]!r} is in on too: the classifier would run on nothing of it; "
+                           "give it in one of the two")
+        return self
     labels: list[str] | None = Field(None, min_length=1, description="restrict the answer to these model labels "
                                      "(omitted: every label)")
     min_score: float = Field(
         MIN_RESTRICTED_SCORE, ge=0, le=1, description="with labels: no answer (the attribute is left out) when the "
         "best of those labels has a probability below this under the whole model (a bicycle is no minivan)")
     min_box: int = Field(16, ge=1, description="skip objects whose box's shorter side is below this (pixels)")
-    min_size: tuple[int, int] | None = Field(
+    min_size: tuple[PositiveInt, PositiveInt] | None = Field(
         None, description="skip objects whose box is narrower or lower than [width, height] pixels (the detector's "
         "box, before the crop's context); default: the card's, else min_box")
     max_per_frame: int = Field(32, ge=1, description="classify at most this many objects per frame")

@@ -199,3 +199,36 @@ def test_a_config_path_that_never_ends_is_refused_not_read_until_memory_runs_out
     with pytest.raises(ConfigError) as err:
         load_config("/dev/zero")
     assert err.value.errors == ["more than 16 MiB: not a config file"] and err.value.source == "/dev/zero"
+
+
+def test_classifier_settings_that_would_do_nothing_or_break_its_answers_are_refused():
+    """Accepted before: an attribute named ``unclassified`` (it overwrote the marker, and its
+    answers never made an ``attributes`` event), a label both in ``on`` and ``not_on`` (the
+    classifier ran on nothing, where ``on: []`` was refused for that), a negative ``min_size``."""
+    base = {"cameras": [{"id": "a", "url": "a.mp4"}]}
+    cases = [({"attribute": "unclassified"}, "classifiers.vehicle.attribute: 'unclassified' is reserved"),
+             ({"on": ["car", "van"], "not_on": ["van"]}, "classifiers.vehicle.not_on: 'van' is in on too"),
+             ({"min_size": [-5, 40]}, "classifiers.vehicle.min_size[0]: must be > 0, got -5")]
+    for given, error in cases:
+        (err,) = errors_of({**base, "classifiers": {"vehicle": {"weights": "c.pt", **given}}})
+        assert err.startswith(error), err
+
+
+def test_a_card_cannot_write_the_reserved_attribute_and_a_stray_yaml_beside_the_cards_is_passed_over(tmp_path):
+    import yaml
+
+    from pipeline.backends.card import CARDS_DIR, find_card, load_card
+
+    card = yaml.safe_load((CARDS_DIR / "vehicle-attributes.yaml").read_text())
+    card["outputs"][1]["attribute"] = "unclassified"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(card))
+    with pytest.raises(ConfigError) as info:
+        load_card(tmp_path / "bad.yaml")
+    assert "outputs[1]" in info.value.errors[0] and "'unclassified' is reserved" in info.value.errors[0], info.value.errors
+    # every classifier and detector without a card: looked for among these, by file name
+    (tmp_path / "a-list.yaml").write_text("- red\n- green\n")  # a traceback (AttributeError) before
+    (tmp_path / "latin1.yaml").write_bytes("files: [caf\xe9.onnx]\n".encode("latin-1"))  # (UnicodeDecodeError)
+    (tmp_path / "one.yaml").write_text("files: model.onnx\n")  # a string: matched `l.onnx` (`in` a string)
+    (tmp_path / "z-good.yaml").write_text("files: [net.onnx]\n")
+    assert find_card("/m/l.onnx", tmp_path) is None
+    assert find_card("/m/net.onnx", tmp_path) == tmp_path / "z-good.yaml"

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from ..config_errors import ConfigError, format_validation_error
 
@@ -48,6 +48,7 @@ def _cards_dir() -> Path:
 
 CARDS_DIR = _cards_dir()
 ATTRIBUTE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+RESERVED_ATTRIBUTE = "unclassified"  # attributes.unclassified: classifier → why an object got none of its answer
 
 
 class _Strict(BaseModel):
@@ -117,6 +118,12 @@ class CardOutput(_Strict):
             bad = [n for n in self.labels if not re.match(ATTRIBUTE_NAME, n)]
             if bad:
                 raise ValueError(f"labels: sigmoid labels are attribute names and must match {ATTRIBUTE_NAME}, got {bad[0]!r}")
+        written = ([self.attribute_name] if self.kind == "softmax" else
+                   list(self.labels or ()) if self.kind == "sigmoid" else [])
+        if RESERVED_ATTRIBUTE in written:
+            field = "labels" if self.kind == "sigmoid" else "attribute"
+            raise ValueError(f"{field}: {RESERVED_ATTRIBUTE!r} is reserved (what an object too small for a classifier "
+                             "says why under): name the attribute otherwise")
         return self
 
     @property
@@ -131,7 +138,7 @@ class ModelCard(_Strict):
     files: list[str] = Field(default_factory=list, description="weight file names this card describes")
     input: CardInput
     outputs: list[CardOutput] = Field(min_length=1)
-    min_size: tuple[int, int] | None = Field(
+    min_size: tuple[PositiveInt, PositiveInt] | None = Field(
         None, description="classify: smallest box [width, height] in camera pixels worth classifying")
     crop_context: float = Field(1.15, ge=1, le=4, description="classify: box grown by this before cropping")
     nms_iou: float = Field(0.45, ge=0, le=1, description="detect: NMS IoU threshold")
@@ -196,10 +203,11 @@ def find_card(weights: str | Path, cards_dir: Path = CARDS_DIR) -> Path | None:
     name = Path(str(weights).rstrip("/")).name
     for candidate in sorted(cards_dir.glob("*.yaml")):
         try:
-            files = (yaml.safe_load(candidate.read_text()) or {}).get("files") or []
-        except (OSError, yaml.YAMLError):
+            data = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):  # (ValueError: not UTF-8) another file's trouble, not this model's
             continue
-        if name in files:
+        files = data.get("files") if isinstance(data, dict) else None
+        if isinstance(files, list) and name in files:
             return candidate
     return None
 
