@@ -18,7 +18,7 @@ from .metrics import CameraMetrics
 from .models import prepare_frame
 from .publish import Publisher
 from .frame_slot import LatestFrameSlot
-from .source_types import SourceState, StatusEvent, is_file_url
+from .source_types import SourceState, StatusEvent, is_file_url, is_hls_url
 from .sources import VideoSource
 from .track_state import open_tracking
 
@@ -89,6 +89,7 @@ def _video_source(camera: CameraConfig, config: PerceptConfig, slot: LatestFrame
         ),
         fps=camera.fps,
         is_file=is_file_url(camera.url),
+        paced=is_hls_url(camera.url),
         loop=camera.loop,
         realtime=camera.realtime,
         native_fps=native_fps,

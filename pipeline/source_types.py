@@ -74,6 +74,14 @@ def is_file_url(url: str) -> bool:
     return "://" not in url and not url.startswith("device:") or url[:7].lower() == "file://"
 
 
+def is_hls_url(url: str) -> bool:
+    """An HLS playlist (a path ending in ``.m3u8``, or ``hls`` in the scheme): its video comes in
+    whole segments of seconds each, as fast as they download, and new ones only every segment."""
+    low = url.lower()
+    scheme = low.split("://", 1)[0] if "://" in low else ""
+    return scheme.startswith("hls") or low.split("?", 1)[0].split("#", 1)[0].endswith(".m3u8")
+
+
 def file_path_of(url: str) -> str:
     """A file camera's path: its URL without ``file://`` (in any case)."""
     return url[7:] if url[:7].lower() == "file://" else url

@@ -58,6 +58,7 @@ class VideoSource:
         monotonic: Callable[[], float] | None = None,
         secrets: tuple[str, ...] = (),
         sparse: bool = False,
+        paced: bool = False,
     ):
         self.camera = camera
         # ``sparse``: a capture that skips frames (keyframes only), its frames seconds apart by
@@ -69,7 +70,11 @@ class VideoSource:
         self._sampler = FpsSampler(fps, phase=None if is_file or sparse else next_phase())
         self._is_file = is_file
         self._loop = loop
-        self._realtime = realtime and is_file
+        # ``paced``: a live stream read at its own timestamps' pace, as a realtime file is (HLS: its
+        # segments download whole, seconds of video at once; read as they came, a camera's frames
+        # came in bursts a segment apart, and the reader, waiting a segment for the next, timed
+        # out, reconnected and read the last segments again: the same video published twice)
+        self._realtime = (realtime and is_file) or paced
         # a file's frame rate, or what probes it (called in the reader thread, before the first open)
         self._native_fps = native_fps
         self._watchdog_s = watchdog_s
@@ -225,6 +230,7 @@ class VideoSource:
                 self._pace_origin = None
             if outcome == "lost":
                 self._wait(self._backoff.next())
+                self._pace_origin = None  # (a paced stream: its positions start again at the next open)
         if self._state != SourceState.FAILED:
             self._transition(SourceState.STOPPED)
 
