@@ -108,6 +108,7 @@ class CameraConductor(ConductorStats):
         self._reader_error: Exception | None = None  # the reader thread's crash (run() raises it)
         self.read_to_end = False  # a file read to its end, marked so in its hash (`_read_to_its_end`)
         self._fps_window: list[float] = []
+        self._fps_since: float | None = None  # (monotonic) when this run began: its fps over no more than it
         self._taken_at: dict[int, float] = {}  # seq → time.monotonic() of its take, while in flight
         self._hold_s: float | None = None  # how long a frame holds its in-flight place (moving average)
 
@@ -121,6 +122,7 @@ class CameraConductor(ConductorStats):
         if self.events is not None and self._tracked_frames == 0:  # continued tracks keep their answers
             self.classification.seed(self.events.track_attributes(), self._tracked_frames)
         self._reader_error = None
+        self._fps_since = time.monotonic()
         self._reader = threading.Thread(target=self._read_loop, args=(loop,), name=f"reader-{self.camera.id}", daemon=True)
         self._reader.start()
         stats = asyncio.create_task(self._stats_loop())
@@ -166,7 +168,7 @@ class CameraConductor(ConductorStats):
         await thread_ended(self._reader, self.camera.read_timeout_s + 1)
         self._last_state()
         self.read_to_end = ended and self._read_to_its_end()
-        self._publish_stats(read_to_its_end=self.read_to_end)
+        self._publish_stats(read_to_its_end=self.read_to_end, stopped=True)
         if self.kept is not None:
             self.kept.forget(self.camera.id)  # its frames go with it (`percept explain` keeps)
 

@@ -15,6 +15,7 @@ from .source_types import SourceState
 from .streams import ENDED_FIELD, ended_mark
 
 log = logging.getLogger("percept.conductor")
+FPS_WINDOW_S = 5.0  # a camera's fps: the frames published over the last this many seconds
 
 
 @dataclass
@@ -44,21 +45,32 @@ class ConductorStats:
 
     @property
     def fps(self) -> float:
+        """Frames published a second over the last 5 s, or over the run's time when shorter (a
+        2 fps camera said 0.4 a second after each start or move)."""
         now = time.monotonic()
-        self._fps_window = [t for t in self._fps_window if now - t <= 5.0]
-        return len(self._fps_window) / 5.0
+        self._fps_window = [t for t in self._fps_window if now - t <= FPS_WINDOW_S]
+        since = self._fps_since if self._fps_since is not None else now - FPS_WINDOW_S
+        return len(self._fps_window) / max(min(FPS_WINDOW_S, now - since), 1.0)
+
+    @property
+    def state_now(self) -> str:
+        """The camera's state as the hash and ``/status`` say it: a reader that crashed left its
+        source's last state (``online``): the camera has failed."""
+        return "failed" if (self._failure or self._reader_error) is not None else self.source.state.value
 
     def _read_to_its_end(self) -> bool:
         """A file (not looping) read to its end, every frame taken published: it is not read again."""
         return (ended_mark(self.camera) is not None and self.source.state == SourceState.STOPPED
                 and self._reader_error is None and self._failure is None)
 
-    def _publish_stats(self, *, read_to_its_end: bool = False) -> None:
+    def _publish_stats(self, *, read_to_its_end: bool = False, stopped: bool = False) -> None:
+        """The camera hash's numbers; ``stopped``: the run's last (no fps any more: a file read to
+        its end kept its last rate for good)."""
         # after the camera's last frames: a file read to its end is marked so (`ended_mark`)
         ended = {ENDED_FIELD: ended_mark(self.camera)} if read_to_its_end else {}
         self.publisher.camera_stats(
             self.camera.id,
-            fps=f"{self.fps:.2f}",
+            fps=f"{0.0 if stopped else self.fps:.2f}",
             dropped=self.dropped,  # (``processed`` is counted by Redis as each frame lands: lease.py)
             classify_failed=self.counters.classify_failed,
             seq=self.source.next_seq - 1,
@@ -77,8 +89,7 @@ class ConductorStats:
     def status(self) -> dict[str, Any]:
         return {
             "camera": self.camera.id,
-            # a reader that crashed left its source's last state (``online``): the camera has failed
-            "state": "failed" if (self._failure or self._reader_error) is not None else self.source.state.value,
+            "state": self.state_now,
             "fps": round(self.fps, 2),
             "dropped": self.dropped,
             "processed": self.counters.processed,

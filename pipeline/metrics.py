@@ -65,7 +65,8 @@ CAMERA_STATE = MetricDef("percept_camera_state", "gauge",
                          "1 for the camera's current state on this replica, 0 for the others", ("camera", "state"))
 E2E_LATENCY_MS = MetricDef("percept_e2e_latency_ms", "histogram",
                            "capture to publish of each published frame (latency_ms.total), ms", CAM,
-                           (25, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2500, 5000, 10000))
+                           (25, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2500, 5000, 10000, 15000, 30000,
+                            60000))
 CAMERA_LAG_S = MetricDef("percept_camera_lag_seconds", "gauge",
                          "seconds since the capture time of the camera's newest published frame", CAM)
 PUBLISHER_BUFFER = MetricDef("percept_publisher_buffer_entries", "gauge",
@@ -158,7 +159,7 @@ class CameraMetrics:
             confirmed = conductor.publisher.stats.confirmed.get(cid)
             if confirmed:
                 self._last_frame_ts[cid] = max(self._last_frame_ts.get(cid, 0.0), int(confirmed.split("-")[0]) / 1000)
-            self._camera_gauges(cid, conductor.source.state)
+            self._camera_gauges(cid, SourceState(conductor.state_now))  # (a reader that crashed: failed)
         # moved or removed: this replica shows it no more (its last counts flushed, also of a run
         # that came and went between two collections, never shown)
         for cid in (self._shown | set(self._tracked)) - set(conductors):

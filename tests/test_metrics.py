@@ -145,11 +145,14 @@ def test_rows_render_cameras_deployments_and_outage():
 
 # --- unit: CameraMetrics and ModelMetrics --------------------------------------------------------
 
+class FakeConductor(SimpleNamespace):  # (`ConductorStats.state_now`: its source's, failed once its reader crashed)
+    state_now = property(lambda self: "failed" if self.crashed else self.source.state.value)
+
+
 def fake_conductor(cid, publisher, next_seq=100):
-    return SimpleNamespace(
-        camera=SimpleNamespace(id=cid), publisher=publisher,
-        source=SimpleNamespace(frames_read=0, skipped=0, next_seq=next_seq, state=SourceState.CONNECTING),
-        slot=SimpleNamespace(dropped=0), counters=SimpleNamespace(failed=0))
+    source = SimpleNamespace(frames_read=0, skipped=0, next_seq=next_seq, state=SourceState.CONNECTING)
+    return FakeConductor(camera=SimpleNamespace(id=cid), publisher=publisher, crashed=False, source=source,
+                         slot=SimpleNamespace(dropped=0), counters=SimpleNamespace(failed=0))
 
 
 def fake_publisher():
@@ -483,8 +486,7 @@ def test_top_scrapes_the_metrics_endpoints_at_once():
 
 
 class QuietHandler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
+    log_message = lambda self, *args: None  # noqa: E731
 
 
 @contextlib.contextmanager
