@@ -254,3 +254,17 @@ def test_a_failed_swap_after_redis_lost_its_data_rolls_back_to_what_every_replic
     refused = asyncio.run(scenario())
     assert "replica r2 could not load" in refused and "rolled back to c.pt" in refused, refused
     assert [r.current.name for r in replicas] == ["c.pt", "c.pt"]
+
+
+def test_a_classifier_swap_whose_running_card_is_gone_is_compared_with_nothing_not_a_500(tmp_path):
+    """No replica answering, the running classifier's card deleted (what the swap may be meant to
+    fix): reading its crops raised a `ModelError`, which is no `SwapError`, and the API answered
+    500 (the CLI exit 1). The new model is loaded and checked; nothing is there to compare with."""
+    from pipeline.config_models import ClassifierConfig
+    from pipeline.lifecycle.swap import validate_swap
+
+    weights = str(MODELS / "vehicle-attributes-recognition-barrier-0039/FP32/vehicle-attributes-recognition-barrier-0039.xml")
+    running = ClassifierConfig(weights=weights, card=str(tmp_path / "gone.yaml"))
+    new_cfg, name = validate_swap("classifier", running, weights, None, models_dir=str(MODELS),
+                                  field="classifiers.vehicle", running=None, running_name="gone")
+    assert new_cfg.card is None and name == "vehicle-attributes-recognition-barrier-0039.xml"

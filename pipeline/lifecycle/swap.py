@@ -345,8 +345,12 @@ def validate_swap(kind: str, cfg: Any, weights: str, card: str | None, *, models
     if running is None and kind == "classifier":
         from ..backends.crops import crop_spec
 
-        spec = crop_spec(cfg, models_dir=models_dir, field=field)
-        running = {"crop_size": list(spec.size), "crop_context": round(float(spec.context), 4), "crop_fit": spec.fit}
+        try:
+            spec = crop_spec(cfg, models_dir=models_dir, field=field)
+            running = {"crop_size": list(spec.size), "crop_context": round(float(spec.context), 4), "crop_fit": spec.fit}
+        except (ModelError, ConfigError, OSError) as exc:  # its card gone or broken: nothing runs it to compare with
+            logging.getLogger("percept.swap").warning("%s: the running model's crops cannot be read (%s): the new one "
+                                                      "is not compared with them", field, exc)
     errors = compare_facts(kind, facts, running or {}, new_name=model_name(new_cfg), running_name=running_name,
                            field=field)
     if errors:
