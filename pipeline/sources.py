@@ -228,6 +228,9 @@ class VideoSource:
             if outcome == "empty":  # a looping file that gave no frame this time (being rewritten?)
                 self._wait(self._backoff.next())
                 self._pace_origin = None
+                # its frames were read (not decoded): the timeline goes on after them, else the
+                # sampler, past them already, took nothing of the next passes until they caught up
+                pts_offset = max(last_pts + self._frame_s, pts_offset)
             if outcome == "lost":
                 self._wait(self._backoff.next())
                 self._pace_origin = None  # (a paced stream: its positions start again at the next open)

@@ -163,6 +163,27 @@ def test_a_looping_file_whose_next_pass_has_no_frame_backs_off():
     assert waits == [0.5, 1, 2, 4, 8, 10], waits
 
 
+def test_a_looping_files_pass_with_nothing_decodable_does_not_hold_back_the_passes_after_it():
+    """A pass whose frames were read but none decoded (the file being rewritten) left the
+    timeline where it was: the next passes started behind the sampler, which had gone past that
+    pass's frames, and nothing of them was taken until they caught up (13 passes of a 3-frame
+    clip after a 50-frame one)."""
+    class Undecodable(FakeCapture):
+        def retrieve(self):
+            return False, None
+
+    clock, opened, passes = Clock(), [], iter([3, -50] + [3] * 100)
+
+    def open_capture():
+        opened.append(n := next(passes))
+        return Undecodable(-n, clock) if n < 0 else FakeCapture(n, clock)
+
+    src = VideoSource("clip", open_capture, fps=25, is_file=True, loop=True, realtime=False, native_fps=25,
+                      clock=clock, sleep=clock.sleep, backoff=Backoff(0.5, 10))
+    frames = take(src, 6)
+    assert len(opened) == 3 and frames[3].meta.pts > 2.0, ([f.meta.pts for f in frames], opened)
+
+
 def test_a_looping_file_that_cannot_be_opened_for_a_moment_is_tried_again_not_failed():
     """The clip is being replaced (``cp`` truncates it first, or it is deleted and written
     again): the next pass's open fails. The camera failed for good and kept its lease, so nobody
