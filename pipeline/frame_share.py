@@ -278,7 +278,10 @@ def _map_read_only(name: str) -> mmap.mmap:
 
 
 SHM_DIR = "/dev/shm"  # where Linux shows POSIX shared memory
-_NAME = re.compile(r"^percept-(\d+)-[0-9a-f]{12}$")
+# percept-<pid namespace>-<pid>-<random>: the pid is only looked at in its own namespace (a
+# container sharing /dev/shm, not its pids: `ipc: host`, took every other's slots for orphans);
+# percept-<pid>-<random>: an older lender's, looked at as before
+_NAME = re.compile(r"^percept-(?:(\d+)-)?(\d+)-[0-9a-f]{12}$")
 
 
 def reap_orphans(folder: str = SHM_DIR) -> list[str]:
@@ -292,7 +295,8 @@ def reap_orphans(folder: str = SHM_DIR) -> list[str]:
     reaped = []
     for name in names:
         match = _NAME.match(name)
-        if match is None or _alive(int(match.group(1))):
+        namespace = match and match.group(1)
+        if match is None or (namespace is not None and int(namespace) != _pid_namespace()) or _alive(int(match.group(2))):
             continue
         with contextlib.suppress(FileNotFoundError):
             _posixshmem.shm_unlink("/" + name)
@@ -312,8 +316,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _pid_namespace() -> int:
+    """This process's pid namespace (its inode), 0 where there is none to read."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 def _prefix() -> str:
-    return f"percept-{os.getpid()}-"
+    return f"percept-{_pid_namespace()}-{os.getpid()}-"
 
 
 def lending(detect: Callable[[Any], Awaitable[Any]], lender: FrameLender | None) -> Callable[[Any], Awaitable[Any]]:

@@ -35,7 +35,9 @@ def frame(seed=0, shape=(64, 96, 3)):
 
 
 def ours():
-    return {f for f in os.listdir("/dev/shm") if f.startswith(f"percept-{os.getpid()}-")}
+    from pipeline.frame_share import _prefix
+
+    return {f for f in os.listdir("/dev/shm") if f.startswith(_prefix())}
 
 
 def test_a_lent_frame_is_read_by_another_process_and_its_segment_goes_on_close():
@@ -150,6 +152,31 @@ def test_slots_of_a_killed_decoder_are_removed_by_the_next_lender():
         mine.close()
         with contextlib.suppress(FileNotFoundError):
             _posixshmem.shm_unlink("/" + orphan)
+
+
+def test_slots_of_another_pid_namespace_sharing_dev_shm_are_left_to_it():
+    """Containers sharing /dev/shm but not their pids (``ipc: host``): each decoder took the
+    others' slots for orphans (their pids not alive here) and removed them every minute; their
+    detectors found no slot and fell back to pixels for good."""
+    import _posixshmem
+
+    from pipeline.frame_share import _pid_namespace, reap_orphans
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True, timeout=60)
+    theirs = f"percept-{_pid_namespace() + 1}-{int(gone.stdout)}-0123456789ad"
+    orphan = f"percept-{_pid_namespace()}-{int(gone.stdout)}-0123456789ae"
+    try:
+        for name in (theirs, orphan):
+            fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+            os.ftruncate(fd, 64)
+            os.close(fd)
+        assert orphan in reap_orphans() and orphan not in os.listdir("/dev/shm")
+        assert theirs in os.listdir("/dev/shm"), "another namespace's slot was taken for an orphan"
+    finally:
+        for name in (theirs, orphan):
+            with contextlib.suppress(FileNotFoundError):
+                _posixshmem.shm_unlink("/" + name)
 
 
 def test_slots_of_a_decoder_killed_later_are_removed_by_one_that_runs_on():
