@@ -85,6 +85,7 @@ class ExplainApi:
         self.tries = 10 * cfg.decoder_replicas + 2
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain", initializer=_lower_priority)
         self._detectors: dict[str, tuple[Any, DetectorConfig]] = {}  # deployment → its model as loaded here
+        self._loaded_for: dict[str, tuple[str, str | None, int]] = {}  # deployment → (weights, card, swap generation)
         self._blurrer: Any = None
         self._queued = 0  # explanations asked for and not answered yet
 
@@ -162,12 +163,16 @@ class ExplainApi:
 
     # --- the explanation (on the explain thread) -----------------------------------------------------
 
-    def _serving(self, section: Any) -> DetectorConfig:
+    def _serving(self, section: Any) -> tuple[DetectorConfig, int]:
         """A detector section with the weights its replicas serve now: a hot swap's record
-        (`pipeline/lifecycle/swap.py`) when there is one, else the config's."""
+        (`pipeline/lifecycle/swap.py`) when there is one, else the config's; and the record's
+        generation (a swap to the same path, a file rewritten by `models finetune --out`, is
+        another model: loaded again)."""
         raw = self.client.get(SwapKeys(self.cfg.redis.stream_prefix, section.deployment).desired)
         desired = Desired.read(raw, section.cfg)
-        return section.cfg if desired is None else swapped_cfg(section.cfg, desired.weights, desired.card)
+        if desired is None:
+            return section.cfg, 0
+        return swapped_cfg(section.cfg, desired.weights, desired.card), desired.generation
 
     def _detector_for(self, frame: KeptFrame, target: Target) -> tuple[Any, DetectorConfig]:
         """The detector the replicas serve (loaded on first use, again after a hot swap); of
@@ -175,11 +180,12 @@ class ExplainApi:
         from pipeline.backends import load_detector
 
         for section in self.cfg.detector_sections():
-            cfg = self._serving(section)
-            loaded = self._detectors.get(section.deployment)
-            if loaded is None or (loaded[1].weights, loaded[1].card) != (cfg.weights, cfg.card):
+            cfg, generation = self._serving(section)
+            serving = (cfg.weights, cfg.card, generation)
+            if self._loaded_for.get(section.deployment) != serving:
                 model = load_detector(explainer_config(cfg), models_dir=self.cfg.models_dir, field=section.field)
                 self._detectors[section.deployment] = (model, cfg)
+                self._loaded_for[section.deployment] = serving
         detectors = list(self._detectors.values())
         if len(detectors) == 1:
             return detectors[0]

@@ -268,3 +268,27 @@ def test_a_classifier_swap_whose_running_card_is_gone_is_compared_with_nothing_n
     new_cfg, name = validate_swap("classifier", running, weights, None, models_dir=str(MODELS),
                                   field="classifiers.vehicle", running=None, running_name="gone")
     assert new_cfg.card is None and name == "vehicle-attributes-recognition-barrier-0039.xml"
+
+
+def test_explain_loads_the_detector_again_after_a_swap_to_the_same_path(redis_server, monkeypatch):
+    """`models finetune --out` rewrites a file and a swap to that same path reloads the replicas;
+    the explainer kept the model it had loaded (keyed on the path), explaining with the old one."""
+    import pipeline.backends
+    from deployments.explain import ExplainApi
+    from pipeline.config import parse_config
+    from pipeline.lifecycle.swap import SwapKeys, config_identity
+    from pipeline.streams import StreamKeys
+
+    cfg = parse_config({"cameras": [{"id": "a", "url": "a.mp4"}], "redis": {"url": redis_server.url},
+                        "detector": {"weights": "yolo11n.pt"}}, env={})
+    loads = []
+    monkeypatch.setattr(pipeline.backends, "load_detector", lambda c, **kw: loads.append(c.weights) or object())
+    api = ExplainApi(cfg, redis_server.client(), StreamKeys(cfg.redis.stream_prefix), None, None)
+    (section,) = cfg.detector_sections()
+    desired_key = SwapKeys(cfg.redis.stream_prefix, section.deployment).desired
+    for generation in (None, 1, 1, 2):
+        if generation is not None:  # a swap to the configured path itself
+            redis_server.client().set(desired_key, Desired("yolo11n.pt", None, generation, "yolo11n.pt",
+                                                           config=config_identity(section.cfg)).to_json())
+        api._detector_for(None, None)
+    assert loads == ["yolo11n.pt", "yolo11n.pt", "yolo11n.pt"]  # at first, at generation 1, at 2: not again at 1
