@@ -115,16 +115,18 @@ class LiveView:
             return
         if await asyncio.to_thread(self.client.hexists, self.registry.key, camera_id):
             return
+        raise await self._no_camera(camera_id)
+
+    async def _no_camera(self, camera_id: str) -> HTTPException:
+        """The 404 of a camera the registry has not (naming those it has)."""
         ids = await asyncio.to_thread(self._camera_ids, True)
-        raise HTTPException(404, detail={"message": f"no camera {camera_id!r}", "cameras": [i for i in ids if i != camera_id]})
+        return HTTPException(404, detail={"message": f"no camera {camera_id!r}", "cameras": [i for i in ids if i != camera_id]})
 
     async def _not_running(self, camera_id: str, state: str, error: str | None) -> HTTPException:
         """The 503 of a camera that is not online, or the 404 of one removed (`REMOVED`: the
         registry has it no more, though the list read before, or its state, still named it)."""
         if state == REMOVED:
-            ids = await asyncio.to_thread(self._camera_ids, True)
-            return HTTPException(404, detail={"message": f"no camera {camera_id!r}",
-                                              "cameras": [i for i in ids if i != camera_id]})
+            return await self._no_camera(camera_id)
         return self._unavailable(camera_id, state, error)
 
     def _watch(self, camera_id: str, with_state: bool = False) -> tuple[bytes | None, str, str | None]:

@@ -206,7 +206,7 @@ class CropClassification:
             cache = self._track_cache[n] if self._track_cache is not None else None
             known, fresh = self._chosen(detections, category, route, cache, frame_no, unclassified)
             if fresh and n in self._unanswering:  # not waited for: its last answers, or none (failed)
-                await self._probe(n, category, route, image, detections.xyxy[fresh[:1]])
+                self._probe(n, category, route, image, detections.xyxy[fresh[:1]])
                 for i in fresh:
                     track = detections.track_ids[i] if cache is not None else None
                     last = cache.last(track) if track is not None else None
@@ -261,15 +261,19 @@ class CropClassification:
         log.warning("camera %s: %s is not answering (%s): frames go on without its attributes; asked again every "
                     "%g s", self.camera, route.name or category, error, PROBE_EVERY_S)
 
-    async def _probe(self, n: int, category: str, route: ClassifierRoute, image: np.ndarray, boxes: np.ndarray) -> None:
-        """One request to an unanswering classifier, when none is in flight and `PROBE_EVERY_S`
-        passed since the last; not awaited by the frame. Its answer ends the outage."""
+    def _probe(self, n: int, category: str, route: ClassifierRoute, image: np.ndarray, boxes: np.ndarray) -> None:
+        """One request to an unanswering classifier (its crops cut in it), when none is in flight
+        and `PROBE_EVERY_S` passed since the last; not awaited by the frame. Its answer ends the
+        outage."""
         out, loop = self._unanswering[n], asyncio.get_running_loop()
         if out.probe is not None or loop.time() - out.answered_not_at < PROBE_EVERY_S:
             return
         name = route.name or category
-        crops = await cut_crops(image, boxes, route)
-        out.probe = probe = asyncio.ensure_future(self._request(name, route, crops))
+
+        async def ask() -> list[Any]:
+            return await self._request(name, route, await cut_crops(image, boxes, route))
+
+        out.probe = probe = asyncio.ensure_future(ask())
 
         def answered(done: "asyncio.Future[Any]") -> None:
             if done.cancelled() or done.exception() is not None:  # (an answer that is an error is an answer)

@@ -12,6 +12,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, 
 
 from .config_errors import error_at
 
+# attributes.unclassified: classifier → why an object got none of its answers; no model writes it
+RESERVED_ATTRIBUTE = "unclassified"
+RESERVED_WHY = (f"{RESERVED_ATTRIBUTE!r} is reserved (what an object too small for a classifier says why under): "
+                "name the attribute otherwise")
+
 DEFAULT_CATEGORIES: dict[str, list[str]] = {
     "vehicle": ["car", "truck", "bus", "motorcycle", "bicycle"],
     "pedestrian": ["person"],
@@ -195,9 +200,8 @@ class ClassifierConfig(ModelServerConfig):
     @field_validator("attribute")
     @classmethod
     def _not_reserved(cls, v: str) -> str:
-        if v == "unclassified":
-            raise ValueError("'unclassified' is reserved (what an object too small for a classifier says why under): "
-                             "name the attribute otherwise")
+        if v == RESERVED_ATTRIBUTE:
+            raise ValueError(RESERVED_WHY)
         return v
 
     @model_validator(mode="after")

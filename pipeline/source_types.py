@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -77,9 +78,11 @@ def is_file_url(url: str) -> bool:
 def is_hls_url(url: str) -> bool:
     """An HLS playlist (a path ending in ``.m3u8``, or ``hls`` in the scheme): its video comes in
     whole segments of seconds each, as fast as they download, and new ones only every segment."""
-    low = url.lower()
-    scheme = low.split("://", 1)[0] if "://" in low else ""
-    return scheme.startswith("hls") or low.split("?", 1)[0].split("#", 1)[0].endswith(".m3u8")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # (a host that is no address, from a ${VAR}: its open says so)
+        return False
+    return parts.scheme.lower().startswith("hls") or parts.path.lower().endswith(".m3u8")
 
 
 def file_path_of(url: str) -> str:

@@ -13,6 +13,8 @@ from pipeline.classify import ClassifierRoute, CropClassification
 from pipeline.config import ClassifierConfig
 from pipeline.schema import Detections
 
+from .waiting import wait_for
+
 IMAGE = np.zeros((64, 64, 3), np.uint8)
 
 
@@ -40,13 +42,6 @@ def stage_with(classifier: Classifier, *, track_buffer: int | None = 30) -> Crop
     return CropClassification("cam", {"vehicle": route}, timeout_s=0.2, track_buffer=track_buffer)
 
 
-async def until(predicate, timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)  # (a poll under the deadline)
-
-
 def test_frames_stop_waiting_for_a_classifier_that_gave_no_answer_and_go_on_when_it_answers(monkeypatch):
     """Every frame of a camera waited ``classify_timeout_s`` (10 s) for a classifier that hung,
     and asked it again: the camera ran at 2 frames a timeout and the hung classifier got 2 calls a
@@ -67,7 +62,8 @@ def test_frames_stop_waiting_for_a_classifier_that_gave_no_answer_and_go_on_when
         classifier.hung = False
         _, failed = await stage(IMAGE, car(None), 12)  # sends the probe, does not wait for it
         assert failed == 1
-        await until(lambda: not stage._unanswering, 5, "the probe's answer to end the outage")
+        await asyncio.to_thread(wait_for, lambda: not stage._unanswering, 5, "the probe's answer to end the outage",
+                                interval=0.01)
         assert classifier.calls == 3  # the probe
         dets, failed = await stage(IMAGE, car(None), 13)
         assert failed == 0 and dets.attributes[0]["type"]["label"] == "cab"

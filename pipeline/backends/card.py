@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from ..config_errors import ConfigError, format_validation_error
+from ..config_models import RESERVED_ATTRIBUTE, RESERVED_WHY
 
 ENV_CARDS_DIR = "PERCEPT_CARDS_DIR"
 
@@ -48,7 +49,6 @@ def _cards_dir() -> Path:
 
 CARDS_DIR = _cards_dir()
 ATTRIBUTE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-RESERVED_ATTRIBUTE = "unclassified"  # attributes.unclassified: classifier → why an object got none of its answer
 
 
 class _Strict(BaseModel):
@@ -122,8 +122,7 @@ class CardOutput(_Strict):
                    list(self.labels or ()) if self.kind == "sigmoid" else [])
         if RESERVED_ATTRIBUTE in written:
             field = "labels" if self.kind == "sigmoid" else "attribute"
-            raise ValueError(f"{field}: {RESERVED_ATTRIBUTE!r} is reserved (what an object too small for a classifier "
-                             "says why under): name the attribute otherwise")
+            raise ValueError(f"{field}: {RESERVED_WHY}")
         return self
 
     @property
