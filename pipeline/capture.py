@@ -6,9 +6,11 @@ the open (``udp://``, ``srt://``, ``rtp://``, ``tcp://``, …), is opened with P
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
+import time
 from pathlib import Path
 
 from .camera_probe import DEFAULT_PORTS, camera_unanswered, diagnose_open
@@ -37,6 +39,13 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 # rtp://, tcp://, rist://, …) has no request to answer first, and one that sends nothing would
 # hold every other camera's OpenCV open for its whole open timeout: those are read with PyAV
 ASKED = tuple(DEFAULT_PORTS)
+# a camera that answers (RTSP's OPTIONS and DESCRIBE, SETUP and PLAY; an HTTP GET) but sends no
+# video holds OpenCV's open, and so every other camera's, for its whole open timeout: one whose
+# OpenCV open took that long is opened with PyAV (camera, URL), outside the lock, until video
+# comes again (PyAV decodes an RTSP stream at more CPU: its next reconnect is OpenCV's again)
+MUTE_OPEN_SHARE = 0.9  # an open this share of the open timeout or longer: FFmpeg waited for video
+_opened_with_pyav: set[tuple[str, str]] = set()
+log = logging.getLogger("percept.capture")
 
 
 def unasked(url: str) -> bool:
@@ -82,11 +91,15 @@ def open_capture(
                              diagnose=diagnose_open, secrets=secrets)
     if decode != "all":
         raise ValueError(f"camera {camera}: decode must be one of {', '.join(['all', *SKIP_FRAME])}, not {decode!r}")
-    if unasked(url):  # nothing to ask before the open: PyAV's, outside OpenCV's open lock
+    mute = (camera, url)
+    if unasked(url) or mute in _opened_with_pyav:  # PyAV's, outside OpenCV's open lock
         from .capture_av import open_skipping
 
-        return open_skipping(camera, url, decode="all", open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
-                             frame_timeout_s=frame_timeout_s, secrets=secrets)
+        cap = open_skipping(camera, url, decode="all", open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
+                            frame_timeout_s=frame_timeout_s, secrets=secrets)
+        if mute in _opened_with_pyav:
+            cap.first_frame = lambda: _opened_with_pyav.discard(mute)
+        return cap
     import cv2
 
     safe = redact_url(redact(url, secrets))  # (its expanded variables first: a value with a ; or a space)
@@ -113,7 +126,13 @@ def open_capture(
         cv2.CAP_PROP_READ_TIMEOUT_MSEC, max(1, math.ceil(read_timeout_s * 1000)),
         cv2.CAP_PROP_N_THREADS, 1,
     ]
+    started = time.monotonic()
     cap = _ffmpeg_open(url, params)
+    if time.monotonic() - started >= MUTE_OPEN_SHARE * open_timeout_s:
+        _opened_with_pyav.add(mute)
+        log.warning("camera %s: answered but sent no video for %.3g s (its open timeout): opened with PyAV until "
+                    "video comes, so that its opens do not hold the other cameras' (OpenCV opens one at a time)",
+                    camera, open_timeout_s)
     if not cap.isOpened():
         why = diagnose_open(url, timeout_s=min(open_timeout_s, 3.0))
         raise SourceError(camera, f"cannot open {safe}: {why}", retryable=True)

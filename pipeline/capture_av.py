@@ -118,6 +118,7 @@ class SkippingCapture:
         self._frame_timeout_s = frame_timeout_s
         self._clock = clock
         self.stopping: Callable[[], bool] | None = None  # the reader's stop: a grab reading packets ends at it
+        self.first_frame: Callable[[], None] | None = None  # called at the first frame decoded
         self._decoded: list[Any] = []
         self._frame: Any = None
         self._start_s = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
@@ -177,6 +178,8 @@ class SkippingCapture:
                 return False
         self._frame = self._decoded.pop(0)
         self.decoded += 1
+        if self.decoded == 1 and self.first_frame is not None:
+            self.first_frame()
         if self.rate is not None:
             t = self._frame.time
             self.rate.decoded(t if t is not None else time.monotonic())
