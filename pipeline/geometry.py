@@ -198,6 +198,23 @@ def is_pixels_geometry(zones: Mapping[str, Sequence[Sequence[float]]], lines: Ma
     return any(is_pixels(p) for p in (*zones.values(), *lines.values()))
 
 
+def _relative_but_for(points: Sequence[Sequence[float]]) -> str | None:
+    """Why a zone read as pixels was surely meant as relative (0..1) with a typo: two or more of its
+    points, and at least as many as the rest, inside the frame's first pixel (``[0, 10]`` among
+    fractions made it a sliver 1 px wide at the frame's edge), else None."""
+    def relative(p: Sequence[float]) -> bool:
+        return all(0 <= v <= 1 for v in p)
+
+    inside = [p for p in points if relative(p)]
+    outside = [p for p in points if not relative(p)]
+    if not outside or len(inside) < 2 or len(inside) < len(outside):
+        return None
+    shown = ", ".join(f"[{', '.join(f'{v:g}' for v in p)}]" for p in outside)
+    return (f"{len(inside)} of its points are relative (0..1) but {shown} {'is' if len(outside) == 1 else 'are'} "
+            f"not, which makes it pixels (a sliver in the frame's first pixel): give every point as a fraction of "
+            f"the frame (0..1), or every point in pixels")
+
+
 def check_units(zones: Mapping[str, Any], lines: Mapping[str, Any]) -> None:
     """Raise (a pydantic error located at the offending zone or line) when one camera's zones and
     lines mix pixel and relative coordinates. For `CameraConfig`'s model validator."""
@@ -207,6 +224,9 @@ def check_units(zones: Mapping[str, Any], lines: Mapping[str, Any]) -> None:
         if 1 < top <= 2:  # read as pixels it would be a shape of 2 px at most: surely meant as 0..1
             raise error_at((kind, name), f"a value of {top:g} makes it pixels, at most 2 px across: relative "
                                          "coordinates are 0..1 (for the frame's edge write 1)")
+        typo = _relative_but_for(points)
+        if typo:
+            raise error_at((kind, name), typo)
     if not items:
         return
     first_kind, first_name, first_points = items[0]

@@ -108,7 +108,7 @@ def test_mixing_pixel_and_relative_units_names_the_odd_one():
         "one camera's zones and lines must all use the same unit"
     ]
     # one value > 1 makes the whole zone pixel-valued: consistent with a pixel line
-    parse_config({"cameras": [{"id": "c", "url": "x", "zones": {"a": [[0, 0], [0.5, 0.5], [3, 0]]},
+    parse_config({"cameras": [{"id": "c", "url": "x", "zones": {"a": [[0, 0], [40.5, 0.5], [3, 30]]},
                                "lines": {"l": [[0, 0], [5, 5]]}}]}, env={})
 
 
@@ -279,6 +279,18 @@ def test_a_relative_zone_drawn_just_past_the_frame_edge_is_refused_not_read_as_a
         "0..1 (for the frame's edge write 1)"]
     assert camera_errors(lines={"stop": [[0, 0.5], [1.0001, 0.5]]})[0].startswith("cameras[0].lines.stop: a value of 1.0001")
     parse_config({"cameras": [{"id": "c", "url": "x", "zones": {"road": [[0, 360], [1280, 360], [1280, 720]]}}]}, env={})
+
+
+def test_a_relative_zone_with_one_value_in_pixels_by_mistake_is_refused_naming_the_point():
+    """``[0, 10]`` for ``[0, 1.0]`` among fractions made the whole zone pixels: a sliver in the
+    frame's first pixel that nothing ever entered, with no word."""
+    assert camera_errors(zones={"road": [[0, 0.5], [1, 0.5], [1, 1], [0, 10]]}) == [
+        "cameras[0].zones.road: 3 of its points are relative (0..1) but [0, 10] is not, which makes it pixels (a "
+        "sliver in the frame's first pixel): give every point as a fraction of the frame (0..1), or every point in "
+        "pixels"]
+    # pixels with a corner at the frame's origin, or one point in the first pixel, are pixels as before
+    for road in ([[0, 0], [1280, 0], [1280, 720]], [[0, 0], [640, 0], [640, 360], [0, 360]]):
+        parse_config({"cameras": [{"id": "c", "url": "x", "zones": {"road": road}}]}, env={})
 
 
 def test_an_anchor_jittering_on_a_zone_edge_enters_once_and_a_real_exit_still_counts():
