@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import redis
 from redis.connection import parse_url
 
-from .redact import UNESCAPED_USERINFO, redact, url_credentials, url_secrets
+from .redact import UNESCAPED_USERINFO, port_or_password, redact, url_credentials, url_secrets
 
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # a ${VAR} in a config value
@@ -70,6 +70,9 @@ def camera_url_problem(url: str) -> str | None:
     if scheme not in CAMERA_SCHEMES:
         return (f"unknown scheme {m.group(1)}:// (a camera is rtsp://, rtsps://, http(s)://, rtmp://, srt://, udp://, "
                 "… a file path or device:N)")
+    if port_or_password(url):  # (nothing of it quoted: the digits may be a password's start)
+        return ("host:port and then an \"@\" (in the path or query), or user:password with / ? or # in the "
+                "password? Percent-encode the password's / ? # (%2F %3F %23), or the \"@\" (%40)")
     try:
         found = url_credentials(url)
         hostport = found.hostport if found is not None else urlsplit(url).netloc

@@ -107,7 +107,9 @@ def url_credentials(url: str, *, to_last_at: bool = False) -> UrlCredentials | N
     at = url.rfind("@", end)  # an "@" after the host part
     if "@" not in m.group("netloc"):
         _, colon, after = m.group("netloc").partition(":")
-        if at < 0 or not colon or after.isdigit():  # no "@" after it, or a port: no credentials
+        # no "@" after it, or a port (as FFmpeg reads it; scrubbing takes the digits for a
+        # password's start, "user:2024/Spring@host": the safe side, `port_or_password`)
+        if at < 0 or not colon or (after.isdigit() and not to_last_at):
             return None
     elif not to_last_at:
         at = -1
@@ -116,6 +118,20 @@ def url_credentials(url: str, *, to_last_at: bool = False) -> UrlCredentials | N
     userinfo, _, hostport = url[start:end].rpartition("@")
     user, colon, password = userinfo.partition(":")
     return UrlCredentials(url, start, end, user, password if colon else None, hostport)
+
+
+_DOTTED_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)(?::\d*)?")
+
+
+def port_or_password(url: str) -> bool:
+    """Whether ``scheme://name:digits/…@host…`` reads both ways: a host ``name`` (no dot) and its
+    port with an "@" further on, or a user and a password of digits then an unescaped / ? or #
+    before a dotted host or an address (``admin:2024/Spring@10.0.0.5``; FFmpeg reads the first,
+    and would send the rest of the password to host ``admin``). ``h:554/live@main`` is a path."""
+    whole = url_credentials(url, to_last_at=True)
+    if whole is None or url_credentials(url) is not None:
+        return False
+    return "." not in whole.user and ":" not in whole.user and bool(_DOTTED_HOST.fullmatch(whole.hostport))
 
 
 def url_secrets(url: str) -> tuple[str, ...]:

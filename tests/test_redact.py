@@ -1,3 +1,5 @@
+import pytest
+
 from pipeline.redact import redact, redact_url
 
 
@@ -146,3 +148,29 @@ def test_rtsp_diagnosis_never_sends_the_password():
         server.close()
     assert len(asked) == 2 and all(a.startswith("DESCRIBE rtsp://127.0.0.1:") for a in asked), asked
     assert not any("Authorization" in a or "Hunter2pw" in a or "YWRtaW46SHVudGVyMnB3" in a for a in asked), asked
+
+
+def test_a_password_of_digits_then_a_slash_is_neither_taken_for_a_port_nor_stored_in_clear():
+    """``admin:2024/Spring@10.0.0.5`` read as host ``admin``, port 2024 and a path: accepted without
+    `allow_inline_credentials` (its password stored in the registry in clear), its rest sent to host
+    ``admin`` by the probe, and not scrubbed. Now refused naming no part of it, and scrubbed whole
+    in text; ``h:554/live@main`` (no dotted host after the "@") stays a path."""
+    from pipeline.config import parse_config
+    from pipeline.config_env import CameraEnvError, resolve_camera
+    from pipeline.config_errors import ConfigError
+
+    for url in ("rtsp://admin:2024/Spring@10.0.0.5/s", "rtsp://admin:12?ab@cam.example.org/s",
+                "rtsp://admin:2024#x@[fe80::1]:554/s"):
+        with pytest.raises(ConfigError) as caught:
+            parse_config({"cameras": [{"id": "c", "url": url}]}, env={})
+        said = str(caught.value)
+        assert "cameras[0].url: host:port and then an \"@\" (in the path or query), or user:password with / ? or # " \
+               "in the password? Percent-encode" in said and "2024" not in said and "12" not in said, said
+        assert redact_url(url).startswith("rtsp://***@"), url
+    for url in ("rtsp://h:554/live@main", "rtsp://cam.local:554/s@10.0.0.1/x"):
+        assert parse_config({"cameras": [{"id": "c", "url": url}]}, env={}).cameras[0].url == url
+    camera = parse_config({"cameras": [{"id": "dock", "url": "rtsp://admin:${CAM_DOCK_PASSWORD}@10.0.0.5/s"}]},
+                          env={}).cameras[0]
+    with pytest.raises(CameraEnvError) as caught:
+        resolve_camera(camera, {"CAM_DOCK_PASSWORD": "34031/Sup3rPw"})
+    assert "Percent-encode the password" in str(caught.value) and "34031" not in str(caught.value)
