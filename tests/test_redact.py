@@ -174,3 +174,17 @@ def test_a_password_of_digits_then_a_slash_is_neither_taken_for_a_port_nor_store
     with pytest.raises(CameraEnvError) as caught:
         resolve_camera(camera, {"CAM_DOCK_PASSWORD": "34031/Sup3rPw"})
     assert "Percent-encode the password" in str(caught.value) and "34031" not in str(caught.value)
+
+
+def test_a_query_password_with_a_semicolon_is_scrubbed_and_refused_whole():
+    """``?pwd=Summer;2024!``: the value was taken to end at the ``;``, so ``;2024!`` stayed in the
+    scrubbed URL (the camera hash, ``GET /cameras``) and in the inline password's refusal."""
+    from pipeline.config import parse_config
+    from pipeline.config_errors import ConfigError
+
+    url = "rtsp://cam/s?pwd=Summer;2024!&channel=1"
+    assert redact_url(url) == "rtsp://cam/s?pwd=***&channel=1"
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"cameras": [{"id": "dock", "url": url}]}, env={})
+    assert "write rtsp://cam/s?pwd=${CAM_DOCK_PASSWORD}&channel=1 and set" in str(caught.value), str(caught.value)
+    assert "2024" not in str(caught.value)
