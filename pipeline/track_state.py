@@ -33,6 +33,7 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
+from urllib.parse import urlsplit
 
 import redis
 
@@ -193,9 +194,21 @@ def stored_pixel_frames(client: redis.Redis, keys: Any, camera_id: str) -> dict[
 
 def source_of(camera: CameraConfig) -> str:
     """What a snapshot names as its camera's source: a digest of the URL as the replica opens it
-    (``${VAR}``s expanded), credentials taken out first (`redact_url`); a new password is the
-    same source."""
-    return hashlib.sha256(redact_url(camera.url).encode()).hexdigest()[:16]
+    (``${VAR}``s expanded), credentials taken out first (`redact_url`), and the values of its
+    variables too (`CameraConfig.secrets`: ``?pin=${CAM_DOCK_PIN}`` is no password name, and an
+    unsalted digest of a 6-digit pin is undone in a second by anyone reading Redis), then with the
+    host and port it names; a new password is the same source."""
+    shown = redact_url(camera.url)
+    scrubbed = shown
+    for secret in sorted(camera.secrets, key=len, reverse=True):
+        scrubbed = scrubbed.replace(secret, "***")
+    if scrubbed != shown:  # (else as before: the digests of snapshots written earlier stay the same)
+        try:
+            where = urlsplit(shown).netloc.rpartition("@")[2]
+        except ValueError:
+            where = ""
+        shown = f"{where} {scrubbed}"
+    return hashlib.sha256(shown.encode()).hexdigest()[:16]
 
 
 def end_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerConfig, *, track_id_max: int) -> int:

@@ -7,6 +7,7 @@ the detector is a stand-in (one car, always in view)."""
 
 from __future__ import annotations
 
+import hashlib
 import asyncio
 import json
 
@@ -15,6 +16,7 @@ import pytest
 from pipeline.conductor import CameraConductor
 from pipeline.config import CameraConfig, TrackerConfig
 from pipeline.publish import Publisher
+from pipeline.redact import redact_url
 from pipeline.schema import Detections
 from pipeline.sources import VideoSource
 from pipeline.streams import StreamKeys, connect_redis
@@ -192,6 +194,19 @@ def test_a_source_is_its_url_without_credentials():
     assert source("rtsp://cam.example/1?password=a") == source("rtsp://cam.example/1?password=b")
     assert len({source("rtsp://cam.example/1"), source("rtsp://cam.example/2"), source("rtsp://other/1")}) == 3
     assert "secret" not in source("rtsp://viewer:old-secret@cam.example/1")
+
+    # the values of its variables are not in it either (a 6-digit pin in an unsalted digest was
+    # found again by trying them all), while its host still is
+    from pipeline.config_env import resolve_camera
+
+    def with_pin(pin: str, host: str = "cam.example") -> CameraConfig:
+        written = CameraConfig(id="dock", url=f"http://{host}/video.cgi?user=admin&pin=${{CAM_DOCK_PIN}}")
+        return resolve_camera(written, {"CAM_DOCK_PIN": pin})
+
+    pinned = source_of(with_pin("482916"))
+    assert pinned == source_of(with_pin("777777")) != source_of(with_pin("482916", "other.example"))
+    assert all(hashlib.sha256(redact_url(f"http://cam.example/video.cgi?user=admin&pin={pin}").encode())
+               .hexdigest()[:16] != pinned for pin in ("482916", "***"))
 
 
 def test_frames_tracked_but_not_published_at_a_handover_leave_the_tracks_to_the_next_owner(redis_server, monkeypatch):
