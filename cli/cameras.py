@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
 from typing import Any
@@ -39,10 +40,10 @@ def register(sub: Any) -> None:
                      help="max frames sampled per second, 0 to 240 (0: every frame; default 5)")
     add.add_argument("--loop", action="store_true")
     rm = cam_sub.add_parser("rm", help="remove a camera", parents=[after])
-    rm.add_argument("id")
+    rm.add_argument("id", type=_some_id)
     zones = cam_sub.add_parser("zones", help="change a camera's zones, lines, anchor, line or zone margin (no restart)",
                                parents=[after])
-    zones.add_argument("id")
+    zones.add_argument("id", type=_some_id)
     zones.add_argument("--zones", type=json_arg('{"name": [[x, y], ...]}'),
                        help='JSON: {"name": [[x, y], ...]} ({} removes them all)')
     zones.add_argument("--lines", type=json_arg('{"name": [[x1, y1], [x2, y2]]}'), help='JSON: {"name": [[x1, y1], [x2, y2]]}')
@@ -52,6 +53,15 @@ def register(sub: Any) -> None:
     zones.add_argument("--zone-margin", type=MARGIN, dest="zone_margin",
                        help="hysteresis at zone edges: a fraction of the box across the edge (0 turns it off)")
     cams.set_defaults(func=_cameras)
+
+
+def _some_id(value: str) -> str:
+    """argparse type of the camera a request names (any text, escaped in the path; a camera
+    registered under an id no longer valid can still be removed): not empty, which asked
+    ``DELETE /cameras/``, a path the API redirects."""
+    if not value:
+        raise argparse.ArgumentTypeError("a camera id cannot be empty")
+    return value
 
 
 MARGIN = number_arg(float, 0.0, 2.0)  # as cameras[].line_margin / zone_margin
@@ -106,10 +116,13 @@ def _call(args: argparse.Namespace) -> tuple[int, Any]:
     return status, data
 
 
-def _ls_row(cam: dict[str, Any]) -> str:
+def _ls_row(cam: dict[str, Any], width: int = 14) -> str:
+    """One camera's line; why it is not online at its end (``last_error``, as `top` shows it)."""
     lag = "-" if cam["lag_s"] is None else f"{cam['lag_s']:.1f} s"
-    return (f"{cam['id']:<14} {cam['state']:<12} {cam['fps']:5.1f} fps  dropped {cam['dropped']:>5}  "
-            f"lag {lag:>7}  {cam['url']}")
+    error = cam.get("last_error")
+    why = f"  error: {redact(str(error))}" if error and cam["state"] != "online" else ""  # (a URL's password)
+    return (f"{cam['id']:<{width}} {cam['state']:<12} {cam['fps']:5.1f} fps  dropped {cam['dropped']:>5}  "
+            f"lag {lag:>7}  {cam['url']}{why}")
 
 
 def _cameras(args: argparse.Namespace) -> int:
@@ -132,12 +145,15 @@ def _cameras(args: argparse.Namespace) -> int:
                     EXIT_UNAVAILABLE if status in UNAVAILABLE_STATUS else CONFIG_ERROR_EXIT_CODE if 400 <= status < 500 else 1)
     if args.action == "ls":
         try:
-            rows = [_ls_row(cam) for cam in data]
+            width = max([14, *(len(str(cam["id"])) for cam in data)])  # (ids up to 64 characters)
+            rows = [_ls_row(cam, width) for cam in data]
         except (TypeError, KeyError, ValueError):  # --api names another HTTP service
             return fail(f"ls: {redact_url(args.api)} did not answer with percept's camera list (is --api the graph's "
                         f"ingress?)", EXIT_UNAVAILABLE)
         for row in rows:
             print(row)
+        if not rows:
+            print("percept: cameras ls: no cameras (add one: percept cameras add ID URL)", file=sys.stderr)
     else:
         print(json.dumps(data))
     return 0

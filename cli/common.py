@@ -240,6 +240,25 @@ def call_api(api: str, method: str, path: str, body: Any = None, *, wait_s: floa
         return status, {"detail": raw.decode(errors="replace")[:300]}
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib follows a POST's 301/302 as a GET (a camera add became
+    ``GET /cameras``, printed ``[]`` and exited 0) and hands back a PUT's or DELETE's unfollowed."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's signature)
+        return None
+
+
+_API_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def redirected(code: int, headers: Any) -> urllib.error.URLError:
+    """What an answer of HTTP 3xx raises: percept's API never redirects, so ``--api`` names
+    something else (a proxy sending http to https, a path that is not the ingress)."""
+    where = redact_url(str((headers or {}).get("Location") or "")) or "nowhere said"
+    return urllib.error.URLError(f"it answered HTTP {code}, a redirect to {where}: nothing was done; give the "
+                                 f"address of percept's API itself as --api")
+
+
 RETRIED_STATUS = (503, 429)  # unavailable for now, busy (`explain`'s places): asked again until ``wait_s``
 UNAVAILABLE_STATUS = (429, 502, 503, 504)  # exit 3 when still so at the end
 
@@ -258,11 +277,13 @@ def request_api(api: str, method: str, path: str, data: bytes | None = None, *, 
     while True:
         request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
+            with _API_OPENER.open(request, timeout=timeout) as resp:
                 return resp.status, resp.read(), resp.headers
         except http.client.HTTPException as exc:  # not an HTTP server (BadStatusLine, …)
             raise urllib.error.URLError(f"not an HTTP answer ({type(exc).__name__}: {exc})") from None
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                raise redirected(exc.code, exc.headers) from None
             raw = exc.read() or b""
             if exc.code not in RETRIED_STATUS or time.monotonic() >= deadline:
                 return exc.code, raw, exc.headers

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE
-from pipeline.redact import redact_url
+from pipeline.redact import redact, redact_url
 
 from .common import EXIT_UNAVAILABLE, UNAVAILABLE_STATUS, api_url_arg, call_api, fail, number_arg, unreachable
 
@@ -79,7 +79,7 @@ def _refusal(what: str, status: int, answer: Any) -> int:
     lines = detail if isinstance(detail, list) else [detail]
     text = "; ".join(d.get("msg", str(d)) if isinstance(d, dict) else str(d) for d in lines)
     code = EXIT_UNAVAILABLE if status in UNAVAILABLE_STATUS else CONFIG_ERROR_EXIT_CODE if 400 <= status < 500 else 1
-    return fail(f"{what}: HTTP {status}: {text}", code)
+    return fail(f"{what}: HTTP {status}: {redact(text)}", code)  # (as `cameras`: an error may quote a URL)
 
 
 def _swap(args: argparse.Namespace) -> int:

@@ -92,7 +92,7 @@ def _say_missing(client: Any, keys: Any, cameras: list[str], events: bool) -> No
 def _subscribe(args: argparse.Namespace) -> int:
     import redis
 
-    from pipeline.streams import StreamKeys, connect_redis, redis_from_config
+    from pipeline.streams import CREDENTIALS_REFUSED, StreamKeys, connect_redis, redis_from_config
     from pipeline.subscribe import Subscriber
 
     if args.consumer and not args.group:
@@ -119,6 +119,11 @@ def _subscribe(args: argparse.Namespace) -> int:
         sub = Subscriber(client, StreamKeys(prefix or "percept"), args.cameras, group=args.group,
                          consumer=args.consumer, start=start, claim_idle_ms=args.claim_idle_ms,
                          events=args.events)
+        if sub.joined and (args.from_start or args.from_id):
+            where = "--from-start" if args.from_start else f"--from {args.from_id}"
+            print(f"percept: subscribe: group {args.group} exists already on {', '.join(sub.joined)}: it reads on "
+                  f"from where the group is; {where} sets where a new group starts (to start over: another group "
+                  f"name, or XGROUP SETID <stream> {args.group} 0)", file=sys.stderr, flush=True)
         for msg in sub.messages(limit=args.count, idle_timeout_s=args.timeout, on_unreachable=outage.notice):
             print(json.dumps(msg.payload, separators=(",", ":")), flush=True)
             # an outage between printing and acking: waited out up to --timeout (then exit 3);
@@ -131,6 +136,8 @@ def _subscribe(args: argparse.Namespace) -> int:
                 break  # --timeout ended while Redis was away
         if not outage.down:
             _leave(sub)  # (best effort: a user allowed to read only, a group deleted meanwhile)
+    except CREDENTIALS_REFUSED:
+        raise  # (said as the other commands say it: `cli.main`)
     except redis.RedisError as exc:
         return fail(f"redis {redact_url(url)}: {redact(str(exc))}", EXIT_UNAVAILABLE)
     except KeyboardInterrupt:

@@ -66,6 +66,7 @@ class Subscriber:
         self._unacked: set[str] = set()  # group entries handed out here and not acked: never claimed again here
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
+        self.joined: list[str] = []  # streams whose group was there already: read on from where it is
         if group:
             self._create_groups({s: start for s in self.streams})
         # "$" means "new from now on": pin it to the current last id once, so entries added
@@ -89,6 +90,7 @@ class Subscriber:
                 # Redis refusing writes (OOM, READONLY) refuses this before it looks for the group
                 if "BUSYGROUP" not in str(exc) and not (redis_unavailable(exc) and self._group_exists(stream)):
                     raise
+                self.joined.append(stream)  # (``start`` was where a new group would have started)
 
     def _group_exists(self, stream: str) -> bool:
         try:

@@ -31,9 +31,10 @@ def call_json(method: str, url: str, body: Any = None, timeout: float = 30) -> t
 
 
 @contextlib.contextmanager
-def answering(status: int, body: bytes) -> Iterator[str]:
-    """A plain HTTP server on loopback answering every GET and PUT with ``status`` and the JSON ``body``
-    (another service behind ``--api``, or an API whose Redis is away); its base URL."""
+def answering(status: int, body: bytes, headers: dict[str, str] | None = None) -> Iterator[str]:
+    """A plain HTTP server on loopback answering every GET, PUT, POST and DELETE with ``status``, the
+    JSON ``body`` and ``headers`` (another service behind ``--api``, or an API whose Redis is away);
+    its base URL."""
     import http.server
     import threading
 
@@ -42,12 +43,16 @@ def answering(status: int, body: bytes) -> Iterator[str]:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 
         def do_PUT(self) -> None:  # noqa: N802
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self.do_GET()
+
+        do_POST = do_DELETE = do_PUT  # noqa: N815
 
         def log_message(self, *args) -> None:
             pass

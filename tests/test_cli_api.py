@@ -153,3 +153,20 @@ def test_models_served_lists_a_replica_loading_the_configs_weights_as_it_starts(
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split() == ["replica", "r1", "yolo11n", "generation", "0", "loading", "generation", "0"], lines
     assert lines[2].split() == ["replica", "r2", "yolo11n", "generation", "0"], lines
+
+
+def test_cameras_ls_says_why_a_camera_is_not_online_keeps_its_columns_and_says_when_there_are_none(api, capsys):
+    """`cameras ls` dropped ``last_error`` (a camera `failed` with no word why, where `top` says it),
+    a long id pushed the columns apart, and no cameras printed nothing at all."""
+    long_id = "a-very-long-camera-id-name-here"
+    row = {"fps": 0.0, "dropped": 0, "lag_s": None, "url": "rtsp://h/x"}
+    Recorder.body = [{**row, "id": long_id, "state": "failed", "last_error": "cannot open rtsp://u:S3cret@h/x: 401"},
+                     {**row, "id": "gate", "state": "online", "last_error": "an earlier one"}]
+    assert main(["cameras", "--api", api, "ls"]) == 0
+    failed, online = capsys.readouterr().out.splitlines()
+    assert failed.endswith("rtsp://h/x  error: cannot open rtsp://***@h/x: 401") and "S3cret" not in failed, failed
+    assert online.endswith("rtsp://h/x") and online.index("online") == failed.index("failed") == len(long_id) + 1
+    Recorder.body = []
+    assert main(["cameras", "--api", api, "ls"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "percept: cameras ls: no cameras (add one: percept cameras add ID URL)" in err

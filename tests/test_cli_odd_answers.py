@@ -4,6 +4,8 @@ traceback (real redis-server; the other service is a plain HTTP server)."""
 
 from __future__ import annotations
 
+import pytest
+
 from cli.main import main
 from cli.run import status_lines
 from pipeline.config import CameraConfig
@@ -77,6 +79,39 @@ def test_models_served_and_swap_against_another_http_service_say_so(capsys):
         assert f"percept: models served: {api} did not answer with percept's model list" in err, err
         assert f"percept: models swap detector: {api} did not answer as percept's API" in err, err
         assert "Traceback" not in err
+
+
+def test_an_api_error_quoting_a_password_is_shown_redacted_by_every_command(capsys):
+    """`models served` and `models swap` printed an API error's detail as it came (`cameras` and
+    `explain` scrub it)."""
+    body = b'{"detail": "redis redis://:Hunter2Secret@10.0.0.5:6379 unavailable; password=Hunter2Secret"}'
+    with answering(500, body) as api:
+        for command in (["models", "served", "--api", api], ["models", "swap", "detector", "w.pt", "--api", api],
+                        ["cameras", "--api", api, "ls"]):
+            assert main(command) == 1, command
+            err = capsys.readouterr().err
+            assert "redis redis://***@10.0.0.5:6379 unavailable" in err and "Hunter2Secret" not in err, (command, err)
+
+
+def test_an_api_address_that_redirects_is_an_error_not_a_success(capsys):
+    """urllib hands back a PUT's or DELETE's redirect (and a POST's 307/308) unfollowed, which the
+    commands took for an answer: `cameras rm` printed ``{}`` and exited 0 with nothing removed,
+    and a POST's 301 was followed as a GET (`cameras add` printed ``[]``, exit 0, no camera)."""
+    commands = [["cameras", "--api", "API", "--wait", "0", "add", "dock", "rtsp://h/s"],
+                ["cameras", "--api", "API", "--wait", "0", "rm", "dock"],
+                ["cameras", "--api", "API", "--wait", "0", "zones", "dock", "--anchor", "center"],
+                ["models", "served", "--api", "API"], ["models", "swap", "detector", "w.pt", "--api", "API"]]
+    for code in (301, 308):
+        with answering(code, b"", {"Location": "https://u:Hunter2@h/cameras"}) as api:
+            for command in commands:
+                assert main([api if a == "API" else a for a in command]) == 3, command
+                out, err = capsys.readouterr()
+                assert not out and f"it answered HTTP {code}, a redirect to https://***@h/cameras: nothing was done; " \
+                                    "give the address of percept's API itself as --api" in err, (command, err)
+    for command in (["cameras", "rm", ""], ["cameras", "zones", "", "--anchor", "center"]):
+        with pytest.raises(SystemExit) as exited:
+            main(command)
+        assert exited.value.code == 2 and "a camera id cannot be empty" in capsys.readouterr().err
 
 
 def test_a_stream_reader_needs_no_camera_secrets(redis_server, tmp_path, capsys, monkeypatch):
@@ -155,3 +190,21 @@ def test_an_unreadable_private_server_marker_is_one_line_naming_it(tmp_path, cap
     assert main(["subscribe", "cam", "-c", str(config), "--timeout", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"percept: {marker}: cannot read the private server's URL") and "Traceback" not in err, err
+
+
+def test_a_start_given_for_a_group_that_exists_already_is_said_to_be_passed_over(redis_server, capsys):
+    """``--group g --from-start`` on a group made by an earlier run printed nothing and exited 0:
+    the group reads on from where it is, the start was dropped without a word."""
+    client = redis_server.client()
+    client.xadd(KEYS.detections("yard"), {"json": '{"seq": 1}'})
+    base = ["subscribe", "yard", "--redis", redis_server.url, "--prefix", "odd", "--timeout", "0.2", "--group", "late"]
+    assert main(base) == 0  # the group made at the stream's end
+    assert capsys.readouterr().out == ""
+    assert main([*base, "--from-start"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and (f"percept: subscribe: group late exists already on {KEYS.detections('yard')}: it reads on from "
+                          "where the group is; --from-start sets where a new group starts (to start over: another "
+                          "group name, or XGROUP SETID <stream> late 0)") in err, err
+    assert main([*base[:-1], "early", "--from-start"]) == 0  # a new group: from the start, nothing said
+    out, err = capsys.readouterr()
+    assert out.strip() == '{"seq":1}' and "exists already" not in err, (out, err)
