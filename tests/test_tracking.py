@@ -324,6 +324,41 @@ def test_an_object_new_in_the_replay_does_not_take_an_id_adopted_from_the_publis
     assert live[0] == 1 and live[1] is not None and live[1] > 3, live
 
 
+def test_a_track_given_a_published_id_the_replay_had_dropped_outlives_a_missed_frame():
+    """A car first seen on the snapshot's frame was confirmed there on a frame that never reached
+    the stream: the replay's own track of it, seen once, was dropped, and ByteTrack kept its id
+    among the removed. When the replay saw the car again and gave its new track the published id,
+    ByteTrack dropped that track at its first missed frame (it takes the lost out of the removed by
+    id): the car came back under a new id (counted twice) and its published track never ended."""
+    from pipeline.config import TrackerConfig
+    from pipeline.tracking import ObjectTracker
+
+    still = [100, 100, 180, 160]
+    xs = {4: 400, 5: 404, 6: None, 7: 412, 8: 416, 9: None, 10: None, 11: 428, 12: 432, 13: 436}
+
+    def frame(k: int) -> Detections:
+        moving = [[xs[k], 300, xs[k] + 80, 360]] if xs.get(k) is not None else []
+        return _boxes(still, *moving, label="car", category="vehicle")
+
+    dead = ObjectTracker(TrackerConfig(), fps=4)
+    published = {}
+    for k in range(11):
+        ids = dead.update(frame(k), (720, 1280), ts=1000 + 0.25 * k).track_ids
+        if k == 4:
+            state = json.loads(json.dumps(dead.snapshot()))
+        if k > 4 and k != 5:  # frame 5 (the car's second sighting: its id) never reached the stream
+            published[k] = ids
+    assert published[7] == (1, 2), published
+    replay = ObjectTracker.restore(state, TrackerConfig(), fps=4)
+    for k, ids in published.items():
+        ours = replay.update(frame(k), (720, 1280), ts=1000 + 0.25 * k).track_ids
+        replay.adopt_ids(ours, ids)
+    replay.raise_next_id(2)
+    assert replay.alive_ids() == {1, 2}, "the published track 2 ended in the replay, its end never published"
+    live = [replay.update(frame(k), (720, 1280), ts=1000 + 0.25 * k).track_ids for k in (11, 12, 13)]
+    assert live == [(1, 2)] * 3, live
+
+
 def _boxes(*boxes, label="person", category="pedestrian"):
     return Detections(xyxy=np.array(boxes, np.float32).reshape(-1, 4), scores=np.full(len(boxes), 0.9, np.float32),
                       labels=(label,) * len(boxes), categories=(category,) * len(boxes))
