@@ -20,12 +20,15 @@ def register(sub: Any) -> None:
     b.set_defaults(func=run_bench)
 
 
-def soak_main(argv: Sequence[str]) -> int:
+def soak_main(argv: Sequence[str], verbose: bool = False) -> int:
     """``percept bench soak …``: a mode of its own, with its own options."""
     from benchmarks.soak import add_arguments, run_soak
 
     soak = argparse.ArgumentParser(prog="percept bench soak", description="long run: RSS, fds, drops, lag, exceptions")
     add_arguments(soak, number_arg)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    soak.add_argument("-v", "--verbose", action="store_true", help="as percept --verbose")
+    args = soak.parse_args(list(argv))
+    logging.basicConfig(level=logging.DEBUG if args.verbose or verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("YOLO_VERBOSE", "False")
-    return run_soak(soak.parse_args(list(argv)))
+    return run_soak(args)

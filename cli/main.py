@@ -40,10 +40,19 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.register(sub)
-    for name, command_parser in sub.choices.items():  # `percept run -v` as well as `percept -v run`
-        command_parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                                    help="as percept --verbose")
+    _verbose_everywhere(p)  # `percept run -v`, `percept eval detector -v` as well as `percept -v run`
     return p
+
+
+def _verbose_everywhere(p: argparse.ArgumentParser) -> None:
+    """``-v`` on every subcommand, at every level, that has none of its own."""
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if not any("-v" in a.option_strings for a in child._actions):
+                    child.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                       help="as percept --verbose")
+                _verbose_everywhere(child)
 
 
 def setup_console(verbose: bool) -> None:
@@ -63,12 +72,15 @@ def setup_console(verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    soak = argv[:2] == ["bench", "soak"]  # a mode of its own, with its own options
-    if not soak:
+    verbose = [a for a in argv[:1] if a in ("-v", "--verbose")]  # (`percept -v bench soak`)
+    soak = argv[len(verbose):len(verbose) + 2] == ["bench", "soak"]  # a mode of its own, with its own options
+    if soak:
+        argv = argv[len(verbose):]
+    else:
         args = parser().parse_args(argv)
         setup_console(args.verbose)
     try:
-        return bench.soak_main(argv[2:]) if soak else int(args.func(args) or 0)
+        return bench.soak_main(argv[2:], verbose=bool(verbose)) if soak else int(args.func(args) or 0)
     except ConfigError as exc:
         return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
     except CREDENTIALS_REFUSED as exc:

@@ -36,8 +36,7 @@ def register(sub: Any) -> None:
                        "fine-tune it on a labelled folder")
     actions = m.add_subparsers(dest="models_command", required=True)
     for add in SUBCOMMANDS:
-        p = add(actions)
-        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as percept --verbose")
+        add(actions)  # (each gets -v: `cli.main`)
 
 
 def _export_parser(actions: Any) -> argparse.ArgumentParser:

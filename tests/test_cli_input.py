@@ -344,3 +344,17 @@ def test_top_ends_on_sigterm_without_sleeping_out_its_interval(redis_server):
         assert proc.wait(30) == 0  # (TimeoutExpired: sleeping out its 600 s)
     finally:
         proc.kill()
+
+
+def test_verbose_is_taken_after_a_command_at_every_level():
+    """``-v`` was refused after a subcommand's own subcommand (`percept eval detector -v`: the top
+    level's usage and "unrecognized arguments"), and `percept -v bench soak` ran no soak."""
+    from cli.main import parser
+
+    for argv in (["eval", "detector", "--weights", "w.pt", "--data", "d", "-v"], ["cameras", "ls", "-v"],
+                 ["models", "served", "-v"], ["run", "-c", "c.yaml", "-v"], ["-v", "cameras", "ls"]):
+        assert parser().parse_known_args(argv)[0].verbose is True, argv
+    for argv in (["-v", "bench", "soak", "--help"], ["bench", "soak", "-v", "--help"]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0, argv
