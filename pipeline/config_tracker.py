@@ -26,7 +26,8 @@ class TrackerConfig(Strict):
     merge_iou: float = Field(0.7, gt=0, le=1, description="detections of one category overlapping more than this are one "
                              "object (NMS is per label: a car is sometimes also a truck) and share its track id; 1: off")
     snapshot_every: int = Field(20, ge=0, le=100_000, description="frames between snapshots of the open tracks to Redis, "
-                                "from which the camera's next owner continues them; 0: never")
+                                "from which the camera's next owner continues them; 0: only at the owner's first frame and "
+                                "after a zone or line change")
 
     @model_validator(mode="after")
     def _passes(self) -> "TrackerConfig":
