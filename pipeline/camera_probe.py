@@ -13,7 +13,7 @@ import time
 import urllib.request
 from urllib.parse import urlsplit
 
-from .redact import UNESCAPED_USERINFO, url_credentials
+from .redact import UNESCAPED_USERINFO, query_secrets, url_credentials
 
 DEFAULT_PORTS = {"rtsp://": 554, "rtsps://": 322, "http://": 80, "https://": 443, "rtmp://": 1935, "rtmps://": 443}
 # an RTMP client's first handshake bytes (C0: version 3; C1: time, zeros, 1528 bytes): a server
@@ -45,7 +45,15 @@ def _target(url: str) -> tuple[str, int, str, str] | str:
         # tried as FFmpeg did, not named
         where = f"the URL's host, port {port} (not shown: if the password has / ? # or @ in it, percent-encode them)"
     clean = f"rtsp://{named}:{port}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
-    return host, port, where, clean
+    return host, port, where, without_query_secrets(clean)
+
+
+def without_query_secrets(text: str) -> str:
+    """A request target with its ``?token=``-like values left empty (`redact.query_secrets`): a
+    probe asks with no credentials, in its query neither."""
+    for start, end in reversed(query_secrets(text)):
+        text = text[:start] + text[end:]
+    return text
 
 
 def _connect(host: str, port: int, deadline: float) -> socket.socket:
@@ -145,7 +153,7 @@ def diagnose_http(url: str, *, timeout_s: float = 3.0) -> str:
     if _through_proxy(url, host):
         return "FFmpeg could not open a stream there (through the proxy in http_proxy / https_proxy)"
     parts = urlsplit(url)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    path = without_query_secrets((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
     named = f"[{host}]" if ":" in host else host
     request = f"GET {path} HTTP/1.1\r\nHost: {named}:{port}\r\nConnection: close\r\n\r\n".encode()
     status, why = _ask(host, port, where, request, timeout_s, tls=parts.scheme.lower() == "https")

@@ -131,7 +131,7 @@ def test_rtsp_diagnosis_never_sends_the_password():
     port, asked = server.getsockname()[1], []
 
     def answer():
-        for _ in range(2):
+        for _ in range(3):
             conn, _ = server.accept()
             with conn:
                 asked.append(conn.recv(4096).decode())
@@ -143,10 +143,13 @@ def test_rtsp_diagnosis_never_sends_the_password():
         why = diagnose_rtsp(f"rtsp://admin:Hunter2pw@127.0.0.1:{port}/s1", timeout_s=5)
         assert why == "401 Unauthorized: the camera wants credentials; check the user and password in the camera URL"
         assert diagnose_rtsp(f"rtsp://127.0.0.1:{port}/s1", timeout_s=5).endswith("wants a user and password in its URL")
+        diagnose_rtsp(f"rtsp://127.0.0.1:{port}/s1?channel=1&token=Tk7secret", timeout_s=5)  # nor a query's token
         thread.join(10)
     finally:
         server.close()
-    assert len(asked) == 2 and all(a.startswith("DESCRIBE rtsp://127.0.0.1:") for a in asked), asked
+    assert len(asked) == 3 and all(a.startswith("DESCRIBE rtsp://127.0.0.1:") for a in asked), asked
+    assert asked[2].startswith(f"DESCRIBE rtsp://127.0.0.1:{port}/s1?channel=1&token= RTSP/1.0"), asked[2]
+    assert "Tk7secret" not in asked[2]
     assert not any("Authorization" in a or "Hunter2pw" in a or "YWRtaW46SHVudGVyMnB3" in a for a in asked), asked
 
 
