@@ -496,4 +496,5 @@ def test_a_failing_item_is_found_by_halves_and_a_big_batch_goes_in_chunks():
 
     out = per_item(lost_device, list(range(1024)))
     assert len(out) == 1024 and all(isinstance(x, RuntimeError) for x in out)
-    assert len(calls) <= 20, f"{len(calls)} calls for a model that fails whatever it gets"
+    # (about 2 × log2(n), and one item of the rest run alone at each level: `test_per_item`)
+    assert len(calls) <= 24, f"{len(calls)} calls for a model that fails whatever it gets"

@@ -53,7 +53,9 @@ def per_item(run, items: Sequence[Any]) -> list[Any]:
     """``run(items)`` as a whole; when it raises, each half again (down to one item), so only
     the bad item fails, in about 2 × log2(n) runs rather than n (a big batch of crops retried
     one by one ran past the frames' classify timeout). When every item of a first half of
-    `SYSTEMIC` or more fails too (a device lost, out of memory), the rest fail with it unrun."""
+    `SYSTEMIC` or more fails too, one item of the rest is run alone: if it fails as well (a device
+    lost, out of memory) the rest fail with it unrun; if it answers, the first half's items were
+    bad (one frame's crops, first in a batch of many cameras'), and the rest are run."""
     if not items:
         return []
     try:
@@ -64,7 +66,10 @@ def per_item(run, items: Sequence[Any]) -> list[Any]:
         half = len(items) // 2
         first = per_item(run, items[:half])
         if half >= SYSTEMIC and all(isinstance(r, Exception) for r in first):
-            return first + [first[-1]] * (len(items) - half)
+            probe = per_item(run, items[half:half + 1])  # the model, or the first half's items?
+            if isinstance(probe[0], Exception):
+                return first + probe * (len(items) - half)
+            return first + probe + per_item(run, items[half + 1:])
         return first + per_item(run, items[half:])
 
 
