@@ -15,10 +15,13 @@ POLICY = "deployments.autoscaling:VideoLagPolicy"
 
 class VideoLagPolicy:
     def __init__(self, target_lag_s: float = 0.5, target_waiting: float = 16.0,
-                 target_ongoing_requests: float | None = None):
+                 target_ongoing_requests: float | None = None, batch_size: int = 1):
         self.target_lag_s = target_lag_s
         self.target_waiting = target_waiting
-        self.target_ongoing_requests = target_ongoing_requests
+        # the floor's requests a replica: at least two batches (one running, one filling) — with a
+        # classifier's 32, 9 requests in flight at 8 each held two replicas 15 % busy for good
+        self.target_ongoing_requests = (max(target_ongoing_requests, 2 * batch_size) if target_ongoing_requests
+                                        else target_ongoing_requests)
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         metrics = ctx.aggregated_metrics or {}

@@ -112,7 +112,8 @@ def model_server_options(cfg: ModelServerConfig, *, gpus: float) -> dict[str, An
             "policy": {
                 "policy_function": POLICY,
                 "policy_kwargs": {"target_lag_s": auto.target_lag_s, "target_waiting": auto.target_waiting,
-                                  "target_ongoing_requests": auto.target_ongoing_requests},
+                                  "target_ongoing_requests": auto.target_ongoing_requests,
+                                  "batch_size": cfg.batch.max_size},
             },
         }
     return options

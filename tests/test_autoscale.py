@@ -121,6 +121,14 @@ def test_target_ongoing_requests_is_a_floor_and_min_zero_is_refused():
                           aggregated_metrics={"frame_lag_s": {"r1": 0.05}, "frames_waiting": {"r1": 0.3}})
     assert VideoLagPolicy(target_lag_s=0.4, target_ongoing_requests=8)(ctx)[0] == 25
     assert VideoLagPolicy(target_lag_s=0.4)(ctx)[0] == 1  # no floor given: lag and waiting alone
+    # a batched deployment keeps up with two batches in flight a replica (one running, one filling):
+    # a classifier's batch of 32 with 10 requests in flight, 15 % busy, stayed at two replicas
+    assert VideoLagPolicy(target_lag_s=0.4, target_ongoing_requests=8, batch_size=32)(ctx)[0] == 4
+    calm = SimpleNamespace(current_num_replicas=2, policy_state={}, total_num_requests=10,
+                           aggregated_metrics={"frame_lag_s": {"r1": 0.05, "r2": 0.05},
+                                               "frames_waiting": {"r1": 0.3, "r2": 0.2}, "busy": {"r1": 0.15, "r2": 0.15}})
+    assert VideoLagPolicy(target_lag_s=0.4, target_ongoing_requests=8, batch_size=32)(calm)[0] == 1
+    assert VideoLagPolicy(target_lag_s=0.4, target_ongoing_requests=8, batch_size=1)(calm)[0] == 2
     with pytest.raises(ValidationError, match="min"):
         AutoscaleConfig(min=0, max=4)
 
