@@ -13,13 +13,13 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s
 # "_", "-" or "." (access_token, client_secret, stream_key, X-Amz-Signature; pw, loginpas: cameras'
 # CGI URLs); a word no other name ends in after any prefix (userpwd, accesstoken); a short one in
 # camelCase (privateKey, authToken, adminPass: not monkey, passage); a digit or two after it
-# (password1). Also a path segment so written (XMEye cameras: /user=admin_password=x_channel=1),
+# (password1); CDN and media servers' signed URLs (sign, hdnts, authkey, wowzatokenhash). Also a path segment so written (XMEye cameras: /user=admin_password=x_channel=1),
 # up to the next "_" or "/". A query value goes on past a ";" (``pwd=Summer;2024!``: one password)
 _SECRET_NAME = (r"(?:(?:[\w.-]*[_.-])?(?:password|passwd|passphrase|pwd|pass|pw|psw|pswd|loginpas|loginpass|passwort"
                 r"|passcode|token|auth|authorization|bearer|jwt|session|session_?id|sid"
-                r"|apikey|api_key|secret|key|signature|sig|credentials?)"
+                r"|apikey|api_key|secret|key|signature|sig|sign|hdnts|credentials?)"
                 r"|[\w.-]*?(?:password|passwd|passphrase|pwd|pswd|passwort|passcode|token|secret|signature|credentials?"
-                r"|apikey|authorization)"
+                r"|apikey|authorization|authkey|secretkey|streamkey|accesskey|privatekey|tokenhash)"
                 r"|[\w.-]*[a-z0-9](?-i:Pass|Pw|Pwd|Key|Auth|Sig|Session|Sid))\d*=")
 _QUERY_SECRET = re.compile(rf"(?i)([?&;]{_SECRET_NAME})[^&#\s'\"]*"
                            rf"|([/_]{_SECRET_NAME})(?:\$\{{[A-Za-z_][A-Za-z0-9_]*\}}|[^&#;/_\s'\"])*")

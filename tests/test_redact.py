@@ -43,6 +43,10 @@ def test_query_string_passwords_and_known_secrets_are_hidden():
     assert redact_url("http://nvr/l.flv?user=a&accessToken=T&privateKey=K&userpwd=P&adminPass=Q&password1=Z&id=3") == (
         "http://nvr/l.flv?user=a&accessToken=***&privateKey=***&userpwd=***&adminPass=***&password1=***&id=3")
     assert redact_url("http://c/v?bypassed=1&codec=h264") == "http://c/v?bypassed=1&codec=h264"
+    # signed URLs of CDNs and media servers (nginx-rtmp's authkey, Akamai's hdnts, Wowza's hash)
+    assert redact_url("rtmp://s/live?authkey=A1&t=1&sign=S1&hdnts=exp=1~hmac=ff&wowzatokenhash=W1&secretkey=K1") == (
+        "rtmp://s/live?authkey=***&t=1&sign=***&hdnts=***&wowzatokenhash=***&secretkey=***")
+    assert redact_url("http://c/v?design=blue&signal=2") == "http://c/v?design=blue&signal=2"
     assert url_secrets("http://nvr/l.flv?accessToken=S3CRET&authToken=ab") == ("S3CRET",)  # (2 chars: not everywhere)
     secrets = url_secrets("rtsp://u:p%2Fq9@h/s")
     assert set(secrets) == {"p%2Fq9", "p/q9"} and url_secrets("rtsp://h/s") == ()
