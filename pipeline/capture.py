@@ -45,6 +45,7 @@ ASKED = tuple(DEFAULT_PORTS)
 # comes again (PyAV decodes an RTSP stream at more CPU: its next reconnect is OpenCV's again)
 MUTE_OPEN_SHARE = 0.9  # an open this share of the open timeout or longer: FFmpeg waited for video
 _opened_with_pyav: set[tuple[str, str]] = set()
+_open_took = threading.local()  # ``.s``: how long this thread's last OpenCV open took, its wait for the lock left out
 log = logging.getLogger("percept.capture")
 
 
@@ -61,9 +62,11 @@ def _ffmpeg_open(url: str, *params: object) -> object:
     with _OPEN_LOCK:
         if _USER_OPTIONS is None:
             os.environ[_OPTIONS_VAR] = RTSP_OPTIONS if url.lower().startswith(("rtsp://", "rtsps://")) else ""
+        started = time.monotonic()
         try:
             return cv2.VideoCapture(url, cv2.CAP_FFMPEG, *params)
         finally:
+            _open_took.s = time.monotonic() - started
             if _USER_OPTIONS is None:
                 os.environ[_OPTIONS_VAR] = ""
 
@@ -126,9 +129,9 @@ def open_capture(
         cv2.CAP_PROP_READ_TIMEOUT_MSEC, max(1, math.ceil(read_timeout_s * 1000)),
         cv2.CAP_PROP_N_THREADS, 1,
     ]
-    started = time.monotonic()
+    _open_took.s = 0.0
     cap = _ffmpeg_open(url, params)
-    if time.monotonic() - started >= MUTE_OPEN_SHARE * open_timeout_s:
+    if _open_took.s >= MUTE_OPEN_SHARE * open_timeout_s:  # (not the time another camera's open held the lock)
         _opened_with_pyav.add(mute)
         log.warning("camera %s: answered but sent no video for %.3g s (its open timeout): opened with PyAV until "
                     "video comes, so that its opens do not hold the other cameras' (OpenCV opens one at a time)",

@@ -139,3 +139,22 @@ def test_a_camera_that_sends_video_stays_with_opencv_and_one_that_sends_again_go
     assert opened == [url, url] and capture._opened_with_pyav == set()
     assert _open(url, 10.0) is None
     assert opened == [url, url, url]
+
+
+def test_waiting_for_another_cameras_open_is_not_taken_for_a_mute_camera(rtsp_cameras, monkeypatch):
+    """The time an open waits for OpenCV's lock (another camera's open under way) is not its own:
+    a live camera whose open waited that long was moved to PyAV."""
+    monkeypatch.setattr(capture, "_opened_with_pyav", set())
+    url = rtsp_cameras.url("walk")
+    holding, release = threading.Event(), threading.Event()
+
+    def another_cameras_open() -> None:
+        with capture._OPEN_LOCK:
+            holding.set()
+            release.wait(30)
+
+    threading.Thread(target=another_cameras_open, daemon=True).start()
+    assert holding.wait(30)
+    threading.Timer(3.0, release.set).start()  # (longer than the open timeout below)
+    assert _open(url, 2.0) is None
+    assert capture._opened_with_pyav == set()
