@@ -13,8 +13,9 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s
 # "_", "-" or "." (access_token, client_secret, stream_key, X-Amz-Signature; pw, loginpas: cameras'
 # CGI URLs); a word no other name ends in after any prefix (userpwd, accesstoken); a short one in
 # camelCase (privateKey, authToken, adminPass: not monkey, passage); a digit or two after it
-# (password1); CDN and media servers' signed URLs (sign, hdnts, authkey, wowzatokenhash). Also a path segment so written (XMEye cameras: /user=admin_password=x_channel=1),
-# up to the next "_" or "/". A query value goes on past a ";" (``pwd=Summer;2024!``: one password)
+# (password1); CDN and media servers' signed URLs (sign, hdnts, authkey, wowzatokenhash). Also a
+# path segment so written (XMEye cameras: /user=admin_password=x_channel=1), up to the next "_" or
+# "/". A query value goes on past a ";" (``pwd=Summer;2024!``: one password)
 _SECRET_NAME = (r"(?:(?:[\w.-]*[_.-])?(?:password|passwd|passphrase|pwd|pass|pw|psw|pswd|loginpas|loginpass|passwort"
                 r"|passcode|token|auth|authorization|bearer|jwt|session|session_?id|sid"
                 r"|apikey|api_key|secret|key|signature|sig|sign|hdnts|credentials?)"
@@ -93,13 +94,14 @@ class UrlCredentials:
         return self.url[:self.start] + f"{userinfo}@{self.hostport}" + self.url[self.end:]
 
 
-def url_credentials(url: str, *, to_last_at: bool = False) -> UrlCredentials | None:
+def url_credentials(url: str, *, to_last_at: bool = False, port_too: bool = False) -> UrlCredentials | None:
     """The credentials of ``scheme://user:pass@host/…`` (None: none). A password with "@", "/",
     "?" or "#" left unescaped is found whole ("user:pa/ss@host": not a host "user" on port
     "pa"). ``to_last_at``: the password goes on up to the URL's last "@" even after an "@" in
     its host part ("user:Tr0ub@dor/horse@host", not host "dor"): what scrubbing takes (a path
     or query with "@" in it, ``?notify=ops@example.com``, loses its host in the text: the safe
-    side); otherwise the host part's "@" is the last, as FFmpeg reads it."""
+    side); otherwise the host part's "@" is the last, as FFmpeg reads it. ``port_too``: digits
+    after the host part's ":" may be a password's start too (`port_or_password`)."""
     m = _URL_NETLOC.match(url)
     if not m:
         return None
@@ -107,9 +109,7 @@ def url_credentials(url: str, *, to_last_at: bool = False) -> UrlCredentials | N
     at = url.rfind("@", end)  # an "@" after the host part
     if "@" not in m.group("netloc"):
         _, colon, after = m.group("netloc").partition(":")
-        # no "@" after it, or a port (as FFmpeg reads it; scrubbing takes the digits for a
-        # password's start, "user:2024/Spring@host": the safe side, `port_or_password`)
-        if at < 0 or not colon or (after.isdigit() and not to_last_at):
+        if at < 0 or not colon or (after.isdigit() and not port_too):  # no "@" after it, or a port: no credentials
             return None
     elif not to_last_at:
         at = -1
@@ -128,8 +128,8 @@ def port_or_password(url: str) -> bool:
     port with an "@" further on, or a user and a password of digits then an unescaped / ? or #
     before a dotted host or an address (``admin:2024/Spring@10.0.0.5``; FFmpeg reads the first,
     and would send the rest of the password to host ``admin``). ``h:554/live@main`` is a path."""
-    whole = url_credentials(url, to_last_at=True)
-    if whole is None or url_credentials(url) is not None:
+    whole = url_credentials(url, to_last_at=True, port_too=True)
+    if whole is None or url_credentials(url, to_last_at=True) is not None:
         return False
     return "." not in whole.user and ":" not in whole.user and bool(_DOTTED_HOST.fullmatch(whole.hostport))
 
@@ -139,7 +139,10 @@ def url_secrets(url: str) -> tuple[str, ...]:
     ``password=``-like query values of 4 characters or more (shorter: scrubbed in the URL, but
     not wherever else such a short string appears), each as written and percent-decoded: what
     `redact` scrubs from an error that quotes it outside the URL (an exception's own wording)."""
-    found = [f.password for f in (url_credentials(url), url_credentials(url, to_last_at=True)) if f and f.password]
+    readings = [url_credentials(url), url_credentials(url, to_last_at=True)]
+    if port_or_password(url):  # ("user:2024/Spring@10.0.0.5": refused as a camera URL, scrubbed whole in text)
+        readings.append(url_credentials(url, to_last_at=True, port_too=True))
+    found = [f.password for f in readings if f and f.password]
     found += [v for start, end in query_secrets(url) if len(v := url[start:end]) >= 4]
     return tuple(dict.fromkeys(v for p in found for v in (p, unquote(p))))
 

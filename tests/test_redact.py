@@ -162,7 +162,7 @@ def test_a_password_of_digits_then_a_slash_is_neither_taken_for_a_port_nor_store
     `allow_inline_credentials` (its password stored in the registry in clear), its rest sent to host
     ``admin`` by the probe, and not scrubbed. Now refused naming no part of it, and scrubbed whole
     in text; ``h:554/live@main`` (no dotted host after the "@") stays a path."""
-    from pipeline.config import parse_config
+    from pipeline.config import CameraConfig, parse_config
     from pipeline.config_env import CameraEnvError, resolve_camera
     from pipeline.config_errors import ConfigError
 
@@ -181,6 +181,9 @@ def test_a_password_of_digits_then_a_slash_is_neither_taken_for_a_port_nor_store
     with pytest.raises(CameraEnvError) as caught:
         resolve_camera(camera, {"CAM_DOCK_PASSWORD": "34031/Sup3rPw"})
     assert "Percent-encode the password" in str(caught.value) and "34031" not in str(caught.value)
+    at_in_path = CameraConfig(id="dock", url="rtsp://h:554/live@main?pwd=${CAM_DOCK_PASSWORD}")
+    assert resolve_camera(at_in_path, {"CAM_DOCK_PASSWORD": "abcd", "CAM_DOCK_HOST": "h"}).url == \
+        "rtsp://h:554/live@main?pwd=abcd"  # (its host pinned: read as FFmpeg reads it)
 
 
 def test_a_query_password_with_a_semicolon_is_scrubbed_and_refused_whole():
