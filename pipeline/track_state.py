@@ -37,12 +37,14 @@ from urllib.parse import urlsplit
 
 import redis
 
+from . import track_replay
 from .config import TrackerConfig
 from .events import EventEngine, events_json, margins_of
 from .redact import redact_url
-from .schema import FrameMeta, FrameResult
+from .schema import FrameMeta
 from .source_types import is_file_url
-from .streams import pages_from, parse_entry_id
+from .streams import pages_from
+from .track_replay import REPLAY_PAGE
 from .tracking import ObjectTracker
 
 if TYPE_CHECKING:
@@ -53,7 +55,6 @@ log = logging.getLogger("percept.track_state")
 
 STATE_SCHEMA = "percept.track-state/v1"
 MAX_STATE_BYTES = 2 * 2**20  # a bigger snapshot is not written (logged): the last one stays
-REPLAY_PAGE = 200
 SETTLE_EVENTS_MAX = 100_000  # events read after a snapshot that cannot be replayed (`settle_left_tracks`)
 
 
@@ -301,18 +302,21 @@ def restore_tracking(
         log.warning("camera %s: track state not restored: %s", camera.id, exc)
         return fresh(f"unreadable: {exc}")
     try:
-        frames = _published_after(publisher, camera.id, seq, since, limit=max(10 * cfg.snapshot_every, 1000))
+        frames = track_replay.published_after(publisher, camera.id, seq, since, limit=max(10 * cfg.snapshot_every, 1000))
     except ValueError as exc:
         log.warning("camera %s: track state not restored: %s", camera.id, exc)
         settle_left_tracks(publisher, camera, cfg, state)
         return fresh(str(exc))
     done = Restored(seq, last=(seq, since))
+    # open tracks the tracker's snapshot left out (past its 512): held open through the replay, as
+    # their owner held them (ended there, their track_end was dropped with the replay's events)
+    held = set(events.open_tracks) - tracker.alive_ids()
     try:
         for result in frames:
             ours = tracker.update(result.objects, (result.meta.height, result.meta.width),
                                   ts=tracker.time_of(result.meta))
             done.differed += tracker.adopt_ids(ours.track_ids, result.objects.track_ids)
-            events.update(result, tracker.alive_ids(), tracker.origins)  # its events are on the stream already
+            events.update(result, tracker.alive_ids() | held, tracker.origins)  # its events are on the stream already
             done.replayed += 1
             done.last = (result.meta.seq, result.meta.frame_ts)
             size = (result.meta.width, result.meta.height)
@@ -323,6 +327,8 @@ def restore_tracking(
         log.warning("camera %s: track state not restored: replaying seq %d: %s", camera.id, seq + done.replayed + 1, exc)
         settle_left_tracks(publisher, camera, cfg, state)
         return fresh(str(exc))
+    if held and done.replayed:  # those their owner ended since go; the others end at the first live frame
+        events.apply_published(track_replay.ended_since(publisher, camera.id, seq, since, held))
     events.take_counts()
     if check_source and state.get("source", source_of(camera)) != source_of(camera):  # (older ones name none)
         log.info("camera %s: its URL changed since its snapshot: its %d open tracks end", camera.id, len(events.open_tracks))
@@ -357,13 +363,13 @@ def settle_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerC
                                  track_buffer=cfg.track_buffer, file_time=bool(state["events"].get("file_time")),
                                  **margins_of(camera))
     seq, start = int(state["seq"]), f"{int(float(state['frame_ts']) * 1000)}-0"
-    if _trimmed_after(publisher, camera.id, int(float(state["frame_ts"]) * 1000)):
+    if track_replay.trimmed_after(publisher, camera.id, int(float(state["frame_ts"]) * 1000)):
         log.warning("camera %s: its events since its snapshot were trimmed (redis.maxlen): its open tracks are "
                     "left without track_end (some may have ended already)", camera.id)
         return 0
     payloads: list[dict[str, Any]] = []
     for page in pages_from(publisher.client, publisher.keys.events(camera.id), start, REPLAY_PAGE):
-        payloads += [p for p in (_event_payload(fields) for _, fields in page) if p and int(p.get("seq") or 0) > seq]
+        payloads += [p for p in (track_replay.event_payload(fields) for _, fields in page) if p and int(p.get("seq") or 0) > seq]
         if len(payloads) > SETTLE_EVENTS_MAX:
             log.warning("camera %s: more than %d events since its snapshot: its open tracks are left without "
                         "track_end", camera.id, SETTLE_EVENTS_MAX)
@@ -374,36 +380,3 @@ def settle_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerC
     end_tracks(publisher, camera.id, events, newest, TrackSnapshots(publisher, camera.id, every=0))
     log.info("camera %s: the %d tracks its snapshot and the events since left open end", camera.id, n)
     return n
-
-
-def _trimmed_after(publisher: Publisher, camera: str, ms: int) -> bool:
-    """Whether the camera's events stream may have lost entries after ``ms`` (``MAXLEN ~``
-    trims the oldest: when its first entry is later than ``ms``, what lay between is unknown)."""
-    try:
-        info = publisher.client.xinfo_stream(publisher.keys.events(camera))
-    except redis.ResponseError:  # no such stream: no events at all
-        return False
-    first = info.get("first-entry")
-    return bool(first) and info["entries-added"] > info["length"] and parse_entry_id(first[0]) > (ms, 0)
-
-
-def _event_payload(fields: Mapping[bytes, bytes]) -> dict[str, Any] | None:
-    try:
-        payload = json.loads(fields[b"json"])
-    except (KeyError, ValueError):
-        return None
-    return payload if isinstance(payload, dict) else None
-
-
-def _published_after(publisher: Publisher, camera: str, seq: int, since: float, *, limit: int) -> list[FrameResult]:
-    """The camera's frames with a seq above ``seq``, oldest first (entry ids are
-    ``<capture ms>-<seq>``, never below the capture time: reading starts at the snapshot's).
-    ValueError when there are more than ``limit`` (the snapshot is too old to catch up from)."""
-    out: list[FrameResult] = []
-    for page in pages_from(publisher.client, publisher.keys.detections(camera), f"{int(since * 1000)}-0",
-                           REPLAY_PAGE):
-        out += [r for r in (FrameResult.from_json(fields[b"json"]) for _, fields in page) if r.meta.seq > seq]
-        if len(out) > limit:
-            raise ValueError(f"more than {limit} frames published since the snapshot")
-    return out
-

@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+import pipeline.track_replay
 import pipeline.track_state
 from pipeline.config import CameraConfig, TrackerConfig
 from pipeline.publish import Publisher
@@ -80,8 +81,8 @@ def test_tracks_of_a_snapshot_that_cannot_be_replayed_end_once(redis_server, mon
     assert ends(client) == [(car, car_frames, 0.9)]  # the car ended under the second owner
     camera = CAMERA
     if why == "too far behind":  # the replay takes 2 frames at most here (1000 by default)
-        real = pipeline.track_state._published_after
-        monkeypatch.setattr(pipeline.track_state, "_published_after",
+        real = pipeline.track_replay.published_after
+        monkeypatch.setattr(pipeline.track_replay, "published_after",
                             lambda publisher, cam, seq, since, limit: real(publisher, cam, seq, since, limit=2))
     else:  # a zone in pixels beyond the 64x36 frame: replaying the first frame fails
         camera = CAMERA.model_copy(update={"zones": {"far": [[100, 100], [200, 100], [200, 200]]}})
@@ -101,8 +102,8 @@ def test_a_snapshot_with_too_many_events_after_it_is_left(redis_server, monkeypa
     reading them all would hold the camera's start."""
     client = redis_server.client()
     left_behind(redis_server)
-    real = pipeline.track_state._published_after
-    monkeypatch.setattr(pipeline.track_state, "_published_after",
+    real = pipeline.track_replay.published_after
+    monkeypatch.setattr(pipeline.track_replay, "published_after",
                         lambda publisher, cam, seq, since, limit: real(publisher, cam, seq, since, limit=2))
     monkeypatch.setattr(pipeline.track_state, "SETTLE_EVENTS_MAX", 1)
     with caplog.at_level("WARNING", logger="percept.track_state"):
@@ -122,8 +123,8 @@ def test_events_trimmed_past_the_snapshot_leave_its_tracks(redis_server, monkeyp
     client.hset(KEYS.trackstate("cam"), "json", snapshot)
     last_id = client.xrevrange(KEYS.events("cam"), count=1)[0][0]
     client.xtrim(KEYS.events("cam"), minid=last_id, approximate=False)  # only the van's track_end is left
-    real = pipeline.track_state._published_after
-    monkeypatch.setattr(pipeline.track_state, "_published_after",
+    real = pipeline.track_replay.published_after
+    monkeypatch.setattr(pipeline.track_replay, "published_after",
                         lambda publisher, cam, seq, since, limit: real(publisher, cam, seq, since, limit=2))
     with caplog.at_level("WARNING", logger="percept.track_state"):
         start_owner(redis_server)
