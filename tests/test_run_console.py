@@ -65,13 +65,12 @@ def test_run_with_status_lines_survives_a_redis_restart_and_keeps_the_console_cl
         redis_server.start()
         down_to = time.time()
         # the buffer lands in order: once a frame captured after the outage is in the stream, every
-        # frame buffered during it is too (the first one of the outage's in the stream was not enough:
-        # 4 of them had landed on a loaded machine when the count was taken)
+        # frame buffered during it is too (the count was taken at the first of them in the stream)
         wait_for(lambda: any(e["frame_ts"] > down_to + 0.5 for e in _frames(client)), 60,
                  "a frame captured after the outage in the stream")
         during = [e for e in _frames(client) if down_from + 0.5 < e["frame_ts"] < down_to - 0.5]
-        # (how many the camera sampled meanwhile depends on the machine's load: on CI's, 4 of 12 at
-        # 3 fps; the others dropped as stale, not by the outage buffer, which must have lost none)
+        # (how many reach the detector meanwhile depends on the machine's load: 4 in the 4 s at 3 fps
+        # on a loaded CI machine, the others dropped as stale; the outage buffer must have lost none)
         assert len(during) >= 2, f"only {len(during)} frames captured during the 5 s outage were published"
         stats = wait_for(lambda: (lambda h: h if float(h.get(b"updated_at", 0)) > down_to else None)(
             client.hgetall(KEYS.camera(CAMERA))), 30, "the camera's numbers written after the outage")
