@@ -1,5 +1,5 @@
 """`per_item` (pipeline/backends/base.py): a failed batch run is retried by halves so that only
-the bad items fail; a model that fails whatever it gets is given up on after a few runs. Pure logic;
+the bad items fail, unless the model fails whatever it gets. Pure logic;
 the backends' own batches, and a model that fails whatever it gets, are in test_detector_backends.py
 and test_classifier_backends.py."""
 
