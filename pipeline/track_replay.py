@@ -5,7 +5,7 @@ the events published since (tracks ended there)."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import redis
 
@@ -29,16 +29,19 @@ def trimmed_after(publisher: Publisher, camera: str, ms: int) -> bool:
     return bool(first) and info["entries-added"] > info["length"] and parse_entry_id(first[0]) > (ms, 0)
 
 
+def events_since(publisher: Publisher, camera: str, seq: int, since: float) -> Iterator[dict[str, Any]]:
+    """The camera's events published after frame ``seq`` (read from its capture time ``since``), oldest first."""
+    for page in pages_from(publisher.client, publisher.keys.events(camera), f"{int(since * 1000)}-0", REPLAY_PAGE):
+        yield from (p for p in (event_payload(fields) for _, fields in page) if p and int(p.get("seq") or 0) > seq)
+
+
 def ended_since(publisher: Publisher, camera: str, seq: int, since: float, ids: set[int]) -> list[dict[str, Any]]:
     """The ``track_end``s of these tracks published after frame ``seq`` (all of them as ended when
     the events stream was trimmed past the snapshot: none ends twice)."""
     if trimmed_after(publisher, camera, int(since * 1000)):
         return [{"kind": "track_end", "track_id": t, "ts": since} for t in ids]
-    ended = []
-    for page in pages_from(publisher.client, publisher.keys.events(camera), f"{int(since * 1000)}-0", REPLAY_PAGE):
-        ended += [p for p in (event_payload(fields) for _, fields in page) if p and p.get("kind") == "track_end"
-                  and p.get("track_id") in ids and int(p.get("seq") or 0) > seq]
-    return ended
+    return [p for p in events_since(publisher, camera, seq, since)
+            if p.get("kind") == "track_end" and p.get("track_id") in ids]
 
 
 def event_payload(fields: Mapping[bytes, bytes]) -> dict[str, Any] | None:

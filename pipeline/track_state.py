@@ -43,8 +43,6 @@ from .events import EventEngine, events_json, margins_of
 from .redact import redact_url
 from .schema import FrameMeta
 from .source_types import is_file_url
-from .streams import pages_from
-from .track_replay import REPLAY_PAGE
 from .tracking import ObjectTracker
 
 if TYPE_CHECKING:
@@ -302,7 +300,8 @@ def restore_tracking(
         log.warning("camera %s: track state not restored: %s", camera.id, exc)
         return fresh(f"unreadable: {exc}")
     try:
-        frames = track_replay.published_after(publisher, camera.id, seq, since, limit=max(10 * cfg.snapshot_every, 1000))
+        frames = track_replay.published_after(publisher, camera.id, seq, since,
+                                              limit=max(10 * cfg.snapshot_every, 1000))
     except ValueError as exc:
         log.warning("camera %s: track state not restored: %s", camera.id, exc)
         settle_left_tracks(publisher, camera, cfg, state)
@@ -362,21 +361,21 @@ def settle_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerC
     events = EventEngine.restore(state["events"], camera.id, camera.zones, camera.lines, anchor=camera.anchor,
                                  track_buffer=cfg.track_buffer, file_time=bool(state["events"].get("file_time")),
                                  **margins_of(camera))
-    seq, start = int(state["seq"]), f"{int(float(state['frame_ts']) * 1000)}-0"
-    if track_replay.trimmed_after(publisher, camera.id, int(float(state["frame_ts"]) * 1000)):
+    seq, since = int(state["seq"]), float(state["frame_ts"])
+    if track_replay.trimmed_after(publisher, camera.id, int(since * 1000)):
         log.warning("camera %s: its events since its snapshot were trimmed (redis.maxlen): its open tracks are "
                     "left without track_end (some may have ended already)", camera.id)
         return 0
     payloads: list[dict[str, Any]] = []
-    for page in pages_from(publisher.client, publisher.keys.events(camera.id), start, REPLAY_PAGE):
-        payloads += [p for p in (track_replay.event_payload(fields) for _, fields in page) if p and int(p.get("seq") or 0) > seq]
+    for payload in track_replay.events_since(publisher, camera.id, seq, since):
+        payloads.append(payload)
         if len(payloads) > SETTLE_EVENTS_MAX:
             log.warning("camera %s: more than %d events since its snapshot: its open tracks are left without "
                         "track_end", camera.id, SETTLE_EVENTS_MAX)
             return 0
     events.apply_published(payloads)
     n = len(events.open_tracks)
-    newest = _newest_frame(publisher, camera.id) or (seq, float(state["frame_ts"]))  # (ids above the top, too)
+    newest = _newest_frame(publisher, camera.id) or (seq, since)  # (ids above the top, too)
     end_tracks(publisher, camera.id, events, newest, TrackSnapshots(publisher, camera.id, every=0))
     log.info("camera %s: the %d tracks its snapshot and the events since left open end", camera.id, n)
     return n

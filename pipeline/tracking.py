@@ -302,8 +302,8 @@ class ObjectTracker:
             tracks[old].track_id = new
         if moves:  # a track dropped here under an id given now to a live one: ByteTrack takes a lost
             # track out with any removed one of its id, so the live one would go at its first miss
-            given = {id(tracks[old]) for old in moves}
-            t.removed_stracks = [s for s in t.removed_stracks if s.track_id not in moves.values() or id(s) in given]
+            given, taken = {id(tracks[old]) for old in moves}, set(moves.values())
+            t.removed_stracks = [s for s in t.removed_stracks if s.track_id not in taken or id(s) in given]
         self._vouched.update(renames.values())
         self._vouched.difference_update(freed)  # (given to a displaced track: another object's id)
         self.origins = {moves.get(tid, tid): box for tid, box in self.origins.items()}  # (read by the engine next)
