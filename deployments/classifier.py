@@ -77,7 +77,7 @@ class ClassifierDeployment:
         # a batch of frames' crop lists, across frames and cameras: one model call for all
         flat = [crop for crops in requests for crop in crops]
         model = self.classifier  # this batch's model: a swap landing meanwhile applies from the next batch
-        with self.metrics.batch(requests, size=len(flat)) as batch:
+        with self.metrics.batch(requests, size=len(flat)) as batch, self.meter.running(len(flat)):
             batch.results = answers = await asyncio.to_thread(model.classify_batch, flat)
         out, k = [], 0
         for crops in requests:

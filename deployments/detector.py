@@ -86,7 +86,7 @@ class DetectorDeployment:
         self.batcher.concurrency = overlap
         # Inference runs off the event loop so the next batch keeps forming meanwhile.
         async with contextlib.nullcontext() if overlap > 1 else self._one_batch:
-            with self.metrics.batch(inputs) as batch:
+            with self.metrics.batch(inputs) as batch, self.meter.running(len(inputs)):
                 started = time.perf_counter()
                 batch.results = await asyncio.to_thread(model.detect_batch, inputs)
                 infer_ms = (time.perf_counter() - started) * 1000

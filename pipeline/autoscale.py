@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 WARMUP_S = 5.0  # after a replica is ready: its startup backlog drains, its first batches run
 TARGET_BUSY = 0.85  # above this share of the time running, a replica is saturated: one more
@@ -42,7 +43,17 @@ class FrameAgeMeter:
         self.counted_from = float("-inf")  # capture time (wall clock) from which frames count as lag
         self._warm_until = float("-inf")  # the warm-up's end on the steady clock
         self._ages: deque[tuple[float, float]] = deque(maxlen=maxlen)  # (steady time seen, age)
-        self.waiting = 0
+        self.waiting = 0  # frames (crops) in this replica: queued, forming a batch or in one running
+        self.in_batches = 0  # of them, in batches running now (`running`): not waiting
+
+    @contextmanager
+    def running(self, frames: int) -> Iterator[None]:
+        """A batch of ``frames`` runs: they are no longer waiting while it does."""
+        self.in_batches += frames
+        try:
+            yield
+        finally:
+            self.in_batches -= frames
 
     @staticmethod
     def _clocks(now: float | None, steady: float | None) -> tuple[float, float]:
@@ -70,8 +81,10 @@ class FrameAgeMeter:
                 self._ages.append((steady, max(0.0, now - ts)))
 
     def waiting_now(self, now: float | None = None, steady: float | None = None) -> float:
-        """Frames waiting in this replica; 0 during warm-up (the startup backlog)."""
-        return 0.0 if self.warming_up(now, steady) else float(self.waiting)
+        """Frames waiting in this replica, not those of the batches running (a detector keeping
+        up with full batches of 16 read as 16 waiting, at the target: overloaded); 0 during
+        warm-up (the startup backlog)."""
+        return 0.0 if self.warming_up(now, steady) else float(max(0, self.waiting - self.in_batches))
 
     def lag_s(self, now: float | None = None, steady: float | None = None) -> float:
         """Mean frame age over the window (0 when idle)."""

@@ -1,4 +1,7 @@
-"""The video-lag autoscaling arithmetic (pure logic)."""
+"""The video-lag autoscaling arithmetic (pure logic), and what the replicas report to it."""
+
+import asyncio
+import threading
 
 import pytest
 
@@ -165,3 +168,80 @@ def test_a_frames_age_does_not_hang_on_the_decoder_and_detector_clocks_agreeing(
 
     asyncio.run(merged_detect([Handle()])(DetectorInput(image, (8, 8), frame_ts=time.time() - 0.2)))
     assert 0.15 < sent[0].age_s < 10, sent[0].age_s  # every frame the decoder sends is stamped
+
+
+def _half_built(cls, model):
+    """A detector or classifier replica as Serve would run it, minus Serve, Redis and the model
+    loading of its __init__: its batcher, meter and metrics, and ``model`` serving."""
+    from pipeline.batching import AdaptiveBatcher
+    from pipeline.metrics import ModelMetrics
+
+    half = type("Half", (cls,), {"__del__": lambda self: None})  # (its destructor needs what __init__ makes)
+    replica = half.__new__(half)
+    replica.meter, replica.metrics = FrameAgeMeter(), ModelMetrics("test")
+    replica.model = type("Swapper", (), {"current": model})()
+    replica._one_batch = asyncio.Lock()
+    run = replica._detect_batch if hasattr(cls, "_detect_batch") else replica._classify_batch
+    replica.batcher = AdaptiveBatcher(run, max_batch_size=16, batch_wait_s=0.0)
+    replica.frames = type("Frames", (), {"resolve": staticmethod(lambda image: image)})()
+    return replica
+
+
+class _HeldModel:
+    """A model whose batches run until ``release`` is set (set from the test's thread)."""
+
+    name = "held"
+
+    def __init__(self):
+        self.release, self.running = threading.Event(), threading.Event()
+
+    def _hold(self, items):
+        self.running.set()
+        assert self.release.wait(30), "the test never released the batch"
+        return items
+
+    def detect_batch(self, inputs):
+        from pipeline.schema import Detections
+
+        return [Detections() for _ in self._hold(inputs)]
+
+    def classify_batch(self, crops):
+        return [{"type": {"label": "car", "score": 1.0}} for _ in self._hold(crops)]
+
+
+@pytest.mark.parametrize("kind", ["detector", "classifier"])
+def test_the_frames_of_a_running_batch_are_not_counted_as_waiting(kind):
+    """A replica keeping up with full batches of 16 reported the 16 running as waiting, at the
+    policy's target of 16 a replica: read as overloaded, one more replica for nothing. What
+    waits is what no batch runs yet."""
+    import numpy as np
+
+    from pipeline.models import DetectorInput
+
+    if kind == "detector":
+        from deployments.detector import DetectorDeployment as cls
+    else:
+        from deployments.classifier import ClassifierDeployment as cls
+    model = _HeldModel()
+    replica = _half_built(cls.func_or_class, model)
+
+    async def main():
+        image = np.zeros((32, 32, 3), np.uint8)
+        if kind == "detector":
+            calls = [replica.detect(DetectorInput(image, (32, 32), camera=f"c{i}")) for i in range(16)]
+        else:
+            calls = [replica.classify([image, image]) for _ in range(8)]  # 16 crops
+        first = [asyncio.ensure_future(c) for c in calls]
+        assert await asyncio.to_thread(model.running.wait, 30)  # the batch of 16 runs
+        stats = replica.record_autoscaling_stats()
+        assert stats["frames_waiting"] == 0, stats
+        later = asyncio.ensure_future(replica.detect(DetectorInput(image, (32, 32), camera="c0")) if kind == "detector"
+                                      else replica.classify([image, image, image]))
+        await asyncio.sleep(0)  # (lets it arrive: one turn of the loop, no timing)
+        waiting = 1 if kind == "detector" else 3
+        assert replica.record_autoscaling_stats()["frames_waiting"] == waiting
+        model.release.set()
+        await asyncio.wait_for(asyncio.gather(*first, later), 30)
+        assert replica.record_autoscaling_stats()["frames_waiting"] == 0
+
+    asyncio.run(main())
