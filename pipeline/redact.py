@@ -24,6 +24,10 @@ _SECRET_NAME = (r"(?:(?:[\w.-]*[_.-])?(?:password|passwd|passphrase|pwd|pass|pw|
                 r"|[\w.-]*[a-z0-9](?-i:Pass|Pw|Pwd|Key|Auth|Sig|Session|Sid))\d*=")
 _QUERY_SECRET = re.compile(rf"(?i)([?&;]{_SECRET_NAME})[^&#\s'\"]*"
                            rf"|([/_]{_SECRET_NAME})(?:\$\{{[A-Za-z_][A-Za-z0-9_]*\}}|[^&#;/_\s'\"])*")
+# a query parameter whose name is percent-encoded (``?%70assword=x``: servers decode the name,
+# so it is read as ``password``): scrubbed when the decoded name is a secret's
+_ENCODED_NAME = re.compile(r"([?&;][^=&#;\s'\"/?]*%[0-9A-Fa-f]{2}[^=&#;\s'\"/?]*=)([^&#\s'\"]*)")
+_SECRET_NAME_ALONE = re.compile(rf"(?i){_SECRET_NAME}")
 _PASSWORD_ARG = re.compile(r"(?i)\b(password|passwd|requirepass)(['\"]?\s*[=:]\s*)(\S+)")
 
 
@@ -50,7 +54,13 @@ def _scrub_malformed(text: str) -> str:
 
 
 def _scrub_query(text: str) -> str:
+    text = _ENCODED_NAME.sub(lambda m: f"{m.group(1)}***" if _encoded_secret(m) else m.group(0), text)
     return _QUERY_SECRET.sub(lambda m: f"{m.group(1) or m.group(2)}***", text)
+
+
+def _encoded_secret(m: re.Match[str]) -> bool:
+    """Whether a percent-encoded query name (`_ENCODED_NAME`) decodes to a secret's."""
+    return _SECRET_NAME_ALONE.fullmatch(unquote(m.group(1)[1:])) is not None
 
 
 def _scrub_userinfo(text: str) -> str:
@@ -149,4 +159,6 @@ def url_secrets(url: str) -> tuple[str, ...]:
 
 def query_secrets(url: str) -> list[tuple[int, int]]:
     """Where the values of a URL's ``password=``-like query parameters start and end."""
-    return [(m.end(1) if m.group(1) else m.end(2), m.end()) for m in _QUERY_SECRET.finditer(url)]
+    found = [(m.end(1) if m.group(1) else m.end(2), m.end()) for m in _QUERY_SECRET.finditer(url)]
+    found += [(m.end(1), m.end()) for m in _ENCODED_NAME.finditer(url) if _encoded_secret(m)]
+    return sorted(found)

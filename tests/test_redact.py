@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.redact import redact, redact_url
+from pipeline.redact import redact, redact_url, url_secrets
 
 
 def test_url_credentials_are_hidden():
@@ -198,3 +198,22 @@ def test_a_query_password_with_a_semicolon_is_scrubbed_and_refused_whole():
         parse_config({"cameras": [{"id": "dock", "url": url}]}, env={})
     assert "write rtsp://cam/s?pwd=${CAM_DOCK_PASSWORD}&channel=1 and set" in str(caught.value), str(caught.value)
     assert "2024" not in str(caught.value)
+
+
+def test_a_query_secret_whose_name_is_percent_encoded_is_scrubbed_and_refused_inline():
+    """``?%70assword=…``: a server decodes the name to ``password``, but the patterns read it
+    as written: the value stayed in the camera hash and in logs, and was stored without
+    ``allow_inline_credentials``. Names that decode to no secret's are left as they are."""
+    from pipeline.camera_probe import without_query_secrets
+    from pipeline.config import parse_config
+    from pipeline.config_errors import ConfigError
+
+    url = "rtsp://cam/s?%70assword=Hunter22&ch%61nnel=1&to%6Ben=zz9zz"
+    assert redact_url(url) == "rtsp://cam/s?%70assword=***&ch%61nnel=1&to%6Ben=***"
+    assert redact(f"cannot open {url} (refused)") == "cannot open rtsp://cam/s?%70assword=***&ch%61nnel=1&to%6Ben=*** (refused)"
+    assert set(url_secrets(url)) == {"Hunter22", "zz9zz"}
+    assert without_query_secrets(url) == "rtsp://cam/s?%70assword=&ch%61nnel=1&to%6Ben="
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"cameras": [{"id": "dock", "url": url}]}, env={})
+    assert "Hunter22" not in str(caught.value) and "zz9zz" not in str(caught.value), str(caught.value)
+    assert "%70assword=${CAM_DOCK_PASSWORD}" in str(caught.value), str(caught.value)
