@@ -7,6 +7,7 @@ failed RTSP open, why it failed in words an operator can act on (one DESCRIBE re
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import time
@@ -166,6 +167,10 @@ def _status_words(status: str, url: str, who: str) -> str:
     """A status line in words an operator can act on (RTSP's and HTTP's codes are alike)."""
     code = status.split(" ", 2)[1] if status.count(" ") >= 1 else ""
     if code == "401":  # (asked without credentials: a camera that wants them says so)
+        names = [m.group(0)[:-1] for start, _ in query_secrets(url) if (m := re.search(r"[^?&;/_]*=$", url[:start]))]
+        if names:  # (emptied in the request: `without_query_secrets`)
+            return (f"401 Unauthorized: {who} wants credentials; check the user and password, and "
+                    f"{', '.join(dict.fromkeys(names))} in the camera URL (not sent by this check)")
         if urlsplit(url).username is None:  # (it splits: _target did)
             return f"401 Unauthorized: {who} wants a user and password in its URL"
         return f"401 Unauthorized: {who} wants credentials; check the user and password in the camera URL"

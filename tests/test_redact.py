@@ -147,7 +147,10 @@ def test_rtsp_diagnosis_never_sends_the_password():
         why = diagnose_rtsp(f"rtsp://admin:Hunter2pw@127.0.0.1:{port}/s1", timeout_s=5)
         assert why == "401 Unauthorized: the camera wants credentials; check the user and password in the camera URL"
         assert diagnose_rtsp(f"rtsp://127.0.0.1:{port}/s1", timeout_s=5).endswith("wants a user and password in its URL")
-        diagnose_rtsp(f"rtsp://127.0.0.1:{port}/s1?channel=1&token=Tk7secret", timeout_s=5)  # nor a query's token
+        # nor a query's token; and its 401 is not put down to a missing user and password
+        why = diagnose_rtsp(f"rtsp://127.0.0.1:{port}/s1?channel=1&token=Tk7secret", timeout_s=5)
+        assert why == ("401 Unauthorized: the camera wants credentials; check the user and password, and token "
+                       "in the camera URL (not sent by this check)"), why
         thread.join(10)
     finally:
         server.close()
