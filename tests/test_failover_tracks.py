@@ -137,6 +137,33 @@ def test_the_next_owner_continues_the_tracks_exactly(redis_server):
     assert continued & later, "a car on the road at the death crosses the gate after it"
 
 
+def test_a_detections_stream_trimmed_past_the_snapshot_is_replayed_across_the_gap(redis_server):
+    """A consumer trimmed the detections stream (``XTRIM MINID``, or a small ``redis.maxlen``)
+    past the snapshot's frame before the owner died: the replay goes on from the frames left,
+    across the gap, taking the published ids of the tracks it finds again (`adopt_ids`) — each
+    track still starts once and ends once, and the next owner's ids are above every published one."""
+    frames = scene()
+    dies_after = 28
+    first = Owner(redis_server.url, "A")
+    first.process(frames[:dies_after])
+    client = first.client
+    gone = [eid for eid, f in client.xrange(KEYS.detections("cam")) if int(f[b"seq"]) <= 25]
+    client.xtrim(KEYS.detections("cam"), minid=gone[-1].decode().split("-")[0] + "-26", approximate=False)
+    assert int(client.xrange(KEYS.detections("cam"), count=1)[0][1][b"seq"]) == 26  # frames 0..25 gone
+    client.delete(KEYS.lease("cam"))  # SIGKILLed
+    second = Owner(redis_server.url, "B")
+    assert (second.restored.seq, second.restored.replayed) == (24, 2), second.restored
+    second.process(frames[dies_after:])
+    second.stop(len(frames) - 1, T0 + 100)
+
+    events, _ = published(second.client)
+    starts = Counter(e["track_id"] for e in events if e["kind"] == "track_start")
+    ends = Counter(e["track_id"] for e in events if e["kind"] == "track_end")
+    assert starts == ends and set(starts.values()) == {1}, (starts - ends, ends - starts)
+    expected, _ = reference(frames, (len(frames) - 1, T0 + 100))
+    assert len(starts) == sum(e["kind"] == "track_start" for e in expected), "a car became two tracks"
+
+
 def test_a_replica_that_lost_the_camera_cannot_overwrite_its_state(redis_server):
     frames = scene(30)
     first = Owner(redis_server.url, "A", lease_ttl=60)
