@@ -27,14 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from .config_view import PrivacyConfig
+from .config_view import FACES_MODEL, PLATE_SCORE, PLATES_MODEL, PrivacyConfig
 from .models import resolve_weights
 from .openvino_quiet import quiet_openvino
 
 log = logging.getLogger("percept.privacy")
 
-# the labels under which the service's own detectors report what each kind blurs
-PRIVATE_LABELS = {"faces": {"face"}, "plates": {"plate", "license plate", "license_plate", "licence plate"}}
+# the labels (or categories) under which the service's own detectors report what each kind blurs,
+# compared in lower case with "_" and "-" as spaces (`_private_kind`: License_Plate, number-plate)
+PRIVATE_LABELS = {"faces": {"face", "faces", "human face"},
+                  "plates": {"plate", "plates", "license plate", "licence plate", "number plate", "car plate"}}
 PLATE_LABEL = 2  # the SSD's label ids: 1 vehicle, 2 plate
 MIN_DETECT_WIDTH = 160  # no face search on images narrower than this (the smaller passes)
 SCALES = (1.0, 0.7, 0.5)  # face search sizes: large, close faces are often found only at the smaller ones
@@ -76,10 +78,12 @@ class FaceFinder:
             self._nets[size] = net
             return net
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Faces found at the frame's size (capped at ``detect_width``) and at `SCALES` of it."""
+    def __call__(self, image: np.ndarray, shown_width: int | None = None) -> np.ndarray:
+        """Faces found at the frame's size (capped at ``detect_width``, or at ``shown_width`` when
+        the image is shown wider: a face too small to find at 1280 px is readable in a 4K image)
+        and at `SCALES` of it."""
         w = image.shape[1]
-        first = min(1.0, self.detect_width / w)
+        first = min(1.0, max(self.detect_width, shown_width or 0) / w)
         found = [self._at(image, first * s) for s in SCALES if w * first * s >= MIN_DETECT_WIDTH or s == 1.0]
         return np.concatenate(found).astype(np.float32)
 
@@ -149,6 +153,11 @@ def pixelate(image: np.ndarray, boxes: np.ndarray, *, grow: float = 0.45) -> Non
         roi[:] = cv2.resize(block, (roi.shape[1], roi.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def _spoken(name: Any) -> str:
+    """A label as `PRIVATE_LABELS` writes them: lower case, "_" and "-" as spaces."""
+    return " ".join(str(name).lower().replace("_", " ").replace("-", " ").split())
+
+
 class PrivacyUnavailable(RuntimeError):
     """A blur asked for cannot be done (its model is missing or does not load): no image is shown."""
 
@@ -170,24 +179,28 @@ class Blurrer:
     def __bool__(self) -> bool:
         return bool(self.kinds or self.missing)
 
-    def regions(self, image: np.ndarray) -> np.ndarray:
-        """(N, 4) xyxy boxes to blur in ``image``."""
-        found = [finder(image) for finder in (self.faces, self.plates) if finder is not None]
+    def regions(self, image: np.ndarray, shown_width: int | None = None) -> np.ndarray:
+        """(N, 4) xyxy boxes to blur in ``image`` (shown ``shown_width`` wide: its own width if None)."""
+        found = [self.faces(image, image.shape[1] if shown_width is None else shown_width)] if self.faces else []
+        found += [self.plates(image)] if self.plates is not None else []
         return np.concatenate(found) if found else np.zeros((0, 4), np.float32)
 
-    def blur(self, image: np.ndarray, detected: Any = None) -> np.ndarray:
+    def blur(self, image: np.ndarray, detected: Any = None, *, shown_width: int | None = None) -> np.ndarray:
         """A copy of ``image`` with every face and plate found blurred (``image`` itself when
         there is nothing to blur: it is never changed); ``detected``: the frame's own objects
-        (`Detections`), whose faces and plates (by label) are blurred too, found or not by the
-        blurrer's own search (another scale, another score)."""
+        (`Detections`), whose faces and plates (by label or category) are blurred too, found or
+        not by the blurrer's own search (another scale, another score). ``shown_width``: the width
+        the image is shown at (the view scales it down; None: as it is, faces searched at that
+        width when wider than ``detect_width``)."""
         if self.missing:
-            raise PrivacyUnavailable(f"privacy.blur asks for {' and '.join(self.missing)}, whose model is missing or "
+            raise PrivacyUnavailable(f"privacy asks for {' and '.join(self.missing)}, whose model is missing or "
                                      "does not load: no image is shown")
         if not self:
             return image
-        boxes = self.regions(image)
+        boxes = self.regions(image, shown_width)
         labels = {label for kind in self.kinds for label in PRIVATE_LABELS[kind]}
-        own = [i for i, label in enumerate(getattr(detected, "labels", ())) if label in labels]
+        own = [i for i, names in enumerate(zip(getattr(detected, "labels", ()), getattr(detected, "categories", ())))
+               if any(_spoken(name) in labels for name in names)]
         if own:
             boxes = np.concatenate([boxes.reshape(-1, 4), np.asarray(detected.xyxy, np.float32)[own]])
         if len(boxes) == 0:
@@ -203,16 +216,22 @@ class Blurrer:
         about once and fails closed: the blurrer refuses every image (`PrivacyUnavailable`), so the
         live view and explanations show none, rather than show it unblurred."""
         wanted = ["faces"] if cfg.blur is None else list(dict.fromkeys(cfg.blur))
-        explicit = cfg.blur is not None
+        # a face model named (not the default) asks for faces as ``blur`` does: a typo in its path
+        # turned the blur off without a word
+        explicit = {kind: cfg.blur is not None or (kind == "faces" and cfg.faces_model != FACES_MODEL)
+                    for kind in wanted}
+        if "plates" not in wanted and (cfg.plates_model != PLATES_MODEL or cfg.plate_score != PLATE_SCORE):
+            _warn_once("plates-unasked", "privacy.plates_model / plate_score are set but privacy.blur does not "
+                       "list plates: plates are not blurred (add plates to privacy.blur)")
         faces = plates = None
         missing: list[str] = []
         for kind in wanted:
             spec = cfg.faces_model if kind == "faces" else cfg.plates_model
             path = resolve_weights(spec, models_dir)
             if not Path(path).is_file():
-                if explicit:
+                if explicit[kind]:
                     where = f" (models_dir {models_dir})" if models_dir else " (models_dir is not set)"
-                    _warn_once(f"missing:{kind}:{path}", "privacy.blur asks for %s but the model %r is missing%s: "
+                    _warn_once(f"missing:{kind}:{path}", "privacy asks for %s but the model %r is missing%s: "
                                "no image is shown (live view, explanations)", kind, spec, where)
                     missing.append(kind)
                 continue

@@ -331,8 +331,8 @@ def render_jpeg(image: np.ndarray, result: FrameResult, camera: CameraConfig, cf
                 blurrer: Any = None, geometry: Geometry | None = None) -> bytes:
     """The view's JPEG of one frame: blurred at full resolution (when a blurrer is given), scaled
     to ``cfg.width``, annotated, encoded with its frame named in the comment."""
-    if blurrer is not None:
-        image = blurrer.blur(image, result.objects)
+    if blurrer is not None:  # (faces searched at least as wide as the image is shown)
+        image = blurrer.blur(image, result.objects, shown_width=min(cfg.width, image.shape[1]))
     out = annotate(fit_width(image, cfg.width), result, camera, geometry)
     m = result.meta
     return encode_jpeg(out, cfg.quality, comment=f"percept camera={m.camera} seq={m.seq} ts={m.frame_ts:.3f}")

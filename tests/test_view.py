@@ -196,7 +196,7 @@ def test_a_busy_view_skips_frames_and_never_blocks_the_caller(redis_server):
         def __init__(self):
             self.started, self.release = threading.Event(), threading.Event()
 
-        def blur(self, image, detected=None):
+        def blur(self, image, detected=None, shown_width=None):
             self.started.set()
             self.release.wait(30)
             return image

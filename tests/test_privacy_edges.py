@@ -1,0 +1,68 @@
+"""Privacy blur edge cases (`pipeline/privacy.py`; no Ray): a face model named with a typo, an
+image shown wider than the face search, faces and plates the service's own detectors name in
+their own spelling. Real YuNet and people.mp4 from ../shared."""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.config import CameraConfig
+from pipeline.config_view import PrivacyConfig, ViewConfig
+from pipeline.privacy import Blurrer, PrivacyUnavailable
+from pipeline.schema import Detections, FrameMeta, FrameResult
+from pipeline.view import render_jpeg
+
+from .conftest import MODELS
+from .view_frames import clip_frame, decode, faces
+
+pytestmark = pytest.mark.integration  # YuNet and the clips
+
+
+def test_a_face_model_named_that_is_not_there_refuses_images_not_faces_shown(caplog):
+    """``privacy.faces_model`` with a typo (``blur`` unset): the blurrer was empty, no word in the
+    log, and the live view showed every face. A face model named asks for faces as ``blur`` does.
+    Plate settings while ``blur`` does not list plates are said to do nothing."""
+    frame = clip_frame("people.mp4", 30)
+    with caplog.at_level(logging.WARNING, logger="percept.privacy"):
+        typo = Blurrer.from_config(PrivacyConfig(faces_model="face-detection-yunet/face_detection_yunet.onx"),
+                                   str(MODELS))
+        Blurrer.from_config(PrivacyConfig(plate_score=0.6), str(MODELS))
+    assert typo and typo.missing == ("faces",)
+    with pytest.raises(PrivacyUnavailable):
+        typo.blur(frame)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "face_detection_yunet.onx" in said and "no image is shown" in said, said
+    assert "plates are not blurred" in said, said
+    assert Blurrer.from_config(PrivacyConfig(), str(MODELS)).kinds == ["faces"]  # the default still blurs
+
+
+def test_an_image_shown_wider_than_the_face_search_has_no_face_left_at_that_width():
+    """Faces are searched at ``detect_width`` (1280): a 4K image shown whole (an explanation's PNG,
+    a view ``width`` of 3840) kept faces 14-25 px wide that the search at 1280 could not find,
+    readable there. The search goes up to the width the image is shown at."""
+    big = np.tile(cv2.resize(clip_frame("people.mp4", 100), (480, 270)), (8, 8, 1))  # a crowd 8 × 8 times over, in 4K
+    assert faces(big) >= 20
+    blurrer = Blurrer.from_config(PrivacyConfig(), str(MODELS))
+    assert faces(blurrer.blur(big)) == 0, "faces left in the image shown at its own width"
+    result = FrameResult(FrameMeta("crowd", 0, 0.0, None, big.shape[1], big.shape[0]), Detections(), {}, {})
+    wide = decode(render_jpeg(big, result, CameraConfig(id="crowd", url="x"), ViewConfig(width=big.shape[1]), blurrer))
+    assert faces(wide) == 0, "faces left in a view as wide as the camera"
+
+
+@pytest.mark.parametrize("label,category", [("License_Plate", "vehicle"), ("number-plate", "vehicle"),
+                                            ("Face", "person"), ("human face", "person"), ("thing", "plate")])
+def test_faces_and_plates_a_detector_names_in_its_own_spelling_are_blurred(label, category):
+    """The service's own detections were blurred only under the exact labels ``face`` /
+    ``plate`` / ``license_plate``: a fine-tuned model's ``License_Plate`` or ``Face`` (or a label
+    mapped to the category ``plate``) was drawn, unblurred."""
+    frame = clip_frame("vtest.avi", 0)
+    blurrer = Blurrer.from_config(PrivacyConfig(blur=["faces", "plates"]), str(MODELS))
+    box = [652, 43, 722, 101]  # the parked van: nothing the blurrer's own search finds
+    x1, y1, x2, y2 = box
+    assert np.array_equal(blurrer.blur(frame)[y1:y2, x1:x2], frame[y1:y2, x1:x2])
+    own = Detections(xyxy=[box], scores=[0.9], labels=(label,), categories=(category,))
+    assert np.abs(blurrer.blur(frame, own)[y1:y2, x1:x2].astype(int) - frame[y1:y2, x1:x2]).mean() > 5
