@@ -221,3 +221,20 @@ def test_a_urls_scheme_in_capitals_is_read_as_in_lower_case(scheme, videos, monk
     finally:
         cap.release()
     assert CameraConfig(id="cam", url=url, backpressure="wait").backpressure == "wait"
+
+
+@pytest.mark.parametrize("rate", ["30", "30000/1001"])
+def test_a_file_with_millisecond_timestamps_sampled_at_its_own_rate_keeps_every_frame(rate, tmp_path):
+    """An MKV (timestamps in whole milliseconds) at 30 or 29.97 fps with ``fps: 30``: its frames
+    at 33, 67, 100 ms came each just before the sampler's grid of 1/30 s and were passed over —
+    85 of 90 and 240 of 300 kept. Every frame is kept; at ``fps: 10`` still 10 a second."""
+    clip = tmp_path / "ms.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc=size=64x36:rate={rate}:duration=4",
+                    "-c:v", "mpeg4", "-g", "30", str(clip)], check=True, timeout=60)
+    counts = {}
+    for fps in (30, 10, 0):
+        src = VideoSource("cam", lambda: open_capture("cam", str(clip)), fps=fps, is_file=True, loop=False,
+                          realtime=False)
+        counts[fps] = len(list(src.frames()))
+    assert counts[0] >= 119 and counts[30] == counts[0], counts
+    assert 39 <= counts[10] <= 41, counts
