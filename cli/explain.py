@@ -196,7 +196,15 @@ def _offline(args: argparse.Namespace) -> int:
     )
     from pipeline.models import ModelError, prepare_frame
 
+    from pipeline.config_view import PrivacyConfig
+    from pipeline.privacy import Blurrer, PrivacyUnavailable
+
     try:
+        # the heat map is drawn on what the service would show: faces blurred (checked first: no
+        # minutes of work for an image that cannot be shown)
+        blurrer = None if args.no_blur else Blurrer.from_config(PrivacyConfig(), os.environ.get(ENV_MODELS_DIR))
+        if blurrer is not None:
+            blurrer.refuse_if_unavailable()
         image, name = _read_frame(args)
         cfg = DetectorConfig(weights=args.weights, imgsz=args.imgsz, device=args.device,
                              threads=args.threads or min(os.cpu_count() or 1, 256),
@@ -217,12 +225,11 @@ def _offline(args: argparse.Namespace) -> int:
         return fail("explain: " + "; ".join("--" + line for line in format_validation_error(exc)), BAD_INPUT)
     except (ValueError, ModelError) as exc:  # ExplainError is a ValueError
         return fail(f"explain: {exc}", BAD_INPUT)
+    except PrivacyUnavailable as exc:
+        return fail(f"explain: {exc} (--no-blur draws on the frame as it is)", BAD_INPUT)
     out = Path(args.out or f"explain-{name}-{args.object}.png")
-    if not args.no_blur:  # the heat map is drawn on what the service would show: faces blurred
-        from pipeline.config_view import PrivacyConfig
-        from pipeline.privacy import Blurrer
-
-        image = Blurrer.from_config(PrivacyConfig(), os.environ.get(ENV_MODELS_DIR)).blur(image)
+    if blurrer is not None:
+        image = blurrer.blur(image)
     if not _write(out, encode_png(overlay(image, result.heat, target, method=method))):
         return fail(f"explain: cannot write {out}", BAD_INPUT)
     box = ",".join(f"{v:.0f}" for v in target.box)

@@ -194,12 +194,13 @@ class ExplainApi:
     def _run(self, frame: KeptFrame, index: int, target: Target, method: str, masks: int) -> tuple[bytes, dict[str, str]]:
         from pipeline.privacy import Blurrer
 
+        if self._blurrer is None:
+            self._blurrer = Blurrer.from_config(self.cfg.privacy, self.cfg.models_dir)
+        self._blurrer.refuse_if_unavailable()  # before minutes of work whose image could not be shown
         detector, cfg = self._detector_for(frame, target)
         method = "rise" if method == "auto" else method
         result = explain(detector, frame.image, target, imgsz=cfg.imgsz, method=method, masks=masks)
         check = deletion_check(detector, frame.image, target, result.heat, imgsz=cfg.imgsz)
-        if self._blurrer is None:
-            self._blurrer = Blurrer.from_config(self.cfg.privacy, self.cfg.models_dir)
         png = encode_png(overlay(self._blurrer.blur(frame.image, frame.result.objects), result.heat, target, method=method))
         m = frame.result.meta
         headers = {

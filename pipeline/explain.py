@@ -173,18 +173,23 @@ def occlusion(detector: BatchDetector, image: np.ndarray, target: Target, *, img
 
 def explain(detector: Any, image: np.ndarray, target: Target, *, imgsz: int, method: str = "rise",
             masks: int = 400, grid: int = 16, seed: int = 0, batch: int = 16) -> Explanation:
-    """The heat map of ``target`` on ``image`` (a BGR camera frame) by ``method``."""
+    """The heat map of ``target`` on ``image`` (a BGR camera frame) by ``method``. ExplainError
+    when the detector does not find the object on the frame as it is (a model swapped since the
+    frame was published, another ``imgsz``): its heat map would be empty, read as perfect."""
     t0 = time.perf_counter()
+    if method not in METHODS:
+        raise ExplainError(f"method {method!r}: choose one of {', '.join(METHODS)}")
+    if scores_of(detector, [prepare_frame(image, imgsz)], target)[0] <= 0:
+        raise ExplainError(f"the detector explaining does not find this {target.label} on the frame "
+                           f"({getattr(detector, 'name', 'its model')}, imgsz {imgsz}): nothing to explain")
     if method == "rise":
         heat, calls = rise(detector, image, target, imgsz=imgsz, masks=masks, seed=seed, batch=batch)
     elif method == "occlusion":
         heat, calls = occlusion(detector, image, target, imgsz=imgsz, grid=grid, batch=batch)
-    elif method == "eigencam":
+    else:
         from .explain_cam import eigencam
 
         heat, calls = eigencam(detector, image, target, imgsz=imgsz)
-    else:
-        raise ExplainError(f"method {method!r}: choose one of {', '.join(METHODS)}")
     return Explanation(heat, target, method, calls, (time.perf_counter() - t0) * 1000)
 
 

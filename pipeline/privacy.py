@@ -185,6 +185,13 @@ class Blurrer:
         found += [self.plates(image)] if self.plates is not None else []
         return np.concatenate(found) if found else np.zeros((0, 4), np.float32)
 
+    def refuse_if_unavailable(self) -> None:
+        """`PrivacyUnavailable` when a kind asked for cannot be blurred (before work whose image
+        could not be shown: an explanation's minutes)."""
+        if self.missing:
+            raise PrivacyUnavailable(f"privacy asks for {' and '.join(self.missing)}, whose model is missing or "
+                                     "does not load: no image is shown")
+
     def blur(self, image: np.ndarray, detected: Any = None, *, shown_width: int | None = None) -> np.ndarray:
         """A copy of ``image`` with every face and plate found blurred (``image`` itself when
         there is nothing to blur: it is never changed); ``detected``: the frame's own objects
@@ -192,9 +199,7 @@ class Blurrer:
         not by the blurrer's own search (another scale, another score). ``shown_width``: the width
         the image is shown at (the view scales it down; None: as it is, faces searched at that
         width when wider than ``detect_width``)."""
-        if self.missing:
-            raise PrivacyUnavailable(f"privacy asks for {' and '.join(self.missing)}, whose model is missing or "
-                                     "does not load: no image is shown")
+        self.refuse_if_unavailable()
         if not self:
             return image
         boxes = self.regions(image, shown_width)

@@ -1,8 +1,11 @@
 """`percept explain --image/--video` (no running graph) draws its heat map on the frame with the
 faces blurred, as the service's own explain endpoint does; ``--no-blur`` draws on the frame as
-it is. Real detector and YuNet from the shared models, people.mp4."""
+it is; what could not be shown, or has nothing to explain, is refused before the work. Real
+detector and YuNet from the shared models, people.mp4."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import cv2
 import pytest
@@ -27,3 +30,59 @@ def test_offline_explanations_blur_faces_unless_told_not_to(models_dir, tmp_path
         found[flags] = faces(cv2.imread(str(out)))
     assert found[()] == 0, f"YuNet finds {found[()]} faces in the explanation"
     assert found[("--no-blur",)] >= 5
+
+
+@pytest.mark.integration
+def test_an_explanation_that_could_not_be_shown_is_refused_before_any_work(models_dir, tmp_path, monkeypatch):
+    """A face model that does not load: `percept explain` ran the whole explanation (thousands of
+    detector calls: the service's one explain worker held for minutes) and then failed with a
+    traceback. It is refused first now, the detector not even loaded, saying how to go on."""
+    broken = tmp_path / "face-detection-yunet" / "face_detection_yunet_2023mar.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not an onnx file")
+    monkeypatch.setenv("PERCEPT_MODELS_DIR", str(tmp_path))
+    out = tmp_path / "explain.png"
+    code, stdout, stderr = percept("explain", "--video", str(VIDEOS / "people.mp4"), "--frame", str(FRAME),
+                                   "--weights", str(Path(models_dir) / DETECTOR), "--object", "0", "--masks", "16",
+                                   "--out", str(out))
+    assert code == 2 and "Traceback" not in stderr, stderr
+    assert "privacy asks for faces" in stderr and "--no-blur" in stderr, stderr
+    assert not out.exists() and "detector calls" not in stdout
+
+
+@pytest.mark.integration
+def test_an_object_the_explaining_detector_does_not_find_is_an_error_not_an_empty_heat_map(models_dir):
+    """An object the detector explaining does not find on the frame (the published frame came
+    from weights swapped out since, or another imgsz): the heat map was all zero, answered 200
+    with a heat ratio of inf and deletion scores of 0 — read as a perfect explanation."""
+    import numpy as np
+
+    from pipeline.backends import load_detector
+    from pipeline.config import DetectorConfig
+    from pipeline.explain import ExplainError, Target, explain
+
+    detector = load_detector(DetectorConfig(weights=DETECTOR, conf=0.05, threads=2), models_dir=str(models_dir))
+    grey = np.full((360, 640, 3), 114, np.uint8)  # nothing on it
+    ghost = Target(box=(100.0, 100.0, 200.0, 160.0), label="car", score=0.8)
+    calls = []
+    batch = detector.detect_batch
+    detector.detect_batch = lambda inputs: calls.append(len(inputs)) or batch(inputs)
+    with pytest.raises(ExplainError, match="does not find this car"):
+        explain(detector, grey, ghost, imgsz=640, method="rise", masks=64)
+    assert calls == [1], "the masks were run for an object the detector does not find"
+
+
+def test_the_explain_endpoint_refuses_before_loading_a_detector_when_it_could_not_blur(tmp_path):
+    """The service's explain worker: the same order (`ExplainApi._run`), a blur asked for whose
+    model is missing refused before the detector is even chosen."""
+    from deployments.explain import ExplainApi
+    from pipeline.config import PerceptConfig
+    from pipeline.privacy import PrivacyUnavailable
+
+    api = ExplainApi(PerceptConfig.model_validate({"models_dir": str(tmp_path), "privacy": {"blur": ["faces"]}}),
+                     None, None, None, None)
+    chosen = []
+    api._detector_for = lambda frame, target: chosen.append(target) or pytest.fail("a detector was chosen")
+    with pytest.raises(PrivacyUnavailable):
+        api._run(None, 0, None, "rise", 16)
+    assert chosen == []
