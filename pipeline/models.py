@@ -258,7 +258,14 @@ def load_yolo(cfg: ModelServerConfig, *, models_dir: str | None, field: str, tas
 
 
 def model_name(cfg: ModelServerConfig) -> str:
-    return Path(cfg.weights.rstrip("/")).name
+    """The name messages give the model: its weights' file (or export folder) name; for
+    ultralytics' training output (``runs/detect/<run>/weights/best.pt``, and exports beside it)
+    with the run's name before it, ``<run>/best.pt``: every fine-tuned model is a ``best.pt``, and
+    a swap from one run's to another's was not to be told apart in the messages."""
+    path = Path(cfg.weights.rstrip("/"))
+    if path.parent.name == "weights" and path.parent.parent.name not in ("", ".", ".."):
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name
 
 
 # --- detection -----------------------------------------------------------------------------------

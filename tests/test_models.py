@@ -225,3 +225,21 @@ def test_weights_not_in_the_drivers_models_dir_are_found_in_this_nodes_own(tmp_p
     assert resolve_weights(DETECTOR, str(tmp_path)) == DETECTOR  # a folder that is here: it alone is searched
     monkeypatch.delenv("PERCEPT_MODELS_DIR")
     assert resolve_weights(DETECTOR, str(tmp_path / "drivers-models")) == DETECTOR  # (then: not found, said so)
+
+
+def test_a_fine_tuned_models_name_says_which_training_run_it_came_from(tmp_path, models_dir):
+    """Every ultralytics fine-tune is ``runs/detect/<run>/weights/best.pt``: messages named each
+    one ``best.pt``, so a swap from one run's model to the next could not be told apart in them."""
+    from pipeline.backends import load_detector
+    from pipeline.config import DetectorConfig
+
+    names = []
+    for run in ("train3", "train4"):
+        weights = tmp_path / "runs" / "detect" / run / "weights" / "best.pt"
+        weights.parent.mkdir(parents=True)
+        weights.symlink_to(Path(models_dir) / "yolo11n-coco.pt")
+        names.append(load_detector(DetectorConfig(weights=str(weights)), models_dir=models_dir, field="detector",
+                                   warmup=False).name)
+    assert names == ["train3/best.pt", "train4/best.pt"]
+    assert load_detector(DetectorConfig(weights="yolo11n-coco.pt"), models_dir=models_dir, field="detector",
+                         warmup=False).name == "yolo11n-coco.pt"  # others keep their file's name
