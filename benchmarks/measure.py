@@ -331,29 +331,42 @@ def run_ultralytics(model: str, streams_file: str, *, imgsz: int, duration: floa
         kwargs["device"] = device
     if half:
         kwargs["half"] = True
-    per_stream: dict[str, int] = {}
-    count, t0, t1 = 0, None, None
-    first = None
+    n = max(1, sum(1 for line in Path(streams_file).read_text().splitlines() if line.strip()))
     start = time.perf_counter()
-    for res in yolo.predict(source=streams_file, **kwargs):
-        now = time.perf_counter()
+    out, first = steps_window(yolo.predict(source=streams_file, **kwargs), n, warmup=warmup, duration=duration)
+    return {**out, "startup_s": (first or start) - t_load}
+
+
+def steps_window(results: Any, n: int, *, warmup: float, duration: float,
+                 clock: Callable[[], float] = time.perf_counter) -> tuple[dict[str, Any], float | None]:
+    """Results/s of Ultralytics' multi-stream predict: one result per stream per step, in the
+    streams' order. The window runs from the end of a step (``warmup`` after the first result)
+    to the end of the first step ``duration`` later, and counts the results of the steps between
+    (the step ending at its start ran before it; counted, one step too many each window); streams
+    by their place (two cameras may share a URL). Also the first result's time."""
+    per_stream: dict[str, int] = {}
+    count = counted = 0
+    t0 = t1 = first = None
+    for k, res in enumerate(results):
+        now = clock()
         if first is None:
             first = now
-            start_window = now + warmup
-        if now < start_window:
-            continue
+        step_end = k % n == n - 1
         if t0 is None:
-            t0 = now
+            if step_end and now >= first + warmup:
+                t0 = now
+            continue
         count += 1
-        per_stream[res.path] = per_stream.get(res.path, 0) + 1
-        t1 = now
-        if now - t0 >= duration:
-            break
+        key = f"{k % n}:{res.path}"
+        per_stream[key] = per_stream.get(key, 0) + 1
+        if step_end:
+            t1, counted = now, count
+            if now - t0 >= duration:
+                break
     if t0 is None or t1 is None or t1 <= t0:
         raise RuntimeError("ultralytics produced no results in the window")
-    return {"fps": count / (t1 - t0), "frames": count, "seconds": t1 - t0, "streams": len(per_stream),
-            "per_stream_fps": {k: v / (t1 - t0) for k, v in per_stream.items()},
-            "startup_s": (first or start) - t_load}
+    return ({"fps": counted / (t1 - t0), "frames": counted, "seconds": t1 - t0, "streams": n,
+             "per_stream_fps": {k: v / (t1 - t0) for k, v in per_stream.items()}}, first)
 
 
 # --- subprocess entry point ----------------------------------------------------------------------
