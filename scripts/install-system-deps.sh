@@ -10,9 +10,10 @@ command -v redis-server >/dev/null || pkgs+=(redis-server)
 command -v redis-cli >/dev/null || pkgs+=(redis-tools)
 command -v ffmpeg >/dev/null || pkgs+=(ffmpeg)
 # opencv-python (ultralytics installs it, not the headless build) links libGL and GLib
-for lib in libGL.so.1 libglib-2.0.so.0; do
-  /sbin/ldconfig -p 2>/dev/null | grep -q "$lib" || { [[ $lib == libGL* ]] && pkgs+=(libgl1) || pkgs+=(libglib2.0-0); }
-done
+# (the list read whole first: `ldconfig -p | grep -q` fails under pipefail when grep stops early)
+libs=$(/sbin/ldconfig -p 2>/dev/null || true)
+[[ $libs == *libGL.so.1* ]] || pkgs+=(libgl1)
+[[ $libs == *libglib-2.0.so.0* ]] || pkgs+=(libglib2.0-0)
 if [[ "${1:-}" == "--test" ]]; then
   # the RTSP server and the elements benchmarks/rtsp_server.py's pipelines use (x264enc: ugly, intervideosink: bad)
   if ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer','1.0'); gi.require_version('Gst','1.0')
