@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
                    help="consumer name within the group (default: <host>-<pid>, this process's own)")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--from-start", action="store_true", help="from the oldest entry kept")
-    g.add_argument("--from", dest="from_id", type=_entry_id, help="from after this entry id (MS or MS-SEQ)")
+    g.add_argument("--from", dest="from_id", type=_entry_id, help="from after this entry id MS-SEQ; a bare MS: from that millisecond on, its frames included")
     s.add_argument("--count", type=POSITIVE_INT, help="stop after N messages")
     s.add_argument("--timeout", type=number_arg(float, 0.0), help="stop after S seconds without messages")
     s.add_argument("--claim-idle-ms", type=number_arg(int, 0, 30 * 86_400_000), default=30_000,
