@@ -114,6 +114,9 @@ class CameraConfig(Strict):
         check_units(self.zones, self.lines)  # all pixels or all 0..1; the error names the zone/line
         if self.backpressure == "wait" and not is_file_url(self.url):
             raise error_at(("backpressure",), "wait is for files; a live camera cannot be paused (use latest)")
+        if not is_file_url(self.url) and (self.loop or not self.realtime):  # (they did nothing, without a word)
+            field, what = ("loop", "true") if self.loop else ("realtime", "false")
+            raise error_at((field,), f"{what} is for files; a live camera is read as it comes (leave {field} out)")
         if self.decode != "all" and self.url.startswith("device:"):
             raise error_at(("decode",), f"{self.decode} needs an encoded stream or file; a device: camera gives raw frames")
         return self
@@ -206,6 +209,7 @@ class PerceptConfig(Strict):
             if not self.tracker.enabled and (cam.zones or cam.lines):  # events follow tracks
                 errors.append(f"cameras[{i}].{'zones' if cam.zones else 'lines'}: zones and lines need the "
                               "tracker (tracker.enabled is false)")
+        errors += self._low_pass_fed()
         categories = self.categories()
         for category in self.classifiers:
             if category not in categories:
@@ -214,6 +218,21 @@ class PerceptConfig(Strict):
         if errors:
             raise ValueError("\n".join(errors))
         return self
+
+    def _low_pass_fed(self) -> list[str]:
+        """A ``tracker.track_low_thresh`` set while no detector keeps anything below
+        ``track_high_thresh`` (each one's ``conf`` at or above it): ByteTrack's second pass gets no
+        detection, the setting does nothing (the defaults are so: 0.25 and 0.25, said in the README)."""
+        t = self.tracker
+        if not t.enabled or t.track_low_thresh == TrackerConfig.model_fields["track_low_thresh"].default:
+            return []
+        lowest = min(d.conf for d in self.all_detectors)
+        if lowest < t.track_high_thresh:
+            return []
+        return [f"tracker.track_low_thresh: {t.track_low_thresh:g} does nothing: the detector keeps no detection "
+                f"below its conf {lowest:g}, at or above track_high_thresh {t.track_high_thresh:g}, so ByteTrack's "
+                "second pass gets none; lower detector.conf (published objects then go down to it) or raise "
+                "track_high_thresh"]
 
     @property
     def decoder_replicas(self) -> int:

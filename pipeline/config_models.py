@@ -210,6 +210,9 @@ class ClassifierConfig(ModelServerConfig):
         if both:
             raise error_at(("not_on",), f"{both[0]!r} is in on too: the classifier would run on nothing of it; "
                            "give it in one of the two")
+        if self.labels is None and self.min_score != MIN_RESTRICTED_SCORE:  # (it did nothing, without a word)
+            raise error_at(("min_score",), "applies with labels (the best of them must reach it); without labels "
+                           "every answer stands: give labels, or leave min_score out")
         return self
     labels: list[str] | None = Field(None, min_length=1, description="restrict the answer to these model labels "
                                      "(omitted: every label)")

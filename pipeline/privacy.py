@@ -228,6 +228,11 @@ class Blurrer:
         if "plates" not in wanted and (cfg.plates_model != PLATES_MODEL or cfg.plate_score != PLATE_SCORE):
             _warn_once("plates-unasked", "privacy.plates_model / plate_score are set but privacy.blur does not "
                        "list plates: plates are not blurred (add plates to privacy.blur)")
+        defaults = PrivacyConfig.model_fields
+        if "faces" not in wanted and any(getattr(cfg, k) != defaults[k].default
+                                         for k in ("faces_model", "face_score", "detect_width")):
+            _warn_once("faces-unasked", "privacy.faces_model / face_score / detect_width are set but privacy.blur "
+                       "does not list faces: faces are not blurred (add faces to privacy.blur)")
         faces = plates = None
         missing: list[str] = []
         for kind in wanted:

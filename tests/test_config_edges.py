@@ -154,7 +154,22 @@ def test_tracker_thresholds_that_would_track_nothing_are_refused():
         "tracker: track_low_thresh (0.9) must not be above track_high_thresh (0.1): the low pass takes the detections "
         "between them"]
     assert errors_of({"tracker": {"new_track_thresh": 1}}) == ["tracker.new_track_thresh: must be < 1, got 1"]
-    assert parse_config({"tracker": {"track_low_thresh": 0.25}}, env={}).tracker.track_low_thresh == 0.25
+    lowered = {"tracker": {"track_low_thresh": 0.25}, "detector": {"conf": 0.1}}
+    assert parse_config(lowered, env={}).tracker.track_low_thresh == 0.25
+
+
+def test_a_low_pass_threshold_the_detector_never_feeds_is_refused():
+    """ByteTrack's second pass takes detections between ``track_low_thresh`` and
+    ``track_high_thresh``, but the tracker gets only what the detector keeps (its ``conf``): with
+    conf at or above the high threshold, a track_low_thresh set did nothing, without a word."""
+    assert errors_of({"tracker": {"track_low_thresh": 0.05}}) == [
+        "tracker.track_low_thresh: 0.05 does nothing: the detector keeps no detection below its conf 0.25, at or "
+        "above track_high_thresh 0.25, so ByteTrack's second pass gets none; lower detector.conf (published objects "
+        "then go down to it) or raise track_high_thresh"]
+    for fed in ({"tracker": {"track_low_thresh": 0.05}, "detector": {"conf": 0.1}},
+                {"tracker": {"track_low_thresh": 0.05, "track_high_thresh": 0.5}},
+                {"tracker": {"track_low_thresh": 0.05, "enabled": False}}):
+        parse_config(fed, env={})  # (raises ConfigError if refused)
 
 
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
@@ -232,3 +247,17 @@ def test_a_card_cannot_write_the_reserved_attribute_and_a_stray_yaml_beside_the_
     (tmp_path / "z-good.yaml").write_text("files: [net.onnx]\n")
     assert find_card("/m/l.onnx", tmp_path) is None
     assert find_card("/m/net.onnx", tmp_path) == tmp_path / "z-good.yaml"
+
+
+def test_settings_that_would_do_nothing_are_refused_naming_the_field():
+    """A classifier's ``min_score`` without ``labels`` (it gates only a restricted answer), and
+    ``loop: true`` / ``realtime: false`` on a live camera (files only): accepted, and nothing
+    changed, without a word."""
+    assert errors_of({"classifiers": {"vehicle": {"weights": "w.pt", "min_score": 0.9}}}) == [
+        "classifiers.vehicle.min_score: applies with labels (the best of them must reach it); without labels every "
+        "answer stands: give labels, or leave min_score out"]
+    parse_config({"classifiers": {"vehicle": {"weights": "w.pt", "labels": ["minivan"], "min_score": 0.9}}}, env={})
+    for field, value in (("loop", True), ("realtime", False)):
+        errors = errors_of({"cameras": [{"id": "gate", "url": "rtsp://cam.example/s", field: value}]})
+        assert len(errors) == 1 and errors[0].startswith(f"cameras[0].{field}: ") and "for files" in errors[0], errors
+        parse_config({"cameras": [{"id": "gate", "url": "clips/gate.mp4", field: value}]}, env={})

@@ -243,3 +243,23 @@ def test_a_fine_tuned_models_name_says_which_training_run_it_came_from(tmp_path,
     assert names == ["train3/best.pt", "train4/best.pt"]
     assert load_detector(DetectorConfig(weights="yolo11n-coco.pt"), models_dir=models_dir, field="detector",
                          warmup=False).name == "yolo11n-coco.pt"  # others keep their file's name
+
+
+def test_half_that_a_cpu_backend_cannot_apply_is_said_not_logged_as_applied(models_dir, caplog):
+    """``half: true`` on the CPU: ultralytics runs PyTorch weights in FP32 there, yet the load said
+    ``fp16=True``; the yunet backend dropped it without a word."""
+    import logging
+
+    from pipeline.backends import load_detector
+    from pipeline.config import DetectorConfig
+
+    with caplog.at_level(logging.INFO):
+        load_detector(DetectorConfig(weights="yolo11n-coco.pt", device="cpu", half=True), models_dir=models_dir,
+                      field="detector", warmup=False)
+        load_detector(DetectorConfig(weights="face-detection-yunet/face_detection_yunet_2023mar.onnx", half=True,
+                                     categories={"face": ["face"]}),
+                      models_dir=models_dir, field="detectors[1]", warmup=False)
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("detector.half: not applied") for m in said), said
+    assert any("fp16=False" in m for m in said) and not any("fp16=True" in m for m in said), said
+    assert any(m.startswith("detectors[1]: half: not applied") for m in said), said

@@ -22,21 +22,25 @@ from .view_frames import clip_frame, decode, faces
 pytestmark = pytest.mark.integration  # YuNet and the clips
 
 
-def test_a_face_model_named_that_is_not_there_refuses_images_not_faces_shown(caplog):
+def test_a_face_model_named_that_is_not_there_refuses_images_not_faces_shown(caplog, monkeypatch):
     """``privacy.faces_model`` with a typo (``blur`` unset): the blurrer was empty, no word in the
     log, and the live view showed every face. A face model named asks for faces as ``blur`` does.
     Plate settings while ``blur`` does not list plates are said to do nothing."""
+    from pipeline import privacy
+
+    monkeypatch.setattr(privacy, "_warned", set())  # (said once a process: whatever another test said)
     frame = clip_frame("people.mp4", 30)
     with caplog.at_level(logging.WARNING, logger="percept.privacy"):
         typo = Blurrer.from_config(PrivacyConfig(faces_model="face-detection-yunet/face_detection_yunet.onx"),
                                    str(MODELS))
         Blurrer.from_config(PrivacyConfig(plate_score=0.6), str(MODELS))
+        Blurrer.from_config(PrivacyConfig(blur=["plates"], face_score=0.8), str(MODELS))  # faces tuned, not asked
     assert typo and typo.missing == ("faces",)
     with pytest.raises(PrivacyUnavailable):
         typo.blur(frame)
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "face_detection_yunet.onx" in said and "no image is shown" in said, said
-    assert "plates are not blurred" in said, said
+    assert "plates are not blurred" in said and "faces are not blurred" in said, said
     assert Blurrer.from_config(PrivacyConfig(), str(MODELS)).kinds == ["faces"]  # the default still blurs
 
 

@@ -22,6 +22,10 @@ def existing_device(cfg: Any, field: str) -> tuple[str, bool]:
     """`choose_device`, a CUDA device this machine does not have refused naming the field (it
     failed the warm-up, said against the weights over several lines)."""
     device, half = choose_device(cfg.device, cfg.half)
+    if half and device == "cpu" and str(cfg.weights).endswith((".pt", ".torchscript")):
+        # ultralytics turns FP16 off for PyTorch weights on the CPU: said, and logged as it runs
+        log.warning("%s: not applied: ultralytics runs PyTorch weights on the CPU in FP32", field_key(field, "half"))
+        half = False
     if device.startswith("cuda"):
         import torch
 

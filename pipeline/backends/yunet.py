@@ -16,7 +16,7 @@ import numpy as np
 from ..config import DetectorConfig
 from ..models import CategoryMap, DetectorInput, ModelError, card_nms_iou, field_key, model_name
 from ..schema import Detections
-from .base import per_item, warm_up_detector
+from .base import per_item, warm_up_detector, warn_cpu_only
 from .card import ModelCard
 
 log = logging.getLogger("percept.backends")
@@ -33,6 +33,7 @@ def load_detector(cfg: DetectorConfig, *, card: ModelCard | None, weights: str, 
     if not hasattr(cv2, "FaceDetectorYN"):
         raise ModelError(f"{field}: the yunet backend needs OpenCV >= 4.8 (cv2.FaceDetectorYN); "
                          f"this is OpenCV {cv2.__version__}")
+    warn_cpu_only(cfg, field, "yunet")  # (a device or half asked for: said, not ignored)
     threads = cfg.threads or max(1, round(cfg.num_cpus))
     cv2.setNumThreads(threads)  # OpenCV's pool is per process: the replica's share
     nms_iou = card_nms_iou(cfg, card, field=field) if card is not None else 0.3
