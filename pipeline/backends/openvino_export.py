@@ -90,6 +90,7 @@ class Fitted:
     offset: tuple[int, int]  # (top, left) in the letterboxed square of what the network sees
     scale: float = 1.0  # network pixels per square pixel
     pad: tuple[int, int] = (0, 0)  # (top, left) of that in the network's input (grey around it)
+    runner: Any = None  # the network compiled at ``size`` it runs on (None: the detector's own at that size)
 
 
 def letterbox_into(square: np.ndarray, orig_shape: tuple[int, int], size: tuple[int, int]) -> Fitted:
