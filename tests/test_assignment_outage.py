@@ -134,3 +134,41 @@ def test_a_supervisor_asked_to_stop_while_starting_a_camera_starts_no_other(redi
     asyncio.run(main())
     assert started == ["c0"]
     assert not any(redis_server.client().exists(KEYS.lease(f"c{i}")) for i in range(4)), "a lease was left held"
+
+
+def test_cameras_removed_together_stop_together(redis_server, monkeypatch):
+    """A round stopped its removed or changed cameras one after another: one whose reader was stuck
+    (up to ~20 s of grace, wait and flush) held the others' stops, and the restarts and claims
+    after them. Here the first camera's stop lasts until the second's has begun."""
+    from pipeline.conductor import CameraConductor as Conductor
+
+    warm_imports()
+    client = redis_server.client()
+    monkeypatch.setattr(camera_open_module, "open_capture", lambda camera, url, **kw: LiveCapture())
+    began = {cid: threading.Event() for cid in ("s1", "s2")}
+    waited = {}
+    stop = Conductor.stop
+
+    async def stuck_first(self, **kw):
+        began[self.camera.id].set()
+        if self.camera.id == "s1":  # (until the other camera's stop begins: together, at once; in turn, never)
+            import asyncio
+
+            waited["s1"] = await asyncio.to_thread(began["s2"].wait, 10)
+        return await stop(self, **kw)
+
+    monkeypatch.setattr(Conductor, "stop", stuck_first)
+    pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    listed = {"cameras": [CameraConfig(id=cid, url="device:0", fps=10) for cid in began]}
+    sup = CameraSupervisor(lambda: listed["cameras"], client=client, keys=KEYS,
+                           start_camera=factory(pub, PerceptConfig(tracker={"enabled": False})), replicas=1,
+                           lease_ttl_s=3, owner="me", publisher=pub)
+    bg = Background(sup)
+    try:
+        wait_for(lambda: set(sup.running) == set(began), 10, "both cameras running")
+        listed["cameras"] = []  # both removed at once (seen by one round)
+        wait_for(lambda: not sup.running and not sup._stopping, 30, "both cameras stopped")
+        assert waited == {"s1": True}, "the second camera's stop began only after the first's ended"
+    finally:
+        bg.stop()
+        pub.close()
