@@ -17,7 +17,6 @@ from pipeline.backends.ultralytics_backend import Detector as UltralyticsDetecto
 from pipeline.backends.yunet import YuNetDetector
 from pipeline.config import DetectorConfig
 from pipeline.models import DetectorInput, ModelError, prepare_frame
-from pipeline.schema import Detections
 
 from .conftest import DETECTOR, MODELS, SHARED, VIDEOS
 
@@ -174,28 +173,6 @@ def test_sizes_beyond_the_limit_run_in_the_square(native_square, monkeypatch):
     got, want = capped.detect_batch(inputs), native_square.detect_batch(inputs)
     assert capped._runners == {(640, 640): capped._runners[(640, 640)], (384, 640): None}
     assert all(a == b for a, b in zip(got, want))
-
-
-def test_a_size_no_frame_runs_at_any_more_gives_its_place_to_a_new_one(monkeypatch):
-    """The places for compiled sizes went to the first sizes seen, for the replica's life: a
-    camera that came back at another resolution (or one removed) kept its place, and every camera
-    of a size seen later ran in the padded square. A size idle `SIZE_IDLE_S` gives its place."""
-    import pipeline.backends.openvino_detector as ovd
-
-    monkeypatch.setattr(ovd, "MAX_SIZES", 1)  # the square and one rectangle
-    det = detector(DETECTOR, categories=ALL)
-    traffic, walk = (prepare_frame(f, 640) for f in (frames("traffic.mp4", [5])[0], frames("vtest.avi", [5])[0]))
-    det.detect_batch([traffic])
-    assert det._runners.get((384, 640)) is not None
-    det.detect_batch([walk])  # no place: the square, while traffic's size is in use
-    assert det._runners.get((480, 640), "never tried") is None
-    det._used[(384, 640)] -= ovd.SIZE_IDLE_S  # traffic's size ran no frame for a minute ...
-    det._full_at[(480, 640)] -= ovd.SIZE_IDLE_S  # ... and the refusal is as old
-    got = det.detect_batch([walk])[0]
-    assert det._runners.get((480, 640)) is not None and (384, 640) not in det._runners, list(det._runners)
-    assert isinstance(got, Detections) and len(got) > 0
-    det.detect_batch([traffic])  # its place taken now (the other one just ran): the square, not an error
-    assert det._runners.get((384, 640), "never tried") is None
 
 
 def test_the_rectangle_holds_the_pixels_of_ultralytics_rect_letterbox():

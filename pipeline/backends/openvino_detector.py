@@ -40,10 +40,10 @@ from .card import CardInput, CardOutput, ModelCard, read_labels
 from .decode import LAYOUTS, decode
 from .openvino_export import Fitted, crop_window, export_card, letterbox_into, reshape_export
 from .openvino_net import _dims, _find, check_input, openvino_reason, to_tensor
+from .openvino_sizes import SizePlaces
 
 HINTS = ("THROUGHPUT", "LATENCY")  # batches, single frames
 MAX_SIZES = 4  # input sizes compiled besides the square (`openvino_export`); others run in the square
-SIZE_IDLE_S = 60.0  # a compiled size unused this long gives its place to a new one (a camera's old resolution)
 INFER_TIMEOUT_S = 60.0  # a batch whose requests never complete fails (its frames are retried)
 
 log = logging.getLogger("percept.backends")
@@ -273,11 +273,9 @@ class OpenVinoDetector:
         self.same_label = {idx: g for idx, g in self.same_label.items() if g != idx} or None
         self._count_lock = threading.Lock()
         self._submit_lock = threading.Lock()
-        self._size_lock = threading.Lock()
         self._running = 0  # `_infer` calls in progress
-        self._runners: dict[tuple[int, int], _Runner | None] = {net.size: _Runner(net)}
-        self._used: dict[tuple[int, int], float] = {}  # compiled size → when a frame last ran at it
-        self._full_at: dict[tuple[int, int], float] = {}  # size → when it found every place taken
+        self.sizes = SizePlaces(self.name, net.size, _Runner(net), lambda: MAX_SIZES)
+        self._runners = self.sizes.runners  # size → its network (None: the square's), the square's own first
 
     def detect_batch(self, inputs: Sequence[DetectorInput]) -> list[Detections | Exception]:
         return per_item(self._detect, inputs)
@@ -331,66 +329,23 @@ class OpenVinoDetector:
         return Fitted(image, (h, w), (0, 0), w / side)
 
     def _runner_at(self, size: tuple[int, int]) -> _Runner | None:
-        """The network at this input size, compiled on first use; None (the square stays) when it
-        cannot be re-shaped or `MAX_SIZES` sizes are compiled already — until one of them has run
-        no frame for `SIZE_IDLE_S` (a camera's old resolution, one gone): it gives its place (the
-        first sizes seen kept theirs for the replica's life, every later camera in the square).
-        Sizes already known never wait for one being compiled."""
-        runner = self._runners.get(size)
-        if runner is not None:
-            self._used[size] = time.monotonic()
-            return runner
-        if size in self._runners:  # None: it cannot be re-shaped, or was refused a place a while ago
-            full_at = self._full_at.get(size)
-            if full_at is None or time.monotonic() - full_at < SIZE_IDLE_S:
-                return None
-        with self._size_lock:
-            if size in self._runners and (self._runners[size] is not None or size not in self._full_at):
-                return self._runners[size]
-            self._runners.pop(size, None)  # (refused a place before: asks again)
-            self._full_at.pop(size, None)
-            self._free_a_place()
-            runner = None
-            if self._places_taken() <= MAX_SIZES:
-                started = time.monotonic()
-                try:
-                    compiled = _Runner(self.net.at_size(size))
-                    # one blank frame through it first: a re-shape that compiles but fails at run
-                    # time stays the square's, not every frame of this size failing
-                    compiled.single.infer({self.net.input_index: np.zeros((1, *size, 3), np.uint8)})
-                    runner = compiled
-                    log.info("detector %s: compiled for %dx%d frames in %.1f s", self.name, size[1], size[0],
-                             time.monotonic() - started)
-                except Exception as exc:  # RectUnsupported, or a compile error: this size only
-                    log.warning("detector %s: runs the padded square (cannot re-shape to %s: %s)", self.name, size, exc)
-            else:
-                self._full_at[size] = time.monotonic()
-                log.info("detector %s: %d input sizes compiled; %dx%d frames run in the square",
-                         self.name, MAX_SIZES, size[1], size[0])
-            self._runners[size] = runner
-            if runner is not None:
-                self._used[size] = time.monotonic()
-            return runner
+        """The network at this input size (`SizePlaces`: compiled on first use, at most
+        `MAX_SIZES`; None: the square)."""
+        return self.sizes.runner_at(size, self._compile_at)
 
-    def _places_taken(self) -> int:
-        """Sizes holding a place: compiled, or found not to re-shape (not those refused one)."""
-        return sum(1 for size in self._runners if size not in self._full_at)
-
-    def _free_a_place(self) -> None:
-        """With every place taken, the compiled size idle longest gives its place if idle
-        `SIZE_IDLE_S` (never the network's own size)."""
-        if self._places_taken() <= MAX_SIZES:
-            return
-        now = time.monotonic()
-        idle = [(self._used.get(s, 0.0), s) for s, r in self._runners.items() if r is not None and s != self.net.size]
-        if not idle:
-            return
-        last, size = min(idle)
-        if now - last >= SIZE_IDLE_S:
-            del self._runners[size]
-            self._used.pop(size, None)
-            log.info("detector %s: %dx%d frames gave their place (none for %.0f s)", self.name, size[1], size[0],
-                     now - last)
+    def _compile_at(self, size: tuple[int, int]) -> _Runner | None:
+        started = time.monotonic()
+        try:
+            compiled = _Runner(self.net.at_size(size))
+            # one blank frame through it first: a re-shape that compiles but fails at run time
+            # stays the square's, not every frame of this size failing
+            compiled.single.infer({self.net.input_index: np.zeros((1, *size, 3), np.uint8)})
+        except Exception as exc:  # RectUnsupported, or a compile error: this size only
+            log.warning("detector %s: runs the padded square (cannot re-shape to %s: %s)", self.name, size, exc)
+            return None
+        log.info("detector %s: compiled for %dx%d frames in %.1f s", self.name, size[1], size[0],
+                 time.monotonic() - started)
+        return compiled
 
     def _infer(self, tensors: list[np.ndarray], runners: list[_Runner]) -> list[np.ndarray]:
         """One infer request per image (each a batch of one, on the runner of its size), run in
