@@ -73,10 +73,13 @@ def test_blurred_view_has_no_face_yunet_finds(blurrer, index):
     assert faces(blurred) == 0, "blur on: YuNet still finds a face"
 
 
-def test_privacy_asked_for_with_a_missing_model_warns_once_and_shows_no_image(tmp_path, caplog):
+def test_privacy_asked_for_with_a_missing_model_warns_once_and_shows_no_image(tmp_path, caplog, monkeypatch):
     """A blur asked for whose model is missing (or does not load) failed open: a warning, then
     every face shown. It fails closed: the blurrer refuses every image, and the view renders none."""
+    from pipeline import privacy
     from pipeline.privacy import PrivacyUnavailable
+
+    monkeypatch.setattr(privacy, "_warned", set())  # (said once a process: another test may have said it)
 
     frame = clip_frame("vtest.avi", 0)
     with caplog.at_level(logging.WARNING, logger="percept.privacy"):
