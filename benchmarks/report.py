@@ -211,6 +211,9 @@ def _by_count(phases: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
 def _throughput_rows(t: _Table, result: Mapping[str, Any]) -> None:
     bare = result.get("bare") or {}
     t.row("limit fps (benchmark_app, throughput hint)", result.get("limit_fps"), spec=".1f")
+    runs = value_of(result, "limit.fps_runs")
+    if runs:
+        t.row("limit fps before / after the graph's phases", " / ".join(_fmt(v, ".1f") for v in runs))
     t.row("limit fps at the cameras' rectangles (rect)", result.get("limit_rect_fps"), spec=".1f")
     t.row("limit latency-hint median ms", value_of(result, "limit.latency_median_ms"), spec=".1f")
     t.row(f"bare_fps (batch {bare.get('batch', '-')})", result.get("bare_fps"), spec=".1f")
