@@ -13,7 +13,6 @@ from .config_models import Strict
 FACES_MODEL = "face-detection-yunet/face_detection_yunet_2023mar.onnx"
 PLATES_MODEL = ("vehicle-license-plate-detection-barrier-0106/FP32/"
                 "vehicle-license-plate-detection-barrier-0106.xml")
-PLATE_SCORE = 0.4
 
 
 class ViewConfig(Strict):
@@ -45,5 +44,5 @@ class PrivacyConfig(Strict):
     faces_model: str = Field(FACES_MODEL, description="YuNet ONNX (cv2.FaceDetectorYN); a path or under models_dir")
     plates_model: str = Field(PLATES_MODEL, description="OpenVINO plate detector IR; a path or under models_dir")
     face_score: float = Field(0.3, gt=0, lt=1, description="faces at or above this score are blurred")
-    plate_score: float = Field(PLATE_SCORE, gt=0, lt=1, description="plates at or above this score are blurred")
+    plate_score: float = Field(0.4, gt=0, lt=1, description="plates at or above this score are blurred")
     detect_width: int = Field(1280, ge=160, le=7680, description="frames wider are searched for faces at this width")

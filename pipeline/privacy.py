@@ -27,14 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from .config_view import FACES_MODEL, PLATE_SCORE, PLATES_MODEL, PrivacyConfig
+from .config_view import FACES_MODEL, PrivacyConfig
 from .models import resolve_weights
 from .openvino_quiet import quiet_openvino
 
 log = logging.getLogger("percept.privacy")
 
 # the labels (or categories) under which the service's own detectors report what each kind blurs,
-# compared in lower case with "_" and "-" as spaces (`_private_kind`: License_Plate, number-plate)
+# compared in lower case with "_" and "-" as spaces (`_spoken`: License_Plate, number-plate)
 PRIVATE_LABELS = {"faces": {"face", "faces", "human face"},
                   "plates": {"plate", "plates", "license plate", "licence plate", "number plate", "car plate"}}
 PLATE_LABEL = 2  # the SSD's label ids: 1 vehicle, 2 plate
@@ -204,8 +204,9 @@ class Blurrer:
             return image
         boxes = self.regions(image, shown_width)
         labels = {label for kind in self.kinds for label in PRIVATE_LABELS[kind]}
-        own = [i for i, names in enumerate(zip(getattr(detected, "labels", ()), getattr(detected, "categories", ())))
-               if any(_spoken(name) in labels for name in names)]
+        names, categories = getattr(detected, "labels", ()), getattr(detected, "categories", ())
+        own = [i for i, name in enumerate(names)
+               if _spoken(name) in labels or (i < len(categories) and _spoken(categories[i]) in labels)]
         if own:
             boxes = np.concatenate([boxes.reshape(-1, 4), np.asarray(detected.xyxy, np.float32)[own]])
         if len(boxes) == 0:
@@ -225,14 +226,12 @@ class Blurrer:
         # turned the blur off without a word
         explicit = {kind: cfg.blur is not None or (kind == "faces" and cfg.faces_model != FACES_MODEL)
                     for kind in wanted}
-        if "plates" not in wanted and (cfg.plates_model != PLATES_MODEL or cfg.plate_score != PLATE_SCORE):
-            _warn_once("plates-unasked", "privacy.plates_model / plate_score are set but privacy.blur does not "
-                       "list plates: plates are not blurred (add plates to privacy.blur)")
         defaults = PrivacyConfig.model_fields
-        if "faces" not in wanted and any(getattr(cfg, k) != defaults[k].default
-                                         for k in ("faces_model", "face_score", "detect_width")):
-            _warn_once("faces-unasked", "privacy.faces_model / face_score / detect_width are set but privacy.blur "
-                       "does not list faces: faces are not blurred (add faces to privacy.blur)")
+        for kind, fields in (("plates", ("plates_model", "plate_score")), ("faces", ("faces_model", "face_score",
+                                                                                      "detect_width"))):
+            if kind not in wanted and any(getattr(cfg, k) != defaults[k].default for k in fields):
+                _warn_once(f"{kind}-unasked", "privacy.%s are set but privacy.blur does not list %s: %s are not "
+                           "blurred (add %s to privacy.blur)", " / ".join(fields), kind, kind, kind)
         faces = plates = None
         missing: list[str] = []
         for kind in wanted:
