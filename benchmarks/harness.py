@@ -332,7 +332,7 @@ def _cpu_ms_per_frame(processes: list[dict[str, Any]], fps: float) -> dict[str, 
     used any: those under 1 % of a core were left out, the raylet and Serve's proxy among them)."""
     out: dict[str, float] = {}
     for p in processes:
-        if p["cpu_pct"] and p["cpu_pct"] > 0 and fps > 0:
+        if (p["cpu_pct"] or 0) > 0 and fps > 0:
             name = p["name"].replace(f"ray::ServeReplica:{APP}:", "")
             out[name] = out.get(name, 0.0) + p["cpu_pct"] * 10 / fps
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))

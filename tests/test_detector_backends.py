@@ -129,8 +129,8 @@ def test_frames_run_at_their_rectangle_and_find_what_the_square_finds(native, na
     for clip, size in (("traffic.mp4", (384, 640)), ("vtest.avi", (480, 640))):
         inputs = [prepare_frame(f, 640) for f in frames(clip, list(range(5, 200, 10)))]
         rect, square = native.detect_batch(inputs), native_square.detect_batch(inputs)
-        assert native._runners.get(size) is not None, f"{clip}: not run at {size} ({list(native._runners)})"
-        assert list(native_square._runners) == [(640, 640)], "rect=False keeps the square"
+        assert native.sizes.runners.get(size) is not None, f"{clip}: not run at {size} ({list(native.sizes.runners)})"
+        assert list(native_square.sizes.runners) == [(640, 640)], "rect=False keeps the square"
         total = good = 0
         for k, (a, b) in enumerate(zip(rect, square)):
             assert abs(len(a) - len(b)) <= 1, f"{clip} frame {k}: {len(a)} boxes at {size}, {len(b)} in the square"
@@ -157,7 +157,7 @@ def test_a_rectangle_that_compiles_but_fails_to_run_leaves_its_frames_in_the_squ
     broken.net = replace(broken.net, at_size=lambda size: replace(at_size(size), latency=latency))
     inputs = [prepare_frame(f, 640) for f in frames("traffic.mp4", [5, 45])]
     got, want = broken.detect_batch(inputs), native_square.detect_batch(inputs)
-    assert broken._runners.get((384, 640), "never tried") is None, list(broken._runners)
+    assert broken.sizes.runners.get((384, 640), "never tried") is None, list(broken.sizes.runners)
     assert not any(isinstance(g, Exception) for g in got), got
     for a, b in zip(got, want):
         assert len(a) == len(b) > 0 and np.allclose(a.xyxy, b.xyxy, atol=1)
@@ -171,7 +171,7 @@ def test_sizes_beyond_the_limit_run_in_the_square(native_square, monkeypatch):
     capped = detector(DETECTOR, categories=ALL)
     inputs = [prepare_frame(f, 640) for f in frames("traffic.mp4", [5, 45])]
     got, want = capped.detect_batch(inputs), native_square.detect_batch(inputs)
-    assert capped._runners == {(640, 640): capped._runners[(640, 640)], (384, 640): None}
+    assert capped.sizes.runners == {(640, 640): capped.sizes.runners[(640, 640)], (384, 640): None}
     assert all(a == b for a, b in zip(got, want))
 
 

@@ -19,13 +19,13 @@ def test_a_size_no_frame_runs_at_any_more_gives_its_place_to_a_new_one(monkeypat
     det = detector(DETECTOR, categories=ALL)
     traffic, walk = (prepare_frame(f, 640) for f in (frames("traffic.mp4", [5])[0], frames("vtest.avi", [5])[0]))
     det.detect_batch([traffic])
-    assert det._runners.get((384, 640)) is not None
+    assert det.sizes.runners.get((384, 640)) is not None
     det.detect_batch([walk])  # no place: the square, while traffic's size is in use
-    assert det._runners.get((480, 640), "never tried") is None
+    assert det.sizes.runners.get((480, 640), "never tried") is None
     det.sizes.used[(384, 640)] -= SIZE_IDLE_S  # traffic's size ran no frame for a minute ...
     det.sizes.full_at[(480, 640)] -= SIZE_IDLE_S  # ... and the refusal is as old
     got = det.detect_batch([walk])[0]
-    assert det._runners.get((480, 640)) is not None and (384, 640) not in det._runners, list(det._runners)
+    assert det.sizes.runners.get((480, 640)) is not None and (384, 640) not in det.sizes.runners, list(det.sizes.runners)
     assert isinstance(got, Detections) and len(got) > 0
     det.detect_batch([traffic])  # its place taken now (the other one just ran): the square, not an error
-    assert det._runners.get((384, 640), "never tried") is None
+    assert det.sizes.runners.get((384, 640), "never tried") is None

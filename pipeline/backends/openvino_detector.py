@@ -275,7 +275,6 @@ class OpenVinoDetector:
         self._submit_lock = threading.Lock()
         self._running = 0  # `_infer` calls in progress
         self.sizes = SizePlaces(self.name, net.size, _Runner(net), lambda: MAX_SIZES)
-        self._runners = self.sizes.runners  # size → its network (None: the square's), the square's own first
 
     def detect_batch(self, inputs: Sequence[DetectorInput]) -> list[Detections | Exception]:
         return per_item(self._detect, inputs)
@@ -295,7 +294,7 @@ class OpenVinoDetector:
             else:
                 stacked = to_tensor([f.image for f in fitted], self.card.input)
                 tensors = [stacked[k : k + 1] for k in range(len(stacked))]
-            raws = self._infer(tensors, [f.runner or self._runners[f.size] for f in fitted])
+            raws = self._infer(tensors, [f.runner or self.sizes.runners[f.size] for f in fitted])
             for (i, f), raw in zip(good, raws):
                 try:
                     out[i] = self._boxes(raw, inputs[i], f)
