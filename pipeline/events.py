@@ -130,6 +130,7 @@ class EventEngine(EngineHandover):
         self._zones_removed = True
         for tr in self._tracks.values():
             tr.sides = kept_sides(tr.sides, before, self.lines)
+            tr.through = [line for line in tr.through if line in tr.sides]  # (a moved line's mark too)
             if anchor_changed:
                 tr.forget_anchor()
 

@@ -136,6 +136,27 @@ def test_a_line_moved_past_a_parked_vehicle_counts_nothing_live_or_at_the_next_o
     assert crossings(run(kept, car_frames([53, 60], start=3))) == [(3, "out")]
 
 
+
+def test_a_line_moved_while_a_vehicle_steps_over_it_keeps_no_mark_of_the_old_line():
+    """A car that stepped over a line inside its band carries a mark of it, which counts its
+    crossing once it is seen clear. The line moved at runtime (same name), the mark stayed: the
+    car's next step, passing beside the moved segment's end, was counted. A restore dropped such
+    marks already; a reconfigure now does too."""
+    moved = {"stop": [[0, 0.3], [0.4, 0.3]]}  # y = 50 across → y = 30, x 0..40 only
+    over = [frame(i + 1, [obj(1, y, x=60, size=SIZE)]) for i, y in enumerate([70, 51, 49])]
+    away = [frame(4, [obj(1, 10, x=60, size=SIZE)])]  # crosses y = 30 at x = 60: beside the new segment
+    engine = EventEngine("cam", lines=STOP)
+    assert crossings(run(engine, over)) == []  # (inside the band: not yet counted)
+    snapshot = json.loads(json.dumps(engine.snapshot()))
+    engine.reconfigure(None, moved, anchor=engine.anchor)
+    assert crossings(run(engine, away)) == []
+    restored = EventEngine.restore(snapshot, "cam", lines=STOP)  # the next owner, the old config, then the change
+    restored.reconfigure(None, moved, anchor=restored.anchor)
+    assert crossings(run(restored, away)) == []
+    # the line kept where it was: the mark counts the crossing once the car is seen clear
+    kept = EventEngine("cam", lines=STOP)
+    assert crossings(run(kept, over + away)) == [(4, "in")]
+
 def test_a_side_known_before_a_change_of_resolution_holds_after_it():
     """At another frame size the points a track's side was taken from were forgotten: a track
     inside the line's band just then took its side from that point, and walking back out of the
