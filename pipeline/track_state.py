@@ -214,12 +214,13 @@ def end_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerConf
     """End the open tracks a camera's snapshot left (restored as a next owner would, then ended
     at the newest frame it describes) when nobody will continue them: the camera was removed,
     or runs without tracking now. How many; 0 without an open snapshot (or one that cannot be
-    continued: those are left). Under the camera's lease. Blocking: call it in a thread."""
+    continued: those are left; one whose frames cannot be replayed: those it settled). Under the
+    camera's lease. Blocking: call it in a thread."""
     _, events, restored = restore_tracking(publisher, camera, cfg, track_id_max=track_id_max,
                                            file_time=is_file_url(camera.url) and not camera.realtime,
                                            check_source=False)
     if restored.last is None:
-        return 0
+        return restored.settled
     n = len(events.open_tracks)
     end_tracks(publisher, camera.id, events, restored.last, TrackSnapshots(publisher, camera.id, every=0))
     log.info("camera %s: the %d open tracks its snapshot left end (nobody continues them)", camera.id, n)
@@ -236,6 +237,7 @@ class Restored:
     differed: int = 0
     why_not: str = ""
     last: tuple[int, float] | None = None  # (seq, frame_ts) of the newest frame the state describes
+    settled: int = 0  # tracks ended at once, the frames since the snapshot not replayable (`settle_left_tracks`)
 
 
 def open_tracking(
@@ -270,14 +272,14 @@ def restore_tracking(
     Blocking (Redis): call it in a thread."""
     state: Any = None
 
-    def fresh(why: str) -> tuple[ObjectTracker, EventEngine, Restored]:
+    def fresh(why: str, settled: int = 0) -> tuple[ObjectTracker, EventEngine, Restored]:
         tracker = ObjectTracker(cfg, id_offset=track_id_max, fps=camera.fps, file_time=file_time)
         events = EventEngine.for_camera(camera, track_buffer=cfg.track_buffer, file_time=file_time)
         try:  # the tracks start afresh, the pixel zones and lines stay in the frame size they were set in
             events.seed_pixel_sizes(state.get("events") or {})
         except (AttributeError, TypeError, ValueError, IndexError):  # no snapshot, or not one that says
             pass
-        return tracker, events, Restored(why_not=why)
+        return tracker, events, Restored(why_not=why, settled=settled)
 
     raw = publisher.client.hget(publisher.keys.trackstate(camera.id), "json")
     if raw is None:
@@ -304,14 +306,15 @@ def restore_tracking(
                                               limit=max(10 * cfg.snapshot_every, 1000))
     except ValueError as exc:
         log.warning("camera %s: track state not restored: %s", camera.id, exc)
-        settle_left_tracks(publisher, camera, cfg, state)
-        return fresh(str(exc))
+        return fresh(str(exc), settle_left_tracks(publisher, camera, cfg, state))
     done = Restored(seq, last=(seq, since))
     # open tracks the tracker's snapshot left out (past its 512): held open through the replay, as
     # their owner held them (ended there, their track_end was dropped with the replay's events)
     held = set(events.open_tracks) - tracker.alive_ids()
+    replaying: int | None = None  # the seq of the frame being replayed
     try:
         for result in frames:
+            replaying = result.meta.seq
             ours = tracker.update(result.objects, (result.meta.height, result.meta.width),
                                   ts=tracker.time_of(result.meta))
             done.differed += tracker.adopt_ids(ours.track_ids, result.objects.track_ids)
@@ -319,13 +322,14 @@ def restore_tracking(
             done.replayed += 1
             done.last = (result.meta.seq, result.meta.frame_ts)
             size = (result.meta.width, result.meta.height)
+        replaying = None
         events.reconfigure(camera.zones, camera.lines, anchor=camera.anchor, **margins_of(camera))
         if done.replayed:  # the camera's own zones and lines fit its frames (else it cannot go on)
             events.geometry(*size)
     except ValueError as exc:  # a zone that no longer fits the frame (GeometryError), …
-        log.warning("camera %s: track state not restored: replaying seq %d: %s", camera.id, seq + done.replayed + 1, exc)
-        settle_left_tracks(publisher, camera, cfg, state)
-        return fresh(str(exc))
+        where = f"replaying seq {replaying}" if replaying is not None else "its zones and lines on its frames"
+        log.warning("camera %s: track state not restored: %s: %s", camera.id, where, exc)
+        return fresh(str(exc), settle_left_tracks(publisher, camera, cfg, state))
     if held and done.replayed:  # those their owner ended since go; the others end at the first live frame
         events.apply_published(track_replay.ended_since(publisher, camera.id, seq, since, held))
     events.take_counts()
