@@ -261,3 +261,25 @@ def test_settings_that_would_do_nothing_are_refused_naming_the_field():
         errors = errors_of({"cameras": [{"id": "gate", "url": "rtsp://cam.example/s", field: value}]})
         assert len(errors) == 1 and errors[0].startswith(f"cameras[0].{field}: ") and "for files" in errors[0], errors
         parse_config({"cameras": [{"id": "gate", "url": "clips/gate.mp4", field: value}]}, env={})
+
+
+def test_a_zone_that_touches_or_repeats_itself_is_refused_naming_the_points():
+    """Only edges crossing properly were refused. An outline listed twice (pasted again) was
+    accepted, and by the even-odd rule every point was then outside it: no event, ever. A bowtie
+    whose edges cross at a corner was accepted, or, with equal lobes, refused as "all on one
+    line". Both are refused now, naming the points; a corner in the middle of a straight side,
+    or points on one line, are as before."""
+    def zone_errors(points):
+        return errors_of({"cameras": [{"id": "cam", "url": "x.mp4", "zones": {"z": points}}]})
+
+    square = [[0.2, 0.2], [0.8, 0.2], [0.8, 0.8], [0.2, 0.8]]
+    assert zone_errors(square + square) == ["cameras[0].zones.z: a zone's points must all differ: point 4 repeats "
+                                            "point 0 (list each corner once, in order around the zone)"]
+    touch = "cameras[0].zones.z: a zone's edges must not touch: point 3 lies on the edge from point 0 (list the points " \
+            "in order around the zone)"
+    assert zone_errors([[0, 0], [400, 400], [400, 0], [200, 200], [0, 400]]) == [touch]  # equal lobes
+    assert zone_errors([[0, 0], [400, 400], [400, 0], [200, 200], [0, 600]]) == [touch]
+    assert zone_errors([[0, 0], [0.5, 0.5], [1, 1]]) == ["cameras[0].zones.z: a zone needs an area: its points are "
+                                                         "all on one line"]
+    side = [[0.1, 0.1], [0.5, 0.1], [0.9, 0.1], [0.9, 0.9], [0.1, 0.9]]
+    assert parse_config({"cameras": [{"id": "cam", "url": "x.mp4", "zones": {"z": side}}]}, env={}).cameras[0].zones == {"z": side}
