@@ -292,3 +292,31 @@ def test_explain_loads_the_detector_again_after_a_swap_to_the_same_path(redis_se
                                                            config=config_identity(section.cfg)).to_json())
         api._detector_for(None, None)
     assert loads == ["yolo11n.pt", "yolo11n.pt", "yolo11n.pt"]  # at first, at generation 1, at 2: not again at 1
+
+
+def test_a_classifier_swap_with_no_replica_to_compare_with_is_checked_against_the_configs_card(tmp_path):
+    """No classifier replica answering, only the crop size, context and fit were compared with the
+    config's card: a card whose heads write other attributes (`type` renamed `kind`), or that
+    takes a smaller box, was recorded, and replicas started later served it while the decoders
+    cut crops and kept attributes by the config's card. Refused now, as with a live replica."""
+    from pathlib import Path
+
+    from pipeline.config_models import ClassifierConfig
+    from pipeline.lifecycle.swap import validate_swap
+
+    shipped = Path(__file__).resolve().parent.parent / "configs/models/vehicle-attributes.yaml"
+    weights = str(MODELS / "vehicle-attributes-recognition-barrier-0039/FP32/vehicle-attributes-recognition-barrier-0039.xml")
+    running = ClassifierConfig(weights=weights, card=str(shipped))
+    text = shipped.read_text()
+    other = tmp_path / "vehicle-v2.yaml"
+    other.write_text(text.replace("attribute: type", "attribute: kind").replace("min_size: [72, 40]", "min_size: [10, 10]"))
+    with pytest.raises(SwapRefused) as refused:
+        validate_swap("classifier", running, weights, str(other), models_dir=str(MODELS), field="classifiers.vehicle",
+                      running=None, running_name="the running model")
+    said = str(refused.value)
+    assert "writes attributes ['color', 'kind']" in said and "['color', 'type']" in said, said
+    assert "smallest box (width, height) [10, 10]" in said and "[72, 40]" in said, said
+    same = tmp_path / "vehicle-same.yaml"  # the same card under another name: no fault
+    same.write_text(text)
+    assert validate_swap("classifier", running, weights, str(same), models_dir=str(MODELS), field="classifiers.vehicle",
+                         running=None, running_name="the running model")[0].card == str(same)

@@ -343,11 +343,13 @@ def validate_swap(kind: str, cfg: Any, weights: str, card: str | None, *, models
     if running is None and kind == "detector":  # no live replica serves it: its labels from the model itself
         running = settled_detector_facts(cfg, models_dir=models_dir, field=field)
     if running is None and kind == "classifier":
-        from ..backends.crops import crop_spec
+        from ..backends.crops import crop_spec, written_attributes
 
-        try:
+        try:  # what the decoders read from the config's card at their start: the crops they cut, the attributes
             spec = crop_spec(cfg, models_dir=models_dir, field=field)
-            running = {"crop_size": list(spec.size), "crop_context": round(float(spec.context), 4), "crop_fit": spec.fit}
+            running = {"crop_size": list(spec.size), "crop_context": round(float(spec.context), 4), "crop_fit": spec.fit,
+                       "min_size": list(spec.minimum) if spec.minimum else None,
+                       "attributes": sorted(written_attributes(cfg, models_dir=models_dir, field=field))}
         except (ModelError, ConfigError, OSError) as exc:  # its card gone or broken: nothing runs it to compare with
             logging.getLogger("percept.swap").warning("%s: the running model's crops cannot be read (%s): the new one "
                                                       "is not compared with them", field, exc)
