@@ -218,6 +218,24 @@ def test_loading_an_openvino_network_sends_no_usage_statistics(tmp_path, models_
     assert not (tmp_path / "intel").exists(), list((tmp_path / "intel").rglob("*"))
 
 
+
+def test_an_int8_export_sends_no_usage_statistics(tmp_path):
+    """The exporter imported nncf before declining OpenVINO's statistics; nncf imports openvino,
+    whose telemetry then took consent as given and looked up Google Analytics (`percept models
+    export --to openvino-int8`). Declined before that import now: a process whose home has no
+    consent file."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from pipeline.lifecycle.export import offline_exporter\n"
+            "with offline_exporter(quantizing=True):\n"
+            "    import nncf, openvino.tools.ovc as ovc; print('consent', ovc.telemetry.consent)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, HOME=str(tmp_path)))
+    assert proc.returncode == 0 and proc.stdout.split() == ["consent", "False"], proc.stdout + proc.stderr[-2000:]
+    assert not (tmp_path / "intel").exists(), list((tmp_path / "intel").rglob("*"))
+
 def test_weights_not_in_the_drivers_models_dir_are_found_in_this_nodes_own(tmp_path, monkeypatch, models_dir):
     """`percept run --address` binds the driver's ``models_dir`` into the config every replica gets;
     a node whose weights are elsewhere (the Docker image's /models) finds them in its own

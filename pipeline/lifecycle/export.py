@@ -41,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from ..openvino_quiet import quiet_openvino
 from ..evaluate import IMAGE_SUFFIXES, images_under
 from .finetune_data import link_image
 from .offline import offline_ultralytics
@@ -228,6 +229,7 @@ def offline_exporter(quantizing: bool = False) -> Iterator[None]:
     """Ultralytics' exporter never reaches the network here (`offline_ultralytics`: no package
     install, missing ones are checked beforehand; no font download by the calibration's dataset
     check; no analytics) and keeps its INFO lines and NNCF's to itself."""
+    quiet_openvino()  # (before nncf: it imports openvino, whose telemetry would start there)
     if quantizing and importlib.util.find_spec("nncf") is not None:
         import nncf  # noqa: F401  (it sets its logger's level on import: import it first, then quieten it)
     loggers = {name: logging.getLogger(name) for name in ("nncf", "ultralytics")}
