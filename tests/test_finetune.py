@@ -106,11 +106,16 @@ def classifier_run(tmp_path_factory):
     assert min(counts.values()) >= 60, counts  # a few hundred crops, both classes well represented
     before = snapshot(crops)
     attempts: list = []
-    with network_refused(attempts):
-        code, stdout, stderr = percept(
-            "models", "finetune", "yolov8n-cls-imagenet.pt", "--data", str(crops), "--epochs", str(EPOCHS),
-            "--imgsz", str(IMGSZ), "--freeze-backbone", "--out", str(tmp / "out" / "veh-ped.pt"),
-            "--work", str(tmp / "work"), "--json", str(tmp / "finetune.json"))
+    here = os.getcwd()
+    os.chdir(tmp)  # --work given relative to it: ultralytics put such a run under its own runs_dir
+    try:
+        with network_refused(attempts):
+            code, stdout, stderr = percept(
+                "models", "finetune", "yolov8n-cls-imagenet.pt", "--data", str(crops), "--epochs", str(EPOCHS),
+                "--imgsz", str(IMGSZ), "--freeze-backbone", "--out", str(tmp / "out" / "veh-ped.pt"),
+                "--work", "work", "--json", str(tmp / "finetune.json"))
+    finally:
+        os.chdir(here)
     assert code == 0, stderr
     print(stdout)
     result = json.loads((tmp / "finetune.json").read_text())
@@ -246,6 +251,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "badlabel" / "labels" / "x.txt").write_text("0 0.5 0.5 0.2 0.2\n80 0.5 0.5 0.1 0.1\n")
     out = ["--out", str(tmp / "out" / "x.pt")]
     cls = ["models", "finetune", str(CLS_PT)]
+    a_file = tmp / "notes.txt"
+    a_file.write_text("not a folder\n")
     return {
         "unknown weights format": (["models", "finetune", str(INT8_DET), "--data", classes, *out],
                                    "fine-tuning starts from an ultralytics .pt file"),
@@ -269,6 +276,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "data inside the work folder": ([*cls, "--data", kept_split, "--work", str(tmp / "w"), *out],
                                         f"--work: the data folder {kept_split} is inside {tmp / 'w'}"),
         "imgsz off the stride": ([*cls, "--data", classes, "--imgsz", "100", *out], "--imgsz: a multiple of 32"),
+        "work that is a file": ([*cls, "--data", classes, "--work", str(a_file), *out], f"--work: {a_file} is a file"),
         "out that cannot be written": ([*cls, "--data", classes, "--out", "/proc/percept-ft.pt"],
                                        "--out: cannot write /proc/percept-ft.pt"),  # (it trained, then failed)
     }
@@ -280,7 +288,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                                   "a label of no class", "detector on a classification folder",
                                   "classifier on a detection folder", "mosaic for a classifier",
                                   "freezing every layer", "out inside the data", "data inside the work folder",
-                                  "imgsz off the stride",
+                                  "imgsz off the stride", "work that is a file",
                                   "out that cannot be written"])
 def test_bad_input_exits_2(tmp_path, case):
     need(CLS_PT, COCO_PT, COCO, INT8_DET)

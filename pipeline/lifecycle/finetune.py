@@ -296,7 +296,8 @@ def finetune(weights: str | Path, data: str | Path, *, out: str | Path | None = 
         train_items, val_items = split(ds, val_fraction, seed)
         device, _ = choose_device(device, None)
         threads = torch.get_num_threads()  # evaluation would set a replica's 1 thread for the training too
-        work_dir = Path(work).expanduser() if work else Path(tempfile.mkdtemp(prefix="percept-finetune-"))
+        # (absolute: ultralytics puts a relative ``project`` under its own runs_dir, not here)
+        work_dir = Path(work).expanduser().absolute() if work else Path(tempfile.mkdtemp(prefix="percept-finetune-"))
         try:
             return _run(model, src, ds, train_items, val_items, work_dir, target, device=device, threads=threads,
                         args={"epochs": epochs, "imgsz": imgsz, "batch": batch, "workers": workers, "seed": seed,

@@ -304,7 +304,9 @@ def outside(path: Path, ds: Dataset, option: str) -> None:
 
 def apart(work: Path, ds: Dataset) -> None:
     """``--work`` and the data folder do not hold each other (the work folder's split/ is
-    written afresh each run)."""
+    written afresh each run), and it is no file."""
+    if work.exists() and not work.is_dir():
+        raise FinetuneError(f"--work: {work} is a file; give a folder (made if missing)")
     outside(work, ds, "--work")
     if ds.root.resolve().is_relative_to(work.resolve()):
         raise FinetuneError(f"--work: the data folder {ds.root} is inside {work}, whose split/ each run writes afresh; "
