@@ -86,6 +86,18 @@ def number_arg(kind: type, low: float | None = None, high: float | None = None, 
 
 POSITIVE_INT = number_arg(int, 1)
 IMGSZ = number_arg(int, 32, 4096)
+
+
+def stride_imgsz(value: str) -> int:
+    """`IMGSZ`, a multiple of 32 (the models' stride): what a model is exported or trained at
+    (ultralytics rounds any other up, and the size said would not be the one used)."""
+    size = IMGSZ(value)
+    if size % 32:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 32 (the models' stride), got {value!r}")
+    return size
+
+
+stride_imgsz.__name__ = "int"
 SCORE = number_arg(float, 0.0, 1.0)
 PORT = number_arg(int, 0, 65535, what="a port")  # as ``http.port``
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ENV_MODELS_DIR
 
-from .common import IMGSZ, POSITIVE_INT, fail, output_file_arg
+from .common import IMGSZ, POSITIVE_INT, fail, output_file_arg, stride_imgsz
 
 
 def register(sub: Any) -> None:
@@ -54,7 +54,7 @@ def _export_parser(actions: Any) -> argparse.ArgumentParser:
     e.add_argument("--out", metavar="DIR", help="where the variants go (default: beside the weights; the current "
                    "folder for weights found in PERCEPT_MODELS_DIR, which is never written); an earlier export "
                    "of the same name is replaced")
-    e.add_argument("--imgsz", type=IMGSZ, help="input size (default 640 for a detector, 224 for a classifier)")
+    e.add_argument("--imgsz", type=stride_imgsz, help="input size, a multiple of 32 (default 640 for a detector, 224 for a classifier)")
     e.add_argument("--task", choices=("detect", "classify"), help="refuse weights of another task")
     e.add_argument("--no-check", action="store_true", help="do not load each variant after writing it")
     e.add_argument("--json", metavar="OUT", type=output_file_arg, help="also write the result as JSON to OUT")
