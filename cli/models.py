@@ -178,6 +178,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    if problem := device_problem(args.device):  # before the data is read and the variants load
+        return fail(f"models compare: {problem}", CONFIG_ERROR_EXIT_CODE)
     from pipeline.lifecycle.compare import (
         compare_markdown,
         compare_table,

@@ -228,15 +228,17 @@ def test_a_gpu_the_machine_does_not_have_is_named_as_the_device(capsys):
 
 def test_finetune_checks_the_device_before_anything_loads(capsys):
     """It measured the data and started training, then exited 1 with ultralytics' lines. The
-    weights named here do not exist: the device is said first, before they are looked for."""
+    weights named here do not exist: the device is said first, before they are looked for.
+    `models compare` said ``device:``, not the option, once it had read the data."""
     import torch
 
     missing = f"cuda:{torch.cuda.device_count() + 7}"
-    for device, said in ((missing, f"--device: {missing} asked for; this machine has "),
-                         ("bogus", "--device: must be auto, cpu, cuda, cuda:N, N or mps, got 'bogus'")):
-        assert main(["models", "finetune", "no-such-weights.pt", "--data", "no-such-data", "--device", device]) == 2
-        (line,) = capsys.readouterr().err.splitlines()
-        assert line.startswith(f"percept: models finetune: {said}"), line
+    for command in ("finetune", "compare"):
+        for device, said in ((missing, f"--device: {missing} asked for; this machine has "),
+                             ("bogus", "--device: must be auto, cpu, cuda, cuda:N, N or mps, got 'bogus'")):
+            assert main(["models", command, "no-such-weights.pt", "--data", "no-such-data", "--device", device]) == 2
+            (line,) = capsys.readouterr().err.splitlines()
+            assert line.startswith(f"percept: models {command}: {said}"), line
 
 
 def test_explain_of_a_camera_refuses_the_offline_options_it_would_ignore(capsys):
