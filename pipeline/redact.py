@@ -45,8 +45,18 @@ def redact_url(url: str) -> str:
     found = url_credentials(url, to_last_at=True)
     out = found.with_userinfo("***") if found is not None else _scrub_userinfo(url)
     if found is None and "://" not in url:
-        out = _scrub_malformed(out)
+        out = _scrub_bare_userinfo(_scrub_malformed(out))
     return _scrub_query(out)
+
+
+def _scrub_bare_userinfo(value: str) -> str:
+    """A value that is no URL (no "://") yet holds ``user:password@`` (``redis//:pw@host``,
+    ``u:pw@host``, a scheme mistyped): everything up to its last "@" (a file name with an "@"
+    and no ":" before it is left as it is)."""
+    head, at, rest = value.rpartition("@")
+    if not at or ":" not in head or head.endswith("***"):
+        return value
+    return f"***@{rest}"
 
 
 def _scrub_malformed(text: str) -> str:

@@ -127,6 +127,15 @@ def test_urls_in_option_errors_are_shown_without_credentials(capsys):
     assert main(["cameras", "--api", "http://127.0.0.1:1/?token=S3cretPW", "--wait", "0", "ls"]) == 3
     err = capsys.readouterr().err
     assert "cannot reach http://127.0.0.1:1/?token=***" in err and "S3cretPW" not in err, err
+    # a URL missing its "://" (or its scheme mistyped) was quoted whole, password and all
+    for argv in (["subscribe", "cam", "--redis", "redis//:S3cretPW@127.0.0.1:6391/0"],
+                 ["subscribe", "cam", "--redis", "redis:S3cretPW@127.0.0.1"],
+                 ["cameras", "--api", "u:S3cretPW@127.0.0.1:8000", "ls"],
+                 ["top", "--once", "--metrics", "htp:/u:S3cretPW@127.0.0.1"]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and "***@127.0.0.1" in err and "S3cretPW" not in err, (argv, err)
 
 
 def test_cameras_add_refuses_an_inline_password_before_sending_it(capsys):
