@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, MIN_FPS, RUNTIME_FIELDS, CameraConfig, inline_password_error
+from pipeline.config_urls import camera_url_problem
 from pipeline.redact import redact, redact_url
 
 from .common import (EXIT_UNAVAILABLE, UNAVAILABLE_STATUS, api_url_arg, call_api, camera_id_arg, fail, number_arg,
@@ -130,6 +131,8 @@ def _cameras(args: argparse.Namespace) -> int:
         options = [f"--{k.replace('_', '-')}" for k in RUNTIME_FIELDS]
         return fail(f"cameras zones: give {', '.join(options[:-1])} and/or {options[-1]}", 2)
     if args.action == "add":  # refused by the API with 422 after being sent; the message never holds the password
+        if (problem := camera_url_problem(args.url)) is not None:  # (rtsp:/u:pw@h: no credentials found in it, sent)
+            return fail(f"cameras add: url: {problem}", CONFIG_ERROR_EXIT_CODE)
         inline = inline_password_error(CameraConfig.model_construct(id=args.id, url=args.url), "url", setting=False)
         if inline:  # (whatever the service's security.allow_inline_credentials: no password goes over the wire)
             return fail(f"cameras add: {inline} (percept cameras never sends a password)", CONFIG_ERROR_EXIT_CODE)

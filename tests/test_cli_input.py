@@ -147,6 +147,12 @@ def test_cameras_add_refuses_an_inline_password_before_sending_it(capsys):
                            "rtsp://viewer:${CAM_DOCK_PASSWORD}@10.0.0.9/s1"), line
     assert "S3cretPW" not in line
     assert "allow_inline_credentials" not in line  # (a setting of the service: no way to send one from here)
+    # a URL missing its "//": no credentials were found in it, and it was sent (exit 3: the API is down)
+    for url in ("rtsp:/viewer:S3cretPW@10.0.0.9/s1", "rtsp//viewer:S3cretPW@10.0.0.9/s1"):
+        assert main(["cameras", "--api", "http://127.0.0.1:1", "--wait", "0", "add", "dock", url]) == 2, url
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"percept: cameras add: url: {url[:6]}… is not a URL: write rtsp://host/…"), line
+        assert "S3cretPW" not in line
 
 
 def test_a_sample_clips_folder_that_is_not_there_exits_2_naming_it(tmp_path, capsys, monkeypatch):
