@@ -49,6 +49,16 @@ def _entry_id(value: str) -> str:
     return value
 
 
+def _read_after(from_id: str) -> str:
+    """The id Redis reads after (XREAD and a new group's start exclude it) for ``--from``: an id
+    as given; a bare MS is read by Redis as MS-0, which excluded that millisecond's first entry
+    (a frame of seq 0, an event numbered 0): the last id of the millisecond before."""
+    if "-" in from_id:
+        return from_id
+    ms = int(from_id)
+    return f"{ms - 1}-{2**64 - 1}" if ms > 0 else "0-0"
+
+
 def _redis_source(args: argparse.Namespace) -> tuple[str | None, str | None, Any]:
     """(url, prefix, redis config section) from the options, the config and its state dir."""
     url, prefix, redis_cfg = args.redis, args.prefix, None
@@ -103,7 +113,7 @@ def _subscribe(args: argparse.Namespace) -> int:
         return fail(str(exc), EXIT_UNAVAILABLE)
     except ValueError as exc:  # PERCEPT_REDIS_URL
         return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
-    start = "0" if args.from_start else (args.from_id or "$")
+    start = "0" if args.from_start else (_read_after(args.from_id) if args.from_id else "$")
     outage = RedisOutage(url)
     sub = None
     terminated = []  # SIGTERM (systemd, docker stop): as Ctrl-C, the consumer leaves its group, exit 0

@@ -4,6 +4,8 @@ traceback (real redis-server; the other service is a plain HTTP server)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cli.main import main
@@ -208,3 +210,20 @@ def test_a_start_given_for_a_group_that_exists_already_is_said_to_be_passed_over
     assert main([*base[:-1], "early", "--from-start"]) == 0  # a new group: from the start, nothing said
     out, err = capsys.readouterr()
     assert out.strip() == '{"seq":1}' and "exists already" not in err, (out, err)
+
+
+def test_from_a_bare_millisecond_includes_that_milliseconds_first_entry(redis_server, capsys):
+    """``--from MS`` went to Redis as MS-0, which XREAD and a new group's start exclude: the
+    millisecond's first entry (an event numbered 0, a frame of seq 0) was never printed."""
+    client = redis_server.client()
+    stream = KEYS.detections("gate")
+    for entry_id, seq in (("1796500000000-0", 0), ("1796500000000-1", 1), ("1796500000500-0", 2)):
+        client.xadd(stream, {"json": f'{{"seq": {seq}}}'}, id=entry_id)
+    base = ["subscribe", "gate", "--redis", redis_server.url, "--prefix", "odd", "--timeout", "0.5"]
+    for extra in ([], ["--group", "fromms"]):
+        for start, seqs in (("1796500000500", [2]), ("1796500000000", [0, 1, 2]), ("1796500000000-0", [1, 2])):
+            assert main([*base, *extra, "--from", start]) == 0
+            printed = [json.loads(line)["seq"] for line in capsys.readouterr().out.splitlines()]
+            assert printed == seqs, (extra, start, printed)
+            if extra:
+                client.xgroup_destroy(stream, "fromms")  # (each start: a new group)
