@@ -115,19 +115,26 @@ class Subscriber:
         return None
 
     def _decode(self, stream: bytes | str, entries: list[Any]) -> list[Message]:
+        """The entries as messages; one that is none (deleted while pending, no JSON payload) is
+        skipped and, in a group, acked: left pending it came back at every claim, for ever, and
+        held its consumer in the group."""
         name = stream.decode() if isinstance(stream, bytes) else stream
-        out = []
+        out, unusable = [], []
         for entry_id, fields in entries:
-            if not fields:  # deleted while pending (None, or {} as redis-py 8 parses it: no entry has no field)
-                continue
             eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            if not fields:  # deleted while pending (None, or {} as redis-py 8 parses it: no entry has no field)
+                unusable.append(eid)
+                continue
             raw = fields.get(b"json") or fields.get("json")
             try:
                 payload = json.loads(raw)
             except (TypeError, ValueError):
-                log.warning("%s %s: entry without a JSON payload; skipped", name, eid)
+                log.warning("%s %s: entry without a JSON payload; skipped%s", name, eid, " (acked)" if self.group else "")
+                unusable.append(eid)
                 continue
             out.append(Message(name, eid, payload))
+        if self.group and unusable:
+            self.client.xack(name, self.group, *unusable)
         return out
 
     def _pending_page(self, cap: int) -> list[Message]:

@@ -80,3 +80,25 @@ def test_a_group_reader_starts_while_redis_refuses_writes_when_its_group_is_ther
         assert [m.payload["seq"] for m in reader.messages(limit=3)] == [0, 1, 2]
     finally:
         client.config_set("maxmemory", "0")
+
+
+def test_a_group_reader_acks_the_entries_it_cannot_hand_out(redis_server, caplog):
+    """An entry without a JSON payload was skipped but never acked: it stayed pending, came back
+    at every claim (a warning each time, in every reader) and kept its consumer in the group."""
+    client = redis_server.client()
+    stream = KEYS.detections("odd")
+    client.xadd(stream, {"foo": "bar"})
+    client.xadd(stream, {"json": "{not json"})
+    add(client, "odd", [7])
+    sub = Subscriber(client, KEYS, ["odd"], group="g", start="0", block_ms=100, claim_idle_ms=0)
+    got = []
+    with caplog.at_level("WARNING", logger="percept.subscribe"):
+        for msg in sub.messages(idle_timeout_s=1.5):  # (claims every second: the skipped ones would come back)
+            got.append(msg.payload["seq"])
+            sub.ack(msg)
+    assert got == [7]
+    assert client.xpending(stream, "g")["pending"] == 0
+    said = [r.getMessage() for r in caplog.records if "without a JSON payload" in r.getMessage()]
+    assert len(said) == 2 and all(m.endswith("skipped (acked)") for m in said), said
+    sub.close()  # nothing pending: it leaves the group
+    assert client.xinfo_consumers(stream, "g") == []
