@@ -58,7 +58,8 @@ class Subscriber:
         if consumer and not group:
             raise ValueError("--consumer needs --group")
         self.client = client
-        self.streams = [keys.events(c) if events else keys.detections(c) for c in cameras]
+        # (a camera named twice is read once: its group's second creation was taken for one that existed)
+        self.streams = list(dict.fromkeys(keys.events(c) if events else keys.detections(c) for c in cameras))
         self.group = group
         self.consumer = consumer or default_consumer()
         self._own_name = consumer is None  # named for this process: removed from the group when done

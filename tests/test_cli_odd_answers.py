@@ -210,6 +210,10 @@ def test_a_start_given_for_a_group_that_exists_already_is_said_to_be_passed_over
     assert main([*base[:-1], "early", "--from-start"]) == 0  # a new group: from the start, nothing said
     out, err = capsys.readouterr()
     assert out.strip() == '{"seq":1}' and "exists already" not in err, (out, err)
+    # the camera named twice: read once, and its new group not said to exist already
+    assert main([*base[:1], "yard", *base[1:-1], "twice", "--from-start"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == '{"seq":1}' and "exists already" not in err, (out, err)
 
 
 def test_from_a_bare_millisecond_includes_that_milliseconds_first_entry(redis_server, capsys):
