@@ -49,6 +49,25 @@ def _entry_id(value: str) -> str:
     return value
 
 
+def _not_streams(client: Any, keys: Any, cameras: list[str], events: bool) -> list[str]:
+    """The cameras whose stream key holds another type (one read covers every camera: Redis's
+    WRONGTYPE stopped them all, naming none), said as ``<key> (camera c) is a string``; none
+    where the user may not ask a key's type."""
+    import redis
+
+    wrong = []
+    for camera in dict.fromkeys(cameras):
+        key = keys.events(camera) if events else keys.detections(camera)
+        try:
+            kind = client.type(key)
+        except redis.ResponseError:  # (NOPERM: a user allowed the stream commands only)
+            return []
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        if kind not in ("none", "stream"):
+            wrong.append(f"{key} (camera {camera}) is a {kind}, not a stream")
+    return wrong
+
+
 def _read_after(from_id: str) -> str:
     """The id Redis reads after (XREAD and a new group's start exclude it) for ``--from``: an id
     as given; a bare MS is read by Redis as MS-0, which excluded that millisecond's first entry
@@ -126,6 +145,9 @@ def _subscribe(args: argparse.Namespace) -> int:
             _say_missing(client, StreamKeys(prefix or "percept"), args.cameras, args.events)
         except redis.ResponseError:  # a user allowed the streams only (NOPERM): the notice is a courtesy
             pass
+        if wrong := _not_streams(client, StreamKeys(prefix or "percept"), args.cameras, args.events):
+            return fail(f"subscribe: {'; '.join(wrong)}: percept did not write it (another prefix?)",
+                        CONFIG_ERROR_EXIT_CODE)
         sub = Subscriber(client, StreamKeys(prefix or "percept"), args.cameras, group=args.group,
                          consumer=args.consumer, start=start, claim_idle_ms=args.claim_idle_ms,
                          events=args.events)

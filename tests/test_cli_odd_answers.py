@@ -231,3 +231,16 @@ def test_from_a_bare_millisecond_includes_that_milliseconds_first_entry(redis_se
             assert printed == seqs, (extra, start, printed)
             if extra:
                 client.xgroup_destroy(stream, "fromms")  # (each start: a new group)
+
+
+def test_a_camera_whose_stream_key_holds_another_type_is_named_and_the_reader_does_not_start(redis_server, capsys):
+    """One read covers every camera: a key of another type stopped them all with Redis's
+    ``WRONGTYPE …`` and exit 3 ("unreachable"), naming no camera. Named now, exit 2."""
+    client = redis_server.client()
+    client.xadd(KEYS.detections("north"), {"json": '{"seq": 1}'})
+    client.set(KEYS.detections("south"), "oops")
+    assert main(["subscribe", "north", "south", "--redis", redis_server.url, "--prefix", "odd", "--from-start",
+                 "--timeout", "0.5"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == (f"percept: subscribe: {KEYS.detections('south')} (camera south) is a string, "
+                                         "not a stream: percept did not write it (another prefix?)"), err
