@@ -86,6 +86,8 @@ def number_arg(kind: type, low: float | None = None, high: float | None = None, 
 
 POSITIVE_INT = number_arg(int, 1)
 IMGSZ = number_arg(int, 32, 4096)
+SCORE = number_arg(float, 0.0, 1.0)
+PORT = number_arg(int, 0, 65535, what="a port")  # as ``http.port``
 
 
 def stride_imgsz(value: str) -> int:
@@ -97,9 +99,7 @@ def stride_imgsz(value: str) -> int:
     return size
 
 
-stride_imgsz.__name__ = "int"
-SCORE = number_arg(float, 0.0, 1.0)
-PORT = number_arg(int, 0, 65535, what="a port")  # as ``http.port``
+stride_imgsz.__name__ = "int"  # (argparse names a type by it: "invalid int value")
 
 
 def output_or_stdout_arg(value: str) -> str:

@@ -41,8 +41,8 @@ from typing import Any
 
 import yaml
 
-from ..openvino_quiet import quiet_openvino
 from ..evaluate import IMAGE_SUFFIXES, images_under
+from ..openvino_quiet import quiet_openvino
 from .finetune_data import link_image
 from .offline import offline_ultralytics
 
