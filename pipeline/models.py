@@ -324,8 +324,13 @@ class CategoryMap:
         )
 
 
+def model_threads(cfg: ModelServerConfig) -> int:
+    """CPU threads a model runs on: the configured number, else the CPUs the replica reserves (at least 1)."""
+    return cfg.threads or max(1, int(round(cfg.num_cpus)))
+
+
 def set_threads(cfg: ModelServerConfig) -> None:
-    """Torch CPU threads: the configured number, else the CPUs the replica reserves (at least 1)."""
+    """Torch CPU threads (`model_threads`)."""
     import torch
 
-    torch.set_num_threads(cfg.threads or max(1, int(round(cfg.num_cpus))))
+    torch.set_num_threads(model_threads(cfg))

@@ -190,6 +190,23 @@ def test_classifier_export_to_onnx_loads_and_classifies(classifier_export):
     shared_untouched()
 
 
+def test_an_onnx_model_runs_on_the_replicas_threads(classifier_export):
+    """ultralytics opens an ONNX Runtime session with a thread per core of the machine; the
+    replica's `threads` (else its `num_cpus`) is what it runs on, as for every other format."""
+    from pipeline.backends import load_classifier
+    from pipeline.config_models import ClassifierConfig
+
+    _, _, out = classifier_export
+    for threads, num_cpus, expected in ((1, 0.25, 1), (None, 2, 2), (3, 1, 3)):
+        cfg = ClassifierConfig(weights=str(out / "yolov8n-cls-imagenet.onnx"), threads=threads, num_cpus=num_cpus)
+        clf = load_classifier(cfg, models_dir=None, field="classifier")  # (its warm-up ran an inference)
+        session = clf.model.predictor.model.backend.session
+        options = session.get_session_options()
+        assert (options.intra_op_num_threads, options.inter_op_num_threads) == (expected, 1), (threads, num_cpus)
+        [res] = clf.classify_batch([np.full((224, 224, 3), 127, np.uint8)])
+        assert not isinstance(res, Exception) and clf.model.predictor.model.backend.session is session  # opened once
+
+
 def test_compare_prints_table_and_json(detector_exports, tmp_path):
     _, _, out, _ = detector_exports
     data = link_images(tmp_path / "coco32", coco_images()[:32], labels=True)

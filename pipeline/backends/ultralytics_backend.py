@@ -9,7 +9,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..config import ClassifierConfig, DetectorConfig
-from ..models import CategoryMap, DetectorInput, ModelError, choose_device, field_key, load_yolo, model_name, set_threads
+from ..models import (CategoryMap, DetectorInput, ModelError, choose_device, field_key, load_yolo, model_name,
+                      model_threads, set_threads)
 from ..schema import Detections
 from .base import Attributes, in_chunks, per_item, refuse_failed_warmup, warm_up_detector
 
@@ -40,6 +41,7 @@ def load_detector(cfg: DetectorConfig, *, card: Any, weights: str, models_dir: s
     set_threads(cfg)
     device, half = existing_device(cfg, field)
     model = load_yolo(cfg, models_dir=models_dir, field=field_key(field, "weights"), task="detect")
+    limit_onnx_threads(model, model_threads(cfg))
     det = Detector(model, cfg=cfg, device=device, half=half, name=model_name(cfg), field=field)
     if warmup:
         warm_up_detector(det, cfg.imgsz, field, weights)
@@ -52,10 +54,36 @@ def load_classifier(cfg: ClassifierConfig, *, card: Any, weights: str, models_di
     set_threads(cfg)
     device, half = existing_device(cfg, field)
     model = load_yolo(cfg, models_dir=models_dir, field=field_key(field, "weights"), task="classify")
+    limit_onnx_threads(model, model_threads(cfg))
     clf = Classifier(model, cfg=cfg, device=device, half=half, name=model_name(cfg), field=field)
     if warmup:
         refuse_failed_warmup(clf.classify_batch([np.zeros((cfg.imgsz, cfg.imgsz, 3), np.uint8)]), field, weights)
     return clf
+
+
+def limit_onnx_threads(model: Any, threads: int) -> None:
+    """An ONNX export runs on ``threads`` (`model_threads`) like any other model: ultralytics opens
+    its ONNX Runtime session with default options, a thread per core of the machine (and a busy
+    spin between runs) whatever the replica reserves. The session is opened again on the CPU
+    with the replica's threads before the first inference (``on_predict_start``, once the
+    predictor has loaded it); a session on a GPU is left as ultralytics made it."""
+
+    def limit(predictor: Any) -> None:
+        backend = getattr(getattr(predictor, "model", None), "backend", None)
+        session = getattr(backend, "session", None)
+        if session is None or getattr(backend, "_percept_threads", None) == threads:
+            return
+        import onnxruntime
+
+        if not isinstance(session, onnxruntime.InferenceSession) or session.get_providers() != ["CPUExecutionProvider"]:
+            return
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        backend.session = onnxruntime.InferenceSession(session._model_path, options, providers=["CPUExecutionProvider"])
+        backend._percept_threads = threads
+
+    model.add_callback("on_predict_start", limit)
 
 
 class Detector:
