@@ -22,11 +22,21 @@ _SECRET_NAME = (r"(?:(?:[\w.-]*[_.-])?(?:password|passwd|passphrase|pwd|pass|pw|
                 r"|[\w.-]*?(?:password|passwd|passphrase|pwd|pswd|passwort|passcode|token|secret|signature|credentials?"
                 r"|apikey|authorization|authkey|secretkey|streamkey|accesskey|privatekey|tokenhash)"
                 r"|[\w.-]*[a-z0-9](?-i:Pass|Pw|Pwd|Key|Auth|Sig|Session|Sid))\d*=")
-_QUERY_SECRET = re.compile(rf"(?i)([?&;]{_SECRET_NAME})[^&#\s'\"]*"
-                           rf"|([/_]{_SECRET_NAME})(?:\$\{{[A-Za-z_][A-Za-z0-9_]*\}}|[^&#;/_\s'\"])*")
-# a query parameter whose name is percent-encoded (``?%70assword=x``: servers decode the name,
-# so it is read as ``password``): scrubbed when the decoded name is a secret's
-_ENCODED_NAME = re.compile(r"([?&;][^=&#;\s'\"/?]*%[0-9A-Fa-f]{2}[^=&#;\s'\"/?]*=)([^&#\s'\"]*)")
+
+
+def _query_patterns(stop: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The secret query value (`_SECRET_NAME`) and the percent-encoded name's (``?%70assword=x``:
+    servers decode the name, so it is read as ``password``), each value ending at ``&``, ``#``
+    or one of ``stop``."""
+    return (re.compile(rf"(?i)([?&;]{_SECRET_NAME})[^&#{stop}]*"
+                       rf"|([/_]{_SECRET_NAME})(?:\$\{{[A-Za-z_][A-Za-z0-9_]*\}}|[^&#;/_{stop}])*"),
+            re.compile(rf"([?&;][^=&#;\s'\"/?]*%[0-9A-Fa-f]{{2}}[^=&#;\s'\"/?]*=)([^&#{stop}]*)"))
+
+
+# in free text a value ends at a quote or a space too (the text goes on after the URL); in a whole
+# URL it does not: ``pwd='Secr3t'`` or ``pwd=Summer'24`` is what the camera gets, quotes and all
+_QUERY_SECRET, _ENCODED_NAME = _query_patterns(r"\s'\"")
+_URL_QUERY_SECRET, _URL_ENCODED_NAME = _query_patterns("")
 _SECRET_NAME_ALONE = re.compile(rf"(?i){_SECRET_NAME}")
 _PASSWORD_ARG = re.compile(r"(?i)\b(password|passwd|requirepass)(['\"]?\s*[=:]\s*)(\S+)")
 
@@ -46,7 +56,7 @@ def redact_url(url: str) -> str:
     out = found.with_userinfo("***") if found is not None else _scrub_userinfo(url)
     if found is None and "://" not in url:
         out = _scrub_bare_userinfo(_scrub_malformed(out))
-    return _scrub_query(out)
+    return _scrub_query(out, whole_url=True)
 
 
 def _scrub_bare_userinfo(value: str) -> str:
@@ -63,9 +73,10 @@ def _scrub_malformed(text: str) -> str:
     return _MALFORMED_USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
 
 
-def _scrub_query(text: str) -> str:
-    text = _ENCODED_NAME.sub(lambda m: f"{m.group(1)}***" if _encoded_secret(m) else m.group(0), text)
-    return _QUERY_SECRET.sub(lambda m: f"{m.group(1) or m.group(2)}***", text)
+def _scrub_query(text: str, *, whole_url: bool = False) -> str:
+    secret, encoded = (_URL_QUERY_SECRET, _URL_ENCODED_NAME) if whole_url else (_QUERY_SECRET, _ENCODED_NAME)
+    text = encoded.sub(lambda m: f"{m.group(1)}***" if _encoded_secret(m) else m.group(0), text)
+    return secret.sub(lambda m: f"{m.group(1) or m.group(2)}***", text)
 
 
 def _encoded_secret(m: re.Match[str]) -> bool:
@@ -168,7 +179,8 @@ def url_secrets(url: str) -> tuple[str, ...]:
 
 
 def query_secrets(url: str) -> list[tuple[int, int]]:
-    """Where the values of a URL's ``password=``-like query parameters start and end."""
-    found = [(m.end(1) if m.group(1) else m.end(2), m.end()) for m in _QUERY_SECRET.finditer(url)]
-    found += [(m.end(1), m.end()) for m in _ENCODED_NAME.finditer(url) if _encoded_secret(m)]
+    """Where the values of a URL's ``password=``-like query parameters start and end (up to the
+    next ``&`` or ``#``: quotes and spaces are part of the value)."""
+    found = [(m.end(1) if m.group(1) else m.end(2), m.end()) for m in _URL_QUERY_SECRET.finditer(url)]
+    found += [(m.end(1), m.end()) for m in _URL_ENCODED_NAME.finditer(url) if _encoded_secret(m)]
     return sorted(found)

@@ -203,6 +203,24 @@ def test_a_query_password_with_a_semicolon_is_scrubbed_and_refused_whole():
     assert "2024" not in str(caught.value)
 
 
+@pytest.mark.parametrize("value, secret", [("'Secr3t'", "Secr3t"), ('"Hunter2"', "Hunter2"),
+                                           ("\tSecr3t", "Secr3t"), ("Summer'24", "24"), ("a b", "b")])
+def test_a_query_password_with_quotes_or_spaces_in_a_url_is_scrubbed_and_refused_whole(value, secret):
+    """In a whole URL a query value ends at ``&`` or ``#`` only: the patterns for free text end it
+    at a quote or a space too, so ``pwd='Secr3t'`` read as an empty password was stored without
+    ``allow_inline_credentials`` and shown as ``pwd=***'Secr3t'`` by ``GET /cameras``, and
+    ``pwd=Summer'24``'s refusal quoted ``'24``."""
+    from pipeline.config import parse_config
+    from pipeline.config_errors import ConfigError
+
+    url = f"http://cam/snap.cgi?user=admin&pwd={value}&ch=1"
+    assert redact_url(url) == "http://cam/snap.cgi?user=admin&pwd=***&ch=1"
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"cameras": [{"id": "dock", "url": url}]}, env={})
+    assert "write http://cam/snap.cgi?user=admin&pwd=${CAM_DOCK_PASSWORD}&ch=1 and set" in str(caught.value), str(caught.value)
+    assert secret not in str(caught.value)
+
+
 def test_a_query_secret_whose_name_is_percent_encoded_is_scrubbed_and_refused_inline():
     """``?%70assword=…``: a server decodes the name to ``password``, but the patterns read it
     as written: the value stayed in the camera hash and in logs, and was stored without
