@@ -130,7 +130,8 @@ class CameraApi:
     def _list(self) -> list[dict[str, Any]]:
         cameras, invalid = self.registry.read()
         states = camera_states(self.client, self.keys, [c.id for c in cameras])
-        frames = last_frames(self.client, self.keys, [c.id for c in cameras], time.time())
+        frames = last_frames(self.client, self.keys, [c.id for c in cameras], time.time(),
+                             {c.id: c._added_ms for c in cameras})
         out = []
         for cam in cameras:
             st = states.get(cam.id, {})

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import redis
 from fastapi import HTTPException
@@ -39,14 +39,17 @@ ENDED_STATES = ("stopped", "failed", "pending")
 REMOVED = "removed"  # `LiveView._watch`'s state of a camera the registry has no more: a 404
 
 
-def last_frames(client: Any, keys: StreamKeys, ids: list[str], now: float) -> dict[str, dict[str, Any]]:
-    """Per camera, from its newest stream entry: lag (s since its capture), objects per category
-    and end-to-end latency; {} for a camera that has published nothing."""
+def last_frames(client: Any, keys: StreamKeys, ids: list[str], now: float,
+                since_ms: Mapping[str, int | None] | None = None) -> dict[str, dict[str, Any]]:
+    """Per camera, from its newest stream entry (after ``since_ms[id]``: when it was added, what
+    a camera its id had before published not counted): lag (s since its capture), objects per
+    category and end-to-end latency; {} for a camera that has published nothing (since)."""
     import orjson
 
     pipe = client.pipeline(transaction=False)
     for cid in ids:
-        pipe.xrevrange(keys.detections(cid), count=1)
+        since = (since_ms or {}).get(cid)
+        pipe.xrevrange(keys.detections(cid), min="-" if since is None else f"({since}", count=1)
     out: dict[str, dict[str, Any]] = {}
     for cid, last in zip(ids, per_key(pipe)):
         if not last or isinstance(last, Exception):  # (a key of another type, not written by percept)

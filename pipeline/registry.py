@@ -32,11 +32,15 @@ from .streams import ENDED_FIELD, StreamKeys, parse_entry_id, redis_now
 log = logging.getLogger("percept.registry")
 
 
+# added, and so its file read again (`ended` cleared) and shown without the numbers and state of
+# the camera its id had before (what the listing, `top` and the page show), in one step; the
+# counters that keep ids and seqs rising (track_id_max, seq_published, processed, state_change) stay
 _ADD = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[3])
+redis.call('HDEL', KEYS[2], unpack(ARGV, 3))
 return 1
 """
+SHOWN_FIELDS = ("state", "last_error", "fps", "dropped", "classify_failed", "publish_dropped", "url", "updated_at")
 
 
 @dataclass(frozen=True)
@@ -232,9 +236,10 @@ class CameraRegistry:
         added_ms = int(redis_now(self.client) * 1000)  # (what its id published before is another camera's)
         entry = json.dumps({"source": "api", "camera": given, "added_ms": added_ms})
         for _ in range(3):  # (a DELETE between the two: added, not "exists")
-            # added, and so its file read again (`ended` cleared), in one step: a POST retried after
-            # the entry landed alone found "the same camera again" and left the mark for good
-            if self.client.eval(_ADD, 2, self.key, self.keys.camera(camera.id), camera.id, entry, ENDED_FIELD):
+            # (in one step: a POST retried after the entry landed alone found "the same camera
+            # again" and left the `ended` mark for good)
+            if self.client.eval(_ADD, 2, self.key, self.keys.camera(camera.id), camera.id, entry, ENDED_FIELD,
+                                *SHOWN_FIELDS):
                 return True
             raw = self.client.hget(self.key, camera.id)
             if raw is not None:

@@ -241,6 +241,41 @@ def test_a_camera_added_again_is_not_checked_against_the_frames_its_id_had_befor
         client.delete(keys.detections("gate"))
 
 
+def test_a_camera_id_added_again_is_listed_without_the_removed_cameras_numbers(api, redis_server):
+    """`GET /cameras` (the page's tiles, `cameras ls`) showed a camera added again under an id with
+    the state, rates, errors and newest objects of the camera that id had before: a new camera
+    that never connected showed someone else's cars. The counters that keep its ids rising stay."""
+    import json as json_
+
+    from pipeline.streams import StreamKeys
+
+    keys = StreamKeys("apiin")
+    client = redis_server.client()
+    frame = {"camera": "gate", "seq": 1, "objects": [{"category": "vehicle"}] * 3, "latency_ms": {"total": 87.0}}
+
+    def listed() -> dict:
+        return next(c for c in api.get("/cameras").json() if c["id"] == "gate")
+
+    assert api.post("/cameras", json={"id": "gate", "url": "rtsp://cam.local/old"}).status_code == 201
+    try:
+        client.xadd(keys.detections("gate"), {"json": json_.dumps(frame)})
+        client.hset(keys.camera("gate"), mapping={"state": "online", "fps": "4.9", "dropped": "12", "track_id_max": "41",
+                                                  "last_error": "old trouble", "url": "rtsp://cam.local/old"})
+        old = listed()
+        assert (old["state"], old["fps"], old["dropped"], old["objects"]) == ("online", 4.9, 12, {"vehicle": 3}), old
+        assert api.delete("/cameras/gate").status_code == 200
+        assert api.post("/cameras", json={"id": "gate", "url": "rtsp://cam.local/new"}).status_code == 201
+        new = listed()
+        assert new == {"id": "gate", "url": "rtsp://cam.local/new", "fps_target": new["fps_target"], "state": "pending",
+                       "fps": 0.0, "dropped": 0, "lag_s": None, "last_error": None, "objects": {}, "e2e_ms": None}, new
+        assert client.hget(keys.camera("gate"), "track_id_max") == b"41"  # (its next ids above the old ones)
+        client.xadd(keys.detections("gate"), {"json": json_.dumps({**frame, "objects": [{"category": "pedestrian"}]})})
+        assert listed()["objects"] == {"pedestrian": 1}  # its own frames are shown
+    finally:
+        api.delete("/cameras/gate")
+        client.delete(keys.detections("gate"), keys.camera("gate"))
+
+
 def test_a_camera_id_added_again_never_shows_the_removed_cameras_image(api, redis_server):
     """The live image of a removed camera stayed under its id for its TTL (up to a minute for a
     slow camera): a camera added again under that id, another source, showed it once online."""
