@@ -36,6 +36,7 @@ VIEW_OFF = "the live view is off (view.enabled: false)"
 # the camera was removed; "stopped" and "failed" only when they last, `LiveView._watch_again`);
 # it goes on through "connecting" and "reconnecting"
 ENDED_STATES = ("stopped", "failed", "pending")
+UNREADABLE = "unreadable"  # a camera whose hash or image key holds another type (not written by percept): a 503
 REMOVED = "removed"  # `LiveView._watch`'s state of a camera the registry has no more: a 404
 
 
@@ -141,7 +142,14 @@ class LiveView:
         if with_state:
             pipe.hmget(self.keys.camera(camera_id), "state", "last_error")
             pipe.hexists(self.registry.key, camera_id)
-        out = pipe.execute()
+        out = per_key(pipe)  # (a key of another type, not written by percept: said, a 503 naming it)
+        bad = [(key, answer) for key, answer in zip((self.keys.view_jpeg(camera_id), self.keys.camera(camera_id)),
+                                                    out[1:3]) if isinstance(answer, Exception)]
+        if with_state and isinstance(out[3], Exception):
+            raise out[3]  # (the registry's hash: the camera list cannot be read either)
+        if bad:
+            key, exc = bad[0]
+            return None, UNREADABLE if not with_state or out[3] else REMOVED, f"{key}: {exc}"
         if not with_state:
             return out[1], "online", None
         state, error = (v.decode(errors="replace") if v else None for v in out[2])
@@ -155,8 +163,11 @@ class LiveView:
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(self.keys.camera(camera_id), "state")
         pipe.hexists(self.registry.key, camera_id)
-        state, registered = pipe.execute()
-        state_s = state.decode() if state else "pending"
+        state, registered = per_key(pipe)
+        if isinstance(registered, Exception):
+            raise registered
+        # (a camera hash of another type, not written by percept: as a failed camera's)
+        state_s = "failed" if isinstance(state, Exception) else state.decode() if state else "pending"
         now = time.monotonic()
         if not registered:  # removed: its decoder may say online until it lets go
             return -1.0
@@ -179,7 +190,8 @@ class LiveView:
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(self.keys.camera(camera_id), "fps")
         pipe.xrevrange(self.keys.detections(camera_id), count=2)
-        raw_fps, last_two = pipe.execute()
+        raw_fps, last_two = (None if isinstance(v, Exception) else v for v in per_key(pipe))
+        last_two = last_two or []
         try:
             fps = float(raw_fps or 0.0)
         except ValueError:

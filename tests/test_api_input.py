@@ -349,3 +349,26 @@ def test_one_cameras_odd_redis_data_costs_its_row_not_the_whole_listing(api, red
         for cid in ("a", "b", "c"):
             api.delete(f"/cameras/{cid}")
             client.delete(keys.camera(cid), keys.detections(cid))
+
+
+def test_a_camera_whose_keys_hold_another_type_gets_a_503_naming_the_key_from_the_image_routes(api, redis_server):
+    """A camera hash or image key of another type (not written by percept): the listing said
+    ``unreadable`` on its row, the snapshot and MJPEG routes answered 500 with Redis's WRONGTYPE."""
+    from pipeline.streams import StreamKeys
+
+    keys = StreamKeys("apiin")
+    client = redis_server.client()
+    assert api.post("/cameras", json={"id": "odd", "url": "rtsp://cam.local/s"}).status_code == 201
+    try:
+        for key, write in ((keys.camera("odd"), lambda k: client.set(k, "x")),
+                           (keys.view_jpeg("odd"), lambda k: client.hset(k, "a", "b"))):
+            write(key)
+            for route in ("/cameras/odd/snapshot.jpg", "/cameras/odd/live"):
+                r = api.get(route)
+                assert r.status_code == 503, (key, route, r.status_code, r.text)
+                detail = r.json()["detail"]
+                assert detail["state"] == "unreadable" and detail["last_error"].startswith(f"{key}: "), detail
+            client.delete(key)
+    finally:
+        api.delete("/cameras/odd")
+        client.delete(keys.camera("odd"), keys.view_jpeg("odd"))
