@@ -281,16 +281,27 @@ class DeploymentView:
 
     def update(self, client: Any, prefix: str, outage: RedisOutage, *, redis_up: bool) -> tuple[dict[str, DeploymentStats] | None, str]:
         """The rows' numbers and a note. While Redis is down, the endpoints last read are used."""
-        from pipeline.metrics import read_endpoints
+        import redis
+
+        from pipeline.metrics import endpoints_key, read_endpoints
 
         if not self.fixed and redis_up:
-            self.known = outage.attempt(lambda: read_endpoints(client, prefix), self.known)
+            try:
+                self.known = outage.attempt(lambda: read_endpoints(client, prefix), self.known)
+            except redis.ResponseError as exc:  # (a key of another type, not written by percept: the cameras still show)
+                return None, redact(f"deployments: {endpoints_key(prefix)} unreadable: {exc}")[:300]
         urls = self.fixed or self.known
         if not urls:
             return None, "deployments: no Ray metrics endpoint known (none advertised in redis; try --metrics URL)"
         samples, problems = scrape(urls)
         if problems and not samples:
             return None, "deployments: Ray metrics unreachable (" + "; ".join(problems)[:300] + ")"
+        stats, note = self._window(samples)
+        if problems:  # the replicas of a node whose endpoint did not answer are missing from the rows: said
+            note += f"; {len(problems)} of {len(urls)} metrics endpoints unreachable (" + "; ".join(problems)[:300] + ")"
+        return stats, note
+
+    def _window(self, samples: list[tuple[str, dict[str, str], float]]) -> tuple[dict[str, DeploymentStats], str]:
         now, stats = time.monotonic(), deployment_stats(samples)
         self.history.append((now, stats))
         while len(self.history) > 2 and now - self.history[1][0] >= WINDOW_S:

@@ -321,6 +321,9 @@ ENDPOINT_FORGOTTEN_S = 600.0  # an endpoint not advertised for this long is dele
 
 
 def read_endpoints(client: Any, prefix: str, max_age_s: float = 120.0) -> list[str]:
+    """The Ray metrics endpoints advertised in the last ``max_age_s``; only http(s) URLs (anyone
+    who can write the hash could have `top` fetch ``file:///etc/…`` and print it in its error)."""
     raw = client.hgetall(endpoints_key(prefix))
     now = redis_now(client)
-    return sorted(k.decode(errors="replace") for k, v in raw.items() if now - number(v) <= max_age_s)
+    urls = (k.decode(errors="replace") for k, v in raw.items() if now - number(v) <= max_age_s)
+    return sorted(u for u in urls if u.lower().startswith(("http://", "https://")))
