@@ -147,8 +147,8 @@ def test_dockerfile_copies_every_package_pyproject_installs():
     copied = copies(instr)
     setuptools = pyproject()["tool"]["setuptools"]
     folders = [setuptools.get("package-dir", {}).get(p, p.replace(".", "/")) for p in setuptools["packages"]]
-    needed = {"pyproject.toml", "README.md", *(f.split("/")[0] for f in folders)}  # a sub-folder comes with its parent
-    missing = needed - set(copied)
+    needed = {"pyproject.toml", "README.md", *folders}  # (a folder is copied itself or with a folder above it)
+    missing = {n for n in needed if not any(n == c or n.startswith(f"{c}/") for c in copied)}
     assert not missing, f"docker/Dockerfile does not COPY {sorted(missing)}: `pip install .` would fail"
     ignored = [ln.strip().rstrip("/") for ln in (REPO / ".dockerignore").read_text().splitlines()
                if ln.strip() and not ln.startswith("#")]
@@ -366,6 +366,40 @@ def test_compose_gpu_override_gives_the_worker_gpus():
         assert gpu["services"][name]["image"] != base["services"][name]["image"]
     devices = gpu["services"]["ray-worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+def test_the_gpu_override_deploys_once_ray_counts_a_gpu(tmp_path):
+    """`num_gpus: auto` is decided when `serve deploy` builds the app, and the same build deployed
+    again is not built again: a GPU worker that joined after it left the detector on the CPU for
+    good. The override's command (as compose passes it to sh: ``$$`` is a ``$``) waits for a GPU
+    in `ray status`, then runs the base command; `ray`, `percept` and `serve` here write down
+    their calls (`ray status` names a GPU from its second call on)."""
+    base, gpu = compose(), compose("compose.gpu.yaml")
+    shell, flag, script = gpu["services"]["percept"]["command"]
+    assert (shell, flag) == ("sh", "-c") and script.endswith(base["services"]["percept"]["command"][2]), script
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    calls = tmp_path / "calls"
+    fakes = {"ray": f'echo "ray $*" >> {calls}; n=$(grep -c "^ray" {calls}); echo "Total Usage:"; echo " 0.0/6.0 CPU"; '
+                    '[ "$n" -ge 2 ] && echo " 0.0/1.0 GPU"; exit 0',
+             "percept": f'echo "percept $*" >> {calls}', "serve": f'echo "serve $*" >> {calls}'}
+    for name, body in fakes.items():
+        (bin_ / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_ / name).chmod(0o755)
+    out = subprocess.run(["sh", "-c", script.replace("$$", "$")], env={"PATH": f"{bin_}:/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[:2] == ["ray status --address ray-head:6379"] * 2, lines
+    assert lines[2].startswith("percept build -c /config/cluster.yaml") and lines[3].startswith("serve deploy"), lines
+    assert lines[4].startswith("percept subscribe"), lines
+    assert out.stdout.count("waiting for a GPU worker") == 1, out.stdout
+
+
+def test_restart_policies_bring_every_long_running_service_back():
+    """Only `percept` had one: after a crash, an OOM kill or a reboot the cluster stayed down."""
+    for name, service in compose()["services"].items():
+        assert service.get("restart") in ("unless-stopped", "on-failure", "always"), name
 
 
 def test_config_cameras_are_the_rtsp_service_mounts():
