@@ -140,6 +140,8 @@ class VideoSource:
             self._state = state
             if error is not None:
                 self.last_error = said
+            elif state == SourceState.ONLINE:
+                self.last_error = None  # (back: `/status` showed the last failure beside "online")
         if error:
             log.warning("camera %s: %s (%s)", self.camera, state.value, self.last_error)
         else:
@@ -243,6 +245,13 @@ class VideoSource:
             self._pace_origin = (now, pts)
         wall0, pts0 = self._pace_origin
         ahead = wall0 + (pts - pts0) - now
+        if not self._is_file and abs(ahead) > self._watchdog_s:
+            # a live stream's timestamps that jumped (a discontinuity, its encoder restarted) by
+            # more than the watchdog's time: paced from this frame on, neither waited out (silent
+            # and shown online, the watchdog held off) nor, jumped back, read flat out (ahead of
+            # its live edge: reconnecting, its last segments read again)
+            self._pace_origin = (now, pts)
+            return now
         if ahead <= 0:
             return now
         self.last_frame_at = now + ahead  # held back by the file's own time, not silent: no watchdog

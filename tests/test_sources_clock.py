@@ -372,3 +372,51 @@ def test_a_camera_down_for_long_says_so_once_not_once_a_try():
     said = [(e.state, e.error.rsplit(": ", 1)[-1] if e.error else None) for e in events]
     assert said == [(SourceState.RECONNECTING, "connection refused"), (SourceState.RECONNECTING, "no route to host"),
                     (SourceState.STOPPED, None)], said
+
+
+class BurstCapture(PositionCapture):
+    """A live stream's segment read at once (no time passes in ``grab``), its position ``position(i)`` ms."""
+
+    def grab(self):
+        if self.i >= self.n:
+            return False
+        self.i += 1
+        return True
+
+
+def test_a_paced_live_streams_timestamps_that_jump_are_paced_from_there():
+    """An HLS camera (paced by its own timestamps) whose timestamps jump a minute ahead (a
+    discontinuity, its encoder restarted) waited the minute out, silent and shown online (the
+    watchdog held off); jumped back a minute, it was read flat out, ahead of its live edge. Either
+    way it goes on at 25 fps from the jump, its frames published, the watchdog quiet."""
+    for jump_ms in (60_000, -60_000):
+        clock = Clock()
+        src = VideoSource("hls", lambda: BurstCapture(40, clock, lambda i: 100_000 + i * 40.0 + (jump_ms if i > 20 else 0)),
+                          fps=0, is_file=False, paced=True, watchdog_s=5.0, clock=clock, sleep=clock.sleep)
+        t0, stamps = clock.t, []
+        for frame in src.frames():
+            stamps.append(clock.t - t0)
+            assert src.check_watchdog() is False and src.state == SourceState.ONLINE, (jump_ms, len(stamps))
+            if len(stamps) == 40:
+                src.stop()
+        assert len(stamps) == 40, jump_ms
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        assert max(gaps) < 0.1 and stamps[-1] > 1.4, (jump_ms, stamps[-1], max(gaps))  # 39 intervals of 40 ms
+
+
+def test_a_camera_back_online_shows_no_last_error():
+    """`/status` showed the failure that made the camera reconnect beside ``online`` once it was
+    back (the camera hash cleared it): a camera that works has no error to show."""
+    clock = Clock()
+    opens = iter([SourceError("cam", "cannot open rtsp://cam/s: connection refused", retryable=True), 30])
+
+    def opener():
+        item = next(opens)
+        if isinstance(item, Exception):
+            raise item
+        return FakeCapture(item, clock)
+
+    src = VideoSource("cam", opener, fps=0, is_file=False, clock=clock, sleep=clock.sleep, backoff=Backoff(0.5, 10))
+    for frame in src.frames():
+        assert src.state == SourceState.ONLINE and src.last_error is None, src.last_error
+        src.stop()
