@@ -168,12 +168,15 @@ def _status_words(status: str, url: str, who: str) -> str:
     code = status.split(" ", 2)[1] if status.count(" ") >= 1 else ""
     if code == "401":  # (asked without credentials: a camera that wants them says so)
         names = [m.group(0)[:-1] for start, _ in query_secrets(url) if (m := re.search(r"[^?&;/_]*=$", url[:start]))]
+        # (most cameras ask for credentials before they look at the path: a wrong path or a stream
+        # that is off gets a 401 here too, never its own 404 or 503)
+        then = f", then its path ({who} may ask for credentials before it looks at the path)"
         if names:  # (emptied in the request: `without_query_secrets`)
             return (f"401 Unauthorized: {who} wants credentials; check the user and password, and "
-                    f"{', '.join(dict.fromkeys(names))} in the camera URL (not sent by this check)")
+                    f"{', '.join(dict.fromkeys(names))} in the camera URL (not sent by this check){then}")
         if urlsplit(url).username is None:  # (it splits: _target did)
             return f"401 Unauthorized: {who} wants a user and password in its URL"
-        return f"401 Unauthorized: {who} wants credentials; check the user and password in the camera URL"
+        return f"401 Unauthorized: {who} wants credentials; check the user and password in the camera URL{then}"
     if code == "403":
         return f"403 Forbidden: {who} refuses this stream (check the user's rights, or the path)"
     if code == "404":

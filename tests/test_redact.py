@@ -145,12 +145,15 @@ def test_rtsp_diagnosis_never_sends_the_password():
     thread.start()
     try:
         why = diagnose_rtsp(f"rtsp://admin:Hunter2pw@127.0.0.1:{port}/s1", timeout_s=5)
-        assert why == "401 Unauthorized: the camera wants credentials; check the user and password in the camera URL"
+        # (its path too: a camera asks for credentials before it looks at the path, so a wrong one is a 401 here)
+        assert why == ("401 Unauthorized: the camera wants credentials; check the user and password in the camera URL, "
+                       "then its path (the camera may ask for credentials before it looks at the path)"), why
         assert diagnose_rtsp(f"rtsp://127.0.0.1:{port}/s1", timeout_s=5).endswith("wants a user and password in its URL")
         # nor a query's token; and its 401 is not put down to a missing user and password
         why = diagnose_rtsp(f"rtsp://127.0.0.1:{port}/s1?channel=1&token=Tk7secret", timeout_s=5)
         assert why == ("401 Unauthorized: the camera wants credentials; check the user and password, and token "
-                       "in the camera URL (not sent by this check)"), why
+                       "in the camera URL (not sent by this check), then its path (the camera may ask for "
+                       "credentials before it looks at the path)"), why
         thread.join(10)
     finally:
         server.close()
