@@ -14,6 +14,7 @@ cameras run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -53,25 +54,42 @@ class InvalidCamera:
 
 
 def _parse_entry(cid: str, raw: bytes) -> tuple[dict[str, Any] | None, CameraConfig | InvalidCamera]:
-    """One hash field → (the decoded entry or None, the camera or why it is invalid)."""
+    """One hash field → (the decoded entry or None, the camera or why it is invalid). The same
+    field as read before gives the same (frozen) camera: `GET /cameras`, the live view and every
+    lease round read the whole registry, and a camera with many zones of many points took a
+    third of a second to validate (ten such: 4 s a listing, the page asks every second)."""
+    return _decoded(raw), _parsed(cid, raw)
+
+
+def _decoded(raw: bytes) -> dict[str, Any] | None:
+    """The entry as a new dict (the caller's own), or None when it is not one."""
+    try:
+        entry = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return entry if isinstance(entry, dict) and isinstance(entry.get("camera"), dict) else None
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed(cid: str, raw: bytes) -> CameraConfig | InvalidCamera:
     where = f"cameras[{cid}]"
     try:
         entry = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # (RecursionError: nested too deep)
-        return None, InvalidCamera(cid, redact(f"{where}: not valid JSON ({type(exc).__name__}: {exc})"))
+        return InvalidCamera(cid, redact(f"{where}: not valid JSON ({type(exc).__name__}: {exc})"))
     if not isinstance(entry, dict) or not isinstance(entry.get("camera"), dict):
-        return None, InvalidCamera(cid, f'{where}: not a registry entry (expected {{"source": ..., "camera": {{...}}}})')
+        return InvalidCamera(cid, f'{where}: not a registry entry (expected {{"source": ..., "camera": {{...}}}})')
     data = entry["camera"]
     url = data.get("url") if isinstance(data.get("url"), str) else ""
     try:
         camera = CameraConfig.model_validate(data)
     except ValidationError as exc:
         lines = format_validation_error(exc)
-        return entry, InvalidCamera(cid, redact("; ".join(f"{where}.{line}" for line in lines)), url)
+        return InvalidCamera(cid, redact("; ".join(f"{where}.{line}" for line in lines)), url)
     if camera.id != cid:
-        return entry, InvalidCamera(cid, f"{where}.id: must equal the registry key {cid!r}, got {camera.id!r}", url)
+        return InvalidCamera(cid, f"{where}.id: must equal the registry key {cid!r}, got {camera.id!r}", url)
     camera._added_ms = entry.get("added_ms") if isinstance(entry.get("added_ms"), int) else None
-    return entry, camera
+    return camera
 
 
 @dataclass(frozen=True)

@@ -346,3 +346,35 @@ def test_an_add_that_races_a_delete_of_the_same_id_adds_it(redis_server):
     racing = CameraRegistry(DeletedBetween(client), KEYS)
     assert racing.add(CameraConfig(id="race", url="new.mp4")) and racing.client.raced
     assert [c.url for c in reg.cameras() if c.id == "race"] == ["new.mp4"]
+
+
+def test_an_unchanged_entry_is_not_validated_again(redis_server, monkeypatch):
+    """Every lease round, `GET /cameras` (the page asks every second) and the live view read the
+    whole registry: ten cameras of 64 zones × 256 points took 4 s a listing, each validated again.
+    An entry as read before gives the camera made then; a changed one is validated afresh."""
+    import pipeline.registry as registry_module
+
+    registry = CameraRegistry(redis_server.client(), StreamKeys("regcache"))
+    zones = {f"z{j}": [[0.1, 0.1], [0.9, 0.1 + j / 100], [0.5, 0.9]] for j in range(8)}
+    assert registry.add(CameraConfig(id="a", url="rtsp://cam/a", zones=zones))
+    assert registry.add(CameraConfig(id="b", url="rtsp://cam/b"))
+    validated = []
+    real = CameraConfig.model_validate.__func__
+
+    def counting(cls, data, *args, **kwargs):
+        validated.append(data.get("id") if isinstance(data, dict) else None)
+        return real(cls, data, *args, **kwargs)
+
+    monkeypatch.setattr(CameraConfig, "model_validate", classmethod(counting))
+    getattr(registry_module, "_parsed", lambda: None).__dict__.get("cache_clear", lambda: None)()  # (other tests' reads)
+    first, _ = registry.read()
+    again, _ = registry.read()
+    assert sorted(validated) == ["a", "b"] and [c.id for c in again] == ["a", "b"], validated
+    assert all(x is y for x, y in zip(first, again)) and again[0].zones == first[0].zones
+    assert registry.set_geometry("a", {"zones": {"z0": zones["z0"]}}) is not None
+    validated.clear()
+    changed, _ = registry.read()
+    assert validated == ["a"], validated
+    assert list(changed[0].zones) == ["z0"] and changed[1] is first[1]
+    registry.remove("a")
+    registry.remove("b")
