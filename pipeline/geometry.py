@@ -46,6 +46,7 @@ from .geometry_shapes import polygon_fault
 
 Anchor = Literal["bottom_center", "center"]
 MAX_ZONE_POINTS = 256
+MAX_COORDINATE = 65536  # no frame is wider or taller (a pixel zone beyond its frame is refused by the frame itself)
 MIN_RELATIVE_LINE = 1e-3  # a relative line at least this long: 2 px across a 1920 px frame
 MAX_PER_CAMERA = 64  # zones, and lines, per camera
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -75,6 +76,8 @@ def _point(p: list[float]) -> list[float]:
         raise ValueError(f"coordinates must be finite numbers, got {_fmt(p)}")
     if min(p) < 0:
         raise ValueError(f"coordinates must be >= 0, got {_fmt(p)}")
+    if max(p) > MAX_COORDINATE:  # (1e308 overflowed the shape checks: "all on one line")
+        raise ValueError(f"coordinates must be at most {MAX_COORDINATE:g} (pixels of the largest frame), got {_fmt(p)}")
     return p
 
 

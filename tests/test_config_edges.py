@@ -283,3 +283,15 @@ def test_a_zone_that_touches_or_repeats_itself_is_refused_naming_the_points():
                                                          "all on one line"]
     side = [[0.1, 0.1], [0.5, 0.1], [0.9, 0.1], [0.9, 0.9], [0.1, 0.9]]
     assert parse_config({"cameras": [{"id": "cam", "url": "x.mp4", "zones": {"z": side}}]}, env={}).cameras[0].zones == {"z": side}
+
+
+def test_a_coordinate_past_any_frame_is_refused_naming_it():
+    """``1e308`` passed as a coordinate, overflowed the shape checks (a numpy warning) and was
+    refused as "all on one line"; now its bound is said. The largest frame's pixels still pass."""
+    errors = errors_of({"cameras": [{"id": "cam", "url": "x.mp4",
+                                     "zones": {"z": [[0, 0], [1e308, 0], [0, 1e308]]}, "lines": {"l": [[0, 0], [1e9, 5]]}}]})
+    assert errors == ["cameras[0].zones.z[1]: coordinates must be at most 65536 (pixels of the largest frame), got [1e+308, 0]",
+                      "cameras[0].zones.z[2]: coordinates must be at most 65536 (pixels of the largest frame), got [0, 1e+308]",
+                      "cameras[0].lines.l[1]: coordinates must be at most 65536 (pixels of the largest frame), got [1e+09, 5]"], errors
+    big = [[0, 0], [7680, 0], [7680, 4320]]
+    assert parse_config({"cameras": [{"id": "cam", "url": "x.mp4", "zones": {"z": big}}]}, env={}).cameras[0].zones == {"z": big}
