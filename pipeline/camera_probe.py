@@ -7,6 +7,7 @@ failed RTSP open, why it failed in words an operator can act on (one DESCRIBE re
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 import ssl
@@ -79,13 +80,16 @@ def _connect(host: str, port: int, deadline: float) -> socket.socket:
 
 
 def _ask(host: str, port: int, where: str, request: bytes | None, timeout_s: float,
-         tls: bool = False) -> tuple[str, str | None]:
+         tls: bool = False, peer: list[str] | None = None) -> tuple[str, str | None]:
     """One request without credentials (None: connect only), all within ``timeout_s``: (the
     status line it got, or "" if none; why there was no connection or answer, or None).
-    ``tls``: over TLS, its certificate not checked (only the status line is read)."""
+    ``tls``: over TLS, its certificate not checked (only the status line is read). ``peer``:
+    gets the address that took the connection."""
     deadline = time.monotonic() + timeout_s
     try:
         with _connect(host, port, deadline) as sock:
+            if peer is not None:
+                peer.append(str(sock.getpeername()[0]))
             if request is None:
                 return "", None
             sock.settimeout(max(0.001, deadline - time.monotonic()))
@@ -115,19 +119,49 @@ def _through_proxy(url: str, host: str) -> bool:
         not urllib.request.proxy_bypass_environment(host)
 
 
-def camera_unanswered(url: str, *, timeout_s: float) -> str | None:
+def camera_unanswered(url: str, *, timeout_s: float, peer: list[str] | None = None) -> str | None:
     """Why a network camera cannot be opened now — no connection within ``timeout_s``, or for
     ``rtsp://`` no answer to an OPTIONS request either — or None (it answered, or its URL is left
     to FFmpeg: one it cannot read, one behind a proxy). Asked before FFmpeg opens it: OpenCV opens
     one input at a time, so a camera that does not answer would otherwise hold every other
-    camera's (re)connect in its process for its whole ``open_timeout_s``. No credentials are sent."""
+    camera's (re)connect in its process for its whole ``open_timeout_s``. No credentials are sent.
+    ``peer``: gets the address that answered, where the URL's host reads unambiguously
+    (`with_address`)."""
     target = _target(url)
     if isinstance(target, str) or _through_proxy(url, target[0]):
         return None
     host, port, where, clean = target
     scheme = url.lower().split("://", 1)[0]
     ask = {"rtsp": f"OPTIONS {clean} RTSP/1.0\r\nCSeq: 1\r\n\r\n".encode(), "rtmp": RTMP_HELLO}.get(scheme)
-    return _ask(host, port, where, ask, timeout_s)[1]
+    return _ask(host, port, where, ask, timeout_s, peer=None if where.startswith("the URL") else peer)[1]
+
+
+def with_address(url: str, address: str) -> str:
+    """An ``rtsp://`` URL whose host name is replaced by ``address`` (the one `camera_unanswered`
+    reached), its user, password, port, path and query as written: FFmpeg then looks up no name
+    while it holds OpenCV's one-open-at-a-time lock (a camera whose DNS answers slowly held
+    every other camera's open for the lookup, past its open timeout). A host that is an
+    address already, or that does not read unambiguously, leaves the URL as it is."""
+    target = _target(url)
+    if isinstance(target, str) or target[2].startswith("the URL") or not url.lower().startswith("rtsp://"):
+        return url
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    host = hostport[1:hostport.index("]")] if hostport.startswith("[") else hostport.rsplit(":", 1)[0]
+    if _is_address(host) or not _is_address(address) or "%" in address:  # (a zone index: no URL form FFmpeg reads)
+        return url
+    named = f"[{address}]" if ":" in address else address
+    netloc = f"{userinfo}{at}{named}" + (f":{parts.port}" if parts.port else "")
+    start = len(parts.scheme) + 3
+    return url[:start] + netloc + url[start + len(parts.netloc):]
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
 
 
 DIAGNOSED = ("rtsp://", "http://", "https://")  # what `diagnose_open` asks (others: "no answer")

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from .camera_probe import DEFAULT_PORTS, camera_unanswered, diagnose_open
+from .camera_probe import DEFAULT_PORTS, camera_unanswered, diagnose_open, with_address
 from .capture_av import SKIP_FRAME
 from .redact import redact, redact_url
 from .source_types import Capture, SourceError, camera_file, file_path_of, is_file_url
@@ -119,10 +119,14 @@ def open_capture(
                 camera, f"{path} is not a video FFmpeg can decode (wrong format, truncated or corrupt)", retryable=False
             )
         return cap
+    opened = url
     if url.lower().startswith(ASKED):
-        unanswered = camera_unanswered(url, timeout_s=open_timeout_s)
+        peer: list[str] = []
+        unanswered = camera_unanswered(url, timeout_s=open_timeout_s, peer=peer)
         if unanswered is not None:  # failed here, outside the open lock: the other cameras open meanwhile
             raise SourceError(camera, f"cannot open {safe}: {unanswered}", retryable=True)
+        if peer:  # FFmpeg opens the address that answered: no name looked up under the open lock
+            opened = with_address(url, peer[0])
     params = [
         # (at least 1 ms: OpenCV reads 0 as no timeout at all)
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, max(1, math.ceil(open_timeout_s * 1000)),
@@ -130,7 +134,7 @@ def open_capture(
         cv2.CAP_PROP_N_THREADS, 1,
     ]
     _open_took.s = 0.0
-    cap = _ffmpeg_open(url, params)
+    cap = _ffmpeg_open(opened, params)
     if _open_took.s >= MUTE_OPEN_SHARE * open_timeout_s:  # (not the time another camera's open held the lock)
         _opened_with_pyav.add(mute)
         log.warning("camera %s: answered but sent no video for %.3g s (its open timeout): opened with PyAV until "

@@ -438,7 +438,7 @@ def test_opencv_timeouts_below_a_millisecond_stay_timeouts(monkeypatch):
     import pipeline.capture as capture
 
     seen = []
-    monkeypatch.setattr(capture, "camera_unanswered", lambda url, timeout_s: None)  # (it answered)
+    monkeypatch.setattr(capture, "camera_unanswered", lambda url, timeout_s, peer=None: None)  # (it answered)
     monkeypatch.setattr(capture, "_ffmpeg_open", lambda url, params: (seen.append(params), type(
         "Closed", (), {"isOpened": lambda self: False})())[1])
     monkeypatch.setattr(capture, "diagnose_open", lambda url, timeout_s: "no answer")

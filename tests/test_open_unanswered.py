@@ -150,3 +150,30 @@ def test_an_http_camera_that_answers_an_error_says_which(path, status, expected)
             capture.open_capture("cam", url, open_timeout_s=3)
     message = str(failed.value)
     assert expected in message and "Hunter22" not in message and failed.value.retryable, message
+
+
+def test_ffmpeg_opens_the_address_that_answered_not_the_name(rtsp_cameras, monkeypatch):
+    """OpenCV opens one input at a time, and FFmpeg looked the camera's host name up again under
+    that lock: a camera whose DNS answered slowly held every other camera's open for the lookup,
+    past its own open timeout. FFmpeg now opens the address the check before reached (a real
+    RTSP server named ``localhost``); the user, password, port and path are as written, and the
+    camera's words name the URL as written."""
+    opened, real = [], capture._ffmpeg_open
+    monkeypatch.setattr(capture, "_ffmpeg_open", lambda url, *params: (opened.append(url), real(url, *params))[1])
+    url = rtsp_cameras.url("traffic").replace("127.0.0.1", "localhost", 1)
+    assert "@localhost:" in url or "//localhost:" in url, url
+    cap = capture.open_capture("cam", url, open_timeout_s=10.0)
+    try:
+        assert cap.read()[0], "no frame"
+    finally:
+        cap.release()
+    assert opened == [url.replace("localhost", "127.0.0.1", 1)], opened
+    from pipeline.camera_probe import with_address
+
+    for written, expected in (("rtsp://u:p%40ss@cam.local:8554/s?x=1", "rtsp://u:p%40ss@10.0.0.5:8554/s?x=1"),
+                              ("RTSP://Cam.Local/s", "RTSP://10.0.0.5/s"),
+                              ("rtsp://10.0.0.9/s", "rtsp://10.0.0.9/s"),  # (an address already)
+                              ("rtsp://user:Tr0ub@dor/horse@cam/s", "rtsp://user:Tr0ub@dor/horse@cam/s"),  # (unclear host)
+                              ("rtsps://cam.local/s", "rtsps://cam.local/s")):  # (TLS: its certificate names the host)
+        assert with_address(written, "10.0.0.5") == expected, written
+    assert with_address("rtsp://cam.local/s", "fe80::1") == "rtsp://[fe80::1]/s"
