@@ -232,6 +232,7 @@ class DecoderDeployment:
             "refusing": self.publisher.stats.refusing,  # Redis answers but refuses writes for now
             "dropped": dict(self.publisher.stats.dropped),
             "dropped_other": dict(self.publisher.stats.dropped_other),  # state writes, frameless events
+            "dropped_events": dict(self.publisher.stats.dropped_events),  # the events those carried, one by one
         }
         lender = self.lender
         out["frames_to_detectors"] = {  # how frames went: a shared-memory slot, or the pixels

@@ -37,8 +37,8 @@ import redis
 
 from .backoff import Backoff
 from .lease import FENCED_HSET, FENCED_PUBLISH, Fence
-from .publish_items import (Item, PublisherStats, count_lost, estimated_bytes, event_ids, evict_oldest, hash_write,
-                            publish_entry, resume_point)
+from .publish_items import Item, estimated_bytes, event_ids, evict_oldest, hash_write, publish_entry, resume_point
+from .publish_stats import PublisherStats, count_lost
 from .publish_wire import Wire, evalsha
 from .publish_writer import PublisherWriter
 from .redact import redact
@@ -249,11 +249,15 @@ class Publisher(PublisherWriter):
                 return
             self._queue.append(item)
             self._bytes += nbytes
-            if len(self._queue) + len(self._in_flight) > self.max_entries or self._bytes > self.max_bytes:
-                self._bytes -= evict_oldest(self._queue, self.stats, full=lambda freed: (
-                    len(self._queue) + len(self._in_flight) > self.max_entries or self._bytes - freed > self.max_bytes))
+            self._bound()
             if self._idle:  # the writer sleeps on an empty queue: wake it (else it comes back by itself)
                 self._cond.notify()
+
+    def _bound(self) -> None:
+        """The outage buffer's bound (`evict_oldest`), call holding the lock."""
+        if len(self._queue) + len(self._in_flight) > self.max_entries or self._bytes > self.max_bytes:
+            self._bytes -= evict_oldest(self._queue, self.stats, full=lambda freed: (
+                len(self._queue) + len(self._in_flight) > self.max_entries or self._bytes - freed > self.max_bytes))
 
     @property
     def pending(self) -> int:

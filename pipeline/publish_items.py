@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import redis
 
 from .lease import REFUSED, UNHELD, WRITTEN, Fence
+from .publish_stats import PublisherStats, count_events_lost
 from .publish_wire import Command, evalsha, is_noscript, packed_call, resp_args, resp_frame_run
 from .redact import redact
 from .schema import SCHEMA_VERSION, FrameResult
@@ -160,6 +161,7 @@ def _count_evicted(old: Item, stats: "PublisherStats") -> int:
         stats.dropped[old.camera] += 1
     else:  # a state write, or events without a frame: counted apart
         stats.dropped_other[old.camera] += 1
+    count_events_lost(old, stats)
     return old.nbytes
 
 
@@ -167,33 +169,6 @@ def estimated_bytes(result: FrameResult) -> int:
     """What a result's entry will take, for the outage buffer's bound before it is encoded
     (~190 bytes an object with two attributes, ~110 without; measured on the clips)."""
     return 320 + 192 * len(result.objects)
-
-
-@dataclass
-class PublisherStats:
-    published: Counter = field(default_factory=Counter)
-    duplicates: Counter = field(default_factory=Counter)
-    dropped: Counter = field(default_factory=Counter)  # frames, by the outage buffer
-    resumed_dropped: Counter = field(default_factory=Counter)  # of `dropped`: the camera's earlier runs (Redis)
-    dropped_other: Counter = field(default_factory=Counter)  # state writes and frameless events, by it
-    fenced: Counter = field(default_factory=Counter)  # frames refused: the lease is not ours
-    fenced_other: Counter = field(default_factory=Counter)  # state writes and frameless events refused so
-    confirmed: dict[str, str] = field(default_factory=dict)  # camera → entry id of its newest frame Redis holds
-    errors: int = 0
-    connected: bool = True
-    refusing: str | None = None  # Redis answers but refuses writes for now (READONLY, OOM, …)
-
-
-def count_lost(items: Sequence[Item], stats: PublisherStats, why: str | None = None) -> None:
-    """Writes a closing publisher could not make, counted (frames in ``dropped``, the rest in
-    ``dropped_other``) and logged as an error, by camera."""
-    for item in items:
-        (stats.dropped if item.is_frame else stats.dropped_other)[item.camera] += 1
-    if items:
-        why = why or ("redis unreachable" if not stats.connected else stats.refusing or "not written in time")
-        lost = Counter(item.camera for item in items)
-        log.error("publisher closed with %d writes not confirmed (%s): counted as lost; by camera: %s", len(items), why,
-                  ", ".join(f"{camera} {n}" for camera, n in sorted(lost.items())))
 
 
 def take_batch(queue: Iterable[Item], size: int, now: float) -> list[Item]:

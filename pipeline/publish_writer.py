@@ -14,6 +14,7 @@ import redis
 
 from .lease import REFUSED, UNHELD
 from .publish_items import Item, account, call_command, encode_all, script_calls, take_out
+from .publish_stats import events_in
 from .redact import redact
 from .streams import reconnect_if_demoted
 
@@ -66,6 +67,7 @@ class PublisherWriter:
             self._note_refusal(refusal)
             stalled = bool(batch) and len(held) == len(batch)
             if refusal:
+                self._charge_encoded()
                 with self._cond:
                     if not self._closing:  # Redis refuses writes for now: everyone waits
                         self._cond.wait(self._backoff.next())
@@ -79,6 +81,7 @@ class PublisherWriter:
         answered = [item for item in taken if id(item) not in kept]  # (or not encodable: an error)
         for item in answered:
             (self.stats.dropped if item.is_frame else self.stats.dropped_other)[item.camera] -= 1
+            self.stats.dropped_events[item.camera] -= events_in(item)
         if answered:
             log.warning("publisher: %d writes counted as lost at close were answered after it", len(answered))
 
@@ -121,8 +124,27 @@ class PublisherWriter:
                 return
             self._bytes -= sum(item.nbytes for item in taken)
             self._requeue(encoded)
-            if not self._closing:
+        self._charge_encoded()
+        with self._cond:
+            if not self._closing and not self._abandoned:
                 self._cond.wait(delay)
+
+    def _charge_encoded(self) -> None:
+        """While Redis is away, the results queued are encoded (once, as they would be when it is
+        back) and charged their size on the wire: a result waiting as it was given is charged an
+        estimate (`estimated_bytes`) and held several times that, its arrays and attributes (a
+        4 MiB bound held 37 MiB of pedestrians with 8 attributes). Over the bound then, the
+        oldest go (counted)."""
+        with self._cond:
+            todo = [item for item in self._queue if item.packed is None and item.entry is not None]
+        encode_all(todo)
+        with self._cond:  # (every one encoded: the batch tried last and those encoded ahead too)
+            for item in self._queue:
+                if item.packed is not None and item.entry is not None:
+                    size = sum(len(part) for part in item.packed)
+                    self._bytes += size - item.nbytes
+                    item.nbytes = size
+            self._bound()
 
     def _note_refusal(self, refusal: str | None) -> None:
         """Redis answers but refuses writes for now (READONLY, OOM, …): one line when it starts
