@@ -26,6 +26,8 @@ from typing import Any
 import redis
 from redis.exceptions import LockError
 
+from .streams import UNAVAILABLE_REPLIES
+
 LEASE_MARGIN = 0.1  # stop a camera this fraction of the TTL before its lease would expire
 
 # Frames' results of one camera in one round-trip, checked once against the lease token: for each
@@ -40,7 +42,9 @@ LEASE_MARGIN = 0.1  # stop a camera this fraction of the TTL before its lease wo
 # nc × (counter, increment).
 # Answers 0 / -1 (refused / nobody holds the lease: nothing written), else one reply per frame:
 # 1 (written) or the error text of the write that failed (after a refusal, every frame after it
-# answers the same, unwritten).
+# answers the same, unwritten); a frame written whose events the events stream refused for good
+# (a key of another type, not written by percept) answers {1, the error, its events not written},
+# and the frames after it go on.
 FENCED_PUBLISH = """
 if ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[1])
@@ -49,22 +53,37 @@ if ARGV[1] ~= '' then
     return -1
   end
 end
+local function refusal(e)  -- refused for now (OOM, READONLY, ...): the run's tail is tried again
+  for _, p in ipairs({REFUSALS}) do
+    if string.sub(e, 1, #p) == p then return true end
+  end
+  return false
+end
 local out, top, i, failed, written, top_seq = {}, 0, 5, nil, 0, -1
 while i <= #ARGV do
   local ev = i + 5
   local nc_at = ev + 3 * tonumber(ARGV[i + 4])
   local after = nc_at + 1 + 2 * tonumber(ARGV[nc_at])
-  local err = failed
+  local err, lost, unwritten = failed, nil, 0
   if not err and ARGV[i] ~= '' then
     local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], ARGV[i],
                               'v', ARGV[4], 'camera', ARGV[3], 'seq', ARGV[i + 1], 'json', ARGV[i + 2])
     if type(added) == 'table' and added.err then err = added.err end
   end
   local k = ev
-  while not err and k < nc_at do
+  while not err and not lost and k < nc_at do
     local added = redis.pcall('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], ARGV[k],
                               'v', ARGV[4], 'camera', ARGV[3], 'kind', ARGV[k + 1], 'json', ARGV[k + 2])
-    if type(added) == 'table' and added.err then err = added.err end
+    if type(added) == 'table' and added.err then
+      -- an events stream that refuses them for good (a key of another type) loses them, said;
+      -- the frame stands and the frames after it go on (a refusal for now, or an id written
+      -- before, as the frame's: the frame is not written again, nor are its events)
+      if not refusal(added.err) and not string.find(added.err, 'equal or smaller', 1, true) then
+        lost, unwritten = added.err, (nc_at - k) / 3
+      else
+        err = added.err
+      end
+    end
     k = k + 3
   end
   if err then
@@ -81,7 +100,7 @@ while i <= #ARGV do
       written = written + 1
       top_seq = math.max(top_seq, tonumber(ARGV[i + 1]) or -1)
     end
-    out[#out + 1] = 1
+    out[#out + 1] = lost and {1, lost, unwritten} or 1
   end
   i = after
 end
@@ -98,7 +117,7 @@ if top > 0 and had and top > had then redis.pcall('HSET', KEYS[3], 'track_id_max
 had = field('seq_published', '-1')
 if top_seq >= 0 and had and top_seq > had then redis.pcall('HSET', KEYS[3], 'seq_published', top_seq) end
 return out
-"""
+""".replace("{REFUSALS}", "{" + ", ".join(f"'{reply}'" for reply in UNAVAILABLE_REPLIES) + "}")
 
 # KEYS: lease, camera hash, status stream. ARGV: token ('' = no check), strict ('1': also
 # refused while nobody holds the lease), number of hash arguments n, status maxlen, n hash

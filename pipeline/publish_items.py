@@ -318,6 +318,19 @@ def count_outcome(stats: PublisherStats, item: Item, outcome: Any) -> None:
         log.error("camera %s: XADD failed: %s", item.camera, redact(str(error)))
 
 
+def events_refused(stats: PublisherStats, item: Item, outcome: list[Any]) -> Any:
+    """A frame written whose events the events stream refused for good (a key of another type):
+    ``[1, the error, how many of its events were not written]``; those are counted one by one
+    (``dropped_events``) and logged; the frame counts as written."""
+    written, error, unwritten = (outcome + [None, None, 0])[:3]
+    if isinstance(error, bytes):
+        error = error.decode(errors="replace")
+    stats.errors += 1
+    stats.dropped_events[item.camera] += int(unwritten or 0)
+    log.error("camera %s: %s events not written to its events stream: %s", item.camera, unwritten, redact(str(error)))
+    return written
+
+
 def flat_args(mapping: Mapping[str, Any]) -> list[str]:
     """A mapping as alternating ``key, value`` script arguments, as strings."""
     return [str(x) for kv in mapping.items() for x in kv]
@@ -356,6 +369,8 @@ def account(calls: list[list[Item]], results: list[Any], stats: PublisherStats,
             continue
         outcomes = result if isinstance(result, list) else [result] * len(call)
         for item, outcome in zip(call, outcomes):
+            if isinstance(outcome, list):  # written, not all of its events: counted and said
+                outcome = events_refused(stats, item, outcome)
             refused = None if outcome == WRITTEN else refusal_of(outcome)
             if refused is None:
                 count_outcome(stats, item, outcome)

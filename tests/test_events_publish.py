@@ -75,3 +75,27 @@ def test_a_track_across_a_resolution_change_ends_with_its_path_in_the_new_frames
     (path,) = [e.path for e in ends]
     points = [path["first"], path["last"], *path["points"]]
     assert all(abs(x - 333) < 1 and abs(y - 165) < 1 for x, y in points), path
+
+
+def test_an_events_stream_of_another_type_loses_the_events_said_not_the_frames(redis_server, caplog):
+    """A key of another type (not written by percept) where a camera's events go: the script's
+    event XADD failed, and that error became the frame's, though its XADD had landed; counted
+    an error, ``processed`` not raised, and every frame after it in the call left unwritten (3 of
+    3 reported failed). The frames land and are counted; the events lost are counted one by one
+    and logged; the counters still count."""
+    client = redis_server.client()
+    client.set(KEYS.events("cam"), "not a stream")
+    pub = publisher(redis_server)
+    with caplog.at_level("ERROR", logger="percept.publish"):
+        pub.publish(result(0), [("zone_enter", "{}"), ("zone_exit", "{}")], {"zone:a:enter:vehicle": 1})
+        pub.publish(result(1))
+        pub.publish_events("cam", 1_700_000_001.0, [("track_end", "{}")], {"tracks:vehicle": 1})
+        pub.publish(result(2))
+        assert pub.flush(5)
+    assert [int(f[b"seq"]) for _, f in client.xrange(KEYS.detections("cam"))] == [0, 1, 2]
+    assert pub.stats.published["cam"] == 3 and pub.stats.dropped_events["cam"] == 3, pub.stats
+    assert client.hget(KEYS.camera("cam"), "processed") == b"3"
+    assert client.hgetall(KEYS.counts("cam")) == {b"zone:a:enter:vehicle": b"1", b"tracks:vehicle": b"1"}
+    assert caplog.text.count("events not written to its events stream: WRONGTYPE") == 2, caplog.text
+    pub.close()
+    client.delete(KEYS.events("cam"))
