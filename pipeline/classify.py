@@ -39,6 +39,10 @@ ClassifyFn = Callable[[list[np.ndarray]], Awaitable[list[Mapping[str, Any] | Exc
 
 RETRY_PAUSE_S = 0.2  # after an error answer (a replica restarting), not after a timeout
 PROBE_EVERY_S = 5.0  # a classifier that gave no answer in time is asked again after this (off the frames' path)
+# a classifier whose requests failed this many frames in a row (each after its retry and pause:
+# an unavailable deployment, a crash-looping replica) is not waited for either, like one that
+# does not answer in time: each frame with a new object waited its retry pause, 5 fps at most
+FAILED_IN_A_ROW = 3
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,7 @@ class CropClassification:
             else None
         )
         self._unanswering: dict[int, Unanswering] = {}  # route index → its outage
+        self._failed_in_a_row: dict[int, int] = {}  # route index → frames whose request failed, in a row
 
     def seed(self, answers: Mapping[int, Mapping[str, Any]], frame_no: int) -> int:
         """Answers a camera's previous decoder gave its open tracks (track id → attributes, as its
@@ -213,7 +218,8 @@ class CropClassification:
     async def __call__(self, image: np.ndarray, detections: Detections, frame_no: int) -> tuple[Detections, int]:
         """Each classifier's new (or due) objects go to it in one request per frame; tracked
         objects already classified (or being classified) reuse their answer."""
-        jobs: list[tuple[int, "asyncio.Future[Mapping[str, Any]]", Any, int]] = []  # (object, answer, cache, route)
+        # (object, answer, cache, route, asked this frame)
+        jobs: list[tuple[int, "asyncio.Future[Mapping[str, Any]]", Any, int, bool]] = []
         unclassified: dict[int, dict[str, str]] = {}
         skipped = 0
         for n, (category, route) in enumerate(self.routes):
@@ -229,7 +235,7 @@ class CropClassification:
                     else:
                         skipped += 1
                 fresh = []
-            jobs += [(i, answer, cache, n) for i, answer in known]
+            jobs += [(i, answer, cache, n, False) for i, answer in known]
             if fresh:
                 crops = await cut_crops(image, detections.xyxy[fresh], route)
                 request = asyncio.ensure_future(self._request(route.name or category, route, crops))
@@ -238,7 +244,7 @@ class CropClassification:
                     track = detections.track_ids[i]
                     if cache is not None and track is not None:
                         cache.put(track, frame_no, answer)
-                    jobs.append((i, answer, cache, n))
+                    jobs.append((i, answer, cache, n, True))
             if cache is not None:
                 cache.prune(frame_no)
         if unclassified:
@@ -247,12 +253,11 @@ class CropClassification:
             return detections, skipped
         # shield: a shared per-track answer must survive this frame being cancelled at stop.
         # No wait of its own is needed: every request ends (answer or failure) by its deadline.
-        answers = await asyncio.gather(*(asyncio.shield(job) for _, job, _, _ in jobs), return_exceptions=True)
+        answers = await asyncio.gather(*(asyncio.shield(job) for _, job, _, _, _ in jobs), return_exceptions=True)
+        self._note_failures([(n, answer) for (_, _, _, n, asked), answer in zip(jobs, answers) if asked])
         values: dict[int, dict[str, Any]] = {}
         errors: list[BaseException] = []
-        for (i, _, cache, n), answer in zip(jobs, answers):
-            if isinstance(answer, ClassifyTimeout):
-                self._unanswered(n, answer)
+        for (i, _, cache, n, _), answer in zip(jobs, answers):
             if isinstance(answer, BaseException):
                 track = detections.track_ids[i] if cache is not None else None
                 last = cache.last(track) if track is not None else None  # a fresh look failed: the one before
@@ -266,8 +271,26 @@ class CropClassification:
                         self.camera, len(errors), type(errors[0]).__name__, errors[0])
         return detections.with_attributes(values), len(errors) + skipped
 
-    def _unanswered(self, n: int, error: ClassifyTimeout) -> None:
-        """Route ``n`` gave no answer in time: frames stop waiting for it (said once)."""
+    def _note_failures(self, asked: list[tuple[int, Any]]) -> None:
+        """This frame's requests' outcomes (route, answer): a route that gave no answer in time, or
+        whose request failed `FAILED_IN_A_ROW` frames in a row, is not waited for any more."""
+        failed: dict[int, BaseException | None] = {}
+        for n, answer in asked:
+            if not isinstance(answer, BaseException):
+                failed[n] = None  # (one answer is enough: the route answers)
+            elif failed.get(n, answer) is not None:
+                failed[n] = answer
+        for n, error in failed.items():
+            if error is None:
+                self._failed_in_a_row.pop(n, None)
+                continue
+            self._failed_in_a_row[n] = self._failed_in_a_row.get(n, 0) + 1
+            if isinstance(error, ClassifyTimeout) or self._failed_in_a_row[n] >= FAILED_IN_A_ROW:
+                self._unanswered(n, error)
+
+    def _unanswered(self, n: int, error: BaseException) -> None:
+        """Route ``n`` gave no answer in time, or failed frame after frame: frames stop waiting for
+        it (said once)."""
         if n in self._unanswering:
             return
         category, route = self.routes[n]
@@ -294,6 +317,7 @@ class CropClassification:
                 out.probe, out.answered_not_at = None, loop.time()
             elif self._unanswering.get(n) is out:
                 del self._unanswering[n]
+                self._failed_in_a_row.pop(n, None)
                 log.info("camera %s: %s answers again", self.camera, name)
 
         probe.add_done_callback(answered)

@@ -89,3 +89,58 @@ def test_a_track_keeps_its_last_answer_while_its_classifier_is_not_answering(mon
         assert classifier.calls == calls
 
     asyncio.run(scenario())
+
+
+def test_frames_stop_waiting_for_a_classifier_whose_requests_fail_frame_after_frame(monkeypatch):
+    """A classifier that fails at once (its deployment unavailable, a replica crash-looping) was
+    asked on every frame, each request retried after its pause: every frame with a new object
+    waited 0.2 s, the camera at 5 fps at most for as long as the errors lasted. After
+    `FAILED_IN_A_ROW` frames in a row it is not waited for; a probe's answer ends that."""
+    monkeypatch.setattr(classify_module, "PROBE_EVERY_S", 600.0)
+
+    class Failing(Classifier):
+        failing = True
+
+        async def __call__(self, crops):
+            if self.failing:
+                self.calls += 1
+                raise RuntimeError("Deployment 'classifier-vehicle' is unavailable")
+            return await super().__call__(crops)
+
+    async def scenario():
+        classifier = Failing()
+        stage = stage_with(classifier, track_buffer=None)
+        for frame_no in range(1, classify_module.FAILED_IN_A_ROW + 1):
+            _, failed = await stage(IMAGE, car(None), frame_no)
+            assert failed == 1
+        assert classifier.calls == 2 * classify_module.FAILED_IN_A_ROW and stage._unanswering, classifier.calls
+        for frame_no in range(10, 20):
+            dets, failed = await stage(IMAGE, car(None), frame_no)
+            assert failed == 1 and "type" not in dets.attributes[0]
+        assert classifier.calls == 2 * classify_module.FAILED_IN_A_ROW, "a frame waited for the failing classifier"
+        monkeypatch.setattr(classify_module, "PROBE_EVERY_S", 0.0)
+        classifier.failing = False
+        await stage(IMAGE, car(None), 20)  # sends the probe
+        await asyncio.to_thread(wait_for, lambda: not stage._unanswering, 5, "the probe's answer to end it",
+                                interval=0.01)
+        dets, failed = await stage(IMAGE, car(None), 21)
+        assert failed == 0 and dets.attributes[0]["type"]["label"] == "cab"
+
+    asyncio.run(scenario())
+
+
+def test_a_classifier_failing_now_and_then_is_still_waited_for():
+    """Two failed frames, then an answer: the count starts again (only failures in a row count)."""
+    class Flaky(Classifier):
+        async def __call__(self, crops):
+            self.calls += 1
+            if self.calls <= 4 or 6 <= self.calls <= 9:  # frames 1-2 fail (request + retry), 3 answers, 4-5 fail
+                raise RuntimeError("replica restarting")
+            return [{"type": {"label": "cab", "score": 0.9}} for _ in crops]
+
+    async def scenario():
+        stage = stage_with(Flaky(), track_buffer=None)
+        outcomes = [(await stage(IMAGE, car(None), frame_no))[1] for frame_no in range(1, 6)]
+        assert outcomes == [1, 1, 0, 1, 1] and not stage._unanswering, outcomes
+
+    asyncio.run(scenario())
