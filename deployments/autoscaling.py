@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.autoscale import desired_replicas, requests_floor
+from pipeline.autoscale import desired_replicas, requests_floor, settled_decision
 
 POLICY = "deployments.autoscaling:VideoLagPolicy"
 
@@ -28,9 +28,11 @@ class VideoLagPolicy:
         lag = list((metrics.get("frame_lag_s") or {}).values())
         waiting = list((metrics.get("frames_waiting") or {}).values())
         busy = list((metrics.get("busy") or {}).values())
-        want = desired_replicas(ctx.current_num_replicas, lag, waiting, busy,
+        running = ctx.current_num_replicas  # (Serve counts the running replicas only)
+        want = desired_replicas(running, lag, waiting, busy,
                                 target_lag_s=self.target_lag_s, target_waiting=self.target_waiting)
         want = max(want, requests_floor(getattr(ctx, "total_num_requests", 0) or 0, self.target_ongoing_requests))
+        want = settled_decision(want, running, getattr(ctx, "target_num_replicas", None))
         state = dict(ctx.policy_state or {})
         state["last"] = {"lag_s": max(lag, default=0.0), "waiting": sum(waiting),
                          "busy": max(busy, default=0.0), "want": want}

@@ -245,3 +245,30 @@ def test_the_frames_of_a_running_batch_are_not_counted_as_waiting(kind):
         assert replica.record_autoscaling_stats()["frames_waiting"] == 0
 
     asyncio.run(main())
+
+
+def test_replicas_still_starting_are_not_cancelled_by_a_hold():
+    """Serve's delays compare the decision with its target, and its context counts the running
+    replicas only: with 2 running of 4 (2 loading their model), an overloaded deployment was
+    answered 3, a scale-down from 4 that cancelled a starting replica after the delay; a hold
+    with one replica restarting asked for one fewer, and a calm one two fewer in one step."""
+    from types import SimpleNamespace
+
+    from deployments.autoscaling import VideoLagPolicy
+
+    def ctx(running, target, lag, busy, waiting=2.0):
+        ids = [f"r{i}" for i in range(running)]
+        return SimpleNamespace(current_num_replicas=running, target_num_replicas=target, policy_state={},
+                               total_num_requests=0,
+                               aggregated_metrics={"frame_lag_s": dict.fromkeys(ids, lag), "busy": dict.fromkeys(ids, busy),
+                                                   "frames_waiting": dict.fromkeys(ids, waiting)})
+
+    policy = VideoLagPolicy(target_lag_s=0.5)
+    assert policy(ctx(2, 4, 0.6, 0.95))[0] == 4  # overloaded, two starting: up to the target at least
+    assert policy(ctx(2, 4, 2.0, 0.95))[0] == 8  # (load 4 on 2 running: more than the target)
+    assert policy(ctx(4, 4, 0.1, 0.5))[0] == 4  # a hold
+    assert policy(ctx(3, 4, 0.1, 0.67))[0] == 4  # the same with one restarting
+    assert policy(ctx(3, 4, 0.1, 0.2))[0] == 4  # calm, one restarting: down only once it is back
+    assert policy(ctx(4, 4, 0.1, 0.2))[0] == 3  # then one step down
+    assert policy(ctx(4, 3, 0.1, 0.2))[0] == 3  # a step down under way: no second one yet
+    assert policy(SimpleNamespace(current_num_replicas=1, policy_state={}, aggregated_metrics={}))[0] == 1  # (no target)
