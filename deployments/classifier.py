@@ -44,7 +44,7 @@ class ClassifierDeployment:
         self._swaps = asyncio.get_running_loop().create_task(self.model.follow())
         self.batcher: AdaptiveBatcher[list[np.ndarray], ModelAnswers] = AdaptiveBatcher(self._classify_batch)
         self.name, self.batch = deployment, ccfg.batch
-        self.reconfigure({})  # the config's batches (Serve's user_config, when it has one, next)
+        await self.reconfigure({})  # the config's batches (Serve's user_config, when it has one, next)
         self._gauges = asyncio.get_running_loop().create_task(self.metrics.keep_gauges())
         self.meter.ready()  # crops queued while the model loaded are not load
 
@@ -53,8 +53,10 @@ class ClassifierDeployment:
         """The model serving now (a hot swap replaces it between batches)."""
         return self.model.current
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Batch size and wait can change at runtime (Serve ``user_config``; `reconfigured`)."""
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Batch size and wait can change at runtime (Serve ``user_config``; `reconfigured`). On the
+        event loop (async): Serve runs a sync method in a thread, and the batcher's wake-up is an
+        asyncio event."""
         self.batch = reconfigured(self.name, user_config, self.batch, self.batcher, self.metrics.max_batch_size)
 
     async def classify(self, crops: list[np.ndarray]) -> ModelAnswers:
@@ -68,7 +70,7 @@ class ClassifierDeployment:
             self.meter.waiting -= len(crops)
             self.metrics.left(crops)
 
-    def record_autoscaling_stats(self) -> dict[str, float]:
+    async def record_autoscaling_stats(self) -> dict[str, float]:
         """Crops waiting, for deployments.autoscaling.VideoLagPolicy (crops carry no capture time)."""
         busy = 0.0 if self.meter.warming_up() else self.batcher.busy_share()
         return {"frames_waiting": self.meter.waiting_now(), "busy": busy}

@@ -50,7 +50,7 @@ class DetectorDeployment:
         self.batcher = AdaptiveBatcher(self._detect_batch, wait_above_busy=0.75)
         self._one_batch = asyncio.Lock()  # for a model that runs one batch at a time
         self.name, self.batch = deployment, section.cfg.batch
-        self.reconfigure({})  # the config's batches (Serve's user_config, when it has one, next)
+        await self.reconfigure({})  # the config's batches (Serve's user_config, when it has one, next)
         self._gauges = asyncio.get_running_loop().create_task(self.metrics.keep_gauges())
         self.meter.ready()  # frames queued while the model loaded are not lag
 
@@ -59,8 +59,10 @@ class DetectorDeployment:
         """The model serving now (a hot swap replaces it between batches)."""
         return self.model.current
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Batch size and wait can change at runtime (Serve ``user_config``; `reconfigured`)."""
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Batch size and wait can change at runtime (Serve ``user_config``; `reconfigured`). On the
+        event loop (async): Serve runs a sync method in a thread, and the batcher's wake-up is an
+        asyncio event."""
         self.batch = reconfigured(self.name, user_config, self.batch, self.batcher, self.metrics.max_batch_size)
 
     async def detect(self, inp: DetectorInput) -> Detections | Exception:
@@ -93,7 +95,7 @@ class DetectorDeployment:
         # each frame names the model and carries the batch's time here (its `latency_ms.infer`)
         return [r.named(model.name, infer_ms=infer_ms) if isinstance(r, Detections) else r for r in batch.results]
 
-    def record_autoscaling_stats(self) -> dict[str, float]:
+    async def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom metrics for deployments.autoscaling.VideoLagPolicy."""
         busy = 0.0 if self.meter.warming_up() else self.batcher.busy_share()  # its backlog is not load
         return {"frame_lag_s": self.meter.lag_s(), "frames_waiting": self.meter.waiting_now(), "busy": busy}

@@ -233,18 +233,34 @@ def test_the_frames_of_a_running_batch_are_not_counted_as_waiting(kind):
             calls = [replica.classify([image, image]) for _ in range(8)]  # 16 crops
         first = [asyncio.ensure_future(c) for c in calls]
         assert await asyncio.to_thread(model.running.wait, 30)  # the batch of 16 runs
-        stats = replica.record_autoscaling_stats()
+        stats = await replica.record_autoscaling_stats()
         assert stats["frames_waiting"] == 0, stats
         later = asyncio.ensure_future(replica.detect(DetectorInput(image, (32, 32), camera="c0")) if kind == "detector"
                                       else replica.classify([image, image, image]))
         await asyncio.sleep(0)  # (lets it arrive: one turn of the loop, no timing)
         waiting = 1 if kind == "detector" else 3
-        assert replica.record_autoscaling_stats()["frames_waiting"] == waiting
+        assert (await replica.record_autoscaling_stats())["frames_waiting"] == waiting
         model.release.set()
         await asyncio.wait_for(asyncio.gather(*first, later), 30)
-        assert replica.record_autoscaling_stats()["frames_waiting"] == 0
+        assert (await replica.record_autoscaling_stats())["frames_waiting"] == 0
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["detector", "classifier"])
+def test_the_stats_and_batch_changes_run_on_the_replicas_event_loop(kind):
+    """Serve runs a replica's sync methods in a thread pool (RAY_SERVE_RUN_SYNC_IN_THREADPOOL, on
+    by default): `record_autoscaling_stats`, five times a second, summed the meter's frame ages
+    while the event loop appended to them ("deque mutated during iteration": a sample lost), and
+    `reconfigure` set the batcher's asyncio event from that thread. Both are coroutines now."""
+    import inspect
+
+    if kind == "detector":
+        from deployments.detector import DetectorDeployment as cls
+    else:
+        from deployments.classifier import ClassifierDeployment as cls
+    for name in ("record_autoscaling_stats", "reconfigure"):
+        assert inspect.iscoroutinefunction(getattr(cls.func_or_class, name)), name
 
 
 def test_replicas_still_starting_are_not_cancelled_by_a_hold():
