@@ -42,6 +42,7 @@ class DetectorDeployment:
         await self.model.start()
         self._swaps = asyncio.get_running_loop().create_task(self.model.follow())
         self.frames = FrameReader()  # frames a decoder on this machine lends (pipeline/frame_share.py)
+        self._swept = asyncio.get_running_loop().create_task(self.frames.keep_swept())  # (idle mappings let go)
         self.meter = FrameAgeMeter(warmup_s=WARMUP_S)
         self.metrics = ModelMetrics(deployment, RayRecorder())
         # a batch leaves once every camera sending here has a frame in it, or when full, or
@@ -101,6 +102,7 @@ class DetectorDeployment:
         return {"frame_lag_s": self.meter.lag_s(), "frames_waiting": self.meter.waiting_now(), "busy": busy}
 
     async def __del__(self) -> None:
+        self._swept.cancel()
         self.frames.close()
         self._swaps.cancel()
         await self.model.leave()  # the API stops counting this replica

@@ -22,6 +22,7 @@ detector maps the segment and reads the pixels in place.
 from __future__ import annotations
 
 import _posixshmem  # what multiprocessing.shared_memory opens segments with (POSIX)
+import asyncio
 import contextlib
 import logging
 import mmap
@@ -247,14 +248,31 @@ class FrameReader:
                     raise NotShared(f"shared frame {name} is not on this machine ({exc.__class__.__name__})") from None
                 self._open[name] = mapping
             self._used[name] = now
-            # the least recently used first: beyond max_open, or unused for idle_s (a removed
-            # segment stays in memory while it is mapped) — looked at on every frame: a restarted
-            # decoder's new slots are all made in its first seconds, and its old ones must go too
-            while self._open and (len(self._open) > self.max_open
-                                  or now - self._used[next(iter(self._open))] >= self.idle_s):
-                old, _ = self._open.popitem(last=False)
-                self._used.pop(old, None)
+            # looked at on every frame: a restarted decoder's new slots are all made in its first
+            # seconds, and its old ones must go too
+            self._let_go(now)
             return mapping
+
+    def _let_go(self, now: float) -> None:
+        """The least recently used mappings first: beyond max_open, or unused for idle_s (a removed
+        segment stays in memory while it is mapped). Call holding the lock."""
+        while self._open and (len(self._open) > self.max_open
+                              or now - self._used[next(iter(self._open))] >= self.idle_s):
+            old, _ = self._open.popitem(last=False)
+            self._used.pop(old, None)
+
+    def sweep(self) -> None:
+        """Let go of the mappings unused for ``idle_s`` though no frame comes (its decoders closed
+        their lenders: scaled down, their cameras moved or removed): a frame's arrival was the only
+        time they were looked at, and their removed segments stayed in /dev/shm meanwhile."""
+        with self._lock:
+            self._let_go(self.clock())
+
+    async def keep_swept(self, every_s: float = 10.0) -> None:
+        """`sweep` every ``every_s`` until cancelled (the detector replica's task)."""
+        while True:
+            await asyncio.sleep(every_s)
+            self.sweep()
 
     def _forget(self, name: str) -> None:
         with self._lock:

@@ -22,6 +22,8 @@ from pipeline.frame_share import (
 )
 from pipeline.models import DetectorInput
 
+from .waiting import wait_for
+
 READ_IN_CHILD = """
 import pickle, sys
 from pipeline.frame_share import FrameReader
@@ -251,6 +253,32 @@ def test_a_restarted_decoders_old_slots_are_let_go_once_its_new_ones_are_all_kno
         reader.close()
         new.close()
         old.close()
+
+
+def test_mappings_of_a_decoder_that_stopped_lending_are_let_go_though_no_frame_comes():
+    """The idle mappings were looked at only when a frame came: after the decoder closed its
+    lender (scaled down, its cameras moved), the detector kept its removed segments mapped, in
+    /dev/shm (8 slots: 12.4 MB) until the replica ended. The detector's task sweeps them."""
+    now = [0.0]
+    lender, reader = FrameLender(max_slots=2), FrameReader(idle_s=30, clock=lambda: now[0])
+    try:
+        with lender.lend(frame()) as a, lender.lend(frame()) as b:
+            reader.resolve(a), reader.resolve(b)
+        lender.close()
+        assert len(reader._open) == 2
+
+        async def swept():
+            task = asyncio.ensure_future(reader.keep_swept(every_s=0.01))
+            try:
+                now[0] += 31
+                await asyncio.to_thread(wait_for, lambda: not reader._open, 10, "the idle mappings let go", interval=0.01)
+            finally:
+                task.cancel()
+
+        asyncio.run(swept())
+    finally:
+        reader.close()
+        lender.close()
 
 
 def test_lending_stopped_by_refusals_is_tried_again_later():
