@@ -95,27 +95,28 @@ class BatchPolicy:
         if key is None:
             return
         cam = self.cameras.get(key)
-        if cam is None:
+        if cam is None:  # (a new camera: the silent ones forgotten first, else at low load, where no
+            self._forget_silent(now)  # batch waits and `expected` is never asked, they stayed for good)
             self.cameras[key] = _Camera(now)
             return
         gap = max(now - cam.last, 0.0)
         cam.interval = gap if cam.interval is None else (1 - self.smoothing) * cam.interval + self.smoothing * gap
         cam.last = now
 
-    def expected(self, now: float, until: float) -> list[Hashable]:
-        """The cameras still sending whose next item is due by ``until``; forgets silent ones."""
-        due = []
+    def _forget_silent(self, now: float) -> None:
+        """Cameras that stopped sending (or moved to another replica) are forgotten."""
         for key, cam in list(self.cameras.items()):
             if cam.interval is None:  # one item so far: no rhythm to expect yet
-                if now - cam.last > 10 * max(self.batch_wait_s, 0.1):
-                    del self.cameras[key]
-                continue
-            if now - cam.last > self.active_factor * cam.interval + self.batch_wait_s:
-                del self.cameras[key]  # stopped sending (or moved to another replica)
-                continue
-            if cam.last + cam.interval <= until:
-                due.append(key)
-        return due
+                silent = now - cam.last > 10 * max(self.batch_wait_s, 0.1)
+            else:
+                silent = now - cam.last > self.active_factor * cam.interval + self.batch_wait_s
+            if silent:
+                del self.cameras[key]
+
+    def expected(self, now: float, until: float) -> list[Hashable]:
+        """The cameras still sending whose next item is due by ``until``; forgets silent ones."""
+        self._forget_silent(now)
+        return [key for key, cam in self.cameras.items() if cam.interval is not None and cam.last + cam.interval <= until]
 
     def release_in(self, now: float, opened: float, keys: Sequence[Hashable | None]) -> float:
         """Seconds until a batch opened at ``opened`` holding items of ``keys`` leaves if nothing
@@ -153,7 +154,7 @@ class AdaptiveBatcher(Generic[T, R]):
         self._run_batch = run_batch
         self._clock = clock
         self.concurrency = concurrency  # batches running at once (a model that overlaps them: 2)
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: dict[asyncio.Task[None], list[_Item[T]]] = {}  # batches running, by their task
         self._pending: list[_Item[T]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -216,8 +217,8 @@ class AdaptiveBatcher(Generic[T, R]):
                 await self._run(batch)
                 continue
             task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._running.add(task)
-            task.add_done_callback(self._batch_done)
+            self._running[task] = batch  # (close() cancels its callers too: a task cancelled before it
+            task.add_done_callback(self._batch_done)  # started never runs `_run`'s own cancel)
             while len(self._running) >= self._allowed():  # the runner is free again when one ends
                 self._wake.clear()
                 await self._wake.wait()
@@ -232,7 +233,7 @@ class AdaptiveBatcher(Generic[T, R]):
         return self.concurrency
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
+        self._running.pop(task, None)
         self._poke()
 
     async def _run(self, batch: list[_Item[T]]) -> None:
@@ -260,8 +261,11 @@ class AdaptiveBatcher(Generic[T, R]):
                 i.future.set_result(result)
 
     async def close(self) -> None:
-        for task in list(self._running):
+        for task, batch in list(self._running.items()):
             task.cancel()
+            for i in batch:
+                if not i.future.done():
+                    i.future.cancel()
         if self._task is not None:
             self._task.cancel()
             try:

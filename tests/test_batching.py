@@ -68,6 +68,19 @@ def test_a_camera_that_stopped_sending_is_forgotten():
     assert "b" not in p.cameras and "a" in p.cameras
 
 
+def test_cameras_that_stopped_are_forgotten_at_low_load_too():
+    """Below `wait_above_busy` a batch leaves at once, before `expected` forgets silent cameras:
+    a detector at low load kept every camera it had ever seen (5000 with churning cameras). A
+    new camera forgets the silent ones."""
+    p = BatchPolicy(max_batch_size=8, batch_wait_s=0.02, wait_above_busy=0.75)
+    for i in range(5000):
+        now = i * 1.0  # a new camera each second, each sending twice
+        p.arrived(f"cam{i}", now)
+        p.arrived(f"cam{i}", now + 0.1)
+        assert p.release_in(now + 0.1, now + 0.1, [f"cam{i}"]) == 0  # (idle model: at once)
+    assert len(p.cameras) <= 3, len(p.cameras)
+
+
 def test_a_frame_waits_for_another_camera_only_while_the_model_is_busy():
     """At low load (the model idle most of the last second) a lone frame leaves at once even with
     another camera due within the wait; once batches kept the model busy it waits again."""
@@ -318,6 +331,27 @@ def test_closing_the_batcher_leaves_no_caller_waiting(concurrency):
         await batcher.close()
         done, _ = await asyncio.wait({running}, timeout=5)
         return bool(done) and running.cancelled()  # inside the loop: asyncio.run cancels leftovers
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_closing_with_a_batch_not_started_yet_leaves_no_caller_waiting():
+    """A model that overlaps batches runs each as its own task: closed before that task began,
+    its coroutine (whose cancel cancels its callers) never ran, and the caller waited for good."""
+    async def run(items):
+        return items
+
+    async def scenario():
+        batcher = AdaptiveBatcher(run, max_batch_size=8, batch_wait_s=0.0, concurrency=2)
+        caller = asyncio.ensure_future(batcher.submit("cam", 1))
+        for _ in range(20):  # turns of the loop, no time passing: until its batch's task is made, not begun
+            if batcher._running:
+                break
+            await asyncio.sleep(0)
+        assert batcher._running
+        await batcher.close()
+        done, _ = await asyncio.wait({caller}, timeout=5)
+        return bool(done) and caller.cancelled()
 
     assert asyncio.run(asyncio.wait_for(scenario(), 60))
 
