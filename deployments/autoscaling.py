@@ -6,6 +6,7 @@ applies min/max replicas and the up/downscale delays around it."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pipeline.autoscale import desired_replicas, requests_floor, settled_decision
@@ -32,8 +33,12 @@ class VideoLagPolicy:
         want = desired_replicas(running, lag, waiting, busy,
                                 target_lag_s=self.target_lag_s, target_waiting=self.target_waiting)
         want = max(want, requests_floor(getattr(ctx, "total_num_requests", 0) or 0, self.target_ongoing_requests))
-        want = settled_decision(want, running, getattr(ctx, "target_num_replicas", None))
         state = dict(ctx.policy_state or {})
+        target = getattr(ctx, "target_num_replicas", None)
+        now = getattr(ctx, "current_time", None) or time.time()
+        # since when fewer replicas run than Serve's target (replicas starting, or no room for them)
+        state["short_since"] = (state.get("short_since") or now) if target and running < target else None
+        want = settled_decision(want, running, target, now - (state["short_since"] or now))
         state["last"] = {"lag_s": max(lag, default=0.0), "waiting": sum(waiting),
                          "busy": max(busy, default=0.0), "want": want}
         return want, state

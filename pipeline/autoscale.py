@@ -102,14 +102,20 @@ def requests_floor(ongoing: float, target_ongoing_requests: float | None) -> int
     return math.ceil(ongoing / target_ongoing_requests)
 
 
-def settled_decision(want: int, running: int, target: int | None) -> int:
+# replicas that have not started after this long (no node has room for them) no longer hold a
+# deployment at its target: it is judged on the running ones again, and may go down
+STARTING_AT_MOST_S = 300.0
+
+
+def settled_decision(want: int, running: int, target: int | None, starting_for_s: float = 0.0) -> int:
     """The decision Serve gets, from ``want`` (`desired_replicas` on the ``running`` replicas)
     and the ``target`` Serve is moving to: Serve's delays compare a decision with the target,
     not with the running replicas, so while replicas start (a model loading, a node joining) a
     "hold" at the running count read as a scale-down, and after its delay the replicas still
     starting were cancelled, under load too. Up: at least the target; hold or down: the target
-    until the running replicas reach it (then down by the policy's own step)."""
-    if target is None or target <= 0:
+    until the running replicas reach it (then down by the policy's own step), or until they have
+    been short of it for `STARTING_AT_MOST_S` (``starting_for_s``)."""
+    if target is None or target <= 0 or starting_for_s >= STARTING_AT_MOST_S:
         return want
     if want > running:
         return max(want, target)

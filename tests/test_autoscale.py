@@ -288,3 +288,10 @@ def test_replicas_still_starting_are_not_cancelled_by_a_hold():
     assert policy(ctx(4, 4, 0.1, 0.2))[0] == 3  # then one step down
     assert policy(ctx(4, 3, 0.1, 0.2))[0] == 3  # a step down under way: no second one yet
     assert policy(SimpleNamespace(current_num_replicas=1, policy_state={}, aggregated_metrics={}))[0] == 1  # (no target)
+    # a replica that cannot start (no node has room) holds the target 5 minutes at most
+    waiting_room = ctx(3, 4, 0.1, 0.2)
+    waiting_room.current_time = 1000.0
+    want, state = policy(waiting_room)
+    assert want == 4 and state["short_since"] == 1000.0
+    waiting_room.policy_state, waiting_room.current_time = state, 1301.0
+    assert policy(waiting_room)[0] == 2  # judged on the 3 running: calm, one fewer
