@@ -6,10 +6,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
-
-if TYPE_CHECKING:
-    from .publish_items import Item
+from typing import Any, Sequence
 
 log = logging.getLogger("percept.publish")
 
@@ -30,12 +27,13 @@ class PublisherStats:
     refusing: str | None = None  # Redis answers but refuses writes for now (READONLY, OOM, …)
 
 
-def events_in(item: "Item") -> int:
+def events_in(item: Any) -> int:
+    """How many events a queued write (`publish_items.Item`) carries."""
     entry = item.entry
     return entry[4] if entry is not None and isinstance(entry[4], int) else 0
 
 
-def count_events_lost(item: "Item", stats: PublisherStats) -> None:
+def count_events_lost(item: Any, stats: PublisherStats) -> None:
     """The events a lost write carried, counted one by one and logged (merged, many are one write)."""
     if not (events := events_in(item)):
         return
@@ -45,7 +43,7 @@ def count_events_lost(item: "Item", stats: PublisherStats) -> None:
               item.camera, events, increments)
 
 
-def count_lost(items: Sequence["Item"], stats: PublisherStats, why: str | None = None) -> None:
+def count_lost(items: Sequence[Any], stats: PublisherStats, why: str | None = None) -> None:
     """Writes a closing publisher could not make, counted (frames in ``dropped``, the rest in
     ``dropped_other``) and logged as an error, by camera."""
     for item in items:
