@@ -344,10 +344,10 @@ def test_closing_with_a_batch_not_started_yet_leaves_no_caller_waiting():
     async def scenario():
         batcher = AdaptiveBatcher(run, max_batch_size=8, batch_wait_s=0.0, concurrency=2)
         caller = asyncio.ensure_future(batcher.submit("cam", 1))
-        for _ in range(20):  # turns of the loop, no time passing: until its batch's task is made, not begun
+        for _ in range(20):  # until its batch's task is made, not begun
             if batcher._running:
                 break
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one turn of the loop (no time passes), at most 20
         assert batcher._running
         await batcher.close()
         done, _ = await asyncio.wait({caller}, timeout=5)

@@ -7,7 +7,7 @@ import threading
 from pipeline.backoff import Backoff
 from pipeline.source_types import SourceError, SourceState
 from pipeline.sources import VideoSource
-from tests.test_sources import Clock, FakeCapture, FileCapture, take
+from tests.test_sources import Clock, FakeCapture, FileCapture, make_source, take
 
 
 class PositionCapture(FakeCapture):
@@ -374,14 +374,8 @@ def test_a_camera_down_for_long_says_so_once_not_once_a_try():
                     (SourceState.STOPPED, None)], said
 
 
-class BurstCapture(PositionCapture):
+class BurstCapture(FileCapture, PositionCapture):
     """A live stream's segment read at once (no time passes in ``grab``), its position ``position(i)`` ms."""
-
-    def grab(self):
-        if self.i >= self.n:
-            return False
-        self.i += 1
-        return True
 
 
 def test_a_paced_live_streams_timestamps_that_jump_are_paced_from_there():
@@ -407,16 +401,7 @@ def test_a_paced_live_streams_timestamps_that_jump_are_paced_from_there():
 def test_a_camera_back_online_shows_no_last_error():
     """`/status` showed the failure that made the camera reconnect beside ``online`` once it was
     back (the camera hash cleared it): a camera that works has no error to show."""
-    clock = Clock()
-    opens = iter([SourceError("cam", "cannot open rtsp://cam/s: connection refused", retryable=True), 30])
-
-    def opener():
-        item = next(opens)
-        if isinstance(item, Exception):
-            raise item
-        return FakeCapture(item, clock)
-
-    src = VideoSource("cam", opener, fps=0, is_file=False, clock=clock, sleep=clock.sleep, backoff=Backoff(0.5, 10))
+    src, _ = make_source([SourceError("cam", "cannot open rtsp://cam/s: connection refused", retryable=True), 30])
     for frame in src.frames():
         assert src.state == SourceState.ONLINE and src.last_error is None, src.last_error
         src.stop()
