@@ -322,7 +322,7 @@ def events_refused(stats: PublisherStats, item: Item, outcome: list[Any]) -> Any
     """A frame written whose events the events stream refused for good (a key of another type):
     ``[1, the error, how many of its events were not written]``; those are counted one by one
     (``dropped_events``) and logged; the frame counts as written."""
-    written, error, unwritten = (outcome + [None, None, 0])[:3]
+    written, error, unwritten = outcome  # (FENCED_PUBLISH's {1, err, n})
     if isinstance(error, bytes):
         error = error.decode(errors="replace")
     stats.errors += 1
