@@ -353,6 +353,12 @@ def refusal_of(outcome: Any) -> str | None:
 _ERROR_CODES = {redis.exceptions.ReadOnlyError: "READONLY", redis.exceptions.OutOfMemoryError: "OOM"}
 
 
+def _all_written(call: list[Item], outcomes: list[Any]) -> bool:
+    """Every item of a run is a frame Redis wrote (`count_outcome` of each says just that)."""
+    return (len(outcomes) == len(call) and outcomes.count(WRITTEN) == len(call)
+            and all(item.is_frame and item.entry for item in call))
+
+
 def account(calls: list[list[Item]], results: list[Any], stats: PublisherStats,
             keep_refused: Callable[[Item, int], bool]) -> tuple[list[Item], str | None]:
     """Counts what happened to each item of a batch's script calls; returns the items to keep
@@ -368,6 +374,10 @@ def account(calls: list[list[Item]], results: list[Any], stats: PublisherStats,
             held += [item for item in call if keep_refused(item, result)]
             continue
         outcomes = result if isinstance(result, list) else [result] * len(call)
+        if _all_written(call, outcomes):  # the common case, counted for the whole run at once
+            stats.published[call[0].camera] += len(call)
+            stats.confirmed[call[0].camera] = call[-1].entry[0]  # type: ignore[index]
+            continue
         for item, outcome in zip(call, outcomes):
             if isinstance(outcome, list):  # written, not all of its events: counted and said
                 outcome = events_refused(stats, item, outcome)

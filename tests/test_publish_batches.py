@@ -283,3 +283,23 @@ def test_a_batch_whose_send_failed_after_it_reached_redis_is_counted_published_o
         assert pub.stats.published["cam"] == 10 and pub.stats.duplicates["cam"] == 0, pub.stats
     finally:
         pub.close()
+
+
+def test_a_run_answered_written_counts_every_frame_and_confirms_the_newest():
+    """`account` counts a run Redis wrote whole at once: each frame published, the newest one
+    confirmed; one answer else in the run (an id already written) is counted as it is."""
+    from pipeline.publish_items import account
+    from pipeline.publish_stats import PublisherStats
+
+    def run(camera, n):
+        out = [item(i, camera) for i in range(n)]
+        for i, it in enumerate(out):
+            it.entry[0] = f"1000-{i}"
+        return out
+
+    stats = PublisherStats()
+    held, refusal = account([run("a", 3), run("b", 2)], [[1, 1, 1], [1, b"ERR ... equal or smaller than the target "
+                                                                     b"stream top item"]], stats, lambda *_: False)
+    assert (held, refusal) == ([], None)
+    assert stats.published == {"a": 3, "b": 1} and stats.duplicates == {"b": 1}, stats
+    assert stats.confirmed == {"a": "1000-2", "b": "1000-0"}, stats
