@@ -240,8 +240,9 @@ class CameraApi:
     async def view_status(self) -> dict[str, Any]:
         return self.live.status()
 
-    @app.get("/cameras/{camera_id}/snapshot.jpg")
+    @app.api_route("/cameras/{camera_id}/snapshot.jpg", methods=["GET", "HEAD"])
     async def snapshot(self, camera_id: str) -> Response:
+        """(HEAD too: a monitor's ``curl -I`` gets the answer GET would, without the image.)"""
         return await self.live.snapshot(camera_id)
 
     @app.get("/cameras/{camera_id}/live")

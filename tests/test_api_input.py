@@ -11,6 +11,8 @@ import json
 import logging
 import types
 
+import cv2
+import numpy as np
 import pytest
 
 from pipeline.config_env import foreign_variable_error
@@ -372,3 +374,27 @@ def test_a_camera_whose_keys_hold_another_type_gets_a_503_naming_the_key_from_th
     finally:
         api.delete("/cameras/odd")
         client.delete(keys.camera("odd"), keys.view_jpeg("odd"))
+
+
+def test_head_on_a_snapshot_answers_as_get_without_the_image(api, redis_server):
+    """A monitor checks a camera's image with HEAD (``curl -I``): it got 405. Now the answer GET
+    would give, without a body: 404 for an unknown camera, 503 with Retry-After for one that does
+    not run, 200 with the image's length for one online with an image."""
+    from pipeline.streams import StreamKeys
+
+    keys = StreamKeys("apiin")
+    client = redis_server.client()
+    assert api.head("/cameras/nope/snapshot.jpg").status_code == 404
+    assert api.post("/cameras", json={"id": "door", "url": "rtsp://cam.local/s"}).status_code == 201
+    try:
+        r = api.head("/cameras/door/snapshot.jpg")
+        assert r.status_code == 503 and r.headers["retry-after"] and r.content == b"", (r.status_code, r.headers)
+        jpeg = cv2.imencode(".jpg", np.zeros((32, 48, 3), np.uint8))[1].tobytes()
+        client.hset(keys.camera("door"), mapping={"state": "online"})
+        client.set(keys.view_jpeg("door"), jpeg)
+        r = api.head("/cameras/door/snapshot.jpg")
+        assert r.status_code == 200 and r.content == b"", (r.status_code, r.text)
+        assert (r.headers["content-type"], int(r.headers["content-length"])) == ("image/jpeg", len(jpeg)), r.headers
+    finally:
+        api.delete("/cameras/door")
+        client.delete(keys.camera("door"), keys.view_jpeg("door"))
