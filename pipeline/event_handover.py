@@ -105,7 +105,7 @@ class EngineHandover:
             clock = snapshot.get("clock")  # (older snapshots have none: the next frame's wall clock)
             engine._clock = (float(clock[0]), float(clock[1])) if clock and not engine.file_time else None
             size = snapshot.get("size")  # (older snapshots have neither: as before)
-            engine._size = (int(size[0]), int(size[1])) if size else None
+            engine._size = _positive_size(size) if size else None
             engine.seed_pixel_sizes(snapshot)
             anchor_changed = snapshot.get("anchor") not in (None, engine.anchor)
             for data in snapshot.get("tracks", []):
@@ -122,3 +122,12 @@ class EngineHandover:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed event state of camera {camera!r}: {exc!r}") from None
         return engine
+
+
+def _positive_size(size: Sequence[Any]) -> tuple[int, int]:
+    """A snapshot's frame size (width, height), both above 0 (ValueError else: a corrupted one
+    divided by zero on every frame after it was restored)."""
+    width, height = int(size[0]), int(size[1])
+    if width <= 0 or height <= 0:
+        raise ValueError(f"frame size {width}x{height}")
+    return width, height

@@ -95,6 +95,7 @@ class TrackSnapshots:
         """Frame ``meta.seq`` was just handed to the publisher, after every frame before it."""
         for seq in [s for s in self._held if s < meta.seq]:  # frames that failed: never published
             del self._held[seq]
+            self._soon = True  # its snapshot (the first, one after a zone change) is taken of the next frame
         tracker = self._held.pop(meta.seq, None)
         if tracker is not None:
             self._write(meta.seq, {"frame_ts": meta.frame_ts, "tracker": tracker, "events": events.snapshot()})
@@ -298,7 +299,7 @@ def restore_tracking(
         events = EventEngine.restore(drawn, camera.id, drawn.get("zones", camera.zones), drawn.get("lines", camera.lines),
                                      anchor=drawn.get("anchor") or camera.anchor, track_buffer=cfg.track_buffer,
                                      file_time=file_time, **margins_of(camera))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # (AttributeError: a part that is no object)
         log.warning("camera %s: track state not restored: %s", camera.id, exc)
         return fresh(f"unreadable: {exc}")
     try:

@@ -252,6 +252,8 @@ class ObjectTracker:
             t.category_of = {int(k): str(v) for k, v in (state.get("categories") or {}).items()}
             shape = state.get("shape")
             tracker.shape = (int(shape[0]), int(shape[1])) if shape else None
+            if tracker.shape is not None and min(tracker.shape) <= 0:
+                raise ValueError(f"frame shape {tracker.shape}")
             tracker._clock.last = None if state["clock"]["last"] is None else float(state["clock"]["last"])
             tracker._clock.intervals.extend(float(x) for x in state["clock"]["intervals"])
             for pool, kind in (("tracked", TrackState.Tracked), ("lost", TrackState.Lost)):
@@ -262,6 +264,9 @@ class ObjectTracker:
                     s.track_id, s.frame_id, s.start_frame = int(s.track_id), int(s.frame_id), int(s.start_frame)
                     s.mean, s.covariance = np.array(data["mean"], np.float64), np.array(data["covariance"], np.float64)
                     s._tlwh = np.array(data["_tlwh"], np.float32)
+                    if (s.mean.shape, s.covariance.shape, s._tlwh.shape) != ((8,), (8, 8), (4,)):
+                        raise ValueError(f"track {s.track_id}: Kalman state of shapes {s.mean.shape}, "
+                                         f"{s.covariance.shape}, box {s._tlwh.shape}")
                     s.state, s.kalman_filter = kind, t.kalman_filter
                     getattr(t, f"{pool}_stracks").append(s)
             tracker._vouched = {int(s.track_id) for s in (*t.tracked_stracks, *t.lost_stracks)}

@@ -1,0 +1,96 @@
+"""A camera's snapshot that is damaged (by hand, a bad restore of Redis, a bug elsewhere) never
+keeps the camera from running: its next owner starts afresh, saying why (`restore_tracking`),
+and tracks the frames that follow. Before, some damaged parts raised out of the restore on every
+start (the camera never ran) or were taken in and failed every frame after (nothing published,
+the bad snapshot never overwritten). Real conductor, publisher and redis-server; the detector is
+a stand-in. And the first snapshot a camera owes (its first frame's, the one after a zone
+change) is owed until it is written: a frame that failed does not take it with it."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from pipeline.config import TrackerConfig
+from pipeline.schema import Detections, FrameMeta, FrameResult
+from pipeline.track_state import TrackSnapshots, restore_tracking
+from pipeline.tracking import ObjectTracker
+
+from .test_handover_tracks import CAMERA, KEYS, _reader, run_until
+
+CFG = TrackerConfig(snapshot_every=1000)
+
+DAMAGE = {
+    "events null": lambda s: s.__setitem__("events", None),
+    "events a list": lambda s: s.__setitem__("events", []),
+    "a Kalman mean of 4": lambda s: s["tracker"]["tracked"][0].__setitem__("mean", [1, 2, 3, 4]),
+    "a covariance of 4x4": lambda s: s["tracker"]["tracked"][0].__setitem__("covariance", [[0.0] * 4] * 4),
+    "a tracker frame 0x0": lambda s: s["tracker"].__setitem__("shape", [0, 0]),
+    "an events frame 0x0": lambda s: s["events"].__setitem__("size", [0, 0]),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_snapshot_starts_the_camera_afresh_and_its_frames_are_tracked(redis_server, damage):
+    client = redis_server.client()
+    run_until(redis_server, 6, keep_tracks=True, cfg=CFG)  # a snapshot with the car's open track
+    state = json.loads(client.hget(KEYS.trackstate("cam"), "json"))
+    assert state["tracker"]["tracked"] and state["events"]["size"], state
+    DAMAGE[damage](state)
+    client.hset(KEYS.trackstate("cam"), "json", json.dumps(state))
+    tracker, events, restored = restore_tracking(_reader(redis_server), CAMERA, CFG, track_id_max=5, file_time=False)
+    assert restored.why_not.startswith("unreadable: "), restored
+    for seq in range(100, 104):  # the frames after it: tracked, their events made
+        meta = FrameMeta("cam", seq, 1_764_000_000 + seq / 4, None, 64, 36)
+        found = tracker.update(Detections(xyxy=[[20, 5, 40, 25]], scores=[0.9], labels=("car",), categories=("vehicle",)),
+                               (36, 64), ts=tracker.time_of(meta))
+        events.update(FrameResult(meta, found, {}, {}), tracker.alive_ids(), tracker.origins)
+    assert found.track_ids[0] is not None and found.track_ids[0] > 5 and events.open_tracks == [found.track_ids[0]]
+
+
+class _Writes:
+    """What `TrackSnapshots` writes (a stand-in publisher: the rule alone)."""
+
+    class keys:
+        @staticmethod
+        def trackstate(camera):
+            return f"trackstate:{camera}"
+
+    def __init__(self):
+        self.seqs: list[int] = []
+
+    def fenced_hset(self, camera, key, mapping):
+        self.seqs.append(int(mapping["seq"]))
+
+
+def _frame(seq: int) -> FrameMeta:
+    return FrameMeta("cam", seq, 1_764_000_000 + seq, None, 64, 36)
+
+
+@pytest.mark.parametrize("owed", ["the first frame's", "the one after a zone change"])
+def test_a_snapshot_owed_by_a_frame_that_failed_is_taken_of_the_next_one(owed):
+    """Frame 0's snapshot (or 10's, the first after a zone change) was held until it was
+    published; the frame failed (a classifier raised), so it was thrown away and none was taken
+    until the 1000th frame: an owner killed meanwhile left its tracks open for good (or its next
+    owner replayed the frames under the old zones, entering the new zone twice)."""
+    from pipeline.events import EventEngine
+
+    writes = _Writes()
+    snapshots = TrackSnapshots(writes, "cam", every=1000)
+    tracker, events = ObjectTracker(CFG), EventEngine("cam")
+    first = 0 if owed == "the first frame's" else 10
+    for seq in range(first):  # (the zone change's case: frame 0's snapshot written, then 9 frames)
+        snapshots.tracked(seq, tracker)
+        snapshots.published(_frame(seq), events)
+    if first:
+        snapshots.geometry_changed()
+    written = list(writes.seqs)
+    snapshots.tracked(first, tracker)  # it fails: never published
+    snapshots.tracked(first + 1, tracker)  # (tracked before the failure was known)
+    snapshots.published(_frame(first + 1), events)
+    for seq in (first + 2, first + 3):
+        snapshots.tracked(seq, tracker)
+        snapshots.published(_frame(seq), events)
+    assert writes.seqs == written + [first + 2], writes.seqs
