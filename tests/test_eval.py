@@ -169,6 +169,11 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "yolo" / "labels").mkdir()
     (tmp / "yolo" / "images" / "x.jpg").write_bytes((COCO / "images" / "000000000139.jpg").read_bytes())
     (tmp / "yolo" / "labels" / "x.txt").write_text("0 0.5 0.5 0.2\n")
+    for name, label in (("pixels", b"0 0.5 0.5 0.2 0.2\n0 320 240 64 128\n"), ("binary", b"0 0.5 0.5 0.2 0.2\n\xff\xd8\n")):
+        (tmp / name / "images").mkdir(parents=True)
+        (tmp / name / "labels").mkdir()
+        (tmp / name / "images" / "x.jpg").write_bytes((COCO / "images" / "000000000139.jpg").read_bytes())
+        (tmp / name / "labels" / "x.txt").write_bytes(label)
     det = ["eval", "detector", "--weights", str(COCO_PT), "--data"]
     clf = ["eval", "classifier", "--weights", str(SIGN_CLASSIFIER), "--data", str(tmp / "crops"), "--labels"]
     for suffix in (".xml", ".bin"):  # a plain network (no ultralytics export) without its card
@@ -183,6 +188,9 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "missing data folder": (det + [str(tmp / "nowhere")], "does not exist"),
         "no images": (det + [str(tmp / "empty")], "no images found"),
         "bad label line": (det + [str(tmp / "yolo")], "x.txt:1"),
+        # (in pixels: every category 0.000, exit 0; not UTF-8: the decoder's words, no file named)
+        "labels in pixels": (det + [str(tmp / "pixels")], "x.txt:2: coordinates outside 0-1 (YOLO labels are normalised"),
+        "a label file not UTF-8": (det + [str(tmp / "binary")], "labels/x.txt: not UTF-8 text (byte 18)"),
         "weights that do not load": (["eval", "detector", "--weights", str(tmp / "nope.pt"), "--data", str(COCO)],
                                      "nope.pt"),
         "a classifier as detector": (["eval", "detector", "--weights", str(MODELS / "yolov8n-cls-imagenet.pt"),
@@ -249,7 +257,8 @@ def test_a_data_yaml_in_another_class_order_is_matched_by_name(tmp_path):
                                  "than the model's: matched by name"]
 
 
-@pytest.mark.parametrize("case", ["missing data folder", "no images", "bad label line", "weights that do not load",
+@pytest.mark.parametrize("case", ["missing data folder", "no images", "bad label line", "labels in pixels",
+                                  "a label file not UTF-8", "weights that do not load",
                                   "a classifier as detector", "CSV without header", "file listed in CSV missing",
                                   "missing CSV", "a folder as the CSV", "CSV not UTF-8", "bad --categories", "images without label files",
                                   "classes the model does not have", "a plain network without its card",

@@ -249,6 +249,12 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     badlabel = folder("badlabel", {"images/x.jpg": street, "images/y.jpg": images[0]})
     (tmp / "badlabel" / "labels").mkdir()
     (tmp / "badlabel" / "labels" / "x.txt").write_text("0 0.5 0.5 0.2 0.2\n80 0.5 0.5 0.1 0.1\n")
+    pixels = folder("pixels", {"images/x.jpg": street})
+    (tmp / "pixels" / "labels").mkdir()
+    (tmp / "pixels" / "labels" / "x.txt").write_text("0 0.5 0.5 0.2 0.2\n0 320 240 64 128\n")  # the second in pixels
+    binary = folder("binary", {"images/x.jpg": street})
+    (tmp / "binary" / "labels").mkdir()
+    (tmp / "binary" / "labels" / "x.txt").write_bytes(b"0 0.5 0.5 0.2 0.2\n\xff\xd8\n")
     out = ["--out", str(tmp / "out" / "x.pt")]
     cls = ["models", "finetune", str(CLS_PT)]
     a_file = tmp / "notes.txt"
@@ -266,6 +272,10 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                                             "has images/ but no labels/"),
         "a label of no class": (["models", "finetune", str(COCO_PT), "--data", badlabel, *out],
                                 "labels/x.txt:2: class 80 is not one of the 80 classes"),
+        "labels in pixels": (["models", "finetune", str(COCO_PT), "--data", pixels, *out],
+                             "labels/x.txt:2: coordinates outside 0-1 (YOLO labels are normalised"),
+        "a label file not UTF-8": (["models", "finetune", str(COCO_PT), "--data", binary, *out],
+                                   "labels/x.txt: not UTF-8 text (byte 18)"),
         "detector on a classification folder": (["models", "finetune", str(COCO_PT), "--data", classes, *out],
                                                 "yolo11n-coco.pt is a detect model, but"),
         "classifier on a detection folder": ([*cls, "--data", str(COCO), *out],
@@ -285,7 +295,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
 @pytest.mark.parametrize("case", ["unknown weights format", "missing weights", "missing data",
                                   "images without class folders", "images beside class folders",
                                   "a folder with no images", "one class", "detection folder without labels",
-                                  "a label of no class", "detector on a classification folder",
+                                  "a label of no class", "labels in pixels", "a label file not UTF-8",
+                                  "detector on a classification folder",
                                   "classifier on a detection folder", "mosaic for a classifier",
                                   "freezing every layer", "out inside the data", "data inside the work folder",
                                   "imgsz off the stride", "work that is a file",

@@ -126,6 +126,8 @@ def time_variant(weights: str, task: str, images: Sequence[Any], batches: Sequen
                                                  fit=getattr(model, "crop_fit", "context"))
         run = model.classify_batch
     ms: dict[int, float] = {}
+    for im in images:  # every image once, untimed: a rectangle export compiles per frame size on first use
+        run([prepare(im)])
     for batch in batches:
         run([prepare(im) for im in images[:batch]])  # warm-up at this batch size
         best = math.inf

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from ..evaluate import IMAGE_SUFFIXES, EvalError, _label_path, images_under, yaml_entry_images
+from ..evaluate import (IMAGE_SUFFIXES, EvalError, _label_path, images_under, normalised, text_of,
+                        yaml_entry_images)
 
 VAL_FOLDERS = ("val", "valid", "validation", "test")
 SUFFIXES = ", ".join(sorted(IMAGE_SUFFIXES))
@@ -138,7 +139,7 @@ def _detect_from_folder(root: Path, model_names: dict[int, str] | None) -> Datas
 def _names_beside(root: Path, model_names: dict[int, str] | None) -> tuple[dict[int, str], str]:
     classes_txt = root / "classes.txt"  # labelImg / CVAT exports
     if classes_txt.is_file():
-        lines = [ln.strip() for ln in classes_txt.read_text().splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in _text(classes_txt).splitlines() if ln.strip()]
         if lines:
             return dict(enumerate(lines)), "classes.txt"
     if model_names:
@@ -159,7 +160,7 @@ def _with_labels(images: list[Path], images_dir: Path) -> list[tuple[Path, objec
 
 def _detect_from_yaml(spec: Path, model_names: dict[int, str] | None) -> Dataset:
     try:
-        cfg = yaml.safe_load(spec.read_text()) or {}
+        cfg = yaml.safe_load(_text(spec)) or {}
     except yaml.YAMLError as exc:
         raise FinetuneError(f"--data: {spec}: YAML syntax error: {exc}") from None
     if not isinstance(cfg, dict) or not (cfg.get("train") or cfg.get("val")):
@@ -191,13 +192,22 @@ def _yaml_images(spec: Path, base: Path, entry: object, key: str) -> list[Path]:
     return images
 
 
+def _text(path: Path) -> str:
+    """`text_of` (a file that is not UTF-8 named), as this command's error."""
+    try:
+        return text_of(path)
+    except EvalError as exc:
+        raise FinetuneError(f"--data: {exc}") from None
+
+
 def _checked(ds: Dataset) -> Dataset:
     """Every label line is ``class cx cy w h`` (or a segment) with a class of ``names``."""
     nc = len(ds.names)
     for _, label in ds.train + ds.val:
         if label is None:
             continue
-        for n, line in enumerate(Path(str(label)).read_text().splitlines(), 1):
+        lines = _text(Path(str(label))).splitlines()
+        for n, line in enumerate(lines, 1):
             row = line.split()
             if not row:
                 continue
@@ -208,6 +218,10 @@ def _checked(ds: Dataset) -> Dataset:
                                     f"{line.strip()!r}") from None
             if len(values) != 4 and (len(values) < 6 or len(values) % 2):
                 raise FinetuneError(f"--data: {label}:{n}: expected 'class cx cy w h' (normalised), got {line.strip()!r}")
+            try:
+                normalised(values, f"{label}:{n}", line)
+            except EvalError as exc:
+                raise FinetuneError(f"--data: {exc}") from None
             if not 0 <= cls < nc:
                 raise FinetuneError(f"--data: {label}:{n}: class {cls} is not one of the {nc} classes "
                                     f"(names from {ds.names_from}: ids 0-{nc - 1})")
