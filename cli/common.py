@@ -18,7 +18,7 @@ import redis
 
 from pipeline.config_urls import bind_host_problem, redis_url_problem
 from pipeline.redact import redact, redact_url
-from pipeline.streams import CREDENTIALS_REFUSED, redis_unavailable
+from pipeline.streams import CREDENTIALS_REFUSED, reconnect_if_demoted, redis_unavailable
 
 EXIT_UNAVAILABLE = 3  # a service the config names is unreachable, or a deployment could not start
 EXIT_INTERRUPTED = 130
@@ -188,8 +188,9 @@ class RedisOutage:
     Redis refuses are no outage: `attempt` raises them, unless ``carry_on_refused`` (a command
     whose own work goes on without Redis, as `percept run`'s console), which says so instead."""
 
-    def __init__(self, url: str | None, *, carry_on_refused: bool = False, quiet: bool = False):
+    def __init__(self, url: str | None, *, carry_on_refused: bool = False, quiet: bool = False, client: Any = None):
         self.where = redact_url(url or "?")
+        self.client = client  # READONLY from it (a failover behind one address): its connections made again
         self.down = False
         self.what = ""  # what the last line said Redis does: unreachable, refuses our credentials, …
         self.carry_on_refused = carry_on_refused
@@ -212,12 +213,19 @@ class RedisOutage:
             print(f"percept: redis at {self.where} is back", file=sys.stderr, flush=True)
             self.down, self.what = False, ""
 
+    def _demoted(self, exc: Exception) -> None:
+        """The client's idle connections closed on READONLY: the same one was asked again and
+        again, and a reader behind a DNS name or a Service retried a demoted primary for ever."""
+        if self.client is not None:
+            reconnect_if_demoted(self.client, exc)
+
     def attempt(self, fn: Callable[[], T], default: T) -> T:
         try:
             value = fn()
         except redis.RedisError as exc:
             if not redis_unavailable(exc) and not (self.carry_on_refused and isinstance(exc, CREDENTIALS_REFUSED)):
                 raise
+            self._demoted(exc)
             self.notice(exc)
             return default
         self.notice(None)
@@ -232,6 +240,7 @@ class RedisOutage:
             except redis.RedisError as exc:
                 if not redis_unavailable(exc):
                     raise
+                self._demoted(exc)
                 self.notice(exc)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise

@@ -134,12 +134,13 @@ def _subscribe(args: argparse.Namespace) -> int:
         return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
     start = "0" if args.from_start else (_read_after(args.from_id) if args.from_id else "$")
     outage = RedisOutage(url)
-    sub = None
+    sub = reading = printing = None
     terminated = []  # SIGTERM (systemd, docker stop): as Ctrl-C, the consumer leaves its group, exit 0
     main_thread = threading.current_thread() is threading.main_thread()  # (signals: the main thread's only)
     previous = signal.signal(signal.SIGTERM, lambda *_: terminated.append(1) or _interrupt()) if main_thread else None
     try:
         client = redis_from_config(redis_cfg.model_copy(update={"url": url})) if redis_cfg else connect_redis(url)
+        outage.client = client
         client.ping()
         try:
             _say_missing(client, StreamKeys(prefix or "percept"), args.cameras, args.events)
@@ -156,12 +157,15 @@ def _subscribe(args: argparse.Namespace) -> int:
             print(f"percept: subscribe: group {args.group} exists already on {', '.join(sub.joined)}: it reads on "
                   f"from where the group is; {where} sets where a new group starts (to start over: another group "
                   f"name, or XGROUP SETID <stream> {args.group} 0)", file=sys.stderr, flush=True)
-        for msg in sub.messages(limit=args.count, idle_timeout_s=args.timeout, on_unreachable=outage.notice):
+        reading = sub.messages(limit=args.count, idle_timeout_s=args.timeout, on_unreachable=outage.notice)
+        for msg in reading:
+            printing = msg
             print(json.dumps(msg.payload, separators=(",", ":")), flush=True)
             # an outage between printing and acking: waited out up to --timeout (then exit 3);
             # the entry stays pending: printed again by this consumer (same --consumer) or claimed by another
             try:
                 outage.until_back(lambda: sub.ack(msg), timeout_s=args.timeout)
+                printing = None
             except redis.RedisError:
                 if not outage.down:
                     raise
@@ -173,6 +177,10 @@ def _subscribe(args: argparse.Namespace) -> int:
     except redis.RedisError as exc:
         return fail(f"redis {redact_url(url)}: {redact(str(exc))}", EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
+        if reading is not None:  # what it read and never printed (or not all): for the group's next reader at once
+            reading.close()
+            if printing is not None and not outage.down:
+                sub.release([printing])
         _leave(None if outage.down else sub)
         return 0 if terminated else EXIT_INTERRUPTED
     finally:

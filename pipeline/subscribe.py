@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import redis
 
 from .backoff import Backoff
-from .streams import StreamKeys, redis_unavailable
+from .streams import StreamKeys, reconnect_if_demoted, redis_unavailable
 
 log = logging.getLogger("percept.subscribe")
 
@@ -71,11 +71,13 @@ class Subscriber:
         if group:
             self._create_groups({s: start for s in self.streams})
         # "$" means "new from now on": pin it to the current last id once, so entries added
-        # between two reads are not skipped.
+        # between two reads are not skipped (a group's: where it stood, should Redis lose it)
         self._last: dict[str, str] = {s: self._resolve(s, start) for s in self.streams}
 
     def _resolve(self, stream: str, start: str) -> str:
-        if start != "$" or self.group:
+        if self.group:
+            return self._group_at(stream) or start
+        if start != "$":
             return start
         last = self.client.xrevrange(stream, count=1)
         if not last:
@@ -92,6 +94,20 @@ class Subscriber:
                 if "BUSYGROUP" not in str(exc) and not (redis_unavailable(exc) and self._group_exists(stream)):
                     raise
                 self.joined.append(stream)  # (``start`` was where a new group would have started)
+
+    def _group_at(self, stream: str) -> str | None:
+        """The group's last delivered id on the stream (made with "$": the stream's top then),
+        None if it cannot be read (a user allowed no XINFO): a group Redis loses is made again
+        there (`_recreate_groups`), not at "0", which handed a "$" reader the whole kept history."""
+        try:
+            groups = self.client.xinfo_groups(stream)
+        except redis.RedisError:
+            return None
+        for g in groups:
+            if (g.get("name") or g.get(b"name")) in (self.group, self.group.encode()):
+                at = g.get("last-delivered-id") or g.get(b"last-delivered-id")
+                return at.decode() if isinstance(at, bytes) else at
+        return None
 
     def _group_exists(self, stream: str) -> bool:
         try:
@@ -153,7 +169,8 @@ class Subscriber:
                 if not entries:
                     at["own"] = False
                     break
-                out.extend(self._decode(stream, entries))
+                # (handed out by an earlier call and not acked yet: not handed out twice)
+                out.extend(m for m in self._decode(stream, entries) if m.entry_id not in self._unacked)
                 at.setdefault("own_ids", set()).update(e.decode() if isinstance(e, bytes) else e for e, _ in entries)
                 gone = [entry_id for entry_id, fields in entries if not fields]
                 if gone:  # deleted (trimmed) while pending: acked, so they stop coming back
@@ -233,6 +250,7 @@ class Subscriber:
                     exc = refused  # it cannot be made again now (Redis refuses writes): an outage too
                 if on_unreachable is None or not redis_unavailable(exc):
                     raise
+                reconnect_if_demoted(self.client, exc)  # (a failover behind one address: the new primary next)
                 if not down:
                     on_unreachable(exc)
                     down = True
@@ -253,9 +271,14 @@ class Subscriber:
                 last_seen = time.monotonic()
             elif idle_timeout_s is not None and time.monotonic() - last_seen > idle_timeout_s:
                 return
-            handed = 0
+            handed, read_at = 0, time.monotonic()
             try:
-                for msg in batch:
+                while handed < len(batch):
+                    if self.group and time.monotonic() - read_at > self.claim_idle_ms / 2000:
+                        batch[handed:], read_at = self._kept(batch[handed:]), time.monotonic()  # (a slow caller)
+                        if handed >= len(batch):
+                            break
+                    msg = batch[handed]
                     if self.group:
                         self._unacked.add(msg.entry_id)
                     handed += 1
@@ -264,8 +287,50 @@ class Subscriber:
                     if limit is not None and n >= limit:
                         return
             finally:
-                if handed < len(batch) and not self.group:  # stopped at ``limit`` (or by the caller)
-                    self._rewind(before, batch[:handed])
+                if handed < len(batch):  # stopped at ``limit`` (or by the caller, Ctrl-C)
+                    if self.group:
+                        self._release(batch[handed:])
+                    else:
+                        self._rewind(before, batch[:handed])
+
+    def _kept(self, waiting: list[Message]) -> list[Message]:
+        """Of the entries read and not handed out yet (the caller is slow), those still this
+        consumer's, made fresh (XCLAIM … JUSTID resets their idle time): left idle in its hands
+        past ``claim_idle_ms``, another reader claimed them and both handed them out. Those another
+        reader claimed meanwhile are not handed out here. (Redis away: all, as they are.)"""
+        try:
+            kept: set[str] = set()
+            for stream in dict.fromkeys(m.stream for m in waiting):
+                ids = [m.entry_id for m in waiting if m.stream == stream]
+                pending = self.client.xpending_range(stream, self.group, min=min(ids, key=_id_key),
+                                                     max=max(ids, key=_id_key), count=10_000, consumername=self.consumer)
+                mine = {p["message_id"].decode() if isinstance(p["message_id"], bytes) else p["message_id"]
+                        for p in pending} & set(ids)
+                if mine:
+                    self.client.xclaim(stream, self.group, self.consumer, 0, sorted(mine, key=_id_key), justid=True)
+                kept |= mine
+        except redis.RedisError:
+            return waiting
+        return [m for m in waiting if m.entry_id in kept]
+
+    def release(self, msgs: list[Message]) -> None:
+        """Messages handed out and not acked given back to the group at once (`_release`): the
+        caller stops before it is done with them."""
+        if self.group:
+            self._release(msgs)
+            self._unacked.difference_update(m.entry_id for m in msgs)
+
+    def _release(self, unread: list[Message]) -> None:
+        """Entries read here and never handed out (stopped at ``limit``, by Ctrl-C or SIGTERM)
+        are marked idle for ``claim_idle_ms`` (XCLAIM … IDLE): the next reader of the group
+        claims them at once, not after ``claim_idle_ms`` and out of order, nor never when it runs
+        shorter than that (under another consumer name, a process's own). Best effort."""
+        try:
+            for stream in dict.fromkeys(m.stream for m in unread):
+                ids = [m.entry_id for m in unread if m.stream == stream]
+                self.client.xclaim(stream, self.group, self.consumer, 0, ids, idle=self.claim_idle_ms, justid=True)
+        except redis.RedisError:
+            pass
 
     def _rewind(self, before: dict[str, str], handed: list[Message]) -> None:
         """A plain reader's place back to the last entry it handed out of each stream (else where
@@ -288,6 +353,11 @@ class Subscriber:
         for stream in self.streams:
             if not self.client.xpending_range(stream, self.group, min="-", max="+", count=1, consumername=self.consumer):
                 self.client.xgroup_delconsumer(stream, self.group, self.consumer)
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, k = entry_id.partition("-")
+    return int(ms), int(k or 0)
 
 
 def default_consumer() -> str:
