@@ -34,13 +34,19 @@ def inline_redis_secrets(raw: Any) -> list[str]:
         return []
     found = []
     password = redis_section.get("password")
-    if isinstance(password, str) and password and not ENV_REF.search(password):
+    if isinstance(password, str) and _written_out(password):
         found.append("redis.password")
     url = redis_section.get("url")
     creds = url_credentials(url) if isinstance(url, str) else None
-    if creds is not None and creds.password and not ENV_REF.search(creds.password):
+    if creds is not None and creds.password and _written_out(creds.password):
         found.append("redis.url")
     return found
+
+
+def _written_out(password: str) -> bool:
+    """Some of the password is written as it is, not all ``${VAR}``s: ``s3cret${SUFFIX}`` puts
+    ``s3cret`` in the Serve config (it was not said: the value named a variable)."""
+    return bool(ENV_REF.sub("", password))
 
 
 def register(sub: Any) -> None:

@@ -279,7 +279,10 @@ def test_build_keeps_a_redis_url_variable_for_the_cluster(tmp_path, monkeypatch,
     assert "${REDIS_URL}" in out.read_text() and "warning" not in capsys.readouterr().err
     # a password written inline goes into the Serve config as written: said (Serve's API shows it)
     for redis_line in ("{url: 'rediss://default:S3cretPW@redis.example:6380/0'}",
-                       "{url: 'redis://redis.example:6379/0', password: S3cretPW}"):
+                       "{url: 'redis://redis.example:6379/0', password: S3cretPW}",
+                       # (partly a variable: the rest is written out all the same)
+                       "{url: 'redis://redis.example:6379/0', password: 'S3cretPW${REDIS_SUFFIX}'}",
+                       "{url: 'rediss://default:S3cretPW${REDIS_SUFFIX}@redis.example:6380/0'}"):
         inline = tmp_path / "inline.yaml"
         inline.write_text(f"redis: {redis_line}\ncameras: [{{id: a, url: 'rtsp://cam/a', fps: 5}}]\n")
         assert main(["build", "-c", str(inline), "-o", str(out)]) == 0
