@@ -266,8 +266,12 @@ class FrameResult:
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> "FrameResult":
+        """The message read back; ValueError naming the field that is not as `to_payload` writes it."""
+        if not isinstance(payload, Mapping):
+            raise ValueError(f"a {SCHEMA} message is a JSON object, got {type(payload).__name__}")
         if payload.get("schema") != SCHEMA:
             raise ValueError(f"unsupported schema {payload.get('schema')!r}; expected {SCHEMA!r}")
+        check_payload(payload)
         meta = FrameMeta(
             camera=payload["camera"],
             seq=int(payload["seq"]),
@@ -304,3 +308,51 @@ def rounded_numbers(parts: Sequence[Detections]) -> Rounded:
     np.rint(rows, out=rows)
     rows /= _ROUNDING
     return rows[:, :4].tolist(), rows[:, 4].tolist()
+
+
+def _number(value: Any, where: str, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where}: expected a finite number, got {value!r}")
+
+
+def _integer(value: Any, where: str, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+
+
+def _of_type(value: Any, kind: type, where: str, *, optional: bool = False) -> None:
+    if not (isinstance(value, kind) or (optional and value is None)):
+        raise ValueError(f"{where}: expected {'a JSON object' if kind is dict else kind.__name__}, got {value!r}")
+
+
+def check_payload(payload: Mapping[str, Any]) -> None:
+    """ValueError naming the first field of a ``percept.detections/v1`` message that is not as
+    published (a JSON list, ``objects: null``, a 2-number bbox, a ``seq`` of 1.9: a KeyError or a
+    column length, or taken in as it was)."""
+    _of_type(payload.get("camera"), str, "camera")
+    _integer(payload.get("seq"), "seq")
+    _number(payload.get("frame_ts"), "frame_ts")
+    _number(payload.get("pts"), "pts", optional=True)
+    for name in ("width", "height"):
+        _integer(payload.get(name), name)
+    _of_type(payload.get("model", {}), dict, "model")
+    _of_type(payload.get("latency_ms", {}), dict, "latency_ms")
+    objects = payload.get("objects", [])
+    _of_type(objects, list, "objects")
+    for i, obj in enumerate(objects):
+        where = f"objects[{i}]"
+        _of_type(obj, dict, where)
+        box = obj.get("bbox")
+        if not isinstance(box, list) or len(box) != 4:
+            raise ValueError(f"{where}.bbox: expected 4 numbers (x1, y1, x2, y2), got {box!r}")
+        for k, v in enumerate(box):
+            _number(v, f"{where}.bbox[{k}]")
+        _number(obj.get("score"), f"{where}.score")
+        _of_type(obj.get("label"), str, f"{where}.label")
+        _of_type(obj.get("category"), str, f"{where}.category")
+        _integer(obj.get("track_id"), f"{where}.track_id", optional=True)
+        _of_type(obj.get("attributes"), dict, f"{where}.attributes", optional=True)

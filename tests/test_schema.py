@@ -124,3 +124,26 @@ def test_detectors_merged_keep_one_object_per_place_and_category():
     assert merged.model_names == ("coco", "signs", "faces")
     assert merged.scores.tolist() == pytest.approx([0.9, 0.8, 0.7, 0.6])
     assert Detections.concat([signs, coco]).labels == ("stop", "yield", "person")
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda p: [p], "a percept.detections/v1 message is a JSON object, got list"),
+    (lambda p: p.pop("camera") and p, "camera: expected str, got None"),
+    (lambda p: {**p, "seq": 1.9}, "seq: expected an integer, got 1.9"),
+    (lambda p: {**p, "pts": "abc"}, "pts: expected a finite number, got 'abc'"),
+    (lambda p: {**p, "objects": None}, "objects: expected list, got None"),
+    (lambda p: {**p, "objects": [p["objects"][0], {**p["objects"][1], "bbox": [1, 2]}]},
+     "objects[1].bbox: expected 4 numbers (x1, y1, x2, y2), got [1, 2]"),
+    (lambda p: {**p, "objects": [{**p["objects"][0], "score": None}]}, "objects[0].score: expected a finite number, got None"),
+])
+def test_a_message_read_back_that_is_not_as_published_is_refused_naming_the_field(change, words):
+    """A subscriber's `FrameResult.from_json`: a JSON list gave AttributeError, a missing camera
+    KeyError, ``objects: null`` TypeError, a 2-number bbox a column length; ``score: null`` and
+    ``pts: "abc"`` were taken in, ``seq: 1.9`` became 1."""
+    det = Detections(xyxy=[[1, 2, 30, 40], [5, 6, 70, 80]], scores=[0.9, 0.8], labels=("car", "person"),
+                     categories=("vehicle", "pedestrian"), track_ids=(3, None))
+    payload = FrameResult(FrameMeta("c", 7, 1764000000.5, 0.28, 1280, 720), det, {"detector": "d"}, {"total": 9.0}).to_payload()
+    assert FrameResult.from_payload(payload).meta.seq == 7
+    with pytest.raises(ValueError) as refused:
+        FrameResult.from_json(json.dumps(change(json.loads(json.dumps(payload)))))
+    assert str(refused.value) == words
