@@ -349,9 +349,10 @@ def check_payload(payload: Mapping[str, Any]) -> None:
         box = obj.get("bbox")
         if not isinstance(box, list) or len(box) != 4:
             raise ValueError(f"{where}.bbox: expected 4 numbers (x1, y1, x2, y2), got {box!r}")
+        # (null: a NaN, as the publisher wrote one before it dropped non-finite detections; read as NaN)
         for k, v in enumerate(box):
-            _number(v, f"{where}.bbox[{k}]")
-        _number(obj.get("score"), f"{where}.score")
+            _number(v, f"{where}.bbox[{k}]", optional=True)
+        _number(obj.get("score"), f"{where}.score", optional=True)
         _of_type(obj.get("label"), str, f"{where}.label")
         _of_type(obj.get("category"), str, f"{where}.category")
         _integer(obj.get("track_id"), f"{where}.track_id", optional=True)

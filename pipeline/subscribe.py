@@ -64,7 +64,9 @@ class Subscriber:
         self.consumer = consumer or default_consumer()
         self._own_name = consumer is None  # named for this process: removed from the group when done
         self._pending_at: dict[Any, dict[str, Any]] = {}  # where `_pending_page` goes on, by stream
-        self._unacked: set[str] = set()  # group entries handed out here and not acked: never claimed again here
+        # group entries handed out here and not acked, (stream, id): never handed out again here (two
+        # cameras' entries may share an id: the publisher's ``<ms>-<seq>``)
+        self._unacked: set[tuple[str, str]] = set()
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.joined: list[str] = []  # streams whose group was there already: read on from where it is
@@ -170,7 +172,7 @@ class Subscriber:
                     at["own"] = False
                     break
                 # (handed out by an earlier call and not acked yet: not handed out twice)
-                out.extend(m for m in self._decode(stream, entries) if m.entry_id not in self._unacked)
+                out.extend(m for m in self._decode(stream, entries) if (m.stream, m.entry_id) not in self._unacked)
                 at.setdefault("own_ids", set()).update(e.decode() if isinstance(e, bytes) else e for e, _ in entries)
                 gone = [entry_id for entry_id, fields in entries if not fields]
                 if gone:  # deleted (trimmed) while pending: acked, so they stop coming back
@@ -182,8 +184,9 @@ class Subscriber:
                 at["cursor"], claimed = reply[0], reply[1]
                 # (XAUTOCLAIM takes this consumer's own idle entries too: those it has just read,
                 # or handed out and not acked yet, are not handed out twice)
-                mine = at.get("own_ids", set()) | self._unacked
-                out.extend(m for m in self._decode(stream, claimed) if m.entry_id not in mine)
+                mine = at.get("own_ids", set())
+                out.extend(m for m in self._decode(stream, claimed)
+                           if m.entry_id not in mine and (m.stream, m.entry_id) not in self._unacked)
                 if at["cursor"] in (b"0-0", "0-0"):  # one call scans at most 10 × COUNT: none claimed is not the end
                     at["claim"] = False
         return out
@@ -275,12 +278,13 @@ class Subscriber:
             try:
                 while handed < len(batch):
                     if self.group and time.monotonic() - read_at > self.claim_idle_ms / 2000:
-                        batch[handed:], read_at = self._kept(batch[handed:]), time.monotonic()  # (a slow caller)
+                        batch[handed:] = self._kept(batch[handed:], time.monotonic() - read_at)  # (a slow caller)
+                        read_at = time.monotonic()
                         if handed >= len(batch):
                             break
                     msg = batch[handed]
                     if self.group:
-                        self._unacked.add(msg.entry_id)
+                        self._unacked.add((msg.stream, msg.entry_id))
                     handed += 1
                     n += 1
                     yield msg
@@ -293,32 +297,30 @@ class Subscriber:
                     else:
                         self._rewind(before, batch[:handed])
 
-    def _kept(self, waiting: list[Message]) -> list[Message]:
+    def _kept(self, waiting: list[Message], idle_s: float) -> list[Message]:
         """Of the entries read and not handed out yet (the caller is slow), those still this
         consumer's, made fresh (XCLAIM … JUSTID resets their idle time): left idle in its hands
-        past ``claim_idle_ms``, another reader claimed them and both handed them out. Those another
-        reader claimed meanwhile are not handed out here. (Redis away: all, as they are.)"""
+        past ``claim_idle_ms``, another reader claimed them and both handed them out. ``idle_s``:
+        how long they have been idle here; XCLAIM takes only those idle nearly that long, so one
+        another reader claimed meanwhile (its idle time reset then) stays its and is not handed
+        out here. (Redis away: all, as they are.)"""
+        min_idle = max(0, int(idle_s * 1000) - 100)
         try:
-            kept: set[str] = set()
+            kept: set[tuple[str, str]] = set()
             for stream in dict.fromkeys(m.stream for m in waiting):
                 ids = [m.entry_id for m in waiting if m.stream == stream]
-                pending = self.client.xpending_range(stream, self.group, min=min(ids, key=_id_key),
-                                                     max=max(ids, key=_id_key), count=10_000, consumername=self.consumer)
-                mine = {p["message_id"].decode() if isinstance(p["message_id"], bytes) else p["message_id"]
-                        for p in pending} & set(ids)
-                if mine:
-                    self.client.xclaim(stream, self.group, self.consumer, 0, sorted(mine, key=_id_key), justid=True)
-                kept |= mine
+                claimed = self.client.xclaim(stream, self.group, self.consumer, min_idle, ids, justid=True)
+                kept |= {(stream, c.decode() if isinstance(c, bytes) else c) for c in claimed}
         except redis.RedisError:
             return waiting
-        return [m for m in waiting if m.entry_id in kept]
+        return [m for m in waiting if (m.stream, m.entry_id) in kept]
 
     def release(self, msgs: list[Message]) -> None:
         """Messages handed out and not acked given back to the group at once (`_release`): the
         caller stops before it is done with them."""
         if self.group:
             self._release(msgs)
-            self._unacked.difference_update(m.entry_id for m in msgs)
+            self._unacked.difference_update((m.stream, m.entry_id) for m in msgs)
 
     def _release(self, unread: list[Message]) -> None:
         """Entries read here and never handed out (stopped at ``limit``, by Ctrl-C or SIGTERM)
@@ -343,7 +345,7 @@ class Subscriber:
     def ack(self, msg: Message) -> None:
         if self.group:
             self.client.xack(msg.stream, self.group, msg.entry_id)
-            self._unacked.discard(msg.entry_id)
+            self._unacked.discard((msg.stream, msg.entry_id))
 
     def close(self) -> None:
         """A consumer named for this process (`default_consumer`) leaves its groups when it has
@@ -353,11 +355,6 @@ class Subscriber:
         for stream in self.streams:
             if not self.client.xpending_range(stream, self.group, min="-", max="+", count=1, consumername=self.consumer):
                 self.client.xgroup_delconsumer(stream, self.group, self.consumer)
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, k = entry_id.partition("-")
-    return int(ms), int(k or 0)
 
 
 def default_consumer() -> str:

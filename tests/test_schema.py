@@ -134,12 +134,16 @@ def test_detectors_merged_keep_one_object_per_place_and_category():
     (lambda p: {**p, "objects": None}, "objects: expected list, got None"),
     (lambda p: {**p, "objects": [p["objects"][0], {**p["objects"][1], "bbox": [1, 2]}]},
      "objects[1].bbox: expected 4 numbers (x1, y1, x2, y2), got [1, 2]"),
-    (lambda p: {**p, "objects": [{**p["objects"][0], "score": None}]}, "objects[0].score: expected a finite number, got None"),
+    (lambda p: {**p, "objects": [{**p["objects"][0], "score": "high"}]}, "objects[0].score: expected a finite number, got 'high'"),
+    (lambda p: {**p, "objects": [{**p["objects"][0], "bbox": [1, 2, 3, "4"]}]},
+     "objects[0].bbox[3]: expected a finite number, got '4'"),
 ])
 def test_a_message_read_back_that_is_not_as_published_is_refused_naming_the_field(change, words):
     """A subscriber's `FrameResult.from_json`: a JSON list gave AttributeError, a missing camera
-    KeyError, ``objects: null`` TypeError, a 2-number bbox a column length; ``score: null`` and
-    ``pts: "abc"`` were taken in, ``seq: 1.9`` became 1."""
+    KeyError, ``objects: null`` TypeError, a 2-number bbox a column length; ``score: "high"`` and
+    ``pts: "abc"`` were taken in, ``seq: 1.9`` became 1. (A null box corner or score is a NaN, as
+    the publisher wrote one before 2026-12-04: read back so, a camera's replay of its own older
+    frames goes on.)"""
     det = Detections(xyxy=[[1, 2, 30, 40], [5, 6, 70, 80]], scores=[0.9, 0.8], labels=("car", "person"),
                      categories=("vehicle", "pedestrian"), track_ids=(3, None))
     payload = FrameResult(FrameMeta("c", 7, 1764000000.5, 0.28, 1280, 720), det, {"detector": "d"}, {"total": 9.0}).to_payload()
@@ -147,3 +151,12 @@ def test_a_message_read_back_that_is_not_as_published_is_refused_naming_the_fiel
     with pytest.raises(ValueError) as refused:
         FrameResult.from_json(json.dumps(change(json.loads(json.dumps(payload)))))
     assert str(refused.value) == words
+
+
+def test_a_null_number_published_by_an_older_version_is_read_back_as_nan():
+    payload = FrameResult(FrameMeta("c", 7, 1764000000.5, None, 64, 36),
+                          Detections(xyxy=[[1, 2, 30, 40]], scores=[0.9], labels=("car",), categories=("vehicle",)),
+                          {}, {}).to_payload()
+    payload["objects"][0]["bbox"][2], payload["objects"][0]["score"] = None, None
+    back = FrameResult.from_json(json.dumps(payload))
+    assert np.isnan(back.objects.xyxy[0, 2]) and np.isnan(back.objects.scores[0])

@@ -149,3 +149,38 @@ def test_a_group_reader_behind_one_address_follows_a_failover(tmp_path):
         assert reader.returncode == 0, err
         assert [json.loads(line)["seq"] for line in out.splitlines()] == list(range(40))
         assert new_primary.xpending(KEYS.detections("cam"), "g")["pending"] == 0  # every one acked there
+
+
+def test_two_cameras_entries_of_one_id_are_each_handed_out_once(redis_server):
+    """The publisher's ids are ``<frame ms>-<seq>``: two cameras' frames of one millisecond and
+    seq share one. Handed-out entries were known by their id alone: camera b's were never handed
+    out while a's of the same id waited for their ack, or handed out again once a's was acked."""
+    client = redis_server.client()
+    for camera in ("a", "b"):
+        for s in range(1, 5):
+            client.xadd(KEYS.detections(camera), {"json": json.dumps({"camera": camera, "seq": s})}, id=f"1000-{s}")
+    sub = Subscriber(client, KEYS, ["a", "b"], group="g", consumer="w", start="0", block_ms=100)
+    pages = [[(m.camera, m.payload["seq"]) for m in sub.messages(limit=2, idle_timeout_s=0.3)] for _ in range(5)]
+    handed = [x for page in pages for x in page]
+    assert sorted(handed) == [(c, s) for c in "ab" for s in range(1, 5)], pages  # each once
+    for msg in [m for m in sub.messages(idle_timeout_s=0.3)]:  # (nothing left to hand out)
+        raise AssertionError(f"handed out again: {msg}")
+
+
+def test_entries_another_reader_claimed_meanwhile_are_not_handed_out_here(redis_server):
+    """A slow caller's waiting entries are made fresh by one XCLAIM that takes only those idle
+    as long as they have been here: one another reader claimed meanwhile is its, not handed out
+    here too. (One command: a check, then a claim at min-idle 0, could take it back when the
+    other's claim fell between them; that window is not made here.)"""
+    client = redis_server.client()
+    add(client, range(6))
+    slow = Subscriber(client, KEYS, ["cam"], group="g", consumer="slow", start="0", block_ms=100, claim_idle_ms=1000)
+    reading = slow.messages(limit=6, idle_timeout_s=5)  # (its read takes all 6)
+    handed = [next(reading).payload["seq"]]
+    time.sleep(0.6)  # the slow caller's own work (past half of claim_idle_ms), not a wait
+    stream = KEYS.detections("cam")
+    ids = [eid.decode() for eid, _ in client.xrange(stream)]
+    client.xclaim(stream, "g", "other", 0, ids[3:5], justid=True)  # another reader takes 3 and 4 now
+    handed += [m.payload["seq"] for m in itertools.islice(reading, 3)]  # what its read took: all handed out
+    reading.close()
+    assert handed == [0, 1, 2, 5], handed
