@@ -236,9 +236,10 @@ class CropClassification:
                         skipped += 1
                 fresh = []
             jobs += [(i, answer, cache, n, False) for i, answer in known]
-            if fresh:
-                crops = await cut_crops(image, detections.xyxy[fresh], route)
-                request = asyncio.ensure_future(self._request(route.name or category, route, crops))
+            if fresh:  # (the crops cut in the request: no await before the answers are in the cache, or
+                # the frames in flight beside this one asked for the same new track each)
+                request = asyncio.ensure_future(self._cut_and_ask(route.name or category, route, image,
+                                                                  detections.xyxy[fresh]))
                 for k, i in enumerate(fresh):
                     answer = asyncio.ensure_future(_nth(request, k))
                     track = detections.track_ids[i]
@@ -321,6 +322,9 @@ class CropClassification:
                 log.info("camera %s: %s answers again", self.camera, name)
 
         probe.add_done_callback(answered)
+
+    async def _cut_and_ask(self, name: str, route: ClassifierRoute, image: np.ndarray, boxes: np.ndarray) -> list[Any]:
+        return await self._request(name, route, await cut_crops(image, boxes, route))
 
     async def _request(self, name: str, route: ClassifierRoute, crops: list[np.ndarray]) -> list[Any]:
         """One frame's crops of one category: the first attempt gets half of the timeout, one

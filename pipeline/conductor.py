@@ -44,6 +44,7 @@ DetectFn = Callable[[DetectorInput], Awaitable[Detections]]
 class _Order:  # per-frame events the next frame waits on: tracker updated, result published
     tracked: asyncio.Event = field(default_factory=asyncio.Event)
     published: asyncio.Event = field(default_factory=asyncio.Event)
+    counted: bool = False  # counted as processed or failed (a frame cut off at stop is counted once)
 
 
 class CameraConductor(ConductorStats):
@@ -190,8 +191,7 @@ class CameraConductor(ConductorStats):
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=self.stop_grace_s)
             for task in pending:
-                task.cancel()
-            self.counters.failed += len(pending)
+                task.cancel()  # (each counts itself as failed unless it was counted: `_process`)
 
     def _read_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
@@ -239,12 +239,22 @@ class CameraConductor(ConductorStats):
     # --- one frame ---------------------------------------------------------------------------
 
     async def _process(self, frame: Frame, previous: "_Order | None", mine: "_Order") -> None:
+        """`_steps`; a frame cut off at stop() counts as failed once (one failed already counted twice)."""
+        try:
+            await self._steps(frame, previous, mine)
+        except asyncio.CancelledError:
+            self.counters.failed += 0 if mine.counted else 1
+            mine.counted = True
+            raise
+
+    async def _steps(self, frame: Frame, previous: "_Order | None", mine: "_Order") -> None:
         """Detection and classification overlap across frames; tracking and publishing happen
         strictly in seq order (each frame waits for the previous one at those two points)."""
         result: FrameResult | None = None
         try:
             result = await self._infer(frame, previous, mine)
         except Exception as exc:
+            mine.counted = True
             self.counters.failed += 1
             log.warning("camera %s: frame %d dropped: %s: %s", self.camera.id, frame.meta.seq, type(exc).__name__, exc)
             if previous is not None and not mine.tracked.is_set():  # failed before tracking: the next frame
@@ -255,6 +265,7 @@ class CameraConductor(ConductorStats):
                 if previous is not None:
                     await previous.published.wait()
                 if result is not None:
+                    mine.counted = True  # (processed, or failed publishing: `_finish`)
                     self._finish(frame, result)
             finally:
                 mine.published.set()
@@ -381,10 +392,13 @@ class CameraConductor(ConductorStats):
                 if isinstance(result, Exception):
                     raise result
                 return result
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                if attempt == 2:
+            except (Exception, asyncio.CancelledError) as exc:
+                # a cancel not of this frame (stop()) but of its request (Serve: a replica draining,
+                # a model swap) is a failure like another: retried, counted
+                if isinstance(exc, asyncio.CancelledError) and asyncio.current_task().cancelling():  # type: ignore[union-attr]
                     raise
+                if attempt == 2:
+                    raise RuntimeError("the detector cancelled the request") if isinstance(
+                        exc, asyncio.CancelledError) else exc
                 await asyncio.sleep(0.2)
         raise AssertionError("unreachable")

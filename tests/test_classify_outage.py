@@ -144,3 +144,21 @@ def test_a_classifier_failing_now_and_then_is_still_waited_for():
         assert outcomes == [1, 1, 0, 1, 1] and not stage._unanswering, outcomes
 
     asyncio.run(scenario())
+
+
+def test_frames_in_flight_together_ask_once_for_a_new_track(monkeypatch):
+    """A big object's crop is cut in a thread (`OFF_LOOP_PIXELS`); the frames a batched detector
+    answered together each got there before any had put its answer in the track's cache, and each
+    asked the classifier for the same new track (4 frames in flight: 4 requests for one car)."""
+    monkeypatch.setattr(classify_module, "OFF_LOOP_PIXELS", 0)  # (every crop cut in a thread)
+
+    async def scenario():
+        classifier = Classifier()
+        route = ClassifierRoute(classifier, ClassifierConfig(weights="c.pt", imgsz=32, min_box=4, reclassify_every=0),
+                                name="classifier-vehicle")  # (a track classified once)
+        stage = CropClassification("cam", {"vehicle": route}, timeout_s=5.0, track_buffer=30)
+        results = await asyncio.gather(*(stage(IMAGE, car(7), frame_no) for frame_no in (1, 2, 3, 4)))
+        assert classifier.calls == 1, classifier.calls
+        assert all(dets.attributes[0]["type"]["label"] == "cab" and failed == 0 for dets, failed in results)
+
+    asyncio.run(scenario())
