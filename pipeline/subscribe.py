@@ -293,7 +293,7 @@ class Subscriber:
             finally:
                 if handed < len(batch):  # stopped at ``limit`` (or by the caller, Ctrl-C)
                     if self.group:
-                        self._release(batch[handed:])
+                        self._release(batch[handed:], time.monotonic() - read_at)
                     else:
                         self._rewind(before, batch[:handed])
 
@@ -322,15 +322,18 @@ class Subscriber:
             self._release(msgs)
             self._unacked.difference_update((m.stream, m.entry_id) for m in msgs)
 
-    def _release(self, unread: list[Message]) -> None:
+    def _release(self, unread: list[Message], idle_s: float = 0.0) -> None:
         """Entries read here and never handed out (stopped at ``limit``, by Ctrl-C or SIGTERM)
         are marked idle for ``claim_idle_ms`` (XCLAIM … IDLE): the next reader of the group
         claims them at once, not after ``claim_idle_ms`` and out of order, nor never when it runs
-        shorter than that (under another consumer name, a process's own). Best effort."""
+        shorter than that (under another consumer name, a process's own). ``idle_s``: as `_kept`'s
+        (one another reader claimed meanwhile stays its). Best effort."""
+        min_idle = max(0, int(idle_s * 1000) - 100)
         try:
             for stream in dict.fromkeys(m.stream for m in unread):
                 ids = [m.entry_id for m in unread if m.stream == stream]
-                self.client.xclaim(stream, self.group, self.consumer, 0, ids, idle=self.claim_idle_ms, justid=True)
+                self.client.xclaim(stream, self.group, self.consumer, min_idle, ids, idle=self.claim_idle_ms,
+                                   justid=True)
         except redis.RedisError:
             pass
 

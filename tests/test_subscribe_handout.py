@@ -184,3 +184,23 @@ def test_entries_another_reader_claimed_meanwhile_are_not_handed_out_here(redis_
     handed += [m.payload["seq"] for m in itertools.islice(reading, 3)]  # what its read took: all handed out
     reading.close()
     assert handed == [0, 1, 2, 5], handed
+
+
+def test_entries_given_back_at_a_stop_leave_those_another_reader_claimed_meanwhile_to_it(redis_server):
+    """Giving back at a stop is one XCLAIM at the idle the entries have here, as making them
+    fresh is: at min-idle 0 it took back what another reader had claimed and handed out."""
+    client = redis_server.client()
+    add(client, range(6))
+    slow = Subscriber(client, KEYS, ["cam"], group="g", consumer="slow", start="0", block_ms=100, claim_idle_ms=1000)
+    reading = slow.messages(limit=6, idle_timeout_s=5)  # (its read takes all 6)
+    assert next(reading).payload["seq"] == 0
+    time.sleep(0.3)  # the slow caller's own work, not a wait
+    stream = KEYS.detections("cam")
+    ids = [eid.decode() for eid, _ in client.xrange(stream)]
+    client.xclaim(stream, "g", "other", 0, ids[3:5], justid=True)  # another reader takes 3 and 4 now
+    reading.close()  # the caller stops: 1, 2 and 5 go back to the group, 3 and 4 stay the other's
+    owners = {p["message_id"].decode(): p["consumer"].decode()
+              for p in client.xpending_range(stream, "g", "-", "+", 10)}
+    assert [owners[i] for i in ids[1:]] == ["slow", "slow", "other", "other", "slow"], owners
+    nxt = Subscriber(client, KEYS, ["cam"], group="g", consumer="next", block_ms=100, claim_idle_ms=1000)
+    assert seqs_of(nxt.messages(limit=3, idle_timeout_s=2)) == [1, 2, 5]  # at once: idle as if long gone
