@@ -188,7 +188,8 @@ class RedisOutage:
     Redis refuses are no outage: `attempt` raises them, unless ``carry_on_refused`` (a command
     whose own work goes on without Redis, as `percept run`'s console), which says so instead."""
 
-    def __init__(self, url: str | None, *, carry_on_refused: bool = False, quiet: bool = False, client: Any = None):
+    def __init__(self, url: str | None, *, carry_on_refused: bool = False, quiet: bool = False,
+                 client: Any = None):
         self.where = redact_url(url or "?")
         self.client = client  # READONLY from it (a failover behind one address): its connections made again
         self.down = False

@@ -395,7 +395,8 @@ class CameraConductor(ConductorStats):
             except (Exception, asyncio.CancelledError) as exc:
                 # a cancel not of this frame (stop()) but of its request (Serve: a replica draining,
                 # a model swap) is a failure like another: retried, counted
-                if isinstance(exc, asyncio.CancelledError) and asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                task = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and (task is None or task.cancelling()):
                     raise
                 if attempt == 2:
                     raise RuntimeError("the detector cancelled the request") if isinstance(
