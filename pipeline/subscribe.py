@@ -97,26 +97,26 @@ class Subscriber:
                     raise
                 self.joined.append(stream)  # (``start`` was where a new group would have started)
 
-    def _group_at(self, stream: str) -> str | None:
-        """The group's last delivered id on the stream (made with "$": the stream's top then),
-        None if it cannot be read (a user allowed no XINFO): a group Redis loses is made again
-        there (`_recreate_groups`), not at "0", which handed a "$" reader the whole kept history."""
+    def _group_info(self, stream: str) -> dict[Any, Any] | None:
+        """XINFO GROUPS' entry of this reader's group on the stream; None if there is none (or no
+        stream) or it cannot be read (a user allowed no XINFO)."""
         try:
             groups = self.client.xinfo_groups(stream)
         except redis.RedisError:
             return None
-        for g in groups:
-            if (g.get("name") or g.get(b"name")) in (self.group, self.group.encode()):
-                at = g.get("last-delivered-id") or g.get(b"last-delivered-id")
-                return at.decode() if isinstance(at, bytes) else at
-        return None
+        return next((g for g in groups if (g.get("name") or g.get(b"name")) in (self.group, self.group.encode())),
+                    None)
+
+    def _group_at(self, stream: str) -> str | None:
+        """The group's last delivered id on the stream (made with "$": the stream's top then),
+        None if it cannot be read: a group Redis loses is made again there (`_recreate_groups`),
+        not at "0", which handed a "$" reader the whole kept history."""
+        info = self._group_info(stream)
+        at = info and (info.get("last-delivered-id") or info.get(b"last-delivered-id"))
+        return at.decode() if isinstance(at, bytes) else at
 
     def _group_exists(self, stream: str) -> bool:
-        try:
-            groups = self.client.xinfo_groups(stream)
-        except redis.ResponseError:  # no such stream
-            return False
-        return any((g.get("name") or g.get(b"name")) in (self.group, self.group.encode()) for g in groups)
+        return self._group_info(stream) is not None
 
     def _recreate_groups(self) -> redis.RedisError | None:
         """The groups made again (after Redis lost them); what Redis answered if it cannot do it
@@ -297,20 +297,25 @@ class Subscriber:
                     else:
                         self._rewind(before, batch[:handed])
 
-    def _kept(self, waiting: list[Message], idle_s: float) -> list[Message]:
-        """Of the entries read and not handed out yet (the caller is slow), those still this
-        consumer's, made fresh (XCLAIM … JUSTID resets their idle time): left idle in its hands
-        past ``claim_idle_ms``, another reader claimed them and both handed them out. ``idle_s``:
-        how long they have been idle here; XCLAIM takes only those idle nearly that long, so one
-        another reader claimed meanwhile (its idle time reset then) stays its and is not handed
-        out here. (Redis away: all, as they are.)"""
+    def _claim_here(self, msgs: list[Message], idle_s: float, **options: Any) -> set[tuple[str, str]]:
+        """XCLAIM of these entries to this consumer (JUSTID; ``options``: XCLAIM's), only those
+        idle nearly ``idle_s``, as long as they have been idle here: one another reader claimed
+        meanwhile (its idle time reset then) stays its. The (stream, id)s claimed."""
         min_idle = max(0, int(idle_s * 1000) - 100)
+        claimed: set[tuple[str, str]] = set()
+        for stream in dict.fromkeys(m.stream for m in msgs):
+            ids = [m.entry_id for m in msgs if m.stream == stream]
+            answer = self.client.xclaim(stream, self.group, self.consumer, min_idle, ids, justid=True, **options)
+            claimed |= {(stream, c.decode() if isinstance(c, bytes) else c) for c in answer}
+        return claimed
+
+    def _kept(self, waiting: list[Message], idle_s: float) -> list[Message]:
+        """Of the entries read and not handed out yet (the caller is slow, ``idle_s`` since they
+        were read or made fresh), those still this consumer's, made fresh (`_claim_here` resets
+        their idle time): left idle in its hands past ``claim_idle_ms``, another reader claimed
+        them and both handed them out. (Redis away: all, as they are.)"""
         try:
-            kept: set[tuple[str, str]] = set()
-            for stream in dict.fromkeys(m.stream for m in waiting):
-                ids = [m.entry_id for m in waiting if m.stream == stream]
-                claimed = self.client.xclaim(stream, self.group, self.consumer, min_idle, ids, justid=True)
-                kept |= {(stream, c.decode() if isinstance(c, bytes) else c) for c in claimed}
+            kept = self._claim_here(waiting, idle_s)
         except redis.RedisError:
             return waiting
         return [m for m in waiting if (m.stream, m.entry_id) in kept]
@@ -324,16 +329,11 @@ class Subscriber:
 
     def _release(self, unread: list[Message], idle_s: float = 0.0) -> None:
         """Entries read here and never handed out (stopped at ``limit``, by Ctrl-C or SIGTERM)
-        are marked idle for ``claim_idle_ms`` (XCLAIM … IDLE): the next reader of the group
-        claims them at once, not after ``claim_idle_ms`` and out of order, nor never when it runs
-        shorter than that (under another consumer name, a process's own). ``idle_s``: as `_kept`'s
-        (one another reader claimed meanwhile stays its). Best effort."""
-        min_idle = max(0, int(idle_s * 1000) - 100)
+        are marked idle for ``claim_idle_ms`` (`_claim_here` … IDLE): the next reader of the
+        group claims them at once, not after ``claim_idle_ms`` and out of order, nor never when
+        it runs shorter than that (under another consumer name, a process's own). Best effort."""
         try:
-            for stream in dict.fromkeys(m.stream for m in unread):
-                ids = [m.entry_id for m in unread if m.stream == stream]
-                self.client.xclaim(stream, self.group, self.consumer, min_idle, ids, idle=self.claim_idle_ms,
-                                   justid=True)
+            self._claim_here(unread, idle_s, idle=self.claim_idle_ms)
         except redis.RedisError:
             pass
 
