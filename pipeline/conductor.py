@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from .classify import ClassifierRoute as ClassifierRoute  # re-exported: decoders build routes
 from .classify import CropClassification
+from .conductor_detect import detect_with_retry
 from .conductor_stats import CameraCounters, ConductorStats
 from .config import CameraConfig
 from .events import Event, EventEngine, events_json, margins_of
@@ -352,7 +353,7 @@ class CameraConductor(ConductorStats):
         if not isinstance(inp, DetectorInput):
             inp = prepare_frame(frame.image, self.imgsz, meta.frame_ts, meta.camera)
         t0 = time.perf_counter()
-        detections = await self._detect_with_retry(inp)
+        detections = await detect_with_retry(self.detect, inp, self.detect_timeout_s)
         detect_ms = (time.perf_counter() - t0) * 1000
         infer_ms = detections.infer_ms  # of it, the detector replica's own time (the rest: Serve, the batch wait)
         t_track = time.perf_counter()
@@ -381,25 +382,3 @@ class CameraConductor(ConductorStats):
         # after classification: each classifier is named by its latest answer (this frame's among them)
         models = self.models(detections.model_names) if callable(self.models) else self.models
         return FrameResult(meta, detections, models, latency)
-
-    async def _detect_with_retry(self, inp: DetectorInput) -> Detections:
-        for attempt in (1, 2):  # one retry: a replica restart or a lost request
-            try:
-                # (not wait_for: on 3.11 an answer in the loop turn of stop()'s cancel dropped the
-                # cancel, and the frame cut off at stop was published as well as counted failed)
-                async with asyncio.timeout(self.detect_timeout_s):
-                    result = await self.detect(inp)
-                if isinstance(result, Exception):
-                    raise result
-                return result
-            except (Exception, asyncio.CancelledError) as exc:
-                # a cancel not of this frame (stop()) but of its request (Serve: a replica draining,
-                # a model swap) is a failure like another: retried, counted
-                task = asyncio.current_task()
-                if isinstance(exc, asyncio.CancelledError) and (task is None or task.cancelling()):
-                    raise
-                if attempt == 2:
-                    raise RuntimeError("the detector cancelled the request") if isinstance(
-                        exc, asyncio.CancelledError) else exc
-                await asyncio.sleep(0.2)
-        raise AssertionError("unreachable")
