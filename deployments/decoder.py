@@ -164,7 +164,7 @@ class DecoderDeployment:
         # the live view (pipeline/view.py): JPEGs only while someone watches; blur models load here
         self.views = await asyncio.to_thread(ViewHub.from_config, cfg, client, self.keys,
                                              fence_of=self.publisher.fence_of)
-        self.kept = KeptFrames(cfg.view.keep_frames)  # the last published frames per camera (explain)
+        self.kept = KeptFrames(cfg.view.keep_frames, max_bytes=int(cfg.view.keep_mb * 2**20))  # the last published frames per camera (explain)
 
         # frames to same-machine detectors through shared memory (pipeline/frame_share.py)
         slots = min(64, max(4, cfg.decoder.cameras_per_replica * cfg.decoder.max_inflight))

@@ -34,6 +34,10 @@ class ViewConfig(Strict):
         8, ge=0, le=256,
         description="published frames each decoder keeps per camera in memory (images by reference) for "
         "GET /cameras/{id}/explain and `percept explain`, also with the live view off; 0: none")
+    keep_mb: float = Field(
+        100.0, gt=0, le=65_536,
+        description="of those, at most this many MB of images per camera: the oldest go first, the newest always "
+        "stays (a 1080p frame is 6 MB, 4K 25 MB, 8K 100 MB)")
 
 
 class PrivacyConfig(Strict):

@@ -5,7 +5,10 @@ the service has published (Ray-free; `deployments/decoder.py` answers `kept_fram
 The conductor hands each published frame over (`KeptFrames.keep`, a deque append on the event
 loop, whether or not anyone watches the live view). Only references are kept, never copies:
 the images are the reader's own arrays, which nothing writes after the frame is published. The
-memory is bounded by ``size`` frames per camera (a 1080p frame: 6 MB; 8 of them: 50 MB)."""
+memory is bounded by ``size`` frames per camera (a 1080p frame: 6 MB; 8 of them: 50 MB) and by
+``max_bytes`` of images per camera (an 8K frame is 100 MB: 8 of them held 800 MB of a decoder's
+memory, and a decoder killed for memory stops every camera it runs); the newest frame is always
+kept."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import numpy as np
 from .schema import FrameResult
 
 DEFAULT_SIZE = 8
+DEFAULT_MAX_BYTES = 100 * 2**20  # `ViewConfig.keep_mb`
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,9 @@ class NotKept:
 class KeptFrames:
     """Per camera, a bounded deque of (image, result), newest last."""
 
-    def __init__(self, size: int = DEFAULT_SIZE):
+    def __init__(self, size: int = DEFAULT_SIZE, max_bytes: int = DEFAULT_MAX_BYTES):
         self.size = max(0, int(size))
+        self.max_bytes = int(max_bytes)
         self._frames: dict[str, deque[tuple[np.ndarray, FrameResult]]] = {}
         self._lock = threading.Lock()  # keep() runs on the event loop, reads may come from threads
 
@@ -66,6 +71,9 @@ class KeptFrames:
             if frames is None:
                 frames = self._frames[camera] = deque(maxlen=self.size)
             frames.append((image, result))
+            held = sum(kept.nbytes for kept, _ in frames)
+            while len(frames) > 1 and held > self.max_bytes:  # the oldest go; the newest stays
+                held -= frames.popleft()[0].nbytes
 
     def seqs(self, camera: str) -> tuple[int, ...]:
         with self._lock:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import DetectorConfig
+from pipeline.config_view import ViewConfig
 from pipeline.explain import (
     EXPLAIN_CONF,
     ExplainError,
@@ -193,6 +194,22 @@ def test_keep_buffer_keeps_the_last_frames_by_reference_and_names_them():
     off = KeptFrames(size=0)
     off.keep(images[0], _result("a", 1))
     assert off.cameras() == []
+
+
+def test_keep_buffer_holds_at_most_its_bytes_per_camera_and_always_the_newest():
+    big = [np.full((48, 64, 3), i, np.uint8) for i in range(4)]  # 9216 bytes each (an 8K frame: 100 MB)
+    kept = KeptFrames(size=8, max_bytes=2 * big[0].nbytes + 100)
+    for i, image in enumerate(big):
+        kept.keep(image, _result("a", i))
+    kept.keep(big[0][:8], _result("b", 1))  # another camera's bytes are its own
+    assert kept.seqs("a") == (2, 3) and kept.seqs("b") == (1,)
+    assert kept.get("a").image is big[3]
+    tiny = KeptFrames(size=8, max_bytes=10)  # a frame larger than the bound: the newest alone
+    for i, image in enumerate(big):
+        tiny.keep(image, _result("a", i))
+    assert tiny.seqs("a") == (3,)
+    with pytest.raises(ValueError, match="keep_mb"):
+        ViewConfig.model_validate({"keep_mb": 0})
 
 
 # --- the graph: GET /cameras/{id}/explain and `percept explain` ----------------------------------------
