@@ -17,9 +17,20 @@ ALLOWED = {
 }
 
 
+def _package_of(path: Path) -> str:
+    """The dotted package a file's relative imports start from (``pipeline.backends`` for
+    ``pipeline/backends/card.py`` and for ``pipeline/backends/__init__.py``)."""
+    return ".".join(path.parent.relative_to(REPO).parts)
+
+
+def _is_module(dotted: str) -> bool:
+    parts = dotted.split(".")
+    return REPO.joinpath(*parts).with_suffix(".py").exists() or REPO.joinpath(*parts, "__init__.py").exists()
+
+
 def _imports(path: Path) -> set[str]:
     """Project modules ``path`` imports (absolute, dotted), at any depth of the file."""
-    package = path.parent.name
+    package = _package_of(path)
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -27,20 +38,25 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = f"{package}.{base}" if base else package
-                if not node.module:  # from . import x, y
-                    out |= {f"{package}.{a.name}" for a in node.names}
+                parts = package.split(".")
+                anchor = ".".join(parts[: len(parts) - (node.level - 1)])  # `..x`: one package up
+                base = f"{anchor}.{base}" if base else anchor
+                if not node.module:  # from . import x, y: modules x, y, or names of the package's own
+                    out |= {f"{anchor}.{a.name}" if _is_module(f"{anchor}.{a.name}") else anchor for a in node.names}
                     continue
             out.add(base)
     return {m for m in out if m.split(".")[0] in PACKAGES}
 
 
 def _modules() -> dict[str, set[str]]:
+    """Every module of the packages, subpackages (``pipeline/backends``, ``pipeline/lifecycle``) too."""
     graph = {}
     for package in PACKAGES:
-        for path in (REPO / package).glob("*.py"):
-            name = f"{package}.{path.stem}" if path.stem != "__init__" else package
+        for path in (REPO / package).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             graph[name] = {m for m in _imports(path) if m != name}
+    assert {"pipeline.backends.card", "pipeline.lifecycle.swap", "pipeline.schema"} <= set(graph)
     return graph
 
 
