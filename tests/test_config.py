@@ -442,7 +442,9 @@ def test_opencv_timeouts_below_a_millisecond_stay_timeouts(monkeypatch):
     monkeypatch.setattr(capture, "_ffmpeg_open", lambda url, params: (seen.append(params), type(
         "Closed", (), {"isOpened": lambda self: False})())[1])
     monkeypatch.setattr(capture, "diagnose_open", lambda url, timeout_s: "no answer")
-    with pytest.raises(Exception):
+    from pipeline.source_types import SourceError
+
+    with pytest.raises(SourceError, match="cannot open rtsp://cam.local/s: no answer"):
         capture.open_capture("a", "rtsp://cam.local/s", open_timeout_s=0.0005, read_timeout_s=0.0004)
     import cv2
 

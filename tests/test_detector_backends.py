@@ -172,7 +172,7 @@ def test_sizes_beyond_the_limit_run_in_the_square(native_square, monkeypatch):
     inputs = [prepare_frame(f, 640) for f in frames("traffic.mp4", [5, 45])]
     got, want = capped.detect_batch(inputs), native_square.detect_batch(inputs)
     assert capped.sizes.runners == {(640, 640): capped.sizes.runners[(640, 640)], (384, 640): None}
-    assert all(a == b for a, b in zip(got, want))
+    assert len(got) == len(want) == 2 and all(len(a) > 0 and a == b for a, b in zip(got, want))
 
 
 def test_the_rectangle_holds_the_pixels_of_ultralytics_rect_letterbox():
