@@ -172,7 +172,7 @@ def test_a_hung_classifier_delays_frames_by_its_timeout_at_most(redis_server, mo
     import pipeline.classify as classify_module
 
     monkeypatch.setattr(classify_module, "PROBE_EVERY_S", 600.0)  # (no probe within the run)
-    timeout_s, slack_s = 0.5, 0.4
+    timeout_s, slack_s = 0.5, 2.0  # (slack for a loaded machine: without the timeout no frame is published)
 
     async def never(crops):
         await asyncio.Event().wait()
@@ -329,7 +329,9 @@ def test_detector_gets_the_newest_frame_under_overload(redis_server, monkeypatch
 
     conductor = asyncio.run(scenario())
     assert len(ages) >= 12
-    assert max(ages) <= work_s / 2, f"frame ages at take (s): {[round(a, 3) for a in ages]}"
+    # (3 in 4: one stall of a loaded machine is not a stale frame; every take of a frame
+    # sampled after the previous take would be ~work_s old)
+    assert sorted(ages)[len(ages) * 3 // 4] <= work_s / 2, f"frame ages at take (s): {[round(a, 3) for a in ages]}"
     # every frame read is counted exactly once: processed, dropped, or still unsent at the end
     wait_for(lambda: conductor.slot.closed, 5, "the reader thread to finish")
     unsent = 1 if conductor.slot.get(timeout=0) is not None else 0

@@ -191,10 +191,11 @@ def test_a_stalled_mjpeg_socket_does_not_slow_the_camera(live):
         sock.sendall(f"GET /lv/cameras/crowd/live HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())  # and never read
         wait_for(lambda: json.loads(_get(api + "/view")[2])["streams"] >= 1, 30, "the stalled stream running")
         stalled = _published_fps(client, "crowd", 8)
-        assert stalled >= 0.7 * baseline, f"camera at {stalled:.2f} fps with a stalled viewer, {baseline:.2f} before"
-        # the API answers, and another viewer gets frames, while the stalled one is connected
-        t0 = time.monotonic()
-        assert _get(api + "/cameras")[0] == 200 and time.monotonic() - t0 < 5
+        # (a camera blocked by the viewer stops: 0 fps; half its rate leaves room for a loaded machine)
+        assert stalled >= 0.5 * baseline, f"camera at {stalled:.2f} fps with a stalled viewer, {baseline:.2f} before"
+        # the API answers (within the request's timeout), and another viewer gets frames, while the
+        # stalled one is connected
+        assert _get(api + "/cameras", timeout=10)[0] == 200
         assert len(_mjpeg_parts(api, "crowd", 2)) >= 2
         # the stalled response is ended (view.stream_max_s 15) although its socket never read
         wait_for(lambda: json.loads(_get(api + "/view")[2])["streams"] == 0, 40, "the stalled stream dropped")
