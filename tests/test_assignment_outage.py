@@ -51,7 +51,9 @@ def test_after_an_outage_past_the_ttl_each_replica_takes_back_its_own_cameras(re
         client = redis_server.client()
         try:
             wait_for(lambda: sup_b.running, 10, "replica b claiming again after the outage")
-            hold(1.2, "replica b's next round (a third of the TTL) while replica a is still held up")
+            for _ in range(2):  # a whole round of replica b's after that one, while replica a is still held up
+                began = sup_b._next_round  # (set as a round starts)
+                wait_for(lambda: sup_b._next_round > began, 10, "replica b's next round")
             assert "c1" not in sup_b.running, "replica b took the camera whose results replica a holds"
         finally:
             resume.set()
