@@ -98,6 +98,7 @@ def foreign_variable_error(camera: CameraConfig, field: str, others: Iterable[st
         own = name.startswith(prefix) and name[len(prefix):].isalpha() and name[len(prefix):].isupper()
         if not own or not any(a <= m.start() and m.end() <= b for a, b in allowed):
             return (f"{field}: ${{{name}}}: a camera added through the API names only its own variables "
-                    f"({prefix}PASSWORD, {prefix}USER, …), as its user or password: write user:${{{prefix}PASSWORD}}@host "
-                    f"(or ?password=${{{prefix}PASSWORD}}); the decoders need {prefix}PASSWORD set")
+                    f"({prefix}PASSWORD, {prefix}USER, …), and only as its user or password, as in "
+                    f"user:${{{prefix}PASSWORD}}@host or as the value of a password query parameter; the decoders "
+                    f"need {prefix}PASSWORD set")  # (no `password: x` or `?password=x` in it: the CLI's redact() keeps it whole)
     return None

@@ -17,6 +17,7 @@ import pytest
 
 from pipeline.config_env import foreign_variable_error
 from pipeline.config import CameraConfig
+from pipeline.redact import redact
 
 
 @contextlib.contextmanager
@@ -57,6 +58,7 @@ def test_an_api_camera_names_only_its_own_variables_as_its_credentials(api, redi
         assert r.status_code == 422, (url, r.text)
         [line] = r.json()["detail"]
         assert line.startswith("cameras[x].url: ${") and "names only its own variables (CAM_X_PASSWORD" in line, line
+        assert redact(line) == line and "as in user:${CAM_X_PASSWORD}@host" in line, line  # `percept cameras add` shows it redacted
     assert redis_server.client().hgetall("apiin:cameras") == {}
     # another camera's variables by a prefix of its name (front-2's for front), or by an id that
     # maps to the same names (Dock and dock)
