@@ -49,11 +49,15 @@ class CameraRestarts:
             if entry.restart_at is None:
                 task = entry.task
                 if task.done() and not task.cancelled() and task.exception() is not None:
-                    self._schedule_restart(cid, entry, task.exception(), now)
+                    self._schedule_restart(cid, entry, task.exception(), now, said=True)
             elif now >= entry.restart_at and cid in self.cameras and not self._stop.is_set():
                 await self._restart(cid, entry)
 
-    def _schedule_restart(self, cid: str, entry: RunningCamera, exc: BaseException, now: float) -> None:
+    def _schedule_restart(self, cid: str, entry: RunningCamera, exc: BaseException, now: float, *,
+                          said: bool = False) -> None:
+        """A restart after the backoff, said in the camera's state; ``said``: the camera's run ended
+        with ``exc`` (a `GeometryError` its conductor put on the status stream as it failed: the
+        restart's time goes into the camera hash only, not in a second entry)."""
         if now - entry.started_at >= entry.backoff.cap:
             entry.backoff.reset()  # it had been running fine: a new fault, not the same one again
         delay = entry.backoff.next()
@@ -65,7 +69,7 @@ class CameraRestarts:
         log.error("camera %s: %s; restarting in %.1f s", cid, error, delay)
         if self.publisher is not None:
             self.publisher.camera_state(cid, "failed" if failed else "reconnecting",
-                                        error=f"{error} (restart in {delay:.1f} s)")
+                                        error=f"{error} (restart in {delay:.1f} s)", stream=not (failed and said))
 
     async def _restart(self, cid: str, entry: RunningCamera) -> None:
         entry.restart_at = None

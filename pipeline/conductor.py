@@ -135,9 +135,9 @@ class CameraConductor(ConductorStats):
             while not self._stopped.is_set():
                 await sem.acquire()
                 frame = await self._next_frame()
-                if frame is None:
+                if frame is None or not self._fits(frame.meta):
                     sem.release()
-                    ended = not self._stopped.is_set()  # its source ended, nobody stopped it
+                    ended = frame is None and not self._stopped.is_set()  # its source ended, nobody stopped it
                     break
                 order = _Order()
                 task = asyncio.create_task(self._process(frame, previous, order))
@@ -317,18 +317,35 @@ class CameraConductor(ConductorStats):
         if self.events is not None:
             try:
                 events = self.events.update(result, *self._alive.pop(result.meta.seq, (None, None)))
-            except GeometryError as exc:  # a pixel zone outside the frame: the camera cannot run
-                self._failure = exc
-                self.source.detach()  # its reader's "stopped" must not hide why
-                self.publisher.camera_state(self.camera.id, "failed", error=str(exc), url=self.camera.shown_url)
-                self._stopped.set()
-                self._frame_ready.set()
+            except GeometryError as exc:  # (`_fits` checked the frame's size before it was detected)
+                self._fail(exc)
+                raise
         counts = self.events.take_counts() if self.events is not None else None
         self.publisher.publish(result, events_json(events), counts)
         if self.track_state is not None and self.events is not None:
             self.track_state.published(result.meta, self.events)  # queued after the frame it describes
         self.metrics.frame_published(self.camera.id, result.latency_ms.get("total", 0.0))
         self._last = result.meta
+
+    def _fits(self, meta: FrameMeta) -> bool:
+        """The zones and lines fit the frame (else the camera fails before it is detected)."""
+        try:
+            if self.events is not None:
+                self.events.geometry(meta.width, meta.height)
+            return True
+        except GeometryError as exc:
+            self._fail(exc)
+            return False
+
+    def _fail(self, exc: GeometryError) -> None:
+        """It cannot run as configured: it stops, run() raises why (tried again with backoff)."""
+        if self._failure is not None:
+            return
+        self._failure = exc
+        self.source.detach()  # its reader's "stopped" must not hide why
+        self.publisher.camera_state(self.camera.id, "failed", error=str(exc), url=self.camera.shown_url)
+        self._stopped.set()
+        self._frame_ready.set()
 
     def _leave_tracks(self) -> None:
         """The camera stops here: its open tracks end, or go on at its next owner (`leave_tracks`)."""

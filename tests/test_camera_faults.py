@@ -20,6 +20,8 @@ from .waiting import wait_for
 
 def test_a_pixel_zone_outside_the_frame_keeps_the_camera_failed_with_its_reason_and_tried_again(
         redis_server, monkeypatch):
+    """Between its tries it goes online until its first frame, which is neither detected nor
+    published (a subscriber got a failed camera's detections); each try says failed once."""
     client = redis_server.client()
     opens = []
     monkeypatch.setattr(camera_open_module, "open_capture",
@@ -38,6 +40,12 @@ def test_a_pixel_zone_outside_the_frame_keeps_the_camera_failed_with_its_reason_
         assert state["last_error"].startswith("cameras[z].zones.porch[1]: [900, 10] is outside the 64x36 frame"), state
         states = [f[b"state"] for _, f in client.xrange(KEYS.status) if f[b"camera"] == b"z"]
         assert b"stopped" not in states, states
+        # one entry a try for each state it goes through, and none of its frames detected or published
+        said = [(f[b"state"], f[b"error"].split(b" (restart in")[0]) for _, f in client.xrange(KEYS.status)
+                if f[b"camera"] == b"z"]
+        assert all(a != b for a, b in zip(said, said[1:])), said
+        assert said.count((b"failed", state["last_error"].split(" (restart in")[0].encode())) >= 2, said
+        assert client.xlen(KEYS.detections("z")) == 0
         wait_for(lambda: client.xlen(KEYS.detections("ok")) >= 10, 30, "camera ok publishing meanwhile")
     finally:
         bg.stop()
