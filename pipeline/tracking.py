@@ -45,6 +45,9 @@ REFERENCE_FPS = 30  # ultralytics' motion noise is meant for frames this far apa
 # tracked and lost tracks kept by a snapshot: the confirmed first (the tracks the event engine has
 # open), the most recently seen
 MAX_SNAPSHOT_TRACKS = 512
+# removed tracks kept: ByteTrack keeps 1000 (~7 MB a camera) and reads only their ids, against lost
+# tracks of the same id, which a new track never has (ids are never given twice)
+REMOVED_KEPT = 50
 _INTERVALS = 15  # recent frame intervals the usual one is the median of
 MIN_PERIOD_S = 1 / 60  # the usual interval between frames is never taken as shorter (`_Clock.period`)
 # a live camera's pause after which no track goes on (an outage: the scene is another one); a
@@ -171,6 +174,7 @@ class ObjectTracker:
         rows = self._rows(dets)
         heads, head_of = merge_duplicates(rows[:, :4], rows[:, 4], dets.categories, self.cfg.merge_iou)
         t.update(Boxes(rows[heads], frame_shape))
+        del t.removed_stracks[:-REMOVED_KEPT]
         by_head = {int(s.idx): int(s.track_id) for s in t.tracked_stracks if s.is_activated and s.frame_id == t.frame_id}
         position = {head: k for k, head in enumerate(heads)}
         self._heads = [position[head_of[i]] for i in range(len(dets))]

@@ -446,3 +446,21 @@ def test_a_burst_of_frames_a_millisecond_apart_does_not_lose_a_moving_car():
             t, x = t + gap, x + step
             ids.append(tracker.update(car(x), (360, 640), t, steady_ts=t).track_ids[0])
     assert set(ids[5:]) == {ids[5]} and ids[5] is not None, ids
+
+
+def test_the_tracker_keeps_a_short_tail_of_removed_tracks_and_the_same_ids(clips, monkeypatch):
+    """ByteTrack kept the last 1000 removed tracks (~7 MB a camera); 50 give the same ids."""
+    import pipeline.tracking as tracking
+
+    tail = tracking.REMOVED_KEPT
+    for name, clip in clips.items():
+        frames = list(range(len(clip.dets)))  # every frame: the most tracks come and go
+        runs = {}
+        for kept in (tail, 10**9):
+            monkeypatch.setattr(tracking, "REMOVED_KEPT", kept)
+            tracker = ObjectTracker(TrackerConfig(), fps=FPS)
+            ids = [tracker.update(clip.dets[i], clip.shape, ts=clip.pts[i]).track_ids for i in frames]
+            runs[kept] = (ids, len(tracker._tracker.removed_stracks))
+        (short, in_short), (whole, in_whole) = runs.values()
+        assert in_short <= 50 < in_whole, (name, in_short, in_whole)
+        assert short == whole, name
