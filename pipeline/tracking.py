@@ -45,8 +45,9 @@ REFERENCE_FPS = 30  # ultralytics' motion noise is meant for frames this far apa
 # tracked and lost tracks kept by a snapshot: the confirmed first (the tracks the event engine has
 # open), the most recently seen
 MAX_SNAPSHOT_TRACKS = 512
-# removed tracks kept: ByteTrack keeps 1000 (~7 MB a camera) and reads only their ids, against lost
-# tracks of the same id, which a new track never has (ids are never given twice)
+# removed tracks kept: ByteTrack keeps 1000 (~7 MB a camera) and reads only their ids, to take the
+# tracks a frame removed out of its lost ones at the next frame; those of the last frame are always
+# kept (a stall that expires 80 tracks at once ends all 80)
 REMOVED_KEPT = 50
 _INTERVALS = 15  # recent frame intervals the usual one is the median of
 MIN_PERIOD_S = 1 / 60  # the usual interval between frames is never taken as shorter (`_Clock.period`)
@@ -174,7 +175,7 @@ class ObjectTracker:
         rows = self._rows(dets)
         heads, head_of = merge_duplicates(rows[:, :4], rows[:, 4], dets.categories, self.cfg.merge_iou)
         t.update(Boxes(rows[heads], frame_shape))
-        del t.removed_stracks[:-REMOVED_KEPT]
+        del t.removed_stracks[:-max(REMOVED_KEPT, len(t.removed_stracks_frame))]
         by_head = {int(s.idx): int(s.track_id) for s in t.tracked_stracks if s.is_activated and s.frame_id == t.frame_id}
         position = {head: k for k, head in enumerate(heads)}
         self._heads = [position[head_of[i]] for i in range(len(dets))]

@@ -464,3 +464,26 @@ def test_the_tracker_keeps_a_short_tail_of_removed_tracks_and_the_same_ids(clips
         (short, in_short), (whole, in_whole) = runs.values()
         assert in_short <= 50 < in_whole, (name, in_short, in_whole)
         assert short == whole, name
+
+
+def test_tracks_that_expire_together_all_end_past_the_tail_of_removed_tracks(monkeypatch):
+    """80 people lost at once (a stall): every one of their tracks ends when the buffer runs out,
+    as with ByteTrack's whole list of removed tracks; none comes back under its old id after."""
+    import pipeline.tracking as tracking
+
+    crowd = Detections(xyxy=np.array([[20 * (i % 40), 300 * (i // 40), 20 * (i % 40) + 15, 300 * (i // 40) + 40]
+                                      for i in range(80)], np.float32),
+                       scores=[0.8] * 80, labels=("person",) * 80, categories=("pedestrian",) * 80)
+    runs = []
+    for kept in (tracking.REMOVED_KEPT, 10**9):
+        monkeypatch.setattr(tracking, "REMOVED_KEPT", kept)
+        tracker = ObjectTracker(TrackerConfig(), fps=FPS)
+        seen = [tracker.update(crowd, (720, 1280), ts=k / FPS).track_ids for k in range(3)]
+        alive, t = [], 3 / FPS
+        while len(alive) < 2 or alive[-1] or alive[-2]:  # empty frames until none is left for two
+            tracker.update(Detections(), (720, 1280), ts=t)
+            alive.append(len(tracker.alive_ids()))
+            t += 1 / FPS
+        back = tracker.update(crowd, (720, 1280), ts=t).track_ids
+        runs.append((seen, alive, set(back) & set(seen[-1])))
+    assert runs[0] == runs[1] and not runs[0][2] and 80 in runs[0][1], runs[0][1:]
