@@ -55,9 +55,10 @@ class CameraRestarts:
 
     def _schedule_restart(self, cid: str, entry: RunningCamera, exc: BaseException, now: float, *,
                           said: bool = False) -> None:
-        """A restart after the backoff, said in the camera's state; ``said``: the camera's run ended
-        with ``exc`` (a `GeometryError` its conductor put on the status stream as it failed: the
-        restart's time goes into the camera hash only, not in a second entry)."""
+        """A restart after the backoff, said in the camera's state and logged; ``said``: the camera's
+        run ended with ``exc``, and a `GeometryError` its conductor said as it failed is not said
+        again (a second status entry; a hash write alone is not guarded against a resend, which
+        could land over the camera's later states)."""
         if now - entry.started_at >= entry.backoff.cap:
             entry.backoff.reset()  # it had been running fine: a new fault, not the same one again
         delay = entry.backoff.next()
@@ -67,9 +68,9 @@ class CameraRestarts:
         error = redact(str(exc) if failed else f"crashed: {type(exc).__name__}: {exc}",
                        cam.secrets if cam is not None else ())
         log.error("camera %s: %s; restarting in %.1f s", cid, error, delay)
-        if self.publisher is not None:
+        if self.publisher is not None and not (failed and said):
             self.publisher.camera_state(cid, "failed" if failed else "reconnecting",
-                                        error=f"{error} (restart in {delay:.1f} s)", stream=not (failed and said))
+                                        error=f"{error} (restart in {delay:.1f} s)")
 
     async def _restart(self, cid: str, entry: RunningCamera) -> None:
         entry.restart_at = None

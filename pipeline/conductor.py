@@ -136,6 +136,7 @@ class CameraConductor(ConductorStats):
                 await sem.acquire()
                 frame = await self._next_frame()
                 if frame is None or not self._fits(frame.meta):
+                    self.counters.failed += frame is not None  # (read, and counted: neither detected nor published)
                     sem.release()
                     ended = frame is None and not self._stopped.is_set()  # its source ended, nobody stopped it
                     break

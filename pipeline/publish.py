@@ -206,17 +206,13 @@ class Publisher(PublisherWriter):
         entry = publish_entry(entry_id, seq, body, top_track, zip(ids, events), counts)
         self._put(camera, nbytes, None, is_frame=is_frame, fence=self._fences.get(camera), entry=entry)
 
-    def camera_state(self, camera: str, state: str, *, error: str | None = None, stream: bool = True,
-                     **fields: Any) -> None:
-        """A state change: the camera hash and one entry on the status stream (``stream`` False:
-        the hash only, for what an entry already said)."""
+    def camera_state(self, camera: str, state: str, *, error: str | None = None, **fields: Any) -> None:
+        """A state change: the camera hash and one entry on the status stream."""
         now, change = self.clock(), f"{self._instance}-{next(self._changes)}"
         mapping = {"state": state, "updated_at": f"{now:.3f}", "last_error": redact(error or ""), "state_change": change}
         mapping.update({k: str(v) for k, v in fields.items()})
         entry = {"change": change, "camera": camera, "state": state, "error": mapping["last_error"], "ts": f"{now:.3f}"}
-        if not stream:  # (the hash keeps naming the change whose entry said it)
-            del mapping["state_change"]
-        self._put_hash(camera, mapping, entry if stream else None)
+        self._put_hash(camera, mapping, entry)
 
     def camera_stats(self, camera: str, **fields: Any) -> None:
         """Periodic numbers (fps, dropped, …) into the camera hash; no status entry."""

@@ -46,6 +46,8 @@ def test_a_pixel_zone_outside_the_frame_keeps_the_camera_failed_with_its_reason_
         assert all(a != b for a, b in zip(said, said[1:])), said
         assert said.count((b"failed", state["last_error"].split(" (restart in")[0].encode())) >= 2, said
         assert client.xlen(KEYS.detections("z")) == 0
+        # each try's frame was read: counted among the dropped (it was counted nowhere)
+        wait_for(lambda: int(client.hget(KEYS.camera("z"), "dropped") or 0) >= 2, 30, "camera z's frames counted")
         wait_for(lambda: client.xlen(KEYS.detections("ok")) >= 10, 30, "camera ok publishing meanwhile")
     finally:
         bg.stop()
