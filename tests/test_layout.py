@@ -4,6 +4,7 @@ graph, the CLI its own package, measuring code in `benchmarks/`; no import cycle
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,8 +39,7 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                parts = package.split(".")
-                anchor = ".".join(parts[: len(parts) - (node.level - 1)])  # `..x`: one package up
+                anchor = importlib.util.resolve_name("." * node.level, package)  # `..x`: one package up
                 base = f"{anchor}.{base}" if base else anchor
                 if not node.module:  # from . import x, y: modules x, y, or names of the package's own
                     out |= {f"{anchor}.{a.name}" if _is_module(f"{anchor}.{a.name}") else anchor for a in node.names}
