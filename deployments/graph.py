@@ -51,6 +51,11 @@ def _floor(gpus: float) -> float:
     return math.floor(gpus * 10_000 + 1e-6) / 10_000
 
 
+# Serve waits this long before a stopping replica first looks for requests still ongoing, then
+# again until none is (default 2 s each): requests already routed to it reach it well within
+# that; longer ones (a batch, an MJPEG stream, a camera's hand-over) are still waited for, up to
+# graceful_shutdown_timeout_s. A stop, a redeploy and a scale-down take ~2 s less.
+SHUTDOWN_WAIT_LOOP_S = 0.25
 MIN_AUTO_SHARE = 0.05  # the least GPU a deployment on auto gets: below, those on auto take another GPU
 
 
@@ -96,6 +101,7 @@ def model_server_options(cfg: ModelServerConfig, *, gpus: float) -> dict[str, An
         # the batch size means batches never fill).
         "max_ongoing_requests": max(32, 4 * cfg.batch.max_size),
         "user_config": {"max_batch_size": cfg.batch.max_size, "batch_wait_ms": cfg.batch.wait_ms},
+        "graceful_shutdown_wait_loop_s": SHUTDOWN_WAIT_LOOP_S,
     }
     if isinstance(cfg.replicas, int):
         options["num_replicas"] = cfg.replicas
@@ -131,9 +137,8 @@ def decoder_options(config: PerceptConfig) -> dict[str, Any]:
         # a stopping replica ends or hands over its cameras' tracks and flushes what they published
         # (`DecoderDeployment.__del__`): more than Serve's default 20 s before it is killed
         "graceful_shutdown_timeout_s": 60,
-        # Serve waits this long before it first looks for requests still ongoing (default 2 s): a
-        # decoder's are short, and its cameras pause from the stop until their next owner starts
-        "graceful_shutdown_wait_loop_s": 0.25,
+        # (its cameras pause from the stop until their next owner starts)
+        "graceful_shutdown_wait_loop_s": SHUTDOWN_WAIT_LOOP_S,
     }
 
 
@@ -144,7 +149,8 @@ def deployment_options(config: PerceptConfig, *, gpu_available: bool) -> dict[st
         # long requests (MJPEG streams, swaps, explain) must not hold up the rest: Serve's default is 5;
         # view.max_streams of them at most, with 64 places left for everything else
         "api": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0},
-                "max_ongoing_requests": max(256, config.view.max_streams + 64)},
+                "max_ongoing_requests": max(256, config.view.max_streams + 64),
+                "graceful_shutdown_wait_loop_s": SHUTDOWN_WAIT_LOOP_S},
         "decoder": decoder_options(config)}
     for section in config.detector_sections() + config.classifier_sections():
         options[section.deployment] = model_server_options(section.cfg, gpus=gpus[section.deployment])

@@ -218,3 +218,17 @@ def test_a_local_run_asking_for_resources_its_ray_has_none_of_is_refused_naming_
         "edge (Serve would wait for it for ever)"]
     assert unmet_resources(config, {"CPU": 2.0, "GPU": 1.0, "edge": 1.0}, gpu_available=True) == []
     assert unmet_resources(parse_config({}, env={}), {"CPU": 2.0}, gpu_available=False) == []  # auto: none asked
+
+
+def test_every_deployment_stops_without_serves_two_second_first_wait():
+    """Serve waits ``graceful_shutdown_wait_loop_s`` (default 2 s) before a stopping replica
+    first looks for requests still ongoing: every deployment `percept build` writes (and `percept
+    run` binds) sets it to 0.25 s, so a stop, a redeploy and a scale-down take ~2 s less; ongoing
+    requests are still waited for, up to ``graceful_shutdown_timeout_s``."""
+    from deployments.graph import SHUTDOWN_WAIT_LOOP_S
+
+    built = yaml.safe_load(percept_build("-c", "configs/example.yaml"))
+    (app,) = built["applications"]
+    loops = {d["name"]: d.get("graceful_shutdown_wait_loop_s") for d in app["deployments"]}
+    assert {"api", "decoder", "detector", "classifier-vehicle", "classifier-pedestrian"} <= set(loops), loops
+    assert SHUTDOWN_WAIT_LOOP_S == 0.25 and set(loops.values()) == {0.25}, loops
