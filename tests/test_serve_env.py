@@ -63,16 +63,28 @@ class _Outer:
                 "threads": sorted(t.name for t in threading.enumerate())}
 
 
-def test_replicas_run_our_code_on_their_own_loop(ray_session):
-    """Under Ray as `percept run` starts it: no thread of Serve's separate loops in a replica that
-    served a request and made a handle call (both exist with Serve's defaults)."""
-    handle = serve.run(_Outer.bind(_Inner.bind()), name="serve-env-probe", route_prefix=None)
+def _threads_seen(app: str, env_vars: dict[str, str] | None = None) -> list[str]:
+    """The thread names of a replica that served a request and made a handle call (its own, the
+    inner replica's, every thread it has); ``env_vars`` set in both replicas."""
+    options = {} if env_vars is None else {"ray_actor_options": {"runtime_env": {"env_vars": env_vars}}}
+    graph = _Outer.options(**options).bind(_Inner.options(**options).bind())
+    handle = serve.run(graph, name=app, route_prefix=None)
     try:
         seen = handle.where.remote().result(timeout_s=60)
     finally:
-        serve.delete("serve-env-probe")
-    for name in [seen["inner"], seen["outer"], *seen["threads"]]:
-        assert not any(loop in name for loop in SEPARATE_LOOPS), seen
+        serve.delete(app)
+    return [seen["inner"], seen["outer"], *seen["threads"]]
+
+
+def test_replicas_run_our_code_on_their_own_loop(ray_session):
+    """Under Ray as `percept run` starts it: no thread of Serve's separate loops in a replica that
+    served a request and made a handle call. The control: the same replicas with Serve's defaults
+    (`SERVE_ENV` undone in their env) show both threads, so the names looked for are Serve's."""
+    ours = _threads_seen("serve-env-probe")
+    assert not [name for name in ours if any(loop in name for loop in SEPARATE_LOOPS)], ours
+    defaults = _threads_seen("serve-env-defaults", {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
+                                                    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"})
+    assert all(any(loop in name for name in defaults) for loop in SEPARATE_LOOPS), defaults
 
 
 @serve.deployment
