@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok; 1 an unexpected failure; 2 invalid config or arguments, or a model that cannot
 be loaded (nothing was started); 3 a service the config names is unreachable (Redis, the graph's
-API), or a deployment that could not start; 130 interrupted (the README's table).
+API), or a deployment that could not start; 130 interrupted; 143 `run` stopped by SIGTERM while
+starting (the README's table).
 
 The console shows percept's own lines (status, warnings and errors naming the camera); Ray's
 and the replicas' logs go to files (the replica log folder is printed at start) unless

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -26,6 +25,7 @@ from pipeline.config import (
 from pipeline.redact import redact, redact_url
 
 from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, RedisOutage, fail, number_arg, say, state_dir_error
+from .terminate import StartupTermination
 
 
 class Unavailable(RuntimeError):
@@ -232,8 +232,10 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
     with ExitStack() as stack:
         # a SIGTERM while starting unwinds what was started (the private redis-server runs in a
         # session of its own: nothing else stops it); once running, `monitor_cameras` stops cleanly
-        if threading.current_thread() is threading.main_thread():
-            stack.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, _terminated))
+        # (cli/terminate.py: exit 143 whenever it lands, Ray's own handlers included)
+        term = StartupTermination()
+        if term.active:
+            stack.callback(signal.signal, signal.SIGTERM, term.install())
         try:
             problem = state_dir_error(config.state_dir, "state_dir") or _address_form_error(address)
             if problem:
@@ -248,17 +250,21 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
             return fail(str(exc), EXIT_UNAVAILABLE)
         from deployments.graph import ray_cpus_for
 
+        term.check()
+        stack.callback(ray.shutdown)  # (also what a ray.init cut short had started)
         try:
-            address = start_ray(address, verbose=verbose, num_cpus=ray_cpus_for(config))
+            with term.around_ray_init():
+                address = start_ray(address, verbose=verbose, num_cpus=ray_cpus_for(config))
         except Unavailable as exc:
             return fail(str(exc), EXIT_UNAVAILABLE)
-        stack.callback(ray.shutdown)
         try:
-            logs = serve_graph(config, stack, verbose=verbose, local=address == "local")
+            with term.exits_as_terminated():
+                logs = serve_graph(config, stack, verbose=verbose, local=address == "local")
         except ConfigError as exc:  # (what it asks of a private Ray that has none of it)
             return fail(str(ConfigError(exc.errors, exc.source or source)), CONFIG_ERROR_EXIT_CODE)
         except Exception as exc:  # a replica that cannot start (model error) fails the deploy
             return fail(f"deployment failed: {redact(str(exc))[-2000:]}", EXIT_UNAVAILABLE)
+        term.check()
         say(f"running {len(config.cameras)} camera(s); streams {config.redis.stream_prefix}:detections:<camera>; "
             f"replica logs in {logs}")
         say(ingress_line(config))
@@ -269,10 +275,6 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
                                duration=duration, show=monitor, outage=outage,
                                keep_up=keeper[0].keep_up if keeper else None)
     return 0
-
-
-def _terminated(*_: Any) -> None:
-    raise SystemExit(128 + signal.SIGTERM)
 
 
 def ingress_line(config: PerceptConfig) -> str:
