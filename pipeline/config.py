@@ -411,6 +411,8 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     except RecursionError:  # (PyYAML's composer recurses once a level: ~500 levels end it)
         raise ConfigError(["YAML nested too deeply (lists or mappings hundreds of levels deep): refused"],
                           str(p)) from None
+    if data is None:  # (it ran with every default and no camera, without a word)
+        raise ConfigError(["no settings in the file (empty, or comments only): write at least `cameras: []`"], str(p))
     env = os.environ if env is None else env
     config = parse_config(data, env=env, source=str(p), base_dir=p.parent)
     errors = camera_env_errors(config, env) if camera_env else []

@@ -54,6 +54,23 @@ _COLON_FORMS = {"file", "unix", "zmq"}  # FFmpeg's file:x, unix:/run/cam.sock, z
 UNREADABLE_HOST = "the host cannot be read (a [ or ] outside an IPv6 address [..]?)"  # urlsplit: "Invalid IPv6 URL"
 
 
+# a network camera written without its scheme, read as a file path: it failed as "file not found"
+# with its password in the error (the camera's status in Redis, the logs)
+_SCHEMELESS_USERINFO = re.compile(r"[^/@\s:]*:[^/@\s]*@")  # user:password@
+_SCHEMELESS_HOST_PORT = re.compile(r"(?!device:)[A-Za-z0-9.-]+:[0-9]{1,5}(?:[/?#]|$)")  # host:port
+
+
+def _schemeless_network(url: str) -> str | None:
+    """A path, device:N or a URL that is all ${VAR}: None; what looks like a network camera
+    without its scheme: the refusal (nothing of it quoted)."""
+    if _SCHEMELESS_USERINFO.match(url):
+        return ("no scheme, so it is read as a file path, but it starts with user:password@: write the camera's "
+                "scheme first (rtsp://user:…@host/…), its password as ${VAR}")
+    if _SCHEMELESS_HOST_PORT.match(url):
+        return "no scheme, so it is read as a file path, but it starts with host:port: write rtsp://host:port/… (or its scheme)"
+    return None
+
+
 def camera_url_problem(url: str) -> str | None:
     """What is wrong with a camera URL's scheme, host or port as written (None: nothing seen;
     parts written as ``${VAR}`` are checked where the decoder expands them). A password is never
@@ -64,8 +81,10 @@ def camera_url_problem(url: str) -> str | None:
     if typo and typo.group(1).lower() in CAMERA_SCHEMES and typo.group(1).lower() not in _COLON_FORMS:
         return f"{typo.group(0)}… is not a URL: write {typo.group(1)}://host/…"
     m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
-    if m is None or m.group(1).lower() == "file":
-        return None  # a file path, device:N, or a URL that is all ${VAR}
+    if m is None:
+        return _schemeless_network(url)
+    if m.group(1).lower() == "file":
+        return None
     scheme = m.group(1).lower()
     if scheme not in CAMERA_SCHEMES:
         return (f"unknown scheme {m.group(1)}:// (a camera is rtsp://, rtsps://, http(s)://, rtmp://, srt://, udp://, "

@@ -91,6 +91,34 @@ def test_a_camera_url_missing_a_slash_or_with_spaces_around_it_is_refused(url, s
         assert parse_config({"cameras": [{"id": "a", "url": fine}]}, env={}).cameras[0].url == fine
 
 
+@pytest.mark.parametrize("url, starts", [("admin:Hunter2Pass@192.0.2.11/s", "user:password@"),
+                                         ("admin:${CAM_A_PASSWORD}@192.0.2.11/s", "user:password@"),
+                                         ("192.0.2.11:554/stream1", "host:port"), ("cam.local:8554", "host:port")])
+def test_a_network_camera_written_without_its_scheme_is_refused_without_quoting_it(url, starts):
+    """Read as a file path it passed, then failed as "file not found: …admin:Hunter2Pass@…": the
+    password in the camera's status in Redis and in the logs (the inline-password check looks at
+    URLs with a scheme only)."""
+    (err,) = errors_of({"cameras": [{"id": "a", "url": url}]})
+    assert err.startswith("cameras[0].url: no scheme, so it is read as a file path, but it starts with " + starts), err
+    assert "Hunter2Pass" not in err and "192.0.2.11" not in err, err
+    for fine in ("me@home.mp4", "clips/a:1.mp4", "/v/cam:554/a.mp4", "device:1", "${CAM_URL}"):
+        assert parse_config({"cameras": [{"id": "a", "url": fine}]}, env={}).cameras[0].url == fine
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n\n"])
+def test_a_config_file_with_no_settings_is_refused(tmp_path, text):
+    """It ran with every default and no camera, without a word (a file truncated, the wrong one)."""
+    from pipeline.config import load_config
+
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.errors == ["no settings in the file (empty, or comments only): write at least `cameras: []`"]
+    (tmp_path / "none.yaml").write_text("cameras: []\n")
+    assert load_config(tmp_path / "none.yaml").cameras == []
+
+
 def test_tracker_thresholds_that_match_anything_or_nothing_are_refused():
     """`match_thresh: 1` took a cost of 1 as a match: any detection continued any track, a person
     far across the frame the car's (a pair of two categories costs more than any threshold now
