@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
@@ -45,6 +45,32 @@ class Strict(BaseModel):
     # allow_inf_nan=False: ".inf" or ".nan" for a number is refused naming the field (both passed
     # most bounds, and int(inf) raised OverflowError out of a validator)
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, data: Any) -> Any:
+        """``fps: yes`` (YAML's true) ran the camera at 1 fps: pydantic reads a boolean as 1 or 0
+        where a number goes. A number field given one is refused, naming it."""
+        if isinstance(data, Mapping):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(value, bool) else None
+                if field is not None and _number_not_bool(field.annotation):
+                    raise error_at((name,), f"must be a number, got {str(value).lower()} (YAML reads yes/no, on/off "
+                                            "and true/false as booleans)")
+        return data
+
+
+def _number_not_bool(annotation: Any) -> bool:
+    """Whether a field takes an int or a float (alone or in a union) and no bool."""
+    members, stack = set(), [annotation]
+    while stack:
+        item = stack.pop()
+        args = get_args(item)
+        if args and get_origin(item) is not Literal:
+            stack.extend(args[:1] if get_origin(item) is Annotated else args)
+        else:
+            members.add(item)
+    return bool(members & {int, float}) and bool not in members
 
 class BatchConfig(Strict):
     max_size: int = Field(8, ge=1, le=256)

@@ -105,6 +105,19 @@ def test_a_network_camera_written_without_its_scheme_is_refused_without_quoting_
         assert parse_config({"cameras": [{"id": "a", "url": fine}]}, env={}).cameras[0].url == fine
 
 
+def test_a_boolean_where_a_number_goes_is_refused_naming_the_field():
+    """``fps: yes`` ran the camera at 1 fps (pydantic read true as 1); booleans stay booleans."""
+    (err,) = errors_of({"cameras": [{"id": "a", "url": "a.mp4", "fps": True}]})
+    assert err == "cameras[0].fps: must be a number, got true (YAML reads yes/no, on/off and true/false as booleans)"
+    for data, path in (({"detector": {"batch": {"max_size": False}}}, "detector.batch.max_size"),
+                       ({"detector": {"replicas": True}}, "detector.replicas"), ({"redis": {"maxlen": True}}, "redis.maxlen")):
+        (err,) = errors_of(data)
+        assert err.startswith(f"{path}: must be a number, got "), err
+    cfg = parse_config({"cameras": [{"id": "a", "url": "a.mp4", "fps": 2, "loop": True}], "tracker": {"enabled": False}},
+                       env={})
+    assert cfg.cameras[0].loop is True and cfg.tracker.enabled is False and cfg.cameras[0].fps == 2
+
+
 @pytest.mark.parametrize("text", ["", "# nothing yet\n\n"])
 def test_a_config_file_with_no_settings_is_refused(tmp_path, text):
     """It ran with every default and no camera, without a word (a file truncated, the wrong one)."""
