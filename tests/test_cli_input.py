@@ -182,7 +182,9 @@ def test_a_file_that_is_no_model_exits_2_naming_the_field(tmp_path, models_dir):
     cfg.write_text(f"detector: {{weights: {notes}}}\ncameras: [{{id: a, url: {SHARED}/data/videos/vtest.avi}}]\n")
     out = percept("run", "-c", str(cfg), timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
-    assert f"detector.weights: cannot load '{notes}'" in out.stderr and "not a supported model format" in out.stderr
+    assert f"detector.weights: cannot load '{notes}': {notes} is there but is no model ultralytics can load" \
+        in out.stderr and "not a supported model format" in out.stderr, out.stderr[-2000:]
+    assert "Online, ultralytics downloads" not in out.stderr  # (the file is there: no hint to fetch it)
     assert "Traceback" not in out.stderr
     out = percept("eval", "detector", "--weights", str(notes), "--data", str(SHARED / "data" / "coco128-val"),
                   timeout=120)
