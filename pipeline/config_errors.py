@@ -55,6 +55,10 @@ _MESSAGES = {
     "less_than": lambda c: f"must be < {c['lt']:g}",
     "string_pattern_mismatch": lambda c: f"must match {c['pattern']}",
     "string_too_short": lambda c: "must not be empty",
+    "string_too_long": lambda c: f"must be at most {c['max_length']} characters",
+    "int_from_float": lambda c: "must be a whole number",
+    "model_type": lambda c: "must be a mapping of keys",  # (pydantic named the model's class)
+    "dict_type": lambda c: "must be a mapping of keys",
 }
 
 

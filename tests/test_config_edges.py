@@ -118,6 +118,18 @@ def test_a_boolean_where_a_number_goes_is_refused_naming_the_field():
     assert cfg.cameras[0].loop is True and cfg.tracker.enabled is False and cfg.cameras[0].fps == 2
 
 
+@pytest.mark.parametrize("data, line", [
+    ({"cameras": [{"id": "a" * 65, "url": "a.mp4"}]}, f"cameras[0].id: must be at most 64 characters, got '{'a' * 65}'"),
+    ({"cameras": [{"id": "a", "url": "a.mp4", "max_inflight": 1.5}]}, "cameras[0].max_inflight: must be a whole number, got 1.5"),
+    ({"cameras": ["rtsp://u:Pw9x@h/s"]}, "cameras[0]: must be a mapping of keys, got 'rtsp://***@h/s'"),
+    ({"detector": {"categories": "vehicle"}}, "detector.categories: must be a mapping of keys, got 'vehicle'"),
+])
+def test_pydantics_own_wording_is_said_in_the_configs_terms(data, line):
+    """It said "String should have at most 64 characters", "valid integer, got a number with a
+    fractional part, got 1.5" and "a valid dictionary or instance of CameraConfig" (a class name)."""
+    assert errors_of(data) == [line]
+
+
 @pytest.mark.parametrize("text", ["", "# nothing yet\n\n"])
 def test_a_config_file_with_no_settings_is_refused(tmp_path, text):
     """It ran with every default and no camera, without a word (a file truncated, the wrong one)."""
