@@ -70,7 +70,7 @@ def _build(args: argparse.Namespace) -> int:
         out = serve_config(raw, config, http_host=args.http_host or config.http.host,
                            http_port=args.http_port if args.http_port is not None else config.http.port)
     except ConfigError as exc:  # (named after the file, as load_config's own)
-        raise ConfigError(exc.errors, str(path)) from None
+        raise ConfigError(exc.errors, str(path), exc.camera_ids) from None
     for field in inline_redis_secrets(raw):
         print(f"percept build: warning: {field} holds its password as written: the Serve config carries it (so do "
               "Serve's API, the dashboard and a RayService); write ${REDIS_PW} (as configs/cluster.yaml) and set it on the cluster",

@@ -245,7 +245,7 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
             config = redis_for(config, stack, keeper)
             _read_files_again(config)
         except ConfigError as exc:
-            return fail(str(ConfigError(exc.errors, exc.source or source)), CONFIG_ERROR_EXIT_CODE)
+            return fail(str(ConfigError(exc.errors, exc.source or source, exc.camera_ids)), CONFIG_ERROR_EXIT_CODE)
         except Unavailable as exc:
             return fail(str(exc), EXIT_UNAVAILABLE)
         from deployments.graph import ray_cpus_for
@@ -261,7 +261,7 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
             with term.exits_as_terminated():
                 logs = serve_graph(config, stack, verbose=verbose, local=address == "local")
         except ConfigError as exc:  # (what it asks of a private Ray that has none of it)
-            return fail(str(ConfigError(exc.errors, exc.source or source)), CONFIG_ERROR_EXIT_CODE)
+            return fail(str(ConfigError(exc.errors, exc.source or source, exc.camera_ids)), CONFIG_ERROR_EXIT_CODE)
         except Exception as exc:  # a replica that cannot start (model error) fails the deploy
             return fail(f"deployment failed: {redact(str(exc))[-2000:]}", EXIT_UNAVAILABLE)
         term.check()

@@ -26,6 +26,7 @@ import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .config_errors import CONFIG_ERROR_EXIT_CODE, ConfigError, error_at, format_validation_error  # noqa: F401 (API)
+from .config_errors import camera_ids_of
 from .config_models import (  # noqa: F401 (the config's API)
     DEFAULT_CATEGORIES, AutoscaleConfig, BatchConfig, ClassifierConfig, DetectorConfig, ModelSection, ModelServerConfig,
     MAX_UNITS, DetectorList, Resources, Strict, classifier_sections, detector_sections, duplicate_names,
@@ -332,9 +333,10 @@ def parse_config(
         raise ConfigError([f"top level: must be a mapping of keys, got {type(data).__name__}"], source)
     errors: list[str] = []
     used: dict[str, str] = {}
+    ids = camera_ids_of(data)  # (as written: an id from a ${VAR} is not quoted)
     data = _substitute_env(dict(data), env, "", errors, used)
     if errors:
-        raise ConfigError(errors, source)
+        raise ConfigError(errors, source, ids)
     if data.get("models_dir") is None and env.get(ENV_MODELS_DIR):
         data["models_dir"] = env[ENV_MODELS_DIR]
     classifiers = data.get("classifiers")
@@ -345,7 +347,7 @@ def parse_config(
         lines = format_validation_error(exc)
         for k in single:  # a category written as one mapping: its errors at classifiers.<k>.field
             lines = [line.replace(f"classifiers.{k}[0]", f"classifiers.{k}") for line in lines]
-        raise ConfigError(_as_written(lines, used), source) from None
+        raise ConfigError(_as_written(lines, used), source, ids) from None
     config._single = frozenset(single)
     if base_dir is not None:
         config = _resolve_relative_paths(config, base_dir, env)
@@ -417,5 +419,5 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     config = parse_config(data, env=env, source=str(p), base_dir=p.parent)
     errors = camera_env_errors(config, env) if camera_env else []
     if errors:
-        raise ConfigError(errors, str(p))
+        raise ConfigError(errors, str(p), [c.id for c in config.cameras])
     return config

@@ -4,6 +4,8 @@ The value quoted never carries a credential (`pipeline/redact.py`)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -15,13 +17,35 @@ CONFIG_ERROR_EXIT_CODE = 2
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot run. ``errors`` holds one ``path: message`` line per problem."""
+    """A configuration that cannot run. ``errors`` holds one ``path: message`` line per problem;
+    ``camera_ids``: the ids of the config's cameras as written, in order: the message a person
+    reads names the camera of each ``cameras[i]`` line (``… got -2  (camera 'gate')``)."""
 
-    def __init__(self, errors: list[str], source: str | None = None):
+    def __init__(self, errors: list[str], source: str | None = None, camera_ids: Sequence[Any] = ()):
         self.errors = errors
         self.source = source
+        self.camera_ids = tuple(camera_ids)
         head = f"invalid config {source}" if source else "invalid config"
-        super().__init__(head + ":\n" + "\n".join(f"  {e}" for e in errors))
+        super().__init__(head + ":\n" + "\n".join(f"  {e}{_camera_named(e, self.camera_ids)}" for e in errors))
+
+
+_CAMERA_AT = re.compile(r"cameras\[([0-9]+)\]")
+_CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # (CameraConfig.id's own pattern: nothing else is quoted)
+
+
+def camera_ids_of(data: Any) -> list[Any]:
+    """The ``id`` of each camera in a config as written (None where there is none)."""
+    cameras = data.get("cameras") if isinstance(data, Mapping) else None
+    return [c.get("id") if isinstance(c, Mapping) else None for c in cameras] if isinstance(cameras, list) else []
+
+
+def _camera_named(line: str, ids: tuple[Any, ...]) -> str:
+    """`` (camera 'gate')`` for a line about ``cameras[i]`` whose id is one (else nothing)."""
+    m = _CAMERA_AT.match(line)
+    if m is None or int(m.group(1)) >= len(ids):
+        return ""
+    camera = ids[int(m.group(1))]
+    return f"  (camera {camera!r})" if isinstance(camera, str) and _CAMERA_ID.fullmatch(camera) else ""
 
 
 _UNION_MARKERS = {"int", "float", "str", "bool", "AutoscaleConfig", "literal['auto']", "[key]"}

@@ -1,6 +1,7 @@
 """`percept` fails early and clearly on bad input, before starting anything."""
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +14,27 @@ from pipeline.redis_server import free_port
 REPO = Path(__file__).resolve().parents[1]
 
 
-def percept(*args, timeout=60):
+def percept(*args, timeout=60, env=None):
     return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+                          timeout=timeout, cwd=REPO, env=env)
 
 
 def test_invalid_config_exits_2_naming_the_path(tmp_path):
+    """The path as in the YAML, and the camera's id beside it (a ``${VAR}`` id or an invalid
+    one is not quoted); the same in ``percept build``."""
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text("cameras:\n  - {id: a, url: x.mp4}\n  - {id: b, url: y.mp4, fps: -2}\n")
-    out = percept("run", "-c", str(cfg))
+    cfg.write_text("cameras:\n  - {id: a, url: x.mp4}\n  - {id: gate-2, url: y.mp4, fps: -2}\n"
+                   "  - {id: 'rtsp://u:Pw9x@h', url: z.mp4}\n  - {id: '${CAM_ID}', url: w.mp4, fps: -1}\n")
+    env = dict(os.environ, CAM_ID="dock")
+    out = percept("run", "-c", str(cfg), env=env)
     assert out.returncode == 2
-    assert "cameras[1].fps: must be >= 0, got -2" in out.stderr
+    lines = [line.strip() for line in out.stderr.splitlines()]
+    assert "cameras[1].fps: must be >= 0, got -2  (camera 'gate-2')" in lines, out.stderr
+    assert any(line.startswith("cameras[2].id: must match") and line.endswith("got 'rtsp://***@h'") for line in lines)
+    assert any(line == "cameras[3].fps: must be >= 0, got -1" for line in lines)
+    assert "Pw9x" not in out.stderr
+    built = percept("build", "-c", str(cfg), env=env)
+    assert built.returncode == 2 and "cameras[1].fps: must be >= 0, got -2  (camera 'gate-2')" in built.stderr
 
 
 def test_missing_config_file_exits_2(tmp_path):
