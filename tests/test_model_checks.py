@@ -182,3 +182,19 @@ def test_a_network_openvino_cannot_read_is_refused_saying_why(tmp_path):
         msg = str(info.value)
         assert "OpenVINO cannot read" in msg and "Incorrect weights in bin file" in msg, msg
         assert "Exception from src" not in msg, msg
+
+
+def test_a_label_the_detector_lacks_is_warned_of_once(caplog):
+    """A typo in a category's labels (``carr``) is a warning (the other labels still map), said
+    once: the check built the detector's category map again and said it twice."""
+    import logging
+
+    from pipeline.backends.checks import check_models
+    from pipeline.config import parse_config
+
+    config = parse_config({"models_dir": str(MODELS), "classifiers": {}, "detector": {
+        "weights": DETECTOR, "categories": {"vehicle": ["carr", "truck"], "pedestrian": ["person"]}}}, env={})
+    with caplog.at_level(logging.WARNING, logger="percept.models"):
+        check_models(config)
+    said = [r.getMessage() for r in caplog.records if "has no class" in r.getMessage()]
+    assert said == ["detector.categories.vehicle: model has no class 'carr'; ignored"], said

@@ -26,8 +26,11 @@ def check_models(config: Any) -> dict[str, Any]:
             detectors_failed = True
             continue
         loaded[section.deployment] = det
-        try:
-            mapped = CategoryMap(section.cfg.categories, det.names, field=f"{section.field}.categories").by_class.values()
+        try:  # (the backend's own map: built again, it warned of a label the model lacks twice)
+            categories = getattr(det, "categories", None)
+            if not isinstance(categories, CategoryMap):
+                categories = CategoryMap(section.cfg.categories, det.names, field=f"{section.field}.categories")
+            mapped = categories.by_class.values()
         except ModelError as exc:
             errors.append(str(exc))
             detectors_failed = True
