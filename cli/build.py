@@ -64,7 +64,15 @@ def _build(args: argparse.Namespace) -> int:
     from deployments.build import serve_config
 
     path = Path(args.config)
-    config = load_config(path, env=_KeepUnset())
+    try:
+        config = load_config(path, env=_KeepUnset())
+    except ConfigError as exc:  # a check a ${VAR} left as written fails: say it is unset here
+        unset = sorted({name for line in exc.errors for name in ENV_REF.findall(line)} - set(os.environ))
+        if not unset:
+            raise
+        note = (f"(not set here: {', '.join(unset)}; `percept build` leaves an unset variable as written for the "
+                "cluster to set, so a field checked against a pattern or a number fails here: set it for the build)")
+        raise ConfigError([*exc.errors, note], exc.source, exc.camera_ids) from None
     raw = load_yaml(path.read_text(encoding="utf-8")) or {}
     try:
         out = serve_config(raw, config, http_host=args.http_host or config.http.host,

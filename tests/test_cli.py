@@ -280,3 +280,15 @@ def test_percept_run_shows_cameras_added_through_the_api_and_not_those_removed(r
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("dock ") and "error: cannot open rtsp://h/3" in line for line in lines), lines
     assert not any(line.startswith("yard ") for line in lines), lines
+
+
+def test_build_says_which_variable_left_as_written_failed_a_check(tmp_path):
+    """`percept build` keeps an unset ``${VAR}`` for the cluster to set; where a pattern then
+    refused it, the error read as if the value were wrong: it now says the variable is unset here."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('redis: {url: "redis://r:6379/0", stream_prefix: "${PREFIX_NOPE}"}\ncameras: []\n')
+    env = {k: v for k, v in os.environ.items() if k != "PREFIX_NOPE"}
+    out = percept("build", "-c", str(cfg), env=env)
+    assert out.returncode == 2 and "redis.stream_prefix: must match" in out.stderr, out.stderr
+    assert "(not set here: PREFIX_NOPE; `percept build` leaves an unset variable as written" in out.stderr, out.stderr
+    assert percept("build", "-c", str(cfg), env=dict(env, PREFIX_NOPE="site-a")).returncode == 0
