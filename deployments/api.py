@@ -102,7 +102,10 @@ def last_frame_size(client: Any, keys: StreamKeys, camera_id: str, since_ms: int
     """(width, height) of the camera's newest published frame (since ``since_ms``: when it was
     added, the frames of a camera its id had before not counted); None when it has none (or it
     cannot be read)."""
-    newest = client.xrevrange(keys.detections(camera_id), min="-" if since_ms is None else f"({since_ms}", count=1)
+    try:
+        newest = client.xrevrange(keys.detections(camera_id), min="-" if since_ms is None else f"({since_ms}", count=1)
+    except redis.ResponseError:  # (a key of another type: WRONGTYPE was a 500 on PUT)
+        return None
     try:
         payload = json.loads(newest[0][1][b"json"])
         return int(payload["width"]), int(payload["height"])
@@ -194,7 +197,7 @@ class CameraApi:
         """Zones, lines, anchor, line and zone margins change at runtime, without restarting the camera."""
         other = sorted(set(body) - set(RUNTIME_FIELDS))
         if other:
-            raise HTTPException(422, detail=[f"{k}: only {', '.join(RUNTIME_FIELDS)} change at runtime; "
+            raise HTTPException(422, detail=[f"{redact(k)}: only {', '.join(RUNTIME_FIELDS)} change at runtime; "
                                              "DELETE and POST the camera to change the rest" for k in other])
         self._need_tracking(body)
         added_ms = await asyncio.to_thread(self.registry.added_ms, camera_id)

@@ -77,6 +77,8 @@ def camera_url_problem(url: str) -> str | None:
     quoted: the text names the part only."""
     if url != url.strip():
         return "spaces or line breaks before or after the URL"
+    if any(ord(c) < 32 or ord(c) == 127 for c in url):  # (a NUL cut it short in C; a line break went into RTSP's request)
+        return "a control character (a line break, a tab, NUL) inside the URL: percent-encode it"
     typo = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)(:/?(?!/)|//)", url)
     if typo and typo.group(1).lower() in CAMERA_SCHEMES and typo.group(1).lower() not in _COLON_FORMS:
         return f"{typo.group(0)}… is not a URL: write {typo.group(1)}://host/…"

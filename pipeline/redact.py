@@ -27,10 +27,10 @@ _SECRET_NAME = (r"(?:(?:[\w.-]*[_.-])?(?:password|passwd|passphrase|pwd|pass|pw|
 def _query_patterns(stop: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     """The secret query value (`_SECRET_NAME`) and the percent-encoded name's (``?%70assword=x``:
     servers decode the name, so it is read as ``password``), each value ending at ``&``, ``#``
-    or one of ``stop``."""
-    return (re.compile(rf"(?i)([?&;]{_SECRET_NAME})[^&#{stop}]*"
+    or one of ``stop``; in a fragment too (``#password=x`` was accepted and stored in clear)."""
+    return (re.compile(rf"(?i)([?&;#]{_SECRET_NAME})[^&#{stop}]*"
                        rf"|([/_]{_SECRET_NAME})(?:\$\{{[A-Za-z_][A-Za-z0-9_]*\}}|[^&#;/_{stop}])*"),
-            re.compile(rf"([?&;][^=&#;\s'\"/?]*%[0-9A-Fa-f]{{2}}[^=&#;\s'\"/?]*=)([^&#{stop}]*)"))
+            re.compile(rf"([?&;#][^=&#;\s'\"/?]*%[0-9A-Fa-f]{{2}}[^=&#;\s'\"/?]*=)([^&#{stop}]*)"))
 
 
 # in free text a value ends at a quote or a space too (the text goes on after the URL); in a whole

@@ -37,10 +37,11 @@ log = logging.getLogger("percept.registry")
 # the camera its id had before (what the listing, `top` and the page show), in one step; the
 # counters that keep ids and seqs rising (track_id_max, seq_published, processed, state_change) stay
 _ADD = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
 redis.call('HDEL', KEYS[2], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
-"""
+"""  # (the HDEL first: a camera hash of another type fails it before anything is written; Redis rolls no script back)
 SHOWN_FIELDS = ("state", "last_error", "fps", "dropped", "classify_failed", "publish_dropped", "url", "updated_at")
 
 

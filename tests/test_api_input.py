@@ -19,6 +19,8 @@ from pipeline.config_env import foreign_variable_error
 from pipeline.config import CameraConfig
 from pipeline.redact import redact
 
+from .conftest import DETECTOR, MODELS
+
 
 @contextlib.contextmanager
 def api_app(redis_url, prefix, monkeypatch):
@@ -400,3 +402,43 @@ def test_head_on_a_snapshot_answers_as_get_without_the_image(api, redis_server):
     finally:
         api.delete("/cameras/door")
         client.delete(keys.camera("door"), keys.view_jpeg("door"))
+
+
+def test_odd_keys_and_pasted_secrets_get_a_4xx_naming_the_field_and_quote_no_secret(api, redis_server):
+    """What a fuzzing of the API found: a POST over a camera hash of another type answered 500
+    and still listed the camera; a PUT over a detections key of another type answered 500; a
+    PUT's unknown key, a swap's weights or card, and a password in a URL's fragment came back (the
+    fragment's stored in clear); a line break inside a URL was taken; ``NaN`` was "<= 3600"."""
+    from pipeline.streams import StreamKeys
+
+    keys = StreamKeys("apiin")
+    client = redis_server.client()
+    client.set(keys.camera("wt"), "x")
+    try:
+        r = api.post("/cameras", json={"id": "wt", "url": "rtsp://cam.local/s"})
+        assert r.status_code >= 500 and not client.hexists("apiin:cameras", "wt"), (r.status_code, r.text)
+    finally:
+        client.delete(keys.camera("wt"))
+    assert api.post("/cameras", json={"id": "wt", "url": "rtsp://cam.local/s"}).status_code == 201
+    client.set(keys.detections("wt"), "x")
+    try:
+        r = api.put("/cameras/wt", json={"zones": {"z": [[0, 0], [1, 0], [1, 1]]}})
+        assert r.status_code == 200, r.text
+        r = api.put("/cameras/wt", json={"rtsp://admin:Hunter2Secret@cam/": 1, "password=Hunter2Secret": 1})
+        assert r.status_code == 422 and "Hunter2Secret" not in r.text and "only zones" in r.text, r.text
+    finally:
+        api.delete("/cameras/wt")
+        client.delete(keys.detections("wt"))
+    for url, says in (("rtsp://10.0.0.5/s#password=Hunter2Secret", "inline password refused"),
+                      ("rtsp://cam/a\nb", "a control character"), ("rtsp://cam/\x00x", "a control character")):
+        r = api.post("/cameras", json={"id": "fr", "url": url})
+        assert r.status_code == 422 and r.json()["detail"][0].startswith(("url: ", "cameras[fr].url: ")), (url, r.text)
+        assert says in r.text, (url, r.text)
+        assert "Hunter2Secret" not in r.text and not client.hexists("apiin:cameras", "fr")
+    for body, field in (({"weights": "https://admin:Hunter2Secret@host/x.pt"}, "weights"),
+                        ({"weights": "https://host/x.pt?token=Hunter2Secret"}, "weights"),
+                        ({"weights": str(MODELS / DETECTOR), "card": "https://u:Hunter2Secret@h/c.yaml"}, "card")):
+        r = api.put("/models/detector", json=body)
+        assert r.status_code == 422 and r.json()["detail"][0].startswith(f"{field}: ") and "Hunter2Secret" not in r.text, r.text
+    r = api.put("/models/detector", content=b'{"weights": "x.pt", "timeout_s": NaN}', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "timeout_s" in r.text and "finite" in r.text, r.text

@@ -65,6 +65,7 @@ from typing import Any, Mapping, Sequence
 
 from ..config_errors import ConfigError
 from ..models import ModelError, model_name, path_exists, resolve_weights
+from ..redact import redact
 
 log = logging.getLogger("percept.swap")
 
@@ -255,18 +256,23 @@ def model_facts(kind: str, backend: Any) -> dict[str, Any]:
 
 # --- validation (before anything changes) ------------------------------------------------------
 
+def _quoted(path: str) -> str:
+    """A path as given, quoted, its credentials scrubbed (a URL pasted as weights came back whole)."""
+    return redact(repr(path))
+
+
 def check_weights_path(spec: str, models_dir: str | None, *, field: str = "weights") -> str:
     """The weights as a path that exists, is readable and has a format percept loads."""
     path = Path(resolve_weights(spec, models_dir)).expanduser()
     if not path_exists(path):
         where = f" (nor in PERCEPT_MODELS_DIR={models_dir})" if models_dir and not Path(spec).is_absolute() else ""
-        raise SwapRefused(f"{field}: {spec!r} does not exist{where}; the path must be readable by the model replicas")
+        raise SwapRefused(f"{field}: {_quoted(spec)} does not exist{where}; the path must be readable by the model replicas")
     files = sorted(path.glob("*.xml")) if path.is_dir() else [path]
     if path.is_dir() and not files:
-        raise SwapRefused(f"{field}: {spec!r} is a folder without a model (an OpenVINO export folder holds an .xml)")
+        raise SwapRefused(f"{field}: {_quoted(spec)} is a folder without a model (an OpenVINO export folder holds an .xml)")
     if not path.is_dir() and path.suffix.lower() not in WEIGHT_FORMATS:
         known = ", ".join(f"{s} ({n})" for s, n in WEIGHT_FORMATS.items())
-        raise SwapRefused(f"{field}: {spec!r}: unknown model format {path.suffix or '(no suffix)'!r}; "
+        raise SwapRefused(f"{field}: {_quoted(spec)}: unknown model format {path.suffix or '(no suffix)'!r}; "
                           f"percept loads {known} and OpenVINO export folders")
     unreadable = [f for f in [path, *files] if not os.access(f, os.R_OK)]
     if unreadable:
@@ -335,7 +341,7 @@ def validate_swap(kind: str, cfg: Any, weights: str, card: str | None, *, models
     Returns (the new config section, the model name); raises `SwapRefused`."""
     check_weights_path(weights, models_dir)
     if card is not None and not path_exists(Path(card).expanduser()) and not (models_dir and path_exists(Path(models_dir) / card)):
-        raise SwapRefused(f"card: {card!r} does not exist")
+        raise SwapRefused(f"card: {_quoted(card)} does not exist")
     new_cfg = swapped_cfg(cfg, weights, card)
     backend = load_model(kind, new_cfg.model_copy(update={"device": "cpu", "half": None}), models_dir=models_dir,
                          field=field)

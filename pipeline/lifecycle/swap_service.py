@@ -50,7 +50,7 @@ RECORD_RETRY_S = 30.0  # a swap's record asked again through an outage this long
 class SwapRequest(BaseModel):
     """The body of ``PUT /models/{deployment}``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # (NaN was "must be <= 3600")
     weights: str = Field(min_length=1, description="path readable by the replicas, or a file in PERCEPT_MODELS_DIR")
     card: str | None = Field(None, description="model card of a plain network (default: the shipped card, if any)")
     timeout_s: float = Field(300.0, gt=0, le=3600, description="how long to wait for every replica")
