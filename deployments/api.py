@@ -17,11 +17,13 @@ from typing import Any, Mapping
 
 import redis
 from fastapi import Body, FastAPI, HTTPException, Query
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.config import (
     RUNTIME_FIELDS,
@@ -76,6 +78,22 @@ def _invalid_line(err: Mapping[str, Any]) -> str:
         why = (err.get("ctx") or {}).get("error", "")
         return f"{loc[0]}: not valid JSON at character {loc[1]}" + (f": {why}" if why else "")
     return f"{'.'.join(str(p) for p in loc) or 'request'}: {err.get('msg', 'invalid')}"
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _unreadable_body(request: Any, exc: StarletteHTTPException) -> Response:
+    """FastAPI's 400 for a body its JSON reading raised on, said as what is wrong with the body
+    (it answered "There was an error parsing the body"); any other HTTP error as FastAPI does."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None or isinstance(cause, json.JSONDecodeError):
+        return await http_exception_handler(request, exc)
+    if isinstance(cause, UnicodeDecodeError):
+        why = f"not UTF-8 (byte {cause.start})"
+    elif isinstance(cause, RecursionError):
+        why = "nested too deeply"
+    else:  # ValueError: "Exceeds the limit (4300 digits) for integer string conversion …"
+        why = f"cannot be read: {redact(str(cause))[:200]}"
+    return JSONResponse(status_code=400, content={"detail": f"body: {why}"})
 
 
 @app.middleware("http")

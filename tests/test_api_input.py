@@ -442,3 +442,14 @@ def test_odd_keys_and_pasted_secrets_get_a_4xx_naming_the_field_and_quote_no_sec
         assert r.status_code == 422 and r.json()["detail"][0].startswith(f"{field}: ") and "Hunter2Secret" not in r.text, r.text
     r = api.put("/models/detector", content=b'{"weights": "x.pt", "timeout_s": NaN}', headers={"content-type": "application/json"})
     assert r.status_code == 422 and "timeout_s" in r.text and "finite" in r.text, r.text
+
+
+@pytest.mark.parametrize("body, says", [(b'{"id": "\xff\xfe", "url": "rtsp://cam/s"}', "body: not UTF-8 (byte 8)"),
+                                        (b"[" * 100_000 + b"]" * 100_000, "body: nested too deeply"),
+                                        (b'{"id": "a", "url": "rtsp://cam/s", "fps": ' + b"9" * 5000 + b"}",
+                                         "body: cannot be read: Exceeds the limit (4300 digits)")])
+def test_a_body_json_cannot_read_gets_a_400_saying_why(api, body, says):
+    """FastAPI answered "There was an error parsing the body" to all three."""
+    r = api.post("/cameras", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["detail"].startswith(says), r.text
+    assert api.get("/cameras/none/snapshot.jpg").status_code == 404  # other HTTP errors as before
