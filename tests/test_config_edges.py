@@ -113,6 +113,8 @@ def test_a_boolean_where_a_number_goes_is_refused_naming_the_field():
                        ({"detector": {"replicas": True}}, "detector.replicas"), ({"redis": {"maxlen": True}}, "redis.maxlen")):
         (err,) = errors_of(data)
         assert err.startswith(f"{path}: must be a number, got "), err
+    (err,) = errors_of({"cameras": [{"id": "a", "url": "a.mp4", "zones": {"z": [[True, False], [1, 0], [1, 1]]}}]})
+    assert err == "cameras[0].zones.z[0]: coordinates are numbers, got [true, false]", err  # (was "all on one line")
     cfg = parse_config({"cameras": [{"id": "a", "url": "a.mp4", "fps": 2, "loop": True}], "tracker": {"enabled": False}},
                        env={})
     assert cfg.cameras[0].loop is True and cfg.tracker.enabled is False and cfg.cameras[0].fps == 2
