@@ -12,7 +12,7 @@ from typing import Any
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError, load_config
 from pipeline.config_urls import ENV_REF
 from pipeline.config_yaml import load_yaml
-from pipeline.redact import url_credentials
+from pipeline.redact import query_secrets, url_credentials
 
 from .common import PORT, bind_host_arg, fail, output_or_stdout_arg
 
@@ -38,7 +38,8 @@ def inline_redis_secrets(raw: Any) -> list[str]:
         found.append("redis.password")
     url = redis_section.get("url")
     creds = url_credentials(url) if isinstance(url, str) else None
-    if creds is not None and creds.password and _written_out(creds.password):
+    in_query = isinstance(url, str) and any(_written_out(url[a:b]) for a, b in query_secrets(url))  # ?password=
+    if (creds is not None and creds.password and _written_out(creds.password)) or in_query:
         found.append("redis.url")
     return found
 

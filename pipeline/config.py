@@ -344,7 +344,7 @@ def parse_config(
     try:
         config = PerceptConfig.model_validate(data)
     except ValidationError as exc:
-        lines = format_validation_error(exc)
+        lines = format_validation_error(exc, written=used)
         for k in single:  # a category written as one mapping: its errors at classifiers.<k>.field
             lines = [line.replace(f"classifiers.{k}[0]", f"classifiers.{k}") for line in lines]
         raise ConfigError(_as_written(lines, used), source, ids) from None

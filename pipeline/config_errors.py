@@ -86,11 +86,17 @@ _MESSAGES = {
 }
 
 
-def format_validation_error(exc: ValidationError, *, quote: bool = True) -> list[str]:
+def format_validation_error(exc: ValidationError, *, quote: bool = True,
+                            written: Mapping[str, str] | None = None) -> list[str]:
     """One ``path: message, got value`` line per problem (``quote`` False: without the value,
-    for files whose content is not to be shown, a card path that came over the API)."""
+    for files whose content is not to be shown, a card path that came over the API);
+    ``written``: value → name of each ``${VAR}`` substituted, a value quoted as its ``${VAR}``
+    (before it is escaped and cut to `MAX_QUOTED`: a secret with a quote or a backslash in it, or
+    a long one, was quoted as it is)."""
     by_path: dict[str, list[dict[str, Any]]] = {}
     for err in exc.errors(include_url=False):
+        if written and "input" in err:
+            err = {**err, "input": _as_variables(err["input"], written)}
         at = tuple((err.get("ctx") or {}).get("at", ())) if err["type"] == ERROR_AT else ()
         by_path.setdefault(_path(tuple(err["loc"]) + at), []).append(err)
     lines: list[str] = []
@@ -118,6 +124,21 @@ def _format_one(path: str, err: dict[str, Any], quote: bool = True) -> list[str]
     if kind == "string_type" and isinstance(err.get("input"), (bool, int, float)):
         msg += " (quote it: YAML reads a bare 0123 as the octal number 83, 1_000 as 1000, yes/on as true)"
     return [f"{path}: {msg}, got {_shown(path, err.get('input'))}" if quote else f"{path}: {msg}"]
+
+
+def _as_variables(value: Any, written: Mapping[str, str]) -> Any:
+    """``value`` with each substituted value of 4 characters or more written as its ``${VAR}``
+    (shorter ones would match pieces of words), inside lists and mappings too."""
+    if isinstance(value, str):
+        for text, name in sorted(written.items(), key=lambda kv: -len(kv[0])):
+            if len(text) >= 4:
+                value = value.replace(text, f"${{{name}}}")
+        return value
+    if isinstance(value, Mapping):
+        return {_as_variables(k, written): _as_variables(v, written) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_variables(v, written) for v in value]
+    return value
 
 
 def _shown(path: str, value: Any) -> str:

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import redis
 from redis.connection import parse_url
 
-from .redact import UNESCAPED_USERINFO, port_or_password, redact, url_credentials, url_secrets
+from .redact import UNESCAPED_USERINFO, password_without_host, port_or_password, redact, url_credentials, url_secrets
 
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # a ${VAR} in a config value
@@ -27,6 +27,8 @@ def redis_url_problem(url: str) -> str | None:
         return "not a Redis URL: the host cannot be read (a [ or ] in a password is written %5B or %5D)"
     if found is not None and found.hostport != netloc.rpartition("@")[2]:
         return f"not a Redis URL: {UNESCAPED_USERINFO}"
+    if password_without_host(url) is not None:  # (redis-py quoted it: "Port could not be cast … as 'pw'")
+        return "not a Redis URL: the port is no number; a password goes between \"redis://:\" and \"@host:6379/0\""
     try:
         options = parse_url(url)
         # the connection redis-py would make, made (no I/O): options of the query it does not take

@@ -54,6 +54,9 @@ def redact_url(url: str) -> str:
     missing its "//" (``rtsp:/u:p@host``), up to its last "@"."""
     found = url_credentials(url, to_last_at=True)
     out = found.with_userinfo("***") if found is not None else _scrub_userinfo(url)
+    if found is None and (hostless := password_without_host(url)) is not None:
+        start = _URL_NETLOC.match(url).start("netloc")  # type: ignore[union-attr]
+        out = out[:start] + out[start:].replace(hostless, "***", 1)
     if found is None and "://" not in url:
         out = _scrub_bare_userinfo(_scrub_malformed(out))
     return _scrub_query(out, whole_url=True)
@@ -148,6 +151,8 @@ def url_credentials(url: str, *, to_last_at: bool = False, port_too: bool = Fals
         end = at + 1 + len(_URL_NETLOC.match("x://" + url[at + 1:]).group("netloc"))  # type: ignore[union-attr]
     userinfo, _, hostport = url[start:end].rpartition("@")
     user, colon, password = userinfo.partition(":")
+    if not colon and (encoded := userinfo.lower().find("%3a")) >= 0:  # FFmpeg decodes "admin%3Apw" before it splits
+        user, colon, password = userinfo[:encoded], ":", userinfo[encoded + 3:]
     return UrlCredentials(url, start, end, user, password if colon else None, hostport)
 
 
@@ -165,6 +170,18 @@ def port_or_password(url: str) -> bool:
     return "." not in whole.user and ":" not in whole.user and bool(_DOTTED_HOST.fullmatch(whole.hostport))
 
 
+def password_without_host(url: str) -> str | None:
+    """What follows the user in ``scheme://user:secret`` with no "@" and no number for a port
+    (``redis://default:pw``, ``redis://:pw:6379``: the "@host" left out, a client reads the
+    password as the port and says so, quoting it); None for ``host:port`` and anything else."""
+    m = _URL_NETLOC.match(url)
+    netloc = m.group("netloc") if m else ""
+    if not netloc or "@" in netloc or netloc.startswith("[") or ":" not in netloc:
+        return None
+    after = netloc.partition(":")[2]
+    return None if not after or after.isdigit() or "${" in after else after
+
+
 def url_secrets(url: str) -> tuple[str, ...]:
     """The password a (resolved) URL carries, read both ways (`url_credentials`), and its
     ``password=``-like query values of 4 characters or more (shorter: scrubbed in the URL, but
@@ -174,6 +191,7 @@ def url_secrets(url: str) -> tuple[str, ...]:
     if port_or_password(url):  # ("user:2024/Spring@10.0.0.5": refused as a camera URL, scrubbed whole in text)
         readings.append(url_credentials(url, to_last_at=True, port_too=True))
     found = [f.password for f in readings if f and f.password]
+    found += [p for part in (password_without_host(url),) if part for p in (part, part.rpartition(":")[0]) if p]
     found += [v for start, end in query_secrets(url) if len(v := url[start:end]) >= 4]
     return tuple(dict.fromkeys(v for p in found for v in (p, unquote(p))))
 

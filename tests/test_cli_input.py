@@ -22,7 +22,7 @@ BAD_VALUES = [
     (["models", "compare", "a", "--data", "d", "--repeat", "x"], "argument --repeat: must be a whole number, got 'x'"),
     (["subscribe", "cam", "--claim-idle-ms", "-5"], "argument --claim-idle-ms: must be from 0 to 2.592e+09, got '-5'"),
     (["subscribe", "cam", "--from", "garbage"], "argument --from: must be an entry id"),
-    (["subscribe", "cam", "--redis", "redis://127.0.0.1:abc"], "argument --redis: Port could not be cast"),
+    (["subscribe", "cam", "--redis", "redis://127.0.0.1:abc"], "argument --redis: the port is no number"),
     (["top", "--redis", "garbage"], "argument --redis: Redis URL must specify one of the following schemes"),
     (["cameras", "zones", "a", "--zones", '{"a": [[0,0],[1,0]'],
      "argument --zones: not JSON (Expecting ',' delimiter at column 19); expected {\"name\": [[x, y], ...]}"),
@@ -284,7 +284,9 @@ def test_build_keeps_a_redis_url_variable_for_the_cluster(tmp_path, monkeypatch,
                        "{url: 'redis://redis.example:6379/0', password: S3cretPW}",
                        # (partly a variable: the rest is written out all the same)
                        "{url: 'redis://redis.example:6379/0', password: 'S3cretPW${REDIS_SUFFIX}'}",
-                       "{url: 'rediss://default:S3cretPW${REDIS_SUFFIX}@redis.example:6380/0'}"):
+                       "{url: 'rediss://default:S3cretPW${REDIS_SUFFIX}@redis.example:6380/0'}",
+                       # (redis-py takes ?password= too: it went into the Serve config unsaid)
+                       "{url: 'redis://redis.example:6379/0?password=S3cretPW'}"):
         inline = tmp_path / "inline.yaml"
         inline.write_text(f"redis: {redis_line}\ncameras: [{{id: a, url: 'rtsp://cam/a', fps: 5}}]\n")
         assert main(["build", "-c", str(inline), "-o", str(out)]) == 0

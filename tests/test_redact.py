@@ -243,3 +243,31 @@ def test_a_query_secret_whose_name_is_percent_encoded_is_scrubbed_and_refused_in
         parse_config({"cameras": [{"id": "dock", "url": url}]}, env={})
     assert "Hunter22" not in str(caught.value) and "zz9zz" not in str(caught.value), str(caught.value)
     assert "%70assword=${CAM_DOCK_PASSWORD}" in str(caught.value), str(caught.value)
+
+
+def test_a_password_a_reader_takes_for_a_port_or_finds_percent_encoded_is_never_quoted():
+    """What a review found: a Redis URL without its "@host" (``redis://default:pw``) made
+    redis-py say "Port could not be cast … as 'pw'", quoted in the error and the echo after it;
+    ``admin%3Apw@`` (FFmpeg decodes the user info, then splits it) passed the inline-password
+    refusal into Redis; an environment secret given to the wrong field was quoted as it is when it
+    had a quote or a backslash in it (escaped) or was long (cut), past its ``${VAR}``."""
+    from pipeline.config import parse_config
+    from pipeline.config_errors import ConfigError
+
+    for url in ("redis://default:Hunter2Pass", "redis://:Hunter2Pass", "redis://default:Hunter2Pass:6379"):
+        assert "Hunter2Pass" not in redact_url(url) and "Hunter2Pass" in url_secrets(url), url
+        with pytest.raises(ConfigError) as caught:
+            parse_config({"redis": {"url": url}}, env={})
+        assert caught.value.errors == ['redis.url: not a Redis URL: the port is no number; a password goes between '
+                                       '"redis://:" and "@host:6379/0"'], caught.value.errors
+    for fine in ("redis://h:6379/0", "rtsp://[::1]:554/x", "rtsp://cam:554/s", "redis://:${PW}"):
+        assert redact_url(fine) == fine and url_secrets(fine) == (), fine
+    url = "rtsp://admin%3AHunter2Pass@cam/x"
+    assert redact_url(url) == "rtsp://***@cam/x"
+    with pytest.raises(ConfigError, match="inline password refused; write rtsp://admin:\\$\\{CAM_A_PASSWORD\\}@cam/x"):
+        parse_config({"cameras": [{"id": "a", "url": url}]}, env={})
+    assert parse_config({"cameras": [{"id": "a", "url": "rtsp://admin%3A${CAM_A_PASSWORD}@cam/x"}]}, env={}).cameras
+    for secret in ("Hunter2\\Pass", "Hunter2'Pa\"ss", "Hunter2Pass" + "x" * 300):
+        with pytest.raises(ConfigError) as caught:
+            parse_config({"redis": {"maxlen": "${REDIS_PW}"}}, env={"REDIS_PW": secret})
+        assert caught.value.errors[0].endswith("got '${REDIS_PW}'") and "Hunter2" not in str(caught.value), caught.value
