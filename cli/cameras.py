@@ -78,11 +78,17 @@ def _fps_arg(value: str) -> float:
     return fps
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is no JSON number")
+
+
 def json_arg(shape: str) -> Any:
     """An argparse type: JSON text, else exit 2 saying where it stopped and the shape expected."""
     def parse(value: str) -> Any:
         try:
-            return json.loads(value)
+            return json.loads(value, parse_constant=_no_constant)  # (NaN went to the API as no JSON)
+        except RecursionError:  # (a traceback)
+            raise argparse.ArgumentTypeError(f"nested too deeply; expected {shape}") from None
         except ValueError as exc:
             where = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
             msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)

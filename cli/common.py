@@ -259,7 +259,11 @@ def call_api(api: str, method: str, path: str, body: Any = None, *, wait_s: floa
     try:
         return status, json.loads(raw or b"{}")
     except ValueError:
-        return status, {"detail": raw.decode(errors="replace")[:300]}
+        return status, {"detail": NOT_PERCEPTS if status >= 400 else raw.decode(errors="replace")[:300]}
+
+
+# an error answer that is no JSON (another service's HTML page was printed as the answer)
+NOT_PERCEPTS = "not an answer of percept's API (a page of another service?): give the address of percept's API as --api"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

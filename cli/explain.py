@@ -22,7 +22,7 @@ from typing import Any
 from pipeline.config import ENV_MODELS_DIR
 from pipeline.redact import redact
 
-from .common import (EXIT_UNAVAILABLE, IMGSZ, POSITIVE_INT, SCORE, UNAVAILABLE_STATUS, api_url_arg, fail, number_arg,
+from .common import (EXIT_UNAVAILABLE, IMGSZ, NOT_PERCEPTS, POSITIVE_INT, SCORE, UNAVAILABLE_STATUS, api_url_arg, fail, number_arg,
                      output_file_arg, request_api, say, unreachable)
 
 BAD_INPUT = 2
@@ -122,7 +122,7 @@ def _detail(body: bytes) -> str:
     try:
         parsed = json.loads(body or b"{}")
     except ValueError:
-        return body.decode(errors="replace")[:300]
+        return NOT_PERCEPTS
     detail = parsed.get("detail", "") if isinstance(parsed, dict) else parsed  # (another service: any JSON)
     if isinstance(detail, dict):
         extra = {k: v for k, v in detail.items() if k not in ("message", "camera", "seq")}

@@ -18,17 +18,20 @@ import sys
 import warnings
 from typing import Sequence
 
-import redis
+try:  # Ctrl-C while these import (the command's first ~0.3 s): exit 130 as later, not a traceback
+    import redis
 
-from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
-from pipeline.redact import redact
-from pipeline.streams import CREDENTIALS_REFUSED
+    from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
+    from pipeline.redact import redact
+    from pipeline.streams import CREDENTIALS_REFUSED
 
-from . import bench, build, cameras, demo, run, subscribe, top
-from . import eval as eval_cmd
-from . import explain as explain_cmd
-from . import models as models_cmd
-from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, fail
+    from . import bench, build, cameras, demo, run, subscribe, top
+    from . import eval as eval_cmd
+    from . import explain as explain_cmd
+    from . import models as models_cmd
+    from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, fail
+except KeyboardInterrupt:
+    sys.exit(130)
 
 COMMANDS = (run, demo, build, cameras, subscribe, top, bench, eval_cmd, models_cmd, explain_cmd)
 NOISY_LOGGERS = ("ray", "ray.serve", "ray.data", "ray.tune", "ultralytics", "filelock", "urllib3")
@@ -77,10 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     soak = argv[len(verbose):len(verbose) + 2] == ["bench", "soak"]  # a mode of its own, with its own options
     if soak:
         argv = argv[len(verbose):]
-    else:
-        args = parser().parse_args(argv)
-        setup_console(args.verbose)
     try:
+        if not soak:
+            args = parser().parse_args(argv)  # (some commands import their modules here: Ctrl-C too)
+            setup_console(args.verbose)
         return bench.soak_main(argv[2:], verbose=bool(verbose)) if soak else int(args.func(args) or 0)
     except ConfigError as exc:
         return fail(str(exc), CONFIG_ERROR_EXIT_CODE)

@@ -246,7 +246,7 @@ def load_yolo(cfg: ModelServerConfig, *, models_dir: str | None, field: str, tas
         model.names  # an export's backend loads here: a file of no known format fails now, not later
     except Exception as exc:  # ultralytics raises many types: missing file, offline download, bad file
         if Path(resolved).exists():  # (the hint to download or place the file misled: it is there)
-            raise ModelError(f"{field}: cannot load {cfg.weights!r}: {resolved} is there but is no model ultralytics "
+            raise ModelError(f"{field}: cannot load {where}: {resolved} is there but is no model ultralytics "
                              f"can load (a .pt, an export folder such as *_openvino_model, .onnx, …): "
                              f"{type(exc).__name__}: {str(exc).strip()[:300]}") from None
         raise ModelError(

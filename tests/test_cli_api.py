@@ -170,3 +170,30 @@ def test_cameras_ls_says_why_a_camera_is_not_online_keeps_its_columns_and_says_w
     assert main(["cameras", "--api", api, "ls"]) == 0
     out, err = capsys.readouterr()
     assert out == "" and "percept: cameras ls: no cameras (add one: percept cameras add ID URL)" in err
+
+
+def test_another_services_error_page_is_not_printed_as_the_answer(tmp_path, capsys, monkeypatch):
+    """``--api`` naming a plain web server: its HTML 404 / 501 page was printed as percept's
+    answer; now a line saying so (the exit codes as for any 4xx / 5xx answer)."""
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.chdir(tmp_path)
+    try:
+        for argv, code, status in ((["cameras", "--api", api, "ls"], 2, 404), (["models", "served", "--api", api], 2, 404),
+                                   (["explain", "cam", "--object", "0", "--api", api], 2, 404),
+                                   (["cameras", "--api", api, "rm", "cam"], 1, 501)):
+            assert main(argv) == code, (argv, capsys.readouterr().err)
+            err = capsys.readouterr().err
+            assert f"HTTP {status}: not an answer of percept's API (a page of another service?)" in err, (argv, err)
+            assert "<" not in err and "Traceback" not in err, err
+    finally:
+        server.shutdown()
+        server.server_close()

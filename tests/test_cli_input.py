@@ -26,6 +26,10 @@ BAD_VALUES = [
     (["top", "--redis", "garbage"], "argument --redis: Redis URL must specify one of the following schemes"),
     (["cameras", "zones", "a", "--zones", '{"a": [[0,0],[1,0]'],
      "argument --zones: not JSON (Expecting ',' delimiter at column 19); expected {\"name\": [[x, y], ...]}"),
+    # (NaN went to the API as a body that is no JSON; a nesting Python cannot read was a traceback)
+    (["cameras", "zones", "a", "--zones", '{"z": [[0,0],[1,NaN],[2,2]]}'], "argument --zones: not JSON (NaN is no JSON number"),
+    (["cameras", "zones", "a", "--lines", '{"l": [[0,0],[Infinity,1]]}'], "argument --lines: not JSON (Infinity is no JSON"),
+    (["cameras", "zones", "a", "--zones", "[" * 100_000], "argument --zones: nested too deeply; expected"),
     (["cameras", "--api", "notaurl", "ls"], "argument --api: must be an http:// or https:// URL, got 'notaurl'"),
     (["cameras", "--api", "http://127.0.0.1:99999", "ls"],
      "argument --api: the port is out of range (0 to 65535), got 'http://127.0.0.1:99999'"),  # (said: not a URL)
@@ -182,7 +186,8 @@ def test_a_file_that_is_no_model_exits_2_naming_the_field(tmp_path, models_dir):
     cfg.write_text(f"detector: {{weights: {notes}}}\ncameras: [{{id: a, url: {SHARED}/data/videos/vtest.avi}}]\n")
     out = percept("run", "-c", str(cfg), timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
-    assert f"detector.weights: cannot load '{notes}': {notes} is there but is no model ultralytics can load" \
+    assert f"detector.weights: cannot load '{notes}' (looked in" in out.stderr and \
+        f"{notes} is there but is no model ultralytics can load" \
         in out.stderr and "not a supported model format" in out.stderr, out.stderr[-2000:]
     assert "Online, ultralytics downloads" not in out.stderr  # (the file is there: no hint to fetch it)
     assert "Traceback" not in out.stderr

@@ -95,3 +95,19 @@ def test_ctrl_c_on_top_while_redis_is_away_is_its_usual_way_out():
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0 and "Traceback" not in err and "--duration" not in err, (proc.returncode, err)
+
+
+def test_ctrl_c_while_the_command_still_imports_its_modules_exits_without_a_traceback():
+    """The first ~0.4 s of a command import its modules (and build its parser, which imports
+    some more): Ctrl-C there printed a KeyboardInterrupt traceback. Sent at moments through that
+    time and a little after: 130 (or `top`'s usual 0 once it runs), never a traceback."""
+    import time
+
+    for delay in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.7):
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "top", "--redis", "redis://127.0.0.1:1/0"], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        time.sleep(delay)  # the moment the signal is sent: what the test is about, not a wait for a state
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode in (130, 0) and "Traceback" not in err, (delay, proc.returncode, err[-2000:])

@@ -303,6 +303,8 @@ def test_compare_says_where_it_looked_for_a_variant_that_does_not_load(tmp_path,
     code, stdout, stderr = percept("models", "compare", str(tmp_path / "empty.pt"), "--data", str(COCO),
                                    "--timing-images", "1")
     assert code == 2 and f"PERCEPT_MODELS_DIR={MODELS}" in stderr and "is not set" not in stderr, stderr
+    # the variant named as compare takes it (it said `eval`'s "--weights:", an option compare has not)
+    assert f"models compare: variant '{tmp_path / 'empty.pt'}': cannot load" in stderr and "--weights" not in stderr
 
 
 def test_tensorrt_needs_a_gpu(tmp_path):

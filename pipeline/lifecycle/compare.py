@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from ..models import ModelError
 from .export import DEFAULT_IMGSZ, size_mb
 
 
@@ -183,8 +184,11 @@ def compare_variants(variants: Sequence[str], data: str | Path, *, labels: str |
         size = imgsz or export_imgsz(path) or DEFAULT_IMGSZ[task]
         if progress:
             progress(f"{Path(path.rstrip('/')).name}: accuracy on {len(inputs)} images, then timing at imgsz {size}")
-        acc = _accuracy(path, task, data, labels, imgsz=size, batch=max(batches), threads=threads, device=device,
-                        models_dir=models_dir)
+        try:
+            acc = _accuracy(path, task, data, labels, imgsz=size, batch=max(batches), threads=threads, device=device,
+                            models_dir=models_dir)
+        except ModelError as exc:  # (it named `eval`'s --weights, an option compare does not have)
+            raise CompareError(f"variant {spec!r}: {str(exc).removeprefix('--weights: ')}") from None
         ms = time_variant(path, task, frames, batches, imgsz=size, threads=threads, device=device, repeat=repeat)
         best = min(ms, key=lambda b: (ms[b], b))
         row = {"variant": str(spec), "weights": path, "model": acc["model"], "backend": acc["backend"],
