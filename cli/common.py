@@ -53,7 +53,8 @@ def redis_url_arg(value: str) -> str:
     """argparse type of ``--redis``: a URL redis-py can use; else exit 2 saying why."""
     problem = redis_url_problem(value)
     if problem:
-        raise argparse.ArgumentTypeError(f"{problem.removeprefix('not a Redis URL: ')}, got {redact_url(value)!r}")
+        problem = problem.removeprefix("not a Redis URL: ")
+        raise argparse.ArgumentTypeError(problem if ", got " in problem else f"{problem}, got {redact_url(value)!r}")
     return value
 
 

@@ -37,8 +37,8 @@ def register(sub: Any) -> None:
     g.add_argument("--from", dest="from_id", type=_entry_id, help="from after this entry id MS-SEQ; a bare MS: from that millisecond on, its frames included")
     s.add_argument("--count", type=POSITIVE_INT, help="stop after N messages")
     s.add_argument("--timeout", type=number_arg(float, 0.0), help="stop after S seconds without messages")
-    s.add_argument("--claim-idle-ms", type=number_arg(int, 0, 30 * 86_400_000), default=30_000,
-                   help="reclaim entries pending this long on dead consumers (at most 30 days)")
+    s.add_argument("--claim-idle-ms", type=number_arg(int, 0, 30 * 86_400_000), default=None,
+                   help="with --group: reclaim entries pending this long on dead consumers (default 30000, at most 30 days)")
     s.set_defaults(func=_subscribe)
 
 
@@ -126,6 +126,9 @@ def _subscribe(args: argparse.Namespace) -> int:
 
     if args.consumer and not args.group:
         return fail("subscribe: --consumer needs --group (a consumer is a member of a group)", CONFIG_ERROR_EXIT_CODE)
+    if args.claim_idle_ms is not None and not args.group:  # (it was ignored without a word)
+        return fail("subscribe: --claim-idle-ms needs --group (it reclaims a group's pending entries)",
+                    CONFIG_ERROR_EXIT_CODE)
     try:
         url, prefix, redis_cfg = _redis_source(args)
     except FileNotFoundError as exc:
@@ -150,7 +153,7 @@ def _subscribe(args: argparse.Namespace) -> int:
             return fail(f"subscribe: {'; '.join(wrong)}: percept did not write it (another prefix?)",
                         CONFIG_ERROR_EXIT_CODE)
         sub = Subscriber(client, StreamKeys(prefix or "percept"), args.cameras, group=args.group,
-                         consumer=args.consumer, start=start, claim_idle_ms=args.claim_idle_ms,
+                         consumer=args.consumer, start=start, claim_idle_ms=30_000 if args.claim_idle_ms is None else args.claim_idle_ms,
                          events=args.events)
         if sub.joined and (args.from_start or args.from_id):
             where = "--from-start" if args.from_start else f"--from {args.from_id}"

@@ -23,6 +23,8 @@ BAD_VALUES = [
     (["subscribe", "cam", "--claim-idle-ms", "-5"], "argument --claim-idle-ms: must be from 0 to 2.592e+09, got '-5'"),
     (["subscribe", "cam", "--from", "garbage"], "argument --from: must be an entry id"),
     (["subscribe", "cam", "--redis", "redis://127.0.0.1:abc"], "argument --redis: the port is no number"),
+    (["subscribe", "cam", "--redis", "redis://127.0.0.1:6379/abc"],  # ("got" said twice)
+     "argument --redis: the path is the database's number (redis://host:6379/0), got '/abc'\n"),
     (["top", "--redis", "garbage"], "argument --redis: Redis URL must specify one of the following schemes"),
     (["cameras", "zones", "a", "--zones", '{"a": [[0,0],[1,0]'],
      "argument --zones: not JSON (Expecting ',' delimiter at column 19); expected {\"name\": [[x, y], ...]}"),

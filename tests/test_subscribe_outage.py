@@ -114,6 +114,8 @@ def test_a_reader_with_a_timeout_stops_during_an_outage(redis_server, capsys):
     # and a consumer without a group is a bad argument, said before connecting
     assert main(["subscribe", "cam", "--consumer", "a1", "--redis", redis_server.url]) == 2
     assert "--consumer needs --group" in capsys.readouterr().err
+    assert main(["subscribe", "cam", "--claim-idle-ms", "5000", "--redis", redis_server.url]) == 2  # (was ignored)
+    assert "--claim-idle-ms needs --group" in capsys.readouterr().err
 
 
 def test_a_deadline_that_ends_during_an_outage_exits_3(redis_server, capsys):
