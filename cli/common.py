@@ -178,8 +178,8 @@ def api_url_arg(value: str) -> str:
     if not ok:
         raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {redact_url(value)!r}{source}")
     if parts.username is not None or parts.password is not None:  # (urllib would take them for the host)
-        raise argparse.ArgumentTypeError(f"a user or password in the URL is not sent (the ingress takes none), "
-                                         f"got {redact_url(value)!r}{source}")
+        raise argparse.ArgumentTypeError(f"a user or password in the URL is not sent (neither the ingress nor a "
+                                         f"metrics endpoint takes one), got {redact_url(value)!r}{source}")
     return value
 
 
