@@ -246,9 +246,11 @@ def load_yolo(cfg: ModelServerConfig, *, models_dir: str | None, field: str, tas
         model.names  # an export's backend loads here: a file of no known format fails now, not later
     except Exception as exc:  # ultralytics raises many types: missing file, offline download, bad file
         if Path(resolved).exists():  # (the hint to download or place the file misled: it is there)
+            why = f"{type(exc).__name__}: {str(exc).strip()[:300]}" if str(exc).strip() else type(exc).__name__
+            if Path(resolved).is_dir() and not any(Path(resolved).glob("*.xml")):  # (it said "StopIteration: ")
+                why = "a folder without a model in it (an OpenVINO export folder holds an .xml)"
             raise ModelError(f"{field}: cannot load {where}: {resolved} is there but is no model ultralytics "
-                             f"can load (a .pt, an export folder such as *_openvino_model, .onnx, …): "
-                             f"{type(exc).__name__}: {str(exc).strip()[:300]}") from None
+                             f"can load (a .pt, an export folder such as *_openvino_model, .onnx, …): {why}") from None
         raise ModelError(
             f"{field}: cannot load {where}: {type(exc).__name__}: {str(exc).strip()[:300]}. "
             f"Online, ultralytics downloads its own model names; offline, put the file there or "

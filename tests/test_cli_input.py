@@ -196,6 +196,12 @@ def test_a_file_that_is_no_model_exits_2_naming_the_field(tmp_path, models_dir):
     out = percept("eval", "detector", "--weights", str(notes), "--data", str(SHARED / "data" / "coco128-val"),
                   timeout=120)
     assert out.returncode == 2 and f"eval: --weights: cannot load '{notes}'" in out.stderr, out.stderr[-2000:]
+    empty = tmp_path / "empty_openvino_model"  # (it said "StopIteration: " and nothing more)
+    empty.mkdir()
+    out = percept("eval", "detector", "--weights", str(empty), "--data", str(SHARED / "data" / "coco128-val"),
+                  timeout=120)
+    assert out.returncode == 2 and "a folder without a model in it (an OpenVINO export folder holds an .xml)" \
+        in out.stderr and "StopIteration" not in out.stderr, out.stderr[-2000:]
 
 
 def test_a_weights_name_too_long_for_the_system_is_bad_input_not_a_crash(capsys, redis_server):
