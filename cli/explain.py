@@ -22,8 +22,8 @@ from typing import Any
 from pipeline.config import ENV_MODELS_DIR
 from pipeline.redact import redact
 
-from .common import (EXIT_UNAVAILABLE, IMGSZ, NOT_PERCEPTS, POSITIVE_INT, SCORE, UNAVAILABLE_STATUS, api_url_arg, fail, number_arg,
-                     output_file_arg, request_api, say, unreachable)
+from .common import (EXIT_UNAVAILABLE, IMGSZ, NOT_PERCEPTS, POSITIVE_INT, SCORE, UNAVAILABLE_STATUS, api_url_arg, fail,
+                     number_arg, output_file_arg, request_api, say, unreachable)
 
 BAD_INPUT = 2
 METHOD_CHOICES = ("auto", "rise", "occlusion", "eigencam")

@@ -72,6 +72,7 @@ def _number_not_bool(annotation: Any) -> bool:
             members.add(item)
     return bool(members & {int, float}) and bool not in members
 
+
 class BatchConfig(Strict):
     max_size: int = Field(8, ge=1, le=256)
     wait_ms: float = Field(20.0, ge=0, le=10_000)

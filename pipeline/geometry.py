@@ -116,7 +116,6 @@ def _at_most(limit: int, message: str):
     return check
 
 
-# (inf / nan pass the number check so that `_point` names the whole point: the config refuses them elsewhere)
 def _no_booleans(p: Any) -> Any:
     """``[true, false]`` was read as ``[1, 0]`` (and refused as a shape, not as what it is)."""
     if isinstance(p, (list, tuple)) and any(isinstance(v, bool) for v in p):
@@ -125,6 +124,7 @@ def _no_booleans(p: Any) -> Any:
     return p
 
 
+# (inf / nan pass the number check so that `_point` names the whole point: the config refuses them elsewhere)
 Point = Annotated[list[Annotated[float, Field(allow_inf_nan=True)]], BeforeValidator(_no_booleans), AfterValidator(_point)]
 ZonePolygon = Annotated[list[Point], AfterValidator(_polygon),
                         BeforeValidator(_at_most(MAX_ZONE_POINTS, "a zone has at most {limit} points, got {n}"))]
