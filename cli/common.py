@@ -252,6 +252,10 @@ class RedisOutage:
             return value
 
 
+# an error answer that is no JSON (another service's HTML page was printed as the answer)
+NOT_PERCEPTS = "not an answer of percept's API (a page of another service?): give the address of percept's API as --api"
+
+
 def call_api(api: str, method: str, path: str, body: Any = None, *, wait_s: float,
              timeout: float = 30.0, retried: list[bytes] | None = None) -> tuple[int, Any]:
     """(HTTP status, JSON answer) of a request to the graph's ingress at ``api`` (`request_api`)."""
@@ -262,9 +266,6 @@ def call_api(api: str, method: str, path: str, body: Any = None, *, wait_s: floa
     except ValueError:
         return status, {"detail": NOT_PERCEPTS if status >= 400 else raw.decode(errors="replace")[:300]}
 
-
-# an error answer that is no JSON (another service's HTML page was printed as the answer)
-NOT_PERCEPTS = "not an answer of percept's API (a page of another service?): give the address of percept's API as --api"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config_errors import ConfigError
-from ..models import CategoryMap, ModelError
+from ..models import ModelError
 from . import load_classifier, load_detector
 
 
@@ -26,16 +26,9 @@ def check_models(config: Any) -> dict[str, Any]:
             detectors_failed = True
             continue
         loaded[section.deployment] = det
-        try:  # (the backend's own map: built again, it warned of a label the model lacks twice)
-            categories = getattr(det, "categories", None)
-            if not isinstance(categories, CategoryMap):
-                categories = CategoryMap(section.cfg.categories, det.names, field=f"{section.field}.categories")
-            mapped = categories.by_class.values()
-        except ModelError as exc:
-            errors.append(str(exc))
-            detectors_failed = True
-            continue
-        for label, category in mapped:
+        # the backend's own map, made (and refused when nothing maps) as it loaded: built again
+        # here, it warned of a label the model lacks twice
+        for label, category in det.categories.by_class.values():
             labels_of.setdefault(category, set()).add(label)
     written: dict[tuple[str, str], str] = {}  # (category, attribute) → the field that writes it
     for section in config.classifier_sections():
