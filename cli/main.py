@@ -11,27 +11,48 @@ and the replicas' logs go to files (the replica log folder is printed at start) 
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
+import signal
 import sys
-import warnings
-from typing import Sequence
 
-try:  # Ctrl-C while these import (the command's first ~0.3 s): exit 130 as later, not a traceback
-    import redis
+try:  # Ctrl-C while these import (the command's first ~0.3 s): held until they have, then exit 130
+    _held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # (as interrupts_held, below)
+    try:
+        import argparse
+        import logging
+        import os
+        import warnings
+        from contextlib import contextmanager
+        from typing import Iterator, Sequence
 
-    from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
-    from pipeline.redact import redact
-    from pipeline.streams import CREDENTIALS_REFUSED
+        import redis
 
-    from . import bench, build, cameras, demo, run, subscribe, top
-    from . import eval as eval_cmd
-    from . import explain as explain_cmd
-    from . import models as models_cmd
-    from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, fail
+        from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
+        from pipeline.redact import redact
+        from pipeline.streams import CREDENTIALS_REFUSED
+
+        from . import bench, build, cameras, demo, run, subscribe, top
+        from . import eval as eval_cmd
+        from . import explain as explain_cmd
+        from . import models as models_cmd
+        from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, fail
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, _held)
 except KeyboardInterrupt:
     sys.exit(130)
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C while modules import waits until they have, then raises KeyboardInterrupt. Raised
+    inside an import, it could come out as another error (pydantic turns one that lands while it
+    builds a model's schema into SchemaError: a traceback) or, under `python -m`, end the process
+    by SIGINT itself (one that lands in an `exec` of a string, as a namedtuple makes)."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
 
 COMMANDS = (run, demo, build, cameras, subscribe, top, bench, eval_cmd, models_cmd, explain_cmd)
 NOISY_LOGGERS = ("ray", "ray.serve", "ray.data", "ray.tune", "ultralytics", "filelock", "urllib3")
@@ -82,8 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = argv[len(verbose):]
     try:
         if not soak:
-            args = parser().parse_args(argv)  # (some commands import their modules here: Ctrl-C too)
-            setup_console(args.verbose)
+            with interrupts_held():  # (some commands import their modules here)
+                args = parser().parse_args(argv)
+                setup_console(args.verbose)
         return bench.soak_main(argv[2:], verbose=bool(verbose)) if soak else int(args.func(args) or 0)
     except ConfigError as exc:
         return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
