@@ -16,7 +16,7 @@ TLS_ONLY = "only with a rediss:// URL: redis:// and unix:// do not use TLS (the 
 
 class OutageBufferConfig(Strict):
     max_entries: int = Field(10_000, ge=1, description="results kept while Redis is unreachable")
-    max_bytes: int = Field(64 * 2**20, ge=1024, description="bytes kept while Redis is unreachable")
+    max_bytes: int = Field(64 * 2**20, ge=1024, description="memory the results kept while Redis is unreachable take")
 
 
 class RedisConfig(Strict):

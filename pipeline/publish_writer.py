@@ -45,14 +45,18 @@ class PublisherWriter:
             encode_all(taken)
             batch = [item for item in taken if self._encoded(item)]
             calls = script_calls(batch)
+            failed = None  # (backing off outside the `except`: its traceback held the batch's packed bytes)
             try:
                 results = self._send(calls)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                self._unreachable(f"redis unreachable ({redact(str(exc))})", taken, batch)
-                continue
+                failed = f"redis unreachable ({redact(str(exc))})"
             except Exception as exc:  # anything else (an answer it cannot parse, NOPERM): the same, never the end
                 log.exception("publisher: unexpected error writing to redis; retrying")
-                self._unreachable(f"redis write failed ({type(exc).__name__}: {redact(str(exc))})", taken, batch)
+                failed = f"redis write failed ({type(exc).__name__}: {redact(str(exc))})"
+            if failed is not None:
+                self._unreachable(failed, taken, batch)
+                taken = batch = calls = []  # (what the bound drops while the writer backs off is not held here)
+                self._wait_to_retry()
                 continue
             if calls:  # (a batch that sent nothing, every result unencodable, says nothing of Redis)
                 if not self.stats.connected:
@@ -112,19 +116,21 @@ class PublisherWriter:
             raise
 
     def _unreachable(self, why: str, taken: list[Item], encoded: list[Item]) -> None:
-        """Buffer and back off (the batch's ``encoded`` items back at the head of the queue:
-        results stay queued, in order, within the buffer's bounds; one that could not be encoded
-        was counted once and goes)."""
+        """Buffer (the batch's ``encoded`` items back at the head of the queue: results stay
+        queued, in order, within the buffer's bounds; one that could not be encoded was counted
+        once and goes); `_wait_to_retry` next."""
         if self.stats.connected:
             log.warning("%s; buffering %d results", why, len(self._queue) + len(taken))
         self.stats.connected = False
-        delay = self._backoff.next()
         with self._cond:
             if self._abandoned:  # counted as lost by close(): they stay so
                 return
             self._bytes -= sum(item.nbytes for item in taken)
             self._requeue(encoded)
         self._charge_encoded()
+
+    def _wait_to_retry(self) -> None:
+        delay = self._backoff.next()
         with self._cond:
             if not self._closing and not self._abandoned:
                 self._cond.wait(delay)
@@ -140,10 +146,8 @@ class PublisherWriter:
         encode_all(todo)
         with self._cond:  # (every one encoded: the batch tried last and those encoded ahead too)
             for item in self._queue:
-                if item.packed is not None and item.entry is not None:
-                    size = sum(len(part) for part in item.packed)
-                    self._bytes += size - item.nbytes
-                    item.nbytes = size
+                if item.packed is not None and item.entry is not None and not item.settled:
+                    self._bytes += item.settle()
             self._bound()
 
     def _note_refusal(self, refusal: str | None) -> None:
