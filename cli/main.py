@@ -27,8 +27,8 @@ try:  # Ctrl-C while these import (the command's first ~0.3 s): held until they 
         import redis
 
         from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
-        from pipeline.redact import redact
-        from pipeline.streams import CREDENTIALS_REFUSED
+        from pipeline.redact import redact, redact_url
+        from pipeline.streams import CREDENTIALS_REFUSED, database_missing
 
         from . import bench, build, cameras, demo, run, subscribe, top
         from . import eval as eval_cmd
@@ -113,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"redis refused our credentials: {redact(str(exc))} (check redis.url / PERCEPT_REDIS_URL)",
                     EXIT_UNAVAILABLE)
     except redis.RedisError as exc:  # what no command handled (WRONGTYPE, NOPERM, ...): one line, not a traceback
+        if missing := database_missing(exc):  # (the URL's database number: a config error)
+            url = None if soak else getattr(args, "redis", None)  # (--redis; else the config's, unnamed)
+            return fail(f"redis{f' {redact_url(url)}' if url else ''}: {missing}", CONFIG_ERROR_EXIT_CODE)
         return fail(f"redis: {type(exc).__name__}: {redact(str(exc))}", EXIT_UNAVAILABLE)
     except KeyboardInterrupt:  # Ctrl-C anywhere (a retry's wait, a model load): no traceback
         return EXIT_INTERRUPTED

@@ -73,7 +73,7 @@ def redis_for(config: PerceptConfig, stack: ExitStack, keeper: list[PrivateRedis
     import redis
 
     from pipeline.redis_server import EmbeddedRedis, RedisServerError
-    from pipeline.streams import CREDENTIALS_REFUSED, redis_from_config
+    from pipeline.streams import CREDENTIALS_REFUSED, database_missing, redis_from_config
 
     state = Path(config.state_dir)
     if config.redis.url is None:
@@ -92,6 +92,8 @@ def redis_for(config: PerceptConfig, stack: ExitStack, keeper: list[PrivateRedis
     except CREDENTIALS_REFUSED:
         raise  # said as such (`cli.main`), not as "cannot reach"
     except redis.RedisError as exc:
+        if missing := database_missing(exc):
+            raise ConfigError([f"redis.url: {redact_url(config.redis.url)}: {missing}"]) from None
         raise Unavailable(f"redis.url: cannot reach {redact_url(config.redis.url)}: {redact(str(exc))}") from None
     return config
 

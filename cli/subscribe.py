@@ -121,7 +121,7 @@ def _say_missing(client: Any, keys: Any, cameras: list[str], events: bool) -> No
 def _subscribe(args: argparse.Namespace) -> int:
     import redis
 
-    from pipeline.streams import CREDENTIALS_REFUSED, StreamKeys, connect_redis, redis_from_config
+    from pipeline.streams import CREDENTIALS_REFUSED, StreamKeys, connect_redis, database_missing, redis_from_config
     from pipeline.subscribe import Subscriber
 
     if args.consumer and not args.group:
@@ -178,6 +178,8 @@ def _subscribe(args: argparse.Namespace) -> int:
     except CREDENTIALS_REFUSED:
         raise  # (said as the other commands say it: `cli.main`)
     except redis.RedisError as exc:
+        if missing := database_missing(exc):
+            return fail(f"redis {redact_url(url)}: {missing}", CONFIG_ERROR_EXIT_CODE)
         return fail(f"redis {redact_url(url)}: {redact(str(exc))}", EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
         if reading is not None:  # what it read and never printed (or not all): for the group's next reader at once

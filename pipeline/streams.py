@@ -127,6 +127,15 @@ def reconnect_if_demoted(client: redis.Redis, error: BaseException | str) -> boo
 CREDENTIALS_REFUSED = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
 
 
+def database_missing(exc: BaseException) -> str | None:
+    """What to say when the URL names a database number the server does not have (its answer
+    to ``SELECT``: a config error, not an outage); None for any other error."""
+    if isinstance(exc, redis.ResponseError) and "DB index is out of range" in str(exc):
+        return ("the server has no database of that number (DB index is out of range: its `databases` "
+                "setting, 16 by default, numbers them from 0)")
+    return None
+
+
 def redis_unavailable(exc: BaseException) -> bool:
     """Whether an error means "Redis cannot serve this now, try again" rather than a bad request
     (`CREDENTIALS_REFUSED` are not)."""

@@ -244,3 +244,20 @@ def test_a_camera_whose_stream_key_holds_another_type_is_named_and_the_reader_do
     out, err = capsys.readouterr()
     assert out == "" and err.strip() == (f"percept: subscribe: {KEYS.detections('south')} (camera south) is a string, "
                                          "not a stream: percept did not write it (another prefix?)"), err
+
+
+def test_a_database_number_the_server_lacks_is_a_config_error_naming_the_url(redis_server, tmp_path, capsys, models_dir):
+    """`redis://…/99` on a server of 16 databases: Redis answers SELECT with "DB index is out of
+    range". It was said as an outage (exit 3; `run`: "cannot reach"); it is the URL's mistake:
+    exit 2, the URL named, its password not."""
+    url = redis_server.url.rsplit("/", 1)[0].replace("redis://", "redis://:hunter2@") + "/99"
+    redis_server.client().config_set("requirepass", "hunter2")  # (this test's own server)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"redis: {{url: '{url}'}}\nmodels_dir: {models_dir}\n"
+                   "detector: {weights: yolo11n_int8_openvino_model}\n")
+    for argv in (["top", "--once", "--redis", url], ["subscribe", "--redis", url, "--count", "1", "a"],
+                 ["run", "-c", str(cfg)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "no database of that number" in err and "redis://***@" in err, (argv, err)
+        assert "hunter2" not in err and "cannot reach" not in err, (argv, err)
