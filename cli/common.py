@@ -267,7 +267,6 @@ def call_api(api: str, method: str, path: str, body: Any = None, *, wait_s: floa
         return status, {"detail": NOT_PERCEPTS if status >= 400 else raw.decode(errors="replace")[:300]}
 
 
-
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """Redirects are not followed: urllib follows a POST's 301/302 as a GET (a camera add became
     ``GET /cameras``, printed ``[]`` and exited 0) and hands back a PUT's or DELETE's unfollowed."""

@@ -13,32 +13,7 @@ from __future__ import annotations
 
 import signal
 import sys
-
-try:  # Ctrl-C while these import (the command's first ~0.3 s): held until they have, then exit 130
-    _held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # (as interrupts_held, below)
-    try:
-        import argparse
-        import logging
-        import os
-        import warnings
-        from contextlib import contextmanager
-        from typing import Iterator, Sequence
-
-        import redis
-
-        from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
-        from pipeline.redact import redact, redact_url
-        from pipeline.streams import CREDENTIALS_REFUSED, database_missing
-
-        from . import bench, build, cameras, demo, run, subscribe, top
-        from . import eval as eval_cmd
-        from . import explain as explain_cmd
-        from . import models as models_cmd
-        from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, fail
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, _held)
-except KeyboardInterrupt:
-    sys.exit(130)
+from contextlib import contextmanager  # (before the hold: cheap, and mostly imported at start-up already)
 
 
 @contextmanager
@@ -52,6 +27,29 @@ def interrupts_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+try:  # Ctrl-C while these import (the command's first ~0.3 s): held until they have, then exit 130
+    with interrupts_held():
+        import argparse
+        import logging
+        import os
+        import warnings
+        from typing import Iterator, Sequence
+
+        import redis
+
+        from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
+        from pipeline.redact import redact, redact_url
+        from pipeline.streams import CREDENTIALS_REFUSED, database_missing
+
+        from . import bench, build, cameras, demo, run, subscribe, top
+        from . import eval as eval_cmd
+        from . import explain as explain_cmd
+        from . import models as models_cmd
+        from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, fail
+except KeyboardInterrupt:
+    sys.exit(130)
 
 
 COMMANDS = (run, demo, build, cameras, subscribe, top, bench, eval_cmd, models_cmd, explain_cmd)

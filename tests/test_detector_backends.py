@@ -290,11 +290,8 @@ def test_sign_detector_matches_a_plain_decoding_of_the_network(signs):
 
 
 def test_a_stop_sign_found_by_two_detectors_is_one_object(signs):
-    """COCO's default categories make its ``stop sign`` a sign, and the sign detector has
-    ``stop``: merged, each of the two stop signs of GTSDB scene 00074 is one object, not two.
-    (At conf 0.2: OpenVINO's INT8 kernels differ by CPU. On an AMD EPYC with AVX2 only the
-    farther one scores 0.242, under the default 0.25, where earlier CI machines found it; the
-    FP16 `.pt` gives it 0.40.)"""
+    """COCO's default categories make its ``stop sign`` a sign, and the sign detector has ``stop``: merged,
+    each of GTSDB scene 00074's two stop signs is one object (conf 0.2: INT8 on AVX2 scores one 0.242)."""
     from pipeline.schema import Detections
 
     coco = detector(DETECTOR, categories={"sign": ["stop sign", "traffic light"]}, conf=0.2)
