@@ -340,8 +340,10 @@ def snapshot(client: Any, prefix: str, view: DeploymentView, outage: RedisOutage
 
 
 def _top(args: argparse.Namespace) -> int:
+    import redis
+
     from pipeline.redact import redact_url
-    from pipeline.streams import connect_redis, redis_from_config
+    from pipeline.streams import connect_redis, database_missing, redis_from_config
 
     from .subscribe import _redis_source
 
@@ -353,6 +355,18 @@ def _top(args: argparse.Namespace) -> int:
         return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
     prefix = prefix or "percept"
     client = redis_from_config(redis_cfg.model_copy(update={"url": url})) if redis_cfg else connect_redis(url)
+    try:
+        return _watch(args, client, url, prefix)
+    except redis.ResponseError as exc:
+        if missing := database_missing(exc):  # (the URL's database number, from --redis or the config: named)
+            return fail(f"redis {redact_url(url)}: {missing}", CONFIG_ERROR_EXIT_CODE)
+        raise
+
+
+def _watch(args: argparse.Namespace, client: Any, url: str, prefix: str) -> int:
+    """`percept top` on its client: one screen (--once) or a screen every --interval."""
+    from pipeline.redact import redact_url
+
     outage, view = RedisOutage(url, quiet=args.once), DeploymentView(args.metrics)
     if args.once:
         ok, lines = snapshot(client, prefix, view, outage, args.samples)

@@ -255,7 +255,7 @@ def test_a_database_number_the_server_lacks_is_a_config_error_naming_the_url(red
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"redis: {{url: '{url}'}}\nmodels_dir: {models_dir}\n"
                    "detector: {weights: yolo11n_int8_openvino_model}\n")
-    for argv in (["top", "--once", "--redis", url], ["subscribe", "--redis", url, "--count", "1", "a"],
+    for argv in (["top", "--once", "--redis", url], ["top", "--once", "-c", str(cfg)], ["subscribe", "--redis", url, "--count", "1", "a"],
                  ["run", "-c", str(cfg)]):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
