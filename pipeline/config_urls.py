@@ -27,6 +27,9 @@ def redis_url_problem(url: str) -> str | None:
         return "not a Redis URL: the host cannot be read (a [ or ] in a password is written %5B or %5D)"
     if found is not None and found.hostport != netloc.rpartition("@")[2]:
         return f"not a Redis URL: {UNESCAPED_USERINFO}"
+    whole = url_credentials(url, to_last_at=True)  # an "@" after the host part ("redis://:a@b/pw@host"): a
+    if whole is not None and (found is None or whole.end != found.end):  # password's tail read as the path or host
+        return f"not a Redis URL: {UNESCAPED_USERINFO}"
     if password_without_host(url) is not None:  # (redis-py quoted it: "Port could not be cast … as 'pw'")
         return "not a Redis URL: the port is no number; a password goes between \"redis://:\" and \"@host:6379/0\""
     try:

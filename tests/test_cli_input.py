@@ -117,6 +117,14 @@ def test_urls_in_option_errors_are_shown_without_credentials(capsys):
     err = capsys.readouterr().err
     assert "argument --redis: a user name or password with / ? # or @ in it must be percent-encoded" in err, err
     assert "s3cr" not in err and "etPW" not in err, err
+    # an "@" and then "/", "?" or "#" in it: the tail was quoted as the path, or dialled as the host
+    for url in ("redis://:a@b/s3cretPW@127.0.0.1:1/0", "redis://:a@s3cretPW?x@127.0.0.1:1/0",
+                "redis://:a@s3cretPW#x@127.0.0.1:1/0"):
+        with pytest.raises(SystemExit):
+            main(["subscribe", "cam", "--redis", url])
+        err = capsys.readouterr().err
+        assert "argument --redis: a user name or password with / ? # or @ in it must be percent-encoded" in err, err
+        assert "s3cretPW" not in err, err
     # a "[" in the password: urlsplit's "Invalid IPv6 URL" escaped the check, argparse quoted the URL whole
     with pytest.raises(SystemExit):
         main(["subscribe", "cam", "--redis", "redis://:Tr0ub[dor@redis.example:6379/0"])
