@@ -163,6 +163,10 @@ def _cameras(args: argparse.Namespace) -> int:
             print(row)
         if not rows:
             print("percept: cameras ls: no cameras (add one: percept cameras add ID URL)", file=sys.stderr)
+    elif not isinstance(data, dict) or data.get("id") != args.id:  # what percept's API answers names the camera
+        return fail(f"{args.action} {args.id}: {redact_url(args.api)} did not answer as percept's API does (HTTP "
+                    f"{status}, no camera {args.id!r} in it): nothing is known to be done (is --api the graph's ingress?)",
+                    EXIT_UNAVAILABLE)
     else:
         print(json.dumps(data))
     return 0

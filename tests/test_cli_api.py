@@ -49,7 +49,9 @@ def api():
 def test_camera_ids_and_deployment_names_are_escaped_in_the_path(api, capsys):
     Recorder.body = {"id": "dock#2", "removed": True}
     assert main(["cameras", "--api", api, "rm", "dock#2"]) == 0
+    Recorder.body = {"id": "a b?", "anchor": "center"}  # (each answer names its camera, as percept's API does)
     assert main(["cameras", "--api", api, "zones", "a b?", "--anchor", "center"]) == 0
+    Recorder.body = {"id": "x/../y", "removed": True}
     assert main(["cameras", "--api", api, "rm", "x/../y"]) == 0
     assert Recorder.paths == [("DELETE", "/cameras/dock%232"), ("PUT", "/cameras/a%20b%3F"),
                               ("DELETE", "/cameras/x%2F..%2Fy")]

@@ -70,6 +70,17 @@ def test_cameras_ls_against_another_http_service_says_so(capsys):
     assert err.startswith(f"percept: ls: {api} did not answer with percept's camera list"), err
 
 
+@pytest.mark.parametrize("body", [b"<html>hi</html>", b"[1, 2]", b'{"id": "another", "removed": true}'])
+def test_cameras_add_rm_zones_against_another_http_service_say_nothing_is_known_done(body, capsys):
+    """A 200 from another service behind ``--api`` was printed as the answer, exit 0: the camera
+    said added, removed or changed while nothing was."""
+    with answering(200, body) as api:
+        for command in (["add", "c1", "rtsp://cam/s"], ["rm", "c1"], ["zones", "c1", "--anchor", "center"]):
+            assert main(["cameras", "--api", api, *command]) == 3, command
+            err = capsys.readouterr().err
+            assert err.startswith(f"percept: {command[0]} c1: {api} did not answer as percept's API does"), err
+
+
 def test_models_served_and_swap_against_another_http_service_say_so(capsys):
     """`models served` and `models swap` read percept's answers' fields: a traceback (TypeError,
     KeyError) from another service behind ``--api``."""
