@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ENV_MODELS_DIR
-from pipeline.redact import redact
+from pipeline.redact import redact, redact_url
 
 from .common import (EXIT_UNAVAILABLE, IMGSZ, NOT_PERCEPTS, POSITIVE_INT, SCORE, UNAVAILABLE_STATUS, api_url_arg, fail,
                      number_arg, output_file_arg, request_api, say, unreachable)
 
 BAD_INPUT = 2
 METHOD_CHOICES = ("auto", "rise", "occlusion", "eigencam")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def register(sub: Any) -> None:
@@ -106,6 +107,9 @@ def _online(args: argparse.Namespace) -> int:
     if status >= 400:
         return fail(f"explain {args.camera}: HTTP {status}: {redact(_detail(png))}",  # (the codes of `percept cameras`)
                     EXIT_UNAVAILABLE if status in UNAVAILABLE_STATUS else BAD_INPUT if status < 500 else 1)
+    if not png.startswith(PNG_SIGNATURE):  # another service behind --api: nothing written as a PNG that is none
+        return fail(f"explain {args.camera}: {redact_url(args.api)} did not answer with a PNG (HTTP {status}): "
+                    "is --api the graph's ingress?", EXIT_UNAVAILABLE)
     frame = dict(kv.split("=", 1) for kv in headers.get("X-Percept-Frame", "").split() if "=" in kv)
     out = Path(args.out or f"explain-{args.camera}-{frame.get('seq', 'latest')}-{args.object}.png")
     if not _write(out, png):

@@ -81,6 +81,16 @@ def test_cameras_add_rm_zones_against_another_http_service_say_nothing_is_known_
             assert err.startswith(f"percept: {command[0]} c1: {api} did not answer as percept's API does"), err
 
 
+def test_explain_against_another_http_service_writes_no_png(tmp_path, capsys):
+    """Its 200 HTML page was written to x.png, exit 0."""
+    out = tmp_path / "x.png"
+    with answering(200, b"<html>hi</html>") as api:
+        assert main(["explain", "c1", "--object", "0", "--api", api, "--out", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"percept: explain c1: {api} did not answer with a PNG"), err
+    assert not out.exists()
+
+
 def test_models_served_and_swap_against_another_http_service_say_so(capsys):
     """`models served` and `models swap` read percept's answers' fields: a traceback (TypeError,
     KeyError) from another service behind ``--api``."""
