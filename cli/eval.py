@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ENV_MODELS_DIR
 
-from .common import IMGSZ, POSITIVE_INT, SCORE, fail, number_arg, output_file_arg
+from .common import IMGSZ, POSITIVE_INT, SCORE, fail, number_arg, output_file_arg, stride_imgsz
 
 
 def register(sub: Any) -> None:
@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
 
     d = tasks.add_parser("detector", help="mAP50-95 / mAP50 on a YOLO dataset (images/ + labels/, or a data.yaml)")
     _common(d)
-    d.add_argument("--imgsz", type=IMGSZ, default=640, help="detector input size (default 640)")
+    d.add_argument("--imgsz", type=stride_imgsz, default=640, help="detector input size (default 640)")
     d.add_argument("--conf", type=SCORE, default=0.001, help="score threshold (default 0.001, as model.val())")
     d.add_argument("--iou", type=SCORE, default=0.7, help="NMS IoU (default 0.7, as model.val())")
     d.add_argument("--max-det", type=POSITIVE_INT, default=300, help="detections per image (default 300)")

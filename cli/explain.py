@@ -22,8 +22,8 @@ from typing import Any
 from pipeline.config import ENV_MODELS_DIR
 from pipeline.redact import redact, redact_url
 
-from .common import (EXIT_UNAVAILABLE, IMGSZ, NOT_PERCEPTS, POSITIVE_INT, SCORE, UNAVAILABLE_STATUS, api_url_arg, fail,
-                     number_arg, output_file_arg, request_api, say, unreachable)
+from .common import (EXIT_UNAVAILABLE, NOT_PERCEPTS, POSITIVE_INT, SCORE, UNAVAILABLE_STATUS, api_url_arg, fail,
+                     number_arg, output_file_arg, request_api, say, stride_imgsz, unreachable)
 
 BAD_INPUT = 2
 METHOD_CHOICES = ("auto", "rise", "occlusion", "eigencam")
@@ -53,7 +53,7 @@ def register(sub: Any) -> None:
     off.add_argument("--video", help="a video file (with --frame)")
     off.add_argument("--frame", type=number_arg(int, 0), help="--video: the frame index (default 0)")
     off.add_argument("--weights", help=f"detector weights: a path or a file in {ENV_MODELS_DIR}")
-    off.add_argument("--imgsz", type=IMGSZ, default=640, help="detector input size (default 640)")
+    off.add_argument("--imgsz", type=stride_imgsz, default=640, help="detector input size (default 640)")
     off.add_argument("--conf", type=SCORE, default=0.25,
                      help="objects are the detections from this score (default 0.25)")
     off.add_argument("--device", default="auto", help="auto, cpu, cuda:0 … (default auto)")

@@ -125,7 +125,7 @@ class ModelServerConfig(Strict):
     """What the detector and every classifier share: weights, device and how Serve runs them."""
 
     weights: str = Field(min_length=1, description="path, file in PERCEPT_MODELS_DIR or ultralytics name")
-    imgsz: int = Field(640, ge=32, le=4096)
+    imgsz: int = Field(640, ge=32, le=4096, multiple_of=32, description="input size, a multiple of the models' stride 32")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps|\d+)$")
     half: bool | None = Field(None, description="FP16; default: on for CUDA")
     threads: int | None = Field(None, ge=1, le=256, description="CPU threads of the model per replica (torch, OpenVINO); default: num_cpus")

@@ -19,6 +19,10 @@ BAD_VALUES = [
     (["models", "export", "w.pt", "--to", "openvino", "--imgsz", "0"], "argument --imgsz: must be from 32 to 4096"),
     # (ultralytics exported at 128 and the result said 100)
     (["models", "export", "w.pt", "--to", "openvino", "--imgsz", "100"], "argument --imgsz: must be a multiple of 32"),
+    # (eval and compare reported "imgsz 33" and mAP 0.000; ultralytics ran another size)
+    (["eval", "detector", "--weights", "w", "--data", "d", "--imgsz", "33"], "argument --imgsz: must be a multiple of 32"),
+    (["models", "compare", "a", "--data", "d", "--imgsz", "33"], "argument --imgsz: must be a multiple of 32"),
+    (["explain", "--object", "0", "--image", "i.jpg", "--imgsz", "33"], "argument --imgsz: must be a multiple of 32"),
     (["models", "compare", "a", "--data", "d", "--repeat", "x"], "argument --repeat: must be a whole number, got 'x'"),
     (["subscribe", "cam", "--claim-idle-ms", "-5"], "argument --claim-idle-ms: must be from 0 to 2.592e+09, got '-5'"),
     (["subscribe", "cam", "--from", "garbage"], "argument --from: must be an entry id"),

@@ -339,6 +339,8 @@ def test_detectors_of_different_imgsz_are_refused():
     cfg = parse_config({"detectors": [{"weights": "a.pt", "imgsz": 320}, {"weights": "b.pt", "imgsz": 320}]}, env={})
     assert [d.imgsz for d in cfg.all_detectors] == [320, 320] and cfg.detector.imgsz == 320
     assert parse_config({"detector": {"weights": "a.pt", "imgsz": 1280}}, env={}).detector.imgsz == 1280
+    # a size off the models' stride (ultralytics would run another: `percept build` took 33)
+    assert errors_of({"detector": {"weights": "a.pt", "imgsz": 33}}) == ["detector.imgsz: must be a multiple of 32, got 33"]
 
 
 def test_unquoted_on_key_in_yaml_is_the_label_filter(tmp_path):
