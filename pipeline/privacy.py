@@ -30,6 +30,7 @@ import numpy as np
 from .config_view import FACES_MODEL, PrivacyConfig
 from .models import resolve_weights
 from .openvino_quiet import quiet_openvino
+from .yunet_open import create_yunet
 
 log = logging.getLogger("percept.privacy")
 
@@ -66,15 +67,13 @@ class FaceFinder:
         self._net_for((320, 320))  # reads the model: a bad file fails here
 
     def _net_for(self, size: tuple[int, int]) -> tuple[Any, threading.Lock]:
-        import cv2
-
         with self._lock:
             net = self._nets.pop(size, None)  # (re-inserted: the dict's order is the order of use)
             if net is None:
                 if len(self._nets) >= self.MAX_SIZES:
                     del self._nets[next(iter(self._nets))]  # the least recently used
                 # one OpenCV detector is not safe to share between threads: each has its lock
-                net = (cv2.FaceDetectorYN.create(self.path, "", size, self.score, 0.3, 5000), threading.Lock())
+                net = (create_yunet(self.path, size, self.score, 0.3, 5000), threading.Lock())
             self._nets[size] = net
             return net
 

@@ -330,11 +330,11 @@ def test_percept_explain_cli_against_the_graph(graph, tmp_path):
 # --- `percept explain` offline -------------------------------------------------------------------------
 
 @pytest.mark.integration
-def test_percept_explain_offline_writes_a_png(models_dir, tmp_path):
+def test_percept_explain_offline_writes_a_png(models_dir, tmp_path, capfd):
     out = tmp_path / "offline.png"
     code, stdout, stderr = percept("explain", "--video", str(VIDEOS / "traffic.mp4"), "--frame", str(FRAME),
                                    "--weights", DETECTOR, "--object", "0", "--masks", "32", "--out", str(out))
-    assert code == 0, stderr
+    assert code == 0 and "WARN" not in capfd.readouterr().err, stderr  # (OpenCV 5's, at each YuNet: `create_yunet`)
     assert "object 0: car 0.84" in stdout and "rise: 32 detector calls" in stdout, stdout
     image = cv2.imread(str(out))
     assert image.shape == (360, 640, 3)

@@ -16,6 +16,7 @@ import numpy as np
 from ..config import DetectorConfig
 from ..models import CategoryMap, DetectorInput, ModelError, card_nms_iou, field_key, model_name
 from ..schema import Detections
+from ..yunet_open import create_yunet
 from .base import per_item, warm_up_detector, warn_cpu_only
 from .card import ModelCard
 
@@ -70,8 +71,7 @@ class YuNetDetector:
         key = (side, side)
         if key not in self._detectors:
             try:
-                self._detectors[key] = cv2.FaceDetectorYN.create(
-                    self.weights, "", key, self.cfg.conf, self.nms_iou, TOP_K)
+                self._detectors[key] = create_yunet(self.weights, key, self.cfg.conf, self.nms_iou, TOP_K)
             except cv2.error as exc:
                 raise ModelError(f"{self.field}: OpenCV cannot load {self.weights!r} as YuNet: "
                                  f"{str(exc).strip().splitlines()[-1][:300]}") from None
