@@ -68,9 +68,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _verbose_everywhere(p: argparse.ArgumentParser) -> None:
-    """``-v`` on every subcommand, at every level, that has none of its own."""
+    """``-v`` on every subcommand, at every level, that has none of its own; a missing one is
+    said by its choices (``required: {export,compare,…}``, as usage writes it, not its ``dest``)."""
     for action in p._actions:
         if isinstance(action, argparse._SubParsersAction):
+            action.metavar = action.metavar or "{" + ",".join(action.choices) + "}"
             for child in action.choices.values():
                 if not any("-v" in a.option_strings for a in child._actions):
                     child.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,

@@ -409,3 +409,14 @@ def test_verbose_is_taken_after_a_command_at_every_level():
         with pytest.raises(SystemExit) as done:
             main(argv)
         assert done.value.code == 0, argv
+
+
+@pytest.mark.parametrize("argv, choices", [([], "{run,demo,build,"), (["models"], "{export,compare,finetune,swap,served}"),
+                                           (["eval"], "{detector,classifier}"), (["cameras"], "{ls,add,rm,zones}"),
+                                           (["models", "swap"], "{detector,classifier}")])
+def test_a_missing_subcommand_is_said_by_its_choices(argv, choices, capsys):
+    """``percept models`` said ``required: models_command`` (argparse's internal name)."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"error: the following arguments are required: {choices}" in err, err
