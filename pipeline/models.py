@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -230,6 +231,15 @@ def choose_device(device: str, half: bool | None) -> tuple[str, bool]:
     return device, use_half
 
 
+def load_failure(exc: BaseException, limit: int = 300) -> str:
+    """Why ultralytics could not load (or run) a model, in one line: its error's first line
+    without its "ERROR ❌️" (what follows, "Recommended fixes … 'yolo predict model=yolo26n.pt'",
+    offers a download that offline use never makes)."""
+    text = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else ""
+    text = re.sub(r"^ERROR\W*\s", "", text)[:limit]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def load_yolo(cfg: ModelServerConfig, *, models_dir: str | None, field: str, task: str) -> Any:
     """Load weights through ultralytics and check the task; errors name the config field."""
     from ultralytics import YOLO
@@ -246,13 +256,13 @@ def load_yolo(cfg: ModelServerConfig, *, models_dir: str | None, field: str, tas
         model.names  # an export's backend loads here: a file of no known format fails now, not later
     except Exception as exc:  # ultralytics raises many types: missing file, offline download, bad file
         if Path(resolved).exists():  # (the hint to download or place the file misled: it is there)
-            why = f"{type(exc).__name__}: {str(exc).strip()[:300]}" if str(exc).strip() else type(exc).__name__
+            why = load_failure(exc)
             if Path(resolved).is_dir() and not any(Path(resolved).glob("*.xml")):  # (it said "StopIteration: ")
                 why = "a folder without a model in it (an OpenVINO export folder holds an .xml)"
             raise ModelError(f"{field}: cannot load {where}: {resolved} is there but is no model ultralytics "
                              f"can load (a .pt, an export folder such as *_openvino_model, .onnx, …): {why}") from None
         raise ModelError(
-            f"{field}: cannot load {where}: {type(exc).__name__}: {str(exc).strip()[:300]}. "
+            f"{field}: cannot load {where}: {load_failure(exc)}. "
             f"Online, ultralytics downloads its own model names; offline, put the file there or "
             f"set {ENV_MODELS_DIR} to the folder that holds it."
         ) from None

@@ -420,3 +420,17 @@ def test_a_missing_subcommand_is_said_by_its_choices(argv, choices, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and f"error: the following arguments are required: {choices}" in err, err
+
+
+def test_a_corrupt_checkpoint_is_one_line_offering_no_download(tmp_path, capsys):
+    """Ultralytics' own error for a .pt that is no checkpoint went on "ERROR ❌️ … Recommended
+    fixes … 'yolo predict model=yolo26n.pt'": two lines, offering a download offline."""
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(256)) * 4)
+    data = str(SHARED / "data" / "coco128-val")
+    for argv in (["eval", "detector", "--weights", str(junk), "--data", data],
+                 ["models", "export", str(junk), "--to", "onnx"], ["models", "finetune", str(junk), "--data", data]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is not a loadable checkpoint" in err, (argv, err)
+        assert "ERROR" not in err and "yolo predict" not in err, (argv, err)

@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from ..evaluate import IMAGE_SUFFIXES, images_under
+from ..models import load_failure
 from ..openvino_quiet import quiet_openvino
 from .finetune_data import link_image
 from .offline import offline_ultralytics
@@ -120,7 +121,7 @@ def _load_yolo(path: Path) -> Any:
     try:
         return YOLO(str(path))
     except Exception as exc:  # noqa: BLE001 -- ultralytics raises many types for a bad file
-        raise ExportError(f"weights: cannot load {path}: {type(exc).__name__}: {str(exc).strip()[:300]}") from None
+        raise ExportError(f"weights: cannot load {path}: {load_failure(exc)}") from None
 
 
 def check_can_export(formats: Sequence[Format], calib: Sequence[str | Path]) -> None:

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..models import load_failure
 from .export import DEFAULT_IMGSZ
 from .finetune_data import (
     Dataset,
@@ -102,7 +103,7 @@ def check_weights(weights: str | Path, models_dir: str | None) -> tuple[Path, An
     try:
         model = YOLO(str(path))
     except Exception as exc:  # noqa: BLE001 -- ultralytics raises many types for a bad file
-        raise FinetuneError(f"weights: cannot load {path}: {type(exc).__name__}: {str(exc).strip()[:300]}") from None
+        raise FinetuneError(f"weights: cannot load {path}: {load_failure(exc)}") from None
     if model.task not in ("detect", "classify"):
         raise FinetuneError(f"weights: {path.name} is a {model.task} model; finetune handles detect and classify models")
     return path, model
