@@ -87,7 +87,8 @@ def setup_console(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "percept: %(levelname)s %(message)s",
     )
     os.environ.setdefault("YOLO_VERBOSE", "False")
-    if not verbose:
+    if not verbose:  # FFmpeg's own lines ("moov atom not found") before percept's about the same video: off
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # (read at OpenCV's first FFmpeg open)
         for name in NOISY_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", module="ray")

@@ -434,3 +434,12 @@ def test_a_corrupt_checkpoint_is_one_line_offering_no_download(tmp_path, capsys)
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "is not a loadable checkpoint" in err, (argv, err)
         assert "ERROR" not in err and "yolo predict" not in err, (argv, err)
+
+
+def test_a_video_that_is_none_is_said_by_percept_alone(tmp_path):
+    """FFmpeg's own line ("moov atom not found") came before percept's about the same file."""
+    fake = tmp_path / "fake.mp4"
+    fake.write_bytes(bytes(range(256)) * 20)
+    out = percept("explain", "--object", "0", "--video", str(fake), "--weights", "yolo11n-coco.pt", timeout=120)
+    assert out.returncode == 2 and out.stderr == f"percept: explain: --video: cannot open {str(fake)!r} as a video\n", \
+        out.stderr
