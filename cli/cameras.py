@@ -149,6 +149,8 @@ def _cameras(args: argparse.Namespace) -> int:
     if status >= 400:
         detail = data.get("detail", "") if isinstance(data, dict) else data
         lines = detail if isinstance(detail, list) else [detail]
+        lines = [f"{'.'.join(map(str, d.get('loc') or []))}: {d['msg']}" if isinstance(d, dict) and "msg" in d else d
+                 for d in lines]  # (a FastAPI validation error's items, as `explain` says them)
         what = " ".join(filter(None, (args.action, getattr(args, "id", ""))))  # ("ls : HTTP 503" had a stray space)
         return fail(f"{what}: HTTP {status}: " + redact("; ".join(map(str, lines))),
                     EXIT_UNAVAILABLE if status in UNAVAILABLE_STATUS else CONFIG_ERROR_EXIT_CODE if 400 <= status < 500 else 1)

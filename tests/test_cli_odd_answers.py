@@ -81,6 +81,14 @@ def test_cameras_add_rm_zones_against_another_http_service_say_nothing_is_known_
             assert err.startswith(f"percept: {command[0]} c1: {api} did not answer as percept's API does"), err
 
 
+def test_a_validation_error_of_the_api_is_said_field_by_field(capsys):
+    """FastAPI's 422 items were printed as Python dicts ({'loc': ['body', 'url'], 'msg': …})."""
+    body = b'{"detail": [{"loc": ["body", "url"], "msg": "Field required", "type": "missing"}]}'
+    with answering(422, body) as api:
+        assert main(["cameras", "--api", api, "add", "c1", "rtsp://cam/s"]) == 2
+    assert capsys.readouterr().err == "percept: add c1: HTTP 422: body.url: Field required\n"
+
+
 def test_explain_against_another_http_service_writes_no_png(tmp_path, capsys):
     """Its 200 HTML page was written to x.png, exit 0."""
     out = tmp_path / "x.png"
