@@ -236,7 +236,9 @@ def camera_rows(client: Any, prefix: str, samples: int, now: float | None = None
                 row.lag_s = max(0.0, now - parse_entry_id(entry_id)[0] / 1000)
             try:
                 payload = json.loads(fields[b"json"])
-                totals.append(float(payload.get("latency_ms", {}).get("total", 0.0)))
+                total = float(payload.get("latency_ms", {}).get("total", 0.0))
+                if math.isfinite(total):  # ("nan", "inf" from an entry percept did not write: not a latency)
+                    totals.append(total)
                 if i == 0:
                     # (a category that is no text, from an entry not written by percept, is not counted:
                     # the line sorts them)
