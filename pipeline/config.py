@@ -407,9 +407,11 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"YAML syntax error at {where}: {problem}"], str(p)) from None
+        if mark is None:  # (no place in the text: the aliases' expansion, `load_yaml`)
+            raise ConfigError([f"YAML refused: {problem}"], str(p)) from None
+        raise ConfigError([f"YAML syntax error at line {mark.line + 1}, column {mark.column + 1}: {problem}"],
+                          str(p)) from None
     except RecursionError:  # (PyYAML's composer recurses once a level: ~500 levels end it)
         raise ConfigError(["YAML nested too deeply (lists or mappings hundreds of levels deep): refused"],
                           str(p)) from None

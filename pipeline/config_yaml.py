@@ -61,24 +61,28 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-MAX_VALUES = 100_000  # a config's values with every alias expanded (a real one has hundreds)
+MAX_VALUES = 100_000  # values a config's aliases may add, expanded (a real one adds hundreds at most)
 
 
 def load_yaml(text: str) -> Any:
     """``yaml.safe_load(text)`` with repeated keys refused, and a document whose aliases expand
-    to more than `MAX_VALUES` values (a few hundred bytes of aliases of aliases: "billion laughs")
-    refused before anything walks it."""
+    to more than `MAX_VALUES` values beyond those written (a few hundred bytes of aliases of
+    aliases: "billion laughs") refused before anything walks it. What is written counts for
+    nothing: a config of many cameras and zones is as large as its text."""
     data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    left, stack = MAX_VALUES, [data]
+    left, seen, stack = MAX_VALUES, set(), [(data, False)]
     while stack:
-        node = stack.pop()
-        left -= 1
-        if left < 0:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"the document expands to more than {MAX_VALUES} values (aliases of aliases): refused")
+        node, aliased = stack.pop()
+        if isinstance(node, (dict, list)):
+            aliased = aliased or id(node) in seen  # (an alias: the same object met again)
+            seen.add(id(node))
+        if aliased:
+            left -= 1
+            if left < 0:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the document's aliases expand to more than {MAX_VALUES} values (aliases of aliases): refused")
         if isinstance(node, dict):
-            stack.extend(node.keys())
-            stack.extend(node.values())
+            stack.extend((child, aliased) for child in (*node.keys(), *node.values()))
         elif isinstance(node, list):
-            stack.extend(node)
+            stack.extend((child, aliased) for child in node)
     return data

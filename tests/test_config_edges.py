@@ -240,7 +240,26 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ConfigError) as caught:  # (before: minutes, then out of memory; pytest's timeout bounds it)
         load_config(path, env={})
-    assert "expands to more than 100000 values" in caught.value.errors[0], caught.value.errors
+    assert caught.value.errors == ["YAML refused: the document's aliases expand to more than 100000 values (aliases "
+                                   "of aliases): refused"], caught.value.errors
+
+
+def test_a_config_of_many_zones_written_out_is_not_taken_for_an_alias_bomb(tmp_path):
+    """The bound counted every value written: 3 cameras of 64 zones of 256 points (as many as a
+    camera takes) were refused as "YAML syntax error at unknown position: … aliases of aliases"."""
+    import math
+
+    from pipeline.config import load_config
+
+    def zone(k: int) -> str:  # a circle of 256 points, each zone its own
+        r = 0.01 + 0.005 * k
+        return str([[round(0.5 + r * math.cos(2 * math.pi * j / 256), 5), round(0.5 + r * math.sin(2 * math.pi * j / 256), 5)]
+                    for j in range(256)])
+
+    zones = ", ".join(f"z{k}: {zone(k)}" for k in range(64))
+    path = tmp_path / "many.yaml"
+    path.write_text("cameras:\n" + "".join(f"  - {{id: c{i}, url: c{i}.mp4, zones: {{{zones}}}}}\n" for i in range(3)))
+    assert [len(c.zones) for c in load_config(path, env={}).cameras] == [64, 64, 64]
 
 
 def test_a_yaml_config_nested_hundreds_of_levels_deep_is_a_config_error_not_a_traceback(tmp_path):
