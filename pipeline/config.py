@@ -30,6 +30,7 @@ from .config_errors import camera_ids_of
 from .config_models import (  # noqa: F401 (the config's API)
     DEFAULT_CATEGORIES, AutoscaleConfig, BatchConfig, ClassifierConfig, DetectorConfig, ModelSection, ModelServerConfig,
     MAX_UNITS, DetectorList, Resources, Strict, classifier_sections, detector_sections, duplicate_names,
+    labels_never_classified,
 )
 from .config_tracker import TrackerConfig
 from .config_view import PrivacyConfig, ViewConfig
@@ -216,6 +217,7 @@ class PerceptConfig(Strict):
             if category not in categories:
                 errors.append(f"classifiers.{category}: no such category; the detectors' categories are {sorted(categories)}")
         errors += duplicate_names(self.detector_sections() + self.classifier_sections())
+        errors += labels_never_classified(self.classifier_sections(), self.all_detectors)
         if errors:
             raise ValueError("\n".join(errors))
         return self

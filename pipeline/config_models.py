@@ -317,3 +317,21 @@ def duplicate_names(sections: list[ModelSection]) -> list[str]:
                           "give one of them a name")
         seen.setdefault(s.deployment, s.field)
     return errors
+
+
+def labels_never_classified(sections: list[ModelSection], detectors: list[DetectorConfig]) -> list[str]:
+    """A classifier whose ``on`` names none of its category's labels, or whose ``not_on`` names
+    them all, would never run: refused naming the field (a category some detector gives every
+    label, ``*``, is not checked)."""
+    errors = []
+    for s in sections:
+        labels = {label for det in detectors for label in det.categories.get(s.category or "", [])}
+        if not labels or "*" in labels:
+            continue
+        if s.cfg.on is not None and not labels & set(s.cfg.on):
+            errors.append(f"{s.field}.on: none of {sorted(s.cfg.on)} is a label of category {s.category} "
+                          f"({', '.join(sorted(labels))}): the classifier would run on nothing")
+        elif s.cfg.not_on is not None and labels <= set(s.cfg.not_on):
+            errors.append(f"{s.field}.not_on: every label of category {s.category} ({', '.join(sorted(labels))}) "
+                          "is in it: the classifier would run on nothing")
+    return errors

@@ -297,10 +297,17 @@ def test_classifier_settings_that_would_do_nothing_or_break_its_answers_are_refu
     base = {"cameras": [{"id": "a", "url": "a.mp4"}]}
     cases = [({"attribute": "unclassified"}, "classifiers.vehicle.attribute: 'unclassified' is reserved"),
              ({"on": ["car", "van"], "not_on": ["van"]}, "classifiers.vehicle.not_on: 'van' is in on too"),
-             ({"min_size": [-5, 40]}, "classifiers.vehicle.min_size[0]: must be > 0, got -5")]
+             ({"min_size": [-5, 40]}, "classifiers.vehicle.min_size[0]: must be > 0, got -5"),
+             # (it never ran: none of its labels is the category's, or all of them are left out)
+             ({"on": ["person", "spaceship"]}, "classifiers.vehicle.on: none of ['person', 'spaceship'] is a label of "
+                                               "category vehicle (bicycle, bus, car, motorcycle, truck): the classifier"),
+             ({"not_on": ["car", "truck", "bus", "motorcycle", "bicycle", "van"]},
+              "classifiers.vehicle.not_on: every label of category vehicle (bicycle, bus, car, motorcycle, truck)")]
     for given, error in cases:
         (err,) = errors_of({**base, "classifiers": {"vehicle": {"weights": "c.pt", **given}}})
         assert err.startswith(error), err
+    for given in ({"on": ["person", "bus"]}, {"not_on": ["car", "truck", "bus", "motorcycle"]}):  # some label left
+        parse_config({**base, "classifiers": {"vehicle": {"weights": "c.pt", **given}}}, env={})  # (raises if refused)
 
 
 def test_a_card_cannot_write_the_reserved_attribute_and_a_stray_yaml_beside_the_cards_is_passed_over(tmp_path):
