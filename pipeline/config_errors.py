@@ -98,7 +98,8 @@ def format_validation_error(exc: ValidationError, *, quote: bool = True,
         if written and "input" in err:
             err = {**err, "input": _as_variables(err["input"], written)}
         at = tuple((err.get("ctx") or {}).get("at", ())) if err["type"] == ERROR_AT else ()
-        by_path.setdefault(_path(tuple(err["loc"]) + at), []).append(err)
+        loc = tuple(err["loc"])[:-1] if err["type"] == "invalid_key" else tuple(err["loc"])  # (its last: the key)
+        by_path.setdefault(_path(loc + at), []).append(err)
     lines: list[str] = []
     for path, errs in by_path.items():
         # Several errors on one path come from union branches (replicas: int | {min, max}):
@@ -113,6 +114,9 @@ def _format_one(path: str, err: dict[str, Any], quote: bool = True) -> list[str]
     make = _MESSAGES.get(kind)
     msg = make(err.get("ctx") or {}) if make else err["msg"].removeprefix("Value error, ")
     msg = msg.replace("Input should be", "must be")
+    if kind == "invalid_key":  # (was said at a path naming it as a list index: cameras[0][1] for `yes:`)
+        return [f"{path or 'the top level'}: a key must be text, got {_shown(path, err.get('input'))} (quote it: YAML "
+                "reads yes/no/on/off unquoted as true/false, and digits as a number)"]
     if not path:
         return msg.splitlines()
     if kind == "extra_forbidden":

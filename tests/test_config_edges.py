@@ -376,3 +376,11 @@ def test_a_coordinate_past_any_frame_is_refused_naming_it():
                       "cameras[0].lines.l[1]: coordinates must be at most 65536 (pixels of the largest frame), got [1e+09, 5]"], errors
     big = [[0, 0], [7680, 0], [7680, 4320]]
     assert parse_config({"cameras": [{"id": "cam", "url": "x.mp4", "zones": {"z": big}}]}, env={}).cameras[0].zones == {"z": big}
+
+
+def test_a_key_that_is_no_text_is_said_as_a_key_where_it_is():
+    """``yes: 1`` in a camera was said as ``cameras[0][1]: Keys should be strings, got True``:
+    a list index, and the key never named."""
+    hint = "(quote it: YAML reads yes/no/on/off unquoted as true/false, and digits as a number)"
+    assert errors_of({"cameras": [{"id": "a", "url": "a.mp4", True: 1}]}) == [f"cameras[0]: a key must be text, got True {hint}"]
+    assert errors_of({3: "x"}) == [f"the top level: a key must be text, got 3 {hint}"]
