@@ -88,7 +88,7 @@ def number_arg(kind: type, low: float | None = None, high: float | None = None, 
 POSITIVE_INT = number_arg(int, 1)
 IMGSZ = number_arg(int, 32, 4096)
 SCORE = number_arg(float, 0.0, 1.0)
-PORT = number_arg(int, 0, 65535, what="a port")  # as ``http.port``
+PORT = number_arg(int, 1, 65535, what="a port")  # as ``http.port``
 
 
 def stride_imgsz(value: str) -> int:

@@ -21,7 +21,7 @@ class SecurityConfig(Strict):
 
 class HttpConfig(Strict):
     host: str = Field("127.0.0.1", description="Serve HTTP bind address; 127.0.0.1 unless you mean it")
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(8000, ge=1, le=65535, description="the port Serve binds (0, a port the system picks, could not be found by percept cameras --api)")
     proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = "EveryNode"
 
     @field_validator("host")

@@ -60,7 +60,9 @@ BAD_VALUES = [
     (["run", "-c", "c.yaml", "--address", "foo"], "argument --address: not HOST:PORT (or ray://HOST:PORT, local, auto)"),
     (["demo", "--duration", "nan"], "argument --duration: must be >= 0.1, got 'nan'"),
     (["models", "swap", "detector", "w.pt", "--wait", "-1"], "argument --wait: must be >= 0, got '-1'"),
-    (["build", "-c", "c.yaml", "--http-port", "99999"], "argument --http-port: must be a port from 0 to 65535"),
+    (["build", "-c", "c.yaml", "--http-port", "99999"], "argument --http-port: must be a port from 1 to 65535"),
+    # (0: Serve binds a port the system picks, which percept printed as :0 and `cameras --api` cannot find)
+    (["build", "-c", "c.yaml", "--http-port", "0"], "argument --http-port: must be a port from 1 to 65535, got '0'"),
     (["build", "-c", "c.yaml", "--http-host", "not a host!"], "argument --http-host: not an address to bind: 'not a host!'"),
     (["build", "-c", "c.yaml", "--http-host", "cam_host.example"], "argument --http-host: not an address to bind"),
     (["build", "-c", "c.yaml", "-o", "/nonexistent-percept/out.yaml"],

@@ -341,6 +341,7 @@ def test_detectors_of_different_imgsz_are_refused():
     assert parse_config({"detector": {"weights": "a.pt", "imgsz": 1280}}, env={}).detector.imgsz == 1280
     # a size off the models' stride (ultralytics would run another: `percept build` took 33)
     assert errors_of({"detector": {"weights": "a.pt", "imgsz": 33}}) == ["detector.imgsz: must be a multiple of 32, got 33"]
+    assert errors_of({"http": {"port": 0}}) == ["http.port: must be >= 1, got 0"]  # (a port the system picks: unfound)
 
 
 def test_unquoted_on_key_in_yaml_is_the_label_filter(tmp_path):
