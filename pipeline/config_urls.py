@@ -117,7 +117,20 @@ def camera_url_problem(url: str) -> str | None:
         return "the port must be a number from 1 to 65535 (scheme://host:port/…)"
     if not host and scheme in _NEEDS_HOST:
         return f"no host ({scheme}://host[:port]/…)"
+    if host and scheme in _NEEDS_HOST and not _host_name(host):  # ("ho st", "-": accepted, failed at every open)
+        return f"the host is no address or host name (letters, digits, - and . between them): {host[:60]!r}"
     return None
+
+
+def _host_name(host: str) -> bool:
+    """An IP address, or a host name whose labels are letters, digits, "_" or "-" (not at either end)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    return 0 < len(name) <= 253 and all(re.fullmatch(r"(?!-)[\w-]{1,63}(?<!-)", label) for label in name.split("."))
 
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")

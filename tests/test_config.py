@@ -399,12 +399,16 @@ def test_a_camera_url_with_a_bad_scheme_host_or_port_is_refused_at_load():
     cases = {"rtps://127.0.0.1/x": "unknown scheme rtps:// (a camera is rtsp://, rtsps://, http(s)://",
              "rtsp://127.0.0.1:99999/x": "the port must be a number from 1 to 65535",
              "rtsp://u:${PW}@h:0/x": "the port must be a number from 1 to 65535",
-             "rtsp://": "no host (rtsp://host[:port]/…)"}
+             "rtsp://": "no host (rtsp://host[:port]/…)",
+             # (a host no name lookup answers: accepted, it failed at every open)
+             "rtsp://ho st/x": "the host is no address or host name (letters, digits, - and . between them): 'ho st'",
+             "rtsp://u:${PW}@-/x": "the host is no address or host name"}
     for url, expected in cases.items():
         (err,) = errors_of({"cameras": [{"id": "a", "url": url}]}, env={"PW": "x"})
         assert err.startswith(f"cameras[0].url: {expected}"), (url, err)
     for url in ("rtsp://${CAM_HOST}/s", "${URL}", "clips/a.mp4", "file:///v/a.mp4", "udp://@239.0.0.1:1234",
-                "srt://:9000?mode=listener", "RTSP://h:554/x", "rtsp://u:${PW}@h:554/s"):
+                "srt://:9000?mode=listener", "RTSP://h:554/x", "rtsp://u:${PW}@h:554/s", "http://cam_1.lan/x",
+                "rtsp://[fe80::1]:554/s", "rtsp://kamera.münchen.de/s"):
         assert parse_config({"cameras": [{"id": "a", "url": url}]}, env={"PW": "x"}).cameras[0].url == url
 
 
