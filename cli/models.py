@@ -28,7 +28,7 @@ from typing import Any
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ENV_MODELS_DIR
 
-from .common import POSITIVE_INT, fail, output_file_arg, stride_imgsz
+from .common import IMGSZ, POSITIVE_INT, fail, output_file_arg, stride_imgsz
 
 
 def register(sub: Any) -> None:
@@ -97,7 +97,7 @@ def _finetune_parser(actions: Any) -> argparse.ArgumentParser:
     f.add_argument("--out", metavar="PT", help="the fine-tuned weights (default finetuned/<weights>-<data>.pt "
                    "in the current folder); replaced if it exists")
     f.add_argument("--epochs", type=POSITIVE_INT, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
-    f.add_argument("--imgsz", type=stride_imgsz, help="training and evaluation size (default 224 classify, 640 detect)")
+    f.add_argument("--imgsz", type=IMGSZ, help="training and evaluation size (default 224 classify, 640 detect)")
     f.add_argument("--batch", type=POSITIVE_INT, default=16, help="images per batch (default 16)")
     f.add_argument("--device", default="auto", help="auto, cpu, cuda:0 … (default auto)")
     f.add_argument("--workers", type=int, default=2, help="data loader workers on a GPU (a CPU uses none; default 2)")
