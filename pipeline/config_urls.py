@@ -122,18 +122,21 @@ def camera_url_problem(url: str) -> str | None:
     return None
 
 
-def _host_name(host: str) -> bool:
-    """An IP address, or a host name whose labels are letters, digits, "_" or "-" (not at either end)."""
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")  # a label as DNS spells one
+_CAMERA_HOST_LABEL = re.compile(r"(?!-)[\w-]{1,63}(?<!-)")  # a camera's: "_" and other letters too (resolvers take them)
+
+
+def _host_name(host: str, label: re.Pattern[str] = _CAMERA_HOST_LABEL) -> bool:
+    """An IP address, or a host name whose labels are each ``label`` (a name of digits alone is
+    an address mistyped: not one)."""
     try:
         ipaddress.ip_address(host)
         return True
     except ValueError:
         pass
     name = host[:-1] if host.endswith(".") else host
-    return 0 < len(name) <= 253 and all(re.fullmatch(r"(?!-)[\w-]{1,63}(?<!-)", label) for label in name.split("."))
-
-
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+    labels = name.split(".")
+    return 0 < len(name) <= 253 and all(label.fullmatch(part) for part in labels) and not labels[-1].isdigit()
 
 
 def bind_host_problem(host: str) -> str | None:
@@ -145,14 +148,7 @@ def bind_host_problem(host: str) -> str | None:
     if ENV_REF.search(host):
         return (f"{host[:60]!r} is not expanded (Serve's http_options are taken as written): set the variable "
                 "where the config is read, or write the address")
-    try:
-        ipaddress.ip_address(host)
-        return None
-    except ValueError:
-        pass
-    name = host[:-1] if host.endswith(".") else host
-    labels = name.split(".")
-    if 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit():
+    if _host_name(host, _HOST_LABEL):
         return None
     return (f"not an address to bind: {host[:60]!r} (an IP address: 127.0.0.1, 0.0.0.0, ::, or a host name "
             "of letters, digits, - and .)")
