@@ -37,6 +37,26 @@ def _query_patterns(stop: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
 # URL it does not: ``pwd='Secr3t'`` or ``pwd=Summer'24`` is what the camera gets, quotes and all
 _QUERY_SECRET, _ENCODED_NAME = _query_patterns(r"\s'\"")
 _URL_QUERY_SECRET, _URL_ENCODED_NAME = _query_patterns("")
+# ``?u=admin&p=secret`` (camera CGI and NVR URLs): a bare ``p`` is a password where the same query
+# names a user; alone (``?p=2``: a page, a profile) it is not
+_QUERY = {stop: re.compile(rf"\?[^#{stop}]*") for stop in (r"\s'\"", "")}
+_USER_PARAM = re.compile(r"(?i)(?:u|usr|user|username|user_name|login|loginuse|loginname|account)")
+_PAIRED_PASSWORD = re.compile(r"(?i)p\d*")
+
+
+def _paired_passwords(text: str, *, whole_url: bool = False) -> list[tuple[int, int]]:
+    """Where the values of ``p=`` parameters in a query that also names a user start and end."""
+    found: list[tuple[int, int]] = []
+    for query in _QUERY["" if whole_url else r"\s'\""].finditer(text):
+        params, at = [], query.start() + 1
+        for part in re.split(r"([&;])", query.group(0)[1:]):
+            if part not in ("&", ";"):
+                name, eq, _ = part.partition("=")
+                params.append((name, at + len(name) + 1, at + len(part), bool(eq)))
+            at += len(part)
+        if any(_USER_PARAM.fullmatch(name) for name, *_ in params):
+            found += [(start, end) for name, start, end, eq in params if eq and _PAIRED_PASSWORD.fullmatch(name)]
+    return found
 _SECRET_NAME_ALONE = re.compile(rf"(?i){_SECRET_NAME}")
 _PASSWORD_ARG = re.compile(r"(?i)\b(password|passwd|requirepass)(['\"]?\s*[=:]\s*)(\S+)")
 
@@ -78,6 +98,8 @@ def _scrub_malformed(text: str) -> str:
 
 def _scrub_query(text: str, *, whole_url: bool = False) -> str:
     secret, encoded = (_URL_QUERY_SECRET, _URL_ENCODED_NAME) if whole_url else (_QUERY_SECRET, _ENCODED_NAME)
+    for start, end in reversed(_paired_passwords(text, whole_url=whole_url)):
+        text = text[:start] + "***" + text[end:]
     text = encoded.sub(lambda m: f"{m.group(1)}***" if _encoded_secret(m) else m.group(0), text)
     return secret.sub(lambda m: f"{m.group(1) or m.group(2)}***", text)
 
@@ -201,4 +223,5 @@ def query_secrets(url: str) -> list[tuple[int, int]]:
     next ``&`` or ``#``: quotes and spaces are part of the value)."""
     found = [(m.end(1) if m.group(1) else m.end(2), m.end()) for m in _URL_QUERY_SECRET.finditer(url)]
     found += [(m.end(1), m.end()) for m in _URL_ENCODED_NAME.finditer(url) if _encoded_secret(m)]
-    return sorted(found)
+    found += _paired_passwords(url, whole_url=True)
+    return sorted(set(found))

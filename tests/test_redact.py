@@ -271,3 +271,28 @@ def test_a_password_a_reader_takes_for_a_port_or_finds_percent_encoded_is_never_
         with pytest.raises(ConfigError) as caught:
             parse_config({"redis": {"maxlen": "${REDIS_PW}"}}, env={"REDIS_PW": secret})
         assert caught.value.errors[0].endswith("got '${REDIS_PW}'") and "Hunter2" not in str(caught.value), caught.value
+
+
+def test_a_bare_p_is_a_password_where_the_query_names_a_user():
+    """``?u=admin&p=secret`` (camera CGI and NVR URLs): the ``p`` was not read as a password, so
+    it was stored in clear without ``allow_inline_credentials`` and shown by ``GET /cameras``
+    and in logs. A ``p`` in a query naming no user (a page, a profile) is left as it is."""
+    from pipeline.camera_probe import without_query_secrets
+    from pipeline.config import parse_config
+    from pipeline.config_errors import ConfigError
+
+    url = "http://cam/snap.cgi?u=admin&p=Hunter22&ch=1"
+    assert redact_url(url) == "http://cam/snap.cgi?u=admin&p=***&ch=1"
+    assert redact_url("rtsp://nvr/s?p1=zz9zz9;usr=ops#x") == "rtsp://nvr/s?p1=***;usr=ops#x"  # (before the user too)
+    assert redact(f"cannot open {url}: 401; see ?p=3 of the manual") == (
+        "cannot open http://cam/snap.cgi?u=admin&p=***&ch=1: 401; see ?p=3 of the manual")
+    assert url_secrets(url) == ("Hunter22",) and without_query_secrets(url) == "http://cam/snap.cgi?u=admin&p=&ch=1"
+    for kept in ("http://cam/x?p=2&page=3", "http://cam/x?profile=1&p=main", "http://cam/x?user=a#p=b"):
+        assert redact_url(kept) == kept and url_secrets(kept) == ()
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"cameras": [{"id": "dock", "url": url}]}, env={})
+    assert "write http://cam/snap.cgi?u=admin&p=${CAM_DOCK_PASSWORD}&ch=1 and set" in str(caught.value), str(caught.value)
+    assert "Hunter22" not in str(caught.value)
+    cam = parse_config({"cameras": [{"id": "dock", "url": "http://cam/s?u=a&p=${CAM_DOCK_PASSWORD}"}]},
+                       env={"CAM_DOCK_PASSWORD": "Hunter22"}).cameras[0]
+    assert cam.shown_url == "http://cam/s?u=a&p=***"
