@@ -414,7 +414,7 @@ def test_an_export_with_a_fixed_batch_above_one_is_refused_at_load(tmp_path):
     out.mkdir()
     ov.save_model(model, str(out / "yolo11n.xml"), compress_to_fp16=False)
     shutil.copy(source / "metadata.yaml", out / "metadata.yaml")
-    with pytest.raises(ModelError, match="takes a fixed batch of 4; .* export it with batch=1, or set backend: ultralytics"):
+    with pytest.raises(ModelError, match=r"^detector\.weights: .* takes a fixed batch of 4; .* export it with batch=1, or set backend: ultralytics"):
         load_detector(DetectorConfig(weights=str(out), num_cpus=2), models_dir=str(MODELS))
 
 

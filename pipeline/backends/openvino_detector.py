@@ -101,7 +101,7 @@ def open_detector(weights: str, card: ModelCard, *, field: str, threads: int,
     port = _input_port(model, card, field)
     check_input(card, _dims(port), field)
     if _dims(port)[0] > 1:  # (each frame is a request of its own: every inference would fail)
-        raise ModelError(f"{field}: {weights} takes a fixed batch of {_dims(port)[0]}; this backend runs one frame "
+        raise ModelError(f"{field_key(field, 'weights')}: {weights} takes a fixed batch of {_dims(port)[0]}; this backend runs one frame "
                          "per request: export it with batch=1, or set backend: ultralytics")
     out_spec = detections_output(card)
     out_port = model.outputs[output_index] if output_index is not None else _find(model.outputs, out_spec.name)
