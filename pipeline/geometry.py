@@ -147,19 +147,49 @@ def in_frame_pixels(shapes: Mapping[str, Sequence[Sequence[float]]], kind: str,
                     sizes: Mapping[str, tuple[int, int]], width: int, height: int) -> dict[str, list[list[float]]]:
     """Pixel shapes (``kind``: "zones" or "lines") in pixels of a ``width`` × ``height`` frame,
     each scaled from the frame size it is in (``sizes``, keyed ``"<kind>:<name>"``; one not
-    there is in this frame's pixels already)."""
+    there is in this frame's pixels already; `rescaled`). A line that anchors could cross at
+    its own size stays crossable: scaled into the outer pixels' band, where no anchor is
+    (`Geometry.anchors`), it is pulled inside that band."""
     out = {}
     for name, points in shapes.items():
         w0, h0 = sizes.get(f"{kind}:{name}", (width, height))
         if (w0, h0) == (width, height) or min(w0, h0) <= 0:  # (no size: `resolve_geometry` says so)
             out[name] = [list(p) for p in points]
             continue
-        # x·w/w0, not x·(w/w0): a point on the old frame's edge lands on the new one's exactly
-        # (704·(800/704) is 800.0000000000001, "outside the 800x600 frame": the camera failed);
-        # kept inside the frame whatever the rounding
-        out[name] = [[min(max(x * width / w0, 0.0), float(width)), min(max(y * height / h0, 0.0), float(height))]
-                     for x, y in points]
+        scaled = [[rescaled(x, w0, width), rescaled(y, h0, height)] for x, y in points]
+        if kind == "lines" and len(points) == 2 and not through_anchors(np.asarray(scaled), width, height) \
+                and through_anchors(np.asarray(points, np.float64), w0, h0):
+            scaled = [[min(max(v, _PULLED_IN), size - 1 - _PULLED_IN) for v, size in zip(p, (width, height))]
+                      for p in scaled]
+        out[name] = scaled
     return out
+
+
+_PULLED_IN = ANCHOR_INSET + 0.01  # a scaled line in the outer pixels' band: moved this far inside the frame
+
+
+def rescaled(v: float, old: int, new: int) -> float:
+    """A pixel coordinate of an axis ``old`` pixels long on one ``new`` long, kept in 0..new: in
+    proportion (``v·new/old``), but for the last ``_EDGE`` pixels, which keep their distance
+    to the far edge, so a shape drawn to the last pixel's index (``height - 1``, as many
+    annotation tools give it) stays on the side of a clipped box's anchor (`Geometry.anchors`,
+    1.5 px from that edge) it was on: 719 of 720 was 1078.5 of 1080, no longer holding such an
+    anchor, and a car cut off by the frame's bottom was never counted. Between the two, a span
+    of ``_EDGE·max(1, old/new)`` pixels is stretched to join them (in order, whatever the scale)."""
+    edge = old - _EDGE
+    span = _EDGE * max(1.0, old / new)
+    start = edge - span
+    if start <= 0 or v <= start:  # (a frame a few pixels across: all in proportion)
+        out = v * new / old  # (not v·(new/old): the old edge lands on the new one exactly)
+    elif v >= edge:
+        out = new - (old - v)
+    else:
+        joined = start * new / old
+        out = joined + (v - start) * (new - _EDGE - joined) / span
+    return min(max(out, 0.0), float(new))
+
+
+_EDGE = 1 + ANCHOR_INSET  # the far edge's pixels beyond the anchors' centre (`rescaled`)
 
 
 def restored_pixel_sizes(snapshot: Mapping[str, Any], zones: Mapping[str, Any],
