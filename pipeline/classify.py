@@ -209,7 +209,10 @@ class CropClassification:
                 fresh.append(i)
             elif not keep_last(i):
                 unclassified.setdefault(i, {})[route.name or category] = reason
-        fresh.sort(key=lambda i: -detections.scores[i])
+        # objects with no answer yet first, then the tracks due for a fresh look: the first by
+        # score, so that answered tracks take no place from an object never classified
+        has_last = (lambda i: cache.last(detections.track_ids[i]) is not None) if cache is not None else (lambda i: False)
+        fresh.sort(key=lambda i: (detections.track_ids[i] is not None and has_last(i), -detections.scores[i]))
         limit = route.cfg.max_per_frame
         for i in fresh[limit:]:  # over the limit this frame
             keep_last(i)
@@ -218,8 +221,8 @@ class CropClassification:
     async def __call__(self, image: np.ndarray, detections: Detections, frame_no: int) -> tuple[Detections, int]:
         """Each classifier's new (or due) objects go to it in one request per frame; tracked
         objects already classified (or being classified) reuse their answer."""
-        # (object, answer, cache, route, asked this frame)
-        jobs: list[tuple[int, "asyncio.Future[Mapping[str, Any]]", Any, int, bool]] = []
+        # (object, answer, cache, route, this frame's request when asked now)
+        jobs: list[tuple[int, "asyncio.Future[Mapping[str, Any]]", Any, int, "asyncio.Future[list[Any]] | None"]] = []
         unclassified: dict[int, dict[str, str]] = {}
         skipped = 0
         for n, (category, route) in enumerate(self.routes):
@@ -235,7 +238,7 @@ class CropClassification:
                     else:
                         skipped += 1
                 fresh = []
-            jobs += [(i, answer, cache, n, False) for i, answer in known]
+            jobs += [(i, answer, cache, n, None) for i, answer in known]
             if fresh:  # (the crops cut in the request: no await before the answers are in the cache, or
                 # the frames in flight beside this one asked for the same new track each)
                 request = asyncio.ensure_future(self._cut_and_ask(route.name or category, route, image,
@@ -245,7 +248,7 @@ class CropClassification:
                     track = detections.track_ids[i]
                     if cache is not None and track is not None:
                         cache.put(track, frame_no, answer)
-                    jobs.append((i, answer, cache, n, True))
+                    jobs.append((i, answer, cache, n, request))
             if cache is not None:
                 cache.prune(frame_no)
         if unclassified:
@@ -255,7 +258,8 @@ class CropClassification:
         # shield: a shared per-track answer must survive this frame being cancelled at stop.
         # No wait of its own is needed: every request ends (answer or failure) by its deadline.
         answers = await asyncio.gather(*(asyncio.shield(job) for _, job, _, _, _ in jobs), return_exceptions=True)
-        self._note_failures([(n, answer) for (_, _, _, n, asked), answer in zip(jobs, answers) if asked])
+        self._note_failures([(n, answer, request) for (_, _, _, n, request), answer in zip(jobs, answers)
+                             if request is not None])
         values: dict[int, dict[str, Any]] = {}
         errors: list[BaseException] = []
         for (i, _, cache, n, _), answer in zip(jobs, answers):
@@ -272,12 +276,14 @@ class CropClassification:
                         self.camera, len(errors), type(errors[0]).__name__, errors[0])
         return detections.with_attributes(values), len(errors) + skipped
 
-    def _note_failures(self, asked: list[tuple[int, Any]]) -> None:
-        """This frame's requests' outcomes (route, answer): a route that gave no answer in time, or
-        whose request failed `FAILED_IN_A_ROW` frames in a row, is not waited for any more."""
+    def _note_failures(self, asked: list[tuple[int, Any, "asyncio.Future[list[Any]]"]]) -> None:
+        """This frame's requests' outcomes (route, answer, request): a route that gave no answer in
+        time, or whose request failed `FAILED_IN_A_ROW` frames in a row, is not waited for any
+        more. A request answered with one item's failure (a crop it could not classify) answered."""
         failed: dict[int, BaseException | None] = {}
-        for n, answer in asked:
-            if not isinstance(answer, BaseException):
+        for n, answer, request in asked:
+            if not isinstance(answer, BaseException) or (
+                    request.done() and not request.cancelled() and request.exception() is None):
                 failed[n] = None  # (one answer is enough: the route answers)
             elif failed.get(n, answer) is not None:
                 failed[n] = answer

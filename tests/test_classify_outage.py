@@ -162,3 +162,31 @@ def test_frames_in_flight_together_ask_once_for_a_new_track(monkeypatch):
         assert all(dets.attributes[0]["type"]["label"] == "cab" and failed == 0 for dets, failed in results)
 
     asyncio.run(scenario())
+
+
+def test_one_crop_the_classifier_cannot_classify_is_no_outage():
+    """A request answered with one item's failure (a crop it could not take) counted as a failed
+    request: after `FAILED_IN_A_ROW` frames of that one object, the classifier was taken for
+    not answering, and every other object went unclassified for `PROBE_EVERY_S`."""
+    class OneBadCrop(Classifier):
+        async def __call__(self, crops):
+            self.calls += 1
+            return [RuntimeError("bad crop") if crop.mean() > 100 else {"type": {"label": "cab", "score": 0.9}}
+                    for crop in crops]
+
+    image = np.zeros((64, 128, 3), np.uint8)
+    image[:, :64] = 255  # the left car's crop is "bad"
+    left, right = [5, 5, 45, 45], [80, 5, 120, 45]
+
+    async def scenario():
+        stage = stage_with(OneBadCrop())
+        for frame_no in range(1, classify_module.FAILED_IN_A_ROW + 2):
+            _, failed = await stage(image, Detections(np.array([left], np.float32), np.array([0.9], np.float32),
+                                                      ("car",), ("vehicle",), (1,)), frame_no)
+            assert failed == 1
+        both = Detections(np.array([left, right], np.float32), np.array([0.9, 0.8], np.float32), ("car", "car"),
+                          ("vehicle", "vehicle"), (1, 2))
+        dets, failed = await stage(image, both, 10)
+        assert not stage._unanswering and failed == 1 and dets.attributes[1]["type"]["label"] == "cab"
+
+    asyncio.run(scenario())

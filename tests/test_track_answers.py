@@ -49,6 +49,19 @@ def test_every_object_of_a_crowded_frame_gets_its_turn():
     assert all("type" in a for a in out[-1].attributes), out[-1].attributes
 
 
+def test_tracks_due_for_a_fresh_look_take_no_place_from_an_object_never_classified():
+    """With ``reclassify_every``, the answered tracks due again were sorted with the new objects by
+    score: four better-scored cars took the two places of every frame, and a fifth was never
+    classified. Objects with no answer go first; the due tracks keep theirs meanwhile."""
+    asked = []
+    stage = CropClassification("c", {"vehicle": counting_route(asked, max_per_frame=2, reclassify_every=2)},
+                               timeout_s=5, track_buffer=30)
+    boxes = [[10 + 70 * i, 10, 60 + 70 * i, 60] for i in range(5)]
+    out = classify_frames(stage, [cars(boxes, scores=[0.9, 0.85, 0.8, 0.75, 0.3])] * 6)
+    assert "type" in out[2].attributes[4], [o.attributes[4] for o in out]  # its turn after the four new ones
+    assert all("type" in a for o in out[2:] for a in o.attributes)
+
+
 def test_an_answer_outlives_frames_where_the_box_is_too_small():
     asked = []
     stage = CropClassification("c", {"vehicle": counting_route(asked, reclassify_every=1)}, timeout_s=5,
