@@ -11,12 +11,14 @@ from ultralytics.trackers.basetrack import TrackState
 from ultralytics.trackers.byte_tracker import BYTETracker
 from ultralytics.trackers.utils import matching
 from ultralytics.trackers.utils.kalman_filter import KalmanFilterXYAH
+from ultralytics.trackers.utils.stracks import remove_duplicate_stracks
 
 from .bytetrack import buffered_iou
 
 # the cost of a track–detection pair of two categories: above any match threshold (an IoU cost is
 # at most 1, and a threshold of 1 would take a cost of 1 as a match)
 NO_MATCH = 1e6
+DUPLICATE_COST = 0.15  # ultralytics' `remove_duplicate_stracks`: a tracked and a lost track at IoU > 0.85 are one
 
 
 class ByteTrack(BYTETracker):
@@ -29,6 +31,9 @@ class ByteTrack(BYTETracker):
         self._predictor = KalmanFilterXYAH()
         self._velocity_weight = self.kalman_filter._std_weight_velocity
         self.category_of: dict[int, str] = {}  # class id → category (set by ObjectTracker)
+        self._merging: tuple[list, list] = ([], [])  # this frame's activated and refound tracks
+        self._lost_now: list = []  # the tracks lost this frame
+        self._held_out: list = []  # lost tracks kept out of ultralytics' duplicate check (`_remove_stale_lost`)
 
     def _one_category(self, cost: np.ndarray, tracks: list, detections: list) -> np.ndarray:
         """``cost`` with every track–detection pair of two categories at `NO_MATCH`; a class
@@ -56,6 +61,7 @@ class ByteTrack(BYTETracker):
     def _second_association(self, strack_pool, u_track, detections_second, activated, refind, lost) -> None:
         """ByteTrack's second pass (tracks left over against the low-score detections, plain
         IoU, 0.5), within a category; a track still unmatched is lost."""
+        self._lost_now = lost
         remaining = [strack_pool[i] for i in u_track if strack_pool[i].state == TrackState.Tracked]
         unmatched: Sequence[int] = range(len(remaining))
         if remaining and detections_second:
@@ -106,5 +112,50 @@ class ByteTrack(BYTETracker):
             removed.append(unconfirmed[it])
         return u_detection, detections
 
+    def _init_new_tracks(self, u_detection, detections, activated, refind=None) -> None:
+        super()._init_new_tracks(u_detection, detections, activated, refind)
+        self._merging = (activated, refind or [])
+
+    def _remove_stale_lost(self, removed: list) -> None:
+        """As ByteTrack's; then, just before it merges the pools, the lost tracks overlapping a
+        track of another category are held out of its duplicate check, which knows no
+        categories: a person standing where a bicycle's track was lost was dropped as that
+        track's duplicate frame after frame, without an id for as long as the lost track lived."""
+        super()._remove_stale_lost(removed)
+        activated, refind = self._merging
+        tracked = [t for t in (*self.tracked_stracks, *activated, *refind) if t.state == TrackState.Tracked]
+        self._held_out = []
+        for pool in (self.lost_stracks, self._lost_now):
+            held = self._across_categories([s for s in pool if s.state == TrackState.Lost], tracked)
+            if held:
+                self._held_out += held
+                pool[:] = [s for s in pool if all(s is not h for h in held)]
+
+    def _across_categories(self, lost: list, tracked: list) -> list:
+        """The ``lost`` tracks a track of another category in ``tracked`` duplicates (both known)."""
+        if not lost or not tracked or len(set(self.category_of.values())) < 2:
+            return []
+        cat = self.category_of.get
+        theirs = np.array([cat(int(t.cls)) for t in lost], object)[:, None]
+        ours = np.array([cat(int(t.cls)) for t in tracked], object)[None, :]
+        other = (theirs != ours) & (theirs != None) & (ours != None)  # noqa: E711 (elementwise)
+        return [lost[i] for i in np.flatnonzero(((matching.iou_distance(lost, tracked) < DUPLICATE_COST) & other).any(1))]
+
+    def _restore_held_out(self) -> None:
+        """The lost tracks held out (`_remove_stale_lost`) back in the lost pool, checked for
+        duplicates against the tracked ones of their own category (or one not known yet)."""
+        back, self._held_out = [s for s in self._held_out if s.state == TrackState.Lost], []
+        if not back:
+            return
+        cat = self.category_of.get
+        for category in {cat(int(s.cls)) for s in back}:
+            mine = [s for s in back if cat(int(s.cls)) == category]
+            peers = [t for t in self.tracked_stracks if cat(int(t.cls)) in (category, None)]
+            kept_peers, kept = remove_duplicate_stracks(peers, mine)
+            dropped = [t for t in peers if all(t is not k for k in kept_peers)]
+            self.tracked_stracks = [t for t in self.tracked_stracks if all(t is not d for d in dropped)]
+            self.lost_stracks.extend(kept)
+
     def _format_output(self) -> np.ndarray:
+        self._restore_held_out()  # (called after the pools are merged)
         return np.zeros((0, 8), np.float32)  # ObjectTracker reads the tracks (float32 would round big ids)

@@ -116,6 +116,26 @@ def test_a_person_getting_out_of_a_parked_car_never_continues_the_cars_track():
     assert counts["line:kerb:out:pedestrian"] == 1 and not any(":vehicle" in k and "line" in k for k in counts), counts
 
 
+def test_a_person_where_a_bicycles_track_was_lost_gets_a_track_of_their_own_at_once():
+    """ultralytics drops the newer of a tracked and a lost track overlapping at IoU > 0.85,
+    whatever their classes: a person standing where a bicycle was last seen was dropped as the
+    lost bicycle's duplicate frame after frame, and had no track id for 8 s (its whole life)."""
+    from pipeline.config import TrackerConfig
+    from pipeline.tracking import ObjectTracker
+
+    def one(box, label, category):
+        return Detections(xyxy=np.array([box], np.float32), scores=np.array([0.9], np.float32),
+                          labels=(label,), categories=(category,))
+
+    tracker = ObjectTracker(TrackerConfig(), fps=4)
+    bike = [tracker.update(one([100, 100, 140, 180], "bicycle", "vehicle"), (720, 1280), ts=k / 4).track_ids[0]
+            for k in range(3)]
+    person = [tracker.update(one([101, 98, 141, 180], "person", "pedestrian"), (720, 1280), ts=k / 4).track_ids[0]
+              for k in range(3, 8)]
+    assert bike[-1] == 1 and person[0] is None and person[1] not in (None, 1), (bike, person)  # its 2nd sighting
+    assert len(set(person[1:])) == 1 and 1 in tracker.alive_ids(), person  # (the bicycle's track lives on, lost)
+
+
 def test_a_tracker_taken_over_from_a_snapshot_still_keeps_a_person_off_the_cars_track():
     """The snapshot carries which class is which category: restored, before the car's label is
     seen again, the person beside it must not continue the car's track."""
