@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Mapping, Sequence
@@ -91,8 +92,9 @@ class Detections:
         if not isinstance(other, Detections):
             return NotImplemented
         return (
-            np.allclose(self.xyxy, other.xyxy, atol=1e-3)
-            and np.allclose(self.scores, other.scores, atol=1e-4)
+            len(self) == len(other)  # (allclose of two lengths raises)
+            and np.allclose(self.xyxy, other.xyxy, atol=1e-3, equal_nan=True)
+            and np.allclose(self.scores, other.scores, atol=1e-4, equal_nan=True)
             and (self.labels, self.categories, self.track_ids, self.attributes)
             == (other.labels, other.categories, other.track_ids, other.attributes)
         )
@@ -183,7 +185,8 @@ class Detections:
         return replace(self, track_ids=tuple(track_ids))
 
     def to_objects(self) -> list[dict[str, Any]]:
-        return [{**o, "attributes": dict(o["attributes"])} for o in self._objects()]
+        """The objects as plain data of their own (their attributes' answers copied too)."""
+        return [{**o, "attributes": copy.deepcopy(o["attributes"])} for o in self._objects()]
 
     def _objects(self, rounded: RoundedRun | None = None) -> list[dict[str, Any]]:
         """The objects as JSON-ready dicts (sharing this object's attribute dicts: for encoding);

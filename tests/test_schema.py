@@ -34,6 +34,19 @@ def test_mask_and_attributes_return_new_objects():
     assert d.indices_of("vehicle") == [0, 2]
 
 
+def test_a_payload_shares_nothing_with_its_result_and_detections_of_two_lengths_differ():
+    """`to_payload` copied the attributes one level deep (an answer changed in the payload changed
+    the result's), and comparing detections of two lengths raised (numpy's broadcast)."""
+    answer = {"label": "cab", "score": 0.6}
+    d = sample().with_attribute("type", {0: answer})
+    result = FrameResult(FrameMeta("cam", 1, 1.0, None, 64, 64), d, {}, {})
+    result.to_payload()["objects"][0]["attributes"]["type"]["label"] = "bus"
+    assert d.attributes[0]["type"]["label"] == "cab" and answer["label"] == "cab"
+    assert (d == d[[0, 1]]) is False and d[[0]] != d
+    nan = Detections(xyxy=[[0, 0, float("nan"), 10]], scores=[0.9], labels=("car",), categories=("vehicle",))
+    assert nan == Detections(xyxy=[[0, 0, float("nan"), 10]], scores=[0.9], labels=("car",), categories=("vehicle",))
+
+
 def test_json_round_trip_matches_v1_contract():
     meta = FrameMeta(camera="traffic", seq=812, frame_ts=1764000000.123, pts=40.6, width=1920, height=1080)
     result = FrameResult(
