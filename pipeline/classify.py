@@ -181,11 +181,13 @@ class CropClassification:
         return seeded
 
     def _chosen(self, detections: Detections, category: str, route: ClassifierRoute, cache: Any, frame_no: int,
-                unclassified: dict[int, dict[str, str]]) -> tuple[list[tuple[int, Any]], list[int]]:
+                unclassified: dict[int, dict[str, str]]) -> tuple[list[tuple[int, Any]], list[int], list[tuple[int, int]]]:
         """This classifier's objects this frame: ``(object, answer)`` for tracks whose answer
-        stands, and the objects to classify now, at most ``max_per_frame`` (best scores first).
-        A track due for a fresh look that is too small now, or beyond that limit, keeps its last
-        answer; an object too small with no answer is noted as such."""
+        stands, the objects to classify now, at most ``max_per_frame`` (best scores first), and
+        ``(object, the one of them it shares its track with)``: boxes the tracker merged (a car
+        also seen as a truck) are one object, asked for once. A track due for a fresh look that
+        is too small now, or beyond that limit, keeps its last answer; an object too small with
+        no answer is noted as such."""
         known: list[tuple[int, Any]] = []
         fresh: list[int] = []
 
@@ -213,10 +215,19 @@ class CropClassification:
         # score, so that answered tracks take no place from an object never classified
         has_last = (lambda i: cache.last(detections.track_ids[i]) is not None) if cache is not None else (lambda i: False)
         fresh.sort(key=lambda i: (detections.track_ids[i] is not None and has_last(i), -detections.scores[i]))
+        heads, twins, first = [], [], {}
+        for i in fresh:
+            track = detections.track_ids[i] if cache is not None else None
+            if track is not None and track in first:
+                twins.append((i, first[track]))
+            else:
+                first[track] = i
+                heads.append(i)
         limit = route.cfg.max_per_frame
-        for i in fresh[limit:]:  # over the limit this frame
+        over = set(heads[limit:])
+        for i in [*over, *(i for i, head in twins if head in over)]:  # over the limit this frame
             keep_last(i)
-        return known, fresh[:limit]
+        return known, heads[:limit], [(i, head) for i, head in twins if head not in over]
 
     async def __call__(self, image: np.ndarray, detections: Detections, frame_no: int) -> tuple[Detections, int]:
         """Each classifier's new (or due) objects go to it in one request per frame; tracked
@@ -227,28 +238,30 @@ class CropClassification:
         skipped = 0
         for n, (category, route) in enumerate(self.routes):
             cache = self._track_cache[n] if self._track_cache is not None else None
-            known, fresh = self._chosen(detections, category, route, cache, frame_no, unclassified)
+            known, fresh, twins = self._chosen(detections, category, route, cache, frame_no, unclassified)
             if fresh and n in self._unanswering:  # not waited for: its last answers, or none (failed)
                 self._probe(n, category, route, image, detections.xyxy[fresh[:1]])
-                for i in fresh:
+                for i in [*fresh, *(i for i, _ in twins)]:
                     track = detections.track_ids[i] if cache is not None else None
                     last = cache.last(track) if track is not None else None
                     if last is not None:
                         known.append((i, last))
                     else:
                         skipped += 1
-                fresh = []
+                fresh = twins = []
             jobs += [(i, answer, cache, n, None) for i, answer in known]
             if fresh:  # (the crops cut in the request: no await before the answers are in the cache, or
                 # the frames in flight beside this one asked for the same new track each)
                 request = asyncio.ensure_future(self._cut_and_ask(route.name or category, route, image,
                                                                   detections.xyxy[fresh]))
+                asked_now: dict[int, Any] = {}  # object → its answer
                 for k, i in enumerate(fresh):
-                    answer = asyncio.ensure_future(_nth(request, k))
+                    answer = asked_now[i] = asyncio.ensure_future(_nth(request, k))
                     track = detections.track_ids[i]
                     if cache is not None and track is not None:
                         cache.put(track, frame_no, answer)
                     jobs.append((i, answer, cache, n, request))
+                jobs += [(i, asked_now[head], cache, n, request) for i, head in twins]
             if cache is not None:
                 cache.prune(frame_no)
         if unclassified:

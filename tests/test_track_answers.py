@@ -62,6 +62,19 @@ def test_tracks_due_for_a_fresh_look_take_no_place_from_an_object_never_classifi
     assert all("type" in a for o in out[2:] for a in o.attributes)
 
 
+def test_boxes_the_tracker_merged_are_asked_for_once_and_share_the_answer():
+    """A car also seen as a truck (two boxes, one track id) was two crops taking two places, the
+    track published with two answers, and the second (the lower-scored box's) overwrote the first."""
+    asked = []
+    stage = CropClassification("c", {"vehicle": counting_route(asked, max_per_frame=2)}, timeout_s=5, track_buffer=30)
+    merged = Detections(xyxy=np.array([[0, 0, 50, 50], [1, 1, 51, 51], [100, 0, 150, 50]], np.float32),
+                        scores=np.array([0.9, 0.8, 0.7], np.float32), labels=("car", "truck", "car"),
+                        categories=("vehicle",) * 3, track_ids=(7, 7, 8))
+    out = classify_frames(stage, [merged] * 2)
+    assert asked == [2], asked  # the track and the other car, in one request
+    assert [a["type"]["label"] for o in out for a in o.attributes[:2]] == ["t1"] * 4
+
+
 def test_an_answer_outlives_frames_where_the_box_is_too_small():
     asked = []
     stage = CropClassification("c", {"vehicle": counting_route(asked, reclassify_every=1)}, timeout_s=5,
