@@ -205,10 +205,14 @@ class ObjectTracker:
 
     def _rows(self, dets: Detections) -> np.ndarray:
         """ByteTrack's input: boxes, scores and class ids, rounded as the message publishes them."""
-        rows = [[*(round(float(v), 1) for v in dets.xyxy[i]), round(float(dets.scores[i]), 4),
-                 self._class_ids.setdefault(dets.labels[i], len(self._class_ids))] for i in range(len(dets))]
-        for label, category in zip(dets.labels, dets.categories):  # matching stays within a category
-            self._tracker.category_of[self._class_ids[label]] = category
+        # a class is a label within its category: two detectors may give one label two categories
+        # (keyed by label alone, the second took over the class, and its objects the first's tracks)
+        classes = [self._class_ids.setdefault(f"{category}/{label}", len(self._class_ids))
+                   for label, category in zip(dets.labels, dets.categories)]
+        rows = [[*(round(float(v), 1) for v in dets.xyxy[i]), round(float(dets.scores[i]), 4), classes[i]]
+                for i in range(len(dets))]
+        for cls, category in zip(classes, dets.categories):  # matching stays within a category
+            self._tracker.category_of[cls] = category
         return np.array(rows, np.float64).reshape(-1, 6)
 
     def alive_ids(self) -> set[int]:

@@ -149,6 +149,21 @@ def test_a_person_where_a_bicycles_track_was_lost_gets_a_track_of_their_own_at_o
     assert len(set(person[1:])) == 1 and 1 in tracker.alive_ids(), person  # (the bicycle's track lives on, lost)
 
 
+def test_one_label_of_two_categories_is_two_classes_to_the_tracker():
+    """Two detectors may map one label to two categories (a COCO "traffic light" as a sign, a
+    light detector's as a light): classes were keyed by label, so the second category took over
+    the class and continued the first one's track."""
+    from pipeline.config import TrackerConfig
+    from pipeline.tracking import ObjectTracker
+
+    tracker = ObjectTracker(TrackerConfig(), fps=4)
+    box = np.array([[100, 100, 140, 180]], np.float32)
+    ids = [tracker.update(Detections(xyxy=box, scores=np.array([0.9], np.float32), labels=("traffic light",),
+                                     categories=(category,)), (720, 1280), ts=k / 4).track_ids[0]
+           for k, category in enumerate(["sign"] * 3 + ["light"] * 3)]
+    assert ids[2] == 1 and 1 not in ids[3:] and ids[-1] is not None, ids
+
+
 def test_a_tracker_taken_over_from_a_snapshot_still_keeps_a_person_off_the_cars_track():
     """The snapshot carries which class is which category: restored, before the car's label is
     seen again, the person beside it must not continue the car's track."""
