@@ -135,7 +135,7 @@ def prefix_arg(value: str) -> str:
 
     from pipeline.config_redis import STREAM_PREFIX
 
-    if not re.match(STREAM_PREFIX, value):
+    if not re.fullmatch(STREAM_PREFIX, value):  # (match's $ lets a trailing newline through)
         raise argparse.ArgumentTypeError(f"a stream prefix is letters, digits and _ . : - (as redis.stream_prefix), "
                                          f"got {value!r}")
     return value
@@ -150,7 +150,7 @@ def camera_id_arg(value: str) -> str:
     field = CameraConfig.model_fields["id"]
     pattern = next(m.pattern for m in field.metadata if getattr(m, "pattern", None))
     longest = next(m.max_length for m in field.metadata if getattr(m, "max_length", None))
-    if not re.match(pattern, value) or len(value) > longest:
+    if not re.fullmatch(pattern, value) or len(value) > longest:  # (match's $ lets a trailing newline through)
         raise argparse.ArgumentTypeError(f"a camera id is 1 to {longest} letters, digits, _ and - "
                                          f"(as cameras[].id), got {value!r}")
     return value

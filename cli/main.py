@@ -11,22 +11,17 @@ and the replicas' logs go to files (the replica log folder is printed at start) 
 
 from __future__ import annotations
 
-import signal
 import sys
-from contextlib import contextmanager  # (before the hold: cheap, and mostly imported at start-up already)
+
+from .held import signals_held  # (before the hold: cheap)
 
 
-@contextmanager
-def interrupts_held() -> Iterator[None]:
+def interrupts_held():  # noqa: ANN201 (a context manager)
     """Ctrl-C while modules import waits until they have, then raises KeyboardInterrupt. Raised
     inside an import, it could come out as another error (pydantic turns one that lands while it
     builds a model's schema into SchemaError: a traceback) or, under `python -m`, end the process
     by SIGINT itself (one that lands in an `exec` of a string, as a namedtuple makes)."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    return signals_held()
 
 
 try:  # Ctrl-C while these import (the command's first ~0.3 s): held until they have, then exit 130
@@ -35,7 +30,7 @@ try:  # Ctrl-C while these import (the command's first ~0.3 s): held until they 
         import logging
         import os
         import warnings
-        from typing import Iterator, Sequence
+        from typing import Sequence
 
         import redis
 
@@ -56,8 +51,16 @@ COMMANDS = (run, demo, build, cameras, subscribe, top, bench, eval_cmd, models_c
 NOISY_LOGGERS = ("ray", "ray.serve", "ray.data", "ray.tune", "ultralytics", "filelock", "urllib3")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's, its errors scrubbed of credentials (``unrecognized arguments: --redis-url
+    redis://:pw@…``, a URL given where a camera id goes); its subcommands' parsers too."""
+
+    def error(self, message: str):  # type: ignore[override]
+        super().error(redact(message))
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="percept", description="Streaming video perception on Ray Serve → Redis Streams")
+    p = _Parser(prog="percept", description="Streaming video perception on Ray Serve → Redis Streams")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also show Ray's, Serve's and the replicas' logs on the console")
     sub = p.add_subparsers(dest="command", required=True)

@@ -353,7 +353,7 @@ def status_lines(client: Any, keys: Any, cameras: list[str]) -> list[str]:
                 for obj in payload["objects"]:
                     counts[obj["category"]] = counts.get(obj["category"], 0) + 1
                 e2e = f"{payload['latency_ms'].get('total', 0):.0f} ms"
-        except (KeyError, ValueError, TypeError, AttributeError):  # an entry not as percept writes them
+        except (KeyError, ValueError, TypeError, AttributeError, RecursionError):  # an entry not as percept writes them
             counts, e2e = {}, "-"
         objs = " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"
         err = f"  error: {redact(st['last_error'])}" if st.get("last_error") and st.get("state") != "online" else ""

@@ -19,6 +19,7 @@ from pipeline.redact import redact, redact_url
 
 from .common import (EXIT_INTERRUPTED, EXIT_UNAVAILABLE, POSITIVE_INT, RedisOutage, camera_id_arg, fail, name_arg,
                      number_arg, prefix_arg, redis_url_arg)
+from .held import signals_held
 
 
 def register(sub: Any) -> None:
@@ -163,7 +164,7 @@ def _subscribe(args: argparse.Namespace) -> int:
         reading = sub.messages(limit=args.count, idle_timeout_s=args.timeout, on_unreachable=outage.notice)
         for msg in reading:
             printing = msg
-            print(json.dumps(msg.payload, separators=(",", ":")), flush=True)
+            _print_whole(json.dumps(msg.payload, separators=(",", ":")))
             # an outage between printing and acking: waited out up to --timeout (then exit 3);
             # the entry stays pending: printed again by this consumer (same --consumer) or claimed by another
             try:
@@ -181,12 +182,14 @@ def _subscribe(args: argparse.Namespace) -> int:
         if missing := database_missing(exc):
             return fail(f"redis {redact_url(url)}: {missing}", CONFIG_ERROR_EXIT_CODE)
         return fail(f"redis {redact_url(url)}: {redact(str(exc))}", EXIT_UNAVAILABLE)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError) as exc:  # Ctrl-C, SIGTERM; the reader of stdout went away
         if reading is not None:  # what it read and never printed (or not all): for the group's next reader at once
             reading.close()
             if printing is not None and not outage.down:
                 sub.release([printing])
         _leave(None if outage.down else sub)
+        if isinstance(exc, BrokenPipeError):
+            raise  # (`cli.main`: exit 0, nothing said)
         return 0 if terminated else EXIT_INTERRUPTED
     finally:
         if main_thread:
@@ -198,6 +201,15 @@ def _subscribe(args: argparse.Namespace) -> int:
 
 def _interrupt() -> None:
     raise KeyboardInterrupt
+
+
+def _print_whole(line: str) -> None:
+    """One JSON line on stdout, whole: Ctrl-C or SIGTERM during a long line's write to a slow
+    pipe cut it (no newline, no JSON) for whoever reads on; they wait until it is out, then
+    take effect (Ctrl-C at a shell stops the pipe's reader too: the write ends at once)."""
+    with signals_held(signal.SIGINT, signal.SIGTERM):
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def _leave(sub: Any) -> None:

@@ -243,7 +243,8 @@ def camera_rows(client: Any, prefix: str, samples: int, now: float | None = None
                     # (a category that is no text, from an entry not written by percept, is not counted:
                     # the line sorts them)
                     row.objects = dict(Counter(c for o in payload.get("objects", []) if isinstance(c := o["category"], str)))
-            except (KeyError, ValueError, TypeError, AttributeError):  # an entry not as percept writes them
+            except (KeyError, ValueError, TypeError, AttributeError, OverflowError, RecursionError):  # an entry
+                # not as percept writes them (a number no float holds, JSON nested deeper than the stack)
                 continue
         row.p50_ms, row.p95_ms = percentile(totals, 0.5), percentile(totals, 0.95)
         rows.append(row)

@@ -147,7 +147,7 @@ class Subscriber:
             raw = fields.get(b"json") or fields.get("json")
             try:
                 payload = json.loads(raw)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):  # (nested deeper than Python's stack)
                 log.warning("%s %s: entry without a JSON payload; skipped%s", name, eid, " (acked)" if self.group else "")
                 unusable.append(eid)
                 continue

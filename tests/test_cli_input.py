@@ -42,6 +42,9 @@ BAD_VALUES = [
     (["cameras", "--wait", "nan", "ls"], "argument --wait: must be >= 0, got 'nan'"),
     (["subscribe", "cam", "--group", ""], "argument --group: must not be empty"),  # (a plain reader, silently)
     (["subscribe", "cam", "--prefix", ""], "argument --prefix: a stream prefix is letters"),  # (read as "percept")
+    # (a trailing newline passed: a camera waited for for ever, a junk key made for a group; a prefix read empty)
+    (["subscribe", "cam\n", "--redis", "redis://127.0.0.1:1/0"], "argument cameras: a camera id is 1 to 64 letters"),
+    (["top", "--prefix", "percept\n", "--once", "--redis", "redis://127.0.0.1:1/0"], "argument --prefix: a stream prefix is letters"),
     (["top", "--prefix", "bad prefix!"], "argument --prefix: a stream prefix is letters"),
     (["cameras", "ls", "--api", "notaurl"], "argument --api: must be an http:// or https:// URL, got 'notaurl'"),
     (["top", "--samples", "0"], "argument --samples: must be from 1 to 100000, got '0'"),
@@ -156,6 +159,14 @@ def test_urls_in_option_errors_are_shown_without_credentials(capsys):
             main(argv)
         err = capsys.readouterr().err
         assert done.value.code == 2 and "***@127.0.0.1" in err and "S3cretPW" not in err, (argv, err)
+    # argparse's own errors quoting a URL: one given where a camera id goes, after an option misspelt
+    for argv, said in ((["subscribe", "redis://:S3cretPW@127.0.0.1:6399/0"], "argument cameras: a camera id"),
+                       (["top", "--redis-url", "redis://:S3cretPW@127.0.0.1/0"], "unrecognized arguments: --redis-url"),
+                       (["cameras", "ls", "rtsp://u:S3cretPW@h/s"], "unrecognized arguments: rtsp://")):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and said in err and "***@" in err and "S3cretPW" not in err, (argv, err)
 
 
 def test_cameras_add_refuses_an_inline_password_before_sending_it(capsys):

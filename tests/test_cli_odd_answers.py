@@ -22,7 +22,9 @@ KEYS = StreamKeys("odd")
 def test_an_entry_of_another_shape_is_skipped_by_top_and_the_run_console(redis_server, capsys):
     client = redis_server.client()
     CameraRegistry(client, KEYS).add(CameraConfig(id="a", url="a.mp4"))
-    for raw in ("not json", "[1, 2]", '{"objects": 3, "latency_ms": []}', '{"objects": [], "latency_ms": {"total": "nan"}}'):
+    # (the last two: a number no float holds, JSON nested deeper than Python's stack: top exited 1, a traceback)
+    for raw in ("not json", "[1, 2]", '{"objects": 3, "latency_ms": []}', '{"objects": [], "latency_ms": {"total": "nan"}}',
+                '{"objects": [], "latency_ms": {"total": 1%s}}' % ("0" * 400), "[" * 100_000 + "]" * 100_000):
         client.xadd(KEYS.detections("a"), {"v": "1", "camera": "a", "seq": "1", "json": raw})
     assert main(["top", "--once", "--redis", redis_server.url, "--prefix", "odd"]) == 0
     out = capsys.readouterr().out

@@ -131,3 +131,63 @@ def test_ctrl_c_while_the_command_still_imports_its_modules_exits_without_a_trac
 def _holds_ctrl_c(pid: int) -> bool:
     blocked = next(line for line in open(f"/proc/{pid}/status") if line.startswith("SigBlk:"))
     return bool(int(blocked.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+
+
+def test_ctrl_c_while_a_long_line_waits_on_a_full_pipe_leaves_no_line_cut(redis_server):
+    """A crowded frame's line (12 kB) written to a reader slower than the command: Ctrl-C in the
+    middle of its write left it cut (no newline, no JSON) for whoever reads on."""
+    import fcntl
+    import json
+    import termios
+
+    client = redis_server.client()
+    for seq in range(40):  # (~480 kB: the pipe fills)
+        client.xadd("cut:detections:cam", {"v": "1", "camera": "cam", "seq": str(seq),
+                                           "json": json.dumps({"seq": seq, "pad": "x" * 12_000})})
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "subscribe", "cam", "--redis", redis_server.url,
+                             "--prefix", "cut", "--from-start"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    def writing_into_a_full_pipe() -> bool:  # (its main thread in write(1, …), held: the pipe is full)
+        queued = int.from_bytes(fcntl.ioctl(proc.stdout.fileno(), termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+        return queued > 60_000 and open(f"/proc/{proc.pid}/syscall").read().startswith("1 0x1 ")
+
+    try:  # (the pipe holds some 64 kB: the command is held in the middle of a line's write)
+        wait_for(lambda: proc.poll() is not None or writing_into_a_full_pipe(), 60,
+                 "the pipe full, the command writing into it")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    *lines, tail = out.split(b"\n")
+    assert proc.returncode == 130 and tail == b"" and len(lines) >= 5, (proc.returncode, len(lines), tail[-80:], err)
+    assert [json.loads(line)["seq"] for line in lines] == list(range(len(lines)))
+
+
+def test_a_group_reader_whose_output_is_cut_gives_the_entry_back_at_once(redis_server, capsys):
+    """``subscribe --group g | head -1``: the entry whose line met the closed pipe stayed pending
+    on the gone consumer, fresh, so the group's next reader got the entries after it first and
+    that one 30 s later (`--claim-idle-ms`), out of order."""
+    import json
+
+    from cli.main import main
+
+    client = redis_server.client()
+    stream = "hg:detections:cam"
+    for seq in range(3000):  # (~0.4 MB: more than a pipe holds)
+        client.xadd(stream, {"v": "1", "camera": "cam", "seq": str(seq), "json": f'{{"seq": {seq}, "pad": "{"x" * 120}"}}'})
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "subscribe", "cam", "--redis", redis_server.url,
+                             "--prefix", "hg", "--group", "g", "--from-start"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().startswith(b'{"seq":0,')
+        proc.stdout.close()  # as `| head -1` does
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    cut = client.xpending(stream, "g")["min"]  # (its first entry not acked: the one it was writing)
+    first = json.loads(client.xrange(stream, cut, cut)[0][1][b"json"])["seq"]
+    assert main(["subscribe", "cam", "--redis", redis_server.url, "--prefix", "hg", "--group", "g", "--count", "3"]) == 0
+    assert [json.loads(line)["seq"] for line in capsys.readouterr().out.splitlines()] == [first, first + 1, first + 2]
