@@ -49,6 +49,7 @@ from .logs import route_percept_logs
 from .transport import DECODER_ANSWER_S, answer_within
 
 MAX_BODY_BYTES = 1 << 20
+MAX_PROBLEMS = 50  # a 422 lists this many problems at most (100 000 unknown keys made a 12.5 MB answer)
 app = FastAPI(title="percept", description="Runtime camera management")
 
 
@@ -108,6 +109,17 @@ async def _bounded_body(request: Any, call_next: Any) -> Any:
         return JSONResponse(status_code=411, content={"detail": "a request body needs a Content-Length "
                                                                 f"(at most {MAX_BODY_BYTES} bytes)"})
     return await call_next(request)
+
+
+def _capped(problems: list[str], total: int) -> list[str]:
+    """At most `MAX_PROBLEMS` of ``total`` problems, and how many more there are."""
+    return problems[:MAX_PROBLEMS] + ([f"… and {total - MAX_PROBLEMS} more"] if total > MAX_PROBLEMS else [])
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    """A body's problems as the config says them (`format_validation_error`), `_capped`."""
+    lines = format_validation_error(exc)
+    return _capped(lines, len(lines))
 
 
 def gpus_on_cluster() -> bool:
@@ -194,29 +206,32 @@ class CameraApi:
 
     @app.post("/cameras", status_code=201)
     async def add_camera(self, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        try:  # off the event loop: the live view's streams go on meanwhile
+        try:  # off the event loop (the checks and their messages too): the live view's streams go on meanwhile
             camera = await asyncio.to_thread(CameraConfig.model_validate, body)
         except ValidationError as exc:
-            raise HTTPException(422, detail=format_validation_error(exc)) from None
+            raise HTTPException(422, detail=await asyncio.to_thread(_problems, exc)) from None
         field = f"cameras[{camera.id}].url"
-        inline = None if self.allow_inline_credentials else inline_password_error(camera, field)
-        refused = inline or foreign_variable_error(camera, field, await asyncio.to_thread(self.registry.ids))
+        there = await asyncio.to_thread(self.registry.ids)
+        inline = None if self.allow_inline_credentials else await asyncio.to_thread(inline_password_error, camera, field)
+        refused = inline or foreign_variable_error(camera, field, there)
         if refused:
             raise HTTPException(422, detail=[refused])
         self._need_tracking({"zones": camera.zones, "lines": camera.lines})
         if not await asyncio.to_thread(self.registry.add, camera):
             raise HTTPException(409, detail=f"camera {camera.id!r} exists; DELETE it first to change it")
-        # a live image a camera of this id left (removed a moment ago) is not this camera's
-        await asyncio.to_thread(self.client.delete, self.keys.view_jpeg(camera.id))
-        return {"id": camera.id, "url": redact_url(camera.url)}
+        if camera.id not in there:  # a live image a camera of this id left (removed a moment ago) is not
+            # this one's; the same camera again (a POST retried) keeps its own
+            await asyncio.to_thread(self.client.delete, self.keys.view_jpeg(camera.id))
+        return {"id": camera.id, "url": await asyncio.to_thread(redact_url, camera.url)}
 
     @app.put("/cameras/{camera_id}")
     async def change_geometry(self, camera_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         """Zones, lines, anchor, line and zone margins change at runtime, without restarting the camera."""
         other = sorted(set(body) - set(RUNTIME_FIELDS))
         if other:
-            raise HTTPException(422, detail=[f"{redact(k)}: only {', '.join(RUNTIME_FIELDS)} change at runtime; "
-                                             "DELETE and POST the camera to change the rest" for k in other])
+            said = await asyncio.to_thread(lambda: [redact(k[:200]) for k in other[:MAX_PROBLEMS]])
+            raise HTTPException(422, detail=_capped([f"{k}: only {', '.join(RUNTIME_FIELDS)} change at runtime; DELETE "
+                                                     "and POST the camera to change the rest" for k in said], len(other)))
         self._need_tracking(body)
         added_ms = await asyncio.to_thread(self.registry.added_ms, camera_id)
         size = await asyncio.to_thread(last_frame_size, self.client, self.keys, camera_id, added_ms)
@@ -234,7 +249,7 @@ class CameraApi:
         try:
             camera = await asyncio.to_thread(self.registry.set_geometry, camera_id, body, fits)
         except ValidationError as exc:
-            raise HTTPException(422, detail=format_validation_error(exc)) from None
+            raise HTTPException(422, detail=await asyncio.to_thread(_problems, exc)) from None
         except GeometryError as exc:  # accepted, it would stop the camera at its next frame
             raise HTTPException(422, detail=[str(exc)]) from None
         except LookupError as exc:

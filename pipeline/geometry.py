@@ -205,10 +205,13 @@ def restored_pixel_sizes(snapshot: Mapping[str, Any], zones: Mapping[str, Any],
         same = before["zones"] == zones and before["lines"] == lines
         sizes = {f"{kind}:{name}": one for kind in now for name in now[kind]} if one and same else {}
     out = {}
-    for key, size in sizes.items():
-        kind, _, name = key.partition(":")
-        if kind in now and name in now[kind] and before[kind].get(name) == now[kind][name]:
-            out[key] = (int(size[0]), int(size[1]))
+    for key, size in (sizes.items() if isinstance(sizes, Mapping) else ()):  # (else not as percept writes it)
+        kind, _, name = str(key).partition(":")
+        try:
+            if kind in now and name in now[kind] and before[kind].get(name) == now[kind][name]:
+                out[key] = (int(size[0]), int(size[1]))
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError, OverflowError):
+            continue
     return out
 
 

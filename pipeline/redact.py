@@ -8,7 +8,7 @@ from urllib.parse import unquote
 
 # everything up to the last "@" of the URL: a password with "@", "/", "?" or "#" left unescaped
 # is scrubbed whole too (a path with "@" in it loses its host in the text: the safe side)
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s'\"]*@)")
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]{0,31}://)(?P<userinfo>[^\s'\"]*@)")
 # a query parameter named for a secret (its value is scrubbed): alone or after a prefix ending in
 # "_", "-" or "." (access_token, client_secret, stream_key, X-Amz-Signature; pw, loginpas: cameras'
 # CGI URLs); a word no other name ends in after any prefix (userpwd, accesstoken); a short one in
@@ -16,20 +16,22 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s
 # (password1); CDN and media servers' signed URLs (sign, hdnts, authkey, wowzatokenhash). Also a
 # path segment so written (XMEye cameras: /user=admin_password=x_channel=1), up to the next "_" or
 # "/". A query value goes on past a ";" (``pwd=Summer;2024!``: one password)
-_SECRET_NAME = (r"(?:(?:[\w.-]*[_.-])?(?:password|passwd|passphrase|pwd|pass|pw|psw|pswd|loginpas|loginpass|passwort"
+_SECRET_NAME = (r"(?:(?:[\w.-]{0,64}[_.-])?(?:password|passwd|passphrase|pwd|pass|pw|psw|pswd|loginpas|loginpass|passwort"
                 r"|passcode|token|auth|authorization|bearer|jwt|session|session_?id|sid"
                 r"|apikey|api_key|secret|key|signature|sig|sign|hdnts|credentials?)"
-                r"|[\w.-]*?(?:password|passwd|passphrase|pwd|pswd|passwort|passcode|token|secret|signature|credentials?"
+                r"|[\w.-]{0,64}?(?:password|passwd|passphrase|pwd|pswd|passwort|passcode|token|secret|signature|credentials?"
                 r"|apikey|authorization|authkey|secretkey|streamkey|accesskey|privatekey|tokenhash)"
-                r"|[\w.-]*[a-z0-9](?-i:Pass|Pw|Pwd|Key|Auth|Sig|Session|Sid))\d*=")
+                r"|[\w.-]{0,64}[a-z0-9](?-i:Pass|Pw|Pwd|Key|Auth|Sig|Session|Sid))\d*=")
 
 
 def _query_patterns(stop: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """The secret query value (`_SECRET_NAME`) and the percent-encoded name's (``?%70assword=x``:
+    """The secret query value (`_SECRET_NAME`; in a path, after a "/" or "_" — any "_" of the text —
+    first a name and "=" looked for at once, without going back: ``"_" * 4000`` took 7 s, the
+    time growing as the square of the text's length) and the percent-encoded name's (``?%70assword=x``:
     servers decode the name, so it is read as ``password``), each value ending at ``&``, ``#``
     or one of ``stop``; in a fragment too (``#password=x`` was accepted and stored in clear)."""
     return (re.compile(rf"(?i)([?&;#]{_SECRET_NAME})[^&#{stop}]*"
-                       rf"|([/_]{_SECRET_NAME})(?:\$\{{[A-Za-z_][A-Za-z0-9_]*\}}|[^&#;/_{stop}])*"),
+                       rf"|([/_](?=[\w.-]{{0,100}}+=){_SECRET_NAME})(?:\$\{{[A-Za-z_][A-Za-z0-9_]*\}}|[^&#;/_{stop}])*"),
             re.compile(rf"([?&;#][^=&#;\s'\"/?]*%[0-9A-Fa-f]{{2}}[^=&#;\s'\"/?]*=)([^&#{stop}]*)"))
 
 

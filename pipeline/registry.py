@@ -273,7 +273,7 @@ class CameraRegistry:
         before this was noted, or not there."""
         try:
             return int(json.loads(self.client.hget(self.key, camera_id) or b"{}")["added_ms"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):  # (not as percept writes it: 1e400)
             return None
 
     def set_geometry(self, camera_id: str, changes: Mapping[str, Any],

@@ -188,7 +188,7 @@ def stored_pixel_frames(client: redis.Redis, keys: Any, camera_id: str) -> dict[
     try:
         state = json.loads(client.hget(keys.trackstate(camera_id), "json") or b"{}")
         return dict(state.get("events") or {})
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, redis.ResponseError):  # (WRONGTYPE: not percept's key)
         return {}
 
 

@@ -1,0 +1,79 @@
+"""What a caller's body costs the camera API (`deployments/api.py`, in-process on a real
+redis-server as in test_api_input.py): a 422 of bounded size, text checked for secrets in time
+that grows with its length (not its square), a POST retried that changes nothing, and data in
+Redis that percept did not write answered as such, not with a 500."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.streams import StreamKeys
+
+from .conftest import REPO
+from .test_api_input import api_app
+
+KEYS = StreamKeys("apibd")
+
+
+@pytest.fixture
+def api(redis_server, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    with api_app(redis_server.url, "apibd", monkeypatch) as app, TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_scrubbing_a_long_text_of_underscores_takes_no_longer_than_its_length_allows():
+    """Every "_" could start a path secret (`/user=admin_password=…`) and the name was looked for
+    backwards and forwards from each: 4000 underscores (a PUT key, an id, a URL's path) took 7 s
+    on the API's event loop, the time growing as the square of the length (100 000: hours)."""
+    code = ("from pipeline.redact import redact, redact_url, query_secrets\n"
+            "text = '_' * 100_000\n"
+            "assert redact(text) == text and redact_url('rtsp://cam/' + text) == 'rtsp://cam/' + text\n"
+            "assert query_secrets(text + '=') == [] and redact('_password=S3cret') == '_password=***'\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_422_lists_a_bounded_number_of_problems(api):
+    """100 000 unknown keys in a PUT (930 kB) were answered with a 12.5 MB 422, a line each."""
+    assert api.post("/cameras", json={"id": "a", "url": "rtsp://cam.local/s"}).status_code == 201
+    r = api.put("/cameras/a", json={f"k{i}": 1 for i in range(1000)})
+    detail = r.json()["detail"]
+    assert r.status_code == 422 and len(detail) == 51 and detail[-1] == "… and 950 more", detail[-3:]
+    assert detail[0].startswith("k0: only zones, lines")
+    zones = {"z": [[-1, -1]] * 300}  # (a problem per point)
+    r = api.post("/cameras", json={"id": "b", "url": "rtsp://cam.local/s", "zones": zones, **{f"x{i}": 1 for i in range(200)}})
+    assert r.status_code == 422 and len(r.json()["detail"]) <= 51 and r.json()["detail"][-1].endswith("more"), r.text[:500]
+
+
+def test_the_same_camera_posted_again_keeps_its_live_image(api, redis_server):
+    """A POST retried is answered as added and changes nothing: it deleted the camera's live
+    image, so the snapshot said "no view frame yet" (503) until the next one."""
+    client = redis_server.client()
+    body = {"id": "door", "url": "rtsp://cam.local/s"}
+    assert api.post("/cameras", json=body).status_code == 201
+    client.set(KEYS.view_jpeg("door"), b"\xff\xd8 its image", px=60_000)
+    assert api.post("/cameras", json=body).status_code == 201
+    assert client.get(KEYS.view_jpeg("door")) == b"\xff\xd8 its image"
+
+
+@pytest.mark.parametrize("odd", ["trackstate of another type", "pixel sizes as a list", "added_ms 1e400"])
+def test_a_put_beside_data_percept_did_not_write_is_no_500(api, redis_server, odd):
+    client = redis_server.client()
+    assert api.post("/cameras", json={"id": "c", "url": "rtsp://cam.local/s"}).status_code == 201
+    if odd == "trackstate of another type":
+        client.set(KEYS.trackstate("c"), "a string")
+    elif odd == "pixel sizes as a list":
+        client.hset(KEYS.trackstate("c"), "json", json.dumps({"events": {"pixel_sizes": [[640, 480]], "zones": {}}}))
+    else:
+        entry = json.loads(client.hget("apibd:cameras", "c"))
+        client.hset("apibd:cameras", "c", json.dumps(entry).replace(f'"added_ms": {entry["added_ms"]}', '"added_ms": 1e400'))
+    client.xadd(KEYS.detections("c"), {"v": "1", "camera": "c", "seq": "1",
+                                       "json": json.dumps({"camera": "c", "width": 640, "height": 480, "objects": []})})
+    r = api.put("/cameras/c", json={"zones": {"dock": [[10, 10], [600, 10], [600, 400]]}})
+    assert r.status_code == 200, r.text
