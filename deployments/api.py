@@ -189,8 +189,9 @@ class CameraApi:
         return sorted(out, key=lambda c: c["id"])
 
     async def _unknown(self, camera_id: str) -> str:
-        """The 404 of a camera that is not registered, naming the ones that are."""
-        ids = sorted(c.id for c in (await asyncio.to_thread(self.registry.read))[0])
+        """The 404 of a camera that is not registered, naming the ones that are (failed ones too:
+        `GET /cameras` lists them, and they are removed by their ids)."""
+        ids = sorted(await asyncio.to_thread(self.registry.ids))
         return f"no camera {camera_id!r}; cameras: {', '.join(ids) or 'none'}"
 
     def _need_tracking(self, fields: dict[str, Any]) -> None:

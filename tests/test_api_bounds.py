@@ -77,3 +77,12 @@ def test_a_put_beside_data_percept_did_not_write_is_no_500(api, redis_server, od
                                        "json": json.dumps({"camera": "c", "width": 640, "height": 480, "objects": []})})
     r = api.put("/cameras/c", json={"zones": {"dock": [[10, 10], [600, 10], [600, 400]]}})
     assert r.status_code == 200, r.text
+
+
+def test_a_404_names_the_failed_cameras_too(api, redis_server):
+    """A wrong id's 404 named the valid cameras only: an entry that failed, listed by
+    `GET /cameras` as failed and removed by its id, was left out (`cameras: none`)."""
+    redis_server.client().hset("apibd:cameras", "bad", '{"source": "api", "camera": {"id": "bad"}}')  # (no url)
+    assert [c["state"] for c in api.get("/cameras").json()] == ["failed"]
+    r = api.delete("/cameras/Bad")
+    assert r.status_code == 404 and r.json()["detail"] == "no camera 'Bad'; cameras: bad", r.text
