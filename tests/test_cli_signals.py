@@ -36,14 +36,15 @@ def _interrupted_while_waiting(api: str) -> None:
     assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, said, err)
 
 
-def test_a_reader_that_stops_reading_ends_subscribe_quietly(redis_server):
+def _subscribe_to_head_1(redis_server, prefix: str, *options: str) -> tuple[int, str]:
+    """``percept subscribe cam … | head -1`` over 3000 entries (~0.4 MB in all: more than a pipe
+    holds, so the command still writes when its reader goes): its exit code and stderr."""
     client = redis_server.client()
     for seq in range(3000):
-        # (~0.4 MB in all: more than a pipe holds, so the command still writes when its reader goes)
-        client.xadd("pipe:detections:cam", {"v": "1", "camera": "cam", "seq": str(seq),
-                                            "json": f'{{"seq": {seq}, "pad": "{"x" * 120}"}}'})
+        client.xadd(f"{prefix}:detections:cam", {"v": "1", "camera": "cam", "seq": str(seq),
+                                                 "json": f'{{"seq": {seq}, "pad": "{"x" * 120}"}}'})
     proc = subprocess.Popen([sys.executable, "-m", "cli", "subscribe", "cam", "--redis", redis_server.url,
-                             "--prefix", "pipe", "--from-start", "--count", "3000"], cwd=REPO,
+                             "--prefix", prefix, "--from-start", *options], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdout.readline().startswith(b'{"seq":0,')
@@ -52,8 +53,12 @@ def test_a_reader_that_stops_reading_ends_subscribe_quietly(redis_server):
     finally:
         if proc.poll() is None:
             proc.kill()
-    err = proc.stderr.read().decode()
-    assert proc.returncode == 0 and "Traceback" not in err, (proc.returncode, err)
+    return proc.returncode, proc.stderr.read().decode()
+
+
+def test_a_reader_that_stops_reading_ends_subscribe_quietly(redis_server):
+    code, err = _subscribe_to_head_1(redis_server, "pipe", "--count", "3000")
+    assert code == 0 and "Traceback" not in err, (code, err)
 
 
 def test_sigterm_ends_a_group_reader_which_leaves_its_group(redis_server):
@@ -174,19 +179,8 @@ def test_a_group_reader_whose_output_is_cut_gives_the_entry_back_at_once(redis_s
 
     client = redis_server.client()
     stream = "hg:detections:cam"
-    for seq in range(3000):  # (~0.4 MB: more than a pipe holds)
-        client.xadd(stream, {"v": "1", "camera": "cam", "seq": str(seq), "json": f'{{"seq": {seq}, "pad": "{"x" * 120}"}}'})
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "subscribe", "cam", "--redis", redis_server.url,
-                             "--prefix", "hg", "--group", "g", "--from-start"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert proc.stdout.readline().startswith(b'{"seq":0,')
-        proc.stdout.close()  # as `| head -1` does
-        proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, proc.stderr.read().decode()
+    code, err = _subscribe_to_head_1(redis_server, "hg", "--group", "g")
+    assert code == 0, err
     cut = client.xpending(stream, "g")["min"]  # (its first entry not acked: the one it was writing)
     first = json.loads(client.xrange(stream, cut, cut)[0][1][b"json"])["seq"]
     assert main(["subscribe", "cam", "--redis", redis_server.url, "--prefix", "hg", "--group", "g", "--count", "3"]) == 0
