@@ -15,17 +15,14 @@ import sys
 
 from .held import signals_held  # (before the hold: cheap)
 
-
-def interrupts_held():  # noqa: ANN201 (a context manager)
-    """Ctrl-C while modules import waits until they have, then raises KeyboardInterrupt. Raised
-    inside an import, it could come out as another error (pydantic turns one that lands while it
-    builds a model's schema into SchemaError: a traceback) or, under `python -m`, end the process
-    by SIGINT itself (one that lands in an `exec` of a string, as a namedtuple makes)."""
-    return signals_held()
-
+# Ctrl-C while modules import waits until they have (`signals_held`), then raises
+# KeyboardInterrupt. Raised inside an import, it could come out as another error (pydantic turns
+# one that lands while it builds a model's schema into SchemaError: a traceback) or, under
+# `python -m`, end the process by SIGINT itself (one that lands in an `exec` of a string, as a
+# namedtuple makes).
 
 try:  # Ctrl-C while these import (the command's first ~0.3 s): held until they have, then exit 130
-    with interrupts_held():
+    with signals_held():
         import argparse
         import logging
         import os
@@ -107,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = argv[len(verbose):]
     try:
         if not soak:
-            with interrupts_held():  # (some commands import their modules here)
+            with signals_held():  # (some commands import their modules here)
                 args = parser().parse_args(argv)
                 setup_console(args.verbose)
         return bench.soak_main(argv[2:], verbose=bool(verbose)) if soak else int(args.func(args) or 0)
