@@ -233,6 +233,8 @@ class CameraApi:
             said = await asyncio.to_thread(lambda: [redact(k[:200]) for k in other[:MAX_PROBLEMS]])
             raise HTTPException(422, detail=_capped([f"{k}: only {', '.join(RUNTIME_FIELDS)} change at runtime; DELETE "
                                                      "and POST the camera to change the rest" for k in said], len(other)))
+        if not body:  # (answered 200 with nothing changed: a client that sent the wrong body learnt nothing)
+            raise HTTPException(422, detail=[f"nothing to change: give one or more of {', '.join(RUNTIME_FIELDS)}"])
         self._need_tracking(body)
         added_ms = await asyncio.to_thread(self.registry.added_ms, camera_id)
         size = await asyncio.to_thread(last_frame_size, self.client, self.keys, camera_id, added_ms)

@@ -86,3 +86,13 @@ def test_a_404_names_the_failed_cameras_too(api, redis_server):
     assert [c["state"] for c in api.get("/cameras").json()] == ["failed"]
     r = api.delete("/cameras/Bad")
     assert r.status_code == 404 and r.json()["detail"] == "no camera 'Bad'; cameras: bad", r.text
+
+
+def test_a_put_that_changes_nothing_is_a_422_naming_the_fields(api):
+    """`PUT {}` was answered 200 with the camera's geometry as it was: a client that sent the
+    wrong body (a form, fields nested one level too deep) was told it had changed the camera."""
+    assert api.post("/cameras", json={"id": "still", "url": "rtsp://cam.local/s"}).status_code == 201
+    r = api.put("/cameras/still", json={})
+    assert r.status_code == 422 and r.json()["detail"] == [
+        "nothing to change: give one or more of zones, lines, anchor, line_margin, zone_margin"], r.text
+    assert api.put("/cameras/still", json={"anchor": "center"}).status_code == 200
