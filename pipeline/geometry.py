@@ -41,7 +41,7 @@ import numpy as np
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from .config_errors import error_at
-from .geometry_lines import ANCHOR_INSET, cross_2d, through_anchors
+from .geometry_lines import ANCHOR_INSET, cross_2d, off_the_edges, pulled_inside, through_anchors
 from .geometry_shapes import polygon_fault
 
 Anchor = Literal["bottom_center", "center"]
@@ -159,13 +159,9 @@ def in_frame_pixels(shapes: Mapping[str, Sequence[Sequence[float]]], kind: str,
         scaled = [[rescaled(x, w0, width), rescaled(y, h0, height)] for x, y in points]
         if kind == "lines" and len(points) == 2 and not through_anchors(np.asarray(scaled), width, height) \
                 and through_anchors(np.asarray(points, np.float64), w0, h0):
-            scaled = [[min(max(v, _PULLED_IN), size - 1 - _PULLED_IN) for v, size in zip(p, (width, height))]
-                      for p in scaled]
+            scaled = pulled_inside(np.asarray(scaled), width, height).tolist()
         out[name] = scaled
     return out
-
-
-_PULLED_IN = ANCHOR_INSET + 0.01  # a scaled line in the outer pixels' band: moved this far inside the frame
 
 
 def rescaled(v: float, old: int, new: int) -> float:
@@ -310,8 +306,10 @@ def resolve_geometry(
                         f"{where}.{kind}.{name}[{i}]: {_fmt((x, y))} is outside the {width}x{height} frame "
                         f"(pixel coordinates: x in 0..{width}, y in 0..{height})"
                     )
-        else:
+        else:  # (one off the edges in the outer pixels' band at this size, as 0.997 at 480 px: pulled in)
             xy = xy * (width, height)
+            if kind == "lines" and not through_anchors(xy, width, height) and off_the_edges(xy / (width, height)):
+                xy = pulled_inside(xy, width, height)
         if kind == "lines" and math.hypot(*(xy[1] - xy[0])) < 1.0:  # (a tiny frame): its band would divide by 0
             raise GeometryError(f"{where}.lines.{name}: shorter than a pixel on the {width}x{height} frame")
         if kind == "lines" and not through_anchors(xy, width, height):

@@ -68,9 +68,26 @@ def line_crossing(prev_point: Sequence[float], point: Sequence[float], line: np.
 
 def through_anchors(segment: np.ndarray, width: int, height: int) -> bool:
     """Whether a segment passes through the inside of the rectangle the anchors are kept in
-    (`Geometry.anchors`), so that an anchor can be on either side of it (Liang–Barsky clipping)."""
+    (`Geometry.anchors`), so that an anchor can be on either side of it."""
+    return _through((ANCHOR_INSET, ANCHOR_INSET), (width - 1 - ANCHOR_INSET, height - 1 - ANCHOR_INSET), segment)
+
+
+def off_the_edges(relative: np.ndarray) -> bool:
+    """Whether a segment in relative coordinates (0..1) passes through the frame's inside, not
+    along one of its edges."""
+    return _through((0.0, 0.0), (1.0, 1.0), relative)
+
+
+def pulled_inside(segment: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A segment off the frame's edges that falls in the outer pixels' band at this size, where no
+    anchor is: its points moved inside that band, so that it stays crossable."""
+    inset = ANCHOR_INSET + 0.01
+    return np.clip(segment, inset, (width - 1 - inset, height - 1 - inset))
+
+
+def _through(lo: tuple[float, float], hi: tuple[float, float], segment: np.ndarray) -> bool:
+    """Whether a segment passes through the open rectangle ``lo``..``hi`` (Liang–Barsky clipping)."""
     (x0, y0), (x1, y1) = segment
-    lo, hi = (ANCHOR_INSET, ANCHOR_INSET), (width - 1 - ANCHOR_INSET, height - 1 - ANCHOR_INSET)
     t0, t1 = 0.0, 1.0
     for start, delta, low, high in ((x0, x1 - x0, lo[0], hi[0]), (y0, y1 - y0, lo[1], hi[1])):
         if delta == 0:

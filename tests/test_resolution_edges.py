@@ -68,3 +68,17 @@ def test_rescaled_keeps_order_the_edges_and_proportion_inside():
         assert out == sorted(out) and out[0] == 0 and out[-1] == new, (old, new, out)
         if min(old, new) >= 100:
             assert rescaled(old - 1, old, new) == new - 1 and rescaled(old / 3, old, new) == pytest.approx(new / 3)
+
+
+def test_a_relative_line_near_an_edge_works_at_every_resolution():
+    """``[[0, 0.997], [1, 0.997]]`` is crossable at 1920x1080 (y 1076.8) but fell in the outer
+    pixels' band at 640x480 (478.6, anchors at most 478.5): a camera back at 480p failed with
+    "runs along the edge … draw it inside the frame", though the config had been accepted."""
+    for width, height in ((1920, 1080), (640, 480), (320, 240)):
+        engine = EventEngine("cam", lines={"exit": [[0, 0.997], [1, 0.997]]}, line_margin=0.0)
+        events = []
+        for seq, bottom in enumerate((0.8, 0.9, 0.95, 1.0, 1.0), start=1):  # a car leaving at the bottom
+            box = [width * 0.4, (bottom - 0.2) * height, width * 0.5, bottom * height]
+            events += engine.update(frame(seq, [(1, box)], width, height))
+        assert [(e.kind, e.line, e.direction) for e in events if e.kind == "line_cross"] == [("line_cross", "exit", "out")]
+        assert engine.geometry(width, height).lines["exit"][0, 1] == pytest.approx(min(0.997 * height, height - 1.51))
