@@ -130,7 +130,8 @@ class Subscriber:
             if not redis_unavailable(exc):
                 raise
             return exc
-        log.warning("consumer group %s was gone (redis restarted without its data?); created again", self.group)
+        log.warning("consumer group %s was gone (its stream deleted, or redis restarted without its data?); created again",
+                    self.group)
         return None
 
     def _decode(self, stream: bytes | str, entries: list[Any]) -> list[Message]:
@@ -245,7 +246,7 @@ class Subscriber:
                     pending = False
                     batch = self.read(count=100 if limit is None else min(100, limit - n))
             except redis.RedisError as exc:
-                if self.group and "NOGROUP" in str(exc):
+                if self.group and ("NOGROUP" in str(exc) or str(exc).startswith("UNBLOCKED the stream key no longer")):
                     refused = self._recreate_groups()
                     if refused is None:
                         pending = None  # Redis came back without its data: the group is made again

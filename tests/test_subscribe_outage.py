@@ -257,3 +257,26 @@ def test_a_reader_not_allowed_to_leave_its_group_still_ends_well(redis_server):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["seq"] for line in proc.stdout.splitlines()] == [0, 1]
+
+
+def test_a_stream_deleted_under_a_group_reader_is_no_outage(redis_server):
+    """A stream deleted while a group reader blocks on it (a user's DEL, an expiry) answers the
+    read "UNBLOCKED the stream key no longer exists": the reader said Redis was unreachable and
+    waited with the outage backoff; the group is made again there and the reader goes on."""
+    from pipeline.subscribe import Subscriber
+
+    client = redis_server.client()
+    sub = Subscriber(client, KEYS, ["cam"], group="gone", consumer="c1", start="0", block_ms=5000)
+    _add(client, 0, 1)
+    notices: list = []
+    messages = sub.messages(on_unreachable=notices.append)
+    assert next(messages).payload["seq"] == 0
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(next(messages).payload["seq"]), daemon=True)
+    reader.start()
+    wait_for(lambda: any(c.get("cmd") == "xreadgroup" for c in client.client_list()), 10, "the reader blocking")
+    client.delete(KEYS.detections("cam"))
+    wait_for(lambda: client.exists(KEYS.detections("cam")), 10, "the group made again (its stream with it)")
+    _add(client, 1, 1)
+    reader.join(15)
+    assert got == [1] and notices == [], (got, notices)
