@@ -261,14 +261,16 @@ class LiveView:
                              headers={"Cache-Control": "no-store"})
 
     async def _parts(self, camera_id: str, place: "_Place") -> AsyncIterator[bytes]:
-        """Polls at twice ``view.fps`` (a frame is never missed through aliasing) the first bytes
+        """Polls at twice ``view.fps`` (a frame is never missed through aliasing; at least thrice a
+        ``view.watch_ttl_s``, within which a JPEG drawn expires) the first bytes
         of the JPEG (its comment names the frame) and fetches a frame only when it is new. Ends
         after ``view.stream_max_s``, or when the camera is removed, or stopped or failed for
         longer than a move between decoders takes (its state is read each time the camera is
         marked watched again): a viewer of a camera gone must not keep it watched nor hold a
         place other cameras' viewers need."""
         try:
-            poll = 0.5 / self.cfg.fps
+            # (and at least 3 times a `watch_ttl_s`: slower, the mark and each JPEG expired between polls)
+            poll = min(0.5 / self.cfg.fps, self.cfg.watch_ttl_s / 3)
             end = time.monotonic() + self.cfg.stream_max_s
             watched_at, last, ended_since, unreachable_since = -1e9, None, None, None
             while time.monotonic() < end:

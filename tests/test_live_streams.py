@@ -5,6 +5,8 @@ a response ends, and a stream ends when its camera stops or is removed."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,8 +17,9 @@ from deployments.live import LiveView
 from pipeline.config import CameraConfig
 from pipeline.config_view import ViewConfig
 from pipeline.registry import CameraRegistry
+from pipeline.schema import Detections, FrameMeta, FrameResult
 from pipeline.streams import StreamKeys, connect_redis
-from pipeline.view import encode_jpeg
+from pipeline.view import ViewHub, encode_jpeg
 
 from .waiting import hold, wait_for
 
@@ -256,3 +259,50 @@ def test_a_camera_removed_while_its_first_frame_is_awaited_is_404_at_once(redis_
         assert live.streams == 0
 
     asyncio.run(main())
+
+
+def test_a_stream_slower_than_its_watch_ttl_keeps_delivering_frames(redis_server):
+    """The stream polled at twice ``view.fps`` and marked the camera watched only then: at
+    ``fps: 0.2`` with ``watch_ttl_s: 1`` (both allowed) the mark and each drawn JPEG expired
+    between polls, and the decoder's frames went to nobody (1 part in 21 s)."""
+    client = redis_server.client()
+    registry = CameraRegistry(client, KEYS)
+    camera = CameraConfig(id="lobby", url="rtsp://cam/lobby")
+    registry.add(camera)
+    client.hset(KEYS.camera("lobby"), mapping={"state": "online"})
+    cfg = ViewConfig(fps=0.2, watch_ttl_s=1)
+    hub = ViewHub(cfg, client, KEYS)
+    view, stop = hub.camera("lobby"), threading.Event()
+
+    def decoder() -> None:  # a 10 fps camera offering each frame to the view, as a decoder does
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            meta = FrameMeta("lobby", seq, time.time(), None, 64, 48)
+            view.offer(np.zeros((48, 64, 3), np.uint8), FrameResult(meta, Detections(), {}, {}), camera)
+            stop.wait(0.1)  # (the camera's pace, not a wait for anything)
+
+    feeder = threading.Thread(target=decoder, daemon=True)
+    feeder.start()
+    live = LiveView(cfg, client, KEYS, registry)
+
+    async def main() -> set[bytes]:
+        parts = (await live.live("lobby")).body_iterator
+        frames: set[bytes] = set()
+        deadline = time.monotonic() + 30  # (a frame each 5 s: 3 in ~10 s, on a loaded machine more)
+        while len(frames) < 3 and time.monotonic() < deadline:
+            try:
+                part = await asyncio.wait_for(parts.__anext__(), max(0.1, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+            frames.add(part.split(b"X-Percept-Frame: ")[1].split(b"\r\n")[0])
+        await parts.aclose()
+        return frames
+
+    try:
+        frames = asyncio.run(main())
+    finally:
+        stop.set()
+        feeder.join(5)
+        hub.close()
+    assert len(frames) >= 3, frames
