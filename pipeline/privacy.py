@@ -20,6 +20,7 @@ on a snapshot of the running graph).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,9 +36,10 @@ from .yunet_open import create_yunet
 log = logging.getLogger("percept.privacy")
 
 # the labels (or categories) under which the service's own detectors report what each kind blurs,
-# compared in lower case with "_" and "-" as spaces (`_spoken`: License_Plate, number-plate)
-PRIVATE_LABELS = {"faces": {"face", "faces", "human face"},
-                  "plates": {"plate", "plates", "license plate", "licence plate", "number plate", "car plate"}}
+# matched whole on the name in lower case with camel case, spaces, "_", "-" and "." run together
+# (`_compact`: License_Plate, LicensePlate, number-plates, plate_number, Faces, human face)
+PRIVATE_LABELS = {"faces": re.compile(r"(human)?faces?"),
+                  "plates": re.compile(r"(licen[cs]e|number|car|vehicle|registration)?plates?(numbers?)?")}
 PLATE_LABEL = 2  # the SSD's label ids: 1 vehicle, 2 plate
 MIN_DETECT_WIDTH = 160  # no face search on images narrower than this (the smaller passes)
 SCALES = (1.0, 0.7, 0.5)  # face search sizes: large, close faces are often found only at the smaller ones
@@ -152,9 +154,9 @@ def pixelate(image: np.ndarray, boxes: np.ndarray, *, grow: float = 0.45) -> Non
         roi[:] = cv2.resize(block, (roi.shape[1], roi.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def _spoken(name: Any) -> str:
-    """A label as `PRIVATE_LABELS` writes them: lower case, "_" and "-" as spaces."""
-    return " ".join(str(name).lower().replace("_", " ").replace("-", " ").split())
+def _compact(name: Any) -> str:
+    """A label as `PRIVATE_LABELS` matches it: lower case, its words run together."""
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
 class PrivacyUnavailable(RuntimeError):
@@ -184,6 +186,11 @@ class Blurrer:
         found += [self.plates(image)] if self.plates is not None else []
         return np.concatenate(found) if found else np.zeros((0, 4), np.float32)
 
+    def _private(self, name: Any) -> bool:
+        """Whether a label or category names what one of the kinds blurred covers."""
+        compact = _compact(name)
+        return any(PRIVATE_LABELS[kind].fullmatch(compact) for kind in self.kinds)
+
     def refuse_if_unavailable(self) -> None:
         """`PrivacyUnavailable` when a kind asked for cannot be blurred (before work whose image
         could not be shown: an explanation's minutes)."""
@@ -202,10 +209,9 @@ class Blurrer:
         if not self:
             return image
         boxes = self.regions(image, shown_width)
-        labels = {label for kind in self.kinds for label in PRIVATE_LABELS[kind]}
         names, categories = getattr(detected, "labels", ()), getattr(detected, "categories", ())
         own = [i for i, name in enumerate(names)
-               if _spoken(name) in labels or (i < len(categories) and _spoken(categories[i]) in labels)]
+               if self._private(name) or (i < len(categories) and self._private(categories[i]))]
         if own:
             boxes = np.concatenate([boxes.reshape(-1, 4), np.asarray(detected.xyxy, np.float32)[own]])
         if len(boxes) == 0:
