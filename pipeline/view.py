@@ -149,9 +149,11 @@ def annotate(image: np.ndarray, result: FrameResult, camera: CameraConfig, geome
     _draw_geometry(out, result, camera, s, scale, geometry)
     objects = result.objects
     thick = max(1, round(2 * scale))
+    reach = 4.0 * max(out.shape[:2])  # (a box far beyond the frame, or not finite, is drawn at its edge: one lost the frame)
+    boxes = np.clip(np.nan_to_num(np.asarray(objects.xyxy, np.float64) * s), -reach, reach)
     for i in range(len(objects)):
         colour = colour_of(objects.categories[i])
-        x1, y1, x2, y2 = (int(round(v * s)) for v in objects.xyxy[i])
+        x1, y1, x2, y2 = (int(round(v)) for v in boxes[i])
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
         label = object_label(objects.labels[i], objects.track_ids[i], float(objects.scores[i]), objects.attributes[i])
         _text(out, label, (x1, y1 - 1 if y1 > 18 * scale else y2 + int(18 * scale)), colour, 0.45 * scale)
