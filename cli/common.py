@@ -126,7 +126,7 @@ def output_file_arg(value: str) -> str:
         raise argparse.ArgumentTypeError(f"cannot write {value!r}: {exc.strerror}") from None
     if not existed:
         path.unlink(missing_ok=True)
-    return value
+    return str(path)  # (as checked: ``--out=~/x``, which no shell expands, was checked at home and written to ./~)
 
 
 def prefix_arg(value: str) -> str:

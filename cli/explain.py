@@ -30,6 +30,10 @@ METHOD_CHOICES = ("auto", "rise", "occlusion", "eigencam")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+MIN_MASKS, MAX_MASKS = 16, 4000  # the API's bounds too (`GET /cameras/{id}/explain?masks=`)
+MASKS = number_arg(int, MIN_MASKS, MAX_MASKS)
+
+
 def register(sub: Any) -> None:
     e = sub.add_parser(
         "explain", help="heat map (PNG) of what drove one detection: of a running camera, or of an image/video frame",
@@ -39,7 +43,7 @@ def register(sub: Any) -> None:
     e.add_argument("--object", type=int, required=True, metavar="N", help="index of the object in the frame (0: first)")
     e.add_argument("--method", choices=METHOD_CHOICES, default="auto",
                    help="rise (masking; every backend; auto), occlusion (sliding grey patch), eigencam (.pt models)")
-    e.add_argument("--masks", type=POSITIVE_INT, default=400, help="rise: masked inputs scored (default 400)")
+    e.add_argument("--masks", type=MASKS, default=400, help=f"rise: masked inputs scored, {MIN_MASKS}..{MAX_MASKS} (default 400)")
     e.add_argument("--out", type=output_file_arg,
                    help="PNG to write (default explain-<camera or file>-<seq or frame>-<N>.png)")
     e.add_argument("--seq", type=int, help="camera: this kept frame instead of the newest")
@@ -64,7 +68,6 @@ def register(sub: Any) -> None:
     e.set_defaults(func=_explain)
 
 
-MAX_MASKS = 4000  # the API's bound too (`GET /cameras/{id}/explain?masks=`)
 
 
 def _offline_options(args: argparse.Namespace) -> list[str]:
@@ -86,8 +89,7 @@ def _explain(args: argparse.Namespace) -> int:
         f"{'/'.join(_offline_options(args))}: only with --image/--video (a CAMERA is explained by its graph's "
         "own detector, faces blurred)" if args.camera and _offline_options(args) else
         "--object: must be >= 0" if args.object < 0 else
-        "--masks: must be >= 16" if args.masks < 16 else
-        f"--masks: must be <= {MAX_MASKS}" if args.masks > MAX_MASKS else None)
+        f"--out: {args.out!r} is the {'--image' if args.image else '--video'} itself" if _is_input(args) else None)
     if problem:
         return fail(f"explain: {problem}", BAD_INPUT)
     return _offline(args) if offline else _online(args)
@@ -112,8 +114,8 @@ def _online(args: argparse.Namespace) -> int:
                     "is --api the graph's ingress?", EXIT_UNAVAILABLE)
     frame = dict(kv.split("=", 1) for kv in headers.get("X-Percept-Frame", "").split() if "=" in kv)
     out = Path(args.out or f"explain-{args.camera}-{frame.get('seq', 'latest')}-{args.object}.png")
-    if not _write(out, png):
-        return fail(f"explain: cannot write {out}", BAD_INPUT)
+    if (why := _write(out, png)) is not None:
+        return fail(f"explain: cannot write {out}: {why}", BAD_INPUT)
     say(f"{args.camera} seq {frame.get('seq', '?')}, object {headers.get('X-Percept-Object', '?')}")
     say(f"{headers.get('X-Percept-Method', '?')}; heat inside/outside the box {headers.get('X-Percept-Heat-Ratio', '?')}")
     say(f"deletion check: {headers.get('X-Percept-Deletion', '?')}")
@@ -145,12 +147,32 @@ def _objects_line(objects: list[dict[str, Any]]) -> str:
     return ", ".join(f"{i}: {o['label']} {o['score']:.2f}" for i, o in enumerate(objects)) or "none"
 
 
-def _write(path: Path, data: bytes) -> bool:
+def _is_input(args: argparse.Namespace) -> bool:
+    """Whether ``--out`` names the image or video explained (it was overwritten with the PNG)."""
+    given = args.image or args.video
     try:
-        path.write_bytes(data)
-        return True
+        return bool(args.out and given) and Path(args.out).exists() and os.path.samefile(args.out, given)
     except OSError:
         return False
+
+
+def _write(path: Path, data: bytes) -> str | None:
+    """Writes ``data`` whole or not at all (a full disk left a cut PNG over the file there); the
+    reason it could not, else None."""
+    if path.exists() and not path.is_file():  # (/dev/stdout, a pipe: written into, never replaced)
+        try:
+            path.write_bytes(data)
+            return None
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        part.write_bytes(data)
+        os.replace(part, path)
+        return None
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        return exc.strerror or str(exc)
 
 
 # --- offline -------------------------------------------------------------------------------------------
@@ -209,6 +231,9 @@ def _offline(args: argparse.Namespace) -> int:
         blurrer = None if args.no_blur else Blurrer.from_config(PrivacyConfig(), os.environ.get(ENV_MODELS_DIR))
         if blurrer is not None:
             blurrer.refuse_if_unavailable()
+            if not blurrer.kinds:  # (the default blurs faces only where the face model is: said, not silent)
+                say(f"faces are not blurred: no face model in the models folder ({ENV_MODELS_DIR}="
+                    f"{os.environ.get(ENV_MODELS_DIR) or 'unset'}); --no-blur draws on the frame as it is")
         image, name = _read_frame(args)
         cfg = DetectorConfig(weights=args.weights, imgsz=args.imgsz, device=args.device,
                              threads=args.threads or min(os.cpu_count() or 1, 256),
@@ -234,8 +259,8 @@ def _offline(args: argparse.Namespace) -> int:
     out = Path(args.out or f"explain-{name}-{args.object}.png")
     if blurrer is not None:
         image = blurrer.blur(image)
-    if not _write(out, encode_png(overlay(image, result.heat, target, method=method))):
-        return fail(f"explain: cannot write {out}", BAD_INPUT)
+    if (why := _write(out, encode_png(overlay(image, result.heat, target, method=method)))) is not None:
+        return fail(f"explain: cannot write {out}: {why}", BAD_INPUT)
     box = ",".join(f"{v:.0f}" for v in target.box)
     say(f"object {args.object}: {target.label} {target.score:.2f} [{box}] of {len(objects)}")
     say(f"{method}: {result.calls} detector calls, {result.elapsed_ms / 1000:.1f} s; "

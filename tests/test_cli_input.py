@@ -304,8 +304,10 @@ def test_explain_of_a_camera_refuses_the_offline_options_it_would_ignore(capsys)
         assert main(["explain", "cam", "--object", "0", "--api", "http://127.0.0.1:1", *extra]) == 2, extra
         err = capsys.readouterr().err
         assert err.startswith(f"percept: explain: {named}: only with --image/--video"), err
-    assert main(["explain", "--object", "0", "--image", "i.jpg", "--weights", "w.pt", "--masks", "4001"]) == 2
-    assert "explain: --masks: must be <= 4000" in capsys.readouterr().err
+    for masks in ("4001", "0", "5"):  # (0 was said to need >= 1, and 1 then refused for >= 16)
+        with pytest.raises(SystemExit) as exited:
+            main(["explain", "--object", "0", "--image", "i.jpg", "--weights", "w.pt", "--masks", masks])
+        assert exited.value.code == 2 and "argument --masks: must be from 16 to 4000" in capsys.readouterr().err
 
 
 def test_build_keeps_a_redis_url_variable_for_the_cluster(tmp_path, monkeypatch, capsys):

@@ -86,3 +86,37 @@ def test_the_explain_endpoint_refuses_before_loading_a_detector_when_it_could_no
     with pytest.raises(PrivacyUnavailable):
         api._run(None, 0, None, "rise", 16)
     assert chosen == []
+
+
+@pytest.mark.integration
+def test_out_is_written_whole_where_it_was_checked_and_never_over_the_input(models_dir, tmp_path, monkeypatch):
+    """``--out=~/car.png`` (no shell expands it there) was checked at home and then written to
+    ``./~/car.png``: refused after the whole explanation. ``--out`` naming the ``--image`` replaced
+    the photo with the PNG. A write cut short (a full disk) left a cut PNG over the file there,
+    the reason unsaid."""
+    import shutil
+    import subprocess
+    import sys
+
+    from .conftest import REPO, SHARED
+
+    photo = tmp_path / "street.jpg"
+    shutil.copy(SHARED / "data" / "coco128-val" / "images" / "000000000139.jpg", photo)
+    before = photo.read_bytes()
+    monkeypatch.setenv("PERCEPT_MODELS_DIR", str(models_dir))
+    base = ("explain", "--image", str(photo), "--weights", DETECTOR, "--object", "0", "--masks", "16", "--threads", "1")
+    code, stdout, stderr = percept(*base, "--out", str(photo))
+    assert code == 2 and f"--out: {str(photo)!r} is the --image itself" in stderr, stderr
+    assert photo.read_bytes() == before and "detector calls" not in stdout
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    code, _, stderr = percept(*base, "--out=~/car.png")
+    assert code == 0 and cv2.imread(str(home / "car.png")) is not None, stderr
+    kept = tmp_path / "kept.png"
+    kept.write_bytes(b"an earlier explanation")
+    script = f"ulimit -f 64; exec {sys.executable} -m cli {' '.join(base)} --out {kept}"  # (64 kB: the PNG is ~400)
+    done = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and f"cannot write {kept}: File too large" in done.stderr, done.stderr[-2000:]
+    assert kept.read_bytes() == b"an earlier explanation" and sorted(p.name for p in tmp_path.glob(".*")) == []
