@@ -17,7 +17,7 @@ from pipeline.config import CONFIG_ERROR_EXIT_CODE, MIN_FPS, RUNTIME_FIELDS, Cam
 from pipeline.config_urls import camera_url_problem
 from pipeline.redact import redact, redact_url
 
-from .common import (EXIT_UNAVAILABLE, UNAVAILABLE_STATUS, api_url_arg, call_api, camera_id_arg, fail, number_arg,
+from .common import (EXIT_UNAVAILABLE, UNAVAILABLE_STATUS, api_text, api_url_arg, call_api, camera_id_arg, fail, number_arg,
                      unreachable)
 
 
@@ -152,7 +152,7 @@ def _cameras(args: argparse.Namespace) -> int:
         lines = [f"{'.'.join(map(str, d.get('loc') or []))}: {d['msg']}" if isinstance(d, dict) and "msg" in d else d
                  for d in lines]  # (a FastAPI validation error's items, as `explain` says them)
         what = " ".join(filter(None, (args.action, getattr(args, "id", ""))))  # ("ls : HTTP 503" had a stray space)
-        return fail(f"{what}: HTTP {status}: " + redact("; ".join(map(str, lines))),
+        return fail(f"{what}: HTTP {status}: " + api_text(redact("; ".join(map(str, lines)))),
                     EXIT_UNAVAILABLE if status in UNAVAILABLE_STATUS else CONFIG_ERROR_EXIT_CODE if 400 <= status < 500 else 1)
     if args.action == "ls":
         try:

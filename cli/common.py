@@ -30,6 +30,14 @@ def fail(message: str, code: int) -> int:
     return code
 
 
+def api_text(text: str, limit: int = 2000) -> str:
+    """Text an API answered, as one terminal line: control characters escaped (an escape sequence
+    or a ``\r`` was written raw to the terminal) and at most ``limit`` characters (a 3 MB detail
+    went to stderr whole)."""
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text)[:limit + 1])
+    return text if len(text) <= limit else f"{text[:limit]}… (cut at {limit} characters)"
+
+
 def say(message: str) -> None:
     print(f"percept: {message}", flush=True)
 

@@ -22,8 +22,8 @@ from typing import Any
 from pipeline.config import ENV_MODELS_DIR
 from pipeline.redact import redact, redact_url
 
-from .common import (EXIT_UNAVAILABLE, NOT_PERCEPTS, POSITIVE_INT, SCORE, UNAVAILABLE_STATUS, api_url_arg, fail,
-                     number_arg, output_file_arg, request_api, say, stride_imgsz, unreachable)
+from .common import (EXIT_UNAVAILABLE, NOT_PERCEPTS, POSITIVE_INT, SCORE, UNAVAILABLE_STATUS, api_text, api_url_arg,
+                     fail, number_arg, output_file_arg, request_api, say, stride_imgsz, unreachable)
 
 BAD_INPUT = 2
 METHOD_CHOICES = ("auto", "rise", "occlusion", "eigencam")
@@ -107,7 +107,7 @@ def _online(args: argparse.Namespace) -> int:
     except (urllib.error.URLError, OSError) as exc:
         return unreachable(args.api, exc)
     if status >= 400:
-        return fail(f"explain {args.camera}: HTTP {status}: {redact(_detail(png))}",  # (the codes of `percept cameras`)
+        return fail(f"explain {args.camera}: HTTP {status}: {api_text(redact(_detail(png)))}",  # (the codes of `percept cameras`)
                     EXIT_UNAVAILABLE if status in UNAVAILABLE_STATUS else BAD_INPUT if status < 500 else 1)
     if not png.startswith(PNG_SIGNATURE):  # another service behind --api: nothing written as a PNG that is none
         return fail(f"explain {args.camera}: {redact_url(args.api)} did not answer with a PNG (HTTP {status}): "

@@ -26,7 +26,8 @@ from urllib.parse import quote
 from pipeline.config import CONFIG_ERROR_EXIT_CODE
 from pipeline.redact import redact, redact_url
 
-from .common import EXIT_UNAVAILABLE, UNAVAILABLE_STATUS, api_url_arg, call_api, fail, number_arg, unreachable
+from .common import (EXIT_UNAVAILABLE, UNAVAILABLE_STATUS, api_text, api_url_arg, call_api, fail, name_arg, number_arg,
+                     unreachable)
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
@@ -41,13 +42,14 @@ def _swap_parser(actions: Any) -> argparse.ArgumentParser:
     targets = s.add_subparsers(dest="target", required=True)
     det = targets.add_parser("detector", help="the detector (deployment detector, or detector-NAME)")
     clf = targets.add_parser("classifier", help="a category's classifier (classifier-CATEGORY[-NAME])")
-    clf.add_argument("category", help="the category whose classifier is replaced (vehicle, pedestrian, ...)")
+    # (empty values refused: ``--name "$NAME"`` with NAME unset swapped the main detector)
+    clf.add_argument("category", type=name_arg, help="the category whose classifier is replaced (vehicle, pedestrian, ...)")
     for p in (det, clf):
-        p.add_argument("weights", metavar="PATH", help="the new weights (readable by the model replicas), "
+        p.add_argument("weights", metavar="PATH", type=name_arg, help="the new weights (readable by the model replicas), "
                        "or a file in PERCEPT_MODELS_DIR")
-        p.add_argument("--name", help="which one, when the config has several (its name: detector-NAME, "
+        p.add_argument("--name", type=name_arg, help="which one, when the config has several (its name: detector-NAME, "
                        "classifier-CATEGORY-NAME)")
-        p.add_argument("--card", help="model card of a plain network (default: the shipped card, if any)")
+        p.add_argument("--card", type=name_arg, help="model card of a plain network (default: the shipped card, if any)")
         p.add_argument("--timeout", type=number_arg(float, 1.0, 3600.0), default=300.0,
                        help="seconds to wait for every replica (default 300)")
         _api_args(p)
@@ -79,7 +81,7 @@ def _refusal(what: str, status: int, answer: Any) -> int:
     lines = detail if isinstance(detail, list) else [detail]
     text = "; ".join(d.get("msg", str(d)) if isinstance(d, dict) else str(d) for d in lines)
     code = EXIT_UNAVAILABLE if status in UNAVAILABLE_STATUS else CONFIG_ERROR_EXIT_CODE if 400 <= status < 500 else 1
-    return fail(f"{what}: HTTP {status}: {redact(text)}", code)  # (as `cameras`: an error may quote a URL)
+    return fail(f"{what}: HTTP {status}: {api_text(redact(text))}", code)  # (as `cameras`: an error may quote a URL)
 
 
 def _swap(args: argparse.Namespace) -> int:
@@ -124,11 +126,16 @@ def _served(args: argparse.Namespace) -> int:
         print(json.dumps(answer, indent=2))
         return 0
     try:
-        lines = [line for dep in answer for line in _served_lines(dep)]
+        if not isinstance(answer, list):  # (an empty body read as {}: a blank line, exit 0)
+            raise TypeError(type(answer).__name__)
+        lines = [api_text(line) for dep in answer for line in _served_lines(dep)]
     except (TypeError, KeyError, ValueError, AttributeError):  # --api names another HTTP service
         return fail(f"models served: {redact_url(args.api)} did not answer with percept's model list (is --api the graph's "
                     "ingress?)", EXIT_UNAVAILABLE)
-    print("\n".join(lines), flush=True)
+    if not lines:
+        print("percept: models served: no model deployments", file=sys.stderr, flush=True)
+    else:
+        print("\n".join(lines), flush=True)
     return 0
 
 

@@ -292,3 +292,35 @@ def test_a_database_number_the_server_lacks_is_a_config_error_naming_the_url(red
         err = capsys.readouterr().err
         assert "no database of that number" in err and "redis://***@" in err, (argv, err)
         assert "hunter2" not in err and "cannot reach" not in err, (argv, err)
+
+
+def test_what_an_api_answers_is_shown_bounded_escaped_and_an_empty_answer_is_none(capsys):
+    """A 3 MB error detail went to stderr whole, and a deployment name holding terminal escapes
+    (clear screen, set title) or a ``\\r`` was printed raw; an empty 200 body was read as ``{}``:
+    `models served` printed a blank line and exited 0."""
+    with answering(422, json.dumps({"detail": "x" * 3_000_000}).encode()) as api:
+        for command in (["models", "swap", "detector", "w.pt", "--api", api], ["cameras", "--api", api, "ls"],
+                        ["explain", "c1", "--object", "0", "--api", api]):
+            assert main(command) == 2, command
+            err = capsys.readouterr().err
+            assert len(err) < 2200 and err.rstrip().endswith("(cut at 2000 characters)"), (command, len(err), err[-200:])
+    odd = [{"deployment": "detector\x1b[2J\x1b]0;pwn\x07", "model": "m\rM", "generation": 1, "rolled_out": True,
+            "replicas": [{"replica": "r1", "model": "m", "generation": 1, "loading": None, "error": "e\x1b[31m"}]}]
+    with answering(200, json.dumps(odd).encode()) as api:
+        assert main(["models", "served", "--api", api]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and "\x07" not in out and "detector\\x1b[2J" in out, repr(out)
+    for body, code, said in ((b"", 3, "did not answer with percept's model list"), (b"[]", 0, "no model deployments")):
+        with answering(200, body) as api:
+            assert main(["models", "served", "--api", api]) == code, body
+        err = capsys.readouterr().err
+        assert said in err, (body, err)
+
+
+@pytest.mark.parametrize("argv", [["detector", "w.pt", "--name", ""], ["classifier", "", "w.pt"],
+                                  ["detector", ""], ["classifier", "vehicle", "w.pt", "--card", " "]])
+def test_an_empty_swap_target_is_refused_not_another_deployment_swapped(argv, capsys):
+    """``--name "$NAME"`` with NAME unset sent ``PUT /models/detector``: the main detector swapped."""
+    with answering(200, b"{}") as api, pytest.raises(SystemExit) as exited:
+        main(["models", "swap", *argv, "--api", api])
+    assert exited.value.code == 2 and "must not be empty" in capsys.readouterr().err
