@@ -339,3 +339,42 @@ def _unavailable_line(raw: bytes, where: str, status: int = 503) -> str:
     if detail.startswith("redis"):
         return f"redis unreachable at the graph behind {where}"
     return f"the graph behind {where} answered {status} ({redact(detail)[:200] or 'unavailable'})"
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``--device`` cannot be used here (as the config's ``device`` pattern, and a CUDA device
+    this machine does not have, as `eval` says it); None when it can."""
+    import re
+    from types import SimpleNamespace
+
+    from pipeline.backends.ultralytics_backend import existing_device
+    from pipeline.config_models import ModelServerConfig
+    from pipeline.models import ModelError
+
+    pattern = next(m.pattern for m in ModelServerConfig.model_fields["device"].metadata if getattr(m, "pattern", None))
+    if not re.match(pattern, device):
+        return f"--device: must be auto, cpu, cuda, cuda:N, N or mps, got {device!r}"
+    try:
+        existing_device(SimpleNamespace(device=device, half=None), "--device")
+    except ModelError as exc:
+        return str(exc)
+    return None
+
+
+def overwritten_input(out: str | None, **inputs: Any) -> str | None:
+    """Which input option (``labels``: ``--labels``) the output file ``out`` names, if any: a
+    ``--json`` onto the labels CSV or the weights replaced them with the result. A folder given
+    as ``--data`` counts with its ``data.yaml``; lists (``--calib``) item by item."""
+    if not out or not Path(out).exists():
+        return None
+    for option, given in inputs.items():
+        for path in given if isinstance(given, (list, tuple)) else [given]:
+            if not path:
+                continue
+            for candidate in (Path(path).expanduser(), Path(path).expanduser() / "data.yaml"):
+                try:
+                    if candidate.is_file() and os.path.samefile(out, candidate):
+                        return f"--{option.replace('_', '-')}"
+                except OSError:
+                    continue
+    return None

@@ -15,7 +15,8 @@ from typing import Any
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ENV_MODELS_DIR
 
-from .common import IMGSZ, POSITIVE_INT, SCORE, fail, number_arg, output_file_arg, stride_imgsz
+from .common import (IMGSZ, POSITIVE_INT, SCORE, device_problem, fail, number_arg, output_file_arg, overwritten_input,
+                     stride_imgsz)
 
 
 def register(sub: Any) -> None:
@@ -79,6 +80,11 @@ def _run(args: argparse.Namespace, evaluate: Any, **kwargs: Any) -> int:
     from pipeline.evaluate import EvalError
     from pipeline.models import ModelError
 
+    if problem := device_problem(args.device):  # (said as the config's field and its pattern; mps taken where none is)
+        return fail(f"eval: {problem}", CONFIG_ERROR_EXIT_CODE)
+    if named := overwritten_input(args.json, weights=args.weights, data=args.data, labels=getattr(args, "labels", None),
+                                  card=args.card):
+        return fail(f"eval: --json: {args.json!r} is the {named} given", CONFIG_ERROR_EXIT_CODE)
     try:
         if not Path(args.data).expanduser().exists():
             raise EvalError(f"--data: {args.data!r} does not exist")

@@ -28,7 +28,7 @@ from typing import Any
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ENV_MODELS_DIR
 
-from .common import IMGSZ, POSITIVE_INT, fail, output_file_arg, stride_imgsz
+from .common import IMGSZ, POSITIVE_INT, device_problem, fail, output_file_arg, overwritten_input, stride_imgsz
 
 
 def register(sub: Any) -> None:
@@ -168,6 +168,9 @@ def _finish(result: dict[str, Any], table: str, json_out: str | None) -> int:
 def _export(args: argparse.Namespace) -> int:
     from pipeline.lifecycle.export import export_model
 
+    if named := overwritten_input(args.json, weights=args.weights, calib=args.calib or ()):
+        return fail(f"models export: --json: {args.json!r} is the {named} given", CONFIG_ERROR_EXIT_CODE)
+
     result = _guarded("export", lambda: export_model(
         args.weights, args.to, calib=args.calib or (), out=args.out, imgsz=args.imgsz, task=args.task,
         models_dir=os.environ.get(ENV_MODELS_DIR) or None, calib_limit=args.calib_images,
@@ -180,6 +183,8 @@ def _export(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     if problem := device_problem(args.device):  # before the data is read and the variants load
         return fail(f"models compare: {problem}", CONFIG_ERROR_EXIT_CODE)
+    if named := overwritten_input(args.json, variants=args.variants, data=args.data, labels=args.labels):
+        return fail(f"models compare: --json: {args.json!r} is the {named} given", CONFIG_ERROR_EXIT_CODE)
     from pipeline.lifecycle.compare import (
         compare_markdown,
         compare_table,
@@ -198,26 +203,6 @@ def _compare(args: argparse.Namespace) -> int:
         return result
     table = compare_table(result) + ("\n\n" + compare_markdown(result) if args.markdown else "")
     return _finish(result, table, args.json)
-
-
-def device_problem(device: str) -> str | None:
-    """Why ``--device`` cannot be used here (as the config's ``device`` pattern, and a CUDA device
-    this machine does not have, as `eval` says it); None when it can."""
-    import re
-    from types import SimpleNamespace
-
-    from pipeline.backends.ultralytics_backend import existing_device
-    from pipeline.config_models import ModelServerConfig
-    from pipeline.models import ModelError
-
-    pattern = next(m.pattern for m in ModelServerConfig.model_fields["device"].metadata if getattr(m, "pattern", None))
-    if not re.match(pattern, device):
-        return f"--device: must be auto, cpu, cuda, cuda:N, N or mps, got {device!r}"
-    try:
-        existing_device(SimpleNamespace(device=device, half=None), "--device")
-    except ModelError as exc:
-        return str(exc)
-    return None
 
 
 def _finetune(args: argparse.Namespace) -> int:

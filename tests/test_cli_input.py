@@ -458,3 +458,38 @@ def test_a_video_that_is_none_is_said_by_percept_alone(tmp_path):
     out = percept("explain", "--object", "0", "--video", str(fake), "--weights", "yolo11n-coco.pt", timeout=120)
     assert out.returncode == 2 and out.stderr == f"percept: explain: --video: cannot open {str(fake)!r} as a video\n", \
         out.stderr
+
+
+def test_eval_says_a_bad_device_as_models_does(capsys):
+    """`eval --device bogus` said the config's field and its regex (``device: must match ^(auto|…``),
+    where `models compare`/`finetune` say the option and its values; ``mps`` was taken where the
+    machine has none (and the header said ``mps`` for a run on the CPU)."""
+    import torch
+
+    cases = [("bogus", "--device: must be auto, cpu, cuda, cuda:N, N or mps, got 'bogus'")]
+    if not torch.backends.mps.is_available():
+        cases.append(("mps", "--device: mps asked for; this machine has no Apple GPU (MPS)"))
+    for device, said in cases:
+        assert main(["eval", "detector", "--weights", "no-such.pt", "--data", "no-such-data", "--device", device]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"percept: eval: {said}"), line
+
+
+def test_a_json_output_naming_an_input_is_refused_before_any_work(tmp_path, capsys):
+    """`eval classifier … --labels lab.csv --json lab.csv` replaced the labels with the result;
+    `models export w.pt --json w.pt` the weights."""
+    (tmp_path / "data").mkdir()
+    spec, labels, weights = tmp_path / "data" / "data.yaml", tmp_path / "lab.csv", tmp_path / "w.pt"
+    for path in (spec, labels, weights):
+        path.write_text("kept\n")
+    for argv, named in ((["eval", "detector", "--weights", str(weights), "--data", str(tmp_path / "data"), "--json",
+                          str(spec)], "--data"),
+                        (["eval", "classifier", "--weights", "x.pt", "--data", str(tmp_path), "--labels", str(labels),
+                          "--json", str(labels)], "--labels"),
+                        (["models", "export", str(weights), "--to", "onnx", "--json", str(weights)], "--weights"),
+                        (["models", "compare", str(weights), "--data", str(tmp_path), "--labels", str(labels),
+                          "--json", str(labels)], "--labels")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"--json: {argv[-1]!r} is the {named} given" in err, (argv, err)
+    assert all(path.read_text() == "kept\n" for path in (spec, labels, weights))

@@ -33,6 +33,11 @@ def existing_device(cfg: Any, field: str) -> tuple[str, bool]:
         index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
         if index >= count:
             raise ModelError(f"{field_key(field, 'device')}: {cfg.device} asked for; this machine has {count} CUDA GPU(s)")
+    if device == "mps":  # (taken where there is none, and run on the CPU under its name)
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ModelError(f"{field_key(field, 'device')}: mps asked for; this machine has no Apple GPU (MPS)")
     return device, half
 
 
