@@ -95,7 +95,7 @@ def _finetune_parser(actions: Any) -> argparse.ArgumentParser:
                    help="classifier: one subfolder per class (DIR/<class>/*.jpg, or DIR/train/ + DIR/val/); "
                    "detector: a YOLO folder (images/ + labels/, names in data.yaml or classes.txt) or a data.yaml")
     f.add_argument("--out", metavar="PT", help="the fine-tuned weights (default finetuned/<weights>-<data>.pt "
-                   "in the current folder); replaced if it exists")
+                   "in the current folder, never in the models folder); replaced if it exists, never the weights started from")
     f.add_argument("--epochs", type=POSITIVE_INT, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
     f.add_argument("--imgsz", type=IMGSZ, help="training and evaluation size (default 224 classify, 640 detect)")
     f.add_argument("--batch", type=POSITIVE_INT, default=16, help="images per batch (default 16)")

@@ -83,14 +83,8 @@ def find_yolo_images(data: str | Path) -> tuple[list[Path], dict[int, str] | Non
             raise EvalError(f"--data: {spec}: YAML syntax error: {exc}") from None
         if not isinstance(cfg, dict) or "val" not in cfg:
             raise EvalError(f"--data: {spec}: a data.yaml needs 'val' (and usually 'path' and 'names')")
-        base = Path(cfg.get("path") or spec.parent).expanduser()
-        base = base if base.is_absolute() else spec.parent / base
+        base, names = yaml_base_and_names(spec, cfg, ("val",))
         images = yaml_entry_images(spec, base, cfg["val"], "val")
-        raw = cfg.get("names")
-        if isinstance(raw, dict):
-            names = {int(k): str(v) for k, v in raw.items()}
-        elif isinstance(raw, list):
-            names = dict(enumerate(map(str, raw)))
     elif root.is_dir():
         images = images_under(root / "images" if (root / "images").is_dir() else root)
     else:
@@ -98,6 +92,37 @@ def find_yolo_images(data: str | Path) -> tuple[list[Path], dict[int, str] | Non
     if not images:
         raise EvalError(f"--data: no images found in {str(data)!r} (expected images/ and labels/ in YOLO layout)")
     return images, names
+
+
+def yaml_base_and_names(spec: Path, cfg: Mapping[str, Any], keys: Sequence[str]
+                        ) -> tuple[Path, dict[int, str] | None]:
+    """(the folder a data.yaml's entries are relative to, its ``names`` as id → name, None when
+    it has none), its ``path`` and each of ``keys`` (``train``/``val``) checked to be text (a
+    list of text for an entry): a number or a list there was a TypeError's traceback, and a
+    ``names`` key that is no whole number "invalid literal for int()", naming no file."""
+    where = f"--data: {spec}"
+    if cfg.get("path") is not None and not isinstance(cfg["path"], str):
+        raise EvalError(f"{where}: path: must be a folder name (text), got {cfg['path']!r}")
+    for key in keys:
+        entry = cfg.get(key)
+        if entry is not None and not all(isinstance(e, str) for e in (entry if isinstance(entry, list) else [entry])):
+            raise EvalError(f"{where}: {key}: must be a folder or list file name (text), or a list of them, "
+                            f"got {entry!r}")
+    base = Path(cfg.get("path") or spec.parent).expanduser()
+    raw = cfg.get("names")
+    if isinstance(raw, list):
+        names: dict[int, str] | None = dict(enumerate(map(str, raw)))
+    elif isinstance(raw, dict):
+        names = {}
+        for k, v in raw.items():
+            if isinstance(k, bool) or not (isinstance(k, int) or isinstance(k, str) and k.strip().isdigit()):
+                raise EvalError(f"{where}: names: key {k!r} is not a class id (a whole number)")
+            names[int(k)] = str(v)
+    elif raw is None:
+        names = None
+    else:
+        raise EvalError(f"{where}: names: must be a list of class names or a mapping of class id to name, got {raw!r}")
+    return (base if base.is_absolute() else spec.parent / base), names
 
 
 LABEL_SLACK = 0.01  # a label's coordinates may pass the image's border by this much (rounding, as exported)
@@ -120,8 +145,11 @@ def normalised(values: Sequence[float], where: str, line: str) -> None:
                         f"not pixels): {line.strip()!r}")
 
 
-def read_yolo_labels(image: Path, image_hw: tuple[int, int], nc: int) -> tuple[np.ndarray, np.ndarray]:
-    """(class ids, xyxy boxes in pixels) from the image's label file; none when it has no file."""
+def read_yolo_labels(image: Path, image_hw: tuple[int, int], nc: int, names: Mapping[int, str] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(class ids, xyxy boxes in pixels) from the image's label file; none when it has no file.
+    ``names``: a data.yaml's; a label of a class it does not name is an `EvalError` (such labels
+    were dropped from the evaluation without a word)."""
     path = _label_path(image)
     if not path.exists():
         return np.zeros(0, int), np.zeros((0, 4), np.float32)
@@ -144,12 +172,20 @@ def read_yolo_labels(image: Path, image_hw: tuple[int, int], nc: int) -> tuple[n
             box = [min(xs), min(ys), max(xs), max(ys)]
         else:
             raise EvalError(f"{path}:{n}: expected 'class cx cy w h' (normalised), got {line.strip()!r}")
+        if names is not None and cls not in names:
+            raise EvalError(f"{path}:{n}: class {cls} is not in data.yaml's names ({_ids(names)})")
         if not 0 <= cls < nc:
             raise EvalError(f"{path}:{n}: class {cls} is not a class of the model (ids 0-{nc - 1}, in its label order)")
         classes.append(cls)
         boxes.append(box)
     xyxy = np.array(boxes, np.float32).reshape(-1, 4) * np.array([w, h, w, h], np.float32)
     return np.array(classes, int), xyxy
+
+
+def _ids(names: Mapping[int, str]) -> str:
+    """``0..79`` for ids without a gap, else the ids themselves."""
+    ids = sorted(names)
+    return f"{ids[0]}..{ids[-1]}" if ids and ids == list(range(ids[0], ids[-1] + 1)) else ", ".join(map(str, ids))
 
 
 def frame_rectangle(hw: tuple[int, int], imgsz: int) -> tuple[int, int]:
@@ -276,7 +312,8 @@ def evaluate_detector(weights: str, data: str | Path, *, card: str | None = None
             order = np.argsort(-res.scores, kind="stable")
             xyxy, scores = res.xyxy[order], res.scores[order]
             pred = np.array([class_of[res.labels[i]] for i in order], int)
-            gt, gt_xyxy = read_yolo_labels(path, frame.shape[:2], max(len(canonical), *[k + 1 for k in gt_of]))
+            gt, gt_xyxy = read_yolo_labels(path, frame.shape[:2], max(len(canonical), *[k + 1 for k in gt_of]),
+                                           yaml_names or None)
             known = np.array([int(c) in gt_of for c in gt], bool).reshape(-1)
             gt, gt_xyxy = np.array([gt_of[int(c)] for c in gt[known]], int), gt_xyxy[known]
             for out, p_cls, g_cls, keep_p, keep_g in (

@@ -1,7 +1,7 @@
 """`percept models export`: a ``.pt`` detector or classifier to the formats the service runs.
 
 Ultralytics' own exporter does the work (`YOLO(pt).export(format=..., quantize=...)`); this module
-names the variants, gathers the calibration frames for INT8, keeps the exporter offline and
+names the variants, gathers the calibration frames for INT8 (`export_inputs`), keeps the exporter offline and
 checks that every variant it wrote loads through `pipeline.backends`:
 
     format          written as (beside the weights, or in --out)  loaded by                    needs
@@ -39,21 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..evaluate import IMAGE_SUFFIXES, images_under
 from ..models import load_failure
 from ..openvino_quiet import quiet_openvino
-from .finetune_data import link_image
+from .export_inputs import RECOMMENDED_CALIBRATION, ExportError, calibration_data, current_folder, in_models_folder
 from .offline import offline_ultralytics
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts"}
-RECOMMENDED_CALIBRATION = 300  # ultralytics' advice for INT8
 DEFAULT_IMGSZ = {"detect": 640, "classify": 224}
-
-
-class ExportError(ValueError):
-    """Bad export input: unknown format, missing weights, wrong task, no calibration frames, no GPU."""
 
 
 @dataclass(frozen=True)
@@ -141,88 +132,6 @@ def check_can_export(formats: Sequence[Format], calib: Sequence[str | Path]) -> 
                               "(a folder of images, or a video file)")
 
 
-# --- calibration frames ---------------------------------------------------------------------------
-
-def calibration_frames(sources: Sequence[str | Path], limit: int = RECOMMENDED_CALIBRATION,
-                       into: Path | None = None) -> list[Path]:
-    """The calibration images: every image under each folder, frames sampled from each video
-    (written into ``into``), at most ``limit`` in all, taken evenly."""
-    images: list[Path] = []
-    for source in sources:
-        p = Path(source).expanduser()
-        if not p.exists():
-            raise ExportError(f"--calib: {str(source)!r} does not exist")
-        if p.is_dir():
-            found = images_under(p)
-            videos = sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES) if not found else []
-            if not found and not videos:
-                raise ExportError(f"--calib: no images in {p} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, "
-                                  "subfolders too)")
-            images += found
-            images += [f for v in videos for f in _video_frames(v, limit, into)]
-        elif p.suffix.lower() in VIDEO_SUFFIXES:
-            images += _video_frames(p, limit, into)
-        elif p.suffix.lower() in IMAGE_SUFFIXES:
-            images.append(p)
-        else:
-            raise ExportError(f"--calib: {p.name} is neither a folder of images nor a video file")
-    if not images:
-        raise ExportError("--calib: no calibration images (give a folder of images or a video file)")
-    if len(images) > limit:
-        step = len(images) / limit
-        images = [images[int(i * step)] for i in range(limit)]
-    return images
-
-
-def _video_frames(video: Path, limit: int, into: Path | None) -> list[Path]:
-    import cv2
-
-    if into is None:
-        raise ExportError(f"--calib: {video.name}: frames of a video need a folder to be written to")
-    cap = cv2.VideoCapture(str(video))
-    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    if not cap.isOpened() or count < 1:
-        raise ExportError(f"--calib: cannot read frames from {video}")
-    wanted = {int(i * count / min(limit, count)) for i in range(min(limit, count))}
-    out: list[Path] = []
-    for index in range(count):
-        if not cap.grab():
-            break
-        if index in wanted:
-            ok, frame = cap.retrieve()
-            if ok:
-                path = into / f"{video.stem}_{index:06d}.jpg"
-                cv2.imwrite(str(path), frame)
-                out.append(path)
-    cap.release()
-    if not out:
-        raise ExportError(f"--calib: cannot read frames from {video}")
-    return out
-
-
-@contextlib.contextmanager
-def calibration_data(sources: Sequence[str | Path], task: str, names: dict[int, str],
-                     limit: int = RECOMMENDED_CALIBRATION) -> Iterator[tuple[str, int]]:
-    """(the ``data=`` ultralytics calibrates on, number of images): the frames linked one by one
-    into a temporary folder, so ultralytics' caches land there and never beside the user's files."""
-    with tempfile.TemporaryDirectory(prefix="percept-calib-") as tmp:
-        root = Path(tmp)
-        (root / "frames").mkdir()
-        images = calibration_frames(sources, limit, into=root / "frames")
-        # detect: a YOLO dataset without labels; classify: a folder-per-class dataset of one class
-        folders = [root / "images"] if task == "detect" else [root / "train" / "frames", root / "val" / "frames"]
-        for folder in folders:
-            folder.mkdir(parents=True)
-            for i, image in enumerate(images):
-                link_image(image, folder / f"{i:05d}{image.suffix.lower()}")
-        if task == "classify":
-            yield str(root), len(images)
-            return
-        spec = {"path": str(root), "train": "images", "val": "images", "names": dict(names)}
-        (root / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-        yield str(root / "data.yaml"), len(images)
-
-
 # --- export -------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -265,7 +174,8 @@ def export_model(weights: str | Path, formats: str | Sequence[str], *, calib: Se
     calibrated = any(f.calibrated for f in fmts)
     result: dict[str, Any] = {"weights": str(src), "task": model_task, "imgsz": imgsz, "out": str(out_dir),
                               "calibration": None, "variants": [], "warnings": []}
-    data_cm = calibration_data(calib, model_task, model.names, calib_limit) if calibrated else contextlib.nullcontext(None)
+    data_cm = (calibration_data(calib, model_task, model.names, calib_limit, warnings=result["warnings"]) if calibrated
+               else contextlib.nullcontext(None))
     if calib and not calibrated:
         result["warnings"].append("--calib is for the INT8 formats only: not used")
     with data_cm as data, offline_exporter(calibrated):  # the calibration frames are checked first
@@ -301,19 +211,10 @@ def export_model(weights: str | Path, formats: str | Sequence[str], *, calib: Se
 
 def _default_out(src: Path, weights: str | Path, models_dir: str | None) -> Path:
     """Beside the weights; the current folder for weights found in, or lying in, the models
-    folder (shared, often read-only: never written unless ``--out`` names it)."""
-    def within(path: Path) -> bool:  # (as named, or where its links lead: a folder of links to the files)
-        return models_dir is not None and any(
-            p.is_relative_to(d) for p in (path.absolute(), path.resolve())
-            for d in (Path(models_dir).expanduser().absolute(), Path(models_dir).expanduser().resolve()))
-
-    if Path(weights).expanduser().exists() and not within(src):
+    folder (`current_folder`)."""
+    if Path(weights).expanduser().exists() and not in_models_folder(src, models_dir):
         return src.parent
-    here = Path.cwd()
-    if within(here):
-        raise ExportError(f"--out: the current folder {here} is in the models folder (PERCEPT_MODELS_DIR={models_dir}), "
-                          "which is never written unless --out names it: name the folder with --out, or run from another")
-    return here
+    return current_folder(models_dir)
 
 
 def _export_one(model: Any, fmt: Format, src: Path, out_dir: Path, *, imgsz: int, data: str | None,

@@ -36,6 +36,7 @@ from typing import Any
 
 from ..models import load_failure
 from .export import DEFAULT_IMGSZ
+from .export_inputs import current_folder
 from .finetune_data import (
     Dataset,
     FinetuneError,
@@ -135,11 +136,16 @@ def freeze_layers(model: Any, freeze: int | None, backbone: bool, name: str) -> 
     return freeze
 
 
-def check_out(out: str | Path | None, weights: Path, ds: Dataset) -> Path:
-    """The ``.pt`` the fine-tuned weights go to (default ``finetuned/<weights>-<data>.pt``)."""
-    data_name = ds.root.name or "data"
-    path = Path(out).expanduser() if out else Path("finetuned") / f"{weights.stem}-{data_name}.pt"
-    path = path.absolute()
+def check_out(out: str | Path | None, weights: Path, ds: Dataset, models_dir: str | None = None) -> Path:
+    """The ``.pt`` the fine-tuned weights go to (default ``finetuned/<weights>-<data>.pt`` in the
+    current folder, never in the models folder: `export_inputs.current_folder`, as ``models export``).
+    Never the starting weights (--out naming them overwrote them) or --data's data.yaml."""
+    default = f"finetuned/{weights.stem}-{ds.root.name or 'data'}.pt"
+    path = Path(out).expanduser().absolute() if out else current_folder(models_dir, "file", FinetuneError) / default
+    for option, given in (("the starting weights", weights), ("--data's data.yaml", ds.spec)):
+        if given is not None and path.exists() and path.samefile(given):
+            raise FinetuneError(f"--out: {path} is {option} ({given}), which fine-tuning never overwrites: "
+                                "name another file")
     if path.suffix != ".pt":
         raise FinetuneError(f"--out: {path.name}: the fine-tuned weights are an ultralytics .pt file (end it in .pt)")
     if path.is_dir():
@@ -291,7 +297,7 @@ def finetune(weights: str | Path, data: str | Path, *, out: str | Path | None = 
         check_options(epochs, imgsz, batch, workers)
         aug_args = augment.train_args(ds.task, epochs)
         frozen = freeze_layers(model, freeze, freeze_backbone, src.name)
-        target = check_out(out, src, ds)
+        target = check_out(out, src, ds, models_dir)
         if work is not None:
             apart(Path(work).expanduser().absolute(), ds)
         train_items, val_items = split(ds, val_fraction, seed)

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from ..evaluate import (IMAGE_SUFFIXES, EvalError, _label_path, images_under, normalised, text_of,
-                        yaml_entry_images)
+                        yaml_base_and_names, yaml_entry_images)
 
 VAL_FOLDERS = ("val", "valid", "validation", "test")
 SUFFIXES = ", ".join(sorted(IMAGE_SUFFIXES))
@@ -44,6 +44,7 @@ class Dataset:
     val: list[tuple[Path, object]] = field(default_factory=list)
     names_from: str = "folders"  # folders | data.yaml | classes.txt | model
     presplit: bool = False
+    spec: Path | None = None  # the data.yaml, when there is one
 
     @property
     def layout(self) -> str:
@@ -165,21 +166,20 @@ def _detect_from_yaml(spec: Path, model_names: dict[int, str] | None) -> Dataset
         raise FinetuneError(f"--data: {spec}: YAML syntax error: {exc}") from None
     if not isinstance(cfg, dict) or not (cfg.get("train") or cfg.get("val")):
         raise FinetuneError(f"--data: {spec}: a data.yaml needs train: (and val:, names:)")
-    base = Path(cfg.get("path") or spec.parent).expanduser()
-    base = base if base.is_absolute() else spec.parent / base
-    raw = cfg.get("names")
-    if isinstance(raw, dict):
-        names, names_from = {int(k): str(v) for k, v in raw.items()}, "data.yaml"
-    elif isinstance(raw, list):
-        names, names_from = dict(enumerate(map(str, raw))), "data.yaml"
-    else:
+    try:
+        base, names = yaml_base_and_names(spec, cfg, ("train", "val"))
+    except EvalError as exc:
+        raise FinetuneError(str(exc)) from None
+    names_from = "data.yaml"
+    if names is None:
         names, names_from = _names_beside(spec.parent, model_names)
     parts = {key: _yaml_images(spec, base, cfg[key], key) for key in ("train", "val") if cfg.get(key)}
     if len(parts) == 2 and cfg["train"] != cfg["val"]:
         train, val = (_with_labels(parts[k], base) for k in ("train", "val"))
-        return _checked(Dataset("detect", spec.parent, names, train, val, names_from, presplit=True))
+        return _checked(Dataset("detect", spec.parent, names, train, val, names_from, presplit=True, spec=spec))
     images = sorted({p for found in parts.values() for p in found})
-    return _checked(Dataset("detect", spec.parent, names, _with_labels(images, base), names_from=names_from))
+    return _checked(Dataset("detect", spec.parent, names, _with_labels(images, base), names_from=names_from,
+                            spec=spec))
 
 
 def _yaml_images(spec: Path, base: Path, entry: object, key: str) -> list[Path]:
