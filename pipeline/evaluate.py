@@ -134,7 +134,8 @@ def text_of(path: Path) -> str:
     try:
         return path.read_text()
     except UnicodeDecodeError as exc:
-        raise EvalError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        line = exc.object[:exc.start].count(b"\n") + 1  # (the README said the line; only the byte was)
+        raise EvalError(f"{path}:{line}: not UTF-8 text (byte {exc.start})") from None
 
 
 def normalised(values: Sequence[float], where: str, line: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .config_models import ClassifierConfig
-from .evaluate import EvalError, _backend_name, _read_image
+from .evaluate import EvalError, _backend_name, _read_image, text_of
 
 
 def read_label_csv(labels: str | Path, data: str | Path) -> list[tuple[Path, int]]:
@@ -27,8 +27,12 @@ def read_label_csv(labels: str | Path, data: str | Path) -> list[tuple[Path, int
         raise EvalError(f"--labels: {str(labels)!r} " + ("is not a file" if csv_path.exists() else "does not exist"))
     try:
         return _label_rows(csv_path, root)
-    except UnicodeDecodeError as exc:
-        raise EvalError(f"--labels: {csv_path}: not UTF-8 text (byte {exc.start})") from None
+    except UnicodeDecodeError:
+        try:
+            text_of(csv_path)  # (the whole file's bytes: the line and byte of the first undecodable one)
+        except EvalError as exc:
+            raise EvalError(f"--labels: {exc}") from None
+        raise
 
 
 def _label_rows(csv_path: Path, root: Path) -> list[tuple[Path, int]]:

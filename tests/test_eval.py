@@ -190,7 +190,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "bad label line": (det + [str(tmp / "yolo")], "x.txt:1"),
         # (in pixels: every category 0.000, exit 0; not UTF-8: the decoder's words, no file named)
         "labels in pixels": (det + [str(tmp / "pixels")], "x.txt:2: coordinates outside 0-1 (YOLO labels are normalised"),
-        "a label file not UTF-8": (det + [str(tmp / "binary")], "labels/x.txt: not UTF-8 text (byte 18)"),
+        "a label file not UTF-8": (det + [str(tmp / "binary")], "labels/x.txt:2: not UTF-8 text (byte 18)"),
         "weights that do not load": (["eval", "detector", "--weights", str(tmp / "nope.pt"), "--data", str(COCO)],
                                      "nope.pt"),
         "a classifier as detector": (["eval", "detector", "--weights", str(MODELS / "yolov8n-cls-imagenet.pt"),
@@ -200,7 +200,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "missing CSV": (clf + [str(tmp / "absent.csv")], "absent.csv"),
         "a folder as the CSV": (clf + [str(tmp / "yolo")], "is not a file"),  # (it said "does not exist")
         "CSV not UTF-8": (clf + [str(_write(tmp / "latin.csv", b"Filename,ClassId\na.png,16\n\xff\n"))],
-                          "latin.csv: not UTF-8 text (byte 26)"),
+                          "latin.csv:3: not UTF-8 text (byte 26)"),
         "bad --categories": (det + [str(COCO), "--categories", "vehicle"], "NAME=LABEL"),
         "images without label files": (det + [str(tmp / "crops")], "none of the 1 images has a label file"),
         "classes the model does not have": (det + [str(_named(tmp / "named", ["stapler", "mug"]))],

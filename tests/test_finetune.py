@@ -275,7 +275,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "labels in pixels": (["models", "finetune", str(COCO_PT), "--data", pixels, *out],
                              "labels/x.txt:2: coordinates outside 0-1 (YOLO labels are normalised"),
         "a label file not UTF-8": (["models", "finetune", str(COCO_PT), "--data", binary, *out],
-                                   "labels/x.txt: not UTF-8 text (byte 18)"),
+                                   "labels/x.txt:2: not UTF-8 text (byte 18)"),
         "detector on a classification folder": (["models", "finetune", str(COCO_PT), "--data", classes, *out],
                                                 "yolo11n-coco.pt is a detect model, but"),
         "classifier on a detection folder": ([*cls, "--data", str(COCO), *out],
