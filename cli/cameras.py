@@ -17,20 +17,20 @@ from pipeline.config import CONFIG_ERROR_EXIT_CODE, MIN_FPS, RUNTIME_FIELDS, Cam
 from pipeline.config_urls import camera_url_problem
 from pipeline.redact import redact, redact_url
 
-from .common import (EXIT_UNAVAILABLE, UNAVAILABLE_STATUS, api_text, api_url_arg, call_api, camera_id_arg, fail, number_arg,
+from .common import (EXIT_UNAVAILABLE, UNAVAILABLE_STATUS, api_text, ingress_url_arg, call_api, camera_id_arg, fail, number_arg,
                      unreachable)
 
 
 def register(sub: Any) -> None:
     cams = sub.add_parser("cameras", help="list, add or remove cameras of a running graph")
-    cams.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"), type=api_url_arg,
+    cams.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"), type=ingress_url_arg,
                       help="the graph's HTTP address (default: PERCEPT_API or http://127.0.0.1:8000)")
     cams.add_argument("--wait", type=number_arg(float, 0.0), default=60.0,
                       help="seconds to keep retrying while the graph's Redis is unreachable (default 60)")
     # the same two options after the action too (`percept cameras ls --api …`); not given there,
     # the value given before it (or the default) stands
     after = argparse.ArgumentParser(add_help=False)
-    after.add_argument("--api", type=api_url_arg, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    after.add_argument("--api", type=ingress_url_arg, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     after.add_argument("--wait", type=number_arg(float, 0.0), default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     cam_sub = cams.add_subparsers(dest="action", required=True)
     cam_sub.add_parser("ls", help="cameras with state, fps, drops and lag", parents=[after])

@@ -191,6 +191,17 @@ def api_url_arg(value: str) -> str:
     return value
 
 
+def ingress_url_arg(value: str) -> str:
+    """`api_url_arg` of the graph's ingress, to which paths are added: no query or fragment
+    (``http://h/?token=x`` became ``http://h/?token=x/models``)."""
+    value = api_url_arg(value)
+    if "?" in value or "#" in value:
+        source = " (PERCEPT_API, its default)" if value == os.environ.get("PERCEPT_API") else ""
+        raise argparse.ArgumentTypeError(f"the graph's address takes no query or fragment (paths are added to it), "
+                                         f"got {redact_url(value)!r}{source}")
+    return value
+
+
 class RedisOutage:
     """One line when Redis goes away (``redis unreachable at … — retrying``), one when it is
     back; foreground loops call `attempt` and carry on with ``default`` meanwhile. Credentials

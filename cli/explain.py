@@ -22,7 +22,7 @@ from typing import Any
 from pipeline.config import ENV_MODELS_DIR
 from pipeline.redact import redact, redact_url
 
-from .common import (EXIT_UNAVAILABLE, NOT_PERCEPTS, POSITIVE_INT, SCORE, UNAVAILABLE_STATUS, api_text, api_url_arg,
+from .common import (EXIT_UNAVAILABLE, NOT_PERCEPTS, POSITIVE_INT, SCORE, UNAVAILABLE_STATUS, api_text, ingress_url_arg,
                      fail, number_arg, output_file_arg, request_api, say, stride_imgsz, unreachable)
 
 BAD_INPUT = 2
@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
     e.add_argument("--out", type=output_file_arg,
                    help="PNG to write (default explain-<camera or file>-<seq or frame>-<N>.png)")
     e.add_argument("--seq", type=int, help="camera: this kept frame instead of the newest")
-    e.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"), type=api_url_arg,
+    e.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"), type=ingress_url_arg,
                    help="the graph's HTTP address (default: PERCEPT_API or http://127.0.0.1:8000)")
     e.add_argument("--wait", type=number_arg(float, 0.0), default=10.0,
                    help="camera: seconds to keep asking while the graph answers 503 (Redis unavailable, no frame "

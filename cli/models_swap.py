@@ -26,12 +26,12 @@ from urllib.parse import quote
 from pipeline.config import CONFIG_ERROR_EXIT_CODE
 from pipeline.redact import redact, redact_url
 
-from .common import (EXIT_UNAVAILABLE, UNAVAILABLE_STATUS, api_text, api_url_arg, call_api, fail, name_arg, number_arg,
+from .common import (EXIT_UNAVAILABLE, UNAVAILABLE_STATUS, api_text, ingress_url_arg, call_api, fail, name_arg, number_arg,
                      unreachable)
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"), type=api_url_arg,
+    p.add_argument("--api", default=os.environ.get("PERCEPT_API", "http://127.0.0.1:8000"), type=ingress_url_arg,
                    help="the running graph's HTTP address (default: PERCEPT_API or http://127.0.0.1:8000)")
     p.add_argument("--wait", type=number_arg(float, 0.0), default=60.0,
                    help="seconds to keep retrying while the graph's Redis is unreachable (default 60)")

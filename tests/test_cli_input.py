@@ -147,9 +147,14 @@ def test_urls_in_option_errors_are_shown_without_credentials(capsys):
     assert done.value.code == 2 and "argument --api: a user or password in the URL is not sent" in err, err
     assert "http://***@127.0.0.1:1" in err and "S3cretPW" not in err, err
     # an ingress that does not answer: exit 3, its URL scrubbed too
-    assert main(["cameras", "--api", "http://127.0.0.1:1/?token=S3cretPW", "--wait", "0", "ls"]) == 3
+    assert main(["cameras", "--api", "http://127.0.0.1:1/", "--wait", "0", "ls"]) == 3
+    assert "cannot reach http://127.0.0.1:1/" in capsys.readouterr().err
+    # a query in it: paths were added after it (``/?token=x/cameras``); refused, its secret not quoted
+    with pytest.raises(SystemExit) as done:
+        main(["cameras", "--api", "http://127.0.0.1:1/?token=S3cretPW", "--wait", "0", "ls"])
     err = capsys.readouterr().err
-    assert "cannot reach http://127.0.0.1:1/?token=***" in err and "S3cretPW" not in err, err
+    assert done.value.code == 2 and "argument --api: the graph's address takes no query or fragment" in err, err
+    assert "http://127.0.0.1:1/?token=***" in err and "S3cretPW" not in err, err
     # a URL missing its "://" (or its scheme mistyped) was quoted whole, password and all
     for argv in (["subscribe", "cam", "--redis", "redis//:S3cretPW@127.0.0.1:6391/0"],
                  ["subscribe", "cam", "--redis", "redis:S3cretPW@127.0.0.1"],
