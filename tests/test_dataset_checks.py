@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .conftest import SHARED
 from .inprocess import percept
 
-SHARED = Path(os.environ.get("PERCEPT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 MODELS, COCO = SHARED / "models", SHARED / "data" / "coco128-val"
 COCO_PT = MODELS / "yolo11n-coco.pt"
 
@@ -246,3 +246,19 @@ def test_int8_export_reports_the_images_it_calibrated_on(tmp_path):
     assert r["calibration"]["images"] == 4 and "INT8 calibrated on 4 images of" in stdout, stdout
     assert "INT8 calibrated on 4 images (300 recommended)" in r["warnings"]
     assert any("bad.jpg" in w and "truncated.jpg" in w for w in r["warnings"]) and "bad.jpg" in stderr
+
+
+def test_an_export_stopped_before_any_variant_leaves_no_folder_it_made(tmp_path):
+    """``--out new/folder`` was made before the exporter ran, and stayed (empty) after a failure or
+    Ctrl-C that wrote nothing."""
+    from pipeline.lifecycle.export import export_model
+
+    need(COCO_PT)
+
+    def interrupt(line: str) -> None:  # Ctrl-C as the first variant starts
+        raise KeyboardInterrupt
+
+    out = tmp_path / "exports" / "today"
+    with pytest.raises(KeyboardInterrupt):
+        export_model(str(COCO_PT), "onnx", out=str(out), progress=interrupt, models_dir=str(MODELS))
+    assert not (tmp_path / "exports").exists() and sorted(tmp_path.iterdir()) == []

@@ -183,6 +183,7 @@ def export_model(weights: str | Path, formats: str | Sequence[str], *, calib: Se
             result["calibration"] = {"sources": [str(c) for c in calib], "images": data[1]}
             if data[1] < RECOMMENDED_CALIBRATION:
                 result["warnings"].append(f"INT8 calibrated on {data[1]} images ({RECOMMENDED_CALIBRATION} recommended)")
+        made = [p for p in (out_dir.absolute(), *out_dir.absolute().parents) if not p.exists()]  # (deepest first)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file there, a folder that cannot be made
@@ -204,9 +205,23 @@ def export_model(weights: str | Path, formats: str | Sequence[str], *, calib: Se
                 except ExportError as exc:  # the variants written before this one stay: say which
                     done = ", ".join(v["path"] for v in result["variants"])
                     raise ExportError(f"{exc}" + (f" (already written: {done})" if done else "")) from None
+        except BaseException:  # (Ctrl-C too) a folder made for nothing is not left behind
+            shutil.rmtree(staging, ignore_errors=True)
+            if not result["variants"]:
+                _remove_empty(made)
+            raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """The folders this export made (deepest first), as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _default_out(src: Path, weights: str | Path, models_dir: str | None) -> Path:
