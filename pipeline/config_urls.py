@@ -49,10 +49,10 @@ def redis_url_problem(url: str) -> str | None:
 
 # what FFmpeg's network input protocols are called (`ffmpeg -protocols`; rtsp is a demuxer's), besides
 # files and device:N: a typo (rtps://) is refused before it is tried
-CAMERA_SCHEMES = ("rtsp", "rtsps", "http", "https", "hls", "rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte",
+CAMERA_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte",
                   "srt", "rist", "udp", "udplite", "rtp", "srtp", "tcp", "tls", "sctp", "ftp", "sftp", "gopher",
                   "gophers", "mmsh", "mmst", "amqp", "zmq", "ipfs", "ipns", "unix", "file")
-_NEEDS_HOST = {"rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtmpt", "rtmpe", "hls", "mmsh", "mmst"}
+_NEEDS_HOST = {"rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtmpt", "rtmpe", "mmsh", "mmst"}
 
 
 _COLON_FORMS = {"file", "unix", "zmq"}  # FFmpeg's file:x, unix:/run/cam.sock, zmq:tcp://host:port
@@ -93,6 +93,8 @@ def camera_url_problem(url: str) -> str | None:
     if m.group(1).lower() == "file":
         return None
     scheme = m.group(1).lower()
+    if scheme == "hls":  # (accepted, then failed for good: FFmpeg has no hls:// protocol)
+        return "hls:// is no FFmpeg protocol: give the playlist's own http(s)://…/….m3u8 URL"
     if scheme not in CAMERA_SCHEMES:
         return (f"unknown scheme {m.group(1)}:// (a camera is rtsp://, rtsps://, http(s)://, rtmp://, srt://, udp://, "
                 "… a file path or device:N)")

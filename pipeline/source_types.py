@@ -71,8 +71,12 @@ class Capture(Protocol):
 
 
 def is_file_url(url: str) -> bool:
-    """A path, or a ``file://`` URL (its scheme in any case, as any URL's)."""
-    return "://" not in url and not url.startswith("device:") or url[:7].lower() == "file://"
+    """A path, or a ``file://`` or FFmpeg's ``file:`` URL (its scheme in any case, as any URL's);
+    FFmpeg's other colon forms (``unix:/run/cam.sock``, ``zmq:tcp://…``) are network cameras (they
+    were looked up as files named ``unix:/…``, the camera failed for good)."""
+    if url[:5].lower() == "file:":
+        return True
+    return "://" not in url and not url.startswith("device:") and url[:5].lower() != "unix:"
 
 
 def is_hls_url(url: str) -> bool:
@@ -86,8 +90,8 @@ def is_hls_url(url: str) -> bool:
 
 
 def file_path_of(url: str) -> str:
-    """A file camera's path: its URL without ``file://`` (in any case)."""
-    return url[7:] if url[:7].lower() == "file://" else url
+    """A file camera's path: its URL without ``file://`` or ``file:`` (in any case)."""
+    return url[7:] if url[:7].lower() == "file://" else url[5:] if url[:5].lower() == "file:" else url
 
 
 def camera_file(camera: str, url: str) -> Path:

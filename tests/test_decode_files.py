@@ -238,3 +238,47 @@ def test_a_file_with_millisecond_timestamps_sampled_at_its_own_rate_keeps_every_
         counts[fps] = len(list(src.frames()))
     assert counts[0] >= 119 and counts[30] == counts[0], counts
     assert 39 <= counts[10] <= 41, counts
+
+
+def test_ffmpegs_own_url_forms_open_as_ffmpeg_reads_them(videos, tmp_path):
+    """``file:/path`` and ``unix:/run/cam.sock`` pass the config's checks (FFmpeg's own forms) but
+    were looked up as files named ``file:/…`` and ``unix:/…``: "file not found", the camera failed
+    for good. ``hls://…`` passed too, and failed for good: FFmpeg has no such protocol."""
+    import socket
+    import threading
+
+    from pipeline.config_urls import camera_url_problem
+
+    def first_frame(url: str, decode: str = "all") -> bool:
+        cap = open_capture("cam", url, decode=decode, open_timeout_s=10, read_timeout_s=10)
+        try:
+            return cap.grab() and cap.retrieve()[0]
+        finally:
+            cap.release()
+
+    for decode in ("all", "keyframes"):
+        assert first_frame(f"file:{videos / 'vtest.avi'}", decode), decode
+    stream = ts_clip(tmp_path / "cam.ts", 2).read_bytes()
+    path = tmp_path / "cam.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+    server.settimeout(60)
+
+    def serve() -> None:  # each connection gets the stream, as a camera's local socket gives it
+        try:
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    conn.sendall(stream)
+        except OSError:  # (closed at the test's end)
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        assert first_frame(f"unix:{path}")
+    finally:
+        server.close()
+    assert camera_url_problem(f"unix:{path}") is None and camera_url_problem("file:/srv/a.mp4") is None
+    assert camera_url_problem("hls://cams.example/live.m3u8") == (
+        "hls:// is no FFmpeg protocol: give the playlist's own http(s)://…/….m3u8 URL")
