@@ -205,7 +205,13 @@ class SkippingCapture:
     def retrieve(self) -> tuple[bool, np.ndarray | None]:
         if self._frame is None:
             return False, None
-        return True, self._frame.to_ndarray(format="bgr24")
+        image = self._frame.to_ndarray(format="bgr24")
+        turns = self._turns()  # (a phone's or body cam's recording: OpenCV turns it upright, so must this)
+        return True, np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+
+    def _turns(self) -> int:
+        """Quarter turns (counter-clockwise) that show the frame upright, from its display matrix."""
+        return round((getattr(self._frame, "rotation", 0) or 0) / 90) % 4 if self._frame is not None else 0
 
     def get(self, prop: int) -> float:
         if prop == _POS_MSEC:  # from the stream's start, as OpenCV gives it (a file may start at 601.4 s)
@@ -214,10 +220,9 @@ class SkippingCapture:
         if prop == _FPS:
             rate = self.stream.average_rate or self.stream.guessed_rate
             return float(rate) if rate else 0.0
-        if prop == _FRAME_WIDTH:
-            return float(self.stream.codec_context.width)
-        if prop == _FRAME_HEIGHT:
-            return float(self.stream.codec_context.height)
+        if prop in (_FRAME_WIDTH, _FRAME_HEIGHT):  # (as shown: a quarter turn swaps them)
+            size = (self.stream.codec_context.width, self.stream.codec_context.height)
+            return float(size[(prop == _FRAME_HEIGHT) != (self._turns() % 2 == 1)])
         return 0.0
 
     def release(self) -> None:

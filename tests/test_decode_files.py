@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.capture import open_capture
@@ -282,3 +283,30 @@ def test_ffmpegs_own_url_forms_open_as_ffmpeg_reads_them(videos, tmp_path):
     assert camera_url_problem(f"unix:{path}") is None and camera_url_problem("file:/srv/a.mp4") is None
     assert camera_url_problem("hls://cams.example/live.m3u8") == (
         "hls:// is no FFmpeg protocol: give the playlist's own http(s)://…/….m3u8 URL")
+
+
+@pytest.mark.parametrize("rotate", [90, 180, 270])
+def test_a_rotated_recording_comes_out_upright_whichever_decoder_reads_it(rotate, tmp_path):
+    """A phone's or body cam's recording carries a display rotation: OpenCV turns its frames
+    upright, PyAV (``decode: keyframes``/``reference``, network streams) gave them sideways — the
+    people lying down, pixel zones drawn on the upright frames elsewhere."""
+    import cv2
+
+    clip = ts_clip(tmp_path / "flat.ts", 1)
+    turned = tmp_path / "turned.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(clip), "-c", "copy", "-metadata:s:v:0", f"rotate={rotate}",
+                    str(turned)], check=True, timeout=120)
+    upright = open_capture("cam", str(turned))  # OpenCV's
+    assert upright.grab()
+    want = upright.retrieve()[1]
+    upright.release()
+    assert want.shape[:2] == ((160, 120) if rotate != 180 else (120, 160))
+    for decode in ("all", "keyframes", "reference"):
+        cap = open_skipping("cam", str(turned), decode=decode)
+        try:
+            assert cap.grab()
+            got = cap.retrieve()[1]
+            assert got.shape == want.shape and np.abs(got.astype(int) - want.astype(int)).mean() < 1.0, decode
+            assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (want.shape[1], want.shape[0])
+        finally:
+            cap.release()
