@@ -55,6 +55,7 @@ class DecodedRate:
         self._last: float | None = None
         self.nominal = 0.0  # the stream's frame rate, when it says (`reopened`)
         self.warned = False
+        self.gop_warned = False  # (`keyframes_too_far`)
 
     def decoded(self, t: float) -> None:
         if self._last is not None and t > self._last:  # not across a loop or a restarted clock
@@ -70,6 +71,16 @@ class DecodedRate:
         log.warning("camera %s: decode: %s gives %.2f frames/s (%s) but it is sampled at %s: it gets frames "
                     "only at that rate; use decode: all for more", self.camera, self.decode, rate,
                     WHAT_IS_KEPT[self.decode], wanted)
+
+    def keyframes_too_far(self, timeout_s: float) -> None:
+        """Video came for ``timeout_s`` without a keyframe: said once (the camera reconnects at
+        every such gap, shown ``reconnecting`` between its keyframes)."""
+        if self.gop_warned:
+            return
+        self.gop_warned = True
+        log.warning("camera %s: decode: keyframes, and no keyframe came in %.3g s of video: the camera is taken "
+                    "for lost and reopened between its keyframes; set cameras[].watchdog_s above twice its "
+                    "keyframe interval (or decode: all)", self.camera, timeout_s)
 
     def reopened(self, nominal_fps: float = 0.0) -> None:
         self._last = None
@@ -175,6 +186,8 @@ class SkippingCapture:
                 return False
             if not self._decoded and self._frame_timeout_s is not None and since - started > self._frame_timeout_s:
                 log.debug("video packets but no frame kept for %.1f s (no keyframe?)", self._frame_timeout_s)
+                if self.rate is not None and self._keyframes_only():
+                    self.rate.keyframes_too_far(self._frame_timeout_s)
                 return False
         self._frame = self._decoded.pop(0)
         self.decoded += 1

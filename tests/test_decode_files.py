@@ -310,3 +310,30 @@ def test_a_rotated_recording_comes_out_upright_whichever_decoder_reads_it(rotate
             assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (want.shape[1], want.shape[0])
         finally:
             cap.release()
+
+
+def test_keyframes_further_apart_than_the_watchdog_are_said_once(tmp_path, caplog):
+    """``decode: keyframes`` on a camera whose keyframes come every 6 s ("smart codec" settings)
+    with ``watchdog_s`` 4: the camera went ``reconnecting`` at every gap, reopened, and nothing
+    said why. The first such gap now says it, naming ``watchdog_s``; the next ones do not repeat it."""
+    import av
+
+    from pipeline.capture_av import SKIP_FRAME, SkippingCapture, decoded_rate
+
+    clip = ts_clip(tmp_path / "long-gop.ts", 8, "-g", "60", "-keyint_min", "60", "-sc_threshold", "0")  # a keyframe each 6 s
+    ticks = iter(range(100_000))
+    rate = decoded_rate("gop-cam", 1.0, "keyframes")
+    for _ in range(2):  # two opens: one warning
+        container = av.open(str(clip))
+        stream = container.streams.video[0]
+        stream.codec_context.skip_frame = SKIP_FRAME["keyframes"]
+        cap = SkippingCapture(container, stream, rate, read_timeout_s=30, frame_timeout_s=4.0,
+                              clock=lambda: next(ticks) * 0.25)  # (a quarter second a packet: 10 fps as live)
+        try:
+            with caplog.at_level(logging.WARNING, logger="percept.capture"):
+                assert cap.grab()  # the first keyframe
+                assert not cap.grab()  # 4 s of packets and no keyframe: taken for lost
+        finally:
+            cap.release()
+    said = [r.getMessage() for r in caplog.records if "no keyframe came" in r.getMessage()]
+    assert len(said) == 1 and "camera gop-cam:" in said[0] and "cameras[].watchdog_s" in said[0], said
