@@ -344,14 +344,22 @@ def interpolated(value: str, shell: dict[str, str]) -> str:
     return COMPOSE_VAR.sub(one, str(value))
 
 
-@pytest.mark.parametrize("shell,mode", [({}, "off"), ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0f" * 16}, "token")])
+@pytest.mark.parametrize("shell,mode", [({}, "no token"), ({"RAY_AUTH_TOKEN": "0f" * 16}, "token"),
+                                        ({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "x"}, "off")])
 def test_compose_nodes_take_rays_token_auth_from_the_shell(shell, mode, tmp_path):
     """The file said ``RAY_AUTH_MODE: disabled``: exporting ``token`` before ``up``, as the README
-    told a shared machine to, changed nothing. Each node's environment as compose makes it, through
-    the checks ``ray start`` makes first (Ray 2.60): off by default, token auth when both are set."""
+    told a shared machine to, changed nothing. Then it was off unless asked for: the dashboard on
+    the host's loopback took any local user's job, which could read every node's CAM_PASS. Each
+    node's environment as compose makes it, through the checks ``ray start`` makes first (Ray
+    2.60): token auth by default, `up` refused without the token, off only when asked for."""
     shell = {"CAM_PASS": "c", "REDIS_PW": "r", "PERCEPT_MODELS_DIR": "/m", **shell}
     for name in RAY_NODES:
-        env = {k: interpolated(v, shell) for k, v in compose()["services"][name]["environment"].items()}
+        environment = compose()["services"][name]["environment"]
+        if mode == "no token":  # (compose refuses to start, saying what to set)
+            with pytest.raises(KeyError, match="RAY_AUTH_TOKEN: set RAY_AUTH_TOKEN"):
+                {k: interpolated(v, shell) for k, v in environment.items()}
+            continue
+        env = {k: interpolated(v, shell) for k, v in environment.items()}
         run_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         out = subprocess.run([sys.executable, "-c", RAY_START_AUTH_CHECK], env={**run_env, **env, "HOME": str(tmp_path)},
                              capture_output=True, text=True, timeout=120)
