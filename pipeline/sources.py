@@ -221,9 +221,10 @@ class VideoSource:
                 # Rewind by reopening; pts keep increasing across loops so sampling stays even. A
                 # still image (one frame a pass) stands for a sampling period, not a frame interval
                 # (it was reopened and decoded 25 times a second to give 2 frames), and for at most
-                # half the watchdog's time (an image at fps 0.05 would go silent for 20 s a pass).
-                still = self._pass_frames == 1
-                step = min(self._sampler.period, self._watchdog_s / 2) if still else 0.0
+                # half the watchdog's time (an image at fps 0.05 would go silent for 20 s a pass); so
+                # does any pass shorter than that (2 frames at 1000 fps: reopened 1600 times a second).
+                short = self._pass_frames == 1 or last_pts + self._frame_s - pts_offset < self._sampler.period
+                step = min(self._sampler.period, self._watchdog_s / 2) if short else 0.0
                 pts_offset = max(last_pts + self._frame_s, pts_offset + step)
                 self._backoff.reset()  # a whole pass read: the file is back
                 continue

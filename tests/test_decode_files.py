@@ -337,3 +337,21 @@ def test_keyframes_further_apart_than_the_watchdog_are_said_once(tmp_path, caplo
             cap.release()
     said = [r.getMessage() for r in caplog.records if "no keyframe came" in r.getMessage()]
     assert len(said) == 1 and "camera gop-cam:" in said[0] and "cameras[].watchdog_s" in said[0], said
+
+
+def test_a_looping_clip_shorter_than_the_sampling_period_is_not_reopened_flat_out(tmp_path):
+    """Two frames at 1000 fps, looped and sampled at 5 fps: each pass (2 ms of video) was reopened
+    and read at once, 1600 times a second, a whole core for one camera. A pass shorter than the
+    sampling period now stands for one period, as a still image's does."""
+    clip = tmp_path / "two.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=1000", "-frames:v", "2",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip)], check=True, timeout=120)
+    src = VideoSource("cam", lambda: open_capture("cam", str(clip)), fps=5, is_file=True, loop=True, realtime=False)
+    pts = []
+    for frame in src.frames():
+        pts.append(frame.meta.pts)
+        if len(pts) == 10:
+            src.stop()
+    steps = [round(b - a, 3) for a, b in zip(pts, pts[1:])]
+    assert src.frames_read <= 4 * len(pts), f"{src.frames_read} frames read for {len(pts)} sampled"
+    assert all(0.15 <= s <= 0.25 for s in steps), steps  # (5 fps on the clip's timeline)
