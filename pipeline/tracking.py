@@ -226,11 +226,16 @@ class ObjectTracker:
     def snapshot(self) -> dict[str, Any]:
         """The tracker's state as JSON-able data (floats exact), bounded to the
         `MAX_SNAPSHOT_TRACKS` most recently seen tracked and lost tracks (kept in their order)."""
+        from ultralytics.trackers.basetrack import TrackState
+
         t = self._tracker
         # confirmed tracks first (those the event engine has open), the most recently seen, then
-        # the newest unconfirmed
-        keep = {id(s) for s in sorted([*t.tracked_stracks, *t.lost_stracks],
-                                      key=lambda s: (not s.is_activated, -s.frame_id, s.track_id))[:MAX_SNAPSHOT_TRACKS]}
+        # the newest unconfirmed; not one ByteTrack removed on this frame (it leaves the lost pool
+        # only at the next): restored as lost, it ended a frame late at the next owner, after a
+        # replay of that frame, and its zone_exit and track_end were published twice
+        live = [s for s in (*t.tracked_stracks, *t.lost_stracks) if s.state != TrackState.Removed]
+        keep = {id(s) for s in sorted(live, key=lambda s: (not s.is_activated, -s.frame_id, s.track_id))
+                [:MAX_SNAPSHOT_TRACKS]}
         return {
             "schema": STATE_SCHEMA, "frame_id": t.frame_id, "next_id": self._next_id,
             "track_id_max": self.track_id_max, "classes": dict(self._class_ids),

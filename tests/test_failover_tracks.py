@@ -137,6 +137,36 @@ def test_the_next_owner_continues_the_tracks_exactly(redis_server):
     assert continued & later, "a car on the road at the death crosses the gate after it"
 
 
+def test_whatever_frame_the_owner_dies_after_the_next_owner_publishes_each_event_once(redis_server):
+    """A snapshot taken on the frame ByteTrack removed a lost track (it leaves the lost pool only
+    at the next frame) restored it as lost: after a replay of one frame it ended a frame late at
+    the next owner, and its zone_exit and track_end were published twice (occupancy −1). Every
+    frame to die after, against an owner that never died."""
+    zoned = CameraConfig(id="cam", url="rtsp://cam.example/1", fps=4, zones={"all": [[0, 0], [639, 0], [639, 359], [0, 359]]})
+    frames = scene()
+    end = (len(frames) - 1, T0 + 100)
+    tracker, engine = ObjectTracker(CFG, fps=4), EventEngine.for_camera(zoned, track_buffer=CFG.track_buffer)
+    expected = []
+    for meta, dets in frames:
+        tracked = tracker.update(dets, (meta.height, meta.width), ts=meta.frame_ts)
+        expected += [e.to_payload() for e in engine.update(FrameResult(meta, tracked, {}, {}), tracker.alive_ids(),
+                                                           tracker.origins)]
+    expected += [e.to_payload() for e in engine.close(*end)]
+    for dies_after in range(20, len(frames) - 2):
+        redis_server.client().flushall()
+        first = Owner(redis_server.url, "A", camera=zoned)
+        first.process(frames[:dies_after])
+        first.publisher.close()
+        first.client.delete(KEYS.lease("cam"))  # SIGKILLed: its lease runs out
+        second = Owner(redis_server.url, "B", camera=zoned)
+        second.process(frames[dies_after:])
+        second.stop(*end)
+        events, counts = published(second.client)
+        second.publisher.close()
+        assert [e["id"] for e in events] == [e["id"] for e in expected], dies_after
+        assert counts["zone:all:enter:vehicle"] == counts["zone:all:exit:vehicle"], (dies_after, counts)
+
+
 def test_a_detections_stream_trimmed_past_the_snapshot_is_replayed_across_the_gap(redis_server):
     """A consumer trimmed the detections stream (``XTRIM MINID``, or a small ``redis.maxlen``)
     past the snapshot's frame before the owner died: the replay goes on from the frames left,
