@@ -109,9 +109,7 @@ class EngineHandover:
             engine.seed_pixel_sizes(snapshot)
             anchor_changed = snapshot.get("anchor") not in (None, engine.anchor)
             for data in snapshot.get("tracks", []):
-                tr = OpenTrack(**{k: data[k] for k in OpenTrack.__dataclass_fields__ if k in data})
-                tr.id, tr.last_frame, tr.frames, tr.stride = int(tr.id), int(tr.last_frame), int(tr.frames), int(tr.stride)
-                tr.zones = {z: float(t) for z, t in tr.zones.items()}
+                tr = _checked(OpenTrack(**{k: data[k] for k in OpenTrack.__dataclass_fields__ if k in data}))
                 tr.sides = kept_sides({line: [float(v) for v in p] for line, p in tr.sides.items()},
                                       snapshot.get("lines"), engine.lines)
                 tr.through = [line for line in tr.through if line in tr.sides]
@@ -131,3 +129,42 @@ def _positive_size(size: Sequence[Any]) -> tuple[int, int]:
     if width <= 0 or height <= 0:
         raise ValueError(f"frame size {width}x{height}")
     return width, height
+
+
+def _finite(value: Any, default: float | None = None) -> float:
+    """A finite float; ``default`` for None or NaN where there is one (a track known only from its
+    `track_start`: no score), else ValueError."""
+    if value is None and default is not None:
+        return default
+    out = float(value)
+    if not math.isfinite(out):
+        if default is not None and math.isnan(out):
+            return default
+        raise ValueError(f"{value!r} is not a finite number")
+    return out
+
+
+def _point(value: Any) -> list[float]:
+    x, y = value
+    return [_finite(x), _finite(y)]
+
+
+def _checked(tr: OpenTrack) -> OpenTrack:
+    """An open track of a snapshot with every field of the type the engine works with: a damaged
+    one (``best_score: null``, ``stride: 0``, ``path: []``) restored, then failed the camera's
+    frames one by one (TypeError, ZeroDivisionError). What has a sensible value is given it; what
+    has none is a ValueError or TypeError naming it."""
+    tr.id, tr.last_frame = int(tr.id), int(tr.last_frame)
+    tr.frames, tr.stride = max(1, int(tr.frames or 1)), max(1, int(tr.stride or 1))
+    tr.first_ts, tr.last_ts, tr.best_score = _finite(tr.first_ts), _finite(tr.last_ts), _finite(tr.best_score, 0.0)
+    tr.category = str(tr.category)
+    tr.labels = {str(k): int(v) for k, v in dict(tr.labels).items()}
+    if not tr.labels:
+        raise ValueError(f"track {tr.id}: no label")
+    tr.n = {str(k): int(v) for k, v in dict(tr.n).items()}
+    tr.attributes = dict(tr.attributes)
+    tr.zones = {str(z): _finite(t) for z, t in dict(tr.zones).items()}
+    tr.first, tr.last = _point(tr.first), _point(tr.last)
+    tr.anchor = None if tr.anchor is None else _point(tr.anchor)
+    tr.path = [_point(p) for p in tr.path] or [list(tr.last)]
+    return tr

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
@@ -292,6 +293,8 @@ def restore_tracking(
         if state.get("closed"):
             return fresh("closed")
         seq, since = int(state["seq"]), float(state["frame_ts"])
+        if not (math.isfinite(since) and since >= 0):  # (-1 made the replay's stream id a Redis error)
+            raise ValueError(f"frame_ts {since}")
         tracker = ObjectTracker.restore(state["tracker"], cfg, fps=camera.fps, file_time=file_time)
         # the frames since were published under the snapshot's zones and lines (a change makes a
         # snapshot at once): replayed under them, the camera's own from the next frame on
@@ -299,15 +302,15 @@ def restore_tracking(
         events = EventEngine.restore(drawn, camera.id, drawn.get("zones", camera.zones), drawn.get("lines", camera.lines),
                                      anchor=drawn.get("anchor") or camera.anchor, track_buffer=cfg.track_buffer,
                                      file_time=file_time, **margins_of(camera))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # (AttributeError: a part that is no object)
+    except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError, IndexError) as exc:  # (a part that is no object)
         log.warning("camera %s: track state not restored: %s", camera.id, exc)
         return fresh(f"unreadable: {exc}")
     try:
         frames = track_replay.published_after(publisher, camera.id, seq, since,
                                               limit=max(10 * cfg.snapshot_every, 1000))
-    except ValueError as exc:
+    except (ValueError, redis.ResponseError) as exc:
         log.warning("camera %s: track state not restored: %s", camera.id, exc)
-        return fresh(str(exc), settle_left_tracks(publisher, camera, cfg, state))
+        return fresh(str(exc), _settled(publisher, camera, cfg, state))
     done = Restored(seq, last=(seq, since))
     # open tracks the tracker's snapshot left out (past its 512): held open through the replay, as
     # their owner held them (ended there, their track_end was dropped with the replay's events)
@@ -327,10 +330,10 @@ def restore_tracking(
         events.reconfigure(camera.zones, camera.lines, anchor=camera.anchor, **margins_of(camera))
         if done.replayed:  # the camera's own zones and lines fit its frames (else it cannot go on)
             events.geometry(*size)
-    except ValueError as exc:  # a zone that no longer fits the frame (GeometryError), …
+    except Exception as exc:  # noqa: BLE001 - a zone that no longer fits the frame (GeometryError), a damaged track, …
         where = f"replaying seq {replaying}" if replaying is not None else "its zones and lines on its frames"
         log.warning("camera %s: track state not restored: %s: %s", camera.id, where, exc)
-        return fresh(str(exc), settle_left_tracks(publisher, camera, cfg, state))
+        return fresh(str(exc), _settled(publisher, camera, cfg, state))
     if held and done.replayed:  # those their owner ended since go; the others end at the first live frame
         events.apply_published(track_replay.ended_since(publisher, camera.id, seq, since, held))
     events.take_counts()
@@ -355,6 +358,18 @@ def _newest_frame(publisher: Publisher, camera_id: str) -> tuple[int, float] | N
         return int(payload["seq"]), float(payload["frame_ts"])
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _settled(publisher: Publisher, camera: CameraConfig, cfg: TrackerConfig, state: Mapping[str, Any]) -> int:
+    """`settle_left_tracks`, or 0 where the snapshot cannot even say which tracks it left open
+    (a damaged one: the camera starts afresh all the same; Redis away: raised, as any outage)."""
+    try:
+        return settle_left_tracks(publisher, camera, cfg, state)
+    except redis.ConnectionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged snapshot never keeps its camera from starting
+        log.warning("camera %s: the tracks its snapshot left open are not ended: %s", camera.id, exc)
+        return 0
 
 
 def settle_left_tracks(publisher: Publisher, camera: CameraConfig, cfg: TrackerConfig, state: Mapping[str, Any]) -> int:

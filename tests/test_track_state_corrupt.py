@@ -94,3 +94,39 @@ def test_a_snapshot_owed_by_a_frame_that_failed_is_taken_of_the_next_one(owed):
         snapshots.tracked(seq, tracker)
         snapshots.published(_frame(seq), events)
     assert writes.seqs == written + [first + 2], writes.seqs
+
+
+REPLAY_DAMAGE = {
+    "best_score null": lambda s: s["events"]["tracks"][-1].update(best_score=None),
+    "stride 0": lambda s: s["events"]["tracks"][-1].update(stride=0),
+    "path empty": lambda s: s["events"]["tracks"][-1].update(path=[]),
+    "tracklet_len null": lambda s: s["tracker"]["tracked"][-1].update(tracklet_len=None),
+    "frame_ts -1": lambda s: s.update(frame_ts=-1),
+    "frame_ts NaN": lambda s: s.update(frame_ts=float("nan")),
+}
+
+
+@pytest.mark.parametrize("damage", list(REPLAY_DAMAGE))
+def test_a_damaged_snapshot_with_frames_after_it_never_keeps_the_camera_from_running(redis_server, damage):
+    """Damage the restore took in and then tripped on — replaying the frames published since
+    (TypeError, ZeroDivisionError; a frame_ts of -1 made the replay's stream id a Redis error) or
+    making the frames after a handover (7 of 10 failed) — raised out of `restore_tracking` at
+    every start (the camera "could not start", round after round) or failed its frames one by one."""
+    from .test_failover_tracks import KEYS as FO_KEYS
+    from .test_failover_tracks import Owner, published, scene
+
+    frames = scene(40)
+    client = redis_server.client()
+    first = Owner(redis_server.url, "A")
+    first.process(frames[:23])  # a snapshot at seq 19, seq 20..22 published after it
+    first.publisher.close()
+    client.delete(FO_KEYS.lease("cam"))  # SIGKILLed: its lease runs out
+    state = json.loads(client.hget(FO_KEYS.trackstate("cam"), "json"))
+    REPLAY_DAMAGE[damage](state)
+    client.hset(FO_KEYS.trackstate("cam"), "json", json.dumps(state))
+    second = Owner(redis_server.url, "B")  # (restore_tracking raised here)
+    second.process(frames[23:33])  # (events.update raised here)
+    second.publisher.close()
+    seqs = [int(f[b"seq"]) for _, f in client.xrange(FO_KEYS.detections("cam"))]
+    assert seqs == list(range(33)), seqs
+    assert published(client)[0], "no event published"
