@@ -5,6 +5,7 @@ up to events already published when the frames after a snapshot cannot be replay
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Self
@@ -168,3 +169,17 @@ def _checked(tr: OpenTrack) -> OpenTrack:
     tr.anchor = None if tr.anchor is None else _point(tr.anchor)
     tr.path = [_point(p) for p in tr.path] or [list(tr.last)]
     return tr
+
+
+def fitted_json(doc: dict[str, Any], limit: int) -> tuple[str, int | None]:
+    """``doc`` (a track state, its ``events`` an engine's `snapshot`: tracks most recently seen
+    first) as compact JSON of at most ``limit`` characters where leaving out the least recently
+    seen open tracks makes it fit; how many were kept, None when all were. ValueError: not JSON."""
+    text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    tracks = (doc.get("events") or {}).get("tracks") if isinstance(doc.get("events"), dict) else None
+    if len(text) <= limit or not tracks:
+        return text, None
+    while len(text) > limit and tracks:
+        del tracks[int(len(tracks) * limit / len(text) * 0.95) if len(tracks) > 1 else 0:]
+        text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    return text, len(tracks)

@@ -40,6 +40,7 @@ import redis
 
 from . import track_replay
 from .config import TrackerConfig
+from .event_handover import fitted_json
 from .events import EventEngine, events_json, margins_of
 from .redact import redact_url
 from .schema import FrameMeta
@@ -74,6 +75,7 @@ class TrackSnapshots:
         self._frames = 0
         self._held: dict[int, dict[str, Any]] = {}  # seq → tracker state taken when it was tracked
         self._skip_logged = False
+        self._trim_logged = False
         self._soon = False  # the next frame tracked is snapshotted (`geometry_changed`)
 
     def tracked(self, seq: int, tracker: ObjectTracker) -> None:
@@ -117,8 +119,13 @@ class TrackSnapshots:
     def _write(self, seq: int, body: Mapping[str, Any]) -> bool:
         try:
             source = {"source": self.source} if self.source is not None and "closed" not in body else {}
-            text = json.dumps({"schema": STATE_SCHEMA, "camera": self.camera, "seq": seq, **source, **body},
-                              separators=(",", ":"), allow_nan=False)
+            doc = {"schema": STATE_SCHEMA, "camera": self.camera, "seq": seq, **source, **body}
+            # (a crowd: ~2800 open tracks filled it, and no snapshot was written at all)
+            text, kept = fitted_json(doc, MAX_STATE_BYTES)
+            if kept is not None and not self._trim_logged:
+                log.warning("camera %s: track state holds %d of its open tracks, to fit %d bytes (the others end "
+                            "without track_end at a next owner)", self.camera, kept, MAX_STATE_BYTES)
+                self._trim_logged = True
         except ValueError as exc:  # a NaN somewhere: the last good snapshot stays
             return self._skip(f"not JSON ({exc})")
         if len(text) > MAX_STATE_BYTES:

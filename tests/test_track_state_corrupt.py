@@ -63,6 +63,7 @@ class _Writes:
 
     def fenced_hset(self, camera, key, mapping):
         self.seqs.append(int(mapping["seq"]))
+        self.last = mapping
 
 
 def _frame(seq: int) -> FrameMeta:
@@ -130,3 +131,29 @@ def test_a_damaged_snapshot_with_frames_after_it_never_keeps_the_camera_from_run
     seqs = [int(f[b"seq"]) for _, f in client.xrange(FO_KEYS.detections("cam"))]
     assert seqs == list(range(33)), seqs
     assert published(client)[0], "no event published"
+
+
+def test_a_crowds_snapshot_too_big_keeps_its_most_recently_seen_tracks_not_nothing(monkeypatch):
+    """The events keep up to 4096 open tracks but the snapshot is bounded to 2 MiB: ~2800 open
+    tracks with two classifier answers each filled it, and then no snapshot was written at all
+    (the last one went stale: a crash replayed past 1000 frames, a handover ended every track).
+    The least recently seen tracks are left out until it fits (the bound made small here)."""
+    from pipeline import track_state
+    from pipeline.events import EventEngine
+
+    monkeypatch.setattr(track_state, "MAX_STATE_BYTES", 60_000)
+    tracker, events, writes = ObjectTracker(CFG), EventEngine("cam"), _Writes()
+    snapshots = TrackSnapshots(writes, "cam", every=1)
+    n = 300
+    for seq in range(3):
+        boxes = [[(i % 20) * 30 + seq, (i // 20) * 30, (i % 20) * 30 + 20 + seq, (i // 20) * 30 + 20] for i in range(n)]
+        answers = [{"color": {"label": "white", "score": 0.9}, "type": {"label": "sedan", "score": 0.8}}] * n
+        dets = Detections(xyxy=boxes, scores=[0.9] * n, labels=["car"] * n, categories=["vehicle"] * n,
+                          attributes=answers, track_ids=list(range(1, n + 1)))
+        meta = FrameMeta("cam", seq, 1_764_000_000 + seq, None, 640, 480)
+        snapshots.tracked(seq, tracker)
+        events.update(FrameResult(meta, dets, {}, {}), set(range(1, n + 1)))
+        snapshots.published(meta, events)
+    assert writes.seqs == [0, 1, 2], writes.seqs
+    kept = json.loads(writes.last["json"])["events"]["tracks"]
+    assert len(writes.last["json"]) <= 60_000 and 0 < len(kept) < n, (len(writes.last["json"]), len(kept))
