@@ -12,7 +12,7 @@ import redis
 
 from .lease import REFUSED, UNHELD, WRITTEN, Fence
 from .publish_stats import PublisherStats, count_events_lost
-from .publish_wire import Command, evalsha, is_noscript, packed_call, resp_args, resp_frame_run
+from .publish_wire import Command, evalsha, is_noscript, packed_call, resp_args, resp_frame_run, writable
 from .redact import redact
 from .schema import SCHEMA_VERSION, FrameResult
 from .streams import UNAVAILABLE_REPLIES, StreamKeys, parse_entry_id, redis_unavailable
@@ -345,8 +345,8 @@ def events_refused(stats: PublisherStats, item: Item, outcome: list[Any]) -> Any
 
 
 def flat_args(mapping: Mapping[str, Any]) -> list[str]:
-    """A mapping as alternating ``key, value`` script arguments, as strings."""
-    return [str(x) for kv in mapping.items() for x in kv]
+    """A mapping as alternating ``key, value`` script arguments, as strings UTF-8 can write (`writable`)."""
+    return [writable(str(x)) for kv in mapping.items() for x in kv]
 
 
 def refusal_of(outcome: Any) -> str | None:

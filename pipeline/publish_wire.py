@@ -126,3 +126,14 @@ def evalsha(script: Script, keys: Sequence[Any], args: Sequence[Any]) -> tuple[A
 
 def is_noscript(reply: Any) -> bool:
     return isinstance(reply, redis.exceptions.NoScriptError)
+
+
+def writable(text: str) -> str:
+    """``text`` as UTF-8 can write it: one it cannot (a file name decoded with surrogateescape in
+    a camera's error) escaped — it raised at packing, and the writer took that for an outage of
+    every camera."""
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()

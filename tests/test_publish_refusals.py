@@ -196,3 +196,21 @@ def test_an_outage_buffer_holds_about_its_bound_in_memory(redis_server, objects)
     landed = seqs(redis_server.client())  # (in order, the newest last: the stream is trimmed to ~1000, and
     assert landed == sorted(set(landed)) and landed[-1] == 5999, landed[-3:]  # a batch in flight is never dropped)
     pub.close()
+
+
+def test_a_state_write_with_text_utf8_cannot_write_costs_no_camera_its_results(redis_server):
+    """A camera's error naming a file whose name is not UTF-8 (decoded with surrogateescape:
+    ``caf\\udce9.mp4``) raised as the writer packed it: taken for an outage, the batch was tried
+    again for good and no camera's results landed ("redis unreachable"). Written escaped now."""
+    import os
+
+    pub = publisher(redis_server)
+    admin = redis_server.client()
+    pub.publish(result(0))
+    pub.camera_state("other", "failed", error="cannot open " + os.fsdecode(b"/videos/caf\xe9.mp4"))
+    for s in range(1, 6):
+        pub.publish(result(s))
+    assert pub.flush(10), pub.stats
+    assert seqs(admin) == list(range(6)) and pub.stats.errors == 0
+    assert camera_states(admin, KEYS, ["other"])["other"]["last_error"] == "cannot open /videos/caf\\udce9.mp4"
+    pub.close()
