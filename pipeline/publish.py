@@ -83,6 +83,7 @@ class Publisher(PublisherWriter):
         self._last_ms: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, name="percept-publisher", daemon=True)
         self._idle = False  # the writer waits for an item
+        self._eviction_checked = False  # Redis's maxmemory-policy looked at (`streams.warn_if_evicting`)
         self._backoff = Backoff(0.2, 5.0)
         self._fences: dict[str, Fence] = {}
         self._fence_logged: set[str] = set()

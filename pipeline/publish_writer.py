@@ -16,7 +16,7 @@ from .lease import REFUSED, UNHELD
 from .publish_items import Item, account, call_command, encode_all, script_calls, take_out
 from .publish_stats import events_in
 from .redact import redact
-from .streams import reconnect_if_demoted
+from .streams import reconnect_if_demoted, warn_if_evicting
 
 log = logging.getLogger("percept.publish")
 
@@ -62,6 +62,9 @@ class PublisherWriter:
                 if not self.stats.connected:
                     log.info("redis is back; flushing %d buffered results", len(self._queue))
                 self.stats.connected = True
+                if not self._eviction_checked:  # (once: a Redis that evicts loses streams, counts and leases)
+                    self._eviction_checked = True
+                    warn_if_evicting(self.client)
             with self._cond:  # (close() counts what is in flight as lost: not while it is counted here)
                 if self._abandoned:
                     return self._answered_late(taken, calls, results)

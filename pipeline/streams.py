@@ -15,6 +15,7 @@ Keys (a public contract, schema v1):
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import time
@@ -98,6 +99,24 @@ _UNAVAILABLE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptio
 # the same answers as error replies (a script's pcall returns their text, prefix included)
 UNAVAILABLE_REPLIES = ("READONLY", "OOM", "MISCONF", "MASTERDOWN", "NOREPLICAS", "LOADING", "BUSY ", "TRYAGAIN",
                        "CLUSTERDOWN", "UNBLOCKED")
+
+
+def warn_if_evicting(client: redis.Redis) -> str | None:
+    """Redis's ``maxmemory-policy``, with a warning when it is not ``noeviction``: a Redis that
+    evicts keys (allkeys-lru, a cache's default) drops streams, counters and leases without a
+    word — zone counts back to 0, seqs published again, cameras changing hands. None when it
+    cannot be read (an ACL without CONFIG, a managed Redis that hides it)."""
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.RedisError:
+        return None
+    policy = policy.decode() if isinstance(policy, bytes) else policy
+    if policy and policy != "noeviction":
+        logging.getLogger("percept.publish").warning(
+            "redis evicts keys when full (maxmemory-policy %s): percept's streams, counts and leases can vanish "
+            "without a word; set maxmemory-policy noeviction (full, redis refuses writes: percept keeps them and "
+            "says so)", policy)
+    return policy
 
 
 def redis_now(client: redis.Redis) -> float:

@@ -214,3 +214,24 @@ def test_a_state_write_with_text_utf8_cannot_write_costs_no_camera_its_results(r
     assert seqs(admin) == list(range(6)) and pub.stats.errors == 0
     assert camera_states(admin, KEYS, ["other"])["other"]["last_error"] == "cannot open /videos/caf\\udce9.mp4"
     pub.close()
+
+
+def test_a_redis_that_evicts_keys_is_said_once(redis_server, caplog):
+    """With ``maxmemory-policy allkeys-lru`` (a cache's setting) Redis evicted the leases, both
+    streams, the counts and ``seq_published`` under memory pressure: zone counts back to 0, a
+    camera's seqs published again, and nothing said. The publisher says it at its first write."""
+    import logging
+
+    admin = redis_server.client()
+    for policy, said in (("noeviction", 0), ("allkeys-lru", 1)):
+        admin.config_set("maxmemory-policy", policy)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="percept.publish"):
+            pub = publisher(redis_server)
+            for s in range(3):
+                pub.publish(result(s))
+            assert pub.flush(5)
+            pub.close()
+        warned = [r.getMessage() for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+        assert len(warned) == said and all("allkeys-lru" in w and "noeviction" in w for w in warned), warned
+    admin.config_set("maxmemory-policy", "noeviction")
