@@ -15,7 +15,7 @@ TLS_ONLY = "only with a rediss:// URL: redis:// and unix:// do not use TLS (the 
 
 
 class OutageBufferConfig(Strict):
-    max_entries: int = Field(10_000, ge=1, description="results kept while Redis is unreachable")
+    max_entries: int = Field(10_000, ge=1, description="results kept while Redis is unreachable (every result not yet confirmed, in flight too)")
     max_bytes: int = Field(64 * 2**20, ge=1024, description="memory the results kept while Redis is unreachable take")
 
 
