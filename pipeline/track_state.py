@@ -1,8 +1,7 @@
 """Open tracks that survive a change of owner: the camera's tracker and event engine in Redis.
 
-When a decoder replica dies, the camera's next owner continues its tracks instead of starting
-afresh, so a car seen on both sides of the failover keeps its id, ends once (``track_end`` from
-the new owner), and a line it crossed is counted once.
+When a decoder replica dies, the camera's next owner continues its tracks: a car seen on both
+sides keeps its id, ends once (``track_end`` from the new owner), and crosses a line once.
 
 - **What**: every ``tracker.snapshot_every`` tracked frames, the tracker's state (ByteTrack's
   tracked and lost tracks with their Kalman mean and covariance, its frame count, next id and
@@ -120,8 +119,7 @@ class TrackSnapshots:
         try:
             source = {"source": self.source} if self.source is not None and "closed" not in body else {}
             doc = {"schema": STATE_SCHEMA, "camera": self.camera, "seq": seq, **source, **body}
-            # (a crowd: ~2800 open tracks filled it, and no snapshot was written at all)
-            text, kept = fitted_json(doc, MAX_STATE_BYTES)
+            text, kept = fitted_json(doc, MAX_STATE_BYTES)  # (a crowd's ~2800 open tracks: none was written)
             if kept is not None and not self._trim_logged:
                 log.warning("camera %s: track state holds %d of its open tracks, to fit %d bytes (the others end "
                             "without track_end at a next owner)", self.camera, kept, MAX_STATE_BYTES)
@@ -368,8 +366,7 @@ def _newest_frame(publisher: Publisher, camera_id: str) -> tuple[int, float] | N
 
 
 def _settled(publisher: Publisher, camera: CameraConfig, cfg: TrackerConfig, state: Mapping[str, Any]) -> int:
-    """`settle_left_tracks`, or 0 where the snapshot cannot even say which tracks it left open
-    (a damaged one: the camera starts afresh all the same; Redis away: raised, as any outage)."""
+    """`settle_left_tracks`, or 0 where a damaged snapshot cannot say which tracks it left open."""
     try:
         return settle_left_tracks(publisher, camera, cfg, state)
     except redis.ConnectionError:
