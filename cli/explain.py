@@ -23,7 +23,7 @@ from pipeline.config import ENV_MODELS_DIR
 from pipeline.redact import redact, redact_url
 
 from .common import (EXIT_UNAVAILABLE, NOT_PERCEPTS, POSITIVE_INT, SCORE, UNAVAILABLE_STATUS, api_text, ingress_url_arg,
-                     fail, number_arg, output_file_arg, request_api, say, stride_imgsz, unreachable)
+                     fail, number_arg, output_file_arg, overwritten_input, request_api, say, stride_imgsz, unreachable)
 
 BAD_INPUT = 2
 METHOD_CHOICES = ("auto", "rise", "occlusion", "eigencam")
@@ -89,7 +89,8 @@ def _explain(args: argparse.Namespace) -> int:
         f"{'/'.join(_offline_options(args))}: only with --image/--video (a CAMERA is explained by its graph's "
         "own detector, faces blurred)" if args.camera and _offline_options(args) else
         "--object: must be >= 0" if args.object < 0 else
-        f"--out: {args.out!r} is the {'--image' if args.image else '--video'} itself" if _is_input(args) else None)
+        f"--out: {args.out!r} is the {named} itself"  # (it was overwritten with the PNG)
+        if (named := overwritten_input(args.out, image=args.image, video=args.video)) else None)
     if problem:
         return fail(f"explain: {problem}", BAD_INPUT)
     return _offline(args) if offline else _online(args)
@@ -145,15 +146,6 @@ def _detail(body: bytes) -> str:
 
 def _objects_line(objects: list[dict[str, Any]]) -> str:
     return ", ".join(f"{i}: {o['label']} {o['score']:.2f}" for i, o in enumerate(objects)) or "none"
-
-
-def _is_input(args: argparse.Namespace) -> bool:
-    """Whether ``--out`` names the image or video explained (it was overwritten with the PNG)."""
-    given = args.image or args.video
-    try:
-        return bool(args.out and given) and Path(args.out).exists() and os.path.samefile(args.out, given)
-    except OSError:
-        return False
 
 
 def _write(path: Path, data: bytes) -> str | None:
