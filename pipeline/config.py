@@ -26,7 +26,7 @@ import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .config_errors import CONFIG_ERROR_EXIT_CODE, ConfigError, error_at, format_validation_error  # noqa: F401 (API)
-from .config_errors import camera_ids_of
+from .config_errors import as_written, camera_ids_of
 from .config_models import (  # noqa: F401 (the config's API)
     DEFAULT_CATEGORIES, AutoscaleConfig, BatchConfig, ClassifierConfig, DetectorConfig, ModelSection, ModelServerConfig,
     MAX_UNITS, DetectorList, Resources, Strict, classifier_sections, detector_sections, duplicate_names,
@@ -35,7 +35,7 @@ from .config_models import (  # noqa: F401 (the config's API)
 from .config_tracker import TrackerConfig
 from .config_view import PrivacyConfig, ViewConfig
 from .config_redis import OutageBufferConfig, RedisConfig  # noqa: F401 (the config's API)
-from .config_yaml import load_yaml
+from .config_yaml import ValueRefused, load_yaml
 from .geometry import LINES_HELP, ZONES_HELP, Anchor, Lines, Zones, check_units
 from .config_serve import HttpConfig, SecurityConfig  # noqa: F401 (the config's API)
 from .config_urls import ENV_REF, camera_url_problem
@@ -86,8 +86,11 @@ class CameraConfig(Strict):
 
     @property
     def shown_url(self) -> str:
-        """The URL as shown (hash, status, logs): as written, ``${VAR}``s unexpanded, redacted."""
-        return redact(redact_url(self._written_url or self.url), self.secrets)
+        """The URL as shown (hash, status, logs): as written, ``${VAR}``s unexpanded, redacted
+        (its own password; not the variables' values, which the text as written does not hold:
+        with ``CAM_PW=local``, ``rtsp://admin:${CAM_PW}@cam.local/`` was shown ``…@cam.***``)."""
+        written = self._written_url or self.url
+        return redact(redact_url(written), url_secrets(written))
 
     def differs_at_runtime_only(self, running: "CameraConfig") -> bool:
         """Whether this camera is ``running`` but for fields that change without a restart
@@ -300,6 +303,10 @@ def _substitute_env(node: Any, env: Mapping[str, str], path: str, errors: list[s
                     used: dict[str, str] | None = None) -> Any:
     """``node`` with ``${VAR}`` replaced from ``env``; ``used``: value → name of each replaced."""
     used = {} if used is None else used
+    if isinstance(node, str) and "${" in ENV_REF.sub("", node):
+        errors.append(f"{path}: a \"${{\" that is no ${{NAME}}: percept expands ${{NAME}} only (letters, digits and _; "
+                      "no ${NAME:-default}, no spaces)")
+        return node
     if _CAMERA_URL_PATH.match(path):
         return node  # kept as written: the decoder expands it (`resolve_camera`)
     if isinstance(node, dict):
@@ -349,21 +356,11 @@ def parse_config(
         lines = format_validation_error(exc, written=used)
         for k in single:  # a category written as one mapping: its errors at classifiers.<k>.field
             lines = [line.replace(f"classifiers.{k}[0]", f"classifiers.{k}") for line in lines]
-        raise ConfigError(_as_written(lines, used), source, ids) from None
+        raise ConfigError(as_written(lines, used), source, ids) from None
     config._single = frozenset(single)
     if base_dir is not None:
         config = _resolve_relative_paths(config, base_dir, env)
     return config
-
-
-def _as_written(lines: list[str], used: Mapping[str, str]) -> list[str]:
-    """Error lines quoting a value that came from the environment quote its ``${VAR}`` instead (a
-    secret set for one key and given to another by mistake is not printed; values of fewer than 4
-    characters, which would match pieces of the words, are left)."""
-    for value, name in sorted(used.items(), key=lambda kv: -len(kv[0])):
-        if len(value) >= 4:
-            lines = [line.replace(value, f"${{{name}}}") for line in lines]
-    return lines
 
 
 def _resolve_relative_paths(config: PerceptConfig, base_dir: Path, env: Mapping[str, str]) -> PerceptConfig:
@@ -407,9 +404,15 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         raise ConfigError([f"not a UTF-8 text file (byte {exc.start}): a YAML config is text"], str(p)) from None
     try:
         data = load_yaml(text)
+    except ValueRefused as exc:  # (a date that does not exist, an integer of thousands of digits)
+        mark = exc.problem_mark
+        raise ConfigError([f"YAML value refused at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"],
+                          str(p)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
+        if getattr(exc, "context", None) == "expected a single document in the stream":  # (a second ---)
+            problem = f"a config is one YAML document, {problem}"
         if mark is None:  # (no place in the text: the aliases' expansion, `load_yaml`)
             raise ConfigError([f"YAML refused: {problem}"], str(p)) from None
         raise ConfigError([f"YAML syntax error at line {mark.line + 1}, column {mark.column + 1}: {problem}"],

@@ -4,6 +4,7 @@ The value quoted never carries a credential (`pipeline/redact.py`)."""
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,6 +23,8 @@ class ConfigError(ValueError):
     reads names the camera of each ``cameras[i]`` line (``… got -2  (camera 'gate')``)."""
 
     def __init__(self, errors: list[str], source: str | None = None, camera_ids: Sequence[Any] = ()):
+        if len(errors) > MAX_ERRORS + 1:  # (1000 aliases of one bad camera: 1000 lines)
+            errors = [*errors[:MAX_ERRORS], f"… and {len(errors) - MAX_ERRORS} more errors"]
         self.errors = errors
         self.source = source
         self.camera_ids = tuple(camera_ids)
@@ -29,6 +32,7 @@ class ConfigError(ValueError):
         super().__init__(head + ":\n" + "\n".join(f"  {e}{_camera_named(e, self.camera_ids)}" for e in errors))
 
 
+MAX_ERRORS = 50  # lines said; the rest counted
 _CAMERA_AT = re.compile(r"cameras\[([0-9]+)\]")
 _CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # (CameraConfig.id's own pattern: nothing else is quoted)
 
@@ -125,9 +129,39 @@ def _format_one(path: str, err: dict[str, Any], quote: bool = True) -> list[str]
         return [f"{path}: required key is missing"]
     if kind in ("value_error", ERROR_AT):  # (a validator's words may quote the value: its credentials scrubbed)
         return [f"{path}: {redact(msg)}"]
-    if kind == "string_type" and isinstance(err.get("input"), (bool, int, float)):
+    if kind == "string_type" and isinstance(err.get("input"), (bool, int, float, datetime.date)):
         msg += " (quote it: YAML reads a bare 0123 as the octal number 83, 1_000 as 1000, yes/on as true)"
     return [f"{path}: {msg}, got {_shown(path, err.get('input'))}" if quote else f"{path}: {msg}"]
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")  # a value as repr() quotes it
+
+
+def as_written(lines: list[str], used: Mapping[str, str]) -> list[str]:
+    """Error lines whose quoted values hold a value that came from the environment quote its
+    ``${VAR}`` instead (a validator's own words may quote the value it refused: a secret set for
+    one key and given to another by mistake is not printed). Replaced inside quotes only, as
+    written or as repr() escapes it, cut short too (``host[:60]!r``): a secret that is a word
+    ("redis", "must") or a piece of a host, replaced in a line's path or words, was given away by
+    where it stood. Values of fewer than 4 characters are left (they would match pieces of words)."""
+    forms = [(form, name) for value, name in sorted(used.items(), key=lambda kv: -len(kv[0])) if len(value) >= 4
+             for form in dict.fromkeys((value, repr(value)[1:-1]))]
+    if not forms:
+        return lines
+
+    def written(m: re.Match[str]) -> str:
+        quote, inner = m.group(0)[0], m.group(0)[1:-1]
+        for form, name in forms:
+            inner = inner.replace(form, f"${{{name}}}")
+            at = inner.find(form[:4])
+            while at != -1:  # the quote ends inside the value: cut there
+                if form.startswith(inner[at:]):
+                    inner = inner[:at] + f"${{{name}}}"
+                    break
+                at = inner.find(form[:4], at + 1)
+        return quote + inner + quote
+
+    return [_QUOTED.sub(written, line) for line in lines]
 
 
 def _as_variables(value: Any, written: Mapping[str, str]) -> Any:
@@ -152,7 +186,14 @@ def _shown(path: str, value: Any) -> str:
     in it: free text's patterns stop there)."""
     if path.rsplit(".", 1)[-1] in SECRET_KEYS:
         return "***"
-    shown = redact(repr(value), tuple(secret for text in _texts(value) for secret in url_secrets(text)))
+    secrets = tuple(secret for text in _texts(value) for secret in url_secrets(text))
+    if isinstance(value, str) and len(value) > 4 * MAX_QUOTED:  # (cut first: 1000 lines of a 100 kB text)
+        value = value[:4 * MAX_QUOTED]
+    try:
+        text = repr(value)
+    except ValueError:  # an integer of thousands of digits (Python's int → str limit)
+        text = f"an integer of {value.bit_length()} bits" if isinstance(value, int) else type(value).__name__
+    shown = redact(text, secrets)
     return shown if len(shown) <= MAX_QUOTED else f"{shown[:MAX_QUOTED]}… ({len(shown)} characters)"
 
 

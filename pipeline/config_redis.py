@@ -23,7 +23,7 @@ class RedisConfig(Strict):
     url: str | None = Field(None, description="redis:// or rediss:// URL; omitted: a private redis-server")
     stream_prefix: str = Field("percept", pattern=STREAM_PREFIX, description="key prefix")
     maxlen: int = Field(100_000, ge=1, le=2**63 - 1, description="approximate entries kept per stream (MAXLEN ~)")
-    password: str | None = Field(None, description="AUTH password; use ${ENV_VAR}")
+    password: str | None = Field(None, repr=False, description="AUTH password; use ${ENV_VAR}")
     username: str | None = Field(None, description="ACL user (Redis 6+)")
     tls_ca_file: str | None = Field(None, description="CA bundle to verify a rediss:// server")
     buffer: OutageBufferConfig = OutageBufferConfig()
@@ -38,6 +38,13 @@ class RedisConfig(Strict):
         problem = redis_url_problem(v) if v is not None else None
         if problem:
             raise ValueError(problem)
+        return v
+
+    @field_validator("password")
+    @classmethod
+    def _not_empty(cls, v: str | None) -> str | None:
+        if v == "":  # (a ${VAR} set but empty: the private redis-server ran with no password, without a word)
+            raise ValueError("is empty (a ${VAR} set to nothing?): leave the key out for no password")
         return v
 
     @field_validator("username", "tls_ca_file")

@@ -14,6 +14,11 @@ MERGE_TAG = "tag:yaml.org,2002:merge"  # ``<<: *defaults``: its keys may be over
 BOOL_TAG, STR_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:str"
 
 
+class ValueRefused(yaml.constructor.ConstructorError):
+    """A scalar Python cannot make (``2024-02-30``, an integer of thousands of digits: PyYAML let
+    a plain ValueError out, with no line), at its place in the text."""
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """`yaml.SafeLoader` refusing repeated mapping keys (`yaml.constructor.ConstructorError`,
     with the line of the repeat and of the first)."""
@@ -40,6 +45,12 @@ class UniqueKeyLoader(yaml.SafeLoader):
         finally:
             self._composing.discard(anchor)
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except ValueError as exc:
+            raise ValueRefused(None, None, f"{exc} (quote it to keep it as text)", node.start_mark) from None
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, int] = {}
@@ -62,22 +73,25 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 MAX_VALUES = 100_000  # values a config's aliases may add, expanded (a real one adds hundreds at most)
+TEXT_PER_VALUE = 100  # an aliased text counts one value a 100 characters (1000 aliases of 100 kB: 36 s of checks)
 
 
 def load_yaml(text: str) -> Any:
     """``yaml.safe_load(text)`` with repeated keys refused, and a document whose aliases expand
     to more than `MAX_VALUES` values beyond those written (a few hundred bytes of aliases of
-    aliases: "billion laughs") refused before anything walks it. What is written counts for
-    nothing: a config of many cameras and zones is as large as its text."""
+    aliases: "billion laughs"; an aliased text counting a value each `TEXT_PER_VALUE` characters)
+    refused before anything walks it. What is written counts for nothing: a config of many
+    cameras and zones is as large as its text."""
     data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     left, seen, stack = MAX_VALUES, set(), [(data, False)]
     while stack:
         node, aliased = stack.pop()
-        if isinstance(node, (dict, list)):
-            aliased = aliased or id(node) in seen  # (an alias: the same object met again)
+        if isinstance(node, (dict, list, str)):
+            # an alias: the same object met again (a text only if long: Python shares short ones)
+            aliased = aliased or (id(node) in seen and (not isinstance(node, str) or len(node) > TEXT_PER_VALUE))
             seen.add(id(node))
         if aliased:
-            left -= 1
+            left -= 1 + (len(node) // TEXT_PER_VALUE if isinstance(node, str) else 0)
             if left < 0:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"the document's aliases expand to more than {MAX_VALUES} values (aliases of aliases): refused")

@@ -384,3 +384,98 @@ def test_a_key_that_is_no_text_is_said_as_a_key_where_it_is():
     hint = "(quote it: YAML reads yes/no/on/off unquoted as true/false, and digits as a number)"
     assert errors_of({"cameras": [{"id": "a", "url": "a.mp4", True: 1}]}) == [f"cameras[0]: a key must be text, got True {hint}"]
     assert errors_of({3: "x"}) == [f"the top level: a key must be text, got 3 {hint}"]
+
+
+@pytest.mark.parametrize("secret", ["redis", "must", "cameras"])
+def test_a_secret_that_is_a_word_of_the_error_line_is_not_given_away_by_where_it_is_replaced(secret):
+    """Values from the environment were replaced in the whole line: ``${REDIS_PW}.maxlen: must be
+    …`` (the password is "redis"), ``view.fps: ${REDIS_PW} be > 0`` ("must")."""
+    data = {"cameras": [{"id": "a", "url": "a.mp4", "fps": -1}], "redis": {"password": "${REDIS_PW}", "maxlen": -1},
+            "view": {"fps": 0}}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, env={"REDIS_PW": secret})
+    assert "${REDIS_PW}" not in str(err.value), str(err.value)
+    assert sorted(err.value.errors) == sorted(parse_errors(data, "x" * 9)), err.value.errors
+
+
+def parse_errors(data, secret):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, env={"REDIS_PW": secret})
+    return err.value.errors
+
+
+@pytest.mark.parametrize("secret", ["hunter2\\secret", "s3cr3t-" * 12, "it's-a-secret"])
+def test_a_secret_a_validator_quotes_escaped_or_cut_short_is_quoted_as_its_variable(secret):
+    """``http.host`` quoted ``host[:60]!r``: a secret longer than 60 characters or with a backslash
+    in it no longer matched the value replaced, and its first 60 characters were printed."""
+    with pytest.raises(ConfigError) as err:
+        parse_config({"http": {"host": "${PW}"}}, env={"PW": secret})
+    text = str(err.value)
+    assert "${PW}" in text and secret[:6] not in text and "s3cr3t" not in text, text
+
+
+def test_aliased_text_counts_by_its_length_against_the_alias_bound(tmp_path):
+    """An alias of a 100 kB string a thousand times (a 0.1 MB file) passed the bound, which
+    counted lists and mappings only: 36 s of validation, 1000 error lines, and with a ${VAR} in
+    it 190 MiB for the substitution alone."""
+    path = tmp_path / "strings.yaml"
+    path.write_text("x-big: &a " + "A" * 100_000 + "\ncameras: [" + ", ".join(["*a"] * 1000) + "]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert caught.value.errors[0].startswith("YAML refused: the document's aliases expand to more than"), caught.value.errors
+    path.write_text("cameras:\n  - {id: c0, url: &u rtsp://cam.example/stream}\n" + "".join(
+        f"  - {{id: c{i}, url: *u}}\n" for i in range(1, 3)))  # (a real alias of a short text: fine)
+    assert len(load_config(path, env={}).cameras) == 3
+
+
+def test_errors_past_fifty_are_counted_not_each_said():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"cameras": [{"id": f"c{i}", "url": "a.mp4", "fps": -1} for i in range(200)]}, env={})
+    assert len(err.value.errors) == 51 and err.value.errors[-1] == "… and 150 more errors", err.value.errors[-3:]
+
+
+@pytest.mark.parametrize("text, says", [
+    ("state_dir: 2024-02-30\n", "day is out of range for month"),
+    ("redis: {maxlen: " + "9" * 5000 + "}\n", "digits"),
+])
+def test_yaml_values_python_cannot_make_are_a_config_error_not_a_traceback(tmp_path, text, says):
+    """PyYAML raises a plain ValueError for a date that does not exist or an integer of thousands
+    of digits: a traceback from `percept build` / `run`, exit 1."""
+    path = tmp_path / "odd.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    (err,) = caught.value.errors
+    assert err.startswith("YAML value refused at line 1") and says in err, err
+
+
+def test_a_date_where_text_goes_says_to_quote_it():
+    (err,) = errors_of({"cameras": [], "state_dir": __import__("datetime").date(2024, 1, 1)})
+    assert err.startswith("state_dir: ") and "quote it" in err, err
+
+
+@pytest.mark.parametrize("value", ["${REDIS_PW:-}", "${PW:-x}", "${ REDIS_PW }", "${REDIS-PW}", "a${REDIS_PW"])
+def test_a_variable_written_in_another_shells_form_is_refused_not_taken_as_text(value):
+    """``${REDIS_PW:-}`` (Compose's default) was taken as the literal password, found out only as
+    Redis refused it."""
+    (err,) = errors_of({"cameras": [], "redis": {"password": value}})
+    assert err.startswith("redis.password: ") and "${NAME}" in err and value not in err, err
+
+
+def test_an_empty_password_is_refused_not_taken_for_no_password():
+    """``password: ${REDIS_PW}`` with REDIS_PW set but empty (a secret never filled in) started
+    the private redis-server with no password, without a word."""
+    with pytest.raises(ConfigError) as err:
+        parse_config({"cameras": [], "redis": {"password": "${REDIS_PW}"}}, env={"REDIS_PW": ""})
+    (line,) = err.value.errors
+    assert line.startswith("redis.password: ") and "empty" in line, line
+    assert "password='" not in repr(parse_config({"cameras": [], "redis": {"password": "hunter2"}}, env={}).redis)
+
+
+def test_a_second_yaml_document_is_said_so(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text("cameras: []\n---\ncameras: []\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert caught.value.errors == ["YAML syntax error at line 2, column 1: a config is one YAML document, but found "
+                                   "another document"], caught.value.errors

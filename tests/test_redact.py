@@ -296,3 +296,9 @@ def test_a_bare_p_is_a_password_where_the_query_names_a_user():
     cam = parse_config({"cameras": [{"id": "dock", "url": "http://cam/s?u=a&p=${CAM_DOCK_PASSWORD}"}]},
                        env={"CAM_DOCK_PASSWORD": "Hunter22"}).cameras[0]
     assert cam.shown_url == "http://cam/s?u=a&p=***"
+    from pipeline.config import CameraConfig
+    from pipeline.config_env import resolve_camera
+
+    gate = resolve_camera(CameraConfig(id="gate", url="rtsp://admin:${CAM_GATE_PASSWORD}@cam.local/live"),
+                          {"CAM_GATE_PASSWORD": "local"})  # (a password that is a piece of the host's name)
+    assert gate.shown_url == "rtsp://***@cam.local/live" and "local" not in redact("401 for local", gate.secrets)
