@@ -47,7 +47,11 @@ import json
 import logging
 import math
 import os
+import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from datetime import datetime, timezone
@@ -62,7 +66,7 @@ from . import phases as X
 from . import processes as P
 from . import report as R
 from .harness import (MAX_CAMERAS, Graph, _base_config, _clips, _parse_counts, _phase_config, _say, add_rtsp_encode,
-                      fail, logical_cpus, ray_cpus_for, start_services)
+                      fail, logical_cpus, py_spy, ray_cpus_for, start_services)
 
 log = logging.getLogger("percept.bench")
 
@@ -71,32 +75,52 @@ PHASES = ("limit", "bare", "classifiers", "tracking", "ultralytics", "decode", "
 VEHICLE = "vehicle"  # the category of the e2e-vehicle phase
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser, number_arg: Callable[..., Callable[[str], Any]],
+                  output_file: Callable[[str], str]) -> None:
+    """``number_arg``, ``output_file``: the CLI's option types (cli/common.py; benchmarks/ does not
+    import cli/): exit 2 naming the option before anything runs (``--duration nan`` looped for
+    ever, ``--rtsp-fps 0`` divided by zero, a ``--json`` folder lost the run at its end)."""
+    day = 86_400.0
     p.add_argument("--cameras", default="1,4", help="camera counts for the e2e phase (default 1,4); the largest "
                    "is used for Ultralytics, latency and overload")
-    p.add_argument("--duration", type=float, default=None,
-                   help="seconds measured per phase (default 30; overload then runs 60)")
-    p.add_argument("--overload-duration", type=float, default=None,
+    p.add_argument("--duration", type=number_arg(float, 1.0, day), default=None,
+                   help="seconds measured per phase, 1 to 86400 (default 30; overload then runs 60)")
+    p.add_argument("--overload-duration", type=number_arg(float, 1.0, day), default=None,
                    help="seconds of overload (default 60, or --duration when that is given)")
-    p.add_argument("--limit-duration", type=float, default=None,
+    p.add_argument("--limit-duration", type=number_arg(float, 1.0, day), default=None,
                    help="seconds of benchmark_app's throughput run (default duration/2, 3..15; the latency run "
                    "takes half)")
-    p.add_argument("--warmup", type=float, default=None, help="seconds before each window (default duration/3, 3..8)")
+    p.add_argument("--warmup", type=number_arg(float, 0.0, day), default=None,
+                   help="seconds before each window (default duration/3, 3..8)")
     p.add_argument("--model", help="detector weights: a path, a file in PERCEPT_MODELS_DIR or an ultralytics name "
                    "(default: the demo's, the OpenVINO INT8 YOLO11n when present)")
     p.add_argument("-c", "--config", help="take detector/classifier/decoder settings from this config (cameras and "
                    "redis are replaced)")
     p.add_argument("--source", choices=("rtsp", "file"), default="rtsp",
                    help="cameras: the clips over a loopback RTSP server (default) or the files")
-    p.add_argument("--rtsp-fps", type=int, default=30, help="frame rate of each RTSP camera (default 30)")
+    p.add_argument("--rtsp-fps", type=number_arg(int, 1, 240), default=30,
+                   help="frame rate of each RTSP camera, 1 to 240 (default 30)")
     add_rtsp_encode(p)
     p.add_argument("--videos", help="folder with traffic.mp4, vtest.avi, people.mp4 (default PERCEPT_SAMPLE_VIDEOS)")
     p.add_argument("--skip", default="", help=f"comma-separated phases to skip: {','.join(PHASES)}")
-    p.add_argument("--json", dest="json_out", help="write the results here (default: <state-dir>/bench/<time>-<host>.json; "
+    p.add_argument("--json", dest="json_out", type=output_file, help="write the results here (default: <state-dir>/bench/<time>-<host>.json; "
                    "pass benchmarks/results/<name>.json to commit a run on purpose)")
     p.add_argument("--state-dir", default=".percept", help="percept's state directory (default .percept)")
-    p.add_argument("--profile", help="py-spy record every Serve replica during the largest e2e window into this "
-                   "folder (raw collapsed stacks)")
+    p.add_argument("--profile", type=_profile_folder, help="py-spy record every Serve replica during the largest "
+                   "e2e window into this folder (raw collapsed stacks)")
+
+
+def _profile_folder(value: str) -> str:
+    """argparse type of ``--profile``: a folder (made if missing) and py-spy installed, checked
+    before the run (a file there, or no py-spy, failed the largest e2e window and lost its fps)."""
+    if py_spy() is None:
+        raise argparse.ArgumentTypeError("py-spy is not installed (pip install py-spy)")
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} is a file; give a folder")
+    if not path.exists() and not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {str(path.parent)!r} does not exist")
+    return str(path)
 
 
 def _capacity(result: dict[str, Any], n_max: int) -> float | None:
@@ -115,9 +139,10 @@ class Bench:
         self.args, self.base, self.counts, self.skip, self.clips, self.workdir = args, base, counts, skip, clips, workdir
         self.n_max = counts[-1]
         self.duration = args.duration if args.duration is not None else 30.0
-        self.overload_s = args.overload_duration or (args.duration if args.duration is not None else 60.0)
+        self.overload_s = args.overload_duration if args.overload_duration is not None else (
+            args.duration if args.duration is not None else 60.0)
         self.warmup = args.warmup if args.warmup is not None else min(8.0, max(3.0, self.duration / 3))
-        self.limit_s = args.limit_duration or min(15.0, max(3.0, self.duration / 2))
+        self.limit_s = args.limit_duration if args.limit_duration is not None else min(15.0, max(3.0, self.duration / 2))
         self.samples: list[Any] = []
         self.bare_out: dict[str, Any] | None = None  # frames and detections for the classifiers phase
         self.redis_server: Any = None
@@ -249,7 +274,7 @@ class Bench:
                              cameras=self.cams.entries(n, fps=fps, realtime=realtime), view=view)
 
     def graph_phases(self) -> None:
-        ray_phases = [p for p in ("e2e", "detect-only", "e2e-vehicle", "latency", "overload") if p not in self.skip]
+        ray_phases = [p for p in ("e2e", "detect-only", "e2e-vehicle", "view", "latency", "overload") if p not in self.skip]
         if not ray_phases:
             return
         with ExitStack() as ray_stack:
@@ -350,7 +375,12 @@ class Bench:
 
     def run(self, stack: ExitStack) -> None:
         self.attempt("limit", self.limit)  # first: nothing else runs yet (no RTSP server, no redis)
-        self.redis_server, self.cams = start_services(stack, self.args, self.clips, self.workdir)
+        try:
+            self.redis_server, self.cams = start_services(stack, self.args, self.clips, self.workdir)
+        except Exception as exc:  # (a port taken meanwhile, a mount the RTSP server refuses): the limit is kept
+            self.result["errors"]["services"] = f"{type(exc).__name__}: {exc}"[:2000]
+            _say(f"redis-server or the RTSP server did not start: {exc}")
+            return
         self.attempt("bare", self.bare)
         self.attempt("classifiers", self.classifiers)
         self.bare_out = None
@@ -368,7 +398,11 @@ NULL_KEYS = ("limit", "limit_fps", "limit_rect_fps", "bare_fps", "frame_bytes", 
              "decode_keyframes_over_all", "decoder_cpu_files_ms_per_s", "decode_reference_over_all")
 
 
-def run_bench(args: argparse.Namespace) -> int:
+EXIT_UNAVAILABLE, EXIT_INTERRUPTED, EXIT_TERMINATED = 3, 130, 143  # (cli/common.py's, cli/terminate.py's)
+
+
+def run_bench(args: argparse.Namespace, overwritten: Callable[..., str | None] = lambda *_, **__: None) -> int:
+    """``overwritten``: which input a ``--json`` names (`cli.common.overwritten_input`)."""
     from pipeline.backends.checks import check_models as _check_models
 
     try:
@@ -378,12 +412,20 @@ def run_bench(args: argparse.Namespace) -> int:
         if unknown:
             raise ConfigError([f"--skip: unknown phase(s) {sorted(unknown)}; phases are {', '.join(PHASES)}"])
         clips = _clips(args)
-    except ConfigError as exc:
-        return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
+        named = overwritten(args.json_out, config=args.config, model=args.model, clip=[str(c) for c in clips])
+        if named:  # (it was overwritten with the results)
+            raise ConfigError([f"--json: {args.json_out!r} is the {named} given"])
+    except ConfigError as exc:  # (the options' own problems: said as such, not as "invalid config")
+        return fail("bench: " + "; ".join(exc.errors), CONFIG_ERROR_EXIT_CODE)
+    if missing := missing_tools(args.source):
+        return fail(f"bench: {missing}", EXIT_UNAVAILABLE)
     os.environ.setdefault("YOLO_VERBOSE", "False")
     t_start = time.monotonic()
-
+    result: dict[str, Any] = {}
+    stopped = None
     with ExitStack() as stack:
+        if threading.current_thread() is threading.main_thread():  # SIGTERM unwinds: the redis-server and
+            stack.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, _interrupt))  # RTSP server go
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="percept-bench-")))
         try:
             base = _base_config(args, str(workdir / "state"))
@@ -391,18 +433,54 @@ def run_bench(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
         bench = Bench(args, base, counts, skip, clips, workdir)
-        bench.run(stack)
         result = bench.result
+        try:
+            bench.run(stack)
+        except (KeyboardInterrupt, SystemExit) as exc:  # (Ray's SIGTERM handler exits): what was measured is kept
+            stopped = exc
+            result["interrupted"] = True
+    return _report(args, result, t_start, stopped)
 
+
+def _interrupt(*_: Any) -> None:
+    raise SystemExit(EXIT_TERMINATED)
+
+
+def missing_tools(source: str) -> str | None:
+    """What the run needs and this machine lacks, said before any phase (it was a traceback after
+    the limit phase): redis-server, redis-benchmark, and for RTSP cameras GStreamer's RTSP server."""
+    for tool in ("redis-server", "redis-benchmark"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian: redis-server; scripts/install-system-deps.sh installs it)"
+    if source == "rtsp":
+        from .rtsp import gst_rtsp_available
+
+        if not gst_rtsp_available():
+            return ("GStreamer's RTSP server is not available to the system python3 (scripts/install-system-deps.sh), "
+                    "or use --source file")
+    return None
+
+
+def _report(args: argparse.Namespace, result: dict[str, Any], t_start: float, stopped: BaseException | None) -> int:
+    """The JSON written and the table printed, also for a run interrupted or whose --json cannot
+    be written (then under the state directory, said so)."""
     R.add_ratios(result)
     result["wall_s"] = time.monotonic() - t_start
     for key in NULL_KEYS:
         result.setdefault(key, None)
     result = R.rounded(result)
     text = json.dumps(result, indent=2)
-    written = R.write_results(text, args.json_out, args.state_dir, result["machine"]["host"])
+    try:
+        written = R.write_results(text, args.json_out, args.state_dir, result["machine"]["host"])
+    except OSError as exc:
+        written = R.write_results(text, None, tempfile.gettempdir(), result["machine"]["host"])
+        print(f"percept: bench: cannot write {args.json_out or 'the results'} ({exc.strerror}): written to {written}",
+              file=sys.stderr, flush=True)
     print(R.format_table(result), flush=True)
     if result["errors"]:
         print("errors: " + "; ".join(f"{k}: {v[:300]}" for k, v in result["errors"].items()), flush=True)
     print(f"results: {written}", flush=True)
+    if stopped is not None:
+        print("percept: bench: interrupted; the phases measured so far are in the results", file=sys.stderr, flush=True)
+        return EXIT_TERMINATED if isinstance(stopped, SystemExit) else EXIT_INTERRUPTED
     return 1 if result["errors"] else 0

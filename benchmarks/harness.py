@@ -157,6 +157,14 @@ def fail(message: str, code: int) -> int:
     return code
 
 
+def py_spy() -> str | None:
+    """py-spy on PATH or beside this Python (a virtual environment's), if installed."""
+    import shutil
+
+    beside = Path(sys.executable).with_name("py-spy")
+    return shutil.which("py-spy") or (str(beside) if beside.is_file() else None)
+
+
 def _say(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
@@ -247,17 +255,22 @@ class Graph:
 
         tap = M.StreamTap(self.client, streams).start()
         cpu = P.CpuMeter().start()
-        procs0 = P.process_stats()
-        t0, len0, st0 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
-        profilers = self._start_profilers(profile_dir, procs0, duration) if profile_dir else []
-        samples = []
-        end_at = time.monotonic() + duration
-        while (left := end_at - time.monotonic()) > 0:
-            time.sleep(min(5.0, left))
-            if end_at - time.monotonic() > 1:
-                samples.append(P.process_stats())
-        t1, len1, st1 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
-        procs1 = P.process_stats()
+        profilers: list[subprocess.Popen] = []
+        try:
+            procs0 = P.process_stats()
+            t0, len0, st0 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
+            profilers = self._start_profilers(profile_dir, procs0, duration) if profile_dir else []
+            samples = []
+            end_at = time.monotonic() + duration
+            while (left := end_at - time.monotonic()) > 0:
+                time.sleep(min(5.0, left))
+                if end_at - time.monotonic() > 1:
+                    samples.append(P.process_stats())
+            t1, len1, st1 = time.time(), self._lengths(streams), camera_states(self.client, keys, cams)
+            procs1 = P.process_stats()
+        except BaseException:  # (the tap's thread read Redis for the rest of the run)
+            tap.stop(), cpu.stop(), [p.kill() for p in profilers]
+            raise
         return {"t": (t0, t1), "lengths": (len0, len1), "states": (st0, st1), "cpu": cpu.stop(),
                 "processes": P.compare_processes(procs0, procs1, samples), "entries": tap.stop(),
                 "profilers": profilers}
@@ -282,9 +295,7 @@ class Graph:
 
     @staticmethod
     def _start_profilers(folder: Path, procs: dict[int, dict[str, Any]], duration: float) -> list[subprocess.Popen]:
-        import shutil
-
-        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        exe = py_spy()
         folder.mkdir(parents=True, exist_ok=True)
         out = []
         for pid, p in procs.items():

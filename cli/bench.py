@@ -4,11 +4,12 @@ code lives there, beside the RTSP test server)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 from typing import Any, Sequence
 
-from .common import number_arg
+from .common import number_arg, output_file_arg, overwritten_input
 
 
 def register(sub: Any) -> None:
@@ -16,8 +17,8 @@ def register(sub: Any) -> None:
 
     b = sub.add_parser("bench", help="measure the graph against the bare model, Ultralytics and redis-benchmark "
                        "(`percept bench soak --help` for the long run)")
-    add_arguments(b)
-    b.set_defaults(func=run_bench)
+    add_arguments(b, number_arg, output_file_arg)
+    b.set_defaults(func=functools.partial(run_bench, overwritten=overwritten_input))
 
 
 def soak_main(argv: Sequence[str], verbose: bool = False) -> int:

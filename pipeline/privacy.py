@@ -32,6 +32,7 @@ from .config_view import FACES_MODEL, PrivacyConfig
 from .models import resolve_weights
 from .openvino_quiet import quiet_openvino
 from .yunet_open import create_yunet
+from .signal_stack import own_signal_stack
 
 log = logging.getLogger("percept.privacy")
 
@@ -113,6 +114,7 @@ class PlateFinder:
         core = ov.Core()
         model = core.read_model(path)
         self._compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1})
+        own_signal_stack()  # (OpenVINO left a signal stack of its own on this thread: `pipeline.signal_stack`)
         self._input = model.inputs[0]
         shape = list(self._input.get_shape())  # [1, 300, 300, 3] NHWC
         self._size = (int(shape[2]), int(shape[1]))  # (width, height)

@@ -41,6 +41,7 @@ from .decode import LAYOUTS, decode
 from .openvino_export import Fitted, crop_window, export_card, letterbox_into, reshape_export
 from .openvino_net import _dims, _find, check_input, openvino_reason, to_tensor
 from .openvino_sizes import SizePlaces
+from ..signal_stack import own_signal_stack
 
 HINTS = ("THROUGHPUT", "LATENCY")  # batches, single frames
 MAX_SIZES = 4  # input sizes compiled besides the square (`openvino_export`); others run in the square
@@ -117,6 +118,7 @@ def open_detector(weights: str, card: ModelCard, *, field: str, threads: int,
         uint8 = preprocess_inside(model, input_index, card.input)
         config = {"INFERENCE_NUM_THREADS": int(threads)}
         throughput, latency = (core.compile_model(model, "CPU", {"PERFORMANCE_HINT": hint, **config}) for hint in HINTS)
+        own_signal_stack()  # (OpenVINO left a signal stack of its own on this thread: `pipeline.signal_stack`)
         requests = max(1, int(throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         return DetectorNet(throughput, latency, input_index, index, size, _dims(model.outputs[index]), requests, uint8)
 

@@ -18,6 +18,7 @@ import numpy as np
 from ..models import ModelError
 from ..openvino_quiet import quiet_openvino
 from .card import CardInput, ModelCard
+from ..signal_stack import own_signal_stack
 
 log = logging.getLogger("percept.backends")
 
@@ -125,6 +126,7 @@ def open_network(weights: str, card: ModelCard, *, field: str, threads: int | No
     if dynamic and not _batches(compiled, input_name, card):  # the batch is fixed inside (a Reshape)
         dynamic = False
         compiled = core.compile_model(core.read_model(str(path)), device, config)
+    own_signal_stack()  # (OpenVINO left a signal stack of its own on this thread: `pipeline.signal_stack`)
     in_port = _find(compiled.inputs, input_name) or compiled.inputs[0]
     for out in card.outputs:
         outputs[out.name] = _find(compiled.outputs, out.name)
