@@ -13,7 +13,7 @@ from .common import number_arg, output_file_arg, overwritten_input
 
 
 def register(sub: Any) -> None:
-    from benchmarks.bench import add_arguments, run_bench
+    from benchmarks.bench_run import add_arguments, run_bench
 
     b = sub.add_parser("bench", help="measure the graph against the bare model, Ultralytics and redis-benchmark "
                        "(`percept bench soak --help` for the long run)")

@@ -22,7 +22,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .config_errors import CONFIG_ERROR_EXIT_CODE, ConfigError, error_at, format_validation_error  # noqa: F401 (API)
@@ -35,7 +34,7 @@ from .config_models import (  # noqa: F401 (the config's API)
 from .config_tracker import TrackerConfig
 from .config_view import PrivacyConfig, ViewConfig
 from .config_redis import OutageBufferConfig, RedisConfig  # noqa: F401 (the config's API)
-from .config_yaml import ValueRefused, load_yaml
+from .config_yaml import config_from_yaml
 from .geometry import LINES_HELP, ZONES_HELP, Anchor, Lines, Zones, check_units
 from .config_serve import HttpConfig, SecurityConfig  # noqa: F401 (the config's API)
 from .config_urls import ENV_REF, camera_url_problem
@@ -402,24 +401,7 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         raise ConfigError([f"cannot read {p}: {exc.strerror}"], str(p)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"not a UTF-8 text file (byte {exc.start}): a YAML config is text"], str(p)) from None
-    try:
-        data = load_yaml(text)
-    except ValueRefused as exc:  # (a date that does not exist, an integer of thousands of digits)
-        mark = exc.problem_mark
-        raise ConfigError([f"YAML value refused at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"],
-                          str(p)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        if getattr(exc, "context", None) == "expected a single document in the stream":  # (a second ---)
-            problem = f"a config is one YAML document, {problem}"
-        if mark is None:  # (no place in the text: the aliases' expansion, `load_yaml`)
-            raise ConfigError([f"YAML refused: {problem}"], str(p)) from None
-        raise ConfigError([f"YAML syntax error at line {mark.line + 1}, column {mark.column + 1}: {problem}"],
-                          str(p)) from None
-    except RecursionError:  # (PyYAML's composer recurses once a level: ~500 levels end it)
-        raise ConfigError(["YAML nested too deeply (lists or mappings hundreds of levels deep): refused"],
-                          str(p)) from None
+    data = config_from_yaml(text, str(p))
     if data is None:  # (it ran with every default and no camera, without a word)
         raise ConfigError(["no settings in the file (empty, or comments only): write at least `cameras: []`"], str(p))
     env = os.environ if env is None else env

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from .config_errors import ConfigError
+
 MERGE_TAG = "tag:yaml.org,2002:merge"  # ``<<: *defaults``: its keys may be overridden, as YAML says
 BOOL_TAG, STR_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:str"
 
@@ -100,3 +102,25 @@ def load_yaml(text: str) -> Any:
         elif isinstance(node, list):
             stack.extend((child, aliased) for child in node)
     return data
+
+
+def config_from_yaml(text: str, source: str) -> Any:
+    """`load_yaml`, its errors a `ConfigError` naming the line (``source``: the file)."""
+    try:
+        return load_yaml(text)
+    except ValueRefused as exc:  # (a date that does not exist, an integer of thousands of digits)
+        mark = exc.problem_mark
+        raise ConfigError([f"YAML value refused at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"],
+                          source) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        if getattr(exc, "context", None) == "expected a single document in the stream":  # (a second ---)
+            problem = f"a config is one YAML document, {problem}"
+        if mark is None:  # (no place in the text: the aliases' expansion, `load_yaml`)
+            raise ConfigError([f"YAML refused: {problem}"], source) from None
+        raise ConfigError([f"YAML syntax error at line {mark.line + 1}, column {mark.column + 1}: {problem}"],
+                          source) from None
+    except RecursionError:  # (PyYAML's composer recurses once a level: ~500 levels end it)
+        raise ConfigError(["YAML nested too deeply (lists or mappings hundreds of levels deep): refused"],
+                          source) from None
