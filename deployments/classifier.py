@@ -88,6 +88,11 @@ class ClassifierDeployment:
         return out
 
     async def __del__(self) -> None:
-        self._swaps.cancel()
-        await self.batcher.close()
-        await self.model.leave()  # the API stops counting this replica
+        # (Serve may stop a replica while its model loads: only what __init__ made so far)
+        for task in ("_swaps", "_gauges"):
+            if getattr(self, task, None) is not None:
+                getattr(self, task).cancel()
+        if getattr(self, "batcher", None) is not None:
+            await self.batcher.close()
+        if getattr(self, "model", None) is not None:
+            await self.model.leave()  # the API stops counting this replica

@@ -28,7 +28,7 @@ from pipeline.models import DetectorInput, ModelError
 from pipeline.schema import Detections
 from pipeline.publish import Publisher
 from pipeline.registry import CameraRegistry
-from pipeline.streams import StreamKeys, redis_from_config
+from pipeline.streams import StreamKeys, once_redis_answers, redis_from_config
 from pipeline.track_orphans import RemovedCameraSweeper
 from pipeline.view import ViewHub
 from pipeline.keep import KeptFrame, KeptFrames, NotKept
@@ -162,8 +162,11 @@ class DecoderDeployment:
                                    max_buffer_bytes=cfg.redis.buffer.max_bytes).start()
         self.metrics = CameraMetrics(RayRecorder())  # Prometheus, on Ray's metrics endpoint
         # the live view (pipeline/view.py): JPEGs only while someone watches; blur models load here
-        self.views = await asyncio.to_thread(ViewHub.from_config, cfg, client, self.keys,
-                                             fence_of=self.publisher.fence_of)
+        # Redis restarting as the replica starts (a deploy or rollout bringing both up): waited out
+        stopping = functools.partial(getattr, self, "_stopping", False)
+        self.views = await once_redis_answers(functools.partial(
+            ViewHub.from_config, cfg, client, self.keys, fence_of=self.publisher.fence_of), "loading the live view",
+            stopping=stopping)
         self.kept = KeptFrames(cfg.view.keep_frames, max_bytes=int(cfg.view.keep_mb * 2**20))  # the last published frames per camera (explain)
 
         # frames to same-machine detectors through shared memory (pipeline/frame_share.py)
@@ -176,10 +179,12 @@ class DecoderDeployment:
                           "classifiers": sorted({transport_of(h) for h in classifiers.values()})}
         self._detect = lending(merged_detect(list(detectors.values())), self.lender)
         # the message's ``model``: the models that produced each frame (they change on a hot swap)
-        self._models = await asyncio.to_thread(PublishedModels, cfg, client)
+        self._models = await once_redis_answers(functools.partial(PublishedModels, cfg, client),
+                                                "reading the published models", stopping=stopping)
         self._routes = await asyncio.to_thread(classifier_routes, cfg, classifiers, self._models.answered)
         registry = CameraRegistry(client, self.keys)
-        await asyncio.to_thread(registry.seed, cfg.cameras)
+        await once_redis_answers(functools.partial(registry.seed, cfg.cameras), "seeding the camera registry",
+                                 stopping=stopping)
         if getattr(self, "_stopping", False):  # Serve stopped it meanwhile (`__del__`): no camera starts here
             self._close_started()
             return

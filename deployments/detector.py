@@ -102,7 +102,13 @@ class DetectorDeployment:
         return {"frame_lag_s": self.meter.lag_s(), "frames_waiting": self.meter.waiting_now(), "busy": busy}
 
     async def __del__(self) -> None:
-        self._swept.cancel()
-        self.frames.close()
-        self._swaps.cancel()
-        await self.model.leave()  # the API stops counting this replica
+        # (Serve may stop a replica while its model loads: only what __init__ made so far)
+        for task in ("_swept", "_swaps", "_gauges"):
+            if getattr(self, task, None) is not None:
+                getattr(self, task).cancel()
+        if getattr(self, "frames", None) is not None:
+            self.frames.close()
+        if getattr(self, "batcher", None) is not None:
+            await self.batcher.close()
+        if getattr(self, "model", None) is not None:
+            await self.model.leave()  # the API stops counting this replica

@@ -37,6 +37,7 @@ from pipeline.explain import (
     overlay,
     scores_of,
 )
+from pipeline.decoder_status import owner_tries
 from pipeline.keep import KeptFrame, NotKept
 from pipeline.lifecycle.swap import Desired, SwapKeys, swapped_cfg
 from pipeline.models import ModelError, prepare_frame
@@ -79,10 +80,6 @@ class ExplainApi:
         self.keys = keys
         self.registry = registry
         self.decoder = decoder
-        # calls until the owner of a camera answers, each to a replica Serve picks: with 10 per
-        # replica, missing the owner of R replicas has a chance of (1 - 1/R)^(10R) < 5e-5 (4R + 2
-        # missed it once in ~170 at 4 replicas); a call to another replica costs it no frame
-        self.tries = 10 * cfg.decoder_replicas + 2
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain", initializer=_lower_priority)
         self._detectors: dict[str, tuple[Any, DetectorConfig]] = {}  # deployment → its model as loaded here
         self._loaded_for: dict[str, tuple[str, str | None, int]] = {}  # deployment → (weights, card, swap generation)
@@ -142,7 +139,10 @@ class ExplainApi:
     async def _frame(self, camera_id: str, seq: int | None) -> KeptFrame:
         """The kept frame from the decoder replica running the camera; 404 when that replica no
         longer keeps ``seq`` (naming the seqs it keeps), 503 + Retry-After when none runs it."""
-        for _ in range(self.tries):
+        # calls until the owner answers, each to a replica Serve picks (`owner_tries`); a call to
+        # another replica costs it no frame
+        tries = await asyncio.to_thread(owner_tries, self.client, self.keys, self.cfg.decoder_replicas)
+        for _ in range(tries):
             try:
                 answer = await answer_within(self.decoder.kept_frame.remote(camera_id, seq), DECODER_ANSWER_S)
             except Exception as exc:  # noqa: BLE001 - a decoder replica restarting (or none running): the client retries

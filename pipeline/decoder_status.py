@@ -77,6 +77,19 @@ def live_decoders(client: redis.Redis, keys: StreamKeys) -> int:
     return sum(1 for s in read_shared(client, keys) if s["age_s"] <= 2 * SHARE_EVERY_S)
 
 
+def owner_tries(client: redis.Redis, keys: StreamKeys, configured: int) -> int:
+    """Calls to decoder replicas Serve picks at random until the one running a camera answers:
+    10 a replica, for as many as are running (`live_decoders`; a Serve config may run more than
+    the config says, ``num_replicas`` raised in it: 12 tries for 8 replicas missed the owner one
+    time in five) or the config's ``configured``, whichever is more: missing the owner of R
+    replicas has a chance of (1 - 1/R)^(10R) < 5e-5. Redis away: the config's."""
+    try:
+        running = live_decoders(client, keys)
+    except redis.RedisError:
+        running = 0
+    return 10 * max(configured, running, 1) + 2
+
+
 def forget_status(client: redis.Redis, keys: StreamKeys, owner: str) -> None:
     """A replica shutting down takes its status out (best effort: a killed one ages out)."""
     try:

@@ -117,16 +117,18 @@ class VideoSource:
     def next_seq(self) -> int:
         return self._next_seq
 
-    def _transition(self, state: SourceState, error: str | None = None) -> None:
+    def _transition(self, state: SourceState, error: str | None = None, *, only_from: SourceState | None = None) -> None:
         # one change said at a time, in the order made: the watchdog's (the event loop) and the
         # reader's could commit in one order and reach the status hook in the other, leaving the
         # camera's hash `reconnecting` while it streamed
         with self._saying:
-            self._change(state, error)
+            self._change(state, error, only_from)
 
-    def _change(self, state: SourceState, error: str | None) -> None:
+    def _change(self, state: SourceState, error: str | None, only_from: SourceState | None = None) -> None:
         with self._lock:
             previous = self._state
+            if only_from is not None and previous != only_from:
+                return  # (the watchdog's change, the reader's own made meanwhile: no longer what it was for)
             if state == previous and error is None:
                 return
             if self._stop.is_set() and state not in (SourceState.STOPPED, SourceState.FAILED):
@@ -158,7 +160,9 @@ class VideoSource:
         if self._state == SourceState.ONLINE and last is not None:
             silent = self._monotonic() - last
             if silent > self._watchdog_s:
-                self._transition(SourceState.RECONNECTING, f"no frame for {silent:.1f} s (watchdog)")
+                # (only from online: the reader may have failed or stopped the camera since the check)
+                self._transition(SourceState.RECONNECTING, f"no frame for {silent:.1f} s (watchdog)",
+                                 only_from=SourceState.ONLINE)
                 return True
         return False
 

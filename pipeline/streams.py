@@ -14,20 +14,25 @@ Keys (a public contract, schema v1):
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import redis
 
 from .config import CameraConfig, ConfigError, RedisConfig
 from .config_redis import TLS_ONLY
+from .backoff import Backoff
+from .redact import redact
 from .source_types import is_file_url
 
+log = logging.getLogger("percept.streams")
+T = TypeVar("T")
 
 ENDED_FIELD = "ended"  # the camera hash's field a file camera read to its end leaves (`ended_mark`)
 
@@ -244,3 +249,25 @@ def number(value: Any, default: float = 0.0) -> float:
 
 def _decode(mapping: Mapping[bytes, bytes]) -> dict[str, str]:
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in mapping.items()}
+
+
+async def once_redis_answers(call: Callable[[], T], what: str, *, stopping: Callable[[], bool] = lambda: False,
+                             backoff: Backoff | None = None) -> T:
+    """``call()`` (blocking, run in a thread) retried while Redis is unavailable (`redis_unavailable`;
+    a refusal or another error raises at once), a warning naming ``what`` at the first try that
+    fails and then every minute; ``stopping()`` true: the last error raises. A decoder replica
+    started while Redis restarts (a `serve deploy`, a KubeRay rollout bringing both up) failed its
+    constructor, and Serve gave up on the deployment after three such failures: DEPLOY_FAILED."""
+    backoff = backoff or Backoff(0.5, 10.0)
+    said_at = None
+    while True:
+        try:
+            return await asyncio.to_thread(call)
+        except redis.RedisError as exc:
+            if not redis_unavailable(exc) or stopping():
+                raise
+            if said_at is None or time.monotonic() - said_at >= 60:
+                said_at = time.monotonic()
+                log.warning("redis unavailable while %s (%s); retrying until it answers", what,
+                            redact(str(exc)) or type(exc).__name__)
+        await asyncio.sleep(backoff.next())

@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from pipeline.decoder_status import (MAX_AGE_S, live_decoders, merged_status, read_shared, share_status,
-                                     share_status_every)
+from pipeline.decoder_status import (MAX_AGE_S, live_decoders, merged_status, owner_tries, read_shared,
+                                     share_status, share_status_every)
 from pipeline.streams import StreamKeys
 
 KEYS = StreamKeys("dstatus")
@@ -191,3 +191,16 @@ def test_a_detector_that_fails_cancels_the_others_calls():
         assert ran == ["coco cancelled"]
 
     asyncio.run(main())
+
+
+def test_explain_tries_as_many_decoders_as_run_not_only_as_the_config_says(redis_server):
+    """A Serve config with ``num_replicas`` raised to 8 (the README says how) and a config of 1:
+    12 random calls missed the camera's owner one time in five (503 for a running camera)."""
+    import redis
+
+    client = redis_server.client()
+    assert owner_tries(client, KEYS, 1) == 12
+    for i in range(8):
+        share_status(client, KEYS, replica(f"d{i}", 100 + i, {}))
+    assert owner_tries(client, KEYS, 1) == 82 and owner_tries(client, KEYS, 10) == 102
+    assert owner_tries(redis.Redis(port=1, socket_connect_timeout=0.2), KEYS, 2) == 22  # (Redis away: the config's)

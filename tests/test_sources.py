@@ -406,3 +406,23 @@ def test_the_watchdogs_change_and_the_readers_reach_the_status_hook_in_the_order
     assert src.check_watchdog()
     wait_for(lambda: len(said) == 3, 10, "the reader's change said")
     assert said == [SourceState.ONLINE, SourceState.RECONNECTING, SourceState.ONLINE] and src.state == said[-1], said
+
+
+def test_a_camera_failed_between_the_watchdogs_check_and_its_change_is_left_failed(caplog):
+    """The watchdog read ``online`` without the lock; the reader failed the camera before its
+    change: InvalidTransition (failed → reconnecting), logged as "stats update failed" with a
+    traceback, that round's stats lost."""
+    said = []
+    src = VideoSource("cam", lambda: None, fps=5, is_file=False, on_status=lambda e: said.append(e.state),
+                      watchdog_s=1.0)
+    src._transition(SourceState.ONLINE)
+    src.last_frame_at = src._monotonic() - 5
+    clock = src._monotonic
+
+    def reader_fails_meanwhile() -> float:  # (read right after the watchdog's check)
+        src._transition(SourceState.FAILED, "401 Unauthorized")
+        return clock()
+
+    src._monotonic = reader_fails_meanwhile
+    src.check_watchdog()  # (raised InvalidTransition)
+    assert src.state == SourceState.FAILED and said == [SourceState.ONLINE, SourceState.FAILED], said
