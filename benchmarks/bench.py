@@ -46,6 +46,8 @@ import argparse
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from contextlib import ExitStack
 from datetime import datetime, timezone
@@ -96,6 +98,12 @@ class Bench:
 
         self.weights = resolve_weights(base.detector.weights, base.models_dir)
         self.result: dict[str, Any] = self._header()
+        # the SIGTERM handler of the run (`bench_run`), put back after Ray's start and end put theirs
+        self._sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+
+    def _our_sigterm(self) -> None:
+        if callable(self._sigterm):
+            signal.signal(signal.SIGTERM, self._sigterm)
 
     def _header(self) -> dict[str, Any]:
         from pipeline.models import choose_device, model_name
@@ -226,6 +234,7 @@ class Bench:
             try:
                 _say("starting Ray and Serve …")
                 g = Graph(ray_stack, self.redis_server.client(), num_cpus=self._ray_cpus())
+                self._our_sigterm()  # (ray.init installs its own: a SIGTERM then lost the JSON and left redis running)
                 self.result["ray_startup_s"] = g.startup_s
             except Exception as exc:
                 for p in ray_phases:
@@ -239,6 +248,7 @@ class Bench:
             self.attempt("latency", lambda: self.latency(g))
             self.attempt("overload", lambda: self.overload(g))
             _say("stopping Ray …")
+        self._our_sigterm()
 
     def _ray_cpus(self) -> int | None:
         """Enough logical CPUs for the largest graph of the bench (`ray_cpus_for`)."""

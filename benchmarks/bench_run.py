@@ -142,7 +142,7 @@ def missing_tools(source: str) -> str | None:
 
 def _report(args: argparse.Namespace, result: dict[str, Any], t_start: float, stopped: BaseException | None) -> int:
     """The JSON written and the table printed, also for a run interrupted or whose --json cannot
-    be written (then under the state directory, said so)."""
+    be written (then in the temporary folder, said so)."""
     R.add_ratios(result)
     result["wall_s"] = time.monotonic() - t_start
     for key in NULL_KEYS:

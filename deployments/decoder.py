@@ -162,11 +162,10 @@ class DecoderDeployment:
                                    max_buffer_bytes=cfg.redis.buffer.max_bytes).start()
         self.metrics = CameraMetrics(RayRecorder())  # Prometheus, on Ray's metrics endpoint
         # the live view (pipeline/view.py): JPEGs only while someone watches; blur models load here
+        self.views = await asyncio.to_thread(ViewHub.from_config, cfg, client, self.keys,
+                                             fence_of=self.publisher.fence_of)
         # Redis restarting as the replica starts (a deploy or rollout bringing both up): waited out
         stopping = functools.partial(getattr, self, "_stopping", False)
-        self.views = await once_redis_answers(functools.partial(
-            ViewHub.from_config, cfg, client, self.keys, fence_of=self.publisher.fence_of), "loading the live view",
-            stopping=stopping)
         self.kept = KeptFrames(cfg.view.keep_frames, max_bytes=int(cfg.view.keep_mb * 2**20))  # the last published frames per camera (explain)
 
         # frames to same-machine detectors through shared memory (pipeline/frame_share.py)

@@ -14,6 +14,7 @@ from ray import serve
 
 from pipeline.autoscale import WARMUP_S, FrameAgeMeter
 from pipeline.backends import load_detector
+from pipeline.backends.base import FailingBatches
 from pipeline.batching import AdaptiveBatcher, reconfigured
 from pipeline.config import PerceptConfig
 from pipeline.frame_share import FrameReader, NotShared
@@ -50,6 +51,7 @@ class DetectorDeployment:
         # (pipeline/batching.py)
         self.batcher = AdaptiveBatcher(self._detect_batch, wait_above_busy=0.75)
         self._one_batch = asyncio.Lock()  # for a model that runs one batch at a time
+        self.failing = FailingBatches()
         self.name, self.batch = deployment, section.cfg.batch
         await self.reconfigure({})  # the config's batches (Serve's user_config, when it has one, next)
         self._gauges = asyncio.get_running_loop().create_task(self.metrics.keep_gauges())
@@ -93,8 +95,14 @@ class DetectorDeployment:
                 started = time.perf_counter()
                 batch.results = await asyncio.to_thread(model.detect_batch, inputs)
                 infer_ms = (time.perf_counter() - started) * 1000
+        self.failing.saw(batch.results)  # (every frame failing for a while: `check_health` fails)
         # each frame names the model and carries the batch's time here (its `latency_ms.infer`)
         return [r.named(model.name, infer_ms=infer_ms) if isinstance(r, Detections) else r for r in batch.results]
+
+    def check_health(self) -> None:
+        """Serve restarts a replica whose model fails every frame (`FailingBatches`)."""
+        if getattr(self, "failing", None) is not None and (problem := self.failing.problem()):
+            raise RuntimeError(f"{self.name}: {problem}")
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom metrics for deployments.autoscaling.VideoLagPolicy."""

@@ -134,7 +134,8 @@ def _format_one(path: str, err: dict[str, Any], quote: bool = True) -> list[str]
     return [f"{path}: {msg}, got {_shown(path, err.get('input'))}" if quote else f"{path}: {msg}"]
 
 
-_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")  # a value as repr() quotes it
+# a value as repr() quotes it (not from an apostrophe inside a word: "the camera's host, got '…'")
+_QUOTED = re.compile(r"(?<!\w)'(?:[^'\\]|\\.)*'|(?<!\w)\"(?:[^\"\\]|\\.)*\"")
 
 
 def as_written(lines: list[str], used: Mapping[str, str]) -> list[str]:

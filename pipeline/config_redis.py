@@ -42,10 +42,13 @@ class RedisConfig(Strict):
 
     @field_validator("password")
     @classmethod
-    def _not_empty(cls, v: str | None) -> str | None:
-        if v == "":  # (a ${VAR} set but empty: the private redis-server ran with no password, without a word)
-            raise ValueError("is empty (a ${VAR} set to nothing?): leave the key out for no password")
-        return v
+    def _not_empty(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """Empty: no password for a server of ``url`` (one without AUTH); refused for the private
+        redis-server, which it started with no password, without a word (a ${VAR} never filled in)."""
+        if v == "" and info.data.get("url") is None and "url" in info.data:
+            raise ValueError("is empty (a ${VAR} set to nothing?): the private redis-server would run with no "
+                             "password; leave the key out for that")
+        return v or None
 
     @field_validator("username", "tls_ca_file")
     @classmethod

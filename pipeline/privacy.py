@@ -113,8 +113,10 @@ class PlateFinder:
 
         core = ov.Core()
         model = core.read_model(path)
-        self._compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1})
-        own_signal_stack()  # (OpenVINO left a signal stack of its own on this thread: `pipeline.signal_stack`)
+        try:
+            self._compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1})
+        finally:  # (OpenVINO left a signal stack of its own on this thread, compiled or not: `pipeline.signal_stack`)
+            own_signal_stack()
         self._input = model.inputs[0]
         shape = list(self._input.get_shape())  # [1, 300, 300, 3] NHWC
         self._size = (int(shape[2]), int(shape[1]))  # (width, height)

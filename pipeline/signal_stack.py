@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import sys
 import threading
 
 SIZE = 256 * 1024
@@ -33,9 +34,11 @@ def current() -> tuple[int, int, int]:
 def own_signal_stack() -> None:
     """The calling thread's alternate signal stack made ours (Linux; elsewhere nothing), unless it
     is ours already or there is none (then none is added)."""
+    if not sys.platform.startswith("linux"):  # (another stack_t layout; OpenVINO's leftover seen on Linux)
+        return
     try:
         address, flags, _ = current()
-    except OSError:  # (no sigaltstack in this libc)
+    except (OSError, AttributeError, TypeError):  # (no sigaltstack in this libc)
         return
     with _lock:
         mine = _kept.get(threading.get_ident())

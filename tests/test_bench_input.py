@@ -126,3 +126,30 @@ def test_sigterm_during_a_phase_keeps_what_was_measured_and_stops_what_it_starte
     assert result["interrupted"] is True and result["skipped"] == ALL_BUT("bare").split(","), result.keys()
     wait_for(lambda: not any(s.is_running() and s.status() != psutil.STATUS_ZOMBIE for s in servers), 30,
              "the bench's redis-server stopped")
+
+
+@pytest.mark.integration
+def test_sigterm_while_ray_runs_a_phase_keeps_what_was_measured_too(tmp_path, models_dir, videos):
+    """``ray.init`` put Ray's own SIGTERM handlers in place of the bench's: a SIGTERM during the
+    graph's phases (most of a run) could end it without its JSON and leave its redis-server."""
+    out, err = tmp_path / "r.json", tmp_path / "err.txt"
+    with err.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "bench", "--source", "file", "--duration", "600",
+                                 "--cameras", "1", "--skip", ALL_BUT("e2e"), "--json", str(out),
+                                 "--state-dir", str(tmp_path / "s"), "--videos", str(videos)],
+                                cwd=REPO, env=dict(os.environ, PERCEPT_MODELS_DIR=models_dir, YOLO_OFFLINE="1"),
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+    me = psutil.Process(proc.pid)
+    try:
+        wait_for(lambda: "bench: e2e …" in err.read_text() or proc.poll() is not None, 300, "the e2e phase under Ray")
+        assert proc.poll() is None, err.read_text()[-3000:]
+        servers = [p for p in me.children(recursive=True) if p.name() == "redis-server"]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err.read_text()[-3000:]
+    assert json.loads(out.read_text())["interrupted"] is True
+    wait_for(lambda: not any(s.is_running() and s.status() != psutil.STATUS_ZOMBIE for s in servers), 30,
+             "the bench's redis-server stopped")

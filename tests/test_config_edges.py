@@ -398,6 +398,12 @@ def test_a_secret_that_is_a_word_of_the_error_line_is_not_given_away_by_where_it
     assert sorted(err.value.errors) == sorted(parse_errors(data, "x" * 9)), err.value.errors
 
 
+def test_an_apostrophe_in_a_line_does_not_hide_the_quoted_value_from_the_redaction():
+    from pipeline.config_errors import as_written
+
+    assert as_written(["x: the camera's host, got 'hunter22'"], {"hunter22": "PW"}) == ["x: the camera's host, got '${PW}'"]
+
+
 def parse_errors(data, secret):
     with pytest.raises(ConfigError) as err:
         parse_config(data, env={"REDIS_PW": secret})
@@ -469,6 +475,9 @@ def test_an_empty_password_is_refused_not_taken_for_no_password():
         parse_config({"cameras": [], "redis": {"password": "${REDIS_PW}"}}, env={"REDIS_PW": ""})
     (line,) = err.value.errors
     assert line.startswith("redis.password: ") and "empty" in line, line
+    with_url = parse_config({"cameras": [], "redis": {"url": "redis://cache:6379/0", "password": "${REDIS_PW}"}},
+                            env={"REDIS_PW": ""})
+    assert with_url.redis.password is None  # (a server of its own without AUTH: no password, as before)
     assert "password='" not in repr(parse_config({"cameras": [], "redis": {"password": "hunter2"}}, env={}).redis)
 
 

@@ -54,3 +54,90 @@ def test_a_stopped_detector_closes_its_batcher_and_cancels_its_tasks():
         return [waiting.done(), replica._gauges.cancelled(), replica.model.left == 1]
 
     assert asyncio.run(stop()) == [True, True, True]
+
+
+def test_a_load_still_running_after_its_replica_left_writes_no_report_again(redis_server):
+    """`leave` deleted the replica's report, and the load still under way wrote it back at its
+    next report: a ghost "loading" replica the API waited for."""
+    import threading
+
+    from pipeline.config import DetectorConfig
+    from pipeline.lifecycle.swap import SwapKeys
+    from pipeline.lifecycle.swap_replica import ModelSwapper
+
+    client = redis_server.client()
+    keys = SwapKeys("stop", "detector")
+    release = threading.Event()
+
+    def slow_load(cfg):
+        release.wait(30)
+        return object()
+
+    async def scenario() -> None:
+        swapper = ModelSwapper(client=client, keys=keys, replica="r1", kind="detector",
+                               cfg=DetectorConfig(weights="a.pt"), load=slow_load, poll_s=0.05)
+        loading = asyncio.get_running_loop().create_task(swapper.start())
+        deadline = asyncio.get_running_loop().time() + 30  # its load under way, said in its report
+        while not await asyncio.to_thread(client.hexists, keys.replicas, "r1"):
+            assert asyncio.get_running_loop().time() < deadline, "no report while loading"
+            await asyncio.sleep(0.05)  # (polling a condition with a deadline)
+        await swapper.leave()  # Serve stops the replica meanwhile
+        release.set()
+        await asyncio.wait_for(loading, 30)
+        await swapper._send()  # (what its report loop would write next)
+
+    asyncio.run(scenario())
+    assert not client.hexists(keys.replicas, "r1"), client.hgetall(keys.replicas)
+
+
+def test_a_detector_whose_model_fails_every_frame_for_a_while_is_unhealthy():
+    """A replica whose model failed everything (a GPU lost to a device reset) stayed in rotation:
+    every frame sent to it retried once and then lost, its cameras `online`. A few bad frames,
+    or a failing stretch that any answer breaks, are not that."""
+    from pipeline.backends.base import FailingBatches
+
+    now = [0.0]
+    failing = FailingBatches(batches=3, seconds=10.0, clock=lambda: now[0])
+    lost = RuntimeError("CUDA error: an illegal memory access was encountered")
+    for t in (0.0, 4.0, 8.0, 12.0):  # four failed batches, the last past 10 s
+        now[0] = t
+        failing.saw([lost, lost])
+        if t < 10:
+            assert failing.problem() is None, t
+    assert failing.problem() == ("every frame of the last 4 batches failed, for 12 s: RuntimeError: CUDA error: an "
+                                 "illegal memory access was encountered")
+    failing.saw([lost, "an answer"])  # one frame answered: the model runs
+    assert failing.problem() is None
+    for t in (13.0, 30.0):  # two failed batches, however long apart: not yet
+        now[0] = t
+        failing.saw([lost])
+    assert failing.problem() is None
+
+    replica = DetectorDeployment.func_or_class.__new__(DetectorDeployment.func_or_class)
+    replica.check_health()  # (before its model loaded: nothing to say)
+    replica.name, replica.failing = "detector", failing
+    now[0] = 31.0
+    failing.saw([lost])
+    with pytest.raises(RuntimeError, match="^detector: every frame of the last 3 batches failed, for 18 s"):
+        replica.check_health()
+
+
+def test_the_detectors_batches_are_counted_for_its_health():
+    import contextlib
+    from types import SimpleNamespace
+
+    from pipeline.backends.base import FailingBatches
+
+    lost = RuntimeError("device lost")
+    replica = DetectorDeployment.func_or_class.__new__(DetectorDeployment.func_or_class)
+    replica.model = SimpleNamespace(current=SimpleNamespace(name="m", detect_batch=lambda inputs: [lost] * len(inputs)))
+    replica.batcher = SimpleNamespace(concurrency=1)
+    replica._one_batch = asyncio.Lock()
+    replica.meter = SimpleNamespace(observe=lambda ts: None, running=lambda n: contextlib.nullcontext())
+    replica.metrics = SimpleNamespace(batch=lambda inputs: contextlib.nullcontext(SimpleNamespace(results=None)))
+    replica.name, replica.failing = "detector", FailingBatches(batches=2, seconds=0.0)
+    frames = [SimpleNamespace(frame_ts=0.0)] * 2
+    for _ in range(2):
+        assert asyncio.run(replica._detect_batch(frames)) == [lost, lost]
+    with pytest.raises(RuntimeError, match="every frame of the last 2 batches failed"):
+        replica.check_health()

@@ -20,7 +20,8 @@ def on_a_thread(fn):
 
     worker = threading.Thread(target=run)
     worker.start()
-    worker.join(120)
+    worker.join(300)
+    assert not worker.is_alive() and "after" in seen, f"the network did not load on its thread: {seen}"
     return seen
 
 

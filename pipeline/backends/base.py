@@ -12,12 +12,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Protocol, Sequence
+import time
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from ..schema import Detections
 from ..models import DetectorInput, ModelError
+from ..redact import redact
 
 Attributes = Mapping[str, Mapping[str, Any]]
 
@@ -102,3 +104,35 @@ def warn_cpu_only(cfg: Any, field: str, backend: str) -> None:
     if cfg.half:
         log.warning("%s: half: not applied: the %s backend runs the network in the precision OpenVINO chooses for "
                     "this CPU (bf16 where the CPU has it, else the network's own)", field, backend)
+
+
+class FailingBatches:
+    """Whether a replica's model fails everything it is given (a GPU lost to a device reset, a
+    model that can no longer run): ``batches`` batches in a row whose every item failed, over at
+    least ``seconds``. Its replica's ``check_health`` then fails and Serve restarts it: it stayed
+    in rotation, every frame sent to it retried once and then lost, its cameras `online`. Any
+    batch with one answer starts the count again, so a few bad frames never add up to it."""
+
+    def __init__(self, batches: int = 3, seconds: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.batches, self.seconds, self._clock = batches, seconds, clock
+        self._count, self._since, self._last = 0, 0.0, None
+
+    def saw(self, results: Sequence[Any]) -> None:
+        """One batch's results (an exception each item that failed)."""
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if not results:
+            return
+        if len(failed) < len(results):
+            self._count, self._last = 0, None
+            return
+        if self._count == 0:
+            self._since = self._clock()
+        self._count += 1
+        self._last = failed[0]
+
+    def problem(self) -> str | None:
+        """Why the replica is unhealthy (None: it is not)."""
+        if self._count < self.batches or self._clock() - self._since < self.seconds:
+            return None
+        return (f"every frame of the last {self._count} batches failed, for {self._clock() - self._since:.0f} s: "
+                f"{type(self._last).__name__}: {redact(str(self._last))[:300]}")

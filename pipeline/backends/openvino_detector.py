@@ -117,8 +117,10 @@ def open_detector(weights: str, card: ModelCard, *, field: str, threads: int,
     def compiled(model: Any, size: tuple[int, int]) -> DetectorNet:
         uint8 = preprocess_inside(model, input_index, card.input)
         config = {"INFERENCE_NUM_THREADS": int(threads)}
-        throughput, latency = (core.compile_model(model, "CPU", {"PERFORMANCE_HINT": hint, **config}) for hint in HINTS)
-        own_signal_stack()  # (OpenVINO left a signal stack of its own on this thread: `pipeline.signal_stack`)
+        try:
+            throughput, latency = (core.compile_model(model, "CPU", {"PERFORMANCE_HINT": hint, **config}) for hint in HINTS)
+        finally:  # (OpenVINO left a signal stack of its own on this thread, compiled or not: `pipeline.signal_stack`)
+            own_signal_stack()
         requests = max(1, int(throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         return DetectorNet(throughput, latency, input_index, index, size, _dims(model.outputs[index]), requests, uint8)
 

@@ -122,11 +122,13 @@ def open_network(weights: str, card: ModelCard, *, field: str, threads: int | No
     config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    compiled = core.compile_model(model, device, config)
-    if dynamic and not _batches(compiled, input_name, card):  # the batch is fixed inside (a Reshape)
-        dynamic = False
-        compiled = core.compile_model(core.read_model(str(path)), device, config)
-    own_signal_stack()  # (OpenVINO left a signal stack of its own on this thread: `pipeline.signal_stack`)
+    try:
+        compiled = core.compile_model(model, device, config)
+        if dynamic and not _batches(compiled, input_name, card):  # the batch is fixed inside (a Reshape)
+            dynamic = False
+            compiled = core.compile_model(core.read_model(str(path)), device, config)
+    finally:  # (OpenVINO left a signal stack of its own on this thread, compiled or not: `pipeline.signal_stack`)
+        own_signal_stack()
     in_port = _find(compiled.inputs, input_name) or compiled.inputs[0]
     for out in card.outputs:
         outputs[out.name] = _find(compiled.outputs, out.name)

@@ -215,6 +215,8 @@ class ModelSwapper:
         self._clock_offset = seconds + micros / 1e6 - time.time()
 
     async def _send(self) -> None:
+        if getattr(self, "_left", False):  # (a load still running after the replica left: no ghost report)
+            return
         self.report.ts = time.time() + self._clock_offset
         try:
             await asyncio.to_thread(self.client.hset, self.keys.replicas, self.report.replica, self.report.to_json())
@@ -222,7 +224,8 @@ class ModelSwapper:
             log.warning("%s: report not written: %s: %s", self.keys.deployment, type(exc).__name__, exc)
 
     async def leave(self) -> None:
-        """The replica stops: its report goes (the API stops waiting for it)."""
+        """The replica stops: its report goes (the API stops waiting for it), and none comes again."""
+        self._left = True
         try:
             await asyncio.to_thread(self.client.hdel, self.keys.replicas, self.report.replica)
         except Exception:
