@@ -45,12 +45,12 @@ def test_a_stopped_detector_closes_its_batcher_and_cancels_its_tasks():
     async def stop() -> list[bool]:
         replica = cls.__new__(cls)
         replica.model = Counted()
-        replica.batcher = AdaptiveBatcher(lambda batch: asyncio.sleep(0, [None] * len(batch)))
+        replica.batcher = AdaptiveBatcher(lambda batch: asyncio.sleep(0, [None] * len(batch)))  # (answers at once)
         waiting = asyncio.get_running_loop().create_task(replica.batcher.submit("cam", 1))
-        replica._gauges = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
-        await asyncio.sleep(0)
+        replica._gauges = asyncio.get_running_loop().create_task(asyncio.sleep(3600))  # (a task for ever: cancelled)
+        await asyncio.sleep(0)  # (one turn of the loop: the submit queued; no wait)
         await replica.__del__()
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # (one turn of the loop: the cancellations delivered; no wait)
         return [waiting.done(), replica._gauges.cancelled(), replica.model.left == 1]
 
     assert asyncio.run(stop()) == [True, True, True]
