@@ -96,7 +96,7 @@ def run_bench(args: argparse.Namespace, overwritten: Callable[..., str | None] =
             raise ConfigError([f"--json: {args.json_out!r} is the {named} given"])
     except ConfigError as exc:  # (the options' own problems: said as such, not as "invalid config")
         return fail("bench: " + "; ".join(exc.errors), CONFIG_ERROR_EXIT_CODE)
-    if missing := missing_tools(args.source):
+    if missing := missing_tools(args.source, publish="publish" not in skip):
         return fail(f"bench: {missing}", EXIT_UNAVAILABLE)
     os.environ.setdefault("YOLO_VERBOSE", "False")
     t_start = time.monotonic()
@@ -125,10 +125,11 @@ def _interrupt(*_: Any) -> None:
     raise SystemExit(EXIT_TERMINATED)
 
 
-def missing_tools(source: str) -> str | None:
+def missing_tools(source: str, *, publish: bool = True) -> str | None:
     """What the run needs and this machine lacks, said before any phase (it was a traceback after
-    the limit phase): redis-server, redis-benchmark, and for RTSP cameras GStreamer's RTSP server."""
-    for tool in ("redis-server", "redis-benchmark"):
+    the limit phase): redis-server, redis-benchmark for the publish phase, and for RTSP cameras
+    GStreamer's RTSP server."""
+    for tool in ("redis-server", "redis-benchmark") if publish else ("redis-server",):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (Debian: redis-server; scripts/install-system-deps.sh installs it)"
     if source == "rtsp":
