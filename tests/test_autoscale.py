@@ -173,6 +173,7 @@ def test_a_frames_age_does_not_hang_on_the_decoder_and_detector_clocks_agreeing(
 def _half_built(cls, model):
     """A detector or classifier replica as Serve would run it, minus Serve, Redis and the model
     loading of its __init__: its batcher, meter and metrics, and ``model`` serving."""
+    from pipeline.backends.base import FailingBatches
     from pipeline.batching import AdaptiveBatcher
     from pipeline.metrics import ModelMetrics
 
@@ -181,6 +182,7 @@ def _half_built(cls, model):
     replica.meter, replica.metrics = FrameAgeMeter(), ModelMetrics("test")
     replica.model = type("Swapper", (), {"current": model})()
     replica._one_batch = asyncio.Lock()
+    replica.failing = FailingBatches()  # (the detector's health: `check_health`)
     run = replica._detect_batch if hasattr(cls, "_detect_batch") else replica._classify_batch
     replica.batcher = AdaptiveBatcher(run, max_batch_size=16, batch_wait_s=0.0)
     replica.frames = type("Frames", (), {"resolve": staticmethod(lambda image: image)})()
