@@ -139,10 +139,11 @@ class ExplainApi:
     async def _frame(self, camera_id: str, seq: int | None) -> KeptFrame:
         """The kept frame from the decoder replica running the camera; 404 when that replica no
         longer keeps ``seq`` (naming the seqs it keeps), 503 + Retry-After when none runs it."""
-        # calls until the owner answers, each to a replica Serve picks (`owner_tries`); a call to
-        # another replica costs it no frame
-        tries = await asyncio.to_thread(owner_tries, self.client, self.keys, self.cfg.decoder_replicas)
-        for _ in range(tries):
+        # calls until the owner answers, each to a replica Serve picks (`owner_tries`, counted once
+        # the first call missed: one replica, or the right one at once, asks Redis nothing); a call
+        # to another replica costs it no frame
+        tried, tries = 0, 1
+        while tried < tries:
             try:
                 answer = await answer_within(self.decoder.kept_frame.remote(camera_id, seq), DECODER_ANSWER_S)
             except Exception as exc:  # noqa: BLE001 - a decoder replica restarting (or none running): the client retries
@@ -156,6 +157,9 @@ class ExplainApi:
                     raise HTTPException(503, detail={"message": answer.message, "camera": camera_id},
                                         headers={"Retry-After": "1"})
                 raise HTTPException(404, detail={"message": answer.message, "camera": camera_id, "kept": list(answer.kept)})
+            tried += 1
+            if tried == 1:
+                tries = await asyncio.to_thread(owner_tries, self.client, self.keys, self.cfg.decoder_replicas)
         state = await asyncio.to_thread(self.client.hget, self.keys.camera(camera_id), "state")
         state = state.decode() if state else "pending"
         raise HTTPException(503, detail={"message": f"camera {camera_id!r} is not running on any decoder (state {state})",
