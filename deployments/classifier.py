@@ -15,6 +15,7 @@ from ray import serve
 
 from pipeline.autoscale import WARMUP_S, FrameAgeMeter
 from pipeline.backends import load_classifier
+from pipeline.backends.base import FailingBatches
 from pipeline.batching import AdaptiveBatcher, reconfigured
 from pipeline.config import PerceptConfig
 from pipeline.lifecycle.swap import ModelAnswers, SwapKeys
@@ -36,6 +37,7 @@ class ClassifierDeployment:
         self.category = section.category
         self.meter = FrameAgeMeter(warmup_s=WARMUP_S)
         self.metrics = ModelMetrics(deployment, RayRecorder())
+        self.failing = FailingBatches(item="crop")  # (every crop failing for a while: `check_health` fails)
         self.model = ModelSwapper(
             client=redis_from_config(cfg.redis), keys=SwapKeys(cfg.redis.stream_prefix, deployment),
             replica=serve.get_replica_context().replica_id.unique_id, kind="classifier", cfg=ccfg,
@@ -70,6 +72,12 @@ class ClassifierDeployment:
             self.meter.waiting -= len(crops)
             self.metrics.left(crops)
 
+    def check_health(self) -> None:
+        """Serve restarts a replica whose model fails every crop (`FailingBatches`): it stayed in
+        rotation, and every frame it got lost its attributes."""
+        if getattr(self, "failing", None) is not None and (problem := self.failing.problem()):
+            raise RuntimeError(f"{self.name}: {problem}")
+
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Crops waiting, for deployments.autoscaling.VideoLagPolicy (crops carry no capture time)."""
         busy = 0.0 if self.meter.warming_up() else self.batcher.busy_share()
@@ -81,6 +89,7 @@ class ClassifierDeployment:
         model = self.classifier  # this batch's model: a swap landing meanwhile applies from the next batch
         with self.metrics.batch(requests, size=len(flat)) as batch, self.meter.running(len(flat)):
             batch.results = answers = await asyncio.to_thread(model.classify_batch, flat)
+        self.failing.saw(answers)
         out, k = [], 0
         for crops in requests:
             out.append(ModelAnswers(answers[k : k + len(crops)], model=model.name))

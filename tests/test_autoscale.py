@@ -182,7 +182,7 @@ def _half_built(cls, model):
     replica.meter, replica.metrics = FrameAgeMeter(), ModelMetrics("test")
     replica.model = type("Swapper", (), {"current": model})()
     replica._one_batch = asyncio.Lock()
-    replica.failing = FailingBatches()  # (the detector's health: `check_health`)
+    replica.failing = FailingBatches()  # (the replica's health: `check_health`)
     run = replica._detect_batch if hasattr(cls, "_detect_batch") else replica._classify_batch
     replica.batcher = AdaptiveBatcher(run, max_batch_size=16, batch_wait_s=0.0)
     replica.frames = type("Frames", (), {"resolve": staticmethod(lambda image: image)})()

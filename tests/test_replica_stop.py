@@ -7,6 +7,7 @@ never closed. Ray-free: the deployments' classes themselves, no Serve."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -123,7 +124,6 @@ def test_a_detector_whose_model_fails_every_frame_for_a_while_is_unhealthy():
 
 
 def test_the_detectors_batches_are_counted_for_its_health():
-    import contextlib
     from types import SimpleNamespace
 
     from pipeline.backends.base import FailingBatches
@@ -141,3 +141,27 @@ def test_the_detectors_batches_are_counted_for_its_health():
         assert asyncio.run(replica._detect_batch(frames)) == [lost, lost]
     with pytest.raises(RuntimeError, match="every frame of the last 2 batches failed"):
         replica.check_health()
+
+
+def test_a_classifier_whose_model_fails_every_crop_for_a_while_is_unhealthy():
+    """Classifier replicas had no health check: one whose model failed every crop stayed in
+    rotation, and every frame sent there lost its attributes for good."""
+    from types import SimpleNamespace
+
+    from pipeline.backends.base import FailingBatches
+
+    cls = ClassifierDeployment.func_or_class
+    replica = cls.__new__(cls)
+    replica.check_health()  # (before anything was made: nothing to say)
+    lost = RuntimeError("device lost")
+    answers = [[lost, lost], [lost], [{"type": {"label": "car", "score": 0.9}}, lost]]
+    replica.model = SimpleNamespace(current=SimpleNamespace(name="m", classify_batch=lambda flat: answers.pop(0)))
+    replica.meter = SimpleNamespace(running=lambda n: contextlib.nullcontext())
+    replica.metrics = SimpleNamespace(batch=lambda requests, size: contextlib.nullcontext(SimpleNamespace(results=None)))
+    replica.name, replica.failing = "classifier-vehicle", FailingBatches(batches=2, seconds=0.0, item="crop")
+    for crops in ([1, 2], [3]):
+        asyncio.run(replica._classify_batch([crops]))
+    with pytest.raises(RuntimeError, match="^classifier-vehicle: every crop of the last 2 batches failed"):
+        replica.check_health()
+    asyncio.run(replica._classify_batch([[4], [5]]))  # one crop answered: the model runs
+    replica.check_health()

@@ -113,8 +113,9 @@ class FailingBatches:
     in rotation, every frame sent to it retried once and then lost, its cameras `online`. Any
     batch with one answer starts the count again, so a few bad frames never add up to it."""
 
-    def __init__(self, batches: int = 3, seconds: float = 10.0, clock: Callable[[], float] = time.monotonic):
-        self.batches, self.seconds, self._clock = batches, seconds, clock
+    def __init__(self, batches: int = 3, seconds: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 item: str = "frame"):
+        self.batches, self.seconds, self._clock, self.item = batches, seconds, clock, item
         self._count, self._since, self._last = 0, 0.0, None
 
     def saw(self, results: Sequence[Any]) -> None:
@@ -134,5 +135,5 @@ class FailingBatches:
         """Why the replica is unhealthy (None: it is not)."""
         if self._count < self.batches or self._clock() - self._since < self.seconds:
             return None
-        return (f"every frame of the last {self._count} batches failed, for {self._clock() - self._since:.0f} s: "
+        return (f"every {self.item} of the last {self._count} batches failed, for {self._clock() - self._since:.0f} s: "
                 f"{type(self._last).__name__}: {redact(str(self._last))[:300]}")
