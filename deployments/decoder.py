@@ -27,6 +27,7 @@ from pipeline.metrics import CameraMetrics
 from pipeline.models import DetectorInput, ModelError
 from pipeline.schema import Detections
 from pipeline.publish import Publisher
+from pipeline.redact import redact
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys, once_redis_answers, redis_from_config
 from pipeline.track_orphans import RemovedCameraSweeper
@@ -233,6 +234,7 @@ class DecoderDeployment:
         out["publisher"] = {
             "pending": self.publisher.pending,
             "connected": self.publisher.stats.connected,
+            "writing": self.publisher.writing,  # False: its writer thread stopped (the health check fails)
             "refusing": self.publisher.stats.refusing,  # Redis answers but refuses writes for now
             "dropped": dict(self.publisher.stats.dropped),
             "dropped_other": dict(self.publisher.stats.dropped_other),  # state writes, frameless events
@@ -259,6 +261,10 @@ class DecoderDeployment:
                            (self._metrics_task, "metrics")):
             if task.done():  # (each runs for the replica's life: ended is a fault; Serve restarts the replica)
                 raise RuntimeError(f"{what} stopped: {task.exception() if not task.cancelled() else 'cancelled'}")
+        publisher = getattr(self, "publisher", None)  # (None once closed)
+        if publisher is not None and not publisher.writing:  # (its results and states would queue unwritten)
+            failure = publisher.writer_failure
+            raise RuntimeError(f"publisher stopped: {type(failure).__name__}: {redact(str(failure))[:300]}")
 
     async def __del__(self) -> None:
         if not hasattr(self, "_status_task"):  # stopped while it starts: no camera ran here

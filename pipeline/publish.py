@@ -82,6 +82,7 @@ class Publisher(PublisherWriter):
         self._closed = False  # close() has returned: a later write is lost at once (counted, logged)
         self._last_ms: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, name="percept-publisher", daemon=True)
+        self.writer_failure: BaseException | None = None  # what stopped the writer thread (`writing`)
         self._idle = False  # the writer waits for an item
         self._eviction_checked = False  # Redis's maxmemory-policy looked at (`streams.warn_if_evicting`)
         self._backoff = Backoff(0.2, 5.0)
@@ -261,6 +262,12 @@ class Publisher(PublisherWriter):
                 len(self._queue) + len(self._in_flight) > self.max_entries or self._bytes - freed > self.max_bytes))
 
     @property
+    def writing(self) -> bool:
+        """False once the writer thread stopped by a fault (``writer_failure``): what is queued is
+        never written, so the decoder's health check fails (Serve restarts it, its cameras move)."""
+        return self.writer_failure is None
+
+    @property
     def pending(self) -> int:
         return len(self._queue) + len(self._in_flight)
 
@@ -280,7 +287,7 @@ class Publisher(PublisherWriter):
             while any(i.index <= target and (camera is None or i.camera == camera)
                       for i in itertools.chain(self._in_flight, self._queue)):
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or not self.writing:
                     return False
                 self._cond.wait(min(left, 0.1))
         return True

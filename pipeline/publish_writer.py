@@ -27,6 +27,16 @@ class PublisherWriter:
     """`Publisher`'s writer thread (its attributes: the queue, lock, stats, wire, backoff)."""
 
     def _run(self) -> None:
+        try:
+            self._write()
+        except BaseException as exc:  # a fault of ours: said once, and the replica's health check fails
+            self.writer_failure = exc
+            log.critical("publisher: the writer thread stopped; nothing more is written (%s: %s)",
+                         type(exc).__name__, redact(str(exc)), exc_info=True)
+            with self._cond:
+                self._cond.notify_all()  # (a flush waiting on it returns)
+
+    def _write(self) -> None:
         stalled = False  # the last batch was all kept back (no lease holder yet)
         while True:
             with self._cond:

@@ -5,6 +5,8 @@ what it became instead."""
 import socket
 import threading
 
+import pytest
+
 from pipeline.publish import Publisher
 from pipeline.streams import connect_redis
 
@@ -168,3 +170,41 @@ def test_events_lost_are_counted_one_by_one(redis_server, caplog):
         pub.start()
         pub.close(timeout=1)
     assert pub.stats.dropped_events["cam"] == 500, pub.stats.dropped_events  # (the rest lost at close)
+
+
+# (Python calls the decoder's async __del__ itself when the object goes: a coroutine nobody awaits)
+@pytest.mark.filterwarnings("ignore:coroutine 'DecoderDeployment.__del__' was never awaited")
+def test_a_writer_stopped_by_a_fault_says_so_and_its_replica_is_unhealthy(redis_server, monkeypatch, caplog):
+    """A fault of ours in the writer thread (not Redis: those it retries) ended the thread with a
+    traceback on stderr only: the decoder went on queueing results nobody would write (dropped by
+    the bound), its cameras `online`, its health check passing, a flush waiting out its timeout."""
+    import time
+    from types import SimpleNamespace
+
+    import pipeline.publish_writer as W
+    from deployments.decoder import DecoderDeployment
+
+    def broken(*args, **kwargs):
+        raise KeyError("a fault of ours")
+
+    pub = publisher(redis_server)
+    pub.publish(result(0))
+    assert pub.flush(5) and pub.writing
+    monkeypatch.setattr(W, "account", broken)
+    with caplog.at_level("CRITICAL", logger="percept.publish"):
+        pub.publish(result(1))
+        started = time.monotonic()
+        assert not pub.flush(60)  # (it returns as the writer stops, not after its timeout)
+        assert time.monotonic() - started < 30
+    assert not pub.writing and isinstance(pub.writer_failure, KeyError)
+    assert any("the writer thread stopped" in r.getMessage() for r in caplog.records), caplog.text
+
+    cls = DecoderDeployment.func_or_class
+    replica = cls.__new__(cls)
+    running = SimpleNamespace(done=lambda: False)
+    replica._task = replica._status_task = replica._metrics_task = running
+    replica.publisher = pub
+    with pytest.raises(RuntimeError, match="^publisher stopped: KeyError: 'a fault of ours'"):
+        replica.check_health()
+    pub.close(timeout=1)
+    assert pub.stats.dropped == {"cam": 1} and pub.pending == 0  # (what it held: counted as lost)
