@@ -166,30 +166,30 @@ class CameraSupervisor(CameraRestarts, LeaseKeeping):
         for notes in (self._free_rounds, self._start_errors):  # (a camera gone: its notes too)
             for cid in [c for c in notes if c not in self.cameras]:
                 del notes[cid]
-        # the cameras to stop stop together (one after another, a camera whose reader is stuck
-        # held the others' stops, restarts and claims for up to ~20 s each)
-        stops: list[asyncio.Task[None] | None] = []
+        # the cameras to stop stop together, in the background (one after another, a camera whose
+        # reader is stuck held the others' stops for up to ~20 s each; awaited here, it held this
+        # round's claims of other cameras as long): one restarted is claimed again in the round
+        # its stop's end brings forward (`_finish_stop`)
         for cid in [c for c in self.running if c not in self.cameras]:
             log.warning("camera %s: removed; stopping here", cid)
-            stops.append(self._stop_soon(cid, lost=False))
+            self._stop_soon(cid, lost=False)
         for cid, entry in list(self.running.items()):
             new, now = self.cameras[cid], entry.conductor.camera
             if new == now:
                 if entry.conductor.read_to_end and entry.task.done() and \
                         not await asyncio.to_thread(self._read_to_its_end, new):
                     log.info("camera %s: added again since its file was read to its end; reading it again", cid)
-                    stops.append(self._stop_soon(cid, lost=False))
+                    self._stop_soon(cid, lost=False)
                 continue
             if new.differs_at_runtime_only(now):
                 log.info("camera %s: zones/lines changed; applied without a restart", cid)
                 entry.conductor.reconfigure(new)
             elif new._added_ms != now._added_ms:  # removed and added again between two rounds
                 log.warning("camera %s: removed and added again; restarting it", cid)
-                stops.append(self._stop_soon(cid, lost=False))
+                self._stop_soon(cid, lost=False)
             else:  # its settings changed (a new URL, fps, …: a new config)
                 log.warning("camera %s: its settings changed; restarting it with them", cid)
-                stops.append(self._stop_soon(cid, lost=False))
-        await asyncio.gather(*(t for t in stops if t is not None))
+                self._stop_soon(cid, lost=False)
         await self._hand_over_surplus()
         await self._after_an_outage()
         await self._claim()
@@ -333,6 +333,8 @@ class CameraSupervisor(CameraRestarts, LeaseKeeping):
             if self.publisher is not None:
                 self.publisher.unfence(cid)
             self._stopping.discard(cid)
+            if not lost and cid in self.cameras:  # still listed (its settings changed, added again): claimed now
+                self._next_round = min(self._next_round, time.monotonic())
             self._wake.set()
 
     def status(self) -> dict[str, Any]:

@@ -174,3 +174,47 @@ def test_cameras_removed_together_stop_together(redis_server, monkeypatch):
     finally:
         bg.stop()
         pub.close()
+
+
+def test_a_slow_stop_holds_up_neither_the_claims_of_its_round_nor_its_own_restart(redis_server, monkeypatch):
+    """A round awaited its stops before it claimed: a camera removed whose reader was stuck (up
+    to ~20 s) held a camera added in the same round unclaimed as long. And a camera whose
+    settings changed starts again as its stop ends, not a round later."""
+    import asyncio
+
+    from pipeline.conductor import CameraConductor as Conductor
+
+    warm_imports()
+    client = redis_server.client()
+    monkeypatch.setattr(camera_open_module, "open_capture", lambda camera, url, **kw: LiveCapture())
+    release = threading.Event()
+    stop = Conductor.stop
+
+    async def stuck(self, **kw):
+        if self.camera.id == "old":
+            await asyncio.to_thread(release.wait, 30)  # (until the test has seen the new camera run)
+        return await stop(self, **kw)
+
+    monkeypatch.setattr(Conductor, "stop", stuck)
+    pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    listed = {"cameras": [CameraConfig(id="old", url="device:0", fps=10), CameraConfig(id="kept", url="device:0", fps=10)]}
+    sup = CameraSupervisor(lambda: listed["cameras"], client=client, keys=KEYS,
+                           start_camera=factory(pub, PerceptConfig(tracker={"enabled": False})), replicas=1,
+                           lease_ttl_s=30, owner="me", publisher=pub)  # (a round every 10 s)
+    bg = Background(sup)
+    try:
+        wait_for(lambda: set(sup.running) == {"old", "kept"}, 10, "both cameras running")
+        listed["cameras"] = [CameraConfig(id="kept", url="device:0", fps=5), CameraConfig(id="new", url="device:0", fps=10)]
+        def round_now():  # (the next round now: "old" removed, "kept" changed, "new" added)
+            sup._next_round = 0.0
+            sup._wake.set()
+
+        bg.loop.call_soon_threadsafe(round_now)
+        wait_for(lambda: "new" in sup.running, 8, "the camera added claimed while the removed one still stops")
+        assert "old" in sup._stopping
+        wait_for(lambda: sup.running.get("kept") is not None and sup.running["kept"].conductor.camera.fps == 5, 8,
+                 "the changed camera running again with its new settings (before the next regular round)")
+    finally:
+        release.set()
+        bg.stop()
+        pub.close()
