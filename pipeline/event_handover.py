@@ -46,6 +46,8 @@ class EngineHandover:
                 continue
             if self.file_time:  # an event's ts is when it was read, not the file's time its tracks are on
                 ts = max((t.last_ts for t in self._tracks.values()), default=0.0) if tr is None else tr.last_ts
+            elif self._clock is not None:  # onto the durations' timeline (`_duration_time`), as a frame's
+                ts = self._clock[0] + max(0.0, ts - self._clock[1])  # (raw: a clock step became a dwell)
             if tr is None and kind == "track_start":
                 box = [float(v) for v in ev.get("bbox") or (0, 0, 0, 0)]
                 centre = [round((box[0] + box[2]) / 2, 1), round((box[1] + box[3]) / 2, 1)]
@@ -172,14 +174,19 @@ def _checked(tr: OpenTrack) -> OpenTrack:
 
 
 def fitted_json(doc: dict[str, Any], limit: int) -> tuple[str, int | None]:
-    """``doc`` (a track state, its ``events`` an engine's `snapshot`: tracks most recently seen
-    first) as compact JSON of at most ``limit`` characters where leaving out the least recently
-    seen open tracks makes it fit; how many were kept, None when all were. ValueError: not JSON."""
+    """``doc`` (a track state, its ``events`` an engine's `snapshot`) as compact JSON of at most
+    ``limit`` characters where leaving out the least recently seen open tracks makes it fit (the
+    rest in the snapshot's order, by id); how many were kept, None when all were. ValueError: not
+    JSON. (The snapshot lists its tracks by id: cut from its end, the newest tracks went, those
+    still in view, and their next owner started them again.)"""
     text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
     tracks = (doc.get("events") or {}).get("tracks") if isinstance(doc.get("events"), dict) else None
     if len(text) <= limit or not tracks:
         return text, None
-    while len(text) > limit and tracks:
-        del tracks[int(len(tracks) * limit / len(text) * 0.95) if len(tracks) > 1 else 0:]
+    order = {id(t): k for k, t in enumerate(tracks)}
+    recent = sorted(tracks, key=lambda t: -t.get("last_frame", 0))  # (stable: ties stay by id)
+    while len(text) > limit and recent:
+        del recent[int(len(recent) * limit / len(text) * 0.95) if len(recent) > 1 else 0:]
+        tracks[:] = sorted(recent, key=lambda t: order[id(t)])
         text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
     return text, len(tracks)

@@ -130,3 +130,28 @@ def test_events_trimmed_past_the_snapshot_leave_its_tracks(redis_server, monkeyp
         start_owner(redis_server)
     assert [e["kind"] for e in events_of(client)] == ["track_end"]
     assert any("its events since its snapshot were trimmed" in r.getMessage() for r in caplog.records)
+
+
+def test_events_since_a_snapshot_are_put_on_its_timeline_before_its_tracks_end():
+    """NTP set an edge box's clock 3 days forward while a car stood in a zone, and the frames
+    after the snapshot cannot be replayed: one event published since (an attribute change)
+    carried its wall-clock time into the settled track, whose `zone_exit` dwell and `track_end`
+    duration became the 3 days of the step. On the snapshot's timeline they are what was seen."""
+    import numpy as np
+
+    from pipeline.events import EventEngine
+    from pipeline.schema import FrameMeta, FrameResult
+
+    zones = {"all": [[0, 0], [1, 0], [1, 1], [0, 1]]}
+    engine = EventEngine("cam", zones, None, track_buffer=2)
+    car = Detections(xyxy=np.array([[100, 100, 200, 180]], np.float32), scores=np.array([0.9]), labels=("car",),
+                     categories=("vehicle",), track_ids=(7,))
+    step = 3 * 86400
+    for k in range(8):  # 1.75 s in the zone, the wall clock stepped after 1 s (the steady clock goes on)
+        wall = 1.7e9 + k * 0.25 + (step if k >= 4 else 0)
+        engine.update(FrameResult(FrameMeta("cam", k, wall, None, 640, 360, steady_ts=100 + k * 0.25), car, {}, {}), {7})
+    settled = EventEngine.restore(json.loads(json.dumps(engine.snapshot())), "cam", zones, None, track_buffer=2)
+    settled.apply_published([{"kind": "attributes", "track_id": 7, "ts": 1.7e9 + 2.25 + step, "seq": 9,
+                              "id": "cam:7:attributes:1", "attributes": {"color": {"label": "red", "score": 0.9}}}])
+    by_kind = {e.kind: e for e in settled.close(10, 1.7e9 + 2.5 + step)}
+    assert by_kind["zone_exit"].dwell_s == 2.25 and by_kind["track_end"].duration_s == 2.25, by_kind

@@ -137,7 +137,9 @@ def test_a_crowds_snapshot_too_big_keeps_its_most_recently_seen_tracks_not_nothi
     """The events keep up to 4096 open tracks but the snapshot is bounded to 2 MiB: ~2800 open
     tracks with two classifier answers each filled it, and then no snapshot was written at all
     (the last one went stale: a crash replayed past 1000 frames, a handover ended every track).
-    The least recently seen tracks are left out until it fits (the bound made small here)."""
+    The least recently seen tracks are left out until it fits (the bound made small here): the
+    highest ids were cut instead, the tracks still in view, whose next owner then started them
+    again (a second `track_start` each) while it ended old lost ones."""
     from pipeline import track_state
     from pipeline.events import EventEngine
 
@@ -145,15 +147,19 @@ def test_a_crowds_snapshot_too_big_keeps_its_most_recently_seen_tracks_not_nothi
     tracker, events, writes = ObjectTracker(CFG), EventEngine("cam"), _Writes()
     snapshots = TrackSnapshots(writes, "cam", every=1)
     n = 300
+    recent = range(n - 79, n + 1)  # the tracks seen on the last frame (the high ids: the ones cut before)
     for seq in range(3):
-        boxes = [[(i % 20) * 30 + seq, (i // 20) * 30, (i % 20) * 30 + 20 + seq, (i // 20) * 30 + 20] for i in range(n)]
-        answers = [{"color": {"label": "white", "score": 0.9}, "type": {"label": "sedan", "score": 0.8}}] * n
-        dets = Detections(xyxy=boxes, scores=[0.9] * n, labels=["car"] * n, categories=["vehicle"] * n,
-                          attributes=answers, track_ids=list(range(1, n + 1)))
+        ids = list(range(1, n + 1)) if seq < 2 else list(recent)
+        boxes = [[(i % 20) * 30 + seq, (i // 20) * 30, (i % 20) * 30 + 20 + seq, (i // 20) * 30 + 20] for i in ids]
+        answers = [{"color": {"label": "white", "score": 0.9}, "type": {"label": "sedan", "score": 0.8}}] * len(ids)
+        dets = Detections(xyxy=boxes, scores=[0.9] * len(ids), labels=["car"] * len(ids),
+                          categories=["vehicle"] * len(ids), attributes=answers, track_ids=ids)
         meta = FrameMeta("cam", seq, 1_764_000_000 + seq, None, 640, 480)
         snapshots.tracked(seq, tracker)
         events.update(FrameResult(meta, dets, {}, {}), set(range(1, n + 1)))
         snapshots.published(meta, events)
     assert writes.seqs == [0, 1, 2], writes.seqs
     kept = json.loads(writes.last["json"])["events"]["tracks"]
-    assert len(writes.last["json"]) <= 60_000 and 0 < len(kept) < n, (len(writes.last["json"]), len(kept))
+    assert len(writes.last["json"]) <= 60_000 and len(recent) < len(kept) < n, (len(writes.last["json"]), len(kept))
+    assert set(recent) <= {t["id"] for t in kept}, "a track seen on the last frame was left out"
+    assert [t["id"] for t in kept] == sorted(t["id"] for t in kept)  # (kept in the snapshot's order)
