@@ -320,8 +320,11 @@ class CameraSupervisor(CameraRestarts, LeaseKeeping):
             await asyncio.wait([entry.task], timeout=15)
             if not entry.task.done():
                 entry.task.cancel()
-            elif not entry.task.cancelled():
-                entry.task.exception()  # retrieved: it was logged when it died
+            elif not entry.task.cancelled() and entry.task.exception() is not None and not (lost or hand_over) \
+                    and cid not in self.cameras and self.publisher is not None:
+                # removed while it waited to restart (its reader crashed): nobody says it stopped,
+                # and its hash kept "reconnecting … (restart in 1.0 s)" for good
+                self.publisher.camera_state(cid, "stopped", url=entry.conductor.camera.shown_url)
             left = entry.lease.deadline - time.monotonic()
             if self.publisher is not None and not lost and left > 0:
                 # what the camera published last lands while the lease is still ours

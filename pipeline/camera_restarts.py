@@ -49,23 +49,26 @@ class CameraRestarts:
             if entry.restart_at is None:
                 task = entry.task
                 if task.done() and not task.cancelled() and task.exception() is not None:
-                    self._schedule_restart(cid, entry, task.exception(), now, said=True)
+                    self._schedule_restart(cid, entry, task.exception(), now, said=True, ran=True)
             elif now >= entry.restart_at and cid in self.cameras and not self._stop.is_set():
                 await self._restart(cid, entry)
 
     def _schedule_restart(self, cid: str, entry: RunningCamera, exc: BaseException, now: float, *,
-                          said: bool = False) -> None:
+                          said: bool = False, ran: bool = False) -> None:
         """A restart after the backoff, said in the camera's state and logged; ``said``: the camera's
         run ended with ``exc``, and a `GeometryError` its conductor said as it failed is not said
         again (a second status entry; a hash write alone is not guarded against a resend, which
-        could land over the camera's later states)."""
-        if now - entry.started_at >= entry.backoff.cap:
+        could land over the camera's later states); ``ran``: ``exc`` ended a run (not a restart
+        that failed to start, which never resets the backoff: a camera that had run for an hour
+        retried a failing start every 0.5 s for as long as the fault lasted)."""
+        if ran and now - entry.started_at >= entry.backoff.cap:
             entry.backoff.reset()  # it had been running fine: a new fault, not the same one again
         delay = entry.backoff.next()
         entry.restart_at = now + delay
         cam = self.cameras.get(cid)
         failed = isinstance(exc, GeometryError)  # the camera cannot run as configured: said as it is
-        error = redact(str(exc) if failed else f"crashed: {type(exc).__name__}: {exc}",
+        what = "crashed" if ran else "could not restart"
+        error = redact(str(exc) if failed else f"{what}: {type(exc).__name__}: {exc}",
                        cam.secrets if cam is not None else ())
         log.error("camera %s: %s; restarting in %.1f s", cid, error, delay)
         if self.publisher is not None and not (failed and said):

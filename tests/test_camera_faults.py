@@ -184,3 +184,77 @@ def test_a_file_on_a_hung_mount_or_a_named_pipe_holds_up_no_other_camera(redis_s
         if bg.thread.is_alive():
             bg.stop()
         pub.close()
+
+
+def test_a_camera_removed_while_it_waits_to_restart_says_it_stopped(redis_server, monkeypatch):
+    """Its reader crashed and the supervisor waited to restart it; removed then, nothing said it
+    stopped: its hash kept `reconnecting … (restart in 1.0 s)` for good, nobody running it."""
+    client = redis_server.client()
+
+    def opener(camera, url, **kw):
+        if camera == "a":
+            raise ValueError("boom")  # (the reader crashes at every open)
+        return LiveCapture()
+
+    monkeypatch.setattr(camera_open_module, "open_capture", opener)
+    warm_imports()
+    pub = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start()
+    listed = {"cameras": [CameraConfig(id="a", url="device:0", fps=0), CameraConfig(id="b", url="device:0", fps=0)]}
+    sup = CameraSupervisor(lambda: listed["cameras"], client=client, keys=KEYS,
+                           start_camera=factory(pub, PerceptConfig(tracker={"enabled": False})), replicas=1,
+                           lease_ttl_s=3, owner="me", publisher=pub)
+    bg = Background(sup)
+    try:
+        wait_for(lambda: camera_states(client, KEYS, ["a"])["a"].get("state") == "reconnecting"
+                 and sup.running.get("a") is not None and sup.running["a"].restart_at is not None, 15,
+                 "camera a waiting to restart")
+        listed["cameras"] = []  # both removed
+        wait_for(lambda: {c: s.get("state") for c, s in camera_states(client, KEYS, ["a", "b"]).items()}
+                 == {"a": "stopped", "b": "stopped"}, 15, "both cameras said stopped")
+        assert not sup.running
+    finally:
+        bg.stop()
+        pub.close()
+
+
+def test_a_restart_that_keeps_failing_backs_off_though_the_camera_had_run_for_long():
+    """A camera that had run for an hour crashed, and its restarts then failed (Redis away as it
+    started): each failed start reset the backoff (it measured the hour since the last good
+    start), so it was tried every 0.5 s, an error line and a status entry each, for as long as
+    the fault lasted."""
+    from pipeline.backoff import Backoff
+    from pipeline.camera_restarts import CameraRestarts, RunningCamera
+
+    class Said:
+        def __init__(self):
+            self.errors = []
+
+        def camera_state(self, cid, state, error=None, **kw):
+            self.errors.append(error)
+
+    class Supervisor(CameraRestarts):
+        def __init__(self):
+            self.cameras, self.running = {"a": CameraConfig(id="a", url="device:0")}, {}
+            self.publisher, self._stop = Said(), asyncio.Event()
+
+        async def start_camera(self, cam):
+            raise ConnectionError("Error 111 connecting to redis:6379. Connection refused.")
+
+    async def crashed():
+        raise RuntimeError("reader crashed")
+
+    async def scenario():
+        sup = Supervisor()
+        task = asyncio.ensure_future(crashed())
+        await asyncio.wait([task])
+        sup.running["a"] = entry = RunningCamera(None, task, None, time.monotonic() - 3600, Backoff(0.5, 10.0))
+        await sup._restart_dead()  # the crash: a restart scheduled
+        for _ in range(4):
+            entry.restart_at = 0.0  # (due now: no waiting out the delays)
+            await sup._restart_dead()  # the restart, failing to start
+        return sup.publisher.errors
+
+    errors = asyncio.run(scenario())
+    assert [e.rsplit("(", 1)[1] for e in errors] == [
+        "restart in 0.5 s)", "restart in 1.0 s)", "restart in 2.0 s)", "restart in 4.0 s)", "restart in 8.0 s)"], errors
+    assert errors[0].startswith("crashed: RuntimeError") and errors[1].startswith("could not restart: ConnectionError")

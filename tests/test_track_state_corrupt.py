@@ -8,7 +8,6 @@ change) is owed until it is written: a frame that failed does not take it with i
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
