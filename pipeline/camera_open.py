@@ -89,7 +89,8 @@ def _video_source(camera: CameraConfig, config: PerceptConfig, slot: LatestFrame
         ),
         fps=camera.fps,
         is_file=is_file_url(camera.url),
-        paced=is_hls_url(camera.url),
+        # (a live HLS stream; a playlist on disk is a file: paced as `realtime` says)
+        paced=is_hls_url(camera.url) and not is_file_url(camera.url),
         loop=camera.loop,
         realtime=camera.realtime,
         native_fps=native_fps,

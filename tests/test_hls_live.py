@@ -71,12 +71,16 @@ def test_a_live_hls_camera_is_read_at_its_own_pace_without_reconnecting(live_pla
 
 
 def test_a_camera_with_a_playlist_url_is_read_paced_and_an_rtsp_one_is_not():
+    """And a playlist on disk (a recording exported as HLS) is a file: paced unless `realtime:
+    false`, which was ignored for it (a 20 s recording took 20 s, its mp4 0.7 s)."""
     from pipeline.camera_open import _video_source
     from pipeline.config import parse_config
     from pipeline.frame_slot import LatestFrameSlot
 
     config = parse_config({"cameras": [{"id": "hls", "url": "https://cams.example/live/index.M3U8?lang=en"},
-                                       {"id": "rtsp", "url": "rtsp://cams.example/live"}]}, env={})
+                                       {"id": "rtsp", "url": "rtsp://cams.example/live"},
+                                       {"id": "disk", "url": "/recordings/gate.m3u8"},
+                                       {"id": "flat", "url": "/recordings/gate.m3u8", "realtime": False}]}, env={})
     paced = [_video_source(camera, config, LatestFrameSlot(), seq_start=0, on_status=lambda event: None,
                            native_fps=None)._realtime for camera in config.cameras]
-    assert paced == [True, False]
+    assert paced == [True, False, True, False]
