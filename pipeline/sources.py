@@ -312,10 +312,13 @@ class VideoSource:
                 return ("empty" if nothing else "eof"), last_pts
             if connected_at is None:
                 connected_at = now
-            elif now - connected_at >= self._backoff.cap:  # up that long: a new drop is a new fault
+            elif decoded and now - connected_at >= self._backoff.cap:  # up that long: a new drop is a new fault
                 self._backoff.reset()
             self.last_frame_at = now
-            if self._state != SourceState.ONLINE:  # first frame, or frames back after a stall
+            # online from its first decoded frame (a stream whose packets came and never decoded
+            # was `online` ~98 % of the time, reconnecting every 30 sampled frames), and when
+            # frames come back after a stall
+            if decoded and self._state != SourceState.ONLINE:
                 self._transition(SourceState.ONLINE)
             self.frames_read += 1
             self._pass_frames += 1
@@ -347,6 +350,8 @@ class VideoSource:
                     return "lost", last_pts
                 continue
             undecodable, decoded = 0, True
+            if self._state != SourceState.ONLINE:  # (its first decoded frame)
+                self._transition(SourceState.ONLINE)
             meta = FrameMeta(
                 camera=self.camera,
                 seq=self._next_seq,

@@ -405,3 +405,25 @@ def test_a_camera_back_online_shows_no_last_error():
     for frame in src.frames():
         assert src.state == SourceState.ONLINE and src.last_error is None, src.last_error
         src.stop()
+
+
+def test_a_live_stream_whose_frames_never_decode_is_never_said_online():
+    """Its packets came (grab works), none decoded: each packet counted as a live frame, so the
+    camera was `online` with no error ~98 % of the time, flapping to `reconnecting` every 30
+    sampled frames (30 s at 1 fps) and back at once (the backoff reset after 10 s up). Sampled at
+    1 fps for 5 minutes of the camera's time now: never online, its reconnects saying why."""
+    clock, events, opens = Clock(), [], []
+
+    class Undecodable(UndecodableCapture):
+        def grab(self):
+            if clock.t - 1000.0 > 300:
+                src.stop()
+            return super().grab()
+
+    src = VideoSource("cam", lambda: opens.append(1) or Undecodable(10_000, clock, 0), fps=1, is_file=False,
+                      clock=clock, sleep=clock.sleep, on_status=events.append, backoff=Backoff(0.5, 10))
+    assert take(src, 1) == []
+    states = [e.state for e in events]
+    assert SourceState.ONLINE not in states, states
+    assert all("could not be decoded" in e.error for e in events if e.state == SourceState.RECONNECTING), events
+    assert 3 <= len(opens) <= 10, len(opens)
