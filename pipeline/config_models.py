@@ -205,7 +205,8 @@ MIN_RESTRICTED_SCORE = 0.1
 
 
 class ClassifierConfig(ModelServerConfig):
-    imgsz: int = Field(224, ge=32, le=1024, description="ultralytics classifiers: square crop size (a card sets its own)")
+    imgsz: int = Field(224, ge=32, le=1024, multiple_of=32,  # (ultralytics rounds another up, warning every call)
+                       description="ultralytics classifiers: square crop size, a multiple of 32 (a card sets its own)")
     name: str | None = Field(
         None, pattern=NAME, description="deployment classifier-<category>-<name>; default: the first of a "
         "category is classifier-<category>, the others are named after their weights")

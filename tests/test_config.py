@@ -319,8 +319,11 @@ def test_errors_of_several_models_name_their_paths():
     assert err.startswith("detectors: must be a valid list"), err
     (err,) = errors_of({"classifiers": {"vehicle": {"weights": "a.pt", "min_size": [72]}}})
     assert err.startswith("classifiers.vehicle.min_size")  # a single mapping keeps its own path
-    (err,) = errors_of({"classifiers": {"vehicle": [{"weights": "a.pt"}, {"weights": "b.pt", "imgsz": 1}]}})
+    (err,) = errors_of({"classifiers": {"vehicle": [{"weights": "a.pt"}, {"weights": "b.pt", "imgsz": 0}]}})
     assert err.startswith("classifiers.vehicle[1].imgsz: must be >= 32")
+    # (100 was taken: ultralytics ran 128 on crops cut at 100, a warning each predict)
+    (err,) = errors_of({"classifiers": {"vehicle": {"weights": "a.pt", "imgsz": 100}}})
+    assert err.startswith("classifiers.vehicle.imgsz: must be a multiple of 32"), err
     (err,) = errors_of({"classifiers": {"vehicle": [{"weights": "c.pt"}, {"weights": "x/a.pt"}, {"weights": "y/a.pt"}]}})
     assert err.startswith("classifiers.vehicle[2].name") and "classifier-vehicle-a" in err
     (err,) = errors_of({"detectors": [{"weights": "a.pt"}, {"weights": "f.onnx", "categories": {"face": ["face"]}}],

@@ -4,6 +4,7 @@ naming the config path (no Redis, no Ray started)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -198,3 +199,41 @@ def test_a_label_the_detector_lacks_is_warned_of_once(caplog):
         check_models(config)
     said = [r.getMessage() for r in caplog.records if "has no class" in r.getMessage()]
     assert said == ["detector.categories.vehicle: model has no class 'carr'; ignored"], said
+
+
+def test_labels_from_a_file_are_checked_as_inline_labels_are(tmp_path):
+    """A sigmoid output's labels are the attributes it writes: inline, `unclassified` or a name
+    with a space is refused; from its labels file they were taken as they came, so a pedestrian
+    card could write `unclassified` over another classifier's reasons. And a YAML labels file's
+    `off` (unquoted: a YAML boolean) became the label "False"."""
+    from pipeline.backends.card import load_card, read_labels
+    from pipeline.config_errors import ConfigError
+
+    card = yaml.safe_load((REPO / "configs" / "models" / "person-attributes.yaml").read_text())
+    labels = card["outputs"][0].pop("labels")
+    card["outputs"][0]["labels_file"] = "attrs.txt"
+    (tmp_path / "person.yaml").write_text(yaml.safe_dump(card))
+    for written, words in ((labels, None), ([*labels[:-1], "unclassified"], "'unclassified' is reserved"),
+                           ([*labels[:-1], "has bag"], "must match ^[A-Za-z_][A-Za-z0-9_]*$, got 'has bag'")):
+        (tmp_path / "attrs.txt").write_text("\n".join(written) + "\n")
+        loaded = load_card(tmp_path / "person.yaml")
+        if words is None:
+            assert read_labels(loaded.outputs[0], loaded, None) == labels
+            continue
+        with pytest.raises(ConfigError, match="outputs.0..labels_file: .*attrs.txt: .*" + re.escape(words)):
+            read_labels(loaded.outputs[0], loaded, None)
+
+    lights = yaml.safe_load((REPO / "configs" / "models" / "traffic-light-state.yaml").read_text())
+    lights["outputs"][0].pop("labels", None)
+    lights["outputs"][0]["labels_file"] = "names.yaml"
+    (tmp_path / "lights.yaml").write_text(yaml.safe_dump(lights))
+    for names, words in (("[red, yellow, green, 'off']", None), ("[red, yellow, green, off]", "entry 4: read as a boolean"),
+                         ("{0: red, 1: yellow, 2: green, 3: no}", "entry 4: read as a boolean"),
+                         ("[red, yellow, green, null]", "entry 4: read as nothing")):
+        (tmp_path / "names.yaml").write_text(f"names: {names}\n")
+        loaded = load_card(tmp_path / "lights.yaml")
+        if words is None:
+            assert read_labels(loaded.outputs[0], loaded, None) == ["red", "yellow", "green", "off"]
+            continue
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            read_labels(loaded.outputs[0], loaded, None)

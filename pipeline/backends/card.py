@@ -26,8 +26,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
@@ -49,6 +50,15 @@ def _cards_dir() -> Path:
 
 CARDS_DIR = _cards_dir()
 ATTRIBUTE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def sigmoid_labels_problem(labels: Sequence[str]) -> str | None:
+    """Why a sigmoid output's labels (each an attribute it writes) cannot be attribute names,
+    inline in the card or from its labels file; None when they can."""
+    bad = [n for n in labels if not re.match(ATTRIBUTE_NAME, n)]
+    if bad:
+        return f"sigmoid labels are attribute names and must match {ATTRIBUTE_NAME}, got {bad[0]!r}"
+    return RESERVED_WHY if RESERVED_ATTRIBUTE in labels else None
 
 
 class _Strict(BaseModel):
@@ -112,17 +122,10 @@ class CardOutput(_Strict):
             raise ValueError(f"labels: a {self.kind} output needs labels or labels_file")
         if self.labels is not None and self.labels_file is not None:
             raise ValueError("labels: give labels or labels_file, not both")
-        if self.kind == "sigmoid" and self.labels:
-            import re
-
-            bad = [n for n in self.labels if not re.match(ATTRIBUTE_NAME, n)]
-            if bad:
-                raise ValueError(f"labels: sigmoid labels are attribute names and must match {ATTRIBUTE_NAME}, got {bad[0]!r}")
-        written = ([self.attribute_name] if self.kind == "softmax" else
-                   list(self.labels or ()) if self.kind == "sigmoid" else [])
-        if RESERVED_ATTRIBUTE in written:
-            field = "labels" if self.kind == "sigmoid" else "attribute"
-            raise ValueError(f"{field}: {RESERVED_WHY}")
+        if self.kind == "sigmoid" and self.labels and (problem := sigmoid_labels_problem(self.labels)):
+            raise ValueError(f"labels: {problem}")
+        if self.kind == "softmax" and self.attribute_name == RESERVED_ATTRIBUTE:
+            raise ValueError(f"attribute: {RESERVED_WHY}")
         return self
 
     @property
@@ -232,7 +235,11 @@ def read_labels(output: CardOutput, card: ModelCard, weights: str | Path | None)
         candidates.append(Path(str(weights)).parent / output.labels_file)
     for path in candidates:
         if path.exists():
-            return _labels_from(path, f"{field}: {path}")
+            labels = _labels_from(path, f"{field}: {path}")
+            # (a file's sigmoid labels wrote any attribute: `unclassified` too, over the reasons there)
+            if output.kind == "sigmoid" and (problem := sigmoid_labels_problem(labels)):
+                raise ConfigError([f"{field}: {path}: {problem}"])
+            return labels
     looked = ", ".join(str(c.parent) for c in candidates) or "nowhere"
     raise ConfigError([f"{field}: {output.labels_file!r} not found (looked in {looked})"])
 
@@ -293,6 +300,8 @@ def _yaml_labels(text: str, where: str) -> list[str]:
         raise ConfigError([f"{where}: YAML syntax error{_yaml_position(exc)}"]) from None
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, list):
+        for position, name in enumerate(names, 1):
+            _yaml_name(name, f"{where}: names: entry {position}")
         return [str(n) for n in names]
     if not isinstance(names, dict):
         raise ConfigError([f"{where}: names: a list of class names, or class id → name, is needed"])
@@ -303,9 +312,20 @@ def _yaml_labels(text: str, where: str) -> list[str]:
                                "(a whole number 0, 1, ...)"])
         if int(str(key)) in by_id:
             raise ConfigError([f"{where}: names: entry {position}: class id {int(str(key))} again"])
-        by_id[int(str(key))] = (position, str(name))
+        by_id[int(str(key))] = (position, _yaml_name(name, f"{where}: names: entry {position}"))
     _check_ids(by_id, where)
     return [by_id[i][1] for i in sorted(by_id)]
+
+
+def _yaml_name(name: Any, where: str) -> str:
+    """A class name from a YAML labels file: `off`, `no`, `on`, `yes` unquoted are YAML booleans,
+    which became the labels "False" / "True"; an empty entry became "None"."""
+    if isinstance(name, bool) or name is None:
+        raise ConfigError([f"{where}: read as {'a boolean' if name is not None else 'nothing'} "
+                           f"(YAML takes off/on/no/yes/true/false unquoted so): quote the class name"])
+    if not isinstance(name, (str, int, float)):
+        raise ConfigError([f"{where}: a class name is text, got a {type(name).__name__}"])
+    return str(name)
 
 
 def _yaml_position(exc: yaml.YAMLError) -> str:
