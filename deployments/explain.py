@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -109,7 +110,13 @@ class ExplainApi:
                     "message": f"{exc} (camera {camera_id!r}, seq {frame.result.meta.seq})", "camera": camera_id,
                     "seq": frame.result.meta.seq, "objects": frame.result.objects.to_objects()}) from None
             loop = asyncio.get_running_loop()
-            png, headers = await loop.run_in_executor(self._pool, self._run, frame, index, target, method, masks)
+            abandoned = threading.Event()  # the request gone (the client left, Serve's timeout)
+            try:
+                png, headers = await loop.run_in_executor(self._pool, self._run, frame, index, target, method, masks,
+                                                          abandoned)
+            except asyncio.CancelledError:  # (one not started yet is cancelled in the pool; one running stops
+                abandoned.set()  # at its next batch: it ran on for minutes while the queue said its place was free)
+                raise
         except HTTPException:  # (the frame's own answers: 404, 503 …)
             raise
         except ExplainError as exc:
@@ -195,13 +202,15 @@ class ExplainApi:
             return detectors[0]
         return max(detectors, key=lambda d: scores_of(d[0], [prepare_frame(frame.image, d[1].imgsz)], target)[0])
 
-    def _run(self, frame: KeptFrame, index: int, target: Target, method: str, masks: int) -> tuple[bytes, dict[str, str]]:
+    def _run(self, frame: KeptFrame, index: int, target: Target, method: str, masks: int,
+             abandoned: threading.Event | None = None) -> tuple[bytes, dict[str, str]]:
         from pipeline.privacy import Blurrer
 
         if self._blurrer is None:
             self._blurrer = Blurrer.from_config(self.cfg.privacy, self.cfg.models_dir)
         self._blurrer.refuse_if_unavailable()  # before minutes of work whose image could not be shown
         detector, cfg = self._detector_for(frame, target)
+        detector = StopsWhenAbandoned(detector, abandoned or threading.Event())
         method = "rise" if method == "auto" else method
         result = explain(detector, frame.image, target, imgsz=cfg.imgsz, method=method, masks=masks)
         check = deletion_check(detector, frame.image, target, result.heat, imgsz=cfg.imgsz)
@@ -217,3 +226,23 @@ class ExplainApi:
             "X-Percept-Deletion": " ".join(f"{k}={v}" for k, v in check.as_dict().items()),
         }
         return png, headers
+
+
+class Abandoned(Exception):
+    """The explanation's request went away: its work stops (nobody reads the answer)."""
+
+
+class StopsWhenAbandoned:
+    """A detector as an explanation calls it, batch after batch: once ``abandoned`` is set, its
+    next batch raises `Abandoned` instead of running (an explanation is minutes of batches)."""
+
+    def __init__(self, detector: Any, abandoned: threading.Event):
+        self._detector, self._abandoned = detector, abandoned
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._detector, name)
+
+    def detect_batch(self, inputs: Any) -> Any:
+        if self._abandoned.is_set():
+            raise Abandoned("the explanation's request went away")
+        return self._detector.detect_batch(inputs)

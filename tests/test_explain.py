@@ -403,7 +403,7 @@ def test_explanations_beyond_four_asked_at_once_get_429_and_a_fault_is_a_clear_5
     api = ExplainApi(PerceptConfig(), client, keys, registry, decoder)
     release, started = threading.Event(), threading.Event()
 
-    def slow_run(frame, index, target, method, masks):
+    def slow_run(frame, index, target, method, masks, abandoned=None):
         started.set()
         if not release.wait(30):
             raise TimeoutError("never released")
@@ -465,7 +465,7 @@ def test_a_label_beyond_latin_1_comes_back_escaped_in_the_headers_not_as_a_500(r
 
     api = ExplainApi(PerceptConfig(), client, keys, registry, SimpleNamespace(kept_frame=SimpleNamespace(remote=kept_frame)))
 
-    def run(frame, index, target, method, masks):  # the explanation's work stood in for; its headers as `_run` makes them
+    def run(frame, index, target, method, masks, abandoned=None):  # the explanation's work stood in for; its headers as `_run` makes them
         return b"png", {"X-Percept-Object": f"index={index} label={target.label} score=0.9000 box=1.0,2.0,30.0,40.0",
                         "X-Percept-Method": "rise calls=8 ms=1 model=знаки\r\nX-Injected: 1"}
 
