@@ -105,7 +105,9 @@ def merged_status(own: dict[str, Any], shared: list[dict[str, Any]], *, complete
     replicas = [{**own, "age_s": 0.0}] + [s for s in shared if s.get("owner") != own.get("owner")]
     cameras: dict[str, Any] = {}
     decoders = []
-    for replica in sorted(replicas, key=lambda r: r["age_s"], reverse=True):  # the freshest wins a camera
+    # the freshest wins a camera, the answering replica's own on a tie (a shared status written
+    # 40 ms ago reads age 0.0: it won, and a camera just handed over here showed its old owner's)
+    for replica in sorted(replicas, key=lambda r: (r["age_s"], r is not replicas[0]), reverse=True):
         for cid, cam in (replica.get("cameras") or {}).items():
             cameras[cid] = {**cam, "owner": replica.get("owner"), "pid": replica.get("pid")}
     for replica in replicas:

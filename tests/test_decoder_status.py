@@ -39,6 +39,10 @@ def test_every_replica_is_in_the_answer_and_a_gone_one_is_dropped(redis_server):
     assert merged["complete"] is True
     assert merged_status(own, [], complete=False)["cameras"] == {"door": {"state": "online", "processed": 6,
                                                                           "owner": "a", "pid": 11}}
+    # a camera just handed over here, its old owner's status shared 40 ms ago (its age reads 0.0):
+    # the answering replica's own status wins the tie (the old owner's `stopping` was shown)
+    moved = [replica("b", 12, {"door": {"state": "stopping", "processed": 9}}) | {"age_s": 0.0}]
+    assert merged_status(own, moved)["cameras"]["door"] == {"state": "online", "processed": 6, "owner": "a", "pid": 11}
 
 
 def test_a_camera_listed_twice_while_it_moves_shows_the_fresher_replica(redis_server):
