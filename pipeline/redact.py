@@ -13,15 +13,16 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]{0,31}://)(?P<userinfo
 # "_", "-" or "." (access_token, client_secret, stream_key, X-Amz-Signature; pw, loginpas: cameras'
 # CGI URLs); a word no other name ends in after any prefix (userpwd, accesstoken); a short one in
 # camelCase (privateKey, authToken, adminPass: not monkey, passage); a digit or two after it
-# (password1); CDN and media servers' signed URLs (sign, hdnts, authkey, wowzatokenhash). Also a
+# (password1); CDN and media servers' signed URLs (sign, hdnts, hdnea, authkey, wowzatokenhash,
+# wmsAuthSign); userpass (cameras' CGI URLs). Also a
 # path segment so written (XMEye cameras: /user=admin_password=x_channel=1), up to the next "_" or
 # "/". A query value goes on past a ";" (``pwd=Summer;2024!``: one password)
 _SECRET_NAME = (r"(?:(?:[\w.-]{0,64}[_.-])?(?:password|passwd|passphrase|pwd|pass|pw|psw|pswd|loginpas|loginpass|passwort"
                 r"|passcode|token|auth|authorization|bearer|jwt|session|session_?id|sid"
-                r"|apikey|api_key|secret|key|signature|sig|sign|hdnts|credentials?)"
+                r"|apikey|api_key|secret|key|signature|sig|sign|hdnts|hdnea|credentials?)"
                 r"|[\w.-]{0,64}?(?:password|passwd|passphrase|pwd|pswd|passwort|passcode|token|secret|signature|credentials?"
-                r"|apikey|authorization|authkey|secretkey|streamkey|accesskey|privatekey|tokenhash)"
-                r"|[\w.-]{0,64}[a-z0-9](?-i:Pass|Pw|Pwd|Key|Auth|Sig|Session|Sid))\d*=")
+                r"|apikey|authorization|authkey|secretkey|streamkey|accesskey|privatekey|tokenhash|userpass)"
+                r"|[\w.-]{0,64}[a-z0-9](?-i:Pass|Pw|Pwd|Key|Auth|Sig|Sign|Session|Sid))\d*=")
 
 
 def _query_patterns(stop: str) -> tuple[re.Pattern[str], re.Pattern[str]]:

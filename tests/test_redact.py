@@ -46,6 +46,11 @@ def test_query_string_passwords_and_known_secrets_are_hidden():
     # signed URLs of CDNs and media servers (nginx-rtmp's authkey, Akamai's hdnts, Wowza's hash)
     assert redact_url("rtmp://s/live?authkey=A1&t=1&sign=S1&hdnts=exp=1~hmac=ff&wowzatokenhash=W1&secretkey=K1") == (
         "rtmp://s/live?authkey=***&t=1&sign=***&hdnts=***&wowzatokenhash=***&secretkey=***")
+    # (these three were stored in clear, and answered back: Akamai's hdnea, Nimble's wmsAuthSign, a CGI's userpass)
+    assert redact_url("https://c/live.m3u8?hdnea=st=1~exp=2~hmac=ff&wmsAuthSign=W2&x=1") == (
+        "https://c/live.m3u8?hdnea=***&wmsAuthSign=***&x=1")
+    assert redact_url("http://cam/video.cgi?username=admin&userpass=S3cret&compass=N") == (
+        "http://cam/video.cgi?username=admin&userpass=***&compass=N")
     assert redact_url("http://c/v?design=blue&signal=2") == "http://c/v?design=blue&signal=2"
     assert url_secrets("http://nvr/l.flv?accessToken=S3CRET&authToken=ab") == ("S3CRET",)  # (2 chars: not everywhere)
     secrets = url_secrets("rtsp://u:p%2Fq9@h/s")
