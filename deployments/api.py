@@ -38,7 +38,7 @@ from pipeline.lifecycle.swap_service import ModelSwaps
 from pipeline.decoder_status import merged_status, read_shared_or_none
 from pipeline.events import EventEngine
 from pipeline.geometry import GeometryError
-from pipeline.redact import redact, redact_url
+from pipeline.redact import redact, redact_text_given, redact_url
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys, camera_states, number, redis_from_config, redis_unavailable
 from pipeline.track_state import stored_pixel_frames
@@ -230,7 +230,7 @@ class CameraApi:
         """Zones, lines, anchor, line and zone margins change at runtime, without restarting the camera."""
         other = sorted(set(body) - set(RUNTIME_FIELDS))
         if other:
-            said = await asyncio.to_thread(lambda: [redact(k[:200]) for k in other[:MAX_PROBLEMS]])
+            said = await asyncio.to_thread(lambda: [redact_text_given(k, 200) for k in other[:MAX_PROBLEMS]])
             raise HTTPException(422, detail=_capped([f"{k}: only {', '.join(RUNTIME_FIELDS)} change at runtime; DELETE "
                                                      "and POST the camera to change the rest" for k in said], len(other)))
         if not body:  # (answered 200 with nothing changed: a client that sent the wrong body learnt nothing)

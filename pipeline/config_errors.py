@@ -73,7 +73,10 @@ def _path(loc: tuple[Any, ...]) -> str:
             out += f"[{str(part)!r}]"
         else:
             out += f".{part}" if out else str(part)
-    return redact(out)  # (a key is the user's text too: a URL pasted as a zone's name)
+    # (a key is the user's text too: a URL pasted as a zone's name, or as a camera's key, its
+    # password found as FFmpeg reads it — one with a space in it was quoted whole)
+    secrets = tuple(secret for part in loc if isinstance(part, str) and "@" in part for secret in url_secrets(part))
+    return redact(out, secrets)
 
 
 _MESSAGES = {

@@ -207,6 +207,14 @@ def password_without_host(url: str) -> str | None:
     return None if not after or after.isdigit() or "${" in after else after
 
 
+def redact_text_given(text: str, limit: int) -> str:
+    """A user's own text quoted back (a key, a name that may be a URL pasted there): scrubbed
+    whole, its URL's password found as FFmpeg reads it (one with a space in it: free text's
+    patterns stop there), then cut to ``limit`` (cut first, an ``@`` past the cut left the
+    password unscrubbed)."""
+    return redact(text, url_secrets(text))[:limit]
+
+
 def url_secrets(url: str) -> tuple[str, ...]:
     """The password a (resolved) URL carries, read both ways (`url_credentials`), and its
     ``password=``-like query values of 4 characters or more (shorter: scrubbed in the URL, but

@@ -95,6 +95,13 @@ def test_a_refused_camera_never_quotes_a_password_with_a_space_or_quote_in_it(ap
         (line,) = r.json()["detail"]
         assert r.status_code == 422 and line.startswith("url: ") and "rtsp://***@cam/" in line, r.text
         assert "S3cret" not in r.text and "PW" not in r.text and len(line) < 400, r.text
+    # a URL pasted as a key: quoted with its password whole (a space in it), or, on a PUT, cut at
+    # 200 characters before its "@" and then not scrubbed
+    r = api.post("/cameras", json={"id": "a", "url": "rtsp://cam/s", "rtsp://admin:S3cret PW@cam/": 1})
+    assert r.status_code == 422 and "S3cret" not in r.text and "PW@" not in r.text, r.text
+    api.post("/cameras", json={"id": "k", "url": "rtsp://cam/s"})
+    r = api.put("/cameras/k", json={"rtsp://admin:" + "S3cret" * 40 + "@host/": 1})
+    assert r.status_code == 422 and "S3cret" not in r.text and "only zones" in r.text, r.text
 
 
 def test_a_body_that_is_no_json_says_where_and_why(api):
