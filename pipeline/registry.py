@@ -274,9 +274,10 @@ class CameraRegistry:
         return [k.decode(errors="replace") for k in self.client.hkeys(self.key)]  # as `read` names them
 
     def add(self, camera: CameraConfig) -> bool:
-        """False if a camera with this id exists with other settings; the same camera again is
-        added (nothing written: a POST retried after a timeout whose write landed). The URL is
-        stored as given (``${VAR}`` kept)."""
+        """False if a camera with this id exists with other settings, or from a config file; the
+        same API camera again is added (nothing written: a POST retried after a timeout whose
+        write landed). The URL is stored as given (``${VAR}`` kept). (A config camera's settings
+        given again were "added", and the camera went when the file dropped it.)"""
         given = camera.model_dump(mode="json")
         added_ms = int(redis_now(self.client) * 1000)  # (what its id published before is another camera's)
         entry = json.dumps({"source": "api", "camera": given, "added_ms": added_ms})
@@ -290,9 +291,18 @@ class CameraRegistry:
             if raw is not None:
                 break
         try:
-            return raw is not None and json.loads(raw).get("camera") == given
+            had = json.loads(raw) if raw is not None else None
+            return isinstance(had, dict) and had.get("camera") == given and had.get("source") == "api"
         except (ValueError, AttributeError):
             return False
+
+    def source(self, camera_id: str) -> str | None:
+        """Where the camera came from: "api", "config", or None (not there, or not readable)."""
+        try:
+            source = json.loads(self.client.hget(self.key, camera_id) or b"{}").get("source")
+        except (ValueError, AttributeError):
+            return None
+        return source if isinstance(source, str) else None
 
     def added_ms(self, camera_id: str) -> int | None:
         """When the camera was added over the API (Redis's clock, ms); None: in a config file, added

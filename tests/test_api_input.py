@@ -460,3 +460,15 @@ def test_a_body_json_cannot_read_gets_a_400_saying_why(api, body, says):
     r = api.post("/cameras", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["detail"].startswith(says), r.text
     assert api.get("/cameras/none/snapshot.jpg").status_code == 404  # other HTTP errors as before
+
+
+def test_a_config_files_camera_posted_again_is_409_saying_whose_it_is(api, redis_server):
+    """The same settings as the config file's camera were answered 201 "added": the camera stayed
+    the file's, and went without a word when the file dropped it."""
+    from pipeline.config import CameraConfig
+    from pipeline.registry import CameraRegistry
+    from pipeline.streams import StreamKeys
+
+    CameraRegistry(redis_server.client(), StreamKeys("apiin")).seed([CameraConfig(id="file-cam", url="rtsp://cam.local/s")])
+    r = api.post("/cameras", json={"id": "file-cam", "url": "rtsp://cam.local/s"})
+    assert r.status_code == 409 and "is the config file's" in r.json()["detail"], r.text

@@ -91,7 +91,9 @@ def test_urls_keep_variables_in_redis_and_are_expanded_for_the_decoder(redis_ser
     # the same camera again (a POST retried after a timeout whose write landed): added; other settings: no
     assert reg.add(CameraConfig(id="api-cam", url="rtsp://viewer:${CAM_API_CAM_PASSWORD}@10.0.0.6/s1"))
     assert not reg.add(CameraConfig(id="api-cam", url="rtsp://viewer:${CAM_API_CAM_PASSWORD}@10.0.0.6/s1", fps=2))
-    assert reg.add(CameraConfig(id="cam", url=url))  # the same as the config's: there as asked
+    # the config's own camera: not added (answered as added, it went when the file dropped it)
+    assert not reg.add(CameraConfig(id="cam", url=url)) and reg.source("cam") == "config"
+    assert reg.source("api-cam") == "api" and reg.source("none") is None
     assert json.loads(client.hget(reg.key, "cam"))["camera"]["url"] == url
     pub = Publisher(client, keys=KEYS, maxlen=100).start()
     try:
