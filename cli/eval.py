@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, ENV_MODELS_DIR
+from pipeline.redact import quoted_url
 
 from .common import (IMGSZ, POSITIVE_INT, SCORE, device_problem, fail, number_arg, output_file_arg, overwritten_input,
                      stride_imgsz)
@@ -87,7 +88,7 @@ def _run(args: argparse.Namespace, evaluate: Any, **kwargs: Any) -> int:
         return fail(f"eval: --json: {args.json!r} is the {named} given", CONFIG_ERROR_EXIT_CODE)
     try:
         if not Path(args.data).expanduser().exists():
-            raise EvalError(f"--data: {args.data!r} does not exist")
+            raise EvalError(f"--data: {quoted_url(args.data)} does not exist")
         result = evaluate(args.weights, args.data, card=args.card, device=args.device, threads=args.threads,
                           models_dir=os.environ.get(ENV_MODELS_DIR) or None, **kwargs)
     except (EvalError, ModelError, ValueError) as exc:

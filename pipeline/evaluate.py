@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from .config_models import DEFAULT_CATEGORIES, DetectorConfig
+from .redact import quoted_url
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
 
@@ -73,7 +74,7 @@ def find_yolo_images(data: str | Path) -> tuple[list[Path], dict[int, str] | Non
     files beside them, a ``data.yaml`` or a folder holding one) and the yaml's names if any."""
     root = Path(data).expanduser()
     if not root.exists():
-        raise EvalError(f"--data: {str(data)!r} does not exist")
+        raise EvalError(f"--data: {quoted_url(data)} does not exist")
     names = None
     spec = root if root.is_file() else root / "data.yaml"
     if spec.is_file():

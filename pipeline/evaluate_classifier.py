@@ -15,6 +15,7 @@ import numpy as np
 
 from .config_models import ClassifierConfig
 from .evaluate import EvalError, _backend_name, _read_image, text_of
+from .redact import quoted_url
 
 
 def read_label_csv(labels: str | Path, data: str | Path) -> list[tuple[Path, int]]:
@@ -22,9 +23,9 @@ def read_label_csv(labels: str | Path, data: str | Path) -> list[tuple[Path, int
     the data folder, its ``images/`` and beside the CSV."""
     csv_path, root = Path(labels).expanduser(), Path(data).expanduser()
     if not root.is_dir():
-        raise EvalError(f"--data: {str(data)!r} is not a folder")
+        raise EvalError(f"--data: {quoted_url(data)} is not a folder")
     if not csv_path.is_file():
-        raise EvalError(f"--labels: {str(labels)!r} " + ("is not a file" if csv_path.exists() else "does not exist"))
+        raise EvalError(f"--labels: {quoted_url(labels)} " + ("is not a file" if csv_path.exists() else "does not exist"))
     try:
         return _label_rows(csv_path, root)
     except UnicodeDecodeError:

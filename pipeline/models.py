@@ -17,6 +17,7 @@ import numpy as np
 
 from .config import ENV_MODELS_DIR, ModelServerConfig
 from .openvino_quiet import quiet_openvino
+from .redact import quoted_url
 from .schema import Detections
 
 log = logging.getLogger("percept.models")
@@ -245,7 +246,7 @@ def load_yolo(cfg: ModelServerConfig, *, models_dir: str | None, field: str, tas
     from ultralytics import YOLO
 
     resolved = resolve_weights(cfg.weights, models_dir)
-    where = f"{cfg.weights!r} (looked in the current directory"
+    where = f"{quoted_url(cfg.weights)} (looked in the current directory"
     where += f" and {ENV_MODELS_DIR}={models_dir})" if models_dir else f"; {ENV_MODELS_DIR} is not set)"
     if offline() and not _found_offline(resolved):
         raise ModelError(f"{field}: cannot load {where}: no such file, and YOLO_OFFLINE is set: nothing is downloaded. "

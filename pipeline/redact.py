@@ -70,6 +70,12 @@ _MALFORMED_USERINFO = re.compile(r"(?<![A-Za-z0-9+.:/-])(?P<scheme>(?:rtsps?|htt
                                  r"(?!/)[^\s'\"]*@", re.I)
 
 
+def quoted_url(value: object) -> str:
+    """A path or URL the user gave, quoted in an error (``'rtsp://***@cam/s1'``): a camera's URL
+    given as `--calib`, a dataset's as `--data`, printed its password."""
+    return repr(redact_url(str(value)))
+
+
 def redact_url(url: str) -> str:
     """``rtsp://user:pass@host/x`` → ``rtsp://***@host/x``, ``?password=x`` → ``?password=***``;
     URLs without credentials are unchanged. A whole URL is split as FFmpeg does (a password

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from ..models import ModelError
+from ..redact import quoted_url
 from .export import DEFAULT_IMGSZ, size_mb
 
 
@@ -45,7 +46,7 @@ def resolve_variants(variants: Sequence[str], models_dir: str | None) -> list[st
         path = resolve_weights(str(v), models_dir)
         if not Path(path).exists():
             where = f" (nor in {models_dir})" if models_dir else ""
-            raise CompareError(f"variant {str(v)!r} does not exist{where}")
+            raise CompareError(f"variant {quoted_url(v)} does not exist{where}")
         out.append(path)
     return out
 

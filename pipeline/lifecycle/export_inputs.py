@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..evaluate import IMAGE_SUFFIXES, images_under
+from ..redact import quoted_url
 from .finetune_data import link_image
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts"}
@@ -33,7 +34,7 @@ def calibration_frames(sources: Sequence[str | Path], limit: int = RECOMMENDED_C
     for source in sources:
         p = Path(source).expanduser()
         if not p.exists():
-            raise ExportError(f"--calib: {str(source)!r} does not exist")
+            raise ExportError(f"--calib: {quoted_url(source)} does not exist")
         if p.is_dir():
             found = images_under(p)
             videos = sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES) if not found else []

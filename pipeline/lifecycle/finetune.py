@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models import load_failure
+from ..redact import quoted_url
 from .export import DEFAULT_IMGSZ
 from .export_inputs import current_folder
 from .finetune_data import (
@@ -97,7 +98,7 @@ def check_weights(weights: str | Path, models_dir: str | None) -> tuple[Path, An
     path = Path(resolve_weights(str(weights), models_dir)).expanduser()
     if not path.exists():
         where = f" (nor in {models_dir})" if models_dir else ""
-        raise FinetuneError(f"weights: {str(weights)!r} does not exist{where}")
+        raise FinetuneError(f"weights: {quoted_url(weights)} does not exist{where}")
     if path.suffix != ".pt":
         raise FinetuneError(f"weights: {path.name}: fine-tuning starts from an ultralytics .pt file (an export "
                             "— OpenVINO, ONNX, TensorRT — cannot be trained); fine-tune the .pt, then export the result")

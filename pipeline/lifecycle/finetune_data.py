@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from ..redact import quoted_url
 from ..evaluate import (IMAGE_SUFFIXES, EvalError, _label_path, images_under, normalised, text_of,
                         yaml_base_and_names, yaml_entry_images)
 
@@ -61,7 +62,7 @@ def read_dataset(data: str | Path, *, model_names: dict[int, str] | None = None)
     """The dataset at ``data``, its layout decided by what is there (see the module's doc)."""
     root = Path(data).expanduser()
     if not root.exists():
-        raise FinetuneError(f"--data: {str(data)!r} does not exist")
+        raise FinetuneError(f"--data: {quoted_url(data)} does not exist")
     if root.is_file():
         if root.suffix.lower() in (".yaml", ".yml"):
             return _detect_from_yaml(root, model_names)
