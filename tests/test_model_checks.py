@@ -108,6 +108,8 @@ def test_a_card_path_reads_only_a_small_yaml_file_and_quotes_none_of_it(tmp_path
     with pytest.raises(ValueError) as err:
         SwapRequest.model_validate({"weights": "~nosuchuser-percept/x.pt"})
     assert "its ~ cannot be expanded" in str(err.value)
+    with pytest.raises(ValueError, match="card"):  # (the API took "", which the CLI refuses: a card of ".")
+        SwapRequest.model_validate({"weights": "x.pt", "card": ""})
 
 
 def _sign_card(tmp_path, name: str, labels_file: str) -> str:

@@ -47,7 +47,8 @@ def test_a_swap_to_the_same_path_that_a_replica_fails_is_not_said_to_be_rolled_b
 
     refused = run_swap(swaps, [good, bad], b, before=lambda: failing.append("b.pt"))  # r2 cannot load it as it is now
     assert "replica r2 could not load" in refused, refused
-    assert "not rolled back: b.pt is the file the swap replaced, written again in place" in refused, refused
+    assert "not rolled back: the swap named b.pt, the file the replicas served before; if it was written again in " \
+           "place, its earlier version is gone" in refused, refused
     assert "every replica serves it again" not in refused
 
 

@@ -52,7 +52,8 @@ class SwapRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # (NaN was "must be <= 3600")
     weights: str = Field(min_length=1, description="path readable by the replicas, or a file in PERCEPT_MODELS_DIR")
-    card: str | None = Field(None, description="model card of a plain network (default: the shipped card, if any)")
+    card: str | None = Field(None, min_length=1,  # ("" passed: Path("") is "." and exists; as a card, not None)
+                             description="model card of a plain network (default: the shipped card, if any)")
     timeout_s: float = Field(300.0, gt=0, le=3600, description="how long to wait for every replica")
 
     @field_validator("weights", "card")
@@ -279,11 +280,12 @@ class ModelSwaps:
         came of it, in words."""
         name = Path(weights.rstrip("/")).name
         if card == failed.card and self._same_file(weights, failed.weights):
-            # the swap reloaded the file it serves, written again in place (`models finetune
-            # --out`): what it held before is gone, so no record brings it back
-            return (f"not rolled back: {name} is the file the swap replaced, written again in place, so its earlier "
-                    "version is gone; replicas that loaded it serve the new version, the others the earlier one "
-                    "until they load it (GET /models lists each)")
+            # the swap named the file the replicas serve (by this path or another): a record of it
+            # again brings nothing back — and when it was written again in place (`models
+            # finetune --out`), what it held before is gone (it said "written again" of any)
+            return (f"not rolled back: the swap named {name}, the file the replicas served before; if it was written "
+                    "again in place, its earlier version is gone: replicas that loaded it serve it as it is now, "
+                    "the others what they loaded before (GET /models lists each)")
         deadline = time.monotonic() + timeout_s
         made: list[Desired] = []  # the rollback's record, made once: a retry after a lost answer sends it again
         while True:
