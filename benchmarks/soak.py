@@ -34,9 +34,11 @@ from .harness import (
 )
 
 
-def add_arguments(p: argparse.ArgumentParser, number_arg: Callable[..., Callable[[str], Any]]) -> None:
+def add_arguments(p: argparse.ArgumentParser, number_arg: Callable[..., Callable[[str], Any]],
+                  output_file: Callable[[str], str] = str) -> None:
     """``number_arg``: the CLI's bounded-number option type (cli/common.py; benchmarks/ does not
-    import cli/): exit 2 naming the option (--cameras 0 gave an empty result)."""
+    import cli/): exit 2 naming the option (--cameras 0 gave an empty result); ``output_file``:
+    its output-file type, so that a ``--json`` that cannot be written fails before the run."""
     day = 86_400.0
     p.add_argument("--cameras", type=number_arg(int, 1, 256), default=8,
                    help="cameras, 1 to 256 (default 8, cycling over the clips)")
@@ -55,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser, number_arg: Callable[..., Callable
                    help="--source rtsp: frame rate of each RTSP camera (default 15)")
     add_rtsp_encode(p)
     p.add_argument("--videos", help="folder with the clips (default PERCEPT_SAMPLE_VIDEOS)")
-    p.add_argument("--json", dest="json_out", help="write the results here (default: <state-dir>/bench/<time>-<host>-soak.json)")
+    p.add_argument("--json", dest="json_out", type=output_file, help="write the results here (default: <state-dir>/bench/<time>-<host>-soak.json)")
     p.add_argument("--state-dir", default=".percept", help="percept's state directory (default .percept)")
 
 

@@ -3,13 +3,12 @@ code lives there, beside the RTSP test server)."""
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import os
 from typing import Any, Sequence
 
-from .common import number_arg, output_file_arg, overwritten_input
+from .common import ScrubbedParser, number_arg, output_file_arg, overwritten_input
 
 
 def register(sub: Any) -> None:
@@ -25,8 +24,8 @@ def soak_main(argv: Sequence[str], verbose: bool = False) -> int:
     """``percept bench soak …``: a mode of its own, with its own options."""
     from benchmarks.soak import add_arguments, run_soak
 
-    soak = argparse.ArgumentParser(prog="percept bench soak", description="long run: RSS, fds, drops, lag, exceptions")
-    add_arguments(soak, number_arg)
+    soak = ScrubbedParser(prog="percept bench soak", description="long run: RSS, fds, drops, lag, exceptions")
+    add_arguments(soak, number_arg, output_file_arg)  # (--json checked before the run, not after it)
     soak.add_argument("-v", "--verbose", action="store_true", help="as percept --verbose")
     args = soak.parse_args(list(argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose or verbose else logging.WARNING,

@@ -82,11 +82,18 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is no JSON number")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # (1e400: read as inf, sent on as Infinity, no JSON)
+        raise ValueError(f"{text[:40]} is beyond a JSON number's range")
+    return value
+
+
 def json_arg(shape: str) -> Any:
     """An argparse type: JSON text, else exit 2 saying where it stopped and the shape expected."""
     def parse(value: str) -> Any:
         try:
-            return json.loads(value, parse_constant=_no_constant)  # (NaN went to the API as no JSON)
+            return json.loads(value, parse_constant=_no_constant, parse_float=_finite)  # (NaN went to the API as no JSON)
         except RecursionError:  # (a traceback)
             raise argparse.ArgumentTypeError(f"nested too deeply; expected {shape}") from None
         except ValueError as exc:

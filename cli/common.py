@@ -25,6 +25,15 @@ EXIT_INTERRUPTED = 130
 T = TypeVar("T")
 
 
+class ScrubbedParser(argparse.ArgumentParser):
+    """argparse's, its errors scrubbed of credentials (``unrecognized arguments: --redis-url
+    redis://:pw@…``, a URL given where a camera id goes); its subcommands' parsers too (and
+    `percept bench soak`'s own, which printed them)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        super().error(redact(message))
+
+
 def fail(message: str, code: int) -> int:
     print(f"percept: {message}", file=sys.stderr, flush=True)
     return code

@@ -39,7 +39,7 @@ try:  # Ctrl-C while these import (the command's first ~0.3 s): held until they 
         from . import eval as eval_cmd
         from . import explain as explain_cmd
         from . import models as models_cmd
-        from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, fail
+        from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, ScrubbedParser, fail
 except KeyboardInterrupt:
     sys.exit(130)
 
@@ -48,16 +48,8 @@ COMMANDS = (run, demo, build, cameras, subscribe, top, bench, eval_cmd, models_c
 NOISY_LOGGERS = ("ray", "ray.serve", "ray.data", "ray.tune", "ultralytics", "filelock", "urllib3")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse's, its errors scrubbed of credentials (``unrecognized arguments: --redis-url
-    redis://:pw@…``, a URL given where a camera id goes); its subcommands' parsers too."""
-
-    def error(self, message: str):  # type: ignore[override]
-        super().error(redact(message))
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="percept", description="Streaming video perception on Ray Serve → Redis Streams")
+    p = ScrubbedParser(prog="percept", description="Streaming video perception on Ray Serve → Redis Streams")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also show Ray's, Serve's and the replicas' logs on the console")
     sub = p.add_subparsers(dest="command", required=True)

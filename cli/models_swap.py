@@ -90,7 +90,7 @@ def _swap(args: argparse.Namespace) -> int:
     card = os.path.abspath(args.card) if args.card and os.path.exists(args.card) else args.card
     # (a failed rollout's answer comes after its rollback rolled out: up to twice --timeout)
     body = {"weights": weights, "card": card, "timeout_s": args.timeout}
-    print(f"percept: checking {weights} for {deployment}, then rolling it out", file=sys.stderr, flush=True)
+    print(f"percept: checking {redact_url(weights)} for {deployment}, then rolling it out", file=sys.stderr, flush=True)
     try:
         status, answer = _call(args, "PUT", f"/models/{quote(deployment, safe='')}", body, timeout=2 * args.timeout + 120)
     except (urllib.error.URLError, OSError) as exc:
@@ -122,12 +122,12 @@ def _served(args: argparse.Namespace) -> int:
         return unreachable(args.api, exc)
     if status >= 400:
         return _refusal("models served", status, answer)
-    if args.json:
-        print(json.dumps(answer, indent=2))
-        return 0
     try:
-        if not isinstance(answer, list):  # (an empty body read as {}: a blank line, exit 0)
-            raise TypeError(type(answer).__name__)
+        if not isinstance(answer, list):  # (an empty body read as {}: a blank line, exit 0; with --json,
+            raise TypeError(type(answer).__name__)  # another service's page printed as {"detail": …}, exit 0)
+        if args.json:
+            print(json.dumps(answer, indent=2))
+            return 0
         lines = [api_text(line) for dep in answer for line in _served_lines(dep)]
     except (TypeError, KeyError, ValueError, AttributeError):  # --api names another HTTP service
         return fail(f"models served: {redact_url(args.api)} did not answer with percept's model list (is --api the graph's "
