@@ -220,8 +220,8 @@ class CameraApi:
         self._need_tracking({"zones": camera.zones, "lines": camera.lines})
         if not await asyncio.to_thread(self.registry.add, camera):
             if await asyncio.to_thread(self.registry.source, camera.id) == "config":  # (201 here: then gone with the file)
-                raise HTTPException(409, detail=f"camera {camera.id!r} is the config file's (it goes when the file "
-                                                "drops it): change it there, or PUT its zones and lines")
+                raise HTTPException(409, detail=f"camera {camera.id!r} exists, from the config file (it goes when "
+                                                "the file drops it): change it there, or PUT its zones and lines")
             raise HTTPException(409, detail=f"camera {camera.id!r} exists; DELETE it first to change it")
         if camera.id not in there:  # a live image a camera of this id left (removed a moment ago) is not
             # this one's; the same camera again (a POST retried) keeps its own

@@ -471,4 +471,4 @@ def test_a_config_files_camera_posted_again_is_409_saying_whose_it_is(api, redis
 
     CameraRegistry(redis_server.client(), StreamKeys("apiin")).seed([CameraConfig(id="file-cam", url="rtsp://cam.local/s")])
     r = api.post("/cameras", json={"id": "file-cam", "url": "rtsp://cam.local/s"})
-    assert r.status_code == 409 and "is the config file's" in r.json()["detail"], r.text
+    assert r.status_code == 409 and "exists, from the config file" in r.json()["detail"], r.text
