@@ -4,6 +4,7 @@ for the proxy) on a real redis-server, the camera states written as a decoder wr
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 
@@ -96,6 +97,12 @@ TILE_JS = """(() => { const t = document.querySelector('.tile[data-camera="door"
                          filter: getComputedStyle(t.querySelector('img')).filter}); })()"""
 
 
+def door_tile(browser, check=lambda tile: True):
+    """The "door" tile as `TILE_JS` reads it, when ``check`` holds of it (else None)."""
+    found = json.loads(browser.js(TILE_JS) or "null")
+    return found if found and check(found) else None
+
+
 def test_a_tile_whose_api_stops_answering_is_greyed_and_says_so(page_server, redis_server, tmp_path):
     """The API (or the Redis behind it) gone, the page kept each tile's last image in full colour
     under a green "online", only the summary line saying anything: a frozen frame that looked
@@ -114,11 +121,7 @@ def test_a_tile_whose_api_stops_answering_is_greyed_and_says_so(page_server, red
     browser = Chromium(tmp_path / "profile")
     try:
         browser.call("Page.navigate", url=page_server + "/")
-
-        def tile(check):
-            found = json.loads(browser.js(TILE_JS) or "null")
-            return found if found and check(found) else None
-
+        tile = functools.partial(door_tile, browser)
         live = wait_for(lambda: tile(lambda t: t["state"] == "online" and t["frames"] >= 1), 60, "the tile's image")
         assert live["filter"] == "none" and not live["visible"], live
         page_server.stop()

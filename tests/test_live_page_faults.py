@@ -5,6 +5,7 @@ as `test_live_page.py`; a stub HTTP server for the API that hangs)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -17,7 +18,7 @@ import numpy as np
 from pipeline.redis_server import free_port
 from pipeline.view import encode_jpeg
 
-from .test_live_page import KEYS, TILE_JS, page_server  # noqa: F401 (a fixture)
+from .test_live_page import KEYS, door_tile, page_server  # noqa: F401 (a fixture)
 from .test_live_view import Chromium
 from .waiting import wait_for
 
@@ -45,10 +46,7 @@ def test_an_image_whose_view_stopped_is_greyed_and_says_why(page_server, redis_s
     browser = Chromium(tmp_path / "profile")
     try:
         browser.call("Page.navigate", url=page_server + "/")
-
-        def tile(check):
-            found = json.loads(browser.js(TILE_JS) or "null")
-            return found if found and check(found) else None
+        tile = functools.partial(door_tile, browser)
 
         live = wait_for(lambda: tile(lambda t: t["frames"] >= 1), 60, "the tile's image")
         assert live["filter"] == "none" and not live["visible"], live
@@ -93,10 +91,9 @@ def test_an_api_that_takes_connections_and_never_answers_is_no_answer(tmp_path):
     browser = Chromium(tmp_path / "profile")
     try:
         browser.call("Page.navigate", url=f"http://127.0.0.1:{server.server_port}/")
-        tile = lambda: json.loads(browser.js(TILE_JS) or "null")  # noqa: E731
-        wait_for(lambda: (t := tile()) and t["frames"] >= 1, 60, "the tile's image")
+        wait_for(lambda: door_tile(browser, lambda t: t["frames"] >= 1), 60, "the tile's image")
         hung.set()
-        gone = wait_for(lambda: (t := tile()) and t["state"] == "unknown" and t, 30, "the tile's state unknown")
+        gone = wait_for(lambda: door_tile(browser, lambda t: t["state"] == "unknown"), 30, "the tile's state unknown")
         assert "grayscale" in gone["filter"] and gone["visible"], gone
         assert gone["overlay"] == "no answer from the API (none in 5 s)", gone
     finally:

@@ -300,9 +300,7 @@ def _yaml_labels(text: str, where: str) -> list[str]:
         raise ConfigError([f"{where}: YAML syntax error{_yaml_position(exc)}"]) from None
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, list):
-        for position, name in enumerate(names, 1):
-            _yaml_name(name, f"{where}: names: entry {position}")
-        return [str(n) for n in names]
+        return [_yaml_name(name, f"{where}: names: entry {position}") for position, name in enumerate(names, 1)]
     if not isinstance(names, dict):
         raise ConfigError([f"{where}: names: a list of class names, or class id → name, is needed"])
     by_id: dict[int, tuple[int, str]] = {}
