@@ -45,6 +45,7 @@ class DetectorDeployment:
         self.frames = FrameReader()  # frames a decoder on this machine lends (pipeline/frame_share.py)
         self._swept = asyncio.get_running_loop().create_task(self.frames.keep_swept())  # (idle mappings let go)
         self.meter = FrameAgeMeter(warmup_s=WARMUP_S)
+        self._captured: dict[int, float | None] = {}  # id of a frame here → its capture (`detect`)
         self.metrics = ModelMetrics(deployment, RayRecorder())
         # a batch leaves once every camera sending here has a frame in it, or when full, or
         # after batch_wait_ms, and at once while the model is busy less than 3/4 of the time
@@ -69,21 +70,25 @@ class DetectorDeployment:
         self.batch = reconfigured(self.name, user_config, self.batch, self.batcher, self.metrics.max_batch_size)
 
     async def detect(self, inp: DetectorInput) -> Detections | Exception:
+        # its capture on this host's steady clock, from the age the decoder sent: the lag
+        # autoscaling reads (`FrameAgeMeter`); frame_ts on this host's wall clock
+        captured = self.meter.captured(inp.age())
         try:
-            # frame_ts on this host's clock (from the age the decoder sent): the lag autoscaling reads
             inp = replace(inp.arrived(), image=self.frames.resolve(inp.image))
         except NotShared as exc:  # the decoder sends the pixels instead
             return exc
         self.meter.waiting += 1
         self.metrics.arrived(inp)
+        self._captured[id(inp)] = captured
         try:
             return await self.batcher.submit(getattr(inp, "camera", None), inp)
         finally:
             self.meter.waiting -= 1
+            self._captured.pop(id(inp), None)
             self.metrics.left(inp)
 
     async def _detect_batch(self, inputs: list[DetectorInput]) -> list[Detections | Exception]:
-        self.meter.observe([inp.frame_ts for inp in inputs])
+        self.meter.observe([self._captured.get(id(inp)) for inp in inputs])
         model = self.detector  # this batch's model: a swap landing meanwhile applies from the next batch
         # a model that overlaps batches (OpenVINO's infer requests) gets the next one while this
         # one's last frames run; any other runs one at a time

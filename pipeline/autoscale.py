@@ -34,15 +34,19 @@ DOWN_BUSY = 0.6  # one replica fewer only when the others would be at most this 
 class FrameAgeMeter:
     """Ages of frames at batch start over a sliding window; bounded memory on 24/7 streams.
 
-    Until ``ready()`` is called every frame counts (a meter of its own, as in tests); after it,
-    only frames captured from ``warmup_s`` past readiness, and frames waiting from then on."""
+    All on this host's steady clock: a frame is known by when it was captured on that clock
+    (`captured`: now less the age it arrived with), so a wall clock stepped by NTP neither hides
+    the lag (stepped back an hour, every frame looked captured before the warm-up ended: lag 0
+    for the hour) nor invents it (stepped forward, the frames queued then looked an hour old and
+    the deployment was scaled to its maximum). Until ``ready()`` is called every frame counts (a
+    meter of its own, as in tests); after it, only frames captured from ``warmup_s`` past
+    readiness, and frames waiting from then on."""
 
     def __init__(self, window_s: float = 5.0, maxlen: int = 2048, warmup_s: float = 0.0):
         self.window_s = window_s
         self.warmup_s = warmup_s
-        self.counted_from = float("-inf")  # capture time (wall clock) from which frames count as lag
-        self._warm_until = float("-inf")  # the warm-up's end on the steady clock
-        self._ages: deque[tuple[float, float]] = deque(maxlen=maxlen)  # (steady time seen, age)
+        self._warm_until = float("-inf")  # the warm-up's end: frames captured before it are not lag
+        self._ages: deque[tuple[float, float]] = deque(maxlen=maxlen)  # (time seen, age)
         self.waiting = 0  # frames (crops) in this replica: queued, forming a batch or in one running
         self.in_batches = 0  # of them, in batches running now (`running`): not waiting
 
@@ -56,40 +60,38 @@ class FrameAgeMeter:
             self.in_batches -= frames
 
     @staticmethod
-    def _clocks(now: float | None, steady: float | None) -> tuple[float, float]:
-        """(wall, steady) now: ages are on the wall clock (frames' capture times are), the warm-up
-        and the window on the steady one (a wall clock stepped back an hour kept the replica
-        "warming up" for that hour, its window never aging out). Given ``now`` alone (tests):
-        one clock for both."""
-        if now is None:
-            return time.time(), time.monotonic() if steady is None else steady
-        return now, now if steady is None else steady
+    def _now(now: float | None) -> float:
+        return time.monotonic() if now is None else now  # (``now``: the steady clock's time, in tests)
 
-    def ready(self, now: float | None = None, steady: float | None = None) -> None:
+    @classmethod
+    def captured(cls, age_s: float | None, now: float | None = None) -> float | None:
+        """When a frame of age ``age_s`` arriving now was captured, on the steady clock."""
+        return None if age_s is None else cls._now(now) - max(0.0, age_s)
+
+    def ready(self, now: float | None = None) -> None:
         """The replica is ready (model loaded and warmed up): its warm-up ends ``warmup_s`` later."""
-        now, steady = self._clocks(now, steady)
-        self.counted_from = now + self.warmup_s
-        self._warm_until = steady + self.warmup_s
+        self._warm_until = self._now(now) + self.warmup_s
 
-    def warming_up(self, now: float | None = None, steady: float | None = None) -> bool:
-        return self._clocks(now, steady)[1] < self._warm_until
+    def warming_up(self, now: float | None = None) -> bool:
+        return self._now(now) < self._warm_until
 
-    def observe(self, frame_ts: Sequence[float | None], now: float | None = None, steady: float | None = None) -> None:
-        now, steady = self._clocks(now, steady)
-        for ts in frame_ts:
-            if ts is not None and ts >= self.counted_from:
-                self._ages.append((steady, max(0.0, now - ts)))
+    def observe(self, captured: Sequence[float | None], now: float | None = None) -> None:
+        """Frames captured at ``captured`` (`captured`) start a batch now."""
+        now = self._now(now)
+        for at in captured:
+            if at is not None and at >= self._warm_until:
+                self._ages.append((now, max(0.0, now - at)))
 
-    def waiting_now(self, now: float | None = None, steady: float | None = None) -> float:
+    def waiting_now(self, now: float | None = None) -> float:
         """Frames waiting in this replica, not those of the batches running (a detector keeping
         up with full batches of 16 read as 16 waiting, at the target: overloaded); 0 during
         warm-up (the startup backlog)."""
-        return 0.0 if self.warming_up(now, steady) else float(max(0, self.waiting - self.in_batches))
+        return 0.0 if self.warming_up(now) else float(max(0, self.waiting - self.in_batches))
 
-    def lag_s(self, now: float | None = None, steady: float | None = None) -> float:
+    def lag_s(self, now: float | None = None) -> float:
         """Mean frame age over the window (0 when idle)."""
-        steady = self._clocks(now, steady)[1]
-        while self._ages and steady - self._ages[0][0] > self.window_s:
+        now = self._now(now)
+        while self._ages and now - self._ages[0][0] > self.window_s:
             self._ages.popleft()
         return sum(a for _, a in self._ages) / len(self._ages) if self._ages else 0.0
 

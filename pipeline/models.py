@@ -44,6 +44,13 @@ class DetectorInput:
             return self
         return replace(self, age_s=(time.time() if now is None else now) - self.frame_ts)
 
+    def age(self, now: float | None = None) -> float | None:
+        """Its age now: as the decoder sent it (`sent`; the hop since is not in it), else from
+        ``frame_ts`` on this host's clock (``now``); None without a capture time."""
+        if self.age_s is not None or self.frame_ts is None:
+            return self.age_s
+        return (time.time() if now is None else now) - self.frame_ts
+
     def arrived(self, now: float | None = None) -> "DetectorInput":
         """``frame_ts`` moved onto this host's clock (now − its age when sent), so that a frame's
         age here, the autoscaler's lag, does not hang on two hosts' clocks agreeing."""

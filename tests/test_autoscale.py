@@ -3,9 +3,11 @@
 import asyncio
 import threading
 
+import numpy as np
 import pytest
 
 from pipeline.autoscale import FrameAgeMeter, desired_replicas
+from pipeline.models import DetectorInput
 
 
 def test_scales_up_in_proportion_to_lag():
@@ -59,12 +61,33 @@ def test_a_wall_clock_stepped_back_neither_prolongs_the_warm_up_nor_keeps_old_la
     """The warm-up and the window ran on the wall clock: stepped back an hour (NTP), the replica
     reported "warming up" (busy 0, nothing waiting) for that hour, and its lag never aged out."""
     m = FrameAgeMeter(window_s=5, warmup_s=3)
-    m.ready(now=1000.0, steady=50.0)
-    m.observe([1003.0], now=1006.0, steady=56.0)  # 3 s old
+    m.ready(now=50.0)
+    m.observe([m.captured(3.0, now=56.0)], now=56.0)  # 3 s old
     m.waiting = 40
-    back = 1000.0 - 3600  # the wall clock an hour back, the steady one 20 s on
-    assert not m.warming_up(now=back, steady=76.0) and m.waiting_now(now=back, steady=76.0) == 40.0
-    assert m.lag_s(now=back, steady=76.0) == 0.0  # out of the window on the steady clock
+    assert not m.warming_up(now=76.0) and m.waiting_now(now=76.0) == 40.0
+    assert m.lag_s(now=76.0) == 0.0  # out of the window
+
+
+def test_a_wall_clock_stepped_after_the_replica_was_ready_neither_hides_nor_invents_lag():
+    """Frames were counted by their capture time on the wall clock: stepped back an hour after
+    the replica was ready, every frame looked captured before its warm-up ended, lag 0 for the
+    hour; stepped forward while frames queued, they looked an hour old (lag 3600 s: the deployment
+    scaled to its maximum). A frame's capture is now its arrival on the steady clock less the age
+    the decoder sent."""
+    image = np.zeros((8, 8, 3), np.uint8)
+    m = FrameAgeMeter(window_s=5, warmup_s=3)
+    m.ready(now=50.0)  # wall 1000.0
+    # the decoder sent a 2 s old frame; it arrives at steady 60 as the wall clock reads 1010 − 3600
+    frame = DetectorInput(image, (8, 8), frame_ts=1008.0 - 3600).sent(now=1010.0 - 3600)
+    captured = m.captured(frame.age(), now=60.0)
+    m.observe([captured], now=60.1)
+    assert m.lag_s(now=60.1) == pytest.approx(2.1)
+    # a frame of this host (no age sent), 70 ms old, starting its batch after a step an hour on
+    local = DetectorInput(image, (8, 8), frame_ts=2000.0)
+    arrived = m.captured(local.age(now=2000.07), now=70.0)
+    m.observe([arrived], now=70.05)
+    assert m.lag_s(now=70.05) == pytest.approx(0.12)
+    assert desired_replicas(2, [m.lag_s(now=70.05)], [], target_lag_s=0.5, target_waiting=16) <= 2
 
 
 def test_warm_up_is_not_lag_so_a_light_load_stays_at_one_replica():
@@ -144,18 +167,16 @@ def test_a_frames_age_does_not_hang_on_the_decoder_and_detector_clocks_agreeing(
     import asyncio
     import time
 
-    import numpy as np
-
     from deployments.decoder import merged_detect
-    from pipeline.models import DetectorInput
 
     image = np.zeros((8, 8, 3), np.uint8)
     # captured at 1000.0 and sent at 1000.2 by the decoder's clock; arrived at 1030.25 by the
     # detector's, 30 s ahead (0.05 s on the way)
-    here = DetectorInput(image, (8, 8), frame_ts=1000.0).sent(now=1000.2).arrived(now=1030.25)
+    sent_at = DetectorInput(image, (8, 8), frame_ts=1000.0).sent(now=1000.2)
     meter = FrameAgeMeter()
-    meter.observe([here.frame_ts], now=1030.25)
-    assert meter.lag_s(now=1030.25) == pytest.approx(0.2)  # 30.25 before
+    meter.observe([meter.captured(sent_at.age(), now=70.0)], now=70.0)  # (its steady clock at 70 s)
+    assert meter.lag_s(now=70.0) == pytest.approx(0.2)  # 30.25 before, on the two clocks' difference
+    assert sent_at.arrived(now=1030.25).frame_ts == pytest.approx(1030.05)  # its capture on this host's clock
     assert DetectorInput(image, (8, 8)).sent().arrived().frame_ts is None  # a frame without a capture time
 
     sent = []
@@ -180,6 +201,7 @@ def _half_built(cls, model):
     half = type("Half", (cls,), {"__del__": lambda self: None})  # (its destructor needs what __init__ makes)
     replica = half.__new__(half)
     replica.meter, replica.metrics = FrameAgeMeter(), ModelMetrics("test")
+    replica._captured = {}  # (a detector's frames' captures: `detect`)
     replica.model = type("Swapper", (), {"current": model})()
     replica._one_batch = asyncio.Lock()
     replica.failing = FailingBatches()  # (the replica's health: `check_health`)
@@ -216,10 +238,6 @@ def test_the_frames_of_a_running_batch_are_not_counted_as_waiting(kind):
     """A replica keeping up with full batches of 16 reported the 16 running as waiting, at the
     policy's target of 16 a replica: read as overloaded, one more replica for nothing. What
     waits is what no batch runs yet."""
-    import numpy as np
-
-    from pipeline.models import DetectorInput
-
     if kind == "detector":
         from deployments.detector import DetectorDeployment as cls
     else:
