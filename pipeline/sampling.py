@@ -83,8 +83,9 @@ class FpsSampler:
             self._next += self.period
         elif self.phase is None:
             self._next = t + self.period
-        else:
-            self._next = self._grid_point(t + 1e-6)
+        else:  # the grid again, half a period on at least: a frame kept just before a point of
+            # it had the next frame, a camera interval later, kept beside it (a burst)
+            self._next = self._grid_point(t + 0.5 * self.period)
         return True
 
     def reset(self) -> None:
