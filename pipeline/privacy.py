@@ -5,11 +5,12 @@ its snapshots), before anything is drawn on it.
 ``cv2.FaceDetectorYN`` (the whole frame, scaled down to ``privacy.detect_width`` when wider,
 searched at that size and at 0.7 and 0.5 of it: close, large faces are often found only at the
 smaller sizes), and plates with the OpenVINO ``vehicle-license-plate-detection-barrier-0106``
-SSD (the frame resized to its 300×300 input; output rows image_id, label, conf, x1, y1, x2, y2
-in 0..1, label 2 = plate).
+SSD (the frame and the tiles of two grids over it, each resized to its 300×300 input: `plate_tiles`;
+output rows image_id, label, conf, x1, y1, x2, y2 in 0..1, label 2 = plate).
 Both networks are found through ``models_dir`` like any other weights (`resolve_weights`).
 
-``privacy.blur`` unset means "faces, when the face model is there" (silently nothing otherwise);
+``privacy.blur`` unset means "faces, when the face model is there" (otherwise, silently, only the
+faces the frame's own detections report);
 a kind that is asked for explicitly and whose model is missing or does not load is logged once as
 a warning, and every image is then refused (`PrivacyUnavailable`: no view image, explain 503), never
 shown unblurred. A region (grown to the head) is pixelated, then smoothed:
@@ -125,15 +126,42 @@ class PlateFinder:
         self._lock = threading.Lock()
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Plates in the whole frame and in the tiles of two grids (`plate_tiles`): the SSD takes
+        any picture squashed to 300×300, so a plate 40 px wide on a road scene 1360 px wide came to
+        8 px there and was never found (0 of 42 plates on the GTSDB sample's scenes; 38 with the
+        tiles); its boxes each in the frame's pixels (overlapping tiles may find one plate twice)."""
+        found = [self._in(image, x, y, tw, th) for x, y, tw, th in plate_tiles(*image.shape[:2])]
+        return np.concatenate(found).astype(np.float32)
+
+    def _in(self, image: np.ndarray, x: int, y: int, tw: int, th: int) -> np.ndarray:
         import cv2
 
-        h, w = image.shape[:2]
-        blob = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)[None].astype(np.float32)
+        blob = cv2.resize(image[y:y + th, x:x + tw], self._size, interpolation=cv2.INTER_AREA)[None].astype(np.float32)
         with self._lock:
             self._request.infer({self._input.get_any_name(): blob})
             raw = np.array(self._request.get_output_tensor(0).data).reshape(-1, 7)
         rows = raw[(raw[:, 1] == PLATE_LABEL) & (raw[:, 2] >= self.score)]
-        return (rows[:, 3:7] * np.array([w, h, w, h], np.float32)).astype(np.float32)
+        return rows[:, 3:7] * np.array([tw, th, tw, th], np.float32) + np.array([x, y, x, y], np.float32)
+
+
+PLATE_TILE_WIDTH = 450  # px of the frame a tile of the finer grid spans about (the SSD's sweet spot)
+PLATE_TILE_OVERLAP = 0.15  # of a tile: a plate on a seam is whole in one of them
+
+
+def plate_tiles(height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """(x, y, width, height) of the pictures a frame's plates are searched in: the frame, and the
+    tiles of an n × n and an (n − 1) × (n − 1) grid overlapping by `PLATE_TILE_OVERLAP`, each of
+    the frame's shape (the network was trained on whole frames squashed to its input), n =
+    width / `PLATE_TILE_WIDTH` rounded, at least 2: 5 pictures at 640×480, 14 at 1360×800 and
+    at 1280×720, 26 at 1920×1080."""
+    n = max(2, round(width / PLATE_TILE_WIDTH))
+    out = [(0, 0, width, height)]
+    for g in (n - 1, n) if n > 2 else (n,):
+        tw = int(width / (g - (g - 1) * PLATE_TILE_OVERLAP))
+        th = int(height / (g - (g - 1) * PLATE_TILE_OVERLAP))
+        xs, ys = np.linspace(0, width - tw, g).astype(int), np.linspace(0, height - th, g).astype(int)
+        out += [(int(x), int(y), tw, th) for y in ys for x in xs]
+    return out
 
 
 def pixelate(image: np.ndarray, boxes: np.ndarray, *, grow: float = 0.45) -> None:
@@ -171,18 +199,22 @@ class Blurrer:
     """Finds faces and/or plates on a full-resolution frame and blurs them (on a copy)."""
 
     def __init__(self, faces: FaceFinder | None = None, plates: PlateFinder | None = None,
-                 missing: Sequence[str] = ()):
+                 missing: Sequence[str] = (), covers: Sequence[str] | None = None):
         self.faces = faces
         self.plates = plates
         # kinds asked for that cannot be blurred: every image refused (`blur` raises), never shown unblurred
         self.missing = tuple(missing)
+        # kinds whose regions the frame's own detections name are blurred (`blur`'s ``detected``):
+        # those asked for, searched or not (the default's faces without the face model: the
+        # detector's own faces were drawn unblurred); None: those searched
+        self.covers = tuple(self.kinds if covers is None else covers)
 
     @property
     def kinds(self) -> list[str]:
         return [k for k, f in (("faces", self.faces), ("plates", self.plates)) if f is not None]
 
     def __bool__(self) -> bool:
-        return bool(self.kinds or self.missing)
+        return bool(self.kinds or self.missing or self.covers)
 
     def regions(self, image: np.ndarray, shown_width: int | None = None) -> np.ndarray:
         """(N, 4) xyxy boxes to blur in ``image`` (shown ``shown_width`` wide: its own width if None)."""
@@ -193,7 +225,7 @@ class Blurrer:
     def _private(self, name: Any) -> bool:
         """Whether a label or category names what one of the kinds blurred covers."""
         compact = _compact(name)
-        return any(PRIVATE_LABELS[kind].fullmatch(compact) for kind in self.kinds)
+        return any(PRIVATE_LABELS[kind].fullmatch(compact) for kind in self.covers)
 
     def refuse_if_unavailable(self) -> None:
         """`PrivacyUnavailable` when a kind asked for cannot be blurred (before work whose image
@@ -262,7 +294,7 @@ class Blurrer:
                 _warn_once(f"load:{kind}:{path}", "privacy: cannot load the %s model %r (%s: %s): no image is "
                            "shown (live view, explanations)", kind, path, type(exc).__name__, exc)
                 missing.append(kind)
-        blurrer = cls(faces, plates, missing)
+        blurrer = cls(faces, plates, missing, covers=wanted)
         if blurrer.kinds and not missing:
             log.info("privacy: blurring %s in every image the view emits", " and ".join(blurrer.kinds))
         return blurrer
