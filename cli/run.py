@@ -25,7 +25,7 @@ from pipeline.config import (
 from pipeline.redact import redact, redact_url
 
 from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, RedisOutage, fail, number_arg, say, state_dir_error
-from .terminate import StartupTermination
+from .terminate import StartupTermination, while_ray_lives
 
 
 class Unavailable(RuntimeError):
@@ -195,7 +195,7 @@ def serve_graph(config: PerceptConfig, stack: ExitStack, *, verbose: bool = Fals
     # else uses the cluster, and a private Ray goes with ray.shutdown. Said before the deploy: one
     # that fails part-way (a classifier that cannot start) or is interrupted (SIGTERM, Ctrl-C
     # while the models load) left the decoders that did start running on a cluster.
-    stack.callback(serve.delete, "percept")
+    stack.callback(while_ray_lives, serve.delete, "percept")
     serve.run(
         build_app(config, gpu_available=gpu),
         name="percept",
@@ -253,7 +253,7 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
         from deployments.graph import ray_cpus_for
 
         term.check()
-        stack.callback(ray.shutdown)  # (also what a ray.init cut short had started)
+        stack.callback(while_ray_lives, ray.shutdown)  # (also what a ray.init cut short had started)
         try:
             with term.around_ray_init():
                 address = start_ray(address, verbose=verbose, num_cpus=ray_cpus_for(config))

@@ -105,3 +105,46 @@ def _drained(sock: socket.socket) -> bytes:
         if not chunk:
             return out
         out += chunk
+
+
+_said_gone = threading.Event()
+
+
+def local_ray_gone() -> bool:
+    """Whether this process's private Ray lost its raylet: a SIGTERM to the whole process group
+    (GNU ``timeout``, systemd's default ``KillMode``, ``kill -- -PGID``) reaches Ray's own
+    processes too, which share ours. False for a cluster joined by address (none of its
+    processes are ours)."""
+    import ray
+
+    node = getattr(getattr(ray, "_private", None) and ray._private.worker, "_global_node", None)
+    processes = getattr(node, "all_processes", None) or {}
+    return any(info.process is not None and info.process.poll() is not None for info in processes.get("raylet", ()))
+
+
+def while_ray_lives(call: Callable[..., Any], *args: Any, poll_s: float = 0.2) -> None:
+    """``call(*args)`` (a Serve or Ray call made on the way out), given up once the private Ray's
+    raylet is gone: ``serve.delete`` against a Ray whose processes had the same SIGTERM waited
+    ~60 s, printing Ray's errors, until Ray's worker ended percept (exit 1) before what came
+    after it — the private redis-server's stop — ever ran."""
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call(*args)
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread below
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"percept-exit-{getattr(call, '__name__', 'ray')}", daemon=True).start()
+    while not done.wait(poll_s):
+        if local_ray_gone():
+            if not _said_gone.is_set():
+                _said_gone.set()
+                print("percept: Ray's own processes were stopped too (a signal to the whole process group?); "
+                      "the graph went with them", file=sys.stderr, flush=True)
+            return
+    if failure:
+        raise failure[0]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +29,15 @@ def config_line(name: str, value: str) -> bytes:
     """One line of redis.conf setting ``name`` to ``value`` exactly: every byte as a ``\\xHH``
     escape inside double quotes (spaces, quotes, backslashes and newlines cannot break it)."""
     return f'{name} "'.encode() + b"".join(b"\\x%02x" % byte for byte in value.encode()) + b'"\n'
+
+
+def _ends_with_its_parent() -> None:
+    """In the child before exec: SIGTERM when the thread that started it ends (Linux's
+    ``PR_SET_PDEATHSIG``), so that a server percept started stops, its data written, when percept
+    dies without unwinding."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
 
 
 class RedisServerError(RuntimeError):
@@ -70,9 +82,13 @@ class EmbeddedRedis:
             args.insert(1, "-")
         self._log_from = self.log_path.stat().st_size if self.log_path.exists() else 0  # this start's lines only
         # its own session: a Ctrl-C (SIGINT to the terminal's process group) stops percept, which
-        # stops this server last, after the decoders flushed what they held
+        # stops this server last, after the decoders flushed what they held; and it ends with the
+        # thread that started it when that is the main one (a percept killed, or ended by Ray's
+        # worker, left it running for good)
+        ends_with_us = sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE if self.password else subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                                     preexec_fn=_ends_with_its_parent if ends_with_us else None)
         if self.password:
             try:
                 self.proc.stdin.write(config_line("requirepass", self.password))

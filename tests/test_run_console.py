@@ -108,3 +108,47 @@ def test_run_with_status_lines_survives_a_redis_restart_and_keeps_the_console_cl
     logs = re.search(r"replica logs in (\S+)", stdout)
     assert logs, stdout[:2000]
     assert any(Path(logs.group(1)).glob("replica_percept_decoder_*.log")), "no decoder replica log in the folder printed"
+
+
+def test_sigterm_to_the_whole_process_group_ends_run_at_once_and_stops_its_redis(tmp_path, models_dir, videos):
+    """GNU ``timeout``, systemd's default ``KillMode`` and ``kill -- -PGID`` send SIGTERM to every
+    process of the group — Ray's own too, which share percept's: ``serve.delete`` then waited
+    ~60 s on a Ray that was gone, printing its errors, until Ray's worker ended percept (exit 1)
+    before its private redis-server was stopped; that server ran on for good."""
+    import os
+
+    import redis
+
+    cfg = {"cameras": [{"id": CAMERA, "url": str(videos / "vtest.avi"), "fps": 2, "loop": True}],
+           "detector": {"weights": DETECTOR, "imgsz": 320}, "classifiers": {}, "http": {"port": free_port()},
+           "models_dir": models_dir, "state_dir": str(tmp_path / "state")}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    out = (tmp_path / "stdout.txt").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "run", "-c", str(tmp_path / "run.yaml")], cwd=REPO,
+                            stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: "running 1 camera" in Path(out.name).read_text() or proc.poll() is not None, 240,
+                 "percept run running")
+        url = re.search(r"private redis-server at (redis://\S+)", Path(out.name).read_text())
+        assert url and proc.poll() is None, Path(out.name).read_text()[-3000:]
+        client = redis.Redis.from_url(url.group(1), socket_timeout=5)
+        wait_for(lambda: client.xlen(f"percept:detections:{CAMERA}") >= 1, 120, "a frame published")
+        os.killpg(proc.pid, signal.SIGTERM)
+        rc = proc.wait(50)  # (60 s: Ray's worker gave up on its GCS, and ended percept with 1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        out.close()
+    said = Path(out.name).read_text()
+    assert rc == 0, f"percept run ended with {rc}\n{said[-3000:]}"
+    assert "Traceback" not in said, said[-3000:]
+
+    def server_gone() -> bool:
+        try:
+            client.ping()
+        except redis.ConnectionError:
+            return True
+        return False
+
+    wait_for(server_gone, 20, "the private redis-server stopped")
