@@ -157,38 +157,65 @@ def deployment_options(config: PerceptConfig, *, gpu_available: bool) -> dict[st
     return options
 
 
+def _replicas_to_start(options: Mapping[str, Any]) -> int:
+    """Replicas a deployment starts with: its count, or an autoscaled one's minimum."""
+    return int(options.get("num_replicas") or (options.get("autoscaling_config") or {}).get("min_replicas") or 0)
+
+
 def logical_cpus(config: PerceptConfig) -> float:
     """Ray CPUs the graph reserves to start (every deployment's ``num_cpus`` × its replicas, the
     minimum of an autoscaled one): Serve waits forever when the cluster has fewer."""
-    total = 0.0
-    for o in deployment_options(config, gpu_available=False).values():
-        replicas = o.get("num_replicas") or (o.get("autoscaling_config") or {}).get("min_replicas") or 0
-        total += float(o["ray_actor_options"].get("num_cpus") or 0) * replicas
-    return total
+    return sum(float(o["ray_actor_options"].get("num_cpus") or 0) * _replicas_to_start(o)
+               for o in deployment_options(config, gpu_available=False).values())
 
 
 def unmet_resources(config: PerceptConfig, have: Mapping[str, float], *, gpu_available: bool) -> list[str]:
-    """What a deployment asks of each replica that this Ray has none of at all (GPUs, a custom
-    resource), one line per deployment naming its field: on a private local Ray, whose resources
-    never change, Serve would wait for them for ever (`serve.run` hung, its warning hidden)."""
+    """What the deployments ask of a private local Ray (whose resources never change) that it has
+    too little of — GPUs, a custom resource — one line per resource naming the fields: Serve
+    would wait for it for ever (`serve.run` hung, its warning hidden), whether this Ray has none
+    of it or less than the replicas take together (two replicas of one GPU each on a 1-GPU
+    machine; a detector and a classifier on one GPU each)."""
     fields = {s.deployment: s.field for s in config.detector_sections() + config.classifier_sections()}
-    problems = []
+    asks: dict[str, list[tuple[str, str, float, int]]] = {}  # resource → (field, deployment, each, replicas)
     for name, options in deployment_options(config, gpu_available=gpu_available).items():
         actor = options["ray_actor_options"]
         asked = {"GPU": float(actor.get("num_gpus") or 0), **{k: float(v) for k, v in (actor.get("resources") or {}).items()}}
-        for key in sorted(k for k, v in asked.items() if v > 0 and not have.get(k)):
-            where = f"{fields.get(name, name)}.{'num_gpus' if key == 'GPU' else 'resources.' + key}"
-            problems.append(f"{where}: {asked[key]:g} asked of each {name} replica; this machine's Ray has "
-                            f"no {key} (Serve would wait for it for ever)")
+        for key, each in asked.items():
+            if each > 0:
+                where = f"{fields.get(name, name)}.{'num_gpus' if key == 'GPU' else 'resources.' + key}"
+                asks.setdefault(key, []).append((where, name, each, max(1, _replicas_to_start(options))))
+    problems = []
+    for key in sorted(asks):
+        has = float(have.get(key) or 0)
+        if not has:
+            problems += [f"{where}: {each:g} asked of each {name} replica; this machine's Ray has no {key} "
+                         "(Serve would wait for it for ever)" for where, name, each, _ in asks[key]]
+        elif (total := sum(each * n for _, _, each, n in asks[key])) > has + 1e-9:
+            parts = " + ".join(f"{where} {each:g} × {n} {name} replica{'s' if n > 1 else ''}"
+                               for where, name, each, n in asks[key])
+            problems.append(f"{parts} = {total:g} {key} asked; this machine's Ray has {has:g} (Serve would wait "
+                            "for the rest for ever)")
     return problems
 
 
 def ray_cpus_for(config: PerceptConfig) -> int | None:
-    """Logical CPUs for a private local Ray when the machine's cores are fewer than the graph
-    reserves (the deployments share the cores either way: Ray does not pin), else None (the cores)."""
-    cores = os.cpu_count() or 1
+    """Logical CPUs for a private local Ray when the CPUs Ray finds are fewer than the graph
+    reserves (the deployments share the cores either way: Ray does not pin), else None (Ray's
+    own count). Ray counts a container's CPU quota (``docker run --cpus=1``, a Kubernetes limit),
+    not the host's cores that ``os.cpu_count`` gives: compared with those, a 1-CPU quota on a
+    2-core host left Ray with 1 CPU for a graph that reserves 1.25, and `percept run` hung."""
     need = math.ceil(logical_cpus(config) - 1e-6)
-    return need if need > cores else None
+    return need if need > ray_detected_cpus() else None
+
+
+def ray_detected_cpus() -> float:
+    """The CPUs a local Ray would give itself (its own count: the cgroup's quota where one is set)."""
+    try:
+        from ray._private.utils import get_num_cpus
+
+        return float(get_num_cpus())
+    except Exception:  # noqa: BLE001 - a Ray without it: the machine's cores
+        return float(os.cpu_count() or 1)
 
 
 def build_app(config: PerceptConfig, *, gpu_available: bool = False) -> serve.Application:

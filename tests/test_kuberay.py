@@ -218,6 +218,34 @@ def test_a_local_run_asking_for_resources_its_ray_has_none_of_is_refused_naming_
         "edge (Serve would wait for it for ever)"]
     assert unmet_resources(config, {"CPU": 2.0, "GPU": 1.0, "edge": 1.0}, gpu_available=True) == []
     assert unmet_resources(parse_config({}, env={}), {"CPU": 2.0}, gpu_available=False) == []  # auto: none asked
+    # some, but less than the replicas take together
+    two = parse_config({"detector": {"weights": "d.pt", "num_gpus": 1, "replicas": 2}}, env={})
+    assert unmet_resources(two, {"CPU": 2.0, "GPU": 1.0}, gpu_available=True) == [
+        "detector.num_gpus 1 × 2 detector replicas = 2 GPU asked; this machine's Ray has 1 (Serve would wait for "
+        "the rest for ever)"]
+    both = parse_config({"detector": {"weights": "d.pt", "num_gpus": 1},
+                         "classifiers": {"vehicle": {"weights": "v.pt", "num_gpus": 1}}}, env={})
+    said = unmet_resources(both, {"CPU": 2.0, "GPU": 1.0}, gpu_available=True)
+    assert len(said) == 1 and "detector.num_gpus" in said[0] and "classifiers.vehicle.num_gpus" in said[0], said
+    assert unmet_resources(both, {"CPU": 2.0, "GPU": 2.0}, gpu_available=True) == []
+
+
+def test_a_private_ray_is_given_the_cpus_the_graph_reserves_under_a_containers_cpu_quota(monkeypatch):
+    """Under ``docker run --cpus=1`` on a 2-core host Ray gives itself 1 CPU (the quota) while
+    `os.cpu_count` says 2: compared with the cores, the graph's 1.25 CPUs fitted, Ray was started
+    with its own 1 and `percept run` hung, the decoder never placed."""
+    import ray._private.utils
+
+    from deployments import graph
+    from pipeline.config import parse_config
+
+    config = parse_config({}, env={})
+    assert 1 < graph.logical_cpus(config) <= 2
+    monkeypatch.setattr(graph.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda *a, **k: 1)
+    assert graph.ray_cpus_for(config) == 2
+    monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda *a, **k: 4)
+    assert graph.ray_cpus_for(config) is None  # (enough: Ray's own count)
 
 
 def test_every_deployment_stops_without_serves_two_second_first_wait():
