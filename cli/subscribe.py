@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.config import CONFIG_ERROR_EXIT_CODE, load_config
 from pipeline.config_urls import redis_url_problem
@@ -139,6 +139,7 @@ def _subscribe(args: argparse.Namespace) -> int:
     start = "0" if args.from_start else (_read_after(args.from_id) if args.from_id else "$")
     outage = RedisOutage(url)
     sub = reading = printing = None
+    printed: list[Any] = [None]  # the entry last printed whole
     terminated = []  # SIGTERM (systemd, docker stop): as Ctrl-C, the consumer leaves its group, exit 0
     main_thread = threading.current_thread() is threading.main_thread()  # (signals: the main thread's only)
     previous = signal.signal(signal.SIGTERM, lambda *_: terminated.append(1) or _interrupt()) if main_thread else None
@@ -164,7 +165,8 @@ def _subscribe(args: argparse.Namespace) -> int:
         reading = sub.messages(limit=args.count, idle_timeout_s=args.timeout, on_unreachable=outage.notice)
         for msg in reading:
             printing = msg
-            _print_whole(json.dumps(msg.payload, separators=(",", ":")))
+            # out whole (`printed` says so before a held Ctrl-C or SIGTERM takes effect)
+            _print_whole(json.dumps(msg.payload, separators=(",", ":")), then=lambda m=msg: printed.__setitem__(0, m))
             # an outage between printing and acking: waited out up to --timeout (then exit 3);
             # the entry stays pending: printed again by this consumer (same --consumer) or claimed by another
             try:
@@ -185,8 +187,8 @@ def _subscribe(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, BrokenPipeError) as exc:  # Ctrl-C, SIGTERM; the reader of stdout went away
         if reading is not None:  # what it read and never printed (or not all): for the group's next reader at once
             reading.close()
-            if printing is not None and not outage.down:
-                sub.release([printing])
+            if printing is not None and not outage.down:  # (printed whole: acked, not printed again by the next)
+                _ack_quietly(sub, printing) if printed[0] is printing else sub.release([printing])
         _leave(None if outage.down else sub)
         if isinstance(exc, BrokenPipeError):
             raise  # (`cli.main`: exit 0, nothing said)
@@ -203,13 +205,28 @@ def _interrupt() -> None:
     raise KeyboardInterrupt
 
 
-def _print_whole(line: str) -> None:
+def _print_whole(line: str, then: Callable[[], Any] | None = None) -> None:
     """One JSON line on stdout, whole: Ctrl-C or SIGTERM during a long line's write to a slow
     pipe cut it (no newline, no JSON) for whoever reads on; they wait until it is out, then
-    take effect (Ctrl-C at a shell stops the pipe's reader too: the write ends at once)."""
+    take effect (Ctrl-C at a shell stops the pipe's reader too: the write ends at once).
+    ``then`` runs once it is out, before they do (the line they waited for was printed: given
+    back to the group, it was printed twice)."""
     with signals_held(signal.SIGINT, signal.SIGTERM):
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+        if then is not None:
+            then()
+
+
+def _ack_quietly(sub: Any, msg: Any) -> None:
+    """The entry printed whole as Ctrl-C or SIGTERM came, acked if Redis answers (else it stays
+    pending, for this consumer's next run or a claim)."""
+    import redis
+
+    try:
+        sub.ack(msg)
+    except (redis.RedisError, KeyboardInterrupt):
+        pass
 
 
 def _leave(sub: Any) -> None:
