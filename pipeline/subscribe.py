@@ -317,9 +317,23 @@ class Subscriber:
         them and both handed them out. (Redis away: all, as they are.)"""
         try:
             kept = self._claim_here(waiting, idle_s)
+            kept |= self._trimmed_meanwhile([m for m in waiting if (m.stream, m.entry_id) not in kept])
         except redis.RedisError:
             return waiting
         return [m for m in waiting if (m.stream, m.entry_id) in kept]
+
+    def _trimmed_meanwhile(self, unclaimed: list[Message]) -> set[tuple[str, str]]:
+        """Of entries XCLAIM did not give back, those trimmed from the stream meanwhile (the
+        publisher's MAXLEN; XCLAIM drops those from the group's pending list since Redis 7, and
+        answers without them): still this reader's to hand out, their payload in hand (a slow
+        reader near the trimming edge lost them without a word). Not those pending with another
+        consumer, nor those still in the stream (another reader claimed, handed out and acked them)."""
+        out: set[tuple[str, str]] = set()
+        for m in unclaimed:
+            pending = self.client.xpending_range(m.stream, self.group, min=m.entry_id, max=m.entry_id, count=1)
+            if not pending and not self.client.xrange(m.stream, min=m.entry_id, max=m.entry_id, count=1):
+                out.add((m.stream, m.entry_id))
+        return out
 
     def release(self, msgs: list[Message]) -> None:
         """Messages handed out and not acked given back to the group at once (`_release`): the

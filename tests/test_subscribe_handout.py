@@ -187,6 +187,26 @@ def test_entries_another_reader_claimed_meanwhile_are_not_handed_out_here(redis_
     assert handed == [0, 1, 2, 5], handed
 
 
+def test_entries_trimmed_from_the_stream_while_a_slow_caller_held_them_are_still_handed_out(redis_server):
+    """XCLAIM of an entry trimmed from the stream (the publisher's MAXLEN) drops it from the
+    group's pending list and leaves it out of its answer (Redis 7): a slow group reader near the
+    trimming edge lost entries it had read, payload in hand, without a word. One another reader
+    claimed, handed out and acked meanwhile is still not handed out here."""
+    client = redis_server.client()
+    add(client, range(8))
+    stream = KEYS.detections("cam")
+    slow = Subscriber(client, KEYS, ["cam"], group="g", consumer="slow", start="0", block_ms=100, claim_idle_ms=1000)
+    reading = slow.messages(limit=8, idle_timeout_s=5)
+    handed = [next(reading).payload["seq"]]
+    ids = [eid.decode() for eid, _ in client.xrange(stream)]
+    client.xtrim(stream, minid=ids[4], approximate=False)  # 0-3 trimmed: a new frame in, MAXLEN reached
+    client.xclaim(stream, "g", "other", 0, [ids[6]], justid=True)
+    client.xack(stream, "g", ids[6])  # another reader took 6 and is done with it
+    time.sleep(0.6)  # the slow caller's own work (past half of claim_idle_ms), not a wait
+    handed += [m.payload["seq"] for m in reading]
+    assert handed == [0, 1, 2, 3, 4, 5, 7], handed
+
+
 def test_entries_given_back_at_a_stop_leave_those_another_reader_claimed_meanwhile_to_it(redis_server):
     """Giving back at a stop is one XCLAIM at the idle the entries have here, as making them
     fresh is: at min-idle 0 it took back what another reader had claimed and handed out."""
