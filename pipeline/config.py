@@ -116,14 +116,21 @@ class CameraConfig(Strict):
     @model_validator(mode="after")
     def _one_unit(self) -> "CameraConfig":
         check_units(self.zones, self.lines)  # all pixels or all 0..1; the error names the zone/line
+        if problem := self.source_problem():
+            raise error_at((problem[0],), problem[1])
+        return self
+
+    def source_problem(self) -> tuple[str, str] | None:
+        """(field, what is wrong) when a setting is not for this kind of source (a file's on a live
+        camera); checked again once a ``${VAR}`` URL is expanded (`config_env.resolve_camera`)."""
         if self.backpressure == "wait" and not is_file_url(self.url):
-            raise error_at(("backpressure",), "wait is for files; a live camera cannot be paused (use latest)")
+            return "backpressure", "wait is for files; a live camera cannot be paused (use latest)"
         if not is_file_url(self.url) and (self.loop or not self.realtime):  # (they did nothing, without a word)
             field, what = ("loop", "true") if self.loop else ("realtime", "false")
-            raise error_at((field,), f"{what} is for files; a live camera is read as it comes (leave {field} out)")
+            return field, f"{what} is for files; a live camera is read as it comes (leave {field} out)"
         if self.decode != "all" and self.url.startswith("device:"):
-            raise error_at(("decode",), f"{self.decode} needs an encoded stream or file; a device: camera gives raw frames")
-        return self
+            return "decode", f"{self.decode} needs an encoded stream or file; a device: camera gives raw frames"
+        return None
 
 
 class DecoderConfig(Strict):

@@ -38,6 +38,9 @@ def resolve_camera(camera: CameraConfig, env: Mapping[str, str]) -> CameraConfig
     problem = camera_url_problem(resolved.url)  # what the variables put in: checked as the config is
     if problem:
         raise CameraEnvError(f"cameras[{camera.id}].url, its variables expanded: {problem}")
+    if unfit := resolved.source_problem():  # (``${CAM_URL}`` read as a file's path at load: a live camera)
+        raise CameraEnvError(f"cameras[{camera.id}].{unfit[0]}: {unfit[1]} (its url, variables expanded, is a "
+                             "live camera's)")
     if _userinfo_ambiguous(resolved.url) and not _userinfo_ambiguous(ENV_REF.sub("x", camera.url)):
         # a value with an unescaped @ / ? or # in it: FFmpeg would take a piece of the password for
         # the host (a DNS lookup, a connection, the rest of it offered as the user's)
