@@ -108,9 +108,10 @@ class AutoscaleConfig(Strict):
 
     min: int = Field(1, ge=1, description="a model deployment keeps one replica at least (no scale to zero)")
     max: int = Field(4, ge=1, le=MAX_UNITS)
-    target_lag_s: float = Field(0.5, gt=0, description="frame age at the model (capture → batch) to hold")
-    target_waiting: float = Field(16.0, gt=0, description="frames waiting per replica to hold")
-    target_ongoing_requests: float = Field(8.0, gt=0, description="Serve's own signal, used as a floor")
+    # (floors: 1e-320 made lag / target infinite, and the policy raised in Serve's controller at every call)
+    target_lag_s: float = Field(0.5, ge=0.01, description="frame age at the model (capture → batch) to hold")
+    target_waiting: float = Field(16.0, ge=0.1, description="frames waiting per replica to hold")
+    target_ongoing_requests: float = Field(8.0, ge=0.1, description="Serve's own signal, used as a floor")
     upscale_delay_s: float = Field(5.0, ge=0)
     downscale_delay_s: float = Field(30.0, ge=0)
 

@@ -39,7 +39,13 @@ def redis_url_problem(url: str) -> str | None:
         redis.Redis.from_url(url).connection_pool.make_connection()
     except (ValueError, TypeError, redis.RedisError) as exc:  # (?protocol=9: redis-py's ConnectionError)
         return f"not a Redis URL: {redact(str(exc), url_secrets(url))}"
-    path = urlsplit(url).path
+    parts = urlsplit(url)
+    path = parts.path
+    if url.lower().startswith("unix:") and (parts.netloc or not path.startswith("/")):
+        # (redis-py took "unix://tmp/r.sock"'s "tmp" for a host, dropped it, and connected to /r.sock)
+        return "not a Redis URL: unix:// takes the socket's absolute path after its two slashes (unix:///run/redis.sock)"
+    if url.lower().startswith(("redis://", "rediss://")) and not parts.hostname:
+        return "not a Redis URL: no host (redis://host:6379/0; redis-py would connect to localhost instead)"
     if url.lower().startswith(("redis://", "rediss://")) and not re.fullmatch(r"/?\d*", path):
         return f"not a Redis URL: the path is the database's number (redis://host:6379/0), got {path[:40]!r}"
     if options.get("decode_responses"):

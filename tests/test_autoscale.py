@@ -157,6 +157,11 @@ def test_target_ongoing_requests_is_a_floor_and_min_zero_is_refused():
     assert VideoLagPolicy(target_lag_s=0.4, target_ongoing_requests=8, batch_size=1)(calm)[0] == 2
     with pytest.raises(ValidationError, match="min"):
         AutoscaleConfig(min=0, max=4)
+    # targets so small that lag / target is infinite: the policy raised (OverflowError) in Serve's
+    # controller at every call, and the deployment never scaled
+    for field in ("target_lag_s", "target_waiting", "target_ongoing_requests"):
+        with pytest.raises(ValidationError, match=field):
+            AutoscaleConfig(**{field: 1e-320})
 
 
 def test_a_frames_age_does_not_hang_on_the_decoder_and_detector_clocks_agreeing():

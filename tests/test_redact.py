@@ -307,3 +307,16 @@ def test_a_bare_p_is_a_password_where_the_query_names_a_user():
     gate = resolve_camera(CameraConfig(id="gate", url="rtsp://admin:${CAM_GATE_PASSWORD}@cam.local/live"),
                           {"CAM_GATE_PASSWORD": "local"})  # (a password that is a piece of the host's name)
     assert gate.shown_url == "rtsp://***@cam.local/live" and "local" not in redact("401 for local", gate.secrets)
+
+
+@pytest.mark.parametrize("url,said", [
+    ("unix://tmp/percept/r.sock", "unix:// takes the socket's absolute path"),  # (redis-py: /percept/r.sock)
+    ("unix://r.sock", "unix:// takes the socket's absolute path"),
+    ("redis://:6379/0", "no host"),  # (a ${REDIS_HOST} set empty: redis-py connected to localhost)
+    ("rediss://:s3cret@/0", "no host")])
+def test_a_redis_url_whose_host_or_socket_redis_py_would_read_otherwise_is_refused(url, said):
+    from pipeline.config_urls import redis_url_problem
+
+    problem = redis_url_problem(url)
+    assert problem and said in problem and "s3cret" not in problem, problem
+    assert redis_url_problem("unix:///tmp/percept/r.sock") is None and redis_url_problem("redis://h:6379/0") is None
