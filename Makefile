@@ -52,9 +52,14 @@ test-fast: $(VENV)/.installed
 kuberay: $(VENV)/.installed
 	$(VENV)/bin/python scripts/kuberay-manifest.py
 
-# docker/constraints.txt: the tested venv's versions of pyproject's dependencies, for docker/Dockerfile
-constraints: $(VENV)/.installed
+# docker/constraints.txt: the tested venv's versions of pyproject's dependencies, for docker/Dockerfile.
+# It needs the venv only, as it is: not $(VENV)/.installed, whose recipe (pyproject.toml edited, as an
+# upgrade does) would first reinstall with the old pins and so write them again
+constraints: | $(VENV)/bin/python
 	$(VENV)/bin/python scripts/docker-constraints.py
+
+$(VENV)/bin/python:
+	@echo "make: no virtualenv at $(VENV): \`make setup\` (or install the upgrade without -c) first; constraints are read from it" >&2; exit 2
 
 clean:
 	rm -rf $(VENV) .percept *.egg-info

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError, load_config
+from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError, camera_var_prefix, load_config
 from pipeline.config_urls import ENV_REF
 from pipeline.config_yaml import load_yaml
 from pipeline.redact import query_secrets, url_credentials
 
 from .common import PORT, bind_host_arg, fail, output_or_stdout_arg
+
+
+# what every warning of an inline secret says (scripts/kuberay-manifest.py refuses on it: the
+# manifest is committed)
+INLINE_SECRET_WARNING = "holds its password as written"
 
 
 class _KeepUnset(dict):
@@ -42,6 +48,32 @@ def inline_redis_secrets(raw: Any) -> list[str]:
     if (creds is not None and creds.password and _written_out(creds.password)) or in_query:
         found.append("redis.url")
     return found
+
+
+def inline_camera_secrets(raw: Any) -> list[tuple[str, str]]:
+    """(field, the variable to write instead) for each camera of the config as written whose URL
+    holds a password itself, in its userinfo or a ``password=``-like query parameter, not a
+    ``${VAR}``: what ``security.allow_inline_credentials: true`` lets through (read as its check,
+    `pipeline.config.inline_password_error`, reads it). The password itself is never part of it."""
+    cameras = raw.get("cameras") if isinstance(raw, dict) else None
+    if not isinstance(cameras, list):
+        return []
+    found = []
+    for i, cam in enumerate(cameras):
+        url = cam.get("url") if isinstance(cam, dict) else None
+        if not isinstance(url, str):
+            continue
+        creds = url_credentials(url)
+        if (creds is not None and creds.password and _written_out(creds.password)) or any(
+                _written_out(url[a:b]) for a, b in query_secrets(url)):
+            cam_id = cam.get("id")
+            ok_id = isinstance(cam_id, str) and _CAMERA_ID.fullmatch(cam_id) is not None
+            found.append((f"cameras[{i}].url" + (f" (camera {cam_id!r})" if ok_id else ""),
+                          "${" + camera_var_prefix(cam_id if ok_id else "X") + "PASSWORD}"))
+    return found
+
+
+_CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # CameraConfig.id's pattern: anything else is not quoted
 
 
 def _written_out(password: str) -> bool:
@@ -81,9 +113,13 @@ def _build(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # (named after the file, as load_config's own)
         raise ConfigError(exc.errors, str(path), exc.camera_ids) from None
     for field in inline_redis_secrets(raw):
-        print(f"percept build: warning: {field} holds its password as written: the Serve config carries it (so do "
+        print(f"percept build: warning: {field} {INLINE_SECRET_WARNING}: the Serve config carries it (so do "
               "Serve's API, the dashboard and a RayService); write ${REDIS_PW} (as configs/cluster.yaml) and set it on the cluster",
               file=sys.stderr)
+    for field, var in inline_camera_secrets(raw):  # (security.allow_inline_credentials: true let it through)
+        print(f"percept build: warning: {field} {INLINE_SECRET_WARNING}: the Serve config carries it (so do "
+              f"Serve's API, the dashboard and a RayService), not only Redis; write it as {var} (as "
+              "configs/cluster.yaml writes ${CAM_PASS}) and set it on the cluster", file=sys.stderr)
     text = yaml.safe_dump(out, sort_keys=False)
     if args.output == "-":
         sys.stdout.write(text)

@@ -5,6 +5,9 @@ Everything else in the manifest (comments included) is kept as written.
 
     make kuberay                                   # rewrite
     .venv/bin/python scripts/kuberay-manifest.py --check   # exit 1 if it is out of date
+
+`percept build`'s warnings are passed on; one of a password written inline in the config (not a
+${VAR}) makes it exit 1 without writing: the manifest is committed.
 """
 
 from __future__ import annotations
@@ -22,11 +25,23 @@ BUILD_ARGS = ["build", "-c", str(CONFIG.relative_to(REPO)), "--http-host", "0.0.
 _KEY = re.compile(r"^(?P<indent> *)serveConfigV2: *\|[-+]?\s*$")
 
 
+# what cli/build.py's warning of a password written inline says (build.INLINE_SECRET_WARNING)
+INLINE_SECRET = re.compile(r"^percept build: warning: .* holds its password as written", re.M)
+
+
 def percept_build() -> str:
+    """`percept build`'s Serve config. Its stderr is passed on whatever the outcome (it was kept
+    back unless the build failed: the warning of a password written inline went unseen); a
+    password written inline is refused: the manifest is committed, the password would be too."""
     out = subprocess.run([sys.executable, "-m", "cli", *BUILD_ARGS], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
+    sys.stderr.write(out.stderr)
     if out.returncode != 0:
-        sys.exit(f"percept {' '.join(BUILD_ARGS)} failed ({out.returncode}):\n{out.stderr}")
+        sys.exit(f"percept {' '.join(BUILD_ARGS)} failed ({out.returncode})")
+    if INLINE_SECRET.search(out.stderr):
+        sys.exit(f"{MANIFEST.relative_to(REPO)}: not written: a password is written inline in "
+                 f"{CONFIG.relative_to(REPO)} (above) and the manifest is committed; write it as a ${{VAR}} and put "
+                 "it in the Secret percept-secrets")
     return out.stdout
 
 

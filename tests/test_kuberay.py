@@ -260,3 +260,53 @@ def test_every_deployment_stops_without_serves_two_second_first_wait():
     loops = {d["name"]: d.get("graceful_shutdown_wait_loop_s") for d in app["deployments"]}
     assert {"api", "decoder", "detector", "classifier-vehicle", "classifier-pedestrian"} <= set(loops), loops
     assert SHUTDOWN_WAIT_LOOP_S == 0.25 and set(loops.values()) == {0.25}, loops
+
+
+def _manifest_tree(tmp_path, config: dict):
+    """A copy of what scripts/kuberay-manifest.py reads and writes, with ``config`` as
+    configs/kuberay.yaml (the project's packages linked: `python -m cli` runs from there)."""
+    import shutil
+
+    for rel in ("scripts/kuberay-manifest.py", "deploy/kuberay/rayservice.yaml"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / rel, tmp_path / rel)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "kuberay.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for package in ("cli", "pipeline", "deployments"):
+        (tmp_path / package).symlink_to(REPO / package)
+    return tmp_path / "deploy" / "kuberay" / "rayservice.yaml"
+
+
+def test_make_kuberay_refuses_a_password_written_inline(tmp_path):
+    """`make kuberay` kept `percept build`'s stderr unless the build failed: its warning of a
+    password written inline went unseen, and the password went into the committed manifest
+    (exit 0). The warning is passed on, and nothing is written (exit 1), --check too; a config of
+    ``${VAR}``s is written as before."""
+    import subprocess
+    import sys
+
+    base = yaml.safe_load(KUBERAY_CONFIG.read_text())
+    inline_redis = {**base, "redis": {**base["redis"], "password": "hunter2-inline"}}
+    inline_camera = {**base, "security": {"allow_inline_credentials": True},
+                     "cameras": [{**base["cameras"][0], "url": "rtsp://viewer:camSecret99@rtsp:8554/traffic"},
+                                 *base["cameras"][1:]]}
+    for case, config, secret, field in (("redis", inline_redis, "hunter2-inline", "redis.password"),
+                                        ("camera", inline_camera, "camSecret99", "cameras[0].url (camera 'traffic')")):
+        for check in ([], ["--check"]):
+            tree = tmp_path / f"{case}{len(check)}"
+            manifest = _manifest_tree(tree, config)
+            before = manifest.read_text()
+            out = subprocess.run([sys.executable, str(tree / "scripts" / "kuberay-manifest.py"), *check],
+                                 capture_output=True, text=True, timeout=300)
+            assert out.returncode == 1, (case, check, out.stderr)
+            assert f"percept build: warning: {field} holds its password as written" in out.stderr, out.stderr
+            assert "deploy/kuberay/rayservice.yaml: not written: a password is written inline" in out.stderr
+            assert secret not in out.stderr and manifest.read_text() == before, (case, check)
+    # a config of ${VAR}s: rewritten as before (its serveConfigV2 replaced with the build's)
+    tree = tmp_path / "clean"
+    manifest = _manifest_tree(tree, {**base, "cameras": base["cameras"][:1]})
+    out = subprocess.run([sys.executable, str(tree / "scripts" / "kuberay-manifest.py")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "updated deploy/kuberay/rayservice.yaml" in out.stderr, out.stderr
+    serve = yaml.safe_load(yaml.safe_load(manifest.read_text())["spec"]["serveConfigV2"])
+    assert [c["id"] for c in serve["applications"][0]["args"]["config"]["cameras"]] == ["traffic"]
