@@ -7,9 +7,11 @@ goes, one when it is back; the graph keeps buffering results meanwhile."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import re
 import signal
 import time
 from contextlib import ExitStack
@@ -26,6 +28,9 @@ from pipeline.redact import redact, redact_url
 
 from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, RedisOutage, fail, number_arg, say, state_dir_error
 from .terminate import StartupTermination, while_ray_lives
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the colour codes of Ray's errors (an actor's name)
 
 
 class Unavailable(RuntimeError):
@@ -206,6 +211,25 @@ def serve_graph(config: PerceptConfig, stack: ExitStack, *, verbose: bool = Fals
     return str(logs) if local else "each node's Ray session folder (logs/serve/)"
 
 
+def port_taken(host: str, port: int) -> str | None:
+    """Why Serve's proxy could not listen on ``host:port`` here (None: it can): it said so only as
+    a Ray traceback in colour codes, ``RuntimeError: Failed to bind to address``."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return None  # (a name that does not resolve: Serve's own error says it)
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (as a server binds: TIME_WAIT is no use)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return f"{host}:{port} is in use" if exc.errno == errno.EADDRINUSE else f"{host}:{port}: {exc.strerror}"
+    return None
+
+
 def _read_files_again(config: PerceptConfig) -> None:
     """A new run reads its file cameras again: the marks of files an earlier run read to their
     end (`pipeline.streams.ended_mark`) are cleared."""
@@ -243,6 +267,11 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
             if problem:
                 raise ConfigError([problem])
             check_models(config)
+            local = (address or os.environ.get("RAY_ADDRESS") or "local") == "local"
+            if local and config.http.proxy_location != "Disabled" and (
+                    taken := port_taken(config.http.host, config.http.port)):
+                raise Unavailable(f"http.port: {taken} (another percept run, or another service: set http.port "
+                                  "to a free one)")
             keeper: list[PrivateRedis] = []
             config = redis_for(config, stack, keeper)
             _read_files_again(config)
@@ -265,7 +294,7 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
         except ConfigError as exc:  # (what it asks of a private Ray that has none of it)
             return fail(str(ConfigError(exc.errors, exc.source or source, exc.camera_ids)), CONFIG_ERROR_EXIT_CODE)
         except Exception as exc:  # a replica that cannot start (model error) fails the deploy
-            return fail(f"deployment failed: {redact(str(exc))[-2000:]}", EXIT_UNAVAILABLE)
+            return fail(f"deployment failed: {ANSI.sub('', redact(str(exc)))[-2000:]}", EXIT_UNAVAILABLE)
         term.check()
         say(f"running {len(config.cameras)} camera(s); streams {config.redis.stream_prefix}:detections:<camera>; "
             f"replica logs in {logs}")
@@ -281,6 +310,8 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
 
 def ingress_line(config: PerceptConfig) -> str:
     """Where a person looks: the live view page (when on) and the camera API, on Serve's proxy."""
+    if config.http.proxy_location == "Disabled":
+        return "no HTTP ingress (http.proxy_location: Disabled): no live view, no camera API"
     host = config.http.host
     if host in ("0.0.0.0", "::", ""):
         import socket

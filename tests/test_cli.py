@@ -69,6 +69,29 @@ def test_unreachable_redis_exits_3_without_password(tmp_path, models_dir):
     assert "topsecret" not in out.stderr + out.stdout
 
 
+def test_an_http_port_in_use_exits_3_naming_the_field_before_anything_starts(tmp_path, models_dir):
+    """Serve's proxy could not bind: `percept run` said so after starting Redis and Ray, as a
+    Ray traceback in colour codes (``RuntimeError: Failed to bind to address``)."""
+    import socket
+
+    from cli.run import ingress_line
+    from pipeline.config import parse_config
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"models_dir: {models_dir}\ndetector: {{weights: yolo11n_int8_openvino_model}}\n"
+                       f"http: {{host: 127.0.0.1, port: {port}}}\nstate_dir: {tmp_path / 'state'}\n")
+        out = percept("run", "-c", str(cfg))
+    assert out.returncode == 3, out.stderr
+    assert f"http.port: 127.0.0.1:{port} is in use" in out.stderr and "\x1b[" not in out.stderr, out.stderr
+    assert "private redis-server at" not in out.stdout + out.stderr  # (refused before it started anything)
+    off = ingress_line(parse_config({"http": {"proxy_location": "Disabled"}}, env={}))
+    assert "http://" not in off and "Disabled" in off, off  # (no proxy: no URL where nothing listens)
+
+
 def test_no_redis_server_installed_exits_3_saying_what_to_do(tmp_path, models_dir):
     """No ``redis.url`` and no redis-server on PATH (a first run): one line, exit 3 (it was a
     traceback ending in RedisServerError)."""
