@@ -62,7 +62,10 @@ def read_shared(client: redis.Redis, keys: StreamKeys, now: float | None = None,
         except (ValueError, KeyError, TypeError, AttributeError):  # (JSON, not an object: not a replica's)
             stale.append(owner)
             continue
-        if age > max_age_s:
+        cameras = status.get("cameras", {})
+        if not (isinstance(cameras, dict) and all(isinstance(c, dict) for c in cameras.values())):
+            stale.append(owner)  # (another version's or a foreign writer's shape: /status answered 500 on it)
+        elif age > max_age_s:
             stale.append(owner)
         else:
             fresh.append({**status, "age_s": round(max(0.0, age), 1)})

@@ -5,12 +5,13 @@ quiet left out and its entry removed, the answering replica's own keys as before
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from pipeline.decoder_status import (MAX_AGE_S, live_decoders, merged_status, owner_tries, read_shared,
                                      share_status, share_status_every)
-from pipeline.streams import StreamKeys
+from pipeline.streams import StreamKeys, redis_now
 
 KEYS = StreamKeys("dstatus")
 
@@ -153,6 +154,12 @@ def test_an_entry_that_is_json_but_not_an_object_is_dropped_not_an_error_for_goo
     client = redis_server.client()
     client.hset(KEYS.decoders, mapping={"odd-1": '"text"', "odd-2": "42"})
     assert read_shared(client, KEYS) == [] and not client.hexists(KEYS.decoders, "odd-1")
+    # an object of another shape (another version's, a foreign writer's): merged_status raised on it
+    now = redis_now(client)
+    client.hset(KEYS.decoders, mapping={"odd-3": json.dumps({"owner": "x", "written_at": now, "cameras": ["b"]}),
+                                        "odd-4": json.dumps({"owner": "y", "written_at": now, "cameras": {"b": "on"}})})
+    assert read_shared(client, KEYS) == []
+    assert merged_status(replica("here", 1, {}), read_shared(client, KEYS))["cameras"] == {}
 
 
 def test_a_detector_that_fails_cancels_the_others_calls():
