@@ -124,6 +124,7 @@ class FrameLender:
         each time to 10 minutes: detectors on another node now may run on this one later)."""
         self._refusals += 1
         self.sent_pixels += 1
+        self.lent -= 1  # (counted as lent as it left: it went as pixels, not both)
         if self.enabled and self._refusals >= self.refusals_to_stop:
             self.enabled = False
             self._retry_after = min(self._retry_after * 2, MAX_RETRY_LENDING_S) if self._retry_after else RETRY_LENDING_S

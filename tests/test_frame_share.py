@@ -114,7 +114,8 @@ def test_a_detector_that_cannot_see_the_frame_gets_its_pixels_and_lending_stops(
     for _ in range(4):
         assert asyncio.run(detect(inp)) == int(image.sum())
     assert seen == ["SharedImage", "ndarray"] * 3 + ["ndarray"]
-    assert not lender.enabled and lender.lent == 3 and lender.sent_pixels == 4
+    # (all 4 went as pixels: the 3 refused are not counted as shared too, as they were in GET /status)
+    assert not lender.enabled and lender.lent == 0 and lender.sent_pixels == 4
     lender.close()
 
     reader, lender = FrameReader(), FrameLender(max_slots=2)
