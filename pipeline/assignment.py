@@ -4,8 +4,9 @@ Every decoder replica runs a `CameraSupervisor`. Each round (a third of the leas
 the leases it holds, stops cameras whose lease it lost, and claims free cameras up to its fair
 share (``ceil(cameras / replicas)``, ``replicas`` the larger of the configured number and the
 replicas alive now, ``live_replicas``: more replicas than the config says take their part, one
-camera handed over a round by a replica above its share); a camera left free for two rounds is
-claimed by whoever sees it, so a dead replica's cameras move within about one TTL. A lease is redis-py's `Lock`
+camera handed over a round by a replica above its share, taken back by it only after five free
+rounds in a row); a camera left free for two rounds is claimed by whoever sees it, so a dead
+replica's cameras move within about 1.3–2 TTLs (its lease runs out, then two or three rounds). A lease is redis-py's `Lock`
 (``SET NX PX`` with an owner token), so no camera is ever ingested twice:
 
 - fencing (pipeline/lease.py): a camera whose lease was not renewed for ``TTL - margin`` is
@@ -41,6 +42,9 @@ from .redact import redact
 from .streams import ENDED_FIELD, StreamKeys, ended_mark, reconnect_if_demoted
 
 log = logging.getLogger("percept.assignment")
+
+
+HANDED_OVER_ROUNDS = 3  # extra free rounds before a camera handed over is taken back by its old owner
 
 
 class CameraSupervisor(CameraRestarts, LeaseKeeping):
@@ -336,7 +340,13 @@ class CameraSupervisor(CameraRestarts, LeaseKeeping):
             if self.publisher is not None:
                 self.publisher.unfence(cid)
             self._stopping.discard(cid)
-            if not lost and cid in self.cameras:  # still listed (its settings changed, added again): claimed now
+            if hand_over and cid in self.cameras:
+                # for a replica below its share: the one that gave it up takes it back only after
+                # more free rounds in a row than usual (its own rounds, the first brought forward,
+                # saw it free twice at once: it took it back a round after letting it go, before
+                # a replica busy starting another camera had claimed it, and handed it over again)
+                self._free_rounds[cid] = -HANDED_OVER_ROUNDS
+            elif not lost and cid in self.cameras:  # still listed (its settings changed, added again): claimed now
                 self._next_round = min(self._next_round, time.monotonic())
             self._wake.set()
 

@@ -388,6 +388,45 @@ def test_rounds_a_camera_was_seen_free_count_only_in_a_row(redis_server):
     assert seen == [["a"], ["a"], ["a"], ["a"], ["a"], ["a", "b"]], seen
 
 
+def test_a_camera_handed_over_is_not_taken_back_by_its_old_owner_a_round_later(redis_server):
+    """A replica above its share hands a camera over: its own round in progress saw the lease
+    free (1), the stop's end brought the next round forward (2), and a round later it took the
+    camera back — before a replica busy starting another handed-over camera had claimed it; then,
+    above its share again, handed it over again (a second stop-flush-start, its tracks twice)."""
+    client = redis_server.client()
+    keys = StreamKeys("handed-over")
+    started: list[str] = []
+
+    async def start(camera):
+        started.append(camera.id)
+        return StandIn(camera)
+
+    sup = CameraSupervisor(CAMERAS[:2], client=client, keys=keys, start_camera=start, replicas=1, lease_ttl_s=1.5,
+                           owner="me")
+    sup.cameras = {c.id: c for c in CAMERAS[:2]}
+
+    async def rounds() -> tuple[list[str], float, list[str]]:
+        await sup._claim()  # its share: both
+        sup.replicas = 2  # a second replica: one camera each
+        before = sup._next_round
+        await sup._stop_camera("b", hand_over=True)
+        brought = sup._next_round
+        for _ in range(4):  # nobody has claimed it yet (busy starting another camera)
+            await sup._claim()
+        early = list(started)
+        for _ in range(2):
+            await sup._claim()
+        for entry in sup.running.values():
+            entry.task.cancel()
+            if entry.timer is not None:
+                entry.timer.cancel()
+        return early, brought - before, list(started)
+
+    early, brought, late = asyncio.run(rounds())
+    assert early == ["a", "b"] and brought == 0, (early, brought)  # not taken back, no round brought forward
+    assert late == ["a", "b", "b"], late  # nobody took it: its old owner does, after five free rounds
+
+
 def test_notes_about_a_camera_removed_go_with_it(redis_server):
     """Free rounds and the start error last said stayed for a camera removed: a leak as cameras
     come and go, and the same camera added again inherited them (taken a round early; its
