@@ -205,7 +205,7 @@ class Bench:
         urls = [self.cams.url(i) for i in range(n)]
         names = [c["id"] for c in self.cams.entries(n, fps=D.SAMPLED_FPS)]
         out = D.phase_decode(urls, names, [str(c) for c in self.clips], imgsz=self.base.detector.imgsz,
-                             seconds=min(10.0, max(2.0, self.duration / 4)))
+                             seconds=min(10.0, max(2.0, self.duration / 4)), errors=self.result["errors"])
         self.result["decode"] = out
         self.result["frame_copies"] = out["frame_path"]["copies"]
         self.result["frame_shipped_bytes"] = out["frame_path"]["shipped_bytes"]  # pickled, pixels shared

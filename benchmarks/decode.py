@@ -91,14 +91,24 @@ def decoder_cpu(urls: Sequence[str], names: Sequence[str], *, fps: float = SAMPL
             line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
             per_camera[name][mode] = (json.loads(line[len("RESULT "):]) if line else
                                       {"error": f"rc={proc.returncode}: {err.strip()[-500:]}"})
-    totals = {mode: sum(c[mode].get("cpu_ms_per_s", 0.0) for c in per_camera.values()) for mode in modes}
-    out: dict[str, Any] = {"sampled_fps": fps, "seconds": seconds, "cameras": per_camera, "total_cpu_ms_per_s": totals}
+    # totals and ratios over the cameras measured in every mode: a camera whose subprocess failed
+    # in one mode counted 0 there and in full in the other, and the ratio compared two sets
+    complete = [c for c in per_camera.values() if all("cpu_ms_per_s" in c[m] for m in modes)]
+    totals = {mode: sum(c[mode]["cpu_ms_per_s"] for c in complete) if complete else None for mode in modes}
+    out: dict[str, Any] = {"sampled_fps": fps, "seconds": seconds, "cameras": per_camera, "total_cpu_ms_per_s": totals,
+                           "cameras_in_totals": len(complete), "errors": failures(per_camera, modes)}
     for mode in modes[1:]:
         for cam in per_camera.values():
             a, k = cam["all"].get("cpu_ms_per_s"), cam[mode].get("cpu_ms_per_s")
             cam[f"{mode}_over_all"] = k / a if a and k is not None else None
         out[f"{mode}_over_all"] = totals[mode] / totals["all"] if totals["all"] else None
     return out
+
+
+def failures(per_camera: dict[str, dict[str, Any]], modes: Sequence[str]) -> dict[str, str]:
+    """``"camera mode"`` → why that subprocess gave no result."""
+    return {f"{name} {mode}": str(cam[mode].get("error", "no result"))
+            for name, cam in per_camera.items() for mode in modes if "cpu_ms_per_s" not in cam[mode]}
 
 
 # --- one frame's copies and bytes ---------------------------------------------------------------
@@ -178,19 +188,28 @@ def frame_path(clip: str, imgsz: int, *, frames: int = 20) -> dict[str, Any]:
 
 
 def phase_decode(urls: Sequence[str], names: Sequence[str], clips: Sequence[str], *, imgsz: int,
-                 seconds: float) -> dict[str, Any]:
+                 seconds: float, errors: dict[str, str] | None = None) -> dict[str, Any]:
     """Decoder CPU per camera in both modes, on the clips as files with and without the
     non-reference frames, and the frame path on every clip (``copies`` and ``bytes_written``:
-    their mean)."""
+    their mean). A camera or clip that failed in a mode is left out of the totals and said in
+    ``errors["decode"]`` (the bench's errors: the run fails), its numbers kept; without
+    ``errors``, a RuntimeError saying it (the phase fails)."""
     paths = [frame_path(str(c), imgsz) for c in clips]
-    return {"decoder_cpu": decoder_cpu(urls, names, seconds=seconds),
-            "decoder_cpu_files": decoder_cpu([str(c) for c in clips], [Path(c).name for c in clips], fps=FILE_FPS,
-                                             seconds=seconds, modes=FILE_MODES),
-            "frame_path": {"clips": paths, "copies": sum(p["copies"] for p in paths) / len(paths),
-                           "bytes_written": sum(p["bytes_written"] for p in paths) / len(paths),
-                           "shipped_bytes": max(p["shipped_bytes"] for p in paths),
-                           "shipped_bytes_pixels": max(p["shipped_bytes_pixels"] for p in paths),
-                           "ultralytics_letterbox_copies": sum(p["ultralytics_letterbox"]["copies"] for p in paths) / len(paths)}}
+    out = {"decoder_cpu": decoder_cpu(urls, names, seconds=seconds),
+          "decoder_cpu_files": decoder_cpu([str(c) for c in clips], [Path(c).name for c in clips], fps=FILE_FPS,
+                                           seconds=seconds, modes=FILE_MODES),
+          "frame_path": {"clips": paths, "copies": sum(p["copies"] for p in paths) / len(paths),
+                         "bytes_written": sum(p["bytes_written"] for p in paths) / len(paths),
+                         "shipped_bytes": max(p["shipped_bytes"] for p in paths),
+                         "shipped_bytes_pixels": max(p["shipped_bytes_pixels"] for p in paths),
+                         "ultralytics_letterbox_copies": sum(p["ultralytics_letterbox"]["copies"] for p in paths) / len(paths)}}
+    failed = "; ".join(f"{part}: {cam}: {why[:300]}" for part in ("decoder_cpu", "decoder_cpu_files")
+                       for cam, why in out[part]["errors"].items())
+    if failed:
+        if errors is None:
+            raise RuntimeError(f"left out of the totals: {failed}")
+        errors["decode"] = f"left out of the totals: {failed}"[:2000]
+    return out
 
 
 # --- the subprocess -----------------------------------------------------------------------------

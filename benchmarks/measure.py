@@ -157,13 +157,19 @@ class TapEntry:
 
 class StreamTap:
     """A thread doing ``XREAD BLOCK`` on the given streams from "now" on, recording each entry
-    with the time it became visible (≈ its XADD time on loopback)."""
+    with the time it became visible (≈ its XADD time on loopback); ``seen`` counts them. ``keep``:
+    at most this many, a uniform sample of all seen (reservoir, unordered; the soak: ~2.4 KB an
+    entry for hours); None (the bench's windows): every entry, in order."""
 
-    def __init__(self, client: Any, streams: Sequence[str], *, block_ms: int = 200):
+    def __init__(self, client: Any, streams: Sequence[str], *, block_ms: int = 200, keep: int | None = None,
+                 seed: int = 0):
         self.client = client
         self.streams = list(streams)
         self.block_ms = block_ms
+        self.keep = keep
         self.entries: list[TapEntry] = []
+        self.seen = 0
+        self._rng = random.Random(seed)
         self.errors = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-tap", daemon=True)
@@ -194,7 +200,14 @@ class StreamTap:
                 for entry_id, fields in entries:
                     eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                     self._ids[name] = eid
-                    self.entries.append(TapEntry(name, eid, now, fields.get(b"json", b"{}")))
+                    self._record(TapEntry(name, eid, now, fields.get(b"json", b"{}")))
+
+    def _record(self, entry: TapEntry) -> None:
+        self.seen += 1
+        if self.keep is None or len(self.entries) < self.keep:
+            self.entries.append(entry)
+        elif (slot := self._rng.randrange(self.seen)) < self.keep:  # (each of the ``seen`` kept with p = keep/seen)
+            self.entries[slot] = entry
 
     def stop(self) -> list[TapEntry]:
         self._stop.set()

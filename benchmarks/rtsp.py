@@ -79,7 +79,12 @@ class RtspServer:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=self._stderr, env=env,
                                      preexec_fn=(lambda: os.nice(nice)) if nice else None)
-        line = self._read_ready_line(timeout if timeout is not None else 90.0 if self.encode_once else 15.0)
+        try:
+            line = self._read_ready_line(timeout if timeout is not None else 90.0 if self.encode_once else 15.0)
+        except BaseException:  # (a SIGTERM's SystemExit while it encodes: no __exit__ would ever stop it)
+            self._terminate(signal.SIGKILL)
+            self._close_stderr()
+            raise
         if not line.startswith("ready rtsp://"):
             self._terminate(signal.SIGKILL)
             raise RuntimeError(f"rtsp_server.py failed to start (rc={self.proc.returncode}, "

@@ -7,7 +7,9 @@ import argparse
 import json
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from datetime import datetime, timezone
@@ -19,6 +21,7 @@ from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError
 from . import measure as M
 from . import processes as P
 from . import report as R
+from .bench_run import _interrupt
 from .harness import (
     APP,
     Graph,
@@ -72,10 +75,49 @@ def _sample(client: Any, streams: list[str]) -> dict[str, Any]:
             fds = None
         name = p["name"].replace(f"ray::ServeReplica:{APP}:", "replica:")
         procs[f"{name}[{pid}]"] = {"rss_mb": round(p["rss_mb"], 1), "fds": fds, "threads": p["threads"]}
+    return {"t": time.time(), "published": _published(client, streams), "processes": procs}
+
+
+def _published(client: Any, streams: list[str]) -> int:
+    """Entries ever added to the streams (XINFO STREAM ``entries-added``, Redis 7): their length
+    stops growing at ``redis.maxlen`` (XADD MAXLEN ~), hours into a soak. A stream not made yet: 0."""
     pipe = client.pipeline(transaction=False)
     for s in streams:
-        pipe.xlen(s)
-    return {"t": time.time(), "published": sum(pipe.execute()), "processes": procs}
+        pipe.xinfo_stream(s)
+    total = 0
+    for info in pipe.execute(raise_on_error=False):
+        if isinstance(info, Exception):
+            if "no such key" not in str(info).lower():
+                raise info
+            continue
+        if "entries-added" not in info:
+            raise RuntimeError("the soak counts entries with XINFO STREAM's entries-added: Redis 7 or later")
+        total += int(info["entries-added"])
+    return total
+
+
+TAP_KEEP = 10_000  # payloads the soak keeps for its latency and lag percentiles (~25 MB): a uniform sample
+
+
+def _tap(client: Any, streams: list[str]) -> M.StreamTap:
+    """The soak's reader of the streams: bounded (it kept every payload, GBs a day)."""
+    return M.StreamTap(client, streams, keep=TAP_KEEP)
+
+
+def _start_graph(stack: ExitStack, client: Any, cfg: Any) -> None:
+    """Ray, Serve and the graph on the cluster's GPU when it has one (as `Graph.phase`), our
+    SIGTERM handler put back after ray.init installed its own (as `Bench._our_sigterm`)."""
+    from ray import serve
+
+    from deployments.graph import build_app
+
+    ours = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    g = Graph(stack, client, num_cpus=ray_cpus_for(cfg))
+    if callable(ours):
+        signal.signal(signal.SIGTERM, ours)
+    serve.run(build_app(cfg, gpu_available=g.gpu), name=APP, route_prefix="/",
+              logging_config={"enable_access_log": False})
+    stack.callback(serve.delete, APP)
 
 
 def _exceptions_in_ray_logs() -> dict[str, int]:
@@ -93,15 +135,14 @@ def _exceptions_in_ray_logs() -> dict[str, int]:
 
 
 def run_soak(args: argparse.Namespace) -> int:
-    from ray import serve
-
-    from deployments.graph import build_app
     from pipeline.backends.checks import check_models as _check_models
     from pipeline.streams import StreamKeys, camera_states
 
     try:
         clips = _clips(args)
         with ExitStack() as stack:
+            if threading.current_thread() is threading.main_thread():  # SIGTERM unwinds: the redis-server and
+                stack.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, _interrupt))  # RTSP server go
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="percept-soak-")))
             base = _base_config(args, str(workdir / "state"))
             _check_models(base)
@@ -113,12 +154,11 @@ def run_soak(args: argparse.Namespace) -> int:
             ids = [c.id for c in cfg.cameras]
             streams = [keys.detections(c) for c in ids]
             _say("starting Ray and Serve …")
-            Graph(stack, client, num_cpus=ray_cpus_for(cfg))
-            serve.run(build_app(cfg), name=APP, route_prefix="/", logging_config={"enable_access_log": False})
-            stack.callback(serve.delete, APP)
+            _start_graph(stack, client, cfg)
             _say(f"{args.cameras} cameras at {args.fps} fps; warm-up {args.warmup:.0f} s, then {args.duration:.0f} s")
             time.sleep(args.warmup)
-            tap = M.StreamTap(client, streams).start()
+            tap = _tap(client, streams).start()
+            stack.callback(tap.stop)  # (also when interrupted: it read Redis while the stack unwound)
             st0 = camera_states(client, keys, ids)
             timeline = [_sample(client, streams)]
             end = time.monotonic() + args.duration
@@ -132,14 +172,14 @@ def run_soak(args: argparse.Namespace) -> int:
             exceptions = _exceptions_in_ray_logs()
     except ConfigError as exc:
         return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
-    result = _soak_result(args, base, timeline, entries, dropped=dropped_between(st0, st1, ids), exceptions=exceptions)
+    result = _soak_result(args, base, timeline, entries, tap.seen, dropped=dropped_between(st0, st1, ids), exceptions=exceptions)
     text = json.dumps(R.rounded(result), indent=1)
     out = R.write_results(text, args.json_out, args.state_dir, os.uname().nodename, "soak")
     _say(f"wrote {out}")
     worst, growth = result["worst_rss_growth"], result["processes"].values()
     print(f"soak: {args.cameras} cameras, {result['duration_s']:.0f} s: {result['published_fps']:.1f} fps published, "
           f"{result['dropped_per_s']:.2f} dropped/s, lag p99 {result['lag_p99_s']} s, "
-          f"worst RSS growth {worst.get('rss_growth_pct')} % ({worst['process']}), "
+          f"worst graph RSS growth {worst.get('rss_growth_pct')} % ({worst['process']}), "
           f"fds {sum((g['fds_start'] or 0) for g in growth)} → {sum((g['fds_end'] or 0) for g in growth)}, "
           f"exceptions {result['exceptions_total']}")
     return 0
@@ -160,12 +200,27 @@ def _rss_growth(timeline: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return growth
 
 
-def _soak_result(args: argparse.Namespace, base: Any, timeline: list[dict[str, Any]], entries: list[Any], *,
-                 dropped: float, exceptions: dict[str, int]) -> dict[str, Any]:
+def _graph_process(name: str) -> bool:
+    """A `_sample` name (``replica:…[pid]``, ``raylet[pid]``) of a process whose memory must stay
+    flat (`processes.is_graph_process`): not redis-server (the streams, by design), the RTSP
+    server or the bench itself."""
+    label = name.rsplit("[", 1)[0]
+    return label.startswith("replica:") or P.is_graph_process(label)
+
+
+def _worst_rss_growth(growth: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The graph's process whose RSS grew most (as the overload phase's ``rss_growth_max_pct``)."""
+    graph = [kv for kv in growth.items() if _graph_process(kv[0])]
+    worst = max(graph, key=lambda kv: kv[1]["rss_growth_pct"]) if graph else (None, {})
+    return {"process": worst[0], **worst[1]}
+
+
+def _soak_result(args: argparse.Namespace, base: Any, timeline: list[dict[str, Any]], entries: list[Any],
+                 seen: int, *, dropped: float, exceptions: dict[str, int]) -> dict[str, Any]:
+    """``entries``: a uniform sample of the ``seen`` entries the tap read (`TAP_KEEP`)."""
     t0, t1 = timeline[0]["t"], timeline[-1]["t"]
     summary = M.StreamTap.summarize(entries, t0, t1)
     growth = _rss_growth(timeline)
-    worst = max(growth.items(), key=lambda kv: kv[1]["rss_growth_pct"]) if growth else (None, {})
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cameras": args.cameras, "fps_per_camera": args.fps, "duration_s": t1 - t0, "warmup_s": args.warmup,
@@ -176,8 +231,9 @@ def _soak_result(args: argparse.Namespace, base: Any, timeline: list[dict[str, A
         "dropped_per_s": dropped / (t1 - t0),
         "lag_p99_s": summary["lag_s"]["p99"],
         "latency_ms": summary["latency_ms"],
+        "latency_sampled_entries": {"kept": len(entries), "seen": seen},
         "exceptions": exceptions, "exceptions_total": sum(exceptions.values()),
-        "worst_rss_growth": {"process": worst[0], **worst[1]},
+        "worst_rss_growth": _worst_rss_growth(growth),
         "processes": growth,
         "timeline": timeline,
     }

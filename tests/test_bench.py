@@ -202,9 +202,13 @@ def test_soak_smoke(tmp_path, models_dir, videos):
     for name, p in r["processes"].items():  # the first and the last sample of each process
         assert (p["rss_start_mb"], p["rss_end_mb"]) == (first[name]["rss_mb"], last[name]["rss_mb"]), (name, p)
         assert _finite_positive(p["rss_start_mb"]) and isinstance(p["rss_growth_pct"], (int, float)), (name, p)
-    worst = r["worst_rss_growth"]
-    assert worst["process"] in r["processes"] and worst["rss_growth_pct"] == max(
-        p["rss_growth_pct"] for p in r["processes"].values()), worst
+    worst = r["worst_rss_growth"]  # the graph's (redis-server grows with the streams by design)
+    from benchmarks.soak import _graph_process
+
+    graph = [p["rss_growth_pct"] for n, p in r["processes"].items() if _graph_process(n)]
+    assert worst["process"] in r["processes"] and _graph_process(worst["process"]), worst
+    assert not worst["process"].startswith("redis-server") and worst["rss_growth_pct"] == max(graph), worst
+    assert r["latency_sampled_entries"]["kept"] <= r["latency_sampled_entries"]["seen"], r["latency_sampled_entries"]
     assert "soak: 2 cameras" in proc.stdout and "exceptions 0" in proc.stdout
 
 
