@@ -216,8 +216,8 @@ def test_an_rtsp_server_interrupted_while_it_starts_is_killed(monkeypatch, tmp_p
     def child():
         return [p for p in psutil.Process().children() if str(script) in " ".join(p.cmdline())]
 
-    def interrupt():
-        wait_for(child, 30, "the RTSP server's process", interval=0.05)
+    def interrupt():  # (once it waits for "ready": a signal inside Popen itself is another matter)
+        wait_for(lambda: srv.proc is not None and child(), 30, "the RTSP server's process", interval=0.05)
         os.kill(os.getpid(), signal.SIGUSR1)
 
     def terminated(*_):
