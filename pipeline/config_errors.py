@@ -64,8 +64,10 @@ def error_at(at: tuple[str | int, ...], message: str) -> PydanticCustomError:
 
 def _path(loc: tuple[Any, ...]) -> str:
     out = ""
-    for part in loc:
-        if isinstance(part, int):
+    for i, part in enumerate(loc):
+        if isinstance(part, int) and loc[i + 1:i + 2] == ("[key]",):  # a key YAML read as off / yes / 1: no index
+            out += " (one of its keys)"  # (came as 0 / 1: [0] named the first line, not the key `off`)
+        elif isinstance(part, int):
             out += f"[{part}]"
         elif part in _UNION_MARKERS or str(part).startswith("function-"):
             continue  # markers pydantic adds to locations inside unions and validators
