@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import redis
 
@@ -31,13 +32,15 @@ def config_line(name: str, value: str) -> bytes:
     return f'{name} "'.encode() + b"".join(b"\\x%02x" % byte for byte in value.encode()) + b'"\n'
 
 
-def _ends_with_its_parent() -> None:
-    """In the child before exec: SIGTERM when the thread that started it ends (Linux's
-    ``PR_SET_PDEATHSIG``), so that a server percept started stops, its data written, when percept
-    dies without unwinding."""
+def _ends_with_its_parent() -> Callable[[], None]:
+    """What the child runs before exec: SIGTERM for it when the thread that started it ends
+    (Linux's ``PR_SET_PDEATHSIG``), so that a server percept started stops, its data written, when
+    percept dies without unwinding. libc is looked up here, in the parent (the child of a process
+    with threads runs as little as it can before exec)."""
     import ctypes
 
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
 
 
 class RedisServerError(RuntimeError):
@@ -88,7 +91,7 @@ class EmbeddedRedis:
         ends_with_us = sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE if self.password else subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                                     preexec_fn=_ends_with_its_parent if ends_with_us else None)
+                                     preexec_fn=_ends_with_its_parent() if ends_with_us else None)
         if self.password:
             try:
                 self.proc.stdin.write(config_line("requirepass", self.password))
