@@ -137,6 +137,29 @@ def test_finetune_refuses_an_out_that_is_its_own_weights_or_data_yaml(tmp_path):
     assert base.read_bytes() == COCO_PT.read_bytes()
 
 
+def test_finetune_writes_nothing_into_a_data_yamls_images_folder_nor_removes_a_split_it_did_not_make(tmp_path):
+    """A data.yaml whose ``path:`` is another folder: --out and --work were checked against the
+    yaml's folder only, and went into the dataset itself. A --work folder's ``split/`` was removed
+    whatever it was (the user's own notes in it went)."""
+    need(COCO_PT)
+    data = coco4(tmp_path / "data16")
+    (tmp_path / "cfgs").mkdir()
+    spec = tmp_path / "cfgs" / "signs.yaml"
+    spec.write_text(yaml.safe_dump({"path": "../data16", "train": "images", "val": "images", "names": None}))
+    for option, value in (("--out", data / "ft.pt"), ("--work", data / "work")):
+        code, _, stderr = percept("models", "finetune", str(COCO_PT), "--data", str(spec), "--epochs", "1",
+                                  "--imgsz", "64", option, str(value))
+        assert code == 2 and f"{option}: " in stderr and "never written" in stderr, stderr[-2000:]
+    assert sorted(p.name for p in data.iterdir()) == ["images", "labels"]
+    work = tmp_path / "mine"
+    (work / "split").mkdir(parents=True)
+    (work / "split" / "notes.txt").write_text("mine\n")
+    code, _, stderr = percept("models", "finetune", str(COCO_PT), "--data", str(data), "--epochs", "1",
+                              "--imgsz", "64", "--work", str(work))
+    assert code == 2 and "not a split a finetune run made" in stderr, stderr[-2000:]
+    assert (work / "split" / "notes.txt").read_text() == "mine\n"
+
+
 def test_finetune_run_from_inside_the_models_folder_writes_nothing_there(tmp_path, monkeypatch):
     """Without --out the weights went to ``finetuned/`` in the current folder, even when that is
     the models folder (``models export`` refuses it). Now the same rule as export: exit 2 naming

@@ -5,6 +5,7 @@ rule that a default output never lands in the models folder (shared, often read-
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,8 +37,8 @@ def calibration_frames(sources: Sequence[str | Path], limit: int = RECOMMENDED_C
         if not p.exists():
             raise ExportError(f"--calib: {quoted_url(source)} does not exist")
         if p.is_dir():
-            found = images_under(p)
-            videos = sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES) if not found else []
+            found = images_under(p)  # (and its videos too: a recordings folder with one snapshot.jpg in it
+            videos = sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES)  # calibrated on that)
             if not found and not videos:
                 raise ExportError(f"--calib: no images in {p} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, "
                                   "subfolders too)")
@@ -99,10 +100,17 @@ def _video_frames(video: Path, limit: int, into: Path | None) -> list[Path]:
     if into is None:
         raise ExportError(f"--calib: {video.name}: frames of a video need a folder to be written to")
     cap = cv2.VideoCapture(str(video))
-    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    if not cap.isOpened() or count < 1:
+    if not cap.isOpened():
         raise ExportError(f"--calib: cannot read frames from {video}")
-    wanted = {int(i * count / min(limit, count)) for i in range(min(limit, count))}
+    count = cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0
+    if 1 <= count <= 1e8:
+        count = int(count)
+        wanted = {int(i * count / min(limit, count)) for i in range(min(limit, count))}
+    else:  # not indexed (a recording written as a stream: -2.3e17 frames): one a second, up to limit
+        stride = max(1, round(cap.get(cv2.CAP_PROP_FPS) or 25))
+        count, wanted = stride * limit, set(range(0, stride * limit, stride))
+    # each video its own names: two clip.mp4 of two folders, or cam.mp4 and cam.avi, overwrote each other
+    tag = hashlib.sha1(str(video.resolve()).encode()).hexdigest()[:8]
     out: list[Path] = []
     for index in range(count):
         if not cap.grab():
@@ -110,7 +118,7 @@ def _video_frames(video: Path, limit: int, into: Path | None) -> list[Path]:
         if index in wanted:
             ok, frame = cap.retrieve()
             if ok:
-                path = into / f"{video.stem}_{index:06d}.jpg"
+                path = into / f"{video.stem}_{tag}_{index:06d}.jpg"
                 cv2.imwrite(str(path), frame)
                 out.append(path)
     cap.release()

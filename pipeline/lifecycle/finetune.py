@@ -325,8 +325,8 @@ def _run(model: Any, src: Path, ds: Dataset, train_items: list, val_items: list,
     say = say or (lambda line: None)
     work.mkdir(parents=True, exist_ok=True)
     split_dir = work / "split"
-    if split_dir.exists():
-        shutil.rmtree(split_dir)  # a --work folder used before: a fresh split
+    if split_dir.exists():  # a --work folder used before: a fresh split (one a run made: `apart`)
+        shutil.rmtree(split_dir)
     train_data, heldout = write_split(ds, train_items, val_items, split_dir)
     names0 = dict(model.names)
     say(f"{ds.layout}: {len(train_items)} training, {len(val_items)} held-out images, "

@@ -46,6 +46,12 @@ class Dataset:
     names_from: str = "folders"  # folders | data.yaml | classes.txt | model
     presplit: bool = False
     spec: Path | None = None  # the data.yaml, when there is one
+    base: Path | None = None  # the data.yaml's ``path:``, its images' folder (elsewhere than the yaml's)
+
+    @property
+    def folders(self) -> list[Path]:
+        """The folders that are never written: the data's, and a data.yaml's ``path:``."""
+        return list(dict.fromkeys(p.resolve() for p in (self.root, self.base) if p is not None))
 
     @property
     def layout(self) -> str:
@@ -177,10 +183,11 @@ def _detect_from_yaml(spec: Path, model_names: dict[int, str] | None) -> Dataset
     parts = {key: _yaml_images(spec, base, cfg[key], key) for key in ("train", "val") if cfg.get(key)}
     if len(parts) == 2 and cfg["train"] != cfg["val"]:
         train, val = (_with_labels(parts[k], base) for k in ("train", "val"))
-        return _checked(Dataset("detect", spec.parent, names, train, val, names_from, presplit=True, spec=spec))
+        return _checked(Dataset("detect", spec.parent, names, train, val, names_from, presplit=True, spec=spec,
+                                base=base))
     images = sorted({p for found in parts.values() for p in found})
     return _checked(Dataset("detect", spec.parent, names, _with_labels(images, base), names_from=names_from,
-                            spec=spec))
+                            spec=spec, base=base))
 
 
 def _yaml_images(spec: Path, base: Path, entry: object, key: str) -> list[Path]:
@@ -201,6 +208,15 @@ def _text(path: Path) -> str:
         raise FinetuneError(f"--data: {exc}") from None
 
 
+def _class_id(text: str) -> int:
+    """A label line's class: ``58`` or ``58.0`` (some exporters write floats; ultralytics and
+    `percept eval` read them), not ``58.5``."""
+    value = float(text)
+    if not value.is_integer():
+        raise ValueError(text)
+    return int(value)
+
+
 def _checked(ds: Dataset) -> Dataset:
     """Every label line is ``class cx cy w h`` (or a segment) with a class of ``names``."""
     nc = len(ds.names)
@@ -213,7 +229,7 @@ def _checked(ds: Dataset) -> Dataset:
             if not row:
                 continue
             try:
-                cls, values = int(row[0]), [float(v) for v in row[1:]]
+                cls, values = _class_id(row[0]), [float(v) for v in row[1:]]
             except ValueError:
                 raise FinetuneError(f"--data: {label}:{n}: not a YOLO label line (class cx cy w h): "
                                     f"{line.strip()!r}") from None
@@ -271,6 +287,9 @@ def link_image(image: Path, dest: Path) -> Path:
     return dest
 
 
+SPLIT_MARK = ".percept-split"  # in a split `write_split` made: the next run may remove it
+
+
 def write_split(ds: Dataset, train: Sequence, val: Sequence, into: Path) -> tuple[Path, Path]:
     """Links to the images (and labels) in ``into/train`` and ``into/val``; returns (what
     ultralytics trains on: the folder or a data.yaml, the held-out folder)."""
@@ -287,6 +306,8 @@ def write_split(ds: Dataset, train: Sequence, val: Sequence, into: Path) -> tupl
                     label.symlink_to(Path(str(target)).resolve())
             dest.parent.mkdir(parents=True, exist_ok=True)
             link_image(image, dest)
+    into.mkdir(parents=True, exist_ok=True)
+    (into / SPLIT_MARK).write_text("made by percept models finetune: written afresh by each run\n")
     if ds.task == "classify":
         return into, into / "val"
     (into / "val" / "labels").mkdir(parents=True, exist_ok=True)  # a held-out split of backgrounds only
@@ -313,8 +334,11 @@ def heldout_csv(names: dict[int, str], heldout: Path, into: Path) -> tuple[Path 
 # --- the options' checks (before anything is written) ------------------------------------------
 
 def outside(path: Path, ds: Dataset, option: str) -> None:
-    if path.resolve().is_relative_to(ds.root.resolve()):
-        raise FinetuneError(f"{option}: {path} is inside the data folder {ds.root}, which is never written")
+    """(a data.yaml's ``path:`` elsewhere too: checked against the yaml's folder alone, --out and
+    --work were written into the dataset itself)"""
+    for folder in ds.folders:
+        if path.resolve().is_relative_to(folder):
+            raise FinetuneError(f"{option}: {path} is inside the data folder {folder}, which is never written")
 
 
 def apart(work: Path, ds: Dataset) -> None:
@@ -323,9 +347,13 @@ def apart(work: Path, ds: Dataset) -> None:
     if work.exists() and not work.is_dir():
         raise FinetuneError(f"--work: {work} is a file; give a folder (made if missing)")
     outside(work, ds, "--work")
-    if ds.root.resolve().is_relative_to(work.resolve()):
-        raise FinetuneError(f"--work: the data folder {ds.root} is inside {work}, whose split/ each run writes afresh; "
-                            "give another --work")
+    for folder in ds.folders:
+        if folder.is_relative_to(work.resolve()):
+            raise FinetuneError(f"--work: the data folder {folder} is inside {work}, whose split/ each run writes "
+                                "afresh; give another --work")
+    if (work / "split").exists() and not (work / "split" / SPLIT_MARK).is_file():  # (it was removed, whatever it was)
+        raise FinetuneError(f"--work: {work / 'split'} is not a split a finetune run made (no {SPLIT_MARK} in it): "
+                            "each run writes split/ afresh, and this one is not removed; give another --work")
 
 
 def check_options(epochs: int, imgsz: int, batch: int, workers: int) -> None:
