@@ -53,7 +53,8 @@ class EmbeddedRedis:
     `kill()` / `start()` simulate an outage in tests; data survives in the AOF under ``state_dir``."""
 
     def __init__(self, state_dir: str | Path, *, port: int | None = None, password: str | None = None,
-                 binary: str = "redis-server"):
+                 binary: str = "redis-server", appendfsync: str = "everysec"):
+        self.appendfsync = appendfsync  # "always": a SIGKILL loses nothing it answered (everysec: up to ~2 s under load)
         self.state_dir = Path(state_dir)
         self.port = port
         self.password = password
@@ -79,7 +80,7 @@ class EmbeddedRedis:
         if self.port is None:
             self.port = free_port()
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-                "--appendfsync", "everysec", "--dir", str(self.state_dir.resolve()), "--daemonize", "no",
+                "--appendfsync", self.appendfsync, "--dir", str(self.state_dir.resolve()), "--daemonize", "no",
                 "--loglevel", "warning", "--logfile", str(self.log_path.resolve())]
         if self.password:  # from its stdin, not its command line (which every local user reads: ps)
             args.insert(1, "-")

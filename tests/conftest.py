@@ -88,12 +88,13 @@ def slower_traffic(videos, tmp_path) -> Path:
 
 @pytest.fixture()
 def redis_server(tmp_path):
-    """A private redis-server (AOF on) per test."""
+    """A private redis-server (AOF on, fsynced at every write: the tests that SIGKILL it expect what
+    it answered to be there after its restart; with everysec a loaded machine lost up to ~2 s) per test."""
     from pipeline.redis_server import EmbeddedRedis
 
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed (make test installs it)")
-    with EmbeddedRedis(tmp_path / "redis") as server:
+    with EmbeddedRedis(tmp_path / "redis", appendfsync="always") as server:
         yield server
 
 
