@@ -26,7 +26,13 @@ def trimmed_after(publisher: Publisher, camera: str, ms: int) -> bool:
     except redis.ResponseError:  # no such stream: no events at all
         return False
     first = info.get("first-entry")
-    return bool(first) and info["entries-added"] > info["length"] and parse_entry_id(first[0]) > (ms, 0)
+    if not first or parse_entry_id(first[0]) <= (ms, 0):
+        return False
+    if "entries-added" in info:  # (Redis 7)
+        return info["entries-added"] > info["length"]
+    # Redis 6.2 says nothing of what was added (a KeyError: a crowd's camera never started again):
+    # MAXLEN ~ trims only a stream longer than maxlen, and leaves it at least that long
+    return info["length"] >= publisher.maxlen
 
 
 def events_since(publisher: Publisher, camera: str, seq: int, since: float) -> Iterator[dict[str, Any]]:
