@@ -79,6 +79,9 @@ class EngineHandover:
             "size": list(self._size) if self._size is not None else None, "anchor": self.anchor,
             "pixel_sizes": {k: list(v) for k, v in self._pixel_sizes.items()},
             "lines": self.lines,  # what the tracks' sides were taken against
+            # and the bands they were judged with (a margin changed as the camera failed over: the
+            # frames since replayed under the new one counted a crossing already published again)
+            "line_margin": self.line_margin, "zone_margin": self.zone_margin,
             "zones": self.zones,  # with lines: what pixel_sizes are the sizes of
             "tracks": [json_safe(vars(t)) for t in sorted(tracks, key=lambda t: t.id)],
         }

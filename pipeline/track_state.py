@@ -304,9 +304,10 @@ def restore_tracking(
         # the frames since were published under the snapshot's zones and lines (a change makes a
         # snapshot at once): replayed under them, the camera's own from the next frame on
         drawn = state["events"]
+        margins = {k: float(drawn.get(k, v)) for k, v in margins_of(camera).items()}  # (the snapshot's too)
         events = EventEngine.restore(drawn, camera.id, drawn.get("zones", camera.zones), drawn.get("lines", camera.lines),
                                      anchor=drawn.get("anchor") or camera.anchor, track_buffer=cfg.track_buffer,
-                                     file_time=file_time, **margins_of(camera))
+                                     file_time=file_time, **margins)
     except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError, IndexError) as exc:  # (a part that is no object)
         log.warning("camera %s: track state not restored: %s", camera.id, exc)
         return fresh(f"unreadable: {exc}")
