@@ -43,7 +43,7 @@ from .publish_wire import Wire, evalsha
 from .publish_writer import PublisherWriter
 from .redact import redact
 from .schema import FrameResult
-from .streams import StreamKeys, parse_entry_id
+from .streams import StreamKeys, parse_entry_id, stream_top
 
 log = logging.getLogger("percept.publish")
 
@@ -150,6 +150,14 @@ class Publisher(PublisherWriter):
                                f"writes?); it starts once they land")
         last = self.last_published(camera)
         last_event, counters = resume_point(self.client, self.keys, camera)
+        # ids above each stream's last generated one, also where consumers emptied it (XTRIM after
+        # reading) and this host's clock is behind the last owner's: every frame was refused as
+        # "already published" (duplicates), never written, without a word
+        detections_top, events_top = (stream_top(self.client, key) for key in
+                                      (self.keys.detections(camera), self.keys.events(camera)))
+        if detections_top is not None:
+            self._last_ms[camera] = max(self._last_ms.get(camera, 0), detections_top[0])
+        last_event = max(filter(None, (last_event, events_top)), default=None)
         if last_event is not None:
             self._last_event[camera] = max(self._last_event.get(camera, (0, -1)), last_event)
         with self._cond:

@@ -271,3 +271,14 @@ async def once_redis_answers(call: Callable[[], T], what: str, *, stopping: Call
                 log.warning("redis unavailable while %s (%s); retrying until it answers", what,
                             redact(str(exc)) or type(exc).__name__)
         await asyncio.sleep(backoff.next())
+
+
+def stream_top(client: redis.Redis, key: str) -> tuple[int, int] | None:
+    """The stream's last generated id (``(ms, n)``; None: no stream): what a new entry must be
+    above, whatever is left in it (XREVRANGE of a stream emptied by XTRIM finds nothing)."""
+    try:
+        top = client.xinfo_stream(key)["last-generated-id"]
+    except redis.ResponseError:  # no such key
+        return None
+    ms_n = parse_entry_id(top)
+    return None if ms_n == (0, 0) else ms_n

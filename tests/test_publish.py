@@ -84,6 +84,29 @@ def test_ids_stay_increasing_when_the_clock_goes_back(redis_server):
     pub.close()
 
 
+def test_a_camera_whose_stream_consumers_emptied_goes_on_at_a_replica_whose_clock_is_behind(redis_server):
+    """Consumers trim what they read (XTRIM MAXLEN 0): the next owner found no entry to prime its
+    id clock with, and its clock was 3 s behind the last owner's: Redis refused every frame as at
+    or below the stream's top, counted as "duplicates" only, never written, without a word. The
+    same for the events stream."""
+    first = publisher(redis_server)
+    for s in range(5):
+        first.publish(result(s, ts=1_700_000_100 + s * 0.1), events=[("track_start", json.dumps({"kind": "track_start"}))])
+    assert first.flush(5)
+    first.close()
+    client = redis_server.client()
+    client.xtrim(KEYS.detections("cam"), maxlen=0)
+    client.xtrim(KEYS.events("cam"), maxlen=0)
+    nxt = publisher(redis_server)
+    seq, _ = nxt.resume_camera("cam")
+    for s in range(seq, seq + 10):  # its clock 3 s behind
+        nxt.publish(result(s, ts=1_700_000_097 + (s - seq) * 0.1), events=[("track_end", json.dumps({"kind": "track_end"}))])
+    assert nxt.flush(5)
+    assert seqs(client) == list(range(seq, seq + 10)) and client.xlen(KEYS.events("cam")) == 10
+    assert sum(nxt.stats.duplicates.values()) == 0
+    nxt.close()
+
+
 def test_outage_buffers_in_order_then_flushes(redis_server):
     pub = publisher(redis_server)
     for s in range(5):
