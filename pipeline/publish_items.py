@@ -140,11 +140,16 @@ def evict_oldest(queue: deque[Item], stats: "PublisherStats", *, full: Callable[
     freed so far)``. The events and counter increments a dropped frame carried stay, and so do
     events written without a frame (tracks ended at a stop): they keep their places, a camera's
     merged into its oldest such item (one entry of the bound), dropped only once nothing else is
-    left. Returns the bytes freed."""
+    left. Writes sent in a batch whose answers were lost stay (Redis may have run them: paused, it
+    ran them when it woke; evicted, they were counted as dropped though they had landed): the
+    bound may be passed by them, one batch at most. Returns the bytes freed."""
     freed, at = 0, 0
     last_kept: dict[tuple[str, Any], int] = {}  # (camera, fence) → its kept item's place in the prefix
     while at < len(queue) and full(freed):
         old = queue[at]
+        if old.sent:  # (its retry tells whether it landed)
+            at += 1
+            continue
         kept = old if old.events_kept else old.events_only()
         if kept is None:  # nothing of it stays
             del queue[at]
@@ -164,8 +169,9 @@ def evict_oldest(queue: deque[Item], stats: "PublisherStats", *, full: Callable[
         queue[at] = kept
         last_kept[key] = at
         at += 1
-    while queue and full(freed):
-        freed += _count_evicted(queue.popleft(), stats)
+    while full(freed) and (oldest := next((k for k, item in enumerate(queue) if not item.sent), None)) is not None:
+        freed += _count_evicted(queue[oldest], stats)
+        del queue[oldest]
     return freed
 
 

@@ -52,5 +52,7 @@ def count_lost(items: Sequence[Any], stats: PublisherStats, why: str | None = No
     if items:
         why = why or ("redis unreachable" if not stats.connected else stats.refusing or "not written in time")
         lost = Counter(item.camera for item in items)
-        log.error("publisher closed with %d writes not confirmed (%s): counted as lost; by camera: %s", len(items), why,
-                  ", ".join(f"{camera} {n}" for camera, n in sorted(lost.items())))
+        sent = sum(1 for item in items if getattr(item, "sent", False))
+        maybe = f" ({sent} of them sent before Redis stopped answering: they may have landed)" if sent else ""
+        log.error("publisher closed with %d writes not confirmed (%s): counted as lost%s; by camera: %s", len(items),
+                  why, maybe, ", ".join(f"{camera} {n}" for camera, n in sorted(lost.items())))
