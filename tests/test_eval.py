@@ -270,3 +270,17 @@ def test_bad_input_exits_2(tmp_path, case):
     assert code == 2, (stdout, stderr)
     assert words in stderr and stderr.startswith("percept: eval:"), stderr
     assert stdout == ""
+
+
+def test_an_export_of_a_fixed_size_is_reported_at_the_size_it_ran_at(tmp_path):
+    """The shared INT8 export takes 640×640 frames whatever ``--imgsz`` asks (it says so as it
+    loads): `eval`'s JSON and `models compare`'s row said 320, its accuracy read as 320's."""
+    from pipeline.evaluate import evaluate_detector
+    from ultralytics import YOLO
+
+    export = MODELS / "yolo11n_int8_openvino_model"
+    need(COCO_PT, COCO, export)
+    names = [YOLO(str(COCO_PT)).names[k] for k in range(80)]
+    result = evaluate_detector(str(export), _named(tmp_path / "a", names, images=4), imgsz=320)
+    assert result["imgsz"] == 640, result["imgsz"]
+    assert evaluate_detector(str(COCO_PT), _named(tmp_path / "b", names, images=4), imgsz=320)["imgsz"] == 320

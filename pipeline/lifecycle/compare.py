@@ -199,6 +199,8 @@ def compare_variants(variants: Sequence[str], data: str | Path, *, labels: str |
         crop = acc.get("crop_size")  # a classifier's card sets its own input: what it ran at, not --imgsz
         if crop and crop[0] == crop[1]:
             row["imgsz"] = int(crop[0])
+        elif task == "detect":  # (an export of a fixed size runs at its own: `evaluate.ran_at`)
+            row["imgsz"] = acc["imgsz"]
         row["eval"] = {k: v for k, v in acc.items() if k != "per_class"}
         rows.append(row)
     return {"task": task, "data": str(data), "labels": str(labels) if labels else None, "images": len(inputs),
