@@ -488,17 +488,3 @@ def test_a_second_yaml_document_is_said_so(tmp_path):
         load_config(path, env={})
     assert caught.value.errors == ["YAML syntax error at line 2, column 1: a config is one YAML document, but found "
                                    "another document"], caught.value.errors
-
-
-def test_a_mapping_key_yaml_read_as_a_boolean_or_number_is_not_named_as_an_index(tmp_path):
-    """``lines: {in: …, off: …}``: YAML's bare ``off`` is False, which pydantic reports as key 0:
-    the error named ``cameras[0].lines[0]``, the first line (``in``), not the key written."""
-    from pipeline.config import ConfigError, load_config
-
-    path = tmp_path / "c.yaml"
-    path.write_text("cameras:\n  - id: gate\n    url: a.mp4\n    lines:\n      in: [[0, 0.5], [1, 0.5]]\n"
-                    "      off: [[0, 0.7], [1, 0.7]]\n")
-    with pytest.raises(ConfigError) as refused:
-        load_config(path, env={})
-    assert refused.value.errors[0].startswith("cameras[0].lines (one of its keys): must be a valid string"), \
-        refused.value.errors
