@@ -57,10 +57,11 @@ def register(sub: Any) -> None:
     off.add_argument("--video", help="a video file (with --frame)")
     off.add_argument("--frame", type=number_arg(int, 0), help="--video: the frame index (default 0)")
     off.add_argument("--weights", help=f"detector weights: a path or a file in {ENV_MODELS_DIR}")
-    off.add_argument("--imgsz", type=stride_imgsz, default=640, help="detector input size (default 640)")
-    off.add_argument("--conf", type=SCORE, default=0.25,
+    # (defaults None, filled in for --image/--video: one given as its default with a CAMERA is refused too)
+    off.add_argument("--imgsz", type=stride_imgsz, help="detector input size (default 640)")
+    off.add_argument("--conf", type=SCORE,
                      help="objects are the detections from this score (default 0.25)")
-    off.add_argument("--device", default="auto", help="auto, cpu, cuda:0 … (default auto)")
+    off.add_argument("--device", help="auto, cpu, cuda:0 … (default auto)")
     off.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for the model (default: every core)")
     off.add_argument("--no-blur", action="store_true",
                      help="draw on the frame as it is (default: faces blurred first, as the service does, "
@@ -72,8 +73,8 @@ def register(sub: Any) -> None:
 
 def _offline_options(args: argparse.Namespace) -> list[str]:
     """The offline-only options given (a camera's graph explains with its own model, as it runs)."""
-    given = {"--weights": args.weights is not None, "--imgsz": args.imgsz != 640, "--conf": args.conf != 0.25,
-             "--device": args.device != "auto", "--threads": args.threads is not None, "--no-blur": args.no_blur}
+    given = {"--weights": args.weights is not None, "--imgsz": args.imgsz is not None, "--conf": args.conf is not None,
+             "--device": args.device is not None, "--threads": args.threads is not None, "--no-blur": args.no_blur}
     return [name for name, on in given.items() if on]
 
 
@@ -93,6 +94,8 @@ def _explain(args: argparse.Namespace) -> int:
         if (named := overwritten_input(args.out, image=args.image, video=args.video)) else None)
     if problem:
         return fail(f"explain: {problem}", BAD_INPUT)
+    for name, default in (("imgsz", 640), ("conf", 0.25), ("device", "auto")):
+        setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
     return _offline(args) if offline else _online(args)
 
 
