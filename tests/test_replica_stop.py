@@ -134,6 +134,7 @@ def test_the_detectors_batches_are_counted_for_its_health():
     replica.batcher = SimpleNamespace(concurrency=1)
     replica._one_batch = asyncio.Lock()
     replica.meter = SimpleNamespace(observe=lambda ts: None, running=lambda n: contextlib.nullcontext())
+    replica._captured = {}  # (its frames' captures: `detect`)
     replica.metrics = SimpleNamespace(batch=lambda inputs: contextlib.nullcontext(SimpleNamespace(results=None)))
     replica.name, replica.failing = "detector", FailingBatches(batches=2, seconds=0.0)
     frames = [SimpleNamespace(frame_ts=0.0)] * 2
