@@ -351,21 +351,34 @@ def test_a_camera_whose_lease_was_not_renewed_in_time_leaves_its_tracks(redis_se
         assert started[0].kept_tracks is True
 
 
-def test_rounds_a_camera_was_seen_free_count_only_in_a_row(redis_server):
-    """A replica at its fair share takes a camera only after seeing it free two rounds in a row
-    (else it is a handover under way). Free rounds hours apart, the lease held between them,
-    added up: the next brief handover was taken at once, and handed back a round later."""
-    client = redis_server.client()
-    keys = StreamKeys("free-rounds")
+def two_camera_supervisor(client, keys: StreamKeys, replicas: int) -> tuple[CameraSupervisor, list[str]]:
+    """A supervisor of cameras a and b whose rounds a test runs itself (`_claim`), and the ids it starts."""
     started: list[str] = []
 
     async def start(camera):
         started.append(camera.id)
         return StandIn(camera)
 
-    sup = CameraSupervisor(CAMERAS[:2], client=client, keys=keys, start_camera=start, replicas=2, lease_ttl_s=1.5,
-                           owner="me")
+    sup = CameraSupervisor(CAMERAS[:2], client=client, keys=keys, start_camera=start, replicas=replicas,
+                           lease_ttl_s=1.5, owner="me")
     sup.cameras = {c.id: c for c in CAMERAS[:2]}  # (what a round reads first)
+    return sup, started
+
+
+def stop_running(sup: CameraSupervisor) -> None:
+    for entry in sup.running.values():
+        entry.task.cancel()
+        if entry.timer is not None:
+            entry.timer.cancel()
+
+
+def test_rounds_a_camera_was_seen_free_count_only_in_a_row(redis_server):
+    """A replica at its fair share takes a camera only after seeing it free two rounds in a row
+    (else it is a handover under way). Free rounds hours apart, the lease held between them,
+    added up: the next brief handover was taken at once, and handed back a round later."""
+    client = redis_server.client()
+    keys = StreamKeys("free-rounds")
+    sup, started = two_camera_supervisor(client, keys, replicas=2)
     client.set(keys.lease("b"), "other")
 
     async def rounds() -> list[list[str]]:
@@ -377,10 +390,7 @@ def test_rounds_a_camera_was_seen_free_count_only_in_a_row(redis_server):
                 client.delete(keys.lease("b"))
             await sup._claim()
             seen.append(list(started))
-        for entry in sup.running.values():
-            entry.task.cancel()
-            if entry.timer is not None:
-                entry.timer.cancel()
+        stop_running(sup)
         return seen
 
     seen = asyncio.run(rounds())
@@ -393,17 +403,7 @@ def test_a_camera_handed_over_is_not_taken_back_by_its_old_owner_a_round_later(r
     free (1), the stop's end brought the next round forward (2), and a round later it took the
     camera back — before a replica busy starting another handed-over camera had claimed it; then,
     above its share again, handed it over again (a second stop-flush-start, its tracks twice)."""
-    client = redis_server.client()
-    keys = StreamKeys("handed-over")
-    started: list[str] = []
-
-    async def start(camera):
-        started.append(camera.id)
-        return StandIn(camera)
-
-    sup = CameraSupervisor(CAMERAS[:2], client=client, keys=keys, start_camera=start, replicas=1, lease_ttl_s=1.5,
-                           owner="me")
-    sup.cameras = {c.id: c for c in CAMERAS[:2]}
+    sup, started = two_camera_supervisor(redis_server.client(), StreamKeys("handed-over"), replicas=1)
 
     async def rounds() -> tuple[list[str], float, list[str]]:
         await sup._claim()  # its share: both
@@ -416,10 +416,7 @@ def test_a_camera_handed_over_is_not_taken_back_by_its_old_owner_a_round_later(r
         early = list(started)
         for _ in range(2):
             await sup._claim()
-        for entry in sup.running.values():
-            entry.task.cancel()
-            if entry.timer is not None:
-                entry.timer.cancel()
+        stop_running(sup)
         return early, brought - before, list(started)
 
     early, brought, late = asyncio.run(rounds())
