@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import CONFIG_ERROR_EXIT_CODE, ConfigError, camera_var_prefix, load_config
+from pipeline.config import CAMERA_ID, CONFIG_ERROR_EXIT_CODE, ConfigError, camera_var_prefix, load_config
 from pipeline.config_urls import ENV_REF
 from pipeline.config_yaml import load_yaml
 from pipeline.redact import query_secrets, url_credentials
@@ -67,13 +67,10 @@ def inline_camera_secrets(raw: Any) -> list[tuple[str, str]]:
         if (creds is not None and creds.password and _written_out(creds.password)) or any(
                 _written_out(url[a:b]) for a, b in query_secrets(url)):
             cam_id = cam.get("id")
-            ok_id = isinstance(cam_id, str) and _CAMERA_ID.fullmatch(cam_id) is not None
+            ok_id = isinstance(cam_id, str) and len(cam_id) <= 64 and re.fullmatch(CAMERA_ID, cam_id) is not None
             found.append((f"cameras[{i}].url" + (f" (camera {cam_id!r})" if ok_id else ""),
                           "${" + camera_var_prefix(cam_id if ok_id else "X") + "PASSWORD}"))
     return found
-
-
-_CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # CameraConfig.id's pattern: anything else is not quoted
 
 
 def _written_out(password: str) -> bool:

@@ -46,8 +46,11 @@ MIN_FPS = 1 / 3600  # a camera sampled at all: at least a frame an hour
 RUNTIME_FIELDS = ("zones", "lines", "anchor", "line_margin", "zone_margin")  # what PUT /cameras/{id} changes (no restart)
 
 
+CAMERA_ID = r"^[A-Za-z0-9_-]+$"  # a camera id (at most 64 characters)
+
+
 class CameraConfig(Strict):
-    id: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=64, description="unique camera id")
+    id: str = Field(pattern=CAMERA_ID, max_length=64, description="unique camera id")
     url: str = Field(min_length=1, max_length=4096, description="rtsp://, http(s)://, a file path or device:N")
     fps: float = Field(5.0, ge=0, le=240, description="max frames sampled per second; 0 = every frame")
     loop: bool = Field(False, description="files only: loop forever")
