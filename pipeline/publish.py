@@ -88,6 +88,7 @@ class Publisher(PublisherWriter):
         self._backoff = Backoff(0.2, 5.0)
         self._fences: dict[str, Fence] = {}
         self._fence_logged: set[str] = set()
+        self._unheld_since: dict[Fence, float] = {}  # a fence's first write refused as nobody's (writer thread)
         self._xadd = client.register_script(FENCED_PUBLISH)
         self._last_event: dict[str, tuple[int, int]] = {}
         self._hset = client.register_script(FENCED_HSET)

@@ -21,6 +21,7 @@ from .streams import reconnect_if_demoted, warn_if_evicting
 log = logging.getLogger("percept.publish")
 
 RETRY_UNHELD_S = 0.1  # a camera's writes kept back while nobody holds its lease: tried again after this
+UNHELD_FENCES_KEPT = 4096  # fences whose first unheld refusal is remembered, at most
 
 
 class PublisherWriter:
@@ -79,6 +80,7 @@ class PublisherWriter:
                 if self._abandoned:
                     return self._answered_late(taken, calls, results)
                 held, refusal = account(calls, results, self.stats, self._keep_refused)
+                self._note_held_leases(calls, results)
                 self._bytes -= sum(item.nbytes for item in taken)
                 self._requeue(held)
             self._note_refusal(refusal)
@@ -199,12 +201,29 @@ class PublisherWriter:
 
     def _keep_refused(self, item: Item, code: int) -> bool:
         """A write the lease check refused. Kept (True) while nobody holds the lease, for up to
-        the fence's ``hold_s``: after an outage longer than the TTL our supervisor takes the
-        lease back, and then what was buffered is published. Otherwise it is dropped."""
-        if code == UNHELD and item.kept_while_unheld(time.monotonic(), RETRY_UNHELD_S):
-            return True
+        the fence's ``hold_s`` from the first of its writes refused so: after an outage longer
+        than the TTL our supervisor takes the lease back, and then what was buffered is published.
+        Otherwise it is dropped, and with it the writes queued behind it under the same fence
+        (a camera removed during the outage: its 10 000 results went one batch per ``hold_s``,
+        ~13 minutes holding the buffer). Every other refusal drops it."""
+        if code == UNHELD and item.fence is not None:
+            now = time.monotonic()
+            if len(self._unheld_since) > UNHELD_FENCES_KEPT:  # (fences of cameras long gone)
+                self._unheld_since.clear()
+            first = self._unheld_since.setdefault(item.fence, now)
+            if item.held_since is None or first < item.held_since:
+                item.held_since = first
+            if item.kept_while_unheld(now, RETRY_UNHELD_S):
+                return True
         with self._cond:
             (self.stats.fenced if item.is_frame else self.stats.fenced_other)[item.camera] += 1
         why = "another replica holds its lease" if code == REFUSED else "nobody took its lease back in time"
         self._log_fenced(item.camera, why)
         return False
+
+    def _note_held_leases(self, calls: list[list[Item]], results: list[Any]) -> None:
+        """A run of results that got past the lease check: its fence's lease is held (by us)
+        again, and a later time nobody holds it starts a new ``hold_s``."""
+        for call, result in zip(calls, results):
+            if isinstance(result, list) and call[0].entry is not None and call[0].fence is not None:
+                self._unheld_since.pop(call[0].fence, None)

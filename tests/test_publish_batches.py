@@ -131,6 +131,29 @@ def test_one_cameras_writes_kept_back_do_not_hold_up_the_others(redis_server):
         pub.close()
 
 
+def test_a_backlog_nobody_took_the_lease_of_goes_with_the_first_run_not_one_run_per_hold(redis_server):
+    # a camera removed during an outage longer than its TTL: nobody takes its lease back, and
+    # what it buffered goes after one hold_s in all (it went one batch per hold_s: 25 x 2 s here)
+    client = redis_server.client()
+    pub = Publisher(connect_redis(redis_server.url, socket_timeout=5), keys=KEYS, maxlen=1000, batch=16)
+    pub.fence("gone", KEYS.lease("gone"), "me", hold_s=2.0)
+    for s in range(400):
+        pub.publish(result(s, "gone"))
+    pub.start()
+    try:
+        wait_for(lambda: pub.stats.fenced["gone"] == 400, 20, "the whole backlog given up")
+        assert not seqs(client, "gone")
+        client.set(KEYS.lease("gone"), "me")  # held again (our supervisor took it back) ...
+        pub.publish(result(400, "gone"))
+        wait_for(lambda: seqs(client, "gone") == [400], 10, "a write under the lease held again")
+        client.delete(KEYS.lease("gone"))  # ... and lost again: a new hold_s, not the old one's end
+        pub.publish(result(401, "gone"))
+        wait_for(lambda: pub.held > 0, 10, "the write kept back")
+        assert pub.stats.fenced["gone"] == 400
+    finally:
+        pub.close(timeout=1)
+
+
 def test_a_camera_restarted_while_its_results_are_queued_waits_for_them(redis_server):
     client, pub = refusable(redis_server, 1000)
     try:
