@@ -11,6 +11,7 @@ import ipaddress
 import re
 import socket
 import ssl
+import threading
 import time
 import urllib.request
 from urllib.parse import urlsplit
@@ -58,11 +59,40 @@ def without_query_secrets(text: str) -> str:
     return text
 
 
+class LookupTimeout(TimeoutError):
+    """The host's name was not looked up in time."""
+
+
+def _lookup(host: str, port: int, deadline: float) -> list:
+    """``socket.getaddrinfo`` before ``deadline`` (monotonic), else `LookupTimeout`: the system's
+    resolver has no timeout of its own (a DNS server that does not answer: 5 s a try, per try and
+    search domain), and a camera's open took that long past its ``open_timeout_s``. A lookup
+    given up on ends on its own thread."""
+    if _is_address(host):
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    answer: list = []
+    done = threading.Event()
+
+    def look() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except BaseException as exc:  # (handed to the caller)
+            answer.append(exc)
+        done.set()
+
+    threading.Thread(target=look, name="percept-lookup", daemon=True).start()
+    if not done.wait(max(0.0, deadline - time.monotonic())):
+        raise LookupTimeout(host)
+    if isinstance(answer[0], BaseException):
+        raise answer[0]
+    return answer[0]
+
+
 def _connect(host: str, port: int, deadline: float) -> socket.socket:
     """A connection to the first of the host's addresses that takes one before ``deadline``
     (monotonic), each given an equal share of the time left (a dead IPv6 address does not
     take all of it)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = _lookup(host, port, deadline)
     error: OSError = TimeoutError()
     for i, (family, kind, proto, _, address) in enumerate(infos):
         left = deadline - time.monotonic()
@@ -101,6 +131,9 @@ def _ask(host: str, port: int, where: str, request: bytes | None, timeout_s: flo
             return sock.recv(256).split(b"\r\n", 1)[0].decode(errors="replace"), None
     except ConnectionRefusedError:
         return "", f"connection refused by {where} (camera or server down?)"
+    except LookupTimeout:
+        name = "the URL's host" if where.startswith("the URL") else f"host {host!r}"
+        return "", f"{name} was not looked up within {timeout_s:g} s (DNS server slow or unreachable)"
     except socket.gaierror:
         return "", f"unknown host: {where}" if where.startswith("the URL") else f"unknown host {host!r}"
     except (TimeoutError, socket.timeout):

@@ -113,6 +113,35 @@ def test_a_host_that_cannot_be_looked_up_is_the_cameras_error_not_a_crash():
         assert caught.value.retryable
 
 
+def test_a_name_the_dns_does_not_answer_for_fails_within_the_open_timeout(monkeypatch):
+    """The system's resolver has no timeout of its own (5 s a try, per try and search domain): a
+    camera whose DNS server did not answer took that long past its ``open_timeout_s``, FFmpeg
+    never asked. A resolver that never answers stands in for it."""
+    import pipeline.camera_probe as probe
+
+    answered, asked = threading.Event(), []
+    real = socket.getaddrinfo
+
+    def silent_dns(host, *args, **kw):
+        if host != "cam.example":
+            return real(host, *args, **kw)
+        asked.append(host)
+        answered.wait()
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(probe.socket, "getaddrinfo", silent_dns)
+    result: list = []
+    opener = threading.Thread(target=lambda: result.append(
+        probe.camera_unanswered("rtsp://user:pw@cam.example:554/live", timeout_s=0.5)), daemon=True)
+    try:
+        opener.start()
+        opener.join(30)
+        assert result == ["host 'cam.example' was not looked up within 0.5 s (DNS server slow or unreachable)"]
+        assert asked == ["cam.example"] and not answered.is_set()
+    finally:
+        answered.set()
+
+
 def test_an_http_camera_behind_a_proxy_is_left_to_ffmpeg(silent_camera, monkeypatch):
     """FFmpeg reaches an HTTP camera through ``http_proxy`` unless ``no_proxy`` names it: then
     a direct connection says nothing about it."""

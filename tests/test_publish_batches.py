@@ -245,7 +245,6 @@ def test_processed_counts_every_frame_written_as_it_lands(redis_server):
     """The camera hash's ``processed`` is what the next owner continues from: counted by the
     publishing script, it includes the frames written after the last stats write of an owner
     that died (a stats write every second left up to a second of frames out)."""
-    client = redis_server.client()
     pub = Publisher(connect_redis(redis_server.url, socket_timeout=5), keys=KEYS, maxlen=1000).start()
     try:
         for s in range(25):
