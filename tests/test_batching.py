@@ -282,7 +282,7 @@ async def two_batches(batcher, handler, *, within):
     """Item a, and once its batch runs, item b: whether b's batch started within ``within`` s
     while a's was still held, and both results once released."""
     first = asyncio.ensure_future(batcher.submit(None, "a"))
-    await wait_until(lambda: len(handler.started) == 1)
+    assert await wait_until(lambda: len(handler.started) == 1), "the first batch never started"
     second = asyncio.ensure_future(batcher.submit(None, "b"))
     overlapped = await wait_until(lambda: len(handler.started) == 2, timeout=within)
     handler.release.set()
@@ -327,7 +327,7 @@ def test_closing_the_batcher_leaves_no_caller_waiting(concurrency):
 
     async def scenario():
         running = asyncio.ensure_future(batcher.submit(None, "a"))
-        await wait_until(lambda: len(handler.started) == 1)
+        assert await wait_until(lambda: len(handler.started) == 1), "the batch never started"
         await batcher.close()
         done, _ = await asyncio.wait({running}, timeout=5)
         return bool(done) and running.cancelled()  # inside the loop: asyncio.run cancels leftovers

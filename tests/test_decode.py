@@ -85,10 +85,12 @@ def test_reference_mode_yields_the_frames_other_frames_depend_on(videos, clip, c
     assert frames[-1].image.shape == everything[-1].image.shape and frames[-1].image.dtype == everything[-1].image.dtype
 
 
-def test_keyframes_and_reference_modes_decode_a_file_with_less_cpu(videos):
+def test_keyframes_mode_decodes_a_file_with_less_cpu(videos):
     """Process CPU for the whole of traffic.mp4 sampled at 1 fps: every frame decoded (OpenCV),
-    then keyframes only, then reference frames only (PyAV), each the least of three runs. The
-    margins are wide (measured: ~20× and ~1.8×), the numbers are the bench's and the README's."""
+    then keyframes only, then reference frames only (PyAV), each the least of three runs. Only
+    that keyframes are all that is decoded is checked here (~20× less CPU: a decoder that decoded
+    every frame and dropped the rest would not come near); what ``reference`` saves (~1.5–2×,
+    two different FFmpeg builds compared) is the bench's to measure (`percept bench`, decode)."""
     url = str(videos / "traffic.mp4")
     for mode in ("keyframes", "reference", "all"):  # imports and codec set-up out of the measurement
         read_all(url, mode, fps=1)
@@ -101,7 +103,6 @@ def test_keyframes_and_reference_modes_decode_a_file_with_less_cpu(videos):
             assert frames
     print(f"decoder CPU for traffic.mp4 (20 s): {cpu}")
     assert cpu["keyframes"] < 0.5 * cpu["all"], cpu
-    assert cpu["reference"] < 0.85 * cpu["all"], cpu
 
 
 def _count(src: VideoSource, seconds: float, arrivals: list[float]) -> None:

@@ -402,9 +402,12 @@ def test_a_camera_back_online_shows_no_last_error():
     """`/status` showed the failure that made the camera reconnect beside ``online`` once it was
     back (the camera hash cleared it): a camera that works has no error to show."""
     src, _ = make_source([SourceError("cam", "cannot open rtsp://cam/s: connection refused", retryable=True), 30])
+    seen = 0
     for frame in src.frames():
+        seen += 1
         assert src.state == SourceState.ONLINE and src.last_error is None, src.last_error
         src.stop()
+    assert seen == 1 and src.state == SourceState.STOPPED, (seen, src.state)  # (back online: not failed for good)
 
 
 def test_a_live_stream_whose_frames_never_decode_is_never_said_online():

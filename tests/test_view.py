@@ -153,7 +153,8 @@ def test_nothing_is_drawn_or_encoded_while_nobody_watches(redis_server, monkeypa
         assert jpeg_comment(client.get(keys.view_jpeg("cam"))).startswith("percept camera=cam seq=1 ")
 
         client.delete(keys.view_want("cam"))  # nobody any more: stops within a check
-        _offer_for(view, 1.5, frame, result, camera)
+        wait_for(lambda: view.offer(frame, result, camera) or not (view.watched or view._busy), 10,
+                 "the view to find nobody watching", interval=0.05)
         before = encode_calls.calls
         _offer_for(view, 1.5, frame, result, camera)
         assert encode_calls.calls == before and annotate_calls.calls == before
