@@ -10,6 +10,9 @@ export PERCEPT_SAMPLE_VIDEOS ?= $(if $(wildcard $(SHARED)/data/videos),$(SHARED)
 export PERCEPT_SHARED ?= $(SHARED)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# CPU-only torch wheels (~3 GB less than PyPI's, which bring CUDA's libraries), as docker/Dockerfile's
+# build argument: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
 .PHONY: setup demo demo-models test test-fast bench clean kuberay constraints
 
@@ -19,7 +22,7 @@ $(VENV)/.installed: pyproject.toml docker/constraints.txt
 	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || scripts/install-system-deps.sh --venv
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -c docker/constraints.txt -e '.[test,openvino]'
+	$(VENV)/bin/pip install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),) -c docker/constraints.txt -e '.[test,openvino]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -31,7 +34,7 @@ demo-models:
 
 demo: demo-models
 	$(MAKE) setup
-	YOLO_OFFLINE=1 $(VENV)/bin/percept demo $(if $(DURATION),--duration $(DURATION),)
+	YOLO_OFFLINE=1 $(VENV)/bin/percept demo $(if $(DURATION),--duration $(DURATION),) $(if $(HTTP_PORT),--http-port $(HTTP_PORT),)
 
 # `percept bench` on the shared clips and models (RTSP cameras: GStreamer's server, as for the tests)
 bench: demo-models $(VENV)/.installed

@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.samples import ENV_SAMPLE_VIDEOS, demo_config
 
-from .common import fail, number_arg, say, state_dir_error
+from .common import PORT, fail, number_arg, say, state_dir_error
 from .run import run_graph
 
 
@@ -16,6 +16,7 @@ def register(sub: Any) -> None:
     demo = sub.add_parser("demo", help="run on looping sample videos (PERCEPT_SAMPLE_VIDEOS) with live status")
     demo.add_argument("--duration", type=number_arg(float, 0.1), help="stop after this many seconds")
     demo.add_argument("--state-dir", default=".percept")
+    demo.add_argument("--http-port", type=PORT, default=8000, help="the live view's and API's port (default 8000)")
     demo.set_defaults(func=_demo)
 
 
@@ -24,5 +25,7 @@ def _demo(args: Any) -> int:
     if problem:
         return fail(problem, 2)
     cfg = demo_config(os.environ.get(ENV_SAMPLE_VIDEOS), os.environ.get("PERCEPT_MODELS_DIR"), args.state_dir)
+    cfg = cfg.model_copy(update={"http": cfg.http.model_copy(update={"port": args.http_port})})
     say("demo cameras " + ", ".join(f"{c.id} ({Path(c.url).name})" for c in cfg.cameras))
-    return run_graph(cfg, address=None, duration=args.duration, monitor=True, verbose=args.verbose)
+    return run_graph(cfg, address=None, duration=args.duration, monitor=True, verbose=args.verbose,
+                     port_option="--http-port")

@@ -247,9 +247,10 @@ def _read_files_again(config: PerceptConfig) -> None:
 
 
 def run_graph(config: PerceptConfig, *, address: str | None, duration: float | None, monitor: bool,
-              verbose: bool = False, source: str | None = None) -> int:
+              verbose: bool = False, source: str | None = None, port_option: str = "http.port") -> int:
     """The graph on Ray until the duration ends or a signal; ``source``: the config file (named
-    in a config error found now, such as a model file that is missing)."""
+    in a config error found now, such as a model file that is missing); ``port_option``: what
+    sets the HTTP port, named when it is in use (the demo has no config file)."""
     import ray
 
     from pipeline.backends.checks import check_models
@@ -270,8 +271,8 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
             local = (address or os.environ.get("RAY_ADDRESS") or "local") == "local"
             if local and config.http.proxy_location != "Disabled" and (
                     taken := port_taken(config.http.host, config.http.port)):
-                raise Unavailable(f"http.port: {taken} (another percept run, or another service: set http.port "
-                                  "to a free one)")
+                raise Unavailable(f"{port_option}: {taken} (another percept run, or another service: set "
+                                  f"{port_option} to a free one)")
             keeper: list[PrivateRedis] = []
             config = redis_for(config, stack, keeper)
             _read_files_again(config)

@@ -85,9 +85,13 @@ def test_an_http_port_in_use_exits_3_naming_the_field_before_anything_starts(tmp
         cfg.write_text(f"models_dir: {models_dir}\ndetector: {{weights: yolo11n_int8_openvino_model}}\n"
                        f"http: {{host: 127.0.0.1, port: {port}}}\nstate_dir: {tmp_path / 'state'}\n")
         out = percept("run", "-c", str(cfg))
+        demo = percept("demo", "--http-port", str(port), "--duration", "5", "--state-dir", str(tmp_path / "demo"))
     assert out.returncode == 3, out.stderr
     assert f"http.port: 127.0.0.1:{port} is in use" in out.stderr and "\x1b[" not in out.stderr, out.stderr
     assert "private redis-server at" not in out.stdout + out.stderr  # (refused before it started anything)
+    # the demo has no config file: it names its own option (it said "set http.port", which it had none of)
+    assert demo.returncode == 3 and f"--http-port: 127.0.0.1:{port} is in use" in demo.stderr, demo.stderr
+    assert "set --http-port to a free one" in demo.stderr, demo.stderr
     off = ingress_line(parse_config({"http": {"proxy_location": "Disabled"}}, env={}))
     assert "http://" not in off and "Disabled" in off, off  # (no proxy: no URL where nothing listens)
 

@@ -62,6 +62,7 @@ BAD_VALUES = [
     (["top", "--duration", "0"], "argument --duration: must be >= 0.1, got '0'"),  # (0 ran forever)
     (["run", "-c", "c.yaml", "--address", "foo"], "argument --address: not HOST:PORT (or ray://HOST:PORT, local, auto)"),
     (["demo", "--duration", "nan"], "argument --duration: must be >= 0.1, got 'nan'"),
+    (["demo", "--http-port", "0"], "argument --http-port: must be a port from 1 to 65535, got '0'"),
     (["models", "swap", "detector", "w.pt", "--wait", "-1"], "argument --wait: must be >= 0, got '-1'"),
     (["build", "-c", "c.yaml", "--http-port", "99999"], "argument --http-port: must be a port from 1 to 65535"),
     # (0: Serve binds a port the system picks, which percept printed as :0 and `cameras --api` cannot find)

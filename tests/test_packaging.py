@@ -455,3 +455,21 @@ def test_make_demo_and_bench_refuse_a_models_folder_that_is_not_there(tmp_path):
     ok = subprocess.run(["make", "-s", "demo-models", f"PERCEPT_MODELS_DIR={tmp_path}"], cwd=DOCKER.parent,
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok
+
+
+def test_make_passes_the_demos_port_and_a_torch_index_on(tmp_path):
+    """`make demo HTTP_PORT=…` and `make setup TORCH_INDEX=…` (a CPU-only torch, as the Docker
+    image's build argument) reach the commands they are for; without them the commands are as before."""
+    import subprocess
+
+    def planned(*args: str) -> str:
+        done = subprocess.run(["make", "-n", "-B", *args, f"PERCEPT_MODELS_DIR={tmp_path}", f"VENV={tmp_path / 'venv'}"],
+                              cwd=DOCKER.parent, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done
+        return done.stdout
+
+    assert "percept demo --duration 5 --http-port 8080" in planned("demo", "DURATION=5", "HTTP_PORT=8080")
+    assert "--http-port" not in planned("demo")
+    index = "https://download.pytorch.org/whl/cpu"
+    assert f"pip install -q --extra-index-url {index} -c docker/constraints.txt" in planned("setup", f"TORCH_INDEX={index}")
+    assert "--extra-index-url" not in planned("setup")
