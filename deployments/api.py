@@ -32,7 +32,7 @@ from pipeline.config import (
     format_validation_error,
     inline_password_error,
 )
-from pipeline.config_env import foreign_variable_error
+from pipeline.config_env import foreign_variable_error, variables_named
 from pipeline.lifecycle.swap import SwapError
 from pipeline.lifecycle.swap_service import ModelSwaps
 from pipeline.decoder_status import merged_status, read_shared_or_none
@@ -213,8 +213,9 @@ class CameraApi:
             raise HTTPException(422, detail=await asyncio.to_thread(_problems, exc)) from None
         field = f"cameras[{camera.id}].url"
         there = await asyncio.to_thread(self.registry.ids)
+        named = variables_named(await asyncio.to_thread(self.registry.cameras))
         inline = None if self.allow_inline_credentials else await asyncio.to_thread(inline_password_error, camera, field)
-        refused = inline or foreign_variable_error(camera, field, there)
+        refused = inline or foreign_variable_error(camera, field, there, named)
         if refused:
             raise HTTPException(422, detail=[refused])
         self._need_tracking({"zones": camera.zones, "lines": camera.lines})

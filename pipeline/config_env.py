@@ -75,7 +75,17 @@ def _host_of(url: str, camera_id: str) -> str:
         raise CameraEnvError(f"{where}: {UNREADABLE_HOST}") from None
 
 
-def foreign_variable_error(camera: CameraConfig, field: str, others: Iterable[str] = ()) -> str | None:
+def variables_named(cameras: Iterable[CameraConfig]) -> dict[str, set[str]]:
+    """Each ``${VAR}`` the cameras' URLs name, and the ids of the cameras that name it."""
+    named: dict[str, set[str]] = {}
+    for cam in cameras:
+        for name in ENV_REF.findall(cam.url):
+            named.setdefault(name, set()).add(cam.id)
+    return named
+
+
+def foreign_variable_error(camera: CameraConfig, field: str, others: Iterable[str] = (),
+                           named_by: Mapping[str, set[str]] | None = None) -> str | None:
     """Why a camera added through the API may not name a ``${VAR}`` it names (None: it may). The
     decoder expands a URL's variables from its whole environment and opens whatever host the URL
     names, so an API caller could send any secret there (``${PERCEPT_REDIS_URL}``, another
@@ -83,7 +93,10 @@ def foreign_variable_error(camera: CameraConfig, field: str, others: Iterable[st
     variables, ``CAM_<ID>_<WORD>`` (``CAM_DOCK_PASSWORD``; ``CAM_FRONT_2_PASSWORD`` is camera
     front-2's, not front's), only as its credentials (``user:${…}@``, a ``?password=``-like
     value), and none when another camera (``others``: their ids) has the same names (``Dock`` and
-    ``dock``, ``a-1`` and ``a_1``). A config file's cameras are the operator's: not checked."""
+    ``dock``, ``a-1`` and ``a_1``), nor one another camera's URL names (``named_by``,
+    `variables_named`: a config camera ``refused`` may use ``${CAM_REF_PASSWORD}``, which an API
+    camera ``ref`` would otherwise carry to a host of its own, the operator's ``CAM_REFUSED_HOST``
+    pin notwithstanding). A config file's cameras are the operator's: not checked."""
     names = list(dict.fromkeys(ENV_REF.findall(camera.url)))
     if not names:
         return None
@@ -98,6 +111,10 @@ def foreign_variable_error(camera: CameraConfig, field: str, others: Iterable[st
         allowed.append((found.start, found.end - len(found.hostport)))
     for m in ENV_REF.finditer(camera.url):
         name = m.group(1)
+        taken = sorted((named_by or {}).get(name, set()) - {camera.id})
+        if taken:
+            return (f"{field}: ${{{name}}} is named by camera {taken[0]!r}'s URL: a camera added through the API "
+                    "names only variables no other camera names")
         own = name.startswith(prefix) and name[len(prefix):].isalpha() and name[len(prefix):].isupper()
         if not own or not any(a <= m.start() and m.end() <= b for a, b in allowed):
             return (f"{field}: ${{{name}}}: a camera added through the API names only its own variables "

@@ -26,7 +26,7 @@ import redis
 from pydantic import ValidationError
 
 from .config import CameraConfig, format_validation_error
-from .config_env import CameraEnvError, foreign_variable_error, resolve_camera
+from .config_env import CameraEnvError, foreign_variable_error, resolve_camera, variables_named
 from .publish import Publisher
 from .redact import redact, redact_url
 from .streams import ENDED_FIELD, StreamKeys, parse_entry_id, redis_now
@@ -231,10 +231,11 @@ class CameraRegistry:
                         "written again (cameras added through the API are lost)", len(config))
         valid, invalid, sources = self._read_with_sources()
         cameras = []
+        named = variables_named(valid)
         for cam in valid:
             # checked again where the variables are expanded: a camera whose id's variable names
-            # another camera took since (`dock` beside `Dock`), or two added at once
-            foreign = foreign_variable_error(cam, f"cameras[{cam.id}].url", sources) \
+            # another camera took since (`dock` beside `Dock`, a config camera naming its variable), or two added at once
+            foreign = foreign_variable_error(cam, f"cameras[{cam.id}].url", sources, named) \
                 if sources.get(cam.id) == "api" else None
             if foreign is not None:
                 invalid.append(InvalidCamera(cam.id, foreign, cam.url))

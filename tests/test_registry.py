@@ -326,6 +326,40 @@ def test_an_api_camera_whose_variables_another_camera_took_since_is_not_expanded
     assert "s3cret-dock" not in json.dumps(state)
 
 
+def test_an_api_camera_naming_a_variable_a_config_camera_names_is_not_expanded(redis_server, monkeypatch):
+    """The config's `refused` uses ${CAM_REF_PASSWORD} (not named for its own id) and pins its
+    host with CAM_REFUSED_HOST; an API camera `ref` naming CAM_REF_PASSWORD passed the own-prefix
+    check, the pin (looked up by `ref`) did not hold it, and the decoders sent refused's password
+    to the host `ref` named. Refused at the POST, and reported failed where it was added first."""
+    from fastapi.testclient import TestClient
+
+    from .test_api_input import api_app
+
+    client = redis_server.client()
+    reg = CameraRegistry(client, KEYS)
+    assert reg.add(CameraConfig(id="ref", url="rtsp://x:${CAM_REF_PASSWORD}@elsewhere.example/steal"))
+    config = [CameraConfig(id="refused", url="rtsp://x:${CAM_REF_PASSWORD}@10.0.0.9/s")]
+    reg.seed(config)
+    pub = Publisher(client, keys=KEYS, maxlen=100).start()
+    try:
+        env = {"CAM_REF_PASSWORD": "Refu5edPw", "CAM_REFUSED_HOST": "10.0.0.9"}
+        cameras = reg.runnable(env, pub, config)
+        assert pub.flush(5)
+    finally:
+        pub.close()
+    assert [c.id for c in cameras] == ["refused"]
+    state = camera_states(client, KEYS, ["ref"])["ref"]
+    assert state["state"] == "failed" and "is named by camera 'refused''s URL" in state["last_error"], state
+    assert "Refu5edPw" not in json.dumps(state)
+
+    assert reg.remove("ref")
+    with api_app(redis_server.url, "reg", monkeypatch) as app, TestClient(app) as api:
+        r = api.post("/cameras", json={"id": "ref", "url": "rtsp://x:${CAM_REF_PASSWORD}@elsewhere.example/steal"})
+        assert r.status_code == 422 and "${CAM_REF_PASSWORD} is named by camera 'refused''s URL" in r.text, r.text
+        r = api.post("/cameras", json={"id": "ref", "url": "rtsp://x:${CAM_REF_USER}@elsewhere.example/s"})
+        assert r.status_code == 201, r.text  # (its own variable no other camera names)
+
+
 def test_an_add_that_races_a_delete_of_the_same_id_adds_it(redis_server):
     """A POST retried while a DELETE of the same id landed between its two reads got 409
     "exists; DELETE it first" for a camera that no longer existed."""
