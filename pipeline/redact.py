@@ -57,8 +57,9 @@ def _paired_passwords(text: str, *, whole_url: bool = False) -> list[tuple[int, 
                 name, eq, _ = part.partition("=")
                 params.append((name, at + len(name) + 1, at + len(part), bool(eq)))
             at += len(part)
-        if any(_USER_PARAM.fullmatch(name) for name, *_ in params):
-            found += [(start, end) for name, start, end, eq in params if eq and _PAIRED_PASSWORD.fullmatch(name)]
+        # (names read as decoded, as servers read them: ``?u%73er=admin&%70=…`` was kept in clear)
+        if any(_USER_PARAM.fullmatch(unquote(name)) for name, *_ in params):
+            found += [(start, end) for name, start, end, eq in params if eq and _PAIRED_PASSWORD.fullmatch(unquote(name))]
     return found
 _SECRET_NAME_ALONE = re.compile(rf"(?i){_SECRET_NAME}")
 _PASSWORD_ARG = re.compile(r"(?i)\b(password|passwd|requirepass)(['\"]?\s*[=:]\s*)(\S+)")

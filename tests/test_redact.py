@@ -292,6 +292,9 @@ def test_a_bare_p_is_a_password_where_the_query_names_a_user():
     assert redact(f"cannot open {url}: 401; see ?p=3 of the manual") == (
         "cannot open http://cam/snap.cgi?u=admin&p=***&ch=1: 401; see ?p=3 of the manual")
     assert url_secrets(url) == ("Hunter22",) and without_query_secrets(url) == "http://cam/snap.cgi?u=admin&p=&ch=1"
+    for encoded in ("http://cam/snap?u%73er=admin&p=Hunter22", "http://cam/snap?user=admin&%70=Hunter22",
+                    "http://cam/snap?%75=admin&p=Hunter22"):  # (names as servers read them, decoded)
+        assert "Hunter22" not in redact_url(encoded) and url_secrets(encoded) == ("Hunter22",), encoded
     for kept in ("http://cam/x?p=2&page=3", "http://cam/x?profile=1&p=main", "http://cam/x?user=a#p=b"):
         assert redact_url(kept) == kept and url_secrets(kept) == ()
     with pytest.raises(ConfigError) as caught:
