@@ -33,6 +33,7 @@ from pipeline.config import (
     inline_password_error,
 )
 from pipeline.config_env import foreign_variable_error, variables_named
+from pipeline.config_urls import api_source_problem
 from pipeline.lifecycle.swap import SwapError
 from pipeline.lifecycle.swap_service import ModelSwaps
 from pipeline.decoder_status import merged_status, read_shared_or_none
@@ -153,6 +154,7 @@ class CameraApi:
         self.client = redis_from_config(cfg.redis)
         self.registry = CameraRegistry(self.client, self.keys)
         self.allow_inline_credentials = cfg.security.allow_inline_credentials
+        self.api_local_sources = cfg.security.api_local_sources
         self.tracking = cfg.tracker.enabled  # zones and lines need it
         self.decoder = decoder
         self.live = LiveView(cfg.view, self.client, self.keys, self.registry)
@@ -215,7 +217,8 @@ class CameraApi:
         there = await asyncio.to_thread(self.registry.ids)
         named = variables_named(await asyncio.to_thread(self.registry.cameras))
         inline = None if self.allow_inline_credentials else await asyncio.to_thread(inline_password_error, camera, field)
-        refused = inline or foreign_variable_error(camera, field, there, named)
+        local = None if self.api_local_sources else api_source_problem(camera.url)
+        refused = (f"{field}: {local}" if local else None) or inline or foreign_variable_error(camera, field, there, named)
         if refused:
             raise HTTPException(422, detail=[refused])
         self._need_tracking({"zones": camera.zones, "lines": camera.lines})

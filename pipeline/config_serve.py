@@ -17,6 +17,12 @@ class SecurityConfig(Strict):
         description="accept camera URLs with an inline password (stored in Redis in clear); "
         "default: refused, write rtsp://user:${VAR}@host/... instead",
     )
+    api_local_sources: bool = Field(
+        False,
+        description="let cameras added through the API read the server's own files and devices (a path, file:, "
+        "device:N, unix:) and listen for streams (?listen=1, mode=listener, a unicast udp:// or rtp://); "
+        "default: network cameras the service connects to, and multicast groups",
+    )
 
 
 class HttpConfig(Strict):

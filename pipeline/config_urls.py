@@ -1,12 +1,12 @@
 """What the URLs of a config must look like: Redis's (`redis_url_problem`) and cameras'
-(`camera_url_problem`), and the address Serve's HTTP binds (`bind_host_problem`). Their messages
-quote no credentials."""
+(`camera_url_problem`; over the API also `api_source_problem`), and the address Serve's HTTP
+binds (`bind_host_problem`). Their messages quote no credentials."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import redis
 from redis.connection import parse_url
@@ -160,3 +160,44 @@ def bind_host_problem(host: str) -> str | None:
         return None
     return (f"not an address to bind: {host[:60]!r} (an IP address: 127.0.0.1, 0.0.0.0, ::, or a host name "
             "of letters, digits, - and .)")
+
+
+# what a camera added over the API may be (unless ``security.api_local_sources``): a stream the
+# service connects to. A file path, ``file:``, ``device:N``, ``unix:`` read the server's own
+# files, devices and sockets; a listening URL (``tcp://0.0.0.0:9000?listen=1``, ``srt://:9000?mode=listener``,
+# a unicast ``udp://``, which FFmpeg reads from any sender on its port) takes video from anyone who
+# reaches the port, on every interface whatever ``http.host`` says
+API_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte",
+                         "srt", "rist", "udp", "udplite", "rtp", "srtp", "tcp", "tls", "mmsh", "mmst", "ftp", "sftp"})
+_RECEIVING = frozenset({"udp", "udplite", "rtp", "srtp", "rist"})  # read by binding a port, unless a multicast group
+_ALLOW_LOCAL = "; the config file's cameras may be (or set security.api_local_sources: true)"
+
+
+def api_source_problem(url: str) -> str | None:
+    """Why a camera added through the API may not read ``url`` (None: it may): see `API_SCHEMES`."""
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    if m is None or m.group(1).lower() not in API_SCHEMES:
+        what = "a device" if url.startswith("device:") else "a file, device or socket of the server"
+        return f"a camera added through the API is a network stream the service connects to, not {what}{_ALLOW_LOCAL}"
+    scheme = m.group(1).lower()
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return None  # (camera_url_problem says what is wrong with it)
+    listening = [k for k, v in query if k.lower() == "listen" and v != "0"
+                 or k.lower() == "mode" and v.lower() in ("listener", "server", "rendezvous")]
+    unspecified = host in ("", "0.0.0.0", "::")  # (udp://@:1234, tcp://:9000: this host's every address)
+    if listening or unspecified or (scheme in _RECEIVING and not _multicast(host)):
+        return ("a camera added through the API connects to its camera; this URL listens for whoever sends to a port "
+                f"of the server{' (' + listening[0] + '=…)' if listening else ''}: only a multicast group is read that way "
+                f"(udp://239.0.0.1:1234){_ALLOW_LOCAL}")
+    return None
+
+
+def _multicast(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_multicast
+    except ValueError:
+        return False

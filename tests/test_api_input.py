@@ -23,8 +23,9 @@ from .conftest import DETECTOR, MODELS
 
 
 @contextlib.contextmanager
-def api_app(redis_url, prefix, monkeypatch):
-    """The camera API's FastAPI app with its instance made as Serve would (no decoder)."""
+def api_app(redis_url, prefix, monkeypatch, **config):
+    """The camera API's FastAPI app with its instance made as Serve would (no decoder); ``config``:
+    more of the config's sections (``security={...}``)."""
     from ray import serve
 
     import deployments.api as module
@@ -34,7 +35,7 @@ def api_app(redis_url, prefix, monkeypatch):
     ingress = module.CameraApi.func_or_class.__mro__[1]  # the class as written, under Serve's ingress wrapper
     instance = object.__new__(ingress)
     try:
-        ingress.__init__(instance, {"redis": {"url": redis_url, "stream_prefix": prefix}}, decoder=None)
+        ingress.__init__(instance, {"redis": {"url": redis_url, "stream_prefix": prefix}, **config}, decoder=None)
         monkeypatch.setattr(serve, "get_replica_context", lambda: types.SimpleNamespace(servable_object=instance))
         yield module.app
     finally:

@@ -188,7 +188,7 @@ def test_cameras_added_and_removed_at_runtime_without_touching_others(graph, ray
 
     code, body = _http("POST", api + "/cameras", {"id": "bad id", "url": "x"})
     assert code == 422 and body["detail"] == ["id: must match ^[A-Za-z0-9_-]+$, got 'bad id'"], body
-    code, body = _http("POST", api + "/cameras", {"id": "walk", "url": "x"})
+    code, body = _http("POST", api + "/cameras", {"id": "walk", "url": "rtsp://cam/x"})
     assert code == 409 and "exists" in body["detail"], body
 
     def cli(*args):
