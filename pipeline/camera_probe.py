@@ -63,29 +63,40 @@ class LookupTimeout(TimeoutError):
     """The host's name was not looked up in time."""
 
 
+_lookups: dict[tuple[str, int], tuple[threading.Event, list]] = {}  # lookups under way, by (host, port)
+_lookups_lock = threading.Lock()
+
+
 def _lookup(host: str, port: int, deadline: float) -> list:
     """``socket.getaddrinfo`` before ``deadline`` (monotonic), else `LookupTimeout`: the system's
     resolver has no timeout of its own (a DNS server that does not answer: 5 s a try, per try and
     search domain), and a camera's open took that long past its ``open_timeout_s``. A lookup
-    given up on ends on its own thread."""
+    given up on ends on its own thread; a camera reconnecting meanwhile waits on it, not on
+    another one."""
     if _is_address(host):
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    answer: list = []
-    done = threading.Event()
-
-    def look() -> None:
-        try:
-            answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except BaseException as exc:  # (handed to the caller)
-            answer.append(exc)
-        done.set()
-
-    threading.Thread(target=look, name="percept-lookup", daemon=True).start()
+    with _lookups_lock:
+        pending = _lookups.get((host, port))
+        if pending is None:
+            pending = _lookups[(host, port)] = (threading.Event(), [])
+            threading.Thread(target=_look, args=(host, port, pending), name="percept-lookup", daemon=True).start()
+    done, answer = pending
     if not done.wait(max(0.0, deadline - time.monotonic())):
         raise LookupTimeout(host)
     if isinstance(answer[0], BaseException):
         raise answer[0]
     return answer[0]
+
+
+def _look(host: str, port: int, pending: tuple[threading.Event, list]) -> None:
+    done, answer = pending
+    try:
+        answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    except BaseException as exc:  # (handed to whoever waits on it)
+        answer.append(exc)
+    with _lookups_lock:
+        _lookups.pop((host, port), None)
+    done.set()
 
 
 def _connect(host: str, port: int, deadline: float) -> socket.socket:

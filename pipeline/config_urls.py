@@ -170,6 +170,7 @@ def bind_host_problem(host: str) -> str | None:
 API_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte",
                          "srt", "rist", "udp", "udplite", "rtp", "srtp", "tcp", "tls", "mmsh", "mmst", "ftp", "sftp"})
 _RECEIVING = frozenset({"udp", "udplite", "rtp", "srtp", "rist"})  # read by binding a port, unless a multicast group
+_OPTIONS_IN_URL = frozenset({"tcp", "tls", "srt", "rist"})  # protocols that take ``listen`` / ``mode`` from the URL
 _ALLOW_LOCAL = "; the config file's cameras may be (or set security.api_local_sources: true)"
 
 
@@ -183,10 +184,12 @@ def api_source_problem(url: str) -> str | None:
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
-        query = parse_qsl(parts.query, keep_blank_values=True)
     except ValueError:
         return None  # (camera_url_problem says what is wrong with it)
-    listening = [k for k, v in query if k.lower() == "listen" and v != "0"
+    # FFmpeg's tcp, tls, srt and rist read their options from the first "?" on, a "#" no end
+    # (``tcp://host:9000#?listen=1`` listened)
+    options = parse_qsl(url.split("?", 1)[1], keep_blank_values=True) if "?" in url and scheme in _OPTIONS_IN_URL else []
+    listening = [k for k, v in options if k.lower() == "listen" and v != "0"
                  or k.lower() == "mode" and v.lower() in ("listener", "server", "rendezvous")]
     unspecified = host in ("", "0.0.0.0", "::")  # (udp://@:1234, tcp://:9000: this host's every address)
     if listening or unspecified or (scheme in _RECEIVING and not _multicast(host)):

@@ -104,8 +104,11 @@ class Publisher(PublisherWriter):
         """From now on, write this camera's results only while Redis says ``key`` holds
         ``token`` (called when its lease is acquired)."""
         with self._cond:
-            self._fences[camera] = Fence(key, token, hold_s)
+            self._fences[camera] = fence = Fence(key, token, hold_s)
             self._fence_logged.discard(camera)
+            # (acquired again by the same owner, the fence is the same: a later time nobody holds
+            # it starts a new hold_s, though none of its results landed meanwhile)
+            self._unheld_since.pop(fence, None)
 
     def unfence(self, camera: str) -> None:
         """The lease was released here. Later frames of this camera are refused (a conductor still

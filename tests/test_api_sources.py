@@ -18,12 +18,14 @@ from .test_api_input import api_app
 
 CONNECTS = ["rtsp://cam/s", "rtsp://x:${CAM_X_PASSWORD}@10.0.0.9/s", "rtsps://cam:322/s", "http://cam/v.mjpg",
             "https://[2001:db8::1]:8443/x", "rtmp://cam/live/x", "srt://cam:9000", "srt://cam:9000?mode=caller",
-            "tcp://cam:9000", "udp://239.0.0.1:1234", "rtp://[ff15::1]:5004", "tcp://cam:9000?listen=0"]
+            "tcp://cam:9000", "udp://239.0.0.1:1234", "rtp://[ff15::1]:5004", "tcp://cam:9000?listen=0",
+            "http://cam/video.cgi?mode=server", "rtsp://cam/x?listen=1"]  # (http and rtsp take no such option from the URL)
 LOCAL = ["../../../../etc/passwd", "/work/clip.mp4", "file:///etc/shadow", "file:clip.mp4", "device:0",
          "unix:/run/cam.sock", "zmq:tcp://cam:5555"]
 LISTENS = ["tcp://0.0.0.0:9000?listen=1", "tcp://cam:9000?listen", "udp://0.0.0.0:9000", "udp://@:1234",
            "udp://10.0.0.5:1234", "rtp://10.0.0.5:5004", "srt://:9000?mode=listener", "srt://cam:9000?MODE=Rendezvous",
-           "tcp://[::]:9000", "rist://@:1234"]
+           "tcp://[::]:9000", "rist://@:1234",
+           "tcp://10.0.0.5:9000#?listen=1", "srt://10.0.0.5:9000#?mode=listener", "tls://cam:9000/?a=1#&listen=1"]
 
 
 def test_which_urls_an_api_camera_may_read():

@@ -138,6 +138,9 @@ def test_a_name_the_dns_does_not_answer_for_fails_within_the_open_timeout(monkey
         opener.join(30)
         assert result == ["host 'cam.example' was not looked up within 0.5 s (DNS server slow or unreachable)"]
         assert asked == ["cam.example"] and not answered.is_set()
+        again = probe.camera_unanswered("rtsp://cam.example:554/live", timeout_s=0.2)  # reconnecting meanwhile
+        assert again is not None and "was not looked up within 0.2 s" in again, again
+        assert asked == ["cam.example"], "a second lookup of the name while the first still runs"
     finally:
         answered.set()
 

@@ -150,6 +150,12 @@ def test_a_backlog_nobody_took_the_lease_of_goes_with_the_first_run_not_one_run_
         pub.publish(result(401, "gone"))
         wait_for(lambda: pub.held > 0, 10, "the write kept back")
         assert pub.stats.fenced["gone"] == 400
+        wait_for(lambda: pub.stats.fenced["gone"] == 401, 20, "the write given up after its own hold_s")
+        pub.fence("gone", KEYS.lease("gone"), "me", hold_s=2.0)  # acquired again, nothing landed under it
+        pub.publish(result(402, "gone"))
+        wait_for(lambda: pub.held > 0, 10, "a write kept back again, for a new hold_s")
+        client.set(KEYS.lease("gone"), "me")
+        wait_for(lambda: seqs(client, "gone") == [400, 402], 10, "the write kept back landing")
     finally:
         pub.close(timeout=1)
 
