@@ -10,7 +10,7 @@ export PERCEPT_SAMPLE_VIDEOS ?= $(if $(wildcard $(SHARED)/data/videos),$(SHARED)
 export PERCEPT_SHARED ?= $(SHARED)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
-# CPU-only torch wheels (~3 GB less than PyPI's, which bring CUDA's libraries), as docker/Dockerfile's
+# CPU-only torch wheels (PyPI's bring CUDA's libraries: ~4 GB of nvidia-* and triton), as docker/Dockerfile's
 # build argument: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
