@@ -36,10 +36,11 @@ def register(sub: Any) -> None:
     cam_sub.add_parser("ls", help="cameras with state, fps, drops and lag", parents=[after])
     add = cam_sub.add_parser("add", help="add a camera (takes effect within a few seconds)", parents=[after])
     add.add_argument("id", type=camera_id_arg)
-    add.add_argument("url", help="the camera URL; write a password as ${VAR}, expanded by the decoders")
+    add.add_argument("url", help="the camera URL (a network stream: files and devices only where the config "
+                     "sets security.api_local_sources); write a password as ${VAR}, expanded by the decoders")
     add.add_argument("--fps", type=_fps_arg, default=5.0,
                      help="max frames sampled per second, 0 to 240 (0: every frame; default 5)")
-    add.add_argument("--loop", action="store_true")
+    add.add_argument("--loop", action="store_true", help="a file camera starts again at its end")
     rm = cam_sub.add_parser("rm", help="remove a camera", parents=[after])
     rm.add_argument("id", type=_some_id)
     zones = cam_sub.add_parser("zones", help="change a camera's zones, lines, anchor, line or zone margin (no restart)",
