@@ -195,7 +195,8 @@ class DecoderDeployment:
         # an entry that does not validate (or names a variable this replica lacks) is reported
         # failed on its camera hash and skipped, so one bad entry never stops the others.
         self.supervisor = CameraSupervisor(
-            functools.partial(registry.runnable, os.environ, self.publisher, cfg.cameras),
+            functools.partial(registry.runnable, os.environ, self.publisher, cfg.cameras,
+                              api_local_sources=cfg.security.api_local_sources),
             client=client,
             keys=self.keys,
             start_camera=self._start_camera,

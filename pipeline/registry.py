@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from .config import CameraConfig, format_validation_error
 from .config_env import CameraEnvError, foreign_variable_error, resolve_camera, variables_named
+from .config_urls import api_source_problem
 from .publish import Publisher
 from .redact import redact, redact_url
 from .streams import ENDED_FIELD, StreamKeys, parse_entry_id, redis_now
@@ -221,11 +222,13 @@ class CameraRegistry:
         return not self.client.exists(self.digest_key, self.key) and self.seed(cameras)
 
     def runnable(self, env: Mapping[str, str], publisher: Publisher,
-                 config: list[CameraConfig] | None = None) -> list[CameraConfig]:
+                 config: list[CameraConfig] | None = None, *, api_local_sources: bool = True) -> list[CameraConfig]:
         """What a decoder replica runs: the valid cameras with their URLs expanded from ``env``.
         Entries that do not validate or name a variable ``env`` lacks are left out and reported
         as ``failed`` on their camera hash, once per change (see `unreported`). ``config``: the
-        config's cameras, written again first if Redis lost them (`seed_if_lost`)."""
+        config's cameras, written again first if Redis lost them (`seed_if_lost`).
+        ``api_local_sources`` False (``security.api_local_sources``): an API camera reading a
+        file, device or socket or listening (`api_source_problem`) is reported failed too."""
         if config is not None and self.seed_if_lost(config):
             log.warning("the camera registry was gone (redis restarted without its data?); the config's %d cameras "
                         "written again (cameras added through the API are lost)", len(config))
@@ -237,6 +240,10 @@ class CameraRegistry:
             # another camera took since (`dock` beside `Dock`, a config camera naming its variable), or two added at once
             foreign = foreign_variable_error(cam, f"cameras[{cam.id}].url", sources, named) \
                 if sources.get(cam.id) == "api" else None
+            if foreign is None and sources.get(cam.id) == "api" and not api_local_sources:
+                # (an API camera added while the API took files, or before it checked: not read now)
+                local = api_source_problem(cam.url)
+                foreign = f"cameras[{cam.id}].url: {local}" if local else None
             if foreign is not None:
                 invalid.append(InvalidCamera(cam.id, foreign, cam.url))
                 continue

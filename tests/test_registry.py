@@ -360,6 +360,29 @@ def test_an_api_camera_naming_a_variable_a_config_camera_names_is_not_expanded(r
         assert r.status_code == 201, r.text  # (its own variable no other camera names)
 
 
+def test_an_api_camera_reading_a_file_stored_before_the_api_refused_files_is_not_read(redis_server):
+    """The API refuses a file, device or listening URL unless security.api_local_sources; one
+    stored before (an older version, or the setting on then) is reported failed by the decoders,
+    the config's own file cameras run."""
+    client = redis_server.client()
+    reg = CameraRegistry(client, KEYS)
+    config = [CameraConfig(id="front", url="a.mp4")]
+    reg.seed(config)
+    assert reg.add(CameraConfig(id="peek", url="/etc/shadow"))
+    assert reg.add(CameraConfig(id="ear", url="tcp://0.0.0.0:9000?listen=1"))
+    pub = Publisher(client, keys=KEYS, maxlen=100).start()
+    try:
+        refused = reg.runnable({}, pub, config, api_local_sources=False)
+        allowed = reg.runnable({}, pub, config, api_local_sources=True)
+        assert pub.flush(5)
+    finally:
+        pub.close()
+    assert [c.id for c in refused] == ["front"] and sorted(c.id for c in allowed) == ["ear", "front", "peek"]
+    states = camera_states(client, KEYS, ["peek", "ear"])
+    assert "a camera added through the API is a network stream" in states["peek"]["last_error"], states
+    assert "listens for whoever sends to a port" in states["ear"]["last_error"], states
+
+
 def test_an_add_that_races_a_delete_of_the_same_id_adds_it(redis_server):
     """A POST retried while a DELETE of the same id landed between its two reads got 409
     "exists; DELETE it first" for a camera that no longer existed."""
