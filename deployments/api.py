@@ -40,7 +40,7 @@ from pipeline.decoder_status import merged_status, read_shared_or_none
 from pipeline.events import EventEngine
 from pipeline.geometry import GeometryError
 from pipeline.redact import redact, redact_text_given, redact_url
-from pipeline.registry import CameraRegistry
+from pipeline.registry import CameraRegistry, TooManyCameras
 from pipeline.streams import StreamKeys, camera_states, number, redis_from_config, redis_unavailable
 from pipeline.track_state import stored_pixel_frames
 
@@ -155,6 +155,7 @@ class CameraApi:
         self.registry = CameraRegistry(self.client, self.keys)
         self.allow_inline_credentials = cfg.security.allow_inline_credentials
         self.api_local_sources = cfg.security.api_local_sources
+        self.api_max_cameras = cfg.security.api_max_cameras
         self.tracking = cfg.tracker.enabled  # zones and lines need it
         self.decoder = decoder
         self.live = LiveView(cfg.view, self.client, self.keys, self.registry)
@@ -222,7 +223,11 @@ class CameraApi:
         if refused:
             raise HTTPException(422, detail=[refused])
         self._need_tracking({"zones": camera.zones, "lines": camera.lines})
-        if not await asyncio.to_thread(self.registry.add, camera):
+        try:
+            added = await asyncio.to_thread(self.registry.add, camera, self.api_max_cameras)
+        except TooManyCameras as exc:
+            raise HTTPException(409, detail=str(exc)) from None
+        if not added:
             if await asyncio.to_thread(self.registry.source, camera.id) == "config":  # (201 here: then gone with the file)
                 raise HTTPException(409, detail=f"camera {camera.id!r} exists, from the config file (it goes when "
                                                 "the file drops it): change it there, or PUT its zones and lines")

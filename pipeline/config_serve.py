@@ -23,6 +23,11 @@ class SecurityConfig(Strict):
         "device:N, unix:) and listen for streams (?listen=1, mode=listener, a unicast udp:// or rtp://); "
         "default: network cameras the service connects to, and multicast groups",
     )
+    api_max_cameras: int = Field(
+        256, ge=0, le=100_000,
+        description="cameras added through the API at once (each takes a decoder's reader and memory); "
+        "more get HTTP 409; the config file's cameras do not count; 0: the API adds none",
+    )
 
 
 class HttpConfig(Strict):

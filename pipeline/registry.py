@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -30,6 +28,7 @@ from .config_env import CameraEnvError, foreign_variable_error, resolve_camera, 
 from .config_urls import api_source_problem
 from .publish import Publisher
 from .redact import redact, redact_url
+from .registry_entries import InvalidCamera, _parse_entry
 from .streams import ENDED_FIELD, StreamKeys, parse_entry_id, redis_now
 
 log = logging.getLogger("percept.registry")
@@ -40,84 +39,29 @@ log = logging.getLogger("percept.registry")
 # counters that keep ids and seqs rising (track_id_max, seq_published, processed, state_change) stay
 _ADD = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
-redis.call('HDEL', KEYS[2], unpack(ARGV, 3))
+local most = tonumber(ARGV[3])
+if most >= 0 then
+  local api = 0
+  for _, raw in ipairs(redis.call('HVALS', KEYS[1])) do
+    local ok, entry = pcall(cjson.decode, raw)
+    if ok and type(entry) == 'table' and entry['source'] == 'api' then api = api + 1 end
+  end
+  if api >= most then return -1 end
+end
+redis.call('HDEL', KEYS[2], unpack(ARGV, 4))
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """  # (the HDEL first: a camera hash of another type fails it before anything is written; Redis rolls no script back)
 SHOWN_FIELDS = ("state", "last_error", "fps", "dropped", "classify_failed", "publish_dropped", "url", "updated_at")
 
 
-@dataclass(frozen=True)
-class InvalidCamera:
-    """A registry entry that cannot run: its id (the hash field), why, and its URL if it has one."""
+class TooManyCameras(Exception):
+    """As many cameras as ``security.api_max_cameras`` were added through the API already."""
 
-    id: str
-    error: str  # path-precise and redacted, e.g. ``cameras[x].fps: must be >= 0, got -2``
-    url: str = ""
-
-
-def _parse_entry(cid: str, raw: bytes) -> tuple[dict[str, Any] | None, CameraConfig | InvalidCamera]:
-    """One hash field → (the decoded entry or None, the camera or why it is invalid). The same
-    field as read before gives the same (frozen) camera: `GET /cameras`, the live view and every
-    lease round read the whole registry, and a camera with many zones of many points took a
-    third of a second to validate (ten such: 4 s a listing, the page asks every second)."""
-    return _decoded(raw), _parsed(cid, raw)
-
-
-def _decoded(raw: bytes) -> dict[str, Any] | None:
-    """The entry as a new dict (the caller's own), or None when it is not one."""
-    try:
-        entry = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    return entry if isinstance(entry, dict) and isinstance(entry.get("camera"), dict) else None
-
-
-_PARSED_MAX = 512  # camera ids whose parsed entry is kept (`_parsed`)
-_latest: "OrderedDict[str, tuple[bytes, CameraConfig | InvalidCamera]]" = OrderedDict()
-_latest_lock = threading.Lock()
-
-
-def _parsed(cid: str, raw: bytes) -> CameraConfig | InvalidCamera:
-    """The camera of a registry entry, kept for the entry's latest version only (of `_PARSED_MAX`
-    cameras): every version read was kept (512 of them), 3.4 MiB each for a camera of 64 zones of
-    256 points changed by PUT after PUT, in the API and in every decoder."""
-    with _latest_lock:
-        kept = _latest.get(cid)
-        if kept is not None and kept[0] == raw:
-            _latest.move_to_end(cid)
-            return kept[1]
-    camera = _parse(cid, raw)
-    with _latest_lock:
-        _latest[cid] = (raw, camera)
-        _latest.move_to_end(cid)
-        while len(_latest) > _PARSED_MAX:
-            _latest.popitem(last=False)
-    return camera
-
-
-_parsed.cache_clear = _latest.clear  # type: ignore[attr-defined]
-
-
-def _parse(cid: str, raw: bytes) -> CameraConfig | InvalidCamera:
-    where = f"cameras[{cid}]"
-    try:
-        entry = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # (RecursionError: nested too deep)
-        return InvalidCamera(cid, redact(f"{where}: not valid JSON ({type(exc).__name__}: {exc})"))
-    if not isinstance(entry, dict) or not isinstance(entry.get("camera"), dict):
-        return InvalidCamera(cid, f'{where}: not a registry entry (expected {{"source": ..., "camera": {{...}}}})')
-    data = entry["camera"]
-    url = data.get("url") if isinstance(data.get("url"), str) else ""
-    try:
-        camera = CameraConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = format_validation_error(exc)
-        return InvalidCamera(cid, redact("; ".join(f"{where}.{line}" for line in lines)), url)
-    if camera.id != cid:
-        return InvalidCamera(cid, f"{where}.id: must equal the registry key {cid!r}, got {camera.id!r}", url)
-    camera._added_ms = entry.get("added_ms") if isinstance(entry.get("added_ms"), int) else None
-    return camera
+    def __init__(self, most: int):
+        super().__init__(f"{most} cameras added through the API already (security.api_max_cameras); "
+                         "DELETE one first, or raise the setting")
+        self.most = most
 
 
 @dataclass(frozen=True)
@@ -281,19 +225,24 @@ class CameraRegistry:
         """Every camera id the registry holds (valid or not)."""
         return [k.decode(errors="replace") for k in self.client.hkeys(self.key)]  # as `read` names them
 
-    def add(self, camera: CameraConfig) -> bool:
+    def add(self, camera: CameraConfig, most_api: int | None = None) -> bool:
         """False if a camera with this id exists with other settings, or from a config file; the
         same API camera again is added (nothing written: a POST retried after a timeout whose
         write landed). The URL is stored as given (``${VAR}`` kept). (A config camera's settings
-        given again were "added", and the camera went when the file dropped it.)"""
+        given again were "added", and the camera went when the file dropped it.) `TooManyCameras`
+        when ``most_api`` API cameras are there already (counted in the same script as the add:
+        POSTs at once cannot all pass)."""
         given = camera.model_dump(mode="json")
         added_ms = int(redis_now(self.client) * 1000)  # (what its id published before is another camera's)
         entry = json.dumps({"source": "api", "camera": given, "added_ms": added_ms})
         for _ in range(3):  # (a DELETE between the two: added, not "exists")
             # (in one step: a POST retried after the entry landed alone found "the same camera
             # again" and left the `ended` mark for good)
-            if self.client.eval(_ADD, 2, self.key, self.keys.camera(camera.id), camera.id, entry, ENDED_FIELD,
-                                *SHOWN_FIELDS):
+            added = self.client.eval(_ADD, 2, self.key, self.keys.camera(camera.id), camera.id, entry,
+                                     -1 if most_api is None else most_api, ENDED_FIELD, *SHOWN_FIELDS)
+            if added == -1:
+                raise TooManyCameras(most_api or 0)
+            if added:
                 return True
             raw = self.client.hget(self.key, camera.id)
             if raw is not None:

@@ -58,3 +58,37 @@ def test_the_api_refuses_local_and_listening_sources_unless_the_config_allows_th
 @pytest.mark.parametrize("url", ["file:///etc/shadow", "udp://@:1234"])
 def test_the_refusal_quotes_nothing_of_the_url(url):
     assert url.split("//")[-1] not in api_source_problem(url)
+
+
+def test_the_api_adds_at_most_api_max_cameras_and_the_files_cameras_do_not_count(redis_server, monkeypatch):
+    """Each camera takes a decoder's reader and memory: an API client in a loop is stopped at
+    ``security.api_max_cameras`` with 409 naming it. The count is taken in the script that adds
+    (POSTs at once cannot all pass); a POST retried for a camera already there still answers 201."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.registry import CameraRegistry, TooManyCameras
+    from pipeline.streams import StreamKeys
+
+    registry = CameraRegistry(redis_server.client(), StreamKeys("apimax"))
+    assert registry.seed([parse_config({"cameras": [{"id": "file", "url": "rtsp://cam/f"}]}).cameras[0]])
+    with api_app(redis_server.url, "apimax", monkeypatch, security={"api_max_cameras": 2}) as app, \
+            TestClient(app) as api:
+        for cid in ("a", "b"):
+            assert api.post("/cameras", json={"id": cid, "url": f"rtsp://cam/{cid}"}).status_code == 201
+        r = api.post("/cameras", json={"id": "c", "url": "rtsp://cam/c"})
+        assert r.status_code == 409 and "2 cameras added through the API already (security.api_max_cameras)" \
+            in r.json()["detail"], r.text
+        assert api.post("/cameras", json={"id": "a", "url": "rtsp://cam/a"}).status_code == 201  # (a retry)
+        assert api.delete("/cameras/a").status_code == 200
+        assert api.post("/cameras", json={"id": "c", "url": "rtsp://cam/c"}).status_code == 201
+    assert sorted(registry.ids()) == ["b", "c", "file"]
+
+    def add(cid: str) -> bool:
+        try:
+            return registry.add(parse_config({"cameras": [{"id": cid, "url": "rtsp://cam/x"}]}).cameras[0], 3)
+        except TooManyCameras:
+            return False
+
+    with ThreadPoolExecutor(8) as pool:  # one place left, eight at once
+        assert sum(pool.map(add, [f"n{i}" for i in range(8)])) == 1
+    assert len(registry.ids()) == 4

@@ -411,7 +411,7 @@ def test_an_unchanged_entry_is_not_validated_again(redis_server, monkeypatch):
     """Every lease round, `GET /cameras` (the page asks every second) and the live view read the
     whole registry: ten cameras of 64 zones × 256 points took 4 s a listing, each validated again.
     An entry as read before gives the camera made then; a changed one is validated afresh."""
-    import pipeline.registry as registry_module
+    import pipeline.registry_entries as registry_entries
 
     registry = CameraRegistry(redis_server.client(), StreamKeys("regcache"))
     zones = {f"z{j}": [[0.1, 0.1], [0.9, 0.1 + j / 100], [0.5, 0.9]] for j in range(8)}
@@ -425,7 +425,7 @@ def test_an_unchanged_entry_is_not_validated_again(redis_server, monkeypatch):
         return real(cls, data, *args, **kwargs)
 
     monkeypatch.setattr(CameraConfig, "model_validate", classmethod(counting))
-    getattr(registry_module, "_parsed", lambda: None).__dict__.get("cache_clear", lambda: None)()  # (other tests' reads)
+    registry_entries._parsed.cache_clear()  # (other tests' reads)
     first, _ = registry.read()
     again, _ = registry.read()
     assert sorted(validated) == ["a", "b"] and [c.id for c in again] == ["a", "b"], validated
