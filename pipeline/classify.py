@@ -194,7 +194,7 @@ class CropClassification:
         def keep_last(i: int) -> bool:
             """Its track's last answer, when it has one (not classified afresh this frame)."""
             track = detections.track_ids[i] if cache is not None else None
-            stale = cache.last(track) if track is not None else None
+            stale = cache.last(track, detections.labels[i]) if track is not None else None
             if stale is not None:
                 known.append((i, stale))
             return stale is not None
@@ -204,7 +204,7 @@ class CropClassification:
             if (route.cfg.on is not None and label not in route.cfg.on) or label in (route.cfg.not_on or ()):
                 continue
             track = detections.track_ids[i] if cache is not None else None
-            answer = cache.get(track, frame_no) if track is not None else None
+            answer = cache.get(track, frame_no, label) if track is not None else None
             if answer is not None:
                 known.append((i, answer))
             elif (reason := route.too_small(detections.xyxy[i])) is None:
@@ -213,7 +213,8 @@ class CropClassification:
                 unclassified.setdefault(i, {})[route.name or category] = reason
         # objects with no answer yet first, then the tracks due for a fresh look: the first by
         # score, so that answered tracks take no place from an object never classified
-        has_last = (lambda i: cache.last(detections.track_ids[i]) is not None) if cache is not None else (lambda i: False)
+        has_last = ((lambda i: cache.last(detections.track_ids[i], detections.labels[i]) is not None)
+                    if cache is not None else (lambda i: False))
         fresh.sort(key=lambda i: (detections.track_ids[i] is not None and has_last(i), -detections.scores[i]))
         heads, twins, first = [], [], {}
         for i in fresh:
@@ -243,7 +244,7 @@ class CropClassification:
                 self._probe(n, category, route, image, detections.xyxy[fresh[:1]])
                 for i in [*fresh, *(i for i, _ in twins)]:
                     track = detections.track_ids[i] if cache is not None else None
-                    last = cache.last(track) if track is not None else None
+                    last = cache.last(track, detections.labels[i]) if track is not None else None
                     if last is not None:
                         known.append((i, last))
                     else:
@@ -259,9 +260,12 @@ class CropClassification:
                     answer = asked_now[i] = asyncio.ensure_future(_nth(request, k))
                     track = detections.track_ids[i]
                     if cache is not None and track is not None:
-                        cache.put(track, frame_no, answer)
+                        cache.put(track, frame_no, answer, detections.labels[i])
                     jobs.append((i, answer, cache, n, request))
-                jobs += [(i, asked_now[head], cache, n, request) for i, head in twins]
+                for i, head in twins:  # (its answer is also its own label's: a car also seen as a truck)
+                    if cache is not None and detections.track_ids[i] is not None:
+                        cache.put(detections.track_ids[i], frame_no, asked_now[head], detections.labels[i])
+                    jobs.append((i, asked_now[head], cache, n, request))
             if cache is not None:
                 cache.prune(frame_no)
         if unclassified:
@@ -278,7 +282,7 @@ class CropClassification:
         for (i, _, cache, n, _), answer in zip(jobs, answers):
             if isinstance(answer, BaseException):
                 track = detections.track_ids[i] if cache is not None else None
-                last = cache.last(track) if track is not None else None  # a fresh look failed: the one before
+                last = cache.last(track, detections.labels[i]) if track is not None else None  # a fresh look failed: the one before
                 if last is None:  # (a last answer is one that came)
                     errors.append(answer)
                     continue

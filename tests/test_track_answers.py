@@ -75,6 +75,24 @@ def test_boxes_the_tracker_merged_are_asked_for_once_and_share_the_answer():
     assert [a["type"]["label"] for o in out for a in o.attributes[:2]] == ["t1"] * 4
 
 
+def test_a_track_the_detector_gives_another_label_is_asked_again_not_given_the_first_labels_answer():
+    """The tracker matches within a category: a sign lost and found again as another sign at the
+    same place (a dashcam passing sign after sign; GTSDB scenes 3, 12, 25) kept its track, and the
+    first sign's class was published on the second until a fresh look was due (15 frames). An
+    answer holds for its label; back to the first label, its answer is there again."""
+    asked = []
+    stage = CropClassification("c", {"sign": counting_route(asked, reclassify_every=15)}, timeout_s=5, track_buffer=30)
+
+    def sign(label):
+        return Detections(xyxy=np.array([[10, 10, 60, 60]], np.float32), scores=np.array([0.9], np.float32),
+                          labels=(label,), categories=("sign",), track_ids=(3,))
+
+    out = classify_frames(stage, [sign("speed limit 30"), sign("slippery road"), sign("slippery road"),
+                                  sign("speed limit 30")])
+    assert asked == [1, 1], asked
+    assert [o.attributes[0]["type"]["label"] for o in out] == ["t1", "t2", "t2", "t1"]
+
+
 def test_an_answer_outlives_frames_where_the_box_is_too_small():
     asked = []
     stage = CropClassification("c", {"vehicle": counting_route(asked, reclassify_every=1)}, timeout_s=5,
