@@ -18,7 +18,7 @@ from pipeline.config_urls import camera_url_problem
 from pipeline.redact import redact, redact_url
 
 from .common import (EXIT_UNAVAILABLE, UNAVAILABLE_STATUS, api_text, ingress_url_arg, call_api, camera_id_arg, fail, number_arg,
-                     unreachable)
+                     unreachable, utf8_arg)
 
 
 def register(sub: Any) -> None:
@@ -63,7 +63,7 @@ def _some_id(value: str) -> str:
     ``DELETE /cameras/``, a path the API redirects."""
     if not value:
         raise argparse.ArgumentTypeError("a camera id cannot be empty")
-    return value
+    return utf8_arg(value)
 
 
 MARGIN = number_arg(float, 0.0, 2.0)  # as cameras[].line_margin / zone_margin

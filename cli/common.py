@@ -16,7 +16,7 @@ from typing import Any, Callable, TypeVar
 
 import redis
 
-from pipeline.config_urls import bind_host_problem, redis_url_problem
+from pipeline.config_urls import bind_host_problem, host_name_ok, redis_url_problem
 from pipeline.redact import redact, redact_url
 from pipeline.streams import CREDENTIALS_REFUSED, reconnect_if_demoted, redis_unavailable
 
@@ -173,9 +173,19 @@ def camera_id_arg(value: str) -> str:
     return value
 
 
+def utf8_arg(value: str) -> str:
+    """argparse type of text sent on (a path, a Redis command): bytes of another encoding in argv
+    raised UnicodeEncodeError where it was sent."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"is not valid UTF-8: {ascii(value)[:80]}") from None
+    return value
+
+
 def name_arg(value: str) -> str:
     """argparse type of a name that must not be empty (``--group ''`` read as no group at all)."""
-    if not value.strip():
+    if not utf8_arg(value).strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return value
 
@@ -184,6 +194,10 @@ def api_url_arg(value: str) -> str:
     """argparse type of ``--api``: the graph's ingress, an http:// or https:// URL; else exit 2
     (a value that is ``PERCEPT_API``'s, the option's default, is said to be)."""
     source = " (PERCEPT_API, its default)" if value == os.environ.get("PERCEPT_API") else ""
+    try:
+        utf8_arg(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"is not valid UTF-8{source}") from None
     try:
         parts = urllib.parse.urlsplit(value)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
@@ -194,6 +208,9 @@ def api_url_arg(value: str) -> str:
         ok = False
     if not ok:
         raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {redact_url(value)!r}{source}")
+    if not host_name_ok(parts.hostname or ""):  # ("a..b": the IDNA codec's UnicodeError at connect)
+        raise argparse.ArgumentTypeError(f"the host is no address or host name (labels of letters, digits, _ and - "
+                                         f"between dots), got {redact_url(value)!r}{source}")
     if parts.username is not None or parts.password is not None:  # (urllib would take them for the host)
         raise argparse.ArgumentTypeError(f"a user or password in the URL is not sent (neither the ingress nor a "
                                          f"metrics endpoint takes one), got {redact_url(value)!r}{source}")

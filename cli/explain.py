@@ -23,7 +23,8 @@ from pipeline.config import ENV_MODELS_DIR
 from pipeline.redact import redact, redact_url
 
 from .common import (EXIT_UNAVAILABLE, NOT_PERCEPTS, POSITIVE_INT, SCORE, UNAVAILABLE_STATUS, api_text, ingress_url_arg,
-                     fail, number_arg, output_file_arg, overwritten_input, request_api, say, stride_imgsz, unreachable)
+                     fail, number_arg, output_file_arg, overwritten_input, request_api, say, stride_imgsz,
+                     unreachable, utf8_arg)
 
 BAD_INPUT = 2
 METHOD_CHOICES = ("auto", "rise", "occlusion", "eigencam")
@@ -39,7 +40,7 @@ def register(sub: Any) -> None:
         "explain", help="heat map (PNG) of what drove one detection: of a running camera, or of an image/video frame",
         description="A camera of a running graph (CAMERA, through --api), or offline an image or a video frame "
         "(--image/--video with --weights).")
-    e.add_argument("camera", nargs="?", help="camera id of the running graph")
+    e.add_argument("camera", nargs="?", type=utf8_arg, help="camera id of the running graph")
     e.add_argument("--object", type=int, required=True, metavar="N", help="index of the object in the frame (0: first)")
     e.add_argument("--method", choices=METHOD_CHOICES, default="auto",
                    help="rise (masking; every backend; auto), occlusion (sliding grey patch), eigencam (.pt models)")

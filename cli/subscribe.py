@@ -69,6 +69,21 @@ def _not_streams(client: Any, keys: Any, cameras: list[str], events: bool) -> li
     return wrong
 
 
+def _turned(client: Any, prefix: str | None, args: argparse.Namespace) -> list[str]:
+    """`_not_streams` after a read's WRONGTYPE (a camera's stream deleted and its key written as
+    another type while reading: the error named none); none when Redis cannot say."""
+    import redis
+
+    from pipeline.streams import StreamKeys
+
+    if client is None:
+        return []
+    try:
+        return _not_streams(client, StreamKeys(prefix or "percept"), args.cameras, args.events)
+    except redis.RedisError:
+        return []
+
+
 def _read_after(from_id: str) -> str:
     """The id Redis reads after (XREAD and a new group's start exclude it) for ``--from``: an id
     as given; a bare MS is read by Redis as MS-0, which excluded that millisecond's first entry
@@ -138,7 +153,7 @@ def _subscribe(args: argparse.Namespace) -> int:
         return fail(str(exc), CONFIG_ERROR_EXIT_CODE)
     start = "0" if args.from_start else (_read_after(args.from_id) if args.from_id else "$")
     outage = RedisOutage(url)
-    sub = reading = printing = None
+    sub = reading = printing = client = None
     printed: list[Any] = [None]  # the entry last printed whole
     terminated = []  # SIGTERM (systemd, docker stop): as Ctrl-C, the consumer leaves its group, exit 0
     main_thread = threading.current_thread() is threading.main_thread()  # (signals: the main thread's only)
@@ -183,6 +198,9 @@ def _subscribe(args: argparse.Namespace) -> int:
     except redis.RedisError as exc:
         if missing := database_missing(exc):
             return fail(f"redis {redact_url(url)}: {missing}", CONFIG_ERROR_EXIT_CODE)
+        if "WRONGTYPE" in str(exc) and (wrong := _turned(client, prefix, args)):  # a stream replaced mid-read
+            return fail(f"subscribe: {'; '.join(wrong)} now: percept did not write it (another prefix?)",
+                        CONFIG_ERROR_EXIT_CODE)
         return fail(f"redis {redact_url(url)}: {redact(str(exc))}", EXIT_UNAVAILABLE)
     except (KeyboardInterrupt, BrokenPipeError) as exc:  # Ctrl-C, SIGTERM; the reader of stdout went away
         if reading is not None:  # what it read and never printed (or not all): for the group's next reader at once

@@ -193,14 +193,17 @@ def _shown(path: str, value: Any) -> str:
     if path.rsplit(".", 1)[-1] in SECRET_KEYS:
         return "***"
     secrets = tuple(secret for text in _texts(value) for secret in url_secrets(text))
+    length = None  # a string's own length (the text quoted is cut first: it said "(802 characters)" of 120 000)
     if isinstance(value, str) and len(value) > 4 * MAX_QUOTED:  # (cut first: 1000 lines of a 100 kB text)
-        value = value[:4 * MAX_QUOTED]
+        length, value = len(value), value[:4 * MAX_QUOTED]
     try:
         text = repr(value)
     except ValueError:  # an integer of thousands of digits (Python's int → str limit)
         text = f"an integer of {value.bit_length()} bits" if isinstance(value, int) else type(value).__name__
     shown = redact(text, secrets)
-    return shown if len(shown) <= MAX_QUOTED else f"{shown[:MAX_QUOTED]}… ({len(shown)} characters)"
+    if len(shown) <= MAX_QUOTED:
+        return shown
+    return f"{shown[:MAX_QUOTED]}… ({f'a string of {length}' if length else len(shown)} characters)"
 
 
 MAX_QUOTED = 200

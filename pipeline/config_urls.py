@@ -20,6 +20,10 @@ ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # a ${VAR} in a config 
 def redis_url_problem(url: str) -> str | None:
     """Why redis-py cannot use ``url`` (None: it can), quoting nothing of its credentials: a
     password with "/" or "#" in it makes redis-py read a piece of it as the port."""
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:  # (bytes of another encoding in argv or the environment)
+        return "not a Redis URL: it is not valid UTF-8"
     found = url_credentials(url)
     try:
         netloc = urlsplit(url).netloc
@@ -46,10 +50,33 @@ def redis_url_problem(url: str) -> str | None:
         return "not a Redis URL: unix:// takes the socket's absolute path after its two slashes (unix:///run/redis.sock)"
     if url.lower().startswith(("redis://", "rediss://")) and not parts.hostname:
         return "not a Redis URL: no host (redis://host:6379/0; redis-py would connect to localhost instead)"
+    if url.lower().startswith(("redis://", "rediss://")) and not _host_name(parts.hostname):
+        # (an empty label or one over 63 characters: the IDNA codec's UnicodeError at the first command)
+        return (f"not a Redis URL: the host is no address or host name (labels of letters, digits, _ and - between "
+                f"dots): "
+                f"{parts.hostname[:60]!r}")
+    timing = _timing_problem(options)
+    if timing:
+        return f"not a Redis URL: {timing}"
     if url.lower().startswith(("redis://", "rediss://")) and not re.fullmatch(r"/?\d*", path):
         return f"not a Redis URL: the path is the database's number (redis://host:6379/0), got {path[:40]!r}"
     if options.get("decode_responses"):
         return "not a Redis URL for percept: ?decode_responses (percept reads the entries as bytes): remove it"
+    return None
+
+
+_MOST_S = 86_400.0  # a Redis URL's timeouts and health check interval: at most a day
+
+
+def _timing_problem(options: dict) -> str | None:
+    """A Redis URL's ``?socket_timeout=`` and the like out of range: -1 or NaN raised at the
+    first command, inf or 1e300 an OverflowError, and 0 timed every read out at once."""
+    for name, value in options.items():
+        if not (name.endswith("timeout") or name == "health_check_interval") or value is None:
+            continue
+        least = 0 if name == "health_check_interval" else 1e-3  # (0: no health checks, redis-py's default)
+        if not isinstance(value, (int, float)) or not least <= value <= _MOST_S:
+            return f"?{name} must be a number of seconds from {least:g} to {_MOST_S:g}, got {str(value)[:20]}"
     return None
 
 
@@ -145,6 +172,12 @@ def _host_name(host: str, label: re.Pattern[str] = _CAMERA_HOST_LABEL) -> bool:
     name = host[:-1] if host.endswith(".") else host
     labels = name.split(".")
     return 0 < len(name) <= 253 and all(label.fullmatch(part) for part in labels) and not labels[-1].isdigit()
+
+
+def host_name_ok(host: str) -> bool:
+    """An IP address, or a host name a resolver takes (labels of 1 to 63 letters, digits, _ and
+    -): one with an empty or longer label raised the IDNA codec's UnicodeError at connect."""
+    return _host_name(host)
 
 
 def bind_host_problem(host: str) -> str | None:

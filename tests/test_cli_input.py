@@ -41,6 +41,17 @@ BAD_VALUES = [
      "argument --api: the port is out of range (0 to 65535), got 'http://127.0.0.1:99999'"),  # (said: not a URL)
     (["cameras", "--wait", "nan", "ls"], "argument --wait: must be >= 0, got 'nan'"),
     (["subscribe", "cam", "--group", ""], "argument --group: must not be empty"),  # (a plain reader, silently)
+    # (tracebacks: the IDNA codec's UnicodeError at connect; redis-py's ValueError/OverflowError; 0 timed every read out)
+    (["subscribe", "a", "--redis", "redis://a..b:1/0"], "argument --redis: the host is no address or host name"),
+    (["cameras", "--api", "http://a..b:1", "ls"], "argument --api: the host is no address or host name"),
+    *[(["top", "--once", "--redis", f"redis://h/0?socket_timeout={t}"], "argument --redis: ?socket_timeout must be a "
+       "number of seconds from 0.001 to 86400") for t in ("-1", "nan", "inf", "1e300", "0")],
+    # (bytes of another encoding: UnicodeEncodeError where they were sent)
+    *[(argv, f"{arg}: is not valid UTF-8") for argv, arg in [
+        (["cameras", "rm", "x\udcff"], "argument id"), (["explain", "c\udcff", "--object", "0"], "argument camera"),
+        (["subscribe", "a", "--group", "g\udcff"], "argument --group"), (["cameras", "--api", "http://h\udcff:1", "ls"],
+                                                                         "argument --api")]],
+    (["subscribe", "a", "--redis", "redis://h\udcff:1/0"], "argument --redis: it is not valid UTF-8"),
     (["subscribe", "cam", "--prefix", ""], "argument --prefix: a stream prefix is letters"),  # (read as "percept")
     # (a trailing newline passed: a camera waited for for ever, a junk key made for a group; a prefix read empty)
     (["subscribe", "cam\n", "--redis", "redis://127.0.0.1:1/0"], "argument cameras: a camera id is 1 to 64 letters"),

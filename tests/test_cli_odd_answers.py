@@ -277,6 +277,31 @@ def test_a_camera_whose_stream_key_holds_another_type_is_named_and_the_reader_do
                                          "not a stream: percept did not write it (another prefix?)"), err
 
 
+def test_a_stream_key_written_as_another_type_while_reading_is_named(redis_server, capsys):
+    """Deleted and written as a string while `subscribe` read it: Redis's ``WRONGTYPE …`` was
+    said as an outage of the whole server (exit 3), naming no camera. Named now, exit 2."""
+    import threading
+    import time
+
+    client = redis_server.client()
+    client.xadd(KEYS.detections("east"), {"json": '{"seq": 1}'})
+    client.xadd(KEYS.detections("west"), {"json": '{"seq": 1}'})
+    rc = []
+    reader = threading.Thread(target=lambda: rc.append(main(["subscribe", "east", "west", "--redis", redis_server.url,
+                                                             "--prefix", "odd", "--timeout", "20"])))
+    reader.start()
+    deadline = time.monotonic() + 20
+    while not any(c.get("cmd") == "xread" for c in client.client_list()):  # blocked on the two streams
+        assert time.monotonic() < deadline and reader.is_alive(), "subscribe never blocked reading"
+        time.sleep(0.05)  # polling
+    client.delete(KEYS.detections("west"))
+    client.set(KEYS.detections("west"), "oops")
+    reader.join(30)
+    assert rc == [2], rc
+    err = capsys.readouterr().err
+    assert f"{KEYS.detections('west')} (camera west) is a string, not a stream now" in err, err
+
+
 def test_a_database_number_the_server_lacks_is_a_config_error_naming_the_url(redis_server, tmp_path, capsys, models_dir):
     """`redis://…/99` on a server of 16 databases: Redis answers SELECT with "DB index is out of
     range". It was said as an outage (exit 3; `run`: "cannot reach"); it is the URL's mistake:

@@ -1,4 +1,4 @@
-"""A config error about a mapping's key that YAML read as a boolean or a number names it as a key."""
+"""A config error names the key written (one YAML read as a boolean or a number) and says a value's own length."""
 
 from __future__ import annotations
 
@@ -17,3 +17,14 @@ def test_a_mapping_key_yaml_read_as_a_boolean_or_number_is_not_named_as_an_index
         load_config(path, env={})
     assert refused.value.errors[0].startswith("cameras[0].lines (one of its keys): must be a valid string"), \
         refused.value.errors
+
+
+def test_a_value_too_long_is_said_with_its_own_length():
+    """The text quoted is cut before it is measured: a URL of 120 000 characters was "at most
+    4096 characters, got 'rtsp://h/xxx…… (802 characters)'", a message contradicting itself."""
+    from pipeline.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"cameras": [{"id": "big", "url": "rtsp://h/" + "x" * 120_000}]}, env={})
+    (line,) = refused.value.errors
+    assert line.startswith("cameras[0].url: ") and "4096" in line and "(a string of 120009 characters)" in line, line
