@@ -33,6 +33,7 @@ from .schema import Detections, FrameMeta, FrameResult
 from .frame_slot import LatestFrameSlot, thread_ended
 from .source_types import Frame
 from .sources import VideoSource
+from .track_quiet import end_quiet_tracks
 from .track_state import TrackSnapshots, leave_tracks
 from .tracking import ObjectTracker
 
@@ -98,6 +99,7 @@ class CameraConductor(ConductorStats):
         self._keep_tracks = False  # handed over (`stop`): its tracks go on at its next owner
         self._alive: dict[int, tuple[set[int], dict]] = {}  # seq → the tracker's ids and origins after that frame
         self._tracked_frames = 0
+        self._quiet_since = time.monotonic()  # (monotonic) the last frame tracked, or the run's start
         self.classification = CropClassification(
             camera.id, classifiers, timeout_s=classify_timeout_s,
             track_buffer=tracker.track_buffer if tracker is not None else None,
@@ -124,7 +126,7 @@ class CameraConductor(ConductorStats):
         if self.events is not None and self._tracked_frames == 0:  # continued tracks keep their answers
             self.classification.seed(self.events.track_attributes(), self._tracked_frames)
         self._reader_error = None
-        self._fps_since = time.monotonic()
+        self._fps_since = self._quiet_since = time.monotonic()
         self._reader = threading.Thread(target=self._read_loop, args=(loop,), name=f"reader-{self.camera.id}", daemon=True)
         self._reader.start()
         stats = asyncio.create_task(self._stats_loop())
@@ -350,12 +352,25 @@ class CameraConductor(ConductorStats):
 
     def _leave_tracks(self) -> None:
         """The camera stops here: its open tracks end, or go on at its next owner (`leave_tracks`)."""
-        last = (self._last.seq, self._last.frame_ts) if self._last is not None else \
-            (self.track_state.resumed if self.track_state is not None else None)
+        last = self._tracks_last()
         if self.events is not None and last is not None:
             kept = self._keep_tracks and self._tracked_seq == (self._last.seq if self._last else None)  # all published
             leave_tracks(self.publisher, self.camera.id, self.events, self.track_state, last,
                          tracker=self.tracker if kept else None, handing_over=self._keep_tracks)
+
+    def _end_quiet_tracks(self) -> None:
+        """A live camera quiet for longer than its tracks outlive a gap ends them now, once every
+        frame tracked was published (`track_quiet`); from the stats loop."""
+        published = self._last.seq if self._last is not None else None
+        if self.tracker is not None and self.events is not None and self._tracked_seq == published:
+            end_quiet_tracks(self.tracker, self.events, self.publisher, self.camera.id, self.track_state,
+                             self._tracks_last(), time.monotonic() - self._quiet_since)
+
+    def _tracks_last(self) -> tuple[int, float] | None:
+        """(seq, frame_ts) of the newest frame the tracks describe: published, or where they resumed."""
+        if self._last is not None:
+            return self._last.seq, self._last.frame_ts
+        return self.track_state.resumed if self.track_state is not None else None
 
     def _place_freed(self, seq: int) -> None:
         taken = self._taken_at.pop(seq, None)
@@ -383,6 +398,7 @@ class CameraConductor(ConductorStats):
                                                  steady_ts=meta.steady_ts)
                 self._tracked_frames += 1
                 self._tracked_seq = meta.seq
+                self._quiet_since = time.monotonic()
                 if self.events is not None:
                     self._alive[meta.seq] = (self.tracker.alive_ids(), self.tracker.origins)
                 if self.track_state is not None:

@@ -28,7 +28,8 @@ class CameraCounters:
 
 class ConductorStats:
     """`CameraConductor`'s numbers (its attributes: ``camera``, ``source``, ``slot``, ``counters``,
-    ``publisher``, ``_fps_window``, ``_inflight``, ``_failure``, ``_reader_error``)."""
+    ``publisher``, ``_fps_window``, ``_inflight``, ``_failure``, ``_reader_error``; each stats round
+    also calls its ``_end_quiet_tracks``)."""
 
     async def _stats_loop(self) -> None:
         while True:
@@ -36,6 +37,7 @@ class ConductorStats:
             try:
                 self.source.check_watchdog()
                 self._publish_stats()
+                self._end_quiet_tracks()
             except Exception:
                 log.exception("camera %s: stats update failed", self.camera.id)
 

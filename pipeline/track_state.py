@@ -113,6 +113,7 @@ class TrackSnapshots:
         """The camera stopped here and ended its tracks: its next owner starts afresh, its pixel
         zones and lines still in the frame size they were set in (``events``: `pixel_frames`)."""
         self._held.clear()
+        self._soon = True  # (tracks ended with the camera quiet, it goes on: its next tracked frame's snapshot)
         self._write(seq, {"closed": True, **({"events": pixel_frames(events)} if events is not None else {})})
 
     def _write(self, seq: int, body: Mapping[str, Any]) -> bool:

@@ -186,6 +186,17 @@ class ObjectTracker:
                         for s in t.tracked_stracks if s.is_activated and s.tracklet_len == 1 and s.frame_id == t.frame_id}
         return dets.with_track_ids(ids)
 
+    def quiet_ends_tracks(self, quiet_s: float) -> bool:
+        """Whether the next frame, ``quiet_s`` after the last, would end every track (`update`: a
+        live camera's pause longer than ``track_buffer`` intervals and `PAUSE_ENDS_TRACKS_S`, or
+        than a handover's); never for a file read on its own time."""
+        longest = max(PAUSE_ENDS_TRACKS_S, self._across_pause)
+        return not self.file_time and quiet_s > longest and quiet_s > self.track_buffer * self._clock.period
+
+    def end_all(self) -> None:
+        """Every track ends (a camera quiet for `quiet_ends_tracks`): the next frame starts afresh."""
+        self._end_all()
+
     def _end_all(self) -> None:
         t = self._tracker
         for s in (*t.tracked_stracks, *t.lost_stracks):
