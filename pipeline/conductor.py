@@ -33,8 +33,8 @@ from .schema import Detections, FrameMeta, FrameResult
 from .frame_slot import LatestFrameSlot, thread_ended
 from .source_types import Frame
 from .sources import VideoSource
-from .track_quiet import end_quiet_tracks
-from .track_state import TrackSnapshots, leave_tracks
+from .track_quiet import ConductorTracks
+from .track_state import TrackSnapshots
 from .tracking import ObjectTracker
 
 log = logging.getLogger("percept.conductor")
@@ -49,7 +49,7 @@ class _Order:  # per-frame events the next frame waits on: tracker updated, resu
     counted: bool = False  # counted as processed or failed (a frame cut off at stop is counted once)
 
 
-class CameraConductor(ConductorStats):
+class CameraConductor(ConductorStats, ConductorTracks):
     def __init__(
         self,
         camera: CameraConfig,
@@ -349,28 +349,6 @@ class CameraConductor(ConductorStats):
         self.publisher.camera_state(self.camera.id, "failed", error=str(exc), url=self.camera.shown_url)
         self._stopped.set()
         self._frame_ready.set()
-
-    def _leave_tracks(self) -> None:
-        """The camera stops here: its open tracks end, or go on at its next owner (`leave_tracks`)."""
-        last = self._tracks_last()
-        if self.events is not None and last is not None:
-            kept = self._keep_tracks and self._tracked_seq == (self._last.seq if self._last else None)  # all published
-            leave_tracks(self.publisher, self.camera.id, self.events, self.track_state, last,
-                         tracker=self.tracker if kept else None, handing_over=self._keep_tracks)
-
-    def _end_quiet_tracks(self) -> None:
-        """A live camera quiet for longer than its tracks outlive a gap ends them now, once every
-        frame tracked was published (`track_quiet`); from the stats loop."""
-        published = self._last.seq if self._last is not None else None
-        if self.tracker is not None and self.events is not None and self._tracked_seq == published:
-            end_quiet_tracks(self.tracker, self.events, self.publisher, self.camera.id, self.track_state,
-                             self._tracks_last(), time.monotonic() - self._quiet_since)
-
-    def _tracks_last(self) -> tuple[int, float] | None:
-        """(seq, frame_ts) of the newest frame the tracks describe: published, or where they resumed."""
-        if self._last is not None:
-            return self._last.seq, self._last.frame_ts
-        return self.track_state.resumed if self.track_state is not None else None
 
     def _place_freed(self, seq: int) -> None:
         taken = self._taken_at.pop(seq, None)

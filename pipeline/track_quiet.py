@@ -3,15 +3,17 @@ an outage, or every frame failing at the detector) ends them then, at their last
 its next frame: a car parked in a zone when the camera went down kept the zone occupied (no
 ``zone_exit``, no ``track_end``) for the whole outage, and for good when the camera never came
 back. The same decision the tracker takes at the next frame (`ObjectTracker.quiet_ends_tracks`),
-on time."""
+on time. And the conductor's part of a camera's tracks ending (`ConductorTracks`): at stop, or
+quiet."""
 
 from __future__ import annotations
 
 import logging
+import time
 
 from .events import EventEngine
 from .publish import Publisher
-from .track_state import TrackSnapshots, end_tracks
+from .track_state import TrackSnapshots, end_tracks, leave_tracks
 from .tracking import ObjectTracker
 
 log = logging.getLogger("percept.tracking")
@@ -30,3 +32,31 @@ def end_quiet_tracks(tracker: ObjectTracker, events: EventEngine, publisher: Pub
              open_tracks)
     end_tracks(publisher, camera_id, events, last, snapshots)
     return open_tracks
+
+
+class ConductorTracks:
+    """How `CameraConductor`'s open tracks end, or go on at its next owner (a mixin; its
+    attributes: ``camera``, ``publisher``, ``tracker``, ``events``, ``track_state``, ``_last``,
+    ``_tracked_seq``, ``_keep_tracks``, ``_quiet_since``)."""
+
+    def _leave_tracks(self) -> None:
+        """The camera stops here: its open tracks end, or go on at its next owner (`leave_tracks`)."""
+        last = self._tracks_last()
+        if self.events is not None and last is not None:
+            kept = self._keep_tracks and self._tracked_seq == (self._last.seq if self._last else None)  # all published
+            leave_tracks(self.publisher, self.camera.id, self.events, self.track_state, last,
+                         tracker=self.tracker if kept else None, handing_over=self._keep_tracks)
+
+    def _end_quiet_tracks(self) -> None:
+        """A live camera quiet for longer than its tracks outlive a gap ends them now, once every
+        frame tracked was published (`track_quiet`); from the stats loop."""
+        published = self._last.seq if self._last is not None else None
+        if self.tracker is not None and self.events is not None and self._tracked_seq == published:
+            end_quiet_tracks(self.tracker, self.events, self.publisher, self.camera.id, self.track_state,
+                             self._tracks_last(), time.monotonic() - self._quiet_since)
+
+    def _tracks_last(self) -> tuple[int, float] | None:
+        """(seq, frame_ts) of the newest frame the tracks describe: published, or where they resumed."""
+        if self._last is not None:
+            return self._last.seq, self._last.frame_ts
+        return self.track_state.resumed if self.track_state is not None else None
