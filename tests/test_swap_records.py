@@ -321,3 +321,37 @@ def test_a_classifier_swap_with_no_replica_to_compare_with_is_checked_against_th
     same.write_text(text)
     assert validate_swap("classifier", running, weights, str(same), models_dir=str(MODELS), field="classifiers.vehicle",
                          running=None, running_name="the running model")[0].card == str(same)
+
+
+def test_a_swap_no_live_replica_can_load_any_more_is_not_taken_for_the_deployments_model(redis_server, tmp_path):
+    """second.pt swapped in and served; its file deleted and the replica restarted: it serves the
+    weights before (yolo11n). The next swap named second.pt as replaced and, when its own
+    weights failed, rolled back to second.pt, which nobody could load (then, at the next restart,
+    the config's weights without a word). What every live replica serves is the model then."""
+    swaps = api(redis_server, weights=SECOND)
+    second, third = copies(tmp_path, "second.pt", "third.pt")
+    first = replica(swaps, "r1")
+    again = replica(swaps, "r1-again", broken=("second.pt", "third.pt"))  # (the file gone; third.pt: out of memory)
+
+    async def scenario():
+        following = await started(first)
+        try:
+            await swaps.swap("detector", {"weights": second})
+        finally:
+            await stopped(following)
+        swaps.client.hdel(swaps.keys("detector").replicas, "r1")  # (gone: its report aged out)
+        following = await started(again)
+        try:
+            await until(lambda: again.report.failed_generation == 1, "the restarted replica failing second.pt")
+            assert again.current.name == SECOND
+            try:
+                await swaps.swap("detector", {"weights": third})
+            except SwapRefused as exc:
+                return str(exc)
+            return "not refused"
+        finally:
+            await stopped(following)
+
+    refused = asyncio.run(scenario())
+    assert "rolled back to yolov8n-coco.pt" in refused, refused
+    assert again.current.name == SECOND

@@ -110,6 +110,7 @@ def test_a_replica_loading_past_the_liveness_window_stays_counted(redis_server, 
     assert "replica r2 could not load" in str(refused.value) and "CUDA out of memory" in str(refused.value)
     assert f"rolled back to {FIRST} (every replica serves it again)" in str(refused.value), refused.value
     assert [fast.current.name, slow.current.name] == [FIRST, FIRST]
+    assert slow.report.error is None and slow.report.failed_generation is None, slow.report  # (over: rolled back)
     assert all("r2" in polled for polled in seen), seen  # never dropped as gone while it loaded
     assert any(polled["r2"] == 1 for polled in seen), seen  # listed as loading generation 1
 

@@ -123,8 +123,9 @@ class ModelSwapper:
             return
         if desired.previous is None and (desired.weights, desired.card) == (r.weights, r.card):
             # a rollback to what it serves (a swap to the same path again reloads it: the file may
-            # have been written again, as `models finetune --out` does)
-            r.generation = desired.generation
+            # have been written again, as `models finetune --out` does); the failure it rolls back
+            # is over (`models served` kept showing it beside a rollout done)
+            r.generation, r.error, r.failed_generation, r.failed_requested_at = desired.generation, None, None, None
             await self._send()
             return
         # thread_local=False: acquired, renewed and released from different worker threads

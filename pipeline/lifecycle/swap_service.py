@@ -199,7 +199,8 @@ class ModelSwaps:
         reports, its rollout's state). A recorded swap whose rollout failed without its rollback
         written (the API went away meanwhile) settled on the weights it replaced, not on the
         weights that failed: the next swap rolls back to those; one that every replica served
-        first (`SwapKeys.rolled_out`) settled on its own weights."""
+        first (`SwapKeys.rolled_out`) settled on its own weights, unless no live replica serves
+        them any more and they all serve the same other ones."""
         keys = self.keys(deployment)
         cfg = self.sections[deployment][1].cfg
         desired = Desired.read(self.client.get(keys.desired), cfg)
@@ -215,6 +216,11 @@ class ModelSwaps:
         rolled_out = noted is not None and int(noted) == desired.generation
         if state == "failed" and desired.previous and not rolled_out:
             return (desired.previous["weights"], desired.previous.get("card")), desired.generation, reports, state
+        served = {(r.weights, r.card) for r in reports}
+        if state == "failed" and len(served) == 1 and (desired.weights, desired.card) not in served:
+            # served by every replica once, then no live one could load it (its file deleted,
+            # the replicas restarted): the next swap named it as replaced and rolled back to it
+            return served.pop(), desired.generation, reports, state
         return (desired.weights, desired.card), desired.generation, reports, state
 
     def _check_gpu(self, section: Any, request: SwapRequest) -> None:
