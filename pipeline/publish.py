@@ -46,6 +46,8 @@ from .schema import FrameResult
 from .streams import StreamKeys, parse_entry_id, stream_top
 
 log = logging.getLogger("percept.publish")
+STATE_AGAIN_S = 10.0  # a camera's last state written again with its numbers this often (`camera_stats`)
+
 
 class Publisher(PublisherWriter):
     """Thread-backed, ordered, at-most-once publisher with a bounded outage buffer."""
@@ -91,6 +93,7 @@ class Publisher(PublisherWriter):
         self._unheld_since: dict[Fence, float] = {}  # a fence's first write refused as nobody's (writer thread)
         self._xadd = client.register_script(FENCED_PUBLISH)
         self._last_event: dict[str, tuple[int, int]] = {}
+        self._states: dict[str, tuple[dict[str, str], float]] = {}  # camera → its last state change, when sent
         self._hset = client.register_script(FENCED_HSET)
         self._wire = Wire(client, [self._xadd, self._hset])
 
@@ -226,14 +229,24 @@ class Publisher(PublisherWriter):
         mapping = {"state": state, "updated_at": f"{now:.3f}", "last_error": redact(error or ""), "state_change": change}
         mapping.update({k: str(v) for k, v in fields.items()})
         entry = {"change": change, "camera": camera, "state": state, "error": mapping["last_error"], "ts": f"{now:.3f}"}
-        self._put_hash(camera, mapping, entry)
+        with self._cond:  # (the state kept and queued in one step: `camera_stats` sends it again)
+            self._states[camera] = ({k: v for k, v in mapping.items() if k != "updated_at"}, time.monotonic())
+            self._put_hash(camera, mapping, entry)
 
     def camera_stats(self, camera: str, **fields: Any) -> None:
-        """Periodic numbers (fps, dropped, …) into the camera hash; no status entry."""
+        """Periodic numbers (fps, dropped, …) into the camera hash; no status entry. Every
+        `STATE_AGAIN_S` with the camera's last state too (after its last writes, in order): a
+        Redis back without its data (restarted empty, the hash deleted) listed every camera
+        ``pending`` for good, its live view refused, as a state is written only as it changes."""
         mapping = {k: str(v) for k, v in fields.items()}
-        mapping["updated_at"] = f"{self.clock():.3f}"
-        mapping["publish_dropped"] = str(self.stats.dropped[camera])
-        self._put_hash(camera, mapping, None)
+        with self._cond:  # (a state change queued between the look and the write would be undone)
+            state = self._states.get(camera)
+            if state is not None and time.monotonic() - state[1] >= STATE_AGAIN_S:
+                mapping = {**state[0], **mapping}
+                self._states[camera] = (state[0], time.monotonic())
+            mapping["updated_at"] = f"{self.clock():.3f}"
+            mapping["publish_dropped"] = str(self.stats.dropped[camera])
+            self._put_hash(camera, mapping, None)
 
     def fenced_hset(self, camera: str, key: str, mapping: Mapping[str, str]) -> None:
         """HSET another key of the camera (its tracker snapshot) in the queue, after everything

@@ -237,3 +237,29 @@ def test_a_redis_that_evicts_keys_is_said_once(redis_server, caplog):
         warned = [r.getMessage() for r in caplog.records if "maxmemory-policy" in r.getMessage()]
         assert len(warned) == said and all("allkeys-lru" in w and "noeviction" in w for w in warned), warned
     admin.config_set("maxmemory-policy", "noeviction")
+
+
+def test_a_cameras_state_lost_with_redis_data_is_written_again_with_its_numbers(redis_server, monkeypatch):
+    """A state is written as it changes: Redis back without its data (restarted empty, the hash
+    deleted) listed the camera ``pending`` for good, and its live view refused, while it
+    published. Its last state goes again with its numbers every `STATE_AGAIN_S`, after its
+    later changes, never over them."""
+    import pipeline.publish as publish
+
+    pub = publisher(redis_server)
+    client = redis_server.client()
+    monkeypatch.setattr(publish, "STATE_AGAIN_S", 3600.0)
+    pub.camera_state("cam", "reconnecting", error="cannot connect: timed out")
+    pub.camera_state("cam", "online")
+    pub.camera_stats("cam", fps="5.00")
+    assert pub.flush(5)
+    client.flushall()  # (restarted empty)
+    pub.camera_stats("cam", fps="5.00")
+    assert pub.flush(5)
+    assert "state" not in camera_states(client, KEYS, ["cam"])["cam"]  # (not due yet)
+    monkeypatch.setattr(publish, "STATE_AGAIN_S", 0.0)
+    pub.camera_stats("cam", fps="4.00")
+    assert pub.flush(5)
+    state = camera_states(client, KEYS, ["cam"])["cam"]
+    assert (state["state"], state["last_error"], state["fps"]) == ("online", "", "4.00"), state
+    pub.close()
