@@ -136,7 +136,8 @@ def _ls_row(cam: dict[str, Any], width: int = 14) -> str:
     lag = "-" if cam["lag_s"] is None else f"{cam['lag_s']:.1f} s"
     error = cam.get("last_error")
     why = f"  error: {redact(str(error))}" if error and cam["state"] != "online" else ""  # (a URL's password)
-    return (f"{cam['id']:<{width}} {cam['state']:<12} {cam['fps']:5.1f} fps  dropped {cam['dropped']:>5}  "
+    dropped = cam["dropped"] + cam.get("publish_dropped", 0)  # (load's drops and the outages'; an older API: load's)
+    return (f"{cam['id']:<{width}} {cam['state']:<12} {cam['fps']:5.1f} fps  dropped {dropped:>5}  "
             f"lag {lag:>7}  {cam['url']}{why}")
 
 

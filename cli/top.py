@@ -226,7 +226,8 @@ def camera_rows(client: Any, prefix: str, samples: int, now: float | None = None
     rows = []
     for cid, entries in zip(ids, per_key(pipe)):
         st = states.get(cid, {})
-        row = CameraRow(cid, st.get("state", "pending"), number(st.get("fps")), dropped=int(number(st.get("dropped"))),
+        row = CameraRow(cid, st.get("state", "pending"), number(st.get("fps")),  # (load's drops and the outages')
+                        dropped=int(number(st.get("dropped"))) + int(number(st.get("publish_dropped"))),
                         error=st.get("last_error", ""))
         if isinstance(entries, Exception):  # (a key not written by percept)
             row.state, row.error, entries = "unreadable", f"{keys.detections(cid)}: {entries}", []

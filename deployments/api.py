@@ -179,6 +179,7 @@ class CameraApi:
                 "state": st.get("state", "pending"),
                 "fps": number(st.get("fps")),  # (a field that is no number, not written by percept: 0)
                 "dropped": int(number(st.get("dropped"))),
+                "publish_dropped": int(number(st.get("publish_dropped"))),  # (by the outage buffer)
                 "lag_s": last.get("lag_s"),
                 "last_error": st.get("last_error") or None,
                 "objects": last.get("objects", {}),  # per category, in the newest frame
@@ -187,7 +188,7 @@ class CameraApi:
         for bad in invalid:  # listed, so that it can be seen and deleted
             out.append({
                 "id": bad.id, "url": redact_url(bad.url), "fps_target": None, "state": "failed",
-                "fps": 0.0, "dropped": 0, "lag_s": None, "last_error": bad.error, "objects": {}, "e2e_ms": None,
+                "fps": 0.0, "dropped": 0, "publish_dropped": 0, "lag_s": None, "last_error": bad.error, "objects": {}, "e2e_ms": None,
             })
         return sorted(out, key=lambda c: c["id"])
 

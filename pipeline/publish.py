@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
@@ -94,6 +94,8 @@ class Publisher(PublisherWriter):
         self._xadd = client.register_script(FENCED_PUBLISH)
         self._last_event: dict[str, tuple[int, int]] = {}
         self._states: dict[str, tuple[dict[str, str], float]] = {}  # camera → its last state change, when sent
+        self._outage_dropped: Counter = Counter()  # `stats.dropped` when Redis went away (`_dropped_since`)
+        self._drop_said = False  # the buffer's first drop of this outage logged
         self._hset = client.register_script(FENCED_HSET)
         self._wire = Wire(client, [self._xadd, self._hset])
 
@@ -281,10 +283,16 @@ class Publisher(PublisherWriter):
                 self._cond.notify()
 
     def _bound(self) -> None:
-        """The outage buffer's bound (`evict_oldest`), call holding the lock."""
+        """The outage buffer's bound (`evict_oldest`), call holding the lock; its first drop while
+        Redis is away is logged (the line saying it is back gives how many went, by camera)."""
         if len(self._queue) + len(self._in_flight) > self.max_entries or self._bytes > self.max_bytes:
             self._bytes -= evict_oldest(self._queue, self.stats, full=lambda freed: (
                 len(self._queue) + len(self._in_flight) > self.max_entries or self._bytes - freed > self.max_bytes))
+            if (not self.stats.connected or self.stats.refusing) and not self._drop_said:
+                self._drop_said = True
+                log.warning("publisher: the outage buffer is full (redis.buffer: %d results, %d MiB): the oldest "
+                            "results are dropped, counted by camera in publish_dropped", self.max_entries,
+                            self.max_bytes // 2**20)
 
     @property
     def writing(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 import redis
@@ -71,7 +72,7 @@ class PublisherWriter:
                 continue
             if calls:  # (a batch that sent nothing, every result unencodable, says nothing of Redis)
                 if not self.stats.connected:
-                    log.info("redis is back; flushing %d buffered results", len(self._queue))
+                    log.info("redis is back; flushing %d buffered results%s", len(self._queue), self._dropped_since())
                 self.stats.connected = True
                 if not self._eviction_checked:  # (once: a Redis that evicts loses streams, counts and leases)
                     self._eviction_checked = True
@@ -136,6 +137,7 @@ class PublisherWriter:
         once and goes); `_wait_to_retry` next."""
         if self.stats.connected:
             log.warning("%s; buffering %d results", why, len(self._queue) + len(taken))
+            self._outage_dropped = Counter(self.stats.dropped)  # (what the outage drops: said when it ends)
         self.stats.connected = False
         with self._cond:
             if self._abandoned:  # counted as lost by close(): they stay so
@@ -143,6 +145,17 @@ class PublisherWriter:
             self._bytes -= sum(item.nbytes for item in taken)
             self._requeue(encoded)
         self._charge_encoded()
+
+    def _dropped_since(self) -> str:
+        """The results the outage buffer dropped since Redis went away, by camera, as the end of
+        the line saying it is back ("" if none): said nowhere else but in the counters."""
+        dropped = self.stats.dropped - self._outage_dropped
+        self._drop_said = False
+        if not dropped:
+            return ""
+        cameras = ", ".join(f"{camera} {n}" for camera, n in sorted(dropped.items())[:20])
+        return (f"; {sum(dropped.values())} results were dropped meanwhile, the oldest over the buffer's bound "
+                f"(redis.buffer; counted in publish_dropped): {cameras}{', …' if len(dropped) > 20 else ''}")
 
     def _wait_to_retry(self) -> None:
         delay = self._backoff.next()

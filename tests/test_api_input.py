@@ -273,15 +273,18 @@ def test_a_camera_id_added_again_is_listed_without_the_removed_cameras_numbers(a
     assert api.post("/cameras", json={"id": "gate", "url": "rtsp://cam.local/old"}).status_code == 201
     try:
         client.xadd(keys.detections("gate"), {"json": json_.dumps(frame)})
-        client.hset(keys.camera("gate"), mapping={"state": "online", "fps": "4.9", "dropped": "12", "track_id_max": "41",
+        client.hset(keys.camera("gate"), mapping={"state": "online", "fps": "4.9", "dropped": "12", "publish_dropped": "30",
+                                                  "track_id_max": "41",
                                                   "last_error": "old trouble", "url": "rtsp://cam.local/old"})
         old = listed()
-        assert (old["state"], old["fps"], old["dropped"], old["objects"]) == ("online", 4.9, 12, {"vehicle": 3}), old
+        assert (old["state"], old["fps"], old["dropped"], old["publish_dropped"], old["objects"]) == \
+            ("online", 4.9, 12, 30, {"vehicle": 3}), old
         assert api.delete("/cameras/gate").status_code == 200
         assert api.post("/cameras", json={"id": "gate", "url": "rtsp://cam.local/new"}).status_code == 201
         new = listed()
         assert new == {"id": "gate", "url": "rtsp://cam.local/new", "fps_target": new["fps_target"], "state": "pending",
-                       "fps": 0.0, "dropped": 0, "lag_s": None, "last_error": None, "objects": {}, "e2e_ms": None}, new
+                       "fps": 0.0, "dropped": 0, "publish_dropped": 0, "lag_s": None, "last_error": None, "objects": {},
+                       "e2e_ms": None}, new
         assert client.hget(keys.camera("gate"), "track_id_max") == b"41"  # (its next ids above the old ones)
         client.xadd(keys.detections("gate"), {"json": json_.dumps({**frame, "objects": [{"category": "pedestrian"}]})})
         assert listed()["objects"] == {"pedestrian": 1}  # its own frames are shown

@@ -163,9 +163,11 @@ def test_cameras_ls_says_why_a_camera_is_not_online_keeps_its_columns_and_says_w
     long_id = "a-very-long-camera-id-name-here"
     row = {"fps": 0.0, "dropped": 0, "lag_s": None, "url": "rtsp://h/x"}
     Recorder.body = [{**row, "id": long_id, "state": "failed", "last_error": "cannot open rtsp://u:S3cret@h/x: 401"},
-                     {**row, "id": "gate", "state": "online", "last_error": "an earlier one"}]
+                     {**row, "id": "gate", "state": "online", "last_error": "an earlier one", "dropped": 2,
+                      "publish_dropped": 5}]  # (frames dropped for load, and by the outage buffer)
     assert main(["cameras", "--api", api, "ls"]) == 0
     failed, online = capsys.readouterr().out.splitlines()
+    assert " dropped     7  " in online and " dropped     0  " in failed, (online, failed)
     assert failed.endswith("rtsp://h/x  error: cannot open rtsp://***@h/x: 401") and "S3cret" not in failed, failed
     assert online.endswith("rtsp://h/x") and online.index("online") == failed.index("failed") == len(long_id) + 1
     Recorder.body = []

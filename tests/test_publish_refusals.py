@@ -263,3 +263,28 @@ def test_a_cameras_state_lost_with_redis_data_is_written_again_with_its_numbers(
     state = camera_states(client, KEYS, ["cam"])["cam"]
     assert (state["state"], state["last_error"], state["fps"]) == ("online", "", "4.00"), state
     pub.close()
+
+
+def test_results_the_outage_buffer_drops_are_said_when_it_starts_and_by_camera_when_redis_is_back(redis_server, caplog):
+    """They were counted (publish_dropped, /status, metrics) and said nowhere: the log said
+    "redis is back; flushing 143 buffered results" after 570 had gone."""
+    import logging
+    import re
+
+    pub = publisher(redis_server, max_buffer_entries=5)
+    caplog.set_level(logging.INFO, logger="percept.publish")
+    pub.publish(result(0))
+    assert pub.flush(5)
+    redis_server.kill()
+    pub.publish(result(1))
+    wait_for(lambda: not pub.stats.connected, 15, "the publisher finding redis gone")
+    for s in range(2, 14):
+        pub.publish(result(s))
+    said = [r.getMessage() for r in caplog.records if "outage buffer is full" in r.getMessage()]
+    assert len(said) == 1 and "counted by camera in publish_dropped" in said[0], said
+    redis_server.start()
+    assert pub.flush(15)
+    back = [r.getMessage() for r in caplog.records if r.getMessage().startswith("redis is back")]
+    dropped = pub.stats.dropped["cam"]
+    assert dropped >= 7 and re.search(rf"; {dropped} results were dropped meanwhile.*: cam {dropped}$", back[0]), back
+    pub.close()

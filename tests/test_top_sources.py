@@ -55,3 +55,15 @@ def test_an_endpoints_hash_of_another_type_or_another_scheme_is_not_followed(red
         assert stats is None and note.startswith(f"deployments: {key} unreadable: ") and "WRONGTYPE" in note, note
     finally:
         client.delete(key)
+
+
+def test_a_cameras_dropped_counts_the_frames_its_outages_dropped_too(redis_server):
+    """DROPPED showed frames dropped for load only: 106 a camera thrown away by the outage buffer
+    (`publish_dropped`) were said nowhere but in /status."""
+    from cli.top import camera_rows
+
+    client = redis_server.client()
+    client.hset("tops:cameras", "gate", '{"source": "config", "camera": {"id": "gate", "url": "rtsp://cam/g"}}')
+    client.hset("tops:camera:gate", mapping={"state": "online", "fps": "3.0", "dropped": "17", "publish_dropped": "106"})
+    [row] = camera_rows(client, "tops", 5)
+    assert (row.camera, row.dropped) == ("gate", 123), row
