@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import redis
 
 from .lease import REFUSED, UNHELD, WRITTEN, Fence
-from .publish_stats import PublisherStats, count_events_lost
+from .publish_stats import PublisherStats, count_events_lost, events_in
 from .publish_wire import Command, evalsha, is_noscript, packed_call, resp_args, resp_frame_run, writable
 from .redact import redact
 from .schema import SCHEMA_VERSION, FrameResult
@@ -332,9 +332,15 @@ def count_outcome(stats: PublisherStats, item: Item, outcome: Any) -> None:
             stats.confirmed[item.camera] = item.entry[0]  # (a camera's writes land in order)
     elif _DUPLICATE_ID in str(error):
         stats.duplicates[item.camera] += 1  # already published: at most once
-    else:
+    else:  # refused for good (its stream's key of another type): a seq gap, counted as dropped
         stats.errors += 1
-        log.error("camera %s: XADD failed: %s", item.camera, redact(str(error)))
+        stats.dropped[item.camera] += 1
+        stats.dropped_events[item.camera] += events_in(item)
+        said = (item.camera, str(error)[:80])
+        if said not in stats.said:  # (once a camera and error: it was 3 lines a second)
+            stats.said.add(said)
+            log.error("camera %s: XADD failed: %s; its results are dropped (counted in publish_dropped, their "
+                      "events in dropped_events) while it fails", item.camera, redact(str(error)))
 
 
 def events_refused(stats: PublisherStats, item: Item, outcome: list[Any]) -> Any:

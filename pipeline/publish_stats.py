@@ -15,7 +15,7 @@ log = logging.getLogger("percept.publish")
 class PublisherStats:
     published: Counter = field(default_factory=Counter)
     duplicates: Counter = field(default_factory=Counter)
-    dropped: Counter = field(default_factory=Counter)  # frames, by the outage buffer
+    dropped: Counter = field(default_factory=Counter)  # frames, by the outage buffer (or refused by Redis for good)
     resumed_dropped: Counter = field(default_factory=Counter)  # of `dropped`: the camera's earlier runs (Redis)
     dropped_other: Counter = field(default_factory=Counter)  # state writes and frameless events, by it
     dropped_events: Counter = field(default_factory=Counter)  # events of the writes dropped or lost, one by one
@@ -25,6 +25,7 @@ class PublisherStats:
     errors: int = 0
     connected: bool = True
     refusing: str | None = None  # Redis answers but refuses writes for now (READONLY, OOM, …)
+    said: set = field(default_factory=set)  # (camera, error) of writes refused for good, logged once
 
 
 def events_in(item: Any) -> int:

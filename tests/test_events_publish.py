@@ -99,3 +99,26 @@ def test_an_events_stream_of_another_type_loses_the_events_said_not_the_frames(r
     assert caplog.text.count("events not written to its events stream: WRONGTYPE") == 2, caplog.text
     pub.close()
     client.delete(KEYS.events("cam"))
+
+
+def test_a_detections_stream_of_another_type_drops_the_frames_counted_and_said_once(redis_server, caplog):
+    """Its frames and the events they carried were lost with no count of the camera's (only the
+    replica's error total: a seq gap nothing explained, a `track_end` without its `track_start`)
+    and an error line each, 3 a second. Counted as dropped (publish_dropped), their events in
+    dropped_events, said once; the other cameras' frames land."""
+    client = redis_server.client()
+    client.set(KEYS.detections("cam"), "not a stream")
+    pub = publisher(redis_server)
+    with caplog.at_level("ERROR", logger="percept.publish"):
+        for s in range(4):
+            pub.publish(result(s), [("track_start", "{}")] if s == 0 else [])
+            pub.publish(result(s, camera="other"))
+        assert pub.flush(5)
+    assert pub.stats.dropped["cam"] == 4 and pub.stats.dropped_events["cam"] == 1, pub.stats
+    assert pub.stats.published["other"] == 4 and client.xlen(KEYS.detections("other")) == 4
+    assert caplog.text.count("camera cam: XADD failed: WRONGTYPE") == 1, caplog.text
+    pub.camera_stats("cam", fps=1.0)
+    assert pub.flush(5)
+    assert client.hget(KEYS.camera("cam"), "publish_dropped") == b"4"
+    pub.close()
+    client.delete(KEYS.detections("cam"))
