@@ -209,8 +209,8 @@ def api_url_arg(value: str) -> str:
     if not ok:
         raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {redact_url(value)!r}{source}")
     if not host_name_ok(parts.hostname or ""):  # ("a..b": the IDNA codec's UnicodeError at connect)
-        raise argparse.ArgumentTypeError(f"the host is no address or host name (labels of letters, digits, _ and - "
-                                         f"between dots), got {redact_url(value)!r}{source}")
+        raise argparse.ArgumentTypeError(f"the host is no address or host name (an empty label, or one over 63 "
+                                         f"characters), got {redact_url(value)!r}{source}")
     if parts.username is not None or parts.password is not None:  # (urllib would take them for the host)
         raise argparse.ArgumentTypeError(f"a user or password in the URL is not sent (neither the ingress nor a "
                                          f"metrics endpoint takes one), got {redact_url(value)!r}{source}")

@@ -50,10 +50,10 @@ def redis_url_problem(url: str) -> str | None:
         return "not a Redis URL: unix:// takes the socket's absolute path after its two slashes (unix:///run/redis.sock)"
     if url.lower().startswith(("redis://", "rediss://")) and not parts.hostname:
         return "not a Redis URL: no host (redis://host:6379/0; redis-py would connect to localhost instead)"
-    if url.lower().startswith(("redis://", "rediss://")) and not _host_name(parts.hostname):
+    if url.lower().startswith(("redis://", "rediss://")) and not host_name_ok(parts.hostname):
         # (an empty label or one over 63 characters: the IDNA codec's UnicodeError at the first command)
-        return (f"not a Redis URL: the host is no address or host name (labels of letters, digits, _ and - between "
-                f"dots): "
+        return (f"not a Redis URL: the host is no address or host name (an empty label, or one over 63 "
+                f"characters): "
                 f"{parts.hostname[:60]!r}")
     timing = _timing_problem(options)
     if timing:
@@ -66,13 +66,14 @@ def redis_url_problem(url: str) -> str | None:
 
 
 _MOST_S = 86_400.0  # a Redis URL's timeouts and health check interval: at most a day
+_TIMINGS = ("socket_timeout", "socket_connect_timeout", "health_check_interval")
 
 
 def _timing_problem(options: dict) -> str | None:
     """A Redis URL's ``?socket_timeout=`` and the like out of range: -1 or NaN raised at the
     first command, inf or 1e300 an OverflowError, and 0 timed every read out at once."""
     for name, value in options.items():
-        if not (name.endswith("timeout") or name == "health_check_interval") or value is None:
+        if name not in _TIMINGS or value is None:  # (not retry_on_timeout: a yes or no)
             continue
         least = 0 if name == "health_check_interval" else 1e-3  # (0: no health checks, redis-py's default)
         if not isinstance(value, (int, float)) or not least <= value <= _MOST_S:
@@ -175,9 +176,15 @@ def _host_name(host: str, label: re.Pattern[str] = _CAMERA_HOST_LABEL) -> bool:
 
 
 def host_name_ok(host: str) -> bool:
-    """An IP address, or a host name a resolver takes (labels of 1 to 63 letters, digits, _ and
-    -): one with an empty or longer label raised the IDNA codec's UnicodeError at connect."""
-    return _host_name(host)
+    """A host Python can ask a resolver for: one with an empty label or one over 63 characters
+    ("a..b") raised the IDNA codec's UnicodeError at connect (an IPv6 address: always)."""
+    if ":" in host:
+        return True
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def bind_host_problem(host: str) -> str | None:

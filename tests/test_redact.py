@@ -323,3 +323,6 @@ def test_a_redis_url_whose_host_or_socket_redis_py_would_read_otherwise_is_refus
     problem = redis_url_problem(url)
     assert problem and said in problem and "s3cret" not in problem, problem
     assert redis_url_problem("unix:///tmp/percept/r.sock") is None and redis_url_problem("redis://h:6379/0") is None
+    for fine in ("redis://h/0?retry_on_timeout=false", "redis://127.1:6379", "redis://redis_1:6379/0",
+                 "redis://[fe80::1%25eth0]:6379/0", "redis://h/0?socket_timeout=0.5&health_check_interval=0"):
+        assert redis_url_problem(fine) is None, fine  # (the checks of a host and its timeouts refused some)
