@@ -94,7 +94,7 @@ class Publisher(PublisherWriter):
         self._xadd = client.register_script(FENCED_PUBLISH)
         self._last_event: dict[str, tuple[int, int]] = {}
         self._states: dict[str, tuple[dict[str, str], float]] = {}  # camera → its last state change, when sent
-        self._outage_dropped: Counter = Counter()  # `stats.dropped` when Redis went away (`_dropped_since`)
+        self._outage_drops: Counter = Counter()  # results the buffer's bound dropped, not said yet (`_dropped_since`)
         self._drop_said = False  # the buffer's first drop of this outage logged
         self._hset = client.register_script(FENCED_HSET)
         self._wire = Wire(client, [self._xadd, self._hset])
@@ -286,8 +286,10 @@ class Publisher(PublisherWriter):
         """The outage buffer's bound (`evict_oldest`), call holding the lock; its first drop while
         Redis is away is logged (the line saying it is back gives how many went, by camera)."""
         if len(self._queue) + len(self._in_flight) > self.max_entries or self._bytes > self.max_bytes:
+            before = Counter(self.stats.dropped)
             self._bytes -= evict_oldest(self._queue, self.stats, full=lambda freed: (
                 len(self._queue) + len(self._in_flight) > self.max_entries or self._bytes - freed > self.max_bytes))
+            self._outage_drops.update(self.stats.dropped - before)
             if (not self.stats.connected or self.stats.refusing) and not self._drop_said:
                 self._drop_said = True
                 log.warning("publisher: the outage buffer is full (redis.buffer: %d results, %d MiB): the oldest "

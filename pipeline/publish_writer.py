@@ -137,7 +137,6 @@ class PublisherWriter:
         once and goes); `_wait_to_retry` next."""
         if self.stats.connected:
             log.warning("%s; buffering %d results", why, len(self._queue) + len(taken))
-            self._outage_dropped = Counter(self.stats.dropped)  # (what the outage drops: said when it ends)
         self.stats.connected = False
         with self._cond:
             if self._abandoned:  # counted as lost by close(): they stay so
@@ -147,10 +146,11 @@ class PublisherWriter:
         self._charge_encoded()
 
     def _dropped_since(self) -> str:
-        """The results the outage buffer dropped since Redis went away, by camera, as the end of
-        the line saying it is back ("" if none): said nowhere else but in the counters."""
-        dropped = self.stats.dropped - self._outage_dropped
-        self._drop_said = False
+        """The results the outage buffer dropped since the last time this was said (Redis went
+        away, or refused writes), by camera, as the end of the line saying it is back ("" if
+        none): said nowhere else but in the counters."""
+        with self._cond:  # (counted by `_bound` under the lock, from callers' threads)
+            dropped, self._outage_drops, self._drop_said = self._outage_drops, Counter(), False
         if not dropped:
             return ""
         cameras = ", ".join(f"{camera} {n}" for camera, n in sorted(dropped.items())[:20])
@@ -184,7 +184,8 @@ class PublisherWriter:
         if refusal is None:
             self._backoff.reset()
             if self.stats.refusing is not None:
-                log.info("redis accepts writes again; flushing %d buffered results", len(self._queue))
+                log.info("redis accepts writes again; flushing %d buffered results%s", len(self._queue),
+                         self._dropped_since())
             self.stats.refusing = None
         else:
             if reconnect_if_demoted(self.client, refusal):
