@@ -37,7 +37,7 @@ def end_quiet_tracks(tracker: ObjectTracker, events: EventEngine, publisher: Pub
 class ConductorTracks:
     """How `CameraConductor`'s open tracks end, or go on at its next owner (a mixin; its
     attributes: ``camera``, ``publisher``, ``tracker``, ``events``, ``track_state``, ``_last``,
-    ``_tracked_seq``, ``_keep_tracks``, ``_quiet_since``)."""
+    ``_tracked_seq``, ``_keep_tracks``, ``_quiet_since``, ``_taken_at``)."""
 
     def _leave_tracks(self) -> None:
         """The camera stops here: its open tracks end, or go on at its next owner (`leave_tracks`)."""
@@ -49,9 +49,12 @@ class ConductorTracks:
 
     def _end_quiet_tracks(self) -> None:
         """A live camera quiet for longer than its tracks outlive a gap ends them now, once every
-        frame tracked was published (`track_quiet`); from the stats loop."""
+        frame tracked was published and none is in flight (`track_quiet`); from the stats loop. A
+        frame in flight is tracked on its own capture time, which the tracker judges: frames held
+        behind one slow detection (a retry) ended the tracks they continue, and started new ones."""
         published = self._last.seq if self._last is not None else None
-        if self.tracker is not None and self.events is not None and self._tracked_seq == published:
+        if self.tracker is not None and self.events is not None and self._tracked_seq == published \
+                and not self._taken_at:
             end_quiet_tracks(self.tracker, self.events, self.publisher, self.camera.id, self.track_state,
                              self._tracks_last(), time.monotonic() - self._quiet_since)
 

@@ -110,6 +110,56 @@ def test_a_camera_gone_quiet_ends_its_tracks_at_their_last_frame_and_once(redis_
         publisher.close()
 
 
+def test_frames_held_behind_one_slow_detection_continue_the_tracks(redis_server, monkeypatch):
+    """One detection slower than the pause (a retry): the frames taken right after it wait in
+    flight to be tracked. Quiet was counted from the last frame tracked, so the tracks ended
+    before them and they started new ones; they continue them (the tracker itself judges the
+    gap after them, by their capture times)."""
+    monkeypatch.setattr(tracking, "PAUSE_ENDS_TRACKS_S", 1.5)
+
+    calls: list[float] = []  # frame_ts of each detection
+
+    async def detect(inp):
+        calls.append(inp.frame_ts)
+        if len(calls) == 15:
+            await asyncio.sleep(2.5)  # pacing: the slow detection
+        return Detections(xyxy=[[40, 40, 60, 60]], scores=[0.9], labels=("car",), categories=("vehicle",))
+
+    camera = CameraConfig(id="gate", url="rtsp://cam/gate")
+    client = connect_redis(redis_server.url)
+    publisher = Publisher(client, keys=KEYS, maxlen=1000).start()
+    conductor = CameraConductor(camera, VideoSource("gate", lambda: _Capture(10**6), fps=0, is_file=False), detect=detect,
+                                classifiers={}, publisher=publisher, imgsz=64, models={"detector": "fake"}, max_inflight=4,
+                                tracker=tracking.ObjectTracker(TrackerConfig(track_buffer=5)),
+                                events=EventEngine.for_camera(camera, track_buffer=5))
+
+    def frames() -> dict[float, int | None]:
+        """frame_ts → the car's track id, of the frames published."""
+        publisher.flush(5)
+        return {m["frame_ts"]: (m["objects"][0].get("track_id") if m["objects"] else None)
+                for m in (json.loads(f[b"json"]) for _, f in client.xrange(KEYS.detections("gate")))}
+
+    async def scenario():
+        task = asyncio.create_task(conductor.run())
+        try:
+            deadline = time.monotonic() + 60
+            while len(frames()) < 24:
+                assert time.monotonic() < deadline and not task.done(), frames()
+                await asyncio.sleep(0.2)  # polling
+        finally:
+            await conductor.stop()
+            await asyncio.wait({task}, timeout=10)
+
+    try:
+        asyncio.run(scenario())
+        ids, slow = frames(), calls[14]
+        before = ids[max(t for t in ids if t < slow)]
+        held = [ids[t] for t in sorted(ids) if slow <= t < slow + 1.0]  # (taken while it was detected)
+        assert len(held) >= 2 and before is not None and set(held) == {before}, (before, held)
+    finally:
+        publisher.close()
+
+
 def test_a_file_read_on_its_own_time_is_never_quiet():
     """A file's frames carry its own clock: a pause of the reader is no gap in the scene."""
     assert not tracking.ObjectTracker(TrackerConfig(), file_time=True).quiet_ends_tracks(1e6)
