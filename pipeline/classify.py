@@ -153,7 +153,9 @@ class CropClassification:
         self.timeout_s = timeout_s
         # with tracking (track_buffer set): one cache per classifier, classify once per track
         self._track_cache = (
-            [TrackAttributeCache(reclassify_every=r.cfg.reclassify_every, forget_after=track_buffer) for _, r in self.routes]
+            [TrackAttributeCache(reclassify_every=r.cfg.reclassify_every, forget_after=track_buffer,
+                                 per_label=category == "sign" if r.cfg.answer_per_label is None else r.cfg.answer_per_label)
+             for category, r in self.routes]
             if track_buffer is not None
             else None
         )
@@ -262,8 +264,8 @@ class CropClassification:
                     if cache is not None and track is not None:
                         cache.put(track, frame_no, answer, detections.labels[i])
                     jobs.append((i, answer, cache, n, request))
-                for i, head in twins:  # (its answer is also its own label's: a car also seen as a truck)
-                    if cache is not None and detections.track_ids[i] is not None:
+                for i, head in twins:  # (its answer is also its own label's, where answers are a label's)
+                    if cache is not None and cache.per_label and detections.track_ids[i] is not None:
                         cache.put(detections.track_ids[i], frame_no, asked_now[head], detections.labels[i])
                     jobs.append((i, asked_now[head], cache, n, request))
             if cache is not None:

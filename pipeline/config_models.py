@@ -256,6 +256,10 @@ class ClassifierConfig(ModelServerConfig):
     reclassify_every: int = Field(
         15, ge=0, description="with tracking: classify a track again after this many frames (0: once per track)"
     )
+    answer_per_label: bool | None = Field(
+        None, description="with tracking: a track's answer holds for the detector label it was given for, and a "
+        "track given another label is asked again at once; default: on for the sign category (a sign found again "
+        "as another sign at the same place keeps its track), off elsewhere (a car also seen as a truck keeps one answer)")
     num_cpus: float = Field(0.25, ge=0, le=MAX_UNITS)
     batch: BatchConfig = BatchConfig(max_size=32, wait_ms=10)
 

@@ -32,15 +32,18 @@ class TrackAttributeCache:
     a category, not a label: a sign lost and found again as another sign at the same place (a
     dashcam passing sign after sign) continued the track, and the first sign's class was
     published on the second until its fresh look was due; an answer holds for the label it was
-    given for only (a car also seen as a truck is asked for once under each)."""
+    given for only, with ``per_label`` (a sign classifier's; a vehicle's answer is the vehicle's,
+    whether the detector calls it a car or a truck this frame: without it, labels are ignored)."""
 
-    def __init__(self, *, reclassify_every: int, forget_after: int):
+    def __init__(self, *, reclassify_every: int, forget_after: int, per_label: bool = True):
         self.reclassify_every = reclassify_every
         self.forget_after = forget_after
+        self.per_label = per_label
         self._entries: dict[tuple[int, str | None], _Entry] = {}
 
     def _entry(self, key: tuple[int, str | None]) -> "tuple[tuple[int, str | None], _Entry | None]":
         """The answer for this label, else one carried from before the cache (any label's)."""
+        key = key if self.per_label else (key[0], None)
         entry = self._entries.get(key)
         if entry is None and key[1] is not None:
             key = (key[0], None)
@@ -72,9 +75,9 @@ class TrackAttributeCache:
 
     def put(self, track_id: int, frame: int, future: "asyncio.Future[Mapping[str, Any]]",
             label: str | None = None) -> None:
-        key = (track_id, label)
+        key = (track_id, label if self.per_label else None)
         before = self._entries.get(key)
-        if before is None and label is not None:  # a carried answer becomes this label's earlier one
+        if before is None and key[1] is not None:  # a carried answer becomes this label's earlier one
             before = self._entries.pop((track_id, None), None)
         good = None
         if before is not None:

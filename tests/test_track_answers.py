@@ -93,6 +93,24 @@ def test_a_track_the_detector_gives_another_label_is_asked_again_not_given_the_f
     assert [o.attributes[0]["type"]["label"] for o in out] == ["t1", "t2", "t2", "t1"]
 
 
+def test_a_vehicle_the_detector_calls_a_car_then_a_truck_keeps_one_answer():
+    """Answers by label are a sign classifier's (`answer_per_label`, default on for signs only): a
+    vehicle flickering between car and truck was asked once under each label, and its attributes
+    changed every frame (an `attributes` event each); a small box under the other label lost its
+    answer."""
+    asked = []
+    stage = CropClassification("c", {"vehicle": counting_route(asked, reclassify_every=30)}, timeout_s=5,
+                               track_buffer=30)
+
+    def vehicle(label, box=(10, 10, 60, 60)):
+        return Detections(xyxy=np.array([box], np.float32), scores=np.array([0.9], np.float32), labels=(label,),
+                          categories=("vehicle",), track_ids=(3,))
+
+    out = classify_frames(stage, [vehicle(("car", "truck")[k % 2]) for k in range(6)] + [vehicle("bus", (10, 10, 20, 20))])
+    assert asked == [1], asked
+    assert [o.attributes[0].get("type", {}).get("label") for o in out] == ["t1"] * 7
+
+
 def test_an_answer_outlives_frames_where_the_box_is_too_small():
     asked = []
     stage = CropClassification("c", {"vehicle": counting_route(asked, reclassify_every=1)}, timeout_s=5,
