@@ -57,16 +57,26 @@ def test_a_stopped_detector_closes_its_batcher_and_cancels_its_tasks():
     assert asyncio.run(stop()) == [True, True, True]
 
 
-def test_a_load_still_running_after_its_replica_left_writes_no_report_again(redis_server):
+@pytest.mark.parametrize("slow_reports", [False, True])
+def test_a_load_still_running_after_its_replica_left_writes_no_report_again(redis_server, slow_reports):
     """`leave` deleted the replica's report, and the load still under way wrote it back at its
-    next report: a ghost "loading" replica the API waited for."""
+    next report: a ghost "loading" replica the API waited for. A report already on its way as
+    the replica left (slow to land: a loaded machine; CI saw it once) landed after the delete."""
     import threading
+    import time
+
+    import redis
 
     from pipeline.config import DetectorConfig
     from pipeline.lifecycle.swap import SwapKeys
     from pipeline.lifecycle.swap_replica import ModelSwapper
 
-    client = redis_server.client()
+    class SlowReports(redis.Redis):
+        def hset(self, *args, **kwargs):
+            time.sleep(0.3)  # pacing: a report slow to land
+            return super().hset(*args, **kwargs)
+
+    client = SlowReports.from_url(redis_server.url) if slow_reports else redis_server.client()
     keys = SwapKeys("stop", "detector")
     release = threading.Event()
 
@@ -82,6 +92,8 @@ def test_a_load_still_running_after_its_replica_left_writes_no_report_again(redi
         while not await asyncio.to_thread(client.hexists, keys.replicas, "r1"):
             assert asyncio.get_running_loop().time() < deadline, "no report while loading"
             await asyncio.sleep(0.05)  # (polling a condition with a deadline)
+        if slow_reports:
+            await asyncio.sleep(0.15)  # pacing: its next report on its way (sent after 0.05 s, 0.3 s to land)
         await swapper.leave()  # Serve stops the replica meanwhile
         release.set()
         await asyncio.wait_for(loading, 30)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any, Callable
 
@@ -37,6 +38,8 @@ class ModelSwapper:
         self.current: Any = None  # the backend serving now
         self.report = ReplicaReport(replica, model_name(cfg), cfg.weights, getattr(cfg, "card", None), 0)
         self._failed_record: tuple[int, float] | None = None  # (generation, requested_at) it could not load
+        self._left = False  # the replica stopped (`leave`): no report is written again
+        self._report_lock = threading.Lock()  # the report's writes and its delete, one at a time
         # Redis's clock minus this machine's: reports are stamped in Redis's time, which the API
         # judges them by (hosts whose clocks differ by more than `LIVE_S` would never be live)
         self._clock_offset = 0.0
@@ -204,9 +207,11 @@ class ModelSwapper:
         self.report.ts = time.time() + self._clock_offset
         pipe = self.client.pipeline(transaction=False)
         pipe.time()
-        pipe.hset(self.keys.replicas, self.report.replica, self.report.to_json())
         pipe.get(self.keys.desired)
-        redis_time, _, desired = pipe.execute()
+        with self._report_lock:  # (`_write_report`)
+            if not self._left:
+                pipe.hset(self.keys.replicas, self.report.replica, self.report.to_json())
+            redis_time, desired, *_ = pipe.execute()
         self._note_clock(redis_time)
         return Desired.read(desired, self.base_cfg)
 
@@ -216,18 +221,28 @@ class ModelSwapper:
         self._clock_offset = seconds + micros / 1e6 - time.time()
 
     async def _send(self) -> None:
-        if getattr(self, "_left", False):  # (a load still running after the replica left: no ghost report)
-            return
         self.report.ts = time.time() + self._clock_offset
         try:
-            await asyncio.to_thread(self.client.hset, self.keys.replicas, self.report.replica, self.report.to_json())
+            await asyncio.to_thread(self._write_report, self.report.to_json())
         except Exception as exc:
             log.warning("%s: report not written: %s: %s", self.keys.deployment, type(exc).__name__, exc)
 
+    def _write_report(self, report: str) -> None:
+        """The report written unless the replica left, in one step with `leave` (a load still
+        running after the replica left: a report on its way as it left came after its delete,
+        a ghost "loading" replica the API waited for)."""
+        with self._report_lock:
+            if not self._left:
+                self.client.hset(self.keys.replicas, self.report.replica, report)
+
     async def leave(self) -> None:
         """The replica stops: its report goes (the API stops waiting for it), and none comes again."""
-        self._left = True
+        def delete() -> None:
+            with self._report_lock:
+                self._left = True
+                self.client.hdel(self.keys.replicas, self.report.replica)
+
         try:
-            await asyncio.to_thread(self.client.hdel, self.keys.replicas, self.report.replica)
+            await asyncio.to_thread(delete)
         except Exception:
-            pass
+            self._left = True
