@@ -43,15 +43,15 @@ local most = tonumber(ARGV[3])
 if most >= 0 then
   local api = 0
   for _, raw in ipairs(redis.call('HVALS', KEYS[1])) do
-    if string.sub(raw, 1, 17) == '{"source": "api",' then api = api + 1 end
+    if string.sub(raw, 1, #ARGV[4]) == ARGV[4] then api = api + 1 end
   end
   if api >= most then return -1 end
 end
-redis.call('HDEL', KEYS[2], unpack(ARGV, 4))
+redis.call('HDEL', KEYS[2], unpack(ARGV, 5))
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """  # (the HDEL first: a camera hash of another type fails it before anything is written; Redis rolls no script back;
-# API entries counted by `add`'s own prefix, not decoded: 250 of 400 kB each held Redis 2 s a POST)
+# API entries counted by the prefix `add` writes them with (ARGV[4]), not decoded: 250 of 400 kB each held Redis 2 s a POST)
 SHOWN_FIELDS = ("state", "last_error", "fps", "dropped", "classify_failed", "publish_dropped", "url", "updated_at")
 
 
@@ -235,11 +235,12 @@ class CameraRegistry:
         given = camera.model_dump(mode="json")
         added_ms = int(redis_now(self.client) * 1000)  # (what its id published before is another camera's)
         entry = json.dumps({"source": "api", "camera": given, "added_ms": added_ms})
+        api_prefix = json.dumps({"source": "api"})[:-1] + ","  # (how every API entry starts: counted by it)
         for _ in range(3):  # (a DELETE between the two: added, not "exists")
             # (in one step: a POST retried after the entry landed alone found "the same camera
             # again" and left the `ended` mark for good)
             added = self.client.eval(_ADD, 2, self.key, self.keys.camera(camera.id), camera.id, entry,
-                                     -1 if most_api is None else most_api, ENDED_FIELD, *SHOWN_FIELDS)
+                                     -1 if most_api is None else most_api, api_prefix, ENDED_FIELD, *SHOWN_FIELDS)
             if added == -1:
                 raise TooManyCameras(most_api or 0)
             if added:

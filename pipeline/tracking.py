@@ -159,9 +159,8 @@ class ObjectTracker:
         time on its reader's steady clock (`FrameMeta.steady_ts`; not for a file on its own time)."""
         t = self._tracker
         dt, steps = self._clock.tick(ts, None if self.file_time else steady_ts)
-        longest = max(PAUSE_ENDS_TRACKS_S, self._across_pause)
-        if round(steps) > self.track_buffer and dt > longest:
-            self._end_all()  # an outage: whoever is there now is someone new
+        if self._pause_ends_tracks(dt, steps):
+            self.end_all()  # an outage: whoever is there now is someone new
         self._across_pause = 0.0
         shape = (int(frame_shape[0]), int(frame_shape[1]))
         if self.shape is not None and shape != self.shape:
@@ -190,14 +189,15 @@ class ObjectTracker:
         """Whether the next frame, ``quiet_s`` after the last, would end every track (`update`: a
         live camera's pause longer than ``track_buffer`` intervals and `PAUSE_ENDS_TRACKS_S`, or
         than a handover's); never for a file read on its own time."""
-        longest = max(PAUSE_ENDS_TRACKS_S, self._across_pause)
-        return not self.file_time and quiet_s > longest and quiet_s > self.track_buffer * self._clock.period
+        return not self.file_time and self._pause_ends_tracks(quiet_s, quiet_s / self._clock.period)
+
+    def _pause_ends_tracks(self, dt: float, steps: float) -> bool:
+        """A pause of ``dt`` s, ``steps`` usual intervals, longer than ``track_buffer`` intervals
+        and `PAUSE_ENDS_TRACKS_S` (or a handover's): no track goes on across it."""
+        return round(steps) > self.track_buffer and dt > max(PAUSE_ENDS_TRACKS_S, self._across_pause)
 
     def end_all(self) -> None:
-        """Every track ends (a camera quiet for `quiet_ends_tracks`): the next frame starts afresh."""
-        self._end_all()
-
-    def _end_all(self) -> None:
+        """Every track ends (an outage, a camera quiet for `quiet_ends_tracks`): the next frame starts afresh."""
         t = self._tracker
         for s in (*t.tracked_stracks, *t.lost_stracks):
             s.mark_removed()

@@ -71,8 +71,11 @@ def test_a_load_still_running_after_its_replica_left_writes_no_report_again(redi
     from pipeline.lifecycle.swap import SwapKeys
     from pipeline.lifecycle.swap_replica import ModelSwapper
 
+    on_its_way = threading.Event()  # a report's write has started
+
     class SlowReports(redis.Redis):
         def hset(self, *args, **kwargs):
+            on_its_way.set()
             time.sleep(0.3)  # pacing: a report slow to land
             return super().hset(*args, **kwargs)
 
@@ -92,8 +95,9 @@ def test_a_load_still_running_after_its_replica_left_writes_no_report_again(redi
         while not await asyncio.to_thread(client.hexists, keys.replicas, "r1"):
             assert asyncio.get_running_loop().time() < deadline, "no report while loading"
             await asyncio.sleep(0.05)  # (polling a condition with a deadline)
-        if slow_reports:
-            await asyncio.sleep(0.15)  # pacing: its next report on its way (sent after 0.05 s, 0.3 s to land)
+        if slow_reports:  # its next report on its way as it leaves
+            on_its_way.clear()
+            assert await asyncio.to_thread(on_its_way.wait, 10), "no report on its way"
         await swapper.leave()  # Serve stops the replica meanwhile
         release.set()
         await asyncio.wait_for(loading, 30)
