@@ -132,10 +132,13 @@ def _call(args: argparse.Namespace) -> tuple[int, Any]:
 
 
 def _ls_row(cam: dict[str, Any], width: int = 14) -> str:
-    """One camera's line; why it is not online at its end (``last_error``, as `top` shows it)."""
+    """One camera's line; why it is not online at its end (``last_error``, as `top` shows it), or
+    that its results are held while Redis refuses writes."""
     lag = "-" if cam["lag_s"] is None else f"{cam['lag_s']:.1f} s"
     error = cam.get("last_error")
     why = f"  error: {redact(str(error))}" if error and cam["state"] != "online" else ""  # (a URL's password)
+    if not why and cam.get("writes_refused"):  # (online by its hash, its results held by its decoder)
+        why = f"  held: redis refuses writes ({cam['writes_refused']})"
     dropped = cam["dropped"] + cam.get("publish_dropped", 0)  # (load's drops and the outages'; an older API: load's)
     return (f"{cam['id']:<{width}} {cam['state']:<12} {cam['fps']:5.1f} fps  dropped {dropped:>5}  "
             f"lag {lag:>7}  {cam['url']}{why}")

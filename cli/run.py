@@ -365,10 +365,11 @@ def monitor_cameras(client: Any, keys: Any, cameras: list[str] | Callable[[], li
 def status_lines(client: Any, keys: Any, cameras: list[str]) -> list[str]:
     import redis
 
-    from pipeline.streams import camera_states, number, redis_unavailable
+    from pipeline.streams import camera_states, number, redis_unavailable, writes_refused
 
     states = camera_states(client, keys, cameras)
-    lines = []
+    refused = writes_refused(client, keys)  # (the hashes say what was written last: online)
+    lines = [f"redis refuses writes ({refused}): every camera's results wait in its decoder's outage buffer"] if refused else []
     for cam in cameras:
         st = states.get(cam, {})
         counts: dict[str, int] = {}

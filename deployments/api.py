@@ -41,7 +41,7 @@ from pipeline.events import EventEngine
 from pipeline.geometry import GeometryError
 from pipeline.redact import redact, redact_text_given, redact_url
 from pipeline.registry import CameraRegistry, TooManyCameras
-from pipeline.streams import StreamKeys, camera_states, number, redis_from_config, redis_unavailable
+from pipeline.streams import StreamKeys, camera_states, number, redis_from_config, redis_unavailable, writes_refused
 from pipeline.track_state import stored_pixel_frames
 
 from .explain import ExplainApi
@@ -168,6 +168,7 @@ class CameraApi:
         states = camera_states(self.client, self.keys, [c.id for c in cameras])
         frames = last_frames(self.client, self.keys, [c.id for c in cameras], time.time(),
                              {c.id: c._added_ms for c in cameras})
+        refused = writes_refused(self.client, self.keys)  # (its hash says online: its results wait unwritten)
         out = []
         for cam in cameras:
             st = states.get(cam.id, {})
@@ -184,11 +185,13 @@ class CameraApi:
                 "last_error": st.get("last_error") or None,
                 "objects": last.get("objects", {}),  # per category, in the newest frame
                 "e2e_ms": last.get("e2e_ms"),
+                "writes_refused": refused,
             })
         for bad in invalid:  # listed, so that it can be seen and deleted
             out.append({
                 "id": bad.id, "url": redact_url(bad.url), "fps_target": None, "state": "failed",
                 "fps": 0.0, "dropped": 0, "publish_dropped": 0, "lag_s": None, "last_error": bad.error, "objects": {}, "e2e_ms": None,
+                "writes_refused": refused,
             })
         return sorted(out, key=lambda c: c["id"])
 

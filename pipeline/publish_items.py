@@ -15,7 +15,7 @@ from .publish_stats import PublisherStats, count_events_lost, events_in
 from .publish_wire import Command, evalsha, is_noscript, packed_call, resp_args, resp_frame_run, writable
 from .redact import redact
 from .schema import SCHEMA_VERSION, FrameResult
-from .streams import UNAVAILABLE_REPLIES, StreamKeys, parse_entry_id, redis_unavailable
+from .streams import UNAVAILABLE_REPLIES, StreamKeys, parse_entry_id, redis_unavailable, refusal_text
 
 log = logging.getLogger("percept.publish")
 
@@ -368,14 +368,8 @@ def refusal_of(outcome: Any) -> str | None:
     if isinstance(outcome, bytes):
         return outcome.decode(errors="replace") if outcome.startswith(_REFUSING) else None
     if isinstance(outcome, redis.RedisError) and redis_unavailable(outcome):
-        # redis-py strips the reply's code from the errors it maps: put it back, so that the text
-        # reads as a script's error reply does ("READONLY …")
-        code = _ERROR_CODES.get(type(outcome), type(outcome).__name__ + ":")
-        return f"{code} {outcome}"
+        return refusal_text(outcome)
     return None
-
-
-_ERROR_CODES = {redis.exceptions.ReadOnlyError: "READONLY", redis.exceptions.OutOfMemoryError: "OOM"}
 
 
 def _all_written(call: list[Item], outcomes: list[Any]) -> bool:

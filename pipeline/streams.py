@@ -227,6 +227,29 @@ def camera_states(client: redis.Redis, keys: StreamKeys, cameras: list[str]) -> 
             else _decode(raw) for cam, raw in zip(cameras, per_key(pipe))}
 
 
+_ERROR_CODES = {redis.exceptions.ReadOnlyError: "READONLY", redis.exceptions.OutOfMemoryError: "OOM"}
+
+
+def refusal_text(exc: redis.RedisError) -> str:
+    """A refusal's text as a script's error reply reads ("READONLY …"): redis-py strips the
+    reply's code from the errors it maps, put back here."""
+    return f"{_ERROR_CODES.get(type(exc), type(exc).__name__ + ':')} {exc}"
+
+
+def writes_refused(client: redis.Redis, keys: StreamKeys) -> str | None:
+    """Why Redis refuses writes now (``OOM …`` over ``maxmemory``, ``READONLY`` after a failover,
+    ``MISCONF``), or None: the camera hashes then still say what was last written (``online``) while
+    every result waits in its publisher's buffer. Asked with a write that writes nothing (``SET``
+    of a key that is not there, ``XX``): Redis refuses it before it runs, as it refuses the
+    publisher's. Any other refusal of it (an ACL without ``SET``) says nothing: None. An outage
+    raises, as any command."""
+    try:
+        client.set(f"{keys.prefix}:writes-probe", b"", xx=True)
+    except redis.ResponseError as exc:  # (READONLY and OOM are ResponseErrors too)
+        return refusal_text(exc).splitlines()[0][:200] if redis_unavailable(exc) else None
+    return None
+
+
 def per_key(pipe: Any) -> list[Any]:
     """A pipeline's answers, a key's own refusal (another type: not written by percept) kept in
     its place as the error, for the caller to say on that key's row alone; Redis unable to serve

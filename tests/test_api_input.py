@@ -284,7 +284,7 @@ def test_a_camera_id_added_again_is_listed_without_the_removed_cameras_numbers(a
         new = listed()
         assert new == {"id": "gate", "url": "rtsp://cam.local/new", "fps_target": new["fps_target"], "state": "pending",
                        "fps": 0.0, "dropped": 0, "publish_dropped": 0, "lag_s": None, "last_error": None, "objects": {},
-                       "e2e_ms": None}, new
+                       "e2e_ms": None, "writes_refused": None}, new
         assert client.hget(keys.camera("gate"), "track_id_max") == b"41"  # (its next ids above the old ones)
         client.xadd(keys.detections("gate"), {"json": json_.dumps({**frame, "objects": [{"category": "pedestrian"}]})})
         assert listed()["objects"] == {"pedestrian": 1}  # its own frames are shown

@@ -20,6 +20,7 @@ from .waiting import wait_for
 KEYS = StreamKeys("livepage")
 OVERLAY_JS = """(() => { const t = document.querySelector('.tile[data-camera="gate"]');
   return t ? JSON.stringify({state: t.querySelector('.state').textContent, overlay: t.querySelector('.overlay').innerText,
+                             error: t.querySelector('.error').textContent,
                              visible: getComputedStyle(t.querySelector('.overlay')).display !== 'none'}) : null; })()"""
 
 
@@ -65,7 +66,8 @@ def page_server(redis_server, monkeypatch):
 def test_an_online_tile_with_no_image_says_why_not_a_stale_state(page_server, redis_server, tmp_path):
     """A camera connecting, then online with no view frame (none drawn yet, or privacy failing
     closed): the tile kept its big "connecting" over an "online" badge, and never said why it
-    had no image. Now it shows what the view answered."""
+    had no image. Now it shows what the view answered; and, while Redis refuses writes, that its
+    results are held (the hash still says online)."""
     import urllib.request
 
     client = redis_server.client()
@@ -85,7 +87,15 @@ def test_an_online_tile_with_no_image_says_why_not_a_stale_state(page_server, re
         client.hset(KEYS.camera("gate"), mapping={"state": "online"})
         shown = wait_for(lambda: (lambda t: t if t and "no view frame yet" in t["overlay"] else None)(tile("online")),
                          60, "the online tile saying why it has no image")
-        assert shown["visible"] and "connecting" not in shown["overlay"], shown
+        assert shown["visible"] and "connecting" not in shown["overlay"] and shown["error"] == "", shown
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", "1")  # (Redis refusing writes: the hash still says online)
+        try:
+            held = wait_for(lambda: (lambda t: t if t and "redis refuses writes (OOM " in t["error"] else None)(tile("online")),
+                            60, "the online tile saying its results are held")
+        finally:
+            client.config_set("maxmemory", "0")
+        assert held["state"] == "online", held
     finally:
         browser.close()
 
