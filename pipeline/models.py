@@ -285,11 +285,18 @@ def model_name(cfg: ModelServerConfig) -> str:
     """The name messages give the model: its weights' file (or export folder) name; for
     ultralytics' training output (``runs/detect/<run>/weights/best.pt``, and exports beside it)
     with the run's name before it, ``<run>/best.pt``: every fine-tuned model is a ``best.pt``, and
-    a swap from one run's to another's was not to be told apart in the messages."""
+    a swap from one run's to another's was not to be told apart in the messages; for a network in
+    a folder named after its precision (Open Model Zoo's ``<model>/FP16-INT8/<model>.xml``) with
+    that folder before it, ``FP16-INT8/<model>.xml``: the FP32 and the INT8 file had one name."""
     path = Path(cfg.weights.rstrip("/"))
     if path.parent.name == "weights" and path.parent.parent.name not in ("", ".", ".."):
         return f"{path.parent.parent.name}/{path.name}"
+    if _PRECISION_FOLDER.fullmatch(path.parent.name):
+        return f"{path.parent.name}/{path.name}"
     return path.name
+
+
+_PRECISION_FOLDER = re.compile(r"(FP|INT|BF)\d+(-(FP|INT|BF)\d+)*", re.IGNORECASE)  # FP32, FP16-INT8, INT8, …
 
 
 # --- detection -----------------------------------------------------------------------------------

@@ -268,6 +268,19 @@ def test_a_fine_tuned_models_name_says_which_training_run_it_came_from(tmp_path,
                          warmup=False).name == "yolo11n-coco.pt"  # others keep their file's name
 
 
+def test_an_open_model_zoo_networks_name_says_its_precision(models_dir):
+    """Open Model Zoo ships each network as ``<model>/FP32/<model>.xml`` and
+    ``<model>/FP16-INT8/<model>.xml``: messages named both the same, so a swap from one to the
+    other (or which one a replica serves) could not be told apart in them."""
+    from pipeline.backends import load_classifier
+    from pipeline.config import ClassifierConfig
+
+    net = "vehicle-attributes-recognition-barrier-0039"
+    names = [load_classifier(ClassifierConfig(weights=f"{net}/{precision}/{net}.xml"), models_dir=models_dir,
+                             field="classifiers.vehicle", warmup=False).name for precision in ("FP32", "FP16-INT8")]
+    assert names == [f"FP32/{net}.xml", f"FP16-INT8/{net}.xml"], names
+
+
 def test_half_that_a_cpu_backend_cannot_apply_is_said_not_logged_as_applied(models_dir, caplog):
     """``half: true`` on the CPU: ultralytics runs PyTorch weights in FP32 there, yet the load said
     ``fp16=True``; the yunet backend dropped it without a word."""

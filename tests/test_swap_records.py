@@ -268,7 +268,7 @@ def test_a_classifier_swap_whose_running_card_is_gone_is_compared_with_nothing_n
     running = ClassifierConfig(weights=weights, card=str(tmp_path / "gone.yaml"))
     new_cfg, name = validate_swap("classifier", running, weights, None, models_dir=str(MODELS),
                                   field="classifiers.vehicle", running=None, running_name="gone")
-    assert new_cfg.card is None and name == "vehicle-attributes-recognition-barrier-0039.xml"
+    assert new_cfg.card is None and name == "FP32/vehicle-attributes-recognition-barrier-0039.xml"
 
 
 def test_explain_loads_the_detector_again_after_a_swap_to_the_same_path(redis_server, monkeypatch):
