@@ -72,13 +72,22 @@ def _path(loc: tuple[Any, ...]) -> str:
         elif part in _UNION_MARKERS or str(part).startswith("function-"):
             continue  # markers pydantic adds to locations inside unions and validators
         elif not str(part).isprintable():  # a key with a line break in it: quoted, the line stays one
-            out += f"[{str(part)!r}]"
+            out += f"[{_key(part)!r}]"
         else:
-            out += f".{part}" if out else str(part)
+            out += f".{_key(part)}" if out else _key(part)
     # (a key is the user's text too: a URL pasted as a zone's name, or as a camera's key, its
     # password found as FFmpeg reads it — one with a space in it was quoted whole)
     secrets = tuple(secret for part in loc if isinstance(part, str) and "@" in part for secret in url_secrets(part))
     return redact(out, secrets)
+
+
+MAX_KEY = 80  # a key of the path quoted at most so long (a 1 MB zone name came back whole in a 422)
+
+
+def _key(part: Any) -> str:
+    """A key of a path as quoted: its URL's password scrubbed first, then cut to `MAX_KEY`."""
+    text = redact(str(part), url_secrets(str(part)))
+    return text if len(text) <= MAX_KEY else text[:MAX_KEY] + "…"
 
 
 _MESSAGES = {

@@ -51,6 +51,16 @@ def test_a_422_lists_a_bounded_number_of_problems(api):
     assert r.status_code == 422 and len(r.json()["detail"]) <= 51 and r.json()["detail"][-1].endswith("more"), r.text[:500]
 
 
+def test_a_422_quotes_a_long_key_cut_and_scrubbed(api):
+    """A zone name of 1 MB (a name is no point list) was quoted whole in the 422's path: an answer
+    as large as the request; the cut comes after the scrubbing (a password past it stays hidden)."""
+    assert api.post("/cameras", json={"id": "a", "url": "rtsp://cam.local/s"}).status_code == 201
+    long_name = "z" * 1_000_000
+    r = api.put("/cameras/a", json={"zones": {long_name: "not points", "rtsp://u:S3cretZ@h/x" + "y" * 200: "no"}})
+    assert r.status_code == 422 and len(r.content) < 4000, (r.status_code, len(r.content))
+    assert "z" * 80 + "…" in r.text and "S3cretZ" not in r.text and "rtsp://***@h/x" in r.text, r.text[:600]
+
+
 def test_the_same_camera_posted_again_keeps_its_live_image(api, redis_server):
     """A POST retried is answered as added and changes nothing: it deleted the camera's live
     image, so the snapshot said "no view frame yet" (503) until the next one."""
