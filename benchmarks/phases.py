@@ -159,6 +159,8 @@ def phase_bare(cfg: PerceptConfig, clips: list[Path], duration: float) -> tuple[
     frames = M.load_frames(clips, per_clip=8)
     inputs = [prepare_frame(f, cfg.detector.imgsz) for f in frames]
     batch = cfg.detector.batch.max_size
+    det.detect_batch(inputs)  # every frame size once: compiled (in the background) before anything is timed
+    getattr(det, "wait_compiling", lambda: True)()
     single = M.measure_single_infer(det.detect_batch, inputs, duration=max(3.0, duration / 3))
     paused = M.measure_paused_infer(det.detect_batch, inputs)
     full = M.measure_bare(det.detect_batch, inputs, batch=batch, duration=duration)

@@ -302,8 +302,9 @@ def evaluate_detector(weights: str, data: str | Path, *, card: str | None = None
         inputs = [prepare_frame(f, imgsz) for f in frames]
         elapsed += time.perf_counter() - t0
         sizes = {frame_rectangle(f.shape[:2], imgsz) for f in frames}
-        if not sizes <= sizes_run:  # a frame size first seen: once untimed (a rectangle export compiles per size)
-            det.detect_batch(inputs)
+        if not sizes <= sizes_run:  # a frame size first seen: once untimed (a rectangle export compiles per size,
+            det.detect_batch(inputs)  # in the background: waited for, so that the timed run is at its rectangle)
+            getattr(det, "wait_compiling", lambda: True)()
             sizes_run |= sizes
         t0 = time.perf_counter()
         results = det.detect_batch(inputs)

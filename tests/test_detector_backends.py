@@ -128,6 +128,8 @@ def test_frames_run_at_their_rectangle_and_find_what_the_square_finds(native, na
     `openvino_export`), and find the objects the padded square finds, in the same camera pixels."""
     for clip, size in (("traffic.mp4", (384, 640)), ("vtest.avi", (480, 640))):
         inputs = [prepare_frame(f, 640) for f in frames(clip, list(range(5, 200, 10)))]
+        native.detect_batch(inputs[:1])  # (a new size: compiled in the background, its frames in the square till then)
+        assert native.wait_compiling(300)
         rect, square = native.detect_batch(inputs), native_square.detect_batch(inputs)
         assert native.sizes.runners.get(size) is not None, f"{clip}: not run at {size} ({list(native.sizes.runners)})"
         assert list(native_square.sizes.runners) == [(640, 640)], "rect=False keeps the square"
@@ -156,6 +158,8 @@ def test_a_rectangle_that_compiles_but_fails_to_run_leaves_its_frames_in_the_squ
     at_size = broken.net.at_size
     broken.net = replace(broken.net, at_size=lambda size: replace(at_size(size), latency=latency))
     inputs = [prepare_frame(f, 640) for f in frames("traffic.mp4", [5, 45])]
+    broken.detect_batch(inputs)  # (the size compiled in the background)
+    assert broken.wait_compiling(300)
     got, want = broken.detect_batch(inputs), native_square.detect_batch(inputs)
     assert broken.sizes.runners.get((384, 640), "never tried") is None, list(broken.sizes.runners)
     assert not any(isinstance(g, Exception) for g in got), got

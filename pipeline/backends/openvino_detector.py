@@ -283,6 +283,11 @@ class OpenVinoDetector:
     def detect_batch(self, inputs: Sequence[DetectorInput]) -> list[Detections | Exception]:
         return per_item(self._detect, inputs)
 
+    def wait_compiling(self, timeout_s: float | None = None) -> bool:
+        """Until no frame size is being compiled (`SizePlaces`): for what times or compares the
+        network at each frame's rectangle (`percept eval`, `models compare`, the bench)."""
+        return self.sizes.wait_compiling(timeout_s)
+
     def _detect(self, inputs: Sequence[DetectorInput]) -> list[Detections | Exception]:
         out: list[Any] = [None] * len(inputs)
         good: list[tuple[int, Fitted]] = []
@@ -332,8 +337,8 @@ class OpenVinoDetector:
         return Fitted(image, (h, w), (0, 0), w / side)
 
     def _runner_at(self, size: tuple[int, int]) -> _Runner | None:
-        """The network at this input size (`SizePlaces`: compiled on first use, at most
-        `MAX_SIZES`; None: the square)."""
+        """The network at this input size (`SizePlaces`: compiled in the background from its
+        first frame, at most `MAX_SIZES`; None: the square, meanwhile or for good)."""
         return self.sizes.runner_at(size, self._compile_at)
 
     def _compile_at(self, size: tuple[int, int]) -> _Runner | None:

@@ -130,6 +130,7 @@ def time_variant(weights: str, task: str, images: Sequence[Any], batches: Sequen
     ms: dict[int, float] = {}
     for im in images:  # every image once, untimed: a rectangle export compiles per frame size on first use
         run([prepare(im)])
+    getattr(model, "wait_compiling", lambda: True)()  # (in the background: its frames in the square till then)
     for batch in batches:
         run([prepare(im) for im in images[:batch]])  # warm-up at this batch size
         best = math.inf
