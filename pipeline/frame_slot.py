@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from .source_types import Frame
 
 
+REPLACE_AFTER_COSTS = 10  # a frame held for a late consumer is made again once it waited 10 × its cost
+
+
 class LatestFrameSlot:
     """Keep-latest hand-off between a reader thread and its consumer: never blocks the reader,
     a newer frame replaces an older unsent one and the replaced one is counted as dropped.
@@ -22,7 +25,11 @@ class LatestFrameSlot:
     So frames nobody will take are not converted (the frame read just before the consumer expects
     to be free is, so it is ready then), and a frame the slot still holds once a newer one was
     read and skipped is dropped: what the consumer takes is always the newest frame read, never
-    one that waited in the slot while the consumer was busy."""
+    one that waited in the slot while the consumer was busy — unless the consumer is late: once
+    the time it expected to be free has passed, a frame held is replaced by a newer one only when
+    it has waited `REPLACE_AFTER_COSTS` times what making it cost (a 4K camera's 57 ms conversion
+    was redone 6–7 times a frame taken under load, each thrown away; a small frame, cheaper
+    than the time between two, is still replaced by every newer one)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -32,13 +39,16 @@ class LatestFrameSlot:
         self._wanted_at: float | None = None  # time.monotonic() from when the consumer expects to take one
         self._last_ask: float | None = None
         self._interval = 0.0  # between the reader's last two sampled frames
+        self._held_at = 0.0  # time.monotonic() the frame held was put
+        self._cost_s = 0.0  # what making a frame costs the reader (its latest `decode_ms`)
         self.dropped = 0
 
     def put(self, frame: Frame) -> None:
         with self._cond:
             if self._frame is not None:
                 self.dropped += 1
-            self._frame = frame
+            self._frame, self._held_at = frame, time.monotonic()
+            self._cost_s = getattr(frame, "decode_ms", 0.0) / 1000
             self._cond.notify()
 
     def get(self, timeout: float | None = None) -> Frame | None:
@@ -66,7 +76,8 @@ class LatestFrameSlot:
 
     def wants_frame(self) -> bool:
         """Reader, for each sampled frame: convert and put it? Yes while the consumer can take
-        one, or when the next frame would come after the consumer expects to be free. Otherwise
+        one, or when the next frame would come after the consumer expects to be free (then, while
+        a frame is held, only once it waited `REPLACE_AFTER_COSTS` times its cost). Otherwise
         no, and the frame still held (if any) is older than this skipped one: dropped."""
         now = time.monotonic()
         with self._cond:
@@ -74,6 +85,9 @@ class LatestFrameSlot:
                 self._interval = min(now - self._last_ask, 1.0)
             self._last_ask = now
             wanted = self._wanted or (self._wanted_at is not None and now + self._interval >= self._wanted_at)
+            if wanted and not self._wanted and self._frame is not None \
+                    and now - self._held_at < REPLACE_AFTER_COSTS * self._cost_s:
+                return False  # (the consumer late: the frame held stays, not yet worth making again)
             if not wanted and self._frame is not None:
                 self._frame = None
                 self.dropped += 1
