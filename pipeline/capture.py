@@ -99,7 +99,7 @@ def open_capture(
         from .capture_av import open_skipping
 
         cap = open_skipping(camera, url, decode="all", open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
-                            frame_timeout_s=frame_timeout_s, secrets=secrets)
+                            frame_timeout_s=frame_timeout_s, diagnose=diagnose_open, secrets=secrets)
         if mute in _opened_with_pyav:
             cap.first_frame = lambda: _opened_with_pyav.discard(mute)
         return cap

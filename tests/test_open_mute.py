@@ -158,3 +158,32 @@ def test_waiting_for_another_cameras_open_is_not_taken_for_a_mute_camera(rtsp_ca
     threading.Timer(3.0, release.set).start()  # (longer than the open timeout below)
     assert _open(url, 2.0) is None
     assert capture._opened_with_pyav == set()
+
+
+def test_a_mute_camera_opened_with_pyav_is_said_as_opencvs_open_says_it(monkeypatch):
+    """Opened with PyAV after a mute open, an HTTP camera that answers 200 and sends nothing was
+    said with FFmpeg's own words ("Immediate exit requested"), not why (as its first open was)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed at the test's end
+                return
+            held.append(conn)
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n")
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/video.mjpg"
+    monkeypatch.setattr(capture, "_opened_with_pyav", {("mute", url)})  # as after a mute open
+    try:
+        with pytest.raises(SourceError) as failed:
+            capture.open_capture("mute", url, open_timeout_s=2.0, read_timeout_s=1.0)
+        assert "answered 'HTTP/1.0 200 OK' but no video could be decoded" in str(failed.value), failed.value
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
