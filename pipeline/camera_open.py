@@ -96,6 +96,7 @@ def _video_source(camera: CameraConfig, config: PerceptConfig, slot: LatestFrame
         native_fps=native_fps,
         watchdog_s=camera.watchdog_s,
         sparse=camera.decode == "keyframes",  # (keyframes only: seconds apart by design)
+        read_timeout_s=camera.read_timeout_s,
         seq_start=seq_start,
         on_status=on_status,
         secrets=camera.secrets,

@@ -59,6 +59,7 @@ class VideoSource:
         secrets: tuple[str, ...] = (),
         sparse: bool = False,
         paced: bool = False,
+        read_timeout_s: float | None = None,
     ):
         self.camera = camera
         # ``sparse``: a capture that skips frames (keyframes only), its frames seconds apart by
@@ -66,6 +67,7 @@ class VideoSource:
         # keeps each frame that comes (on its phase of the period, pipeline/sampling.py, it
         # waited for its grid point and passed over its first keyframe: a GOP late, or none)
         self._closes_gaps = not sparse
+        self._read_timeout_s = read_timeout_s  # (the capture's: named when a slow camera's frames come near it)
         self._open = open_capture
         self._sampler = FpsSampler(fps, phase=None if is_file or sparse else next_phase())
         self._is_file = is_file
@@ -290,6 +292,8 @@ class VideoSource:
         self._step: float | None = None  # this pass: the longest step between two frames' positions
         self._pass_frames = 0  # frames grabbed in this pass
         connected_at: float | None = None  # the backoff starts afresh once the stream has stayed up
+        grabbed_at: float | None = None  # this pass's last frame grabbed, and the longest gap between two
+        longest_gap = 0.0
         undecodable = 0  # sampled frames in a row whose retrieve() failed
         undecodable_seen = decoded = False  # this pass: a retrieve() failed / one succeeded
         while not self._stop.is_set():
@@ -301,7 +305,7 @@ class VideoSource:
             now = self._monotonic()
             if not ok:
                 if not self._is_file:
-                    self._transition(SourceState.RECONNECTING, "stream ended or read timed out")
+                    self._transition(SourceState.RECONNECTING, "stream ended or read timed out" + self._slow_hint(longest_gap))
                     return "lost", last_pts
                 nothing = not got_any or (undecodable_seen and not decoded)  # no frame, or none that decodes
                 if nothing and pts_offset == 0.0:
@@ -310,6 +314,9 @@ class VideoSource:
                 if not nothing and getattr(cap, "end_s", None) is not None:  # (PyAV's: where the video ends)
                     last_pts = max(last_pts, pts_offset + self._pts_shift + cap.end_s - self._frame_s)
                 return ("empty" if nothing else "eof"), last_pts
+            if grabbed_at is not None:
+                longest_gap = max(longest_gap, now - grabbed_at)
+            grabbed_at = now
             if connected_at is None:
                 connected_at = now
             elif decoded and now - connected_at >= self._backoff.cap:  # up that long: a new drop is a new fault
@@ -366,6 +373,15 @@ class VideoSource:
             self.converted += 1
             yield Frame(meta, image, (time.perf_counter() - t_decode) * 1000, prepared)
         return "stopped", last_pts
+
+    def _slow_hint(self, longest_gap: float) -> str:
+        """What to change when a live camera's frames came so far apart (a timelapse, a still
+        scene's dynamic frame rate) that the read timeout, not a fault, cut it: half of it or more."""
+        limit = self._read_timeout_s
+        if limit is None or longest_gap < 0.5 * limit:
+            return ""
+        return (f" (its frames came up to {longest_gap:.1f} s apart: a camera this slow needs "
+                f"cameras[{self.camera}].read_timeout_s above that, now {limit:g} s)")
 
     def _pts(self, pos_ms: float | None, pts_offset: float, last_pts: float | None) -> float | None:
         """A frame's pts: the capture's position plus ``pts_offset`` (loops) and the shift that

@@ -439,3 +439,30 @@ def test_a_camera_failed_between_the_watchdogs_check_and_its_change_is_left_fail
     src._monotonic = reader_fails_meanwhile
     src.check_watchdog()  # (raised InvalidTransition)
     assert src.state == SourceState.FAILED and said == [SourceState.ONLINE, SourceState.FAILED], said
+
+
+@pytest.mark.parametrize("step_s", [0.04, 1.5])
+def test_a_camera_whose_frames_come_near_its_read_timeout_is_told_to_raise_it(step_s):
+    """A timelapse camera (a frame every 3 s) against the default read timeout of 2 s went
+    reconnecting after every frame, saying only "stream ended or read timed out"."""
+    events, clock = [], Clock()
+
+    class Slow(FakeCapture):
+        def grab(self):
+            self.clock.t += step_s - 0.04
+            return super().grab()
+
+    opens = iter([Slow(3, clock), SourceError("cam", "gone", retryable=False)])
+
+    def opener():
+        item = next(opens)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    src = VideoSource("cam", opener, fps=0, is_file=False, realtime=False, on_status=events.append, clock=clock,
+                      sleep=clock.sleep, backoff=Backoff(0.5, 10), read_timeout_s=2.0)
+    assert len(list(src.frames())) == 3  # (then lost, and its next open refused for good)
+    [lost] = [e.error for e in events if e.state == SourceState.RECONNECTING][:1]
+    hint = " (its frames came up to 1.5 s apart: a camera this slow needs cameras[cam].read_timeout_s above that, now 2 s)"
+    assert lost == "stream ended or read timed out" + (hint if step_s > 1 else ""), lost
