@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -34,6 +35,7 @@ from pipeline.config import (
 )
 from pipeline.config_env import foreign_variable_error, variables_named
 from pipeline.config_urls import api_source_problem
+from pipeline.api_hosts import host_refused
 from pipeline.lifecycle.swap import SwapError
 from pipeline.lifecycle.swap_service import ModelSwaps
 from pipeline.decoder_status import merged_status, read_shared_or_none
@@ -99,6 +101,20 @@ async def _unreadable_body(request: Any, exc: StarletteHTTPException) -> Respons
 
 
 @app.middleware("http")
+async def _known_host(request: Any, call_next: Any) -> Any:
+    """A request naming a host the API does not answer to (`pipeline/api_hosts.py`: DNS
+    rebinding) is refused (400) before anything else, the live view's routes too."""
+    try:
+        listed = serve.get_replica_context().servable_object.api_hosts
+    except (RayServeException, AttributeError):  # (the app outside a replica: IP addresses and localhost)
+        listed = []
+    refused = host_refused(request.headers.get("host"), listed)
+    if refused:
+        return JSONResponse(status_code=400, content={"detail": refused})
+    return await call_next(request)
+
+
+@app.middleware("http")
 async def _bounded_body(request: Any, call_next: Any) -> Any:
     """A request body above `MAX_BODY_BYTES` is refused (413) before it is read: a camera with
     its zones is a few kilobytes. One without a length (chunked) is refused too (411): its size
@@ -156,6 +172,7 @@ class CameraApi:
         self.allow_inline_credentials = cfg.security.allow_inline_credentials
         self.api_local_sources = cfg.security.api_local_sources
         self.api_max_cameras = cfg.security.api_max_cameras
+        self.api_hosts = cfg.security.api_hosts  # (with IP addresses and localhost: `_known_host`)
         self.tracking = cfg.tracker.enabled  # zones and lines need it
         self.decoder = decoder
         self.live = LiveView(cfg.view, self.client, self.keys, self.registry)

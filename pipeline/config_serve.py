@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -28,6 +29,25 @@ class SecurityConfig(Strict):
         description="cameras added through the API at once (each takes a decoder's reader and memory); "
         "more get HTTP 409; the config file's cameras do not count; 0: the API adds none",
     )
+    api_hosts: list[str] = Field(
+        default_factory=list, max_length=256,
+        description="host names the API and live view answer to besides IP addresses and localhost "
+        "(`*.example.org`: its subdomains; `*`: any); a request naming another is refused (400): a web "
+        "page whose name is pointed at this address (DNS rebinding) would drive the API from a browser",
+    )
+
+    @field_validator("api_hosts")
+    @classmethod
+    def _host_names(cls, names: list[str]) -> list[str]:
+        out = []
+        for name in names:
+            plain = name.strip().rstrip(".").lower()
+            bare = plain[2:] if plain.startswith("*.") else plain
+            if plain != "*" and not re.fullmatch(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*", bare):
+                raise ValueError(f"{name!r} is no host name (a name such as percept.example.org, "
+                                 "*.example.org for its subdomains, or * for any; no port, no scheme)")
+            out.append(plain)
+        return out
 
 
 class HttpConfig(Strict):
