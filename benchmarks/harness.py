@@ -311,7 +311,12 @@ class Graph:
 
 def dropped_between(st0: dict[str, Any], st1: dict[str, Any], cams: list[str]) -> float:
     """Frames the cameras dropped between two readings of their states (`camera_states`)."""
-    return sum(float(st1.get(c, {}).get("dropped", 0) or 0) - float(st0.get(c, {}).get("dropped", 0) or 0) for c in cams)
+    return _between(st0, st1, cams, "dropped")
+
+
+def _between(st0: dict[str, Any], st1: dict[str, Any], cams: list[str], field: str) -> float:
+    """A camera hash counter's growth between two readings, summed over the cameras."""
+    return sum(float(st1.get(c, {}).get(field, 0) or 0) - float(st0.get(c, {}).get(field, 0) or 0) for c in cams)
 
 
 def _window_result(window: dict[str, Any], cams: list[str], streams: list[str]) -> dict[str, Any]:
@@ -330,6 +335,8 @@ def _window_result(window: dict[str, Any], cams: list[str], streams: list[str]) 
         # every sampled frame is published or counted as dropped (skipped, replaced or failed)
         "offered_fps": (published + dropped) / dt,
         "dropped_per_s": dropped / dt,
+        # frames colour-converted and letterboxed per frame published (keep-latest's replaced ones: above 1)
+        "converted_per_published": _between(st0, st1, cams, "converted") / published if published else None,
         "seconds": dt,
         "payload_samples": [e.raw.decode() for e in entries[-200:]],
         "processes": processes,

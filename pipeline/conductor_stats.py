@@ -75,6 +75,7 @@ class ConductorStats:
             fps=f"{0.0 if stopped else self.fps:.2f}",
             dropped=self.dropped,  # (``processed`` is counted by Redis as each frame lands: lease.py)
             classify_failed=self.counters.classify_failed,
+            converted=self.source.converted,  # (this run's; those beyond `processed`: made, not taken)
             seq=self.source.next_seq - 1,
             url=self.camera.shown_url,
             **ended,

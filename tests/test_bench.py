@@ -153,6 +153,7 @@ def test_bench_smoke(tmp_path, models_dir, videos):
     assert isinstance(ov["rss_growth_max_pct"], (int, float)) and math.isfinite(ov["rss_growth_max_pct"])
 
     assert r["e2e"]["1"]["fps"] > 0 and r["e2e"]["1"]["cameras"] == 1
+    assert 0 < r["e2e"]["1"]["converted_per_published"] < 10, r["e2e"]["1"]["converted_per_published"]
     assert r["publish"]["publisher"]["published"] > 0 and r["publish"]["redis_benchmark"]["rps"] > 0
     rounds = sorted(x["ratio"] for x in r["publish"]["rounds"])
     assert len(rounds) == 3 and r["p5_publish_over_redis_benchmark"] == pytest.approx(rounds[1], rel=1e-3), \
