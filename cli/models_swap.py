@@ -105,6 +105,8 @@ def _swap(args: argparse.Namespace) -> int:
         return fail(f"models swap {deployment}: {redact_url(args.api)} did not answer as percept's API (is --api the graph's "
                     "ingress?)", EXIT_UNAVAILABLE)
     print(done, flush=True)
+    for note in answer.get("notes") or []:  # (what the swap does not change: the frames' size)
+        print(f"percept: note: {api_text(redact(str(note)))}", file=sys.stderr, flush=True)
     return 0
 
 

@@ -18,7 +18,8 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline.config import DetectorConfig, parse_config
-from pipeline.lifecycle.swap import Desired, ModelAnswers, PublishedModels, ReplicaReport, SwapKeys, compare_facts
+from pipeline.lifecycle.swap import Desired, ModelAnswers, PublishedModels, ReplicaReport, SwapKeys
+from pipeline.lifecycle.swap_checks import compare_facts
 from pipeline.lifecycle.swap_replica import ModelSwapper
 from pipeline.lifecycle.swap_service import listed_state, live_reports, rollout_state
 from pipeline.models import ModelError
@@ -59,6 +60,29 @@ def test_facts_a_swap_must_keep():
     assert err.startswith("classifiers.vehicle.weights: v.xml takes smallest box (width, height) None, c.pt [24, 24]")
     assert compare_facts("classifier", sized, clf, new_name="v.xml", running_name="c.pt", field="f") == [], \
         "a replica that reports no smallest box (an older one) is not compared on it"
+
+
+def test_a_detector_of_another_input_size_is_said_in_the_swaps_answer_and_by_the_cli(capsys):
+    """A swap to a network of another input size runs (the decoders letterbox frames to imgsz, the
+    detector resizes them to its size): said in the replicas' log alone, the swap answered as
+    done. Now its answer's ``notes`` say it, and `models swap` prints them."""
+    from cli.main import main
+    from pipeline.lifecycle.swap_checks import size_notes
+
+    from .conftest import DETECTOR
+    from .http import answering
+    from .test_detector_backends import PLATES, detector
+
+    plates = detector(PLATES, categories={"plate": ["plate"]})
+    [note] = size_notes(plates, DetectorConfig(weights=PLATES), "FP32/plates.xml", "detector")
+    assert note.startswith("detector.weights: FP32/plates.xml takes 300x300 frames; the decoders letterbox frames to "
+                           "detector.imgsz 640 and the detector resizes them to its size"), note
+    assert size_notes(detector(DETECTOR, categories={"all": ["*"]}), DetectorConfig(weights=DETECTOR), "yolo", "detector") == []
+    answer = {"deployment": "detector", "model": "FP32/plates.xml", "weights": PLATES, "card": None, "generation": 2,
+              "previous": DETECTOR, "replicas": 1, "seconds": 3.0, "validate_s": 1.0, "rollout_s": 2.0, "notes": [note]}
+    with answering(200, json.dumps(answer).encode()) as api:
+        assert main(["models", "swap", "detector", "w.pt", "--api", api]) == 0
+    assert f"percept: note: {note}" in capsys.readouterr().err
 
 
 def test_rollout_state_waits_for_every_live_replica():

@@ -262,11 +262,11 @@ def test_a_classifier_swap_whose_running_card_is_gone_is_compared_with_nothing_n
     fix): reading its crops raised a `ModelError`, which is no `SwapError`, and the API answered
     500 (the CLI exit 1). The new model is loaded and checked; nothing is there to compare with."""
     from pipeline.config_models import ClassifierConfig
-    from pipeline.lifecycle.swap import validate_swap
+    from pipeline.lifecycle.swap_checks import validate_swap
 
     weights = str(MODELS / "vehicle-attributes-recognition-barrier-0039/FP32/vehicle-attributes-recognition-barrier-0039.xml")
     running = ClassifierConfig(weights=weights, card=str(tmp_path / "gone.yaml"))
-    new_cfg, name = validate_swap("classifier", running, weights, None, models_dir=str(MODELS),
+    new_cfg, name, _ = validate_swap("classifier", running, weights, None, models_dir=str(MODELS),
                                   field="classifiers.vehicle", running=None, running_name="gone")
     assert new_cfg.card is None and name == "FP32/vehicle-attributes-recognition-barrier-0039.xml"
 
@@ -303,7 +303,7 @@ def test_a_classifier_swap_with_no_replica_to_compare_with_is_checked_against_th
     from pathlib import Path
 
     from pipeline.config_models import ClassifierConfig
-    from pipeline.lifecycle.swap import validate_swap
+    from pipeline.lifecycle.swap_checks import validate_swap
 
     shipped = Path(__file__).resolve().parent.parent / "configs/models/vehicle-attributes.yaml"
     weights = str(MODELS / "vehicle-attributes-recognition-barrier-0039/FP32/vehicle-attributes-recognition-barrier-0039.xml")

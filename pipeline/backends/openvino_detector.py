@@ -283,6 +283,11 @@ class OpenVinoDetector:
     def detect_batch(self, inputs: Sequence[DetectorInput]) -> list[Detections | Exception]:
         return per_item(self._detect, inputs)
 
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) the network takes (frames letterboxed to ``imgsz`` are fitted to it)."""
+        return self.net.size
+
     def wait_compiling(self, timeout_s: float | None = None) -> bool:
         """Until no frame size is being compiled (`SizePlaces`): for what times or compares the
         network at each frame's rectangle (`percept eval`, `models compare`, the bench)."""

@@ -26,11 +26,10 @@ from .swap import (
     SwapRefused,
     SwapTimeout,
     UnknownDeployment,
-    check_weights_path,
     config_identity,
     swapped_cfg,
-    validate_swap,
 )
+from .swap_checks import check_weights_path, validate_swap
 
 log = logging.getLogger("percept.swap")
 
@@ -247,7 +246,7 @@ class ModelSwaps:
         running = next((r for r in reports if (r.weights, r.card) == (weights, card) and r.facts), None)
         await asyncio.to_thread(self._check_gpu, section, request)
         started = time.monotonic()
-        _, name = await asyncio.to_thread(
+        _, name, notes = await asyncio.to_thread(
             validate_swap, kind, swapped_cfg(section.cfg, weights, card), request.weights, request.card,
             models_dir=self.config.models_dir, field=section.field,
             running=running.facts if running else None, running_name=Path(weights.rstrip("/")).name)
@@ -277,7 +276,8 @@ class ModelSwaps:
         return {"deployment": deployment, "model": name, "weights": request.weights, "card": request.card,
                 "generation": desired.generation, "previous": Path(weights.rstrip("/")).name,
                 "replicas": live, "seconds": round(time.monotonic() - started, 2),
-                "validate_s": round(validated - started, 2), "rollout_s": round(time.monotonic() - validated, 2)}
+                "validate_s": round(validated - started, 2), "rollout_s": round(time.monotonic() - validated, 2),
+                "notes": notes}
 
     async def _roll_back(self, keys: SwapKeys, failed: Desired, weights: str, card: str | None,
                          timeout_s: float) -> str:
