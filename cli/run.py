@@ -25,6 +25,7 @@ from pipeline.config import (
     load_config,
 )
 from pipeline.redact import redact, redact_url
+from pipeline.api_hosts import all_interfaces, with_own_name
 
 from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, RedisOutage, fail, number_arg, say, state_dir_error
 from .terminate import StartupTermination, while_ray_lives
@@ -274,7 +275,7 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
                 raise Unavailable(f"{port_option}: {taken} (another percept run, or another service: set "
                                   f"{port_option} to a free one)")
             keeper: list[PrivateRedis] = []
-            config = redis_for(config, stack, keeper)
+            config = with_own_name(redis_for(config, stack, keeper))
             _read_files_again(config)
         except ConfigError as exc:
             return fail(str(ConfigError(exc.errors, exc.source or source, exc.camera_ids)), CONFIG_ERROR_EXIT_CODE)
@@ -314,7 +315,7 @@ def ingress_line(config: PerceptConfig) -> str:
     if config.http.proxy_location == "Disabled":
         return "no HTTP ingress (http.proxy_location: Disabled): no live view, no camera API"
     host = config.http.host
-    if host in ("0.0.0.0", "::", ""):
+    if all_interfaces(host):
         import socket
 
         host = socket.gethostname()  # bound on every interface: this machine's name reaches it

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from typing import Any
 
 ALWAYS = ("localhost", "*.localhost")
 
@@ -42,3 +43,20 @@ def host_refused(header: str | None, allowed: Sequence[str]) -> str | None:
     return (f"Host {name[:100]!r} is not a name this API answers to: add it to security.api_hosts (the names a "
             f"browser may reach it by; IP addresses and localhost are always answered): a web page can point "
             f"a name it owns at this address and drive the API from a browser (DNS rebinding)")
+
+
+def all_interfaces(host: str) -> bool:
+    """Whether a bind address is every interface's."""
+    return host in ("0.0.0.0", "::", "")
+
+
+def with_own_name(config: Any) -> Any:
+    """``config`` (a `PerceptConfig`) whose API also answers to this machine's name when it binds
+    every interface (`percept run` prints that name as the address), beside `security.api_hosts`."""
+    if not all_interfaces(config.http.host):
+        return config
+    import socket
+
+    names = [n for n in (socket.gethostname().lower(),) if n and n not in config.security.api_hosts]
+    security = config.security.model_copy(update={"api_hosts": [*config.security.api_hosts, *names]})
+    return config.model_copy(update={"security": security})

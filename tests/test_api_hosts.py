@@ -57,3 +57,16 @@ def test_a_request_naming_an_unlisted_host_changes_nothing_and_reads_nothing(red
             r = api.post("/cameras", json={"id": "gate", "url": "rtsp://cam.local/s"}, headers={"Host": host})
             assert r.status_code == 201, (host, r.text)
         assert [c["id"] for c in api.get("/cameras", headers={"Host": "gpu-box"}).json()] == ["gate"]
+
+
+def test_percept_run_bound_on_every_interface_answers_to_the_name_it_prints():
+    """`percept run` with http.host 0.0.0.0 prints http://<this machine's name>:8000/ as the live
+    view's address: that name is answered, where the default bind (127.0.0.1) adds none."""
+    from cli.run import ingress_line
+    from pipeline.api_hosts import with_own_name
+
+    everywhere = with_own_name(parse_config({"http": {"host": "0.0.0.0"}, "security": {"api_hosts": ["gpu-box"]}}))
+    printed = ingress_line(everywhere).split("live view http://", 1)[1].split("/", 1)[0]
+    assert host_refused(printed, everywhere.security.api_hosts) is None, (printed, everywhere.security.api_hosts)
+    assert everywhere.security.api_hosts[0] == "gpu-box"
+    assert with_own_name(parse_config({})).security.api_hosts == []
