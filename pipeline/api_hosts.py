@@ -51,12 +51,19 @@ def all_interfaces(host: str) -> bool:
 
 
 def with_own_name(config: Any) -> Any:
-    """``config`` (a `PerceptConfig`) whose API also answers to this machine's name when it binds
-    every interface (`percept run` prints that name as the address), beside `security.api_hosts`."""
-    if not all_interfaces(config.http.host):
-        return config
-    import socket
+    """``config`` (a `PerceptConfig`) whose API also answers to the name `percept run` prints as its
+    address, beside `security.api_hosts`: ``http.host`` when it is a name, this machine's name when
+    it binds every interface."""
+    host = config.http.host.rstrip(".").lower()
+    if all_interfaces(host):
+        import socket
 
-    names = [n for n in (socket.gethostname().lower(),) if n and n not in config.security.api_hosts]
+        host = socket.gethostname().lower()
+    try:
+        ipaddress.ip_address(host)
+        return config  # (an address: always answered)
+    except ValueError:
+        pass
+    names = [n for n in (host,) if n and n not in config.security.api_hosts]
     security = config.security.model_copy(update={"api_hosts": [*config.security.api_hosts, *names]})
     return config.model_copy(update={"security": security})

@@ -182,6 +182,8 @@ def explain(detector: Any, image: np.ndarray, target: Target, *, imgsz: int, met
     if scores_of(detector, [prepare_frame(image, imgsz)], target)[0] <= 0:
         raise ExplainError(f"the detector explaining does not find this {target.label} on the frame "
                            f"({getattr(detector, 'name', 'its model')}, imgsz {imgsz}): nothing to explain")
+    if (settle := getattr(detector, "wait_compiling", None)) is not None:  # (a new frame size: its masks at
+        settle(60.0)  # its rectangle, as the check above will be, not some in the square: `openvino_sizes`)
     if method == "rise":
         heat, calls = rise(detector, image, target, imgsz=imgsz, masks=masks, seed=seed, batch=batch)
     elif method == "occlusion":

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from .source_types import Frame
 
 
-REPLACE_AFTER_COSTS = 10  # a frame held for a late consumer is made again once it waited 10 × its cost
+REPLACE_AFTER_COSTS = 10  # a frame held for a late consumer is made again once it waited 10 × its cost,
+HELD_AT_MOST_S = 0.2  # or this long (two frame intervals, if longer): the frame taken is never older
 
 
 class LatestFrameSlot:
@@ -27,9 +28,10 @@ class LatestFrameSlot:
     read and skipped is dropped: what the consumer takes is always the newest frame read, never
     one that waited in the slot while the consumer was busy — unless the consumer is late: once
     the time it expected to be free has passed, a frame held is replaced by a newer one only when
-    it has waited `REPLACE_AFTER_COSTS` times what making it cost (a 4K camera's 57 ms conversion
-    was redone 6–7 times a frame taken under load, each thrown away; a small frame, cheaper
-    than the time between two, is still replaced by every newer one)."""
+    it has waited `REPLACE_AFTER_COSTS` times what making a frame costs (a moving average), or
+    `HELD_AT_MOST_S` (two frame intervals if longer) when that comes first: a 4K camera's 57 ms
+    conversion was redone 6–7 times a frame taken under load, each thrown away; a small frame,
+    cheaper than the time between two, is still replaced by every newer one."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -48,7 +50,8 @@ class LatestFrameSlot:
             if self._frame is not None:
                 self.dropped += 1
             self._frame, self._held_at = frame, time.monotonic()
-            self._cost_s = getattr(frame, "decode_ms", 0.0) / 1000
+            cost = getattr(frame, "decode_ms", 0.0) / 1000
+            self._cost_s = cost if self._cost_s == 0.0 else 0.7 * self._cost_s + 0.3 * cost
             self._cond.notify()
 
     def get(self, timeout: float | None = None) -> Frame | None:
@@ -85,8 +88,8 @@ class LatestFrameSlot:
                 self._interval = min(now - self._last_ask, 1.0)
             self._last_ask = now
             wanted = self._wanted or (self._wanted_at is not None and now + self._interval >= self._wanted_at)
-            if wanted and not self._wanted and self._frame is not None \
-                    and now - self._held_at < REPLACE_AFTER_COSTS * self._cost_s:
+            held_for = min(REPLACE_AFTER_COSTS * self._cost_s, max(HELD_AT_MOST_S, 2 * self._interval))
+            if wanted and not self._wanted and self._frame is not None and now - self._held_at < held_for:
                 return False  # (the consumer late: the frame held stays, not yet worth making again)
             if not wanted and self._frame is not None:
                 self._frame = None

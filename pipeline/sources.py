@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections import deque
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -292,8 +293,8 @@ class VideoSource:
         self._step: float | None = None  # this pass: the longest step between two frames' positions
         self._pass_frames = 0  # frames grabbed in this pass
         connected_at: float | None = None  # the backoff starts afresh once the stream has stayed up
-        grabbed_at: float | None = None  # this pass's last frame grabbed, and the longest gap between two
-        longest_gap = 0.0
+        grabbed_at: float | None = None  # this pass's last frame grabbed, and the gaps before its last ones
+        gaps: deque[float] = deque(maxlen=5)
         undecodable = 0  # sampled frames in a row whose retrieve() failed
         undecodable_seen = decoded = False  # this pass: a retrieve() failed / one succeeded
         while not self._stop.is_set():
@@ -305,7 +306,7 @@ class VideoSource:
             now = self._monotonic()
             if not ok:
                 if not self._is_file:
-                    self._transition(SourceState.RECONNECTING, "stream ended or read timed out" + self._slow_hint(longest_gap))
+                    self._transition(SourceState.RECONNECTING, "stream ended or read timed out" + self._slow_hint(gaps))
                     return "lost", last_pts
                 nothing = not got_any or (undecodable_seen and not decoded)  # no frame, or none that decodes
                 if nothing and pts_offset == 0.0:
@@ -315,7 +316,7 @@ class VideoSource:
                     last_pts = max(last_pts, pts_offset + self._pts_shift + cap.end_s - self._frame_s)
                 return ("empty" if nothing else "eof"), last_pts
             if grabbed_at is not None:
-                longest_gap = max(longest_gap, now - grabbed_at)
+                gaps.append(now - grabbed_at)
             grabbed_at = now
             if connected_at is None:
                 connected_at = now
@@ -374,13 +375,15 @@ class VideoSource:
             yield Frame(meta, image, (time.perf_counter() - t_decode) * 1000, prepared)
         return "stopped", last_pts
 
-    def _slow_hint(self, longest_gap: float) -> str:
+    def _slow_hint(self, gaps: Sequence[float]) -> str:
         """What to change when a live camera's frames came so far apart (a timelapse, a still
-        scene's dynamic frame rate) that the read timeout, not a fault, cut it: half of it or more."""
+        scene's dynamic frame rate) that the read timeout, not a fault, cut it: its last frames' usual
+        gap (the median of the last five: one stall in an hour of video is not it) half of it or more."""
         limit = self._read_timeout_s
-        if limit is None or longest_gap < 0.5 * limit:
+        usual = sorted(gaps)[len(gaps) // 2] if gaps else 0.0
+        if limit is None or usual < 0.5 * limit:
             return ""
-        return (f" (its frames came up to {longest_gap:.1f} s apart: a camera this slow needs "
+        return (f" (its frames came {usual:.1f} s apart: a camera this slow needs "
                 f"cameras[{self.camera}].read_timeout_s above that, now {limit:g} s)")
 
     def _pts(self, pos_ms: float | None, pts_offset: float, last_pts: float | None) -> float | None:

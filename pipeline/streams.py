@@ -233,7 +233,10 @@ _ERROR_CODES = {redis.exceptions.ReadOnlyError: "READONLY", redis.exceptions.Out
 def refusal_text(exc: redis.RedisError) -> str:
     """A refusal's text as a script's error reply reads ("READONLY …"): redis-py strips the
     reply's code from the errors it maps, put back here."""
-    return f"{_ERROR_CODES.get(type(exc), type(exc).__name__ + ':')} {exc}"
+    text = str(exc)
+    if type(exc) not in _ERROR_CODES and text.startswith(UNAVAILABLE_REPLIES):  # (its code kept: MISCONF, …)
+        return text
+    return f"{_ERROR_CODES.get(type(exc), type(exc).__name__ + ':')} {text}"
 
 
 def writes_refused(client: redis.Redis, keys: StreamKeys) -> str | None:

@@ -70,3 +70,6 @@ def test_percept_run_bound_on_every_interface_answers_to_the_name_it_prints():
     assert host_refused(printed, everywhere.security.api_hosts) is None, (printed, everywhere.security.api_hosts)
     assert everywhere.security.api_hosts[0] == "gpu-box"
     assert with_own_name(parse_config({})).security.api_hosts == []
+    named = with_own_name(parse_config({"http": {"host": "GPU-Box"}}))  # (a name it binds and prints: answered too)
+    printed = ingress_line(named).split("live view http://", 1)[1].split("/", 1)[0]
+    assert named.security.api_hosts == ["gpu-box"] and host_refused(printed, named.security.api_hosts) is None

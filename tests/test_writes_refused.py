@@ -47,6 +47,11 @@ def test_writes_refused_says_why_redis_refuses_writes_and_writes_nothing(redis_s
         assert writes_refused(client, KEYS).startswith("OOM "), writes_refused(client, KEYS)
     with read_only_replica(client):
         assert writes_refused(client, KEYS).startswith("READONLY "), writes_refused(client, KEYS)
+    client.config_set("min-replicas-to-write", "1")  # (no replica: refused with its code, not "ResponseError:")
+    try:
+        assert writes_refused(client, KEYS).startswith("NOREPLICAS "), writes_refused(client, KEYS)
+    finally:
+        client.config_set("min-replicas-to-write", "0")
     assert writes_refused(client, KEYS) is None and client.keys("refw:*") == []  # (asked with a write of nothing)
 
 

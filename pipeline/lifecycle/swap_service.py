@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..backends import runs_on_cpu_only
 from ..config_errors import format_validation_error
-from ..models import resolve_weights
+from ..models import model_name, resolve_weights
 from ..streams import redis_unavailable
 from .swap import (
     Desired,
@@ -32,6 +32,12 @@ from .swap import (
 from .swap_checks import check_weights_path, validate_swap
 
 log = logging.getLogger("percept.swap")
+
+
+def served_name(section: Any, weights: str, card: str | None) -> str:
+    """The name messages give the weights ``section`` serves with ``card`` (`model_name`: an
+    Open Model Zoo network with its precision folder, a fine-tune with its run)."""
+    return model_name(swapped_cfg(section.cfg, weights, card))
 
 LIVE_S = 15.0  # a replica whose last report is older has gone (restarted, scaled down)
 FORGET_S = 300.0  # reports this old are deleted
@@ -149,7 +155,7 @@ class ModelSwaps:
             state, failed = listed_state(reports, weights, card, generation, requested_at)
             out.append({
                 "deployment": deployment, "kind": kind, "category": section.category, "field": section.field,
-                "model": Path(weights.rstrip("/")).name, "weights": weights, "card": card, "generation": generation,
+                "model": served_name(section, weights, card), "weights": weights, "card": card, "generation": generation,
                 "rolled_out": state == "done", "state": state, "failed_replica": failed.replica if failed else None,
                 "replicas": [{"replica": r.replica, "model": r.model, "generation": r.generation, "loading": r.loading,
                               "error": r.error, "load_s": r.load_s, "swapped_at": r.swapped_at,
@@ -233,7 +239,7 @@ class ModelSwaps:
         new = swapped_cfg(cfg, request.weights, request.card)
         if new.device == "cpu" or runs_on_cpu_only(new, models_dir=models_dir) or not self.gpus_on_cluster():
             return
-        raise SwapRefused(f"{section.field}.weights: {Path(request.weights.rstrip('/')).name} would run on a GPU, but "
+        raise SwapRefused(f"{section.field}.weights: {served_name(section, request.weights, request.card)} would run on a GPU, but "
                           f"{section.deployment} has none: its configured model runs on the CPU, so num_gpus auto "
                           f"gave it none; set {section.field}.num_gpus (or device: cpu) in the config and redeploy")
 
@@ -249,7 +255,7 @@ class ModelSwaps:
         _, name, notes = await asyncio.to_thread(
             validate_swap, kind, swapped_cfg(section.cfg, weights, card), request.weights, request.card,
             models_dir=self.config.models_dir, field=section.field,
-            running=running.facts if running else None, running_name=Path(weights.rstrip("/")).name)
+            running=running.facts if running else None, running_name=served_name(section, weights, card))
         validated = time.monotonic()
         desired = await asyncio.to_thread(self._record, keys, request.weights, request.card, name,
                                           {"weights": weights, "card": card})
@@ -274,7 +280,7 @@ class ModelSwaps:
         except redis.RedisError as exc:  # (only what a later failure settles on depends on it)
             log.warning("%s: generation %d served everywhere, not noted (%s)", deployment, desired.generation, exc)
         return {"deployment": deployment, "model": name, "weights": request.weights, "card": request.card,
-                "generation": desired.generation, "previous": Path(weights.rstrip("/")).name,
+                "generation": desired.generation, "previous": served_name(section, weights, card),
                 "replicas": live, "seconds": round(time.monotonic() - started, 2),
                 "validate_s": round(validated - started, 2), "rollout_s": round(time.monotonic() - validated, 2),
                 "notes": notes}
@@ -284,7 +290,7 @@ class ModelSwaps:
         """The weights before ``failed`` recorded again as the next generation (a Redis outage
         waited out, up to ``timeout_s``), unless a newer swap replaced ``failed`` meanwhile; what
         came of it, in words."""
-        name = Path(weights.rstrip("/")).name
+        name = served_name(self.sections[keys.deployment][1], weights, card)
         if card == failed.card and self._same_file(weights, failed.weights):
             # the swap named the file the replicas serve (by this path or another): a record of it
             # again brings nothing back — and when it was written again in place (`models
