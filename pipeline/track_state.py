@@ -350,8 +350,9 @@ def restore_tracking(
         return fresh("another source")
     tracker.raise_next_id(track_id_max)
     tracker.resume_across_pause(lease_ttl_s)  # the handover's pause: a track goes on where the next frame finds it
-    log.info("camera %s: %d open tracks continued from seq %d (+%d frames replayed, %d ids differed)",
-             camera.id, len(events.open_tracks), seq, done.replayed, done.differed)
+    if check_source:  # (else restored to be ended, `end_left_tracks`, which says so: "continued" contradicted it)
+        log.info("camera %s: %d open tracks continued from seq %d (+%d frames replayed, %d ids differed)",
+                 camera.id, len(events.open_tracks), seq, done.replayed, done.differed)
     return tracker, events, done
 
 

@@ -4,6 +4,7 @@ tracks its snapshot left are ended on that clock too (real redis-server and publ
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from pipeline.tracking import ObjectTracker
 KEYS = StreamKeys("filetime")
 
 
-def test_the_tracks_a_file_cameras_snapshot_left_end_on_the_files_clock(redis_server):
+def test_the_tracks_a_file_cameras_snapshot_left_end_on_the_files_clock(redis_server, caplog):
     """`end_left_tracks` replayed such a camera's frames on the wall clock: the first replayed
     frame came some 1.7e9 s after the snapshot's file time, the tracker took it for an outage
     and dropped every track (here the car, lost since the snapshot), and the engine ended them
@@ -48,10 +49,14 @@ def test_the_tracks_a_file_cameras_snapshot_left_end_on_the_files_clock(redis_se
                 snapshots.published(meta, engine)  # the last snapshot: seq 3; seq 4 and 5 replayed
         assert pub.flush(5)
         assert json.loads(redis_server.client().hget(KEYS.trackstate("f"), "json"))["seq"] == 3
+        caplog.set_level(logging.INFO, logger="percept")
         assert end_left_tracks(pub, camera, cfg, track_id_max=tracker.track_id_max) == 1
         assert pub.flush(5)
     finally:
         pub.close()
+    said = [r.getMessage() for r in caplog.records if "open tracks" in r.getMessage()]
+    assert said == ["camera f: the 1 open tracks its snapshot left end (nobody continues them)"], said  # (not
+    # also "1 open tracks continued from seq 3": the log said both of one handover)
     kinds = [json.loads(f[b"json"])["kind"] for _, f in redis_server.client().xrange(KEYS.events("f"))]
     assert kinds.count("track_start") == 1 and kinds.count("track_end") == 1, kinds
 
