@@ -27,6 +27,7 @@ from pipeline.config import (
 from pipeline.redact import redact, redact_url
 from pipeline.api_hosts import all_interfaces, with_own_name
 
+from .ray_watch import RayDaemons, RayGone
 from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, RedisOutage, fail, number_arg, say, state_dir_error
 from .terminate import StartupTermination, while_ray_lives
 
@@ -304,9 +305,15 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
         client = redis_from_config(config.redis)
         outage = RedisOutage(config.redis.url, carry_on_refused=True)
         keys = StreamKeys(config.redis.stream_prefix)
+        daemons = RayDaemons.started_here() if address == "local" else RayDaemons([])
+
+        def keep_up() -> None:
+            if keeper:
+                keeper[0].keep_up()
+            daemons.check()  # (raises RayGone)
+
         return monitor_cameras(client, keys, registered(client, keys, [c.id for c in config.cameras]),
-                               duration=duration, show=monitor, outage=outage,
-                               keep_up=keeper[0].keep_up if keeper else None)
+                               duration=duration, show=monitor, outage=outage, keep_up=keep_up)
     return 0
 
 
@@ -343,7 +350,7 @@ def monitor_cameras(client: Any, keys: Any, cameras: list[str] | Callable[[], li
     """Until the duration ends or Ctrl-C / SIGTERM: one live line per camera every second
     (``cameras``: their ids, or a function giving them each time).
     A Redis outage prints one line and the loop carries on; ``keep_up`` (every second) starts a
-    private Redis that ended again."""
+    private Redis that ended again, and raises `RayGone` when the private Ray's daemons ended."""
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
     deadline = time.monotonic() + duration if duration else None
@@ -351,7 +358,10 @@ def monitor_cameras(client: Any, keys: Any, cameras: list[str] | Callable[[], li
         while not stop["flag"] and (deadline is None or time.monotonic() < deadline):
             time.sleep(1.0)
             if keep_up is not None and not stop["flag"]:  # (a SIGTERM to the whole group stops Redis too)
-                keep_up()
+                try:
+                    keep_up()
+                except RayGone as exc:
+                    return fail(str(exc), EXIT_UNAVAILABLE)
             if show:
                 listed = (lambda: cameras) if isinstance(cameras, list) else cameras
                 for line in outage.attempt(lambda: status_lines(client, keys, listed()), []):

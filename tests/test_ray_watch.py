@@ -1,0 +1,75 @@
+"""`percept run`'s private Ray watched (`cli/ray_watch.py`): its raylet or GCS ending (killed,
+the OOM killer) stops the run saying which and how. A raylet killed left the console printing
+healthy lines (its replicas orphaned); a GCS killed ended the run 60 s later in Ray's words."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from cli.ray_watch import RayDaemons, RayGone
+
+from .conftest import REPO
+from .waiting import wait_for
+
+
+@pytest.fixture
+def daemon_named(tmp_path):
+    """A child process of this one whose name is a Ray daemon's (``sleep`` copied under it)."""
+    started = []
+
+    def start(name: str) -> subprocess.Popen:
+        exe = tmp_path / name
+        shutil.copy(shutil.which("sleep"), exe)
+        started.append(subprocess.Popen([str(exe), "600"]))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_daemon_killed_is_said_by_name_pid_and_signal(daemon_named):
+    raylet, gcs = daemon_named("raylet"), daemon_named("gcs_server")
+    daemons = RayDaemons.started_here()
+    assert sorted(name for _, name in daemons.procs) == ["gcs_server", "raylet"]
+    daemons.check()  # (both run)
+    raylet.send_signal(signal.SIGKILL)
+
+    def ended() -> RayGone | None:
+        try:
+            daemons.check()
+        except RayGone as exc:
+            return exc
+        return None
+
+    gone = wait_for(ended, 30, "the raylet's end seen")
+    assert str(gone).startswith(f"the private Ray's raylet (pid {raylet.pid}) killed by SIGKILL: the graph's "
+                                "replicas are lost with it"), gone
+    assert gcs.poll() is None
+
+
+def test_the_run_loop_stops_with_exit_3_when_a_daemon_ends(daemon_named, redis_server, capsys):
+    from cli.common import EXIT_UNAVAILABLE, RedisOutage
+    from cli.run import monitor_cameras
+
+    gcs = daemon_named("gcs_server")
+    daemons = RayDaemons.started_here()
+    gcs.terminate()
+    assert monitor_cameras(redis_server.client(), None, [], duration=60, show=False,
+                           outage=RedisOutage(redis_server.url), keep_up=daemons.check) == EXIT_UNAVAILABLE
+    assert f"percept: the private Ray's GCS (gcs_server) (pid {gcs.pid}) killed by SIGTERM" in capsys.readouterr().err
+
+
+def test_a_private_rays_daemons_are_found_as_this_process_children():
+    """Against a real private Ray (`ray.init(address="local")`, as `percept run` starts it)."""
+    code = ("import ray\nfrom cli.ray_watch import RayDaemons\n"
+            "ray.init(address='local', include_dashboard=False, num_cpus=1, logging_level=40)\n"
+            "print(sorted(n for _, n in RayDaemons.started_here().procs))\nray.shutdown()\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "['gcs_server', 'raylet']" in done.stdout, (done.stdout, done.stderr[-2000:])
