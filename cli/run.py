@@ -376,13 +376,14 @@ def monitor_cameras(client: Any, keys: Any, cameras: list[str] | Callable[[], li
 def status_lines(client: Any, keys: Any, cameras: list[str]) -> list[str]:
     import redis
 
-    from pipeline.streams import camera_states, number, redis_unavailable, writes_refused
+    from pipeline.streams import as_seen, camera_states, number, redis_unavailable, writes_refused
 
     states = camera_states(client, keys, cameras)
     refused = writes_refused(client, keys)  # (the hashes say what was written last: online)
     lines = [f"redis refuses writes ({refused}): every camera's results wait in its decoder's outage buffer"] if refused else []
+    now = time.time()
     for cam in cameras:
-        st = states.get(cam, {})
+        st = states.get(cam, {}) if refused else as_seen(states.get(cam, {}), now)  # (not rewritten: stale)
         counts: dict[str, int] = {}
         e2e = "-"
         try:

@@ -214,7 +214,7 @@ def render(rows: list[CameraRow] | None, deployments: dict[str, DeploymentStats]
 
 def camera_rows(client: Any, prefix: str, samples: int, now: float | None = None) -> list[CameraRow]:
     from pipeline.registry import CameraRegistry
-    from pipeline.streams import StreamKeys, camera_states, number, parse_entry_id, per_key
+    from pipeline.streams import StreamKeys, as_seen, camera_states, number, parse_entry_id, per_key
 
     keys, now = StreamKeys(prefix), time.time() if now is None else now
     valid, invalid = CameraRegistry(client, keys).read()
@@ -225,7 +225,7 @@ def camera_rows(client: Any, prefix: str, samples: int, now: float | None = None
         pipe.xrevrange(keys.detections(cid), count=samples)
     rows = []
     for cid, entries in zip(ids, per_key(pipe)):
-        st = states.get(cid, {})
+        st = as_seen(states.get(cid, {}), now)  # (a live state nobody rewrote: stale)
         row = CameraRow(cid, st.get("state", "pending"), number(st.get("fps")),  # (load's drops and the outages')
                         dropped=int(number(st.get("dropped"))) + int(number(st.get("publish_dropped"))),
                         error=st.get("last_error", ""))

@@ -273,6 +273,21 @@ def number(value: Any, default: float = 0.0) -> float:
     return out if math.isfinite(out) else default
 
 
+LIVE_STATES = ("connecting", "online", "reconnecting")  # a decoder rewrites these every second
+STALE_S = 30.0  # a live state not rewritten for longer: its decoder is gone
+
+
+def as_seen(state: Mapping[str, str], now: float) -> Mapping[str, str]:
+    """A camera hash as readers show it: a live state (`LIVE_STATES`) whose hash nobody wrote for
+    `STALE_S` (``updated_at``) is ``stale``, its ``last_error`` saying for how long — the decoder
+    or its Ray gone, or Redis refusing its writes; it said ``online`` for good after a crash."""
+    age = now - number(state.get("updated_at"), default=math.nan)
+    if state.get("state") not in LIVE_STATES or not age > STALE_S:  # (no updated_at: not stale)
+        return state
+    return {**state, "state": "stale", "last_error": f"no word from its decoder for {age:.0f} s (its last state: "
+            f"{state['state']}): the decoder or its Ray is gone, or Redis refuses its writes"}
+
+
 def _decode(mapping: Mapping[bytes, bytes]) -> dict[str, str]:
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in mapping.items()}
 

@@ -74,7 +74,7 @@ def test_an_online_tile_with_no_image_says_why_not_a_stale_state(page_server, re
     body = json.dumps({"id": "gate", "url": "rtsp://cam.local/s"}).encode()
     request = urllib.request.Request(page_server + "/cameras", body, {"Content-Type": "application/json"})
     assert urllib.request.urlopen(request, timeout=30).status == 201
-    client.hset(KEYS.camera("gate"), mapping={"state": "connecting", "updated_at": "0"})
+    client.hset(KEYS.camera("gate"), mapping={"state": "connecting"})
     browser = Chromium(tmp_path / "profile")
     try:
         browser.call("Page.navigate", url=page_server + "/")
@@ -125,7 +125,7 @@ def test_a_tile_whose_api_stops_answering_is_greyed_and_says_so(page_server, red
     body = json.dumps({"id": "door", "url": "rtsp://cam.local/s"}).encode()
     request = urllib.request.Request(page_server + "/cameras", body, {"Content-Type": "application/json"})
     assert urllib.request.urlopen(request, timeout=30).status == 201
-    client.hset(KEYS.camera("door"), mapping={"state": "online", "updated_at": "0"})
+    client.hset(KEYS.camera("door"), mapping={"state": "online"})
     image = encode_jpeg(__import__("numpy").full((48, 64, 3), 200, "uint8"), comment="percept camera=door seq=1 ts=1.000")
     client.set(KEYS.view_jpeg("door"), image, px=600_000)
     browser = Chromium(tmp_path / "profile")

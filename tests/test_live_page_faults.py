@@ -41,7 +41,7 @@ def test_an_image_whose_view_stopped_is_greyed_and_says_why(page_server, redis_s
     word over it, for good."""
     client = redis_server.client()
     _add(page_server, "door")
-    client.hset(KEYS.camera("door"), mapping={"state": "online", "updated_at": "0"})
+    client.hset(KEYS.camera("door"), mapping={"state": "online"})
     client.set(KEYS.view_jpeg("door"), _jpeg("door", 1), px=3000)  # the last view frame, gone in 3 s
     browser = Chromium(tmp_path / "profile")
     try:
@@ -109,7 +109,7 @@ def test_cameras_with_no_view_frame_leave_the_others_images_coming(page_server, 
     stuck = [f"a{i}" for i in range(8)]
     for camera in [*stuck, "zz"]:
         _add(page_server, camera)
-        client.hset(KEYS.camera(camera), mapping={"state": "online", "updated_at": "0", "fps": "5"})
+        client.hset(KEYS.camera(camera), mapping={"state": "online", "fps": "5"})
     stop = threading.Event()
 
     def draw():  # camera zz: a new view frame five times a second, as a watched camera gets
