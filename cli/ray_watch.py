@@ -12,10 +12,23 @@ from collections.abc import Sequence
 import psutil
 
 DAEMONS = ("raylet", "gcs_server")
+KEPT = ("redis-server",)  # this process's children that are not Ray's
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except psutil.Error:
+        return ""
 
 
 class RayGone(Exception):
-    """One of the private Ray's daemons ended; its text says which and how."""
+    """One of the private Ray's daemons ended; its text says which and how (``daemons``: the
+    watcher, to stop the rest)."""
+
+    def __init__(self, message: str, daemons: "RayDaemons"):
+        super().__init__(message)
+        self.daemons = daemons
 
 
 def _ended(proc: psutil.Process) -> str | None:
@@ -55,6 +68,19 @@ class RayDaemons:
                 continue
         return cls(found)
 
+    def stop_the_rest(self) -> None:
+        """Once one ended: every process of this Ray still here ended too (SIGKILL: the raylet,
+        the GCS, its agents and workers; this process's other children, its private
+        redis-server, are left). With its GCS gone, Ray's own exit waited 60 s on it and left
+        its agents running."""
+        here = [p for p in psutil.Process().children(recursive=True) if _name(p) not in KEPT]
+        for proc in here:
+            try:
+                proc.kill()
+            except psutil.Error:  # (gone already)
+                continue
+        psutil.wait_procs(here, timeout=5)
+
     def check(self) -> None:
         """Raises `RayGone` once one of them has ended."""
         for proc, daemon in self.procs:
@@ -63,5 +89,17 @@ class RayDaemons:
                 name = "GCS (gcs_server)" if daemon == "gcs_server" else "raylet"
                 raise RayGone(f"the private Ray's {name} (pid {proc.pid}) {how}: the graph's replicas are lost with "
                               f"it, so nothing more is published; stopping (run percept run again; look for the OOM "
-                              f"killer in the system log if nothing here killed it)")
+                              f"killer in the system log if nothing here killed it)", self)
 
+
+
+def ray_lost(exc: RayGone) -> int:
+    """The private Ray's raylet or GCS ended: said, the rest of that Ray stopped at once (so that
+    the way out does not wait on it: `terminate.while_ray_lives`), exit 3."""
+    from .common import EXIT_UNAVAILABLE, fail
+    from .terminate import said_ray_gone
+
+    said_ray_gone()  # (its own line said it, not "a signal to the whole process group?")
+    code = fail(str(exc), EXIT_UNAVAILABLE)
+    exc.daemons.stop_the_rest()
+    return code

@@ -27,7 +27,7 @@ from pipeline.config import (
 from pipeline.redact import redact, redact_url
 from pipeline.api_hosts import all_interfaces, with_own_name
 
-from .ray_watch import RayDaemons, RayGone
+from .ray_watch import RayDaemons, RayGone, ray_lost
 from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, RedisOutage, fail, number_arg, say, state_dir_error
 from .terminate import StartupTermination, while_ray_lives
 
@@ -361,7 +361,9 @@ def monitor_cameras(client: Any, keys: Any, cameras: list[str] | Callable[[], li
                 try:
                     keep_up()
                 except RayGone as exc:
-                    return fail(str(exc), EXIT_UNAVAILABLE)
+                    if stop["flag"]:  # (a SIGTERM to the whole group while keep_up ran: the stop, not a fault)
+                        break
+                    return ray_lost(exc)
             if show:
                 listed = (lambda: cameras) if isinstance(cameras, list) else cameras
                 for line in outage.attempt(lambda: status_lines(client, keys, listed()), []):

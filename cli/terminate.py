@@ -110,6 +110,11 @@ def _drained(sock: socket.socket) -> bytes:
 _said_gone = threading.Event()
 
 
+def said_ray_gone() -> None:
+    """The private Ray's end was said already (`cli/ray_watch.py`): the way out says no more of it."""
+    _said_gone.set()
+
+
 def local_ray_gone() -> bool:
     """Whether this process's private Ray lost its raylet: a SIGTERM to the whole process group
     (GNU ``timeout``, systemd's default ``KillMode``, ``kill -- -PGID``) reaches Ray's own

@@ -73,3 +73,44 @@ def test_a_private_rays_daemons_are_found_as_this_process_children():
             "print(sorted(n for _, n in RayDaemons.started_here().procs))\nray.shutdown()\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "['gcs_server', 'raylet']" in done.stdout, (done.stdout, done.stderr[-2000:])
+
+
+LOST_GCS = """
+import os, signal, sys, time
+import psutil, ray
+from cli.run import start_ray
+from cli.ray_watch import RayDaemons, RayGone, ray_lost
+from cli.terminate import while_ray_lives
+
+start_ray(None, verbose=False, num_cpus=1)
+daemons = RayDaemons.started_here()
+print("pids", *[p.pid for p in psutil.Process().children(recursive=True)], flush=True)
+os.kill(next(p.pid for p, name in daemons.procs if name == "gcs_server"), signal.SIGKILL)
+t0 = time.monotonic()
+while True:
+    try:
+        daemons.check()
+    except RayGone as exc:
+        code = ray_lost(exc)
+        break
+    time.sleep(0.2)
+while_ray_lives(ray.shutdown)
+print("out", code, round(time.monotonic() - t0, 1), flush=True)
+"""
+
+
+def test_a_real_private_rays_gcs_killed_ends_the_run_at_once_leaving_nothing():
+    """With its GCS killed, Ray's own exit waited 60 s on it (exit 1, in Ray's words) and left
+    its agents running; now the rest of that Ray is stopped at once and the run says why."""
+    env = {**__import__("os").environ, "RAY_ADDRESS": ""}
+    done = subprocess.run([sys.executable, "-c", LOST_GCS], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    out = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("pids", "out")))
+    assert done.returncode == 0 and "out" in out, (done.stdout, done.stderr[-3000:])
+    code, seconds = out["out"].split()
+    assert code == "3" and float(seconds) < 30, out["out"]
+    assert "percept: the private Ray's GCS (gcs_server) (pid" in done.stderr and "whole process group" not in done.stderr
+    import psutil
+
+    left = [int(p) for p in out["pids"].split() if psutil.pid_exists(int(p))
+            and psutil.Process(int(p)).status() != psutil.STATUS_ZOMBIE]
+    assert left == [], [(p, psutil.Process(p).name()) for p in left]

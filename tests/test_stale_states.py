@@ -42,3 +42,20 @@ def test_a_live_state_nobody_rewrote_is_shown_stale_everywhere(redis_server, mon
     assert {cid: c["state"] for cid, c in listed.items()} == shown, listed
     assert "error: no word from its decoder for" in _ls_row(listed["lost"]) and "(its last state: reconnecting)" in \
         listed["lost"]["last_error"], listed["lost"]
+
+
+def test_while_redis_refuses_writes_top_says_so_not_stale(redis_server):
+    """Nobody can rewrite a hash then: `top` showed every camera stale where the others showed it
+    held (writes refused)."""
+    client = redis_server.client()
+    CameraRegistry(client, KEYS).add(CameraConfig(id="held", url="rtsp://cam.local/held"))
+    client.hset(KEYS.camera("held"), mapping={"state": "online", "updated_at": f"{time.time() - 300:.3f}"})
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", "1")
+    try:
+        [row] = camera_rows(client, KEYS.prefix, 5)
+    finally:
+        client.config_set("maxmemory", "0")
+    assert row.state == "online", row
+    [row] = camera_rows(client, KEYS.prefix, 5)
+    assert row.state == "stale", row
