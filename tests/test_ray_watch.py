@@ -114,3 +114,24 @@ def test_a_real_private_rays_gcs_killed_ends_the_run_at_once_leaving_nothing():
     left = [int(p) for p in out["pids"].split() if psutil.pid_exists(int(p))
             and psutil.Process(int(p)).status() != psutil.STATUS_ZOMBIE]
     assert left == [], [(p, psutil.Process(p).name()) for p in left]
+
+
+def test_a_sigterm_to_the_whole_group_while_the_loop_keeps_up_is_the_stop(redis_server, capsys):
+    """A SIGTERM to the process group lands on Ray's daemons too: one seen ended right after it
+    (a private redis-server's restart took the while) was said as a fault, exit 3."""
+    import os
+
+    from cli.common import RedisOutage
+    from cli.run import monitor_cameras
+
+    def keep_up() -> None:  # the signal comes, then the daemons are found ended
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise RayGone("the private Ray's raylet (pid 1) killed by SIGTERM", RayDaemons([]))
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert monitor_cameras(redis_server.client(), None, [], duration=60, show=False,
+                               outage=RedisOutage(redis_server.url), keep_up=keep_up) == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "killed by SIGTERM" not in capsys.readouterr().err
