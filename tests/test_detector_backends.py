@@ -1,7 +1,5 @@
-"""The detector backends on the real shared models: the native OpenVINO path against ultralytics,
-the GTSDB sign detector (YOLOv5 layout) against labels and a test-side decoding, YuNet faces,
-the licence-plate SSD, and one bad frame in a batch. Nothing is mocked; a missing model or
-clip skips its test with the path it looked for."""
+"""Detector backends on the shared models: native OpenVINO vs ultralytics, the GTSDB YOLOv5 sign detector, YuNet
+faces, the plate SSD, a bad frame in a batch. Nothing mocked; a missing model or clip skips naming its path."""
 
 from __future__ import annotations
 
@@ -128,8 +126,7 @@ def test_frames_run_at_their_rectangle_and_find_what_the_square_finds(native, na
     `openvino_export`), and find the objects the padded square finds, in the same camera pixels."""
     for clip, size in (("traffic.mp4", (384, 640)), ("vtest.avi", (480, 640))):
         inputs = [prepare_frame(f, 640) for f in frames(clip, list(range(5, 200, 10)))]
-        native.detect_batch(inputs[:1])  # (a new size: compiled in the background, its frames in the square till then)
-        assert native.wait_compiling(300)
+        assert native.detect_batch(inputs[:1]) and native.wait_compiling(300)  # (a new size: compiled in the background)
         rect, square = native.detect_batch(inputs), native_square.detect_batch(inputs)
         assert native.sizes.runners.get(size) is not None, f"{clip}: not run at {size} ({list(native.sizes.runners)})"
         assert list(native_square.sizes.runners) == [(640, 640)], "rect=False keeps the square"
@@ -158,8 +155,7 @@ def test_a_rectangle_that_compiles_but_fails_to_run_leaves_its_frames_in_the_squ
     at_size = broken.net.at_size
     broken.net = replace(broken.net, at_size=lambda size: replace(at_size(size), latency=latency))
     inputs = [prepare_frame(f, 640) for f in frames("traffic.mp4", [5, 45])]
-    broken.detect_batch(inputs)  # (the size compiled in the background)
-    assert broken.wait_compiling(300)
+    assert broken.detect_batch(inputs) and broken.wait_compiling(300)  # (the size compiled in the background)
     got, want = broken.detect_batch(inputs), native_square.detect_batch(inputs)
     assert broken.sizes.runners.get((384, 640), "never tried") is None, list(broken.sizes.runners)
     assert not any(isinstance(g, Exception) for g in got), got

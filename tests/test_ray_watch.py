@@ -93,7 +93,7 @@ while True:
     except RayGone as exc:
         code = ray_lost(exc)
         break
-    time.sleep(0.2)
+    time.sleep(0.2)  # (polling: the daemons checked each turn, as the run loop does each second)
 while_ray_lives(ray.shutdown)
 print("out", code, round(time.monotonic() - t0, 1), flush=True)
 """
