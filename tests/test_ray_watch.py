@@ -34,9 +34,16 @@ def daemon_named(tmp_path):
         proc.wait()
 
 
+def ours(*procs: subprocess.Popen) -> RayDaemons:
+    """The daemons found among this process's children that these are (the tests' session Ray,
+    started in this process too, has its own raylet and GCS here)."""
+    pids = {p.pid for p in procs}
+    return RayDaemons([(p, name) for p, name in RayDaemons.started_here().procs if p.pid in pids])
+
+
 def test_a_daemon_killed_is_said_by_name_pid_and_signal(daemon_named):
     raylet, gcs = daemon_named("raylet"), daemon_named("gcs_server")
-    daemons = RayDaemons.started_here()
+    daemons = ours(raylet, gcs)
     assert sorted(name for _, name in daemons.procs) == ["gcs_server", "raylet"]
     daemons.check()  # (both run)
     raylet.send_signal(signal.SIGKILL)
@@ -59,7 +66,7 @@ def test_the_run_loop_stops_with_exit_3_when_a_daemon_ends(daemon_named, redis_s
     from cli.run import monitor_cameras
 
     gcs = daemon_named("gcs_server")
-    daemons = RayDaemons.started_here()
+    daemons = ours(gcs)
     gcs.terminate()
     assert monitor_cameras(redis_server.client(), None, [], duration=60, show=False,
                            outage=RedisOutage(redis_server.url), keep_up=daemons.check) == EXIT_UNAVAILABLE
