@@ -52,28 +52,37 @@ def _ended(proc: psutil.Process) -> str | None:
 
 
 class RayDaemons:
-    """The raylet and GCS of a Ray this process started (none found: nothing to watch)."""
+    """The raylet and GCS of a Ray this process started (none found: nothing to watch), and the
+    rest of that Ray's processes among this process's children when it was found."""
 
-    def __init__(self, procs: Sequence[tuple[psutil.Process, str]]):
+    def __init__(self, procs: Sequence[tuple[psutil.Process, str]], others: Sequence[psutil.Process] = ()):
         self.procs = list(procs)  # (each with its name, read while it ran)
+        self.others = list(others)  # (Ray's log monitor, dashboard: children of this process too)
 
     @classmethod
     def started_here(cls) -> "RayDaemons":
-        found = []
+        """Called right after this process started its private Ray: its children then are that
+        Ray's, but for `KEPT` (the private redis-server)."""
+        found, others = [], []
         for proc in psutil.Process().children():
-            try:
-                if (name := proc.name()) in DAEMONS:
-                    found.append((proc, name))
-            except psutil.Error:  # (one that ended as it was listed)
-                continue
-        return cls(found)
+            name = _name(proc)
+            if name in DAEMONS:
+                found.append((proc, name))
+            elif name and name not in KEPT:
+                others.append(proc)
+        return cls(found, others)
 
     def stop_the_rest(self) -> None:
-        """Once one ended: every process of this Ray still here ended too (SIGKILL: the raylet,
-        the GCS, its agents and workers; this process's other children, its private
-        redis-server, are left). With its GCS gone, Ray's own exit waited 60 s on it and left
-        its agents running."""
-        here = [p for p in psutil.Process().children(recursive=True) if _name(p) not in KEPT]
+        """Once one ended: every process of this Ray still here ended too (SIGKILL: the daemons,
+        what runs under them — its agents and workers — and its other processes found with them;
+        nothing else of this process). With its GCS gone, Ray's own exit waited 60 s on it and
+        left its agents running."""
+        here = [p for p, _ in self.procs] + self.others
+        for proc, _ in self.procs:
+            try:
+                here += proc.children(recursive=True)
+            except psutil.Error:  # (gone: its own were reparented, found no more)
+                continue
         for proc in here:
             try:
                 proc.kill()
