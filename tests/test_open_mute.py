@@ -57,17 +57,22 @@ def mute_camera():
                     asked.append(head.decode(errors="replace").split(" ", 1)[0])
                     conn.sendall(_answer(head.decode(errors="replace")))
 
+    _accepting(server, lambda conn: threading.Thread(target=lambda: _quietly(talk, conn), daemon=True).start())
+    yield f"rtsp://127.0.0.1:{server.getsockname()[1]}/live", asked
+    server.close()
+
+
+def _accepting(server: socket.socket, each) -> None:
+    """``each(conn)`` for every connection ``server`` takes, in a thread, until it is closed."""
     def accept() -> None:
         while True:
             try:
                 conn, _ = server.accept()
             except OSError:  # closed at the test's end
                 return
-            threading.Thread(target=lambda: _quietly(talk, conn), daemon=True).start()
+            each(conn)
 
     threading.Thread(target=accept, daemon=True).start()
-    yield f"rtsp://127.0.0.1:{server.getsockname()[1]}/live", asked
-    server.close()
 
 
 def _quietly(talk, conn) -> None:
@@ -166,17 +171,12 @@ def test_a_mute_camera_opened_with_pyav_is_said_as_opencvs_open_says_it(monkeypa
     server = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
 
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:  # closed at the test's end
-                return
-            held.append(conn)
-            conn.recv(4096)
-            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n")
+    def answer_and_hold(conn: socket.socket) -> None:
+        held.append(conn)
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n")
 
-    threading.Thread(target=accept, daemon=True).start()
+    _accepting(server, answer_and_hold)
     url = f"http://127.0.0.1:{server.getsockname()[1]}/video.mjpg"
     monkeypatch.setattr(capture, "_opened_with_pyav", {("mute", url)})  # as after a mute open
     try:

@@ -94,13 +94,15 @@ daemons = RayDaemons.started_here()
 print("pids", *[p.pid for p in psutil.Process().children(recursive=True)], flush=True)
 os.kill(next(p.pid for p, name in daemons.procs if name == "gcs_server"), signal.SIGKILL)
 t0 = time.monotonic()
-while True:
+while time.monotonic() < t0 + 120:  # (a deadline: no end seen is said by the test, no "out" line)
     try:
         daemons.check()
     except RayGone as exc:
         code = ray_lost(exc)
         break
     time.sleep(0.2)  # (polling: the daemons checked each turn, as the run loop does each second)
+else:
+    sys.exit("the GCS's end was not seen within 120 s")
 while_ray_lives(ray.shutdown)
 print("out", code, round(time.monotonic() - t0, 1), flush=True)
 """
