@@ -214,19 +214,18 @@ def render(rows: list[CameraRow] | None, deployments: dict[str, DeploymentStats]
 
 def camera_rows(client: Any, prefix: str, samples: int, now: float | None = None) -> list[CameraRow]:
     from pipeline.registry import CameraRegistry
-    from pipeline.streams import StreamKeys, as_seen, camera_states, number, parse_entry_id, per_key, writes_refused
+    from pipeline.streams import StreamKeys, number, parse_entry_id, per_key, states_as_seen
 
     keys, now = StreamKeys(prefix), time.time() if now is None else now
     valid, invalid = CameraRegistry(client, keys).read()
     ids = sorted({c.id for c in valid} | {c.id for c in invalid})
-    states = camera_states(client, keys, ids)
-    refused = writes_refused(client, keys)  # (then nobody can rewrite a hash: not stale, held)
+    states, _ = states_as_seen(client, keys, ids, now)
     pipe = client.pipeline(transaction=False)
     for cid in ids:
         pipe.xrevrange(keys.detections(cid), count=samples)
     rows = []
     for cid, entries in zip(ids, per_key(pipe)):
-        st = states.get(cid, {}) if refused else as_seen(states.get(cid, {}), now)  # (not rewritten: stale)
+        st = states.get(cid, {})
         row = CameraRow(cid, st.get("state", "pending"), number(st.get("fps")),  # (load's drops and the outages')
                         dropped=int(number(st.get("dropped"))) + int(number(st.get("publish_dropped"))),
                         error=st.get("last_error", ""))

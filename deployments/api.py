@@ -43,7 +43,7 @@ from pipeline.events import EventEngine
 from pipeline.geometry import GeometryError
 from pipeline.redact import redact, redact_text_given, redact_url
 from pipeline.registry import CameraRegistry, TooManyCameras
-from pipeline.streams import StreamKeys, as_seen, camera_states, number, redis_from_config, redis_unavailable, writes_refused
+from pipeline.streams import StreamKeys, number, redis_from_config, redis_unavailable, states_as_seen
 from pipeline.track_state import stored_pixel_frames
 
 from .explain import ExplainApi
@@ -182,14 +182,12 @@ class CameraApi:
 
     def _list(self) -> list[dict[str, Any]]:
         cameras, invalid = self.registry.read()
-        states = camera_states(self.client, self.keys, [c.id for c in cameras])
+        states, refused = states_as_seen(self.client, self.keys, [c.id for c in cameras])
         frames = last_frames(self.client, self.keys, [c.id for c in cameras], time.time(),
                              {c.id: c._added_ms for c in cameras})
-        refused = writes_refused(self.client, self.keys)  # (its hash says online: its results wait unwritten)
-        now, out = time.time(), []
+        out = []
         for cam in cameras:
             st = states.get(cam.id, {})
-            st = st if refused else as_seen(st, now)  # (nobody rewrote its live state: stale)
             last = frames.get(cam.id, {})
             out.append({
                 "id": cam.id,

@@ -288,6 +288,18 @@ def as_seen(state: Mapping[str, str], now: float) -> Mapping[str, str]:
             f"{state['state']}): the decoder or its Ray is gone, or Redis refuses its writes"}
 
 
+def states_as_seen(client: redis.Redis, keys: StreamKeys, cameras: list[str],
+                   now: float | None = None) -> tuple[dict[str, Mapping[str, str]], str | None]:
+    """The camera hashes as readers show them (`camera_states`, then `as_seen`) and why Redis
+    refuses writes (`writes_refused`, or None). While it refuses them nobody can rewrite a hash:
+    none is called stale then (what was written last stands, its results held by its decoder)."""
+    states, refused = camera_states(client, keys, cameras), writes_refused(client, keys)
+    if not refused:
+        now = time.time() if now is None else now
+        states = {cam: as_seen(st, now) for cam, st in states.items()}
+    return states, refused
+
+
 def _decode(mapping: Mapping[bytes, bytes]) -> dict[str, str]:
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in mapping.items()}
 
