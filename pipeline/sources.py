@@ -9,9 +9,7 @@ the caller passes ``seq_start`` so it is never reused across restarts either.
 `open_capture` (pipeline/capture.py) is the factory that touches the world (OpenCV/FFmpeg); `VideoSource` receives an
 opener and clocks so it is testable without a camera. Sampling, pacing, the watchdog and backoff
 run on the monotonic clock (a wall clock stepped by NTP neither starves nor floods a camera);
-only ``frame_ts`` is wall time. A file's timeline is its timestamps, made to increase: a file
-without any (raw H.264) or whose timestamps start again (joined MPEG-TS recordings) goes on at
-its frame rate. After `stop()` the source reports nothing but its end: a reader still opening
+only ``frame_ts`` is wall time; pts and pacing: pipeline/source_timeline.py. After `stop()` the source reports nothing but its end: a reader still opening
 when its camera was replaced cannot write the old camera's state over the new one's.
 """
 
@@ -21,6 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -29,6 +28,7 @@ from .backoff import Backoff
 from .redact import redact
 from .sampling import FpsSampler, next_phase
 from .schema import FrameMeta
+from .source_timeline import Timeline
 from .source_types import ALLOWED, Capture, Frame, InvalidTransition, SourceError, SourceState, StatusEvent
 
 log = logging.getLogger("percept.sources")
@@ -64,10 +64,9 @@ class VideoSource:
     ):
         self.camera = camera
         # ``sparse``: a capture that skips frames (keyframes only), its frames seconds apart by
-        # design: a paced file's gap past ``watchdog_s`` is not closed (`_pts`), and a live one
-        # keeps each frame that comes (on its phase of the period, pipeline/sampling.py, it
+        # design: a paced file's gap past ``watchdog_s`` is not closed (`Timeline.pts`), and a live
+        # one keeps each frame that comes (on its phase of the period, pipeline/sampling.py, it
         # waited for its grid point and passed over its first keyframe: a GOP late, or none)
-        self._closes_gaps = not sparse
         self._read_timeout_s = read_timeout_s  # (the capture's: named when a slow camera's frames come near it)
         self._open = open_capture
         self._sampler = FpsSampler(fps, phase=None if is_file or sparse else next_phase())
@@ -77,9 +76,10 @@ class VideoSource:
         # segments download whole, seconds of video at once; read as they came, a camera's frames
         # came in bursts a segment apart, and the reader, waiting a segment for the next, timed
         # out, reconnected and read the last segments again: the same video published twice)
-        self._realtime = (realtime and is_file) or paced
         # a file's frame rate, or what probes it (called in the reader thread, before the first open)
-        self._native_fps = native_fps
+        self._timeline = Timeline(is_file=is_file, realtime=(realtime and is_file) or paced, watchdog_s=watchdog_s,
+                                  closes_gaps=not sparse, native_fps=native_fps)
+        self._realtime = self._timeline.realtime
         self._watchdog_s = watchdog_s
         self._backoff = backoff or Backoff()
         self._next_seq = seq_start
@@ -105,10 +105,7 @@ class VideoSource:
         self.frames_read = 0
         self.last_error: str | None = None
         self.last_frame_at: float | None = None  # monotonic
-        self._pace_origin: tuple[float, float] | None = None  # (monotonic, pts) when pacing a file
         self._pass_frames = 0  # frames grabbed in the current pass over a file
-        self._pts_shift = 0.0  # added to a file's positions so its timeline keeps increasing (`_pts`)
-        self._step: float | None = None
         # `FrameMeta.steady_ts`: a clock NTP does not step, that counts a suspended machine's time
         self._steady_clock = monotonic or (_boottime if clock is time.time else clock)
 
@@ -193,12 +190,8 @@ class VideoSource:
     def frames(self) -> Iterator[Frame]:
         """Blocking generator of sampled frames; returns when stopped, failed or a file ends."""
         pts_offset = 0.0
-        if callable(self._native_fps):
-            try:
-                self._native_fps = self._native_fps()
-            except Exception:  # no rate known: paced at 25 fps (`_frame_s`); the open says what is wrong
-                log.exception("camera %s: probing the file's frame rate failed", self.camera)
-                self._native_fps = None
+        # (no rate known: paced at 25 fps; the open says what is wrong)
+        self._timeline.probe(lambda: log.exception("camera %s: probing the file's frame rate failed", self.camera))
         while not self._stop.is_set():
             try:
                 cap = self._open()
@@ -212,7 +205,7 @@ class VideoSource:
                     return
                 self._transition(SourceState.RECONNECTING, str(exc))
                 self._wait(self._backoff.next())
-                self._pace_origin = None  # a file paced again from its next frame, not caught up on
+                self._timeline.repace()  # a file paced again from its next frame, not caught up on
                 continue
             if hasattr(cap, "stopping"):  # (PyAV's: it reads many packets a grab, a stop ends that too)
                 cap.stopping = self._stop.is_set
@@ -230,46 +223,31 @@ class VideoSource:
                 # (it was reopened and decoded 25 times a second to give 2 frames), and for at most
                 # half the watchdog's time (an image at fps 0.05 would go silent for 20 s a pass); so
                 # does any pass shorter than that (2 frames at 1000 fps: reopened 1600 times a second).
-                short = self._pass_frames == 1 or last_pts + self._frame_s - pts_offset < self._sampler.period
+                short = self._pass_frames == 1 or last_pts + self._timeline.frame_s - pts_offset < self._sampler.period
                 step = min(self._sampler.period, self._watchdog_s / 2) if short else 0.0
-                pts_offset = max(last_pts + self._frame_s, pts_offset + step)
+                pts_offset = max(last_pts + self._timeline.frame_s, pts_offset + step)
                 self._backoff.reset()  # a whole pass read: the file is back
                 continue
             if outcome == "empty":  # a looping file that gave no frame this time (being rewritten?)
                 self._wait(self._backoff.next())
-                self._pace_origin = None
+                self._timeline.repace()
                 # its frames were read (not decoded): the timeline goes on after them, else the
                 # sampler, past them already, took nothing of the next passes until they caught up
-                pts_offset = max(last_pts + self._frame_s, pts_offset)
+                pts_offset = max(last_pts + self._timeline.frame_s, pts_offset)
             if outcome == "lost":
                 self._wait(self._backoff.next())
-                self._pace_origin = None  # (a paced stream: its positions start again at the next open)
+                self._timeline.repace()  # (a paced stream: its positions start again at the next open)
         if self._state != SourceState.FAILED:
             self._transition(SourceState.STOPPED)
 
     def _pace(self, now: float, pts: float) -> float:
-        """Waits until a file's frame at ``pts`` is due (monotonic ``now``); returns the time then."""
-        if self._pace_origin is None:
-            self._pace_origin = (now, pts)
-        wall0, pts0 = self._pace_origin
-        ahead = wall0 + (pts - pts0) - now
-        if not self._is_file and abs(ahead) > self._watchdog_s:
-            # a live stream's timestamps that jumped (a discontinuity, its encoder restarted) by
-            # more than the watchdog's time: paced from this frame on, neither waited out (silent
-            # and shown online, the watchdog held off) nor, jumped back, read flat out (ahead of
-            # its live edge: reconnecting, its last segments read again)
-            self._pace_origin = (now, pts)
-            return now
+        """Waits until a paced frame at ``pts`` is due (monotonic ``now``); returns the time then."""
+        ahead = self._timeline.ahead(now, pts)
         if ahead <= 0:
             return now
         self.last_frame_at = now + ahead  # held back by the file's own time, not silent: no watchdog
         self._wait(ahead)
         return self._monotonic()
-
-    @property
-    def _frame_s(self) -> float:
-        """A file's frame interval (its frame rate; 25 fps when it has none)."""
-        return 1.0 / self._native_fps if self._native_fps else 0.04
 
     def _grab_past_damage(self, cap: Capture) -> bool:
         """A file's grab() tried again after one that failed, up to `FILE_GRAB_RETRIES` times
@@ -287,16 +265,9 @@ class VideoSource:
         """Yields frames from one open capture; returns (outcome, last pts): outcome is
         'eof' (file ended), 'empty' (a file's later pass gave no frame that decodes), 'lost'
         (stream broke or timed out, or its frames could not be decoded), 'failed' or 'stopped'."""
-        last_pts = pts_offset
-        got_any = False
-        self._pts_shift = 0.0
-        self._step: float | None = None  # this pass: the longest step between two frames' positions
+        self._timeline.pass_started()
         self._pass_frames = 0  # frames grabbed in this pass
-        connected_at: float | None = None  # the backoff starts afresh once the stream has stayed up
-        grabbed_at: float | None = None  # this pass's last frame grabbed, and the gaps before its last ones
-        gaps: deque[float] = deque(maxlen=5)
-        undecodable = 0  # sampled frames in a row whose retrieve() failed
-        undecodable_seen = decoded = False  # this pass: a retrieve() failed / one succeeded
+        run = _Pass(last_pts=pts_offset)
         while not self._stop.is_set():
             ok = cap.grab()
             if not ok and self._stop.is_set():  # (a grab cut short by the stop)
@@ -305,75 +276,95 @@ class VideoSource:
                 ok = self._grab_past_damage(cap)
             now = self._monotonic()
             if not ok:
-                if not self._is_file:
-                    self._transition(SourceState.RECONNECTING, "stream ended or read timed out" + self._slow_hint(gaps))
-                    return "lost", last_pts
-                nothing = not got_any or (undecodable_seen and not decoded)  # no frame, or none that decodes
-                if nothing and pts_offset == 0.0:
-                    self._transition(SourceState.FAILED, "no decodable video frames in file")
-                    return "failed", last_pts
-                if not nothing and getattr(cap, "end_s", None) is not None:  # (PyAV's: where the video ends)
-                    last_pts = max(last_pts, pts_offset + self._pts_shift + cap.end_s - self._frame_s)
-                return ("empty" if nothing else "eof"), last_pts
-            if grabbed_at is not None:
-                gaps.append(now - grabbed_at)
-            grabbed_at = now
-            if connected_at is None:
-                connected_at = now
-            elif decoded and now - connected_at >= self._backoff.cap:  # up that long: a new drop is a new fault
-                self._backoff.reset()
-            self.last_frame_at = now
-            # online from its first decoded frame (a stream whose packets came and never decoded
-            # was `online` ~98 % of the time, reconnecting every 30 sampled frames), and when
-            # frames come back after a stall
-            if decoded and self._state != SourceState.ONLINE:
-                self._transition(SourceState.ONLINE)
-            self.frames_read += 1
-            self._pass_frames += 1
-            pts = self._pts(cap.get(_CAP_PROP_POS_MSEC), pts_offset, last_pts if got_any else None)
-            got_any = True
+                return self._ended(cap, run, pts_offset), run.last_pts
+            self._grabbed(run, now)
+            pts = self._timeline.pts(cap.get(_CAP_PROP_POS_MSEC), pts_offset, run.last_pts if run.got_any else None)
+            run.got_any = True
             if pts is not None:
-                last_pts = pts
+                run.last_pts = pts
             if self._realtime and pts is not None:  # pace a file like a live camera, across loops
                 now = self._pace(now, pts)
             timeline = pts if (self._is_file and pts is not None) else now
-            if not self._sampler.accept(timeline):
-                continue
-            if self._wait_for_demand is not None:  # backpressure: wait (files): nothing is skipped
-                while not self._stop.is_set() and not self._wait_for_demand(0.25):
-                    self.last_frame_at = self._monotonic()  # held back, not silent: no watchdog
-            # (with `wait`, demand was seen above: the consumer may have withdrawn it since, after
-            # its take filled its last place, but this frame waits in the empty slot, not skipped)
-            elif self._wants_frame is not None and not self._wants_frame():
-                self.skipped += 1
+            if not self._sampler.accept(timeline) or not self._demanded():
                 continue
             t_decode = time.perf_counter()
             ok, image = cap.retrieve()
             if not ok or image is None:
                 self.skipped += 1  # sampled, but not decodable: counted like a frame not taken
-                undecodable, undecodable_seen = undecodable + 1, True
-                if undecodable >= MAX_UNDECODABLE and not self._is_file:  # (a file is read on past them)
+                run.undecodable, run.undecodable_seen = run.undecodable + 1, True
+                if run.undecodable >= MAX_UNDECODABLE and not self._is_file:  # (a file is read on past them)
                     self._transition(SourceState.RECONNECTING,
-                                     f"{undecodable} sampled frames in a row could not be decoded")
-                    return "lost", last_pts
+                                     f"{run.undecodable} sampled frames in a row could not be decoded")
+                    return "lost", run.last_pts
                 continue
-            undecodable, decoded = 0, True
+            run.undecodable, run.decoded = 0, True
             if self._state != SourceState.ONLINE:  # (its first decoded frame)
                 self._transition(SourceState.ONLINE)
-            meta = FrameMeta(
-                camera=self.camera,
-                seq=self._next_seq,
-                frame_ts=self._clock(),
-                pts=pts,
-                width=int(image.shape[1]),
-                height=int(image.shape[0]),
-                steady_ts=self._steady_clock(),
-            )
-            self._next_seq += 1
-            prepared = self._prepare(image, meta) if self._prepare is not None else None
-            self.converted += 1
-            yield Frame(meta, image, (time.perf_counter() - t_decode) * 1000, prepared)
-        return "stopped", last_pts
+            yield self._frame(image, pts, t_decode)
+        return "stopped", run.last_pts
+
+    def _ended(self, cap: Capture, run: "_Pass", pts_offset: float) -> str:
+        """The outcome of a pass whose grab() failed (`_read`'s; ``run.last_pts`` moved to where
+        a file's video ends when its capture knows)."""
+        if not self._is_file:
+            self._transition(SourceState.RECONNECTING, "stream ended or read timed out" + self._slow_hint(run.gaps))
+            return "lost"
+        nothing = not run.got_any or (run.undecodable_seen and not run.decoded)  # no frame, or none that decodes
+        if nothing and pts_offset == 0.0:
+            self._transition(SourceState.FAILED, "no decodable video frames in file")
+            return "failed"
+        if not nothing and getattr(cap, "end_s", None) is not None:  # (PyAV's: where the video ends)
+            run.last_pts = max(run.last_pts, pts_offset + self._timeline.shift + cap.end_s - self._timeline.frame_s)
+        return "empty" if nothing else "eof"
+
+    def _grabbed(self, run: "_Pass", now: float) -> None:
+        """A frame grabbed at monotonic ``now``: its gap kept, the backoff reset once the stream has
+        stayed up, the camera online again after a stall (from its first decoded frame on)."""
+        if run.grabbed_at is not None:
+            run.gaps.append(now - run.grabbed_at)
+        run.grabbed_at = now
+        if run.connected_at is None:
+            run.connected_at = now
+        elif run.decoded and now - run.connected_at >= self._backoff.cap:  # up that long: a new drop is a new fault
+            self._backoff.reset()
+        self.last_frame_at = now
+        # online from its first decoded frame (a stream whose packets came and never decoded
+        # was `online` ~98 % of the time, reconnecting every 30 sampled frames), and when
+        # frames come back after a stall
+        if run.decoded and self._state != SourceState.ONLINE:
+            self._transition(SourceState.ONLINE)
+        self.frames_read += 1
+        self._pass_frames += 1
+
+    def _demanded(self) -> bool:
+        """Whether a sampled frame goes on to be decoded: a file waits for demand (nothing is
+        skipped); a live camera's frame the consumer cannot take now is skipped (and counted)."""
+        if self._wait_for_demand is not None:  # backpressure: wait (files): nothing is skipped
+            while not self._stop.is_set() and not self._wait_for_demand(0.25):
+                self.last_frame_at = self._monotonic()  # held back, not silent: no watchdog
+            # (with `wait`, demand was seen above: the consumer may have withdrawn it since, after
+            # its take filled its last place, but this frame waits in the empty slot, not skipped)
+            return True
+        if self._wants_frame is not None and not self._wants_frame():
+            self.skipped += 1
+            return False
+        return True
+
+    def _frame(self, image: np.ndarray, pts: float | None, t_decode: float) -> Frame:
+        """A decoded frame as it goes on: its metadata (the next seq), prepared, its decode time."""
+        meta = FrameMeta(
+            camera=self.camera,
+            seq=self._next_seq,
+            frame_ts=self._clock(),
+            pts=pts,
+            width=int(image.shape[1]),
+            height=int(image.shape[0]),
+            steady_ts=self._steady_clock(),
+        )
+        self._next_seq += 1
+        prepared = self._prepare(image, meta) if self._prepare is not None else None
+        self.converted += 1
+        return Frame(meta, image, (time.perf_counter() - t_decode) * 1000, prepared)
 
     def _slow_hint(self, gaps: Sequence[float]) -> str:
         """What to change when a live camera's frames came so far apart (a timelapse, a still
@@ -386,41 +377,26 @@ class VideoSource:
         return (f" (its frames came {usual:.1f} s apart: a camera this slow needs "
                 f"cameras[{self.camera}].read_timeout_s above that, now {limit:g} s)")
 
-    def _pts(self, pos_ms: float | None, pts_offset: float, last_pts: float | None) -> float | None:
-        """A frame's pts: the capture's position plus ``pts_offset`` (loops) and the shift that
-        keeps a file's timeline increasing, and a paced one's without gaps longer than
-        ``watchdog_s`` (a frame at or before the last one, or that far after it, comes one frame
-        interval after it — with keyframes alone, one step of its keyframes: a file without
-        timestamps, whose timestamps start again, or recordings joined). A file's frame without a
-        position (raw H.264) comes one frame interval after the last."""
-        if pos_ms is None or pos_ms < 0:
-            if not self._is_file:
-                return None  # (a live camera's frames are sampled on the clock)
-            return pts_offset if last_pts is None else last_pts + self._frame_s
-        pts = pts_offset + self._pts_shift + pos_ms / 1000.0
-        if not self._is_file or last_pts is None:
-            return pts
-        gap, step = pts - last_pts, self._step
-        # a gap longer than the watchdog's (joined recordings) is closed too where the file is
-        # paced (the reader would wait it out, silent, and the watchdog take the camera for lost):
-        # any such gap when every frame is decoded; with keyframes alone (seconds apart by
-        # design), one over GAP_OVER_STEP times the pass's longest step so far (a scene cut's
-        # extra keyframe does not make a long GOP look like a gap), which then stands for it
-        if gap <= 0 or (self._realtime and gap > self._watchdog_s and (
-                self._closes_gaps or (step is not None and gap > GAP_OVER_STEP * step))):
-            gap = self._frame_s if self._closes_gaps or step is None else max(step, self._frame_s)
-            self._pts_shift += last_pts + gap - pts
-            return last_pts + gap
-        self._step = gap if step is None else max(step, gap)
-        return pts
-
 
 _CAP_PROP_POS_MSEC = 0  # cv2.CAP_PROP_POS_MSEC
+
+
+@dataclass
+class _Pass:
+    """What `VideoSource._read` knows of one pass over an open capture."""
+
+    last_pts: float  # the last frame's pts (the pass's offset before any)
+    got_any: bool = False  # a frame grabbed
+    decoded: bool = False  # a retrieve() succeeded
+    undecodable_seen: bool = False  # a retrieve() failed
+    undecodable: int = 0  # sampled frames in a row whose retrieve() failed
+    connected_at: float | None = None  # the backoff starts afresh once the stream has stayed up
+    grabbed_at: float | None = None  # the last frame grabbed, and the gaps before the last ones
+    gaps: deque[float] = field(default_factory=lambda: deque(maxlen=5))
 
 
 def _boottime() -> float:
     """Seconds on CLOCK_BOOTTIME (monotonic, counting suspend) where there is one."""
     return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
-GAP_OVER_STEP = 4  # `decode: keyframes`: a file's gap this many times its longest step is closed (`_pts`)
 FILE_GRAB_RETRIES = 16  # a file's grab() that failed is tried again this many times before it is its end
 MAX_UNDECODABLE = 30  # a live camera's sampled frames in a row that grab() read and retrieve() could not decode
