@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 from urllib.parse import quote, urlsplit
 
-from .config import ENV_REF, CameraConfig, PerceptConfig, camera_var_prefix
+from .config import ENV_REF, CameraConfig, PerceptConfig
+from .config_credentials import camera_var_prefix
 from .config_urls import UNREADABLE_HOST, camera_url_problem
 from .redact import UNESCAPED_USERINFO, query_secrets, url_credentials
 
