@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import logging
 import os
 import re
@@ -16,7 +15,7 @@ import signal
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pipeline.config import (
     CONFIG_ERROR_EXIT_CODE,
@@ -27,8 +26,9 @@ from pipeline.config import (
 from pipeline.redact import redact, redact_url
 from pipeline.api_hosts import all_interfaces, with_own_name
 
-from .ray_watch import RayDaemons, RayGone, ray_lost
-from .common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, RedisOutage, fail, number_arg, say, state_dir_error
+from .ray_watch import RayDaemons
+from .common import EXIT_UNAVAILABLE, RedisOutage, fail, number_arg, say, state_dir_error
+from .run_console import monitor_cameras, registered
 from .terminate import StartupTermination, while_ray_lives
 
 
@@ -329,84 +329,3 @@ def ingress_line(config: PerceptConfig) -> str:
     base = f"http://{f'[{host}]' if ':' in host else host}:{config.http.port}"
     view = f"live view {base}/  " if config.view.enabled else "live view off (view.enabled: false); "
     return f"{view}camera API {base}/cameras"
-
-
-def registered(client: Any, keys: Any, configured: list[str]) -> Callable[[], list[str]]:
-    """The cameras to show, read each time: the registry's (cameras added or removed through the
-    API included), the config's first in their order; the config's while the registry is empty."""
-    from pipeline.registry import CameraRegistry
-
-    registry = CameraRegistry(client, keys)
-
-    def cameras() -> list[str]:
-        ids = set(registry.ids())
-        return [c for c in configured if c in ids] + sorted(ids - set(configured)) if ids else list(configured)
-
-    return cameras
-
-
-def monitor_cameras(client: Any, keys: Any, cameras: list[str] | Callable[[], list[str]], *, duration: float | None,
-                    show: bool, outage: RedisOutage, keep_up: Callable[[], None] | None = None) -> int:
-    """Until the duration ends or Ctrl-C / SIGTERM: one live line per camera every second
-    (``cameras``: their ids, or a function giving them each time).
-    A Redis outage prints one line and the loop carries on; ``keep_up`` (every second) starts a
-    private Redis that ended again, and raises `RayGone` when the private Ray's daemons ended."""
-    stop = {"flag": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
-    deadline = time.monotonic() + duration if duration else None
-    try:
-        while not stop["flag"] and (deadline is None or time.monotonic() < deadline):
-            time.sleep(1.0)
-            if keep_up is not None and not stop["flag"]:  # (a SIGTERM to the whole group stops Redis too)
-                try:
-                    keep_up()
-                except RayGone as exc:
-                    if stop["flag"]:  # (a SIGTERM to the whole group while keep_up ran: the stop, not a fault)
-                        break
-                    return ray_lost(exc)
-            if show:
-                listed = (lambda: cameras) if isinstance(cameras, list) else cameras
-                for line in outage.attempt(lambda: status_lines(client, keys, listed()), []):
-                    print(line, flush=True)
-            elif not stop["flag"]:
-                outage.attempt(client.ping, None)  # --quiet: no status lines, still the outage's two
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    return 0
-
-
-def status_lines(client: Any, keys: Any, cameras: list[str]) -> list[str]:
-    import redis
-
-    from pipeline.streams import as_seen, camera_states, number, redis_unavailable, writes_refused
-
-    states = camera_states(client, keys, cameras)
-    refused = writes_refused(client, keys)  # (the hashes say what was written last: online)
-    lines = [f"redis refuses writes ({refused}): every camera's results wait in its decoder's outage buffer"] if refused else []
-    now = time.time()
-    for cam in cameras:
-        st = states.get(cam, {}) if refused else as_seen(states.get(cam, {}), now)  # (not rewritten: stale)
-        counts: dict[str, int] = {}
-        e2e = "-"
-        try:
-            last = client.xrevrange(keys.detections(cam), count=1)
-        except redis.ResponseError as exc:  # a key not written by percept
-            if redis_unavailable(exc):
-                raise
-            last = []
-        try:
-            if last:
-                payload = json.loads(last[0][1][b"json"])
-                for obj in payload["objects"]:
-                    counts[obj["category"]] = counts.get(obj["category"], 0) + 1
-                e2e = f"{payload['latency_ms'].get('total', 0):.0f} ms"
-        except (KeyError, ValueError, TypeError, AttributeError, RecursionError):  # an entry not as percept writes them
-            counts, e2e = {}, "-"
-        objs = " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"
-        err = f"  error: {redact(st['last_error'])}" if st.get("last_error") and st.get("state") != "online" else ""
-        lines.append(
-            f"{cam:<12} {st.get('state', 'pending'):<12} {number(st.get('fps')):5.1f} fps  "
-            f"dropped {st.get('dropped', '0'):>4}  objects {objs:<28} e2e {e2e}{err}"
-        )
-    return lines
-

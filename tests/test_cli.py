@@ -164,7 +164,8 @@ def test_percept_runs_private_redis_is_started_again_when_killed(tmp_path, capsy
     starts it again on the same port with its data (it stayed down for good: the decoders'
     buffers filled and then dropped results)."""
     from cli.common import EXIT_INTERRUPTED, RedisOutage
-    from cli.run import PrivateRedis, monitor_cameras
+    from cli.run import PrivateRedis
+    from cli.run_console import monitor_cameras
     from pipeline.redis_server import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path / "redis").start()
@@ -208,7 +209,7 @@ def test_percept_run_quiet_still_says_when_redis_goes_and_comes_back(redis_serve
     """`percept run --quiet` (systemd, a cluster's driver) said nothing of an outage: the check
     rode on the status lines it does not print."""
     from cli.common import EXIT_INTERRUPTED, RedisOutage
-    from cli.run import monitor_cameras
+    from cli.run_console import monitor_cameras
 
     client = redis_server.client()
     # each second, before the loop's check: Redis killed, back two seconds later
@@ -226,7 +227,7 @@ def test_percept_run_says_when_redis_comes_back_refusing_our_credentials(redis_s
     from redis.retry import Retry
 
     from cli.common import EXIT_INTERRUPTED, RedisOutage
-    from cli.run import monitor_cameras
+    from cli.run_console import monitor_cameras
     from pipeline.redis_server import EmbeddedRedis
     from pipeline.streams import connect_redis
 
@@ -290,7 +291,7 @@ def test_percept_run_shows_cameras_added_through_the_api_and_not_those_removed(r
     """`percept run`'s status lines were the config's cameras, fixed at its start: a camera added
     with `percept cameras add` never got a line (nor its error), a removed one kept its last."""
     from cli.common import RedisOutage
-    from cli.run import monitor_cameras, registered
+    from cli.run_console import monitor_cameras, registered
     from pipeline.config import CameraConfig
     from pipeline.registry import CameraRegistry
     from pipeline.streams import StreamKeys

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from cli.main import main
-from cli.run import status_lines
+from cli.run_console import status_lines
 from pipeline.config import CameraConfig
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys

@@ -63,7 +63,7 @@ def test_a_daemon_killed_is_said_by_name_pid_and_signal(daemon_named):
 
 def test_the_run_loop_stops_with_exit_3_when_a_daemon_ends(daemon_named, redis_server, capsys):
     from cli.common import EXIT_UNAVAILABLE, RedisOutage
-    from cli.run import monitor_cameras
+    from cli.run_console import monitor_cameras
 
     gcs = daemon_named("gcs_server")
     daemons = ours(gcs)
@@ -131,7 +131,7 @@ def test_a_sigterm_to_the_whole_group_while_the_loop_keeps_up_is_the_stop(redis_
     import os
 
     from cli.common import RedisOutage
-    from cli.run import monitor_cameras
+    from cli.run_console import monitor_cameras
 
     def keep_up() -> None:  # the signal comes, then the daemons are found ended
         os.kill(os.getpid(), signal.SIGTERM)

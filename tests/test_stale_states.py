@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from cli.cameras import _ls_row
-from cli.run import status_lines
+from cli.run_console import status_lines
 from cli.top import camera_rows
 from pipeline.config import CameraConfig
 from pipeline.registry import CameraRegistry

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from cli.cameras import _ls_row
-from cli.run import status_lines
+from cli.run_console import status_lines
 from pipeline.config import CameraConfig
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys, writes_refused
