@@ -14,7 +14,8 @@ from typing import Any
 import redis
 
 from .lease import REFUSED, UNHELD
-from .publish_items import Item, account, call_command, encode_all, script_calls, take_out
+from .publish_items import Item, call_command, encode_all, script_calls, take_out
+from .publish_outcomes import account
 from .publish_stats import events_in
 from .redact import redact
 from .streams import reconnect_if_demoted, warn_if_evicting

@@ -316,7 +316,7 @@ def test_a_batch_whose_send_failed_after_it_reached_redis_is_counted_published_o
 def test_a_run_answered_written_counts_every_frame_and_confirms_the_newest():
     """`account` counts a run Redis wrote whole at once: each frame published, the newest one
     confirmed; one answer else in the run (an id already written) is counted as it is."""
-    from pipeline.publish_items import account
+    from pipeline.publish_outcomes import account
     from pipeline.publish_stats import PublisherStats
 
     def run(camera, n):
