@@ -190,7 +190,7 @@ class DecoderDeployment:
             return
         self.sweeper = RemovedCameraSweeper(
             registry, lambda: Publisher(client, keys=self.keys, maxlen=cfg.redis.maxlen).start(), cfg.tracker,
-            lease_ttl_s=cfg.decoder.lease_ttl_s)
+            lease_ttl_s=cfg.decoder.lease_ttl_s, keep_s=cfg.redis.removed_keep_s)
         # Every round reads the registry: URLs get their ${VAR} from this replica's environment;
         # an entry that does not validate (or names a variable this replica lacks) is reported
         # failed on its camera hash and skipped, so one bad entry never stops the others.

@@ -23,6 +23,10 @@ class RedisConfig(Strict):
     url: str | None = Field(None, description="redis:// or rediss:// URL; omitted: a private redis-server")
     stream_prefix: str = Field("percept", pattern=STREAM_PREFIX, description="key prefix")
     maxlen: int = Field(100_000, ge=1, le=2**63 - 1, description="approximate entries kept per stream (MAXLEN ~)")
+    removed_keep_s: float | None = Field(
+        86_400, ge=0, le=2**31,
+        description="how long a removed camera's streams, counters and state stay once its tracks are ended "
+                    "(then Redis deletes them; 0: at once; null: kept for good)")
     password: str | None = Field(None, repr=False, description="AUTH password; use ${ENV_VAR}")
     username: str | None = Field(None, description="ACL user (Redis 6+)")
     tls_ca_file: str | None = Field(None, description="CA bundle to verify a rediss:// server")

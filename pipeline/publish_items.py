@@ -13,7 +13,7 @@ from .lease import Fence
 from .publish_stats import PublisherStats, count_events_lost
 from .publish_wire import Command, evalsha, packed_call, resp_args, resp_frame_run, writable
 from .schema import SCHEMA_VERSION, FrameResult
-from .streams import StreamKeys, parse_entry_id
+from .streams import StreamKeys, expire_camera_data, parse_entry_id
 
 ITEM_HEAP = 576  # an item's own objects beside its parts' bytes (`Item.settle`): 545-590 measured (tracemalloc)
 
@@ -261,7 +261,10 @@ def hash_write(fence: Fence | None, keys: StreamKeys, camera: str, mapping: Mapp
 
 def resume_point(client: redis.Redis, keys: StreamKeys, camera: str) -> tuple[tuple[int, int] | None, dict[str, int]]:
     """What a (re)started camera continues from besides its stream's top: its newest event's id
-    (``(ms, k)``, None if none) and the counters of its hash."""
+    (``(ms, k)``, None if none) and the counters of its hash. Its data is kept for good again
+    (``PERSIST``: a camera removed and then added again under its id before ``redis.removed_keep_s``
+    ran out had them set to expire: `track_orphans`)."""
+    expire_camera_data(client, keys, camera, None)
     last_event = client.xrevrange(keys.events(camera), count=1)
     raw = client.hgetall(keys.camera(camera))
     names = ("dropped", "processed", "publish_dropped", "classify_failed")

@@ -96,6 +96,24 @@ class StreamKeys:
         return f"{self.prefix}:view:jpeg:{camera}"
 
 
+def camera_data_keys(keys: StreamKeys, camera: str) -> tuple[str, ...]:
+    """A camera's own keys that outlive its run: its streams, counters, track snapshot and hash
+    (its lease and live view keys go by themselves)."""
+    return (keys.detections(camera), keys.events(camera), keys.counts(camera), keys.trackstate(camera),
+            keys.camera(camera))
+
+
+def expire_camera_data(client: redis.Redis, keys: StreamKeys, camera: str, seconds: float | None) -> list[str]:
+    """A camera's data (`camera_data_keys`) deleted by Redis in ``seconds`` (0: now; None: kept
+    for good, ``PERSIST``). Returns what Redis refused (an ACL without the command): a key
+    refused keeps its data, which is no reason to stop a camera; an outage raises."""
+    pipe = client.pipeline(transaction=False)
+    for key in camera_data_keys(keys, camera):
+        pipe.persist(key) if seconds is None else pipe.expire(key, math.ceil(seconds))
+    return [f"{key}: {answer}" for key, answer in zip(camera_data_keys(keys, camera), per_key(pipe))
+            if isinstance(answer, Exception)]
+
+
 # Redis there but not serving for now — read-only after a failover, over maxmemory, a stale
 # replica, a blocked read cut by a failover, a busy script — ridden out like a lost connection
 _UNAVAILABLE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError,

@@ -29,6 +29,7 @@ from .lease import Lease, acquire, release
 from .publish import Publisher
 from .redact import redact
 from .registry import CameraRegistry, RemovedCamera
+from .streams import expire_camera_data
 from .track_state import end_left_tracks
 
 log = logging.getLogger("percept.track_orphans")
@@ -36,8 +37,9 @@ log = logging.getLogger("percept.track_orphans")
 
 class RemovedCameraSweeper:
     def __init__(self, registry: CameraRegistry, make_publisher: Callable[[], Publisher], cfg: TrackerConfig, *,
-                 lease_ttl_s: float):
+                 lease_ttl_s: float, keep_s: float | None = None):
         self.registry = registry
+        self.keep_s = keep_s  # `redis.removed_keep_s`: then the camera's data goes (None: kept)
         self.make_publisher = make_publisher
         self.cfg = cfg
         self.ttl = lease_ttl_s
@@ -88,10 +90,15 @@ class RemovedCameraSweeper:
         # (a snapshot that cannot be continued is left open, the known gap: 0 ended, nothing to wait for)
         if left <= 0 or not publisher.flush(left, camera=cid) or lease.overdue() or (ended and not self._closed(cid)):
             return None  # the lease stays taken: it expires, or this replica's next sweep retakes it
+        if self.keep_s is not None:  # (under the lease: an owner of the id added again persists them after)
+            for refused in expire_camera_data(registry.client, registry.keys, cid, self.keep_s):
+                log.warning("camera %s: removed; its data is kept for good: redis refused its expiry (%s)", cid,
+                            redact(refused))
         publisher.unfence(cid)
         release(lease)
         registry.forget_removed(cid, removed.note)
-        log.info("camera %s: removed; the %d open tracks it was left with ended", cid, ended)
+        kept = "" if self.keep_s is None else f"; its streams, counters and state kept {self.keep_s:g} s"
+        log.info("camera %s: removed; the %d open tracks it was left with ended%s", cid, ended, kept)
         return ended
 
     def _closed(self, cid: str) -> bool:

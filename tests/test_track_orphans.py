@@ -18,7 +18,7 @@ from pipeline.config import CameraConfig, TrackerConfig
 from pipeline.lease import acquire, release
 from pipeline.publish import Publisher
 from pipeline.registry import CameraRegistry
-from pipeline.streams import connect_redis
+from pipeline.streams import camera_data_keys, connect_redis
 from pipeline.track_orphans import RemovedCameraSweeper
 
 from .test_handover_tracks import CAMERA, KEYS, events_of, run_until
@@ -41,10 +41,10 @@ def handed_over_then_removed(redis_server, *, through_api: bool) -> tuple[Camera
     return registry, state, started
 
 
-def sweeper(redis_server, registry: CameraRegistry, *, ttl: float = 10) -> RemovedCameraSweeper:
+def sweeper(redis_server, registry: CameraRegistry, *, ttl: float = 10, keep_s: float | None = None) -> RemovedCameraSweeper:
     return RemovedCameraSweeper(
         registry, lambda: Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=1000).start(), TrackerConfig(),
-        lease_ttl_s=ttl)
+        lease_ttl_s=ttl, keep_s=keep_s)
 
 
 def ended_as_a_stop_would(client, started: int, state: dict) -> None:
@@ -137,3 +137,46 @@ def test_every_supervisor_round_sweeps_the_removed_cameras(redis_server):
         sweeps.close()
     ended_as_a_stop_would(client, started, state)
     assert "cam" not in started_here
+
+
+def data_ttls(client) -> dict[str, int]:
+    """Each of the camera's own keys (`camera_data_keys`): its TTL in seconds (-1 kept for good, -2 gone)."""
+    return {key: client.ttl(key) for key in camera_data_keys(KEYS, "cam")}
+
+
+@pytest.mark.parametrize("keep_s", [3600, 0, None], ids=["an-hour", "at-once", "for-good"])
+def test_a_removed_cameras_data_goes_after_removed_keep_s_once_its_tracks_are_ended(redis_server, keep_s):
+    """A removed id's streams, counters, snapshot and hash stayed in Redis for good (adding and
+    removing ids grew it without bound): once its tracks are ended they expire after
+    `redis.removed_keep_s`."""
+    client = redis_server.client()
+    registry, _, _ = handed_over_then_removed(redis_server, through_api=True)
+    assert set(data_ttls(client).values()) == {-1}, "all five written by the run, none to expire yet"
+    sweeps = sweeper(redis_server, registry, keep_s=keep_s)
+    try:
+        assert sweeps.sweep("r1:removed") == {"cam": 1}
+    finally:
+        sweeps.close()
+    ttls = data_ttls(client)
+    if keep_s is None:
+        assert set(ttls.values()) == {-1}
+    elif keep_s == 0:
+        assert set(ttls.values()) == {-2}
+    else:
+        assert all(keep_s - 60 <= t <= keep_s for t in ttls.values()), ttls
+
+
+def test_an_id_added_again_keeps_its_data_for_good(redis_server):
+    """The camera added again under its id within `removed_keep_s`: its next owner persists
+    the keys (they would vanish under the running camera)."""
+    client = redis_server.client()
+    registry, _, _ = handed_over_then_removed(redis_server, through_api=True)
+    sweeps = sweeper(redis_server, registry, keep_s=3600)
+    try:
+        assert sweeps.sweep("r1:removed") == {"cam": 1}
+    finally:
+        sweeps.close()
+    assert all(t > 0 for t in data_ttls(client).values())
+    assert registry.add(CAMERA)
+    run_until(redis_server, 3, keep_tracks=False)
+    assert set(data_ttls(client).values()) == {-1}
