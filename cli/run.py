@@ -285,7 +285,7 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
         from deployments.graph import ray_cpus_for
 
         term.check()
-        stack.callback(while_ray_lives, ray.shutdown)  # (also what a ray.init cut short had started)
+        stack.callback(while_ray_lives, ray.shutdown, stops_ray=True)  # (also what a ray.init cut short had started)
         try:
             with term.around_ray_init():
                 address = start_ray(address, verbose=verbose, num_cpus=ray_cpus_for(config))

@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -127,11 +128,16 @@ def local_ray_gone() -> bool:
     return any(info.process is not None and info.process.poll() is not None for info in processes.get("raylet", ()))
 
 
-def while_ray_lives(call: Callable[..., Any], *args: Any, poll_s: float = 0.2) -> None:
+def while_ray_lives(call: Callable[..., Any], *args: Any, poll_s: float = 0.2, stops_ray: bool = False,
+                    stop_wait_s: float = 30.0) -> None:
     """``call(*args)`` (a Serve or Ray call made on the way out), given up once the private Ray's
     raylet is gone: ``serve.delete`` against a Ray whose processes had the same SIGTERM waited
     ~60 s, printing Ray's errors, until Ray's worker ended percept (exit 1) before what came
-    after it — the private redis-server's stop — ever ran."""
+    after it — the private redis-server's stop — ever ran. ``stops_ray`` (``ray.shutdown``): a
+    raylet alive when it starts and gone meanwhile is its own doing, not a signal to the group:
+    waited for (at most ``stop_wait_s``: given up half-way it left Ray's processes running), unsaid."""
+    own_stop = stops_ray and not local_ray_gone()
+    deadline = time.monotonic() + stop_wait_s
     done = threading.Event()
     failure: list[BaseException] = []
 
@@ -145,6 +151,10 @@ def while_ray_lives(call: Callable[..., Any], *args: Any, poll_s: float = 0.2) -
 
     threading.Thread(target=run, name=f"percept-exit-{getattr(call, '__name__', 'ray')}", daemon=True).start()
     while not done.wait(poll_s):
+        if own_stop:
+            if time.monotonic() >= deadline:
+                return
+            continue
         if local_ray_gone():
             if not _said_gone.is_set():
                 _said_gone.set()

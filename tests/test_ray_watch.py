@@ -144,3 +144,33 @@ def test_a_sigterm_to_the_whole_group_while_the_loop_keeps_up_is_the_stop(redis_
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert "killed by SIGTERM" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("raylet_alive_first", [True, False], ids=["its-own-stop", "gone-before"])
+def test_ray_shutdown_stopping_the_raylet_itself_is_not_said_as_a_group_signal(monkeypatch, capsys, raylet_alive_first):
+    """`ray.shutdown` on the way out stops the raylet itself: seen gone meanwhile, it was said as
+    "Ray's own processes were stopped too (a signal to the whole process group?)" after a
+    SIGTERM to percept alone, and the shutdown given up half-way. A raylet gone before it
+    started (the group's signal) is still said, and not waited on."""
+    import threading
+
+    import cli.terminate as T
+
+    gone = threading.Event()
+    if not raylet_alive_first:
+        gone.set()
+    monkeypatch.setattr(T, "local_ray_gone", gone.is_set)
+    monkeypatch.setattr(T, "_said_gone", threading.Event())
+    finished, rest_of_its_work = threading.Event(), threading.Event()
+
+    def shutdown() -> None:  # stops the raylet first, then the rest of its work: 0.3 s of its own, or
+        gone.set()           # (a group's signal) until the test lets it end
+        rest_of_its_work.wait(0.3 if raylet_alive_first else 30)
+        finished.set()
+
+    T.while_ray_lives(shutdown, poll_s=0.01, stops_ray=True)
+    ended_first = finished.is_set()
+    rest_of_its_work.set()
+    said = "whole process group" in capsys.readouterr().err
+    assert said is not raylet_alive_first
+    assert ended_first is raylet_alive_first, "its own stop waited for to its end, a group's not"
