@@ -198,6 +198,8 @@ def serve_graph(config: PerceptConfig, stack: ExitStack, *, verbose: bool = Fals
         logging_config=where,
     )
     _quiet_serve(verbose)
+    if not local and (problem := _serving_elsewhere(config)):
+        raise ConfigError([problem])
     # On exit our application is deleted (its replicas drain); Serve itself stays for whoever
     # else uses the cluster, and a private Ray goes with ray.shutdown. Said before the deploy: one
     # that fails part-way (a classifier that cannot start) or is interrupted (SIGTERM, Ctrl-C
@@ -211,6 +213,22 @@ def serve_graph(config: PerceptConfig, stack: ExitStack, *, verbose: bool = Fals
     )
     _quiet_serve(verbose)
     return str(logs) if local else "each node's Ray session folder (logs/serve/)"
+
+
+def _serving_elsewhere(config: PerceptConfig) -> str | None:
+    """A cluster's Serve, left running by an earlier run (or started by another user), keeps the
+    HTTP host and port it started with: `serve.start` joins it and ignores ours (at INFO, hidden);
+    the console named a port nobody listened on, and a narrower ``http.host`` left the API open
+    on every interface. What to change when they differ, else None."""
+    from ray.serve.context import _get_global_client
+
+    running = _get_global_client().http_config
+    if config.http.proxy_location == "Disabled" or (running.host, running.port) == (config.http.host, config.http.port):
+        return None
+    return (f"http.host/http.port: {config.http.host}:{config.http.port}, but the cluster's Serve already listens "
+            f"on {running.host}:{running.port} (an earlier run left it running; it takes no new HTTP options): set "
+            f"http.host: {running.host} and http.port: {running.port}, or stop it first with "
+            f"`serve shutdown -y --address <the cluster's dashboard>` (every application on it stops)")
 
 
 def port_taken(host: str, port: int) -> str | None:

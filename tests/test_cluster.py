@@ -306,8 +306,23 @@ def test_two_nodes_placement_by_resources_and_detector_scales_on_lag(tmp_path, v
             cluster.add_worker(num_cpus=2, resources={"model_node": 2})
             with PerceptRun(cfg, cluster, tmp_path) as run:
                 _scale_on_lag(run, redis.client(), rtsp, http_port)
+            _another_port_is_refused(cfg, cluster, http_port)
         finally:
             cluster.stop()
+
+
+def _another_port_is_refused(cfg: Path, cluster: LocalCluster, http_port: int) -> None:
+    """Serve stays on the cluster after a run; a next run with another `http.port` joined it and
+    said an address nobody listened on (a narrower `http.host` left the API open wide): exit 2."""
+    other = yaml.safe_load(cfg.read_text())
+    other["http"]["port"] = http_port + 1
+    moved = cfg.with_name("moved.yaml")
+    moved.write_text(yaml.safe_dump(other))
+    out = subprocess.run([sys.executable, "-m", "cli", "run", "-c", str(moved), "--quiet", "--duration", "5",
+                          "--address", cluster.address], capture_output=True, text=True, env=cluster_env(), cwd=REPO,
+                         timeout=300)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-3000:]
+    assert f"already listens on 127.0.0.1:{http_port}" in out.stderr and "http.port" in out.stderr, out.stderr[-3000:]
 
 
 def _scale_on_lag(run: PerceptRun, client: Any, rtsp: Any, http_port: int) -> None:
