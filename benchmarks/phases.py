@@ -29,6 +29,7 @@ from pipeline.config import PerceptConfig
 from pipeline.openvino_quiet import quiet_openvino
 
 from . import measure as M
+from . import publishing as P
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -307,14 +308,14 @@ def phase_publish(redis_server: Any, samples: list[Any], *, n: int, rounds: int 
     client = redis_server.client()
     pairs = []
     for _ in range(rounds):
-        pub = M.measure_publisher(client, samples, n=n)
+        pub = P.measure_publisher(client, samples, n=n)
         size = int(round(pub["payload_bytes_mean"]))
-        rb = M.redis_benchmark_xadd(redis_server.port, payload_bytes=size, n=n, clients=1, pipeline=pub["batch"],
+        rb = P.redis_benchmark_xadd(redis_server.port, payload_bytes=size, n=n, clients=1, pipeline=pub["batch"],
                                     password=redis_server.password)
         pairs.append((pub, rb))
     ratios = [pub["entries_per_s"] / rb["rps"] if pub["entries_per_s"] and rb["rps"] else None for pub, rb in pairs]
     pub, rb = pairs[median_index(ratios)]
-    rb_default = M.redis_benchmark_xadd(redis_server.port, payload_bytes=size, n=n, clients=50, pipeline=16,
+    rb_default = P.redis_benchmark_xadd(redis_server.port, payload_bytes=size, n=n, clients=50, pipeline=16,
                                         password=redis_server.password, key="benchrb50")
     return {"publisher": pub, "redis_benchmark": rb, "redis_benchmark_50_clients": rb_default,
             "rounds": [{"publisher_entries_per_s": p["entries_per_s"], "redis_benchmark_rps": r["rps"], "ratio": x}

@@ -266,7 +266,7 @@ def test_a_redis_benchmark_run_whose_clients_were_disconnected_is_run_again(redi
     in CI, failing the whole bench. The run is tried again; the failure is kept in the JSON."""
     import stat
 
-    from benchmarks.measure import redis_benchmark_xadd
+    from benchmarks.publishing import redis_benchmark_xadd
 
     real = shutil.which("redis-benchmark")
     if real is None:
