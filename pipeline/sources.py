@@ -9,8 +9,9 @@ the caller passes ``seq_start`` so it is never reused across restarts either.
 `open_capture` (pipeline/capture.py) is the factory that touches the world (OpenCV/FFmpeg); `VideoSource` receives an
 opener and clocks so it is testable without a camera. Sampling, pacing, the watchdog and backoff
 run on the monotonic clock (a wall clock stepped by NTP neither starves nor floods a camera);
-only ``frame_ts`` is wall time; pts and pacing: pipeline/source_timeline.py. After `stop()` the source reports nothing but its end: a reader still opening
-when its camera was replaced cannot write the old camera's state over the new one's.
+only ``frame_ts`` is wall time; pts and pacing: pipeline/source_timeline.py. After `stop()` the
+source reports nothing but its end: a reader still opening when its camera was replaced cannot
+write the old camera's state over the new one's.
 """
 
 from __future__ import annotations
