@@ -210,8 +210,9 @@ class DecoderDeployment:
         )
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self.supervisor.run())
+        self.registry = registry
         self._metrics_task = loop.create_task(decoder_metrics(self.metrics, self.supervisor, self.publisher, client,
-                                                              cfg.redis.stream_prefix))
+                                                              cfg.redis.stream_prefix, failed=self.cannot_run))
         # GET /status shows every replica: each shares its status in Redis (pipeline/decoder_status.py)
         self._status_task = loop.create_task(share_status_every(self.status, client, self.keys))
 
@@ -230,8 +231,14 @@ class DecoderDeployment:
         self.metrics.track(conductor)  # its counters count from here (deployments/metrics.py exports them)
         return conductor
 
+    def cannot_run(self) -> dict[str, str]:
+        """The cameras that cannot run, and why: entries that do not validate (or name a variable
+        this replica lacks), and those whose start failed here while no other replica runs them."""
+        return {**self.registry.invalid_now, **self.supervisor.start_errors}
+
     async def status(self) -> dict[str, Any]:
         out = self.supervisor.status()
+        out["cannot_run"] = self.cannot_run()  # (GET /status lists them `failed`: decoder_status.merged_status)
         out["publisher"] = {
             "pending": self.publisher.pending,
             "connected": self.publisher.stats.connected,

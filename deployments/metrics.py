@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from pipeline.metrics import (
     ALL_METRICS,
@@ -74,11 +74,11 @@ async def advertise_endpoints(client: Any, prefix: str, every_s: float = 30.0) -
 
 
 async def decoder_metrics(metrics: CameraMetrics, supervisor: Any, publisher: Any, client: Any,
-                          prefix: str, interval_s: float = 2.0) -> None:
-    """A decoder replica's metrics task: camera and publisher metrics every ``interval_s``, and
-    the endpoints advertised in Redis."""
+                          prefix: str, interval_s: float = 2.0, failed: Callable[[], Iterable[str]] = tuple) -> None:
+    """A decoder replica's metrics task: camera and publisher metrics every ``interval_s`` (with
+    the cameras that cannot run, ``failed``), and the endpoints advertised in Redis."""
     def conductors() -> dict[str, Any]:
         return {cid: entry.conductor for cid, entry in supervisor.running.items()}
 
-    await asyncio.gather(collect_every(metrics, conductors, publisher, interval_s),
+    await asyncio.gather(collect_every(metrics, conductors, publisher, interval_s, failed),
                          advertise_endpoints(client, prefix))

@@ -96,6 +96,11 @@ class CameraSupervisor(CameraRestarts, LeaseKeeping):
         self._sweep: asyncio.Task[None] | None = None
 
     @property
+    def start_errors(self) -> dict[str, str]:
+        """The cameras this replica could not start, and why, while no other replica runs them."""
+        return dict(self._start_errors)
+
+    @property
     def fair_share(self) -> int:
         return max(1, math.ceil(len(self.cameras) / max(self.replicas, self._live)))
 
@@ -238,6 +243,7 @@ class CameraSupervisor(CameraRestarts, LeaseKeeping):
                     self._free_rounds[cid] = self._free_rounds.get(cid, 0) + 1
                 else:  # held again: free rounds count in a row (two handovers hours apart are not two rounds)
                     self._free_rounds.pop(cid, None)
+                    self._start_errors.pop(cid, None)  # (another replica has it: not failed here)
                 continue
             if await asyncio.to_thread(self._read_to_its_end, cam):
                 continue
@@ -245,6 +251,7 @@ class CameraSupervisor(CameraRestarts, LeaseKeeping):
             self._free_rounds.pop(cid, None)
             self._outage.expired_here.discard(cid)
             if lease is None:
+                self._start_errors.pop(cid, None)  # (another replica has it: not failed here)
                 continue
             if self._stop.is_set():
                 await asyncio.to_thread(release, lease)

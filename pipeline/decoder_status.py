@@ -113,8 +113,10 @@ def merged_status(own: dict[str, Any], shared: list[dict[str, Any]], *, complete
     for replica in sorted(replicas, key=lambda r: (r["age_s"], r is not replicas[0]), reverse=True):
         for cid, cam in (replica.get("cameras") or {}).items():
             cameras[cid] = {**cam, "owner": replica.get("owner"), "pid": replica.get("pid")}
-    for replica in replicas:
-        line = {k: v for k, v in replica.items() if k != "cameras"}
+    for replica in replicas:  # (a camera that cannot run: failed, unless a replica runs it)
+        for cid, error in (replica.get("cannot_run") or {}).items():
+            cameras.setdefault(cid, {"camera": cid, "state": "failed", "last_error": error, "owner": None, "pid": None})
+        line = {k: v for k, v in replica.items() if k not in ("cameras", "cannot_run")}
         decoders.append({**line, "cameras": sorted(replica.get("cameras") or {})})
     return {**own, "cameras": dict(sorted(cameras.items())), "decoders": decoders, "complete": complete}
 

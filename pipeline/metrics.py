@@ -24,7 +24,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from .source_types import SourceState
 from .streams import number, redis_now
@@ -144,9 +144,10 @@ class CameraMetrics:
         # resuming a camera restores its cumulative publisher drops from Redis: not new drops
         self._publisher_last[("dropped", cid)] = conductor.publisher.stats.dropped[cid]
 
-    def collect(self, conductors: Mapping[str, Any], publisher: Any = None) -> None:
+    def collect(self, conductors: Mapping[str, Any], publisher: Any = None, failed: Iterable[str] = ()) -> None:
         """Counters' increments since the last call, and the gauges, of the cameras running here
-        (``camera id → conductor``) and of the publisher."""
+        (``camera id → conductor``), of those that cannot run (``failed``: an entry that does not
+        validate, a start that failed here; shown ``failed``) and of the publisher."""
         if not self.recorder.enabled:
             return
         for cid, conductor in conductors.items():
@@ -162,11 +163,15 @@ class CameraMetrics:
             self._camera_gauges(cid, SourceState(conductor.state_now))  # (a reader that crashed: failed)
         # moved or removed: this replica shows it no more (its last counts flushed, also of a run
         # that came and went between two collections, never shown)
+        failed = set(failed) - set(conductors)
         for cid in (self._shown | set(self._tracked)) - set(conductors):
             tracked = self._tracked.pop(cid, None)
             if tracked is not None:
                 self._camera_counters(cid, tracked)
-            self._camera_gauges(cid, None)
+            if cid not in failed:
+                self._camera_gauges(cid, None)
+        for cid in failed:  # (until 2026-12-07 no series said it: an alert on state="failed" never fired)
+            self._camera_gauges(cid, SourceState.FAILED)
         if publisher is not None:
             self._publisher(publisher)
 
@@ -222,12 +227,12 @@ NO_METRICS = CameraMetrics()  # records nothing (a conductor without metrics)
 
 
 async def collect_every(metrics: CameraMetrics, conductors: Callable[[], Mapping[str, Any]], publisher: Any,
-                        interval_s: float = 2.0) -> None:
+                        interval_s: float = 2.0, failed: Callable[[], Iterable[str]] = tuple) -> None:
     """`CameraMetrics.collect` every ``interval_s`` until cancelled."""
     while True:
         await asyncio.sleep(interval_s)
         try:
-            metrics.collect(conductors(), publisher)
+            metrics.collect(conductors(), publisher, failed())
         except Exception:  # metrics never stop a camera
             log.exception("metrics collection failed")
 

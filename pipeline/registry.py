@@ -90,6 +90,7 @@ class CameraRegistry:
         self.digest_key = f"{keys.prefix}:cameras:config-digest"
         # removed cameras whose open tracks may still need their ends (`pipeline/track_orphans.py`)
         self.removed_key = f"{keys.prefix}:cameras:removed"
+        self.invalid_now: dict[str, str] = {}  # `runnable`'s last: the entries it left out, and why
 
     @staticmethod
     def digest(cameras: list[CameraConfig]) -> str:
@@ -199,6 +200,7 @@ class CameraRegistry:
                 # words may quote a piece of the expanded URL: its type alone)
                 invalid.append(InvalidCamera(cam.id, f"cameras[{cam.id}].url, its variables expanded: cannot be read "
                                              f"({type(exc).__name__})", cam.url))
+        self.invalid_now = {bad.id: bad.error for bad in invalid}
         for bad in self.unreported(invalid):
             log.error("camera %s: not started: %s", bad.id, bad.error)
             publisher.camera_state(bad.id, "failed", error=bad.error, url=redact_url(bad.url))

@@ -212,6 +212,7 @@ def test_a_camera_that_cannot_start_is_reported_once_and_the_other_runs(redis_se
                          "camera c reported failed")
         assert state["last_error"] == "could not start: RuntimeError: snapshot unreadable for rtsp://***@127.0.0.1:9/c " \
                                       "(password ***)", state
+        assert sup.start_errors == {"c": state["last_error"]}  # (its metrics and GET /status: failed)
         wait_for(lambda: len(attempts) >= 3, 20, "camera c tried again, round after round")
         wait_for(lambda: client.xlen(KEYS.detections("b")) >= 5, 20, "camera b publishing meanwhile")
     finally:

@@ -441,3 +441,23 @@ def test_notes_about_a_camera_removed_go_with_it(redis_server):
     asyncio.run(sup._round())
     assert "gone" not in sup._free_rounds and "gone" not in sup._start_errors
     assert list(sup._start_errors) == [CAMERAS[0].id]  # a camera still there keeps its own
+
+
+def test_a_start_error_is_not_kept_once_another_replica_holds_the_camera(redis_server):
+    """A camera that failed to start here and then ran on another replica stayed among this
+    replica's start errors: its metrics and GET /status would call it failed while it ran."""
+    from pipeline.lease import acquire
+
+    client = redis_server.client()
+    keys = StreamKeys("start-error-elsewhere")
+
+    async def start(camera):
+        raise RuntimeError("not started here")
+
+    sup = CameraSupervisor(list(CAMERAS[:1]), client=client, keys=keys, start_camera=start, replicas=1,
+                           lease_ttl_s=30, owner="me")
+    asyncio.run(sup._round())
+    assert sup.start_errors == {CAMERAS[0].id: "could not start: RuntimeError: not started here"}
+    assert acquire(client, keys.lease(CAMERAS[0].id), CAMERAS[0].id, ttl=30, token="other") is not None
+    asyncio.run(sup._round())
+    assert sup.start_errors == {}

@@ -215,3 +215,34 @@ def test_explain_tries_as_many_decoders_as_run_not_only_as_the_config_says(redis
         share_status(client, KEYS, replica(f"d{i}", 100 + i, {}))
     assert owner_tries(client, KEYS, 1) == 82 and owner_tries(client, KEYS, 10) == 102
     assert owner_tries(redis.Redis(port=1, socket_connect_timeout=0.2), KEYS, 2) == 22  # (Redis away: the config's)
+
+
+def test_a_camera_that_cannot_run_is_listed_failed_unless_a_replica_runs_it():
+    """A camera whose entry does not validate (a variable unset) or whose start failed was absent
+    from GET /status (``cameras.c8`` null) while `cameras ls` and `top` said failed."""
+    own = {**replica("a", 11, {"door": {"state": "online"}}), "cannot_run": {"c8": "cameras[c8].url: …"}}
+    other = {**replica("b", 12, {"gate": {"state": "online"}}), "cannot_run": {"gate": "could not start: x"}, "age_s": 1}
+    merged = merged_status(own, [other])
+    assert merged["cameras"]["c8"] == {"camera": "c8", "state": "failed", "last_error": "cameras[c8].url: …",
+                                       "owner": None, "pid": None}
+    assert merged["cameras"]["gate"] == {"state": "online", "owner": "b", "pid": 12}  # run there: not failed
+    assert all("cannot_run" not in d for d in merged["decoders"])
+
+
+def test_prometheus_shows_a_camera_that_cannot_run_as_failed_and_then_in_no_state():
+    """The state gauge had no series for such a camera: an alert on state="failed" never fired."""
+    from pipeline import metrics as pm
+
+    from .test_metrics import MemoryRecorder, fake_conductor, fake_publisher
+
+    rec, pub = MemoryRecorder(), fake_publisher()
+    m = pm.CameraMetrics(rec, clock=lambda: 1000.0)
+    running = fake_conductor("a", pub)
+    running.source.state = pm.SourceState.ONLINE
+    m.track(running)
+    m.collect({"a": running}, pub, failed=["c8", "a"])  # (one it runs: its own state, not failed)
+    state = {(dict(k[1:])["camera"], dict(k[1:])["state"]): v for k, v in rec.gauges.items() if k[0] == "percept_camera_state"}
+    assert state[("c8", "failed")] == 1 and sum(v for (c, _), v in state.items() if c == "c8") == 1
+    assert state[("a", "online")] == 1 and state[("a", "failed")] == 0
+    m.collect({"a": running}, pub, failed=[])  # fixed, or removed
+    assert all(v == 0 for k, v in rec.gauges.items() if k[0] == "percept_camera_state" and ("camera", "c8") in k)

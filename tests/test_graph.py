@@ -289,7 +289,9 @@ def test_bad_registry_entries_fail_alone_and_no_decoder_restarts(graph, ray_sess
         # the same decoder replica (its supervisor's owner id) runs on, healthy, cameras untouched
         code, after = _http("GET", api + "/status")
         assert code == 200 and after["owner"] == before["owner"], (before.get("owner"), after)
-        assert set(after["cameras"]) == {"traffic", "walk"}
+        assert {c for c, s in after["cameras"].items() if s["owner"] is not None} == {"traffic", "walk"}
+        assert {c: (s["state"], s["last_error"][:len(expected[c])]) for c, s in after["cameras"].items()
+                if s["owner"] is None} == {c: ("failed", e) for c, e in expected.items()}  # (were absent)
         assert _decoder_health() == "HEALTHY"
         assert _connecting_entries(client) == connecting_before
     finally:
