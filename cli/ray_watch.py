@@ -7,7 +7,9 @@ Now `percept run` says which one ended and how, and stops (exit 3)."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+import socket
+import time
+from collections.abc import Callable, Sequence
 
 import psutil
 
@@ -112,3 +114,47 @@ def ray_lost(exc: RayGone) -> int:
     code = fail(str(exc), EXIT_UNAVAILABLE)
     exc.daemons.stop_the_rest()
     return code
+
+
+class ClusterGcs:
+    """A cluster joined by address (none of its processes are this one's): its GCS asked for a
+    TCP connection every ``every_s``. Ray's driver waits 60 s for a GCS that went away, then
+    ends the run in its own words (exit 1) while the console printed healthy lines; now the
+    console says at once that it does not answer, and again when it is back (a GCS with fault
+    tolerance restarts within that time)."""
+
+    def __init__(self, address: str | None, *, every_s: float = 2.0, timeout_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.address, self.every_s, self.timeout_s, self._clock = address, every_s, timeout_s, clock
+        self._next = 0.0
+        self.silent_since: float | None = None
+
+    @classmethod
+    def of_this_driver(cls) -> "ClusterGcs":
+        """The GCS this driver talks to (none in Ray Client mode: the driver runs on the cluster)."""
+        import ray
+
+        try:
+            return cls(ray.get_runtime_context().gcs_address)
+        except Exception:  # (Ray Client: no GCS address here)
+            return cls(None)
+
+    def check(self) -> str | None:
+        """A line to print when its GCS stopped or started answering again, else None."""
+        now = self._clock()
+        if not self.address or now < self._next:
+            return None
+        self._next = now + self.every_s
+        host, _, port = self.address.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=self.timeout_s).close()
+        except (OSError, ValueError) as exc:
+            if self.silent_since is not None:
+                return None
+            self.silent_since = now
+            return (f"the Ray cluster's GCS at {self.address} does not answer ({exc.strerror or type(exc).__name__}): "
+                    f"the graph can do nothing meanwhile, and Ray ends this run if it is not back within 60 s")
+        if self.silent_since is None:
+            return None
+        gone, self.silent_since = now - self.silent_since, None
+        return f"the Ray cluster's GCS at {self.address} answers again (silent for {gone:.0f} s)"

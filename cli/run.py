@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -26,7 +27,7 @@ from pipeline.config import (
 from pipeline.redact import redact, redact_url
 from pipeline.api_hosts import all_interfaces, with_own_name
 
-from .ray_watch import RayDaemons
+from .ray_watch import ClusterGcs, RayDaemons
 from .common import EXIT_UNAVAILABLE, RedisOutage, fail, number_arg, say, state_dir_error
 from .run_console import monitor_cameras, registered
 from .terminate import StartupTermination, while_ray_lives
@@ -324,11 +325,14 @@ def run_graph(config: PerceptConfig, *, address: str | None, duration: float | N
         outage = RedisOutage(config.redis.url, carry_on_refused=True)
         keys = StreamKeys(config.redis.stream_prefix)
         daemons = RayDaemons.started_here() if address == "local" else RayDaemons([])
+        gcs = ClusterGcs.of_this_driver() if address != "local" else ClusterGcs(None)
 
         def keep_up() -> None:
             if keeper:
                 keeper[0].keep_up()
             daemons.check()  # (raises RayGone)
+            if (line := gcs.check()) is not None:  # (a cluster's: said, Ray decides)
+                print(f"percept: {line}", file=sys.stderr, flush=True)
 
         return monitor_cameras(client, keys, registered(client, keys, [c.id for c in config.cameras]),
                                duration=duration, show=monitor, outage=outage, keep_up=keep_up)

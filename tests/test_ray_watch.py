@@ -174,3 +174,47 @@ def test_ray_shutdown_stopping_the_raylet_itself_is_not_said_as_a_group_signal(m
     said = "whole process group" in capsys.readouterr().err
     assert said is not raylet_alive_first
     assert ended_first is raylet_alive_first, "its own stop waited for to its end, a group's not"
+
+
+def test_a_clusters_gcs_that_stops_answering_is_said_at_once_and_again_when_back():
+    """A cluster run's console printed healthy lines for the 60 s Ray waits on a GCS gone, then
+    Ray ended the run in its own words: the silence is said when seen, and the return."""
+    import socket
+
+    from cli.ray_watch import ClusterGcs
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    now = [0.0]
+    gcs = ClusterGcs(f"127.0.0.1:{port}", every_s=2.0, clock=lambda: now[0])
+    try:
+        assert gcs.check() is None  # answering: nothing to say
+        listener.close()  # the GCS gone (its port closed: refused)
+        assert gcs.check() is None, "asked again only after every_s"
+        now[0] += 2.0
+        line = gcs.check()
+        assert line is not None and line.startswith(f"the Ray cluster's GCS at 127.0.0.1:{port} does not answer (") \
+            and "within 60 s" in line, line
+        now[0] += 2.0
+        assert gcs.check() is None, "said once"
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(8)
+        now[0] += 2.0
+        assert gcs.check() == f"the Ray cluster's GCS at 127.0.0.1:{port} answers again (silent for 4 s)"
+        assert ClusterGcs(None).check() is None  # a private Ray, or Ray Client: nothing watched
+    finally:
+        listener.close()
+
+
+@pytest.mark.integration
+def test_the_gcs_watched_is_the_one_this_driver_talks_to(ray_session):
+    """`percept run --address`'s watcher asks the GCS this driver is connected to: it answers."""
+    from cli.ray_watch import ClusterGcs
+
+    gcs = ClusterGcs.of_this_driver()
+    assert gcs.address and gcs.address.rpartition(":")[2].isdigit(), gcs.address
+    assert gcs.check() is None and gcs.silent_since is None
