@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -12,8 +13,11 @@ import redis
 from .lease import Fence
 from .publish_stats import PublisherStats, count_events_lost
 from .publish_wire import Command, evalsha, packed_call, resp_args, resp_frame_run, writable
+from .redact import redact
 from .schema import SCHEMA_VERSION, FrameResult
 from .streams import StreamKeys, expire_camera_data, parse_entry_id
+
+log = logging.getLogger("percept.publish")
 
 ITEM_HEAP = 576  # an item's own objects beside its parts' bytes (`Item.settle`): 545-590 measured (tracemalloc)
 
@@ -264,7 +268,9 @@ def resume_point(client: redis.Redis, keys: StreamKeys, camera: str) -> tuple[tu
     (``(ms, k)``, None if none) and the counters of its hash. Its data is kept for good again
     (``PERSIST``: a camera removed and then added again under its id before ``redis.removed_keep_s``
     ran out had them set to expire: `track_orphans`)."""
-    expire_camera_data(client, keys, camera, None)
+    for refused in expire_camera_data(client, keys, camera, None) or ():
+        log.warning("camera %s: its data may expire while it runs (added again within redis.removed_keep_s of its "
+                    "removal): redis refused to keep it (%s)", camera, redact(refused))
     last_event = client.xrevrange(keys.events(camera), count=1)
     raw = client.hgetall(keys.camera(camera))
     names = ("dropped", "processed", "publish_dropped", "classify_failed")

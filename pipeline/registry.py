@@ -200,28 +200,32 @@ class CameraRegistry:
                 # words may quote a piece of the expanded URL: its type alone)
                 invalid.append(InvalidCamera(cam.id, f"cameras[{cam.id}].url, its variables expanded: cannot be read "
                                              f"({type(exc).__name__})", cam.url))
-        self.invalid_now = {bad.id: bad.error for bad in invalid}
-        for bad in self.unreported(invalid):
+        unleased, unreported = self.unreported(invalid)
+        self.invalid_now = {bad.id: bad.error for bad in unleased}
+        for bad in unreported:
             log.error("camera %s: not started: %s", bad.id, bad.error)
             publisher.camera_state(bad.id, "failed", error=bad.error, url=redact_url(bad.url))
         return cameras
 
-    def unreported(self, invalid: list[InvalidCamera]) -> list[InvalidCamera]:
-        """The invalid cameras whose hash does not say ``failed`` with this error yet. A camera
-        whose lease someone holds is left alone: it is running there (or being stopped)."""
+    def unreported(self, invalid: list[InvalidCamera]) -> tuple[list[InvalidCamera], list[InvalidCamera]]:
+        """The invalid cameras whose lease nobody holds, and of them those whose hash does not
+        say ``failed`` with this error yet. A camera whose lease someone holds is left alone: it
+        is running there (another replica's environment has its variable), or being stopped."""
         if not invalid:
-            return []
+            return [], []
         pipe = self.client.pipeline(transaction=False)
         for bad in invalid:
             pipe.hmget(self.keys.camera(bad.id), ["state", "last_error"])
             pipe.exists(self.keys.lease(bad.id))
         replies = pipe.execute()
-        out = []
+        unleased, out = [], []
         for bad, (state, last_error), leased in zip(invalid, replies[0::2], replies[1::2]):
-            if leased or (state == b"failed" and last_error == redact(bad.error).encode()):
+            if leased:
                 continue
-            out.append(bad)
-        return out
+            unleased.append(bad)
+            if not (state == b"failed" and last_error == redact(bad.error).encode()):
+                out.append(bad)
+        return unleased, out
 
     def ids(self) -> list[str]:
         """Every camera id the registry holds (valid or not)."""

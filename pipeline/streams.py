@@ -103,15 +103,27 @@ def camera_data_keys(keys: StreamKeys, camera: str) -> tuple[str, ...]:
             keys.camera(camera))
 
 
-def expire_camera_data(client: redis.Redis, keys: StreamKeys, camera: str, seconds: float | None) -> list[str]:
+def expire_camera_data(client: redis.Redis, keys: StreamKeys, camera: str, seconds: float | None,
+                       fence: tuple[str, str] | None = None) -> list[str] | None:
     """A camera's data (`camera_data_keys`) deleted by Redis in ``seconds`` (0: now; None: kept
-    for good, ``PERSIST``). Returns what Redis refused (an ACL without the command): a key
-    refused keeps its data, which is no reason to stop a camera; an outage raises."""
+    for good, ``PERSIST``); ``fence`` (lease key, token): only while that lease is ours (None
+    returned when it is not: nothing set). Returns what Redis refused (an ACL without the
+    command): a key refused keeps its data, which is no reason to stop a camera; an outage raises."""
+    data = camera_data_keys(keys, camera)
+    if fence is not None:
+        from .lease import FENCED_EXPIRE
+
+        try:
+            done = client.eval(FENCED_EXPIRE, 1 + len(data), fence[0], *data, fence[1], math.ceil(seconds or 0))
+        except redis.ResponseError as exc:  # (a script's refusal: the ACL; unavailable: raised)
+            if redis_unavailable(exc):
+                raise
+            return [f"{', '.join(data)}: {exc}"]
+        return [] if done == 1 else None
     pipe = client.pipeline(transaction=False)
-    for key in camera_data_keys(keys, camera):
+    for key in data:
         pipe.persist(key) if seconds is None else pipe.expire(key, math.ceil(seconds))
-    return [f"{key}: {answer}" for key, answer in zip(camera_data_keys(keys, camera), per_key(pipe))
-            if isinstance(answer, Exception)]
+    return [f"{key}: {answer}" for key, answer in zip(data, per_key(pipe)) if isinstance(answer, Exception)]
 
 
 # Redis there but not serving for now — read-only after a failover, over maxmemory, a stale

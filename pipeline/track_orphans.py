@@ -91,9 +91,12 @@ class RemovedCameraSweeper:
         if left <= 0 or not publisher.flush(left, camera=cid) or lease.overdue() or (ended and not self._closed(cid)):
             return None  # the lease stays taken: it expires, or this replica's next sweep retakes it
         if self.keep_s is not None:  # (under the lease: an owner of the id added again persists them after)
-            for refused in expire_camera_data(registry.client, registry.keys, cid, self.keep_s):
+            refused = expire_camera_data(registry.client, registry.keys, cid, self.keep_s, fence=(registry.keys.lease(cid), token))
+            if refused is None:  # the lease went meanwhile (a stall): the camera may run again
+                return None
+            for why in refused:
                 log.warning("camera %s: removed; its data is kept for good: redis refused its expiry (%s)", cid,
-                            redact(refused))
+                            redact(why))
         publisher.unfence(cid)
         release(lease)
         registry.forget_removed(cid, removed.note)

@@ -246,3 +246,26 @@ def test_prometheus_shows_a_camera_that_cannot_run_as_failed_and_then_in_no_stat
     assert state[("a", "online")] == 1 and state[("a", "failed")] == 0
     m.collect({"a": running}, pub, failed=[])  # fixed, or removed
     assert all(v == 0 for k, v in rec.gauges.items() if k[0] == "percept_camera_state" and ("camera", "c8") in k)
+
+
+def test_a_camera_another_replica_runs_is_not_failed_here_for_lack_of_its_variable(redis_server):
+    """A URL variable this replica lacks but another's has: the camera runs there (its lease
+    held), and this replica's metrics said it failed beside the other's online."""
+    from pipeline.config import CameraConfig
+    from pipeline.lease import acquire
+    from pipeline.publish import Publisher
+    from pipeline.registry import CameraRegistry
+    from pipeline.streams import connect_redis
+
+    client = redis_server.client()
+    registry = CameraRegistry(client, KEYS)
+    assert registry.add(CameraConfig(id="gate", url="rtsp://u:${CAM_GATE_PASSWORD}@127.0.0.1:9/s"))
+    publisher = Publisher(connect_redis(redis_server.url), keys=KEYS, maxlen=100).start()
+    try:
+        lease = acquire(client, KEYS.lease("gate"), "gate", ttl=30, token="other-replica")
+        assert registry.runnable({}, publisher) == [] and registry.invalid_now == {}
+        client.delete(KEYS.lease("gate"))  # nobody runs it: failed, here too
+        assert registry.runnable({}, publisher) == [] and list(registry.invalid_now) == ["gate"]
+        assert "CAM_GATE_PASSWORD is not set" in registry.invalid_now["gate"] and lease is not None
+    finally:
+        publisher.close()

@@ -180,3 +180,32 @@ def test_an_id_added_again_keeps_its_data_for_good(redis_server):
     assert registry.add(CAMERA)
     run_until(redis_server, 3, keep_tracks=False)
     assert set(data_ttls(client).values()) == {-1}
+
+
+def test_the_expiry_is_set_only_while_the_sweeps_lease_holds(redis_server):
+    """A sweep that stalled past its lease set the expiry on the keys of the id added again and
+    running under its new owner (who had persisted them already): fenced now, nothing is set."""
+    from pipeline.lease import acquire
+    from pipeline.streams import expire_camera_data
+
+    client = redis_server.client()
+    handed_over_then_removed(redis_server, through_api=True)
+    assert acquire(client, KEYS.lease("cam"), "cam", ttl=30, token="new-owner") is not None
+    assert expire_camera_data(client, KEYS, "cam", 3600, fence=(KEYS.lease("cam"), "r1:removed")) is None
+    assert set(data_ttls(client).values()) == {-1}
+    assert expire_camera_data(client, KEYS, "cam", 3600, fence=(KEYS.lease("cam"), "new-owner")) == []
+    assert all(t > 0 for t in data_ttls(client).values())
+
+
+def test_a_persist_redis_refuses_is_said(redis_server, caplog):
+    """An ACL without PERSIST left an id added again to expire under its running camera, unsaid."""
+    from pipeline.publish_items import resume_point
+
+    admin = redis_server.client()
+    handed_over_then_removed(redis_server, through_api=True)
+    admin.expire(KEYS.detections("cam"), 3600)
+    admin.acl_setuser("nopersist", enabled=True, passwords=["+np"], keys=["*"], commands=["+@all", "-persist"])
+    client = connect_redis(redis_server.url.replace("redis://", "redis://nopersist:np@"))
+    resume_point(client, KEYS, "cam")
+    assert "its data may expire while it runs" in caplog.text and "permissions to run the 'persist'" in caplog.text, caplog.text
+    assert admin.ttl(KEYS.detections("cam")) > 0
