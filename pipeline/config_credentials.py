@@ -1,17 +1,15 @@
 """Camera credentials in the config (pipeline/config.py): the variables named for a camera
 (``CAM_<ID>_PASSWORD``), the refusal of a password typed inline in its URL, and the variables a
-config's camera URLs name that the environment lacks."""
+config's camera URLs name that the environment lacks. (A `CameraConfig` and a `PerceptConfig`
+are typed `Any` here: pipeline/config.py imports this module.)"""
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Mapping
+from typing import Any, Mapping
 
 from .config_urls import ENV_REF
 from .redact import query_secrets, url_credentials
-
-if TYPE_CHECKING:
-    from .config import CameraConfig, PerceptConfig
 
 
 def camera_var_prefix(camera_id: str) -> str:
@@ -19,7 +17,7 @@ def camera_var_prefix(camera_id: str) -> str:
     return "CAM_" + re.sub(r"[^A-Za-z0-9]", "_", camera_id).upper() + "_"
 
 
-def inline_password_error(camera: CameraConfig, field: str, *, setting: bool = True) -> str | None:
+def inline_password_error(camera: Any, field: str, *, setting: bool = True) -> str | None:
     """The refusal of a password typed inline in the camera URL (``rtsp://user:secret@host``,
     ``?pwd=secret``), saying how to write it as a variable (and, with ``setting``, which setting
     accepts it); None when passwords are ``${VAR}``s."""
@@ -43,7 +41,7 @@ def inline_password_error(camera: CameraConfig, field: str, *, setting: bool = T
     return how + (", or set security.allow_inline_credentials: true to store it in Redis in clear" if setting else "")
 
 
-def camera_env_errors(config: PerceptConfig, env: Mapping[str, str]) -> list[str]:
+def camera_env_errors(config: Any, env: Mapping[str, str]) -> list[str]:
     """One ``cameras[i].url: environment variable X is not set`` line per variable ``env`` lacks."""
     return [
         f"cameras[{i}].url: environment variable {name} is not set"

@@ -156,15 +156,6 @@ redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 
-# A removed camera's data set to expire (`streams.expire_camera_data`): KEYS: lease, its keys.
-# ARGV: token, seconds. Only while the lease holds our token: a sweep that stalled past its lease
-# set the expiry on the keys of the camera added again and running under its new owner.
-FENCED_EXPIRE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-for i = 2, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
-return 1
-"""
-
 WRITTEN, REFUSED, UNHELD = 1, 0, -1
 
 

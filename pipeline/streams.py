@@ -103,6 +103,17 @@ def camera_data_keys(keys: StreamKeys, camera: str) -> tuple[str, ...]:
             keys.camera(camera))
 
 
+# A removed camera's data set to expire (`expire_camera_data`; the lease's
+# other scripts: pipeline/lease.py): KEYS: lease, its keys.
+# ARGV: token, seconds. Only while the lease holds our token: a sweep that stalled past its lease
+# set the expiry on the keys of the camera added again and running under its new owner.
+FENCED_EXPIRE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 2, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+return 1
+"""
+
+
 def expire_camera_data(client: redis.Redis, keys: StreamKeys, camera: str, seconds: float | None,
                        fence: tuple[str, str] | None = None) -> list[str] | None:
     """A camera's data (`camera_data_keys`) deleted by Redis in ``seconds`` (0: now; None: kept
@@ -111,8 +122,6 @@ def expire_camera_data(client: redis.Redis, keys: StreamKeys, camera: str, secon
     command): a key refused keeps its data, which is no reason to stop a camera; an outage raises."""
     data = camera_data_keys(keys, camera)
     if fence is not None:
-        from .lease import FENCED_EXPIRE
-
         try:
             done = client.eval(FENCED_EXPIRE, 1 + len(data), fence[0], *data, fence[1], math.ceil(seconds or 0))
         except redis.ResponseError as exc:  # (a script's refusal: the ACL; unavailable: raised)
