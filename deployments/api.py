@@ -45,6 +45,7 @@ from pipeline.redact import redact, redact_text_given, redact_url
 from pipeline.registry import CameraRegistry, TooManyCameras
 from pipeline.streams import StreamKeys, number, redis_from_config, redis_unavailable, states_as_seen
 from pipeline.track_state import stored_pixel_frames
+from pipeline.config_errors import quoted_id
 
 from .explain import ExplainApi
 from .live import LiveView, last_frames
@@ -215,7 +216,7 @@ class CameraApi:
         """The 404 of a camera that is not registered, naming the ones that are (failed ones too:
         `GET /cameras` lists them, and they are removed by their ids)."""
         ids = sorted(await asyncio.to_thread(self.registry.ids))
-        return f"no camera {camera_id!r}; cameras: {', '.join(ids) or 'none'}"
+        return f"no camera {quoted_id(camera_id)}; cameras: {', '.join(ids) or 'none'}"
 
     def _need_tracking(self, fields: dict[str, Any]) -> None:
         """422 for zones or lines while the tracker is off: their events follow tracks."""

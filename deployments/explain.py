@@ -47,6 +47,7 @@ from pipeline.privacy import PrivacyUnavailable
 from pipeline.redact import redact
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys
+from pipeline.config_errors import quoted_id
 
 from .transport import DECODER_ANSWER_S, answer_within
 
@@ -141,7 +142,7 @@ class ExplainApi:
         cameras, invalid = await asyncio.to_thread(self.registry.read)
         ids = sorted([c.id for c in cameras] + [b.id for b in invalid])
         if camera_id not in ids:
-            raise HTTPException(404, detail={"message": f"no camera {camera_id!r}", "cameras": ids})
+            raise HTTPException(404, detail={"message": f"no camera {quoted_id(camera_id)}", "cameras": ids})
 
     async def _frame(self, camera_id: str, seq: int | None) -> KeptFrame:
         """The kept frame from the decoder replica running the camera; 404 when that replica no

@@ -24,6 +24,7 @@ from pipeline.config_view import ViewConfig
 from pipeline.registry import CameraRegistry
 from pipeline.streams import StreamKeys, parse_entry_id, per_key
 from pipeline.view import jpeg_comment
+from pipeline.config_errors import quoted_id
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 BOUNDARY = "percept-frame"
@@ -124,7 +125,8 @@ class LiveView:
     async def _no_camera(self, camera_id: str) -> HTTPException:
         """The 404 of a camera the registry has not (naming those it has)."""
         ids = await asyncio.to_thread(self._camera_ids, True)
-        return HTTPException(404, detail={"message": f"no camera {camera_id!r}", "cameras": [i for i in ids if i != camera_id]})
+        return HTTPException(404, detail={"message": f"no camera {quoted_id(camera_id)}",
+                                          "cameras": [i for i in ids if i != camera_id]})
 
     async def _not_running(self, camera_id: str, state: str, error: str | None) -> HTTPException:
         """The 503 of a camera that is not online, or the 404 of one removed (`REMOVED`: the

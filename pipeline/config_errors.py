@@ -90,6 +90,12 @@ def _key(part: Any) -> str:
     return text if len(text) <= MAX_KEY else text[:MAX_KEY] + "…"
 
 
+def quoted_id(value: str) -> str:
+    """An id from a request's path as an answer quotes it (``'gate'``): scrubbed and cut as a
+    key (`_key`; an unknown camera's 404 sent a 60 000-character id back whole)."""
+    return repr(_key(value))
+
+
 _MESSAGES = {
     "greater_than_equal": lambda c: f"must be >= {c['ge']:g}",
     "greater_than": lambda c: f"must be > {c['gt']:g}",

@@ -49,6 +49,8 @@ class NotKept:
             return f"camera {self.camera!r} does not run on this decoder"
         if not self.kept:
             return f"camera {self.camera!r} has published no frame yet"
+        if self.seq is not None and self.seq > self.kept[-1]:  # (it said "no longer kept" of a future frame)
+            return f"frame {self.seq} of camera {self.camera!r} is not published yet; newest kept: {self.kept[-1]}"
         return (f"frame {self.seq} of camera {self.camera!r} is no longer kept; kept: "
                 f"{', '.join(map(str, self.kept))}")
 

@@ -106,3 +106,12 @@ def test_a_put_that_changes_nothing_is_a_422_naming_the_fields(api):
     assert r.status_code == 422 and r.json()["detail"] == [
         "nothing to change: give one or more of zones, lines, anchor, line_margin, zone_margin"], r.text
     assert api.put("/cameras/still", json={"anchor": "center"}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/cameras/{id}/snapshot.jpg", "/cameras/{id}"])
+def test_an_unknown_cameras_404_quotes_a_long_id_cut(api, path):
+    """A 60 000-character id came back whole in the 404 (an answer as large as the request)."""
+    r = api.get(path.format(id="b" * 60_000)) if "snapshot" in path else api.put(path.format(id="b" * 60_000),
+                                                                                   json={"anchor": "center"})
+    assert r.status_code == 404 and len(r.content) < 1000, (r.status_code, len(r.content))
+    assert "'" + "b" * 80 + "…'" in r.text, r.text[:300]

@@ -188,6 +188,7 @@ def test_keep_buffer_keeps_the_last_frames_by_reference_and_names_them():
     gone = kept.get("a", 11)
     assert isinstance(gone, NotKept) and gone.running and gone.kept == (12, 13, 14)
     assert gone.message == "frame 11 of camera 'a' is no longer kept; kept: 12, 13, 14"
+    assert kept.get("a", 99).message == "frame 99 of camera 'a' is not published yet; newest kept: 14"
     assert kept.get("c").message == "camera 'c' has published no frame yet"
     kept.forget("a")
     assert kept.seqs("a") == () and kept.cameras() == ["b"]
