@@ -21,7 +21,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -137,7 +136,6 @@ def while_ray_lives(call: Callable[..., Any], *args: Any, poll_s: float = 0.2, s
     raylet alive when it starts and gone meanwhile is its own doing, not a signal to the group:
     waited for (at most ``stop_wait_s``: given up half-way it left Ray's processes running), unsaid."""
     own_stop = stops_ray and not local_ray_gone()
-    deadline = time.monotonic() + stop_wait_s
     done = threading.Event()
     failure: list[BaseException] = []
 
@@ -150,11 +148,9 @@ def while_ray_lives(call: Callable[..., Any], *args: Any, poll_s: float = 0.2, s
             done.set()
 
     threading.Thread(target=run, name=f"percept-exit-{getattr(call, '__name__', 'ray')}", daemon=True).start()
+    if own_stop and not done.wait(stop_wait_s):
+        return
     while not done.wait(poll_s):
-        if own_stop:
-            if time.monotonic() >= deadline:
-                return
-            continue
         if local_ray_gone():
             if not _said_gone.is_set():
                 _said_gone.set()

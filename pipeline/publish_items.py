@@ -15,7 +15,7 @@ from .publish_stats import PublisherStats, count_events_lost
 from .publish_wire import Command, evalsha, packed_call, resp_args, resp_frame_run, writable
 from .redact import redact
 from .schema import SCHEMA_VERSION, FrameResult
-from .streams import StreamKeys, expire_camera_data, parse_entry_id
+from .streams import StreamKeys, parse_entry_id, persist_camera_data
 
 log = logging.getLogger("percept.publish")
 
@@ -268,7 +268,7 @@ def resume_point(client: redis.Redis, keys: StreamKeys, camera: str) -> tuple[tu
     (``(ms, k)``, None if none) and the counters of its hash. Its data is kept for good again
     (``PERSIST``: a camera removed and then added again under its id before ``redis.removed_keep_s``
     ran out had them set to expire: `track_orphans`)."""
-    for refused in expire_camera_data(client, keys, camera, None) or ():
+    for refused in persist_camera_data(client, keys, camera):
         log.warning("camera %s: its data may expire while it runs (added again within redis.removed_keep_s of its "
                     "removal): redis refused to keep it (%s)", camera, redact(refused))
     last_event = client.xrevrange(keys.events(camera), count=1)

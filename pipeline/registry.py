@@ -170,7 +170,7 @@ class CameraRegistry:
                  config: list[CameraConfig] | None = None, *, api_local_sources: bool = True) -> list[CameraConfig]:
         """What a decoder replica runs: the valid cameras with their URLs expanded from ``env``.
         Entries that do not validate or name a variable ``env`` lacks are left out and reported
-        as ``failed`` on their camera hash, once per change (see `unreported`). ``config``: the
+        as ``failed`` on their camera hash, once per change (see `unleased`). ``config``: the
         config's cameras, written again first if Redis lost them (`seed_if_lost`).
         ``api_local_sources`` False (``security.api_local_sources``): an API camera reading a
         file, device or socket or listening (`api_source_problem`) is reported failed too."""
@@ -200,14 +200,14 @@ class CameraRegistry:
                 # words may quote a piece of the expanded URL: its type alone)
                 invalid.append(InvalidCamera(cam.id, f"cameras[{cam.id}].url, its variables expanded: cannot be read "
                                              f"({type(exc).__name__})", cam.url))
-        unleased, unreported = self.unreported(invalid)
+        unleased, unreported = self.unleased(invalid)
         self.invalid_now = {bad.id: bad.error for bad in unleased}
         for bad in unreported:
             log.error("camera %s: not started: %s", bad.id, bad.error)
             publisher.camera_state(bad.id, "failed", error=bad.error, url=redact_url(bad.url))
         return cameras
 
-    def unreported(self, invalid: list[InvalidCamera]) -> tuple[list[InvalidCamera], list[InvalidCamera]]:
+    def unleased(self, invalid: list[InvalidCamera]) -> tuple[list[InvalidCamera], list[InvalidCamera]]:
         """The invalid cameras whose lease nobody holds, and of them those whose hash does not
         say ``failed`` with this error yet. A camera whose lease someone holds is left alone: it
         is running there (another replica's environment has its variable), or being stopped."""

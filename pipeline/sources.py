@@ -80,7 +80,6 @@ class VideoSource:
         # a file's frame rate, or what probes it (called in the reader thread, before the first open)
         self._timeline = Timeline(is_file=is_file, realtime=(realtime and is_file) or paced, watchdog_s=watchdog_s,
                                   closes_gaps=not sparse, native_fps=native_fps)
-        self._realtime = self._timeline.realtime
         self._watchdog_s = watchdog_s
         self._backoff = backoff or Backoff()
         self._next_seq = seq_start
@@ -283,7 +282,7 @@ class VideoSource:
             run.got_any = True
             if pts is not None:
                 run.last_pts = pts
-            if self._realtime and pts is not None:  # pace a file like a live camera, across loops
+            if self._timeline.realtime and pts is not None:  # pace a file like a live camera, across loops
                 now = self._pace(now, pts)
             timeline = pts if (self._is_file and pts is not None) else now
             if not self._sampler.accept(timeline) or not self._demanded():

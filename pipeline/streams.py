@@ -103,7 +103,7 @@ def camera_data_keys(keys: StreamKeys, camera: str) -> tuple[str, ...]:
             keys.camera(camera))
 
 
-# A removed camera's data set to expire (`expire_camera_data`; the lease's
+# A removed camera's data set to expire (`expire_removed_camera`; the lease's
 # other scripts: pipeline/lease.py): KEYS: lease, its keys.
 # ARGV: token, seconds. Only while the lease holds our token: a sweep that stalled past its lease
 # set the expiry on the keys of the camera added again and running under its new owner.
@@ -114,24 +114,29 @@ return 1
 """
 
 
-def expire_camera_data(client: redis.Redis, keys: StreamKeys, camera: str, seconds: float | None,
-                       fence: tuple[str, str] | None = None) -> list[str] | None:
-    """A camera's data (`camera_data_keys`) deleted by Redis in ``seconds`` (0: now; None: kept
-    for good, ``PERSIST``); ``fence`` (lease key, token): only while that lease is ours (None
-    returned when it is not: nothing set). Returns what Redis refused (an ACL without the
-    command): a key refused keeps its data, which is no reason to stop a camera; an outage raises."""
+def expire_removed_camera(client: redis.Redis, keys: StreamKeys, camera: str, seconds: float,
+                          lease: tuple[str, str]) -> list[str] | None:
+    """A removed camera's data (`camera_data_keys`) deleted by Redis in ``seconds`` (0: now), only
+    while ``lease`` (its key, our token) is ours: None when it is not (nothing set). Returns what
+    Redis refused (an ACL without EXPIRE: the data is kept, said by the caller); an outage raises."""
     data = camera_data_keys(keys, camera)
-    if fence is not None:
-        try:
-            done = client.eval(FENCED_EXPIRE, 1 + len(data), fence[0], *data, fence[1], math.ceil(seconds or 0))
-        except redis.ResponseError as exc:  # (a script's refusal: the ACL; unavailable: raised)
-            if redis_unavailable(exc):
-                raise
-            return [f"{', '.join(data)}: {exc}"]
-        return [] if done == 1 else None
+    try:
+        done = client.eval(FENCED_EXPIRE, 1 + len(data), lease[0], *data, lease[1], math.ceil(seconds))
+    except redis.ResponseError as exc:  # (a script's refusal: the ACL; unavailable: raised)
+        if redis_unavailable(exc):
+            raise
+        return [f"{', '.join(data)}: {exc}"]
+    return [] if done == 1 else None
+
+
+def persist_camera_data(client: redis.Redis, keys: StreamKeys, camera: str) -> list[str]:
+    """A camera's data kept for good again (``PERSIST``: one added again under an id removed less
+    than ``redis.removed_keep_s`` ago). Returns what Redis refused, key by key (an ACL without
+    PERSIST: no reason to stop a camera, said by the caller); an outage raises."""
+    data = camera_data_keys(keys, camera)
     pipe = client.pipeline(transaction=False)
     for key in data:
-        pipe.persist(key) if seconds is None else pipe.expire(key, math.ceil(seconds))
+        pipe.persist(key)
     return [f"{key}: {answer}" for key, answer in zip(data, per_key(pipe)) if isinstance(answer, Exception)]
 
 

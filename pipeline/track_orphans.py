@@ -29,7 +29,7 @@ from .lease import Lease, acquire, release
 from .publish import Publisher
 from .redact import redact
 from .registry import CameraRegistry, RemovedCamera
-from .streams import expire_camera_data
+from .streams import expire_removed_camera
 from .track_state import end_left_tracks
 
 log = logging.getLogger("percept.track_orphans")
@@ -91,7 +91,7 @@ class RemovedCameraSweeper:
         if left <= 0 or not publisher.flush(left, camera=cid) or lease.overdue() or (ended and not self._closed(cid)):
             return None  # the lease stays taken: it expires, or this replica's next sweep retakes it
         if self.keep_s is not None:  # (under the lease: an owner of the id added again persists them after)
-            refused = expire_camera_data(registry.client, registry.keys, cid, self.keep_s, fence=(registry.keys.lease(cid), token))
+            refused = expire_removed_camera(registry.client, registry.keys, cid, self.keep_s, (registry.keys.lease(cid), token))
             if refused is None:  # the lease went meanwhile (a stall): the camera may run again
                 return None
             for why in refused:

@@ -82,5 +82,5 @@ def test_a_camera_with_a_playlist_url_is_read_paced_and_an_rtsp_one_is_not():
                                        {"id": "disk", "url": "/recordings/gate.m3u8"},
                                        {"id": "flat", "url": "/recordings/gate.m3u8", "realtime": False}]}, env={})
     paced = [_video_source(camera, config, LatestFrameSlot(), seq_start=0, on_status=lambda event: None,
-                           native_fps=None)._realtime for camera in config.cameras]
+                           native_fps=None)._timeline.realtime for camera in config.cameras]
     assert paced == [True, False, True, False]

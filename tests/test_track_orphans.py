@@ -186,14 +186,14 @@ def test_the_expiry_is_set_only_while_the_sweeps_lease_holds(redis_server):
     """A sweep that stalled past its lease set the expiry on the keys of the id added again and
     running under its new owner (who had persisted them already): fenced now, nothing is set."""
     from pipeline.lease import acquire
-    from pipeline.streams import expire_camera_data
+    from pipeline.streams import expire_removed_camera
 
     client = redis_server.client()
     handed_over_then_removed(redis_server, through_api=True)
     assert acquire(client, KEYS.lease("cam"), "cam", ttl=30, token="new-owner") is not None
-    assert expire_camera_data(client, KEYS, "cam", 3600, fence=(KEYS.lease("cam"), "r1:removed")) is None
+    assert expire_removed_camera(client, KEYS, "cam", 3600, (KEYS.lease("cam"), "r1:removed")) is None
     assert set(data_ttls(client).values()) == {-1}
-    assert expire_camera_data(client, KEYS, "cam", 3600, fence=(KEYS.lease("cam"), "new-owner")) == []
+    assert expire_removed_camera(client, KEYS, "cam", 3600, (KEYS.lease("cam"), "new-owner")) == []
     assert all(t > 0 for t in data_ttls(client).values())
 
 
