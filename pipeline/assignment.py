@@ -141,7 +141,7 @@ class CameraSupervisor(CameraRestarts, LeaseKeeping):
         service stays (a scale-down, a redeploy), so the open tracks of the cameras the registry
         still lists as they run go on at their next owners (`track_state.leave_tracks`) instead
         of ending. (A camera the next version changes or removes after this read: its next owner
-        ends them, `track_state.restore_tracking`, or a sweep of the removed cameras,
+        ends them, `track_restore.restore_tracking`, or a sweep of the removed cameras,
         `pipeline/track_orphans.py`.)"""
         self._hand_over_all = hand_over
         self._stop.set()

@@ -20,7 +20,7 @@ from .publish import Publisher
 from .frame_slot import LatestFrameSlot
 from .source_types import SourceState, StatusEvent, is_file_url, is_hls_url
 from .sources import VideoSource
-from .track_state import open_tracking
+from .track_restore import open_tracking
 
 
 async def open_camera(

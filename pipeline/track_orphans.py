@@ -30,7 +30,7 @@ from .publish import Publisher
 from .redact import redact
 from .registry import CameraRegistry, RemovedCamera
 from .streams import expire_removed_camera
-from .track_state import end_left_tracks
+from .track_restore import end_left_tracks
 
 log = logging.getLogger("percept.track_orphans")
 

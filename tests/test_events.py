@@ -445,7 +445,7 @@ def test_a_file_read_faster_than_real_time_measures_dwell_and_duration_on_its_ow
     from pipeline.config import CameraConfig, TrackerConfig
     from pipeline.publish import Publisher
     from pipeline.streams import StreamKeys, connect_redis
-    from pipeline.track_state import open_tracking
+    from pipeline.track_restore import open_tracking
 
     def fast(seq, objects=()):  # read 10 times faster than its frames' own times (pts)
         result = frame(seq, objects)

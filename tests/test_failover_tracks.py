@@ -24,7 +24,8 @@ from pipeline.lease import acquire
 from pipeline.publish import Publisher
 from pipeline.schema import Detections, FrameMeta, FrameResult
 from pipeline.streams import StreamKeys, connect_redis
-from pipeline.track_state import TrackSnapshots, restore_tracking, source_of
+from pipeline.track_restore import restore_tracking
+from pipeline.track_state import TrackSnapshots, source_of
 from pipeline.tracking import ObjectTracker
 
 KEYS = StreamKeys("fo")

@@ -21,7 +21,8 @@ from pipeline.schema import Detections
 from pipeline.sources import VideoSource
 from pipeline.streams import StreamKeys, connect_redis
 import pipeline.track_state
-from pipeline.track_state import open_tracking, restore_tracking, source_of
+from pipeline.track_restore import open_tracking, restore_tracking
+from pipeline.track_state import source_of
 
 from .test_conductor import PacedCapture
 from .test_sources import Clock
@@ -167,7 +168,7 @@ def test_tracks_left_on_another_source_end_at_the_next_owner(redis_server):
 
 def test_tracks_handed_over_to_a_version_without_tracking_end_there(redis_server):
     """The next version turned tracking off: nobody continues the tracks the snapshot holds, so
-    the camera's next owner ends them as it starts (`track_state.end_left_tracks`)."""
+    the camera's next owner ends them as it starts (`track_restore.end_left_tracks`)."""
     client = redis_server.client()
     run_until(redis_server, 8, keep_tracks=True)
     state = json.loads(client.hget(KEYS.trackstate("cam"), "json"))

@@ -16,7 +16,8 @@ from pipeline.events import EventEngine, events_json
 from pipeline.publish import Publisher
 from pipeline.schema import Detections, FrameMeta, FrameResult
 from pipeline.streams import StreamKeys, connect_redis
-from pipeline.track_state import TrackSnapshots, restore_tracking
+from pipeline.track_restore import restore_tracking
+from pipeline.track_state import TrackSnapshots
 from pipeline.tracking import MAX_SNAPSHOT_TRACKS, ObjectTracker
 
 KEYS = StreamKeys("crowd")

@@ -13,7 +13,8 @@ from pipeline.events import EventEngine, events_json
 from pipeline.publish import Publisher
 from pipeline.schema import Detections, FrameMeta, FrameResult
 from pipeline.streams import StreamKeys, connect_redis
-from pipeline.track_state import TrackSnapshots, restore_tracking
+from pipeline.track_restore import restore_tracking
+from pipeline.track_state import TrackSnapshots
 from pipeline.tracking import ObjectTracker
 
 KEYS = StreamKeys("margins")

@@ -1,7 +1,7 @@
 """A snapshot whose frames cannot be replayed (more published since than the replay takes, a
 zone that no longer fits the frame) leaves tracks nobody continues: the next owner ends each of
 them once — the snapshot's open tracks and those started since, brought up to the events stream
-first, so that a track that already ended does not end twice (`track_state.settle_left_tracks`;
+first, so that a track that already ended does not end twice (`track_restore.settle_left_tracks`;
 before, they were left without a ``track_end``). Real conductors, publisher and redis-server;
 the detector is a stand-in."""
 
@@ -13,12 +13,12 @@ import json
 import pytest
 
 import pipeline.track_replay
-import pipeline.track_state
+import pipeline.track_restore
 from pipeline.config import CameraConfig, TrackerConfig
 from pipeline.publish import Publisher
 from pipeline.schema import Detections
 from pipeline.streams import connect_redis
-from pipeline.track_state import open_tracking
+from pipeline.track_restore import open_tracking
 
 from .test_handover_tracks import CAMERA, KEYS, events_of, run_until
 
@@ -105,7 +105,7 @@ def test_a_snapshot_with_too_many_events_after_it_is_left(redis_server, monkeypa
     real = pipeline.track_replay.published_after
     monkeypatch.setattr(pipeline.track_replay, "published_after",
                         lambda publisher, cam, seq, since, limit: real(publisher, cam, seq, since, limit=2))
-    monkeypatch.setattr(pipeline.track_state, "SETTLE_EVENTS_MAX", 1)
+    monkeypatch.setattr(pipeline.track_restore, "SETTLE_EVENTS_MAX", 1)
     with caplog.at_level("WARNING", logger="percept.track_state"):
         start_owner(redis_server)
     assert len(ends(client)) == 1

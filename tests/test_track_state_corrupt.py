@@ -14,7 +14,8 @@ import pytest
 
 from pipeline.config import TrackerConfig
 from pipeline.schema import Detections, FrameMeta, FrameResult
-from pipeline.track_state import TrackSnapshots, restore_tracking
+from pipeline.track_restore import restore_tracking
+from pipeline.track_state import TrackSnapshots
 from pipeline.tracking import ObjectTracker
 
 from .test_handover_tracks import CAMERA, KEYS, _reader, run_until

@@ -13,7 +13,8 @@ from pipeline.events import EventEngine, events_json
 from pipeline.publish import Publisher
 from pipeline.schema import Detections, FrameMeta, FrameResult
 from pipeline.streams import StreamKeys, connect_redis
-from pipeline.track_state import TrackSnapshots, end_left_tracks, open_tracking, source_of
+from pipeline.track_restore import end_left_tracks, open_tracking
+from pipeline.track_state import TrackSnapshots, source_of
 from pipeline.tracking import ObjectTracker
 
 KEYS = StreamKeys("filetime")
