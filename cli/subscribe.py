@@ -134,11 +134,34 @@ def _say_missing(client: Any, keys: Any, cameras: list[str], events: bool) -> No
               f"registered: {known}); waiting for them", file=sys.stderr, flush=True)
 
 
+def _open_subscriber(client: Any, keys: Any, args: argparse.Namespace, start: str) -> Any:
+    """The reader of ``args.cameras`` (their streams checked first, a group joined or made); None
+    when a key is not percept's stream (said)."""
+    import redis
+
+    from pipeline.subscribe import Subscriber
+
+    try:
+        _say_missing(client, keys, args.cameras, args.events)
+    except redis.ResponseError:  # a user allowed the streams only (NOPERM): the notice is a courtesy
+        pass
+    if wrong := _not_streams(client, keys, args.cameras, args.events):
+        fail(f"subscribe: {'; '.join(wrong)}: percept did not write it (another prefix?)", CONFIG_ERROR_EXIT_CODE)
+        return None
+    sub = Subscriber(client, keys, args.cameras, group=args.group, consumer=args.consumer, start=start,
+                     claim_idle_ms=30_000 if args.claim_idle_ms is None else args.claim_idle_ms, events=args.events)
+    if sub.joined and (args.from_start or args.from_id):
+        where = "--from-start" if args.from_start else f"--from {args.from_id}"
+        print(f"percept: subscribe: group {args.group} exists already on {', '.join(sub.joined)}: it reads on "
+              f"from where the group is; {where} sets where a new group starts (to start over: another group "
+              f"name, or XGROUP SETID <stream> {args.group} 0)", file=sys.stderr, flush=True)
+    return sub
+
+
 def _subscribe(args: argparse.Namespace) -> int:
     import redis
 
     from pipeline.streams import CREDENTIALS_REFUSED, StreamKeys, connect_redis, database_missing, redis_from_config
-    from pipeline.subscribe import Subscriber
 
     if args.consumer and not args.group:
         return fail("subscribe: --consumer needs --group (a consumer is a member of a group)", CONFIG_ERROR_EXIT_CODE)
@@ -162,21 +185,9 @@ def _subscribe(args: argparse.Namespace) -> int:
         client = redis_from_config(redis_cfg.model_copy(update={"url": url})) if redis_cfg else connect_redis(url)
         outage.client = client
         client.ping()
-        try:
-            _say_missing(client, StreamKeys(prefix or "percept"), args.cameras, args.events)
-        except redis.ResponseError:  # a user allowed the streams only (NOPERM): the notice is a courtesy
-            pass
-        if wrong := _not_streams(client, StreamKeys(prefix or "percept"), args.cameras, args.events):
-            return fail(f"subscribe: {'; '.join(wrong)}: percept did not write it (another prefix?)",
-                        CONFIG_ERROR_EXIT_CODE)
-        sub = Subscriber(client, StreamKeys(prefix or "percept"), args.cameras, group=args.group,
-                         consumer=args.consumer, start=start, claim_idle_ms=30_000 if args.claim_idle_ms is None else args.claim_idle_ms,
-                         events=args.events)
-        if sub.joined and (args.from_start or args.from_id):
-            where = "--from-start" if args.from_start else f"--from {args.from_id}"
-            print(f"percept: subscribe: group {args.group} exists already on {', '.join(sub.joined)}: it reads on "
-                  f"from where the group is; {where} sets where a new group starts (to start over: another group "
-                  f"name, or XGROUP SETID <stream> {args.group} 0)", file=sys.stderr, flush=True)
+        sub = _open_subscriber(client, StreamKeys(prefix or "percept"), args, start)
+        if sub is None:
+            return CONFIG_ERROR_EXIT_CODE
         reading = sub.messages(limit=args.count, idle_timeout_s=args.timeout, on_unreachable=outage.notice)
         for msg in reading:
             printing = msg
