@@ -106,19 +106,8 @@ def open_capture(
     import cv2
 
     safe = redact_url(redact(url, secrets))  # (its expanded variables first: a value with a ; or a space)
-    if url.startswith("device:"):
-        cap = cv2.VideoCapture(int(url.split(":", 1)[1]))
-        if not cap.isOpened():
-            raise SourceError(camera, f"cannot open {safe}", retryable=True)
-        return cap
-    if is_file_url(url):
-        path = camera_file(camera, url)
-        cap = _ffmpeg_open(str(path))
-        if not cap.isOpened():
-            raise SourceError(
-                camera, f"{path} is not a video FFmpeg can decode (wrong format, truncated or corrupt)", retryable=False
-            )
-        return cap
+    if url.startswith("device:") or is_file_url(url):
+        return _open_local(camera, url, safe)
     opened = url
     if url.lower().startswith(ASKED):
         peer: list[str] = []
@@ -143,6 +132,24 @@ def open_capture(
     if not cap.isOpened():
         why = diagnose_open(url, timeout_s=min(open_timeout_s, 3.0))
         raise SourceError(camera, f"cannot open {safe}: {why}", retryable=True)
+    return cap
+
+
+def _open_local(camera: str, url: str, safe: str) -> Capture:
+    """A device (``device:N``) or a file, opened with OpenCV."""
+    import cv2
+
+    if url.startswith("device:"):
+        cap = cv2.VideoCapture(int(url.split(":", 1)[1]))
+        if not cap.isOpened():
+            raise SourceError(camera, f"cannot open {safe}", retryable=True)
+        return cap
+    path = camera_file(camera, url)
+    cap = _ffmpeg_open(str(path))
+    if not cap.isOpened():
+        raise SourceError(
+            camera, f"{path} is not a video FFmpeg can decode (wrong format, truncated or corrupt)", retryable=False
+        )
     return cap
 
 

@@ -73,7 +73,7 @@ PUBLISHER_BUFFER = MetricDef("percept_publisher_buffer_entries", "gauge",
                              "writes queued in the decoder replica's publisher (the outage buffer)")
 PUBLISH_ERRORS = MetricDef("percept_publish_errors_total", "counter", "Redis writes that failed (not retried)")
 PUBLISHER_DROPPED = MetricDef("percept_publisher_dropped_total", "counter",
-                              "frames the publisher dropped because its outage buffer was full", CAM)
+                              "frames the publisher dropped: its outage buffer full, refused by Redis for good, or unwritten at close", CAM)
 BATCH_SIZE = MetricDef("percept_batch_size", "histogram", "items per model batch (frames, or crops)", DEP,
                        (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024))
 BATCH_MAX = MetricDef("percept_batch_max_size", "gauge", "the replica's max batch size (one series per replica)", DEP)

@@ -155,6 +155,13 @@ def test_target_ongoing_requests_is_a_floor_and_min_zero_is_refused():
                                                "frames_waiting": {"r1": 0.3, "r2": 0.2}, "busy": {"r1": 0.15, "r2": 0.15}})
     assert VideoLagPolicy(target_lag_s=0.4, target_ongoing_requests=8, batch_size=32)(calm)[0] == 1
     assert VideoLagPolicy(target_lag_s=0.4, target_ongoing_requests=8, batch_size=1)(calm)[0] == 2
+    # the policy Serve runs gets the deployment's batch size (`graph.model_server_options`)
+    from deployments.graph import model_server_options
+    from pipeline.config_models import BatchConfig, ModelServerConfig
+
+    served = ModelServerConfig(weights="x.pt", batch=BatchConfig(max_size=32), replicas=AutoscaleConfig(min=1, max=4))
+    kwargs = model_server_options(served, gpus=0)["autoscaling_config"]["policy"]["policy_kwargs"]
+    assert VideoLagPolicy(**kwargs)(calm)[0] == 1, kwargs
     with pytest.raises(ValidationError, match="min"):
         AutoscaleConfig(min=0, max=4)
     # targets so small that lag / target is infinite: the policy raised (OverflowError) in Serve's

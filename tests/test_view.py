@@ -50,8 +50,8 @@ def test_annotate_draws_boxes_labels_zones_and_lines_on_a_copy():
     hdiff = np.abs(half.astype(int) - cv2.resize(raw, (320, 180)).astype(int)).sum(axis=2)
     assert hdiff[border_band(half.shape, objects.xyxy[0] / 2, 1, top=False)].mean() > 60
     # a box far beyond the frame (or not finite) is no reason to lose the others: cv2 refused it, and the frame went
-    odd = Detections(xyxy=[[1e12, 1e12, 2e12, 2e12], [0, 10, np.inf, 50], [100, 150, 220, 260]], scores=[0.5] * 3,
-                     labels=["car"] * 3, categories=["vehicle"] * 3)
+    odd = Detections(xyxy=[[1e12, 1e12, 2e12, 2e12], [0, 10, np.inf, 50], [np.nan, 10, 40, 50], [100, 150, 220, 260]],
+                     scores=[0.5] * 4, labels=["car"] * 4, categories=["vehicle"] * 4)
     out = annotate(frame, FrameResult(result.meta, odd, {}, {}), camera)
     diff = np.abs(out.astype(int) - raw.astype(int)).sum(axis=2)
     assert diff[border_band(out.shape, objects.xyxy[0], top=False)].mean() > 60, "the sane box not drawn"
